@@ -1,0 +1,35 @@
+"""User-facing errors: one hierarchy, each message a single line naming the problem and the fix."""
+
+from __future__ import annotations
+
+
+class OnnxAldsError(Exception):
+    """Base class of every error the CLI prints as one ``error: ...`` line and exits 1 on."""
+
+
+class ModelLoadError(OnnxAldsError):
+    """The model file is missing, truncated, not ONNX, or otherwise cannot be read."""
+
+
+class UnsupportedModelError(OnnxAldsError):
+    """The model is valid ONNX but cannot be processed (nothing to compress, unknown shapes, ...)."""
+
+
+class BudgetError(OnnxAldsError):
+    """The requested keep ratio is out of range or cannot be reached."""
+
+
+class InputDataError(OnnxAldsError):
+    """Calibration or validation inputs are missing, malformed or do not match the model."""
+
+
+class ProviderError(OnnxAldsError):
+    """An ONNX Runtime execution provider was requested but is not available."""
+
+
+class ValidationFailedError(OnnxAldsError):
+    """The compressed model missed a tolerance the user stated."""
+
+
+class OutputPathError(OnnxAldsError):
+    """The output path is unusable (equal to the input, in a missing folder, ...)."""
