@@ -1,0 +1,318 @@
+"""Choose the groups and rank of every layer under one global budget (numpy only, no ONNX).
+
+The ALDS problem: minimize ``max_ℓ ε_ℓ(g_ℓ, r_ℓ)`` subject to ``Σ_ℓ cost_ℓ(g_ℓ, r_ℓ) ≤ budget``,
+where ``cost`` is weights (``--keep-params``) or weights × output positions (``--keep-flops``).
+
+- **Global step** (groups fixed): for a threshold ``ε`` every layer takes its cheapest option with
+  error ``≤ ε``; total cost falls as ``ε`` grows, so a bisection over the sorted table values finds
+  the smallest feasible ``ε`` exactly.
+- **Local step** (a layer's budget fixed): each ``g`` gets the largest rank that fits; keep the ``g``
+  with the smallest error.
+- **Alternation** from several seeded starts (``g ≈ 3, 5, 7, 9``, then random divisors), until the
+  max error stops improving. One more start solves the min-max *jointly*: for a fixed threshold the
+  problem separates per layer, so the global step over every ``(g, r)`` at once is the exact
+  optimum. The alternation then only decides how the non-bottleneck layers spend their budget.
+- **Fill**: budget left over after the min-max (options are discrete) goes, rank step by rank step,
+  to the layer with the largest current error, so the achieved ratio lands at the target.
+
+A layer's choice ``groups == 0`` means "left dense" (error 0, full cost).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import BudgetError
+from .spectra import ErrorTable, GroupOption
+
+DENSE = 0
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The decision for one layer: ``groups == 0`` keeps it dense."""
+
+    groups: int
+    rank: int
+    cost: float
+    error: float
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The decisions for every layer and how they were found."""
+
+    choices: tuple[LayerChoice, ...]
+    budget: float
+    cost: float
+    max_error: float
+    search: str  # which start or rule produced it
+
+    @property
+    def sum_error(self) -> float:
+        return float(sum(choice.error for choice in self.choices))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's table with costs scaled to the budget's unit."""
+
+    dense_cost: float
+    options: tuple[GroupOption, ...]
+    costs: tuple[np.ndarray, ...]
+
+    def group_index(self, groups: int) -> int:
+        for index, option in enumerate(self.options):
+            if option.groups == groups:
+                return index
+        raise KeyError(groups)
+
+
+def _prepare(tables: Sequence[ErrorTable], scales: Sequence[float]) -> list[_Layer]:
+    return [
+        _Layer(float(table.dense_size) * scale, table.options,
+               tuple(option.sizes.astype(np.float64) * scale for option in table.options))
+        for table, scale in zip(tables, scales)
+    ]
+
+
+def minimum_cost(tables: Sequence[ErrorTable], scales: Sequence[float]) -> float:
+    """The smallest total cost any choice reaches (every layer at its cheapest option)."""
+    total = 0.0
+    for layer in _prepare(tables, scales):
+        cheapest = [costs[0] for costs in layer.costs if len(costs)]
+        total += min(cheapest + [layer.dense_cost])
+    return total
+
+
+def _cheapest_within(layer: _Layer, option_index: int, threshold: float) -> tuple[float, int]:
+    """Cost and rank index of the cheapest rank of one group option with error ≤ threshold (-1: dense)."""
+    errors = layer.options[option_index].errors
+    # errors are non-increasing; count how many exceed the threshold
+    index = int(np.searchsorted(-errors, -threshold, side="left"))
+    if index >= len(errors):
+        return layer.dense_cost, -1
+    return float(layer.costs[option_index][index]), index
+
+
+def _choice_at(layer: _Layer, option_indices: Sequence[int], threshold: float) -> tuple[float, int, int]:
+    """Cheapest option among the given group options meeting the threshold: (cost, option, rank index)."""
+    best = (layer.dense_cost, -1, -1)
+    for option_index in option_indices:
+        cost, rank_index = _cheapest_within(layer, option_index, threshold)
+        if rank_index >= 0 and cost < best[0]:
+            best = (cost, option_index, rank_index)
+    return best
+
+
+def _global_step(layers: Sequence[_Layer], allowed: Sequence[Sequence[int]],
+                 budget: float) -> Optional[list[tuple[int, int]]]:
+    """Exact min-max over the allowed group options of every layer: (option index, rank index) per
+    layer, or None when even the cheapest of those options exceed the budget."""
+    candidates = {0.0}
+    for layer, indices in zip(layers, allowed):
+        for option_index in indices:
+            candidates.update(layer.options[option_index].errors.tolist())
+    thresholds = np.array(sorted(candidates))
+
+    def total(threshold: float) -> float:
+        return sum(_choice_at(layer, indices, threshold)[0] for layer, indices in zip(layers, allowed))
+
+    low, high = 0, len(thresholds) - 1
+    if total(thresholds[high]) > budget:
+        return None  # these group options cannot meet the budget
+    while low < high:
+        middle = (low + high) // 2
+        if total(thresholds[middle]) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    threshold = thresholds[low]
+    return [_choice_at(layer, indices, threshold)[1:] for layer, indices in zip(layers, allowed)]
+
+
+def _local_step(layer: _Layer, layer_budget: float) -> int:
+    """The group option with the smallest error when given ``layer_budget`` (-1: stay dense)."""
+    if layer_budget >= layer.dense_cost:
+        return -1
+    best_index, best_error = -1, np.inf
+    for option_index, costs in enumerate(layer.costs):
+        fits = int(np.searchsorted(costs, layer_budget, side="right")) - 1
+        if fits < 0:
+            continue
+        error = float(layer.options[option_index].errors[fits])
+        if error < best_error:
+            best_index, best_error = option_index, error
+    return best_index
+
+
+def _to_allocation(layers: Sequence[_Layer], picks: Sequence[tuple[int, int]], budget: float,
+                   search: str) -> Allocation:
+    choices = []
+    for layer, (option_index, rank_index) in zip(layers, picks):
+        if option_index < 0 or rank_index < 0:
+            choices.append(LayerChoice(DENSE, 0, layer.dense_cost, 0.0))
+            continue
+        option = layer.options[option_index]
+        choices.append(LayerChoice(option.groups, int(option.ranks[rank_index]),
+                                   float(layer.costs[option_index][rank_index]), float(option.errors[rank_index])))
+    cost = float(sum(choice.cost for choice in choices))
+    return Allocation(tuple(choices), budget, cost, max((c.error for c in choices), default=0.0), search)
+
+
+def _fill(layers: Sequence[_Layer], picks: list[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
+    """Spend what is left of the budget, one rank step at a time, on the layer with the largest error."""
+    picks = list(picks)
+
+    def current(index: int) -> tuple[float, float]:
+        option_index, rank_index = picks[index]
+        if option_index < 0:
+            return layers[index].dense_cost, 0.0
+        return (float(layers[index].costs[option_index][rank_index]),
+                float(layers[index].options[option_index].errors[rank_index]))
+
+    spent = sum(current(i)[0] for i in range(len(layers)))
+    heap = [(-current(i)[1], i) for i in range(len(layers)) if picks[i][0] >= 0]
+    heapq.heapify(heap)
+    while heap:
+        _, index = heapq.heappop(heap)
+        option_index, rank_index = picks[index]
+        cost_now, _ = current(index)
+        costs = layers[index].costs[option_index]
+        if rank_index + 1 < len(costs):
+            step_cost, step = float(costs[rank_index + 1]), (option_index, rank_index + 1)
+        else:
+            step_cost, step = layers[index].dense_cost, (-1, -1)
+        if spent - cost_now + step_cost > budget:
+            continue  # this layer cannot grow any more; the others may
+        picks[index] = step
+        spent += step_cost - cost_now
+        if step[0] >= 0:
+            heapq.heappush(heap, (-current(index)[1], index))
+    return picks
+
+
+def _better(candidate: Allocation, best: Optional[Allocation]) -> bool:
+    if best is None:
+        return True
+    if candidate.max_error < best.max_error - 1e-12:
+        return True
+    return abs(candidate.max_error - best.max_error) <= 1e-12 and candidate.sum_error < best.sum_error - 1e-12
+
+
+def _check_budget(layers: Sequence[_Layer], budget: float) -> None:
+    floor = sum(min([c[0] for c in layer.costs if len(c)] + [layer.dense_cost]) for layer in layers)
+    if budget < floor:
+        raise BudgetError(f"budget {budget:.6g} is below the cheapest factorization {floor:.6g}")
+
+
+def allocate_minmax(tables: Sequence[ErrorTable], scales: Sequence[float], budget: float, *,
+                    search_groups: bool = True, seed: int = 0, starts: int = 15, iterations: int = 4,
+                    fill: bool = True) -> Allocation:
+    """Min-max allocation (ALDS). ``search_groups=False`` restricts every layer to ``g = 1``
+    (the SVD, SVD-energy and fixed-``g`` baselines: the global step alone)."""
+    layers = _prepare(tables, scales)
+    _check_budget(layers, budget)
+    if not search_groups:
+        allowed = [[i for i, o in enumerate(layer.options) if o.groups == 1] for layer in layers]
+        picks = _global_step(layers, allowed, budget)
+        if picks is None:
+            raise BudgetError(f"budget {budget:.6g} is below what g = 1 factorizations reach")
+        if fill:
+            picks = _fill(layers, picks, budget)
+        return _to_allocation(layers, picks, budget, "global step, g = 1")
+
+    every = [list(range(len(layer.options))) for layer in layers]
+    joint = _global_step(layers, every, budget)
+    if joint is None:
+        raise BudgetError(f"budget {budget:.6g} is below the cheapest factorization")
+    best = _to_allocation(layers, joint, budget, "joint global step")
+    rng = np.random.default_rng(seed)
+    for start in range(starts):
+        assignment = _start_assignment(layers, start, rng)
+        current: Optional[Allocation] = None
+        for _ in range(iterations):
+            picks = _global_step(layers, [[index] if index >= 0 else [] for index in assignment], budget)
+            if picks is None:
+                break
+            candidate = _to_allocation(layers, picks, budget, f"alternating start {start}")
+            improved = current is None or candidate.max_error < current.max_error - 1e-12
+            if current is None or _better(candidate, current):
+                current = candidate
+            if not improved:
+                break
+            # local step: every factorized layer re-picks its groups for the budget it now has
+            assignment = [assignment[i] if choice.groups == DENSE else _local_step(layer, choice.cost)
+                          for i, (layer, choice) in enumerate(zip(layers, candidate.choices))]
+        if current is not None and _better(current, best):
+            best = current
+    if fill:
+        picks = [_pick_of(layer, choice) for layer, choice in zip(layers, best.choices)]
+        return _to_allocation(layers, _fill(layers, picks, budget), budget, best.search)
+    return best
+
+
+def _pick_of(layer: _Layer, choice: LayerChoice) -> tuple[int, int]:
+    if choice.groups == DENSE:
+        return (-1, -1)
+    option_index = layer.group_index(choice.groups)
+    rank_index = int(np.searchsorted(layer.options[option_index].ranks, choice.rank))
+    return option_index, rank_index
+
+
+def _start_assignment(layers: Sequence[_Layer], start: int, rng: np.random.Generator) -> list[int]:
+    """Group option per layer for one start: ``g`` nearest to 3, 5, 7, 9 first, then random."""
+    targets = (3, 5, 7, 9)
+    assignment = []
+    for layer in layers:
+        if not layer.options:
+            assignment.append(-1)
+            continue
+        groups = np.array([option.groups for option in layer.options])
+        if start < len(targets):
+            assignment.append(int(np.argmin(np.abs(groups - targets[start]))))
+        else:
+            assignment.append(int(rng.integers(len(groups))))
+    return assignment
+
+
+def allocate_lrank(tables: Sequence[ErrorTable], scales: Sequence[float], budget: float, *,
+                   fill: bool = True) -> Allocation:
+    """L-Rank (one shot): ``r_ℓ = argmin_r λ·cost_ℓ(r) + residual_ℓ(r)`` (``g = 1``, dense allowed),
+    with ``λ`` bisected (in log space) to the smallest value whose choice fits the budget."""
+    layers = _prepare(tables, scales)
+    _check_budget(layers, budget)
+    g1 = [next((i for i, o in enumerate(layer.options) if o.groups == 1), -1) for layer in layers]
+
+    def choose(lam: float) -> list[tuple[int, int]]:
+        picks = []
+        for layer, option_index in zip(layers, g1):
+            best, pick = lam * layer.dense_cost, (-1, -1)
+            if option_index >= 0:
+                objective = lam * layer.costs[option_index] + layer.options[option_index].residuals
+                index = int(np.argmin(objective))
+                if objective[index] < best:
+                    pick = (option_index, index)
+            picks.append(pick)
+        return picks
+
+    def cost(picks: list[tuple[int, int]]) -> float:
+        return float(sum(layer.dense_cost if o < 0 else layer.costs[o][r] for layer, (o, r) in zip(layers, picks)))
+
+    low, high = -40.0, 40.0  # log λ: low → everything dense, high → everything at its cheapest
+    if cost(choose(np.exp(high))) > budget:
+        raise BudgetError("budget below what l-rank reaches")
+    for _ in range(80):
+        middle = 0.5 * (low + high)
+        if cost(choose(np.exp(middle))) <= budget:
+            high = middle
+        else:
+            low = middle
+    picks = choose(np.exp(high))
+    if fill:
+        picks = _fill(layers, picks, budget)
+    return _to_allocation(layers, picks, budget, "l-rank λ search")

@@ -1,0 +1,294 @@
+"""The Python API: ``analyze`` and ``compress``, composing the pipeline steps.
+
+``load → layers → spectra → error tables → allocate → rewrite → (save)``; each step is a module of
+its own. ``compress`` returns the new model with its report and never writes files: the CLI does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimum_cost
+from .decompose import decompose, whitening_factor
+from .errors import BudgetError, UnsupportedModelError
+from .layers import Layer, constant_tensors, ensure_node_names, find_layers, folded_weight, iter_total_params, node_macs
+from .model_io import ModelLike, load_model, resolve_input_shapes
+from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
+from .rewrite import Rewrite, add_provenance, rewrite_model
+from .shapes import tensor_shapes
+from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
+
+log = logging.getLogger(__name__)
+
+METHODS = ("alds", "svd", "svd-energy", "l-rank")
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """The compressed model and what was done to it."""
+
+    model: onnx.ModelProto
+    report: CompressionReport
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    model: onnx.ModelProto
+    layers: list[Layer]
+    params_total: int
+    macs_total: Optional[int]
+    notes: list[str]
+
+
+def _progress(items: Sequence, description: str):
+    """A tqdm progress bar on a terminal, the plain sequence otherwise."""
+    if not sys.stderr.isatty() or len(items) < 2:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="layer", leave=False)
+
+
+def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
+             max_groups: int, need_macs: bool) -> _Prepared:
+    proto = load_model(model)
+    ensure_node_names(proto)
+    notes: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        resolved, notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
+    except UnsupportedModelError:
+        if need_macs:
+            raise
+        resolved = None
+        notes.append("input shapes are dynamic: MACs not counted (give --input-shape to count them)")
+    layer_ops = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if resolved is not None:
+        needed = {name for node in layer_ops for name in (node.output[0], node.input[0])}
+        shapes = tensor_shapes(proto, resolved, needed)
+    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups)
+    macs_total: Optional[int] = None
+    if resolved is not None:
+        per_node = [node_macs(node, shapes) for node in layer_ops]
+        unknown = [node.name for node, macs in zip(layer_ops, per_node) if macs is None]
+        if unknown:
+            message = (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: '{unknown[0]}'); "
+                       "install onnxruntime (onnx-alds[cpu]) so one run can measure them, or check --input-shape")
+            if need_macs:
+                raise UnsupportedModelError(message)
+            notes.append(message)
+        else:
+            macs_total = int(sum(per_node))
+    return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes)
+
+
+def _check_target(keep_params: Optional[float], keep_flops: Optional[float]) -> tuple[str, float]:
+    if (keep_params is None) == (keep_flops is None):
+        raise BudgetError("give exactly one target: keep_params (--keep-params) or keep_flops (--keep-flops)")
+    target, keep = ("params", keep_params) if keep_params is not None else ("flops", keep_flops)
+    flag = f"--keep-{target}"
+    if keep is None or not np.isfinite(keep) or not 0.0 < keep <= 1.0:
+        raise BudgetError(f"{flag} {keep} is out of range; give the fraction to keep, in (0, 1], e.g. {flag} 0.5")
+    return target, float(keep)
+
+
+def _measure_for(method: str, error_measure: str) -> str:
+    if method == "svd":
+        return "rank-fraction"
+    if method == "svd-energy":
+        return "frobenius"
+    if method == "l-rank":
+        return "frobenius"  # l-rank decides on absolute residual energy; this measure is only reported
+    return error_measure
+
+
+def _whitening(second_moment: np.ndarray, groups: Sequence[int]) -> dict[int, list[np.ndarray]]:
+    """Per candidate ``g``, the Cholesky factor of each group's block of the input second moment."""
+    factors = {}
+    for g in sorted(set(groups) | {1}):
+        width = second_moment.shape[0] // g
+        factors[g] = [whitening_factor(second_moment[i * width:(i + 1) * width, i * width:(i + 1) * width])
+                      for i in range(g)]
+    return factors
+
+
+def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,
+             method: str = "alds", error_measure: str = "spectral", rank_multiple: int = 1,
+             exclude: Sequence[str] = (), seed: int = 0, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+             max_groups: int = 16, calibration=None, calibration_batch_size: int = 16) -> CompressionResult:
+    """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
+
+    ``calibration``: an :class:`onnx_alds.inputs.InputSet`; when given, every layer is decomposed in
+    the metric of its own inputs (data-aware) and the error tables measure output error on them.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    target, keep = _check_target(keep_params, keep_flops)
+    if method not in METHODS:
+        raise BudgetError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    if error_measure not in ERROR_MEASURES:
+        raise BudgetError(f"unknown error measure '{error_measure}'; choose one of: {', '.join(ERROR_MEASURES)}")
+    if rank_multiple < 1:
+        raise BudgetError(f"--rank-multiple {rank_multiple} is out of range; give a positive integer such as 16")
+    if max_groups < 1:
+        raise BudgetError(f"--max-groups {max_groups} is out of range; give a positive integer such as 16")
+    prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
+                        max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops")
+    proto, layers = prepared.model, prepared.layers
+    chosen = [layer for layer in layers if layer.compressible]
+    if not chosen:
+        reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
+        raise UnsupportedModelError(
+            f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none factorizable"
+            + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)")
+        )
+    seconds["load"] = time.perf_counter() - started
+
+    moments: dict[str, np.ndarray] = {}
+    if calibration is not None:
+        from .calibrate import collect_second_moments
+
+        tick = time.perf_counter()
+        moments = collect_second_moments(proto, chosen, calibration, batch_size=calibration_batch_size)
+        seconds["calibration"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    constants = constant_tensors(proto)
+    measure = _measure_for(method, error_measure)
+    tables: list[ErrorTable] = []
+    for layer in _progress(chosen, "spectra"):
+        matrix = folded_weight(layer, constants)
+        whitening = _whitening(moments[layer.name], layer.groups) if layer.name in moments else None
+        spectra = layer_spectra(matrix, layer.groups, whitening)
+        tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups, measure=measure,
+                                  rank_multiple=rank_multiple))
+    seconds["spectra"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    allocation = _allocate(prepared, chosen, tables, target, keep, method, seed)
+    seconds["allocation"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    rewrites = []
+    for layer, choice in zip(chosen, allocation.choices):
+        if choice.groups == DENSE:
+            continue
+        matrix = folded_weight(layer, constants)
+        whitening = None
+        if layer.name in moments:
+            whitening = _whitening(moments[layer.name], (choice.groups,))[choice.groups]
+        rewrites.append(Rewrite(layer, decompose(matrix, choice.groups, choice.rank, whitening)))
+    new_model = rewrite_model(proto, rewrites)
+    data_aware = calibration is not None
+    add_provenance(new_model, {
+        "onnx_alds.version": __version__,
+        "onnx_alds.method": method + (" (data-aware)" if data_aware else ""),
+        "onnx_alds.target": f"keep_{target}={keep}",
+        "onnx_alds.seed": str(seed),
+    })
+    seconds["rewrite"] = time.perf_counter() - tick
+    report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
+                                 measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
+                                 calibration=None if calibration is None else str(calibration.source))
+    return CompressionResult(new_model, report)
+
+
+def _budget(prepared: _Prepared, chosen: Sequence[Layer], target: str, keep: float) -> tuple[float, float, list[float]]:
+    """(budget for the factorizable layers, the whole model's total, cost scale per layer)."""
+    if target == "params":
+        total = float(prepared.params_total)
+        scales = [1.0] * len(chosen)
+    else:
+        total = float(prepared.macs_total or 0)
+        scales = [float(layer.positions or 0) for layer in chosen]
+    dense = sum(layer.params * scale for layer, scale in zip(chosen, scales))
+    return keep * total - (total - dense), total, scales
+
+
+def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
+              keep: float, method: str, seed: int) -> Allocation:
+    budget, total, scales = _budget(prepared, chosen, target, keep)
+    fixed = total - sum(layer.params * scale for layer, scale in zip(chosen, scales))
+    floor = fixed + minimum_cost(tables, scales)
+    if budget < minimum_cost(tables, scales) - 1e-9:
+        raise BudgetError(
+            f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is {floor / total:.4f} "
+            "(every factorizable layer at its lowest rank); ask for at least that"
+        )
+    if method == "l-rank":
+        return allocate_lrank(tables, scales, budget)
+    return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed)
+
+
+def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation: Allocation, *, target: str,
+                        keep: float, method: str, measure: str, seed: int, rank_multiple: int,
+                        seconds: dict[str, float], calibration: Optional[str]) -> CompressionReport:
+    decisions = {layer.name: choice for layer, choice in zip(chosen, allocation.choices)}
+    rows = []
+    params_saved = macs_saved = 0
+    for layer in prepared.layers:
+        choice = decisions.get(layer.name)
+        groups, rank, error = (choice.groups, choice.rank, choice.error) if choice else (DENSE, 0, 0.0)
+        params_after = layer.params if groups == DENSE else rank * (groups * layer.out_features + layer.cols)
+        macs_after = None if layer.positions is None else params_after * layer.positions
+        params_saved += layer.params - params_after
+        if layer.macs is not None and macs_after is not None:
+            macs_saved += layer.macs - macs_after
+        rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
+                                layer.macs, macs_after, error, layer.skip_reason))
+    params_after_total = prepared.params_total - params_saved
+    macs_after_total = None if prepared.macs_total is None else prepared.macs_total - macs_saved
+    achieved = (params_after_total / prepared.params_total if target == "params"
+                else (macs_after_total or 0) / float(prepared.macs_total or 1))
+    notes = list(prepared.notes)
+    if keep - achieved > 0.01 * keep:
+        notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: "
+                     "the rank steps are too coarse here (lower --rank-multiple to get closer)")
+    return CompressionReport(
+        layers=tuple(rows), method=method, data_aware=calibration is not None, calibration=calibration,
+        target=target, requested=keep, achieved=achieved, params_before=prepared.params_total,
+        params_after=params_after_total, macs_before=prepared.macs_total, macs_after=macs_after_total,
+        max_error=allocation.max_error, error_measure=measure, search=allocation.search, seed=seed,
+        rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes))
+
+
+def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+            exclude: Sequence[str] = (), max_groups: int = 16,
+            rank_fractions: Sequence[float] = (0.25, 0.5, 0.75)) -> AnalysisReport:
+    """Every Conv/Gemm/MatMul layer: size, MACs, candidate groups, spectral error at a few ranks."""
+    prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False)
+    constants = constant_tensors(prepared.model)
+    rows = []
+    compressible = [layer for layer in prepared.layers if layer.compressible]
+    tables = []
+    for layer in prepared.layers:
+        errors: dict[str, float] = {}
+        if layer.compressible:
+            matrix = folded_weight(layer, constants)
+            spectrum = layer_spectra(matrix, (1,))[1][0]
+            limit = len(spectrum)
+            for fraction in rank_fractions:
+                rank = max(1, int(round(fraction * limit)))
+                errors[f"{fraction:g}"] = float(spectrum[rank] / spectrum[0]) if rank < limit and spectrum[0] > 0 else 0.0
+            tables.append(error_table(layer_spectra(matrix, layer.groups), layer.out_features, layer.cols,
+                                      groups=layer.groups))
+        rows.append(LayerAnalysis(layer.name, layer.op, layer.weight_shape, layer.params, layer.macs,
+                                  layer.groups, errors, layer.skip_reason))
+    params_compressible = sum(layer.params for layer in compressible)
+    min_params = prepared.params_total - params_compressible + minimum_cost(tables, [1.0] * len(tables))
+    macs_compressible = min_flops = None
+    if prepared.macs_total:
+        scales = [float(layer.positions or 0) for layer in compressible]
+        macs_compressible = int(sum(layer.params * s for layer, s in zip(compressible, scales)))
+        min_flops = (prepared.macs_total - macs_compressible + minimum_cost(tables, scales)) / prepared.macs_total
+    return AnalysisReport(tuple(rows), prepared.params_total, params_compressible, prepared.macs_total,
+                          macs_compressible, min_params / prepared.params_total if prepared.params_total else 1.0,
+                          min_flops, tuple(prepared.notes))

@@ -1,0 +1,188 @@
+"""The ``onnx-alds`` command line: analyze, compress, validate, bench, demo.
+
+Exit codes: 0 done; 1 a user-facing error, printed as one ``error: …`` line; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import OnnxAldsError
+
+
+def _unit_fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number; give a fraction such as 0.5") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
+def _add_analyze(subparsers) -> None:
+    parser = subparsers.add_parser("analyze", help="list the layers that can be factorized, with sizes and spectra",
+                                   description="Per-layer table: op, weight shape, params, MACs, candidate groups, "
+                                               "relative spectral error at a few ranks; then the totals.")
+    parser.add_argument("model", help="ONNX model file")
+    parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                        help="concrete dims of a dynamic input, e.g. input:1x3x224x224 (repeat per input)")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="glob patterns of node or weight names to leave dense")
+    parser.add_argument("--max-groups", type=_positive_int, default=16, help="largest group count g to consider")
+    parser.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
+    parser.set_defaults(run=_run_analyze)
+
+
+def _add_compress(subparsers) -> None:
+    from .api import METHODS
+    from .spectra import ERROR_MEASURES
+
+    parser = subparsers.add_parser("compress", help="factorize the model under a size or MAC budget",
+                                   description="Factorize Conv/Gemm/MatMul weights by grouped low-rank SVD with "
+                                               "the ALDS min-max allocation under one global budget.")
+    parser.add_argument("model", help="ONNX model file (never modified)")
+    parser.add_argument("-o", "--output", required=True, help="where to write the compressed model")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--keep-params", type=_unit_fraction, metavar="F",
+                        help="fraction of the model's weights to keep, in (0, 1]")
+    target.add_argument("--keep-flops", type=_unit_fraction, metavar="F",
+                        help="fraction of the Conv/Gemm/MatMul multiply-accumulates to keep, in (0, 1]")
+    parser.add_argument("--method", choices=METHODS, default="alds",
+                        help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
+    parser.add_argument("--error", choices=ERROR_MEASURES[:3], default="spectral", dest="error_measure",
+                        help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1)")
+    parser.add_argument("--rank-multiple", type=_positive_int, default=1, metavar="N",
+                        help="round every rank to a multiple of N (16 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--max-groups", type=_positive_int, default=16, metavar="G",
+                        help="largest group count g that alds considers (default 16)")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                        help="glob patterns of node or weight names to leave dense")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the allocation's random starts")
+    parser.add_argument("--report", metavar="FILE.json", help="write the per-layer plan and totals as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
+    _add_calibration_arguments(parser)
+    parser.set_defaults(run=_run_compress)
+
+
+def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    from .inputs import add_input_arguments
+
+    add_input_arguments(parser, prefix="calibration-")
+    parser.add_argument("--calibration-batch-size", type=_positive_int, default=16, metavar="N",
+                        help="batch size of the calibration runs")
+    parser.add_argument("--validate", action="store_true",
+                        help="after compressing, validate and benchmark against the original (validate options below)")
+    from .validate import add_validation_arguments
+
+    add_validation_arguments(parser)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from .api import analyze
+    from .model_io import parse_input_shapes
+
+    report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
+                     max_groups=args.max_groups)
+    print(report.format())
+    if args.json:
+        report.save_json(args.json)
+    return 0
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from .api import compress
+    from .inputs import inputs_from_args
+    from .model_io import check_output_path, load_model, parse_input_shapes, save_model
+
+    output = Path(args.output)
+    check_output_path(output, protect=[args.model])
+    if args.report:
+        check_output_path(Path(args.report), protect=[args.model, args.output])
+    input_shapes = parse_input_shapes(args.input_shape)
+    model = load_model(args.model)
+    calibration = inputs_from_args(model, args, prefix="calibration-", required=False)
+    result = compress(model, keep_params=args.keep_params, keep_flops=args.keep_flops, method=args.method,
+                      error_measure=args.error_measure, rank_multiple=args.rank_multiple, exclude=args.exclude,
+                      seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
+                      calibration=calibration, calibration_batch_size=args.calibration_batch_size)
+    summary = None
+    if args.validate:
+        from .validate import validate_from_args
+
+        summary = validate_from_args(model, result.model, args, report=result.report)
+    save_model(result.model, output, protect=[args.model])
+    text = result.report.format()
+    print(text if not args.quiet else text.split("\n\n", 1)[-1])
+    print(f"wrote {output}")
+    if args.report:
+        result.report.save_json(args.report)
+    if summary is not None:
+        print(summary.line)
+        if not summary.passed:
+            raise summary.failure
+    return 0
+
+
+def _add_validate(subparsers) -> None:
+    from .validate import add_validate_arguments, run_validate_command
+
+    parser = subparsers.add_parser("validate", help="compare a compressed model with its original in ONNX Runtime")
+    add_validate_arguments(parser)
+    parser.set_defaults(run=run_validate_command)
+
+
+def _add_bench(subparsers) -> None:
+    from .bench import add_bench_arguments, run_bench_command
+
+    parser = subparsers.add_parser("bench", help="measure latency and throughput in ONNX Runtime")
+    add_bench_arguments(parser)
+    parser.set_defaults(run=run_bench_command)
+
+
+def _add_demo(subparsers) -> None:
+    from .demo import add_demo_arguments, run_demo_command
+
+    parser = subparsers.add_parser("demo", help="compress, validate and benchmark the bundled MNIST model")
+    add_demo_arguments(parser)
+    parser.set_defaults(run=run_demo_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_analyze, _add_compress, _add_validate, _add_bench, _add_demo):
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except OnnxAldsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Reports: what was found, chosen and achieved, as frozen values that print as tables and save as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of this tool and the libraries that shape its output."""
+    import numpy
+    import onnx
+    import onnx_graphsurgeon
+    import scipy
+
+    from . import __version__
+
+    versions = {"onnx_alds": __version__, "onnx": onnx.__version__, "onnx_graphsurgeon": onnx_graphsurgeon.__version__,
+                "numpy": numpy.__version__, "scipy": scipy.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One Conv/Gemm/MatMul node before and after (``groups == 0``: left dense)."""
+
+    name: str
+    op: str
+    weight_shape: tuple[int, ...]
+    groups: int
+    rank: int
+    params_before: int
+    params_after: int
+    macs_before: Optional[int]
+    macs_after: Optional[int]
+    error: float
+    skip_reason: Optional[str]
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """Per layer decisions and totals of one compression."""
+
+    layers: tuple[LayerReport, ...]
+    method: str
+    data_aware: bool
+    calibration: Optional[str]
+    target: str  # "params" or "flops"
+    requested: float
+    achieved: float
+    params_before: int
+    params_after: int
+    macs_before: Optional[int]
+    macs_after: Optional[int]
+    max_error: float
+    error_measure: str
+    search: str
+    seed: int
+    rank_multiple: int
+    seconds: dict[str, float]
+    notes: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: Union[str, Path]) -> None:
+        write_json(self.to_dict(), path)
+
+    def format(self) -> str:
+        """The plan per layer and the totals, as printed by ``onnx-alds compress``."""
+        rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", "error", "note")]
+        for layer in self.layers:
+            rows.append((
+                layer.name, layer.op, "x".join(map(str, layer.weight_shape)),
+                "-" if layer.groups == 0 else str(layer.groups), "-" if layer.groups == 0 else str(layer.rank),
+                f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
+                f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
+                f"{layer.error:.4f}", layer.skip_reason or ("kept dense by the allocation" if layer.groups == 0 else ""),
+            ))
+        lines = [format_table(rows), ""]
+        ratio_params = self.params_after / self.params_before if self.params_before else 1.0
+        lines.append(f"method: {self.method}{' (data-aware: ' + str(self.calibration) + ')' if self.data_aware else ''}, "
+                     f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
+        lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}")
+        lines.append(f"weights: {_si(self.params_before)} -> {_si(self.params_after)} ({ratio_params:.4f} kept)")
+        if self.macs_before:
+            lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "
+                         f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
+        factorized = sum(1 for layer in self.layers if layer.groups)
+        lines.append(f"layers factorized: {factorized} of {len(self.layers)}, max error {self.max_error:.4f}")
+        lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+                     + f", total {sum(self.seconds.values()):.2f} s")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """One Conv/Gemm/MatMul node as ``analyze`` sees it."""
+
+    name: str
+    op: str
+    weight_shape: tuple[int, ...]
+    params: int
+    macs: Optional[int]
+    candidate_groups: tuple[int, ...]
+    errors_at_rank_fraction: dict[str, float]  # "0.25" -> spectral error at g = 1
+    skip_reason: Optional[str]
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """Every layer with its size and spectra summary, and the model's totals."""
+
+    layers: tuple[LayerAnalysis, ...]
+    params_total: int
+    params_compressible: int
+    macs_total: Optional[int]
+    macs_compressible: Optional[int]
+    min_keep_params: float
+    min_keep_flops: Optional[float]
+    notes: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: Union[str, Path]) -> None:
+        write_json(self.to_dict(), path)
+
+    def format(self) -> str:
+        fractions = sorted({k for layer in self.layers for k in layer.errors_at_rank_fraction})
+        header = ("layer", "op", "weight", "params", "MACs", "groups") + tuple(f"err@{f}" for f in fractions) + ("note",)
+        rows = [header]
+        for layer in self.layers:
+            rows.append((layer.name, layer.op, "x".join(map(str, layer.weight_shape)), _si(layer.params),
+                         _si(layer.macs), ",".join(map(str, layer.candidate_groups)) or "-",
+                         *(f"{layer.errors_at_rank_fraction[f]:.3f}" if f in layer.errors_at_rank_fraction else "-"
+                           for f in fractions),
+                         layer.skip_reason or ""))
+        lines = [format_table(rows), ""]
+        lines.append(f"weights: {_si(self.params_total)} total, {_si(self.params_compressible)} in factorizable layers"
+                     f" (smallest reachable --keep-params {self.min_keep_params:.4f})")
+        if self.macs_total:
+            lines.append(f"MACs:    {_si(self.macs_total)} total, {_si(self.macs_compressible)} in factorizable layers"
+                         f" (smallest reachable --keep-flops {self.min_keep_flops:.4f})")
+        lines.append("err@x: relative spectral error sigma_{r+1}/sigma_1 at rank x*min(f, c*k), g = 1")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns, the first row as header."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _si(value: Optional[float]) -> str:
+    if value is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(int(value))
+
+
+def write_json(data: dict, path: Union[str, Path]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    tmp.replace(target)
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

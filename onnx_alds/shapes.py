@@ -1,0 +1,85 @@
+"""Concrete tensor shapes at a given input shape: ONNX shape inference first, one ONNX Runtime run
+for whatever inference could not resolve (e.g. convolutions behind dynamic Pad nodes)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from .model_io import graph_inputs
+
+log = logging.getLogger(__name__)
+
+
+def _static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        if value.name in input_shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    return copy
+
+
+def _known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for value in values:
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tensor_type.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            shapes[value.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
+                  needed: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the ``needed`` tensors (and every other one inference found).
+
+    Tensors that neither shape inference nor an ONNX Runtime run can size are missing from the
+    result; callers decide whether that is an error.
+    """
+    static = _static_copy(model, input_shapes)
+    try:
+        inferred = shape_inference.infer_shapes(static, data_prop=True)
+    except Exception as exc:  # inference fails on some custom ops; ONNX Runtime may still run them
+        log.info("shape inference failed (%s); using ONNX Runtime for shapes", exc)
+        inferred = static
+    graph = inferred.graph
+    shapes = _known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output))
+    for init in graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    missing = sorted(set(needed) - set(shapes))
+    if missing:
+        shapes.update(_shapes_from_runtime(static, input_shapes, missing))
+    return shapes
+
+
+def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
+                         names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Run the model once on zero inputs with ``names`` added as graph outputs."""
+    try:
+        from .runtime import make_session
+    except ImportError:  # pragma: no cover - runtime.py itself always imports
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {output.name for output in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(helper.ValueInfoProto(name=name))
+    try:
+        session = make_session(probe, "cpu")
+        feeds = {spec.name: np.zeros(input_shapes[spec.name], dtype=spec.dtype) for spec in graph_inputs(model)}
+        outputs = session.run(names, feeds)
+    except Exception as exc:
+        log.info("ONNX Runtime could not size %d tensors: %s", len(names), str(exc).splitlines()[0])
+        return {}
+    return {name: tuple(int(d) for d in value.shape) for name, value in zip(names, outputs)}
