@@ -1,0 +1,128 @@
+"""The command line: exit codes, one-line errors, no partial output, files written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from onnx_alds.cli import main
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_compress_writes_model_and_report(cnn_path, tmp_path, capsys):
+    out, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    code, stdout, _ = run_cli("compress", cnn_path, "-o", out, "--keep-flops", "0.5", "--report", report, capsys=capsys)
+    assert code == 0
+    assert "achieved" in stdout and "max error" in stdout
+    onnx.checker.check_model(str(out), full_check=True)
+    data = json.loads(report.read_text())
+    assert data["target"] == "flops" and data["requested"] == 0.5
+    assert abs(data["achieved"] - 0.5) < 0.005
+    assert {"name", "op", "weight_shape", "groups", "rank", "params_before", "params_after", "macs_before",
+            "macs_after", "error", "skip_reason"} <= set(data["layers"][0])
+    assert data["versions"]["onnx_alds"]
+
+
+def test_truncated_file(cnn_path, tmp_path, capsys):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(cnn_path.read_bytes()[:200])
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("compress", broken, "-o", out, "--keep-flops", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "broken.onnx", "truncated or not ONNX")
+    assert not out.exists()
+
+
+def test_not_onnx_file(tmp_path, capsys):
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 20)
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("compress", text, "-o", out, "--keep-params", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "notes.onnx")
+    assert not out.exists()
+
+
+def test_missing_file(tmp_path, capsys):
+    code, _, err = run_cli("analyze", tmp_path / "nope.onnx", capsys=capsys)
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_nothing_to_compress(tmp_path, capsys):
+    from conftest import make_model
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    model = make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [])
+    path, out = tmp_path / "relu.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(path))
+    code, _, err = run_cli("compress", path, "-o", out, "--keep-params", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "nothing to compress")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_keep_flops_out_of_range(cnn_path, tmp_path, capsys, value):
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--keep-flops", value, capsys=capsys)
+    assert_one_line_error(code, err, f"--keep-flops {float(value)}", "(0, 1]")
+    assert not out.exists()
+
+
+def test_output_equal_to_input(cnn_path, capsys):
+    before = cnn_path.read_bytes()
+    code, _, err = run_cli("compress", cnn_path, "-o", cnn_path, "--keep-flops", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "is the input model")
+    assert cnn_path.read_bytes() == before
+
+
+def test_impossible_target_message(cnn_path, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--keep-params", "0.001", capsys=capsys)
+    assert_one_line_error(code, err, "smallest reachable ratio")
+    assert not out.exists()
+
+
+def test_usage_error_exits_2(cnn_path, tmp_path, capsys):
+    code, _, _ = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", capsys=capsys)  # no target
+    assert code == 2
+    code, _, _ = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-flops", "0.5", "--method", "x",
+                         capsys=capsys)
+    assert code == 2
+
+
+def test_analyze_prints_table_and_json(cnn_path, tmp_path, capsys):
+    out = tmp_path / "analysis.json"
+    code, stdout, _ = run_cli("analyze", cnn_path, "--json", out, capsys=capsys)
+    assert code == 0
+    assert "conv1" in stdout and "smallest reachable --keep-flops" in stdout
+    data = json.loads(out.read_text())
+    assert [layer["name"] for layer in data["layers"]][:2] == ["conv0", "conv1"]
+
+
+def test_console_script_runs(cnn_path, tmp_path):
+    """The installed entry point, as a user calls it."""
+    out = tmp_path / "small.onnx"
+    proc = subprocess.run([sys.executable, "-m", "onnx_alds.cli", "compress", str(cnn_path), "-o", str(out),
+                           "--keep-params", "0.5", "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and "wrote" in proc.stdout

@@ -1,0 +1,163 @@
+"""The compression pass end to end through the Python API: invariants of the output model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_alds
+from conftest import make_model, matmul_model, random_feeds, run_model, small_cnn
+from onnx_alds.errors import BudgetError, UnsupportedModelError
+from onnx_alds.model_io import load_model, save_model
+
+
+def test_compress_keeps_interface_and_metadata(cnn):
+    before = cnn.SerializeToString()
+    result = onnx_alds.compress(cnn, keep_flops=0.5)
+    model = result.model
+    assert cnn.SerializeToString() == before, "the caller's model must not be modified"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert model.graph.input[0].type == cnn.graph.input[0].type  # dynamic dim 'N' kept
+    assert model.graph.output[0].type == cnn.graph.output[0].type
+    assert list(model.opset_import) == list(cnn.opset_import)
+    assert model.ir_version == cnn.ir_version
+    assert model.doc_string == "small test CNN" and model.model_version == 3
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["author"] == "tests"
+    assert props["onnx_alds.method"] == "alds" and props["onnx_alds.target"] == "keep_flops=0.5"
+    report = result.report
+    assert abs(report.achieved - 0.5) <= 0.005 and report.achieved <= 0.5
+    factorized = [layer for layer in report.layers if layer.groups]
+    assert factorized, "at half the MACs some layer must be factorized"
+    node_names = {node.name for node in model.graph.node}
+    for layer in factorized:
+        assert {f"{layer.name}.enc", f"{layer.name}.dec"} <= node_names
+        assert layer.name not in node_names
+    # MACs counted by the report match the weights of the written model
+    weights = {init.name: init for init in model.graph.initializer}
+    conv0 = next(layer for layer in factorized if layer.op == "Conv")
+    enc = weights[f"{conv0.name}.weight.enc"]
+    assert enc.dims[0] == conv0.groups * conv0.rank
+    feeds = random_feeds(cnn, shapes={"input": (3, 3, 32, 32)})
+    assert run_model(model, feeds)[0].shape == (3, 10)
+
+
+@pytest.mark.parametrize("method", onnx_alds.METHODS)
+@pytest.mark.parametrize("target", ["params", "flops"])
+def test_every_method_meets_the_target(cnn, method, target):
+    keep = {"keep_params": 0.6} if target == "params" else {"keep_flops": 0.6}
+    report = onnx_alds.compress(cnn, method=method, **keep).report
+    assert report.method == method
+    assert 0.99 * 0.6 <= report.achieved <= 0.6 + 1e-9
+    if method != "alds":
+        assert all(layer.groups in (0, 1) for layer in report.layers)
+
+
+def test_same_seed_gives_byte_identical_files(cnn, tmp_path):
+    first = onnx_alds.compress(cnn, keep_params=0.4, seed=3).model
+    second = onnx_alds.compress(cnn, keep_params=0.4, seed=3).model
+    a, b = save_model(first, tmp_path / "a.onnx"), save_model(second, tmp_path / "b.onnx")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_rank_multiple(cnn):
+    report = onnx_alds.compress(small_cnn(width=32), keep_flops=0.5, rank_multiple=16).report
+    ranks = [layer.rank for layer in report.layers if layer.groups]
+    assert ranks and all(rank % 16 == 0 for rank in ranks)
+    assert report.achieved <= 0.5
+
+
+def test_impossible_target_names_smallest_ratio(cnn):
+    with pytest.raises(BudgetError, match=r"smallest reachable ratio is 0\.\d+"):
+        onnx_alds.compress(cnn, keep_params=0.001)
+
+
+@pytest.mark.parametrize("keep", [0.0, 1.5, -0.2, float("nan")])
+def test_out_of_range_target(cnn, keep):
+    with pytest.raises(BudgetError, match="out of range"):
+        onnx_alds.compress(cnn, keep_flops=keep)
+
+
+def test_keep_everything_changes_nothing(cnn):
+    result = onnx_alds.compress(cnn, keep_params=1.0)
+    assert all(layer.groups == 0 for layer in result.report.layers)
+    feeds = random_feeds(cnn, shapes={"input": (2, 3, 32, 32)})
+    assert np.array_equal(run_model(cnn, feeds)[0], run_model(result.model, feeds)[0])
+
+
+def test_transformer_matmul_needs_input_shape_for_flops():
+    model = matmul_model(in_features=64, out_features=96, leading=("batch", "seq"))
+    with pytest.raises(UnsupportedModelError, match=r"--input-shape x:"):
+        onnx_alds.compress(model, keep_flops=0.5)
+    result = onnx_alds.compress(model, keep_flops=0.5, input_shapes={"x": (2, 7, 64)})
+    assert [node.op_type for node in result.model.graph.node] == ["MatMul", "MatMul"]
+    out = run_model(result.model, {"x": np.ones((3, 5, 64), np.float32)})[0]
+    assert out.shape == (3, 5, 96)
+    assert onnx_alds.compress(model, keep_params=0.5).report.achieved <= 0.5
+
+
+def _mixed_model() -> onnx.ModelProto:
+    """Layers that must be skipped, each for its own reason, and one that can be factorized."""
+    rng = np.random.default_rng(0)
+    w = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(w(16, 8, 3, 3), "big.weight"), numpy_helper.from_array(w(16, 1, 3, 3), "dw.weight"),
+             numpy_helper.from_array(w(16, 16), "shared.weight"), numpy_helper.from_array(w(2, 16), "tiny.weight"),
+             numpy_helper.from_array(w(16, 16, 3, 3), "skip.weight")]
+    nodes = [
+        helper.make_node("Conv", ["x", "big.weight"], ["a"], name="big", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "dw.weight"], ["b"], name="dw", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["b", "skip.weight"], ["b2"], name="skipme", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["b2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "shared.weight"], ["g"], name="mm1"),
+        helper.make_node("MatMul", ["g", "shared.weight"], ["h"], name="mm2"),
+        helper.make_node("MatMul", ["h", "f_dyn"], ["i"], name="dynamic"),
+        helper.make_node("Gemm", ["i", "tiny.weight"], ["y"], name="tiny", transB=1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8]),
+              helper.make_tensor_value_info("f_dyn", TensorProto.FLOAT, [16, 16])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])]
+    return make_model(nodes, inputs, outputs, inits)
+
+
+def test_skip_reasons_are_reported():
+    model = _mixed_model()
+    report = onnx_alds.compress(model, keep_params=0.9, exclude=["skip*"]).report
+    reasons = {layer.name: layer.skip_reason for layer in report.layers}
+    assert reasons["big"] is None
+    assert "depthwise" in reasons["dw"]
+    assert "excluded" in reasons["skipme"]
+    assert "shared by 2" in reasons["mm1"] and "shared by 2" in reasons["mm2"]
+    assert "not a constant" in reasons["dynamic"]
+    assert "would not shrink" in reasons["tiny"]
+
+
+def test_nothing_to_compress_is_an_error():
+    model = _mixed_model()
+    with pytest.raises(UnsupportedModelError, match="nothing to compress"):
+        onnx_alds.compress(model, keep_params=0.9, exclude=["big", "skip*"])
+
+
+def test_external_data_model_loads_and_saves(cnn, tmp_path):
+    source = tmp_path / "ext.onnx"
+    onnx.save_model(cnn, str(source), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    result = onnx_alds.compress(str(source), keep_params=0.5)
+    out = save_model(result.model, tmp_path / "out.onnx", protect=[source], external_data=True)
+    assert (tmp_path / "out.onnx.data").exists()
+    reloaded = load_model(out)
+    feeds = random_feeds(cnn, shapes={"input": (1, 3, 32, 32)})
+    assert np.allclose(run_model(reloaded, feeds)[0], run_model(result.model, feeds)[0])
+
+
+def test_analyze_reports_layers_and_floor(cnn):
+    report = onnx_alds.analyze(cnn)
+    assert [layer.name for layer in report.layers] == ["conv0", "conv1", "conv2", "conv3", "fc"]
+    assert report.macs_total == sum(layer.macs for layer in report.layers)
+    assert 0 < report.min_keep_flops < 0.2
+    conv1 = report.layers[1]
+    assert conv1.candidate_groups[0] == 1 and conv1.errors_at_rank_fraction["0.5"] < conv1.errors_at_rank_fraction["0.25"]
