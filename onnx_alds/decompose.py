@@ -10,6 +10,16 @@ same rank ``r`` by its truncated SVD ``W_i ≈ A_i B_i`` with ``A_i = U_i[:, :r]
 Data-aware variant: given the second moment ``C_i = E[x_i x_iᵀ]`` of what group ``i`` multiplies,
 the rank-``r`` factors minimizing ``E‖(W_i − A_i B_i) x_i‖²`` come from the SVD of ``W_i L_i``
 (``C_i = L_i L_iᵀ``), mapped back with ``B_i ← B_i L_i⁻¹``. At full rank both reproduce ``W_i``.
+
+Per-group whitening sees only the diagonal blocks ``C_i`` of the full second moment ``C``; the
+correlation between groups is ignored. :func:`refit_decoder` fixes that for a given encoder ``B``
+(block-diagonal) by the least-squares decoder on the full moment:
+``A = argmin E‖W x − A B x‖² = W C Bᵀ (B C Bᵀ)⁻¹``. Under sequential calibration the layer sees
+``x̃`` (the output of an already-compressed prefix) instead of ``x``; with ``C̃ = E[x̃ x̃ᵀ]`` and
+``M = E[x x̃ᵀ]``, ``E‖W x − P x̃‖² = const + E‖W' x̃ − P x̃‖²`` with ``W' = W M C̃⁻¹``
+(:func:`sequential_target`), so the factors are the whitened decomposition of ``W'`` in the metric
+``C̃`` and the refit becomes ``A = W M Bᵀ (B C̃ Bᵀ)⁻¹``. :func:`bias_shift` gives the mean residual
+``E[W x − A B x̃]`` that a bias correction adds to the decoder's bias.
 """
 
 from __future__ import annotations
@@ -28,8 +38,14 @@ __all__ = [
     "factorized_size",
     "candidate_groups",
     "group_singular_values",
+    "grouped_spectra",
     "whitening_factor",
     "decompose",
+    "damped_moment",
+    "encoder_matrix",
+    "sequential_target",
+    "refit_decoder",
+    "bias_shift",
 ]
 
 
@@ -109,31 +125,75 @@ def whitening_factor(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.
     raise np.linalg.LinAlgError("input second moment is not positive definite even after damping")
 
 
+def _gram_side(block: np.ndarray) -> np.ndarray:
+    """The smaller Gram matrix of ``block``: ``T Tᵀ`` when it has fewer rows than columns, else ``Tᵀ T``."""
+    return block @ block.T if block.shape[0] <= block.shape[1] else block.T @ block
+
+
 def group_singular_values(matrix: np.ndarray, groups: int,
                           whitening: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
     """Singular values of every group, shape ``(g, m)`` with ``m = max_rank``, descending per row.
 
     With ``whitening`` (one factor ``L_i`` per group), the spectra are those of ``W_i L_i``.
+    Computed as square roots of the eigenvalues of the smaller Gram matrix (one BLAS product and a
+    small symmetric eigensolve, several times faster than an SVD); values below about
+    ``1e-8·σ_1`` are rounding noise, far below any error the allocation distinguishes.
     """
-    blocks = split_columns(matrix, groups)
-    out_features, width = blocks[0].shape
-    values = np.zeros((groups, min(out_features, width)))
-    for i, block in enumerate(blocks):
-        target = block if whitening is None else block @ whitening[i]
-        values[i] = scipy.linalg.svd(target, compute_uv=False, check_finite=False, lapack_driver="gesdd")
+    blocks = split_columns(np.asarray(matrix, dtype=np.float64), groups)
+    grams = [_gram_side(block if whitening is None else block @ whitening[i]) for i, block in enumerate(blocks)]
+    return _spectra_from_grams(grams)
+
+
+def _spectra_from_grams(grams: Sequence[np.ndarray]) -> np.ndarray:
+    values = np.zeros((len(grams), grams[0].shape[0]))
+    for i, gram in enumerate(grams):
+        eigenvalues = scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False)
+        values[i] = np.sqrt(np.clip(eigenvalues[::-1], 0.0, None))
     return values
 
 
-def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD with deterministic signs: the largest-magnitude entry of every left vector is positive."""
-    try:
-        u, s, vt = scipy.linalg.svd(matrix, full_matrices=False, check_finite=False, lapack_driver="gesdd")
-    except np.linalg.LinAlgError:
-        u, s, vt = scipy.linalg.svd(matrix, full_matrices=False, check_finite=False, lapack_driver="gesvd")
-    pivots = np.argmax(np.abs(u), axis=0)
-    signs = np.sign(u[pivots, np.arange(u.shape[1])])
+def grouped_spectra(matrix: np.ndarray, group_counts: Sequence[int]) -> dict[int, np.ndarray]:
+    """:func:`group_singular_values` for several group counts at once, sharing the BLAS work.
+
+    Where a group is wider than tall, its spectrum comes from the ``f × f`` Gram ``W_i W_iᵀ``; the
+    Gram of a coarse group is the sum of the Grams of the finer groups it contains, so they are
+    computed once, at the finest such ``g``, and summed up for the coarser ones.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    out_features, cols = matrix.shape
+    counts = sorted(set(group_counts))
+    wide = [g for g in counts if out_features <= cols // g]
+    finest = max(wide, default=0)
+    fine_grams = [block @ block.T for block in split_columns(matrix, finest)] if finest else []
+    spectra = {}
+    for g in counts:
+        if g in wide and finest % g == 0:
+            step = finest // g
+            grams = [np.sum(fine_grams[i * step:(i + 1) * step], axis=0) for i in range(g)]
+            spectra[g] = _spectra_from_grams(grams)
+        else:
+            spectra[g] = group_singular_values(matrix, g)
+    return spectra
+
+
+def _top_vectors(target: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Top ``rank`` singular values and vectors of ``target`` from its smaller Gram matrix.
+
+    Returns ``(σ, vectors, left)``: left singular vectors (``f × r``) when ``left`` is True, right
+    ones (``n × r``) otherwise. Signs are deterministic: the largest-magnitude entry of every left
+    vector is positive (for right vectors, of the left vector it induces).
+    """
+    left = target.shape[0] <= target.shape[1]
+    size = min(target.shape)
+    eigenvalues, vectors = scipy.linalg.eigh(_gram_side(target), subset_by_index=[size - rank, size - 1],
+                                             check_finite=False)
+    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+    sigma = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    induced = vectors if left else target @ vectors
+    pivots = np.argmax(np.abs(induced), axis=0)
+    signs = np.sign(induced[pivots, np.arange(rank)])
     signs[signs == 0] = 1.0
-    return u * signs, s, vt * signs[:, None]
+    return sigma, vectors * signs, left
 
 
 def decompose(matrix: np.ndarray, groups: int, rank: int,
@@ -142,6 +202,11 @@ def decompose(matrix: np.ndarray, groups: int, rank: int,
 
     ``whitening``: optional per-group factors ``L_i`` (see :func:`whitening_factor`); the factors then
     minimize the output error on inputs with second moment ``L_i L_iᵀ`` instead of ``‖W_i − A_i B_i‖``.
+
+    With ``T = W_i L_i`` (or ``W_i``) and its top singular triplets ``(σ, u, v)``: ``A_i = U √Σ`` and
+    ``B_i = √Σ⁻¹ Uᵀ W_i`` (which equals ``√Σ Vᵀ L_i⁻¹``), so ``A_i B_i = U Uᵀ W_i`` is the projection
+    onto the top left singular space: exact at full rank. Directions with ``σ < 1e-12·σ_1`` carry no
+    signal and are zeroed rather than divided by.
     """
     blocks = split_columns(np.asarray(matrix, dtype=np.float64), groups)
     out_features, width = blocks[0].shape
@@ -151,12 +216,97 @@ def decompose(matrix: np.ndarray, groups: int, rank: int,
     encoders, decoders = [], []
     for i, block in enumerate(blocks):
         target = block if whitening is None else block @ whitening[i]
-        u, s, vt = _svd(target)
-        root = np.sqrt(s[:rank])
-        encoder = root[:, None] * vt[:rank]
-        if whitening is not None:
-            # B_i = √Σ Vᵀ L⁻¹  ⇔  B_i L = √Σ Vᵀ  ⇔  Lᵀ B_iᵀ = V √Σ
-            encoder = scipy.linalg.solve_triangular(whitening[i], encoder.T, trans="T", lower=True).T
+        sigma, vectors, left = _top_vectors(target, rank)
+        alive = sigma > 1e-12 * max(float(sigma[0]), 1e-300)
+        root = np.sqrt(sigma)
+        inverse_root = np.where(alive, 1.0 / np.where(alive, root, 1.0), 0.0)
+        if left:  # vectors = U
+            decoder = vectors * np.where(alive, root, 0.0)
+            encoder = (vectors * inverse_root).T @ block
+        else:  # vectors = V: B = √Σ Vᵀ L⁻¹, A = T V √Σ⁻¹
+            encoder = (vectors * np.where(alive, root, 0.0)).T
+            if whitening is not None:
+                encoder = scipy.linalg.solve_triangular(whitening[i], encoder.T, trans="T", lower=True).T
+            decoder = (target @ vectors) * inverse_root
         encoders.append(encoder)
-        decoders.append(u[:, :rank] * root)
+        decoders.append(decoder)
     return GroupedFactors(groups, rank, np.concatenate(encoders, axis=0), np.concatenate(decoders, axis=1))
+
+
+def damped_moment(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.ndarray:
+    """``C + δ·mean(diag C)·I`` in float64: the same damping :func:`whitening_factor` starts from."""
+    size = second_moment.shape[0]
+    scale = float(np.mean(np.diag(second_moment))) if size else 0.0
+    if not np.isfinite(scale) or scale <= 0.0:
+        scale = 1.0
+    return np.asarray(second_moment, dtype=np.float64) + (damping * scale) * np.eye(size)
+
+
+def encoder_matrix(factors: GroupedFactors) -> np.ndarray:
+    """The block-diagonal encoder ``B`` of shape ``(g·r, c·κ)``: group ``i``'s rows act on its columns only."""
+    g, r = factors.groups, factors.rank
+    width = factors.encoder.shape[1]
+    full = np.zeros((g * r, g * width))
+    for i in range(g):
+        full[i * r:(i + 1) * r, i * width:(i + 1) * width] = factors.encoder[i * r:(i + 1) * r]
+    return full
+
+
+def sequential_target(matrix: np.ndarray, second_moment: np.ndarray, cross: np.ndarray, *,
+                      damping: float = 1e-6) -> np.ndarray:
+    """``W' = W M C̃⁻¹`` (``C̃`` damped): the matrix whose whitened decomposition in the metric ``C̃``
+    minimizes ``E‖W x − P x̃‖²`` (``M = E[x x̃ᵀ]``, ``C̃ = E[x̃ x̃ᵀ]``)."""
+    moment = damped_moment(second_moment, damping=damping)
+    rhs = np.asarray(cross, dtype=np.float64).T @ np.asarray(matrix, dtype=np.float64).T  # Mᵀ Wᵀ
+    try:
+        solved = scipy.linalg.cho_solve(scipy.linalg.cho_factor(moment, lower=True, check_finite=False), rhs,
+                                        check_finite=False)
+    except np.linalg.LinAlgError:
+        solved = scipy.linalg.lstsq(moment, rhs, check_finite=False)[0]
+    return solved.T
+
+
+def _symmetric_solve_right(rhs: np.ndarray, gram: np.ndarray, *, cutoff: float = 1e-12) -> np.ndarray:
+    """``rhs · gram⁺`` for a symmetric positive semi-definite ``gram`` (eigenvalues below
+    ``cutoff·λ_max`` are treated as zero: directions the data never excites get no weight)."""
+    values, vectors = scipy.linalg.eigh(gram, check_finite=False)
+    top = float(values[-1]) if values.size else 0.0
+    keep = values > cutoff * max(top, 0.0)
+    inverse = np.zeros_like(values)
+    inverse[keep] = 1.0 / values[keep]
+    return ((rhs @ vectors) * inverse) @ vectors.T
+
+
+def refit_decoder(matrix: np.ndarray, factors: GroupedFactors, second_moment: np.ndarray,
+                  cross: Optional[np.ndarray] = None, *, damping: float = 1e-6) -> GroupedFactors:
+    """The same encoder with the least-squares decoder on the full input moment.
+
+    ``A = W M Bᵀ (B C Bᵀ)⁻¹`` with ``B`` the block-diagonal encoder, ``C`` the (damped) second moment of
+    what the layer sees and ``M = E[x x̃ᵀ]`` (``M = C`` when ``cross`` is None, i.e. the layer sees the
+    original model's inputs). This minimizes ``E‖W x − A B x̃‖²`` over ``A`` given ``B``, so it never
+    increases that error; when ``W = A₀ B`` exactly (full rank), it returns ``A₀``'s product exactly.
+    The solve is a pseudo-inverse on the eigenvalues of ``B C Bᵀ`` (rank-deficient encoders and data).
+    """
+    weight = np.asarray(matrix, dtype=np.float64)
+    moment = damped_moment(second_moment, damping=damping)
+    full = encoder_matrix(factors)
+    mixed = moment if cross is None else np.asarray(cross, dtype=np.float64)
+    rhs = weight @ (mixed @ full.T)  # W M Bᵀ, (f, g·r)
+    gram = full @ moment @ full.T
+    gram = 0.5 * (gram + gram.T)
+    decoder = _symmetric_solve_right(rhs, gram)
+    return GroupedFactors(factors.groups, factors.rank, factors.encoder, decoder)
+
+
+def bias_shift(matrix: np.ndarray, factors: GroupedFactors, mean: np.ndarray,
+               reference_mean: Optional[np.ndarray] = None) -> np.ndarray:
+    """``E[W x − A B x̃] = W μ − A B μ̃`` (``μ = E[x]``, ``μ̃ = E[x̃]``; ``μ = μ̃`` without a reference).
+
+    For a Conv, ``μ`` is the mean patch over samples and positions, so this is the per-output-channel
+    mean error averaged over positions; adding it to the decoder's bias zeroes the mean output error
+    on the calibration data.
+    """
+    seen = np.asarray(mean, dtype=np.float64)
+    original = seen if reference_mean is None else np.asarray(reference_mean, dtype=np.float64)
+    approx = factors.decoder @ (encoder_matrix(factors) @ seen)
+    return np.asarray(matrix, dtype=np.float64) @ original - approx

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .decompose import factorized_size, group_singular_values, max_rank
+from .decompose import factorized_size, group_singular_values, grouped_spectra, max_rank
 
 ERROR_MEASURES = ("spectral", "spectral-sqrt-g", "frobenius", "rank-fraction")
 
@@ -66,10 +66,10 @@ class ErrorTable:
 def layer_spectra(matrix: np.ndarray, groups: Sequence[int],
                   whitening: Optional[Mapping[int, Sequence[np.ndarray]]] = None) -> dict[int, np.ndarray]:
     """Singular values per group for every candidate ``g`` (and always for ``g = 1``, the normalizer)."""
-    spectra = {}
-    for g in sorted(set(groups) | {1}):
-        spectra[g] = group_singular_values(matrix, g, None if whitening is None else whitening[g])
-    return spectra
+    counts = sorted(set(groups) | {1})
+    if whitening is None:
+        return grouped_spectra(matrix, counts)
+    return {g: group_singular_values(matrix, g, whitening[g]) for g in counts}
 
 
 def allowed_ranks(limit: int, rank_multiple: int) -> np.ndarray:

@@ -87,3 +87,15 @@ def test_error_table_values():
     assert list(multiple.option(1).ranks) == [2]
     energy = error_table(spectra, 6, 8, groups=(1,), measure="frobenius")
     assert energy.option(1).errors[0] == pytest.approx(np.sqrt(np.sum(sigma[1:] ** 2) / np.sum(sigma ** 2)))
+
+
+def test_shared_gram_spectra_equal_direct_ones():
+    from onnx_alds.decompose import grouped_spectra
+
+    rng = np.random.default_rng(2)
+    for f, cols in [(8, 96), (64, 96), (200, 96)]:
+        matrix = rng.standard_normal((f, cols))
+        shared = grouped_spectra(matrix, (1, 2, 3, 4, 8, 16))
+        for g, values in shared.items():
+            direct = np.array([np.linalg.svd(b, compute_uv=False) for b in split_columns(matrix, g)])
+            assert np.allclose(values, direct, rtol=1e-9, atol=1e-9 * direct.max())

@@ -1,0 +1,612 @@
+"""Latency of models in ONNX Runtime, measured so that speedups can be trusted.
+
+* All models of one call are timed in the same loop, **interleaved**: each round runs every model
+  once, the starting model rotating from round to round, so machine drift (other processes, clocks,
+  heat) hits every model alike. Speedup = median latency of the first model / median of the other.
+* Warm-up runs first (each model, interleaved too), then at least ``runs`` timed rounds and at least
+  ``min_time_s`` seconds of them. Figures per model and batch size: median, p10, p90, mean, min,
+  spread ``(p90 - p10) / median`` and throughput ``batch / median`` (samples per second).
+* CPU: ``threads`` intra-op threads (default: the physical cores), recorded in the report.
+* CUDA / TensorRT: inputs are copied to the device once and bound with IO binding (``OrtValue`` on
+  ``cuda:0``), outputs are bound to the device, so no host↔device copy is timed;
+  ``cudnn_conv_algo_search`` is ``EXHAUSTIVE`` by default (no slow fallback kernel), and the default
+  warm-up is longer (50 runs) so the algorithm search finishes before timing. ``run_with_iobinding``
+  returns after ONNX Runtime has synchronized the provider's stream (its default run option
+  ``disable_synchronize_execution_providers=0``); ``synchronize_outputs()`` is called inside the timed
+  region as well, so each timing ends when the GPU is done.
+* Per layer (``per_layer=True``): for every original node ``X`` that a compressed model replaced by
+  nodes named ``X.enc`` and ``X.dec``, the original node and the pair (with anything between them)
+  are extracted into single-layer models at the shapes shape inference gives, and timed interleaved
+  the same way. (ONNX Runtime's profiler was tried first: its graph optimizations fuse and rename
+  nodes, e.g. ``conv1`` + ``relu1`` become ``r_nchwc``, so its per-node times cannot be matched to
+  layers by name reliably.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError
+from .inputs import random_array
+from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
+from .runtime import PROVIDERS, import_onnxruntime, make_session
+
+log = logging.getLogger(__name__)
+
+ModelArg = Union[str, os.PathLike, onnx.ModelProto]
+DEVICE_PROVIDERS = ("cuda", "tensorrt")
+CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of one model at one batch size, in milliseconds."""
+
+    model: str
+    batch_size: int
+    runs: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    spread: float
+    throughput: float
+    speedup: float
+
+    def line(self) -> str:
+        return (f"{self.model:<32} batch {self.batch_size:<4} median {self.median_ms:9.3f} ms  "
+                f"p10 {self.p10_ms:9.3f}  p90 {self.p90_ms:9.3f}  spread {self.spread:6.1%}  "
+                f"{self.throughput:10.1f} samples/s  speedup {self.speedup:5.2f}x  ({self.runs} runs)")
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """One factorized layer: the original node against its ``.enc``/``.dec`` pair, in microseconds."""
+
+    layer: str
+    op_type: str
+    input_shape: tuple[int, ...]
+    pair_nodes: tuple[str, ...]
+    original_us: float
+    pair_us: float
+    speedup: float
+
+    def line(self) -> str:
+        verdict = "faster" if self.speedup > 1.0 else "NOT faster"
+        return (f"{self.layer:<40} {self.op_type:<8} {self.original_us:10.1f} µs -> {self.pair_us:10.1f} µs  "
+                f"{self.speedup:5.2f}x  {verdict}")
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """Per-layer timings of one compressed model against the first model."""
+
+    model: str
+    batch_size: int
+    rows: tuple[LayerTiming, ...]
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Every figure of one benchmark run."""
+
+    models: tuple[str, ...]
+    provider: str
+    provider_name: str
+    provider_options: dict = field(hash=False)
+    threads: Optional[int]
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    timings: tuple[Timing, ...]
+    layers: tuple[LayerComparison, ...]
+    machine: dict = field(hash=False)
+    versions: dict = field(hash=False)
+
+    def timing(self, model_index: int, batch_size: int) -> Timing:
+        """The timing of ``models[model_index]`` at ``batch_size``."""
+        name = self.models[model_index]
+        for entry in self.timings:
+            if entry.model == name and entry.batch_size == batch_size:
+                return entry
+        raise KeyError(f"no timing for model {model_index} at batch {batch_size}")
+
+    def speedup(self, model_index: int, batch_size: int) -> float:
+        """Speedup of ``models[model_index]`` against ``models[0]`` at ``batch_size``."""
+        return self.timing(model_index, batch_size).speedup
+
+    def lines(self) -> list[str]:
+        threads = f", {self.threads} threads" if self.threads else ""
+        lines = [f"bench on {self.provider} ({self.provider_name}{threads}), "
+                 f"{self.machine.get('cpu', '?')}" + (f", GPU {self.machine['gpu']}" if self.machine.get("gpu") else "")]
+        lines += [t.line() for t in self.timings]
+        for comparison in self.layers:
+            lines.append(f"per layer: {comparison.model} against {self.models[0]} (batch {comparison.batch_size})")
+            lines += ["  " + row.line() for row in comparison.rows]
+            lines += [f"  skipped: {reason}" for reason in comparison.skipped]
+            if not comparison.rows and not comparison.skipped:
+                lines.append("  no factorized layers (no nodes named <layer>.enc / <layer>.dec)")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "provider": self.provider,
+            "provider_name": self.provider_name,
+            "provider_options": dict(self.provider_options),
+            "threads": self.threads,
+            "batch_sizes": list(self.batch_sizes),
+            "warmup": self.warmup,
+            "timings": [asdict(t) for t in self.timings],
+            "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
+                        "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
+                                 for r in c.rows]} for c in self.layers],
+            "machine": dict(self.machine),
+            "versions": dict(self.versions),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Machine description
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (from /proc/cpuinfo; logical CPUs where unknown)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return logical
+    cores = set()
+    physical_id = core_id = None
+    for line in text.splitlines() + [""]:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical_id = value.strip()
+        elif key == "core id":
+            core_id = value.strip()
+        elif not line.strip():
+            if core_id is not None:
+                cores.add((physical_id, core_id))
+            physical_id = core_id = None
+    return max(1, min(len(cores), logical)) if cores else logical
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, GPU name (via nvidia-smi, when present), OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        try:
+            result = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=20, check=False)
+            gpu = result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            gpu = None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "gpu": gpu,
+            "os": platform.platform(), "python": sys.version.split()[0]}
+
+
+def versions() -> dict[str, str]:
+    """Versions of onnxruntime, onnx, numpy and onnx-alds."""
+    from . import __version__
+
+    ort = import_onnxruntime()
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__,
+            "onnx_alds": __version__}
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing machinery
+
+
+def round_robin_order(n_models: int, round_index: int) -> list[int]:
+    """The order in which the models run in round ``round_index``: all of them, start rotating."""
+    start = round_index % n_models
+    return [(start + k) % n_models for k in range(n_models)]
+
+
+class _Runner:
+    """One session bound to fixed inputs; ``__call__`` runs it once (synchronously)."""
+
+    def __init__(self, session: Any, feeds: dict[str, np.ndarray], provider: str) -> None:
+        self.session = session
+        self.feeds = feeds
+        self.binding = None
+        if provider in DEVICE_PROVIDERS:
+            ort = import_onnxruntime()
+            binding = session.io_binding()
+            self._device_values = []
+            for name, array in feeds.items():
+                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+                self._device_values.append(value)  # keep the device buffers alive
+                binding.bind_ortvalue_input(name, value)
+            for output in session.get_outputs():
+                binding.bind_output(output.name, "cuda", 0)
+            self.binding = binding
+
+    def __call__(self) -> None:
+        if self.binding is not None:
+            self.session.run_with_iobinding(self.binding)
+            self.binding.synchronize_outputs()
+        else:
+            self.session.run(None, self.feeds)
+
+
+def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: float,
+                     max_rounds: Optional[int] = None) -> list[list[float]]:
+    """Seconds per run of each runner, timed in rotating round-robin rounds (see module docstring)."""
+    for round_index in range(warmup):
+        for index in round_robin_order(len(runners), round_index):
+            runners[index]()
+    times: list[list[float]] = [[] for _ in runners]
+    limit = max_rounds if max_rounds is not None else max(runs * 20, runs)
+    started = time.perf_counter()
+    round_index = 0
+    while round_index < runs or (time.perf_counter() - started < min_time_s and round_index < limit):
+        for index in round_robin_order(len(runners), round_index):
+            tick = time.perf_counter()
+            runners[index]()
+            times[index].append(time.perf_counter() - tick)
+        round_index += 1
+    return times
+
+
+def _stats(model: str, batch: int, seconds: Sequence[float], reference_median: Optional[float]) -> Timing:
+    values = np.asarray(seconds) * 1e3
+    median = float(np.median(values))
+    p10, p90 = (float(v) for v in np.percentile(values, [10, 90]))
+    return Timing(model=model, batch_size=batch, runs=len(values), median_ms=median, p10_ms=p10, p90_ms=p90,
+                  mean_ms=float(np.mean(values)), min_ms=float(np.min(values)),
+                  spread=(p90 - p10) / median if median > 0 else 0.0,
+                  throughput=batch / (median / 1e3) if median > 0 else float("inf"),
+                  speedup=(reference_median / median) if reference_median and median > 0 else 1.0)
+
+
+def _labels(models: Sequence[ModelArg]) -> list[str]:
+    names = [Path(m).name if not isinstance(m, onnx.ModelProto) else f"model[{i}]" for i, m in enumerate(models)]
+    if len(set(names)) != len(names):
+        names = [str(m) if not isinstance(m, onnx.ModelProto) else f"model[{i}]" for i, m in enumerate(models)]
+    if len(set(names)) != len(names):
+        names = [f"{name} #{i}" for i, name in enumerate(names)]
+    return names
+
+
+def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict[str, Sequence[int]]],
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for timing: shapes from the model and ``input_shapes``, first dim set to ``batch``."""
+    shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in graph_inputs(model):
+        shape = list(shapes[spec.name])
+        if shape:
+            declared = spec.dims[0]
+            if isinstance(declared, int) and declared != batch:
+                raise InputDataError(
+                    f"input '{spec.name}' fixes the batch to {declared}; bench it with --batch {declared} "
+                    "or export the model with a dynamic batch dim"
+                )
+            shape[0] = batch
+        feeds[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng)
+    return feeds
+
+
+def provider_options_for(provider: str, cudnn_conv_algo_search: str = "EXHAUSTIVE",
+                         extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Provider options used for timing (CUDA: the conv algorithm search mode)."""
+    if cudnn_conv_algo_search not in CONV_ALGO_SEARCH:
+        raise InputDataError(
+            f"unknown cudnn_conv_algo_search '{cudnn_conv_algo_search}'; choose one of: {', '.join(CONV_ALGO_SEARCH)}"
+        )
+    options: dict[str, Any] = {}
+    if provider == "cuda":
+        options["cudnn_conv_algo_search"] = cudnn_conv_algo_search
+    options.update(extra or {})
+    return options
+
+
+def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,),
+          threads: Optional[int] = None, warmup: Optional[int] = None, runs: int = 100, min_time_s: float = 1.0,
+          input_shapes: Optional[dict[str, Sequence[int]]] = None, per_layer: bool = False,
+          cudnn_conv_algo_search: str = "EXHAUSTIVE", provider_options: Optional[dict[str, Any]] = None,
+          seed: int = 0, layer_runs: Optional[int] = None, names: Optional[Sequence[str]] = None) -> BenchReport:
+    """Time ``models`` (paths or ``ModelProto``) interleaved on ``provider`` at each batch size.
+
+    ``warmup`` defaults to 10 runs on CPU and 50 on CUDA/TensorRT; ``threads`` to the physical cores
+    on CPU. With ``per_layer``, every model after the first is compared layer by layer with the first.
+    ``names`` labels the models in the report (default: file names, ``model[i]`` for protos).
+    Raises :class:`ProviderError` when the provider is not available.
+    """
+    if not models:
+        raise InputDataError("no models to bench; give at least one .onnx file")
+    if provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise InputDataError(f"got batch sizes {list(batch_sizes)}; give one or more batch sizes ≥ 1")
+    if runs < 1 or min_time_s < 0:
+        raise InputDataError(f"got runs={runs}, min_time_s={min_time_s}; give runs ≥ 1 and min_time_s ≥ 0")
+    if per_layer and len(models) < 2:
+        raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
+    if warmup is None:
+        warmup = 50 if provider in DEVICE_PROVIDERS else 10
+    if provider == "cpu" and threads is None:
+        threads = physical_cores()
+    options = provider_options_for(provider, cudnn_conv_algo_search, provider_options)
+    protos = [load_model(m) for m in models]
+    sessions = [make_session(m if not isinstance(m, onnx.ModelProto) else p, provider, threads=threads,
+                             provider_options=options) for m, p in zip(models, protos)]
+    if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):
+        raise InputDataError(f"got {len(names)} names for {len(models)} models; give one distinct name per model")
+    names = list(names) if names is not None else _labels(models)
+    timings: list[Timing] = []
+    for batch in batch_sizes:
+        runners = [_Runner(s, timing_feeds(p, int(batch), input_shapes, seed), provider)
+                   for s, p in zip(sessions, protos)]
+        log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
+        times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)
+        reference = float(np.median(np.asarray(times[0]) * 1e3))  # computed as _stats does: exactly 1.0 for model 0
+        timings += [_stats(name, int(batch), t, reference) for name, t in zip(names, times)]
+    layers = []
+    if per_layer:
+        first_batch = int(batch_sizes[0])
+        for name, proto in zip(names[1:], protos[1:]):
+            layers.append(compare_layers(protos[0], proto, model_name=name, provider=provider, batch=first_batch,
+                                         input_shapes=input_shapes, threads=threads, provider_options=options,
+                                         warmup=warmup, runs=layer_runs or max(10, runs // 2), seed=seed))
+    ort = import_onnxruntime()
+    return BenchReport(models=tuple(names), provider=provider, provider_name=PROVIDERS[provider],
+                       provider_options=options, threads=threads, batch_sizes=tuple(int(b) for b in batch_sizes),
+                       warmup=warmup, timings=tuple(timings), layers=tuple(layers), machine=machine_info(),
+                       versions=dict(versions(), onnxruntime_device=ort.get_device()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-layer timings
+
+
+def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """``(layer, enc_node, dec_node)`` for every original node ``layer`` with ``layer.enc``/``layer.dec`` nodes."""
+    compressed_names = {node.name for node in compressed.graph.node}
+    pairs = []
+    for node in original.graph.node:
+        enc, dec = f"{node.name}.enc", f"{node.name}.dec"
+        if node.name and enc in compressed_names and dec in compressed_names:
+            pairs.append((node.name, enc, dec))
+    return pairs
+
+
+def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A shape-inferred copy of ``model`` whose graph inputs have the concrete ``shapes``."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    return shape_inference.infer_shapes(copy, data_prop=True)
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    types = {}
+    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        types[value.name] = value.type
+    for init in model.graph.initializer:
+        types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
+    return types
+
+
+def _concrete_shape(type_proto: Optional[onnx.TypeProto]) -> Optional[tuple[int, ...]]:
+    if type_proto is None or not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims = type_proto.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(int(d.dim_value) for d in dims)
+
+
+def extract_nodes(model: onnx.ModelProto, inferred: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                  name: str) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    """A standalone model of ``nodes`` (in order): outside tensors become inputs, weights are copied."""
+    produced = {out for node in nodes for out in node.output if out}
+    consumed = [inp for node in nodes for inp in node.input if inp]
+    initializers = {init.name: init for init in model.graph.initializer}
+    types = _value_types(inferred)
+    inputs, input_shapes, inits, seen = [], {}, [], set()
+    for tensor in consumed:
+        if tensor in produced or tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in initializers:
+            inits.append(initializers[tensor])
+            continue
+        shape = _concrete_shape(types.get(tensor))
+        if shape is None:
+            raise UnsupportedModelError(f"shape of '{tensor}' (input of {name}) is unknown; give --input-shape")
+        elem = types[tensor].tensor_type.elem_type
+        inputs.append(helper.make_tensor_value_info(tensor, elem, list(shape)))
+        input_shapes[tensor] = shape
+    last = nodes[-1]
+    outputs = []
+    for tensor in last.output:
+        if not tensor:
+            continue
+        elem = types[tensor].tensor_type.elem_type if tensor in types else onnx.TensorProto.FLOAT
+        outputs.append(helper.make_tensor_value_info(tensor, elem, None))
+    graph = helper.make_graph(list(nodes), name, inputs, outputs, inits)
+    extracted = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return extracted, input_shapes
+
+
+def _pair_nodes(compressed: onnx.ModelProto, enc: str, dec: str) -> list[onnx.NodeProto]:
+    """The nodes from ``enc`` to ``dec`` inclusive: those downstream of enc and upstream of dec."""
+    nodes = list(compressed.graph.node)
+    index = {node.name: i for i, node in enumerate(nodes)}
+    start, end = index[enc], index[dec]
+    if start > end:
+        raise UnsupportedModelError(f"node '{enc}' comes after '{dec}'; the compressed graph is not sorted")
+    downstream = set(nodes[start].output)
+    chosen = {start}
+    for i in range(start + 1, end + 1):
+        if any(t in downstream for t in nodes[i].input):
+            downstream.update(nodes[i].output)
+            chosen.add(i)
+    upstream = set(nodes[end].input)
+    keep = {end, start}
+    for i in range(end - 1, start, -1):
+        if i in chosen and any(t in upstream for t in nodes[i].output):
+            upstream.update(nodes[i].input)
+            keep.add(i)
+    return [nodes[i] for i in sorted(keep)]
+
+
+def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, model_name: str, provider: str,
+                   batch: int, input_shapes: Optional[dict[str, Sequence[int]]], threads: Optional[int],
+                   provider_options: dict[str, Any], warmup: int, runs: int, seed: int = 0) -> LayerComparison:
+    """Time every factorized layer of ``compressed`` against the original node, extracted and interleaved."""
+    pairs = factorized_pairs(original, compressed)
+    rows, skipped = [], []
+    if not pairs:
+        return LayerComparison(model_name, batch, (), ())
+    shapes_o, _ = resolve_input_shapes(original, input_shapes, batch_default=batch)
+    shapes_o = {k: (batch,) + tuple(v[1:]) if v else v for k, v in shapes_o.items()}
+    shapes_c, _ = resolve_input_shapes(compressed, input_shapes, batch_default=batch)
+    shapes_c = {k: (batch,) + tuple(v[1:]) if v else v for k, v in shapes_c.items()}
+    inferred_o = _with_concrete_inputs(original, shapes_o)
+    inferred_c = _with_concrete_inputs(compressed, shapes_c)
+    by_name = {node.name: node for node in original.graph.node}
+    rng = np.random.default_rng(seed)
+    for layer, enc, dec in pairs:
+        node = by_name[layer]
+        try:
+            single, single_shapes = extract_nodes(original, inferred_o, [node], f"{layer}.original")
+            pair, pair_shapes = extract_nodes(compressed, inferred_c, _pair_nodes(compressed, enc, dec), f"{layer}.pair")
+        except UnsupportedModelError as exc:
+            skipped.append(f"{layer}: {exc}")
+            continue
+        types_o = {v.name: v for v in single.graph.input}
+        feeds_o = {n: random_array(n, onnx.helper.tensor_dtype_to_np_dtype(types_o[n].type.tensor_type.elem_type), s, rng)
+                   for n, s in single_shapes.items()}
+        types_p = {v.name: v for v in pair.graph.input}
+        feeds_p = {n: feeds_o[n] if n in feeds_o and feeds_o[n].shape == s else
+                   random_array(n, onnx.helper.tensor_dtype_to_np_dtype(types_p[n].type.tensor_type.elem_type), s, rng)
+                   for n, s in pair_shapes.items()}
+        try:
+            runners = [_Runner(make_session(single, provider, threads=threads, provider_options=provider_options),
+                               feeds_o, provider),
+                       _Runner(make_session(pair, provider, threads=threads, provider_options=provider_options),
+                               feeds_p, provider)]
+        except OnnxAldsError as exc:
+            log.warning("per-layer timing of %s skipped: %s", layer, exc)
+            skipped.append(f"{layer}: {exc}")
+            continue
+        times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=0.0)
+        original_us, pair_us = (float(np.median(t)) * 1e6 for t in times)
+        first_input = next(iter(single_shapes.values()), ())
+        rows.append(LayerTiming(layer=layer, op_type=node.op_type, input_shape=tuple(first_input),
+                                pair_nodes=tuple(n.name for n in _pair_nodes(compressed, enc, dec)),
+                                original_us=original_us, pair_us=pair_us,
+                                speedup=original_us / pair_us if pair_us > 0 else float("inf")))
+    return LayerComparison(model_name, batch, tuple(rows), tuple(skipped))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"got {value}; give a number ≥ 0")
+    return value
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``onnx-alds bench``."""
+    parser.add_argument("models", metavar="MODEL", nargs="+", help="models to time; speedups are against the first")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                        help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
+    parser.add_argument("--batch", type=_positive_int, nargs="+", default=[1], metavar="N",
+                        help="batch sizes (default 1)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU intra-op threads (default: physical cores)")
+    parser.add_argument("--runs", type=_positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=None, metavar="N",
+                        help="warm-up runs per model (default 10 on CPU, 50 on CUDA/TensorRT)")
+    parser.add_argument("--min-time", type=_non_negative_float, default=1.0, metavar="S",
+                        help="keep timing for at least this many seconds (default 1)")
+    parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default="EXHAUSTIVE",
+                        help="CUDA conv algorithm search (default EXHAUSTIVE)")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="time each factorized layer (<layer>.enc/.dec) against the original node")
+    parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", default=None,
+                        help="dims of dynamic inputs; the first dim is replaced by each batch size")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run ``onnx-alds bench``: print the timings (and per-layer rows), write --json, return 0."""
+    from .validate import write_json
+
+    report = bench(args.models, provider=args.provider, batch_sizes=tuple(args.batch), threads=args.threads,
+                   warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
+                   input_shapes=parse_input_shapes(args.input_shape), per_layer=args.per_layer,
+                   cudnn_conv_algo_search=args.cudnn_conv_algo_search)
+    for line in report.lines():
+        print(line)
+    if args.json:
+        write_json(report.to_dict(), args.json)
+    return 0
+
+
+__all__ = ["Timing", "LayerTiming", "LayerComparison", "BenchReport", "bench", "compare_layers",
+           "factorized_pairs", "round_robin_order", "time_interleaved", "physical_cores", "machine_info",
+           "versions", "add_bench_arguments", "run_bench_command"]

@@ -1,0 +1,619 @@
+"""Input sets for running a model: validation inputs and calibration data come from here.
+
+One function, :func:`load_inputs`, turns exactly one source into an :class:`InputSet`:
+
+* an ``.npz`` with one array per graph input, keyed by the input's name, batch (sample axis) first,
+  plus an optional ``labels`` array of class ids;
+* a folder of images (``.jpg``/``.jpeg``/``.png``/``.bmp``, read in sorted file-name order) with a
+  named :class:`Preprocess`; labels come from the file names (see :func:`label_from_filename`);
+* ``random=N`` samples that honour the graph inputs' dtypes and shapes (a last resort: the set's
+  ``source`` says "not real data" so that reports can label it).
+
+Every array of an ``InputSet`` already has the dtype of its graph input and shares the first (sample)
+axis with the others. The CLI helpers :func:`add_input_arguments` / :func:`inputs_from_args` give
+``validate`` (``--inputs/--images/--random``) and ``compress`` (``--calibration/--calibration-images/
+--calibration-random``) the same flags and the same checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .errors import InputDataError
+from .model_io import InputSpec, graph_inputs, parse_input_shapes, resolve_input_shapes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+LABELS_KEY = "labels"
+RANDOM_INT_HIGH = 100  # integer inputs (token ids, indices) are drawn from [0, RANDOM_INT_HIGH)
+
+PathLike = Union[str, os.PathLike]
+
+
+# --------------------------------------------------------------------------------------------------
+# InputSet
+
+
+@dataclass(frozen=True, eq=False)
+class InputSet:
+    """Samples for every graph input, batch first, ready to feed to ONNX Runtime.
+
+    ``arrays`` maps each graph input name to an array whose first axis is the sample axis (all of the
+    same length); ``labels`` holds one integer class id per sample when known; ``source`` says in words
+    where the data came from (random data says "not real data").
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    labels: Optional[np.ndarray] = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.arrays:
+            raise InputDataError("the input set holds no arrays; give one array per graph input")
+        lengths = {name: (arr.shape[0] if arr.ndim else None) for name, arr in self.arrays.items()}
+        if None in lengths.values() or len(set(lengths.values())) != 1:
+            pretty = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+            raise InputDataError(
+                f"input arrays disagree on the number of samples ({pretty}); "
+                "give every input the same first (sample) dim"
+            )
+        if self.labels is not None and len(self.labels) != len(self):
+            raise InputDataError(
+                f"{len(self.labels)} labels for {len(self)} samples; give exactly one label per sample"
+            )
+
+    def __len__(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive batches of at most ``batch_size`` samples (the last one may be smaller)."""
+        if batch_size < 1:
+            raise InputDataError(f"got batch size {batch_size}; the batch size must be ≥ 1")
+        for start in range(0, len(self), batch_size):
+            yield {name: arr[start:start + batch_size] for name, arr in self.arrays.items()}
+
+    def head(self, count: int) -> "InputSet":
+        """The first ``count`` samples as a new set."""
+        labels = None if self.labels is None else self.labels[:count]
+        return InputSet({n: a[:count] for n, a in self.arrays.items()}, labels, self.source)
+
+    @property
+    def is_random(self) -> bool:
+        """True for random data (its ``source`` says "not real data")."""
+        return "not real data" in self.source
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes an input array.
+
+    Steps, in order: decode with Pillow and convert to RGB (``channels=3``) or grayscale ``L``
+    (``channels=1``); resize either to exactly ``size`` (height, width) or so that the short side is
+    ``resize_short`` (aspect kept, long side rounded), bilinear; center-crop to ``crop`` (height,
+    width; offsets ``round((H - h) / 2)`` as torchvision does); ``x = pixel * scale`` with pixels in
+    0..255; ``x = (x - mean) / std`` per channel; lay out as ``CHW`` or ``HWC`` (the batch axis is
+    added when samples are stacked).
+    """
+
+    name: str
+    resize_short: Optional[int] = None
+    size: Optional[tuple[int, int]] = None
+    crop: Optional[tuple[int, int]] = None
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise InputDataError(f"got layout '{self.layout}'; the layout must be NCHW or NHWC")
+        if self.channels not in (1, 3):
+            raise InputDataError(f"got {self.channels} channels; preprocessing makes 1 (grayscale) or 3 (RGB)")
+        if self.resize_short is not None and self.size is not None:
+            raise InputDataError("give either a short-side resize or an exact size, not both")
+        for label, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise InputDataError(
+                    f"--{label} has {len(values)} values for {self.channels} channel(s); give 1 or {self.channels}"
+                )
+        if any(s == 0 for s in self.std):
+            raise InputDataError("--std contains 0; every std must be non-zero")
+
+    def describe(self) -> str:
+        """One line, e.g. ``imagenet (short side 256, crop 224x224, x/255, mean/std, NCHW RGB)``."""
+        parts = []
+        if self.size:
+            parts.append(f"resize {self.size[0]}x{self.size[1]}")
+        if self.resize_short:
+            parts.append(f"short side {self.resize_short}")
+        if self.crop:
+            parts.append(f"crop {self.crop[0]}x{self.crop[1]}")
+        parts.append(f"scale {self.scale:g}, mean {_fmt_tuple(self.mean)}, std {_fmt_tuple(self.std)}")
+        parts.append(f"{self.layout} {'RGB' if self.channels == 3 else 'grayscale'}")
+        return f"{self.name} ({', '.join(parts)})"
+
+
+def _fmt_tuple(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+PRESETS: dict[str, Preprocess] = {
+    "imagenet": Preprocess("imagenet", resize_short=256, crop=(224, 224), scale=1 / 255,
+                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "efficientnet-lite": Preprocess("efficientnet-lite", resize_short=256, crop=(224, 224), scale=1.0,
+                                    mean=(127.0,), std=(128.0,)),
+    "mnist": Preprocess("mnist", size=(28, 28), scale=1 / 255, channels=1),
+    # The identity: pixels 0..255 as floats at their own size; custom flags fill in the rest.
+    "custom": Preprocess("custom"),
+}
+
+
+def get_preprocess(name: Union[str, Preprocess]) -> Preprocess:
+    """The preset called ``name`` (a :class:`Preprocess` is returned as is)."""
+    if isinstance(name, Preprocess):
+        return name
+    if name not in PRESETS:
+        raise InputDataError(f"unknown preprocessing '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
+    """One image file as a float32 array, ``CHW`` or ``HWC`` as ``preprocess.layout`` says."""
+    from PIL import Image  # optional dependency: only image inputs need it
+
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB" if preprocess.channels == 3 else "L")
+    except Exception as exc:
+        raise InputDataError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file") from None
+    width, height = image.size
+    if preprocess.size is not None:
+        height, width = preprocess.size
+        image = image.resize((width, height), Image.BILINEAR)
+    elif preprocess.resize_short is not None:
+        short = preprocess.resize_short
+        if width <= height:
+            width, height = short, max(1, int(round(height * short / width)))
+        else:
+            width, height = max(1, int(round(width * short / height))), short
+        image = image.resize((width, height), Image.BILINEAR)
+    if preprocess.crop is not None:
+        crop_h, crop_w = preprocess.crop
+        if crop_h > height or crop_w > width:
+            raise InputDataError(
+                f"image '{path}' is {height}x{width} after resizing, smaller than the {crop_h}x{crop_w} crop; "
+                "resize it larger (--resize) or crop less (--crop)"
+            )
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    values = pixels * np.float32(preprocess.scale)
+    values = (values - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+    if preprocess.layout == "NCHW":
+        values = values.transpose(2, 0, 1)
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+_LABEL_RE = re.compile(r"(?:^|[_-])(\d+)$")
+
+
+def label_from_filename(path: PathLike) -> Optional[int]:
+    """The class id in an image file name, or None.
+
+    Rule: the integer at the very end of the file name before the extension, preceded by ``_``,
+    ``-`` or nothing: ``cat_281.jpg`` → 281, ``imagenet_03_281.png`` → 281, ``7.png`` → 7;
+    ``img5.jpg`` and ``cat.jpg`` have none.
+    """
+    match = _LABEL_RE.search(Path(path).stem)
+    return int(match.group(1)) if match else None
+
+
+def image_files(folder: PathLike) -> list[Path]:
+    """The image files of ``folder`` (not recursive), sorted by name."""
+    root = Path(folder)
+    if not root.exists():
+        raise InputDataError(f"image folder '{root}' does not exist; check the path")
+    if not root.is_dir():
+        raise InputDataError(f"'{root}' is not a folder; give a folder of .jpg/.png/.bmp images")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; put images in it")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+
+def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, images: Optional[PathLike] = None,
+                preprocess: Union[str, Preprocess] = "imagenet", random: Optional[int] = None,
+                input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
+                limit: Optional[int] = None, progress: Optional[bool] = None) -> InputSet:
+    """Inputs for ``model`` from exactly one of ``npz``, ``images`` or ``random``.
+
+    ``input_shapes`` gives dynamic dims (random inputs only; the sample axis is always the first dim);
+    ``limit`` keeps the first ``limit`` samples; ``progress`` shows a bar while decoding images (default:
+    only when stderr is a terminal). Raises :class:`InputDataError` when the data does not fit the model.
+    """
+    given = [name for name, value in (("npz", npz), ("images", images), ("random", random)) if value is not None]
+    if len(given) != 1:
+        raise InputDataError(
+            f"got {len(given)} input sources ({', '.join(given) or 'none'}); give exactly one of an .npz, "
+            "an image folder or a random sample count"
+        )
+    if limit is not None and limit < 1:
+        raise InputDataError(f"got limit={limit}; the sample limit must be ≥ 1")
+    specs = graph_inputs(model)
+    if not specs:
+        raise InputDataError("the model has no graph inputs to feed; nothing to load")
+    if npz is not None:
+        result = _load_npz(specs, Path(npz), limit)
+    elif images is not None:
+        result = _load_images(specs, images, get_preprocess(preprocess), limit, progress)
+    else:
+        count = int(random) if limit is None else min(int(random), limit)
+        result = random_inputs(model, count, input_shapes=input_shapes, seed=seed)
+    log.info("loaded %d samples: %s", len(result), result.source)
+    return result
+
+
+def _check_batchable(spec: InputSpec) -> None:
+    if not spec.dims:
+        raise InputDataError(
+            f"graph input '{spec.name}' is a scalar (rank 0); inputs are stacked batch first, "
+            "so only inputs of rank ≥ 1 can be fed"
+        )
+
+
+def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int]) -> InputSet:
+    if not path.exists():
+        raise InputDataError(f"input file '{path}' does not exist; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+    except Exception as exc:
+        raise InputDataError(
+            f"cannot read '{path}' as an .npz ({type(exc).__name__}); save it with numpy.savez(path, name=array, ...)"
+        ) from None
+    names = [spec.name for spec in specs]
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise InputDataError(
+            f"'{path}' has no array for graph input '{missing[0]}' (it has: {', '.join(sorted(stored)) or 'nothing'}); "
+            f"key one array per graph input by name: {', '.join(names)}"
+        )
+    extra = sorted(k for k in stored if k not in names and k != LABELS_KEY)
+    if extra:
+        raise InputDataError(
+            f"'{path}' has array '{extra[0]}', which is not a graph input; graph inputs are: {', '.join(names)} "
+            f"(plus optional '{LABELS_KEY}')"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        _check_batchable(spec)
+        array = stored[spec.name]
+        if array.ndim != len(spec.dims):
+            raise InputDataError(
+                f"array '{spec.name}' in '{path}' has rank {array.ndim} (shape {array.shape}), but the graph input "
+                f"has rank {len(spec.dims)} ({_pretty_dims(spec.dims)}); store it batch first with the input's rank"
+            )
+        for axis, (got, declared) in enumerate(zip(array.shape, spec.dims)):
+            if axis > 0 and isinstance(declared, int) and got != declared:
+                raise InputDataError(
+                    f"array '{spec.name}' in '{path}' has shape {array.shape}, but the model fixes dim {axis} to "
+                    f"{declared} ({_pretty_dims(spec.dims)}); store arrays of the model's shape"
+                )
+        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            raise InputDataError(
+                f"array '{spec.name}' in '{path}' is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
+                f"store it as {spec.dtype}"
+            )
+        arrays[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    labels = None
+    if LABELS_KEY in stored and LABELS_KEY not in names:
+        labels = stored[LABELS_KEY]
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise InputDataError(
+                f"'{LABELS_KEY}' in '{path}' is {labels.dtype} of shape {labels.shape}; store one integer class id per sample"
+            )
+        labels = labels.astype(np.int64)
+    result = InputSet(arrays, labels, f"{path} ({len(next(iter(arrays.values())))} samples)")
+    if limit is not None and limit < len(result):
+        first = result.head(limit)
+        result = InputSet(first.arrays, first.labels, f"{path} (first {limit} samples)")
+    return result
+
+
+def _pretty_dims(dims: Sequence[Union[int, str, None]]) -> str:
+    return "x".join(str(d) if isinstance(d, int) else (d or "?") for d in dims)
+
+
+def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preprocess, limit: Optional[int],
+                 progress: Optional[bool]) -> InputSet:
+    if len(specs) != 1:
+        raise InputDataError(
+            f"an image folder feeds a model with one input, but this one has {len(specs)} "
+            f"({', '.join(s.name for s in specs)}); use --inputs FILE.npz"
+        )
+    spec = specs[0]
+    files = image_files(folder)
+    if limit is not None:
+        files = files[:limit]
+    _check_image_spec(spec, preprocess)
+    if not np.issubdtype(spec.dtype, np.floating) and (
+            preprocess.scale != 1.0 or any(m != 0 for m in preprocess.mean) or any(s != 1 for s in preprocess.std)):
+        raise InputDataError(
+            f"input '{spec.name}' is {spec.dtype}, but preprocessing '{preprocess.name}' makes fractional values; "
+            "use --preprocess custom (raw 0..255 pixels) for integer image inputs"
+        )
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    samples = []
+    for path in tqdm(files, desc="images", unit="img", disable=not show):
+        samples.append(preprocess_image(path, preprocess))
+    shapes = {s.shape for s in samples}
+    if len(shapes) != 1:
+        raise InputDataError(
+            f"images in '{folder}' come out in {len(shapes)} different shapes; give a crop or exact resize "
+            "(--crop / --resize HxW) so that all have one size"
+        )
+    stacked = np.stack(samples)
+    for axis, (got, declared) in enumerate(zip(stacked.shape, spec.dims)):
+        if axis > 0 and isinstance(declared, int) and got != declared:
+            raise InputDataError(
+                f"preprocessing {preprocess.describe()} makes {'x'.join(map(str, stacked.shape[1:]))} per image, but "
+                f"input '{spec.name}' is {_pretty_dims(spec.dims)}; choose the matching --preprocess or --resize/--crop"
+            )
+    if np.issubdtype(spec.dtype, np.integer):
+        stacked = np.rint(stacked)
+    arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
+    labels_found = [label_from_filename(p) for p in files]
+    labels = None
+    if all(label is not None for label in labels_found):
+        labels = np.asarray(labels_found, dtype=np.int64)
+    else:
+        unlabeled = next(p.name for p, label in zip(files, labels_found) if label is None)
+        log.info("no labels: file '%s' has no trailing class id (e.g. cat_281.jpg)", unlabeled)
+    source = f"{folder} ({len(files)} images, preprocessing {preprocess.describe()})"
+    return InputSet(arrays, labels, source)
+
+
+def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
+    if len(spec.dims) != 4:
+        raise InputDataError(
+            f"input '{spec.name}' has rank {len(spec.dims)} ({_pretty_dims(spec.dims)}), not an image batch of rank 4; "
+            "use --inputs FILE.npz"
+        )
+    channel_axis = 1 if preprocess.layout == "NCHW" else 3
+    other_axis = 3 if preprocess.layout == "NCHW" else 1
+    declared = spec.dims[channel_axis]
+    if isinstance(declared, int) and declared != preprocess.channels:
+        other = "NHWC" if preprocess.layout == "NCHW" else "NCHW"
+        hint = (f"add --layout {other}" if spec.dims[other_axis] == preprocess.channels
+                else f"use {'--grayscale' if declared == 1 else 'an RGB preprocessing'}")
+        raise InputDataError(
+            f"input '{spec.name}' is {_pretty_dims(spec.dims)} but preprocessing '{preprocess.name}' makes "
+            f"{preprocess.channels}-channel {preprocess.layout} images; {hint}"
+        )
+
+
+def random_inputs(model: onnx.ModelProto, count: int, *,
+                  input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
+                  batch_dim: bool = True) -> InputSet:
+    """``count`` random samples for every graph input, honouring dtypes and shapes.
+
+    Floats are standard normal; integers are uniform in ``[0, 100)`` (token ids) except inputs whose
+    name contains ``mask`` (all ones) or ``token_type``/``segment`` (all zeros); booleans are True for
+    masks, else random. Dynamic dims other than the first come from ``input_shapes`` (else
+    :class:`UnsupportedModelError` asks for ``--input-shape``); the first dim is the sample axis and
+    becomes ``count`` (a model that fixes it to ``k`` gets ``count`` rounded down to whole batches of
+    ``k`` — an error when below ``k``). With ``batch_dim=False`` the shapes are used as given.
+    """
+    if count < 1:
+        raise InputDataError(f"got {count} random samples; ask for at least 1")
+    specs = graph_inputs(model)
+    shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=1)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = list(shapes[spec.name])
+        if batch_dim:
+            _check_batchable(spec)
+            declared = spec.dims[0]
+            if isinstance(declared, int) and declared > 1 and count % declared:
+                raise InputDataError(
+                    f"input '{spec.name}' fixes the batch to {declared}; ask for a multiple of {declared} samples"
+                )
+            shape[0] = count
+        arrays[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng)
+    return InputSet(arrays, None, f"random ({count} samples; not real data)")
+
+
+def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """One random array for an input called ``name`` (rules in :func:`random_inputs`)."""
+    lowered = name.lower()
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        if "mask" in lowered:
+            return np.ones(shape, dtype=bool)
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if np.issubdtype(dtype, np.integer):
+        if "mask" in lowered:
+            return np.ones(shape, dtype=dtype)
+        if "token_type" in lowered or "segment" in lowered:
+            return np.zeros(shape, dtype=dtype)
+        return rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
+    raise InputDataError(f"cannot make random data of type {dtype} for input '{name}'; give --inputs FILE.npz")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line helpers
+
+
+def _source_flags(prefix: str) -> tuple[str, str, str]:
+    """The (npz, images, random) flags for a prefix: ``--{prefix}inputs``, ``--{prefix}images``,
+    ``--{prefix}random``, except that ``calibration-`` names its npz flag ``--calibration`` (as the
+    compress command documents it)."""
+    npz_flag = "--calibration" if prefix == "calibration-" else f"--{prefix}inputs"
+    return npz_flag, f"--{prefix}images", f"--{prefix}random"
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give a count ≥ 1")
+    return value
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, preprocess: bool = True,
+                        input_shape: bool = True, required: bool = False) -> None:
+    """Add the input-source flags (mutually exclusive) and, unless told not to, the shared flags.
+
+    ``prefix=""`` adds ``--inputs FILE.npz | --images DIR | --random N``; ``prefix="calibration-"``
+    adds ``--calibration FILE.npz | --calibration-images DIR | --calibration-random N``; any other
+    prefix P adds ``--Pinputs | --Pimages | --Prandom``. The shared
+    flags (``--preprocess`` and the custom preprocessing flags, ``--input-shape``) are not prefixed:
+    when a parser takes two input sets, pass ``preprocess=False``/``input_shape=False`` the second time
+    (and wherever the parser already has ``--input-shape``).
+    """
+    npz_flag, images_flag, random_flag = _source_flags(prefix)
+    what = prefix.rstrip("-") or "input"
+    group = parser.add_argument_group(f"{what} data")
+    sources = group.add_mutually_exclusive_group(required=required)
+    sources.add_argument(npz_flag, dest=_dest(npz_flag), metavar="FILE.npz",
+                         help="one array per graph input keyed by name, batch first (optional 'labels')")
+    sources.add_argument(images_flag, dest=_dest(images_flag), metavar="DIR",
+                         help="folder of .jpg/.png/.bmp images (labels from names like cat_281.jpg)")
+    sources.add_argument(random_flag, dest=_dest(random_flag), metavar="N", type=_positive_int,
+                         help="N random samples (not real data; reports say so)")
+    if preprocess:
+        add_preprocess_arguments(parser)
+    if input_shape:
+        group.add_argument("--input-shape", action="append", metavar="NAME:DIMS", default=None,
+                           help="dims of a dynamic input, e.g. input_ids:1x128 (repeatable)")
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--preprocess NAME`` and the flags that override its fields (``--resize`` ... ``--grayscale``)."""
+    group = parser.add_argument_group("image preprocessing")
+    group.add_argument("--preprocess", default="imagenet", choices=sorted(PRESETS),
+                       help="named preprocessing for images (default: imagenet); 'custom' starts from raw "
+                            "0..255 pixels; the flags below override fields of the chosen one")
+    group.add_argument("--resize", metavar="N|HxW", default=None,
+                       help="resize so the short side is N, or to exactly HxW")
+    group.add_argument("--crop", metavar="N|HxW", default=None, help="center crop to NxN or HxW")
+    group.add_argument("--mean", metavar="M[,M,M]", default=None, help="per-channel mean, after scaling")
+    group.add_argument("--std", metavar="S[,S,S]", default=None, help="per-channel std, after scaling")
+    group.add_argument("--scale", metavar="X", default=None, help="multiply 0..255 pixels by X first (e.g. 1/255)")
+    group.add_argument("--layout", choices=("NCHW", "NHWC"), default=None, help="array layout")
+    group.add_argument("--grayscale", action="store_true", default=None, help="one channel (luminance)")
+
+
+def _parse_hw(text: str, flag: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or any(v < 1 for v in values):
+        raise InputDataError(f"cannot parse {flag} '{text}'; write N or HxW with positive integers, e.g. 224 or 224x224")
+    return (values[0], values[-1])
+
+
+def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(Fraction(part.strip())) for part in text.split(","))
+    except (ValueError, ZeroDivisionError):
+        raise InputDataError(f"cannot parse {flag} '{text}'; write numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+
+
+def preprocess_from_args(args: argparse.Namespace) -> Preprocess:
+    """The preset named by ``--preprocess`` with the custom flags applied on top."""
+    base = get_preprocess(getattr(args, "preprocess", None) or "imagenet")
+    changes: dict = {}
+    resize = getattr(args, "resize", None)
+    if resize is not None:
+        if "x" in resize.lower():
+            changes.update(size=_parse_hw(resize, "--resize"), resize_short=None)
+        else:
+            changes.update(resize_short=_parse_hw(resize, "--resize")[0], size=None)
+    if getattr(args, "crop", None) is not None:
+        changes["crop"] = _parse_hw(args.crop, "--crop")
+    if getattr(args, "mean", None) is not None:
+        changes["mean"] = _parse_floats(args.mean, "--mean")
+    if getattr(args, "std", None) is not None:
+        changes["std"] = _parse_floats(args.std, "--std")
+    if getattr(args, "scale", None) is not None:
+        scale = _parse_floats(args.scale, "--scale")
+        if len(scale) != 1:
+            raise InputDataError(f"--scale takes one number, got '{args.scale}'")
+        changes["scale"] = scale[0]
+    if getattr(args, "layout", None):
+        changes["layout"] = args.layout
+    if getattr(args, "grayscale", None):
+        changes["channels"] = 1
+        if "mean" not in changes and len(base.mean) == 3:
+            raise InputDataError(f"--grayscale with '{base.name}' needs one --mean and --std value, not three")
+    if not changes:
+        return base
+    return replace(base, name=base.name if base.name == "custom" else f"{base.name}+custom", **changes)
+
+
+def inputs_from_args(model: onnx.ModelProto, args: argparse.Namespace, prefix: str = "", *,
+                     required: bool = True, seed: Optional[int] = None,
+                     limit: Optional[int] = None) -> Optional[InputSet]:
+    """The :class:`InputSet` the flags added by :func:`add_input_arguments` ask for.
+
+    Returns None when no source was given and ``required`` is False; raises :class:`InputDataError`
+    when none was given and one is required.
+    """
+    npz_flag, images_flag, random_flag = _source_flags(prefix)
+    npz = getattr(args, _dest(npz_flag), None)
+    images = getattr(args, _dest(images_flag), None)
+    count = getattr(args, _dest(random_flag), None)
+    if npz is None and images is None and count is None:
+        if required:
+            raise InputDataError(f"no inputs given; pass {npz_flag} FILE.npz, {images_flag} DIR or {random_flag} N")
+        return None
+    shapes = parse_input_shapes(getattr(args, "input_shape", None))
+    if seed is None:
+        seed = getattr(args, "seed", None) or 0
+    return load_inputs(model, npz=npz, images=images, preprocess=preprocess_from_args(args),
+                       random=count, input_shapes=shapes, seed=seed, limit=limit)
+
+
+__all__ = [
+    "InputSet", "Preprocess", "PRESETS", "get_preprocess", "preprocess_image", "label_from_filename",
+    "image_files", "load_inputs", "random_inputs", "random_array", "add_input_arguments",
+    "add_preprocess_arguments", "preprocess_from_args", "inputs_from_args",
+]

@@ -1,0 +1,124 @@
+"""bench: interleaved timings, provider checks, per-layer pairs and the JSON record (no timing thresholds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_alds.bench import (add_bench_arguments, bench, factorized_pairs, round_robin_order, run_bench_command,
+                             time_interleaved)
+from onnx_alds.errors import InputDataError, ProviderError
+
+OPSET = 17
+FAST = {"runs": 5, "warmup": 1, "min_time_s": 0.0}
+
+
+def _model(factorized: bool, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3→16, 3x3) 'conv1' → Relu → Flatten → Gemm(1024→10) 'fc'.
+
+    ``factorized``: conv1 becomes 'conv1.enc' (3→4, 3x3) + 'conv1.dec' (4→16, 1x1) and fc becomes
+    'fc.enc' (1024→8) + 'fc.dec' (8→10, with the bias), as the compressor names them.
+    """
+    rng = np.random.default_rng(seed)
+    weights, nodes = [], []
+    if factorized:
+        weights += [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv1.weight.enc"),
+                    numpy_helper.from_array(rng.standard_normal((16, 4, 1, 1)).astype(np.float32), "conv1.weight.dec"),
+                    numpy_helper.from_array(rng.standard_normal((1024, 8)).astype(np.float32), "fc.weight.enc"),
+                    numpy_helper.from_array(rng.standard_normal((8, 10)).astype(np.float32), "fc.weight.dec")]
+        nodes += [helper.make_node("Conv", ["x", "conv1.weight.enc"], ["c.enc"], name="conv1.enc", pads=[1, 1, 1, 1]),
+                  helper.make_node("Conv", ["c.enc", "conv1.weight.dec"], ["c"], name="conv1.dec")]
+    else:
+        weights += [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "conv1.weight"),
+                    numpy_helper.from_array(rng.standard_normal((1024, 10)).astype(np.float32), "fc.weight")]
+        nodes.append(helper.make_node("Conv", ["x", "conv1.weight"], ["c"], name="conv1", pads=[1, 1, 1, 1]))
+    weights.append(numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fc.bias"))
+    nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+              helper.make_node("Flatten", ["r"], ["f"], name="flatten")]
+    if factorized:
+        nodes += [helper.make_node("Gemm", ["f", "fc.weight.enc"], ["f.enc"], name="fc.enc"),
+                  helper.make_node("Gemm", ["f.enc", "fc.weight.dec", "fc.bias"], ["logits"], name="fc.dec")]
+    else:
+        nodes.append(helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="fc"))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_bench_figures_and_speedup_of_first_is_one():
+    report = bench([_model(False), _model(True)], batch_sizes=(1, 4), threads=1, **FAST)
+    assert report.models == ("model[0]", "model[1]") and report.batch_sizes == (1, 4)
+    assert len(report.timings) == 4
+    for timing in report.timings:
+        assert timing.median_ms > 0 and timing.p10_ms <= timing.median_ms <= timing.p90_ms
+        assert timing.runs == 5  # interleaved rounds: every model ran in every round
+        assert timing.throughput == pytest.approx(timing.batch_size / (timing.median_ms / 1e3))
+    for batch in (1, 4):
+        assert report.speedup(0, batch) == 1.0
+        assert report.speedup(1, batch) == pytest.approx(report.timing(0, batch).median_ms /
+                                                         report.timing(1, batch).median_ms)
+    assert report.threads == 1 and report.provider_name == "CPUExecutionProvider"
+
+
+def test_rounds_are_interleaved_and_rotate():
+    assert round_robin_order(3, 0) == [0, 1, 2] and round_robin_order(3, 1) == [1, 2, 0]
+    calls: list[int] = []
+    runners = [lambda i=i: calls.append(i) for i in range(2)]
+    times = time_interleaved(runners, warmup=1, runs=3, min_time_s=0.0)
+    assert calls == [0, 1, 0, 1, 1, 0, 0, 1]  # warm-up round, then rounds starting at 0, 1, 0
+    assert [len(t) for t in times] == [3, 3]
+
+
+def test_cuda_with_cpu_only_onnxruntime_is_a_provider_error():
+    with pytest.raises(ProviderError, match="provider 'cuda' is not available .*install onnx-alds\\[gpu\\]"):
+        bench([_model(False)], provider="cuda", **FAST)
+
+
+def test_fixed_batch_refuses_other_batch_sizes():
+    model = _model(False)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(InputDataError, match="fixes the batch to 1; bench it with --batch 1"):
+        bench([model], batch_sizes=(2,), **FAST)
+
+
+def test_per_layer_one_row_per_pair():
+    original, compressed = _model(False), _model(True)
+    assert factorized_pairs(original, compressed) == [("conv1", "conv1.enc", "conv1.dec"), ("fc", "fc.enc", "fc.dec")]
+    report = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
+    (comparison,) = report.layers
+    assert [row.layer for row in comparison.rows] == ["conv1", "fc"] and not comparison.skipped
+    conv, fc = comparison.rows
+    assert conv.op_type == "Conv" and conv.input_shape == (1, 3, 8, 8) and conv.pair_nodes == ("conv1.enc", "conv1.dec")
+    assert fc.input_shape == (1, 1024)
+    for row in comparison.rows:
+        assert row.original_us > 0 and row.pair_us > 0 and row.speedup == pytest.approx(row.original_us / row.pair_us)
+    assert any(line.strip().startswith("conv1 ") for line in report.lines())
+
+
+def test_per_layer_needs_two_models():
+    with pytest.raises(InputDataError, match="two or more models"):
+        bench([_model(False)], per_layer=True, **FAST)
+
+
+def test_command_writes_json(tmp_path, capsys):
+    original, compressed = tmp_path / "m.onnx", tmp_path / "m.small.onnx"
+    onnx.save(_model(False), original)
+    onnx.save(_model(True), compressed)
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args([str(original), str(compressed), "--batch", "1", "2", "--runs", "3", "--warmup", "1",
+                              "--min-time", "0", "--threads", "1", "--per-layer", "--json", str(out)])
+    assert run_bench_command(args) == 0
+    printed = capsys.readouterr().out
+    assert "m.small.onnx" in printed and "speedup" in printed
+    data = json.loads(out.read_text())
+    assert data["provider"] == "cpu" and data["threads"] == 1 and data["batch_sizes"] == [1, 2]
+    assert data["machine"]["cpu"] and data["machine"]["physical_cores"] >= 1
+    assert data["versions"]["onnxruntime"] and len(data["timings"]) == 4
+    assert [row["layer"] for row in data["layers"][0]["rows"]] == ["conv1", "fc"]

@@ -1,0 +1,224 @@
+"""Input sets: .npz loading and its errors, image preprocessing against hand-computed arrays,
+labels from file names, random inputs, and the shared CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from onnx_alds.errors import InputDataError, OnnxAldsError
+from onnx_alds.inputs import (PRESETS, InputSet, Preprocess, add_input_arguments, inputs_from_args,
+                              label_from_filename, load_inputs, preprocess_image, preprocess_from_args)
+
+OPSET = 17
+
+
+def _image_model(dims, name="x", elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    """x → GlobalAveragePool → y: a model that takes an image batch of ``dims``."""
+    node = helper.make_node("GlobalAveragePool", [name], ["y"], name="pool")
+    graph = helper.make_graph([node], "img", [helper.make_tensor_value_info(name, elem, dims)],
+                              [helper.make_tensor_value_info("y", elem, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _text_model() -> onnx.ModelProto:
+    """input_ids, attention_mask (int64, dynamic [batch, seq]) and a float input."""
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", 4])]
+    nodes = [helper.make_node("Add", ["input_ids", "attention_mask"], ["s"], name="add"),
+             helper.make_node("Identity", ["scale"], ["t"], name="id")]
+    graph = helper.make_graph(nodes, "text", inputs, [helper.make_tensor_value_info("s", TensorProto.INT64, None),
+                                                      helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+# --- npz --------------------------------------------------------------------------------------------
+
+
+def test_npz_loads_casts_and_reads_labels(tmp_path):
+    model = _image_model(["N", 3, 4, 4])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 4, 4))  # float64: cast to the input's float32
+    np.savez(tmp_path / "d.npz", x=x, labels=np.arange(5))
+    data = load_inputs(model, npz=tmp_path / "d.npz")
+    assert len(data) == 5
+    assert data.arrays["x"].dtype == np.float32
+    np.testing.assert_allclose(data.arrays["x"], x.astype(np.float32))
+    np.testing.assert_array_equal(data.labels, np.arange(5))
+    assert [len(next(iter(b.values()))) for b in data.batches(2)] == [2, 2, 1]
+    assert len(load_inputs(model, npz=tmp_path / "d.npz", limit=3)) == 3
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"wrong": np.zeros((2, 3, 4, 4), np.float32)}, "no array for graph input 'x'"),
+    ({"x": np.zeros((2, 3, 4, 4), np.float32), "extra": np.zeros(2)}, "'extra', which is not a graph input"),
+    ({"x": np.zeros((3, 4, 4), np.float32)}, "rank 3"),
+    ({"x": np.zeros((2, 3, 5, 4), np.float32)}, "fixes dim 2 to 4"),
+])
+def test_npz_errors_name_the_problem(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(InputDataError, match=message):
+        load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "bad.npz")
+
+
+def test_npz_float_into_int_input_is_refused(tmp_path):
+    np.savez(tmp_path / "t.npz", input_ids=np.zeros((2, 3)), attention_mask=np.ones((2, 3), np.int64),
+             scale=np.zeros((2, 4), np.float32))
+    with pytest.raises(InputDataError, match="cannot be cast to the input's int64"):
+        load_inputs(_text_model(), npz=tmp_path / "t.npz")
+
+
+def test_exactly_one_source(tmp_path):
+    with pytest.raises(InputDataError, match="exactly one"):
+        load_inputs(_image_model(["N", 3, 4, 4]))
+    with pytest.raises(InputDataError, match="exactly one"):
+        load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "a.npz", random=3)
+
+
+def test_input_set_rejects_unequal_sample_counts():
+    with pytest.raises(InputDataError, match="disagree"):
+        InputSet({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+def _write(path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def test_crop_scale_mean_std_nchw_by_hand(tmp_path):
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2  # H=4, W=6, RGB
+    _write(tmp_path / "a.png", pixels)
+    pre = Preprocess("t", crop=(2, 2), scale=1 / 255, mean=(0.5,), std=(0.25,))
+    got = preprocess_image(tmp_path / "a.png", pre)
+    # center crop offsets: top = round((4-2)/2) = 1, left = round((6-2)/2) = 2
+    window = pixels[1:3, 2:4].astype(np.float32)
+    expected = ((window / 255 - 0.5) / 0.25).transpose(2, 0, 1)
+    assert got.shape == (3, 2, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_grayscale_nhwc_by_hand(tmp_path):
+    gray = np.array([[0, 10, 20], [30, 40, 50]], dtype=np.uint8)
+    _write(tmp_path / "g.png", np.repeat(gray[:, :, None], 3, axis=2))  # R=G=B: luminance is exact
+    pre = Preprocess("t", scale=1.0, mean=(10.0,), std=(2.0,), layout="NHWC", channels=1)
+    got = preprocess_image(tmp_path / "g.png", pre)
+    np.testing.assert_array_equal(got, ((gray.astype(np.float32) - 10) / 2)[:, :, None])
+
+
+def test_imagenet_preset_resizes_short_side_and_crops(tmp_path):
+    color = np.array([200, 100, 50], dtype=np.uint8)
+    _write(tmp_path / "photo_7.png", np.broadcast_to(color, (300, 400, 3)))
+    data = load_inputs(_image_model(["N", 3, 224, 224]), images=tmp_path, preprocess="imagenet")
+    assert data.arrays["x"].shape == (1, 3, 224, 224)
+    mean, std = np.array(PRESETS["imagenet"].mean), np.array(PRESETS["imagenet"].std)
+    expected = (color / 255 - mean) / std  # a constant image stays constant through bilinear resizing
+    np.testing.assert_allclose(data.arrays["x"][0].reshape(3, -1).mean(axis=1), expected, rtol=1e-5)
+    np.testing.assert_allclose(data.arrays["x"][0].reshape(3, -1).std(axis=1), 0, atol=1e-5)
+    np.testing.assert_array_equal(data.labels, [7])
+    assert "imagenet" in data.source
+
+
+def test_layout_mismatch_says_which_flag(tmp_path):
+    _write(tmp_path / "a.png", np.zeros((28, 28, 3)))
+    with pytest.raises(InputDataError, match="--layout NHWC"):
+        load_inputs(_image_model(["N", 28, 28, 3]), images=tmp_path, preprocess="imagenet")
+
+
+def test_mnist_preset_grayscale_28(tmp_path):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[10:18, 12:16] = 255
+    Image.fromarray(digit).save(tmp_path / "mnist_00_7.png")
+    Image.fromarray(digit).save(tmp_path / "mnist_01_3.png")
+    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+    np.testing.assert_allclose(data.arrays["x"][0, 0], digit / 255, atol=1e-6)
+    np.testing.assert_array_equal(data.labels, [7, 3])  # sorted by name: mnist_00_7, mnist_01_3
+
+
+@pytest.mark.parametrize("name, label", [("cat_281.jpg", 281), ("imagenet_03_281.png", 281), ("7.png", 7),
+                                         ("a-12.bmp", 12), ("img5.jpg", None), ("cat.jpg", None)])
+def test_label_rule(name, label):
+    assert label_from_filename(name) == label
+
+
+def test_labels_only_when_every_file_has_one(tmp_path):
+    for name in ("a_1.png", "b.png"):
+        _write(tmp_path / name, np.zeros((4, 4, 3)))
+    pre = Preprocess("raw")
+    data = load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path, preprocess=pre)
+    assert len(data) == 2 and data.labels is None
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(InputDataError, match="no .jpg"):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path)
+
+
+# --- random -----------------------------------------------------------------------------------------
+
+
+def test_random_honours_dtypes_shapes_and_masks():
+    data = load_inputs(_text_model(), random=5, input_shapes={"input_ids": (1, 16), "attention_mask": (1, 16)})
+    ids, mask, scale = data.arrays["input_ids"], data.arrays["attention_mask"], data.arrays["scale"]
+    assert ids.shape == (5, 16) and ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 100
+    assert mask.dtype == np.int64 and np.all(mask == 1)
+    assert scale.shape == (5, 4) and scale.dtype == np.float32
+    assert data.is_random and "not real data" in data.source
+    again = load_inputs(_text_model(), random=5, input_shapes={"input_ids": (1, 16), "attention_mask": (1, 16)})
+    np.testing.assert_array_equal(again.arrays["input_ids"], ids)  # seeded
+
+
+def test_random_dynamic_dims_need_input_shape():
+    with pytest.raises(OnnxAldsError, match="--input-shape input_ids"):
+        load_inputs(_text_model(), random=2)
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_input_arguments(parser)
+    add_input_arguments(parser, "calibration-", preprocess=False, input_shape=False)
+    return parser
+
+
+def test_prefixed_and_plain_flags_live_together(tmp_path):
+    args = _parser().parse_args(["--calibration", "c.npz", "--random", "4", "--input-shape", "x:1x3x4x4"])
+    assert args.calibration == "c.npz" and args.random == 4 and args.calibration_images is None
+    data = inputs_from_args(_image_model(["N", 3, 4, 4]), args)
+    assert len(data) == 4
+    args = _parser().parse_args(["--calibration-random", "3"])
+    assert len(inputs_from_args(_image_model(["N", 3, 4, 4]), args, "calibration-")) == 3
+    assert inputs_from_args(_image_model(["N", 3, 4, 4]), _parser().parse_args([]), "calibration-",
+                            required=False) is None
+    with pytest.raises(InputDataError, match="--inputs FILE.npz"):
+        inputs_from_args(_image_model(["N", 3, 4, 4]), _parser().parse_args([]))
+
+
+@pytest.mark.parametrize("argv", [["--images", "a", "--random", "3"],
+                                  ["--calibration", "a.npz", "--calibration-random", "2"]])
+def test_two_sources_is_a_usage_error(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_custom_flags_override_the_preset():
+    args = _parser().parse_args(["--preprocess", "efficientnet-lite", "--layout", "NHWC", "--crop", "200",
+                                 "--scale", "1/255", "--mean", "0.5", "--std", "0.5"])
+    pre = preprocess_from_args(args)
+    assert pre.layout == "NHWC" and pre.crop == (200, 200) and pre.resize_short == 256
+    assert pre.scale == pytest.approx(1 / 255) and pre.mean == (0.5,)
+    args = _parser().parse_args(["--preprocess", "custom", "--resize", "32x48", "--grayscale", "--mean", "0"])
+    pre = preprocess_from_args(args)
+    assert pre.size == (32, 48) and pre.channels == 1 and pre.resize_short is None
+    with pytest.raises(InputDataError, match="--mean"):
+        preprocess_from_args(_parser().parse_args(["--mean", "a,b"]))
