@@ -165,8 +165,18 @@ def _to_allocation(layers: Sequence[_Layer], picks: Sequence[tuple[int, int]], b
 
 
 def _fill(layers: Sequence[_Layer], picks: list[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
-    """Spend what is left of the budget, one rank step at a time, on the layer with the largest error."""
+    """Spend what is left of the budget on the layer with the largest error, step by step.
+
+    A step moves a layer to its cheapest option (any group count, or dense) with a smaller error
+    that still fits; the max error never grows and the budget is never exceeded.
+    """
     picks = list(picks)
+    flat = []
+    for layer in layers:
+        costs = np.concatenate([c for c in layer.costs] + [np.array([layer.dense_cost])])
+        errors = np.concatenate([o.errors for o in layer.options] + [np.array([0.0])])
+        where = [(o, r) for o, option in enumerate(layer.options) for r in range(len(option.ranks))] + [(-1, -1)]
+        flat.append((costs, errors, where))
 
     def current(index: int) -> tuple[float, float]:
         option_index, rank_index = picks[index]
@@ -180,19 +190,17 @@ def _fill(layers: Sequence[_Layer], picks: list[tuple[int, int]], budget: float)
     heapq.heapify(heap)
     while heap:
         _, index = heapq.heappop(heap)
-        option_index, rank_index = picks[index]
-        cost_now, _ = current(index)
-        costs = layers[index].costs[option_index]
-        if rank_index + 1 < len(costs):
-            step_cost, step = float(costs[rank_index + 1]), (option_index, rank_index + 1)
-        else:
-            step_cost, step = layers[index].dense_cost, (-1, -1)
-        if spent - cost_now + step_cost > budget:
-            continue  # this layer cannot grow any more; the others may
-        picks[index] = step
-        spent += step_cost - cost_now
-        if step[0] >= 0:
-            heapq.heappush(heap, (-current(index)[1], index))
+        cost_now, error_now = current(index)
+        costs, errors, where = flat[index]
+        fits = (errors < error_now) & (costs <= budget - spent + cost_now)
+        if not fits.any():
+            continue  # this layer cannot improve any more; the others may
+        candidates = np.flatnonzero(fits)
+        best = candidates[np.lexsort((errors[candidates], costs[candidates]))[0]]
+        picks[index] = where[best]
+        spent += float(costs[best]) - cost_now
+        if picks[index][0] >= 0:
+            heapq.heappush(heap, (-float(errors[best]), index))
     return picks
 
 

@@ -130,7 +130,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     if args.report:
         result.report.save_json(args.report)
     if summary is not None:
-        print(summary.line)
+        print(summary.text)
         if not summary.passed:
             raise summary.failure
     return 0

@@ -83,6 +83,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         tmp_model = Path(tmp_dir) / target.name
         data_name = target.name + ".data"
         if external_data:
+            # onnx rewrites the tensors it moves out in place: save a copy, not the caller's model
+            model = load_model(model)
             onnx.save_model(model, str(tmp_model), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
             os.replace(Path(tmp_dir) / data_name, target.parent / data_name)

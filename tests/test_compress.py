@@ -48,9 +48,10 @@ def test_compress_keeps_interface_and_metadata(cnn):
 
 @pytest.mark.parametrize("method", onnx_alds.METHODS)
 @pytest.mark.parametrize("target", ["params", "flops"])
-def test_every_method_meets_the_target(cnn, method, target):
+def test_every_method_meets_the_target(method, target):
+    # width 32: one rank step of a g = 16 layer is well under 1 % of the model (at width 16 it is not)
     keep = {"keep_params": 0.6} if target == "params" else {"keep_flops": 0.6}
-    report = onnx_alds.compress(cnn, method=method, **keep).report
+    report = onnx_alds.compress(small_cnn(width=32), method=method, **keep).report
     assert report.method == method
     assert 0.99 * 0.6 <= report.achieved <= 0.6 + 1e-9
     if method != "alds":
@@ -105,7 +106,7 @@ def _mixed_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     inits = [numpy_helper.from_array(w(16, 8, 3, 3), "big.weight"), numpy_helper.from_array(w(16, 1, 3, 3), "dw.weight"),
-             numpy_helper.from_array(w(16, 16), "shared.weight"), numpy_helper.from_array(w(2, 16), "tiny.weight"),
+             numpy_helper.from_array(w(16, 16), "shared.weight"), numpy_helper.from_array(w(1, 16), "tiny.weight"),
              numpy_helper.from_array(w(16, 16, 3, 3), "skip.weight")]
     nodes = [
         helper.make_node("Conv", ["x", "big.weight"], ["a"], name="big", pads=[1, 1, 1, 1]),
@@ -120,7 +121,7 @@ def _mixed_model() -> onnx.ModelProto:
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8]),
               helper.make_tensor_value_info("f_dyn", TensorProto.FLOAT, [16, 16])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])]
     return make_model(nodes, inputs, outputs, inits)
 
 
