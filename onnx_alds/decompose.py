@@ -97,13 +97,19 @@ def factorized_size(out_features: int, cols: int, groups: int, rank: int) -> int
     return rank * (groups * out_features + cols)
 
 
-def candidate_groups(in_channels: int, out_features: int, kernel: int, max_groups: int) -> tuple[int, ...]:
-    """Divisors ``g ≤ max_groups`` of ``c`` for which rank 1 would shrink the layer."""
+def candidate_groups(in_channels: int, out_features: int, kernel: int, max_groups: int, *,
+                     channel_multiple: int = 1) -> tuple[int, ...]:
+    """Divisors ``g ≤ max_groups`` of ``c`` for which rank 1 would shrink the layer.
+
+    ``channel_multiple > 1`` keeps only ``g`` whose channels per group ``c/g`` are a multiple of it
+    (``g = 1`` always stays): grouped convolutions reach ONNX Runtime's fast blocked kernels only then.
+    """
     cols = in_channels * kernel
     dense = out_features * cols
     return tuple(
         g for g in range(1, min(max_groups, in_channels) + 1)
         if in_channels % g == 0 and factorized_size(out_features, cols, g, 1) < dense
+        and (g == 1 or (in_channels // g) % channel_multiple == 0)
     )
 
 

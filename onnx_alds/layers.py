@@ -117,10 +117,11 @@ def _positions(op: str, output_shape: Optional[tuple[int, ...]]) -> Optional[int
 
 
 def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
-                exclude: Sequence[str] = (), max_groups: int = 16) -> list[Layer]:
+                exclude: Sequence[str] = (), max_groups: int = 16, channel_multiple: int = 1) -> list[Layer]:
     """Every Conv/Gemm/MatMul node of the main graph with its weight, in graph order.
 
-    ``exclude`` holds glob patterns matched against node and weight names.
+    ``exclude`` holds glob patterns matched against node and weight names; ``channel_multiple``
+    restricts the candidate group counts (see :func:`onnx_alds.decompose.candidate_groups`).
     """
     constants = constant_tensors(model)
     uses: Counter = Counter()
@@ -129,14 +130,15 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     for node in model.graph.node:
         if node.op_type not in LAYER_OPS or len(node.input) < 2:
             continue
-        layer = _describe(node, constants, uses, shapes, exclude, max_groups)
+        layer = _describe(node, constants, uses, shapes, exclude, max_groups, channel_multiple)
         if layer is not None:
             layers.append(layer)
     return layers
 
 
 def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], uses: Counter,
-              shapes: Mapping[str, tuple[int, ...]], exclude: Sequence[str], max_groups: int) -> Optional[Layer]:
+              shapes: Mapping[str, tuple[int, ...]], exclude: Sequence[str], max_groups: int,
+              channel_multiple: int) -> Optional[Layer]:
     weight_name = node.input[1]
     tensor = constants.get(weight_name)
     shape = tuple(int(d) for d in tensor.dims) if tensor is not None else tuple(shapes.get(weight_name, ()))
@@ -172,7 +174,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         reason = "excluded by the user (--exclude)"
     groups: tuple[int, ...] = ()
     if reason is None and f and c:
-        groups = candidate_groups(c, f, kernel, max_groups if node.op_type == "Conv" else 1)
+        groups = candidate_groups(c, f, kernel, max_groups if node.op_type == "Conv" else 1,
+                                  channel_multiple=channel_multiple)
         if not groups:
             reason = f"factorization would not shrink it ({f}x{c * kernel} weight)"
     return Layer(

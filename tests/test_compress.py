@@ -162,3 +162,18 @@ def test_analyze_reports_layers_and_floor(cnn):
     assert 0 < report.min_keep_flops < 0.2
     conv1 = report.layers[1]
     assert conv1.candidate_groups[0] == 1 and conv1.errors_at_rank_fraction["0.5"] < conv1.errors_at_rank_fraction["0.25"]
+
+
+def test_float16_weights_keep_their_type():
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float16)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    model = make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 16, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 32, 8, 8])],
+                       [numpy_helper.from_array(weight, "w")])
+    result = onnx_alds.compress(model, keep_params=0.5)
+    types = {init.name: init.data_type for init in result.model.graph.initializer}
+    assert types == {"w.enc": TensorProto.FLOAT16, "w.dec": TensorProto.FLOAT16}
+    onnx.checker.check_model(result.model, full_check=True)
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float16)
+    assert run_model(result.model, {"x": x})[0].dtype == np.float16

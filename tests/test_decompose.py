@@ -99,3 +99,8 @@ def test_shared_gram_spectra_equal_direct_ones():
         for g, values in shared.items():
             direct = np.array([np.linalg.svd(b, compute_uv=False) for b in split_columns(matrix, g)])
             assert np.allclose(values, direct, rtol=1e-9, atol=1e-9 * direct.max())
+
+
+def test_channel_multiple_restricts_groups():
+    assert candidate_groups(64, 64, 9, 16, channel_multiple=16) == (1, 2, 4)
+    assert candidate_groups(24, 64, 9, 16, channel_multiple=16) == (1,)
