@@ -15,9 +15,33 @@ from .model_io import graph_inputs
 log = logging.getLogger(__name__)
 
 
-def _static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+_STUB_ELEMENTS = 4096  # initializers above this size are weights, never shape constants
+
+
+def _static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], *,
+                 stub_weights: bool = False) -> onnx.ModelProto:
+    """A copy with the input dims fixed; with ``stub_weights``, large initializers keep only their
+    type and dims (shape inference needs no more), so the copy stays small even for huge models."""
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    if stub_weights:
+        graph = model.graph
+        copy.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                                      functions=model.functions))
+        copy.graph.name = graph.name
+        copy.graph.node.extend(graph.node)
+        copy.graph.input.extend(graph.input)
+        copy.graph.output.extend(graph.output)
+        copy.graph.value_info.extend(graph.value_info)
+        for init in graph.initializer:
+            if int(np.prod(init.dims)) > _STUB_ELEMENTS:
+                stub = onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                                        data_location=onnx.TensorProto.EXTERNAL)
+                stub.external_data.add(key="location", value="not-loaded")
+                copy.graph.initializer.append(stub)
+            else:
+                copy.graph.initializer.append(init)
+    else:
+        copy.CopyFrom(model)
     for value in copy.graph.input:
         if value.name in input_shapes:
             dims = value.type.tensor_type.shape.dim
@@ -46,19 +70,19 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
     Tensors that neither shape inference nor an ONNX Runtime run can size are missing from the
     result; callers decide whether that is an error.
     """
-    static = _static_copy(model, input_shapes)
+    stubbed = _static_copy(model, input_shapes, stub_weights=True)
     try:
-        inferred = shape_inference.infer_shapes(static, data_prop=True)
+        inferred = shape_inference.infer_shapes(stubbed, data_prop=True)
     except Exception as exc:  # inference fails on some custom ops; ONNX Runtime may still run them
         log.info("shape inference failed (%s); using ONNX Runtime for shapes", exc)
-        inferred = static
+        inferred = stubbed
     graph = inferred.graph
     shapes = _known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output))
     for init in graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     missing = sorted(set(needed) - set(shapes))
     if missing:
-        shapes.update(_shapes_from_runtime(static, input_shapes, missing))
+        shapes.update(_shapes_from_runtime(_static_copy(model, input_shapes), input_shapes, missing))
     return shapes
 
 
