@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,8 +17,9 @@ import onnx
 
 from . import __version__
 from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimum_cost
-from .decompose import decompose, whitening_factor
-from .errors import BudgetError, UnsupportedModelError
+from .data_aware import data_aware_rewrite, layer_sensitivities, sample_count, scaled_table, whitening_factors
+from .decompose import decompose
+from .errors import BudgetError, InputDataError, UnsupportedModelError
 from .layers import Layer, constant_tensors, ensure_node_names, find_layers, folded_weight, iter_total_params, node_macs
 from .model_io import ModelLike, load_model, resolve_input_shapes
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -29,6 +30,7 @@ from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
 log = logging.getLogger(__name__)
 
 METHODS = ("alds", "svd", "svd-energy", "l-rank")
+DATA_AWARE_ERROR_MEASURE = "frobenius"  # the default error measure with calibration data (measured)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def _progress(items: Sequence, description: str):
 
 
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
-             max_groups: int, need_macs: bool) -> _Prepared:
+             max_groups: int, need_macs: bool, channel_multiple: int = 1) -> _Prepared:
     proto = load_model(model)
     ensure_node_names(proto)
     notes: list[str] = []
@@ -74,7 +76,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if resolved is not None:
         needed = {name for node in layer_ops for name in (node.output[0], node.input[0])}
         shapes = tensor_shapes(proto, resolved, needed)
-    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups)
+    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple)
     macs_total: Optional[int] = None
     if resolved is not None:
         per_node = [node_macs(node, shapes) for node in layer_ops]
@@ -110,38 +112,61 @@ def _measure_for(method: str, error_measure: str) -> str:
     return error_measure
 
 
-def _whitening(second_moment: np.ndarray, groups: Sequence[int]) -> dict[int, list[np.ndarray]]:
-    """Per candidate ``g``, the Cholesky factor of each group's block of the input second moment."""
-    factors = {}
-    for g in sorted(set(groups) | {1}):
-        width = second_moment.shape[0] // g
-        factors[g] = [whitening_factor(second_moment[i * width:(i + 1) * width, i * width:(i + 1) * width])
-                      for i in range(g)]
-    return factors
-
-
 def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,
-             method: str = "alds", error_measure: str = "spectral", rank_multiple: int = 1,
+             method: str = "alds", error_measure: Optional[str] = None, rank_multiple: int = 1,
              exclude: Sequence[str] = (), seed: int = 0, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-             max_groups: int = 16, calibration=None, calibration_batch_size: int = 16) -> CompressionResult:
+             max_groups: int = 16, calibration=None, calibration_batch_size: int = 16, refit: bool = True,
+             sequential: bool = False, bias_correction: bool = False,
+             sensitivity: bool = False) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
-    ``calibration``: an :class:`onnx_alds.inputs.InputSet`; when given, every layer is decomposed in
-    the metric of its own inputs (data-aware) and the error tables measure output error on them.
+    ``calibration``: an :class:`onnx_alds.inputs.InputSet` (anything with ``.batches(n)`` and
+    ``.source``); when given, compression is data-aware (see docs/DATA_AWARE.md):
+
+    - the error tables come from whitened spectra (``W_i L_i``, ``C_i = L_i L_iᵀ`` the input second
+      moment of group ``i``), i.e. they measure relative output error on the calibration inputs;
+    - every layer is decomposed in the metric of its own inputs (whitened SVD);
+    - ``refit`` (default on): each decoder is refitted by least squares on the full input second moment,
+      ``A = W C Bᵀ (B C Bᵀ)⁻¹``, which restores the cross-group correlation per-group whitening ignores;
+    - ``sequential``: the allocation keeps the original model's statistics, but each layer's factors
+      are fitted to the inputs produced by the already-compressed layers before it (``x̃``): the
+      whitened decomposition of ``W M C̃⁻¹`` in the metric ``C̃``, refit ``A = W M Bᵀ (B C̃ Bᵀ)⁻¹``;
+    - ``bias_correction``: add ``E[W x − A B x̃]`` (per output channel, averaged over positions) to
+      each decoder's bias.
+
+    - ``sensitivity``: weight each layer's error table by how strongly that layer's error reaches the
+      model's output: ``s_ℓ = e_ℓ / ε_ℓ`` with ``e_ℓ`` the relative change of the first graph output on
+      (up to 16) calibration inputs when layer ``ℓ`` alone is factorized (``g = 1``, about half its
+      weights, data-aware factors) and ``ε_ℓ`` its table error there; the min-max then balances
+      ``s_ℓ·ε_ℓ``, i.e. estimated output error, instead of per-layer error. Costs one run per layer.
+
+    ``error_measure`` None (default) means ``spectral`` data-free and ``frobenius`` data-aware: on
+    whitened spectra the relative Frobenius residual is the relative RMS output error on the
+    calibration inputs (exact for ``g = 1``), which measured best on EfficientNet-Lite0 (docs/DATA_AWARE.md).
+
+    ``refit``, ``sequential``, ``bias_correction`` and ``sensitivity`` shape data-aware compression
+    only; ``sequential``, ``bias_correction`` and ``sensitivity`` need ``calibration``.
     """
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     target, keep = _check_target(keep_params, keep_flops)
     if method not in METHODS:
         raise BudgetError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    if error_measure is None:
+        error_measure = DATA_AWARE_ERROR_MEASURE if calibration is not None else "spectral"
     if error_measure not in ERROR_MEASURES:
         raise BudgetError(f"unknown error measure '{error_measure}'; choose one of: {', '.join(ERROR_MEASURES)}")
     if rank_multiple < 1:
         raise BudgetError(f"--rank-multiple {rank_multiple} is out of range; give a positive integer such as 16")
     if max_groups < 1:
         raise BudgetError(f"--max-groups {max_groups} is out of range; give a positive integer such as 16")
+    if calibration is None and (sequential or bias_correction or sensitivity):
+        flag = "--sequential" if sequential else ("bias correction" if bias_correction else "sensitivity weighting")
+        raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
+                             "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
-                        max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops")
+                        max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops",
+                        channel_multiple=rank_multiple)
     proto, layers = prepared.model, prepared.layers
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
@@ -153,11 +178,13 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     seconds["load"] = time.perf_counter() - started
 
     moments: dict[str, np.ndarray] = {}
+    stats: dict = {}
     if calibration is not None:
-        from .calibrate import collect_second_moments
+        from .calibrate import collect_statistics
 
         tick = time.perf_counter()
-        moments = collect_second_moments(proto, chosen, calibration, batch_size=calibration_batch_size)
+        stats = collect_statistics(proto, chosen, calibration, batch_size=calibration_batch_size)
+        moments = {name: value.second_moment for name, value in stats.items()}
         seconds["calibration"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -166,27 +193,36 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     tables: list[ErrorTable] = []
     for layer in _progress(chosen, "spectra"):
         matrix = folded_weight(layer, constants)
-        whitening = _whitening(moments[layer.name], layer.groups) if layer.name in moments else None
+        whitening = whitening_factors(moments[layer.name], layer.groups) if layer.name in moments else None
         spectra = layer_spectra(matrix, layer.groups, whitening)
         tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups, measure=measure,
                                   rank_multiple=rank_multiple))
     seconds["spectra"] = time.perf_counter() - tick
+    sensitivity_note: Optional[str] = None
+    if sensitivity:
+        tick = time.perf_counter()
+        weights = layer_sensitivities(proto, chosen, tables, constants, stats, calibration)
+        tables = [scaled_table(table, weight) for table, weight in zip(tables, weights)]
+        seconds["sensitivity"] = time.perf_counter() - tick
+        order = np.argsort(weights)[::-1][:3]
+        sensitivity_note = ("sensitivity weights (output error per unit layer error), largest: "
+                            + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in order))
 
     tick = time.perf_counter()
     allocation = _allocate(prepared, chosen, tables, target, keep, method, seed)
     seconds["allocation"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    rewrites = []
-    for layer, choice in zip(chosen, allocation.choices):
-        if choice.groups == DENSE:
-            continue
-        matrix = folded_weight(layer, constants)
-        whitening = None
-        if layer.name in moments:
-            whitening = _whitening(moments[layer.name], (choice.groups,))[choice.groups]
-        rewrites.append(Rewrite(layer, decompose(matrix, choice.groups, choice.rank, whitening)))
-    new_model = rewrite_model(proto, rewrites)
+    plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
+    extra_notes: list[str] = []
+    if calibration is None:
+        rewrites = [Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank))
+                    for layer, choice in plan]
+        new_model = rewrite_model(proto, rewrites)
+    else:
+        new_model = data_aware_rewrite(proto, plan, constants, stats, calibration, refit=refit,
+                                        sequential=sequential, bias_correction=bias_correction,
+                                        batch_size=calibration_batch_size, seconds=seconds, notes=extra_notes)
     data_aware = calibration is not None
     add_provenance(new_model, {
         "onnx_alds.version": __version__,
@@ -198,6 +234,13 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
                                  calibration=None if calibration is None else str(calibration.source))
+    if data_aware:
+        steps = ("whitened",) + (("refit",) if refit else ()) + (("sequential",) if sequential else ()) \
+            + (("bias-correction",) if bias_correction else ())
+        steps += ("sensitivity",) if sensitivity else ()
+        extra_notes += [sensitivity_note] if sensitivity_note else []
+        report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
+                         calibration_samples=sample_count(calibration))
     return CompressionResult(new_model, report)
 
 

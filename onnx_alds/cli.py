@@ -62,8 +62,9 @@ def _add_compress(subparsers) -> None:
                         help="fraction of the Conv/Gemm/MatMul multiply-accumulates to keep, in (0, 1]")
     parser.add_argument("--method", choices=METHODS, default="alds",
                         help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
-    parser.add_argument("--error", choices=ERROR_MEASURES[:3], default="spectral", dest="error_measure",
-                        help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1)")
+    parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
+                        help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1, "
+                             "without calibration; frobenius, the relative RMS output error, with it)")
     parser.add_argument("--rank-multiple", type=_positive_int, default=1, metavar="N",
                         help="round every rank to a multiple of N (16 suits ONNX Runtime's CPU kernels)")
     parser.add_argument("--max-groups", type=_positive_int, default=16, metavar="G",
@@ -83,6 +84,15 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, prefix="calibration-")
     parser.add_argument("--calibration-batch-size", type=_positive_int, default=16, metavar="N",
                         help="batch size of the calibration runs")
+    parser.add_argument("--sequential", action="store_true",
+                        help="fit each layer to the inputs of the already-compressed layers before it "
+                             "(slower; helps on fragile models, see docs/DATA_AWARE.md)")
+    parser.add_argument("--no-refit", dest="refit", action="store_false",
+                        help="skip the least-squares decoder refit on the full input second moment")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="add each layer's mean output error on the calibration data to its bias")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="experimental: weight each layer's error by its measured effect on the output")
     parser.add_argument("--validate", action="store_true",
                         help="after compressing, validate and benchmark against the original (validate options below)")
     from .validate import add_validation_arguments
@@ -117,7 +127,9 @@ def _run_compress(args: argparse.Namespace) -> int:
     result = compress(model, keep_params=args.keep_params, keep_flops=args.keep_flops, method=args.method,
                       error_measure=args.error_measure, rank_multiple=args.rank_multiple, exclude=args.exclude,
                       seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
-                      calibration=calibration, calibration_batch_size=args.calibration_batch_size)
+                      calibration=calibration, calibration_batch_size=args.calibration_batch_size,
+                      refit=args.refit, sequential=args.sequential, bias_correction=args.bias_correction,
+                      sensitivity=args.sensitivity)
     summary = None
     if args.validate:
         from .validate import validate_from_args

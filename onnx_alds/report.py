@@ -68,6 +68,10 @@ class CompressionReport:
     seconds: dict[str, float]
     notes: tuple[str, ...] = ()
     versions: dict[str, str] = field(default_factory=library_versions)
+    # data-aware compression only: the steps applied ("whitened", "refit", "sequential",
+    # "bias-correction") and the number of calibration samples
+    data_aware_steps: tuple[str, ...] = ()
+    calibration_samples: Optional[int] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +92,12 @@ class CompressionReport:
             ))
         lines = [format_table(rows), ""]
         ratio_params = self.params_after / self.params_before if self.params_before else 1.0
-        lines.append(f"method: {self.method}{' (data-aware: ' + str(self.calibration) + ')' if self.data_aware else ''}, "
+        data = ""
+        if self.data_aware:
+            steps = ", ".join(self.data_aware_steps)
+            samples = f"{self.calibration_samples} samples of " if self.calibration_samples is not None else ""
+            data = f" (data-aware{': ' + steps if steps else ''}; {samples}{self.calibration})"
+        lines.append(f"method: {self.method}{data}, "
                      f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
         lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}")
         lines.append(f"weights: {_si(self.params_before)} -> {_si(self.params_after)} ({ratio_params:.4f} kept)")

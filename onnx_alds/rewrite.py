@@ -14,7 +14,7 @@ and consumers are untouched. Model-level fields that onnx-graphsurgeon does not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
@@ -27,10 +27,12 @@ from .model_io import opset_version
 
 @dataclass(frozen=True)
 class Rewrite:
-    """One node to replace and the factors that replace it."""
+    """One node to replace, the factors that replace it, and an optional correction (length ``f``)
+    added to the layer's output, folded into the decoder's bias where the bias is a constant."""
 
     layer: Layer
     factors: GroupedFactors
+    bias_shift: Optional[np.ndarray] = None
 
 
 def _weight_dtype(tensor: gs.Tensor) -> np.dtype:
@@ -102,6 +104,32 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.No
     ]
 
 
+def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype) -> list[gs.Node]:
+    """Add ``shift`` to the decoder's output: into its constant bias (Conv) or ``C`` (Gemm, as
+    ``shift/beta``), else through an ``Add`` node, which is returned."""
+    layer = rewrite.layer
+    name = f"{layer.weight}.dec.bias"
+    bias = dec.inputs[2] if len(dec.inputs) > 2 else None
+    scale = 1.0
+    if layer.op == "Gemm":
+        scale = float(dec.attrs.get("beta", 1.0))
+    foldable = layer.op in ("Conv", "Gemm") and scale != 0.0 and (bias is None or isinstance(bias, gs.Constant))
+    if foldable:
+        value = shift / scale if bias is None else np.asarray(bias.values, np.float64) + shift / scale
+        constant = gs.Constant(name, np.asarray(value).astype(dtype))
+        if bias is None:
+            dec.inputs.append(constant)
+        else:
+            dec.inputs[2] = constant
+        return []
+    y = dec.outputs[0]
+    middle = gs.Variable(f"{y.name}.nobias", dtype=y.dtype)
+    dec.outputs[0] = middle
+    spatial = len(layer.weight_shape) - 2 if layer.op == "Conv" else 0
+    constant = gs.Constant(name, shift.reshape(-1, *([1] * spatial)).astype(dtype))
+    return [gs.Node("Add", f"{layer.name}.bias", {}, [middle, constant], [y])]
+
+
 def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.ModelProto:
     """A new model with every node in ``rewrites`` replaced by its factorized pair."""
     if not rewrites:
@@ -120,6 +148,9 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.M
             pair = _gemm_pair(node, rewrite, dtype, opset)
         else:
             pair = _matmul_pair(node, rewrite, dtype)
+        if rewrite.bias_shift is not None:
+            alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
+            pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype)
         node.inputs.clear()
         node.outputs.clear()
         graph.nodes.extend(pair)

@@ -12,7 +12,6 @@ from conftest import conv_model, gemm_model, matmul_model, random_feeds, run_mod
 from onnx_alds.decompose import decompose, max_rank
 from onnx_alds.layers import constant_tensors, ensure_node_names, find_layers, folded_weight
 from onnx_alds.rewrite import Rewrite, rewrite_model
-from onnx_alds.shapes import tensor_shapes
 
 RTOL = 1e-5  # float32 rounding of two products instead of one, relative to the output's largest value
 

@@ -1,0 +1,128 @@
+"""Data-aware decomposition: factors fitted to what each layer sees on calibration inputs.
+
+Every group is decomposed in the metric of its input second moment (``W_i L_i``,
+``L_i L_iᵀ = E[x_i x_iᵀ]``); each decoder is optionally refit by least squares on the full second
+moment; sequential mode fits each layer to the inputs produced by the already-compressed layers
+before it; bias correction adds the mean output error to each decoder's bias; sensitivity weighting
+(experimental) scales each layer's error table by its measured effect on the model output.
+The maths is in :mod:`onnx_alds.decompose` and docs/DATA_AWARE.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .allocate import LayerChoice
+from .decompose import GroupedFactors, bias_shift, decompose, refit_decoder, sequential_target, whitening_factor
+from .errors import InputDataError
+from .layers import Layer, folded_weight
+from .model_io import graph_inputs
+from .rewrite import Rewrite, rewrite_model
+from .spectra import ErrorTable
+
+
+def whitening_factors(second_moment: np.ndarray, groups: Sequence[int]) -> dict[int, list[np.ndarray]]:
+    """Per candidate ``g``, the Cholesky factor of each group's block of the input second moment."""
+    factors = {}
+    for g in sorted(set(groups) | {1}):
+        width = second_moment.shape[0] // g
+        factors[g] = [whitening_factor(second_moment[i * width:(i + 1) * width, i * width:(i + 1) * width])
+                      for i in range(g)]
+    return factors
+
+
+def sample_count(calibration) -> Optional[int]:
+    try:
+        return int(len(calibration))
+    except TypeError:
+        return None
+
+
+def first_samples(calibration, count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` samples of an input set, as one feed."""
+    for batch in calibration.batches(count):
+        return batch
+    raise InputDataError("the calibration set holds no samples; give at least one calibration input")
+
+
+def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables: Sequence[ErrorTable],
+                         constants: Mapping, stats: Mapping, calibration, *, samples: int = 16) -> list[float]:
+    """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``)."""
+    from .runtime import make_session
+
+    feed = first_samples(calibration, samples)
+    names = [spec.name for spec in graph_inputs(proto)]
+    feed = {name: feed[name] for name in names}
+    reference = np.asarray(make_session(proto, "cpu").run(None, feed)[0], dtype=np.float64)
+    norm = float(np.linalg.norm(reference)) or 1.0
+    weights = []
+    for layer, table in zip(chosen, tables):
+        option = table.options[0]
+        half = int(np.searchsorted(option.sizes, 0.5 * table.dense_size, side="right")) - 1
+        index = min(max(half, 0), len(option.ranks) - 1)
+        groups, rank = option.groups, int(option.ranks[index])
+        predicted = float(option.errors[index])
+        factors = data_aware_factors(folded_weight(layer, constants), groups, rank, stats[layer.name], refit=True)
+        probe = rewrite_model(proto, [Rewrite(layer, factors)])
+        output = np.asarray(make_session(probe, "cpu").run(None, feed)[0], dtype=np.float64)
+        measured = float(np.linalg.norm(output - reference)) / norm
+        weights.append(measured / predicted if predicted > 0 else 1.0)
+    return weights
+
+
+def scaled_table(table: ErrorTable, weight: float) -> ErrorTable:
+    """The same table with every error multiplied by ``weight``."""
+    options = tuple(replace(option, errors=option.errors * weight) for option in table.options)
+    return replace(table, options=options)
+
+
+def data_aware_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit: bool) -> GroupedFactors:
+    """Whitened factors of one layer (sequential when ``stat`` carries a cross moment), optionally refitted."""
+    target = matrix if stat.cross is None else sequential_target(matrix, stat.second_moment, stat.cross)
+    whitening = whitening_factors(stat.second_moment, (groups,))[groups]
+    factors = decompose(target, groups, rank, whitening)
+    if refit:
+        factors = refit_decoder(matrix, factors, stat.second_moment, stat.cross)
+    return factors
+
+
+def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, LayerChoice]], constants: Mapping,
+                       stats: Mapping, calibration, *, refit: bool, sequential: bool, bias_correction: bool,
+                       batch_size: int, seconds: dict[str, float], notes: list[str]) -> onnx.ModelProto:
+    """Rewrite ``plan`` with data-aware factors; see :func:`onnx_alds.compress` for each option's maths.
+
+    Sequential: layers go in *waves* (consecutive layers none of which feeds another of the wave);
+    before each wave the model with every earlier layer rewritten is run on the calibration set, and
+    the wave's layers are fitted to what they now see.
+    """
+    from .calibrate import collect_statistics, independent_waves
+
+    rewrites: list[Rewrite] = []
+    layers = [layer for layer, _ in plan]
+    choices = {layer.name: choice for layer, choice in plan}
+    waves = independent_waves(proto, layers) if sequential else [layers]
+    spent = 0.0
+    for wave in waves:
+        wave_stats = stats
+        if sequential and rewrites:
+            tick = time.perf_counter()
+            prefix = rewrite_model(proto, rewrites)
+            wave_stats = collect_statistics(prefix, wave, calibration, batch_size=batch_size, reference=proto)
+            spent += time.perf_counter() - tick
+        for layer in wave:
+            matrix = folded_weight(layer, constants)
+            choice = choices[layer.name]
+            stat = wave_stats[layer.name]
+            factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit)
+            shift = bias_shift(matrix, factors, stat.mean, stat.reference_mean) if bias_correction else None
+            rewrites.append(Rewrite(layer, factors, bias_shift=shift))
+    if sequential:
+        seconds["sequential"] = spent
+        notes.append(f"sequential calibration: {len(waves)} waves of independent layers, "
+                     f"{max(0, len(waves) - 1)} extra calibration passes")
+    return rewrite_model(proto, rewrites)

@@ -1,0 +1,206 @@
+"""Data-aware decomposition: whitening, decoder refit, sequential target, bias correction, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import run_model, small_cnn
+from onnx_alds import compress
+from onnx_alds.data_aware import data_aware_factors
+from onnx_alds.calibrate import LayerStatistics
+from onnx_alds.decompose import (bias_shift, decompose, refit_decoder, sequential_target, whitening_factor)
+from onnx_alds.errors import InputDataError
+from test_calibrate import FakeInputs
+
+
+def _output_error(weight: np.ndarray, approx: np.ndarray, samples: np.ndarray) -> float:
+    """Relative output error ‖(W − Ŵ) X‖_F / ‖W X‖_F on the columns of ``samples``."""
+    return float(np.linalg.norm((weight - approx) @ samples) / np.linalg.norm(weight @ samples))
+
+
+def _whitening(moment: np.ndarray, groups: int):
+    width = moment.shape[0] // groups
+    return [whitening_factor(moment[i * width:(i + 1) * width, i * width:(i + 1) * width]) for i in range(groups)]
+
+
+def _stats(samples: np.ndarray) -> LayerStatistics:
+    return LayerStatistics(samples.shape[1], samples @ samples.T / samples.shape[1], samples.mean(axis=1))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("deficient", [False, True])
+def test_full_rank_reproduces_the_layer(groups, deficient):
+    rng = np.random.default_rng(groups)
+    weight = rng.standard_normal((12, 24))
+    samples = rng.standard_normal((24, 8 if deficient else 200))  # 8 samples: rank-deficient moment
+    stats = _stats(samples)
+    rank = min(12, 24 // groups)
+    for refit in (False, True):
+        factors = data_aware_factors(weight, groups, rank, stats, refit=refit)
+        np.testing.assert_allclose(factors.dense(), weight, rtol=1e-7, atol=1e-7)
+
+
+def test_sequential_full_rank_with_exact_inputs_reproduces_the_layer():
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((10, 16))
+    samples = rng.standard_normal((16, 300))
+    stats = LayerStatistics(300, samples @ samples.T / 300, samples.mean(axis=1), samples @ samples.T / 300,
+                            samples.mean(axis=1))
+    factors = data_aware_factors(weight, 2, 8, stats, refit=True)
+    np.testing.assert_allclose(factors.dense(), weight, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dim", [2, 6, 20])
+def test_whitened_beats_plain_on_a_low_dimensional_input_subspace(groups, dim):
+    rng = np.random.default_rng(dim)
+    f, cols = 24, 32
+    weight = rng.standard_normal((f, cols))
+    basis = np.linalg.qr(rng.standard_normal((cols, dim)))[0]
+    samples = basis @ rng.standard_normal((dim, 500)) + 1e-3 * rng.standard_normal((cols, 500))
+    moment = samples @ samples.T / 500
+    whitening = _whitening(moment, groups)
+    for rank in range(1, min(f, cols // groups) + 1):
+        plain = _output_error(weight, decompose(weight, groups, rank).dense(), samples)
+        whitened = _output_error(weight, decompose(weight, groups, rank, whitening).dense(), samples)
+        assert whitened <= plain + 1e-9, (rank, whitened, plain)
+        if groups == 1 and rank >= dim and dim < cols // 2:
+            # the inputs live in `dim` dims: rank `dim` already captures the layer's action on them
+            assert whitened < 0.05 * plain + 1e-2, (rank, whitened, plain)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_refit_never_increases_output_error(groups):
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((16, 32))
+    mix = rng.standard_normal((32, 32))  # correlated inputs, also across groups
+    samples = mix @ rng.standard_normal((32, 400))
+    moment = samples @ samples.T / 400
+    for rank in (1, 2, 4):
+        factors = decompose(weight, groups, rank, _whitening(moment, groups))
+        refitted = refit_decoder(weight, factors, moment)
+        before = _output_error(weight, factors.dense(), samples)
+        after = _output_error(weight, refitted.dense(), samples)
+        assert after <= before + 1e-9
+        np.testing.assert_array_equal(refitted.encoder, factors.encoder)
+
+
+def test_sequential_target_and_refit_solve_the_least_squares_problem():
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 10))
+    x = rng.standard_normal((10, 2000))
+    x_tilde = x + 0.3 * rng.standard_normal((10, 10)) @ x  # what a compressed prefix delivers
+    moment = x_tilde @ x_tilde.T / 2000
+    cross = x @ x_tilde.T / 2000
+    # W' = argmin_P E‖W x − P x̃‖² (unconstrained)
+    best = np.linalg.lstsq(x_tilde.T, (weight @ x).T, rcond=None)[0].T
+    np.testing.assert_allclose(sequential_target(weight, moment, cross, damping=0.0), best, rtol=1e-8, atol=1e-8)
+    # the refit decoder is the least-squares decoder for the encoder's features B x̃
+    factors = decompose(weight, 2, 2, _whitening(moment, 2))
+    refitted = refit_decoder(weight, factors, moment, cross, damping=0.0)
+    from onnx_alds.decompose import encoder_matrix
+
+    features = encoder_matrix(factors) @ x_tilde
+    decoder = np.linalg.lstsq(features.T, (weight @ x).T, rcond=None)[0].T
+    np.testing.assert_allclose(refitted.decoder, decoder, rtol=1e-6, atol=1e-8)
+
+
+def test_bias_shift_zeroes_the_mean_output_error():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((8, 12))
+    x = rng.standard_normal((12, 500)) + 1.0
+    factors = decompose(weight, 1, 3)
+    shift = bias_shift(weight, factors, x.mean(axis=1))
+    residual = weight @ x - (factors.dense() @ x + shift[:, None])
+    np.testing.assert_allclose(residual.mean(axis=1), 0.0, atol=1e-10)
+
+
+def _calibration(seed: int, count: int) -> np.ndarray:
+    """Structured images: smooth random fields (low-dimensional compared with white noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((count, 3, 4, 4)).astype(np.float32)
+    return np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3) + 0.05 * rng.standard_normal(
+        (count, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cnn_and_data():
+    model = small_cnn(seed=0, width=16)
+    return model, _calibration(0, 48), _calibration(1, 32)
+
+
+def _relative_error(original: onnx.ModelProto, compressed: onnx.ModelProto, x: np.ndarray) -> float:
+    a = run_model(original, {"input": x})[0]
+    b = run_model(compressed, {"input": x})[0]
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def test_data_aware_beats_data_free_at_the_same_budget(cnn_and_data):
+    model, calibration, held_out = cnn_and_data
+    inputs = FakeInputs({"input": calibration})
+    free = compress(model, keep_flops=0.4)
+    aware = compress(model, keep_flops=0.4, calibration=inputs, calibration_batch_size=16)
+    assert aware.report.data_aware and aware.report.data_aware_steps == ("whitened", "refit")
+    assert abs(aware.report.achieved - free.report.achieved) < 0.02
+    for x in (calibration, held_out):
+        assert _relative_error(model, aware.model, x) < 0.7 * _relative_error(model, free.model, x)
+
+
+def test_refit_does_not_increase_output_error_on_calibration_data(cnn_and_data):
+    model, calibration, _ = cnn_and_data
+    inputs = FakeInputs({"input": calibration})
+    plain = compress(model, keep_flops=0.4, calibration=inputs, refit=False)
+    refit = compress(model, keep_flops=0.4, calibration=inputs, refit=True)
+    assert [row.rank for row in plain.report.layers] == [row.rank for row in refit.report.layers]
+    assert _relative_error(model, refit.model, calibration) <= _relative_error(model, plain.model, calibration) + 1e-6
+
+
+@pytest.mark.parametrize("sequential,bias", [(False, True), (True, False), (True, True)])
+def test_sequential_and_bias_correction_give_valid_models(cnn_and_data, sequential, bias):
+    model, calibration, _ = cnn_and_data
+    inputs = FakeInputs({"input": calibration})
+    base = compress(model, keep_flops=0.4, calibration=inputs)
+    result = compress(model, keep_flops=0.4, calibration=inputs, sequential=sequential, bias_correction=bias)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [row.rank for row in result.report.layers] == [row.rank for row in base.report.layers]
+    error = _relative_error(model, result.model, calibration)
+    assert np.isfinite(error) and error < 1.5 * _relative_error(model, base.model, calibration) + 1e-3
+    assert ("sequential" in result.report.data_aware_steps) == sequential
+    assert ("bias-correction" in result.report.data_aware_steps) == bias
+
+
+def test_bias_correction_handles_matmul_and_gemm():
+    from conftest import gemm_model, matmul_model
+
+    rng = np.random.default_rng(0)
+    mm = matmul_model(in_features=16, out_features=24, leading=("N", 5))
+    x = (rng.standard_normal((20, 5, 16)) + 2.0).astype(np.float32)
+    out = compress(mm, keep_params=0.6, calibration=FakeInputs({"x": x}), bias_correction=True)
+    onnx.checker.check_model(out.model, full_check=True)
+    error = run_model(mm, {"x": x})[0] - run_model(out.model, {"x": x})[0]
+    assert np.abs(error.mean(axis=(0, 1))).max() < 1e-3
+    gm = gemm_model(in_features=16, out_features=24, rows=8, trans_b=1, alpha=0.5, beta=2.0)
+    a = (rng.standard_normal((8, 16)) + 2.0).astype(np.float32)
+    out = compress(gm, keep_params=0.6, calibration=FakeInputs({"a": a}), calibration_batch_size=8,
+                   bias_correction=True)
+    error = run_model(gm, {"a": a})[0] - run_model(out.model, {"a": a})[0]
+    assert np.abs(error.mean(axis=0)).max() < 1e-3
+
+
+def test_sequential_without_calibration_is_an_input_error(cnn_and_data):
+    model, _, _ = cnn_and_data
+    with pytest.raises(InputDataError, match="calibration"):
+        compress(model, keep_flops=0.5, sequential=True)
+
+
+def test_sensitivity_weighting_runs_and_keeps_the_budget(cnn_and_data):
+    model, calibration, _ = cnn_and_data
+    inputs = FakeInputs({"input": calibration})
+    result = compress(model, keep_flops=0.4, calibration=inputs, sensitivity=True)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert "sensitivity" in result.report.data_aware_steps
+    assert abs(result.report.achieved - 0.4) < 0.01
+    assert any(note.startswith("sensitivity weights") for note in result.report.notes)
+    assert "sensitivity" in result.report.seconds
