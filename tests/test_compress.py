@@ -177,3 +177,16 @@ def test_float16_weights_keep_their_type():
     onnx.checker.check_model(result.model, full_check=True)
     x = rng.standard_normal((1, 16, 8, 8)).astype(np.float16)
     assert run_model(result.model, {"x": x})[0].dtype == np.float16
+
+
+def test_model_over_the_protobuf_limit_is_saved_as_external_data(cnn, tmp_path, monkeypatch):
+    """The 2 GB switch, exercised with a lowered limit (a real 2 GB model is too heavy for CI)."""
+    import onnx_alds.model_io as model_io
+
+    result = onnx_alds.compress(cnn, keep_params=0.5)
+    monkeypatch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)
+    out = save_model(result.model, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size > 10_000
+    assert out.stat().st_size < 10_000
+    feeds = random_feeds(cnn, shapes={"input": (1, 3, 32, 32)})
+    assert np.array_equal(run_model(load_model(out), feeds)[0], run_model(result.model, feeds)[0])
