@@ -116,8 +116,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              method: str = "alds", error_measure: Optional[str] = None, rank_multiple: int = 1,
              exclude: Sequence[str] = (), seed: int = 0, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
              max_groups: int = 16, calibration=None, calibration_batch_size: int = 16, refit: bool = True,
-             sequential: bool = False, bias_correction: bool = False,
-             sensitivity: bool = False) -> CompressionResult:
+             sequential: bool = False, bias_correction: bool = False, sensitivity: bool = False,
+             keep_dense: Optional[Mapping[str, str]] = None) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
     ``calibration``: an :class:`onnx_alds.inputs.InputSet` (anything with ``.batches(n)`` and
@@ -144,6 +144,9 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     whitened spectra the relative Frobenius residual is the relative RMS output error on the
     calibration inputs (exact for ``g = 1``), which measured best on EfficientNet-Lite0 (docs/DATA_AWARE.md).
 
+    ``rank_multiple``: every rank is a multiple of it, and so are a Conv's channels per group
+    (``g = 1`` excepted). ``keep_dense``: node names to leave dense, each with the reason to report.
+
     ``refit``, ``sequential``, ``bias_correction`` and ``sensitivity`` shape data-aware compression
     only; ``sequential``, ``bias_correction`` and ``sensitivity`` need ``calibration``.
     """
@@ -168,6 +171,10 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                         max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops",
                         channel_multiple=rank_multiple)
     proto, layers = prepared.model, prepared.layers
+    if keep_dense:
+        layers = [replace(layer, skip_reason=keep_dense[layer.name])
+                  if layer.name in keep_dense and layer.compressible else layer for layer in layers]
+        prepared = replace(prepared, layers=layers)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
         reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})

@@ -489,6 +489,10 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
                    batch: int, input_shapes: Optional[dict[str, Sequence[int]]], threads: Optional[int],
                    provider_options: dict[str, Any], warmup: int, runs: int, seed: int = 0) -> LayerComparison:
     """Time every factorized layer of ``compressed`` against the original node, extracted and interleaved."""
+    from .layers import ensure_node_names
+
+    original = load_model(original)  # a copy: unnamed nodes get the names compress gave them
+    ensure_node_names(original)
     pairs = factorized_pairs(original, compressed)
     rows, skipped = [], []
     if not pairs:

@@ -91,6 +91,9 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the least-squares decoder refit on the full input second moment")
     parser.add_argument("--bias-correction", action="store_true",
                         help="add each layer's mean output error on the calibration data to its bias")
+    parser.add_argument("--speed-check", action="store_true",
+                        help="time every factorized layer against the original on --provider (at --bench-batch) "
+                             "and keep dense those not faster, reallocating the budget")
     parser.add_argument("--sensitivity", action="store_true",
                         help="experimental: weight each layer's error by its measured effect on the output")
     parser.add_argument("--validate", action="store_true",
@@ -124,12 +127,19 @@ def _run_compress(args: argparse.Namespace) -> int:
     input_shapes = parse_input_shapes(args.input_shape)
     model = load_model(args.model)
     calibration = inputs_from_args(model, args, prefix="calibration-", required=False)
-    result = compress(model, keep_params=args.keep_params, keep_flops=args.keep_flops, method=args.method,
-                      error_measure=args.error_measure, rank_multiple=args.rank_multiple, exclude=args.exclude,
-                      seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
-                      calibration=calibration, calibration_batch_size=args.calibration_batch_size,
-                      refit=args.refit, sequential=args.sequential, bias_correction=args.bias_correction,
-                      sensitivity=args.sensitivity)
+    run = compress
+    if args.speed_check:
+        from functools import partial
+
+        from .speed import compress_speed_checked
+
+        run = partial(compress_speed_checked, provider=args.provider, threads=args.threads, batch=args.bench_batch)
+    result = run(model, keep_params=args.keep_params, keep_flops=args.keep_flops, method=args.method,
+                 error_measure=args.error_measure, rank_multiple=args.rank_multiple, exclude=args.exclude,
+                 seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
+                 calibration=calibration, calibration_batch_size=args.calibration_batch_size,
+                 refit=args.refit, sequential=args.sequential, bias_correction=args.bias_correction,
+                 sensitivity=args.sensitivity)
     summary = None
     if args.validate:
         from .validate import validate_from_args
