@@ -1,0 +1,170 @@
+"""tools/sweep.py on a tiny model built here: compress → validate → bench → JSON/CSV → plots → RESULTS.md."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_sweep():
+    spec = importlib.util.spec_from_file_location("sweep_under_test", ROOT / "tools" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sweep_under_test"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load_sweep()
+
+
+def tiny_classifier(path: Path) -> onnx.ModelProto:
+    """Conv 8→32 3x3 → Relu → Conv 32→32 3x3 → Relu → GAP → Flatten → Gemm 32→5, dynamic batch."""
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32),
+                                       name)
+
+    inits = [weight("w1", 32, 8, 3, 3), weight("w2", 32, 32, 3, 3), weight("w3", 5, 32),
+             numpy_helper.from_array(np.zeros(5, np.float32), "b3")]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return model
+
+
+@pytest.fixture()
+def tiny_spec(tmp_path):
+    model_path = tmp_path / "tiny" / "model.onnx"
+    model_path.parent.mkdir()
+    model = tiny_classifier(model_path)
+    rng = np.random.default_rng(1)
+    x_eval = rng.standard_normal((40, 8, 12, 12)).astype(np.float32)
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x_eval})[0]
+    labels = np.argmax(logits, axis=1).astype(np.int64)
+    labels[:4] = (labels[:4] + 1) % 5  # the original is not perfect: accuracy 0.9
+    np.savez(tmp_path / "tiny" / "eval.npz", input=x_eval, labels=labels)
+    np.savez(tmp_path / "tiny" / "calibration.npz", input=rng.standard_normal((16, 8, 12, 12)).astype(np.float32))
+    spec = sweep.ModelSpec("tiny", model_path, tmp_path / "tiny" / "calibration.npz",
+                           [sweep.EvalSet("eval", tmp_path / "tiny" / "eval.npz", "accuracy")],
+                           quality_metric="accuracy", bench_batches=(1, 4))
+    return {"tiny": spec}
+
+
+def _png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_end_to_end(tmp_path, tiny_spec):
+    out, results, work = tmp_path / "results", tmp_path / "RESULTS.md", tmp_path / "work"
+    argv = ["--models", "tiny", "--methods", "alds", "svd+data", "--keeps", "0.5", "0.8",
+            "--rank-multiple", "1", "4", "--out", str(out), "--results-md", str(results), "--work", str(work),
+            "--quick", "--bench-target-s", "0.02", "--per-layer"]
+    assert sweep.main(argv, specs=tiny_spec) == 0
+
+    data = json.loads((out / "sweep.json").read_text())
+    rows = data["rows"]
+    assert len(rows) == 2 * 2 * 2
+    assert {r["method"] for r in rows} == {"alds", "svd+data"}
+    assert {r["data_aware"] for r in rows} == {True, False}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok, rows
+    for row in ok:
+        assert 0 < row["achieved_keep"] <= 1
+        assert row["accuracy_original"] == pytest.approx(0.9)
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["agreement"] <= 1
+        assert row["compress_s"] > 0
+        assert row["ideal_speedup"] == pytest.approx(1 / row["achieved_keep"])
+        for slot in ("small", "large"):
+            assert row[f"speedup_{slot}"] > 0
+            assert row[f"efficiency_{slot}"] == pytest.approx(row[f"speedup_{slot}"] / row["ideal_speedup"])
+        assert row["batch_small"] == 1 and row["batch_large"] == 4
+    assert data["per_layer"] and data["per_layer"][0]["rows"]
+    assert data["environment"]["machine"]["cpu"]
+    assert data["runs"][-1]["command"].startswith("python tools/sweep.py")
+
+    with open(out / "sweep.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows)
+    assert tuple(table[0].keys()) == sweep.CSV_COLUMNS
+    assert {"accuracy", "speedup_small", "efficiency_large", "achieved_keep"} <= set(table[0])
+
+    for name in ("tiny-quality.png", "tiny-speedup.png"):
+        assert _png(out / name) and (out / name).stat().st_size < 200_000
+
+    text = results.read_text()
+    assert "## tiny" in text and "tiny-quality.png" in text and "tiny-speedup.png" in text
+    assert "CPU:" in text and "python tools/sweep.py" in text
+    assert "keep 0.5" in text and "svd+data" in text
+
+    # --report regenerates the same files from the JSON alone; a subset re-run merges by key
+    results.unlink()
+    assert sweep.main(["--report", "--out", str(out), "--results-md", str(results)], specs=tiny_spec) == 0
+    assert "## tiny" in results.read_text()
+    assert sweep.main(["--models", "tiny", "--methods", "alds", "--keeps", "0.5", "--rank-multiple", "1",
+                       "--out", str(out), "--results-md", str(results), "--work", str(work), "--quick",
+                       "--no-bench", "--no-plots"], specs=tiny_spec) == 0
+    merged = json.loads((out / "sweep.json").read_text())
+    assert len(merged["rows"]) == len(rows)
+    again = [r for r in merged["rows"] if (r["method"], r["keep"], r["rank_multiple"]) == ("alds", 0.5, 1)][0]
+    assert again.get("speedup_small") is not None  # the older timing is kept on an accuracy-only re-run
+    assert len(merged["runs"]) == 2
+
+
+def test_neighbour_metrics():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 8))
+    same = sweep.neighbour_metrics(a, a.copy())
+    assert same == pytest.approx({"nn_top1": 1.0, "nn_top10": 1.0, "spearman": 1.0})
+    noisy = sweep.neighbour_metrics(a, a + 3 * rng.standard_normal(a.shape))
+    assert noisy["nn_top1"] < 1.0 and noisy["spearman"] < 1.0
+
+
+def test_skips_data_aware_without_calibration(tmp_path, tiny_spec):
+    spec = tiny_spec["tiny"]
+    spec.data_aware = False
+    spec.skip_note = "no data here"
+    out = tmp_path / "r"
+    assert sweep.main(["--models", "tiny", "--methods", "alds", "svd+data", "--keeps", "0.6", "--rank-multiple", "1",
+                       "--out", str(out), "--results-md", str(tmp_path / "R.md"), "--work", str(tmp_path / "w"),
+                       "--no-bench", "--no-plots"], specs=tiny_spec) == 0
+    data = json.loads((out / "sweep.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["alds"]
+    assert data["skipped"] == [{"model": "tiny", "method": "svd+data", "reason": "no data here"}]
+    assert "no data here" in (tmp_path / "R.md").read_text()
+
+    # rows of a run made elsewhere (e.g. one model per process) merge into another record
+    merged_out = tmp_path / "merged"
+    assert sweep.main(["--merge-from", str(out / "sweep.json"), "--out", str(merged_out),
+                       "--results-md", str(tmp_path / "M.md"), "--no-plots"], specs=tiny_spec) == 0
+    merged = json.loads((merged_out / "sweep.json").read_text())
+    assert [r["method"] for r in merged["rows"]] == ["alds"] and merged["runs"] == data["runs"]
+    assert (merged_out / "sweep.csv").exists() and "## tiny" in (tmp_path / "M.md").read_text()
