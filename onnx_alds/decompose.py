@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "GroupedFactors",
@@ -131,6 +132,13 @@ def whitening_factor(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.
     raise np.linalg.LinAlgError("input second moment is not positive definite even after damping")
 
 
+def _eigh(matrix: np.ndarray, **options) -> np.ndarray:
+    """``scipy.linalg.eigh`` on one BLAS thread: measured 2-3x faster than OpenBLAS's threads for
+    the symmetric eigensolvers at every size used here (72 to 1024)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return scipy.linalg.eigh(matrix, check_finite=False, **options)
+
+
 def _gram_side(block: np.ndarray) -> np.ndarray:
     """The smaller Gram matrix of ``block``: ``T Tᵀ`` when it has fewer rows than columns, else ``Tᵀ T``."""
     return block @ block.T if block.shape[0] <= block.shape[1] else block.T @ block
@@ -153,7 +161,7 @@ def group_singular_values(matrix: np.ndarray, groups: int,
 def _spectra_from_grams(grams: Sequence[np.ndarray]) -> np.ndarray:
     values = np.zeros((len(grams), grams[0].shape[0]))
     for i, gram in enumerate(grams):
-        eigenvalues = scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False)
+        eigenvalues = _eigh(gram, eigvals_only=True)
         values[i] = np.sqrt(np.clip(eigenvalues[::-1], 0.0, None))
     return values
 
@@ -176,9 +184,9 @@ def grouped_spectra(matrix: np.ndarray, group_counts: Sequence[int]) -> dict[int
         if g in wide and finest % g == 0:
             step = finest // g
             grams = [np.sum(fine_grams[i * step:(i + 1) * step], axis=0) for i in range(g)]
-            spectra[g] = _spectra_from_grams(grams)
         else:
-            spectra[g] = group_singular_values(matrix, g)
+            grams = [_gram_side(block) for block in split_columns(matrix, g)]
+        spectra[g] = _spectra_from_grams(grams)
     return spectra
 
 
@@ -190,10 +198,9 @@ def _top_vectors(target: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray,
     vector is positive (for right vectors, of the left vector it induces).
     """
     left = target.shape[0] <= target.shape[1]
-    size = min(target.shape)
-    eigenvalues, vectors = scipy.linalg.eigh(_gram_side(target), subset_by_index=[size - rank, size - 1],
-                                             check_finite=False)
-    eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+    # the full divide-and-conquer solve is faster here than computing only the top ``rank`` pairs
+    eigenvalues, vectors = _eigh(_gram_side(target), driver="evd")
+    eigenvalues, vectors = eigenvalues[::-1][:rank], vectors[:, ::-1][:, :rank]
     sigma = np.sqrt(np.clip(eigenvalues, 0.0, None))
     induced = vectors if left else target @ vectors
     pivots = np.argmax(np.abs(induced), axis=0)
@@ -275,7 +282,7 @@ def sequential_target(matrix: np.ndarray, second_moment: np.ndarray, cross: np.n
 def _symmetric_solve_right(rhs: np.ndarray, gram: np.ndarray, *, cutoff: float = 1e-12) -> np.ndarray:
     """``rhs · gram⁺`` for a symmetric positive semi-definite ``gram`` (eigenvalues below
     ``cutoff·λ_max`` are treated as zero: directions the data never excites get no weight)."""
-    values, vectors = scipy.linalg.eigh(gram, check_finite=False)
+    values, vectors = _eigh(gram)
     top = float(values[-1]) if values.size else 0.0
     keep = values > cutoff * max(top, 0.0)
     inverse = np.zeros_like(values)
