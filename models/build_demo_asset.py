@@ -1,11 +1,11 @@
 """Build the bundled demo asset of ``onnx-alds demo`` (needs torch; the demo itself does not).
 
-    python -m models.build_demo_asset [--out onnx_alds/data] [--width 16] [--epochs 8]
+    python -m models.build_demo_asset [--out onnx_alds/data] [--width 32] [--epochs 8]
 
-Trains the same network as ``models/mnist_resnet.py`` at width 16 (channels 16/32/64) on the
+Trains the same network as ``models/mnist_resnet.py`` (width 32: channels 32/64/128) on the
 same 4000-digit split with the same seed and writes, into ``onnx_alds/data/``:
 
-- ``mnist_resnet_small.onnx``: input "input" (N, 1, 28, 28) float32, output "logits" (N, 10);
+- ``mnist_resnet.onnx``: input "input" (N, 1, 28, 28) float32, output "logits" (N, 10);
 - ``mnist_calibration.npz``: 48 training digits, key "input" (float32, preprocessed);
 - ``mnist_eval.npz``: 500 test digits (50 per class), keys "input" (float32, preprocessed) and
   "labels" (int64);
@@ -25,7 +25,7 @@ from pathlib import Path
 from .mnist_resnet import MEAN, SEED, STD, build_mnist
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "onnx_alds" / "data"
-FILES = ("mnist_resnet_small.onnx", "mnist_calibration.npz", "mnist_eval.npz")
+FILES = ("mnist_resnet.onnx", "mnist_calibration.npz", "mnist_eval.npz")
 
 README = """# Bundled demo asset (`onnx-alds demo`)
 
@@ -34,7 +34,7 @@ Nothing here needs torch or a download to use.
 
 | file | what | bytes |
 |---|---|---|
-| `mnist_resnet_small.onnx` | ResNet-style CNN, width {width} (channels {w1}/{w2}/{w3}): {convs} Conv (BN folded) + {gemms} Gemm, {weights:,} weights, opset {opset}. Input `input` (N, 1, 28, 28) float32, output `logits` (N, 10) | {b0:,} |
+| `mnist_resnet.onnx` | ResNet-style CNN, width {width} (channels {w1}/{w2}/{w3}): {convs} Conv (BN folded) + {gemms} Gemm, {weights:,} weights, opset {opset}. Input `input` (N, 1, 28, 28) float32, output `logits` (N, 10) | {b0:,} |
 | `mnist_calibration.npz` | {n_cal} training digits, key `input` | {b1:,} |
 | `mnist_eval.npz` | {n_eval} test digits (50 per class), keys `input`, `labels` (int64) | {b2:,} |
 
@@ -54,7 +54,7 @@ Nothing here needs torch or a download to use.
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.build_demo_asset", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=DATA_DIR)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--width", type=int, default=32)
     p.add_argument("--epochs", type=int, default=8)
     args = p.parse_args(argv)
     info = build_mnist(

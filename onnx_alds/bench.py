@@ -6,7 +6,11 @@
 * Warm-up runs first (each model, interleaved too), then at least ``runs`` timed rounds and at least
   ``min_time_s`` seconds of them. Figures per model and batch size: median, p10, p90, mean, min,
   spread ``(p90 - p10) / median`` and throughput ``batch / median`` (samples per second).
-* CPU: ``threads`` intra-op threads (default: the physical cores), recorded in the report.
+* CPU: ``threads`` intra-op threads (default: the physical cores), recorded in the report. Idle
+  intra-op threads do not spin (``session.intra_op.allow_spinning = 0``): with spinning, the idle
+  sessions of an interleaved run busy-wait on the cores of the one being timed (measured on the demo
+  model at batch 32, 2 threads: median 9.4 ms and p90/p10 spread 83 % with spinning, 5.3 ms and 5 %
+  without).
 * CUDA / TensorRT: inputs are copied to the device once and bound with IO binding (``OrtValue`` on
   ``cuda:0``), outputs are bound to the device, so no host↔device copy is timed;
   ``cudnn_conv_algo_search`` is ``EXHAUSTIVE`` by default (no slow fallback kernel), and the default
@@ -358,7 +362,7 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     options = provider_options_for(provider, cudnn_conv_algo_search, provider_options)
     protos = [load_model(m) for m in models]
     sessions = [make_session(m if not isinstance(m, onnx.ModelProto) else p, provider, threads=threads,
-                             provider_options=options) for m, p in zip(models, protos)]
+                             provider_options=options, spinning=False) for m, p in zip(models, protos)]
     if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):
         raise InputDataError(f"got {len(names)} names for {len(models)} models; give one distinct name per model")
     names = list(names) if names is not None else _labels(models)
@@ -521,9 +525,11 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
                    random_array(n, onnx.helper.tensor_dtype_to_np_dtype(types_p[n].type.tensor_type.elem_type), s, rng)
                    for n, s in pair_shapes.items()}
         try:
-            runners = [_Runner(make_session(single, provider, threads=threads, provider_options=provider_options),
+            runners = [_Runner(make_session(single, provider, threads=threads, provider_options=provider_options,
+                                            spinning=False),
                                feeds_o, provider),
-                       _Runner(make_session(pair, provider, threads=threads, provider_options=provider_options),
+                       _Runner(make_session(pair, provider, threads=threads, provider_options=provider_options,
+                                            spinning=False),
                                feeds_p, provider)]
         except OnnxAldsError as exc:
             log.warning("per-layer timing of %s skipped: %s", layer, exc)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import OutputPathError
 
-MODEL = "mnist_resnet_small.onnx"
+MODEL = "mnist_resnet.onnx"
 CALIBRATION = "mnist_calibration.npz"
 EVALUATION = "mnist_eval.npz"
 
@@ -28,7 +28,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the compressed model and the reports (default: ./onnx-alds-demo)")
     parser.add_argument("--keep-flops", type=float, default=0.5, metavar="F", help="fraction of MACs to keep")
     parser.add_argument("--data-free", action="store_true", help="ignore the calibration digits (plain ALDS)")
-    parser.add_argument("--rank-multiple", type=int, default=1, metavar="N", help="round ranks to multiples of N")
+    parser.add_argument("--rank-multiple", type=int, default=16, metavar="N",
+                        help="round ranks (and channels per group) to multiples of N (default 16: fast CPU kernels)")
     parser.add_argument("--batch", type=int, default=32, metavar="N", help="batch size of the CPU benchmark")
 
 
@@ -50,7 +51,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
           f"{'' if calibration is None else f', {len(calibration)} calibration digits'})\n")
 
     result = compress(model, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple, calibration=calibration)
-    compressed_path = save_model(result.model, out / "mnist_resnet_small.alds.onnx", protect=[model_path])
+    compressed_path = save_model(result.model, out / "mnist_resnet.alds.onnx", protect=[model_path])
     result.report.save_json(out / "compress_report.json")
     print(result.report.format())
     print(f"wrote {compressed_path}\n")

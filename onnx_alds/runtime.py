@@ -34,8 +34,12 @@ def import_onnxruntime() -> Any:
 
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provider: str = "cpu", *,
                  threads: Optional[int] = None, provider_options: Optional[dict] = None,
-                 enable_profiling: bool = False) -> Any:
+                 enable_profiling: bool = False, spinning: bool = True) -> Any:
     """An ``InferenceSession`` that is guaranteed to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``).
+
+    ``spinning=False`` stops idle intra-op threads from busy-waiting: needed when several sessions
+    take turns on the same cores (interleaved benchmarks), where a spinning idle session steals the
+    cores of the one being timed.
 
     Raises :class:`ProviderError` when the provider is unknown, not compiled into the installed
     onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word).
@@ -57,6 +61,8 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.enable_profiling = enable_profiling
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
         model if isinstance(model, bytes) else str(model))
     providers: list = [(wanted, provider_options or {})]

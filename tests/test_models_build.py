@@ -105,15 +105,15 @@ def test_core_package_never_imports_torch():
 
 # ----------------------------------------------------------------------------- bundled demo asset
 def test_demo_asset_files():
-    files = ["mnist_resnet_small.onnx", "mnist_calibration.npz", "mnist_eval.npz", "README.md"]
+    files = ["mnist_resnet.onnx", "mnist_calibration.npz", "mnist_eval.npz", "README.md"]
     for f in files:
         assert (DATA / f).is_file(), f
     assert sum((DATA / f).stat().st_size for f in files) < 1_500_000
-    assert (DATA / "mnist_resnet_small.onnx").stat().st_size < 1_000_000
+    assert (DATA / "mnist_resnet.onnx").stat().st_size < 2_000_000
 
 
 def test_demo_asset_accuracy():
-    model = onnx.load(str(DATA / "mnist_resnet_small.onnx"))
+    model = onnx.load(str(DATA / "mnist_resnet.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["input"]
     assert [o.name for o in model.graph.output] == ["logits"]

@@ -77,8 +77,8 @@ def find_models(names: Optional[list[str]]) -> list[dict]:
                           held_out=held, true_labels=held.name == "eval.npz"))
     if not found and not names:
         data = ROOT / "onnx_alds" / "data"
-        if (data / "mnist_resnet_small.onnx").exists():
-            found.append(dict(name="mnist-resnet-small (bundled)", model=data / "mnist_resnet_small.onnx",
+        if (data / "mnist_resnet.onnx").exists():
+            found.append(dict(name="mnist-resnet (bundled demo asset)", model=data / "mnist_resnet.onnx",
                               calibration=data / "mnist_calibration.npz", held_out=data / "mnist_eval.npz",
                               true_labels=True))
     return found
