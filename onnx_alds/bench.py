@@ -404,7 +404,10 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
 
 
 def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A shape-inferred copy of ``model`` whose graph inputs have the concrete ``shapes``."""
+    """A shape-inferred copy of ``model`` whose graph inputs have the concrete ``shapes``; tensors that
+    shape inference cannot size (e.g. behind dynamic Pad nodes) are sized by one ONNX Runtime run."""
+    from .shapes import tensor_shapes
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for value in copy.graph.input:
@@ -413,7 +416,17 @@ def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
             for dim, size in zip(dims, shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = int(size)
-    return shape_inference.infer_shapes(copy, data_prop=True)
+    inferred = shape_inference.infer_shapes(copy, data_prop=True)
+    types = _value_types(inferred)
+    unknown = {t for node in inferred.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")
+               for t in node.input if t and _concrete_shape(types.get(t)) is None}
+    if unknown:
+        sized = tensor_shapes(model, shapes, unknown)
+        for name in sorted(unknown & set(sized)):
+            old = types.get(name)
+            elem = old.tensor_type.elem_type if old is not None and old.tensor_type.elem_type else onnx.TensorProto.FLOAT
+            inferred.graph.value_info.append(helper.make_tensor_value_info(name, elem, list(sized[name])))
+    return inferred
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
