@@ -95,8 +95,7 @@ class CompressionReport:
         data = ""
         if self.data_aware:
             steps = ", ".join(self.data_aware_steps)
-            samples = f"{self.calibration_samples} samples of " if self.calibration_samples is not None else ""
-            data = f" (data-aware{': ' + steps if steps else ''}; {samples}{self.calibration})"
+            data = f" (data-aware{': ' + steps if steps else ''}; calibration: {self.calibration})"
         lines.append(f"method: {self.method}{data}, "
                      f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
         lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}")
