@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from .argtypes import non_negative_float, non_negative_int, positive_int
 from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError
 from .inputs import random_array
 from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
@@ -406,17 +407,9 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
 def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """A shape-inferred copy of ``model`` whose graph inputs have the concrete ``shapes``; tensors that
     shape inference cannot size (e.g. behind dynamic Pad nodes) are sized by one ONNX Runtime run."""
-    from .shapes import tensor_shapes
+    from .shapes import static_copy, tensor_shapes
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for value in copy.graph.input:
-        if value.name in shapes:
-            dims = value.type.tensor_type.shape.dim
-            for dim, size in zip(dims, shapes[value.name]):
-                dim.Clear()
-                dim.dim_value = int(size)
-    inferred = shape_inference.infer_shapes(copy, data_prop=True)
+    inferred = shape_inference.infer_shapes(static_copy(model, shapes), data_prop=True)
     types = _value_types(inferred)
     unknown = {t for node in inferred.graph.node if node.op_type in ("Conv", "Gemm", "MatMul")
                for t in node.input if t and _concrete_shape(types.get(t)) is None}
@@ -562,34 +555,10 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 1")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 0")
-    return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"got {value}; give a number ≥ 0")
-    return value
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -597,14 +566,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", metavar="MODEL", nargs="+", help="models to time; speedups are against the first")
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
-    parser.add_argument("--batch", type=_positive_int, nargs="+", default=[1], metavar="N",
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[1], metavar="N",
                         help="batch sizes (default 1)")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="CPU intra-op threads (default: physical cores)")
-    parser.add_argument("--runs", type=_positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--runs", type=positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
+    parser.add_argument("--warmup", type=non_negative_int, default=None, metavar="N",
                         help="warm-up runs per model (default 10 on CPU, 50 on CUDA/TensorRT)")
-    parser.add_argument("--min-time", type=_non_negative_float, default=1.0, metavar="S",
+    parser.add_argument("--min-time", type=non_negative_float, default=1.0, metavar="S",
                         help="keep timing for at least this many seconds (default 1)")
     parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default="EXHAUSTIVE",
                         help="CUDA conv algorithm search (default EXHAUSTIVE)")

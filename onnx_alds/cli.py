@@ -12,24 +12,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
+from .argtypes import any_float, positive_int
 from .errors import OnnxAldsError
 
 
-def _unit_fraction(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number; give a fraction such as 0.5") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
 
 
 def _add_analyze(subparsers) -> None:
@@ -41,7 +29,7 @@ def _add_analyze(subparsers) -> None:
                         help="concrete dims of a dynamic input, e.g. input:1x3x224x224 (repeat per input)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                         help="glob patterns of node or weight names to leave dense")
-    parser.add_argument("--max-groups", type=_positive_int, default=16, help="largest group count g to consider")
+    parser.add_argument("--max-groups", type=positive_int, default=16, help="largest group count g to consider")
     parser.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     parser.set_defaults(run=_run_analyze)
 
@@ -56,18 +44,18 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("model", help="ONNX model file (never modified)")
     parser.add_argument("-o", "--output", required=True, help="where to write the compressed model")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--keep-params", type=_unit_fraction, metavar="F",
+    target.add_argument("--keep-params", type=any_float, metavar="F",
                         help="fraction of the model's weights to keep, in (0, 1]")
-    target.add_argument("--keep-flops", type=_unit_fraction, metavar="F",
+    target.add_argument("--keep-flops", type=any_float, metavar="F",
                         help="fraction of the Conv/Gemm/MatMul multiply-accumulates to keep, in (0, 1]")
     parser.add_argument("--method", choices=METHODS, default="alds",
                         help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
     parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
                         help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1, "
                              "without calibration; frobenius, the relative RMS output error, with it)")
-    parser.add_argument("--rank-multiple", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--rank-multiple", type=positive_int, default=1, metavar="N",
                         help="round every rank to a multiple of N (16 suits ONNX Runtime's CPU kernels)")
-    parser.add_argument("--max-groups", type=_positive_int, default=16, metavar="G",
+    parser.add_argument("--max-groups", type=positive_int, default=16, metavar="G",
                         help="largest group count g that alds considers (default 16)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                         help="glob patterns of node or weight names to leave dense")
@@ -82,7 +70,7 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     from .inputs import add_input_arguments
 
     add_input_arguments(parser, prefix="calibration-")
-    parser.add_argument("--calibration-batch-size", type=_positive_int, default=16, metavar="N",
+    parser.add_argument("--calibration-batch-size", type=positive_int, default=16, metavar="N",
                         help="batch size of the calibration runs")
     parser.add_argument("--sequential", action="store_true",
                         help="fit each layer to the inputs of the already-compressed layers before it "

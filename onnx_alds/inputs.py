@@ -30,6 +30,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from .argtypes import positive_int
 from .errors import InputDataError
 from .model_io import InputSpec, graph_inputs, parse_input_shapes, resolve_input_shapes
 
@@ -485,14 +486,6 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; give a count ≥ 1")
-    return value
 
 
 def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, preprocess: bool = True,
@@ -514,7 +507,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, pr
                          help="one array per graph input keyed by name, batch first (optional 'labels')")
     sources.add_argument(images_flag, dest=_dest(images_flag), metavar="DIR",
                          help="folder of .jpg/.png/.bmp images (labels from names like cat_281.jpg)")
-    sources.add_argument(random_flag, dest=_dest(random_flag), metavar="N", type=_positive_int,
+    sources.add_argument(random_flag, dest=_dest(random_flag), metavar="N", type=positive_int,
                          help="N random samples (not real data; reports say so)")
     if preprocess:
         add_preprocess_arguments(parser)

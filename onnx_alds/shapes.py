@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 _STUB_ELEMENTS = 4096  # initializers above this size are weights, never shape constants
 
 
-def _static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], *,
+def static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], *,
                  stub_weights: bool = False) -> onnx.ModelProto:
     """A copy with the input dims fixed; with ``stub_weights``, large initializers keep only their
     type and dims (shape inference needs no more), so the copy stays small even for huge models."""
@@ -70,7 +70,7 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
     Tensors that neither shape inference nor an ONNX Runtime run can size are missing from the
     result; callers decide whether that is an error.
     """
-    stubbed = _static_copy(model, input_shapes, stub_weights=True)
+    stubbed = static_copy(model, input_shapes, stub_weights=True)
     try:
         inferred = shape_inference.infer_shapes(stubbed, data_prop=True)
     except Exception as exc:  # inference fails on some custom ops; ONNX Runtime may still run them
@@ -82,7 +82,7 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
         shapes[init.name] = tuple(int(d) for d in init.dims)
     missing = sorted(set(needed) - set(shapes))
     if missing:
-        shapes.update(_shapes_from_runtime(_static_copy(model, input_shapes), input_shapes, missing))
+        shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing))
     return shapes
 
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from .argtypes import fraction, non_negative_float, positive_int
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
@@ -481,9 +482,9 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("validation (with --validate)")
     group.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                        help="ONNX Runtime provider for validation and timing (no fallback)")
-    group.add_argument("--bench-batch", type=_positive_int, default=1, metavar="N",
+    group.add_argument("--bench-batch", type=positive_int, default=1, metavar="N",
                        help="batch size of the speed comparison (default 1)")
-    group.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    group.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="CPU intra-op threads (default: physical cores for timing)")
     add_tolerance_arguments(parser)
 
@@ -524,42 +525,21 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
 # Command line
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"got {value}; give a value ≥ 0")
-    return value
 
 
-def _fraction(text: str) -> float:
-    value = _non_negative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"got {value}; give a fraction in [0, 1]")
-    return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 1")
-    return value
 
 
 def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
     """``--rtol``, ``--atol``, ``--min-top1-agreement``, ``--max-accuracy-drop`` (also for compress --validate)."""
     group = parser.add_argument_group("tolerances (each optional; exit 1 when one is missed)")
-    group.add_argument("--rtol", type=_non_negative_float, default=None, metavar="X",
+    group.add_argument("--rtol", type=non_negative_float, default=None, metavar="X",
                        help="max relative L2 error per sample, ‖c−o‖/‖o‖")
-    group.add_argument("--atol", type=_non_negative_float, default=None, metavar="X", help="max absolute error of any element")
-    group.add_argument("--min-top1-agreement", type=_fraction, default=None, metavar="F",
+    group.add_argument("--atol", type=non_negative_float, default=None, metavar="X", help="max absolute error of any element")
+    group.add_argument("--min-top1-agreement", type=fraction, default=None, metavar="F",
                        help="min fraction of samples whose top-1 class matches the original's")
-    group.add_argument("--max-accuracy-drop", type=_fraction, default=None, metavar="F",
+    group.add_argument("--max-accuracy-drop", type=fraction, default=None, metavar="F",
                        help="max drop of top-1 accuracy against labels, as a fraction (0.01 = 1 point)")
 
 
@@ -575,8 +555,8 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="samples per run (default 32)")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="CPU intra-op threads (default: ORT's)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="samples per run (default 32)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU intra-op threads (default: ORT's)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --random inputs (default 0)")
     add_tolerance_arguments(parser)
     parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")

@@ -1,0 +1,47 @@
+"""Value types for command-line flags, shared by every command: each rejects bad input with a message
+that names the value and the allowed range (argparse turns it into a usage error, exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"'{text}' is not {noun}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"got {value}; give a number ≥ 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give a fraction in [0, 1]")
+    return value
+
+
+def any_float(text: str) -> float:
+    """A number; its range is checked where the meaning is known (e.g. a keep ratio in (0, 1])."""
+    return _number(text, float)
