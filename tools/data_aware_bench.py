@@ -43,6 +43,8 @@ from onnx_alds.runtime import make_session  # noqa: E402
 
 VARIANTS = {
     "alds": dict(method="alds"),
+    "alds/sqrt-g": dict(method="alds", error_measure="spectral-sqrt-g"),
+    "alds/frob": dict(method="alds", error_measure="frobenius"),
     "svd+da": dict(method="svd", data=True),
     "alds+w": dict(method="alds", data=True, refit=False, error_measure="spectral"),
     "alds+da": dict(method="alds", data=True, error_measure="spectral"),
