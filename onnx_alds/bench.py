@@ -586,7 +586,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds bench``: print the timings (and per-layer rows), write --json, return 0."""
-    from .validate import write_json
+    from .report import write_json
 
     report = bench(args.models, provider=args.provider, batch_sizes=tuple(args.batch), threads=args.threads,
                    warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,

@@ -183,19 +183,32 @@ def _si(value: Optional[float]) -> str:
     return str(int(value))
 
 
-def write_json(data: dict, path: Union[str, Path]) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    tmp.replace(target)
+def json_safe(value):
+    """Replace NaN/inf by None (strict JSON), numpy scalars and arrays by Python values."""
+    import math
 
-
-def _json_default(value):
     import numpy as np
 
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(data: dict, path: Union[str, Path]) -> None:
+    """Write ``data`` as indented strict JSON, atomically."""
+    from .errors import OutputPathError
+
+    target = Path(path)
+    if not target.parent.exists():
+        raise OutputPathError(f"folder of the JSON file '{target}' does not exist; create it first")
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    tmp.replace(target)

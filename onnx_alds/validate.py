@@ -23,13 +23,11 @@ one-line summary for ``compress --validate``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -39,6 +37,7 @@ from .argtypes import fraction, non_negative_float, positive_int
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
+from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class OutputComparison:
         data["failures"] = list(self.failures)
         data["accuracy_drop"] = self.accuracy_drop
         data["passed"] = self.passed
-        return _json_safe(data)
+        return json_safe(data)
 
 
 @dataclass(frozen=True)
@@ -198,20 +197,9 @@ class ValidationReport:
             "notes": list(self.notes),
             "outputs": [o.to_dict() for o in self.outputs],
         }
-        return _json_safe(data)
+        return json_safe(data)
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None (strict JSON) and numpy scalars by Python ones."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _describe(model: ModelArg, fallback: str) -> str:
@@ -562,12 +550,6 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
 
 
-def write_json(data: dict[str, Any], path: Union[str, os.PathLike]) -> None:
-    """Write ``data`` as indented JSON (strict: no NaN)."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise InputDataError(f"folder of --json file '{target}' does not exist; create it first")
-    target.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 def run_validate_command(args: argparse.Namespace) -> int:
