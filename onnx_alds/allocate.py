@@ -80,13 +80,14 @@ def _prepare(tables: Sequence[ErrorTable], scales: Sequence[float]) -> list[_Lay
     ]
 
 
+def _floor(layers: Sequence[_Layer]) -> float:
+    """Total cost with every layer at its cheapest option (dense where nothing is cheaper)."""
+    return sum(min([costs[0] for costs in layer.costs if len(costs)] + [layer.dense_cost]) for layer in layers)
+
+
 def minimum_cost(tables: Sequence[ErrorTable], scales: Sequence[float]) -> float:
     """The smallest total cost any choice reaches (every layer at its cheapest option)."""
-    total = 0.0
-    for layer in _prepare(tables, scales):
-        cheapest = [costs[0] for costs in layer.costs if len(costs)]
-        total += min(cheapest + [layer.dense_cost])
-    return total
+    return _floor(_prepare(tables, scales))
 
 
 def _cheapest_within(layer: _Layer, option_index: int, threshold: float) -> tuple[float, int]:
@@ -164,18 +165,21 @@ def _to_allocation(layers: Sequence[_Layer], picks: Sequence[tuple[int, int]], b
     return Allocation(tuple(choices), budget, cost, max((c.error for c in choices), default=0.0), search)
 
 
-def _fill(layers: Sequence[_Layer], picks: list[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
+def _fill(layers: Sequence[_Layer], picks: list[tuple[int, int]], budget: float,
+          allowed: Optional[Sequence[Sequence[int]]] = None) -> list[tuple[int, int]]:
     """Spend what is left of the budget on the layer with the largest error, step by step.
 
     A step moves a layer to its cheapest option (any group count, or dense) with a smaller error
-    that still fits; the max error never grows and the budget is never exceeded.
+    that still fits; the max error never grows and the budget is never exceeded. ``allowed``
+    restricts each layer to some of its group options (all by default).
     """
     picks = list(picks)
     flat = []
-    for layer in layers:
-        costs = np.concatenate([c for c in layer.costs] + [np.array([layer.dense_cost])])
-        errors = np.concatenate([o.errors for o in layer.options] + [np.array([0.0])])
-        where = [(o, r) for o, option in enumerate(layer.options) for r in range(len(option.ranks))] + [(-1, -1)]
+    for index, layer in enumerate(layers):
+        options = range(len(layer.options)) if allowed is None else allowed[index]
+        costs = np.concatenate([layer.costs[o] for o in options] + [np.array([layer.dense_cost])])
+        errors = np.concatenate([layer.options[o].errors for o in options] + [np.array([0.0])])
+        where = [(o, r) for o in options for r in range(len(layer.options[o].ranks))] + [(-1, -1)]
         flat.append((costs, errors, where))
 
     def current(index: int) -> tuple[float, float]:
@@ -213,7 +217,7 @@ def _better(candidate: Allocation, best: Optional[Allocation]) -> bool:
 
 
 def _check_budget(layers: Sequence[_Layer], budget: float) -> None:
-    floor = sum(min([c[0] for c in layer.costs if len(c)] + [layer.dense_cost]) for layer in layers)
+    floor = _floor(layers)
     if budget < floor:
         raise BudgetError(f"budget {budget:.6g} is below the cheapest factorization {floor:.6g}")
 
@@ -231,7 +235,7 @@ def allocate_minmax(tables: Sequence[ErrorTable], scales: Sequence[float], budge
         if picks is None:
             raise BudgetError(f"budget {budget:.6g} is below what g = 1 factorizations reach")
         if fill:
-            picks = _fill(layers, picks, budget)
+            picks = _fill(layers, picks, budget, allowed)
         return _to_allocation(layers, picks, budget, "global step, g = 1")
 
     every = [list(range(len(layer.options))) for layer in layers]

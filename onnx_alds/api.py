@@ -251,26 +251,22 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     return CompressionResult(new_model, report)
 
 
-def _budget(prepared: _Prepared, chosen: Sequence[Layer], target: str, keep: float) -> tuple[float, float, list[float]]:
-    """(budget for the factorizable layers, the whole model's total, cost scale per layer)."""
+def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
+              keep: float, method: str, seed: int) -> Allocation:
+    """Budget of the factorizable layers (the target less what stays fixed), then the allocation."""
     if target == "params":
         total = float(prepared.params_total)
         scales = [1.0] * len(chosen)
     else:
         total = float(prepared.macs_total or 0)
         scales = [float(layer.positions or 0) for layer in chosen]
-    dense = sum(layer.params * scale for layer, scale in zip(chosen, scales))
-    return keep * total - (total - dense), total, scales
-
-
-def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
-              keep: float, method: str, seed: int) -> Allocation:
-    budget, total, scales = _budget(prepared, chosen, target, keep)
     fixed = total - sum(layer.params * scale for layer, scale in zip(chosen, scales))
-    floor = fixed + minimum_cost(tables, scales)
-    if budget < minimum_cost(tables, scales) - 1e-9:
+    budget = keep * total - fixed
+    cheapest = minimum_cost(tables, scales)
+    if budget < cheapest - 1e-9:
         raise BudgetError(
-            f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is {floor / total:.4f} "
+            f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
+            f"{(fixed + cheapest) / total:.4f} "
             "(every factorizable layer at its lowest rank); ask for at least that"
         )
     if method == "l-rank":
@@ -322,14 +318,13 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
     for layer in prepared.layers:
         errors: dict[str, float] = {}
         if layer.compressible:
-            matrix = folded_weight(layer, constants)
-            spectrum = layer_spectra(matrix, (1,))[1][0]
+            spectra = layer_spectra(folded_weight(layer, constants), layer.groups)
+            spectrum = spectra[1][0]
             limit = len(spectrum)
             for fraction in rank_fractions:
                 rank = max(1, int(round(fraction * limit)))
                 errors[f"{fraction:g}"] = float(spectrum[rank] / spectrum[0]) if rank < limit and spectrum[0] > 0 else 0.0
-            tables.append(error_table(layer_spectra(matrix, layer.groups), layer.out_features, layer.cols,
-                                      groups=layer.groups))
+            tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups))
         rows.append(LayerAnalysis(layer.name, layer.op, layer.weight_shape, layer.params, layer.macs,
                                   layer.groups, errors, layer.skip_reason))
     params_compressible = sum(layer.params for layer in compressible)
