@@ -36,6 +36,7 @@ def _add_analyze(subparsers) -> None:
 
 def _add_compress(subparsers) -> None:
     from .api import METHODS
+    from .layers import ORDERS
     from .spectra import ERROR_MEASURES
 
     parser = subparsers.add_parser("compress", help="factorize the model under a size or MAC budget",
@@ -55,6 +56,9 @@ def _add_compress(subparsers) -> None:
                              "without calibration; frobenius, the relative RMS output error, with it)")
     parser.add_argument("--rank-multiple", type=positive_int, default=1, metavar="N",
                         help="round every rank to a multiple of N (16 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--order", choices=ORDERS, default=ORDERS[0],
+                        help="factorized pair of a k×k stride-1 conv: spatial-first (default, ALDS: k×k then 1x1) "
+                             "or pointwise-first (1x1 then k×k; faster on CPU where channels are few)")
     parser.add_argument("--max-groups", type=positive_int, default=16, metavar="G",
                         help="largest group count g that alds considers (default 16)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -77,6 +81,9 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              "(slower; helps on fragile models, see docs/DATA_AWARE.md)")
     parser.add_argument("--no-refit", dest="refit", action="store_false",
                         help="skip the least-squares decoder refit on the full input second moment")
+    parser.add_argument("--no-shrinkage", dest="shrinkage", action="store_false",
+                        help="use the measured input moments as they are, without the Ledoit-Wolf shrinkage "
+                             "toward a scaled identity (which guards layers with few calibration vectors)")
     parser.add_argument("--bias-correction", action="store_true",
                         help="add each layer's mean output error on the calibration data to its bias")
     parser.add_argument("--speed-check", action="store_true",
@@ -127,7 +134,7 @@ def _run_compress(args: argparse.Namespace) -> int:
                  seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
                  calibration=calibration, calibration_batch_size=args.calibration_batch_size,
                  refit=args.refit, sequential=args.sequential, bias_correction=args.bias_correction,
-                 sensitivity=args.sensitivity)
+                 sensitivity=args.sensitivity, order=args.order, shrinkage=args.shrinkage)
     summary = None
     if args.validate:
         from .validate import validate_from_args

@@ -18,9 +18,11 @@ import numpy as np
 import onnx
 
 from .allocate import LayerChoice
-from .decompose import GroupedFactors, bias_shift, decompose, refit_decoder, sequential_target, whitening_factor
+from .decompose import (GroupedFactors, bias_shift, decompose, patch_decoder_to_pointwise, patch_encoder,
+                        pixel_moment, pointwise_decoder_to_patch, pointwise_matrix, refit_decoder, sequential_target,
+                        whitening_factor)
 from .errors import InputDataError
-from .layers import Layer, folded_weight
+from .layers import POINTWISE_FIRST, Layer, folded_weight
 from .model_io import graph_inputs
 from .rewrite import Rewrite, rewrite_model
 from .spectra import ErrorTable
@@ -67,7 +69,8 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
         index = min(max(half, 0), len(option.ranks) - 1)
         groups, rank = option.groups, int(option.ranks[index])
         predicted = float(option.errors[index])
-        factors = data_aware_factors(folded_weight(layer, constants), groups, rank, stats[layer.name], refit=True)
+        factors = data_aware_factors(folded_weight(layer, constants, patch=True), groups, rank, stats[layer.name],
+                                     refit=True, layer=layer)
         probe = rewrite_model(proto, [Rewrite(layer, factors)])
         output = np.asarray(make_session(probe, "cpu").run(None, feed)[0], dtype=np.float64)
         measured = float(np.linalg.norm(output - reference)) / norm
@@ -81,19 +84,46 @@ def scaled_table(table: ErrorTable, weight: float) -> ErrorTable:
     return replace(table, options=options)
 
 
-def data_aware_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit: bool) -> GroupedFactors:
-    """Whitened factors of one layer (sequential when ``stat`` carries a cross moment), optionally refitted."""
+def layer_moment(layer: Layer, second_moment: np.ndarray) -> np.ndarray:
+    """The moment that whitens the layer's matrix: the patch moment, or the pixel moment pointwise-first."""
+    return pixel_moment(second_moment, layer.kernel) if layer.order == POINTWISE_FIRST else second_moment
+
+
+def data_aware_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit: bool,
+                       layer: Optional[Layer] = None) -> GroupedFactors:
+    """Whitened factors of one layer (sequential when ``stat`` carries a cross moment), optionally refitted.
+
+    ``matrix`` is the patch-space ``f × c·κ`` weight whatever the order; ``layer`` gives the order
+    (spatial-first when None).
+    """
     target = matrix if stat.cross is None else sequential_target(matrix, stat.second_moment, stat.cross)
-    whitening = whitening_factors(stat.second_moment, (groups,))[groups]
+    pointwise = layer is not None and layer.order == POINTWISE_FIRST
+    if pointwise:
+        target = pointwise_matrix(target.reshape(layer.out_features, layer.in_channels, layer.kernel))
+    moment = stat.second_moment if layer is None else layer_moment(layer, stat.second_moment)
+    whitening = whitening_factors(moment, (groups,))[groups]
     factors = decompose(target, groups, rank, whitening)
-    if refit:
+    if refit and pointwise:
+        refitted = refit_decoder(matrix, factors, stat.second_moment, stat.cross,
+                                 encoder=patch_encoder(factors, layer.kernel))
+        factors = replace(factors, decoder=patch_decoder_to_pointwise(refitted.decoder, layer.kernel))
+    elif refit:
         factors = refit_decoder(matrix, factors, stat.second_moment, stat.cross)
     return factors
 
 
+def layer_bias_shift(layer: Layer, matrix: np.ndarray, factors: GroupedFactors, stat) -> np.ndarray:
+    """:func:`bias_shift` in patch space for either order."""
+    if layer.order != POINTWISE_FIRST:
+        return bias_shift(matrix, factors, stat.mean, stat.reference_mean)
+    return bias_shift(matrix, factors, stat.mean, stat.reference_mean, encoder=patch_encoder(factors, layer.kernel),
+                      decoder=pointwise_decoder_to_patch(factors.decoder, layer.kernel))
+
+
 def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, LayerChoice]], constants: Mapping,
                        stats: Mapping, calibration, *, refit: bool, sequential: bool, bias_correction: bool,
-                       batch_size: int, seconds: dict[str, float], notes: list[str]) -> onnx.ModelProto:
+                       batch_size: int, seconds: dict[str, float], notes: list[str],
+                       shrinkage: bool = True) -> onnx.ModelProto:
     """Rewrite ``plan`` with data-aware factors; see :func:`onnx_alds.compress` for each option's maths.
 
     Sequential: layers go in *waves* (consecutive layers none of which feeds another of the wave);
@@ -113,13 +143,15 @@ def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, Layer
             tick = time.perf_counter()
             prefix = rewrite_model(proto, rewrites)
             wave_stats = collect_statistics(prefix, wave, calibration, batch_size=batch_size, reference=proto)
+            if shrinkage:
+                wave_stats = {name: value.shrunk() for name, value in wave_stats.items()}
             spent += time.perf_counter() - tick
         for layer in wave:
-            matrix = folded_weight(layer, constants)
+            matrix = folded_weight(layer, constants, patch=True)
             choice = choices[layer.name]
             stat = wave_stats[layer.name]
-            factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit)
-            shift = bias_shift(matrix, factors, stat.mean, stat.reference_mean) if bias_correction else None
+            factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit, layer=layer)
+            shift = layer_bias_shift(layer, matrix, factors, stat) if bias_correction else None
             rewrites.append(Rewrite(layer, factors, bias_shift=shift))
     if sequential:
         seconds["sequential"] = spent

@@ -20,6 +20,13 @@ correlation between groups is ignored. :func:`refit_decoder` fixes that for a gi
 (:func:`sequential_target`), so the factors are the whitened decomposition of ``W'`` in the metric
 ``C̃`` and the refit becomes ``A = W M Bᵀ (B C̃ Bᵀ)⁻¹``. :func:`bias_shift` gives the mean residual
 ``E[W x − A B x̃]`` that a bias correction adds to the decoder's bias.
+
+Pointwise-first order (a Conv with a spatial kernel, stride 1): the same grouped decomposition of the
+*other* unfolding ``M`` (``f·κ × c``, :func:`pointwise_matrix`): the encoder is a 1x1 conv
+``c → g·r`` and the decoder a k×k conv ``g·r → f``. In patch space its encoder is
+``B ⊗ I_κ`` (:func:`patch_encoder`), so the refit and bias formulas above apply unchanged; its
+whitening uses the per-pixel moment (:func:`pixel_moment`), which ignores the correlation between
+neighbouring pixels, and the refit then restores it.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ __all__ = [
     "sequential_target",
     "refit_decoder",
     "bias_shift",
+    "pointwise_matrix",
+    "pixel_moment",
+    "patch_encoder",
+    "pointwise_decoder_to_patch",
+    "patch_decoder_to_pointwise",
 ]
 
 
@@ -291,7 +303,8 @@ def _symmetric_solve_right(rhs: np.ndarray, gram: np.ndarray, *, cutoff: float =
 
 
 def refit_decoder(matrix: np.ndarray, factors: GroupedFactors, second_moment: np.ndarray,
-                  cross: Optional[np.ndarray] = None, *, damping: float = 1e-6) -> GroupedFactors:
+                  cross: Optional[np.ndarray] = None, *, damping: float = 1e-6,
+                  encoder: Optional[np.ndarray] = None) -> GroupedFactors:
     """The same encoder with the least-squares decoder on the full input moment.
 
     ``A = W M Bᵀ (B C Bᵀ)⁻¹`` with ``B`` the block-diagonal encoder, ``C`` the (damped) second moment of
@@ -299,10 +312,12 @@ def refit_decoder(matrix: np.ndarray, factors: GroupedFactors, second_moment: np
     original model's inputs). This minimizes ``E‖W x − A B x̃‖²`` over ``A`` given ``B``, so it never
     increases that error; when ``W = A₀ B`` exactly (full rank), it returns ``A₀``'s product exactly.
     The solve is a pseudo-inverse on the eigenvalues of ``B C Bᵀ`` (rank-deficient encoders and data).
+    ``encoder``: the encoder in patch space when it is not the block-diagonal one (pointwise-first:
+    :func:`patch_encoder`); the returned decoder is then in patch space too (``f × g·r·κ``).
     """
     weight = np.asarray(matrix, dtype=np.float64)
     moment = damped_moment(second_moment, damping=damping)
-    full = encoder_matrix(factors)
+    full = encoder_matrix(factors) if encoder is None else encoder
     mixed = moment if cross is None else np.asarray(cross, dtype=np.float64)
     rhs = weight @ (mixed @ full.T)  # W M Bᵀ, (f, g·r)
     gram = full @ moment @ full.T
@@ -312,14 +327,48 @@ def refit_decoder(matrix: np.ndarray, factors: GroupedFactors, second_moment: np
 
 
 def bias_shift(matrix: np.ndarray, factors: GroupedFactors, mean: np.ndarray,
-               reference_mean: Optional[np.ndarray] = None) -> np.ndarray:
+               reference_mean: Optional[np.ndarray] = None, *, encoder: Optional[np.ndarray] = None,
+               decoder: Optional[np.ndarray] = None) -> np.ndarray:
     """``E[W x − A B x̃] = W μ − A B μ̃`` (``μ = E[x]``, ``μ̃ = E[x̃]``; ``μ = μ̃`` without a reference).
 
     For a Conv, ``μ`` is the mean patch over samples and positions, so this is the per-output-channel
     mean error averaged over positions; adding it to the decoder's bias zeroes the mean output error
-    on the calibration data.
+    on the calibration data. ``encoder``/``decoder``: the pair in patch space when it is not the
+    factors' own (pointwise-first).
     """
     seen = np.asarray(mean, dtype=np.float64)
     original = seen if reference_mean is None else np.asarray(reference_mean, dtype=np.float64)
-    approx = factors.decoder @ (encoder_matrix(factors) @ seen)
+    full = encoder_matrix(factors) if encoder is None else encoder
+    approx = (factors.decoder if decoder is None else decoder) @ (full @ seen)
     return np.asarray(matrix, dtype=np.float64) @ original - approx
+
+
+def pointwise_matrix(weight: np.ndarray) -> np.ndarray:
+    """The ``f·κ × c`` unfolding of a Conv weight ``(f, c, k1, …)``: row ``o·κ + k``, column ``c``."""
+    f, c = weight.shape[:2]
+    return np.moveaxis(np.asarray(weight), 1, -1).reshape(f * int(np.prod(weight.shape[2:])), c)
+
+
+def pixel_moment(second_moment: np.ndarray, kernel: int) -> np.ndarray:
+    """The ``c × c`` second moment of one input pixel: the mean of the ``κ`` diagonal blocks of a
+    patch moment whose index is ``channel·κ + position``."""
+    size = second_moment.shape[0] // kernel
+    blocks = np.asarray(second_moment, dtype=np.float64).reshape(size, kernel, size, kernel)
+    return np.einsum("akbk->ab", blocks) / kernel
+
+
+def patch_encoder(factors: GroupedFactors, kernel: int) -> np.ndarray:
+    """A pointwise-first encoder in patch space, ``B ⊗ I_κ`` (``g·r·κ × c·κ``)."""
+    return np.kron(encoder_matrix(factors), np.eye(kernel))
+
+
+def pointwise_decoder_to_patch(decoder: np.ndarray, kernel: int) -> np.ndarray:
+    """A pointwise-first decoder ``(f·κ × g·r)`` as the patch-space matrix ``f × g·r·κ``."""
+    rows, width = decoder.shape
+    return decoder.reshape(rows // kernel, kernel, width).transpose(0, 2, 1).reshape(rows // kernel, width * kernel)
+
+
+def patch_decoder_to_pointwise(decoder: np.ndarray, kernel: int) -> np.ndarray:
+    """Inverse of :func:`pointwise_decoder_to_patch`."""
+    f, cols = decoder.shape
+    return decoder.reshape(f, cols // kernel, kernel).transpose(0, 2, 1).reshape(f * kernel, cols // kernel)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .decompose import candidate_groups
+from .decompose import candidate_groups, pointwise_matrix
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+SPATIAL_FIRST = "spatial-first"  # k×k conv c → g·r, then 1x1 g·r → f (ALDS)
+POINTWISE_FIRST = "pointwise-first"  # 1x1 conv c → g·r, then k×k g·r → f
+ORDERS = (SPATIAL_FIRST, POINTWISE_FIRST)
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,19 @@ class Layer:
     groups: tuple[int, ...]  # candidate group counts
     skip_reason: Optional[str] = None
     stored_transposed: bool = False  # weight stored as (c, f): MatMul, and Gemm with transB = 0
+    pointwise_first_ok: bool = False  # a k×k Conv with stride 1 and output size = input size
+    order: str = SPATIAL_FIRST
 
     @property
     def cols(self) -> int:
         return self.in_channels * self.kernel
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """Shape of the matrix that is decomposed: ``f × c·κ``, or ``f·κ × c`` pointwise-first."""
+        if self.order == POINTWISE_FIRST:
+            return self.out_features * self.kernel, self.in_channels
+        return self.out_features, self.cols
 
     @property
     def macs(self) -> Optional[int]:
@@ -173,6 +185,11 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
                               for p in exclude):
         reason = "excluded by the user (--exclude)"
     groups: tuple[int, ...] = ()
+    in_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+    pointwise_ok = (node.op_type == "Conv" and kernel > 1 and reason is None
+                    and all(s == 1 for s in _attr(node, "strides", [1]))
+                    and in_shape is not None and out_shape is not None and len(in_shape) == len(out_shape)
+                    and tuple(in_shape[2:]) == tuple(out_shape[2:]))
     if reason is None and f and c:
         groups = candidate_groups(c, f, kernel, max_groups if node.op_type == "Conv" else 1,
                                   channel_multiple=channel_multiple)
@@ -183,12 +200,29 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=f * c * kernel,
         positions=_positions(node.op_type, shapes.get(node.output[0])), groups=groups, skip_reason=reason,
         stored_transposed=node.op_type == "MatMul" or (node.op_type == "Gemm" and not _attr(node, "transB", 0)),
+        pointwise_first_ok=pointwise_ok,
     )
 
 
-def folded_weight(layer: Layer, constants: Mapping[str, onnx.TensorProto]) -> np.ndarray:
-    """The layer's weight as the ``f × (c·κ)`` matrix that maps inputs to outputs (float64)."""
+def with_order(layer: Layer, order: str, *, max_groups: int, channel_multiple: int = 1) -> Layer:
+    """The layer decomposed in ``order``, with its candidate groups for that order."""
+    if order == layer.order:
+        return layer
+    if order == POINTWISE_FIRST and not layer.pointwise_first_ok:
+        raise ValueError(f"layer '{layer.name}' cannot be factorized pointwise-first")
+    rows, cols = (layer.out_features * layer.kernel, layer.in_channels) if order == POINTWISE_FIRST \
+        else (layer.out_features, layer.cols)
+    groups = candidate_groups(layer.in_channels, rows, cols // layer.in_channels, max_groups,
+                              channel_multiple=channel_multiple)
+    return replace(layer, order=order, groups=groups)
+
+
+def folded_weight(layer: Layer, constants: Mapping[str, onnx.TensorProto], *, patch: bool = False) -> np.ndarray:
+    """The matrix the layer's order decomposes (float64): ``f × (c·κ)``, mapping input patches to
+    outputs, or ``f·κ × c`` pointwise-first (unless ``patch``, which always gives ``f × (c·κ)``)."""
     weight = numpy_helper.to_array(constants[layer.weight]).astype(np.float64)
+    if layer.order == POINTWISE_FIRST and not patch:
+        return pointwise_matrix(weight)
     if layer.stored_transposed:
         return weight.T
     return weight.reshape(weight.shape[0], -1)

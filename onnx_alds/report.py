@@ -43,6 +43,7 @@ class LayerReport:
     macs_after: Optional[int]
     error: float
     skip_reason: Optional[str]
+    order: Optional[str] = None  # "spatial-first" or "pointwise-first" when factorized
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ class CompressionReport:
                 "-" if layer.groups == 0 else str(layer.groups), "-" if layer.groups == 0 else str(layer.rank),
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
-                f"{layer.error:.4f}", layer.skip_reason or ("kept dense by the allocation" if layer.groups == 0 else ""),
+                f"{layer.error:.4f}", layer.skip_reason or ("kept dense by the allocation" if layer.groups == 0
+                                                            else "pointwise-first" if layer.order == "pointwise-first"
+                                                            else ""),
             ))
         lines = [format_table(rows), ""]
         ratio_params = self.params_after / self.params_before if self.params_before else 1.0

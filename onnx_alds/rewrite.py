@@ -2,7 +2,8 @@
 
 - Conv → ``<node>.enc``: Conv with ``group = g``, ``c → g·r`` channels and the original kernel,
   strides, pads, auto_pad and dilations; then ``<node>.dec``: 1x1 Conv ``g·r → f`` with the
-  original bias.
+  original bias. Pointwise-first: ``<node>.enc`` is a 1x1 Conv with ``group = g``, ``c → g·r``,
+  and ``<node>.dec`` the original kernel, pads and dilations, ``g·r → f``, with the bias.
 - Gemm → two Gemms: the first keeps ``transA`` and ``alpha``, the second adds ``beta·C``.
 - MatMul → two MatMuls (activations of any rank).
 
@@ -21,7 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .decompose import GroupedFactors
-from .layers import Layer
+from .layers import POINTWISE_FIRST, Layer
 from .model_io import opset_version
 
 
@@ -62,6 +63,27 @@ def _conv_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.Node
     return [
         gs.Node("Conv", f"{node.name}.enc", enc_attrs, [x, enc_weight], [middle]),
         gs.Node("Conv", f"{node.name}.dec", {"kernel_shape": [1] * len(spatial)}, dec_inputs, [y]),
+    ]
+
+
+def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.Node]:
+    layer, factors = rewrite.layer, rewrite.factors
+    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    spatial = layer.weight_shape[2:]
+    width = layer.in_channels // factors.groups
+    channels = factors.groups * factors.rank
+    enc_weight = gs.Constant(f"{weight.name}.enc", factors.encoder.reshape(
+        channels, width, *([1] * len(spatial))).astype(dtype))
+    dec_weight = gs.Constant(f"{weight.name}.dec", np.ascontiguousarray(
+        factors.decoder.reshape(layer.out_features, layer.kernel, channels).transpose(0, 2, 1)
+    ).reshape(layer.out_features, channels, *spatial).astype(dtype))
+    middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
+    enc_attrs = {"kernel_shape": [1] * len(spatial), "group": factors.groups}
+    dec_attrs = {key: value for key, value in node.attrs.items() if key != "group"}
+    dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
+    return [
+        gs.Node("Conv", f"{node.name}.enc", enc_attrs, [x, enc_weight], [middle]),
+        gs.Node("Conv", f"{node.name}.dec", dec_attrs, dec_inputs, [y]),
     ]
 
 
@@ -142,7 +164,9 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.M
     for rewrite in rewrites:
         node = nodes[rewrite.layer.name]
         dtype = _weight_dtype(node.inputs[1])
-        if node.op == "Conv":
+        if node.op == "Conv" and rewrite.layer.order == POINTWISE_FIRST:
+            pair = _conv_pointwise_first_pair(node, rewrite, dtype)
+        elif node.op == "Conv":
             pair = _conv_pair(node, rewrite, dtype)
         elif node.op == "Gemm":
             pair = _gemm_pair(node, rewrite, dtype, opset)

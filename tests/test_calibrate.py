@@ -85,6 +85,7 @@ def test_conv_moments_match_numpy_im2col(case):
     assert stats.count == patches.shape[0]
     np.testing.assert_allclose(stats.second_moment, patches.T @ patches / len(patches), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(stats.mean, patches.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stats.fourth_moment, np.mean(np.sum(patches ** 2, axis=1) ** 2), rtol=1e-6)
     # the column order is the folded weight's: W·mean(patch) + b is the mean of ONNX Runtime's output
     weight = folded_weight(layer, constant_tensors(model))
     bias = onnx.numpy_helper.to_array(constant_tensors(model)["conv.bias"]).astype(np.float64)

@@ -142,7 +142,7 @@ def test_data_aware_beats_data_free_at_the_same_budget(cnn_and_data):
     inputs = FakeInputs({"input": calibration})
     free = compress(model, keep_flops=0.4)
     aware = compress(model, keep_flops=0.4, calibration=inputs, calibration_batch_size=16)
-    assert aware.report.data_aware and aware.report.data_aware_steps == ("whitened", "refit")
+    assert aware.report.data_aware and aware.report.data_aware_steps == ("whitened", "shrinkage", "refit")
     assert abs(aware.report.achieved - free.report.achieved) < 0.02
     for x in (calibration, held_out):
         assert _relative_error(model, aware.model, x) < 0.7 * _relative_error(model, free.model, x)
@@ -204,3 +204,55 @@ def test_sensitivity_weighting_runs_and_keeps_the_budget(cnn_and_data):
     assert abs(result.report.achieved - 0.4) < 0.01
     assert any(note.startswith("sensitivity weights") for note in result.report.notes)
     assert "sensitivity" in result.report.seconds
+
+
+def _gaussian(rng, count: int, dim: int) -> np.ndarray:
+    scales = np.geomspace(3.0, 0.1, dim)  # anisotropic, full rank
+    return (rng.standard_normal((count, dim)) * scales) @ np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+
+
+def _stats_of(rows: np.ndarray) -> LayerStatistics:
+    n = rows.shape[0]
+    return LayerStatistics(n, rows.T @ rows / n, rows.mean(axis=0),
+                           fourth_moment=float(np.mean(np.sum(rows ** 2, axis=1) ** 2)))
+
+
+def test_shrinkage_weight_is_large_for_few_vectors_and_small_for_many():
+    rng = np.random.default_rng(0)
+    few, many = _stats_of(_gaussian(rng, 16, 64)), _stats_of(_gaussian(rng, 20000, 64))
+    assert few.shrinkage_weight() > 0.2
+    assert many.shrinkage_weight() < 0.02
+    shrunk = few.shrunk()
+    assert shrunk.shrinkage == pytest.approx(few.shrinkage_weight())
+    assert np.trace(shrunk.second_moment) == pytest.approx(np.trace(few.second_moment))
+    assert np.linalg.eigvalsh(shrunk.second_moment)[0] > 0  # 16 vectors in 64 dims: now invertible
+    assert np.linalg.matrix_rank(few.second_moment) == 16
+    assert LayerStatistics(16, few.second_moment, few.mean).shrunk() is not None  # no fourth moment: unchanged
+    assert LayerStatistics(16, few.second_moment, few.mean).shrinkage_weight() == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shrinkage_lowers_held_out_error_when_calibration_is_starved(seed):
+    rng = np.random.default_rng(seed)
+    dim, rank = 64, 12
+    weight = rng.standard_normal((32, dim))
+    calibration, held_out = _gaussian(rng, 24, dim), _gaussian(rng, 4000, dim)
+    raw = _stats_of(calibration)
+    errors = {}
+    for name, stat in (("raw", raw), ("shrunk", raw.shrunk())):
+        factors = data_aware_factors(weight, 1, rank, stat, refit=True)
+        errors[name] = _output_error(weight, factors.dense(), held_out.T)
+    assert errors["shrunk"] < 0.95 * errors["raw"], errors
+
+
+def test_compress_reports_the_shrinkage_of_a_starved_gemm():
+    from conftest import gemm_model
+
+    model = gemm_model(in_features=64, out_features=48, rows=4, trans_b=1)
+    rng = np.random.default_rng(0)
+    inputs = FakeInputs({"a": _gaussian(rng, 20, 64).astype(np.float32)})
+    result = compress(model, keep_params=0.6, calibration=inputs, calibration_batch_size=4)
+    assert "shrinkage" in result.report.data_aware_steps
+    assert any("moment shrinkage" in note for note in result.report.notes)
+    plain = compress(model, keep_params=0.6, calibration=inputs, calibration_batch_size=4, shrinkage=False)
+    assert "shrinkage" not in plain.report.data_aware_steps

@@ -14,7 +14,8 @@ Variants (error measure ``spectral`` unless named): ``alds`` (data-free), ``svd+
 rank, whitened + refit), ``alds+w`` (data-aware ALDS, whitened only), ``alds+da`` (whitened + refit),
 ``alds+da+seq`` (plus sequential calibration), ``alds+da+seq+bias`` (plus bias correction) and
 ``alds+da/sqrt-g`` / ``alds+da/frob`` (data-aware ALDS with the √g or the relative-Frobenius error, which
-on whitened spectra is the relative output RMS error), ``alds+da/frob+seq``. ``--variants`` picks a subset.
+on whitened spectra is the relative output RMS error), ``alds+da/frob+seq``, ``alds+da/frob-shrink`` (without
+the moment shrinkage) and ``alds+da/frob/pw`` (pointwise-first pairs). ``--variants`` picks a subset.
 
     python tools/data_aware_bench.py [--models mnist-resnet efficientnet-lite0] [--keep 0.7 0.5 0.3]
         [--variants ...] [--eval-limit N] [--json out.json]
@@ -56,6 +57,8 @@ VARIANTS = {
     "alds+da/frob+seq": dict(method="alds", data=True, error_measure="frobenius", sequential=True),
     "alds+da+sens": dict(method="alds", data=True, sensitivity=True, error_measure="spectral"),
     "alds+da/frob+sens": dict(method="alds", data=True, error_measure="frobenius", sensitivity=True),
+    "alds+da/frob-shrink": dict(method="alds", data=True, error_measure="frobenius", shrinkage=False),
+    "alds+da/frob/pw": dict(method="alds", data=True, error_measure="frobenius", order="pointwise-first"),
 }
 
 

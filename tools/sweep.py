@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -64,6 +65,7 @@ from onnx_alds.bench import bench, machine_info  # noqa: E402
 from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import InputSet, load_inputs  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
+from onnx_alds.speed import compress_speed_checked  # noqa: E402
 from onnx_alds.validate import Tolerances, compare_output  # noqa: E402
 
 DEFAULT_MODELS = ("mnist-resnet", "efficientnet-lite0", "minilm", "resnet50")
@@ -88,8 +90,15 @@ METHODS: dict[str, dict[str, Any]] = {
     # CPU kernels run much faster than grouped convolutions
     "alds/g1": dict(method="alds", max_groups=1),
     "alds+data/g1": dict(method="alds", data=True, max_groups=1),
+    # pointwise-first pairs (1x1 then k×k) for the k×k stride-1 convs; "+sc": --speed-check on CPU at the
+    # model's first bench batch size
+    "alds/pw": dict(method="alds", order="pointwise-first"),
+    "alds+data/pw": dict(method="alds", data=True, order="pointwise-first"),
+    "alds+data/pw+sc": dict(method="alds", data=True, order="pointwise-first", speed_check=True),
 }
-DEFAULT_METHODS = ("alds", "svd", "svd-energy", "l-rank", "alds+data", "svd+data", "alds/g1")
+DEFAULT_METHODS = ("alds", "svd", "svd-energy", "l-rank", "alds+data", "svd+data", "alds/g1", "alds/pw",
+                   "alds+data/pw")
+PER_LAYER_METHODS = ("alds", "svd", "alds/pw")  # timed layer by layer at keep 0.5 with --per-layer
 DATA_FREE = ("alds", "svd", "svd-energy", "l-rank")
 
 CSV_COLUMNS = (
@@ -300,10 +309,12 @@ def compress_variant(loaded: LoadedModel, method: str, keep: float, rank_multipl
     """(result, seconds) of one compression; raises OnnxAldsError when the budget cannot be met."""
     options = dict(METHODS[method])
     data = options.pop("data", False)
+    run = compress
+    if options.pop("speed_check", False):
+        run = partial(compress_speed_checked, provider="cpu", batch=loaded.spec.bench_batches[0])
     started = time.perf_counter()
-    result = compress(loaded.proto, keep_flops=keep, rank_multiple=rank_multiple, seed=seed,
-                      input_shapes=loaded.spec.input_shapes,
-                      calibration=loaded.calibration if data else None, **options)
+    result = run(loaded.proto, keep_flops=keep, rank_multiple=rank_multiple, seed=seed,
+                 input_shapes=loaded.spec.input_shapes, calibration=loaded.calibration if data else None, **options)
     return result, time.perf_counter() - started
 
 
@@ -410,7 +421,7 @@ def sweep_bench(loaded: LoadedModel, rows: list[dict[str, Any]], *, threads: int
                                                         for i, n in enumerate(names[1:], start=1)))
         if per_layer and abs(keep - 0.5) < 1e-9:
             for row in group:
-                if row["method"] not in ("alds", "svd"):
+                if row["method"] not in PER_LAYER_METHODS:
                     continue
                 report = bench([str(spec.model), row["variant"]], provider="cpu", batch_sizes=(spec.bench_batches[0],),
                                threads=threads, warmup=2, runs=3, min_time_s=0.0, per_layer=True,
@@ -516,7 +527,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 _STYLE = {"alds": ("C0", "-", "o"), "svd": ("C1", "-", "s"), "svd-energy": ("C2", "-", "^"),
           "l-rank": ("C3", "-", "v"), "alds+data": ("C0", "--", "o"), "svd+data": ("C1", "--", "s"),
-          "alds/g1": ("C4", "-", "D"), "alds+data/g1": ("C4", "--", "D")}
+          "alds/g1": ("C4", "-", "D"), "alds+data/g1": ("C4", "--", "D"), "alds/pw": ("C5", "-", "P"),
+          "alds+data/pw": ("C5", "--", "P"), "alds+data/pw+sc": ("C6", ":", "X")}
 
 
 def _style(method: str, index: int):
@@ -782,7 +794,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bench-only", action="store_true",
                         help="time the variants already in the JSON (recompressing the missing ones)")
     parser.add_argument("--per-layer", action="store_true",
-                        help="also time alds and svd at keep 0.5 layer by layer")
+                        help="also time " + ", ".join(PER_LAYER_METHODS) + " at keep 0.5 layer by layer")
     parser.add_argument("--no-plots", action="store_true", help="leave the PNG plots as they are")
     parser.add_argument("--report", action="store_true", help="only rewrite CSV, plots and RESULTS.md from the JSON")
     parser.add_argument("--merge-from", nargs="+", type=Path, default=None, metavar="JSON",
