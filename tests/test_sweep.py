@@ -168,3 +168,21 @@ def test_skips_data_aware_without_calibration(tmp_path, tiny_spec):
     merged = json.loads((merged_out / "sweep.json").read_text())
     assert [r["method"] for r in merged["rows"]] == ["alds"] and merged["runs"] == data["runs"]
     assert (merged_out / "sweep.csv").exists() and "## tiny" in (tmp_path / "M.md").read_text()
+
+
+def test_layer_probe_on_the_bundled_model(tmp_path):
+    spec = importlib.util.spec_from_file_location("layer_probe_under_test", ROOT / "tools" / "layer_probe.py")
+    layer_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layer_probe)
+    from onnx_alds.demo import CALIBRATION, EVALUATION, MODEL, bundled
+
+    out = tmp_path / "probe.json"
+    layers = ["/layers/layers.0/conv1/Conv", "/layers/layers.2/conv2/Conv"]
+    assert layer_probe.main(["--model", str(bundled(MODEL)), "--calibration", str(bundled(CALIBRATION)),
+                             "--held-out", str(bundled(EVALUATION)), "--eval-limit", "64", "--layers", *layers,
+                             "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["layer"] for row in rows] == layers
+    for row in rows:
+        assert row["rank"] > 0 and 0.0 < row["layer_error"] < 1.0
+        assert 0.0 <= row["agreement"] <= 1.0 and row["output_error"] > 0.0

@@ -1,0 +1,105 @@
+"""Which layers a model cannot afford to approximate: factorize one layer at a time, measure the model.
+
+For every factorizable layer of a reference model (or those named), compress that layer alone (data-aware,
+``g = 1``, every other layer left dense) to about ``--layer-keep`` of its own MACs, and measure on the
+held-out inputs: the layer's table error (its relative RMS output error on the calibration data), top-1
+agreement of the whole model with the original, and the relative error of the model's first output.
+A layer whose small error moves the output a lot is one the budget cannot be taken from.
+
+    python tools/layer_probe.py --models efficientnet-lite0 [--layer-keep 0.5] [--layers NAME ...]
+        [--eval-limit N] [--json out.json]
+    python tools/layer_probe.py --model M.onnx --calibration C.npz --held-out H.npz ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from data_aware_bench import _load_npz, find_models  # noqa: E402
+from onnx_alds import analyze, compress  # noqa: E402
+from onnx_alds.inputs import InputSet  # noqa: E402
+from onnx_alds.runtime import make_session  # noqa: E402
+
+
+def outputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
+    session = make_session(model, "cpu")
+    names = [i.name for i in session.get_inputs()]
+    count = arrays[names[0]].shape[0]
+    parts = [session.run(None, {n: arrays[n][s:s + batch] for n in names})[0] for s in range(0, count, batch)]
+    return np.concatenate(parts).reshape(count, -1)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=None, help="names under models/cache (default: all present)")
+    parser.add_argument("--model", type=Path, default=None, help="an ONNX model instead of --models")
+    parser.add_argument("--calibration", type=Path, default=None, help="with --model: calibration .npz")
+    parser.add_argument("--held-out", type=Path, default=None, help="with --model: held-out .npz")
+    parser.add_argument("--layer-keep", type=float, default=0.5, help="fraction of the probed layer's MACs to keep")
+    parser.add_argument("--layers", nargs="*", default=None, help="node names to probe (default: every factorizable)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="use the first N held-out inputs")
+    parser.add_argument("--json", default=None, help="write all rows to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    if args.model is not None:
+        if args.calibration is None or args.held_out is None:
+            parser.error("--model needs --calibration and --held-out")
+        entries = [dict(name=args.model.name, model=args.model, calibration=args.calibration, held_out=args.held_out)]
+    else:
+        entries = find_models(args.models)
+    for entry in entries:
+        model = onnx.load(str(entry["model"]))
+        cal = _load_npz(entry["calibration"])
+        cal.pop("labels", None)
+        held = _load_npz(entry["held_out"])
+        held.pop("labels", None)
+        if args.eval_limit:
+            held = {k: v[:args.eval_limit] for k, v in held.items()}
+        calibration = InputSet(cal, source=entry["calibration"].name)
+        reference = outputs(model, held)
+        analysis = analyze(model)
+        layers = [row for row in analysis.layers if row.skip_reason is None and row.macs]
+        if args.layers:
+            layers = [row for row in layers if row.name in args.layers]
+        top = np.sort(reference, axis=1)[:, ::-1]
+        probability = 1.0 / np.sum(np.exp(reference - top[:, :1]), axis=1)
+        print(f"\n## {entry['name']}: each layer alone at {args.layer_keep:g} of its MACs; "
+              f"{len(reference)} held-out inputs, {len(calibration)} calibration inputs; the original's median "
+              f"top-1 probability {np.median(probability):.2f}, median top-1/top-2 margin "
+              f"{np.median(top[:, 0] - top[:, 1]):.2f}")
+        print(f"{'layer':<40} {'MAC share':>9} {'rank':>5} {'layer err':>9} {'agree':>6} {'out err':>8}")
+        for probe in layers:
+            keep = 1.0 - (1.0 - args.layer_keep) * probe.macs / analysis.macs_total
+            others = [row.name for row in analysis.layers if row.name != probe.name]
+            try:
+                result = compress(model, keep_flops=keep, calibration=calibration, exclude=others, max_groups=1)
+            except Exception as exc:  # a probe keeps going; the failure is printed in the table
+                print(f"{probe.name:<40} failed: {str(exc).splitlines()[0]}", flush=True)
+                continue
+            row = next(r for r in result.report.layers if r.name == probe.name)
+            out = outputs(result.model, held)
+            agree = float(np.mean(out.argmax(axis=1) == reference.argmax(axis=1)))
+            error = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+            share = probe.macs / analysis.macs_total
+            rows.append(dict(model=entry["name"], layer=probe.name, mac_share=share, rank=row.rank,
+                             layer_error=row.error, agreement=agree, output_error=error))
+            print(f"{probe.name:<40} {share:>9.3f} {row.rank or '-':>5} {row.error:>9.4f} {agree:>6.3f} {error:>8.3f}",
+                  flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
