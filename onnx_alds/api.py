@@ -194,7 +194,14 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         layers = [with_order(layer, order, max_groups=max_groups if method == "alds" else 1,
                              channel_multiple=rank_multiple) if layer.pointwise_first_ok else layer
                   for layer in layers]
-        prepared = replace(prepared, layers=layers)
+        spatial = [layer for layer in layers if layer.compressible and layer.op == "Conv" and layer.kernel > 1]
+        kept = [layer for layer in spatial if layer.order != POINTWISE_FIRST]
+        notes = list(prepared.notes)
+        if kept:
+            notes.append(f"order pointwise-first: {len(spatial) - len(kept)} of {len(spatial)} k×k convs; the other "
+                         f"{len(kept)} stay spatial-first (strided, output size differs from the input's, or shapes "
+                         f"unknown; first: '{kept[0].name}')")
+        prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
         reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})

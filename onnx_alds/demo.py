@@ -1,9 +1,8 @@
 """``onnx-alds demo``: the main job end to end on the bundled MNIST model.
 
 Compress (data-aware ALDS at half the MACs, pointwise-first pairs, calibrated on 48 bundled training
-digits), validate on
-500 bundled test digits (accuracy of both models, top-1 agreement), benchmark both in ONNX Runtime
-on the CPU, and print the report. Needs no download and no deep-learning framework.
+digits), validate on 500 bundled test digits (accuracy of both models, top-1 agreement), benchmark
+both in ONNX Runtime on the CPU, and print the report. Needs no download and no deep-learning framework.
 """
 
 from __future__ import annotations
@@ -31,7 +30,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-free", action="store_true", help="ignore the calibration digits (plain ALDS)")
     parser.add_argument("--rank-multiple", type=int, default=16, metavar="N",
                         help="round ranks (and channels per group) to multiples of N (default 16: fast CPU kernels)")
-    parser.add_argument("--order", choices=("pointwise-first", "spatial-first"), default="pointwise-first",
+    from .layers import ORDERS, POINTWISE_FIRST
+
+    parser.add_argument("--order", choices=ORDERS, default=POINTWISE_FIRST,
                         help="factorized pair of the 3x3 stride-1 convs (default pointwise-first: 1x1 then 3x3, "
                              "measured faster and as accurate here; spatial-first is the ALDS paper's)")
     parser.add_argument("--batch", type=int, default=32, metavar="N", help="batch size of the CPU benchmark")

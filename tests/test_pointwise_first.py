@@ -201,3 +201,9 @@ def test_cli_order_flag_and_report(tmp_path, cnn_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compress", str(cnn_path), "-o", str(out), "--keep-flops", "0.5", "--order", "sideways"])
     assert exc.value.code == 2
+
+
+def test_the_report_names_the_convs_that_stay_spatial_first():
+    result = compress(small_cnn(seed=0, width=16), keep_flops=0.5, order=POINTWISE_FIRST)
+    (note,) = [n for n in result.report.notes if n.startswith("order pointwise-first")]
+    assert "2 of 4 k×k convs" in note and "'conv1'" in note
