@@ -91,7 +91,7 @@ class LayerStatistics:
         size = moment.shape[0]
         mu = float(np.trace(moment)) / size
         frob = float(np.sum(moment * moment))
-        delta = frob - 2.0 * mu * float(np.trace(moment)) + mu * mu * size  # ‖C − μI‖²
+        delta = frob - mu * mu * size  # ‖C − μI‖² = ‖C‖² − 2μ·tr C + μ²d, with tr C = μd
         beta = max(0.0, (self.fourth_moment - frob) / self.count)
         if delta <= 0.0:
             return 0.0
@@ -221,7 +221,7 @@ def unfolder_for(layer: Layer, node: onnx.NodeProto) -> Unfolder:
 
 
 class _Accumulator:
-    """Running sums for one layer: Σ x̃x̃ᵀ, Σ x̃ and, with a reference, Σ x x̃ᵀ and Σ x."""
+    """Running sums for one layer: Σ x̃x̃ᵀ, Σ x̃, Σ ‖x̃‖⁴ and, with a reference, Σ x x̃ᵀ and Σ x."""
 
     def __init__(self, cols: int, cross: bool) -> None:
         self.count = 0
@@ -232,24 +232,19 @@ class _Accumulator:
         self.reference_total = np.zeros(cols) if cross else None
 
     def add(self, unfolder: Unfolder, seen: np.ndarray, reference: Optional[np.ndarray]) -> None:
-        if reference is None:
-            for chunk in unfolder.rows(seen):
-                self.count += chunk.shape[0]
-                self.fourth += float(np.sum(np.einsum("ij,ij->i", chunk, chunk) ** 2))
-                self.gram += chunk.T @ chunk
-                self.total += chunk.sum(axis=0)
-            return
-        if reference.shape != seen.shape:
+        if reference is not None and reference.shape != seen.shape:
             raise UnsupportedModelError(
                 f"the compressed model gives a layer input of shape {seen.shape}, the original {reference.shape}; "
                 "the rewrite changed a tensor shape: report this as a bug")
-        for chunk, ref in zip(unfolder.rows(seen), unfolder.rows(reference)):
+        references = itertools.repeat(None) if reference is None else unfolder.rows(reference)
+        for chunk, ref in zip(unfolder.rows(seen), references):
             self.count += chunk.shape[0]
             self.fourth += float(np.sum(np.einsum("ij,ij->i", chunk, chunk) ** 2))
             self.gram += chunk.T @ chunk
             self.total += chunk.sum(axis=0)
-            self.cross += ref.T @ chunk
-            self.reference_total += ref.sum(axis=0)
+            if ref is not None:
+                self.cross += ref.T @ chunk
+                self.reference_total += ref.sum(axis=0)
 
     def result(self) -> LayerStatistics:
         n = float(self.count)

@@ -210,11 +210,11 @@ def with_order(layer: Layer, order: str, *, max_groups: int, channel_multiple: i
         return layer
     if order == POINTWISE_FIRST and not layer.pointwise_first_ok:
         raise ValueError(f"layer '{layer.name}' cannot be factorized pointwise-first")
-    rows, cols = (layer.out_features * layer.kernel, layer.in_channels) if order == POINTWISE_FIRST \
-        else (layer.out_features, layer.cols)
+    ordered = replace(layer, order=order)
+    rows, cols = ordered.matrix_shape
     groups = candidate_groups(layer.in_channels, rows, cols // layer.in_channels, max_groups,
                               channel_multiple=channel_multiple)
-    return replace(layer, order=order, groups=groups)
+    return replace(ordered, groups=groups)
 
 
 def folded_weight(layer: Layer, constants: Mapping[str, onnx.TensorProto], *, patch: bool = False) -> np.ndarray:

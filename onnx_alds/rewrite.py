@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .decompose import GroupedFactors
+from .decompose import GroupedFactors, pointwise_decoder_to_patch
 from .layers import POINTWISE_FIRST, Layer
 from .model_io import opset_version
 
@@ -74,9 +74,8 @@ def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype)
     channels = factors.groups * factors.rank
     enc_weight = gs.Constant(f"{weight.name}.enc", factors.encoder.reshape(
         channels, width, *([1] * len(spatial))).astype(dtype))
-    dec_weight = gs.Constant(f"{weight.name}.dec", np.ascontiguousarray(
-        factors.decoder.reshape(layer.out_features, layer.kernel, channels).transpose(0, 2, 1)
-    ).reshape(layer.out_features, channels, *spatial).astype(dtype))
+    dec_weight = gs.Constant(f"{weight.name}.dec", pointwise_decoder_to_patch(factors.decoder, layer.kernel).reshape(
+        layer.out_features, channels, *spatial).astype(dtype))
     middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
     enc_attrs = {"kernel_shape": [1] * len(spatial), "group": factors.groups}
     dec_attrs = {key: value for key, value in node.attrs.items() if key != "group"}

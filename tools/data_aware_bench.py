@@ -89,15 +89,17 @@ def find_models(names: Optional[list[str]]) -> list[dict]:
     return found
 
 
-def predictions(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
+def outputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
+    """The first graph output for every sample, flattened per sample (``count × k``)."""
     session = make_session(model, "cpu")
     names = [i.name for i in session.get_inputs()]
     count = arrays[names[0]].shape[0]
-    out = []
-    for start in range(0, count, batch):
-        feeds = {n: arrays[n][start:start + batch] for n in names}
-        out.append(session.run(None, feeds)[0])
-    return np.concatenate(out).reshape(count, -1).argmax(axis=1)
+    parts = [session.run(None, {n: arrays[n][s:s + batch] for n in names})[0] for s in range(0, count, batch)]
+    return np.concatenate(parts).reshape(count, -1)
+
+
+def predictions(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
+    return outputs(model, arrays, batch).argmax(axis=1)
 
 
 def run_variant(model: onnx.ModelProto, calibration: InputSet, keep: float, spec: dict) -> tuple:

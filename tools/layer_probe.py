@@ -26,18 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from data_aware_bench import _load_npz, find_models  # noqa: E402
+from data_aware_bench import _load_npz, find_models, outputs  # noqa: E402
 from onnx_alds import analyze, compress  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
-from onnx_alds.runtime import make_session  # noqa: E402
-
-
-def outputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
-    session = make_session(model, "cpu")
-    names = [i.name for i in session.get_inputs()]
-    count = arrays[names[0]].shape[0]
-    parts = [session.run(None, {n: arrays[n][s:s + batch] for n in names})[0] for s in range(0, count, batch)]
-    return np.concatenate(parts).reshape(count, -1)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
