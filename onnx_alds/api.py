@@ -21,8 +21,9 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import decompose
 from .errors import BudgetError, InputDataError, UnsupportedModelError
-from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, constant_tensors, ensure_node_names, find_layers,
-                     folded_weight, iter_total_params, node_macs, with_order)
+from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
+                     folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants, with_order)
+from .checks import InputCheck, check_input_model, check_output_model
 from .model_io import ModelLike, load_model, resolve_input_shapes
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import Rewrite, add_provenance, rewrite_model
@@ -50,6 +51,9 @@ class _Prepared:
     params_total: int
     macs_total: Optional[int]
     notes: list[str]
+    constants: Mapping[str, onnx.TensorProto]  # weights by name, folded Identity/Cast chains included
+    original: onnx.ModelProto  # the model as loaded, before functions were inlined
+    input_check: InputCheck  # what the up-front check found (ONNX Runtime facts for the output check)
 
 
 def _progress(items: Sequence, description: str):
@@ -63,35 +67,87 @@ def _progress(items: Sequence, description: str):
 
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
              max_groups: int, need_macs: bool, channel_multiple: int = 1) -> _Prepared:
-    proto = load_model(model)
+    original = load_model(model)
+    input_check = check_input_model(original)
+    notes: list[str] = list(input_check.notes)
+    proto = _inline_functions(original, notes)
     ensure_node_names(proto)
-    notes: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     try:
-        resolved, notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
+        resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
+        notes += shape_notes
     except UnsupportedModelError:
         if need_macs:
             raise
         resolved = None
         notes.append("input shapes are dynamic: MACs not counted (give --input-shape to count them)")
-    layer_ops = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node
+                 if n.op_type in LAYER_OPS and len(n.input) >= 2]
     if resolved is not None:
-        needed = {name for node in layer_ops for name in (node.output[0], node.input[0])}
+        needed = {name for node in layer_ops for name in list(node.output[:1]) + list(node.input[:2])}
         shapes = tensor_shapes(proto, resolved, needed)
-    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple)
+    constants, folded = weight_constants(proto)
+    if folded:
+        notes.append(f"{len(folded)} weights reach their layer through constant ops, folded for factorization "
+                     f"({', '.join(sorted(set(folded.values())))}; first: '{sorted(folded)[0]}')")
+    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple,
+                         constants=constants)
+    inside = [layer for layer in layers if layer.subgraph]
+    if inside:
+        notes.append(f"{len(inside)} Conv/Gemm/MatMul nodes sit inside If/Loop/Scan subgraphs (first: "
+                     f"'{inside[0].name}' in {inside[0].subgraph}); their MACs count once per node")
     macs_total: Optional[int] = None
     if resolved is not None:
         per_node = [node_macs(node, shapes) for node in layer_ops]
-        unknown = [node.name for node, macs in zip(layer_ops, per_node) if macs is None]
+        unknown = [node for node, macs in zip(layer_ops, per_node) if macs is None]
         if unknown:
-            message = (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: '{unknown[0]}'); "
-                       "install onnxruntime (onnx-alds[cpu]) so one run can measure them, or check --input-shape")
+            message = _unsized_message(proto, unknown)
             if need_macs:
                 raise UnsupportedModelError(message)
             notes.append(message)
         else:
             macs_total = int(sum(per_node))
-    return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes)
+    return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
+                     input_check)
+
+
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
+
+
+def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """The model with its model-local functions inlined (onnx's inliner) when any of them holds a
+    Conv/Gemm/MatMul, so those layers can be found and factorized; else the model itself."""
+    local = {(function.domain, function.name) for function in model.functions}
+    holds_layers = any(node.op_type in LAYER_OPS for function in model.functions for node in function.node)
+    if not local or not holds_layers:
+        return model
+    from onnx import inliner
+
+    try:
+        inlined = inliner.inline_local_functions(model)
+    except Exception as exc:
+        raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
+                                    "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
+    notes.append(f"inlined {len(model.functions)} model-local functions so that their layers can be factorized")
+    return inlined
+
+
+def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto]) -> str:
+    """Why Conv/Gemm/MatMul nodes could not be sized, and what works instead."""
+    custom = [node for _, graph in iter_graphs(model.graph) for node in graph.node if node.domain not in STANDARD_DOMAINS]
+    first = f"'{unknown[0].name}'"
+    if custom:
+        ops = sorted({f"{node.domain}::{node.op_type}" for node in custom})
+        return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): the model uses the custom op "
+                f"{', '.join(ops[:3])} (node '{custom[0].name}'), whose output shapes neither ONNX shape inference "
+                "nor ONNX Runtime knows; use --keep-params instead of --keep-flops")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}); install onnxruntime "
+                "(onnx-alds[cpu]) so one run can measure them, or use --keep-params")
+    return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): neither shape inference nor an "
+            "ONNX Runtime run gives their shapes; check --input-shape, or use --keep-params")
 
 
 def _check_target(keep_params: Optional[float], keep_flops: Optional[float]) -> tuple[str, float]:
@@ -190,6 +246,10 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         layers = [replace(layer, skip_reason=keep_dense[layer.name])
                   if layer.name in keep_dense and layer.compressible else layer for layer in layers]
         prepared = replace(prepared, layers=layers)
+    if calibration is not None:
+        layers = [replace(layer, skip_reason=_uncalibrated_reason(layer)) if layer.compressible
+                  and _uncalibrated_reason(layer) else layer for layer in layers]
+        prepared = replace(prepared, layers=layers)
     if order == POINTWISE_FIRST:
         layers = [with_order(layer, order, max_groups=max_groups if method == "alds" else 1,
                              channel_multiple=rank_multiple) if layer.pointwise_first_ok else layer
@@ -224,7 +284,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         seconds["calibration"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    constants = constant_tensors(proto)
+    constants = prepared.constants
     measure = _measure_for(method, error_measure)
     tables: list[ErrorTable] = []
     for layer in _progress(chosen, "spectra"):
@@ -236,6 +296,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         tables.append(error_table(spectra, rows, cols, groups=layer.groups, measure=measure,
                                   rank_multiple=rank_multiple))
     seconds["spectra"] = time.perf_counter() - tick
+    _check_rank_multiple(chosen, tables, rank_multiple)
     sensitivity_note: Optional[str] = None
     if sensitivity:
         tick = time.perf_counter()
@@ -269,6 +330,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         "onnx_alds.target": f"keep_{target}={keep}",
         "onnx_alds.seed": str(seed),
     })
+    check_output_model(new_model, prepared.original, prepared.input_check)
     seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0)  # reported on its own
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
@@ -285,6 +347,24 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
                          calibration_samples=sample_count(calibration))
     return CompressionResult(new_model, report)
+
+
+def _uncalibrated_reason(layer: Layer) -> Optional[str]:
+    """Why calibration cannot measure this layer's inputs (None when it can)."""
+    if layer.subgraph:
+        return f"inside {layer.subgraph}: calibration cannot read its inputs (compress data-free to factorize it)"
+    if layer.weight_first:
+        return "MatMul with the weight first: data-aware factors are not supported yet (compress data-free)"
+    return None
+
+
+def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], rank_multiple: int) -> None:
+    """Refuse a rank multiple that leaves no layer a rank to use."""
+    if rank_multiple > 1 and not any(len(option.ranks) for table in tables for option in table.options):
+        largest = max(min(layer.matrix_shape) for layer in chosen)
+        raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
+                          f"rank of any factorizable layer is {largest}); use a smaller multiple, e.g. "
+                          f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest // 2))))}")
 
 
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
@@ -349,7 +429,7 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
             rank_fractions: Sequence[float] = (0.25, 0.5, 0.75)) -> AnalysisReport:
     """Every Conv/Gemm/MatMul layer: size, MACs, candidate groups, spectral error at a few ranks."""
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False)
-    constants = constant_tensors(prepared.model)
+    constants = prepared.constants
     rows = []
     compressible = [layer for layer in prepared.layers if layer.compressible]
     tables = []

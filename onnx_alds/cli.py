@@ -100,20 +100,22 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from .api import analyze
-    from .model_io import parse_input_shapes
+    from .model_io import check_output_path, parse_input_shapes
 
+    if args.json:
+        check_output_path(Path(args.json), protect=[args.model])
     report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
                      max_groups=args.max_groups)
-    print(report.format())
-    if args.json:
+    if args.json:  # files first: a closed pipe on stdout must not cost the user the JSON
         report.save_json(args.json)
+    print(report.format())
     return 0
 
 
 def _run_compress(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, load_model, parse_input_shapes, save_model
+    from .model_io import check_output_path, load_model, parse_input_shapes
 
     output = Path(args.output)
     check_output_path(output, protect=[args.model])
@@ -140,17 +142,40 @@ def _run_compress(args: argparse.Namespace) -> int:
         from .validate import validate_from_args
 
         summary = validate_from_args(model, result.model, args, report=result.report)
-    save_model(result.model, output, protect=[args.model])
     text = result.report.format()
+    if summary is not None and not summary.passed:  # no output on error: neither the model nor its report
+        print(text if not args.quiet else text.split("\n\n", 1)[-1])
+        print(summary.text)
+        raise summary.failure
+    _write_together(result, output, args.report, protect=[args.model])
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    print(f"wrote {output}")
-    if args.report:
-        result.report.save_json(args.report)
+    print(f"wrote {output}" + (f" and {args.report}" if args.report else ""))
     if summary is not None:
         print(summary.text)
-        if not summary.passed:
-            raise summary.failure
     return 0
+
+
+def _write_together(result, output: Path, report_path: Optional[str], *, protect: Sequence[str]) -> None:
+    """Write the model and its JSON report both or neither: the report goes to a temporary file in its
+    folder first, the model is saved atomically, then the report is renamed into place."""
+    import os
+    import tempfile
+
+    from .model_io import save_model
+
+    if not report_path:
+        save_model(result.model, output, protect=protect)
+        return
+    target = Path(report_path)
+    handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".json", dir=str(target.parent))
+    os.close(handle)
+    try:
+        result.report.save_json(pending)
+        save_model(result.model, output, protect=protect)
+        os.replace(pending, target)
+    finally:
+        if os.path.exists(pending):
+            os.unlink(pending)
 
 
 def _add_validate(subparsers) -> None:
@@ -192,13 +217,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
     except OnnxAldsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (| head): files are already written; exit quietly
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

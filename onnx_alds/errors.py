@@ -33,3 +33,7 @@ class ValidationFailedError(OnnxAldsError):
 
 class OutputPathError(OnnxAldsError):
     """The output path is unusable (equal to the input, in a missing folder, ...)."""
+
+
+class InternalCheckError(OnnxAldsError):
+    """The tool's own output failed a check it runs before writing: a bug to report, nothing written."""

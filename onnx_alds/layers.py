@@ -18,7 +18,10 @@ from onnx import numpy_helper
 
 from .decompose import candidate_groups, pointwise_matrix
 
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+# ops that only move, reshape or cast a constant: a weight behind a chain of them is a constant too
+FOLDABLE_OPS = ("Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+SUBGRAPH_OPS = ("If", "Loop", "Scan")
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 SPATIAL_FIRST = "spatial-first"  # k×k conv c → g·r, then 1x1 g·r → f (ALDS)
 POINTWISE_FIRST = "pointwise-first"  # 1x1 conv c → g·r, then k×k g·r → f
@@ -45,6 +48,9 @@ class Layer:
     stored_transposed: bool = False  # weight stored as (c, f): MatMul, and Gemm with transB = 0
     pointwise_first_ok: bool = False  # a k×k Conv with stride 1 and output size = input size
     order: str = SPATIAL_FIRST
+    weight_first: bool = False  # MatMul(W, x): y = W @ x, the weight is the first input
+    weight_type: int = onnx.TensorProto.FLOAT  # element type of the (folded) weight tensor
+    subgraph: Optional[str] = None  # where a node inside If/Loop/Scan sits ("If_0/then_branch"), else None
 
     @property
     def cols(self) -> int:
@@ -66,24 +72,108 @@ class Layer:
         return self.skip_reason is None
 
 
+def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graph and every subgraph nested in its nodes (If/Loop/Scan bodies), with their paths
+    (``""`` for the main graph, ``"If_0/then_branch"`` for a branch), parents before children."""
+    yield path, graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for sub in subgraphs:
+                where = f"{node.name or node.op_type}/{attribute.name}"
+                yield from iter_graphs(sub, f"{path}/{where}" if path else where)
+
+
 def ensure_node_names(model: onnx.ModelProto) -> None:
-    """Give every node of the main graph a unique name (``<op>_<index>``), in place."""
+    """Give every node of the model, subgraphs included, a unique name (``<op>_<index>``), in place."""
     seen: Counter = Counter()
-    for index, node in enumerate(model.graph.node):
-        name = node.name or f"{node.op_type}_{index}"
-        while seen[name]:
-            name = f"{name}_{seen[name]}"
-        seen[name] += 1
-        node.name = name
+    index = 0
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            name = node.name or f"{node.op_type}_{index}"
+            while seen[name]:
+                name = f"{name}_{seen[name]}"
+            seen[name] += 1
+            node.name = name
+            index += 1
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers and outputs of ``Constant`` nodes holding a tensor, by name."""
-    tensors = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            tensors[node.output[0]] = node.attribute[0].t
+    """Initializers and outputs of ``Constant`` nodes holding a tensor, by name (subgraphs included)."""
+    tensors: dict[str, onnx.TensorProto] = {}
+    for _, graph in iter_graphs(model.graph):
+        for init in graph.initializer:
+            tensors.setdefault(init.name, init)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                tensors.setdefault(node.output[0], node.attribute[0].t)
     return tensors
+
+
+def weight_constants(model: onnx.ModelProto) -> tuple[dict[str, onnx.TensorProto], dict[str, str]]:
+    """:func:`constant_tensors` plus the weights of Conv/Gemm/MatMul nodes that reach them through a
+    chain of :data:`FOLDABLE_OPS` on constants (``Identity`` as PyTorch shares constants, ``Cast``,
+    ``Transpose``, ``Reshape`` ...), evaluated once by onnx's reference evaluator.
+
+    Returns the tensors by name and, for each folded weight, the op types of its chain ("Identity").
+    Nothing in the model changes: the factorized pair gets new initializers, a dense layer keeps its chain.
+    """
+    tensors = constant_tensors(model)
+    producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
+                 for output in node.output if output}
+    folded: dict[str, str] = {}
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type not in LAYER_OPS or len(node.input) < 2:
+                continue
+            for slot in (1, 0) if node.op_type == "MatMul" else (1,):
+                name = node.input[slot]
+                if name in tensors or name not in producers:
+                    continue
+                chain = _constant_chain(name, producers, tensors)
+                if chain:
+                    value = _evaluate_chain(model, chain, tensors, name)
+                    if value is not None:
+                        tensors[name] = value
+                        folded[name] = " → ".join(n.op_type for n in chain)
+    return tensors, folded
+
+
+def _constant_chain(name: str, producers: Mapping[str, onnx.NodeProto],
+                    tensors: Mapping[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """The foldable nodes (first to last) that compute ``name`` from constants only, or []."""
+    chain: list[onnx.NodeProto] = []
+    pending = [name]
+    while pending:
+        tensor = pending.pop()
+        if tensor in tensors or not tensor:
+            continue
+        node = producers.get(tensor)
+        if node is None or node.op_type not in FOLDABLE_OPS or len(chain) > 16:
+            return []
+        chain.append(node)
+        pending.extend(node.input)
+    return chain[::-1]
+
+
+def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
+                    tensors: Mapping[str, onnx.TensorProto], name: str) -> Optional[onnx.TensorProto]:
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = {i for node in chain for i in node.input if i and i in tensors}
+    inits = []
+    for i in sorted(inputs):
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(tensors[i])
+        tensor.name = i
+        inits.append(tensor)
+    graph = onnx.helper.make_graph(list(chain), "fold", [], [onnx.helper.make_empty_tensor_value_info(name)], inits)
+    probe = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
+    try:
+        value = ReferenceEvaluator(probe).run(None, {})[0]
+    except Exception:  # the chain is not evaluable (bad attributes ...): the weight stays non-constant
+        return None
+    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def _use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
@@ -108,7 +198,7 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
     """Multiply-accumulates of any Conv/Gemm/MatMul node, from its tensor shapes (None if unknown)."""
     if node.op_type == "Conv":
         weight, output = shapes.get(node.input[1]), shapes.get(node.output[0])
-        if weight is None or output is None:
+        if weight is None or output is None or len(output) < 2:
             return None
         return int(np.prod(weight)) * output[0] * int(np.prod(output[2:]))
     if node.op_type in ("Gemm", "MatMul"):
@@ -116,42 +206,84 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
         if left is None or output is None or not left:
             return None
         inner = left[0] if node.op_type == "Gemm" and _attr(node, "transA", 0) else left[-1]
+        if node.op_type == "MatMul" and len(left) == 1:  # a vector on the left: its length is the inner dim
+            inner = left[0]
         return int(np.prod(output)) * int(inner)
     return None
 
 
-def _positions(op: str, output_shape: Optional[tuple[int, ...]]) -> Optional[int]:
+def _positions(op: str, output_shape: Optional[tuple[int, ...]], out_features: int = 0, *,
+               weight_first: bool = False) -> Optional[int]:
+    """How many output vectors of length ``f`` one run computes."""
     if output_shape is None:
         return None
     if op == "Conv":
-        return int(output_shape[0] * np.prod(output_shape[2:]))
+        return int(output_shape[0] * np.prod(output_shape[2:])) if len(output_shape) >= 2 else None
+    if weight_first:  # y = W @ x: (..., f, n), one vector per column
+        return int(np.prod(output_shape)) // out_features if out_features else 0
     return int(np.prod(output_shape[:-1])) if len(output_shape) > 1 else 1
 
 
 def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
-                exclude: Sequence[str] = (), max_groups: int = 16, channel_multiple: int = 1) -> list[Layer]:
-    """Every Conv/Gemm/MatMul node of the main graph with its weight, in graph order.
+                exclude: Sequence[str] = (), max_groups: int = 16, channel_multiple: int = 1,
+                constants: Optional[Mapping[str, onnx.TensorProto]] = None) -> list[Layer]:
+    """Every Conv/Gemm/MatMul node of the model with its weight, in graph order; nodes inside
+    If/Loop/Scan subgraphs follow the main graph's, with their ``subgraph`` path.
 
     ``exclude`` holds glob patterns matched against node and weight names; ``channel_multiple``
-    restricts the candidate group counts (see :func:`onnx_alds.decompose.candidate_groups`).
+    restricts the candidate group counts (see :func:`onnx_alds.decompose.candidate_groups`);
+    ``constants`` (default :func:`weight_constants`) maps weight names to their tensors.
     """
-    constants = constant_tensors(model)
+    if constants is None:
+        constants = weight_constants(model)[0]
     uses: Counter = Counter()
     _use_counts(model.graph, uses)
+    trained: set[str] = set()  # weights that on-device training (training_info) reads or updates
+    for info in model.training_info:
+        trained.update(binding.key for binding in info.update_binding)
+        trained.update(name for _, graph in iter_graphs(info.algorithm) for node in graph.node for name in node.input)
+    producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node for output in node.output}
+    # IR >= 4: an initializer also listed in graph.input is a default that callers may override
+    overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
+                   if model.ir_version >= 4 else set())
     layers = []
-    for node in model.graph.node:
-        if node.op_type not in LAYER_OPS or len(node.input) < 2:
-            continue
-        layer = _describe(node, constants, uses, shapes, exclude, max_groups, channel_multiple)
-        if layer is not None:
-            layers.append(layer)
+    for path, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type not in LAYER_OPS or len(node.input) < 2:
+                continue
+            layer = _describe(node, constants, uses, shapes, exclude, max_groups, channel_multiple, producers)
+            if layer is None:
+                continue
+            if layer.compressible and layer.weight in overridable:
+                layer = replace(layer, skip_reason="weight is also a graph input (callers may override it)")
+            if layer.compressible and layer.weight in trained:
+                layer = replace(layer, skip_reason="weight is trained on device (the model's training_info uses it)")
+            layers.append(replace(layer, subgraph=path or None))
     return layers
+
+
+def _weight_slot(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto],
+                 shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """1, or 0 for a MatMul whose constant is its first input (``y = W @ x``)."""
+    if node.op_type == "MatMul" and node.input[1] not in constants and node.input[0] in constants:
+        return 0
+    return 1
+
+
+def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto]) -> str:
+    node = producers.get(name)
+    if node is None:
+        return "weight is a graph input, not a constant"
+    if node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
+        return f"quantized weight ({node.op_type}): factorizing would undo the quantization"
+    return f"weight is not a constant (computed at run time by a {node.op_type} node)"
 
 
 def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], uses: Counter,
               shapes: Mapping[str, tuple[int, ...]], exclude: Sequence[str], max_groups: int,
-              channel_multiple: int) -> Optional[Layer]:
-    weight_name = node.input[1]
+              channel_multiple: int, producers: Mapping[str, onnx.NodeProto]) -> Optional[Layer]:
+    slot = _weight_slot(node, constants, shapes)
+    weight_name, input_name = node.input[slot], node.input[1 - slot]
     tensor = constants.get(weight_name)
     shape = tuple(int(d) for d in tensor.dims) if tensor is not None else tuple(shapes.get(weight_name, ()))
     reason: Optional[str] = None
@@ -167,25 +299,29 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         if len(shape) == 2:
             f, c = (shape[0], shape[1]) if _attr(node, "transB", 0) else (shape[1], shape[0])
         kernel = 1
-    else:  # MatMul: y = x @ B with B of shape (c, f)
+    else:  # MatMul: y = x @ B with B of shape (c, f); weight first: y = W @ x with W of shape (f, c)
         if tensor is not None and len(shape) != 2:
             reason = f"weight is not a 2-D matrix (shape {shape})"
         elif len(shape) == 2:
-            c, f = shape
+            f, c = shape if slot == 0 else shape[::-1]
         kernel = 1
     if tensor is None:
         if node.op_type == "MatMul" and weight_name not in shapes:
             return None  # a product of two activations (attention): not a weight layer
-        reason = reason or "weight is not a constant (computed at run time)"
+        reason = reason or _producer_reason(weight_name, producers)
+    elif reason is None and 0 in shape:
+        reason = f"empty weight (shape {'x'.join(map(str, shape))}): nothing to factorize"
     elif reason is None and tensor.data_type not in FLOAT_TYPES:
         reason = f"weight type {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float"
     elif reason is None and uses[weight_name] > 1:
         reason = f"weight is shared by {uses[weight_name]} uses"
+    elif reason is None and not np.all(np.isfinite(numpy_helper.to_array(tensor).astype(np.float64))):
+        reason = "weight holds NaN or Inf values"
     if reason is None and any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p)
                               for p in exclude):
         reason = "excluded by the user (--exclude)"
     groups: tuple[int, ...] = ()
-    in_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+    in_shape, out_shape = shapes.get(input_name), shapes.get(node.output[0])
     pointwise_ok = (node.op_type == "Conv" and kernel > 1 and reason is None
                     and all(s == 1 for s in _attr(node, "strides", [1]))
                     and in_shape is not None and out_shape is not None and len(in_shape) == len(out_shape)
@@ -196,11 +332,13 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         if not groups:
             reason = f"factorization would not shrink it ({f}x{c * kernel} weight)"
     return Layer(
-        name=node.name, op=node.op_type, input=node.input[0], output=node.output[0], weight=weight_name,
+        name=node.name, op=node.op_type, input=input_name, output=node.output[0], weight=weight_name,
         weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=f * c * kernel,
-        positions=_positions(node.op_type, shapes.get(node.output[0])), groups=groups, skip_reason=reason,
-        stored_transposed=node.op_type == "MatMul" or (node.op_type == "Gemm" and not _attr(node, "transB", 0)),
-        pointwise_first_ok=pointwise_ok,
+        positions=_positions(node.op_type, shapes.get(node.output[0]), f, weight_first=slot == 0),
+        groups=groups, skip_reason=reason, pointwise_first_ok=pointwise_ok, weight_first=slot == 0,
+        weight_type=tensor.data_type if tensor is not None else onnx.TensorProto.FLOAT,
+        stored_transposed=(node.op_type == "MatMul" and slot == 1)
+        or (node.op_type == "Gemm" and not _attr(node, "transB", 0)),
     )
 
 

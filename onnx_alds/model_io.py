@@ -43,18 +43,42 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder, not an ONNX model file; pass the .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, OSError ...
         raise ModelLoadError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}); "
             "the file is truncated or not ONNX: export it again"
         ) from None
+    _load_external_data(proto, path)
     if len(proto.graph.node) == 0 or not proto.opset_import:
         raise ModelLoadError(
             f"'{path}' holds no ONNX graph (no nodes or no opset); "
             "the file is truncated or not ONNX: export it again"
         )
     return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read the tensors stored beside the model, naming a missing or short data file."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    base = path.parent
+    external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
+    for tensor in external:
+        info = ExternalDataInfo(tensor)
+        location = base / info.location
+        if not location.is_file():
+            raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
+                                 f"(tensor '{tensor.name}'); put it next to the model in '{base}'")
+        if info.length and location.stat().st_size < (info.offset or 0) + info.length:
+            raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is shorter than the "
+                                 f"model says (tensor '{tensor.name}'); copy the complete file next to the model")
+    if external:
+        try:
+            onnx.load_external_data_for_model(proto, str(base))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the external data of '{path.name}' ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check the data files") from None
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -110,6 +134,15 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
         raise OutputPathError(f"output path '{target}' is a folder; give a file name such as model.small.onnx")
     if not target.parent.exists():
         raise OutputPathError(f"output folder '{target.parent}' does not exist; create it first")
+    try:  # a read-only file system or folder: say so now, not after the whole compression
+        handle, probe = tempfile.mkstemp(prefix=".onnx-alds-probe-", dir=str(target.parent))
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write to the output folder '{target.parent}' ({exc.strerror or exc}); "
+                              "choose a writable -o path") from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputPathError(f"output file '{target}' is not writable; choose another path or remove it")
 
 
 @dataclass(frozen=True)

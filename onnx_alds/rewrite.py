@@ -7,22 +7,28 @@
 - Gemm → two Gemms: the first keeps ``transA`` and ``alpha``, the second adds ``beta·C``.
 - MatMul → two MatMuls (activations of any rank).
 
+- MatMul with the weight first (``y = W @ x``) → ``MatMul(dec, MatMul(enc, x))``.
+
 New weights are named after the old one (``conv3.weight.enc`` / ``.dec``), the tensor between the
-pair after the node's output (``<output>.enc``). The node's output keeps its name, so graph outputs
-and consumers are untouched. Model-level fields that onnx-graphsurgeon does not carry are restored.
+pair after the node's output (``<output>.enc``); a name the model already uses anywhere (a model
+compressed before) gets a numeric suffix (``.enc.1``), so every name stays unique. The node's output
+keeps its name, so graph outputs and consumers are untouched. Nodes inside If/Loop/Scan subgraphs are
+rewritten in their own subgraph. Model-level fields that onnx-graphsurgeon does not carry (graph
+inputs and outputs as declared, ``training_info``, functions, metadata ...) are restored, and for IR
+version 3 every initializer is listed as a graph input, as that version requires.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .decompose import GroupedFactors, pointwise_decoder_to_patch
-from .layers import POINTWISE_FIRST, Layer
+from .layers import POINTWISE_FIRST, Layer, iter_graphs
 from .model_io import opset_version
 
 
@@ -36,100 +42,136 @@ class Rewrite:
     bias_shift: Optional[np.ndarray] = None
 
 
-def _weight_dtype(tensor: gs.Tensor) -> np.dtype:
-    if isinstance(tensor, gs.Constant):
-        return np.dtype(tensor.values.dtype)
-    producer = tensor.inputs[0] if tensor.inputs else None
-    if producer is not None and producer.op == "Constant":
-        return np.dtype(producer.attrs["value"].values.dtype)
-    raise ValueError(f"weight '{tensor.name}' is not a constant")
+class Names:
+    """Every name a model uses (nodes, tensors, initializers, in every graph and function), and
+    fresh ones that collide with none of them: ``base``, else ``base.1``, ``base.2`` ..."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.taken: set[str] = set()
+        graphs = [graph for _, graph in iter_graphs(model.graph)]
+        for info in model.training_info:
+            graphs += [graph for _, graph in iter_graphs(info.initialization)]
+            graphs += [graph for _, graph in iter_graphs(info.algorithm)]
+        for graph in graphs:
+            self.taken.update(value.name for value in list(graph.input) + list(graph.output) + list(graph.value_info))
+            self.taken.update(init.name for init in graph.initializer)
+            for node in graph.node:
+                self.taken.add(node.name)
+                self.taken.update(node.input)
+                self.taken.update(node.output)
+        for function in model.functions:
+            self.taken.add(function.name)
+            for node in function.node:
+                self.taken.add(node.name)
+                self.taken.update(node.output)
+
+    def fresh(self, base: str) -> str:
+        name, suffix = base, 0
+        while name in self.taken:
+            suffix += 1
+            name = f"{base}.{suffix}"
+        self.taken.add(name)
+        return name
 
 
-def _conv_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.Node]:
+def _weight_dtype(layer: Layer) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(layer.weight_type))
+
+
+def _conv_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -> list[gs.Node]:
     layer, factors = rewrite.layer, rewrite.factors
-    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    x, y = node.inputs[0], node.outputs[0]
     spatial = layer.weight_shape[2:]
     width = layer.in_channels // factors.groups
-    enc_weight = gs.Constant(f"{weight.name}.enc", factors.encoder.reshape(
+    enc_weight = gs.Constant(names.fresh(f"{layer.weight}.enc"), factors.encoder.reshape(
         factors.groups * factors.rank, width, *spatial).astype(dtype))
-    dec_weight = gs.Constant(f"{weight.name}.dec", factors.decoder.reshape(
+    dec_weight = gs.Constant(names.fresh(f"{layer.weight}.dec"), factors.decoder.reshape(
         layer.out_features, factors.groups * factors.rank, *([1] * len(spatial))).astype(dtype))
-    middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
     enc_attrs = dict(node.attrs)
     enc_attrs["group"] = factors.groups
     if "kernel_shape" in enc_attrs:
         enc_attrs["kernel_shape"] = list(spatial)
     dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
     return [
-        gs.Node("Conv", f"{node.name}.enc", enc_attrs, [x, enc_weight], [middle]),
-        gs.Node("Conv", f"{node.name}.dec", {"kernel_shape": [1] * len(spatial)}, dec_inputs, [y]),
+        gs.Node("Conv", names.fresh(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
+        gs.Node("Conv", names.fresh(f"{node.name}.dec"), {"kernel_shape": [1] * len(spatial)}, dec_inputs, [y]),
     ]
 
 
-def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.Node]:
+def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -> list[gs.Node]:
     layer, factors = rewrite.layer, rewrite.factors
-    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    x, y = node.inputs[0], node.outputs[0]
     spatial = layer.weight_shape[2:]
     width = layer.in_channels // factors.groups
     channels = factors.groups * factors.rank
-    enc_weight = gs.Constant(f"{weight.name}.enc", factors.encoder.reshape(
+    enc_weight = gs.Constant(names.fresh(f"{layer.weight}.enc"), factors.encoder.reshape(
         channels, width, *([1] * len(spatial))).astype(dtype))
-    dec_weight = gs.Constant(f"{weight.name}.dec", pointwise_decoder_to_patch(factors.decoder, layer.kernel).reshape(
-        layer.out_features, channels, *spatial).astype(dtype))
-    middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
+    dec_weight = gs.Constant(names.fresh(f"{layer.weight}.dec"), pointwise_decoder_to_patch(
+        factors.decoder, layer.kernel).reshape(layer.out_features, channels, *spatial).astype(dtype))
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
     enc_attrs = {"kernel_shape": [1] * len(spatial), "group": factors.groups}
     dec_attrs = {key: value for key, value in node.attrs.items() if key != "group"}
     dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
     return [
-        gs.Node("Conv", f"{node.name}.enc", enc_attrs, [x, enc_weight], [middle]),
-        gs.Node("Conv", f"{node.name}.dec", dec_attrs, dec_inputs, [y]),
+        gs.Node("Conv", names.fresh(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
+        gs.Node("Conv", names.fresh(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
     ]
 
 
-def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int) -> list[gs.Node]:
-    factors = rewrite.factors
-    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
+def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int, names: Names) -> list[gs.Node]:
+    factors, weight_name = rewrite.factors, rewrite.layer.weight
+    x, y = node.inputs[0], node.outputs[0]
     trans_b = int(node.attrs.get("transB", 0))
     # W ≈ D·E with E: (r, c), D: (f, r); Gemm uses B' = Wᵀ, stored transposed unless transB.
     enc = factors.encoder if trans_b else factors.encoder.T
     dec = factors.decoder if trans_b else factors.decoder.T
-    enc_weight = gs.Constant(f"{weight.name}.enc", np.ascontiguousarray(enc).astype(dtype))
-    dec_weight = gs.Constant(f"{weight.name}.dec", np.ascontiguousarray(dec).astype(dtype))
-    middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
+    enc_weight = gs.Constant(names.fresh(f"{weight_name}.enc"), np.ascontiguousarray(enc).astype(dtype))
+    dec_weight = gs.Constant(names.fresh(f"{weight_name}.dec"), np.ascontiguousarray(dec).astype(dtype))
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
     enc_inputs: list = [x, enc_weight]
     dec_inputs: list = [middle, dec_weight]
     if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
         dec_inputs.append(node.inputs[2])
     elif opset < 11:  # C is required before opset 11
-        dec_inputs.append(gs.Constant(f"{weight.name}.dec.zero_bias", np.zeros(factors.decoder.shape[0], dtype)))
+        dec_inputs.append(gs.Constant(names.fresh(f"{weight_name}.dec.zero_bias"),
+                                      np.zeros(factors.decoder.shape[0], dtype)))
     if opset < 11:
-        enc_inputs.append(gs.Constant(f"{weight.name}.enc.zero_bias", np.zeros(factors.rank, dtype)))
+        enc_inputs.append(gs.Constant(names.fresh(f"{weight_name}.enc.zero_bias"), np.zeros(factors.rank, dtype)))
     enc_attrs = {"transA": int(node.attrs.get("transA", 0)), "transB": trans_b,
                  "alpha": float(node.attrs.get("alpha", 1.0))}
     dec_attrs = {"transB": trans_b, "beta": float(node.attrs.get("beta", 1.0))}
+    if opset < 7:  # before opset 7 a 1-D C broadcasts only when asked to
+        enc_attrs["broadcast"] = dec_attrs["broadcast"] = 1
     return [
-        gs.Node("Gemm", f"{node.name}.enc", enc_attrs, enc_inputs, [middle]),
-        gs.Node("Gemm", f"{node.name}.dec", dec_attrs, dec_inputs, [y]),
+        gs.Node("Gemm", names.fresh(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]),
+        gs.Node("Gemm", names.fresh(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
     ]
 
 
-def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype) -> list[gs.Node]:
-    factors = rewrite.factors
-    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    enc_weight = gs.Constant(f"{weight.name}.enc", np.ascontiguousarray(factors.encoder.T).astype(dtype))
-    dec_weight = gs.Constant(f"{weight.name}.dec", np.ascontiguousarray(factors.decoder.T).astype(dtype))
-    middle = gs.Variable(f"{y.name}.enc", dtype=y.dtype)
-    return [
-        gs.Node("MatMul", f"{node.name}.enc", {}, [x, enc_weight], [middle]),
-        gs.Node("MatMul", f"{node.name}.dec", {}, [middle, dec_weight], [y]),
-    ]
+def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -> list[gs.Node]:
+    layer, factors = rewrite.layer, rewrite.factors
+    y = node.outputs[0]
+    x = node.inputs[1] if layer.weight_first else node.inputs[0]
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
+    enc_name, dec_name = names.fresh(f"{layer.weight}.enc"), names.fresh(f"{layer.weight}.dec")
+    enc_node, dec_node = names.fresh(f"{node.name}.enc"), names.fresh(f"{node.name}.dec")
+    if layer.weight_first:  # y = W @ x ≈ D @ (E @ x)
+        enc_weight = gs.Constant(enc_name, np.ascontiguousarray(factors.encoder).astype(dtype))
+        dec_weight = gs.Constant(dec_name, np.ascontiguousarray(factors.decoder).astype(dtype))
+        return [gs.Node("MatMul", enc_node, {}, [enc_weight, x], [middle]),
+                gs.Node("MatMul", dec_node, {}, [dec_weight, middle], [y])]
+    enc_weight = gs.Constant(enc_name, np.ascontiguousarray(factors.encoder.T).astype(dtype))
+    dec_weight = gs.Constant(dec_name, np.ascontiguousarray(factors.decoder.T).astype(dtype))
+    return [gs.Node("MatMul", enc_node, {}, [x, enc_weight], [middle]),
+            gs.Node("MatMul", dec_node, {}, [middle, dec_weight], [y])]
 
 
-def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype) -> list[gs.Node]:
+def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype, names: Names) -> list[gs.Node]:
     """Add ``shift`` to the decoder's output: into its constant bias (Conv) or ``C`` (Gemm, as
     ``shift/beta``), else through an ``Add`` node, which is returned."""
     layer = rewrite.layer
-    name = f"{layer.weight}.dec.bias"
+    name = names.fresh(f"{layer.weight}.dec.bias")
     bias = dec.inputs[2] if len(dec.inputs) > 2 else None
     scale = 1.0
     if layer.op == "Gemm":
@@ -144,11 +186,23 @@ def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.d
             dec.inputs[2] = constant
         return []
     y = dec.outputs[0]
-    middle = gs.Variable(f"{y.name}.nobias", dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.nobias"), dtype=y.dtype)
     dec.outputs[0] = middle
     spatial = len(layer.weight_shape) - 2 if layer.op == "Conv" else 0
-    constant = gs.Constant(name, shift.reshape(-1, *([1] * spatial)).astype(dtype))
-    return [gs.Node("Add", f"{layer.name}.bias", {}, [middle, constant], [y])]
+    trailing = 1 if layer.weight_first else 0  # y = W @ x: one row per output feature
+    constant = gs.Constant(name, shift.reshape(-1, *([1] * (spatial + trailing))).astype(dtype))
+    return [gs.Node("Add", names.fresh(f"{layer.name}.bias"), {}, [middle, constant], [y])]
+
+
+def _all_nodes(graph: gs.Graph) -> Iterator[tuple[gs.Node, gs.Graph]]:
+    """Every node of ``graph`` and of the subgraphs in its nodes' attributes, with its own graph."""
+    for node in graph.nodes:
+        yield node, graph
+        for value in node.attrs.values():
+            subgraphs = [value] if isinstance(value, gs.Graph) else (
+                [v for v in value if isinstance(v, gs.Graph)] if isinstance(value, list) else [])
+            for sub in subgraphs:
+                yield from _all_nodes(sub)
 
 
 def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.ModelProto:
@@ -158,25 +212,26 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.M
         copy.CopyFrom(model)
         return copy
     opset = opset_version(model)
+    names = Names(model)
     graph = gs.import_onnx(model)
-    nodes = {node.name: node for node in graph.nodes}
+    nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
     for rewrite in rewrites:
-        node = nodes[rewrite.layer.name]
-        dtype = _weight_dtype(node.inputs[1])
+        node, owner = nodes[rewrite.layer.name]
+        dtype = _weight_dtype(rewrite.layer)
         if node.op == "Conv" and rewrite.layer.order == POINTWISE_FIRST:
-            pair = _conv_pointwise_first_pair(node, rewrite, dtype)
+            pair = _conv_pointwise_first_pair(node, rewrite, dtype, names)
         elif node.op == "Conv":
-            pair = _conv_pair(node, rewrite, dtype)
+            pair = _conv_pair(node, rewrite, dtype, names)
         elif node.op == "Gemm":
-            pair = _gemm_pair(node, rewrite, dtype, opset)
+            pair = _gemm_pair(node, rewrite, dtype, opset, names)
         else:
-            pair = _matmul_pair(node, rewrite, dtype)
+            pair = _matmul_pair(node, rewrite, dtype, names)
         if rewrite.bias_shift is not None:
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
-            pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype)
+            pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype, names)
         node.inputs.clear()
         node.outputs.clear()
-        graph.nodes.extend(pair)
+        owner.nodes.extend(pair)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     new = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(new, model)
@@ -184,21 +239,41 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.M
 
 
 def _restore_model_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Carry over what onnx-graphsurgeon's export drops or changes."""
-    new.ir_version = original.ir_version
-    del new.opset_import[:]
-    new.opset_import.extend(original.opset_import)
-    new.producer_name = original.producer_name
-    new.producer_version = original.producer_version
-    new.domain = original.domain
-    new.model_version = original.model_version
-    new.doc_string = original.doc_string
+    """Carry over what onnx-graphsurgeon's export drops or changes: every model field, and the
+    graph's declared inputs and outputs exactly as they were (IR 3: initializers listed as inputs)."""
+    for field in original.DESCRIPTOR.fields:  # every model-level field but the graph (no copy of weights)
+        if field.name == "graph":
+            continue
+        new.ClearField(field.name)
+        if field.is_repeated:
+            getattr(new, field.name).extend(getattr(original, field.name))
+        elif field.message_type is not None:
+            if original.HasField(field.name):
+                getattr(new, field.name).CopyFrom(getattr(original, field.name))
+        else:
+            setattr(new, field.name, getattr(original, field.name))
     new.graph.name = original.graph.name
     new.graph.doc_string = original.graph.doc_string
-    del new.metadata_props[:]
-    new.metadata_props.extend(original.metadata_props)
-    if not new.functions and original.functions:
-        new.functions.extend(original.functions)
+    new.graph.ClearField("sparse_initializer")
+    new.graph.sparse_initializer.extend(original.graph.sparse_initializer)
+    new.graph.ClearField("quantization_annotation")
+    new.graph.quantization_annotation.extend(original.graph.quantization_annotation)
+    if hasattr(original.graph, "metadata_props"):
+        new.graph.ClearField("metadata_props")
+        new.graph.metadata_props.extend(original.graph.metadata_props)
+    initializers = {init.name: init for init in new.graph.initializer}
+    old_initializers = {init.name for init in original.graph.initializer}
+    inputs = [value for value in original.graph.input
+              if value.name not in old_initializers or value.name in initializers]
+    if original.ir_version < 4:  # IR 3 requires every initializer to be a graph input
+        listed = {value.name for value in inputs}
+        for name, init in initializers.items():
+            if name not in listed:
+                inputs.append(onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    new.graph.ClearField("input")
+    new.graph.input.extend(inputs)
+    new.graph.ClearField("output")
+    new.graph.output.extend(original.graph.output)
 
 
 def add_provenance(model: onnx.ModelProto, entries: dict[str, str]) -> None:

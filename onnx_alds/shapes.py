@@ -76,10 +76,14 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
     except Exception as exc:  # inference fails on some custom ops; ONNX Runtime may still run them
         log.info("shape inference failed (%s); using ONNX Runtime for shapes", exc)
         inferred = stubbed
-    graph = inferred.graph
-    shapes = _known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output))
-    for init in graph.initializer:
-        shapes[init.name] = tuple(int(d) for d in init.dims)
+    from .layers import iter_graphs
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for _, graph in iter_graphs(inferred.graph):  # subgraphs (If/Loop/Scan bodies) have their own value_info
+        for name, shape in _known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output)).items():
+            shapes.setdefault(name, shape)
+        for init in graph.initializer:
+            shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     missing = sorted(set(needed) - set(shapes))
     if missing:
         shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing))
