@@ -273,11 +273,13 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
     moments: dict[str, np.ndarray] = {}
     stats: dict = {}
+    calibration_notes: list[str] = []  # fixed batch, samples left out, sampling, layers left data-free
     if calibration is not None:
         from .calibrate import collect_statistics
 
         tick = time.perf_counter()
-        stats = collect_statistics(proto, chosen, calibration, batch_size=calibration_batch_size)
+        stats = collect_statistics(proto, chosen, calibration, batch_size=calibration_batch_size,
+                                   notes=calibration_notes)
         if shrinkage:
             stats = {name: value.shrunk() for name, value in stats.items()}
         moments = {name: value.second_moment for name, value in stats.items()}
@@ -313,7 +315,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
-    extra_notes: list[str] = []
+    extra_notes: list[str] = list(calibration_notes)
     if calibration is None:
         rewrites = [Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank))
                     for layer, choice in plan]
@@ -380,10 +382,20 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
     budget = keep * total - fixed
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
+        skipped = [layer for layer in prepared.layers if not layer.compressible]
+        if target == "params":
+            held = sum(layer.params for layer in skipped)
+        else:
+            held = sum(layer.macs or 0 for layer in skipped)
+        why = ""
+        if skipped and held:
+            reasons = sorted({layer.skip_reason for layer in skipped})
+            why = (f"; {len(skipped)} layers left dense hold {held / total:.0%} of them ({'; '.join(reasons[:2])}"
+                   f"{'; ...' if len(reasons) > 2 else ''})")
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
-            f"{(fixed + cheapest) / total:.4f} "
-            "(every factorizable layer at its lowest rank); ask for at least that"
+            f"{(fixed + cheapest) / total:.4f} (every factorizable layer at its lowest rank{why}); "
+            "ask for at least that"
         )
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget)

@@ -49,6 +49,11 @@ def check_input_model(model: onnx.ModelProto) -> InputCheck:
     """Refuse a model that is not valid ONNX, with one line naming what is wrong (raises
     :class:`ModelLoadError` / :class:`UnsupportedModelError`); return notes and runtime facts."""
     result = InputCheck()
+    _check_text_fields(model)
+    default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if len(default_domain) > 1:
+        raise ModelLoadError(f"the model imports the ai.onnx opset {len(default_domain)} times "
+                             f"({', '.join(map(str, default_domain))}); keep one entry and export it again")
     opset = opset_version(model)
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
@@ -85,15 +90,53 @@ def check_input_model(model: onnx.ModelProto) -> InputCheck:
     except ImportError:
         return result
     except Exception as exc:
-        if "not installed" in str(exc):
+        message = _first_line(exc)
+        if "not installed" in message:
             return result
-        result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({_first_line(exc)[:160]}); the "
-                            "output is checked by onnx.checker only")
-        return result
+        custom = sorted({node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx", "ai.onnx.ml")})
+        if "NOT_IMPLEMENTED" in message or "NotImplemented" in message or custom:
+            result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
+                                "checked by onnx.checker only")
+            return result
+        raise ModelLoadError(f"ONNX Runtime refuses the model ({message.split(': ', 1)[-1][:200]}); fix the model "
+                             "or export it again") from None
     result.runtime_loads = True
     if size <= _RUN_LIMIT:
-        result.runtime_outputs = _probe_run(session, model)
+        result.runtime_outputs = _probe_run(session, model, refuse=_only_batch_dynamic(model))
     return result
+
+
+def _only_batch_dynamic(model: onnx.ModelProto) -> bool:
+    """True when every dynamic input dim is a first (batch) dim: then the probe inputs are real shapes."""
+    return all(all(isinstance(d, int) for d in spec.dims[1:]) for spec in graph_inputs(model))
+
+
+def _check_text_fields(model: onnx.ModelProto) -> None:
+    """Refuse names that are not UTF-8 (protobuf hands them over as bytes, or raises, when read) and
+    sparse tensor attributes (not carried through the rewrite)."""
+    from .layers import iter_graphs
+
+    def text(*values) -> None:
+        if any(isinstance(value, bytes) for value in values):
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not UTF-8")
+
+    try:
+        for _, graph in iter_graphs(model.graph):
+            for node in graph.node:
+                text(node.name, node.op_type, node.domain, *node.input, *node.output)
+                for attribute in node.attribute:
+                    text(attribute.name)
+                    if attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+                        raise UnsupportedModelError(
+                            f"node '{node.name}' holds a sparse tensor attribute, which onnx-alds cannot carry "
+                            "through its rewrite yet; make it dense first")
+            for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
+                text(value.name)
+        for entry in model.metadata_props:
+            text(entry.key, entry.value)
+    except UnicodeDecodeError:
+        raise ModelLoadError("the model holds names that are not valid UTF-8 (the file is corrupt); "
+                             "export it again") from None
 
 
 def _probe_feeds(model: onnx.ModelProto) -> Optional[dict[str, np.ndarray]]:
@@ -115,14 +158,27 @@ def _probe_feeds(model: onnx.ModelProto) -> Optional[dict[str, np.ndarray]]:
     return feeds
 
 
-def _probe_run(session, model: onnx.ModelProto) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
+def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
+    import onnxruntime
+
+    options = onnxruntime.RunOptions()
+    options.log_severity_level = 4  # the error is reported by the caller, once
+    return session.run(None, feeds, options)
+
+
+def _probe_run(session, model: onnx.ModelProto, *, refuse: bool) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
+    """Run the model once on seeded inputs; ``refuse``: a failure means the model cannot run at all."""
     feeds = _probe_feeds(model)
     if feeds is None:
         return None
     try:
-        values = session.run(None, feeds)
-    except Exception as exc:  # the original fails on probe inputs (data-dependent shapes ...): no comparison
-        log.info("probe run of the input model failed: %s", _first_line(exc))
+        values = _run_quietly(session, feeds)
+    except Exception as exc:
+        message = _first_line(exc).split("Status Message: ")[-1]
+        if refuse:
+            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
+                                 "it again") from None
+        log.info("probe run of the input model failed (dynamic dims set to 1): %s", message)
         return None
     names = [output.name for output in session.get_outputs()]
     return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in zip(names, values)}
@@ -165,7 +221,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
         return
     feeds = _probe_feeds(new)
     try:
-        values = session.run(None, feeds)
+        values = _run_quietly(session, feeds)
     except Exception as exc:
         fail(f"does not run in ONNX Runtime on inputs the original runs on ({_first_line(exc)})")
     names = [output.name for output in session.get_outputs()]

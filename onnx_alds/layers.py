@@ -292,7 +292,16 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         if len(shape) >= 3:
             f, c, kernel = shape[0], shape[1], int(np.prod(shape[2:]))
         group = int(_attr(node, "group", 1))
-        if group != 1:
+        kernel_shape = _attr(node, "kernel_shape", None)
+        in_shape = shapes.get(input_name)
+        if len(shape) < 3 or (kernel_shape is not None and tuple(kernel_shape) != tuple(shape[2:])):
+            reason = f"inconsistent Conv: kernel_shape {kernel_shape} does not match the weight {shape}"
+        elif in_shape is not None and len(in_shape) != len(shape):
+            reason = f"inconsistent Conv: a {len(in_shape)}-D input with a {len(shape)}-D weight"
+        elif len(node.input) > 2 and node.input[2] in constants and \
+                tuple(constants[node.input[2]].dims) != (shape[0],):
+            reason = f"inconsistent Conv: bias of shape {tuple(constants[node.input[2]].dims)} for {shape[0]} outputs"
+        elif group != 1:
             reason = ("depthwise conv" if c == 1 and group > 1 else f"grouped conv (group={group})") + \
                      " is left as it is"
     elif node.op_type == "Gemm":

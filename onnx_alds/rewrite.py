@@ -87,7 +87,7 @@ def _conv_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -
         factors.groups * factors.rank, width, *spatial).astype(dtype))
     dec_weight = gs.Constant(names.fresh(f"{layer.weight}.dec"), factors.decoder.reshape(
         layer.out_features, factors.groups * factors.rank, *([1] * len(spatial))).astype(dtype))
-    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
     enc_attrs = dict(node.attrs)
     enc_attrs["group"] = factors.groups
     if "kernel_shape" in enc_attrs:
@@ -109,7 +109,7 @@ def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype,
         channels, width, *([1] * len(spatial))).astype(dtype))
     dec_weight = gs.Constant(names.fresh(f"{layer.weight}.dec"), pointwise_decoder_to_patch(
         factors.decoder, layer.kernel).reshape(layer.out_features, channels, *spatial).astype(dtype))
-    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
     enc_attrs = {"kernel_shape": [1] * len(spatial), "group": factors.groups}
     dec_attrs = {key: value for key, value in node.attrs.items() if key != "group"}
     dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
@@ -128,7 +128,7 @@ def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int, nam
     dec = factors.decoder if trans_b else factors.decoder.T
     enc_weight = gs.Constant(names.fresh(f"{weight_name}.enc"), np.ascontiguousarray(enc).astype(dtype))
     dec_weight = gs.Constant(names.fresh(f"{weight_name}.dec"), np.ascontiguousarray(dec).astype(dtype))
-    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
     enc_inputs: list = [x, enc_weight]
     dec_inputs: list = [middle, dec_weight]
     if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
@@ -153,7 +153,7 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
     layer, factors = rewrite.layer, rewrite.factors
     y = node.outputs[0]
     x = node.inputs[1] if layer.weight_first else node.inputs[0]
-    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
     enc_name, dec_name = names.fresh(f"{layer.weight}.enc"), names.fresh(f"{layer.weight}.dec")
     enc_node, dec_node = names.fresh(f"{node.name}.enc"), names.fresh(f"{node.name}.dec")
     if layer.weight_first:  # y = W @ x ≈ D @ (E @ x)
@@ -186,7 +186,7 @@ def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.d
             dec.inputs[2] = constant
         return []
     y = dec.outputs[0]
-    middle = gs.Variable(names.fresh(f"{y.name}.nobias"), dtype=y.dtype)
+    middle = gs.Variable(names.fresh(f"{y.name}.nobias"), dtype=None)  # no declared type: value_info may be stale
     dec.outputs[0] = middle
     spatial = len(layer.weight_shape) - 2 if layer.op == "Conv" else 0
     trailing = 1 if layer.weight_first else 0  # y = W @ x: one row per output feature

@@ -1,0 +1,389 @@
+"""Patterns that real exporters produce: each is compressed correctly or refused with one clear line.
+
+Every model is built here with exactly low-rank weights, so a factorization at or above that rank
+reproduces the original: outputs must agree with the original's in ONNX Runtime to float32 rounding
+(rtol 1e-5 on the output's scale), not merely "run".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_alds
+from onnx_alds.cli import main
+from onnx_alds.errors import BudgetError, ModelLoadError, OnnxAldsError, UnsupportedModelError
+
+ort = pytest.importorskip("onnxruntime")
+
+RTOL = 1e-5  # float32 rounding of a sum of a few hundred products, relative to the output's scale
+
+
+def low_rank(rng: np.random.Generator, rows: int, cols: int, rank: int = 2) -> np.ndarray:
+    return (rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, cols)) / np.sqrt(cols)).astype(np.float32)
+
+
+def make(nodes, inputs, outputs, inits, *, opset: int = 17, ir: int = 8, **fields) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)], **fields)
+    model.ir_version = ir
+    return model
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_same_outputs(original: onnx.ModelProto, compressed: onnx.ModelProto, feeds: dict) -> None:
+    onnx.checker.check_model(compressed, full_check=True)
+    for before, after in zip(run(original, feeds), run(compressed, feeds)):
+        scale = float(np.max(np.abs(before))) or 1.0
+        np.testing.assert_allclose(after, before, rtol=0, atol=RTOL * scale * 10)
+
+
+def factorized(result) -> list[str]:
+    return [row.name for row in result.report.layers if row.groups]
+
+
+def conv_relu_conv(rng, *, batch=1, names=("/conv1/Conv", "/conv2/Conv")) -> onnx.ModelProto:
+    w1 = low_rank(rng, 32, 16 * 9, 4).reshape(32, 16, 3, 3)
+    w2 = low_rank(rng, 32, 32 * 9, 4).reshape(32, 32, 3, 3)
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight"], ["h"], pads=[1] * 4, name=names[0]),
+             helper.make_node("Relu", ["h"], ["r"], name="/relu/Relu"),
+             helper.make_node("Conv", ["r", "conv2.weight"], ["y"], pads=[1] * 4, name=names[1])]
+    return make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16, 10, 10])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 32, 10, 10])],
+                [numpy_helper.from_array(w1, "conv1.weight"), numpy_helper.from_array(w2, "conv2.weight")])
+
+
+def test_recompressing_a_compressed_model_keeps_every_name_unique():
+    rng = np.random.default_rng(0)
+    model = conv_relu_conv(rng)
+    once = onnx_alds.compress(model, keep_params=0.5).model
+    twice = onnx_alds.compress(once, keep_params=0.5)
+    names = [n.name for n in twice.model.graph.node] + [i.name for i in twice.model.graph.initializer]
+    outputs = [o for n in twice.model.graph.node for o in n.output]
+    assert len(names) == len(set(names)) and len(outputs) == len(set(outputs))
+    assert len(factorized(twice)) >= 1
+    assert_same_outputs(model, twice.model, {"x": rng.standard_normal((1, 16, 10, 10)).astype(np.float32)})
+
+
+def test_ir3_model_lists_new_initializers_as_graph_inputs():
+    rng = np.random.default_rng(1)
+    w = low_rank(rng, 16, 8 * 9).reshape(16, 8, 3, 3)
+    g = low_rank(rng, 10, 16 * 36)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(16, np.float32), "b"),
+             numpy_helper.from_array(g, "G"), numpy_helper.from_array(np.zeros(10, np.float32), "gb")]
+    nodes = [helper.make_node("Conv", ["x", "W", "b"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "G", "gb"], ["y"], transB=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])] + [
+        helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    model = make(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits, opset=8, ir=3)
+    result = onnx_alds.compress(model, keep_params=0.5)
+    listed = {v.name for v in result.model.graph.input}
+    assert result.model.ir_version == 3
+    assert {t.name for t in result.model.graph.initializer} <= listed
+    assert factorized(result)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 8, 6, 6)).astype(np.float32)})
+
+
+def if_model(rng) -> onnx.ModelProto:
+    def branch(name: str) -> onnx.GraphProto:
+        node = helper.make_node("Conv", ["c", f"{name}.weight"], [f"{name}_y"], kernel_shape=[3, 3], pads=[1] * 4,
+                                name=f"{name}/Conv")
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                 [1, 32, 6, 6])])
+    inits = [numpy_helper.from_array(low_rank(rng, 32, 72).reshape(32, 8, 3, 3), "stem.weight"),
+             numpy_helper.from_array(low_rank(rng, 32, 288).reshape(32, 32, 3, 3), "then.weight"),
+             numpy_helper.from_array(low_rank(rng, 32, 288).reshape(32, 32, 3, 3), "else.weight"),
+             numpy_helper.from_array(low_rank(rng, 32, 16), "fc.weight"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    nodes = [helper.make_node("Conv", ["x", "stem.weight"], ["c"], kernel_shape=[3, 3], pads=[1] * 4, name="stem/Conv"),
+             helper.make_node("If", ["cond"], ["b"], then_branch=branch("then"), else_branch=branch("else"), name="If_0"),
+             helper.make_node("ReduceMean", ["b", "axes"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "fc.weight"], ["out"], name="fc/MatMul")]
+    return make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6]),
+                        helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16]),
+                 helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 32, 6, 6])], inits, opset=18)
+
+
+def test_layers_inside_if_branches_are_found_counted_and_compressed():
+    rng = np.random.default_rng(2)
+    model = if_model(rng)
+    analysis = onnx_alds.analyze(model)
+    by_name = {row.name: row for row in analysis.layers}
+    assert {"then/Conv", "else/Conv"} <= set(by_name) and by_name["then/Conv"].macs == 32 * 32 * 9 * 36
+    result = onnx_alds.compress(model, keep_flops=0.5)
+    assert {"then/Conv", "else/Conv"} <= set(factorized(result))
+    # the reported ratio is the model's: recount the MACs of every Conv/MatMul in the written model
+    assert result.report.macs_before == 32 * 8 * 9 * 36 + 2 * 32 * 32 * 9 * 36 + 32 * 16
+    assert result.report.achieved == pytest.approx(result.report.macs_after / result.report.macs_before)
+    assert result.report.achieved <= 0.5 * 1.01
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    for cond in (True, False):
+        assert_same_outputs(model, result.model, {"x": x, "cond": np.array(cond)})
+
+
+def test_layers_inside_model_local_functions_are_inlined_and_compressed():
+    rng = np.random.default_rng(3)
+    function = helper.make_function("local", "Block", ["inp", "w"], ["out"],
+                                    [helper.make_node("MatMul", ["inp", "w"], ["m"]),
+                                     helper.make_node("Relu", ["m"], ["out"])],
+                                    opset_imports=[helper.make_opsetid("", 17)])
+    w = low_rank(rng, 64, 64)
+    nodes = [helper.make_node("Block", ["x", "w"], ["y"], domain="local", name="block")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], [numpy_helper.from_array(w, "w")],
+                 functions=[function])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    result = onnx_alds.compress(model, keep_params=0.5)
+    assert factorized(result) and any("inlined" in note for note in result.report.notes)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
+
+
+def test_weight_behind_identity_is_folded_and_factorized():
+    rng = np.random.default_rng(4)
+    w1 = low_rank(rng, 32, 8 * 9).reshape(32, 8, 3, 3)
+    w2 = low_rank(rng, 32, 32 * 9).reshape(32, 32, 3, 3)
+    nodes = [helper.make_node("Identity", ["conv1.weight"], ["onnx::Conv_201"]),
+             helper.make_node("Conv", ["x", "onnx::Conv_201"], ["h"], pads=[1] * 4, name="/conv1/Conv"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "conv2.weight"], ["y"], pads=[1] * 4, name="/conv2/Conv")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+                 [numpy_helper.from_array(w1, "conv1.weight"), numpy_helper.from_array(w2, "conv2.weight")])
+    analysis = onnx_alds.analyze(model)
+    assert all(row.skip_reason is None for row in analysis.layers)
+    result = onnx_alds.compress(model, keep_params=0.6)
+    assert "/conv1/Conv" in factorized(result)
+    assert any("Identity" in note for note in result.report.notes)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)})
+
+
+def test_matmul_with_the_weight_first_is_factorized():
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["proj.weight", "x"], ["h"], name="proj"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["out.weight", "r"], ["y"], name="out")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 10])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 10])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 64), "proj.weight"),
+                  numpy_helper.from_array(low_rank(rng, 8, 32), "out.weight")])
+    analysis = onnx_alds.analyze(model)
+    assert [row.weight_shape for row in analysis.layers] == [(32, 64), (8, 32)]
+    assert analysis.layers[0].macs == 32 * 64 * 10
+    result = onnx_alds.compress(model, keep_params=0.5)
+    assert "proj" in factorized(result)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((64, 10)).astype(np.float32)})
+
+
+def test_quantized_weight_is_left_dense_with_the_real_reason():
+    rng = np.random.default_rng(6)
+    q = rng.integers(-100, 100, (16, 8, 3, 3)).astype(np.int8)
+    inits = [numpy_helper.from_array(q, "conv.weight_q"), numpy_helper.from_array(np.full(16, 0.01, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(16, np.int8), "z"),
+             numpy_helper.from_array(low_rank(rng, 10, 16 * 36), "fc.weight")]
+    nodes = [helper.make_node("DequantizeLinear", ["conv.weight_q", "s", "z"], ["w"], axis=0),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4, name="conv"),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc.weight"], ["y"], transB=1, name="fc")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    result = onnx_alds.compress(model, keep_params=0.9)
+    rows = {row.name: row for row in result.report.layers}
+    assert "DequantizeLinear" in rows["conv"].skip_reason and "quantiz" in rows["conv"].skip_reason
+    assert factorized(result) == ["fc"]
+
+
+def test_empty_weight_is_skipped_not_a_traceback(tmp_path):
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(low_rank(rng, 16, 72).reshape(16, 8, 3, 3), "a.weight"),
+             numpy_helper.from_array(np.zeros((0, 8, 3, 3), np.float32), "b.weight")]
+    nodes = [helper.make_node("Conv", ["x", "a.weight"], ["a"], pads=[1] * 4, name="A"),
+             helper.make_node("Conv", ["x", "b.weight"], ["b"], pads=[1] * 4, name="B"),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1)]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])], inits)
+    analysis = onnx_alds.analyze(model)
+    assert "empty weight" in {row.name: row for row in analysis.layers}["B"].skip_reason
+    result = onnx_alds.compress(model, keep_params=0.6)
+    assert factorized(result) == ["A"]
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 8, 6, 6)).astype(np.float32)})
+
+
+def custom_op_model(rng) -> onnx.ModelProto:
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1] * 4, name="conv1"),
+             helper.make_node("CustomAct", ["h"], ["a"], domain="custom.plugins", name="act"),
+             helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1] * 4, name="conv2")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, "H", "W"])],
+                 [numpy_helper.from_array(low_rank(rng, 16, 72).reshape(16, 8, 3, 3), "w1"),
+                  numpy_helper.from_array(low_rank(rng, 16, 144).reshape(16, 16, 3, 3), "w2")])
+    model.opset_import.append(helper.make_opsetid("custom.plugins", 1))
+    return model
+
+
+def test_custom_op_that_blocks_sizing_is_named():
+    model = custom_op_model(np.random.default_rng(8))
+    with pytest.raises(UnsupportedModelError) as caught:
+        onnx_alds.compress(model, keep_flops=0.6)
+    assert "custom.plugins::CustomAct" in str(caught.value) and "--keep-params" in str(caught.value)
+    assert "install onnxruntime" not in str(caught.value)
+    result = onnx_alds.compress(model, keep_params=0.6)
+    assert factorized(result)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_rank_multiple_above_every_rank_names_the_flag():
+    model = conv_relu_conv(np.random.default_rng(9))
+    with pytest.raises(BudgetError, match=r"--rank-multiple 64 .*largest rank .* is 32"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=64)
+
+
+def test_bfloat16_weights_are_factorized_and_stored_as_bfloat16():
+    rng = np.random.default_rng(10)
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w = low_rank(rng, 32, 64).T.astype(ml_dtypes.bfloat16)  # (64, 32): x @ w
+    model = make([helper.make_node("MatMul", ["x", "fc1.weight"], ["y"], name="/fc1/MatMul")],
+                 [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [4, 32])],
+                 [numpy_helper.from_array(w, "fc1.weight")])
+    result = onnx_alds.compress(model, keep_params=0.5)
+    assert factorized(result) == ["/fc1/MatMul"]
+    factors = [t for t in result.model.graph.initializer if t.name != "fc1.weight"]
+    assert factors and all(t.data_type == TensorProto.BFLOAT16 for t in factors)
+    onnx.checker.check_model(result.model, full_check=True)
+    # bf16 MatMul has no ONNX Runtime CPU kernel: compare the factors' product with the weight instead
+    enc, dec = (numpy_helper.to_array(t).astype(np.float64) for t in factors)
+    np.testing.assert_allclose(enc @ dec, np.asarray(w, np.float64), atol=0.02 * float(np.abs(w.astype(np.float64)).max()))
+
+
+def test_training_info_is_kept_and_its_weight_left_dense():
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("MatMul", ["x", "fc.weight"], ["h"], name="fc"),
+             helper.make_node("MatMul", ["h", "head.weight"], ["y"], name="head")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+                 [numpy_helper.from_array(low_rank(rng, 64, 64), "fc.weight"),
+                  numpy_helper.from_array(low_rank(rng, 16, 64).T.copy(), "head.weight"),
+                  numpy_helper.from_array(np.array(0.1, np.float32), "lr")])
+    algorithm = helper.make_graph([helper.make_node("Mul", ["fc.weight", "lr"], ["fc.weight_new"])], "train", [],
+                                  [helper.make_tensor_value_info("fc.weight_new", TensorProto.FLOAT, [64, 64])])
+    info = onnx.TrainingInfoProto(algorithm=algorithm)
+    info.update_binding.add(key="fc.weight", value="fc.weight_new")
+    model.training_info.append(info)
+    with pytest.raises(BudgetError, match=r"cannot be reached.*1 layers left dense hold 80% .*training_info"):
+        onnx_alds.compress(model, keep_params=0.7)
+    result = onnx_alds.compress(model, keep_params=0.9)
+    rows = {row.name: row for row in result.report.layers}
+    assert "training_info" in rows["fc"].skip_reason
+    assert factorized(result) == ["head"]
+    assert len(result.model.training_info) == 1 and result.model.training_info[0].update_binding[0].key == "fc.weight"
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_every_model_field_survives_the_rewrite():
+    model = conv_relu_conv(np.random.default_rng(12))
+    model.producer_name, model.model_version, model.doc_string, model.domain = "exporter", 7, "doc", "org.example"
+    model.graph.doc_string = "graph doc"
+    onnx.helper.set_model_props(model, {"author": "someone"})
+    new = onnx_alds.compress(model, keep_params=0.5).model
+    for name in ("producer_name", "model_version", "doc_string", "domain", "ir_version"):
+        assert getattr(new, name) == getattr(model, name)
+    assert new.graph.doc_string == "graph doc"
+    assert {p.key: p.value for p in new.metadata_props}["author"] == "someone"
+
+
+def test_invalid_models_are_refused_in_one_line(tmp_path):
+    rng = np.random.default_rng(13)
+    model = conv_relu_conv(rng)
+    model.graph.node[1].ClearField("input")  # Relu with no input: onnx.checker refuses it
+    with pytest.raises(ModelLoadError, match="not valid ONNX"):
+        onnx_alds.compress(model, keep_params=0.5)
+    broken = conv_relu_conv(rng)
+    broken.graph.initializer[1].CopyFrom(numpy_helper.from_array(
+        low_rank(rng, 32, 32 * 6).reshape(32, 32, 3, 2), "conv2.weight"))  # a 3x2 kernel: ONNX Runtime cannot run it
+    broken.graph.node[2].attribute.append(helper.make_attribute("kernel_shape", [3, 3]))
+    with pytest.raises(OnnxAldsError) as caught:
+        onnx_alds.compress(broken, keep_params=0.5)
+    assert "\n" not in str(caught.value)
+
+
+def test_fixed_batch_models_keep_their_interface():
+    rng = np.random.default_rng(14)
+    model = conv_relu_conv(rng, batch=2)
+    new = onnx_alds.compress(model, keep_params=0.5).model
+    assert [str(v.type) for v in new.graph.input] == [str(v.type) for v in model.graph.input]
+    assert [str(v.type) for v in new.graph.output] == [str(v.type) for v in model.graph.output]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: files, pipes, errors
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    model_path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_conv(np.random.default_rng(15)), model_path)
+    import onnx_alds.api
+
+    monkeypatch.setattr(onnx_alds.api, "compress", lambda *a, **k: pytest.fail("compression ran"))
+    code = main(["compress", str(model_path), "-o", "/proc/out.onnx", "--keep-params", "0.5"])
+    assert code == 1 and "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_failed_validation_writes_neither_model_nor_report(tmp_path, capsys):
+    model_path, out, report = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(conv_relu_conv(np.random.default_rng(16)), model_path)
+    code = main(["compress", str(model_path), "-o", str(out), "--keep-params", "0.1", "--report", str(report),
+                 "--validate", "--validate-random", "4", "--rtol", "1e-9", "--bench-batch", "1"])
+    assert code == 1 and capsys.readouterr().err.startswith("error:")
+    assert not out.exists() and not report.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_unwritable_report_writes_no_model(tmp_path, capsys):
+    model_path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(conv_relu_conv(np.random.default_rng(17)), model_path)
+    code = main(["compress", str(model_path), "-o", str(out), "--keep-params", "0.5",
+                 "--report", str(tmp_path / "missing" / "r.json")])
+    assert code == 1 and not out.exists()
+
+
+def test_missing_external_data_file_is_named(tmp_path, capsys):
+    model = conv_relu_conv(np.random.default_rng(18))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    os.unlink(tmp_path / "m.onnx.data")
+    code = main(["analyze", str(path)])
+    assert code == 1 and "external data file 'm.onnx.data'" in capsys.readouterr().err
+
+
+def test_analyze_piped_to_head_exits_quietly_and_writes_its_json(tmp_path):
+    rng = np.random.default_rng(19)
+    nodes, inits, name = [], [], "x"
+    for index in range(400):
+        weight = f"/model/encoder/layers.{index}/a_rather_long_module_name_as_exporters_write_it/weight"
+        nodes += [helper.make_node("MatMul", [name, weight], [f"m{index}"], name=weight.replace("weight", "MatMul")),
+                  helper.make_node("Relu", [f"m{index}"], [f"r{index}"])]
+        inits.append(numpy_helper.from_array(low_rank(rng, 32, 32), weight))
+        name = f"r{index}"
+    nodes[-1].output[0] = "y"
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits)
+    model_path, report = tmp_path / "m.onnx", tmp_path / "a.json"
+    onnx.save(model, model_path)
+    command = (f"{sys.executable} -m onnx_alds.cli analyze {model_path} --json {report} | head -2")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr and done.stderr.strip() == ""
+    assert done.returncode in (0, 141)
+    assert len(done.stdout.splitlines()) == 2 and report.exists()
