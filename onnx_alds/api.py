@@ -348,7 +348,40 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         extra_notes += [sensitivity_note] if sensitivity_note else []
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
                          calibration_samples=sample_count(calibration))
+    report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
+                     warnings=_harm_warnings(report, prepared, data_aware))
     return CompressionResult(new_model, report)
+
+
+FAST_RANK_MULTIPLE = 16  # ONNX Runtime's blocked CPU conv kernels need channel counts that are multiples of it
+DEEP_CUT_ERROR = 0.5  # a predicted layer error above this, without calibration, usually breaks the model
+TINY_RANK_FRACTION = 0.05  # a layer kept at under 5 % of its full rank (a classifier or vocabulary head ...)
+
+
+def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str, ...]:
+    unaligned = [row for row in report.layers if row.groups and row.rank % FAST_RANK_MULTIPLE]
+    if not unaligned or rank_multiple % FAST_RANK_MULTIPLE == 0:
+        return ()
+    return (f"{len(unaligned)} factorized layers have ranks that are not multiples of {FAST_RANK_MULTIPLE} (first: "
+            f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
+            f"counts, so fewer MACs may not run faster (--rank-multiple {FAST_RANK_MULTIPLE} aligns them)",)
+
+
+def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: bool) -> tuple[str, ...]:
+    """Say, before anything is written, when a plan is likely to break the model."""
+    warnings = []
+    full_rank = {layer.name: min(layer.matrix_shape) for layer in prepared.layers}
+    tiny = [row for row in report.layers if row.groups and full_rank.get(row.name, 0) >= 32
+            and row.rank * row.groups < TINY_RANK_FRACTION * full_rank[row.name]]
+    if tiny:
+        warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
+            f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
+            + "): a classifier or vocabulary head this thin rarely survives; leave it dense with --exclude")
+    if not data_aware and report.max_error > DEEP_CUT_ERROR:
+        warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
+                        f"{report.max_error:.2f}): expect a large accuracy loss; give a few hundred real inputs "
+                        "(--calibration FILE.npz or --calibration-images DIR) and check with --validate")
+    return tuple(warnings)
 
 
 def _uncalibrated_reason(layer: Layer) -> Optional[str]:

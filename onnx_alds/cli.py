@@ -54,8 +54,9 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
                         help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1, "
                              "without calibration; frobenius, the relative RMS output error, with it)")
-    parser.add_argument("--rank-multiple", type=positive_int, default=1, metavar="N",
-                        help="round every rank to a multiple of N (16 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--rank-multiple", type=positive_int, default=16, metavar="N",
+                        help="round every rank to a multiple of N; the default 16 is what ONNX Runtime's fast CPU "
+                             "kernels need (1 gives the finest steps, often slower than the original)")
     parser.add_argument("--order", choices=ORDERS, default=ORDERS[0],
                         help="factorized pair of a k×k stride-1 conv: spatial-first (default, ALDS: k×k then 1x1) "
                              "or pointwise-first (1x1 then k×k; faster on CPU where channels are few)")
@@ -147,6 +148,8 @@ def _run_compress(args: argparse.Namespace) -> int:
         print(text if not args.quiet else text.split("\n\n", 1)[-1])
         print(summary.text)
         raise summary.failure
+    for warning in result.report.warnings:  # said before anything is written
+        print(f"warning: {warning}", file=sys.stderr)
     _write_together(result, output, args.report, protect=[args.model])
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
     print(f"wrote {output}" + (f" and {args.report}" if args.report else ""))
@@ -194,6 +197,15 @@ def _add_bench(subparsers) -> None:
     parser.set_defaults(run=run_bench_command)
 
 
+def _add_sweep(subparsers) -> None:
+    from .sweep import add_sweep_arguments, run_sweep_command
+
+    parser = subparsers.add_parser("sweep", help="compress, validate and time a grid of budgets and methods "
+                                                 "(locally or on Ray; resumable)")
+    add_sweep_arguments(parser)
+    parser.set_defaults(run=run_sweep_command)
+
+
 def _add_demo(subparsers) -> None:
     from .demo import add_demo_arguments, run_demo_command
 
@@ -203,12 +215,15 @@ def _add_demo(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_analyze, _add_compress, _add_validate, _add_bench, _add_demo):
+    for add in (_add_analyze, _add_compress, _add_validate, _add_bench, _add_sweep, _add_demo):
         add(subparsers)
+    for command in subparsers.choices.values():  # every flag's default shown in its --help
+        command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
 

@@ -1,8 +1,10 @@
 """``onnx-alds demo``: the main job end to end on the bundled MNIST model.
 
 Compress (data-aware ALDS at half the MACs, pointwise-first pairs, calibrated on 48 bundled training
-digits), validate on 500 bundled test digits (accuracy of both models, top-1 agreement), benchmark
-both in ONNX Runtime on the CPU, and print the report. Needs no download and no deep-learning framework.
+digits), validate on 500 bundled test digits (accuracy of both models, top-1 agreement; checked
+against the same default tolerances as ``validate`` and ``compress --validate``, exit 1 when one is
+missed), benchmark both in ONNX Runtime on the CPU, and print the report. Needs no download and no
+deep-learning framework.
 """
 
 from __future__ import annotations
@@ -77,4 +79,5 @@ def run_demo_command(args: argparse.Namespace) -> int:
     write_json({"compress": report.to_dict(), "validate": validation.to_dict(), "bench": bench.to_dict(),
                 "summary": summary}, out / "demo_report.json")
     print(f"reports: {out / 'compress_report.json'}, {out / 'demo_report.json'}")
+    validation.raise_if_failed()
     return 0

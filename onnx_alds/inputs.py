@@ -5,9 +5,14 @@ One function, :func:`load_inputs`, turns exactly one source into an :class:`Inpu
 * an ``.npz`` with one array per graph input, keyed by the input's name, batch (sample axis) first,
   plus an optional ``labels`` array of class ids;
 * a folder of images (``.jpg``/``.jpeg``/``.png``/``.bmp``, read in sorted file-name order) with a
-  named :class:`Preprocess`; labels come from the file names (see :func:`label_from_filename`);
+  named :class:`Preprocess`;
 * ``random=N`` samples that honour the graph inputs' dtypes and shapes (a last resort: the set's
   ``source`` says "not real data" so that reports can label it).
+
+Labels (integer class ids, one per sample) are opt-in: the ``labels`` array of an ``.npz``, a labels
+file (:func:`read_labels_file`: one integer per line in sample order, or ``name,label`` lines for
+images), or, for images, ``labels_from_filenames=True`` (:func:`label_from_filename`). They are read
+and checked before any image is decoded and before any model runs.
 
 Every array of an ``InputSet`` already has the dtype of its graph input and shares the first (sample)
 axis with the others. The CLI helpers :func:`add_input_arguments` / :func:`inputs_from_args` give
@@ -37,6 +42,7 @@ from .model_io import InputSpec, graph_inputs, parse_input_shapes, resolve_input
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+LABELS_FILE_HELP = "one integer class id per line in sample (sorted file) order, or name,label lines"
 LABELS_KEY = "labels"
 RANDOM_INT_HIGH = 100  # integer inputs (token ids, indices) are drawn from [0, RANDOM_INT_HIGH)
 
@@ -219,7 +225,7 @@ _LABEL_RE = re.compile(r"(?:^|[_-])(\d+)$")
 
 
 def label_from_filename(path: PathLike) -> Optional[int]:
-    """The class id in an image file name, or None.
+    """The class id in an image file name, or None (used only with ``--labels-from-filenames``).
 
     Rule: the integer at the very end of the file name before the extension, preceded by ``_``,
     ``-`` or nothing: ``cat_281.jpg`` → 281, ``imagenet_03_281.png`` → 281, ``7.png`` → 7;
@@ -243,18 +249,139 @@ def image_files(folder: PathLike) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Labels
+
+
+@dataclass(frozen=True)
+class LabelsFile:
+    """A parsed labels file: either ``ids`` in sample order or ``by_name`` (file name → class id)."""
+
+    path: Path
+    ids: Optional[np.ndarray] = None
+    by_name: Optional[dict[str, int]] = None
+
+    def for_samples(self, count: int) -> np.ndarray:
+        """The ids of a set of ``count`` samples (plain-id files only)."""
+        if self.ids is None:
+            raise InputDataError(
+                f"labels file '{self.path}' has name,label lines, which name image files; with --inputs write one "
+                "integer class id per line, in sample order"
+            )
+        if len(self.ids) != count:
+            raise InputDataError(
+                f"labels file '{self.path}' has {len(self.ids)} labels for {count} samples; give exactly one per sample"
+            )
+        return self.ids
+
+    def for_files(self, files: Sequence[Path], all_files: Sequence[Path]) -> np.ndarray:
+        """The ids of the image ``files`` (the first of ``all_files``, the folder's images in sorted order)."""
+        if self.ids is not None:
+            if len(self.ids) != len(all_files):
+                raise InputDataError(
+                    f"labels file '{self.path}' has {len(self.ids)} labels for {len(all_files)} images; give one per "
+                    "image, in sorted file-name order"
+                )
+            return self.ids[:len(files)]
+        assert self.by_name is not None
+        known = {p.name for p in all_files}
+        stray = next((name for name in self.by_name if name not in known), None)
+        if stray is not None:
+            raise InputDataError(
+                f"labels file '{self.path}' names '{stray}', which is not an image of the folder; list only its images"
+            )
+        missing = next((p.name for p in files if p.name not in self.by_name), None)
+        if missing is not None:
+            raise InputDataError(f"image '{missing}' has no label in '{self.path}'; give every image a name,label line")
+        return np.asarray([self.by_name[p.name] for p in files], dtype=np.int64)
+
+
+def read_labels_file(path: PathLike) -> LabelsFile:
+    """Parse a labels file: one integer class id per line, or ``name,label`` lines (not both).
+
+    Empty lines and lines starting with ``#`` are skipped; class ids must be integers ≥ 0; in
+    ``name,label`` lines the label follows the last comma and each name appears once. Raises
+    :class:`InputDataError` (one line naming the file and line) on anything else.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise InputDataError(f"labels file '{file}' does not exist; check the path")
+    if not file.is_file():
+        raise InputDataError(f"labels file '{file}' is not a file; give a text file ({LABELS_FILE_HELP})")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"cannot read labels file '{file}' as UTF-8 text ({type(exc).__name__}); "
+                             f"write {LABELS_FILE_HELP}") from None
+    ids: list[int] = []
+    by_name: dict[str, int] = {}
+    first_kind: Optional[tuple[str, int]] = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, comma, value = line.rpartition(",")
+        kind = "name,label" if comma else "plain"
+        if first_kind is None:
+            first_kind = (kind, number)
+        elif kind != first_kind[0]:
+            raise InputDataError(
+                f"labels file '{file}' mixes plain ids and name,label lines (line {first_kind[1]} is {first_kind[0]}, "
+                f"line {number} is {kind}); use one format"
+            )
+        value = value.strip()
+        try:
+            label = int(value)
+        except ValueError:
+            raise InputDataError(
+                f"labels file '{file}' line {number}: '{value}' is not an integer class id; write {LABELS_FILE_HELP}"
+            ) from None
+        if label < 0:
+            raise InputDataError(
+                f"labels file '{file}' line {number}: class id {label} is negative; class ids are ≥ 0")
+        if kind == "plain":
+            ids.append(label)
+            continue
+        name = name.strip()
+        if not name:
+            raise InputDataError(f"labels file '{file}' line {number}: no file name before the comma; write name,label")
+        if name in by_name:
+            raise InputDataError(f"labels file '{file}' line {number}: '{name}' is listed twice; give each image once")
+        by_name[name] = label
+    if first_kind is None:
+        raise InputDataError(f"labels file '{file}' holds no labels; write {LABELS_FILE_HELP}")
+    if first_kind[0] == "plain":
+        return LabelsFile(file, ids=np.asarray(ids, dtype=np.int64))
+    return LabelsFile(file, by_name=by_name)
+
+
+def labels_from_filenames(files: Sequence[Path]) -> np.ndarray:
+    """The class id of every file by :func:`label_from_filename`; an error names the first file without one."""
+    found = [label_from_filename(p) for p in files]
+    missing = next((p.name for p, label in zip(files, found) if label is None), None)
+    if missing is not None:
+        raise InputDataError(
+            f"--labels-from-filenames: '{missing}' has no class id at the end of its name (like cat_281.jpg); "
+            "rename the files or give --labels FILE"
+        )
+    return np.asarray(found, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
 # Sources
 
 
 def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, images: Optional[PathLike] = None,
                 preprocess: Union[str, Preprocess] = "imagenet", random: Optional[int] = None,
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
-                limit: Optional[int] = None, progress: Optional[bool] = None) -> InputSet:
+                limit: Optional[int] = None, progress: Optional[bool] = None,
+                labels_file: Optional[PathLike] = None, labels_from_filenames: bool = False) -> InputSet:
     """Inputs for ``model`` from exactly one of ``npz``, ``images`` or ``random``.
 
     ``input_shapes`` gives dynamic dims (random inputs only; the sample axis is always the first dim);
     ``limit`` keeps the first ``limit`` samples; ``progress`` shows a bar while decoding images (default:
-    only when stderr is a terminal). Raises :class:`InputDataError` when the data does not fit the model.
+    only when stderr is a terminal). Labels: an ``.npz``'s ``labels`` array, or ``labels_file``
+    (:func:`read_labels_file`), or ``labels_from_filenames`` (images only); they are checked before any
+    image is decoded. Raises :class:`InputDataError` when the data does not fit the model.
     """
     given = [name for name, value in (("npz", npz), ("images", images), ("random", random)) if value is not None]
     if len(given) != 1:
@@ -264,13 +391,22 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
         )
     if limit is not None and limit < 1:
         raise InputDataError(f"got limit={limit}; the sample limit must be ≥ 1")
+    if labels_file is not None and labels_from_filenames:
+        raise InputDataError("give either a labels file or --labels-from-filenames, not both")
+    if labels_from_filenames and images is None:
+        raise InputDataError("--labels-from-filenames reads class ids from image file names; use it with --images DIR")
+    if labels_file is not None and random is not None:
+        raise InputDataError(
+            "labels for random inputs mean nothing; give --inputs FILE.npz or --images DIR with --labels")
+    parsed = read_labels_file(labels_file) if labels_file is not None else None
     specs = graph_inputs(model)
     if not specs:
         raise InputDataError("the model has no graph inputs to feed; nothing to load")
     if npz is not None:
-        result = _load_npz(specs, Path(npz), limit)
+        result = _load_npz(specs, Path(npz), limit, parsed)
     elif images is not None:
-        result = _load_images(specs, images, get_preprocess(preprocess), limit, progress)
+        result = _load_images(specs, images, get_preprocess(preprocess), limit, progress, parsed,
+                              labels_from_filenames)
     else:
         count = int(random) if limit is None else min(int(random), limit)
         result = random_inputs(model, count, input_shapes=input_shapes, seed=seed)
@@ -286,7 +422,8 @@ def _check_batchable(spec: InputSpec) -> None:
         )
 
 
-def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int]) -> InputSet:
+def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
+              labels_file: Optional[LabelsFile] = None) -> InputSet:
     if not path.exists():
         raise InputDataError(f"input file '{path}' does not exist; check the path")
     try:
@@ -338,7 +475,15 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int]) -> Input
                 f"'{LABELS_KEY}' in '{path}' is {labels.dtype} of shape {labels.shape}; store one integer class id per sample"
             )
         labels = labels.astype(np.int64)
-    result = InputSet(arrays, labels, f"{path} ({len(next(iter(arrays.values())))} samples)")
+    count = len(next(iter(arrays.values())))
+    if labels_file is not None:
+        if labels is not None:
+            raise InputDataError(
+                f"'{path}' already holds '{LABELS_KEY}' and a labels file '{labels_file.path}' was given too; "
+                "give labels in one place"
+            )
+        labels = labels_file.for_samples(count)
+    result = InputSet(arrays, labels, f"{path} ({count} samples)")
     if limit is not None and limit < len(result):
         first = result.head(limit)
         result = InputSet(first.arrays, first.labels, f"{path} (first {limit} samples)")
@@ -350,16 +495,21 @@ def _pretty_dims(dims: Sequence[Union[int, str, None]]) -> str:
 
 
 def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preprocess, limit: Optional[int],
-                 progress: Optional[bool]) -> InputSet:
+                 progress: Optional[bool], labels_file: Optional[LabelsFile] = None,
+                 from_filenames: bool = False) -> InputSet:
     if len(specs) != 1:
         raise InputDataError(
             f"an image folder feeds a model with one input, but this one has {len(specs)} "
             f"({', '.join(s.name for s in specs)}); use --inputs FILE.npz"
         )
     spec = specs[0]
-    files = image_files(folder)
-    if limit is not None:
-        files = files[:limit]
+    all_files = image_files(folder)
+    files = all_files[:limit] if limit is not None else all_files
+    labels = None  # labels first: a bad name or file fails before any image is decoded
+    if from_filenames:
+        labels = labels_from_filenames(files)
+    elif labels_file is not None:
+        labels = labels_file.for_files(files, all_files)
     _check_image_spec(spec, preprocess)
     if not np.issubdtype(spec.dtype, np.floating) and (
             preprocess.scale != 1.0 or any(m != 0 for m in preprocess.mean) or any(s != 1 for s in preprocess.std)):
@@ -389,13 +539,6 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
-    labels_found = [label_from_filename(p) for p in files]
-    labels = None
-    if all(label is not None for label in labels_found):
-        labels = np.asarray(labels_found, dtype=np.int64)
-    else:
-        unlabeled = next(p.name for p, label in zip(files, labels_found) if label is None)
-        log.info("no labels: file '%s' has no trailing class id (e.g. cat_281.jpg)", unlabeled)
     source = f"{folder} ({len(files)} images, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
 
@@ -488,13 +631,20 @@ def _dest(flag: str) -> str:
 
 
 
+def _labels_flags(prefix: str) -> tuple[str, str]:
+    """The (labels file, labels from file names) flags for a prefix: ``--{prefix}labels``,
+    ``--{prefix}labels-from-filenames``."""
+    return f"--{prefix}labels", f"--{prefix}labels-from-filenames"
+
+
 def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, preprocess: bool = True,
-                        input_shape: bool = True, required: bool = False) -> None:
+                        input_shape: bool = True, required: bool = False, labels: bool = False) -> None:
     """Add the input-source flags (mutually exclusive) and, unless told not to, the shared flags.
 
     ``prefix=""`` adds ``--inputs FILE.npz | --images DIR | --random N``; ``prefix="calibration-"``
     adds ``--calibration FILE.npz | --calibration-images DIR | --calibration-random N``; any other
-    prefix P adds ``--Pinputs | --Pimages | --Prandom``. The shared
+    prefix P adds ``--Pinputs | --Pimages | --Prandom``. ``labels=True`` also adds
+    ``--Plabels FILE | --Plabels-from-filenames`` (for commands that use labels). The shared
     flags (``--preprocess`` and the custom preprocessing flags, ``--input-shape``) are not prefixed:
     when a parser takes two input sets, pass ``preprocess=False``/``input_shape=False`` the second time
     (and wherever the parser already has ``--input-shape``).
@@ -506,9 +656,17 @@ def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, pr
     sources.add_argument(npz_flag, dest=_dest(npz_flag), metavar="FILE.npz",
                          help="one array per graph input keyed by name, batch first (optional 'labels')")
     sources.add_argument(images_flag, dest=_dest(images_flag), metavar="DIR",
-                         help="folder of .jpg/.png/.bmp images (labels from names like cat_281.jpg)")
+                         help="folder of .jpg/.png/.bmp images, in sorted name order (no labels unless asked for)")
     sources.add_argument(random_flag, dest=_dest(random_flag), metavar="N", type=positive_int,
                          help="N random samples (not real data; reports say so)")
+    if labels:
+        file_flag, names_flag = _labels_flags(prefix)
+        label_sources = group.add_mutually_exclusive_group()
+        label_sources.add_argument(file_flag, dest=_dest(file_flag), metavar="FILE", default=None,
+                                   help=f"class labels: {LABELS_FILE_HELP} (file names of the image folder)")
+        label_sources.add_argument(names_flag, dest=_dest(names_flag), action="store_true",
+                                   help="class labels from image file names: the integer at the end of the name, "
+                                        "after _ or - (cat_281.jpg -> 281); every file must have one")
     if preprocess:
         add_preprocess_arguments(parser)
     if input_shape:
@@ -594,19 +752,32 @@ def inputs_from_args(model: onnx.ModelProto, args: argparse.Namespace, prefix: s
     npz = getattr(args, _dest(npz_flag), None)
     images = getattr(args, _dest(images_flag), None)
     count = getattr(args, _dest(random_flag), None)
+    file_flag, names_flag = _labels_flags(prefix)
+    labels_file = getattr(args, _dest(file_flag), None)
+    from_names = bool(getattr(args, _dest(names_flag), False))
     if npz is None and images is None and count is None:
+        if labels_file is not None or from_names:
+            raise InputDataError(f"{file_flag if labels_file is not None else names_flag} labels the samples of "
+                                 f"{npz_flag} or {images_flag}, and neither was given; add one")
         if required:
             raise InputDataError(f"no inputs given; pass {npz_flag} FILE.npz, {images_flag} DIR or {random_flag} N")
         return None
     shapes = parse_input_shapes(getattr(args, "input_shape", None))
     if seed is None:
         seed = getattr(args, "seed", None) or 0
+    if from_names and images is None:
+        raise InputDataError(f"{names_flag} reads class ids from image file names; use it with {images_flag} DIR")
+    if labels_file is not None and count is not None:
+        raise InputDataError(f"{file_flag} with {random_flag}: labels for random inputs mean nothing; "
+                             f"give {npz_flag} FILE.npz or {images_flag} DIR")
     return load_inputs(model, npz=npz, images=images, preprocess=preprocess_from_args(args),
-                       random=count, input_shapes=shapes, seed=seed, limit=limit)
+                       random=count, input_shapes=shapes, seed=seed, limit=limit, labels_file=labels_file,
+                       labels_from_filenames=from_names)
 
 
 __all__ = [
     "InputSet", "Preprocess", "PRESETS", "get_preprocess", "preprocess_image", "label_from_filename",
+    "LabelsFile", "read_labels_file", "labels_from_filenames",
     "image_files", "load_inputs", "random_inputs", "random_array", "add_input_arguments",
     "add_preprocess_arguments", "preprocess_from_args", "inputs_from_args",
 ]

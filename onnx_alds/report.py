@@ -73,6 +73,8 @@ class CompressionReport:
     # "bias-correction") and the number of calibration samples
     data_aware_steps: tuple[str, ...] = ()
     calibration_samples: Optional[int] = None
+    # what may harm the model: cuts deep without calibration data, layers at a tiny fraction of their rank
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +113,7 @@ class CompressionReport:
         lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
                      + f", total {sum(self.seconds.values()):.2f} s")
         lines.extend(f"note: {note}" for note in self.notes)
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 

@@ -1,23 +1,34 @@
 """Compare a compressed model with its original in ONNX Runtime, Polygraphy style.
 
 Both models run on the same :class:`~onnx_alds.inputs.InputSet`, batch by batch, on one provider.
-For every graph output the figures are (``o`` = original, ``c`` = compressed, ``i`` = sample; an
-output whose first dim is the batch is split into samples along it, any other output is one sample
-per batch):
+Every graph output gets a *kind*, chosen from its shape on the first batch (or stated with
+``output_kinds`` / ``--output-kind NAME=KIND``), and the kind decides its figures and its default
+tolerances (``o`` = original, ``c`` = compressed, ``i`` = sample; an output whose first dim is the
+batch is split into samples along it, any other output is one sample per batch):
 
-* ``abs``  — max absolute error ``max |c - o|`` over all elements of all samples;
-* ``rel``  — max over samples of the relative L2 error ``‖c_i - o_i‖₂ / ‖o_i‖₂`` (``rel_mean``: its
-  mean); an error relative to the size of the whole output, so near-zero elements do not blow it up;
-* ``cos``  — the cosine similarity of ``c_i`` and ``o_i`` (min and mean over samples);
-* for classifier-shaped outputs (2-D float, second dim ≥ 2): ``top1`` — fraction of samples whose
-  arg-max class is the same; ``top5`` — fraction whose original arg-max class is among the compressed
-  model's 5 highest (only with more than 5 classes); with labels, the top-1 accuracy of both models
-  and the drop (original minus compressed, as a fraction: 0.01 = one point).
+* every kind: ``abs`` — max ``|c - o|`` over all elements; ``rel`` — relative L2 error
+  ``‖c_i - o_i‖₂ / ‖o_i‖₂`` (max and mean over samples); ``cos`` — cosine similarity of ``c_i``
+  and ``o_i`` (min and mean over samples);
+* ``classifier`` (2-D float ``[N, C]``, C ≥ 2): ``top1`` — fraction of samples with the same arg-max
+  class; ``top5`` — fraction whose original class is among the compressed model's 5 highest (C > 5);
+  with labels, top-1 accuracy of both models and the drop (the first classifier output);
+* ``embedding`` (2-D float ``[N, D]`` whose rows have unit L2 norm or whose name says embedding /
+  pooler; a 3-D ``[N, T, D]`` output only when stated, mean-pooled over T, weighted by an input named
+  ``attention_mask`` when there is one): ``nn`` — fraction of samples whose nearest other sample
+  (cosine similarity, over the whole evaluation set) is the same by both models;
+* ``sequence`` (3-D float ``[N, T, C]``, C ≥ 2): ``pos`` — fraction of positions with the same
+  arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical;
+* ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1): ``iou`` — with C = 1 the IoU of the binary
+  masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
+  i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
+  intersections and unions are summed over the whole evaluation set;
+* ``regression`` (anything else): ``rel`` and ``cos`` only.
 
-Tolerances (each optional; none given means figures only): an output passes when ``abs ≤ atol``,
-``rel ≤ rtol``, ``top1 ≥ min_top1_agreement`` (classifier outputs) and ``drop ≤ max_accuracy_drop``
-(the first classifier output, with labels). ``validate_and_bench`` adds a latency comparison and a
-one-line summary for ``compress --validate``.
+Tolerances: an output fails when a figure it has misses a stated limit, or, where no limit for that
+figure was stated, the default limit of its kind (:data:`DEFAULT_TOLERANCES`); ``figures_only=True``
+checks nothing. Memory stays bounded by one batch of outputs plus, for embeddings, the embedding
+vectors of the evaluation set. ``validate_and_bench`` adds a latency comparison and a one-line
+summary for ``compress --validate``.
 """
 
 from __future__ import annotations
@@ -26,9 +37,10 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence, Union
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -44,31 +56,117 @@ log = logging.getLogger(__name__)
 
 ModelArg = Union[str, os.PathLike, onnx.ModelProto]
 
+CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION = "classifier", "embedding", "sequence", "dense", "regression"
+KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
+NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
+EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
+MIN_NN_SAMPLES = 3  # with 2 samples each one's nearest neighbour is the other: agreement says nothing
+ATTENTION_MASK = "attention_mask"
+
 
 @dataclass(frozen=True)
 class Tolerances:
-    """The limits a user stated; None means not checked."""
+    """Limits on the figures; None means not checked (see :func:`effective_tolerances` for defaults)."""
 
     rtol: Optional[float] = None
     atol: Optional[float] = None
     min_top1_agreement: Optional[float] = None
     max_accuracy_drop: Optional[float] = None
+    max_mean_rel: Optional[float] = None
+    min_mean_cosine: Optional[float] = None
+    min_nn_agreement: Optional[float] = None
+    min_position_agreement: Optional[float] = None
+    min_sequence_agreement: Optional[float] = None
+    min_iou: Optional[float] = None
 
     def __post_init__(self) -> None:
-        for name in ("rtol", "atol", "max_accuracy_drop"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
+        for name, value in asdict(self).items():
+            if value is None:
+                continue
+            if name == "min_mean_cosine":
+                if not -1 <= value <= 1:
+                    raise InputDataError(f"got min_mean_cosine={value}; give a cosine in [-1, 1]")
+            elif name.startswith("min_"):
+                if not 0 <= value <= 1:
+                    raise InputDataError(f"got {name}={value}; give a fraction in [0, 1]")
+            elif not value >= 0:
                 raise InputDataError(f"got {name}={value}; a tolerance must be ≥ 0")
-        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
-            raise InputDataError(f"got min_top1_agreement={self.min_top1_agreement}; give a fraction in [0, 1]")
 
     @property
     def any(self) -> bool:
         return any(v is not None for v in asdict(self).values())
 
+    def stated(self) -> dict[str, float]:
+        """The limits that are set, by field name."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
     def describe(self) -> str:
-        parts = [f"{name.replace('_', '-')}={value:g}" for name, value in asdict(self).items() if value is not None]
+        parts = [f"{_flag(name)}={value:g}" for name, value in self.stated().items()]
         return ", ".join(parts) if parts else "none given"
+
+
+TOLERANCE_NAMES = tuple(f.name for f in fields(Tolerances))
+
+# Defaults that mean "the compressed model still does its job" (docs/VALIDATE_AND_BENCH.md gives the
+# reasons and the measurements behind each value). A stated limit replaces the default of its figure.
+DEFAULT_TOLERANCES: dict[str, Tolerances] = {
+    CLASSIFIER: Tolerances(min_top1_agreement=0.90, min_mean_cosine=0.90),
+    EMBEDDING: Tolerances(min_mean_cosine=0.95, min_nn_agreement=0.70),
+    SEQUENCE: Tolerances(min_position_agreement=0.90, min_mean_cosine=0.90),
+    DENSE: Tolerances(min_iou=0.80, min_mean_cosine=0.90),
+    REGRESSION: Tolerances(max_mean_rel=0.10),
+}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One tolerance: which figure it limits, how the figure prints, and which kinds have the figure."""
+
+    tolerance: str
+    figure: str
+    label: str
+    upper: bool  # True: figure ≤ limit; False: figure ≥ limit
+    kinds: tuple[str, ...] = KINDS
+    fmt: str = ".4f"
+
+
+CHECKS: tuple[_Check, ...] = (
+    _Check("atol", "max_abs_error", "abs", True, fmt=".3g"),
+    _Check("rtol", "max_rel_error", "rel", True, fmt=".3g"),
+    _Check("max_mean_rel", "mean_rel_error", "mean rel", True, fmt=".3g"),
+    _Check("min_mean_cosine", "mean_cosine", "mean cos", False),
+    _Check("min_top1_agreement", "top1_agreement", "top1", False, (CLASSIFIER,)),
+    _Check("max_accuracy_drop", "accuracy_drop", "accuracy drop", True, (CLASSIFIER,)),
+    _Check("min_nn_agreement", "nn_agreement", "nn", False, (EMBEDDING,)),
+    _Check("min_position_agreement", "position_agreement", "pos", False, (SEQUENCE,)),
+    _Check("min_sequence_agreement", "sequence_agreement", "seq", False, (SEQUENCE,)),
+    _Check("min_iou", "iou", "iou", False, (DENSE,)),
+)
+_CHECK_BY_NAME = {check.tolerance: check for check in CHECKS}
+
+
+@dataclass(frozen=True)
+class AppliedTolerance:
+    """One limit checked on one output: its value, whether it is a default, the figure and the verdict."""
+
+    name: str
+    limit: float
+    default: bool
+    value: float
+    passed: bool
+
+    def describe(self) -> str:
+        return f"{_flag(self.name)}={self.limit:g}"
+
+    def failure(self, kind: str) -> str:
+        """``top1=0.2500 < min-top1-agreement=0.9 (default for classifier outputs)``."""
+        check = _CHECK_BY_NAME[self.name]
+        text = f"{check.label}={self.value:{check.fmt}} {'>' if check.upper else '<'} {self.describe()}"
+        return text + (f" (default for {kind} outputs)" if self.default else "")
 
 
 @dataclass(frozen=True)
@@ -88,6 +186,15 @@ class OutputComparison:
     accuracy_original: Optional[float] = None
     accuracy_compressed: Optional[float] = None
     failures: tuple[str, ...] = ()
+    kind: str = REGRESSION
+    kind_reason: str = ""
+    nn_agreement: Optional[float] = None
+    position_agreement: Optional[float] = None
+    sequence_agreement: Optional[float] = None
+    iou: Optional[float] = None
+    iou_rule: Optional[str] = None
+    applied: tuple[AppliedTolerance, ...] = ()
+    unchecked: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -99,19 +206,43 @@ class OutputComparison:
             return None
         return self.accuracy_original - self.accuracy_compressed
 
-    def line(self, tolerances: Tolerances) -> str:
-        """``PASSED | Output: 'logits' | rel=… abs=… cos=… top1=… (tolerance …)``."""
-        figures = [f"rel={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})", f"abs={self.max_abs_error:.3g}",
-                   f"cos={self.min_cosine:.6f}"]
+    def figures(self) -> str:
+        """``rel=… (mean …) abs=… cos=… (mean …)`` and the figures of the output's kind."""
+        parts = [f"rel={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})", f"abs={self.max_abs_error:.3g}",
+                 f"cos={self.min_cosine:.6f} (mean {self.mean_cosine:.6f})"]
         if self.top1_agreement is not None:
-            figures.append(f"top1={self.top1_agreement:.4f}")
+            parts.append(f"top1={self.top1_agreement:.4f}")
         if self.top5_agreement is not None:
-            figures.append(f"top5={self.top5_agreement:.4f}")
+            parts.append(f"top5={self.top5_agreement:.4f}")
         if self.accuracy_drop is not None:
-            figures.append(f"acc={self.accuracy_original:.4f}->{self.accuracy_compressed:.4f} "
-                           f"(drop {self.accuracy_drop:+.4f})")
+            parts.append(f"acc={self.accuracy_original:.4f}->{self.accuracy_compressed:.4f} "
+                         f"(drop {self.accuracy_drop:+.4f})")
+        if self.kind == EMBEDDING:
+            parts.append("nn=n/a" if self.nn_agreement is None else f"nn={self.nn_agreement:.4f}")
+        if self.position_agreement is not None:
+            parts.append(f"pos={self.position_agreement:.4f} seq={self.sequence_agreement:.4f}")
+        if self.iou is not None:
+            parts.append(f"iou={self.iou:.4f}")
+        return " ".join(parts)
+
+    def tolerance_text(self) -> str:
+        """``tolerance rtol=0.5; default min-top1-agreement=0.9, …`` or ``figures only``."""
+        stated = [t.describe() for t in self.applied if not t.default]
+        defaults = [t.describe() for t in self.applied if t.default]
+        parts = []
+        if stated:
+            parts.append("tolerance " + ", ".join(stated))
+        if defaults:
+            parts.append(f"default for {self.kind}: " + ", ".join(defaults))
+        parts += list(self.unchecked)
+        return "; ".join(parts) if parts else "figures only"
+
+    def line(self) -> str:
+        """``PASSED | Output: 'logits' (classifier) | rel=… cos=… top1=… | default for classifier: …``."""
         verdict = "PASSED" if self.passed else "FAILED"
-        text = f"{verdict} | Output: '{self.name}' | {' '.join(figures)} (tolerance {tolerances.describe()})"
+        if not self.applied:
+            verdict = "FIGURES"
+        text = f"{verdict} | Output: '{self.name}' ({self.kind}) | {self.figures()} | {self.tolerance_text()}"
         if self.failures:
             text += " | " + "; ".join(self.failures)
         return text
@@ -122,6 +253,11 @@ class OutputComparison:
         data["failures"] = list(self.failures)
         data["accuracy_drop"] = self.accuracy_drop
         data["passed"] = self.passed
+        data["tolerances"] = [
+            {"name": t.name, "flag": f"--{_flag(t.name)}", "limit": t.limit, "default": t.default,
+             "value": t.value, "passed": t.passed} for t in self.applied]
+        del data["applied"]
+        data["unchecked"] = list(self.unchecked)
         return json_safe(data)
 
 
@@ -142,6 +278,7 @@ class ValidationReport:
     batch_size: int
     onnxruntime_version: str
     notes: tuple[str, ...] = field(default=())
+    figures_only: bool = False
 
     @property
     def passed(self) -> bool:
@@ -149,21 +286,36 @@ class ValidationReport:
 
     @property
     def classifier(self) -> Optional[OutputComparison]:
-        """The first classifier-shaped output, or None."""
-        return next((o for o in self.outputs if o.top1_agreement is not None), None)
+        """The first classifier output, or None."""
+        return next((o for o in self.outputs if o.kind == CLASSIFIER), None)
+
+    @property
+    def uses_defaults(self) -> bool:
+        """True when a default tolerance was checked on some output."""
+        return any(t.default for o in self.outputs for t in o.applied)
+
+    def kinds_line(self) -> str:
+        """``output kinds: 'logits' classifier (2-D float [N, 10]) (by shape on the first batch; …)``."""
+        kinds = "; ".join(f"'{o.name}' {o.kind} ({o.kind_reason})" for o in self.outputs)
+        return f"output kinds: {kinds} (by shape on the first batch unless stated; set with --output-kind NAME=KIND)"
 
     def lines(self) -> list[str]:
-        """The per-output lines and the final verdict, ready to print."""
+        """The header, notes, output kinds, per-output lines and the final verdict, ready to print."""
         lines = [f"validating {self.compressed} against {self.original} on {self.provider} "
                  f"({self.samples} samples from {self.input_source}, batch {self.batch_size})"]
         lines += [f"note: {note}" for note in self.notes]
-        lines += [output.line(self.tolerances) for output in self.outputs]
-        if self.passed:
-            suffix = "" if self.tolerances.any else " (no tolerances given: figures only)"
-            lines.append(f"PASSED{suffix}")
-        else:
+        lines.append(self.kinds_line())
+        lines += [output.line() for output in self.outputs]
+        if not self.passed:
             failed = sum(not o.passed for o in self.outputs)
             lines.append(f"FAILED | {failed} of {len(self.outputs)} output(s) missed a tolerance")
+        elif self.figures_only:
+            lines.append("FIGURES ONLY (--figures-only: no tolerance checked)")
+        elif self.uses_defaults:
+            lines.append("PASSED (default tolerances where none was stated: see each line; "
+                         "docs/VALIDATE_AND_BENCH.md explains them)")
+        else:
+            lines.append("PASSED")
         return lines
 
     def failure_message(self) -> str:
@@ -172,8 +324,15 @@ class ValidationReport:
         if not failed:
             return ""
         first = failed[0]
-        more = f" (and {sum(len(o.failures) for o in failed) - 1} more)" if sum(len(o.failures) for o in failed) > 1 else ""
-        return f"output '{first.name}': {first.failures[0]}{more}; relax the tolerance or compress less"
+        total = sum(len(o.failures) for o in failed)
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        missed = min((t for t in first.applied if not t.passed), key=lambda t: t.default)
+        if missed.default:
+            fix = (f"compress less, state your own limit (--{_flag(missed.name)} X) or check nothing "
+                   "(--figures-only)")
+        else:
+            fix = "relax the tolerance or compress less"
+        return f"output '{first.name}': {first.failures[0]}{more}; {fix}"
 
     def raise_if_failed(self) -> None:
         """Raise :class:`ValidationFailedError` (one line) when a tolerance was missed."""
@@ -185,7 +344,9 @@ class ValidationReport:
             "original": self.original,
             "compressed": self.compressed,
             "passed": self.passed,
+            "figures_only": self.figures_only,
             "tolerances": asdict(self.tolerances),
+            "default_tolerances": {kind: tol.stated() for kind, tol in DEFAULT_TOLERANCES.items()},
             "samples": self.samples,
             "input_source": self.input_source,
             "random_inputs": self.random_inputs,
@@ -198,8 +359,6 @@ class ValidationReport:
             "outputs": [o.to_dict() for o in self.outputs],
         }
         return json_safe(data)
-
-
 
 
 def _describe(model: ModelArg, fallback: str) -> str:
@@ -222,89 +381,386 @@ def effective_batch_size(model: onnx.ModelProto, requested: int, samples: int) -
     return batch, notes
 
 
-def _per_sample(chunks: list[np.ndarray], batch_lengths: list[int]) -> np.ndarray:
-    """Stack one output's per-batch arrays into (samples, features) float64."""
-    if all(c.ndim >= 1 and c.shape[0] == n for c, n in zip(chunks, batch_lengths)):
-        joined = np.concatenate(chunks, axis=0)
-        return joined.reshape(joined.shape[0], -1).astype(np.float64)
-    sizes = {c.size for c in chunks}
-    if len(sizes) == 1:
-        return np.stack([c.reshape(-1) for c in chunks]).astype(np.float64)
-    return np.concatenate([c.reshape(-1) for c in chunks])[None, :].astype(np.float64)
+# --------------------------------------------------------------------------------------------------
+# Output kinds
+
+
+def _shape_text(array: np.ndarray) -> str:
+    return "[" + ", ".join(["N", *(str(d) for d in array.shape[1:])]) + "]"
+
+
+def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str, str]:
+    """The kind of an output from its first batch in the original model, and the reason in words."""
+    if not batched:
+        return REGRESSION, "first dim is not the batch"
+    if not np.issubdtype(array.dtype, np.floating):
+        return REGRESSION, f"{array.dtype} values"
+    shape = _shape_text(array)
+    if array.ndim == 2 and array.shape[1] >= 2:
+        rows = array.astype(np.float64)
+        if np.all((rows >= 0) & (rows <= 1)) and np.all(np.abs(rows.sum(axis=1) - 1) <= NORM_TOLERANCE):
+            return CLASSIFIER, f"2-D float {shape}, rows are probabilities"
+        if np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) <= NORM_TOLERANCE):
+            return EMBEDDING, f"2-D float {shape}, rows of unit L2 norm"
+        if EMBEDDING_NAME.search(name):
+            return EMBEDDING, f"2-D float {shape}, name says embedding"
+        return CLASSIFIER, f"2-D float {shape}"
+    if array.ndim == 3 and array.shape[2] >= 2:
+        return SEQUENCE, f"3-D float {shape}"
+    if array.ndim == 4:
+        return DENSE, f"4-D float {shape}, channels on axis 1"
+    return REGRESSION, f"{array.ndim}-D float {shape}"
+
+
+_KIND_NEEDS = {
+    CLASSIFIER: "a 2-D float output [N, C] with C ≥ 2",
+    EMBEDDING: "a 2-D or 3-D float output ([N, D] or [N, T, D])",
+    SEQUENCE: "a 3-D float output [N, T, C] with C ≥ 2",
+    DENSE: "a float output of rank ≥ 3 with channels on axis 1 ([N, C, H, W])",
+}
+
+
+def _kind_fits(kind: str, rank: Optional[int], floating: Optional[bool], last: Optional[int]) -> bool:
+    """Whether a stated kind fits an output of this rank, dtype and last dim (None: not known)."""
+    if kind == REGRESSION:
+        return True
+    if floating is False:
+        return False
+    if rank is None:
+        return True
+    if kind == CLASSIFIER:
+        return rank == 2 and (last is None or last >= 2)
+    if kind == EMBEDDING:
+        return rank in (2, 3)
+    if kind == SEQUENCE:
+        return rank == 3 and (last is None or last >= 2)
+    return rank >= 3
+
+
+def _check_stated_kind(name: str, kind: str, rank: Optional[int], floating: Optional[bool], last: Optional[int],
+                       described: str) -> None:
+    if not _kind_fits(kind, rank, floating, last):
+        raise InputDataError(
+            f"--output-kind {name}={kind} needs {_KIND_NEEDS[kind]}, but output '{name}' is {described}; "
+            "choose another kind"
+        )
+
+
+def _declared_output(value: onnx.ValueInfoProto) -> tuple[Optional[int], Optional[bool], Optional[int]]:
+    """(rank, is float, last dim) as the graph declares them; None where not declared."""
+    tensor = value.type.tensor_type
+    floating = None
+    if tensor.elem_type:
+        floating = np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type), np.floating)
+    if not tensor.HasField("shape"):
+        return None, floating, None
+    dims = tensor.shape.dim
+    last = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0 else None
+    return len(dims), floating, last
+
+
+def check_output_kinds(model: onnx.ModelProto, output_kinds: Mapping[str, str]) -> None:
+    """Stated kinds must name graph outputs, be known kinds and fit the declared rank and dtype."""
+    outputs = {o.name: o for o in model.graph.output}
+    for name, kind in output_kinds.items():
+        if kind not in KINDS:
+            raise InputDataError(f"unknown output kind '{kind}' for '{name}'; choose one of: {', '.join(KINDS)}")
+        if name not in outputs:
+            raise InputDataError(
+                f"--output-kind names '{name}', which is not a graph output; outputs are: {', '.join(outputs)}"
+            )
+        rank, floating, last = _declared_output(outputs[name])
+        described = f"declared {'float' if floating else 'non-float'} of rank {rank}"
+        _check_stated_kind(name, kind, rank, floating, last, described)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
+
+
+def nearest_neighbour_agreement(original: np.ndarray, compressed: np.ndarray) -> float:
+    """Fraction of samples whose nearest other sample by cosine similarity is the same for both.
+
+    ``original`` and ``compressed`` are ``(samples, dims)`` embeddings; the similarity matrix is built
+    in row blocks of at most ~16 M entries, so memory stays bounded by the embeddings themselves.
+    """
+    a, b = _unit_rows(original.astype(np.float32)), _unit_rows(compressed.astype(np.float32))
+    n = len(a)
+    block = max(1, min(n, (1 << 24) // max(n, 1)))
+    matches = 0
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = np.arange(stop - start)
+        sim_a, sim_b = a[start:stop] @ a.T, b[start:stop] @ b.T
+        sim_a[rows, rows + start] = -np.inf
+        sim_b[rows, rows + start] = -np.inf
+        matches += int(np.sum(np.argmax(sim_a, axis=1) == np.argmax(sim_b, axis=1)))
+    return matches / n
+
+
+class _Accumulator:
+    """Running figures of one output over the batches: memory bounded by one batch (plus embeddings)."""
+
+    def __init__(self, name: str, kind: str, reason: str, *, batched: bool, labels: Optional[np.ndarray],
+                 shape: tuple[int, ...]) -> None:
+        self.name, self.kind, self.reason, self.batched, self.shape = name, kind, reason, batched, shape
+        self.labels = labels  # all labels of the set, for the first classifier output only
+        self.samples = 0
+        self.max_abs = 0.0
+        self.rel: list[np.ndarray] = []
+        self.cos: list[np.ndarray] = []
+        self.top1 = self.top5 = self.correct_o = self.correct_c = 0
+        self.classes = 0
+        self.embeddings_o: list[np.ndarray] = []
+        self.embeddings_c: list[np.ndarray] = []
+        self.pooled_with_mask = False
+        self.positions = self.position_matches = self.sequence_matches = 0
+        self.binary = False  # dense with one channel: counts for the thresholds (0.5, 0), else per class
+        self.intersection: Optional[np.ndarray] = None
+        self.union: Optional[np.ndarray] = None
+        self.labels_checked = False
+        self.original_min, self.original_max = math.inf, -math.inf
+
+    def add(self, original: np.ndarray, compressed: np.ndarray,
+            feed: Optional[Mapping[str, np.ndarray]] = None) -> None:
+        """Fold one batch (``original`` and ``compressed`` outputs of the same inputs) into the figures."""
+        if original.shape != compressed.shape:
+            raise UnsupportedModelError(
+                f"output '{self.name}' has shape {original.shape} in the original and {compressed.shape} in the "
+                "compressed model; compare a model with one compressed from it"
+            )
+        start = self.samples
+        o = original.astype(np.float64, copy=False)
+        c = compressed.astype(np.float64, copy=False)
+        if o.size:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(c - o))))
+        if self.kind == EMBEDDING:
+            o, c = self._embedding_rows(o, feed), self._embedding_rows(c, feed)
+            self.embeddings_o.append(o.astype(np.float32))
+            self.embeddings_c.append(c.astype(np.float32))
+        rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
+        rows_c = c.reshape(rows_o.shape)
+        self.samples += rows_o.shape[0]
+        self._add_rel_cos(rows_o, rows_c)
+        if self.kind == CLASSIFIER:
+            self._add_classifier(rows_o, rows_c, start)
+        elif self.kind == SEQUENCE:
+            pred_o, pred_c = np.argmax(o, axis=-1), np.argmax(c, axis=-1)
+            same = pred_o == pred_c
+            self.positions += same.size
+            self.position_matches += int(np.sum(same))
+            self.sequence_matches += int(np.sum(np.all(same.reshape(same.shape[0], -1), axis=1)))
+        elif self.kind == DENSE:
+            self._add_dense(o, c)
+
+    def _embedding_rows(self, x: np.ndarray, feed: Optional[Mapping[str, np.ndarray]]) -> np.ndarray:
+        if x.ndim == 2:
+            return x
+        mask = None if feed is None else feed.get(ATTENTION_MASK)
+        if mask is not None and mask.shape == x.shape[:2]:
+            weights = mask.astype(np.float64)[:, :, None]
+            self.pooled_with_mask = True
+            return (x * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+        return x.mean(axis=1)
+
+    def _add_rel_cos(self, o: np.ndarray, c: np.ndarray) -> None:
+        tiny = np.finfo(np.float64).tiny
+        diff_norm = np.linalg.norm(c - o, axis=1)
+        ref_norm = np.linalg.norm(o, axis=1)
+        cmp_norm = np.linalg.norm(c, axis=1)
+        rel = np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))
+        self.rel.append(np.where((ref_norm == 0) & (diff_norm > 0), np.inf, rel))
+        both_zero = (ref_norm == 0) & (cmp_norm == 0)
+        self.cos.append(np.where(both_zero, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny)))
+
+    def _add_classifier(self, o: np.ndarray, c: np.ndarray, start: int) -> None:
+        self.classes = o.shape[1]
+        pred_o, pred_c = np.argmax(o, axis=1), np.argmax(c, axis=1)
+        self.top1 += int(np.sum(pred_o == pred_c))
+        if self.classes > 5:
+            top5_c = np.argpartition(-c, 5, axis=1)[:, :5]
+            self.top5 += int(np.sum(np.any(top5_c == pred_o[:, None], axis=1)))
+        if self.labels is not None:
+            if not self.labels_checked:
+                check_label_range(self.labels, self.name, self.classes)
+                self.labels_checked = True
+            labels = self.labels[start:start + len(pred_o)]
+            self.correct_o += int(np.sum(pred_o == labels))
+            self.correct_c += int(np.sum(pred_c == labels))
+
+    def _add_dense(self, o: np.ndarray, c: np.ndarray) -> None:
+        channels = o.shape[1]
+        self.binary = channels == 1
+        if self.binary:
+            if o.size:
+                self.original_min = min(self.original_min, float(o.min()))
+                self.original_max = max(self.original_max, float(o.max()))
+            inter, union = [], []
+            for threshold in (0.5, 0.0):
+                mask_o, mask_c = o > threshold, c > threshold
+                inter.append(int(np.sum(mask_o & mask_c)))
+                union.append(int(np.sum(mask_o | mask_c)))
+            batch_inter, batch_union = np.asarray(inter, np.int64), np.asarray(union, np.int64)
+        else:
+            map_o, map_c = np.argmax(o, axis=1).ravel(), np.argmax(c, axis=1).ravel()
+            batch_inter = np.bincount(map_o[map_o == map_c], minlength=channels)
+            batch_union = np.bincount(map_o, minlength=channels) + np.bincount(map_c, minlength=channels) - batch_inter
+        self.intersection = batch_inter if self.intersection is None else self.intersection + batch_inter
+        self.union = batch_union if self.union is None else self.union + batch_union
+
+    def _iou(self) -> tuple[Optional[float], Optional[str]]:
+        if self.intersection is None or self.union is None:
+            return None, None
+        if self.binary:
+            probabilities = self.original_min >= 0 and self.original_max <= 1
+            pick = 0 if probabilities else 1
+            rule = ("mask = value > 0.5 (original values in [0, 1]: probabilities)" if probabilities
+                    else "mask = value > 0, i.e. sigmoid > 0.5 (original values outside [0, 1]: logits)")
+            union = int(self.union[pick])
+            return (1.0 if union == 0 else int(self.intersection[pick]) / union), rule
+        present = self.union > 0
+        rule = f"mean over the classes present of the IoU of the arg-max over {len(self.union)} channels"
+        if not np.any(present):
+            return 1.0, rule
+        return float(np.mean(self.intersection[present] / self.union[present])), rule
+
+    def result(self, limits: Mapping[str, tuple[float, bool]]) -> OutputComparison:
+        """The figures, checked against ``limits`` (tolerance name → (limit, is default))."""
+        rel = np.concatenate(self.rel) if self.rel else np.zeros(0)
+        cos = np.concatenate(self.cos) if self.cos else np.zeros(0)
+        figures: dict[str, Any] = dict(
+            max_abs_error=self.max_abs, max_rel_error=float(np.max(rel)) if rel.size else 0.0,
+            mean_rel_error=float(np.mean(rel)) if rel.size else 0.0,
+            min_cosine=float(np.min(cos)) if cos.size else 1.0, mean_cosine=float(np.mean(cos)) if cos.size else 1.0)
+        reason = self.reason
+        if self.kind == CLASSIFIER and self.samples:
+            figures["top1_agreement"] = self.top1 / self.samples
+            if self.classes > 5:
+                figures["top5_agreement"] = self.top5 / self.samples
+            if self.labels is not None:
+                figures["accuracy_original"] = self.correct_o / self.samples
+                figures["accuracy_compressed"] = self.correct_c / self.samples
+        elif self.kind == EMBEDDING:
+            if self.samples >= MIN_NN_SAMPLES:
+                figures["nn_agreement"] = nearest_neighbour_agreement(np.concatenate(self.embeddings_o),
+                                                                      np.concatenate(self.embeddings_c))
+            if self.embeddings_o and len(self.shape) == 2:
+                reason += (f"; mean-pooled over axis 1 weighted by input '{ATTENTION_MASK}'" if self.pooled_with_mask
+                           else "; mean-pooled over axis 1")
+        elif self.kind == SEQUENCE and self.samples:
+            figures["position_agreement"] = self.position_matches / max(self.positions, 1)
+            figures["sequence_agreement"] = self.sequence_matches / self.samples
+        elif self.kind == DENSE:
+            figures["iou"], figures["iou_rule"] = self._iou()
+        applied, unchecked = [], []
+        for name, (limit, default) in limits.items():
+            check = _CHECK_BY_NAME[name]
+            if self.kind not in check.kinds:
+                continue
+            value = figures.get(check.figure)
+            if check.figure == "accuracy_drop" and "accuracy_original" in figures:
+                value = figures["accuracy_original"] - figures["accuracy_compressed"]
+            if value is None:
+                if default:
+                    why = f"needs ≥ {MIN_NN_SAMPLES} samples" if name == "min_nn_agreement" else "not available"
+                    unchecked.append(f"{_flag(name)} not checked ({why})")
+                continue
+            passed = value <= limit if check.upper else value >= limit
+            applied.append(AppliedTolerance(name, limit, default, float(value), bool(passed)))
+        missed = sorted((t for t in applied if not t.passed), key=lambda t: t.default)  # stated limits first
+        failures = tuple(t.failure(self.kind) for t in missed)
+        return OutputComparison(
+            name=self.name, shape=self.shape, samples=self.samples, failures=failures, kind=self.kind,
+            kind_reason=reason, applied=tuple(applied), unchecked=tuple(unchecked), **figures)
+
+
+def check_label_range(labels: np.ndarray, output: str, classes: int) -> None:
+    """Labels must be class ids of ``output`` (in ``[0, classes)``)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise InputDataError(
+            f"labels range over {labels.min()}..{labels.max()}, but output '{output}' has {classes} classes; "
+            "give class ids in [0, classes)"
+        )
+
+
+def effective_tolerances(stated: Tolerances, kind: str, *, figures_only: bool = False) -> dict[str, tuple[float, bool]]:
+    """The limits checked on an output of ``kind``: every stated one, plus the kind's defaults for the
+    figures without a stated limit; ``{name: (limit, is_default)}``; nothing with ``figures_only``."""
+    if figures_only:
+        return {}
+    limits = {name: (value, True) for name, value in DEFAULT_TOLERANCES[kind].stated().items()}
+    limits.update({name: (value, False) for name, value in stated.stated().items()})
+    return {name: limits[name] for name in TOLERANCE_NAMES if name in limits}
 
 
 def compare_output(name: str, original: np.ndarray, compressed: np.ndarray, *, classifier: bool,
                    labels: Optional[np.ndarray], tolerances: Tolerances, check_accuracy: bool,
-                   shape: tuple[int, ...] = ()) -> OutputComparison:
-    """Figures and tolerance checks for one output given as (samples, features) arrays."""
-    if original.shape != compressed.shape:
-        raise UnsupportedModelError(
-            f"output '{name}' has shape {original.shape} in the original and {compressed.shape} in the compressed "
-            "model; compare a model with one compressed from it"
-        )
-    diff = compressed - original
-    tiny = np.finfo(np.float64).tiny
-    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
-    diff_norm = np.linalg.norm(diff, axis=1)
-    ref_norm = np.linalg.norm(original, axis=1)
-    cmp_norm = np.linalg.norm(compressed, axis=1)
-    rel = np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))
-    rel = np.where((ref_norm == 0) & (diff_norm > 0), np.inf, rel)
-    both_zero = (ref_norm == 0) & (cmp_norm == 0)
-    cosine = np.where(both_zero, 1.0, np.sum(original * compressed, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))
-    top1 = top5 = acc_o = acc_c = None
-    if classifier:
-        pred_o = np.argmax(original, axis=1)
-        pred_c = np.argmax(compressed, axis=1)
-        top1 = float(np.mean(pred_o == pred_c))
-        if original.shape[1] > 5:
-            top5_c = np.argpartition(-compressed, 5, axis=1)[:, :5]
-            top5 = float(np.mean(np.any(top5_c == pred_o[:, None], axis=1)))
-        if labels is not None and check_accuracy:
-            if labels.min() < 0 or labels.max() >= original.shape[1]:
-                raise InputDataError(
-                    f"labels range over {labels.min()}..{labels.max()}, but output '{name}' has {original.shape[1]} "
-                    "classes; give class ids in [0, classes)"
-                )
-            acc_o = float(np.mean(pred_o == labels))
-            acc_c = float(np.mean(pred_c == labels))
-    failures = []
-    if tolerances.atol is not None and not max_abs <= tolerances.atol:
-        failures.append(f"abs={max_abs:.3g} > atol={tolerances.atol:g}")
-    max_rel = float(np.max(rel)) if rel.size else 0.0
-    if tolerances.rtol is not None and not max_rel <= tolerances.rtol:
-        failures.append(f"rel={max_rel:.3g} > rtol={tolerances.rtol:g}")
-    if top1 is not None and tolerances.min_top1_agreement is not None and top1 < tolerances.min_top1_agreement:
-        failures.append(f"top1={top1:.4f} < min-top1-agreement={tolerances.min_top1_agreement:g}")
-    if acc_o is not None and tolerances.max_accuracy_drop is not None and acc_o - acc_c > tolerances.max_accuracy_drop:
-        failures.append(f"accuracy drop={acc_o - acc_c:.4f} > max-accuracy-drop={tolerances.max_accuracy_drop:g}")
-    return OutputComparison(
-        name=name, shape=shape, samples=int(original.shape[0]), max_abs_error=max_abs, max_rel_error=max_rel,
-        mean_rel_error=float(np.mean(rel)) if rel.size else 0.0,
-        min_cosine=float(np.min(cosine)) if cosine.size else 1.0,
-        mean_cosine=float(np.mean(cosine)) if cosine.size else 1.0,
-        top1_agreement=top1, top5_agreement=top5, accuracy_original=acc_o, accuracy_compressed=acc_c,
-        failures=tuple(failures),
-    )
+                   shape: tuple[int, ...] = (), kind: Optional[str] = None) -> OutputComparison:
+    """Figures of one output given as whole arrays, checked against ``tolerances`` only (no defaults).
+
+    ``kind`` (default: classifier when ``classifier`` else regression) picks the figures;
+    ``labels`` are used when ``check_accuracy`` and the kind is classifier.
+    """
+    kind = kind or (CLASSIFIER if classifier else REGRESSION)
+    if kind not in KINDS:
+        raise InputDataError(f"unknown output kind '{kind}'; choose one of: {', '.join(KINDS)}")
+    _check_stated_kind(name, kind, original.ndim, bool(np.issubdtype(original.dtype, np.floating)),
+                       original.shape[-1] if original.ndim else None, f"of shape {original.shape}")
+    use_labels = labels if (check_accuracy and kind == CLASSIFIER) else None
+    accumulator = _Accumulator(name, kind, "given", batched=True, labels=use_labels,
+                               shape=shape or tuple(original.shape[1:]))
+    accumulator.add(np.asarray(original), np.asarray(compressed))
+    return accumulator.result({n: (v, False) for n, v in tolerances.stated().items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# validate
 
 
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",
              rtol: Optional[float] = None, atol: Optional[float] = None,
              min_top1_agreement: Optional[float] = None, max_accuracy_drop: Optional[float] = None,
+             max_mean_rel: Optional[float] = None, min_mean_cosine: Optional[float] = None,
+             min_nn_agreement: Optional[float] = None, min_position_agreement: Optional[float] = None,
+             min_sequence_agreement: Optional[float] = None, min_iou: Optional[float] = None,
+             figures_only: bool = False, output_kinds: Optional[Mapping[str, str]] = None,
              batch_size: int = 32, threads: Optional[int] = None,
              progress: Optional[bool] = None) -> ValidationReport:
     """Run both models on ``inputs`` with ``provider`` and compare every output.
 
+    Every output is checked against the stated tolerances and, for figures without a stated one, the
+    defaults of its kind (:data:`DEFAULT_TOLERANCES`); ``figures_only`` checks nothing.
+    ``output_kinds`` maps output names to kinds (:data:`KINDS`) instead of choosing by shape.
     Returns the report whether or not it passed (see :meth:`ValidationReport.raise_if_failed`).
     Raises :class:`ProviderError` when the provider is not available (no silent CPU fallback) and
     :class:`InputDataError` when a tolerance cannot be checked (e.g. ``max_accuracy_drop`` without labels).
     """
-    tolerances = Tolerances(rtol, atol, min_top1_agreement, max_accuracy_drop)
+    stated = Tolerances(rtol, atol, min_top1_agreement, max_accuracy_drop, max_mean_rel, min_mean_cosine,
+                        min_nn_agreement, min_position_agreement, min_sequence_agreement, min_iou)
+    if figures_only and stated.any:
+        raise InputDataError(f"--figures-only checks nothing, but tolerances were given ({stated.describe()}); "
+                             "drop one or the other")
     if batch_size < 1:
         raise InputDataError(f"got batch size {batch_size}; the batch size must be ≥ 1")
+    output_kinds = dict(output_kinds or {})
     original_model = load_model(original)
     compressed_model = load_model(compressed)
     _check_same_interface(original_model, compressed_model)
+    check_output_kinds(original_model, output_kinds)
+    if stated.max_accuracy_drop is not None and inputs.labels is None:
+        raise InputDataError(
+            "--max-accuracy-drop needs labels (an .npz 'labels' array, --labels FILE or --labels-from-filenames) "
+            "and a classifier output; give labeled inputs or use --min-top1-agreement"
+        )
+    if stated.min_nn_agreement is not None and len(inputs) < MIN_NN_SAMPLES:
+        raise InputDataError(f"--min-nn-agreement needs at least {MIN_NN_SAMPLES} samples, got {len(inputs)}; "
+                             "give more inputs")
+    _check_declared_label_range(original_model, inputs.labels, output_kinds)
     batch, notes = effective_batch_size(original_model, batch_size, len(inputs))
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
@@ -314,51 +770,92 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     session_c = make_session(compressed if not isinstance(compressed, onnx.ModelProto) else compressed_model,
                              provider, threads=threads)
     output_names = [o.name for o in session_o.get_outputs()]
-    collected_o: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
-    collected_c: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
-    batch_lengths: list[int] = []
+    accumulators: dict[str, _Accumulator] = {}
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
     total = math.ceil(len(inputs) / batch)
     for feed in tqdm(inputs.batches(batch), total=total, desc="validate", unit="batch", disable=not show):
-        batch_lengths.append(len(next(iter(feed.values()))))
-        for name, value in zip(output_names, session_o.run(output_names, feed)):
-            collected_o[name].append(np.asarray(value))
-        for name, value in zip(output_names, session_c.run(output_names, feed)):
-            collected_c[name].append(np.asarray(value))
-    classifier_names = [n for n in output_names if _is_classifier(collected_o[n])]
-    if tolerances.min_top1_agreement is not None and not classifier_names:
-        raise InputDataError(
-            "--min-top1-agreement needs a classifier-shaped output (2-D float, ≥ 2 classes) and the model has none; "
-            "use --rtol/--atol"
-        )
-    if tolerances.max_accuracy_drop is not None and (inputs.labels is None or not classifier_names):
-        raise InputDataError(
-            "--max-accuracy-drop needs labels (an .npz 'labels' array or image names like cat_281.jpg) and a "
-            "classifier-shaped output; give labeled inputs or use --min-top1-agreement"
-        )
-    outputs = []
-    for name in output_names:
-        per_o = _per_sample(collected_o[name], batch_lengths)
-        per_c = _per_sample(collected_c[name], batch_lengths)
-        shape = tuple(int(d) for d in collected_o[name][0].shape[1:])
-        outputs.append(compare_output(
-            name, per_o, per_c, classifier=name in classifier_names, labels=inputs.labels,
-            tolerances=tolerances, check_accuracy=bool(classifier_names) and name == classifier_names[0], shape=shape,
-        ))
+        count = len(next(iter(feed.values())))
+        values_o = [np.asarray(v) for v in session_o.run(output_names, feed)]
+        values_c = [np.asarray(v) for v in session_c.run(output_names, feed)]
+        if not accumulators:
+            accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels)
+        for name, value_o, value_c in zip(output_names, values_o, values_c):
+            accumulator = accumulators[name]
+            if accumulator.batched and (value_o.ndim == 0 or value_o.shape[0] != count):
+                raise UnsupportedModelError(
+                    f"output '{name}' had the batch as first dim in the first batch but has shape {value_o.shape} "
+                    f"for a batch of {count}; run with --batch-size that divides the sample count"
+                )
+            accumulator.add(value_o, value_c, feed)
+    outputs = tuple(accumulators[name].result(effective_tolerances(stated, accumulators[name].kind,
+                                                                   figures_only=figures_only))
+                    for name in output_names)
+    if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
+        notes.append("labels were given but no output is a classifier: accuracy not measured")
     return ValidationReport(
         original=_describe(original, "<original model>"), compressed=_describe(compressed, "<compressed model>"),
-        outputs=tuple(outputs), tolerances=tolerances, samples=len(inputs), input_source=inputs.source,
+        outputs=outputs, tolerances=stated, samples=len(inputs), input_source=inputs.source,
         random_inputs=inputs.is_random, has_labels=inputs.labels is not None, provider=provider,
         provider_name=PROVIDERS[provider], batch_size=batch, onnxruntime_version=ort.__version__,
-        notes=tuple(notes),
+        notes=tuple(notes), figures_only=figures_only,
     )
 
 
-def _is_classifier(chunks: list[np.ndarray]) -> bool:
-    first = chunks[0]
-    return first.ndim == 2 and np.issubdtype(first.dtype, np.floating) and first.shape[1] >= 2
+def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,
+                        output_kinds: Mapping[str, str], stated: Tolerances,
+                        labels: Optional[np.ndarray]) -> dict[str, _Accumulator]:
+    """Choose every output's kind on the first batch, check what was stated against it, and start."""
+    kinds: dict[str, tuple[str, str, bool]] = {}
+    for name, value in zip(names, first):
+        batched = value.ndim >= 1 and value.shape[0] == count
+        if name in output_kinds:
+            kind = output_kinds[name]
+            if kind != REGRESSION and not batched:
+                raise InputDataError(f"--output-kind {name}={kind} needs the batch as the output's first dim, but "
+                                     f"'{name}' has shape {value.shape} for a batch of {count}; use regression")
+            _check_stated_kind(name, kind, value.ndim, bool(np.issubdtype(value.dtype, np.floating)),
+                               value.shape[-1] if value.ndim else None, f"{value.dtype} of shape {value.shape}")
+            kinds[name] = (kind, "--output-kind", batched)
+        else:
+            kind, reason = detect_kind(name, value, batched)
+            kinds[name] = (kind, reason, batched)
+    present = {kind for kind, _, _ in kinds.values()}
+    listing = ", ".join(f"{n}={k}" for n, (k, _, _) in kinds.items())
+    for name in stated.stated():
+        needed = _CHECK_BY_NAME[name].kinds
+        if needed != KINDS and not present & set(needed):
+            raise InputDataError(
+                f"--{_flag(name)} needs a {needed[0]} output and the model has none (output kinds: {listing}); "
+                f"set one with --output-kind NAME={needed[0]} or drop the flag"
+            )
+    first_classifier = next((n for n in names if kinds[n][0] == CLASSIFIER), None)
+    return {name: _Accumulator(name, kind, reason, batched=batched,
+                               labels=labels if name == first_classifier else None,
+                               shape=tuple(int(d) for d in value.shape[1 if batched else 0:]))
+            for (name, (kind, reason, batched)), value in zip(kinds.items(), first)}
+
+
+def _check_declared_label_range(model: onnx.ModelProto, labels: Optional[np.ndarray],
+                                output_kinds: Mapping[str, str]) -> None:
+    """Before any model runs: labels must fit the class count of the first output that will be the
+    classifier, where the graph declares it (otherwise the check happens on the first batch)."""
+    if labels is None:
+        return
+    for value in model.graph.output:
+        rank, floating, last = _declared_output(value)
+        stated = output_kinds.get(value.name)
+        if stated is not None and stated != CLASSIFIER:
+            continue
+        if rank is None or floating is None:
+            return  # not known before running: this output may be the classifier
+        if rank == 2 and floating and (stated == CLASSIFIER or not EMBEDDING_NAME.search(value.name)):
+            if last is None:
+                return  # the class count is dynamic: checked on the first batch
+            if last >= 2:
+                check_label_range(labels, value.name, last)
+                return
 
 
 def _check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
@@ -385,10 +882,15 @@ def _check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto
 def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, inputs: InputSet,
                        provider: str = "cpu", rtol: Optional[float] = None, atol: Optional[float] = None,
                        min_top1_agreement: Optional[float] = None, max_accuracy_drop: Optional[float] = None,
+                       max_mean_rel: Optional[float] = None, min_mean_cosine: Optional[float] = None,
+                       min_nn_agreement: Optional[float] = None, min_position_agreement: Optional[float] = None,
+                       min_sequence_agreement: Optional[float] = None, min_iou: Optional[float] = None,
+                       figures_only: bool = False, output_kinds: Optional[Mapping[str, str]] = None,
                        batch: int = 1, weights_kept: Optional[float] = None, macs_kept: Optional[float] = None,
                        input_shapes: Optional[dict[str, Sequence[int]]] = None, threads: Optional[int] = None,
                        bench_options: Optional[dict[str, Any]] = None) -> tuple[ValidationReport, Any, str]:
-    """Validate, then benchmark the pair at ``batch``, and make the one-line summary.
+    """Validate (stated tolerances plus the kinds' defaults, as :func:`validate`), then benchmark the
+    pair at ``batch``, and make the one-line summary.
 
     Returns ``(validation_report, bench_report, summary)``; the caller prints them and then calls
     ``validation_report.raise_if_failed()``. ``bench_options`` passes extra keywords to
@@ -400,7 +902,10 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     if isinstance(original_path, onnx.ModelProto) or isinstance(compressed_path, onnx.ModelProto):
         names = ["original", "compressed"]
     report = validate(original_path, compressed_path, inputs=inputs, provider=provider, rtol=rtol, atol=atol,
-                      min_top1_agreement=min_top1_agreement, max_accuracy_drop=max_accuracy_drop, threads=threads)
+                      min_top1_agreement=min_top1_agreement, max_accuracy_drop=max_accuracy_drop,
+                      max_mean_rel=max_mean_rel, min_mean_cosine=min_mean_cosine, min_nn_agreement=min_nn_agreement,
+                      min_position_agreement=min_position_agreement, min_sequence_agreement=min_sequence_agreement,
+                      min_iou=min_iou, figures_only=figures_only, output_kinds=output_kinds, threads=threads)
     timing = bench([original_path, compressed_path], provider=provider, batch_sizes=(batch,), threads=threads,
                    input_shapes=input_shapes, names=names, **(bench_options or {}))
     speedup = timing.speedup(1, batch)
@@ -410,7 +915,11 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
 
 def summary_line(report: ValidationReport, speedup: Optional[float], *, provider: str, batch: int,
                  weights_kept: Optional[float] = None, macs_kept: Optional[float] = None) -> str:
-    """``summary: weights kept 0.48, MACs kept 0.50, speedup 1.83x on cpu (batch 1), top-1 agreement 0.97``."""
+    """``summary: weights kept 0.48, MACs kept 0.50, speedup 1.83x on cpu (batch 1), top-1 agreement 0.97``.
+
+    The quality figures are those of the first classifier output, else of the first embedding,
+    sequence or dense output, else min cosine and max rel error over all outputs.
+    """
     parts = []
     if weights_kept is not None:
         parts.append(f"weights kept {weights_kept:.2f}")
@@ -418,12 +927,21 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
         parts.append(f"MACs kept {macs_kept:.2f}")
     if speedup is not None:
         parts.append(f"speedup {speedup:.2f}x on {provider} (batch {batch})")
-    head = report.classifier
-    if head is not None:
+    head = report.classifier or next((o for o in report.outputs if o.kind in (EMBEDDING, SEQUENCE, DENSE)), None)
+    if head is not None and head.kind == CLASSIFIER:
         parts.append(f"top-1 agreement {head.top1_agreement:.2f}")
         if head.accuracy_drop is not None:
             parts.append(f"accuracy {head.accuracy_original:.3f} -> {head.accuracy_compressed:.3f} "
                          f"(drop {head.accuracy_drop:+.3f})")
+    elif head is not None and head.kind == EMBEDDING:
+        parts.append(f"mean cosine {head.mean_cosine:.4f}")
+        if head.nn_agreement is not None:
+            parts.append(f"nearest-neighbour agreement {head.nn_agreement:.2f}")
+    elif head is not None and head.kind == SEQUENCE:
+        parts.append(f"position agreement {head.position_agreement:.3f}, "
+                     f"sequence agreement {head.sequence_agreement:.2f}")
+    elif head is not None and head.kind == DENSE:
+        parts.append(f"IoU {head.iou:.3f}")
     elif report.outputs:
         parts.append(f"min cosine {min(o.min_cosine for o in report.outputs):.4f}")
         parts.append(f"max rel error {max(o.max_rel_error for o in report.outputs):.3g}")
@@ -463,10 +981,11 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``compress --validate``: validation inputs, provider, batch, tolerances.
 
     Validation inputs: ``--validate-inputs FILE.npz | --validate-images DIR | --validate-random N``
-    (``--preprocess``/``--input-shape`` are shared with the calibration flags). Without them the
-    calibration inputs are used (the report notes it), else 64 random samples (labeled as random).
+    (``--preprocess``/``--input-shape`` are shared with the calibration flags), with optional
+    ``--validate-labels FILE | --validate-labels-from-filenames``. Without them the calibration
+    inputs are used (the report notes it), else 64 random samples (labeled as random).
     """
-    add_input_arguments(parser, "validate-", preprocess=False, input_shape=False)
+    add_input_arguments(parser, "validate-", preprocess=False, input_shape=False, labels=True)
     group = parser.add_argument_group("validation (with --validate)")
     group.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                        help="ONNX Runtime provider for validation and timing (no fallback)")
@@ -513,34 +1032,64 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
 # Command line
 
 
-
-
-
-
+def output_kind_arg(text: str) -> tuple[str, str]:
+    """``NAME=KIND`` for ``--output-kind`` (argparse turns an error into a usage error)."""
+    name, sep, kind = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"'{text}' is not NAME=KIND (e.g. logits=classifier)")
+    if kind not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind '{kind}' in '{text}'; choose one of: {', '.join(KINDS)}")
+    return name, kind
 
 
 def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--rtol``, ``--atol``, ``--min-top1-agreement``, ``--max-accuracy-drop`` (also for compress --validate)."""
-    group = parser.add_argument_group("tolerances (each optional; exit 1 when one is missed)")
+    """The tolerance flags, ``--figures-only`` and ``--output-kind`` (also for ``compress --validate``)."""
+    group = parser.add_argument_group(
+        "tolerances (exit 1 when one is missed; each output kind has defaults for the figures without a "
+        "stated limit, see docs/VALIDATE_AND_BENCH.md)")
     group.add_argument("--rtol", type=non_negative_float, default=None, metavar="X",
-                       help="max relative L2 error per sample, ‖c−o‖/‖o‖")
+                       help="max relative L2 error of any sample, ‖c−o‖/‖o‖")
     group.add_argument("--atol", type=non_negative_float, default=None, metavar="X", help="max absolute error of any element")
+    group.add_argument("--max-mean-rel", type=non_negative_float, default=None, metavar="X",
+                       help="max mean over samples of the relative L2 error (default 0.1 for regression outputs)")
+    group.add_argument("--min-mean-cosine", type=fraction, default=None, metavar="F",
+                       help="min mean over samples of the cosine similarity (default 0.9; 0.95 for embeddings)")
     group.add_argument("--min-top1-agreement", type=fraction, default=None, metavar="F",
-                       help="min fraction of samples whose top-1 class matches the original's")
+                       help="classifiers: min fraction of samples with the same top-1 class (default 0.9)")
     group.add_argument("--max-accuracy-drop", type=fraction, default=None, metavar="F",
-                       help="max drop of top-1 accuracy against labels, as a fraction (0.01 = 1 point)")
+                       help="classifiers with labels: max drop of top-1 accuracy, as a fraction (0.01 = 1 point)")
+    group.add_argument("--min-nn-agreement", type=fraction, default=None, metavar="F",
+                       help="embeddings: min fraction of samples with the same nearest neighbour (default 0.7)")
+    group.add_argument("--min-position-agreement", type=fraction, default=None, metavar="F",
+                       help="sequences: min fraction of positions with the same arg-max (default 0.9)")
+    group.add_argument("--min-sequence-agreement", type=fraction, default=None, metavar="F",
+                       help="sequences: min fraction of samples whose whole arg-max sequence is the same")
+    group.add_argument("--min-iou", type=fraction, default=None, metavar="F",
+                       help="dense maps: min IoU of the compressed model's masks with the original's (default 0.8)")
+    group.add_argument("--figures-only", action="store_true",
+                       help="print the figures and check nothing (no default tolerances); exit 0")
+    group.add_argument("--output-kind", action="append", type=output_kind_arg, default=None, metavar="NAME=KIND",
+                       help=f"treat output NAME as KIND ({'|'.join(KINDS)}) instead of choosing by shape (repeatable)")
 
 
-def tolerances_from_args(args: argparse.Namespace) -> dict[str, Optional[float]]:
-    """The tolerance keywords of :func:`validate` from parsed flags."""
-    return {name: getattr(args, name, None) for name in ("rtol", "atol", "min_top1_agreement", "max_accuracy_drop")}
+def tolerances_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The tolerance, ``figures_only`` and ``output_kinds`` keywords of :func:`validate` from parsed flags."""
+    options: dict[str, Any] = {name: getattr(args, name, None) for name in TOLERANCE_NAMES}
+    options["figures_only"] = bool(getattr(args, "figures_only", False))
+    kinds: dict[str, str] = {}
+    for name, kind in getattr(args, "output_kind", None) or ():
+        if kinds.get(name, kind) != kind:
+            raise InputDataError(f"--output-kind gives '{name}' two kinds ({kinds[name]} and {kind}); give one")
+        kinds[name] = kind
+    options["output_kinds"] = kinds
+    return options
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds validate``."""
     parser.add_argument("original", metavar="ORIGINAL", help="the original .onnx model")
     parser.add_argument("compressed", metavar="COMPRESSED", help="the compressed .onnx model")
-    add_input_arguments(parser)
+    add_input_arguments(parser, labels=True)
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="samples per run (default 32)")
@@ -550,14 +1099,13 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
 
 
-
-
 def run_validate_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds validate``: print the report, write --json, return 0 or raise ValidationFailedError."""
     original = load_model(args.original)
+    options = tolerances_from_args(args)
     inputs = inputs_from_args(original, args, required=True)
     report = validate(args.original, args.compressed, inputs=inputs, provider=args.provider,
-                      batch_size=args.batch_size, threads=getattr(args, "threads", None), **tolerances_from_args(args))
+                      batch_size=args.batch_size, threads=getattr(args, "threads", None), **options)
     for line in report.lines():
         print(line)
     if args.json:

@@ -387,3 +387,22 @@ def test_analyze_piped_to_head_exits_quietly_and_writes_its_json(tmp_path):
     assert "Traceback" not in done.stderr and done.stderr.strip() == ""
     assert done.returncode in (0, 141)
     assert len(done.stdout.splitlines()) == 2 and report.exists()
+
+
+def test_data_free_deep_cut_and_tiny_head_are_warned(capsys):
+    rng = np.random.default_rng(20)
+    hidden = rng.standard_normal((256, 256)).astype(np.float32) / 16  # full rank: any cut costs
+    head = rng.standard_normal((256, 1000)).astype(np.float32) / 16
+    nodes = [helper.make_node("MatMul", ["x", "hidden"], ["h"], name="hidden"),
+             helper.make_node("MatMul", ["h", "head"], ["y"], name="head")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1000])],
+                 [numpy_helper.from_array(hidden, "hidden"), numpy_helper.from_array(head, "head")])
+    report = onnx_alds.compress(model, keep_params=0.08).report
+    assert any("no calibration data" in w for w in report.warnings)
+    assert any("full rank" in w for w in report.warnings)
+    assert "warning: no calibration data" in report.format()
+    gentle = onnx_alds.compress(model, keep_params=0.95).report
+    assert not gentle.warnings
+    assert any("not multiples of 16" in note for note in gentle.notes) or all(
+        row.rank % 16 == 0 for row in gentle.layers if row.groups)

@@ -1,9 +1,10 @@
 """Input sets: .npz loading and its errors, image preprocessing against hand-computed arrays,
-labels from file names, random inputs, and the shared CLI flags."""
+opt-in labels (labels files, file names), random inputs, and the shared CLI flags."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import onnx
@@ -13,7 +14,8 @@ from PIL import Image
 
 from onnx_alds.errors import InputDataError, OnnxAldsError
 from onnx_alds.inputs import (PRESETS, InputSet, Preprocess, add_input_arguments, inputs_from_args,
-                              label_from_filename, load_inputs, preprocess_image, preprocess_from_args)
+                              label_from_filename, load_inputs, preprocess_image, preprocess_from_args,
+                              read_labels_file)
 
 OPSET = 17
 
@@ -122,7 +124,7 @@ def test_imagenet_preset_resizes_short_side_and_crops(tmp_path):
     expected = (color / 255 - mean) / std  # a constant image stays constant through bilinear resizing
     np.testing.assert_allclose(data.arrays["x"][0].reshape(3, -1).mean(axis=1), expected, rtol=1e-5)
     np.testing.assert_allclose(data.arrays["x"][0].reshape(3, -1).std(axis=1), 0, atol=1e-5)
-    np.testing.assert_array_equal(data.labels, [7])
+    assert data.labels is None  # labels are opt-in: the 7 in the name is not read by default
     assert "imagenet" in data.source
 
 
@@ -137,7 +139,8 @@ def test_mnist_preset_grayscale_28(tmp_path):
     digit[10:18, 12:16] = 255
     Image.fromarray(digit).save(tmp_path / "mnist_00_7.png")
     Image.fromarray(digit).save(tmp_path / "mnist_01_3.png")
-    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist",
+                       labels_from_filenames=True)
     np.testing.assert_allclose(data.arrays["x"][0, 0], digit / 255, atol=1e-6)
     np.testing.assert_array_equal(data.labels, [7, 3])  # sorted by name: mnist_00_7, mnist_01_3
 
@@ -148,12 +151,112 @@ def test_label_rule(name, label):
     assert label_from_filename(name) == label
 
 
-def test_labels_only_when_every_file_has_one(tmp_path):
+def test_image_names_give_no_labels_by_default(tmp_path):
+    for name in ("IMG_2030.png", "IMG_2031.png"):
+        _write(tmp_path / name, np.zeros((4, 4, 3)))
+    data = load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path, preprocess=Preprocess("raw"))
+    assert len(data) == 2 and data.labels is None
+
+
+def test_labels_from_filenames_needs_every_file_and_fails_before_decoding(tmp_path, monkeypatch):
     for name in ("a_1.png", "b.png"):
         _write(tmp_path / name, np.zeros((4, 4, 3)))
-    pre = Preprocess("raw")
-    data = load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path, preprocess=pre)
-    assert len(data) == 2 and data.labels is None
+    decoded = []
+    monkeypatch.setattr("onnx_alds.inputs.preprocess_image", lambda *a: decoded.append(a))
+    with pytest.raises(InputDataError, match="'b.png' has no class id at the end of its name"):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path, preprocess=Preprocess("raw"),
+                    labels_from_filenames=True)
+    assert decoded == []  # the names were checked before any image was decoded
+
+
+def test_labels_from_filenames_only_with_images(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(InputDataError, match="use it with --images"):
+        load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_from_filenames=True)
+
+
+# --- labels files -----------------------------------------------------------------------------------
+
+
+def _folder(tmp_path, names=("b.png", "a.png", "c.png")):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for value, name in enumerate(names):
+        _write(folder / name, np.full((4, 4, 3), value * 50))
+    return folder
+
+
+def test_labels_file_of_ids_follows_sorted_file_order(tmp_path):
+    folder = _folder(tmp_path)
+    (tmp_path / "l.txt").write_text("# class ids, sorted file order\n4\n5\n\n6\n")
+    data = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                       labels_file=tmp_path / "l.txt")
+    np.testing.assert_array_equal(data.labels, [4, 5, 6])  # a.png, b.png, c.png
+    np.testing.assert_allclose(data.arrays["x"][:, 0, 0, 0], [50, 0, 100])  # a.png was written second
+    limited = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                          labels_file=tmp_path / "l.txt", limit=2)
+    np.testing.assert_array_equal(limited.labels, [4, 5])
+
+
+def test_labels_file_of_names_maps_each_image(tmp_path):
+    folder = _folder(tmp_path)
+    (tmp_path / "l.csv").write_text("c.png,2\nb.png, 1\na.png,0\n")
+    data = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                       labels_file=tmp_path / "l.csv")
+    np.testing.assert_array_equal(data.labels, [0, 1, 2])
+
+
+def test_labels_file_with_an_npz(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 3, 4, 4), np.float32))
+    (tmp_path / "l.txt").write_text("1\n0\n2\n")
+    data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_file=tmp_path / "l.txt", limit=2)
+    np.testing.assert_array_equal(data.labels, [1, 0])
+    np.savez(tmp_path / "e.npz", x=np.zeros((3, 3, 4, 4), np.float32), labels=np.arange(3))
+    with pytest.raises(InputDataError, match="already holds 'labels'"):
+        load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "e.npz", labels_file=tmp_path / "l.txt")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "holds no labels"),
+    ("1\ncat\n", "line 2: 'cat' is not an integer class id"),
+    ("1\n2.0\n", "line 2: '2.0' is not an integer class id"),
+    ("0\n-1\n", "line 2: class id -1 is negative"),
+    ("0\na.png,1\n", "mixes plain ids and name,label lines (line 1 is plain, line 2 is name,label)"),
+    ("a.png,1\na.png,2\n", "line 2: 'a.png' is listed twice"),
+    (",3\n", "line 1: no file name before the comma"),
+])
+def test_bad_labels_files_name_the_line(tmp_path, text, message):
+    (tmp_path / "l.txt").write_text(text)
+    with pytest.raises(InputDataError, match=re.escape(message)):
+        read_labels_file(tmp_path / "l.txt")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0\n1\n", "has 2 labels for 3 images"),
+    ("a.png,0\nb.png,1\n", "image 'c.png' has no label"),
+    ("a.png,0\nb.png,1\nc.png,2\nd.png,3\n", "names 'd.png', which is not an image of the folder"),
+])
+def test_labels_file_must_match_the_images(tmp_path, text, message):
+    folder = _folder(tmp_path)
+    (tmp_path / "l.txt").write_text(text)
+    with pytest.raises(InputDataError, match=re.escape(message)):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                    labels_file=tmp_path / "l.txt")
+
+
+def test_labels_file_errors_for_other_sources(tmp_path):
+    model = _image_model(["N", 3, 4, 4])
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4, 4), np.float32))
+    (tmp_path / "n.txt").write_text("a.png,1\nb.png,0\n")
+    with pytest.raises(InputDataError, match="name,label lines, which name image files"):
+        load_inputs(model, npz=tmp_path / "d.npz", labels_file=tmp_path / "n.txt")
+    with pytest.raises(InputDataError, match="labels for random inputs mean nothing"):
+        load_inputs(model, random=2, labels_file=tmp_path / "n.txt")
+    with pytest.raises(InputDataError, match="does not exist"):
+        load_inputs(model, npz=tmp_path / "d.npz", labels_file=tmp_path / "missing.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputDataError, match="as UTF-8 text"):
+        read_labels_file(tmp_path / "bin.txt")
 
 
 def test_empty_folder_is_an_error(tmp_path):
@@ -185,7 +288,7 @@ def test_random_dynamic_dims_need_input_shape():
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    add_input_arguments(parser)
+    add_input_arguments(parser, labels=True)
     add_input_arguments(parser, "calibration-", preprocess=False, input_shape=False)
     return parser
 
@@ -204,11 +307,29 @@ def test_prefixed_and_plain_flags_live_together(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--images", "a", "--random", "3"],
-                                  ["--calibration", "a.npz", "--calibration-random", "2"]])
+                                  ["--calibration", "a.npz", "--calibration-random", "2"],
+                                  ["--images", "a", "--labels", "l.txt", "--labels-from-filenames"]])
 def test_two_sources_is_a_usage_error(argv):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(argv)
     assert exit_info.value.code == 2
+
+
+def test_label_flags_reach_load_inputs(tmp_path):
+    folder = _folder(tmp_path, names=("x_3.png", "y_1.png"))
+    model = _image_model(["N", 3, 4, 4])
+    args = _parser().parse_args(["--images", str(folder), "--preprocess", "custom", "--labels-from-filenames"])
+    np.testing.assert_array_equal(inputs_from_args(model, args).labels, [3, 1])
+    assert inputs_from_args(model, _parser().parse_args(["--images", str(folder), "--preprocess", "custom"])).labels \
+        is None
+    (tmp_path / "l.txt").write_text("7\n8\n")
+    args = _parser().parse_args(["--images", str(folder), "--preprocess", "custom", "--labels", str(tmp_path / "l.txt")])
+    np.testing.assert_array_equal(inputs_from_args(model, args).labels, [7, 8])
+    with pytest.raises(InputDataError, match="--labels-from-filenames reads class ids from image file names"):
+        inputs_from_args(model, _parser().parse_args(["--random", "2", "--labels-from-filenames"]))
+    with pytest.raises(InputDataError, match="--labels labels the samples of --inputs or --images"):
+        inputs_from_args(model, _parser().parse_args(["--labels", "l.txt"]), required=False)
+    assert not hasattr(_parser().parse_args([]), "calibration_labels")  # labels only where asked for
 
 
 def test_custom_flags_override_the_preset():

@@ -98,9 +98,19 @@ def test_build_cli_list_and_unknown():
 
 
 def test_core_package_never_imports_torch():
+    """Only the distillation module (the optional [distill] extra) may use torch, and only inside
+    functions: importing any module of the package, that one included, never imports torch."""
     for path in (ROOT / "onnx_alds").rglob("*.py"):
         text = path.read_text()
+        if path.name == "distill.py":
+            assert not [line for line in text.splitlines() if line.startswith(("import torch", "from torch"))], path
+            continue
         assert "import torch" not in text and "from torch" not in text, path
+    probe = ("import sys, importlib, pkgutil, onnx_alds\n"
+             "for m in pkgutil.iter_modules(onnx_alds.__path__): importlib.import_module('onnx_alds.' + m.name)\n"
+             "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 # ----------------------------------------------------------------------------- bundled demo asset

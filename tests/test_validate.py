@@ -1,21 +1,33 @@
-"""validate: figures on identical, perturbed and hand-made models, tolerances and exit paths."""
+"""validate: figures on identical, perturbed and hand-made models, output kinds, default tolerances,
+opt-in labels, and exit paths."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
+from onnx_alds.cli import main
 from onnx_alds.errors import InputDataError, ProviderError, ValidationFailedError
 from onnx_alds.inputs import InputSet, load_inputs
-from onnx_alds.validate import (Tolerances, add_validate_arguments, compare_output, run_validate_command,
-                                summary_line, validate, validate_and_bench)
+from onnx_alds.validate import (DEFAULT_TOLERANCES, Tolerances, add_validate_arguments, compare_output,
+                                nearest_neighbour_agreement, run_validate_command, summary_line, validate,
+                                validate_and_bench)
 
 OPSET = 17
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
 def _classifier(noise: float = 0.0, seed: int = 0) -> onnx.ModelProto:
@@ -32,12 +44,10 @@ def _classifier(noise: float = 0.0, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Relu", ["c"], ["r"], name="relu1"),
              helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="fc")]
-    graph = helper.make_graph(
-        nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(conv_w, "conv1.weight"), numpy_helper.from_array(fc_w, "fc.weight"),
-         numpy_helper.from_array(fc_b, "fc.bias")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                  [numpy_helper.from_array(conv_w, "conv1.weight"), numpy_helper.from_array(fc_w, "fc.weight"),
+                   numpy_helper.from_array(fc_b, "fc.bias")])
 
 
 def _swap_model(swap: bool) -> onnx.ModelProto:
@@ -45,11 +55,58 @@ def _swap_model(swap: bool) -> onnx.ModelProto:
     perm = np.eye(6, dtype=np.float32)
     if swap:
         perm[[0, 1]] = perm[[1, 0]]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "P"], ["logits"], name="mm")], "swap",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 6])], [numpy_helper.from_array(perm, "P")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return _matmul(perm, ["N", 6], "logits")
+
+
+def _matmul(weight: np.ndarray, x_dims: list, out: str = "y", *, normalize: bool = False,
+            sigmoid: bool = False, out_dims: Optional[list] = None) -> onnx.ModelProto:
+    """``out = x @ weight`` (optionally L2-normalized along the last axis, or through a sigmoid)."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm" if normalize or sigmoid else out], name="mm")]
+    if normalize:
+        nodes.append(helper.make_node("LpNormalization", ["mm"], [out], name="norm", axis=-1, p=2))
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["mm"], [out], name="sig"))
+    dims = out_dims if out_dims is not None else [*x_dims[:-1], weight.shape[1]]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, dims)],
+                  [numpy_helper.from_array(weight.astype(np.float32), "W")])
+
+
+def _conv1x1(weight: np.ndarray, bias: Optional[np.ndarray] = None, *, sigmoid: bool = False) -> onnx.ModelProto:
+    """``y = Conv1x1(x)`` on an NCHW map (optionally through a sigmoid): a dense-map output."""
+    cout, cin = weight.shape
+    inits = [numpy_helper.from_array(weight.reshape(cout, cin, 1, 1).astype(np.float32), "W")]
+    inputs = ["x", "W"]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), "B"))
+        inputs.append("B")
+    nodes = [helper.make_node("Conv", inputs, ["c" if sigmoid else "y"], name="conv")]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["c"], ["y"], name="sig"))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, 5, 5])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, 5, 5])], inits)
+
+
+def _four_class(weight_seed: int, noise: float = 0.0) -> onnx.ModelProto:
+    """A 4-class linear classifier on 8 features; ``noise`` perturbs the weight."""
+    weight = np.random.default_rng(weight_seed).standard_normal((8, 4))
+    weight = weight + noise * np.random.default_rng(99).standard_normal((8, 4))
+    return _matmul(weight, ["N", 8], "logits")
+
+
+def run_cli(*args, capsys) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
 
 
 @pytest.fixture()
@@ -60,6 +117,33 @@ def saved(tmp_path):
     return original, perturbed
 
 
+@pytest.fixture()
+def chance(tmp_path):
+    """A 4-class classifier, a good compression of it (1 % weight noise) and a broken one (weights
+    replaced by unrelated ones: its predictions agree with the original's about as often as chance, 0.25)."""
+    paths = {name: tmp_path / f"{name}.onnx" for name in ("original", "good", "broken")}
+    onnx.save(_four_class(0), paths["original"])
+    onnx.save(_four_class(0, noise=0.01), paths["good"])
+    onnx.save(_four_class(7), paths["broken"])
+    return paths
+
+
+@pytest.fixture()
+def no_sessions(monkeypatch):
+    """Make creating an ONNX Runtime session fail the test: proves that a check comes before any run."""
+    created = []
+
+    def refuse(*args, **kwargs):
+        created.append(args)
+        raise AssertionError("a session was created")
+
+    monkeypatch.setattr("onnx_alds.validate.make_session", refuse)
+    return created
+
+
+# --- figures and stated tolerances -------------------------------------------------------------------
+
+
 def test_identical_models_pass_with_zero_error():
     model = _classifier()
     data = load_inputs(model, random=20)
@@ -67,9 +151,14 @@ def test_identical_models_pass_with_zero_error():
     (out,) = report.outputs
     assert report.passed and out.max_abs_error == 0.0 and out.max_rel_error == 0.0
     assert out.top1_agreement == 1.0 and out.top5_agreement == 1.0 and out.min_cosine == pytest.approx(1.0)
-    assert out.samples == 20 and out.shape == (10,)
-    assert report.lines()[-1] == "PASSED"
-    assert report.lines()[-2].startswith("PASSED | Output: 'logits' | rel=0")
+    assert out.samples == 20 and out.shape == (10,) and out.kind == "classifier"
+    # the three stated limits, plus the classifier's default cosine floor (no cosine limit was stated)
+    assert [(t.name, t.default) for t in out.applied] == [
+        ("rtol", False), ("atol", False), ("min_top1_agreement", False), ("min_mean_cosine", True)]
+    assert report.lines()[-1].startswith("PASSED (default tolerances where none was stated")
+    assert report.lines()[-2].startswith("PASSED | Output: 'logits' (classifier) | rel=0")
+    assert report.lines()[-2].endswith(
+        "| tolerance rtol=0, atol=0, min-top1-agreement=1; default for classifier: min-mean-cosine=0.9")
     assert any("random" in note for note in report.notes)
 
 
@@ -84,7 +173,10 @@ def test_known_disagreements_top1_top5_and_accuracy():
     assert out.top1_agreement == 0.5  # samples of class 0 and 1 flip
     assert out.top5_agreement == 1.0  # the original class is still in the compressed top 5
     assert out.accuracy_original == 1.0 and out.accuracy_compressed == 0.5 and out.accuracy_drop == 0.5
-    assert not report.passed and "accuracy drop=0.5000 > max-accuracy-drop=0.1" in report.failure_message()
+    # the stated limit is named first; the default top-1 and cosine floors of a classifier fail too
+    assert not report.passed and report.failure_message() == (
+        "output 'logits': accuracy drop=0.5000 > max-accuracy-drop=0.1 (and 2 more); relax the tolerance or "
+        "compress less")
     with pytest.raises(ValidationFailedError, match="^validation failed: output 'logits'"):
         report.raise_if_failed()
 
@@ -99,6 +191,8 @@ def test_relative_error_and_cosine_definitions():
     assert out.max_rel_error == pytest.approx(1.0) and out.mean_rel_error == pytest.approx(0.55)
     assert out.mean_cosine == pytest.approx((1.0 + 1 / np.sqrt(2)) / 2)
     assert out.failures == ("rel=1 > rtol=0.5",)
+    assert out.kind == "regression" and out.top1_agreement is None  # compare_output applies no defaults
+    assert [t.name for t in out.applied] == ["rtol"]
 
 
 def test_tight_rtol_fails_through_the_command(saved, tmp_path, capsys):
@@ -118,13 +212,15 @@ def test_tight_rtol_fails_through_the_command(saved, tmp_path, capsys):
     assert data["random_inputs"] is True and data["outputs"][0]["max_rel_error"] > 1e-6
 
 
-def test_loose_tolerance_passes_through_the_command(saved, capsys):
+def test_loose_stated_tolerances_pass_through_the_command(saved, capsys):
     original, perturbed = saved
     parser = argparse.ArgumentParser()
     add_validate_arguments(parser)
-    args = parser.parse_args([str(original), str(perturbed), "--random", "8", "--rtol", "10", "--batch-size", "3"])
+    # every default of a classifier overridden: top-1 and cosine floors of 0 cannot fail
+    args = parser.parse_args([str(original), str(perturbed), "--random", "8", "--rtol", "10", "--batch-size", "3",
+                              "--min-top1-agreement", "0", "--min-mean-cosine", "0"])
     assert run_validate_command(args) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "PASSED"
+    assert capsys.readouterr().out.splitlines()[-1] == "PASSED"  # every limit stated: no default applied
 
 
 def test_accuracy_drop_without_labels_is_an_input_error():
@@ -146,12 +242,347 @@ def test_fixed_batch_model_runs_at_its_batch():
     assert report.batch_size == 1 and report.samples == 3 and report.passed
 
 
+# --- default tolerances ------------------------------------------------------------------------------
+
+
+def test_default_tolerances_fail_a_model_at_chance(chance, capsys):
+    code, out, err = run_cli("validate", chance["original"], chance["broken"], "--random", "200", capsys=capsys)
+    assert code == 1
+    line = _one_error_line(err)
+    assert line.startswith("error: validation failed: output 'logits': top1=")
+    assert "< min-top1-agreement=0.9 (default for classifier outputs)" in line and "--figures-only" in line
+    (output_line,) = [row for row in out.splitlines() if "Output: 'logits'" in row]
+    assert output_line.startswith("FAILED | Output: 'logits' (classifier)")
+    assert "default for classifier: min-top1-agreement=0.9, min-mean-cosine=0.9" in output_line
+    top1 = float(output_line.split("top1=")[1].split()[0])
+    assert 0.1 < top1 < 0.45  # unrelated weights on 4 classes: about chance (0.25)
+
+
+def test_default_tolerances_pass_a_good_compression(chance, tmp_path, capsys):
+    report_path = tmp_path / "v.json"
+    code, out, err = run_cli("validate", chance["original"], chance["good"], "--random", "200",
+                             "--json", report_path, capsys=capsys)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("PASSED (default tolerances")
+    data = json.loads(report_path.read_text())
+    (output,) = data["outputs"]
+    assert output["kind"] == "classifier" and output["top1_agreement"] >= 0.9 and output["mean_cosine"] >= 0.9
+    assert [(t["flag"], t["limit"], t["default"], t["passed"]) for t in output["tolerances"]] == [
+        ("--min-top1-agreement", 0.9, True, True), ("--min-mean-cosine", 0.9, True, True)]
+    assert data["figures_only"] is False and data["default_tolerances"]["embedding"] == {
+        "min_mean_cosine": 0.95, "min_nn_agreement": 0.7}
+
+
+def test_a_stated_limit_replaces_only_its_own_default(chance):
+    model, broken = onnx.load(str(chance["original"])), onnx.load(str(chance["broken"]))
+    report = validate(model, broken, inputs=load_inputs(model, random=100), min_top1_agreement=0.0)
+    (out,) = report.outputs
+    assert [(t.name, t.default) for t in out.applied] == [("min_top1_agreement", False), ("min_mean_cosine", True)]
+    assert out.failures and out.failures[0].startswith("mean cos=")  # the default cosine floor still fails it
+
+
+def test_figures_only_prints_figures_and_exits_0(chance, capsys):
+    code, out, err = run_cli("validate", chance["original"], chance["broken"], "--random", "50", "--figures-only",
+                             capsys=capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[-2].startswith("FIGURES | Output: 'logits' (classifier) | rel=") and "top1=" in lines[-2]
+    assert lines[-2].endswith("| figures only")
+    assert lines[-1] == "FIGURES ONLY (--figures-only: no tolerance checked)"
+
+
+def test_figures_only_with_a_tolerance_is_an_error(chance, capsys, no_sessions):
+    code, _, err = run_cli("validate", chance["original"], chance["broken"], "--random", "5", "--figures-only",
+                           "--rtol", "0.1", capsys=capsys)
+    assert code == 1 and "--figures-only checks nothing" in _one_error_line(err)
+    assert not no_sessions
+
+
+def test_regression_default_catches_a_scale_error_that_cosine_misses():
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((4, 1))
+    original, scaled = _matmul(weight, ["N", 4]), _matmul(1.5 * weight, ["N", 4])
+    report = validate(original, scaled, inputs=load_inputs(original, random=10))
+    (out,) = report.outputs
+    assert out.kind == "regression" and out.kind_reason == "2-D float [N, 1]"
+    # c = 1.5 o: every sample's relative error is exactly 0.5 and its cosine exactly 1
+    assert out.mean_rel_error == pytest.approx(0.5) and out.min_cosine == pytest.approx(1.0)
+    assert out.failures == ("mean rel=0.5 > max-mean-rel=0.1 (default for regression outputs)",)
+
+
+# --- output kinds ------------------------------------------------------------------------------------
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _nn_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """Nearest neighbour by cosine over the full similarity matrix, self excluded."""
+    sa, sb = _unit(a) @ _unit(a).T, _unit(b) @ _unit(b).T
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    return float(np.mean(np.argmax(sa, axis=1) == np.argmax(sb, axis=1)))
+
+
+def test_embedding_by_unit_norm_nn_over_the_whole_set_across_batches():
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((8, 6))
+    noisy = weight + 0.6 * rng.standard_normal((8, 6))
+    original, compressed = _matmul(weight, ["N", 8], normalize=True), _matmul(noisy, ["N", 8], normalize=True)
+    x = rng.standard_normal((15, 8)).astype(np.float32)
+    report = validate(original, compressed, inputs=InputSet({"x": x}, source="t"), batch_size=4)
+    (out,) = report.outputs
+    assert out.kind == "embedding" and "unit L2 norm" in out.kind_reason
+    expected = _nn_reference(x @ weight, x @ noisy)
+    per_batch = np.mean([_nn_reference((x @ weight)[i:i + 5], (x @ noisy)[i:i + 5]) for i in range(0, 15, 5)])
+    assert expected != pytest.approx(per_batch)  # the figure below can only match by using the whole set
+    assert out.nn_agreement == pytest.approx(expected)
+    assert out.mean_cosine == pytest.approx(float(np.mean(np.sum(_unit(x @ weight) * _unit(x @ noisy), axis=1))),
+                                            abs=1e-6)
+    assert out.top1_agreement is None and f"nn={expected:.4f}" in out.line()
+    assert "default for embedding: min-mean-cosine=0.95, min-nn-agreement=0.7" in out.line()
+
+
+def test_embedding_by_name_and_its_summary():
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((8, 6))
+    original = _matmul(weight, ["N", 8], "sentence_embedding")
+    report = validate(original, original, inputs=load_inputs(original, random=6))
+    (out,) = report.outputs
+    assert out.kind == "embedding" and out.kind_reason == "2-D float [N, 6], name says embedding"
+    assert out.nn_agreement == 1.0 and report.passed
+    line = summary_line(report, 1.5, provider="cpu", batch=1)
+    assert line == ("summary: speedup 1.50x on cpu (batch 1), mean cosine 1.0000, nearest-neighbour agreement 1.00, "
+                    "on random inputs (not real data)")
+
+
+def test_nn_needs_three_samples():
+    original = _matmul(np.random.default_rng(6).standard_normal((8, 6)), ["N", 8], "embeddings")
+    (out,) = validate(original, original, inputs=load_inputs(original, random=2)).outputs
+    assert out.nn_agreement is None and "nn=n/a" in out.line()
+    assert out.unchecked == ("min-nn-agreement not checked (needs ≥ 3 samples)",)
+    assert [t.name for t in out.applied] == ["min_mean_cosine"]  # the other default is still checked
+    with pytest.raises(InputDataError, match="--min-nn-agreement needs at least 3 samples, got 2"):
+        validate(original, original, inputs=load_inputs(original, random=2), min_nn_agreement=0.5)
+
+
+def test_output_kind_given_twice_with_different_kinds(chance, capsys):
+    code, _, err = run_cli("validate", chance["original"], chance["good"], "--random", "4", "--output-kind",
+                           "logits=classifier", "--output-kind", "logits=regression", capsys=capsys)
+    assert code == 1 and "gives 'logits' two kinds" in _one_error_line(err)
+
+
+def test_probability_rows_stay_a_classifier():
+    weight = np.random.default_rng(2).standard_normal((8, 4))
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"]), helper.make_node("Softmax", ["mm"], ["probs"], axis=1)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
+                   [numpy_helper.from_array(weight.astype(np.float32), "W")])
+    (out,) = validate(model, model, inputs=load_inputs(model, random=5)).outputs
+    assert out.kind == "classifier" and out.kind_reason == "2-D float [N, 4], rows are probabilities"
+
+
+def test_sequence_position_and_whole_sequence_agreement():
+    swap = np.eye(3)
+    swap[[0, 1]] = swap[[1, 0]]  # classes 0 and 1 trade places: a position flips where its arg-max is 0 or 1
+    original, compressed = _matmul(np.eye(3), ["N", 5, 3]), _matmul(swap, ["N", 5, 3])
+    x = np.random.default_rng(1).standard_normal((6, 5, 3)).astype(np.float32)
+    x[0, :, 2] = 9.0  # sample 0: class 2 everywhere, identical sequences
+    report = validate(original, compressed, inputs=InputSet({"x": x}, source="t"), batch_size=4)
+    (out,) = report.outputs
+    assert out.kind == "sequence" and out.kind_reason == "3-D float [N, 5, 3]"
+    differ = np.argmax(x, axis=2) != np.argmax(x @ swap, axis=2)
+    assert out.position_agreement == pytest.approx(1 - differ.mean())
+    assert out.sequence_agreement == pytest.approx(np.mean(~differ.any(axis=1)))
+    assert 0 < out.sequence_agreement < 1 and out.position_agreement < 0.9
+    assert f"pos={out.position_agreement:.4f} < min-position-agreement=0.9 (default for sequence outputs)" \
+        in out.failures
+
+
+def test_dense_multiclass_iou_of_argmax_maps():
+    swap = np.eye(3)
+    swap[[1, 2]] = swap[[2, 1]]  # channels 1 and 2 swap: class 0 pixels keep their label
+    original, compressed = _conv1x1(np.eye(3)), _conv1x1(swap)
+    x = np.random.default_rng(2).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    report = validate(original, compressed, inputs=InputSet({"x": x}, source="t"), batch_size=3)
+    (out,) = report.outputs
+    assert out.kind == "dense" and out.kind_reason == "4-D float [N, 3, 5, 5], channels on axis 1"
+    map_o, map_c = np.argmax(x, axis=1), np.argmax(np.einsum("dc,nchw->ndhw", swap, x), axis=1)
+    ious = [np.sum((map_o == k) & (map_c == k)) / np.sum((map_o == k) | (map_c == k)) for k in range(3)]
+    assert ious[0] == 1.0 and ious[1] == 0.0  # a class whose pixels all moved scores 0
+    assert out.iou == pytest.approx(np.mean(ious)) and "arg-max over 3 channels" in out.iou_rule
+    assert any(f.startswith("iou=") for f in out.failures)
+
+
+@pytest.mark.parametrize("sigmoid, threshold", [(True, 0.5), (False, 0.0)])
+def test_dense_binary_mask_threshold_follows_the_value_range(sigmoid, threshold):
+    original = _conv1x1(np.eye(1), np.zeros(1), sigmoid=sigmoid)
+    shifted = _conv1x1(np.eye(1), np.full(1, 0.3), sigmoid=sigmoid)  # pre-activation + 0.3: the mask grows
+    x = np.random.default_rng(4).standard_normal((3, 1, 5, 5)).astype(np.float32)
+    (out,) = validate(original, shifted, inputs=InputSet({"x": x}, source="t")).outputs
+    # probabilities (sigmoid) are thresholded at 0.5, logits at 0: both are "pre-activation > 0"; the
+    # wrong rule would give IoU 1 (probabilities > 0 everywhere) or a different ratio
+    expected = np.sum(x > 0) / np.sum(x > -0.3)
+    assert out.kind == "dense" and out.iou == pytest.approx(expected) and expected < 1
+    assert f"value > {threshold:g}" in out.iou_rule
+
+
+def test_non_float_and_unbatched_outputs_are_regression():
+    nodes = [helper.make_node("ArgMax", ["x"], ["cls"], axis=1, keepdims=0),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+                    helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
+    report = validate(model, model, inputs=load_inputs(model, random=10), batch_size=4)
+    kinds = {o.name: (o.kind, o.kind_reason, o.samples) for o in report.outputs}
+    assert kinds == {"cls": ("regression", "int64 values", 10),
+                     "total": ("regression", "first dim is not the batch", 3)}  # one sample per batch
+
+
+# --- --output-kind -----------------------------------------------------------------------------------
+
+
+def test_output_kind_flag_overrides_the_shape(chance, capsys):
+    code, out, _ = run_cli("validate", chance["original"], chance["good"], "--random", "20",
+                           "--output-kind", "logits=regression", capsys=capsys)
+    assert code == 0
+    (line,) = [row for row in out.splitlines() if "Output: 'logits'" in row]
+    assert line.startswith("PASSED | Output: 'logits' (regression)") and "top1=" not in line
+    assert "default for regression: max-mean-rel=0.1" in line
+    assert "'logits' regression (--output-kind)" in out
+
+
+def test_output_kind_embedding_mean_pools_3d_with_the_attention_mask():
+    rng = np.random.default_rng(8)
+    weight, noisy = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+
+    def model(w):
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["hidden"]),
+                 helper.make_node("Identity", ["attention_mask"], ["mask_out"])]
+        return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4]),
+                              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", 5])],
+                      [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 5, 6]),
+                       helper.make_tensor_value_info("mask_out", TensorProto.INT64, ["N", 5])],
+                      [numpy_helper.from_array(w.astype(np.float32), "W")])
+
+    x = rng.standard_normal((7, 5, 4)).astype(np.float32)
+    mask = (rng.random((7, 5)) < 0.6).astype(np.int64)
+    mask[:, 0] = 1
+    inputs = InputSet({"x": x, "attention_mask": mask}, source="t")
+    default = {o.name: o for o in validate(model(weight), model(noisy), inputs=inputs).outputs}
+    assert default["hidden"].kind == "sequence" and default["mask_out"].kind == "regression"
+    report = validate(model(weight), model(noisy), inputs=inputs, output_kinds={"hidden": "embedding"}, batch_size=3)
+    out = report.outputs[0]
+    assert out.kind == "embedding" and "weighted by input 'attention_mask'" in out.kind_reason
+
+    def pooled(w):
+        return np.einsum("ntd,nt->nd", x @ w, mask) / mask.sum(axis=1, keepdims=True)
+
+    cosine = np.sum(_unit(pooled(weight)) * _unit(pooled(noisy)), axis=1)
+    assert out.mean_cosine == pytest.approx(cosine.mean(), abs=1e-6)
+    assert out.nn_agreement == pytest.approx(_nn_reference(pooled(weight), pooled(noisy)))
+
+
+def test_output_kind_that_does_not_fit_errors_before_running(chance, capsys, no_sessions):
+    code, _, err = run_cli("validate", chance["original"], chance["good"], "--random", "4",
+                           "--output-kind", "logits=sequence", capsys=capsys)
+    assert "--output-kind logits=sequence needs a 3-D float output" in _one_error_line(err) and code == 1
+    code, _, err = run_cli("validate", chance["original"], chance["good"], "--random", "4",
+                           "--output-kind", "probs=classifier", capsys=capsys)
+    assert "'probs', which is not a graph output" in _one_error_line(err) and code == 1
+    assert not no_sessions
+    code, _, _ = run_cli("validate", chance["original"], chance["good"], "--random", "4",
+                         "--output-kind", "logits=histogram", capsys=capsys)
+    assert code == 2  # an unknown kind is a usage error
+
+
+def test_a_stated_tolerance_without_its_kind_is_an_error():
+    original = _matmul(np.eye(3), ["N", 5, 3])
+    with pytest.raises(InputDataError, match=r"--min-top1-agreement needs a classifier output and the model has "
+                                              r"none \(output kinds: y=sequence\)"):
+        validate(original, original, inputs=load_inputs(original, random=4), min_top1_agreement=0.9)
+
+
+def test_nearest_neighbour_blocks_match_the_full_matrix():
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((40, 5))
+    b = a + 0.5 * rng.standard_normal((40, 5))
+    assert nearest_neighbour_agreement(a, b) == pytest.approx(_nn_reference(a, b))
+    assert nearest_neighbour_agreement(a, a) == 1.0
+
+
+# --- labels are opt-in -------------------------------------------------------------------------------
+
+
+def _image_classifier() -> onnx.ModelProto:
+    """x [N, 3, 4, 4] → GlobalAveragePool → Flatten → MatMul → logits [N, 4]."""
+    weight = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "W"], ["logits"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                  [numpy_helper.from_array(weight, "W")])
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """A model and 8 camera-style images IMG_2030.png … IMG_2037.png: the numbers are not classes."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(folder / f"IMG_{2030 + i}.png")
+    model = tmp_path / "m.onnx"
+    onnx.save(_image_classifier(), model)
+    return model, folder
+
+
+def test_image_names_give_no_labels_by_default(photos, capsys):
+    model, folder = photos
+    code, out, err = run_cli("validate", model, model, "--images", folder, "--preprocess", "custom", capsys=capsys)
+    assert code == 0, err
+    (line,) = [row for row in out.splitlines() if "Output: 'logits'" in row]
+    assert "acc=" not in line and "top1=1.0000" in line
+
+
+def test_labels_from_filenames_with_bad_names_errors_before_any_model_runs(photos, capsys, no_sessions):
+    model, folder = photos
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "holiday.png")
+    code, _, err = run_cli("validate", model, model, "--images", folder, "--preprocess", "custom",
+                           "--labels-from-filenames", capsys=capsys)
+    assert code == 1 and "'holiday.png' has no class id" in _one_error_line(err)
+    assert not no_sessions
+
+
+def test_labels_out_of_the_class_range_error_before_any_model_runs(photos, capsys, no_sessions):
+    model, folder = photos
+    code, _, err = run_cli("validate", model, model, "--images", folder, "--preprocess", "custom",
+                           "--labels-from-filenames", capsys=capsys)
+    assert code == 1 and "labels range over 2030..2037, but output 'logits' has 4 classes" in _one_error_line(err)
+    assert not no_sessions
+
+
+def test_labels_file_gives_accuracy(photos, tmp_path, capsys):
+    model, folder = photos
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"IMG_{2030 + i}.png,{i % 4}\n" for i in range(8)))
+    code, out, err = run_cli("validate", model, model, "--images", folder, "--preprocess", "custom",
+                             "--labels", labels, "--max-accuracy-drop", "0", capsys=capsys)
+    assert code == 0, err
+    (line,) = [row for row in out.splitlines() if "Output: 'logits'" in row]
+    assert "(drop +0.0000)" in line and "tolerance max-accuracy-drop=0" in line
+
+
+# --- compress --validate and the summary ---------------------------------------------------------------
+
+
 def test_validate_and_bench_summary(saved):
     original, perturbed = saved
     inputs = load_inputs(_classifier(), random=8)
     report, timing, summary = validate_and_bench(
-        original, perturbed, inputs=inputs, provider="cpu", min_top1_agreement=0.0, batch=1, weights_kept=0.48,
-        macs_kept=0.5, bench_options={"runs": 3, "warmup": 1, "min_time_s": 0.0})
+        original, perturbed, inputs=inputs, provider="cpu", min_top1_agreement=0.0, min_mean_cosine=0.0, batch=1,
+        weights_kept=0.48, macs_kept=0.5, bench_options={"runs": 3, "warmup": 1, "min_time_s": 0.0})
     assert report.passed and timing.timing(0, 1).speedup == 1.0
     assert summary.startswith("summary: weights kept 0.48, MACs kept 0.50, speedup ")
     assert "x on cpu (batch 1), top-1 agreement " in summary and summary.endswith("(not real data)")
@@ -187,3 +618,32 @@ def test_compress_validate_flags_and_summary():
     summary = validate_from_args(_classifier(), _classifier(), args)
     assert summary.passed and summary.failure is None and summary.validation.samples == 6
     assert summary.bench.models == ("original", "compressed")
+    assert summary.validation.uses_defaults  # the same defaults as validate
+
+
+def test_compress_validate_uses_the_default_tolerances(chance):
+    from onnx_alds.inputs import add_input_arguments
+    from onnx_alds.validate import add_validation_arguments, validate_from_args
+
+    parser = argparse.ArgumentParser()
+    add_input_arguments(parser, prefix="calibration-")
+    add_validation_arguments(parser)
+    model, broken = onnx.load(str(chance["original"])), onnx.load(str(chance["broken"]))
+    summary = validate_from_args(model, broken, parser.parse_args(["--validate-random", "100"]))
+    assert not summary.passed and "(default for classifier outputs)" in str(summary.failure)
+    summary = validate_from_args(model, broken, parser.parse_args(["--validate-random", "100", "--figures-only"]))
+    assert summary.passed and summary.validation.figures_only
+
+
+def test_default_table_is_what_the_docs_state():
+    """docs/VALIDATE_AND_BENCH.md lists the defaults with their reasons: the code and the docs agree."""
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "VALIDATE_AND_BENCH.md").read_text()
+    table = docs[docs.index("| kind | default tolerances |"):]
+    documented = {}
+    for kind in DEFAULT_TOLERANCES:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {kind} | "))
+        pairs = re.findall(r"`--([a-z0-9-]+) ([0-9.]+)`", row)
+        documented[kind] = {flag.replace("-", "_"): float(value) for flag, value in pairs}
+    assert documented == {kind: tol.stated() for kind, tol in DEFAULT_TOLERANCES.items()}
+    assert documented["classifier"] == {"min_top1_agreement": 0.9, "min_mean_cosine": 0.9}

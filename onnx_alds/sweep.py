@@ -1,0 +1,1400 @@
+"""``onnx-alds sweep``: compress × validate (× bench) over models, budgets, methods and rank multiples.
+
+The grid is written once (this module's driver); *how* the per-variant work runs is an engine:
+
+* ``local`` (default): in this process, one variant after another (``--workers 1``), or a pool of
+  ``--workers N`` processes on this machine. No Ray needed.
+* ``ray``: Ray actors (``pip install onnx-alds[ray]``) on the cluster ``--address`` names, or on a
+  local Ray instance. Each actor builds its ONNX Runtime sessions itself, with
+  ``intra_op_num_threads`` = the CPUs Ray gave it.
+
+The work for one variant is a pure function of (the model and its data, the variant): it compresses,
+validates on the held-out data and returns the row and the model's bytes (:func:`run_variant`). The
+driver writes ``DIR/models/<variant id>.onnx`` and ``DIR/rows/<variant id>.json``; a variant whose row
+file exists with the same fingerprint (model and data content, variant, library version) is not
+redone, so an interrupted sweep resumes where it stopped.
+
+Identical results whatever the engine, apart from timings: every worker runs compression with one
+BLAS thread (OpenBLAS gives other bits with another thread count; measured, and one thread is also the
+faster setting next to ONNX Runtime's spinning threads), the data is loaded once by the driver and
+shipped to the workers as is, and rows hold no paths, engine or worker details.
+
+Latency is measured after every compress/validate task has ended and the workers are gone, on the
+driver, one interleaved :func:`onnx_alds.bench.bench` run per model and budget (the original and every
+variant of that budget), so no timing runs next to other work of the sweep. ``--no-bench`` skips it and
+the record says the variants were not timed. Variants with ``+sc`` (``--speed-check``) time layers while
+they compress, so they also run on the driver, one at a time, after the parallel phase.
+
+Outputs in ``DIR``: ``sweep.json`` (every row, the skipped combinations, one record per run with the
+engine and the phase times), ``sweep.csv`` (one line per variant), ``<model>-quality.png`` and
+``<model>-speedup.png`` (with matplotlib, the ``[plots]`` extra), ``models/`` and ``rows/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .errors import BudgetError, InputDataError, OnnxAldsError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MethodSpec", "parse_method", "DataSource", "EvalSpec", "SweepModel", "Variant", "VariantTask",
+    "ModelData", "WorkerState", "run_variant", "neighbour_metrics", "Engine", "LocalEngine", "RayEngine",
+    "make_engine", "SweepResult", "run_sweep", "without_timings", "CSV_COLUMNS", "TIMING_FIELDS",
+    "add_sweep_arguments", "run_sweep_command", "EngineError",
+]
+
+BLAS_THREADS = 1  # numpy/scipy threads during compression, in every engine (see the module docstring)
+VALIDATION_BATCH = 32
+ROWS_DIR, MODELS_DIR = "rows", "models"
+
+
+class EngineError(OnnxAldsError):
+    """The engine cannot run (Ray missing or unreachable)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods: a base method of onnx_alds.compress with modifiers, e.g. "alds+data/pw"
+
+# modifier -> (keyword arguments of compress, what it means); "data" and "speed_check" are the sweep's own
+MODIFIERS: dict[str, tuple[dict[str, Any], str]] = {
+    "+data": (dict(data=True), "data-aware: the calibration set (--calibration …)"),
+    "+seq": (dict(sequential=True), "--sequential (needs +data)"),
+    "+bc": (dict(bias_correction=True), "--bias-correction (needs +data)"),
+    "+sens": (dict(sensitivity=True), "--sensitivity (needs +data)"),
+    "/frob": (dict(error_measure="frobenius"), "--error frobenius"),
+    "/g1": (dict(max_groups=1), "--max-groups 1: the min-max allocation without grouping"),
+    "/pw": (dict(order="pointwise-first"), "--order pointwise-first"),
+    "+sc": (dict(speed_check=True), "--speed-check on the CPU at the first --bench-batch (runs on the driver)"),
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name of the sweep and the :func:`onnx_alds.compress` options it stands for."""
+
+    name: str
+    options: Mapping[str, Any]
+    data: bool = False
+    speed_check: bool = False
+
+
+def parse_method(name: str) -> MethodSpec:
+    """``alds``, ``svd+data``, ``alds+data/pw+sc``, …: a method of ``onnx-alds compress`` followed by
+    modifiers (``+data``, ``+seq``, ``+bc``, ``+sens``, ``/frob``, ``/g1``, ``/pw``, ``+sc``)."""
+    from .api import METHODS
+
+    match = re.fullmatch(r"([a-z-]+)((?:[+/][a-z0-9]+)*)", name)
+    base = match.group(1) if match else None
+    if base not in METHODS:
+        raise BudgetError(f"unknown method '{name}'; give one of {', '.join(METHODS)}, optionally followed by "
+                          f"modifiers {' '.join(MODIFIERS)} (e.g. alds+data/pw)")
+    options: dict[str, Any] = {"method": base}
+    for token in re.findall(r"[+/][a-z0-9]+", match.group(2)):
+        if token not in MODIFIERS:
+            raise BudgetError(f"unknown modifier '{token}' in method '{name}'; choose from {' '.join(MODIFIERS)}")
+        options.update(MODIFIERS[token][0])
+    data = bool(options.pop("data", False))
+    speed_check = bool(options.pop("speed_check", False))
+    if not data and any(options.get(k) for k in ("sequential", "bias_correction", "sensitivity")):
+        raise BudgetError(f"method '{name}': +seq, +bc and +sens need calibration data; add +data")
+    return MethodSpec(name, options, data, speed_check)
+
+
+# ------------------------------------------------------------------------------------------------
+# What to sweep: models with their data, variants
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One input set: an .npz, a folder of images (with a preprocessing) or N random samples."""
+
+    npz: Optional[str] = None
+    images: Optional[str] = None
+    preprocess: Any = "imagenet"           # a preset name or an onnx_alds.inputs.Preprocess
+    random: Optional[int] = None
+    seed: int = 0
+    limit: Optional[int] = None
+    input_shapes: Optional[Mapping[str, Sequence[int]]] = None
+    labels_file: Optional[str] = None       # --labels FILE
+    labels_from_filenames: bool = False     # --labels-from-filenames
+
+    def load(self, model: onnx.ModelProto):
+        from .inputs import load_inputs
+
+        labels: dict[str, Any] = {}  # passed only when asked for: not every version of load_inputs takes them
+        if self.labels_file is not None:
+            labels["labels_file"] = self.labels_file
+        if self.labels_from_filenames:
+            labels["labels_from_filenames"] = True
+        return load_inputs(model, npz=self.npz, images=self.images, preprocess=self.preprocess,
+                           random=self.random, input_shapes=self.input_shapes, seed=self.seed, limit=self.limit,
+                           progress=False, **labels)
+
+    def identity(self, hashes: "_Hashes") -> dict[str, Any]:
+        """What the data is, by content where it is a file (for the resume fingerprint)."""
+        if self.npz is not None:
+            what: dict[str, Any] = {"npz": hashes.file(self.npz)}
+        elif self.images is not None:
+            from .inputs import image_files
+
+            preprocess = self.preprocess if isinstance(self.preprocess, str) else asdict(self.preprocess)
+            what = {"images": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in image_files(self.images)],
+                    "preprocess": preprocess}
+        else:
+            what = {"random": self.random, "seed": self.seed}
+        what.update(limit=self.limit, input_shapes={k: list(v) for k, v in (self.input_shapes or {}).items()},
+                    labels_file=hashes.file(self.labels_file) if self.labels_file else None,
+                    labels_from_filenames=self.labels_from_filenames)
+        return what
+
+
+EVAL_KINDS = ("auto", "accuracy", "agreement", "embedding", "sanity")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """A held-out set and the figures taken on it (of the model's first output).
+
+    ``accuracy``: labels are true classes (accuracy of both models, drop, top-1/top-5 agreement);
+    ``agreement``: top-1/top-5 agreement with the original; ``embedding``: cosine similarity and
+    nearest-neighbour ranking preservation (:func:`neighbour_metrics`); ``sanity``: relative error;
+    ``auto``: ``accuracy`` for a classifier-shaped output with labels, ``agreement`` without labels,
+    else cosine and relative error.
+    """
+
+    label: str
+    source: DataSource
+    kind: str = "auto"
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    """A model of the sweep, its data and how it is timed."""
+
+    name: str
+    path: str
+    evals: tuple[EvalSpec, ...]
+    calibration: Optional[DataSource] = None
+    quality_metric: Optional[str] = None       # the row field called "quality"; None: from the first eval set
+    input_shapes: Optional[Mapping[str, Sequence[int]]] = None
+    bench_batches: tuple[int, ...] = (1, 32)
+    data_aware: bool = True                     # False: skip the +data methods (with skip_note)
+    skip_note: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cell of the grid."""
+
+    model: str
+    method: str
+    target: str          # "flops" or "params"
+    keep: float
+    rank_multiple: int
+    seed: int = 0
+
+    @property
+    def id(self) -> str:
+        """A stable file-name-safe id: ``<model>.<method>.<target><keep>.m<rank multiple>[.s<seed>]``."""
+        text = f"{self.model}.{self.method}.{self.target}{self.keep:g}.m{self.rank_multiple}"
+        text += f".s{self.seed}" if self.seed else ""
+        return re.sub(r"[^A-Za-z0-9+.=_-]", "_", text.replace("/", "~"))
+
+
+@dataclass(frozen=True)
+class VariantTask:
+    """What a worker needs besides the model's data: the variant and how to compress it."""
+
+    variant: Variant
+    method: MethodSpec
+    model: SweepModel
+    fingerprint: str
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-variant work (runs in the workers)
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """A model and its input sets, loaded once by the driver and shipped to every worker unchanged."""
+
+    name: str
+    model_bytes: bytes
+    calibration: Any                              # InputSet or None
+    evals: tuple[tuple[EvalSpec, Any], ...]       # (spec, InputSet)
+
+
+@dataclass
+class VariantOutcome:
+    row: dict[str, Any]
+    model_bytes: Optional[bytes] = None
+    report: Optional[dict[str, Any]] = None
+    crashed: bool = False
+    seconds: float = 0.0                          # wall time of the task in the worker
+    started: float = 0.0                          # when it started (time.time() in the worker)
+    cpu_seconds: float = 0.0                      # CPU time of the worker process (all its threads) in the task
+    worker: int = 0                               # the worker's process id
+
+
+class WorkerState:
+    """What a worker keeps between variants: parsed models, the original's outputs per eval set."""
+
+    def __init__(self, threads: Optional[int] = None) -> None:
+        self.threads = threads
+        self._protos: dict[str, onnx.ModelProto] = {}
+        self._reference: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._data: dict[str, ModelData] = {}
+
+    def data(self, name: str, fetch: Callable[[], ModelData]) -> ModelData:
+        if name not in self._data:
+            self._data[name] = fetch()
+        return self._data[name]
+
+    def proto(self, data: ModelData) -> onnx.ModelProto:
+        if data.name not in self._protos:
+            proto = onnx.ModelProto()
+            proto.ParseFromString(data.model_bytes)
+            self._protos[data.name] = proto
+        return self._protos[data.name]
+
+    def reference(self, data: ModelData, label: str, inputs) -> dict[str, np.ndarray]:
+        key = (data.name, label)
+        if key not in self._reference:
+            self._reference[key] = model_outputs(data.model_bytes, inputs, threads=self.threads)
+        return self._reference[key]
+
+
+def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int = VALIDATION_BATCH,
+                  threads: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Every graph output of ``model`` on ``inputs`` (CPU), concatenated over batches."""
+    from .runtime import make_session
+
+    session = make_session(model, "cpu", threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in inputs.batches(batch_size):
+        for name, value in zip(names, session.run(names, feed)):
+            chunks[name].append(np.asarray(value))
+    return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    return array.reshape(array.shape[0], -1).astype(np.float64)
+
+
+def neighbour_metrics(original: np.ndarray, compressed: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Nearest-neighbour ranking preservation among the samples (cosine similarity, self excluded).
+
+    ``nn_top1``: fraction of samples whose nearest neighbour is unchanged; ``nn_top10``: mean overlap
+    of the ``k`` nearest neighbour sets; ``spearman``: rank correlation of all pairwise similarities.
+    """
+    def unit(x):
+        x = _flat(x)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+    a, b = unit(original), unit(compressed)
+    sim_a, sim_b = a @ a.T, b @ b.T
+    n = len(a)
+    np.fill_diagonal(sim_a, -np.inf)
+    np.fill_diagonal(sim_b, -np.inf)
+    top1 = float(np.mean(np.argmax(sim_a, axis=1) == np.argmax(sim_b, axis=1)))
+    k = min(k, n - 1)
+    near_a = np.argsort(-sim_a, axis=1, kind="stable")[:, :k]
+    near_b = np.argsort(-sim_b, axis=1, kind="stable")[:, :k]
+    overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(near_a, near_b)])) if k > 0 else 1.0
+    upper = np.triu_indices(n, 1)
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(sim_a[upper], sim_b[upper]).statistic) if len(upper[0]) > 1 else 1.0
+    return {"nn_top1": top1, "nn_top10": overlap, "spearman": rho}
+
+
+def _resolved_kind(kind: str, reference: np.ndarray, labels) -> str:
+    if kind != "auto":
+        return kind
+    classifier = reference.ndim == 2 and reference.shape[1] >= 2
+    if classifier:
+        return "accuracy" if labels is not None else "agreement"
+    return "output"
+
+
+def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str, Any]:
+    """The quality figures of ``compressed`` on every held-out set of ``data`` (first graph output)."""
+    from .validate import Tolerances, compare_output
+
+    row: dict[str, Any] = {}
+    for spec, inputs in data.evals:
+        reference = state.reference(data, spec.label, inputs)
+        outputs = model_outputs(compressed, inputs, threads=state.threads)
+        first = next(iter(reference))
+        ref, new = _flat(reference[first]), _flat(outputs[first])
+        kind = _resolved_kind(spec.kind, reference[first], inputs.labels)
+        classifier = kind in ("accuracy", "agreement", "sanity") and ref.shape[1] >= 2
+        labels = inputs.labels if kind == "accuracy" else None
+        comparison = compare_output(first, ref, new, classifier=classifier, labels=labels,
+                                    tolerances=Tolerances(), check_accuracy=labels is not None)
+        if kind == "accuracy":
+            row["accuracy"] = comparison.accuracy_compressed
+            row["accuracy_original"] = comparison.accuracy_original
+            row["accuracy_drop"] = comparison.accuracy_drop
+            row.setdefault("agreement", comparison.top1_agreement)
+            row.setdefault("agreement_top5", comparison.top5_agreement)
+            row["eval_samples"] = comparison.samples
+        elif kind == "agreement":
+            row["agreement"] = comparison.top1_agreement
+            row["agreement_top5"] = comparison.top5_agreement
+            row["agreement_samples"] = comparison.samples
+        elif kind == "embedding":
+            row["cos_mean"] = comparison.mean_cosine
+            row["cos_min"] = comparison.min_cosine
+            row.update(neighbour_metrics(ref, new))
+            row["eval_samples"] = comparison.samples
+        elif kind == "sanity":
+            row["rel_error_mean"] = comparison.mean_rel_error
+            row["agreement"] = comparison.top1_agreement
+            row["eval_samples"] = comparison.samples
+        else:  # "output": not a classifier
+            row["cos_mean"] = comparison.mean_cosine
+            row["cos_min"] = comparison.min_cosine
+            row["rel_error_mean"] = comparison.mean_rel_error
+            row["eval_samples"] = comparison.samples
+    return row
+
+
+def _original_quality(row: dict[str, Any], metric: str) -> Optional[float]:
+    if metric == "accuracy":
+        return row.get("accuracy_original")
+    return {"agreement": 1.0, "cos_mean": 1.0, "cos_min": 1.0, "nn_top1": 1.0, "nn_top10": 1.0, "spearman": 1.0,
+            "rel_error_mean": 0.0}.get(metric)
+
+
+def quality_metric(model: SweepModel, figures: Mapping[str, Any]) -> str:
+    """The row field plotted as quality: the model's own, else the first of accuracy, agreement,
+    nn_top1, cos_mean that the validation measured."""
+    if model.quality_metric:
+        return model.quality_metric
+    return next((name for name in ("accuracy", "agreement", "nn_top1", "cos_mean") if figures.get(name) is not None),
+                "rel_error_mean")
+
+
+def base_row(task: VariantTask) -> dict[str, Any]:
+    variant = task.variant
+    return dict(variant_id=variant.id, model=variant.model, method=variant.method, data_aware=task.method.data,
+                target=variant.target, keep=float(variant.keep), rank_multiple=int(variant.rank_multiple),
+                seed=int(variant.seed))
+
+
+def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> VariantOutcome:
+    """Compress one variant and validate it: the row (no timing figures yet) and the model's bytes.
+
+    A budget the model cannot reach (or any other user-facing error) is a row with ``status: error``;
+    anything else that goes wrong is a crash, not recorded as done (a later run retries it).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from .api import compress
+
+    started, wall, cpu = time.perf_counter(), time.time(), time.process_time()
+    row = base_row(task)
+    spec = task.method
+    model = task.model
+
+    def done(outcome: VariantOutcome) -> VariantOutcome:
+        outcome.seconds, outcome.started, outcome.worker = time.perf_counter() - started, wall, os.getpid()
+        outcome.cpu_seconds = time.process_time() - cpu
+        return outcome
+
+    try:
+        options = dict(spec.options)
+        run: Callable[..., Any] = compress
+        if spec.speed_check:
+            from functools import partial
+
+            from .speed import compress_speed_checked
+
+            run = partial(compress_speed_checked, provider="cpu", threads=state.threads, batch=model.bench_batches[0])
+        target = {"keep_flops" if task.variant.target == "flops" else "keep_params": task.variant.keep}
+        tick = time.perf_counter()
+        try:
+            with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+                result = run(state.proto(data), rank_multiple=task.variant.rank_multiple, seed=task.variant.seed,
+                             input_shapes=model.input_shapes, calibration=data.calibration if spec.data else None,
+                             **target, **options)
+        except OnnxAldsError as exc:
+            row.update(status="error", error=str(exc))
+            return done(VariantOutcome(row))
+        compress_s = time.perf_counter() - tick
+        report = result.report
+        model_bytes = result.model.SerializeToString()
+        macs_kept = (report.macs_after / report.macs_before) if report.macs_before and report.macs_after else None
+        row.update(status="ok", achieved_keep=report.achieved,
+                   params_kept=report.params_after / report.params_before if report.params_before else None,
+                   macs_kept=macs_kept, layers_factorized=sum(1 for layer in report.layers if layer.groups),
+                   layers_total=len(report.layers), max_error=report.max_error,
+                   ideal_speedup=1.0 / macs_kept if macs_kept else None,
+                   notes=list(report.notes),
+                   plan=[dict(layer=l.name, op=l.op, shape=list(l.weight_shape), groups=l.groups, rank=l.rank,
+                              macs_before=l.macs_before, macs_after=l.macs_after, error=l.error)
+                         for l in report.layers if l.groups],
+                   onnx_sha256=hashlib.sha256(model_bytes).hexdigest(),
+                   model_file=f"{MODELS_DIR}/{task.variant.id}.onnx")
+        tick = time.perf_counter()
+        row.update(evaluate(state, data, model_bytes))
+        metric = quality_metric(model, row)
+        row["quality_metric"] = metric
+        row["quality"] = row.get(metric)
+        row["quality_original"] = _original_quality(row, metric)
+        row["compress_s"] = compress_s
+        row["compress_seconds_by_step"] = dict(report.seconds)
+        row["validate_s"] = time.perf_counter() - tick
+        return done(VariantOutcome(row, model_bytes, report.to_dict()))
+    except Exception as exc:  # a bug or a broken environment: report it, keep the sweep going
+        lines = traceback.format_exception_only(type(exc), exc)
+        row.update(status="crashed", error=lines[-1].strip() if lines else type(exc).__name__)
+        log.debug("variant %s crashed:\n%s", task.variant.id, traceback.format_exc())
+        return done(VariantOutcome(row, crashed=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Engines: where run_variant runs
+
+
+def _cap_default_session_threads(threads: int) -> None:
+    """In a worker process: sessions that ask for no thread count (the calibration runs inside
+    ``compress``) get ``threads`` instead of ONNX Runtime's default of every physical core, so that
+    workers sharing a machine do not oversubscribe it. Only ever called in processes the engines own."""
+    from . import runtime
+
+    original = runtime.make_session
+    if getattr(original, "_sweep_capped", False):
+        return
+
+    def make_session(model, provider="cpu", **kwargs):
+        if kwargs.get("threads") is None:
+            kwargs["threads"] = threads
+        return original(model, provider, **kwargs)
+
+    make_session._sweep_capped = True  # type: ignore[attr-defined]
+    runtime.make_session = make_session
+
+
+class Engine:
+    """Runs variant tasks; yields ``(task, outcome)`` as they finish (in any order)."""
+
+    name = "engine"
+    workers = 1
+
+    def start(self, data: Mapping[str, ModelData]) -> None:
+        """Get the workers ready and give them the models' data."""
+
+    def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop every worker: nothing of the sweep runs after this returns."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": self.workers}
+
+
+# local process pool: the worker's state lives in module globals of the worker process
+_POOL_STATE: Optional[WorkerState] = None
+_POOL_DATA: dict[str, ModelData] = {}
+
+
+def _pool_init(threads: int, data: dict[str, ModelData]) -> None:
+    global _POOL_STATE, _POOL_DATA
+    _cap_default_session_threads(threads)
+    _POOL_STATE = WorkerState(threads=threads)
+    _POOL_DATA = data
+
+
+def _pool_run(task: VariantTask) -> VariantOutcome:
+    assert _POOL_STATE is not None
+    return run_variant(task, _POOL_DATA[task.model.name], _POOL_STATE)
+
+
+def _pool_ready() -> bool:
+    from . import api, validate  # noqa: F401  (import the heavy modules before the timed phase)
+
+    return True
+
+
+class LocalEngine(Engine):
+    """This machine: in this process (``workers=1``) or a pool of ``workers`` spawned processes, each
+    with ``threads`` ONNX Runtime threads (default: the physical cores divided among the workers)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, threads: Optional[int] = None) -> None:
+        from .bench import physical_cores
+
+        self.workers = max(1, int(workers))
+        self.threads = threads or max(1, physical_cores() // self.workers)
+        self._pool = None
+        self._state: Optional[WorkerState] = None
+        self._data: Mapping[str, ModelData] = {}
+
+    def start(self, data: Mapping[str, ModelData]) -> None:
+        self._data = data
+        if self.workers == 1:
+            self._state = WorkerState(threads=self.threads)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_pool_init, initargs=(self.threads, dict(data)))
+        for future in [self._pool.submit(_pool_ready) for _ in range(self.workers)]:
+            future.result()
+
+    def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
+        if self._pool is None:
+            assert self._state is not None
+            for task in tasks:
+                yield task, run_variant(task, self._data[task.model.name], self._state)
+            return
+        from concurrent.futures import as_completed
+
+        futures = {self._pool.submit(_pool_run, task): task for task in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the worker process died
+                row = dict(base_row(task), status="crashed", error=f"worker process failed: {exc}")
+                outcome = VariantOutcome(row, crashed=True)
+            yield task, outcome
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": self.workers, "threads_per_worker": self.threads,
+                "mode": "in-process" if self.workers == 1 else "process pool"}
+
+
+def import_ray():
+    """``ray``, or a one-line error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise EngineError("--engine ray needs Ray, which is not installed; install it with "
+                          "pip install 'onnx-alds[ray]' (or run with --engine local)") from None
+    return ray
+
+
+class _RayWorker:
+    """A Ray actor (wrapped with ``ray.remote`` by :class:`RayEngine`): one WorkerState per actor."""
+
+    def __init__(self, threads: int) -> None:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        threads = max(1, int(cpus)) if cpus else threads  # ONNX Runtime threads = the CPUs Ray gave this actor
+        _cap_default_session_threads(threads)
+        self.state = WorkerState(threads=threads)
+
+    def threads(self) -> int:
+        return int(self.state.threads or 1)
+
+    def ready(self) -> int:
+        _pool_ready()
+        return os.getpid()
+
+    def run(self, task: VariantTask, data_ref: list) -> VariantOutcome:
+        import ray
+
+        data = self.state.data(task.model.name, lambda: ray.get(data_ref[0]))
+        return run_variant(task, data, self.state)
+
+
+class RayEngine(Engine):
+    """Ray actors, ``cpus_per_worker`` CPUs each (their ONNX Runtime thread count), ``workers`` of them
+    (default: the cluster's CPUs divided by ``cpus_per_worker``). Joins the Ray instance the process
+    already has, else ``ray.init(address)`` (``None``: ``RAY_ADDRESS`` or a new local instance), and
+    shuts down only an instance it started."""
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, cpus_per_worker: int = 1) -> None:
+        self.ray = import_ray()
+        self.address = address
+        self.requested_workers = workers
+        self.cpus_per_worker = max(1, int(cpus_per_worker))
+        self.workers = workers or 0
+        self._started_ray = False
+        self._actors: list = []
+        self._refs: dict[str, Any] = {}
+        self._actor_class = None
+        self._threads: list[int] = []
+
+    def start(self, data: Mapping[str, ModelData]) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
+            if not (self.address or os.environ.get("RAY_ADDRESS")):
+                options["include_dashboard"] = False  # a new local instance: no dashboard
+            try:
+                ray.init(address=self.address, **options)
+            except Exception as exc:
+                raise EngineError(f"cannot start or reach Ray{' at ' + self.address if self.address else ''}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                  "check --address (or run with --engine local)") from None
+            self._started_ray = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if not self.requested_workers:
+            self.workers = max(1, cpus // self.cpus_per_worker)
+        self._refs = {name: ray.put(value) for name, value in data.items()}
+        self._actor_class = ray.remote(_RayWorker)
+        self._actors = [self._new_actor() for _ in range(self.workers)]
+        ray.get([actor.ready.remote() for actor in self._actors])
+        self._threads = sorted(set(ray.get([actor.threads.remote() for actor in self._actors])))
+
+    def _new_actor(self):
+        return self._actor_class.options(num_cpus=self.cpus_per_worker).remote(self.cpus_per_worker)
+
+    def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
+        ray = self.ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending = deque(tasks)
+        idle = list(self._actors)
+        inflight: dict[Any, tuple[VariantTask, Any]] = {}
+        while pending or inflight:
+            while idle and pending:
+                actor, task = idle.pop(), pending.popleft()
+                inflight[actor.run.remote(task, [self._refs[task.model.name]])] = (task, actor)
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                task, actor = inflight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayActorError as exc:  # the actor died (out of memory, killed): replace it
+                    outcome = VariantOutcome(dict(base_row(task), status="crashed",
+                                                  error=f"Ray actor died: {str(exc).splitlines()[0]}"), crashed=True)
+                    self._actors.remove(actor)
+                    actor = self._new_actor()
+                    self._actors.append(actor)
+                except RayTaskError as exc:
+                    outcome = VariantOutcome(dict(base_row(task), status="crashed",
+                                                  error=f"Ray task failed: {str(exc).splitlines()[0]}"), crashed=True)
+                idle.append(actor)
+                yield task, outcome
+
+    def close(self) -> None:
+        ray = self.ray
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        self._refs = {}
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+            self._started_ray = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": self.workers, "cpus_per_worker": self.cpus_per_worker,
+                "threads_per_worker": self._threads[0] if len(self._threads) == 1 else self._threads,
+                "address": self.address or "local or RAY_ADDRESS",
+                "ray": getattr(self.ray, "__version__", "?")}
+
+
+def make_engine(name: str, *, workers: Optional[int] = None, address: Optional[str] = None,
+                threads: Optional[int] = None, cpus_per_worker: int = 1) -> Engine:
+    if name == "local":
+        if address:
+            raise EngineError("--address is for --engine ray; drop it or add --engine ray")
+        return LocalEngine(workers or 1, threads)
+    if name == "ray":
+        return RayEngine(address, workers, cpus_per_worker)
+    raise EngineError(f"unknown engine '{name}'; choose local or ray")
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+
+
+class _Hashes:
+    """Content hashes of files, computed once per run."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, str] = {}
+
+    def file(self, path: Union[str, os.PathLike]) -> str:
+        key = str(Path(path).resolve())
+        if key not in self._cache:
+            digest = hashlib.sha256()
+            with open(key, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            self._cache[key] = digest.hexdigest()
+        return self._cache[key]
+
+
+def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes: _Hashes) -> str:
+    """Everything a variant's row depends on, hashed: the resume check compares it."""
+    from . import __version__
+
+    if not Path(model.path).exists():
+        from .errors import ModelLoadError
+
+        raise ModelLoadError(f"model file '{model.path}' does not exist; check the path")
+    what = dict(version=__version__, blas_threads=BLAS_THREADS, model=hashes.file(model.path),
+                variant=[variant.method, variant.target, variant.keep, variant.rank_multiple, variant.seed],
+                options=sorted((k, str(v)) for k, v in method.options.items()), data=method.data,
+                speed_check=[method.speed_check, model.bench_batches[0]] if method.speed_check else None,
+                calibration=model.calibration.identity(hashes) if method.data and model.calibration else None,
+                evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
+                input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},
+                quality_metric=model.quality_metric)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
+    from .model_io import load_model
+
+    proto = load_model(model.path)
+    calibration = model.calibration.load(proto) if need_calibration and model.calibration else None
+    evals = tuple((spec, spec.source.load(proto)) for spec in model.evals)
+    if not evals:
+        raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "
+                             "or --random")
+    return ModelData(model.name, proto.SerializeToString(), calibration, evals)
+
+
+TIMING_FIELDS = ("compress_s", "compress_seconds_by_step", "validate_s", "bench_load", "bench_threads")
+_TIMING_PREFIXES = ("batch_", "ms_", "spread_", "runs_", "speedup_", "efficiency_")
+
+
+def is_timing_field(key: str) -> bool:
+    return key in TIMING_FIELDS or key.startswith(_TIMING_PREFIXES)
+
+
+def without_timings(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row without the fields that are measured times (these differ from run to run)."""
+    return {k: v for k, v in row.items() if not is_timing_field(k)}
+
+
+CSV_COLUMNS = (
+    "variant_id", "model", "method", "data_aware", "target", "keep", "rank_multiple", "status", "achieved_keep",
+    "params_kept", "macs_kept", "layers_factorized", "layers_total", "max_error",
+    "quality_metric", "quality", "quality_original",
+    "accuracy", "accuracy_original", "accuracy_drop", "agreement", "agreement_top5",
+    "cos_mean", "cos_min", "nn_top1", "nn_top10", "spearman", "rel_error_mean",
+    "ideal_speedup", "onnx_sha256", "compress_s", "validate_s",
+    "batch_small", "ms_original_small", "ms_small", "speedup_small", "efficiency_small",
+    "batch_large", "ms_original_large", "ms_large", "speedup_large", "efficiency_large",
+    "bench_load", "error",
+)
+
+
+def _json_dump(data: Any, path: Path) -> None:
+    from .report import json_safe
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str] = CSV_COLUMNS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()
+                             if k in columns and v is not None})
+
+
+class RowStore:
+    """``DIR/rows/<id>.json`` (the fingerprint and the row) and ``DIR/models/<id>.onnx``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.rows_dir = out / ROWS_DIR
+        self.models_dir = out / MODELS_DIR
+
+    def path(self, variant_id: str) -> Path:
+        return self.rows_dir / f"{variant_id}.json"
+
+    def model_path(self, variant_id: str) -> Path:
+        return self.models_dir / f"{variant_id}.onnx"
+
+    def load(self, variant_id: str) -> Optional[dict[str, Any]]:
+        path = self.path(variant_id)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def done(self, task: VariantTask) -> Optional[dict[str, Any]]:
+        """The stored row of a finished variant with this fingerprint, else None."""
+        entry = self.load(task.variant.id)
+        if not entry or entry.get("fingerprint") != task.fingerprint:
+            return None
+        row = entry.get("row") or {}
+        if row.get("status") == "ok" and not self.model_path(task.variant.id).exists():
+            return None
+        return row
+
+    def save(self, task: VariantTask, outcome: VariantOutcome) -> None:
+        variant_id = task.variant.id
+        if outcome.model_bytes is not None:
+            _write_bytes(outcome.model_bytes, self.model_path(variant_id))
+        if outcome.report is not None:
+            _json_dump(outcome.report, self.models_dir / f"{variant_id}.report.json")
+        self.update(variant_id, task.fingerprint, outcome.row)
+
+    def update(self, variant_id: str, fingerprint_: str, row: Mapping[str, Any]) -> None:
+        _json_dump({"fingerprint": fingerprint_, "row": dict(row)}, self.path(variant_id))
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for path in sorted(self.rows_dir.glob("*.json")):
+            try:
+                rows.append(json.loads(path.read_text())["row"])
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+        return rows
+
+
+def row_sort_key(row: Mapping[str, Any]) -> tuple:
+    return (row["model"], row.get("target", "flops"), row["method"], row["rank_multiple"], row["keep"],
+            row.get("seed", 0))
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did: the rows of this grid, what it skipped, how long each phase took."""
+
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    computed: int
+    reused: int
+    crashed: list[dict[str, Any]]
+    timed: bool
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def bench_settings(target_s: float) -> dict[str, float]:
+    """Per timed group (original + variants of one budget, one batch size): target seconds and limits."""
+    quick = target_s < 2
+    return dict(target_s=target_s, min_runs=3 if quick else 5, max_runs=200, warmup=1 if quick else 2)
+
+
+def load_average() -> Optional[float]:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, threads: int, target_s: float,
+               rebench: bool = False, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time the variants in ``rows`` (one model) against the original, one interleaved run per budget and
+    batch size (onnx_alds.bench); a budget whose variants all have timings at these batch sizes is left
+    as it is unless ``rebench``. Returns the rows it timed."""
+    from .bench import bench
+
+    settings = bench_settings(target_s)
+    slots = list(zip(("small", "large"), model.bench_batches[:2]))
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and (out / row["model_file"]).exists():
+            groups.setdefault((row["target"], float(row["keep"])), []).append(row)
+    timed = []
+    for (target, keep), group in sorted(groups.items()):
+        current = all(row.get(f"batch_{slot}") == batch and row.get(f"ms_{slot}") is not None
+                      for row in group for slot, batch in slots)
+        if current and not rebench:
+            continue
+        models = [model.path] + [str(out / row["model_file"]) for row in group]
+        names = ["original"] + [f"{row['method']}/m{row['rank_multiple']}" for row in group]
+        for slot, batch in slots:
+            probe = bench([model.path], provider="cpu", batch_sizes=(batch,), threads=threads, warmup=1, runs=1,
+                          min_time_s=0.0, input_shapes=model.input_shapes)
+            per_run = probe.timing(0, batch).median_ms / 1e3
+            runs = int(min(settings["max_runs"], max(settings["min_runs"],
+                                                     settings["target_s"] / max(per_run * len(models), 1e-6))))
+            before = load_average()
+            report = bench(models, provider="cpu", batch_sizes=(batch,), threads=threads,
+                           warmup=int(settings["warmup"]), runs=runs, min_time_s=0.0,
+                           input_shapes=model.input_shapes, names=names)
+            after = load_average()
+            original_ms = report.timing(0, batch).median_ms
+            loads = [x for x in (before, after) if x is not None]
+            for index, row in enumerate(group, start=1):
+                timing = report.timing(index, batch)
+                ideal = row.get("ideal_speedup")
+                row.update({f"batch_{slot}": batch, f"ms_original_{slot}": original_ms, f"ms_{slot}": timing.median_ms,
+                            f"spread_{slot}": timing.spread, f"runs_{slot}": timing.runs,
+                            f"speedup_{slot}": timing.speedup,
+                            f"efficiency_{slot}": timing.speedup / ideal if ideal else None,
+                            "bench_load": max(loads) if loads else None, "bench_threads": threads})
+            say(f"  timed {model.name} keep {target} {keep:g} batch {batch}: original {original_ms:.2f} ms, "
+                f"{runs} runs, load {before}->{after}: "
+                + ", ".join(f"{n} {report.timing(i, batch).speedup:.2f}x" for i, n in enumerate(names[1:], start=1)))
+        timed += group
+    return timed
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _variant_line(row: Mapping[str, Any]) -> str:
+    head = f"  {row['model']:<18} {row['method']:<14} keep {row['keep']:<4g} m{row['rank_multiple']:<3}"
+    if row.get("status") != "ok":
+        return f"{head} {row.get('status')}: {row.get('error')}"
+    return (f"{head} achieved {row['achieved_keep']:.3f}  {row.get('quality_metric')} {_fmt(row.get('quality'))}  "
+            f"({row.get('compress_s', 0):.1f} s)")
+
+
+def environment() -> dict[str, Any]:
+    import scipy
+
+    from . import __version__
+    from .bench import machine_info
+
+    versions = {"onnx_alds": __version__, "onnx": onnx.__version__, "numpy": np.__version__,
+                "scipy": scipy.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return dict(machine=machine_info(), versions=versions)
+
+
+def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Union[str, Path],
+              target: str = "flops", rank_multiples: Sequence[int] = (1,), seeds: Sequence[int] = (0,),
+              engine: Optional[Engine] = None, bench: bool = True, rebench: bool = False,
+              bench_threads: Optional[int] = None, bench_target_s: float = 5.0, plots: bool = True,
+              progress: Optional[bool] = None, command: str = "", say: Optional[Callable[[str], None]] = None
+              ) -> SweepResult:
+    """Compress, validate and (unless ``bench=False``) time every variant of the grid; resumable.
+
+    Writes ``out/rows``, ``out/models``, ``out/sweep.json``, ``out/sweep.csv`` and the plots; returns the
+    rows of this grid (with the stored rows of variants done before). ``engine`` defaults to the local
+    in-process engine; it is started only when something is left to compute and closed before timing.
+    """
+    from tqdm import tqdm
+
+    from .bench import physical_cores
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_start = load_average()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar: Optional[Any] = None
+
+    def emit(text: str) -> None:
+        if say is not None:
+            say(text)
+        elif bar is not None and show:
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    if target not in ("flops", "params"):
+        raise BudgetError(f"unknown target '{target}'; choose flops or params")
+    for keep in keeps:
+        if not (isinstance(keep, (int, float)) and math.isfinite(keep) and 0.0 < keep <= 1.0):
+            raise BudgetError(f"--keep-{target} {keep} is out of range; give fractions to keep in (0, 1], e.g. 0.5")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise InputDataError(f"two models of the sweep have the same name ({', '.join(names)}); name them apart")
+    specs = {name: parse_method(name) for name in methods}
+    hashes = _Hashes()
+    store = RowStore(out)
+    tasks: list[VariantTask] = []
+    skipped: list[dict[str, Any]] = []
+    for model in models:
+        for method in methods:
+            spec = specs[method]
+            if spec.data and (not model.data_aware or model.calibration is None):
+                skipped.append({"model": model.name, "method": method,
+                                "reason": model.skip_note or "no calibration data for this model (give --calibration "
+                                                             "FILE.npz, --calibration-images DIR or --calibration-random N)"})
+                continue
+            for rank_multiple in rank_multiples:
+                for keep in keeps:
+                    for seed in seeds:
+                        variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
+                        tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes)))
+    for entry in skipped:
+        emit(f"  skip {entry['model']} / {entry['method']}: {entry['reason']}")
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        row = store.done(task)
+        if row is not None:
+            results[task.variant.id] = row
+        else:
+            todo.append(task)
+    reused = len(tasks) - len(todo)
+    parallel = [t for t in todo if not t.method.speed_check]
+    serial = [t for t in todo if t.method.speed_check]
+    engine = engine or LocalEngine()
+    phases: dict[str, float] = {}
+    crashed: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
+    phase_start = time.time()
+    emit(f"sweep: {len(tasks)} variants ({reused} done before, {len(todo)} to compute) on engine "
+         f"{engine.name}" + (f", {len(skipped)} combinations skipped" if skipped else ""))
+    bar = tqdm(total=len(tasks), initial=reused, desc="sweep", unit="variant", disable=not show, leave=False)
+
+    def record(task: VariantTask, outcome: VariantOutcome) -> None:
+        if outcome.started:
+            timeline.append(dict(variant=task.variant.id, worker=outcome.worker,
+                                 start_s=round(outcome.started - phase_start, 3), seconds=round(outcome.seconds, 3),
+                                 cpu_s=round(outcome.cpu_seconds, 3)))
+        if outcome.crashed:
+            crashed.append(outcome.row)
+        else:
+            store.save(task, outcome)
+        results[task.variant.id] = outcome.row
+        emit(_variant_line(outcome.row))
+        bar.update(1)
+
+    try:
+        if todo:
+            needed = {t.model.name for t in todo}
+            tick = time.perf_counter()
+            data = {m.name: load_model_data(m, any(t.method.data for t in todo if t.model.name == m.name))
+                    for m in models if m.name in needed}
+            phases["load_s"] = time.perf_counter() - tick
+            if parallel:
+                tick = time.perf_counter()
+                try:
+                    engine.start(data)
+                    phases["engine_start_s"] = time.perf_counter() - tick
+                    tick, phase_start = time.perf_counter(), time.time()
+                    for task, outcome in engine.run(parallel):
+                        record(task, outcome)
+                    phases["tasks_s"] = time.perf_counter() - tick
+                finally:
+                    engine.close()
+            if serial:  # speed-checked variants time layers while compressing: on the driver, one at a time
+                tick = time.perf_counter()
+                state = WorkerState(threads=bench_threads or physical_cores())
+                for task in serial:
+                    record(task, run_variant(task, data[task.model.name], state))
+                phases["serial_tasks_s"] = time.perf_counter() - tick
+    finally:
+        bar.close()
+    phases["task_busy_s"] = sum(entry["seconds"] for entry in timeline)
+    phases["task_cpu_s"] = sum(entry["cpu_s"] for entry in timeline)
+    rows = sorted((results[t.variant.id] for t in tasks), key=row_sort_key)
+    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    host = socket.gethostname()
+    if bench and ok_rows:
+        tick = time.perf_counter()
+        threads = bench_threads or physical_cores()
+        by_id = {t.variant.id: t for t in tasks}
+        for model in models:
+            timed = bench_rows(model, [r for r in ok_rows if r["model"] == model.name], out, threads=threads,
+                               target_s=bench_target_s, rebench=rebench, say=emit)
+            for row in timed:
+                store.update(row["variant_id"], by_id[row["variant_id"]].fingerprint, row)
+        phases["bench_s"] = time.perf_counter() - tick
+        timing_note = (f"serial on the driver ({host}, {threads} threads) after every task had ended: one interleaved "
+                       "run per model, budget and batch size")
+    elif bench:
+        timing_note = "nothing to time (no variant compressed)"
+    else:
+        timing_note = "not timed (--no-bench); timings of earlier runs, if any, are kept in their rows"
+    emit(f"timing: {timing_note}")
+    run = dict(command=command, started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+               seconds=time.time() - started, load_start=load_start, load_end=load_average(),
+               engine=engine.describe(), variants=len(tasks), computed=len(todo) - len(crashed), reused=reused,
+               crashed=len(crashed), phases=phases, timing=timing_note, bench=bool(bench), timeline=timeline)
+    write_record(out, store, skipped, run, plots=plots, say=emit)
+    return SweepResult(rows=rows, skipped=skipped, computed=len(todo) - len(crashed), reused=reused, crashed=crashed,
+                       timed=bool(bench and ok_rows), run=run)
+
+
+def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run: dict[str, Any], *, plots: bool,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """``sweep.json`` (every stored row, the skipped combinations, the runs), ``sweep.csv`` and the plots."""
+    path = out / "sweep.json"
+    record: dict[str, Any] = {"rows": [], "skipped": [], "runs": []}
+    if path.exists():
+        try:
+            record.update(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            pass
+    record["rows"] = sorted(store.all_rows(), key=row_sort_key)
+    keys = {(s["model"], s["method"]) for s in skipped}
+    record["skipped"] = [s for s in record.get("skipped", []) if (s["model"], s["method"]) not in keys] + skipped
+    record["runs"] = list(record.get("runs", [])) + [run]
+    record["environment"] = environment()
+    _json_dump(record, path)
+    write_csv(record["rows"], out / "sweep.csv")
+    if plots:
+        try:
+            write_plots(record["rows"], out)
+        except ImportError:
+            say("plots: skipped (matplotlib is not installed: pip install 'onnx-alds[plots]')")
+    return record
+
+
+def _default_style(method: str, index: int) -> tuple[str, str, str]:
+    markers = "os^vDPX*"
+    return (f"C{index % 10}", "--" if "+data" in method else "-", markers[index % len(markers)])
+
+
+def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: Sequence[str] = (),
+                style: Optional[Callable[[str, int], tuple[str, str, str]]] = None,
+                reference: Optional[Callable[[str, str], Optional[float]]] = None) -> list[Path]:
+    """Per model: quality vs MACs kept (a line per method and rank multiple) and, when timed, speedup vs
+    MACs kept with the ideal ``1/kept``. ``style(method, index)`` gives (colour, line style, marker)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = style or _default_style
+    order = list(method_order)
+
+    def position(method: str) -> int:
+        return order.index(method) if method in order else len(order)
+
+    def line(axis, points, method: str, multiple: int, index: int) -> None:
+        color, linestyle, marker = style(method, index)
+        axis.plot(*zip(*points), color=color, linestyle=linestyle, marker=marker, markersize=5 if multiple > 1 else 4,
+                  markerfacecolor="none" if multiple > 1 else color, linewidth=1.0 if multiple > 1 else 1.5,
+                  alpha=0.7 if multiple > 1 else 1.0, label=f"{method} m{multiple}")
+
+    def kept(row: Mapping[str, Any]) -> Optional[float]:
+        return row.get("macs_kept") if row.get("macs_kept") is not None else row.get("achieved_keep")
+
+    written = []
+    for model in sorted({r["model"] for r in rows}):
+        ok = [r for r in rows if r["model"] == model and r.get("status") == "ok" and kept(r) is not None]
+        if not ok:
+            continue
+        metric = ok[0].get("quality_metric") or "agreement"
+        metrics = [metric] + [m for m in ("accuracy", "agreement", "cos_mean", "nn_top10")
+                              if m != metric and any(r.get(m) is not None for r in ok)][:1]
+        variants = sorted({(r["method"], r["rank_multiple"]) for r in ok}, key=lambda v: (position(v[0]), v[0], v[1]))
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+        for axis, name in zip(axes[0], metrics):
+            for index, (method, multiple) in enumerate(variants):
+                points = sorted((kept(r), r[name]) for r in ok
+                                if (r["method"], r["rank_multiple"]) == (method, multiple) and r.get(name) is not None)
+                if points:
+                    line(axis, points, method, multiple, index)
+            original = reference(model, name) if reference else next(
+                (r.get("quality_original") for r in ok if r.get("quality_metric") == name
+                 and r.get("quality_original") is not None), None)
+            if name == "accuracy" and original is None:
+                original = next((r["accuracy_original"] for r in ok if r.get("accuracy_original") is not None), None)
+            if original is not None:
+                axis.axhline(original, color="grey", linewidth=0.8, label="original")
+            axis.set_xlabel("MACs kept (achieved)")
+            axis.set_ylabel(name)
+            axis.set_title(f"{model}: {name}")
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        path = out / f"{model}-quality.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+        timed = [r for r in ok if r.get("speedup_small") is not None]
+        if not timed:
+            continue
+        slots = [s for s in ("small", "large") if any(r.get(f"speedup_{s}") is not None for r in timed)]
+        fig, axes = plt.subplots(1, len(slots), figsize=(5.2 * len(slots), 3.8), squeeze=False)
+        for axis, slot in zip(axes[0], slots):
+            for index, (method, multiple) in enumerate(variants):
+                points = sorted((kept(r), r[f"speedup_{slot}"]) for r in timed
+                                if (r["method"], r["rank_multiple"]) == (method, multiple)
+                                and r.get(f"speedup_{slot}") is not None)
+                if points:
+                    line(axis, points, method, multiple, index)
+            xs = np.linspace(max(0.2, min(kept(r) for r in timed) * 0.95), 1.0, 50)
+            axis.plot(xs, 1 / xs, color="black", linewidth=1, label="ideal 1/keep")
+            axis.axhline(1.0, color="grey", linewidth=0.8)
+            batch = next(r[f"batch_{slot}"] for r in timed if r.get(f"batch_{slot}") is not None)
+            axis.set_xlabel("MACs kept (achieved)")
+            axis.set_ylabel("measured speedup (ORT CPU)")
+            axis.set_title(f"{model}: batch {batch}")
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        path = out / f"{model}-speedup.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``onnx-alds sweep``."""
+    from .argtypes import any_float, non_negative_float, positive_int
+    from .inputs import add_input_arguments
+
+    parser.add_argument("models", metavar="MODEL", nargs="+", help="ONNX models to sweep (never modified)")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR",
+                        help="folder for sweep.json, sweep.csv, the plots, models/ and rows/ (a second run resumes)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--keep-flops", type=any_float, nargs="+", metavar="F",
+                        help="budgets: fractions of the Conv/Gemm/MatMul multiply-accumulates to keep")
+    target.add_argument("--keep-params", type=any_float, nargs="+", metavar="F",
+                        help="budgets: fractions of the model's weights to keep")
+    parser.add_argument("--methods", nargs="+", default=["alds"], metavar="M",
+                        help="methods (default alds): alds, svd, svd-energy, l-rank, each optionally with modifiers "
+                             + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first)")
+    parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[1], metavar="N",
+                        dest="rank_multiples", help="rank multiples (default 1; 16 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--seed", nargs="+", type=int, default=[0], metavar="N", dest="seeds",
+                        help="seeds of the allocation (default 0)")
+    import inspect
+
+    labels = {"labels": True} if "labels" in inspect.signature(add_input_arguments).parameters else {}
+    add_input_arguments(parser, **labels)  # --labels FILE / --labels-from-filenames where inputs.py has them
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="validate on the first N held-out samples only")
+    add_input_arguments(parser, "calibration-", preprocess=False, input_shape=False)
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (default: this process, or --workers processes) or ray (Ray actors)")
+    engine.add_argument("--address", default=None, metavar="ADDR",
+                        help="Ray cluster to join (default: RAY_ADDRESS, else a new local Ray instance)")
+    engine.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="parallel workers (local default 1; ray default: the cluster's CPUs / --cpus-per-worker)")
+    engine.add_argument("--cpus-per-worker", type=positive_int, default=1, metavar="N",
+                        help="CPUs (and ONNX Runtime threads) per Ray actor (default 1)")
+    timing = parser.add_argument_group("timing (on the driver, after every task has ended)")
+    timing.add_argument("--no-bench", action="store_true", help="compress and validate only; do not time")
+    timing.add_argument("--rebench", action="store_true", help="time again budgets whose variants are already timed")
+    timing.add_argument("--bench-batch", type=positive_int, nargs="+", default=[1, 32], metavar="N",
+                        help="one or two batch sizes to time (default 1 32)")
+    timing.add_argument("--bench-time", type=non_negative_float, default=5.0, metavar="S",
+                        help="seconds per timed group: the original and the variants of one budget (default 5)")
+    timing.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="ONNX Runtime threads for timing and for the local engine (default: physical cores)")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _model_names(paths: Sequence[str]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    names = []
+    for path, stem in zip(paths, stems):
+        name = stem if stems.count(stem) == 1 else f"{Path(path).resolve().parent.name}-{stem}"
+        names.append(re.sub(r"[^A-Za-z0-9+=_-]", "_", name))
+    if len(set(names)) != len(names):
+        names = [f"{name}-{i}" for i, name in enumerate(names)]
+    return names
+
+
+def models_from_args(args: argparse.Namespace) -> list[SweepModel]:
+    from .inputs import preprocess_from_args
+    from .model_io import parse_input_shapes
+
+    shapes = parse_input_shapes(getattr(args, "input_shape", None)) or None
+    preprocess = preprocess_from_args(args)
+    if args.inputs is None and args.images is None and args.random is None:
+        source = DataSource(random=64, seed=0, limit=args.limit, input_shapes=shapes)
+    else:
+        source = DataSource(npz=args.inputs, images=args.images, preprocess=preprocess, random=args.random,
+                            seed=0, limit=args.limit, input_shapes=shapes, labels_file=getattr(args, "labels", None),
+                            labels_from_filenames=bool(getattr(args, "labels_from_filenames", False)))
+    calibration = None
+    if args.calibration is not None or args.calibration_images is not None or args.calibration_random is not None:
+        calibration = DataSource(npz=args.calibration, images=args.calibration_images, preprocess=preprocess,
+                                 random=args.calibration_random, seed=1, input_shapes=shapes)
+    if len(args.bench_batch) > 2:
+        raise InputDataError(f"--bench-batch takes one or two batch sizes, got {len(args.bench_batch)}")
+    return [SweepModel(name=name, path=path, evals=(EvalSpec("eval", source),), calibration=calibration,
+                       input_shapes=shapes, bench_batches=tuple(args.bench_batch))
+            for name, path in zip(_model_names(args.models), args.models)]
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Run ``onnx-alds sweep``; exit 1 (after writing what finished) when a variant crashed."""
+    import shlex
+
+    for method in args.methods:
+        parse_method(method)
+    if args.engine == "ray":
+        import_ray()  # fail fast, before loading anything
+    models = models_from_args(args)
+    engine = make_engine(args.engine, workers=args.workers, address=args.address, threads=args.threads,
+                         cpus_per_worker=args.cpus_per_worker)
+    target, keeps = ("flops", args.keep_flops) if args.keep_flops is not None else ("params", args.keep_params)
+    launcher = Path(sys.argv[0]).name if sys.argv else ""
+    command = shlex.join(["onnx-alds"] + sys.argv[1:]) if launcher in ("onnx-alds", "cli.py", "__main__.py") \
+        else shlex.join(sys.argv)
+    result = run_sweep(models, args.methods, keeps, out=args.out, target=target, rank_multiples=args.rank_multiples,
+                       seeds=args.seeds, engine=engine, bench=not args.no_bench, rebench=args.rebench,
+                       bench_threads=args.threads, bench_target_s=args.bench_time, plots=not args.no_plots,
+                       progress=False if args.no_progress else None, command=command)
+    print(summary_table(result.rows))
+    print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
+          + (f", {len(result.crashed)} crashed" if result.crashed else "")
+          + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv" + ("" if args.no_plots else ", plots"))
+    if result.crashed:
+        first = result.crashed[0]
+        raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: {first['error']}); "
+                            "run the same command again to retry them")
+    return 0
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    from .report import format_table
+
+    table = [("model", "method", "keep", "m", "achieved", "quality", "speedup b-small", "speedup b-large", "status")]
+    for row in rows:
+        table.append((row["model"], row["method"], f"{row['keep']:g}", str(row["rank_multiple"]),
+                      _fmt(row.get("achieved_keep")),
+                      f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok" else "-",
+                      _fmt(row.get("speedup_small"), 2), _fmt(row.get("speedup_large"), 2), row.get("status", "")))
+    return format_table(table)

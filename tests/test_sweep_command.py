@@ -1,0 +1,239 @@
+"""``onnx-alds sweep``: the grid, resumability, and identical results with the local and the Ray engine."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("onnxruntime")
+
+from onnx_alds.cli import main  # noqa: E402
+from onnx_alds.errors import BudgetError  # noqa: E402
+from onnx_alds.sweep import CSV_COLUMNS, is_timing_field, parse_method, without_timings  # noqa: E402
+
+
+def tiny_model(path: Path) -> onnx.ModelProto:
+    """Conv 4→16 3x3 → Relu → Conv 16→16 3x3 → Relu → GAP → Flatten → Gemm 16→5, dynamic batch."""
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32),
+                                       name)
+
+    inits = [weight("w1", 16, 4, 3, 3), weight("w2", 16, 16, 3, 3), weight("w3", 5, 16),
+             numpy_helper.from_array(np.zeros(5, np.float32), "b3")]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The model, held-out inputs with labels (the original scores 0.9) and calibration inputs."""
+    import onnxruntime as ort
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = tiny_model(root / "tiny.onnx")
+    rng = np.random.default_rng(1)
+    x_eval = rng.standard_normal((40, 4, 8, 8)).astype(np.float32)
+    logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x_eval})[0]
+    labels = np.argmax(logits, axis=1).astype(np.int64)
+    labels[:4] = (labels[:4] + 1) % 5
+    np.savez(root / "eval.npz", input=x_eval, labels=labels)
+    np.savez(root / "calibration.npz", input=rng.standard_normal((16, 4, 8, 8)).astype(np.float32))
+    return root
+
+
+def sweep_args(tiny: Path, out: Path, *extra: str) -> list[str]:
+    """2 budgets × 2 methods (one data-free, one data-aware)."""
+    return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "0.8", "--methods", "alds", "svd+data",
+            "--inputs", str(tiny / "eval.npz"), "--calibration", str(tiny / "calibration.npz"), "-o", str(out),
+            "--no-progress", *extra]
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def written(out: Path) -> dict[str, int]:
+    """mtime of every file of rows/ and models/."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for folder in ("rows", "models")
+            for p in sorted((out / folder).iterdir())}
+
+
+def record(out: Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """Rows, CSV lines, model files and compression reports identical, timings aside."""
+    rows_a, rows_b = record(a)["rows"], record(b)["rows"]
+    assert [r["variant_id"] for r in rows_a] == [r["variant_id"] for r in rows_b]
+    assert [without_timings(r) for r in rows_a] == [without_timings(r) for r in rows_b]
+    strip = lambda rows: [{k: v for k, v in r.items() if not is_timing_field(k)} for r in rows]  # noqa: E731
+    assert strip(csv_rows(a / "sweep.csv")) == strip(csv_rows(b / "sweep.csv"))
+    models = sorted(p.name for p in (a / "models").glob("*.onnx"))
+    assert models and models == sorted(p.name for p in (b / "models").glob("*.onnx"))
+    for name in models:
+        assert (a / "models" / name).read_bytes() == (b / "models" / name).read_bytes(), name
+        reports = [json.loads((d / "models" / name.replace(".onnx", ".report.json")).read_text()) for d in (a, b)]
+        for report in reports:
+            report.pop("seconds")
+        assert reports[0] == reports[1], name
+
+
+def test_sweep_writes_rows_and_resumes(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, err = run(sweep_args(tiny, out, "--rank-multiple", "1", "4", "--bench-batch", "1", "4",
+                                       "--bench-time", "0.05"), capsys)
+    assert code == 0, err
+    assert "8 variants (0 done before, 8 to compute) on engine local" in stdout
+    data = record(out)
+    rows = data["rows"]
+    assert len(rows) == 8 and len({r["variant_id"] for r in rows}) == 8
+    assert {(r["method"], r["keep"], r["rank_multiple"]) for r in rows} == {
+        (m, k, rm) for m in ("alds", "svd+data") for k in (0.5, 0.8) for rm in (1, 4)}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok
+    for row in ok:
+        assert 0 < row["achieved_keep"] <= 1 and row["ideal_speedup"] == pytest.approx(1 / row["achieved_keep"])
+        assert row["accuracy_original"] == pytest.approx(0.9) and 0 <= row["accuracy"] <= 1
+        assert row["quality_metric"] == "accuracy" and row["quality"] == row["accuracy"]
+        assert row["data_aware"] == (row["method"] == "svd+data")
+        model = out / row["model_file"]
+        onnx.checker.check_model(str(model), full_check=True)
+        assert row["batch_small"] == 1 and row["batch_large"] == 4 and row["speedup_small"] > 0
+        assert row["efficiency_large"] == pytest.approx(row["speedup_large"] / row["ideal_speedup"])
+    assert data["runs"][-1]["timing"].startswith("serial on the driver")
+    assert data["runs"][-1]["engine"]["engine"] == "local"
+    table = csv_rows(out / "sweep.csv")
+    assert len(table) == 8 and tuple(table[0]) == CSV_COLUMNS
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "tiny-quality.png").exists() and (out / "tiny-speedup.png").exists()
+
+    # the same command again: nothing is recompressed, validated, timed or rewritten
+    before = written(out)
+    code, stdout, err = run(sweep_args(tiny, out, "--rank-multiple", "1", "4", "--bench-batch", "1", "4",
+                                       "--bench-time", "0.05"), capsys)
+    assert code == 0, err
+    assert "8 variants (8 done before, 0 to compute)" in stdout and "timed tiny" not in stdout
+    assert written(out) == before
+    again = record(out)
+    assert again["rows"] == rows and len(again["runs"]) == 2 and again["runs"][-1]["computed"] == 0
+
+    # a larger grid computes only what is new; an unreachable budget is a finished row (status error)
+    code, stdout, err = run(sweep_args(tiny, out, "--rank-multiple", "1", "--keep-flops", "0.5", "0.8", "0.01",
+                                       "--no-bench"), capsys)
+    assert code == 0, err
+    assert "6 variants (4 done before, 2 to compute)" in stdout
+    bad = [r for r in record(out)["rows"] if r["keep"] == 0.01]
+    assert len(bad) == 2 and all(r["status"] == "error" and "cannot be reached" in r["error"] for r in bad)
+    code, stdout, _ = run(sweep_args(tiny, out, "--rank-multiple", "1", "--keep-flops", "0.01", "--no-bench"), capsys)
+    assert "2 variants (2 done before, 0 to compute)" in stdout
+
+
+def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+
+    def args(samples: int) -> list[str]:
+        return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--random", str(samples), "-o", str(out),
+                "--no-bench", "--no-plots", "--no-progress"]
+
+    assert run(args(8), capsys)[0] == 0
+    row = record(out)["rows"][0]
+    assert row["quality_metric"] == "agreement" and "accuracy" not in row  # random inputs: no labels
+    code, stdout, _ = run(args(8), capsys)
+    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    code, stdout, _ = run(args(9), capsys)  # other validation data: the fingerprint differs
+    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert record(out)["rows"][0]["agreement_samples"] == 9
+
+
+def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
+    serial, pool = tmp_path / "serial", tmp_path / "pool"
+    assert run(sweep_args(tiny, serial, "--no-bench", "--no-plots"), capsys)[0] == 0
+    code, stdout, err = run(sweep_args(tiny, pool, "--no-bench", "--no-plots", "--workers", "2"), capsys)
+    assert code == 0, err
+    assert record(pool)["runs"][-1]["engine"]["mode"] == "process pool"
+    assert_same_results(serial, pool)
+
+
+def test_ray_engine_matches_local(tiny, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert run(sweep_args(tiny, local, "--no-bench", "--no-plots"), capsys)[0] == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, stdout, err = run(sweep_args(tiny, on_ray, "--engine", "ray", "--no-bench", "--no-plots"), capsys)
+        assert ray.is_initialized()  # the engine joined the test's instance and left it running
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    assert "on engine ray" in stdout
+    run_record = record(on_ray)["runs"][-1]
+    assert run_record["engine"]["engine"] == "ray" and run_record["engine"]["workers"] == 2
+    assert run_record["timing"].startswith("not timed")
+    assert_same_results(local, on_ray)
+
+
+def test_missing_ray_is_one_line_error(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run(sweep_args(tiny, tmp_path / "out", "--engine", "ray"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "pip install 'onnx-alds[ray]'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_aware_methods_without_calibration_are_skipped(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, _ = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "alds", "alds+data",
+                           "--inputs", str(tiny / "eval.npz"), "-o", str(out), "--no-bench", "--no-plots",
+                           "--no-progress"], capsys)
+    assert code == 0
+    data = record(out)
+    assert [r["method"] for r in data["rows"]] == ["alds"]
+    assert data["skipped"][0]["method"] == "alds+data" and "calibration" in data["skipped"][0]["reason"]
+
+
+def test_parse_method():
+    spec = parse_method("alds+data/pw+sc")
+    assert spec.data and spec.speed_check
+    assert dict(spec.options) == {"method": "alds", "order": "pointwise-first"}
+    assert dict(parse_method("svd/g1").options) == {"method": "svd", "max_groups": 1}
+    assert dict(parse_method("alds+data+seq").options) == {"method": "alds", "sequential": True}
+    for bad in ("pca", "alds+foo", "alds+seq", "alds data"):
+        with pytest.raises(BudgetError):
+            parse_method(bad)
