@@ -22,9 +22,10 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
 from .decompose import decompose
 from .errors import BudgetError, InputDataError, UnsupportedModelError
 from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
-                     folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants, with_order)
+                     StoredConstants, folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants,
+                     with_order)
 from .checks import InputCheck, check_input_model, check_output_model
-from .model_io import ModelLike, load_model, resolve_input_shapes
+from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import Rewrite, add_provenance, rewrite_model
 from .shapes import tensor_shapes
@@ -38,10 +39,17 @@ DATA_AWARE_ERROR_MEASURE = "frobenius"  # the default error measure with calibra
 
 @dataclass(frozen=True)
 class CompressionResult:
-    """The compressed model and what was done to it."""
+    """The compressed model and what was done to it.
+
+    ``store`` is None (``model`` is complete) unless ``compress`` was given an
+    :class:`onnx_alds.model_io.OpenedModel`: then ``model`` is light, its dense weights still stubs
+    read through ``store``; ``save_model(result.model, path, store=result.store)`` writes it tensor
+    by tensor, ``materialize(result.model, result.store)`` completes it in memory.
+    """
 
     model: onnx.ModelProto
     report: CompressionReport
+    store: Optional[TensorStore] = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class _Prepared:
     constants: Mapping[str, onnx.TensorProto]  # weights by name, folded Identity/Cast chains included
     original: onnx.ModelProto  # the model as loaded, before functions were inlined
     input_check: InputCheck  # what the up-front check found (ONNX Runtime facts for the output check)
+    store: Optional[TensorStore] = None  # where the light model's large weights are read from
 
 
 def _progress(items: Sequence, description: str):
@@ -66,11 +75,17 @@ def _progress(items: Sequence, description: str):
 
 
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
-             max_groups: int, need_macs: bool, channel_multiple: int = 1) -> _Prepared:
-    original = load_model(model)
-    input_check = check_input_model(original)
+             max_groups: int, need_macs: bool, channel_multiple: int = 1, complete: bool = False) -> _Prepared:
+    """The light model (:func:`onnx_alds.model_io.open_model`: large weights stay where they are and
+    are read one at a time), checked, with its layers; ``complete``: every weight loaded in memory
+    (the data-aware steps run the model in ONNX Runtime)."""
+    opened = open_model(model)
+    original, store = opened.model, opened.store
+    input_check = check_input_model(original, store)
     notes: list[str] = list(input_check.notes)
     proto = _inline_functions(original, notes)
+    if complete:
+        materialize(proto, store)
     ensure_node_names(proto)
     shapes: dict[str, tuple[int, ...]] = {}
     try:
@@ -85,8 +100,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                  if n.op_type in LAYER_OPS and len(n.input) >= 2]
     if resolved is not None:
         needed = {name for node in layer_ops for name in list(node.output[:1]) + list(node.input[:2])}
-        shapes = tensor_shapes(proto, resolved, needed)
-    constants, folded = weight_constants(proto)
+        shapes = tensor_shapes(proto, resolved, needed, store)
+    constants, folded = weight_constants(proto, load=store.load)
+    constants = StoredConstants(constants, store)
     if folded:
         notes.append(f"{len(folded)} weights reach their layer through constant ops, folded for factorization "
                      f"({', '.join(sorted(set(folded.values())))}; first: '{sorted(folded)[0]}')")
@@ -108,7 +124,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         else:
             macs_total = int(sum(per_node))
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check)
+                     input_check, store)
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
@@ -240,7 +256,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                              "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
                         max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops",
-                        channel_multiple=rank_multiple)
+                        channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
     if keep_dense:
         layers = [replace(layer, skip_reason=keep_dense[layer.name])
@@ -310,15 +326,15 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                             + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in order))
 
     tick = time.perf_counter()
-    allocation = _allocate(prepared, chosen, tables, target, keep, method, seed)
+    allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
     seconds["allocation"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
     extra_notes: list[str] = list(calibration_notes)
-    if calibration is None:
-        rewrites = [Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank))
-                    for layer, choice in plan]
+    if calibration is None:  # one layer's weight and factors in float64 at a time (the rewrite pulls them)
+        rewrites = (Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank))
+                    for layer, choice in plan)
         new_model = rewrite_model(proto, rewrites)
     else:
         new_model = data_aware_rewrite(proto, plan, constants, stats, calibration, refit=refit,
@@ -332,7 +348,10 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         "onnx_alds.target": f"keep_{target}={keep}",
         "onnx_alds.seed": str(seed),
     })
-    check_output_model(new_model, prepared.original, prepared.input_check)
+    check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
+    light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself
+    if not light:
+        materialize(new_model, prepared.store)
     seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0)  # reported on its own
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
@@ -350,7 +369,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                          calibration_samples=sample_count(calibration))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
                      warnings=_harm_warnings(report, prepared, data_aware))
-    return CompressionResult(new_model, report)
+    return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
 FAST_RANK_MULTIPLE = 16  # ONNX Runtime's blocked CPU conv kernels need channel counts that are multiples of it
@@ -396,14 +415,15 @@ def _uncalibrated_reason(layer: Layer) -> Optional[str]:
 def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], rank_multiple: int) -> None:
     """Refuse a rank multiple that leaves no layer a rank to use."""
     if rank_multiple > 1 and not any(len(option.ranks) for table in tables for option in table.options):
-        largest = max(min(layer.matrix_shape) for layer in chosen)
+        rows, cols = zip(*(layer.matrix_shape for layer in chosen))
+        largest = max((f * c - 1) // (f + c) for f, c in zip(rows, cols))  # r·(f + c) < f·c
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
-                          f"rank of any factorizable layer is {largest}); use a smaller multiple, e.g. "
-                          f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest // 2))))}")
+                          f"rank that shrinks any factorizable layer is {largest}); use a smaller multiple, e.g. "
+                          f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
-              keep: float, method: str, seed: int) -> Allocation:
+              keep: float, method: str, seed: int, rank_multiple: int = 1) -> Allocation:
     """Budget of the factorizable layers (the target less what stays fixed), then the allocation."""
     if target == "params":
         total = float(prepared.params_total)
@@ -428,7 +448,8 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
             f"{(fixed + cheapest) / total:.4f} (every factorizable layer at its lowest rank{why}); "
-            "ask for at least that"
+            "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
+                                       if rank_multiple > 1 else "")
         )
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget)

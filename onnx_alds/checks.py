@@ -21,7 +21,7 @@ import onnx
 from onnx import shape_inference
 
 from .errors import InternalCheckError, ModelLoadError, UnsupportedModelError
-from .model_io import graph_inputs, opset_version
+from .model_io import TensorStore, checkable_copy, graph_inputs, has_stubs, model_bytes, opset_version
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,14 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:240]
 
 
-def check_input_model(model: onnx.ModelProto) -> InputCheck:
+def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None) -> InputCheck:
     """Refuse a model that is not valid ONNX, with one line naming what is wrong (raises
-    :class:`ModelLoadError` / :class:`UnsupportedModelError`); return notes and runtime facts."""
+    :class:`ModelLoadError` / :class:`UnsupportedModelError`); return notes and runtime facts.
+
+    ``store``: ``model`` is light (:func:`onnx_alds.model_io.open_model`); its weights are not read
+    by onnx.checker, and ONNX Runtime reads them itself."""
     result = InputCheck()
-    _check_text_fields(model)
+    _check_structure(model)
     default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     if len(default_domain) > 1:
         raise ModelLoadError(f"the model imports the ai.onnx opset {len(default_domain)} times "
@@ -59,14 +62,13 @@ def check_input_model(model: onnx.ModelProto) -> InputCheck:
         raise UnsupportedModelError(
             f"the model uses opset {opset}, older than {MIN_OPSET}, which ONNX Runtime no longer runs; convert it "
             "first, e.g. onnx.version_converter.convert_version(model, 13)")
-    size = model.ByteSize()
-    if size < _PROTOBUF_LIMIT:
-        try:
-            onnx.checker.check_model(model)
-        except Exception as exc:
-            raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {_first_line(exc)}); fix the model "
-                                 "or export it again") from None
-    else:
+    size = model_bytes(model, store)
+    try:
+        checked = _onnx_check(model, store, size, full_check=False)
+    except Exception as exc:
+        raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {_first_line(exc)}); fix the model "
+                             "or export it again") from None
+    if not checked:
         result.notes.append("model over 2 GB: onnx.checker skipped on the input")
     from .shapes import static_copy
 
@@ -86,7 +88,7 @@ def check_input_model(model: onnx.ModelProto) -> InputCheck:
     try:
         from .runtime import make_session
 
-        session = make_session(model, "cpu")
+        session = make_session(model, "cpu", store=store, prepack=False)
     except ImportError:
         return result
     except Exception as exc:
@@ -106,37 +108,97 @@ def check_input_model(model: onnx.ModelProto) -> InputCheck:
     return result
 
 
+def _onnx_check(model: onnx.ModelProto, store: Optional[TensorStore], size: int, *, full_check: bool) -> bool:
+    """``onnx.checker`` on the model; False when skipped (too large to check).
+
+    A small model is checked as it is. A light or large one is checked as a small copy whose large
+    tensors are external data (:func:`onnx_alds.model_io.checkable_copy`) written with empty stand-in
+    data files to a temporary folder: the checker reads the graph, not the weights, so neither the
+    whole model nor a serialized copy of it is ever held.
+    """
+    if size < _PROTOBUF_LIMIT and not has_stubs(model):
+        onnx.checker.check_model(model, full_check=full_check)
+        return True
+    light, locations = checkable_copy(model, store)
+    if light.ByteSize() >= _PROTOBUF_LIMIT:
+        return False
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="onnx-alds-check-") as folder:
+        root = Path(folder).resolve()
+        for location in locations:
+            stand_in = (root / location).resolve()
+            if stand_in.is_relative_to(root) and stand_in != root:  # else the checker names the bad location
+                stand_in.parent.mkdir(parents=True, exist_ok=True)
+                stand_in.touch()
+        path = root / "model.onnx"
+        path.write_bytes(light.SerializeToString())
+        del light
+        onnx.checker.check_model(str(path), full_check=full_check)
+    return True
+
+
 def _only_batch_dynamic(model: onnx.ModelProto) -> bool:
     """True when every dynamic input dim is a first (batch) dim: then the probe inputs are real shapes."""
     return all(all(isinstance(d, int) for d in spec.dims[1:]) for spec in graph_inputs(model))
 
 
-def _check_text_fields(model: onnx.ModelProto) -> None:
-    """Refuse names that are not UTF-8 (protobuf hands them over as bytes, or raises, when read) and
-    sparse tensor attributes (not carried through the rewrite)."""
+_DATA_FIELDS = {"raw_data", "string_data"}  # tensor payloads: bytes by design, not names
+
+
+def _non_utf8(message) -> bool:
+    """True when any string field of ``message`` (recursively, tensor payloads aside) is not UTF-8:
+    protobuf then hands it over as bytes, or raises when it is read."""
+    for descriptor, value in message.ListFields():
+        if descriptor.name in _DATA_FIELDS:
+            continue
+        if descriptor.type == descriptor.TYPE_STRING:
+            values = value if descriptor.is_repeated else [value]
+            if any(isinstance(item, bytes) for item in values):
+                return True
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            items = value if descriptor.is_repeated else [value]
+            if descriptor.message_type.name == "TensorProto":
+                items = [item for item in items if item.ByteSize() < 1 << 16]  # names of large tensors: below
+            if any(_non_utf8(item) for item in items):
+                return True
+    return False
+
+
+def _check_structure(model: onnx.ModelProto) -> None:
+    """Refuse what onnx.checker lets through but nothing downstream can handle: names that are not
+    UTF-8, function-attribute references outside a function, sparse tensors (not carried through the
+    rewrite), graph inputs or outputs without a tensor type, a graph without outputs."""
     from .layers import iter_graphs
 
-    def text(*values) -> None:
-        if any(isinstance(value, bytes) for value in values):
-            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not UTF-8")
-
     try:
-        for _, graph in iter_graphs(model.graph):
-            for node in graph.node:
-                text(node.name, node.op_type, node.domain, *node.input, *node.output)
-                for attribute in node.attribute:
-                    text(attribute.name)
-                    if attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
-                        raise UnsupportedModelError(
-                            f"node '{node.name}' holds a sparse tensor attribute, which onnx-alds cannot carry "
-                            "through its rewrite yet; make it dense first")
-            for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
-                text(value.name)
-        for entry in model.metadata_props:
-            text(entry.key, entry.value)
+        broken = _non_utf8(model) or any(isinstance(init.name, bytes) for _, graph in iter_graphs(model.graph)
+                                         for init in graph.initializer)
     except UnicodeDecodeError:
-        raise ModelLoadError("the model holds names that are not valid UTF-8 (the file is corrupt); "
-                             "export it again") from None
+        broken = True
+    if broken:
+        raise ModelLoadError("the model holds names or text that are not valid UTF-8 (the file is corrupt); "
+                             "export it again")
+    if not model.graph.output:
+        raise ModelLoadError("the model declares no graph outputs, so it computes nothing; export it again")
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
+            raise UnsupportedModelError(f"graph input/output '{value.name}' is not a typed tensor; onnx-alds handles "
+                                        "tensor inputs and outputs with an element type (fix or re-export the model)")
+    for _, graph in iter_graphs(model.graph):
+        if graph.sparse_initializer:
+            raise UnsupportedModelError(f"the model holds sparse initializers ('{graph.sparse_initializer[0].values.name}'"
+                                        "), which onnx-alds cannot carry through its rewrite yet; make them dense first")
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.ref_attr_name:
+                    raise ModelLoadError(f"attribute '{attribute.name}' of node '{node.name}' refers to a function "
+                                         f"attribute ('{attribute.ref_attr_name}') outside any function; fix the model")
+                if attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    raise UnsupportedModelError(
+                        f"node '{node.name}' holds a sparse tensor attribute, which onnx-alds cannot carry "
+                        "through its rewrite yet; make it dense first")
 
 
 def _probe_feeds(model: onnx.ModelProto) -> Optional[dict[str, np.ndarray]]:
@@ -191,30 +253,37 @@ def _value_signature(value: onnx.ValueInfoProto) -> tuple:
     return value.name, value.type.WhichOneof("value"), tensor.elem_type, dims
 
 
-def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck) -> None:
+def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
+                       store: Optional[TensorStore] = None) -> None:
     """Raise :class:`InternalCheckError` unless ``new`` is valid, keeps ``original``'s interface and
-    (when ONNX Runtime ran the original) loads and runs in ONNX Runtime with the same output shapes."""
+    (when ONNX Runtime ran the original) loads and runs in ONNX Runtime with the same output shapes.
+    ``store``: ``new`` is light (its dense weights are read through it)."""
     def fail(what: str) -> None:
         raise InternalCheckError(f"the compressed model {what}; this is a bug in onnx-alds: please report it "
                                  "with the model. Nothing was written")
 
-    inputs_before = [_value_signature(v) for v in original.graph.input if v.name in {s.name for s in graph_inputs(original)}]
-    inputs_after = [_value_signature(v) for v in new.graph.input if v.name in {s.name for s in graph_inputs(new)}]
+    def declared_inputs(model: onnx.ModelProto) -> list[tuple]:
+        """IR >= 4: every graph input (an initializer listed there is an overridable input);
+        IR 3 lists every initializer as an input, so only the others count there."""
+        initializers = {init.name for init in model.graph.initializer} if model.ir_version < 4 else set()
+        return [_value_signature(v) for v in model.graph.input if v.name not in initializers]
+
+    inputs_before, inputs_after = declared_inputs(original), declared_inputs(new)
     if inputs_before != inputs_after:
         fail("changed the graph inputs")
     if [_value_signature(v) for v in original.graph.output] != [_value_signature(v) for v in new.graph.output]:
         fail("changed the graph outputs")
-    if new.ByteSize() < _PROTOBUF_LIMIT:
-        try:
-            onnx.checker.check_model(new, full_check=True)
-        except Exception as exc:
-            fail(f"fails onnx.checker ({_first_line(exc)})")
-    if not found.runtime_loads or new.ByteSize() > _RUNTIME_LIMIT:
+    size = model_bytes(new, store)
+    try:
+        _onnx_check(new, store, size, full_check=True)
+    except Exception as exc:
+        fail(f"fails onnx.checker ({_first_line(exc)})")
+    if not found.runtime_loads or size > _RUNTIME_LIMIT:
         return
     from .runtime import make_session
 
     try:
-        session = make_session(new, "cpu")
+        session = make_session(new, "cpu", store=store, prepack=False)
     except Exception as exc:
         fail(f"does not load in ONNX Runtime ({_first_line(exc)})")
     if found.runtime_outputs is None:

@@ -562,6 +562,9 @@ def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
         )
 
 
+RANDOM_INPUT_LIMIT = 2**31  # bytes: random inputs larger than this are refused, not allocated
+
+
 def random_inputs(model: onnx.ModelProto, count: int, *,
                   input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
                   batch_dim: bool = True) -> InputSet:
@@ -582,6 +585,12 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     arrays: dict[str, np.ndarray] = {}
     for spec in specs:
         shape = list(shapes[spec.name])
+        per_sample = int(np.prod(shape[1:] if batch_dim else shape, dtype=np.float64)) * 8  # drawn as float64
+        if per_sample * (count if batch_dim else 1) > RANDOM_INPUT_LIMIT:
+            raise InputDataError(
+                f"random inputs for '{spec.name}' ({'x'.join(map(str, shape[1:] if batch_dim else shape))} per sample, "
+                f"{count} samples) would take {per_sample * count / 2**30:.1f} GiB; give real inputs, fewer samples "
+                "or a smaller --input-shape")
         if batch_dim:
             _check_batchable(spec)
             declared = spec.dims[0]

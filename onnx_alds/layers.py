@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -110,15 +110,20 @@ def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return tensors
 
 
-def weight_constants(model: onnx.ModelProto) -> tuple[dict[str, onnx.TensorProto], dict[str, str]]:
+def weight_constants(model: onnx.ModelProto, load: Optional[Callable[[onnx.TensorProto], onnx.TensorProto]] = None
+                     ) -> tuple[dict[str, onnx.TensorProto], dict[str, str]]:
     """:func:`constant_tensors` plus the weights of Conv/Gemm/MatMul nodes that reach them through a
     chain of :data:`FOLDABLE_OPS` on constants (``Identity`` as PyTorch shares constants, ``Cast``,
     ``Transpose``, ``Reshape`` ...), evaluated once by onnx's reference evaluator.
 
     Returns the tensors by name and, for each folded weight, the op types of its chain ("Identity").
     Nothing in the model changes: the factorized pair gets new initializers, a dense layer keeps its chain.
+    ``load``: gives the complete tensor for a light model's stub (the chain's inputs are evaluated).
     """
     tensors = constant_tensors(model)
+    # an initializer also listed as a graph input (IR >= 4) may be overridden: not a constant to fold
+    overridable = {value.name for value in model.graph.input} if model.ir_version >= 4 else set()
+    foldable = {name: tensor for name, tensor in tensors.items() if name not in overridable}
     producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
                  for output in node.output if output}
     folded: dict[str, str] = {}
@@ -130,9 +135,9 @@ def weight_constants(model: onnx.ModelProto) -> tuple[dict[str, onnx.TensorProto
                 name = node.input[slot]
                 if name in tensors or name not in producers:
                     continue
-                chain = _constant_chain(name, producers, tensors)
+                chain = _constant_chain(name, producers, foldable)
                 if chain:
-                    value = _evaluate_chain(model, chain, tensors, name)
+                    value = _evaluate_chain(model, chain, foldable, name, load)
                     if value is not None:
                         tensors[name] = value
                         folded[name] = " → ".join(n.op_type for n in chain)
@@ -157,14 +162,15 @@ def _constant_chain(name: str, producers: Mapping[str, onnx.NodeProto],
 
 
 def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
-                    tensors: Mapping[str, onnx.TensorProto], name: str) -> Optional[onnx.TensorProto]:
+                    tensors: Mapping[str, onnx.TensorProto], name: str,
+                    load: Optional[Callable[[onnx.TensorProto], onnx.TensorProto]] = None) -> Optional[onnx.TensorProto]:
     from onnx.reference import ReferenceEvaluator
 
     inputs = {i for node in chain for i in node.input if i and i in tensors}
     inits = []
     for i in sorted(inputs):
         tensor = onnx.TensorProto()
-        tensor.CopyFrom(tensors[i])
+        tensor.CopyFrom(load(tensors[i]) if load is not None else tensors[i])
         tensor.name = i
         inits.append(tensor)
     graph = onnx.helper.make_graph(list(chain), "fold", [], [onnx.helper.make_empty_tensor_value_info(name)], inits)
@@ -324,7 +330,7 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         reason = f"weight type {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float"
     elif reason is None and uses[weight_name] > 1:
         reason = f"weight is shared by {uses[weight_name]} uses"
-    elif reason is None and not np.all(np.isfinite(numpy_helper.to_array(tensor).astype(np.float64))):
+    elif reason is None and not np.all(np.isfinite(constant_array(constants, weight_name).astype(np.float64))):
         reason = "weight holds NaN or Inf values"
     if reason is None and any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p)
                               for p in exclude):
@@ -367,12 +373,32 @@ def with_order(layer: Layer, order: str, *, max_groups: int, channel_multiple: i
 def folded_weight(layer: Layer, constants: Mapping[str, onnx.TensorProto], *, patch: bool = False) -> np.ndarray:
     """The matrix the layer's order decomposes (float64): ``f × (c·κ)``, mapping input patches to
     outputs, or ``f·κ × c`` pointwise-first (unless ``patch``, which always gives ``f × (c·κ)``)."""
-    weight = numpy_helper.to_array(constants[layer.weight]).astype(np.float64)
+    weight = constant_array(constants, layer.weight).astype(np.float64)
     if layer.order == POINTWISE_FIRST and not patch:
         return pointwise_matrix(weight)
     if layer.stored_transposed:
         return weight.T
     return weight.reshape(weight.shape[0], -1)
+
+
+def constant_array(constants: Mapping[str, onnx.TensorProto], name: str) -> np.ndarray:
+    """The value of constant ``name``; read on demand when ``constants`` can (a light model's weights,
+    :class:`StoredConstants`), one tensor at a time."""
+    read = getattr(constants, "array", None)
+    return read(name) if read is not None else numpy_helper.to_array(constants[name])
+
+
+class StoredConstants(dict):
+    """Constants by name (as :func:`weight_constants` returns them) whose stubs are read through ``store``
+    (:class:`onnx_alds.model_io.TensorStore`): ``constants[name]`` gives the tensor's name, type and
+    dims, :meth:`array` its value."""
+
+    def __init__(self, tensors: Mapping[str, onnx.TensorProto], store) -> None:
+        super().__init__(tensors)
+        self.store = store
+
+    def array(self, name: str) -> np.ndarray:
+        return self.store.array(self[name])
 
 
 def iter_total_params(model: onnx.ModelProto) -> Iterator[int]:

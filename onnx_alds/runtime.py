@@ -34,12 +34,18 @@ def import_onnxruntime() -> Any:
 
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provider: str = "cpu", *,
                  threads: Optional[int] = None, provider_options: Optional[dict] = None,
-                 enable_profiling: bool = False, spinning: bool = True) -> Any:
+                 enable_profiling: bool = False, spinning: bool = True, store: Any = None,
+                 prepack: bool = True) -> Any:
     """An ``InferenceSession`` that is guaranteed to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``).
 
     ``spinning=False`` stops idle intra-op threads from busy-waiting: needed when several sessions
     take turns on the same cores (interleaved benchmarks), where a spinning idle session steals the
     cores of the one being timed.
+
+    ``store`` (a :class:`onnx_alds.model_io.TensorStore`): ``model`` is a light model whose stubs
+    ONNX Runtime reads itself (from the model's data files, or from the held tensors without a copy
+    of the model). ``prepack=False`` keeps ONNX Runtime from making a packed copy of every weight
+    (the checks only load and run the model once).
 
     Raises :class:`ProviderError` when the provider is unknown, not compiled into the installed
     onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word).
@@ -56,15 +62,21 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
                if provider != "cpu" else "reinstall onnxruntime")
         )
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: every error reaches the caller as an exception, once
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.enable_profiling = enable_profiling
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
-        model if isinstance(model, bytes) else str(model))
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    held: list = []
+    if store is not None and isinstance(model, onnx.ModelProto):
+        source = _light_source(ort, model, store, options, held)
+    else:
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
+            model if isinstance(model, bytes) else str(model))
     providers: list = [(wanted, provider_options or {})]
     if wanted != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for the ops the accelerator lacks; checked below
@@ -72,9 +84,62 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:
         raise ProviderError(f"onnxruntime could not create a '{provider}' session: {str(exc).splitlines()[0]}") from None
+    if held:
+        session._onnx_alds_held = held  # ONNX Runtime reads these arrays in place: keep them alive
     if session.get_providers()[0] != wanted:
         raise ProviderError(
             f"onnxruntime fell back from '{provider}' to {session.get_providers()[0]} "
             "(the provider failed to load: check the CUDA/cuDNN libraries); refusing to run on another provider"
         )
     return session
+
+
+def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, held: list) -> bytes:
+    """The bytes of a light model, with ``options`` set so that ONNX Runtime finds its stubs' data:
+    the model's folder for data files, external initializers (arrays it uses in place) for tensors
+    held in memory. Falls back to the complete model where that cannot work (old onnxruntime, a
+    held tensor outside the main graph or of a type numpy cannot hand over)."""
+    from onnx import numpy_helper
+
+    from .model_io import has_stubs, materialize
+
+    if not has_stubs(model):
+        return model.SerializeToString()
+    version = tuple(int(part) for part in ort.__version__.split(".")[:2] if part.isdigit())
+    names, values = [], []
+    try:
+        if version < (1, 19):
+            raise ValueError("no external initializer folder before onnxruntime 1.19")
+        for tensor in model.graph.initializer:
+            original = store.original(tensor)
+            if original is not None:
+                array = numpy_helper.to_array(original)
+                if array.dtype.kind not in "fiub" or array.dtype.itemsize not in (1, 2, 4, 8) \
+                        or array.dtype.name.startswith(("bfloat", "float8")):
+                    raise ValueError(f"{array.dtype} cannot be handed over to onnxruntime as it is")
+                values.append(ort.OrtValue.ortvalue_from_numpy(array))
+                held.append(array)
+                names.append(tensor.name)
+        outside = sum(1 for graph in _subgraphs(model.graph) for tensor in graph.initializer
+                      if store.original(tensor) is not None)
+        if outside:
+            raise ValueError("held tensors inside subgraphs")
+    except Exception:  # noqa: BLE001 - any of the reasons above: hand over the complete model
+        held.clear()
+        complete = onnx.ModelProto()
+        complete.CopyFrom(model)
+        return materialize(complete, store).SerializeToString()
+    if store.base_dir is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(store.base_dir))
+    if names:
+        options.add_external_initializers(names, values)
+    return model.SerializeToString()
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attribute in node.attribute:
+            subs = [attribute.g] if attribute.HasField("g") else []
+            for sub in subs + list(attribute.graphs):
+                yield sub
+                yield from _subgraphs(sub)
