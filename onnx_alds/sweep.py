@@ -401,9 +401,12 @@ def quality_metric(model: SweepModel, figures: Mapping[str, Any]) -> str:
 
 def base_row(task: VariantTask) -> dict[str, Any]:
     variant = task.variant
-    return dict(variant_id=variant.id, model=variant.model, method=variant.method, data_aware=task.method.data,
-                target=variant.target, keep=float(variant.keep), rank_multiple=int(variant.rank_multiple),
-                seed=int(variant.seed))
+    row = dict(variant_id=variant.id, model=variant.model, method=variant.method, data_aware=task.method.data,
+               target=variant.target, keep=float(variant.keep), rank_multiple=int(variant.rank_multiple),
+               seed=int(variant.seed))
+    if task.model.quality_metric:
+        row["quality_metric"] = task.model.quality_metric
+    return row
 
 
 def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> VariantOutcome:
@@ -447,6 +450,10 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
             return done(VariantOutcome(row))
         compress_s = time.perf_counter() - tick
         report = result.report
+        if getattr(result, "store", None) is not None:  # a light result: its dense weights read from the store
+            from .model_io import materialize
+
+            materialize(result.model, result.store)
         model_bytes = result.model.SerializeToString()
         macs_kept = (report.macs_after / report.macs_before) if report.macs_before and report.macs_after else None
         row.update(status="ok", achieved_keep=report.achieved,
@@ -965,8 +972,8 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
                             f"speedup_{slot}": timing.speedup,
                             f"efficiency_{slot}": timing.speedup / ideal if ideal else None,
                             "bench_load": max(loads) if loads else None, "bench_threads": threads})
-            say(f"  timed {model.name} keep {target} {keep:g} batch {batch}: original {original_ms:.2f} ms, "
-                f"{runs} runs, load {before}->{after}: "
+            say(f"  timed {model.name} keep-{target} {keep:g} batch {batch}: original {original_ms:.2f} ms, "
+                f"{runs} runs, load {_fmt(before, 1)}->{_fmt(after, 1)}: "
                 + ", ".join(f"{n} {report.timing(i, batch).speedup:.2f}x" for i, n in enumerate(names[1:], start=1)))
         timed += group
     return timed
@@ -1053,9 +1060,9 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
         for method in methods:
             spec = specs[method]
             if spec.data and (not model.data_aware or model.calibration is None):
-                skipped.append({"model": model.name, "method": method,
-                                "reason": model.skip_note or "no calibration data for this model (give --calibration "
-                                                             "FILE.npz, --calibration-images DIR or --calibration-random N)"})
+                reason = model.skip_note or ("no calibration data for this model (give --calibration FILE.npz, "
+                                             "--calibration-images DIR or --calibration-random N)")
+                skipped.append({"model": model.name, "method": method, "reason": reason})
                 continue
             for rank_multiple in rank_multiples:
                 for keep in keeps:
@@ -1225,11 +1232,12 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
                                 if (r["method"], r["rank_multiple"]) == (method, multiple) and r.get(name) is not None)
                 if points:
                     line(axis, points, method, multiple, index)
-            original = reference(model, name) if reference else next(
-                (r.get("quality_original") for r in ok if r.get("quality_metric") == name
-                 and r.get("quality_original") is not None), None)
-            if name == "accuracy" and original is None:
+            if reference is not None:
+                original = reference(model, name)
+            elif name == "accuracy":
                 original = next((r["accuracy_original"] for r in ok if r.get("accuracy_original") is not None), None)
+            else:
+                original = _original_quality({}, name)
             if original is not None:
                 axis.axhline(original, color="grey", linewidth=0.8, label="original")
             axis.set_xlabel("MACs kept (achieved)")
@@ -1289,12 +1297,13 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--keep-params", type=any_float, nargs="+", metavar="F",
                         help="budgets: fractions of the model's weights to keep")
     parser.add_argument("--methods", nargs="+", default=["alds"], metavar="M",
-                        help="methods (default alds): alds, svd, svd-energy, l-rank, each optionally with modifiers "
+                        help="methods: alds, svd, svd-energy, l-rank, each optionally with modifiers "
                              + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first)")
-    parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[1], metavar="N",
-                        dest="rank_multiples", help="rank multiples (default 1; 16 suits ONNX Runtime's CPU kernels)")
+    parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[16], metavar="N",
+                        dest="rank_multiples", help="rank multiples, as onnx-alds compress --rank-multiple (16: what "
+                                                    "ONNX Runtime's fast CPU kernels need; 1: the finest steps)")
     parser.add_argument("--seed", nargs="+", type=int, default=[0], metavar="N", dest="seeds",
-                        help="seeds of the allocation (default 0)")
+                        help="seeds of the allocation")
     import inspect
 
     labels = {"labels": True} if "labels" in inspect.signature(add_input_arguments).parameters else {}
@@ -1383,18 +1392,22 @@ def run_sweep_command(args: argparse.Namespace) -> int:
           + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv" + ("" if args.no_plots else ", plots"))
     if result.crashed:
         first = result.crashed[0]
-        raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: {first['error']}); "
-                            "run the same command again to retry them")
+        raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: "
+                            f"{first['error']}); run the same command again to retry them")
     return 0
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     from .report import format_table
 
-    table = [("model", "method", "keep", "m", "achieved", "quality", "speedup b-small", "speedup b-large", "status")]
+    small, large = (next((row[f"batch_{slot}"] for row in rows if row.get(f"batch_{slot}")), slot)
+                    for slot in ("small", "large"))
+    table = [("model", "method", "keep", "m", "achieved", "quality", f"speedup b{small}", f"speedup b{large}",
+              "status")]
     for row in rows:
         table.append((row["model"], row["method"], f"{row['keep']:g}", str(row["rank_multiple"]),
                       _fmt(row.get("achieved_keep")),
-                      f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok" else "-",
+                      f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok"
+                      else "-",
                       _fmt(row.get("speedup_small"), 2), _fmt(row.get("speedup_large"), 2), row.get("status", "")))
     return format_table(table)

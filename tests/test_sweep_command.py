@@ -39,7 +39,8 @@ def tiny_model(path: Path) -> onnx.ModelProto:
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -70,7 +71,7 @@ def sweep_args(tiny: Path, out: Path, *extra: str) -> list[str]:
     """2 budgets × 2 methods (one data-free, one data-aware)."""
     return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "0.8", "--methods", "alds", "svd+data",
             "--inputs", str(tiny / "eval.npz"), "--calibration", str(tiny / "calibration.npz"), "-o", str(out),
-            "--no-progress", *extra]
+            "--rank-multiple", "1", "--no-progress", *extra]  # the tiny model has 16 channels: rank multiple 1
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -169,7 +170,7 @@ def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
 
     def args(samples: int) -> list[str]:
         return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--random", str(samples), "-o", str(out),
-                "--no-bench", "--no-plots", "--no-progress"]
+                "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"]
 
     assert run(args(8), capsys)[0] == 0
     row = record(out)["rows"][0]
@@ -179,6 +180,28 @@ def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
     code, stdout, _ = run(args(9), capsys)  # other validation data: the fingerprint differs
     assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
     assert record(out)["rows"][0]["agreement_samples"] == 9
+
+
+def test_image_folder_inputs(tmp_path, capsys):
+    """--images with a preprocessing, on the bundled MNIST model; a changed image folder is redone."""
+    from PIL import Image
+
+    from onnx_alds.demo import MODEL, bundled
+
+    images, out = tmp_path / "digits", tmp_path / "sweep"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(images / f"d{index}.png")
+    args = ["sweep", str(bundled(MODEL)), "--keep-flops", "0.6", "--images", str(images), "--preprocess", "mnist",
+            "-o", str(out), "--no-bench", "--no-plots", "--no-progress"]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    row = record(out)["rows"][0]
+    assert row["status"] == "ok" and row["model"] == "mnist_resnet" and row["agreement_samples"] == 6
+    assert "1 variants (1 done before, 0 to compute)" in run(args, capsys)[1]
+    Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(images / "d6.png")
+    assert "1 variants (0 done before, 1 to compute)" in run(args, capsys)[1]
 
 
 def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
@@ -220,8 +243,8 @@ def test_missing_ray_is_one_line_error(tiny, tmp_path, capsys, monkeypatch):
 def test_data_aware_methods_without_calibration_are_skipped(tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     code, stdout, _ = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "alds", "alds+data",
-                           "--inputs", str(tiny / "eval.npz"), "-o", str(out), "--no-bench", "--no-plots",
-                           "--no-progress"], capsys)
+                           "--inputs", str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-bench",
+                           "--no-plots", "--no-progress"], capsys)
     assert code == 0
     data = record(out)
     assert [r["method"] for r in data["rows"]] == ["alds"]
