@@ -40,6 +40,16 @@ class LayerChoice:
     rank: int
     cost: float
     error: float
+    order: Optional[str] = None  # the option's order where a table holds both (``--order auto``)
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """One layer's costs given per option (measured latency) instead of weights × a scale: ``dense``,
+    and for every option of its :class:`ErrorTable`, the cost of each of its ranks."""
+
+    dense: float
+    options: tuple[np.ndarray, ...]
 
 
 @dataclass(frozen=True)
@@ -65,14 +75,17 @@ class _Layer:
     options: tuple[GroupOption, ...]
     costs: tuple[np.ndarray, ...]
 
-    def group_index(self, groups: int) -> int:
+    def group_index(self, groups: int, order: Optional[str] = None) -> int:
         for index, option in enumerate(self.options):
-            if option.groups == groups:
+            if option.groups == groups and option.order == order:
                 return index
         raise KeyError(groups)
 
 
-def _prepare(tables: Sequence[ErrorTable], scales: Sequence[float]) -> list[_Layer]:
+def _prepare(tables: Sequence[ErrorTable], scales: Sequence[float],
+             costs: Optional[Sequence[LayerCosts]] = None) -> list[_Layer]:
+    if costs is not None:
+        return [_costed(table, layer_costs) for table, layer_costs in zip(tables, costs)]
     return [
         _Layer(float(table.dense_size) * scale, table.options,
                tuple(option.sizes.astype(np.float64) * scale for option in table.options))
@@ -80,14 +93,34 @@ def _prepare(tables: Sequence[ErrorTable], scales: Sequence[float]) -> list[_Lay
     ]
 
 
+def _costed(table: ErrorTable, costs: LayerCosts) -> _Layer:
+    """A layer whose options carry their own costs: a rank that costs as much as the dense layer or
+    more is dropped (the plan never makes a layer slower), and so is a rank that costs as much as a
+    higher rank or more (that one has no larger error), so that costs rise with rank as the steps need."""
+    from dataclasses import replace
+
+    options, option_costs = [], []
+    for option, cost in zip(table.options, costs.options):
+        cost = np.asarray(cost, dtype=np.float64)
+        cheaper_above = np.append(np.minimum.accumulate(cost[::-1])[::-1][1:], np.inf)[:len(cost)]  # min(cost[i+1:])
+        keep = (cost < costs.dense) & (cost < cheaper_above) & np.isfinite(cost)
+        if not keep.any():
+            continue
+        options.append(replace(option, ranks=option.ranks[keep], sizes=option.sizes[keep],
+                               errors=option.errors[keep], residuals=option.residuals[keep]))
+        option_costs.append(cost[keep])
+    return _Layer(float(costs.dense), tuple(options), tuple(option_costs))
+
+
 def _floor(layers: Sequence[_Layer]) -> float:
     """Total cost with every layer at its cheapest option (dense where nothing is cheaper)."""
     return sum(min([costs[0] for costs in layer.costs if len(costs)] + [layer.dense_cost]) for layer in layers)
 
 
-def minimum_cost(tables: Sequence[ErrorTable], scales: Sequence[float]) -> float:
+def minimum_cost(tables: Sequence[ErrorTable], scales: Sequence[float],
+                 costs: Optional[Sequence[LayerCosts]] = None) -> float:
     """The smallest total cost any choice reaches (every layer at its cheapest option)."""
-    return _floor(_prepare(tables, scales))
+    return _floor(_prepare(tables, scales, costs))
 
 
 def _cheapest_within(layer: _Layer, option_index: int, threshold: float) -> tuple[float, int]:
@@ -160,7 +193,8 @@ def _to_allocation(layers: Sequence[_Layer], picks: Sequence[tuple[int, int]], b
             continue
         option = layer.options[option_index]
         choices.append(LayerChoice(option.groups, int(option.ranks[rank_index]),
-                                   float(layer.costs[option_index][rank_index]), float(option.errors[rank_index])))
+                                   float(layer.costs[option_index][rank_index]), float(option.errors[rank_index]),
+                                   option.order))
     cost = float(sum(choice.cost for choice in choices))
     return Allocation(tuple(choices), budget, cost, max((c.error for c in choices), default=0.0), search)
 
@@ -224,10 +258,11 @@ def _check_budget(layers: Sequence[_Layer], budget: float) -> None:
 
 def allocate_minmax(tables: Sequence[ErrorTable], scales: Sequence[float], budget: float, *,
                     search_groups: bool = True, seed: int = 0, starts: int = 15, iterations: int = 4,
-                    fill: bool = True) -> Allocation:
+                    fill: bool = True, costs: Optional[Sequence[LayerCosts]] = None) -> Allocation:
     """Min-max allocation (ALDS). ``search_groups=False`` restricts every layer to ``g = 1``
-    (the SVD, SVD-energy and fixed-``g`` baselines: the global step alone)."""
-    layers = _prepare(tables, scales)
+    (the SVD, SVD-energy and fixed-``g`` baselines: the global step alone). ``costs``: each
+    option's own cost (measured latency, :class:`LayerCosts`) instead of its size × ``scales``."""
+    layers = _prepare(tables, scales, costs)
     _check_budget(layers, budget)
     if not search_groups:
         allowed = [[i for i, o in enumerate(layer.options) if o.groups == 1] for layer in layers]
@@ -271,7 +306,7 @@ def allocate_minmax(tables: Sequence[ErrorTable], scales: Sequence[float], budge
 def _pick_of(layer: _Layer, choice: LayerChoice) -> tuple[int, int]:
     if choice.groups == DENSE:
         return (-1, -1)
-    option_index = layer.group_index(choice.groups)
+    option_index = layer.group_index(choice.groups, choice.order)
     rank_index = int(np.searchsorted(layer.options[option_index].ranks, choice.rank))
     return option_index, rank_index
 
@@ -293,10 +328,10 @@ def _start_assignment(layers: Sequence[_Layer], start: int, rng: np.random.Gener
 
 
 def allocate_lrank(tables: Sequence[ErrorTable], scales: Sequence[float], budget: float, *,
-                   fill: bool = True) -> Allocation:
+                   fill: bool = True, costs: Optional[Sequence[LayerCosts]] = None) -> Allocation:
     """L-Rank (one shot): ``r_ℓ = argmin_r λ·cost_ℓ(r) + residual_ℓ(r)`` (``g = 1``, dense allowed),
     with ``λ`` bisected (in log space) to the smallest value whose choice fits the budget."""
-    layers = _prepare(tables, scales)
+    layers = _prepare(tables, scales, costs)
     _check_budget(layers, budget)
     g1 = [next((i for i, o in enumerate(layer.options) if o.groups == 1), -1) for layer in layers]
 

@@ -26,6 +26,7 @@ from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, e
                      with_order)
 from .checks import InputCheck, check_input_model, check_output_model
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
+from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import Rewrite, add_provenance, rewrite_model
 from .shapes import tensor_shapes
@@ -33,7 +34,7 @@ from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
 
 log = logging.getLogger(__name__)
 
-METHODS = ("alds", "svd", "svd-energy", "l-rank")
+METHODS = _METHODS  # defined with the option groups (onnx_alds.options)
 DATA_AWARE_ERROR_MEASURE = "frobenius"  # the default error measure with calibration data (measured)
 
 
@@ -166,16 +167,6 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto]) 
             "ONNX Runtime run gives their shapes; check --input-shape, or use --keep-params")
 
 
-def _check_target(keep_params: Optional[float], keep_flops: Optional[float]) -> tuple[str, float]:
-    if (keep_params is None) == (keep_flops is None):
-        raise BudgetError("give exactly one target: keep_params (--keep-params) or keep_flops (--keep-flops)")
-    target, keep = ("params", keep_params) if keep_params is not None else ("flops", keep_flops)
-    flag = f"--keep-{target}"
-    if keep is None or not np.isfinite(keep) or not 0.0 < keep <= 1.0:
-        raise BudgetError(f"{flag} {keep} is out of range; give the fraction to keep, in (0, 1], e.g. {flag} 0.5")
-    return target, float(keep)
-
-
 def _measure_for(method: str, error_measure: str) -> str:
     if method == "svd":
         return "rank-fraction"
@@ -192,8 +183,13 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              max_groups: int = 16, calibration=None, calibration_batch_size: int = 16, refit: bool = True,
              sequential: bool = False, bias_correction: bool = False, sensitivity: bool = False,
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
-             shrinkage: bool = True) -> CompressionResult:
+             shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
+             speed=None) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
+
+    ``model``: a path (read lightly: external data stays on disk and each weight is read when its
+    layer needs it, docs/LARGE_MODELS.md), a ModelProto (neither copied whole nor modified), or an
+    :class:`onnx_alds.model_io.OpenedModel` (then the result is light too: see :class:`CompressionResult`).
 
     ``calibration``: an :class:`onnx_alds.inputs.InputSet` (anything with ``.batches(n)`` and
     ``.source``); when given, compression is data-aware (see docs/DATA_AWARE.md):
@@ -234,10 +230,54 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
     ``refit``, ``sequential``, ``bias_correction`` and ``sensitivity`` shape data-aware compression
     only; ``sequential``, ``bias_correction`` and ``sensitivity`` need ``calibration``.
+
+    ``keep_latency``: keep that fraction of the whole model's time measured in ONNX Runtime on
+    ``speed`` (:class:`onnx_alds.options.SpeedOptions`: provider, threads, batch; default CPU, batch 1)
+    instead of weights or MACs; ``order="auto"`` lets the latency tables decide each k×k conv's order
+    (docs/LATENCY.md). The options also come grouped: ``budget``, ``search``, ``data``, ``speed``
+    (:mod:`onnx_alds.options`); a group replaces the keywords it holds. ``compress`` is
+    :func:`onnx_alds.plan.make_plan` then :func:`onnx_alds.plan.apply_plan`, without the round trip.
     """
+    options = compress_options(keep_params=keep_params, keep_flops=keep_flops, keep_latency=keep_latency,
+                               method=method, error_measure=error_measure, rank_multiple=rank_multiple,
+                               exclude=exclude, seed=seed, input_shapes=input_shapes, max_groups=max_groups,
+                               calibration=calibration, calibration_batch_size=calibration_batch_size, refit=refit,
+                               sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
+                               keep_dense=keep_dense, order=order, shrinkage=shrinkage, budget=budget, search=search,
+                               data=data, speed=speed)
+    return _apply_step(_plan_step(model, options))
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """What planning hands to the rewrite: the prepared model, the layers and their decisions."""
+
+    model: ModelLike  # as the caller gave it (a light OpenedModel is saved by the caller)
+    options: CompressOptions
+    prepared: _Prepared
+    chosen: list[Layer]
+    allocation: Allocation
+    stats: Mapping
+    calibration_notes: list[str]
+    seconds: dict[str, float]
+    measure: str
+    sensitivity_note: Optional[str]
+    speed: object = None  # onnx_alds.latency.SpeedInfo, or a plan's recorded times (onnx_alds.plan)
+
+
+def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _Planned:
+    """Load, layers, calibration statistics, error tables, latency tables and the allocation; or,
+    applying a plan (``decisions``, :mod:`onnx_alds.plan`), the plan's decisions checked against the model."""
+    budget, search, data = options.budget, options.search, options.data
+    method, error_measure, rank_multiple = search.method, search.error_measure, search.rank_multiple
+    exclude, seed, max_groups, order = search.exclude, search.seed, search.max_groups, search.order
+    keep_dense = dict(search.keep_dense)
+    calibration, calibration_batch_size, refit = data.calibration, data.batch_size, data.refit
+    sequential, bias_correction, sensitivity = data.sequential, data.bias_correction, data.sensitivity
+    shrinkage, input_shapes = data.shrinkage, options.input_shapes
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    target, keep = _check_target(keep_params, keep_flops)
+    target, keep = budget.target, budget.keep
     if method not in METHODS:
         raise BudgetError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
     if error_measure is None:
@@ -248,8 +288,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         raise BudgetError(f"--rank-multiple {rank_multiple} is out of range; give a positive integer such as 16")
     if max_groups < 1:
         raise BudgetError(f"--max-groups {max_groups} is out of range; give a positive integer such as 16")
-    if order not in ORDERS:
-        raise BudgetError(f"unknown order '{order}'; choose one of: {', '.join(ORDERS)}")
+    if order not in ORDERS + (AUTO_ORDER,):
+        raise BudgetError(f"unknown order '{order}'; choose one of: {', '.join(ORDERS + (AUTO_ORDER,))}")
     if calibration is None and (sequential or bias_correction or sensitivity):
         flag = "--sequential" if sequential else ("bias correction" if bias_correction else "sensitivity weighting")
         raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
@@ -258,6 +298,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                         max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops",
                         channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
+    if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
+        keep_dense.update(decisions.check(prepared, input_shapes))
     if keep_dense:
         layers = [replace(layer, skip_reason=keep_dense[layer.name])
                   if layer.name in keep_dense and layer.compressible else layer for layer in layers]
@@ -285,6 +327,9 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
             f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none factorizable"
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)")
         )
+    if decisions is not None:  # each layer in the plan's order
+        prepared, chosen = decisions.ordered(prepared, chosen, max_groups=max_groups if method == "alds" else 1,
+                                             channel_multiple=rank_multiple)
     seconds["load"] = time.perf_counter() - started
 
     moments: dict[str, np.ndarray] = {}
@@ -312,7 +357,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         spectra = layer_spectra(matrix, layer.groups, whitening)
         rows, cols = layer.matrix_shape
         tables.append(error_table(spectra, rows, cols, groups=layer.groups, measure=measure,
-                                  rank_multiple=rank_multiple))
+                                  rank_multiple=rank_multiple if decisions is None else 1))  # a plan may edit ranks
+        del matrix, whitening, spectra  # one layer's float64 weight at a time
     seconds["spectra"] = time.perf_counter() - tick
     _check_rank_multiple(chosen, tables, rank_multiple)
     sensitivity_note: Optional[str] = None
@@ -325,10 +371,52 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         sensitivity_note = ("sensitivity weights (output error per unit layer error), largest: "
                             + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in order))
 
-    tick = time.perf_counter()
-    allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
-    seconds["allocation"] = time.perf_counter() - tick
+    speed_info = costs = None
+    if decisions is None and options.measures_latency:  # latency tables (onnx_alds.latency)
+        from .latency import speed_step
 
+        tables, costs, speed_info = speed_step(prepared, chosen, tables, options, moments=moments, measure=measure,
+                                               weights=weights if sensitivity else None)
+        seconds["latency tables"] = speed_info.stats.seconds
+    tick = time.perf_counter()
+    if decisions is not None:
+        allocation, speed_info = decisions.allocation(chosen, tables), decisions.times()
+    elif target == "latency":
+        from .latency import allocate_latency
+
+        allocation = allocate_latency(tables, costs, speed_info, keep, method, seed)
+    else:
+        allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
+    seconds["allocation"] = time.perf_counter() - tick
+    prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=max_groups if method == "alds"
+                                           else 1, channel_multiple=rank_multiple)
+    return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
+                    sensitivity_note, speed_info)
+
+
+def _with_chosen_orders(prepared: _Prepared, chosen: list[Layer], allocation: Allocation, *, max_groups: int,
+                        channel_multiple: int) -> tuple[_Prepared, list[Layer]]:
+    """Every layer in the order of its choice, where its table held both orders (``--order auto``)."""
+    ordered = {layer.name: with_order(layer, choice.order, max_groups=max_groups, channel_multiple=channel_multiple)
+               for layer, choice in zip(chosen, allocation.choices)
+               if choice.groups != DENSE and choice.order is not None and choice.order != layer.order}
+    if not ordered:
+        return prepared, chosen
+    return (replace(prepared, layers=[ordered.get(layer.name, layer) for layer in prepared.layers]),
+            [ordered.get(layer.name, layer) for layer in chosen])
+
+
+def _apply_step(planned: _Planned) -> CompressionResult:
+    """The rewrite of the planned decisions, the checks of the output and the report."""
+    model, prepared, chosen, allocation = planned.model, planned.prepared, planned.chosen, planned.allocation
+    proto, constants, stats, seconds = prepared.model, prepared.constants, planned.stats, planned.seconds
+    calibration_notes, measure, sensitivity_note = planned.calibration_notes, planned.measure, planned.sensitivity_note
+    budget, search, data = planned.options.budget, planned.options.search, planned.options.data
+    target, keep, method, seed, rank_multiple = budget.target, budget.keep, search.method, search.seed, \
+        search.rank_multiple
+    calibration, calibration_batch_size, refit = data.calibration, data.batch_size, data.refit
+    sequential, bias_correction, sensitivity, shrinkage = data.sequential, data.bias_correction, data.sensitivity, \
+        data.shrinkage
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
     extra_notes: list[str] = list(calibration_notes)
@@ -355,7 +443,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0)  # reported on its own
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
-                                 calibration=None if calibration is None else str(calibration.source))
+                                 calibration=None if calibration is None else str(calibration.source),
+                                 speed=planned.speed)
     if data_aware:
         steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
             + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ())
@@ -458,7 +547,7 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
 
 def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation: Allocation, *, target: str,
                         keep: float, method: str, measure: str, seed: int, rank_multiple: int,
-                        seconds: dict[str, float], calibration: Optional[str]) -> CompressionReport:
+                        seconds: dict[str, float], calibration: Optional[str], speed=None) -> CompressionReport:
     decisions = {layer.name: choice for layer, choice in zip(chosen, allocation.choices)}
     rows = []
     params_saved = macs_saved = 0
@@ -471,12 +560,15 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         params_saved += layer.params - params_after
         if layer.macs is not None and macs_after is not None:
             macs_saved += layer.macs - macs_after
+        times = speed.layer_times(layer.name, groups, rank, layer.order) if speed is not None else None
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
                                 layer.macs, macs_after, error, layer.skip_reason,
-                                order=layer.order if groups != DENSE else None))
+                                order=layer.order if groups != DENSE else None,
+                                **(dict(zip(("time_dense_us", "time_us", "time_measured"), times)) if times else {})))
     params_after_total = prepared.params_total - params_saved
     macs_after_total = None if prepared.macs_total is None else prepared.macs_total - macs_saved
     achieved = (params_after_total / prepared.params_total if target == "params"
+                else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
     if keep - achieved > 0.01 * keep:
@@ -487,7 +579,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         target=target, requested=keep, achieved=achieved, params_before=prepared.params_total,
         params_after=params_after_total, macs_before=prepared.macs_total, macs_after=macs_after_total,
         max_error=allocation.max_error, error_measure=measure, search=allocation.search, seed=seed,
-        rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes))
+        rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes),
+        latency=speed.summary(decisions) if speed is not None else None)
 
 
 def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,

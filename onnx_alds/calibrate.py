@@ -9,34 +9,52 @@ C order, exactly as ``weight.reshape(f, c·κ)``), the *vectors the weight multi
 - Gemm: the rows of ``A`` (the columns when ``transA = 1``);
 - MatMul: the rows of ``x`` flattened over all leading dims.
 
-Over the ``n`` vectors of the calibration set we accumulate (float64)
+Over the ``n`` vectors of the calibration set we accumulate
 
 - the second moment ``C = E[x xᵀ] = (1/n) Σ x xᵀ`` and the mean ``μ = E[x]``;
 - for sequential calibration, where ``x̃`` is what the layer sees in a model whose earlier layers are
   already compressed and ``x`` what it sees in the original model (the same samples), the moments of
   ``x̃`` (``C̃``, ``μ̃``) and the cross moment ``M = E[x x̃ᵀ]``.
 
-How it runs. One ONNX Runtime session per model (per call) with every needed layer input added as a
-graph output (layers that share an input are served once). The calibration set is streamed in batches
-of ``batch_size`` samples; after each run the returned tensors are processed one layer at a time and
-dropped. Patches are never materialized for a whole batch: they are built in chunks of at most
-``CHUNK_ELEMENTS`` numbers (a slice of samples × output rows) and folded into ``C`` with one
-``chunkᵀ chunk`` product each.
+How it runs. One ONNX Runtime session per model and pass with every needed layer input added as a
+graph output (layers that share an input are served once). The calibration set is streamed in runs of
+``batch_size`` samples, regrouped into runs of exactly ``B`` samples when the model fixes its batch to
+``B`` (a remainder that does not fill a run is left out, with a note). After each run the returned
+tensors are processed one layer at a time and dropped. Patches are never materialized for a whole
+run: they are built in chunks of at most ``CHUNK_ELEMENTS`` numbers.
 
-Cost. Time: the model's own forward pass over the calibration set, plus for each layer
-``2·n·(c·κ)²`` flops for its Gram matrix (``n`` = samples × output positions), i.e. about
-``2·c·κ/f`` times the layer's own MACs; sequential calibration runs the original and the partially
-compressed model once more per *wave* of mutually independent layers. Memory: the statistics, one
-``(c·κ)²`` float64 matrix per layer (two with a cross moment), plus one batch's worth of all requested
-activations (``batch_size × Σ activation sizes``), plus one patch chunk (``CHUNK_ELEMENTS`` float64).
-Nothing grows with the number of calibration samples.
+Bounds (:class:`CalibrationLimits`, defaults measured in docs/DATA_AWARE.md):
+
+- *position sampling*: a Conv (or a MatMul over a sequence) whose input gives more than
+  ``positions_per_sample`` vectors per sample contributes that many, drawn uniformly without
+  replacement, seeded by (``seed``, layer name, index of the sample in the calibration set): the same
+  samples give the same vectors whatever the batching; the estimate of ``C`` stays unbiased;
+- *precision*: float32 (and float16) activations are multiplied and the ``d × d`` sums accumulated in
+  float32, converted to float64 once the model runs are over (half the memory while ONNX Runtime holds
+  the model; measured error in docs/DATA_AWARE.md); means and ‖x‖⁴ sums stay float64; float64
+  activations, or ``float32=False``, keep everything in float64;
+- *moment memory*: a layer whose float64 moment (``8·(c·κ)²`` bytes, twice with a cross moment) would
+  exceed ``moment_bytes`` gets no statistics; it is named in a note and decomposed data-free;
+- *activation memory*: the layer inputs fetched in one run must fit ``activation_bytes``: the run
+  batch of a dynamic-batch model is lowered to fit, and when one sample (or the fixed batch) still does
+  not fit, the layers are split into several passes over the data; a single layer input larger than the
+  limit for one run is an error naming the layer and the size.
+
+Cost. Time: the model's forward pass over the calibration set (once per pass), plus for each layer
+``n·(c·κ)²`` multiply-adds for its Gram matrix with ``n ≤ samples × positions_per_sample``. Memory: the
+statistics (per layer at most ``moment_bytes`` in float64, half that while accumulating in float32), one
+run's layer inputs (at most ``activation_bytes``), ONNX Runtime's session and working memory for one
+run, and one patch chunk.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import sys
+import zlib
 from dataclasses import dataclass, replace
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -46,26 +64,66 @@ from .errors import InputDataError, UnsupportedModelError
 from .layers import Layer
 from .model_io import graph_inputs
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CHUNK_ELEMENTS",
+    "CalibrationLimits",
+    "DEFAULT_LIMITS",
     "LayerStatistics",
     "Unfolder",
     "unfolder_for",
+    "fixed_batch",
+    "calibration_runs",
     "collect_statistics",
     "collect_second_moments",
     "independent_waves",
 ]
 
-CHUNK_ELEMENTS = 1 << 22  # numbers per patch chunk (32 MiB in float64)
+CHUNK_ELEMENTS = 1 << 22  # numbers per patch chunk (16 MiB in float32, 32 MiB in float64)
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CalibrationLimits:
+    """Bounds on the time and memory of calibration (see the module docstring).
+
+    ``positions_per_sample``: at most this many vectors (output positions) per sample and layer;
+    None takes them all. ``moment_bytes``: the largest float64 moment kept per layer (over it the layer
+    is decomposed data-free, with a note). ``activation_bytes``: the most layer-input bytes one run may
+    fetch. ``seed``: the position sampling's seed. ``float32``: float32 products and sums for float32
+    activations (else float64).
+    ``progress``: show tqdm bars (None: when stderr is a terminal).
+    """
+
+    positions_per_sample: Optional[int] = 1024
+    moment_bytes: int = 512 * MIB
+    activation_bytes: int = 512 * MIB
+    seed: int = 0
+    float32: bool = True
+    progress: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if self.positions_per_sample is not None and self.positions_per_sample < 1:
+            raise InputDataError(f"got {self.positions_per_sample} positions per sample; give a positive count or None")
+        if self.moment_bytes < 1 or self.activation_bytes < 1:
+            raise InputDataError("calibration memory limits must be positive byte counts")
+
+    def show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.progress is None else bool(self.progress)
+
+
+DEFAULT_LIMITS = CalibrationLimits()
 
 
 @dataclass(frozen=True)
 class LayerStatistics:
     """Moments of the vectors a layer's folded weight multiplies (see the module docstring).
 
-    ``second_moment`` and ``mean`` describe what the layer sees in the model that was run (the
-    compressed prefix under sequential calibration); ``cross`` (``E[x x̃ᵀ]``) and ``reference_mean``
-    (``E[x]``) are set only when a reference (original) model was run beside it.
+    ``second_moment`` (``d × d``) and ``mean`` (``d``) describe what the layer sees in the model that
+    was run (the compressed prefix under sequential calibration); ``cross`` (``E[x x̃ᵀ]``) and
+    ``reference_mean`` (``E[x]``) are set only when a reference (original) model was run beside it.
+    ``positions_per_sample`` is the sampling bound when positions were sampled for this layer, else None.
     """
 
     count: int
@@ -75,6 +133,7 @@ class LayerStatistics:
     reference_mean: Optional[np.ndarray] = None
     fourth_moment: Optional[float] = None  # E[‖x̃‖⁴], for the shrinkage estimate
     shrinkage: float = 0.0  # the weight α of the identity target, once :meth:`shrunk` applied it
+    positions_per_sample: Optional[int] = None
 
     def shrinkage_weight(self) -> float:
         """Ledoit–Wolf weight ``α`` of the scaled identity in ``α·μI + (1 − α)·C`` (0 when unknown).
@@ -106,7 +165,9 @@ class LayerStatistics:
 
         def shrink(matrix: np.ndarray) -> np.ndarray:
             size = matrix.shape[0]
-            return (1.0 - alpha) * matrix + (alpha * float(np.trace(matrix)) / size) * np.eye(size)
+            result = (1.0 - alpha) * matrix
+            result[np.diag_indices(size)] += alpha * float(np.trace(matrix)) / size
+            return result
 
         return replace(self, second_moment=shrink(self.second_moment),
                        cross=None if self.cross is None else shrink(self.cross), shrinkage=alpha)
@@ -142,11 +203,74 @@ class Unfolder:
         pads = list(self.pads) if self.pads else [0] * (2 * dims)
         return pads[:dims], pads[dims:]
 
-    def rows(self, x: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
-        """The vectors as float64 ``(m, cols)`` chunks; the chunking depends on ``x.shape`` only."""
+    def conv_output(self, spatial: Sequence[int]) -> list[int]:
+        """Output size per spatial axis of the Conv for an input of size ``spatial``."""
+        begin, end = self.conv_pads(spatial)
+        return [(spatial[i] + begin[i] + end[i] - ((self.kernel[i] - 1) * self.dilations[i] + 1)) // self.strides[i] + 1
+                for i in range(len(self.kernel))]
+
+    def vectors_per_sample(self, shape: Sequence[int]) -> int:
+        """Vectors one sample (index along the first axis) of an input of ``shape`` gives: a Conv's
+        output positions, a MatMul's rows over the dims between the first and the last; 1 otherwise
+        (a Gemm's rows, a 2-D MatMul input: nothing to sample)."""
+        if self.op == "Conv" and len(shape) == len(self.kernel) + 2:
+            return max(0, int(np.prod([max(0, o) for o in self.conv_output(shape[2:])])))
+        if self.op == "MatMul" and len(shape) >= 3:
+            return int(np.prod(shape[1:-1]))
+        return 1
+
+    def rows(self, x: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS,
+             dtype: np.dtype = np.float64) -> Iterator[np.ndarray]:
+        """All the vectors as ``(m, cols)`` chunks of ``dtype``; the chunking depends on ``x.shape`` only."""
         if self.op == "Conv":
-            yield from self._conv_rows(x, chunk_elements)
+            yield from self._conv_rows(x, chunk_elements, dtype)
             return
+        matrix = self._matrix(x)
+        step = max(1, chunk_elements // self.cols)
+        for start in range(0, matrix.shape[0], step):
+            yield np.asarray(matrix[start:start + step], dtype=dtype)
+
+    def sampled_rows(self, x: np.ndarray, picks: Sequence[np.ndarray], chunk_elements: int = CHUNK_ELEMENTS,
+                     dtype: np.dtype = np.float64) -> Iterator[np.ndarray]:
+        """The vectors at the flat positions ``picks[i]`` of sample ``i`` (in that order), as chunks.
+
+        Conv positions index the output grid in C order; MatMul positions the rows of one sample.
+        """
+        sample = np.concatenate([np.full(len(p), i, dtype=np.intp) for i, p in enumerate(picks)])
+        flat = np.concatenate([np.asarray(p, dtype=np.intp) for p in picks])
+        step = max(1, chunk_elements // self.cols)
+        if self.op == "MatMul":
+            per_sample = x.reshape(x.shape[0], -1, x.shape[-1])
+            for start in range(0, len(flat), step):
+                yield np.asarray(per_sample[sample[start:start + step], flat[start:start + step]], dtype=dtype)
+            return
+        if self.op != "Conv":
+            raise UnsupportedModelError(f"a {self.op} input has one vector per sample: nothing to sample")
+        self._check_conv(x)
+        dims = len(self.kernel)
+        spatial = x.shape[2:]
+        begin, _ = self.conv_pads(spatial)
+        out = self.conv_output(spatial)
+        offsets = list(itertools.product(*[range(k) for k in self.kernel]))
+        channels = x.shape[1]
+        for start in range(0, len(flat), step):
+            where = np.unravel_index(flat[start:start + step], out)
+            who = sample[start:start + step]
+            block = np.empty((len(who), channels, len(offsets)), dtype=dtype)
+            for index, offset in enumerate(offsets):
+                inside = np.ones(len(who), dtype=bool)
+                coords = []
+                for axis in range(dims):
+                    at = where[axis] * self.strides[axis] - begin[axis] + offset[axis] * self.dilations[axis]
+                    inside &= (at >= 0) & (at < spatial[axis])
+                    coords.append(np.clip(at, 0, spatial[axis] - 1))
+                values = x[(who, slice(None), *coords)]  # (m, channels): advanced indices around a slice
+                block[:, :, index] = values
+                if not inside.all():
+                    block[~inside, :, index] = 0
+            yield block.reshape(len(who), channels * len(offsets))
+
+    def _matrix(self, x: np.ndarray) -> np.ndarray:
         if self.op == "Gemm":
             matrix = x.T if self.trans_a else x
         else:
@@ -155,23 +279,28 @@ class Unfolder:
             raise UnsupportedModelError(
                 f"a {self.op} input of shape {x.shape} does not give vectors of {self.cols} numbers; "
                 "check the model's input shapes")
-        step = max(1, chunk_elements // self.cols)
-        for start in range(0, matrix.shape[0], step):
-            yield np.asarray(matrix[start:start + step], dtype=np.float64)
+        return matrix
 
-    def _conv_rows(self, x: np.ndarray, chunk_elements: int) -> Iterator[np.ndarray]:
+    def _check_conv(self, x: np.ndarray) -> None:
         dims = len(self.kernel)
         if x.ndim != dims + 2:
             raise UnsupportedModelError(f"a Conv input of shape {x.shape} does not fit its {dims}-D kernel; "
                                         "check the model")
+        if x.shape[1] * int(np.prod(self.kernel)) != self.cols:
+            raise UnsupportedModelError(
+                f"a Conv input of shape {x.shape} gives patches of {x.shape[1] * int(np.prod(self.kernel))} numbers, "
+                f"but the weight takes {self.cols} (grouped conv?); check the model")
+
+    def _conv_rows(self, x: np.ndarray, chunk_elements: int, dtype: np.dtype) -> Iterator[np.ndarray]:
+        self._check_conv(x)
+        dims = len(self.kernel)
         samples, channels = x.shape[:2]
         spatial = x.shape[2:]
         begin, end = self.conv_pads(spatial)
-        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
-        out = [(spatial[i] + begin[i] + end[i] - ((self.kernel[i] - 1) * self.dilations[i] + 1)) // self.strides[i] + 1
-               for i in range(dims)]
+        out = self.conv_output(spatial)
         if min(out) < 1:
             return
+        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
         positions_per_row = int(np.prod(out[1:])) if dims > 1 else 1
         per_row = self.cols * positions_per_row  # numbers per (sample, first output index)
         rows_per_chunk = max(1, min(out[0], chunk_elements // max(1, per_row)))
@@ -183,7 +312,7 @@ class Unfolder:
             for o0 in range(0, out[0], rows_per_chunk):
                 o1 = min(out[0], o0 + rows_per_chunk)
                 shape = [o1 - o0] + out[1:]
-                patches = np.empty((s1 - s0, channels, kernel_size, *shape), dtype=np.float64)
+                patches = np.empty((s1 - s0, channels, kernel_size, *shape), dtype=dtype)
                 for index, offset in enumerate(offsets):
                     where: list = [slice(s0, s1), slice(None)]
                     for axis in range(dims):
@@ -220,38 +349,95 @@ def unfolder_for(layer: Layer, node: onnx.NodeProto) -> Unfolder:
     raise UnsupportedModelError(f"layer '{layer.name}' is a {layer.op}; only Conv, Gemm and MatMul have input statistics")
 
 
-class _Accumulator:
-    """Running sums for one layer: Σ x̃x̃ᵀ, Σ x̃, Σ ‖x̃‖⁴ and, with a reference, Σ x x̃ᵀ and Σ x."""
+def _work_dtype(array: np.ndarray, limits: CalibrationLimits) -> np.dtype:
+    """float32 for float32/float16 activations when ``limits.float32``, else float64."""
+    if limits.float32 and array.dtype in (np.float32, np.float16):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
-    def __init__(self, cols: int, cross: bool) -> None:
+
+class _Accumulator:
+    """Running sums for one layer: Σ x̃x̃ᵀ, Σ x̃, Σ ‖x̃‖⁴ and, with a reference, Σ x x̃ᵀ and Σ x.
+
+    The ``d × d`` sums take the dtype of the first chunk (float32 in float32 mode: half the memory
+    while the model runs), allocated at the first chunk; vector sums and the count stay float64/int.
+    """
+
+    def __init__(self, layer: Layer, unfolder: Unfolder, cross: bool, limits: CalibrationLimits) -> None:
+        self.cols = layer.cols
+        self.unfolder = unfolder
+        self.limits = limits
+        self.key = zlib.crc32(layer.name.encode("utf-8"))
+        self.with_cross = cross
+        self.sampled = False
         self.count = 0
         self.fourth = 0.0
-        self.gram = np.zeros((cols, cols))
-        self.total = np.zeros(cols)
-        self.cross = np.zeros((cols, cols)) if cross else None
-        self.reference_total = np.zeros(cols) if cross else None
+        self.gram: Optional[np.ndarray] = None
+        self.cross: Optional[np.ndarray] = None
+        self.total = np.zeros(self.cols)
+        self.reference_total = np.zeros(self.cols) if cross else None
 
-    def add(self, unfolder: Unfolder, seen: np.ndarray, reference: Optional[np.ndarray]) -> None:
+    def picks(self, first_sample: int, samples: int, positions: int) -> list[np.ndarray]:
+        """Sorted flat positions of each sample, seeded by (seed, layer, index of the sample in the set)."""
+        keep = int(self.limits.positions_per_sample or positions)
+        chosen = []
+        for index in range(first_sample, first_sample + samples):
+            rng = np.random.default_rng([self.limits.seed, self.key, index])
+            chosen.append(np.sort(rng.choice(positions, size=keep, replace=False)))
+        return chosen
+
+    def add(self, seen: np.ndarray, reference: Optional[np.ndarray], first_sample: int) -> None:
+        """Fold one run's layer input (``seen``; ``reference`` from the original model) into the sums;
+        ``first_sample`` is the index in the calibration set of the run's first sample."""
         if reference is not None and reference.shape != seen.shape:
             raise UnsupportedModelError(
                 f"the compressed model gives a layer input of shape {seen.shape}, the original {reference.shape}; "
                 "the rewrite changed a tensor shape: report this as a bug")
-        references = itertools.repeat(None) if reference is None else unfolder.rows(reference)
-        for chunk, ref in zip(unfolder.rows(seen), references):
+        dtype = _work_dtype(seen, self.limits)
+        positions = self.unfolder.vectors_per_sample(seen.shape)
+        limit = self.limits.positions_per_sample
+        if limit is not None and positions > limit and seen.ndim >= 3:
+            self.sampled = True
+            picks = self.picks(first_sample, seen.shape[0], positions)
+            rows = self.unfolder.sampled_rows(seen, picks, dtype=dtype)
+            references = (itertools.repeat(None) if reference is None
+                          else self.unfolder.sampled_rows(reference, picks, dtype=dtype))
+        else:
+            rows = self.unfolder.rows(seen, dtype=dtype)
+            references = itertools.repeat(None) if reference is None else self.unfolder.rows(reference, dtype=dtype)
+        for chunk, ref in zip(rows, references):
+            if self.gram is None:
+                self.gram = np.zeros((self.cols, self.cols), dtype=chunk.dtype)
+                self.cross = np.zeros((self.cols, self.cols), dtype=chunk.dtype) if self.with_cross else None
             self.count += chunk.shape[0]
-            self.fourth += float(np.sum(np.einsum("ij,ij->i", chunk, chunk) ** 2))
+            norms = np.einsum("ij,ij->i", chunk, chunk).astype(np.float64)
+            self.fourth += float(np.sum(norms * norms))
             self.gram += chunk.T @ chunk
-            self.total += chunk.sum(axis=0)
+            self.total += chunk.sum(axis=0, dtype=np.float64)
             if ref is not None:
                 self.cross += ref.T @ chunk
-                self.reference_total += ref.sum(axis=0)
+                self.reference_total += ref.sum(axis=0, dtype=np.float64)
+
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.total).all() and self.gram is not None and np.isfinite(self.gram).all())
 
     def result(self) -> LayerStatistics:
+        """The float64 moments. Call it once: float64 sums are divided in place (no second ``d × d``
+        copy), float32 ones are converted and released."""
         n = float(self.count)
+
+        def mean_of(total: np.ndarray) -> np.ndarray:
+            if total.dtype == np.float64:
+                total /= n
+                return total
+            return total.astype(np.float64) / n
+
+        gram, self.gram = self.gram, None
+        cross, self.cross = self.cross, None
         return LayerStatistics(
-            self.count, self.gram / n, self.total / n,
-            None if self.cross is None else self.cross / n,
-            None if self.reference_total is None else self.reference_total / n, self.fourth / n)
+            self.count, mean_of(gram), self.total / n, None if cross is None else mean_of(cross),
+            None if self.reference_total is None else self.reference_total / n, self.fourth / n,
+            positions_per_sample=self.limits.positions_per_sample if self.sampled else None)
 
 
 def _element_type(model: onnx.ModelProto, layer: Layer) -> int:
@@ -302,52 +488,297 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
     return result
 
 
+def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
+    """The batch (first dim) the model's inputs fix, or None when it is dynamic."""
+    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
+    if len(fixed) > 1:
+        raise UnsupportedModelError(f"the model's inputs fix different first dims ({sorted(fixed)}); calibration "
+                                    "feeds every input the same samples: export the model with one batch dim")
+    return fixed.pop() if fixed else None
+
+
+def _samples(batch: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(batch.values())).shape[0]) if batch else 0
+
+
+def _regroup(batches: Iterable[Mapping[str, np.ndarray]], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Runs of exactly ``size`` samples from batches of any size; the remainder, if any, comes last."""
+    pending: list[Mapping[str, np.ndarray]] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += _samples(batch)
+        while held >= size:
+            joined = pending[0] if len(pending) == 1 else {
+                name: np.concatenate([part[name] for part in pending]) for name in pending[0]}
+            yield {name: array[:size] for name, array in joined.items()}
+            rest = {name: array[size:] for name, array in joined.items()}
+            held -= size
+            pending = [rest] if held else []
+    if held:
+        yield pending[0] if len(pending) == 1 else {name: np.concatenate([part[name] for part in pending])
+                                                    for name in pending[0]}
+
+
+@dataclass
+class _RunCount:
+    """What :func:`calibration_runs` used: runs, samples used and samples left out."""
+
+    runs: int = 0
+    used: int = 0
+    dropped: int = 0
+
+
+def calibration_runs(inputs, model: onnx.ModelProto, batch_size: int, *, limit: Optional[int] = None,
+                     count: Optional[_RunCount] = None) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration set as feeds for ``model``: runs of ``batch_size`` samples (the last may be
+    smaller), or of exactly ``B`` when the model fixes its batch to ``B`` (a remainder smaller than ``B``
+    is left out and counted in ``count.dropped``). ``limit`` stops after that many samples (rounded
+    down to whole fixed batches, at least one)."""
+    fixed = fixed_batch(model)
+    size = fixed or batch_size
+    if fixed and limit is not None:
+        limit = max(fixed, limit // fixed * fixed)
+    count = count if count is not None else _RunCount()
+    for run in _regroup(inputs.batches(size), size):
+        samples = _samples(run)
+        if fixed and samples < fixed:
+            count.dropped += samples
+            return
+        if limit is not None and count.used + samples > limit:
+            samples = limit - count.used
+            if samples <= 0:
+                return
+            run = {name: array[:samples] for name, array in run.items()}
+        count.runs += 1
+        count.used += samples
+        yield run
+
+
+def _plan_shapes(model: onnx.ModelProto, inputs, unit: int) -> Optional[dict[str, tuple[int, ...]]]:
+    """Input shapes at batch ``unit``: the model's static dims, the first sample's where dynamic."""
+    specs = graph_inputs(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    peek: Optional[Mapping[str, np.ndarray]] = None
+    for spec in specs:
+        if not spec.dims:
+            return None
+        rest = spec.dims[1:]
+        if not all(isinstance(d, int) for d in rest):
+            if peek is None:
+                peek = next(iter(inputs.batches(1)), None)
+            if peek is None or spec.name not in peek or np.asarray(peek[spec.name]).ndim != len(spec.dims):
+                return None  # the run itself reports what is missing
+            rest = tuple(np.asarray(peek[spec.name]).shape[1:])
+        shapes[spec.name] = (unit, *[int(d) for d in rest])
+    return shapes
+
+
+def _activation_bytes(model: onnx.ModelProto, inputs, tensors: Mapping[str, int],
+                      unit: int) -> tuple[dict[str, Optional[int]], int]:
+    """Bytes of each fetched tensor for a run of ``unit`` samples (None where unknown), and of every
+    other tensor shape inference sizes (ONNX Runtime's intermediates, 4 bytes a number; an upper bound,
+    since it reuses buffers). Graph inputs cost nothing: their arrays are already in memory."""
+    from .shapes import tensor_shapes
+
+    feeds = {spec.name for spec in graph_inputs(model)}
+    fetched = {name: elem for name, elem in tensors.items() if name not in feeds}
+    if not fetched:
+        return {}, 0
+    shapes_in = _plan_shapes(model, inputs, unit)
+    if shapes_in is None:
+        return {name: None for name in fetched}, 0
+    try:
+        shapes = tensor_shapes(model, shapes_in, list(fetched))
+    except Exception as exc:  # shape inference is a planning aid only: the run reports real problems
+        log.info("could not size the calibration tensors (%s)", exc)
+        return {name: None for name in fetched}, 0
+    sizes: dict[str, Optional[int]] = {}
+    for name, elem in fetched.items():
+        shape = shapes.get(name)
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize if elem else 4
+        sizes[name] = None if shape is None else int(np.prod(shape, dtype=np.float64)) * itemsize
+    constants = {init.name for init in model.graph.initializer} | {
+        output for node in model.graph.node if node.op_type == "Constant" for output in node.output}
+    working = sum(int(np.prod(shape, dtype=np.float64)) * 4 for name, shape in shapes.items()
+                  if name not in feeds and name not in constants)
+    return sizes, working
+
+
+def _mib(size: float) -> str:
+    """``size`` bytes in GiB, MiB or KiB."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.1f} GiB"
+    return f"{size / MIB:.0f} MiB" if size >= MIB else f"{size / 1024:.0f} KiB"
+
+
+def _plan_passes(sizes: Mapping[str, Optional[int]], working: int, order: Sequence[str], unit: int, requested: int,
+                 fixed: bool, limit: int, users: Mapping[str, str]) -> tuple[int, list[list[str]]]:
+    """(samples per run, tensors per pass) so that one run's fetched tensors plus ONNX Runtime's
+    ``working`` tensors (bytes per ``unit`` samples) stay within ``limit`` where the batch can make them."""
+    known = {name: size for name, size in sizes.items() if size is not None}
+    too_big = [(size, name) for name, size in known.items() if size > limit]
+    if too_big:
+        size, name = max(too_big)
+        what = f"one run of the fixed batch of {unit}" if fixed else "one sample"
+        raise InputDataError(
+            f"the input of layer '{users[name]}' ('{name}') takes {_mib(size)} for {what}, over the calibration "
+            f"activation limit of {_mib(limit)}; calibrate at a smaller input shape (--input-shape) or raise "
+            "CalibrationLimits.activation_bytes")
+    fetched = sum(known.values())
+    total = fetched + working
+    per_run = 1 if fixed else max(1, min(requested, limit // max(1, total)))
+    budget = max(limit - working, max(known.values(), default=0))  # for the fetched tensors of one run
+    if fetched <= budget:
+        return per_run * unit, [list(order)]
+    passes: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for name in order:
+        size = known.get(name, 0)
+        if current and held + size > budget:
+            passes.append(current)
+            current, held = [], 0
+        current.append(name)
+        held += size
+    passes.append(current)
+    return unit, passes
+
+
+def _progress_bar(total: Optional[int], description: str, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="run", leave=False, disable=not show)
+
+
 def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, *, batch_size: int = 16,
-                       reference: Optional[onnx.ModelProto] = None) -> dict[str, LayerStatistics]:
+                       reference: Optional[onnx.ModelProto] = None, limits: Optional[CalibrationLimits] = None,
+                       notes: Optional[list[str]] = None) -> dict[str, LayerStatistics]:
     """Moments of every layer's input vectors over ``inputs`` (an :class:`~onnx_alds.inputs.InputSet`).
 
     ``model`` is run; ``reference`` (the original model, when ``model`` is partially compressed) is run
     beside it on the same batches to get the cross moments ``E[x x̃ᵀ]``. The node named like each
     layer is looked up in ``reference`` if given (it is unchanged there), otherwise in ``model``.
+    ``limits`` (default :data:`DEFAULT_LIMITS`) bound time and memory; what they changed (fixed batch,
+    samples left out, lowered batch, extra passes, sampled positions, layers left without statistics)
+    is appended to ``notes`` as sentences. Layers over the moment limit are missing from the result.
     """
+    limits = limits if limits is not None else DEFAULT_LIMITS
+    said: list[str] = []
     if batch_size < 1:
         raise InputDataError(f"got calibration batch size {batch_size}; give a positive batch size such as 16")
     if not layers:
         return {}
-    source_graph = (reference if reference is not None else model).graph
-    nodes = {node.name: node for node in source_graph.node}
+    source = reference if reference is not None else model
+    nodes = {node.name: node for node in source.graph.node}
     unfolders = {}
     for layer in layers:
         if layer.name not in nodes:
             raise UnsupportedModelError(f"layer '{layer.name}' is not a node of the model; pass layers found in it")
         unfolders[layer.name] = unfolder_for(layer, nodes[layer.name])
-    tensors = {layer.input: _element_type(reference if reference is not None else model, layer) for layer in layers}
-    wanted = list(tensors)
-    session = _session_with_outputs(model, tensors)
-    reference_session = None if reference is None else _session_with_outputs(reference, tensors)
-    sums = {layer.name: _Accumulator(layer.cols, reference is not None) for layer in layers}
-    batches = 0
-    for batch in inputs.batches(batch_size):
-        _check_feeds(model, batch)
-        batches += 1
-        seen = _run(session, model, batch, wanted)
-        ref = None if reference_session is None else _run(reference_session, reference, batch, wanted)
-        for layer in layers:
-            sums[layer.name].add(unfolders[layer.name], seen[layer.input], None if ref is None else ref[layer.input])
-        del seen, ref
-    if batches == 0:
+    copies = 2 if reference is not None else 1
+    too_large = [layer for layer in layers if 8 * copies * layer.cols ** 2 > limits.moment_bytes]
+    measured = [layer for layer in layers if layer not in too_large]
+    if too_large:
+        first = max(too_large, key=lambda layer: layer.cols)
+        said.append(f"calibration: no input statistics for {len(too_large)} layer(s) whose input moment would exceed "
+                    f"the {_mib(limits.moment_bytes)} limit ({', '.join(repr(l.name) for l in too_large[:3])}"
+                    f"{', ...' if len(too_large) > 3 else ''}; '{first.name}' has {first.cols} inputs: "
+                    f"{_mib(8 * copies * first.cols ** 2)}); they are decomposed data-free")
+    if getattr(inputs, "is_random", False):
+        said.append("calibration on random inputs, not data: the statistics describe noise, not what the layers see "
+                    "in use; give real inputs (--calibration FILE.npz or --calibration-images DIR)")
+    if not measured:
+        _flush(said, notes)
+        return {}
+    tensors = {layer.input: _element_type(source, layer) for layer in measured}
+    users = {}
+    for layer in measured:
+        users.setdefault(layer.input, layer.name)
+    feeds = {spec.name for spec in graph_inputs(model)}
+    fixed = fixed_batch(model)
+    unit = fixed or 1
+    sizes, working = _activation_bytes(model, inputs, tensors, unit)
+    per_run, passes = _plan_passes(sizes, working, list(tensors), unit, batch_size, fixed is not None,
+                                   limits.activation_bytes, users)
+    if fixed is not None and fixed != batch_size:
+        said.append(f"the model fixes the batch to {fixed}: calibration ran at batch {fixed}")
+    elif fixed is None and per_run < batch_size:
+        per_sample = sum(size for size in sizes.values() if size) + working
+        said.append(f"calibration ran at batch {per_run} instead of {batch_size}: one sample's layer inputs and "
+                    f"intermediate tensors take about {_mib(per_sample)}, and a run stays within the "
+                    f"{_mib(limits.activation_bytes)} activation limit")
+    if len(passes) > 1:
+        said.append(f"calibration made {len(passes)} passes over the data: one run's layer inputs would exceed the "
+                    f"{_mib(limits.activation_bytes)} activation limit")
+    sums = {layer.name: _Accumulator(layer, unfolders[layer.name], reference is not None, limits)
+            for layer in measured}
+    try:
+        total = len(inputs)
+    except TypeError:
+        total = None
+    runs_per_pass = None if total is None else (total // per_run if fixed else -(-total // per_run))
+    show = limits.show_progress()
+    count = _RunCount()
+    with _progress_bar(None if runs_per_pass is None else runs_per_pass * len(passes), "calibration", show) as bar:
+        for number, wanted in enumerate(passes):
+            wanted_set = set(wanted)
+            pass_layers = [layer for layer in measured if layer.input in wanted_set]
+            fetched = {name: tensors[name] for name in wanted if name not in feeds}
+            # every wanted tensor a graph input: the feeds are the statistics, no session is needed
+            session = _session_with_outputs(model, fetched) if fetched else None
+            reference_session = None if reference is None or not fetched else _session_with_outputs(reference, fetched)
+            count = _RunCount()
+            first_sample = 0
+            for batch in calibration_runs(inputs, model, per_run, count=count):
+                _check_feeds(model, batch)
+                seen = _run(session, model, batch, wanted)
+                ref = None if reference is None else _run(reference_session, reference, batch, wanted)
+                for layer in pass_layers:
+                    sums[layer.name].add(seen[layer.input], None if ref is None else ref[layer.input], first_sample)
+                first_sample += _samples(batch)
+                del seen, ref
+                bar.update(1)
+            del session, reference_session
+    if count.runs == 0:
+        if fixed and count.dropped:
+            raise InputDataError(f"the model fixes the batch to {fixed}, but the calibration set holds only "
+                                 f"{count.dropped} samples; give at least {fixed}")
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
+    if count.dropped:
+        said.append(f"the model fixes the batch to {fixed}: calibration used {count.used} of "
+                    f"{count.used + count.dropped} samples (the last {count.dropped} do not fill a batch)")
     empty = [name for name, acc in sums.items() if acc.count == 0]
     if empty:
         raise UnsupportedModelError(f"layer '{empty[0]}' saw no input vectors on the calibration data "
                                     "(its output is empty); exclude it with --exclude")
-    return {name: acc.result() for name, acc in sums.items()}
+    broken = [layer for layer in measured if not sums[layer.name].finite()]
+    if broken:
+        raise InputDataError(
+            f"layer '{broken[0].name}' sees inf/NaN (or values beyond float32) in its input '{broken[0].input}' on the "
+            f"calibration data{f' (and {len(broken) - 1} more layers)' if len(broken) > 1 else ''}; check the "
+            "model's weights and the calibration inputs, or compress data-free")
+    sampled = [name for name, acc in sums.items() if acc.sampled]
+    if sampled:
+        said.append(f"calibration sampled {limits.positions_per_sample} positions per sample in {len(sampled)} "
+                    f"layer(s) with more (first: '{sampled[0]}')")
+    _flush(said, notes)
+    return {name: sums.pop(name).result() for name in list(sums)}
+
+
+def _flush(said: Sequence[str], notes: Optional[list[str]]) -> None:
+    """Append the calibration notes to ``notes`` (skipping ones already there), or log them."""
+    for note in said:
+        if notes is None:
+            log.warning("%s", note)
+        elif note not in notes:
+            notes.append(note)
 
 
 def collect_second_moments(model: onnx.ModelProto, layers: Sequence[Layer], inputs, *,
-                           batch_size: int = 16) -> dict[str, np.ndarray]:
+                           batch_size: int = 16, limits: Optional[CalibrationLimits] = None) -> dict[str, np.ndarray]:
     """``E[x xᵀ]`` (``cols × cols``, float64) of every layer's input vectors, by layer name."""
-    stats = collect_statistics(model, layers, inputs, batch_size=batch_size)
+    stats = collect_statistics(model, layers, inputs, batch_size=batch_size, limits=limits)
     return {name: s.second_moment for name, s in stats.items()}
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 7  # the oldest ai.onnx opset ONNX Runtime runs
 _RUNTIME_LIMIT = 1 << 30  # models above this many bytes are not loaded into ONNX Runtime by the checks
 _RUN_LIMIT = 1 << 27  # ... nor run on sample inputs above this many bytes
+_DIRECT_CHECK_BYTES = 1 << 26  # larger models go to onnx.checker as a small copy (see _onnx_check)
 _PROTOBUF_LIMIT = 2**31 - 2**26
 
 
@@ -112,11 +113,12 @@ def _onnx_check(model: onnx.ModelProto, store: Optional[TensorStore], size: int,
     """``onnx.checker`` on the model; False when skipped (too large to check).
 
     A small model is checked as it is. A light or large one is checked as a small copy whose large
-    tensors are external data (:func:`onnx_alds.model_io.checkable_copy`) written with empty stand-in
-    data files to a temporary folder: the checker reads the graph, not the weights, so neither the
-    whole model nor a serialized copy of it is ever held.
+    tensors are external data (:func:`onnx_alds.model_io.checkable_copy`, which checks the size of
+    their data itself) written with empty stand-in data files to a temporary folder: the checker
+    reads the graph, not the weights, so neither the whole model nor a serialized copy of it (two,
+    with the checker's own) is ever held.
     """
-    if size < _PROTOBUF_LIMIT and not has_stubs(model):
+    if size < _DIRECT_CHECK_BYTES and not has_stubs(model):
         onnx.checker.check_model(model, full_check=full_check)
         return True
     light, locations = checkable_copy(model, store)

@@ -1,4 +1,4 @@
-"""The ``onnx-alds`` command line: analyze, compress, validate, bench, demo.
+"""The ``onnx-alds`` command line: analyze, compress, plan, apply, validate, bench, sweep, demo.
 
 Exit codes: 0 done; 1 a user-facing error, printed as one ``error: …`` line; 2 bad usage.
 """
@@ -35,20 +35,52 @@ def _add_analyze(subparsers) -> None:
 
 
 def _add_compress(subparsers) -> None:
+    parser = subparsers.add_parser("compress", help="factorize the model under a size, MAC or latency budget",
+                                   description="Factorize Conv/Gemm/MatMul weights by grouped low-rank SVD with "
+                                               "the ALDS min-max allocation under one global budget "
+                                               "(onnx-alds plan, then onnx-alds apply).")
+    _compress_arguments(parser, output_help="where to write the compressed model")
+    parser.set_defaults(run=_run_compress)
+
+
+def _add_plan(subparsers) -> None:
+    from .plan import run_plan_command
+
+    parser = subparsers.add_parser("plan", help="write the per-layer decisions compress would apply, as JSON",
+                                   description="Everything compress decides (per layer: dense or (groups, rank, "
+                                               "order), predicted error and cost), written to -o as JSON to edit, "
+                                               "keep or apply elsewhere with onnx-alds apply. Takes compress's flags.")
+    _compress_arguments(parser, output_help="where to write the plan (JSON)")
+    parser.set_defaults(run=run_plan_command)
+
+
+def _add_apply(subparsers) -> None:
+    from .plan import add_apply_arguments, run_apply_command
+
+    parser = subparsers.add_parser("apply", help="apply a plan (edited or not) to the model it was made for",
+                                   description="Rewrite the model as the plan says, with data-aware factors when "
+                                               "the plan is data-aware (give the calibration inputs again).")
+    add_apply_arguments(parser)
+    parser.set_defaults(run=run_apply_command)
+
+
+def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) -> None:
+    """The flags of compress; plan takes the same ones."""
     from .api import METHODS
-    from .layers import ORDERS
+    from .options import ORDER_CHOICES
     from .spectra import ERROR_MEASURES
 
-    parser = subparsers.add_parser("compress", help="factorize the model under a size or MAC budget",
-                                   description="Factorize Conv/Gemm/MatMul weights by grouped low-rank SVD with "
-                                               "the ALDS min-max allocation under one global budget.")
     parser.add_argument("model", help="ONNX model file (never modified)")
-    parser.add_argument("-o", "--output", required=True, help="where to write the compressed model")
+    parser.add_argument("-o", "--output", required=True, help=output_help)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--keep-params", type=any_float, metavar="F",
                         help="fraction of the model's weights to keep, in (0, 1]")
     target.add_argument("--keep-flops", type=any_float, metavar="F",
                         help="fraction of the Conv/Gemm/MatMul multiply-accumulates to keep, in (0, 1]")
+    target.add_argument("--keep-latency", type=any_float, metavar="F",
+                        help="fraction of the whole model's time to keep, in (0, 1], measured in ONNX Runtime on "
+                             "--provider at --bench-batch with --threads (per-layer latency tables, cached; "
+                             "docs/LATENCY.md)")
     parser.add_argument("--method", choices=METHODS, default="alds",
                         help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
     parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
@@ -57,9 +89,10 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--rank-multiple", type=positive_int, default=16, metavar="N",
                         help="round every rank to a multiple of N; the default 16 is what ONNX Runtime's fast CPU "
                              "kernels need (1 gives the finest steps, often slower than the original)")
-    parser.add_argument("--order", choices=ORDERS, default=ORDERS[0],
-                        help="factorized pair of a k×k stride-1 conv: spatial-first (default, ALDS: k×k then 1x1) "
-                             "or pointwise-first (1x1 then k×k; faster on CPU where channels are few)")
+    parser.add_argument("--order", choices=ORDER_CHOICES, default=ORDER_CHOICES[0],
+                        help="factorized pair of a k×k stride-1 conv: spatial-first (default, ALDS: k×k then 1x1), "
+                             "pointwise-first (1x1 then k×k; faster on CPU where channels are few) or auto (per "
+                             "layer, the faster one by the latency tables on --provider at --bench-batch)")
     parser.add_argument("--max-groups", type=positive_int, default=16, metavar="G",
                         help="largest group count g that alds considers (default 16)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
@@ -68,7 +101,6 @@ def _add_compress(subparsers) -> None:
     parser.add_argument("--report", metavar="FILE.json", help="write the per-layer plan and totals as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
     _add_calibration_arguments(parser)
-    parser.set_defaults(run=_run_compress)
 
 
 def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +120,9 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-correction", action="store_true",
                         help="add each layer's mean output error on the calibration data to its bias")
     parser.add_argument("--speed-check", action="store_true",
-                        help="time every factorized layer against the original on --provider (at --bench-batch) "
-                             "and keep dense those not faster, reallocating the budget")
+                        help="with --keep-params/--keep-flops: drop every factorized option that the latency tables "
+                             "(on --provider, at --bench-batch) measure not faster than the dense layer before "
+                             "allocating (--keep-latency does this and budgets the time itself)")
     parser.add_argument("--sensitivity", action="store_true",
                         help="experimental: weight each layer's error by its measured effect on the output")
     parser.add_argument("--validate", action="store_true",
@@ -116,33 +149,49 @@ def _run_analyze(args: argparse.Namespace) -> int:
 def _run_compress(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, load_model, parse_input_shapes
+    from .model_io import check_output_path, open_model
 
     output = Path(args.output)
     check_output_path(output, protect=[args.model])
     if args.report:
         check_output_path(Path(args.report), protect=[args.model, args.output])
-    input_shapes = parse_input_shapes(args.input_shape)
-    model = load_model(args.model)
-    calibration = inputs_from_args(model, args, prefix="calibration-", required=False)
-    run = compress
-    if args.speed_check:
-        from functools import partial
+    # light: the weights stay in their files, read one layer at a time, and the output is written
+    # tensor by tensor (docs/LARGE_MODELS.md); the model is opened once, here
+    model = open_model(args.model)
+    calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    result = compress(model, **compress_keywords(args, calibration))
+    return write_result(args, result)
 
-        from .speed import compress_speed_checked
 
-        run = partial(compress_speed_checked, provider=args.provider, threads=args.threads, batch=args.bench_batch)
-    result = run(model, keep_params=args.keep_params, keep_flops=args.keep_flops, method=args.method,
-                 error_measure=args.error_measure, rank_multiple=args.rank_multiple, exclude=args.exclude,
-                 seed=args.seed, input_shapes=input_shapes, max_groups=args.max_groups,
-                 calibration=calibration, calibration_batch_size=args.calibration_batch_size,
-                 refit=args.refit, sequential=args.sequential, bias_correction=args.bias_correction,
-                 sensitivity=args.sensitivity, order=args.order, shrinkage=args.shrinkage)
+def compress_keywords(args: argparse.Namespace, calibration) -> dict:
+    """``compress``'s keyword arguments from the flags of compress (and plan)."""
+    from .model_io import parse_input_shapes
+    from .options import AUTO_ORDER, SpeedOptions
+
+    speed = None
+    if args.keep_latency is not None or args.order == AUTO_ORDER or args.speed_check:
+        speed = SpeedOptions(provider=args.provider, threads=args.threads, batch=args.bench_batch,
+                             prune_slow=args.speed_check)
+    return dict(keep_params=args.keep_params, keep_flops=args.keep_flops, keep_latency=args.keep_latency,
+                method=args.method, error_measure=args.error_measure, rank_multiple=args.rank_multiple,
+                exclude=args.exclude, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),
+                max_groups=args.max_groups, calibration=calibration,
+                calibration_batch_size=args.calibration_batch_size, refit=args.refit, sequential=args.sequential,
+                bias_correction=args.bias_correction, sensitivity=args.sensitivity, order=args.order,
+                shrinkage=args.shrinkage, speed=speed)
+
+
+def write_result(args: argparse.Namespace, result) -> int:
+    """``--validate``, then the model and its ``--report`` written together, and the report printed
+    (compress and apply)."""
+    from .model_io import materialize
+
+    output = Path(args.output)
     summary = None
     if args.validate:
         from .validate import validate_from_args
 
-        summary = validate_from_args(model, result.model, args, report=result.report)
+        summary = validate_from_args(args.model, materialize(result.model, result.store), args, report=result.report)
     text = result.report.format()
     if summary is not None and not summary.passed:  # no output on error: neither the model nor its report
         print(text if not args.quiet else text.split("\n\n", 1)[-1])
@@ -167,14 +216,14 @@ def _write_together(result, output: Path, report_path: Optional[str], *, protect
     from .model_io import save_model
 
     if not report_path:
-        save_model(result.model, output, protect=protect)
+        save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
         return
     target = Path(report_path)
     handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".json", dir=str(target.parent))
     os.close(handle)
     try:
         result.report.save_json(pending)
-        save_model(result.model, output, protect=protect)
+        save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
         os.replace(pending, target)
     finally:
         if os.path.exists(pending):
@@ -220,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_analyze, _add_compress, _add_validate, _add_bench, _add_sweep, _add_demo):
+    for add in (_add_analyze, _add_compress, _add_plan, _add_apply, _add_validate, _add_bench, _add_sweep, _add_demo):
         add(subparsers)
     for command in subparsers.choices.values():  # every flag's default shown in its --help
         command.formatter_class = argparse.ArgumentDefaultsHelpFormatter

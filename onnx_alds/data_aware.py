@@ -5,7 +5,10 @@ Every group is decomposed in the metric of its input second moment (``W_i L_i``,
 moment; sequential mode fits each layer to the inputs produced by the already-compressed layers
 before it; bias correction adds the mean output error to each decoder's bias; sensitivity weighting
 (experimental) scales each layer's error table by its measured effect on the model output.
-The maths is in :mod:`onnx_alds.decompose` and docs/DATA_AWARE.md.
+Every model run goes through :func:`onnx_alds.calibrate.calibration_runs` (a fixed batch runs at that
+batch); a layer that calibration left without statistics (its moment over the memory limit, named in
+a note) gets data-free factors, with a note. The maths is in :mod:`onnx_alds.decompose` and
+docs/DATA_AWARE.md.
 """
 
 from __future__ import annotations
@@ -45,37 +48,54 @@ def sample_count(calibration) -> Optional[int]:
         return None
 
 
-def first_samples(calibration, count: int) -> dict[str, np.ndarray]:
-    """The first ``count`` samples of an input set, as one feed."""
-    for batch in calibration.batches(count):
-        return batch
-    raise InputDataError("the calibration set holds no samples; give at least one calibration input")
+def _first_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    """The first graph output over the runs ``feeds``, flattened and joined (float64)."""
+    names = [spec.name for spec in graph_inputs(proto)]
+    return np.concatenate([np.asarray(session.run(None, {name: feed[name] for name in names})[0],
+                                      dtype=np.float64).ravel() for feed in feeds])
 
 
 def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables: Sequence[ErrorTable],
-                         constants: Mapping, stats: Mapping, calibration, *, samples: int = 16) -> list[float]:
-    """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``)."""
+                        constants: Mapping, stats: Mapping, calibration, *, samples: int = 16) -> list[float]:
+    """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``).
+
+    Runs up to ``samples`` calibration inputs (whole fixed batches when the model fixes its batch);
+    a layer without statistics (over the moment limit) is probed with data-free factors.
+    """
+    from .calibrate import DEFAULT_LIMITS, calibration_runs
     from .runtime import make_session
 
-    feed = first_samples(calibration, samples)
-    names = [spec.name for spec in graph_inputs(proto)]
-    feed = {name: feed[name] for name in names}
-    reference = np.asarray(make_session(proto, "cpu").run(None, feed)[0], dtype=np.float64)
+    feeds = list(calibration_runs(calibration, proto, samples, limit=samples))
+    if not feeds:
+        raise InputDataError("the calibration set holds no samples; give at least one calibration input")
+    reference = _first_outputs(proto, make_session(proto, "cpu"), feeds)
     norm = float(np.linalg.norm(reference)) or 1.0
     weights = []
-    for layer, table in zip(chosen, tables):
+    for layer, table in zip(_layer_progress(chosen, "sensitivity", DEFAULT_LIMITS.show_progress()), tables):
         option = table.options[0]
         half = int(np.searchsorted(option.sizes, 0.5 * table.dense_size, side="right")) - 1
         index = min(max(half, 0), len(option.ranks) - 1)
         groups, rank = option.groups, int(option.ranks[index])
         predicted = float(option.errors[index])
-        factors = data_aware_factors(folded_weight(layer, constants, patch=True), groups, rank, stats[layer.name],
-                                     refit=True, layer=layer)
+        if layer.name in stats:
+            factors = data_aware_factors(folded_weight(layer, constants, patch=True), groups, rank, stats[layer.name],
+                                         refit=True, layer=layer)
+        else:
+            factors = decompose(folded_weight(layer, constants), groups, rank)
         probe = rewrite_model(proto, [Rewrite(layer, factors)])
-        output = np.asarray(make_session(probe, "cpu").run(None, feed)[0], dtype=np.float64)
+        output = _first_outputs(proto, make_session(probe, "cpu"), feeds)
         measured = float(np.linalg.norm(output - reference)) / norm
         weights.append(measured / predicted if predicted > 0 else 1.0)
     return weights
+
+
+def _layer_progress(items: Sequence, description: str, show: bool):
+    """A tqdm bar over layers when ``show`` (and there are several), else the items."""
+    if not show or len(items) < 2:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="layer", leave=False)
 
 
 def scaled_table(table: ErrorTable, weight: float) -> ErrorTable:
@@ -123,36 +143,65 @@ def layer_bias_shift(layer: Layer, matrix: np.ndarray, factors: GroupedFactors, 
 def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, LayerChoice]], constants: Mapping,
                        stats: Mapping, calibration, *, refit: bool, sequential: bool, bias_correction: bool,
                        batch_size: int, seconds: dict[str, float], notes: list[str],
-                       shrinkage: bool = True) -> onnx.ModelProto:
+                       shrinkage: bool = True, limits=None) -> onnx.ModelProto:
     """Rewrite ``plan`` with data-aware factors; see :func:`onnx_alds.compress` for each option's maths.
 
     Sequential: layers go in *waves* (consecutive layers none of which feeds another of the wave);
     before each wave the model with every earlier layer rewritten is run on the calibration set, and
-    the wave's layers are fitted to what they now see.
+    the wave's layers are fitted to what they now see. A layer without statistics (its moment is over
+    ``limits.moment_bytes``; calibration named it in a note) gets data-free factors.
+    ``limits``: :class:`~onnx_alds.calibrate.CalibrationLimits` (default ``DEFAULT_LIMITS``).
     """
-    from .calibrate import collect_statistics, independent_waves
+    from tqdm import tqdm
 
+    from .calibrate import DEFAULT_LIMITS, collect_statistics, independent_waves
+
+    limits = limits if limits is not None else DEFAULT_LIMITS
     rewrites: list[Rewrite] = []
     layers = [layer for layer, _ in plan]
     choices = {layer.name: choice for layer, choice in plan}
     waves = independent_waves(proto, layers) if sequential else [layers]
     spent = 0.0
+    data_free: list[str] = []
+    unpaired: list[str] = []  # sequential: no cross moment (over the limit), fitted to the original statistics
+    bar = tqdm(total=len(layers), desc="factorize", unit="layer", leave=False,
+               disable=not limits.show_progress() or len(layers) < 2)
     for wave in waves:
         wave_stats = stats
         if sequential and rewrites:
             tick = time.perf_counter()
             prefix = rewrite_model(proto, rewrites)
-            wave_stats = collect_statistics(prefix, wave, calibration, batch_size=batch_size, reference=proto)
+            wave_notes: list[str] = []
+            wave_stats = collect_statistics(prefix, wave, calibration, batch_size=batch_size, reference=proto,
+                                            limits=limits, notes=wave_notes)
+            notes.extend(note for note in wave_notes
+                         if note not in notes and not note.startswith("calibration: no input statistics"))
             if shrinkage:
                 wave_stats = {name: value.shrunk() for name, value in wave_stats.items()}
+            for layer in wave:
+                if layer.name not in wave_stats and layer.name in stats:
+                    unpaired.append(layer.name)
+                    wave_stats[layer.name] = stats[layer.name]
             spent += time.perf_counter() - tick
         for layer in wave:
-            matrix = folded_weight(layer, constants, patch=True)
+            bar.update(1)
             choice = choices[layer.name]
-            stat = wave_stats[layer.name]
+            stat = wave_stats.get(layer.name)
+            if stat is None:
+                data_free.append(layer.name)
+                rewrites.append(Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank)))
+                continue
+            matrix = folded_weight(layer, constants, patch=True)
             factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit, layer=layer)
             shift = layer_bias_shift(layer, matrix, factors, stat) if bias_correction else None
             rewrites.append(Rewrite(layer, factors, bias_shift=shift))
+    bar.close()
+    if data_free:
+        notes.append(f"{len(data_free)} factorized layer(s) had no input statistics and got data-free factors "
+                     f"(first: '{data_free[0]}')")
+    if unpaired:
+        notes.append(f"sequential calibration: {len(unpaired)} layer(s) whose cross moment would exceed the memory "
+                     f"limit were fitted to the original model's statistics (first: '{unpaired[0]}')")
     if sequential:
         seconds["sequential"] = spent
         notes.append(f"sequential calibration: {len(waves)} waves of independent layers, "

@@ -3,6 +3,10 @@
 Loading turns every way a file can be wrong into one clear :class:`ModelLoadError`. Saving is
 atomic (a temporary file in the target folder, then a rename), never touches the input file, and
 switches to external data when the model is too large for a single protobuf.
+
+The pipeline itself works on *light* models (:func:`open_model`): large weights stay in their data
+file (or in the caller's ModelProto) and are read one at a time; :func:`save_model` writes tensor by
+tensor. Memory then follows the largest layer, not the model (docs/LARGE_MODELS.md).
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import InputDataError, ModelLoadError, OutputPathError, UnsupportedModelError
 
@@ -32,34 +36,44 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     """Return the model as a ``ModelProto`` with its external data loaded.
 
     A ``ModelProto`` passed in is returned as a deep copy, so callers never see it modified.
+    (:func:`open_model` reads only what is needed, for the pipeline's own use.)
     """
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
     path = Path(model)
+    proto = _read_model_file(path)
+    _load_external_data(proto, path)
+    _check_has_graph(proto, path)
+    return proto
+
+
+def _read_model_file(path: Path) -> onnx.ModelProto:
+    """The model file's protobuf, external data not loaded; every way it can be wrong is one error."""
     if not path.exists():
         raise ModelLoadError(f"model file '{path}' does not exist; check the path")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder, not an ONNX model file; pass the .onnx file")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, OSError ...
         raise ModelLoadError(
             f"cannot read '{path}' as an ONNX model ({type(exc).__name__}); "
             "the file is truncated or not ONNX: export it again"
         ) from None
-    _load_external_data(proto, path)
+
+
+def _check_has_graph(proto: onnx.ModelProto, path: Path) -> None:
     if len(proto.graph.node) == 0 or not proto.opset_import:
         raise ModelLoadError(
             f"'{path}' holds no ONNX graph (no nodes or no opset); "
             "the file is truncated or not ONNX: export it again"
         )
-    return proto
 
 
-def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Read the tensors stored beside the model, naming a missing or short data file."""
+def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.TensorProto]:
+    """The tensors stored beside the model; raises naming a missing or short data file."""
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     base = path.parent
@@ -73,12 +87,449 @@ def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
         if info.length and location.stat().st_size < (info.offset or 0) + info.length:
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is shorter than the "
                                  f"model says (tensor '{tensor.name}'); copy the complete file next to the model")
-    if external:
+    return external
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read the tensors stored beside the model, naming a missing or short data file."""
+    if _check_external_files(proto, path):
         try:
-            onnx.load_external_data_for_model(proto, str(base))
+            onnx.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
             raise ModelLoadError(f"cannot read the external data of '{path.name}' ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check the data files") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Light models: the pipeline's own view of a model, with its large weights read on demand.
+#
+# A light model is a ModelProto in which every large initializer is a *stub*: its name, type and dims,
+# with ``data_location = EXTERNAL``. A stub is either the model file's own external data (location
+# relative to the model's folder: read from the file when needed, never all at once), or, for a large
+# tensor held in memory (a model passed as a ModelProto, or stored in one file), location
+# ``onnx-alds-in-memory`` with the index of that tensor in its :class:`TensorStore` (kept by
+# reference, never copied nor modified). Small tensors (shape constants, biases) are loaded as usual.
+# ---------------------------------------------------------------------------------------------------
+
+LIGHT_ELEMENTS = 4096  # initializers with more elements than this are stubs in a light model
+IN_MEMORY = "onnx-alds-in-memory"  # the location of a stub standing for a tensor held in memory
+_PAYLOAD_FIELDS = frozenset({"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                             "uint64_data", "external_data", "data_location"})
+# element types whose external bytes numpy reads as they are (little-endian, one element per item)
+_RAW_DTYPES = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2",
+               onnx.TensorProto.INT8: "i1", onnx.TensorProto.UINT8: "u1", onnx.TensorProto.INT16: "<i2",
+               onnx.TensorProto.INT32: "<i4", onnx.TensorProto.INT64: "<i8"}
+_COPY_CHUNK = 64 << 20  # bytes copied at a time from one data file to another
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _copy_fields(source, target, skip=frozenset()) -> None:
+    """Copy every set field of ``source`` into ``target`` (same message type) but those in ``skip``."""
+    for field, value in source.ListFields():
+        if field.name not in skip:
+            _copy_field(field, value, target)
+
+
+def _copy_field(field, value, target) -> None:
+    if field.is_repeated:
+        getattr(target, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(target, field.name).CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
+
+
+def _raw_length(tensor: onnx.TensorProto) -> Optional[int]:
+    """Length of ``raw_data`` without reading it (None when the tensor has none)."""
+    if not tensor.HasField("raw_data"):
+        return None
+    meta = onnx.TensorProto()
+    _copy_fields(tensor, meta, skip=frozenset({"raw_data"}))
+    field = tensor.ByteSize() - meta.ByteSize()  # tag (1 byte) + varint length + bytes
+    for size in range(1, 11):
+        if _varint_size(field - 1 - size) == size:
+            return field - 1 - size
+    raise ValueError(f"cannot size the raw data of tensor '{tensor.name}'")  # pragma: no cover
+
+
+TensorVisitor = Callable[[onnx.TensorProto, bool], onnx.TensorProto]
+
+
+def _copy_graph(source: onnx.GraphProto, target: onnx.GraphProto, visit: TensorVisitor, main: bool = True) -> None:
+    """Copy ``source`` into ``target`` with every initializer replaced by ``visit(tensor, main)``
+    (the tensor itself or another one), subgraphs likewise. Initializers are visited in onnx's
+    external-data order: a graph's own first, then those of each node's subgraphs."""
+    for tensor in source.initializer:
+        target.initializer.append(visit(tensor, main))
+    for node in source.node:
+        copy = target.node.add()
+        _copy_fields(node, copy, skip=frozenset({"attribute"}))
+        for attribute in node.attribute:
+            attribute_copy = copy.attribute.add()
+            _copy_fields(attribute, attribute_copy, skip=frozenset({"g", "graphs"}))
+            if attribute.HasField("g"):
+                _copy_graph(attribute.g, attribute_copy.g, visit, False)
+            for graph in attribute.graphs:
+                _copy_graph(graph, attribute_copy.graphs.add(), visit, False)
+    _copy_fields(source, target, skip=frozenset({"initializer", "node"}))
+
+
+def _copy_model(model: onnx.ModelProto, visit: TensorVisitor) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph initializers pass through ``visit`` (see :func:`_copy_graph`)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip=frozenset({"graph"}))
+    if model.HasField("graph"):
+        _copy_graph(model.graph, copy.graph, visit)
+    return copy
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _graphs(attribute.g)
+            for sub in attribute.graphs:
+                yield from _graphs(sub)
+
+
+def _attribute_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for sub in _graphs(graph):
+        for node in sub.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+
+
+class TensorStore:
+    """Reads the payload of a light model's stubs on demand (see the comment above ``LIGHT_ELEMENTS``).
+
+    ``base_dir``: the folder the model file's external data locations are relative to (None when the
+    model came as a ModelProto); ``held``: the in-memory tensors that ``onnx-alds-in-memory`` stubs stand for.
+    """
+
+    def __init__(self, base_dir: Optional[Path] = None) -> None:
+        self.base_dir = base_dir
+        self.held: list[onnx.TensorProto] = []
+
+    def hold(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """A stub for ``tensor``, which stays where it is (referenced, not copied)."""
+        stub = onnx.TensorProto()
+        _copy_fields(tensor, stub, skip=_PAYLOAD_FIELDS)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=IN_MEMORY)
+        stub.external_data.add(key="offset", value=str(len(self.held)))
+        stub.external_data.add(key="length", value=str(_estimated_bytes(tensor)))
+        self.held.append(tensor)
+        return stub
+
+    def original(self, tensor: onnx.TensorProto) -> Optional[onnx.TensorProto]:
+        """The held tensor an in-memory stub stands for; None for any other tensor."""
+        if not _is_external(tensor):
+            return None
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if entries.get("location") != IN_MEMORY:
+            return None
+        return self.held[int(entries["offset"])]
+
+    def _span(self, tensor: onnx.TensorProto) -> tuple[Path, int, int]:
+        """The data file, offset and length of a file stub, checked to stay inside the model's folder."""
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        if self.base_dir is None:
+            raise ModelLoadError(f"tensor '{tensor.name}' keeps its data in the external file '{location}', which "
+                                 "was not loaded; pass the model's path, or load it with onnx.load(path)")
+        base = self.base_dir.resolve()
+        path = (base / location).resolve()
+        if not location or os.path.isabs(location) or not path.is_relative_to(base) or not path.is_file():
+            raise ModelLoadError(f"the external data of tensor '{tensor.name}' ('{location}') is not a file inside "
+                                 f"'{self.base_dir}'; check the data files")
+        offset = int(entries.get("offset") or 0)
+        size = path.stat().st_size
+        length = int(entries["length"]) if entries.get("length") else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelLoadError(f"the external data file '{location}' is shorter than the model says (tensor "
+                                 f"'{tensor.name}'); copy the complete file next to the model")
+        return path, offset, length
+
+    def payload_bytes(self, tensor: onnx.TensorProto) -> int:
+        """About how many bytes the stub's data adds to the serialized model."""
+        if self.original(tensor) is not None:
+            return int({entry.key: entry.value for entry in tensor.external_data}["length"])
+        return self._span(tensor)[2]
+
+    def load(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """``tensor`` itself when it is not a stub, else a complete copy (the stub is left as it is)."""
+        if not _is_external(tensor):
+            return tensor
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        self.fill(copy)
+        return copy
+
+    def fill(self, tensor: onnx.TensorProto) -> None:
+        """Turn a stub into the complete tensor, in place (as onnx's own external-data loading does)."""
+        original = self.original(tensor)
+        if original is not None:
+            name = tensor.name
+            tensor.CopyFrom(original)
+            tensor.name = name
+            return
+        self._span(tensor)  # checked before onnx reads it
+        from onnx.external_data_helper import load_external_data_for_tensor
+
+        try:
+            load_external_data_for_tensor(tensor, str(self.base_dir))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the external data of tensor '{tensor.name}' ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check the data files") from None
+
+    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The tensor's value; a file stub of a plain numeric type is read straight into the array."""
+        original = self.original(tensor)
+        if original is not None:
+            return numpy_helper.to_array(original)
+        if _is_external(tensor) and tensor.data_type in _RAW_DTYPES:
+            path, offset, length = self._span(tensor)
+            dtype = np.dtype(_RAW_DTYPES[tensor.data_type])
+            count = _elements(tensor)
+            if length == count * dtype.itemsize:
+                return np.fromfile(path, dtype=dtype, count=count, offset=offset).astype(dtype.newbyteorder("="),
+                                                                                          copy=False).reshape(
+                    tuple(tensor.dims))
+        return numpy_helper.to_array(self.load(tensor))
+
+    def write_payload(self, tensor: onnx.TensorProto, handle) -> int:
+        """Write the stub's raw bytes (what ``raw_data`` holds once loaded) to ``handle``; returns the count."""
+        original = self.original(tensor)
+        if original is not None:
+            data = original.raw_data
+            handle.write(data)
+            return len(data)
+        path, offset, length = self._span(tensor)
+        with open(path, "rb") as source:
+            source.seek(offset)
+            left = length
+            while left:
+                chunk = source.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise ModelLoadError(f"the external data file of tensor '{tensor.name}' ended early")
+                handle.write(chunk)
+                left -= len(chunk)
+        return length
+
+    def write_serialized(self, tensor: onnx.TensorProto, handle) -> int:
+        """Write what ``SerializeToString`` of the complete tensor gives, without holding a file stub's
+        data: its fields before ``raw_data`` (field 9), the data copied from its file, the fields after."""
+        original = self.original(tensor)
+        if original is not None:
+            data = self.load(tensor).SerializeToString()
+            handle.write(data)
+            return len(data)
+        meta = onnx.TensorProto()
+        _copy_fields(tensor, meta, skip=frozenset({"external_data", "data_location", "raw_data"}))
+        meta.data_location = onnx.TensorProto.DEFAULT  # what loading sets
+        head, tail = onnx.TensorProto(), onnx.TensorProto()
+        for field, value in meta.ListFields():
+            _copy_field(field, value, head if field.number < 9 else tail)
+        head_bytes, tail_bytes = head.SerializeToString(), tail.SerializeToString()
+        length = self._span(tensor)[2]
+        prefix = b"\x4a" + _varint(length)  # field 9 (raw_data), length-delimited
+        handle.write(head_bytes + prefix)
+        self.write_payload(tensor, handle)
+        handle.write(tail_bytes)
+        return len(head_bytes) + len(prefix) + length + len(tail_bytes)
+
+    def has_raw_payload(self, tensor: onnx.TensorProto) -> Optional[int]:
+        """Length of the ``raw_data`` the complete tensor has (None when it stores its values otherwise)."""
+        original = self.original(tensor)
+        if original is not None:
+            return _raw_length(original)
+        return self._span(tensor)[2]
+
+    def complete_size(self, tensor: onnx.TensorProto) -> int:
+        """Serialized size of the complete tensor, computed without reading its data."""
+        original = self.original(tensor)
+        if original is not None:
+            return original.ByteSize() if original.name == tensor.name else self.load(tensor).ByteSize()
+        meta = onnx.TensorProto()
+        _copy_fields(tensor, meta, skip=frozenset({"external_data", "data_location", "raw_data"}))
+        meta.data_location = onnx.TensorProto.DEFAULT  # what loading sets
+        length = self._span(tensor)[2]
+        return meta.ByteSize() + 1 + _varint_size(length) + length
+
+
+@dataclass
+class OpenedModel:
+    """A light model (its large weights are stubs, read on demand through ``store``) and where it came from."""
+
+    model: onnx.ModelProto
+    store: TensorStore
+    path: Optional[Path] = None
+
+
+def open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
+    """The model as the pipeline reads it: light (see :class:`TensorStore`), with the same checks and
+    errors as :func:`load_model`. A ModelProto passed in is neither copied whole nor modified; a path
+    is read once: its external data stays on disk, read tensor by tensor when needed."""
+    if isinstance(model, OpenedModel):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        store = TensorStore()
+        light = _copy_model(model, lambda tensor, main: store.hold(tensor) if main and _holdable(tensor) else tensor)
+        return OpenedModel(light, store)
+    path = Path(model)
+    proto = _read_model_file(path)
+    _check_external_files(proto, path)
+    store = TensorStore(path.parent)
+    for graph in _graphs(proto.graph):  # small external tensors (shape constants ...) are loaded now
+        for tensor in graph.initializer:
+            if _is_external(tensor) and _elements(tensor) <= LIGHT_ELEMENTS:
+                store.fill(tensor)
+    for tensor in _attribute_tensors(proto.graph):
+        if _is_external(tensor):
+            store.fill(tensor)
+    _check_has_graph(proto, path)
+    if any(_holdable(tensor) for tensor in proto.graph.initializer):  # a model stored in one file
+        proto = _copy_model(proto, lambda tensor, main: store.hold(tensor) if main and _holdable(tensor) else tensor)
+    return OpenedModel(proto, store, path)
+
+
+def _holdable(tensor: onnx.TensorProto) -> bool:
+    return not _is_external(tensor) and _elements(tensor) > LIGHT_ELEMENTS
+
+
+def has_stubs(model: onnx.ModelProto) -> bool:
+    return any(_is_external(tensor) for graph in _graphs(model.graph) for tensor in graph.initializer)
+
+
+def model_bytes(model: onnx.ModelProto, store: Optional[TensorStore] = None) -> int:
+    """About the size of the complete serialized model (stubs counted at their data's size), measured
+    without serializing it: protobuf's ``ByteSize`` encodes the whole message to measure it (a
+    transient copy of the model), so large tensors are counted from their type and dims instead."""
+    extra = 0
+
+    def visit(tensor: onnx.TensorProto, main: bool) -> onnx.TensorProto:
+        nonlocal extra
+        if _is_external(tensor) and store is not None:
+            extra += store.payload_bytes(tensor)
+            return tensor
+        if not _is_external(tensor) and _elements(tensor) > LIGHT_ELEMENTS:
+            extra += _estimated_bytes(tensor)
+            stub = onnx.TensorProto()
+            _copy_fields(tensor, stub, skip=_PAYLOAD_FIELDS)
+            return stub
+        return tensor
+
+    return _copy_model(model, visit).ByteSize() + extra
+
+
+def _estimated_bytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's data from its type and dims (its ``ByteSize`` for types of no fixed size)."""
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - strings and the like: measure them
+        return tensor.ByteSize()
+    return _elements(tensor) * itemsize
+
+
+def materialize(model: onnx.ModelProto, store: Optional[TensorStore]) -> onnx.ModelProto:
+    """Turn every stub of ``model`` into its complete tensor, in place; returns ``model``."""
+    if store is not None:
+        for graph in _graphs(model.graph):
+            for tensor in graph.initializer:
+                if _is_external(tensor):
+                    store.fill(tensor)
+    return model
+
+
+def handover_copy(model: onnx.ModelProto, store: Optional[TensorStore] = None
+                  ) -> tuple[onnx.ModelProto, list[tuple[str, onnx.TensorProto]]]:
+    """A small copy of ``model`` for ONNX Runtime, and the large main-graph tensors to hand over to it
+    beside the model (as external initializers): every in-memory stub's held tensor, and every large
+    in-memory initializer, which becomes a stub in the copy. File stubs stay (ONNX Runtime reads them)."""
+    handed: list[tuple[str, onnx.TensorProto]] = []
+
+    def visit(tensor: onnx.TensorProto, main: bool) -> onnx.TensorProto:
+        original = store.original(tensor) if store is not None and main else None
+        if original is not None:
+            handed.append((tensor.name, original))
+        elif main and not _is_external(tensor) and _elements(tensor) > LIGHT_ELEMENTS:
+            handed.append((tensor.name, tensor))
+            stub = onnx.TensorProto()
+            _copy_fields(tensor, stub, skip=_PAYLOAD_FIELDS)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value=IN_MEMORY)
+            return stub
+        return tensor
+
+    return _copy_model(model, visit), handed
+
+
+def _check_raw_size(tensor: onnx.TensorProto) -> None:
+    """What onnx.checker says of raw data that does not fit the tensor's shape and type."""
+    length = _raw_length(tensor)
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - types numpy has no fixed size for: left to ONNX Runtime
+        return
+    packed = {getattr(onnx.TensorProto, name, None) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")}
+    if tensor.data_type in packed | {onnx.TensorProto.STRING}:  # sub-byte types pack several per byte
+        return
+    if length is not None and length != _elements(tensor) * itemsize:
+        raise ValueError(f"TensorProto (tensor name: {tensor.name}) raw_data size ({length} bytes) does not match "
+                         f"the declared shape and type ({_elements(tensor) * itemsize} bytes required)")
+
+
+def checkable_copy(model: onnx.ModelProto, store: Optional[TensorStore] = None) -> tuple[onnx.ModelProto, set[str]]:
+    """A small copy of ``model`` for ``onnx.checker``: every stub and every large in-memory initializer
+    is an external tensor (the checker needs its data file to exist, not its contents); returns the
+    copy and the data file names it refers to (create them, empty, beside it)."""
+    locations: set[str] = set()
+
+    def visit(tensor: onnx.TensorProto, main: bool) -> onnx.TensorProto:
+        if _is_external(tensor):
+            locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
+            return tensor
+        if _elements(tensor) <= LIGHT_ELEMENTS:
+            return tensor
+        _check_raw_size(tensor)
+        stub = onnx.TensorProto()
+        _copy_fields(tensor, stub, skip=_PAYLOAD_FIELDS)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=IN_MEMORY)
+        locations.add(IN_MEMORY)
+        return stub
+
+    return _copy_model(model, visit), locations
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -91,35 +542,120 @@ def opset_version(model: onnx.ModelProto) -> int:
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                protect: Sequence[Union[str, os.PathLike]] = (),
-               external_data: bool | None = None) -> Path:
+               external_data: bool | None = None, store: Optional[TensorStore] = None) -> Path:
     """Write ``model`` to ``path`` completely or not at all.
 
     ``protect`` lists paths that must never be overwritten (the input model). ``external_data``
     forces (True) or forbids (False) storing tensors beside the model in ``<name>.data``; by default
-    it is used only when the model would exceed the 2 GiB protobuf limit.
+    it is used only when the model would exceed the 2 GiB protobuf limit. ``store``: where the
+    stubs of a light model (:func:`open_model`) are read from.
+
+    The bytes are those ``onnx.save_model`` writes (one file, or ``save_as_external_data`` with
+    ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
+    made, and ``model`` is not modified.
     """
     target = Path(path)
     check_output_path(target, protect)
     if external_data is None:
-        external_data = model.ByteSize() > _PROTOBUF_LIMIT
+        external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     tmp_dir = tempfile.mkdtemp(prefix=".onnx-alds-", dir=str(target.parent))
     try:
         tmp_model = Path(tmp_dir) / target.name
         data_name = target.name + ".data"
         if external_data:
-            # onnx rewrites the tensors it moves out in place: save a copy, not the caller's model
-            model = load_model(model)
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(Path(tmp_dir) / data_name, target.parent / data_name)
+            if _write_with_external_data(model, tmp_model, data_name, store):
+                os.replace(Path(tmp_dir) / data_name, target.parent / data_name)
         else:
-            onnx.save_model(model, str(tmp_model))
+            _write_one_file(model, tmp_model, store)
         os.replace(tmp_model, target)
     finally:
         for leftover in Path(tmp_dir).glob("*"):
             leftover.unlink()
         os.rmdir(tmp_dir)
     return target
+
+
+_STREAM_BYTES = 64 << 20  # models below this size with no stubs are serialized in one piece
+
+
+def _write_one_file(model: onnx.ModelProto, path: Path, store: Optional[TensorStore]) -> None:
+    """Serialize ``model`` (stubs loaded one at a time) to ``path``: the bytes of ``SerializeToString``,
+    written piece by piece (protobuf writes fields in number order: the graph, field 7, between the
+    model's fields 1-6 and 8+; the initializers, graph field 5, between its fields 1-2 and 10+)."""
+    stubs = store is not None and has_stubs(model)
+    if not stubs and model_bytes(model) < _STREAM_BYTES:
+        path.write_bytes(model.SerializeToString())
+        return
+
+    def complete(tensor: onnx.TensorProto) -> onnx.TensorProto:
+        return store.load(tensor) if stubs and _is_external(tensor) else tensor
+
+    head, tail = onnx.ModelProto(), onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.number != 7:
+            _copy_field(field, value, head if field.number < 7 else tail)
+    graph = model.graph
+    # the graph without its own initializers; those of subgraphs (rare, small) are complete copies
+    shell = onnx.GraphProto()
+    _copy_graph(graph, shell, lambda tensor, main: onnx.TensorProto() if main else complete(tensor))
+    del shell.initializer[:]
+    graph_head, graph_tail = onnx.GraphProto(), onnx.GraphProto()
+    for field, value in shell.ListFields():
+        _copy_field(field, value, graph_head if field.number < 5 else graph_tail)
+    sizes = [store.complete_size(tensor) if stubs and _is_external(tensor) else tensor.ByteSize()
+             for tensor in graph.initializer]
+    graph_size = graph_head.ByteSize() + graph_tail.ByteSize() + sum(1 + _varint_size(n) + n for n in sizes)
+    with open(path, "wb") as handle:
+        handle.write(head.SerializeToString())
+        if model.HasField("graph"):
+            handle.write(b"\x3a" + _varint(graph_size))  # model field 7 (graph), length-delimited
+            handle.write(graph_head.SerializeToString())
+            for tensor, size in zip(graph.initializer, sizes):
+                handle.write(b"\x2a" + _varint(size))  # graph field 5 (initializer), length-delimited
+                if stubs and _is_external(tensor):
+                    written = store.write_serialized(tensor, handle)
+                else:
+                    data = tensor.SerializeToString()
+                    written = handle.write(data)
+                    del data
+                if written != size:  # pragma: no cover - a wrong size would corrupt the file
+                    raise RuntimeError(f"tensor '{tensor.name}' serialized to {written} bytes, expected {size}")
+            handle.write(graph_tail.SerializeToString())
+        handle.write(tail.SerializeToString())
+
+
+def _write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str,
+                              store: Optional[TensorStore]) -> bool:
+    """Write ``model`` with every initializer whose raw data reaches 1 KB in ``data_name`` beside
+    ``path`` (what ``onnx.save_model(..., save_as_external_data=True, all_tensors_to_one_file=True,
+    size_threshold=1024)`` writes), one tensor at a time; returns whether the data file was written."""
+    data_path = path.parent / data_name
+    state = {"handle": None, "offset": 0}
+
+    def visit(tensor: onnx.TensorProto, main: bool) -> onnx.TensorProto:
+        stub = store is not None and _is_external(tensor)
+        length = store.has_raw_payload(tensor) if stub else _raw_length(tensor)
+        if length is None or length + 33 < 1024:  # onnx's test: sys.getsizeof(raw_data) >= size_threshold
+            return store.load(tensor) if stub else tensor
+        if state["handle"] is None:
+            state["handle"] = os.fdopen(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        handle = state["handle"]
+        written = store.write_payload(tensor, handle) if stub else handle.write(tensor.raw_data)
+        converted = onnx.TensorProto()
+        _copy_fields(tensor, converted, skip=frozenset({"raw_data", "external_data", "data_location"}))
+        converted.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", data_name), ("offset", state["offset"]), ("length", written)):
+            converted.external_data.add(key=key, value=str(value))
+        state["offset"] += written
+        return converted
+
+    try:
+        light = _copy_model(model, visit)
+    finally:
+        if state["handle"] is not None:
+            state["handle"].close()
+    path.write_bytes(light.SerializeToString())
+    return state["handle"] is not None
 
 
 def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = ()) -> None:
@@ -174,6 +710,9 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
+        if value.type.WhichOneof("value") != "tensor_type" or not tensor_type.elem_type:
+            raise UnsupportedModelError(f"graph input '{value.name}' is not a typed tensor; onnx-alds feeds tensor "
+                                        "inputs with an element type (fix or re-export the model)")
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         specs.append(InputSpec(value.name, dtype, tuple(dims)))
     return specs

@@ -44,6 +44,11 @@ class LayerReport:
     error: float
     skip_reason: Optional[str]
     order: Optional[str] = None  # "spatial-first" or "pointwise-first" when factorized
+    # with latency tables (--keep-latency, --order auto, --speed-check): the layer's time alone in
+    # microseconds, dense and as decided (measured at a grid rank, else interpolated between two)
+    time_dense_us: Optional[float] = None
+    time_us: Optional[float] = None
+    time_measured: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class CompressionReport:
     calibration_samples: Optional[int] = None
     # what may harm the model: cuts deep without calibration data, layers at a tiny fraction of their rank
     warnings: tuple[str, ...] = ()
+    # latency tables: provider, batch, the whole model's time, what the tables cost (onnx_alds.latency)
+    latency: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,16 +91,20 @@ class CompressionReport:
 
     def format(self) -> str:
         """The plan per layer and the totals, as printed by ``onnx-alds compress``."""
+        timed = any(layer.time_dense_us is not None for layer in self.layers)
         rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", "error", "note")]
+        if timed:
+            rows[0] = rows[0][:-1] + ("time µs", "note")
         for layer in self.layers:
+            time_cell = (() if not timed else (_time_cell(layer),))
             rows.append((
                 layer.name, layer.op, "x".join(map(str, layer.weight_shape)),
                 "-" if layer.groups == 0 else str(layer.groups), "-" if layer.groups == 0 else str(layer.rank),
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
-                f"{layer.error:.4f}", layer.skip_reason or ("kept dense by the allocation" if layer.groups == 0
-                                                            else "pointwise-first" if layer.order == "pointwise-first"
-                                                            else ""),
+                f"{layer.error:.4f}", *time_cell,
+                layer.skip_reason or ("kept dense by the allocation" if layer.groups == 0
+                                      else "pointwise-first" if layer.order == "pointwise-first" else ""),
             ))
         lines = [format_table(rows), ""]
         ratio_params = self.params_after / self.params_before if self.params_before else 1.0
@@ -112,6 +123,8 @@ class CompressionReport:
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, max error {self.max_error:.4f}")
         lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
                      + f", total {sum(self.seconds.values()):.2f} s")
+        if self.latency:
+            lines.extend(_latency_lines(self.latency))
         lines.extend(f"note: {note}" for note in self.notes)
         lines.extend(f"warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
@@ -170,6 +183,38 @@ class AnalysisReport:
         lines.append("err@x: relative spectral error sigma_{r+1}/sigma_1 at rank x*min(f, c*k), g = 1")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+def _time_cell(layer: LayerReport) -> str:
+    """``dense -> decided`` in µs; ``~`` marks a time interpolated between measured ranks."""
+    if layer.time_dense_us is None:
+        return "-"
+    if layer.groups == 0 or layer.time_us is None:
+        return f"{layer.time_dense_us:.0f}" + ("" if layer.groups == 0 else " -> ?")
+    return f"{layer.time_dense_us:.0f} -> {'' if layer.time_measured else '~'}{layer.time_us:.0f}"
+
+
+def _latency_lines(latency: dict) -> list[str]:
+    """What the latency tables say and cost, as printed under the totals."""
+    where = (f"{latency.get('provider')}, {latency.get('threads')} threads, batch {latency.get('batch')}"
+             f" ({latency.get('device')}, onnxruntime {latency.get('onnxruntime')})")
+    lines = [f"latency: {where}"]
+    if latency.get("model_us") is not None:
+        line = f"latency: dense model {latency['model_us'] / 1e3:.3f} ms measured"
+        if latency.get("predicted_us") is not None:
+            line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ({latency['predicted_speedup']:.2f}x; "
+                     f"ops that do not change {latency['rest_us'] / 1e3:.3f} ms)")
+        lines.append(line)
+    if latency.get("table_seconds") is not None:
+        lines.append(f"latency tables: {latency.get('layers_timed', 0)} layers, {latency.get('timings', 0)} "
+                     f"single-layer timings in {latency.get('loops', 0)} loops, {latency['table_seconds']:.2f} s; "
+                     f"layer shapes measured {latency.get('layer_shapes_measured', 0)}, from the cache "
+                     f"{latency.get('layer_shapes_cached', 0)} ({latency.get('cache_dir')})")
+    untimed = latency.get("untimed") or {}
+    if untimed:
+        first = next(iter(untimed))
+        lines.append(f"latency: {len(untimed)} layers could not be timed alone (first: '{first}', {untimed[first]})")
+    return lines
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:

@@ -21,7 +21,7 @@ version 3 every initializer is listed as a graph input, as that version requires
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -205,17 +205,23 @@ def _all_nodes(graph: gs.Graph) -> Iterator[tuple[gs.Node, gs.Graph]]:
                 yield from _all_nodes(sub)
 
 
-def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.ModelProto:
-    """A new model with every node in ``rewrites`` replaced by its factorized pair."""
-    if not rewrites:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
-    opset = opset_version(model)
-    names = Names(model)
-    graph = gs.import_onnx(model)
-    nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
+def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.ModelProto:
+    """A new model with every node in ``rewrites`` replaced by its factorized pair.
+
+    ``rewrites`` may be a generator: each is taken when its node is rewritten and its factors are
+    converted to the weight's type at once, so that one layer's float64 factors are held at a time.
+    The new weights reach onnx-graphsurgeon as stubs (type and dims) and enter the exported model
+    one by one: no second copy of them is made. The original's weights are not copied either when
+    ``model`` is light (:func:`onnx_alds.model_io.open_model`): its stubs stay stubs.
+    """
+    graph: Optional[gs.Graph] = None
+    values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
     for rewrite in rewrites:
+        if graph is None:
+            opset = opset_version(model)
+            names = Names(model)
+            graph = gs.import_onnx(model)
+            nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
         node, owner = nodes[rewrite.layer.name]
         dtype = _weight_dtype(rewrite.layer)
         if node.op == "Conv" and rewrite.layer.order == POINTWISE_FIRST:
@@ -231,11 +237,48 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.M
             pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype, names)
         node.inputs.clear()
         node.outputs.clear()
+        _defer_values(pair, values)
         owner.nodes.extend(pair)
+        del rewrite, pair  # this layer's float64 factors go before the next layer's are computed
+    if graph is None:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     new = gs.export_onnx(graph, do_type_check=False)
+    del graph, nodes
+    _fill_values(new, values)
     _restore_model_fields(new, model)
     return new
+
+
+_PENDING = "onnx-alds-pending"  # location of a new weight's stub between the rewrite and the export
+
+
+def _defer_values(pair: Sequence[gs.Node], values: dict[str, np.ndarray]) -> None:
+    """Move the arrays of the pair's new constants to ``values``, leaving stubs in the graph."""
+    for node in pair:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray):
+                array = tensor._values
+                stub = onnx.TensorProto(name=tensor.name, dims=list(array.shape),
+                                        data_type=gs.exporters.onnx_exporter.dtype_to_onnx(array.dtype),
+                                        data_location=onnx.TensorProto.EXTERNAL)
+                stub.external_data.add(key="location", value=_PENDING)
+                values[tensor.name] = array
+                tensor._values = gs.ir.tensor.LazyValues(stub)
+
+
+def _fill_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Put the new weights into the exported model, one at a time, as onnx-graphsurgeon exports them."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    for _, graph in iter_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.name in values and tensor.external_data and tensor.external_data[0].value == _PENDING:
+                tensor.CopyFrom(OnnxExporter.export_tensor_proto(gs.Constant(tensor.name, values.pop(tensor.name))))
+    if values:  # pragma: no cover - every new weight is used by its pair
+        raise RuntimeError(f"new weights missing from the exported model: {sorted(values)[:3]}")
 
 
 def _restore_model_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -95,35 +95,32 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
 
 
 def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, held: list) -> bytes:
-    """The bytes of a light model, with ``options`` set so that ONNX Runtime finds its stubs' data:
-    the model's folder for data files, external initializers (arrays it uses in place) for tensors
-    held in memory. Falls back to the complete model where that cannot work (old onnxruntime, a
-    held tensor outside the main graph or of a type numpy cannot hand over)."""
+    """The bytes of a small copy of ``model``, with ``options`` set so that ONNX Runtime finds the
+    data of its large tensors: the model's folder for data files, external initializers for tensors
+    held in memory (no serialized copy of them). Falls back to the complete model where that cannot
+    work (onnxruntime before 1.19, a held tensor inside a subgraph or of a type numpy cannot hand over)."""
     from onnx import numpy_helper
 
-    from .model_io import has_stubs, materialize
+    from .model_io import handover_copy, has_stubs, materialize
 
-    if not has_stubs(model):
+    light, handed = handover_copy(model, store)
+    if not handed and not has_stubs(model):
         return model.SerializeToString()
     version = tuple(int(part) for part in ort.__version__.split(".")[:2] if part.isdigit())
     names, values = [], []
     try:
         if version < (1, 19):
             raise ValueError("no external initializer folder before onnxruntime 1.19")
-        for tensor in model.graph.initializer:
-            original = store.original(tensor)
-            if original is not None:
-                array = numpy_helper.to_array(original)
-                if array.dtype.kind not in "fiub" or array.dtype.itemsize not in (1, 2, 4, 8) \
-                        or array.dtype.name.startswith(("bfloat", "float8")):
-                    raise ValueError(f"{array.dtype} cannot be handed over to onnxruntime as it is")
-                values.append(ort.OrtValue.ortvalue_from_numpy(array))
-                held.append(array)
-                names.append(tensor.name)
-        outside = sum(1 for graph in _subgraphs(model.graph) for tensor in graph.initializer
-                      if store.original(tensor) is not None)
-        if outside:
+        if any(store.original(tensor) is not None for graph in _subgraphs(model.graph) for tensor in graph.initializer):
             raise ValueError("held tensors inside subgraphs")
+        for name, tensor in handed:
+            array = numpy_helper.to_array(tensor)
+            if array.dtype.kind not in "fiub" or array.dtype.itemsize not in (1, 2, 4, 8) \
+                    or array.dtype.name.startswith(("bfloat", "float8")):
+                raise ValueError(f"{array.dtype} cannot be handed over to onnxruntime as it is")
+            values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            held.append(array)
+            names.append(name)
     except Exception:  # noqa: BLE001 - any of the reasons above: hand over the complete model
         held.clear()
         complete = onnx.ModelProto()
@@ -133,7 +130,7 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(store.base_dir))
     if names:
         options.add_external_initializers(names, values)
-    return model.SerializeToString()
+    return light.SerializeToString()
 
 
 def _subgraphs(graph: onnx.GraphProto):

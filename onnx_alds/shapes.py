@@ -64,11 +64,12 @@ def _known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int,
 
 
 def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
-                  needed: Iterable[str]) -> dict[str, tuple[int, ...]]:
+                  needed: Iterable[str], store=None) -> dict[str, tuple[int, ...]]:
     """Shapes of the ``needed`` tensors (and every other one inference found).
 
     Tensors that neither shape inference nor an ONNX Runtime run can size are missing from the
-    result; callers decide whether that is an error.
+    result; callers decide whether that is an error. ``store``: ``model`` is light (see
+    :func:`onnx_alds.model_io.open_model`).
     """
     stubbed = static_copy(model, input_shapes, stub_weights=True)
     try:
@@ -86,12 +87,12 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     missing = sorted(set(needed) - set(shapes))
     if missing:
-        shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing))
+        shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing, store))
     return shapes
 
 
 def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
-                         names: list[str]) -> dict[str, tuple[int, ...]]:
+                         names: list[str], store=None) -> dict[str, tuple[int, ...]]:
     """Run the model once on zero inputs with ``names`` added as graph outputs."""
     try:
         from .runtime import make_session
@@ -104,7 +105,7 @@ def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tupl
         if name not in existing:
             probe.graph.output.append(helper.ValueInfoProto(name=name))
     try:
-        session = make_session(probe, "cpu")
+        session = make_session(probe, "cpu", store=store, prepack=False)
         feeds = {spec.name: np.zeros(input_shapes[spec.name], dtype=spec.dtype) for spec in graph_inputs(model)}
         outputs = session.run(names, feeds)
     except Exception as exc:

@@ -35,6 +35,7 @@ class GroupOption:
     sizes: np.ndarray
     errors: np.ndarray
     residuals: np.ndarray  # absolute discarded energy Σ_{i, j>r} σ_ij² (used by l-rank)
+    order: Optional[str] = None  # set where one layer's table holds both orders (``--order auto``)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 from conftest import conv_model, gemm_model, matmul_model, run_model, small_cnn
-from onnx_alds.calibrate import collect_second_moments, collect_statistics, independent_waves
+from onnx_alds.calibrate import (CalibrationLimits, collect_second_moments, collect_statistics,
+                                independent_waves)
 from onnx_alds.errors import InputDataError
 from onnx_alds.layers import constant_tensors, find_layers, folded_weight
 
@@ -101,7 +102,8 @@ def test_chunking_does_not_change_the_result():
                        pads=(1, 1, 1, 1), batch=3)
     x = np.random.default_rng(0).standard_normal((3, 4, 9, 9)).astype(np.float32)
     layer = find_layers(model, {})[0]
-    whole = collect_second_moments(model, [layer], FakeInputs({"x": x}), batch_size=3)[layer.name]
+    exact = CalibrationLimits(float32=False)  # float64 products: chunking alone must change nothing
+    whole = collect_second_moments(model, [layer], FakeInputs({"x": x}), batch_size=3, limits=exact)[layer.name]
     unfolder = calibrate.unfolder_for(layer, model.graph.node[0])
     chunks = list(unfolder.rows(x, chunk_elements=50))  # forces one output row per chunk
     assert len(chunks) == 3 * 5
@@ -127,7 +129,8 @@ def test_matmul_moments_flatten_leading_dims():
     stats = collect_statistics(model, [layer], FakeInputs({"x": x}), batch_size=2)[layer.name]
     rows = x.reshape(-1, 10).astype(np.float64)
     assert stats.count == 60
-    np.testing.assert_allclose(stats.second_moment, rows.T @ rows / 60, rtol=1e-6)
+    # float32 products: exact to about 1e-6 of the moment's scale (entries near 0 are not relatively exact)
+    np.testing.assert_allclose(stats.second_moment, rows.T @ rows / 60, rtol=1e-6, atol=1e-6)
 
 
 def test_shared_inputs_and_cross_moment_with_itself():
@@ -165,3 +168,244 @@ def test_bad_calibration_data_is_one_line_input_error():
     with pytest.raises(InputDataError, match="batch size"):
         collect_second_moments(model, layers, FakeInputs({"input": np.zeros((2, 3, 32, 32), np.float32)}),
                                batch_size=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed batch, bounds (position sampling, float32, moment and activation limits), notes, progress
+
+
+def _with_fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy whose inputs and outputs fix the first dim to ``batch`` (as exports without dynamic axes do)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in list(copy.graph.input) + list(copy.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = batch
+    return copy
+
+
+def _assert_same_statistics(got, want, names) -> None:
+    """Equal within float32 product rounding (about 1e-6 of each moment's scale)."""
+    for name in names:
+        scale = float(np.abs(want[name].second_moment).max())
+        assert got[name].count == want[name].count, name
+        np.testing.assert_allclose(got[name].second_moment, want[name].second_moment, rtol=1e-5, atol=1e-6 * scale)
+        np.testing.assert_allclose(got[name].mean, want[name].mean, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fixed_batch_model_gives_the_statistics_of_a_dynamic_batch_run(batch):
+    dynamic = small_cnn(width=8)
+    fixed = _with_fixed_batch(dynamic, batch)
+    layers = [layer for layer in find_layers(dynamic, {}) if layer.compressible]
+    x = np.random.default_rng(4).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    used = 7 // batch * batch
+    limits = CalibrationLimits(positions_per_sample=100)  # conv0-conv2 have 256-1024 positions: sampled
+    notes: list[str] = []
+    got = collect_statistics(fixed, layers, FakeInputs({"input": x}), batch_size=16, limits=limits, notes=notes)
+    want = collect_statistics(dynamic, layers, FakeInputs({"input": x[:used]}), batch_size=16, limits=limits)
+    _assert_same_statistics(got, want, [layer.name for layer in layers])
+    assert got["conv0"].positions_per_sample == 100 and got["conv0"].count == used * 100
+    assert f"the model fixes the batch to {batch}: calibration ran at batch {batch}" in notes
+    if batch == 2:
+        assert "calibration used 6 of 7 samples (the last 1 do not fill a batch)" in " ".join(notes)
+    else:
+        assert not any("do not fill a batch" in note for note in notes)
+
+
+def test_fixed_batch_larger_than_the_calibration_set_is_one_line_error():
+    fixed = _with_fixed_batch(small_cnn(width=8), 4)
+    layers = [layer for layer in find_layers(fixed, {}) if layer.compressible]
+    x = np.zeros((3, 3, 32, 32), np.float32)
+    with pytest.raises(InputDataError, match="fixes the batch to 4, but the calibration set holds only 3 samples"):
+        collect_statistics(fixed, layers, FakeInputs({"input": x}))
+
+
+def _smooth_images(count: int, size: int, seed: int) -> np.ndarray:
+    """Piecewise-smooth fields plus a little noise: correlated neighbouring pixels, like photos."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((count, 3, size // 8, size // 8)).astype(np.float32)
+    return (np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)
+            + 0.2 * rng.standard_normal((count, 3, size, size)).astype(np.float32))
+
+
+def test_position_sampling_is_deterministic_and_close_to_the_full_moment():
+    model = conv_model(in_channels=3, out_channels=16, kernel=(3, 3), spatial=(64, 64), pads=(1, 1, 1, 1), batch=8)
+    layer = find_layers(model, {})[0]
+    x = _smooth_images(8, 64, seed=0)
+    exact = dict(float32=False)
+    full = collect_statistics(model, [layer], FakeInputs({"x": x}),
+                              limits=CalibrationLimits(positions_per_sample=None, **exact))[layer.name]
+    limits = CalibrationLimits(positions_per_sample=256, **exact)
+    first = collect_statistics(model, [layer], FakeInputs({"x": x}), batch_size=3, limits=limits)[layer.name]
+    again = collect_statistics(model, [layer], FakeInputs({"x": x}), batch_size=8, limits=limits)[layer.name]
+    other = collect_statistics(model, [layer], FakeInputs({"x": x}),
+                               limits=CalibrationLimits(positions_per_sample=256, seed=1, **exact))[layer.name]
+    # the same positions whatever the batching (keyed by the sample's index), other ones with another seed
+    np.testing.assert_array_equal(first.second_moment, again.second_moment)
+    assert not np.array_equal(first.second_moment, other.second_moment)
+    assert first.count == 8 * 256 and full.count == 8 * 64 * 64 and first.positions_per_sample == 256
+    # Tolerance: the standard error of a second moment estimated from n Gaussian vectors is
+    # E‖Ĉ − C‖²_F = ((tr C)² + ‖C‖²_F) / n; sampling without replacement from the full set only lowers it.
+    # Three standard errors, computed from the full moment itself (about 0.18 here).
+    c = full.second_moment
+    standard_error = np.sqrt((np.trace(c) ** 2 + np.sum(c * c)) / first.count) / np.linalg.norm(c)
+    for sampled in (first, other):
+        assert np.linalg.norm(sampled.second_moment - c) / np.linalg.norm(c) < 3 * standard_error
+        # the mean's standard error is sqrt(tr Cov / n) ≤ sqrt(tr C / n)
+        assert np.linalg.norm(sampled.mean - full.mean) < 3 * np.sqrt(np.trace(c) / first.count)
+    # at or above the number of positions nothing is sampled: the full statistics, bit for bit
+    all_of_them = collect_statistics(model, [layer], FakeInputs({"x": x}),
+                                     limits=CalibrationLimits(positions_per_sample=64 * 64, **exact))[layer.name]
+    np.testing.assert_array_equal(all_of_them.second_moment, c)
+    assert all_of_them.positions_per_sample is None
+
+
+def test_sampled_patches_match_numpy_im2col_rows():
+    case = dict(kernel=(3, 3), spatial=(9, 8), strides=(2, 1), pads=(1, 0, 2, 1), dilations=(1, 2))
+    model = conv_model(in_channels=3, out_channels=20, batch=2, **case)
+    layer = find_layers(model, {})[0]
+    import onnx_alds.calibrate as calibrate
+
+    unfolder = calibrate.unfolder_for(layer, model.graph.node[0])
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    patches = reference_patches(x.astype(np.float64), case["kernel"], case["strides"], case["pads"], case["dilations"])
+    per_sample = patches.shape[0] // 2
+    assert unfolder.vectors_per_sample(x.shape) == per_sample
+    picks = [np.array([0, 3, per_sample - 1]), np.array([1, 2])]
+    rows = np.concatenate(list(unfolder.sampled_rows(x, picks, chunk_elements=30)))
+    np.testing.assert_array_equal(rows, patches[[0, 3, per_sample - 1, per_sample + 1, per_sample + 2]])
+
+
+def test_float32_products_stay_within_1e_6_of_float64():
+    model = small_cnn(width=8)
+    layers = [layer for layer in find_layers(model, {}) if layer.compressible]
+    x = _smooth_images(6, 32, seed=2)
+    single = collect_statistics(model, layers, FakeInputs({"input": x}), limits=CalibrationLimits(float32=True))
+    double = collect_statistics(model, layers, FakeInputs({"input": x}), limits=CalibrationLimits(float32=False))
+    for layer in layers:
+        a, b = single[layer.name].second_moment, double[layer.name].second_moment
+        assert np.linalg.norm(a - b, 2) / np.linalg.norm(b, 2) < 1e-6, layer.name
+        assert a.dtype == np.float64
+
+
+def test_moment_over_the_limit_is_left_out_with_a_note_without_allocating_it():
+    import tracemalloc
+
+    model = gemm_model(in_features=25088, out_features=16, rows=4, trans_b=1)
+    small = matmul_model(in_features=10, out_features=6, leading=("N", 3))
+    layer = find_layers(model, {})[0]
+    a = np.random.default_rng(0).standard_normal((4, 25088)).astype(np.float32)
+    notes: list[str] = []
+    limits = CalibrationLimits(moment_bytes=64 << 20)  # 64 MiB: d ≤ 2896 in float64
+    tracemalloc.start()
+    try:
+        stats = collect_statistics(model, [layer], FakeInputs({"a": a}), limits=limits, notes=notes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats == {}
+    assert peak < 64 << 20  # the moment alone would be 25088² · 8 B = 4.7 GiB
+    assert any("'fc'" in note and "25088 inputs: 4.7 GiB" in note and "data-free" in note for note in notes), notes
+    # a layer under the limit still gets its statistics under the same limits
+    small_layer = find_layers(small, {})[0]
+    kept = collect_statistics(small, [small_layer], FakeInputs({"x": np.ones((2, 3, 10), np.float32)}), limits=limits)
+    assert kept[small_layer.name].count == 6
+
+
+def test_activation_limit_lowers_the_batch_then_splits_passes_with_the_same_statistics():
+    import re
+
+    model = small_cnn(width=8)
+    layers = [layer for layer in find_layers(model, {}) if layer.compressible]
+    x = _smooth_images(5, 32, seed=3)
+    want = collect_statistics(model, layers, FakeInputs({"input": x}))
+    # one sample fetches relu0..relu3 and flat (8·32² + 16·16² + 16·16² + 32·8² + 32 floats, 64.1 KiB); ONNX
+    # Runtime's intermediates (conv outputs, pooling) come on top of that
+    fetched = 4 * (8 * 1024 + 16 * 256 + 16 * 256 + 32 * 64 + 32)
+    lowered: list[str] = []
+    got = collect_statistics(model, layers, FakeInputs({"input": x}), batch_size=16,
+                             limits=CalibrationLimits(activation_bytes=6 * fetched), notes=lowered)
+    _assert_same_statistics(got, want, [layer.name for layer in layers])
+    ran = re.search(r"calibration ran at batch (\d+) instead of 16", " ".join(lowered))
+    assert ran and 1 <= int(ran.group(1)) < 6, lowered
+    split: list[str] = []
+    largest = 4 * 8 * 1024  # relu0 for one sample: no run can fetch less
+    got = collect_statistics(model, layers, FakeInputs({"input": x}),
+                             limits=CalibrationLimits(activation_bytes=largest), notes=split)
+    _assert_same_statistics(got, want, [layer.name for layer in layers])
+    passes = re.search(r"calibration made (\d+) passes over the data", " ".join(split))
+    assert passes and int(passes.group(1)) >= 2, split
+
+
+def _huge_activation_model(rows: int) -> onnx.ModelProto:
+    """x (N, 8, 16, 16) → Resize ×(rows/16) along H → Conv 3x3: the Conv's input is N × 8 × rows × 16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    scales = numpy_helper.from_array(np.array([1, 1, rows / 16, 1], np.float32), "scales")
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["tall"], name="resize", mode="nearest"),
+             helper.make_node("Conv", ["tall", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)], [scales, weight])
+
+
+class UntouchableInputs(FakeInputs):
+    """Fails the test if calibration reads any data."""
+
+    def batches(self, batch_size: int):
+        raise AssertionError("calibration read the data before refusing")
+
+
+def test_a_million_row_activation_is_refused_fast_before_any_data_is_read():
+    import time
+
+    model = _huge_activation_model(rows=1 << 20)  # 8 × 1048576 × 16 float32: 512 MiB for one sample
+    layer = find_layers(model, {})[0]
+    tick = time.perf_counter()
+    with pytest.raises(InputDataError) as caught:
+        collect_statistics(model, [layer], UntouchableInputs({"x": np.zeros((1, 8, 16, 16), np.float32)}),
+                           limits=CalibrationLimits(activation_bytes=256 << 20))
+    assert time.perf_counter() - tick < 10
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "layer 'conv'" in message and "512 MiB for one sample" in message and "256 MiB" in message
+
+
+def test_a_million_position_graph_input_is_sampled_and_bounded():
+    # the fuzz case's shape (x: N × 8 × 1048576 × 10), scaled to 65536 rows to keep the test light:
+    # 655 360 positions per sample, of which 1024 are used
+    model = conv_model(in_channels=8, out_channels=16, kernel=(3, 3), spatial=(65536, 10), pads=(1, 1, 1, 1),
+                       batch=2)
+    layer = find_layers(model, {})[0]
+    x = np.random.default_rng(0).standard_normal((2, 8, 65536, 10)).astype(np.float32)
+    stats = collect_statistics(model, [layer], FakeInputs({"x": x}))[layer.name]
+    assert stats.count == 2 * 1024 and stats.positions_per_sample == 1024
+    assert np.isfinite(stats.second_moment).all()
+
+
+def test_progress_bar_shows_on_request_and_stays_quiet_otherwise(capsys):
+    model = small_cnn(width=8)
+    layers = [layer for layer in find_layers(model, {}) if layer.compressible]
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    collect_statistics(model, layers, FakeInputs({"input": x}), batch_size=2, limits=CalibrationLimits(progress=True))
+    assert "calibration" in capsys.readouterr().err
+    collect_statistics(model, layers, FakeInputs({"input": x}), batch_size=2)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+
+
+def test_random_calibration_is_labelled_in_the_notes():
+    model = small_cnn(width=8)
+    layers = [layer for layer in find_layers(model, {}) if layer.compressible]
+    data = FakeInputs({"input": np.zeros((2, 3, 32, 32), np.float32)}, source="random (2 samples; not real data)")
+    data.is_random = True
+    notes: list[str] = []
+    collect_statistics(model, layers, data, notes=notes)
+    assert any(note.startswith("calibration on random inputs, not data") for note in notes)
+    real: list[str] = []
+    collect_statistics(model, layers, FakeInputs({"input": np.zeros((2, 3, 32, 32), np.float32)}), notes=real)
+    assert not any("random inputs" in note for note in real)

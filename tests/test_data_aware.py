@@ -256,3 +256,83 @@ def test_compress_reports_the_shrinkage_of_a_starved_gemm():
     assert any("moment shrinkage" in note for note in result.report.notes)
     plain = compress(model, keep_params=0.6, calibration=inputs, calibration_batch_size=4, shrinkage=False)
     assert "shrinkage" not in plain.report.data_aware_steps
+
+
+def _fixed_batch_export(batch: int) -> onnx.ModelProto:
+    """Conv → Relu → Conv with weights of rank exactly 4 and the batch fixed to ``batch`` (as
+    torch.onnx.export without dynamic_axes writes it; the model of shared case05)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+
+    def low_rank(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, 4)) @ rng.standard_normal((4, cols))).astype(np.float32)
+
+    inits = [numpy_helper.from_array(low_rank(32, 16 * 9).reshape(32, 16, 3, 3), "conv1.weight"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "conv1.bias"),
+             numpy_helper.from_array(low_rank(32, 32 * 9).reshape(32, 32, 3, 3), "conv2.weight")]
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["h"], name="/conv1/Conv",
+                              kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["h"], ["hr"], name="/relu/Relu"),
+             helper.make_node("Conv", ["hr", "conv2.weight"], ["y"], name="/conv2/Conv", kernel_shape=[3, 3],
+                              pads=[1] * 4)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16, 10, 10])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 32, 10, 10])], inits)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("options", [{}, {"sequential": True, "bias_correction": True}, {"sensitivity": True}],
+                         ids=["plain", "sequential+bias", "sensitivity"])
+def test_fixed_batch_export_compresses_with_random_calibration(batch, options):
+    from onnx_alds.inputs import random_inputs
+
+    model = _fixed_batch_export(batch)
+    calibration = random_inputs(model, 16)  # 16 samples, fed 16 at a time before: ONNX Runtime refused
+    result = compress(model, keep_params=0.5, calibration=calibration, **options)
+    chosen = [row for row in result.report.layers if row.rank]
+    assert chosen and all(row.rank >= 4 for row in chosen)  # rank-4 weights: exact at the chosen ranks
+    x = np.random.default_rng(9).standard_normal((batch, 16, 10, 10)).astype(np.float32)
+    original, compressed = run_model(model, {"x": x})[0], run_model(result.model, {"x": x})[0]
+    assert np.linalg.norm(compressed - original) / np.linalg.norm(original) < 1e-4
+    notes = " ".join(result.report.notes)
+    assert f"the model fixes the batch to {batch}: calibration ran at batch {batch}" in notes
+    assert "calibration on random inputs, not data" in notes
+
+
+def test_a_layer_over_the_moment_limit_is_factorized_data_free_with_a_note(monkeypatch):
+    import tracemalloc
+
+    import onnx_alds.calibrate as calibrate
+    from conftest import gemm_model
+
+    model = gemm_model(in_features=25088, out_features=16, rows=8, trans_b=1)
+    a = np.random.default_rng(0).standard_normal((8, 25088)).astype(np.float32)
+    monkeypatch.setattr(calibrate, "DEFAULT_LIMITS", calibrate.CalibrationLimits(moment_bytes=64 << 20))
+    tracemalloc.start()
+    try:
+        result = compress(model, keep_params=0.5, calibration=FakeInputs({"a": a}))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20  # a 25088² moment is 2.3 GiB in float32, 4.7 GiB in float64
+    notes = " ".join(result.report.notes)
+    assert "no input statistics for 1 layer(s)" in notes and "'fc'" in notes
+    assert "1 factorized layer(s) had no input statistics and got data-free factors (first: 'fc')" in notes
+    row = next(row for row in result.report.layers if row.name == "fc")
+    assert row.rank and row.params_after < row.params_before
+
+
+def test_sequential_fits_a_layer_without_room_for_its_cross_moment_to_the_original_statistics(monkeypatch,
+                                                                                          cnn_and_data):
+    import onnx_alds.calibrate as calibrate
+
+    model, calibration, held_out = cnn_and_data
+    # conv3 (32·9 = 288 inputs): 8·288² = 0.63 MiB fits 1 MiB alone, not with its cross moment (1.27 MiB)
+    monkeypatch.setattr(calibrate, "DEFAULT_LIMITS", calibrate.CalibrationLimits(moment_bytes=1 << 20))
+    result = compress(model, keep_flops=0.5, calibration=FakeInputs({"input": calibration}), sequential=True)
+    notes = " ".join(result.report.notes)
+    assert "layer(s) whose cross moment would exceed the memory limit were fitted to the original model's" in notes
+    assert "got data-free factors" not in notes
+    assert _relative_error(model, result.model, held_out) < 0.5

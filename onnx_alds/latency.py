@@ -1,0 +1,757 @@
+"""Latency tables: the measured time of every candidate option of every layer, on the deployment's
+provider and batch, cached on disk.
+
+For one layer (a Conv/Gemm/MatMul at its resolved input shape, batch included) the table holds the
+time of the dense layer and of its factorized pairs ``(order, g, r)``, each built as a single-layer
+model (the dense node with random weights of the layer's shapes; the pair through the same
+:func:`onnx_alds.rewrite.rewrite_model` that compression uses) and timed in ONNX Runtime
+**interleaved with the dense layer** (:func:`onnx_alds.bench.time_interleaved`, the round-robin
+loop of ``onnx-alds bench``): a pair's figure is its time over the dense layer's in the same loop,
+times the layer's dense time, so that machine drift between loops cancels. Each time is the fastest
+of the loop's rounds (other processes only slow runs down: see :class:`OrtTimer`); a loop runs at
+least ``runs`` rounds and at least ``min_time_s`` seconds (4x that for the whole model's loop).
+
+Only what the allocation can use is measured, in two loops per layer:
+
+1. the dense layer and the smallest rank of every ``(order, g)``; an ``(order, g)`` whose smallest
+   rank is not faster than the dense layer is dropped whole (a larger rank only adds work);
+2. the dense layer and a coarse grid of ranks (``grid`` ranks per ``(order, g)``, evenly spaced
+   over the allowed ranks, so aligned to the rank multiple) of the ``(order, g)`` that are left;
+   the ranks between are interpolated linearly.
+
+Every figure is cached as JSON under ``$ONNX_ALDS_CACHE/latency`` (default
+``~/.cache/onnx-alds/latency``), one file per layer, keyed by the op, its shapes and attributes,
+the provider, threads, batch, ONNX Runtime version and CPU model or GPU name: a second run, or a
+second model with layers of the same shapes, measures nothing. The time of the whole dense model
+(for the ops that do not change) is cached the same way, keyed by the model's structure.
+
+:class:`Timer` is what times a set of single-layer models; tests pass a fake one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .allocate import Allocation, LayerCosts, allocate_lrank, allocate_minmax, minimum_cost
+from .errors import BudgetError, InputDataError
+from .layers import POINTWISE_FIRST, SPATIAL_FIRST, Layer, find_layers
+from .spectra import ErrorTable
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 3  # part of every key: bump it when the way of measuring changes (2: fastest round; 3: model scale)
+ENV_CACHE = "ONNX_ALDS_CACHE"
+Option = tuple[str, int]  # (order, groups)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the cache lives
+
+
+def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
+    """``explicit``, else ``$ONNX_ALDS_CACHE/latency``, else ``$XDG_CACHE_HOME/onnx-alds/latency``
+    (``~/.cache/onnx-alds/latency``)."""
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get(ENV_CACHE)
+    if root:
+        return Path(root) / "latency"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onnx-alds" / "latency"
+
+
+class LatencyCache:
+    """One JSON file per key in a folder; unreadable files count as missing, writes are atomic."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def load(self, key: str) -> Optional[dict]:
+        try:
+            data = json.loads(self.path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else None
+
+    def save(self, key: str, data: dict) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle, pending = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(self.folder))
+            with os.fdopen(handle, "w") as stream:
+                json.dump(data, stream, indent=1, sort_keys=True)
+            os.replace(pending, self.path(key))
+        except OSError as exc:  # a read-only cache only costs the next run its measurements
+            log.warning("latency cache not written (%s): %s", self.folder, exc)
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------
+# Timers
+
+
+class Timer(Protocol):
+    """Times single-layer models. ``identity`` is part of every cache key (provider, threads, ONNX
+    Runtime version, device name): a timer for another deployment never reads this one's figures."""
+
+    identity: Mapping[str, Any]
+
+    def time_layers(self, models: Sequence[onnx.ModelProto]) -> list[float]:
+        """Seconds per run of each model, timed together, interleaved; ``models[0]`` is the dense
+        layer. All models have one input ``x`` of the same shape."""
+
+    def time_model(self, model: onnx.ModelProto, store: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                   layers: Sequence[onnx.ModelProto], counts: Sequence[int]) -> list[float]:
+        """Seconds per run of a whole model (``store``: its weights, when ``model`` is light) and of
+        each single-layer model in ``layers`` (``counts``: how many of the model's layers each stands
+        for), all timed in one interleaved loop; the model's figure on the same scale as the layers'."""
+
+
+class OrtTimer:
+    """:class:`Timer` in ONNX Runtime, with ``onnx-alds bench``'s machinery: sessions on exactly the
+    provider asked for (no fallback), idle threads not spinning, device inputs bound once on CUDA."""
+
+    def __init__(self, provider: str = "cpu", *, threads: Optional[int] = None, runs: int = 15,
+                 warmup: Optional[int] = None, provider_options: Optional[dict] = None,
+                 min_time_s: float = 0.5) -> None:
+        """Each figure is the **fastest** of ``runs`` interleaved rounds: other processes only ever slow a
+        run down, so on a shared machine the minimum is the stable estimate of the layer's own time
+        (medians of consecutive loops moved 2-3x on a loaded 2-core machine; minimums by a few %)."""
+        from .bench import DEVICE_PROVIDERS, machine_info, physical_cores, provider_options_for
+        from .runtime import import_onnxruntime
+
+        self.provider = provider
+        self.threads = physical_cores() if threads is None and provider == "cpu" else threads
+        self.runs = runs
+        self.min_time_s = min_time_s
+        self.warmup = warmup if warmup is not None else (20 if provider in DEVICE_PROVIDERS else 3)
+        self.provider_options = provider_options_for(provider, extra=provider_options)
+        machine = machine_info()
+        device = machine.get("gpu") if provider in DEVICE_PROVIDERS else machine.get("cpu")
+        self.identity = {"provider": provider, "threads": self.threads, "onnxruntime": import_onnxruntime().__version__,
+                         "device": device or "unknown", "provider_options": dict(self.provider_options)}
+
+    def _session(self, model: onnx.ModelProto, store: Any = None):
+        from .runtime import make_session
+
+        return make_session(model, self.provider, threads=self.threads, provider_options=self.provider_options,
+                            spinning=False, store=store)
+
+    def time_layers(self, models: Sequence[onnx.ModelProto]) -> list[float]:
+        from .bench import _Runner, time_interleaved
+        from .inputs import random_array
+
+        rng = np.random.default_rng(0)
+        feeds: dict[str, np.ndarray] = {}
+        runners = []
+        for model in models:
+            session = self._session(model)
+            for value in session.get_inputs():
+                if value.name not in feeds:
+                    spec = next(v for v in model.graph.input if v.name == value.name)
+                    dtype = helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
+                    shape = tuple(d.dim_value for d in spec.type.tensor_type.shape.dim)
+                    feeds[value.name] = random_array(value.name, np.dtype(dtype), shape, rng)
+            runners.append(_Runner(session, {v.name: feeds[v.name] for v in session.get_inputs()}, self.provider))
+        times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=self.min_time_s)
+        return [float(np.min(t)) for t in times]
+
+    def time_model(self, model: onnx.ModelProto, store: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                   layers: Sequence[onnx.ModelProto], counts: Sequence[int]) -> list[float]:
+        """The layers' figures are their fastest rounds, as in :meth:`time_layers`. A whole-model run
+        lasts as long as all its layers' runs together and is slowed by other processes far more often
+        than one short layer run, so its fastest round is not on the same scale: the model's figure is
+        the median over rounds of (model run / the same round's layer runs, each counted for the layers
+        it stands for) times the layers' fastest figures so counted. Runs of that ratio's two sides
+        last alike, so other processes slow both alike."""
+        from .bench import _Runner, time_interleaved
+        from .inputs import random_array
+        from .model_io import graph_inputs
+
+        rng = np.random.default_rng(0)
+        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng)
+                 for spec in graph_inputs(model)}
+        runners = [_Runner(self._session(model, store), feeds, self.provider)]
+        for layer in layers:
+            session = self._session(layer)
+            spec = layer.graph.input[0]
+            shape = tuple(d.dim_value for d in spec.type.tensor_type.shape.dim)
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type))
+            runners.append(_Runner(session, {spec.name: random_array(spec.name, dtype, shape, rng)}, self.provider))
+        times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=4 * self.min_time_s)
+        fastest = [float(np.min(t)) for t in times[1:]]
+        if not layers:
+            return [float(np.min(times[0]))]
+        weights = np.asarray(counts, dtype=np.float64)
+        per_round = np.asarray(times[1:]).T @ weights  # Σ layers, round by round
+        ratio = float(np.median(np.asarray(times[0]) / per_round))
+        return [ratio * float(np.dot(weights, fastest))] + fastest
+
+
+# --------------------------------------------------------------------------------------------------
+# One layer as a model of its own
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer's time depends on: op, attributes, shapes (batch included), element type."""
+
+    op: str
+    attributes: tuple[bytes, ...]  # serialized AttributeProtos, sorted by name
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    bias_shape: Optional[tuple[int, ...]]
+    elem_type: int
+    weight_first: bool
+    opset: int
+
+    def fields(self) -> dict[str, Any]:
+        """The key's readable form (also written into the cache file)."""
+        attributes = {}
+        for raw in self.attributes:
+            attribute = onnx.AttributeProto.FromString(raw)
+            value = helper.get_attribute_value(attribute)
+            attributes[attribute.name] = value.decode() if isinstance(value, bytes) else value
+        return {"op": self.op, "attributes": attributes, "input": list(self.input_shape),
+                "weight": list(self.weight_shape), "bias": None if self.bias_shape is None else list(self.bias_shape),
+                "type": onnx.TensorProto.DataType.Name(self.elem_type), "weight_first": self.weight_first,
+                "opset": self.opset}
+
+    def dense_model(self) -> onnx.ModelProto:
+        """The layer alone: input ``x``, output ``y``, random weights of its shapes."""
+        rng = np.random.default_rng(0)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+        fan_in = max(1, int(np.prod(self.weight_shape[1:])) if self.op == "Conv" else min(self.weight_shape))
+        inits = [numpy_helper.from_array((rng.standard_normal(self.weight_shape) / np.sqrt(fan_in)).astype(dtype), "w")]
+        inputs = ["w", "x"] if self.weight_first else ["x", "w"]
+        if self.bias_shape is not None:
+            inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(self.bias_shape)).astype(dtype), "b"))
+            inputs.append("b")
+        node = helper.make_node(self.op, inputs, ["y"], name="layer")
+        node.attribute.extend(onnx.AttributeProto.FromString(raw) for raw in self.attributes)
+        graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", self.elem_type,
+                                                                                  list(self.input_shape))],
+                                  [helper.make_tensor_value_info("y", self.elem_type, None)], inits)
+        opset = helper.make_opsetid("", self.opset)
+        model = helper.make_model(graph, opset_imports=[opset])
+        model.ir_version = max(4, helper.find_min_ir_version_for([opset]))
+        return model
+
+    def option_model(self, order: str, groups: int, rank: int, dense: Optional[onnx.ModelProto] = None
+                     ) -> onnx.ModelProto:
+        """The factorized pair ``(order, groups, rank)`` with random factors, rewritten exactly as
+        compression rewrites the layer."""
+        from .decompose import GroupedFactors
+        from .rewrite import Rewrite, rewrite_model
+
+        dense = dense if dense is not None else self.dense_model()
+        layer = find_layers(dense, {})[0]
+        if order != layer.order:
+            layer = replace(layer, order=order)
+        rows, cols = layer.matrix_shape
+        rng = np.random.default_rng(1)
+        factors = GroupedFactors(groups, rank, 0.1 * rng.standard_normal((groups * rank, cols // groups)),
+                                 0.1 * rng.standard_normal((rows, groups * rank)))
+        return rewrite_model(dense, [Rewrite(layer, factors)])
+
+
+def layer_spec(layer: Layer, node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]],
+               constants: Mapping[str, onnx.TensorProto], opset: int) -> tuple[Optional[LayerSpec], Optional[str]]:
+    """The spec of ``layer`` at the shapes given, or None and why it cannot be timed alone."""
+    if layer.subgraph:
+        return None, f"inside {layer.subgraph}"
+    if layer.weight_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        return None, f"weight type {onnx.TensorProto.DataType.Name(layer.weight_type)}"
+    input_shape = shapes.get(layer.input)
+    if input_shape is None:
+        return None, "input shape unknown at the timing batch"
+    bias_shape = None
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+        bias = node.input[2]
+        bias_shape = tuple(int(d) for d in constants[bias].dims) if bias in constants else shapes.get(bias)
+        if bias_shape is None:
+            return None, "bias shape unknown"
+    attributes = tuple(attribute.SerializeToString() for attribute in sorted(node.attribute, key=lambda a: a.name))
+    return LayerSpec(node.op_type, attributes, tuple(int(d) for d in input_shape), tuple(layer.weight_shape),
+                     bias_shape, layer.weight_type, layer.weight_first, opset), None
+
+
+def model_fingerprint(model: onnx.ModelProto) -> str:
+    """A digest of the model's structure (nodes, attributes, initializer names, types and dims, inputs
+    and outputs, opsets), not of its weight values: what its run time depends on."""
+    digest = hashlib.sha256()
+    for opset in model.opset_import:
+        digest.update(f"{opset.domain}:{opset.version};".encode())
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for value in list(graph.input) + list(graph.output):
+            digest.update(value.SerializeToString())
+        for tensor in graph.initializer:
+            digest.update(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)};".encode())
+        for node in graph.node:
+            digest.update(f"{node.domain}:{node.op_type}:{list(node.input)}:{list(node.output)};".encode())
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    visit(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attribute.graphs:
+                        visit(sub)
+                else:
+                    digest.update(attribute.SerializeToString())
+
+    visit(model.graph)
+    return digest.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """One layer's times in microseconds: the dense layer, and for each ``(order, groups)`` kept, the
+    time of every allowed rank (measured at the grid ranks, interpolated between). ``(order, groups)``
+    absent from ``options``: its smallest rank measured not faster than the dense layer."""
+
+    layer: str
+    dense_us: float
+    options: Mapping[Option, tuple[np.ndarray, np.ndarray]] = field(hash=False)
+    measured: Mapping[Option, tuple[int, ...]] = field(hash=False)
+    key: str = ""  # the cache key of the layer's shapes and deployment
+
+    def rescaled(self, dense_us: float) -> "LatencyTable":
+        """The same table with the dense time ``dense_us`` (every option keeps its ratio to dense)."""
+        scale = dense_us / self.dense_us if self.dense_us > 0 else 1.0
+        options = {option: (ranks, times * scale) for option, (ranks, times) in self.options.items()}
+        return replace(self, dense_us=dense_us, options=options)
+
+    def time(self, order: str, groups: int, rank: int) -> Optional[float]:
+        """Time of ``(order, groups, rank)`` (None: not a candidate, or slower than dense)."""
+        entry = self.options.get((order, groups))
+        if entry is None:
+            return None
+        ranks, times = entry
+        return float(np.interp(rank, ranks, times))
+
+    def is_measured(self, order: str, groups: int, rank: int) -> bool:
+        return rank in self.measured.get((order, groups), ())
+
+    def fastest(self) -> Optional[tuple[str, int, int, float]]:
+        best = None
+        for (order, groups), (ranks, times) in self.options.items():
+            index = int(np.argmin(times))
+            if best is None or times[index] < best[3]:
+                best = (order, groups, int(ranks[index]), float(times[index]))
+        return best
+
+
+def grid_ranks(ranks: np.ndarray, points: int) -> list[int]:
+    """Up to ``points`` ranks evenly spaced over ``ranks`` (first and last included)."""
+    if len(ranks) <= points:
+        return [int(r) for r in ranks]
+    indices = np.unique(np.round(np.linspace(0, len(ranks) - 1, points)).astype(int))
+    return [int(ranks[i]) for i in indices]
+
+
+def _option_key(order: str, groups: int, rank: int) -> str:
+    return f"{order}/g{groups}/r{rank}"
+
+
+@dataclass
+class TableStats:
+    """What building the tables cost."""
+
+    seconds: float = 0.0
+    timings: int = 0  # single-layer models timed (the dense layer of each loop included)
+    loops: int = 0
+    layers_measured: int = 0  # distinct layer keys that needed any measurement
+    layers_cached: int = 0  # distinct layer keys read from the cache alone
+    model_cached: Optional[bool] = None
+
+
+def measure_table(name: str, spec: LayerSpec, wants: Mapping[Option, np.ndarray], timer: Timer,
+                  cache: LatencyCache, identity: Mapping[str, Any], *, grid: int, stats: TableStats,
+                  memo: dict) -> LatencyTable:
+    """The latency table of one layer for the ``(order, groups) → allowed ranks`` in ``wants``."""
+    key_fields = {"version": CACHE_VERSION, "layer": spec.fields(), "timer": dict(identity)}
+    key = _digest(key_fields)
+    entry = memo.get(key) or cache.load(key) or {"version": CACHE_VERSION, "key": key_fields, "dense_us": [],
+                                                 "options": {}}
+    measured_now = False
+    dense_model: list[onnx.ModelProto] = []
+
+    def run(options: list[tuple[str, int, int]]) -> None:
+        nonlocal measured_now
+        if not dense_model:
+            dense_model.append(spec.dense_model())
+        models = [dense_model[0]] + [spec.option_model(o, g, r, dense_model[0]) for o, g, r in options]
+        seconds = timer.time_layers(models)
+        stats.timings += len(models)
+        stats.loops += 1
+        entry["dense_us"].append(seconds[0] * 1e6)
+        for (o, g, r), value in zip(options, seconds[1:]):
+            entry["options"][_option_key(o, g, r)] = {"us": value * 1e6, "ratio": value / seconds[0]}
+        measured_now = True
+
+    def ratio(o: str, g: int, r: int) -> Optional[float]:
+        found = entry["options"].get(_option_key(o, g, r))
+        return None if found is None else float(found["ratio"])
+
+    wanted = {option: np.asarray(ranks, dtype=np.int64) for option, ranks in wants.items() if len(ranks)}
+    first = [(o, g, int(ranks[0])) for (o, g), ranks in sorted(wanted.items()) if ratio(o, g, int(ranks[0])) is None]
+    if first or not entry["dense_us"]:
+        run(first)
+    alive = {option: ranks for option, ranks in wanted.items() if ratio(*option, int(ranks[0])) < 1.0}
+    rest = [(o, g, r) for (o, g), ranks in sorted(alive.items()) for r in grid_ranks(ranks, grid)
+            if ratio(o, g, r) is None]
+    if rest:
+        run(rest)
+    if measured_now:
+        stats.layers_measured += 1
+        cache.save(key, entry)
+    elif key not in memo:
+        stats.layers_cached += 1
+    memo[key] = entry
+    dense_us = float(np.min(entry["dense_us"]))
+    options: dict[Option, tuple[np.ndarray, np.ndarray]] = {}
+    measured: dict[Option, tuple[int, ...]] = {}
+    for (o, g), ranks in alive.items():
+        points = sorted((int(k.rsplit("/r", 1)[1]), float(v["ratio"])) for k, v in entry["options"].items()
+                        if k.startswith(f"{o}/g{g}/r"))
+        xs = np.array([p[0] for p in points], dtype=np.float64)
+        ys = np.array([p[1] for p in points], dtype=np.float64)
+        options[(o, g)] = (ranks, np.interp(ranks, xs, ys) * dense_us)
+        measured[(o, g)] = tuple(int(r) for r in ranks if int(r) in set(xs.astype(int).tolist()))
+    return LatencyTable(name, dense_us, options, measured, key)
+
+
+def measure_model(model: onnx.ModelProto, store: Any, input_shapes: Mapping[str, tuple[int, ...]],
+                  specs: Mapping[str, LayerSpec], counts: Mapping[str, int], timer: Timer, cache: LatencyCache,
+                  identity: Mapping[str, Any], stats: TableStats) -> tuple[float, dict[str, float]]:
+    """Median microseconds of the whole model at ``input_shapes`` and of each dense layer (``specs``, by
+    layer key), timed in one interleaved loop so that the time left to the ops that do not change
+    (model − layers) is not skewed by drift between loops; cached by the model's structure."""
+    key_fields = {"version": CACHE_VERSION, "model": model_fingerprint(model),
+                  "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
+                  "layers": {key: counts[key] for key in sorted(specs)}, "timer": dict(identity)}
+    key = "model-" + _digest(key_fields)
+    entry = cache.load(key)
+    if entry is not None and "us" in entry and set(entry.get("layers_us", {})) == set(specs):
+        stats.model_cached = True
+        return float(entry["us"]), {k: float(v) for k, v in entry["layers_us"].items()}
+    keys = sorted(specs)
+    seconds = timer.time_model(model, store, input_shapes, [specs[k].dense_model() for k in keys],
+                               [counts[k] for k in keys])
+    stats.model_cached = False
+    stats.timings += len(seconds)
+    stats.loops += 1
+    layers_us = {k: value * 1e6 for k, value in zip(keys, seconds[1:])}
+    cache.save(key, {"version": CACHE_VERSION, "key": key_fields, "us": seconds[0] * 1e6, "layers_us": layers_us})
+    return seconds[0] * 1e6, layers_us
+
+
+# --------------------------------------------------------------------------------------------------
+# The step between the error tables and the allocation
+
+
+@dataclass(frozen=True)
+class SpeedInfo:
+    """The latency tables of one compression and what they cost; summarized in the report."""
+
+    provider: str
+    threads: Optional[int]
+    batch: int
+    identity: Mapping[str, Any] = field(hash=False)
+    tables: Mapping[str, LatencyTable] = field(hash=False)
+    orders: Mapping[str, str] = field(hash=False)  # each timed layer's own order (a choice without one has it)
+    model_us: Optional[float]  # the whole dense model (latency budgets only)
+    stats: TableStats = field(hash=False)
+    cache_dir: str
+    untimed: Mapping[str, str] = field(hash=False, default_factory=dict)  # layer -> why no table
+
+    def layer_times(self, name: str, groups: int, rank: int, order: Optional[str]
+                    ) -> Optional[tuple[float, Optional[float], bool]]:
+        """(dense µs, decided µs, whether measured at that rank) for the report, None without a table."""
+        table = self.tables.get(name)
+        if table is None:
+            return None
+        if groups == 0:
+            return table.dense_us, table.dense_us, True
+        order = order or self.orders.get(name, SPATIAL_FIRST)
+        return table.dense_us, table.time(order, groups, rank), table.is_measured(order, groups, rank)
+
+    def predicted_us(self, decisions: Mapping[str, Any]) -> Optional[float]:
+        """The whole model's time predicted for ``decisions`` (layer -> LayerChoice): measured model
+        time − the timed layers' dense times + their times as decided."""
+        if self.model_us is None:
+            return None
+        total = self.model_us
+        for name, table in self.tables.items():
+            choice = decisions.get(name)
+            if choice is None or choice.groups == 0:
+                continue
+            value = table.time(choice.order or self.orders.get(name, SPATIAL_FIRST), choice.groups, choice.rank)
+            if value is None:
+                return None
+            total += value - table.dense_us
+        return total
+
+    def achieved(self, decisions: Mapping[str, Any]) -> float:
+        predicted = self.predicted_us(decisions)
+        return predicted / self.model_us if predicted is not None and self.model_us else float("nan")
+
+    def summary(self, decisions: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        dense = sum(table.dense_us for table in self.tables.values())
+        data: dict[str, Any] = {
+            "provider": self.provider, "threads": self.threads, "batch": self.batch,
+            "device": self.identity.get("device"), "onnxruntime": self.identity.get("onnxruntime"),
+            "layers_timed": len(self.tables), "layers_dense_us": dense, "model_us": self.model_us,
+            "table_seconds": self.stats.seconds, "timings": self.stats.timings, "loops": self.stats.loops,
+            "layer_shapes_measured": self.stats.layers_measured, "layer_shapes_cached": self.stats.layers_cached,
+            "model_time_cached": self.stats.model_cached, "cache_dir": self.cache_dir,
+            "untimed": dict(self.untimed),
+        }
+        predicted = self.predicted_us(decisions or {})
+        if predicted is not None and self.model_us:
+            data.update(rest_us=self.model_us - dense, predicted_us=predicted,
+                        predicted_speedup=self.model_us / predicted if predicted > 0 else None)
+        return data
+
+
+def layer_shapes_at_batch(model: onnx.ModelProto, store: Any, input_shapes: Optional[Mapping[str, Sequence[int]]],
+                          batch: int, layers: Sequence[Layer]) -> tuple[dict[str, tuple[int, ...]], dict]:
+    """Graph input shapes with the first dim set to ``batch``, and the shapes of the layers' tensors there."""
+    from .model_io import graph_inputs, resolve_input_shapes
+    from .shapes import tensor_shapes
+
+    resolved, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
+    declared = {spec.name: spec.dims for spec in graph_inputs(model)}
+    inputs = {}
+    for name, shape in resolved.items():
+        if shape and isinstance(declared[name][0], int) and declared[name][0] != batch:
+            raise InputDataError(f"input '{name}' fixes the batch to {declared[name][0]}; time it with --bench-batch "
+                                 f"{declared[name][0]} or export the model with a dynamic batch dim")
+        inputs[name] = (batch,) + tuple(shape[1:]) if shape else tuple(shape)
+    needed = {name for layer in layers for name in (layer.input, layer.output)}
+    return inputs, tensor_shapes(model, inputs, needed, store)
+
+
+def _timer_for(speed) -> Timer:
+    if speed.timer is not None:
+        return speed.timer
+    return OrtTimer(speed.provider, threads=speed.threads, runs=speed.runs, warmup=speed.warmup)
+
+
+def tag_order(table: ErrorTable, order: str) -> ErrorTable:
+    """The table with every option marked with ``order`` (one layer's table may then hold both orders)."""
+    return replace(table, options=tuple(replace(option, order=order) for option in table.options))
+
+
+def merge_orders(first: ErrorTable, second: ErrorTable) -> ErrorTable:
+    """One table with the options of both (already tagged) tables."""
+    return replace(first, options=first.options + second.options)
+
+
+def build_tables(model: onnx.ModelProto, store: Any, layers: Sequence[Layer], tables: Sequence[ErrorTable],
+                 constants: Mapping, speed, *, input_shapes: Optional[Mapping[str, Sequence[int]]],
+                 with_model: bool) -> SpeedInfo:
+    """Latency tables of ``layers`` for the options of their error ``tables`` (an option's order is
+    its tag, else the layer's own order), and the whole model's time when ``with_model``."""
+    from .model_io import opset_version
+
+    started = time.perf_counter()
+    timer = _timer_for(speed)
+    identity = dict(timer.identity, batch=speed.batch)
+    cache = LatencyCache(cache_dir(speed.cache_dir))
+    stats = TableStats()
+    inputs, shapes = layer_shapes_at_batch(model, store, input_shapes, speed.batch, layers)
+    nodes = {node.name: node for node in model.graph.node}
+    opset = opset_version(model)
+    result: dict[str, LatencyTable] = {}
+    untimed: dict[str, str] = {}
+    memo: dict = {}
+    specs: dict[str, LayerSpec] = {}
+    counts: dict[str, int] = {}
+    for layer, table in zip(layers, tables):
+        node = nodes.get(layer.name)
+        spec, why = (None, f"inside {layer.subgraph}") if node is None else \
+            layer_spec(layer, node, shapes, constants, opset)
+        if spec is None:
+            untimed[layer.name] = why or "cannot be timed alone"
+            continue
+        wants = {(option.order or layer.order, option.groups): option.ranks for option in table.options}
+        result[layer.name] = measure_table(layer.name, spec, wants, timer, cache, identity, grid=speed.grid,
+                                           stats=stats, memo=memo)
+        specs[result[layer.name].key] = spec
+        counts[result[layer.name].key] = counts.get(result[layer.name].key, 0) + 1
+    model_us = None
+    if with_model:  # the model and every dense layer in one loop: one time scale for the rest and the layers
+        model_us, dense_us = measure_model(model, store, inputs, specs, counts, timer, cache, identity, stats)
+        result = {name: table.rescaled(dense_us[table.key]) for name, table in result.items()}
+    stats.seconds = time.perf_counter() - started
+    return SpeedInfo(speed.provider, timer.identity.get("threads"), speed.batch, timer.identity, result,
+                     {layer.name: layer.order for layer in layers}, model_us, stats, str(cache.folder), untimed)
+
+
+def option_times(layer: Layer, table: ErrorTable, latency: Optional[LatencyTable]) -> list[np.ndarray]:
+    """Per option of ``table``, the time of each rank (inf where the option is slower than dense or
+    the layer has no latency table)."""
+    times = []
+    for option in table.options:
+        entry = None if latency is None else latency.options.get((option.order or layer.order, option.groups))
+        if entry is None:
+            times.append(np.full(len(option.ranks), np.inf))
+        else:
+            ranks, values = entry
+            times.append(np.interp(option.ranks, ranks, values))
+    return times
+
+
+def prune_slow(layer: Layer, table: ErrorTable, latency: Optional[LatencyTable], min_speedup: float) -> ErrorTable:
+    """``table`` without the ranks measured slower than ``dense / min_speedup`` (all of them without a table)."""
+    if latency is None:
+        return replace(table, options=())
+    options = []
+    for option, times in zip(table.options, option_times(layer, table, latency)):
+        keep = times * min_speedup < latency.dense_us
+        if keep.any():
+            options.append(replace(option, ranks=option.ranks[keep], sizes=option.sizes[keep],
+                                   errors=option.errors[keep], residuals=option.residuals[keep]))
+    return replace(table, options=tuple(options))
+
+
+def faster_order(layer: Layer, table: ErrorTable, latency: Optional[LatencyTable]) -> str:
+    """The order whose pairs are faster for this layer: mean time over the ranks both orders measure at
+    ``g = 1`` (the smallest rank of each when they share none); spatial-first on a tie or without data."""
+    if latency is None:
+        return layer.order
+    spatial = latency.options.get((SPATIAL_FIRST, 1))
+    pointwise = latency.options.get((POINTWISE_FIRST, 1))
+    if pointwise is None:
+        return SPATIAL_FIRST
+    if spatial is None:
+        return POINTWISE_FIRST
+    common = np.intersect1d(spatial[0], pointwise[0])
+    if len(common):
+        a = float(np.mean(np.interp(common, *spatial)))
+        b = float(np.mean(np.interp(common, *pointwise)))
+    else:
+        a, b = float(spatial[1][0]), float(pointwise[1][0])
+    return POINTWISE_FIRST if b < a else SPATIAL_FIRST
+
+
+def only_order(table: ErrorTable, order: str) -> ErrorTable:
+    return replace(table, options=tuple(option for option in table.options if option.order == order))
+
+
+def latency_costs(layers: Sequence[Layer], tables: Sequence[ErrorTable], info: SpeedInfo) -> list[LayerCosts]:
+    """:class:`LayerCosts` in microseconds for every layer (a layer without a latency table can only
+    stay dense: its options cost infinitely much)."""
+    costs = []
+    for layer, table in zip(layers, tables):
+        latency = info.tables.get(layer.name)
+        dense = latency.dense_us if latency is not None else 0.0
+        costs.append(LayerCosts(dense, tuple(option_times(layer, table, latency))))
+    return costs
+
+
+def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], info: SpeedInfo, keep: float,
+                     method: str, seed: int) -> Allocation:
+    """The allocation under ``keep`` × the whole model's measured time: the layers' options must fit
+    in what is left once the ops that do not change (model time − the layers' dense times) are paid."""
+    model_us = float(info.model_us or 0.0)
+    dense = sum(c.dense for c in costs)
+    fixed = model_us - dense  # ops that do not change; negative when single layers carry more overhead
+    budget = keep * model_us - fixed
+    scales = [1.0] * len(tables)
+    cheapest = minimum_cost(tables, scales, costs)
+    if budget < cheapest - 1e-9:
+        reachable = (fixed + cheapest) / model_us if model_us > 0 else float("nan")
+        raise BudgetError(
+            f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {reachable:.4f} (every layer "
+            f"at its fastest measured option; the dense model takes {model_us / 1e3:.3f} ms at batch {info.batch} on "
+            f"{info.provider}, of which {max(fixed, 0.0) / 1e3:.3f} ms in ops that do not change); ask for at least "
+            "that, or lower --rank-multiple")
+    if method == "l-rank":
+        return allocate_lrank(tables, scales, budget, costs=costs)
+    return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed, costs=costs)
+
+
+def pointwise_table(layer: Layer, constants: Mapping, moments: Mapping, *, measure: str, rank_multiple: int,
+                    max_groups: int) -> ErrorTable:
+    """The error table of a k×k stride-1 conv decomposed pointwise-first, as ``compress`` builds it."""
+    from .data_aware import layer_moment, whitening_factors
+    from .layers import folded_weight, with_order
+    from .spectra import error_table, layer_spectra
+
+    ordered = with_order(layer, POINTWISE_FIRST, max_groups=max_groups, channel_multiple=rank_multiple)
+    whitening = (whitening_factors(layer_moment(ordered, moments[layer.name]), ordered.groups)
+                 if layer.name in moments else None)
+    spectra = layer_spectra(folded_weight(ordered, constants), ordered.groups, whitening)
+    rows, cols = ordered.matrix_shape
+    return error_table(spectra, rows, cols, groups=ordered.groups, measure=measure, rank_multiple=rank_multiple)
+
+
+def speed_step(prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], options, *, moments: Mapping,
+               measure: str, weights: Optional[Sequence[float]] = None
+               ) -> tuple[list[ErrorTable], Optional[list[LayerCosts]], SpeedInfo]:
+    """Between the error tables and the allocation: with ``--order auto`` add each k×k stride-1 conv's
+    pointwise-first options, measure the latency tables, and return the tables the allocation reads,
+    the latency costs (``--keep-latency``; None otherwise) and the tables' summary.
+
+    With a latency budget both orders stay (the allocation picks per layer by error per µs and drops
+    every option not faster than dense); with a params or MACs budget each layer keeps the order the
+    tables say is faster (``auto``) and only the ranks faster than ``dense / min_speedup``.
+    """
+    from .options import AUTO_ORDER
+
+    search, speed = options.search, options.speed
+    auto = search.order == AUTO_ORDER
+    tables = list(tables)
+    if auto:
+        for index, layer in enumerate(chosen):
+            spatial = tag_order(tables[index], SPATIAL_FIRST)
+            if layer.pointwise_first_ok and layer.order == SPATIAL_FIRST:
+                pointwise = pointwise_table(layer, prepared.constants, moments, measure=measure,
+                                            rank_multiple=search.rank_multiple, max_groups=search.groups_searched)
+                if weights is not None:
+                    from .data_aware import scaled_table
+
+                    pointwise = scaled_table(pointwise, weights[index])
+                spatial = merge_orders(spatial, tag_order(pointwise, POINTWISE_FIRST))
+            tables[index] = spatial
+    latency = options.budget.target == "latency"
+    info = build_tables(prepared.model, prepared.store, chosen, tables, prepared.constants, speed,
+                        input_shapes=options.input_shapes, with_model=latency)
+    if latency:
+        return tables, latency_costs(chosen, tables, info), info
+    pruned = []
+    for layer, table in zip(chosen, tables):
+        found = info.tables.get(layer.name)
+        if auto:
+            table = only_order(table, faster_order(layer, table, found))
+        pruned.append(table if found is None else prune_slow(layer, table, found, speed.min_speedup))
+    return pruned, None, info
+
+
+__all__ = ["CACHE_VERSION", "Timer", "OrtTimer", "LayerSpec", "LatencyTable", "LatencyCache", "SpeedInfo", "TableStats",
+           "cache_dir", "layer_spec", "model_fingerprint", "grid_ranks", "measure_table", "measure_model",
+           "build_tables", "option_times", "prune_slow", "faster_order", "latency_costs", "allocate_latency",
+           "tag_order", "merge_orders", "only_order", "pointwise_table", "speed_step"]

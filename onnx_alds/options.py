@@ -1,0 +1,224 @@
+"""The options of a compression, grouped into small frozen values that each step receives whole.
+
+``compress`` still takes its keyword arguments (scripts and tests call it that way); they are turned
+into these groups first, and every step gets only the group it uses:
+
+- :class:`Budget`: what to meet (``--keep-params``, ``--keep-flops`` or ``--keep-latency``);
+- :class:`SearchOptions`: how the allocation searches (method, error measure, rank multiple, groups,
+  order, seed, layers to leave out);
+- :class:`DataAwareOptions`: calibration inputs and the data-aware refinements;
+- :class:`SpeedOptions`: where latency is measured (provider, threads, batch) and how (tables, cache).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from .errors import BudgetError, InputDataError
+from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST
+
+AUTO_ORDER = "auto"  # per k×k conv, the order the latency tables say is faster
+ORDER_CHOICES = ORDERS + (AUTO_ORDER,)
+TARGETS = ("params", "flops", "latency")
+METHODS = ("alds", "svd", "svd-energy", "l-rank")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The fraction of the model's weights (``params``), MACs (``flops``) or measured time (``latency``) to keep."""
+
+    target: str
+    keep: float
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise BudgetError(f"unknown budget target '{self.target}'; choose one of: {', '.join(TARGETS)}")
+        flag = self.flag
+        keep = self.keep
+        if keep is None or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not math.isfinite(keep) \
+                or not 0.0 < keep <= 1.0:
+            raise BudgetError(f"{flag} {keep} is out of range; give the fraction to keep, in (0, 1], e.g. {flag} 0.5")
+        object.__setattr__(self, "keep", float(keep))
+
+    @property
+    def flag(self) -> str:
+        return f"--keep-{self.target}"
+
+    @classmethod
+    def from_keywords(cls, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,
+                      keep_latency: Optional[float] = None) -> "Budget":
+        given = [(target, value) for target, value in
+                 (("params", keep_params), ("flops", keep_flops), ("latency", keep_latency)) if value is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one target: keep_params (--keep-params), keep_flops (--keep-flops) "
+                              "or keep_latency (--keep-latency)")
+        return cls(*given[0])
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How the allocation searches: ``order`` is ``spatial-first``, ``pointwise-first`` or ``auto``
+    (per k×k stride-1 conv, decided by the latency tables); ``keep_dense``: node names to leave dense,
+    each with the reason to report."""
+
+    method: str = "alds"
+    error_measure: Optional[str] = None
+    rank_multiple: int = 1
+    max_groups: int = 16
+    order: str = SPATIAL_FIRST
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    keep_dense: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        from .spectra import ERROR_MEASURES
+
+        if self.method not in METHODS:
+            raise BudgetError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        if self.error_measure is not None and self.error_measure not in ERROR_MEASURES:
+            raise BudgetError(f"unknown error measure '{self.error_measure}'; "
+                              f"choose one of: {', '.join(ERROR_MEASURES)}")
+        if self.rank_multiple < 1:
+            raise BudgetError(f"--rank-multiple {self.rank_multiple} is out of range; "
+                              "give a positive integer such as 16")
+        if self.max_groups < 1:
+            raise BudgetError(f"--max-groups {self.max_groups} is out of range; give a positive integer such as 16")
+        if self.order not in ORDER_CHOICES:
+            raise BudgetError(f"unknown order '{self.order}'; choose one of: {', '.join(ORDER_CHOICES)}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "keep_dense", dict(self.keep_dense or {}))
+
+    @property
+    def groups_searched(self) -> int:
+        """The largest group count the method uses (only ``alds`` searches groups)."""
+        return self.max_groups if self.method == "alds" else 1
+
+
+@dataclass(frozen=True)
+class DataAwareOptions:
+    """Calibration inputs (an :class:`onnx_alds.inputs.InputSet`; None: data-free) and the data-aware steps."""
+
+    calibration: Any = field(default=None, compare=False)
+    batch_size: int = 16
+    refit: bool = True
+    sequential: bool = False
+    bias_correction: bool = False
+    sensitivity: bool = False
+    shrinkage: bool = True
+
+    def __post_init__(self) -> None:
+        if self.calibration is None and (self.sequential or self.bias_correction or self.sensitivity):
+            flag = ("--sequential" if self.sequential else
+                    "bias correction" if self.bias_correction else "sensitivity weighting")
+            raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
+                                 "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.calibration is not None
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Where and how layer latency is measured (``--keep-latency``, ``--order auto``, ``--speed-check``).
+
+    ``provider``/``threads``/``batch``: the deployment the tables describe (threads None: the
+    physical cores on CPU). ``grid``: measured ranks per (order, groups), interpolated between.
+    ``cache_dir`` None: ``$ONNX_ALDS_CACHE`` or ``~/.cache/onnx-alds/latency``. ``prune_slow``: with a
+    params or MACs budget, drop every option measured slower than ``dense / min_speedup`` (what
+    ``--speed-check`` does now). ``timer``: how a set of single-layer models is timed (tests inject a
+    fake; default :class:`onnx_alds.latency.OrtTimer`).
+    """
+
+    provider: str = "cpu"
+    threads: Optional[int] = None
+    batch: int = 1
+    runs: int = 15
+    warmup: Optional[int] = None
+    grid: int = 4
+    cache_dir: Optional[str] = None
+    prune_slow: bool = False
+    min_speedup: float = 1.0
+    timer: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        from .runtime import PROVIDERS
+
+        if self.provider not in PROVIDERS:
+            raise InputDataError(f"unknown provider '{self.provider}'; choose one of: {', '.join(PROVIDERS)}")
+        if self.batch < 1 or self.runs < 1 or self.grid < 2:
+            raise InputDataError(f"got batch {self.batch}, runs {self.runs}, grid {self.grid}; give batch >= 1, "
+                                 "runs >= 1 and a grid of at least 2 ranks")
+        if not self.min_speedup > 0:
+            raise InputDataError(f"got min_speedup {self.min_speedup}; give a positive factor such as 1.0")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Every option of one compression, in its groups."""
+
+    budget: Budget
+    search: SearchOptions = SearchOptions()
+    data: DataAwareOptions = DataAwareOptions()
+    speed: Optional[SpeedOptions] = None
+    input_shapes: Optional[Mapping[str, tuple[int, ...]]] = field(default=None, hash=False)
+
+    @property
+    def measures_latency(self) -> bool:
+        """Whether the allocation needs latency tables."""
+        return (self.budget.target == "latency" or self.search.order == AUTO_ORDER
+                or (self.speed is not None and self.speed.prune_slow))
+
+
+def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,
+                     keep_latency: Optional[float] = None, method: str = "alds",
+                     error_measure: Optional[str] = None, rank_multiple: int = 1, exclude: Sequence[str] = (),
+                     seed: int = 0, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                     max_groups: int = 16, calibration=None, calibration_batch_size: int = 16, refit: bool = True,
+                     sequential: bool = False, bias_correction: bool = False, sensitivity: bool = False,
+                     keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
+                     shrinkage: bool = True, budget: Optional[Budget] = None, search: Optional[SearchOptions] = None,
+                     data: Optional[DataAwareOptions] = None, speed: Optional[SpeedOptions] = None) -> CompressOptions:
+    """:class:`CompressOptions` from ``compress``'s keyword arguments; a group given whole replaces
+    the keywords it covers (giving both a group and one of its keywords is an error)."""
+    defaults = dict(method="alds", error_measure=None, rank_multiple=1, exclude=(), seed=0, max_groups=16,
+                    keep_dense=None, order=SPATIAL_FIRST)
+    given = dict(method=method, error_measure=error_measure, rank_multiple=rank_multiple, exclude=tuple(exclude),
+                 seed=seed, max_groups=max_groups, keep_dense=keep_dense, order=order)
+    data_defaults = dict(calibration=None, calibration_batch_size=16, refit=True, sequential=False,
+                         bias_correction=False, sensitivity=False, shrinkage=True)
+    data_given = dict(calibration=calibration, calibration_batch_size=calibration_batch_size, refit=refit,
+                      sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
+                      shrinkage=shrinkage)
+    if budget is None:
+        budget = Budget.from_keywords(keep_params, keep_flops, keep_latency)
+    elif any(value is not None for value in (keep_params, keep_flops, keep_latency)):
+        raise BudgetError("give the budget once: budget=Budget(...) or one keep_* keyword, not both")
+    if search is None:
+        search = SearchOptions(**{key: value for key, value in given.items() if key != "keep_dense"},
+                               keep_dense=keep_dense or {})
+    else:
+        _refuse_both("search", given, defaults)
+    if data is None:
+        data = DataAwareOptions(calibration=calibration, batch_size=calibration_batch_size, refit=refit,
+                                sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
+                                shrinkage=shrinkage)
+    else:
+        _refuse_both("data", data_given, data_defaults)
+    if speed is None and (budget.target == "latency" or search.order == AUTO_ORDER):
+        speed = SpeedOptions()
+    shapes = None if input_shapes is None else {name: tuple(int(d) for d in dims)
+                                                for name, dims in input_shapes.items()}
+    return CompressOptions(budget, search, data, speed, shapes)
+
+
+def _refuse_both(group: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    changed = [key for key, value in given.items() if value is not defaults[key] and value != defaults[key]]
+    if changed:
+        raise BudgetError(f"give '{changed[0]}' inside {group}=... or as a keyword, not both")
+
+
+__all__ = ["AUTO_ORDER", "ORDER_CHOICES", "TARGETS", "METHODS", "Budget", "SearchOptions", "DataAwareOptions",
+           "SpeedOptions", "CompressOptions", "compress_options", "POINTWISE_FIRST", "SPATIAL_FIRST"]

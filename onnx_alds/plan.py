@@ -1,0 +1,640 @@
+"""The plan as a value: per layer, what to do (factorize at ``(g, r)`` in an order, or keep dense),
+with what was predicted; written as JSON by ``onnx-alds plan`` and applied by ``onnx-alds apply``.
+
+``compress`` is :func:`make_plan` then :func:`apply_plan` (in memory, without the JSON round trip),
+so a plan applied to the model it was made for gives the byte-identical model ``compress`` gives
+with the same options. A user may edit a plan (set a layer's ``"option"`` to ``"dense"``, change a
+``"rank"``, ``"groups"`` or ``"order"``) and apply it: apply recomputes the edited layers' predicted
+errors from their spectra (their predicted time is unknown: the report says so). A sweep can make
+plans on one machine and apply them on others.
+
+A plan names the model it was made for: the resolved input shapes and, per layer, its name, op,
+weight shape and weight count. Applying it to a model whose layers or shapes differ, or reading a
+plan with keys this version does not know, is an error that names the layer or key and the fix.
+
+The JSON (``"format": "onnx-alds plan"``, ``"version": 1``)::
+
+    {"format", "version", "tool", "model": {"inputs", "params", "layers"},
+     "options": {"budget", "search", "data", "speed", "input_shapes"},
+     "totals": {...what was predicted for the whole model...},
+     "layers": [{"name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason",
+                 "predicted": {"option", "groups", "rank", "order", "error", "cost", "time_dense_us",
+                               "time_us", "time_measured"}}, ...]}
+
+``option`` is ``factorized``, ``dense`` or ``skipped`` (cannot be factorized; ``reason`` says why).
+``predicted.cost`` is in the budget's unit: weights, MACs or microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from .allocate import DENSE, Allocation, LayerChoice
+from .errors import OnnxAldsError
+from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, with_order
+from .options import (Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions, compress_options)
+
+PLAN_FORMAT = "onnx-alds plan"
+PLAN_VERSION = 1
+FACTORIZED, KEPT_DENSE, SKIPPED = "factorized", "dense", "skipped"
+OPTIONS = (FACTORIZED, KEPT_DENSE, SKIPPED)
+
+
+class PlanError(OnnxAldsError):
+    """A plan that cannot be read, or that does not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What the plan predicted for one layer's decision when it was made."""
+
+    option: str
+    groups: int
+    rank: int
+    order: Optional[str]
+    error: float
+    cost: Optional[float]
+    time_dense_us: Optional[float] = None
+    time_us: Optional[float] = None
+    time_measured: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """One Conv/Gemm/MatMul node: what identifies it, and what to do with it."""
+
+    name: str
+    op: str
+    weight_shape: tuple[int, ...]
+    params: int
+    option: str
+    groups: int = 0
+    rank: int = 0
+    order: Optional[str] = None
+    reason: Optional[str] = None
+    predicted: Optional[Predicted] = None
+
+    @property
+    def edited(self) -> bool:
+        """Whether the decision differs from what was predicted (a user changed it)."""
+        p = self.predicted
+        if p is None:
+            return True
+        if self.option != p.option:
+            return True
+        return self.option == FACTORIZED and (self.groups, self.rank, self.order) != (p.groups, p.rank, p.order)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-layer decisions for one model, with the options they were made under."""
+
+    model: Mapping[str, Any]
+    options: Mapping[str, Any]
+    layers: tuple[LayerDecision, ...]
+    totals: Mapping[str, Any] = field(default_factory=dict)
+    tool: Mapping[str, Any] = field(default_factory=dict)
+    report: Any = field(default=None, compare=False, repr=False)  # the CompressionReport of make_plan
+
+    # ---- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        from .report import json_safe
+
+        layers = []
+        for layer in self.layers:
+            entry = asdict(layer)
+            entry["weight_shape"] = list(layer.weight_shape)
+            layers.append(entry)
+        return json_safe({"format": PLAN_FORMAT, "version": PLAN_VERSION, "tool": dict(self.tool),
+                          "model": dict(self.model), "options": dict(self.options), "totals": dict(self.totals),
+                          "layers": layers})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+
+    def save(self, path: Union[str, Path]) -> None:
+        from .report import write_json
+
+        write_json(self.to_dict(), path)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> "Plan":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlanError(f"{source} is not JSON ({exc}); give a file written by onnx-alds plan") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Plan":
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise PlanError(f"cannot read the plan '{path}' ({exc.strerror or exc}); give a file written by "
+                            "onnx-alds plan") from None
+        return cls.from_json(text, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
+        """Read a plan strictly: every key known, every value of the right kind."""
+        reader = _Reader(source)
+        top = reader.mapping(data, "the plan", required=("format", "version", "model", "options", "layers"),
+                             optional=("tool", "totals"))
+        if top["format"] != PLAN_FORMAT:
+            raise PlanError(f"{source}: format is {top['format']!r}, not {PLAN_FORMAT!r}; give a file written by "
+                            "onnx-alds plan")
+        if top["version"] != PLAN_VERSION or isinstance(top["version"], bool):
+            raise PlanError(f"{source}: plan version {top['version']!r}; this onnx-alds reads version {PLAN_VERSION} "
+                            "(make the plan again with this version)")
+        model = reader.mapping(top["model"], "model", required=("inputs",), optional=("params", "layers"))
+        inputs = reader.mapping(model["inputs"], "model.inputs", free=True)
+        model = dict(model, inputs={name: reader.dims(dims, f"model.inputs.{name}") for name, dims in inputs.items()})
+        options = reader.options(top["options"])
+        layers = reader.list(top["layers"], "layers")
+        decisions = tuple(reader.layer(entry, index) for index, entry in enumerate(layers))
+        names = [decision.name for decision in decisions]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise PlanError(f"{source}: layer '{duplicate}' appears twice; keep one entry per layer")
+        totals = reader.mapping(top.get("totals") or {}, "totals", free=True)
+        tool = reader.mapping(top.get("tool") or {}, "tool", free=True)
+        return cls(model, options, decisions, totals, tool)
+
+    # ---- options and edits
+
+    def compress_options(self, calibration=None) -> CompressOptions:
+        """The options the plan was made under, with ``calibration`` for a data-aware plan."""
+        o = self.options
+        search = dict(o["search"])
+        search["exclude"] = tuple(search.get("exclude") or ())
+        data = dict(o["data"] or {})
+        data.pop("calibration", None)
+        data.pop("samples", None)
+        data_aware = bool(data.pop("data_aware", False))
+        data["sensitivity"] = False  # it weighed the allocation only: the decisions are in the plan
+        if calibration is None and data_aware:
+            raise PlanError(f"the plan is data-aware (calibrated on {o['data'].get('calibration')}); give calibration "
+                            "inputs (--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+        if not data_aware:
+            calibration = None
+            data = {key: value for key, value in data.items() if key in ("batch_size", "refit", "shrinkage")}
+        speed = SpeedOptions(**o["speed"]) if o.get("speed") else None
+        shapes = o.get("input_shapes")
+        return CompressOptions(Budget(**o["budget"]), SearchOptions(**search),
+                               DataAwareOptions(calibration=calibration, **data), speed,
+                               None if shapes is None else {k: tuple(v) for k, v in shapes.items()})
+
+    def layer(self, name: str) -> LayerDecision:
+        for decision in self.layers:
+            if decision.name == name:
+                return decision
+        raise KeyError(name)
+
+    def with_layer(self, name: str, **changes) -> "Plan":
+        """The plan with one layer's decision changed (``option="dense"``, ``rank=32`` ...)."""
+        self.layer(name)
+        return replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
+                       report=None)
+
+    @property
+    def data_aware(self) -> bool:
+        return bool((self.options.get("data") or {}).get("data_aware"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict reading
+
+
+_SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
+_DATA_KEYS = ("data_aware", "calibration", "samples", "batch_size", "refit", "sequential", "bias_correction",
+              "sensitivity", "shrinkage")
+_SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup")
+_LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
+_PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> PlanError:
+        return PlanError(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str, *, required: Sequence[str] = (), optional: Sequence[str] = (),
+                free: bool = False) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected an object, got {type(value).__name__}")
+        if not free:
+            unknown = [key for key in value if key not in required and key not in optional]
+            if unknown:
+                known = ", ".join(tuple(required) + tuple(optional))
+                raise self.fail(where, f"unknown key '{unknown[0]}' (known: {known}); remove it or make the plan "
+                                       "again with onnx-alds plan")
+        missing = [key for key in required if key not in value]
+        if missing:
+            raise self.fail(where, f"missing key '{missing[0]}'; make the plan again with onnx-alds plan")
+        return dict(value)
+
+    def list(self, value: Any, where: str) -> list:
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def integer(self, value: Any, where: str, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(where, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def number(self, value: Any, where: str, *, optional: bool = True) -> Optional[float]:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(where, f"expected a number, got {value!r}")
+        return float(value)
+
+    def dims(self, value: Any, where: str) -> tuple[int, ...]:
+        return tuple(self.integer(d, where) for d in self.list(value, where))
+
+    def options(self, value: Any) -> dict:
+        options = self.mapping(value, "options", required=("budget", "search", "data"),
+                               optional=("speed", "input_shapes"))
+        budget = self.mapping(options["budget"], "options.budget", required=("target", "keep"))
+        search = self.mapping(options["search"], "options.search", required=_SEARCH_KEYS)
+        data = self.mapping(options["data"], "options.data", optional=_DATA_KEYS)
+        speed = options.get("speed")
+        if speed is not None:
+            speed = self.mapping(speed, "options.speed", optional=_SPEED_KEYS)
+        shapes = options.get("input_shapes")
+        if shapes is not None:
+            shapes = {name: list(self.dims(dims, f"options.input_shapes.{name}"))
+                      for name, dims in self.mapping(shapes, "options.input_shapes", free=True).items()}
+        try:  # the values: the option classes check them
+            Budget(**budget)
+            SearchOptions(**{key: value for key, value in search.items() if key != "exclude"})
+            if speed is not None:
+                SpeedOptions(**speed)
+        except (OnnxAldsError, TypeError) as exc:
+            raise self.fail("options", str(exc)) from None
+        return {"budget": budget, "search": search, "data": data, "speed": speed, "input_shapes": shapes}
+
+    def layer(self, entry: Any, index: int) -> LayerDecision:
+        where = f"layers[{index}]"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            where += f" ('{entry['name']}')"
+        required = ("name", "op", "weight_shape", "option")
+        entry = self.mapping(entry, where, required=required,
+                             optional=tuple(k for k in _LAYER_KEYS if k not in required))
+        if not isinstance(entry["name"], str) or not isinstance(entry["op"], str):
+            raise self.fail(where, "name and op must be strings")
+        option = entry["option"]
+        if option not in OPTIONS:
+            raise self.fail(where, f"option {option!r} is not one of {', '.join(OPTIONS)}")
+        groups = self.integer(entry.get("groups", 0), f"{where}.groups")
+        rank = self.integer(entry.get("rank", 0), f"{where}.rank")
+        order = entry.get("order")
+        if option == FACTORIZED:
+            if groups < 1 or rank < 1:
+                raise self.fail(where, "a factorized layer needs groups >= 1 and rank >= 1 (or set \"option\": "
+                                       "\"dense\")")
+            if order not in ORDERS:
+                raise self.fail(where, f"order {order!r} is not one of {', '.join(ORDERS)}")
+        predicted = entry.get("predicted")
+        if predicted is not None:
+            p = self.mapping(predicted, f"{where}.predicted", required=("option",),
+                             optional=tuple(k for k in _PREDICTED_KEYS if k != "option"))
+            measured = p.get("time_measured")
+            if measured is not None and not isinstance(measured, bool):
+                raise self.fail(f"{where}.predicted.time_measured", f"expected true or false, got {measured!r}")
+            predicted = Predicted(p["option"], self.integer(p.get("groups", 0), f"{where}.predicted.groups"),
+                                  self.integer(p.get("rank", 0), f"{where}.predicted.rank"), p.get("order"),
+                                  self.number(p.get("error", 0.0), f"{where}.predicted.error") or 0.0,
+                                  self.number(p.get("cost"), f"{where}.predicted.cost"),
+                                  self.number(p.get("time_dense_us"), f"{where}.predicted.time_dense_us"),
+                                  self.number(p.get("time_us"), f"{where}.predicted.time_us"), measured)
+        reason = entry.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise self.fail(f"{where}.reason", "expected a string or null")
+        return LayerDecision(entry["name"], entry["op"], self.dims(entry["weight_shape"], f"{where}.weight_shape"),
+                             self.integer(entry.get("params", 0), f"{where}.params"), option, groups, rank,
+                             order if option == FACTORIZED else None, reason, predicted)
+
+
+# --------------------------------------------------------------------------------------------------
+# Making a plan
+
+
+def _options_dict(options: CompressOptions, calibration_source: Optional[str],
+                  samples: Optional[int]) -> dict[str, Any]:
+    search, data, speed = options.search, options.data, options.speed
+    return {
+        "budget": {"target": options.budget.target, "keep": options.budget.keep},
+        "search": {"method": search.method, "error_measure": search.error_measure,
+                   "rank_multiple": search.rank_multiple, "max_groups": search.max_groups, "order": search.order,
+                   "seed": search.seed, "exclude": list(search.exclude)},
+        "data": {"data_aware": data.enabled, "calibration": calibration_source, "samples": samples,
+                 "batch_size": data.batch_size, "refit": data.refit, "sequential": data.sequential,
+                 "bias_correction": data.bias_correction, "sensitivity": data.sensitivity,
+                 "shrinkage": data.shrinkage},
+        "speed": None if speed is None else {key: getattr(speed, key) for key in _SPEED_KEYS},
+        "input_shapes": None if options.input_shapes is None else
+        {name: list(dims) for name, dims in options.input_shapes.items()},
+    }
+
+
+def _plan_from(planned, report) -> Plan:
+    """The plan of a planned compression, from its report rows."""
+    from . import __version__
+    from .model_io import resolve_input_shapes
+
+    options = planned.options
+    unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
+    layers = []
+    for row in report.layers:
+        option = SKIPPED if row.skip_reason else (FACTORIZED if row.groups else KEPT_DENSE)
+        order = row.order if option == FACTORIZED else None
+        cost = getattr(row, unit)
+        predicted = Predicted(option, row.groups, row.rank if row.groups else 0, order, float(row.error),
+                              None if cost is None else float(cost), row.time_dense_us, row.time_us,
+                              row.time_measured)
+        layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
+                                    row.rank if row.groups else 0, order, row.skip_reason, predicted))
+    inputs, _ = resolve_input_shapes(planned.prepared.model, options.input_shapes, batch_default=1)
+    data = options.data
+    options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
+                                 report.calibration_samples)
+    totals = {"achieved": report.achieved, "params_before": report.params_before, "params_after": report.params_after,
+              "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
+              "error_measure": report.error_measure, "search": report.search, "latency": report.latency}
+    return Plan({"inputs": {name: list(dims) for name, dims in inputs.items()}, "params": report.params_before,
+                 "layers": len(layers)}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
+                report=report)
+
+
+def make_plan(model, **options) -> Plan:
+    """The plan ``compress(model, **options)`` would apply (same keywords, grouped options included):
+    every layer's decision and its predicted error and cost. Nothing is rewritten."""
+    from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
+
+    compress_opts = compress_options(**options)
+    planned = _plan_step(model, compress_opts)
+    budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
+    report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,
+                                 keep=budget.keep, method=search.method, measure=planned.measure, seed=search.seed,
+                                 rank_multiple=search.rank_multiple, seconds=planned.seconds,
+                                 calibration=None if data.calibration is None else str(data.calibration.source),
+                                 speed=planned.speed)
+    if data.enabled:
+        from .data_aware import sample_count
+
+        report = replace(report, calibration_samples=sample_count(data.calibration),
+                         notes=report.notes + tuple(planned.calibration_notes))
+    report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
+                     warnings=_harm_warnings(report, planned.prepared, data.enabled))
+    return _plan_from(planned, report)
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying a plan
+
+
+def apply_plan(model, plan: Plan, calibration=None):
+    """The model with the plan's decisions applied (data-aware factors from ``calibration`` when the
+    plan is data-aware): a :class:`onnx_alds.api.CompressionResult`, as ``compress`` returns."""
+    from .api import _apply_step, _plan_step
+
+    options = plan.compress_options(calibration)
+    return _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+
+
+class _Decisions:
+    """A plan bound to the model it is applied to (what :func:`onnx_alds.api._plan_step` asks of it)."""
+
+    def __init__(self, plan: Plan, options: CompressOptions) -> None:
+        self.plan = plan
+        self.options = options
+        self.by_name = {decision.name: decision for decision in plan.layers}
+
+    def _error(self, message: str) -> PlanError:
+        return PlanError(f"the plan does not fit this model: {message}")
+
+    def check(self, prepared, input_shapes) -> dict[str, str]:
+        """Every layer of the model in the plan and the other way round, with the same op and weight
+        shape, at the same input shapes; returns the layers to keep dense as the plan skipped them."""
+        from .model_io import resolve_input_shapes
+
+        fix = "make a new plan for it with onnx-alds plan"
+        inputs, _ = resolve_input_shapes(prepared.model, input_shapes, batch_default=1)
+        planned_inputs = {name: tuple(dims) for name, dims in self.plan.model.get("inputs", {}).items()}
+        if {name: tuple(dims) for name, dims in inputs.items()} != planned_inputs:
+            def show(shapes) -> str:
+                return ", ".join(f"{n}:{'x'.join(map(str, d))}" for n, d in sorted(shapes.items()))
+
+            raise self._error(f"its inputs resolve to {show(inputs)}, the plan was made at {show(planned_inputs)}; "
+                              f"{fix}")
+        model_layers = {layer.name: layer for layer in prepared.layers}
+        for decision in self.plan.layers:
+            layer = model_layers.get(decision.name)
+            if layer is None:
+                raise self._error(f"layer '{decision.name}' of the plan is not in the model (another model, or a "
+                                  f"renamed node); {fix}")
+            if layer.op != decision.op or tuple(layer.weight_shape) != tuple(decision.weight_shape):
+                raise self._error(
+                    f"layer '{decision.name}' is a {layer.op} with weight {'x'.join(map(str, layer.weight_shape))} "
+                    f"in the model but a {decision.op} with weight {'x'.join(map(str, decision.weight_shape))} in "
+                    f"the plan (the model changed since the plan was made); {fix}")
+            if decision.option == FACTORIZED and not layer.compressible:
+                raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
+                                  f"this model ({layer.skip_reason}); set its \"option\" to \"dense\" or {fix}")
+        missing = [name for name in model_layers if name not in self.by_name]
+        if missing:
+            raise self._error(f"layer '{missing[0]}' of the model has no entry in the plan ({len(missing)} missing); "
+                              f"{fix}")
+        return {decision.name: decision.reason or "skipped in the plan" for decision in self.plan.layers
+                if decision.option == SKIPPED and model_layers[decision.name].compressible}
+
+    def ordered(self, prepared, chosen: Sequence[Layer], *, max_groups: int, channel_multiple: int):
+        """The factorized layers in the plan's order, their groups checked against the candidates."""
+        ordered = {}
+        for layer in chosen:
+            decision = self.by_name[layer.name]
+            if decision.option != FACTORIZED:
+                continue
+            target = layer
+            if decision.order != layer.order:
+                if decision.order == POINTWISE_FIRST and not layer.pointwise_first_ok:
+                    raise self._error(f"layer '{layer.name}' cannot be factorized pointwise-first (it is not a k×k "
+                                      "conv with stride 1 whose output keeps its input's size); set its \"order\" "
+                                      f"to \"{SPATIAL_FIRST}\"")
+                target = with_order(layer, decision.order, max_groups=max_groups, channel_multiple=channel_multiple)
+            if decision.groups not in target.groups:
+                raise self._error(f"layer '{layer.name}': groups {decision.groups} is not a candidate "
+                                  f"{decision.order}; candidates: {', '.join(map(str, target.groups))}")
+            if target is not layer:
+                ordered[layer.name] = target
+        if not ordered:
+            return prepared, list(chosen)
+        return (replace(prepared, layers=[ordered.get(layer.name, layer) for layer in prepared.layers]),
+                [ordered.get(layer.name, layer) for layer in chosen])
+
+    def allocation(self, chosen: Sequence[Layer], tables) -> Allocation:
+        """The plan's decisions as an allocation, errors read from the tables (edited ranks included)."""
+        choices = []
+        for layer, table in zip(chosen, tables):
+            decision = self.by_name[layer.name]
+            predicted = decision.predicted
+            if decision.option != FACTORIZED:
+                choices.append(LayerChoice(DENSE, 0, float(layer.params), 0.0))
+                continue
+            try:
+                error = table.error(decision.groups, decision.rank)
+            except KeyError:
+                option = next((o for o in table.options if o.groups == decision.groups), None)
+                largest = int(option.ranks[-1]) if option is not None and len(option.ranks) else 0
+                raise self._error(f"layer '{layer.name}': rank {decision.rank} with {decision.groups} groups "
+                                  f"{'does not shrink it' if decision.rank > largest else 'is not a valid rank'} "
+                                  f"(ranks 1 to {largest} do); lower the rank or set \"option\": \"dense\"") from None
+            cost = predicted.cost if predicted is not None and not decision.edited and predicted.cost is not None \
+                else float("nan")
+            choices.append(LayerChoice(decision.groups, decision.rank, cost, error, layer.order))
+        max_error = max((choice.error for choice in choices), default=0.0)
+        edited = sum(1 for layer in chosen if self.by_name[layer.name].edited)
+        return Allocation(tuple(choices), float("nan"), float(sum(c.cost for c in choices)), max_error,
+                          "plan" + (f" ({edited} layers edited)" if edited else ""))
+
+    def times(self):
+        """The plan's recorded layer times for the report (None when it has none)."""
+        latency = self.plan.totals.get("latency")
+        if not latency and not any(d.predicted and d.predicted.time_dense_us is not None for d in self.plan.layers):
+            return None
+        return _PlanTimes(self.plan)
+
+
+class _PlanTimes:
+    """Layer times as recorded in a plan: known for the decisions as planned, unknown for edited ones."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.latency = dict(plan.totals.get("latency") or {})
+
+    def layer_times(self, name: str, groups: int, rank: int, order: Optional[str]):
+        decision = next((d for d in self.plan.layers if d.name == name), None)
+        p = decision.predicted if decision is not None else None
+        if p is None or p.time_dense_us is None:
+            return None
+        if groups == 0:
+            return p.time_dense_us, p.time_dense_us, True
+        if not decision.edited:
+            return p.time_dense_us, p.time_us, bool(p.time_measured)
+        return p.time_dense_us, None, False
+
+    def predicted_us(self, decisions) -> Optional[float]:
+        model_us = self.latency.get("model_us")
+        if model_us is None:
+            return None
+        total = float(model_us)
+        for decision in self.plan.layers:
+            groups = decisions[decision.name].groups if decision.name in decisions else 0
+            times = self.layer_times(decision.name, groups, 0, None)
+            if times is None:
+                continue
+            dense, value, _ = times
+            if value is None:
+                return None
+            total += value - dense
+        return total
+
+    def achieved(self, decisions) -> float:
+        predicted = self.predicted_us(decisions)
+        model_us = self.latency.get("model_us")
+        return predicted / model_us if predicted is not None and model_us else float("nan")
+
+    def summary(self, decisions=None) -> dict:
+        keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us")
+        data = {key: self.latency.get(key) for key in keep}
+        data.update(source="the plan", table_seconds=None, untimed={})
+        predicted = self.predicted_us(decisions or {})
+        if predicted is not None and data.get("model_us"):
+            data.update(rest_us=data["model_us"] - (data.get("layers_dense_us") or 0.0), predicted_us=predicted,
+                        predicted_speedup=data["model_us"] / predicted if predicted > 0 else None)
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``onnx-alds apply``."""
+    from .inputs import add_input_arguments
+    from .validate import add_validation_arguments
+
+    parser.add_argument("model", help="ONNX model file the plan was made for (never modified)")
+    parser.add_argument("plan", help="plan JSON written by onnx-alds plan (edited or not)")
+    parser.add_argument("-o", "--output", required=True, help="where to write the compressed model")
+    parser.add_argument("--report", metavar="FILE.json", help="write the per-layer result and totals as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
+    add_input_arguments(parser, prefix="calibration-", input_shape=False)
+    parser.add_argument("--validate", action="store_true",
+                        help="after applying, validate and benchmark against the original (validate options below)")
+    add_validation_arguments(parser)
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """``onnx-alds plan``: the compress flags, the plan written to ``-o`` instead of a model."""
+    from .cli import compress_keywords
+    from .inputs import inputs_from_args
+    from .model_io import check_output_path, open_model
+
+    if getattr(args, "validate", False):
+        raise PlanError("plan writes a plan, not a model: validate after onnx-alds apply (apply --validate)")
+    output = Path(args.output)
+    check_output_path(output, protect=[args.model])
+    if args.report:
+        check_output_path(Path(args.report), protect=[args.model, args.output])
+    model = open_model(args.model)
+    calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    plan = make_plan(model, **compress_keywords(args, calibration))
+    plan.save(output)
+    if args.report:
+        plan.report.save_json(args.report)
+    text = plan.report.format()
+    print(text if not args.quiet else text.split("\n\n", 1)[-1])
+    print(f"wrote {output} (apply it with: onnx-alds apply {args.model} {output} -o OUT"
+          + (" --calibration ..." if plan.data_aware else "") + ")")
+    return 0
+
+
+def run_apply_command(args: argparse.Namespace) -> int:
+    """``onnx-alds apply``: read the plan, check it against the model, rewrite, write (and validate)."""
+    from .cli import write_result
+    from .inputs import inputs_from_args
+    from .model_io import check_output_path, open_model
+
+    check_output_path(Path(args.output), protect=[args.model, args.plan])
+    if args.report:
+        check_output_path(Path(args.report), protect=[args.model, args.output, args.plan])
+    plan = Plan.load(args.plan)
+    model = open_model(args.model)
+    args.seed = plan.options["search"]["seed"]  # --calibration-random draws as when the plan was made
+    shapes = plan.options.get("input_shapes")
+    args.input_shape = [f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items()] if shapes else None
+    calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    result = apply_plan(model, plan, calibration=calibration)
+    edited = [d for d in plan.layers if d.edited and d.option != SKIPPED]
+    if edited:
+        first = edited[0]
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            f"{len(edited)} layers differ from what the plan predicted (edited; first: '{first.name}' "
+            f"{first.option}{f' g={first.groups} r={first.rank}' if first.option == FACTORIZED else ''}): their errors "
+            "are recomputed, their times unknown",)))
+    return write_result(args, result)
+
+
+__all__ = ["Plan", "LayerDecision", "Predicted", "PlanError", "make_plan", "apply_plan", "PLAN_FORMAT", "PLAN_VERSION",
+           "add_apply_arguments", "run_plan_command", "run_apply_command"]

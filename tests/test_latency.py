@@ -1,0 +1,149 @@
+"""Latency tables and the latency budget, with a fake timer (deterministic, no ONNX Runtime timing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_alds
+from conftest import small_cnn
+from fake_timer import FakeTimer, two_order_cnn
+from onnx_alds.allocate import DENSE, LayerCosts, allocate_minmax
+from onnx_alds.errors import BudgetError
+from onnx_alds.latency import LatencyCache, LayerSpec, TableStats, grid_ranks, measure_table
+from onnx_alds.options import Budget, SearchOptions, SpeedOptions
+from onnx_alds.spectra import error_table, layer_spectra
+
+
+def speed(timer, tmp_path, **extra) -> SpeedOptions:
+    return SpeedOptions(batch=4, timer=timer, cache_dir=str(tmp_path / "cache"), **extra)
+
+
+def rows(report):
+    return {row.name: row for row in report.layers}
+
+
+def test_latency_budget_met_and_no_layer_slower(tmp_path):
+    timer = FakeTimer(group_penalty=50.0)  # grouped pairs are far slower than dense
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                                speed=speed(timer, tmp_path)).report
+    assert report.target == "latency"
+    assert 0.5 <= report.achieved <= 0.6 + 1e-9
+    latency = report.latency
+    assert latency["predicted_us"] <= 0.6 * latency["model_us"] + 1e-6
+    factorized = [row for row in report.layers if row.groups]
+    assert factorized
+    for row in factorized:
+        assert row.groups == 1, "grouped options measured slower than dense are never candidates"
+        assert row.time_us < row.time_dense_us
+    assert "latency tables" in report.seconds
+    assert "latency: dense model" in report.format() and "time µs" in report.format()
+
+
+def test_unreachable_latency_names_smallest_ratio(tmp_path):
+    with pytest.raises(BudgetError, match=r"--keep-latency 0.01 cannot be reached: the smallest reachable ratio is"):
+        onnx_alds.compress(small_cnn(width=32), keep_latency=0.01, rank_multiple=8,
+                           speed=speed(FakeTimer(), tmp_path))
+
+
+def test_order_auto_picks_the_faster_order_per_layer(tmp_path):
+    # pointwise-first pairs 2x faster where the conv has 32 inputs, 2x slower where it has 64
+    timer = FakeTimer(group_penalty=50.0, pointwise=lambda channels: 0.5 if channels == 32 else 2.0)
+    model = two_order_cnn()
+    flops = onnx_alds.compress(model, keep_flops=0.4, rank_multiple=8, order="auto",
+                               speed=speed(timer, tmp_path)).report
+    chosen = rows(flops)
+    assert chosen["conv1"].groups and chosen["conv1"].order == "pointwise-first"
+    assert chosen["conv3"].groups and chosen["conv3"].order == "spatial-first"
+    latency = onnx_alds.compress(model, keep_latency=0.6, rank_multiple=8, order="auto",
+                                 speed=speed(timer, tmp_path)).report
+    chosen = rows(latency)
+    assert chosen["conv1"].order == "pointwise-first"
+    assert chosen["conv3"].groups == 0 or chosen["conv3"].order == "spatial-first"
+    # and the written model has that pair: conv1.enc is the 1x1 conv
+    result = onnx_alds.compress(model, keep_latency=0.6, rank_multiple=8, order="auto", speed=speed(timer, tmp_path))
+    nodes = {node.name: node for node in result.model.graph.node}
+    weights = {init.name: init for init in result.model.graph.initializer}
+    assert tuple(weights[nodes["conv1.enc"].input[1]].dims[2:]) == (1, 1)
+
+
+def test_cache_hit_measures_nothing(tmp_path):
+    first = FakeTimer()
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, order="auto",
+                       speed=speed(first, tmp_path))
+    assert first.calls > 0
+    again = FakeTimer()
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, order="auto",
+                                speed=speed(again, tmp_path)).report
+    assert again.calls == 0, "a second run reads every figure from the cache"
+    assert report.latency["layer_shapes_measured"] == 0 and report.latency["model_time_cached"]
+    other = FakeTimer()  # another model (other weights) with the same layer shapes: no layer is timed again
+    onnx_alds.compress(small_cnn(seed=5, width=32), keep_flops=0.7, rank_multiple=8, order="auto",
+                       speed=speed(other, tmp_path))
+    assert other.calls == 0
+    elsewhere = FakeTimer()  # another batch is another deployment: measured again
+    onnx_alds.compress(small_cnn(width=32), keep_flops=0.7, rank_multiple=8, order="auto",
+                       speed=SpeedOptions(batch=8, timer=elsewhere, cache_dir=str(tmp_path / "cache")))
+    assert elsewhere.calls > 0
+
+
+def test_grid_is_coarse_and_interpolated(tmp_path):
+    rng = np.random.default_rng(0)
+    f, c = 64, 64
+    groups = (1,)
+    table = error_table(layer_spectra(rng.standard_normal((f, c * 9)), groups), f, c * 9, groups=groups,
+                        rank_multiple=4)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    spec = LayerSpec("Conv", tuple(a.SerializeToString() for a in node.attribute), (2, c, 8, 8), (f, c, 3, 3), None,
+                     TensorProto.FLOAT, False, 17)
+    timer = FakeTimer()
+    stats = TableStats()
+    ranks = table.options[0].ranks
+    latency = measure_table("conv", spec, {("spatial-first", 1): ranks}, timer, LatencyCache(tmp_path), {"t": 1},
+                            grid=4, stats=stats, memo={})
+    assert len(latency.measured[("spatial-first", 1)]) <= 4 < len(ranks)
+    assert stats.loops == 2 and timer.calls == 2  # smallest rank first, then the grid
+    assert latency.measured[("spatial-first", 1)] == tuple(grid_ranks(ranks, 4))
+    # the fake is linear in rank for this pair (plus a constant): interpolation is exact in between
+    middle = int(ranks[len(ranks) // 2 + 1])
+    exact = timer.seconds(spec.option_model("spatial-first", 1, middle)) / timer.seconds(spec.dense_model())
+    assert latency.time("spatial-first", 1, middle) == pytest.approx(exact * latency.dense_us, rel=1e-6)
+
+
+def test_allocation_with_costs_drops_slower_and_dominated_options():
+    rng = np.random.default_rng(1)
+    tables = []
+    for f, c in [(16, 32), (32, 16), (24, 24)]:
+        tables.append(error_table(layer_spectra(rng.standard_normal((f, c)), (1,)), f, c, groups=(1,)))
+    costs = []
+    for table in tables:
+        ranks = table.options[0].ranks.astype(float)
+        cost = 10.0 + ranks  # dense costs 20: ranks >= 10 are slower than dense
+        cost[1] = 50.0  # one non-monotone spike (dominated by every larger rank)
+        costs.append(LayerCosts(20.0, (cost,)))
+    allocation = allocate_minmax(tables, [1.0] * 3, 45.0, costs=costs)
+    assert allocation.cost <= 45.0
+    for choice, table in zip(allocation.choices, tables):
+        if choice.groups != DENSE:
+            assert choice.cost < 20.0 and choice.rank != int(table.options[0].ranks[1])
+
+
+def test_params_budget_unchanged_without_speed_options(cnn):
+    plain = onnx_alds.compress(cnn, keep_flops=0.5)
+    grouped = onnx_alds.compress(cnn, budget=Budget("flops", 0.5), search=SearchOptions())
+    assert plain.model.SerializeToString() == grouped.model.SerializeToString()
+    with pytest.raises(BudgetError, match="not both"):
+        onnx_alds.compress(cnn, keep_flops=0.5, budget=Budget("flops", 0.5))
+    with pytest.raises(BudgetError, match="inside search"):
+        onnx_alds.compress(cnn, keep_flops=0.5, rank_multiple=8, search=SearchOptions())
+
+
+def test_real_onnxruntime_timer(tmp_path):
+    """The ONNX Runtime timer end to end on a tiny model (figures not checked: this machine is shared)."""
+    result = onnx_alds.compress(small_cnn(width=16), keep_latency=1.0, rank_multiple=8,
+                                speed=SpeedOptions(batch=2, runs=3, cache_dir=str(tmp_path / "cache")))
+    latency = result.report.latency
+    assert latency["timings"] > 0 and latency["model_us"] > 0
+    assert latency["device"] and latency["onnxruntime"]
+    assert list((tmp_path / "cache").glob("*.json"))

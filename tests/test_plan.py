@@ -1,0 +1,150 @@
+"""The plan as a value: plan → JSON → apply equals compress; edited plans apply; stale plans are errors."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+import onnx_alds
+from conftest import run_model, random_feeds, small_cnn
+from fake_timer import FakeTimer, two_order_cnn
+from onnx_alds.cli import main
+from onnx_alds.inputs import random_inputs
+from onnx_alds.model_io import save_model
+from onnx_alds.options import SpeedOptions
+from onnx_alds.plan import Plan, PlanError, apply_plan, make_plan
+
+
+def same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    return a.SerializeToString() == b.SerializeToString()
+
+
+def round_trip(plan: Plan) -> Plan:
+    return Plan.from_json(plan.to_json())
+
+
+@pytest.mark.parametrize("options", [
+    dict(keep_flops=0.5),
+    dict(keep_params=0.4, method="svd", rank_multiple=4),
+    dict(keep_flops=0.6, order="pointwise-first", exclude=["conv3"]),
+])
+def test_plan_json_apply_equals_compress(options):
+    model = small_cnn(width=32)
+    plan = round_trip(make_plan(model, **options))
+    assert any(layer.option == "factorized" for layer in plan.layers)
+    assert same_bytes(apply_plan(model, plan).model, onnx_alds.compress(model, **options).model)
+
+
+def test_data_aware_plan_round_trip():
+    model = small_cnn(width=16)
+    calibration = random_inputs(model, 8, input_shapes={"input": (1, 3, 32, 32)}, seed=0)
+    options = dict(keep_flops=0.5, calibration=calibration)
+    plan = round_trip(make_plan(model, **options))
+    assert plan.data_aware and plan.options["data"]["samples"] == 8
+    applied = apply_plan(model, plan, calibration=calibration)
+    assert same_bytes(applied.model, onnx_alds.compress(model, **options).model)
+    with pytest.raises(PlanError, match="data-aware .* give calibration inputs"):
+        apply_plan(model, plan)
+
+
+def test_latency_plan_round_trip_measures_nothing_on_apply(tmp_path):
+    model = two_order_cnn()
+    timer = FakeTimer(group_penalty=50.0, pointwise=lambda channels: 0.5 if channels == 32 else 2.0)
+    options = dict(keep_latency=0.6, rank_multiple=8, order="auto",
+                   speed=SpeedOptions(batch=4, timer=timer, cache_dir=str(tmp_path)))
+    plan = round_trip(make_plan(model, **options))
+    assert plan.options["budget"] == {"target": "latency", "keep": 0.6}
+    calls = timer.calls
+    applied = apply_plan(model, plan)
+    assert timer.calls == calls, "apply reads the plan; it measures nothing"
+    assert same_bytes(applied.model, onnx_alds.compress(model, **options).model)
+    rows = {row.name: row for row in applied.report.layers}
+    assert rows["conv1"].order == plan.layer("conv1").order
+    assert applied.report.latency["predicted_speedup"] == pytest.approx(plan.totals["latency"]["predicted_speedup"])
+
+
+def test_edited_plan_applies_and_shows_the_edit():
+    model = small_cnn(width=32)
+    plan = make_plan(model, keep_flops=0.5)
+    factorized = [layer for layer in plan.layers if layer.option == "factorized"]
+    assert len(factorized) >= 2
+    dense_name, rank_name = factorized[0].name, factorized[1].name
+    new_rank = factorized[1].rank // 2 or 1
+    edited = round_trip(plan.with_layer(dense_name, option="dense").with_layer(rank_name, rank=new_rank))
+    result = apply_plan(model, edited)
+    rows = {row.name: row for row in result.report.layers}
+    assert rows[dense_name].groups == 0 and rows[dense_name].params_after == rows[dense_name].params_before
+    assert rows[rank_name].rank == new_rank
+    assert rows[rank_name].error > factorized[1].predicted.error  # recomputed for the lower rank
+    names = {node.name for node in result.model.graph.node}
+    assert dense_name in names and f"{dense_name}.enc" not in names
+    weights = {init.name: init for init in result.model.graph.initializer}
+    enc = next(node for node in result.model.graph.node if node.name == f"{rank_name}.enc")
+    assert weights[enc.input[1]].dims[0] == factorized[1].groups * new_rank
+    feeds = random_feeds(model, shapes={"input": (2, 3, 32, 32)})
+    assert run_model(result.model, feeds)[0].shape == (2, 10)
+    assert "plan (2 layers edited)" == result.report.search
+
+
+def test_stale_plans_are_clear_errors():
+    plan = make_plan(small_cnn(width=16), keep_flops=0.5)
+    with pytest.raises(PlanError, match=r"layer 'conv0' is a Conv with weight 32x3x3x3 in the model but a Conv with "
+                                        r"weight 16x3x3x3 in the plan .*onnx-alds plan"):
+        apply_plan(small_cnn(width=32), plan)
+    renamed = small_cnn(width=16)
+    renamed.graph.node[0].name = "stem"
+    with pytest.raises(PlanError, match="layer 'conv0' of the plan is not in the model"):
+        apply_plan(renamed, plan)
+    fewer = Plan.from_dict(dict(plan.to_dict(), layers=plan.to_dict()["layers"][1:]))
+    with pytest.raises(PlanError, match="layer 'conv0' of the model has no entry in the plan"):
+        apply_plan(small_cnn(width=16), fewer)
+    with pytest.raises(PlanError, match=r"inputs resolve to input:1x3x32x32, the plan was made at input:1x3x48x48"):
+        moved = Plan.from_dict(dict(plan.to_dict(), model={"inputs": {"input": [1, 3, 48, 48]}}))
+        apply_plan(small_cnn(width=16), moved)
+    factorized = next(layer for layer in plan.layers if layer.option == "factorized")
+    with pytest.raises(PlanError, match=f"layer '{factorized.name}': rank 100000 .* does not shrink it"):
+        apply_plan(small_cnn(width=16), plan.with_layer(factorized.name, rank=100000))
+    with pytest.raises(PlanError, match="groups 3 is not a candidate"):
+        apply_plan(small_cnn(width=16), plan.with_layer(factorized.name, groups=3))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(extra=1), r"the plan: unknown key 'extra'"),
+    (lambda d: d["layers"][0].update(colour="red"), r"layers\[0\] \('conv0'\): unknown key 'colour'"),
+    (lambda d: d["layers"][1].update(option="fast"), r"option 'fast' is not one of factorized, dense, skipped"),
+    (lambda d: d["options"]["search"].update(order="sideways"), r"unknown order 'sideways'"),
+    (lambda d: d["options"]["budget"].update(keep=1.5), r"--keep-flops 1.5 is out of range"),
+    (lambda d: d.update(version=2), r"plan version 2"),
+    (lambda d: d["layers"][0].pop("weight_shape"), r"missing key 'weight_shape'"),
+    (lambda d: d["layers"].append(dict(d["layers"][0])), r"layer 'conv0' appears twice"),
+])
+def test_unknown_keys_and_bad_values_are_refused(edit, message):
+    data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
+    edit(data)
+    with pytest.raises(PlanError, match=message):
+        Plan.from_json(json.dumps(data))
+
+
+def test_cli_plan_then_apply_equals_compress(tmp_path, capsys):
+    model_path = tmp_path / "cnn.onnx"
+    save_model(small_cnn(width=32), model_path)
+    common = ["--keep-flops", "0.5", "--rank-multiple", "8"]
+    assert main(["plan", str(model_path), "-o", str(tmp_path / "plan.json"), *common]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["apply", str(model_path), str(tmp_path / "plan.json"), "-o", str(tmp_path / "applied.onnx"),
+                 "--report", str(tmp_path / "applied.json")]) == 0
+    assert main(["compress", str(model_path), "-o", str(tmp_path / "compressed.onnx"), *common]) == 0
+    assert (tmp_path / "applied.onnx").read_bytes() == (tmp_path / "compressed.onnx").read_bytes()
+    data = json.loads((tmp_path / "plan.json").read_text())
+    data["layers"][1]["option"] = "dense"
+    (tmp_path / "edited.json").write_text(json.dumps(data))
+    assert main(["apply", str(model_path), str(tmp_path / "edited.json"), "-o", str(tmp_path / "edited.onnx")]) == 0
+    assert "differ from what the plan predicted" in capsys.readouterr().out
+    data["layers"][0]["name"] = "nowhere"
+    (tmp_path / "stale.json").write_text(json.dumps(data))
+    assert main(["apply", str(model_path), str(tmp_path / "stale.json"), "-o", str(tmp_path / "stale.onnx")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: the plan does not fit this model: layer 'nowhere'") and error.count("\n") == 1
+    assert not (tmp_path / "stale.onnx").exists()
