@@ -35,16 +35,17 @@ Bounds (:class:`CalibrationLimits`, defaults measured in docs/DATA_AWARE.md):
   activations, or ``float32=False``, keep everything in float64;
 - *moment memory*: a layer whose float64 moment (``8·(c·κ)²`` bytes, twice with a cross moment) would
   exceed ``moment_bytes`` gets no statistics; it is named in a note and decomposed data-free;
-- *activation memory*: the layer inputs fetched in one run must fit ``activation_bytes``: the run
-  batch of a dynamic-batch model is lowered to fit, and when one sample (or the fixed batch) still does
-  not fit, the layers are split into several passes over the data; a single layer input larger than the
-  limit for one run is an error naming the layer and the size.
+- *activation memory*: one run's fetched layer inputs plus ONNX Runtime's intermediate tensors (sized
+  by shape inference at batch 1 before any run) must fit ``activation_bytes``: the run batch of a
+  dynamic-batch model is lowered to fit, and when the layer inputs of one sample (or of the fixed
+  batch) still do not fit, the layers are split into several passes over the data; a single layer
+  input larger than the limit for one run is an error naming the layer and the size.
 
 Cost. Time: the model's forward pass over the calibration set (once per pass), plus for each layer
 ``n·(c·κ)²`` multiply-adds for its Gram matrix with ``n ≤ samples × positions_per_sample``. Memory: the
 statistics (per layer at most ``moment_bytes`` in float64, half that while accumulating in float32), one
-run's layer inputs (at most ``activation_bytes``), ONNX Runtime's session and working memory for one
-run, and one patch chunk.
+run's activations (within ``activation_bytes`` down to one sample), ONNX Runtime's session, and one
+patch chunk.
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ class CalibrationLimits:
 
     ``positions_per_sample``: at most this many vectors (output positions) per sample and layer;
     None takes them all. ``moment_bytes``: the largest float64 moment kept per layer (over it the layer
-    is decomposed data-free, with a note). ``activation_bytes``: the most layer-input bytes one run may
-    fetch. ``seed``: the position sampling's seed. ``float32``: float32 products and sums for float32
-    activations (else float64).
+    is decomposed data-free, with a note). ``activation_bytes``: the most bytes of layer inputs and
+    intermediate tensors one run may hold. ``seed``: the position sampling's seed. ``float32``: float32
+    products and sums for float32 activations (else float64).
     ``progress``: show tqdm bars (None: when stderr is a terminal).
     """
 
