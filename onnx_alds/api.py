@@ -342,7 +342,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         stats = collect_statistics(proto, chosen, calibration, batch_size=calibration_batch_size,
                                    notes=calibration_notes)
         if shrinkage:
-            stats = {name: value.shrunk() for name, value in stats.items()}
+            for name in list(stats):  # one layer at a time: never two copies of every moment
+                stats[name] = stats[name].shrunk()
         moments = {name: value.second_moment for name, value in stats.items()}
         seconds["calibration"] = time.perf_counter() - tick
 

@@ -667,7 +667,8 @@ def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, pr
     sources.add_argument(images_flag, dest=_dest(images_flag), metavar="DIR",
                          help="folder of .jpg/.png/.bmp images, in sorted name order (no labels unless asked for)")
     sources.add_argument(random_flag, dest=_dest(random_flag), metavar="N", type=positive_int,
-                         help="N random samples (not real data; reports say so)")
+                         help="N random samples: for smoke tests only, random inputs are not data (they do not "
+                              "rescue accuracy; reports say so); give real inputs for calibration and validation")
     if labels:
         file_flag, names_flag = _labels_flags(prefix)
         label_sources = group.add_mutually_exclusive_group()
