@@ -139,16 +139,34 @@ def calibration_reader(inputs, names: Sequence[str], batch_size: int = 8):
     return _Reader()
 
 
+@contextlib.contextmanager
+def _in_scratch_folder() -> Iterator[None]:
+    """Run in a temporary working folder: when symbolic shape inference fails, ONNX Runtime dumps the
+    partial model to ``sym_shape_infer_temp.onnx`` plus a ``<uuid>.data`` file of every weight in the
+    *current* folder (90 MB for MiniLM)."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="int8_compare.") as folder:
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
 def pre_process(src: Path, dst: Path, notes: list[str]) -> Path:
-    """``quant_pre_process`` (symbolic shape inference, ORT graph optimizations, ONNX shape inference)."""
+    """``quant_pre_process`` (symbolic shape inference, ORT graph optimizations, ONNX shape inference).
+    Where symbolic shape inference fails (MiniLM: 'Incomplete symbolic shape inference'), it is retried
+    without that pass and a note says so."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst))
-    except Exception as exc:  # noqa: BLE001 - recorded, then retried without the symbolic pass
-        notes.append(f"quant_pre_process({src.name}) failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                     "retried with skip_symbolic_shape=True")
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with _in_scratch_folder():
+        try:
+            quant_pre_process(str(src), str(dst))
+        except Exception as exc:  # noqa: BLE001 - recorded, then retried without the symbolic pass
+            notes.append(f"quant_pre_process({src.name}) failed ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]}); retried with skip_symbolic_shape=True")
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     return dst
 
 
@@ -696,6 +714,8 @@ def _clean(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str) and value.startswith(str(ROOT) + os.sep):
+        return os.path.relpath(value, ROOT)  # paths in the repository, relative to its root
     return value
 
 
