@@ -80,6 +80,9 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
     external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
     for tensor in external:
         info = ExternalDataInfo(tensor)
+        if not isinstance(info.location, str) or not isinstance(tensor.name, str):
+            raise ModelLoadError(f"an external data location in '{path.name}' is not valid UTF-8 (the file is "
+                                 "corrupt); export the model again")
         location = base / info.location
         if not location.is_file():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
@@ -309,8 +312,9 @@ class TensorStore:
         try:
             load_external_data_for_tensor(tensor, str(self.base_dir))
         except Exception as exc:
+            detail = str(exc).splitlines()[0][:160] if str(exc) else ""
             raise ModelLoadError(f"cannot read the external data of tensor '{tensor.name}' ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check the data files") from None
+                                 f"{detail}); check the data files") from None
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         """The tensor's value; a file stub of a plain numeric type is read straight into the array."""
@@ -400,6 +404,14 @@ def open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
     """The model as the pipeline reads it: light (see :class:`TensorStore`), with the same checks and
     errors as :func:`load_model`. A ModelProto passed in is neither copied whole nor modified; a path
     is read once: its external data stays on disk, read tensor by tensor when needed."""
+    try:
+        return _open_model(model)
+    except UnicodeDecodeError:  # protobuf decodes a string field only when it is read
+        raise ModelLoadError("the model holds names or text that are not valid UTF-8 (the file is corrupt); "
+                             "export it again") from None
+
+
+def _open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
     if isinstance(model, OpenedModel):
         return model
     if isinstance(model, onnx.ModelProto):

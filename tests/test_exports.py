@@ -406,3 +406,51 @@ def test_data_free_deep_cut_and_tiny_head_are_warned(capsys):
     assert not gentle.warnings
     assert any("not multiples of 16" in note for note in gentle.notes) or all(
         row.rank % 16 == 0 for row in gentle.layers if row.groups)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kinds of fault the fuzzer (tools/fuzz.py) found: each is refused in one line or handled
+
+
+def test_fuzz_kinds_are_refused_in_one_line():
+    rng = np.random.default_rng(21)
+    corrupt = conv_relu_conv(rng)
+    corrupt.graph.name = "main"
+    data = corrupt.SerializeToString().replace(b"main", b"m\xffin")  # a name that is not UTF-8
+    no_outputs = conv_relu_conv(rng)
+    del no_outputs.graph.output[:]
+    reference = conv_relu_conv(rng)
+    reference.graph.node[0].attribute.append(onnx.AttributeProto(name="dilations", ref_attr_name="d",
+                                                                 type=onnx.AttributeProto.INTS))
+    untyped = conv_relu_conv(rng)
+    untyped.graph.input[0].type.Clear()
+    for model in (onnx.load_from_string(data), no_outputs, reference, untyped):
+        with pytest.raises(OnnxAldsError) as caught:
+            onnx_alds.compress(model, keep_params=0.5)
+        assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def test_overridable_weight_behind_a_transpose_stays_an_input():
+    rng = np.random.default_rng(22)
+    nodes = [helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("MatMul", ["y", "w2"], ["z"], name="mm2")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+                         helper.make_tensor_value_info("wt", TensorProto.FLOAT, [24, 32])],
+                 [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 32])],
+                 [numpy_helper.from_array(low_rank(rng, 24, 32), "wt"),
+                  numpy_helper.from_array(low_rank(rng, 24, 32), "w2")])
+    result = onnx_alds.compress(model, keep_params=0.9)
+    assert [v.name for v in result.model.graph.input] == ["x", "wt"]
+    assert "mm" not in factorized(result)
+
+
+def test_layer_that_reaches_no_output_is_dropped_with_the_dead_branch():
+    rng = np.random.default_rng(23)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["dead"], name="dead_mm"),
+             helper.make_node("MatMul", ["x", "v"], ["y"], name="live_mm")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                 [numpy_helper.from_array(low_rank(rng, 64, 64), "w"), numpy_helper.from_array(low_rank(rng, 64, 64), "v")])
+    result = onnx_alds.compress(model, keep_params=0.3)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
