@@ -163,7 +163,8 @@ def _constant_chain(name: str, producers: Mapping[str, onnx.NodeProto],
 
 def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
                     tensors: Mapping[str, onnx.TensorProto], name: str,
-                    load: Optional[Callable[[onnx.TensorProto], onnx.TensorProto]] = None) -> Optional[onnx.TensorProto]:
+                    load: Optional[Callable[[onnx.TensorProto], onnx.TensorProto]] = None
+                    ) -> Optional[onnx.TensorProto]:
     from onnx.reference import ReferenceEvaluator
 
     inputs = {i for node in chain for i in node.input if i and i in tensors}

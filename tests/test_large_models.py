@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_large_model_under_test", ROOT / "tools" / "build_large_model.py")
+    spec = importlib.util.spec_from_file_location("build_large_model_under_test",
+                                                  ROOT / "tools" / "build_large_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

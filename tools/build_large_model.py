@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("output", type=Path, help="model file to write (its data goes to OUTPUT.data)")
     parser.add_argument("--layers", type=int, default=None, help="number of layers (default 9: 2.42 GB)")
     parser.add_argument("--size", type=float, default=None,
-                        help="instead of --layers: the smallest layer count whose weights exceed this many GB (1e9 bytes)")
+                        help="instead of --layers: the fewest layers whose weights exceed this many GB (1e9 bytes)")
     parser.add_argument("--dim", type=int, default=4096, help="narrow width (default 4096)")
     parser.add_argument("--hidden", type=int, default=16384, help="wide width (default 16384)")
     parser.add_argument("--core", type=int, default=256, help="rank of the low-rank part of each weight")
