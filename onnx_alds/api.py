@@ -20,7 +20,7 @@ from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimu
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
 from .decompose import decompose
-from .errors import BudgetError, InputDataError, UnsupportedModelError
+from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError
 from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
                      StoredConstants, folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants,
                      with_order)
@@ -82,7 +82,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     (the data-aware steps run the model in ONNX Runtime)."""
     opened = open_model(model)
     original, store = opened.model, opened.store
-    input_check = check_input_model(original, store)
+    try:
+        probe_shapes = resolve_input_shapes(original, input_shapes, batch_default=1)[0]
+    except OnnxAldsError:  # dynamic dims without --input-shape: the probe sets them to 1 and says so
+        probe_shapes = dict(input_shapes or {})
+    input_check = check_input_model(original, store, probe_shapes)
     notes: list[str] = list(input_check.notes)
     proto = _inline_functions(original, notes)
     if complete:
@@ -586,9 +590,15 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
 
 def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             exclude: Sequence[str] = (), max_groups: int = 16,
-            rank_fractions: Sequence[float] = (0.25, 0.5, 0.75)) -> AnalysisReport:
-    """Every Conv/Gemm/MatMul layer: size, MACs, candidate groups, spectral error at a few ranks."""
-    prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False)
+            rank_fractions: Sequence[float] = (0.25, 0.5, 0.75), rank_multiple: int = 1) -> AnalysisReport:
+    """Every Conv/Gemm/MatMul layer: size, MACs, candidate groups, spectral error at a few ranks.
+
+    ``rank_multiple`` restricts the candidate groups and the smallest reachable ratios as ``compress``
+    with the same value would (the CLI's default is 16, as for ``compress``)."""
+    if rank_multiple < 1:
+        raise BudgetError(f"--rank-multiple {rank_multiple} is out of range; give a positive integer such as 16")
+    prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False,
+                        channel_multiple=rank_multiple)
     constants = prepared.constants
     rows = []
     compressible = [layer for layer in prepared.layers if layer.compressible]
@@ -602,7 +612,8 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
             for fraction in rank_fractions:
                 rank = max(1, int(round(fraction * limit)))
                 errors[f"{fraction:g}"] = float(spectrum[rank] / spectrum[0]) if rank < limit and spectrum[0] > 0 else 0.0
-            tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups))
+            tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups,
+                                      rank_multiple=rank_multiple))
         rows.append(LayerAnalysis(layer.name, layer.op, layer.weight_shape, layer.params, layer.macs,
                                   layer.groups, errors, layer.skip_reason))
     params_compressible = sum(layer.params for layer in compressible)

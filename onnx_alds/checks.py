@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ class InputCheck:
     notes: list[str] = field(default_factory=list)
     runtime_outputs: Optional[dict[str, tuple[tuple[int, ...], str]]] = None  # name → (shape, dtype) on probe inputs
     runtime_loads: bool = False
+    probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape dims used by the probe
 
 
 def _first_line(exc: BaseException) -> str:
@@ -46,13 +47,14 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:240]
 
 
-def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None) -> InputCheck:
+def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None,
+                      input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> InputCheck:
     """Refuse a model that is not valid ONNX, with one line naming what is wrong (raises
     :class:`ModelLoadError` / :class:`UnsupportedModelError`); return notes and runtime facts.
 
     ``store``: ``model`` is light (:func:`onnx_alds.model_io.open_model`); its weights are not read
     by onnx.checker, and ONNX Runtime reads them itself."""
-    result = InputCheck()
+    result = InputCheck(probe_shapes={name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()})
     _check_structure(model)
     default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     if len(default_domain) > 1:
@@ -105,7 +107,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
                              "or export it again") from None
     result.runtime_loads = True
     if size <= _RUN_LIMIT:
-        result.runtime_outputs = _probe_run(session, model, refuse=_only_batch_dynamic(model))
+        result.runtime_outputs = _probe_run(session, model, result)
     return result
 
 
@@ -141,9 +143,10 @@ def _onnx_check(model: onnx.ModelProto, store: Optional[TensorStore], size: int,
     return True
 
 
-def _only_batch_dynamic(model: onnx.ModelProto) -> bool:
-    """True when every dynamic input dim is a first (batch) dim: then the probe inputs are real shapes."""
-    return all(all(isinstance(d, int) for d in spec.dims[1:]) for spec in graph_inputs(model))
+def _only_batch_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """True when every dynamic input dim is a first (batch) dim or given by ``shapes`` (--input-shape):
+    then the probe inputs have real shapes, and a failed run means the model cannot run."""
+    return all(spec.name in shapes or all(isinstance(d, int) for d in spec.dims[1:]) for spec in graph_inputs(model))
 
 
 _DATA_FIELDS = {"raw_data", "string_data"}  # tensor payloads: bytes by design, not names
@@ -203,12 +206,13 @@ def _check_structure(model: onnx.ModelProto) -> None:
                         "through its rewrite yet; make it dense first")
 
 
-def _probe_feeds(model: onnx.ModelProto) -> Optional[dict[str, np.ndarray]]:
-    """Seeded inputs at the declared dims (dynamic dims set to 1), or None when a type has no sample."""
+def _probe_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[dict[str, np.ndarray]]:
+    """Seeded inputs at the declared dims (``shapes`` where given, other dynamic dims set to 1), or
+    None when a type has no sample."""
     rng = np.random.default_rng(0)
     feeds = {}
     for spec in graph_inputs(model):
-        shape = tuple(d if isinstance(d, int) else 1 for d in spec.dims)
+        shape = shapes.get(spec.name) or tuple(d if isinstance(d, int) else 1 for d in spec.dims)
         if int(np.prod(shape)) > 1 << 24:
             return None
         if spec.dtype.kind == "f":
@@ -230,9 +234,10 @@ def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
     return session.run(None, feeds, options)
 
 
-def _probe_run(session, model: onnx.ModelProto, *, refuse: bool) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
-    """Run the model once on seeded inputs; ``refuse``: a failure means the model cannot run at all."""
-    feeds = _probe_feeds(model)
+def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
+    """Run the model once on seeded inputs; refuse it when they have the model's real shapes."""
+    refuse = _only_batch_dynamic(model, found.probe_shapes)
+    feeds = _probe_feeds(model, found.probe_shapes)
     if feeds is None:
         return None
     try:
@@ -242,7 +247,8 @@ def _probe_run(session, model: onnx.ModelProto, *, refuse: bool) -> Optional[dic
         if refuse:
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
                                  "it again") from None
-        log.info("probe run of the input model failed (dynamic dims set to 1): %s", message)
+        found.notes.append(f"ONNX Runtime could not run the model with its dynamic dims set to 1 ({message[:140]}); "
+                           "the output is not run-checked: give every dynamic dim with --input-shape to check it")
         return None
     names = [output.name for output in session.get_outputs()]
     return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in zip(names, values)}
@@ -290,7 +296,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
         fail(f"does not load in ONNX Runtime ({_first_line(exc)})")
     if found.runtime_outputs is None:
         return
-    feeds = _probe_feeds(new)
+    feeds = _probe_feeds(new, found.probe_shapes)
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:

@@ -30,6 +30,8 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                         help="glob patterns of node or weight names to leave dense")
     parser.add_argument("--max-groups", type=positive_int, default=16, help="largest group count g to consider")
+    parser.add_argument("--rank-multiple", type=positive_int, default=16, metavar="N",
+                        help="count groups and the smallest reachable ratios as compress with this rank multiple would")
     parser.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
     parser.set_defaults(run=_run_analyze)
 
@@ -40,6 +42,9 @@ def _add_compress(subparsers) -> None:
                                                "the ALDS min-max allocation under one global budget "
                                                "(onnx-alds plan, then onnx-alds apply).")
     _compress_arguments(parser, output_help="where to write the compressed model")
+    from .distill import add_compress_distill_arguments
+
+    add_compress_distill_arguments(parser)
     parser.set_defaults(run=_run_compress)
 
 
@@ -139,7 +144,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     if args.json:
         check_output_path(Path(args.json), protect=[args.model])
     report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
-                     max_groups=args.max_groups)
+                     max_groups=args.max_groups, rank_multiple=args.rank_multiple)
     if args.json:  # files first: a closed pipe on stdout must not cost the user the JSON
         report.save_json(args.json)
     print(report.format())
@@ -159,7 +164,16 @@ def _run_compress(args: argparse.Namespace) -> int:
     # tensor by tensor (docs/LARGE_MODELS.md); the model is opened once, here
     model = open_model(args.model)
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    held_out = None
+    if args.distill:  # compress with the training part: the held-out part decides early stopping
+        from .distill import split_for_distill
+
+        calibration, held_out = split_for_distill(calibration, args)
     result = compress(model, **compress_keywords(args, calibration))
+    if args.distill:
+        from .distill import distill_after_compress
+
+        result = distill_after_compress(args.model, result, calibration, held_out, args)
     return write_result(args, result)
 
 
@@ -192,7 +206,8 @@ def write_result(args: argparse.Namespace, result) -> int:
         from .validate import validate_from_args
 
         summary = validate_from_args(args.model, materialize(result.model, result.store), args, report=result.report)
-    text = result.report.format()
+    # warnings go to stderr, once, before anything is written; the table on stdout leaves them out
+    text = "\n".join(line for line in result.report.format().splitlines() if not line.startswith("warning: "))
     if summary is not None and not summary.passed:  # no output on error: neither the model nor its report
         print(text if not args.quiet else text.split("\n\n", 1)[-1])
         print(summary.text)
@@ -255,6 +270,15 @@ def _add_sweep(subparsers) -> None:
     parser.set_defaults(run=run_sweep_command)
 
 
+def _add_distill(subparsers) -> None:
+    from .distill import add_distill_arguments, run_distill_command
+
+    parser = subparsers.add_parser("distill", help="train a compressed model's factor tensors to reproduce the "
+                                                   "original's outputs (needs onnx-alds[distill])")
+    add_distill_arguments(parser)
+    parser.set_defaults(run=run_distill_command)
+
+
 def _add_demo(subparsers) -> None:
     from .demo import add_demo_arguments, run_demo_command
 
@@ -269,11 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_analyze, _add_compress, _add_plan, _add_apply, _add_validate, _add_bench, _add_sweep, _add_demo):
+    for add in (_add_analyze, _add_compress, _add_plan, _add_apply, _add_validate, _add_bench, _add_sweep, _add_distill,
+                _add_demo):
         add(subparsers)
     for command in subparsers.choices.values():  # every flag's default shown in its --help
         command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
+
+
+OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Before any work: no output file may be one of the command's input files (model, plan,
+    calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
+    import os
+
+    from .model_io import check_output_path
+
+    outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
+    if args.command in ("sweep", "demo"):
+        outputs.pop("output", None)  # an output folder: checked by the command itself
+    inputs: list = []
+    for key, value in vars(args).items():
+        if key in OUTPUT_FILE_ARGS or key == "run":
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, os.PathLike)) and str(item) and os.path.exists(item):
+                inputs.append(item)
+    for key, value in outputs.items():
+        others = [v for k, v in outputs.items() if k != key]
+        check_output_path(Path(value), protect=inputs + others, flag=OUTPUT_FILE_ARGS[key])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -281,6 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        _check_output_paths(args)
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
         return code

@@ -670,27 +670,34 @@ def _write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str
     return state["handle"] is not None
 
 
-def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = ()) -> None:
-    """Raise :class:`OutputPathError` when ``target`` cannot or must not be written."""
+def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:
+    """Raise :class:`OutputPathError` when ``target`` cannot or must not be written: it is one of the
+    ``protect`` files (the inputs), a folder, a device, pipe or symbolic link (which an atomic rename
+    would replace), in a missing or read-only folder. ``flag`` names the option in the message."""
+    target = Path(target)
     for other in protect:
-        if isinstance(other, (str, os.PathLike)) and Path(other).exists() and target.exists() \
-                and os.path.samefile(other, target):
-            raise OutputPathError(f"output path '{target}' is the input model; choose another -o path")
-        if isinstance(other, (str, os.PathLike)) and Path(other).resolve() == target.resolve():
-            raise OutputPathError(f"output path '{target}' is the input model; choose another -o path")
+        if not isinstance(other, (str, os.PathLike)):
+            continue
+        same = Path(other).resolve() == target.resolve() or (
+            Path(other).exists() and target.exists() and os.path.samefile(other, target))
+        if same:
+            raise OutputPathError(f"{flag} '{target}' is one of the inputs ('{other}'); choose another {flag} path")
+    if target.is_symlink() or (target.exists() and not target.is_file() and not target.is_dir()):
+        raise OutputPathError(f"{flag} '{target}' is a link, device or pipe, which onnx-alds would replace; "
+                              "give a regular file path")
     if target.is_dir():
-        raise OutputPathError(f"output path '{target}' is a folder; give a file name such as model.small.onnx")
+        raise OutputPathError(f"{flag} '{target}' is a folder; give a file name such as model.small.onnx")
     if not target.parent.exists():
-        raise OutputPathError(f"output folder '{target.parent}' does not exist; create it first")
+        raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
     try:  # a read-only file system or folder: say so now, not after the whole compression
         handle, probe = tempfile.mkstemp(prefix=".onnx-alds-probe-", dir=str(target.parent))
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputPathError(f"cannot write to the output folder '{target.parent}' ({exc.strerror or exc}); "
-                              "choose a writable -o path") from None
+        raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({exc.strerror or exc}); "
+                              f"choose a writable {flag} path") from None
     if target.exists() and not os.access(target, os.W_OK):
-        raise OutputPathError(f"output file '{target}' is not writable; choose another path or remove it")
+        raise OutputPathError(f"{flag} '{target}' is not writable; choose another path or remove it")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ into these groups first, and every step gets only the group it uses:
 
 from __future__ import annotations
 
+import numpy as np
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -85,6 +87,8 @@ class SearchOptions:
                               "give a positive integer such as 16")
         if self.max_groups < 1:
             raise BudgetError(f"--max-groups {self.max_groups} is out of range; give a positive integer such as 16")
+        if not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**32:
+            raise BudgetError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32), e.g. --seed 0")
         if self.order not in ORDER_CHOICES:
             raise BudgetError(f"unknown order '{self.order}'; choose one of: {', '.join(ORDER_CHOICES)}")
         object.__setattr__(self, "exclude", tuple(self.exclude))

@@ -134,7 +134,9 @@ class Plan:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Plan":
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PlanError(f"'{path}' is not a plan (not UTF-8 JSON text); give a file written by onnx-alds plan") from None
         except OSError as exc:
             raise PlanError(f"cannot read the plan '{path}' ({exc.strerror or exc}); give a file written by "
                             "onnx-alds plan") from None

@@ -257,9 +257,10 @@ def write_json(data: dict, path: Union[str, Path]) -> None:
     """Write ``data`` as indented strict JSON, atomically."""
     from .errors import OutputPathError
 
+    from .model_io import check_output_path
+
     target = Path(path)
-    if not target.parent.exists():
-        raise OutputPathError(f"folder of the JSON file '{target}' does not exist; create it first")
+    check_output_path(target, flag="the JSON file")
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     tmp.replace(target)

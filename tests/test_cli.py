@@ -92,7 +92,7 @@ def test_keep_flops_out_of_range(cnn_path, tmp_path, capsys, value):
 def test_output_equal_to_input(cnn_path, capsys):
     before = cnn_path.read_bytes()
     code, _, err = run_cli("compress", cnn_path, "-o", cnn_path, "--keep-flops", "0.5", capsys=capsys)
-    assert_one_line_error(code, err, "is the input model")
+    assert_one_line_error(code, err, "is one of the inputs")
     assert cnn_path.read_bytes() == before
 
 

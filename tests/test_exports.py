@@ -338,7 +338,7 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkey
 
     monkeypatch.setattr(onnx_alds.api, "compress", lambda *a, **k: pytest.fail("compression ran"))
     code = main(["compress", str(model_path), "-o", "/proc/out.onnx", "--keep-params", "0.5"])
-    assert code == 1 and "cannot write to the output folder" in capsys.readouterr().err
+    assert code == 1 and "cannot write to the folder of -o" in capsys.readouterr().err
 
 
 def test_failed_validation_writes_neither_model_nor_report(tmp_path, capsys):
@@ -454,3 +454,31 @@ def test_layer_that_reaches_no_output_is_dropped_with_the_dead_branch():
                  [numpy_helper.from_array(low_rank(rng, 64, 64), "w"), numpy_helper.from_array(low_rank(rng, 64, 64), "v")])
     result = onnx_alds.compress(model, keep_params=0.3)
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
+
+
+def test_no_output_may_replace_an_input_a_device_or_a_link(tmp_path, capsys):
+    model_path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_conv(np.random.default_rng(24)), model_path)
+    calibration = tmp_path / "cal.npz"
+    np.savez(calibration, x=np.random.default_rng(0).standard_normal((4, 16, 10, 10)).astype(np.float32))
+    before = {p: p.read_bytes() for p in (model_path, calibration)}
+    (tmp_path / "real.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    attempts = [["bench", str(model_path), "--json", str(model_path)],
+                ["compress", str(model_path), "-o", str(calibration), "--keep-params", "0.9", "--rank-multiple", "1",
+                 "--calibration", str(calibration)],
+                ["compress", str(model_path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.9",
+                 "--report", str(tmp_path / "o.onnx")],
+                ["analyze", str(model_path), "--json", str(tmp_path / "link.json")],
+                ["analyze", str(model_path), "--json", str(tmp_path)]]
+    for argv in attempts:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1, err
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert (tmp_path / "link.json").is_symlink() and not (tmp_path / "o.onnx").exists()
+
+
+def test_seed_out_of_range_is_one_line():
+    with pytest.raises(BudgetError, match="--seed -1"):
+        onnx_alds.compress(conv_relu_conv(np.random.default_rng(25)), keep_params=0.9, seed=-1)
