@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import BudgetError, InputDataError, OnnxAldsError
+from .errors import BudgetError, InputDataError, OnnxAldsError, OutputPathError
 
 log = logging.getLogger(__name__)
 
@@ -1373,6 +1373,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     for method in args.methods:
         parse_method(method)
+    given = any(getattr(args, name, None) is not None
+                for name in ("calibration", "calibration_images", "calibration_random"))
+    if given and not any("+data" in method for method in args.methods):
+        raise InputDataError("calibration data is given but no method uses it; add a data-aware method such as "
+                             "alds+data to --methods, or drop the calibration flag")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"-o '{out}' is a file; the sweep writes a folder: give a folder path")
     if args.engine == "ray":
         import_ray()  # fail fast, before loading anything
     models = models_from_args(args)
