@@ -330,6 +330,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not args.verbose:  # numeric warnings (overflow on odd weights ...) are not a user's to act on; -v shows them
+        import warnings
+
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
         _check_output_paths(args)
         code = int(args.run(args) or 0)
