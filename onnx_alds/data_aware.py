@@ -55,6 +55,9 @@ def _first_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str,
                                       dtype=np.float64).ravel() for feed in feeds])
 
 
+SENSITIVITY_INPUT_BYTES = 1 << 24  # the sensitivity probes run at most this much input per layer (16 MiB)
+
+
 def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables: Sequence[ErrorTable],
                         constants: Mapping, stats: Mapping, calibration, *, samples: int = 16) -> list[float]:
     """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``).
@@ -65,6 +68,9 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
     from .calibrate import DEFAULT_LIMITS, calibration_runs
     from .runtime import make_session
 
+    arrays = getattr(calibration, "arrays", None) or {}
+    per_sample = sum(int(np.asarray(a[:1]).nbytes) for a in arrays.values()) or 1
+    samples = max(1, min(samples, SENSITIVITY_INPUT_BYTES // per_sample))  # one probe run per layer: keep it small
     feeds = list(calibration_runs(calibration, proto, samples, limit=samples))
     if not feeds:
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
