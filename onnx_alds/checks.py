@@ -236,7 +236,10 @@ def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
 
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
     """Run the model once on seeded inputs; refuse it when they have the model's real shapes."""
-    refuse = _only_batch_dynamic(model, found.probe_shapes)
+    # refuse only when the probe inputs are surely legal: real shapes and float values (integer inputs
+    # may need values a zero probe lacks: lengths, positions ...)
+    refuse = _only_batch_dynamic(model, found.probe_shapes) and all(
+        spec.dtype.kind == "f" for spec in graph_inputs(model))
     feeds = _probe_feeds(model, found.probe_shapes)
     if feeds is None:
         return None
@@ -247,8 +250,9 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
         if refuse:
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
                                  "it again") from None
-        found.notes.append(f"ONNX Runtime could not run the model with its dynamic dims set to 1 ({message[:140]}); "
-                           "the output is not run-checked: give every dynamic dim with --input-shape to check it")
+        found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, integer "
+                           f"inputs 0: {message[:140]}); the output is not run-checked (give every dynamic dim with "
+                           "--input-shape to check it)")
         return None
     names = [output.name for output in session.get_outputs()]
     return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in zip(names, values)}
