@@ -233,6 +233,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequential", action="store_true",
                         help="compress with sequential calibration (data-aware models only) before distilling")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="FILE.npz",
+                        help="compress and distill with these inputs instead of the model's calibration set")
+    parser.add_argument("--method", default=None, help="compression method instead of the model's own (above)")
+    parser.add_argument("--rank-multiple", type=int, default=None, help="compress with this rank multiple")
+    parser.add_argument("--keep-flops", type=float, default=None, help="compress to this MAC fraction")
     parser.add_argument("--curve-every", type=float, default=30.0, metavar="S",
                         help="measure the held-out figure at most every S seconds of training")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -251,8 +256,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = "python tools/distill_bench.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         for name in args.models:
             ref = REFERENCES[name]()
+            if args.calibration is not None:
+                ref.calibration_path = args.calibration
             if args.sequential and ref.data_aware:
                 ref.compress_kwargs = dict(ref.compress_kwargs, sequential=True)
+            for key, value in (("method", args.method), ("rank_multiple", args.rank_multiple),
+                               ("keep_flops", args.keep_flops)):
+                if value is not None:
+                    ref.compress_kwargs = dict(ref.compress_kwargs, **{key: value})
             row = run_one(ref, settings, args.curve_every)
             row["command"] = command.replace(" --models " + " ".join(args.models), f" --models {name}")
             row["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
