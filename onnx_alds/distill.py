@@ -951,9 +951,12 @@ class TokenAugmenter(Augmenter):
     """Token ids with an attention mask (N, L): new sentences from the calibration sentences.
 
     The first token and the last real token of every sentence are kept (``[CLS]``/``[SEP]`` in BERT
-    tokenizers); between them a sample is, with probabilities 0.2/0.3/0.3/0.2: unchanged; a random span
-    (at least a third of the sentence); a splice of the start of one sentence and the end of another;
-    or the sentence with 15 % of its tokens swapped for tokens drawn from the calibration sentences.
+    tokenizers); between them a sample is, with probabilities 0.15/0.25/0.25/0.2/0.15: unchanged; a random
+    span (at least a third of the sentence); a splice of the start of one sentence and the end of
+    another; the sentence with 15 % or 40 % of its tokens swapped for random ids. When the ids index an
+    embedding table (a ``Gather`` from an initializer), swaps draw any id from the smallest content id
+    of the calibration sentences to the table's size, so that training sees far more of the vocabulary
+    than a few dozen sentences hold; otherwise they draw ids of the calibration sentences.
     Padding uses the id found at masked positions (0 when there is none). Other integer inputs
     (``token_type_ids``) are zero past the new length and keep their first value elsewhere. When the
     sequence dim is dynamic (``trim``), a batch is only as wide as its longest sentence.
@@ -961,10 +964,12 @@ class TokenAugmenter(Augmenter):
 
     kind = "tokens"
 
-    def __init__(self, arrays, ids: str, mask: str, others: Sequence[str], trim: bool = False) -> None:
+    def __init__(self, arrays, ids: str, mask: str, others: Sequence[str], trim: bool = False,
+                 vocabulary: Optional[int] = None) -> None:
         super().__init__(arrays)
         self.ids, self.mask, self.others = ids, mask, list(others)
         self.trim = trim  # drop the columns that are padding in every sentence of a batch
+        self.vocabulary = vocabulary  # rows of the embedding table the ids index, when found
         tokens, mask_values = self.arrays[ids], self.arrays[mask]
         padded = tokens[mask_values == 0]
         self.pad = int(np.bincount(padded.astype(np.int64)).argmax()) if padded.size else 0
@@ -973,9 +978,26 @@ class TokenAugmenter(Augmenter):
         self.pool = np.concatenate(pool) if pool else np.array([self.pad])
         if self.pool.size == 0:
             self.pool = np.array([self.pad])
+        # ids for random swaps: the calibration sentences' content ids, or, when the embedding table is
+        # known, any id from the smallest content id seen up to the table's size (special tokens stay out)
+        self.low = int(self.pool.min())
+        self.high = int(vocabulary) if vocabulary and vocabulary > self.low + 1 else None
 
     def describe(self) -> str:
-        return "token sentences: unchanged 20 %, random spans 30 %, splices of two sentences 30 %, 15 % token swaps 20 %"
+        swaps = (f"ids {self.low}..{self.high - 1} of the embedding table" if self.high
+                 else "ids of the calibration sentences")
+        return (f"token sentences: unchanged 15 %, random spans 25 %, splices of two sentences 25 %, 15 % of the "
+                f"tokens swapped 20 %, 40 % swapped 15 % (swaps draw {swaps})")
+
+    def _swap(self, rng, tokens: np.ndarray, rate: float) -> np.ndarray:
+        new = tokens.copy()
+        swap = rng.uniform(size=len(new)) < rate
+        count = int(swap.sum())
+        if self.high:
+            new[swap] = rng.integers(self.low, self.high, size=count)
+        else:
+            new[swap] = rng.choice(self.pool, size=count)
+        return new
 
     def _content(self, i: int) -> np.ndarray:
         length = self.lengths[i]
@@ -993,21 +1015,21 @@ class TokenAugmenter(Augmenter):
             first, last = tokens[0], tokens[max(length - 1, 0)]
             body = self._content(i)
             choice = rng.uniform()
-            if choice < 0.2 or len(body) < 3:
+            if choice < 0.15 or len(body) < 3:
                 new = body
-            elif choice < 0.5:
+            elif choice < 0.4:
                 span = int(rng.integers(max(1, len(body) // 3), len(body) + 1))
                 start = int(rng.integers(0, len(body) - span + 1))
                 new = body[start:start + span]
-            elif choice < 0.8:
+            elif choice < 0.65:
                 other = self._content(int(rng.integers(0, self.count)))
                 cut_a = int(rng.integers(1, len(body) + 1))
                 cut_b = int(rng.integers(0, max(len(other), 1)))
                 new = np.concatenate([body[:cut_a], other[cut_b:]])
+            elif choice < 0.85:
+                new = self._swap(rng, body, 0.15)
             else:
-                new = body.copy()
-                swap = rng.uniform(size=len(new)) < 0.15
-                new[swap] = rng.choice(self.pool, size=int(swap.sum()))
+                new = self._swap(rng, body, 0.4)
             new = new[:max(width - 2, 0)]
             sentence = np.concatenate([[first], new, [last]]) if length >= 2 else tokens[:max(length, 1)]
             n = min(len(sentence), width)
@@ -1021,6 +1043,18 @@ class TokenAugmenter(Augmenter):
             used = max(int(mask.sum(axis=1).max()), 1)
             out = {k: np.ascontiguousarray(v[:, :used]) for k, v in out.items()}
         return out
+
+
+def _embedding_rows(model: onnx.ModelProto, ids: str) -> Optional[int]:
+    """Rows of the embedding table that a Gather reads with the graph input ``ids``, if there is one."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids \
+                and len(shapes.get(node.input[0], [])) == 2:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if axis == 0:
+                return int(shapes[node.input[0]][0])
+    return None
 
 
 def make_augmenter(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], *, augment: bool = True) -> Augmenter:
@@ -1047,7 +1081,8 @@ def make_augmenter(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], *, 
             if len(others) + 2 == len(names):
                 dims = [specs[k].dims for k in [candidates[0], masks[0], *others] if k in specs]
                 dynamic = bool(dims) and all(len(d) == 2 and not isinstance(d[1], int) for d in dims)
-                return TokenAugmenter(arrays, candidates[0], masks[0], others, trim=dynamic)
+                return TokenAugmenter(arrays, candidates[0], masks[0], others, trim=dynamic,
+                                      vocabulary=_embedding_rows(model, candidates[0]))
     if floats:
         return NoiseAugmenter(arrays, floats)
     return Augmenter(arrays)
@@ -1068,7 +1103,8 @@ class DistillSettings:
     warms up over the first 3 % and decays along a cosine to 5 % of ``lr``. ``held_out`` is the fraction
     of the samples kept out of training (at least one), each evaluated with ``views`` extra augmented
     views; ``eval_every`` steps the held-out loss is measured, the best parameters kept, and after
-    ``patience`` evaluations without a 0.1 % improvement the run stops. ``intermediate_weight`` weighs
+    ``patience`` evaluations without a 0.1 % improvement the run stops; a held-out loss above ``DIVERGED``
+    times the best restores the best values and halves the step size. ``intermediate_weight`` weighs
     the loss on the factorized layers' outputs against the loss on the model outputs (0 turns it off).
     """
 
@@ -1102,6 +1138,7 @@ class DistillSettings:
 
 
 DEFAULT_MINUTES = 10.0
+DIVERGED = 2.0  # a held-out loss above this multiple of the best so far restores the best and halves the step size
 
 
 @dataclass(frozen=True)
@@ -1138,9 +1175,11 @@ class DistillReport:
     def format(self) -> str:
         kind = "top-1 agreement" if self.agreement_kind == "top-1" else "cosine similarity"
         lines = [
-            f"distillation: {self.steps} steps in {self.seconds:.1f} s ({self.stop_reason}); best held-out loss at step "
+            f"distillation: {self.steps} steps in {self.seconds:.1f} s ({self.stop_reason}); "
+            f"best held-out loss at step "
             f"{self.best_step}",
-            f"trained: {self.trainable_tensors} tensors ({self.trainable_values:,} values; {self.biases} of them biases), "
+            f"trained: {self.trainable_tensors} tensors ({self.trainable_values:,} values; "
+            f"{self.biases} of them biases), "
             f"everything else frozen; loss on the outputs"
             + (f" and on {self.matching_points} factorized layers' outputs (weight "
                f"{self.settings.get('intermediate_weight')})" if self.matching_points else ""),
@@ -1149,7 +1188,8 @@ class DistillReport:
             f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind} {self.agreement_before:.4f} -> "
             f"{self.agreement_after:.4f}" + (f"; cosine {self.cosine_before:.4f} -> {self.cosine_after:.4f}"
                                              if self.agreement_kind == "top-1" else ""),
-            f"verified: ONNX Runtime reproduces the trained student (max |diff| {self.verify_max_diff:.2e} of the output "
+            f"verified: ONNX Runtime reproduces the trained student "
+            f"(max |diff| {self.verify_max_diff:.2e} of the output "
             f"scale, tolerance {self.verify_tolerance:g})",
         ]
         lines += [f"note: {n}" for n in self.notes]
@@ -1237,7 +1277,8 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     """
     count = len(inputs)
     if count < 2:
-        raise InputDataError(f"distillation needs at least 2 input samples (one to train on, one held out); got {count}")
+        raise InputDataError(
+            f"distillation needs at least 2 input samples (one to train on, one held out); got {count}")
     held = min(max(1, int(round(held_out * count))), count - 1)
     order = np.random.default_rng([seed, 7]).permutation(count)
     parts = []
@@ -1351,7 +1392,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             callback(0, 0.0, student)
             excluded += time.perf_counter() - tick
         best = (loss0, 0, agree0, cos0, _snapshot(student))
-        stale, step, running, seen = 0, 0, 0.0, 0
+        stale, step, running, seen, halvings = 0, 0, 0.0, 0, 0
         stop_reason = ""
         while True:
             elapsed = time.perf_counter() - clock0 - excluded
@@ -1392,6 +1433,15 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
                 if held_loss < best[0] * (1 - 1e-3):
                     best = (held_loss, step, agree, cosine, _snapshot(student))
                     stale = 0
+                elif held_loss > DIVERGED * best[0] or not math.isfinite(held_loss):
+                    # the step size is too large for this model: back to the best values, half the step size
+                    _restore(student, best[4])
+                    optimizer.state.clear()
+                    for group in optimizer.param_groups:
+                        group["base"] *= 0.5
+                    halvings += 1
+                    curve[-1]["lr_halved"] = True
+                    stale += 1
                 else:
                     stale += 1
                 if bar is not None:
@@ -1426,6 +1476,10 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         verify_diff = _verify(student, _student_session(tuned), eval_inputs, outputs, settings.verify_tolerance,
                               when="after writing the trained values")
         notes = []
+        if halvings:
+            notes.append(f"the held-out loss rose above {DIVERGED:g}x its best {halvings} time(s): each time the best "
+                         f"values were restored and the step size halved (final lr {settings.lr * 0.5 ** halvings:g}); "
+                         "a smaller --lr may train faster")
         if inputs.is_random:
             notes.append("inputs are random, not real data: the student learned the teacher on noise")
         if len(train[next(iter(train))]) < 16:
@@ -1618,7 +1672,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, default=DistillSettings.lr, metavar="X",
                        help=f"Adam step size relative to each tensor's RMS (default {DistillSettings.lr:g})")
     group.add_argument("--held-out", type=float, default=DistillSettings.held_out, metavar="F",
-                       help=f"fraction of the inputs held out for early stopping (default {DistillSettings.held_out:g})")
+                       help="fraction of the inputs held out for early stopping "
+                            f"(default {DistillSettings.held_out:g})")
     group.add_argument("--intermediate-weight", type=float, default=DistillSettings.intermediate_weight, metavar="W",
                        help="weight of the loss on the factorized layers' outputs (0: model outputs only; default "
                             f"{DistillSettings.intermediate_weight:g})")
@@ -1639,7 +1694,8 @@ def _settings_from_args(args: argparse.Namespace, prefix: str = "") -> DistillSe
     fields = {name: getattr(args, name) for name in ("batch_size", "lr", "held_out", "intermediate_weight",
                                                      "eval_every", "patience", "augment", "threads")
               if getattr(args, name, None) is not None}
-    return DistillSettings(steps=getattr(args, f"{prefix}steps"), minutes=getattr(args, f"{prefix}minutes"),
+    dest = prefix.replace("-", "_")
+    return DistillSettings(steps=getattr(args, f"{dest}steps"), minutes=getattr(args, f"{dest}minutes"),
                            seed=getattr(args, "seed", 0) or 0, **fields)
 
 
@@ -1674,7 +1730,8 @@ def add_compress_distill_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("distillation (with --distill; needs onnx-alds[distill])")
     group.add_argument("--distill", action="store_true",
                        help="after compressing, train the factor tensors to reproduce the original's outputs on the "
-                            "calibration inputs (a held-out fifth of them, not used to compress, decides early stopping)")
+                            "calibration inputs (a held-out fifth of them, not used to compress, decides early "
+                            "stopping)")
     _add_training_arguments(group, "distill-")
     group.add_argument("--distill-report", metavar="FILE.json", help="write the distillation report as JSON")
 

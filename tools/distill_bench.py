@@ -1,21 +1,27 @@
 """Distillation curves on the reference models: held-out quality against minutes of training.
 
 For each model: split the calibration set into a training and a held-out part (as ``compress
---distill`` does), compress with the training part (the recipe below), measure the compressed model on held-out data
-(never the distillation inputs), then run :func:`onnx_alds.distill.distill` on the calibration set
-under a time (or step) budget; at every held-out evaluation of the run, at most every
+--distill`` does), compress with the training part (the recipe below), measure the compressed model
+on the held-out data set (never used by either step), then run :func:`onnx_alds.distill.distill`
+on the training part under a time (or step) budget; at every evaluation of the run, at most every
 ``--curve-every`` seconds, the current factor values are written into the graph and the model is
-measured on the held-out data in ONNX Runtime (that time is not counted in the budget). The final
-written model is measured the same way.
+measured on the held-out data set in ONNX Runtime (that time is not counted in the budget). The
+final written model is measured the same way.
 
-| name | compression | distillation inputs | held-out figure |
-|---|---|---|---|
-| ``mnist-resnet`` | bundled ``onnx_alds/data/mnist_resnet.onnx``, data-free ``svd``, keep-flops 0.3 | ``mnist_calibration.npz`` (48 digits) | accuracy and top-1 agreement on ``mnist_eval.npz`` (500 test digits) |
-| ``efficientnet-lite0`` | ``models/cache``, data-aware ``alds``, keep-flops 0.5 | ``calibration.npz`` (48 crops) | top-1 agreement on ``agreement.npz`` (300 other crops) |
-| ``minilm`` | ``models/cache``, data-aware ``alds``, keep-flops 0.5 (``--input-shape`` 1x64) | ``calibration.npz`` (48 sentences) | nearest-neighbour top-1 unchanged among ``eval.npz`` (300 other sentences), cosine |
+- ``mnist-resnet``: the bundled ``onnx_alds/data/mnist_resnet.onnx``, data-free ``svd`` at keep-flops 0.3;
+  inputs ``mnist_calibration.npz`` (48 digits); figure: accuracy (and top-1 agreement) on ``mnist_eval.npz``
+  (500 test digits);
+- ``efficientnet-lite0``: ``models/cache``, data-aware ``alds`` at keep-flops 0.5; inputs ``calibration.npz``
+  (48 crops); figure: top-1 agreement on ``agreement.npz`` (300 other crops);
+- ``minilm``: ``models/cache``, data-aware ``alds`` at keep-flops 0.5 (MACs counted at 1x64 tokens); inputs
+  ``calibration.npz`` (48 sentences); figure: nearest neighbour (cosine, self excluded) unchanged among the
+  300 other sentences of ``eval.npz``, and the mean cosine similarity to the original embeddings.
 
-    python tools/distill_bench.py --models mnist-resnet --minutes 2
-    python tools/distill_bench.py --models efficientnet-lite0 --minutes 15
+``--method``, ``--rank-multiple``, ``--keep-flops``, ``--sequential`` and ``--calibration`` change the recipe.
+
+    python tools/distill_bench.py --models mnist-resnet --minutes 2 --lr 0.1 --intermediate-weight 3
+    python tools/distill_bench.py --models efficientnet-lite0 --method svd --rank-multiple 16 --minutes 15 \
+        --lr 0.008 --batch-size 8
     python tools/distill_bench.py --models minilm --minutes 10
     python tools/distill_bench.py --report      # rewrite the curve plot and table from the JSON
 
@@ -163,7 +169,8 @@ def run_one(ref: Reference, settings: DistillSettings, curve_every: float) -> di
     final_minutes = round(report.curve[-1]["seconds"] / 60, 3) if report.curve else None
     curve.append(dict(step=report.steps, minutes=final_minutes, final=True, **after))
     print(report.format(), flush=True)
-    print(f"{ref.name}: {ref.metric} {before['metric']:.4f} -> {after['metric']:.4f} (original {original['metric']:.4f}); "
+    print(f"{ref.name}: {ref.metric} {before['metric']:.4f} -> {after['metric']:.4f} "
+          f"(original {original['metric']:.4f}); "
           f"distill wall {wall:.0f} s", flush=True)
     return dict(model=ref.name, metric=ref.metric, metric_label=METRIC_LABEL[ref.metric],
                 compression=dict({k: v for k, v in ref.compress_kwargs.items() if k != "input_shapes"},
@@ -181,7 +188,11 @@ def write_outputs(data: dict, out: Path) -> None:
         lines.append(f"Command: `{row['command']}`; machine: {row['machine']}; load average at the end "
                      f"{row.get('load_average') or 0:.1f}.")
         lines.append("")
-        lines.append(f"Original {row['original']['metric']:.4f}; compressed ({row['compression']}) "
+        c = row["compression"]
+        recipe = (f"{c.get('method')}{'+data' if c.get('data_aware') else ' (data-free)'}, keep-flops "
+                  f"{c.get('keep_flops')}" + (f", rank multiple {c['rank_multiple']}" if c.get("rank_multiple") else "")
+                  + (", sequential" if c.get("sequential") else "") + f"; achieved {c.get('achieved', 0):.3f}")
+        lines.append(f"Original {row['original']['metric']:.4f}; compressed ({recipe}) "
                      f"{row['before']['metric']:.4f}; distilled {row['after']['metric']:.4f} "
                      f"(cosine {row['before']['cosine']:.4f} -> {row['after']['cosine']:.4f}); "
                      f"{row['report']['steps']} steps, {row['report']['stop_reason']}.")
@@ -232,7 +243,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequential", action="store_true",
-                        help="compress with sequential calibration (data-aware models only) before distilling")
+                        help="compress with sequential calibration (data-aware models only)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FILE.npz",
                         help="compress and distill with these inputs instead of the model's calibration set")
     parser.add_argument("--method", default=None, help="compression method instead of the model's own (above)")
@@ -250,8 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = args.out / "distill.json"
     data = json.loads(path.read_text()) if path.exists() else {"models": {}}
     if not args.report:
-        overrides = {k: getattr(args, k) for k in ("minutes", "steps", "batch_size", "lr", "intermediate_weight",
-                                                     "eval_every", "patience", "threads") if getattr(args, k) is not None}
+        keys = ("minutes", "steps", "batch_size", "lr", "intermediate_weight", "eval_every", "patience", "threads")
+        overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
         settings = DistillSettings(seed=args.seed, **overrides)
         command = "python tools/distill_bench.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         for name in args.models:

@@ -1,0 +1,378 @@
+"""Distillation (onnx_alds.distill): the torch interpreter, what trains, write-back, verification, the CLI.
+
+Everything that trains needs the ``[distill]`` extra (torch); those tests skip cleanly without it.
+The missing-extra error is tested with torch hidden, so it runs either way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_alds import compress
+from onnx_alds.errors import UnsupportedModelError
+from onnx_alds.inputs import InputSet
+
+from conftest import make_model, small_cnn
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _images(count: int, seed: int = 0) -> InputSet:
+    rng = np.random.default_rng(seed)
+    # smooth random images: more like real inputs than white noise
+    x = rng.standard_normal((count, 3, 8, 8)).astype(np.float32)
+    x = np.repeat(np.repeat(x, 4, axis=2), 4, axis=3)
+    return InputSet({"input": np.ascontiguousarray(x)}, None, "test images")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A small CNN, its data-free svd compression keeping 35 % of the weights, and 24 inputs."""
+    original = small_cnn(width=8)
+    compressed = compress(original, keep_params=0.35, method="svd").model
+    return original, compressed, _images(24)
+
+
+def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    from onnx_alds.runtime import make_session
+
+    return make_session(model, "cpu", threads=1).run(None, feeds)
+
+
+# --------------------------------------------------------------------------------------------------
+# the missing extra
+
+
+def test_missing_torch_is_one_clear_error(monkeypatch, pair, tmp_path, capsys):
+    from onnx_alds import distill as module
+    from onnx_alds.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(module.DistillError, match=r"onnx-alds\[distill\]"):
+        module.import_torch()
+    original, compressed, inputs = pair
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    onnx.save(original, str(paths[0]))
+    onnx.save(compressed, str(paths[1]))
+    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
+                 "-o", str(tmp_path / "out.onnx"), "--steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and "onnx-alds[distill]" in err[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the interpreter
+
+
+def _op_zoo() -> onnx.ModelProto:
+    """A transformer-ish graph exercising the shape arithmetic exporters leave behind."""
+    rng = np.random.default_rng(0)
+    f = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3)  # noqa: E731
+    inits = []
+
+    def init(name, array):
+        tensor = array if isinstance(array, onnx.TensorProto) else numpy_helper.from_array(np.asarray(array))
+        tensor.name = name
+        inits.append(tensor)
+        return name
+
+    init("emb", numpy_helper.to_array(f(20, 8)))
+    init("w1", numpy_helper.to_array(f(8, 8)))
+    init("w2", numpy_helper.to_array(f(8, 6)))
+    init("ln_s", np.ones(8, np.float32))
+    init("ln_b", np.zeros(8, np.float32))
+    init("axes0", np.array([0], np.int64))
+    init("two", np.array(2.0, np.float32))
+    init("minus1", np.array([-1], np.int64))
+    init("starts", np.array([1], np.int64))
+    init("start2", np.array([2], np.int64))
+    init("ends", np.array([2**62], np.int64))
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["emb", "ids"], ["e"], name="gather"),
+        n("LayerNormalization", ["e", "ln_s", "ln_b"], ["ln"], name="ln", axis=-1, epsilon=1e-5),
+        n("MatMul", ["ln", "w1"], ["h"], name="mm1"),
+        n("Div", ["h", "two"], ["hd"], name="div"),
+        n("Erf", ["hd"], ["he"], name="erf"),
+        n("Mul", ["h", "he"], ["g"], name="mul"),
+        n("Shape", ["g"], ["shape"], name="shape"),
+        n("Slice", ["shape", "start2", "ends"], ["tail"], name="slice"),
+        n("Concat", ["minus1", "tail"], ["newshape"], name="concat", axis=0),
+        n("Reshape", ["g", "newshape"], ["flat"], name="reshape"),
+        n("Transpose", ["flat"], ["t"], name="transpose", perm=[1, 0]),
+        n("Transpose", ["t"], ["tt"], name="transpose2", perm=[1, 0]),
+        n("Softmax", ["tt"], ["sm"], name="softmax", axis=-1),
+        n("Cast", ["mask"], ["maskf"], name="cast", to=TensorProto.FLOAT),
+        n("Unsqueeze", ["maskf", "minus1"], ["mask3"], name="unsq"),
+        n("Reshape", ["sm", "shape"], ["sm3"], name="reshape2"),
+        n("Mul", ["sm3", "mask3"], ["masked"], name="mask_mul"),
+        n("ReduceSum", ["masked", "starts"], ["pooled"], name="rsum", keepdims=0),
+        n("MatMul", ["pooled", "w2"], ["y0"], name="mm2"),
+        n("Clip", ["y0", "", "two"], ["y1"], name="clip"),
+        n("Sigmoid", ["y1"], ["y2"], name="sigmoid"),
+        n("Sqrt", ["y2"], ["out"], name="sqrt"),
+    ]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "L"]),
+              helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "L"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 6])]
+    return make_model(nodes, inputs, outputs, inits)
+
+
+@pytest.mark.parametrize("which", ["cnn", "zoo", "mnist"])
+def test_interpreter_matches_onnxruntime(torch, which):
+    from onnx_alds.distill import torch_graph
+
+    rng = np.random.default_rng(3)
+    if which == "cnn":
+        model = small_cnn(width=8)
+        feeds = {"input": rng.standard_normal((4, 3, 32, 32)).astype(np.float32)}
+    elif which == "zoo":
+        model = _op_zoo()
+        mask = np.ones((3, 7), np.int64)
+        mask[1, 4:] = 0
+        feeds = {"ids": rng.integers(0, 20, (3, 7)).astype(np.int64), "mask": mask}
+    else:
+        from pathlib import Path
+
+        import onnx_alds
+
+        model = onnx.load(str(Path(onnx_alds.__file__).parent / "data" / "mnist_resnet.onnx"))
+        feeds = {"input": np.load(Path(onnx_alds.__file__).parent / "data" / "mnist_eval.npz")["input"][:8]}
+    expected = _ort(model, feeds)[0]
+    with torch.no_grad():
+        got = torch_graph(model)({k: torch.from_numpy(v) for k, v in feeds.items()})
+    got = got[model.graph.output[0].name].numpy()
+    assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, np.max(np.abs(expected)))
+
+
+def test_unsupported_op_names_the_op(torch, pair):
+    from onnx_alds.distill import distill, torch_graph
+
+    original, compressed, inputs = pair
+    odd = onnx.ModelProto()
+    odd.CopyFrom(compressed)
+    last = odd.graph.output[0].name
+    odd.graph.node.append(helper.make_node("Hardmax", [last], ["hard"], name="the_hardmax"))
+    odd.graph.output[0].name = "hard"
+    with pytest.raises(UnsupportedModelError, match="Hardmax.*the_hardmax"):
+        torch_graph(odd)
+    original_odd = onnx.ModelProto()
+    original_odd.CopyFrom(original)
+    original_odd.graph.node.append(helper.make_node("Hardmax", [last], ["hard"], name="the_hardmax"))
+    original_odd.graph.output[0].name = "hard"
+    with pytest.raises(UnsupportedModelError, match="op Hardmax"):
+        distill(original_odd, odd, inputs, steps=1, progress=False)
+    custom = onnx.ModelProto()
+    custom.CopyFrom(compressed)
+    custom.graph.node.append(helper.make_node("FusedThing", [last], ["z"], name="fused", domain="com.example"))
+    with pytest.raises(UnsupportedModelError, match="com.example::FusedThing"):
+        torch_graph(custom)
+
+
+# --------------------------------------------------------------------------------------------------
+# what trains
+
+
+def test_factor_tensors_are_found_by_difference(pair):
+    from onnx_alds.distill import factor_tensors
+
+    original, compressed, _ = pair
+    found = factor_tensors(original, compressed)
+    before = {t.name for t in original.graph.initializer}
+    new = [t.name for t in compressed.graph.initializer if t.name not in before]
+    assert list(found.factors) == new and new
+    # the decoders' biases: the original biases, now read by the .dec nodes
+    assert set(found.biases) <= before and found.biases
+    decoders = {n.input[2] for n in compressed.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2
+                and n.input[1] in set(new)}
+    assert set(found.biases) == decoders
+    produced = {o for n in original.graph.node for o in n.output}
+    assert found.points and set(found.points) <= produced
+
+
+def test_matmul_bias_add_is_trained():
+    from onnx_alds.distill import factor_tensors
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 12)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="bias")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 12])], inits)
+    small = compress(model, keep_params=0.5, method="svd").model
+    assert factor_tensors(model, small).biases == ("b",)
+
+
+# --------------------------------------------------------------------------------------------------
+# training, write-back, verification
+
+
+@pytest.fixture(scope="module")
+def distilled(pair):
+    pytest.importorskip("torch")
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    return distill(original, compressed, inputs, steps=60, eval_every=10, patience=100, batch_size=8, lr=0.03,
+                   seed=0, progress=False)
+
+
+def test_write_back_changes_only_factor_values(pair, distilled):
+    from onnx_alds.distill import factor_tensors
+
+    original, compressed, _ = pair
+    tuned = distilled.model
+    trainable = set(factor_tensors(original, compressed).trainable)
+    assert [n.SerializeToString() for n in tuned.graph.node] == [n.SerializeToString() for n in compressed.graph.node]
+    assert tuned.graph.input == compressed.graph.input and tuned.graph.output == compressed.graph.output
+    assert tuned.opset_import == compressed.opset_import
+    assert [t.name for t in tuned.graph.initializer] == [t.name for t in compressed.graph.initializer]
+    changed = 0
+    for new, old in zip(tuned.graph.initializer, compressed.graph.initializer):
+        if new.name in trainable:
+            assert new.data_type == old.data_type and list(new.dims) == list(old.dims)
+            changed += new.SerializeToString() != old.SerializeToString()
+        else:
+            assert new.SerializeToString() == old.SerializeToString(), new.name
+    assert changed == len(trainable)
+    onnx.checker.check_model(tuned, full_check=True)
+
+
+def test_written_model_reproduces_the_student(torch, pair, distilled):
+    from onnx_alds.distill import torch_graph
+
+    feeds = {"input": _images(6, seed=9).arrays["input"]}
+    expected = _ort(distilled.model, feeds)[0]
+    with torch.no_grad():
+        got = torch_graph(distilled.model)({"input": torch.from_numpy(feeds["input"])})["logits"].numpy()
+    assert np.max(np.abs(got - expected)) <= 1e-5 * np.max(np.abs(expected))
+    assert distilled.report.verify_max_diff <= 1e-4
+
+
+def test_distillation_lowers_held_out_loss(distilled):
+    report = distilled.report
+    assert report.steps == 60
+    assert report.loss_after < 0.5 * report.loss_before, (report.loss_before, report.loss_after)
+    assert report.cosine_after > report.cosine_before
+    assert report.curve[0]["step"] == 0 and report.curve[-1]["step"] == 60
+    assert "distillation: 60 steps" in report.format()
+
+
+def test_same_seed_same_model(torch, pair):
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    runs = [distill(original, compressed, inputs, steps=4, eval_every=2, batch_size=4, seed=5, progress=False)
+            for _ in range(2)]
+    assert runs[0].model.SerializeToString() == runs[1].model.SerializeToString()
+    other = distill(original, compressed, inputs, steps=4, eval_every=2, batch_size=4, seed=6, progress=False)
+    assert other.model.SerializeToString() != runs[0].model.SerializeToString()
+
+
+def test_verification_failure_writes_nothing(torch, pair, monkeypatch, tmp_path, capsys):
+    """A student that disagrees with ONNX Runtime (here: a broken Relu) is refused with one line."""
+    from onnx_alds import distill as module
+    from onnx_alds.cli import main
+
+    original, compressed, inputs = pair
+    monkeypatch.setitem(module.OPS, "Relu", lambda torch, F, node, x: x)
+    with pytest.raises(module.DistillError, match="disagree"):
+        module.distill(original, compressed, inputs, steps=1, progress=False)
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    onnx.save(original, str(paths[0]))
+    onnx.save(compressed, str(paths[1]))
+    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
+                 "-o", str(tmp_path / "out.onnx"), "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "disagree" in err[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_rejects_a_model_that_is_not_its_compression(torch, pair):
+    from onnx_alds.distill import distill
+
+    original, _, inputs = pair
+    with pytest.raises(UnsupportedModelError, match="no factor tensors"):
+        distill(original, original, inputs, steps=1, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# augmentation
+
+
+def test_image_augmenter_keeps_shape_dtype_and_is_seeded(torch):
+    from onnx_alds.distill import ImageAugmenter, make_augmenter
+
+    model = small_cnn(width=8)
+    arrays = _images(10).arrays
+    augmenter = make_augmenter(model, arrays)
+    assert isinstance(augmenter, ImageAugmenter) and augmenter.layout == "NCHW"
+    a = augmenter.batch(np.random.default_rng(1), 7)["input"]
+    b = augmenter.batch(np.random.default_rng(1), 7)["input"]
+    assert a.shape == (7, 3, 32, 32) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert np.all(np.isfinite(a))
+
+
+def test_token_augmenter_makes_valid_sentences():
+    from onnx_alds.distill import TokenAugmenter, make_augmenter
+
+    rng = np.random.default_rng(0)
+    count, width = 12, 16
+    lengths = rng.integers(5, width + 1, count)
+    ids = np.zeros((count, width), np.int64)
+    mask = np.zeros((count, width), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = np.concatenate([[101], rng.integers(1000, 2000, n - 2), [102]])
+        mask[i, :n] = 1
+    model = make_model([helper.make_node("Identity", ["input_ids"], ["out"], name="id")],
+                       [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "L"]),
+                        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "L"])],
+                       [helper.make_tensor_value_info("out", TensorProto.INT64, ["B", "L"])], [])
+    augmenter = make_augmenter(model, {"input_ids": ids, "attention_mask": mask})
+    assert isinstance(augmenter, TokenAugmenter) and augmenter.pad == 0
+    batch = augmenter.batch(np.random.default_rng(2), 40)
+    new_ids, new_mask = batch["input_ids"], batch["attention_mask"]
+    assert new_ids.shape[1] <= width and new_ids.dtype == np.int64
+    for row, m in zip(new_ids, new_mask):
+        n = int(m.sum())
+        assert np.all(m[:n] == 1) and np.all(m[n:] == 0)
+        assert row[0] == 101 and row[n - 1] == 102 and np.all(row[n:] == 0)
+        assert np.all((row[1:n - 1] >= 1000) & (row[1:n - 1] < 2000))
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_distill_and_compress_distill(torch, pair, tmp_path, capsys):
+    from onnx_alds.cli import main
+
+    original, compressed, inputs = pair
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    onnx.save(original, str(paths[0]))
+    onnx.save(compressed, str(paths[1]))
+    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"), "-o",
+                 str(tmp_path / "tuned.onnx"), "--steps", "3", "--eval-every", "2", "--report",
+                 str(tmp_path / "d.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "distillation: 3 steps" in out and (tmp_path / "tuned.onnx").exists()
+    assert (tmp_path / "d.json").exists()
+    code = main(["compress", str(paths[0]), "-o", str(tmp_path / "small.onnx"), "--keep-params", "0.5",
+                 "--rank-multiple", "1", "--calibration", str(tmp_path / "x.npz"), "--distill", "--distill-steps", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "distillation: 3 steps" in out and "distilled: 3 steps" in out
+    tuned = onnx.load(str(tmp_path / "small.onnx"))
+    assert any(p.key == "onnx_alds.distill" for p in tuned.metadata_props)
