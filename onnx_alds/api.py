@@ -19,7 +19,7 @@ from . import __version__
 from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimum_cost
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
-from .decompose import decompose
+from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError
 from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
                      StoredConstants, folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants,
@@ -390,6 +390,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         from .latency import allocate_latency
 
         allocation = allocate_latency(tables, costs, speed_info, keep, method, seed)
+        if options.speed.model_rounds:
+            allocation, speed_info = _settle_latency(prepared, chosen, tables, costs, speed_info, options)
     else:
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
     seconds["allocation"] = time.perf_counter() - tick
@@ -397,6 +399,40 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                                            else 1, channel_multiple=rank_multiple)
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info)
+
+
+def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, speed_info, options: CompressOptions):
+    """The allocation whose whole model, timed against the dense one, meets ``--keep-latency``
+    (:func:`onnx_alds.latency.settle_latency`), and the speed summary with the rounds."""
+    from .latency import (LatencyCache, _timer_for, allocate_latency, cache_dir, layer_shapes_at_batch,
+                          settle_latency, smallest_keep_latency)
+
+    search, speed = options.search, options.speed
+    groups_searched = search.max_groups if search.method == "alds" else 1
+    rng = np.random.default_rng(0)
+
+    def build(allocation: Allocation) -> onnx.ModelProto:  # the decisions' graph; factor values do not matter
+        ordered, layers = _with_chosen_orders(prepared, chosen, allocation, max_groups=groups_searched,
+                                              channel_multiple=search.rank_multiple)
+        rewrites = []
+        for layer, choice in zip(layers, allocation.choices):
+            if choice.groups != DENSE:
+                rows, cols = layer.matrix_shape
+                width = choice.groups * choice.rank
+                encoder = rng.standard_normal((width, cols // choice.groups)) / np.sqrt(cols // choice.groups)
+                decoder = rng.standard_normal((rows, width)) / np.sqrt(width)
+                rewrites.append(Rewrite(layer, GroupedFactors(choice.groups, choice.rank, encoder, decoder)))
+        return rewrite_model(ordered.model, rewrites)
+
+    keep = options.budget.keep
+    inputs, _ = layer_shapes_at_batch(prepared.model, prepared.store, options.input_shapes, speed.batch, chosen)
+    allocation, rounds, kept, note = settle_latency(
+        lambda budget: allocate_latency(tables, costs, speed_info, budget, search.method, search.seed), build,
+        [layer.name for layer in chosen], speed_info, keep, smallest_keep_latency(tables, costs, speed_info),
+        reference=prepared.model, store=prepared.store, input_shapes=inputs, timer=_timer_for(speed),
+        rounds=speed.model_rounds, cache=LatencyCache(cache_dir(speed.cache_dir)),
+        identity=dict(speed_info.identity, batch=speed.batch))
+    return allocation, replace(speed_info, settle=rounds, settle_note=note, settle_measured=kept.measured)
 
 
 def _with_chosen_orders(prepared: _Prepared, chosen: list[Layer], allocation: Allocation, *, max_groups: int,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .argtypes import any_float, positive_int
+from .argtypes import any_float, non_negative_int, positive_int
 from .errors import OnnxAldsError
 
 
@@ -86,6 +86,10 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
                         help="fraction of the whole model's time to keep, in (0, 1], measured in ONNX Runtime on "
                              "--provider at --bench-batch with --threads (per-layer latency tables, cached; "
                              "docs/LATENCY.md)")
+    parser.add_argument("--latency-rounds", type=non_negative_int, default=3, metavar="N",
+                        help="with --keep-latency: at most N rounds of timing the whole compressed model against the "
+                             "original and re-allocating until the measured ratio meets the budget (0: trust the "
+                             "per-layer tables)")
     parser.add_argument("--method", choices=METHODS, default="alds",
                         help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
     parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
@@ -185,7 +189,7 @@ def compress_keywords(args: argparse.Namespace, calibration) -> dict:
     speed = None
     if args.keep_latency is not None or args.order == AUTO_ORDER or args.speed_check:
         speed = SpeedOptions(provider=args.provider, threads=args.threads, batch=args.bench_batch,
-                             prune_slow=args.speed_check)
+                             prune_slow=args.speed_check, model_rounds=args.latency_rounds)
     return dict(keep_params=args.keep_params, keep_flops=args.keep_flops, keep_latency=args.keep_latency,
                 method=args.method, error_measure=args.error_measure, rank_multiple=args.rank_multiple,
                 exclude=args.exclude, seed=args.seed, input_shapes=parse_input_shapes(args.input_shape),

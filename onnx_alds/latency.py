@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import onnx
@@ -123,6 +123,10 @@ class Timer(Protocol):
         each single-layer model in ``layers`` (``counts``: how many of the model's layers each stands
         for), all timed in one interleaved loop; the model's figure on the same scale as the layers'."""
 
+    def time_ratio(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, store: Any,
+                   input_shapes: Mapping[str, tuple[int, ...]]) -> float:
+        """``candidate``'s time over ``reference``'s, both whole models timed interleaved on the same feeds."""
+
 
 class OrtTimer:
     """:class:`Timer` in ONNX Runtime, with ``onnx-alds bench``'s machinery: sessions on exactly the
@@ -203,6 +207,21 @@ class OrtTimer:
         per_round = np.asarray(times[1:]).T @ weights  # Σ layers, round by round
         ratio = float(np.median(np.asarray(times[0]) / per_round))
         return [ratio * float(np.dot(weights, fastest))] + fastest
+
+    def time_ratio(self, reference: onnx.ModelProto, candidate: onnx.ModelProto, store: Any,
+                   input_shapes: Mapping[str, tuple[int, ...]]) -> float:
+        """The median over interleaved rounds of (candidate run / the same round's reference run): two whole
+        models with the same graph inputs (``store``: the weights both may reference), same feeds."""
+        from .bench import _Runner, time_interleaved
+        from .inputs import random_array
+        from .model_io import graph_inputs
+
+        rng = np.random.default_rng(0)
+        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng)
+                 for spec in graph_inputs(reference)}
+        runners = [_Runner(self._session(model, store), feeds, self.provider) for model in (reference, candidate)]
+        times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=4 * self.min_time_s)
+        return float(np.median(np.asarray(times[1]) / np.asarray(times[0])))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,6 +504,9 @@ class SpeedInfo:
     stats: TableStats = field(hash=False)
     cache_dir: str
     untimed: Mapping[str, str] = field(hash=False, default_factory=dict)  # layer -> why no table
+    settle: tuple = ()  # the whole-model check's rounds (SettleRound), --keep-latency only
+    settle_note: str = ""
+    settle_measured: Optional[float] = None  # the measured ratio (compressed / dense) of the decisions kept
 
     def layer_times(self, name: str, groups: int, rank: int, order: Optional[str]
                     ) -> Optional[tuple[float, Optional[float], bool]]:
@@ -528,6 +550,12 @@ class SpeedInfo:
             "model_time_cached": self.stats.model_cached, "cache_dir": self.cache_dir,
             "untimed": dict(self.untimed),
         }
+        if self.settle:
+            data["whole_model_check"] = [{"budget": r.budget, "predicted": r.predicted, "measured": r.measured}
+                                         for r in self.settle]
+            data["whole_model_note"] = self.settle_note
+            data["measured_ratio"] = self.settle_measured
+            data["measured_speedup"] = 1.0 / self.settle_measured if self.settle_measured else None
         predicted = self.predicted_us(decisions or {})
         if predicted is not None and self.model_us:
             data.update(rest_us=self.model_us - dense, predicted_us=predicted,
@@ -694,6 +722,103 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
     return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed, costs=costs)
 
 
+def smallest_keep_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], info: SpeedInfo) -> float:
+    """The smallest ``--keep-latency`` the tables can reach: every layer at its fastest option."""
+    model_us = float(info.model_us or 0.0)
+    fixed = model_us - sum(c.dense for c in costs)
+    cheapest = minimum_cost(tables, [1.0] * len(tables), costs)
+    return (fixed + cheapest) / model_us if model_us > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class SettleRound:
+    """One round of the whole-model check: the fraction the allocation was given, the whole-model time
+    ratio the latency tables predict for its decisions, and the ratio measured (compressed / dense)."""
+
+    budget: float
+    predicted: float
+    measured: float
+
+
+SETTLE_TOLERANCE = 0.02  # a measured ratio within 2 % of --keep-latency ends the whole-model check
+
+
+def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[Allocation], onnx.ModelProto],
+                   names: Sequence[str], info: SpeedInfo, keep: float, smallest: float, *, reference: onnx.ModelProto,
+                   store: Any, input_shapes: Mapping[str, tuple[int, ...]], timer: Timer, rounds: int,
+                   cache: Optional[LatencyCache] = None, identity: Optional[Mapping[str, Any]] = None,
+                   tolerance: float = SETTLE_TOLERANCE
+                   ) -> tuple[Allocation, tuple[SettleRound, ...], SettleRound, str]:
+    """Meet ``keep`` in the *measured* whole-model time, not only in the tables' prediction.
+
+    The tables add single-layer times; the model as a whole saves less or more than their sum predicts
+    (layout reorders between a pair's two convs, caches, the time of ops between layers). Each round
+    allocates at a budget ``b`` (first ``keep``), builds the model of those decisions (``build``; any
+    factor values: time does not depend on them), and times it interleaved against the dense model
+    (``timer.time_ratio``), giving the measured ratio ``m``. The next budget assumes the measured saving
+    is proportional to the predicted one, ``b' = 1 − (1 − keep)(1 − b)/(1 − m)``, then a secant step
+    through the last two rounds; never below ``smallest`` (:func:`smallest_keep_latency`). It stops
+    within ``tolerance × keep`` or after ``rounds`` rounds and returns the decisions of the round with
+    the largest budget whose measured ratio is within tolerance of (or under) ``keep``, else those of
+    the fastest round, the rounds, the round kept and a sentence saying what was measured. With a
+    ``cache``, each measured ratio is stored under both models' structure, the inputs and the timer's
+    ``identity``, so a second run of the same plan times nothing.
+    """
+    reference_print = model_fingerprint(reference)
+
+    def ratio(candidate: onnx.ModelProto) -> float:
+        fields = {"version": CACHE_VERSION, "reference": reference_print, "candidate": model_fingerprint(candidate),
+                  "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
+                  "timer": dict(identity or timer.identity)}
+        key = "ratio-" + _digest(fields)
+        entry = cache.load(key) if cache is not None else None
+        if entry is not None and isinstance(entry.get("ratio"), float):
+            return entry["ratio"]
+        value = float(timer.time_ratio(reference, candidate, store, input_shapes))
+        if cache is not None:
+            cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value})
+        return value
+
+    tried: list[tuple[Allocation, SettleRound]] = []
+    budget = keep
+    for _ in range(max(rounds, 1)):
+        allocation = allocate(budget)
+        decisions = dict(zip(names, allocation.choices))
+        measured = ratio(build(allocation))
+        tried.append((allocation, SettleRound(budget, info.achieved(decisions), measured)))
+        if abs(measured - keep) <= tolerance * keep:
+            break
+        if len(tried) >= 2 and tried[-1][1].measured != tried[-2][1].measured:
+            (_, last), (_, before) = tried[-1], tried[-2]
+            slope = (last.measured - before.measured) / (last.budget - before.budget) \
+                if last.budget != before.budget else 0.0
+            following = last.budget + (keep - last.measured) / slope if slope > 0 else None
+        else:
+            following = None
+        if following is None:
+            saved = 1.0 - measured
+            if saved <= 0:
+                break  # nothing saved at all: a smaller budget would not help either
+            following = 1.0 - (1.0 - keep) * (1.0 - budget) / saved
+        following = float(min(max(following, smallest), 1.0))
+        if any(abs(following - r.budget) < 1e-4 for _, r in tried):
+            break  # the budget would not change (the smallest reachable, or a fixed point)
+        budget = following
+    record = tuple(r for _, r in tried)
+    good = [(a, r) for a, r in tried if r.measured <= keep * (1 + tolerance)]
+    if good:
+        allocation, chosen = max(good, key=lambda item: item[1].budget)
+        said = (f"whole-model check: measured {chosen.measured:.3f} of the dense time (asked {keep:g}) after "
+                f"{len(tried)} round{'s' if len(tried) > 1 else ''}; the allocation's budget was {chosen.budget:.3f}")
+    else:
+        allocation, chosen = min(tried, key=lambda item: item[1].measured)
+        said = (f"whole-model check: --keep-latency {keep:g} not reached in measurement: the fastest plan found "
+                f"measured {chosen.measured:.3f} of the dense time (predicted {chosen.predicted:.3f}) after "
+                f"{len(tried)} rounds; the ops that do not change or the layers' pairs save less than the tables "
+                "predict (see docs/LATENCY.md)")
+    return allocation, record, chosen, said
+
+
 def pointwise_table(layer: Layer, constants: Mapping, moments: Mapping, *, measure: str, rank_multiple: int,
                     max_groups: int) -> ErrorTable:
     """The error table of a k×k stride-1 conv decomposed pointwise-first, as ``compress`` builds it."""
@@ -754,4 +879,5 @@ def speed_step(prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], 
 __all__ = ["CACHE_VERSION", "Timer", "OrtTimer", "LayerSpec", "LatencyTable", "LatencyCache", "SpeedInfo", "TableStats",
            "cache_dir", "layer_spec", "model_fingerprint", "grid_ranks", "measure_table", "measure_model",
            "build_tables", "option_times", "prune_slow", "faster_order", "latency_costs", "allocate_latency",
+           "smallest_keep_latency", "SettleRound", "SETTLE_TOLERANCE", "settle_latency",
            "tag_order", "merge_orders", "only_order", "pointwise_table", "speed_step"]

@@ -132,8 +132,11 @@ class SpeedOptions:
     physical cores on CPU). ``grid``: measured ranks per (order, groups), interpolated between.
     ``cache_dir`` None: ``$ONNX_ALDS_CACHE`` or ``~/.cache/onnx-alds/latency``. ``prune_slow``: with a
     params or MACs budget, drop every option measured slower than ``dense / min_speedup`` (what
-    ``--speed-check`` does now). ``timer``: how a set of single-layer models is timed (tests inject a
-    fake; default :class:`onnx_alds.latency.OrtTimer`).
+    ``--speed-check`` does now). ``model_rounds``: with ``--keep-latency``, at most that many rounds of
+    allocating, building and timing the whole model against the dense one until the *measured* ratio
+    meets the budget (:func:`onnx_alds.latency.settle_latency`; 0: trust the tables' prediction).
+    ``timer``: how a set of single-layer models is timed (tests inject a fake; default
+    :class:`onnx_alds.latency.OrtTimer`).
     """
 
     provider: str = "cpu"
@@ -159,6 +162,7 @@ class SpeedOptions:
             raise InputDataError(f"got min_speedup {self.min_speedup}; give a positive factor such as 1.0")
 
 
+    model_rounds: int = 3
 @dataclass(frozen=True)
 class CompressOptions:
     """Every option of one compression, in its groups."""
@@ -169,6 +173,8 @@ class CompressOptions:
     speed: Optional[SpeedOptions] = None
     input_shapes: Optional[Mapping[str, tuple[int, ...]]] = field(default=None, hash=False)
 
+        if self.model_rounds < 0:
+            raise InputDataError(f"got {self.model_rounds} whole-model rounds; give 0 (off) or a positive count such as 3")
     @property
     def measures_latency(self) -> bool:
         """Whether the allocation needs latency tables."""

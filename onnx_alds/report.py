@@ -205,6 +205,9 @@ def _latency_lines(latency: dict) -> list[str]:
             line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ({latency['predicted_speedup']:.2f}x; "
                      f"ops that do not change {latency['rest_us'] / 1e3:.3f} ms)")
         lines.append(line)
+    if latency.get("whole_model_note"):
+        lines.append("latency: " + latency["whole_model_note"]
+                     + (f" ({latency['measured_speedup']:.2f}x)" if latency.get("measured_speedup") else ""))
     if latency.get("table_seconds") is not None:
         lines.append(f"latency tables: {latency.get('layers_timed', 0)} layers, {latency.get('timings', 0)} "
                      f"single-layer timings in {latency.get('loops', 0)} loops, {latency['table_seconds']:.2f} s; "

@@ -30,6 +30,8 @@ class FakeTimer:
         self.rest_us = rest_us
         self.calls = 0
         self.models = 0
+        self.ratios = 0  # whole-model comparisons (time_ratio)
+        self.whole_model_node_us = 0.0
 
     def seconds(self, model: onnx.ModelProto, shapes=None) -> float:
         inferred = onnx.shape_inference.infer_shapes(model) if shapes is None else None
@@ -83,6 +85,20 @@ class FakeTimer:
             if node.op_type in ("Conv", "Gemm", "MatMul"):
                 total += FakeTimer.seconds(self, _one_node(complete, node), dict(shapes))
         return [total + self.rest_us * 1e-6] + [self.seconds(layer) for layer in layers]
+
+    def time_ratio(self, reference, candidate, store, input_shapes):
+        """Whole models: their layers' times, the rest, and ``whole_model_node_us`` per Conv/Gemm/MatMul
+        node, a cost that single-layer timings do not see (as layout reorders between a pair's convs)."""
+        self.ratios += 1
+
+        def whole(model):
+            nodes = sum(node.op_type in ("Conv", "Gemm", "MatMul") for node in model.graph.node)
+            return self.time_model(model, store, input_shapes, [], [])[0] + self.whole_model_node_us * 1e-6 * nodes
+
+        calls = self.calls
+        value = whole(candidate) / whole(reference)
+        self.calls = calls  # time_model's count is for the tables
+        return value
 
 
 def _one_node(model: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:

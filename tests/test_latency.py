@@ -147,3 +147,48 @@ def test_real_onnxruntime_timer(tmp_path):
     assert latency["timings"] > 0 and latency["model_us"] > 0
     assert latency["device"] and latency["onnxruntime"]
     assert list((tmp_path / "cache").glob("*.json"))
+
+
+def test_whole_model_check_meets_the_budget_in_measurement(tmp_path):
+    """Whole models cost more per layer node than the single-layer tables say: the prediction alone misses
+    the budget, the whole-model rounds meet it (as measured by the same timer)."""
+    model = small_cnn(width=32)
+
+    def run(rounds):
+        timer = FakeTimer()
+        timer.whole_model_node_us = 2.0
+        result = onnx_alds.compress(model, keep_latency=0.6, rank_multiple=8,
+                                    speed=speed(timer, tmp_path, model_rounds=rounds))
+        return result, timer, timer.time_ratio(model, result.model, None, {"input": (4, 3, 32, 32)})
+
+    trusted, _, trusted_ratio = run(0)
+    assert trusted.report.latency.get("whole_model_check") is None
+    assert trusted_ratio > 0.6 * 1.02, "the fake's per-node cost must make the tables' prediction miss"
+    checked, timer, checked_ratio = run(4)
+    rounds = checked.report.latency["whole_model_check"]
+    assert 2 <= len(rounds) <= 4 and timer.ratios >= len(rounds) + 1
+    assert rounds[0]["budget"] == 0.6 and rounds[-1]["budget"] < 0.6
+    assert checked_ratio <= 0.6 * 1.02
+    assert checked.report.latency["measured_ratio"] == pytest.approx(checked_ratio, rel=1e-9)
+    assert "whole-model check: measured" in checked.report.format()
+
+
+def test_whole_model_check_says_when_the_budget_is_not_reached(tmp_path):
+    timer = FakeTimer()
+    timer.whole_model_node_us = 2000.0  # every extra node costs more than any saving
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                                speed=speed(timer, tmp_path, model_rounds=3)).report
+    assert "not reached in measurement" in report.latency["whole_model_note"]
+    assert report.latency["measured_ratio"] > 0.6
+
+
+def test_whole_model_check_is_cached(tmp_path):
+    first = FakeTimer()
+    first.whole_model_node_us = 2.0
+    one = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8, speed=speed(first, tmp_path))
+    assert first.ratios >= 2
+    again = FakeTimer()
+    again.whole_model_node_us = 2.0
+    two = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8, speed=speed(again, tmp_path))
+    assert again.ratios == 0 and again.calls == 0
+    assert two.report.latency["whole_model_check"] == one.report.latency["whole_model_check"]
