@@ -123,13 +123,19 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
                                     "layer_shapes_measured": latency["layer_shapes_measured"],
                                     "layer_shapes_cached": latency["layer_shapes_cached"]}
     record["predicted"] = {k: cold.report.latency.get(k) for k in ("model_us", "predicted_us", "predicted_speedup",
-                                                                   "rest_us")}
+                                                                   "rest_us", "whole_model_check", "whole_model_note",
+                                                                   "measured_speedup")}
     record["plan_warm_equals_cold"] = [d.__dict__ for d in cold.layers] == [d.__dict__ for d in warm.layers]
     applied = step(record, "apply", lambda: apply_plan(str(path), cold, calibration=calibration))
     flops = step(record, "compress keep-flops", lambda: compress(str(path), keep_flops=keep, **common))
     flops_pw = step(record, "compress keep-flops pointwise-first",
                     lambda: compress(str(path), keep_flops=keep, order="pointwise-first", **common))
-    variants = {"keep-latency (auto order)": applied, "keep-flops": flops, "keep-flops pointwise-first": flops_pw}
+    with tempfile.TemporaryDirectory(prefix="onnx-alds-latency-") as cache:
+        flops_auto = step(record, "compress keep-flops auto order",
+                          lambda: compress(str(path), keep_flops=keep, order="auto",
+                                           speed=SpeedOptions(batch=batch, threads=threads, cache_dir=cache), **common))
+    variants = {"keep-latency (auto order)": applied, "keep-flops": flops, "keep-flops pointwise-first": flops_pw,
+                "keep-flops auto order": flops_auto}
     record["variants"] = {}
     for label, result in variants.items():
         report = result.report
@@ -171,15 +177,20 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
 
 
 def print_summary(records: list[dict]) -> None:
-    print("\n| model | batch | table cold (s, timings) | table warm (s) | predicted | " +
+    print("\n| model | batch | table cold (s, timings) | table warm (s) | predicted (whole-model check) | " +
           " | ".join(records[0]["variants"]) + " | planned slower | re-measured slower |")
     print("|---" * (7 + len(records[0]["variants"])) + "|")
     for r in records:
         cells = [f"{v['speedup']:.2f}x ({', '.join(f'{s:.2f}' for s in v['speedups'])}); fastest runs "
-                 f"{v['speedup_min']:.2f}x ({', '.join(f'{s:.2f}' for s in v['speedups_min'])})"
+                 f"{v['speedup_min']:.2f}x ({', '.join(f'{s:.2f}' for s in v['speedups_min'])}); "
+                 f"{v['speedup'] * v['macs_kept']:.0%} of ideal 1/MACs kept ({1 / v['macs_kept']:.2f}x)"
                  + (f", acc {v['accuracy']:.3f}" if "accuracy" in v else "") for v in r["variants"].values()]
+        rounds = r["predicted"].get("whole_model_check") or []
+        check = "; ".join(f"budget {x['budget']:.3f}: predicted {1 / x['predicted']:.2f}x, measured "
+                          f"{1 / x['measured']:.2f}x" for x in rounds)
         print(f"| {r['model']} | {r['batch']} | {r['table_cold']['seconds']:.1f} ({r['table_cold']['timings']}) | "
-              f"{r['table_warm']['seconds']:.2f} | {r['predicted']['predicted_speedup']:.2f}x | " + " | ".join(cells)
+              f"{r['table_warm']['seconds']:.2f} | {r['predicted']['predicted_speedup']:.2f}x ({check}) | "
+              + " | ".join(cells)
               + f" | {len(r['planned_layers_slower'])} | {len(r['remeasured_slower'])} of {r['remeasured_layers']} |")
 
 
