@@ -91,7 +91,8 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
                              "original and re-allocating until the measured ratio meets the budget (0: trust the "
                              "per-layer tables)")
     parser.add_argument("--method", choices=METHODS, default="alds",
-                        help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank")
+                        help="allocation: alds (default), or a baseline: svd, svd-energy, l-rank; or damage (needs "
+                             "calibration): least total measured output damage under the budget (docs/ACCURACY.md)")
     parser.add_argument("--error", choices=ERROR_MEASURES[:3], default=None, dest="error_measure",
                         help="layer error that alds balances (default: spectral, max_i sigma_{i,r+1}/sigma_1, "
                              "without calibration; frobenius, the relative RMS output error, with it)")
@@ -134,6 +135,18 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              "allocating (--keep-latency does this and budgets the time itself)")
     parser.add_argument("--sensitivity", action="store_true",
                         help="experimental: weight each layer's error by its measured effect on the output")
+    parser.add_argument("--both-factors", type=non_negative_int, nargs="?", const=1, default=0, metavar="ROUNDS",
+                        help="both-factor compensation: ROUNDS (default 1) of alternating least squares of encoder and "
+                             "decoder on each layer's input statistics after the refit")
+    parser.add_argument("--affine-correction", action="store_true",
+                        help="match each compressed layer's per-output-channel mean and variance to the original's on "
+                             "the calibration data (folded into the decoder; replaces --bias-correction's shift)")
+    parser.add_argument("--damage-samples", type=positive_int, default=8, metavar="N",
+                        help="--method damage: calibration inputs per probe run (default 8)")
+    parser.add_argument("--damage-points", type=positive_int, default=3, metavar="N",
+                        help="--method damage: ranks measured per layer and group count (default 3)")
+    parser.add_argument("--damage-max-groups", type=positive_int, default=1, metavar="G",
+                        help="--method damage: largest group count measured and offered (default 1)")
     parser.add_argument("--validate", action="store_true",
                         help="after compressing, validate and benchmark against the original (validate options below)")
     from .validate import add_validation_arguments
@@ -181,6 +194,17 @@ def _run_compress(args: argparse.Namespace) -> int:
     return write_result(args, result)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it says something: not for unset values (None, an empty list), not
+    for on/off switches, and not where the help text already names the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or isinstance(action.default, bool) or action.default in (None, [], (), argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def compress_keywords(args: argparse.Namespace, calibration) -> dict:
     """``compress``'s keyword arguments from the flags of compress (and plan)."""
     from .model_io import parse_input_shapes
@@ -196,7 +220,9 @@ def compress_keywords(args: argparse.Namespace, calibration) -> dict:
                 max_groups=args.max_groups, calibration=calibration,
                 calibration_batch_size=args.calibration_batch_size, refit=args.refit, sequential=args.sequential,
                 bias_correction=args.bias_correction, sensitivity=args.sensitivity, order=args.order,
-                shrinkage=args.shrinkage, speed=speed)
+                shrinkage=args.shrinkage, speed=speed, both_factors=args.both_factors,
+                affine_correction=args.affine_correction, damage_samples=args.damage_samples,
+                damage_points=args.damage_points, damage_max_groups=args.damage_max_groups)
 
 
 def write_result(args: argparse.Namespace, result) -> int:
@@ -293,7 +319,7 @@ def _add_demo(subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -301,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_demo):
         add(subparsers)
     for command in subparsers.choices.values():  # every flag's default shown in its --help
-        command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+        command.formatter_class = HelpFormatter
     return parser
 
 
