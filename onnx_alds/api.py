@@ -122,7 +122,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         per_node = [node_macs(node, shapes) for node in layer_ops]
         unknown = [node for node, macs in zip(layer_ops, per_node) if macs is None]
         if unknown:
-            message = _unsized_message(proto, unknown)
+            message = _unsized_message(proto, unknown, need_macs)
             if need_macs:
                 raise UnsupportedModelError(message)
             notes.append(message)
@@ -153,22 +153,28 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     return inlined
 
 
-def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto]) -> str:
-    """Why Conv/Gemm/MatMul nodes could not be sized, and what works instead."""
+def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], need_macs: bool = True) -> str:
+    """Why Conv/Gemm/MatMul nodes could not be sized, and what works instead (an error when the budget
+    needs MACs; else a note that MACs are not counted)."""
     custom = [node for _, graph in iter_graphs(model.graph) for node in graph.node if node.domain not in STANDARD_DOMAINS]
     first = f"'{unknown[0].name}'"
     if custom:
         ops = sorted({f"{node.domain}::{node.op_type}" for node in custom})
-        return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): the model uses the custom op "
-                f"{', '.join(ops[:3])} (node '{custom[0].name}'), whose output shapes neither ONNX shape inference "
-                "nor ONNX Runtime knows; use --keep-params instead of --keep-flops")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}); install onnxruntime "
-                "(onnx-alds[cpu]) so one run can measure them, or use --keep-params")
-    return (f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): neither shape inference nor an "
-            "ONNX Runtime run gives their shapes; check --input-shape, or use --keep-params")
+        why = (f"the model uses the custom op {', '.join(ops[:3])} (node '{custom[0].name}'), whose output shapes "
+               "neither ONNX shape inference nor ONNX Runtime knows")
+        instead = "use --keep-params instead of --keep-flops"
+    else:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            why = "ONNX Runtime is not installed to measure them in one run"
+            instead = "install onnxruntime (onnx-alds[cpu]), or use --keep-params"
+        else:
+            why = "neither shape inference nor an ONNX Runtime run gives their shapes"
+            instead = "check --input-shape, or use --keep-params"
+    if not need_macs:
+        instead = "MACs are not counted (give --input-shape to count them)" if not custom else "MACs are not counted"
+    return f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): {why}; {instead}"
 
 
 def _measure_for(method: str, error_measure: str) -> str:
@@ -178,6 +184,8 @@ def _measure_for(method: str, error_measure: str) -> str:
         return "frobenius"
     if method == "l-rank":
         return "frobenius"  # l-rank decides on absolute residual energy; this measure is only reported
+    if method == "damage":
+        return "frobenius"  # shapes the interpolation between measured ranks (onnx_alds.damage)
     return error_measure
 
 
@@ -188,7 +196,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              sequential: bool = False, bias_correction: bool = False, sensitivity: bool = False,
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
              shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
-             speed=None) -> CompressionResult:
+             speed=None, both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
+             damage_points: int = 3, damage_max_groups: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
     ``model``: a path (read lightly: external data stays on disk and each weight is read when its
@@ -232,8 +241,21 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     spatial-first. Same MACs per rank when ``c = f``; measured faster on ONNX Runtime's CPU kernels
     where the spatial-first encoder would have few output channels (docs/RESULTS.md).
 
+    - ``both_factors`` (rounds, default 0): alternating least squares of encoder and decoder on the
+      layer's input statistics after the refit (:func:`onnx_alds.decompose.alternate_factors`).
+    - ``affine_correction``: match each compressed layer's per-output-channel mean and variance to the
+      original's on the calibration statistics, folded into decoder rows and bias
+      (:func:`onnx_alds.decompose.affine_correction`); it replaces ``bias_correction``'s shift.
+
+    ``method="damage"`` (needs ``calibration``; docs/ACCURACY.md): each layer's effect on the model
+    output is measured (:mod:`onnx_alds.damage`: the layer alone factorized at ``damage_points`` ranks
+    per group count ``g ≤ damage_max_groups``, ``damage_samples`` calibration inputs per run, relative
+    squared output error), and an integer program (:func:`onnx_alds.allocate.allocate_options`) picks
+    the options with the least total predicted damage that meet the budget (params or MACs).
+
     ``refit``, ``sequential``, ``bias_correction`` and ``sensitivity`` shape data-aware compression
-    only; ``sequential``, ``bias_correction`` and ``sensitivity`` need ``calibration``.
+    only; ``sequential``, ``bias_correction``, ``sensitivity``, ``both_factors``, ``affine_correction``
+    and ``method="damage"`` need ``calibration``.
 
     ``keep_latency``: keep that fraction of the whole model's time measured in ONNX Runtime on
     ``speed`` (:class:`onnx_alds.options.SpeedOptions`: provider, threads, batch; default CPU, batch 1)
@@ -248,7 +270,9 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                                calibration=calibration, calibration_batch_size=calibration_batch_size, refit=refit,
                                sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
                                keep_dense=keep_dense, order=order, shrinkage=shrinkage, budget=budget, search=search,
-                               data=data, speed=speed)
+                               data=data, speed=speed, both_factors=both_factors,
+                               affine_correction=affine_correction, damage_samples=damage_samples,
+                               damage_points=damage_points, damage_max_groups=damage_max_groups)
     return _apply_step(_plan_step(model, options))
 
 
@@ -267,6 +291,7 @@ class _Planned:
     measure: str
     sensitivity_note: Optional[str]
     speed: object = None  # onnx_alds.latency.SpeedInfo, or a plan's recorded times (onnx_alds.plan)
+    damage: Optional[dict] = None  # --method damage: the tables' cost and the predicted total (onnx_alds.damage)
 
 
 def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _Planned:
@@ -298,8 +323,16 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         flag = "--sequential" if sequential else ("bias correction" if bias_correction else "sensitivity weighting")
         raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                              "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+    if method == "damage" and calibration is None:
+        raise InputDataError("--method damage measures each layer's effect on the outputs and needs calibration "
+                             "data; give --calibration FILE.npz (or --calibration-images DIR), or use --method alds")
+    if method == "damage" and (target == "latency" or order == AUTO_ORDER):
+        raise BudgetError("--method damage allocates under --keep-params or --keep-flops with one order; "
+                          "use --method alds with --keep-latency or --order auto")
+    searched = (max_groups if method == "alds" else min(max_groups, data.damage_max_groups) if method == "damage"
+                else 1)
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
-                        max_groups=max_groups if method == "alds" else 1, need_macs=target == "flops",
+                        max_groups=searched, need_macs=target == "flops",
                         channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
@@ -313,7 +346,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                   and _uncalibrated_reason(layer) else layer for layer in layers]
         prepared = replace(prepared, layers=layers)
     if order == POINTWISE_FIRST:
-        layers = [with_order(layer, order, max_groups=max_groups if method == "alds" else 1,
+        layers = [with_order(layer, order, max_groups=searched,
                              channel_multiple=rank_multiple) if layer.pointwise_first_ok else layer
                   for layer in layers]
         spatial = [layer for layer in layers if layer.compressible and layer.op == "Conv" and layer.kernel > 1]
@@ -332,7 +365,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)")
         )
     if decisions is not None:  # each layer in the plan's order
-        prepared, chosen = decisions.ordered(prepared, chosen, max_groups=max_groups if method == "alds" else 1,
+        prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
     seconds["load"] = time.perf_counter() - started
 
@@ -392,13 +425,26 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         allocation = allocate_latency(tables, costs, speed_info, keep, method, seed)
         if options.speed.model_rounds:
             allocation, speed_info = _settle_latency(prepared, chosen, tables, costs, speed_info, options)
+    elif method == "damage":
+        from .damage import measure_damage_tables
+
+        damage_tables, damage_cost = measure_damage_tables(
+            proto, chosen, tables, constants, stats, calibration, samples=data.damage_samples,
+            points=data.damage_points, max_groups=searched, refit=refit, batch_size=calibration_batch_size,
+            factor_fn=_damage_factor_fn(data))
+        seconds["damage tables"] = 0.0 if damage_cost.cached else damage_cost.seconds
+        tick = time.perf_counter()
+        allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple)
+        damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
+                           cached=damage_cost.cached)
     else:
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
     seconds["allocation"] = time.perf_counter() - tick
-    prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=max_groups if method == "alds"
-                                           else 1, channel_multiple=rank_multiple)
+    prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
+                                           channel_multiple=rank_multiple)
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
-                    sensitivity_note, speed_info)
+                    sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
+                    else None)
 
 
 def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, speed_info, options: CompressOptions):
@@ -435,6 +481,47 @@ def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, spe
     return allocation, replace(speed_info, settle=rounds, settle_note=note, settle_measured=kept.measured)
 
 
+def _damage_factor_fn(data):
+    """The factors the damage probes measure: those the rewrite will write (both-factor rounds included)."""
+    if not data.both_factors:
+        return None
+    from .data_aware import data_aware_factors
+
+    return lambda layer, matrix, groups, rank, stat: data_aware_factors(
+        matrix, groups, rank, stat, refit=data.refit, layer=layer, both_factors=data.both_factors)
+
+
+def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables, target: str, keep: float,
+                     rank_multiple: int) -> tuple[Allocation, dict]:
+    """The least-damage allocation under the budget (:func:`onnx_alds.allocate.allocate_options`)."""
+    from .allocate import LayerChoice, allocate_options
+    from .damage import damage_options
+
+    if target == "params":
+        total = float(prepared.params_total)
+        scales = [1.0] * len(chosen)
+    else:
+        total = float(prepared.macs_total or 0)
+        scales = [float(layer.positions or 0) for layer in chosen]
+    fixed = total - sum(layer.params * scale for layer, scale in zip(chosen, scales))
+    budget = keep * total - fixed
+    options = damage_options(chosen, damage_tables, scales, target)
+    cheapest = sum(min(o.costs[target] for o in options if o.layers == (layer.name,)) for layer in chosen)
+    if budget < cheapest - 1e-9:
+        raise BudgetError(f"--keep-{target} {keep} cannot be reached with --method damage: the smallest reachable "
+                          f"ratio is {(fixed + cheapest) / total:.4f} (every layer at its lowest measured rank); ask "
+                          "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
+                                                 if rank_multiple > 1 else ""))
+    result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
+    picked = {option.layers[0]: option.payload for option in result.chosen}
+    choices = tuple(picked.get(layer.name, LayerChoice(DENSE, 0, 0.0, 0.0)) for layer in chosen)
+    allocation = Allocation(choices, budget, float(sum(choice.cost for choice in choices)),
+                            max((choice.error for choice in choices), default=0.0),
+                            f"damage integer program ({result.status}, {result.candidates} options)")
+    return allocation, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
+                            options=result.candidates, status=result.status)
+
+
 def _with_chosen_orders(prepared: _Prepared, chosen: list[Layer], allocation: Allocation, *, max_groups: int,
                         channel_multiple: int) -> tuple[_Prepared, list[Layer]]:
     """Every layer in the order of its choice, where its table held both orders (``--order auto``)."""
@@ -469,7 +556,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         new_model = data_aware_rewrite(proto, plan, constants, stats, calibration, refit=refit,
                                         sequential=sequential, bias_correction=bias_correction,
                                         batch_size=calibration_batch_size, seconds=seconds, notes=extra_notes,
-                                        shrinkage=shrinkage)
+                                        shrinkage=shrinkage, both_factors=data.both_factors,
+                                        affine=data.affine_correction)
     data_aware = calibration is not None
     add_provenance(new_model, {
         "onnx_alds.version": __version__,
@@ -488,7 +576,9 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  speed=planned.speed)
     if data_aware:
         steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
-            + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ())
+            + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ()) \
+            + ((f"both-factors x{data.both_factors}",) if data.both_factors else ()) \
+            + (("affine",) if data.affine_correction else ())
         shrunk = sorted(((value.shrinkage, name, value.count) for name, value in stats.items()), reverse=True)
         if shrinkage and shrunk and shrunk[0][0] >= 0.01:
             extra_notes.append("moment shrinkage (few calibration vectors for the dimension): " + ", ".join(
@@ -497,6 +587,16 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         extra_notes += [sensitivity_note] if sensitivity_note else []
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
                          calibration_samples=sample_count(calibration))
+    if planned.damage is not None:
+        info = planned.damage
+        report = replace(report, predicted_output_error=info["predicted_output_error"],
+                         error_measure="output damage (relative squared output error, measured)",
+                         layers=tuple(replace(row, predicted_damage=row.error) for row in report.layers),
+                         notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
+                                               f"calibration inputs, {info['seconds']:.1f} s"
+                                               + (" (measured before, reused)" if info["cached"] else "")
+                                               + f"; {info['options']} options; predicted total relative output "
+                                               f"error {info['predicted_output_error']:.4f}",))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
                      warnings=_harm_warnings(report, prepared, data_aware))
     return CompressionResult(new_model, report, store=prepared.store if light else None)

@@ -482,3 +482,29 @@ def test_no_output_may_replace_an_input_a_device_or_a_link(tmp_path, capsys):
 def test_seed_out_of_range_is_one_line():
     with pytest.raises(BudgetError, match="--seed -1"):
         onnx_alds.compress(conv_relu_conv(np.random.default_rng(25)), keep_params=0.9, seed=-1)
+
+
+def _custom_op_between_convs() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4, name="conv1"),
+             helper.make_node("CustomAct", ["c1"], ["a1"], domain="custom.plugins", name="act"),
+             helper.make_node("Conv", ["a1", "W2"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, name="conv2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, "H", "W"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("custom.plugins", 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_custom_op_sizes_message_fits_the_budget():
+    from onnx_alds.errors import UnsupportedModelError
+
+    model = _custom_op_between_convs()
+    with pytest.raises(UnsupportedModelError, match=r"custom op custom.plugins::CustomAct.*--keep-params instead"):
+        onnx_alds.compress(model, keep_flops=0.6)
+    notes = " ".join(onnx_alds.compress(model, keep_params=0.6).report.notes)
+    assert "custom.plugins::CustomAct" in notes and "MACs are not counted" in notes
+    assert "instead of --keep-flops" not in notes
