@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .decompose import candidate_groups, pointwise_matrix
+from .errors import InputDataError
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # ops that only move, reshape or cast a constant: a weight behind a chain of them is a constant too
@@ -266,7 +267,24 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             if layer.compressible and layer.weight in trained:
                 layer = replace(layer, skip_reason="weight is trained on device (the model's training_info uses it)")
             layers.append(replace(layer, subgraph=path or None))
+    _check_exclude_patterns(model, exclude)
     return layers
+
+
+def _check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> None:
+    """Every ``--exclude`` pattern must match a Conv/Gemm/MatMul node's name or one of its inputs' names;
+    a pattern that matches none is a typo that would leave a layer factorized. Raises InputDataError."""
+    if not exclude:
+        return
+    names = [name for _, graph in iter_graphs(model.graph) for node in graph.node if node.op_type in LAYER_OPS
+             for name in [node.name, *node.input] if name]
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            example = next((node.name for _, graph in iter_graphs(model.graph) for node in graph.node
+                            if node.op_type in LAYER_OPS and node.name), None)
+            raise InputDataError(f"--exclude '{pattern}' matches no Conv/Gemm/MatMul node or weight name; check the "
+                                 "pattern (globs such as '*/fc/*' match whole names" +
+                                 (f"; a layer's name: '{example}')" if example else ")"))
 
 
 def _weight_slot(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto],

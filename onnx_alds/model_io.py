@@ -750,6 +750,9 @@ def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ..
             raise InputDataError(
                 f"cannot parse input shape '{entry}'; write NAME:DIMS with positive dims, e.g. input:1x3x224x224"
             )
+        if name in shapes and shapes[name] != values:
+            raise InputDataError(f"--input-shape gives input '{name}' twice ({'x'.join(map(str, shapes[name]))} and "
+                                 f"{'x'.join(map(str, values))}); give each input once")
         shapes[name] = values
     return shapes
 

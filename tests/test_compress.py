@@ -190,3 +190,19 @@ def test_model_over_the_protobuf_limit_is_saved_as_external_data(cnn, tmp_path, 
     assert out.stat().st_size < 10_000
     feeds = random_feeds(cnn, shapes={"input": (1, 3, 32, 32)})
     assert np.array_equal(run_model(load_model(out), feeds)[0], run_model(result.model, feeds)[0])
+
+
+def test_exclude_pattern_matching_nothing_is_an_error():
+    from onnx_alds.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"--exclude 'conv_typo\*' matches no Conv/Gemm/MatMul"):
+        onnx_alds.compress(small_cnn(), keep_params=0.9, exclude=["conv_typo*"])
+
+
+def test_input_shape_given_twice_is_an_error():
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.model_io import parse_input_shapes
+
+    assert parse_input_shapes(["x:1x3", "x:1x3"]) == {"x": (1, 3)}
+    with pytest.raises(InputDataError, match="gives input 'x' twice"):
+        parse_input_shapes(["x:1x3", "x:2x3"])
