@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import onnx
+
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import OnnxAldsError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, with_order
@@ -183,14 +185,31 @@ class Plan:
         if calibration is None and data_aware:
             raise PlanError(f"the plan is data-aware (calibrated on {o['data'].get('calibration')}); give calibration "
                             "inputs (--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+        if not data_aware and calibration is not None:
+            raise PlanError("the plan is data-free, so calibration inputs would not be used; apply it without them, "
+                            "or make a data-aware plan with onnx-alds plan ... --calibration ...")
         if not data_aware:
-            calibration = None
             data = {key: value for key, value in data.items() if key in ("batch_size", "refit", "shrinkage")}
         speed = SpeedOptions(**o["speed"]) if o.get("speed") else None
         shapes = o.get("input_shapes")
         return CompressOptions(Budget(**o["budget"]), SearchOptions(**search),
                                DataAwareOptions(calibration=calibration, **data), speed,
                                None if shapes is None else {k: tuple(v) for k, v in shapes.items()})
+
+    def check_layer_names(self, model: onnx.ModelProto) -> None:
+        """Raise :class:`PlanError` when no layer of the plan names a node of ``model`` (a plan made for
+        another model): checked before anything else is read, so that the error says that first (the
+        layer-by-layer check comes with the rewrite)."""
+        from .layers import iter_graphs
+
+        if model.functions or not self.layers:
+            return  # layers inside functions are named when inlined: the full check comes later
+        nodes = {node.name for _, graph in iter_graphs(model.graph) for node in graph.node}
+        missing = [decision.name for decision in self.layers if decision.name not in nodes]
+        if len(missing) == len(self.layers):  # unnamed nodes are named later: only a full miss is sure here
+            raise PlanError(f"the plan does not fit this model: layer '{missing[0]}' of the plan is not in the model "
+                            f"({len(missing)} of {len(self.layers)} missing: another model, or renamed nodes); make a "
+                            "new plan for it with onnx-alds plan")
 
     def layer(self, name: str) -> LayerDecision:
         for decision in self.layers:
@@ -410,6 +429,12 @@ def apply_plan(model, plan: Plan, calibration=None):
     plan is data-aware): a :class:`onnx_alds.api.CompressionResult`, as ``compress`` returns."""
     from .api import _apply_step, _plan_step
 
+    from .model_io import OpenedModel
+
+    if isinstance(model, OpenedModel):
+        plan.check_layer_names(model.model)
+    elif isinstance(model, onnx.ModelProto):
+        plan.check_layer_names(model)
     options = plan.compress_options(calibration)
     return _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
 
@@ -623,6 +648,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
         check_output_path(Path(args.report), protect=[args.model, args.output, args.plan])
     plan = Plan.load(args.plan)
     model = open_model(args.model)
+    plan.check_layer_names(model.model)
     args.seed = plan.options["search"]["seed"]  # --calibration-random draws as when the plan was made
     shapes = plan.options.get("input_shapes")
     args.input_shape = [f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items()] if shapes else None

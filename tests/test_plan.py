@@ -148,3 +148,24 @@ def test_cli_plan_then_apply_equals_compress(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: the plan does not fit this model: layer 'nowhere'") and error.count("\n") == 1
     assert not (tmp_path / "stale.onnx").exists()
+
+
+def test_plan_for_another_model_is_named_before_calibration(tmp_path, capsys):
+    """A data-aware plan applied to another model without calibration: the mismatch is the error, not
+    the missing calibration; a data-free plan given calibration inputs is refused, not silently data-free."""
+    from conftest import matmul_model
+
+    model = small_cnn(width=16)
+    calibration = random_inputs(model, 8, input_shapes={"input": (1, 3, 32, 32)}, seed=0)
+    aware = make_plan(model, keep_flops=0.5, calibration=calibration)
+    with pytest.raises(PlanError, match=r"does not fit this model: layer 'conv0' of the plan is not in the model"):
+        apply_plan(matmul_model(), aware)
+    free = make_plan(model, keep_flops=0.5)
+    with pytest.raises(PlanError, match="the plan is data-free, so calibration inputs would not be used"):
+        apply_plan(model, free, calibration=calibration)
+    save_model(model, tmp_path / "m.onnx")
+    (tmp_path / "free.json").write_text(free.to_json())
+    code = main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "free.json"), "-o", str(tmp_path / "out.onnx"),
+                 "--calibration-random", "4"])
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: the plan is data-free") and not (tmp_path / "out.onnx").exists()
