@@ -447,6 +447,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
             f"(plus optional '{LABELS_KEY}')"
         )
     arrays: dict[str, np.ndarray] = {}
+    casts: list[str] = []  # said in the set's source, so reports show it
     for spec in specs:
         _check_batchable(spec)
         array = stored[spec.name]
@@ -466,7 +467,12 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
                 f"array '{spec.name}' in '{path}' is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
                 f"store it as {spec.dtype}"
             )
+        if array.dtype != spec.dtype:
+            casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
+                         + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
+                            and np.issubdtype(spec.dtype, np.floating) else ""))
         arrays[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    cast_note = f"; {'; '.join(casts)}" if casts else ""
     labels = None
     if LABELS_KEY in stored and LABELS_KEY not in names:
         labels = stored[LABELS_KEY]
@@ -483,10 +489,10 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
                 "give labels in one place"
             )
         labels = labels_file.for_samples(count)
-    result = InputSet(arrays, labels, f"{path} ({count} samples)")
+    result = InputSet(arrays, labels, f"{path} ({count} samples{cast_note})")
     if limit is not None and limit < len(result):
         first = result.head(limit)
-        result = InputSet(first.arrays, first.labels, f"{path} (first {limit} samples)")
+        result = InputSet(first.arrays, first.labels, f"{path} (first {limit} samples{cast_note})")
     return result
 
 

@@ -55,6 +55,12 @@ def test_npz_loads_casts_and_reads_labels(tmp_path):
     np.testing.assert_array_equal(data.labels, np.arange(5))
     assert [len(next(iter(b.values()))) for b in data.batches(2)] == [2, 2, 1]
     assert len(load_inputs(model, npz=tmp_path / "d.npz", limit=3)) == 3
+    assert "'x' float64 cast to float32" in data.source
+    np.savez(tmp_path / "pixels.npz", x=rng.integers(0, 255, (2, 3, 4, 4)).astype(np.uint8))
+    assert "uint8 cast to float32, integer values: are they preprocessed?" in \
+        load_inputs(model, npz=tmp_path / "pixels.npz").source
+    np.savez(tmp_path / "same.npz", x=x.astype(np.float32))
+    assert load_inputs(model, npz=tmp_path / "same.npz").source.endswith("same.npz (5 samples)")
 
 
 @pytest.mark.parametrize("arrays, message", [
