@@ -467,6 +467,10 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
                 f"array '{spec.name}' in '{path}' is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
                 f"store it as {spec.dtype}"
             )
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            bad = int(np.argwhere(~np.isfinite(array.reshape(len(array), -1)).any(axis=1))[0, 0]) if array.ndim else 0
+            raise InputDataError(f"array '{spec.name}' in '{path}' holds NaN or Inf values (first in sample {bad}); "
+                                 "give finite inputs")
         if array.dtype != spec.dtype:
             casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
                          + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)

@@ -67,6 +67,8 @@ def test_npz_loads_casts_and_reads_labels(tmp_path):
     ({"wrong": np.zeros((2, 3, 4, 4), np.float32)}, "no array for graph input 'x'"),
     ({"x": np.zeros((2, 3, 4, 4), np.float32), "extra": np.zeros(2)}, "'extra', which is not a graph input"),
     ({"x": np.zeros((3, 4, 4), np.float32)}, "rank 3"),
+    ({"x": np.where(np.arange(96).reshape(2, 3, 4, 4) == 50, np.nan, 0).astype(np.float32)},
+     r"holds NaN or Inf values \(first in sample 1\)"),
     ({"x": np.zeros((2, 3, 5, 4), np.float32)}, "fixes dim 2 to 4"),
 ])
 def test_npz_errors_name_the_problem(tmp_path, arrays, message):
