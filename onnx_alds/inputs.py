@@ -468,7 +468,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
                 f"store it as {spec.dtype}"
             )
         if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            bad = int(np.argwhere(~np.isfinite(array.reshape(len(array), -1)).any(axis=1))[0, 0]) if array.ndim else 0
+            bad = int(np.argmax((~np.isfinite(array.reshape(len(array), -1))).any(axis=1))) if array.ndim else 0
             raise InputDataError(f"array '{spec.name}' in '{path}' holds NaN or Inf values (first in sample {bad}); "
                                  "give finite inputs")
         if array.dtype != spec.dtype:
