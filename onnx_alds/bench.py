@@ -92,7 +92,8 @@ class LayerTiming:
     speedup: float
 
     def line(self) -> str:
-        verdict = "faster" if self.speedup > 1.0 else "NOT faster"
+        # within 2 % is a tie at the precision these timings have (and "1.00x faster" reads oddly)
+        verdict = "faster" if self.speedup >= 1.02 else ("about the same" if self.speedup > 0.98 else "NOT faster")
         return (f"{self.layer:<40} {self.op_type:<8} {self.original_us:10.1f} µs -> {self.pair_us:10.1f} µs  "
                 f"{self.speedup:5.2f}x  {verdict}")
 

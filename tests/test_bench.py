@@ -122,3 +122,12 @@ def test_command_writes_json(tmp_path, capsys):
     assert data["machine"]["cpu"] and data["machine"]["physical_cores"] >= 1
     assert data["versions"]["onnxruntime"] and len(data["timings"]) == 4
     assert [row["layer"] for row in data["layers"][0]["rows"]] == ["conv1", "fc"]
+
+
+@pytest.mark.parametrize("speedup, verdict", [(1.5, "faster"), (1.005, "about the same"), (0.99, "about the same"),
+                                              (0.8, "NOT faster")])
+def test_layer_line_verdict(speedup, verdict):
+    from onnx_alds.bench import LayerTiming
+
+    line = LayerTiming("conv", "Conv", (1, 3, 8, 8), ("a", "b"), 10.0, 10.0 / speedup, speedup).line()
+    assert line.endswith(verdict)
