@@ -1,0 +1,1115 @@
+"""Structured width reduction: drop hidden channels of a block and refit its consumer by least squares.
+
+A *block* is a producer (Conv with ``group = 1``, Gemm, or MatMul ``x @ W``, with a constant weight) whose
+output channels reach exactly one consumer with a constant weight (Conv ``group = 1``, Gemm, MatMul
+``x @ W``) through ops that act on each channel alone: bias ``Add``/``Sub``/``Mul``/``Div`` by
+per-channel or scalar constants, ``BatchNormalization``, ``Relu``/``Clip``/``Sigmoid``/``HardSwish``/
+``Gelu``/``Erf``-based GELU (``Div, Erf, Add, Mul, Mul``: binary ops whose two operands are both inside
+the block are fine), ``Pad`` on the spatial axes, and depthwise ``Conv`` (``group`` = its channels).
+Nothing else may read the hidden tensors, and none of them may be a graph output. The inverted-residual
+block (1x1 expand → depthwise → 1x1 project) and the transformer feed-forward block (MatMul up → GELU →
+MatMul down) are blocks. Whatever breaks one of these conditions (a residual Add into the hidden tensor,
+a Reshape, a Concat, a second reader) makes the producer *not prunable*, with the reason.
+
+Pruning keeps ``w`` of the block's ``c`` hidden channels: the producer loses output rows (and bias
+entries), the ops between lose the same channels (a depthwise conv's ``group`` shrinks to ``w``), and the
+consumer loses the input columns and is *refitted*: with ``h`` its input vectors (``d = c·κ``), ``C =
+E[h hᵀ]``, ``μ = E[h]`` measured on the calibration inputs in ONNX Runtime
+(:func:`onnx_alds.calibrate.collect_statistics`, the consumer treated as a layer whose input moment is
+needed), and the kept columns ``K``, the ridge least-squares fit of the original block output
+``y = W h + b`` on ``[h_K; 1]``::
+
+    [W'  b'] = [W  b] · C̄[:, K̄] · (C̄[K̄, K̄] + λ)⁻¹,   C̄ = E[[h; 1][h; 1]ᵀ],  K̄ = K ∪ {1}
+
+(``λ = 1e-6 · mean diag C[K, K]`` on the channel part). Without a place for the consumer's bias (a MatMul
+whose output is not added to a constant) the fit is on ``h_K`` alone.
+
+Channel choice (which ``K``): greedy forward selection of whole channels by the output energy they
+explain after the refit. With ``S`` the residual second moment (``C − μμᵀ`` to start with, as the bias
+absorbs the mean) and ``G = W S``, the channel ``j`` (columns ``J``) explains ``tr(G_J S_JJ⁻¹ G_Jᵀ)``;
+the ``m`` best (``m`` the rank multiple) are added, then ``S ← S − S_{:J} S_JJ⁻¹ S_{J:}``,
+``G ← G − G_J S_JJ⁻¹ S_{J:}``. The residual ``E‖y − ŷ‖² = ⟨W, G⟩`` after each step is the block's
+relative output error at that width (``sqrt(⟨W, G⟩ / E‖y‖²)``, the relative RMS error of the consumer's
+output on the calibration inputs, the same scale as the data-aware ``frobenius`` error of a low-rank
+layer); the sets are nested, so one pass gives every width. This is column-subset selection with a
+least-squares reconstruction, as in He, Zhang, Sun, "Channel Pruning for Accelerating Very Deep Neural
+Networks" (ICCV 2017: LASSO selection, then least squares), AIMET's channel pruning (greedy selection
+plus data-driven reconstruction), and Kwon et al., "A Fast Post-Training Pruning Framework for
+Transformers" (NeurIPS 2022: mask search, then a least-squares refit of the layer after the mask).
+
+Allocation on its own (:func:`allocate_widths`): the min-max of the block errors under the budget, with
+each block's cost linear in its width (producer, consumer and the ops between, in weights or MACs);
+:func:`compress_pruned` adds the low-rank layers outside the blocks to the same min-max (the
+``frobenius`` data-aware tables), then factorizes them with :func:`onnx_alds.compress` on the pruned model.
+:func:`width_options` gives the same widths as plain option records (covered layers, cost, error) for a
+set-partitioning allocator.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import BudgetError, InputDataError, UnsupportedModelError
+from .layers import Layer, constant_tensors
+
+__all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
+           "refit_consumer", "prune_model", "allocate_widths", "width_options", "compress_pruned", "PRUNE_MODES"]
+
+PRUNE_MODES = ("off", "combined", "only")  # off; widths and low-rank in one min-max; widths alone
+UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
+             "Gelu", "Softplus", "Softsign", "Identity", "Neg", "Abs", "Exp", "Sqrt", "Reciprocal", "Mish", "Floor",
+             "Ceil", "Round", "ThresholdedRelu")
+BINARY_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow")
+MAX_BETWEEN = 32  # ops between producer and consumer
+MAX_COLUMNS = 4096  # consumer input width (c·κ) the greedy selection accepts
+RIDGE = 1e-6
+
+
+@dataclass(frozen=True)
+class Block:
+    """A prunable block: ``producer`` → per-channel ops (``between``, graph order) → ``consumer``.
+
+    ``width``: hidden channels ``c``. ``axis``: the channel axis of the hidden tensors (1 for Conv, -1
+    for Gemm/MatMul). ``bias``: where the consumer's bias lives: ``("input", node)`` (Conv/Gemm input
+    2, added when missing), ``("add", node name, slot)`` (a MatMul followed by an Add of a constant),
+    or None. ``fixed_params``/``channel_params``: weights of the block that do not / do scale with the
+    width (one hidden channel costs ``channel_params``); same for MACs at the resolved input shape."""
+
+    name: str
+    producer: Layer
+    consumer: Layer
+    between: tuple[str, ...]
+    width: int
+    axis: int
+    bias: Optional[tuple]
+    fixed_params: int
+    channel_params: int
+    fixed_macs: Optional[int]
+    channel_macs: Optional[int]
+    layers: tuple[str, ...]  # Conv/Gemm/MatMul nodes in the block (producer, depthwise convs, consumer)
+
+    def params(self, width: int) -> int:
+        return self.fixed_params + width * self.channel_params
+
+    def macs(self, width: int) -> Optional[int]:
+        return None if self.channel_macs is None else self.fixed_macs + width * self.channel_macs
+
+
+@dataclass(frozen=True)
+class NotPrunable:
+    """A producer whose hidden channels cannot be pruned, and why."""
+
+    producer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WidthCurve:
+    """One block's widths (ascending, the last is the full width), the relative RMS output error of
+    the consumer at each (measured on the calibration moments), and the channel order (the first
+    ``w`` entries are the channels kept at width ``w``)."""
+
+    block: str
+    widths: np.ndarray
+    errors: np.ndarray
+    order: np.ndarray
+
+    def error(self, width: int) -> float:
+        index = int(np.searchsorted(self.widths, width))
+        if index >= len(self.widths) or self.widths[index] != width:
+            raise KeyError(f"width {width} is not an allowed width of block '{self.block}'")
+        return float(self.errors[index])
+
+    def kept(self, width: int) -> np.ndarray:
+        return np.sort(self.order[:width])
+
+
+@dataclass(frozen=True)
+class BlockReport:
+    """A block in the report: hidden width before and after, its weights and MACs, its error."""
+
+    name: str
+    producer: str
+    consumer: str
+    between: tuple[str, ...]
+    width_before: int
+    width_after: int
+    params_before: int
+    params_after: int
+    macs_before: Optional[int]
+    macs_after: Optional[int]
+    error: float
+
+
+@dataclass(frozen=True)
+class WidthOption:
+    """One width of one block as a set-partitioning option: it covers the block's Conv/Gemm/MatMul
+    nodes (``covers``), costs ``params``/``macs`` (those nodes plus the per-channel ops between), and
+    has relative RMS output error ``error`` at the consumer's output (calibration inputs)."""
+
+    block: str
+    covers: tuple[str, ...]
+    width: int
+    params: int
+    macs: Optional[int]
+    error: float
+
+
+# ---------------------------------------------------------------------------------------------- finding
+
+
+class _Graph:
+    """Look-ups over the main graph: users, producers, constants (evaluated through constant ops)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.nodes = {node.name: node for node in graph.node}
+        self.producers = {out: node for node in graph.node for out in node.output if out}
+        self.users: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in dict.fromkeys(node.input):
+                if name:
+                    self.users.setdefault(name, []).append(node)
+        self.uses = Counter(name for node in graph.node for name in node.input if name)
+        self.uses.update(value.name for value in graph.output)
+        for node in graph.node:  # names read inside subgraphs count as uses
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                    for inner in sub.node:
+                        self.uses.update(name for name in inner.input if name)
+        self.outputs = {value.name for value in graph.output}
+        overridable = {value.name for value in graph.input} if model.ir_version >= 4 else set()
+        self.tensors = {name: tensor for name, tensor in constant_tensors(model).items() if name not in overridable}
+        self.inputs = {value.name for value in graph.input} - set(self.tensors)
+        self._values: dict[str, Optional[np.ndarray]] = {}
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        """The value of ``name`` if it is computed from constants alone (None otherwise)."""
+        if not name:
+            return None
+        if name not in self._values:
+            self._values[name] = self._evaluate(name)
+        return self._values[name]
+
+    def _evaluate(self, name: str) -> Optional[np.ndarray]:
+        if name in self.tensors:
+            return numpy_helper.to_array(self.tensors[name])
+        chain: list[onnx.NodeProto] = []
+        pending, seen = [name], set()
+        while pending:
+            tensor = pending.pop()
+            if not tensor or tensor in self.tensors or tensor in seen:
+                continue
+            seen.add(tensor)
+            node = self.producers.get(tensor)
+            if node is None or len(chain) > 40 or node.op_type in ("Shape", "Size", "RandomNormal", "RandomUniform",
+                                                                     "RandomNormalLike", "RandomUniformLike"):
+                return None
+            if node.attribute and any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                      for a in node.attribute):
+                return None
+            if node not in chain:
+                chain.append(node)
+            pending.extend(node.input)
+        order = [node for node in self.model.graph.node if node in chain]
+        from onnx.reference import ReferenceEvaluator
+
+        leaves = sorted({i for node in order for i in node.input if i in self.tensors})
+        inits = []
+        for leaf in leaves:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(self.tensors[leaf])
+            tensor.name = leaf
+            inits.append(tensor)
+        graph = onnx.helper.make_graph(order, "constant", [], [onnx.helper.make_empty_tensor_value_info(name)], inits)
+        probe = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import),
+                                       ir_version=max(self.model.ir_version, 4))
+        try:
+            return np.asarray(ReferenceEvaluator(probe).run(None, {})[0])
+        except Exception:
+            return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+_BLOCKING_REASONS = ("excluded", "graph input", "trained", "not a constant", "quantized", "NaN", "not float",
+                     "inconsistent", "empty")
+
+
+def _layer_problem(layer: Layer, role: str) -> Optional[str]:
+    if layer.subgraph:
+        return f"the {role} sits inside {layer.subgraph}"
+    if layer.weight_first:
+        return f"the {role} '{layer.name}' is a MatMul with the weight first"
+    if layer.skip_reason and any(word in layer.skip_reason for word in _BLOCKING_REASONS):
+        return f"the {role} '{layer.name}': {layer.skip_reason}"
+    return None
+
+
+def _per_channel_constant(value: np.ndarray, axis: int, rank: Optional[int], width: int) -> bool:
+    """Whether a constant operand broadcasts per channel (or is a scalar) on a hidden tensor."""
+    shape = value.shape
+    if axis == -1:
+        return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, width))
+    if rank is None or len(shape) > rank:
+        return False
+    aligned = (1,) * (rank - len(shape)) + tuple(shape)
+    return all(d == 1 for i, d in enumerate(aligned) if i != axis) and aligned[axis] in (1, width)
+
+
+def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[Block], list[NotPrunable]]:
+    """The prunable blocks of ``model``'s main graph and, for every other candidate producer, why not.
+
+    ``layers``: the model's Conv/Gemm/MatMul nodes (:func:`onnx_alds.layers.find_layers`; positions set
+    when the input shapes were resolved). A producer is a Conv with ``group = 1``, a Gemm with
+    ``transA = 0`` or a MatMul ``x @ W`` with a constant 2-D weight; grouped and depthwise convs are
+    never producers (they are ops between or left alone). Returns blocks in graph order.
+    """
+    graph = _Graph(model)
+    by_name = {layer.name: layer for layer in layers if not layer.subgraph}
+    blocks: list[Block] = []
+    refused: list[NotPrunable] = []
+    for node in model.graph.node:
+        layer = by_name.get(node.name)
+        if layer is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
+            continue  # depthwise / grouped: not a producer
+        found = _block_from(node, layer, graph, by_name)
+        if isinstance(found, Block):
+            taken = [other for other in blocks if set(other.layers) & set(found.layers)]
+            if taken:  # a layer in two blocks (a chain): the costs and refits would interact
+                refused.append(NotPrunable(layer.name, f"'{sorted(set(taken[0].layers) & set(found.layers))[0]}' "
+                                                       f"is already in the block of '{taken[0].name}'"))
+            else:
+                blocks.append(found)
+        elif found is not None:
+            refused.append(NotPrunable(layer.name, found))
+    return blocks, refused
+
+
+def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer]):
+    """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer)."""
+    if graph.constant(producer.weight) is None:
+        return None  # not a layer with a weight (attention's activation products): not a producer
+    problem = _layer_problem(producer, "producer")
+    if problem:
+        return problem
+    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+        return "the producer is a Gemm with transA = 1"
+    if node.op_type == "Conv":
+        axis, rank = 1, len(producer.weight_shape)
+    else:
+        axis, rank = -1, 2 if node.op_type == "Gemm" else None
+    width = producer.out_features
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        bias = graph.constant(node.input[2])
+        if bias is None or not _per_channel_constant(bias, -1, 2, width):
+            return "the producer's bias C is not a per-channel constant"
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and graph.constant(node.input[2]) is None:
+        return "the producer's bias is not a constant"
+    hidden = node.output[0]
+    region_tensors = {hidden}
+    region_nodes: list[onnx.NodeProto] = []
+    consumer: Optional[onnx.NodeProto] = None
+    pending = [hidden]
+    while pending:
+        tensor = pending.pop(0)
+        if tensor in graph.outputs:
+            return f"the hidden tensor '{tensor}' is a graph output"
+        for user in graph.users.get(tensor, []):
+            if user in region_nodes or user is consumer:
+                continue
+            kind = _classify(user, tensor, graph, axis, rank, width)
+            if kind == "consumer":
+                if consumer is not None:
+                    return _outside_input(region_nodes, region_tensors, graph) or (
+                        f"the hidden channels reach two layers ('{consumer.name}' and '{user.name}'); "
+                        "only one consumer can be refitted")
+                consumer = user
+            elif kind == "between":
+                region_nodes.append(user)
+                if len(region_nodes) > MAX_BETWEEN:
+                    return f"more than {MAX_BETWEEN} ops between the producer and a consumer"
+                for out in user.output:
+                    if out:
+                        region_tensors.add(out)
+                        pending.append(out)
+            else:
+                return kind
+        if any(sub_use for sub_use in _subgraph_reads(graph, tensor)):
+            return f"the hidden tensor '{tensor}' is read inside a subgraph"
+    if consumer is None:
+        return "the hidden channels reach no Conv/Gemm/MatMul with a constant weight"
+    outside = _outside_input(region_nodes, region_tensors, graph)
+    if outside:
+        return outside
+    data_input = consumer.input[0]
+    if data_input not in region_tensors:
+        return f"the consumer '{consumer.name}' reads the hidden channels on its weight input"
+    consumer_layer = layers.get(consumer.name)
+    if consumer_layer is None:
+        return f"the consumer '{consumer.name}' has no constant weight"
+    problem = _layer_problem(consumer_layer, "consumer")
+    if problem:
+        return problem
+    if consumer_layer.in_channels != width:
+        return f"the consumer '{consumer.name}' takes {consumer_layer.in_channels} channels, the producer gives {width}"
+    if consumer_layer.cols > MAX_COLUMNS:
+        return f"the consumer '{consumer.name}' has {consumer_layer.cols} inputs (over {MAX_COLUMNS} for the selection)"
+    bias = _consumer_bias(consumer, graph, consumer_layer.out_features)
+    ordered = tuple(n.name for n in graph.model.graph.node if n in region_nodes)
+    depthwise = [layers[n.name] for n in region_nodes if n.op_type == "Conv" and n.name in layers]
+    fixed_params, channel_params, fixed_macs, channel_macs = _block_costs(node, producer, consumer, consumer_layer,
+                                                                         region_nodes, depthwise, graph, width)
+    names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
+    return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
+                 fixed_macs, channel_macs, names)
+
+
+def _outside_input(region_nodes, region_tensors: set, graph: _Graph) -> Optional[str]:
+    """Why the block is not closed: an op in it also reads a tensor the block does not compute (a residual)."""
+    for between in region_nodes:
+        for name in between.input:
+            if name and name not in region_tensors and graph.constant(name) is None:
+                return (f"'{between.op_type}' node '{between.name}' also reads '{name}', which the block does not "
+                        "compute (a residual or another branch joins the hidden channels)")
+    return None
+
+
+def _subgraph_reads(graph: _Graph, tensor: str) -> list[str]:
+    found = []
+    for node in graph.model.graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                if any(tensor in inner.input for inner in sub.node):
+                    found.append(node.name)
+    return found
+
+
+def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank: Optional[int], width: int) -> str:
+    """``consumer``, ``between``, or the reason the hidden tensor may not flow into ``user``."""
+    op = user.op_type
+    where = f"'{tensor}' is read by {op} '{user.name}'"
+    if user.domain not in ("", "ai.onnx"):
+        return f"{where}, a custom op"
+    if op in ("Conv", "Gemm", "MatMul"):
+        weight_slot = 1
+        if len(user.input) < 2 or user.input[0] != tensor or tensor in user.input[1:]:
+            return f"{where} on its weight input"
+        weight = graph.constant(user.input[weight_slot])
+        if weight is None:
+            return f"{where}, whose weight is not a constant"
+        if op == "Conv":
+            group = int(_attr(user, "group", 1))
+            if axis != 1:
+                return f"{where} after a Gemm/MatMul producer"
+            if group == width and weight.ndim >= 3 and weight.shape[0] == width and weight.shape[1] == 1:
+                if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
+                    return f"{where}, a depthwise conv whose bias is not a constant"
+                return "between"
+            if group != 1:
+                return f"{where}, a grouped conv (group={group})"
+            return "consumer"
+        if axis != -1:
+            return f"{where} after a Conv producer (a Flatten/Reshape would be needed)"
+        if op == "Gemm" and _attr(user, "transA", 0):
+            return f"{where} with transA = 1"
+        if weight.ndim != 2:
+            return f"{where}, whose weight is not a 2-D matrix"
+        return "consumer"
+    if op in UNARY_OPS:
+        return "between" if len([o for o in user.output if o]) == 1 else f"{where} with several outputs"
+    if op == "Clip":
+        if all(graph.constant(name) is not None and graph.constant(name).size == 1 for name in user.input[1:] if name):
+            return "between"
+        return f"{where} with bounds that are not constant scalars"
+    if op in BINARY_OPS:
+        if len(user.input) != 2:
+            return f"{where} with {len(user.input)} inputs"
+        for name in user.input:
+            if name == tensor:
+                continue
+            value = graph.constant(name)
+            if value is None:
+                if name in graph.inputs or name not in graph.producers:
+                    return f"{where}, together with '{name}', which the block does not compute"
+                continue  # another tensor of the block (checked once the block is complete)
+            if not _per_channel_constant(value, axis, rank, width):
+                return f"{where} with a constant of shape {tuple(value.shape)}, not per channel"
+        if op == "PRelu" and user.input[0] != tensor:
+            return f"{where} as its slope"
+        return "between"
+    if op == "BatchNormalization":
+        if len([o for o in user.output if o]) != 1 or user.input[0] != tensor:
+            return f"{where} in training mode"
+        if not (axis == 1 or rank == 2):
+            return f"{where} on a tensor whose channel axis is not 1"
+        if any(graph.constant(name) is None for name in user.input[1:5]):
+            return f"{where} with statistics that are not constants"
+        return "between"
+    if op == "Pad":
+        if axis != 1 or rank is None:
+            return f"{where} on a Gemm/MatMul output"
+        if len(user.input) > 3 and user.input[3]:
+            return f"{where} with an axes input"
+        pads = graph.constant(user.input[1]) if len(user.input) > 1 else None
+        if pads is None and _attr(user, "pads", None) is not None:
+            pads = np.asarray(_attr(user, "pads", None))
+        if pads is None:
+            return f"{where} whose pads are not constant"
+        pads = np.asarray(pads).reshape(-1)
+        if len(pads) != 2 * rank or any(pads[i] != 0 or pads[rank + i] != 0 for i in (0, 1)):
+            return f"{where} that pads the batch or channel axis"
+        if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
+            return f"{where} with a value that is not constant"
+        return "between"
+    if op in ("Reshape", "Flatten", "Concat", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze"):
+        return f"{where}, which moves channels"
+    if op in ("Add", "Sum"):
+        return f"{where} (a residual or another tensor joins the hidden one)"
+    return f"{where}, which does not act per channel"
+
+
+def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -> Optional[tuple]:
+    if consumer.op_type == "Conv":
+        if len(consumer.input) > 2 and consumer.input[2] and graph.constant(consumer.input[2]) is None:
+            return None
+        return ("input", consumer.name)
+    if consumer.op_type == "Gemm":
+        if float(_attr(consumer, "beta", 1.0)) == 0.0:
+            return None
+        if len(consumer.input) > 2 and consumer.input[2]:
+            value = graph.constant(consumer.input[2])
+            if value is None or not _per_channel_constant(value, -1, 2, out_features):
+                return None
+        return ("input", consumer.name)
+    users = graph.users.get(consumer.output[0], [])
+    if len(users) != 1 or graph.uses[consumer.output[0]] != 1 or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    other = 1 if add.input[0] == consumer.output[0] else 0
+    if add.input[other] == consumer.output[0]:
+        return None
+    value = graph.constant(add.input[other])
+    if value is None or not _per_channel_constant(value, -1, None, out_features):
+        return None
+    return ("add", add.name, other)
+
+
+def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer: Layer, region_nodes,
+                 depthwise: Sequence[Layer], graph: _Graph, width: int):
+    """Weights and MACs of the block: a part that does not depend on the width, and one per hidden channel."""
+    channel_params = producer.cols + (1 if _has_bias(node) else 0) + consumer_layer.out_features * consumer_layer.kernel
+    fixed_params = consumer_layer.out_features if _has_bias(consumer) else 0
+    for between in region_nodes:
+        if between.op_type == "Conv":
+            channel_params += int(np.prod(graph.constant(between.input[1]).shape[1:])) + (1 if _has_bias(between) else 0)
+            continue
+        for name in between.input:
+            value = graph.constant(name)
+            if value is None:
+                continue
+            if value.size > 1 and value.size % width == 0 and between.op_type in BINARY_OPS + ("BatchNormalization",):
+                channel_params += value.size // width
+            elif between.op_type in BINARY_OPS + ("BatchNormalization", "Clip"):
+                fixed_params += int(value.size)
+    all_layers = [producer, consumer_layer, *depthwise]
+    if any(layer.positions is None for layer in all_layers):
+        return fixed_params, channel_params, None, None
+    channel_macs = (producer.positions * producer.cols + consumer_layer.positions * consumer_layer.out_features
+                    * consumer_layer.kernel + sum(layer.positions * layer.kernel for layer in depthwise))
+    return fixed_params, channel_params, 0, channel_macs
+
+
+def _has_bias(node: onnx.NodeProto) -> bool:
+    return node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and bool(node.input[2])
+
+
+# ------------------------------------------------------------------------------------ selection and refit
+
+
+def consumer_matrix(block: Block, graph: _Graph) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The consumer's folded weight ``W`` (``f × c·κ``, float64) and its effective bias ``b`` (length
+    ``f``; zeros where the bias slot is empty, None without a bias slot)."""
+    node = graph.nodes[block.consumer.name]
+    weight = graph.constant(node.input[1]).astype(np.float64)
+    if node.op_type == "Conv":
+        matrix = weight.reshape(weight.shape[0], -1)
+    elif node.op_type == "Gemm":
+        matrix = (weight if _attr(node, "transB", 0) else weight.T) * float(_attr(node, "alpha", 1.0))
+    else:
+        matrix = weight.T
+    f = matrix.shape[0]
+    if block.bias is None:
+        return matrix, None
+    if block.bias[0] == "add":
+        add = graph.nodes[block.bias[1]]
+        value = graph.constant(add.input[block.bias[2]]).astype(np.float64)
+        return matrix, np.broadcast_to(value.reshape(-1), (f,)).copy()
+    if len(node.input) > 2 and node.input[2]:
+        value = graph.constant(node.input[2]).astype(np.float64).reshape(-1)
+        scale = float(_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        return matrix, np.broadcast_to(value, (f,)).copy() * scale
+    return matrix, np.zeros(f)
+
+
+def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], stat, *, multiple: int = 1,
+                name: Optional[str] = None) -> WidthCurve:
+    """Greedy channel order and the relative RMS output error at every width that is a multiple of
+    ``multiple`` (and at the full width), for one block (see the module docstring for the method).
+
+    ``matrix``: the consumer's folded weight (``f × c·κ``); ``bias``: its bias or None (no bias slot:
+    the fit ignores the mean); ``stat``: :class:`onnx_alds.calibrate.LayerStatistics` of the consumer's
+    input (``second_moment`` ``c·κ × c·κ``, ``mean`` ``c·κ``). Cost: ``c/multiple`` rank-``multiple·κ``
+    updates of a ``c·κ × c·κ`` matrix.
+    """
+    channels, kernel = block.width, matrix.shape[1] // block.width
+    second = np.asarray(stat.second_moment, dtype=np.float64)
+    mean = np.asarray(stat.mean, dtype=np.float64).reshape(-1)
+    residual = second - np.outer(mean, mean) if bias is not None else second.copy()
+    residual = (residual + residual.T) / 2
+    total = float(np.sum((matrix @ second) * matrix))
+    if bias is not None:
+        total += 2.0 * float(bias @ (matrix @ mean)) + float(bias @ bias)
+    total = max(total, 1e-300)
+    ridge = RIDGE * max(float(np.mean(np.diag(second))), 1e-30)
+    gram = matrix @ residual  # G = W S
+    remaining = list(range(channels))
+    order: list[int] = []
+    widths, errors = [], []
+    step = max(1, int(multiple))
+    while remaining:
+        gains = _channel_gains(gram, residual, remaining, kernel, ridge)
+        take = min(step, len(remaining))
+        if len(order) + take < channels and (len(order) + take) % step:
+            take = step - len(order) % step
+        picks = [remaining[i] for i in np.argsort(-gains, kind="stable")[:take]]
+        columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in picks])
+        block_s = residual[np.ix_(columns, columns)] + ridge * np.eye(len(columns))
+        try:
+            transfer = np.linalg.solve(block_s, residual[columns])
+        except np.linalg.LinAlgError:
+            transfer = np.linalg.lstsq(block_s, residual[columns], rcond=None)[0]
+        gram -= gram[:, columns] @ transfer
+        residual -= residual[:, columns] @ transfer
+        order += picks
+        chosen = set(picks)
+        remaining = [j for j in remaining if j not in chosen]
+        widths.append(len(order))
+        errors.append(0.0 if not remaining else np.sqrt(max(float(np.sum(gram * matrix)), 0.0) / total))
+    errors_array = np.minimum.accumulate(np.asarray(errors, dtype=np.float64))
+    return WidthCurve(name or block.name, np.asarray(widths, dtype=np.int64), errors_array,
+                      np.asarray(order, dtype=np.int64))
+
+
+def _channel_gains(gram: np.ndarray, residual: np.ndarray, remaining: Sequence[int], kernel: int,
+                   ridge: float) -> np.ndarray:
+    """Output energy each remaining channel explains after the refit: ``tr(G_J S_JJ⁻¹ G_Jᵀ)``."""
+    index = np.asarray(remaining)
+    if kernel == 1:
+        diag = np.diag(residual)[index] + ridge
+        return np.sum(gram[:, index] ** 2, axis=0) / diag
+    columns = (index[:, None] * kernel + np.arange(kernel)[None, :])  # (n, κ)
+    blocks = residual[columns[:, :, None], columns[:, None, :]] + ridge * np.eye(kernel)
+    g = gram[:, columns]  # (f, n, κ)
+    solved = np.linalg.solve(blocks, np.transpose(g, (1, 2, 0)))  # (n, κ, f)
+    return np.einsum("fnk,nkf->n", g, solved)
+
+
+def refit_consumer(matrix: np.ndarray, bias: Optional[np.ndarray], stat, kept: np.ndarray, kernel: int
+                   ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Ridge least-squares refit of the consumer on the kept channels (module docstring).
+
+    ``matrix`` ``f × c·κ``, ``bias`` ``f`` or None, ``kept`` channel indices (ascending). Returns the
+    new folded weight ``f × w·κ`` and bias (None when ``bias`` is None). Raises nothing: a singular
+    system falls back to the minimum-norm solution.
+    """
+    columns = (np.asarray(kept)[:, None] * kernel + np.arange(kernel)[None, :]).reshape(-1)
+    second = np.asarray(stat.second_moment, dtype=np.float64)
+    mean = np.asarray(stat.mean, dtype=np.float64).reshape(-1)
+    ridge = RIDGE * max(float(np.mean(np.diag(second)[columns])) if len(columns) else 0.0, 1e-30)
+    size = len(columns)
+    if bias is None:
+        system = second[np.ix_(columns, columns)] + ridge * np.eye(size)
+        cross = matrix @ second[:, columns]
+    else:
+        system = np.empty((size + 1, size + 1))
+        system[:size, :size] = second[np.ix_(columns, columns)] + ridge * np.eye(size)
+        system[:size, size] = system[size, :size] = mean[columns]
+        system[size, size] = 1.0
+        cross = np.empty((matrix.shape[0], size + 1))
+        cross[:, :size] = matrix @ second[:, columns] + np.outer(bias, mean[columns])
+        cross[:, size] = matrix @ mean + bias
+    try:
+        solution = np.linalg.solve(system.T, cross.T).T
+    except np.linalg.LinAlgError:
+        solution = np.linalg.lstsq(system.T, cross.T, rcond=None)[0].T
+    if bias is None:
+        return solution, None
+    return solution[:, :size], solution[:, size]
+
+
+# ----------------------------------------------------------------------------------------------- rewrite
+
+
+@dataclass(frozen=True)
+class _Decision:
+    block: Block
+    kept: np.ndarray  # ascending channel indices
+    matrix: Optional[np.ndarray]  # refitted consumer weight (f × w·κ), None: slice only
+    bias: Optional[np.ndarray]
+
+
+def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndarray, Optional[np.ndarray],
+                                                                  Optional[np.ndarray]]]) -> onnx.ModelProto:
+    """A copy of ``model`` with each block narrowed to its kept channels.
+
+    ``decisions``: ``(block, kept, matrix, bias)``: ``kept`` the ascending channel indices, ``matrix``
+    the consumer's new folded weight (``f × len(kept)·κ``; None: the consumer's columns are only
+    sliced) and ``bias`` its new bias (length ``f``, or None to keep the old one). Sliced weights are new
+    initializers named after the old ones (``<name>.pruned``); what no node reads any more is removed;
+    a depthwise conv's ``group`` becomes the kept width; the value_info of the block's hidden tensors
+    is dropped (shape inference redoes it). The input model is not modified.
+    """
+    from .rewrite import Names
+
+    new = copy.deepcopy(model)
+    graph = _Graph(new)
+    names = Names(new)
+    replaced: set[str] = set()
+    added: list[onnx.TensorProto] = []
+
+    def put(node: onnx.NodeProto, slot: int, value: np.ndarray, like: Optional[str]) -> None:
+        old = node.input[slot] if slot < len(node.input) else ""
+        dtype = np.float32
+        if like and graph.constant(like) is not None:
+            dtype = graph.constant(like).dtype
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value.astype(dtype)),
+                                         names.fresh(f"{old or like or node.name}.pruned"))
+        added.append(tensor)
+        graph.tensors[tensor.name] = tensor
+        graph._values[tensor.name] = value.astype(dtype)
+        while len(node.input) <= slot:
+            node.input.append("")
+        if old:
+            replaced.add(old)
+        node.input[slot] = tensor.name
+
+    hidden_tensors: set[str] = set()
+    for block, kept, matrix, bias in decisions:
+        kept = np.sort(np.asarray(kept, dtype=np.int64))
+        if len(kept) == block.width and matrix is None and bias is None:
+            continue
+        producer = graph.nodes[block.producer.name]
+        hidden_tensors.add(producer.output[0])
+        weight = graph.constant(producer.input[1])
+        if producer.op_type == "Conv":
+            put(producer, 1, weight[kept], producer.input[1])
+        elif producer.op_type == "Gemm" and _attr(producer, "transB", 0):
+            put(producer, 1, weight[kept], producer.input[1])
+        else:
+            put(producer, 1, weight[:, kept], producer.input[1])
+        if _has_bias(producer):
+            value = graph.constant(producer.input[2])
+            if producer.op_type == "Conv":
+                put(producer, 2, value[kept], producer.input[2])
+            elif value.ndim and value.shape[-1] == block.width:
+                put(producer, 2, value[..., kept], producer.input[2])
+        for name in block.between:
+            node = graph.nodes[name]
+            hidden_tensors.update(out for out in node.output if out)
+            if node.op_type == "Conv":
+                put(node, 1, graph.constant(node.input[1])[kept], node.input[1])
+                if _has_bias(node):
+                    put(node, 2, graph.constant(node.input[2])[kept], node.input[2])
+                for attribute in node.attribute:
+                    if attribute.name == "group":
+                        attribute.i = len(kept)
+                continue
+            if node.op_type == "BatchNormalization":
+                for slot in range(1, 5):
+                    put(node, slot, graph.constant(node.input[slot])[kept], node.input[slot])
+                continue
+            if node.op_type in BINARY_OPS:
+                for slot, name_in in enumerate(node.input):
+                    value = graph.constant(name_in)
+                    if value is None or value.ndim == 0:
+                        continue
+                    axis = value.ndim - 1 if block.axis == -1 else value.ndim - (len(block.producer.weight_shape) - 1)
+                    if 0 <= axis < value.ndim and value.shape[axis] == block.width and block.width > 1:
+                        put(node, slot, np.take(value, kept, axis=axis), name_in)
+        consumer = graph.nodes[block.consumer.name]
+        kernel = block.consumer.kernel
+        columns = (kept[:, None] * kernel + np.arange(kernel)[None, :]).reshape(-1)
+        weight = graph.constant(consumer.input[1]).astype(np.float64)
+        if consumer.op_type == "Conv":
+            folded = weight.reshape(weight.shape[0], -1)
+            folded = folded[:, columns] if matrix is None else matrix
+            put(consumer, 1, folded.reshape((weight.shape[0], len(kept)) + weight.shape[2:]), consumer.input[1])
+        else:
+            alpha = float(_attr(consumer, "alpha", 1.0)) if consumer.op_type == "Gemm" else 1.0
+            folded = (weight if consumer.op_type == "Gemm" and _attr(consumer, "transB", 0) else weight.T)
+            folded = folded[:, columns] if matrix is None else matrix / alpha
+            stored = folded if consumer.op_type == "Gemm" and _attr(consumer, "transB", 0) else folded.T
+            put(consumer, 1, stored, consumer.input[1])
+        if bias is not None and block.bias is not None:
+            if block.bias[0] == "add":
+                add = graph.nodes[block.bias[1]]
+                old = graph.constant(add.input[block.bias[2]])
+                shape = old.shape if old.size == bias.size else (bias.size,)
+                put(add, block.bias[2], bias.reshape(shape), add.input[block.bias[2]])
+            else:
+                scale = float(_attr(consumer, "beta", 1.0)) if consumer.op_type == "Gemm" else 1.0
+                like = consumer.input[2] if len(consumer.input) > 2 and consumer.input[2] else consumer.input[1]
+                put(consumer, 2, bias / scale, like)
+    new.graph.initializer.extend(added)
+    _drop_unused(new, replaced)
+    keep_info = [value for value in new.graph.value_info if value.name not in hidden_tensors]
+    del new.graph.value_info[:]
+    new.graph.value_info.extend(keep_info)
+    return new
+
+
+def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
+    """Remove the initializers and Constant nodes among ``candidates`` that nothing reads any more."""
+    graph = model.graph
+    used = Counter(name for node in graph.node for name in node.input if name)
+    used.update(value.name for value in graph.output)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                for inner in sub.node:
+                    used.update(name for name in inner.input if name)
+    declared = {value.name for value in graph.input}
+    dead = {name for name in candidates if not used[name] and (model.ir_version < 4 or name not in declared)}
+    if not dead:
+        return
+    kept = [init for init in graph.initializer if init.name not in dead]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [node for node in graph.node if not (node.op_type == "Constant" and node.output[0] in dead)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if model.ir_version < 4:
+        inputs = [value for value in graph.input if value.name not in dead]
+        del graph.input[:]
+        graph.input.extend(inputs)
+
+
+def _list_ir3_initializers(new: onnx.ModelProto) -> None:
+    """IR 3 needs every initializer listed as a graph input."""
+    if new.ir_version >= 4:
+        return
+    listed = {value.name for value in new.graph.input}
+    for init in new.graph.initializer:
+        if init.name not in listed:
+            new.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+
+
+# -------------------------------------------------------------------------------------------- allocation
+
+
+def _block_cost(block: Block, width: int, target: str) -> float:
+    if target == "params":
+        return float(block.params(width))
+    macs = block.macs(width)
+    return float(macs or 0)
+
+
+def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budget: float, target: str,
+                    extra: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> tuple[list[int], list[int], float]:
+    """Min-max of the block errors (and of ``extra`` options) under ``budget``.
+
+    ``budget``: the weights (``target = "params"``) or MACs (``"flops"``) the blocks and the extra
+    items may use together. ``extra``: per other item (a low-rank layer) its options as ``(costs,
+    errors)`` arrays, the dense option included (error 0). For the threshold ``ε`` each block takes its
+    narrowest width and each item its cheapest option with error ``≤ ε``; the smallest ``ε`` among the
+    finitely many table values whose total cost fits is found by bisection (exact: cost falls as ``ε``
+    grows). Returns the widths, the chosen extra option indices and ``ε``. Raises
+    :class:`onnx_alds.errors.BudgetError` when even the narrowest widths do not fit.
+    """
+    costs = [np.array([_block_cost(block, int(w), target) for w in curve.widths]) for block, curve in
+             zip(blocks, curves)]
+    tables = [(np.asarray(c, dtype=np.float64), np.asarray(e, dtype=np.float64)) for c, e in extra]
+    thresholds = np.unique(np.concatenate([curve.errors for curve in curves] + [e for _, e in tables] + [[0.0]]))
+
+    def pick(epsilon: float):
+        widths, total, choices = [], 0.0, []
+        for curve, cost in zip(curves, costs):
+            index = int(np.argmax(curve.errors <= epsilon + 1e-15))
+            widths.append(int(curve.widths[index]))
+            total += cost[index]
+        for cost, errors in tables:
+            allowed = np.flatnonzero(errors <= epsilon + 1e-15)
+            best = int(allowed[np.argmin(cost[allowed])])
+            choices.append(best)
+            total += cost[best]
+        return widths, choices, total
+
+    low, high = 0, len(thresholds) - 1
+    if pick(thresholds[high])[2] > budget + 1e-6:
+        raise BudgetError("cannot fit the budget")
+    while low < high:
+        middle = (low + high) // 2
+        if pick(thresholds[middle])[2] <= budget + 1e-6:
+            high = middle
+        else:
+            low = middle + 1
+    widths, choices, _ = pick(thresholds[low])
+    return widths, choices, float(thresholds[low])
+
+
+def width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve]) -> list[WidthOption]:
+    """Every width of every block as a set-partitioning option (:class:`WidthOption`): the option
+    covers the block's Conv/Gemm/MatMul nodes; the full width (error 0) is the block's dense option."""
+    return [WidthOption(block.name, block.layers, int(w), block.params(int(w)), block.macs(int(w)), float(e))
+            for block, curve in zip(blocks, curves) for w, e in zip(curve.widths, curve.errors)]
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class PruneAnalysis:
+    """Blocks, the producers that are not prunable, the width curves and what the refit needs."""
+
+    blocks: list[Block]
+    refused: list[NotPrunable]
+    curves: list[WidthCurve]
+    matrices: list[tuple[np.ndarray, Optional[np.ndarray]]]
+    stats: Mapping
+    seconds: dict = field(default_factory=dict)
+
+
+def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration, *, multiple: int = 1,
+                   batch_size: int = 16, notes: Optional[list[str]] = None, extra_layers: Sequence[Layer] = (),
+                   shrinkage: bool = True) -> PruneAnalysis:
+    """Find the blocks, measure their consumers' input moments (and those of ``extra_layers``) in one
+    calibration pass, and compute every block's width curve."""
+    from .calibrate import collect_statistics
+
+    seconds = {}
+    blocks, refused = find_blocks(model, layers)
+    tick = time.perf_counter()
+    measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
+                                                       if layer.name not in {b.consumer.name for b in blocks}]
+    stats = collect_statistics(model, measured, calibration, batch_size=batch_size, notes=notes) if measured else {}
+    if shrinkage:
+        stats = {name: value.shrunk() for name, value in stats.items()}
+    seconds["calibration"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    graph = _Graph(model)
+    kept_blocks, curves, matrices = [], [], []
+    for block in blocks:
+        stat = stats.get(block.consumer.name)
+        if stat is None:
+            refused.append(NotPrunable(block.name, f"no calibration statistics for the consumer '{block.consumer.name}'"))
+            continue
+        matrix, bias = consumer_matrix(block, graph)
+        curves.append(width_curve(block, matrix, bias, stat, multiple=multiple))
+        kept_blocks.append(block)
+        matrices.append((matrix, bias))
+    seconds["width curves"] = time.perf_counter() - tick
+    return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
+
+
+def decisions_for(analysis: PruneAnalysis, widths: Sequence[int], *, refit: bool = True) -> list[tuple]:
+    """``(block, kept, matrix, bias)`` for :func:`prune_model` at the given widths (full width: untouched)."""
+    result = []
+    for block, curve, (matrix, bias), width in zip(analysis.blocks, analysis.curves, analysis.matrices, widths):
+        if width >= block.width:
+            continue
+        kept = curve.kept(int(width))
+        if refit:
+            new_matrix, new_bias = refit_consumer(matrix, bias, analysis.stats[block.consumer.name], kept,
+                                                  block.consumer.kernel)
+        else:
+            new_matrix, new_bias = None, None
+        result.append((block, kept, new_matrix, new_bias))
+    return result
+
+
+def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[BlockReport, ...]:
+    return tuple(BlockReport(block.name, block.producer.name, block.consumer.name, block.between, block.width,
+                             int(width), block.params(block.width), block.params(int(width)),
+                             block.macs(block.width), block.macs(int(width)),
+                             curve.error(int(width)) if width < block.width else 0.0)
+                 for block, curve, width in zip(analysis.blocks, analysis.curves, widths))
+
+
+def compress_pruned(model, options, mode: str = "combined"):
+    """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
+    of the blocks and low-rank factors of the other layers, in one min-max; see the module docstring).
+
+    Needs calibration inputs (``options.data.calibration``) and a params or MACs budget. Steps: find the
+    blocks; one calibration pass for the consumers' (and, combined, every other factorizable layer's)
+    input moments; width curves; the min-max threshold ``ε`` under the budget; prune and refit; then,
+    combined, :func:`onnx_alds.compress` of the pruned model with the remaining budget and the pruned
+    blocks' layers kept dense (it recalibrates on the pruned model). Returns a
+    :class:`onnx_alds.api.CompressionResult` whose report has ``pruned`` (per block: width before and
+    after) and the totals against the original model. Raises :class:`InputDataError` without calibration,
+    :class:`BudgetError` for a latency budget or a target the blocks (and layers) cannot reach,
+    :class:`UnsupportedModelError` when no block is prunable in ``"only"`` mode.
+    """
+    from . import api
+    from .allocate import DENSE
+    from .checks import check_output_model
+    from .data_aware import layer_moment, whitening_factors
+    from .layers import folded_weight
+    from .report import CompressionReport, LayerReport
+    from .rewrite import add_provenance
+    from .spectra import error_table, layer_spectra
+
+    if mode not in PRUNE_MODES[1:]:
+        raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
+    budget, search, data = options.budget, options.search, options.data
+    if data.calibration is None:
+        raise InputDataError("pruning hidden channels needs calibration data (the refit is a least-squares fit on "
+                             "them); give --calibration FILE.npz, --calibration-images DIR or --calibration-random N")
+    if budget.target not in ("params", "flops"):
+        raise BudgetError(f"pruning takes --keep-params or --keep-flops, not {budget.flag}")
+    if search.order != "spatial-first" or data.sequential or data.sensitivity or data.bias_correction:
+        raise BudgetError("pruning works with the default order and without --sequential, sensitivity or bias "
+                          "correction; drop those options or --prune")
+    started = time.perf_counter()
+    prepared = api._prepare(model, input_shapes=options.input_shapes, exclude=search.exclude,
+                            max_groups=search.groups_searched, need_macs=budget.target == "flops",
+                            channel_multiple=search.rank_multiple, complete=True)
+    proto = prepared.model
+    notes: list[str] = list(prepared.notes)
+    keep_dense = dict(search.keep_dense)
+    layers = [replace(layer, skip_reason=keep_dense[layer.name]) if layer.name in keep_dense and layer.compressible
+              else layer for layer in prepared.layers]
+    seconds: dict[str, float] = {"load": time.perf_counter() - started}
+    others = [layer for layer in layers if layer.compressible and api._uncalibrated_reason(layer) is None]
+    analysis = analyze_blocks(proto, layers, data.calibration, multiple=search.rank_multiple,
+                              batch_size=data.batch_size, notes=notes,
+                              extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage)
+    seconds.update(analysis.seconds)
+    blocks = analysis.blocks
+    if not blocks and mode == "only":
+        reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
+        raise UnsupportedModelError("no prunable block (a producer whose channels reach one consumer through "
+                                    f"per-channel ops){' (' + reasons + ')' if reasons else ''}; use --prune "
+                                    "with low-rank, or no --prune")
+    target = budget.target
+    total = float(prepared.params_total if target == "params" else prepared.macs_total or 0)
+    in_blocks = {name for block in blocks for name in block.layers}
+    block_full = sum(_block_cost(block, block.width, target) for block in blocks)
+    candidates = [layer for layer in others if layer.name not in in_blocks] if mode == "combined" else []
+    extra = []
+    tick = time.perf_counter()
+    for layer in candidates:
+        scale = 1.0 if target == "params" else float(layer.positions or 0)
+        stat = analysis.stats.get(layer.name)
+        whitening = (whitening_factors(layer_moment(layer, stat.second_moment), layer.groups)
+                     if stat is not None else None)
+        spectra = layer_spectra(folded_weight(layer, prepared.constants), layer.groups, whitening)
+        rows, cols = layer.matrix_shape
+        table = error_table(spectra, rows, cols, groups=layer.groups, measure="frobenius",
+                            rank_multiple=search.rank_multiple)
+        costs = [float(layer.params) * scale] + [float(s) * scale for option in table.options for s in option.sizes]
+        errors = [0.0] + [float(e) for option in table.options for e in option.errors]
+        extra.append((np.array(costs), np.array(errors)))
+    seconds["spectra"] = time.perf_counter() - tick
+    fixed = total - block_full - sum(float(costs[0]) for costs, _ in extra)
+    available = budget.keep * total - fixed
+    try:
+        widths, choices, epsilon = allocate_widths(analysis.curves, blocks, available, target, extra)
+    except BudgetError:
+        smallest = fixed + sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves)) \
+            + sum(float(np.min(costs)) for costs, _ in extra)
+        raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
+                          f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
+                          f"{smallest / total:.4f}; ask for at least that"
+                          + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")) from None
+    tick = time.perf_counter()
+    pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit))
+    seconds["prune"] = time.perf_counter() - tick
+    reports = block_reports(analysis, widths)
+    narrowed = {name for block, width in zip(blocks, widths) if width < block.width for name in block.layers}
+    refused_notes = ([f"not prunable ({len(analysis.refused)} producers): " + "; ".join(
+        f"'{r.producer}': {r.reason}" for r in analysis.refused)] if analysis.refused else [])
+    lowrank = [layer for layer, choice in zip(candidates, choices) if choice != 0]
+    method = "prune" if mode == "only" else f"{search.method}+prune"
+    if mode == "combined" and lowrank:
+        pruned_prepared = api._prepare(pruned, input_shapes=options.input_shapes, exclude=search.exclude,
+                                       max_groups=search.groups_searched, need_macs=target == "flops",
+                                       channel_multiple=search.rank_multiple)
+        now = float(pruned_prepared.params_total if target == "params" else pruned_prepared.macs_total or 0)
+        keep_after = min(1.0, budget.keep * total / now)
+        dense = dict(keep_dense)
+        dense.update({name: "in a pruned block (its hidden width was cut)" for name in narrowed})
+        stage = replace(options, budget=replace(budget, keep=keep_after),
+                        search=replace(search, keep_dense=dense))
+        result = api._apply_step(api._plan_step(pruned, stage))
+        report = result.report
+        after_params, after_macs = report.params_after, report.macs_after
+        for key, value in report.seconds.items():
+            seconds[f"low-rank {key}"] = value
+        new_model = result.model
+        rows = report.layers
+        extra_notes = [note for note in report.notes if note not in notes]
+        warnings = report.warnings
+        steps = report.data_aware_steps
+        search_name, max_error = report.search, max(report.max_error, epsilon)
+    else:
+        new_model = pruned
+        add_provenance(new_model, {"onnx_alds.version": api.__version__, "onnx_alds.method": method + " (data-aware)",
+                                   "onnx_alds.target": f"keep_{target}={budget.keep}",
+                                   "onnx_alds.seed": str(search.seed)})
+        check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
+        after_params = prepared.params_total - sum(r.params_before - r.params_after for r in reports)
+        after_macs = (None if prepared.macs_total is None else
+                      prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
+        rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
+                                 layer.macs, layer.macs, 0.0, layer.skip_reason) for layer in layers)
+        extra_notes, warnings, search_name, max_error = [], (), "min-max over block widths", epsilon
+        steps = ("channel-selection",) + (("refit",) if data.refit else ())
+    rows = tuple(_pruned_row(row, blocks, widths, layers) for row in rows)
+    achieved = (after_params / prepared.params_total if target == "params"
+                else (after_macs or 0) / float(prepared.macs_total or 1))
+    if budget.keep - achieved > 0.01 * budget.keep:
+        extra_notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {budget.keep}: the width "
+                           "steps are too coarse here (lower --rank-multiple to get closer)")
+    from .data_aware import sample_count
+
+    report = CompressionReport(
+        layers=rows, method=method, data_aware=True, calibration=str(data.calibration.source), target=target,
+        requested=budget.keep, achieved=achieved, params_before=prepared.params_total, params_after=after_params,
+        macs_before=prepared.macs_total, macs_after=after_macs, max_error=max_error, error_measure="frobenius",
+        search=search_name, seed=search.seed, rank_multiple=search.rank_multiple, seconds=seconds,
+        notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
+        calibration_samples=sample_count(data.calibration), warnings=tuple(warnings), pruned=reports)
+    return api.CompressionResult(new_model, report)
+
+
+def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Sequence[Layer]):
+    """A report row of a layer whose block was narrowed: its weights and MACs before pruning, and a note."""
+    for block, width in zip(blocks, widths):
+        if width >= block.width or row.name not in block.layers:
+            continue
+        original = {layer.name: layer for layer in layers}[row.name]
+        note = f"pruned block '{block.name}': hidden width {block.width} -> {width}"
+        after = original.params // block.width * width  # producer rows, consumer columns, depthwise channels
+        macs_after = None if original.positions is None else after * original.positions
+        if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
+            return replace(row, skip_reason=note)
+        return replace(row, params_before=original.params, params_after=after, macs_before=original.macs,
+                       macs_after=macs_after, skip_reason=note)
+    return row

@@ -1,0 +1,260 @@
+"""Hidden-channel pruning with a least-squares refit (onnx_alds.prune): blocks, refit, rewrite, allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import make_model, run_model, small_cnn
+from onnx_alds import compress
+from onnx_alds.calibrate import collect_statistics
+from onnx_alds.errors import BudgetError, InputDataError
+from onnx_alds.inputs import InputSet
+from onnx_alds.layers import find_layers, weight_constants
+from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
+                             refit_consumer, width_curve, width_options, analyze_blocks, _Graph)
+from onnx_alds.shapes import tensor_shapes
+
+
+def _init(rng, name, shape, scale=1.0):
+    return numpy_helper.from_array((scale * rng.standard_normal(shape)).astype(np.float32), name)
+
+
+def inverted_residual(seed: int = 0, cin: int = 8, hidden: int = 32, spatial: int = 8, residual_into_hidden=False):
+    """1x1 expand (bias) → BatchNormalization → Clip → Pad → depthwise 3x3 → Mul by a per-channel
+    constant → Relu → 1x1 project (bias) → Add (residual of the block input), NCHW."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "expand.w", (hidden, cin, 1, 1), 1 / np.sqrt(cin)), _init(rng, "expand.b", (hidden,), 0.1),
+             _init(rng, "bn.scale", (hidden,), 0.3), _init(rng, "bn.bias", (hidden,), 0.1),
+             _init(rng, "bn.mean", (hidden,), 0.1),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, hidden).astype(np.float32), "bn.var"),
+             numpy_helper.from_array(np.float32(0.0), "clip.lo"), numpy_helper.from_array(np.float32(6.0), "clip.hi"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             _init(rng, "dw.w", (hidden, 1, 3, 3), 0.3), _init(rng, "dw.b", (hidden,), 0.1),
+             _init(rng, "scale", (hidden, 1, 1), 1.0),
+             _init(rng, "project.w", (cin, hidden, 1, 1), 1 / np.sqrt(hidden)), _init(rng, "project.b", (cin,), 0.1)]
+    inits[2] = numpy_helper.from_array(rng.uniform(0.2, 0.5, hidden).astype(np.float32), "bn.scale")
+    inits[11] = numpy_helper.from_array(rng.uniform(0.5, 1.5, (hidden, 1, 1)).astype(np.float32), "scale")
+    # low-energy channels: a quarter of the project conv's input columns scaled down (cheap to prune)
+    inits[12] = numpy_helper.from_array((numpy_helper.to_array(inits[12]) * np.where(
+        np.arange(hidden) % 4 == 0, 0.02, 1.0)[None, :, None, None]).astype(np.float32), "project.w")
+    nodes = [helper.make_node("Conv", ["x", "expand.w", "expand.b"], ["e"], name="expand"),
+             helper.make_node("BatchNormalization", ["e", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["bn"],
+                              name="bn"),
+             helper.make_node("Clip", ["bn", "clip.lo", "clip.hi"], ["act"], name="clip"),
+             helper.make_node("Pad", ["act", "pads"], ["padded"], name="pad"),
+             helper.make_node("Conv", ["padded", "dw.w", "dw.b"], ["dw"], name="dw", group=hidden),
+             helper.make_node("Mul", ["dw", "scale"], ["scaled"], name="mul"),
+             helper.make_node("Relu", ["scaled"], ["h"], name="relu"),
+             helper.make_node("Conv", ["h", "project.w", "project.b"], ["p"], name="project"),
+             helper.make_node("Add", ["p", "x"], ["y"], name="residual")]
+    if residual_into_hidden:  # the block input joins the hidden tensor: not prunable
+        inits.append(_init(rng, "side.w", (hidden, cin, 1, 1), 0.1))
+        nodes.insert(1, helper.make_node("Conv", ["x", "side.w"], ["side"], name="side"))
+        nodes[2] = helper.make_node("BatchNormalization", ["e2", "bn.scale", "bn.bias", "bn.mean", "bn.var"],
+                                    ["bn"], name="bn")
+        nodes.insert(2, helper.make_node("Add", ["e", "side"], ["e2"], name="join"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, spatial, spatial])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cin, spatial, spatial])]
+    return make_model(nodes, inputs, outputs, inits)
+
+
+def feed_forward(seed: int = 0, model_dim: int = 16, hidden: int = 64, tokens: int = 6):
+    """MatMul up → Add bias → erf GELU (Div, Erf, Add, Mul, Mul) → MatMul down → Add bias, on (N, T, D)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "up.w", (model_dim, hidden), 1 / np.sqrt(model_dim)), _init(rng, "up.b", (hidden,), 0.1),
+             numpy_helper.from_array(np.float32(np.sqrt(2.0)), "sqrt2"),
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(0.5), "half"),
+             _init(rng, "down.w", (hidden, model_dim), 1 / np.sqrt(hidden)), _init(rng, "down.b", (model_dim,), 0.1)]
+    nodes = [helper.make_node("MatMul", ["x", "up.w"], ["u"], name="up"),
+             helper.make_node("Add", ["u", "up.b"], ["ub"], name="up_bias"),
+             helper.make_node("Div", ["ub", "sqrt2"], ["d"], name="gelu_div"),
+             helper.make_node("Erf", ["d"], ["erf"], name="gelu_erf"),
+             helper.make_node("Add", ["erf", "one"], ["erf1"], name="gelu_add"),
+             helper.make_node("Mul", ["ub", "erf1"], ["m"], name="gelu_mul"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half"),
+             helper.make_node("MatMul", ["g", "down.w"], ["o"], name="down"),
+             helper.make_node("Add", ["o", "down.b"], ["y"], name="down_bias")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, model_dim])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", tokens, model_dim])]
+    return make_model(nodes, inputs, outputs, inits)
+
+
+def _inputs(model, samples=48, seed=3):
+    rng = np.random.default_rng(seed)
+    value = model.graph.input[0]
+    dims = [samples] + [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+    return InputSet({value.name: rng.standard_normal(dims).astype(np.float32)}, source="test inputs")
+
+
+def _layers(model, calibration):
+    value = model.graph.input[0]
+    dims = [1] + [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+    names = {name for node in model.graph.node for name in list(node.input) + list(node.output)}
+    shapes = tensor_shapes(model, {value.name: tuple(dims)}, names)
+    return find_layers(model, shapes, constants=weight_constants(model)[0])
+
+
+def test_blocks_found_in_inverted_residual_and_feed_forward():
+    conv = inverted_residual()
+    blocks, refused = find_blocks(conv, _layers(conv, None))
+    assert [(b.producer.name, b.consumer.name, b.width) for b in blocks] == [("expand", "project", 32)]
+    assert blocks[0].between == ("bn", "clip", "pad", "dw", "mul", "relu")
+    assert blocks[0].layers == ("expand", "dw", "project")
+    assert [r.producer for r in refused] == ["project"]  # its output joins the residual Add
+    ffn = feed_forward()
+    blocks, refused = find_blocks(ffn, _layers(ffn, None))
+    assert [(b.producer.name, b.consumer.name, b.width, b.axis) for b in blocks] == [("up", "down", 64, -1)]
+    assert blocks[0].bias == ("add", "down_bias", 1)
+    # the cost is linear in the width: producer rows + bias + Add bias + consumer columns per channel
+    assert blocks[0].channel_params == 16 + 1 + 16
+
+
+def test_residual_into_hidden_is_not_prunable_with_reason():
+    model = inverted_residual(residual_into_hidden=True)
+    blocks, refused = find_blocks(model, _layers(model, None))
+    assert not any(b.producer.name == "expand" for b in blocks)
+    reasons = {r.producer: r.reason for r in refused}
+    assert "expand" in reasons and "side" in reasons["expand"] or "join" in reasons["expand"]
+
+
+def test_full_width_rewrite_equals_original():
+    for model in (inverted_residual(), feed_forward()):
+        cal = _inputs(model)
+        analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+        # full width through the slicing path (every channel kept, weights only sliced)
+        decisions = [(block, np.arange(block.width), None, None) for block in analysis.blocks]
+        forced = [(b, k, np.asarray(consumer_matrix(b, _Graph(model))[0]), None) for b, k, _, _ in decisions]
+        pruned = prune_model(model, forced)
+        onnx.checker.check_model(pruned, full_check=True)
+        feeds = {model.graph.input[0].name: cal.arrays[model.graph.input[0].name][:8]}
+        np.testing.assert_allclose(run_model(pruned, feeds)[0], run_model(model, feeds)[0], rtol=1e-5, atol=1e-5)
+        widths = [block.width for block in analysis.blocks]
+        same = prune_model(model, decisions_for(analysis, widths))
+        np.testing.assert_allclose(run_model(same, feeds)[0], run_model(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [inverted_residual, feed_forward])
+def test_refit_beats_slicing_and_curve_predicts_the_error(build):
+    model = build()
+    cal = _inputs(model, samples=64)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8, shrinkage=False)
+    block, curve = analysis.blocks[0], analysis.curves[0]
+    assert list(curve.widths) == list(range(8, block.width + 1, 8))
+    assert np.all(np.diff(curve.errors) <= 1e-12) and curve.errors[-1] == 0.0
+    width = block.width // 2
+    feeds = {model.graph.input[0].name: cal.arrays[model.graph.input[0].name]}
+    hidden_out = {"project": "p", "down": "o"}[block.consumer.name]
+
+    def consumer_output(m):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.append(helper.make_empty_tensor_value_info(hidden_out))
+        return run_model(probe, feeds)[1].astype(np.float64)
+
+    reference = consumer_output(model)
+    if block.consumer.name == "down":  # the bias Add after the MatMul belongs to the block output
+        reference = reference + numpy_helper.to_array([i for i in model.graph.initializer if i.name == "down.b"][0])
+    refit = prune_model(model, decisions_for(analysis, [width]))
+    sliced = prune_model(model, decisions_for(analysis, [width], refit=False))
+    onnx.checker.check_model(refit, full_check=True)
+
+    def error(m):
+        got = consumer_output(m)
+        if block.consumer.name == "down":
+            bias = [i for i in m.graph.initializer if i.name.startswith("down.b")][0]
+            got = got + numpy_helper.to_array(bias)
+        return np.sqrt(np.sum((got - reference) ** 2) / np.sum(reference ** 2))
+
+    measured, plain = error(refit), error(sliced)
+    assert measured < plain
+    # the curve's error is the calibration error of the refitted block (up to float32 rounding and the ridge)
+    assert measured == pytest.approx(curve.error(width), rel=0.02, abs=1e-3)
+    # the narrower model really is narrower
+    weights = {i.name: i for i in refit.graph.initializer}
+    producer = [n for n in refit.graph.node if n.name == block.producer.name][0]
+    axis = 0 if block.axis == 1 else 1
+    assert tuple(weights[producer.input[1]].dims)[axis] == width
+    if block.consumer.name == "project":
+        dw = [n for n in refit.graph.node if n.name == "dw"][0]
+        assert [a.i for a in dw.attribute if a.name == "group"] == [width]
+        assert not any(i.name == "expand.w" for i in refit.graph.initializer)  # the old weight is gone
+
+
+def test_greedy_keeps_the_strong_channels():
+    model = inverted_residual()
+    cal = _inputs(model, samples=64)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    kept = analysis.curves[0].kept(24)
+    # a quarter of the channels were made 50x weaker: the 24 kept are the 24 others
+    assert set(kept.tolist()) == {j for j in range(32) if j % 4}
+
+
+def test_refit_is_exact_when_the_dropped_channels_are_linear_combinations():
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((500, 6))
+    hidden = np.concatenate([basis, basis @ rng.standard_normal((6, 4))], axis=1)  # 10 channels, rank 6
+    matrix = rng.standard_normal((5, 10))
+    bias = rng.standard_normal(5)
+
+    class Stat:
+        second_moment = hidden.T @ hidden / len(hidden)
+        mean = hidden.mean(axis=0)
+
+    new_matrix, new_bias = refit_consumer(matrix, bias, Stat, np.arange(6), 1)
+    np.testing.assert_allclose(basis @ new_matrix.T + new_bias, hidden @ matrix.T + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_allocation_meets_the_budget_and_minimizes_the_largest_error():
+    model = feed_forward(hidden=64)
+    cal = _inputs(model)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    block, curve = analysis.blocks[0], analysis.curves[0]
+    budget = float(block.params(40))
+    widths, _, epsilon = allocate_widths(analysis.curves, analysis.blocks, budget, "params")
+    assert widths == [40] and epsilon == pytest.approx(curve.error(40))
+    with pytest.raises(BudgetError):
+        allocate_widths(analysis.curves, analysis.blocks, float(block.params(8)) - 1, "params")
+    options = width_options(analysis.blocks, analysis.curves)
+    assert [o.width for o in options] == list(curve.widths)
+    assert options[-1].error == 0.0 and options[0].covers == ("up", "down")
+    assert all(a.params > b.params for a, b in zip(options[1:], options[:-1]))
+
+
+def test_compress_prune_only_is_valid_deterministic_and_reports_widths():
+    model = inverted_residual(hidden=48)
+    cal = _inputs(model)
+    first = compress(model, keep_params=0.6, calibration=cal, prune="only", rank_multiple=8)
+    second = compress(model, keep_params=0.6, calibration=cal, prune="only", rank_multiple=8)
+    assert first.model.SerializeToString() == second.model.SerializeToString()
+    report = first.report
+    assert report.method == "prune" and report.achieved <= 0.6 + 1e-9 and report.achieved > 0.5
+    assert [(b.name, b.width_before) for b in report.pruned] == [("expand", 48)]
+    assert report.pruned[0].width_after < 48 and report.pruned[0].width_after % 8 == 0
+    assert "hidden width 48 ->" in report.format()
+    assert any("not prunable (1 producers): 'project'" in note for note in report.notes)
+    onnx.checker.check_model(first.model, full_check=True)
+
+
+def test_compress_prune_combined_low_ranks_the_other_layers():
+    model = small_cnn(width=16)  # conv → relu → conv chains: conv0 → conv1 is a block, conv3 → gap is not
+    cal = InputSet({"input": np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32)},
+                   source="test inputs")
+    result = compress(model, keep_flops=0.6, calibration=cal, prune=True, rank_multiple=4)
+    report = result.report
+    assert report.method == "alds+prune"
+    assert report.achieved <= 0.6 * 1.01
+    assert {b.name for b in report.pruned} <= {"conv0", "conv1", "conv2"}
+    onnx.checker.check_model(result.model, full_check=True)
+    out = run_model(result.model, {"input": cal.arrays["input"][:4]})[0]
+    assert out.shape == (4, 10) and np.all(np.isfinite(out))
+
+
+def test_prune_refuses_without_calibration_and_with_latency():
+    model = feed_forward()
+    with pytest.raises(InputDataError, match="calibration"):
+        compress(model, keep_params=0.5, prune="only")
+    with pytest.raises(BudgetError, match="prune mode"):
+        compress(model, keep_params=0.5, calibration=_inputs(model), prune="sometimes")
