@@ -197,7 +197,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
              shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
              speed=None, both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
-             damage_points: int = 3, damage_max_groups: int = 1) -> CompressionResult:
+             damage_points: int = 3, damage_max_groups: int = 1,
+             calibration_workers: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
     ``model``: a path (read lightly: external data stays on disk and each weight is read when its
@@ -263,7 +264,17 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     (docs/LATENCY.md). The options also come grouped: ``budget``, ``search``, ``data``, ``speed``
     (:mod:`onnx_alds.options`); a group replaces the keywords it holds. ``compress`` is
     :func:`onnx_alds.plan.make_plan` then :func:`onnx_alds.plan.apply_plan`, without the round trip.
+
+    ``calibration_workers``: more than 1 computes the calibration statistics' shards on that many Ray
+    actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
+    same bits as 1 (default: in this process, no Ray).
     """
+    if calibration_workers != 1:  # the same call inside the workers' context
+        keywords = dict(locals(), calibration_workers=1)
+        from .calibrate import calibration_workers as workers_context
+
+        with workers_context(calibration_workers):
+            return compress(**keywords)
     options = compress_options(keep_params=keep_params, keep_flops=keep_flops, keep_latency=keep_latency,
                                method=method, error_measure=error_measure, rank_multiple=rank_multiple,
                                exclude=exclude, seed=seed, input_shapes=input_shapes, max_groups=max_groups,

@@ -30,9 +30,14 @@ Bounds (:class:`CalibrationLimits`, defaults measured in docs/DATA_AWARE.md):
   replacement, seeded by (``seed``, layer name, index of the sample in the calibration set): the same
   samples give the same vectors whatever the batching; the estimate of ``C`` stays unbiased;
 - *precision*: float32 (and float16) activations are multiplied and the ``d × d`` sums accumulated in
-  float32, converted to float64 once the model runs are over (half the memory while ONNX Runtime holds
-  the model; measured error in docs/DATA_AWARE.md); means and ‖x‖⁴ sums stay float64; float64
-  activations, or ``float32=False``, keep everything in float64;
+  float32 within a shard of ``shard_runs`` runs (half the memory of float64 while ONNX Runtime holds
+  the model; measured error in docs/DATA_AWARE.md); each shard's sums are converted to float64 and
+  added in shard order to float64 totals; means and ‖x‖⁴ sums stay float64; float64 activations, or
+  ``float32=False``, keep everything in float64;
+- *shards*: the runs are cut into shards of ``shard_runs`` runs, whose sums (:class:`StatisticSums`)
+  are computed from zero and added in order: in this process, or on Ray actors inside
+  :func:`calibration_workers`, with the same bits. :func:`collect_statistic_sums`,
+  :func:`merge_statistic_sums` and :func:`finalize_statistics` do the same by hand;
 - *moment memory*: a layer whose float64 moment (``8·(c·κ)²`` bytes, twice with a cross moment) would
   exceed ``moment_bytes`` gets no statistics; it is named in a note and decomposed data-free;
 - *activation memory*: one run's fetched layer inputs plus ONNX Runtime's intermediate tensors (sized
@@ -42,19 +47,25 @@ Bounds (:class:`CalibrationLimits`, defaults measured in docs/DATA_AWARE.md):
   input larger than the limit for one run is an error naming the layer and the size.
 
 Cost. Time: the model's forward pass over the calibration set (once per pass), plus for each layer
-``n·(c·κ)²`` multiply-adds for its Gram matrix with ``n ≤ samples × positions_per_sample``. Memory: the
-statistics (per layer at most ``moment_bytes`` in float64, half that while accumulating in float32), one
-run's activations (within ``activation_bytes`` down to one sample), ONNX Runtime's session, and one
+``n·(c·κ)²`` multiply-adds for its Gram matrix with ``n ≤ samples × positions_per_sample``, plus one
+``d × d`` conversion and addition per shard. Memory: the float64 totals (per layer at most
+``moment_bytes``), one shard's sums (half that in float32 mode; with Ray workers, up to two shards per
+worker in flight), one run's activations (within ``activation_bytes`` down to one sample), ONNX Runtime's session, and one
 patch chunk.
 """
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
+import os
 import sys
 import zlib
-from dataclasses import dataclass, replace
+from collections import deque
+from contextlib import contextmanager
+import time
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -77,6 +88,12 @@ __all__ = [
     "fixed_batch",
     "calibration_runs",
     "collect_statistics",
+    "collect_statistic_sums",
+    "merge_statistic_sums",
+    "finalize_statistics",
+    "StatisticSums",
+    "calibration_workers",
+    "CalibrationWorkers",
     "collect_second_moments",
     "independent_waves",
 ]
@@ -94,7 +111,9 @@ class CalibrationLimits:
     is decomposed data-free, with a note). ``activation_bytes``: the most bytes of layer inputs and
     intermediate tensors one run may hold. ``seed``: the position sampling's seed. ``float32``: float32
     products and sums for float32 activations (else float64).
-    ``progress``: show tqdm bars (None: when stderr is a terminal).
+    ``progress``: show tqdm bars (None: when stderr is a terminal). ``shard_runs``: runs per shard
+    of the calibration set; each shard's sums start from zero (float32 in float32 mode) and the shards
+    are added in order in float64, which fixes the result whatever computes the shards.
     """
 
     positions_per_sample: Optional[int] = 1024
@@ -103,12 +122,15 @@ class CalibrationLimits:
     seed: int = 0
     float32: bool = True
     progress: Optional[bool] = None
+    shard_runs: int = 4
 
     def __post_init__(self) -> None:
         if self.positions_per_sample is not None and self.positions_per_sample < 1:
             raise InputDataError(f"got {self.positions_per_sample} positions per sample; give a positive count or None")
         if self.moment_bytes < 1 or self.activation_bytes < 1:
             raise InputDataError("calibration memory limits must be positive byte counts")
+        if self.shard_runs < 1:
+            raise InputDataError(f"got {self.shard_runs} runs per calibration shard; give a positive count such as 4")
 
     def show_progress(self) -> bool:
         return sys.stderr.isatty() if self.progress is None else bool(self.progress)
@@ -357,11 +379,88 @@ def _work_dtype(array: np.ndarray, limits: CalibrationLimits) -> np.dtype:
     return np.dtype(np.float64)
 
 
+@dataclass
+class StatisticSums:
+    """The running sums of one layer's input vectors: what :class:`LayerStatistics` is made of, but
+    additive, so that sums over disjoint shards of the calibration set can be merged.
+
+    ``count`` vectors ``x̃`` (``d`` numbers each) gave ``gram = Σ x̃x̃ᵀ`` (``d × d``), ``total = Σ x̃``
+    (``d``) and ``fourth = Σ ‖x̃‖⁴``; with a reference model run beside it (sequential calibration),
+    ``cross = Σ x x̃ᵀ`` (``d × d``) and ``reference_total = Σ x`` (``d``), ``x`` what the original
+    model's layer sees on the same samples. All float64. ``positions_per_sample`` is the sampling bound
+    when positions were sampled in any of the merged parts, else None.
+    """
+
+    count: int
+    gram: np.ndarray
+    total: np.ndarray
+    fourth: float
+    cross: Optional[np.ndarray] = None
+    reference_total: Optional[np.ndarray] = None
+    positions_per_sample: Optional[int] = None
+
+    def merge(self, other: "StatisticSums") -> "StatisticSums":
+        """Add ``other``'s sums to these, in place (float64); returns ``self``. Merging the parts of a
+        calibration set in a fixed order gives the same bits whatever computed the parts.
+
+        Raises :class:`UnsupportedModelError` when the two are not sums of the same layer's vectors
+        (other dimension, or one with cross moments and one without)."""
+        if other.gram.shape != self.gram.shape or (other.cross is None) != (self.cross is None):
+            raise UnsupportedModelError(
+                f"cannot merge the statistic sums of a {other.gram.shape[0]}-input layer"
+                f"{' with' if other.cross is not None else ' without'} cross moments into those of a "
+                f"{self.gram.shape[0]}-input layer{' with' if self.cross is not None else ' without'}; "
+                "merge the sums of the same layers, collected the same way")
+        self.count += other.count
+        self.gram += other.gram
+        self.total += other.total
+        self.fourth += other.fourth
+        if self.cross is not None:
+            self.cross += other.cross
+            self.reference_total += other.reference_total
+        if self.positions_per_sample is None:
+            self.positions_per_sample = other.positions_per_sample
+        return self
+
+    def copy(self) -> "StatisticSums":
+        """A deep copy (merging into it leaves this one unchanged)."""
+        return StatisticSums(self.count, self.gram.copy(), self.total.copy(), self.fourth,
+                             None if self.cross is None else self.cross.copy(),
+                             None if self.reference_total is None else self.reference_total.copy(),
+                             self.positions_per_sample)
+
+    def finite(self) -> bool:
+        """Whether every sum is finite (an activation beyond float32 makes a float32 product inf)."""
+        return bool(np.isfinite(self.total).all() and np.isfinite(self.gram).all() and np.isfinite(self.fourth)
+                    and (self.cross is None or np.isfinite(self.cross).all()))
+
+    def finalize(self, in_place: bool = False) -> LayerStatistics:
+        """The moments: sums divided by ``count`` (``E[x̃x̃ᵀ]``, ``E[x̃]``, ``E[‖x̃‖⁴]``, ``E[x x̃ᵀ]``, ``E[x]``).
+
+        ``in_place``: divide the ``d × d`` sums where they are (no second copy; these sums are then
+        spent). Raises :class:`UnsupportedModelError` when ``count`` is 0."""
+        if self.count < 1:
+            raise UnsupportedModelError("these statistic sums hold no input vectors; nothing to average")
+        n = float(self.count)
+
+        def mean_of(total: np.ndarray) -> np.ndarray:
+            if in_place:
+                total /= n
+                return total
+            return total / n
+
+        return LayerStatistics(
+            self.count, mean_of(self.gram), self.total / n, None if self.cross is None else mean_of(self.cross),
+            None if self.reference_total is None else self.reference_total / n, self.fourth / n,
+            positions_per_sample=self.positions_per_sample)
+
+
 class _Accumulator:
-    """Running sums for one layer: Σ x̃x̃ᵀ, Σ x̃, Σ ‖x̃‖⁴ and, with a reference, Σ x x̃ᵀ and Σ x.
+    """Running sums for one layer over one shard: Σ x̃x̃ᵀ, Σ x̃, Σ ‖x̃‖⁴ and, with a reference, Σ x x̃ᵀ and Σ x.
 
     The ``d × d`` sums take the dtype of the first chunk (float32 in float32 mode: half the memory
     while the model runs), allocated at the first chunk; vector sums and the count stay float64/int.
+    :meth:`sums` hands them over in float64.
     """
 
     def __init__(self, layer: Layer, unfolder: Unfolder, cross: bool, limits: CalibrationLimits) -> None:
@@ -419,26 +518,17 @@ class _Accumulator:
                 self.cross += ref.T @ chunk
                 self.reference_total += ref.sum(axis=0, dtype=np.float64)
 
-    def finite(self) -> bool:
-        return bool(np.isfinite(self.total).all() and self.gram is not None and np.isfinite(self.gram).all())
-
-    def result(self) -> LayerStatistics:
-        """The float64 moments. Call it once: float64 sums are divided in place (no second ``d × d``
-        copy), float32 ones are converted and released."""
-        n = float(self.count)
-
-        def mean_of(total: np.ndarray) -> np.ndarray:
-            if total.dtype == np.float64:
-                total /= n
-                return total
-            return total.astype(np.float64) / n
-
+    def sums(self) -> StatisticSums:
+        """The sums in float64 (a float32 ``d × d`` sum is converted and released; call it once)."""
         gram, self.gram = self.gram, None
         cross, self.cross = self.cross, None
-        return LayerStatistics(
-            self.count, mean_of(gram), self.total / n, None if cross is None else mean_of(cross),
-            None if self.reference_total is None else self.reference_total / n, self.fourth / n,
-            positions_per_sample=self.limits.positions_per_sample if self.sampled else None)
+        if gram is None:  # no vector seen
+            gram = np.zeros((self.cols, self.cols))
+            cross = np.zeros((self.cols, self.cols)) if self.with_cross else None
+        return StatisticSums(self.count, np.asarray(gram, dtype=np.float64), self.total, self.fourth,
+                             None if cross is None else np.asarray(cross, dtype=np.float64),
+                             self.reference_total,
+                             self.limits.positions_per_sample if self.sampled else None)
 
 
 def _element_type(model: onnx.ModelProto, layer: Layer) -> int:
@@ -452,8 +542,9 @@ def _element_type(model: onnx.ModelProto, layer: Layer) -> int:
     return onnx.TensorProto.FLOAT
 
 
-def _session_with_outputs(model: onnx.ModelProto, tensors: Mapping[str, int]):
-    """A CPU session of ``model`` that also returns ``tensors`` (name → element type)."""
+def _session_with_outputs(model: onnx.ModelProto, tensors: Mapping[str, int], threads: Optional[int] = None):
+    """A CPU session of ``model`` that also returns ``tensors`` (name → element type), with ``threads``
+    intra-op threads (None: ONNX Runtime's default)."""
     from .runtime import make_session
 
     probe = onnx.ModelProto()
@@ -463,7 +554,7 @@ def _session_with_outputs(model: onnx.ModelProto, tensors: Mapping[str, int]):
     for name, elem_type in tensors.items():
         if name not in present and name not in feeds:
             probe.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
-    return make_session(probe, "cpu")
+    return make_session(probe, "cpu") if threads is None else make_session(probe, "cpu", threads=threads)
 
 
 def _check_feeds(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> None:
@@ -652,24 +743,33 @@ def _progress_bar(total: Optional[int], description: str, show: bool):
     return tqdm(total=total, desc=description, unit="run", leave=False, disable=not show)
 
 
-def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, *, batch_size: int = 16,
-                       reference: Optional[onnx.ModelProto] = None, limits: Optional[CalibrationLimits] = None,
-                       notes: Optional[list[str]] = None) -> dict[str, LayerStatistics]:
-    """Moments of every layer's input vectors over ``inputs`` (an :class:`~onnx_alds.inputs.InputSet`).
+@dataclass
+class _Plan:
+    """What one calibration measures and how: the layers with statistics, their unfolders, the fetched
+    tensors (name → element type) grouped into passes, the samples per run. Picklable (Ray ships it)."""
 
-    ``model`` is run; ``reference`` (the original model, when ``model`` is partially compressed) is run
-    beside it on the same batches to get the cross moments ``E[x x̃ᵀ]``. The node named like each
-    layer is looked up in ``reference`` if given (it is unchanged there), otherwise in ``model``.
-    ``limits`` (default :data:`DEFAULT_LIMITS`) bound time and memory; what they changed (fixed batch,
-    samples left out, lowered batch, extra passes, sampled positions, layers left without statistics)
-    is appended to ``notes`` as sentences. Layers over the moment limit are missing from the result.
-    """
-    limits = limits if limits is not None else DEFAULT_LIMITS
-    said: list[str] = []
+    measured: list
+    unfolders: dict
+    tensors: dict
+    feeds: set
+    passes: list
+    per_run: int
+    fixed: Optional[int]
+    limits: CalibrationLimits
+    with_reference: bool
+
+    def pass_layers(self, index: int) -> list:
+        wanted = set(self.passes[index])
+        return [layer for layer in self.measured if layer.input in wanted]
+
+
+def _prepare(model: onnx.ModelProto, layers: Sequence[Layer], inputs, batch_size: int,
+             reference: Optional[onnx.ModelProto], limits: CalibrationLimits, said: list[str]) -> Optional[_Plan]:
+    """The :class:`_Plan` (None when no layer gets statistics); what the limits changed goes to ``said``."""
     if batch_size < 1:
         raise InputDataError(f"got calibration batch size {batch_size}; give a positive batch size such as 16")
     if not layers:
-        return {}
+        return None
     source = reference if reference is not None else model
     nodes = {node.name: node for node in source.graph.node}
     unfolders = {}
@@ -690,8 +790,7 @@ def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, 
         said.append("calibration on random inputs, not data: the statistics describe noise, not what the layers see "
                     "in use; give real inputs (--calibration FILE.npz or --calibration-images DIR)")
     if not measured:
-        _flush(said, notes)
-        return {}
+        return None
     tensors = {layer.input: _element_type(source, layer) for layer in measured}
     users = {}
     for layer in measured:
@@ -712,35 +811,338 @@ def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, 
     if len(passes) > 1:
         said.append(f"calibration made {len(passes)} passes over the data: one run's layer inputs would exceed the "
                     f"{_mib(limits.activation_bytes)} activation limit")
-    sums = {layer.name: _Accumulator(layer, unfolders[layer.name], reference is not None, limits)
-            for layer in measured}
+    return _Plan(measured, unfolders, tensors, feeds, passes, per_run, fixed, limits, reference is not None)
+
+
+class _PassRunner:
+    """The ONNX Runtime sessions of one pass (built here, ``threads`` intra-op threads) and the shard
+    computation: the layer sums over a list of runs, each shard from fresh accumulators."""
+
+    def __init__(self, plan: _Plan, model: onnx.ModelProto, reference: Optional[onnx.ModelProto], index: int,
+                 threads: Optional[int] = None) -> None:
+        self.plan, self.model, self.reference, self.index = plan, model, reference, index
+        self.wanted = plan.passes[index]
+        self.layers = plan.pass_layers(index)
+        fetched = {name: plan.tensors[name] for name in self.wanted if name not in plan.feeds}
+        # every wanted tensor a graph input: the feeds are the statistics, no session is needed
+        self.session = _session_with_outputs(model, fetched, threads) if fetched else None
+        self.reference_session = (None if reference is None or not fetched
+                                  else _session_with_outputs(reference, fetched, threads))
+
+    def timed_shard(self, runs: Sequence[Mapping[str, np.ndarray]], first_sample: int) -> tuple[dict, dict]:
+        """:meth:`shard` and its timing: (sums, {start_s (epoch), seconds, cpu_s (this process, all
+        threads), worker (pid), first_sample, runs}); the timing is also added to the current
+        :func:`calibration_workers` record, if any, when it runs in that process."""
+        wall, tick, cpu = time.time(), time.perf_counter(), time.process_time()
+        sums = self.shard(runs, first_sample)
+        timing = dict(start_s=wall, seconds=time.perf_counter() - tick, cpu_s=time.process_time() - cpu,
+                      worker=os.getpid(), first_sample=first_sample, runs=len(runs), pass_index=self.index)
+        record = _WORKERS.get()
+        if record is not None:
+            record.timeline.append(timing)
+        return sums, timing
+
+    def shard(self, runs: Sequence[Mapping[str, np.ndarray]], first_sample: int) -> dict[str, "_Accumulator"]:
+        """The sums of this pass's layers over ``runs`` (consecutive, the first sample at index
+        ``first_sample`` of the calibration set), as accumulators (float32 ``d × d`` sums in float32 mode)."""
+        plan = self.plan
+        sums = {layer.name: _Accumulator(layer, plan.unfolders[layer.name], plan.with_reference, plan.limits)
+                for layer in self.layers}
+        for batch in runs:
+            _check_feeds(self.model, batch)
+            seen = _run(self.session, self.model, batch, self.wanted)
+            ref = None if self.reference is None else _run(self.reference_session, self.reference, batch, self.wanted)
+            for layer in self.layers:
+                sums[layer.name].add(seen[layer.input], None if ref is None else ref[layer.input], first_sample)
+            first_sample += _samples(batch)
+            del seen, ref
+        return sums
+
+
+def _shards(runs: Iterable[Mapping[str, np.ndarray]], size: int) -> Iterator[tuple[int, list]]:
+    """(index of the first sample, ``size`` consecutive runs) over ``runs``; the last shard may be shorter.
+    The boundaries depend on the runs only, never on who computes the shards."""
+    first, shard, held = 0, [], 0
+    for run in runs:
+        shard.append(run)
+        held += _samples(run)
+        if len(shard) == size:
+            yield first, shard
+            first, shard, held = first + held, [], 0
+    if shard:
+        yield first, shard
+
+
+class _LocalShards:
+    """Runs the shards in this process, one after another (the default: no Ray)."""
+
+    workers = 1
+
+    def run_pass(self, plan: _Plan, model, reference, index: int,
+                 shards: Iterable[tuple[int, list]]) -> Iterator[tuple[int, dict]]:
+        runner = _PassRunner(plan, model, reference, index)
+        for first, runs in shards:
+            yield len(runs), runner.timed_shard(runs, first)[0]
+
+    def close(self) -> None:
+        pass
+
+
+class _ShardActor:
+    """A Ray actor (wrapped by :class:`_RayShards`): the model and plan once, the sessions of the pass
+    it is asked for built inside it with ``intra_op_num_threads`` = the CPUs Ray assigned it."""
+
+    def __init__(self, model_bytes: bytes, reference_bytes: Optional[bytes], plan: _Plan) -> None:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        self.threads = max(1, int(cpus)) if cpus else 1
+        self.model = onnx.load_from_string(model_bytes)
+        self.reference = None if reference_bytes is None else onnx.load_from_string(reference_bytes)
+        self.plan = plan
+        self.runner: Optional[_PassRunner] = None
+
+    def shard(self, index: int, runs: list, first_sample: int) -> tuple[dict, dict]:
+        """(sums, timing) of one shard (see :meth:`_PassRunner.timed_shard`); a new pass builds its sessions."""
+        if self.runner is None or self.runner.index != index:
+            self.runner = None  # one pass's sessions at a time
+            self.runner = _PassRunner(self.plan, self.model, self.reference, index, threads=self.threads)
+        return self.runner.timed_shard(runs, first_sample)
+
+
+class _RayShards:
+    """Runs the shards on ``workers`` Ray actors (``cpus`` CPUs each) and hands their sums back in shard
+    order; at most two shards per actor are in flight (bounded driver memory)."""
+
+    def __init__(self, ray, workers: int, cpus: int, plan: _Plan, model, reference) -> None:
+        self.ray = ray
+        self.workers = workers
+        model_ref = ray.put(model.SerializeToString())
+        reference_ref = None if reference is None else ray.put(reference.SerializeToString())
+        actor = ray.remote(_ShardActor).options(num_cpus=cpus)
+        self.actors = [actor.remote(model_ref, reference_ref, plan) for _ in range(workers)]
+
+    def run_pass(self, plan: _Plan, model, reference, index: int,
+                 shards: Iterable[tuple[int, list]]) -> Iterator[tuple[int, dict]]:
+        ray = self.ray
+        pending: deque = deque()
+        for number, (first, runs) in enumerate(shards):
+            actor = self.actors[number % len(self.actors)]
+            pending.append((len(runs), actor.shard.remote(index, runs, first)))
+            while len(pending) >= 2 * len(self.actors):
+                yield self._get(*pending.popleft())
+        while pending:
+            yield self._get(*pending.popleft())
+
+    def _get(self, count: int, ref) -> tuple[int, dict]:
+        sums, timing = self.ray.get(ref)
+        record = _WORKERS.get()
+        if record is not None:
+            record.timeline.append(timing)
+        return count, sums
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+
+@dataclass
+class CalibrationWorkers:
+    """What :func:`calibration_workers` yields: the setting, and ``timeline``, one dict per shard
+    computed inside the context (``start_s`` epoch seconds, ``seconds``, ``cpu_s`` CPU seconds of the
+    process that computed it, ``worker`` its pid, ``first_sample``, ``runs``, ``pass_index``), in the
+    order the shards were summed."""
+
+    count: int
+    cpus: int
+    address: Optional[str]
+    engine: str = "local"
+    timeline: list = field(default_factory=list)
+
+
+_WORKERS: contextvars.ContextVar = contextvars.ContextVar("onnx_alds_calibration_workers", default=None)
+
+
+def import_ray():
+    """``ray``, or a one-line :class:`InputDataError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputDataError("more than one calibration worker needs Ray, which is not installed; install it with "
+                             "pip install 'onnx-alds[ray]' (or use one worker)") from None
+    return ray
+
+
+@contextmanager
+def calibration_workers(workers: int = 1, *, cpus_per_worker: int = 1, address: Optional[str] = None,
+                        engine: Optional[str] = None):
+    """Within this context, :func:`collect_statistics` (and so ``compress``, sequential calibration,
+    pruning) runs its calibration shards on ``workers`` Ray actors of ``cpus_per_worker`` CPUs each
+    (their ONNX Runtime threads); 1 (default): in this process, no Ray needed. ``engine``: ``"local"``
+    or ``"ray"`` (None: ray for more than one worker); ``"ray"`` with one worker gives one actor (for
+    measuring). Yields a :class:`CalibrationWorkers`, whose ``timeline`` lists the shards computed.
+
+    The statistics are the same bits whatever ``workers`` is: the shards (``CalibrationLimits.shard_runs``
+    runs each) and the order they are summed in do not depend on it (docs/SWEEP.md). Joins the Ray
+    instance the process has, else ``ray.init(address)`` (None: ``RAY_ADDRESS`` or a new local instance,
+    which is shut down on leaving). Raises :class:`InputDataError` for ``workers < 1``, ``cpus_per_worker
+    < 1``, or ``workers > 1`` without Ray installed or reachable.
+    """
+    if workers < 1 or cpus_per_worker < 1:
+        raise InputDataError(f"got {workers} calibration worker(s) of {cpus_per_worker} CPU(s); give positive counts")
+    engine = engine or ("ray" if workers > 1 else "local")
+    if engine not in ("local", "ray") or (engine == "local" and workers > 1):
+        raise InputDataError(f"got calibration engine '{engine}' with {workers} worker(s); give local (one worker) or ray")
+    started = False
+    ray = None
+    if engine == "ray":
+        ray = import_ray()
+        if not ray.is_initialized():
+            options: dict = dict(logging_level=logging.WARNING, log_to_driver=False)
+            if not (address or os.environ.get("RAY_ADDRESS")):
+                options["include_dashboard"] = False
+            try:
+                ray.init(address=address, **options)
+            except Exception as exc:
+                raise InputDataError(f"cannot start or reach Ray{' at ' + address if address else ''} for the "
+                                     f"calibration workers: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                                     ) from None
+            started = True
+    record = CalibrationWorkers(workers, cpus_per_worker, address, engine)
+    token = _WORKERS.set(record)
+    try:
+        yield record
+    finally:
+        _WORKERS.reset(token)
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def _executor(plan: _Plan, model, reference):
+    setting = _WORKERS.get()
+    if setting is None or setting.engine == "local":
+        return _LocalShards()
+    return _RayShards(import_ray(), setting.count, setting.cpus, plan, model, reference)
+
+
+def _merge_into(totals: dict[str, StatisticSums], part: dict) -> None:
+    """Fold one shard's accumulators into ``totals``, one layer at a time (float64; the first part is taken)."""
+    for name in list(part):
+        sums = part.pop(name).sums()
+        if name in totals:
+            totals[name].merge(sums)
+        else:  # arrays Ray hands back are read-only views of its object store
+            writable = all(array.flags.writeable for array in (sums.gram, sums.total, sums.cross, sums.reference_total)
+                           if array is not None)
+            totals[name] = sums if writable else sums.copy()
+        del sums
+
+
+def collect_statistic_sums(model: onnx.ModelProto, layers: Sequence[Layer], inputs, *, batch_size: int = 16,
+                           reference: Optional[onnx.ModelProto] = None, limits: Optional[CalibrationLimits] = None,
+                           notes: Optional[list[str]] = None, first_sample: int = 0) -> dict[str, StatisticSums]:
+    """The additive sums (:class:`StatisticSums`, float64) of every layer's input vectors over ``inputs``,
+    a shard of a calibration set whose first sample has index ``first_sample`` in the whole set (it seeds
+    the position sampling, so that a sample gives the same vectors in any shard).
+
+    Sums of disjoint shards merged with :func:`merge_statistic_sums` and finalized with
+    :func:`finalize_statistics` give what :func:`collect_statistics` gives on their union, up to the
+    float summation order; bit for bit when every shard but the last holds ``limits.shard_runs`` whole
+    runs (``shard_runs × batch_size`` samples; of the fixed batch for a fixed-batch model) and the
+    shards are merged in order. Arguments and errors as for :func:`collect_statistics`; a shard that gives a
+    layer no vector yields zero sums for it (the merged whole is checked by :func:`finalize_statistics`).
+    """
+    limits = limits if limits is not None else DEFAULT_LIMITS
+    return _collect(model, layers, inputs, batch_size, reference, limits, notes, first_sample, whole=False)
+
+
+def merge_statistic_sums(parts: Iterable[Mapping[str, StatisticSums]]) -> dict[str, StatisticSums]:
+    """The sums of ``parts`` (each a result of :func:`collect_statistic_sums`, by layer name) added in the
+    given order, in float64; the parts are left unchanged. A layer missing from some parts (over the
+    moment limit) is summed over those that have it. Raises :class:`UnsupportedModelError` when two
+    parts hold different kinds of sums for a layer (other width, cross moments in one only)."""
+    merged: dict[str, StatisticSums] = {}
+    for part in parts:
+        for name, sums in part.items():
+            if name in merged:
+                merged[name].merge(sums)
+            else:
+                merged[name] = sums.copy()
+    return merged
+
+
+def finalize_statistics(sums: Mapping[str, StatisticSums]) -> dict[str, LayerStatistics]:
+    """The :class:`LayerStatistics` of merged sums (the sums are left unchanged).
+
+    Raises :class:`UnsupportedModelError` for a layer that saw no vector, :class:`InputDataError` for
+    one whose sums are not finite."""
+    _check_sums(sums)
+    return {name: value.finalize() for name, value in sums.items()}
+
+
+def _check_sums(sums: Mapping[str, StatisticSums]) -> None:
+    empty = [name for name, value in sums.items() if value.count == 0]
+    if empty:
+        raise UnsupportedModelError(f"layer '{empty[0]}' saw no input vectors on the calibration data "
+                                    "(its output is empty); exclude it with --exclude")
+    broken = [name for name, value in sums.items() if not value.finite()]
+    if broken:
+        raise InputDataError(
+            f"layer '{broken[0]}' sees inf/NaN (or values beyond float32) in its input on the "
+            f"calibration data{f' (and {len(broken) - 1} more layers)' if len(broken) > 1 else ''}; check the "
+            "model's weights and the calibration inputs, or compress data-free")
+
+
+def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, *, batch_size: int = 16,
+                       reference: Optional[onnx.ModelProto] = None, limits: Optional[CalibrationLimits] = None,
+                       notes: Optional[list[str]] = None) -> dict[str, LayerStatistics]:
+    """Moments of every layer's input vectors over ``inputs`` (an :class:`~onnx_alds.inputs.InputSet`).
+
+    ``model`` is run; ``reference`` (the original model, when ``model`` is partially compressed) is run
+    beside it on the same batches to get the cross moments ``E[x x̃ᵀ]``. The node named like each
+    layer is looked up in ``reference`` if given (it is unchanged there), otherwise in ``model``.
+    ``limits`` (default :data:`DEFAULT_LIMITS`) bound time and memory; what they changed (fixed batch,
+    samples left out, lowered batch, extra passes, sampled positions, layers left without statistics)
+    is appended to ``notes`` as sentences. Layers over the moment limit are missing from the result.
+
+    The set is cut into shards of ``limits.shard_runs`` runs; each shard's sums start from zero and are
+    added in shard order in float64 (:class:`StatisticSums`), in this process or, inside
+    :func:`calibration_workers`, on Ray actors: the same bits either way.
+    """
+    limits = limits if limits is not None else DEFAULT_LIMITS
+    sums = _collect(model, layers, inputs, batch_size, reference, limits, notes, 0, whole=True)
+    return {name: sums.pop(name).finalize(in_place=True) for name in list(sums)}
+
+
+def _collect(model, layers, inputs, batch_size: int, reference, limits: CalibrationLimits,
+             notes: Optional[list[str]], first_sample: int, whole: bool) -> dict[str, StatisticSums]:
+    said: list[str] = []
+    plan = _prepare(model, layers, inputs, batch_size, reference, limits, said)
+    if plan is None:
+        _flush(said, notes)
+        return {}
+    totals: dict[str, StatisticSums] = {}
     try:
         total = len(inputs)
     except TypeError:
         total = None
+    per_run, fixed = plan.per_run, plan.fixed
     runs_per_pass = None if total is None else (total // per_run if fixed else -(-total // per_run))
-    show = limits.show_progress()
     count = _RunCount()
-    with _progress_bar(None if runs_per_pass is None else runs_per_pass * len(passes), "calibration", show) as bar:
-        for number, wanted in enumerate(passes):
-            wanted_set = set(wanted)
-            pass_layers = [layer for layer in measured if layer.input in wanted_set]
-            fetched = {name: tensors[name] for name in wanted if name not in feeds}
-            # every wanted tensor a graph input: the feeds are the statistics, no session is needed
-            session = _session_with_outputs(model, fetched) if fetched else None
-            reference_session = None if reference is None or not fetched else _session_with_outputs(reference, fetched)
-            count = _RunCount()
-            first_sample = 0
-            for batch in calibration_runs(inputs, model, per_run, count=count):
-                _check_feeds(model, batch)
-                seen = _run(session, model, batch, wanted)
-                ref = None if reference is None else _run(reference_session, reference, batch, wanted)
-                for layer in pass_layers:
-                    sums[layer.name].add(seen[layer.input], None if ref is None else ref[layer.input], first_sample)
-                first_sample += _samples(batch)
-                del seen, ref
-                bar.update(1)
-            del session, reference_session
+    executor = _executor(plan, model, reference) if whole else _LocalShards()
+    try:
+        with _progress_bar(None if runs_per_pass is None else runs_per_pass * len(plan.passes), "calibration",
+                           limits.show_progress()) as bar:
+            for index in range(len(plan.passes)):
+                count = _RunCount()
+                runs = calibration_runs(inputs, model, per_run, count=count)
+                shards = ((first_sample + first, group) for first, group in _shards(runs, limits.shard_runs))
+                for done, part in executor.run_pass(plan, model, reference, index, shards):
+                    _merge_into(totals, part)
+                    bar.update(done)
+    finally:
+        executor.close()
     if count.runs == 0:
         if fixed and count.dropped:
             raise InputDataError(f"the model fixes the batch to {fixed}, but the calibration set holds only "
@@ -749,22 +1151,23 @@ def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, 
     if count.dropped:
         said.append(f"the model fixes the batch to {fixed}: calibration used {count.used} of "
                     f"{count.used + count.dropped} samples (the last {count.dropped} do not fill a batch)")
-    empty = [name for name, acc in sums.items() if acc.count == 0]
-    if empty:
-        raise UnsupportedModelError(f"layer '{empty[0]}' saw no input vectors on the calibration data "
-                                    "(its output is empty); exclude it with --exclude")
-    broken = [layer for layer in measured if not sums[layer.name].finite()]
-    if broken:
-        raise InputDataError(
-            f"layer '{broken[0].name}' sees inf/NaN (or values beyond float32) in its input '{broken[0].input}' on the "
-            f"calibration data{f' (and {len(broken) - 1} more layers)' if len(broken) > 1 else ''}; check the "
-            "model's weights and the calibration inputs, or compress data-free")
-    sampled = [name for name, acc in sums.items() if acc.sampled]
+    if whole:
+        empty = [name for name, value in totals.items() if value.count == 0]
+        if empty:
+            raise UnsupportedModelError(f"layer '{empty[0]}' saw no input vectors on the calibration data "
+                                        "(its output is empty); exclude it with --exclude")
+        broken = [layer for layer in plan.measured if layer.name in totals and not totals[layer.name].finite()]
+        if broken:
+            raise InputDataError(
+                f"layer '{broken[0].name}' sees inf/NaN (or values beyond float32) in its input '{broken[0].input}' "
+                f"on the calibration data{f' (and {len(broken) - 1} more layers)' if len(broken) > 1 else ''}; "
+                "check the model's weights and the calibration inputs, or compress data-free")
+    sampled = [name for name, value in totals.items() if value.positions_per_sample is not None]
     if sampled:
         said.append(f"calibration sampled {limits.positions_per_sample} positions per sample in {len(sampled)} "
                     f"layer(s) with more (first: '{sampled[0]}')")
     _flush(said, notes)
-    return {name: sums.pop(name).result() for name in list(sums)}
+    return totals
 
 
 def _flush(said: Sequence[str], notes: Optional[list[str]]) -> None:

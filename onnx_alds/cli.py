@@ -119,6 +119,9 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, prefix="calibration-")
     parser.add_argument("--calibration-batch-size", type=positive_int, default=16, metavar="N",
                         help="batch size of the calibration runs")
+    parser.add_argument("--calibration-workers", type=positive_int, default=1, metavar="N",
+                        help="compute the calibration statistics' shards on N Ray actors (the [ray] extra; "
+                             "same result as 1, which runs in this process)")
     parser.add_argument("--sequential", action="store_true",
                         help="fit each layer to the inputs of the already-compressed layers before it "
                              "(slower; helps on fragile models, see docs/DATA_AWARE.md)")
@@ -186,7 +189,8 @@ def _run_compress(args: argparse.Namespace) -> int:
         from .distill import split_for_distill
 
         calibration, held_out = split_for_distill(calibration, args)
-    result = compress(model, **compress_keywords(args, calibration))
+    result = compress(model, calibration_workers=getattr(args, "calibration_workers", 1),
+                      **compress_keywords(args, calibration))
     if args.distill:
         from .distill import distill_after_compress
 
