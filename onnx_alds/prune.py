@@ -642,19 +642,24 @@ def refit_consumer(matrix: np.ndarray, bias: Optional[np.ndarray], stat, kept: n
     columns = (np.asarray(kept)[:, None] * kernel + np.arange(kernel)[None, :]).reshape(-1)
     second = np.asarray(stat.second_moment, dtype=np.float64)
     mean = np.asarray(stat.mean, dtype=np.float64).reshape(-1)
+    # sequential statistics: x̃ (what the consumer sees with earlier blocks pruned) is regressed on, the
+    # original x gives the target: E[x x̃ᵀ] (cross) and E[x] replace C and μ on the target side
+    cross_moment = second if getattr(stat, "cross", None) is None else np.asarray(stat.cross, dtype=np.float64)
+    target_mean = mean if getattr(stat, "reference_mean", None) is None else \
+        np.asarray(stat.reference_mean, dtype=np.float64).reshape(-1)
     ridge = RIDGE * max(float(np.mean(np.diag(second)[columns])) if len(columns) else 0.0, 1e-30)
     size = len(columns)
     if bias is None:
         system = second[np.ix_(columns, columns)] + ridge * np.eye(size)
-        cross = matrix @ second[:, columns]
+        cross = matrix @ cross_moment[:, columns]
     else:
         system = np.empty((size + 1, size + 1))
         system[:size, :size] = second[np.ix_(columns, columns)] + ridge * np.eye(size)
         system[:size, size] = system[size, :size] = mean[columns]
         system[size, size] = 1.0
         cross = np.empty((matrix.shape[0], size + 1))
-        cross[:, :size] = matrix @ second[:, columns] + np.outer(bias, mean[columns])
-        cross[:, size] = matrix @ mean + bias
+        cross[:, :size] = matrix @ cross_moment[:, columns] + np.outer(bias, mean[columns])
+        cross[:, size] = matrix @ target_mean + bias
     try:
         solution = np.linalg.solve(system.T, cross.T).T
     except np.linalg.LinAlgError:
@@ -928,6 +933,42 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
 
 
+PROBE_ERROR = 0.2  # the block error at which each block's effect on the model output is measured
+
+
+def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibration, *, samples: int = 16,
+                        probe_error: float = PROBE_ERROR) -> list[float]:
+    """Per block, how strongly its error reaches the model output: ``s_b = e_b / ε_b(w)``, with ``w`` the
+    narrowest width whose block error ``ε_b`` is at most ``probe_error`` and ``e_b`` the relative change
+    of the first graph output on the first ``samples`` calibration inputs when that block alone is pruned
+    to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block cannot be probed (only the
+    full width reaches the error). The allocation then balances ``s_b·ε_b``, the estimated output error
+    (as ``compress(..., sensitivity=True)`` does for low-rank layers)."""
+    from .data_aware import _first_outputs
+    from .runtime import make_session
+
+    head = next(iter(calibration.batches(samples)))
+    reference = _first_outputs(model, make_session(model, "cpu"), [head])
+    norm = max(float(np.linalg.norm(reference)), 1e-30)
+    weights = []
+    for index, (block, curve) in enumerate(zip(analysis.blocks, analysis.curves)):
+        below = np.flatnonzero((curve.errors <= probe_error) & (curve.widths < block.width) & (curve.errors > 0))
+        if not len(below):
+            weights.append(1.0)
+            continue
+        width = int(curve.widths[below[0]])
+        widths = [b.width for b in analysis.blocks]
+        widths[index] = width
+        probe = prune_model(model, decisions_for(analysis, widths))
+        changed = _first_outputs(probe, make_session(probe, "cpu"), [head])
+        weights.append(float(np.linalg.norm(changed - reference)) / norm / float(curve.errors[below[0]]))
+    return weights
+
+
+def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> list[WidthCurve]:
+    return [replace(curve, errors=curve.errors * weight) for curve, weight in zip(curves, weights)]
+
+
 def decisions_for(analysis: PruneAnalysis, widths: Sequence[int], *, refit: bool = True) -> list[tuple]:
     """``(block, kept, matrix, bias)`` for :func:`prune_model` at the given widths (full width: untouched)."""
     result = []
@@ -944,6 +985,35 @@ def decisions_for(analysis: PruneAnalysis, widths: Sequence[int], *, refit: bool
     return result
 
 
+def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Sequence[int], calibration, *,
+                     batch_size: int = 16, shrinkage: bool = True, notes: Optional[list[str]] = None,
+                     refit: bool = True) -> onnx.ModelProto:
+    """Prune the blocks one after the other (graph order), each consumer refitted on what it sees with the
+    earlier blocks already pruned (``x̃``) against the original block output (``W x + b``): one calibration
+    pass of the pruned and the original model per narrowed block
+    (:func:`onnx_alds.calibrate.collect_statistics` with ``reference``), as the sequential data-aware
+    low-rank step does. The channels kept are those chosen on the original statistics."""
+    from .calibrate import collect_statistics
+
+    current = model
+    for block, curve, (matrix, bias), width in zip(analysis.blocks, analysis.curves, analysis.matrices, widths):
+        if width >= block.width:
+            continue
+        kept = curve.kept(int(width))
+        if not refit:
+            current = prune_model(current, [(block, kept, None, None)])
+            continue
+        stat = collect_statistics(current, [block.consumer], calibration, batch_size=batch_size, reference=model,
+                                  notes=notes).get(block.consumer.name)
+        if stat is None:
+            stat = analysis.stats[block.consumer.name]
+        elif shrinkage:
+            stat = stat.shrunk()
+        new_matrix, new_bias = refit_consumer(matrix, bias, stat, kept, block.consumer.kernel)
+        current = prune_model(current, [(block, kept, new_matrix, new_bias)])
+    return current
+
+
 def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[BlockReport, ...]:
     return tuple(BlockReport(block.name, block.producer.name, block.consumer.name, block.between, block.width,
                              int(width), block.params(block.width), block.params(int(width)),
@@ -952,7 +1022,7 @@ def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[Block
                  for block, curve, width in zip(analysis.blocks, analysis.curves, widths))
 
 
-def compress_pruned(model, options, mode: str = "combined"):
+def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
     of the blocks and low-rank factors of the other layers, in one min-max; see the module docstring).
 
@@ -1029,8 +1099,17 @@ def compress_pruned(model, options, mode: str = "combined"):
     seconds["spectra"] = time.perf_counter() - tick
     fixed = total - block_full - sum(float(costs[0]) for costs, _ in extra)
     available = budget.keep * total - fixed
+    curves = analysis.curves
+    if sensitivity and blocks:
+        tick = time.perf_counter()
+        weights = block_sensitivities(proto, analysis, data.calibration)
+        curves = weighted_curves(curves, weights)
+        seconds["sensitivity"] = time.perf_counter() - tick
+        top = np.argsort(weights)[::-1][:3]
+        notes.append("block sensitivities (output error per unit block error), largest: "
+                     + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
     try:
-        widths, choices, epsilon = allocate_widths(analysis.curves, blocks, available, target, extra)
+        widths, choices, epsilon = allocate_widths(curves, blocks, available, target, extra)
     except BudgetError:
         smallest = fixed + sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves)) \
             + sum(float(np.min(costs)) for costs, _ in extra)
@@ -1039,7 +1118,11 @@ def compress_pruned(model, options, mode: str = "combined"):
                           f"{smallest / total:.4f}; ask for at least that"
                           + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")) from None
     tick = time.perf_counter()
-    pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit))
+    if sequential:
+        pruned = sequential_prune(proto, analysis, widths, data.calibration, batch_size=data.batch_size,
+                                  shrinkage=data.shrinkage, notes=notes, refit=data.refit)
+    else:
+        pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit))
     seconds["prune"] = time.perf_counter() - tick
     reports = block_reports(analysis, widths)
     narrowed = {name for block, width in zip(blocks, widths) if width < block.width for name in block.layers}

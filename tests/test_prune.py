@@ -258,3 +258,36 @@ def test_prune_refuses_without_calibration_and_with_latency():
         compress(model, keep_params=0.5, prune="only")
     with pytest.raises(BudgetError, match="prune mode"):
         compress(model, keep_params=0.5, calibration=_inputs(model), prune="sometimes")
+
+
+def test_sequential_refit_of_a_single_block_equals_the_plain_refit():
+    from onnx_alds.prune import sequential_prune
+
+    model = feed_forward()
+    cal = _inputs(model)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    plain = prune_model(model, decisions_for(analysis, [24]))
+    sequential = sequential_prune(model, analysis, [24], cal)  # the first block sees what it saw: same fit
+    feeds = {"x": cal.arrays["x"][:8]}
+    np.testing.assert_allclose(run_model(sequential, feeds)[0], run_model(plain, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_prune_only_writes_model_and_report(tmp_path, capsys):
+    import json
+
+    from onnx_alds.cli import main
+
+    model = inverted_residual(hidden=48)
+    path, out, report, npz = (tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "c.npz")
+    onnx.save(model, str(path))
+    np.savez(npz, **_inputs(model, samples=24).arrays)
+    code = main(["compress", str(path), "-o", str(out), "--keep-params", "0.7", "--prune", "only",
+                 "--calibration", str(npz), "--rank-multiple", "8", "--report", str(report), "-q"])
+    assert code == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    data = json.loads(report.read_text())
+    assert data["method"] == "prune" and data["pruned"][0]["width_before"] == 48
+    assert data["pruned"][0]["width_after"] < 48 and data["achieved"] <= 0.7
+    code = main(["compress", str(path), "-o", str(tmp_path / "p.onnx"), "--keep-params", "0.7", "--prune", "only"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "calibration" in err
