@@ -61,7 +61,8 @@ from .errors import BudgetError, InputDataError, UnsupportedModelError
 from .layers import Layer, constant_tensors
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
-           "refit_consumer", "prune_model", "allocate_widths", "width_options", "compress_pruned", "PRUNE_MODES"]
+           "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
+           "block_sensitivities", "sequential_prune", "compress_pruned", "PRUNE_MODES"]
 
 PRUNE_MODES = ("off", "combined", "only")  # off; widths and low-rank in one min-max; widths alone
 UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
@@ -884,6 +885,39 @@ def width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve]) -> list
     covers the block's Conv/Gemm/MatMul nodes; the full width (error 0) is the block's dense option."""
     return [WidthOption(block.name, block.layers, int(w), block.params(int(w)), block.macs(int(w)), float(e))
             for block, curve in zip(blocks, curves) for w, e in zip(curve.widths, curve.errors)]
+
+
+def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
+                         weights: Optional[Sequence[float]] = None, units: Sequence[str] = ("params", "flops")):
+    """The narrower widths of every block as :class:`onnx_alds.allocate.Option` values for the
+    output-damage allocator (:func:`onnx_alds.allocate.allocate_options`, ``--method damage``).
+
+    Each option covers the block's producer and consumer (``kind="width"``, ``payload=(block name,
+    width)``); the full width is not offered (the layers' own dense options stand for it). ``costs``
+    per unit: producer and consumer at width ``w`` plus the change of the ops between (a depthwise conv's
+    ``w/c`` of its cost minus its full cost: those ops are not covered, so their full cost stays in the
+    fixed part of the budget). ``damage``: ``(s_b · ε_b(w))²``, the estimated relative squared output error
+    (``weights`` ``s_b`` from :func:`block_sensitivities`; 1 without). Raises ImportError when
+    :mod:`onnx_alds.allocate` has no ``Option`` (an older version)."""
+    from .allocate import Option
+
+    options = []
+    for index, (block, curve) in enumerate(zip(blocks, curves)):
+        weight = 1.0 if weights is None else float(weights[index])
+        between = block.params(block.width) - block.producer.params - block.consumer.params
+        between_macs = None if block.macs(block.width) is None else \
+            block.macs(block.width) - (block.producer.macs or 0) - (block.consumer.macs or 0)
+        for width, error in zip(curve.widths, curve.errors):
+            if width >= block.width:
+                continue
+            costs = {}
+            if "params" in units:
+                costs["params"] = float(block.params(int(width)) - between)
+            if "flops" in units and between_macs is not None:
+                costs["flops"] = float(block.macs(int(width)) - between_macs)
+            options.append(Option((block.producer.name, block.consumer.name), "width", costs,
+                                  float((weight * error) ** 2), (block.name, int(width))))
+    return options
 
 
 # ---------------------------------------------------------------------------------------------- pipeline

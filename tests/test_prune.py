@@ -291,3 +291,25 @@ def test_cli_prune_only_writes_model_and_report(tmp_path, capsys):
     code = main(["compress", str(path), "-o", str(tmp_path / "p.onnx"), "--keep-params", "0.7", "--prune", "only"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "calibration" in err
+
+
+def test_width_options_plug_into_the_damage_allocator():
+    allocate = pytest.importorskip("onnx_alds.allocate")
+    if not hasattr(allocate, "allocate_options"):
+        pytest.skip("the output-damage allocator is not there")
+    from onnx_alds.prune import damage_width_options
+
+    model = feed_forward(hidden=64)
+    cal = _inputs(model)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    block, curve = analysis.blocks[0], analysis.curves[0]
+    options = damage_width_options(analysis.blocks, analysis.curves)
+    assert {o.layers for o in options} == {("up", "down")} and len(options) == len(curve.widths) - 1
+    dense = [allocate.Option((layer.name,), "dense", {"params": float(layer.params)}, 0.0)
+             for layer in (block.producer, block.consumer)]
+    budget = block.producer.params + block.consumer.params - (block.width - 40) * (16 + 16)
+    chosen = allocate.allocate_options(dense + options, {"params": float(budget)})
+    assert [o.kind for o in chosen.chosen] == ["width"]
+    name, width = chosen.chosen[0].payload
+    assert name == "up" and width == 40  # the widest width that fits has the least damage
+    assert chosen.chosen[0].damage == pytest.approx(curve.error(40) ** 2)
