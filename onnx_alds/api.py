@@ -197,7 +197,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
              shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
              speed=None, both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
-             damage_points: int = 3, damage_max_groups: int = 1,
+             damage_points: int = 3, damage_max_groups: int = 1, prune="off",
              calibration_workers: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
@@ -265,6 +265,11 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     (:mod:`onnx_alds.options`); a group replaces the keywords it holds. ``compress`` is
     :func:`onnx_alds.plan.make_plan` then :func:`onnx_alds.plan.apply_plan`, without the round trip.
 
+    ``prune`` (``--prune``, needs ``calibration``): ``True``/``"combined"`` also narrows the hidden width
+    of prunable blocks (1x1 expand → depthwise → 1x1 project; MatMul → GELU → MatMul) with a
+    least-squares refit of each block's consumer, in one min-max with the low-rank layers; ``"only"``
+    prunes widths alone (:func:`onnx_alds.prune.compress_pruned`, docs/PRUNING.md).
+
     ``calibration_workers``: more than 1 computes the calibration statistics' shards on that many Ray
     actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
     same bits as 1 (default: in this process, no Ray).
@@ -284,6 +289,11 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                                data=data, speed=speed, both_factors=both_factors,
                                affine_correction=affine_correction, damage_samples=damage_samples,
                                damage_points=damage_points, damage_max_groups=damage_max_groups)
+    if prune not in ("off", False, None) or options.search.prune != "off":  # --prune (onnx_alds.prune)
+        from .prune import compress_pruned
+
+        search = options.search if prune in ("off", False, None) else replace(options.search, prune=prune)
+        return compress_pruned(model, replace(options, search=search), search.prune)
     return _apply_step(_plan_step(model, options))
 
 

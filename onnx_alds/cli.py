@@ -150,6 +150,10 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--method damage: ranks measured per layer and group count (default 3)")
     parser.add_argument("--damage-max-groups", type=positive_int, default=1, metavar="G",
                         help="--method damage: largest group count measured and offered (default 1)")
+    parser.add_argument("--prune", nargs="?", const="combined", default="off", choices=("off", "combined", "only"),
+                        help="also narrow the hidden width of prunable blocks (expand → depthwise → project, "
+                             "MatMul → GELU → MatMul) with a least-squares refit, needs calibration; 'only': widths "
+                             "alone, no low-rank (docs/PRUNING.md)")
     parser.add_argument("--validate", action="store_true",
                         help="after compressing, validate and benchmark against the original (validate options below)")
     from .validate import add_validation_arguments
@@ -226,7 +230,8 @@ def compress_keywords(args: argparse.Namespace, calibration) -> dict:
                 bias_correction=args.bias_correction, sensitivity=args.sensitivity, order=args.order,
                 shrinkage=args.shrinkage, speed=speed, both_factors=args.both_factors,
                 affine_correction=args.affine_correction, damage_samples=args.damage_samples,
-                damage_points=args.damage_points, damage_max_groups=args.damage_max_groups)
+                damage_points=args.damage_points, damage_max_groups=args.damage_max_groups,
+                prune=getattr(args, "prune", "off"))
 
 
 def write_result(args: argparse.Namespace, result) -> int:

@@ -24,6 +24,7 @@ from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST
 AUTO_ORDER = "auto"  # per k×k conv, the order the latency tables say is faster
 ORDER_CHOICES = ORDERS + (AUTO_ORDER,)
 TARGETS = ("params", "flops", "latency")
+PRUNE_MODES = ("off", "combined", "only")  # hidden-channel pruning (onnx_alds.prune)
 METHODS = ("alds", "svd", "svd-energy", "l-rank")
 
 
@@ -73,6 +74,7 @@ class SearchOptions:
     seed: int = 0
     exclude: tuple[str, ...] = ()
     keep_dense: Mapping[str, str] = field(default_factory=dict, hash=False)
+    prune: str = "off"  # --prune (onnx_alds.prune): "off", "combined" (widths + low-rank) or "only" (widths)
 
     def __post_init__(self) -> None:
         from .spectra import ERROR_MEASURES
@@ -91,6 +93,10 @@ class SearchOptions:
             raise BudgetError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32), e.g. --seed 0")
         if self.order not in ORDER_CHOICES:
             raise BudgetError(f"unknown order '{self.order}'; choose one of: {', '.join(ORDER_CHOICES)}")
+        prune = {True: "combined", False: "off", None: "off"}.get(self.prune, self.prune)  # --prune
+        if prune not in PRUNE_MODES:
+            raise BudgetError(f"unknown prune mode '{self.prune}'; choose one of: {', '.join(PRUNE_MODES)}")
+        object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "keep_dense", dict(self.keep_dense or {}))
 

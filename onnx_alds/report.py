@@ -82,6 +82,8 @@ class CompressionReport:
     warnings: tuple[str, ...] = ()
     # latency tables: provider, batch, the whole model's time, what the tables cost (onnx_alds.latency)
     latency: Optional[dict] = None
+    # --prune (onnx_alds.prune): per pruned block, the hidden width before and after (prune.BlockReport)
+    pruned: tuple = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +123,12 @@ class CompressionReport:
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, max error {self.max_error:.4f}")
+        if self.pruned:  # --prune (onnx_alds.prune)
+            narrowed = [block for block in self.pruned if block.width_after < block.width_before]
+            lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)} (hidden width before -> after, "
+                         "relative output error): " + ", ".join(
+                             f"{block.name} {block.width_before}->{block.width_after} ({block.error:.3f})"
+                             for block in self.pruned))
         lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
                      + f", total {sum(self.seconds.values()):.2f} s")
         if self.latency:
