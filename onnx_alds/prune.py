@@ -880,6 +880,36 @@ def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budge
     return widths, choices, float(thresholds[low])
 
 
+def allocate_sum(items: Sequence[tuple[np.ndarray, np.ndarray]], budget: float) -> list[int]:
+    """Greedy least total squared error under ``budget``: ``items`` are ``(costs, errors)`` per block or
+    layer; every item starts at its costliest error-free option and, while the total is over ``budget``,
+    the item whose move to a cheaper option adds the least squared error per unit of cost saved moves
+    (to the best such option, not only the next one: curves need not be convex). Returns the option
+    index per item. Raises :class:`BudgetError` when the cheapest options do not fit."""
+    costs = [np.asarray(c, dtype=np.float64) for c, _ in items]
+    damage = [np.asarray(e, dtype=np.float64) ** 2 for _, e in items]
+    if sum(float(np.min(c)) for c in costs) > budget + 1e-6:
+        raise BudgetError("cannot fit the budget")
+    picks = [int(np.flatnonzero(d <= 1e-30)[np.argmax(c[d <= 1e-30])]) if np.any(d <= 1e-30) else int(np.argmax(c))
+             for c, d in zip(costs, damage)]
+    total = sum(float(c[p]) for c, p in zip(costs, picks))
+    while total > budget + 1e-6:
+        best, move, ratio = -1, -1, np.inf
+        for i, (c, d) in enumerate(zip(costs, damage)):
+            cheaper = np.flatnonzero(c < c[picks[i]] - 1e-9)
+            if not len(cheaper):
+                continue
+            rates = np.maximum(d[cheaper] - d[picks[i]], 0.0) / (c[picks[i]] - c[cheaper])
+            j = int(np.argmin(rates))
+            if rates[j] < ratio:
+                best, move, ratio = i, int(cheaper[j]), float(rates[j])
+        if best < 0:
+            raise BudgetError("cannot fit the budget")
+        total += float(costs[best][move] - costs[best][picks[best]])
+        picks[best] = move
+    return picks
+
+
 def width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve]) -> list[WidthOption]:
     """Every width of every block as a set-partitioning option (:class:`WidthOption`): the option
     covers the block's Conv/Gemm/MatMul nodes; the full width (error 0) is the block's dense option."""
@@ -1056,7 +1086,8 @@ def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[Block
                  for block, curve, width in zip(analysis.blocks, analysis.curves, widths))
 
 
-def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True):
+def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
+                    objective: str = "minmax"):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
     of the blocks and low-rank factors of the other layers, in one min-max; see the module docstring).
 
@@ -1066,7 +1097,16 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     combined, :func:`onnx_alds.compress` of the pruned model with the remaining budget and the pruned
     blocks' layers kept dense (it recalibrates on the pruned model). Returns a
     :class:`onnx_alds.api.CompressionResult` whose report has ``pruned`` (per block: width before and
-    after) and the totals against the original model. Raises :class:`InputDataError` without calibration,
+    after) and the totals against the original model.
+
+    ``sensitivity`` (default on): the block errors are weighted by their measured effect on the model
+    output (:func:`block_sensitivities`) before the allocation. ``sequential`` (default on): each consumer
+    is refitted on what it sees with the earlier blocks pruned (:func:`sequential_prune`). ``objective``:
+    ``"minmax"`` (default) or ``"sum"`` (:func:`allocate_sum`, least total squared error; measured worse on
+    EfficientNet-Lite0, docs/PRUNING.md). Other options (order, sequential or sensitivity of the
+    low-rank step) apply to the low-rank step of ``"combined"``.
+
+    Raises :class:`InputDataError` without calibration,
     :class:`BudgetError` for a latency budget or a target the blocks (and layers) cannot reach,
     :class:`UnsupportedModelError` when no block is prunable in ``"only"`` mode.
     """
@@ -1079,6 +1119,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     from .rewrite import add_provenance
     from .spectra import error_table, layer_spectra
 
+    if objective not in ("minmax", "sum"):
+        raise BudgetError(f"unknown pruning objective '{objective}'; choose minmax or sum")
     if mode not in PRUNE_MODES[1:]:
         raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
     budget, search, data = options.budget, options.search, options.data
@@ -1087,9 +1129,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                              "them); give --calibration FILE.npz, --calibration-images DIR or --calibration-random N")
     if budget.target not in ("params", "flops"):
         raise BudgetError(f"pruning takes --keep-params or --keep-flops, not {budget.flag}")
-    if search.order != "spatial-first" or data.sequential or data.sensitivity or data.bias_correction:
-        raise BudgetError("pruning works with the default order and without --sequential, sensitivity or bias "
-                          "correction; drop those options or --prune")
     started = time.perf_counter()
     prepared = api._prepare(model, input_shapes=options.input_shapes, exclude=search.exclude,
                             max_groups=search.groups_searched, need_macs=budget.target == "flops",
@@ -1143,7 +1182,15 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         notes.append("block sensitivities (output error per unit block error), largest: "
                      + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
     try:
-        widths, choices, epsilon = allocate_widths(curves, blocks, available, target, extra)
+        if objective == "sum":
+            items = [(np.array([_block_cost(b, int(w), target) for w in c.widths]), c.errors)
+                     for b, c in zip(blocks, curves)] + list(extra)
+            picks = allocate_sum(items, available)
+            widths = [int(c.widths[p]) for c, p in zip(curves, picks[:len(blocks)])]
+            choices = picks[len(blocks):]
+            epsilon = max([float(c.errors[p]) for c, p in zip(curves, picks)] + [0.0])
+        else:
+            widths, choices, epsilon = allocate_widths(curves, blocks, available, target, extra)
     except BudgetError:
         smallest = fixed + sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves)) \
             + sum(float(np.min(costs)) for costs, _ in extra)
