@@ -363,3 +363,133 @@ def allocate_lrank(tables: Sequence[ErrorTable], scales: Sequence[float], budget
     if fill:
         picks = _fill(layers, picks, budget)
     return _to_allocation(layers, picks, budget, "l-rank λ search")
+
+
+# --------------------------------------------------------------------------------------------------
+# Output-damage allocation: a set-partitioning integer program over options (``--method damage``)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to treat a set of layers, for :func:`allocate_options`.
+
+    ``layers``: the names of the layers the option decides (one for a dense or a low-rank option; a
+    structured-width option covers a producer and its consumer). ``kind``: ``"dense"``,
+    ``"low-rank"`` or another kind a module adds (e.g. ``"width"``). ``costs``: the option's cost in
+    each budget unit it is counted in (``{"params": weights, "flops": MACs}``), for the layers it
+    covers together. ``damage``: the predicted model-output damage (additive over the chosen options;
+    :mod:`onnx_alds.damage` uses the relative squared output error). ``payload``: what the caller
+    needs to carry the option out (for ``"low-rank"``: a :class:`LayerChoice`); not used here.
+    """
+
+    layers: tuple[str, ...]
+    kind: str
+    costs: "dict[str, float]" = None  # type: ignore[assignment]
+    damage: float = 0.0
+    payload: object = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "costs", dict(self.costs or {}))
+        if not self.layers:
+            raise ValueError("an option must cover at least one layer")
+        if not np.isfinite(self.damage) or self.damage < 0:
+            raise ValueError(f"option over {self.layers[0]!r} has damage {self.damage}; give a finite value >= 0")
+
+    def __hash__(self) -> int:  # costs is a dict: hash what identifies the option
+        return hash((self.layers, self.kind, self.damage, tuple(sorted(self.costs.items()))))
+
+
+@dataclass(frozen=True)
+class OptionAllocation:
+    """The options :func:`allocate_options` chose (one per covered layer set), their total damage and costs."""
+
+    chosen: tuple[Option, ...]
+    damage: float
+    costs: dict
+    budgets: dict
+    status: str  # the solver's word (``optimal`` or ``time limit: best found``)
+    candidates: int  # options left after removing dominated ones
+
+
+def _undominated(options: Sequence[Option], keys: Sequence[str]) -> list[Option]:
+    """Options without another one over the same layers that costs no more in every unit and damages
+    no more (ties keep the first)."""
+    by_layers: dict[tuple, list[Option]] = {}
+    for option in options:
+        by_layers.setdefault(tuple(sorted(option.layers)), []).append(option)
+    kept: list[Option] = []
+    for group in by_layers.values():
+        costs = np.array([[option.costs.get(key, 0.0) for key in keys] for option in group], dtype=np.float64)
+        damage = np.array([option.damage for option in group])
+        order = np.lexsort((damage, *costs.T[::-1]))  # by costs then damage
+        for position, index in enumerate(order):
+            earlier = order[:position]
+            if len(earlier) and np.any(np.all(costs[earlier] <= costs[index] + 1e-12, axis=1)
+                                       & (damage[earlier] <= damage[index] + 1e-15)):
+                continue
+            kept.append(group[index])
+    return kept
+
+
+def allocate_options(options: Sequence[Option], budgets: "dict[str, float]", *,
+                     layers: Optional[Sequence[str]] = None, time_limit: float = 60.0) -> OptionAllocation:
+    """Choose options covering every layer exactly once, minimizing the total damage under the budgets.
+
+    The set-partitioning integer program ``min Σ_o damage_o x_o`` subject to ``Σ_{o ∋ ℓ} x_o = 1`` for
+    every layer ``ℓ`` and ``Σ_o cost_o[k] x_o ≤ budget[k]`` for every budget unit ``k``, ``x_o ∈ {0, 1}``,
+    solved by ``scipy.optimize.milp`` (HiGHS branch and bound). Costs and damage are additive over the
+    chosen options: that is the model (output errors of independent layers add in squared norm, the
+    approximation the literature's output-aware allocations use, e.g. BALF arXiv 2509.25136, LEMS).
+    Options dominated by another one over the same layers are removed first.
+
+    ``layers``: the layers to cover (default: every layer some option covers). ``budgets``: the largest
+    total cost per unit; an option without a unit in ``costs`` costs 0 there. ``time_limit`` seconds:
+    then the best solution found is returned (``status`` says so).
+
+    Raises :class:`BudgetError` when no choice meets the budgets (naming the smallest reachable total
+    of the first unit), and ``ValueError`` for a layer no option covers.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    keys = list(budgets)
+    if not keys:
+        raise ValueError("give at least one budget, e.g. {'flops': 1e9}")
+    names = list(dict.fromkeys(layers if layers is not None else [n for o in options for n in o.layers]))
+    index = {name: i for i, name in enumerate(names)}
+    missing = [name for name in names if not any(name in option.layers for option in options)]
+    if missing:
+        raise ValueError(f"no option covers layer {missing[0]!r}; give every layer at least its dense option")
+    pool = [option for option in _undominated(options, keys) if all(name in index for name in option.layers)]
+    rows, cols = [], []
+    for j, option in enumerate(pool):
+        for name in option.layers:
+            rows.append(index[name])
+            cols.append(j)
+    cover = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(names), len(pool))).tocsr()
+    cost = np.array([[option.costs.get(key, 0.0) for option in pool] for key in keys], dtype=np.float64)
+    # the cheapest choice per unit ignoring the others: a fast, clear refusal of an impossible budget
+    floor = {}
+    for k, key in enumerate(keys):
+        best: dict[tuple, float] = {}
+        for j, option in enumerate(pool):
+            cover_key = tuple(sorted(option.layers))
+            best[cover_key] = min(best.get(cover_key, np.inf), cost[k, j])
+        floor[key] = float(sum(best.values()))  # exact when every option covers one layer
+    scale = np.maximum(np.abs(cost).max(axis=1, initial=0.0), 1.0)  # well-scaled rows for HiGHS
+    constraints = [LinearConstraint(cover, 1.0, 1.0),
+                   LinearConstraint(cost / scale[:, None], -np.inf, np.array([budgets[k] for k in keys]) / scale)]
+    damage = np.array([option.damage for option in pool], dtype=np.float64)
+    result = milp(damage, constraints=constraints, integrality=np.ones(len(pool)), bounds=Bounds(0, 1),
+                  options=dict(time_limit=float(time_limit), mip_rel_gap=1e-6, disp=False))
+    if result.x is None:
+        key = keys[0]
+        raise BudgetError(f"no choice of options meets the budget: {key} {budgets[key]:.6g} is below the smallest "
+                          f"reachable {floor[key]:.6g}" if budgets[key] < floor[key] else
+                          f"the option allocation found no feasible choice ({result.message})")
+    chosen = tuple(pool[j] for j in np.flatnonzero(result.x > 0.5))
+    totals = {key: float(sum(option.costs.get(key, 0.0) for option in chosen)) for key in keys}
+    status = "optimal" if result.status == 0 else f"{result.message.split('.')[0].lower()}: best found"
+    return OptionAllocation(chosen, float(sum(option.damage for option in chosen)), totals, dict(budgets), status,
+                            len(pool))

@@ -197,7 +197,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
              shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
              speed=None, both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
-             damage_points: int = 3, damage_max_groups: int = 1, prune="off",
+             damage_points: int = 4, damage_max_groups: int = 1, prune="off",
              calibration_workers: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 

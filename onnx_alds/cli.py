@@ -146,8 +146,8 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              "the calibration data (folded into the decoder; replaces --bias-correction's shift)")
     parser.add_argument("--damage-samples", type=positive_int, default=8, metavar="N",
                         help="--method damage: calibration inputs per probe run (default 8)")
-    parser.add_argument("--damage-points", type=positive_int, default=3, metavar="N",
-                        help="--method damage: ranks measured per layer and group count (default 3)")
+    parser.add_argument("--damage-points", type=positive_int, default=4, metavar="N",
+                        help="--method damage: ranks measured per layer and group count (default 4)")
     parser.add_argument("--damage-max-groups", type=positive_int, default=1, metavar="G",
                         help="--method damage: largest group count measured and offered (default 1)")
     parser.add_argument("--prune", nargs="?", const="combined", default="off", choices=("off", "combined", "only"),

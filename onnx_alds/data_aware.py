@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 from .allocate import LayerChoice
-from .decompose import (GroupedFactors, bias_shift, decompose, patch_decoder_to_pointwise, patch_encoder,
-                        pixel_moment, pointwise_decoder_to_patch, pointwise_matrix, refit_decoder, sequential_target,
-                        whitening_factor)
+from .decompose import (GroupedFactors, affine_correction, alternate_factors, bias_shift, decompose,
+                        patch_decoder_to_pointwise, patch_encoder, pixel_moment, pointwise_decoder_to_patch,
+                        pointwise_matrix, refit_decoder, sequential_target, whitening_factor)
 from .errors import InputDataError
 from .layers import POINTWISE_FIRST, Layer, folded_weight
 from .model_io import graph_inputs
@@ -116,12 +116,41 @@ def layer_moment(layer: Layer, second_moment: np.ndarray) -> np.ndarray:
 
 
 def data_aware_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit: bool,
-                       layer: Optional[Layer] = None) -> GroupedFactors:
+                       layer: Optional[Layer] = None, both_factors: int = 0) -> GroupedFactors:
     """Whitened factors of one layer (sequential when ``stat`` carries a cross moment), optionally refitted.
 
     ``matrix`` is the patch-space ``f × c·κ`` weight whatever the order; ``layer`` gives the order
-    (spatial-first when None).
+    (spatial-first when None). ``both_factors``: rounds of alternating least squares of encoder and
+    decoder after the refit (:func:`onnx_alds.decompose.alternate_factors`; spatial-first only).
     """
+    factors = _whitened_factors(matrix, groups, rank, stat, refit=refit, layer=layer)
+    if both_factors and (layer is None or layer.order != POINTWISE_FIRST):
+        factors = alternate_factors(matrix, factors, stat.second_moment, stat.cross, rounds=both_factors)
+    return factors
+
+
+def patch_product(layer: Layer, factors: GroupedFactors) -> np.ndarray:
+    """The ``f × c·κ`` patch-space matrix the factor pair computes, for either order."""
+    if layer.order != POINTWISE_FIRST:
+        return factors.dense()
+    return pointwise_decoder_to_patch(factors.decoder, layer.kernel) @ patch_encoder(factors, layer.kernel)
+
+
+def layer_affine(layer: Layer, matrix: np.ndarray, factors: GroupedFactors, reference, stat
+                 ) -> tuple[GroupedFactors, np.ndarray]:
+    """Per-output-channel affine correction (:func:`onnx_alds.decompose.affine_correction`) folded
+    into the factors: decoder rows scaled, and the shift to add to the decoder's bias.
+
+    ``reference``: the original model's statistics of the layer input; ``stat``: what the compressed
+    layer sees (the same object without sequential calibration)."""
+    scale, shift = affine_correction(matrix, patch_product(layer, factors), reference.second_moment, reference.mean,
+                                     stat.second_moment, stat.mean)
+    rows = np.repeat(scale, layer.kernel) if layer.order == POINTWISE_FIRST else scale
+    return replace(factors, decoder=factors.decoder * rows[:, None]), shift
+
+
+def _whitened_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit: bool,
+                      layer: Optional[Layer] = None) -> GroupedFactors:
     target = matrix if stat.cross is None else sequential_target(matrix, stat.second_moment, stat.cross)
     pointwise = layer is not None and layer.order == POINTWISE_FIRST
     if pointwise:
@@ -149,7 +178,8 @@ def layer_bias_shift(layer: Layer, matrix: np.ndarray, factors: GroupedFactors, 
 def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, LayerChoice]], constants: Mapping,
                        stats: Mapping, calibration, *, refit: bool, sequential: bool, bias_correction: bool,
                        batch_size: int, seconds: dict[str, float], notes: list[str],
-                       shrinkage: bool = True, limits=None) -> onnx.ModelProto:
+                       shrinkage: bool = True, limits=None, both_factors: int = 0,
+                       affine: bool = False) -> onnx.ModelProto:
     """Rewrite ``plan`` with data-aware factors; see :func:`onnx_alds.compress` for each option's maths.
 
     Sequential: layers go in *waves* (consecutive layers none of which feeds another of the wave);
@@ -198,8 +228,11 @@ def data_aware_rewrite(proto: onnx.ModelProto, plan: Sequence[tuple[Layer, Layer
                 rewrites.append(Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank)))
                 continue
             matrix = folded_weight(layer, constants, patch=True)
-            factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit, layer=layer)
+            factors = data_aware_factors(matrix, choice.groups, choice.rank, stat, refit=refit, layer=layer,
+                                         both_factors=both_factors)
             shift = layer_bias_shift(layer, matrix, factors, stat) if bias_correction else None
+            if affine:  # matches the mean too: it replaces the bias correction's shift
+                factors, shift = layer_affine(layer, matrix, factors, stats.get(layer.name, stat), stat)
             rewrites.append(Rewrite(layer, factors, bias_shift=shift))
     bar.close()
     if data_free:

@@ -59,6 +59,8 @@ __all__ = [
     "patch_encoder",
     "pointwise_decoder_to_patch",
     "patch_decoder_to_pointwise",
+    "alternate_factors",
+    "affine_correction",
 ]
 
 
@@ -398,3 +400,78 @@ def patch_decoder_to_pointwise(decoder: np.ndarray, kernel: int) -> np.ndarray:
     """Inverse of :func:`pointwise_decoder_to_patch`."""
     f, cols = decoder.shape
     return decoder.reshape(f, cols // kernel, kernel).transpose(0, 2, 1).reshape(f * kernel, cols // kernel)
+
+
+def alternate_factors(matrix: np.ndarray, factors: GroupedFactors, second_moment: np.ndarray,
+                      cross: Optional[np.ndarray] = None, *, rounds: int = 1, damping: float = 1e-6) -> GroupedFactors:
+    """Both-factor compensation: ``rounds`` of alternating least squares of the encoder and the decoder.
+
+    Minimizes ``E‖W x − A B x̃‖² = tr(A B C̃ Bᵀ Aᵀ) − 2 tr(A B Mᵀ Wᵀ) + const`` (``C̃ = E[x̃ x̃ᵀ]`` damped,
+    ``M = E[x x̃ᵀ]``, ``M = C̃`` when ``cross`` is None), seeded by ``factors`` (the whitened SVD, refit
+    or not). One round: every group's encoder block ``B_i`` in turn (Gauss–Seidel over the groups of
+    the block-diagonal encoder) solves ``A_iᵀA_i B_i C̃_ii = A_iᵀ(W M − Σ_{j≠i} A_j B_j C̃_j·)_{·i}``, then the
+    decoder is refit (:func:`refit_decoder`). Each step minimizes the objective over its block, so it
+    never increases (on the calibration statistics). For ``g = 1`` without ``cross`` the whitened SVD is
+    already optimal and nothing changes; the gain is for ``g > 1`` (blocks coupled by ``C̃``) and under
+    sequential calibration. Source: the alternating compensation of AdaSVD / SVD-LLM's parameter update,
+    written for grouped factors. Spatial-first (patch-space) factors only.
+    """
+    weight = np.asarray(matrix, dtype=np.float64)
+    moment = damped_moment(second_moment, damping=damping)
+    target = weight @ (moment if cross is None else np.asarray(cross, dtype=np.float64))  # W M, f × d
+    g, r = factors.groups, factors.rank
+    width = moment.shape[0] // g
+    encoder = np.array(factors.encoder, dtype=np.float64)
+    for _ in range(max(0, int(rounds))):
+        decoder = np.asarray(factors.decoder, dtype=np.float64)
+        product = decoder @ encoder_matrix(GroupedFactors(g, r, encoder, decoder)) @ moment  # A B C̃, f × d
+        for i in range(g):
+            rows, cols = slice(i * r, (i + 1) * r), slice(i * width, (i + 1) * width)
+            a_i = decoder[:, rows]
+            block = moment[cols, cols]
+            own = a_i @ encoder[rows] @ block
+            rhs = a_i.T @ (target[:, cols] - (product[:, cols] - own))  # r × width
+            gram = a_i.T @ a_i
+            left = _symmetric_solve_right(rhs.T, gram).T  # (AᵢᵀAᵢ)⁺ rhs
+            try:
+                new = scipy.linalg.cho_solve(scipy.linalg.cho_factor(block, lower=True, check_finite=False),
+                                             left.T, check_finite=False).T
+            except np.linalg.LinAlgError:
+                new = scipy.linalg.lstsq(block, left.T, check_finite=False)[0].T
+            delta = new - encoder[rows]
+            product += a_i @ delta @ moment[cols, :]
+            encoder[rows] = new
+        factors = refit_decoder(weight, GroupedFactors(g, r, encoder, decoder), second_moment, cross, damping=damping)
+        encoder = np.array(factors.encoder, dtype=np.float64)
+    return factors
+
+
+AFFINE_SCALE_LIMITS = (0.5, 2.0)  # a channel's variance ratio outside this is clipped (a guard, not a fit)
+
+
+def affine_correction(matrix: np.ndarray, product: np.ndarray, reference_moment: np.ndarray,
+                      reference_mean: np.ndarray, moment: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel scale ``a`` and shift ``s`` (each length ``f``) so that ``a·(P x̃) + s`` has the
+    mean and variance of ``W x`` on the calibration statistics, channel by channel.
+
+    ``matrix`` ``W`` and ``product`` ``P`` (the factor pair's patch-space matrix) are ``f × d``;
+    ``reference_moment``/``reference_mean``: ``E[x xᵀ]``, ``E[x]`` of the original model's layer input;
+    ``moment``/``mean`` those of what the compressed layer sees (the same without sequential
+    calibration). Means ``m = W μ``, ``m̂ = P μ̃``; variances ``diag(W C Wᵀ) − m²`` and
+    ``diag(P C̃ Pᵀ) − m̂²`` (for a Conv, over samples and positions). ``a = sqrt(var / var̂)`` clipped to
+    :data:`AFFINE_SCALE_LIMITS` (1 where a variance is not positive), ``s = m − a·m̂``; folded into the
+    decoder as its rows times ``a`` and ``s`` added to its bias. This is the batch-norm re-estimation
+    that a model exported with folded batch norm cannot do (the per-channel statistics correction of
+    post-training compression, e.g. Nagel et al. 2019's bias correction extended to the variance).
+    """
+    weight = np.asarray(matrix, dtype=np.float64)
+    approx = np.asarray(product, dtype=np.float64)
+    m_ref = weight @ np.asarray(reference_mean, dtype=np.float64)
+    m_new = approx @ np.asarray(mean, dtype=np.float64)
+    var_ref = np.einsum("od,od->o", weight @ np.asarray(reference_moment, dtype=np.float64), weight) - m_ref ** 2
+    var_new = np.einsum("od,od->o", approx @ np.asarray(moment, dtype=np.float64), approx) - m_new ** 2
+    valid = (var_ref > 0) & (var_new > 1e-12 * max(float(np.max(var_ref, initial=0.0)), 1e-300))
+    scale = np.ones_like(m_ref)
+    scale[valid] = np.sqrt(var_ref[valid] / var_new[valid])
+    scale = np.clip(scale, *AFFINE_SCALE_LIMITS)
+    return scale, m_ref - scale * m_new

@@ -25,7 +25,7 @@ AUTO_ORDER = "auto"  # per k×k conv, the order the latency tables say is faster
 ORDER_CHOICES = ORDERS + (AUTO_ORDER,)
 TARGETS = ("params", "flops", "latency")
 PRUNE_MODES = ("off", "combined", "only")  # hidden-channel pruning (onnx_alds.prune)
-METHODS = ("alds", "svd", "svd-energy", "l-rank")
+METHODS = ("alds", "svd", "svd-energy", "l-rank", "damage")  # damage: needs calibration (onnx_alds.damage)
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ class SearchOptions:
 
     @property
     def groups_searched(self) -> int:
-        """The largest group count the method uses (only ``alds`` searches groups)."""
-        return self.max_groups if self.method == "alds" else 1
+        """The largest group count the method uses (only ``alds`` and ``damage`` search groups)."""
+        return self.max_groups if self.method in ("alds", "damage") else 1
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,25 @@ class DataAwareOptions:
     bias_correction: bool = False
     sensitivity: bool = False
     shrinkage: bool = True
+    # both-factor compensation: rounds of alternating least squares of encoder and decoder (0: off)
+    both_factors: int = 0
+    # per-output-channel affine correction: each channel's mean and variance matched to the original's
+    affine_correction: bool = False
+    # --method damage: calibration inputs per probe run, ranks measured per group count, largest g measured
+    damage_samples: int = 8
+    damage_points: int = 4
+    damage_max_groups: int = 1
 
     def __post_init__(self) -> None:
-        if self.calibration is None and (self.sequential or self.bias_correction or self.sensitivity):
+        if self.both_factors < 0 or self.damage_samples < 1 or self.damage_points < 1 or self.damage_max_groups < 1:
+            raise InputDataError(f"got both-factor rounds {self.both_factors}, damage samples {self.damage_samples}, "
+                                 f"points {self.damage_points}, max groups {self.damage_max_groups}; give rounds >= 0 "
+                                 "and positive counts (e.g. --both-factors 1 --damage-samples 8 --damage-points 3)")
+        if self.calibration is None and (self.sequential or self.bias_correction or self.sensitivity
+                                         or self.both_factors or self.affine_correction):
             flag = ("--sequential" if self.sequential else
-                    "bias correction" if self.bias_correction else "sensitivity weighting")
+                    "bias correction" if self.bias_correction else "sensitivity weighting" if self.sensitivity
+                    else "--both-factors" if self.both_factors else "--affine-correction")
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
 
@@ -154,6 +168,7 @@ class SpeedOptions:
     cache_dir: Optional[str] = None
     prune_slow: bool = False
     min_speedup: float = 1.0
+    model_rounds: int = 3
     timer: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -164,11 +179,12 @@ class SpeedOptions:
         if self.batch < 1 or self.runs < 1 or self.grid < 2:
             raise InputDataError(f"got batch {self.batch}, runs {self.runs}, grid {self.grid}; give batch >= 1, "
                                  "runs >= 1 and a grid of at least 2 ranks")
+        if self.model_rounds < 0:
+            raise InputDataError(f"got {self.model_rounds} whole-model rounds; give 0 (off) or a positive count such as 3")
         if not self.min_speedup > 0:
             raise InputDataError(f"got min_speedup {self.min_speedup}; give a positive factor such as 1.0")
 
 
-    model_rounds: int = 3
 @dataclass(frozen=True)
 class CompressOptions:
     """Every option of one compression, in its groups."""
@@ -179,8 +195,6 @@ class CompressOptions:
     speed: Optional[SpeedOptions] = None
     input_shapes: Optional[Mapping[str, tuple[int, ...]]] = field(default=None, hash=False)
 
-        if self.model_rounds < 0:
-            raise InputDataError(f"got {self.model_rounds} whole-model rounds; give 0 (off) or a positive count such as 3")
     @property
     def measures_latency(self) -> bool:
         """Whether the allocation needs latency tables."""
@@ -196,7 +210,9 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
                      sequential: bool = False, bias_correction: bool = False, sensitivity: bool = False,
                      keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
                      shrinkage: bool = True, budget: Optional[Budget] = None, search: Optional[SearchOptions] = None,
-                     data: Optional[DataAwareOptions] = None, speed: Optional[SpeedOptions] = None) -> CompressOptions:
+                     data: Optional[DataAwareOptions] = None, speed: Optional[SpeedOptions] = None,
+                     both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
+                     damage_points: int = 4, damage_max_groups: int = 1) -> CompressOptions:
     """:class:`CompressOptions` from ``compress``'s keyword arguments; a group given whole replaces
     the keywords it covers (giving both a group and one of its keywords is an error)."""
     defaults = dict(method="alds", error_measure=None, rank_multiple=1, exclude=(), seed=0, max_groups=16,
@@ -204,10 +220,12 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     given = dict(method=method, error_measure=error_measure, rank_multiple=rank_multiple, exclude=tuple(exclude),
                  seed=seed, max_groups=max_groups, keep_dense=keep_dense, order=order)
     data_defaults = dict(calibration=None, calibration_batch_size=16, refit=True, sequential=False,
-                         bias_correction=False, sensitivity=False, shrinkage=True)
+                         bias_correction=False, sensitivity=False, shrinkage=True, both_factors=0,
+                         affine_correction=False, damage_samples=8, damage_points=4, damage_max_groups=1)
     data_given = dict(calibration=calibration, calibration_batch_size=calibration_batch_size, refit=refit,
                       sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
-                      shrinkage=shrinkage)
+                      shrinkage=shrinkage, both_factors=both_factors, affine_correction=affine_correction,
+                      damage_samples=damage_samples, damage_points=damage_points, damage_max_groups=damage_max_groups)
     if budget is None:
         budget = Budget.from_keywords(keep_params, keep_flops, keep_latency)
     elif any(value is not None for value in (keep_params, keep_flops, keep_latency)):
@@ -220,7 +238,9 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     if data is None:
         data = DataAwareOptions(calibration=calibration, batch_size=calibration_batch_size, refit=refit,
                                 sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
-                                shrinkage=shrinkage)
+                                shrinkage=shrinkage, both_factors=int(both_factors),
+                                affine_correction=affine_correction, damage_samples=damage_samples,
+                                damage_points=damage_points, damage_max_groups=damage_max_groups)
     else:
         _refuse_both("data", data_given, data_defaults)
     if speed is None and (budget.target == "latency" or search.order == AUTO_ORDER):

@@ -49,6 +49,8 @@ class LayerReport:
     time_dense_us: Optional[float] = None
     time_us: Optional[float] = None
     time_measured: Optional[bool] = None
+    # --method damage: the predicted relative squared output error of the chosen option (onnx_alds.damage)
+    predicted_damage: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class CompressionReport:
     warnings: tuple[str, ...] = ()
     # latency tables: provider, batch, the whole model's time, what the tables cost (onnx_alds.latency)
     latency: Optional[dict] = None
+    # --method damage: sqrt of the summed predicted damages, the predicted relative output error
+    predicted_output_error: Optional[float] = None
     # --prune (onnx_alds.prune): per pruned block, the hidden width before and after (prune.BlockReport)
     pruned: tuple = ()
 
@@ -123,6 +127,10 @@ class CompressionReport:
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, max error {self.max_error:.4f}")
+        if self.predicted_output_error is not None:
+            total = sum(layer.predicted_damage or 0.0 for layer in self.layers)
+            lines.append(f"predicted output damage: sum {total:.4g} (relative squared output error), "
+                         f"predicted relative output error {self.predicted_output_error:.4f}")
         if self.pruned:  # --prune (onnx_alds.prune)
             narrowed = [block for block in self.pruned if block.width_after < block.width_before]
             lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)} (hidden width before -> after, "

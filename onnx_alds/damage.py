@@ -1,0 +1,309 @@
+"""Output-damage tables: how far each layer's factorization moves the model's outputs, measured.
+
+Per-layer relative error is the wrong currency when layers differ in how much of their error
+reaches the output (docs/DATA_AWARE.md: on EfficientNet-Lite0 halving one layer's weights moves the
+logits by 9 % for one layer and 92 % for another). This module measures it, as the output-aware
+allocations of the literature do (BALF, arXiv 2509.25136; LEMS; SVD-LLM v2), with forward passes only:
+
+- **Damage.** For layer ``ℓ`` factorized alone (every other layer dense) with data-aware factors
+  (whitened SVD + decoder refit, :func:`onnx_alds.data_aware.data_aware_factors`) at groups ``g`` and
+  rank ``r``, ``d_ℓ(g, r)`` is the relative squared change of the graph outputs on a small fixed
+  subset of the calibration inputs, ``‖ŷ − y‖² / ‖y‖²`` per float output, averaged over the outputs.
+  Squared errors of independent layers add, so ``Σ_ℓ d_ℓ`` predicts the whole model's relative
+  squared output error and ``sqrt(Σ_ℓ d_ℓ)`` its relative output error (the report prints both).
+- **A few ranks, interpolated.** Each ``(ℓ, g)`` is measured at ``points`` ranks (sizes spaced
+  geometrically from 1/16 to 3/4 of the layer's dense size); ranks below the smallest measured one are
+  not offered (no extrapolation downward). Between them the layer's own whitened error table
+  ``ε_ℓ(g, r)`` (relative RMS error of the layer's output) gives the shape: ``d = s(r)·ε(r)²`` with the
+  ratio ``s = d/ε²`` interpolated linearly in ``r`` between the measured ranks and held constant
+  above the largest; the result is made non-increasing in ``r``, never below a measurement at a larger
+  rank, and is 0 at full rank.
+- **One session, batched.** The model is run by one ONNX Runtime session in which the weight of every
+  candidate layer is a graph input: a probe feeds the dense product of the factors (the same function
+  as the factor pair, up to float rounding) for one layer and the original weights for the others.
+  Cost: ``1 + Σ_ℓ |G_ℓ|·points`` runs of the model on ``samples`` inputs (``G_ℓ``: the measured group
+  counts), plus one whitened decomposition per probe; no session is built per probe.
+- **Cached.** Tables are kept in memory per (model, layers, calibration subset, settings), so a
+  sweep over budgets measures once (:func:`clear_cache` empties it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .allocate import DENSE, LayerChoice, Option
+from .errors import InputDataError
+from .layers import POINTWISE_FIRST, Layer, constant_array, folded_weight
+from .model_io import graph_inputs
+from .spectra import ErrorTable
+
+PROBE_PREFIX = "onnx_alds_probe_weight_"
+
+
+@dataclass(frozen=True)
+class DamageCurve:
+    """Predicted damage of one layer at one group count for every allowed rank (ascending), and the
+    ranks where it was measured with what was measured there."""
+
+    groups: int
+    ranks: np.ndarray
+    sizes: np.ndarray  # weights kept at each rank
+    damage: np.ndarray  # predicted relative squared output error at each rank
+    measured_ranks: np.ndarray
+    measured_damage: np.ndarray
+    order: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DamageTable:
+    """One layer's damage curves (one per measured group count); dense is damage 0."""
+
+    layer: str
+    dense_size: int
+    curves: tuple[DamageCurve, ...]
+
+
+@dataclass(frozen=True)
+class DamageCost:
+    """What measuring the tables cost: model runs, samples per run, seconds; ``cached`` when reused."""
+
+    runs: int
+    samples: int
+    seconds: float
+    cached: bool = False
+
+
+_CACHE: dict[str, tuple[list[DamageTable], DamageCost]] = {}
+_CACHE_SIZE = 8
+
+
+def clear_cache() -> None:
+    """Forget every measured table."""
+    _CACHE.clear()
+
+
+def _digest(proto: onnx.ModelProto, layers: Sequence[Layer], feeds: Sequence[Mapping[str, np.ndarray]],
+            settings: tuple) -> str:
+    sha = hashlib.sha1()
+    sha.update(proto.graph.SerializeToString(deterministic=True))
+    for layer in layers:
+        sha.update(repr((layer.name, layer.order, layer.groups)).encode())
+    for feed in feeds:
+        for name in sorted(feed):
+            sha.update(name.encode())
+            sha.update(np.ascontiguousarray(feed[name]).tobytes())
+    sha.update(repr(settings).encode())
+    return sha.hexdigest()
+
+
+def weight_in_node_layout(layer: Layer, matrix: np.ndarray) -> np.ndarray:
+    """A patch-space ``f × c·κ`` matrix in the layout of the layer's weight tensor (Conv
+    ``(f, c, k…)``, stored-transposed ``(c, f)``)."""
+    if layer.stored_transposed:
+        return np.ascontiguousarray(matrix.T)
+    return np.ascontiguousarray(matrix.reshape(layer.weight_shape))
+
+
+def factors_as_patch_matrix(layer: Layer, factors) -> np.ndarray:
+    """The ``f × c·κ`` matrix the factor pair computes, for either order."""
+    product = factors.dense()
+    if layer.order != POINTWISE_FIRST:
+        return product
+    f, c, kernel = layer.out_features, layer.in_channels, layer.kernel
+    return np.moveaxis(product.reshape(f, kernel, c), 2, 1).reshape(f, c * kernel)  # inverse of pointwise_matrix
+
+
+def _probe_model(proto: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``proto`` whose layers take their weight from a new graph input each (main graph only)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    nodes = {node.name: node for node in probe.graph.node}
+    names: dict[str, str] = {}
+    for i, layer in enumerate(layers):
+        node = nodes.get(layer.name)
+        if node is None or layer.weight_first or layer.subgraph:
+            continue
+        name = f"{PROBE_PREFIX}{i}"
+        node.input[1] = name
+        shape = list(layer.weight_shape)
+        probe.graph.input.append(onnx.helper.make_tensor_value_info(name, layer.weight_type, shape))
+        names[layer.name] = name
+    used = {name for node in probe.graph.node for name in node.input}
+    kept = [init for init in probe.graph.initializer if init.name in used or init.name in {o.name for o in probe.graph.output}]
+    if len(kept) != len(probe.graph.initializer):
+        del probe.graph.initializer[:]
+        probe.graph.initializer.extend(kept)
+    return probe, names
+
+
+def _outputs(session, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(value, dtype=np.float64) for value in session.run(None, dict(feed))]
+
+
+def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]],
+            floats: Sequence[int]) -> float:
+    """Relative squared error per float output (summed over the runs), averaged over the outputs."""
+    values = []
+    for index in floats:
+        num = sum(float(np.sum((out[index] - ref[index]) ** 2)) for ref, out in zip(reference, outputs))
+        den = sum(float(np.sum(ref[index] ** 2)) for ref in reference)
+        values.append(num / den if den > 0 else (0.0 if num == 0 else np.inf))
+    return float(np.mean(values))
+
+
+PROBE_FRACTIONS = (1 / 16, 3 / 4)  # the smallest and largest fraction of the dense size probed
+
+
+def probe_ranks(ranks: np.ndarray, sizes: np.ndarray, dense_size: int, points: int) -> np.ndarray:
+    """Up to ``points`` distinct ranks whose sizes are spaced geometrically from 1/16 to 3/4 of the
+    dense size (one point: 1/4); the smallest allowed rank when nothing is that small."""
+    if len(ranks) == 0:
+        return ranks
+    low, high = PROBE_FRACTIONS
+    fractions = np.geomspace(low, high, points) if points > 1 else np.array([0.25])
+    picks = np.clip(np.searchsorted(sizes, dense_size * fractions, side="right") - 1, 0, len(ranks) - 1)
+    return np.unique(ranks[picks])
+
+
+def interpolate_damage(ranks: np.ndarray, table_errors: np.ndarray, measured_ranks: np.ndarray,
+                       measured_damage: np.ndarray) -> np.ndarray:
+    """Predicted damage at every rank: ``s(r)·ε(r)²`` with ``s = d/ε²`` interpolated linearly between
+    the measured ranks (held constant outside them), then made non-increasing in rank.
+
+    Where ``ε = 0`` at a measured rank (nothing discarded) the measurement itself is used there."""
+    errors_sq = np.asarray(table_errors, dtype=np.float64) ** 2
+    where = np.searchsorted(ranks, measured_ranks)
+    eps = errors_sq[where]
+    ratio = np.where(eps > 0, measured_damage / np.where(eps > 0, eps, 1.0), 0.0)
+    ratio = np.maximum(ratio, 0.0)
+    if np.all(eps <= 0):
+        predicted = np.interp(ranks, measured_ranks, measured_damage)
+    else:
+        valid = eps > 0
+        predicted = np.interp(ranks, measured_ranks[valid], ratio[valid]) * errors_sq
+    predicted = np.where(errors_sq > 0, predicted, 0.0)
+    predicted[where] = np.asarray(measured_damage, dtype=np.float64)
+    predicted = np.minimum.accumulate(np.maximum(predicted, 0.0))
+    return np.maximum.accumulate(predicted[::-1])[::-1]  # and never below a measurement at a larger rank
+
+
+def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], tables: Sequence[ErrorTable],
+                          constants: Mapping, stats: Mapping, calibration, *, samples: int = 8, points: int = 4,
+                          max_groups: int = 1, refit: bool = True, factor_fn=None,
+                          batch_size: int = 16) -> tuple[list[DamageTable], DamageCost]:
+    """The damage table of every layer (see the module docstring).
+
+    ``tables``: each layer's whitened error table with the ``frobenius`` measure (relative RMS output
+    error of the layer), which shapes the interpolation. ``stats``: calibration statistics by layer
+    name (:class:`onnx_alds.calibrate.LayerStatistics`); a layer without them is measured with
+    data-free factors. ``samples``: calibration inputs run per probe (the first ones; whole batches
+    when the model fixes its batch). ``points``: ranks measured per group count. ``max_groups``: the
+    group counts measured (and hence offered to the allocation) are the layer's candidates up to it.
+    ``factor_fn(layer, matrix, groups, rank, stat)``: the factors to probe (default whitened + refit).
+
+    Returns the tables and the cost. Raises :class:`InputDataError` when the calibration set is empty
+    or the model has no float output.
+    """
+    from .calibrate import calibration_runs
+    from .data_aware import data_aware_factors
+    from .decompose import decompose
+    from .runtime import make_session
+
+    if samples < 1 or points < 1 or max_groups < 1:
+        raise InputDataError(f"got damage samples {samples}, points {points}, max groups {max_groups}; "
+                             "give positive counts, e.g. 8 samples, 3 points, max groups 1")
+    feeds = list(calibration_runs(calibration, proto, min(samples, batch_size) if batch_size else samples,
+                                  limit=samples))
+    if not feeds:
+        raise InputDataError("the calibration set holds no samples; give at least one calibration input")
+    names = [spec.name for spec in graph_inputs(proto)]
+    feeds = [{name: feed[name] for name in names} for feed in feeds]
+    settings = (samples, points, max_groups, refit, factor_fn is None,
+                tuple((t.dense_size, tuple((o.groups, len(o.ranks)) for o in t.options)) for t in tables))
+    key = _digest(proto, layers, feeds, settings)
+    if key in _CACHE:
+        cached_tables, cost = _CACHE[key]
+        return cached_tables, DamageCost(cost.runs, cost.samples, cost.seconds, cached=True)
+
+    started = time.perf_counter()
+    probe, inputs = _probe_model(proto, layers)
+    session = make_session(probe, "cpu")
+    originals: dict[str, np.ndarray] = {}
+    for layer in layers:
+        if layer.name in inputs:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(layer.weight_type)
+            originals[inputs[layer.name]] = np.ascontiguousarray(constant_array(constants, layer.weight).astype(dtype))
+    float_outputs = [i for i, out in enumerate(session.get_outputs()) if "float" in out.type or "double" in out.type]
+    if not float_outputs:
+        raise InputDataError("the model has no float output to measure damage on; use --method alds")
+
+    def run_all(weights: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:
+        return [_outputs(session, {**feed, **weights}) for feed in feeds]
+
+    reference = run_all(originals)
+    runs = 1
+    factor = factor_fn or (lambda layer, matrix, g, r, stat: data_aware_factors(matrix, g, r, stat, refit=refit,
+                                                                                layer=layer))
+    results = []
+    for layer, table in zip(layers, tables):
+        if layer.name not in inputs:
+            results.append(DamageTable(layer.name, table.dense_size, ()))
+            continue
+        matrix = folded_weight(layer, constants, patch=True)
+        stat = stats.get(layer.name)
+        dtype = originals[inputs[layer.name]].dtype
+        curves = []
+        for option in table.options:
+            if option.groups > max_groups or len(option.ranks) == 0:
+                continue
+            measured = probe_ranks(option.ranks, option.sizes, table.dense_size, points)
+            damage = []
+            for rank in measured:
+                if stat is not None:
+                    factors = factor(layer, matrix, option.groups, int(rank), stat)
+                else:
+                    factors = decompose(folded_weight(layer, constants), option.groups, int(rank))
+                approx = weight_in_node_layout(layer, factors_as_patch_matrix(layer, factors)).astype(dtype)
+                outputs = run_all({**originals, inputs[layer.name]: approx})
+                runs += 1
+                damage.append(_damage(reference, outputs, float_outputs))
+            measured_damage = np.array(damage)
+            predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
+            offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
+            curves.append(DamageCurve(option.groups, option.ranks[offered], option.sizes[offered], predicted[offered],
+                                      measured, measured_damage, option.order))
+        results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
+        del matrix
+    cost = DamageCost(runs, sum(next(iter(feed.values())).shape[0] for feed in feeds),
+                      time.perf_counter() - started)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (results, cost)
+    return results, cost
+
+
+def damage_options(layers: Sequence[Layer], damage_tables: Sequence[DamageTable], scales: Sequence[float],
+                   unit: str) -> list[Option]:
+    """The :class:`~onnx_alds.allocate.Option` of every layer: dense (damage 0, full cost) and every
+    measured ``(g, r)`` (cost = weights × ``scale``, in ``unit``), with a :class:`LayerChoice` payload."""
+    options = []
+    for layer, table, scale in zip(layers, damage_tables, scales):
+        dense_cost = float(table.dense_size) * scale
+        options.append(Option((layer.name,), "dense", {unit: dense_cost}, 0.0,
+                              LayerChoice(DENSE, 0, dense_cost, 0.0)))
+        for curve in table.curves:
+            for rank, size, damage in zip(curve.ranks, curve.sizes, curve.damage):
+                cost = float(size) * scale
+                options.append(Option((layer.name,), "low-rank", {unit: cost}, float(damage),
+                                      LayerChoice(curve.groups, int(rank), cost, float(damage), curve.order)))
+    return options
+
+
+__all__ = ["DamageCurve", "DamageTable", "DamageCost", "measure_damage_tables", "damage_options",
+           "interpolate_damage", "probe_ranks", "clear_cache", "weight_in_node_layout", "factors_as_patch_matrix"]

@@ -1,0 +1,83 @@
+"""Both-factor compensation (alternating least squares) and the per-channel affine correction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import small_cnn
+from onnx_alds import compress
+from onnx_alds.decompose import affine_correction, alternate_factors, decompose, refit_decoder, whitening_factor
+from onnx_alds.errors import InputDataError
+from onnx_alds.inputs import InputSet
+
+
+def _objective(weight, factors, samples):
+    return float(np.linalg.norm((weight - factors.dense()) @ samples) ** 2)
+
+
+def _correlated(rng, dims, count):
+    mix = rng.standard_normal((dims, dims)) * (0.8 ** np.arange(dims))  # strongly correlated, decaying energy
+    return mix @ rng.standard_normal((dims, count))
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_alternating_least_squares_lowers_the_output_error_for_groups(groups):
+    rng = np.random.default_rng(groups)
+    weight = rng.standard_normal((16, 24))
+    x = _correlated(rng, 24, 400)
+    moment = x @ x.T / x.shape[1]
+    width = 24 // groups
+    whitening = [whitening_factor(moment[i * width:(i + 1) * width, i * width:(i + 1) * width]) for i in range(groups)]
+    seed = refit_decoder(weight, decompose(weight, groups, 2, whitening), moment)
+    better = alternate_factors(weight, seed, moment, rounds=1)
+    assert better.encoder.shape == seed.encoder.shape and better.decoder.shape == seed.decoder.shape
+    before, after = _objective(weight, seed, x), _objective(weight, better, x)
+    assert after < before * (1 - 1e-3)  # grouped factors coupled by the moment: a real gain
+    more = alternate_factors(weight, better, moment, rounds=2)
+    assert _objective(weight, more, x) <= after * (1 + 1e-9)  # never increases
+
+
+def test_alternating_least_squares_keeps_the_optimal_single_group_factors():
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((10, 12))
+    x = _correlated(rng, 12, 300)
+    moment = x @ x.T / x.shape[1]
+    seed = refit_decoder(weight, decompose(weight, 1, 3, [whitening_factor(moment)]), moment)
+    again = alternate_factors(weight, seed, moment, rounds=1)
+    assert _objective(weight, again, x) == pytest.approx(_objective(weight, seed, x), rel=1e-6)
+
+
+def test_affine_correction_matches_each_channel_mean_and_variance():
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 9))
+    x = _correlated(rng, 9, 2000) + 0.5
+    approx = decompose(weight, 1, 2).dense()
+    moment, mean = x @ x.T / x.shape[1], x.mean(axis=1)
+    scale, shift = affine_correction(weight, approx, moment, mean, moment, mean)
+    y, y_hat = weight @ x, scale[:, None] * (approx @ x) + shift[:, None]
+    np.testing.assert_allclose(y_hat.mean(axis=1), y.mean(axis=1), atol=1e-8)
+    inside = (scale > 0.5) & (scale < 2.0)  # the clipped channels keep the guard's scale
+    assert inside.any()
+    np.testing.assert_allclose(y_hat.var(axis=1)[inside], y.var(axis=1)[inside], rtol=1e-6)
+
+
+def _calibration(seed, count):
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((count, 3, 4, 4)).astype(np.float32)
+    return np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3) + 0.05 * rng.standard_normal((count, 3, 32, 32)).astype(
+        np.float32)
+
+
+def test_compress_with_both_compensations_runs_and_says_so():
+    model = small_cnn(seed=0, width=8)
+    calibration = InputSet({"input": _calibration(0, 16)}, source="test")
+    result = compress(model, keep_flops=0.5, calibration=calibration, both_factors=1, affine_correction=True,
+                      max_groups=4)
+    assert "affine" in result.report.data_aware_steps and "both-factors x1" in result.report.data_aware_steps
+    plain = compress(model, keep_flops=0.5, calibration=calibration, max_groups=4)
+    assert [(r.groups, r.rank) for r in result.report.layers] == [(r.groups, r.rank) for r in plain.report.layers]
+    with pytest.raises(InputDataError, match="--affine-correction needs calibration"):
+        compress(model, keep_flops=0.5, affine_correction=True)
+    with pytest.raises(InputDataError, match="--both-factors needs calibration"):
+        compress(model, keep_flops=0.5, both_factors=1)

@@ -1,0 +1,158 @@
+"""Output-damage tables (onnx_alds.damage) and the set-partitioning allocator (allocate_options)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import run_model, small_cnn
+from onnx_alds import compress
+from onnx_alds.allocate import Option, allocate_options
+from onnx_alds.damage import clear_cache, interpolate_damage, probe_ranks
+from onnx_alds.errors import BudgetError, InputDataError
+from onnx_alds.inputs import InputSet
+
+
+def _random_options(rng, layers=3, per_layer=4):
+    options = []
+    for i in range(layers):
+        name = f"l{i}"
+        options.append(Option((name,), "dense", {"flops": 10.0}, 0.0))
+        for _ in range(per_layer):
+            options.append(Option((name,), "low-rank", {"flops": float(rng.uniform(1, 9))}, float(rng.uniform(0, 1))))
+    return options
+
+
+def _brute_force(options, budget):
+    layers = sorted({n for o in options for n in o.layers})
+    best = np.inf
+    for size in range(1, len(layers) + 1):
+        for combo in itertools.combinations(options, size):
+            covered = [n for o in combo for n in o.layers]
+            if sorted(covered) != layers:
+                continue
+            if sum(o.costs["flops"] for o in combo) <= budget + 1e-9:
+                best = min(best, sum(o.damage for o in combo))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_allocate_options_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    options = _random_options(rng)
+    budget = float(rng.uniform(8, 22))
+    result = allocate_options(options, {"flops": budget})
+    assert result.costs["flops"] <= budget + 1e-6
+    assert sorted(n for o in result.chosen for n in o.layers) == ["l0", "l1", "l2"]  # each layer exactly once
+    assert result.damage == pytest.approx(_brute_force(options, budget), abs=1e-9)
+
+
+def test_an_option_over_two_layers_covers_both_once():
+    # a "width" option over a producer and its consumer: cheaper together than any pair of single options
+    options = _random_options(np.random.default_rng(3), layers=2)
+    pair = Option(("l0", "l1"), "width", {"flops": 3.0}, 0.01, payload="prune")
+    result = allocate_options(options + [pair], {"flops": 3.0})
+    assert result.chosen == (pair,)
+    assert result.damage == pytest.approx(0.01)
+
+
+def test_allocate_options_refuses_an_impossible_budget():
+    options = [Option(("a",), "dense", {"params": 10.0}, 0.0), Option(("a",), "low-rank", {"params": 4.0}, 0.5)]
+    with pytest.raises(BudgetError, match="smallest reachable 4"):
+        allocate_options(options, {"params": 3.0})
+    with pytest.raises(ValueError, match="no option covers layer 'b'"):
+        allocate_options(options, {"params": 30.0}, layers=["a", "b"])
+
+
+def test_interpolation_is_exact_at_measurements_and_monotone():
+    ranks = np.arange(1, 21)
+    errors = np.sqrt(np.linspace(1.0, 0.0, 20))  # ε² falls linearly, 0 at full rank
+    measured = np.array([3, 8, 15])
+    damage = np.array([0.5, 0.2, 0.02])
+    predicted = interpolate_damage(ranks, errors, measured, damage)
+    np.testing.assert_allclose(predicted[measured - 1], damage)
+    assert np.all(np.diff(predicted) <= 1e-15)
+    assert predicted[-1] == 0.0
+    assert predicted[9] >= damage[2]  # never below a measurement at a larger rank
+
+
+def test_probe_ranks_spread_over_the_layer():
+    ranks = np.arange(1, 65)
+    sizes = ranks * 100
+    chosen = probe_ranks(ranks, sizes, 6400, 4)
+    assert len(chosen) == 4 and chosen[0] <= 4 and 40 <= chosen[-1] <= 48
+
+
+def _calibration(seed, count):
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((count, 3, 4, 4)).astype(np.float32)
+    return np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3) + 0.05 * rng.standard_normal((count, 3, 32, 32)).astype(
+        np.float32)
+
+
+@pytest.fixture(scope="module")
+def cnn_data():
+    return small_cnn(seed=0, width=8), _calibration(0, 16)
+
+
+def test_damage_method_meets_the_budget_and_reports_its_prediction(cnn_data):
+    model, x = cnn_data
+    clear_cache()
+    calibration = InputSet({"input": x}, source="test")
+    result = compress(model, keep_flops=0.5, method="damage", calibration=calibration, damage_samples=8)
+    report = result.report
+    assert abs(report.achieved - 0.5) <= 0.01 * 0.5
+    rows = [row for row in report.layers if row.groups]
+    assert rows and all(row.predicted_damage is not None for row in rows)
+    total = sum(row.predicted_damage for row in report.layers if row.predicted_damage)
+    assert report.predicted_output_error == pytest.approx(np.sqrt(total))
+    assert "predicted relative output error" in report.format()
+    # the tables measure a layer alone; the whole model's damage on the probe inputs is of the predicted order
+    ref = run_model(model, {"input": x[:8]})[0]
+    out = run_model(result.model, {"input": x[:8]})[0]
+    measured = float(np.sum((out - ref) ** 2) / np.sum(ref ** 2))
+    assert measured < 10 * total + 1e-3
+    again = compress(model, keep_flops=0.7, method="damage", calibration=calibration, damage_samples=8)
+    assert any("measured before, reused" in note for note in again.report.notes)
+    assert again.report.predicted_output_error < report.predicted_output_error  # more budget, less damage
+
+
+def test_damage_tables_measure_the_rewritten_layer(cnn_data):
+    """A measured point equals the relative squared output change of the model rewritten with that layer's pair."""
+    from onnx_alds.api import _prepare
+    from onnx_alds.calibrate import collect_statistics
+    from onnx_alds.damage import measure_damage_tables
+    from onnx_alds.data_aware import data_aware_factors, layer_moment, whitening_factors
+    from onnx_alds.layers import folded_weight
+    from onnx_alds.rewrite import Rewrite, rewrite_model
+    from onnx_alds.spectra import error_table, layer_spectra
+
+    model, x = cnn_data
+    clear_cache()
+    calibration = InputSet({"input": x}, source="test")
+    prepared = _prepare(model, input_shapes=None, exclude=(), max_groups=1, need_macs=False, complete=True)
+    proto, constants = prepared.model, prepared.constants
+    layer = [layer for layer in prepared.layers if layer.compressible][1]
+    stats = collect_statistics(proto, [layer], calibration)
+    moment = layer_moment(layer, stats[layer.name].second_moment)
+    spectra = layer_spectra(folded_weight(layer, constants), layer.groups, whitening_factors(moment, layer.groups))
+    table = error_table(spectra, *layer.matrix_shape, groups=layer.groups, measure="frobenius")
+    tables, cost = measure_damage_tables(proto, [layer], [table], constants, stats, calibration, samples=8, points=2)
+    curve = tables[0].curves[0]
+    assert cost.runs == 1 + len(curve.measured_ranks)
+    rank = int(curve.measured_ranks[0])
+    factors = data_aware_factors(folded_weight(layer, constants, patch=True), 1, rank, stats[layer.name], refit=True,
+                                 layer=layer)
+    rewritten = rewrite_model(proto, [Rewrite(layer, factors)])
+    ref = run_model(proto, {"input": x[:8]})[0].astype(np.float64)
+    out = run_model(rewritten, {"input": x[:8]})[0].astype(np.float64)
+    expected = float(np.sum((out - ref) ** 2) / np.sum(ref ** 2))
+    assert curve.measured_damage[0] == pytest.approx(expected, rel=1e-3, abs=1e-9)
+
+
+def test_damage_method_needs_calibration(cnn_data):
+    model, _ = cnn_data
+    with pytest.raises(InputDataError, match="--method damage .* needs calibration"):
+        compress(model, keep_flops=0.5, method="damage")
