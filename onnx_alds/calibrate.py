@@ -904,10 +904,16 @@ class _ShardActor:
 
     def shard(self, index: int, runs: list, first_sample: int) -> tuple[dict, dict]:
         """(sums, timing) of one shard (see :meth:`_PassRunner.timed_shard`); a new pass builds its sessions."""
+        setup_wall, setup_cpu = time.perf_counter(), time.process_time()
         if self.runner is None or self.runner.index != index:
             self.runner = None  # one pass's sessions at a time
             self.runner = _PassRunner(self.plan, self.model, self.reference, index, threads=self.threads)
-        return self.runner.timed_shard(runs, first_sample)
+        setup_wall, setup_cpu = time.perf_counter() - setup_wall, time.process_time() - setup_cpu
+        sums, timing = self.runner.timed_shard(runs, first_sample)
+        # building the sessions (first shard of a pass on this actor) counts as the shard's work
+        timing.update(seconds=timing["seconds"] + setup_wall, cpu_s=timing["cpu_s"] + setup_cpu,
+                      start_s=timing["start_s"] - setup_wall, setup_cpu_s=setup_cpu)
+        return sums, timing
 
 
 class _RayShards:

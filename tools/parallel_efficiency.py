@@ -9,13 +9,14 @@ checked bit for bit against the in-process (no Ray) statistics. Per run it print
 the wall-clock efficiency ``T(1)/(N·T(N))``, and the CPU-time replay ``C(1)/(N·max_w C_w(N))`` with
 ``C_w`` the summed CPU seconds of worker ``w``'s shards (the driver's own CPU time, reading the data and
 summing, is printed beside it: it runs alongside the workers), plus a list-scheduling simulation at N = 2,
-4, 8, 16 from the measured per-shard CPU times.
+4, 8, 16 from the measured per-shard CPU times, also bounded by the driver's measured serial CPU time.
 
 ``sweep ONE/sweep.json MANY/sweep.json``: the same three figures for two ``onnx-alds sweep`` runs (1 and N
 workers), from their run records (``phases.tasks_s``, the timeline's ``cpu_s`` per task).
 
     python tools/parallel_efficiency.py calibration --model models/cache/efficientnet-lite0/model.onnx \\
         --calibration models/cache/efficientnet-lite0/calibration.npz --batch 4 --shard-runs 1 --repeats 2
+    python tools/parallel_efficiency.py calibration-json RUNS.json     # the figures again from --json
     python tools/parallel_efficiency.py sweep /tmp/eff/ray-w1/sweep.json /tmp/eff/ray-w2/sweep.json
 
 Outputs go to stdout, and with ``--json FILE`` the raw runs (timelines included) to FILE.
@@ -39,10 +40,13 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def simulate(durations: list[float], workers: int, per_worker: int, extra: float = 0.0, gap: float = 0.0) -> float:
+def simulate(durations: list[float], workers: int, per_worker: int, extra: float = 0.0, gap: float = 0.0,
+             driver: float = 0.0) -> float:
     """Efficiency of greedy list scheduling (each free worker takes the next task) of ``workers·per_worker``
     tasks whose durations cycle through ``durations``, each worker's first task costing ``extra`` more and
-    ``gap`` seconds between two tasks of a worker; serial time = the same work on one worker."""
+    ``gap`` seconds between two tasks of a worker; serial time = the same work on one worker. ``driver``:
+    seconds of serial driver work per task (reading and shipping the data, summing), which runs beside
+    the workers: the parallel time is at least all of it."""
     count = workers * per_worker
     tasks = [durations[i % len(durations)] for i in range(count)]
     serial = sum(tasks) + extra + (count - 1) * gap
@@ -54,7 +58,7 @@ def simulate(durations: list[float], workers: int, per_worker: int, extra: float
         finish = at + duration + (extra if first else 0.0) + gap
         end = max(end, finish - gap)
         heapq.heappush(free, (finish, w, False))
-    return serial / (workers * end)
+    return serial / (workers * max(end, driver * count))
 
 
 def per_worker(timeline: list[dict]) -> list[list[dict]]:
@@ -70,13 +74,14 @@ def replay(one: list[dict], many: list[dict]) -> float:
     return sum(t["cpu_s"] for t in one) / (len(groups) * max(sum(t["cpu_s"] for t in g) for g in groups))
 
 
-def simulated(timeline: list[dict]) -> dict[str, float]:
+def simulated(timeline: list[dict], driver: float = 0.0) -> dict[str, float]:
     groups = per_worker(timeline)
     later = [t["cpu_s"] for g in groups for t in g[1:]] or [t["cpu_s"] for g in groups for t in g]
     extra = statistics.mean(g[0]["cpu_s"] - statistics.median(t["cpu_s"] for t in g[1:]) for g in groups if len(g) > 1)
     gaps = [b["start_s"] - a["start_s"] - a["seconds"] for g in groups for a, b in zip(g, g[1:])]
     gap = max(0.0, statistics.median(gaps)) if gaps else 0.0
-    return {f"N={n},{k}/worker": simulate(later, n, k, max(0.0, extra), gap) for n in (2, 4, 8, 16) for k in (2, 4, 8)}
+    return {f"N={n},{k}/worker": simulate(later, n, k, max(0.0, extra), gap, driver) for n in (2, 4, 8, 16)
+            for k in (2, 4, 8)}
 
 
 def calibration(args: argparse.Namespace) -> dict:
@@ -132,10 +137,14 @@ def report(runs: list[dict], wall_key: str, what: str) -> None:
         cpu = replay(one["timeline"], run["timeline"])
         print(f"{what} repeat {run['repeat']}: N={n} wall-clock {wall:.2f}, CPU-time replay {cpu:.2f} "
               f"(load {run['load_start']:.1f}-{run['load_end']:.1f})")
-        sims = simulated(run["timeline"])
-        for workers in (2, 4, 8, 16):
-            print(f"   simulated N={workers}: " + ", ".join(f"{k} tasks/worker {sims[f'N={workers},{k}/worker']:.2f}"
-                                                         for k in (2, 4, 8)))
+        for label, driver in (("", 0.0), (" with the driver's serial work", run.get("driver_cpu_s", 0.0))):
+            if label and not driver:
+                continue
+            sims = simulated(run["timeline"], driver / len(run["timeline"]))
+            print(f"   simulated{label}:")
+            for workers in (2, 4, 8, 16):
+                print(f"     N={workers}: " + ", ".join(f"{k} tasks/worker {sims[f'N={workers},{k}/worker']:.2f}"
+                                                    for k in (2, 4, 8)))
 
 
 def sweep(args: argparse.Namespace) -> dict:
@@ -162,12 +171,17 @@ def main(argv=None) -> int:
     cal.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     cal.add_argument("--repeats", type=int, default=2)
     cal.add_argument("--json", default=None)
+    again = sub.add_parser("calibration-json", help="the figures again from a --json file of 'calibration'")
+    again.add_argument("file")
     sw = sub.add_parser("sweep", help="from the run records of a 1-worker and an N-worker onnx-alds sweep")
     sw.add_argument("records", nargs="+", help="ONE/sweep.json MANY/sweep.json [more pairs]")
     sw.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.what == "calibration" and 1 not in args.workers:
         parser.error("--workers must include 1 (the baseline)")
+    if args.what == "calibration-json":
+        report(json.loads(Path(args.file).read_text())["runs"], "wall_s", "calibration")
+        return 0
     result = calibration(args) if args.what == "calibration" else sweep(args)
     result["load_average_at_end"] = load()
     if args.json:
