@@ -39,7 +39,7 @@ import onnx
 
 from .allocate import DENSE, LayerChoice, Option
 from .errors import InputDataError
-from .layers import POINTWISE_FIRST, Layer, constant_array, folded_weight
+from .layers import POINTWISE_FIRST, Layer, constant_array, folded_weight, iter_graphs
 from .model_io import graph_inputs
 from .spectra import ErrorTable
 
@@ -134,7 +134,7 @@ def _probe_model(proto: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[onnx.
         shape = list(layer.weight_shape)
         probe.graph.input.append(onnx.helper.make_tensor_value_info(name, layer.weight_type, shape))
         names[layer.name] = name
-    used = {name for node in probe.graph.node for name in node.input}
+    used = {name for _, graph in iter_graphs(probe.graph) for node in graph.node for name in node.input}
     kept = [init for init in probe.graph.initializer if init.name in used or init.name in {o.name for o in probe.graph.output}]
     if len(kept) != len(probe.graph.initializer):
         del probe.graph.initializer[:]

@@ -156,3 +156,22 @@ def test_damage_method_needs_calibration(cnn_data):
     model, _ = cnn_data
     with pytest.raises(InputDataError, match="--method damage .* needs calibration"):
         compress(model, keep_flops=0.5, method="damage")
+
+
+def test_cli_damage_method_prints_the_prediction_and_refuses_without_data(cnn_data, tmp_path, capsys):
+    import onnx
+
+    from onnx_alds.cli import main
+
+    model, x = cnn_data
+    path, npz, out = tmp_path / "m.onnx", tmp_path / "cal.npz", tmp_path / "out.onnx"
+    onnx.save(model, str(path))
+    np.savez(npz, input=x)
+    code = main(["compress", str(path), "-o", str(out), "--keep-flops", "0.6", "--method", "damage",
+                 "--calibration", str(npz), "--rank-multiple", "1", "--affine-correction"])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert "predicted relative output error" in printed and "affine" in printed
+    code = main(["compress", str(path), "-o", str(tmp_path / "x.onnx"), "--keep-flops", "0.6", "--method", "damage"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "needs calibration" in err

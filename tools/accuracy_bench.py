@@ -193,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                achieved=report.achieved, score=first, score2=second, score_names=scores,
                                predicted_output_error=report.predicted_output_error, output_error=out_err,
                                total_seconds=total,
-                               damage_seconds=damage_s, seconds=report.seconds,
+                               damage_seconds=damage_s, seconds=report.seconds, notes=list(report.notes),
                                plan=[(r.name, r.groups, r.rank) for r in report.layers if r.groups])
                     rows.append(row)
                     pred = report.predicted_output_error
