@@ -452,12 +452,12 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         damage_tables, damage_cost = measure_damage_tables(
             proto, chosen, tables, constants, stats, calibration, samples=data.damage_samples,
             points=data.damage_points, max_groups=searched, refit=refit, batch_size=calibration_batch_size,
-            factor_fn=_damage_factor_fn(data))
+            factor_fn=_damage_factor_fn(data), shrinkage=shrinkage)
         seconds["damage tables"] = 0.0 if damage_cost.cached else damage_cost.seconds
         tick = time.perf_counter()
         allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple)
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
-                           cached=damage_cost.cached)
+                           cached=damage_cost.cached, out_of_sample=damage_cost.out_of_sample)
     else:
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
     seconds["allocation"] = time.perf_counter() - tick
@@ -614,7 +614,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          error_measure="output damage (relative squared output error, measured)",
                          layers=tuple(replace(row, predicted_damage=row.error) for row in report.layers),
                          notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
-                                               f"calibration inputs, {info['seconds']:.1f} s"
+                                               f"calibration inputs ("
+                                               + ("factors fitted to the other inputs" if info["out_of_sample"]
+                                                  else "in-sample: no other inputs to fit the factors to")
+                                               + f"), {info['seconds']:.1f} s"
                                                + (" (measured before, reused)" if info["cached"] else "")
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))

@@ -77,6 +77,7 @@ class DamageCost:
     samples: int
     seconds: float
     cached: bool = False
+    out_of_sample: bool = False  # the probed factors were fitted without the probe inputs
 
 
 _CACHE: dict[str, tuple[list[DamageTable], DamageCost]] = {}
@@ -196,7 +197,8 @@ def interpolate_damage(ranks: np.ndarray, table_errors: np.ndarray, measured_ran
 def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], tables: Sequence[ErrorTable],
                           constants: Mapping, stats: Mapping, calibration, *, samples: int = 8, points: int = 4,
                           max_groups: int = 1, refit: bool = True, factor_fn=None,
-                          batch_size: int = 16) -> tuple[list[DamageTable], DamageCost]:
+                          batch_size: int = 16, out_of_sample: bool = True,
+                          shrinkage: bool = True) -> tuple[list[DamageTable], DamageCost]:
     """The damage table of every layer (see the module docstring).
 
     ``tables``: each layer's whitened error table with the ``frobenius`` measure (relative RMS output
@@ -206,6 +208,10 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     when the model fixes its batch). ``points``: ranks measured per group count. ``max_groups``: the
     group counts measured (and hence offered to the allocation) are the layer's candidates up to it.
     ``factor_fn(layer, matrix, groups, rank, stat)``: the factors to probe (default whitened + refit).
+    ``out_of_sample`` (default): the probed factors are fitted to statistics of the *other* calibration
+    inputs (one extra statistics pass; Ledoit–Wolf shrunk when ``shrinkage``), so that a layer with few
+    input vectors for its dimension (a classifier after global pooling) is not judged on the very
+    inputs it was fitted to, which would hide its damage; with no other inputs left, ``stats`` is used.
 
     Returns the tables and the cost. Raises :class:`InputDataError` when the calibration set is empty
     or the model has no float output.
@@ -224,14 +230,27 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
     names = [spec.name for spec in graph_inputs(proto)]
     feeds = [{name: feed[name] for name in names} for feed in feeds]
-    settings = (samples, points, max_groups, refit, factor_fn is None,
+    settings = (samples, points, max_groups, refit, factor_fn is None, out_of_sample, shrinkage,
                 tuple((t.dense_size, tuple((o.groups, len(o.ranks)) for o in t.options)) for t in tables))
     key = _digest(proto, layers, feeds, settings)
     if key in _CACHE:
         cached_tables, cost = _CACHE[key]
-        return cached_tables, DamageCost(cost.runs, cost.samples, cost.seconds, cached=True)
+        return cached_tables, DamageCost(cost.runs, cost.samples, cost.seconds, cached=True,
+                                         out_of_sample=cost.out_of_sample)
 
     started = time.perf_counter()
+    held_out = False
+    arrays = getattr(calibration, "arrays", None)
+    used = sum(next(iter(feed.values())).shape[0] for feed in feeds)
+    if out_of_sample and arrays and len(next(iter(arrays.values()))) > used:
+        from .calibrate import collect_statistics
+        from .inputs import InputSet
+
+        rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="damage fit")
+        fitted = collect_statistics(proto, [layer for layer in layers if layer.name in stats], rest,
+                                    batch_size=batch_size)
+        stats = {name: (value.shrunk() if shrinkage else value) for name, value in fitted.items()}
+        held_out = True
     probe, inputs = _probe_model(proto, layers)
     session = make_session(probe, "cpu")
     originals: dict[str, np.ndarray] = {}
@@ -280,8 +299,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                                       measured, measured_damage, option.order))
         results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
         del matrix
-    cost = DamageCost(runs, sum(next(iter(feed.values())).shape[0] for feed in feeds),
-                      time.perf_counter() - started)
+    cost = DamageCost(runs, used, time.perf_counter() - started, out_of_sample=held_out)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (results, cost)

@@ -109,6 +109,7 @@ def test_damage_method_meets_the_budget_and_reports_its_prediction(cnn_data):
     total = sum(row.predicted_damage for row in report.layers if row.predicted_damage)
     assert report.predicted_output_error == pytest.approx(np.sqrt(total))
     assert "predicted relative output error" in report.format()
+    assert any("factors fitted to the other inputs" in note for note in report.notes)  # 16 inputs: 8 probe, 8 fit
     # the tables measure a layer alone; the whole model's damage on the probe inputs is of the predicted order
     ref = run_model(model, {"input": x[:8]})[0]
     out = run_model(result.model, {"input": x[:8]})[0]
@@ -139,7 +140,8 @@ def test_damage_tables_measure_the_rewritten_layer(cnn_data):
     moment = layer_moment(layer, stats[layer.name].second_moment)
     spectra = layer_spectra(folded_weight(layer, constants), layer.groups, whitening_factors(moment, layer.groups))
     table = error_table(spectra, *layer.matrix_shape, groups=layer.groups, measure="frobenius")
-    tables, cost = measure_damage_tables(proto, [layer], [table], constants, stats, calibration, samples=8, points=2)
+    tables, cost = measure_damage_tables(proto, [layer], [table], constants, stats, calibration, samples=8, points=2,
+                                         out_of_sample=False)
     curve = tables[0].curves[0]
     assert cost.runs == 1 + len(curve.measured_ranks)
     rank = int(curve.measured_ranks[0])
