@@ -626,7 +626,14 @@ def run_plan_command(args: argparse.Namespace) -> int:
         check_output_path(Path(args.report), protect=[args.model, args.output])
     model = open_model(args.model)
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
-    plan = make_plan(model, **compress_keywords(args, calibration))
+    workers = getattr(args, "calibration_workers", 1)
+    if workers != 1:  # the statistics' shards on Ray actors, as compress does (same bits)
+        from .calibrate import calibration_workers
+
+        with calibration_workers(workers):
+            plan = make_plan(model, **compress_keywords(args, calibration))
+    else:
+        plan = make_plan(model, **compress_keywords(args, calibration))
     plan.save(output)
     if args.report:
         plan.report.save_json(args.report)
