@@ -588,8 +588,15 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     if bias is not None:
         total += 2.0 * float(bias @ (matrix @ mean)) + float(bias @ bias)
     total = max(total, 1e-300)
-    ridge = RIDGE * max(float(np.mean(np.diag(second))), 1e-30)
-    gram = matrix @ residual  # G = W S
+    start = residual.copy()
+    # scale every column to unit variance (the selection does not change; outlier channels, e.g. a
+    # transformer's massive activations, no longer swamp the downdates in rounding)
+    scale = np.sqrt(np.maximum(np.diag(residual), 0.0))
+    scale[scale <= 1e-12 * max(float(scale.max(initial=0.0)), 1e-300)] = 1.0
+    residual = residual / np.outer(scale, scale)
+    scaled = matrix * scale[None, :]
+    ridge = RIDGE
+    gram = scaled @ residual  # G = W S
     remaining = list(range(channels))
     order: list[int] = []
     widths, errors = [], []
@@ -612,10 +619,34 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
         chosen = set(picks)
         remaining = [j for j in remaining if j not in chosen]
         widths.append(len(order))
-        errors.append(0.0 if not remaining else np.sqrt(max(float(np.sum(gram * matrix)), 0.0) / total))
-    errors_array = np.minimum.accumulate(np.asarray(errors, dtype=np.float64))
+    errors_array = _prefix_errors(matrix, start, np.asarray(order), kernel, np.asarray(widths)) / np.sqrt(total)
+    errors_array[-1] = 0.0
+    errors_array = np.minimum.accumulate(errors_array)
     return WidthCurve(name or block.name, np.asarray(widths, dtype=np.int64), errors_array,
                       np.asarray(order, dtype=np.int64))
+
+
+def _prefix_errors(matrix: np.ndarray, moment: np.ndarray, order: np.ndarray, kernel: int,
+                   widths: np.ndarray) -> np.ndarray:
+    """RMS output error left after the least-squares refit on the first ``w`` channels of ``order``, for
+    every ``w`` in ``widths``: with ``S_PP = L Lᵀ`` (Cholesky, channels in ``order``), keeping a prefix
+    explains the prefix of the white variables, so the residual is the energy of the later columns of
+    ``W_P L`` (exact, no accumulated rounding)."""
+    columns = (order[:, None] * kernel + np.arange(kernel)[None, :]).reshape(-1)
+    permuted = moment[np.ix_(columns, columns)]
+    jitter = 1e-10 * max(float(np.mean(np.diag(permuted))), 1e-300)
+    for _ in range(6):
+        try:
+            factor = np.linalg.cholesky(permuted + jitter * np.eye(len(columns)))
+            break
+        except np.linalg.LinAlgError:
+            jitter *= 100.0
+    else:  # not positive definite even with jitter: rounding only; an eigen square root instead
+        values, vectors = np.linalg.eigh(permuted)
+        factor = np.linalg.qr((vectors * np.sqrt(np.maximum(values, 0.0))).T)[1].T
+    energy = np.sum((matrix[:, columns] @ factor) ** 2, axis=0)
+    tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
+    return np.sqrt(np.maximum(tail[np.asarray(widths) * kernel], 0.0))
 
 
 def _channel_gains(gram: np.ndarray, residual: np.ndarray, remaining: Sequence[int], kernel: int,
