@@ -232,6 +232,14 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     feeds = [{name: feed[name] for name in names} for feed in feeds]
     settings = (samples, points, max_groups, refit, factor_fn is None, out_of_sample, shrinkage,
                 tuple((t.dense_size, tuple((o.groups, len(o.ranks)) for o in t.options)) for t in tables))
+    arrays = getattr(calibration, "arrays", None)
+    if arrays:  # the probed factors are fitted to the other inputs: they are part of what was measured
+        fitting = {name: np.asarray(array) for name, array in arrays.items()}
+        settings += (tuple((name, array.shape) for name, array in sorted(fitting.items())),
+                     hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for _, a in sorted(fitting.items())))
+                     .hexdigest())
+    else:
+        settings += (id(calibration),)  # no arrays to read: never reuse another set's tables
     key = _digest(proto, layers, feeds, settings)
     if key in _CACHE:
         cached_tables, cost = _CACHE[key]
@@ -240,7 +248,6 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
 
     started = time.perf_counter()
     held_out = False
-    arrays = getattr(calibration, "arrays", None)
     used = sum(next(iter(feed.values())).shape[0] for feed in feeds)
     if out_of_sample and arrays and len(next(iter(arrays.values()))) > used:
         from .calibrate import collect_statistics

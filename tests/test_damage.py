@@ -177,3 +177,15 @@ def test_cli_damage_method_prints_the_prediction_and_refuses_without_data(cnn_da
     code = main(["compress", str(path), "-o", str(tmp_path / "x.onnx"), "--keep-flops", "0.6", "--method", "damage"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "needs calibration" in err
+
+
+def test_damage_tables_are_not_reused_for_another_calibration_set(cnn_data):
+    model, x = cnn_data
+    clear_cache()
+    first = compress(model, keep_flops=0.6, method="damage", calibration=InputSet({"input": x}, source="a"))
+    other = InputSet({"input": np.concatenate([x, x[::-1] * 0.5])}, source="b")  # same 8 probe inputs, more to fit
+    second = compress(model, keep_flops=0.6, method="damage", calibration=other)
+    assert not any("reused" in note for note in second.report.notes)
+    again = compress(model, keep_flops=0.6, method="damage", calibration=other)
+    assert any("reused" in note for note in again.report.notes)
+    assert first.report.predicted_output_error is not None
