@@ -189,3 +189,14 @@ def test_damage_tables_are_not_reused_for_another_calibration_set(cnn_data):
     again = compress(model, keep_flops=0.6, method="damage", calibration=other)
     assert any("reused" in note for note in again.report.notes)
     assert first.report.predicted_output_error is not None
+
+
+def test_damage_method_is_deterministic(cnn_data):
+    model, x = cnn_data
+    calibration = InputSet({"input": x}, source="test")
+    outputs = []
+    for _ in range(2):
+        clear_cache()  # measure the tables again
+        outputs.append(compress(model, keep_flops=0.5, method="damage", calibration=calibration).model
+                       .SerializeToString())
+    assert outputs[0] == outputs[1]
