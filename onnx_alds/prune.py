@@ -634,15 +634,19 @@ def _prefix_errors(matrix: np.ndarray, moment: np.ndarray, order: np.ndarray, ke
     ``W_P L`` (exact, no accumulated rounding)."""
     columns = (order[:, None] * kernel + np.arange(kernel)[None, :]).reshape(-1)
     permuted = moment[np.ix_(columns, columns)]
-    jitter = 1e-10 * max(float(np.mean(np.diag(permuted))), 1e-300)
-    for _ in range(6):
+    # the moment is positive semi-definite up to rounding (float32 sums, C − μμᵀ): clip the rounding's
+    # negative eigenvalues, then a Cholesky with a jitter far below any error that matters
+    values, vectors = np.linalg.eigh(permuted)
+    top = max(float(values.max(initial=0.0)), 1e-300)
+    permuted = (vectors * np.maximum(values, 0.0)) @ vectors.T
+    jitter = 1e-12 * top
+    for _ in range(8):
         try:
             factor = np.linalg.cholesky(permuted + jitter * np.eye(len(columns)))
             break
         except np.linalg.LinAlgError:
-            jitter *= 100.0
-    else:  # not positive definite even with jitter: rounding only; an eigen square root instead
-        values, vectors = np.linalg.eigh(permuted)
+            jitter *= 10.0
+    else:
         factor = np.linalg.qr((vectors * np.sqrt(np.maximum(values, 0.0))).T)[1].T
     energy = np.sum((matrix[:, columns] @ factor) ** 2, axis=0)
     tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])
