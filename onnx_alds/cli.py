@@ -231,7 +231,7 @@ def compress_keywords(args: argparse.Namespace, calibration) -> dict:
                 shrinkage=args.shrinkage, speed=speed, both_factors=args.both_factors,
                 affine_correction=args.affine_correction, damage_samples=args.damage_samples,
                 damage_points=args.damage_points, damage_max_groups=args.damage_max_groups,
-                prune=getattr(args, "prune", "off"))
+                **({"prune": args.prune} if getattr(args, "prune", "off") != "off" else {}))  # compress --prune
 
 
 def write_result(args: argparse.Namespace, result) -> int:
