@@ -234,8 +234,9 @@ class Plan:
 
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
 _DATA_KEYS = ("data_aware", "calibration", "samples", "batch_size", "refit", "sequential", "bias_correction",
-              "sensitivity", "shrinkage")
-_SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup")
+              "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
+              "damage_max_groups")
+_SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup", "model_rounds")
 _LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
 _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
 
@@ -361,7 +362,9 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
         "data": {"data_aware": data.enabled, "calibration": calibration_source, "samples": samples,
                  "batch_size": data.batch_size, "refit": data.refit, "sequential": data.sequential,
                  "bias_correction": data.bias_correction, "sensitivity": data.sensitivity,
-                 "shrinkage": data.shrinkage},
+                 "shrinkage": data.shrinkage, "both_factors": data.both_factors,
+                 "affine_correction": data.affine_correction, "damage_samples": data.damage_samples,
+                 "damage_points": data.damage_points, "damage_max_groups": data.damage_max_groups},
         "speed": None if speed is None else {key: getattr(speed, key) for key in _SPEED_KEYS},
         "input_shapes": None if options.input_shapes is None else
         {name: list(dims) for name, dims in options.input_shapes.items()},
@@ -402,7 +405,11 @@ def make_plan(model, **options) -> Plan:
     every layer's decision and its predicted error and cost. Nothing is rewritten."""
     from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
 
+    prune = options.pop("prune", "off")
     compress_opts = compress_options(**options)
+    if prune not in ("off", False, None) or compress_opts.search.prune != "off":
+        raise PlanError("plans do not hold pruned widths yet; prune with onnx-alds compress --prune (or compress() "
+                        "with prune=...), or plan without --prune")
     planned = _plan_step(model, compress_opts)
     budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
     report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,

@@ -169,3 +169,20 @@ def test_plan_for_another_model_is_named_before_calibration(tmp_path, capsys):
                  "--calibration-random", "4"])
     error = capsys.readouterr().err
     assert code == 1 and error.startswith("error: the plan is data-free") and not (tmp_path / "out.onnx").exists()
+
+
+def test_plan_carries_the_data_aware_refinements():
+    """--both-factors and --affine-correction act at apply time: the plan must hold them, so that apply
+    gives the model compress gives; a plan with pruning is refused rather than applied without it."""
+    model = small_cnn(width=16)
+    calibration = random_inputs(model, 8, input_shapes={"input": (1, 3, 32, 32)}, seed=0)
+    options = dict(keep_flops=0.5, calibration=calibration, affine_correction=True, both_factors=1, max_groups=4)
+    plan = round_trip(make_plan(model, **options))
+    assert plan.options["data"]["affine_correction"] is True and plan.options["data"]["both_factors"] == 1
+    assert same_bytes(apply_plan(model, plan, calibration=calibration).model,
+                      onnx_alds.compress(model, **options).model)
+    plain = apply_plan(model, round_trip(make_plan(model, keep_flops=0.5, calibration=calibration, max_groups=4)),
+                       calibration=calibration).model
+    assert not same_bytes(plain, onnx_alds.compress(model, **options).model), "the refinements change the factors"
+    with pytest.raises(PlanError, match="plans do not hold pruned widths"):
+        make_plan(model, keep_flops=0.5, calibration=calibration, prune="only")
