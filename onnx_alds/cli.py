@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .argtypes import any_float, non_negative_int, positive_int
-from .errors import OnnxAldsError
+from .errors import InputDataError, OnnxAldsError
 
 
 
@@ -45,7 +45,7 @@ def _add_compress(subparsers) -> None:
     from .distill import add_compress_distill_arguments
 
     add_compress_distill_arguments(parser)
-    parser.set_defaults(run=_run_compress)
+    parser.set_defaults(run=_run_compress, command_parser=parser)
 
 
 def _add_plan(subparsers) -> None:
@@ -56,7 +56,7 @@ def _add_plan(subparsers) -> None:
                                                "order), predicted error and cost), written to -o as JSON to edit, "
                                                "keep or apply elsewhere with onnx-alds apply. Takes compress's flags.")
     _compress_arguments(parser, output_help="where to write the plan (JSON)")
-    parser.set_defaults(run=run_plan_command)
+    parser.set_defaults(run=run_plan_command, command_parser=parser)
 
 
 def _add_apply(subparsers) -> None:
@@ -175,11 +175,50 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The destinations of the flags given with a value other than their default."""
+    parser = getattr(args, "command_parser", None)
+    if parser is None:
+        return set()
+    return {action.dest for action in parser._actions
+            if action.dest not in ("help", "run", "command_parser") and hasattr(args, action.dest)
+            and getattr(args, action.dest) != action.default}
+
+
+def check_flags_take_effect(args: argparse.Namespace) -> None:
+    """A flag that would have no effect with the other flags given is an error, not silently ignored
+    (e.g. ``--latency-rounds`` without ``--keep-latency``). Raises InputDataError naming both."""
+    given = given_flags(args)
+    has_calibration = any(getattr(args, dest, None) for dest in
+                          ("calibration", "calibration_images", "calibration_random"))
+    def needs(dest: str, flag: str, effective: bool, missing: str) -> tuple[str, bool, str]:
+        return dest, effective, f"{flag} has no effect without {missing}; add {missing.split(' (')[0]} or drop {flag}"
+
+    method = getattr(args, "method", None)
+    pruned_only = getattr(args, "prune", "off") == "only"
+    rules = [
+        needs("latency_rounds", "--latency-rounds", getattr(args, "keep_latency", None) is not None, "--keep-latency F"),
+        needs("calibration_workers", "--calibration-workers", has_calibration, "calibration inputs (--calibration ...)"),
+        needs("calibration_batch_size", "--calibration-batch-size", has_calibration,
+              "calibration inputs (--calibration ...)"),
+        *(needs(dest, "--" + dest.replace("_", "-"), method == "damage", "--method damage")
+          for dest in ("damage_samples", "damage_points", "damage_max_groups")),
+        *((dest, not pruned_only, f"{flag} has no effect with --prune only (no layer is factorized); drop one of them")
+          for dest, flag in (("both_factors", "--both-factors"), ("affine_correction", "--affine-correction"))),
+        *(needs(dest, "--" + dest.replace("_", "-"), bool(getattr(args, "distill", False)), "--distill")
+          for dest in sorted(given) if dest.startswith("distill_")),
+    ]
+    for dest, effective, message in rules:
+        if dest in given and not effective:
+            raise InputDataError(message)
+
+
 def _run_compress(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import inputs_from_args
     from .model_io import check_output_path, open_model
 
+    check_flags_take_effect(args)
     output = Path(args.output)
     check_output_path(output, protect=[args.model])
     if args.report:

@@ -131,6 +131,9 @@ class DataAwareOptions:
             raise InputDataError(f"got both-factor rounds {self.both_factors}, damage samples {self.damage_samples}, "
                                  f"points {self.damage_points}, max groups {self.damage_max_groups}; give rounds >= 0 "
                                  "and positive counts (e.g. --both-factors 1 --damage-samples 8 --damage-points 3)")
+        if self.both_factors > MAX_BOTH_FACTOR_ROUNDS:
+            raise InputDataError(f"--both-factors {self.both_factors} is too many rounds; give at most "
+                                 f"{MAX_BOTH_FACTOR_ROUNDS} (one is usually enough: docs/ACCURACY.md)")
         if self.calibration is None and (self.sequential or self.bias_correction or self.sensitivity
                                          or self.both_factors or self.affine_correction):
             flag = ("--sequential" if self.sequential else
@@ -142,6 +145,9 @@ class DataAwareOptions:
     @property
     def enabled(self) -> bool:
         return self.calibration is not None
+
+
+MAX_BOTH_FACTOR_ROUNDS = 10  # each round re-solves every layer's factors; more rounds only over-fit
 
 
 @dataclass(frozen=True)

@@ -621,10 +621,11 @@ def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_plan_command(args: argparse.Namespace) -> int:
     """``onnx-alds plan``: the compress flags, the plan written to ``-o`` instead of a model."""
-    from .cli import compress_keywords
+    from .cli import check_flags_take_effect, compress_keywords
     from .inputs import inputs_from_args
     from .model_io import check_output_path, open_model
 
+    check_flags_take_effect(args)
     if getattr(args, "validate", False):
         raise PlanError("plan writes a plan, not a model: validate after onnx-alds apply (apply --validate)")
     output = Path(args.output)

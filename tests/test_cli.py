@@ -127,3 +127,27 @@ def test_console_script_runs(cnn_path, tmp_path):
                            "--keep-params", "0.5", "-q"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "wrote" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latency-rounds", "2"], "--latency-rounds has no effect without --keep-latency F"),
+    (["--calibration-workers", "2"], "--calibration-workers has no effect without calibration inputs"),
+    (["--distill-steps", "10"], "--distill-steps has no effect without --distill"),
+    (["--calibration-random", "4", "--damage-points", "3"], "--damage-points has no effect without --method damage"),
+    (["--calibration-random", "4", "--prune", "only", "--both-factors"],
+     "--both-factors has no effect with --prune only"),
+    (["--calibration-random", "4", "--both-factors", "1000"], "--both-factors 1000 is too many rounds"),
+])
+def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
+    from conftest import small_cnn
+    from onnx_alds.cli import main
+
+    onnx.save(small_cnn(width=16), str(tmp_path / "m.onnx"))
+    for command in (["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx")],
+                    ["plan", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "plan.json")]):
+        if command[0] == "plan" and any(flag.startswith("--distill") or flag == "--prune" for flag in flags):
+            continue  # plan has neither --distill nor --prune
+        code = main([*command, "--keep-flops", "0.5", "--rank-multiple", "4", *flags])
+        error = capsys.readouterr().err
+        assert code == 1 and error.startswith(f"error: {message}") and error.count("\n") == 1
+        assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "plan.json").exists()
