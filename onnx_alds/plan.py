@@ -236,6 +236,8 @@ _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order
 _DATA_KEYS = ("data_aware", "calibration", "samples", "batch_size", "refit", "sequential", "bias_correction",
               "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
               "damage_max_groups")
+_DATA_BOOLS = ("data_aware", "refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction")
+_DATA_INTS = ("batch_size", "both_factors", "damage_samples", "damage_points", "damage_max_groups")
 _SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup", "model_rounds")
 _LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
 _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
@@ -296,7 +298,17 @@ class _Reader:
         if shapes is not None:
             shapes = {name: list(self.dims(dims, f"options.input_shapes.{name}"))
                       for name, dims in self.mapping(shapes, "options.input_shapes", free=True).items()}
+        for key, value in data.items():  # JSON types first: a string where a switch belongs is not "off"
+            if key in _DATA_BOOLS and not isinstance(value, bool):
+                raise self.fail(f"options.data.{key}", f"got {value!r}; give true or false")
+            if key in _DATA_INTS and (isinstance(value, bool) or not isinstance(value, int)):
+                raise self.fail(f"options.data.{key}", f"got {value!r}; give a whole number")
         try:  # the values: the option classes check them
+            DataAwareOptions(**{key: value for key, value in data.items()
+                                if key not in ("data_aware", "calibration", "samples", "sequential", "bias_correction",
+                                               "sensitivity", "both_factors", "affine_correction")})
+            if data.get("both_factors", 0) < 0 or data.get("both_factors", 0) > 10:
+                raise PlanError(f"both_factors {data['both_factors']} is out of range; give 0 to 10 rounds")
             Budget(**budget)
             SearchOptions(**{key: value for key, value in search.items() if key != "exclude"})
             if speed is not None:
@@ -443,7 +455,13 @@ def apply_plan(model, plan: Plan, calibration=None):
     elif isinstance(model, onnx.ModelProto):
         plan.check_layer_names(model)
     options = plan.compress_options(calibration)
-    return _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+    result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+    planned_on = (plan.options.get("data") or {}).get("calibration")
+    if calibration is not None and planned_on and str(calibration.source) != planned_on:
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            f"calibration differs from the plan's ({calibration.source}, the plan was made on {planned_on}): the "
+            "factors are fitted to the inputs given now, the ranks were chosen on the plan's",)))
+    return result
 
 
 class _Decisions:

@@ -119,6 +119,10 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d.update(version=2), r"plan version 2"),
     (lambda d: d["layers"][0].pop("weight_shape"), r"missing key 'weight_shape'"),
     (lambda d: d["layers"].append(dict(d["layers"][0])), r"layer 'conv0' appears twice"),
+    (lambda d: d["options"]["data"].update(affine_correction="maybe"), r"options.data.affine_correction: got 'maybe'"),
+    (lambda d: d["options"]["data"].update(both_factors=-7), r"both_factors -7 is out of range"),
+    (lambda d: d["options"]["data"].update(both_factors=True), r"options.data.both_factors: got True"),
+    (lambda d: d["options"]["data"].update(damage_points=0), r"damage_points|points 0"),
 ])
 def test_unknown_keys_and_bad_values_are_refused(edit, message):
     data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
@@ -186,3 +190,17 @@ def test_plan_carries_the_data_aware_refinements():
     assert not same_bytes(plain, onnx_alds.compress(model, **options).model), "the refinements change the factors"
     with pytest.raises(PlanError, match="plans do not hold pruned widths"):
         make_plan(model, keep_flops=0.5, calibration=calibration, prune="only")
+
+
+def test_apply_with_other_calibration_says_so():
+    from onnx_alds.inputs import InputSet
+
+    model = small_cnn(width=16)
+    drawn = random_inputs(model, 16, input_shapes={"input": (1, 3, 32, 32)}, seed=0).arrays["input"]
+    made_on = InputSet({"input": drawn[:8]}, source="first.npz (8 samples)")
+    other = InputSet({"input": drawn[8:]}, source="second.npz (8 samples)")
+    plan = round_trip(make_plan(model, keep_flops=0.5, calibration=made_on))
+    assert not any("calibration differs" in note for note in apply_plan(model, plan, calibration=made_on).report.notes)
+    notes = apply_plan(model, plan, calibration=other).report.notes
+    assert any("calibration differs from the plan's (second.npz (8 samples), the plan was made on first.npz" in note
+               for note in notes)
