@@ -72,7 +72,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InputDataError, UnsupportedModelError
+from .errors import InputDataError, OnnxAldsError, UnsupportedModelError
 from .layers import Layer
 from .model_io import graph_inputs
 
@@ -941,7 +941,16 @@ class _RayShards:
             yield self._get(*pending.popleft())
 
     def _get(self, count: int, ref) -> tuple[int, dict]:
-        sums, timing = self.ray.get(ref)
+        try:
+            sums, timing = self.ray.get(ref)
+        except Exception as exc:  # a worker's failure: its own error when it is ours, else one line saying what died
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, OnnxAldsError):
+                raise cause from None
+            first = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+            raise OnnxAldsError(f"a calibration worker failed ({type(exc).__name__}: {first[:200]}); check that the "
+                                "Ray workers import the same onnx_alds as this process (run from a folder without "
+                                "another copy of the package), or use --calibration-workers 1") from None
         record = _WORKERS.get()
         if record is not None:
             record.timeline.append(timing)

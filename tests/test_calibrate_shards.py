@@ -185,3 +185,33 @@ def test_ray_workers_give_the_same_bits(setup, tmp_path):
     assert_same(on_ray_paired, local_paired)
     assert ray_model.model.SerializeToString() == local_model.model.SerializeToString()
     assert ray_model.report.layers == local_model.report.layers
+
+
+def test_a_failed_ray_worker_is_one_error_line():
+    """A worker that dies (e.g. it imported another copy of the package) surfaces as an OnnxAldsError,
+    not as Ray's traceback; a worker's own OnnxAldsError is raised as it is."""
+    from onnx_alds.calibrate import _RayShards
+    from onnx_alds.errors import InputDataError, OnnxAldsError
+
+    class Died(Exception):
+        pass
+
+    class Wrapped(Exception):
+        def __init__(self, cause):
+            super().__init__("wrapped")
+            self.cause = cause
+
+    class FakeRay:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def get(self, ref):
+            raise self.exc
+
+    shards = _RayShards.__new__(_RayShards)
+    shards.ray = FakeRay(Died("Traceback ...\nCan't get attribute '_Plan' on <module>"))
+    with pytest.raises(OnnxAldsError, match=r"a calibration worker failed \(Died: Can't get attribute '_Plan'"):
+        shards._get(1, None)
+    shards.ray = FakeRay(Wrapped(InputDataError("bad data in shard")))
+    with pytest.raises(InputDataError, match="bad data in shard"):
+        shards._get(1, None)
