@@ -99,6 +99,9 @@ class MethodSpec:
     speed_check: bool = False
 
 
+DATA_ONLY_METHODS = ("damage",)  # methods that exist only with calibration data
+
+
 def parse_method(name: str) -> MethodSpec:
     """``alds``, ``svd+data``, ``alds+data/pw+sc``, …: a method of ``onnx-alds compress`` followed by
     modifiers (``+data``, ``+seq``, ``+bc``, ``+sens``, ``/frob``, ``/g1``, ``/pw``, ``+sc``)."""
@@ -118,6 +121,8 @@ def parse_method(name: str) -> MethodSpec:
     speed_check = bool(options.pop("speed_check", False))
     if not data and any(options.get(k) for k in ("sequential", "bias_correction", "sensitivity")):
         raise BudgetError(f"method '{name}': +seq, +bc and +sens need calibration data; add +data")
+    if not data and base in DATA_ONLY_METHODS:
+        raise BudgetError(f"method '{name}' needs calibration data; write it {base}+data and give --calibration")
     return MethodSpec(name, options, data, speed_check)
 
 
@@ -1297,8 +1302,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--keep-params", type=any_float, nargs="+", metavar="F",
                         help="budgets: fractions of the model's weights to keep")
     parser.add_argument("--methods", nargs="+", default=["alds"], metavar="M",
-                        help="methods: alds, svd, svd-energy, l-rank, each optionally with modifiers "
-                             + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first)")
+                        help="methods: alds, svd, svd-energy, l-rank, damage (needs +data), each optionally with "
+                             "modifiers " + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first)")
     parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[16], metavar="N",
                         dest="rank_multiples", help="rank multiples, as onnx-alds compress --rank-multiple (16: what "
                                                     "ONNX Runtime's fast CPU kernels need; 1: the finest steps)")

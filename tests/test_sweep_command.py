@@ -260,3 +260,6 @@ def test_parse_method():
     for bad in ("pca", "alds+foo", "alds+seq", "alds data"):
         with pytest.raises(BudgetError):
             parse_method(bad)
+    assert parse_method("damage+data").data
+    with pytest.raises(BudgetError, match="needs calibration data; write it damage[+]data and give --calibration"):
+        parse_method("damage")
