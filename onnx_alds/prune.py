@@ -331,7 +331,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     while pending:
         tensor = pending.pop(0)
         if tensor in graph.outputs:
-            return f"the hidden tensor '{tensor}' is a graph output"
+            return (f"the hidden tensor '{tensor}' is a graph output" if tensor == hidden else
+                    f"the hidden channels of '{hidden}' reach the graph output '{tensor}' through per-channel ops")
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
                 continue
