@@ -782,7 +782,12 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     tried: list[tuple[Allocation, SettleRound]] = []
     budget = keep
     for _ in range(max(rounds, 1)):
-        allocation = allocate(budget)
+        try:
+            allocation = allocate(budget)
+        except BudgetError:
+            if not tried:
+                raise
+            break  # a moved budget the tables cannot meet after all: keep what was measured
         decisions = dict(zip(names, allocation.choices))
         measured = ratio(build(allocation))
         tried.append((allocation, SettleRound(budget, info.achieved(decisions), measured)))
