@@ -512,12 +512,11 @@ def _damage_factor_fn(data):
         matrix, groups, rank, stat, refit=data.refit, layer=layer, both_factors=data.both_factors)
 
 
-def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables, target: str, keep: float,
-                     rank_multiple: int) -> tuple[Allocation, dict]:
-    """The least-damage allocation under the budget (:func:`onnx_alds.allocate.allocate_options`)."""
-    from .allocate import LayerChoice, allocate_options
-    from .damage import damage_options
-
+def _layer_budget(prepared: _Prepared, chosen: Sequence[Layer], target: str,
+                  keep: float) -> tuple[float, list[float], float, float]:
+    """The model's total in the budget's unit (weights, or MACs), each layer's scale to that unit
+    (1, or its output positions), what stays fixed (layers not factorized, other weights), and what the
+    factorizable layers may cost: the target less what stays fixed."""
     if target == "params":
         total = float(prepared.params_total)
         scales = [1.0] * len(chosen)
@@ -525,7 +524,16 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
         total = float(prepared.macs_total or 0)
         scales = [float(layer.positions or 0) for layer in chosen]
     fixed = total - sum(layer.params * scale for layer, scale in zip(chosen, scales))
-    budget = keep * total - fixed
+    return total, scales, fixed, keep * total - fixed
+
+
+def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables, target: str, keep: float,
+                     rank_multiple: int) -> tuple[Allocation, dict]:
+    """The least-damage allocation under the budget (:func:`onnx_alds.allocate.allocate_options`)."""
+    from .allocate import LayerChoice, allocate_options
+    from .damage import damage_options
+
+    total, scales, fixed, budget = _layer_budget(prepared, chosen, target, keep)
     options = damage_options(chosen, damage_tables, scales, target)
     cheapest = sum(min(o.costs[target] for o in options if o.layers == (layer.name,)) for layer in chosen)
     if budget < cheapest - 1e-9:
@@ -679,14 +687,7 @@ def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], 
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
               keep: float, method: str, seed: int, rank_multiple: int = 1) -> Allocation:
     """Budget of the factorizable layers (the target less what stays fixed), then the allocation."""
-    if target == "params":
-        total = float(prepared.params_total)
-        scales = [1.0] * len(chosen)
-    else:
-        total = float(prepared.macs_total or 0)
-        scales = [float(layer.positions or 0) for layer in chosen]
-    fixed = total - sum(layer.params * scale for layer, scale in zip(chosen, scales))
-    budget = keep * total - fixed
+    total, scales, fixed, budget = _layer_budget(prepared, chosen, target, keep)
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
         skipped = [layer for layer in prepared.layers if not layer.compressible]
