@@ -51,6 +51,15 @@ def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 # the missing extra
 
 
+def write_pair(tmp_path, original, compressed, inputs) -> list:
+    """``a.onnx`` (original), ``b.onnx`` (compressed) and ``x.npz`` (the inputs) in ``tmp_path``; the two paths."""
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    onnx.save(original, str(paths[0]))
+    onnx.save(compressed, str(paths[1]))
+    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    return paths
+
+
 def test_missing_torch_is_one_clear_error(monkeypatch, pair, tmp_path, capsys):
     from onnx_alds import distill as module
     from onnx_alds.cli import main
@@ -59,10 +68,7 @@ def test_missing_torch_is_one_clear_error(monkeypatch, pair, tmp_path, capsys):
     with pytest.raises(module.DistillError, match=r"onnx-alds\[distill\]"):
         module.import_torch()
     original, compressed, inputs = pair
-    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
-    onnx.save(original, str(paths[0]))
-    onnx.save(compressed, str(paths[1]))
-    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    paths = write_pair(tmp_path, original, compressed, inputs)
     code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
                  "-o", str(tmp_path / "out.onnx"), "--steps", "2"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -289,10 +295,7 @@ def test_verification_failure_writes_nothing(torch, pair, monkeypatch, tmp_path,
     monkeypatch.setitem(module.OPS, "Relu", lambda torch, F, node, x: x)
     with pytest.raises(module.DistillError, match="disagree"):
         module.distill(original, compressed, inputs, steps=1, progress=False)
-    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
-    onnx.save(original, str(paths[0]))
-    onnx.save(compressed, str(paths[1]))
-    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    paths = write_pair(tmp_path, original, compressed, inputs)
     code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
                  "-o", str(tmp_path / "out.onnx"), "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -360,10 +363,7 @@ def test_cli_distill_and_compress_distill(torch, pair, tmp_path, capsys):
     from onnx_alds.cli import main
 
     original, compressed, inputs = pair
-    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
-    onnx.save(original, str(paths[0]))
-    onnx.save(compressed, str(paths[1]))
-    np.savez(tmp_path / "x.npz", **inputs.arrays)
+    paths = write_pair(tmp_path, original, compressed, inputs)
     code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"), "-o",
                  str(tmp_path / "tuned.onnx"), "--steps", "3", "--eval-every", "2", "--report",
                  str(tmp_path / "d.json")])

@@ -37,44 +37,18 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
+from accuracy_bench import embedding_scores, outputs  # noqa: E402
+from data_aware_bench import _load_npz  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
-from onnx_alds.runtime import make_session  # noqa: E402
 
 VARIANTS = {
     "low-rank": dict(),
     "prune": dict(prune="only"),
     "combined": dict(prune="combined"),
 }
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-
-
-def outputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
-    session = make_session(model, "cpu")
-    names = [i.name for i in session.get_inputs()]
-    count = arrays[names[0]].shape[0]
-    parts = [session.run(None, {n: arrays[n][s:s + batch] for n in names})[0] for s in range(0, count, batch)]
-    return np.concatenate(parts).reshape(count, -1).astype(np.float64)
-
-
-def neighbours_unchanged(reference: np.ndarray, compressed: np.ndarray) -> tuple[float, float]:
-    """(fraction of nearest neighbours unchanged, mean cosine to the original embedding)."""
-    def unit(x):
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    ref, new = unit(reference), unit(compressed)
-
-    def nearest(x):
-        sim = x @ x.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(axis=1)
-
-    return float(np.mean(nearest(ref) == nearest(new))), float(np.mean(np.sum(ref * new, axis=1)))
 
 
 def held_out_sets(folder: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -93,7 +67,7 @@ def scores(kind: str, references: dict, model: onnx.ModelProto, sets: dict) -> d
     for name, arrays in sets.items():
         out = outputs(model, arrays)
         if kind == "embedding":
-            result[f"nn_{name}"], result[f"cos_{name}"] = neighbours_unchanged(references[name], out)
+            result[f"nn_{name}"], result[f"cos_{name}"] = embedding_scores(references[name], out)
         else:
             result[f"agree_{name}"] = float(np.mean(out.argmax(axis=1) == references[name].argmax(axis=1)))
     return result
