@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -459,7 +459,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
                            cached=damage_cost.cached, out_of_sample=damage_cost.out_of_sample)
     else:
-        allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple)
+        slow_note = _slow_layers_note(chosen, tables, options.speed) if speed_info is not None else ""
+        allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple, slow_note)
     seconds["allocation"] = time.perf_counter() - tick
     prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
                                            channel_multiple=rank_multiple)
@@ -684,9 +685,21 @@ def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], 
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 
+def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], speed: Any) -> str:
+    """Why the lowest reachable ratio is high when the latency tables removed options: how many layers
+    have no factorization left that measured faster than their dense layer."""
+    stuck = [layer.name for layer, table in zip(chosen, tables) if not any(len(o.ranks) for o in table.options)]
+    if not stuck:
+        return ""
+    return (f"; {len(stuck)} of {len(chosen)} factorizable layers have no factorization measured faster than "
+            f"their dense layer on {speed.provider} at batch {speed.batch} (--order auto and --speed-check keep "
+            "only faster options) and stay dense")
+
+
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
-              keep: float, method: str, seed: int, rank_multiple: int = 1) -> Allocation:
-    """Budget of the factorizable layers (the target less what stays fixed), then the allocation."""
+              keep: float, method: str, seed: int, rank_multiple: int = 1, slow_note: str = "") -> Allocation:
+    """Budget of the factorizable layers (the target less what stays fixed), then the allocation.
+    ``slow_note``: why options are missing (layers the latency tables left with none), for the error."""
     total, scales, fixed, budget = _layer_budget(prepared, chosen, target, keep)
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
@@ -702,7 +715,7 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
                    f"{'; ...' if len(reasons) > 2 else ''})")
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
-            f"{(fixed + cheapest) / total:.4f} (every factorizable layer at its lowest rank{why}); "
+            f"{(fixed + cheapest) / total:.4f} (every factorizable layer at its lowest rank{why}{slow_note}); "
             "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
                                        if rank_multiple > 1 else "")
         )

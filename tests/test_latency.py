@@ -47,6 +47,15 @@ def test_unreachable_latency_names_smallest_ratio(tmp_path):
                            speed=speed(FakeTimer(), tmp_path))
 
 
+def test_flops_budget_unreachable_because_pairs_are_slow_says_so(tmp_path):
+    # a GPU at small batch: every factorized pair measures slower than its dense layer
+    timer = FakeTimer(slow=lambda inputs, outputs: True)
+    with pytest.raises(BudgetError, match=r"--keep-flops 0.5 cannot be reached: .*(\d+) of \1 factorizable layers have "
+                                          r"no factorization measured faster than their dense layer on cpu at batch 4"):
+        onnx_alds.compress(small_cnn(width=32), keep_flops=0.5, rank_multiple=8, order="auto",
+                           speed=speed(timer, tmp_path))
+
+
 def test_order_auto_picks_the_faster_order_per_layer(tmp_path):
     # pointwise-first pairs 2x faster where the conv has 32 inputs, 2x slower where it has 64
     timer = FakeTimer(group_penalty=50.0, pointwise=lambda channels: 0.5 if channels == 32 else 2.0)

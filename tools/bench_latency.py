@@ -1,9 +1,11 @@
 """What the latency tables cost, and what ``--keep-latency`` buys, on ResNet-50 and the MNIST ResNet.
 
     python tools/bench_latency.py [--models resnet50 mnist] [--keep 0.5] [--repeats 3] [--json FILE]
+                                  [--provider cpu|cuda] [--batch NAME=N ...]
 
-Per model, on the CPU (2 intra-op threads by default: the physical cores), at its deployment batch
-(ResNet-50: 1, MNIST ResNet: 32; ``--batch NAME=N`` changes one):
+Per model, on ``--provider`` (CPU: the physical cores as intra-op threads by default), at its
+deployment batch (ResNet-50: 1, MNIST ResNet: 32; ``--batch NAME=N`` changes one, and may be given
+twice for one model to measure two batches):
 
 1. **table cost, cold**: ``make_plan(keep_latency=K, order="auto", rank_multiple=16)`` with an empty
    latency cache (a fresh temporary folder): the seconds the latency tables took (the report's
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import platform
 import statistics
 import sys
@@ -81,6 +85,26 @@ def accuracy(model, eval_path: Path) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == data["labels"]))
 
 
+def provider_agreement(models: dict, provider: str, batch: int) -> dict:
+    """Relative L2 difference (||a - b|| / ||b||, every output) of each model's outputs on ``provider``
+    against the same model on the CPU, on one seeded random batch: the provider computes what the CPU
+    computes (CUDA convs may use TF32, so the original model's figure is the scale to read the others by)."""
+    from onnx_alds.bench import timing_feeds
+    from onnx_alds.model_io import load_model
+    from onnx_alds.runtime import make_session
+
+    figures = {}
+    for label, model in models.items():
+        model = load_model(model)
+        feeds = timing_feeds(model, batch, None)
+        device = make_session(model, provider).run(None, feeds)
+        host = make_session(model, "cpu").run(None, feeds)
+        figures[label] = max(float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+                                   / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30))
+                             for a, b in zip(device, host))
+    return figures
+
+
 def step(record: dict, name: str, function):
     """Run ``function`` and record its wall time and the load before and after."""
     before = load()
@@ -91,9 +115,11 @@ def step(record: dict, name: str, function):
     return value
 
 
-def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, threads, layer_runs: int) -> dict:
+def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, threads, layer_runs: int,
+                provider: str = "cpu") -> dict:
     from onnx_alds import compress
     from onnx_alds.bench import bench, compare_layers, provider_options_for
+    from onnx_alds.errors import BudgetError
     from onnx_alds.inputs import load_inputs
     from onnx_alds.model_io import load_model
     from onnx_alds.options import SpeedOptions
@@ -107,17 +133,34 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
     if spec.get("calibration"):
         calibration = load_inputs(load_model(path), npz=spec["calibration"])
     record: dict = {"model": name, "path": str(path.relative_to(ROOT)), "batch": batch, "keep": keep,
+                    "provider": provider,
                     "calibration": None if calibration is None else str(spec["calibration"].relative_to(ROOT))}
-    print(f"{name}: batch {batch}, keep {keep}", flush=True)
+    print(f"{name}: batch {batch}, keep {keep}, provider {provider}", flush=True)
     common = dict(rank_multiple=16, calibration=calibration)
     with tempfile.TemporaryDirectory(prefix="onnx-alds-latency-") as cache:
-        speed = SpeedOptions(batch=batch, threads=threads, cache_dir=cache)
-        cold = step(record, "plan (cold cache)", lambda: make_plan(str(path), keep_latency=keep, order="auto",
-                                                                   speed=speed, **common))
-        warm = step(record, "plan (warm cache)", lambda: make_plan(str(path), keep_latency=keep, order="auto",
-                                                                   speed=speed, **common))
+        speed = SpeedOptions(provider=provider, batch=batch, threads=threads, cache_dir=cache)
+        keep_latency = keep
+        tick = time.perf_counter()
+        try:
+            cold = step(record, "plan (cold cache)", lambda: make_plan(str(path), keep_latency=keep, order="auto",
+                                                                       speed=speed, **common))
+        except BudgetError as exc:  # e.g. launch-bound layers on a GPU: plan at the smallest reachable ratio
+            reachable = re.search(r"smallest reachable ratio is ([0-9.]+)", str(exc))
+            if reachable is None:
+                raise
+            record["keep_latency_unreachable"] = str(exc)
+            record["unreachable_attempt_s"] = round(time.perf_counter() - tick, 2)  # the cold tables were built here
+            keep_latency = math.ceil(float(reachable.group(1)) * 100) / 100 + 0.01
+            print(f"  {exc}\n  planning at --keep-latency {keep_latency} instead", flush=True)
+            cold = step(record, "plan (cold cache)", lambda: make_plan(str(path), keep_latency=keep_latency,
+                                                                       order="auto", speed=speed, **common))
+        record["keep_latency"] = keep_latency
+        warm = step(record, "plan (warm cache)", lambda: make_plan(str(path), keep_latency=record["keep_latency"],
+                                                                   order="auto", speed=speed, **common))
     for label, plan in (("cold", cold), ("warm", warm)):
         latency = plan.report.latency
+        if label == "cold" and "unreachable_attempt_s" in record:
+            latency = dict(latency, table_seconds=record["unreachable_attempt_s"])  # tables + allocation
         record[f"table_{label}"] = {"seconds": round(latency["table_seconds"], 3), "timings": latency["timings"],
                                     "loops": latency["loops"], "layers": latency["layers_timed"],
                                     "layer_shapes_measured": latency["layer_shapes_measured"],
@@ -127,15 +170,18 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
                                                                    "measured_speedup")}
     record["plan_warm_equals_cold"] = [d.__dict__ for d in cold.layers] == [d.__dict__ for d in warm.layers]
     applied = step(record, "apply", lambda: apply_plan(str(path), cold, calibration=calibration))
-    flops = step(record, "compress keep-flops", lambda: compress(str(path), keep_flops=keep, **common))
-    flops_pw = step(record, "compress keep-flops pointwise-first",
-                    lambda: compress(str(path), keep_flops=keep, order="pointwise-first", **common))
+    variants = {"keep-latency (auto order)": applied}
     with tempfile.TemporaryDirectory(prefix="onnx-alds-latency-") as cache:
-        flops_auto = step(record, "compress keep-flops auto order",
-                          lambda: compress(str(path), keep_flops=keep, order="auto",
-                                           speed=SpeedOptions(batch=batch, threads=threads, cache_dir=cache), **common))
-    variants = {"keep-latency (auto order)": applied, "keep-flops": flops, "keep-flops pointwise-first": flops_pw,
-                "keep-flops auto order": flops_auto}
+        auto_speed = SpeedOptions(provider=provider, batch=batch, threads=threads, cache_dir=cache)
+        for label, order, speed_options in (("keep-flops", "spatial-first", None),
+                                            ("keep-flops pointwise-first", "pointwise-first", None),
+                                            ("keep-flops auto order", "auto", auto_speed)):
+            try:
+                variants[label] = step(record, f"compress {label}", lambda: compress(
+                    str(path), keep_flops=keep, order=order, speed=speed_options, **common))
+            except BudgetError as exc:  # auto order drops every option slower than dense: may not reach keep
+                print(f"  {label}: {exc}", flush=True)
+                record.setdefault("variant_errors", {})[label] = str(exc)
     record["variants"] = {}
     for label, result in variants.items():
         report = result.report
@@ -147,11 +193,16 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
             record["variants"][label]["accuracy"] = accuracy(result.model, spec["eval"])
     if spec.get("eval"):
         record["original_accuracy"] = accuracy(path, spec["eval"])
+    if provider != "cpu":
+        record["provider_vs_cpu_rel_l2"] = step(record, f"{provider} vs cpu outputs", lambda: provider_agreement(
+            {"original": str(path), **{label: result.model for label, result in variants.items()}}, provider, batch))
+        print(f"  {provider} vs cpu, relative L2 of the outputs: {record['provider_vs_cpu_rel_l2']}", flush=True)
     speedups: dict[str, list[float]] = {label: [] for label in variants}
     fastest: dict[str, list[float]] = {label: [] for label in variants}
     for repeat in range(repeats):
         report = step(record, f"bench {repeat + 1}", lambda: bench([str(path)] + [r.model for r in variants.values()],
-                                                                   batch_sizes=(batch,), runs=runs, threads=threads,
+                                                                   provider=provider, batch_sizes=(batch,), runs=runs,
+                                                                   threads=threads,
                                                                    names=["original"] + list(variants)))
         for index, label in enumerate(variants, start=1):
             speedups[label].append(round(report.speedup(index, batch), 3))
@@ -168,8 +219,8 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
                       if row.groups and row.time_us is not None and row.time_us >= row.time_dense_us]
     record["planned_layers_slower"] = planned_slower
     rows = step(record, "per-layer re-measure", lambda: compare_layers(
-        load_model(path), applied.model, model_name="keep-latency", provider="cpu", batch=batch, input_shapes=None,
-        threads=threads, provider_options=provider_options_for("cpu"), warmup=3, runs=layer_runs))
+        load_model(path), applied.model, model_name="keep-latency", provider=provider, batch=batch, input_shapes=None,
+        threads=threads, provider_options=provider_options_for(provider), warmup=3, runs=layer_runs))
     record["remeasured_layers"] = len(rows.rows)
     record["remeasured_slower"] = [(row.layer, round(row.speedup, 3)) for row in rows.rows if row.speedup < 1.0]
     record["remeasured_pairs"] = [(row.layer, round(row.original_us, 1), round(row.pair_us, 1)) for row in rows.rows]
@@ -177,18 +228,20 @@ def bench_model(name: str, keep: float, batch: int, runs: int, repeats: int, thr
 
 
 def print_summary(records: list[dict]) -> None:
+    labels = list(dict.fromkeys(label for r in records for label in r["variants"]))
     print("\n| model | batch | table cold (s, timings) | table warm (s) | predicted (whole-model check) | " +
-          " | ".join(records[0]["variants"]) + " | planned slower | re-measured slower |")
-    print("|---" * (7 + len(records[0]["variants"])) + "|")
+          " | ".join(labels) + " | planned slower | re-measured slower |")
+    print("|---" * (7 + len(labels)) + "|")
     for r in records:
         cells = [f"{v['speedup']:.2f}x ({', '.join(f'{s:.2f}' for s in v['speedups'])}); fastest runs "
                  f"{v['speedup_min']:.2f}x ({', '.join(f'{s:.2f}' for s in v['speedups_min'])}); "
                  f"{v['speedup'] * v['macs_kept']:.0%} of ideal 1/MACs kept ({1 / v['macs_kept']:.2f}x)"
-                 + (f", acc {v['accuracy']:.3f}" if "accuracy" in v else "") for v in r["variants"].values()]
+                 + (f", acc {v['accuracy']:.3f}" if "accuracy" in v else "") if v else "unreachable"
+                 for v in (r["variants"].get(label) for label in labels)]
         rounds = r["predicted"].get("whole_model_check") or []
         check = "; ".join(f"budget {x['budget']:.3f}: predicted {1 / x['predicted']:.2f}x, measured "
                           f"{1 / x['measured']:.2f}x" for x in rounds)
-        print(f"| {r['model']} | {r['batch']} | {r['table_cold']['seconds']:.1f} ({r['table_cold']['timings']}) | "
+        print(f"| {r['model']} | {r['batch']} (keep-latency {r.get('keep_latency', r['keep'])}) | {r['table_cold']['seconds']:.1f} ({r['table_cold']['timings']}) | "
               f"{r['table_warm']['seconds']:.2f} | {r['predicted']['predicted_speedup']:.2f}x ({check}) | "
               + " | ".join(cells)
               + f" | {len(r['planned_layers_slower'])} | {len(r['remeasured_slower'])} of {r['remeasured_layers']} |")
@@ -203,21 +256,32 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="whole-model benches (median speedup reported)")
     parser.add_argument("--layer-runs", type=int, default=15, help="rounds per re-measured layer pair")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
-    parser.add_argument("--json", help="write every figure as JSON")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
+                        help="ONNX Runtime provider of the tables, the plans and every timing")
+    parser.add_argument("--json", help="write every figure as JSON (rewritten after each model)")
     args = parser.parse_args()
-    batches = {name: spec["batch"] for name, spec in MODELS.items()}
+    batches: dict[str, list[int]] = {}
     for entry in args.batch:
         name, _, value = entry.partition("=")
-        batches[name] = int(value)
+        batches.setdefault(name, []).append(int(value))
     started = time.perf_counter()
     run = {"command": "python tools/bench_latency.py " + " ".join(sys.argv[1:]), "load_start": load(),
            "platform": platform.platform(), "records": []}
     for name in args.models:
-        run["records"].append(bench_model(name, args.keep, batches[name], args.runs, args.repeats, args.threads,
-                                          args.layer_runs))
+        for batch in batches.get(name, [MODELS[name]["batch"]]):
+            try:
+                run["records"].append(bench_model(name, args.keep, batch, args.runs, args.repeats, args.threads,
+                                                  args.layer_runs, provider=args.provider))
+            except Exception as exc:  # one model's failure is a figure too: keep the others' results
+                print(f"{name} at batch {batch}: {type(exc).__name__}: {exc}", flush=True)
+                run.setdefault("failures", []).append({"model": name, "batch": batch,
+                                                       "error": f"{type(exc).__name__}: {exc}"})
+            if args.json:
+                Path(args.json).write_text(json.dumps(run, indent=1, default=str) + "\n")
     run["load_end"] = load()
     run["wall_s"] = round(time.perf_counter() - started, 1)
-    print_summary(run["records"])
+    if run["records"]:
+        print_summary(run["records"])
     print(f"\nload average {run['load_start']} at start, {run['load_end']} at end; {run['wall_s']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(run, indent=1, default=str) + "\n")
