@@ -43,6 +43,12 @@ each block's cost linear in its width (producer, consumer and the ops between, i
 ``frobenius`` data-aware tables), then factorizes them with :func:`onnx_alds.compress` on the pruned model.
 :func:`width_options` gives the same widths as plain option records (covered layers, cost, error) for a
 set-partitioning allocator.
+
+With ``--method damage`` (:func:`joint_damage_widths`) the widths come from the output-damage integer
+program instead: the layers outside the blocks bring their *measured* damage tables
+(:mod:`onnx_alds.damage`), every block its narrower widths with the modelled damage ``(s_b·ε_b(w))²``
+(:func:`damage_width_options`), and :func:`onnx_alds.allocate.allocate_options` picks the least total
+damage under the budget; the low-rank step then re-measures its layers on the pruned model.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from .layers import Layer, constant_tensors
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
-           "block_sensitivities", "sequential_prune", "compress_pruned", "PRUNE_MODES"]
+           "block_sensitivities", "sequential_prune", "compress_pruned", "joint_damage_widths", "PRUNE_MODES"]
 
 PRUNE_MODES = ("off", "combined", "only")  # off; widths and low-rank in one min-max; widths alone
 UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
@@ -986,6 +992,46 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
     return options
 
 
+def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "PruneAnalysis",
+                        weights: Sequence[float], candidates: Sequence[Layer], tables: Sequence, target: str,
+                        total: float, keep: float, data, max_groups: int) -> tuple[list[int], dict]:
+    """Block widths chosen together with the low-rank options of ``candidates`` (the factorizable layers
+    outside the blocks) by the output-damage integer program (``--method damage --prune combined``).
+
+    ``tables``: the candidates' whitened ``frobenius`` error tables; ``weights``: the blocks'
+    sensitivities (:func:`block_sensitivities`); ``total``: the model's weights or MACs (``target``);
+    ``data``: the :class:`onnx_alds.options.DataOptions` (damage samples, points, refit, shrinkage).
+    Returns each block's width and what the allocation predicted (``predicted_damage``, its square root
+    ``predicted_output_error``, ``options``, ``status``, the damage tables' ``runs`` and ``seconds``).
+    Raises :class:`BudgetError` when no choice meets ``keep``."""
+    from . import api
+    from .allocate import Option, allocate_options
+    from .damage import damage_options, measure_damage_tables
+
+    blocks = analysis.blocks
+    scales = [1.0 if target == "params" else float(layer.positions or 0) for layer in candidates]
+    damage_tables, cost = measure_damage_tables(
+        proto, candidates, tables, constants, analysis.stats, data.calibration, samples=data.damage_samples,
+        points=data.damage_points, max_groups=min(max_groups, data.damage_max_groups), refit=data.refit,
+        factor_fn=api._damage_factor_fn(data), batch_size=data.batch_size, shrinkage=data.shrinkage)
+    options = damage_options(candidates, damage_tables, scales, target)
+    options += damage_width_options(blocks, analysis.curves, weights, units=(target,))
+    dense: dict[str, float] = {}
+    for block in blocks:
+        for layer in (block.producer, block.consumer):
+            dense[layer.name] = float(layer.params if target == "params" else layer.macs or 0)
+    options += [Option((name, ), "dense", {target: size}, 0.0, None) for name, size in dense.items()]
+    covered = [layer.name for layer in candidates] + list(dense)
+    fixed = total - sum(float(layer.params) * scale for layer, scale in zip(candidates, scales)) - sum(dense.values())
+    budget = keep * total - fixed
+    result = allocate_options(options, {target: budget}, layers=covered)
+    chosen = {o.payload[0]: o.payload[1] for o in result.chosen if o.kind == "width"}
+    widths = [int(chosen.get(block.name, block.width)) for block in blocks]
+    return widths, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
+                        options=result.candidates, status=result.status, runs=cost.runs,
+                        seconds=cost.seconds)
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 
 
@@ -1191,7 +1237,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     in_blocks = {name for block in blocks for name in block.layers}
     block_full = sum(_block_cost(block, block.width, target) for block in blocks)
     candidates = [layer for layer in others if layer.name not in in_blocks] if mode == "combined" else []
-    extra = []
+    extra, candidate_tables = [], []
     tick = time.perf_counter()
     for layer in candidates:
         scale = 1.0 if target == "params" else float(layer.positions or 0)
@@ -1202,6 +1248,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         rows, cols = layer.matrix_shape
         table = error_table(spectra, rows, cols, groups=layer.groups, measure="frobenius",
                             rank_multiple=search.rank_multiple)
+        candidate_tables.append(table)
         costs = [float(layer.params) * scale] + [float(s) * scale for option in table.options for s in option.sizes]
         errors = [0.0] + [float(e) for option in table.options for e in option.errors]
         extra.append((np.array(costs), np.array(errors)))
@@ -1217,8 +1264,20 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         top = np.argsort(weights)[::-1][:3]
         notes.append("block sensitivities (output error per unit block error), largest: "
                      + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
+    joint = search.method == "damage" and mode == "combined" and bool(blocks) and objective == "minmax"
     try:
-        if objective == "sum":
+        if joint:  # widths and ranks in one output-damage integer program
+            tick = time.perf_counter()
+            widths, joint_info = joint_damage_widths(
+                proto, prepared.constants, analysis, weights if sensitivity else [1.0] * len(blocks), candidates,
+                candidate_tables, target, total, budget.keep, data, search.groups_searched)
+            seconds["joint damage allocation"] = time.perf_counter() - tick
+            notes.append(f"widths chosen with the low-rank options by the output-damage integer program "
+                         f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
+                         f"{joint_info['status']}): predicted relative output error "
+                         f"{joint_info['predicted_output_error']:.3f}")
+            choices, epsilon = [1] * len(candidates), 0.0  # the low-rank step re-allocates on the pruned model
+        elif objective == "sum":
             items = [(np.array([_block_cost(b, int(w), target) for w in c.widths]), c.errors)
                      for b, c in zip(blocks, curves)] + list(extra)
             picks = allocate_sum(items, available)

@@ -313,3 +313,23 @@ def test_width_options_plug_into_the_damage_allocator():
     name, width = chosen.chosen[0].payload
     assert name == "up" and width == 40  # the widest width that fits has the least damage
     assert chosen.chosen[0].damage == pytest.approx(curve.error(40) ** 2)
+
+
+def test_damage_method_chooses_widths_and_ranks_in_one_integer_program():
+    model = small_cnn(width=16)  # conv0 → conv1 is a block; the other convs and the classifier are low-rank options
+    cal = InputSet({"input": np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32)},
+                   source="test inputs")
+    result = compress(model, keep_flops=0.6, calibration=cal, prune="combined", method="damage", rank_multiple=4)
+    report = result.report
+    assert report.method == "damage+prune"
+    assert report.achieved <= 0.6 * 1.01
+    assert any("output-damage integer program" in note for note in report.notes)
+    assert "joint damage allocation" in report.seconds
+    onnx.checker.check_model(result.model, full_check=True)
+    again = compress(model, keep_flops=0.6, calibration=cal, prune="combined", method="damage", rank_multiple=4)
+    assert again.model.SerializeToString() == result.model.SerializeToString()
+    # the same allocation at the full budget keeps every width and rank: the model computes the original
+    full = compress(model, keep_flops=1.0, calibration=cal, prune="combined", method="damage", rank_multiple=4)
+    assert all(b.width_after == b.width_before for b in full.report.pruned)
+    x = {"input": cal.arrays["input"][:4]}
+    np.testing.assert_allclose(run_model(full.model, x)[0], run_model(model, x)[0], rtol=1e-4, atol=1e-5)

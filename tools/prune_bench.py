@@ -8,6 +8,9 @@ calibration inputs:
 - ``prune``: hidden widths alone (``prune="only"``: greedy channel selection + least-squares refit);
 - ``combined``: widths of the prunable blocks and low-rank factors of the other layers in one min-max
   (``prune=True``);
+- ``damage``: low-rank by the output-damage allocator (``method="damage"``);
+- ``damage+prune``: widths and low-rank options in one output-damage integer program
+  (``method="damage", prune="combined"``);
 
 and measure on the held-out inputs (never the calibration ones):
 
@@ -19,7 +22,8 @@ and measure on the held-out inputs (never the calibration ones):
   (``1 / achieved``); the load average is printed with it (the box is shared).
 
     python tools/prune_bench.py [--models efficientnet-lite0 minilm] [--keep 0.7 0.5]
-        [--variants low-rank prune combined] [--rank-multiple 16] [--time 0.5] [--json out.json]
+        [--variants low-rank prune combined damage damage+prune] [--rank-multiple 16] [--time 0.5]
+        [--calibration calibration|pool] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ VARIANTS = {
     "low-rank": dict(),
     "prune": dict(prune="only"),
     "combined": dict(prune="combined"),
+    "damage": dict(method="damage"),
+    "damage+prune": dict(method="damage", prune="combined"),
 }
 
 
@@ -84,6 +90,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="timed runs per model (bench)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for timing (default: cores)")
     parser.add_argument("--save", default=None, metavar="DIR", help="also write each compressed model there")
+    parser.add_argument("--calibration", default="calibration", metavar="NAME",
+                        help="calibration inputs: models/cache/<model>/NAME.npz (default calibration; 'pool' is the "
+                             "larger unlabeled pool of `python -m models.pools`, disjoint from the held-out sets)")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
 
@@ -96,9 +105,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").exists() else {}
         kind = "embedding" if "embedding" in info.get("task", "") else "classifier"
         model = onnx.load(str(folder / "model.onnx"))
-        cal = _load_npz(folder / "calibration.npz")
+        cal = _load_npz(folder / f"{args.calibration}.npz")
         cal.pop("labels", None)
-        calibration = InputSet(cal, source=f"calibration.npz ({len(next(iter(cal.values())))} samples)")
+        calibration = InputSet(cal, source=f"{args.calibration}.npz ({len(next(iter(cal.values())))} samples)")
         sets = held_out_sets(folder)
         references = {key: outputs(model, arrays) for key, arrays in sets.items()}
         counts = ", ".join(f"{key} {len(next(iter(a.values())))}" for key, a in sets.items())
