@@ -773,7 +773,7 @@ class FactorSet:
     """The tensors distillation may change, and the matching points between teacher and student.
 
     ``factors``: initializers of the compressed model that the original lacks (the rewrite's factor
-    tensors); ``biases``: the biases of the decoder nodes (Conv/Gemm input C, or a MatMul's bias
+    tensors, and the sliced tensors of a pruned block, except a BatchNormalization's statistics); ``biases``: the biases of the decoder nodes (Conv/Gemm input C, or a MatMul's bias
     ``Add``) when they are initializers used by nothing else; ``points``: tensors produced by a
     factorized pair that exist under the same name in the original graph (each factorized layer's
     output), excluding graph outputs.
@@ -792,7 +792,9 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
     """Find the factor tensors by difference with the original, not by name pattern."""
     before = {t.name for t in original.graph.initializer}
     initializers = {t.name: t for t in compressed.graph.initializer}
-    factors = [t.name for t in compressed.graph.initializer if t.name not in before]
+    statistics = {name for node in compressed.graph.node if node.op_type == "BatchNormalization"
+                  for name in node.input[3:5]}  # running mean and variance: fixed statistics, not weights
+    factors = [t.name for t in compressed.graph.initializer if t.name not in before and t.name not in statistics]
     factor_set = set(factors)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in compressed.graph.node:
@@ -827,7 +829,24 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
             name = after_bias.get(name, name) if after_bias.get(name) in produced_before else name
             if name in produced_before and name not in outputs and name not in points:
                 points.append(name)
+    if points:  # a pruned block's hidden tensor keeps its name but not its width: no matching point
+        before_shapes, after_shapes = _value_shapes(original), _value_shapes(compressed)
+        points = [name for name in points if before_shapes.get(name) == after_shapes.get(name)]
     return FactorSet(tuple(factors), tuple(biases), tuple(points))
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Every value's inferred shape (ints, dim names, or None where unknown), by name."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an unknown op or a graph over 2 GB: no shapes, every point is compared at run time
+        return {}
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                       for d in value.type.tensor_type.shape.dim)
+    return shapes
 
 
 # ==================================================================================================

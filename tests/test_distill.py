@@ -376,3 +376,21 @@ def test_cli_distill_and_compress_distill(torch, pair, tmp_path, capsys):
     assert code == 0 and "distillation: 3 steps" in out and "distilled: 3 steps" in out
     tuned = onnx.load(str(tmp_path / "small.onnx"))
     assert any(p.key == "onnx_alds.distill" for p in tuned.metadata_props)
+
+
+def test_pruned_model_distills_without_its_hidden_tensors_as_points(torch):
+    """A pruned block's hidden tensor keeps its name but not its width: it is no matching point, and a
+    sliced BatchNormalization's statistics stay fixed (torch refuses gradients for them)."""
+    from onnx_alds.distill import DistillSettings, distill, factor_tensors
+    from test_prune import _inputs, inverted_residual
+
+    model = inverted_residual(seed=0)
+    calibration = _inputs(model)
+    pruned = compress(model, keep_params=0.6, calibration=calibration, prune="only", rank_multiple=8).model
+    found = factor_tensors(model, pruned)
+    assert "bn.mean.pruned" not in found.trainable and "bn.var.pruned" not in found.trainable
+    assert "expand.w.pruned" in found.trainable and "project.w.pruned" in found.trainable
+    assert found.points == ("p",)  # the project conv's output, full width; not the narrowed hidden tensors
+    result = distill(model, pruned, calibration, settings=DistillSettings(steps=20))
+    assert result.report.matching_points == 1
+    assert result.report.loss_after <= result.report.loss_before

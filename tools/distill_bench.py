@@ -17,7 +17,8 @@ final written model is measured the same way.
   ``calibration.npz`` (48 sentences); figure: nearest neighbour (cosine, self excluded) unchanged among the
   300 other sentences of ``eval.npz``, and the mean cosine similarity to the original embeddings.
 
-``--method``, ``--rank-multiple``, ``--keep-flops``, ``--sequential`` and ``--calibration`` change the recipe.
+``--method``, ``--rank-multiple``, ``--keep-flops``, ``--prune``, ``--sequential`` and ``--calibration`` change
+the recipe; ``--out DIR`` keeps a run's results apart from ``docs/results/distill/``.
 
     python tools/distill_bench.py --models mnist-resnet --minutes 2 --lr 0.1 --intermediate-weight 3
     python tools/distill_bench.py --models efficientnet-lite0 --method svd --rank-multiple 16 --minutes 15 \
@@ -191,7 +192,8 @@ def write_outputs(data: dict, out: Path) -> None:
         c = row["compression"]
         recipe = (f"{c.get('method')}{'+data' if c.get('data_aware') else ' (data-free)'}, keep-flops "
                   f"{c.get('keep_flops')}" + (f", rank multiple {c['rank_multiple']}" if c.get("rank_multiple") else "")
-                  + (", sequential" if c.get("sequential") else "") + f"; achieved {c.get('achieved', 0):.3f}")
+                  + (", sequential" if c.get("sequential") else "")
+                  + (f", prune {c['prune']}" if c.get("prune") else "") + f"; achieved {c.get('achieved', 0):.3f}")
         lines.append(f"Original {row['original']['metric']:.4f}; compressed ({recipe}) "
                      f"{row['before']['metric']:.4f}; distilled {row['after']['metric']:.4f} "
                      f"(cosine {row['before']['cosine']:.4f} -> {row['after']['cosine']:.4f}); "
@@ -249,6 +251,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--method", default=None, help="compression method instead of the model's own (above)")
     parser.add_argument("--rank-multiple", type=int, default=None, help="compress with this rank multiple")
     parser.add_argument("--keep-flops", type=float, default=None, help="compress to this MAC fraction")
+    parser.add_argument("--prune", choices=("combined", "only"), default=None,
+                        help="compress with hidden-width pruning (data-aware recipes only)")
     parser.add_argument("--curve-every", type=float, default=30.0, metavar="S",
                         help="measure the held-out figure at most every S seconds of training")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -272,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.sequential and ref.data_aware:
                 ref.compress_kwargs = dict(ref.compress_kwargs, sequential=True)
             for key, value in (("method", args.method), ("rank_multiple", args.rank_multiple),
-                               ("keep_flops", args.keep_flops)):
+                               ("keep_flops", args.keep_flops), ("prune", args.prune)):
                 if value is not None:
                     ref.compress_kwargs = dict(ref.compress_kwargs, **{key: value})
             row = run_one(ref, settings, args.curve_every)
