@@ -432,6 +432,16 @@ def _undominated(options: Sequence[Option], keys: Sequence[str]) -> list[Option]
     return kept
 
 
+def _objective_scale(damage: np.ndarray) -> float:
+    """A factor that lifts the smallest positive damage well above HiGHS's absolute optimality gap
+    (1e-6, which scipy does not expose): unscaled, options whose damage is ~1e-7 all look "optimal"
+    and the solver may return any feasible cover, e.g. narrow widths at a budget of 1.0."""
+    positive = damage[damage > 0]
+    if not positive.size:
+        return 1.0
+    return float(min(1e-2 / positive.min(), 1e8 / positive.max()))
+
+
 def allocate_options(options: Sequence[Option], budgets: "dict[str, float]", *,
                      layers: Optional[Sequence[str]] = None, time_limit: float = 60.0) -> OptionAllocation:
     """Choose options covering every layer exactly once, minimizing the total damage under the budgets.
@@ -481,7 +491,7 @@ def allocate_options(options: Sequence[Option], budgets: "dict[str, float]", *,
     constraints = [LinearConstraint(cover, 1.0, 1.0),
                    LinearConstraint(cost / scale[:, None], -np.inf, np.array([budgets[k] for k in keys]) / scale)]
     damage = np.array([option.damage for option in pool], dtype=np.float64)
-    result = milp(damage, constraints=constraints, integrality=np.ones(len(pool)), bounds=Bounds(0, 1),
+    result = milp(damage * _objective_scale(damage), constraints=constraints, integrality=np.ones(len(pool)), bounds=Bounds(0, 1),
                   options=dict(time_limit=float(time_limit), mip_rel_gap=1e-6, disp=False))
     if result.x is None:
         key = keys[0]

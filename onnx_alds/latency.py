@@ -760,7 +760,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     through the last two rounds; never below ``smallest`` (:func:`smallest_keep_latency`). It stops
     within ``tolerance × keep`` or after ``rounds`` rounds and returns the decisions of the round with
     the largest budget whose measured ratio is within tolerance of (or under) ``keep``, else those of
-    the fastest round, the rounds, the round kept and a sentence saying what was measured. With a
+    the fastest round, the rounds, the round kept and a sentence saying what was measured. Raises
+    :class:`BudgetError` when even the fastest round measured no faster than the dense model. With a
     ``cache``, each measured ratio is stored under both models' structure, the inputs and the timer's
     ``identity``, so a second run of the same plan times nothing.
     """
@@ -817,6 +818,13 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 f"{len(tried)} round{'s' if len(tried) > 1 else ''}; the allocation's budget was {chosen.budget:.3f}")
     else:
         allocation, chosen = min(tried, key=lambda item: item[1].measured)
+        if chosen.measured >= 1.0:  # the plan would make the model slower: refuse rather than write it
+            raise BudgetError(
+                f"--keep-latency {keep:g} cannot be reached in measurement: every plan tried ran no faster than "
+                f"the original model (the fastest measured {chosen.measured:.3f} of its time after {len(tried)} "
+                f"round{'s' if len(tried) > 1 else ''}; the tables predicted {chosen.predicted:.3f}); ask for a "
+                "larger --keep-latency, or time on a quieter machine (measured ratios are cached: clear "
+                "$ONNX_ALDS_CACHE to measure again)")
         said = (f"whole-model check: --keep-latency {keep:g} not reached in measurement: the fastest plan found "
                 f"measured {chosen.measured:.3f} of the dense time (predicted {chosen.predicted:.3f}) after "
                 f"{len(tried)} rounds; the ops that do not change or the layers' pairs save less than the tables "

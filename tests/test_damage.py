@@ -200,3 +200,16 @@ def test_damage_method_is_deterministic(cnn_data):
         outputs.append(compress(model, keep_flops=0.5, method="damage", calibration=calibration).model
                        .SerializeToString())
     assert outputs[0] == outputs[1]
+
+
+def test_tiny_damages_are_not_lost_in_the_solver_gap():
+    """Damages far below HiGHS's absolute gap (1e-6) still decide: at the full budget every layer stays
+    dense (a review found narrow widths chosen at --keep-flops 1.0 when every damage was ~1e-7)."""
+    options = []
+    for name in ("a", "b", "c"):
+        options.append(Option((name,), "dense", {"flops": 100.0}, 0.0))
+        options += [Option((name,), "low-rank", {"flops": cost}, 1e-9 * (100.0 - cost)) for cost in (20.0, 50.0)]
+    full = allocate_options(options, {"flops": 300.0})
+    assert [o.kind for o in full.chosen] == ["dense"] * 3 and full.damage == 0.0
+    half = allocate_options(options, {"flops": 250.0})
+    assert sorted(o.costs["flops"] for o in half.chosen) == [50.0, 100.0, 100.0]

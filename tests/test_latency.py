@@ -182,13 +182,22 @@ def test_whole_model_check_meets_the_budget_in_measurement(tmp_path):
     assert "whole-model check: measured" in checked.report.format()
 
 
-def test_whole_model_check_says_when_the_budget_is_not_reached(tmp_path):
+def test_whole_model_check_refuses_a_plan_slower_than_the_original(tmp_path):
     timer = FakeTimer()
     timer.whole_model_node_us = 2000.0  # every extra node costs more than any saving
+    with pytest.raises(BudgetError, match=r"--keep-latency 0.6 cannot be reached in measurement: every plan tried "
+                                          r"ran no faster than the original model"):
+        onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                           speed=speed(timer, tmp_path, model_rounds=3))
+
+
+def test_whole_model_check_says_when_the_budget_is_not_reached(tmp_path):
+    timer = FakeTimer()
+    timer.whole_model_node_us = 10.0  # extra nodes cost part of the saving: faster, not as fast as asked
     report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
                                 speed=speed(timer, tmp_path, model_rounds=3)).report
     assert "not reached in measurement" in report.latency["whole_model_note"]
-    assert report.latency["measured_ratio"] > 0.6
+    assert 0.6 < report.latency["measured_ratio"] < 1.0
 
 
 def test_whole_model_check_is_cached(tmp_path):
