@@ -20,7 +20,7 @@ from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimu
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
-from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError
+from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
                      StoredConstants, folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants,
                      with_order)
@@ -539,7 +539,8 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
     cheapest = sum(min(o.costs[target] for o in options if o.layers == (layer.name,)) for layer in chosen)
     if budget < cheapest - 1e-9:
         raise BudgetError(f"--keep-{target} {keep} cannot be reached with --method damage: the smallest reachable "
-                          f"ratio is {(fixed + cheapest) / total:.4f} (every layer at its lowest measured rank); ask "
+                          f"ratio is {ratio_at_least((fixed + cheapest) / total)} (every layer at its lowest "
+                          "measured rank); ask "
                           "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
                                                  if rank_multiple > 1 else ""))
     result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
@@ -715,7 +716,8 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
                    f"{'; ...' if len(reasons) > 2 else ''})")
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
-            f"{(fixed + cheapest) / total:.4f} (every factorizable layer at its lowest rank{why}{slow_note}); "
+            f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"
+            f"{why}{slow_note}); "
             "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
                                        if rank_multiple > 1 else "")
         )

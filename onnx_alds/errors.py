@@ -37,3 +37,13 @@ class OutputPathError(OnnxAldsError):
 
 class InternalCheckError(OnnxAldsError):
     """The tool's own output failed a check it runs before writing: a bug to report, nothing written."""
+
+
+def ratio_at_least(value: float) -> str:
+    """``value`` rounded *up* to 4 decimals, for "the smallest reachable ratio is …" messages: a user
+    who asks for the printed figure must get it (rounded to nearest, 0.35384 printed 0.3538 was refused)."""
+    import math
+
+    if not math.isfinite(value):
+        return f"{value:.4f}"
+    return f"{math.ceil(value * 1e4 - 1e-9) / 1e4:.4f}"

@@ -45,7 +45,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .allocate import Allocation, LayerCosts, allocate_lrank, allocate_minmax, minimum_cost
-from .errors import BudgetError, InputDataError
+from .errors import BudgetError, InputDataError, ratio_at_least
 from .layers import POINTWISE_FIRST, SPATIAL_FIRST, Layer, find_layers
 from .spectra import ErrorTable
 
@@ -713,7 +713,8 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
     if budget < cheapest - 1e-9:
         reachable = (fixed + cheapest) / model_us if model_us > 0 else float("nan")
         raise BudgetError(
-            f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {reachable:.4f} (every layer "
+            f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {ratio_at_least(reachable)} "
+            "(every layer "
             f"at its fastest measured option; the dense model takes {model_us / 1e3:.3f} ms at batch {info.batch} on "
             f"{info.provider}, of which {max(fixed, 0.0) / 1e3:.3f} ms in ops that do not change); ask for at least "
             "that, or lower --rank-multiple")

@@ -63,7 +63,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import BudgetError, InputDataError, UnsupportedModelError
+from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
 from .layers import Layer, constant_tensors
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
@@ -1291,7 +1291,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             + sum(float(np.min(costs)) for costs, _ in extra)
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
-                          f"{smallest / total:.4f}; ask for at least that"
+                          f"{ratio_at_least(smallest / total)}; ask for at least that"
                           + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")) from None
     tick = time.perf_counter()
     if sequential:

@@ -210,3 +210,15 @@ def test_whole_model_check_is_cached(tmp_path):
     two = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8, speed=speed(again, tmp_path))
     assert again.ratios == 0 and again.calls == 0
     assert two.report.latency["whole_model_check"] == one.report.latency["whole_model_check"]
+
+
+def test_the_printed_smallest_ratio_is_reachable(tmp_path):
+    """The floor in the error is rounded up: asking for exactly the printed figure works."""
+    import re
+
+    model = small_cnn(width=32)
+    with pytest.raises(BudgetError) as refused:
+        onnx_alds.compress(model, keep_flops=0.05, rank_multiple=8)
+    floor = float(re.search(r"smallest reachable ratio is ([0-9.]+)", str(refused.value)).group(1))
+    result = onnx_alds.compress(model, keep_flops=floor, rank_multiple=8)
+    assert result.report.achieved <= floor + 1e-9
