@@ -1323,7 +1323,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             seconds[f"low-rank {key}"] = value
         new_model = result.model
         rows = report.layers
-        extra_notes = [note for note in report.notes if note not in notes]
+        # the stage's own "achieved … below the requested …" speaks of its internal sub-budget: the
+        # note on the whole model's figures is made below
+        extra_notes = [note for note in report.notes if note not in notes and not note.startswith("achieved ")]
         warnings = report.warnings
         steps = report.data_aware_steps
         search_name, max_error = report.search, max(report.max_error, epsilon)
