@@ -626,7 +626,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
                                                f"calibration inputs ("
                                                + ("factors fitted to the other inputs" if info["out_of_sample"]
-                                                  else "in-sample: no other inputs to fit the factors to")
+                                                  else "in-sample: every calibration input is probed, none is left to fit the factors to, so "
+                                                  "the damage is underestimated; give more inputs than --damage-samples")
                                                + f"), {info['seconds']:.1f} s"
                                                + (" (measured before, reused)" if info["cached"] else "")
                                                + f"; {info['options']} options; predicted total relative output "

@@ -921,7 +921,8 @@ class ImageAugmenter(Augmenter):
     def describe(self) -> str:
         flip = ", horizontal flips" if self.channels == 3 else ""
         return (f"image {self.layout}: random zoom/crop 55-110 %, aspect 3/4-4/3, rotation ±10°{flip}, contrast, "
-                "brightness, noise, mixing of two samples (half the batch); a fifth unchanged")
+                "brightness, noise, mixing of two samples (half the batch); a fifth unchanged (chosen from the "
+                "input's shape: give --no-augment if these arrays are not images)")
 
     def batch(self, rng, size):
         torch = import_torch()
@@ -1353,6 +1354,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         raise UnsupportedModelError(
             "the compressed model has no factor tensors (no initializer that the original lacks); "
             "give the original model and the output of `onnx-alds compress` made from it")
+    _check_ancestry(teacher_model, student_model, set(found.biases))
     outputs = _float_outputs(student_model)
     if not outputs:
         raise UnsupportedModelError("the model has no floating-point graph output to distill")
@@ -1556,6 +1558,23 @@ def _check_interfaces(original: onnx.ModelProto, compressed: onnx.ModelProto, in
     if missing:
         raise InputDataError(f"the inputs lack the graph input(s) {', '.join(repr(m) for m in missing)}; "
                              "give one array per graph input, keyed by name")
+
+
+def _check_ancestry(original: onnx.ModelProto, compressed: onnx.ModelProto, trained: set[str]) -> None:
+    """The compressed model must come from ``original``: every initializer the compression left alone
+    (same name, type and shape in both; ``trained``, the decoder biases, excepted) holds the same values.
+    A model of the same architecture with other weights (another checkpoint) would otherwise teach the
+    student its own outputs. Raises :class:`UnsupportedModelError` naming the first differing tensor."""
+    before = {t.name: t for t in original.graph.initializer}
+    for tensor in compressed.graph.initializer:
+        old = before.get(tensor.name)
+        if old is None or tensor.name in trained or old.data_type != tensor.data_type or \
+                tuple(old.dims) != tuple(tensor.dims):
+            continue
+        if not np.array_equal(numpy_helper.to_array(old), numpy_helper.to_array(tensor), equal_nan=True):
+            raise UnsupportedModelError(
+                f"the compressed model's weight '{tensor.name}' differs from the original's: it was not made "
+                "from this original model; give the model that `onnx-alds compress` was run on")
 
 
 def _student_session(model: onnx.ModelProto):

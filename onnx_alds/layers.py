@@ -195,6 +195,17 @@ def _use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
     counts.update(output.name for output in graph.output)
 
 
+def _shared_uses(name: str, uses: Counter, producers: Mapping[str, onnx.NodeProto]) -> int:
+    """How many nodes read the weight ``name`` or the data it is computed from through a chain of
+    :data:`FOLDABLE_OPS` (``W → Identity → A`` and ``W → Identity → B`` share ``W``): the largest use count
+    along the chain. A shared weight factorized per use would be stored once per use."""
+    most, tensor, seen = uses[name], name, 0
+    while tensor in producers and producers[tensor].op_type in FOLDABLE_OPS and seen < 16:
+        tensor, seen = producers[tensor].input[0], seen + 1
+        most = max(most, uses[tensor])
+    return most
+
+
 def _attr(node: onnx.NodeProto, name: str, default):
     for attribute in node.attribute:
         if attribute.name == name:
@@ -347,12 +358,15 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         reason = f"empty weight (shape {'x'.join(map(str, shape))}): nothing to factorize"
     elif reason is None and tensor.data_type not in FLOAT_TYPES:
         reason = f"weight type {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float"
-    elif reason is None and uses[weight_name] > 1:
-        reason = f"weight is shared by {uses[weight_name]} uses"
+    elif reason is None and _shared_uses(weight_name, uses, producers) > 1:
+        shared = _shared_uses(weight_name, uses, producers)
+        reason = f"weight is shared by {shared} uses" + (
+            "" if uses[weight_name] > 1 else " (through Identity/Cast/Transpose/Reshape nodes)")
     elif reason is None and not np.all(np.isfinite(constant_array(constants, weight_name).astype(np.float64))):
         reason = "weight holds NaN or Inf values"
-    if reason is None and any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p)
-                              for p in exclude):
+    # a depthwise/grouped conv is never factorized, but its exclusion still keeps it out of pruned blocks
+    if (reason is None or reason.endswith("is left as it is")) and \
+            any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p) for p in exclude):
         reason = "excluded by the user (--exclude)"
     groups: tuple[int, ...] = ()
     in_shape, out_shape = shapes.get(input_name), shapes.get(node.output[0])

@@ -254,7 +254,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 _BLOCKING_REASONS = ("excluded", "graph input", "trained", "not a constant", "quantized", "NaN", "not float",
-                     "inconsistent", "empty")
+                     "inconsistent", "empty", "shared")
 
 
 def _layer_problem(layer: Layer, role: str) -> Optional[str]:
@@ -382,6 +382,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     bias = _consumer_bias(consumer, graph, consumer_layer.out_features)
     ordered = tuple(n.name for n in graph.model.graph.node if n in region_nodes)
     depthwise = [layers[n.name] for n in region_nodes if n.op_type == "Conv" and n.name in layers]
+    for layer in depthwise:
+        problem = _layer_problem(layer, "depthwise conv")
+        if problem:
+            return problem
     fixed_params, channel_params, fixed_macs, channel_macs = _block_costs(node, producer, consumer, consumer_layer,
                                                                          region_nodes, depthwise, graph, width)
     names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
@@ -429,6 +433,8 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
             if group == width and weight.ndim >= 3 and weight.shape[0] == width and weight.shape[1] == 1:
                 if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
                     return f"{where}, a depthwise conv whose bias is not a constant"
+                if graph.uses[user.input[1]] > 1:
+                    return f"{where}, a depthwise conv whose weight is shared with another node"
                 return "between"
             if group != 1:
                 return f"{where}, a grouped conv (group={group})"
@@ -1292,7 +1298,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
                           f"{ratio_at_least(smallest / total)}; ask for at least that"
-                          + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")) from None
+                          + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")
+                          + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
+                             "steps of it)" if search.rank_multiple > 1 else "")) from None
     tick = time.perf_counter()
     if sequential:
         pruned = sequential_prune(proto, analysis, widths, data.calibration, batch_size=data.batch_size,

@@ -309,6 +309,11 @@ def test_rejects_a_model_that_is_not_its_compression(torch, pair):
     original, _, inputs = pair
     with pytest.raises(UnsupportedModelError, match="no factor tensors"):
         distill(original, original, inputs, steps=1, progress=False)
+    # the same architecture with other weights (another checkpoint): not the compressed model's original
+    # (the check reads the tensors the compression left alone: here conv0's weight)
+    compressed = compress(original, keep_params=0.35, method="svd", exclude=["conv0"]).model
+    with pytest.raises(UnsupportedModelError, match="'conv0.weight' differs from the original's"):
+        distill(small_cnn(seed=1, width=8), compressed, inputs, steps=1, progress=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -170,6 +170,30 @@ def test_weight_behind_identity_is_folded_and_factorized():
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)})
 
 
+def test_weight_shared_through_identity_nodes_is_left_dense_and_the_file_shrinks(tmp_path):
+    """PyTorch shares a tensor between two uses through Identity nodes: factorizing each use would store
+    the weight twice (the file grew while the report claimed the budget)."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Identity", ["w"], ["a"], name="id_a"),
+             helper.make_node("Identity", ["w"], ["b"], name="id_b"),
+             helper.make_node("MatMul", ["x", "a"], ["h"], name="first"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "b"], ["h2"], name="second"),
+             helper.make_node("MatMul", ["h2", "u"], ["y"], name="own")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                 [numpy_helper.from_array(low_rank(rng, 64, 64), "w"),
+                  numpy_helper.from_array(low_rank(rng, 64, 64), "u")])
+    reasons = {row.name: row.skip_reason for row in onnx_alds.analyze(model).layers}
+    assert "shared by 2 uses" in reasons["first"] and "shared by 2 uses" in reasons["second"]
+    assert reasons["own"] is None
+    result = onnx_alds.compress(model, keep_params=0.75)
+    assert factorized(result) == ["own"]
+    stored = sum(int(np.prod(init.dims)) for init in result.model.graph.initializer)
+    assert stored <= 0.75 * 2 * 64 * 64
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
+
+
 def test_matmul_with_the_weight_first_is_factorized():
     rng = np.random.default_rng(5)
     nodes = [helper.make_node("MatMul", ["proj.weight", "x"], ["h"], name="proj"),

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import make_model, run_model, small_cnn
 from onnx_alds import compress
 from onnx_alds.calibrate import collect_statistics
-from onnx_alds.errors import BudgetError, InputDataError
+from onnx_alds.errors import BudgetError, InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 from onnx_alds.layers import find_layers, weight_constants
 from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
@@ -118,6 +118,25 @@ def test_residual_into_hidden_is_not_prunable_with_reason():
     assert not any(b.producer.name == "expand" for b in blocks)
     reasons = {r.producer: r.reason for r in refused}
     assert "expand" in reasons and "side" in reasons["expand"] or "join" in reasons["expand"]
+
+
+def test_excluded_or_shared_depthwise_conv_keeps_its_block_whole():
+    """--exclude of the depthwise conv between the expand and project convs must keep its channels."""
+    model = inverted_residual()
+    value = model.graph.input[0]
+    shapes = tensor_shapes(model, {value.name: (1, 8, 8, 8)},
+                           {name for node in model.graph.node for name in list(node.input) + list(node.output)})
+    layers = find_layers(model, shapes, exclude=["dw"], constants=weight_constants(model)[0])
+    assert "excluded" in next(layer for layer in layers if layer.name == "dw").skip_reason
+    blocks, refused = find_blocks(model, layers)
+    assert not blocks and "excluded" in {r.producer: r.reason for r in refused}["expand"]
+    with pytest.raises(UnsupportedModelError, match="'dw': excluded by the user"):
+        compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", exclude=["dw"], rank_multiple=1)
+    shared = inverted_residual()  # a second depthwise conv reads the same weight
+    shared.graph.node.append(helper.make_node("Conv", ["padded", "dw.w"], ["dw2"], name="dw2", group=32))
+    shared.graph.output.append(helper.make_tensor_value_info("dw2", TensorProto.FLOAT, None))
+    blocks, refused = find_blocks(shared, _layers(shared, None))
+    assert not any(b.producer.name == "expand" for b in blocks)
 
 
 def test_full_width_rewrite_equals_original():
