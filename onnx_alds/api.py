@@ -612,7 +612,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
             + (("affine",) if data.affine_correction else ())
         shrunk = sorted(((value.shrinkage, name, value.count) for name, value in stats.items()), reverse=True)
         if shrinkage and shrunk and shrunk[0][0] >= 0.01:
-            extra_notes.append("moment shrinkage (few calibration vectors for the dimension): " + ", ".join(
+            extra_notes.append("moment shrinkage toward a scaled identity (Ledoit-Wolf weight α; large where the calibration "
+                               "vectors are few or alike for the dimension): " + ", ".join(
                 f"{name} α={alpha:.2f} ({count} vectors)" for alpha, name, count in shrunk[:3] if alpha >= 0.01))
         steps += ("sensitivity",) if sensitivity else ()
         extra_notes += [sensitivity_note] if sensitivity_note else []

@@ -1337,6 +1337,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         warnings = report.warnings
         steps = report.data_aware_steps
         search_name, max_error = report.search, max(report.max_error, epsilon)
+        if joint:
+            search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
         new_model = pruned
         add_provenance(new_model, {"onnx_alds.version": api.__version__, "onnx_alds.method": method + " (data-aware)",
@@ -1348,7 +1350,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
         rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
                                  layer.macs, layer.macs, 0.0, layer.skip_reason) for layer in layers)
-        extra_notes, warnings, search_name, max_error = [], (), "min-max over block widths", epsilon
+        search_name = ("output-damage integer program over widths and ranks" if joint else
+                       "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
+        extra_notes, warnings, max_error = [], (), epsilon
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
     rows = tuple(_pruned_row(row, blocks, widths, layers) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
