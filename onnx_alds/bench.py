@@ -46,7 +46,7 @@ from onnx import helper, shape_inference
 
 from .argtypes import non_negative_float, non_negative_int, positive_int
 from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError
-from .inputs import random_array
+from .inputs import index_bounds, random_array
 from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
@@ -306,6 +306,7 @@ def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict
     """Random inputs for timing: shapes from the model and ``input_shapes``, first dim set to ``batch``."""
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
     rng = np.random.default_rng(seed)
+    bounds = index_bounds(model)
     feeds = {}
     for spec in graph_inputs(model):
         shape = list(shapes[spec.name])
@@ -314,10 +315,10 @@ def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict
             if isinstance(declared, int) and declared != batch:
                 raise InputDataError(
                     f"input '{spec.name}' fixes the batch to {declared}; bench it with --batch {declared} "
-                    "or export the model with a dynamic batch dim"
+                    "(--bench-batch with compress) or export the model with a dynamic batch dim"
                 )
             shape[0] = batch
-        feeds[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng)
+        feeds[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng, high=bounds.get(spec.name))
     return feeds
 
 

@@ -539,7 +539,8 @@ def _element_type(model: onnx.ModelProto, layer: Layer) -> int:
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output and node.output[0] == layer.weight and node.attribute:
             return node.attribute[0].t.data_type
-    return onnx.TensorProto.FLOAT
+    # a weight computed by constant ops (W → Cast/Identity/Transpose → layer): the type of its folded value
+    return layer.weight_type or onnx.TensorProto.FLOAT
 
 
 def _session_with_outputs(model: onnx.ModelProto, tensors: Mapping[str, int], threads: Optional[int] = None):

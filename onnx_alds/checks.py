@@ -21,7 +21,8 @@ import onnx
 from onnx import shape_inference
 
 from .errors import InternalCheckError, ModelLoadError, UnsupportedModelError
-from .model_io import TensorStore, checkable_copy, graph_inputs, has_stubs, model_bytes, opset_version
+from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
+                       opset_version)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
 
     ``store``: ``model`` is light (:func:`onnx_alds.model_io.open_model`); its weights are not read
     by onnx.checker, and ONNX Runtime reads them itself."""
-    result = InputCheck(probe_shapes={name: tuple(int(d) for d in dims) for name, dims in (input_shapes or {}).items()})
     _check_structure(model)
+    result = InputCheck(probe_shapes=check_input_shapes(model, input_shapes))
     default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     if len(default_domain) > 1:
         raise ModelLoadError(f"the model imports the ai.onnx opset {len(default_domain)} times "

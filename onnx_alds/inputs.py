@@ -580,7 +580,8 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
                   batch_dim: bool = True) -> InputSet:
     """``count`` random samples for every graph input, honouring dtypes and shapes.
 
-    Floats are standard normal; integers are uniform in ``[0, 100)`` (token ids) except inputs whose
+    Floats are standard normal; integers are uniform in ``[0, 100)`` (token ids; below the table's
+    rows when the input indexes a constant table through Gather) except inputs whose
     name contains ``mask`` (all ones) or ``token_type``/``segment`` (all zeros); booleans are True for
     masks, else random. Dynamic dims other than the first come from ``input_shapes`` (else
     :class:`UnsupportedModelError` asks for ``--input-shape``); the first dim is the sample axis and
@@ -591,6 +592,7 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
         raise InputDataError(f"got {count} random samples; ask for at least 1")
     specs = graph_inputs(model)
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=1)
+    bounds = index_bounds(model)
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -609,12 +611,47 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
                     f"input '{spec.name}' fixes the batch to {declared}; ask for a multiple of {declared} samples"
                 )
             shape[0] = count
-        arrays[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng)
+        arrays[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng, high=bounds.get(spec.name))
     return InputSet(arrays, None, f"random ({count} samples; not real data)")
 
 
-def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """One random array for an input called ``name`` (rules in :func:`random_inputs`)."""
+_INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer graph inputs used as Gather indices into a constant table (an embedding lookup), directly
+    or through Cast/Reshape-like nodes: the table's size along the gathered axis, so random ids stay in it."""
+    tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    tables.update({n.output[0]: tuple(n.attribute[0].t.dims) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    bounds: dict[str, int] = {}
+    for spec in model.graph.input:
+        pending, seen = [spec.name], set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            for node in users.get(tensor, []):
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor \
+                        and node.input[0] in tables:
+                    dims = tables[node.input[0]]
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                        bounds[spec.name] = min(bounds.get(spec.name, dims[axis]), int(dims[axis]))
+                elif node.op_type in _INDEX_PASS_OPS and node.input[0] == tensor:
+                    pending.extend(out for out in node.output if out)
+    return bounds
+
+
+def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator, *,
+                 high: Optional[int] = None) -> np.ndarray:
+    """One random array for an input called ``name`` (rules in :func:`random_inputs`); ``high``: integer
+    values stay below it (the rows of the embedding table the input indexes)."""
     lowered = name.lower()
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.floating):
@@ -628,7 +665,7 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
             return np.ones(shape, dtype=dtype)
         if "token_type" in lowered or "segment" in lowered:
             return np.zeros(shape, dtype=dtype)
-        return rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
+        return rng.integers(0, min(RANDOM_INT_HIGH, high or RANDOM_INT_HIGH), size=shape).astype(dtype)
     raise InputDataError(f"cannot make random data of type {dtype} for input '{name}'; give --inputs FILE.npz")
 
 

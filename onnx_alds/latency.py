@@ -186,11 +186,13 @@ class OrtTimer:
         it stands for) times the layers' fastest figures so counted. Runs of that ratio's two sides
         last alike, so other processes slow both alike."""
         from .bench import _Runner, time_interleaved
-        from .inputs import random_array
+        from .inputs import index_bounds, random_array
         from .model_io import graph_inputs
 
         rng = np.random.default_rng(0)
-        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng)
+        bounds = index_bounds(model)
+        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng,
+                                         high=bounds.get(spec.name))
                  for spec in graph_inputs(model)}
         runners = [_Runner(self._session(model, store), feeds, self.provider)]
         for layer in layers:
@@ -213,11 +215,13 @@ class OrtTimer:
         """The median over interleaved rounds of (candidate run / the same round's reference run): two whole
         models with the same graph inputs (``store``: the weights both may reference), same feeds."""
         from .bench import _Runner, time_interleaved
-        from .inputs import random_array
+        from .inputs import index_bounds, random_array
         from .model_io import graph_inputs
 
         rng = np.random.default_rng(0)
-        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng)
+        bounds = index_bounds(reference)
+        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng,
+                                         high=bounds.get(spec.name))
                  for spec in graph_inputs(reference)}
         runners = [_Runner(self._session(model, store), feeds, self.provider) for model in (reference, candidate)]
         times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=4 * self.min_time_s)

@@ -321,6 +321,13 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     slot = _weight_slot(node, constants, shapes)
     weight_name, input_name = node.input[slot], node.input[1 - slot]
     tensor = constants.get(weight_name)
+    if node.op_type == "Gemm" and tensor is None and node.input[0] in constants:  # y = W·x: the constant is A
+        first = constants[node.input[0]]
+        return Layer(name=node.name, op=node.op_type, input=node.input[1], output=node.output[0], weight=node.input[0],
+                     weight_shape=tuple(int(d) for d in first.dims), out_features=0, in_channels=0, kernel=1,
+                     params=int(np.prod(first.dims)), positions=None, groups=(),
+                     skip_reason="the constant is the Gemm's first input A (y = A·B): left as it is",
+                     weight_type=first.data_type)
     shape = tuple(int(d) for d in tensor.dims) if tensor is not None else tuple(shapes.get(weight_name, ()))
     reason: Optional[str] = None
     f = c = kernel = 0

@@ -757,14 +757,10 @@ def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ..
     return shapes
 
 
-def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None,
-                         *, batch_default: int | None = None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    """Concrete shapes for every graph input, and notes on what was assumed.
-
-    Shapes come from the model where static, else from ``overrides``. When ``batch_default`` is set,
-    a dynamic *first* dim alone is set to it (and a note says so); any other dynamic dim without an
-    override raises :class:`UnsupportedModelError` asking for ``--input-shape``.
-    """
+def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None
+                       ) -> dict[str, tuple[int, ...]]:
+    """``--input-shape`` values as int tuples, checked against the graph inputs: each names an input,
+    gives all its dims and agrees with the dims the model fixes. Raises :class:`InputDataError`."""
     overrides = dict(overrides or {})
     specs = graph_inputs(model)
     names = {spec.name for spec in specs}
@@ -773,23 +769,43 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
         raise InputDataError(
             f"--input-shape names '{unknown[0]}', which is not a graph input; inputs are: {', '.join(sorted(names))}"
         )
+    checked: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        if spec.name not in overrides:
+            continue
+        shape = tuple(int(d) for d in overrides[spec.name])
+        example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
+        if len(shape) != len(spec.dims):
+            raise InputDataError(
+                f"--input-shape gives {len(shape)} dims for '{spec.name}', which has {len(spec.dims)}; "
+                f"give all of them, e.g. {spec.name}:{example}"
+            )
+        for given, declared in zip(shape, spec.dims):
+            if isinstance(declared, int) and given != declared:
+                raise InputDataError(
+                    f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}', "
+                    f"but the model fixes it to {'x'.join(str(d) for d in spec.dims)}; change only its dynamic "
+                    f"dims, e.g. {spec.name}:{example}"
+                )
+        checked[spec.name] = shape
+    return checked
+
+
+def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None,
+                         *, batch_default: int | None = None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Concrete shapes for every graph input, and notes on what was assumed.
+
+    Shapes come from the model where static, else from ``overrides``. When ``batch_default`` is set,
+    a dynamic *first* dim alone is set to it (and a note says so); any other dynamic dim without an
+    override raises :class:`UnsupportedModelError` asking for ``--input-shape``.
+    """
+    overrides = check_input_shapes(model, overrides)
+    specs = graph_inputs(model)
     shapes: dict[str, tuple[int, ...]] = {}
     notes: list[str] = []
     for spec in specs:
         if spec.name in overrides:
-            shape = tuple(int(d) for d in overrides[spec.name])
-            if len(shape) != len(spec.dims):
-                raise InputDataError(
-                    f"--input-shape gives {len(shape)} dims for '{spec.name}', which has {len(spec.dims)}; "
-                    f"give all of them, e.g. {spec.name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)}"
-                )
-            for given, declared in zip(shape, spec.dims):
-                if isinstance(declared, int) and given != declared:
-                    raise InputDataError(
-                        f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}', "
-                        f"but the model fixes it to {'x'.join(str(d) for d in spec.dims)}"
-                    )
-            shapes[spec.name] = shape
+            shapes[spec.name] = overrides[spec.name]
             continue
         dims = list(spec.dims)
         if batch_default is not None and dims and not isinstance(dims[0], int) \

@@ -254,7 +254,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 _BLOCKING_REASONS = ("excluded", "graph input", "trained", "not a constant", "quantized", "NaN", "not float",
-                     "inconsistent", "empty", "shared")
+                     "inconsistent", "empty", "shared", "first input")
 
 
 def _layer_problem(layer: Layer, role: str) -> Optional[str]:
@@ -1096,11 +1096,15 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block cannot be probed (only the
     full width reaches the error). The allocation then balances ``s_b·ε_b``, the estimated output error
     (as ``compress(..., sensitivity=True)`` does for low-rank layers)."""
+    from .calibrate import calibration_runs
     from .data_aware import _first_outputs
     from .runtime import make_session
 
-    head = next(iter(calibration.batches(samples)))
-    reference = _first_outputs(model, make_session(model, "cpu"), [head])
+    heads = list(calibration_runs(calibration, model, samples, limit=samples))  # a fixed batch runs whole
+    if not heads:
+        raise InputDataError("the calibration set holds fewer samples than the model's fixed batch; give at least "
+                             "one full batch of calibration inputs")
+    reference = _first_outputs(model, make_session(model, "cpu"), heads)
     norm = max(float(np.linalg.norm(reference)), 1e-30)
     weights = []
     for index, (block, curve) in enumerate(zip(analysis.blocks, analysis.curves)):
@@ -1112,7 +1116,7 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
         widths = [b.width for b in analysis.blocks]
         widths[index] = width
         probe = prune_model(model, decisions_for(analysis, widths))
-        changed = _first_outputs(probe, make_session(probe, "cpu"), [head])
+        changed = _first_outputs(probe, make_session(probe, "cpu"), heads)
         weights.append(float(np.linalg.norm(changed - reference)) / norm / float(curve.errors[below[0]]))
     return weights
 
@@ -1300,7 +1304,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                           f"{ratio_at_least(smallest / total)}; ask for at least that"
                           + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
-                             "steps of it)" if search.rank_multiple > 1 else "")) from None
+                             "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
     tick = time.perf_counter()
     if sequential:
         pruned = sequential_prune(proto, analysis, widths, data.calibration, batch_size=data.batch_size,

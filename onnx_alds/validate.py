@@ -722,6 +722,21 @@ def compare_output(name: str, original: np.ndarray, compressed: np.ndarray, *, c
 # validate
 
 
+def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray], which: str,
+                    random: bool) -> list[np.ndarray]:
+    """One batch through ``session``; a failure (an id past an embedding table, a shape the model
+    refuses) is one :class:`InputDataError` naming the model and the fix, not a traceback."""
+    try:
+        return [np.asarray(v) for v in session.run(list(names), dict(feed))]
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz, or --validate-inputs "
+               "with compress)" if random else "check that the arrays match the model's inputs (dtype, shape, "
+               "value ranges such as token ids)")
+        raise InputDataError(f"running the {which} model on the validation inputs failed ({first[:200]}); {fix}") \
+            from None
+
+
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",
              rtol: Optional[float] = None, atol: Optional[float] = None,
              min_top1_agreement: Optional[float] = None, max_accuracy_drop: Optional[float] = None,
@@ -777,8 +792,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     total = math.ceil(len(inputs) / batch)
     for feed in tqdm(inputs.batches(batch), total=total, desc="validate", unit="batch", disable=not show):
         count = len(next(iter(feed.values())))
-        values_o = [np.asarray(v) for v in session_o.run(output_names, feed)]
-        values_c = [np.asarray(v) for v in session_c.run(output_names, feed)]
+        values_o = _run_validation(session_o, output_names, feed, "original", inputs.is_random)
+        values_c = _run_validation(session_c, output_names, feed, "compressed", inputs.is_random)
         if not accumulators:
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels)
         for name, value_o, value_c in zip(output_names, values_o, values_c):

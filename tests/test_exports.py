@@ -532,3 +532,105 @@ def test_custom_op_sizes_message_fits_the_budget():
     notes = " ".join(onnx_alds.compress(model, keep_params=0.6).report.notes)
     assert "custom.plugins::CustomAct" in notes and "MACs are not counted" in notes
     assert "instead of --keep-flops" not in notes
+
+
+# --------------------------------------------------------------------------------------------------
+# faults found by trying new exports (each a whole kind, not one model)
+
+
+def _fixed_batch_ffn(rng, batch: int = 1) -> onnx.ModelProto:
+    """MatMul → Relu → MatMul → ReduceSum on x[batch, 8, 32]: a prunable block in a fixed-batch model."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["o"], name="fc2"),
+             helper.make_node("ReduceSum", ["o"], ["y"], keepdims=0)]
+    return make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8, 32])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                [numpy_helper.from_array((rng.standard_normal((32, 64)) / 6).astype(np.float32), "w1"),
+                 numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w2")])
+
+
+@pytest.mark.parametrize("prune", ["only", "combined"])
+def test_pruning_a_fixed_batch_model_runs_whole_batches(prune):
+    from onnx_alds.inputs import random_inputs
+
+    rng = np.random.default_rng(8)
+    model = _fixed_batch_ffn(rng)
+    calibration = random_inputs(model, 32)
+    result = onnx_alds.compress(model, keep_flops=0.7, calibration=calibration, prune=prune, rank_multiple=4)
+    assert result.report.pruned and any(block.width_after < block.width_before for block in result.report.pruned)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+@pytest.mark.parametrize("op", ["Cast", "Identity", "Transpose"])
+def test_float16_weight_behind_constant_ops_calibrates(op):
+    """A float16 layer whose weight comes through Cast (autocast) / Identity / Transpose: the calibration
+    probe declared its input float32 and ONNX Runtime refused the probe."""
+    from onnx_alds.inputs import random_inputs
+
+    rng = np.random.default_rng(9)
+    second = low_rank(rng, 32, 32, 4)
+    if op == "Cast":
+        pre, stored = helper.make_node("Cast", ["w1"], ["w1f"], to=TensorProto.FLOAT16), second
+    elif op == "Transpose":
+        pre, stored = helper.make_node("Transpose", ["w1"], ["w1f"], perm=[1, 0]), second.T.astype(np.float16)
+    else:
+        pre, stored = helper.make_node("Identity", ["w1"], ["w1f"]), second.astype(np.float16)
+    nodes = [pre, helper.make_node("MatMul", ["x", "w2"], ["a"], name="mm1"),
+             helper.make_node("MatMul", ["a", "w1f"], ["y"], name="mm2")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 32])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 32, 4).astype(np.float16), "w2"),
+                  numpy_helper.from_array(np.ascontiguousarray(stored), "w1")])
+    for method in ("alds", "damage"):
+        result = onnx_alds.compress(model, keep_flops=0.5, calibration=random_inputs(model, 16), rank_multiple=1,
+                                    method=method)
+        assert "mm2" in factorized(result)
+        feeds = {"x": rng.standard_normal((4, 32)).astype(np.float16)}
+        before, after = run(model, feeds)[0].astype(np.float32), run(result.model, feeds)[0].astype(np.float32)
+        assert np.linalg.norm(after - before) <= 0.02 * np.linalg.norm(before)
+
+
+def _embedding_model(rows: int = 40) -> onnx.ModelProto:
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    return make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 32])],
+                [numpy_helper.from_array(rng.standard_normal((rows, 32)).astype(np.float32), "table"),
+                 numpy_helper.from_array(low_rank(rng, 32, 32, 4), "w")])
+
+
+def test_random_ids_stay_inside_the_embedding_table_and_failures_are_one_line(tmp_path, capsys):
+    from onnx_alds.inputs import InputSet, random_inputs
+    from onnx_alds.validate import validate
+
+    model = _embedding_model(rows=40)
+    ids = random_inputs(model, 64).arrays["ids"]
+    assert ids.min() >= 0 and ids.max() < 40 and len(np.unique(ids)) > 20
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert main(["validate", str(path), str(path), "--random", "4"]) == 0
+    capsys.readouterr()
+    bad = InputSet({"ids": np.full((2, 5), 99, np.int64)}, source="bad ids")
+    with pytest.raises(OnnxAldsError, match="running the original model on the validation inputs failed"):
+        validate(model, model, inputs=bad)
+
+
+def test_input_shape_that_contradicts_a_fixed_dim_names_the_flag(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_relu_conv(rng), str(path))
+    code = main(["compress", str(path), "-o", str(tmp_path / "out.onnx"), "--keep-flops", "0.9",
+                 "--input-shape", "x:2x16x10x10"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "--input-shape gives 2x16x10x10" in err[0] and "fixes it to" in err[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_gemm_with_the_constant_as_its_first_input_is_described_and_left_alone():
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Gemm", ["w", "x"], ["y"], name="g", transB=1)]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 48])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [40, 4])],
+                 [numpy_helper.from_array(low_rank(rng, 40, 48), "w")])
+    row = onnx_alds.analyze(model).layers[0]
+    assert row.weight_shape == (40, 48) and "first input" in row.skip_reason
