@@ -394,7 +394,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str
     if not batched:
         return REGRESSION, "first dim is not the batch"
     if not np.issubdtype(array.dtype, np.floating):
-        return REGRESSION, f"{array.dtype} values"
+        return REGRESSION, (f"{array.dtype} values, compared element by element: rel and 1 - cos are the fraction "
+                            "of values that differ")
     shape = _shape_text(array)
     if array.ndim == 2 and array.shape[1] >= 2:
         rows = array.astype(np.float64)
@@ -546,6 +547,11 @@ class _Accumulator:
         rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
+        if not np.issubdtype(original.dtype, np.floating):  # labels, indices, flags: a distance means nothing
+            differ = (rows_o != rows_c).mean(axis=1) if rows_o.shape[1] else np.zeros(rows_o.shape[0])
+            self.rel.append(differ)
+            self.cos.append(1.0 - differ)
+            return
         self._add_rel_cos(rows_o, rows_c)
         if self.kind == CLASSIFIER:
             self._add_classifier(rows_o, rows_c, start)

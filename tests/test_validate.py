@@ -436,8 +436,26 @@ def test_non_float_and_unbatched_outputs_are_regression():
                     helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
     report = validate(model, model, inputs=load_inputs(model, random=10), batch_size=4)
     kinds = {o.name: (o.kind, o.kind_reason, o.samples) for o in report.outputs}
-    assert kinds == {"cls": ("regression", "int64 values", 10),
-                     "total": ("regression", "first dim is not the batch", 3)}  # one sample per batch
+    assert kinds["cls"][0] == "regression" and kinds["cls"][1].startswith("int64 values, compared element by element")
+    assert kinds["cls"][2] == 10 and kinds["total"] == ("regression", "first dim is not the batch", 3)
+    # labels are compared by equality: the fraction that differ, never an infinite relative error
+    shifted = _model([helper.make_node("Neg", ["x"], ["negx"]),
+                      helper.make_node("ArgMin", ["negx"], ["cls"], axis=1, keepdims=0, select_last_index=0),
+                      helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                     [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+                      helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
+    x = np.array([[0, 1, 0, 0], [2, 0, 0, 0], [0, 0, 0, 3], [1, 1, 0, 0]], np.float32)  # last: a tie
+    same = validate(model, shifted, inputs=InputSet({"x": x}, source="t")).outputs[0]
+    assert same.mean_rel_error == 0 and same.passed
+    other = _model([helper.make_node("ArgMin", ["x"], ["cls"], axis=1, keepdims=0),
+                    helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+                    helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
+    differ = validate(model, other, inputs=InputSet({"x": x}, source="t")).outputs[0]
+    expected = np.mean(np.argmax(x, axis=1) != np.argmin(x, axis=1))
+    assert differ.mean_rel_error == pytest.approx(expected) and 0 < expected <= 1 and np.isfinite(differ.max_rel_error)
 
 
 # --- --output-kind -----------------------------------------------------------------------------------
