@@ -170,8 +170,14 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
             why = "ONNX Runtime is not installed to measure them in one run"
             instead = "install onnxruntime (onnx-alds[cpu]), or use --keep-params"
         else:
-            why = "neither shape inference nor an ONNX Runtime run gives their shapes"
-            instead = "check --input-shape, or use --keep-params"
+            inner = {node.name for path, graph in iter_graphs(model.graph) if path for node in graph.node}
+            if all(node.name in inner for node in unknown):
+                why = ("they sit inside If/Loop/Scan subgraphs whose tensor shapes shape inference cannot give "
+                       "(a loop-carried value)")
+                instead = "use --keep-params instead of --keep-flops"
+            else:
+                why = "neither shape inference nor an ONNX Runtime run gives their shapes"
+                instead = "check --input-shape, or use --keep-params"
     if not need_macs:
         instead = "MACs are not counted (give --input-shape to count them)" if not custom else "MACs are not counted"
     return f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): {why}; {instead}"

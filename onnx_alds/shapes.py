@@ -85,7 +85,9 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
             shapes.setdefault(name, shape)
         for init in graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
-    missing = sorted(set(needed) - set(shapes))
+    # only main-graph tensors can be graph outputs of the probe (a body's tensors cannot)
+    main = {name for node in model.graph.node for name in node.output} | {v.name for v in model.graph.input}
+    missing = sorted((set(needed) - set(shapes)) & main)
     if missing:
         shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing, store))
     return shapes

@@ -634,3 +634,30 @@ def test_gemm_with_the_constant_as_its_first_input_is_described_and_left_alone()
                  [numpy_helper.from_array(low_rank(rng, 40, 48), "w")])
     row = onnx_alds.analyze(model).layers[0]
     assert row.weight_shape == (40, 48) and "first input" in row.skip_reason
+
+
+def test_layer_on_a_loop_carried_value_names_the_subgraph_for_flops_and_compresses_by_params():
+    rng = np.random.default_rng(13)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["state", "w_loop"], ["mixed"], name="loop_mm"),
+         helper.make_node("Tanh", ["mixed"], ["state_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("state", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("MatMul", ["x", "w_pre"], ["s0"], name="pre"),
+             helper.make_node("Loop", ["trip", "cond", "s0"], ["final"], name="loop", body=body),
+             helper.make_node("MatMul", ["final", "w_post"], ["y"], name="post")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 32), "w_pre"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w_loop"),
+                  numpy_helper.from_array(low_rank(rng, 32, 16), "w_post"),
+                  numpy_helper.from_array(np.array(3, np.int64), "trip"),
+                  numpy_helper.from_array(np.array(True), "cond")])
+    with pytest.raises(UnsupportedModelError, match="'loop_mm'.*inside If/Loop/Scan subgraphs.*--keep-params"):
+        onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
