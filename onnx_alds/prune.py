@@ -64,7 +64,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import Layer, constant_tensors
+from .layers import FOLDABLE_OPS, Layer, constant_tensors
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -840,7 +840,9 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
 
 
 def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
-    """Remove the initializers and Constant nodes among ``candidates`` that nothing reads any more."""
+    """Remove what computed the replaced tensors ``candidates`` once nothing reads it any more: their
+    initializers, Constant nodes, and the constant chains (``W → Identity/Transpose/Cast → weight``)
+    that fed them, back to the chain's own initializers."""
     graph = model.graph
     used = Counter(name for node in graph.node for name in node.input if name)
     used.update(value.name for value in graph.output)
@@ -850,13 +852,32 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
                 for inner in sub.node:
                     used.update(name for name in inner.input if name)
     declared = {value.name for value in graph.input}
-    dead = {name for name in candidates if not used[name] and (model.ir_version < 4 or name not in declared)}
+    producers = {out: node for node in graph.node for out in node.output if out}
+    dead: set[str] = set()
+    dead_nodes: list[onnx.NodeProto] = []
+    pending = list(candidates)
+    while pending:
+        name = pending.pop()
+        if name in dead or used[name] or (model.ir_version >= 4 and name in declared):
+            continue
+        node = producers.get(name)
+        if node is not None:
+            if node.op_type != "Constant" and node.op_type not in FOLDABLE_OPS:
+                continue
+            if any(used[out] for out in node.output if out) or any(n is node for n in dead_nodes):
+                continue
+            dead_nodes.append(node)
+            for value in node.input:  # the chain's inputs lose one reader each
+                if value:
+                    used[value] -= 1
+                    pending.append(value)
+        dead.add(name)
     if not dead:
         return
     kept = [init for init in graph.initializer if init.name not in dead]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    nodes = [node for node in graph.node if not (node.op_type == "Constant" and node.output[0] in dead)]
+    nodes = [node for node in graph.node if not any(node is other for other in dead_nodes)]
     del graph.node[:]
     graph.node.extend(nodes)
     if model.ir_version < 4:

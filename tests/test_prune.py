@@ -352,3 +352,21 @@ def test_damage_method_chooses_widths_and_ranks_in_one_integer_program():
     assert all(b.width_after == b.width_before for b in full.report.pruned)
     x = {"input": cal.arrays["input"][:4]}
     np.testing.assert_allclose(run_model(full.model, x)[0], run_model(model, x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
+    """A block whose weights reach it through Identity / Transpose (as PyTorch exports them): the sliced
+    copies replace them, and the chains with their full-size sources go (the file grew before)."""
+    rng = np.random.default_rng(14)
+    nodes = [helper.make_node("Identity", ["w1"], ["a1"], name="id1"),
+             helper.make_node("Transpose", ["w2t"], ["a2"], name="tr2", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "a1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "a2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2t", (16, 64), 0.125)])
+    result = compress(model, keep_params=0.5, calibration=_inputs(model, samples=128), prune="only", rank_multiple=1)
+    stored = sum(int(np.prod(init.dims)) for init in result.model.graph.initializer)
+    assert stored == result.report.params_after <= 0.5 * 2 * 16 * 64
+    assert [node.op_type for node in result.model.graph.node] == ["MatMul", "Relu", "MatMul"]
+    onnx.checker.check_model(result.model, full_check=True)
