@@ -354,19 +354,38 @@ def test_damage_method_chooses_widths_and_ranks_in_one_integer_program():
     np.testing.assert_allclose(run_model(full.model, x)[0], run_model(model, x)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
-    """A block whose weights reach it through Identity / Transpose (as PyTorch exports them): the sliced
-    copies replace them, and the chains with their full-size sources go (the file grew before)."""
-    rng = np.random.default_rng(14)
+def chained_feed_forward(seed: int = 14) -> onnx.ModelProto:
+    """MatMul → Relu → MatMul whose weights come through Identity and Transpose (as PyTorch exports them)."""
+    rng = np.random.default_rng(seed)
     nodes = [helper.make_node("Identity", ["w1"], ["a1"], name="id1"),
              helper.make_node("Transpose", ["w2t"], ["a2"], name="tr2", perm=[1, 0]),
              helper.make_node("MatMul", ["x", "a1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "a2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                       [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2t", (16, 64), 0.125)])
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                      [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2t", (16, 64), 0.125)])
+
+
+def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
+    """The sliced copies replace the chained weights, and the chains with their full-size sources go
+    (the file held both before)."""
+    model = chained_feed_forward()
     result = compress(model, keep_params=0.5, calibration=_inputs(model, samples=128), prune="only", rank_multiple=1)
     stored = sum(int(np.prod(init.dims)) for init in result.model.graph.initializer)
     assert stored == result.report.params_after <= 0.5 * 2 * 16 * 64
     assert [node.op_type for node in result.model.graph.node] == ["MatMul", "Relu", "MatMul"]
     onnx.checker.check_model(result.model, full_check=True)
+
+
+@pytest.mark.parametrize("options", [dict(method="svd"), dict(), dict(method="damage"), dict(prune="only"),
+                                     dict(prune="combined"), dict(method="damage", prune="combined")],
+                         ids=["svd", "alds-data", "damage", "prune-only", "prune-combined", "damage-prune"])
+def test_reported_weights_are_the_written_models_constants(options):
+    """Whatever the mode, "weights: A -> B" is what the output file holds (every initializer and Constant)."""
+    from onnx_alds.layers import iter_total_params
+
+    for model in (inverted_residual(hidden=48), feed_forward(hidden=96), chained_feed_forward()):
+        calibration = None if options.get("method") == "svd" else _inputs(model, samples=96)
+        result = compress(model, keep_flops=0.8, calibration=calibration, rank_multiple=4, **options)
+        assert result.report.params_before == sum(iter_total_params(model))
+        assert result.report.params_after == sum(iter_total_params(result.model))
