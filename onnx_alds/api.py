@@ -102,7 +102,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         resolved = None
         notes.append("input shapes are dynamic: MACs not counted (give --input-shape to count them)")
     layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node
-                 if n.op_type in LAYER_OPS and len(n.input) >= 2]
+                 if n.op_type in LAYER_OPS + ("ConvTranspose",) and len(n.input) >= 2]
     if resolved is not None:
         needed = {name for node in layer_ops for name in list(node.output[:1]) + list(node.input[:2])}
         shapes = tensor_shapes(proto, resolved, needed, store)
@@ -117,6 +117,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if inside:
         notes.append(f"{len(inside)} Conv/Gemm/MatMul nodes sit inside If/Loop/Scan subgraphs (first: "
                      f"'{inside[0].name}' in {inside[0].subgraph}); their MACs count once per node")
+    transposed = [node for node in layer_ops if node.op_type == "ConvTranspose"]
+    if transposed:
+        notes.append(f"{len(transposed)} ConvTranspose nodes (first: '{transposed[0].name}') are left as they are; "
+                     "their MACs count in the total")
     macs_total: Optional[int] = None
     if resolved is not None:
         per_node = [node_macs(node, shapes) for node in layer_ops]
@@ -611,6 +615,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
                                  calibration=None if calibration is None else str(calibration.source),
                                  speed=planned.speed)
+    stored = int(sum(iter_total_params(new_model)))  # what the file holds (a bias copy, a chain left ...)
+    if stored != report.params_after:
+        report = replace(report, params_after=stored,
+                         achieved=stored / report.params_before if target == "params" else report.achieved)
     if data_aware:
         steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
             + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ()) \
@@ -658,6 +666,16 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
             f"counts, so fewer MACs may not run faster (--rank-multiple {FAST_RANK_MULTIPLE} aligns them)",)
 
 
+OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep is a warning, not a note
+
+
+def overshoot_warning(achieved: float, keep: float, rank_multiple: int, steps: str) -> str:
+    """The warning for a plan that cuts much more than asked (the only plans within the budget do)."""
+    return (f"achieved {achieved:.4f}, well below the requested {keep:g}: no plan closer to the budget exists with "
+            f"{steps} steps of {rank_multiple} (--rank-multiple); the model is cut more than asked, so lower "
+            "--rank-multiple or ask for the figure achieved knowingly")
+
+
 def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: bool) -> tuple[str, ...]:
     """Say, before anything is written, when a plan is likely to break the model."""
     warnings = []
@@ -668,6 +686,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
             + "): a classifier or vocabulary head this thin rarely survives; leave it dense with --exclude")
+    if report.requested - report.achieved > OVERSHOOT_WARNING * report.requested:
+        warnings.append(overshoot_warning(report.achieved, report.requested, report.rank_multiple, "rank"))
     if not data_aware and report.max_error > DEEP_CUT_ERROR:
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
                         f"{report.max_error:.2f}): expect a large accuracy loss; give a few hundred real inputs "
@@ -760,7 +780,7 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
                 else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
-    if keep - achieved > 0.01 * keep:
+    if 0.01 * keep < keep - achieved <= OVERSHOOT_WARNING * keep:  # further below: a warning (_harm_warnings)
         notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: "
                      "the rank steps are too coarse here (lower --rank-multiple to get closer)")
     return CompressionReport(

@@ -214,12 +214,17 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
-    """Multiply-accumulates of any Conv/Gemm/MatMul node, from its tensor shapes (None if unknown)."""
+    """Multiply-accumulates of any Conv/ConvTranspose/Gemm/MatMul node, from its tensor shapes (None if unknown)."""
     if node.op_type == "Conv":
         weight, output = shapes.get(node.input[1]), shapes.get(node.output[0])
         if weight is None or output is None or len(output) < 2:
             return None
         return int(np.prod(weight)) * output[0] * int(np.prod(output[2:]))
+    if node.op_type == "ConvTranspose":  # every input position meets every weight element once
+        weight, data = shapes.get(node.input[1]), shapes.get(node.input[0])
+        if weight is None or data is None or len(data) < 2:
+            return None
+        return int(np.prod(weight)) * data[0] * int(np.prod(data[2:]))
     if node.op_type in ("Gemm", "MatMul"):
         left, output = shapes.get(node.input[0]), shapes.get(node.output[0])
         if left is None or output is None or not left:

@@ -64,7 +64,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import FOLDABLE_OPS, Layer, constant_tensors
+from .layers import FOLDABLE_OPS, Layer, constant_tensors, iter_total_params
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -1106,6 +1106,7 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
 
 
+REFUSED_SHOWN = 5  # producers named in the report's "not prunable" note
 PROBE_ERROR = 0.2  # the block error at which each block's effect on the model output is measured
 
 
@@ -1335,8 +1336,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     seconds["prune"] = time.perf_counter() - tick
     reports = block_reports(analysis, widths)
     narrowed = {name for block, width in zip(blocks, widths) if width < block.width for name in block.layers}
+    shown = analysis.refused[:REFUSED_SHOWN]
     refused_notes = ([f"not prunable ({len(analysis.refused)} producers): " + "; ".join(
-        f"'{r.producer}': {r.reason}" for r in analysis.refused)] if analysis.refused else [])
+        f"'{r.producer}': {r.reason}" for r in shown)
+        + (f"; and {len(analysis.refused) - len(shown)} more" if len(analysis.refused) > len(shown) else "")]
+        if analysis.refused else [])
     lowrank = [layer for layer, choice in zip(candidates, choices) if choice != 0]
     method = "prune" if mode == "only" else f"{search.method}+prune"
     if mode == "combined" and lowrank:
@@ -1359,9 +1363,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         # the stage's own "achieved … below the requested …" speaks of its internal sub-budget: the
         # note on the whole model's figures is made below
         extra_notes = [note for note in report.notes if note not in notes and not note.startswith("achieved ")]
-        warnings = report.warnings
+        warnings = tuple(w for w in report.warnings if not w.startswith("achieved "))  # its sub-budget
         steps = report.data_aware_steps
-        search_name, max_error = report.search, max(report.max_error, epsilon)
+        search_name, max_error = report.search, report.max_error
         if joint:
             search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
@@ -1370,21 +1374,31 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                                    "onnx_alds.target": f"keep_{target}={budget.keep}",
                                    "onnx_alds.seed": str(search.seed)})
         check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
-        after_params = prepared.params_total - sum(r.params_before - r.params_after for r in reports)
+        after_params = 0  # counted on the written model below
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
         rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
                                  layer.macs, layer.macs, 0.0, layer.skip_reason) for layer in layers)
         search_name = ("output-damage integer program over widths and ranks" if joint else
                        "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
-        extra_notes, warnings, max_error = [], (), epsilon
+        extra_notes, warnings, max_error = [], (), 0.0
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
-    rows = tuple(_pruned_row(row, blocks, widths, layers) for row in rows)
+    # what the file holds: a refit's new bias for a consumer whose bias was shared adds a copy
+    after_params = int(sum(iter_total_params(new_model)))
+    block_errors = {r.name: r.error for r in reports}
+    max_error = max([max_error] + [r.error for r in reports if r.width_after < r.width_before])
+    rows = tuple(_pruned_row(row, blocks, widths, layers, block_errors) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
                 else (after_macs or 0) / float(prepared.macs_total or 1))
-    if budget.keep - achieved > 0.01 * budget.keep:
+    if budget.keep - achieved > api.OVERSHOOT_WARNING * budget.keep:
+        warnings = tuple(warnings) + (api.overshoot_warning(achieved, budget.keep, search.rank_multiple, "width"),)
+    elif budget.keep - achieved > 0.01 * budget.keep:
         extra_notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {budget.keep}: the width "
                            "steps are too coarse here (lower --rank-multiple to get closer)")
+    if mode == "combined" and not any(r.width_after < r.width_before for r in reports):
+        first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""
+        warnings = tuple(warnings) + (f"--prune narrowed no block: {len(blocks)} prunable, {len(analysis.refused)} "
+                                      f"producers not prunable{first}; the model is low-rank only",)
     from .data_aware import sample_count
 
     report = CompressionReport(
@@ -1397,8 +1411,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     return api.CompressionResult(new_model, report)
 
 
-def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Sequence[Layer]):
-    """A report row of a layer whose block was narrowed: its weights and MACs before pruning, and a note."""
+def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Sequence[Layer],
+                errors: Mapping[str, float]):
+    """A report row of a layer whose block was narrowed: its weights and MACs before pruning, the block's
+    relative output error, and a note."""
     for block, width in zip(blocks, widths):
         if width >= block.width or row.name not in block.layers:
             continue
@@ -1409,5 +1425,5 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
             return replace(row, skip_reason=note)
         return replace(row, params_before=original.params, params_after=after, macs_before=original.macs,
-                       macs_after=macs_after, skip_reason=note)
+                       macs_after=macs_after, skip_reason=note, error=float(errors.get(block.name, row.error)))
     return row

@@ -661,3 +661,34 @@ def test_layer_on_a_loop_carried_value_names_the_subgraph_for_flops_and_compress
         onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
     result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
+
+
+def test_plan_far_below_the_requested_keep_is_a_warning():
+    """With rank steps of 16 the only plan within --keep-params 0.95 of a 64x64 layer keeps half of it."""
+    rng = np.random.default_rng(16)
+    model = make([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                 [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")])
+    result = onnx_alds.compress(model, keep_params=0.95, rank_multiple=16)
+    assert result.report.achieved == pytest.approx(0.5)
+    assert any("well below the requested 0.95" in w and "--rank-multiple" in w for w in result.report.warnings)
+    gentle = onnx_alds.compress(model, keep_params=0.95, rank_multiple=1)
+    assert not any("well below" in w for w in gentle.report.warnings)
+
+
+def test_conv_transpose_macs_count_in_the_total_and_it_is_left_alone():
+    rng = np.random.default_rng(17)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1] * 4, name="conv"),
+             helper.make_node("ConvTranspose", ["h", "wt"], ["y"], strides=[2, 2], name="up")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 16 * 9).reshape(32, 16, 3, 3), "w"),
+                  numpy_helper.from_array(rng.standard_normal((32, 8, 2, 2)).astype(np.float32), "wt")])
+    analysis = onnx_alds.analyze(model)
+    conv = 32 * 16 * 9 * 64
+    assert analysis.macs_total == conv + 32 * 8 * 4 * 64  # every input position meets every weight element
+    assert [row.name for row in analysis.layers] == ["conv"]
+    assert any("ConvTranspose" in note for note in analysis.notes)
+    result = onnx_alds.compress(model, keep_flops=0.8, rank_multiple=1)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)})

@@ -366,6 +366,20 @@ def chained_feed_forward(seed: int = 14) -> onnx.ModelProto:
                       [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2t", (16, 64), 0.125)])
 
 
+def shared_bias_feed_forward(seed: int = 15) -> onnx.ModelProto:
+    """MatMul → Relu → MatMul → Add(bias), where the bias is also read after the block through an Identity
+    (as TorchScript exports share equal constants): the refit's new bias is a copy, the old one stays."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["o"], name="down"),
+             helper.make_node("Add", ["o", "b"], ["ob"], name="down_bias"),
+             helper.make_node("Identity", ["b"], ["b_again"], name="share"),
+             helper.make_node("Add", ["ob", "b_again"], ["y"], name="again")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                      [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2", (64, 16), 0.125), _init(rng, "b", (16,), 0.1)])
+
+
 def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
     """The sliced copies replace the chained weights, and the chains with their full-size sources go
     (the file held both before)."""
@@ -384,8 +398,29 @@ def test_reported_weights_are_the_written_models_constants(options):
     """Whatever the mode, "weights: A -> B" is what the output file holds (every initializer and Constant)."""
     from onnx_alds.layers import iter_total_params
 
-    for model in (inverted_residual(hidden=48), feed_forward(hidden=96), chained_feed_forward()):
+    for model in (inverted_residual(hidden=48), feed_forward(hidden=96), chained_feed_forward(),
+                  shared_bias_feed_forward()):
         calibration = None if options.get("method") == "svd" else _inputs(model, samples=96)
         result = compress(model, keep_flops=0.8, calibration=calibration, rank_multiple=4, **options)
         assert result.report.params_before == sum(iter_total_params(model))
         assert result.report.params_after == sum(iter_total_params(result.model))
+
+
+def test_pruned_report_shows_block_errors_and_warns_when_it_cuts_far_more_than_asked():
+    model = inverted_residual(hidden=48)
+    result = compress(model, keep_flops=0.7, calibration=_inputs(model, samples=96), prune="only", rank_multiple=4)
+    narrowed = [b for b in result.report.pruned if b.width_after < b.width_before]
+    assert narrowed and result.report.max_error == pytest.approx(max(b.error for b in narrowed))
+    rows = {row.name: row for row in result.report.layers}
+    assert narrowed[0].error > 0 and rows["expand"].error == pytest.approx(narrowed[0].error)
+    # widths in steps of 32 of 48: keep-flops 0.97 can only be met by cutting to 0.33 of the width
+    coarse = compress(model, keep_flops=0.97, calibration=_inputs(model, samples=96), prune="only", rank_multiple=32)
+    assert coarse.report.achieved < 0.87
+    assert any("well below the requested 0.97" in w for w in coarse.report.warnings)
+
+
+def test_combined_prune_that_narrows_nothing_says_so():
+    model = inverted_residual(residual_into_hidden=True)  # the only producer joins a residual: no block
+    result = compress(model, keep_flops=0.9, calibration=_inputs(model), prune="combined", rank_multiple=1)
+    assert not result.report.pruned or all(b.width_after == b.width_before for b in result.report.pruned)
+    assert any(w.startswith("--prune narrowed no block") for w in result.report.warnings)
