@@ -803,6 +803,7 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
     specs = graph_inputs(model)
     shapes: dict[str, tuple[int, ...]] = {}
     notes: list[str] = []
+    dynamic = []
     for spec in specs:
         if spec.name in overrides:
             shapes[spec.name] = overrides[spec.name]
@@ -813,10 +814,17 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
             dims[0] = batch_default
             notes.append(f"input '{spec.name}': dynamic batch dim set to {batch_default}")
         if not all(isinstance(d, int) for d in dims):
-            pretty = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
-            raise UnsupportedModelError(
-                f"input '{spec.name}' has dynamic dims ({pretty}); give them with --input-shape {spec.name}:"
-                + "x".join(str(d) if isinstance(d, int) else "N" for d in spec.dims)
-            )
+            dynamic.append(spec)
+            continue
         shapes[spec.name] = tuple(int(d) for d in dims)
+    if dynamic:  # every input at once, so one run of the command says all that is missing
+        pretty = ", ".join(f"'{spec.name}' (" + "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
+                           + ")" for spec in dynamic)
+        first = str(batch_default) if batch_default is not None else "N"
+        flags = " ".join(f"--input-shape {spec.name}:" + "x".join(
+            str(d) if isinstance(d, int) else first if i == 0 else "N" for i, d in enumerate(spec.dims))
+            for spec in dynamic)
+        raise UnsupportedModelError(
+            f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
+            f"give them with {flags}")
     return shapes, notes

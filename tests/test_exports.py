@@ -692,3 +692,22 @@ def test_conv_transpose_macs_count_in_the_total_and_it_is_left_alone():
     assert any("ConvTranspose" in note for note in analysis.notes)
     result = onnx_alds.compress(model, keep_flops=0.8, rank_multiple=1)
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)})
+
+
+def test_every_dynamic_input_is_named_in_one_error():
+    rng = np.random.default_rng(18)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["em"]), helper.make_node("MatMul", ["em", "w"], ["y"], name="mm")]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+                         helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 32])],
+                 [numpy_helper.from_array(rng.standard_normal((50, 32)).astype(np.float32), "table"),
+                  numpy_helper.from_array(np.array([2], np.int64), "axis"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    with pytest.raises(UnsupportedModelError, match=r"inputs 'ids' \(\?x\?\), 'mask' \(\?x\?\) have dynamic dims; "
+                                                    r"give them with --input-shape ids:1xN --input-shape mask:1xN"):
+        onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
+    result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"ids": (1, 7), "mask": (1, 7)})
+    assert factorized(result) == ["mm"]
