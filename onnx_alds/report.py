@@ -136,7 +136,7 @@ class CompressionReport:
             lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)} (hidden width before -> after, "
                          "relative output error): " + ", ".join(
                              f"{block.name} {block.width_before}->{block.width_after} ({block.error:.3f})"
-                             for block in self.pruned))
+                             for block in narrowed))
         lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
                      + f", total {sum(self.seconds.values()):.2f} s")
         if self.latency:
