@@ -183,7 +183,8 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
                 why = "neither shape inference nor an ONNX Runtime run gives their shapes"
                 instead = "check --input-shape, or use --keep-params"
     if not need_macs:
-        instead = "MACs are not counted (give --input-shape to count them)" if not custom else "MACs are not counted"
+        instead = ("MACs are not counted (give --input-shape to count them)"
+                   if not custom and "subgraphs" not in why else "MACs are not counted")
     return f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): {why}; {instead}"
 
 
@@ -686,7 +687,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
             + "): a classifier or vocabulary head this thin rarely survives; leave it dense with --exclude")
-    if report.requested - report.achieved > OVERSHOOT_WARNING * report.requested:
+    if report.requested - report.achieved > OVERSHOOT_WARNING * report.requested and report.rank_multiple > 1:
         warnings.append(overshoot_warning(report.achieved, report.requested, report.rank_multiple, "rank"))
     if not data_aware and report.max_error > DEEP_CUT_ERROR:
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
@@ -780,9 +781,12 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
                 else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
-    if 0.01 * keep < keep - achieved <= OVERSHOOT_WARNING * keep:  # further below: a warning (_harm_warnings)
+    if 0.01 * keep < keep - achieved and (keep - achieved <= OVERSHOOT_WARNING * keep or rank_multiple == 1):
+        # further below with coarse steps: a warning (_harm_warnings)
         notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: "
-                     "the rank steps are too coarse here (lower --rank-multiple to get closer)")
+                     + ("the rank steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
+                        else "the plan with the smallest error costs less than the budget allows (each layer's "
+                             "options cost in steps of a rank or a group count)"))
     return CompressionReport(
         layers=tuple(rows), method=method, data_aware=calibration is not None, calibration=calibration,
         target=target, requested=keep, achieved=achieved, params_before=prepared.params_total,

@@ -264,7 +264,21 @@ class _Runner:
 
 def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: float,
                      max_rounds: Optional[int] = None) -> list[list[float]]:
-    """Seconds per run of each runner, timed in rotating round-robin rounds (see module docstring)."""
+    """Seconds per run of each runner, timed in rotating round-robin rounds (see module docstring).
+    Raises :class:`InputDataError` when a runner fails (the random timing inputs do not fit the model)."""
+    try:
+        return _time_rounds(runners, warmup=warmup, runs=runs, min_time_s=min_time_s, max_rounds=max_rounds)
+    except OnnxAldsError:
+        raise
+    except Exception as exc:  # a run failed: one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputDataError(f"running the model on random timing inputs failed ({first[:200]}); the inputs need "
+                             "values or shapes random data lacks: give --input-shape, or time it with your own "
+                             "harness") from None
+
+
+def _time_rounds(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: float,
+                 max_rounds: Optional[int]) -> list[list[float]]:
     for round_index in range(warmup):
         for index in round_robin_order(len(runners), round_index):
             runners[index]()

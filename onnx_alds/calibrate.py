@@ -179,21 +179,30 @@ class LayerStatistics:
             return 0.0
         return float(min(beta, delta) / delta)
 
-    def shrunk(self) -> "LayerStatistics":
+    def shrunk(self, *, centered: bool = False) -> "LayerStatistics":
         """The same statistics with ``C``, ``M`` shrunk toward ``μI`` by :meth:`shrinkage_weight`
-        (means unchanged): the whitening then cannot trust directions the data has not shown."""
+        (means unchanged): the whitening then cannot trust directions the data has not shown.
+
+        ``centered``: shrink the covariance ``C − m mᵀ`` (``m`` the mean) instead and add ``m mᵀ`` back,
+        so that ``[[C, m], [mᵀ, 1]]`` stays positive semi-definite, as a least-squares fit with a bias
+        (the pruning refit) needs; shrinking ``C`` itself makes that system indefinite when the mean is
+        large against the spread (after a ReLU), and the fit then blows up."""
         alpha = self.shrinkage_weight()
         if alpha <= 0.0:
             return self
 
-        def shrink(matrix: np.ndarray) -> np.ndarray:
+        def shrink(matrix: np.ndarray, left: Optional[np.ndarray] = None, right: Optional[np.ndarray] = None
+                   ) -> np.ndarray:
             size = matrix.shape[0]
-            result = (1.0 - alpha) * matrix
-            result[np.diag_indices(size)] += alpha * float(np.trace(matrix)) / size
-            return result
+            outer = None if left is None else np.outer(left.reshape(-1), right.reshape(-1))
+            result = (1.0 - alpha) * (matrix if outer is None else matrix - outer)
+            result[np.diag_indices(size)] += alpha * float(np.trace(matrix if outer is None else matrix - outer)) / size
+            return result if outer is None else result + outer
 
-        return replace(self, second_moment=shrink(self.second_moment),
-                       cross=None if self.cross is None else shrink(self.cross), shrinkage=alpha)
+        mean = np.asarray(self.mean, dtype=np.float64) if centered else None
+        target = mean if self.reference_mean is None or not centered else np.asarray(self.reference_mean, np.float64)
+        return replace(self, second_moment=shrink(self.second_moment, mean, mean),
+                       cross=None if self.cross is None else shrink(self.cross, target, mean), shrinkage=alpha)
 
 
 @dataclass(frozen=True)

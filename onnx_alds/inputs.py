@@ -628,6 +628,9 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
+    for node in model.graph.node:  # a table behind Cast/Identity (a float16 table cast up) keeps its dims
+        if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
+            tables.setdefault(node.output[0], tables[node.input[0]])
     bounds: dict[str, int] = {}
     for spec in model.graph.input:
         pending, seen = [spec.name], set()

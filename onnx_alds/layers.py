@@ -184,14 +184,16 @@ def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
+def use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
+    """Add to ``counts`` how many times each name is read in ``graph`` and its subgraphs, at every depth
+    (node inputs and graph outputs)."""
     for node in graph.node:
         counts.update(name for name in node.input if name)
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                _use_counts(attribute.g, counts)
+                use_counts(attribute.g, counts)
             for sub in attribute.graphs:
-                _use_counts(sub, counts)
+                use_counts(sub, counts)
     counts.update(output.name for output in graph.output)
 
 
@@ -261,7 +263,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     if constants is None:
         constants = weight_constants(model)[0]
     uses: Counter = Counter()
-    _use_counts(model.graph, uses)
+    use_counts(model.graph, uses)
     trained: set[str] = set()  # weights that on-device training (training_info) reads or updates
     for info in model.training_info:
         trained.update(binding.key for binding in info.update_binding)
@@ -447,6 +449,12 @@ class StoredConstants(dict):
 
 
 def iter_total_params(model: onnx.ModelProto) -> Iterator[int]:
-    """Element counts of every numeric constant of the model (initializers and Constant nodes)."""
-    for tensor in constant_tensors(model).values():
-        yield int(np.prod(tensor.dims)) if tensor.dims else 1
+    """Element counts of every numeric constant the model file holds (initializers and Constant nodes of
+    the main graph and of every subgraph; a name stored in two subgraphs counts twice)."""
+    for _, graph in iter_graphs(model.graph):
+        for init in graph.initializer:
+            yield int(np.prod(init.dims)) if init.dims else 1
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                tensor = node.attribute[0].t
+                yield int(np.prod(tensor.dims)) if tensor.dims else 1

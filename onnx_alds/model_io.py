@@ -788,6 +788,15 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                     f"dims, e.g. {spec.name}:{example}"
                 )
         checked[spec.name] = shape
+    named: dict[str, tuple[int, str]] = {}  # a symbolic dim shared by several inputs takes one value
+    for spec in specs:
+        for given, declared in zip(checked.get(spec.name, ()), spec.dims):
+            if isinstance(declared, str) and declared:
+                value, first = named.setdefault(declared, (given, spec.name))
+                if value != given:
+                    raise InputDataError(
+                        f"--input-shape gives the dim '{declared}' {value} for '{first}' and {given} for "
+                        f"'{spec.name}'; the model names both '{declared}', so give them the same value")
     return checked
 
 

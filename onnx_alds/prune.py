@@ -64,7 +64,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import FOLDABLE_OPS, Layer, constant_tensors, iter_total_params
+from .layers import FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, use_counts
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -833,6 +833,7 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
                 put(consumer, 2, bias / scale, like)
     new.graph.initializer.extend(added)
     _drop_unused(new, replaced)
+    _list_ir3_initializers(new)
     keep_info = [value for value in new.graph.value_info if value.name not in hidden_tensors]
     del new.graph.value_info[:]
     new.graph.value_info.extend(keep_info)
@@ -844,13 +845,8 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
     initializers, Constant nodes, and the constant chains (``W → Identity/Transpose/Cast → weight``)
     that fed them, back to the chain's own initializers."""
     graph = model.graph
-    used = Counter(name for node in graph.node for name in node.input if name)
-    used.update(value.name for value in graph.output)
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                for inner in sub.node:
-                    used.update(name for name in inner.input if name)
+    used: Counter = Counter()
+    use_counts(graph, used)  # readers at every subgraph depth count
     declared = {value.name for value in graph.input}
     producers = {out: node for node in graph.node for out in node.output if out}
     dead: set[str] = set()
@@ -1084,11 +1080,12 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     seconds = {}
     blocks, refused = find_blocks(model, layers)
     tick = time.perf_counter()
+    consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
                                                        if layer.name not in {b.consumer.name for b in blocks}]
     stats = collect_statistics(model, measured, calibration, batch_size=batch_size, notes=notes) if measured else {}
-    if shrinkage:
-        stats = {name: value.shrunk() for name, value in stats.items()}
+    if shrinkage:  # the refit fits a bias: the covariance is what may be shrunk (LayerStatistics.shrunk)
+        stats = {name: value.shrunk(centered=name in consumers) for name, value in stats.items()}
     seconds["calibration"] = time.perf_counter() - tick
     tick = time.perf_counter()
     graph = _Graph(model)
@@ -1186,7 +1183,7 @@ def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Se
         if stat is None:
             stat = analysis.stats[block.consumer.name]
         elif shrinkage:
-            stat = stat.shrunk()
+            stat = stat.shrunk(centered=True)
         new_matrix, new_bias = refit_consumer(matrix, bias, stat, kept, block.consumer.kernel)
         current = prune_model(current, [(block, kept, new_matrix, new_bias)])
     return current
@@ -1390,7 +1387,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     rows = tuple(_pruned_row(row, blocks, widths, layers, block_errors) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
                 else (after_macs or 0) / float(prepared.macs_total or 1))
-    if budget.keep - achieved > api.OVERSHOOT_WARNING * budget.keep:
+    if budget.keep - achieved > api.OVERSHOOT_WARNING * budget.keep and search.rank_multiple > 1:
         warnings = tuple(warnings) + (api.overshoot_warning(achieved, budget.keep, search.rank_multiple, "width"),)
     elif budget.keep - achieved > 0.01 * budget.keep:
         extra_notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {budget.keep}: the width "

@@ -248,8 +248,30 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
     new = gs.export_onnx(graph, do_type_check=False)
     del graph, nodes
     _fill_values(new, values)
+    _hoist_outer_initializers(new, model)
     _restore_model_fields(new, model)
     return new
+
+
+def _hoist_outer_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """onnx-graphsurgeon's export moves a main-graph initializer read only inside If/Loop/Scan bodies into
+    each body that reads it (a weight shared by two branches is then stored twice); put every such
+    tensor back into the main graph, once."""
+    outer = {init.name for init in original.graph.initializer}
+    present = {init.name for init in new.graph.initializer}
+    for path, graph in iter_graphs(new.graph):
+        if not path:
+            continue
+        moved = [init for init in graph.initializer if init.name in outer]
+        if not moved:
+            continue
+        for init in moved:
+            if init.name not in present:
+                new.graph.initializer.append(init)
+                present.add(init.name)
+        kept = [init for init in graph.initializer if init.name not in outer]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
 
 
 _PENDING = "onnx-alds-pending"  # location of a new weight's stub between the rewrite and the export

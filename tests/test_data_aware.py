@@ -231,6 +231,24 @@ def test_shrinkage_weight_is_large_for_few_vectors_and_small_for_many():
     assert unknown.shrinkage_weight() == 0.0 and unknown.shrunk() is unknown
 
 
+def test_centered_shrinkage_keeps_the_bias_fit_positive_semi_definite():
+    """After a ReLU the mean is large against the spread: shrinking the second moment itself makes
+    [[C, m], [mᵀ, 1]] indefinite (the pruning refit then blew up); shrinking the covariance does not."""
+    rng = np.random.default_rng(3)
+    rows = np.maximum(1.0 + 0.3 * _gaussian(rng, 24, 64), 0.0)
+    stat = _stats_of(rows)
+    assert stat.shrinkage_weight() > 0.005  # a small weight is enough: α·|m|² outweighs the spread
+
+    def augmented(s):
+        top = np.hstack([s.second_moment, s.mean[:, None]])
+        return np.vstack([top, np.append(s.mean, 1.0)[None, :]])
+
+    assert np.linalg.eigvalsh(augmented(stat.shrunk()))[0] < -1e-6
+    centered = stat.shrunk(centered=True)
+    assert np.linalg.eigvalsh(augmented(centered))[0] > -1e-9
+    assert np.allclose(centered.mean, stat.mean) and centered.shrinkage == pytest.approx(stat.shrinkage_weight())
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_shrinkage_lowers_held_out_error_when_calibration_is_starved(seed):
     rng = np.random.default_rng(seed)

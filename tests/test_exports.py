@@ -711,3 +711,71 @@ def test_every_dynamic_input_is_named_in_one_error():
         onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
     result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"ids": (1, 7), "mask": (1, 7)})
     assert factorized(result) == ["mm"]
+
+
+def test_weight_shared_by_two_if_branches_stays_once_in_the_main_graph():
+    """The graph export moved a main-graph weight read only inside If branches into each branch: stored
+    twice, while the report counted it once."""
+    rng = np.random.default_rng(20)
+
+    def branch(name, nodes, out):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [4, 32])])
+
+    then = branch("then", [helper.make_node("Identity", ["w"], ["wi"]),
+                           helper.make_node("MatMul", ["h", "wi"], ["t"], name="then_mm")], "t")
+    other = branch("else", [helper.make_node("MatMul", ["h", "w"], ["e"], name="else_mm")], "e")
+    nodes = [helper.make_node("MatMul", ["x", "u"], ["h"], name="first"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=other)]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 32), "u"), numpy_helper.from_array(low_rank(rng, 32, 32), "w"),
+                  numpy_helper.from_array(np.array(True), "cond")])
+    result = onnx_alds.compress(model, keep_params=0.75, rank_multiple=1)
+    assert factorized(result) == ["first"]
+    names = [init.name for _, graph in onnx_alds.layers.iter_graphs(result.model.graph) for init in graph.initializer]
+    assert names.count("w") == 1 and "w" in [init.name for init in result.model.graph.initializer]
+    from onnx_alds.layers import iter_total_params
+    assert result.report.params_after == sum(iter_total_params(result.model)) < sum(iter_total_params(model))
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})
+
+
+def test_random_ids_respect_a_table_behind_a_cast_and_a_bench_failure_is_one_line(tmp_path, capsys):
+    from onnx_alds.inputs import index_bounds
+
+    rng = np.random.default_rng(22)
+    nodes = [helper.make_node("Cast", ["table16"], ["table"], to=TensorProto.FLOAT),
+             helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 32])],
+                 [numpy_helper.from_array(rng.standard_normal((7, 32)).astype(np.float16), "table16"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    assert index_bounds(model) == {"ids": 7}
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert main(["bench", str(path), "--runs", "3"]) == 0
+    capsys.readouterr()
+    # a table computed at run time (a Slice): random ids overrun it, and the run fails in one error line
+    sliced = [helper.make_node("Slice", ["table16b", "start", "end"], ["table16"])] + nodes
+    bad = make(sliced, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 32])],
+               [numpy_helper.from_array(rng.standard_normal((7, 32)).astype(np.float16), "table16b"),
+                numpy_helper.from_array(np.array([0], np.int64), "start"),
+                numpy_helper.from_array(np.array([7], np.int64), "end"),
+                numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    onnx.save(bad, str(path))
+    assert main(["bench", str(path), "--runs", "3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: running the model on random timing inputs failed")
+
+
+def test_a_symbolic_dim_shared_by_two_inputs_takes_one_value():
+    rng = np.random.default_rng(23)
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
+    model = make(nodes, [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "S", 32]),
+                         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "S", 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 32])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    with pytest.raises(OnnxAldsError, match="gives the dim 'S' 8 for 'a' and 9 for 'b'"):
+        onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"a": (1, 8, 32), "b": (1, 9, 32)})
+    result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"a": (1, 8, 32), "b": (1, 8, 32)})
+    assert factorized(result) == ["mm"]

@@ -424,3 +424,50 @@ def test_combined_prune_that_narrows_nothing_says_so():
     result = compress(model, keep_flops=0.9, calibration=_inputs(model), prune="combined", rank_multiple=1)
     assert not result.report.pruned or all(b.width_after == b.width_before for b in result.report.pruned)
     assert any(w.startswith("--prune narrowed no block") for w in result.report.warnings)
+
+
+def _nested_if(reads: str, out: str) -> onnx.AttributeProto:
+    """An If (always true) whose then-branch holds another If whose branches Reshape ``reads`` by ``shp``."""
+    def branch(name, inner_nodes, output):
+        return helper.make_graph(inner_nodes, name, [],
+                                 [helper.make_tensor_value_info(output, TensorProto.FLOAT, [16, 64])])
+
+    inner = helper.make_node("If", ["cond"], [out + "_in"], name="inner_if",
+                             then_branch=branch("it", [helper.make_node("Reshape", [reads, "shp"], [out + "_a"])],
+                                                out + "_a"),
+                             else_branch=branch("ie", [helper.make_node("Reshape", [reads, "shp"], [out + "_b"])],
+                                                out + "_b"))
+    return helper.make_node("If", ["cond"], [out], name="outer_if",
+                            then_branch=branch("ot", [inner, helper.make_node("Identity", [out + "_in"], [out + "_c"])],
+                                               out + "_c"),
+                            else_branch=branch("oe", [helper.make_node("Reshape", [reads, "shp_else"], [out + "_d"])],
+                                               out + "_d"))
+
+
+def test_pruning_keeps_a_chain_constant_that_a_nested_subgraph_reads_and_works_on_ir3():
+    """The up weight is Reshape(flat, shp); ``shp`` is also read two subgraph levels down: the dead-chain
+    removal must count that reader. The same model at IR 3 lists the new initializers as inputs."""
+    rng = np.random.default_rng(19)
+    nodes = [helper.make_node("Reshape", ["up_flat", "shp"], ["up_w"], name="reshape_w"),
+             helper.make_node("MatMul", ["x", "up_w"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "down_w"], ["y"], name="down"),
+             _nested_if("side", "side_out")]
+    inits = [_init(rng, "up_flat", (16 * 64,), 0.25), _init(rng, "down_w", (64, 16), 0.125),
+             numpy_helper.from_array(np.array([16, 64], np.int64), "shp"),
+             numpy_helper.from_array(np.array([16, 64], np.int64), "shp_else"), _init(rng, "side", (1024,), 1.0), numpy_helper.from_array(np.array(True), "cond")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16]),
+               helper.make_tensor_value_info("side_out", TensorProto.FLOAT, [16, 64])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], outputs, inits)
+    result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=128), prune="only", rank_multiple=8)
+    onnx.checker.check_model(result.model, full_check=True)
+    x = _inputs(model, samples=4).arrays["x"]
+    np.testing.assert_array_equal(run_model(result.model, {"x": x})[1], run_model(model, {"x": x})[1])
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    old.ir_version = 3
+    old.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                           for i in old.graph.initializer)
+    result = compress(old, keep_params=0.7, calibration=_inputs(model, samples=128), prune="only", rank_multiple=8)
+    onnx.checker.check_model(result.model, full_check=True)
+    listed = {value.name for value in result.model.graph.input}
+    assert all(init.name in listed for init in result.model.graph.initializer)
