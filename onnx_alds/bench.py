@@ -271,8 +271,9 @@ def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time
     except OnnxAldsError:
         raise
     except Exception as exc:  # a run failed: one line, not a traceback
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputDataError(f"running the model on random timing inputs failed ({first[:200]}); the inputs need "
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        reason = text.split("Status Message: ")[-1]  # ONNX Runtime's own words, not its source path
+        raise InputDataError(f"running the model on random timing inputs failed ({reason[-300:]}); the inputs need "
                              "values or shapes random data lacks: give --input-shape, or time it with your own "
                              "harness") from None
 

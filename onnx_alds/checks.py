@@ -172,6 +172,25 @@ def _non_utf8(message) -> bool:
     return False
 
 
+def _shadowed_name(graph: onnx.GraphProto, outer: set[str]) -> Optional[tuple[str, str]]:
+    """(node, name) of the first If/Loop/Scan body that defines a name an enclosing graph defines."""
+    defined = {value.name for value in graph.input} | {init.name for init in graph.initializer} | \
+        {out for node in graph.node for out in node.output if out}
+    scope = outer | defined
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                inner = {value.name for value in sub.input} | {init.name for init in sub.initializer} | \
+                    {out for n in sub.node for out in n.output if out}
+                clash = sorted(inner & scope)
+                if clash:
+                    return node.name or node.op_type, clash[0]
+                found = _shadowed_name(sub, scope)
+                if found:
+                    return found
+    return None
+
+
 def _check_structure(model: onnx.ModelProto) -> None:
     """Refuse what onnx.checker lets through but nothing downstream can handle: names that are not
     UTF-8, function-attribute references outside a function, sparse tensors (not carried through the
@@ -192,6 +211,11 @@ def _check_structure(model: onnx.ModelProto) -> None:
         if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
             raise UnsupportedModelError(f"graph input/output '{value.name}' is not a typed tensor; onnx-alds handles "
                                         "tensor inputs and outputs with an element type (fix or re-export the model)")
+    shadowed = _shadowed_name(model.graph, set())
+    if shadowed:
+        raise UnsupportedModelError(f"a subgraph of node '{shadowed[0]}' defines '{shadowed[1]}' again, a name its "
+                                    "outer graph already defines; onnx-alds (and ONNX's naming rule) needs every "
+                                    "name unique across nested graphs: rename it and export again")
     for _, graph in iter_graphs(model.graph):
         if graph.sparse_initializer:
             raise UnsupportedModelError(f"the model holds sparse initializers ('{graph.sparse_initializer[0].values.name}'"

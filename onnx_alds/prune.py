@@ -1392,6 +1392,16 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     elif budget.keep - achieved > 0.01 * budget.keep:
         extra_notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {budget.keep}: the width "
                            "steps are too coarse here (lower --rank-multiple to get closer)")
+    starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)
+               if width < block.width and block.consumer.name in analysis.stats
+               and analysis.stats[block.consumer.name].count < block.width * block.consumer.kernel]
+    if starved:
+        block, count = starved[0]
+        warnings = tuple(warnings) + (
+            f"{len(starved)} pruned blocks were refitted on fewer calibration vectors than their hidden channels "
+            f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
+            "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
+            "more calibration inputs",)
     if mode == "combined" and not any(r.width_after < r.width_before for r in reports):
         first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""
         warnings = tuple(warnings) + (f"--prune narrowed no block: {len(blocks)} prunable, {len(analysis.refused)} "

@@ -256,20 +256,24 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
 def _hoist_outer_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """onnx-graphsurgeon's export moves a main-graph initializer read only inside If/Loop/Scan bodies into
     each body that reads it (a weight shared by two branches is then stored twice); put every such
-    tensor back into the main graph, once."""
+    tensor back into the main graph, once. In an IR 3 model the new factors of a layer inside a body go
+    to the main graph too, where they can be listed as graph inputs (IR 3 lists every initializer)."""
     outer = {init.name for init in original.graph.initializer}
+    inner = {init.name for path, graph in iter_graphs(original.graph) if path for init in graph.initializer}
     present = {init.name for init in new.graph.initializer}
     for path, graph in iter_graphs(new.graph):
         if not path:
             continue
-        moved = [init for init in graph.initializer if init.name in outer]
+        moved = [init for init in graph.initializer
+                 if init.name in outer or (original.ir_version < 4 and init.name not in inner)]
         if not moved:
             continue
         for init in moved:
             if init.name not in present:
                 new.graph.initializer.append(init)
                 present.add(init.name)
-        kept = [init for init in graph.initializer if init.name not in outer]
+        hoisted = {init.name for init in moved}
+        kept = [init for init in graph.initializer if init.name not in hoisted]
         del graph.initializer[:]
         graph.initializer.extend(kept)
 

@@ -779,3 +779,41 @@ def test_a_symbolic_dim_shared_by_two_inputs_takes_one_value():
         onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"a": (1, 8, 32), "b": (1, 9, 32)})
     result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"a": (1, 8, 32), "b": (1, 8, 32)})
     assert factorized(result) == ["mm"]
+
+
+def _if_model(rng, *, branch_weight: bool, ir: int = 8) -> onnx.ModelProto:
+    """x → MatMul(u) → If(then: MatMul(w), else: MatMul(u2)); ``branch_weight``: the then-branch also holds
+    its own initializer named 'w' (a name of the main graph) with other values."""
+    w, u, u2 = low_rank(rng, 32, 32), low_rank(rng, 32, 32), low_rank(rng, 32, 32)
+    then_inits = [numpy_helper.from_array(low_rank(rng, 32, 32), "w")] if branch_weight else []
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "w"], ["t"], name="then_mm")], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 32])], then_inits)
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "u2"], ["e"], name="else_mm")], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 32])])
+    nodes = [helper.make_node("MatMul", ["x", "u"], ["h"], name="first"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then, else_branch=other)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(u, "u"), numpy_helper.from_array(u2, "u2"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])]
+    if ir < 4:
+        inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs,
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits),
+                              opset_imports=[helper.make_opsetid("", 17 if ir >= 4 else 8)])
+    model.ir_version = ir
+    return model
+
+
+def test_subgraph_that_redefines_an_outer_name_is_refused_and_ir3_bodies_are_factorized():
+    rng = np.random.default_rng(24)
+    # the branch's own 'w' was silently replaced by the main graph's 'w' (outputs off by 3.4x)
+    with pytest.raises(UnsupportedModelError, match="subgraph of node 'branch' defines 'w' again"):
+        onnx_alds.compress(_if_model(rng, branch_weight=True), keep_params=0.99, rank_multiple=1)
+    # IR 3: a layer in a branch gets its factors in the main graph, listed as graph inputs
+    model = _if_model(rng, branch_weight=False, ir=3)
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert "then_mm" in factorized(result)
+    onnx.checker.check_model(result.model, full_check=True)
+    listed = {value.name for value in result.model.graph.input}
+    assert all(init.name in listed for init in result.model.graph.initializer)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 32)).astype(np.float32)})

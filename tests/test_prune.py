@@ -471,3 +471,12 @@ def test_pruning_keeps_a_chain_constant_that_a_nested_subgraph_reads_and_works_o
     onnx.checker.check_model(result.model, full_check=True)
     listed = {value.name for value in result.model.graph.input}
     assert all(init.name in listed for init in result.model.graph.initializer)
+
+
+def test_pruning_warns_when_a_refit_has_fewer_vectors_than_hidden_channels():
+    model = feed_forward(hidden=64, tokens=1)
+    result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=16), prune="only", rank_multiple=8)
+    assert any("fewer calibration vectors than their hidden channels" in w and "16 vectors for 64" in w
+               for w in result.report.warnings)
+    enough = compress(model, keep_params=0.7, calibration=_inputs(model, samples=256), prune="only", rank_multiple=8)
+    assert not any("fewer calibration vectors" in w for w in enough.report.warnings)
