@@ -278,6 +278,15 @@ def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time
                              "harness") from None
 
 
+def _runs(runner: Any) -> bool:
+    """Whether one run of ``runner`` succeeds."""
+    try:
+        runner()
+    except Exception:
+        return False
+    return True
+
+
 def _time_rounds(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: float,
                  max_rounds: Optional[int]) -> list[list[float]]:
     for round_index in range(warmup):
@@ -389,7 +398,12 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         runners = [_Runner(s, timing_feeds(p, int(batch), input_shapes, seed), provider)
                    for s, p in zip(sessions, protos)]
         log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
-        times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)
+        try:
+            times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)
+        except InputDataError as exc:  # say which model and batch
+            failing = next((name for name, runner in zip(names, runners) if not _runs(runner)), None)
+            where = f"{failing} at batch {batch}" if failing else f"batch {batch}"
+            raise InputDataError(f"{where}: {exc}") from None
         reference = float(np.median(np.asarray(times[0]) * 1e3))  # computed as _stats does: exactly 1.0 for model 0
         timings += [_stats(name, int(batch), t, reference) for name, t in zip(names, times)]
     layers = []

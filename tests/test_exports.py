@@ -765,7 +765,8 @@ def test_random_ids_respect_a_table_behind_a_cast_and_a_bench_failure_is_one_lin
     onnx.save(bad, str(path))
     assert main(["bench", str(path), "--runs", "3"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: running the model on random timing inputs failed")
+    assert len(err) == 1 and err[0].startswith("error: m.onnx at batch 1: running the model on random timing "
+                                               "inputs failed")
 
 
 def test_a_symbolic_dim_shared_by_two_inputs_takes_one_value():
