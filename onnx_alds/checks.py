@@ -214,8 +214,8 @@ def _check_structure(model: onnx.ModelProto) -> None:
     shadowed = _shadowed_name(model.graph, set())
     if shadowed:
         raise UnsupportedModelError(f"a subgraph of node '{shadowed[0]}' defines '{shadowed[1]}' again, a name its "
-                                    "outer graph already defines; onnx-alds (and ONNX's naming rule) needs every "
-                                    "name unique across nested graphs: rename it and export again")
+                                    "outer graph already defines; onnx-alds needs every name unique across nested "
+                                    "graphs (its rewrite maps tensors by name): rename it and export again")
     for _, graph in iter_graphs(model.graph):
         if graph.sparse_initializer:
             raise UnsupportedModelError(f"the model holds sparse initializers ('{graph.sparse_initializer[0].values.name}'"
