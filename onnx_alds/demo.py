@@ -71,7 +71,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         macs_kept=(report.macs_after or 0) / report.macs_before if report.macs_before else None)
     print("\n".join(validation.lines()))
     print()
-    print("\n".join(bench.lines()))
+    if bench is not None:
+        print("\n".join(bench.lines()))
     print()
     print(summary)
     from .report import write_json

@@ -913,8 +913,8 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     """Validate (stated tolerances plus the kinds' defaults, as :func:`validate`), then benchmark the
     pair at ``batch``, and make the one-line summary.
 
-    Returns ``(validation_report, bench_report, summary)``; the caller prints them and then calls
-    ``validation_report.raise_if_failed()``. ``bench_options`` passes extra keywords to
+    Returns ``(validation_report, bench_report, summary)``, ``bench_report`` None when the validation
+    failed (not timed); the caller prints them and then calls ``validation_report.raise_if_failed()``. ``bench_options`` passes extra keywords to
     :func:`onnx_alds.bench.bench` (``runs``, ``warmup``, ``min_time_s``).
     """
     from .bench import bench
@@ -927,6 +927,9 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
                       max_mean_rel=max_mean_rel, min_mean_cosine=min_mean_cosine, min_nn_agreement=min_nn_agreement,
                       min_position_agreement=min_position_agreement, min_sequence_agreement=min_sequence_agreement,
                       min_iou=min_iou, figures_only=figures_only, output_kinds=output_kinds, threads=threads)
+    if not report.passed:  # nothing will be written: timing it would only make the user wait
+        return report, None, summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
+                                          macs_kept=macs_kept)
     timing = bench([original_path, compressed_path], provider=provider, batch_sizes=(batch,), threads=threads,
                    input_shapes=input_shapes, names=names, **(bench_options or {}))
     speedup = timing.speedup(1, batch)
@@ -995,7 +998,8 @@ class ValidateSummary:
     @property
     def text(self) -> str:
         """Validation lines, timing lines and the summary line."""
-        return "\n".join(self.validation.lines() + self.bench.lines() + [self.line])
+        return "\n".join(self.validation.lines() + (self.bench.lines() if self.bench is not None else [])
+                         + [self.line])
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:

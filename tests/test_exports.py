@@ -368,9 +368,12 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, capsys, monkey
 def test_failed_validation_writes_neither_model_nor_report(tmp_path, capsys):
     model_path, out, report = tmp_path / "m.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
     onnx.save(conv_relu_conv(np.random.default_rng(16)), model_path)
-    code = main(["compress", str(model_path), "-o", str(out), "--keep-params", "0.1", "--report", str(report),
-                 "--validate", "--validate-random", "4", "--rtol", "1e-9", "--bench-batch", "1"])
-    assert code == 1 and capsys.readouterr().err.startswith("error:")
+    code = main(["compress", str(model_path), "-o", str(out), "--keep-params", "0.3", "--rank-multiple", "1",
+                 "--report", str(report), "--validate", "--validate-random", "4", "--rtol", "1e-9",
+                 "--bench-batch", "1"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.startswith("error:")
+    assert "FAILED" in captured.out and "bench on" not in captured.out  # not timed: nothing is written
     assert not out.exists() and not report.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
