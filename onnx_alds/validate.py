@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 ModelArg = Union[str, os.PathLike, onnx.ModelProto]
 
 CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION = "classifier", "embedding", "sequence", "dense", "regression"
+EXACT_COMPARISON = "compared element by element"  # integer and boolean outputs (detect_kind)
 KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
 EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
@@ -207,9 +208,13 @@ class OutputComparison:
         return self.accuracy_original - self.accuracy_compressed
 
     def figures(self) -> str:
-        """``rel=… (mean …) abs=… cos=… (mean …)`` and the figures of the output's kind."""
-        parts = [f"rel={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})", f"abs={self.max_abs_error:.3g}",
-                 f"cos={self.min_cosine:.6f} (mean {self.mean_cosine:.6f})"]
+        """``rel=… (mean …) abs=… cos=… (mean …)`` and the figures of the output's kind; for integer and
+        boolean outputs ``differ=… (mean …)``, the fraction of values that differ (``rel`` holds it)."""
+        if EXACT_COMPARISON in self.kind_reason:
+            parts = [f"differ={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})"]
+        else:
+            parts = [f"rel={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})", f"abs={self.max_abs_error:.3g}",
+                     f"cos={self.min_cosine:.6f} (mean {self.mean_cosine:.6f})"]
         if self.top1_agreement is not None:
             parts.append(f"top1={self.top1_agreement:.4f}")
         if self.top5_agreement is not None:
@@ -394,8 +399,7 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str
     if not batched:
         return REGRESSION, "first dim is not the batch"
     if not np.issubdtype(array.dtype, np.floating):
-        return REGRESSION, (f"{array.dtype} values, compared element by element: rel and 1 - cos are the fraction "
-                            "of values that differ")
+        return REGRESSION, f"{array.dtype} values, {EXACT_COMPARISON}: rel and 1 - cos are the fraction that differ"
     shape = _shape_text(array)
     if array.ndim == 2 and array.shape[1] >= 2:
         rows = array.astype(np.float64)

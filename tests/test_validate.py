@@ -456,6 +456,7 @@ def test_non_float_and_unbatched_outputs_are_regression():
     differ = validate(model, other, inputs=InputSet({"x": x}, source="t")).outputs[0]
     expected = np.mean(np.argmax(x, axis=1) != np.argmin(x, axis=1))
     assert differ.mean_rel_error == pytest.approx(expected) and 0 < expected <= 1 and np.isfinite(differ.max_rel_error)
+    assert differ.figures().startswith("differ=") and "abs=" not in differ.figures()
 
 
 # --- --output-kind -----------------------------------------------------------------------------------
