@@ -162,6 +162,7 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
     needs MACs; else a note that MACs are not counted)."""
     custom = [node for _, graph in iter_graphs(model.graph) for node in graph.node if node.domain not in STANDARD_DOMAINS]
     first = f"'{unknown[0].name}'"
+    inside_only = False  # every unsized node sits in a subgraph: --input-shape would not help
     if custom:
         ops = sorted({f"{node.domain}::{node.op_type}" for node in custom})
         why = (f"the model uses the custom op {', '.join(ops[:3])} (node '{custom[0].name}'), whose output shapes "
@@ -175,7 +176,8 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
             instead = "install onnxruntime (onnx-alds[cpu]), or use --keep-params"
         else:
             inner = {node.name for path, graph in iter_graphs(model.graph) if path for node in graph.node}
-            if all(node.name in inner for node in unknown):
+            inside_only = all(node.name in inner for node in unknown)
+            if inside_only:
                 why = ("they sit inside If/Loop/Scan subgraphs whose tensor shapes shape inference cannot give "
                        "(a loop-carried value)")
                 instead = "use --keep-params instead of --keep-flops"
@@ -184,7 +186,7 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
                 instead = "check --input-shape, or use --keep-params"
     if not need_macs:
         instead = ("MACs are not counted (give --input-shape to count them)"
-                   if not custom and "subgraphs" not in why else "MACs are not counted")
+                   if not custom and not inside_only else "MACs are not counted")
     return f"cannot size {len(unknown)} Conv/Gemm/MatMul nodes (first: {first}): {why}; {instead}"
 
 
@@ -670,11 +672,21 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
 OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep is a warning, not a note
 
 
-def overshoot_warning(achieved: float, keep: float, rank_multiple: int, steps: str) -> str:
-    """The warning for a plan that cuts much more than asked (the only plans within the budget do)."""
-    return (f"achieved {achieved:.4f}, well below the requested {keep:g}: no plan closer to the budget exists with "
-            f"{steps} steps of {rank_multiple} (--rank-multiple); the model is cut more than asked, so lower "
-            "--rank-multiple or ask for the figure achieved knowingly")
+def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> tuple[Optional[str], Optional[str]]:
+    """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank" or "width"): more than
+    :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a warning, the model being
+    cut more than asked; more than 1 % below, a note; else neither."""
+    gap = keep - achieved
+    if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
+        return (f"achieved {achieved:.4f}, well below the requested {keep:g}: no plan closer to the budget exists "
+                f"with {steps} steps of {rank_multiple} (--rank-multiple); the model is cut more than asked, so lower "
+                "--rank-multiple or ask for the figure achieved knowingly"), None
+    if gap > 0.01 * keep:
+        why = (f"the {steps} steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
+               else "the plan with the smallest error costs less than the budget allows (each layer's options cost "
+                    f"in steps of {'a rank or a group count' if steps == 'rank' else 'one channel'})")
+        return None, f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: {why}"
+    return None, None
 
 
 def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: bool) -> tuple[str, ...]:
@@ -687,8 +699,9 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
             + "): a classifier or vocabulary head this thin rarely survives; leave it dense with --exclude")
-    if report.requested - report.achieved > OVERSHOOT_WARNING * report.requested and report.rank_multiple > 1:
-        warnings.append(overshoot_warning(report.achieved, report.requested, report.rank_multiple, "rank"))
+    overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank")
+    if overshoot:
+        warnings.append(overshoot)
     if not data_aware and report.max_error > DEEP_CUT_ERROR:
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
                         f"{report.max_error:.2f}): expect a large accuracy loss; give a few hundred real inputs "
@@ -781,12 +794,9 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
                 else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
-    if 0.01 * keep < keep - achieved and (keep - achieved <= OVERSHOOT_WARNING * keep or rank_multiple == 1):
-        # further below with coarse steps: a warning (_harm_warnings)
-        notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: "
-                     + ("the rank steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
-                        else "the plan with the smallest error costs less than the budget allows (each layer's "
-                             "options cost in steps of a rank or a group count)"))
+    gap_note = budget_gap(achieved, keep, rank_multiple, "rank")[1]  # its warning: _harm_warnings
+    if gap_note:
+        notes.append(gap_note)
     return CompressionReport(
         layers=tuple(rows), method=method, data_aware=calibration is not None, calibration=calibration,
         target=target, requested=keep, achieved=achieved, params_before=prepared.params_total,

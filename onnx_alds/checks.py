@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from .errors import InternalCheckError, ModelLoadError, UnsupportedModelError
+from .errors import InternalCheckError, ModelLoadError, UnsupportedModelError, first_line
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
                        opset_version)
 
@@ -41,11 +41,6 @@ class InputCheck:
     runtime_outputs: Optional[dict[str, tuple[tuple[int, ...], str]]] = None  # name → (shape, dtype) on probe inputs
     runtime_loads: bool = False
     probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape dims used by the probe
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:240]
 
 
 def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None,
@@ -70,7 +65,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     try:
         checked = _onnx_check(model, store, size, full_check=False)
     except Exception as exc:
-        raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {_first_line(exc)}); fix the model "
+        raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {first_line(exc)}); fix the model "
                              "or export it again") from None
     if not checked:
         result.notes.append("model over 2 GB: onnx.checker skipped on the input")
@@ -80,7 +75,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     try:
         shape_inference.infer_shapes(stub, check_type=True, strict_mode=True)
     except Exception as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         if "No Op registered" in message or "schema" in message.lower():
             result.notes.append(f"shape inference does not know every op ({message[:120]})")
         else:
@@ -96,7 +91,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     except ImportError:
         return result
     except Exception as exc:
-        message = _first_line(exc)
+        message = first_line(exc)
         if "not installed" in message:
             return result
         custom = sorted({node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx", "ai.onnx.ml")})
@@ -271,7 +266,7 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:
-        message = _first_line(exc).split("Status Message: ")[-1]
+        message = first_line(exc).split("Status Message: ")[-1]
         if refuse:
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
                                  "it again") from None
@@ -314,7 +309,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         _onnx_check(new, store, size, full_check=True)
     except Exception as exc:
-        fail(f"fails onnx.checker ({_first_line(exc)})")
+        fail(f"fails onnx.checker ({first_line(exc)})")
     if not found.runtime_loads or size > _RUNTIME_LIMIT:
         return
     from .runtime import make_session
@@ -322,14 +317,14 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         session = make_session(new, "cpu", store=store, prepack=False)
     except Exception as exc:
-        fail(f"does not load in ONNX Runtime ({_first_line(exc)})")
+        fail(f"does not load in ONNX Runtime ({first_line(exc)})")
     if found.runtime_outputs is None:
         return
     feeds = _probe_feeds(new, found.probe_shapes)
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:
-        fail(f"does not run in ONNX Runtime on inputs the original runs on ({_first_line(exc)})")
+        fail(f"does not run in ONNX Runtime on inputs the original runs on ({first_line(exc)})")
     names = [output.name for output in session.get_outputs()]
     for name, value in zip(names, values):
         expected = found.runtime_outputs.get(name)

@@ -47,3 +47,10 @@ def ratio_at_least(value: float) -> str:
     if not math.isfinite(value):
         return f"{value:.4f}"
     return f"{math.ceil(value * 1e4 - 1e-9) / 1e4:.4f}"
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message (its type when empty), at most ``limit`` characters:
+    what a one-line ``error:`` quotes of a library's failure."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]

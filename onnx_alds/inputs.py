@@ -615,6 +615,15 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     return InputSet(arrays, None, f"random ({count} samples; not real data)")
 
 
+def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    """One random array per graph input at ``shapes`` (name → full shape), by the rules of
+    :func:`random_array`, ids kept inside the tables they index (:func:`index_bounds`)."""
+    bounds = index_bounds(model)
+    return {spec.name: random_array(spec.name, spec.dtype, tuple(shapes[spec.name]), rng, high=bounds.get(spec.name))
+            for spec in graph_inputs(model)}
+
+
 _INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
 
 

@@ -186,14 +186,10 @@ class OrtTimer:
         it stands for) times the layers' fastest figures so counted. Runs of that ratio's two sides
         last alike, so other processes slow both alike."""
         from .bench import _Runner, time_interleaved
-        from .inputs import index_bounds, random_array
-        from .model_io import graph_inputs
+        from .inputs import random_array, random_feeds
 
         rng = np.random.default_rng(0)
-        bounds = index_bounds(model)
-        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng,
-                                         high=bounds.get(spec.name))
-                 for spec in graph_inputs(model)}
+        feeds = random_feeds(model, input_shapes, rng)
         runners = [_Runner(self._session(model, store), feeds, self.provider)]
         for layer in layers:
             session = self._session(layer)
@@ -215,14 +211,9 @@ class OrtTimer:
         """The median over interleaved rounds of (candidate run / the same round's reference run): two whole
         models with the same graph inputs (``store``: the weights both may reference), same feeds."""
         from .bench import _Runner, time_interleaved
-        from .inputs import index_bounds, random_array
-        from .model_io import graph_inputs
+        from .inputs import random_feeds
 
-        rng = np.random.default_rng(0)
-        bounds = index_bounds(reference)
-        feeds = {spec.name: random_array(spec.name, spec.dtype, tuple(input_shapes[spec.name]), rng,
-                                         high=bounds.get(spec.name))
-                 for spec in graph_inputs(reference)}
+        feeds = random_feeds(reference, input_shapes, np.random.default_rng(0))
         runners = [_Runner(self._session(model, store), feeds, self.provider) for model in (reference, candidate)]
         times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=4 * self.min_time_s)
         return float(np.median(np.asarray(times[1]) / np.asarray(times[0])))

@@ -372,8 +372,7 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         reason = f"empty weight (shape {'x'.join(map(str, shape))}): nothing to factorize"
     elif reason is None and tensor.data_type not in FLOAT_TYPES:
         reason = f"weight type {onnx.TensorProto.DataType.Name(tensor.data_type)} is not float"
-    elif reason is None and _shared_uses(weight_name, uses, producers) > 1:
-        shared = _shared_uses(weight_name, uses, producers)
+    elif reason is None and (shared := _shared_uses(weight_name, uses, producers)) > 1:
         reason = f"weight is shared by {shared} uses" + (
             "" if uses[weight_name] > 1 else " (through Identity/Cast/Transpose/Reshape nodes)")
     elif reason is None and not np.all(np.isfinite(constant_array(constants, weight_name).astype(np.float64))):

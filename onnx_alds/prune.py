@@ -850,7 +850,7 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
     declared = {value.name for value in graph.input}
     producers = {out: node for node in graph.node for out in node.output if out}
     dead: set[str] = set()
-    dead_nodes: list[onnx.NodeProto] = []
+    dead_nodes: set[int] = set()  # id() of the removed nodes (protos are not hashable)
     pending = list(candidates)
     while pending:
         name = pending.pop()
@@ -860,9 +860,9 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
         if node is not None:
             if node.op_type != "Constant" and node.op_type not in FOLDABLE_OPS:
                 continue
-            if any(used[out] for out in node.output if out) or any(n is node for n in dead_nodes):
+            if any(used[out] for out in node.output if out) or id(node) in dead_nodes:
                 continue
-            dead_nodes.append(node)
+            dead_nodes.add(id(node))
             for value in node.input:  # the chain's inputs lose one reader each
                 if value:
                     used[value] -= 1
@@ -873,7 +873,7 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
     kept = [init for init in graph.initializer if init.name not in dead]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    nodes = [node for node in graph.node if not any(node is other for other in dead_nodes)]
+    nodes = [node for node in graph.node if id(node) not in dead_nodes]
     del graph.node[:]
     graph.node.extend(nodes)
     if model.ir_version < 4:
@@ -1082,7 +1082,7 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
-                                                       if layer.name not in {b.consumer.name for b in blocks}]
+                                                       if layer.name not in consumers]
     stats = collect_statistics(model, measured, calibration, batch_size=batch_size, notes=notes) if measured else {}
     if shrinkage:  # the refit fits a bias: the covariance is what may be shrunk (LayerStatistics.shrunk)
         stats = {name: value.shrunk(centered=name in consumers) for name, value in stats.items()}
@@ -1352,7 +1352,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                         search=replace(search, keep_dense=dense))
         result = api._apply_step(api._plan_step(pruned, stage))
         report = result.report
-        after_params, after_macs = report.params_after, report.macs_after
+        after_macs = report.macs_after
         for key, value in report.seconds.items():
             seconds[f"low-rank {key}"] = value
         new_model = result.model
@@ -1371,7 +1371,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                                    "onnx_alds.target": f"keep_{target}={budget.keep}",
                                    "onnx_alds.seed": str(search.seed)})
         check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
-        after_params = 0  # counted on the written model below
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
         rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
@@ -1387,11 +1386,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     rows = tuple(_pruned_row(row, blocks, widths, layers, block_errors) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
                 else (after_macs or 0) / float(prepared.macs_total or 1))
-    if budget.keep - achieved > api.OVERSHOOT_WARNING * budget.keep and search.rank_multiple > 1:
-        warnings = tuple(warnings) + (api.overshoot_warning(achieved, budget.keep, search.rank_multiple, "width"),)
-    elif budget.keep - achieved > 0.01 * budget.keep:
-        extra_notes.append(f"achieved {achieved:.4f} is more than 1 % below the requested {budget.keep}: the width "
-                           "steps are too coarse here (lower --rank-multiple to get closer)")
+    overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, "width")
+    warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
+    extra_notes += [gap_note] if gap_note else []
     starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)
                if width < block.width and block.consumer.name in analysis.stats
                and analysis.stats[block.consumer.name].count < block.width * block.consumer.kernel]

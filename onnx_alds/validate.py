@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 
 from .argtypes import fraction, non_negative_float, positive_int
-from .errors import InputDataError, UnsupportedModelError, ValidationFailedError
+from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
 from .report import json_safe, write_json
@@ -739,12 +739,11 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
     try:
         return [np.asarray(v) for v in session.run(list(names), dict(feed))]
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz, or --validate-inputs "
                "with compress)" if random else "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
-        raise InputDataError(f"running the {which} model on the validation inputs failed ({first[:200]}); {fix}") \
-            from None
+        raise InputDataError(f"running the {which} model on the validation inputs failed "
+                             f"({first_line(exc, 200)}); {fix}") from None
 
 
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",

@@ -132,11 +132,14 @@ def test_excluded_or_shared_depthwise_conv_keeps_its_block_whole():
     assert not blocks and "excluded" in {r.producer: r.reason for r in refused}["expand"]
     with pytest.raises(UnsupportedModelError, match="'dw': excluded by the user"):
         compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", exclude=["dw"], rank_multiple=1)
-    shared = inverted_residual()  # a second depthwise conv reads the same weight
-    shared.graph.node.append(helper.make_node("Conv", ["padded", "dw.w"], ["dw2"], name="dw2", group=32))
+    shared = inverted_residual()  # a second depthwise conv, on another input, reads the same weight
+    shared.graph.input.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 32, 8, 8]))
+    shared.graph.node.append(helper.make_node("Conv", ["z", "dw.w"], ["dw2"], name="dw2", group=32,
+                                              pads=[1, 1, 1, 1]))
     shared.graph.output.append(helper.make_tensor_value_info("dw2", TensorProto.FLOAT, None))
     blocks, refused = find_blocks(shared, _layers(shared, None))
     assert not any(b.producer.name == "expand" for b in blocks)
+    assert "weight is shared" in {r.producer: r.reason for r in refused}["expand"]
 
 
 def test_full_width_rewrite_equals_original():
