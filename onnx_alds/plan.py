@@ -1,12 +1,19 @@
 """The plan as a value: per layer, what to do (factorize at ``(g, r)`` in an order, or keep dense),
-with what was predicted; written as JSON by ``onnx-alds plan`` and applied by ``onnx-alds apply``.
+per prunable block the hidden width to keep (plans made with ``--prune``), with what was predicted;
+written as JSON by ``onnx-alds plan`` and applied by ``onnx-alds apply``.
 
 ``compress`` is :func:`make_plan` then :func:`apply_plan` (in memory, without the JSON round trip),
 so a plan applied to the model it was made for gives the byte-identical model ``compress`` gives
 with the same options. A user may edit a plan (set a layer's ``"option"`` to ``"dense"``, change a
 ``"rank"``, ``"groups"`` or ``"order"``) and apply it: apply recomputes the edited layers' predicted
-errors from their spectra (their predicted time is unknown: the report says so). A sweep can make
-plans on one machine and apply them on others.
+errors from their spectra (their predicted time is unknown: the report says so), or a block's
+``"width"`` (one of the block's allowed widths: multiples of the rank multiple, or the full width). A
+sweep can make plans on one machine and apply them on others.
+
+A pruning plan is made by running the pruning compression (:func:`onnx_alds.prune.compress_pruned`:
+the low-rank step is planned on the pruned model, so making it costs what ``compress --prune`` costs).
+Applying it recalibrates, chooses the kept channels and refits at the plan's widths, then applies the
+plan's low-rank decisions to the pruned model.
 
 A plan names the model it was made for: the resolved input shapes and, per layer, its name, op,
 weight shape and weight count. Applying it to a model whose layers or shapes differ, or reading a
@@ -19,10 +26,14 @@ The JSON (``"format": "onnx-alds plan"``, ``"version": 1``)::
      "totals": {...what was predicted for the whole model...},
      "layers": [{"name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason",
                  "predicted": {"option", "groups", "rank", "order", "error", "cost", "time_dense_us",
-                               "time_us", "time_measured"}}, ...]}
+                               "time_us", "time_measured"}}, ...],
+     "blocks": [{"name", "producer", "consumer", "width_before", "width",
+                 "predicted": {"width", "error", "params", "macs"}}, ...]}
 
-``option`` is ``factorized``, ``dense`` or ``skipped`` (cannot be factorized; ``reason`` says why).
-``predicted.cost`` is in the budget's unit: weights, MACs or microseconds.
+``option`` is ``factorized``, ``dense`` or ``skipped`` (cannot be factorized, or in a narrowed block;
+``reason`` says why). ``predicted.cost`` is in the budget's unit: weights, MACs or microseconds.
+``blocks`` (pruning plans only): ``width`` is the hidden width to keep, ``predicted.error`` the block's
+relative RMS output error at the predicted width (calibration inputs).
 """
 
 from __future__ import annotations
@@ -93,14 +104,44 @@ class LayerDecision:
 
 
 @dataclass(frozen=True)
+class PredictedWidth:
+    """What the plan predicted for one block's width when it was made."""
+
+    width: int
+    error: float
+    params: Optional[int] = None
+    macs: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class BlockDecision:
+    """One prunable block (producer → per-channel ops → consumer, :mod:`onnx_alds.prune`): its hidden
+    width before pruning and the width to keep."""
+
+    name: str
+    producer: str
+    consumer: str
+    width_before: int
+    width: int
+    predicted: Optional[PredictedWidth] = None
+
+    @property
+    def edited(self) -> bool:
+        """Whether the width differs from what was predicted (a user changed it)."""
+        return self.predicted is None or self.width != self.predicted.width
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Per-layer decisions for one model, with the options they were made under."""
+    """Per-layer decisions (and, for a pruning plan, per-block widths) for one model, with the options
+    they were made under."""
 
     model: Mapping[str, Any]
     options: Mapping[str, Any]
     layers: tuple[LayerDecision, ...]
     totals: Mapping[str, Any] = field(default_factory=dict)
     tool: Mapping[str, Any] = field(default_factory=dict)
+    blocks: tuple[BlockDecision, ...] = ()
     report: Any = field(default=None, compare=False, repr=False)  # the CompressionReport of make_plan
 
     # ---- JSON
@@ -113,9 +154,11 @@ class Plan:
             entry = asdict(layer)
             entry["weight_shape"] = list(layer.weight_shape)
             layers.append(entry)
-        return json_safe({"format": PLAN_FORMAT, "version": PLAN_VERSION, "tool": dict(self.tool),
-                          "model": dict(self.model), "options": dict(self.options), "totals": dict(self.totals),
-                          "layers": layers})
+        data = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "tool": dict(self.tool), "model": dict(self.model),
+                "options": dict(self.options), "totals": dict(self.totals), "layers": layers}
+        if self.blocks:
+            data["blocks"] = [asdict(block) for block in self.blocks]
+        return json_safe(data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
@@ -149,7 +192,7 @@ class Plan:
         """Read a plan strictly: every key known, every value of the right kind."""
         reader = _Reader(source)
         top = reader.mapping(data, "the plan", required=("format", "version", "model", "options", "layers"),
-                             optional=("tool", "totals"))
+                             optional=("tool", "totals", "blocks"))
         if top["format"] != PLAN_FORMAT:
             raise PlanError(f"{source}: format is {top['format']!r}, not {PLAN_FORMAT!r}; give a file written by "
                             "onnx-alds plan")
@@ -166,9 +209,18 @@ class Plan:
         duplicate = next((name for name in names if names.count(name) > 1), None)
         if duplicate is not None:
             raise PlanError(f"{source}: layer '{duplicate}' appears twice; keep one entry per layer")
+        blocks = tuple(reader.block(entry, index) for index, entry in enumerate(reader.list(top.get("blocks", []),
+                                                                                            "blocks")))
+        names = [block.name for block in blocks]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate is not None:
+            raise PlanError(f"{source}: block '{duplicate}' appears twice; keep one entry per block")
+        if blocks and options["search"].get("prune", "off") == "off":
+            raise PlanError(f"{source}: the plan has blocks but options.search.prune is off; set it to combined or "
+                            "only, or remove the blocks")
         totals = reader.mapping(top.get("totals") or {}, "totals", free=True)
         tool = reader.mapping(top.get("tool") or {}, "tool", free=True)
-        return cls(model, options, decisions, totals, tool)
+        return cls(model, options, decisions, totals, tool, blocks)
 
     # ---- options and edits
 
@@ -233,6 +285,7 @@ class Plan:
 
 
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
+_SEARCH_OPTIONAL = ("prune",)  # absent in plans of earlier versions: no pruning
 _DATA_KEYS = ("data_aware", "calibration", "samples", "batch_size", "refit", "sequential", "bias_correction",
               "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
               "damage_max_groups")
@@ -241,6 +294,7 @@ _DATA_INTS = ("batch_size", "both_factors", "damage_samples", "damage_points", "
 _SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup", "model_rounds")
 _LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
 _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
+_PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
 
 
 class _Reader:
@@ -289,7 +343,7 @@ class _Reader:
         options = self.mapping(value, "options", required=("budget", "search", "data"),
                                optional=("speed", "input_shapes"))
         budget = self.mapping(options["budget"], "options.budget", required=("target", "keep"))
-        search = self.mapping(options["search"], "options.search", required=_SEARCH_KEYS)
+        search = self.mapping(options["search"], "options.search", required=_SEARCH_KEYS, optional=_SEARCH_OPTIONAL)
         data = self.mapping(options["data"], "options.data", optional=_DATA_KEYS)
         speed = options.get("speed")
         if speed is not None:
@@ -358,6 +412,29 @@ class _Reader:
                              self.integer(entry.get("params", 0), f"{where}.params"), option, groups, rank,
                              order if option == FACTORIZED else None, reason, predicted)
 
+    def block(self, entry: Any, index: int) -> BlockDecision:
+        where = f"blocks[{index}]"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            where += f" ('{entry['name']}')"
+        required = ("name", "producer", "consumer", "width_before", "width")
+        entry = self.mapping(entry, where, required=required, optional=("predicted",))
+        if not all(isinstance(entry[key], str) for key in ("name", "producer", "consumer")):
+            raise self.fail(where, "name, producer and consumer must be strings")
+        before = self.integer(entry["width_before"], f"{where}.width_before", minimum=1)
+        width = self.integer(entry["width"], f"{where}.width", minimum=1)
+        if width > before:
+            raise self.fail(f"{where}.width", f"{width} is wider than the block ({before}); give at most {before}")
+        predicted = entry.get("predicted")
+        if predicted is not None:
+            p = self.mapping(predicted, f"{where}.predicted", required=("width",),
+                             optional=tuple(k for k in _PREDICTED_WIDTH_KEYS if k != "width"))
+            params, macs = p.get("params"), p.get("macs")
+            predicted = PredictedWidth(self.integer(p["width"], f"{where}.predicted.width", minimum=1),
+                                       self.number(p.get("error", 0.0), f"{where}.predicted.error") or 0.0,
+                                       None if params is None else self.integer(params, f"{where}.predicted.params"),
+                                       None if macs is None else self.integer(macs, f"{where}.predicted.macs"))
+        return BlockDecision(entry["name"], entry["producer"], entry["consumer"], before, width, predicted)
+
 
 # --------------------------------------------------------------------------------------------------
 # Making a plan
@@ -370,7 +447,7 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
         "budget": {"target": options.budget.target, "keep": options.budget.keep},
         "search": {"method": search.method, "error_measure": search.error_measure,
                    "rank_multiple": search.rank_multiple, "max_groups": search.max_groups, "order": search.order,
-                   "seed": search.seed, "exclude": list(search.exclude)},
+                   "seed": search.seed, "exclude": list(search.exclude), "prune": search.prune},
         "data": {"data_aware": data.enabled, "calibration": calibration_source, "samples": samples,
                  "batch_size": data.batch_size, "refit": data.refit, "sequential": data.sequential,
                  "bias_correction": data.bias_correction, "sensitivity": data.sensitivity,
@@ -383,12 +460,11 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
     }
 
 
-def _plan_from(planned, report) -> Plan:
-    """The plan of a planned compression, from its report rows."""
+def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
+    """The plan of a planned compression (or a pruning compression), from its report rows and blocks."""
     from . import __version__
     from .model_io import resolve_input_shapes
 
-    options = planned.options
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
     layers = []
     for row in report.layers:
@@ -400,16 +476,19 @@ def _plan_from(planned, report) -> Plan:
                               row.time_measured)
         layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
                                     row.rank if row.groups else 0, order, row.skip_reason, predicted))
-    inputs, _ = resolve_input_shapes(planned.prepared.model, options.input_shapes, batch_default=1)
+    inputs, _ = resolve_input_shapes(model, options.input_shapes, batch_default=1)
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
                                  report.calibration_samples)
     totals = {"achieved": report.achieved, "params_before": report.params_before, "params_after": report.params_after,
               "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
               "error_measure": report.error_measure, "search": report.search, "latency": report.latency}
+    blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
+                                 PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
+                   for b in report.pruned or ())
     return Plan({"inputs": {name: list(dims) for name, dims in inputs.items()}, "params": report.params_before,
                  "layers": len(layers)}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
-                report=report)
+                blocks, report=report)
 
 
 def make_plan(model, **options) -> Plan:
@@ -419,9 +498,14 @@ def make_plan(model, **options) -> Plan:
 
     prune = options.pop("prune", "off")
     compress_opts = compress_options(**options)
-    if prune not in ("off", False, None) or compress_opts.search.prune != "off":
-        raise PlanError("plans do not hold pruned widths yet; prune with onnx-alds compress --prune (or compress() "
-                        "with prune=...), or plan without --prune")
+    if prune not in ("off", False, None):
+        compress_opts = replace(compress_opts, search=replace(compress_opts.search, prune=prune))
+    if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
+        from .model_io import open_model
+        from .prune import compress_pruned
+
+        result = compress_pruned(model, compress_opts, compress_opts.search.prune)
+        return _plan_from(compress_opts, open_model(model).model, result.report)
     planned = _plan_step(model, compress_opts)
     budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
     report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,
@@ -436,7 +520,7 @@ def make_plan(model, **options) -> Plan:
                          notes=report.notes + tuple(planned.calibration_notes))
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
                      warnings=_harm_warnings(report, planned.prepared, data.enabled))
-    return _plan_from(planned, report)
+    return _plan_from(planned.options, planned.prepared.model, report)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,7 +539,12 @@ def apply_plan(model, plan: Plan, calibration=None):
     elif isinstance(model, onnx.ModelProto):
         plan.check_layer_names(model)
     options = plan.compress_options(calibration)
-    result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+    if options.search.prune != "off":
+        from .prune import compress_pruned
+
+        result = compress_pruned(model, options, options.search.prune, decisions=_PruneDecisions(plan, options))
+    else:
+        result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_on = (plan.options.get("data") or {}).get("calibration")
     if calibration is not None and planned_on and str(calibration.source) != planned_on:
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
@@ -467,10 +556,11 @@ def apply_plan(model, plan: Plan, calibration=None):
 class _Decisions:
     """A plan bound to the model it is applied to (what :func:`onnx_alds.api._plan_step` asks of it)."""
 
-    def __init__(self, plan: Plan, options: CompressOptions) -> None:
+    def __init__(self, plan: Plan, options: CompressOptions, pruned: frozenset = frozenset()) -> None:
         self.plan = plan
         self.options = options
         self.by_name = {decision.name: decision for decision in plan.layers}
+        self.pruned = pruned  # layers of narrowed blocks: their shapes were checked before pruning
 
     def _error(self, message: str) -> PlanError:
         return PlanError(f"the plan does not fit this model: {message}")
@@ -495,7 +585,8 @@ class _Decisions:
             if layer is None:
                 raise self._error(f"layer '{decision.name}' of the plan is not in the model (another model, or a "
                                   f"renamed node); {fix}")
-            if layer.op != decision.op or tuple(layer.weight_shape) != tuple(decision.weight_shape):
+            if layer.op != decision.op or (tuple(layer.weight_shape) != tuple(decision.weight_shape)
+                                           and decision.name not in self.pruned):
                 raise self._error(
                     f"layer '{decision.name}' is a {layer.op} with weight {'x'.join(map(str, layer.weight_shape))} "
                     f"in the model but a {decision.op} with weight {'x'.join(map(str, decision.weight_shape))} in "
@@ -565,6 +656,71 @@ class _Decisions:
         if not latency and not any(d.predicted and d.predicted.time_dense_us is not None for d in self.plan.layers):
             return None
         return _PlanTimes(self.plan)
+
+
+class _PruneDecisions:
+    """A pruning plan bound to the model it is applied to (what :func:`onnx_alds.prune.compress_pruned`
+    asks of it): the layers checked on the model before pruning, the blocks' widths, and the low-rank
+    decisions for the pruned model."""
+
+    def __init__(self, plan: Plan, options: CompressOptions) -> None:
+        self.plan = plan
+        self.options = options
+        self.layers = _Decisions(plan, options)
+
+    def _error(self, message: str) -> PlanError:
+        return PlanError(f"the plan does not fit this model: {message}")
+
+    @property
+    def factorizes(self) -> bool:
+        """Whether any layer of the plan is factorized (the low-rank step runs on the pruned model)."""
+        return any(decision.option == FACTORIZED for decision in self.plan.layers)
+
+    def check(self, prepared, input_shapes) -> None:
+        self.layers.check(prepared, input_shapes)
+        if self.options.search.prune == "only" and self.factorizes:
+            first = next(d.name for d in self.plan.layers if d.option == FACTORIZED)
+            raise PlanError(f"layer '{first}' is factorized in a plan that prunes only (prune: only); set its "
+                            "\"option\" to \"dense\", or make the plan with --prune combined")
+
+    def widths(self, analysis) -> list[int]:
+        """The plan's width of every block the model has, checked: same blocks, same full widths, widths
+        the block allows, and no layer of a narrowed block factorized."""
+        fix = "make a new plan for it with onnx-alds plan --prune"
+        planned = {block.name: block for block in self.plan.blocks}
+        widths = []
+        for block, curve in zip(analysis.blocks, analysis.curves):
+            decision = planned.pop(block.name, None)
+            if decision is None:
+                raise self._error(f"block '{block.name}' of the model has no entry in the plan's blocks; {fix}")
+            if (decision.producer, decision.consumer, decision.width_before) != (block.producer.name,
+                                                                                 block.consumer.name, block.width):
+                raise self._error(f"block '{block.name}' is {block.producer.name} -> {block.consumer.name} of width "
+                                  f"{block.width} in the model but {decision.producer} -> {decision.consumer} of width "
+                                  f"{decision.width_before} in the plan; {fix}")
+            allowed = [int(w) for w in curve.widths]
+            if decision.width not in allowed:
+                shown = ", ".join(map(str, allowed)) if len(allowed) <= 8 else \
+                    f"{', '.join(map(str, allowed[:6]))}, ..., {allowed[-1]}"
+                raise PlanError(f"block '{block.name}': width {decision.width} is not one of its widths ({shown}: "
+                                "multiples of the rank multiple, and the full width); give one of them")
+            if decision.width < block.width:
+                factorized = [name for name in block.layers if self.layers.by_name.get(name) is not None
+                              and self.layers.by_name[name].option == FACTORIZED]
+                if factorized:
+                    raise PlanError(f"layer '{factorized[0]}' is factorized but its block '{block.name}' is narrowed "
+                                    f"to {decision.width}; set the layer's \"option\" to \"dense\" or the "
+                                    f"block's width to {block.width}")
+            widths.append(decision.width)
+        if planned:
+            name = next(iter(planned))
+            raise self._error(f"block '{name}' of the plan is not a prunable block of the model (with these "
+                              f"calibration inputs); {fix}")
+        return widths
+
+    def low_rank(self, options: CompressOptions, narrowed) -> _Decisions:
+        """The plan's layer decisions for the low-rank step on the pruned model."""
+        return _Decisions(self.plan, options, frozenset(narrowed))
 
 
 class _PlanTimes:
@@ -688,6 +844,11 @@ def run_apply_command(args: argparse.Namespace) -> int:
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     result = apply_plan(model, plan, calibration=calibration)
     edited = [d for d in plan.layers if d.edited and d.option != SKIPPED]
+    blocks = [b for b in plan.blocks if b.edited]
+    if blocks:
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            f"{len(blocks)} block widths differ from what the plan predicted (edited; first: '{blocks[0].name}' "
+            f"width {blocks[0].width})",)))
     if edited:
         first = edited[0]
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
@@ -697,5 +858,5 @@ def run_apply_command(args: argparse.Namespace) -> int:
     return write_result(args, result)
 
 
-__all__ = ["Plan", "LayerDecision", "Predicted", "PlanError", "make_plan", "apply_plan", "PLAN_FORMAT", "PLAN_VERSION",
+__all__ = ["Plan", "LayerDecision", "Predicted", "BlockDecision", "PredictedWidth", "PlanError", "make_plan", "apply_plan", "PLAN_FORMAT", "PLAN_VERSION",
            "add_apply_arguments", "run_plan_command", "run_apply_command"]

@@ -1198,7 +1198,7 @@ def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[Block
 
 
 def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
-                    objective: str = "minmax"):
+                    objective: str = "minmax", decisions=None):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
     of the blocks and low-rank factors of the other layers, in one min-max; see the module docstring).
 
@@ -1216,6 +1216,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     ``"minmax"`` (default) or ``"sum"`` (:func:`allocate_sum`, least total squared error; measured worse on
     EfficientNet-Lite0, docs/PRUNING.md). Other options (order, sequential or sensitivity of the
     low-rank step) apply to the low-rank step of ``"combined"``.
+
+    ``decisions`` (applying a plan, :mod:`onnx_alds.plan`): the plan's layers are checked against the
+    model, its block widths replace the allocation, and its low-rank decisions replace the low-rank
+    step's allocation; calibration, channel choice and refit run as without a plan, so the model equals
+    the one ``compress`` writes with the plan's options.
 
     Raises :class:`InputDataError` without calibration,
     :class:`BudgetError` for a latency budget or a target the blocks (and layers) cannot reach,
@@ -1245,6 +1250,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                             max_groups=search.groups_searched, need_macs=budget.target == "flops",
                             channel_multiple=search.rank_multiple, complete=True)
     proto = prepared.model
+    if decisions is not None:  # every layer of the plan in the model, same ops, shapes and input shapes
+        decisions.check(prepared, options.input_shapes)
     notes: list[str] = list(prepared.notes)
     keep_dense = dict(search.keep_dense)
     layers = [replace(layer, skip_reason=keep_dense[layer.name]) if layer.name in keep_dense and layer.compressible
@@ -1285,7 +1292,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     fixed = total - block_full - sum(float(costs[0]) for costs, _ in extra)
     available = budget.keep * total - fixed
     curves = analysis.curves
-    if sensitivity and blocks:
+    if sensitivity and blocks and decisions is None:
         tick = time.perf_counter()
         weights = block_sensitivities(proto, analysis, data.calibration)
         curves = weighted_curves(curves, weights)
@@ -1295,7 +1302,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                      + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
     joint = search.method == "damage" and mode == "combined" and bool(blocks) and objective == "minmax"
     try:
-        if joint:  # widths and ranks in one output-damage integer program
+        if decisions is not None:  # the plan's widths; its low-rank layers are decided by the plan below
+            widths, joint = decisions.widths(analysis), False
+            choices, epsilon = [], 0.0
+            notes.append(f"widths{' and ranks' if mode == 'combined' else ''} from the plan")
+        elif joint:  # widths and ranks in one output-damage integer program
             tick = time.perf_counter()
             widths, joint_info = joint_damage_widths(
                 proto, prepared.constants, analysis, weights if sensitivity else [1.0] * len(blocks), candidates,
@@ -1340,7 +1351,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         if analysis.refused else [])
     lowrank = [layer for layer, choice in zip(candidates, choices) if choice != 0]
     method = "prune" if mode == "only" else f"{search.method}+prune"
-    if mode == "combined" and lowrank:
+    result = None
+    if lowrank if decisions is None else decisions.factorizes:
         pruned_prepared = api._prepare(pruned, input_shapes=options.input_shapes, exclude=search.exclude,
                                        max_groups=search.groups_searched, need_macs=target == "flops",
                                        channel_multiple=search.rank_multiple)
@@ -1350,7 +1362,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         dense.update({name: "in a pruned block (its hidden width was cut)" for name in narrowed})
         stage = replace(options, budget=replace(budget, keep=keep_after),
                         search=replace(search, keep_dense=dense))
-        result = api._apply_step(api._plan_step(pruned, stage))
+        result = api._apply_step(api._plan_step(
+            pruned, stage, decisions=None if decisions is None else decisions.low_rank(stage, narrowed)))
+        if not any(row.groups for row in result.report.layers):
+            result = None  # the low-rank step factorized nothing: the pruned model as it is (as a plan applies)
+    if result is not None:
         report = result.report
         after_macs = report.macs_after
         for key, value in report.seconds.items():
@@ -1375,7 +1391,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
         rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
                                  layer.macs, layer.macs, 0.0, layer.skip_reason) for layer in layers)
-        search_name = ("output-damage integer program over widths and ranks" if joint else
+        search_name = ("plan" if decisions is not None else
+                       "output-damage integer program over widths and ranks" if joint else
                        "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
         extra_notes, warnings, max_error = [], (), 0.0
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
@@ -1428,6 +1445,6 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
         macs_after = None if original.positions is None else after * original.positions
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
             return replace(row, skip_reason=note)
-        return replace(row, params_before=original.params, params_after=after, macs_before=original.macs,
+        return replace(row, weight_shape=original.weight_shape, params_before=original.params, params_after=after, macs_before=original.macs,
                        macs_after=macs_after, skip_reason=note, error=float(errors.get(block.name, row.error)))
     return row

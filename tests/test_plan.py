@@ -177,7 +177,7 @@ def test_plan_for_another_model_is_named_before_calibration(tmp_path, capsys):
 
 def test_plan_carries_the_data_aware_refinements():
     """--both-factors and --affine-correction act at apply time: the plan must hold them, so that apply
-    gives the model compress gives; a plan with pruning is refused rather than applied without it."""
+    gives the model compress gives."""
     model = small_cnn(width=16)
     calibration = random_inputs(model, 8, input_shapes={"input": (1, 3, 32, 32)}, seed=0)
     options = dict(keep_flops=0.5, calibration=calibration, affine_correction=True, both_factors=1, max_groups=4)
@@ -188,8 +188,6 @@ def test_plan_carries_the_data_aware_refinements():
     plain = apply_plan(model, round_trip(make_plan(model, keep_flops=0.5, calibration=calibration, max_groups=4)),
                        calibration=calibration).model
     assert not same_bytes(plain, onnx_alds.compress(model, **options).model), "the refinements change the factors"
-    with pytest.raises(PlanError, match="plans do not hold pruned widths"):
-        make_plan(model, keep_flops=0.5, calibration=calibration, prune="only")
 
 
 def test_apply_with_other_calibration_says_so():
@@ -204,3 +202,121 @@ def test_apply_with_other_calibration_says_so():
     notes = apply_plan(model, plan, calibration=other).report.notes
     assert any("calibration differs from the plan's (second.npz (8 samples), the plan was made on first.npz" in note
                for note in notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pruning plans: block widths beside the layers' decisions
+
+
+def residual_feed_forward(seed: int = 16, dim: int = 32, hidden: int = 96) -> onnx.ModelProto:
+    """x @ W_in (decaying spectrum: worth factorizing; not prunable, as the residual reads it) → MatMul up →
+    Relu → MatMul down (a prunable block) → Add the residual."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(seed)
+    u, _, vt = np.linalg.svd(rng.standard_normal((dim, dim)))
+    weights = {"w_in": (u * 0.7 ** np.arange(dim)) @ vt, "w1": rng.standard_normal((dim, hidden)) * dim ** -0.5,
+               "w2": rng.standard_normal((hidden, dim)) * hidden ** -0.5}
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["h"], name="in"),
+             helper.make_node("MatMul", ["h", "w1"], ["a"], name="up"), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["f"], name="down"),
+             helper.make_node("Add", ["h", "f"], ["y"], name="residual")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])],
+                      [numpy_helper.from_array(value.astype(np.float32), name) for name, value in weights.items()])
+
+
+def _feeds(samples: int = 128):
+    import numpy as np
+
+    from onnx_alds.inputs import InputSet
+
+    return InputSet({"x": np.random.default_rng(3).standard_normal((samples, 32)).astype(np.float32)},
+                    source="test inputs")
+
+
+@pytest.mark.parametrize("options", [dict(keep_params=0.5, prune="combined"), dict(keep_flops=0.6, prune="only"),
+                                     dict(keep_params=0.5, prune="combined", method="damage")],
+                         ids=["combined", "only", "damage-combined"])
+def test_pruning_plan_round_trip_applies_as_compress(options):
+    model, calibration = residual_feed_forward(), _feeds()
+    options = dict(options, calibration=calibration, rank_multiple=4)
+    plan = round_trip(make_plan(model, **options))
+    (block,) = plan.blocks
+    assert (block.name, block.producer, block.consumer, block.width_before) == ("up", "up", "down", 96)
+    assert block.width < 96 and block.predicted.width == block.width and not block.edited
+    layers = {layer.name: layer for layer in plan.layers}
+    assert layers["up"].option == layers["down"].option == "skipped"
+    assert layers["up"].weight_shape == (32, 96), "the plan names the model's shapes, before pruning"
+    assert (layers["in"].option == "factorized") == (options["prune"] == "combined")
+    applied = apply_plan(model, plan, calibration=calibration)
+    assert same_bytes(applied.model, onnx_alds.compress(model, **options).model)
+    assert applied.report.search == "plan" and applied.report.pruned[0].width_after == block.width
+
+
+def test_edited_block_width_applies_and_bad_edits_are_clear_errors():
+    model, calibration = residual_feed_forward(), _feeds()
+    plan = round_trip(make_plan(model, keep_params=0.5, prune="combined", calibration=calibration, rank_multiple=4))
+    (block,) = plan.blocks
+
+    def with_width(width: int) -> Plan:
+        return Plan.from_dict(dict(plan.to_dict(), blocks=[dict(plan.to_dict()["blocks"][0], width=width)]))
+
+    wider = apply_plan(model, with_width(block.width + 8), calibration=calibration)
+    assert wider.report.pruned[0].width_after == block.width + 8
+    assert wider.report.pruned[0].error < block.predicted.error
+    weights = {init.name: init for init in wider.model.graph.initializer}
+    up = next(node for node in wider.model.graph.node if node.name == "up")
+    assert list(weights[up.input[1]].dims) == [32, block.width + 8]
+    full = apply_plan(model, with_width(96).with_layer("up", option="dense").with_layer("down", option="dense"),
+                      calibration=calibration)
+    assert full.report.pruned[0].width_after == 96 and full.report.params_after > wider.report.params_after
+    with pytest.raises(PlanError, match=r"block 'up': width 50 is not one of its widths \(4, 8, 12, 16, 20, 24, "
+                                        r"\.\.\., 96: multiples of the rank multiple"):
+        apply_plan(model, with_width(50), calibration=calibration)
+    with pytest.raises(PlanError, match=r"blocks\[0\] \('up'\).width: 97 is wider than the block \(96\)"):
+        with_width(97)
+    factorized_in_block = plan.with_layer("down", option="factorized", groups=1, rank=8, order="spatial-first")
+    with pytest.raises(PlanError, match=f"layer 'down' is factorized but its block 'up' is narrowed to {block.width}"):
+        apply_plan(model, factorized_in_block, calibration=calibration)
+    no_blocks = Plan.from_dict(dict(plan.to_dict(), blocks=[]))
+    with pytest.raises(PlanError, match="block 'up' of the model has no entry in the plan's blocks"):
+        apply_plan(model, no_blocks, calibration=calibration)
+    other = dict(plan.to_dict()["blocks"][0], producer="in")
+    with pytest.raises(PlanError, match="block 'up' is up -> down of width 96 in the model but in -> down"):
+        apply_plan(model, Plan.from_dict(dict(plan.to_dict(), blocks=[other])), calibration=calibration)
+    off = plan.to_dict()
+    off["options"]["search"]["prune"] = "off"
+    with pytest.raises(PlanError, match="the plan has blocks but options.search.prune is off"):
+        Plan.from_dict(off)
+    only = round_trip(make_plan(model, keep_flops=0.6, prune="only", calibration=calibration, rank_multiple=4))
+    with pytest.raises(PlanError, match="layer 'in' is factorized in a plan that prunes only"):
+        apply_plan(model, only.with_layer("in", option="factorized", groups=1, rank=8, order="spatial-first"),
+                   calibration=calibration)
+    with pytest.raises(PlanError, match="data-aware .* give calibration inputs"):
+        apply_plan(model, plan)
+
+
+def test_cli_pruning_plan_then_apply_equals_compress(tmp_path, capsys):
+    import numpy as np
+
+    model_path, data = tmp_path / "ffn.onnx", tmp_path / "calibration.npz"
+    save_model(residual_feed_forward(), model_path)
+    np.savez(data, x=_feeds().arrays["x"])
+    common = ["--keep-params", "0.5", "--prune", "--rank-multiple", "4", "--calibration", str(data)]
+    assert main(["plan", str(model_path), "-o", str(tmp_path / "plan.json"), *common]) == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["blocks"][0]["width"] < 96
+    assert main(["apply", str(model_path), str(tmp_path / "plan.json"), "-o", str(tmp_path / "applied.onnx"),
+                 "--calibration", str(data)]) == 0
+    assert main(["compress", str(model_path), "-o", str(tmp_path / "compressed.onnx"), *common]) == 0
+    assert (tmp_path / "applied.onnx").read_bytes() == (tmp_path / "compressed.onnx").read_bytes()
+    capsys.readouterr()
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan["blocks"][0]["width"] = 96
+    (tmp_path / "edited.json").write_text(json.dumps(plan))
+    assert main(["apply", str(model_path), str(tmp_path / "edited.json"), "-o", str(tmp_path / "edited.onnx"),
+                 "--calibration", str(data)]) == 0
+    assert "1 block widths differ from what the plan predicted (edited; first: 'up' width 96)" in capsys.readouterr().out
