@@ -86,6 +86,8 @@ MODIFIERS: dict[str, tuple[dict[str, Any], str]] = {
     "/g1": (dict(max_groups=1), "--max-groups 1: the min-max allocation without grouping"),
     "/pw": (dict(order="pointwise-first"), "--order pointwise-first"),
     "+sc": (dict(speed_check=True), "--speed-check on the CPU at the first --bench-batch (runs on the driver)"),
+    "+prune": (dict(prune="combined"), "--prune: hidden widths and low-rank in one allocation (needs +data)"),
+    "+pruneonly": (dict(prune="only"), "--prune only: hidden widths alone (needs +data)"),
 }
 
 
@@ -103,8 +105,9 @@ DATA_ONLY_METHODS = ("damage",)  # methods that exist only with calibration data
 
 
 def parse_method(name: str) -> MethodSpec:
-    """``alds``, ``svd+data``, ``alds+data/pw+sc``, …: a method of ``onnx-alds compress`` followed by
-    modifiers (``+data``, ``+seq``, ``+bc``, ``+sens``, ``/frob``, ``/g1``, ``/pw``, ``+sc``)."""
+    """``alds``, ``svd+data``, ``alds+data/pw+sc``, ``damage+data+prune``, …: a method of ``onnx-alds
+    compress`` followed by modifiers (``+data``, ``+seq``, ``+bc``, ``+sens``, ``/frob``, ``/g1``, ``/pw``,
+    ``+sc``, ``+prune``, ``+pruneonly``)."""
     from .api import METHODS
 
     match = re.fullmatch(r"([a-z-]+)((?:[+/][a-z0-9]+)*)", name)
@@ -119,8 +122,10 @@ def parse_method(name: str) -> MethodSpec:
         options.update(MODIFIERS[token][0])
     data = bool(options.pop("data", False))
     speed_check = bool(options.pop("speed_check", False))
-    if not data and any(options.get(k) for k in ("sequential", "bias_correction", "sensitivity")):
-        raise BudgetError(f"method '{name}': +seq, +bc and +sens need calibration data; add +data")
+    if not data and any(options.get(k) for k in ("sequential", "bias_correction", "sensitivity", "prune")):
+        raise BudgetError(f"method '{name}': +seq, +bc, +sens, +prune and +pruneonly need calibration data; add +data")
+    if options.get("prune") and speed_check:
+        raise BudgetError(f"method '{name}': +sc times low-rank layers only; drop +sc or the pruning modifier")
     if not data and base in DATA_ONLY_METHODS:
         raise BudgetError(f"method '{name}' needs calibration data; write it {base}+data and give --calibration")
     return MethodSpec(name, options, data, speed_check)
@@ -470,6 +475,8 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
                    plan=[dict(layer=l.name, op=l.op, shape=list(l.weight_shape), groups=l.groups, rank=l.rank,
                               macs_before=l.macs_before, macs_after=l.macs_after, error=l.error)
                          for l in report.layers if l.groups],
+                   blocks=[dict(block=b.name, width_before=b.width_before, width_after=b.width_after, error=b.error)
+                           for b in report.pruned or () if b.width_after < b.width_before],
                    onnx_sha256=hashlib.sha256(model_bytes).hexdigest(),
                    model_file=f"{MODELS_DIR}/{task.variant.id}.onnx")
         tick = time.perf_counter()
@@ -1303,7 +1310,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="budgets: fractions of the model's weights to keep")
     parser.add_argument("--methods", nargs="+", default=["alds"], metavar="M",
                         help="methods: alds, svd, svd-energy, l-rank, damage (needs +data), each optionally with "
-                             "modifiers " + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first)")
+                             "modifiers " + " ".join(MODIFIERS) + " (e.g. alds+data/pw: data-aware, pointwise-first; "
+                             "damage+data+prune: hidden widths and ranks by output damage)")
     parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[16], metavar="N",
                         dest="rank_multiples", help="rank multiples, as onnx-alds compress --rank-multiple (16: what "
                                                     "ONNX Runtime's fast CPU kernels need; 1: the finest steps)")

@@ -186,3 +186,20 @@ def test_layer_probe_on_the_bundled_model(tmp_path):
     for row in rows:
         assert row["rank"] > 0 and 0.0 < row["layer_error"] < 1.0
         assert 0.0 <= row["agreement"] <= 1.0 and row["output_error"] > 0.0
+
+
+def test_sweep_with_pruning_records_the_narrowed_blocks(tmp_path, tiny_spec):
+    out = tmp_path / "results"
+    argv = ["--models", "tiny", "--methods", "alds+data+prune", "alds+data+pruneonly", "--keeps", "0.5",
+            "--rank-multiple", "4", "--out", str(out), "--results-md", str(tmp_path / "RESULTS.md"),
+            "--work", str(tmp_path / "work"), "--quick", "--no-bench", "--no-plots"]
+    assert sweep.main(argv, specs=tiny_spec) == 0
+    rows = {row["method"]: row for row in json.loads((out / "sweep.json").read_text())["rows"]}
+    for method in ("alds+data+prune", "alds+data+pruneonly"):
+        row = rows[method]
+        assert row["status"] == "ok", row
+        assert row["macs_kept"] <= 0.5 * 1.01
+        (block,) = row["blocks"]
+        assert block["block"] == "conv1" and block["width_after"] < block["width_before"] == 32
+        assert 0 <= row["agreement"] <= 1
+    assert rows["alds+data+pruneonly"]["layers_factorized"] == 0

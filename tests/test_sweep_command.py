@@ -261,5 +261,11 @@ def test_parse_method():
         with pytest.raises(BudgetError):
             parse_method(bad)
     assert parse_method("damage+data").data
+    assert dict(parse_method("damage+data+prune").options) == {"method": "damage", "prune": "combined"}
+    assert dict(parse_method("alds+data+pruneonly").options) == {"method": "alds", "prune": "only"}
+    with pytest.raises(BudgetError, match="[+]prune and [+]pruneonly need calibration data; add [+]data"):
+        parse_method("alds+prune")
+    with pytest.raises(BudgetError, match="[+]sc times low-rank layers only"):
+        parse_method("alds+data+prune+sc")
     with pytest.raises(BudgetError, match="needs calibration data; write it damage[+]data and give --calibration"):
         parse_method("damage")

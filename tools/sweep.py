@@ -83,6 +83,8 @@ METHODS = (
     # pointwise-first pairs (1x1 then k×k) for the k×k stride-1 convs; "+sc": --speed-check on CPU at the
     # model's first bench batch size
     "alds/pw", "alds+data/pw", "alds+data/pw+sc",
+    # output damage, and hidden-channel pruning (docs/PRUNING.md): widths alone, widths with low-rank
+    "damage+data", "alds+data+pruneonly", "alds+data+prune", "damage+data+prune",
 )
 for _name in METHODS:
     parse_method(_name)  # every name is one onnx-alds sweep understands
