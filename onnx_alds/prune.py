@@ -186,13 +186,16 @@ class _Graph:
             for name in dict.fromkeys(node.input):
                 if name:
                     self.users.setdefault(name, []).append(node)
-        self.uses = Counter(name for node in graph.node for name in node.input if name)
-        self.uses.update(value.name for value in graph.output)
-        for node in graph.node:  # names read inside subgraphs count as uses
+        self.uses: Counter = Counter()
+        use_counts(graph, self.uses)  # names read inside subgraphs, at every depth, count as uses
+        self.subgraph_readers: dict[str, list[str]] = {}  # name -> main-graph nodes whose subgraphs read it
+        for node in graph.node:
+            inner: Counter = Counter()
             for attribute in node.attribute:
                 for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                    for inner in sub.node:
-                        self.uses.update(name for name in inner.input if name)
+                    use_counts(sub, inner)
+            for name in inner:
+                self.subgraph_readers.setdefault(name, []).append(node.name)
         self.outputs = {value.name for value in graph.output}
         overridable = {value.name for value in graph.input} if model.ir_version >= 4 else set()
         self.tensors = {name: tensor for name, tensor in constant_tensors(model).items() if name not in overridable}
@@ -404,13 +407,8 @@ def _outside_input(region_nodes, region_tensors: set, graph: _Graph) -> Optional
 
 
 def _subgraph_reads(graph: _Graph, tensor: str) -> list[str]:
-    found = []
-    for node in graph.model.graph.node:
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                if any(tensor in inner.input for inner in sub.node):
-                    found.append(node.name)
-    return found
+    """The main-graph nodes whose subgraphs read ``tensor`` (at any depth, body outputs included)."""
+    return graph.subgraph_readers.get(tensor, [])
 
 
 def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank: Optional[int], width: int) -> str:

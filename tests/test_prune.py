@@ -483,3 +483,30 @@ def test_pruning_warns_when_a_refit_has_fewer_vectors_than_hidden_channels():
                for w in result.report.warnings)
     enough = compress(model, keep_params=0.7, calibration=_inputs(model, samples=256), prune="only", rank_multiple=8)
     assert not any("fewer calibration vectors" in w for w in enough.report.warnings)
+
+
+def test_hidden_tensor_read_two_subgraph_levels_down_is_not_prunable():
+    """ReduceSum(hidden) inside If → then → If → then: a reader of the hidden channels; pruning would change
+    that sum (it did, with exit 0, when only one subgraph level was searched)."""
+    rng = np.random.default_rng(20)
+
+    def branch(name, nodes, output):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, [])])
+
+    inner = helper.make_node("If", ["cond"], ["t"], name="inner_if",
+                             then_branch=branch("it", [helper.make_node("ReduceSum", ["r"], ["a"], keepdims=0)], "a"),
+                             else_branch=branch("ie", [helper.make_node("ReduceSum", ["x"], ["b"], keepdims=0)], "b"))
+    outer = helper.make_node("If", ["cond"], ["z"], name="outer_if", then_branch=branch("ot", [inner], "t"),
+                             else_branch=branch("oe", [helper.make_node("ReduceSum", ["x"], ["c"], keepdims=0)], "c"))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down"), outer]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16]),
+                        helper.make_tensor_value_info("z", TensorProto.FLOAT, [])],
+                       [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2", (64, 16), 0.125),
+                        numpy_helper.from_array(np.array(True), "cond")])
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model)))
+    assert not blocks
+    assert any(r.producer == "up" and "'r' is read inside a subgraph" in r.reason for r in refused)
+    with pytest.raises(UnsupportedModelError, match="no prunable block"):
+        compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", rank_multiple=1)
