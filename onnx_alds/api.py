@@ -154,7 +154,45 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
     notes.append(f"inlined {len(model.functions)} model-local functions so that their layers can be factorized")
+    shared = _share_inlined_constants(model, inlined)
+    if shared:
+        notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
+                     "layers count as sharing a weight)")
     return inlined
+
+
+def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto) -> int:
+    """Make the inliner's per-call copies of a function's Constant nodes (main graph) one node again, in
+    place: the later copies go and their readers read the first. The file stores a function's constant
+    once; without this, each call's copy would count (and be written) once more, and a weight shared by
+    the calls would be factorized once per call. Returns how many copies were removed."""
+    before = {name for _, graph in iter_graphs(original.graph) for node in graph.node for name in node.output}
+    outputs = {value.name for value in inlined.graph.output}
+    first: dict[bytes, str] = {}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in inlined.graph.node:
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+                and node.output[0] not in before and node.output[0] not in outputs):
+            key = b"".join(attribute.SerializeToString() for attribute in node.attribute)
+            if key in first:
+                renamed[node.output[0]] = first[key]
+                continue
+            first[key] = node.output[0]
+        kept.append(node)
+    if not renamed:
+        return 0
+    del inlined.graph.node[:]
+    inlined.graph.node.extend(kept)
+    for _, graph in iter_graphs(inlined.graph):
+        for node in graph.node:
+            for index, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[index] = renamed[name]
+        for value in graph.output:
+            if value.name in renamed and graph is not inlined.graph:
+                value.name = renamed[value.name]
+    return len(renamed)
 
 
 def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], need_macs: bool = True) -> str:
