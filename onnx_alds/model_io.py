@@ -557,7 +557,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                external_data: bool | None = None, store: Optional[TensorStore] = None) -> Path:
     """Write ``model`` to ``path`` completely or not at all.
 
-    ``protect`` lists paths that must never be overwritten (the input model). ``external_data``
+    ``protect`` lists paths that must never be overwritten (the input model and its external data
+    files). ``external_data``
     forces (True) or forbids (False) storing tensors beside the model in ``<name>.data``; by default
     it is used only when the model would exceed the 2 GiB protobuf limit. ``store``: where the
     stubs of a light model (:func:`open_model`) are read from.
@@ -575,6 +576,12 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         tmp_model = Path(tmp_dir) / target.name
         data_name = target.name + ".data"
         if external_data:
+            data_path = target.parent / data_name
+            taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()),
+                         None)
+            if taken:
+                raise OutputPathError(f"the model is written with its weights in '{data_path}', which is {taken}; "
+                                      "choose another -o name")
             if _write_with_external_data(model, tmp_model, data_name, store):
                 os.replace(Path(tmp_dir) / data_name, target.parent / data_name)
         else:
@@ -670,18 +677,42 @@ def _write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str
     return state["handle"] is not None
 
 
+_PARSED_FOR_DATA_FILES = 256 << 20  # a model file with external data is small; larger files are not parsed
+
+
+def protected_files(protect: Sequence[Union[str, os.PathLike]]) -> list[tuple[Path, str]]:
+    """The files ``protect`` names, and the external data files of those that are ONNX models (read
+    without their data; a file over 256 MiB or not a model adds nothing), each with what it is."""
+    files = []
+    for other in protect:
+        if not isinstance(other, (str, os.PathLike)):
+            continue
+        path = Path(other)
+        files.append((path, f"one of the inputs ('{path}')"))
+        try:
+            if not path.is_file() or path.stat().st_size > _PARSED_FOR_DATA_FILES:
+                continue
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # not a model (a plan, an image folder ...): only the file itself
+            continue
+        tensors = [t for graph in _graphs(model.graph) for t in graph.initializer] + list(_attribute_tensors(model.graph))
+        locations = {entry.value for tensor in tensors if _is_external(tensor)
+                     for entry in tensor.external_data if entry.key == "location"}
+        files.extend((path.parent / location, f"the external data file of the input model '{path}'")
+                     for location in sorted(locations) if isinstance(location, str))
+    return files
+
+
 def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:
     """Raise :class:`OutputPathError` when ``target`` cannot or must not be written: it is one of the
     ``protect`` files (the inputs), a folder, a device, pipe or symbolic link (which an atomic rename
     would replace), in a missing or read-only folder. ``flag`` names the option in the message."""
     target = Path(target)
-    for other in protect:
-        if not isinstance(other, (str, os.PathLike)):
-            continue
-        same = Path(other).resolve() == target.resolve() or (
-            Path(other).exists() and target.exists() and os.path.samefile(other, target))
+    for other, what in protected_files(protect):
+        same = other.resolve() == target.resolve() or (
+            other.exists() and target.exists() and os.path.samefile(other, target))
         if same:
-            raise OutputPathError(f"{flag} '{target}' is one of the inputs ('{other}'); choose another {flag} path")
+            raise OutputPathError(f"{flag} '{target}' is {what}; choose another {flag} path")
     if target.is_symlink() or (target.exists() and not target.is_file() and not target.is_dir()):
         raise OutputPathError(f"{flag} '{target}' is a link, device or pipe, which onnx-alds would replace; "
                               "give a regular file path")

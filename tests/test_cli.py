@@ -96,6 +96,29 @@ def test_output_equal_to_input(cnn_path, capsys):
     assert cnn_path.read_bytes() == before
 
 
+def test_output_on_the_input_models_external_data_is_refused(tmp_path, capsys):
+    """-o naming the file that holds the input model's weights would destroy the input (it did, with exit 0)."""
+    from conftest import small_cnn
+    from onnx_alds.errors import OutputPathError
+    from onnx_alds.model_io import save_model
+
+    model_path, data = tmp_path / "model.onnx", tmp_path / "weights.bin"
+    onnx.save(small_cnn(width=16), str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    before = data.read_bytes()
+    for flag in ("-o", "--report"):
+        args = ["-o", str(tmp_path / "out.onnx"), "--report", str(data)] if flag == "--report" else ["-o", str(data)]
+        code, _, err = run_cli("compress", str(model_path), *args, "--keep-flops", "0.6", "--rank-multiple", "4",
+                               capsys=capsys)
+        assert_one_line_error(code, err, f"{flag} '{data}' is the external data file of the input model")
+    assert data.read_bytes() == before and onnx.load(str(model_path)) is not None
+    # a model written with external data whose data file would be the input's: refused before writing
+    onnx.save(small_cnn(width=16), str(model_path), save_as_external_data=True, location="out.onnx.data",
+              size_threshold=0)
+    with pytest.raises(OutputPathError, match="weights in '.*out.onnx.data', which is the external data file"):
+        save_model(small_cnn(width=16), tmp_path / "out.onnx", protect=[model_path], external_data=True)
+
+
 def test_impossible_target_message(cnn_path, tmp_path, capsys):
     out = tmp_path / "out.onnx"
     code, _, err = run_cli("compress", cnn_path, "-o", out, "--keep-params", "0.001", capsys=capsys)
