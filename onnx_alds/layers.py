@@ -85,18 +85,27 @@ def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, o
                 yield from iter_graphs(sub, f"{path}/{where}" if path else where)
 
 
-def ensure_node_names(model: onnx.ModelProto) -> None:
-    """Give every node of the model, subgraphs included, a unique name (``<op>_<index>``), in place."""
+def node_names(model: onnx.ModelProto) -> list[str]:
+    """The unique name of every node of the model, subgraphs included, in :func:`iter_graphs` order: its
+    own, or ``<op>_<index>`` when it has none, with a suffix when taken (what :func:`ensure_node_names`
+    sets)."""
     seen: Counter = Counter()
-    index = 0
+    names = []
     for _, graph in iter_graphs(model.graph):
         for node in graph.node:
-            name = node.name or f"{node.op_type}_{index}"
+            name = node.name or f"{node.op_type}_{len(names)}"
             while seen[name]:
                 name = f"{name}_{seen[name]}"
             seen[name] += 1
-            node.name = name
-            index += 1
+            names.append(name)
+    return names
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every node of the model, subgraphs included, a unique name (:func:`node_names`), in place."""
+    nodes = [node for _, graph in iter_graphs(model.graph) for node in graph.node]
+    for node, name in zip(nodes, node_names(model)):
+        node.name = name
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -252,13 +252,13 @@ class Plan:
         """Raise :class:`PlanError` when no layer of the plan names a node of ``model`` (a plan made for
         another model): checked before anything else is read, so that the error says that first (the
         layer-by-layer check comes with the rewrite)."""
-        from .layers import iter_graphs
+        from .layers import node_names
 
         if model.functions or not self.layers:
             return  # layers inside functions are named when inlined: the full check comes later
-        nodes = {node.name for _, graph in iter_graphs(model.graph) for node in graph.node}
+        nodes = set(node_names(model))  # unnamed nodes as they are named when the model is prepared
         missing = [decision.name for decision in self.layers if decision.name not in nodes]
-        if len(missing) == len(self.layers):  # unnamed nodes are named later: only a full miss is sure here
+        if len(missing) == len(self.layers):
             raise PlanError(f"the plan does not fit this model: layer '{missing[0]}' of the plan is not in the model "
                             f"({len(missing)} of {len(self.layers)} missing: another model, or renamed nodes); make a "
                             "new plan for it with onnx-alds plan")

@@ -320,3 +320,19 @@ def test_cli_pruning_plan_then_apply_equals_compress(tmp_path, capsys):
     assert main(["apply", str(model_path), str(tmp_path / "edited.json"), "-o", str(tmp_path / "edited.onnx"),
                  "--calibration", str(data)]) == 0
     assert "1 block widths differ from what the plan predicted (edited; first: 'up' width 96)" in capsys.readouterr().out
+
+
+def test_plan_of_a_model_without_node_names_applies_to_it():
+    """Unnamed nodes get names when the model is prepared; the first check compared the plan's names with
+    the raw (empty) ones and refused the model the plan was made for."""
+    model = small_cnn(width=32)
+    for node in model.graph.node:
+        node.name = ""
+    plan = round_trip(make_plan(model, keep_flops=0.5))
+    assert any(layer.option == "factorized" for layer in plan.layers)
+    assert same_bytes(apply_plan(model, plan).model, onnx_alds.compress(model, keep_flops=0.5).model)
+    other = small_cnn(width=32)
+    for node in other.graph.node:
+        node.name = f"renamed_{node.name}"
+    with pytest.raises(PlanError, match="another model, or renamed nodes"):
+        apply_plan(other, plan)
