@@ -106,6 +106,12 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
     light, handed = handover_copy(model, store)
     if not handed and not has_stubs(model):
         return model.SerializeToString()
+    unused = _unused_initializers(light)  # ONNX Runtime drops them before it takes the handed-over values
+    if unused:
+        kept = [tensor for tensor in light.graph.initializer if tensor.name not in unused]
+        del light.graph.initializer[:]
+        light.graph.initializer.extend(kept)
+        handed = [(name, tensor) for name, tensor in handed if name not in unused]
     version = tuple(int(part) for part in ort.__version__.split(".")[:2] if part.isdigit())
     names, values = [], []
     try:
@@ -131,6 +137,19 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
     if names:
         options.add_external_initializers(names, values)
     return light.SerializeToString()
+
+
+def _unused_initializers(model: onnx.ModelProto) -> set[str]:
+    """Main-graph initializers that nothing reads (no node at any depth, no graph output) and that are
+    not graph inputs."""
+    from collections import Counter
+
+    from .layers import use_counts
+
+    used: Counter = Counter()
+    use_counts(model.graph, used)
+    declared = {value.name for value in model.graph.input}
+    return {tensor.name for tensor in model.graph.initializer if not used[tensor.name] and tensor.name not in declared}
 
 
 def _subgraphs(graph: onnx.GraphProto):

@@ -151,6 +151,31 @@ def test_layers_inside_model_local_functions_are_inlined_and_compressed():
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
 
 
+@pytest.mark.parametrize("declared", [False, True], ids=["unused", "unused-overridable-input"])
+def test_unused_initializers_do_not_stop_the_tool(declared):
+    """An initializer no node reads, larger than what is handed to ONNX Runtime in memory: ORT drops it and
+    then refused the hand-over ("Failed to find existing initializer"). Declared as a graph input (an
+    overridable default), the rewrite's cleanup dropped it and the output check called that a bug."""
+    rng = np.random.default_rng(6)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])]
+    if declared:
+        inputs.append(helper.make_tensor_value_info("spare", TensorProto.FLOAT, [100, 100]))
+    model = make([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], inputs,
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 48])],
+                 [numpy_helper.from_array(low_rank(rng, 64, 48, rank=4), "w"),
+                  numpy_helper.from_array(rng.standard_normal((100, 100)).astype(np.float32), "spare")])
+    assert onnx_alds.analyze(model).params_total == 64 * 48 + 100 * 100
+    from onnx_alds.inputs import random_inputs
+
+    calibration = random_inputs(model, 8, input_shapes={"x": (1, 64)}, seed=0)
+    result = onnx_alds.compress(model, keep_params=0.85, rank_multiple=4, calibration=calibration)
+    assert factorized(result) == ["mm"]
+    if declared:
+        assert [value.name for value in result.model.graph.input] == ["x", "spare"]
+        assert "spare" in {init.name for init in result.model.graph.initializer}, "the input keeps its default"
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((3, 64)).astype(np.float32)})
+
+
 def _stored_elements(model: onnx.ModelProto) -> int:
     """Weight elements the file holds: initializers and Constant values, function bodies included."""
     nodes = list(model.graph.node) + [node for function in model.functions for node in function.node]
