@@ -433,6 +433,10 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
         raise InputDataError(
             f"cannot read '{path}' as an .npz ({type(exc).__name__}); save it with numpy.savez(path, name=array, ...)"
         ) from None
+    damaged = sorted(key for key, value in stored.items() if not isinstance(value, np.ndarray))
+    if damaged:  # numpy hands back the raw bytes of a member that is not a valid .npy
+        raise InputDataError(f"member '{damaged[0]}' of '{path}' is not a numpy array (a damaged file, or not written "
+                             "by numpy); save it with numpy.savez(path, name=array, ...)")
     names = [spec.name for spec in specs]
     missing = [n for n in names if n not in stored]
     if missing:

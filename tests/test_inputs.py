@@ -77,6 +77,15 @@ def test_npz_errors_name_the_problem(tmp_path, arrays, message):
         load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "bad.npz")
 
 
+def test_npz_with_a_damaged_member_is_one_error(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as archive:  # numpy returns the member's raw bytes
+        archive.writestr("x.npy", b"not an npy payload")
+    with pytest.raises(InputDataError, match="member 'x' of '.*bad.npz' is not a numpy array"):
+        load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "bad.npz")
+
+
 def test_npz_float_into_int_input_is_refused(tmp_path):
     np.savez(tmp_path / "t.npz", input_ids=np.zeros((2, 3)), attention_mask=np.ones((2, 3), np.int64),
              scale=np.zeros((2, 4), np.float32))
