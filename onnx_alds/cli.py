@@ -387,6 +387,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
     import os
 
+    from .errors import OutputPathError
     from .model_io import check_output_path
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
@@ -399,9 +400,13 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, os.PathLike)) and str(item) and os.path.exists(item):
                 inputs.append(item)
+    seen: dict[Path, str] = {}
     for key, value in outputs.items():
-        others = [v for k, v in outputs.items() if k != key]
-        check_output_path(Path(value), protect=inputs + others, flag=OUTPUT_FILE_ARGS[key])
+        flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
+        if resolved in seen:
+            raise OutputPathError(f"{flag} '{value}' is also the {seen[resolved]} file; give each output its own path")
+        seen[resolved] = flag
+        check_output_path(Path(value), protect=inputs, flag=flag)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

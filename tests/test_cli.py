@@ -96,6 +96,13 @@ def test_output_equal_to_input(cnn_path, capsys):
     assert cnn_path.read_bytes() == before
 
 
+def test_two_outputs_on_one_path_are_named_as_outputs(cnn_path, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--report", out, "--keep-flops", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, f"--report '{out}' is also the -o file; give each output its own path")
+    assert not out.exists()
+
+
 def test_output_on_the_input_models_external_data_is_refused(tmp_path, capsys):
     """-o naming the file that holds the input model's weights would destroy the input (it did, with exit 0)."""
     from conftest import small_cnn
