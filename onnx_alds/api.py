@@ -121,6 +121,12 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if transposed:
         notes.append(f"{len(transposed)} ConvTranspose nodes (first: '{transposed[0].name}') are left as they are; "
                      "their MACs count in the total")
+    recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
+                 if node.op_type in ("LSTM", "GRU", "RNN")]
+    if recurrent:
+        notes.append(f"{len(recurrent)} recurrent nodes (LSTM/GRU/RNN; first: '{recurrent[0].name}') are left as they "
+                     "are: their weights count in the totals, their MACs do not (MACs are those of Conv, "
+                     "ConvTranspose, Gemm and MatMul)")
     macs_total: Optional[int] = None
     if resolved is not None:
         per_node = [node_macs(node, shapes) for node in layer_ops]
@@ -791,9 +797,16 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
             held = sum(layer.macs or 0 for layer in skipped)
         why = ""
         if skipped and held:
-            reasons = sorted({layer.skip_reason for layer in skipped})
+            by_reason: dict[str, float] = {}  # the reasons that hold the most first
+            for layer in skipped:
+                cost = layer.params if target == "params" else (layer.macs or 0)
+                by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
+            reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
             why = (f"; {len(skipped)} layers left dense hold {held / total:.0%} of them ({'; '.join(reasons[:2])}"
                    f"{'; ...' if len(reasons) > 2 else ''})")
+        outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
+        if outside > 0.05 * total:
+            why += f"; {outside / total:.0%} of the weights are in ops other than Conv/Gemm/MatMul"
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
             f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"

@@ -176,6 +176,28 @@ def test_unused_initializers_do_not_stop_the_tool(declared):
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((3, 64)).astype(np.float32)})
 
 
+def test_recurrent_nodes_are_named_in_the_totals_and_in_an_unreachable_budget():
+    """An LSTM holds most weights and MACs but is not a layer the tool changes: the report says its MACs
+    are not in the totals, and a --keep-params it makes unreachable says where the weights are."""
+    rng = np.random.default_rng(7)
+    hidden, features = 32, 16
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=hidden),
+             helper.make_node("Squeeze", ["h", "axes"], ["hs"], name="squeeze"),
+             helper.make_node("Gemm", ["hs", "head"], ["y"], name="head", transB=1)]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, features])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])],
+                 [numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, features)).astype(np.float32), "W"),
+                  numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+                  numpy_helper.from_array(np.zeros((1, 8 * hidden), np.float32), "B"),
+                  numpy_helper.from_array(np.array([0], np.int64), "axes"),
+                  numpy_helper.from_array(low_rank(rng, 24, hidden), "head")])
+    notes = onnx_alds.analyze(model).notes
+    assert any("1 recurrent nodes (LSTM/GRU/RNN; first: 'lstm')" in note and "their MACs do not" in note
+               for note in notes)
+    with pytest.raises(BudgetError, match="of the weights are in ops other than Conv/Gemm/MatMul"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+
+
 def _stored_elements(model: onnx.ModelProto) -> int:
     """Weight elements the file holds: initializers and Constant values, function bodies included."""
     nodes = list(model.graph.node) + [node for function in model.functions for node in function.node]
