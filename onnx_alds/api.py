@@ -717,7 +717,8 @@ OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep i
 
 
 def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> tuple[Optional[str], Optional[str]]:
-    """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank" or "width"): more than
+    """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
+    rank"): more than
     :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a warning, the model being
     cut more than asked; more than 1 % below, a note; else neither."""
     gap = keep - achieved
@@ -728,7 +729,7 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> 
     if gap > 0.01 * keep:
         why = (f"the {steps} steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
                else "the plan with the smallest error costs less than the budget allows (each layer's options cost "
-                    f"in steps of {'a rank or a group count' if steps == 'rank' else 'one channel'})")
+                    f"in steps of {'a rank or a group count' if steps == 'rank' else 'one channel' if steps == 'width' else 'a rank, a group count or a channel'})")
         return None, f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: {why}"
     return None, None
 
@@ -746,7 +747,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank")
     if overshoot:
         warnings.append(overshoot)
-    if not data_aware and report.max_error > DEEP_CUT_ERROR:
+    if not data_aware and report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR:
+        # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
                         f"{report.max_error:.2f}): expect a large accuracy loss; give a few hundred real inputs "
                         "(--calibration FILE.npz or --calibration-images DIR) and check with --validate")

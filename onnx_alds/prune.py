@@ -1401,7 +1401,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     rows = tuple(_pruned_row(row, blocks, widths, layers, block_errors) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
                 else (after_macs or 0) / float(prepared.macs_total or 1))
-    overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, "width")
+    narrowed_any = any(r.width_after < r.width_before for r in reports)
+    factorized_any = any(row.groups for row in rows)
+    step_kind = "width and rank" if narrowed_any and factorized_any else "width" if narrowed_any else "rank"
+    overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
     extra_notes += [gap_note] if gap_note else []
     starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)

@@ -211,3 +211,16 @@ def test_input_shape_given_twice_is_an_error():
     assert parse_input_shapes(["x:1x3", "x:1x3"]) == {"x": (1, 3)}
     with pytest.raises(InputDataError, match="gives input 'x' twice"):
         parse_input_shapes(["x:1x3", "x:2x3"])
+
+
+def test_deep_cut_warning_reads_an_error_not_the_uniform_baselines_rank_fraction():
+    """--method svd measures 1 - r/full (the share of rank cut), which says nothing of the layer error: an
+    exactly low-rank layer cut to its rank has error 0 and a rank fraction near 1."""
+    from conftest import small_cnn
+
+    model = small_cnn(width=32)
+    frobenius = onnx_alds.compress(model, keep_params=0.2, error_measure="frobenius", rank_multiple=1).report
+    assert frobenius.max_error > 0.5 and any("the plan cuts deep" in w for w in frobenius.warnings)
+    uniform = onnx_alds.compress(model, keep_params=0.2, method="svd", rank_multiple=1).report
+    assert uniform.error_measure == "rank-fraction" and uniform.max_error > 0.5
+    assert not any("the plan cuts deep" in w for w in uniform.warnings)

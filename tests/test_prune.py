@@ -427,6 +427,9 @@ def test_combined_prune_that_narrows_nothing_says_so():
     result = compress(model, keep_flops=0.9, calibration=_inputs(model), prune="combined", rank_multiple=1)
     assert not result.report.pruned or all(b.width_after == b.width_before for b in result.report.pruned)
     assert any(w.startswith("--prune narrowed no block") for w in result.report.warnings)
+    coarse = compress(model, keep_flops=0.8, calibration=_inputs(model), prune="combined", rank_multiple=4).report
+    gap = [note for note in coarse.notes if note.startswith("achieved ")]
+    assert gap and "the rank steps are too coarse" in gap[0], "no block was narrowed: ranks made the gap"
 
 
 def _nested_if(reads: str, out: str) -> onnx.AttributeProto:
