@@ -186,17 +186,20 @@ class LayerStatistics:
         ``centered``: shrink the covariance ``C − m mᵀ`` (``m`` the mean) instead and add ``m mᵀ`` back,
         so that ``[[C, m], [mᵀ, 1]]`` stays positive semi-definite, as a least-squares fit with a bias
         (the pruning refit) needs; shrinking ``C`` itself makes that system indefinite when the mean is
-        large against the spread (after a ReLU), and the fit then blows up."""
+        large against the spread (after a ReLU), and the fit then blows up. Centered, an input that was
+        exactly zero on every calibration vector (a dead channel) stays zero: the identity target would
+        give it a variance it never had, and dropping it would look like an error."""
         alpha = self.shrinkage_weight()
         if alpha <= 0.0:
             return self
+        live = np.diag(self.second_moment) > 0 if centered else np.ones(self.second_moment.shape[0], bool)
 
         def shrink(matrix: np.ndarray, left: Optional[np.ndarray] = None, right: Optional[np.ndarray] = None
                    ) -> np.ndarray:
-            size = matrix.shape[0]
             outer = None if left is None else np.outer(left.reshape(-1), right.reshape(-1))
             result = (1.0 - alpha) * (matrix if outer is None else matrix - outer)
-            result[np.diag_indices(size)] += alpha * float(np.trace(matrix if outer is None else matrix - outer)) / size
+            spread = float(np.trace(matrix if outer is None else matrix - outer)) / max(int(live.sum()), 1)
+            result[np.flatnonzero(live), np.flatnonzero(live)] += alpha * spread
             return result if outer is None else result + outer
 
         mean = np.asarray(self.mean, dtype=np.float64) if centered else None

@@ -249,6 +249,22 @@ def test_centered_shrinkage_keeps_the_bias_fit_positive_semi_definite():
     assert np.allclose(centered.mean, stat.mean) and centered.shrinkage == pytest.approx(stat.shrinkage_weight())
 
 
+def test_centered_shrinkage_leaves_dead_inputs_at_zero():
+    """An input that is zero on every calibration vector (a dead channel after a ReLU) must not get the
+    identity target's variance: pruning it would then look like an error (a lossless cut was refused for
+    a lossy one). The uncentered shrinkage, which the whitening inverts, still fills every direction."""
+    rng = np.random.default_rng(4)
+    rows = np.maximum(_gaussian(rng, 24, 64), 0.0)
+    rows[:, ::4] = 0.0  # 16 dead inputs
+    stat = _stats_of(rows)
+    assert stat.shrinkage_weight() > 0
+    centered = stat.shrunk(centered=True)
+    dead = np.arange(64) % 4 == 0
+    assert np.all(centered.second_moment[dead] == 0) and np.all(centered.second_moment[:, dead] == 0)
+    assert np.all(np.diag(centered.second_moment)[~dead] > np.diag(stat.second_moment)[~dead] * (1 - stat.shrinkage_weight()))
+    assert np.all(np.diag(stat.shrunk().second_moment) > 0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_shrinkage_lowers_held_out_error_when_calibration_is_starved(seed):
     rng = np.random.default_rng(seed)

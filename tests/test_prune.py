@@ -513,3 +513,26 @@ def test_hidden_tensor_read_two_subgraph_levels_down_is_not_prunable():
     assert any(r.producer == "up" and "'r' is read inside a subgraph" in r.reason for r in refused)
     with pytest.raises(UnsupportedModelError, match="no prunable block"):
         compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", rank_multiple=1)
+
+
+def test_dead_hidden_units_are_dropped_first_and_cost_nothing():
+    """48 of 64 hidden units are zero on every input (zero rows and bias before a ReLU): cutting to 32 is
+    lossless. The shrinkage gave the dead units a variance they never had, so dropping them looked like an
+    error and live units went instead."""
+    rng = np.random.default_rng(21)
+    w1, w2 = rng.standard_normal((16, 64)) * 0.25, rng.standard_normal((64, 16)) * 0.125
+    w1[:, np.arange(64) % 4 != 0] = 0.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [numpy_helper.from_array(w1.astype(np.float32), "w1"),
+                        numpy_helper.from_array(w2.astype(np.float32), "w2")])
+    cal = _inputs(model, samples=24)
+    assert cal.arrays["x"].shape[0] < 64  # few vectors: a strong shrinkage
+    result = compress(model, keep_params=0.5, calibration=cal, prune="only", rank_multiple=8)
+    (block,) = result.report.pruned
+    assert block.width_after == 32 and block.error < 1e-4
+    x = _inputs(model, samples=8, seed=9).arrays["x"]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-5)
