@@ -28,7 +28,8 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
                         help="concrete dims of a dynamic input, e.g. input:1x3x224x224 (repeat per input)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
-                        help="glob patterns of node or weight names to leave dense")
+                        help="node or weight names, or glob patterns of them, to leave dense (a pattern that is a "
+                             "name, such as layer[0], means that name)")
     parser.add_argument("--max-groups", type=positive_int, default=16, help="largest group count g to consider")
     parser.add_argument("--rank-multiple", type=positive_int, default=16, metavar="N",
                         help="count groups and the smallest reachable ratios as compress with this rank multiple would")
@@ -106,7 +107,8 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
     parser.add_argument("--max-groups", type=positive_int, default=16, metavar="G",
                         help="largest group count g that alds considers (default 16)")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
-                        help="glob patterns of node or weight names to leave dense")
+                        help="node or weight names, or glob patterns of them, to leave dense (a pattern that is a "
+                             "name, such as layer[0], means that name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the allocation's random starts")
     parser.add_argument("--report", metavar="FILE.json", help="write the per-layer plan and totals as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")

@@ -271,6 +271,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     """
     if constants is None:
         constants = weight_constants(model)[0]
+    exclude = _literal_where_named(model, exclude)
     uses: Counter = Counter()
     use_counts(model.graph, uses)
     trained: set[str] = set()  # weights that on-device training (training_info) reads or updates
@@ -296,6 +297,16 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             layers.append(replace(layer, subgraph=path or None))
     _check_exclude_patterns(model, exclude)
     return layers
+
+
+def _literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
+    """The ``--exclude`` patterns, each that is itself a node or weight name made literal: ``layer[0]``
+    means the node named ``layer[0]``, not the glob that matches ``layer0``."""
+    if not exclude:
+        return list(exclude)
+    names = {name for _, graph in iter_graphs(model.graph) for node in graph.node for name in [node.name, *node.input]}
+    return ["".join(f"[{char}]" if char in "[]*?" else char for char in pattern) if pattern in names else pattern
+            for pattern in exclude]
 
 
 def _check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> None:

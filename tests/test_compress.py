@@ -224,3 +224,21 @@ def test_deep_cut_warning_reads_an_error_not_the_uniform_baselines_rank_fraction
     uniform = onnx_alds.compress(model, keep_params=0.2, method="svd", rank_multiple=1).report
     assert uniform.error_measure == "rank-fraction" and uniform.max_error > 0.5
     assert not any("the plan cuts deep" in w for w in uniform.warnings)
+
+
+def test_exclude_of_a_name_with_glob_characters_means_that_name():
+    """'layer[0]' copied from a report names the node 'layer[0]'; as a glob it matched 'layer0' instead,
+    and the named layer was factorized."""
+    from conftest import small_cnn
+
+    model = small_cnn(width=32)
+    names = [node.name for node in model.graph.node if node.op_type == "Conv"]
+    model.graph.node[[n.name for n in model.graph.node].index(names[1])].name = "layer[0]"
+    model.graph.node[[n.name for n in model.graph.node].index(names[2])].name = "layer0"
+    rows = {row.name: row for row in onnx_alds.compress(model, keep_params=0.5, exclude=["layer[0]"],
+                                                         rank_multiple=1).report.layers}
+    assert rows["layer[0]"].skip_reason == "excluded by the user (--exclude)"
+    assert rows["layer0"].skip_reason is None
+    glob = {row.name: row for row in onnx_alds.compress(model, keep_params=0.5, exclude=["layer?"],
+                                                        rank_multiple=1).report.layers}
+    assert glob["layer0"].skip_reason == "excluded by the user (--exclude)" and glob["layer[0]"].skip_reason is None
