@@ -242,3 +242,21 @@ def test_exclude_of_a_name_with_glob_characters_means_that_name():
     glob = {row.name: row for row in onnx_alds.compress(model, keep_params=0.5, exclude=["layer?"],
                                                         rank_multiple=1).report.layers}
     assert glob["layer0"].skip_reason == "excluded by the user (--exclude)" and glob["layer[0]"].skip_reason is None
+
+
+def test_unreachable_budget_names_the_reason_that_holds_the_most_first():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    weight = lambda name, rows, cols: numpy_helper.from_array(rng.standard_normal((rows, cols)).astype(np.float32), name)
+    nodes = [helper.make_node("MatMul", ["x", "small"], ["a"], name="small_layer"),
+             helper.make_node("MatMul", ["a", "shared"], ["b"], name="first_use"),
+             helper.make_node("MatMul", ["b", "shared"], ["c"], name="second_use"),
+             helper.make_node("MatMul", ["c", "free"], ["y"], name="free_layer")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                              [weight("small", 8, 128), weight("shared", 128, 128), weight("free", 128, 64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(BudgetError, match=r"layers left dense hold \d+% of them \(weight is shared by 2 uses; "
+                                          r"excluded by the user"):
+        onnx_alds.compress(model, keep_params=0.3, exclude=["small_layer"], rank_multiple=1)
