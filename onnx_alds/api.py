@@ -718,9 +718,9 @@ OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep i
 
 def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
-    rank"): more than
-    :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a warning, the model being
-    cut more than asked; more than 1 % below, a note; else neither."""
+    rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
+    warning, the model being cut more than asked; more than 1 % below, a note; else neither."""
+    unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
         return (f"achieved {achieved:.4f}, well below the requested {keep:g}: no plan closer to the budget exists "
@@ -729,7 +729,7 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> 
     if gap > 0.01 * keep:
         why = (f"the {steps} steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
                else "the plan with the smallest error costs less than the budget allows (each layer's options cost "
-                    f"in steps of {'a rank or a group count' if steps == 'rank' else 'one channel' if steps == 'width' else 'a rank, a group count or a channel'})")
+                    f"in steps of {unit})")
         return None, f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: {why}"
     return None, None
 

@@ -558,10 +558,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     """Write ``model`` to ``path`` completely or not at all.
 
     ``protect`` lists paths that must never be overwritten (the input model and its external data
-    files). ``external_data``
-    forces (True) or forbids (False) storing tensors beside the model in ``<name>.data``; by default
-    it is used only when the model would exceed the 2 GiB protobuf limit. ``store``: where the
-    stubs of a light model (:func:`open_model`) are read from.
+    files). ``external_data`` forces (True) or forbids (False) storing tensors beside the model in
+    ``<name>.data``; by default it is used only when the model would exceed the 2 GiB protobuf limit.
+    ``store``: where the stubs of a light model (:func:`open_model`) are read from.
 
     The bytes are those ``onnx.save_model`` writes (one file, or ``save_as_external_data`` with
     ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
@@ -695,7 +694,8 @@ def protected_files(protect: Sequence[Union[str, os.PathLike]]) -> list[tuple[Pa
             model = onnx.load(str(path), load_external_data=False)
         except Exception:  # not a model (a plan, an image folder ...): only the file itself
             continue
-        tensors = [t for graph in _graphs(model.graph) for t in graph.initializer] + list(_attribute_tensors(model.graph))
+        tensors = [t for graph in _graphs(model.graph) for t in graph.initializer]
+        tensors += list(_attribute_tensors(model.graph))
         locations = {entry.value for tensor in tensors if _is_external(tensor)
                      for entry in tensor.external_data if entry.key == "location"}
         files.extend((path.parent / location, f"the external data file of the input model '{path}'")

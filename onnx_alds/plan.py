@@ -858,5 +858,5 @@ def run_apply_command(args: argparse.Namespace) -> int:
     return write_result(args, result)
 
 
-__all__ = ["Plan", "LayerDecision", "Predicted", "BlockDecision", "PredictedWidth", "PlanError", "make_plan", "apply_plan", "PLAN_FORMAT", "PLAN_VERSION",
-           "add_apply_arguments", "run_plan_command", "run_apply_command"]
+__all__ = ["Plan", "LayerDecision", "Predicted", "BlockDecision", "PredictedWidth", "PlanError", "make_plan",
+           "apply_plan", "PLAN_FORMAT", "PLAN_VERSION", "add_apply_arguments", "run_plan_command", "run_apply_command"]

@@ -1446,6 +1446,7 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
         macs_after = None if original.positions is None else after * original.positions
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
             return replace(row, skip_reason=note)
-        return replace(row, weight_shape=original.weight_shape, params_before=original.params, params_after=after, macs_before=original.macs,
-                       macs_after=macs_after, skip_reason=note, error=float(errors.get(block.name, row.error)))
+        return replace(row, weight_shape=original.weight_shape, params_before=original.params, params_after=after,
+                       macs_before=original.macs, macs_after=macs_after, skip_reason=note,
+                       error=float(errors.get(block.name, row.error)))
     return row

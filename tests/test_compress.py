@@ -248,7 +248,9 @@ def test_unreachable_budget_names_the_reason_that_holds_the_most_first():
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(8)
-    weight = lambda name, rows, cols: numpy_helper.from_array(rng.standard_normal((rows, cols)).astype(np.float32), name)
+    def weight(name, rows, cols):
+        return numpy_helper.from_array(rng.standard_normal((rows, cols)).astype(np.float32), name)
+
     nodes = [helper.make_node("MatMul", ["x", "small"], ["a"], name="small_layer"),
              helper.make_node("MatMul", ["a", "shared"], ["b"], name="first_use"),
              helper.make_node("MatMul", ["b", "shared"], ["c"], name="second_use"),

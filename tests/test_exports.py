@@ -213,7 +213,8 @@ def test_function_constant_called_twice_is_stored_and_counted_once():
     rng = np.random.default_rng(5)
     weight = low_rank(rng, 32, 32 * 9).reshape(32, 32, 3, 3)
     function = helper.make_function("local", "Block", ["inp"], ["out"],
-                                    [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w")),
+                                    [helper.make_node("Constant", [], ["w"],
+                                                      value=numpy_helper.from_array(weight, "w")),
                                      helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1] * 4),
                                      helper.make_node("Relu", ["c"], ["out"])],
                                     opset_imports=[helper.make_opsetid("", 17)])
