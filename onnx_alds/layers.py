@@ -86,18 +86,23 @@ def iter_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, o
 
 
 def node_names(model: onnx.ModelProto) -> list[str]:
-    """The unique name of every node of the model, subgraphs included, in :func:`iter_graphs` order: its
-    own, or ``<op>_<index>`` when it has none, with a suffix when taken (what :func:`ensure_node_names`
-    sets)."""
-    seen: Counter = Counter()
+    """The unique name of every node of the model, subgraphs included, in :func:`iter_graphs` order (what
+    :func:`ensure_node_names` sets): its own (the first node of a name keeps it), else ``<op>_<index>``
+    or, for a repeated name, ``<name>_<k>``, never a name that another node already has."""
+    nodes = [node for _, graph in iter_graphs(model.graph) for node in graph.node]
+    taken = {node.name for node in nodes if node.name}
+    given: set[str] = set()
     names = []
-    for _, graph in iter_graphs(model.graph):
-        for node in graph.node:
-            name = node.name or f"{node.op_type}_{len(names)}"
-            while seen[name]:
-                name = f"{name}_{seen[name]}"
-            seen[name] += 1
-            names.append(name)
+    for index, node in enumerate(nodes):
+        name = node.name
+        if not name or name in given:
+            base, suffix = name or f"{node.op_type}_{index}", 1
+            name = base
+            while name in taken:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+        taken.add(name)
+        given.add(name)
+        names.append(name)
     return names
 
 

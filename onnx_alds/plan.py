@@ -50,7 +50,8 @@ import onnx
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import OnnxAldsError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, with_order
-from .options import (Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions, compress_options)
+from .options import (PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions,
+                      compress_options)
 
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
@@ -352,6 +353,17 @@ class _Reader:
         if shapes is not None:
             shapes = {name: list(self.dims(dims, f"options.input_shapes.{name}"))
                       for name, dims in self.mapping(shapes, "options.input_shapes", free=True).items()}
+        kinds = {"method": str, "order": str, "rank_multiple": int, "max_groups": int, "seed": int}
+        for key, kind in kinds.items():  # JSON types first: the option classes compare and do arithmetic
+            if isinstance(search[key], bool) or not isinstance(search[key], kind):
+                raise self.fail(f"options.search.{key}", f"got {search[key]!r}; give a "
+                                f"{'whole number' if kind is int else 'string'}")
+        if search["error_measure"] is not None and not isinstance(search["error_measure"], str):
+            raise self.fail("options.search.error_measure", f"got {search['error_measure']!r}; give a string or null")
+        if not isinstance(search["exclude"], list) or not all(isinstance(p, str) for p in search["exclude"]):
+            raise self.fail("options.search.exclude", f"got {search['exclude']!r}; give a list of strings")
+        if "prune" in search and search["prune"] not in PRUNE_MODES:  # null or false would silently mean "off"
+            raise self.fail("options.search.prune", f"got {search['prune']!r}; give one of {', '.join(PRUNE_MODES)}")
         for key, value in data.items():  # JSON types first: a string where a switch belongs is not "off"
             if key in _DATA_BOOLS and not isinstance(value, bool):
                 raise self.fail(f"options.data.{key}", f"got {value!r}; give true or false")

@@ -1314,7 +1314,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
                          f"{joint_info['status']}): predicted relative output error "
                          f"{joint_info['predicted_output_error']:.3f}")
-            choices, epsilon = [1] * len(candidates), 0.0  # the low-rank step re-allocates on the pruned model
+            # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
+            choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]
+            epsilon = 0.0
         elif objective == "sum":
             items = [(np.array([_block_cost(b, int(w), target) for w in c.widths]), c.errors)
                      for b, c in zip(blocks, curves)] + list(extra)
@@ -1417,7 +1419,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
-    if mode == "combined" and not any(r.width_after < r.width_before for r in reports):
+    if mode == "combined" and decisions is None and not any(r.width_after < r.width_before for r in reports):
         first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""
         warnings = tuple(warnings) + (f"--prune narrowed no block: {len(blocks)} prunable, {len(analysis.refused)} "
                                       f"producers not prunable{first}; the model is low-rank only",)

@@ -116,9 +116,15 @@ def parse_method(name: str) -> MethodSpec:
         raise BudgetError(f"unknown method '{name}'; give one of {', '.join(METHODS)}, optionally followed by "
                           f"modifiers {' '.join(MODIFIERS)} (e.g. alds+data/pw)")
     options: dict[str, Any] = {"method": base}
-    for token in re.findall(r"[+/][a-z0-9]+", match.group(2)):
+    tokens = re.findall(r"[+/][a-z0-9]+", match.group(2))
+    for token in tokens:
         if token not in MODIFIERS:
             raise BudgetError(f"unknown modifier '{token}' in method '{name}'; choose from {' '.join(MODIFIERS)}")
+        if tokens.count(token) > 1:
+            raise BudgetError(f"method '{name}' gives {token} twice; give each modifier once")
+        clash = set(MODIFIERS[token][0]) & {key for other in tokens if other != token for key in MODIFIERS[other][0]}
+        if clash:
+            raise BudgetError(f"method '{name}': {token} and another modifier both set {sorted(clash)[0]}; keep one")
         options.update(MODIFIERS[token][0])
     data = bool(options.pop("data", False))
     speed_check = bool(options.pop("speed_check", False))

@@ -262,3 +262,29 @@ def test_unreachable_budget_names_the_reason_that_holds_the_most_first():
     with pytest.raises(BudgetError, match=r"layers left dense hold \d+% of them \(weight is shared by 2 uses; "
                                           r"excluded by the user"):
         onnx_alds.compress(model, keep_params=0.3, exclude=["small_layer"], rank_multiple=1)
+
+
+def test_generated_node_names_never_take_a_name_the_user_gave():
+    """A nameless MatMul was called 'MatMul_0' although a later node had that name; the user's node was
+    renamed in the written model and --exclude MatMul_0 left the wrong layer dense."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.layers import node_names
+
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="MatMul_0"),
+             helper.make_node("Identity", ["y"], ["z"], name="dup"), helper.make_node("Identity", ["z"], ["out"],
+                                                                                    name="dup")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 64])],
+                              [numpy_helper.from_array(rng.standard_normal((64, 256)).astype(np.float32), "w1"),
+                               numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert node_names(model) == ["MatMul_0_1", "Relu_1", "MatMul_0", "dup", "dup_1"]
+    del model.graph.node[3:]  # ONNX Runtime refuses two nodes of one name
+    model.graph.output[0].name = "y"
+    result = onnx_alds.compress(model, keep_params=0.7, exclude=["MatMul_0"], rank_multiple=8)
+    rows = {row.name: row for row in result.report.layers}
+    assert rows["MatMul_0"].skip_reason == "excluded by the user (--exclude)" and rows["MatMul_0_1"].groups
+    assert "MatMul_0" in {node.name for node in result.model.graph.node}

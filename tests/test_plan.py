@@ -123,6 +123,12 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d["options"]["data"].update(both_factors=-7), r"both_factors -7 is out of range"),
     (lambda d: d["options"]["data"].update(both_factors=True), r"options.data.both_factors: got True"),
     (lambda d: d["options"]["data"].update(damage_points=0), r"damage_points|points 0"),
+    (lambda d: d["options"]["search"].update(rank_multiple="8"), r"options.search.rank_multiple: got '8'; give a "
+                                                                 r"whole number"),
+    (lambda d: d["options"]["search"].update(prune=None), r"options.search.prune: got None; give one of off, "
+                                                          r"combined, only"),
+    (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
+    (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),
 ])
 def test_unknown_keys_and_bad_values_are_refused(edit, message):
     data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
@@ -337,3 +343,13 @@ def test_plan_of_a_model_without_node_names_applies_to_it():
         node.name = f"renamed_{node.name}"
     with pytest.raises(PlanError, match="another model, or renamed nodes"):
         apply_plan(other, plan)
+
+
+def test_damage_prune_when_no_layer_outside_the_blocks_can_shrink_at_the_rank_multiple():
+    """At rank multiple 16 the 32x32 layer outside the block has no rank that shrinks it: the joint
+    allocation prunes the block alone (the low-rank step refused the whole run)."""
+    model, calibration = residual_feed_forward(), _feeds()
+    result = onnx_alds.compress(model, keep_params=0.7, prune="combined", method="damage", rank_multiple=16,
+                                calibration=calibration)
+    assert result.report.achieved <= 0.7 * 1.01 and result.report.pruned[0].width_after < 96
+    assert not any(row.groups for row in result.report.layers)

@@ -267,5 +267,9 @@ def test_parse_method():
         parse_method("alds+prune")
     with pytest.raises(BudgetError, match="[+]sc times low-rank layers only"):
         parse_method("alds+data+prune+sc")
+    with pytest.raises(BudgetError, match="gives [+]prune twice; give each modifier once"):
+        parse_method("alds+data+prune+prune")
+    with pytest.raises(BudgetError, match="[+]prune and another modifier both set prune; keep one"):
+        parse_method("alds+data+prune+pruneonly")
     with pytest.raises(BudgetError, match="needs calibration data; write it damage[+]data and give --calibration"):
         parse_method("damage")
