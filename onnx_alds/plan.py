@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import onnx
 
 from .allocate import DENSE, Allocation, LayerChoice
@@ -232,6 +233,7 @@ class Plan:
         search["exclude"] = tuple(search.get("exclude") or ())
         data = dict(o["data"] or {})
         data.pop("calibration", None)
+        data.pop("calibration_digest", None)
         data.pop("samples", None)
         data_aware = bool(data.pop("data_aware", False))
         data["sensitivity"] = False  # it weighed the allocation only: the decisions are in the plan
@@ -287,7 +289,7 @@ class Plan:
 
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
 _SEARCH_OPTIONAL = ("prune",)  # absent in plans of earlier versions: no pruning
-_DATA_KEYS = ("data_aware", "calibration", "samples", "batch_size", "refit", "sequential", "bias_correction",
+_DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential", "bias_correction",
               "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
               "damage_max_groups")
 _DATA_BOOLS = ("data_aware", "refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction")
@@ -364,6 +366,9 @@ class _Reader:
             raise self.fail("options.search.exclude", f"got {search['exclude']!r}; give a list of strings")
         if "prune" in search and search["prune"] not in PRUNE_MODES:  # null or false would silently mean "off"
             raise self.fail("options.search.prune", f"got {search['prune']!r}; give one of {', '.join(PRUNE_MODES)}")
+        digest = data.get("calibration_digest")
+        if digest is not None and not isinstance(digest, str):
+            raise self.fail("options.data.calibration_digest", f"got {digest!r}; give the digest string or null")
         for key, value in data.items():  # JSON types first: a string where a switch belongs is not "off"
             if key in _DATA_BOOLS and not isinstance(value, bool):
                 raise self.fail(f"options.data.{key}", f"got {value!r}; give true or false")
@@ -371,8 +376,9 @@ class _Reader:
                 raise self.fail(f"options.data.{key}", f"got {value!r}; give a whole number")
         try:  # the values: the option classes check them
             DataAwareOptions(**{key: value for key, value in data.items()
-                                if key not in ("data_aware", "calibration", "samples", "sequential", "bias_correction",
-                                               "sensitivity", "both_factors", "affine_correction")})
+                                if key not in ("data_aware", "calibration", "calibration_digest", "samples",
+                                               "sequential", "bias_correction", "sensitivity", "both_factors",
+                                               "affine_correction")})
             if data.get("both_factors", 0) < 0 or data.get("both_factors", 0) > 10:
                 raise PlanError(f"both_factors {data['both_factors']} is out of range; give 0 to 10 rounds")
             Budget(**budget)
@@ -460,7 +466,8 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
         "search": {"method": search.method, "error_measure": search.error_measure,
                    "rank_multiple": search.rank_multiple, "max_groups": search.max_groups, "order": search.order,
                    "seed": search.seed, "exclude": list(search.exclude), "prune": search.prune},
-        "data": {"data_aware": data.enabled, "calibration": calibration_source, "samples": samples,
+        "data": {"data_aware": data.enabled, "calibration": calibration_source,
+                 "calibration_digest": calibration_digest(data.calibration), "samples": samples,
                  "batch_size": data.batch_size, "refit": data.refit, "sequential": data.sequential,
                  "bias_correction": data.bias_correction, "sensitivity": data.sensitivity,
                  "shrinkage": data.shrinkage, "both_factors": data.both_factors,
@@ -470,6 +477,23 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
         "input_shapes": None if options.input_shapes is None else
         {name: list(dims) for name, dims in options.input_shapes.items()},
     }
+
+
+def calibration_digest(calibration) -> Optional[str]:
+    """SHA-256 of a calibration set's arrays (names, types, shapes and values, in name order); None when
+    there is no set or it holds no arrays in memory. A plan keeps it, so that applying the plan to other
+    data under the same file name is noticed."""
+    import hashlib
+
+    arrays = getattr(calibration, "arrays", None)
+    if not arrays:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
@@ -558,9 +582,14 @@ def apply_plan(model, plan: Plan, calibration=None):
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_on = (plan.options.get("data") or {}).get("calibration")
-    if calibration is not None and planned_on and str(calibration.source) != planned_on:
+    planned_digest = (plan.options.get("data") or {}).get("calibration_digest")
+    if calibration is not None and planned_on and (
+            str(calibration.source) != planned_on
+            or (planned_digest is not None and calibration_digest(calibration) not in (None, planned_digest))):
+        same_name = str(calibration.source) == planned_on
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
-            f"calibration differs from the plan's ({calibration.source}, the plan was made on {planned_on}): the "
+            f"calibration differs from the plan's ({calibration.source}"
+            f"{': same name, other data' if same_name else f', the plan was made on {planned_on}'}): the "
             "factors are fitted to the inputs given now, the ranks were chosen on the plan's",)))
     return result
 

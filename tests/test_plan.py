@@ -208,6 +208,10 @@ def test_apply_with_other_calibration_says_so():
     notes = apply_plan(model, plan, calibration=other).report.notes
     assert any("calibration differs from the plan's (second.npz (8 samples), the plan was made on first.npz" in note
                for note in notes)
+    same_name = InputSet({"input": drawn[8:]}, source="first.npz (8 samples)")  # other data, the same file name
+    notes = apply_plan(model, plan, calibration=same_name).report.notes
+    assert any("calibration differs from the plan's (first.npz (8 samples): same name, other data)" in note
+               for note in notes)
 
 
 # --------------------------------------------------------------------------------------------------
