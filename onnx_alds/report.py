@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .errors import ratio_at_least
+
 
 def library_versions() -> dict[str, str]:
     """Versions of this tool and the libraries that shape its output."""
@@ -192,10 +194,10 @@ class AnalysisReport:
                          layer.skip_reason or ""))
         lines = [format_table(rows), ""]
         lines.append(f"weights: {_si(self.params_total)} total, {_si(self.params_compressible)} in factorizable layers"
-                     f" (smallest reachable --keep-params {self.min_keep_params:.4f})")
+                     f" (smallest reachable --keep-params {ratio_at_least(self.min_keep_params)})")
         if self.macs_total:
             lines.append(f"MACs:    {_si(self.macs_total)} total, {_si(self.macs_compressible)} in factorizable layers"
-                         f" (smallest reachable --keep-flops {self.min_keep_flops:.4f})")
+                         f" (smallest reachable --keep-flops {ratio_at_least(self.min_keep_flops)})")
         lines.append("err@x: relative spectral error sigma_{r+1}/sigma_1 at rank x*min(f, c*k), g = 1")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)

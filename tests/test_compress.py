@@ -288,3 +288,17 @@ def test_generated_node_names_never_take_a_name_the_user_gave():
     rows = {row.name: row for row in result.report.layers}
     assert rows["MatMul_0"].skip_reason == "excluded by the user (--exclude)" and rows["MatMul_0_1"].groups
     assert "MatMul_0" in {node.name for node in result.model.graph.node}
+
+
+def test_the_floor_analyze_prints_is_one_compress_accepts():
+    """analyze rounded the smallest reachable ratio to nearest (0.44184... printed 0.4418), and compress
+    refused the figure a user copied from it."""
+    import re
+
+    from conftest import small_cnn
+
+    model = small_cnn(width=16)
+    text = onnx_alds.analyze(model, rank_multiple=16).format()
+    for flag, keyword in (("params", "keep_params"), ("flops", "keep_flops")):
+        floor = float(re.search(rf"smallest reachable --keep-{flag} ([0-9.]+)", text).group(1))
+        assert onnx_alds.compress(model, rank_multiple=16, **{keyword: floor}).report.achieved <= floor
