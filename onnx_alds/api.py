@@ -372,6 +372,13 @@ class _Planned:
     damage: Optional[dict] = None  # --method damage: the tables' cost and the predicted total (onnx_alds.damage)
 
 
+def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable") -> str:
+    """The message for a model none of whose Conv/Gemm/MatMul nodes can be changed, with the reasons."""
+    reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
+    return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}"
+            + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)"))
+
+
 def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _Planned:
     """Load, layers, calibration statistics, error tables, latency tables and the allocation; or,
     applying a plan (``decisions``, :mod:`onnx_alds.plan`), the plan's decisions checked against the model."""
@@ -437,11 +444,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
-        reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
-        raise UnsupportedModelError(
-            f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none factorizable"
-            + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)")
-        )
+        raise UnsupportedModelError(nothing_to_compress(layers))
     if decisions is not None:  # each layer in the plan's order
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)

@@ -1261,6 +1261,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                               extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage)
     seconds.update(analysis.seconds)
     blocks = analysis.blocks
+    if not blocks and not others:
+        raise UnsupportedModelError(api.nothing_to_compress(layers, "factorizable or prunable"))
     if not blocks and mode == "only":
         reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
         raise UnsupportedModelError("no prunable block (a producer whose channels reach one consumer through "

@@ -536,3 +536,17 @@ def test_dead_hidden_units_are_dropped_first_and_cost_nothing():
     x = _inputs(model, samples=8, seed=9).arrays["x"]
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_prune_on_a_model_with_nothing_to_change_is_refused_like_every_other_mode():
+    """A model without a factorizable or prunable layer: --prune wrote an unchanged copy with exit 0,
+    "achieved 0.0000" and a warning that it cut more than asked."""
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                        helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [])
+    calibration = InputSet({"x": np.ones((8, 16), np.float32), "w": np.ones((8, 16, 16), np.float32)}, source="t")
+    for mode in ("combined", "only"):
+        with pytest.raises(UnsupportedModelError, match="nothing to compress: 1 Conv/Gemm/MatMul nodes, none "
+                                                        "factorizable or prunable"):
+            compress(model, keep_flops=0.5, calibration=calibration, prune=mode)
