@@ -494,6 +494,11 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):
         return f"{where} (a residual or another tensor joins the hidden one)"
+    if op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool") \
+            or op.startswith("Reduce"):
+        return f"{where}, a pooling or reduction (per channel, but not supported inside a block)"
+    if op in ("Shape", "Size"):
+        return f"{where}, which reads the hidden tensor's shape"
     return f"{where}, which does not act per channel"
 
 

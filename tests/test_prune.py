@@ -550,3 +550,17 @@ def test_prune_on_a_model_with_nothing_to_change_is_refused_like_every_other_mod
         with pytest.raises(UnsupportedModelError, match="nothing to compress: 1 Conv/Gemm/MatMul nodes, none "
                                                         "factorizable or prunable"):
             compress(model, keep_flops=0.5, calibration=calibration, prune=mode)
+
+
+def test_pooling_and_shape_readers_are_named_for_what_they_are():
+    rng = np.random.default_rng(22)
+    for op, reason in (("GlobalAveragePool", "a pooling or reduction"), ("Shape", "reads the hidden tensor's shape")):
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="c1"), helper.make_node("Relu", ["h"], ["r"]),
+                 helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"), helper.make_node(op, ["r"], ["side"])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4]),
+                   helper.make_tensor_value_info("side", TensorProto.INT64 if op == "Shape" else TensorProto.FLOAT,
+                                                 [4] if op == "Shape" else ["N", 16, 1, 1])]
+        model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])], outputs,
+                           [_init(rng, "w1", (16, 8, 1, 1)), _init(rng, "w2", (8, 16, 1, 1))])
+        _, refused = find_blocks(model, _layers(model, None))
+        assert any(r.producer == "c1" and reason in r.reason for r in refused), refused
