@@ -698,7 +698,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
-                     warnings=_harm_warnings(report, prepared, data_aware))
+                     warnings=_harm_warnings(report, prepared, data_aware, stats))
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
@@ -737,8 +737,10 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> 
     return None, None
 
 
-def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: bool) -> tuple[str, ...]:
-    """Say, before anything is written, when a plan is likely to break the model."""
+def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: bool,
+                   stats: Optional[Mapping] = None) -> tuple[str, ...]:
+    """Say, before anything is written, when a plan is likely to break the model (``stats``: the
+    calibration statistics by layer, whose vector counts are checked against each layer's inputs)."""
     warnings = []
     full_rank = {layer.name: min(layer.matrix_shape) for layer in prepared.layers}
     tiny = [row for row in report.layers if row.groups and full_rank.get(row.name, 0) >= 32
@@ -750,6 +752,16 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank")
     if overshoot:
         warnings.append(overshoot)
+    inputs = {layer.name: layer.matrix_shape[1] for layer in prepared.layers}
+    starved = [(row.name, stats[row.name].count, inputs[row.name]) for row in report.layers
+               if row.groups and stats and row.name in stats and row.name in inputs
+               and getattr(stats[row.name], "count", inputs[row.name]) < inputs[row.name]]
+    if starved:
+        name, count, size = starved[0]
+        warnings.append(f"{len(starved)} factorized layers were fitted on fewer calibration vectors than their inputs "
+                        f"(first: '{name}', {count} vectors for {size}): their factors and reported errors rest on "
+                        "the shrinkage prior, and held-out errors can be larger (more so with --sequential); give "
+                        "more calibration inputs")
     if not data_aware and report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR:
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
