@@ -752,6 +752,13 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank")
     if overshoot:
         warnings.append(overshoot)
+    from .latency import SETTLE_TOLERANCE
+
+    measured = (report.latency or {}).get("measured_ratio") if report.target == "latency" else None
+    if measured is not None and measured > report.requested * (1 + SETTLE_TOLERANCE):
+        warnings.append(f"--keep-latency {report.requested:g} not reached in measurement: the model written measured "
+                        f"{measured:.3f} of the dense model's time (the tables predicted {report.achieved:.3f}); the "
+                        "ops that do not change or the layers' pairs save less here than timed alone")
     inputs = {layer.name: layer.matrix_shape[1] for layer in prepared.layers}
     starved = [(row.name, stats[row.name].count, inputs[row.name]) for row in report.layers
                if row.groups and stats and row.name in stats and row.name in inputs

@@ -711,8 +711,10 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
             f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {ratio_at_least(reachable)} "
             "(every layer "
             f"at its fastest measured option; the dense model takes {model_us / 1e3:.3f} ms at batch {info.batch} on "
-            f"{info.provider}, of which {max(fixed, 0.0) / 1e3:.3f} ms in ops that do not change); ask for at least "
-            "that, or lower --rank-multiple")
+            f"{info.provider}, "
+            + (f"of which {fixed / 1e3:.3f} ms in ops that do not change" if fixed >= 0 else
+               f"less than its layers timed alone, {dense / 1e3:.3f} ms: single-layer times overstate here")
+            + "); ask for at least that, or lower --rank-multiple")
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget, costs=costs)
     return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed, costs=costs)

@@ -122,7 +122,10 @@ class CompressionReport:
             data = f" (data-aware{': ' + steps if steps else ''}; calibration: {self.calibration})"
         lines.append(f"method: {self.method}{data}, "
                      f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
-        lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}")
+        measured = (self.latency or {}).get("measured_ratio") if self.target == "latency" else None
+        lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}"
+                     + (f" predicted by the tables, {measured:.4f} measured on the whole model"
+                        if measured is not None else ""))
         lines.append(f"weights: {_si(self.params_before)} -> {_si(self.params_after)} ({ratio_params:.4f} kept)")
         if self.macs_before:
             lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "
@@ -220,8 +223,12 @@ def _latency_lines(latency: dict) -> list[str]:
     if latency.get("model_us") is not None:
         line = f"latency: dense model {latency['model_us'] / 1e3:.3f} ms measured"
         if latency.get("predicted_us") is not None:
-            line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ({latency['predicted_speedup']:.2f}x; "
-                     f"ops that do not change {latency['rest_us'] / 1e3:.3f} ms)")
+            rest, speedup = latency["rest_us"], latency.get("predicted_speedup")
+            line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ("
+                     + (f"{speedup:.2f}x; " if speedup is not None else "")
+                     + (f"ops that do not change {rest / 1e3:.3f} ms)" if rest >= 0 else
+                        f"the layers timed alone add up to {(latency['model_us'] - rest) / 1e3:.3f} ms, more than "
+                        "the whole model: single-layer times overstate here, so the prediction is rough)"))
         lines.append(line)
     if latency.get("whole_model_note"):
         lines.append("latency: " + latency["whole_model_note"]

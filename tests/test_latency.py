@@ -211,6 +211,20 @@ def test_whole_model_check_says_when_the_budget_is_not_reached(tmp_path):
                                 speed=speed(timer, tmp_path, model_rounds=3)).report
     assert "not reached in measurement" in report.latency["whole_model_note"]
     assert 0.6 < report.latency["measured_ratio"] < 1.0
+    measured = report.latency["measured_ratio"]  # a warning, and the headline says what was measured
+    assert any(w.startswith(f"--keep-latency 0.6 not reached in measurement: the model written measured {measured:.3f}")
+               for w in report.warnings)
+    assert f"{measured:.4f} measured on the whole model" in report.format()
+
+
+def test_layer_times_that_add_up_to_more_than_the_model_are_not_printed_as_a_negative_time(tmp_path):
+    timer = FakeTimer(rest_us=-200.0)  # single layers timed alone cost more than inside the model
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.9, rank_multiple=8,
+                                speed=speed(timer, tmp_path, model_rounds=0)).report
+    assert report.latency["rest_us"] < 0
+    text = report.format()
+    assert "more than the whole model: single-layer times overstate here" in text
+    assert "ops that do not change -" not in text
 
 
 def test_whole_model_check_is_cached(tmp_path):
