@@ -239,7 +239,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     if args.distill:
         from .distill import distill_after_compress
 
-        result = distill_after_compress(args.model, result, calibration, held_out, args)
+        result, distilled = distill_after_compress(args.model, result, calibration, held_out, args)
+        return write_result(args, result, extra=distilled)
     return write_result(args, result)
 
 
@@ -275,9 +276,10 @@ def compress_keywords(args: argparse.Namespace, calibration) -> dict:
                 **({"prune": args.prune} if getattr(args, "prune", "off") != "off" else {}))  # compress --prune
 
 
-def write_result(args: argparse.Namespace, result) -> int:
+def write_result(args: argparse.Namespace, result, extra=None) -> int:
     """``--validate``, then the model and its ``--report`` written together, and the report printed
-    (compress and apply)."""
+    (compress and apply); ``extra``: the distillation report of ``compress --distill``, written to
+    ``--distill-report`` after the model (nothing is written when validation fails)."""
     from .model_io import materialize
 
     output = Path(args.output)
@@ -295,8 +297,12 @@ def write_result(args: argparse.Namespace, result) -> int:
     for warning in result.report.warnings:  # said before anything is written
         print(f"warning: {warning}", file=sys.stderr)
     _write_together(result, output, args.report, protect=[args.model])
+    distill_report = getattr(args, "distill_report", None) if extra is not None else None
+    if distill_report:
+        extra.save_json(distill_report)
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    print(f"wrote {output}" + (f" and {args.report}" if args.report else ""))
+    written = [str(output)] + [path for path in (args.report, distill_report) if path]
+    print(f"wrote {' and '.join(written)}")
     if summary is not None:
         print(summary.text)
     return 0

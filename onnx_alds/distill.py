@@ -1787,7 +1787,9 @@ def split_for_distill(calibration: Optional[InputSet], args: argparse.Namespace)
 def distill_after_compress(original: ModelLike, result, train: InputSet, held_out: InputSet,
                            args: argparse.Namespace):
     """``compress --distill``: distill ``result.model``, print the report, return the result with the new
-    (complete) model; its report gets a note with the before/after figures."""
+    (complete) model and the distillation report; the result's report gets a note with the before/after
+    figures. ``--distill-report`` is written by the caller, with the model (none of them on a failed
+    ``--validate``)."""
     from dataclasses import replace
 
     from .model_io import materialize
@@ -1803,11 +1805,9 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
     distilled = distill(original, compressed, train, held_out_inputs=held_out, settings=settings)
     text = distilled.report.format()
     print(text)
-    if getattr(args, "distill_report", None):
-        distilled.report.save_json(args.distill_report)
     report = distilled.report
     note = (f"distilled: {report.steps} steps, {report.seconds:.0f} s; held-out {report.agreement_kind} "
             f"{report.agreement_before:.4f} -> {report.agreement_after:.4f}")
     changes = {"store": None} if hasattr(result, "store") else {}
     return replace(result, model=distilled.model, report=replace(result.report, notes=result.report.notes + (note,)),
-                   **changes)
+                   **changes), report

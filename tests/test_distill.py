@@ -381,6 +381,17 @@ def test_cli_distill_and_compress_distill(torch, pair, tmp_path, capsys):
     assert code == 0 and "distillation: 3 steps" in out and "distilled: 3 steps" in out
     tuned = onnx.load(str(tmp_path / "small.onnx"))
     assert any(p.key == "onnx_alds.distill" for p in tuned.metadata_props)
+    # --distill-report is an output like the others: written with the model, not when validation fails
+    common = ["compress", str(paths[0]), "--keep-params", "0.5", "--rank-multiple", "1", "--calibration",
+              str(tmp_path / "x.npz"), "--distill", "--distill-steps", "2", "--distill-report",
+              str(tmp_path / "distill.json"), "--validate", "--validate-inputs", str(tmp_path / "x.npz"),
+              "--bench-batch", "1"]
+    assert main(common + ["-o", str(tmp_path / "failed.onnx"), "--max-mean-rel", "1e-9"]) == 1
+    assert "validation failed" in capsys.readouterr().err
+    assert not (tmp_path / "failed.onnx").exists() and not (tmp_path / "distill.json").exists()
+    assert main(common + ["-o", str(tmp_path / "passed.onnx"), "--figures-only"]) == 0
+    assert (tmp_path / "passed.onnx").exists() and (tmp_path / "distill.json").exists()
+    assert f"and {tmp_path / 'distill.json'}" in capsys.readouterr().out
 
 
 def test_pruned_model_distills_without_its_hidden_tensors_as_points(torch):
