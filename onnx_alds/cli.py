@@ -403,17 +403,30 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         outputs.pop("output", None)  # an output folder: checked by the command itself
     inputs: list = []
     for key, value in vars(args).items():
-        if key in OUTPUT_FILE_ARGS or key == "run":
+        if key in OUTPUT_FILE_ARGS or key in ("run", "out"):  # sweep's and demo's --out: their output folder
             continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, os.PathLike)) and str(item) and os.path.exists(item):
                 inputs.append(item)
+    folders = [Path(item).resolve() for item in inputs if os.path.isdir(item)]  # --images DIR and the like
+    out = getattr(args, "out", None) or (getattr(args, "output", None) if args.command in ("sweep", "demo") else None)
+    if out:  # an output folder
+        outputs_dir = Path(out).resolve()
+        inside = next((folder for folder in folders if outputs_dir == folder or folder in outputs_dir.parents), None)
+        if inside is not None:
+            flag = "-o" if args.command == "sweep" else "--out"
+            raise OutputPathError(f"{flag} '{out}' is inside the input folder '{inside}', whose files are read as "
+                                  "data; choose an output folder elsewhere")
     seen: dict[Path, str] = {}
     for key, value in outputs.items():
         flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
         if resolved in seen:
             raise OutputPathError(f"{flag} '{value}' is also the {seen[resolved]} file; give each output its own path")
         seen[resolved] = flag
+        inside = next((folder for folder in folders if folder in resolved.parents), None)
+        if inside is not None:
+            raise OutputPathError(f"{flag} '{value}' is inside the input folder '{inside}', whose files are read as "
+                                  f"data; choose another {flag} path")
         check_output_path(Path(value), protect=inputs, flag=flag)
 
 

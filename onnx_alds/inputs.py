@@ -450,6 +450,10 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
             f"'{path}' has array '{extra[0]}', which is not a graph input; graph inputs are: {', '.join(names)} "
             f"(plus optional '{LABELS_KEY}')"
         )
+    empty = next((name for name in names if stored[name].ndim and stored[name].shape[0] == 0), None)
+    if empty is not None:
+        raise InputDataError(f"array '{empty}' in '{path}' holds no samples (shape {stored[empty].shape}); give at "
+                             "least one sample, batch first")
     arrays: dict[str, np.ndarray] = {}
     casts: list[str] = []  # said in the set's source, so reports show it
     for spec in specs:

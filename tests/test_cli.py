@@ -103,6 +103,25 @@ def test_two_outputs_on_one_path_are_named_as_outputs(cnn_path, tmp_path, capsys
     assert not out.exists()
 
 
+def test_outputs_inside_an_input_image_folder_are_refused(cnn_path, tmp_path, capsys):
+    """An output named inside --calibration-images DIR overwrote an image (and next runs read it as data)."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / "a.png")
+    before = (images / "a.png").read_bytes()
+    code, _, err = run_cli("compress", cnn_path, "-o", images / "a.png", "--keep-flops", "0.5",
+                           "--calibration-images", images, "--preprocess", "imagenet", "--resize", "32", "--crop", "32",
+                           capsys=capsys)
+    assert_one_line_error(code, err, f"-o '{images / 'a.png'}' is inside the input folder")
+    code, _, err = run_cli("sweep", cnn_path, "-o", images / "results", "--keep-flops", "0.5", "--images", images,
+                           "--preprocess", "imagenet", "--resize", "32", "--crop", "32", capsys=capsys)
+    assert_one_line_error(code, err, f"-o '{images / 'results'}' is inside the input folder")
+    assert (images / "a.png").read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["a.png"]
+
+
 def test_output_on_the_input_models_external_data_is_refused(tmp_path, capsys):
     """-o naming the file that holds the input model's weights would destroy the input (it did, with exit 0)."""
     from conftest import small_cnn

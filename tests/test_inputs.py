@@ -70,6 +70,7 @@ def test_npz_loads_casts_and_reads_labels(tmp_path):
     ({"x": np.where(np.arange(96).reshape(2, 3, 4, 4) == 50, np.nan, 0).astype(np.float32)},
      r"holds NaN or Inf values \(first in sample 1\)"),
     ({"x": np.zeros((2, 3, 5, 4), np.float32)}, "fixes dim 2 to 4"),
+    ({"x": np.zeros((0, 3, 4, 4), np.float32)}, r"array 'x' in '.*bad.npz' holds no samples"),
 ])
 def test_npz_errors_name_the_problem(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
