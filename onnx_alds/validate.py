@@ -593,8 +593,9 @@ class _Accumulator:
         pred_o, pred_c = np.argmax(o, axis=1), np.argmax(c, axis=1)
         self.top1 += int(np.sum(pred_o == pred_c))
         if self.classes > 5:
-            top5_c = np.argpartition(-c, 5, axis=1)[:, :5]
-            self.top5 += int(np.sum(np.any(top5_c == pred_o[:, None], axis=1)))
+            # the original's class scores at least the fifth-highest score (ties count: top-5 >= top-1)
+            fifth = np.partition(c, -5, axis=1)[:, -5]
+            self.top5 += int(np.sum(c[np.arange(len(c)), pred_o] >= fifth))
         if self.labels is not None:
             if not self.labels_checked:
                 check_label_range(self.labels, self.name, self.classes)

@@ -181,6 +181,21 @@ def test_known_disagreements_top1_top5_and_accuracy():
         report.raise_if_failed()
 
 
+def test_top5_agreement_is_never_below_top1_when_scores_tie():
+    """1000 tied scores: argmax and argpartition broke the tie differently, and an identical model scored
+    top-1 1.0 with top-5 0.0."""
+    scores = np.zeros((3, 1000), np.float32)
+    scores[2, 7] = 1.0
+    out = compare_output("y", scores, scores.copy(), classifier=True, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.top1_agreement == 1.0 and out.top5_agreement == 1.0
+    moved = scores.copy()
+    moved[2, 7], moved[2, :6] = -1.0, 0.5  # class 7 drops below five others: out of the top 5
+    out = compare_output("y", scores, moved, classifier=True, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.top5_agreement == pytest.approx(2 / 3)
+
+
 def test_relative_error_and_cosine_definitions():
     original = np.array([[3.0, 4.0], [1.0, 0.0]])
     compressed = np.array([[3.3, 4.4], [1.0, 1.0]])
