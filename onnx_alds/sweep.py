@@ -658,6 +658,26 @@ class _RayWorker:
         return run_variant(task, data, self.state)
 
 
+ACTOR_START_SECONDS = 300  # Ray workers that have not started by then will not (too few CPUs in the cluster)
+
+
+def _check_reachable(address: Optional[str]) -> None:
+    """Refuse a ``--address host:port`` nothing listens on: ``ray.init`` retries such an address forever."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: ray.init says what is wrong with it
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EngineError(f"cannot reach Ray at {address} ({exc.strerror or exc}); check --address (or run with "
+                          "--engine local)") from None
+
+
 class RayEngine(Engine):
     """Ray actors, ``cpus_per_worker`` CPUs each (their ONNX Runtime thread count), ``workers`` of them
     (default: the cluster's CPUs divided by ``cpus_per_worker``). Joins the Ray instance the process
@@ -684,6 +704,7 @@ class RayEngine(Engine):
             options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
             if not (self.address or os.environ.get("RAY_ADDRESS")):
                 options["include_dashboard"] = False  # a new local instance: no dashboard
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, **options)
             except Exception as exc:
@@ -692,12 +713,24 @@ class RayEngine(Engine):
                                   "check --address (or run with --engine local)") from None
             self._started_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
+        if self.cpus_per_worker > cpus:
+            raise EngineError(f"--cpus-per-worker {self.cpus_per_worker} is more than the Ray cluster's {cpus} CPUs, so "
+                              f"no worker could start; give at most {cpus}")
         if not self.requested_workers:
             self.workers = max(1, cpus // self.cpus_per_worker)
+        elif self.workers * self.cpus_per_worker > cpus:
+            raise EngineError(f"--workers {self.workers} with --cpus-per-worker {self.cpus_per_worker} needs "
+                              f"{self.workers * self.cpus_per_worker} CPUs, the Ray cluster has {cpus}; give at most "
+                              f"{max(1, cpus // self.cpus_per_worker)} workers (or leave --workers out)")
         self._refs = {name: ray.put(value) for name, value in data.items()}
         self._actor_class = ray.remote(_RayWorker)
         self._actors = [self._new_actor() for _ in range(self.workers)]
-        ray.get([actor.ready.remote() for actor in self._actors])
+        try:
+            ray.get([actor.ready.remote() for actor in self._actors], timeout=ACTOR_START_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            raise EngineError(f"the {self.workers} Ray workers did not start within {ACTOR_START_SECONDS} s (the "
+                              "cluster may not have the CPUs they ask for); give fewer --workers or run with "
+                              "--engine local") from None
         self._threads = sorted(set(ray.get([actor.threads.remote() for actor in self._actors])))
 
     def _new_actor(self):

@@ -231,6 +231,23 @@ def test_ray_engine_matches_local(tiny, tmp_path, capsys):
     assert_same_results(local, on_ray)
 
 
+def test_ray_asks_that_cannot_be_met_are_one_line_errors_not_hangs(tiny, tmp_path, capsys):
+    """More workers or CPUs per worker than the cluster has waited forever; so did an address nothing
+    listens on."""
+    ray = pytest.importorskip("ray")
+    code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--address", "127.0.0.1:1"), capsys)
+    assert code == 1 and "cannot reach Ray at 127.0.0.1:1" in err
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, _, err = run(sweep_args(tiny, tmp_path / "b", "--engine", "ray", "--workers", "3", "--no-bench"), capsys)
+        assert code == 1 and "--workers 3 with --cpus-per-worker 1 needs 3 CPUs, the Ray cluster has 2" in err
+        code, _, err = run(sweep_args(tiny, tmp_path / "c", "--engine", "ray", "--cpus-per-worker", "4", "--no-bench"),
+                           capsys)
+        assert code == 1 and "--cpus-per-worker 4 is more than the Ray cluster's 2 CPUs" in err
+    finally:
+        ray.shutdown()
+
+
 def test_missing_ray_is_one_line_error(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     code, _, err = run(sweep_args(tiny, tmp_path / "out", "--engine", "ray"), capsys)
