@@ -347,13 +347,17 @@ def neighbour_metrics(original: np.ndarray, compressed: np.ndarray, k: int = 10)
     return {"nn_top1": top1, "nn_top10": overlap, "spearman": rho}
 
 
-def _resolved_kind(kind: str, reference: np.ndarray, labels) -> str:
+def _resolved_kind(kind: str, name: str, reference: np.ndarray, labels, samples: int) -> str:
+    """``kind`` of an eval set, ``auto`` resolved as validate resolves it (:func:`onnx_alds.validate.detect_kind`:
+    an embedding by its unit rows or its name, an output whose first dim is not the batch is no classifier)."""
+    from .validate import CLASSIFIER, EMBEDDING, detect_kind
+
     if kind != "auto":
         return kind
-    classifier = reference.ndim == 2 and reference.shape[1] >= 2
-    if classifier:
+    found, _ = detect_kind(name, reference, batched=reference.ndim > 0 and reference.shape[0] == samples)
+    if found == CLASSIFIER:
         return "accuracy" if labels is not None else "agreement"
-    return "output"
+    return "embedding" if found == EMBEDDING else "output"
 
 
 def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str, Any]:
@@ -366,7 +370,7 @@ def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str
         outputs = model_outputs(compressed, inputs, threads=state.threads)
         first = next(iter(reference))
         ref, new = _flat(reference[first]), _flat(outputs[first])
-        kind = _resolved_kind(spec.kind, reference[first], inputs.labels)
+        kind = _resolved_kind(spec.kind, first, reference[first], inputs.labels, len(inputs))
         classifier = kind in ("accuracy", "agreement", "sanity") and ref.shape[1] >= 2
         labels = inputs.labels if kind == "accuracy" else None
         comparison = compare_output(first, ref, new, classifier=classifier, labels=labels,

@@ -290,3 +290,15 @@ def test_parse_method():
         parse_method("alds+data+prune+pruneonly")
     with pytest.raises(BudgetError, match="needs calibration data; write it damage[+]data and give --calibration"):
         parse_method("damage")
+
+
+def test_sweep_resolves_output_kinds_as_validate_does():
+    """A sentence embedding and a detector's (N·H·W, 6) output were scored as classifiers ("agreement")."""
+    from onnx_alds.sweep import _resolved_kind
+
+    rng = np.random.default_rng(0)
+    assert _resolved_kind("auto", "sentence_embedding", rng.standard_normal((8, 64)), None, 8) == "embedding"
+    assert _resolved_kind("auto", "boxes", rng.standard_normal((8 * 16, 6)), None, 8) == "output"
+    assert _resolved_kind("auto", "logits", rng.standard_normal((8, 10)), None, 8) == "agreement"
+    assert _resolved_kind("auto", "logits", rng.standard_normal((8, 10)), np.zeros(8, int), 8) == "accuracy"
+    assert _resolved_kind("embedding", "logits", rng.standard_normal((8, 10)), None, 8) == "embedding"
