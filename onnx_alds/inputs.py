@@ -187,6 +187,10 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
 
     try:
         with Image.open(path) as opened:
+            if opened.mode.startswith("I;16") or opened.mode in ("I", "F"):  # 16-bit or wider: PIL's convert clips
+                values = np.asarray(opened, dtype=np.float64)
+                top = 65535.0 if opened.mode.startswith("I;16") or values.max() > 255 else 255.0
+                opened = Image.fromarray(np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
             image = opened.convert("RGB" if preprocess.channels == 3 else "L")
     except Exception as exc:
         raise InputDataError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file") from None

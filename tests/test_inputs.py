@@ -361,3 +361,17 @@ def test_custom_flags_override_the_preset():
     assert pre.size == (32, 48) and pre.channels == 1 and pre.resize_short is None
     with pytest.raises(InputDataError, match="--mean"):
         preprocess_from_args(_parser().parse_args(["--mean", "a,b"]))
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    """PIL's convert clips a 16-bit PNG to 255 everywhere: every pixel read as white."""
+    from PIL import Image
+
+    from onnx_alds.inputs import preprocess_image
+
+    grey = np.full((28, 28), 32896, np.uint16)  # mid-grey in 16 bits (0x8080)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "grey8.png")
+    sixteen = preprocess_image(tmp_path / "grey16.png", PRESETS["mnist"])
+    eight = preprocess_image(tmp_path / "grey8.png", PRESETS["mnist"])
+    np.testing.assert_allclose(sixteen, eight, atol=1e-6)
