@@ -312,7 +312,7 @@ def read_labels_file(path: PathLike) -> LabelsFile:
     if not file.is_file():
         raise InputDataError(f"labels file '{file}' is not a file; give a text file ({LABELS_FILE_HELP})")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad, Excel) is not part of a label
     except (OSError, UnicodeDecodeError) as exc:
         raise InputDataError(f"cannot read labels file '{file}' as UTF-8 text ({type(exc).__name__}); "
                              f"write {LABELS_FILE_HELP}") from None

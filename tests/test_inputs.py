@@ -229,6 +229,9 @@ def test_labels_file_with_an_npz(tmp_path):
     (tmp_path / "l.txt").write_text("1\n0\n2\n")
     data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_file=tmp_path / "l.txt", limit=2)
     np.testing.assert_array_equal(data.labels, [1, 0])
+    (tmp_path / "bom.txt").write_text("\ufeff1\n0\n2\n", encoding="utf-8")  # as Notepad and Excel save it
+    data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_file=tmp_path / "bom.txt")
+    np.testing.assert_array_equal(data.labels, [1, 0, 2])
     np.savez(tmp_path / "e.npz", x=np.zeros((3, 3, 4, 4), np.float32), labels=np.arange(3))
     with pytest.raises(InputDataError, match="already holds 'labels'"):
         load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "e.npz", labels_file=tmp_path / "l.txt")
