@@ -138,7 +138,8 @@ class Preprocess:
         for label, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
                 raise InputDataError(
-                    f"--{label} has {len(values)} values for {self.channels} channel(s); give 1 or {self.channels}"
+                    f"--{label} has {len(values)} values for {self.channels} channel(s); give "
+                    + ("1 value" if self.channels == 1 else f"1 or {self.channels} values")
                 )
         if any(s == 0 for s in self.std):
             raise InputDataError("--std contains 0; every std must be non-zero")
@@ -537,7 +538,8 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
             preprocess.scale != 1.0 or any(m != 0 for m in preprocess.mean) or any(s != 1 for s in preprocess.std)):
         raise InputDataError(
             f"input '{spec.name}' is {spec.dtype}, but preprocessing '{preprocess.name}' makes fractional values; "
-            "use --preprocess custom (raw 0..255 pixels) for integer image inputs"
+            + ("drop --scale, --mean and --std" if preprocess.name == "custom" else "use --preprocess custom")
+            + " (raw 0..255 pixels) for integer image inputs"
         )
     from tqdm import tqdm
 
@@ -787,7 +789,8 @@ def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(Fraction(part.strip())) for part in text.split(","))
     except (ValueError, ZeroDivisionError):
-        raise InputDataError(f"cannot parse {flag} '{text}'; write numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+        raise InputDataError(f"cannot parse {flag} '{text}'; write finite numbers (one, or one per channel separated "
+                             "by commas), e.g. 0.5 or 0.485,0.456,0.406") from None
 
 
 def preprocess_from_args(args: argparse.Namespace) -> Preprocess:

@@ -717,7 +717,8 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
         raise OutputPathError(f"{flag} '{target}' is a link, device or pipe, which onnx-alds would replace; "
                               "give a regular file path")
     if target.is_dir():
-        raise OutputPathError(f"{flag} '{target}' is a folder; give a file name such as model.small.onnx")
+        raise OutputPathError(f"{flag} '{target}' is a folder; give a file name in it (such as "
+                              f"{'model.small.onnx' if flag == '-o' else 'report.json'})")
     if not target.parent.exists():
         raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
     try:  # a read-only file system or folder: say so now, not after the whole compression
