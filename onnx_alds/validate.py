@@ -891,6 +891,17 @@ def _check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto
             f"the models take different inputs ({', '.join(names_o)} vs {', '.join(names_c)}); "
             "compare a model with one compressed from it"
         )
+    compressed_specs = {spec.name: spec for spec in graph_inputs(compressed)}
+    for spec in graph_inputs(original):
+        other = compressed_specs[spec.name]
+        fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.dims, other.dims))
+        if spec.dtype != other.dtype or len(spec.dims) != len(other.dims) or fixed_differ:
+            def show(s) -> str:
+                return f"{s.dtype} [{', '.join(str(d) if isinstance(d, int) else '?' for d in s.dims)}]"
+
+            raise UnsupportedModelError(
+                f"the models take different inputs: '{spec.name}' is {show(spec)} in the original and {show(other)} "
+                "in the other; compare a model with one compressed from it")
     outs_o = sorted(o.name for o in original.graph.output)
     outs_c = sorted(o.name for o in compressed.graph.output)
     if outs_o != outs_c:

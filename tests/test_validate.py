@@ -681,3 +681,14 @@ def test_default_table_is_what_the_docs_state():
         documented[kind] = {flag.replace("-", "_"): float(value) for flag, value in pairs}
     assert documented == {kind: tol.stated() for kind, tol in DEFAULT_TOLERANCES.items()}
     assert documented["classifier"] == {"min_top1_agreement": 0.9, "min_mean_cosine": 0.9}
+
+
+def test_models_with_inputs_of_other_shapes_are_named_not_the_data():
+    """An RGB 8x8 classifier against one taking 1x8x8: the error blamed the random inputs."""
+    from onnx_alds.errors import UnsupportedModelError
+
+    other = _classifier()
+    other.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    with pytest.raises(UnsupportedModelError, match=r"'x' is float32 \[\?, 3, 8, 8\] in the original and float32 "
+                                                    r"\[\?, 1, 8, 8\] in the other"):
+        validate(_classifier(), other, inputs=InputSet({"x": np.zeros((2, 3, 8, 8), np.float32)}, source="t"))
