@@ -447,7 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
+        print("error: interrupted; no output was written" if args.command != "sweep" else
+              "error: interrupted; the variants finished so far are kept in the output folder (the same command "
+              "resumes)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (| head): files are already written; exit quietly
         import os

@@ -182,6 +182,9 @@ def get_preprocess(name: Union[str, Preprocess]) -> Preprocess:
     return PRESETS[name]
 
 
+MAX_RESIZED_PIXELS = 64 << 20  # an image resized to more pixels than this is refused (extreme aspect ratio)
+
+
 def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
     """One image file as a float32 array, ``CHW`` or ``HWC`` as ``preprocess.layout`` says."""
     from PIL import Image  # optional dependency: only image inputs need it
@@ -205,6 +208,9 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
             width, height = short, max(1, int(round(height * short / width)))
         else:
             width, height = max(1, int(round(width * short / height))), short
+        if width * height > MAX_RESIZED_PIXELS:  # a 1x6000 strip resized to short side 256 is 1.5 G pixels
+            raise InputDataError(f"image '{path}' ({image.size[1]}x{image.size[0]}) would be {height}x{width} after "
+                                 f"resizing its short side to {short}; remove it, or give an exact size (--resize HxW)")
         image = image.resize((width, height), Image.BILINEAR)
     if preprocess.crop is not None:
         crop_h, crop_w = preprocess.crop

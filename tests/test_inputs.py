@@ -378,3 +378,13 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     sixteen = preprocess_image(tmp_path / "grey16.png", PRESETS["mnist"])
     eight = preprocess_image(tmp_path / "grey8.png", PRESETS["mnist"])
     np.testing.assert_allclose(sixteen, eight, atol=1e-6)
+
+
+def test_an_image_of_extreme_aspect_is_refused_before_it_fills_the_memory(tmp_path):
+    from PIL import Image
+
+    from onnx_alds.inputs import preprocess_image
+
+    Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(tmp_path / "strip.png")  # 1x3000 -> 256x768000
+    with pytest.raises(InputDataError, match=r"'.*strip.png' \(1x3000\) would be 256x768000 after resizing"):
+        preprocess_image(tmp_path / "strip.png", PRESETS["imagenet"])
