@@ -396,6 +396,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     import os
 
     from .errors import OutputPathError
+    from .inputs import IMAGE_SUFFIXES
     from .model_io import check_output_path
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
@@ -408,24 +409,23 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, os.PathLike)) and str(item) and os.path.exists(item):
                 inputs.append(item)
-    folders = [Path(item).resolve() for item in inputs if os.path.isdir(item)]  # --images DIR and the like
+    # image folders (--images, --calibration-images ...): their images are read as data, so no output may
+    # become one of them (a file or the plots of a sweep written straight into the folder)
+    folders = [Path(value).resolve() for key, value in vars(args).items()
+               if key.endswith("images") and isinstance(value, (str, os.PathLike)) and os.path.isdir(value)]
     out = getattr(args, "out", None) or (getattr(args, "output", None) if args.command in ("sweep", "demo") else None)
-    if out:  # an output folder
-        outputs_dir = Path(out).resolve()
-        inside = next((folder for folder in folders if outputs_dir == folder or folder in outputs_dir.parents), None)
-        if inside is not None:
-            flag = "-o" if args.command == "sweep" else "--out"
-            raise OutputPathError(f"{flag} '{out}' is inside the input folder '{inside}', whose files are read as "
-                                  "data; choose an output folder elsewhere")
+    if out and Path(out).resolve() in folders:  # an output folder
+        flag = "-o" if args.command == "sweep" else "--out"
+        raise OutputPathError(f"{flag} '{out}' is the image folder whose images are read as data (its plots would be "
+                              "read as images too); choose another output folder")
     seen: dict[Path, str] = {}
     for key, value in outputs.items():
         flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
         if resolved in seen:
             raise OutputPathError(f"{flag} '{value}' is also the {seen[resolved]} file; give each output its own path")
         seen[resolved] = flag
-        inside = next((folder for folder in folders if folder in resolved.parents), None)
-        if inside is not None:
-            raise OutputPathError(f"{flag} '{value}' is inside the input folder '{inside}', whose files are read as "
+        if resolved.parent in folders and resolved.suffix.lower() in IMAGE_SUFFIXES:
+            raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
         check_output_path(Path(value), protect=inputs, flag=flag)
 

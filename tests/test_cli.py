@@ -115,11 +115,23 @@ def test_outputs_inside_an_input_image_folder_are_refused(cnn_path, tmp_path, ca
     code, _, err = run_cli("compress", cnn_path, "-o", images / "a.png", "--keep-flops", "0.5",
                            "--calibration-images", images, "--preprocess", "imagenet", "--resize", "32", "--crop", "32",
                            capsys=capsys)
-    assert_one_line_error(code, err, f"-o '{images / 'a.png'}' is inside the input folder")
-    code, _, err = run_cli("sweep", cnn_path, "-o", images / "results", "--keep-flops", "0.5", "--images", images,
+    assert_one_line_error(code, err, f"-o '{images / 'a.png'}' is an image in the input folder")
+    code, _, err = run_cli("sweep", cnn_path, "-o", images, "--keep-flops", "0.5", "--images", images,
                            "--preprocess", "imagenet", "--resize", "32", "--crop", "32", capsys=capsys)
-    assert_one_line_error(code, err, f"-o '{images / 'results'}' is inside the input folder")
+    assert_one_line_error(code, err, f"-o '{images}' is the image folder whose images are read as data")
     assert (images / "a.png").read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["a.png"]
+
+
+def test_folders_named_like_option_values_are_no_input_folders(cnn_path, tmp_path, capsys, monkeypatch):
+    """Every existing path among the option values counted as an input folder: with a folder 'alds' (the
+    method) or 'imagenet' (the default --preprocess) in the working directory, -o inside it was refused."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("alds", "imagenet"):
+        (tmp_path / name).mkdir()
+        code, _, err = run_cli("compress", cnn_path, "-o", f"{name}/small.onnx", "--keep-flops", "0.6",
+                               "--rank-multiple", "4", "--method", "alds", capsys=capsys)
+        assert code == 0, err
+        assert (tmp_path / name / "small.onnx").exists()
 
 
 def test_output_on_the_input_models_external_data_is_refused(tmp_path, capsys):
