@@ -111,6 +111,10 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
         kept = [tensor for tensor in light.graph.initializer if tensor.name not in unused]
         del light.graph.initializer[:]
         light.graph.initializer.extend(kept)
+        if light.ir_version < 4:  # IR 3 lists every initializer as an input: the unused ones go from both
+            inputs = [value for value in light.graph.input if value.name not in unused]
+            del light.graph.input[:]
+            light.graph.input.extend(inputs)
         handed = [(name, tensor) for name, tensor in handed if name not in unused]
     version = tuple(int(part) for part in ort.__version__.split(".")[:2] if part.isdigit())
     names, values = [], []
@@ -141,14 +145,14 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
 
 def _unused_initializers(model: onnx.ModelProto) -> set[str]:
     """Main-graph initializers that nothing reads (no node at any depth, no graph output) and that are
-    not graph inputs."""
+    not overridable graph inputs (IR 4 on; IR 3 lists every initializer as an input)."""
     from collections import Counter
 
     from .layers import use_counts
 
     used: Counter = Counter()
     use_counts(model.graph, used)
-    declared = {value.name for value in model.graph.input}
+    declared = {value.name for value in model.graph.input} if model.ir_version >= 4 else set()
     return {tensor.name for tensor in model.graph.initializer if not used[tensor.name] and tensor.name not in declared}
 
 
