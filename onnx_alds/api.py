@@ -168,37 +168,46 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
 
 
 def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto) -> int:
-    """Make the inliner's per-call copies of a function's Constant nodes (main graph) one node again, in
-    place: the later copies go and their readers read the first. The file stores a function's constant
-    once; without this, each call's copy would count (and be written) once more, and a weight shared by
-    the calls would be factorized once per call. Returns how many copies were removed."""
+    """Make the inliner's per-call copies of a function's Constant nodes one node again, in place: the
+    copies (in the main graph or in If/Loop/Scan bodies) go, one Constant at the top of the main graph
+    takes their place, and their readers read it. The file stores a function's constant once; without
+    this, each call's copy would count (and be written) once more, and a weight shared by the calls would
+    be factorized once per call. Returns how many copies were removed."""
     before = {name for _, graph in iter_graphs(original.graph) for node in graph.node for name in node.output}
-    outputs = {value.name for value in inlined.graph.output}
-    first: dict[bytes, str] = {}
+    graph_outputs = {value.name for _, graph in iter_graphs(inlined.graph) for value in graph.output}
+    copies: dict[bytes, list[tuple[onnx.GraphProto, onnx.NodeProto]]] = {}
+    for _, graph in iter_graphs(inlined.graph):
+        for node in graph.node:
+            if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+                    and node.output[0] not in before and node.output[0] not in graph_outputs):
+                key = b"".join(attribute.SerializeToString() for attribute in node.attribute)
+                copies.setdefault(key, []).append((graph, node))
     renamed: dict[str, str] = {}
-    kept = []
-    for node in inlined.graph.node:
-        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
-                and node.output[0] not in before and node.output[0] not in outputs):
-            key = b"".join(attribute.SerializeToString() for attribute in node.attribute)
-            if key in first:
-                renamed[node.output[0]] = first[key]
-                continue
-            first[key] = node.output[0]
-        kept.append(node)
+    hoisted = []
+    for group in copies.values():
+        if len(group) < 2:
+            continue
+        kept = group[0][1]
+        for graph, node in group:
+            renamed[node.output[0]] = kept.output[0]
+        shared = onnx.NodeProto()
+        shared.CopyFrom(kept)
+        hoisted.append(shared)
     if not renamed:
         return 0
-    del inlined.graph.node[:]
-    inlined.graph.node.extend(kept)
     for _, graph in iter_graphs(inlined.graph):
+        nodes = [node for node in graph.node
+                 if not (node.op_type == "Constant" and len(node.output) == 1 and node.output[0] in renamed)]
+        del graph.node[:]
+        graph.node.extend(nodes)
         for node in graph.node:
             for index, name in enumerate(node.input):
                 if name in renamed:
                     node.input[index] = renamed[name]
-        for value in graph.output:
-            if value.name in renamed and graph is not inlined.graph:
-                value.name = renamed[value.name]
-    return len(renamed)
+    nodes = hoisted + list(inlined.graph.node)  # defined before any reader, visible in every body
+    del inlined.graph.node[:]
+    inlined.graph.node.extend(nodes)
+    return len(renamed) - len(hoisted)
 
 
 def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], need_macs: bool = True) -> str:
