@@ -346,6 +346,9 @@ class _Reader:
         options = self.mapping(value, "options", required=("budget", "search", "data"),
                                optional=("speed", "input_shapes"))
         budget = self.mapping(options["budget"], "options.budget", required=("target", "keep"))
+        if not isinstance(budget["target"], str):
+            raise self.fail("options.budget.target", f"got {budget['target']!r}; give params, flops or latency")
+        self.number(budget["keep"], "options.budget.keep", optional=False)
         search = self.mapping(options["search"], "options.search", required=_SEARCH_KEYS, optional=_SEARCH_OPTIONAL)
         data = self.mapping(options["data"], "options.data", optional=_DATA_KEYS)
         speed = options.get("speed")
@@ -583,9 +586,9 @@ def apply_plan(model, plan: Plan, calibration=None):
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_on = (plan.options.get("data") or {}).get("calibration")
     planned_digest = (plan.options.get("data") or {}).get("calibration_digest")
+    given_digest = calibration_digest(calibration) if calibration is not None and planned_digest else None
     if calibration is not None and planned_on and (
-            str(calibration.source) != planned_on
-            or (planned_digest is not None and calibration_digest(calibration) not in (None, planned_digest))):
+            given_digest != planned_digest if given_digest is not None else str(calibration.source) != planned_on):
         same_name = str(calibration.source) == planned_on
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             f"calibration differs from the plan's ({calibration.source}"

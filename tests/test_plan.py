@@ -129,6 +129,7 @@ def test_stale_plans_are_clear_errors():
                                                           r"combined, only"),
     (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
     (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),
+    (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a number, got '0.6'"),
 ])
 def test_unknown_keys_and_bad_values_are_refused(edit, message):
     data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
@@ -208,6 +209,8 @@ def test_apply_with_other_calibration_says_so():
     notes = apply_plan(model, plan, calibration=other).report.notes
     assert any("calibration differs from the plan's (second.npz (8 samples), the plan was made on first.npz" in note
                for note in notes)
+    renamed = InputSet({"input": drawn[:8]}, source="copy.npz (8 samples)")  # the same data under another name
+    assert not any("calibration differs" in note for note in apply_plan(model, plan, calibration=renamed).report.notes)
     same_name = InputSet({"input": drawn[8:]}, source="first.npz (8 samples)")  # other data, the same file name
     notes = apply_plan(model, plan, calibration=same_name).report.notes
     assert any("calibration differs from the plan's (first.npz (8 samples): same name, other data)" in note
