@@ -175,23 +175,19 @@ def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto
     be factorized once per call. Returns how many copies were removed."""
     before = {name for _, graph in iter_graphs(original.graph) for node in graph.node for name in node.output}
     graph_outputs = {value.name for _, graph in iter_graphs(inlined.graph) for value in graph.output}
-    copies: dict[bytes, list[tuple[onnx.GraphProto, onnx.NodeProto]]] = {}
+    copies: dict[bytes, list[onnx.NodeProto]] = {}
     for _, graph in iter_graphs(inlined.graph):
         for node in graph.node:
             if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
                     and node.output[0] not in before and node.output[0] not in graph_outputs):
                 key = b"".join(attribute.SerializeToString() for attribute in node.attribute)
-                copies.setdefault(key, []).append((graph, node))
+                copies.setdefault(key, []).append(node)
     renamed: dict[str, str] = {}
     hoisted = []
-    for group in copies.values():
-        if len(group) < 2:
-            continue
-        kept = group[0][1]
-        for graph, node in group:
-            renamed[node.output[0]] = kept.output[0]
+    for group in (group for group in copies.values() if len(group) > 1):
+        renamed.update((node.output[0], group[0].output[0]) for node in group)
         shared = onnx.NodeProto()
-        shared.CopyFrom(kept)
+        shared.CopyFrom(group[0])
         hoisted.append(shared)
     if not renamed:
         return 0
@@ -771,7 +767,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     inputs = {layer.name: layer.matrix_shape[1] for layer in prepared.layers}
     starved = [(row.name, stats[row.name].count, inputs[row.name]) for row in report.layers
                if row.groups and stats and row.name in stats and row.name in inputs
-               and getattr(stats[row.name], "count", inputs[row.name]) < inputs[row.name]]
+               and stats[row.name].count < inputs[row.name]]
     if starved:
         name, count, size = starved[0]
         warnings.append(f"{len(starved)} factorized layers were fitted on fewer calibration vectors than their inputs "

@@ -229,6 +229,13 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
+def unused_initializers(model: onnx.ModelProto) -> set[str]:
+    """Names of the main graph's initializers that nothing reads (no node at any depth, no graph output)."""
+    used: Counter = Counter()
+    use_counts(model.graph, used)
+    return {tensor.name for tensor in model.graph.initializer if not used[tensor.name]}
+
+
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
     """Multiply-accumulates of any Conv/ConvTranspose/Gemm/MatMul node, from its tensor shapes (None if unknown)."""
     if node.op_type == "Conv":

@@ -11,6 +11,7 @@ tensor. Memory then follows the largest layer, not the model (docs/LARGE_MODELS.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -689,18 +690,29 @@ def protected_files(protect: Sequence[Union[str, os.PathLike]]) -> list[tuple[Pa
         path = Path(other)
         files.append((path, f"one of the inputs ('{path}')"))
         try:
-            if not path.is_file() or path.stat().st_size > _PARSED_FOR_DATA_FILES:
-                continue
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception:  # not a model (a plan, an image folder ...): only the file itself
+            stat = path.stat() if path.is_file() else None
+        except OSError:
+            stat = None
+        if stat is None or stat.st_size > _PARSED_FOR_DATA_FILES:
             continue
-        tensors = [t for graph in _graphs(model.graph) for t in graph.initializer]
-        tensors += list(_attribute_tensors(model.graph))
-        locations = {entry.value for tensor in tensors if _is_external(tensor)
-                     for entry in tensor.external_data if entry.key == "location"}
         files.extend((path.parent / location, f"the external data file of the input model '{path}'")
-                     for location in sorted(locations) if isinstance(location, str))
+                     for location in _external_locations(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
     return files
+
+
+@functools.lru_cache(maxsize=16)
+def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The external data locations a model file names (read once per file version: a command checks
+    several output paths against the same inputs); none when the file is not a model."""
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # not a model (a plan, an .npz ...)
+        return ()
+    tensors = [t for graph in _graphs(model.graph) for t in graph.initializer]
+    tensors += list(_attribute_tensors(model.graph))
+    locations = {entry.value for tensor in tensors if _is_external(tensor)
+                 for entry in tensor.external_data if entry.key == "location"}
+    return tuple(sorted(location for location in locations if isinstance(location, str)))
 
 
 def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:

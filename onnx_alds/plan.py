@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -207,14 +208,12 @@ class Plan:
         options = reader.options(top["options"])
         layers = reader.list(top["layers"], "layers")
         decisions = tuple(reader.layer(entry, index) for index, entry in enumerate(layers))
-        names = [decision.name for decision in decisions]
-        duplicate = next((name for name in names if names.count(name) > 1), None)
+        duplicate = _first_repeated(decision.name for decision in decisions)
         if duplicate is not None:
             raise PlanError(f"{source}: layer '{duplicate}' appears twice; keep one entry per layer")
         blocks = tuple(reader.block(entry, index) for index, entry in enumerate(reader.list(top.get("blocks", []),
                                                                                             "blocks")))
-        names = [block.name for block in blocks]
-        duplicate = next((name for name in names if names.count(name) > 1), None)
+        duplicate = _first_repeated(block.name for block in blocks)
         if duplicate is not None:
             raise PlanError(f"{source}: block '{duplicate}' appears twice; keep one entry per block")
         if blocks and options["search"].get("prune", "off") == "off":
@@ -289,8 +288,8 @@ class Plan:
 
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
 _SEARCH_OPTIONAL = ("prune",)  # absent in plans of earlier versions: no pruning
-_DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential", "bias_correction",
-              "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
+_DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential",
+              "bias_correction", "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
               "damage_max_groups")
 _DATA_BOOLS = ("data_aware", "refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction")
 _DATA_INTS = ("batch_size", "both_factors", "damage_samples", "damage_points", "damage_max_groups")
@@ -298,6 +297,13 @@ _SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_
 _LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
 _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
 _PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
+
+
+def _first_repeated(names) -> Optional[str]:
+    """The first of ``names`` that occurs more than once, or None."""
+    names = list(names)
+    counts = Counter(names)
+    return next((name for name in names if counts[name] > 1), None)
 
 
 class _Reader:

@@ -186,14 +186,15 @@ class _Graph:
             for name in dict.fromkeys(node.input):
                 if name:
                     self.users.setdefault(name, []).append(node)
-        self.uses: Counter = Counter()
-        use_counts(graph, self.uses)  # names read inside subgraphs, at every depth, count as uses
+        self.uses = Counter(name for node in graph.node for name in node.input if name)
+        self.uses.update(value.name for value in graph.output)
         self.subgraph_readers: dict[str, list[str]] = {}  # name -> main-graph nodes whose subgraphs read it
-        for node in graph.node:
+        for node in graph.node:  # names read inside subgraphs, at every depth, count as uses
             inner: Counter = Counter()
             for attribute in node.attribute:
                 for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
                     use_counts(sub, inner)
+            self.uses.update(inner)
             for name in inner:
                 self.subgraph_readers.setdefault(name, []).append(node.name)
         self.outputs = {value.name for value in graph.output}
@@ -1309,7 +1310,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     try:
         if decisions is not None:  # the plan's widths; its low-rank layers are decided by the plan below
             widths, joint = decisions.widths(analysis), False
-            choices, epsilon = [], 0.0
+            choices = []
             notes.append(f"widths{' and ranks' if mode == 'combined' else ''} from the plan")
         elif joint:  # widths and ranks in one output-damage integer program
             tick = time.perf_counter()
@@ -1323,16 +1324,14 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                          f"{joint_info['predicted_output_error']:.3f}")
             # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
             choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]
-            epsilon = 0.0
         elif objective == "sum":
             items = [(np.array([_block_cost(b, int(w), target) for w in c.widths]), c.errors)
                      for b, c in zip(blocks, curves)] + list(extra)
             picks = allocate_sum(items, available)
             widths = [int(c.widths[p]) for c, p in zip(curves, picks[:len(blocks)])]
             choices = picks[len(blocks):]
-            epsilon = max([float(c.errors[p]) for c, p in zip(curves, picks)] + [0.0])
         else:
-            widths, choices, epsilon = allocate_widths(curves, blocks, available, target, extra)
+            widths, choices, _ = allocate_widths(curves, blocks, available, target, extra)
     except BudgetError:
         smallest = fixed + sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves)) \
             + sum(float(np.min(costs)) for costs, _ in extra)
@@ -1410,9 +1409,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     rows = tuple(_pruned_row(row, blocks, widths, layers, block_errors) for row in rows)
     achieved = (after_params / prepared.params_total if target == "params"
                 else (after_macs or 0) / float(prepared.macs_total or 1))
-    narrowed_any = any(r.width_after < r.width_before for r in reports)
     factorized_any = any(row.groups for row in rows)
-    step_kind = "width and rank" if narrowed_any and factorized_any else "width" if narrowed_any else "rank"
+    step_kind = "width and rank" if narrowed and factorized_any else "width" if narrowed else "rank"
     overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
     extra_notes += [gap_note] if gap_note else []
@@ -1426,7 +1424,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
-    if mode == "combined" and decisions is None and not any(r.width_after < r.width_before for r in reports):
+    if mode == "combined" and decisions is None and not narrowed:
         first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""
         warnings = tuple(warnings) + (f"--prune narrowed no block: {len(blocks)} prunable, {len(analysis.refused)} "
                                       f"producers not prunable{first}; the model is low-rank only",)

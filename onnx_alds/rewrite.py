@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .decompose import GroupedFactors, pointwise_decoder_to_patch
-from .layers import POINTWISE_FIRST, Layer, iter_graphs, use_counts
+from .layers import POINTWISE_FIRST, Layer, iter_graphs, unused_initializers
 from .model_io import opset_version
 
 
@@ -257,14 +257,10 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
 def _keep_unused_defaults(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Put back the initializers that are also graph inputs (a caller may override them) and that no node
     reads: the export's cleanup drops them, which would leave the input without its default value."""
-    from collections import Counter
-
-    used: Counter = Counter()
-    use_counts(original.graph, used)
-    declared = {value.name for value in original.graph.input}
+    defaults = unused_initializers(original) & {value.name for value in original.graph.input}
     present = {init.name for init in new.graph.initializer}
     new.graph.initializer.extend(init for init in original.graph.initializer
-                                 if init.name in declared and not used[init.name] and init.name not in present)
+                                 if init.name in defaults and init.name not in present)
 
 
 def _hoist_outer_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -146,14 +146,10 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
 def _unused_initializers(model: onnx.ModelProto) -> set[str]:
     """Main-graph initializers that nothing reads (no node at any depth, no graph output) and that are
     not overridable graph inputs (IR 4 on; IR 3 lists every initializer as an input)."""
-    from collections import Counter
+    from .layers import unused_initializers
 
-    from .layers import use_counts
-
-    used: Counter = Counter()
-    use_counts(model.graph, used)
     declared = {value.name for value in model.graph.input} if model.ir_version >= 4 else set()
-    return {tensor.name for tensor in model.graph.initializer if not used[tensor.name] and tensor.name not in declared}
+    return unused_initializers(model) - declared
 
 
 def _subgraphs(graph: onnx.GraphProto):

@@ -929,8 +929,9 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     pair at ``batch``, and make the one-line summary.
 
     Returns ``(validation_report, bench_report, summary)``, ``bench_report`` None when the validation
-    failed (not timed); the caller prints them and then calls ``validation_report.raise_if_failed()``. ``bench_options`` passes extra keywords to
-    :func:`onnx_alds.bench.bench` (``runs``, ``warmup``, ``min_time_s``).
+    failed (not timed); the caller prints them and then calls ``validation_report.raise_if_failed()``.
+    ``bench_options`` passes extra keywords to :func:`onnx_alds.bench.bench` (``runs``, ``warmup``,
+    ``min_time_s``).
     """
     from .bench import bench
 

@@ -209,18 +209,21 @@ def _stored_elements(model: onnx.ModelProto) -> int:
                   if a.name == "value"))
 
 
+def _block_function(weight: np.ndarray) -> onnx.FunctionProto:
+    """A model-local function ``local.Block``: Constant(weight) → Conv (pads 1) → Relu."""
+    return helper.make_function("local", "Block", ["inp"], ["out"],
+                                [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w")),
+                                 helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1] * 4),
+                                 helper.make_node("Relu", ["c"], ["out"])],
+                                opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_function_constant_called_twice_is_stored_and_counted_once():
     """A function holding its weight as a Constant, called twice: inlining copies the constant per call.
     The copies were counted twice and factorized per call, so the written file grew (1.9x at
     --keep-params 0.99) while the report claimed the budget."""
     rng = np.random.default_rng(5)
-    weight = low_rank(rng, 32, 32 * 9).reshape(32, 32, 3, 3)
-    function = helper.make_function("local", "Block", ["inp"], ["out"],
-                                    [helper.make_node("Constant", [], ["w"],
-                                                      value=numpy_helper.from_array(weight, "w")),
-                                     helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1] * 4),
-                                     helper.make_node("Relu", ["c"], ["out"])],
-                                    opset_imports=[helper.make_opsetid("", 17)])
+    function = _block_function(low_rank(rng, 32, 32 * 9).reshape(32, 32, 3, 3))
     nodes = [helper.make_node("Block", ["x"], ["h1"], domain="local", name="b1"),
              helper.make_node("Block", ["h1"], ["h2"], domain="local", name="b2"),
              helper.make_node("Conv", ["h2", "head.w"], ["y"], name="head")]
@@ -917,13 +920,7 @@ def test_function_constant_called_in_a_branch_is_stored_and_counted_once():
     """The inliner puts a branch's copy of the function's Constant inside the branch: it was counted and
     factorized once more there (the file grew 3.3x at a reported 0.83)."""
     rng = np.random.default_rng(10)
-    weight = low_rank(rng, 16, 16 * 9).reshape(16, 16, 3, 3)
-    function = helper.make_function("local", "Block", ["inp"], ["out"],
-                                    [helper.make_node("Constant", [], ["w"],
-                                                      value=numpy_helper.from_array(weight, "w")),
-                                     helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1] * 4),
-                                     helper.make_node("Relu", ["c"], ["out"])],
-                                    opset_imports=[helper.make_opsetid("", 17)])
+    function = _block_function(low_rank(rng, 16, 16 * 9).reshape(16, 16, 3, 3))
     branch = helper.make_graph([helper.make_node("Block", ["h"], ["t"], domain="local", name="in_branch")], "then",
                                [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 16, 6, 6])])
     other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [],
