@@ -100,6 +100,7 @@ __all__ = [
 
 CHUNK_ELEMENTS = 1 << 22  # numbers per patch chunk (16 MiB in float32, 32 MiB in float64)
 MIB = 1 << 20
+CONSTANT_TOLERANCE = 1e-9  # an input whose variance is below this fraction of its second moment is constant
 
 
 @dataclass(frozen=True)
@@ -187,12 +188,18 @@ class LayerStatistics:
         so that ``[[C, m], [mᵀ, 1]]`` stays positive semi-definite, as a least-squares fit with a bias
         (the pruning refit) needs; shrinking ``C`` itself makes that system indefinite when the mean is
         large against the spread (after a ReLU), and the fit then blows up. Centered, an input that was
-        exactly zero on every calibration vector (a dead channel) stays zero: the identity target would
-        give it a variance it never had, and dropping it would look like an error."""
+        exactly zero, or constant, on every calibration vector (a dead channel, or one that a bias or an
+        Exp moved off zero) keeps zero variance: the identity target would give it a variance it never
+        had, and dropping it (its mean goes to the bias) would look like an error."""
         alpha = self.shrinkage_weight()
         if alpha <= 0.0:
             return self
-        live = np.diag(self.second_moment) > 0 if centered else np.ones(self.second_moment.shape[0], bool)
+        if centered:  # constant inputs (dead channels, or a bias where one was dead before) keep no variance
+            second = np.diag(np.asarray(self.second_moment, np.float64))
+            variance = second - np.asarray(self.mean, np.float64).reshape(-1) ** 2
+            live = variance > CONSTANT_TOLERANCE * second
+        else:
+            live = np.ones(self.second_moment.shape[0], bool)
 
         def shrink(matrix: np.ndarray, left: Optional[np.ndarray] = None, right: Optional[np.ndarray] = None
                    ) -> np.ndarray:

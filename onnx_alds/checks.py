@@ -41,6 +41,7 @@ class InputCheck:
     runtime_outputs: Optional[dict[str, tuple[tuple[int, ...], str]]] = None  # name → (shape, dtype) on probe inputs
     runtime_loads: bool = False
     probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape dims used by the probe
+    finite_outputs: frozenset = frozenset()  # float outputs finite (and far from overflow) on the probe inputs
 
 
 def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None,
@@ -53,7 +54,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     _check_structure(model)
     result = InputCheck(probe_shapes=check_input_shapes(model, input_shapes))
     default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
-    if len(default_domain) > 1:
+    if len(set(default_domain)) > 1:  # the same version twice (skl2onnx writes that) is one opset
         raise ModelLoadError(f"the model imports the ai.onnx opset {len(default_domain)} times "
                              f"({', '.join(map(str, default_domain))}); keep one entry and export it again")
     opset = opset_version(model)
@@ -202,10 +203,15 @@ def _check_structure(model: onnx.ModelProto) -> None:
                              "export it again")
     if not model.graph.output:
         raise ModelLoadError("the model declares no graph outputs, so it computes nothing; export it again")
-    for value in list(model.graph.input) + list(model.graph.output):
+    for value in model.graph.input:
         if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
-            raise UnsupportedModelError(f"graph input/output '{value.name}' is not a typed tensor; onnx-alds handles "
-                                        "tensor inputs and outputs with an element type (fix or re-export the model)")
+            raise UnsupportedModelError(f"graph input '{value.name}' is not a typed tensor; onnx-alds feeds tensor "
+                                        "inputs with an element type (fix or re-export the model)")
+    for value in model.graph.output:  # sequences and maps (a classifier's ZipMap) are carried, not compared
+        kind = value.type.WhichOneof("value")
+        if kind is None or (kind == "tensor_type" and not value.type.tensor_type.elem_type):
+            raise UnsupportedModelError(f"graph output '{value.name}' has no type; onnx-alds needs typed outputs "
+                                        "(fix or re-export the model)")
     shadowed = _shadowed_name(model.graph, set())
     if shadowed:
         raise UnsupportedModelError(f"a subgraph of node '{shadowed[0]}' defines '{shadowed[1]}' again, a name its "
@@ -275,7 +281,19 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                            "--input-shape to check it)")
         return None
     names = [output.name for output in session.get_outputs()]
+    found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))
     return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in zip(names, values)}
+
+
+def _well_finite(value) -> bool:
+    """A float tensor whose values are all finite and far from overflow (a compressed model that computes
+    the same function cannot turn it into NaN or infinity)."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        return False
+    if value.size == 0:
+        return True
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(value).all() and np.abs(value).max() < 0.01 * float(np.finfo(value.dtype).max))
 
 
 def _value_signature(value: onnx.ValueInfoProto) -> tuple:
@@ -331,3 +349,5 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
         got = (tuple(np.shape(value)), str(np.asarray(value).dtype))
         if expected is not None and expected != got:
             fail(f"gives output '{name}' as {got[1]} {got[0]} where the original gives {expected[1]} {expected[0]}")
+        if name in found.finite_outputs and isinstance(value, np.ndarray) and not np.isfinite(value).all():
+            fail(f"gives NaN or infinite values in output '{name}' where the original's are finite")

@@ -143,8 +143,8 @@ def _probe_model(proto: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[onnx.
     return probe, names
 
 
-def _outputs(session, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    return [np.asarray(value, dtype=np.float64) for value in session.run(None, dict(feed))]
+def _outputs(session, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+    return [np.asarray(value, dtype=np.float64) for value in session.run(list(names), dict(feed))]
 
 
 def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]],
@@ -217,9 +217,9 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     or the model has no float output.
     """
     from .calibrate import calibration_runs
-    from .data_aware import data_aware_factors
+    from .data_aware import NO_FLOAT_OUTPUT, data_aware_factors
     from .decompose import decompose
-    from .runtime import make_session
+    from .runtime import float_output_names, make_session
 
     if samples < 1 or points < 1 or max_groups < 1:
         raise InputDataError(f"got damage samples {samples}, points {points}, max groups {max_groups}; "
@@ -265,12 +265,13 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
         if layer.name in inputs:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(layer.weight_type)
             originals[inputs[layer.name]] = np.ascontiguousarray(constant_array(constants, layer.weight).astype(dtype))
-    float_outputs = [i for i, out in enumerate(session.get_outputs()) if "float" in out.type or "double" in out.type]
-    if not float_outputs:
-        raise InputDataError("the model has no float output to measure damage on; use --method alds")
+    float_names = float_output_names(session)
+    if not float_names:
+        raise InputDataError(f"--method damage {NO_FLOAT_OUTPUT.format(what='layer')}; use --method alds")
+    float_outputs = range(len(float_names))  # positions in each run's outputs
 
     def run_all(weights: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:
-        return [_outputs(session, {**feed, **weights}) for feed in feeds]
+        return [_outputs(session, {**feed, **weights}, float_names) for feed in feeds]
 
     reference = run_all(originals)
     runs = 1

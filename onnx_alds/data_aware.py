@@ -28,6 +28,7 @@ from .errors import InputDataError
 from .layers import POINTWISE_FIRST, Layer, folded_weight
 from .model_io import graph_inputs
 from .rewrite import Rewrite, rewrite_model
+from .runtime import float_output_names
 from .spectra import ErrorTable
 
 
@@ -48,11 +49,35 @@ def sample_count(calibration) -> Optional[int]:
         return None
 
 
-def _first_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-    """The first graph output over the runs ``feeds``, flattened and joined (float64)."""
+def float_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    """Every float graph output over the runs ``feeds``, each flattened and joined (float64); outputs of
+    other types (labels, strings, sequences) are left out. Empty when the model has no float output."""
     names = [spec.name for spec in graph_inputs(proto)]
-    return np.concatenate([np.asarray(session.run(None, {name: feed[name] for name in names})[0],
-                                      dtype=np.float64).ravel() for feed in feeds])
+    wanted = float_output_names(session)
+    if not wanted:
+        return []
+    runs = [session.run(wanted, {name: feed[name] for name in names}) for feed in feeds]
+    return [np.concatenate([np.asarray(run[i], dtype=np.float64).ravel() for run in runs]) for i in range(len(wanted))]
+
+
+def output_change(reference: Sequence[np.ndarray], changed: Sequence[np.ndarray]) -> float:
+    """Relative change ``‖y' − y‖ / ‖y‖`` of each float output, averaged over the outputs."""
+    return float(np.mean([np.linalg.norm(new - old) / max(float(np.linalg.norm(old)), 1e-30)
+                          for old, new in zip(reference, changed)]))
+
+
+def floored_sensitivities(weights: Sequence[float]) -> list[float]:
+    """Sensitivities with a floor of 1e-3 of the largest: a layer whose probe did not move the outputs at
+    all (a change the few probe inputs did not show) then still ranks by its own error, and is not cut
+    to nothing as if free."""
+    top = max(weights, default=0.0)
+    if top <= 0.0:
+        return [1.0] * len(weights)
+    return [max(float(weight), 1e-3 * top) for weight in weights]
+
+
+NO_FLOAT_OUTPUT = ("measures how much each {what} moves the model's float outputs, and this model has none (its "
+                   "outputs are labels, strings or sequences)")
 
 
 SENSITIVITY_INPUT_BYTES = 1 << 24  # the sensitivity probes run at most this much input per layer (16 MiB)
@@ -74,10 +99,14 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
     feeds = list(calibration_runs(calibration, proto, samples, limit=samples))
     if not feeds:
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
-    reference = _first_outputs(proto, make_session(proto, "cpu"), feeds)
-    norm = float(np.linalg.norm(reference)) or 1.0
+    reference = float_outputs(proto, make_session(proto, "cpu"), feeds)
+    if not reference:
+        raise InputDataError(f"--sensitivity {NO_FLOAT_OUTPUT.format(what='layer')}; drop --sensitivity")
     weights = []
     for layer, table in zip(_layer_progress(chosen, "sensitivity", DEFAULT_LIMITS.show_progress()), tables):
+        if not table.options or len(table.options[0].ranks) == 0:
+            weights.append(1.0)  # no factorized option: nothing to weigh
+            continue
         option = table.options[0]
         half = int(np.searchsorted(option.sizes, 0.5 * table.dense_size, side="right")) - 1
         index = min(max(half, 0), len(option.ranks) - 1)
@@ -89,10 +118,9 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
         else:
             factors = decompose(folded_weight(layer, constants), groups, rank)
         probe = rewrite_model(proto, [Rewrite(layer, factors)])
-        output = _first_outputs(proto, make_session(probe, "cpu"), feeds)
-        measured = float(np.linalg.norm(output - reference)) / norm
+        measured = output_change(reference, float_outputs(proto, make_session(probe, "cpu"), feeds))
         weights.append(measured / predicted if predicted > 0 else 1.0)
-    return weights
+    return floored_sensitivities(weights)
 
 
 def _layer_progress(items: Sequence, description: str, show: bool):

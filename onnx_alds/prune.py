@@ -373,6 +373,13 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     data_input = consumer.input[0]
     if data_input not in region_tensors:
         return f"the consumer '{consumer.name}' reads the hidden channels on its weight input"
+    other_read = next((name for name in consumer.input[1:] if name in region_tensors), None)
+    if other_read is not None:
+        slot = list(consumer.input).index(other_read, 1)
+        return (f"the consumer '{consumer.name}' also reads the hidden channels ('{other_read}') on its "
+                f"{'weight' if slot == 1 else 'bias'} input")
+    if consumer.op_type == "Gemm" and float(_attr(consumer, "alpha", 1.0)) == 0.0:
+        return f"the consumer '{consumer.name}' is a Gemm with alpha = 0 (its weight is not used)"
     consumer_layer = layers.get(consumer.name)
     if consumer_layer is None:
         return f"the consumer '{consumer.name}' has no constant weight"
@@ -417,11 +424,13 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     op = user.op_type
     where = f"'{tensor}' is read by {op} '{user.name}'"
     if user.domain not in ("", "ai.onnx"):
-        return f"{where}, a custom op"
+        return f"{where}, an op of domain '{user.domain}' (not known to act per channel)"
     if op in ("Conv", "Gemm", "MatMul"):
         weight_slot = 1
-        if len(user.input) < 2 or user.input[0] != tensor or tensor in user.input[1:]:
+        if len(user.input) < 2 or user.input[0] != tensor or tensor == user.input[1]:
             return f"{where} on its weight input"
+        if tensor in user.input[2:]:
+            return f"{where} on its bias input"
         weight = graph.constant(user.input[weight_slot])
         if weight is None:
             return f"{where}, whose weight is not a constant"
@@ -623,7 +632,7 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
         take = min(step, len(remaining))
         if len(order) + take < channels and (len(order) + take) % step:
             take = step - len(order) % step
-        picks = [remaining[i] for i in np.argsort(-gains, kind="stable")[:take]]
+        picks = _pick_one_at_a_time(gram, residual, remaining, gains, take, kernel, ridge)
         columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in picks])
         block_s = residual[np.ix_(columns, columns)] + ridge * np.eye(len(columns))
         try:
@@ -641,6 +650,36 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     errors_array = np.minimum.accumulate(errors_array)
     return WidthCurve(name or block.name, np.asarray(widths, dtype=np.int64), errors_array,
                       np.asarray(order, dtype=np.int64))
+
+
+def _pick_one_at_a_time(gram: np.ndarray, residual: np.ndarray, remaining: Sequence[int], gains: np.ndarray,
+                        take: int, kernel: int, ridge: float) -> list[int]:
+    """The ``take`` channels of one step, picked one at a time: after each pick the gains of the step's
+    candidates (the ``4·take`` best by ``gains``) are updated for it, so that a channel another pick already
+    explains (a duplicate, one the consumer ignores) is not taken beside it. Only the candidates'
+    columns are downdated here; the caller downdates everything by the whole step."""
+    if take >= len(remaining):
+        return [remaining[i] for i in np.argsort(-gains, kind="stable")]
+    candidates = [remaining[i] for i in np.argsort(-gains, kind="stable")[:min(len(remaining), 4 * take)]]
+    columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in candidates])
+    local_gram = gram[:, columns].copy()
+    local_residual = residual[np.ix_(columns, columns)].copy()
+    left = list(range(len(candidates)))
+    picks: list[int] = []
+    for _ in range(take):
+        local_gains = _channel_gains(local_gram, local_residual, left, kernel, ridge)
+        best = left[int(np.argmax(local_gains))]
+        picks.append(candidates[best])
+        left.remove(best)
+        own = np.arange(best * kernel, (best + 1) * kernel)
+        block_s = local_residual[np.ix_(own, own)] + ridge * np.eye(kernel)
+        try:
+            transfer = np.linalg.solve(block_s, local_residual[own])
+        except np.linalg.LinAlgError:
+            transfer = np.linalg.lstsq(block_s, local_residual[own], rcond=None)[0]
+        local_gram -= local_gram[:, own] @ transfer
+        local_residual -= local_residual[:, own] @ transfer
+    return picks
 
 
 def _prefix_errors(matrix: np.ndarray, moment: np.ndarray, order: np.ndarray, kernel: int,
@@ -1115,20 +1154,22 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
                         probe_error: float = PROBE_ERROR) -> list[float]:
     """Per block, how strongly its error reaches the model output: ``s_b = e_b / ε_b(w)``, with ``w`` the
     narrowest width whose block error ``ε_b`` is at most ``probe_error`` and ``e_b`` the relative change
-    of the first graph output on the first ``samples`` calibration inputs when that block alone is pruned
-    to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block cannot be probed (only the
-    full width reaches the error). The allocation then balances ``s_b·ε_b``, the estimated output error
+    of the float graph outputs (averaged over them) on the first ``samples`` calibration inputs when that
+    block alone is pruned to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block
+    cannot be probed (only the full width reaches the error); empty when the model has no float output;
+    floored at 1e-3 of the largest (:func:`onnx_alds.data_aware.floored_sensitivities`). The allocation then balances ``s_b·ε_b``, the estimated output error
     (as ``compress(..., sensitivity=True)`` does for low-rank layers)."""
     from .calibrate import calibration_runs
-    from .data_aware import _first_outputs
+    from .data_aware import float_outputs, floored_sensitivities, output_change
     from .runtime import make_session
 
     heads = list(calibration_runs(calibration, model, samples, limit=samples))  # a fixed batch runs whole
     if not heads:
         raise InputDataError("the calibration set holds fewer samples than the model's fixed batch; give at least "
                              "one full batch of calibration inputs")
-    reference = _first_outputs(model, make_session(model, "cpu"), heads)
-    norm = max(float(np.linalg.norm(reference)), 1e-30)
+    reference = float_outputs(model, make_session(model, "cpu"), heads)
+    if not reference:
+        return []
     weights = []
     for index, (block, curve) in enumerate(zip(analysis.blocks, analysis.curves)):
         below = np.flatnonzero((curve.errors <= probe_error) & (curve.widths < block.width) & (curve.errors > 0))
@@ -1139,9 +1180,9 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
         widths = [b.width for b in analysis.blocks]
         widths[index] = width
         probe = prune_model(model, decisions_for(analysis, widths))
-        changed = _first_outputs(probe, make_session(probe, "cpu"), heads)
-        weights.append(float(np.linalg.norm(changed - reference)) / norm / float(curve.errors[below[0]]))
-    return weights
+        changed = float_outputs(probe, make_session(probe, "cpu"), heads)
+        weights.append(output_change(reference, changed) / float(curve.errors[below[0]]))
+    return floored_sensitivities(weights)
 
 
 def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> list[WidthCurve]:
@@ -1233,7 +1274,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     from . import api
     from .allocate import DENSE
     from .checks import check_output_model
-    from .data_aware import layer_moment, whitening_factors
+    from .data_aware import NO_FLOAT_OUTPUT, layer_moment, whitening_factors
     from .layers import folded_weight
     from .report import CompressionReport, LayerReport
     from .rewrite import add_provenance
@@ -1301,11 +1342,16 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if sensitivity and blocks and decisions is None:
         tick = time.perf_counter()
         weights = block_sensitivities(proto, analysis, data.calibration)
-        curves = weighted_curves(curves, weights)
         seconds["sensitivity"] = time.perf_counter() - tick
-        top = np.argsort(weights)[::-1][:3]
-        notes.append("block sensitivities (output error per unit block error), largest: "
-                     + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
+        if weights:
+            curves = weighted_curves(curves, weights)
+            top = np.argsort(weights)[::-1][:3]
+            notes.append("block sensitivities (output error per unit block error), largest: "
+                         + ", ".join(f"{blocks[i].name} {weights[i]:.3g}" for i in top))
+        else:
+            weights = [1.0] * len(blocks)
+            notes.append(f"block sensitivities not measured: the allocation {NO_FLOAT_OUTPUT.format(what='block')}; "
+                         "widths are chosen by the block errors alone")
     joint = search.method == "damage" and mode == "combined" and bool(blocks) and objective == "minmax"
     try:
         if decisions is not None:  # the plan's widths; its low-rank layers are decided by the plan below

@@ -94,6 +94,14 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     return session
 
 
+FLOAT_TENSOR_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
+
+
+def float_output_names(session: Any) -> list[str]:
+    """The outputs of an ONNX Runtime session that are float tensors (not labels, strings or sequences)."""
+    return [out.name for out in session.get_outputs() if out.type in FLOAT_TENSOR_TYPES]
+
+
 def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, held: list) -> bytes:
     """The bytes of a small copy of ``model``, with ``options`` set so that ONNX Runtime finds the
     data of its large tensors: the model's folder for data files, external initializers for tensors

@@ -540,6 +540,9 @@ class _Accumulator:
                 "compressed model; compare a model with one compressed from it"
             )
         start = self.samples
+        if not np.issubdtype(original.dtype, np.number) or not np.issubdtype(compressed.dtype, np.number):
+            self._add_exact(original, compressed)  # strings, flags: compared for equality only
+            return
         o = original.astype(np.float64, copy=False)
         c = compressed.astype(np.float64, copy=False)
         if o.size:
@@ -548,14 +551,12 @@ class _Accumulator:
             o, c = self._embedding_rows(o, feed), self._embedding_rows(c, feed)
             self.embeddings_o.append(o.astype(np.float32))
             self.embeddings_c.append(c.astype(np.float32))
+        if not np.issubdtype(original.dtype, np.floating):  # labels, indices: a distance means nothing
+            self._add_exact(original, compressed)
+            return
         rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
-        if not np.issubdtype(original.dtype, np.floating):  # labels, indices, flags: a distance means nothing
-            differ = (rows_o != rows_c).mean(axis=1) if rows_o.shape[1] else np.zeros(rows_o.shape[0])
-            self.rel.append(differ)
-            self.cos.append(1.0 - differ)
-            return
         self._add_rel_cos(rows_o, rows_c)
         if self.kind == CLASSIFIER:
             self._add_classifier(rows_o, rows_c, start)
@@ -567,6 +568,15 @@ class _Accumulator:
             self.sequence_matches += int(np.sum(np.all(same.reshape(same.shape[0], -1), axis=1)))
         elif self.kind == DENSE:
             self._add_dense(o, c)
+
+    def _add_exact(self, original: np.ndarray, compressed: np.ndarray) -> None:
+        """Labels, indices, strings, flags: the fraction of entries that differ per sample."""
+        rows_o = original.reshape(original.shape[0], -1) if self.batched else original.reshape(1, -1)
+        rows_c = compressed.reshape(rows_o.shape)
+        self.samples += rows_o.shape[0]
+        differ = (rows_o != rows_c).mean(axis=1) if rows_o.shape[1] else np.zeros(rows_o.shape[0])
+        self.rel.append(differ)
+        self.cos.append(1.0 - differ)
 
     def _embedding_rows(self, x: np.ndarray, feed: Optional[Mapping[str, np.ndarray]]) -> np.ndarray:
         if x.ndim == 2:
@@ -794,7 +804,13 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                              provider, threads=threads)
     session_c = make_session(compressed if not isinstance(compressed, onnx.ModelProto) else compressed_model,
                              provider, threads=threads)
-    output_names = [o.name for o in session_o.get_outputs()]
+    output_names = [o.name for o in session_o.get_outputs() if o.type.startswith("tensor(")]
+    others = [f"'{o.name}' ({o.type})" for o in session_o.get_outputs() if not o.type.startswith("tensor(")]
+    if others:
+        if not output_names:
+            raise UnsupportedModelError(f"the model has no tensor output to compare (outputs: {', '.join(others)}); "
+                                        "export it with tensor outputs (for skl2onnx: options={'zipmap': False})")
+        notes.append(f"not compared (not tensors): {', '.join(others)}")
     accumulators: dict[str, _Accumulator] = {}
     from tqdm import tqdm
 

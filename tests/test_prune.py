@@ -564,3 +564,78 @@ def test_pooling_and_shape_readers_are_named_for_what_they_are():
                            [_init(rng, "w1", (16, 8, 1, 1)), _init(rng, "w2", (8, 16, 1, 1))])
         _, refused = find_blocks(model, _layers(model, None))
         assert any(r.producer == "c1" and reason in r.reason for r in refused), refused
+
+
+def _gemm_block(consumer_inputs, consumer_attrs=None, seed: int = 23) -> onnx.ModelProto:
+    """Gemm producer (8 → 32) → Relu → Gemm consumer (32 → 8) whose inputs are ``consumer_inputs``."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="prod"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Sigmoid", ["r"], ["s"]),
+             helper.make_node("Gemm", consumer_inputs, ["y"], name="cons", **(consumer_attrs or {}))]
+    inits = [_init(rng, "w1", (8, 32), 0.3), _init(rng, "w2", (32, 32), 0.2), _init(rng, "c", (32,), 0.1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], inits)
+
+
+def test_consumer_reading_the_hidden_channels_on_its_bias_input_is_not_a_block():
+    """Gemm(r, W2, C=Sigmoid(r)): the consumer reads the hidden channels twice. The second read was never looked at:
+    the pruned C broadcast over every output, exit 0, reported error 0 against 0.57 measured."""
+    model = _gemm_block(["r", "w2", "s"])
+    cal = _inputs(model, samples=64)
+    blocks, refused = find_blocks(model, _layers(model, cal))
+    assert not blocks
+    assert any("also reads the hidden channels ('s') on its bias input" in r.reason for r in refused)
+    with pytest.raises(UnsupportedModelError, match="no prunable block"):
+        compress(model, keep_flops=0.5, calibration=cal, prune="only", rank_multiple=1)
+
+
+def test_gemm_consumer_with_alpha_zero_is_not_a_block():
+    """alpha = 0: the weight is unused, and the refit divided by alpha (NaN weights, reported error 0)."""
+    model = _gemm_block(["s", "w2", "c"], {"alpha": 0.0})
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model)))
+    assert not blocks and any("alpha = 0" in r.reason for r in refused)
+
+
+def test_constant_hidden_channels_go_to_the_bias_at_no_cost():
+    """Half the hidden channels are dead before Exp, so they are exactly 1 after it: the consumer's bias
+    absorbs them and cutting them is lossless. The shrinkage gave them a variance they never had (measured
+    error 0.99 where 1e-6 was possible)."""
+    rng = np.random.default_rng(24)
+    w1 = rng.standard_normal((16, 64)) * 0.25
+    w1[:, 32:] = 0.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Exp", ["h"], ["e"]),
+             helper.make_node("MatMul", ["e", "w2"], ["o"], name="down"),
+             helper.make_node("Add", ["o", "b2"], ["y"], name="bias")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [numpy_helper.from_array(w1.astype(np.float32), "w1"), _init(rng, "w2", (64, 16), 0.125),
+                        _init(rng, "b2", (16,), 0.1)])
+    cal = _inputs(model, samples=40)
+    result = compress(model, keep_params=0.52, calibration=cal, prune="only", rank_multiple=16)
+    (block,) = result.report.pruned
+    assert block.width_after == 32 and block.error < 1e-4
+    x = _inputs(model, samples=8, seed=9).arrays["x"]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_duplicate_channels_are_not_kept_together_in_one_step():
+    """32 hidden channels, each twice: width 32 can keep every distinct one. Picking a whole step (the
+    rank multiple) by each channel's own gain took both copies of the strongest channels (16 distinct
+    kept, error 0.40 at multiple 16, against 32 and 0.05 picking one at a time)."""
+    rng = np.random.default_rng(25)
+    distinct = rng.standard_normal((16, 32)) * 0.25
+    source = rng.permutation(64) % 32  # hidden channel j copies distinct channel source[j]
+    w1 = distinct[:, source]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [numpy_helper.from_array(w1.astype(np.float32), "w1"), _init(rng, "w2", (64, 16), 0.125)])
+    result = compress(model, keep_params=0.5, calibration=_inputs(model, samples=2048), prune="only",
+                      rank_multiple=16)
+    (block,) = result.report.pruned
+    assert block.width_after == 32 and block.error < 0.1
+    kept = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name.startswith("w1")))
+    copies = [int(np.argmin(np.abs(distinct - kept[:, [k]]).sum(axis=0))) for k in range(kept.shape[1])]
+    assert len(set(copies)) == 32

@@ -1,0 +1,27 @@
+"""The input and output checks of onnx_alds.checks."""
+
+import numpy as np
+import pytest
+
+
+def test_output_check_refuses_nan_where_the_original_is_finite():
+    """A compressed model whose output turned NaN (a division by a zero scale) ran with the right shapes
+    and dtypes, so the check passed it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds.checks import check_input_model, check_output_model
+    from onnx_alds.errors import InternalCheckError
+
+    def model(weight):
+        return make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(weight.astype(np.float32), "w")])
+
+    original = model(np.eye(4))
+    found = check_input_model(original)
+    assert "y" in found.finite_outputs
+    check_output_model(model(2 * np.eye(4)), original, found)  # finite: passes
+    with pytest.raises(InternalCheckError, match="NaN or infinite values in output 'y'"):
+        check_output_model(model(np.full((4, 4), np.nan)), original, found)
