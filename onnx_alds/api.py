@@ -524,7 +524,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
                            cached=damage_cost.cached, out_of_sample=damage_cost.out_of_sample)
     else:
-        slow_note = _slow_layers_note(chosen, tables, options.speed) if speed_info is not None else ""
+        slow_note = _slow_layers_note(chosen, tables, options.speed, target) if speed_info is not None else ""
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple, slow_note)
     seconds["allocation"] = time.perf_counter() - tick
     prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
@@ -801,7 +801,7 @@ def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], 
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 
-def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], speed: Any) -> str:
+def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], speed: Any, target: str) -> str:
     """Why the lowest reachable ratio is high when the latency tables removed options: how many layers
     have no factorization left that measured faster than their dense layer."""
     stuck = [layer.name for layer, table in zip(chosen, tables) if not any(len(o.ranks) for o in table.options)]
@@ -809,7 +809,8 @@ def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], spe
         return ""
     return (f"; {len(stuck)} of {len(chosen)} factorizable layers have no factorization measured faster than "
             f"their dense layer on {speed.provider} at batch {speed.batch} (--order auto and --speed-check keep "
-            "only faster options) and stay dense")
+            "only faster options) and stay dense" + ("" if target == "latency" else
+                                                    " (without --order auto and --speed-check they may be factorized)"))
 
 
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,

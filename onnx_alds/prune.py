@@ -954,7 +954,7 @@ def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budge
     errors)`` arrays, the dense option included (error 0). For the threshold ``ε`` each block takes its
     narrowest width and each item its cheapest option with error ``≤ ε``; the smallest ``ε`` among the
     finitely many table values whose total cost fits is found by bisection (exact: cost falls as ``ε``
-    grows). Returns the widths, the chosen extra option indices and ``ε``. Raises
+    grows); budget left over then lowers the largest errors below ``ε`` (:func:`_spend_leftover`). Returns the widths, the chosen extra option indices and ``ε``. Raises
     :class:`onnx_alds.errors.BudgetError` when even the narrowest widths do not fit.
     """
     costs = [np.array([_block_cost(block, int(w), target) for w in curve.widths]) for block, curve in
@@ -984,8 +984,34 @@ def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budge
             high = middle
         else:
             low = middle + 1
-    widths, choices, _ = pick(thresholds[low])
-    return widths, choices, float(thresholds[low])
+    widths, choices, total = pick(thresholds[low])
+    indices = [int(np.searchsorted(curve.widths, w)) for curve, w in zip(curves, widths)] + choices
+    items = [(cost, curve.errors) for cost, curve in zip(costs, curves)] + tables
+    indices = _spend_leftover(items, indices, budget - total)
+    widths = [int(curve.widths[i]) for curve, i in zip(curves, indices)]
+    return widths, indices[len(curves):], float(thresholds[low])
+
+
+def _spend_leftover(items: Sequence[tuple[np.ndarray, np.ndarray]], picks: list[int], leftover: float) -> list[int]:
+    """After the min-max threshold, every item sits at its cheapest option under it, and budget may be
+    left (error ties: several widths or ranks under the threshold). Spend it: the item with the largest
+    error moves to its cheapest option with a smaller error that still fits, until none fits. No error
+    grows, so the min-max stays."""
+    picks = list(picks)
+    while True:
+        moved = False
+        for i in sorted(range(len(items)), key=lambda k: -float(items[k][1][picks[k]])):
+            cost, errors = items[i]
+            better = np.flatnonzero((errors < errors[picks[i]] - 1e-15)
+                                    & (cost - cost[picks[i]] <= leftover + 1e-6))
+            if len(better):
+                move = int(better[np.argmin(cost[better])])
+                leftover -= float(cost[move] - cost[picks[i]])
+                picks[i] = move
+                moved = True
+                break
+        if not moved:
+            return picks
 
 
 def allocate_sum(items: Sequence[tuple[np.ndarray, np.ndarray]], budget: float) -> list[int]:

@@ -639,3 +639,16 @@ def test_duplicate_channels_are_not_kept_together_in_one_step():
     kept = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name.startswith("w1")))
     copies = [int(np.argmin(np.abs(distinct - kept[:, [k]]).sum(axis=0))) for k in range(kept.shape[1])]
     assert len(set(copies)) == 32
+
+
+def test_budget_left_after_the_min_max_goes_to_the_largest_errors():
+    """Error ties under the threshold: every item took its cheapest option under it, and a combined plan
+    kept 0.43 of the MACs for 0.7 asked at the same largest error (found on a tf2onnx CNN)."""
+    from onnx_alds.prune import _spend_leftover
+
+    items = [(np.array([1.0, 2.0, 4.0]), np.array([0.3, 0.3, 0.0])),  # the max error, and a tie
+             (np.array([1.0, 3.0]), np.array([0.2, 0.0]))]
+    assert _spend_leftover(items, [0, 0], 0.5) == [0, 0]  # nothing fits
+    assert _spend_leftover(items, [0, 0], 2.0) == [0, 1]  # the 0.3 item cannot improve for 2: the next one
+    assert _spend_leftover(items, [0, 0], 3.0) == [2, 0]  # the largest error first
+    assert _spend_leftover(items, [0, 0], 5.0) == [2, 1]
