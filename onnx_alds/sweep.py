@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import BudgetError, InputDataError, OnnxAldsError, OutputPathError
+from .errors import BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -304,11 +304,17 @@ class WorkerState:
 
 def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int = VALIDATION_BATCH,
                   threads: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Every graph output of ``model`` on ``inputs`` (CPU), concatenated over batches."""
-    from .runtime import make_session
+    """Every tensor graph output of ``model`` on ``inputs`` (CPU), concatenated over batches (sequences and
+    maps, e.g. a classifier's ZipMap, are left out), float outputs first, in graph order otherwise."""
+    from .runtime import FLOAT_TENSOR_TYPES, make_session
 
     session = make_session(model, "cpu", threads=threads)
-    names = [o.name for o in session.get_outputs()]
+    tensors = [o for o in session.get_outputs() if o.type.startswith("tensor(")]
+    names = [o.name for o in tensors if o.type in FLOAT_TENSOR_TYPES] + \
+        [o.name for o in tensors if o.type not in FLOAT_TENSOR_TYPES]
+    if not names:
+        raise UnsupportedModelError("the model has no tensor output to compare; export it with tensor outputs "
+                                    "(for skl2onnx: options={'zipmap': False})")
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in inputs.batches(batch_size):
         for name, value in zip(names, session.run(names, feed)):
@@ -317,7 +323,9 @@ def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int 
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
-    return array.reshape(array.shape[0], -1).astype(np.float64)
+    """One row per sample: float64 for numbers; labels, strings and flags as they are (compared for equality)."""
+    rows = array.reshape(array.shape[0], -1)
+    return rows.astype(np.float64) if np.issubdtype(array.dtype, np.floating) else rows
 
 
 def neighbour_metrics(original: np.ndarray, compressed: np.ndarray, k: int = 10) -> dict[str, float]:
@@ -361,7 +369,8 @@ def _resolved_kind(kind: str, name: str, reference: np.ndarray, labels, samples:
 
 
 def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str, Any]:
-    """The quality figures of ``compressed`` on every held-out set of ``data`` (first graph output)."""
+    """The quality figures of ``compressed`` on every held-out set of ``data``, on its first float output
+    (the first tensor output when none is float: labels and strings then count as equal or not)."""
     from .validate import Tolerances, compare_output
 
     row: dict[str, Any] = {}
@@ -371,6 +380,8 @@ def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str
         first = next(iter(reference))
         ref, new = _flat(reference[first]), _flat(outputs[first])
         kind = _resolved_kind(spec.kind, first, reference[first], inputs.labels, len(inputs))
+        if not np.issubdtype(ref.dtype, np.floating):  # no float output: predicted labels, equal or not
+            kind = "labels"
         classifier = kind in ("accuracy", "agreement", "sanity") and ref.shape[1] >= 2
         labels = inputs.labels if kind == "accuracy" else None
         comparison = compare_output(first, ref, new, classifier=classifier, labels=labels,
@@ -390,6 +401,9 @@ def evaluate(state: WorkerState, data: ModelData, compressed: bytes) -> dict[str
             row["cos_mean"] = comparison.mean_cosine
             row["cos_min"] = comparison.min_cosine
             row.update(neighbour_metrics(ref, new))
+            row["eval_samples"] = comparison.samples
+        elif kind == "labels":
+            row["agreement"] = comparison.mean_cosine  # for labels: 1 - the fraction of values that differ
             row["eval_samples"] = comparison.samples
         elif kind == "sanity":
             row["rel_error_mean"] = comparison.mean_rel_error

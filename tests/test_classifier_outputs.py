@@ -112,3 +112,27 @@ def test_string_labels_and_zipmap_outputs_are_carried_and_not_compared():
         expected = np.argmax(run_model(model, {"x": x})[1], axis=1)
         assert label.mean_rel_error == pytest.approx(float(np.mean(predicted != expected)))  # fraction that differ
         assert logits.top1_agreement == pytest.approx(float(np.mean(predicted == expected)))
+
+
+def test_sweep_measures_the_float_output_and_counts_labels_as_equal_or_not(tmp_path):
+    """The sweep's quality came from the first output: an int64 label first was compared as a float vector
+    (cos_mean 1.000 with 35 % of the labels changed), and a string or ZipMap output crashed every row."""
+    x = _data(40, 5).arrays["x"]
+    np.savez(tmp_path / "eval.npz", x=x)
+    labelled = classifier(first="label", strings=False, seed=33, hidden=64)
+    only_strings = classifier(first="label", strings=True, seed=33, hidden=64)
+    only_strings.graph.output.remove(next(o for o in only_strings.graph.output if o.name == "logits"))
+    for name, model in (("labelled", labelled), ("strings", only_strings)):
+        onnx.save(model, tmp_path / f"{name}.onnx")
+    code = main(["sweep", str(tmp_path / "labelled.onnx"), str(tmp_path / "strings.onnx"), "--keep-flops", "0.6",
+                 "--methods", "alds", "--inputs", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "sweep"),
+                 "--no-bench"])
+    assert code == 0
+    rows = {row["model"]: row for row in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]}
+    for name, model in (("labelled", labelled), ("strings", only_strings)):
+        row = rows[name]
+        assert row["status"] == "ok" and row["quality_metric"] == "agreement"
+        written = onnx.load(tmp_path / "sweep" / "models" / f"{name}.alds.flops0.6.m16.onnx")
+        logits = lambda m: run_model(m, {"x": x})[[o.name for o in m.graph.output].index("label")]  # noqa: E731
+        assert row["quality"] == pytest.approx(float(np.mean(logits(written) == logits(model))))
+    assert rows["labelled"]["quality"] < 1.0  # the compression moved some labels: the figure can tell
