@@ -345,13 +345,41 @@ def _weight_slot(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
     return 1
 
 
-def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto]) -> str:
+def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
+                     constants: Mapping[str, onnx.TensorProto]) -> str:
     node = producers.get(name)
     if node is None:
         return "weight is a graph input, not a constant"
     if node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
         return f"quantized weight ({node.op_type}): factorizing would undo the quantization"
+    unfolded = _constant_subgraph_ops(name, producers, constants)
+    if unfolded:
+        return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "
+                "(e.g. a weight norm): fold the constants first (onnxslim, onnxsim, or an export with constant "
+                "folding), then compress")
     return f"weight is not a constant (computed at run time by a {node.op_type} node)"
+
+
+def _constant_subgraph_ops(name: str, producers: Mapping[str, onnx.NodeProto],
+                           constants: Mapping[str, onnx.TensorProto], limit: int = 64) -> list[str]:
+    """The op types outside :data:`FOLDABLE_OPS` of the nodes that compute ``name`` when they read
+    constants only (a constant subgraph); [] when anything it reads is computed from the graph inputs."""
+    seen: set[str] = set()
+    ops: list[str] = []
+    pending = [name]
+    while pending:
+        tensor = pending.pop()
+        if not tensor or tensor in constants or tensor in seen:
+            continue
+        seen.add(tensor)
+        node = producers.get(tensor)
+        if node is None or len(seen) > limit or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                    for a in node.attribute):
+            return []
+        if node.op_type not in FOLDABLE_OPS and node.op_type not in ops:
+            ops.append(node.op_type)
+        pending.extend(node.input)
+    return sorted(ops)
 
 
 def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], uses: Counter,
@@ -399,7 +427,7 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     if tensor is None:
         if node.op_type == "MatMul" and weight_name not in shapes:
             return None  # a product of two activations (attention): not a weight layer
-        reason = reason or _producer_reason(weight_name, producers)
+        reason = reason or _producer_reason(weight_name, producers, constants)
     elif reason is None and 0 in shape:
         reason = f"empty weight (shape {'x'.join(map(str, shape))}): nothing to factorize"
     elif reason is None and tensor.data_type not in FLOAT_TYPES:

@@ -934,3 +934,26 @@ def test_function_constant_called_in_a_branch_is_stored_and_counted_once():
     analysis = onnx_alds.analyze(model)
     assert analysis.params_total == _stored_elements(model) == 16 * 16 * 9
     assert all("shared by 2 uses" in (row.skip_reason or "") for row in analysis.layers)
+
+
+def test_weight_computed_from_constants_by_other_ops_says_to_fold_them_first():
+    """A weight norm exported by the dynamo exporter: W = g · v / ‖v‖ on constants. The reason named the
+    last op ("computed at run time by a Mul node") as if the weight depended on the inputs."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(41)
+    nodes = [helper.make_node("Transpose", ["x"], ["x_t"]),
+             helper.make_node("ReduceL2", ["v", "axes"], ["norm"], keepdims=1),
+             helper.make_node("Div", ["v", "norm"], ["direction"]), helper.make_node("Mul", ["direction", "g"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("MatMul", ["x", "x_t"], ["z"], name="activations")]
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "v"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes"),
+             numpy_helper.from_array(rng.standard_normal((1, 32)).astype(np.float32), "g")]
+    model = make_model(nodes,
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 32]),
+                        helper.make_tensor_value_info("z", TensorProto.FLOAT, [32, 32])], inits, opset=18)
+    with pytest.raises(UnsupportedModelError, match=r"weight is computed from constants by Div, Mul, ReduceL2 nodes, "
+                                                    r"which onnx-alds does not fold .*fold the constants first"):
+        onnx_alds.compress(model, keep_params=0.5)
