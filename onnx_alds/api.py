@@ -821,14 +821,13 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
         skipped = [layer for layer in prepared.layers if not layer.compressible]
-        if target == "params":
-            held = sum(layer.params for layer in skipped)
-        else:
-            held = sum(layer.macs or 0 for layer in skipped)
+        # a weight shared by several layers is stored, and counted, once
+        counted = list({layer.weight: layer for layer in skipped}.values()) if target == "params" else skipped
+        held = sum(layer.params if target == "params" else (layer.macs or 0) for layer in counted)
         why = ""
         if skipped and held:
             by_reason: dict[str, float] = {}  # the reasons that hold the most first
-            for layer in skipped:
+            for layer in counted:
                 cost = layer.params if target == "params" else (layer.macs or 0)
                 by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
             reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
