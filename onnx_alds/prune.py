@@ -500,6 +500,8 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
             return f"{where} with a value that is not constant"
         return "between"
+    if op == "Reshape" and _keeps_channels_last(user, tensor, graph, axis, rank, width):
+        return "between"  # merges or splits the leading dims only (tf2onnx's Dense on a 3-D input)
     if op in ("Reshape", "Flatten", "Concat", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze"):
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):
@@ -510,6 +512,18 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     if op in ("Shape", "Size"):
         return f"{where}, which reads the hidden tensor's shape"
     return f"{where}, which does not act per channel"
+
+
+def _keeps_channels_last(node: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank: Optional[int],
+                         width: int) -> bool:
+    """A Reshape of a channels-last hidden tensor (a MatMul producer's: any rank) to a constant target
+    shape that ends in the width, with no 0 (copy) entries: it regroups the leading dims only, and the
+    pruned model writes the new width into its target."""
+    if axis != -1 or rank is not None or node.input[0] != tensor or len(node.input) < 2:
+        return False
+    target = graph.constant(node.input[1])
+    return (target is not None and target.ndim == 1 and len(target) >= 2 and int(target[-1]) == width
+            and not np.any(target == 0) and int(np.sum(target == -1)) <= 1)
 
 
 def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -> Optional[tuple]:
@@ -837,6 +851,11 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
                 for attribute in node.attribute:
                     if attribute.name == "group":
                         attribute.i = len(kept)
+                continue
+            if node.op_type == "Reshape":  # its target ends in the width (_keeps_channels_last)
+                target = np.array(graph.constant(node.input[1]), copy=True)
+                target[-1] = len(kept)
+                put(node, 1, target, node.input[1])
                 continue
             if node.op_type == "BatchNormalization":
                 for slot in range(1, 5):

@@ -652,3 +652,55 @@ def test_budget_left_after_the_min_max_goes_to_the_largest_errors():
     assert _spend_leftover(items, [0, 0], 2.0) == [0, 1]  # the 0.3 item cannot improve for 2: the next one
     assert _spend_leftover(items, [0, 0], 3.0) == [2, 0]  # the largest error first
     assert _spend_leftover(items, [0, 0], 5.0) == [2, 1]
+
+
+def _reshaped_feed_forward(split_channels: bool = False, seed: int = 43) -> onnx.ModelProto:
+    """A Keras Dense pair on (N, 16, 64) as tf2onnx writes it after onnxsim folds its shapes: Reshape to 2-D
+    → MatMul → Reshape back → bias Add → Relu → Reshape to 2-D → MatMul → Reshape back. 64 of the 128
+    hidden units are dead (zero weights, negative bias): cutting them is lossless."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((64, 128)) * 0.125
+    b1 = rng.standard_normal(128) * 0.1
+    w1[:, 64:], b1[64:] = 0.0, -1.0
+    back = [-1, 16, 8, 16] if split_channels else [-1, 16, 128]
+    inits = [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(b1.astype(np.float32), "b1"),
+             _init(rng, "w2", (128, 64), 0.09),
+             numpy_helper.from_array(np.array([-1, 64], np.int64), "flat64"),
+             numpy_helper.from_array(np.array(back, np.int64), "back128"),
+             numpy_helper.from_array(np.array([-1, 128], np.int64), "flat128"),
+             numpy_helper.from_array(np.array([-1, 16, 64], np.int64), "back64"),
+             numpy_helper.from_array(np.float32(0.5), "half")]
+    nodes = [helper.make_node("Reshape", ["x", "flat64"], ["x2"]),
+             helper.make_node("MatMul", ["x2", "w1"], ["h2"], name="up"),
+             helper.make_node("Reshape", ["h2", "back128"], ["h3"], name="unflatten"),
+             helper.make_node("Add", ["h3", "half" if split_channels else "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r3"]),
+             helper.make_node("Reshape", ["r3", "flat128"], ["r2"], name="flatten"),
+             helper.make_node("MatMul", ["r2", "w2"], ["y2"], name="down"),
+             helper.make_node("Reshape", ["y2", "back64"], ["y"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])], inits)
+
+
+def test_reshapes_that_keep_the_channels_last_are_inside_a_block():
+    """Found as "moves channels" on tf2onnx's Dense on a 3-D input (onnxsim'd): a Reshape to a constant
+    target that ends in the width regroups the leading dims only. The pruned model writes the new width
+    into the target."""
+    model = _reshaped_feed_forward()
+    cal = _inputs(model, samples=32)
+    (block,), _ = find_blocks(model, _layers(model, cal))
+    assert {"unflatten", "flatten"} <= set(block.between)
+    result = compress(model, keep_flops=0.55, calibration=cal, prune="only", rank_multiple=16)
+    (report,) = result.report.pruned
+    assert report.width_after == 64 and report.error < 1e-4
+    x = _inputs(model, samples=4, seed=9).arrays["x"]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-5)
+    targets = [numpy_helper.to_array(i).tolist() for i in result.model.graph.initializer if i.data_type == TensorProto.INT64]
+    assert [-1, 16, 64] in targets and [-1, 64] in targets and [-1, 16, 128] not in targets
+
+
+def test_reshape_that_splits_the_channels_is_not_inside_a_block():
+    model = _reshaped_feed_forward(split_channels=True)
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)))
+    assert not blocks and any("Reshape 'unflatten'" in r.reason and "moves channels" in r.reason for r in refused)
