@@ -699,8 +699,8 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
             return np.zeros(shape, dtype=dtype)
         return rng.integers(0, min(RANDOM_INT_HIGH, high or RANDOM_INT_HIGH), size=shape).astype(dtype)
     raise InputDataError(f"cannot make random data of type {dtype} for input '{name}'; give real inputs in an .npz "
-                         "(--calibration FILE.npz for compress and plan, --inputs FILE.npz for validate; bench times random inputs "
-                         "only, so it cannot time this model)")
+                         "(--calibration FILE.npz for compress and plan, --inputs FILE.npz for validate; bench "
+                         "times random inputs only, so it cannot time this model)")
 
 
 # --------------------------------------------------------------------------------------------------

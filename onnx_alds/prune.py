@@ -973,7 +973,8 @@ def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budge
     errors)`` arrays, the dense option included (error 0). For the threshold ``ε`` each block takes its
     narrowest width and each item its cheapest option with error ``≤ ε``; the smallest ``ε`` among the
     finitely many table values whose total cost fits is found by bisection (exact: cost falls as ``ε``
-    grows); budget left over then lowers the largest errors below ``ε`` (:func:`_spend_leftover`). Returns the widths, the chosen extra option indices and ``ε``. Raises
+    grows); budget left over then lowers the largest errors below ``ε`` (:func:`_spend_leftover`).
+    Returns the widths, the chosen extra option indices and ``ε``. Raises
     :class:`onnx_alds.errors.BudgetError` when even the narrowest widths do not fit.
     """
     costs = [np.array([_block_cost(block, int(w), target) for w in curve.widths]) for block, curve in
@@ -1202,8 +1203,9 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     of the float graph outputs (averaged over them) on the first ``samples`` calibration inputs when that
     block alone is pruned to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block
     cannot be probed (only the full width reaches the error); empty when the model has no float output;
-    floored at 1e-3 of the largest (:func:`onnx_alds.data_aware.floored_sensitivities`). The allocation then balances ``s_b·ε_b``, the estimated output error
-    (as ``compress(..., sensitivity=True)`` does for low-rank layers)."""
+    floored at 1e-3 of the largest (:func:`onnx_alds.data_aware.floored_sensitivities`). The allocation
+    then balances ``s_b·ε_b``, the estimated output error (as ``compress(..., sensitivity=True)`` does
+    for low-rank layers)."""
     from .calibrate import calibration_runs
     from .data_aware import float_outputs, floored_sensitivities, output_change
     from .runtime import make_session

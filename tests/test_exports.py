@@ -967,7 +967,8 @@ def test_unreachable_budget_counts_a_shared_weight_once():
     nodes = [helper.make_node("MatMul", ["x", "tied"], ["a"], name="a"), helper.make_node("Relu", ["a"], ["r"]),
              helper.make_node("MatMul", ["r", "tied"], ["b"], name="b"),
              helper.make_node("MatMul", ["b", "own"], ["y"], name="c")]
-    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name) for name in ("tied", "own")]
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name)
+             for name in ("tied", "own")]
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits)
     with pytest.raises(BudgetError, match=r"2 layers left dense hold 50% of them \(weight is shared by 2 uses\)"):

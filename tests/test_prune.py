@@ -696,7 +696,8 @@ def test_reshapes_that_keep_the_channels_last_are_inside_a_block():
     x = _inputs(model, samples=4, seed=9).arrays["x"]
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
                                atol=1e-5)
-    targets = [numpy_helper.to_array(i).tolist() for i in result.model.graph.initializer if i.data_type == TensorProto.INT64]
+    targets = [numpy_helper.to_array(i).tolist() for i in result.model.graph.initializer
+               if i.data_type == TensorProto.INT64]
     assert [-1, 16, 64] in targets and [-1, 64] in targets and [-1, 16, 128] not in targets
 
 
