@@ -646,7 +646,7 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
         take = min(step, len(remaining))
         if len(order) + take < channels and (len(order) + take) % step:
             take = step - len(order) % step
-        picks = _pick_one_at_a_time(gram, residual, remaining, gains, take, kernel, ridge)
+        picks = [remaining[i] for i in np.argsort(-gains, kind="stable")[:take]]
         columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in picks])
         block_s = residual[np.ix_(columns, columns)] + ridge * np.eye(len(columns))
         try:
@@ -664,36 +664,6 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     errors_array = np.minimum.accumulate(errors_array)
     return WidthCurve(name or block.name, np.asarray(widths, dtype=np.int64), errors_array,
                       np.asarray(order, dtype=np.int64))
-
-
-def _pick_one_at_a_time(gram: np.ndarray, residual: np.ndarray, remaining: Sequence[int], gains: np.ndarray,
-                        take: int, kernel: int, ridge: float) -> list[int]:
-    """The ``take`` channels of one step, picked one at a time: after each pick the gains of the step's
-    candidates (the ``4·take`` best by ``gains``) are updated for it, so that a channel another pick already
-    explains (a duplicate, one the consumer ignores) is not taken beside it. Only the candidates'
-    columns are downdated here; the caller downdates everything by the whole step."""
-    if take >= len(remaining):
-        return [remaining[i] for i in np.argsort(-gains, kind="stable")]
-    candidates = [remaining[i] for i in np.argsort(-gains, kind="stable")[:min(len(remaining), 4 * take)]]
-    columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in candidates])
-    local_gram = gram[:, columns].copy()
-    local_residual = residual[np.ix_(columns, columns)].copy()
-    left = list(range(len(candidates)))
-    picks: list[int] = []
-    for _ in range(take):
-        local_gains = _channel_gains(local_gram, local_residual, left, kernel, ridge)
-        best = left[int(np.argmax(local_gains))]
-        picks.append(candidates[best])
-        left.remove(best)
-        own = np.arange(best * kernel, (best + 1) * kernel)
-        block_s = local_residual[np.ix_(own, own)] + ridge * np.eye(kernel)
-        try:
-            transfer = np.linalg.solve(block_s, local_residual[own])
-        except np.linalg.LinAlgError:
-            transfer = np.linalg.lstsq(block_s, local_residual[own], rcond=None)[0]
-        local_gram -= local_gram[:, own] @ transfer
-        local_residual -= local_residual[:, own] @ transfer
-    return picks
 
 
 def _prefix_errors(matrix: np.ndarray, moment: np.ndarray, order: np.ndarray, kernel: int,

@@ -619,28 +619,6 @@ def test_constant_hidden_channels_go_to_the_bias_at_no_cost():
                                atol=1e-4)
 
 
-def test_duplicate_channels_are_not_kept_together_in_one_step():
-    """32 hidden channels, each twice: width 32 can keep every distinct one. Picking a whole step (the
-    rank multiple) by each channel's own gain took both copies of the strongest channels (16 distinct
-    kept, error 0.40 at multiple 16, against 32 and 0.05 picking one at a time)."""
-    rng = np.random.default_rng(25)
-    distinct = rng.standard_normal((16, 32)) * 0.25
-    source = rng.permutation(64) % 32  # hidden channel j copies distinct channel source[j]
-    w1 = distinct[:, source]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                       [numpy_helper.from_array(w1.astype(np.float32), "w1"), _init(rng, "w2", (64, 16), 0.125)])
-    result = compress(model, keep_params=0.5, calibration=_inputs(model, samples=2048), prune="only",
-                      rank_multiple=16)
-    (block,) = result.report.pruned
-    assert block.width_after == 32 and block.error < 0.1
-    kept = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name.startswith("w1")))
-    copies = [int(np.argmin(np.abs(distinct - kept[:, [k]]).sum(axis=0))) for k in range(kept.shape[1])]
-    assert len(set(copies)) == 32
-
-
 def test_budget_left_after_the_min_max_goes_to_the_largest_errors():
     """Error ties under the threshold: every item took its cheapest option under it, and a combined plan
     kept 0.43 of the MACs for 0.7 asked at the same largest error (found on a tf2onnx CNN)."""
