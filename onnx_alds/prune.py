@@ -258,7 +258,7 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 _BLOCKING_REASONS = ("excluded", "graph input", "trained", "not a constant", "quantized", "NaN", "not float",
-                     "inconsistent", "empty", "shared", "first input")
+                     "inconsistent", "empty", "shared", "first input", "not a 2-D matrix")
 
 
 def _layer_problem(layer: Layer, role: str) -> Optional[str]:
@@ -502,6 +502,9 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return "between"
     if op == "Reshape" and _keeps_channels_last(user, tensor, graph, axis, rank, width):
         return "between"  # merges or splits the leading dims only (tf2onnx's Dense on a 3-D input)
+    if op == "Reshape" and axis == -1 and rank is None and len(user.input) > 1 \
+            and graph.constant(user.input[1]) is None:
+        return f"{where}, whose target shape is not a constant (computed at run time, or an overridable input)"
     if op in ("Reshape", "Flatten", "Concat", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze"):
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):

@@ -683,3 +683,23 @@ def test_reshape_that_splits_the_channels_is_not_inside_a_block():
     model = _reshaped_feed_forward(split_channels=True)
     blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)))
     assert not blocks and any("Reshape 'unflatten'" in r.reason and "moves channels" in r.reason for r in refused)
+
+
+def test_batched_producer_weight_is_refused_for_what_it_is():
+    """A MatMul producer with a batched (3-D) weight was refused as "the producer gives 0 channels"."""
+    rng = np.random.default_rng(44)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16])],
+                       [_init(rng, "w1", (4, 16, 32)), _init(rng, "w2", (32, 16))])
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=4)))
+    assert not blocks
+    assert any(r.producer == "up" and "weight is not a 2-D matrix" in r.reason for r in refused)
+
+
+def test_reshape_whose_target_can_be_overridden_is_named_for_it():
+    model = _reshaped_feed_forward()
+    model.graph.input.append(helper.make_tensor_value_info("back128", TensorProto.INT64, [3]))
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=4)))
+    assert not blocks and any("whose target shape is not a constant" in r.reason for r in refused)
