@@ -147,11 +147,10 @@ def _outputs(session, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> l
     return [np.asarray(value, dtype=np.float64) for value in session.run(list(names), dict(feed))]
 
 
-def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]],
-            floats: Sequence[int]) -> float:
+def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]]) -> float:
     """Relative squared error per float output (summed over the runs), averaged over the outputs."""
     values = []
-    for index in floats:
+    for index in range(len(reference[0])):
         num = sum(float(np.sum((out[index] - ref[index]) ** 2)) for ref, out in zip(reference, outputs))
         den = sum(float(np.sum(ref[index] ** 2)) for ref in reference)
         values.append(num / den if den > 0 else (0.0 if num == 0 else np.inf))
@@ -268,7 +267,6 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     float_names = float_output_names(session)
     if not float_names:
         raise InputDataError(f"--method damage {NO_FLOAT_OUTPUT.format(what='layer')}; use --method alds")
-    float_outputs = range(len(float_names))  # positions in each run's outputs
 
     def run_all(weights: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:
         return [_outputs(session, {**feed, **weights}, float_names) for feed in feeds]
@@ -299,7 +297,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                 approx = weight_in_node_layout(layer, factors_as_patch_matrix(layer, factors)).astype(dtype)
                 outputs = run_all({**originals, inputs[layer.name]: approx})
                 runs += 1
-                damage.append(_damage(reference, outputs, float_outputs))
+                damage.append(_damage(reference, outputs))
             measured_damage = np.array(damage)
             predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
             offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank

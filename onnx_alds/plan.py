@@ -289,8 +289,8 @@ class Plan:
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
 _SEARCH_OPTIONAL = ("prune",)  # absent in plans of earlier versions: no pruning
 _DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential",
-              "bias_correction", "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
-              "damage_max_groups")
+              "bias_correction", "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples",
+              "damage_points", "damage_max_groups")
 _DATA_BOOLS = ("data_aware", "refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction")
 _DATA_INTS = ("batch_size", "both_factors", "damage_samples", "damage_points", "damage_max_groups")
 _SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup", "model_rounds")

@@ -500,11 +500,12 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
             return f"{where} with a value that is not constant"
         return "between"
-    if op == "Reshape" and _keeps_channels_last(user, tensor, graph, axis, rank, width):
-        return "between"  # merges or splits the leading dims only (tf2onnx's Dense on a 3-D input)
-    if op == "Reshape" and axis == -1 and rank is None and len(user.input) > 1 \
-            and graph.constant(user.input[1]) is None:
-        return f"{where}, whose target shape is not a constant (computed at run time, or an overridable input)"
+    if op == "Reshape" and axis == -1 and rank is None and user.input[0] == tensor and len(user.input) > 1:
+        target = graph.constant(user.input[1])
+        if target is None:
+            return f"{where}, whose target shape is not a constant (computed at run time, or an overridable input)"
+        if _keeps_channels_last(target, width):
+            return "between"  # merges or splits the leading dims only (tf2onnx's Dense on a 3-D input)
     if op in ("Reshape", "Flatten", "Concat", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze"):
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):
@@ -517,16 +518,12 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     return f"{where}, which does not act per channel"
 
 
-def _keeps_channels_last(node: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank: Optional[int],
-                         width: int) -> bool:
-    """A Reshape of a channels-last hidden tensor (a MatMul producer's: any rank) to a constant target
-    shape that ends in the width, with no 0 (copy) entries: it regroups the leading dims only, and the
-    pruned model writes the new width into its target."""
-    if axis != -1 or rank is not None or node.input[0] != tensor or len(node.input) < 2:
-        return False
-    target = graph.constant(node.input[1])
-    return (target is not None and target.ndim == 1 and len(target) >= 2 and int(target[-1]) == width
-            and not np.any(target == 0) and int(np.sum(target == -1)) <= 1)
+def _keeps_channels_last(target: np.ndarray, width: int) -> bool:
+    """Whether a Reshape of a channels-last hidden tensor (a MatMul producer's: any rank) to the constant
+    ``target`` regroups the leading dims only: it ends in the width and has no 0 (copy) entries. The
+    pruned model writes the new width into the target."""
+    return (target.ndim == 1 and len(target) >= 2 and int(target[-1]) == width and not np.any(target == 0)
+            and int(np.sum(target == -1)) <= 1)
 
 
 def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -> Optional[tuple]:
@@ -956,29 +953,27 @@ def allocate_widths(curves: Sequence[WidthCurve], blocks: Sequence[Block], budge
     thresholds = np.unique(np.concatenate([curve.errors for curve in curves] + [e for _, e in tables] + [[0.0]]))
 
     def pick(epsilon: float):
-        widths, total, choices = [], 0.0, []
+        """Option index per block and per extra item (cheapest with error ≤ ε), and their total cost."""
+        indices, total = [], 0.0
         for curve, cost in zip(curves, costs):
-            index = int(np.argmax(curve.errors <= epsilon + 1e-15))
-            widths.append(int(curve.widths[index]))
-            total += cost[index]
+            indices.append(int(np.argmax(curve.errors <= epsilon + 1e-15)))
+            total += cost[indices[-1]]
         for cost, errors in tables:
             allowed = np.flatnonzero(errors <= epsilon + 1e-15)
-            best = int(allowed[np.argmin(cost[allowed])])
-            choices.append(best)
-            total += cost[best]
-        return widths, choices, total
+            indices.append(int(allowed[np.argmin(cost[allowed])]))
+            total += cost[indices[-1]]
+        return indices, total
 
     low, high = 0, len(thresholds) - 1
-    if pick(thresholds[high])[2] > budget + 1e-6:
+    if pick(thresholds[high])[1] > budget + 1e-6:
         raise BudgetError("cannot fit the budget")
     while low < high:
         middle = (low + high) // 2
-        if pick(thresholds[middle])[2] <= budget + 1e-6:
+        if pick(thresholds[middle])[1] <= budget + 1e-6:
             high = middle
         else:
             low = middle + 1
-    widths, choices, total = pick(thresholds[low])
-    indices = [int(np.searchsorted(curve.widths, w)) for curve, w in zip(curves, widths)] + choices
+    indices, total = pick(thresholds[low])
     items = [(cost, curve.errors) for cost, curve in zip(costs, curves)] + tables
     indices = _spend_leftover(items, indices, budget - total)
     widths = [int(curve.widths[i]) for curve, i in zip(curves, indices)]

@@ -540,20 +540,18 @@ class _Accumulator:
                 "compressed model; compare a model with one compressed from it"
             )
         start = self.samples
-        if not np.issubdtype(original.dtype, np.number) or not np.issubdtype(compressed.dtype, np.number):
-            self._add_exact(original, compressed)  # strings, flags: compared for equality only
-            return
-        o = original.astype(np.float64, copy=False)
-        c = compressed.astype(np.float64, copy=False)
-        if o.size:
+        numbers = np.issubdtype(original.dtype, np.number) and np.issubdtype(compressed.dtype, np.number)
+        o = original.astype(np.float64, copy=False) if numbers else original
+        c = compressed.astype(np.float64, copy=False) if numbers else compressed
+        if numbers and o.size:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(c - o))))
+        if not numbers or not np.issubdtype(original.dtype, np.floating):
+            self._add_exact(original, compressed)  # labels, strings, flags: a distance means nothing
+            return
         if self.kind == EMBEDDING:
             o, c = self._embedding_rows(o, feed), self._embedding_rows(c, feed)
             self.embeddings_o.append(o.astype(np.float32))
             self.embeddings_c.append(c.astype(np.float32))
-        if not np.issubdtype(original.dtype, np.floating):  # labels, indices: a distance means nothing
-            self._add_exact(original, compressed)
-            return
         rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import pytest
@@ -515,6 +517,33 @@ def test_hidden_tensor_read_two_subgraph_levels_down_is_not_prunable():
         compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", rank_multiple=1)
 
 
+def _matmul_pair(w1: np.ndarray, w2: np.ndarray, activation: str, out_bias: Optional[np.ndarray] = None
+                 ) -> onnx.ModelProto:
+    """x (N, c) → MatMul ``w1`` ('up') → ``activation`` → MatMul ``w2`` ('down') [→ Add ``out_bias``] → y."""
+    down = "o" if out_bias is not None else "y"
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node(activation, ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], [down], name="down")]
+    inits = [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(w2.astype(np.float32), "w2")]
+    if out_bias is not None:
+        nodes.append(helper.make_node("Add", ["o", "b2"], ["y"], name="bias"))
+        inits.append(numpy_helper.from_array(out_bias.astype(np.float32), "b2"))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w1.shape[0]])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w2.shape[1]])], inits)
+
+
+def _assert_lossless_cut(model: onnx.ModelProto, calibration, width: int, *, atol: float, samples: int = 8,
+                         **options):
+    """``compress(..., prune="only")`` cuts the one block to ``width`` at a block error below 1e-4, and the
+    outputs equal the original's on fresh inputs (rtol 1e-4, ``atol``). Returns the result."""
+    result = compress(model, calibration=calibration, prune="only", **options)
+    (block,) = result.report.pruned
+    assert block.width_after == width and block.error < 1e-4
+    x = _inputs(model, samples=samples, seed=9).arrays["x"]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
+                               atol=atol)
+    return result
+
+
 def test_dead_hidden_units_are_dropped_first_and_cost_nothing():
     """48 of 64 hidden units are zero on every input (zero rows and bias before a ReLU): cutting to 32 is
     lossless. The shrinkage gave the dead units a variance they never had, so dropping them looked like an
@@ -522,20 +551,10 @@ def test_dead_hidden_units_are_dropped_first_and_cost_nothing():
     rng = np.random.default_rng(21)
     w1, w2 = rng.standard_normal((16, 64)) * 0.25, rng.standard_normal((64, 16)) * 0.125
     w1[:, np.arange(64) % 4 != 0] = 0.0
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                       [numpy_helper.from_array(w1.astype(np.float32), "w1"),
-                        numpy_helper.from_array(w2.astype(np.float32), "w2")])
+    model = _matmul_pair(w1, w2, "Relu")
     cal = _inputs(model, samples=24)
     assert cal.arrays["x"].shape[0] < 64  # few vectors: a strong shrinkage
-    result = compress(model, keep_params=0.5, calibration=cal, prune="only", rank_multiple=8)
-    (block,) = result.report.pruned
-    assert block.width_after == 32 and block.error < 1e-4
-    x = _inputs(model, samples=8, seed=9).arrays["x"]
-    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
-                               atol=1e-5)
+    _assert_lossless_cut(model, cal, 32, atol=1e-5, keep_params=0.5, rank_multiple=8)
 
 
 def test_prune_on_a_model_with_nothing_to_change_is_refused_like_every_other_mode():
@@ -603,20 +622,9 @@ def test_constant_hidden_channels_go_to_the_bias_at_no_cost():
     rng = np.random.default_rng(24)
     w1 = rng.standard_normal((16, 64)) * 0.25
     w1[:, 32:] = 0.0
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Exp", ["h"], ["e"]),
-             helper.make_node("MatMul", ["e", "w2"], ["o"], name="down"),
-             helper.make_node("Add", ["o", "b2"], ["y"], name="bias")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                       [numpy_helper.from_array(w1.astype(np.float32), "w1"), _init(rng, "w2", (64, 16), 0.125),
-                        _init(rng, "b2", (16,), 0.1)])
-    cal = _inputs(model, samples=40)
-    result = compress(model, keep_params=0.52, calibration=cal, prune="only", rank_multiple=16)
-    (block,) = result.report.pruned
-    assert block.width_after == 32 and block.error < 1e-4
-    x = _inputs(model, samples=8, seed=9).arrays["x"]
-    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
-                               atol=1e-4)
+    w2, b2 = 0.125 * rng.standard_normal((64, 16)), 0.1 * rng.standard_normal(16)  # cast by _matmul_pair
+    model = _matmul_pair(w1, w2, "Exp", out_bias=b2)
+    _assert_lossless_cut(model, _inputs(model, samples=40), 32, atol=1e-4, keep_params=0.52, rank_multiple=16)
 
 
 def test_budget_left_after_the_min_max_goes_to_the_largest_errors():
@@ -668,12 +676,7 @@ def test_reshapes_that_keep_the_channels_last_are_inside_a_block():
     cal = _inputs(model, samples=32)
     (block,), _ = find_blocks(model, _layers(model, cal))
     assert {"unflatten", "flatten"} <= set(block.between)
-    result = compress(model, keep_flops=0.55, calibration=cal, prune="only", rank_multiple=16)
-    (report,) = result.report.pruned
-    assert report.width_after == 64 and report.error < 1e-4
-    x = _inputs(model, samples=4, seed=9).arrays["x"]
-    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
-                               atol=1e-5)
+    result = _assert_lossless_cut(model, cal, 64, atol=1e-5, samples=4, keep_flops=0.55, rank_multiple=16)
     targets = [numpy_helper.to_array(i).tolist() for i in result.model.graph.initializer
                if i.data_type == TensorProto.INT64]
     assert [-1, 16, 64] in targets and [-1, 64] in targets and [-1, 16, 128] not in targets
