@@ -375,6 +375,7 @@ class _Planned:
     sensitivity_note: Optional[str]
     speed: object = None  # onnx_alds.latency.SpeedInfo, or a plan's recorded times (onnx_alds.plan)
     damage: Optional[dict] = None  # --method damage: the tables' cost and the predicted total (onnx_alds.damage)
+    warnings: tuple[str, ...] = ()  # found while planning (--order auto's cost in error), shown with the report's
 
 
 def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable") -> str:
@@ -496,6 +497,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                             + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in order))
 
     speed_info = costs = None
+    one_order_tables = tables  # each conv in its own order: what --order auto is compared with
     if decisions is None and options.measures_latency:  # latency tables (onnx_alds.latency)
         from .latency import speed_step
 
@@ -503,6 +505,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                                                weights=weights if sensitivity else None)
         seconds["latency tables"] = speed_info.stats.seconds
     tick = time.perf_counter()
+    order_warning: Optional[str] = None
     if decisions is not None:
         allocation, speed_info = decisions.allocation(chosen, tables), decisions.times()
     elif target == "latency":
@@ -526,12 +529,14 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     else:
         slow_note = _slow_layers_note(chosen, tables, options.speed, target) if speed_info is not None else ""
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple, slow_note)
+        if order == AUTO_ORDER and speed_info is not None and measure != "rank-fraction":
+            order_warning = _auto_order_warning(prepared, chosen, one_order_tables, speed_info, options, allocation)
     seconds["allocation"] = time.perf_counter() - tick
     prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
                                            channel_multiple=rank_multiple)
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
-                    else None)
+                    else None, warnings=(order_warning,) if order_warning else ())
 
 
 def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, speed_info, options: CompressOptions):
@@ -703,7 +708,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
-                     warnings=_harm_warnings(report, prepared, data_aware, stats))
+                     warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
@@ -846,6 +851,41 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget)
     return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed)
+
+
+AUTO_ORDER_HARM = 2.0  # --order auto's largest predicted layer error this many times spatial-first's: a warning
+
+
+def _auto_order_warning(prepared: _Prepared, chosen: Sequence[Layer], one_order_tables: Sequence[ErrorTable],
+                        speed_info, options: CompressOptions, allocation: Allocation) -> Optional[str]:
+    """Under a params or MACs budget ``--order auto`` gives each k×k conv the order its pairs time faster,
+    whatever that order costs in error. The warning, when the largest predicted layer error is more than
+    :data:`AUTO_ORDER_HARM` times what the same budget allocates with every conv in its own order (the
+    same options, the same drop of options not faster than dense); None otherwise, or when that budget
+    cannot be reached without the switched orders."""
+    from .latency import prune_slow
+
+    switched = [layer.name for layer, choice in zip(chosen, allocation.choices)
+                if choice.groups != DENSE and choice.order == POINTWISE_FIRST]
+    if not switched:
+        return None
+    tables = [table if speed_info.tables.get(layer.name) is None
+              else prune_slow(layer, table, speed_info.tables[layer.name], options.speed.min_speedup)
+              for layer, table in zip(chosen, one_order_tables)]
+    budget, search = options.budget, options.search
+    try:
+        own = _allocate(prepared, chosen, tables, budget.target, budget.keep, search.method, search.seed,
+                        search.rank_multiple)
+    except BudgetError:
+        return None
+    if allocation.max_error <= max(AUTO_ORDER_HARM * own.max_error, 0.01):  # (0.01: both negligible)
+        return None
+    convs = "k×k conv" if len(switched) == 1 else f"{len(switched)} k×k convs"
+    return (f"--order auto gave {convs} the pointwise-first order because it times faster "
+            f"(first: '{switched[0]}'); under --keep-{budget.target} that raises the largest predicted layer error to "
+            f"{allocation.max_error:.3g}, against {own.max_error:.3g} with --order spatial-first: expect less "
+            "accuracy; use --order spatial-first, or give the budget in time (--keep-latency), where each conv's "
+            "order is chosen by error per µs")
 
 
 def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation: Allocation, *, target: str,

@@ -564,7 +564,8 @@ def make_plan(model, **options) -> Plan:
         report = replace(report, calibration_samples=sample_count(data.calibration),
                          notes=report.notes + tuple(planned.calibration_notes))
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
-                     warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats))
+                     warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
+                     + planned.warnings)
     return _plan_from(planned.options, planned.prepared.model, report)
 
 

@@ -13,6 +13,7 @@ from onnx_alds.allocate import DENSE, LayerCosts, allocate_minmax
 from onnx_alds.errors import BudgetError
 from onnx_alds.latency import LatencyCache, LayerSpec, TableStats, grid_ranks, measure_table
 from onnx_alds.options import Budget, SearchOptions, SpeedOptions
+from onnx_alds.plan import make_plan
 from onnx_alds.spectra import error_table, layer_spectra
 
 
@@ -249,3 +250,43 @@ def test_the_printed_smallest_ratio_is_reachable(tmp_path):
     floor = float(re.search(r"smallest reachable ratio is ([0-9.]+)", str(refused.value)).group(1))
     result = onnx_alds.compress(model, keep_flops=floor, rank_multiple=8)
     assert result.report.achieved <= floor + 1e-9
+
+
+def _low_rank_weight(model, name: str, rank: int, pointwise_first: bool):
+    """Replace a k×k conv weight by one of exactly ``rank`` in one order's matrix, (out, in·k·k) for
+    spatial-first or (out·k·k, in) for pointwise-first, with the same norm; in place."""
+    from onnx import numpy_helper
+
+    init = next(init for init in model.graph.initializer if init.name == name)
+    weight = numpy_helper.to_array(init)
+    out, inputs, kh, kw = weight.shape
+    rng = np.random.default_rng(1)
+    if pointwise_first:
+        matrix = rng.standard_normal((out * kh * kw, rank)) @ rng.standard_normal((rank, inputs))
+        matrix = matrix.reshape(out, kh, kw, inputs).transpose(0, 3, 1, 2)
+    else:
+        matrix = (rng.standard_normal((out, rank)) @ rng.standard_normal((rank, inputs * kh * kw))).reshape(weight.shape)
+    matrix *= np.linalg.norm(weight) / np.linalg.norm(matrix)
+    init.CopyFrom(numpy_helper.from_array(matrix.astype(np.float32), name))
+
+
+@pytest.mark.parametrize("conv1_low_rank_in", ["spatial-first", "pointwise-first"])
+def test_order_auto_under_a_mac_budget_warns_when_the_faster_order_costs_accuracy(tmp_path, conv1_low_rank_in):
+    # every conv exactly rank 8 in the spatial-first matrix, but conv1 (pointwise-first times 2x faster)
+    # may be exact in either order: only when it is exact in spatial-first does auto's switch cost error
+    model = two_order_cnn()
+    _low_rank_weight(model, "conv1.weight", 8, pointwise_first=conv1_low_rank_in == "pointwise-first")
+    _low_rank_weight(model, "conv2.weight", 8, pointwise_first=False)
+    _low_rank_weight(model, "conv3.weight", 8, pointwise_first=False)
+    timer = FakeTimer(group_penalty=50.0, pointwise=lambda channels: 0.5 if channels == 32 else 2.0)
+    report = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=8, order="auto",
+                                speed=speed(timer, tmp_path)).report
+    assert rows(report)["conv1"].order == "pointwise-first"
+    warned = [warning for warning in report.warnings if warning.startswith("--order auto")]
+    if conv1_low_rank_in == "pointwise-first":
+        assert report.max_error < 1e-6 and not warned
+    else:
+        assert report.max_error > 0.1
+        assert len(warned) == 1 and "'conv1'" in warned[0] and "--order spatial-first" in warned[0]
+        plan = make_plan(model, keep_flops=0.5, rank_multiple=8, order="auto", speed=speed(timer, tmp_path))
+        assert any(warning.startswith("--order auto") for warning in plan.report.warnings)
