@@ -21,9 +21,9 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
-from .layers import (LAYER_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, ensure_node_names, find_layers,
-                     StoredConstants, folded_weight, iter_graphs, iter_total_params, node_macs, weight_constants,
-                     with_order)
+from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs,
+                     ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
+                     iter_total_params, node_macs, unchanged_ops_note, weight_constants, with_order)
 from .checks import InputCheck, check_input_model, check_output_model
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
@@ -64,6 +64,7 @@ class _Prepared:
     original: onnx.ModelProto  # the model as loaded, before functions were inlined
     input_check: InputCheck  # what the up-front check found (ONNX Runtime facts for the output check)
     store: Optional[TensorStore] = None  # where the light model's large weights are read from
+    unchanged_ops: str = ""  # quantized or ONNX Runtime-fused layers, left as they are (layers.unchanged_ops_note)
 
 
 def _progress(items: Sequence, description: str):
@@ -101,10 +102,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             raise
         resolved = None
         notes.append("input shapes are dynamic: MACs not counted (give --input-shape to count them)")
-    layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node
-                 if n.op_type in LAYER_OPS + ("ConvTranspose",) and len(n.input) >= 2]
+    layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node if is_counted_node(n)]
     if resolved is not None:
-        needed = {name for node in layer_ops for name in list(node.output[:1]) + list(node.input[:2])}
+        needed = {name for node in layer_ops for name in (node.output[0], *counted_inputs(node))}
         shapes = tensor_shapes(proto, resolved, needed, store)
     constants, folded = weight_constants(proto, load=store.load)
     constants = StoredConstants(constants, store)
@@ -121,6 +121,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if transposed:
         notes.append(f"{len(transposed)} ConvTranspose nodes (first: '{transposed[0].name}') are left as they are; "
                      "their MACs count in the total")
+    unchanged = unchanged_ops_note(proto)
+    if unchanged:
+        notes.append(f"left as they are (their MACs count in the total where known): {unchanged}")
     recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                  if node.op_type in ("LSTM", "GRU", "RNN")]
     if recurrent:
@@ -139,7 +142,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         else:
             macs_total = int(sum(per_node))
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check, store)
+                     input_check, store, unchanged)
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
@@ -149,7 +152,7 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     """The model with its model-local functions inlined (onnx's inliner) when any of them holds a
     Conv/Gemm/MatMul, so those layers can be found and factorized; else the model itself."""
     local = {(function.domain, function.name) for function in model.functions}
-    holds_layers = any(node.op_type in LAYER_OPS for function in model.functions for node in function.node)
+    holds_layers = any(is_layer_node(node) for function in model.functions for node in function.node)
     if not local or not holds_layers:
         return model
     from onnx import inliner
@@ -378,9 +381,13 @@ class _Planned:
     warnings: tuple[str, ...] = ()  # found while planning (--order auto's cost in error), shown with the report's
 
 
-def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable") -> str:
-    """The message for a model none of whose Conv/Gemm/MatMul nodes can be changed, with the reasons."""
+def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unchanged_ops: str = "") -> str:
+    """The message for a model none of whose Conv/Gemm/MatMul nodes can be changed, with the reasons
+    (``unchanged_ops``: the quantized or fused layers, :func:`onnx_alds.layers.unchanged_ops_note`)."""
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
+    if unchanged_ops:
+        return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}; the model's layers are "
+                f"{unchanged_ops}")
     return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}"
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)"))
 
@@ -450,7 +457,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
-        raise UnsupportedModelError(nothing_to_compress(layers))
+        raise UnsupportedModelError(nothing_to_compress(layers, unchanged_ops=prepared.unchanged_ops))
     if decisions is not None:  # each layer in the plan's order
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
@@ -492,9 +499,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         weights = layer_sensitivities(proto, chosen, tables, constants, stats, calibration)
         tables = [scaled_table(table, weight) for table, weight in zip(tables, weights)]
         seconds["sensitivity"] = time.perf_counter() - tick
-        order = np.argsort(weights)[::-1][:3]
+        largest = np.argsort(weights)[::-1][:3]
         sensitivity_note = ("sensitivity weights (output error per unit layer error), largest: "
-                            + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in order))
+                            + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in largest))
 
     speed_info = costs = None
     one_order_tables = tables  # each conv in its own order: what --order auto is compared with
@@ -841,6 +848,8 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
         outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
         if outside > 0.05 * total:
             why += f"; {outside / total:.0%} of the weights are in ops other than Conv/Gemm/MatMul"
+        if prepared.unchanged_ops:
+            why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
             f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"

@@ -24,6 +24,32 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 FOLDABLE_OPS = ("Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+STANDARD_OP_DOMAINS = ("", "ai.onnx")
+QUANTIZED = ("quantized layers: compress the float model first, then quantize it (onnx-alds then ONNX Runtime's "
+             "quantization tools)")
+ORT_FUSED = ("ONNX Runtime's fused or layout ops: compress the model saved before ONNX Runtime's graph optimizations "
+             "(or optimized at level BASIC), then let ONNX Runtime optimize the result")
+# every op whose MACs count in the total: (domain, op) -> (how to count, data input, weight input, why it is
+# left as it is: None for the layers onnx-alds changes and ConvTranspose, which has its own note)
+COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
+    ("", "Conv"): ("conv", 0, 1, None),
+    ("", "Gemm"): ("gemm", 0, 1, None),
+    ("", "MatMul"): ("matmul", 0, 1, None),
+    ("", "ConvTranspose"): ("conv-transpose", 0, 1, None),
+    ("", "ConvInteger"): ("conv", 0, 1, QUANTIZED),
+    ("", "QLinearConv"): ("conv", 0, 3, QUANTIZED),
+    ("", "MatMulInteger"): ("matmul", 0, 1, QUANTIZED),
+    ("", "QLinearMatMul"): ("matmul", 0, 3, QUANTIZED),
+    ("com.microsoft", "QLinearConv"): ("conv", 0, 3, QUANTIZED),
+    ("com.microsoft", "QGemm"): ("gemm", 0, 3, QUANTIZED),
+    ("com.microsoft", "MatMulIntegerToFloat"): ("matmul", 0, 1, QUANTIZED),
+    ("com.microsoft", "DynamicQuantizeMatMul"): ("matmul", 0, 1, QUANTIZED),
+    ("com.microsoft", "MatMulNBits"): ("n-bits", 0, 1, QUANTIZED),
+    ("com.microsoft", "FusedConv"): ("conv", 0, 1, ORT_FUSED),
+    ("com.microsoft", "FusedGemm"): ("gemm", 0, 1, ORT_FUSED),
+    ("com.microsoft", "FusedMatMul"): ("matmul", 0, 1, ORT_FUSED),
+    ("com.microsoft.nchwc", "Conv"): ("conv", 0, 1, ORT_FUSED),
+}
 SPATIAL_FIRST = "spatial-first"  # k×k conv c → g·r, then 1x1 g·r → f (ALDS)
 POINTWISE_FIRST = "pointwise-first"  # 1x1 conv c → g·r, then k×k g·r → f
 ORDERS = (SPATIAL_FIRST, POINTWISE_FIRST)
@@ -144,7 +170,7 @@ def weight_constants(model: onnx.ModelProto, load: Optional[Callable[[onnx.Tenso
     folded: dict[str, str] = {}
     for _, graph in iter_graphs(model.graph):
         for node in graph.node:
-            if node.op_type not in LAYER_OPS or len(node.input) < 2:
+            if not is_layer_node(node):
                 continue
             for slot in (1, 0) if node.op_type == "MatMul" else (1,):
                 name = node.input[slot]
@@ -229,6 +255,50 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
+def op_key(node: onnx.NodeProto) -> tuple[str, str]:
+    """``(domain, op type)``, the standard domain spelled ``""``."""
+    return ("" if node.domain in STANDARD_OP_DOMAINS else node.domain), node.op_type
+
+
+def is_layer_node(node: onnx.NodeProto) -> bool:
+    """A Conv, Gemm or MatMul of the standard ONNX domain with a weight input: what onnx-alds may change.
+    An op of the same name in another domain means something else (ONNX Runtime's
+    ``com.microsoft.nchwc`` Conv reads blocked layouts; a vendor's MatMul may not be a product at all)."""
+    return node.op_type in LAYER_OPS and node.domain in STANDARD_OP_DOMAINS and len(node.input) >= 2
+
+
+def is_counted_node(node: onnx.NodeProto) -> bool:
+    """A node whose MACs count in the model's total (:data:`COUNTED_OPS`, its weight input present)."""
+    spec = COUNTED_OPS.get(op_key(node))
+    return spec is not None and len(node.input) > spec[2] and bool(node.input[spec[2]])
+
+
+def counted_inputs(node: onnx.NodeProto) -> tuple[str, str]:
+    """The data and weight inputs of a counted node (:func:`is_counted_node`)."""
+    _, data, weight, _ = COUNTED_OPS[op_key(node)]
+    return node.input[data], node.input[weight]
+
+
+CUSTOM_LAYER = "ops of another domain named like ONNX layers, whose meaning onnx-alds does not know; MACs not counted"
+
+
+def unchanged_ops_note(model: onnx.ModelProto) -> str:
+    """What the model's layers that onnx-alds leaves as they are (quantized, ONNX Runtime's fused ones,
+    other domains' Conv/Gemm/MatMul) are, and what to do instead, e.g. ``"QLinearConv ×4 (quantized
+    layers: compress the float model first ...)"``; "" when there are none."""
+    by_why: dict[str, Counter] = {}
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            spec = COUNTED_OPS.get(op_key(node))
+            why = spec[3] if spec is not None else (CUSTOM_LAYER if node.op_type in LAYER_OPS and op_key(node)[0]
+                                                    else None)
+            if why is not None:
+                name = node.op_type if not op_key(node)[0] else f"{node.domain}::{node.op_type}"
+                by_why.setdefault(why, Counter())[name] += 1
+    return "; ".join(", ".join(f"{op} ×{count}" for op, count in sorted(ops.items())) + f" ({why})"
+                     for why, ops in by_why.items())
+
+
 def unused_initializers(model: onnx.ModelProto) -> set[str]:
     """Names of the main graph's initializers that nothing reads (no node at any depth, no graph output)."""
     used: Counter = Counter()
@@ -237,26 +307,31 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
 
 
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
-    """Multiply-accumulates of any Conv/ConvTranspose/Gemm/MatMul node, from its tensor shapes (None if unknown)."""
-    if node.op_type == "Conv":
-        weight, output = shapes.get(node.input[1]), shapes.get(node.output[0])
+    """Multiply-accumulates of a node of :data:`COUNTED_OPS` (Conv, ConvTranspose, Gemm, MatMul, their
+    quantized and ONNX Runtime-fused forms), from its tensor shapes; None if unknown or not counted."""
+    if not is_counted_node(node):
+        return None
+    kind = COUNTED_OPS[op_key(node)][0]
+    data_name, weight_name = counted_inputs(node)
+    data, weight, output = shapes.get(data_name), shapes.get(weight_name), shapes.get(node.output[0])
+    if kind == "conv":
         if weight is None or output is None or len(output) < 2:
             return None
         return int(np.prod(weight)) * output[0] * int(np.prod(output[2:]))
-    if node.op_type == "ConvTranspose":  # every input position meets every weight element once
-        weight, data = shapes.get(node.input[1]), shapes.get(node.input[0])
+    if kind == "conv-transpose":  # every input position meets every weight element once
         if weight is None or data is None or len(data) < 2:
             return None
         return int(np.prod(weight)) * data[0] * int(np.prod(data[2:]))
-    if node.op_type in ("Gemm", "MatMul"):
-        left, output = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if left is None or output is None or not left:
-            return None
-        inner = left[0] if node.op_type == "Gemm" and _attr(node, "transA", 0) else left[-1]
-        if node.op_type == "MatMul" and len(left) == 1:  # a vector on the left: its length is the inner dim
-            inner = left[0]
-        return int(np.prod(output)) * int(inner)
-    return None
+    if output is None:
+        return None
+    if kind == "n-bits":  # the weight is packed: its inner size is the attribute K
+        return int(np.prod(output)) * int(_attr(node, "K", 0)) or None
+    if data is None or not data:
+        return None
+    inner = data[-1]
+    if _attr(node, "transA", 0):  # Gemm, FusedMatMul
+        inner = data[0] if kind == "gemm" else (data[-2] if len(data) > 1 else data[0])
+    return int(np.prod(output)) * int(inner)
 
 
 def _positions(op: str, output_shape: Optional[tuple[int, ...]], out_features: int = 0, *,
@@ -297,13 +372,15 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     layers = []
     for path, graph in iter_graphs(model.graph):
         for node in graph.node:
-            if node.op_type not in LAYER_OPS or len(node.input) < 2:
+            if not is_layer_node(node):
                 continue
             layer = _describe(node, constants, uses, shapes, exclude, max_groups, channel_multiple, producers)
             if layer is None:
                 continue
             if layer.compressible and layer.weight in overridable:
-                layer = replace(layer, skip_reason="weight is also a graph input (callers may override it)")
+                layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
+                                                     "re-export without keep_initializers_as_inputs, or drop it "
+                                                     "from the graph inputs, to compress it")
             if layer.compressible and layer.weight in trained:
                 layer = replace(layer, skip_reason="weight is trained on device (the model's training_info uses it)")
             layers.append(replace(layer, subgraph=path or None))
@@ -326,12 +403,12 @@ def _check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> N
     a pattern that matches none is a typo that would leave a layer factorized. Raises InputDataError."""
     if not exclude:
         return
-    names = [name for _, graph in iter_graphs(model.graph) for node in graph.node if node.op_type in LAYER_OPS
+    names = [name for _, graph in iter_graphs(model.graph) for node in graph.node if is_layer_node(node)
              for name in [node.name, *node.input] if name]
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             example = next((node.name for _, graph in iter_graphs(model.graph) for node in graph.node
-                            if node.op_type in LAYER_OPS and node.name), None)
+                            if is_layer_node(node) and node.name), None)
             raise InputDataError(f"--exclude '{pattern}' matches no Conv/Gemm/MatMul node or weight name; check the "
                                  "pattern (globs such as '*/fc/*' match whole names" +
                                  (f"; a layer's name: '{example}')" if example else ")"))
@@ -350,8 +427,12 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     node = producers.get(name)
     if node is None:
         return "weight is a graph input, not a constant"
-    if node.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
-        return f"quantized weight ({node.op_type}): factorizing would undo the quantization"
+    quantizer = node
+    while quantizer is not None and quantizer.op_type in FOLDABLE_OPS and quantizer.input:  # through moves, casts
+        quantizer = producers.get(quantizer.input[0])
+    if quantizer is not None and quantizer.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
+        return (f"quantized weight ({quantizer.op_type}{'' if quantizer is node else ' → ' + node.op_type}): "
+                "factorizing would undo the quantization; compress the float model first, then quantize it")
     unfolded = _constant_subgraph_ops(name, producers, constants)
     if unfolded:
         return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "

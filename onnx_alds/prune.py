@@ -64,7 +64,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, use_counts
+from .layers import FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, use_counts
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -456,6 +456,8 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return "consumer"
     if op in UNARY_OPS:
         return "between" if len([o for o in user.output if o]) == 1 else f"{where} with several outputs"
+    if op == "Cast":  # element by element; to a float type, so the consumer's refit stays linear in it
+        return "between" if _attr(user, "to", 0) in FLOAT_TYPES else f"{where}, a Cast to a non-float type"
     if op == "Clip":
         if all(graph.constant(name) is not None and graph.constant(name).size == 1 for name in user.input[1:] if name):
             return "between"
@@ -1324,7 +1326,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     seconds.update(analysis.seconds)
     blocks = analysis.blocks
     if not blocks and not others:
-        raise UnsupportedModelError(api.nothing_to_compress(layers, "factorizable or prunable"))
+        raise UnsupportedModelError(api.nothing_to_compress(layers, "factorizable or prunable",
+                                                            prepared.unchanged_ops))
     if not blocks and mode == "only":
         reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
         raise UnsupportedModelError("no prunable block (a producer whose channels reach one consumer through "

@@ -167,16 +167,19 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
             gs.Node("MatMul", dec_node, {}, [middle, dec_weight], [y])]
 
 
-def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype, names: Names) -> list[gs.Node]:
+def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype, names: Names,
+                  overridable: frozenset = frozenset()) -> list[gs.Node]:
     """Add ``shift`` to the decoder's output: into its constant bias (Conv) or ``C`` (Gemm, as
-    ``shift/beta``), else through an ``Add`` node, which is returned."""
+    ``shift/beta``), else through an ``Add`` node, which is returned. A bias in ``overridable`` (also a
+    graph input, which callers may set) is kept as it is, and the ``Add`` carries the shift."""
     layer = rewrite.layer
     name = names.fresh(f"{layer.weight}.dec.bias")
     bias = dec.inputs[2] if len(dec.inputs) > 2 else None
     scale = 1.0
     if layer.op == "Gemm":
         scale = float(dec.attrs.get("beta", 1.0))
-    foldable = layer.op in ("Conv", "Gemm") and scale != 0.0 and (bias is None or isinstance(bias, gs.Constant))
+    foldable = layer.op in ("Conv", "Gemm") and scale != 0.0 and (
+        bias is None or (isinstance(bias, gs.Constant) and bias.name not in overridable))
     if foldable:
         value = shift / scale if bias is None else np.asarray(bias.values, np.float64) + shift / scale
         constant = gs.Constant(name, np.asarray(value).astype(dtype))
@@ -216,6 +219,9 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
     """
     graph: Optional[gs.Graph] = None
     values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
+    # IR >= 4: an initializer also listed as a graph input is a default that callers may override
+    overridable = frozenset({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
+                            if model.ir_version >= 4 else ())
     for rewrite in rewrites:
         if graph is None:
             opset = opset_version(model)
@@ -234,7 +240,8 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
             pair = _matmul_pair(node, rewrite, dtype, names)
         if rewrite.bias_shift is not None:
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
-            pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype, names)
+            pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype, names,
+                                  overridable)
         node.inputs.clear()
         node.outputs.clear()
         _defer_values(pair, values)

@@ -1,0 +1,172 @@
+"""Models that other tools processed before onnx-alds sees them: ONNX Runtime's fused and layout ops,
+quantized layers, other domains' ops named like ONNX layers, overridable biases, mixed precision.
+Each test fails on the code before its fix (a wrong model written with exit 0, an error that blamed
+onnx-alds, or advice that did not fit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import make_model, run_model
+from onnx_alds import analyze, compress
+from onnx_alds.errors import BudgetError, UnsupportedModelError
+from onnx_alds.inputs import InputSet
+
+
+def _with_domains(nodes, inputs, outputs, initializers, *domains: str) -> onnx.ModelProto:
+    """A model importing ``domains`` (version 1) besides the standard one at opset 17."""
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializers),
+                              opset_imports=[helper.make_opsetid("", 17)]
+                              + [helper.make_opsetid(domain, 1) for domain in domains])
+    model.ir_version = 8
+    return model
+
+
+def _conv_weights(rng, cin: int, cout: int, rank: int = 4) -> np.ndarray:
+    """A 3x3 weight of exactly ``rank`` in the spatial-first matrix (out, in·9)."""
+    return ((rng.standard_normal((cout, rank)) @ rng.standard_normal((rank, cin * 9))).reshape(cout, cin, 3, 3)
+            / np.sqrt(cin * 9 * rank)).astype(np.float32)
+
+
+def _fused_conv_model() -> onnx.ModelProto:
+    """input (1,8,8,8) → Conv 8→16 → com.microsoft FusedConv 16→16 (ReLU fused) → y: the second layer as
+    ONNX Runtime's EXTENDED optimization writes it."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(_conv_weights(rng, 8, 16), "w1"),
+             numpy_helper.from_array(_conv_weights(rng, 16, 16), "w2"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv", pads=[1] * 4),
+             helper.make_node("FusedConv", ["h", "w2", "b2"], ["y"], name="fused", domain="com.microsoft",
+                              activation="Relu", kernel_shape=[3, 3], pads=[1] * 4)]
+    return _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits, "com.microsoft")
+
+
+def test_fused_layers_count_in_the_macs_and_are_named_with_what_to_do():
+    """ONNX Runtime's FusedConv was neither listed nor counted: --keep-flops 0.5 meant half of the plain
+    conv alone, and the report's ratio was not the model's."""
+    model = _fused_conv_model()
+    analysis = analyze(model)
+    per_conv = 16 * 8 * 9 * 64  # the plain conv's MACs; the fused one has twice as many
+    assert analysis.macs_total == per_conv * 3
+    assert any("com.microsoft::FusedConv ×1" in note and "before ONNX Runtime's graph optimizations" in note
+               for note in analysis.notes)
+    with pytest.raises(BudgetError, match=r"--keep-flops 0.5 cannot be reached: .*FusedConv"):
+        compress(model, keep_flops=0.5, rank_multiple=4)
+    result = compress(model, keep_flops=0.9, rank_multiple=4)
+    assert result.report.achieved <= 0.9
+    assert [node.op_type for node in result.model.graph.node if node.domain == "com.microsoft"] == ["FusedConv"]
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0],
+                               rtol=1e-4, atol=1e-5)  # exactly rank 4: the pair reproduces the conv
+
+
+@pytest.mark.parametrize("domain", ["com.microsoft.nchwc", "com.vendor"])
+def test_an_op_of_another_domain_named_like_a_layer_is_left_as_it_is(domain):
+    """A node 'Conv'/'MatMul' of another domain (ONNX Runtime's blocked-layout Conv, a vendor's op) was
+    factorized as the standard op: the written model was wrong with exit 0 (relative error 1.85)."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")]
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="other", domain=domain)
+    model = _with_domains([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits, domain)
+    with pytest.raises(UnsupportedModelError, match=rf"nothing to compress: 0 Conv/Gemm/MatMul nodes.*"
+                                                    rf"{domain}::MatMul ×1 \(ops of another domain"):
+        compress(model, keep_params=0.5, rank_multiple=1)
+    assert analyze(model).layers == ()
+
+
+def _matmul_integer_model() -> onnx.ModelProto:
+    """uint8 input (4,32) → MatMulInteger with a constant uint8 weight → int32 y: dynamic quantization."""
+    weight = np.random.default_rng(3).integers(0, 255, (32, 16)).astype(np.uint8)
+    nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["y"], name="q")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, [4, 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])],
+                      [numpy_helper.from_array(weight, "w")])
+
+
+def test_quantized_layers_are_named_with_what_to_do():
+    """A quantized model was refused with "the model has no Conv, Gemm or MatMul with a weight"."""
+    model = _matmul_integer_model()
+    with pytest.raises(UnsupportedModelError, match=r"the model's layers are MatMulInteger ×1 \(quantized layers: "
+                                                    r"compress the float model first, then quantize it"):
+        compress(model, keep_params=0.5)
+    assert analyze(model).macs_total == 4 * 32 * 16
+
+
+def test_a_dequantized_weight_behind_a_transpose_is_called_quantized_not_foldable():
+    """int8 weight → DequantizeLinear → Transpose → MatMul: the reason said to fold the constants with
+    onnxslim, which would dequantize the weight."""
+    weight = np.random.default_rng(4).integers(-127, 127, (16, 32)).astype(np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "scale"], ["wd"], name="dq"),
+             helper.make_node("Transpose", ["wd"], ["wt"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+                       [numpy_helper.from_array(weight, "wq"), numpy_helper.from_array(np.float32(0.01), "scale")])
+    (layer,) = analyze(model).layers
+    assert layer.skip_reason.startswith("quantized weight (DequantizeLinear → Transpose)")
+    assert "onnxslim" not in layer.skip_reason and "compress the float model first" in layer.skip_reason
+
+
+def test_bias_correction_keeps_an_overridable_bias_overridable():
+    """A bias also listed as a graph input (keep_initializers_as_inputs): --bias-correction folded its
+    shift into a new bias, and the output check refused the model as "a bug in onnx-alds". The bias
+    stays the graph input's, and a caller's value still moves the output as in the original."""
+    rng = np.random.default_rng(5)
+    low_rank = (rng.standard_normal((16, 4)) @ rng.standard_normal((4, 32)) / 12).reshape(16, 32, 1, 1)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 8, 3, 3)) / 8).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array((low_rank + 0.01 * rng.standard_normal(low_rank.shape)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8]),
+                               helper.make_tensor_value_info("b2", TensorProto.FLOAT, [16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 8, 8])], inits)
+    x = rng.standard_normal((16, 8, 8, 8)).astype(np.float32)
+    result = compress(model, keep_params=0.95, rank_multiple=4, calibration=InputSet({"x": x}, source="test"),
+                      bias_correction=True, exclude=["conv1"])
+    assert {row.name: row.groups for row in result.report.layers}["conv2"] > 0
+    assert [value.name for value in result.model.graph.input] == ["x", "b2"]
+    other = rng.standard_normal(16).astype(np.float32)  # a caller's bias moves both outputs by the same
+    feeds = {"x": x[:4]}
+    moved = run_model(result.model, {**feeds, "b2": other})[0] - run_model(result.model, feeds)[0]
+    np.testing.assert_allclose(moved, np.broadcast_to((other - numpy_helper.to_array(inits[3]))[:, None, None],
+                                                      moved.shape), atol=1e-5)
+
+
+def test_a_float_cast_between_producer_and_consumer_is_per_channel():
+    """Mixed precision (MatMul → Cast to float16 → Relu → Cast to float → MatMul): the block was refused
+    because "Cast does not act per channel". 48 of 64 hidden units are dead: the cut to 32 is lossless
+    up to float16 rounding. A Cast to an integer type stays a reason."""
+    rng = np.random.default_rng(6)
+    w1, w2 = rng.standard_normal((16, 64)) * 0.25, rng.standard_normal((64, 16)) * 0.125
+    w1[:, np.arange(64) % 4 != 0] = 0.0
+
+    def model_with(to: int) -> onnx.ModelProto:
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+                 helper.make_node("Cast", ["h"], ["h16"], to=to),
+                 helper.make_node("Relu", ["h16"], ["r16"]),
+                 helper.make_node("Cast", ["r16"], ["r"], to=TensorProto.FLOAT),
+                 helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                          [numpy_helper.from_array(w1.astype(np.float32), "w1"),
+                           numpy_helper.from_array(w2.astype(np.float32), "w2")])
+
+    model = model_with(TensorProto.FLOAT16)
+    calibration = InputSet({"x": rng.standard_normal((96, 16)).astype(np.float32)}, source="test")
+    result = compress(model, calibration=calibration, prune="only", keep_params=0.5, rank_multiple=8)
+    (block,) = result.report.pruned
+    assert block.width_after == 32 and block.error < 1e-3
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0],
+                               rtol=1e-2, atol=1e-2)
+    with pytest.raises(UnsupportedModelError, match="a Cast to a non-float type"):
+        compress(model_with(TensorProto.INT32), calibration=calibration, prune="only", keep_params=0.5,
+                 rank_multiple=8)
