@@ -728,20 +728,30 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
     unaligned = [row for row in report.layers if row.groups and row.rank % FAST_RANK_MULTIPLE]
     if not unaligned or rank_multiple % FAST_RANK_MULTIPLE == 0:
         return ()
+    fix = (f"ranks that are multiples of {FAST_RANK_MULTIPLE} in the plan align them"
+           if report.search.startswith("plan") else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them")
     return (f"{len(unaligned)} factorized layers have ranks that are not multiples of {FAST_RANK_MULTIPLE} (first: "
             f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
-            f"counts, so fewer MACs may not run faster (--rank-multiple {FAST_RANK_MULTIPLE} aligns them)",)
+            f"counts, so fewer MACs may not run faster ({fix})",)
 
 
 OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep is a warning, not a note
 
 
-def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str) -> tuple[Optional[str], Optional[str]]:
+def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, applied: bool = False
+               ) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
     rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
-    warning, the model being cut more than asked; more than 1 % below, a note; else neither."""
+    warning, the model being cut more than asked; more than 1 % below, a note; else neither.
+    ``applied``: a saved plan's decisions (maybe edited) were applied, so the advice is about the plan."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
+    if applied:
+        if gap > OVERSHOOT_WARNING * keep:
+            return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "
+                    "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None
+        return None, (f"achieved {achieved:.4f} is more than 1 % below the plan's requested {keep:g}"
+                      if gap > 0.01 * keep else None)
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
         return (f"achieved {achieved:.4f}, well below the requested {keep:g}: no plan closer to the budget exists "
                 f"with {steps} steps of {rank_multiple} (--rank-multiple); the model is cut more than asked, so lower "
@@ -759,14 +769,16 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     """Say, before anything is written, when a plan is likely to break the model (``stats``: the
     calibration statistics by layer, whose vector counts are checked against each layer's inputs)."""
     warnings = []
+    applied = report.search.startswith("plan")  # a saved plan applied: the advice is about its entries
     full_rank = {layer.name: min(layer.matrix_shape) for layer in prepared.layers}
     tiny = [row for row in report.layers if row.groups and full_rank.get(row.name, 0) >= 32
             and row.rank * row.groups < TINY_RANK_FRACTION * full_rank[row.name]]
     if tiny:
         warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
-            + "): a classifier or vocabulary head this thin rarely survives; leave it dense with --exclude")
-    overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank")
+            + "): a classifier or vocabulary head this thin rarely survives; leave it dense with "
+            + ("\"option\": \"dense\" in the plan" if applied else "--exclude"))
+    overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank", applied=applied)
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE
@@ -789,8 +801,11 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     if not data_aware and report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR:
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
-                        f"{report.max_error:.2f}): expect a large accuracy loss; give a few hundred real inputs "
-                        "(--calibration FILE.npz or --calibration-images DIR) and check with --validate")
+                        f"{report.max_error:.2f}): expect a large accuracy loss; " + (
+                            "make a data-aware plan (onnx-alds plan ... --calibration FILE.npz or "
+                            "--calibration-images DIR with a few hundred real inputs)" if applied else
+                            "give a few hundred real inputs (--calibration FILE.npz or --calibration-images DIR)")
+                        + " and check with --validate")
     return tuple(warnings)
 
 
@@ -923,7 +938,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
                 else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
-    gap_note = budget_gap(achieved, keep, rank_multiple, "rank")[1]  # its warning: _harm_warnings
+    gap_note = budget_gap(achieved, keep, rank_multiple, "rank",  # its warning: _harm_warnings
+                          applied=allocation.search.startswith("plan"))[1]
     if gap_note:
         notes.append(gap_note)
     return CompressionReport(

@@ -167,7 +167,8 @@ PRESETS: dict[str, Preprocess] = {
                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     "efficientnet-lite": Preprocess("efficientnet-lite", resize_short=256, crop=(224, 224), scale=1.0,
                                     mean=(127.0,), std=(128.0,)),
-    "mnist": Preprocess("mnist", size=(28, 28), scale=1 / 255, channels=1),
+    # torchvision's MNIST normalization, which the bundled demo model and most MNIST models expect
+    "mnist": Preprocess("mnist", size=(28, 28), scale=1 / 255, mean=(0.1307,), std=(0.3081,), channels=1),
     # The identity: pixels 0..255 as floats at their own size; custom flags fill in the rest.
     "custom": Preprocess("custom"),
 }

@@ -173,10 +173,23 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> "Plan":
+        """Read a plan from JSON text; a key given twice in one object (an edit that left the old value
+        behind) is an error, not the last value silently. Raises PlanError."""
+        def unique_keys(pairs: list) -> dict:
+            keys = [key for key, _ in pairs]
+            repeated = _first_repeated(keys)
+            if repeated is not None:
+                raise PlanError(f"{source}: the key {repeated!r} appears twice in one entry "
+                                f"({', '.join(map(repr, keys[:4]))}{', ...' if len(keys) > 4 else ''}); keep one")
+            return dict(pairs)
+
         try:
-            data = json.loads(text)
+            data = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=unique_keys)  # (a BOM: Notepad's UTF-8)
         except ValueError as exc:
             raise PlanError(f"{source} is not JSON ({exc}); give a file written by onnx-alds plan") from None
+        except RecursionError:
+            raise PlanError(f"{source} is nested too deeply to be a plan; give a file written by onnx-alds plan"
+                            ) from None
         return cls.from_dict(data, source)
 
     @classmethod
@@ -220,6 +233,15 @@ class Plan:
             raise PlanError(f"{source}: the plan has blocks but options.search.prune is off; set it to combined or "
                             "only, or remove the blocks")
         totals = reader.mapping(top.get("totals") or {}, "totals", free=True)
+        latency = totals.get("latency")
+        if latency is not None:  # the recorded times are read back into the report
+            latency = reader.mapping(latency, "totals.latency", free=True)
+            for key in ("model_us", "layers_dense_us"):
+                reader.number(latency.get(key), f"totals.latency.{key}")
+        if options["budget"]["target"] == "latency" and not (latency and latency.get("model_us")):
+            raise PlanError(f"{source}: options.budget.target is latency but the plan records no model time "
+                            "(totals.latency.model_us); make the plan again with --keep-latency, or set the "
+                            "target to params or flops")
         tool = reader.mapping(top.get("tool") or {}, "tool", free=True)
         return cls(model, options, decisions, totals, tool, blocks)
 
@@ -237,8 +259,10 @@ class Plan:
         data_aware = bool(data.pop("data_aware", False))
         data["sensitivity"] = False  # it weighed the allocation only: the decisions are in the plan
         if calibration is None and data_aware:
-            raise PlanError(f"the plan is data-aware (calibrated on {o['data'].get('calibration')}); give calibration "
-                            "inputs (--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+            source = o["data"].get("calibration")
+            raise PlanError("the plan is data-aware (" + (f"calibrated on {source}" if source else "data_aware is true")
+                            + "); give calibration inputs (--calibration FILE.npz, --calibration-images DIR or "
+                            "--calibration-random N)")
         if not data_aware and calibration is not None:
             raise PlanError("the plan is data-free, so calibration inputs would not be used; apply it without them, "
                             "or make a data-aware plan with onnx-alds plan ... --calibration ...")
@@ -249,6 +273,29 @@ class Plan:
         return CompressOptions(Budget(**o["budget"]), SearchOptions(**search),
                                DataAwareOptions(calibration=calibration, **data), speed,
                                None if shapes is None else {k: tuple(v) for k, v in shapes.items()})
+
+    def input_shapes_for(self, model: onnx.ModelProto) -> Optional[dict[str, tuple[int, ...]]]:
+        """The input shapes to apply the plan at: the plan's ``options.input_shapes``, else the shapes
+        it was made at (``model.inputs``) for the model's inputs with dynamic dims besides the batch
+        (the same network exported with dynamic sizes). Raises PlanError when they do not fit the model."""
+        from .model_io import graph_inputs, resolve_input_shapes
+
+        given = self.options.get("input_shapes")
+        if given:
+            shapes = {name: tuple(dims) for name, dims in given.items()}
+            where = "options.input_shapes"
+        else:
+            planned = self.model.get("inputs", {})
+            shapes = {spec.name: tuple(planned[spec.name]) for spec in graph_inputs(model)
+                      if spec.name in planned and not all(isinstance(d, int) for d in spec.dims[1:])}
+            where = "model.inputs"
+        try:
+            resolve_input_shapes(model, shapes or None, batch_default=1)
+        except OnnxAldsError as exc:
+            raise PlanError(f"the plan does not fit this model's inputs (the plan's {where}: "
+                            f"{_show_shapes(shapes) or 'none'}): {exc}; make a new plan for it with onnx-alds plan"
+                            ) from None
+        return shapes or None
 
     def check_layer_names(self, model: onnx.ModelProto) -> None:
         """Raise :class:`PlanError` when no layer of the plan names a node of ``model`` (a plan made for
@@ -299,6 +346,23 @@ _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_d
 _PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
 
 
+def _show_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ", ".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in sorted(shapes.items()))
+
+
+def _finite(value: Union[int, float]) -> bool:
+    """Whether ``value`` is a finite float (an integer too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _first_repeated(names) -> Optional[str]:
     """The first of ``names`` that occurs more than once, or None."""
     names = list(names)
@@ -335,14 +399,14 @@ class _Reader:
 
     def integer(self, value: Any, where: str, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(where, f"expected an integer >= {minimum}, got {value!r}")
+            raise self.fail(where, f"expected an integer >= {minimum}, got {_short(value)}")
         return value
 
     def number(self, value: Any, where: str, *, optional: bool = True) -> Optional[float]:
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(where, f"expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise self.fail(where, f"expected a finite number, got {_short(value)}")
         return float(value)
 
     def dims(self, value: Any, where: str) -> tuple[int, ...]:
@@ -585,6 +649,9 @@ def apply_plan(model, plan: Plan, calibration=None):
     elif isinstance(model, onnx.ModelProto):
         plan.check_layer_names(model)
     options = plan.compress_options(calibration)
+    proto = model.model if isinstance(model, OpenedModel) else model if isinstance(model, onnx.ModelProto) else None
+    if proto is not None:
+        options = replace(options, input_shapes=plan.input_shapes_for(proto))
     if options.search.prune != "off":
         from .prune import compress_pruned
 
@@ -625,11 +692,8 @@ class _Decisions:
         inputs, _ = resolve_input_shapes(prepared.model, input_shapes, batch_default=1)
         planned_inputs = {name: tuple(dims) for name, dims in self.plan.model.get("inputs", {}).items()}
         if {name: tuple(dims) for name, dims in inputs.items()} != planned_inputs:
-            def show(shapes) -> str:
-                return ", ".join(f"{n}:{'x'.join(map(str, d))}" for n, d in sorted(shapes.items()))
-
-            raise self._error(f"its inputs resolve to {show(inputs)}, the plan was made at {show(planned_inputs)}; "
-                              f"{fix}")
+            raise self._error(f"its inputs resolve to {_show_shapes(inputs) or 'none'}, the plan was made at "
+                              f"{_show_shapes(planned_inputs) or 'no inputs'}; {fix}")
         model_layers = {layer.name: layer for layer in prepared.layers}
         for decision in self.plan.layers:
             layer = model_layers.get(decision.name)
@@ -667,8 +731,11 @@ class _Decisions:
                                       f"to \"{SPATIAL_FIRST}\"")
                 target = with_order(layer, decision.order, max_groups=max_groups, channel_multiple=channel_multiple)
             if decision.groups not in target.groups:
+                search = self.options.search
                 raise self._error(f"layer '{layer.name}': groups {decision.groups} is not a candidate "
-                                  f"{decision.order}; candidates: {', '.join(map(str, target.groups))}")
+                                  f"{decision.order} under the plan's options.search (method {search.method}, "
+                                  f"rank_multiple {search.rank_multiple}, max_groups {search.max_groups}); "
+                                  f"candidates: {', '.join(map(str, target.groups))}")
             if target is not layer:
                 ordered[layer.name] = target
         if not ordered:
@@ -890,7 +957,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     model = open_model(args.model)
     plan.check_layer_names(model.model)
     args.seed = plan.options["search"]["seed"]  # --calibration-random draws as when the plan was made
-    shapes = plan.options.get("input_shapes")
+    shapes = plan.input_shapes_for(model.model)
     args.input_shape = [f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items()] if shapes else None
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     result = apply_plan(model, plan, calibration=calibration)

@@ -1475,7 +1475,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                 else (after_macs or 0) / float(prepared.macs_total or 1))
     factorized_any = any(row.groups for row in rows)
     step_kind = "width and rank" if narrowed and factorized_any else "width" if narrowed else "rank"
-    overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind)
+    overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind,
+                                         applied=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
     extra_notes += [gap_note] if gap_note else []
     starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)

@@ -129,7 +129,13 @@ def test_stale_plans_are_clear_errors():
                                                           r"combined, only"),
     (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
     (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),
-    (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a number, got '0.6'"),
+    (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a finite number, got '0.6'"),
+    (lambda d: d["options"]["budget"].update(keep=10 ** 400), r"options.budget.keep: expected a finite number, got "
+                                                              r"1000000000.*\.\.\."),
+    (lambda d: d["totals"].update(latency="x"), r"totals.latency: "),
+    (lambda d: d["totals"].update(latency={"model_us": "x"}), r"totals.latency.model_us: expected a finite number"),
+    (lambda d: d["options"]["budget"].update(target="latency"), r"options.budget.target is latency but the plan "
+                                                                r"records no model time"),
 ])
 def test_unknown_keys_and_bad_values_are_refused(edit, message):
     data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
@@ -360,3 +366,50 @@ def test_damage_prune_when_no_layer_outside_the_blocks_can_shrink_at_the_rank_mu
                                 calibration=calibration)
     assert result.report.achieved <= 0.7 * 1.01 and result.report.pruned[0].width_after < 96
     assert not any(row.groups for row in result.report.layers)
+
+
+def test_plan_text_with_a_repeated_key_a_bom_or_deep_nesting(tmp_path):
+    """An edit that added "rank" and left the old one applied the last value silently; a UTF-8 BOM (as
+    Notepad saves) was "not JSON"; deep nesting raised RecursionError."""
+    plan = make_plan(small_cnn(width=16), keep_flops=0.5)
+    text = plan.to_json()
+    assert Plan.from_json("\ufeff" + text).layers == plan.layers
+    path = tmp_path / "bom.json"
+    path.write_bytes("\ufeff".encode() + text.encode())
+    assert Plan.load(path).layers == plan.layers
+    repeated = text.replace('"groups":', '"rank": 4, "groups":', 1)
+    with pytest.raises(PlanError, match=r"the key 'rank' appears twice in one entry"):
+        Plan.from_json(repeated)
+    with pytest.raises(PlanError, match="nested too deeply"):
+        Plan.from_json("[" * 100_000 + "]" * 100_000)
+
+
+def test_plan_applies_to_the_same_network_exported_with_dynamic_sizes():
+    """A plan made on a fixed-size export, applied to the same network with dynamic height and width:
+    the advice was "--input-shape", a flag apply does not take; the plan's shapes are used."""
+    model = small_cnn(width=16)
+    plan = round_trip(make_plan(model, keep_flops=0.5, rank_multiple=8))
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    for index, name in ((2, "H"), (3, "W")):
+        dim = dynamic.graph.input[0].type.tensor_type.shape.dim[index]
+        dim.ClearField("dim_value")
+        dim.dim_param = name
+    applied = apply_plan(dynamic, plan)
+    feeds = random_feeds(model)
+    assert run_model(applied.model, feeds)[0].shape == run_model(model, feeds)[0].shape
+    assert run_model(applied.model, feeds)[0].tolist() == run_model(apply_plan(model, plan).model, feeds)[0].tolist()
+
+
+def test_applied_plan_advice_is_about_the_plan_not_compress_flags():
+    """Edited ranks far below the plan's budget: apply repeated compress's advice (--exclude, lower
+    --rank-multiple), flags apply does not take."""
+    model = small_cnn(width=32)
+    data = make_plan(model, keep_flops=0.5, rank_multiple=8).to_dict()
+    for layer in data["layers"]:
+        if layer["option"] == "factorized":
+            layer["rank"], layer["groups"] = 1, 1
+    result = apply_plan(model, Plan.from_dict(data))
+    said = " ".join(result.report.warnings + result.report.notes)
+    assert "well below the plan's requested 0.5" in said and "in the plan" in said
+    assert "--exclude" not in said and "--rank-multiple" not in said
