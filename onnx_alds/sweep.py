@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import socket
 import sys
 import time
@@ -888,9 +889,15 @@ CSV_COLUMNS = (
 )
 
 
+def _check_not_folder(path: Path) -> None:
+    if path.is_dir():
+        raise OutputPathError(f"'{path}' is a folder where the sweep keeps a file; remove it and run again")
+
+
 def _json_dump(data: Any, path: Path) -> None:
     from .report import json_safe
 
+    _check_not_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
@@ -898,6 +905,7 @@ def _json_dump(data: Any, path: Path) -> None:
 
 
 def _write_bytes(data: bytes, path: Path) -> None:
+    _check_not_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -929,21 +937,15 @@ class RowStore:
         return self.models_dir / f"{variant_id}.onnx"
 
     def load(self, variant_id: str) -> Optional[dict[str, Any]]:
-        path = self.path(variant_id)
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return _read_entry(self.path(variant_id))
 
     def done(self, task: VariantTask) -> Optional[dict[str, Any]]:
         """The stored row of a finished variant with this fingerprint, else None."""
         entry = self.load(task.variant.id)
         if not entry or entry.get("fingerprint") != task.fingerprint:
             return None
-        row = entry.get("row") or {}
-        if row.get("status") == "ok" and not self.model_path(task.variant.id).exists():
+        row = entry["row"]
+        if row.get("status") == "ok" and not self.model_path(task.variant.id).is_file():
             return None
         return row
 
@@ -959,13 +961,21 @@ class RowStore:
         _json_dump({"fingerprint": fingerprint_, "row": dict(row)}, self.path(variant_id))
 
     def all_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for path in sorted(self.rows_dir.glob("*.json")):
-            try:
-                rows.append(json.loads(path.read_text())["row"])
-            except (OSError, json.JSONDecodeError, KeyError):
-                continue
-        return rows
+        return [entry["row"] for entry in map(_read_entry, sorted(self.rows_dir.glob("*.json"))) if entry]
+
+
+ROW_KEYS = ("model", "method", "rank_multiple", "keep")  # what every stored row holds (row_sort_key reads them)
+
+
+def _read_entry(path: Path) -> Optional[dict[str, Any]]:
+    """A stored row file, ``{"fingerprint": ..., "row": {...}}``, or None when it is missing or is not
+    one (truncated, not UTF-8, another JSON value, a folder): that variant is computed again."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (a folder, unreadable, not UTF-8, not JSON)
+        return None
+    row = entry.get("row") if isinstance(entry, dict) else None
+    return entry if isinstance(row, dict) and all(key in row for key in ROW_KEYS) else None
 
 
 def row_sort_key(row: Mapping[str, Any]) -> tuple:
@@ -1098,7 +1108,6 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     from .bench import physical_cores
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_start = load_average()
     show = sys.stderr.isatty() if progress is None else progress
@@ -1121,6 +1130,10 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     if len(set(names)) != len(names):
         raise InputDataError(f"two models of the sweep have the same name ({', '.join(names)}); name them apart")
     specs = {name: parse_method(name) for name in methods}
+    # a value given twice is one variant (two copies would write the same files at once)
+    methods, keeps = list(dict.fromkeys(methods)), list(dict.fromkeys(float(keep) for keep in keeps))
+    rank_multiples, seeds = list(dict.fromkeys(rank_multiples)), list(dict.fromkeys(seeds))
+    out.mkdir(parents=True, exist_ok=True)
     hashes = _Hashes()
     store = RowStore(out)
     tasks: list[VariantTask] = []
@@ -1432,9 +1445,10 @@ def models_from_args(args: argparse.Namespace) -> list[SweepModel]:
                                  random=args.calibration_random, seed=1, input_shapes=shapes)
     if len(args.bench_batch) > 2:
         raise InputDataError(f"--bench-batch takes one or two batch sizes, got {len(args.bench_batch)}")
+    paths = list({Path(path).resolve(): path for path in reversed(args.models)}.values())[::-1]  # each file once
     return [SweepModel(name=name, path=path, evals=(EvalSpec("eval", source),), calibration=calibration,
                        input_shapes=shapes, bench_batches=tuple(args.bench_batch))
-            for name, path in zip(_model_names(args.models), args.models)]
+            for name, path in zip(_model_names(paths), paths)]
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -1460,11 +1474,22 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     launcher = Path(sys.argv[0]).name if sys.argv else ""
     command = shlex.join(["onnx-alds"] + sys.argv[1:]) if launcher in ("onnx-alds", "cli.py", "__main__.py") \
         else shlex.join(sys.argv)
-    result = run_sweep(models, args.methods, keeps, out=args.out, target=target, rank_multiples=args.rank_multiples,
-                       seeds=args.seeds, engine=engine, bench=not args.no_bench, rebench=args.rebench,
-                       bench_threads=args.threads, bench_target_s=args.bench_time, plots=not args.no_plots,
-                       progress=False if args.no_progress else None, command=command)
+    created = out.absolute()  # the first folder of -o that this run makes, removed again if left empty
+    while not created.parent.exists():
+        created = created.parent
+    created = None if created.exists() else created
+    try:
+        result = run_sweep(models, args.methods, keeps, out=args.out, target=target,
+                           rank_multiples=args.rank_multiples, seeds=args.seeds, engine=engine,
+                           bench=not args.no_bench, rebench=args.rebench, bench_threads=args.threads,
+                           bench_target_s=args.bench_time, plots=not args.no_plots,
+                           progress=False if args.no_progress else None, command=command)
+    except BaseException:
+        if created is not None and created.is_dir() and not any(path.is_file() for path in created.rglob("*")):
+            shutil.rmtree(created)
+        raise
     print(summary_table(result.rows))
+    failed = [row for row in result.rows if row.get("status") != "ok"]
     print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
           + (f", {len(result.crashed)} crashed" if result.crashed else "")
           + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv" + ("" if args.no_plots else ", plots"))
@@ -1472,6 +1497,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         first = result.crashed[0]
         raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: "
                             f"{first['error']}); run the same command again to retry them")
+    if not result.rows:  # every combination skipped: nothing was run
+        reason = result.skipped[0]["reason"] if result.skipped else "no variant"
+        raise InputDataError(f"the sweep ran no variant ({len(result.skipped)} combinations skipped: {reason})")
+    if len(failed) == len(result.rows):
+        raise BudgetError(f"no variant produced a model ({len(failed)} failed; first: {failed[0].get('variant_id')}: "
+                          f"{failed[0].get('error', failed[0].get('status'))}); the rows are in {args.out}")
     return 0
 
 

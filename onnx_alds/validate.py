@@ -544,7 +544,7 @@ class _Accumulator:
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
         if numbers and o.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(c - o))))
+            self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
         if not numbers or not np.issubdtype(original.dtype, np.floating):
             self._add_exact(original, compressed)  # labels, strings, flags: a distance means nothing
             return

@@ -302,3 +302,50 @@ def test_sweep_resolves_output_kinds_as_validate_does():
     assert _resolved_kind("auto", "logits", rng.standard_normal((8, 10)), None, 8) == "agreement"
     assert _resolved_kind("auto", "logits", rng.standard_normal((8, 10)), np.zeros(8, int), 8) == "accuracy"
     assert _resolved_kind("embedding", "logits", rng.standard_normal((8, 10)), None, 8) == "embedding"
+
+
+def _quick(tiny: Path, out: Path, *keeps: str, methods=("alds",), extra=()) -> list[str]:
+    return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", *keeps, "--methods", *methods, "--inputs",
+            str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-bench", "--no-plots",
+            "--no-progress", *extra]
+
+
+def test_a_sweep_with_no_usable_variant_exits_1(tiny, tmp_path, capsys):
+    """Every budget unreachable, or every combination skipped: exit 0 before, so a script could not tell."""
+    code, _, err = run(_quick(tiny, tmp_path / "a", "0.01", "0.02"), capsys)
+    assert code == 1 and err.startswith("error: no variant produced a model (2 failed; first: ") and err.count("\n") == 1
+    assert len(record(tmp_path / "a")["rows"]) == 2  # the rows are written all the same
+    code, _, err = run(_quick(tiny, tmp_path / "b", "0.6", methods=("svd+data",)), capsys)
+    assert code == 1 and err.startswith("error: the sweep ran no variant (1 combinations skipped: no calibration")
+    code, _, err = run(_quick(tiny, tmp_path / "c", "0.01", "0.6"), capsys)
+    assert code == 0, err  # one usable variant is a result
+
+
+def test_repeated_values_are_one_variant_and_a_failed_start_leaves_no_folder(tiny, tmp_path, capsys):
+    argv = _quick(tiny, tmp_path / "a", "0.6", "0.6", methods=("alds", "alds"), extra=("--rank-multiple", "1", "1"))
+    argv.insert(2, str(tiny / "tiny.onnx"))  # the same model twice
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "1 variants (0 done before, 1 to compute)" in stdout and len(record(tmp_path / "a")["rows"]) == 1
+    code, _, err = run(_quick(tiny, tmp_path / "b" / "c" / "d", "0.0"), capsys)
+    assert code == 1 and "out of range" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_odd_files_in_the_sweep_folder_are_recomputed_or_named(tiny, tmp_path, capsys):
+    """A row file that is a JSON list, lacks its keys or is not UTF-8 raised a traceback on resume; a
+    folder where a row file belongs is one error line."""
+    out = tmp_path / "sweep"
+    assert run(_quick(tiny, out, "0.6", "0.8"), capsys)[0] == 0
+    rows = sorted((out / "rows").glob("*.json"))
+    rows[0].write_text("[]")
+    rows[1].write_bytes(b"\xff\xfe not utf-8")
+    (out / "rows" / "stray.json").write_text('{"row": {"model": "x"}}')
+    code, stdout, err = run(_quick(tiny, out, "0.6", "0.8"), capsys)
+    assert code == 0, err
+    assert "2 variants (0 done before, 2 to compute)" in stdout and len(record(out)["rows"]) == 2
+    rows[0].unlink()
+    rows[0].mkdir()
+    (out / "models" / rows[0].name.replace(".json", ".onnx")).unlink()
+    code, _, err = run(_quick(tiny, out, "0.6", "0.8"), capsys)
+    assert code == 1 and err.startswith(f"error: '{rows[0]}' is a folder where the sweep keeps a file")

@@ -196,6 +196,15 @@ def test_top5_agreement_is_never_below_top1_when_scores_tie():
     assert out.top5_agreement == pytest.approx(2 / 3)
 
 
+def test_nan_outputs_show_nan_errors_not_zero():
+    """The largest absolute error of NaN outputs read "abs=0" (Python's max drops a NaN)."""
+    original = np.array([[3.0, 4.0], [1.0, 0.0]])
+    compressed = np.array([[np.nan, 4.0], [1.0, 0.0]])
+    out = compare_output("y", original, compressed, classifier=False, labels=None, tolerances=Tolerances(atol=0.1),
+                         check_accuracy=False)
+    assert np.isnan(out.max_abs_error) and out.failures
+
+
 def test_relative_error_and_cosine_definitions():
     original = np.array([[3.0, 4.0], [1.0, 0.0]])
     compressed = np.array([[3.3, 4.4], [1.0, 1.0]])
