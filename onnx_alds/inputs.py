@@ -248,13 +248,15 @@ def label_from_filename(path: PathLike) -> Optional[int]:
 
 
 def image_files(folder: PathLike) -> list[Path]:
-    """The image files of ``folder`` (not recursive), sorted by name."""
+    """The image files of ``folder`` (not recursive), sorted by name; hidden files (``.name``, such as
+    the ``._photo.jpg`` metadata files macOS writes beside copies) are not images."""
     root = Path(folder)
     if not root.exists():
         raise InputDataError(f"image folder '{root}' does not exist; check the path")
     if not root.is_dir():
         raise InputDataError(f"'{root}' is not a folder; give a folder of .jpg/.png/.bmp images")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; put images in it")
     return files

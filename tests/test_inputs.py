@@ -152,6 +152,15 @@ def test_layout_mismatch_says_which_flag(tmp_path):
         load_inputs(_image_model(["N", 28, 28, 3]), images=tmp_path, preprocess="imagenet")
 
 
+def test_hidden_files_in_an_image_folder_are_not_images(tmp_path):
+    """macOS writes '._name.jpg' metadata files beside copied photos: they failed to decode."""
+    digit = np.zeros((28, 28), np.uint8)
+    Image.fromarray(digit).save(tmp_path / "a_1.png")
+    (tmp_path / "._a_1.png").write_bytes(b"\x00\x05\x16\x07 not an image")
+    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+    assert data.arrays["x"].shape[0] == 1
+
+
 def test_mnist_preset_grayscale_28(tmp_path):
     digit = np.zeros((28, 28), np.uint8)
     digit[10:18, 12:16] = 255
