@@ -146,7 +146,8 @@ def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
         for init in graph.initializer:
             tensors.setdefault(init.name, init)
         for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            if node.op_type == "Constant" and is_standard(node) and node.attribute \
+                    and node.attribute[0].name == "value":
                 tensors.setdefault(node.output[0], node.attribute[0].t)
     return tensors
 
@@ -195,7 +196,7 @@ def _constant_chain(name: str, producers: Mapping[str, onnx.NodeProto],
         if tensor in tensors or not tensor:
             continue
         node = producers.get(tensor)
-        if node is None or node.op_type not in FOLDABLE_OPS or len(chain) > 16:
+        if node is None or node.op_type not in FOLDABLE_OPS or not is_standard(node) or len(chain) > 16:
             return []
         chain.append(node)
         pending.extend(node.input)
@@ -242,7 +243,8 @@ def _shared_uses(name: str, uses: Counter, producers: Mapping[str, onnx.NodeProt
     :data:`FOLDABLE_OPS` (``W → Identity → A`` and ``W → Identity → B`` share ``W``): the largest use count
     along the chain. A shared weight factorized per use would be stored once per use."""
     most, tensor, seen = uses[name], name, 0
-    while tensor in producers and producers[tensor].op_type in FOLDABLE_OPS and seen < 16:
+    while tensor in producers and producers[tensor].op_type in FOLDABLE_OPS and is_standard(producers[tensor]) \
+            and seen < 16:
         tensor, seen = producers[tensor].input[0], seen + 1
         most = max(most, uses[tensor])
     return most
@@ -255,6 +257,11 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
+def is_standard(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is an op of the standard ONNX domain (its op type then means what ONNX says)."""
+    return node.domain in STANDARD_OP_DOMAINS
+
+
 def op_key(node: onnx.NodeProto) -> tuple[str, str]:
     """``(domain, op type)``, the standard domain spelled ``""``."""
     return ("" if node.domain in STANDARD_OP_DOMAINS else node.domain), node.op_type
@@ -264,7 +271,7 @@ def is_layer_node(node: onnx.NodeProto) -> bool:
     """A Conv, Gemm or MatMul of the standard ONNX domain with a weight input: what onnx-alds may change.
     An op of the same name in another domain means something else (ONNX Runtime's
     ``com.microsoft.nchwc`` Conv reads blocked layouts; a vendor's MatMul may not be a product at all)."""
-    return node.op_type in LAYER_OPS and node.domain in STANDARD_OP_DOMAINS and len(node.input) >= 2
+    return node.op_type in LAYER_OPS and is_standard(node) and len(node.input) >= 2
 
 
 def is_counted_node(node: onnx.NodeProto) -> bool:
@@ -428,12 +435,17 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     if node is None:
         return "weight is a graph input, not a constant"
     quantizer = node
-    while quantizer is not None and quantizer.op_type in FOLDABLE_OPS and quantizer.input:  # through moves, casts
+    while quantizer is not None and quantizer.op_type in FOLDABLE_OPS and is_standard(quantizer) \
+            and quantizer.input:  # through moves and casts
         quantizer = producers.get(quantizer.input[0])
     if quantizer is not None and quantizer.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
         return (f"quantized weight ({quantizer.op_type}{'' if quantizer is node else ' → ' + node.op_type}): "
                 "factorizing would undo the quantization; compress the float model first, then quantize it")
     unfolded = _constant_subgraph_ops(name, producers, constants)
+    foreign = [op for op in unfolded if "::" in op]
+    if foreign:
+        return (f"weight is computed from constants by {', '.join(foreign)}, an op of another domain that onnx-alds "
+                "cannot evaluate: left as it is")
     if unfolded:
         return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "
                 "(e.g. a weight norm): fold the constants first (onnxslim, onnxsim, or an export with constant "
@@ -457,8 +469,9 @@ def _constant_subgraph_ops(name: str, producers: Mapping[str, onnx.NodeProto],
         if node is None or len(seen) > limit or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                     for a in node.attribute):
             return []
-        if node.op_type not in FOLDABLE_OPS and node.op_type not in ops:
-            ops.append(node.op_type)
+        op = node.op_type if is_standard(node) else f"{node.domain}::{node.op_type}"
+        if op not in FOLDABLE_OPS and op not in ops:
+            ops.append(op)
         pending.extend(node.input)
     return sorted(ops)
 
@@ -506,7 +519,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
             f, c = shape if slot == 0 else shape[::-1]
         kernel = 1
     if tensor is None:
-        if node.op_type == "MatMul" and weight_name not in shapes:
+        if node.op_type == "MatMul" and weight_name not in shapes \
+                and not _constant_subgraph_ops(weight_name, producers, constants):
             return None  # a product of two activations (attention): not a weight layer
         reason = reason or _producer_reason(weight_name, producers, constants)
     elif reason is None and 0 in shape:

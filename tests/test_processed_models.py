@@ -170,3 +170,24 @@ def test_a_float_cast_between_producer_and_consumer_is_per_channel():
     with pytest.raises(UnsupportedModelError, match="a Cast to a non-float type"):
         compress(model_with(TensorProto.INT32), calibration=calibration, prune="only", keep_params=0.5,
                  rank_multiple=8)
+
+
+@pytest.mark.parametrize("op", ["Constant", "Transpose"])
+def test_a_weight_made_by_another_domains_op_is_not_folded_as_the_standard_op(op):
+    """A vendor's 'Constant' was read as ONNX's: the node went and the layer was factorized on a value
+    the vendor op may not produce (wrong model, exit 0); a vendor 'Transpose' hid the layer altogether."""
+    weight = np.random.default_rng(7).standard_normal((32, 32)).astype(np.float32)
+    if op == "Constant":
+        nodes = [helper.make_node("Constant", [], ["wt"], domain="com.vendor", value=numpy_helper.from_array(weight))]
+        inits = []
+    else:
+        nodes = [helper.make_node("Transpose", ["w"], ["wt"], domain="com.vendor", perm=[1, 0])]
+        inits = [numpy_helper.from_array(weight, "w")]
+    nodes.append(helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm"))
+    model = _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits, "com.vendor")
+    (layer,) = analyze(model).layers
+    assert layer.skip_reason == (f"weight is computed from constants by com.vendor::{op}, an op of another domain "
+                                 "that onnx-alds cannot evaluate: left as it is")
+    with pytest.raises(UnsupportedModelError, match="nothing to compress"):
+        compress(model, keep_params=0.5, rank_multiple=4)
