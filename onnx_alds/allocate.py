@@ -414,7 +414,8 @@ class OptionAllocation:
 
 def _undominated(options: Sequence[Option], keys: Sequence[str]) -> list[Option]:
     """Options without another one over the same layers that costs no more in every unit and damages
-    no more (ties keep the first)."""
+    less, or costs the same and damages no more (ties keep the first). A costlier option of the same
+    damage stays: where damage ties (exactly low-rank weights), the allocation spends the budget on it."""
     by_layers: dict[tuple, list[Option]] = {}
     for option in options:
         by_layers.setdefault(tuple(sorted(option.layers)), []).append(option)
@@ -425,11 +426,16 @@ def _undominated(options: Sequence[Option], keys: Sequence[str]) -> list[Option]
         order = np.lexsort((damage, *costs.T[::-1]))  # by costs then damage
         for position, index in enumerate(order):
             earlier = order[:position]
-            if len(earlier) and np.any(np.all(costs[earlier] <= costs[index] + 1e-12, axis=1)
-                                       & (damage[earlier] <= damage[index] + 1e-15)):
+            cheaper = np.all(costs[earlier] <= costs[index] + 1e-12, axis=1)
+            same_cost = np.all(np.abs(costs[earlier] - costs[index]) <= 1e-12, axis=1)
+            if len(earlier) and np.any(cheaper & ((damage[earlier] < damage[index] - 1e-15)
+                                                  | (same_cost & (damage[earlier] <= damage[index] + 1e-15)))):
                 continue
             kept.append(group[index])
     return kept
+
+
+SPEND_REWARD = 1e-4  # objective units for spending the whole budget: a tie-break, under HiGHS's gap scale
 
 
 def _objective_scale(damage: np.ndarray) -> float:
@@ -491,7 +497,12 @@ def allocate_options(options: Sequence[Option], budgets: "dict[str, float]", *,
     constraints = [LinearConstraint(cover, 1.0, 1.0),
                    LinearConstraint(cost / scale[:, None], -np.inf, np.array([budgets[k] for k in keys]) / scale)]
     damage = np.array([option.damage for option in pool], dtype=np.float64)
-    result = milp(damage * _objective_scale(damage), constraints=constraints, integrality=np.ones(len(pool)), bounds=Bounds(0, 1),
+    # among choices whose damage ties (exactly low-rank weights: all ~0), the one that spends the budget:
+    # a reward of at most SPEND_REWARD, 1 % of the smallest positive damage after scaling
+    limits = np.array([budgets[k] for k in keys], dtype=np.float64)
+    spent = (cost / np.where(limits > 0, limits, scale)[:, None]).mean(axis=0)
+    objective = damage * _objective_scale(damage) - SPEND_REWARD * spent
+    result = milp(objective, constraints=constraints, integrality=np.ones(len(pool)), bounds=Bounds(0, 1),
                   options=dict(time_limit=float(time_limit), mip_rel_gap=1e-6, disp=False))
     if result.x is None:
         key = keys[0]

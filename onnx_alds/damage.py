@@ -138,8 +138,14 @@ def _probe_model(proto: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[onnx.
     used = {name for _, graph in iter_graphs(probe.graph) for node in graph.node for name in node.input}
     kept = [init for init in probe.graph.initializer if init.name in used or init.name in {o.name for o in probe.graph.output}]
     if len(kept) != len(probe.graph.initializer):
+        dropped = {init.name for init in probe.graph.initializer} - {init.name for init in kept}
         del probe.graph.initializer[:]
         probe.graph.initializer.extend(kept)
+        # a dropped weight listed as a graph input too (every initializer of an IR 3 model) goes with it,
+        # else ONNX Runtime asks for it as a required input
+        inputs = [value for value in probe.graph.input if value.name not in dropped]
+        del probe.graph.input[:]
+        probe.graph.input.extend(inputs)
     return probe, names
 
 

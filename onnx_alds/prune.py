@@ -1325,8 +1325,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                               extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage)
     seconds.update(analysis.seconds)
     blocks = analysis.blocks
-    if not blocks and not others:
-        raise UnsupportedModelError(api.nothing_to_compress(layers, "factorizable or prunable",
+    if not blocks and not others:  # each layer's reason, those calibration cannot measure too
+        reasons = [replace(layer, skip_reason=api._uncalibrated_reason(layer)) if layer.compressible else layer
+                   for layer in layers]
+        raise UnsupportedModelError(api.nothing_to_compress(reasons, "factorizable or prunable",
                                                             prepared.unchanged_ops))
     if not blocks and mode == "only":
         reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
