@@ -213,3 +213,39 @@ def test_tiny_damages_are_not_lost_in_the_solver_gap():
     assert [o.kind for o in full.chosen] == ["dense"] * 3 and full.damage == 0.0
     half = allocate_options(options, {"flops": 250.0})
     assert sorted(o.costs["flops"] for o in half.chosen) == [50.0, 100.0, 100.0]
+
+
+def test_where_damage_ties_the_allocation_spends_the_budget():
+    """Exactly low-rank weights: every rank from the true one up has zero damage. The dominance filter
+    kept only the cheapest of equal-damage options, so a plan was cut to 0.17 of a 0.5 budget (with
+    advice to lower --rank-multiple); among ties the costlier option that fits is chosen now."""
+    options = [Option((name,), kind, {"flops": cost}, 0.0)
+               for name in ("a", "b") for kind, cost in (("dense", 10.0), ("low-rank", 2.0), ("low-rank", 4.0))]
+    chosen = allocate_options(options, {"flops": 9.0})
+    assert sorted(option.costs["flops"] for option in chosen.chosen) == [4.0, 4.0] and chosen.damage == 0.0
+    damaged = options + [Option(("a",), "low-rank", {"flops": 5.0}, 1e-3)]  # a real damage is not traded away
+    assert sorted(option.costs["flops"] for option in allocate_options(damaged, {"flops": 9.0}).chosen) == [4.0, 4.0]
+
+
+def test_damage_on_an_ir3_model_whose_weights_are_graph_inputs():
+    """IR 3 lists every initializer as a graph input: the probe model dropped the replaced weight's
+    initializer but kept its input, and ONNX Runtime asked for it (a traceback)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 32)) / 16).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 32]),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(64, np.float32), "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    onnx.checker.check_model(model, full_check=True)
+    calibration = InputSet({"x": rng.standard_normal((48, 32)).astype(np.float32)}, source="t")
+    result = compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, method="damage")
+    x = calibration.arrays["x"][:4]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-4)

@@ -706,3 +706,17 @@ def test_reshape_whose_target_can_be_overridden_is_named_for_it():
     model.graph.input.append(helper.make_tensor_value_info("back128", TensorProto.INT64, [3]))
     blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=4)))
     assert not blocks and any("whose target shape is not a constant" in r.reason for r in refused)
+
+
+def test_prune_names_why_weight_first_matmuls_cannot_be_calibrated():
+    """Only W @ x MatMuls: --prune said "the model has no Conv, Gemm or MatMul with a weight"."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("MatMul", ["w1", "x"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["w2", "r"], ["y"], name="mm2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32, 20])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, 20])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), name)
+                        for name in ("w1", "w2")])
+    calibration = InputSet({"x": rng.standard_normal((8, 32, 20)).astype(np.float32)}, source="test")
+    with pytest.raises(UnsupportedModelError, match=r"none factorizable or prunable \(MatMul with the weight first"):
+        compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined")
