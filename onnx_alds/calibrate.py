@@ -101,6 +101,8 @@ __all__ = [
 CHUNK_ELEMENTS = 1 << 22  # numbers per patch chunk (16 MiB in float32, 32 MiB in float64)
 MIB = 1 << 20
 CONSTANT_TOLERANCE = 1e-9  # an input whose variance is below this fraction of its second moment is constant
+# vectors whose total variance is below this fraction of their energy are one point (float32 sums round at ~1e-7)
+ONE_POINT_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,16 @@ class LayerStatistics:
     shrinkage: float = 0.0  # the weight α of the identity target, once :meth:`shrunk` applied it
     positions_per_sample: Optional[int] = None
 
+    @property
+    def one_point(self) -> bool:
+        """Whether the layer saw one vector, or the same vector every time (identical calibration
+        samples of a model without spatial positions): the data show a point and no spread, and
+        Ledoit–Wolf's estimate of the error of ``C`` is then 0, not large. No direction of the metric
+        can be trusted: :meth:`shrinkage_weight` is 1 (the data-free metric)."""
+        trace = float(np.trace(self.second_moment))
+        spread = trace - float(np.sum(np.asarray(self.mean, np.float64) ** 2))
+        return self.count < 2 or spread <= ONE_POINT_TOLERANCE * trace
+
     def shrinkage_weight(self) -> float:
         """Ledoit–Wolf weight ``α`` of the scaled identity in ``α·μI + (1 − α)·C`` (0 when unknown).
 
@@ -168,6 +180,8 @@ class LayerStatistics:
         vectors in 1280 dimensions) give a large ``α``; many give ``α ≈ 0``. Overlapping conv patches are
         not independent, so for a Conv this underestimates ``α``; it is there for the starved layers.
         """
+        if self.count >= 1 and self.one_point:
+            return 1.0
         if self.fourth_moment is None or self.count < 1:
             return 0.0
         moment = self.second_moment
@@ -194,6 +208,13 @@ class LayerStatistics:
         alpha = self.shrinkage_weight()
         if alpha <= 0.0:
             return self
+        if centered and self.one_point:  # no spread to shrink: μI around the mean, so the bias fit stays definite
+            size = self.second_moment.shape[0]
+            eye = float(np.trace(self.second_moment)) / size * np.eye(size)
+            mean = np.asarray(self.mean, np.float64).reshape(-1)
+            target = mean if self.reference_mean is None else np.asarray(self.reference_mean, np.float64).reshape(-1)
+            return replace(self, second_moment=eye + np.outer(mean, mean),
+                           cross=None if self.cross is None else eye + np.outer(target, mean), shrinkage=1.0)
         if centered:  # constant inputs (dead channels, or a bias where one was dead before) keep no variance
             second = np.diag(np.asarray(self.second_moment, np.float64))
             variance = second - np.asarray(self.mean, np.float64).reshape(-1) ** 2

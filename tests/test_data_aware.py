@@ -397,3 +397,34 @@ def test_layers_fitted_on_fewer_vectors_than_inputs_are_warned_about():
     (few,) = warnings(16)
     assert "first: 'head', 16 vectors for 64" in few
     assert not warnings(128)
+
+
+@pytest.mark.parametrize("samples", [1, 24])
+@pytest.mark.parametrize("options", [dict(sequential=True), dict(), dict(prune="only")], ids=["sequential", "plain",
+                                                                                             "prune"])
+def test_one_repeated_calibration_sample_gives_no_false_confidence(samples, options):
+    """Calibration samples that are all the same input (or one input) to a model without spatial
+    positions: each layer sees one vector, Ledoit-Wolf then estimated no error in its moment, and the
+    sequential fit matched that point alone: reported error 0, measured 2.0 on other inputs (exit 0).
+    Such a layer's metric is the data-free one now: exact weights stay exact; a pruned block's reported
+    error holds on other inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 64)) / 6).astype(np.float32)
+    w2 = (rng.standard_normal((64, 4)) @ rng.standard_normal((4, 16)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    calibration = InputSet({"x": np.repeat(rng.standard_normal((1, 32)).astype(np.float32), samples, axis=0)},
+                           source="test")
+    result = compress(model, keep_params=0.6, rank_multiple=4, calibration=calibration, **options)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    reference = run_model(model, {"x": x})[0]
+    measured = np.linalg.norm(run_model(result.model, {"x": x})[0] - reference) / np.linalg.norm(reference)
+    assert measured <= max(2 * result.report.max_error, 1e-4)
