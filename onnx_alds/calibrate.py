@@ -1183,14 +1183,13 @@ def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, 
 def distinct_samples(inputs) -> tuple[int, int]:
     """``(distinct, total)`` samples of an :class:`~onnx_alds.inputs.InputSet` (a sample is its values for
     every input); ``(total, total)`` for a set without arrays (a shard source), or of unknown length."""
+    try:
+        total = len(inputs)
+    except TypeError:
+        return 1, 1
     arrays = getattr(inputs, "arrays", None)
-    if not arrays:
-        try:
-            total = len(inputs)
-        except TypeError:
-            return 1, 1
+    if not isinstance(arrays, Mapping) or not arrays:
         return total, total
-    total = len(inputs)
     seen = set()
     for index in range(total):
         digest = hashlib.sha1()
