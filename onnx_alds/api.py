@@ -28,7 +28,7 @@ from .checks import InputCheck, check_input_model, check_output_model
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
-from .rewrite import Rewrite, add_provenance, rewrite_model
+from .rewrite import REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model
 from .shapes import tensor_shapes
 from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
 
@@ -672,6 +672,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         "onnx_alds.method": method + (" (data-aware)" if data_aware else ""),
         "onnx_alds.target": f"keep_{target}={keep}",
         "onnx_alds.seed": str(seed),
+        REPLACED_DIGEST_KEY: replaced_digest(prepared.original, new_model,
+                                             prepared.store.load if prepared.store is not None else None),
     })
     check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
     light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself

@@ -233,7 +233,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     if args.distill:  # compress with the training part: the held-out part decides early stopping
         from .distill import split_for_distill
 
-        calibration, held_out = split_for_distill(calibration, args)
+        calibration, held_out = split_for_distill(calibration, args, model.model)
     result = compress(model, calibration_workers=getattr(args, "calibration_workers", 1),
                       **compress_keywords(args, calibration))
     if args.distill:

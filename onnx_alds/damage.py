@@ -222,7 +222,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     or the model has no float output.
     """
     from .calibrate import calibration_runs
-    from .data_aware import NO_FLOAT_OUTPUT, data_aware_factors
+    from .data_aware import NO_FLOAT_OUTPUT, check_finite_outputs, data_aware_factors
     from .decompose import decompose
     from .runtime import float_output_names, make_session
 
@@ -278,6 +278,8 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
         return [_outputs(session, {**feed, **weights}, float_names) for feed in feeds]
 
     reference = run_all(originals)
+    check_finite_outputs(float_names, [np.concatenate([run[i].ravel() for run in reference])
+                                       for i in range(len(float_names))], "--method damage")
     runs = 1
     factor = factor_fn or (lambda layer, matrix, g, r, stat: data_aware_factors(matrix, g, r, stat, refit=refit,
                                                                                 layer=layer))

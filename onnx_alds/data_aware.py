@@ -60,6 +60,16 @@ def float_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, 
     return [np.concatenate([np.asarray(run[i], dtype=np.float64).ravel() for run in runs]) for i in range(len(wanted))]
 
 
+def check_finite_outputs(names: Sequence[str], outputs: Sequence[np.ndarray], what: str = "--sensitivity") -> None:
+    """Raise :class:`InputDataError` when an original float output is NaN or Inf on the calibration inputs:
+    how much a layer moves the outputs cannot be measured there."""
+    for name, value in zip(names, outputs):
+        if not np.all(np.isfinite(value)):
+            raise InputDataError(f"the model's output '{name}' is NaN or Inf on the calibration inputs, so {what} "
+                                 "cannot measure how much a layer moves it; give inputs on which the outputs are "
+                                 "finite, or compress without it")
+
+
 def output_change(reference: Sequence[np.ndarray], changed: Sequence[np.ndarray]) -> float:
     """Relative change ``‖y' − y‖ / ‖y‖`` of each float output, averaged over the outputs."""
     return float(np.mean([np.linalg.norm(new - old) / max(float(np.linalg.norm(old)), 1e-30)
@@ -99,7 +109,9 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
     feeds = list(calibration_runs(calibration, proto, samples, limit=samples))
     if not feeds:
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
-    reference = float_outputs(proto, make_session(proto, "cpu"), feeds)
+    session = make_session(proto, "cpu")
+    reference = float_outputs(proto, session, feeds)
+    check_finite_outputs(float_output_names(session), reference)
     if not reference:
         raise InputDataError(f"--sensitivity {NO_FLOAT_OUTPUT.format(what='layer')}; drop --sensitivity")
     weights = []

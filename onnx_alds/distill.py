@@ -40,6 +40,7 @@ from onnx import helper, numpy_helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError
 from .inputs import InputSet
+from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
 log = logging.getLogger(__name__)
@@ -619,6 +620,26 @@ OPS: dict[str, Callable] = {
 """ONNX op (default domain) → implementation on torch ops. Anything else is refused by name."""
 
 
+def check_distillable(model: onnx.ModelProto) -> None:
+    """Refuse, before anything runs, a model distillation cannot train: one that fixes its batch (the
+    training and held-out batches vary; export it with a dynamic batch dim) or holds an op the torch
+    interpreter cannot run. Raises :class:`UnsupportedModelError`."""
+    from .calibrate import fixed_batch
+
+    fixed = fixed_batch(model)
+    if fixed is not None:
+        raise UnsupportedModelError(f"distillation needs a model whose batch dim is free; this one fixes it to {fixed} "
+                                    "(export it again with a dynamic batch axis, e.g. torch.onnx.export(..., "
+                                    "dynamic_axes={'input': {0: 'batch'}}))")
+    bad = unsupported_ops(model)
+    if bad:
+        ops = sorted({op for _, op in bad})
+        raise UnsupportedModelError(
+            f"distillation cannot convert this model: op {', '.join(ops)} (first node '{bad[0][0]}') "
+            f"is not supported by the torch interpreter; supported ops: {len(OPS)} standard ones, "
+            "see onnx_alds.distill.OPS")
+
+
 def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """``(node name, op)`` of every node :class:`TorchGraph` cannot run (other domains included)."""
     found = []
@@ -647,13 +668,8 @@ def _make_graph_module():
 
         def __init__(self, model: onnx.ModelProto, trainable: Sequence[str] = ()) -> None:
             super().__init__()
-            bad = unsupported_ops(model)
-            if bad:
-                ops = sorted({op for _, op in bad})
-                raise UnsupportedModelError(
-                    f"distillation cannot convert this model: op {', '.join(ops)} (first node '{bad[0][0]}') "
-                    f"is not supported by the torch interpreter; supported ops: {len(OPS)} standard ones, "
-                    "see onnx_alds.distill.OPS")
+            if unsupported_ops(model):
+                check_distillable(model)
             opset = opset_version(model)
             wanted = set(trainable)
             self.param_names: list[str] = []
@@ -794,7 +810,13 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
     initializers = {t.name: t for t in compressed.graph.initializer}
     statistics = {name for node in compressed.graph.node if node.op_type == "BatchNormalization"
                   for name in node.input[3:5]}  # running mean and variance: fixed statistics, not weights
-    factors = [t.name for t in compressed.graph.initializer if t.name not in before and t.name not in statistics]
+    # a factor is new and is the weight of a Conv/Gemm/MatMul: a new name on anything else (a tool renamed a
+    # LayerNorm's scale) stays frozen; an initializer that is also a graph input (callers override it) too
+    overridable = {value.name for value in compressed.graph.input} if compressed.ir_version >= 4 else set()
+    weights = {name for node in compressed.graph.node if is_layer_node(node)
+               for name in (node.input[:2] if node.op_type == "MatMul" else node.input[1:2])}
+    factors = [t.name for t in compressed.graph.initializer if t.name not in before and t.name not in statistics
+               and t.name in weights and t.name not in overridable]
     factor_set = set(factors)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in compressed.graph.node:
@@ -803,7 +825,7 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
     biases: list[str] = []
 
     def add_bias(name: str, user: onnx.NodeProto) -> None:
-        if name in initializers and name not in factor_set and name not in biases \
+        if name in initializers and name not in factor_set and name not in biases and name not in overridable \
                 and all(c is user for c in consumers.get(name, [])) \
                 and numpy_helper.to_array(initializers[name]).dtype in (np.float32, np.float64):
             biases.append(name)
@@ -1151,10 +1173,13 @@ class DistillSettings:
             raise InputDataError(f"--batch-size {self.batch_size}: give a positive batch size")
         if not 0 < self.held_out < 1:
             raise InputDataError(f"--held-out {self.held_out}: give a fraction in (0, 1)")
-        if not self.lr > 0:
-            raise InputDataError(f"--lr {self.lr}: give a positive learning rate")
-        if self.intermediate_weight < 0 or self.views < 0 or self.eval_every < 1 or self.patience < 1:
-            raise InputDataError("--intermediate-weight and --views must be ≥ 0, --eval-every and --patience ≥ 1")
+        if not 0 < self.lr < math.inf:
+            raise InputDataError(f"--lr {self.lr}: give a positive, finite learning rate")
+        if not 0 <= self.intermediate_weight < math.inf or self.views < 0 or self.eval_every < 1 or self.patience < 1:
+            raise InputDataError("--intermediate-weight must be finite and ≥ 0, --views ≥ 0, --eval-every and "
+                                 "--patience ≥ 1")
+        if not 0 <= self.seed < 2 ** 32:
+            raise InputDataError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32)")
 
 
 DEFAULT_MINUTES = 10.0
@@ -1204,7 +1229,7 @@ class DistillReport:
             + (f" and on {self.matching_points} factorized layers' outputs (weight "
                f"{self.settings.get('intermediate_weight')})" if self.matching_points else ""),
             f"data: {self.train_samples} training samples ({self.augmentation}); held out: {self.held_out_samples} "
-            f"samples + {self.held_out_views} augmented views each",
+            "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
             f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind} {self.agreement_before:.4f} -> "
             f"{self.agreement_after:.4f}" + (f"; cosine {self.cosine_before:.4f} -> {self.cosine_after:.4f}"
                                              if self.agreement_kind == "top-1" else ""),
@@ -1355,6 +1380,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             "the compressed model has no factor tensors (no initializer that the original lacks); "
             "give the original model and the output of `onnx-alds compress` made from it")
     _check_ancestry(teacher_model, student_model, set(found.biases))
+    _check_pair_order(teacher_model, student_model)
     outputs = _float_outputs(student_model)
     if not outputs:
         raise UnsupportedModelError("the model has no floating-point graph output to distill")
@@ -1373,9 +1399,11 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
         held = {k: np.asarray(held_out_inputs.arrays[k]) for k in names}
+        teacher = _teacher_session(teacher_model, points)
+        for arrays in (train, held):  # every sample through the original once: bad inputs are one error line
+            _run_checked(teacher, arrays, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
         student = torch_graph(student_model, found.trainable)
-        teacher = _teacher_session(teacher_model, points)
         compressed_session = _student_session(student_model)
         eval_inputs = _held_out_set(student_model, held, settings, augmenter)
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
@@ -1508,7 +1536,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),
-            held_out_views=settings.views, augmentation=augmenter.describe(),
+            held_out_views=settings.views if settings.augment else 0, augmentation=augmenter.describe(),
             trainable_tensors=len(found.trainable),
             trainable_values=int(sum(v.size for v in values.values())), biases=len(found.biases),
             matching_points=len(points), loss_before=loss0, loss_after=best[0], agreement_kind=kind,
@@ -1549,6 +1577,7 @@ def _load_values(student, model: onnx.ModelProto, names: Sequence[str]) -> None:
 
 
 def _check_interfaces(original: onnx.ModelProto, compressed: onnx.ModelProto, inputs: InputSet) -> None:
+    check_distillable(compressed)
     names_o = [s.name for s in graph_inputs(original)]
     names_c = [s.name for s in graph_inputs(compressed)]
     if names_o != names_c or [o.name for o in original.graph.output] != [o.name for o in compressed.graph.output]:
@@ -1575,6 +1604,26 @@ def _check_ancestry(original: onnx.ModelProto, compressed: onnx.ModelProto, trai
             raise UnsupportedModelError(
                 f"the compressed model's weight '{tensor.name}' differs from the original's: it was not made "
                 "from this original model; give the model that `onnx-alds compress` was run on")
+
+
+def _check_pair_order(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+    """The pair is (original, compressed from it): not swapped (the compressed model would be trained
+    as the "original"'s dense weights), and, where the compressed model records a digest of the weights
+    it replaced (:func:`onnx_alds.rewrite.replaced_digest`), made from this original; a compression
+    that replaced every weight leaves :func:`_check_ancestry` nothing to compare. Raises
+    :class:`UnsupportedModelError`."""
+    from .rewrite import REPLACED_DIGEST_KEY, replaced_digest
+
+    written = {entry.key: entry.value for entry in compressed.metadata_props}
+    swapped = (any(entry.key == "onnx_alds.method" for entry in original.metadata_props)
+               and "onnx_alds.method" not in written)
+    if swapped or sum(iter_total_params(compressed)) > sum(iter_total_params(original)):
+        raise UnsupportedModelError("the second model is not a compression of the first (it holds more weights, or only "
+                                    "the first was written by onnx-alds); give ORIGINAL then COMPRESSED, in that order")
+    digest = written.get(REPLACED_DIGEST_KEY)
+    if digest and replaced_digest(original, compressed) != digest:
+        raise UnsupportedModelError("the compressed model was not made from this original (the weights it replaced "
+                                    "differ from this model's); give the model that `onnx-alds compress` was run on")
 
 
 def _student_session(model: onnx.ModelProto):
@@ -1617,6 +1666,18 @@ def _run_session(session, arrays: Mapping[str, np.ndarray], names: Sequence[str]
     for feed in _batches(arrays, batch):
         chunks.append(dict(zip(names, session.run(list(names), feed))))
     return {k: v.astype(np.float64) for k, v in _concat(chunks).items()}
+
+
+def _run_checked(session, arrays: Mapping[str, np.ndarray], names: Sequence[str], batch: int) -> None:
+    """Run ``session`` on every sample; a failure (ids outside the embedding table, a mask of another
+    length) is an :class:`InputDataError` naming ONNX Runtime's reason."""
+    try:
+        for feed in _batches(arrays, batch):
+            session.run(list(names), feed)
+    except Exception as exc:  # ONNX Runtime's own error types
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise InputDataError(f"running the original model on the inputs failed ({reason}); check that the input "
+                             "arrays match the model's inputs (dtype, shape, value range)") from None
 
 
 def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, float]:
@@ -1774,14 +1835,21 @@ def add_compress_distill_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--distill-report", metavar="FILE.json", help="write the distillation report as JSON")
 
 
-def split_for_distill(calibration: Optional[InputSet], args: argparse.Namespace) -> tuple[InputSet, InputSet]:
+def split_for_distill(calibration: Optional[InputSet], args: argparse.Namespace,
+                      model: Optional[onnx.ModelProto] = None) -> tuple[InputSet, InputSet]:
     """``compress --distill``: the calibration set's training part (to compress and train on) and its
-    held-out part; torch is checked first, so that a missing extra fails before compressing."""
+    held-out part; torch and the model (:func:`check_distillable`) are checked first, so that they fail
+    before compressing."""
     import_torch()
+    if model is not None:
+        check_distillable(model)
     if calibration is None:
         raise InputDataError("--distill needs inputs to train on; give --calibration FILE.npz, "
                              "--calibration-images DIR or --calibration-random N")
-    return split_inputs(calibration, DistillSettings.held_out, getattr(args, "seed", 0) or 0)
+    seed = getattr(args, "seed", 0) or 0
+    if not 0 <= seed < 2 ** 32:
+        raise InputDataError(f"--seed {seed} is out of range; give an integer in [0, 2**32)")
+    return split_inputs(calibration, DistillSettings.held_out, seed)
 
 
 def distill_after_compress(original: ModelLike, result, train: InputSet, held_out: InputSet,

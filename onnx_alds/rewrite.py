@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from .decompose import GroupedFactors, pointwise_decoder_to_patch
 from .layers import POINTWISE_FIRST, Layer, iter_graphs, unused_initializers
@@ -360,6 +361,26 @@ def _restore_model_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> No
     new.graph.input.extend(inputs)
     new.graph.ClearField("output")
     new.graph.output.extend(original.graph.output)
+
+
+REPLACED_DIGEST_KEY = "onnx_alds.replaced_sha1"
+
+
+def replaced_digest(original: onnx.ModelProto, new: onnx.ModelProto, load=None) -> str:
+    """SHA-1 of the main-graph initializers of ``original`` that ``new`` no longer holds (the weights
+    the compression replaced), by name and value: written into the compressed model's metadata, so that
+    ``distill`` can tell whether an original is the one it was made from. ``load``: completes a light
+    model's stub (:meth:`onnx_alds.model_io.TensorStore.load`)."""
+    import hashlib
+
+    kept = {tensor.name for tensor in new.graph.initializer}
+    digest = hashlib.sha1()
+    for tensor in sorted(original.graph.initializer, key=lambda t: t.name):
+        if tensor.name in kept:
+            continue
+        full = load(tensor) if load is not None else tensor
+        digest.update(tensor.name.encode() + b"\0" + numpy_helper.to_array(full).tobytes())
+    return digest.hexdigest()
 
 
 def add_provenance(model: onnx.ModelProto, entries: dict[str, str]) -> None:

@@ -249,3 +249,24 @@ def test_damage_on_an_ir3_model_whose_weights_are_graph_inputs():
     x = calibration.arrays["x"][:4]
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [dict(method="damage"), dict(sensitivity=True)], ids=["damage", "sensitivity"])
+def test_an_output_that_is_nan_on_the_calibration_inputs_is_named(options):
+    """y = Log(x W): NaN where x W < 0. --method damage ended in a traceback (damage inf); --sensitivity
+    wrote a model with NaN sensitivities, cut to 0.33 of a 0.6 budget, exit 0."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["z"], name="fc2"), helper.make_node("Log", ["z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+                              [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), name)
+                               for name in ("w1", "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    calibration = InputSet({"x": rng.standard_normal((48, 32)).astype(np.float32)}, source="t")
+    with pytest.raises(InputDataError, match=r"output 'y' is NaN or Inf on the calibration inputs"):
+        compress(model, keep_params=0.6, rank_multiple=4, calibration=calibration, **options)

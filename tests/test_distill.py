@@ -316,6 +316,67 @@ def test_rejects_a_model_that_is_not_its_compression(torch, pair):
         distill(small_cnn(seed=1, width=8), compressed, inputs, steps=1, progress=False)
 
 
+def test_rejects_a_swapped_pair_and_a_compression_of_another_original(torch, pair):
+    """Swapped, the original's dense weights were trained toward the compressed model (exit 0); a
+    compression that replaced every weight of another checkpoint left the ancestry check nothing to
+    compare. The compressed model records a digest of the weights it replaced."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    with pytest.raises(UnsupportedModelError, match="give ORIGINAL then COMPRESSED, in that order"):
+        distill(compressed, original, inputs, steps=1, progress=False)
+    other = small_cnn(seed=1, width=8)
+    everything = compress(other, keep_params=0.35, method="svd").model  # no weight left to compare
+    with pytest.raises(UnsupportedModelError, match="was not made from this original"):
+        distill(original, everything, inputs, steps=1, progress=False)
+
+
+def test_inputs_the_model_cannot_run_and_bad_flags_are_one_error(torch, pair):
+    from onnx_alds.distill import DistillSettings, distill
+    from onnx_alds.errors import InputDataError
+
+    original, compressed, inputs = pair
+    wrong = InputSet({"input": inputs.arrays["input"][:, :2]}, None, "two channels")  # the model takes three
+    with pytest.raises(InputDataError, match="running the original model on the inputs failed"):
+        distill(original, compressed, wrong, steps=1, progress=False)
+    for flags in (dict(lr=float("inf")), dict(intermediate_weight=float("nan")), dict(seed=-5), dict(seed=2 ** 40)):
+        with pytest.raises(InputDataError):
+            DistillSettings(**flags)
+
+
+def test_a_fixed_batch_model_is_refused_before_anything_runs(torch, pair):
+    """distill ran batches of 16 whatever the model fixed: ONNX Runtime's traceback."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    fixed = [onnx.ModelProto(), onnx.ModelProto()]
+    for copy, model in zip(fixed, (original, compressed)):
+        copy.CopyFrom(model)
+        copy.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(UnsupportedModelError, match="batch dim is free; this one fixes it to 1"):
+        distill(fixed[0], fixed[1], inputs, steps=1, progress=False)
+
+
+def test_an_overridable_or_renamed_initializer_is_not_trained():
+    """A bias that is also a graph input (callers set it) had its default retrained; a renamed
+    initializer that no Conv/Gemm/MatMul reads as its weight was taken for a factor."""
+    from onnx_alds.distill import factor_tensors
+
+    original = small_cnn(width=8)
+    compressed = compress(original, keep_params=0.35, method="svd").model
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(compressed)
+    bias = next(node for node in renamed.graph.node if node.name.endswith(".dec")).input[2]
+    renamed.graph.input.append(helper.make_tensor_value_info(bias, TensorProto.FLOAT, None))
+    scale = numpy_helper.from_array(np.ones(1, np.float32), "renamed_scale")
+    renamed.graph.initializer.append(scale)
+    mul = renamed.graph.node[-1]
+    renamed.graph.node.append(helper.make_node("Mul", [mul.output[0], "renamed_scale"], ["scaled"]))
+    found = factor_tensors(original, renamed)
+    assert bias not in found.biases and "renamed_scale" not in found.factors
+    assert found.factors and set(found.factors) <= {name for node in renamed.graph.node for name in node.input[1:2]}
+
+
 # --------------------------------------------------------------------------------------------------
 # augmentation
 
