@@ -444,16 +444,16 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                   and _uncalibrated_reason(layer) else layer for layer in layers]
         prepared = replace(prepared, layers=layers)
     if order == POINTWISE_FIRST:
-        layers = [with_order(layer, order, max_groups=searched,
-                             channel_multiple=rank_multiple) if layer.pointwise_first_ok else layer
+        layers = [_pointwise_first_if_it_shrinks(layer, max_groups=searched, rank_multiple=rank_multiple)
                   for layer in layers]
         spatial = [layer for layer in layers if layer.compressible and layer.op == "Conv" and layer.kernel > 1]
         kept = [layer for layer in spatial if layer.order != POINTWISE_FIRST]
         notes = list(prepared.notes)
         if kept:
             notes.append(f"order pointwise-first: {len(spatial) - len(kept)} of {len(spatial)} k×k convs; the other "
-                         f"{len(kept)} stay spatial-first (strided, output size differs from the input's, or shapes "
-                         f"unknown; first: '{kept[0].name}')")
+                         f"{len(kept)} stay spatial-first (strided, output size differs from the input's, shapes "
+                         f"unknown, or too few input channels for a rank of the multiple to shrink them "
+                         f"pointwise-first; first: '{kept[0].name}')")
         prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
@@ -818,6 +818,16 @@ def _uncalibrated_reason(layer: Layer) -> Optional[str]:
     if layer.weight_first:
         return "MatMul with the weight first: data-aware factors are not supported yet (compress data-free)"
     return None
+
+
+def _pointwise_first_if_it_shrinks(layer: Layer, *, max_groups: int, rank_multiple: int) -> Layer:
+    """``layer`` pointwise-first where it can be and a rank of ``rank_multiple`` shrinks it that way; else
+    as it is (an RGB stem conv: 3 input channels leave pointwise-first no useful rank, spatial-first has)."""
+    if not layer.pointwise_first_ok:
+        return layer
+    ordered = with_order(layer, POINTWISE_FIRST, max_groups=max_groups, channel_multiple=rank_multiple)
+    rows, cols = ordered.matrix_shape
+    return ordered if ordered.groups and (rows * cols - 1) // (rows + cols) >= rank_multiple else layer
 
 
 def _check_rank_multiple(chosen: Sequence[Layer], tables: Sequence[ErrorTable], rank_multiple: int) -> None:

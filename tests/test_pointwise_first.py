@@ -207,3 +207,22 @@ def test_the_report_names_the_convs_that_stay_spatial_first():
     result = compress(small_cnn(seed=0, width=16), keep_flops=0.5, order=POINTWISE_FIRST)
     (note,) = [n for n in result.report.notes if n.startswith("order pointwise-first")]
     assert "2 of 4 k×k convs" in note and "'conv1'" in note
+
+
+def test_a_conv_with_few_inputs_stays_spatial_first_where_pointwise_first_cannot_shrink_it():
+    """An RGB stem conv (3 → 64, 3x3, stride 1) alone: pointwise-first leaves no rank of 8 that shrinks
+    it, and the refusal advised --rank-multiple 2; spatial-first factorizes it at rank 8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 27))).reshape(64, 3, 3, 3).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="stem", pads=[1] * 4)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 16, 16])],
+                       [numpy_helper.from_array(weight, "w")])
+    report = compress(model, keep_params=0.95, rank_multiple=8, order="pointwise-first").report
+    (row,) = report.layers
+    assert row.groups and row.order == "spatial-first" and row.rank % 8 == 0
+    assert any("too few input channels" in note for note in report.notes)
