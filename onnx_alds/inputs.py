@@ -493,6 +493,12 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
             bad = int(np.argmax((~np.isfinite(array.reshape(len(array), -1))).any(axis=1))) if array.ndim else 0
             raise InputDataError(f"array '{spec.name}' in '{path}' holds NaN or Inf values (first in sample {bad}); "
                                  "give finite inputs")
+        if array.dtype != spec.dtype and np.issubdtype(array.dtype, np.integer) and array.size \
+                and np.issubdtype(spec.dtype, np.integer):
+            limits = np.iinfo(spec.dtype)
+            if array.min() < limits.min or array.max() > limits.max:  # the cast would wrap silently
+                raise InputDataError(f"array '{spec.name}' in '{path}' holds values outside the input's {spec.dtype} "
+                                     f"range ({array.min()} to {array.max()}); give values that fit {spec.dtype}")
         if array.dtype != spec.dtype:
             casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
                          + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)

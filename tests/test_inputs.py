@@ -43,6 +43,16 @@ def _text_model() -> onnx.ModelProto:
 # --- npz --------------------------------------------------------------------------------------------
 
 
+def test_integer_values_that_do_not_fit_the_input_type_are_refused(tmp_path):
+    """int64 ids of 2**32 and more for an int32 input wrapped silently, with only a "cast" note."""
+    model = _image_model(["N", 4], elem=TensorProto.INT32)
+    np.savez(tmp_path / "ok.npz", x=np.arange(8, dtype=np.int64).reshape(2, 4))
+    assert load_inputs(model, npz=tmp_path / "ok.npz").arrays["x"].dtype == np.int32
+    np.savez(tmp_path / "big.npz", x=np.full((2, 4), 2 ** 32 + 5, dtype=np.int64))
+    with pytest.raises(InputDataError, match=r"values outside the input's int32 range \(4294967301 to 4294967301\)"):
+        load_inputs(model, npz=tmp_path / "big.npz")
+
+
 def test_npz_loads_casts_and_reads_labels(tmp_path):
     model = _image_model(["N", 3, 4, 4])
     rng = np.random.default_rng(0)
