@@ -141,6 +141,10 @@ class DataAwareOptions:
                     else "--both-factors" if self.both_factors else "--affine-correction")
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
+        if self.calibration is not None:  # a repeated sample adds no information, and would let --method
+            from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
+
+            object.__setattr__(self, "calibration", without_repeats(self.calibration))
 
     @property
     def enabled(self) -> bool:

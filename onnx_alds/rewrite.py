@@ -367,19 +367,27 @@ REPLACED_DIGEST_KEY = "onnx_alds.replaced_sha1"
 
 
 def replaced_digest(original: onnx.ModelProto, new: onnx.ModelProto, load=None) -> str:
-    """SHA-1 of the main-graph initializers of ``original`` that ``new`` no longer holds (the weights
-    the compression replaced), by name and value: written into the compressed model's metadata, so that
-    ``distill`` can tell whether an original is the one it was made from. ``load``: completes a light
-    model's stub (:meth:`onnx_alds.model_io.TensorStore.load`)."""
+    """SHA-1 of the main-graph initializers and Constant nodes' values of ``original`` that ``new`` no
+    longer holds (the weights the compression replaced), by name and value: written into the compressed
+    model's metadata, so that ``distill`` can tell whether an original is the one it was made from.
+    ``load``: completes a light model's stub (:meth:`onnx_alds.model_io.TensorStore.load`)."""
     import hashlib
 
-    kept = {tensor.name for tensor in new.graph.initializer}
+    def tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:  # initializers and Constant nodes' values
+        found = {tensor.name: tensor for tensor in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output \
+                    and node.attribute and node.attribute[0].name == "value":
+                found.setdefault(node.output[0], node.attribute[0].t)
+        return found
+
+    kept = tensors(new)
     digest = hashlib.sha1()
-    for tensor in sorted(original.graph.initializer, key=lambda t: t.name):
-        if tensor.name in kept:
+    for name, tensor in sorted(tensors(original).items()):
+        if name in kept:
             continue
         full = load(tensor) if load is not None else tensor
-        digest.update(tensor.name.encode() + b"\0" + numpy_helper.to_array(full).tobytes())
+        digest.update(name.encode() + b"\0" + numpy_helper.to_array(full).tobytes())
     return digest.hexdigest()
 
 

@@ -156,6 +156,11 @@ class DataSource:
     labels_file: Optional[str] = None       # --labels FILE
     labels_from_filenames: bool = False     # --labels-from-filenames
 
+    def __post_init__(self) -> None:
+        for flag, path in (("an .npz", self.npz), ("an image folder", self.images), ("a labels file", self.labels_file)):
+            if path is not None and not Path(path).exists():
+                raise InputDataError(f"'{path}' does not exist; give {flag} that does (check the path)")
+
     def load(self, model: onnx.ModelProto):
         from .inputs import load_inputs
 

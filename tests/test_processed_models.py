@@ -191,3 +191,22 @@ def test_a_weight_made_by_another_domains_op_is_not_folded_as_the_standard_op(op
                                  "that onnx-alds cannot evaluate: left as it is")
     with pytest.raises(UnsupportedModelError, match="nothing to compress"):
         compress(model, keep_params=0.5, rank_multiple=4)
+
+
+def test_the_replaced_weights_digest_covers_constant_node_weights():
+    """Weights stored as Constant nodes (not initializers): compress recorded the digest of nothing, so
+    distill took a compression of another original for this one's."""
+    from onnx_alds.rewrite import REPLACED_DIGEST_KEY, replaced_digest
+
+    def model(seed: int) -> onnx.ModelProto:
+        weight = np.random.default_rng(seed).standard_normal((32, 32)).astype(np.float32)
+        nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight)),
+                 helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], [])
+
+    original = model(0)
+    compressed = compress(original, keep_params=0.5, rank_multiple=4).model
+    recorded = {entry.key: entry.value for entry in compressed.metadata_props}[REPLACED_DIGEST_KEY]
+    assert recorded == replaced_digest(original, compressed)
+    assert recorded != replaced_digest(model(1), compressed)

@@ -349,3 +349,11 @@ def test_odd_files_in_the_sweep_folder_are_recomputed_or_named(tiny, tmp_path, c
     (out / "models" / rows[0].name.replace(".json", ".onnx")).unlink()
     code, _, err = run(_quick(tiny, out, "0.6", "0.8"), capsys)
     assert code == 1 and err.startswith(f"error: '{rows[0]}' is a folder where the sweep keeps a file")
+
+
+def test_a_missing_inputs_or_calibration_file_is_one_error_line(tiny, tmp_path, capsys):
+    """sweep hashed the file for its fingerprint first: FileNotFoundError's traceback."""
+    for flags in (["--inputs", str(tmp_path / "none.npz")], ["--random", "8", "--calibration", str(tmp_path / "no.npz")]):
+        code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "alds+data",
+                            "-o", str(tmp_path / "out"), "--no-bench", "--no-plots", "--no-progress", *flags], capsys)
+        assert code == 1 and err.startswith("error: '") and "does not exist" in err and err.count("\n") == 1
