@@ -491,8 +491,10 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
                      weight_type=first.data_type)
     shape = tuple(int(d) for d in tensor.dims) if tensor is not None else tuple(shapes.get(weight_name, ()))
     reason: Optional[str] = None
+    if tensor is None and not shape:  # computed by an op whose output shape nothing knows: say by what
+        reason = _producer_reason(weight_name, producers, constants)
     f = c = kernel = 0
-    if node.op_type == "Conv":
+    if reason is None and node.op_type == "Conv":
         if len(shape) >= 3:
             f, c, kernel = shape[0], shape[1], int(np.prod(shape[2:]))
         group = int(_attr(node, "group", 1))
@@ -508,11 +510,11 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         elif group != 1:
             reason = ("depthwise conv" if c == 1 and group > 1 else f"grouped conv (group={group})") + \
                      " is left as it is"
-    elif node.op_type == "Gemm":
+    elif reason is None and node.op_type == "Gemm":
         if len(shape) == 2:
             f, c = (shape[0], shape[1]) if _attr(node, "transB", 0) else (shape[1], shape[0])
         kernel = 1
-    else:  # MatMul: y = x @ B with B of shape (c, f); weight first: y = W @ x with W of shape (f, c)
+    elif reason is None:  # MatMul: y = x @ B with B of shape (c, f); weight first: y = W @ x with W of shape (f, c)
         if tensor is not None and len(shape) != 2:
             reason = f"weight is not a 2-D matrix (shape {shape})"
         elif len(shape) == 2:

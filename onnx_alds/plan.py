@@ -236,8 +236,8 @@ class Plan:
         latency = totals.get("latency")
         if latency is not None:  # the recorded times are read back into the report
             latency = reader.mapping(latency, "totals.latency", free=True)
-            for key in ("model_us", "layers_dense_us"):
-                reader.number(latency.get(key), f"totals.latency.{key}")
+            reader.number(latency.get("model_us"), "totals.latency.model_us", positive=True)
+            reader.number(latency.get("layers_dense_us"), "totals.latency.layers_dense_us")
         if options["budget"]["target"] == "latency" and not (latency and latency.get("model_us")):
             raise PlanError(f"{source}: options.budget.target is latency but the plan records no model time "
                             "(totals.latency.model_us); make the plan again with --keep-latency, or set the "
@@ -402,11 +402,14 @@ class _Reader:
             raise self.fail(where, f"expected an integer >= {minimum}, got {_short(value)}")
         return value
 
-    def number(self, value: Any, where: str, *, optional: bool = True) -> Optional[float]:
+    def number(self, value: Any, where: str, *, optional: bool = True, positive: bool = False) -> Optional[float]:
+        """A finite number (``positive``: above 0, as a time is), or None where ``optional``."""
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise self.fail(where, f"expected a finite number, got {_short(value)}")
+        if positive and not 0 < value < 1e300:
+            raise self.fail(where, f"expected a positive time in µs, got {_short(value)}")
         return float(value)
 
     def dims(self, value: Any, where: str) -> tuple[int, ...]:
@@ -494,8 +497,9 @@ class _Reader:
                                   self.integer(p.get("rank", 0), f"{where}.predicted.rank"), p.get("order"),
                                   self.number(p.get("error", 0.0), f"{where}.predicted.error") or 0.0,
                                   self.number(p.get("cost"), f"{where}.predicted.cost"),
-                                  self.number(p.get("time_dense_us"), f"{where}.predicted.time_dense_us"),
-                                  self.number(p.get("time_us"), f"{where}.predicted.time_us"), measured)
+                                  self.number(p.get("time_dense_us"), f"{where}.predicted.time_dense_us",
+                                              positive=True),
+                                  self.number(p.get("time_us"), f"{where}.predicted.time_us", positive=True), measured)
         reason = entry.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise self.fail(f"{where}.reason", "expected a string or null")

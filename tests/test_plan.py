@@ -134,6 +134,7 @@ def test_stale_plans_are_clear_errors():
                                                               r"1000000000.*\.\.\."),
     (lambda d: d["totals"].update(latency="x"), r"totals.latency: "),
     (lambda d: d["totals"].update(latency={"model_us": "x"}), r"totals.latency.model_us: expected a finite number"),
+    (lambda d: d["totals"].update(latency={"model_us": -5}), r"totals.latency.model_us: expected a positive time"),
     (lambda d: d["options"]["budget"].update(target="latency"), r"options.budget.target is latency but the plan "
                                                                 r"records no model time"),
 ])

@@ -210,3 +210,16 @@ def test_the_replaced_weights_digest_covers_constant_node_weights():
     recorded = {entry.key: entry.value for entry in compressed.metadata_props}[REPLACED_DIGEST_KEY]
     assert recorded == replaced_digest(original, compressed)
     assert recorded != replaced_digest(model(1), compressed)
+
+
+def test_a_conv_weight_behind_another_domains_op_is_named_not_called_inconsistent():
+    """A Conv weight through a vendor's Identity (shape unknown to inference) read "inconsistent Conv:
+    kernel_shape None does not match the weight ()"."""
+    weight = np.random.default_rng(8).standard_normal((16, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Identity", ["w"], ["wi"], domain="com.vendor"),
+             helper.make_node("Conv", ["x", "wi"], ["y"], name="conv", pads=[1] * 4)]
+    model = _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [numpy_helper.from_array(weight, "w")], "com.vendor")
+    (layer,) = analyze(model).layers
+    assert layer.skip_reason.startswith("weight is computed from constants by com.vendor::Identity")
