@@ -484,6 +484,8 @@ class _Reader:
             if groups < 1 or rank < 1:
                 raise self.fail(where, "a factorized layer needs groups >= 1 and rank >= 1 (or set \"option\": "
                                        "\"dense\")")
+            if order is None:  # a dense entry switched to factorized keeps no order: the ALDS pair
+                order = SPATIAL_FIRST
             if order not in ORDERS:
                 raise self.fail(where, f"order {order!r} is not one of {', '.join(ORDERS)}")
         predicted = entry.get("predicted")

@@ -414,3 +414,18 @@ def test_applied_plan_advice_is_about_the_plan_not_compress_flags():
     said = " ".join(result.report.warnings + result.report.notes)
     assert "well below the plan's requested 0.5" in said and "in the plan" in said
     assert "--exclude" not in said and "--rank-multiple" not in said
+
+
+def test_a_dense_entry_switched_to_factorized_needs_no_order():
+    """Setting "option": "factorized" with groups and rank on a dense entry failed with "order None is
+    not one of ..."; the order defaults to the ALDS pair (spatial-first)."""
+    model = small_cnn(width=32)
+    data = make_plan(model, keep_flops=0.5, rank_multiple=8).to_dict()
+    entry = next(layer for layer in data["layers"] if layer["option"] == "dense" and layer["op"] == "Conv"
+                 and layer["weight_shape"][0] >= 16)
+    entry.update(option="factorized", groups=1, rank=8)
+    entry.pop("order", None)
+    plan = Plan.from_dict(data)
+    assert plan.layer(entry["name"]).order == "spatial-first"
+    result = apply_plan(model, plan)
+    assert {row.name: row.rank for row in result.report.layers}[entry["name"]] == 8
