@@ -688,6 +688,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     if stored != report.params_after:
         report = replace(report, params_after=stored,
                          achieved=stored / report.params_before if target == "params" else report.achieved)
+        gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank",
+                              applied=allocation.search.startswith("plan"))[1]  # said of the figure written
+        report = replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
+                         + ((gap_note,) if gap_note else ()))
     if data_aware:
         steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
             + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ()) \
