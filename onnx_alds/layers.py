@@ -438,7 +438,8 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     while quantizer is not None and quantizer.op_type in FOLDABLE_OPS and is_standard(quantizer) \
             and quantizer.input:  # through moves and casts
         quantizer = producers.get(quantizer.input[0])
-    if quantizer is not None and quantizer.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"):
+    if quantizer is not None and quantizer.op_type in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear") \
+            and quantizer.input and _reads_only_constants(quantizer.input[0], producers, constants):
         return (f"quantized weight ({quantizer.op_type}{'' if quantizer is node else ' → ' + node.op_type}): "
                 "factorizing would undo the quantization; compress the float model first, then quantize it")
     unfolded = _constant_subgraph_ops(name, producers, constants)
@@ -453,10 +454,24 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     return f"weight is not a constant (computed at run time by a {node.op_type} node)"
 
 
+def _reads_only_constants(name: str, producers: Mapping[str, onnx.NodeProto],
+                          constants: Mapping[str, onnx.TensorProto]) -> bool:
+    """Whether ``name`` is a constant or computed from constants alone (no graph input, no subgraph op)."""
+    return _constant_walk(name, producers, constants) is not None
+
+
 def _constant_subgraph_ops(name: str, producers: Mapping[str, onnx.NodeProto],
-                           constants: Mapping[str, onnx.TensorProto], limit: int = 64) -> list[str]:
+                           constants: Mapping[str, onnx.TensorProto]) -> list[str]:
     """The op types outside :data:`FOLDABLE_OPS` of the nodes that compute ``name`` when they read
     constants only (a constant subgraph); [] when anything it reads is computed from the graph inputs."""
+    return _constant_walk(name, producers, constants) or []
+
+
+def _constant_walk(name: str, producers: Mapping[str, onnx.NodeProto], constants: Mapping[str, onnx.TensorProto],
+                   limit: int = 64) -> Optional[list[str]]:
+    """The op types outside :data:`FOLDABLE_OPS` (another domain's as ``domain::Op``) of the nodes that
+    compute ``name`` from constants alone, sorted; None when it reads a graph input, holds a subgraph op or
+    takes more than ``limit`` tensors."""
     seen: set[str] = set()
     ops: list[str] = []
     pending = [name]
@@ -468,7 +483,7 @@ def _constant_subgraph_ops(name: str, producers: Mapping[str, onnx.NodeProto],
         node = producers.get(tensor)
         if node is None or len(seen) > limit or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                     for a in node.attribute):
-            return []
+            return None
         op = node.op_type if is_standard(node) else f"{node.domain}::{node.op_type}"
         if op not in FOLDABLE_OPS and op not in ops:
             ops.append(op)

@@ -249,3 +249,25 @@ def test_the_budget_note_speaks_of_the_achieved_figure_the_report_prints():
     report = compress(model, keep_params=0.6, rank_multiple=4, calibration=calibration, bias_correction=True).report
     said = [note for note in report.notes + report.warnings if note.startswith("achieved ")]
     assert said and all(note.startswith(f"achieved {report.achieved:.4f}") for note in said)
+
+
+def test_an_activation_product_behind_quantize_dequantize_is_not_called_a_quantized_weight():
+    """QDQ attention: scores = DQ(Q(x Wa)) · DQ(Q(x Wb)); the product of two activations was listed as a
+    "quantized weight" with the advice to compress the float model."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "Wa"], ["a"], name="qa"), helper.make_node("MatMul", ["x", "Wb"], ["b0"],
+                                                                                        name="qb"),
+             helper.make_node("Transpose", ["b0"], ["b"], perm=[0, 2, 1]),
+             helper.make_node("QuantizeLinear", ["a", "s", "zp"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "s", "zp"], ["ad"]),
+             helper.make_node("QuantizeLinear", ["b", "s", "zp"], ["bq"]),
+             helper.make_node("DequantizeLinear", ["bq", "s", "zp"], ["bd"]),
+             helper.make_node("MatMul", ["ad", "bd"], ["y"], name="scores")]
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), name)
+             for name in ("Wa", "Wb")] + [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                                          numpy_helper.from_array(np.array(0, np.int8), "zp")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8])], inits)
+    reasons = {layer.name: layer.skip_reason for layer in analyze(model).layers}
+    assert "quantized" not in (reasons.get("scores") or "")
+    assert reasons["qa"] is None and reasons["qb"] is None
