@@ -655,9 +655,15 @@ def apply_plan(model, plan: Plan, calibration=None):
     elif isinstance(model, onnx.ModelProto):
         plan.check_layer_names(model)
     options = plan.compress_options(calibration)
-    proto = model.model if isinstance(model, OpenedModel) else model if isinstance(model, onnx.ModelProto) else None
-    if proto is not None:
-        options = replace(options, input_shapes=plan.input_shapes_for(proto))
+    if isinstance(model, OpenedModel):
+        proto = model.model
+    elif isinstance(model, onnx.ModelProto):
+        proto = model
+    else:  # a path: the light model's graph tells the inputs (its large weights stay where they are)
+        from .model_io import open_model
+
+        proto = open_model(model).model
+    options = replace(options, input_shapes=plan.input_shapes_for(proto))
     if options.search.prune != "off":
         from .prune import compress_pruned
 
