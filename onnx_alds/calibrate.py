@@ -57,7 +57,6 @@ patch chunk.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import itertools
 import logging
 import os
@@ -1169,34 +1168,7 @@ def collect_statistics(model: onnx.ModelProto, layers: Sequence[Layer], inputs, 
     """
     limits = limits if limits is not None else DEFAULT_LIMITS
     sums = _collect(model, layers, inputs, batch_size, reference, limits, notes, 0, whole=True)
-    stats = {name: sums.pop(name).finalize(in_place=True) for name in list(sums)}
-    distinct, total = distinct_samples(inputs)
-    if distinct < total:  # a repeated sample adds vectors, not information: count what is distinct
-        note = (f"{total - distinct} of the {total} calibration samples repeat others: each layer's vector count is "
-                f"scaled to the {distinct} distinct ones (the moment shrinkage trusts the data accordingly)")
-        if notes is not None and note not in notes:
-            notes.append(note)
-        stats = {name: replace(stat, count=max(1, stat.count * distinct // total)) for name, stat in stats.items()}
-    return stats
-
-
-def distinct_samples(inputs) -> tuple[int, int]:
-    """``(distinct, total)`` samples of an :class:`~onnx_alds.inputs.InputSet` (a sample is its values for
-    every input); ``(total, total)`` for a set without arrays (a shard source), or of unknown length."""
-    try:
-        total = len(inputs)
-    except TypeError:
-        return 1, 1
-    arrays = getattr(inputs, "arrays", None)
-    if not isinstance(arrays, Mapping) or not arrays:
-        return total, total
-    seen = set()
-    for index in range(total):
-        digest = hashlib.sha1()
-        for name in sorted(arrays):
-            digest.update(np.ascontiguousarray(arrays[name][index]).tobytes())
-        seen.add(digest.digest())
-    return len(seen), total
+    return {name: sums.pop(name).finalize(in_place=True) for name in list(sums)}
 
 
 def _collect(model, layers, inputs, batch_size: int, reference, limits: CalibrationLimits,
