@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -1497,7 +1498,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     failed = [row for row in result.rows if row.get("status") != "ok"]
     print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
           + (f", {len(result.crashed)} crashed" if result.crashed else "")
-          + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv" + ("" if args.no_plots else ", plots"))
+          + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv"
+          + ("" if args.no_plots or importlib.util.find_spec("matplotlib") is None else ", plots"))
     if result.crashed:
         first = result.crashed[0]
         raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: "
