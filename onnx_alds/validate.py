@@ -530,6 +530,7 @@ class _Accumulator:
         self.union: Optional[np.ndarray] = None
         self.labels_checked = False
         self.original_min, self.original_max = math.inf, -math.inf
+        self.shared_nonfinite = 0  # NaN/Inf values of the original that the compressed model gives too
 
     def add(self, original: np.ndarray, compressed: np.ndarray,
             feed: Optional[Mapping[str, np.ndarray]] = None) -> None:
@@ -543,6 +544,8 @@ class _Accumulator:
         numbers = np.issubdtype(original.dtype, np.number) and np.issubdtype(compressed.dtype, np.number)
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
+        if numbers and o.size and np.issubdtype(original.dtype, np.floating):
+            o, c = self._set_aside_shared_nonfinite(o, c)
         if numbers and o.size:
             self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
         if not numbers or not np.issubdtype(original.dtype, np.floating):
@@ -566,6 +569,17 @@ class _Accumulator:
             self.sequence_matches += int(np.sum(np.all(same.reshape(same.shape[0], -1), axis=1)))
         elif self.kind == DENSE:
             self._add_dense(o, c)
+
+    def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the original is NaN or Inf and the compressed model gives the same value (it is the
+        original's own, not the compression's), both read 0: the figures compare the rest, and
+        :attr:`shared_nonfinite` counts them for a note. A non-finite value the compressed model does not
+        share stays, and fails the figures."""
+        shared = ~np.isfinite(o) & ((np.isnan(o) & np.isnan(c)) | (o == c))
+        if not shared.any():
+            return o, c
+        self.shared_nonfinite += int(shared.sum())
+        return np.where(shared, 0.0, o), np.where(shared, 0.0, c)
 
     def _add_exact(self, original: np.ndarray, compressed: np.ndarray) -> None:
         """Labels, indices, strings, flags: the fraction of entries that differ per sample."""
@@ -833,6 +847,10 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                     for name in output_names)
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
+    for name, accumulator in accumulators.items():
+        if accumulator.shared_nonfinite:
+            notes.append(f"output '{name}': the original gives NaN or Inf at {accumulator.shared_nonfinite} values "
+                         "and the compressed model the same there; the figures compare the other values")
     return ValidationReport(
         original=_describe(original, "<original model>"), compressed=_describe(compressed, "<compressed model>"),
         outputs=outputs, tolerances=stated, samples=len(inputs), input_source=inputs.source,

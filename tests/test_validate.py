@@ -205,6 +205,20 @@ def test_nan_outputs_show_nan_errors_not_zero():
     assert np.isnan(out.max_abs_error) and out.failures
 
 
+def test_nan_values_of_the_original_that_the_compressed_model_shares_are_set_aside():
+    """A model against itself with a NaN output value (Log of a negative): top1 1.0 but top5 0.0, mean
+    cosine NaN, and the advice to compress less; the NaN is the original's own."""
+    original = np.array([[1.0, np.nan, 3.0, 0.5, 0.1, 2.0], [0.2, 0.1, np.inf, 0.3, 0.4, 0.5]])
+    out = compare_output("y", original, original.copy(), classifier=True, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.top1_agreement == 1.0 and out.top5_agreement == 1.0 and out.mean_cosine == pytest.approx(1.0)
+    assert out.max_abs_error == 0.0 and not out.failures
+    other = original.copy()
+    other[0, 1] = 5.0  # a NaN the compressed model does not share stays in the figures
+    assert np.isnan(compare_output("y", original, other, classifier=True, labels=None, tolerances=Tolerances(),
+                                   check_accuracy=False).max_abs_error)
+
+
 def test_relative_error_and_cosine_definitions():
     original = np.array([[3.0, 4.0], [1.0, 0.0]])
     compressed = np.array([[3.3, 4.4], [1.0, 1.0]])
