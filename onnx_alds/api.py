@@ -667,14 +667,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                         shrinkage=shrinkage, both_factors=data.both_factors,
                                         affine=data.affine_correction)
     data_aware = calibration is not None
-    add_provenance(new_model, {
-        "onnx_alds.version": __version__,
-        "onnx_alds.method": method + (" (data-aware)" if data_aware else ""),
-        "onnx_alds.target": f"keep_{target}={keep}",
-        "onnx_alds.seed": str(seed),
-        REPLACED_DIGEST_KEY: replaced_digest(prepared.original, new_model,
-                                             prepared.store.load if prepared.store is not None else None),
-    })
+    stamp_provenance(new_model, prepared, method + (" (data-aware)" if data_aware else ""), target, keep, seed)
     check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
     light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself
     if not light:
@@ -723,6 +716,20 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
                      warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
+
+
+def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
+                     seed: int) -> None:
+    """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed) and
+    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill)."""
+    add_provenance(new_model, {
+        "onnx_alds.version": __version__,
+        "onnx_alds.method": method,
+        "onnx_alds.target": f"keep_{target}={keep}",
+        "onnx_alds.seed": str(seed),
+        REPLACED_DIGEST_KEY: replaced_digest(prepared.original, new_model,
+                                             prepared.store.load if prepared.store is not None else None),
+    })
 
 
 FAST_RANK_MULTIPLE = 16  # ONNX Runtime's blocked CPU conv kernels need channel counts that are multiples of it

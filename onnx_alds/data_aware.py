@@ -28,7 +28,7 @@ from .errors import InputDataError
 from .layers import POINTWISE_FIRST, Layer, folded_weight
 from .model_io import graph_inputs
 from .rewrite import Rewrite, rewrite_model
-from .runtime import float_output_names
+from .runtime import float_output_names, make_session
 from .spectra import ErrorTable
 
 
@@ -60,7 +60,17 @@ def float_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, 
     return [np.concatenate([np.asarray(run[i], dtype=np.float64).ravel() for run in runs]) for i in range(len(wanted))]
 
 
-def check_finite_outputs(names: Sequence[str], outputs: Sequence[np.ndarray], what: str = "--sensitivity") -> None:
+def reference_outputs(proto: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], what: str
+                      ) -> list[np.ndarray]:
+    """:func:`float_outputs` of the original model, which the sensitivity probes are measured against;
+    raises :class:`InputDataError` (:func:`check_finite_outputs`) where one is NaN or Inf."""
+    session = make_session(proto, "cpu")
+    reference = float_outputs(proto, session, feeds)
+    check_finite_outputs(float_output_names(session), reference, what)
+    return reference
+
+
+def check_finite_outputs(names: Sequence[str], outputs: Sequence[np.ndarray], what: str) -> None:
     """Raise :class:`InputDataError` when an original float output is NaN or Inf on the calibration inputs:
     how much a layer moves the outputs cannot be measured there."""
     for name, value in zip(names, outputs):
@@ -101,7 +111,6 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
     a layer without statistics (over the moment limit) is probed with data-free factors.
     """
     from .calibrate import DEFAULT_LIMITS, calibration_runs
-    from .runtime import make_session
 
     arrays = getattr(calibration, "arrays", None) or {}
     per_sample = sum(int(np.asarray(a[:1]).nbytes) for a in arrays.values()) or 1
@@ -109,9 +118,7 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
     feeds = list(calibration_runs(calibration, proto, samples, limit=samples))
     if not feeds:
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
-    session = make_session(proto, "cpu")
-    reference = float_outputs(proto, session, feeds)
-    check_finite_outputs(float_output_names(session), reference)
+    reference = reference_outputs(proto, feeds, "--sensitivity")
     if not reference:
         raise InputDataError(f"--sensitivity {NO_FLOAT_OUTPUT.format(what='layer')}; drop --sensitivity")
     weights = []

@@ -25,6 +25,7 @@ imported only here; ``docs/DISTILL.md`` says why this route (and not onnx2torch)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -631,6 +632,11 @@ def check_distillable(model: onnx.ModelProto) -> None:
         raise UnsupportedModelError(f"distillation needs a model whose batch dim is free; this one fixes it to {fixed} "
                                     "(export it again with a dynamic batch axis, e.g. torch.onnx.export(..., "
                                     "dynamic_axes={'input': {0: 'batch'}}))")
+    _refuse_unsupported_ops(model)
+
+
+def _refuse_unsupported_ops(model: onnx.ModelProto) -> None:
+    """Raise :class:`UnsupportedModelError` naming the ops :class:`TorchGraph` cannot run, if any."""
     bad = unsupported_ops(model)
     if bad:
         ops = sorted({op for _, op in bad})
@@ -668,8 +674,7 @@ def _make_graph_module():
 
         def __init__(self, model: onnx.ModelProto, trainable: Sequence[str] = ()) -> None:
             super().__init__()
-            if unsupported_ops(model):
-                check_distillable(model)
+            _refuse_unsupported_ops(model)
             opset = opset_version(model)
             wanted = set(trainable)
             self.param_names: list[str] = []
@@ -1400,8 +1405,9 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
         held = {k: np.asarray(held_out_inputs.arrays[k]) for k in names}
         teacher = _teacher_session(teacher_model, points)
-        for arrays in (train, held):  # every sample through the original once: bad inputs are one error line
-            _run_checked(teacher, arrays, outputs, settings.batch_size)
+        with _original_runs():  # inputs the original cannot run are one error line, before anything else reads them
+            scales = _loss_scales(teacher, train, outputs, points, settings.batch_size)
+            _run_session(teacher, held, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
         student = torch_graph(student_model, found.trainable)
         compressed_session = _student_session(student_model)
@@ -1409,7 +1415,6 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
         teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
-        scales = _loss_scales(teacher, train, outputs, points, settings.batch_size)
         kind = _agreement_kind(teacher_eval[outputs[0]])
 
         groups = []
@@ -1668,12 +1673,12 @@ def _run_session(session, arrays: Mapping[str, np.ndarray], names: Sequence[str]
     return {k: v.astype(np.float64) for k, v in _concat(chunks).items()}
 
 
-def _run_checked(session, arrays: Mapping[str, np.ndarray], names: Sequence[str], batch: int) -> None:
-    """Run ``session`` on every sample; a failure (ids outside the embedding table, a mask of another
-    length) is an :class:`InputDataError` naming ONNX Runtime's reason."""
+@contextlib.contextmanager
+def _original_runs():
+    """Runs of the original model in ONNX Runtime inside: a failure (ids outside the embedding table, a
+    mask of another length) is an :class:`InputDataError` naming ONNX Runtime's reason."""
     try:
-        for feed in _batches(arrays, batch):
-            session.run(list(names), feed)
+        yield
     except Exception as exc:  # ONNX Runtime's own error types
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise InputDataError(f"running the original model on the inputs failed ({reason}); check that the input "
@@ -1846,10 +1851,8 @@ def split_for_distill(calibration: Optional[InputSet], args: argparse.Namespace,
     if calibration is None:
         raise InputDataError("--distill needs inputs to train on; give --calibration FILE.npz, "
                              "--calibration-images DIR or --calibration-random N")
-    seed = getattr(args, "seed", 0) or 0
-    if not 0 <= seed < 2 ** 32:
-        raise InputDataError(f"--seed {seed} is out of range; give an integer in [0, 2**32)")
-    return split_inputs(calibration, DistillSettings.held_out, seed)
+    settings = DistillSettings(seed=getattr(args, "seed", 0) or 0)  # (checks the seed's range)
+    return split_inputs(calibration, settings.held_out, settings.seed)
 
 
 def distill_after_compress(original: ModelLike, result, train: InputSet, held_out: InputSet,

@@ -1177,16 +1177,14 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     then balances ``s_b·ε_b``, the estimated output error (as ``compress(..., sensitivity=True)`` does
     for low-rank layers)."""
     from .calibrate import calibration_runs
-    from .data_aware import check_finite_outputs, float_outputs, floored_sensitivities, output_change
-    from .runtime import float_output_names, make_session
+    from .data_aware import float_outputs, floored_sensitivities, output_change, reference_outputs
+    from .runtime import make_session
 
     heads = list(calibration_runs(calibration, model, samples, limit=samples))  # a fixed batch runs whole
     if not heads:
         raise InputDataError("the calibration set holds fewer samples than the model's fixed batch; give at least "
                              "one full batch of calibration inputs")
-    session = make_session(model, "cpu")
-    reference = float_outputs(model, session, heads)
-    check_finite_outputs(float_output_names(session), reference, "--prune's block sensitivity")
+    reference = reference_outputs(model, heads, "--prune's block sensitivity")
     if not reference:
         return []
     weights = []
@@ -1296,7 +1294,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     from .data_aware import NO_FLOAT_OUTPUT, layer_moment, whitening_factors
     from .layers import folded_weight
     from .report import CompressionReport, LayerReport
-    from .rewrite import REPLACED_DIGEST_KEY, add_provenance, replaced_digest
     from .spectra import error_table, layer_spectra
 
     if objective not in ("minmax", "sum"):
@@ -1457,12 +1454,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
         new_model = pruned
-        add_provenance(new_model, {"onnx_alds.version": api.__version__, "onnx_alds.method": method + " (data-aware)",
-                                   "onnx_alds.target": f"keep_{target}={budget.keep}",
-                                   "onnx_alds.seed": str(search.seed),
-                                   REPLACED_DIGEST_KEY: replaced_digest(prepared.original, new_model,
-                                                                        prepared.store.load if prepared.store
-                                                                        is not None else None)})
+        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed)
         check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))

@@ -20,6 +20,7 @@ version 3 every initializer is listed as a graph input, as that version requires
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -29,7 +30,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .decompose import GroupedFactors, pointwise_decoder_to_patch
-from .layers import POINTWISE_FIRST, Layer, iter_graphs, unused_initializers
+from .layers import POINTWISE_FIRST, Layer, constant_tensors, iter_graphs, unused_initializers
 from .model_io import opset_version
 
 
@@ -367,23 +368,13 @@ REPLACED_DIGEST_KEY = "onnx_alds.replaced_sha1"
 
 
 def replaced_digest(original: onnx.ModelProto, new: onnx.ModelProto, load=None) -> str:
-    """SHA-1 of the main-graph initializers and Constant nodes' values of ``original`` that ``new`` no
-    longer holds (the weights the compression replaced), by name and value: written into the compressed
+    """SHA-1 of the initializers and Constant nodes' values (:func:`onnx_alds.layers.constant_tensors`) of
+    ``original`` that ``new`` no longer holds (the weights the compression replaced), by name and value: written into the compressed
     model's metadata, so that ``distill`` can tell whether an original is the one it was made from.
     ``load``: completes a light model's stub (:meth:`onnx_alds.model_io.TensorStore.load`)."""
-    import hashlib
-
-    def tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:  # initializers and Constant nodes' values
-        found = {tensor.name: tensor for tensor in model.graph.initializer}
-        for node in model.graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output \
-                    and node.attribute and node.attribute[0].name == "value":
-                found.setdefault(node.output[0], node.attribute[0].t)
-        return found
-
-    kept = tensors(new)
+    kept = constant_tensors(new)
     digest = hashlib.sha1()
-    for name, tensor in sorted(tensors(original).items()):
+    for name, tensor in sorted(constant_tensors(original).items()):
         if name in kept:
             continue
         full = load(tensor) if load is not None else tensor

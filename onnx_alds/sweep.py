@@ -1495,7 +1495,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             shutil.rmtree(created)
         raise
     print(summary_table(result.rows))
-    failed = [row for row in result.rows if row.get("status") != "ok"]
     print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
           + (f", {len(result.crashed)} crashed" if result.crashed else "")
           + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv"
@@ -1507,6 +1506,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if not result.rows:  # every combination skipped: nothing was run
         reason = result.skipped[0]["reason"] if result.skipped else "no variant"
         raise InputDataError(f"the sweep ran no variant ({len(result.skipped)} combinations skipped: {reason})")
+    failed = [row for row in result.rows if row.get("status") != "ok"]
     if len(failed) == len(result.rows):
         raise BudgetError(f"no variant produced a model ({len(failed)} failed; first: {failed[0].get('variant_id')}: "
                           f"{failed[0].get('error', failed[0].get('status'))}); the rows are in {args.out}")

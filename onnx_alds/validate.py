@@ -542,13 +542,14 @@ class _Accumulator:
             )
         start = self.samples
         numbers = np.issubdtype(original.dtype, np.number) and np.issubdtype(compressed.dtype, np.number)
+        floats = numbers and np.issubdtype(original.dtype, np.floating)
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
-        if numbers and o.size and np.issubdtype(original.dtype, np.floating):
+        if floats and o.size:
             o, c = self._set_aside_shared_nonfinite(o, c)
         if numbers and o.size:
             self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
-        if not numbers or not np.issubdtype(original.dtype, np.floating):
+        if not floats:
             self._add_exact(original, compressed)  # labels, strings, flags: a distance means nothing
             return
         if self.kind == EMBEDDING:

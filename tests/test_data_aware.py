@@ -399,6 +399,21 @@ def test_layers_fitted_on_fewer_vectors_than_inputs_are_warned_about():
     assert not warnings(128)
 
 
+def _rank4_mlp(rng, positions: tuple = ()) -> onnx.ModelProto:
+    """input (N, *positions, 32) → MatMul 'up' 32→64 → Relu → MatMul 'down' 64→16, both weights exactly rank 4."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    w1 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 64)) / 6).astype(np.float32)
+    w2 = (rng.standard_normal((64, 4)) @ rng.standard_normal((4, 16)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    return make_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *positions, 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *positions, 16])],
+                      [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+
+
 @pytest.mark.parametrize("samples", [1, 24])
 @pytest.mark.parametrize("options", [dict(sequential=True), dict(), dict(prune="only")], ids=["sequential", "plain",
                                                                                              "prune"])
@@ -408,51 +423,28 @@ def test_one_repeated_calibration_sample_gives_no_false_confidence(samples, opti
     sequential fit matched that point alone: reported error 0, measured 2.0 on other inputs (exit 0).
     Such a layer's metric is the data-free one now: exact weights stay exact; a pruned block's reported
     error holds on other inputs."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from conftest import make_model
     from onnx_alds.inputs import InputSet
 
     rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 64)) / 6).astype(np.float32)
-    w2 = (rng.standard_normal((64, 4)) @ rng.standard_normal((4, 16)) / 8).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-                       [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    calibration = InputSet({"x": np.repeat(rng.standard_normal((1, 32)).astype(np.float32), samples, axis=0)},
+    model = _rank4_mlp(rng)
+    calibration = InputSet({"input": np.repeat(rng.standard_normal((1, 32)).astype(np.float32), samples, axis=0)},
                            source="test")
     result = compress(model, keep_params=0.6, rank_multiple=4, calibration=calibration, **options)
     x = rng.standard_normal((64, 32)).astype(np.float32)
-    reference = run_model(model, {"x": x})[0]
-    measured = np.linalg.norm(run_model(result.model, {"x": x})[0] - reference) / np.linalg.norm(reference)
-    assert measured <= max(2 * result.report.max_error, 1e-4)
+    assert _relative_error(model, result.model, x) <= max(2 * result.report.max_error, 1e-4)
 
 
 def test_repeated_samples_count_once_in_the_shrinkage():
     """24 copies of one sample with 6 positions each: 144 vectors, 6 distinct. Ledoit-Wolf took them as
     144 independent ones and trusted the 6-dimensional spread, so --sequential fitted it alone (measured
     1.7e-2 on a BERT-like encoder whose exact weights were kept at full rank, reported 0)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from conftest import make_model
     from onnx_alds.inputs import InputSet
 
     rng = np.random.default_rng(1)
-    w1 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 64)) / 6).astype(np.float32)
-    w2 = (rng.standard_normal((64, 4)) @ rng.standard_normal((4, 16)) / 8).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 32])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 16])],
-                       [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = _rank4_mlp(rng, positions=(6,))
     one = rng.standard_normal((1, 6, 32)).astype(np.float32)
-    notes: list = []
     result = compress(model, keep_params=0.6, rank_multiple=4, sequential=True,
-                      calibration=InputSet({"x": np.repeat(one, 24, axis=0)}, source="test"))
+                      calibration=InputSet({"input": np.repeat(one, 24, axis=0)}, source="test"))
     assert "23 repeats of other samples left out" in result.report.calibration
     x = rng.standard_normal((64, 6, 32)).astype(np.float32)
-    reference = run_model(model, {"x": x})[0]
-    measured = np.linalg.norm(run_model(result.model, {"x": x})[0] - reference) / np.linalg.norm(reference)
-    assert measured <= max(2 * result.report.max_error, 1e-3)
+    assert _relative_error(model, result.model, x) <= max(2 * result.report.max_error, 1e-3)

@@ -517,18 +517,25 @@ def test_hidden_tensor_read_two_subgraph_levels_down_is_not_prunable():
         compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", rank_multiple=1)
 
 
-def _matmul_pair(w1: np.ndarray, w2: np.ndarray, activation: str, out_bias: Optional[np.ndarray] = None
+def _matmul_pair(w1: np.ndarray, w2: np.ndarray, activation: str, out_bias: Optional[np.ndarray] = None, *,
+                 x_dims: Optional[list] = None, y_dims: Optional[list] = None, weight_first: bool = False
                  ) -> onnx.ModelProto:
-    """x (N, c) → MatMul ``w1`` ('up') → ``activation`` → MatMul ``w2`` ('down') [→ Add ``out_bias``] → y."""
+    """x (N, c) → MatMul ``w1`` ('up') → ``activation`` → MatMul ``w2`` ('down') [→ Add ``out_bias``] → y;
+    ``x_dims``/``y_dims`` for other input and output shapes, ``weight_first`` for ``W @ x`` MatMuls."""
     down = "o" if out_bias is not None else "y"
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node(activation, ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], [down], name="down")]
+
+    def product(weight: str, data: str) -> list[str]:
+        return [weight, data] if weight_first else [data, weight]
+
+    nodes = [helper.make_node("MatMul", product("w1", "x"), ["h"], name="up"),
+             helper.make_node(activation, ["h"], ["r"]),
+             helper.make_node("MatMul", product("w2", "r"), [down], name="down")]
     inits = [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(w2.astype(np.float32), "w2")]
     if out_bias is not None:
         nodes.append(helper.make_node("Add", ["o", "b2"], ["y"], name="bias"))
         inits.append(numpy_helper.from_array(out_bias.astype(np.float32), "b2"))
-    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", w1.shape[0]])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w2.shape[1]])], inits)
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims or ["N", w1.shape[0]])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_dims or ["N", w2.shape[1]])], inits)
 
 
 def _assert_lossless_cut(model: onnx.ModelProto, calibration, width: int, *, atol: float, samples: int = 8,
@@ -691,11 +698,8 @@ def test_reshape_that_splits_the_channels_is_not_inside_a_block():
 def test_batched_producer_weight_is_refused_for_what_it_is():
     """A MatMul producer with a batched (3-D) weight was refused as "the producer gives 0 channels"."""
     rng = np.random.default_rng(44)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16])],
-                       [_init(rng, "w1", (4, 16, 32)), _init(rng, "w2", (32, 16))])
+    model = _matmul_pair(rng.standard_normal((4, 16, 32)), rng.standard_normal((32, 16)), "Relu", x_dims=[4, 8, 16],
+                         y_dims=[4, 8, 16])
     blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=4)))
     assert not blocks
     assert any(r.producer == "up" and "weight is not a 2-D matrix" in r.reason for r in refused)
@@ -711,12 +715,8 @@ def test_reshape_whose_target_can_be_overridden_is_named_for_it():
 def test_prune_names_why_weight_first_matmuls_cannot_be_calibrated():
     """Only W @ x MatMuls: --prune said "the model has no Conv, Gemm or MatMul with a weight"."""
     rng = np.random.default_rng(8)
-    nodes = [helper.make_node("MatMul", ["w1", "x"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["w2", "r"], ["y"], name="mm2")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32, 20])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, 20])],
-                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), name)
-                        for name in ("w1", "w2")])
+    model = _matmul_pair(rng.standard_normal((32, 32)), rng.standard_normal((32, 32)), "Relu", x_dims=[2, 32, 20],
+                         y_dims=[2, 32, 20], weight_first=True)
     calibration = InputSet({"x": rng.standard_normal((8, 32, 20)).astype(np.float32)}, source="test")
     with pytest.raises(UnsupportedModelError, match=r"none factorizable or prunable \(MatMul with the weight first"):
         compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined")
