@@ -830,12 +830,17 @@ class _Hashes:
     def file(self, path: Union[str, os.PathLike]) -> str:
         key = str(Path(path).resolve())
         if key not in self._cache:
-            digest = hashlib.sha256()
-            with open(key, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            self._cache[key] = digest.hexdigest()
+            self._cache[key] = file_sha256(key)
         return self._cache[key]
+
+
+def file_sha256(path: Union[str, os.PathLike]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes: _Hashes) -> str:
@@ -951,9 +956,17 @@ class RowStore:
         if not entry or entry.get("fingerprint") != task.fingerprint:
             return None
         row = entry["row"]
-        if row.get("status") == "ok" and not self.model_path(task.variant.id).is_file():
+        if row.get("status") == "ok" and not self._model_intact(task.variant.id, row.get("onnx_sha256")):
             return None
         return row
+
+    def _model_intact(self, variant_id: str, sha256: Optional[str]) -> bool:
+        """The stored model file exists and is the one the row measured (its SHA-256, when recorded):
+        a model replaced or edited since is compressed and measured again."""
+        path = self.model_path(variant_id)
+        if not path.is_file():
+            return False
+        return not sha256 or file_sha256(path) == sha256
 
     def save(self, task: VariantTask, outcome: VariantOutcome) -> None:
         variant_id = task.variant.id

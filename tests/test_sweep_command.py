@@ -182,6 +182,23 @@ def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
     assert record(out)["rows"][0]["agreement_samples"] == 9
 
 
+def test_replaced_model_file_is_redone(tiny, tmp_path, capsys):
+    """A stored model that is not the one its row measured (replaced or edited since) is made again."""
+    out = tmp_path / "sweep"
+    args = ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--random", "8", "-o", str(out),
+            "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"]
+    assert run(args, capsys)[0] == 0
+    row = record(out)["rows"][0]
+    stored = out / row["model_file"]
+    made = stored.read_bytes()
+    stored.write_bytes((tiny / "tiny.onnx").read_bytes())  # e.g. copied over by hand
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert stored.read_bytes() == made
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+
+
 def test_image_folder_inputs(tmp_path, capsys):
     """--images with a preprocessing, on the bundled MNIST model; a changed image folder is redone."""
     from PIL import Image
