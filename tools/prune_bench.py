@@ -19,7 +19,11 @@ and measure on the held-out inputs (never the calibration ones):
   excluded) among the others is unchanged, and the mean cosine to the original embedding;
 - ``--time KEEP``: at that budget, every variant's whole-model CPU latency against the original
   (:func:`onnx_alds.bench.bench`, interleaved, median), next to the ideal speedup the MACs allow
-  (``1 / achieved``); the load average is printed with it (the box is shared).
+  (``1 / achieved``), and next to the speedup the MACs *that change* allow: the original is profiled
+  at batch 1 (ONNX Runtime's node profiler, ``tools/profile_nodes.py``), each changed layer's share
+  ``s_l`` of the summed kernel time scales with its MACs kept ``k_l`` and every other node keeps its
+  time, so that ideal is ``1 / (1 - sum_l s_l (1 - k_l))`` (layers the optimized graph renamed or fused
+  are counted as unchanged, and said). The load average is printed with it (the box is shared).
 
     python tools/prune_bench.py [--models efficientnet-lite0 minilm] [--keep 0.7 0.5]
         [--variants low-rank prune combined damage damage+prune] [--rank-multiple 16] [--time 0.5]
@@ -44,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from accuracy_bench import embedding_scores, outputs  # noqa: E402
+from profile_nodes import profile  # noqa: E402
 from data_aware_bench import _load_npz  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
@@ -77,6 +82,49 @@ def scores(kind: str, references: dict, model: onnx.ModelProto, sets: dict) -> d
         else:
             result[f"agree_{name}"] = float(np.mean(out.argmax(axis=1) == references[name].argmax(axis=1)))
     return result
+
+
+FUSED_INTO_CONV = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh", "Add", "Sum"}
+
+
+def layer_node_times(model: onnx.ModelProto, node_us: dict[str, float]) -> dict[str, float]:
+    """Each Conv/Gemm/MatMul node's profiled time (µs) by its name in ``model``, where the profile names it:
+    as itself, or as ONNX Runtime's blocked-layout conv (``<output>_nchwc``, where ``<output>`` is the
+    conv's output or that of the activation or Add fused into it)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    times = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        names = [node.name, f"{node.output[0]}_nchwc"]
+        names += [f"{r.output[0]}_nchwc" for r in readers.get(node.output[0], []) if r.op_type in FUSED_INTO_CONV]
+        found = [name for name in names if name in node_us]
+        if found:
+            times[node.name] = node_us[found[0]]
+    return times
+
+
+def changed_mac_ideal(node_us: dict[str, float], layers, layer_us: dict[str, float]) -> tuple[float, int]:
+    """The speedup the changed layers' MACs allow when every other node keeps its time.
+
+    ``node_us``: the original's median kernel time per profiled node (µs, ``profile_nodes.profile``);
+    ``layers``: the compression report's :class:`onnx_alds.report.LayerReport` rows; ``layer_us``: their
+    times from :func:`layer_node_times`. Returns the ideal
+    ``1 / (1 - sum_l s_l (1 - k_l))`` over the layers found in the profile and how many changed layers
+    were not found there (renamed or fused by ONNX Runtime: counted as unchanged)."""
+    total = sum(node_us.values())
+    saved, missing = 0.0, 0
+    for layer in layers:
+        if not layer.macs_before or layer.macs_after is None or layer.macs_after >= layer.macs_before:
+            continue
+        if layer.name not in layer_us:
+            missing += 1
+            continue
+        saved += layer_us[layer.name] / total * (1.0 - layer.macs_after / layer.macs_before)
+    return 1.0 / (1.0 - saved), missing
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -143,26 +191,35 @@ def main(argv: Optional[list[str]] = None) -> int:
                     Path(args.save).mkdir(parents=True, exist_ok=True)
                     onnx.save(result.model, str(Path(args.save) / f"{name}-{variant}-{keep}.onnx"))
                 if args.time is not None and abs(keep - args.time) < 1e-9:
-                    timed.append((variant, result.model, report.achieved))
+                    timed.append((variant, result.model, report.achieved, report.layers))
         if timed:
             from onnx_alds.bench import bench
 
             load = os.getloadavg()
-            report = bench([model] + [m for _, m, _ in timed], provider="cpu", batch_sizes=(1,), runs=args.runs,
-                           threads=args.threads, input_shapes=shapes, names=["original"] + [v for v, _, _ in timed])
+            report = bench([model] + [m for _, m, _, _ in timed], provider="cpu", batch_sizes=(1,),
+                           runs=args.runs, threads=args.threads, input_shapes=shapes,
+                           names=["original"] + [v for v, _, _, _ in timed])
+            node_us = {node: us for node, _, us in profile(
+                folder / "model.onnx", batch=1, runs=args.runs, threads=report.threads,
+                dims=[f"{key}:{'x'.join(map(str, dims))}" for key, dims in shapes.items()])}
             after = os.getloadavg()
             print(f"timing at keep {args.time} (CPU, batch 1, {report.threads} threads, load average "
                   f"{load[0]:.1f} before, {after[0]:.1f} after):")
             original_ms = report.timings[0].median_ms
             print(f"  original: median {original_ms:.2f} ms")
-            for (variant, _, achieved), timing in zip(timed, report.timings[1:]):
+            for (variant, _, achieved, layers), timing in zip(timed, report.timings[1:]):
                 ideal = 1.0 / achieved
+                changed, missing = changed_mac_ideal(node_us, layers, layer_node_times(model, node_us))
                 print(f"  {variant:<10} median {timing.median_ms:.2f} ms, speedup {timing.speedup:.2f}x, "
-                      f"MAC ideal {ideal:.2f}x, {timing.speedup / ideal:.0%} of it", flush=True)
+                      f"MAC ideal {ideal:.2f}x, {timing.speedup / ideal:.0%} of it; changed-MAC ideal "
+                      f"{changed:.2f}x, {timing.speedup / changed:.0%} of it"
+                      + (f" ({missing} changed layers not in the profile, counted unchanged)" if missing else ""),
+                      flush=True)
                 for row in rows:
                     if row.get("model") == name and row.get("variant") == variant and row.get("keep") == args.time:
                         row.update(median_ms=timing.median_ms, original_ms=original_ms, speedup=timing.speedup,
-                                   ideal_speedup=ideal, load_average=[load[0], after[0]])
+                                   ideal_speedup=ideal, changed_mac_ideal=changed, layers_not_profiled=missing,
+                                   load_average=[load[0], after[0]])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
