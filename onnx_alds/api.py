@@ -157,11 +157,17 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         return model
     from onnx import inliner
 
-    try:
-        inlined = inliner.inline_local_functions(model)
+    try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
+        inlined = inliner.inline_local_functions(model, convert_version=True)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
+    called = {(node.domain, node.op_type) for _, graph in iter_graphs(inlined.graph) for node in graph.node}
+    left = [f for f in inlined.functions if (f.domain, f.name) in called and any(map(is_layer_node, f.node))]
+    if left:
+        raise UnsupportedModelError(f"onnx's inliner left the model-local function '{left[0].domain}::{left[0].name}'"
+                                    ", which holds a Conv/Gemm/MatMul, in place; export the model without functions "
+                                    "(e.g. torch.onnx.export(..., dynamo=False))")
     notes.append(f"inlined {len(model.functions)} model-local functions so that their layers can be factorized")
     shared = _share_inlined_constants(model, inlined)
     if shared:

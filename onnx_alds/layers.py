@@ -376,6 +376,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     # IR >= 4: an initializer also listed in graph.input is a default that callers may override
     overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
                    if model.ir_version >= 4 else set())
+    ambiguous = names_defined_twice(model)
     layers = []
     for path, graph in iter_graphs(model.graph):
         for node in graph.node:
@@ -384,6 +385,11 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             layer = _describe(node, constants, uses, shapes, exclude, max_groups, channel_multiple, producers)
             if layer is None:
                 continue
+            if (layer.compressible or (layer.skip_reason or "").startswith("weight is shared")) and \
+                    (clash := _ambiguous_source(layer.weight, producers, ambiguous)):
+                layer = replace(layer, skip_reason=f"'{clash}' (what its weight is read from) is defined in more than "
+                                                   "one subgraph, so which one it reads is not known by name: give "
+                                                   "each subgraph's tensors their own names to compress it")
             if layer.compressible and layer.weight in overridable:
                 layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
                                                      "re-export without keep_initializers_as_inputs, or drop it "
@@ -393,6 +399,42 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             layers.append(replace(layer, subgraph=path or None))
     _check_exclude_patterns(model, exclude)
     return layers
+
+
+def names_defined_twice(model: onnx.ModelProto) -> set[str]:
+    """Tensor names that more than one graph of the model defines (as an initializer, a graph input or
+    a node output): sibling If branches or Loop bodies may each hold their own ``W``, and a lookup by
+    name cannot tell them apart (a name an enclosing graph defines again is refused by
+    :mod:`onnx_alds.checks`)."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for _, graph in iter_graphs(model.graph):
+        defined = {value.name for value in graph.input} | {init.name for init in graph.initializer} | \
+            {out for node in graph.node for out in node.output if out}
+        twice |= defined & seen
+        seen |= defined
+    return twice
+
+
+def _ambiguous_source(name: str, producers: Mapping[str, onnx.NodeProto], ambiguous: set[str],
+                      limit: int = 64) -> Optional[str]:
+    """The first name in ``ambiguous`` among ``name`` and the tensors its producers read (at most
+    ``limit`` of them), else None."""
+    if not ambiguous:
+        return None
+    seen: set[str] = set()
+    pending = [name]
+    while pending and len(seen) < limit:
+        tensor = pending.pop()
+        if not tensor or tensor in seen:
+            continue
+        if tensor in ambiguous:
+            return tensor
+        seen.add(tensor)
+        node = producers.get(tensor)
+        if node is not None:
+            pending.extend(node.input)
+    return None
 
 
 def _literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
@@ -491,6 +533,22 @@ def _constant_walk(name: str, producers: Mapping[str, onnx.NodeProto], constants
     return sorted(ops)
 
 
+# the largest weight magnitude the float64 arithmetic takes: Gram matrices sum squares of products
+LARGEST_WEIGHT = 1e100
+
+
+def _value_problem(weight: np.ndarray) -> Optional[str]:
+    """Why a weight's values cannot be factorized (NaN/Inf, or so large that its Gram matrix would
+    overflow float64), else None."""
+    values = weight.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(values)):
+        return "weight holds NaN or Inf values"
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if largest > LARGEST_WEIGHT:
+        return f"weight values up to {largest:.3g} are too large to factorize in float64 (their products overflow)"
+    return None
+
+
 def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], uses: Counter,
               shapes: Mapping[str, tuple[int, ...]], exclude: Sequence[str], max_groups: int,
               channel_multiple: int, producers: Mapping[str, onnx.NodeProto]) -> Optional[Layer]:
@@ -547,8 +605,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     elif reason is None and (shared := _shared_uses(weight_name, uses, producers)) > 1:
         reason = f"weight is shared by {shared} uses" + (
             "" if uses[weight_name] > 1 else " (through Identity/Cast/Transpose/Reshape nodes)")
-    elif reason is None and not np.all(np.isfinite(constant_array(constants, weight_name).astype(np.float64))):
-        reason = "weight holds NaN or Inf values"
+    elif reason is None:
+        reason = _value_problem(constant_array(constants, weight_name))
     # a depthwise/grouped conv is never factorized, but its exclusion still keeps it out of pruned blocks
     if (reason is None or reason.endswith("is left as it is")) and \
             any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p) for p in exclude):
@@ -621,11 +679,16 @@ class StoredConstants(dict):
 
 def iter_total_params(model: onnx.ModelProto) -> Iterator[int]:
     """Element counts of every numeric constant the model file holds (initializers and Constant nodes of
-    the main graph and of every subgraph; a name stored in two subgraphs counts twice)."""
+    the main graph, of every subgraph and of model-local functions not inlined; a name stored in two
+    subgraphs counts twice)."""
+    bodies = [graph.node for _, graph in iter_graphs(model.graph)]
+    for function in model.functions:  # (their subgraphs, via a stand-in graph)
+        bodies += [graph.node for _, graph in iter_graphs(onnx.helper.make_graph(function.node, "f", [], []))]
     for _, graph in iter_graphs(model.graph):
         for init in graph.initializer:
             yield int(np.prod(init.dims)) if init.dims else 1
-        for node in graph.node:
+    for nodes in bodies:
+        for node in nodes:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 tensor = node.attribute[0].t
                 yield int(np.prod(tensor.dims)) if tensor.dims else 1

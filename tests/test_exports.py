@@ -151,6 +151,89 @@ def test_layers_inside_model_local_functions_are_inlined_and_compressed():
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
 
 
+def _sibling_weights_model(rng, *, dead: bool) -> onnx.ModelProto:
+    """Two If branches that each define their own ``W`` (legal: sibling scopes). ``dead``: the else branch's
+    ``W`` is junk no node reads and the then branch's Conv reads its exactly rank-2 ``W``; otherwise both
+    branches' Convs read their own (different) ``W``."""
+    def branch(name: str, weight: np.ndarray, read: str) -> onnx.GraphProto:
+        node = helper.make_node("Conv", ["x", read], [f"{name}_y"], kernel_shape=[3, 3], pads=[1] * 4,
+                                name=f"{name}/Conv")
+        inits = [numpy_helper.from_array(weight, "W")]
+        if read != "W":
+            inits.append(numpy_helper.from_array(low_rank(rng, 16, 72).reshape(16, 8, 3, 3), read))
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                  [1, 16, 6, 6])], inits)
+    rank2 = low_rank(rng, 16, 72).reshape(16, 8, 3, 3)
+    junk = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    then = branch("then", rank2, "W")
+    other = branch("else", junk, "V" if dead else "W")
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="If_0")]
+    return make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6]),
+                        helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])], [], opset=18)
+
+
+@pytest.mark.parametrize("dead", [True, False], ids=["junk-in-the-other-branch", "both-branches-read-their-own"])
+def test_a_weight_name_two_sibling_subgraphs_define_is_never_read_from_the_wrong_one(dead):
+    """The then branch's Conv was factorized from the else branch's ``W`` (first definition by name): a
+    rank-2 weight reported error 0.43 and the written model's output moved by 100 %, exit 0. With both
+    branches' Convs on their own ``W`` the layers were called "shared by 2 uses"."""
+    rng = np.random.default_rng(12)
+    model = _sibling_weights_model(rng, dead=dead)
+    onnx.checker.check_model(model, full_check=True)
+    rows = {row.name: row for row in onnx_alds.analyze(model).layers}
+    reading_w = ["then/Conv"] + ([] if dead else ["else/Conv"])
+    assert all("'W' (what its weight is read from) is defined in more than one subgraph" in rows[name].skip_reason
+               for name in reading_w)
+    if not dead:
+        with pytest.raises(UnsupportedModelError, match="defined in more than one subgraph"):
+            onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+        return
+    result = onnx_alds.compress(model, keep_params=0.75, rank_multiple=1)  # the else branch's own V only
+    assert factorized(result) == ["else/Conv"]
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    for cond in (True, False):
+        assert_same_outputs(model, result.model, {"x": x, "cond": np.array(cond)})
+
+
+def test_function_importing_another_opset_is_converted_and_inlined():
+    """onnx's inliner skips such a function unless asked to convert it: its 64x64 MatMul was neither a layer
+    nor in the totals ("4.10k weights" for 8.19k), and the report said it was inlined."""
+    rng = np.random.default_rng(13)
+    function = helper.make_function("local", "Lin", ["inp"], ["out"],
+                                    [helper.make_node("Constant", [], ["w"],
+                                                      value=numpy_helper.from_array(low_rank(rng, 64, 64), "w")),
+                                     helper.make_node("MatMul", ["inp", "w"], ["out"])],
+                                    opset_imports=[helper.make_opsetid("", 13)])
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="first"),
+             helper.make_node("Lin", ["a"], ["y"], domain="local", name="lin")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                 [numpy_helper.from_array(low_rank(rng, 64, 64), "w0")], functions=[function])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert result.report.params_before == 2 * 64 * 64 and len(factorized(result)) == 2
+    assert not result.model.functions
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
+
+
+def test_weight_values_whose_products_overflow_float64_stay_dense():
+    """A float64 weight holding 1.9e282 (finite) overflowed its Gram matrix: LinAlgError from the eigensolver."""
+    rng = np.random.default_rng(14)
+    huge = low_rank(rng, 32, 32).astype(np.float64)
+    huge[3, 5] = 1.9e282
+    nodes = [helper.make_node("MatMul", ["x", "huge"], ["a"], name="huge/MatMul"),
+             helper.make_node("MatMul", ["a", "fine"], ["y"], name="fine/MatMul")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [4, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [4, 32])],
+                 [numpy_helper.from_array(huge, "huge"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32).astype(np.float64), "fine")])
+    result = onnx_alds.compress(model, keep_params=0.75, rank_multiple=1)
+    rows = {row.name: row for row in result.report.layers}
+    assert "too large to factorize in float64" in rows["huge/MatMul"].skip_reason
+    assert factorized(result) == ["fine/MatMul"]
+
+
 @pytest.mark.parametrize("declared, ir", [(False, 8), (True, 8), (True, 3)],
                          ids=["unused", "unused-overridable-input", "unused-ir3"])
 def test_unused_initializers_do_not_stop_the_tool(declared, ir):
