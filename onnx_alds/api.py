@@ -509,6 +509,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         sensitivity_note = ("sensitivity weights (output error per unit layer error), largest: "
                             + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in largest))
 
+    if target == "params" and calibration is not None and (data.bias_correction or data.affine_correction):
+        tables = [_with_added_bias(table, extra)
+                  for table, extra in zip(tables, _correction_bias_params(proto, chosen, constants))]
     speed_info = costs = None
     one_order_tables = tables  # each conv in its own order: what --order auto is compared with
     if decisions is None and options.measures_latency:  # latency tables (onnx_alds.latency)
@@ -550,6 +553,31 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
                     else None, warnings=(order_warning,) if order_warning else ())
+
+
+def _correction_bias_params(proto: onnx.ModelProto, layers: Sequence[Layer], constants) -> list[int]:
+    """The weights ``--bias-correction`` / ``--affine-correction`` add to each layer when it is factorized:
+    its shift goes into a constant bias of ``f`` values (a Conv or Gemm without one, a MatMul, a bias that is
+    also a graph input), nothing where the layer's own constant bias of ``f`` values takes it
+    (:func:`onnx_alds.rewrite._shift_output`)."""
+    nodes = {node.name: node for _, graph in iter_graphs(proto.graph) for node in graph.node}
+    inputs = {value.name for value in proto.graph.input}
+    added = []
+    for layer in layers:
+        node = nodes.get(layer.name)
+        bias = node.input[2] if node is not None and layer.op in ("Conv", "Gemm") and len(node.input) > 2 else ""
+        own = bias and bias in constants and bias not in inputs and \
+            int(np.prod(constants[bias].dims)) == layer.out_features and \
+            (layer.op == "Conv" or float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) != 0.0)
+        added.append(0 if own else layer.out_features)
+    return added
+
+
+def _with_added_bias(table: ErrorTable, extra: int) -> ErrorTable:
+    """``table`` with ``extra`` weights added to every factorized option's size (the dense layer is implicit)."""
+    if not extra:
+        return table
+    return replace(table, options=tuple(replace(option, sizes=option.sizes + extra) for option in table.options))
 
 
 def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, speed_info, options: CompressOptions):
