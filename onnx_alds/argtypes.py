@@ -4,6 +4,7 @@ that names the value and the allowed range (argparse turns it into a usage error
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _number(text: str, kind: type):
@@ -18,6 +19,23 @@ def positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {value}; give an integer ≥ 1")
+    return value
+
+
+THREADS_PER_CPU = 4  # more threads than this per CPU only slow a run down (and 10 000 exhausted memory)
+
+
+def max_threads() -> int:
+    """The most threads a ``--threads`` flag or ``threads=`` argument may ask for on this machine."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def thread_count(text: str) -> int:
+    """A thread count: an integer from 1 to :func:`max_threads`."""
+    value = positive_int(text)
+    if value > max_threads():
+        raise argparse.ArgumentTypeError(f"got {value} threads; this machine has {os.cpu_count()} CPUs: give at most "
+                                         f"{max_threads()}")
     return value
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from .argtypes import non_negative_float, non_negative_int, positive_int
+from .argtypes import non_negative_float, non_negative_int, positive_int, thread_count
 from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError
 from .inputs import index_bounds, random_array
 from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
@@ -599,7 +599,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1], metavar="N",
                         help="batch sizes (default 1)")
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="CPU intra-op threads (default: physical cores)")
     parser.add_argument("--runs", type=positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
     parser.add_argument("--warmup", type=non_negative_int, default=None, metavar="N",

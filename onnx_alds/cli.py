@@ -187,10 +187,36 @@ def given_flags(args: argparse.Namespace) -> set[str]:
             and getattr(args, action.dest) != action.default}
 
 
-def check_flags_take_effect(args: argparse.Namespace) -> None:
+def _validation_dests() -> set[str]:
+    """The destinations of the flags only ``--validate`` reads: its inputs and its tolerances."""
+    from .validate import add_tolerance_arguments
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_tolerance_arguments(probe)
+    return {action.dest for action in probe._actions} | {
+        "validate_inputs", "validate_images", "validate_random", "validate_labels", "validate_labels_from_filenames"}
+
+
+def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = True) -> None:
     """A flag that would have no effect with the other flags given is an error, not silently ignored
-    (e.g. ``--latency-rounds`` without ``--keep-latency``). Raises InputDataError naming both."""
+    (e.g. ``--latency-rounds`` without ``--keep-latency``, ``--rtol`` without ``--validate``). Raises
+    InputDataError naming both. ``writes_model=False`` (``plan``): validation flags belong to ``apply``."""
     given = given_flags(args)
+    validating = bool(getattr(args, "validate", False))
+    timing = validating or getattr(args, "keep_latency", None) is not None or getattr(args, "order", None) == "auto" \
+        or bool(getattr(args, "speed_check", False))
+    for dest in sorted(given & _validation_dests()):
+        flag = "--" + dest.replace("_", "-")
+        if not writes_model:
+            raise InputDataError(f"{flag} has no effect in plan (it writes a plan, not a model); give it to "
+                                 "onnx-alds apply --validate")
+        if not validating:
+            raise InputDataError(f"{flag} has no effect without --validate; add --validate or drop {flag}")
+    for dest in sorted(given & {"provider", "bench_batch", "threads"}):
+        flag = "--" + dest.replace("_", "-")
+        if not timing:
+            raise InputDataError(f"{flag} has no effect without --validate, --keep-latency, --order auto or "
+                                 f"--speed-check; add one of them or drop {flag}")
     has_calibration = any(getattr(args, dest, None) for dest in
                           ("calibration", "calibration_images", "calibration_random"))
     def needs(dest: str, flag: str, effective: bool, missing: str) -> tuple[str, bool, str]:
@@ -203,6 +229,8 @@ def check_flags_take_effect(args: argparse.Namespace) -> None:
         needs("calibration_workers", "--calibration-workers", has_calibration, "calibration inputs (--calibration ...)"),
         needs("calibration_batch_size", "--calibration-batch-size", has_calibration,
               "calibration inputs (--calibration ...)"),
+        needs("refit", "--no-refit", has_calibration, "calibration inputs (--calibration ...)"),
+        needs("shrinkage", "--no-shrinkage", has_calibration, "calibration inputs (--calibration ...)"),
         *(needs(dest, "--" + dest.replace("_", "-"), method == "damage", "--method damage")
           for dest in ("damage_samples", "damage_points", "damage_max_groups")),
         *((dest, not pruned_only, f"{flag} has no effect with --prune only (no layer is factorized); drop one of them")

@@ -1170,8 +1170,12 @@ class DistillSettings:
     verify_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
+        from .argtypes import max_threads
+
         if self.steps is not None and self.steps < 1:
             raise InputDataError(f"--steps {self.steps}: give a positive number of steps")
+        if self.threads is not None and not 1 <= self.threads <= max_threads():
+            raise InputDataError(f"--threads {self.threads}: give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
         if self.minutes is not None and not self.minutes > 0:
             raise InputDataError(f"--minutes {self.minutes}: give a positive time budget")
         if self.batch_size < 1:
@@ -1762,7 +1766,7 @@ def _add_training_arguments(group, prefix: str = "") -> None:
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds distill``."""
-    from .argtypes import positive_int
+    from .argtypes import positive_int, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("original", metavar="ORIGINAL", help="the original .onnx model (the teacher)")
@@ -1788,7 +1792,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the samples as they are (resampled only)")
     group.add_argument("--seed", type=int, default=0, help="seed of the split, the batches and the augmentation")
-    group.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads")
+    group.add_argument("--threads", type=thread_count, default=None, metavar="N", help="torch CPU threads")
     parser.add_argument("--report", metavar="FILE.json", help="write the distillation report (with its curve) as JSON")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="show the progress bar even when stderr is not a terminal")

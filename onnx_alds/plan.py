@@ -929,7 +929,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     from .inputs import inputs_from_args
     from .model_io import check_output_path, open_model
 
-    check_flags_take_effect(args)
+    check_flags_take_effect(args, writes_model=False)
     if getattr(args, "validate", False):
         raise PlanError("plan writes a plan, not a model: validate after onnx-alds apply (apply --validate)")
     output = Path(args.output)
@@ -958,10 +958,11 @@ def run_plan_command(args: argparse.Namespace) -> int:
 
 def run_apply_command(args: argparse.Namespace) -> int:
     """``onnx-alds apply``: read the plan, check it against the model, rewrite, write (and validate)."""
-    from .cli import write_result
+    from .cli import check_flags_take_effect, write_result
     from .inputs import inputs_from_args
     from .model_io import check_output_path, open_model
 
+    check_flags_take_effect(args)
     check_output_path(Path(args.output), protect=[args.model, args.plan])
     if args.report:
         check_output_path(Path(args.report), protect=[args.model, args.output, args.plan])

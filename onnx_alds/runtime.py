@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import ProviderError
+from .errors import InputDataError, ProviderError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -64,6 +64,10 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: every error reaches the caller as an exception, once
     if threads is not None:
+        from .argtypes import max_threads
+
+        if not 1 <= threads <= max_threads():
+            raise InputDataError(f"got {threads} threads; give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.enable_profiling = enable_profiling

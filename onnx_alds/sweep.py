@@ -1386,7 +1386,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds sweep``."""
-    from .argtypes import any_float, non_negative_float, positive_int
+    from .argtypes import any_float, non_negative_float, positive_int, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("models", metavar="MODEL", nargs="+", help="ONNX models to sweep (never modified)")
@@ -1429,7 +1429,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one or two batch sizes to time (default 1 32)")
     timing.add_argument("--bench-time", type=non_negative_float, default=5.0, metavar="S",
                         help="seconds per timed group: the original and the variants of one budget (default 5)")
-    timing.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    timing.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="ONNX Runtime threads for timing and for the local engine (default: physical cores)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -190,6 +190,21 @@ def test_console_script_runs(cnn_path, tmp_path):
     assert out.exists() and "wrote" in proc.stdout
 
 
+def test_thread_counts_beyond_the_machine_are_refused(cnn_path, capsys):
+    """``bench --threads 10000`` started 10 000 ONNX Runtime threads (16 GB resident) before timing anything."""
+    import os
+
+    from onnx_alds.bench import bench
+    from onnx_alds.errors import InputDataError
+
+    too_many = 4 * (os.cpu_count() or 1) + 1
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", str(cnn_path), "--threads", str(too_many)])
+    assert exited.value.code == 2 and f"got {too_many} threads" in capsys.readouterr().err
+    with pytest.raises(InputDataError, match=f"got {too_many} threads"):
+        bench([str(cnn_path)], threads=too_many, runs=1, warmup=0)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--latency-rounds", "2"], "--latency-rounds has no effect without --keep-latency F"),
     (["--calibration-workers", "2"], "--calibration-workers has no effect without calibration inputs"),
@@ -198,6 +213,15 @@ def test_console_script_runs(cnn_path, tmp_path):
     (["--calibration-random", "4", "--prune", "only", "--both-factors"],
      "--both-factors has no effect with --prune only"),
     (["--calibration-random", "4", "--both-factors", "1000"], "--both-factors 1000 is too many rounds"),
+    (["--no-refit"], "--no-refit has no effect without calibration inputs"),
+    (["--no-shrinkage"], "--no-shrinkage has no effect without calibration inputs"),
+    (["--min-top1-agreement", "0.99"], "--min-top1-agreement has no effect without --validate|"
+                                       "--min-top1-agreement has no effect in plan"),
+    (["--validate-random", "4"], "--validate-random has no effect without --validate|"
+                                 "--validate-random has no effect in plan"),
+    (["--figures-only"], "--figures-only has no effect without --validate|--figures-only has no effect in plan"),
+    (["--provider", "cuda"], "--provider has no effect without --validate, --keep-latency"),
+    (["--threads", "1"], "--threads has no effect without --validate, --keep-latency"),
 ])
 def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
     from conftest import small_cnn
@@ -210,5 +234,6 @@ def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
             continue  # plan has neither --distill nor --prune
         code = main([*command, "--keep-flops", "0.5", "--rank-multiple", "4", *flags])
         error = capsys.readouterr().err
-        assert code == 1 and error.startswith(f"error: {message}") and error.count("\n") == 1
+        assert code == 1 and any(error.startswith(f"error: {m}") for m in message.split("|")), error
+        assert error.count("\n") == 1
         assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "plan.json").exists()
