@@ -10,7 +10,8 @@ batch is split into samples along it, any other output is one sample per batch):
   ``‖c_i - o_i‖₂ / ‖o_i‖₂`` (max and mean over samples); ``cos`` — cosine similarity of ``c_i``
   and ``o_i`` (min and mean over samples);
 * ``classifier`` (2-D float ``[N, C]``, C ≥ 2): ``top1`` — fraction of samples with the same arg-max
-  class; ``top5`` — fraction whose original class is among the compressed model's 5 highest (C > 5);
+  class; ``top5`` — fraction whose original class is among the compressed model's 5 highest (C > 5;
+  a class tied with others counts behind them, unless it is the compressed arg-max);
   with labels, top-1 accuracy of both models and the drop (the first classifier output);
 * ``embedding`` (2-D float ``[N, D]`` whose rows have unit L2 norm or whose name says embedding /
   pooler; a 3-D ``[N, T, D]`` output only when stated, mean-pooled over T, weighted by an input named
@@ -541,7 +542,7 @@ class _Accumulator:
                 "compressed model; compare a model with one compressed from it"
             )
         start = self.samples
-        numbers = np.issubdtype(original.dtype, np.number) and np.issubdtype(compressed.dtype, np.number)
+        numbers = all(np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_ for a in (original, compressed))
         floats = numbers and np.issubdtype(original.dtype, np.floating)
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
@@ -616,9 +617,11 @@ class _Accumulator:
         pred_o, pred_c = np.argmax(o, axis=1), np.argmax(c, axis=1)
         self.top1 += int(np.sum(pred_o == pred_c))
         if self.classes > 5:
-            # the original's class scores at least the fifth-highest score (ties count: top-5 >= top-1)
-            fifth = np.partition(c, -5, axis=1)[:, -5]
-            self.top5 += int(np.sum(c[np.arange(len(c)), pred_o] >= fifth))
+            # the original's class scores above all but at most 4 other classes, ties counted against it (a
+            # saturated output's run of equal zeros is no hit), or is the compressed model's top-1 (top-5 >= top-1)
+            score = c[np.arange(len(c)), pred_o][:, None]
+            others_at_least = np.sum(c >= score, axis=1) - 1
+            self.top5 += int(np.sum((others_at_least < 5) | (pred_o == pred_c)))
         if self.labels is not None:
             if not self.labels_checked:
                 check_label_range(self.labels, self.name, self.classes)

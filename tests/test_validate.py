@@ -163,7 +163,7 @@ def test_identical_models_pass_with_zero_error():
 
 
 def test_known_disagreements_top1_top5_and_accuracy():
-    x = np.full((4, 6), -1.0, np.float32)
+    x = np.tile(-1.0 - 0.01 * np.arange(6, dtype=np.float32), (4, 1))  # distinct scores: no ties
     for i, cls in enumerate([0, 1, 2, 3]):
         x[i, cls] = 5.0
         x[i, 5] = 4.0 - i * 0.1  # runner-up class 5
@@ -194,6 +194,30 @@ def test_top5_agreement_is_never_below_top1_when_scores_tie():
     out = compare_output("y", scores, moved, classifier=True, labels=None, tolerances=Tolerances(),
                          check_accuracy=False)
     assert out.top5_agreement == pytest.approx(2 / 3)
+
+
+def test_top5_counts_a_class_tied_with_many_others_as_behind_them():
+    """A saturated softmax (one 1, the rest exactly 0) that gives the original class 0 scored top-5 1.0:
+    its 0 tied the fifth-highest 0."""
+    original = np.eye(10, dtype=np.float32)[[3, 8]]
+    compressed = np.eye(10, dtype=np.float32)[[0, 0]]  # the original classes get probability 0
+    out = compare_output("p", original, compressed, classifier=True, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.top1_agreement == 0.0 and out.top5_agreement == 0.0
+    near = compressed.copy()
+    near[0, 3] = 0.1  # the second highest: in the top 5
+    out = compare_output("p", original, near, classifier=True, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.top5_agreement == 0.5
+
+
+def test_bool_outputs_that_flip_have_an_absolute_error():
+    """A flipped bool output read abs=0 and passed --atol (bools are not numpy numbers)."""
+    original = np.array([[True, False], [False, False]])
+    flipped = np.array([[False, False], [False, True]])
+    out = compare_output("flag", original, flipped, classifier=False, labels=None, tolerances=Tolerances(atol=0.5),
+                         check_accuracy=False)
+    assert out.max_abs_error == 1.0 and not out.passed
 
 
 def test_nan_outputs_show_nan_errors_not_zero():
