@@ -302,7 +302,10 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
     ``error_measure`` None (default) means ``spectral`` data-free and ``frobenius`` data-aware: on
     whitened spectra the relative Frobenius residual is the relative RMS output error on the
-    calibration inputs (exact for ``g = 1``), which measured best on EfficientNet-Lite0 (docs/DATA_AWARE.md).
+    calibration inputs (exact for ``g = 1`` with ``shrinkage=False``; with the default moment shrinkage it
+    is that error under the shrunk moment, a regularized estimate that differs from the in-sample figure
+    where the calibration vectors are few for the layer's input), which measured best on
+    EfficientNet-Lite0 (docs/DATA_AWARE.md).
 
     ``rank_multiple``: every rank is a multiple of it, and so are a Conv's channels per group
     (``g = 1`` excepted). ``keep_dense``: node names to leave dense, each with the reason to report.
