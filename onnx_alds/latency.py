@@ -755,7 +755,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     factor values: time does not depend on them), and times it interleaved against the dense model
     (``timer.time_ratio``), giving the measured ratio ``m``. The next budget assumes the measured saving
     is proportional to the predicted one, ``b' = 1 − (1 − keep)(1 − b)/(1 − m)``, then a secant step
-    through the last two rounds; never below ``smallest`` (:func:`smallest_keep_latency`). It stops
+    through the last two rounds (a round that measured no saving at all moves the budget down by its
+    overshoot, ``b' = b − (m − keep)``: a deeper cut can run faster where a gentle one does not); never
+    below ``smallest`` (:func:`smallest_keep_latency`). It stops
     within ``tolerance × keep`` or after ``rounds`` rounds and returns the decisions of the round with
     the largest budget whose measured ratio is within tolerance of (or under) ``keep``, else those of
     the fastest round, the rounds, the round kept and a sentence saying what was measured. Raises
@@ -801,9 +803,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
             following = None
         if following is None:
             saved = 1.0 - measured
-            if saved <= 0:
-                break  # nothing saved at all: a smaller budget would not help either
-            following = 1.0 - (1.0 - keep) * (1.0 - budget) / saved
+            # nothing saved at all (a few small pairs cost more than they save): cut deeper by the overshoot
+            following = budget - (measured - keep) if saved <= 0 else 1.0 - (1.0 - keep) * (1.0 - budget) / saved
         following = float(min(max(following, smallest), 1.0))
         if any(abs(following - r.budget) < 1e-4 for _, r in tried):
             break  # the budget would not change (the smallest reachable, or a fixed point)
