@@ -100,6 +100,10 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
             result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
                                 "checked by onnx.checker only")
             return result
+        if "pthread_create" in message or "Resource temporarily unavailable" in message:
+            raise ModelLoadError(f"ONNX Runtime could not start its threads ({message.split(': ', 1)[-1][:160]}): "
+                                 "the machine is out of threads or memory, not the model at fault; retry when other "
+                                 "jobs have finished, or with fewer threads") from None
         raise ModelLoadError(f"ONNX Runtime refuses the model ({message.split(': ', 1)[-1][:200]}); fix the model "
                              "or export it again") from None
     result.runtime_loads = True

@@ -25,3 +25,20 @@ def test_output_check_refuses_nan_where_the_original_is_finite():
     check_output_model(model(2 * np.eye(4)), original, found)  # finite: passes
     with pytest.raises(InternalCheckError, match="NaN or infinite values in output 'y'"):
         check_output_model(model(np.full((4, 4), np.nan)), original, found)
+
+
+def test_onnx_runtime_out_of_threads_is_not_blamed_on_the_model(monkeypatch):
+    """With the machine out of threads, ONNX Runtime's pthread_create failure read "ONNX Runtime refuses the
+    model ... fix the model or export it again"."""
+    from conftest import small_cnn
+    from onnx_alds import runtime
+    from onnx_alds.checks import check_input_model
+    from onnx_alds.errors import ModelLoadError
+
+    def out_of_threads(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Exception during initialization: "
+                           "pthread_create failed: Resource temporarily unavailable")
+
+    monkeypatch.setattr(runtime, "make_session", out_of_threads)
+    with pytest.raises(ModelLoadError, match="could not start its threads .* not the model at fault"):
+        check_input_model(small_cnn(width=8))
