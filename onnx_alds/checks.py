@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from .errors import InternalCheckError, ModelLoadError, UnsupportedModelError, first_line
+from .errors import InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
                        opset_version)
 
@@ -100,10 +100,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
             result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
                                 "checked by onnx.checker only")
             return result
-        if "pthread_create" in message or "Resource temporarily unavailable" in message:
-            raise ModelLoadError(f"ONNX Runtime could not start its threads ({message.split(': ', 1)[-1][:160]}): "
-                                 "the machine is out of threads or memory, not the model at fault; retry when other "
-                                 "jobs have finished, or with fewer threads") from None
+        _raise_if_out_of_resources(exc)
         raise ModelLoadError(f"ONNX Runtime refuses the model ({message.split(': ', 1)[-1][:200]}); fix the model "
                              "or export it again") from None
     result.runtime_loads = True
@@ -264,6 +261,21 @@ def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
     return session.run(None, feeds, options)
 
 
+_RESOURCE_SIGNS = ("pthread_create", "Resource temporarily unavailable", "bad_alloc", "Failed to allocate memory")
+
+
+def _raise_if_out_of_resources(exc: BaseException) -> None:
+    """Raise :class:`RuntimeResourceError` when ONNX Runtime failed for want of threads or memory (the
+    machine's state, not the model's fault nor a bug); its whole message is searched (the sign can sit
+    past the first line's length)."""
+    text = " ".join(str(exc).split())
+    found = [text.index(sign) for sign in _RESOURCE_SIGNS if sign in text]
+    if found:
+        raise RuntimeResourceError(f"ONNX Runtime could not get threads or memory ({text[min(found):][:160]}): the "
+                                   "machine is out of them, the model is not at fault; retry when other jobs have "
+                                   "finished, or with fewer threads") from None
+
+
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
     """Run the model once on seeded inputs; refuse it when they have the model's real shapes."""
     # refuse only when the probe inputs are surely legal: real shapes and float values (integer inputs
@@ -280,9 +292,15 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
         if refuse:
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
                                  "it again") from None
-        found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, integer "
-                           f"inputs 0: {message[:140]}); the output is not run-checked (give every dynamic dim with "
-                           "--input-shape to check it)")
+        _raise_if_out_of_resources(exc)
+        if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault
+            found.notes.append(f"ONNX Runtime could not run the model on probe inputs (at the input shapes given, "
+                               f"integer inputs 0: {message[:140]}); the output is not run-checked: check that the "
+                               "--input-shape values fit together")
+        else:
+            found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, integer "
+                               f"inputs 0: {message[:140]}); the output is not run-checked (give every dynamic dim "
+                               "with --input-shape to check it)")
         return None
     names = [output.name for output in session.get_outputs()]
     found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))
@@ -339,6 +357,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         session = make_session(new, "cpu", store=store, prepack=False)
     except Exception as exc:
+        _raise_if_out_of_resources(exc)
         fail(f"does not load in ONNX Runtime ({first_line(exc)})")
     if found.runtime_outputs is None:
         return
@@ -346,6 +365,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:
+        _raise_if_out_of_resources(exc)
         fail(f"does not run in ONNX Runtime on inputs the original runs on ({first_line(exc)})")
     names = [output.name for output in session.get_outputs()]
     for name, value in zip(names, values):

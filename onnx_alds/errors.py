@@ -35,6 +35,10 @@ class OutputPathError(OnnxAldsError):
     """The output path is unusable (equal to the input, in a missing folder, ...)."""
 
 
+class RuntimeResourceError(OnnxAldsError):
+    """ONNX Runtime could not get threads or memory: the machine's state, neither the model nor a bug."""
+
+
 class InternalCheckError(OnnxAldsError):
     """The tool's own output failed a check it runs before writing: a bug to report, nothing written."""
 
