@@ -597,8 +597,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", metavar="MODEL", nargs="+", help="models to time; speedups are against the first")
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
-    parser.add_argument("--batch", type=positive_int, nargs="+", default=[1], metavar="N",
-                        help="batch sizes (default 1)")
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=None, metavar="N",
+                        help="batch sizes (default: the batch dim of --input-shape where every input gives the same, "
+                             "else 1)")
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="CPU intra-op threads (default: physical cores)")
     parser.add_argument("--runs", type=positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
@@ -611,7 +612,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-layer", action="store_true",
                         help="time each factorized layer (<layer>.enc/.dec) against the original node")
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", default=None,
-                        help="dims of dynamic inputs; the first dim is replaced by each batch size")
+                        help="dims of dynamic inputs; the first dim is replaced by each --batch size (without --batch it is the batch)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
 
 
@@ -619,9 +620,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds bench``: print the timings (and per-layer rows), write --json, return 0."""
     from .report import write_json
 
-    report = bench(args.models, provider=args.provider, batch_sizes=tuple(args.batch), threads=args.threads,
+    shapes = parse_input_shapes(args.input_shape)
+    given = {dims[0] for dims in (shapes or {}).values() if dims}
+    batches = args.batch or ([given.pop()] if len(given) == 1 else [1])  # x:4x64 times batch 4, not 1
+    report = bench(args.models, provider=args.provider, batch_sizes=tuple(batches), threads=args.threads,
                    warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
-                   input_shapes=parse_input_shapes(args.input_shape), per_layer=args.per_layer,
+                   input_shapes=shapes, per_layer=args.per_layer,
                    cudnn_conv_algo_search=args.cudnn_conv_algo_search)
     for line in report.lines():
         print(line)

@@ -46,7 +46,7 @@ def _add_compress(subparsers) -> None:
     from .distill import add_compress_distill_arguments
 
     add_compress_distill_arguments(parser)
-    parser.set_defaults(run=_run_compress, command_parser=parser)
+    parser.set_defaults(run=_run_compress)
 
 
 def _add_plan(subparsers) -> None:
@@ -57,7 +57,7 @@ def _add_plan(subparsers) -> None:
                                                "order), predicted error and cost), written to -o as JSON to edit, "
                                                "keep or apply elsewhere with onnx-alds apply. Takes compress's flags.")
     _compress_arguments(parser, output_help="where to write the plan (JSON)")
-    parser.set_defaults(run=run_plan_command, command_parser=parser)
+    parser.set_defaults(run=run_plan_command)
 
 
 def _add_apply(subparsers) -> None:
@@ -412,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(subparsers)
     for command in subparsers.choices.values():  # every flag's default shown in its --help
         command.formatter_class = HelpFormatter
+        command.set_defaults(command_parser=command)  # (given_flags, _refuse_empty_values)
     return parser
 
 
@@ -458,9 +459,46 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         check_output_path(Path(value), protect=inputs, flag=flag)
 
 
+def _refuse_empty_values(args: argparse.Namespace) -> None:
+    """An empty argument (``-o ''``, an unset ``$OUT``) is a usage error naming the flag; ``Path('')`` would
+    read as the current folder."""
+    parser = getattr(args, "command_parser", None)
+    for action in getattr(parser, "_actions", []):
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            parser.error(f"argument {name}: empty value; give a path or value (is a shell variable unset?)")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    """Run one command; SIGTERM (``timeout``, a CI cancel, ``docker stop``) ends it as Ctrl-C does,
+    through the same clean-up, so no temporary file or partial output is left."""
+    import signal
+    import threading
+
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
+    _refuse_empty_values(args)
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if not args.verbose:  # numeric warnings (overflow on odd weights ...) are not a user's to act on; -v shows them
         import warnings
@@ -479,12 +517,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "error: interrupted; the variants finished so far are kept in the output folder (the same command "
               "resumes)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # stdout closed early (| head): files are already written; exit quietly
-        import os
+    except OSError as exc:  # from the operating system, not a bug: a name too long, a full disk, no permission
+        if isinstance(exc, BrokenPipeError):
+            return _quiet_broken_pipe()
+        name = str(exc.filename or "")
+        where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
+        print(f"error: {exc.strerror or exc}{where}; fix the path or free the resource and run again", file=sys.stderr)
+        return 1
 
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+
+def _quiet_broken_pipe() -> int:
+    """stdout closed early (| head): files are already written; exit quietly (status 141)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+from .argtypes import positive_int
 from .errors import OutputPathError
 
 MODEL = "mnist_resnet.onnx"
@@ -37,7 +38,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", choices=ORDERS, default=POINTWISE_FIRST,
                         help="factorized pair of the 3x3 stride-1 convs (default pointwise-first: 1x1 then 3x3, "
                              "measured faster and as accurate here; spatial-first is the ALDS paper's)")
-    parser.add_argument("--batch", type=int, default=32, metavar="N", help="batch size of the CPU benchmark")
+    parser.add_argument("--batch", type=positive_int, default=32, metavar="N", help="batch size of the CPU benchmark")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

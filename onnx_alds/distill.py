@@ -1408,6 +1408,9 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
         held = {k: np.asarray(held_out_inputs.arrays[k]) for k in names}
+        if settings.batch_size > len(inputs):  # each step would repeat samples (and 100 000 exhausted memory)
+            raise InputDataError(f"--batch-size {settings.batch_size} is more than the {len(inputs)} training "
+                                 f"samples; give at most {len(inputs)}, or more inputs")
         teacher = _teacher_session(teacher_model, points)
         with _original_runs():  # inputs the original cannot run are one error line, before anything else reads them
             scales = _loss_scales(teacher, train, outputs, points, settings.batch_size)

@@ -374,6 +374,9 @@ def read_labels_file(path: PathLike) -> LabelsFile:
         if label < 0:
             raise InputDataError(
                 f"labels file '{file}' line {number}: class id {label} is negative; class ids are ≥ 0")
+        if label > np.iinfo(np.int64).max:
+            raise InputDataError(f"labels file '{file}' line {number}: class id {value[:30]} is beyond any class "
+                                 "count (over 2^63 - 1); write the class index")
         if kind == "plain":
             ids.append(label)
             continue
@@ -717,6 +720,10 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
     values stay below it (the rows of the embedding table the input indexes)."""
     lowered = name.lower()
     dtype = np.dtype(dtype)
+    drawn = float(np.prod(shape, dtype=np.float64)) * 8  # drawn as 64-bit values
+    if drawn > RANDOM_INPUT_LIMIT:
+        raise InputDataError(f"random inputs for '{name}' of shape {'x'.join(map(str, shape))} would take "
+                             f"{drawn / 2**30:.1f} GiB; ask for a smaller batch, fewer samples or a smaller --input-shape")
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:

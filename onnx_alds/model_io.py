@@ -553,6 +553,21 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
+def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing: into a temporary file of a short name in the same folder
+    (a name as long as the file system allows still fits), then renamed over ``path``; the temporary file
+    is removed when anything fails. Raises OSError as the file system does."""
+    target = Path(path)
+    handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".tmp", dir=str(target.parent))
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(pending, target)
+    finally:
+        if os.path.exists(pending):
+            os.unlink(pending)
+
+
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                protect: Sequence[Union[str, os.PathLike]] = (),
                external_data: bool | None = None, store: Optional[TensorStore] = None) -> Path:

@@ -283,12 +283,8 @@ def json_safe(value):
 
 def write_json(data: dict, path: Union[str, Path]) -> None:
     """Write ``data`` as indented strict JSON, atomically."""
-    from .errors import OutputPathError
-
-    from .model_io import check_output_path
+    from .model_io import check_output_path, write_file_atomically
 
     target = Path(path)
     check_output_path(target, flag="the JSON file")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(target)
+    write_file_atomically(target, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode())

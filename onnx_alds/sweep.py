@@ -908,19 +908,15 @@ def _check_not_folder(path: Path) -> None:
 def _json_dump(data: Any, path: Path) -> None:
     from .report import json_safe
 
-    _check_not_folder(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
-    tmp.replace(path)
+    _write_bytes((json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n").encode(), path)
 
 
 def _write_bytes(data: bytes, path: Path) -> None:
+    from .model_io import write_file_atomically
+
     _check_not_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_file_atomically(path, data)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str] = CSV_COLUMNS) -> None:

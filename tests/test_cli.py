@@ -237,3 +237,75 @@ def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
         assert code == 1 and any(error.startswith(f"error: {m}") for m in message.split("|")), error
         assert error.count("\n") == 1
         assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "plan.json").exists()
+
+
+def test_operating_system_errors_are_one_line(cnn_path, tmp_path, capsys):
+    """A path part longer than the file system allows raised OSError (File name too long) as a traceback."""
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / ("a" * 300 + ".onnx")),
+                           "--keep-params", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "File name too long")
+    assert list(tmp_path.iterdir()) == [cnn_path]
+
+
+def test_a_json_name_as_long_as_allowed_is_written(cnn_path, tmp_path, capsys):
+    """The JSON went to '.<name>.tmp' first, 5 characters longer than the name: a legal 250-character name
+    failed after all the work."""
+    target = tmp_path / ("f" * 250 + ".json")
+    code, _, err = run_cli("analyze", str(cnn_path), "--json", str(target), capsys=capsys)
+    assert code == 0, err
+    assert json.loads(target.read_text())["layers"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cnn_path.name, target.name])
+
+
+@pytest.mark.parametrize("argv", [["analyze", ""], ["compress", "{model}", "-o", "", "--keep-params", "0.5"],
+                                  ["bench", "{model}", "--json", " "]])
+def test_empty_values_are_usage_errors(cnn_path, capsys, argv):
+    """``-o ''`` (an unset $OUT) read as the current folder: "'.' is a folder"."""
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(model=cnn_path) for arg in argv])
+    assert exited.value.code == 2 and "empty value" in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(cnn_path, tmp_path, capsys, monkeypatch):
+    """SIGTERM (timeout, a CI cancel) killed the process in its write phase and left temporary files."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import onnx_alds.api
+
+    def slow_compress(*args, **kwargs):
+        time.sleep(20)
+
+    monkeypatch.setattr(onnx_alds.api, "compress", slow_compress)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--keep-params", "0.5",
+                           "--report", str(tmp_path / "r.json"), capsys=capsys)
+    timer.cancel()
+    assert code == 130 and err.startswith("error: interrupted")
+    assert list(tmp_path.iterdir()) == [cnn_path]
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for the caller
+
+
+def test_bench_times_the_batch_of_the_input_shape_given(tmp_path, capsys):
+    """``bench --input-shape input:4x3x32x32`` timed batch 1: the --batch default replaced the dim given."""
+    from conftest import small_cnn
+
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(width=8), str(model))
+    code, _, err = run_cli("bench", str(model), "--input-shape", "input:4x3x32x32", "--runs", "2", "--warmup", "0",
+                           "--min-time", "0", "--json", str(tmp_path / "b.json"), capsys=capsys)
+    assert code == 0, err
+    timings = json.loads((tmp_path / "b.json").read_text())["timings"]
+    assert {row["batch_size"] for row in timings} == {4}
+
+
+def test_huge_random_batches_are_refused_before_allocating(cnn_path):
+    from onnx_alds.bench import bench
+    from onnx_alds.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="would take .* GiB; ask for a smaller batch"):
+        bench([str(cnn_path)], batch_sizes=(10 ** 11,), runs=1, warmup=0)

@@ -339,9 +339,13 @@ def test_inputs_the_model_cannot_run_and_bad_flags_are_one_error(torch, pair):
     wrong = InputSet({"input": inputs.arrays["input"][:, :2]}, None, "two channels")  # the model takes three
     with pytest.raises(InputDataError, match="running the original model on the inputs failed"):
         distill(original, compressed, wrong, steps=1, progress=False)
-    for flags in (dict(lr=float("inf")), dict(intermediate_weight=float("nan")), dict(seed=-5), dict(seed=2 ** 40)):
+    for flags in (dict(lr=float("inf")), dict(intermediate_weight=float("nan")), dict(seed=-5), dict(seed=2 ** 40),
+                  dict(threads=10 ** 5)):
         with pytest.raises(InputDataError):
             DistillSettings(**flags)
+    # a batch beyond the training set repeated samples in every step (100 000 exhausted memory)
+    with pytest.raises(InputDataError, match="--batch-size 100000 is more than the .* training samples"):
+        distill(original, compressed, inputs, steps=1, batch_size=100000, progress=False)
 
 
 def test_a_fixed_batch_model_is_refused_before_anything_runs(torch, pair):

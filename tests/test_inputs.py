@@ -282,6 +282,7 @@ def test_labels_file_with_an_npz(tmp_path):
     ("0\na.png,1\n", "mixes plain ids and name,label lines (line 1 is plain, line 2 is name,label)"),
     ("a.png,1\na.png,2\n", "line 2: 'a.png' is listed twice"),
     (",3\n", "line 1: no file name before the comma"),
+    ("0\n99999999999999999999\n", "line 2: class id 99999999999999999999 is beyond any class count"),
 ])
 def test_bad_labels_files_name_the_line(tmp_path, text, message):
     (tmp_path / "l.txt").write_text(text)
