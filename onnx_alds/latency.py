@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,6 +74,8 @@ def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
 class LatencyCache:
     """One JSON file per key in a folder; unreadable files count as missing, writes are atomic."""
 
+    unwritable: set[Path] = set()  # folders found unwritable: said once per process, not once per measurement
+
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
@@ -89,14 +90,16 @@ class LatencyCache:
         return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else None
 
     def save(self, key: str, data: dict) -> None:
+        from .model_io import write_file_atomically
+
+        if self.folder in LatencyCache.unwritable:
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            handle, pending = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(self.folder))
-            with os.fdopen(handle, "w") as stream:
-                json.dump(data, stream, indent=1, sort_keys=True)
-            os.replace(pending, self.path(key))
+            write_file_atomically(self.path(key), json.dumps(data, indent=1, sort_keys=True).encode())
         except OSError as exc:  # a read-only cache only costs the next run its measurements
-            log.warning("latency cache not written (%s): %s", self.folder, exc)
+            LatencyCache.unwritable.add(self.folder)
+            log.warning("latency cache not written (%s): %s; this run's measurements are not kept", self.folder, exc)
 
 
 def _digest(fields: Mapping[str, Any]) -> str:

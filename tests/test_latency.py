@@ -78,6 +78,15 @@ def test_order_auto_picks_the_faster_order_per_layer(tmp_path):
     assert tuple(weights[nodes["conv1.enc"].input[1]].dims[2:]) == (1, 1)
 
 
+def test_an_unwritable_cache_is_said_once(tmp_path, caplog):
+    """A cache folder that is a file printed the same warning once per measurement (10 times)."""
+    (tmp_path / "cache").write_text("not a folder")
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, order="auto",
+                       speed=speed(FakeTimer(), tmp_path))
+    said = [r for r in caplog.records if "latency cache not written" in r.getMessage()]
+    assert len(said) == 1
+
+
 def test_cache_hit_measures_nothing(tmp_path):
     first = FakeTimer()
     onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, order="auto",
