@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Optional
 
 
 def _number(text: str, kind: type):
@@ -28,6 +29,15 @@ THREADS_PER_CPU = 4  # more threads than this per CPU only slow a run down (and 
 def max_threads() -> int:
     """The most threads a ``--threads`` flag or ``threads=`` argument may ask for on this machine."""
     return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """Raise :class:`onnx_alds.errors.InputDataError` for a thread count outside 1 … :func:`max_threads`
+    (``threads=`` of the API; None is the library's default)."""
+    from .errors import InputDataError
+
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise InputDataError(f"got {threads} threads; give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
 
 
 def thread_count(text: str) -> int:

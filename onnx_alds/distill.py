@@ -1170,12 +1170,11 @@ class DistillSettings:
     verify_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
-        from .argtypes import max_threads
+        from .argtypes import check_threads
 
         if self.steps is not None and self.steps < 1:
             raise InputDataError(f"--steps {self.steps}: give a positive number of steps")
-        if self.threads is not None and not 1 <= self.threads <= max_threads():
-            raise InputDataError(f"--threads {self.threads}: give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
+        check_threads(self.threads)
         if self.minutes is not None and not self.minutes > 0:
             raise InputDataError(f"--minutes {self.minutes}: give a positive time budget")
         if self.batch_size < 1:

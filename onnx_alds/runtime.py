@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import InputDataError, ProviderError
+from .errors import ProviderError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -64,10 +64,9 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: every error reaches the caller as an exception, once
     if threads is not None:
-        from .argtypes import max_threads
+        from .argtypes import check_threads
 
-        if not 1 <= threads <= max_threads():
-            raise InputDataError(f"got {threads} threads; give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
+        check_threads(threads)
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.enable_profiling = enable_profiling
