@@ -234,7 +234,9 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
         *(needs(dest, "--" + dest.replace("_", "-"), method == "damage", "--method damage")
           for dest in ("damage_samples", "damage_points", "damage_max_groups")),
         *((dest, not pruned_only, f"{flag} has no effect with --prune only (no layer is factorized); drop one of them")
-          for dest, flag in (("both_factors", "--both-factors"), ("affine_correction", "--affine-correction"))),
+          for dest, flag in (("both_factors", "--both-factors"), ("affine_correction", "--affine-correction"),
+                             ("method", "--method"), ("error_measure", "--error"), ("order", "--order"),
+                             ("max_groups", "--max-groups"))),
         *(needs(dest, "--" + dest.replace("_", "-"), bool(getattr(args, "distill", False)), "--distill")
           for dest in sorted(given) if dest.startswith("distill_")),
     ]

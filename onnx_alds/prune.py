@@ -1301,6 +1301,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if mode not in PRUNE_MODES[1:]:
         raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
     budget, search, data = options.budget, options.search, options.data
+    if not data.refit:  # the width curves, the allocation and the report all price the refit
+        raise InputDataError("--no-refit cannot be used with --prune: the widths are chosen, and their errors "
+                             "reported, for a least-squares refit of each block's consumer; drop --no-refit")
     if data.calibration is None:
         raise InputDataError("pruning hidden channels needs calibration data (the refit is a least-squares fit on "
                              "them); give --calibration FILE.npz, --calibration-images DIR or --calibration-random N")
