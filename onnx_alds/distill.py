@@ -1417,6 +1417,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
         student = torch_graph(student_model, found.trainable)
         compressed_session = _student_session(student_model)
+        _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(student_model, held, settings, augmenter)
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
@@ -1469,7 +1470,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
             batch = augmenter.batch(rng, settings.batch_size)
-            target = dict(zip(outputs + points, teacher.run(outputs + points, batch)))
+            with _augmented_runs():
+                target = dict(zip(outputs + points, teacher.run(outputs + points, batch)))
             result = student({k: torch.from_numpy(v) for k, v in batch.items()}, outputs + points)
             mse = torch.nn.functional.mse_loss
             loss = sum(mse(result[o], torch.from_numpy(target[o])) / scales[o] for o in outputs) / len(outputs)
@@ -1649,6 +1651,8 @@ def _held_out_set(model, held: dict, settings: DistillSettings, train_augmenter:
         return held
     count = len(next(iter(held.values())))
     augmenter = make_augmenter(model, held, augment=True)
+    if hasattr(augmenter, "trim"):  # as the training batches (a model of one sequence length: untrimmed)
+        augmenter.trim = getattr(train_augmenter, "trim", augmenter.trim)
     views_rng = np.random.default_rng([settings.seed, 1])
     extra = []
     for _ in range(settings.views):
@@ -1689,6 +1693,39 @@ def _original_runs():
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise InputDataError(f"running the original model on the inputs failed ({reason}); check that the input "
                              "arrays match the model's inputs (dtype, shape, value range)") from None
+
+
+@contextlib.contextmanager
+def _augmented_runs():
+    """Runs of the original on augmented batches inside: a failure is an :class:`InputDataError` that
+    points to ``--no-augment`` (the inputs themselves ran)."""
+    try:
+        yield
+    except Exception as exc:  # ONNX Runtime's own error types
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputDataError(f"the original model does not run on the augmented inputs ({reason}); train on the "
+                             "inputs as they are with --no-augment") from None
+
+
+def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[str], settings) -> None:
+    """Token batches are trimmed to their longest sentence where the sequence dim is declared dynamic; a
+    model exported at one length (a Reshape holding it) runs only untrimmed: one probe batch (its own
+    seed, so training draws the same batches) decides, and an augmenter the model cannot run at all is
+    an error pointing to ``--no-augment``."""
+    if not settings.augment:
+        return
+    probe = np.random.default_rng(settings.seed + 1)
+    batch = augmenter.batch(probe, settings.batch_size)
+    if getattr(augmenter, "trim", False):
+        shorter = {k: np.ascontiguousarray(v[:, :max(v.shape[1] - 1, 1)]) if v.ndim > 1 else v
+                   for k, v in batch.items()}  # one column less than this batch: a trimmed batch's case
+        try:
+            teacher.run(list(outputs), shorter)
+        except Exception:
+            augmenter.trim = False  # the model runs only at the full sequence length
+            batch = augmenter.batch(probe, settings.batch_size)
+    with _augmented_runs():
+        teacher.run(list(outputs), batch)
 
 
 def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, float]:

@@ -553,6 +553,13 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it, then set back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
     """Write ``data`` to ``path`` all or nothing: into a temporary file of a short name in the same folder
     (a name as long as the file system allows still fits), then renamed over ``path``; the temporary file
@@ -562,6 +569,7 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(pending, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the user's usual mode
         os.replace(pending, target)
     finally:
         if os.path.exists(pending):

@@ -312,3 +312,24 @@ def test_huge_random_batches_are_refused_before_allocating(cnn_path):
 
     with pytest.raises(InputDataError, match="would take .* GiB; ask for a smaller batch"):
         bench([str(cnn_path)], batch_sizes=(10 ** 11,), runs=1, warmup=0)
+
+
+def test_written_json_files_get_the_usual_file_mode(cnn_path, tmp_path, capsys):
+    """JSON outputs were made by mkstemp with mode 0600 (and an existing 0644 report became 0600)."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        report = tmp_path / "r.json"
+        report.write_text("{}")
+        os.chmod(report, 0o644)
+        code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "s.onnx"), "--keep-params", "0.5",
+                               "--report", str(report), capsys=capsys)
+        assert code == 0, err
+        code, _, err = run_cli("analyze", str(cnn_path), "--json", str(tmp_path / "a.json"), capsys=capsys)
+        assert code == 0, err
+    finally:
+        os.umask(mask)
+    for name in ("r.json", "a.json", "s.onnx"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

@@ -475,3 +475,38 @@ def test_pruned_model_distills_without_its_hidden_tensors_as_points(torch):
     result = distill(model, pruned, calibration, settings=DistillSettings(steps=20))
     assert result.report.matching_points == 1
     assert result.report.loss_after <= result.report.loss_before
+
+
+def test_a_token_model_exported_at_one_length_trains_on_untrimmed_batches(torch):
+    """The sequence dim is declared dynamic, but a Reshape holds the exported length: batches trimmed to
+    their longest sentence made ONNX Runtime fail in the middle of training (a traceback)."""
+    from onnx_alds.distill import distill
+
+    rng = np.random.default_rng(0)
+    length = 16
+    inits = [numpy_helper.from_array(rng.standard_normal((100, 8)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.standard_normal((length * 8, 64)).astype(np.float32) / 10, "w1"),
+             numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) / 8, "w2"),
+             numpy_helper.from_array(np.array([0, length * 8], np.int64), "shape"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "axis"], ["mu"]),
+             helper.make_node("Mul", ["e", "mu"], ["em"]),
+             helper.make_node("Reshape", ["em", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["out"], name="fc2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"])],
+                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 64])], inits)
+    ids = rng.integers(1, 100, (64, length)).astype(np.int64)
+    mask = np.ones((64, length), np.int64)
+    for row in range(64):
+        mask[row, rng.integers(4, length + 1):] = 0
+    ids[mask == 0] = 0
+    inputs = InputSet({"input_ids": ids, "attention_mask": mask}, None, "sentences")
+    small = compress(model, keep_params=0.5, rank_multiple=1,
+                     input_shapes={"input_ids": (1, length), "attention_mask": (1, length)}).model
+    result = distill(model, small, inputs, steps=20, progress=False)
+    assert result.report.steps == 20
