@@ -797,6 +797,9 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
     if applied:
+        if achieved > keep * 1.001:  # (a plan's decisions, as edited, may keep more than it was made for)
+            return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions (as edited) "
+                          "keep more than its budget")
         if gap > OVERSHOOT_WARNING * keep:
             return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "
                     "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None
@@ -828,12 +831,10 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
             + "): a classifier or vocabulary head this thin rarely survives; leave it dense with "
             + ("\"option\": \"dense\" in the plan" if applied else "--exclude"))
-    overshoot, _ = budget_gap(report.achieved, report.requested, report.rank_multiple, "rank", applied=applied)
     measured = (report.latency or {}).get("measured_ratio") if report.target == "latency" else None
-    if overshoot and measured is not None:  # the whole-model rounds moved the allocation's budget, not the steps
-        overshoot = (f"the tables predict {report.achieved:.4f} of the time, below the requested "
-                     f"{report.requested:g}: the whole-model check moved the allocation's budget there because the "
-                     f"whole model saves less than its layers timed alone (it measured {measured:.3f})")
+    # a measured latency plan is judged by what it measured (below), not by the tables' prediction
+    overshoot = None if measured is not None else \
+        budget_gap(report.achieved, report.requested, report.rank_multiple, "rank", applied=applied)[0]
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE
@@ -1002,8 +1003,10 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
                 else speed.achieved(decisions) if target == "latency"
                 else (macs_after_total or 0) / float(prepared.macs_total or 1))
     notes = list(prepared.notes)
-    gap_note = budget_gap(achieved, keep, rank_multiple, "rank",  # its warning: _harm_warnings
-                          applied=allocation.search.startswith("plan"))[1]
+    latency = speed.summary(decisions) if speed is not None else None
+    measured = target == "latency" and (latency or {}).get("measured_ratio") is not None  # said by the whole-model check
+    gap_note = None if measured else budget_gap(achieved, keep, rank_multiple, "rank",  # its warning: _harm_warnings
+                                                applied=allocation.search.startswith("plan"))[1]
     if gap_note:
         notes.append(gap_note)
     return CompressionReport(
@@ -1011,8 +1014,7 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         target=target, requested=keep, achieved=achieved, params_before=prepared.params_total,
         params_after=params_after_total, macs_before=prepared.macs_total, macs_after=macs_after_total,
         max_error=allocation.max_error, error_measure=measure, search=allocation.search, seed=seed,
-        rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes),
-        latency=speed.summary(decisions) if speed is not None else None)
+        rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes), latency=latency)
 
 
 def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,

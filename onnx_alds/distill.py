@@ -1719,9 +1719,13 @@ def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[s
     if getattr(augmenter, "trim", False):
         shorter = {k: np.ascontiguousarray(v[:, :max(v.shape[1] - 1, 1)]) if v.ndim > 1 else v
                    for k, v in batch.items()}  # one column less than this batch: a trimmed batch's case
-        try:
-            teacher.run(list(outputs), shorter)
+        rows = len(next(iter(batch.values())))
+        try:  # a Reshape holding the exported length fails, or (with a -1) folds the rows into another batch
+            bent = any(np.ndim(value) and np.shape(value)[0] != rows
+                       for value in teacher.run(list(outputs), shorter))
         except Exception:
+            bent = True
+        if bent:
             augmenter.trim = False  # the model runs only at the full sequence length
             batch = augmenter.batch(probe, settings.batch_size)
     with _augmented_runs():

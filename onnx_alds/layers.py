@@ -78,6 +78,7 @@ class Layer:
     weight_first: bool = False  # MatMul(W, x): y = W @ x, the weight is the first input
     weight_type: int = onnx.TensorProto.FLOAT  # element type of the (folded) weight tensor
     subgraph: Optional[str] = None  # where a node inside If/Loop/Scan sits ("If_0/then_branch"), else None
+    run_macs: Optional[int] = None  # a node whose "weight" is computed at run time: its MACs, from the shapes
 
     @property
     def cols(self) -> int:
@@ -92,6 +93,8 @@ class Layer:
 
     @property
     def macs(self) -> Optional[int]:
+        if self.run_macs is not None:
+            return self.run_macs
         return None if self.positions is None else self.params * self.positions
 
     @property
@@ -390,6 +393,8 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                 layer = replace(layer, skip_reason=f"'{clash}' (what its weight is read from) is defined in more than "
                                                    "one subgraph, so which one it reads is not known by name: give "
                                                    "each subgraph's tensors their own names to compress it")
+            if not layer.compressible and not layer.params and (counted := node_macs(node, shapes)):
+                layer = replace(layer, run_macs=counted)  # a product with a run-time tensor: its MACs still count
             if layer.compressible and layer.weight in overridable:
                 layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
                                                      "re-export without keep_initializers_as_inputs, or drop it "

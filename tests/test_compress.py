@@ -302,3 +302,17 @@ def test_the_floor_analyze_prints_is_one_compress_accepts():
     for flag, keyword in (("params", "keep_params"), ("flops", "keep_flops")):
         floor = float(re.search(rf"smallest reachable --keep-{flag} ([0-9.]+)", text).group(1))
         assert onnx_alds.compress(model, rank_multiple=16, **{keyword: floor}).report.achieved <= floor
+
+
+def test_a_product_with_a_run_time_tensor_shows_its_macs():
+    """An attention-score MatMul (q @ qᵀ) was listed with MACs 0 while its MACs were in the total."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["q"], name="proj"),
+             helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "qt"], ["s"], name="scores")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])],
+                       [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 32, 32])], [weight])
+    report = onnx_alds.analyze(model)
+    rows = {row.name: row for row in report.layers}
+    assert rows["scores"].macs == 32 * 64 * 32 and rows["scores"].params == 0
+    assert sum(row.macs for row in report.layers) == report.macs_total

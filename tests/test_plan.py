@@ -86,6 +86,11 @@ def test_edited_plan_applies_and_shows_the_edit():
     feeds = random_feeds(model, shapes={"input": (2, 3, 32, 32)})
     assert run_model(result.model, feeds)[0].shape == (2, 10)
     assert "plan (2 layers edited)" == result.report.search
+    # the edit, not the allocation, kept the layer dense; and a plan edited above its budget says so
+    assert "kept dense by the plan" in result.report.format()
+    denser = apply_plan(model, round_trip(plan.with_layer(dense_name, option="dense"))).report
+    assert denser.achieved > 0.5 * 1.001
+    assert any("above the plan's requested 0.5" in note for note in denser.notes)
 
 
 def test_stale_plans_are_clear_errors():
