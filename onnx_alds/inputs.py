@@ -574,13 +574,8 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     elif labels_file is not None:
         labels = labels_file.for_files(files, all_files)
     _check_image_spec(spec, preprocess)
-    if not np.issubdtype(spec.dtype, np.floating) and (
-            preprocess.scale != 1.0 or any(m != 0 for m in preprocess.mean) or any(s != 1 for s in preprocess.std)):
-        raise InputDataError(
-            f"input '{spec.name}' is {spec.dtype}, but preprocessing '{preprocess.name}' makes fractional values; "
-            + ("drop --scale, --mean and --std" if preprocess.name == "custom" else "use --preprocess custom")
-            + " (raw 0..255 pixels) for integer image inputs"
-        )
+    if not np.issubdtype(spec.dtype, np.floating):
+        _check_integer_pixels(spec, preprocess)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -605,6 +600,27 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
     source = f"{folder} ({len(files)} images, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
+
+
+def _check_integer_pixels(spec: InputSpec, preprocess: Preprocess) -> None:
+    """An integer image input takes the preprocessed pixels exactly: every value the preprocessing makes of
+    a pixel 0..255 must be whole and inside the input's type (an int8 input of pixel − 128 takes
+    ``--mean 128``); raises :class:`InputDataError` naming the fix, before any image is decoded."""
+    pixels = np.arange(256, dtype=np.float64)[:, None]
+    values = (pixels * preprocess.scale - np.asarray(preprocess.mean, np.float64)) / np.asarray(preprocess.std, np.float64)
+    fix = ("adjust --scale, --mean and --std" if preprocess.name == "custom"
+           else "use --preprocess custom with --resize/--crop as needed")
+    if np.max(np.abs(values - np.rint(values))) > 1e-6:
+        raise InputDataError(f"input '{spec.name}' is {spec.dtype}, but preprocessing {preprocess.describe()} makes "
+                             f"fractional values; {fix} so that pixels stay whole numbers (raw 0..255: no --scale, "
+                             "--mean or --std)")
+    limits = np.iinfo(spec.dtype) if np.issubdtype(spec.dtype, np.integer) else None
+    low, high = float(values.min()), float(values.max())
+    if limits is not None and (low < limits.min or high > limits.max):
+        example = f" (e.g. --mean {-limits.min} for pixel − {-limits.min})" if limits.min < 0 else ""
+        raise InputDataError(f"input '{spec.name}' is {spec.dtype} ({limits.min}..{limits.max}), but preprocessing "
+                             f"{preprocess.describe()} makes pixels {low:g}..{high:g}, which would wrap around; "
+                             f"{fix}{example}")
 
 
 def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:

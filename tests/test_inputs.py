@@ -123,6 +123,22 @@ def _write(path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
+def test_integer_image_inputs_take_whole_pixels_that_fit_their_type(tmp_path):
+    """An int8 input (pixel − 128) got raw pixels cast with wrap-around (200 became −56), and --mean 128,
+    which fits exactly, was refused as "fractional"."""
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 10
+    _write(tmp_path / "a.png", pixels)
+    model = _image_model(["N", 3, 4, 6], elem=TensorProto.INT8)
+    with pytest.raises(InputDataError, match=r"int8 \(-128..127\).*makes pixels 0..255, which would wrap around.*"
+                                             r"--mean 128"):
+        load_inputs(model, images=tmp_path, preprocess=Preprocess("custom"))
+    shifted = load_inputs(model, images=tmp_path, preprocess=Preprocess("custom", mean=(128.0,))).arrays["x"]
+    assert shifted.dtype == np.int8
+    np.testing.assert_array_equal(shifted[0], pixels.transpose(2, 0, 1).astype(np.int16) - 128)
+    with pytest.raises(InputDataError, match="makes fractional values"):
+        load_inputs(model, images=tmp_path, preprocess=Preprocess("custom", mean=(127.5,)))
+
+
 def test_crop_scale_mean_std_nchw_by_hand(tmp_path):
     pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2  # H=4, W=6, RGB
     _write(tmp_path / "a.png", pixels)
