@@ -909,7 +909,7 @@ class NoiseAugmenter(Augmenter):
     def __init__(self, arrays, float_names: Sequence[str]) -> None:
         super().__init__(arrays)
         self.float_names = list(float_names)
-        self.std = {k: float(np.std(self.arrays[k])) or 1.0 for k in self.float_names}
+        self.std = {k: float(np.std(self.arrays[k], dtype=np.float64)) or 1.0 for k in self.float_names}
 
     def describe(self) -> str:
         return "resampling, per-sample scale ±10 %, Gaussian noise ≤ 5 % of the std"
@@ -941,7 +941,7 @@ class ImageAugmenter(Augmenter):
     def __init__(self, arrays, name: str, layout: str) -> None:
         super().__init__(arrays)
         self.name, self.layout = name, layout
-        self.std = float(np.std(self.arrays[name])) or 1.0
+        self.std = float(np.std(self.arrays[name], dtype=np.float64)) or 1.0
         x = self.arrays[name]
         self.channels = x.shape[1] if layout == "NCHW" else x.shape[3]
 

@@ -280,7 +280,10 @@ def image_files(folder: PathLike) -> list[Path]:
     files = sorted(p for p in root.iterdir()
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; put images in it")
+        nested = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; put images in it"
+                             + (" (its subfolders are not read: put the images of every class in one folder, and "
+                                "give their classes with --labels FILE)" if nested else ""))
     return files
 
 
@@ -323,7 +326,8 @@ class LabelsFile:
         stray = next((name for name in self.by_name if name not in known), None)
         if stray is not None:
             raise InputDataError(
-                f"labels file '{self.path}' names '{stray}', which is not an image of the folder; list only its images"
+                f"labels file '{self.path}' names '{stray}', which is not an image of the folder; list only its "
+                "images, by file name alone (no folder part)"
             )
         missing = next((p.name for p in files if p.name not in self.by_name), None)
         if missing is not None:
@@ -847,11 +851,18 @@ def _parse_hw(text: str, flag: str) -> tuple[int, int]:
 
 
 def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    def number(part: str) -> float:  # "0.5", "1/255", "1/127.5"
+        top, slash, bottom = part.strip().partition("/")
+        value = float(Fraction(top)) / float(Fraction(bottom)) if slash else float(Fraction(top))
+        if not np.isfinite(value):
+            raise ValueError(part)
+        return value
+
     try:
-        return tuple(float(Fraction(part.strip())) for part in text.split(","))
+        return tuple(number(part) for part in text.split(","))
     except (ValueError, ZeroDivisionError):
-        raise InputDataError(f"cannot parse {flag} '{text}'; write finite numbers (one, or one per channel separated "
-                             "by commas), e.g. 0.5 or 0.485,0.456,0.406") from None
+        raise InputDataError(f"cannot parse {flag} '{text}'; write finite numbers or fractions (one, or one per "
+                             "channel separated by commas), e.g. 0.5, 1/127.5 or 0.485,0.456,0.406") from None
 
 
 def preprocess_from_args(args: argparse.Namespace) -> Preprocess:

@@ -123,6 +123,17 @@ def _write(path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
+def test_fractions_with_decimal_denominators_parse():
+    """``--scale 1/127.5`` (TF-style x/127.5 − 1) was refused: Fraction takes no decimal denominator."""
+    from onnx_alds.inputs import _parse_floats
+
+    assert _parse_floats("1/127.5", "--scale") == (1 / 127.5,)
+    assert _parse_floats("0.5, 1/255,2", "--mean") == (0.5, 1 / 255, 2.0)
+    for bad in ("1/0", "nan", "1/x", "inf"):
+        with pytest.raises(InputDataError, match="write finite numbers or fractions"):
+            _parse_floats(bad, "--scale")
+
+
 def test_integer_image_inputs_take_whole_pixels_that_fit_their_type(tmp_path):
     """An int8 input (pixel − 128) got raw pixels cast with wrap-around (200 became −56), and --mean 128,
     which fits exactly, was refused as "fractional"."""
