@@ -461,6 +461,23 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         check_output_path(Path(value), protect=inputs, flag=flag)
 
 
+PREPROCESS_DESTS = ("preprocess", "resize", "crop", "mean", "std", "scale", "layout", "grayscale")
+IMAGE_SOURCE_FLAGS = {"images": "--images", "calibration_images": "--calibration-images",
+                      "validate_images": "--validate-images"}
+
+
+def check_preprocess_flags(args: argparse.Namespace) -> None:
+    """Image preprocessing flags with no image folder to read are an error (an .npz or random inputs are fed
+    as they are: ``--layout NHWC`` would not transpose them). Raises InputDataError naming the flag."""
+    sources = [flag for dest, flag in IMAGE_SOURCE_FLAGS.items() if hasattr(args, dest)]
+    given = given_flags(args) & set(PREPROCESS_DESTS)
+    if not sources or not given or any(getattr(args, dest, None) for dest in IMAGE_SOURCE_FLAGS):
+        return
+    flag = "--" + sorted(given)[0]
+    raise InputDataError(f"{flag} has no effect without an image folder ({' or '.join(sources)}); arrays from an "
+                         f".npz or --random are fed as they are: drop {flag}")
+
+
 def _refuse_empty_values(args: argparse.Namespace) -> None:
     """An empty argument (``-o ''``, an unset ``$OUT``) is a usage error naming the flag; ``Path('')`` would
     read as the current folder."""
@@ -507,6 +524,7 @@ def _run(args: argparse.Namespace) -> int:
 
         warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
+        check_preprocess_flags(args)
         _check_output_paths(args)
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit

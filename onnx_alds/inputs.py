@@ -634,16 +634,26 @@ def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
             "use --inputs FILE.npz"
         )
     channel_axis = 1 if preprocess.layout == "NCHW" else 3
-    other_axis = 3 if preprocess.layout == "NCHW" else 1
     declared = spec.dims[channel_axis]
     if isinstance(declared, int) and declared != preprocess.channels:
-        other = "NHWC" if preprocess.layout == "NCHW" else "NCHW"
-        hint = (f"add --layout {other}" if spec.dims[other_axis] == preprocess.channels
-                else f"use {'--grayscale' if declared == 1 else 'an RGB preprocessing'}")
         raise InputDataError(
             f"input '{spec.name}' is {_pretty_dims(spec.dims)} but preprocessing '{preprocess.name}' makes "
-            f"{preprocess.channels}-channel {preprocess.layout} images; {hint}"
+            f"{preprocess.channels}-channel {preprocess.layout} images; {_channel_hint(spec, preprocess)}"
         )
+
+
+def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
+    """What makes images fit an input whose channel count the preprocessing misses: the layout whose channel
+    axis holds 1 or 3 channels, with ``--grayscale`` or without it, else an .npz."""
+    for layout, axis in (("NCHW", 1), ("NHWC", 3)):
+        channels = spec.dims[axis]
+        if channels not in (1, 3):
+            continue
+        changes = [] if layout == preprocess.layout else [f"add --layout {layout}"]
+        if channels != preprocess.channels:
+            changes.append("add --grayscale" if channels == 1 else "use an RGB preprocessing (no --grayscale, not mnist)")
+        return " and ".join(changes) if changes else "check --layout"
+    return "images make 1 or 3 channels: feed this input from an .npz (--inputs / --calibration FILE.npz)"
 
 
 RANDOM_INPUT_LIMIT = 2**31  # bytes: random inputs larger than this are refused, not allocated

@@ -333,3 +333,15 @@ def test_written_json_files_get_the_usual_file_mode(cnn_path, tmp_path, capsys):
         os.umask(mask)
     for name in ("r.json", "a.json", "s.onnx"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("argv", [["compress", "{model}", "-o", "{out}", "--keep-params", "0.5", "--preprocess", "mnist"],
+                                  ["validate", "{model}", "{model}", "--random", "4", "--layout", "NHWC"],
+                                  ["compress", "{model}", "-o", "{out}", "--keep-params", "0.5",
+                                   "--calibration-random", "8", "--scale", "1/255"]])
+def test_preprocessing_flags_without_an_image_folder_are_errors(cnn_path, tmp_path, capsys, argv):
+    """``--layout NHWC`` with random or .npz inputs was ignored: a user could think it transposed them."""
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli(*[arg.format(model=cnn_path, out=out) for arg in argv], capsys=capsys)
+    assert_one_line_error(code, err, "has no effect without an image folder")
+    assert not out.exists()

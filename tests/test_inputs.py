@@ -183,6 +183,18 @@ def test_imagenet_preset_resizes_short_side_and_crops(tmp_path):
     assert "imagenet" in data.source
 
 
+@pytest.mark.parametrize("dims, layout, hint", [
+    (["N", 1, 8, 8], "NHWC", "add --layout NCHW and add --grayscale"),
+    (["N", 8, 8, 1], "NCHW", "add --layout NHWC and add --grayscale"),
+    (["N", 4, 8, 8], "NCHW", "feed this input from an .npz"),
+])
+def test_channel_mismatch_hint_names_every_change(tmp_path, dims, layout, hint):
+    """The hint said "use an RGB preprocessing" to users whose preprocessing was already RGB."""
+    _write(tmp_path / "a.png", np.zeros((8, 8, 3)))
+    with pytest.raises(InputDataError, match=re.escape(hint)):
+        load_inputs(_image_model(dims), images=tmp_path, preprocess=Preprocess("custom", layout=layout))
+
+
 def test_layout_mismatch_says_which_flag(tmp_path):
     _write(tmp_path / "a.png", np.zeros((28, 28, 3)))
     with pytest.raises(InputDataError, match="--layout NHWC"):
