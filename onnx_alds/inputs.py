@@ -420,7 +420,8 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
                 labels_file: Optional[PathLike] = None, labels_from_filenames: bool = False) -> InputSet:
     """Inputs for ``model`` from exactly one of ``npz``, ``images`` or ``random``.
 
-    ``input_shapes`` gives dynamic dims (random inputs only; the sample axis is always the first dim);
+    ``input_shapes`` gives dynamic dims (random inputs; the sample axis is always the first dim); every name
+    in it must be a graph input, and images must come out at the dims it gives;
     ``limit`` keeps the first ``limit`` samples; ``progress`` shows a bar while decoding images (default:
     only when stderr is a terminal). Labels: an ``.npz``'s ``labels`` array, or ``labels_file``
     (:func:`read_labels_file`), or ``labels_from_filenames`` (images only); they are checked before any
@@ -445,11 +446,22 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     specs = graph_inputs(model)
     if not specs:
         raise InputDataError("the model has no graph inputs to feed; nothing to load")
+    unknown = sorted(set(input_shapes or {}) - {spec.name for spec in specs})
+    if unknown:
+        raise InputDataError(f"--input-shape names '{unknown[0]}', which is not a graph input; graph inputs are: "
+                             f"{', '.join(spec.name for spec in specs)}")
     if npz is not None:
         result = _load_npz(specs, Path(npz), limit, parsed)
     elif images is not None:
         result = _load_images(specs, images, get_preprocess(preprocess), limit, progress, parsed,
                               labels_from_filenames)
+        for name, dims in (input_shapes or {}).items():
+            made = tuple(result.arrays[name].shape[1:])
+            if tuple(dims[1:]) != made:
+                raise InputDataError(
+                    f"the images come out {'x'.join(map(str, made))} per sample, but --input-shape asks for "
+                    f"{name}:{'x'.join(map(str, dims))}; make them agree (--resize/--crop to that size, or another "
+                    "--input-shape)")
     else:
         count = int(random) if limit is None else min(int(random), limit)
         result = random_inputs(model, count, input_shapes=input_shapes, seed=seed)

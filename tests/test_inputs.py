@@ -465,3 +465,17 @@ def test_an_image_of_extreme_aspect_is_refused_before_it_fills_the_memory(tmp_pa
     Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(tmp_path / "strip.png")  # 1x3000 -> 256x768000
     with pytest.raises(InputDataError, match=r"'.*strip.png' \(1x3000\) would be 256x768000 after resizing"):
         preprocess_image(tmp_path / "strip.png", PRESETS["imagenet"])
+
+
+def test_input_shape_must_name_an_input_and_match_the_images(tmp_path):
+    """validate --images ignored --input-shape: an unknown name passed, and images of 8x8 were fed where
+    x:1x3x6x6 was asked for (compress counted MACs at one size and calibrated at another)."""
+    _write(tmp_path / "a.png", np.zeros((8, 8, 3)))
+    model = _image_model(["N", 3, "H", "W"])
+    custom = Preprocess("custom")
+    with pytest.raises(InputDataError, match="--input-shape names 'nosuch', which is not a graph input"):
+        load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"nosuch": (1, 3, 8, 8)})
+    with pytest.raises(InputDataError, match=r"images come out 3x8x8 per sample, but --input-shape asks for x:1x3x6x6"):
+        load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 6, 6)})
+    assert load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 8, 8)}).arrays["x"].shape \
+        == (1, 3, 8, 8)
