@@ -431,6 +431,10 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     from .model_io import check_output_path
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
+    dash = next((key for key, value in outputs.items() if value == "-"), None)
+    if dash:  # a file called '-' is never what was meant
+        raise OutputPathError(f"{OUTPUT_FILE_ARGS[dash]} '-': onnx-alds writes files, not standard output; give a "
+                              "file path")
     if args.command in ("sweep", "demo"):
         outputs.pop("output", None)  # an output folder: checked by the command itself
     inputs: list = []

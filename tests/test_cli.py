@@ -345,3 +345,11 @@ def test_preprocessing_flags_without_an_image_folder_are_errors(cnn_path, tmp_pa
     code, _, err = run_cli(*[arg.format(model=cnn_path, out=out) for arg in argv], capsys=capsys)
     assert_one_line_error(code, err, "has no effect without an image folder")
     assert not out.exists()
+
+
+def test_dash_is_not_an_output_file(cnn_path, tmp_path, capsys, monkeypatch):
+    """``-o -`` wrote a file literally named '-'."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("compress", str(cnn_path), "-o", "-", "--keep-params", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "writes files, not standard output")
+    assert not (tmp_path / "-").exists()
