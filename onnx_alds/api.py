@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .allocate import DENSE, Allocation, allocate_lrank, allocate_minmax, minimum_cost
+from .allocate import DENSE, Allocation, LayerChoice, allocate_lrank, allocate_minmax, minimum_cost
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
@@ -910,6 +910,9 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
     """Budget of the factorizable layers (the target less what stays fixed), then the allocation.
     ``slow_note``: why options are missing (layers the latency tables left with none), for the error."""
     total, scales, fixed, budget = _layer_budget(prepared, chosen, target, keep)
+    if keep >= 1.0:  # keep everything: every layer dense (exactly low-rank weights would tie at error 0 lower)
+        dense = tuple(LayerChoice(DENSE, 0, float(layer.params) * scale, 0.0) for layer, scale in zip(chosen, scales))
+        return Allocation(dense, budget, float(sum(choice.cost for choice in dense)), 0.0, "keep 1: every layer dense")
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
         skipped = [layer for layer in prepared.layers if not layer.compressible]

@@ -80,11 +80,19 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
     base = path.parent
     external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
     for tensor in external:
-        info = ExternalDataInfo(tensor)
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:  # an offset or length that is not a number
+            raise ModelLoadError(f"tensor '{tensor.name}' of '{path.name}' has a broken external data entry "
+                                 f"({exc}); export the model again") from None
+        if (info.offset or 0) < 0 or (info.length or 0) < 0:
+            raise ModelLoadError(f"tensor '{tensor.name}' of '{path.name}' has a negative external data offset or "
+                                 "length; export the model again")
         if not isinstance(info.location, str) or not isinstance(tensor.name, str):
             raise ModelLoadError(f"an external data location in '{path.name}' is not valid UTF-8 (the file is "
                                  "corrupt); export the model again")
         location = base / info.location
+        _refuse_linked_data(location, info.location, tensor.name)
         if not location.is_file():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
                                  f"(tensor '{tensor.name}'); put it next to the model in '{base}'")
@@ -92,6 +100,15 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is shorter than the "
                                  f"model says (tensor '{tensor.name}'); copy the complete file next to the model")
     return external
+
+
+def _refuse_linked_data(path: Path, location: str, tensor: str) -> None:
+    """A data file reached through a symbolic link (a Hugging Face cache's snapshot) is refused by onnx's
+    loader for safety; say so with the fix, before onnx's own message."""
+    if path.is_symlink():
+        raise ModelLoadError(f"the external data file '{location}' (tensor '{tensor}') is a symbolic link, which onnx "
+                             "does not read (a safety rule); copy the model and its data with the links resolved "
+                             "(cp -L) and run again")
 
 
 def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -271,6 +288,7 @@ class TensorStore:
         if self.base_dir is None:
             raise ModelLoadError(f"tensor '{tensor.name}' keeps its data in the external file '{location}', which "
                                  "was not loaded; pass the model's path, or load it with onnx.load(path)")
+        _refuse_linked_data(self.base_dir / location, location, tensor.name)
         base = self.base_dir.resolve()
         path = (base / location).resolve()
         if not location or os.path.isabs(location) or not path.is_relative_to(base) or not path.is_file():
@@ -680,7 +698,7 @@ def _write_with_external_data(model: onnx.ModelProto, path: Path, data_name: str
         if length is None or length + 33 < 1024:  # onnx's test: sys.getsizeof(raw_data) >= size_threshold
             return store.load(tensor) if stub else tensor
         if state["handle"] is None:
-            state["handle"] = os.fdopen(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+            state["handle"] = os.fdopen(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb")
         handle = state["handle"]
         written = store.write_payload(tensor, handle) if stub else handle.write(tensor.raw_data)
         converted = onnx.TensorProto()

@@ -95,6 +95,25 @@ def test_keep_everything_changes_nothing(cnn):
     assert np.array_equal(run_model(cnn, feeds)[0], run_model(result.model, feeds)[0])
 
 
+@pytest.mark.parametrize("target", ["keep_params", "keep_flops"])
+def test_keep_everything_keeps_exactly_low_rank_weights_dense(target):
+    """Exactly low-rank weights tie at error 0 from their true rank up: keep 1.0 factorized every layer (0.59
+    kept) and warned that no plan closer to the budget existed."""
+    rng = np.random.default_rng(0)
+    dims = [512, 2048, 512]
+    weights = [((rng.standard_normal((dims[i], 32)) @ rng.standard_normal((32, dims[i + 1])))
+                / np.sqrt(32 * dims[i])).astype(np.float32) for i in range(2)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+             helper.make_node("MatMul", ["h", "w1"], ["y"], name="fc1")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 512])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 512])],
+                       [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    result = onnx_alds.compress(model, rank_multiple=16, **{target: 1.0})
+    assert not any(layer.groups for layer in result.report.layers) and result.report.achieved == 1.0
+    assert not result.report.warnings
+    assert onnx_alds.compress(model, rank_multiple=16, **{target: 0.9}).report.achieved < 0.9  # lossless cuts
+
+
 def test_transformer_matmul_needs_input_shape_for_flops():
     model = matmul_model(in_features=64, out_features=96, leading=("batch", "seq"))
     with pytest.raises(UnsupportedModelError, match=r"--input-shape x:"):
@@ -195,6 +214,29 @@ def test_model_over_the_protobuf_limit_is_saved_as_external_data(cnn, tmp_path, 
     assert out.stat().st_size < 10_000
     feeds = random_feeds(cnn, shapes={"input": (1, 3, 32, 32)})
     assert np.array_equal(run_model(load_model(out), feeds)[0], run_model(result.model, feeds)[0])
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:  # the weights file is as readable as the model (it was 0600: a serving user could not read it)
+        save_model(result.model, tmp_path / "again.onnx")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "again.onnx.data").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("offset", ["-4", "abc"])
+def test_broken_external_data_entries_are_one_error(cnn, tmp_path, offset):
+    """A negative or non-numeric external data offset was a ValueError traceback in every command."""
+    from onnx_alds.errors import ModelLoadError
+
+    onnx.save(cnn, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.bin", size_threshold=0)
+    model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    entry = next(e for t in model.graph.initializer for e in t.external_data if e.key == "offset")
+    entry.value = offset
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(ModelLoadError, match="external data"):
+        load_model(tmp_path / "m.onnx")
 
 
 def test_exclude_pattern_matching_nothing_is_an_error():
@@ -316,3 +358,22 @@ def test_a_product_with_a_run_time_tensor_shows_its_macs():
     rows = {row.name: row for row in report.layers}
     assert rows["scores"].macs == 32 * 64 * 32 and rows["scores"].params == 0
     assert sum(row.macs for row in report.layers) == report.macs_total
+
+
+def test_a_symlinked_data_file_is_refused_with_the_fix(cnn, tmp_path):
+    """A Hugging Face cache snapshot links its data file; onnx refuses to read through links, and the
+    commands said so in three different ways, none naming a fix (analyze even went on)."""
+    import os
+
+    from onnx_alds.errors import ModelLoadError
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snap").mkdir()
+    onnx.save(cnn, str(tmp_path / "blobs" / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=0)
+    os.replace(tmp_path / "blobs" / "m.onnx", tmp_path / "snap" / "m.onnx")
+    os.symlink(tmp_path / "blobs" / "m.onnx.data", tmp_path / "snap" / "m.onnx.data")
+    for call in (lambda: load_model(tmp_path / "snap" / "m.onnx"),
+                 lambda: onnx_alds.analyze(str(tmp_path / "snap" / "m.onnx"))):
+        with pytest.raises(ModelLoadError, match=r"is a symbolic link, .*\(cp -L\)"):
+            call()
