@@ -18,7 +18,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_alds
+import onnx_alds.bench  # noqa: F401  (bound to the real load_model before any test patches it away)
 import onnx_alds.model_io as model_io
+import onnx_alds.validate  # noqa: F401
 from conftest import random_feeds, run_model, small_cnn
 from onnx_alds.cli import main
 from onnx_alds.decompose import _argmax_magnitude, decompose
