@@ -80,6 +80,7 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
     base = path.parent
     external = [tensor for tensor in _get_all_tensors(proto) if uses_external_data(tensor)]
     for tensor in external:
+        _complete_length(tensor)
         try:
             info = ExternalDataInfo(tensor)
         except ValueError as exc:  # an offset or length that is not a number
@@ -100,6 +101,27 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is shorter than the "
                                  f"model says (tensor '{tensor.name}'); copy the complete file next to the model")
     return external
+
+
+_PACKED_4BIT = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
+                if hasattr(onnx.TensorProto, name)}
+
+
+def _complete_length(tensor: onnx.TensorProto) -> None:
+    """Give an external tensor without a ``length`` entry (optional in the spec) the length its dims and type
+    make: onnx's loader would otherwise read from the offset to the end of the file."""
+    entries = {entry.key for entry in tensor.external_data}
+    if "length" in entries or tensor.data_type == onnx.TensorProto.STRING:
+        return
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    if tensor.data_type in _PACKED_4BIT:
+        length = (count + 1) // 2
+    else:
+        try:
+            length = count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            return  # an unknown type: onnx's own reading stands
+    tensor.external_data.add(key="length", value=str(length))
 
 
 def _refuse_linked_data(path: Path, location: str, tensor: str) -> None:
@@ -283,6 +305,7 @@ class TensorStore:
 
     def _span(self, tensor: onnx.TensorProto) -> tuple[Path, int, int]:
         """The data file, offset and length of a file stub, checked to stay inside the model's folder."""
+        _complete_length(tensor)
         entries = {entry.key: entry.value for entry in tensor.external_data}
         location = entries.get("location", "")
         if self.base_dir is None:

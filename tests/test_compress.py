@@ -377,3 +377,26 @@ def test_a_symlinked_data_file_is_refused_with_the_fix(cnn, tmp_path):
                  lambda: onnx_alds.analyze(str(tmp_path / "snap" / "m.onnx"))):
         with pytest.raises(ModelLoadError, match=r"is a symbolic link, .*\(cp -L\)"):
             call()
+
+
+def test_external_data_without_length_entries_reads_each_tensor_alone(cnn, tmp_path):
+    """``length`` is optional in external data entries: onnx's loader then read from the offset to the end of
+    the file, so the first tensor got the whole file and ONNX Runtime refused the model."""
+    from onnx_alds.model_io import open_model
+
+    expected = {t.name: numpy_helper.to_array(t) for t in cnn.graph.initializer}
+    onnx.save(onnx.ModelProto.FromString(cnn.SerializeToString()), str(tmp_path / "m.onnx"),
+              save_as_external_data=True, location="w.bin", size_threshold=0)  # (onnx.save moves the data out)
+    stripped = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    for tensor in stripped.graph.initializer:
+        kept = [(e.key, e.value) for e in tensor.external_data if e.key != "length"]
+        del tensor.external_data[:]
+        for key, value in kept:
+            tensor.external_data.add(key=key, value=value)
+    (tmp_path / "m.onnx").write_bytes(stripped.SerializeToString())
+    loaded = {t.name: numpy_helper.to_array(t) for t in load_model(tmp_path / "m.onnx").graph.initializer}
+    assert all(np.array_equal(loaded[name], value) for name, value in expected.items())
+    opened = open_model(str(tmp_path / "m.onnx"))
+    light = {t.name: numpy_helper.to_array(opened.store.load(t)) for t in opened.model.graph.initializer}
+    assert all(np.array_equal(light[name], value) for name, value in expected.items())
+    onnx_alds.compress(str(tmp_path / "m.onnx"), keep_params=0.5)
