@@ -248,7 +248,7 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
 def _run_compress(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, open_model
+    from .model_io import check_output_path, open_model, refuse_over_protobuf_limit
 
     check_flags_take_effect(args)
     output = Path(args.output)
@@ -258,6 +258,9 @@ def _run_compress(args: argparse.Namespace) -> int:
     # light: the weights stay in their files, read one layer at a time, and the output is written
     # tensor by tensor (docs/LARGE_MODELS.md); the model is opened once, here
     model = open_model(args.model)
+    if args.validate or args.distill:  # before the work: both hold whole models in memory
+        refuse_over_protobuf_limit(model, f"{'--validate' if args.validate else '--distill'} holds the original "
+                                          "and the compressed model in memory")
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     held_out = None
     if args.distill:  # compress with the training part: the held-out part decides early stopping

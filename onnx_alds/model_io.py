@@ -601,6 +601,17 @@ def _umask() -> int:
     return mask
 
 
+def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str) -> None:
+    """Raise :class:`UnsupportedModelError` when ``model`` (a path or a light model) is over protobuf's 2 GB
+    limit, for a step that needs it serialized whole (``why`` says which); read light, without its weights."""
+    opened = open_model(model)
+    size = model_bytes(opened.model, opened.store)
+    if size > _PROTOBUF_LIMIT:
+        raise UnsupportedModelError(f"the model is {size / 2**30:.1f} GB, over protobuf's 2 GB limit, and {why}; "
+                                    "compress it with onnx-alds compress (no --validate), then run onnx-alds "
+                                    "validate ORIGINAL OUTPUT, which reads both from their files")
+
+
 def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
     """Write ``data`` to ``path`` all or nothing: into a temporary file of a short name in the same folder
     (a name as long as the file system allows still fits), then renamed over ``path``; the temporary file

@@ -960,7 +960,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     """``onnx-alds apply``: read the plan, check it against the model, rewrite, write (and validate)."""
     from .cli import check_flags_take_effect, write_result
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, open_model
+    from .model_io import check_output_path, open_model, refuse_over_protobuf_limit
 
     check_flags_take_effect(args)
     check_output_path(Path(args.output), protect=[args.model, args.plan])
@@ -968,6 +968,8 @@ def run_apply_command(args: argparse.Namespace) -> int:
         check_output_path(Path(args.report), protect=[args.model, args.output, args.plan])
     plan = Plan.load(args.plan)
     model = open_model(args.model)
+    if args.validate:  # before the work
+        refuse_over_protobuf_limit(model, "--validate holds the original and the compressed model in memory")
     plan.check_layer_names(model.model)
     args.seed = plan.options["search"]["seed"]  # --calibration-random draws as when the plan was made
     shapes = plan.input_shapes_for(model.model)

@@ -863,8 +863,9 @@ def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes:
 
 
 def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
-    from .model_io import load_model
+    from .model_io import load_model, refuse_over_protobuf_limit
 
+    refuse_over_protobuf_limit(model.path, "a sweep ships each model to its workers as one serialized copy")
     proto = load_model(model.path)
     calibration = model.calibration.load(proto) if need_calibration and model.calibration else None
     evals = tuple((spec, spec.source.load(proto)) for spec in model.evals)

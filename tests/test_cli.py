@@ -353,3 +353,18 @@ def test_dash_is_not_an_output_file(cnn_path, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli("compress", str(cnn_path), "-o", "-", "--keep-params", "0.5", capsys=capsys)
     assert_one_line_error(code, err, "writes files, not standard output")
     assert not (tmp_path / "-").exists()
+
+
+def test_validate_and_sweep_refuse_a_model_over_the_protobuf_limit_up_front(cnn_path, tmp_path, capsys, monkeypatch):
+    """Over 2 GB, compress --validate and sweep serialized the whole model (15 GB peak) and ended in a
+    protobuf EncodeError traceback; the limit is lowered here as in the external-data tests."""
+    import onnx_alds.model_io as model_io
+
+    monkeypatch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "s.onnx"), "--keep-params", "0.5",
+                           "--validate", capsys=capsys)
+    assert_one_line_error(code, err, "over protobuf's 2 GB limit", "onnx-alds validate ORIGINAL OUTPUT")
+    code, _, err = run_cli("sweep", str(cnn_path), "--keep-params", "0.5", "--methods", "alds", "--random", "4",
+                           "-o", str(tmp_path / "sw"), "--no-bench", "--no-plots", "--no-progress", capsys=capsys)
+    assert code == 1 and "over protobuf's 2 GB limit" in err
+    assert not (tmp_path / "s.onnx").exists()
