@@ -601,6 +601,20 @@ def _umask() -> int:
     return mask
 
 
+def _references_file(model_path: Path, data_name: str) -> bool:
+    """True when the ONNX file at ``model_path`` exists and keeps tensors in ``data_name`` beside it."""
+    if not model_path.is_file():
+        return False
+    try:
+        old = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not a model: nothing of ours to clean up
+        return False
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return any(entry.key == "location" and entry.value == data_name
+               for tensor in _get_all_tensors(old) if uses_external_data(tensor) for entry in tensor.external_data)
+
+
 def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str) -> None:
     """Raise :class:`UnsupportedModelError` when ``model`` (a path or a light model) is over protobuf's 2 GB
     limit, for a step that needs it serialized whole (``why`` says which); read light, without its weights."""
@@ -646,10 +660,11 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     check_output_path(target, protect)
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
+    data_name = target.name + ".data"
+    stale = not external_data and _references_file(target, data_name)  # our earlier output's weights
     tmp_dir = tempfile.mkdtemp(prefix=".onnx-alds-", dir=str(target.parent))
     try:
         tmp_model = Path(tmp_dir) / target.name
-        data_name = target.name + ".data"
         if external_data:
             data_path = target.parent / data_name
             taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()),
@@ -662,6 +677,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         else:
             _write_one_file(model, tmp_model, store)
         os.replace(tmp_model, target)
+        if stale and (target.parent / data_name).is_file():  # the model written over kept its weights there
+            (target.parent / data_name).unlink()
     finally:
         for leftover in Path(tmp_dir).glob("*"):
             leftover.unlink()
@@ -808,6 +825,14 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
                               f"{'model.small.onnx' if flag == '-o' else 'report.json'})")
     if not target.parent.exists():
         raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
+    if flag == "-o" and target.suffix == ".onnx":  # a model may be written with its weights in '<name>.data'
+        try:
+            longest = os.pathconf(str(target.parent), "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            longest = 255
+        if len((target.name + ".data").encode()) > longest:
+            raise OutputPathError(f"-o name '{target.name[:40]}…' is too long for its weights file '<name>.data' "
+                                  f"(a file name takes at most {longest} bytes here); choose a shorter -o name")
     try:  # a read-only file system or folder: say so now, not after the whole compression
         handle, probe = tempfile.mkstemp(prefix=".onnx-alds-probe-", dir=str(target.parent))
         os.close(handle)

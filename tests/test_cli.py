@@ -368,3 +368,11 @@ def test_validate_and_sweep_refuse_a_model_over_the_protobuf_limit_up_front(cnn_
                            "-o", str(tmp_path / "sw"), "--no-bench", "--no-plots", "--no-progress", capsys=capsys)
     assert code == 1 and "over protobuf's 2 GB limit" in err
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_an_output_name_with_no_room_for_its_weights_file_is_refused_first(cnn_path, tmp_path, capsys):
+    """A legal 255-byte -o name failed only after all the work, when its '<name>.data' was written."""
+    name = "m" * 250 + ".onnx"
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / name), "--keep-params", "0.5",
+                           capsys=capsys)
+    assert_one_line_error(code, err, "is too long for its weights file")

@@ -225,6 +225,23 @@ def test_model_over_the_protobuf_limit_is_saved_as_external_data(cnn, tmp_path, 
     assert stat.S_IMODE((tmp_path / "again.onnx.data").stat().st_mode) == 0o644
 
 
+def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(cnn, tmp_path, monkeypatch):
+    """The first run's '<out>.data' (possibly GBs) stayed beside a model that no longer read it; a '.data'
+    file the old model did not reference is the user's and stays."""
+    import onnx_alds.model_io as model_io
+
+    result = onnx_alds.compress(cnn, keep_params=0.5)
+    with monkeypatch.context() as patch:
+        patch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)
+        save_model(result.model, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx.data").exists()
+    save_model(result.model, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx.data").exists()
+    (tmp_path / "out.onnx.data").write_bytes(b"the user's own file")
+    save_model(result.model, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx.data").read_bytes() == b"the user's own file"
+
+
 @pytest.mark.parametrize("offset", ["-4", "abc"])
 def test_broken_external_data_entries_are_one_error(cnn, tmp_path, offset):
     """A negative or non-numeric external data offset was a ValueError traceback in every command."""
