@@ -111,8 +111,8 @@ class CompressionReport:
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
                 f"{layer.error:.4f}", *time_cell,
-                layer.skip_reason or ((("kept dense by the plan" if self.search.startswith("plan")
-                                        else "kept dense by the allocation")) if layer.groups == 0
+                layer.skip_reason or (("kept dense by the plan" if self.search.startswith("plan")
+                                       else "kept dense by the allocation") if layer.groups == 0
                                       else "pointwise-first" if layer.order == "pointwise-first" else ""),
             ))
         lines = [format_table(rows), ""]
