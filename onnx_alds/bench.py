@@ -372,6 +372,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     ``names`` labels the models in the report (default: file names, ``model[i]`` for protos).
     Raises :class:`ProviderError` when the provider is not available.
     """
+    if isinstance(models, (str, os.PathLike, onnx.ModelProto)):  # one model, not a sequence of its characters
+        models = [models]
     if not models:
         raise InputDataError("no models to bench; give at least one .onnx file")
     if provider not in PROVIDERS:

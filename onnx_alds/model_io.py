@@ -917,8 +917,16 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
     for spec in specs:
         if spec.name not in overrides:
             continue
-        shape = tuple(int(d) for d in overrides[spec.name])
+        value = overrides[spec.name]
+        if isinstance(value, (str, bytes)) or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                                      for d in value):
+            raise InputDataError(f"the shape given for '{spec.name}' is {value!r}; give a sequence of integers, "
+                                 "e.g. (1, 3, 224, 224)")
+        shape = tuple(int(d) for d in value)
         example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
+        if any(d < 1 for d in shape):
+            raise InputDataError(f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}'; every dim must "
+                                 f"be at least 1, e.g. {spec.name}:{example}")
         if len(shape) != len(spec.dims):
             raise InputDataError(
                 f"--input-shape gives {len(shape)} dims for '{spec.name}', which has {len(spec.dims)}; "

@@ -12,11 +12,13 @@ into these groups first, and every step gets only the group it uses:
 
 from __future__ import annotations
 
-import numpy as np
-
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 from .errors import BudgetError, InputDataError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST
@@ -40,8 +42,10 @@ class Budget:
             raise BudgetError(f"unknown budget target '{self.target}'; choose one of: {', '.join(TARGETS)}")
         flag = self.flag
         keep = self.keep
-        if keep is None or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not math.isfinite(keep) \
-                or not 0.0 < keep <= 1.0:
+        if isinstance(keep, (str, bytes)):
+            raise BudgetError(f"{flag} {keep!r} is a string; give a number, the fraction to keep in (0, 1]")
+        if keep is None or isinstance(keep, (bool, np.bool_)) or not isinstance(keep, numbers.Real) \
+                or not math.isfinite(keep) or not 0.0 < keep <= 1.0:
             raise BudgetError(f"{flag} {keep} is out of range; give the fraction to keep, in (0, 1], e.g. {flag} 0.5")
         object.__setattr__(self, "keep", float(keep))
 
@@ -84,6 +88,15 @@ class SearchOptions:
         if self.error_measure is not None and self.error_measure not in ERROR_MEASURES:
             raise BudgetError(f"unknown error measure '{self.error_measure}'; "
                               f"choose one of: {', '.join(ERROR_MEASURES)}")
+        for name, value in (("rank_multiple", self.rank_multiple), ("max_groups", self.max_groups)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BudgetError(f"{name}={value!r}: give a positive integer such as 16")
+        if isinstance(self.exclude, (str, bytes, os.PathLike)):
+            raise BudgetError(f"exclude={self.exclude!r} is one string; give a list of names or patterns, e.g. "
+                              f"[{str(self.exclude)!r}]")
+        if self.keep_dense is not None and not isinstance(self.keep_dense, Mapping):
+            raise BudgetError("keep_dense maps node names to the reason each stays dense, e.g. {'fc': 'head'}; "
+                              f"got {type(self.keep_dense).__name__}")
         if self.rank_multiple < 1:
             raise BudgetError(f"--rank-multiple {self.rank_multiple} is out of range; "
                               "give a positive integer such as 16")
@@ -142,7 +155,11 @@ class DataAwareOptions:
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
         if self.calibration is not None:  # a repeated sample adds no information, and would let --method
-            from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
+            from .inputs import InputSet, without_repeats  # damage probe on copies of the inputs it fitted to
+
+            if not isinstance(self.calibration, InputSet):
+                raise InputDataError(f"calibration is a {type(self.calibration).__name__}; give an "
+                                     "onnx_alds.inputs.InputSet, e.g. InputSet({'input': array}) or load_inputs(...)")
 
             object.__setattr__(self, "calibration", without_repeats(self.calibration))
 
@@ -227,7 +244,8 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     the keywords it covers (giving both a group and one of its keywords is an error)."""
     defaults = dict(method="alds", error_measure=None, rank_multiple=1, exclude=(), seed=0, max_groups=16,
                     keep_dense=None, order=SPATIAL_FIRST)
-    given = dict(method=method, error_measure=error_measure, rank_multiple=rank_multiple, exclude=tuple(exclude),
+    exclude = exclude if isinstance(exclude, (str, bytes)) else tuple(exclude)  # one string: SearchOptions refuses
+    given = dict(method=method, error_measure=error_measure, rank_multiple=rank_multiple, exclude=exclude,
                  seed=seed, max_groups=max_groups, keep_dense=keep_dense, order=order)
     data_defaults = dict(calibration=None, calibration_batch_size=16, refit=True, sequential=False,
                          bias_correction=False, sensitivity=False, shrinkage=True, both_factors=0,

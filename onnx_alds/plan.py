@@ -65,6 +65,13 @@ class PlanError(OnnxAldsError):
     """A plan that cannot be read, or that does not fit the model it is applied to."""
 
 
+class _UnknownLayer(PlanError, KeyError):
+    """No layer of that name in the plan (a KeyError as well, as a look-up by name)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Predicted:
     """What the plan predicted for one layer's decision when it was made."""
@@ -313,16 +320,22 @@ class Plan:
                             "new plan for it with onnx-alds plan")
 
     def layer(self, name: str) -> LayerDecision:
+        """The decision of the layer called ``name``; raises :class:`PlanError` (a ``KeyError`` too) naming
+        the plan's layers when there is none."""
         for decision in self.layers:
             if decision.name == name:
                 return decision
-        raise KeyError(name)
+        known = ", ".join(d.name for d in self.layers[:5]) + (", ..." if len(self.layers) > 5 else "")
+        raise _UnknownLayer(f"the plan has no layer '{name}' (its layers: {known})")
 
     def with_layer(self, name: str, **changes) -> "Plan":
-        """The plan with one layer's decision changed (``option="dense"``, ``rank=32`` ...)."""
+        """The plan with one layer's decision changed (``option="dense"``, ``rank=32`` ...), checked as a
+        plan file is (an unknown option or a rank of the wrong type is a :class:`PlanError`)."""
         self.layer(name)
-        return replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
-                       report=None)
+        changed = replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
+                          report=None)
+        Plan.from_dict(changed.to_dict(), source=f"the plan with layer '{name}' changed")  # raises PlanError
+        return changed
 
     @property
     def data_aware(self) -> bool:
@@ -650,6 +663,8 @@ def apply_plan(model, plan: Plan, calibration=None):
 
     from .model_io import OpenedModel
 
+    if not isinstance(plan, Plan):
+        raise PlanError(f"plan is a {type(plan).__name__}; give a Plan (Plan.load(path) reads a plan file)")
     if isinstance(model, OpenedModel):
         plan.check_layer_names(model.model)
     elif isinstance(model, onnx.ModelProto):

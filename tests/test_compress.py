@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -417,3 +419,48 @@ def test_external_data_without_length_entries_reads_each_tensor_alone(cnn, tmp_p
     light = {t.name: numpy_helper.to_array(opened.store.load(t)) for t in opened.model.graph.initializer}
     assert all(np.array_equal(light[name], value) for name, value in expected.items())
     onnx_alds.compress(str(tmp_path / "m.onnx"), keep_params=0.5)
+
+
+def test_api_misuse_is_one_clear_error(cnn):
+    """Library callers got raw numpy/attribute errors, a float32 keep refused as "0.5 is out of range", a
+    batch of 0 reported as met at 0.0, and one string taken as a list of its characters."""
+    from onnx_alds.errors import InputDataError, OnnxAldsError
+    from onnx_alds.validate import validate
+
+    before = cnn.SerializeToString()
+    assert onnx_alds.compress(cnn, keep_params=np.float32(0.5)).report.achieved <= 0.5
+    cases = [(dict(keep_params="0.5"), "is a string"),
+             (dict(keep_flops=0.5, input_shapes={"input": [0, 3, 32, 32]}), "every dim must be at least 1"),
+             (dict(keep_flops=0.5, input_shapes={"input": [-1, 3, 32, 32]}), "every dim must be at least 1"),
+             (dict(keep_params=0.5, exclude="conv0"), "is one string; give a list"),
+             (dict(keep_params=0.5, keep_dense=["conv0"]), "keep_dense maps node names"),
+             (dict(keep_params=0.5, rank_multiple=2.5), "rank_multiple=2.5"),
+             (dict(keep_params=0.5, calibration={"input": np.zeros((2, 3, 32, 32), np.float32)}),
+              "calibration is a dict; give an onnx_alds.inputs.InputSet")]
+    for keywords, message in cases:
+        with pytest.raises(OnnxAldsError, match=re.escape(message)):
+            onnx_alds.compress(cnn, **keywords)
+    with pytest.raises(InputDataError, match="inputs is a dict"):
+        validate(cnn, cnn, inputs={"input": np.zeros((2, 3, 32, 32), np.float32)})
+    assert cnn.SerializeToString() == before
+
+
+def test_plan_edits_are_checked_when_made():
+    """with_layer took option='factorised' (applied as dense without a word) and rank='8'; an unknown layer was a
+    bare KeyError, and apply_plan given a path failed on a str attribute."""
+    from onnx_alds.plan import PlanError, apply_plan, make_plan
+
+    model = small_cnn(width=16)
+    plan = make_plan(model, keep_flops=0.5)
+    name = next(layer.name for layer in plan.layers if layer.option == "factorized")
+    for changes, message in ((dict(option="factorised"), "option 'factorised' is not one of"),
+                             (dict(rank="8"), "expected an integer")):
+        with pytest.raises(PlanError, match=message):
+            plan.with_layer(name, **changes)
+    with pytest.raises(PlanError, match="the plan has no layer 'nosuch'"):
+        plan.with_layer("nosuch", option="dense")
+    with pytest.raises(KeyError):  # still a look-up by name
+        plan.layer("nosuch")
+    with pytest.raises(PlanError, match="plan is a str; give a Plan"):
+        apply_plan(model, "plan.json")
+    assert plan.with_layer(name, option="dense").layer(name).option == "dense"
