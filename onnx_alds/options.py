@@ -155,9 +155,9 @@ class DataAwareOptions:
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
         if self.calibration is not None:  # a repeated sample adds no information, and would let --method
-            from .inputs import InputSet, without_repeats  # damage probe on copies of the inputs it fitted to
+            from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
 
-            if not isinstance(self.calibration, InputSet):
+            if not (hasattr(self.calibration, "arrays") and hasattr(self.calibration, "batches")):  # an InputSet
                 raise InputDataError(f"calibration is a {type(self.calibration).__name__}; give an "
                                      "onnx_alds.inputs.InputSet, e.g. InputSet({'input': array}) or load_inputs(...)")
 

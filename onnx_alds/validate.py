@@ -791,7 +791,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     Raises :class:`ProviderError` when the provider is not available (no silent CPU fallback) and
     :class:`InputDataError` when a tolerance cannot be checked (e.g. ``max_accuracy_drop`` without labels).
     """
-    if not isinstance(inputs, InputSet):
+    if not (hasattr(inputs, "arrays") and hasattr(inputs, "batches")):  # an InputSet (or one like it)
         raise InputDataError(f"inputs is a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, e.g. "
                              "InputSet({'input': array}) or load_inputs(...)")
     stated = Tolerances(rtol, atol, min_top1_agreement, max_accuracy_drop, max_mean_rel, min_mean_cosine,
