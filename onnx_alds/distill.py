@@ -1470,7 +1470,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             for group in optimizer.param_groups:
                 group["lr"] = group["base"] * factor
             batch = augmenter.batch(rng, settings.batch_size)
-            with _augmented_runs():
+            with _original_runs(AUGMENTED_FAILED):
                 target = dict(zip(outputs + points, teacher.run(outputs + points, batch)))
             result = student({k: torch.from_numpy(v) for k, v in batch.items()}, outputs + points)
             mse = torch.nn.functional.mse_loss
@@ -1683,28 +1683,22 @@ def _run_session(session, arrays: Mapping[str, np.ndarray], names: Sequence[str]
     return {k: v.astype(np.float64) for k, v in _concat(chunks).items()}
 
 
+ORIGINAL_FAILED = ("running the original model on the inputs failed", "check that the input arrays match the "
+                   "model's inputs (dtype, shape, value range)")
+AUGMENTED_FAILED = ("the original model does not run on the augmented inputs", "train on the inputs as they are "
+                    "with --no-augment")
+
+
 @contextlib.contextmanager
-def _original_runs():
+def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED):
     """Runs of the original model in ONNX Runtime inside: a failure (ids outside the embedding table, a
-    mask of another length) is an :class:`InputDataError` naming ONNX Runtime's reason."""
+    mask of another length; an augmented batch it cannot take, with :data:`AUGMENTED_FAILED`) is an
+    :class:`InputDataError` saying what failed, ONNX Runtime's reason and the fix."""
     try:
         yield
     except Exception as exc:  # ONNX Runtime's own error types
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise InputDataError(f"running the original model on the inputs failed ({reason}); check that the input "
-                             "arrays match the model's inputs (dtype, shape, value range)") from None
-
-
-@contextlib.contextmanager
-def _augmented_runs():
-    """Runs of the original on augmented batches inside: a failure is an :class:`InputDataError` that
-    points to ``--no-augment`` (the inputs themselves ran)."""
-    try:
-        yield
-    except Exception as exc:  # ONNX Runtime's own error types
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise InputDataError(f"the original model does not run on the augmented inputs ({reason}); train on the "
-                             "inputs as they are with --no-augment") from None
+        raise InputDataError(f"{failure[0]} ({reason}); {failure[1]}") from None
 
 
 def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[str], settings) -> None:
@@ -1728,7 +1722,7 @@ def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[s
         if bent:
             augmenter.trim = False  # the model runs only at the full sequence length
             batch = augmenter.batch(probe, settings.batch_size)
-    with _augmented_runs():
+    with _original_runs(AUGMENTED_FAILED):
         teacher.run(list(outputs), batch)
 
 

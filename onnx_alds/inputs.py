@@ -37,7 +37,7 @@ import onnx
 
 from .argtypes import positive_int
 from .errors import InputDataError
-from .model_io import InputSpec, graph_inputs, parse_input_shapes, resolve_input_shapes
+from .model_io import InputSpec, check_input_shapes, graph_inputs, parse_input_shapes, resolve_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -446,10 +446,7 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     specs = graph_inputs(model)
     if not specs:
         raise InputDataError("the model has no graph inputs to feed; nothing to load")
-    unknown = sorted(set(input_shapes or {}) - {spec.name for spec in specs})
-    if unknown:
-        raise InputDataError(f"--input-shape names '{unknown[0]}', which is not a graph input; graph inputs are: "
-                             f"{', '.join(spec.name for spec in specs)}")
+    input_shapes = check_input_shapes(model, input_shapes)  # names, types, dims (for every source)
     if npz is not None:
         result = _load_npz(specs, Path(npz), limit, parsed)
     elif images is not None:

@@ -661,7 +661,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     data_name = target.name + ".data"
-    stale = not external_data and _references_file(target, data_name)  # our earlier output's weights
+    stale = not external_data and (target.parent / data_name).is_file() \
+        and _references_file(target, data_name)  # our earlier output's weights (the old model read only then)
     tmp_dir = tempfile.mkdtemp(prefix=".onnx-alds-", dir=str(target.parent))
     try:
         tmp_model = Path(tmp_dir) / target.name
