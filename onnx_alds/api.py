@@ -23,12 +23,13 @@ from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs,
                      ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
-                     iter_total_params, node_macs, unchanged_ops_note, weight_constants, with_order)
+                     iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
-from .rewrite import REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model
+from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
+                      shift_folds_into_bias)
 from .shapes import tensor_shapes
 from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
 
@@ -442,6 +443,10 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                         max_groups=searched, need_macs=target == "flops",
                         channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
+    if options.speed is not None and options.speed.batch is None:  # the batch the model fixes, else the shapes'
+        from .bench import default_batch
+
+        options = replace(options, speed=replace(options.speed, batch=default_batch(proto, input_shapes)))
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
         keep_dense.update(decisions.check(prepared, input_shapes))
     if keep_dense:
@@ -514,7 +519,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
 
     if target == "params" and calibration is not None and (data.bias_correction or data.affine_correction):
         tables = [_with_added_bias(table, extra)
-                  for table, extra in zip(tables, _correction_bias_params(proto, chosen, constants))]
+                  for table, extra in zip(tables, _correction_bias_params(proto, chosen))]
     speed_info = costs = None
     one_order_tables = tables  # each conv in its own order: what --order auto is compared with
     if decisions is None and options.measures_latency:  # latency tables (onnx_alds.latency)
@@ -558,21 +563,23 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                     else None, warnings=(order_warning,) if order_warning else ())
 
 
-def _correction_bias_params(proto: onnx.ModelProto, layers: Sequence[Layer], constants) -> list[int]:
-    """The weights ``--bias-correction`` / ``--affine-correction`` add to each layer when it is factorized:
-    its shift goes into a constant bias of ``f`` values (a Conv or Gemm without one, a MatMul, a bias that is
-    also a graph input), nothing where the layer's own constant bias of ``f`` values takes it
-    (:func:`onnx_alds.rewrite._shift_output`)."""
+def _correction_bias_params(proto: onnx.ModelProto, layers: Sequence[Layer]) -> list[int]:
+    """The weights ``--bias-correction`` / ``--affine-correction`` add to each layer when it is factorized,
+    by the rewrite's own rule (:func:`onnx_alds.rewrite.shift_folds_into_bias`,
+    :func:`onnx_alds.rewrite.shift_added_weights`): ``f`` values for a new bias, the growth of a bias the
+    shift folds into (none for a Conv's or Gemm's own ``[f]``, ``M·N − M`` for a Gemm ``C`` of ``[M, 1]``)."""
     nodes = {node.name: node for _, graph in iter_graphs(proto.graph) for node in graph.node}
-    inputs = {value.name for value in proto.graph.input}
+    initializers = {init.name: tuple(init.dims) for _, graph in iter_graphs(proto.graph) for init in graph.initializer}
+    overridable = {value.name for value in proto.graph.input} if proto.ir_version >= 4 else set()
     added = []
     for layer in layers:
         node = nodes.get(layer.name)
-        bias = node.input[2] if node is not None and layer.op in ("Conv", "Gemm") and len(node.input) > 2 else ""
-        own = bias and bias in constants and bias not in inputs and \
-            int(np.prod(constants[bias].dims)) == layer.out_features and \
-            (layer.op == "Conv" or float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) != 0.0)
-        added.append(0 if own else layer.out_features)
+        bias = node.input[2] if node is not None and len(node.input) > 2 else ""
+        beta = float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) \
+            if node is not None and layer.op == "Gemm" else 1.0
+        fixed = bias in initializers and bias not in overridable
+        folds = shift_folds_into_bias(layer.op, beta, bool(bias), fixed)
+        added.append(shift_added_weights(layer.out_features, initializers[bias] if folds and bias else None))
     return added
 
 
@@ -734,6 +741,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                 f"{name} α={alpha:.2f} ({count} vectors)" for alpha, name, count in shrunk[:3] if alpha >= 0.01))
         steps += ("sensitivity",) if sensitivity else ()
         extra_notes += [sensitivity_note] if sensitivity_note else []
+        if data.affine_correction:
+            extra_notes.append("--affine-correction: the error figures are of the factors before it; matching each "
+                               "channel's mean and variance moves a layer's output away from its least-squares fit "
+                               "on purpose, so its error on the calibration inputs grows; --validate measures the model")
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
                          calibration_samples=sample_count(calibration))
     if planned.damage is not None:
@@ -750,9 +761,27 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                                + (" (measured before, reused)" if info["cached"] else "")
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))
-    report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple),
+    report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple)
+                     + _widened_note(proto, [layer for layer, _ in plan]),
                      warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
+
+
+def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
+    """A note when factorized layers read a weight stored in a narrower float type than they compute in
+    (:func:`onnx_alds.layers.widened_weights`): their factors take the wider type."""
+    widened = widened_weights(proto, factorized)
+    if not widened:
+        return ()
+    name, stored_as = next(iter(widened.items()))
+    computes_in = next(layer.weight_type for layer in factorized if layer.name == name)
+
+    def type_name(element_type: int) -> str:
+        return onnx.helper.tensor_dtype_to_np_dtype(element_type).name
+
+    return (f"{len(widened)} factorized layers read a weight stored as {type_name(stored_as)} and Cast to the "
+            f"{type_name(computes_in)} they compute in (first: '{name}'); their factors are stored as "
+            f"{type_name(computes_in)}, so the file shrinks by less than the weight count says",)
 
 
 def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,

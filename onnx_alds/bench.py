@@ -325,6 +325,20 @@ def _labels(models: Sequence[ModelArg]) -> list[str]:
     return names
 
 
+def default_batch(model: Union[str, os.PathLike, onnx.ModelProto],
+                  input_shapes: Optional[dict[str, Sequence[int]]] = None) -> int:
+    """The batch to time at when none is given: the one every batched graph input fixes (a model exported
+    at batch 5 runs at nothing else), else the first dim that ``--input-shape`` gives every input it names,
+    else 1. ``model``: a proto or a path (read without its external data)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model), load_external_data=False)
+    firsts = [spec.dims[0] for spec in graph_inputs(model) if spec.dims]
+    if firsts and all(isinstance(dim, int) for dim in firsts) and len(set(firsts)) == 1:
+        return int(firsts[0])
+    given = {dims[0] for dims in (input_shapes or {}).values() if dims}
+    return int(given.pop()) if len(given) == 1 else 1
+
+
 def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict[str, Sequence[int]]],
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for timing: shapes from the model and ``input_shapes``, first dim set to ``batch``."""
@@ -600,8 +614,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=None, metavar="N",
-                        help="batch sizes (default: the batch dim of --input-shape where every input gives the same, "
-                             "else 1)")
+                        help="batch sizes (default: the batch the first model fixes, else the batch dim of --input-shape "
+                             "where every input gives the same, else 1)")
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="CPU intra-op threads (default: physical cores)")
     parser.add_argument("--runs", type=positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
@@ -623,8 +637,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from .report import write_json
 
     shapes = parse_input_shapes(args.input_shape)
-    given = {dims[0] for dims in (shapes or {}).values() if dims}
-    batches = args.batch or ([given.pop()] if len(given) == 1 else [1])  # x:4x64 times batch 4, not 1
+    batches = args.batch or [default_batch(args.models[0], shapes)]  # x:4x64 times batch 4, not 1
     report = bench(args.models, provider=args.provider, batch_sizes=tuple(batches), threads=args.threads,
                    warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
                    input_shapes=shapes, per_layer=args.per_layer,
@@ -637,5 +650,5 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["Timing", "LayerTiming", "LayerComparison", "BenchReport", "bench", "compare_layers",
-           "factorized_pairs", "round_robin_order", "time_interleaved", "physical_cores", "machine_info",
+           "default_batch", "factorized_pairs", "round_robin_order", "time_interleaved", "physical_cores", "machine_info",
            "versions", "add_bench_arguments", "run_bench_command"]

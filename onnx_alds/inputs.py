@@ -688,6 +688,14 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     bounds = index_bounds(model)
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
+    asked, fixed = count, {spec.dims[0] for spec in specs if batch_dim and spec.dims and isinstance(spec.dims[0], int)
+                           and spec.dims[0] > 1}
+    if len(fixed) == 1:  # whole batches of the fixed size, as a set's remainder is dropped when it is read
+        declared = fixed.pop()
+        if count < declared:
+            raise InputDataError(f"input '{next(s.name for s in specs if s.dims and s.dims[0] == declared)}' fixes "
+                                 f"the batch to {declared}; ask for at least {declared} samples")
+        count -= count % declared
     for spec in specs:
         shape = list(shapes[spec.name])
         per_sample = int(np.prod(shape[1:] if batch_dim else shape, dtype=np.float64)) * 8  # drawn as float64
@@ -705,7 +713,8 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
                 )
             shape[0] = count
         arrays[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng, high=bounds.get(spec.name))
-    return InputSet(arrays, None, f"random ({count} samples; not real data)")
+    rounded = f", {asked} asked, rounded down to whole batches of the model's fixed batch" if count != asked else ""
+    return InputSet(arrays, None, f"random ({count} samples{rounded}; not real data)")
 
 
 def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], rng: np.random.Generator

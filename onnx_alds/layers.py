@@ -189,6 +189,27 @@ def weight_constants(model: onnx.ModelProto, load: Optional[Callable[[onnx.Tenso
     return tensors, folded
 
 
+def widened_weights(model: onnx.ModelProto, layers: Sequence["Layer"]) -> dict[str, int]:
+    """Of ``layers``, those whose weight is folded from a narrower float type than the layer computes in
+    (a float16 initializer ``Cast`` to float32 by a mixed-precision export): layer name → the element type
+    the weight is stored as. Their factors are stored in the layer's type, not the narrower one."""
+    tensors = constant_tensors(model)
+    producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
+                 for output in node.output if output}
+    widened = {}
+    for layer in layers:
+        if layer.weight in tensors:
+            continue  # stored as it is used
+        chain = _constant_chain(layer.weight, producers, tensors)
+        size = onnx.helper.tensor_dtype_to_np_dtype(layer.weight_type).itemsize
+        narrow = [tensors[i].data_type for node in chain for i in node.input if i in tensors
+                  and tensors[i].data_type in FLOAT_TYPES
+                  and onnx.helper.tensor_dtype_to_np_dtype(tensors[i].data_type).itemsize < size]
+        if narrow:
+            widened[layer.name] = narrow[0]
+    return widened
+
+
 def _constant_chain(name: str, producers: Mapping[str, onnx.NodeProto],
                     tensors: Mapping[str, onnx.TensorProto]) -> list[onnx.NodeProto]:
     """The foldable nodes (first to last) that compute ``name`` from constants only, or []."""

@@ -176,7 +176,8 @@ class SpeedOptions:
     """Where and how layer latency is measured (``--keep-latency``, ``--order auto``, ``--speed-check``).
 
     ``provider``/``threads``/``batch``: the deployment the tables describe (threads None: the
-    physical cores on CPU). ``grid``: measured ranks per (order, groups), interpolated between.
+    physical cores on CPU; batch None: the batch the model fixes, else that of the input shapes, else 1,
+    :func:`onnx_alds.bench.default_batch`). ``grid``: measured ranks per (order, groups), interpolated between.
     ``cache_dir`` None: ``$ONNX_ALDS_CACHE`` or ``~/.cache/onnx-alds/latency``. ``prune_slow``: with a
     params or MACs budget, drop every option measured slower than ``dense / min_speedup`` (what
     ``--speed-check`` does now). ``model_rounds``: with ``--keep-latency``, at most that many rounds of
@@ -188,7 +189,7 @@ class SpeedOptions:
 
     provider: str = "cpu"
     threads: Optional[int] = None
-    batch: int = 1
+    batch: Optional[int] = None
     runs: int = 15
     warmup: Optional[int] = None
     grid: int = 4
@@ -203,7 +204,7 @@ class SpeedOptions:
 
         if self.provider not in PROVIDERS:
             raise InputDataError(f"unknown provider '{self.provider}'; choose one of: {', '.join(PROVIDERS)}")
-        if self.batch < 1 or self.runs < 1 or self.grid < 2:
+        if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.grid < 2:
             raise InputDataError(f"got batch {self.batch}, runs {self.runs}, grid {self.grid}; give batch >= 1, "
                                  "runs >= 1 and a grid of at least 2 ranks")
         if self.model_rounds < 0:

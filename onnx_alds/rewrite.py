@@ -169,6 +169,26 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
             gs.Node("MatMul", dec_node, {}, [middle, dec_weight], [y])]
 
 
+def shift_folds_into_bias(op: str, beta: float, has_bias: bool, bias_is_fixed_constant: bool) -> bool:
+    """Whether :func:`_shift_output` adds a layer's output shift into its own bias input (a Conv's bias,
+    a Gemm's ``C`` as ``shift/beta``) rather than through an ``Add`` node: the op has one, ``beta`` is not
+    0, and the bias is absent or an initializer that callers cannot override (an output of a ``Constant``
+    node, or a graph input, is neither)."""
+    return op in ("Conv", "Gemm") and beta != 0.0 and (not has_bias or bias_is_fixed_constant)
+
+
+def shift_added_weights(out_features: int, bias_dims: Optional[Sequence[int]]) -> int:
+    """The weights the output shift of ``--bias-correction`` / ``--affine-correction`` adds to a factorized
+    layer with ``out_features`` outputs: ``bias_dims`` are the dims of the bias it folds into
+    (:func:`shift_folds_into_bias`), which grows to their broadcast with ``[out_features]`` (a Gemm's ``C``
+    of ``[M, 1]`` becomes ``[M, N]``); ``None`` where the shift is a new constant of ``out_features``
+    values (no bias, a MatMul, an ``Add`` node)."""
+    if bias_dims is None:
+        return out_features
+    dims = tuple(int(d) for d in bias_dims)
+    return int(np.prod(np.broadcast_shapes(dims, (out_features,)))) - int(np.prod(dims))
+
+
 def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype, names: Names,
                   overridable: frozenset = frozenset()) -> list[gs.Node]:
     """Add ``shift`` to the decoder's output: into its constant bias (Conv) or ``C`` (Gemm, as
@@ -177,12 +197,9 @@ def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.d
     layer = rewrite.layer
     name = names.fresh(f"{layer.weight}.dec.bias")
     bias = dec.inputs[2] if len(dec.inputs) > 2 else None
-    scale = 1.0
-    if layer.op == "Gemm":
-        scale = float(dec.attrs.get("beta", 1.0))
-    foldable = layer.op in ("Conv", "Gemm") and scale != 0.0 and (
-        bias is None or (isinstance(bias, gs.Constant) and bias.name not in overridable))
-    if foldable:
+    scale = float(dec.attrs.get("beta", 1.0)) if layer.op == "Gemm" else 1.0
+    if shift_folds_into_bias(layer.op, scale, bias is not None,
+                             bias is None or (isinstance(bias, gs.Constant) and bias.name not in overridable)):
         value = shift / scale if bias is None else np.asarray(bias.values, np.float64) + shift / scale
         constant = gs.Constant(name, np.asarray(value).astype(dtype))
         if bias is None:

@@ -371,20 +371,26 @@ def _describe(model: ModelArg, fallback: str) -> str:
     return fallback if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def effective_batch_size(model: onnx.ModelProto, requested: int, samples: int) -> tuple[int, list[str]]:
-    """The batch size to run ``model`` at: ``requested`` unless an input fixes its first dim."""
+def effective_batch_size(model: onnx.ModelProto, requested: int, samples: int) -> tuple[int, int, list[str]]:
+    """The batch size to run ``model`` at (``requested`` unless an input fixes its first dim), how many of
+    the ``samples`` to run, and notes. Where the model fixes its batch, the samples past the last whole
+    batch are not run (a note says so, as calibration does); fewer than one batch is an InputDataError."""
     fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
     if not fixed:
-        return requested, []
+        return requested, samples, []
     if len(fixed) > 1:
         raise UnsupportedModelError(
             f"the model's inputs fix different first dims ({sorted(fixed)}); export it with one batch dim"
         )
     batch = fixed.pop()
-    if samples % batch:
-        raise InputDataError(f"the model fixes the batch to {batch}, but there are {samples} samples; give a multiple of {batch}")
+    if samples < batch:
+        raise InputDataError(f"the model fixes the batch to {batch}, but there are {samples} samples; "
+                             f"give at least {batch}")
     notes = [f"the model fixes the batch to {batch}; ran at batch {batch}"] if batch != requested else []
-    return batch, notes
+    if samples % batch:
+        notes.append(f"the last {samples % batch} of {samples} samples do not fill a batch of {batch} and were "
+                     f"not compared; give a multiple of {batch} to use them all")
+    return batch, samples - samples % batch, notes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -815,7 +821,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         raise InputDataError(f"--min-nn-agreement needs at least {MIN_NN_SAMPLES} samples, got {len(inputs)}; "
                              "give more inputs")
     _check_declared_label_range(original_model, inputs.labels, output_kinds)
-    batch, notes = effective_batch_size(original_model, batch_size, len(inputs))
+    batch, usable, notes = effective_batch_size(original_model, batch_size, len(inputs))
+    if usable < len(inputs):
+        inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
     ort = import_onnxruntime()
@@ -1069,8 +1077,9 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("validation (with --validate)")
     group.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                        help="ONNX Runtime provider for validation and timing (no fallback)")
-    group.add_argument("--bench-batch", type=positive_int, default=1, metavar="N",
-                       help="batch size of the speed comparison (default 1)")
+    group.add_argument("--bench-batch", type=positive_int, default=None, metavar="N",
+                       help="batch size of the speed comparison and of --keep-latency's and --order auto's tables "
+                            "(default: the batch the model fixes, else that of --input-shape, else 1)")
     group.add_argument("--threads", type=thread_count, default=None, metavar="N",
                        help="CPU intra-op threads (default: physical cores for timing)")
     add_tolerance_arguments(parser)
@@ -1082,6 +1091,7 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
 
     ``report`` (a CompressionReport) gives the weights and MACs kept for the summary line.
     """
+    from .bench import default_batch
     from .model_io import parse_input_shapes
 
     original_model = load_model(original)
@@ -1100,10 +1110,11 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
             weights_kept = report.params_after / report.params_before
         if getattr(report, "macs_before", 0):
             macs_kept = (report.macs_after or 0) / report.macs_before
+    shapes = parse_input_shapes(getattr(args, "input_shape", None))
     validation, timing, line = validate_and_bench(
-        original, compressed, inputs=inputs, provider=args.provider, batch=args.bench_batch,
-        weights_kept=weights_kept, macs_kept=macs_kept,
-        input_shapes=parse_input_shapes(getattr(args, "input_shape", None)), threads=getattr(args, "threads", None),
+        original, compressed, inputs=inputs, provider=args.provider,
+        batch=args.bench_batch or default_batch(original_model, shapes),
+        weights_kept=weights_kept, macs_kept=macs_kept, input_shapes=shapes, threads=getattr(args, "threads", None),
         **tolerances_from_args(args))
     return ValidateSummary(validation, timing, line)
 

@@ -376,3 +376,52 @@ def test_an_output_name_with_no_room_for_its_weights_file_is_refused_first(cnn_p
     code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / name), "--keep-params", "0.5",
                            capsys=capsys)
     assert_one_line_error(code, err, "is too long for its weights file")
+
+
+def _fixed_batch_gemm(tmp_path, batch: int = 5):
+    """A Gemm on an input that fixes its batch to ``batch`` (an export at batch 5)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((20, 3)) @ rng.standard_normal((3, 24))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="g", transB=1)], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 20])],
+                              [numpy_helper.from_array(weight, "B"),
+                               numpy_helper.from_array(rng.standard_normal(20).astype(np.float32), "C")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((32, 24)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("flags", [["--validate"], ["--validate", "--validate-random", "10"],
+                                   ["--calibration-random", "64"], ["--validate", "--calibration", "c.npz"]])
+def test_fixed_batch_model_runs_at_its_batch_by_default(tmp_path, capsys, flags):
+    """A model that fixes its batch to 5: ``--validate`` alone failed (64 random samples: "ask for a multiple
+    of 5"), then asked for a --bench-batch nobody gave; 64 random calibration samples were refused while a
+    32-row .npz was read with its remainder left out, and validating on that .npz was refused. Sets are
+    now cut to whole batches everywhere, with a note, and timing runs at the model's batch."""
+    path = _fixed_batch_gemm(tmp_path)
+    flags = [str(tmp_path / flag) if flag.endswith(".npz") else flag for flag in flags]
+    code, stdout, err = run_cli("compress", path, "-o", tmp_path / "o.onnx", "--keep-params", "0.5",
+                                "--rank-multiple", "1", *flags, capsys=capsys)
+    assert code == 0, err
+    if "--validate" in flags:
+        assert "(batch 5)" in stdout  # the summary line's timing batch
+    if "c.npz" in " ".join(flags):
+        assert "the last 2 of 32 samples do not fill a batch of 5" in stdout
+
+
+def test_fixed_batch_bench_and_too_few_random_samples(tmp_path, capsys):
+    path = _fixed_batch_gemm(tmp_path)
+    code, stdout, err = run_cli("bench", path, "--runs", "3", "--min-time", "0", capsys=capsys)
+    assert code == 0, err
+    assert "batch 5 " in stdout
+    code, _, err = run_cli("compress", path, "-o", tmp_path / "o.onnx", "--keep-params", "0.5",
+                           "--calibration-random", "3", capsys=capsys)
+    assert_one_line_error(code, err, "fixes the batch to 5; ask for at least 5 samples")
+    assert not (tmp_path / "o.onnx").exists()

@@ -75,6 +75,8 @@ def test_compress_with_both_compensations_runs_and_says_so():
     result = compress(model, keep_flops=0.5, calibration=calibration, both_factors=1, affine_correction=True,
                       max_groups=4)
     assert "affine" in result.report.data_aware_steps and "both-factors x1" in result.report.data_aware_steps
+    assert any(note.startswith("--affine-correction: the error figures are of the factors before it")
+               for note in result.report.notes)  # the error column is not the corrected layer's
     plain = compress(model, keep_flops=0.5, calibration=calibration, max_groups=4)
     assert [(r.groups, r.rank) for r in result.report.layers] == [(r.groups, r.rank) for r in plain.report.layers]
     with pytest.raises(InputDataError, match="--affine-correction needs calibration"):
@@ -111,3 +113,49 @@ def test_corrections_that_add_a_bias_stay_inside_a_params_budget(correction, met
     assert any(node.op_type == "Add" for node in result.model.graph.node)  # the shift is there, as an Add
     assert stored / total <= 0.6 and result.report.achieved == pytest.approx(stored / total)
     onnx.checker.check_model(result.model, full_check=True)
+
+
+@pytest.mark.parametrize("bias", ["C[M,1]", "C[M,N]", "C[1]", "constant-node Conv bias"])
+def test_correction_priced_as_the_rewrite_writes_it(bias):
+    """The shift's weights are priced by the rewrite's rule: a Gemm ``C`` of ``[M, 1]`` grows to
+    ``[M, N]`` (0.478 written for --keep-params 0.4, exit 0, when ``f`` was charged); one of ``[M, N]``
+    takes the shift for nothing (``f`` charged cost the exact rank); a Conv bias from a ``Constant`` node
+    gets an ``Add`` of ``f`` values (priced 0 before)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.layers import iter_total_params
+
+    rng = np.random.default_rng(0)
+    if bias.startswith("C["):
+        m, k, n = 5, 24, 20
+        weight = (rng.standard_normal((n, 3)) @ rng.standard_normal((3, k))).astype(np.float32)  # rank 3
+        shape = {"C[M,1]": (m, 1), "C[M,N]": (m, n), "C[1]": (1,)}[bias]
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="g", transB=1, alpha=2.0, beta=0.5)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+            [numpy_helper.from_array(weight, "B"),
+             numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "C")])
+        calibration = InputSet({"x": rng.standard_normal((m, k)).astype(np.float32)})
+    else:
+        weight = rng.standard_normal((24, 16, 1, 1)).astype(np.float32)
+        constant = helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(
+            rng.standard_normal(24).astype(np.float32)))
+        graph = helper.make_graph(
+            [constant, helper.make_node("Conv", ["x", "W", "b"], ["y"], name="conv")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 4, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 24, 4, 4])],
+            [numpy_helper.from_array(weight, "W")])
+        calibration = InputSet({"x": rng.standard_normal((32, 16, 4, 4)).astype(np.float32)})
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    total = sum(iter_total_params(model))
+    for keep in (0.4, 0.7):
+        result = compress(model, keep_params=keep, rank_multiple=1, calibration=calibration, bias_correction=True)
+        stored = sum(iter_total_params(result.model))
+        assert stored / total <= keep + 1e-9 and result.report.achieved == pytest.approx(stored / total)
+        onnx.checker.check_model(result.model, full_check=True)
+    if bias == "C[M,N]":  # the shift costs nothing: the exact rank 3 fits 0.4 (rank 2 was chosen)
+        assert compress(model, keep_params=0.4, rank_multiple=1, calibration=calibration,
+                        bias_correction=True).report.layers[0].rank == 3

@@ -464,3 +464,26 @@ def test_plan_edits_are_checked_when_made():
     with pytest.raises(PlanError, match="plan is a str; give a Plan"):
         apply_plan(model, "plan.json")
     assert plan.with_layer(name, option="dense").layer(name).option == "dense"
+
+
+def test_weight_stored_narrower_than_computed_is_noted():
+    """A mixed-precision export (float16 initializer → Cast → float32 MatMul): the factors are stored as
+    float32, so halving the weight count did not shrink the file; the report said nothing."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64)) / 8).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+         helper.make_node("MatMul", ["y", "V"], ["z"], name="plain")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 64])],
+        [numpy_helper.from_array(weight, "W16"),
+         numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "V")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=8)
+    note = [n for n in result.report.notes if "stored as float16 and Cast to the float32" in n]
+    assert note and note[0].startswith("1 factorized layers") and "'mm'" in note[0]
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    assert run_model(result.model, {"x": x})[0].shape == (4, 64)
+    plain = onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1)
+    assert not [n for n in plain.report.notes if "Cast to the" in n]

@@ -332,3 +332,17 @@ def test_order_auto_under_a_mac_budget_warns_when_the_faster_order_costs_accurac
         assert len(warned) == 1 and "'conv1'" in warned[0] and "--order spatial-first" in warned[0]
         plan = make_plan(model, keep_flops=0.5, rank_multiple=8, order="auto", speed=speed(timer, tmp_path))
         assert any(warning.startswith("--order auto") for warning in plan.report.warnings)
+
+
+def test_latency_tables_default_to_the_batch_the_model_fixes(tmp_path):
+    """Without a batch, tables are measured at the batch the model fixes (was: batch 1, then an error
+    asking for --bench-batch); with a dynamic batch, at 1."""
+    model = small_cnn(width=32)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    timer = FakeTimer()
+    options = SpeedOptions(timer=timer, cache_dir=str(tmp_path / "cache"))
+    assert options.batch is None
+    report = onnx_alds.compress(model, keep_latency=0.7, rank_multiple=8, speed=options).report
+    assert report.latency["batch"] == 3
+    dynamic = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, speed=options).report
+    assert dynamic.latency["batch"] == 1
