@@ -56,6 +56,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def random_seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32) (numpy's generators refuse negative seeds)."""
+    value = _number(text, int)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"got {value}; give an integer in [0, 2**32), e.g. 0")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = _number(text, float)
     if not value >= 0:

@@ -1030,6 +1030,24 @@ def import_ray():
     return ray
 
 
+def init_ray(ray, address: Optional[str], **options) -> None:
+    """``ray.init(address, **options)``, keeping this process's SIGTERM and SIGINT handlers: Ray installs its
+    own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        ray.init(address=address, **options)
+        return
+    kept = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ray.init(address=address, **options)
+    finally:
+        for number, handler in kept.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(number, handler)
+
+
 @contextmanager
 def calibration_workers(workers: int = 1, *, cpus_per_worker: int = 1, address: Optional[str] = None,
                         engine: Optional[str] = None):
@@ -1059,7 +1077,7 @@ def calibration_workers(workers: int = 1, *, cpus_per_worker: int = 1, address: 
             if not (address or os.environ.get("RAY_ADDRESS")):
                 options["include_dashboard"] = False
             try:
-                ray.init(address=address, **options)
+                init_ray(ray, address, **options)
             except Exception as exc:
                 raise InputDataError(f"cannot start or reach Ray{' at ' + address if address else ''} for the "
                                      f"calibration workers: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

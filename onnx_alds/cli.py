@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .argtypes import any_float, non_negative_int, positive_int
+from .argtypes import any_float, non_negative_int, positive_int, random_seed
 from .errors import InputDataError, OnnxAldsError
 
 
@@ -109,7 +109,7 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
     parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                         help="node or weight names, or glob patterns of them, to leave dense (a pattern that is a "
                              "name, such as layer[0], means that name)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the allocation's random starts")
+    parser.add_argument("--seed", type=random_seed, default=0, help="seed of the allocation's random starts")
     parser.add_argument("--report", metavar="FILE.json", help="write the per-layer plan and totals as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
     _add_calibration_arguments(parser)
@@ -178,13 +178,33 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def given_flags(args: argparse.Namespace) -> set[str]:
-    """The destinations of the flags given with a value other than their default."""
+    """The destinations of the flags given on the command line (:func:`explicit_flags`, also when the value
+    given is the default: ``--preprocess imagenet``), or with a value other than their default."""
     parser = getattr(args, "command_parser", None)
     if parser is None:
         return set()
-    return {action.dest for action in parser._actions
-            if action.dest not in ("help", "run", "command_parser") and hasattr(args, action.dest)
-            and getattr(args, action.dest) != action.default}
+    return set(getattr(args, "explicit_flags", ())) | {
+        action.dest for action in parser._actions
+        if action.dest not in ("help", "run", "command_parser") and hasattr(args, action.dest)
+        and getattr(args, action.dest) != action.default}
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations ``argv`` (a command's arguments) sets, found by parsing it again with every default
+    suppressed: what is in the namespace then was given."""
+    saved = [(action, action.default) for action in parser._actions]
+    defaults, parser._defaults = parser._defaults, {}
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(list(argv))
+    except SystemExit:  # (the first parse accepted it: not expected)
+        return set()
+    finally:
+        for action, default in saved:
+            action.default = default
+        parser._defaults = defaults
+    return set(vars(namespace)) - {"help", "run", "command_parser"}
 
 
 def _validation_dests() -> set[str]:
@@ -512,7 +532,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    command_at = next((i for i, token in enumerate(argv) if token == args.command), None)
+    if command_at is not None and getattr(args, "command_parser", None) is not None:
+        args.explicit_flags = explicit_flags(args.command_parser, argv[command_at + 1:])
     _refuse_empty_values(args)
     if threading.current_thread() is not threading.main_thread():
         return _run(args)

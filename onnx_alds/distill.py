@@ -1803,7 +1803,7 @@ def _add_training_arguments(group, prefix: str = "") -> None:
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds distill``."""
-    from .argtypes import positive_int, thread_count
+    from .argtypes import positive_int, random_seed, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("original", metavar="ORIGINAL", help="the original .onnx model (the teacher)")
@@ -1828,7 +1828,7 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"evaluations without improvement before stopping (default {DistillSettings.patience})")
     group.add_argument("--no-augment", dest="augment", action="store_false",
                        help="train on the samples as they are (resampled only)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the split, the batches and the augmentation")
+    group.add_argument("--seed", type=random_seed, default=0, help="seed of the split, the batches and the augmentation")
     group.add_argument("--threads", type=thread_count, default=None, metavar="N", help="torch CPU threads")
     parser.add_argument("--report", metavar="FILE.json", help="write the distillation report (with its curve) as JSON")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,

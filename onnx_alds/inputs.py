@@ -683,6 +683,8 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     """
     if count < 1:
         raise InputDataError(f"got {count} random samples; ask for at least 1")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
+        raise InputDataError(f"seed {seed!r} is out of range; give an integer in [0, 2**32), e.g. 0")
     specs = graph_inputs(model)
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=1)
     bounds = index_bounds(model)

@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -43,11 +43,20 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
-    path = Path(model)
+    path = _model_path(model)
     proto = _read_model_file(path)
     _load_external_data(proto, path)
     _check_has_graph(proto, path)
     return proto
+
+
+def _model_path(model: Any) -> Path:
+    """``model`` as a path; anything other than a path (or a ``ModelProto``, handled by the callers) is a
+    :class:`ModelLoadError`."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model)
+    raise ModelLoadError(f"the model is of type {type(model).__name__}; give the path of an .onnx file or an "
+                         "onnx.ModelProto")
 
 
 def _read_model_file(path: Path) -> onnx.ModelProto:
@@ -460,7 +469,7 @@ def _open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
         store = TensorStore()
         light = _copy_model(model, lambda tensor, main: store.hold(tensor) if main and _holdable(tensor) else tensor)
         return OpenedModel(light, store)
-    path = Path(model)
+    path = _model_path(model)
     proto = _read_model_file(path)
     _check_external_files(proto, path)
     store = TensorStore(path.parent)

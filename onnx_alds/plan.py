@@ -332,6 +332,10 @@ class Plan:
         """The plan with one layer's decision changed (``option="dense"``, ``rank=32`` ...), checked as a
         plan file is (an unknown option or a rank of the wrong type is a :class:`PlanError`)."""
         self.layer(name)
+        unknown = sorted(set(changes) - {"option", "groups", "rank", "order", "reason"})
+        if unknown:
+            raise PlanError(f"cannot change {', '.join(unknown)} of a layer decision (what identifies the layer, or "
+                            "not a field); change its option, groups, rank, order or reason")
         changed = replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
                           report=None)
         Plan.from_dict(changed.to_dict(), source=f"the plan with layer '{name}' changed")  # raises PlanError
@@ -614,7 +618,7 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan
     blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
                                  PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
                    for b in report.pruned or ())
-    return Plan({"inputs": {name: list(dims) for name, dims in inputs.items()}, "params": report.params_before,
+    return Plan({"inputs": {name: tuple(dims) for name, dims in inputs.items()}, "params": report.params_before,
                  "layers": len(layers)}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
                 blocks, report=report)
 

@@ -242,7 +242,7 @@ class Variant:
         """A stable file-name-safe id: ``<model>.<method>.<target><keep>.m<rank multiple>[.s<seed>]``."""
         text = f"{self.model}.{self.method}.{self.target}{self.keep:g}.m{self.rank_multiple}"
         text += f".s{self.seed}" if self.seed else ""
-        return re.sub(r"[^A-Za-z0-9+.=_-]", "_", text.replace("/", "~"))
+        return re.sub(r"[^A-Za-z0-9+.=_-]", "_", text)  # "alds+data/pw" → "alds+data_pw"
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,7 @@ class VariantTask:
     method: MethodSpec
     model: SweepModel
     fingerprint: str
+    data_id: str = ""  # the model file and validation data its figures are measured on (:func:`data_identity`)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -724,6 +725,8 @@ class RayEngine(Engine):
         self._threads: list[int] = []
 
     def start(self, data: Mapping[str, ModelData]) -> None:
+        from .calibrate import init_ray
+
         ray = self.ray
         if not ray.is_initialized():
             options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
@@ -731,7 +734,7 @@ class RayEngine(Engine):
                 options["include_dashboard"] = False  # a new local instance: no dashboard
             _check_reachable(self.address)
             try:
-                ray.init(address=self.address, **options)
+                init_ray(ray, self.address, **options)
             except Exception as exc:
                 raise EngineError(f"cannot start or reach Ray{' at ' + self.address if self.address else ''}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
@@ -833,6 +836,17 @@ class _Hashes:
             self._cache[key] = file_sha256(key)
         return self._cache[key]
 
+    def external_data(self, model_path: Union[str, os.PathLike]) -> list[list[str]]:
+        """``[location, sha256]`` of every external data file the model names (its weights live there:
+        a changed ``.data`` file with the same ``.onnx`` is another model); missing files are left to the load."""
+        from .model_io import _external_locations
+
+        path = Path(model_path).resolve()
+        stat = path.stat()
+        return [[location, self.file(path.parent / location)]
+                for location in _external_locations(str(path), stat.st_mtime_ns, stat.st_size)
+                if (path.parent / location).is_file()]
+
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
     """The SHA-256 of a file's bytes (hex), read in 4 MiB blocks."""
@@ -859,7 +873,21 @@ def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes:
                 evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
                 input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},
                 quality_metric=model.quality_metric)
+    external = hashes.external_data(model.path)
+    if external:  # one-file models keep the fingerprint they had
+        what["model_data"] = external
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_identity(model: SweepModel, hashes: _Hashes) -> str:
+    """12 hex digits naming what a row's quality figures are measured against: the model file (and its
+    external data), the validation sets, the input shapes and the quality metric. Rows of one model with
+    another identity were measured on other data or another model file, and do not share a plot."""
+    what = dict(model=hashes.file(model.path), model_data=hashes.external_data(model.path),
+                evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
+                input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},
+                quality_metric=model.quality_metric)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
@@ -897,7 +925,7 @@ CSV_COLUMNS = (
     "ideal_speedup", "onnx_sha256", "compress_s", "validate_s",
     "batch_small", "ms_original_small", "ms_small", "speedup_small", "efficiency_small",
     "batch_large", "ms_original_large", "ms_large", "speedup_large", "efficiency_large",
-    "bench_load", "error",
+    "bench_load", "data_id", "error",
 )
 
 
@@ -1154,6 +1182,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     store = RowStore(out)
     tasks: list[VariantTask] = []
     skipped: list[dict[str, Any]] = []
+    current = {model.name: data_identity(model, hashes) for model in models}
     for model in models:
         for method in methods:
             spec = specs[method]
@@ -1166,7 +1195,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                 for keep in keeps:
                     for seed in seeds:
                         variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
-                        tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes)))
+                        tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
+                                                 current[model.name]))
     for entry in skipped:
         emit(f"  skip {entry['model']} / {entry['method']}: {entry['reason']}")
     results: dict[str, dict[str, Any]] = {}
@@ -1174,6 +1204,9 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     for task in tasks:
         row = store.done(task)
         if row is not None:
+            if row.get("data_id") != task.data_id:  # stored before rows named their data: the fingerprint matched
+                row["data_id"] = task.data_id
+                store.update(task.variant.id, task.fingerprint, row)
             results[task.variant.id] = row
         else:
             todo.append(task)
@@ -1197,6 +1230,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
         if outcome.crashed:
             crashed.append(outcome.row)
         else:
+            outcome.row["data_id"] = task.data_id
             store.save(task, outcome)
         results[task.variant.id] = outcome.row
         emit(_variant_line(outcome.row))
@@ -1254,14 +1288,18 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                seconds=time.time() - started, load_start=load_start, load_end=load_average(),
                engine=engine.describe(), variants=len(tasks), computed=len(todo) - len(crashed), reused=reused,
                crashed=len(crashed), phases=phases, timing=timing_note, bench=bool(bench), timeline=timeline)
-    write_record(out, store, skipped, run, plots=plots, say=emit)
+    write_record(out, store, skipped, run, plots=plots, say=emit, current=current)
     return SweepResult(rows=rows, skipped=skipped, computed=len(todo) - len(crashed), reused=reused, crashed=crashed,
                        timed=bool(bench and ok_rows), run=run)
 
 
 def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run: dict[str, Any], *, plots: bool,
-                 say: Callable[[str], None] = print) -> dict[str, Any]:
-    """``sweep.json`` (every stored row, the skipped combinations, the runs), ``sweep.csv`` and the plots."""
+                 say: Callable[[str], None] = print, current: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """``sweep.json`` (every stored row, the skipped combinations, the runs), ``sweep.csv`` and the plots.
+
+    ``current``: this run's :func:`data_identity` per model; stored rows of those models with another one
+    (measured on other validation data or another model file) stay in ``sweep.json`` and ``sweep.csv``
+    with their ``data_id``, are left out of the plots, and a line says so."""
     path = out / "sweep.json"
     record: dict[str, Any] = {"rows": [], "skipped": [], "runs": []}
     if path.exists():
@@ -1276,9 +1314,17 @@ def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run:
     record["environment"] = environment()
     _json_dump(record, path)
     write_csv(record["rows"], out / "sweep.csv")
+    other = [row for row in record["rows"] if current and row["model"] in current
+             and row.get("data_id") != current[row["model"]]]
+    for model in sorted({row["model"] for row in other}):
+        count = sum(row["model"] == model for row in other)
+        say(f"note: {count} stored rows of {model} were measured on other validation data or another model file "
+            f"(this run's data_id {current[model]}); sweep.json and sweep.csv list them with their data_id, the plots "
+            "leave them out")
     if plots:
         try:
-            write_plots(record["rows"], out)
+            left_out = {id(row) for row in other}
+            write_plots([row for row in record["rows"] if id(row) not in left_out], out)
         except ImportError:
             say("plots: skipped (matplotlib is not installed: pip install 'onnx-alds[plots]')")
     return record
@@ -1383,7 +1429,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds sweep``."""
-    from .argtypes import any_float, non_negative_float, positive_int, thread_count
+    from .argtypes import any_float, non_negative_float, positive_int, random_seed, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("models", metavar="MODEL", nargs="+", help="ONNX models to sweep (never modified)")
@@ -1401,7 +1447,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=[16], metavar="N",
                         dest="rank_multiples", help="rank multiples, as onnx-alds compress --rank-multiple (16: what "
                                                     "ONNX Runtime's fast CPU kernels need; 1: the finest steps)")
-    parser.add_argument("--seed", nargs="+", type=int, default=[0], metavar="N", dest="seeds",
+    parser.add_argument("--seed", nargs="+", type=random_seed, default=[0], metavar="N", dest="seeds",
                         help="seeds of the allocation")
     import inspect
 
@@ -1471,8 +1517,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds sweep``; exit 1 (after writing what finished) when a variant crashed."""
     import shlex
 
+    from .cli import given_flags
+
     for method in args.methods:
         parse_method(method)
+    flags = given_flags(args)
+    for dest in ("rebench", "bench_batch", "bench_time"):
+        if args.no_bench and dest in flags:
+            flag = "--" + dest.replace("_", "-")
+            raise InputDataError(f"{flag} has no effect with --no-bench (nothing is timed); drop one of them")
+    if args.engine != "ray" and "cpus_per_worker" in flags:
+        raise InputDataError("--cpus-per-worker is for --engine ray (local workers take --threads); drop it or add "
+                             "--engine ray")
     given = any(getattr(args, name, None) is not None
                 for name in ("calibration", "calibration_images", "calibration_random"))
     if given and not any("+data" in method for method in args.methods):

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .argtypes import fraction, non_negative_float, positive_int, thread_count
+from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
@@ -1185,7 +1185,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="samples per run (default 32)")
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N", help="CPU intra-op threads (default: ORT's)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --random inputs (default 0)")
+    parser.add_argument("--seed", type=random_seed, default=0, metavar="N", help="seed of --random inputs (default 0)")
     add_tolerance_arguments(parser)
     parser.add_argument("--json", metavar="FILE", default=None, help="write every figure as JSON")
 

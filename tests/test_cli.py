@@ -425,3 +425,48 @@ def test_fixed_batch_bench_and_too_few_random_samples(tmp_path, capsys):
                            "--calibration-random", "3", capsys=capsys)
     assert_one_line_error(code, err, "fixes the batch to 5; ask for at least 5 samples")
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "compress", "sweep", "distill"])
+def test_negative_seed_is_a_usage_error(cnn_path, tmp_path, capsys, command):
+    """``validate --random 8 --seed -1`` ended in numpy's ValueError traceback; every --seed now takes an
+    integer in [0, 2**32) and says so."""
+    argv = {"validate": ["validate", cnn_path, cnn_path, "--random", "8"],
+            "compress": ["compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-flops", "0.5"],
+            "sweep": ["sweep", cnn_path, "--keep-flops", "0.5", "--random", "8", "-o", tmp_path / "sw"],
+            "distill": ["distill", cnn_path, cnn_path, "-o", tmp_path / "d.onnx", "--random", "8"]}[command]
+    code, _, err = run_cli(*argv, "--seed", "-1", capsys=capsys)
+    assert code == 2 and "--seed: got -1; give an integer in [0, 2**32)" in err
+    assert not any((tmp_path / name).exists() for name in ("o.onnx", "sw", "d.onnx"))
+
+
+def test_random_inputs_refuse_a_negative_seed(cnn):
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.inputs import random_inputs
+
+    with pytest.raises(InputDataError, match=r"seed -1 is out of range"):
+        random_inputs(cnn, 4, seed=-1)
+
+
+def test_sweep_flags_without_effect_are_errors(cnn_path, tmp_path, capsys):
+    """--rebench/--bench-time/--bench-batch with --no-bench, --cpus-per-worker without Ray, and
+    --preprocess (even its default value, given) without images were silently ignored."""
+    base = ["sweep", cnn_path, "--keep-flops", "0.5", "--random", "8", "-o", tmp_path / "sw"]
+    for extra, message in [(["--no-bench", "--rebench"], "--rebench has no effect with --no-bench"),
+                           (["--no-bench", "--bench-time", "5"], "--bench-time has no effect with --no-bench"),
+                           (["--no-bench", "--bench-batch", "1", "32"], "--bench-batch has no effect with --no-bench"),
+                           (["--cpus-per-worker", "1"], "--cpus-per-worker is for --engine ray"),
+                           (["--preprocess", "imagenet"], "--preprocess has no effect without an image folder")]:
+        code, _, err = run_cli(*base, *extra, capsys=capsys)
+        assert_one_line_error(code, err, message)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_explicit_flags_include_defaults_given():
+    from onnx_alds.cli import build_parser, explicit_flags
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "m.onnx", "--runs", "100", "--threads", "1"])
+    assert explicit_flags(args.command_parser, ["m.onnx", "--runs", "100", "--threads", "1"]) == {
+        "models", "runs", "threads"}
+    assert args.command_parser.get_default("runs") == 100  # the defaults are back after the second parse

@@ -434,3 +434,22 @@ def test_a_dense_entry_switched_to_factorized_needs_no_order():
     assert plan.layer(entry["name"]).order == "spatial-first"
     result = apply_plan(model, plan)
     assert {row.name: row.rank for row in result.report.layers}[entry["name"]] == 8
+
+
+def test_plan_equals_itself_after_json_and_api_misuse_is_a_plan_error():
+    """A plan read back from its JSON compared unequal (its input dims came back as tuples, were lists);
+    with_layer(foo=1) and apply_plan(None, plan) were bare TypeErrors."""
+    from onnx_alds.errors import ModelLoadError
+
+    model = small_cnn(width=32)
+    plan = make_plan(model, keep_flops=0.5)
+    assert round_trip(plan) == plan
+    name = next(layer.name for layer in plan.layers if layer.option == "factorized")
+    with pytest.raises(PlanError, match="cannot change foo of a layer decision"):
+        plan.with_layer(name, foo=1)
+    with pytest.raises(PlanError, match="cannot change weight_shape"):
+        plan.with_layer(name, weight_shape=(1, 2))
+    with pytest.raises(ModelLoadError, match="the model is of type NoneType; give the path of an .onnx file"):
+        apply_plan(None, plan)
+    with pytest.raises(ModelLoadError, match="the model is of type int"):
+        onnx_alds.compress(3, keep_flops=0.5)

@@ -182,6 +182,33 @@ def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
     assert record(out)["rows"][0]["agreement_samples"] == 9
 
 
+def test_rows_of_other_validation_data_are_named_and_left_out_of_the_plots(tiny, tmp_path, capsys, monkeypatch):
+    """One budget measured on 8 random samples, another on 9, into one folder: sweep.csv and the plot
+    joined them in one line with nothing to tell them apart. Each row now names its data (``data_id``);
+    rows of other data are listed, named in a note, and left out of the plots."""
+    import onnx_alds.sweep as sweep_module
+
+    out = tmp_path / "sweep"
+    plotted: list = []
+    monkeypatch.setattr(sweep_module, "write_plots", lambda rows, folder, **_: plotted.append(list(rows)) or [])
+
+    def args(keep: str, samples: int) -> list[str]:
+        return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", keep, "--random", str(samples), "-o", str(out),
+                "--rank-multiple", "1", "--no-bench", "--no-progress"]
+
+    assert run(args("0.5", 8), capsys)[0] == 0
+    code, stdout, _ = run(args("0.7", 9), capsys)
+    assert code == 0
+    rows = record(out)["rows"]
+    assert len(rows) == 2 and len({row["data_id"] for row in rows}) == 2
+    assert "note: 1 stored rows of tiny were measured on other validation data" in stdout
+    assert [row["keep"] for row in plotted[-1]] == [0.7]
+    assert {line["data_id"] for line in csv_rows(out / "sweep.csv")} == {row["data_id"] for row in rows}
+    code, stdout, _ = run(args("0.7", 9), capsys)  # the same data again: no note for the rows of this data
+    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    assert [row["keep"] for row in plotted[-1]] == [0.7]
+
+
 def test_replaced_model_file_is_redone(tiny, tmp_path, capsys):
     """A stored model that is not the one its row measured (replaced or edited since) is made again."""
     out = tmp_path / "sweep"
@@ -195,6 +222,38 @@ def test_replaced_model_file_is_redone(tiny, tmp_path, capsys):
     code, stdout, _ = run(args, capsys)
     assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
     assert stored.read_bytes() == made
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+
+
+def test_changed_external_data_is_redone(tiny, tmp_path, capsys):
+    """The weights of an external-data model live in its ``.data`` file: new weights under the same
+    ``.onnx`` bytes were 'done before', and the sweep kept figures of the old weights (exit 0)."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+
+    def save(seed: int) -> None:
+        model = tiny_model(tmp_path / "plain.onnx")
+        for init in model.graph.initializer:
+            values = numpy_helper.to_array(init)
+            noise = np.random.default_rng(seed).standard_normal(values.shape).astype(values.dtype)
+            init.CopyFrom(numpy_helper.from_array(values + 0.1 * noise, init.name))
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+        (folder / "m.onnx.data").unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save(model, str(folder / "m.onnx"))
+
+    save(0)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(folder / "m.onnx"), "--keep-flops", "0.6", "--random", "8", "-o", str(out),
+            "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"]
+    assert run(args, capsys)[0] == 0
+    graph_bytes = (folder / "m.onnx").read_bytes()
+    save(1)
+    assert (folder / "m.onnx").read_bytes() == graph_bytes  # only the weights changed
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
     code, stdout, _ = run(args, capsys)
     assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
 
@@ -374,3 +433,33 @@ def test_a_missing_inputs_or_calibration_file_is_one_error_line(tiny, tmp_path, 
         code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "alds+data",
                             "-o", str(tmp_path / "out"), "--no-bench", "--no-plots", "--no-progress", *flags], capsys)
         assert code == 1 and err.startswith("error: '") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_ray_start_keeps_the_command_lines_signal_handlers():
+    """``ray.init`` installs its own SIGTERM handler (a native stack dump, exit 15): a SIGTERM to
+    ``sweep --engine ray`` or ``compress --calibration-workers 2`` skipped the clean-up and its
+    ``error: interrupted`` line. :func:`onnx_alds.calibrate.init_ray` puts this process's handlers back."""
+    import signal
+
+    from onnx_alds.calibrate import init_ray
+
+    class FakeRay:  # replaces the handlers as Ray's init does
+        def init(self, address=None, **options):
+            self.address = address
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGTERM, ours)
+        ray = FakeRay()
+        init_ray(ray, "auto", log_to_driver=False)
+        assert ray.address == "auto"
+        assert signal.getsignal(signal.SIGTERM) is ours
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
