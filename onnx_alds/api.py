@@ -24,7 +24,7 @@ from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModel
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs,
                      ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
                      iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
-from .checks import InputCheck, check_input_model, check_output_model
+from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -66,6 +66,16 @@ class _Prepared:
     input_check: InputCheck  # what the up-front check found (ONNX Runtime facts for the output check)
     store: Optional[TensorStore] = None  # where the light model's large weights are read from
     unchanged_ops: str = ""  # quantized or ONNX Runtime-fused layers, left as they are (layers.unchanged_ops_note)
+    random_nodes: tuple[str, ...] = ()  # nodes whose outputs are random at run time (checks.random_nodes)
+
+    def refuse_random_for_calibration(self) -> None:
+        """Calibration statistics of a model whose outputs are random would fit the factors to noise (and
+        ``--sequential`` to two different draws): an InputDataError naming the first random node."""
+        if self.random_nodes:
+            raise InputDataError(
+                f"the model's outputs are random at run time ({len(self.random_nodes)} nodes, first: "
+                f"{self.random_nodes[0]}): calibration would measure noise; export it in inference mode "
+                "(model.eval(), torch.onnx.export(..., training=TrainingMode.EVAL)) or compress it data-free")
 
 
 def _progress(items: Sequence, description: str):
@@ -142,8 +152,12 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             notes.append(message)
         else:
             macs_total = int(sum(per_node))
+    randoms = tuple(random_nodes(proto))
+    if randoms:
+        notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}): the model's "
+                     "outputs differ from run to run; export it in inference mode")
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check, store, unchanged)
+                     input_check, store, unchanged, randoms)
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
@@ -443,6 +457,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                         max_groups=searched, need_macs=target == "flops",
                         channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
+    if calibration is not None:
+        prepared.refuse_random_for_calibration()
     if options.speed is not None and options.speed.batch is None:  # the batch the model fixes, else the shapes'
         from .bench import default_batch
 
@@ -1020,7 +1036,10 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         groups, rank, error = (choice.groups, choice.rank, choice.error) if choice else (DENSE, 0, 0.0)
         matrix_rows, matrix_cols = layer.matrix_shape
         params_after = layer.params if groups == DENSE else rank * (groups * matrix_rows + matrix_cols)
-        macs_after = None if layer.positions is None else params_after * layer.positions
+        if groups == DENSE:  # as it is (a product of two run-time tensors has no params but has MACs)
+            macs_after = layer.macs
+        else:
+            macs_after = None if layer.positions is None else params_after * layer.positions
         params_saved += layer.params - params_after
         if layer.macs is not None and macs_after is not None:
             macs_saved += layer.macs - macs_after

@@ -45,7 +45,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from .argtypes import non_negative_float, non_negative_int, positive_int, thread_count
-from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError
+from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError, runtime_error_text
 from .inputs import index_bounds, random_array
 from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -271,11 +271,9 @@ def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time
     except OnnxAldsError:
         raise
     except Exception as exc:  # a run failed: one line, not a traceback
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        reason = text.split("Status Message: ")[-1]  # ONNX Runtime's own words, not its source path
-        raise InputDataError(f"running the model on random timing inputs failed ({reason[-300:]}); the inputs need "
-                             "values or shapes random data lacks: give --input-shape, or time it with your own "
-                             "harness") from None
+        raise InputDataError(f"running the model on random timing inputs failed ({runtime_error_text(exc)}); the "
+                             "inputs need values or shapes random data lacks: give --input-shape, or time it with "
+                             "your own harness") from None
 
 
 def _runs(runner: Any) -> bool:

@@ -72,7 +72,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InputDataError, OnnxAldsError, UnsupportedModelError
+from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
 from .layers import Layer
 from .model_io import graph_inputs
 
@@ -613,8 +613,7 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
     try:
         values = session.run(fetch, feeds) if fetch else []
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputDataError(f"running the model on the calibration data failed ({first}); "
+        raise InputDataError(f"running the model on the calibration data failed ({runtime_error_text(exc)}); "
                              "check that the calibration arrays match the model's inputs (dtype, shape)") from None
     result = dict(zip(fetch, values))
     result.update({name: np.asarray(feeds[name]) for name in wanted if name in feeds})

@@ -18,9 +18,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import numpy_helper, shape_inference
 
-from .errors import InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line
+from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
+                     runtime_error_text)
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
                        opset_version)
 
@@ -276,6 +277,44 @@ def _raise_if_out_of_resources(exc: BaseException) -> None:
                                    "finished, or with fewer threads") from None
 
 
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")
+
+
+def random_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes whose outputs are random at run time, as ``'name' (Op)``: the random generators and a
+    ``Dropout`` in training mode (``training_mode`` a constant true with a ratio above 0, opset 12 on; or
+    ``is_test=0`` before opset 7), as ``torch.onnx.export(..., training=TrainingMode.TRAINING)`` writes it."""
+    from .layers import constant_tensors, is_standard, iter_graphs
+
+    constants = constant_tensors(model)
+    opset = opset_version(model)
+
+    def value(name: str, default: float) -> float:
+        if not name:
+            return default
+        tensor = constants.get(name)
+        return float(numpy_helper.to_array(tensor).ravel()[0]) if tensor is not None and \
+            int(np.prod(tensor.dims)) == 1 else float("nan")  # not a constant: unknown
+
+    found = []
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if not is_standard(node):
+                continue
+            random = node.op_type in RANDOM_OPS
+            if node.op_type == "Dropout":
+                if opset >= 12:
+                    training = value(node.input[2] if len(node.input) > 2 else "", 0.0)
+                    ratio = value(node.input[1] if len(node.input) > 1 else "", 0.5)
+                    random = training == 1.0 and not ratio == 0.0
+                elif opset < 7:
+                    random = not any(a.name == "is_test" and a.i for a in node.attribute)
+            if random:
+                found.append(f"'{node.name or node.output[0]}' ({node.op_type}"
+                             + (" in training mode)" if node.op_type == "Dropout" else ")"))
+    return found
+
+
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
     """Run the model once on seeded inputs; refuse it when they have the model's real shapes."""
     # refuse only when the probe inputs are surely legal: real shapes and float values (integer inputs
@@ -288,9 +327,9 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:
-        message = first_line(exc).split("Status Message: ")[-1]
+        message = runtime_error_text(exc)
         if refuse:
-            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message[:200]}); fix the model or export "
+            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); fix the model or export "
                                  "it again") from None
         _raise_if_out_of_resources(exc)
         if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault

@@ -259,6 +259,18 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
                              ("max_groups", "--max-groups"))),
         *(needs(dest, "--" + dest.replace("_", "-"), bool(getattr(args, "distill", False)), "--distill")
           for dest in sorted(given) if dest.startswith("distill_")),
+        *((dest, not pruned_only, f"{flag} has no effect with --prune only (it acts on factorized layers); drop one "
+           "of them") for dest, flag in (("sequential", "--sequential"), ("bias_correction", "--bias-correction"),
+                                         ("sensitivity", "--sensitivity"), ("speed_check", "--speed-check"))),
+        ("error_measure", method in (None, "alds"),
+         f"--error has no effect with --method {method} (it allocates by its own measure); drop one of them"),
+        ("max_groups", method in (None, "alds") or (method == "damage" and getattr(args, "damage_max_groups", 1) > 1),
+         f"--max-groups has no effect with --method {method} (" + ("--damage-max-groups sets the group counts "
+                                                                     "measured" if method == "damage" else
+                                                                     "it keeps one group") + "); drop one of them"),
+        ("sensitivity", method != "damage",
+         "--sensitivity has no effect with --method damage (the damage tables measure each layer's effect on the "
+         "outputs); drop one of them"),
     ]
     for dest, effective, message in rules:
         if dest in given and not effective:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class OnnxAldsError(Exception):
     """Base class of every error the CLI prints as one ``error: ...`` line and exits 1 on."""
@@ -58,3 +60,17 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
     what a one-line ``error:`` quotes of a library's failure."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+_NODE_IN_MESSAGE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
+_SOURCE_PREFIX = re.compile(r"^(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?")
+
+
+def runtime_error_text(exc: BaseException, limit: int = 240) -> str:
+    """An ONNX Runtime failure in words a user can act on: the node (op and name) and the status message
+    without its ``source.h:84 onnxruntime::Function(args)`` prefix, which alone filled the old 200 characters."""
+    text = first_line(exc, limit=4000)
+    node = _NODE_IN_MESSAGE.search(text)
+    message = _SOURCE_PREFIX.sub("", text.split("Status Message: ")[-1].strip())
+    where = f"{node.group(1)} node '{node.group(2)}': " if node else ""
+    return (where + message)[:limit]

@@ -1313,6 +1313,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     prepared = api._prepare(model, input_shapes=options.input_shapes, exclude=search.exclude,
                             max_groups=search.groups_searched, need_macs=budget.target == "flops",
                             channel_multiple=search.rank_multiple, complete=True)
+    prepared.refuse_random_for_calibration()
     proto = prepared.model
     if decisions is not None:  # every layer of the plan in the model, same ops, shapes and input shapes
         decisions.check(prepared, options.input_shapes)
@@ -1445,7 +1446,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         after_macs = report.macs_after
         for key, value in report.seconds.items():
             seconds[f"low-rank {key}"] = value
-        new_model = result.model
+        new_model = result.model  # stamped by the low-rank step against the pruned model and its sub-budget:
+        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep,
+                             search.seed)  # the user's original and budget (distill checks the replaced weights)
         rows = report.layers
         # the stage's own "achieved … below the requested …" speaks of its internal sub-budget: the
         # note on the whole model's figures is made below
@@ -1457,7 +1460,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
         new_model = pruned
-        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed)
+        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep,
+                             search.seed)
         check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))

@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 
 from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
+from .checks import random_nodes
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
@@ -336,6 +337,8 @@ class ValidationReport:
         if missed.default:
             fix = (f"compress less, state your own limit (--{_flag(missed.name)} X) or check nothing "
                    "(--figures-only)")
+            if first.kind in ("sequence", "dense") and first.kind_reason != "--output-kind":  # read off the shape
+                fix += f"; if '{first.name}' is not a {first.kind} output, say what it is (--output-kind {first.name}=KIND)"
         else:
             fix = "relax the tolerance or compress less"
         return f"output '{first.name}': {first.failures[0]}{more}; {fix}"
@@ -826,6 +829,11 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
+    randoms = random_nodes(original_model)
+    if randoms:
+        notes.append(f"the original draws random values at run time ({len(randoms)} nodes, first: {randoms[0]}): its "
+                     "outputs differ from run to run, so the figures compare one draw of each model; validate the "
+                     "models exported in inference mode")
     ort = import_onnxruntime()
     session_o = make_session(original if not isinstance(original, onnx.ModelProto) else original_model,
                              provider, threads=threads)

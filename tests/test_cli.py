@@ -470,3 +470,24 @@ def test_explicit_flags_include_defaults_given():
     assert explicit_flags(args.command_parser, ["m.onnx", "--runs", "100", "--threads", "1"]) == {
         "models", "runs", "threads"}
     assert args.command_parser.get_default("runs") == 100  # the defaults are back after the second parse
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--method", "svd", "--error", "frobenius"], "--error has no effect with --method svd"),
+    (["--method", "l-rank", "--max-groups", "4"], "--max-groups has no effect with --method l-rank"),
+    (["--method", "damage", "--calibration-random", "16", "--sensitivity"],
+     "--sensitivity has no effect with --method damage"),
+    (["--method", "damage", "--calibration-random", "16", "--max-groups", "2"],
+     "--max-groups has no effect with --method damage"),
+    (["--prune", "only", "--calibration-random", "16", "--sequential"], "--sequential has no effect with --prune only"),
+    (["--prune", "only", "--calibration-random", "16", "--bias-correction"],
+     "--bias-correction has no effect with --prune only"),
+    (["--prune", "only", "--calibration-random", "16", "--method", "alds"],  # the default value, given
+     "--method has no effect with --prune only"),
+])
+def test_flags_the_method_ignores_are_errors(cnn_path, tmp_path, capsys, flags, message):
+    """Each of these wrote a model byte-identical to the one without the flag, exit 0."""
+    code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-flops", "0.5",
+                           "--rank-multiple", "1", *flags, capsys=capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "o.onnx").exists()

@@ -720,3 +720,22 @@ def test_prune_names_why_weight_first_matmuls_cannot_be_calibrated():
     calibration = InputSet({"x": rng.standard_normal((8, 32, 20)).astype(np.float32)}, source="test")
     with pytest.raises(UnsupportedModelError, match=r"none factorizable or prunable \(MatMul with the weight first"):
         compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined")
+
+
+def test_combined_prune_stamps_the_users_original_and_budget():
+    """When the low-rank step factorized something, the written model kept that step's stamp: the digest
+    of the weights replaced in the *pruned* model (distill refused the pair as "not made from this
+    original") and its sub-budget (keep_flops=0.93 for 0.6)."""
+    from onnx_alds.rewrite import REPLACED_DIGEST_KEY, replaced_digest
+
+    model = feed_forward(model_dim=32)
+    rng = np.random.default_rng(5)  # a head of rank 2 after the block: the low-rank step factorizes it
+    head = (rng.standard_normal((32, 2)) @ rng.standard_normal((2, 96))).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(head, "head.w"))
+    model.graph.node.append(helper.make_node("MatMul", ["y", "head.w"], ["z"], name="head"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 6, 96]))
+    result = compress(model, keep_flops=0.6, calibration=_inputs(model), prune=True, rank_multiple=1)
+    assert any(row.groups for row in result.report.layers) and result.report.pruned
+    props = {entry.key: entry.value for entry in result.model.metadata_props}
+    assert props[REPLACED_DIGEST_KEY] == replaced_digest(model, result.model)
+    assert props["onnx_alds.target"] == "keep_flops=0.6" and props["onnx_alds.method"] == "alds+prune (data-aware)"

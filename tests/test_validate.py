@@ -460,6 +460,11 @@ def test_sequence_position_and_whole_sequence_agreement():
     assert 0 < out.sequence_agreement < 1 and out.position_agreement < 0.9
     assert f"pos={out.position_agreement:.4f} < min-position-agreement=0.9 (default for sequence outputs)" \
         in out.failures
+    # a 3-D hidden state reads as a sequence by its shape: the failure line says how to name its kind
+    assert report.failure_message().endswith("if 'y' is not a sequence output, say what it is (--output-kind y=KIND)")
+    stated = validate(original, compressed, inputs=InputSet({"x": x}, source="t"), batch_size=4,
+                      output_kinds={"y": "sequence"})
+    assert "--output-kind y=KIND" not in stated.failure_message()
 
 
 def test_dense_multiclass_iou_of_argmax_maps():
