@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np
@@ -885,10 +885,15 @@ class Augmenter:
     """Makes training batches from the training samples; subclasses perturb them to fit the input kind."""
 
     kind = "resample"
+    note: Optional[str] = None  # for the report's notes: an augmentation left out, and why
 
     def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         self.count = len(next(iter(self.arrays.values())))
+
+    def on(self, arrays: Mapping[str, np.ndarray]) -> "Augmenter":
+        """The same augmentation, with the same decisions, of other samples (the held-out views)."""
+        return Augmenter(arrays)
 
     def describe(self) -> str:
         return "resampling only"
@@ -911,8 +916,13 @@ class NoiseAugmenter(Augmenter):
         self.float_names = list(float_names)
         self.std = {k: float(np.std(self.arrays[k], dtype=np.float64)) or 1.0 for k in self.float_names}
 
+    def on(self, arrays):
+        return NoiseAugmenter(arrays, self.float_names)
+
     def describe(self) -> str:
-        return "resampling, per-sample scale ±10 %, Gaussian noise ≤ 5 % of the std"
+        kept = [k for k in self.arrays if k not in self.float_names]
+        return ("resampling, per-sample scale ±10 %, Gaussian noise ≤ 5 % of the std"
+                + (f" (of {', '.join(self.float_names)}; {', '.join(kept)} unchanged)" if kept else ""))
 
     def batch(self, rng, size):
         out = self.pick(rng, size)
@@ -944,6 +954,9 @@ class ImageAugmenter(Augmenter):
         self.std = float(np.std(self.arrays[name], dtype=np.float64)) or 1.0
         x = self.arrays[name]
         self.channels = x.shape[1] if layout == "NCHW" else x.shape[3]
+
+    def on(self, arrays):
+        return ImageAugmenter(arrays, self.name, self.layout)
 
     def describe(self) -> str:
         flip = ", horizontal flips" if self.channels == 3 else ""
@@ -1004,15 +1017,19 @@ class TokenAugmenter(Augmenter):
     embedding table (a ``Gather`` from an initializer), swaps draw any id from the smallest content id
     of the calibration sentences to the table's size, so that training sees far more of the vocabulary
     than a few dozen sentences hold; otherwise they draw ids of the calibration sentences.
-    Padding uses the id found at masked positions (0 when there is none). Other integer inputs
-    (``token_type_ids``) are zero past the new length and keep their first value elsewhere. When the
-    sequence dim is dynamic (``trim``), a batch is only as wide as its longest sentence.
+    Padding uses the id found at masked positions (0 when there is none). The mask (int, or float
+    0/1) holds ones, then zeros. Other integer inputs are rebuilt by what they hold (:func:`_other_rule`):
+    a row every sample shares (``position_ids`` 0..L-1) is kept, one value per sentence
+    (``token_type_ids``) fills the new sentence; an input that varies otherwise cannot be given to a new
+    sentence, so then no sentence changes its length (no spans, no splices; ``note`` says so): samples
+    are unchanged (30 %) or have 15 % (40 %) or 40 % (30 %) of their tokens swapped, every other input as
+    given. When the sequence dim is dynamic (``trim``), a batch is only as wide as its longest sentence.
     """
 
     kind = "tokens"
 
     def __init__(self, arrays, ids: str, mask: str, others: Sequence[str], trim: bool = False,
-                 vocabulary: Optional[int] = None) -> None:
+                 vocabulary: Optional[int] = None, rules: Optional[Mapping[str, tuple]] = None) -> None:
         super().__init__(arrays)
         self.ids, self.mask, self.others = ids, mask, list(others)
         self.trim = trim  # drop the columns that are padding in every sentence of a batch
@@ -1029,10 +1046,26 @@ class TokenAugmenter(Augmenter):
         # known, any id from the smallest content id seen up to the table's size (special tokens stay out)
         self.low = int(self.pool.min())
         self.high = int(vocabulary) if vocabulary and vocabulary > self.low + 1 else None
+        # how a new sentence gets each other input (given: the training set's rules, for held-out views)
+        self.rules = dict(rules) if rules is not None else {
+            k: _other_rule(self.arrays[k], self.lengths) for k in self.others}
+        fixed = [k for k in self.others if self.rules[k][0] == "copy"]
+        self.spans = not fixed  # spans and splices change a sentence's length
+        if fixed:
+            self.note = (f"token input(s) {', '.join(repr(k) for k in fixed)} vary per sentence in a way a new "
+                         "sentence cannot be given (neither one row for all samples nor one value per sentence): "
+                         "no spans or splices, only token swaps, every other input as given")
+
+    def on(self, arrays):
+        return TokenAugmenter(arrays, self.ids, self.mask, self.others, trim=self.trim, vocabulary=self.vocabulary,
+                              rules=self.rules)
 
     def describe(self) -> str:
         swaps = (f"ids {self.low}..{self.high - 1} of the embedding table" if self.high
                  else "ids of the calibration sentences")
+        if not self.spans:
+            return (f"token sentences of the given lengths: unchanged 30 %, 15 % of the tokens swapped 40 %, "
+                    f"40 % swapped 30 % (swaps draw {swaps}; no spans or splices: see the note)")
         return (f"token sentences: unchanged 15 %, random spans 25 %, splices of two sentences 25 %, 15 % of the "
                 f"tokens swapped 20 %, 40 % swapped 15 % (swaps draw {swaps})")
 
@@ -1059,6 +1092,16 @@ class TokenAugmenter(Augmenter):
         for row, i in enumerate(picks):
             tokens = self.arrays[self.ids][i]
             length = self.lengths[i]
+            if not self.spans:  # the sample's length, mask and other inputs as given; only its tokens change
+                body = self._content(i)
+                choice = rng.uniform()
+                ids[row] = tokens
+                if choice >= 0.3 and length >= 3:
+                    ids[row, 1:1 + len(body)] = self._swap(rng, body, 0.15 if choice < 0.7 else 0.4)
+                mask[row] = self.arrays[self.mask][i]
+                for k in self.others:
+                    others[k][row] = self.arrays[k][i]
+                continue
             first, last = tokens[0], tokens[max(length - 1, 0)]
             body = self._content(i)
             choice = rng.uniform()
@@ -1083,13 +1126,51 @@ class TokenAugmenter(Augmenter):
             ids[row, :n] = sentence[:n]
             mask[row, :n] = 1
             for k in self.others:
-                others[k][row, :n] = self.arrays[k][i, 0]
+                rule, value = self.rules[k]
+                if rule == "shared":
+                    others[k][row] = value
+                elif rule == "constant":
+                    others[k][row] = self.arrays[k][i, 0]
+                else:  # "filled": the sentence's value, then the padding value
+                    others[k][row, :n] = self.arrays[k][i, 0]
+                    others[k][row, n:] = value
         out = {self.ids: ids, self.mask: mask}
         out.update(others)
         if self.trim:
             used = max(int(mask.sum(axis=1).max()), 1)
             out = {k: np.ascontiguousarray(v[:, :used]) for k, v in out.items()}
         return out
+
+
+def _other_rule(values: np.ndarray, lengths: np.ndarray) -> tuple[str, Any]:
+    """How a new sentence gets the row of another integer input (N, L), from the given rows:
+    ``("shared", row)`` when every sample has the same row (``position_ids`` 0..L-1: kept);
+    ``("constant", None)`` when each row holds one value (``token_type_ids``: the value fills the row);
+    ``("filled", pad)`` when each sentence holds one value and every padding position ``pad``;
+    ``("copy", None)`` otherwise: no new row can be made without inventing values."""
+    if len(values) and np.all(values == values[:1]):
+        return "shared", values[0].copy()
+    if np.all(values == values[:, :1]):
+        return "constant", None
+    real = np.arange(values.shape[1])[None, :] < lengths[:, None]
+    padding = np.unique(values[~real])
+    if padding.size == 1 and np.all((values == values[:, :1]) | ~real):
+        return "filled", padding[0]
+    return "copy", None
+
+
+def _is_mask_like(name: str, values: np.ndarray) -> bool:
+    """A float input that masks rather than carries data: named ``*mask*``, or holding only 0 and 1.
+    It never gets noise; a 0/1 one may be the attention mask of token ids."""
+    values = np.asarray(values)
+    return "mask" in name.lower() or bool(np.all((values == 0) | (values == 1)))
+
+
+def _is_right_padded(mask: np.ndarray) -> bool:
+    """A 2-D mask of 0/1 values, each row ones and then zeros (what :class:`TokenAugmenter` rebuilds)."""
+    mask = np.asarray(mask)
+    return (mask.ndim == 2 and bool(np.all((mask == 0) | (mask == 1)))
+            and bool(np.all(np.diff(mask.astype(np.int8), axis=1) <= 0)))
 
 
 def _embedding_rows(model: onnx.ModelProto, ids: str) -> Optional[int]:
@@ -1105,33 +1186,38 @@ def _embedding_rows(model: onnx.ModelProto, ids: str) -> Optional[int]:
 
 
 def make_augmenter(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], *, augment: bool = True) -> Augmenter:
-    """The augmenter that fits the model's inputs (see each class); ``augment=False``: resampling only."""
+    """The augmenter that fits the model's inputs (see each class); ``augment=False``: resampling only.
+    Mask-like float inputs (:func:`_is_mask_like`) are never perturbed: a 0/1 one beside integer ids is
+    their attention mask, as an integer mask is."""
     if not augment:
         return Augmenter(arrays)
     specs = {spec.name: spec for spec in graph_inputs(model)}
     names = list(arrays)
     floats = [k for k in names if np.issubdtype(np.asarray(arrays[k]).dtype, np.floating)]
     ints = [k for k in names if np.issubdtype(np.asarray(arrays[k]).dtype, np.integer)]
-    if len(names) == 1 and floats and np.asarray(arrays[names[0]]).ndim == 4:
+    plain = [k for k in floats if not _is_mask_like(k, arrays[k])]
+    if len(names) == 1 and plain and np.asarray(arrays[names[0]]).ndim == 4:
         x = np.asarray(arrays[names[0]])
         if x.shape[1] in (1, 3) and x.shape[2] > 4 and x.shape[3] > 4:
             return ImageAugmenter(arrays, names[0], "NCHW")
         if x.shape[3] in (1, 3) and x.shape[1] > 4 and x.shape[2] > 4:
             return ImageAugmenter(arrays, names[0], "NHWC")
-    if not floats and ints:
-        masks = [k for k in ints if "mask" in k.lower()]
+    if not plain and ints:
+        masks = [k for k in ints if "mask" in k.lower()] + [k for k in floats if k not in plain]
         rank2 = [k for k in ints if np.asarray(arrays[k]).ndim == 2]
         candidates = [k for k in rank2 if k not in masks and not any(
             s in k.lower() for s in ("type", "segment", "position"))]
-        if len(masks) == 1 and len(candidates) == 1 and np.asarray(arrays[masks[0]]).ndim == 2:
+        if len(masks) == 1 and len(candidates) == 1 and _is_right_padded(arrays[masks[0]]):
             others = [k for k in rank2 if k not in masks and k not in candidates]
-            if len(others) + 2 == len(names):
+            width = np.asarray(arrays[candidates[0]]).shape[1]
+            if len(others) + 2 == len(names) and all(np.asarray(arrays[k]).shape[1] == width
+                                                     for k in [masks[0], *others]):
                 dims = [specs[k].dims for k in [candidates[0], masks[0], *others] if k in specs]
                 dynamic = bool(dims) and all(len(d) == 2 and not isinstance(d[1], int) for d in dims)
                 return TokenAugmenter(arrays, candidates[0], masks[0], others, trim=dynamic,
                                       vocabulary=_embedding_rows(model, candidates[0]))
-    if floats:
-        return NoiseAugmenter(arrays, floats)
+    if plain:
+        return NoiseAugmenter(arrays, plain)
     return Augmenter(arrays)
 
 
@@ -1153,11 +1239,14 @@ class DistillSettings:
     ``patience`` evaluations without a 0.1 % improvement the run stops; a held-out loss above ``DIVERGED``
     times the best restores the best values and halves the step size. ``intermediate_weight`` weighs
     the loss on the factorized layers' outputs against the loss on the model outputs (0 turns it off).
+    ``batch_size`` None: ``DEFAULT_BATCH_SIZE``, or the number of training samples when there are fewer
+    (the report says so); a batch size given is never changed. Integer settings take ints (numpy ints
+    too, bools not), the others real numbers; a wrong type is an :class:`InputDataError`.
     """
 
     steps: Optional[int] = None
     minutes: Optional[float] = None
-    batch_size: int = 16
+    batch_size: Optional[int] = None
     lr: float = 0.01
     held_out: float = 0.2
     views: int = 4
@@ -1172,12 +1261,13 @@ class DistillSettings:
     def __post_init__(self) -> None:
         from .argtypes import check_threads
 
+        self._check_types()
         if self.steps is not None and self.steps < 1:
             raise InputDataError(f"--steps {self.steps}: give a positive number of steps")
         check_threads(self.threads)
         if self.minutes is not None and not self.minutes > 0:
             raise InputDataError(f"--minutes {self.minutes}: give a positive time budget")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputDataError(f"--batch-size {self.batch_size}: give a positive batch size")
         if not 0 < self.held_out < 1:
             raise InputDataError(f"--held-out {self.held_out}: give a fraction in (0, 1)")
@@ -1189,8 +1279,39 @@ class DistillSettings:
         if not 0 <= self.seed < 2 ** 32:
             raise InputDataError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32)")
 
+    def _check_types(self) -> None:
+        """Refuse a setting of the wrong type (``steps=2.5``, ``steps=True``, ``seed="1"``) with one line
+        naming it and the type wanted; numpy numbers become Python numbers."""
+        for name, kind in _SETTING_KINDS.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL_SETTINGS:
+                continue
+            if kind == "bool":
+                ok = isinstance(value, (bool, np.bool_))
+                wanted, convert = "True or False", bool
+            elif kind == "int":
+                ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                wanted, convert = "an integer", int
+            else:
+                ok = (isinstance(value, (int, float, np.integer, np.floating))
+                      and not isinstance(value, (bool, np.bool_)))
+                wanted, convert = "a number", float
+            if not ok:
+                none = " or None" if name in _OPTIONAL_SETTINGS else ""
+                raise InputDataError(f"distill setting {name}={value!r} ({type(value).__name__}): give {wanted}{none}")
+            if type(value) is not convert:
+                object.__setattr__(self, name, convert(value))
+
+
+_SETTING_KINDS = {"steps": "int", "minutes": "float", "batch_size": "int", "lr": "float", "held_out": "float",
+                  "views": "int", "intermediate_weight": "float", "eval_every": "int", "patience": "int",
+                  "augment": "bool", "seed": "int", "threads": "int", "verify_tolerance": "float"}
+_OPTIONAL_SETTINGS = {"steps", "minutes", "batch_size", "threads"}
+DEFAULT_BATCH_SIZE = 16
+
 
 DEFAULT_MINUTES = 10.0
+ADAM_BETA1 = 0.9  # torch's default: the first step moves up to 1 / (1 - beta1) times the step size
 DIVERGED = 2.0  # a held-out loss above this multiple of the best so far restores the best and halves the step size
 
 
@@ -1249,13 +1370,17 @@ class DistillReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """Plain JSON values: NaN and infinities (a diverging run's losses) become None."""
+        from .report import json_safe
+
         data = asdict(self)
         data["curve"] = [dict(point) for point in self.curve]
-        return data
+        return json_safe(data)
 
     def save_json(self, path) -> None:
+        """Write the report as strict JSON (no bare NaN, which strict parsers refuse)."""
         with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
+            json.dump(self.to_dict(), handle, indent=2, allow_nan=False)
             handle.write("\n")
 
 
@@ -1389,6 +1514,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             "give the original model and the output of `onnx-alds compress` made from it")
     _check_ancestry(teacher_model, student_model, set(found.biases))
     _check_pair_order(teacher_model, student_model)
+    _check_step_sizes(student_model, found.trainable, settings.lr)
     outputs = _float_outputs(student_model)
     if not outputs:
         raise UnsupportedModelError("the model has no floating-point graph output to distill")
@@ -1403,11 +1529,15 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(settings.seed)
     try:
+        notes = []
         rng = np.random.default_rng(settings.seed)
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
         held = {k: np.asarray(held_out_inputs.arrays[k]) for k in names}
-        if settings.batch_size > len(inputs):  # each step would repeat samples (and 100 000 exhausted memory)
+        batch_cut = settings.batch_size is None and len(inputs) < DEFAULT_BATCH_SIZE
+        if settings.batch_size is None:  # the default: never more than the training samples (the report says so)
+            settings = replace(settings, batch_size=min(DEFAULT_BATCH_SIZE, len(inputs)))
+        elif settings.batch_size > len(inputs):  # each step would repeat samples (and 100 000 exhausted memory)
             raise InputDataError(f"--batch-size {settings.batch_size} is more than the {len(inputs)} training "
                                  f"samples; give at most {len(inputs)}, or more inputs")
         teacher = _teacher_session(teacher_model, points)
@@ -1418,7 +1548,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         student = torch_graph(student_model, found.trainable)
         compressed_session = _student_session(student_model)
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
-        eval_inputs = _held_out_set(student_model, held, settings, augmenter)
+        eval_inputs = _held_out_set(held, settings, augmenter)
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
         teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
@@ -1428,7 +1558,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         for name, param in student.named_factors().items():
             rms = float(param.detach().pow(2).mean().sqrt()) if param.numel() else 0.0
             groups.append({"params": [param], "lr": settings.lr * max(rms, 1e-3), "base": settings.lr * max(rms, 1e-3)})
-        optimizer = torch.optim.Adam(groups)
+        optimizer = torch.optim.Adam(groups, betas=(ADAM_BETA1, 0.999))
 
         def evaluate() -> tuple[float, float, float]:
             with torch.no_grad():
@@ -1535,17 +1665,24 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         add_provenance(tuned, {"onnx_alds.distill": f"steps={step} best_step={best[1]} seed={settings.seed}"})
         # the student must be the exact values written (dtype round trip), then ORT must reproduce it
         _load_values(student, tuned, found.trainable)
-        verify_diff = _verify(student, _student_session(tuned), eval_inputs, outputs, settings.verify_tolerance,
-                              when="after writing the trained values")
-        notes = []
+        verify_diff, limits = _verify(student, _student_session(tuned), eval_inputs, outputs,
+                                      settings.verify_tolerance, when="after writing the trained values")
+        coarse = {name: limit for name, limit in limits.items() if limit > settings.verify_tolerance}
+        if coarse:
+            notes.append(f"output(s) {', '.join(repr(n) for n in coarse)} of a coarser dtype (float16/bfloat16) were "
+                         f"verified within twice its resolution ({max(coarse.values()):.3g} of the output scale) "
+                         f"instead of {settings.verify_tolerance:g}")
         if halvings:
             notes.append(f"the held-out loss rose above {DIVERGED:g}x its best {halvings} time(s): each time the best "
                          f"values were restored and the step size halved (final lr {settings.lr * 0.5 ** halvings:g}); "
                          "a smaller --lr may train faster")
+        if augmenter.note:
+            notes.append(augmenter.note)
         if inputs.is_random:
             notes.append("inputs are random, not real data: the student learned the teacher on noise")
-        if len(train[next(iter(train))]) < 16:
-            notes.append(f"only {len(train[next(iter(train))])} training samples: agreement on new data may be lower")
+        if len(inputs) < 16:
+            cut = (f"batches of {settings.batch_size}, not the default {DEFAULT_BATCH_SIZE}; " if batch_cut else "")
+            notes.append(f"only {len(inputs)} training samples: {cut}agreement on new data may be lower")
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),
@@ -1554,13 +1691,32 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             trainable_values=int(sum(v.size for v in values.values())), biases=len(found.biases),
             matching_points=len(points), loss_before=loss0, loss_after=best[0], agreement_kind=kind,
             agreement_before=agree0, agreement_after=best[2], cosine_before=cos0, cosine_after=best[3],
-            verify_max_diff=verify_diff, verify_tolerance=settings.verify_tolerance, settings=asdict(settings),
+            verify_max_diff=verify_diff, verify_tolerance=max(limits.values()), settings=asdict(settings),
             curve=tuple(curve), torch_version=str(torch.__version__), threads=torch.get_num_threads(),
             notes=tuple(notes))
         return DistillResult(tuned, report)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
+
+
+def _check_step_sizes(model: onnx.ModelProto, trainable: Sequence[str], lr: float) -> None:
+    """Each tensor's Adam step size is ``lr × RMS`` of its starting value (at least ``lr × 1e-3``), and
+    Adam's bias correction moves up to ten times that in one step: a step that is not finite in the
+    tensor's dtype (torch refused it in the middle of the first step, a traceback) is an
+    :class:`InputDataError` before anything runs."""
+    wanted = set(trainable)
+    for tensor in model.graph.initializer:
+        if tensor.name not in wanted:
+            continue
+        values = numpy_helper.to_array(tensor)
+        rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
+        step = lr * max(rms, 1e-3) / (1 - ADAM_BETA1)
+        dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.dtype(np.float32)
+        if not step <= float(np.finfo(dtype).max):
+            raise InputDataError(f"--lr {lr:g}: Adam's steps for '{tensor.name}' (up to {1 / (1 - ADAM_BETA1):g} × lr "
+                                 f"× its RMS {rms:.3g}) overflow {dtype}; give a smaller --lr such as "
+                                 f"{DistillSettings.lr:g}")
 
 
 def _progress_bar(show: bool, steps: Optional[int], budget_s: Optional[float]):
@@ -1645,35 +1801,21 @@ def _student_session(model: onnx.ModelProto):
     return make_session(model, "cpu", spinning=False)
 
 
-def _held_out_set(model, held: dict, settings: DistillSettings, train_augmenter: Augmenter) -> dict:
-    """The held-out samples, then ``views`` augmented views of each (a fixed seed of their own)."""
+def _held_out_set(held: dict, settings: DistillSettings, train_augmenter: Augmenter) -> dict:
+    """The held-out samples, then ``views`` augmented views of each (a fixed seed of their own), made as
+    the training batches are (:meth:`Augmenter.on`) and as wide as the samples (never trimmed)."""
     if not settings.views or not settings.augment:
         return held
     count = len(next(iter(held.values())))
-    augmenter = make_augmenter(model, held, augment=True)
-    if hasattr(augmenter, "trim"):  # as the training batches (a model of one sequence length: untrimmed)
-        augmenter.trim = getattr(train_augmenter, "trim", augmenter.trim)
+    augmenter = train_augmenter.on(held)
+    if hasattr(augmenter, "trim"):
+        augmenter.trim = False  # the views sit beside the held-out samples, at their width
     views_rng = np.random.default_rng([settings.seed, 1])
     extra = []
     for _ in range(settings.views):
         picked = augmenter.batch(views_rng, count)
         extra.append(picked)
-    together = [held] + extra
-    width = {k: max(c[k].shape[1] if c[k].ndim > 1 else 0 for c in together) for k in held}
-    if isinstance(augmenter, TokenAugmenter):
-        together = [_pad_tokens(c, width, augmenter) for c in together]
-    return _concat(together)
-
-
-def _pad_tokens(chunk: dict, width: Mapping[str, int], augmenter: "TokenAugmenter") -> dict:
-    out = {}
-    for k, v in chunk.items():
-        if v.ndim == 2 and v.shape[1] < width[k]:
-            fill = augmenter.pad if k == augmenter.ids else 0
-            pad = np.full((v.shape[0], width[k] - v.shape[1]), fill, dtype=v.dtype)
-            v = np.concatenate([v, pad], axis=1)
-        out[k] = v
-    return out
+    return _concat([held] + extra)
 
 
 def _run_session(session, arrays: Mapping[str, np.ndarray], names: Sequence[str], batch: int) -> dict:
@@ -1745,24 +1887,40 @@ def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, floa
 
 
 def _verify(student, session, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], tolerance: float, *,
-            when: str) -> float:
-    """Max over outputs of max|ORT − torch| / max|torch|; raises DistillError beyond ``tolerance``."""
+            when: str) -> tuple[float, dict[str, float]]:
+    """``(max over outputs of max|ORT − torch| / max|torch|, the tolerance applied to each output)``;
+    raises DistillError beyond an output's tolerance: ``tolerance``, or twice the resolution (eps) of
+    the output's dtype where that is coarser (a float16 output rounds to 4.9e-4 of its scale)."""
     torch = import_torch()
     worst = 0.0
+    limits = {name: tolerance for name in outputs}
     for feed in _batches(arrays, 16):
         expected = session.run(list(outputs), feed)
         with torch.no_grad():
             got = student({k: torch.from_numpy(v) for k, v in feed.items()}, outputs)
         for name, ort_value in zip(outputs, expected):
-            mine = got[name].numpy().astype(np.float64)
+            resolution = max(_resolution(torch, got[name].dtype), _resolution(torch, np.asarray(ort_value).dtype))
+            limits[name] = limit = max(tolerance, 2 * resolution)
+            mine = got[name].to(torch.float64).numpy()
             scale = max(float(np.max(np.abs(mine))) if mine.size else 0.0, 1e-12)
             diff = float(np.max(np.abs(mine - ort_value))) / scale if mine.size else 0.0
             worst = max(worst, diff)
-            if not diff <= tolerance:
+            if not diff <= limit:
+                dtype = f" ({str(got[name].dtype).replace('torch.', '')} output)" if limit > tolerance else ""
                 raise DistillError(
                     f"{when}: ONNX Runtime and the torch student disagree on output '{name}' (max |diff| "
-                    f"{diff:.2e} of the output scale > {tolerance:g}); nothing was written")
-    return worst
+                    f"{diff:.2e} of the output scale > {limit:g}{dtype}); nothing was written")
+    return worst, limits
+
+
+def _resolution(torch, dtype) -> float:
+    """The machine epsilon of a floating-point torch or numpy dtype (0 for any other)."""
+    try:
+        if isinstance(dtype, torch.dtype):
+            return float(torch.finfo(dtype).eps) if dtype.is_floating_point else 0.0
+        return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def write_back(compressed: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
@@ -1812,8 +1970,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser, required=True)
     group = parser.add_argument_group("training")
     _add_training_arguments(group)
-    group.add_argument("--batch-size", type=positive_int, default=DistillSettings.batch_size, metavar="N",
-                       help=f"samples per step (default {DistillSettings.batch_size})")
+    group.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                       help=f"samples per step (default {DEFAULT_BATCH_SIZE}, or the number of training samples "
+                            "when there are fewer)")
     group.add_argument("--lr", type=float, default=DistillSettings.lr, metavar="X",
                        help=f"Adam step size relative to each tensor's RMS (default {DistillSettings.lr:g})")
     group.add_argument("--held-out", type=float, default=DistillSettings.held_out, metavar="F",

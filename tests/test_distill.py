@@ -303,6 +303,76 @@ def test_verification_failure_writes_nothing(torch, pair, monkeypatch, tmp_path,
     assert not (tmp_path / "out.onnx").exists()
 
 
+def _mlp(half_output: bool = False) -> onnx.ModelProto:
+    """x (N, 32) -> MatMul -> Tanh -> MatMul -> y (N, 16); ``half_output``: y cast to float16 ('y16')."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 64)) / 6).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((64, 16)) / 8).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="l1"), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "w2"], ["y"], name="l2")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])
+    if half_output:
+        nodes.append(helper.make_node("Cast", ["y"], ["y16"], to=TensorProto.FLOAT16))
+        out = helper.make_tensor_value_info("y16", TensorProto.FLOAT16, ["N", 16])
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])], [out], inits)
+
+
+def test_verification_tolerance_follows_the_output_dtype(torch):
+    """A float16 output rounds to 4.9e-4 of its scale: one rounding flip between ONNX Runtime and torch
+    failed the 1e-4 tolerance ('disagree on output y16'), at random, before or after training."""
+    from onnx_alds.distill import DistillError, _verify, distill
+
+    y = np.linspace(-1, 1, 64, dtype=np.float32).reshape(4, 16)
+    y16 = y.astype(np.float16)
+    flipped = y16.copy()
+    flipped[0, 0] = np.nextafter(flipped[0, 0], np.float16(0))  # one ulp: 4.9e-4 of the scale
+
+    class Session:
+        def __init__(self, values):
+            self.values = values
+
+        def run(self, names, feed):
+            return [self.values[n] for n in names]
+
+    def student(feeds, names):
+        return {"y": torch.from_numpy(y), "y16": torch.from_numpy(flipped)}
+
+    feed = {"x": np.zeros((4, 1), np.float32)}
+    worst, limits = _verify(student, Session({"y": y, "y16": y16}), feed, ["y", "y16"], 1e-4, when="test")
+    assert 1e-4 < worst < 1e-3 and limits == {"y": 1e-4, "y16": 2 * float(np.finfo(np.float16).eps)}
+    off = y.copy()
+    off[0, 0] += 1e-3  # float32 keeps the tight tolerance
+    with pytest.raises(DistillError, match="disagree on output 'y' .* > 0.0001\\)"):
+        _verify(student, Session({"y": off, "y16": y16}), feed, ["y", "y16"], 1e-4, when="test")
+    # end to end: a float32 model whose output is cast to float16
+    original = _mlp(half_output=True)
+    x = np.random.default_rng(1).standard_normal((40, 32)).astype(np.float32)
+    inputs = InputSet({"x": x}, None, "vectors")
+    small = compress(original, keep_params=0.5, rank_multiple=1, calibration=inputs).model
+    report = distill(original, small, inputs, steps=3, augment=False, progress=False).report
+    assert report.verify_tolerance == 2 * float(np.finfo(np.float16).eps)
+    assert any("'y16'" in note and "twice its resolution" in note for note in report.notes)
+
+
+def test_report_json_is_strict_after_a_diverging_run(distilled, tmp_path):
+    """A diverging run's NaN losses were written as bare NaN, which strict JSON parsers refuse."""
+    import dataclasses
+    import json
+
+    curve = distilled.report.curve + (dict(step=99, seconds=1.0, train_loss=float("nan"), held_out_loss=float("inf"),
+                                           agreement=0.5, cosine=float("nan")),)
+    report = dataclasses.replace(distilled.report, curve=curve, loss_after=float("nan"))
+    report.save_json(tmp_path / "r.json")
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert data["loss_after"] is None and data["curve"][-1]["train_loss"] is None
+    assert data["curve"][-1]["held_out_loss"] is None and data["curve"][-1]["agreement"] == 0.5
+    assert report.to_dict()["loss_after"] is None
+
+
 def test_rejects_a_model_that_is_not_its_compression(torch, pair):
     from onnx_alds.distill import distill
 
@@ -346,6 +416,77 @@ def test_inputs_the_model_cannot_run_and_bad_flags_are_one_error(torch, pair):
     # a batch beyond the training set repeated samples in every step (100 000 exhausted memory)
     with pytest.raises(InputDataError, match="--batch-size 100000 is more than the .* training samples"):
         distill(original, compressed, inputs, steps=1, batch_size=100000, progress=False)
+
+
+def test_a_huge_learning_rate_is_one_error_before_training(torch, pair, monkeypatch, tmp_path, capsys):
+    """--lr 1e45 passed the 'positive, finite' check; lr × RMS then overflowed float32 in torch's Adam (a
+    traceback in the first step)."""
+    from onnx_alds import distill as module
+    from onnx_alds.cli import main
+    from onnx_alds.errors import InputDataError
+
+    original, compressed, inputs = pair
+    monkeypatch.setattr(module, "_teacher_session", lambda *a: pytest.fail("ran before the check"))
+    for lr in (1e45, 1e300, 1e38):  # 1e38: finite as a step size, but Adam's first step is ten of them
+        with pytest.raises(InputDataError, match=r"--lr .*overflow float32; give a smaller --lr"):
+            module.distill(original, compressed, inputs, steps=1, lr=lr, progress=False)
+    monkeypatch.undo()
+    paths = write_pair(tmp_path, original, compressed, inputs)
+    code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
+                 "-o", str(tmp_path / "out.onnx"), "--steps", "1", "--lr", "1e45"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: --lr 1e+45")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_default_batch_size_fits_a_few_samples(torch, pair, tmp_path, capsys):
+    """compress --distill with fewer calibration samples than the default batch (16) failed after
+    compressing, naming --batch-size, a flag compress does not have. The default batch is now at most
+    the training samples (a note says so); a batch size given stays an error."""
+    from onnx_alds.cli import main
+    from onnx_alds.distill import distill
+    from onnx_alds.errors import InputDataError
+
+    original, compressed, _ = pair
+    few = _images(12, seed=3)
+    result = distill(original, compressed, few, steps=2, eval_every=1, progress=False)  # 10 train, 2 held out
+    assert result.report.train_samples == 10 and result.report.settings["batch_size"] == 10
+    assert any("batches of 10, not the default 16" in note for note in result.report.notes)
+    with pytest.raises(InputDataError, match="--batch-size 16 is more than the 10 training samples"):
+        distill(original, compressed, few, steps=2, batch_size=16, progress=False)
+    paths = write_pair(tmp_path, original, compressed, few)
+    code = main(["compress", str(paths[0]), "-o", str(tmp_path / "small.onnx"), "--keep-params", "0.5",
+                 "--rank-multiple", "1", "--calibration", str(tmp_path / "x.npz"), "--distill",
+                 "--distill-steps", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "batches of 10, not the default 16" in out and (tmp_path / "small.onnx").exists()
+    common = ["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"), "--steps", "1"]
+    assert main(common + ["-o", str(tmp_path / "tuned.onnx")]) == 0
+    capsys.readouterr()
+    assert main(common + ["-o", str(tmp_path / "refused.onnx"), "--batch-size", "16"]) == 1
+    assert "--batch-size 16 is more than the 10 training samples" in capsys.readouterr().err
+
+
+def test_settings_of_the_wrong_type_are_one_error():
+    """batch_size=4.5 was blamed on the inputs, steps=2.5 and steps=True ran, steps="10" and seed=1.5 were
+    TypeErrors."""
+    from onnx_alds.distill import DistillSettings
+    from onnx_alds.errors import InputDataError
+
+    for flags, wanted in ((dict(batch_size=4.5), r"batch_size=4.5 \(float\): give an integer"),
+                          (dict(steps=2.5), r"steps=2.5 \(float\): give an integer"),
+                          (dict(steps=True), r"steps=True \(bool\): give an integer"),
+                          (dict(steps="10"), r"steps='10' \(str\): give an integer"),
+                          (dict(seed=1.5), r"seed=1.5 \(float\): give an integer"),
+                          (dict(lr="0.1"), r"lr='0.1' \(str\): give a number"),
+                          (dict(minutes=True), r"minutes=True \(bool\): give a number"),
+                          (dict(augment=1), r"augment=1 \(int\): give True or False")):
+        with pytest.raises(InputDataError, match=wanted):
+            DistillSettings(**flags)
+    settings = DistillSettings(steps=np.int64(5), seed=np.uint32(3), batch_size=np.int32(4), lr=np.float32(0.5),
+                               minutes=2, augment=np.bool_(False))
+    assert (settings.steps, settings.seed, settings.batch_size, settings.minutes) == (5, 3, 4, 2.0)
+    assert type(settings.steps) is int and type(settings.lr) is float and settings.augment is False
 
 
 def test_a_fixed_batch_model_is_refused_before_anything_runs(torch, pair):
@@ -436,6 +577,81 @@ def test_token_augmenter_makes_valid_sentences():
         assert np.all(m[:n] == 1) and np.all(m[n:] == 0)
         assert row[0] == 101 and row[n - 1] == 102 and np.all(row[n:] == 0)
         assert np.all((row[1:n - 1] >= 1000) & (row[1:n - 1] < 2000))
+
+
+def _sentences(count: int = 20, width: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (101 ... 102, then padding 0) and their int mask, lengths 5 to ``width``."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((count, width), np.int64)
+    mask = np.zeros((count, width), np.int64)
+    for i, n in enumerate(rng.integers(5, width + 1, count)):
+        ids[i, :n] = np.concatenate([[101], rng.integers(1000, 2000, n - 2), [102]])
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def _input_stub(specs) -> onnx.ModelProto:
+    """A model with just these graph inputs (name, ONNX type), dims (B, S)."""
+    return helper.make_model(helper.make_graph(
+        [], "g", [helper.make_tensor_value_info(n, t, ["B", "S"]) for n, t in specs], []))
+
+
+def test_token_augmenter_keeps_positions_types_and_masks():
+    """position_ids became all zeros (every other int input got its first value along the row), and a
+    float 0/1 mask beside int64 ids got noise (0.93/0.02: padding no longer masked)."""
+    from onnx_alds.distill import Augmenter, NoiseAugmenter, TokenAugmenter, _held_out_set, DistillSettings
+    from onnx_alds.distill import make_augmenter
+
+    ids, mask = _sentences()
+    count, width = ids.shape
+    positions = np.tile(np.arange(width), (count, 1))
+    types = np.repeat(np.arange(count)[:, None] % 2, width, axis=1)  # one value per sentence
+    segments = np.where(mask == 1, 1, 0)  # one value per sentence, padding 0
+    arrays = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "token_type_ids": types,
+              "segment_ids": segments}
+    model = _input_stub([(name, TensorProto.INT64) for name in arrays])
+    augmenter = make_augmenter(model, arrays)
+    assert isinstance(augmenter, TokenAugmenter) and augmenter.spans and augmenter.note is None
+    batch = augmenter.batch(np.random.default_rng(0), 40)
+    used = batch["input_ids"].shape[1]
+    assert np.array_equal(batch["position_ids"], np.tile(np.arange(used), (40, 1)))
+    assert np.all(batch["token_type_ids"] == batch["token_type_ids"][:, :1])
+    assert np.array_equal(batch["segment_ids"], batch["attention_mask"])
+    views = _held_out_set(arrays, DistillSettings(views=2), augmenter)  # as wide as the samples, same rules
+    assert np.array_equal(views["position_ids"], np.tile(np.arange(width), (3 * count, 1)))
+    # a float 0/1 mask is the ids' attention mask, not noisy data
+    floats = make_augmenter(_input_stub([("ids", TensorProto.INT64), ("mask", TensorProto.FLOAT)]),
+                            {"ids": ids, "mask": mask.astype(np.float32)})
+    assert isinstance(floats, TokenAugmenter)
+    batch = floats.batch(np.random.default_rng(1), 40)
+    assert batch["mask"].dtype == np.float32 and np.isin(batch["mask"], (0.0, 1.0)).all()
+    assert np.all(np.diff(batch["mask"], axis=1) <= 0) and np.all(batch["ids"][batch["mask"] == 0] == 0)
+    # positions that follow each sentence (RoBERTa: padding 1, then 2, 3 ...) cannot be made for a new
+    # sentence: no spans or splices, only swaps, every other input as given; and the report says so
+    roberta = np.where(mask == 1, np.cumsum(mask, axis=1) + 1, 1)
+    swaps = make_augmenter(model, dict(arrays, position_ids=roberta))
+    assert isinstance(swaps, TokenAugmenter) and not swaps.spans and "'position_ids'" in swaps.note
+    batch = swaps.batch(np.random.default_rng(2), 60)
+    rows = np.random.default_rng(2).integers(0, count, size=60)  # the samples the batch starts from
+    used = batch["input_ids"].shape[1]
+    assert np.array_equal(batch["position_ids"], roberta[rows, :used])
+    assert np.array_equal(batch["attention_mask"], mask[rows, :used])
+    assert np.array_equal(batch["token_type_ids"], types[rows, :used])
+    kept = batch["attention_mask"] == 1
+    assert np.array_equal(batch["input_ids"] == 0, ~kept) and (batch["input_ids"] != ids[rows, :used]).any()
+    assert "no spans or splices" in swaps.describe()
+    # noise only where the values are data: never on a mask (float 0/1 or named *mask*)
+    x = np.random.default_rng(3).standard_normal((count, 8)).astype(np.float32)
+    noisy = make_augmenter(_input_stub([("x", TensorProto.FLOAT), ("valid", TensorProto.FLOAT),
+                                        ("pad_mask", TensorProto.FLOAT)]),
+                           {"x": x, "valid": mask.astype(np.float32), "pad_mask": x * 0 - 1e4})
+    assert isinstance(noisy, NoiseAugmenter) and noisy.float_names == ["x"]
+    batch = noisy.batch(np.random.default_rng(4), 10)
+    assert np.isin(batch["valid"], (0.0, 1.0)).all() and np.all(batch["pad_mask"] == -1e4)
+    # a left-padded mask is not rebuilt (the augmenter makes right-padded sentences): resampling only
+    left = make_augmenter(_input_stub([("input_ids", TensorProto.INT64), ("attention_mask", TensorProto.INT64)]),
+                          {"input_ids": ids[:, ::-1].copy(), "attention_mask": mask[:, ::-1].copy()})
+    assert type(left) is Augmenter
 
 
 # --------------------------------------------------------------------------------------------------
