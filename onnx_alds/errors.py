@@ -63,7 +63,8 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 
 
 _NODE_IN_MESSAGE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
-_SOURCE_PREFIX = re.compile(r"^(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?")
+_SOURCE_PREFIX = re.compile(r"^(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*?::~?\w+(?:<[^()]*>)?"  # file:line ns::Function
+                            r"\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?(?:\[with [^\]]*\]\s*)?")  # (args) const
 
 
 def runtime_error_text(exc: BaseException, limit: int = 240) -> str:

@@ -149,3 +149,16 @@ def test_random_nodes_found_and_calibration_refused():
                for note in result.report.notes)
     report = validate(active, result.model, inputs=calibration, figures_only=True)
     assert any("the original draws random values at run time" in note for note in report.notes)
+
+
+def test_runtime_error_text_keeps_messages_without_a_signature():
+    """A status message whose text has parentheses but no C++ signature before it kept nothing at all."""
+    from onnx_alds.errors import runtime_error_text
+
+    text = ("Non-zero status code returned while running FusedConv node. Name:'conv' Status Message: conv.cc:275 "
+            "Compute Conv : bias must be a 1D tensor of size output_channels (16)")
+    assert runtime_error_text(RuntimeError(text)) == (
+        "FusedConv node 'conv': conv.cc:275 Compute Conv : bias must be a 1D tensor of size output_channels (16)")
+    signature = ("Status Message: /src/core/framework/op_kernel.cc:87 virtual OrtValue* "
+                 "onnxruntime::OpKernelContext::OutputMLValue(int, const onnxruntime::TensorShape&) Shape mismatch")
+    assert runtime_error_text(RuntimeError(signature)) == "Shape mismatch"
