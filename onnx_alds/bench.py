@@ -551,6 +551,11 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
     pairs = factorized_pairs(original, compressed)
     rows, skipped = [], []
     if not pairs:
+        encoders = sorted(node.name[:-len(".enc")] for node in compressed.graph.node if node.name.endswith(".enc"))
+        if encoders:  # factorized, but the first model is not the one it was made from
+            return LayerComparison(model_name, batch, (), (
+                f"its {len(encoders)} factorized layers (first: '{encoders[0]}') have no node of that name in the "
+                "first model; give the original (uncompressed) model first",))
         return LayerComparison(model_name, batch, (), ())
     shapes_o, _ = resolve_input_shapes(original, input_shapes, batch_default=batch)
     shapes_o = {k: (batch,) + tuple(v[1:]) if v else v for k, v in shapes_o.items()}

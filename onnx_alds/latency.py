@@ -33,7 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,12 +84,23 @@ class LatencyCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
-    def load(self, key: str) -> Optional[dict]:
+    def load(self, key: str, fields: Optional[Mapping[str, Any]] = None,
+             valid: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
+        """The entry stored under ``key``, or None when it is missing, unreadable, of another version, made
+        for other ``fields`` (a file copied in under another layer's name) or not of the layout ``valid``
+        accepts (an edited or foreign file): each is measured again."""
         try:
             data = json.loads(self.path(key).read_text())
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else None
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            return None
+        if fields is not None and data.get("key") != json.loads(json.dumps(fields, sort_keys=True, default=str)):
+            return None
+        try:
+            return data if valid is None or valid(data) else None
+        except (TypeError, ValueError, AttributeError, KeyError):
+            return None
 
     def save(self, key: str, data: dict) -> None:
         from .model_io import write_file_atomically
@@ -100,6 +113,25 @@ class LatencyCache:
         except OSError as exc:  # a read-only cache only costs the next run its measurements
             LatencyCache.unwritable.add(self.folder)
             log.warning("latency cache not written (%s): %s; this run's measurements are not kept", self.folder, exc)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _layer_entry_ok(entry: dict) -> bool:
+    """A layer table entry: ``dense_us`` numbers, ``options`` of ``"<order>/g<g>/r<r>": {us, ratio}``."""
+    options = entry["options"]
+    return (isinstance(entry["dense_us"], list) and all(_number(v) and v > 0 for v in entry["dense_us"])
+            and isinstance(options, dict) and all(
+                isinstance(k, str) and re.fullmatch(r".+/g\d+/r\d+", k) and isinstance(v, dict)
+                and _number(v["us"]) and _number(v["ratio"]) and v["ratio"] > 0 for k, v in options.items()))
+
+
+def _model_entry_ok(entry: dict) -> bool:
+    """A whole-model entry: ``us`` and ``layers_us`` (layer key → microseconds)."""
+    return (_number(entry["us"]) and isinstance(entry["layers_us"], dict)
+            and all(_number(v) for v in entry["layers_us"].values()))
 
 
 def _digest(fields: Mapping[str, Any]) -> str:
@@ -409,8 +441,8 @@ def measure_table(name: str, spec: LayerSpec, wants: Mapping[Option, np.ndarray]
     """The latency table of one layer for the ``(order, groups) → allowed ranks`` in ``wants``."""
     key_fields = {"version": CACHE_VERSION, "layer": spec.fields(), "timer": dict(identity)}
     key = _digest(key_fields)
-    entry = memo.get(key) or cache.load(key) or {"version": CACHE_VERSION, "key": key_fields, "dense_us": [],
-                                                 "options": {}}
+    entry = memo.get(key) or cache.load(key, key_fields, _layer_entry_ok) or {
+        "version": CACHE_VERSION, "key": key_fields, "dense_us": [], "options": {}}
     measured_now = False
     dense_model: list[onnx.ModelProto] = []
 
@@ -469,8 +501,8 @@ def measure_model(model: onnx.ModelProto, store: Any, input_shapes: Mapping[str,
                   "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
                   "layers": {key: counts[key] for key in sorted(specs)}, "timer": dict(identity)}
     key = "model-" + _digest(key_fields)
-    entry = cache.load(key)
-    if entry is not None and "us" in entry and set(entry.get("layers_us", {})) == set(specs):
+    entry = cache.load(key, key_fields, _model_entry_ok)
+    if entry is not None and set(entry["layers_us"]) == set(specs):
         stats.model_cached = True
         return float(entry["us"]), {k: float(v) for k, v in entry["layers_us"].items()}
     keys = sorted(specs)
@@ -710,14 +742,23 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
     cheapest = minimum_cost(tables, scales, costs)
     if budget < cheapest - 1e-9:
         reachable = (fixed + cheapest) / model_us if model_us > 0 else float("nan")
+        slow = sum(1 for c in costs if not any(np.any(np.asarray(times) < c.dense) for times in c.options))
+        where = f"at batch {info.batch} on {info.provider}"
+        if slow == len(costs):
+            reason = (f"none of the {len(costs)} factorizable layers has a factorization measured faster than its "
+                      f"dense layer {where}")
+            fix = "nothing here runs faster factorized: time another batch (--bench-batch) or provider, or use --keep-flops"
+        else:
+            reason = (f"{slow} of {len(costs)} factorizable layers have no factorization measured faster than their "
+                      f"dense layer {where}; every other layer at its fastest measured option" if slow else
+                      "every layer at its fastest measured option")
+            fix = "ask for at least that, or lower --rank-multiple (smaller rank steps may run faster)"
         raise BudgetError(
             f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {ratio_at_least(reachable)} "
-            "(every layer "
-            f"at its fastest measured option; the dense model takes {model_us / 1e3:.3f} ms at batch {info.batch} on "
-            f"{info.provider}, "
-            + (f"of which {fixed / 1e3:.3f} ms in ops that do not change" if fixed >= 0 else
-               f"less than its layers timed alone, {dense / 1e3:.3f} ms: single-layer times overstate here")
-            + "); ask for at least that, or lower --rank-multiple")
+            f"({reason}; the dense model takes {model_us:.1f} µs, "
+            + (f"of which {fixed:.1f} µs in ops that do not change" if fixed >= 0 else
+               f"less than its layers timed alone, {dense:.1f} µs: single-layer times overstate here")
+            + f"); {fix}")
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget, costs=costs)
     return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed, costs=costs)
@@ -759,7 +800,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     (``timer.time_ratio``), giving the measured ratio ``m``. The next budget assumes the measured saving
     is proportional to the predicted one, ``b' = 1 − (1 − keep)(1 − b)/(1 − m)``, then a secant step
     through the last two rounds (a round that measured no saving at all moves the budget down by its
-    overshoot, ``b' = b − (m − keep)``: a deeper cut can run faster where a gentle one does not); never
+    overshoot, ``b' = b − (m − keep)``: a deeper cut can run faster where a gentle one does not); when the
+    last two rounds contradict each other (the deeper plan measured slower: noise on a shared machine),
+    the proportional step is taken from the round measured closest to ``keep``, not from the last; never
     below ``smallest`` (:func:`smallest_keep_latency`). It stops
     within ``tolerance × keep`` or after ``rounds`` rounds and returns the decisions of the round with
     the largest budget whose measured ratio is within tolerance of (or under) ``keep``, else those of
@@ -775,8 +818,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                   "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
                   "timer": dict(identity or timer.identity)}
         key = "ratio-" + _digest(fields)
-        entry = cache.load(key) if cache is not None else None
-        if entry is not None and isinstance(entry.get("ratio"), float):
+        entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
+            if cache is not None else None
+        if entry is not None:
             return entry["ratio"]
         value = float(timer.time_ratio(reference, candidate, store, input_shapes))
         if cache is not None:
@@ -797,17 +841,21 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         tried.append((allocation, SettleRound(budget, info.achieved(decisions), measured)))
         if abs(measured - keep) <= tolerance * keep:
             break
+        base = tried[-1][1]  # the round the next budget steps from
+        following = None
         if len(tried) >= 2 and tried[-1][1].measured != tried[-2][1].measured:
             (_, last), (_, before) = tried[-1], tried[-2]
             slope = (last.measured - before.measured) / (last.budget - before.budget) \
                 if last.budget != before.budget else 0.0
-            following = last.budget + (keep - last.measured) / slope if slope > 0 else None
-        else:
-            following = None
+            if slope > 0:
+                following = last.budget + (keep - last.measured) / slope
+            else:  # a deeper plan measured slower (or a gentler one faster): noise; step from the closest round
+                base = min((r for _, r in tried), key=lambda r: abs(r.measured - keep))
         if following is None:
-            saved = 1.0 - measured
+            saved = 1.0 - base.measured
             # nothing saved at all (a few small pairs cost more than they save): cut deeper by the overshoot
-            following = budget - (measured - keep) if saved <= 0 else 1.0 - (1.0 - keep) * (1.0 - budget) / saved
+            following = base.budget - (base.measured - keep) if saved <= 0 else \
+                1.0 - (1.0 - keep) * (1.0 - base.budget) / saved
         following = float(min(max(following, smallest), 1.0))
         if any(abs(following - r.budget) < 1e-4 for _, r in tried):
             break  # the budget would not change (the smallest reachable, or a fixed point)

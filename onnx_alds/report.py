@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,9 +125,11 @@ class CompressionReport:
         lines.append(f"method: {self.method}{data}, "
                      f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
         measured = (self.latency or {}).get("measured_ratio") if self.target == "latency" else None
-        lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {self.achieved:.4f}"
+        achieved = (f"{self.achieved:.4f}" if math.isfinite(self.achieved) else
+                    "not predicted (an edited decision has no recorded time; bench the model)")
+        lines.append(f"target: keep {self.target} {self.requested:.4f}, achieved {achieved}"
                      + (f" predicted by the tables, {measured:.4f} measured on the whole model"
-                        if measured is not None else ""))
+                        if measured is not None and math.isfinite(self.achieved) else ""))
         lines.append(f"weights: {_si(self.params_before)} -> {_si(self.params_after)} ({ratio_params:.4f} kept)")
         if self.macs_before:
             lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "

@@ -100,6 +100,18 @@ def test_per_layer_one_row_per_pair():
     assert any(line.strip().startswith("conv1 ") for line in report.lines())
 
 
+def test_per_layer_with_a_compressed_model_first_names_the_mix_up():
+    """Said "no factorized layers (no nodes named <layer>.enc / <layer>.dec)" of a model that has them, when
+    the first model given was not the original."""
+    compressed = _model(True)
+    report = bench([compressed, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
+    (comparison,) = report.layers
+    assert not comparison.rows and comparison.skipped == (
+        "its 2 factorized layers (first: 'conv1') have no node of that name in the first model; give the original "
+        "(uncompressed) model first",)
+    assert not any("no factorized layers" in line for line in report.lines())
+
+
 def test_per_layer_needs_two_models():
     with pytest.raises(InputDataError, match="two or more models"):
         bench([_model(False)], per_layer=True, **FAST)

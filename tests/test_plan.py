@@ -63,6 +63,8 @@ def test_latency_plan_round_trip_measures_nothing_on_apply(tmp_path):
     rows = {row.name: row for row in applied.report.layers}
     assert rows["conv1"].order == plan.layer("conv1").order
     assert applied.report.latency["predicted_speedup"] == pytest.approx(plan.totals["latency"]["predicted_speedup"])
+    edited = apply_plan(model, plan.with_layer("conv3", rank=4)).report  # a rank no table measured
+    assert "achieved not predicted (an edited decision has no recorded time" in edited.format()  # was "achieved nan"
 
 
 def test_edited_plan_applies_and_shows_the_edit():
