@@ -265,16 +265,16 @@ def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
 _RESOURCE_SIGNS = ("pthread_create", "Resource temporarily unavailable", "bad_alloc", "Failed to allocate memory")
 
 
-def _raise_if_out_of_resources(exc: BaseException) -> None:
+def _raise_if_out_of_resources(exc: BaseException, fix: str = "retry when other jobs have finished, or with "
+                                                            "fewer threads") -> None:
     """Raise :class:`RuntimeResourceError` when ONNX Runtime failed for want of threads or memory (the
     machine's state, not the model's fault nor a bug); its whole message is searched (the sign can sit
-    past the first line's length)."""
+    past the first line's length). ``fix``: what to do, said after the cause."""
     text = " ".join(str(exc).split())
     found = [text.index(sign) for sign in _RESOURCE_SIGNS if sign in text]
     if found:
         raise RuntimeResourceError(f"ONNX Runtime could not get threads or memory ({text[min(found):][:160]}): the "
-                                   "machine is out of them, the model is not at fault; retry when other jobs have "
-                                   "finished, or with fewer threads") from None
+                                   f"machine is out of them, the model is not at fault; {fix}") from None
 
 
 RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")

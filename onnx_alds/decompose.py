@@ -131,19 +131,26 @@ def candidate_groups(in_channels: int, out_features: int, kernel: int, max_group
 def whitening_factor(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.ndarray:
     """A lower-triangular ``L`` with ``L Lᵀ = C + δ·mean(diag C)·I`` (Cholesky of the damped moment).
 
-    The damping keeps rank-deficient statistics (fewer samples than dims, dead inputs) invertible.
+    The damping keeps rank-deficient statistics (fewer samples than dims, dead inputs) invertible; it
+    grows tenfold while the Cholesky fails, and a moment still indefinite after that (rounding noise of
+    denormal float32 sums) is replaced by its nearest positive definite matrix (eigenvalues clipped).
     """
     size = second_moment.shape[0]
-    scale = float(np.mean(np.diag(second_moment))) if size else 0.0
+    moment = np.asarray(second_moment, dtype=np.float64)
+    scale = float(np.mean(np.diag(moment))) if size else 0.0
     if not np.isfinite(scale) or scale <= 0.0:
         scale = 1.0
-    damped = np.asarray(second_moment, dtype=np.float64) + (damping * scale) * np.eye(size)
+    # on the unit scale: inputs of 1e-23 (vanishing activations) have float32 moments of denormals
+    damped = moment / scale + damping * np.eye(size)
     for attempt in range(6):
         try:
-            return np.linalg.cholesky(damped)
+            return np.sqrt(scale) * np.linalg.cholesky(damped)
         except np.linalg.LinAlgError:
-            damped = damped + (damping * scale * 10 ** (attempt + 1)) * np.eye(size)
-    raise np.linalg.LinAlgError("input second moment is not positive definite even after damping")
+            damped = damped + (damping * 10 ** (attempt + 1)) * np.eye(size)
+    # still indefinite (rounding noise above the damping): the nearest positive definite moment
+    values, vectors = np.linalg.eigh((damped + damped.T) / 2)
+    values = np.maximum(values, damping * max(float(values.max()), 1.0))
+    return np.sqrt(scale) * np.linalg.cholesky((vectors * values) @ vectors.T + damping * np.eye(size))
 
 
 def _eigh(matrix: np.ndarray, *, consume: bool = False, **options) -> np.ndarray:

@@ -104,3 +104,28 @@ def test_shared_gram_spectra_equal_direct_ones():
 def test_channel_multiple_restricts_groups():
     assert candidate_groups(64, 64, 9, 16, channel_multiple=16) == (1, 2, 4)
     assert candidate_groups(24, 64, 9, 16, channel_multiple=16) == (1,)
+
+
+def test_whitening_factor_of_vanishing_inputs_is_finite():
+    """Inputs of 1e-23 (activations that vanish deep in a long tanh chain) give moments of denormals:
+    the Cholesky failed at every damping and compress ended in a LinAlgError traceback."""
+    import onnx_alds
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.decompose import whitening_factor
+    from onnx_alds.inputs import random_inputs
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(np.array(1e-23, np.float32), "s"),
+         numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_alds.compress(model, keep_params=0.6, calibration=random_inputs(model, 16))
+    assert any(row.groups for row in result.report.layers)
+    normal = rng.standard_normal((256, 32))
+    c = normal.T @ normal / 256
+    expected = np.linalg.cholesky(c + 1e-6 * np.mean(np.diag(c)) * np.eye(32))
+    np.testing.assert_allclose(whitening_factor(c), expected, rtol=1e-10, atol=1e-12)  # as before otherwise

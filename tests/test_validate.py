@@ -744,3 +744,19 @@ def test_models_with_inputs_of_other_shapes_are_named_not_the_data():
     with pytest.raises(UnsupportedModelError, match=r"'x' is float32 \[\?, 3, 8, 8\] in the original and float32 "
                                                     r"\[\?, 1, 8, 8\] in the other"):
         validate(_classifier(), other, inputs=InputSet({"x": np.zeros((2, 3, 8, 8), np.float32)}, source="t"))
+
+
+def test_out_of_memory_in_validation_names_the_batch_size():
+    """ONNX Runtime out of memory at the default batch of 32 (a 2048-token attention model) was told
+    'random inputs do not fit this model: give real inputs'."""
+    from onnx_alds.errors import RuntimeResourceError
+    from onnx_alds.validate import _run_validation
+
+    class Session:
+        def run(self, names, feed):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul "
+                               "node. Name:'sc0' Status Message: /src/bfc_arena.cc:360\nFailed to allocate memory "
+                               "for requested buffer of size 2147483648")
+
+    with pytest.raises(RuntimeResourceError, match=r"Failed to allocate memory .*--batch-size N below 32"):
+        _run_validation(Session(), ["y"], {"x": np.zeros((32, 4), np.float32)}, "compressed", random=True)
