@@ -108,11 +108,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     try:
         resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
         notes += shape_notes
-    except UnsupportedModelError:
+    except UnsupportedModelError as exc:
         if need_macs:
             raise
         resolved = None
-        notes.append("input shapes are dynamic: MACs not counted (give --input-shape to count them)")
+        notes.append(f"MACs not counted: {exc}")  # names the input still dynamic and the --input-shape to give
     layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node if is_counted_node(n)]
     if resolved is not None:
         needed = {name for node in layer_ops for name in (node.output[0], *counted_inputs(node))}
@@ -742,7 +742,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         report = replace(report, params_after=stored,
                          achieved=stored / report.params_before if target == "params" else report.achieved)
         gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank",
-                              applied=allocation.search.startswith("plan"))[1]  # said of the figure written
+                              applied=_edited_plan(allocation.search))[1]  # said of the figure written
         report = replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
                          + ((gap_note,) if gap_note else ()))
     if data_aware:
@@ -833,6 +833,12 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
 OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep is a warning, not a note
 
 
+def _edited_plan(search: str) -> bool:
+    """Whether a report's ``search`` is a saved plan applied with edited entries ("plan (2 layers edited)"):
+    its budget gap is the edits' doing; an unedited plan's is the rank steps', as when it was made."""
+    return search.startswith("plan (")
+
+
 def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, applied: bool = False
                ) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
@@ -879,7 +885,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     measured = (report.latency or {}).get("measured_ratio") if report.target == "latency" else None
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction
     overshoot = None if measured is not None else \
-        budget_gap(report.achieved, report.requested, report.rank_multiple, "rank", applied=applied)[0]
+        budget_gap(report.achieved, report.requested, report.rank_multiple, "rank",
+                   applied=_edited_plan(report.search))[0]
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE
@@ -1057,7 +1064,7 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
     latency = speed.summary(decisions) if speed is not None else None
     measured = target == "latency" and (latency or {}).get("measured_ratio") is not None  # said by the whole-model check
     gap_note = None if measured else budget_gap(achieved, keep, rank_multiple, "rank",  # its warning: _harm_warnings
-                                                applied=allocation.search.startswith("plan"))[1]
+                                                applied=_edited_plan(allocation.search))[1]
     if gap_note:
         notes.append(gap_note)
     return CompressionReport(

@@ -108,6 +108,9 @@ class LayerComparison:
     skipped: tuple[str, ...] = ()
 
 
+NOISY_SPREAD = 0.2  # a p90/p10 spread above this says other work shares the machine (docs/VALIDATE_AND_BENCH.md)
+
+
 @dataclass(frozen=True)
 class BenchReport:
     """Every figure of one benchmark run."""
@@ -141,6 +144,11 @@ class BenchReport:
         lines = [f"bench on {self.provider} ({self.provider_name}{threads}), "
                  f"{self.machine.get('cpu', '?')}" + (f", GPU {self.machine['gpu']}" if self.machine.get("gpu") else "")]
         lines += [t.line() for t in self.timings]
+        noisy = [t for t in self.timings if t.spread > NOISY_SPREAD]
+        if noisy:
+            lines.append(f"note: {len(noisy)} timings spread over {NOISY_SPREAD * 100:.0f} % (p90 − p10 of the "
+                         f"median; largest {max(t.spread for t in noisy) * 100:.0f} %): other work shares the machine, "
+                         "so speedups are uncertain by about that much; time again on a quiet machine")
         for comparison in self.layers:
             lines.append(f"per layer: {comparison.model} against {self.models[0]} (batch {comparison.batch_size})")
             lines += ["  " + row.line() for row in comparison.rows]

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -970,8 +971,8 @@ def run_plan_command(args: argparse.Namespace) -> int:
         plan.report.save_json(args.report)
     text = plan.report.format()
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    print(f"wrote {output} (apply it with: onnx-alds apply {args.model} {output} -o OUT"
-          + (" --calibration ..." if plan.data_aware else "") + ")")
+    print(f"wrote {output} (apply it with: onnx-alds apply {shlex.quote(str(args.model))} "
+          f"{shlex.quote(str(output))} -o OUT" + (" --calibration ..." if plan.data_aware else "") + ")")
     return 0
 
 

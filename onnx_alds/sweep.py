@@ -1177,7 +1177,6 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     # a value given twice is one variant (two copies would write the same files at once)
     methods, keeps = list(dict.fromkeys(methods)), list(dict.fromkeys(float(keep) for keep in keeps))
     rank_multiples, seeds = list(dict.fromkeys(rank_multiples)), list(dict.fromkeys(seeds))
-    out.mkdir(parents=True, exist_ok=True)
     hashes = _Hashes()
     store = RowStore(out)
     tasks: list[VariantTask] = []
@@ -1197,6 +1196,10 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                         variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
                         tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
                                                  current[model.name]))
+    if not tasks:  # every combination skipped: refused before anything is written
+        reason = skipped[0]["reason"] if skipped else "no variant"
+        raise InputDataError(f"the sweep has no variant to run ({len(skipped)} combinations skipped: {reason})")
+    out.mkdir(parents=True, exist_ok=True)
     for entry in skipped:
         emit(f"  skip {entry['model']} / {entry['method']}: {entry['reason']}")
     results: dict[str, dict[str, Any]] = {}
@@ -1569,9 +1572,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         first = result.crashed[0]
         raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: "
                             f"{first['error']}); run the same command again to retry them")
-    if not result.rows:  # every combination skipped: nothing was run
-        reason = result.skipped[0]["reason"] if result.skipped else "no variant"
-        raise InputDataError(f"the sweep ran no variant ({len(result.skipped)} combinations skipped: {reason})")
     failed = [row for row in result.rows if row.get("status") != "ok"]
     if len(failed) == len(result.rows):
         raise BudgetError(f"no variant produced a model ({len(failed)} failed; first: {failed[0].get('variant_id')}: "

@@ -143,3 +143,18 @@ def test_layer_line_verdict(speedup, verdict):
 
     line = LayerTiming("conv", "Conv", (1, 3, 8, 8), ("a", "b"), 10.0, 10.0 / speedup, speedup).line()
     assert line.endswith(verdict)
+
+
+def test_noisy_timings_are_said_to_be_uncertain():
+    """A spread of 98 % printed a 2.05x speedup with no word that the machine was busy."""
+    from dataclasses import replace
+
+    from onnx_alds.bench import BenchReport, Timing
+
+    quiet = Timing("a.onnx", 1, 100, 1.0, 0.98, 1.03, 1.0, 0.97, 0.05, 1000.0, 1.0)
+    noisy = replace(quiet, model="b.onnx", spread=0.98, speedup=2.05)
+    report = BenchReport(("a.onnx", "b.onnx"), "cpu", "CPUExecutionProvider", {}, 1, (1,), 1, (quiet, noisy), (),
+                         {"cpu": "test"}, {})
+    assert any(line.startswith("note: 1 timings spread over 20 %") and "largest 98 %" in line
+               for line in report.lines())
+    assert not any(line.startswith("note:") for line in replace(report, timings=(quiet,)).lines())

@@ -513,3 +513,18 @@ def test_products_of_run_time_tensors_keep_their_macs_in_the_report():
     assert report.macs_after == 2 * tokens * dim * rank + tokens * tokens * dim
     assert report.achieved == pytest.approx(report.macs_after / report.macs_before) and report.achieved <= 0.75
     assert not any("below the requested" in w for w in report.warnings)
+
+
+def test_analyze_names_the_input_still_dynamic():
+    """With --input-shape for one of two dynamic inputs, analyze said 'input shapes are dynamic ... (give
+    --input-shape to count them)' without naming the input still missing."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"], name="mm"), helper.make_node("Add", ["b", "b"], ["z"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 32, 16]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "T", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "T", 16])],
+        [numpy_helper.from_array(np.ones((16, 8), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    notes = onnx_alds.analyze(model, input_shapes={"a": (1, 32, 16)}).notes
+    assert "MACs not counted: input 'b' (?x?x16) has dynamic dims; give them with --input-shape b:1xNx16" in notes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -158,6 +159,9 @@ def test_cli_plan_then_apply_equals_compress(tmp_path, capsys):
     common = ["--keep-flops", "0.5", "--rank-multiple", "8"]
     assert main(["plan", str(model_path), "-o", str(tmp_path / "plan.json"), *common]) == 0
     assert "wrote" in capsys.readouterr().out
+    spaced = tmp_path / "my plan.json"  # the printed apply command can be pasted (it was unquoted)
+    assert main(["plan", str(model_path), "-o", str(spaced), *common]) == 0
+    assert f"onnx-alds apply {model_path} '{spaced}' -o OUT" in capsys.readouterr().out
     assert main(["apply", str(model_path), str(tmp_path / "plan.json"), "-o", str(tmp_path / "applied.onnx"),
                  "--report", str(tmp_path / "applied.json")]) == 0
     assert main(["compress", str(model_path), "-o", str(tmp_path / "compressed.onnx"), *common]) == 0
@@ -455,3 +459,23 @@ def test_plan_equals_itself_after_json_and_api_misuse_is_a_plan_error():
         apply_plan(None, plan)
     with pytest.raises(ModelLoadError, match="the model is of type int"):
         onnx_alds.compress(3, keep_flops=0.5)
+
+
+def test_an_unedited_plan_applied_warns_as_compress_does():
+    """apply of an unedited plan said its decisions "(as edited)" cut more than its budget and advised
+    editing the plan, while plan had said the rank steps of 16 were too coarse."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W1"], ["h"], pads=[1] * 4, name="c1"),
+         helper.make_node("Relu", ["h"], ["h2"]), helper.make_node("Conv", ["h2", "W2"], ["y"], pads=[1] * 4, name="c2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 16, 16])],
+        [numpy_helper.from_array(rng.standard_normal((64, 32, 3, 3)).astype(np.float32), "W1"),
+         numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compressed = onnx_alds.compress(model, keep_flops=0.55, rank_multiple=16).report
+    assert any("no plan closer to the budget exists with rank steps of 16" in w for w in compressed.warnings)
+    applied = apply_plan(model, round_trip(make_plan(model, keep_flops=0.55, rank_multiple=16))).report
+    assert applied.warnings == compressed.warnings and not any("as edited" in w for w in applied.warnings)
