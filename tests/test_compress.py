@@ -528,3 +528,21 @@ def test_analyze_names_the_input_still_dynamic():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     notes = onnx_alds.analyze(model, input_shapes={"a": (1, 32, 16)}).notes
     assert "MACs not counted: input 'b' (?x?x16) has dynamic dims; give them with --input-shape b:1xNx16" in notes
+
+
+def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypatch):
+    """The refusal came after the calibration pass (a 6400-wide layer's moment: 22 s and 1.4 GB) although
+    the shapes alone decide it."""
+    import onnx_alds.calibrate as calibrate
+    from onnx_alds.inputs import random_inputs
+
+    model = matmul_model(in_features=24, out_features=8, leading=("N",))
+    calibration = random_inputs(model, 16)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("calibration ran before the shapes were checked")
+
+    monkeypatch.setattr(calibrate, "collect_statistics", no_pass)
+    with pytest.raises(BudgetError, match=r"--rank-multiple 16 leaves no layer a rank that would shrink it \(the "
+                                          r"largest rank that shrinks any factorizable layer is 5\)"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=16, calibration=calibration)
