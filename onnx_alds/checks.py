@@ -101,7 +101,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
             result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
                                 "checked by onnx.checker only")
             return result
-        _raise_if_out_of_resources(exc)
+        raise_if_out_of_resources(exc)
         raise ModelLoadError(f"ONNX Runtime refuses the model ({message.split(': ', 1)[-1][:200]}); fix the model "
                              "or export it again") from None
     result.runtime_loads = True
@@ -265,7 +265,7 @@ def _run_quietly(session, feeds: dict[str, np.ndarray]) -> list:
 _RESOURCE_SIGNS = ("pthread_create", "Resource temporarily unavailable", "bad_alloc", "Failed to allocate memory")
 
 
-def _raise_if_out_of_resources(exc: BaseException, fix: str = "retry when other jobs have finished, or with "
+def raise_if_out_of_resources(exc: BaseException, fix: str = "retry when other jobs have finished, or with "
                                                             "fewer threads") -> None:
     """Raise :class:`RuntimeResourceError` when ONNX Runtime failed for want of threads or memory (the
     machine's state, not the model's fault nor a bug); its whole message is searched (the sign can sit
@@ -331,7 +331,7 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
         if refuse:
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); fix the model or export "
                                  "it again") from None
-        _raise_if_out_of_resources(exc)
+        raise_if_out_of_resources(exc)
         if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (at the input shapes given, "
                                f"integer inputs 0: {message[:140]}); the output is not run-checked: check that the "
@@ -396,7 +396,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         session = make_session(new, "cpu", store=store, prepack=False)
     except Exception as exc:
-        _raise_if_out_of_resources(exc)
+        raise_if_out_of_resources(exc)
         fail(f"does not load in ONNX Runtime ({first_line(exc)})")
     if found.runtime_outputs is None:
         return
@@ -404,7 +404,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     try:
         values = _run_quietly(session, feeds)
     except Exception as exc:
-        _raise_if_out_of_resources(exc)
+        raise_if_out_of_resources(exc)
         fail(f"does not run in ONNX Runtime on inputs the original runs on ({first_line(exc)})")
     names = [output.name for output in session.get_outputs()]
     for name, value in zip(names, values):

@@ -861,10 +861,7 @@ def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes:
     """Everything a variant's row depends on, hashed: the resume check compares it."""
     from . import __version__
 
-    if not Path(model.path).exists():
-        from .errors import ModelLoadError
-
-        raise ModelLoadError(f"model file '{model.path}' does not exist; check the path")
+    _check_exists(model)
     what = dict(version=__version__, blas_threads=BLAS_THREADS, model=hashes.file(model.path),
                 variant=[variant.method, variant.target, variant.keep, variant.rank_multiple, variant.seed],
                 options=sorted((k, str(v)) for k, v in method.options.items()), data=method.data,
@@ -879,10 +876,18 @@ def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _check_exists(model: SweepModel) -> None:
+    if not Path(model.path).exists():
+        from .errors import ModelLoadError
+
+        raise ModelLoadError(f"model file '{model.path}' does not exist; check the path")
+
+
 def data_identity(model: SweepModel, hashes: _Hashes) -> str:
     """12 hex digits naming what a row's quality figures are measured against: the model file (and its
     external data), the validation sets, the input shapes and the quality metric. Rows of one model with
     another identity were measured on other data or another model file, and do not share a plot."""
+    _check_exists(model)
     what = dict(model=hashes.file(model.path), model_data=hashes.external_data(model.path),
                 evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
                 input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},

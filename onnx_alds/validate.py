@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
-from .checks import _raise_if_out_of_resources, random_nodes
+from .checks import raise_if_out_of_resources, random_nodes
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
 from .inputs import InputSet, add_input_arguments, inputs_from_args
 from .model_io import graph_inputs, load_model
@@ -776,7 +776,7 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
         return [np.asarray(v) for v in session.run(list(names), dict(feed))]
     except Exception as exc:
         batch = len(next(iter(feed.values()))) if feed else 0
-        _raise_if_out_of_resources(exc, f"run fewer samples at once: onnx-alds validate --batch-size N below {batch} "
+        raise_if_out_of_resources(exc, f"run fewer samples at once: onnx-alds validate --batch-size N below {batch} "
                                         "(compress --validate has no such flag: compress without it, then validate "
                                         "the output)")
         fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz, or --validate-inputs "
