@@ -335,9 +335,12 @@ def default_batch(model: Union[str, os.PathLike, onnx.ModelProto],
                   input_shapes: Optional[dict[str, Sequence[int]]] = None) -> int:
     """The batch to time at when none is given: the one every batched graph input fixes (a model exported
     at batch 5 runs at nothing else), else the first dim that ``--input-shape`` gives every input it names,
-    else 1. ``model``: a proto or a path (read without its external data)."""
+    else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that is not a
+    model is the load's one-line :class:`ModelLoadError`)."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model), load_external_data=False)
+        from .model_io import open_model
+
+        model = open_model(model).model
     firsts = [spec.dims[0] for spec in graph_inputs(model) if spec.dims]
     if firsts and all(isinstance(dim, int) for dim in firsts) and len(set(firsts)) == 1:
         return int(firsts[0])

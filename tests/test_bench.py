@@ -158,3 +158,14 @@ def test_noisy_timings_are_said_to_be_uncertain():
     assert any(line.startswith("note: 1 timings spread over 20 %") and "largest 98 %" in line
                for line in report.lines())
     assert not any(line.startswith("note:") for line in replace(report, timings=(quiet,)).lines())
+
+
+def test_a_file_that_is_not_a_model_is_one_error_line(tmp_path, capsys):
+    """The default batch is read from the first model: a junk file there was a protobuf DecodeError traceback."""
+    from onnx_alds.cli import main
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("junk")
+    assert main(["bench", str(junk)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
