@@ -154,8 +154,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             macs_total = int(sum(per_node))
     randoms = tuple(random_nodes(proto))
     if randoms:
-        notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}): the model's "
-                     "outputs differ from run to run; export it in inference mode")
+        notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}; ONNX Runtime's "
+                     "graph optimizations may drop them, other runtimes will not): export the model in inference mode")
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
                      input_check, store, unchanged, randoms)
 

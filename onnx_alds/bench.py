@@ -331,19 +331,29 @@ def _labels(models: Sequence[ModelArg]) -> list[str]:
     return names
 
 
+def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
+    """The first dim the graph inputs fix, or None; inputs fixing different ones are an
+    :class:`UnsupportedModelError` (no batch runs them all: each --batch would be refused by another input)."""
+    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
+    if len(fixed) > 1:
+        raise UnsupportedModelError(f"the model's inputs fix different first dims ({sorted(fixed)}): no batch fits "
+                                    "them all; export it with one batch dim")
+    return int(fixed.pop()) if fixed else None
+
+
 def default_batch(model: Union[str, os.PathLike, onnx.ModelProto],
                   input_shapes: Optional[dict[str, Sequence[int]]] = None) -> int:
-    """The batch to time at when none is given: the one every batched graph input fixes (a model exported
-    at batch 5 runs at nothing else), else the first dim that ``--input-shape`` gives every input it names,
-    else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that is not a
-    model is the load's one-line :class:`ModelLoadError`)."""
+    """The batch to time at when none is given: the one the graph inputs fix (a model exported at batch 5
+    runs at nothing else; :func:`fixed_batch`), else the first dim that ``--input-shape`` gives every input
+    it names, else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that
+    is not a model is the load's one-line :class:`ModelLoadError`)."""
     if not isinstance(model, onnx.ModelProto):
         from .model_io import open_model
 
         model = open_model(model).model
-    firsts = [spec.dims[0] for spec in graph_inputs(model) if spec.dims]
-    if firsts and all(isinstance(dim, int) for dim in firsts) and len(set(firsts)) == 1:
-        return int(firsts[0])
+    fixed = fixed_batch(model)
+    if fixed is not None:  # the inputs with a dynamic first dim take it too
+        return fixed
     given = {dims[0] for dims in (input_shapes or {}).values() if dims}
     return int(given.pop()) if len(given) == 1 else 1
 
@@ -352,6 +362,7 @@ def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict
                  seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for timing: shapes from the model and ``input_shapes``, first dim set to ``batch``."""
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
+    fixed_batch(model)  # inputs fixing different first dims: one error, not a --batch for each
     rng = np.random.default_rng(seed)
     bounds = index_bounds(model)
     feeds = {}

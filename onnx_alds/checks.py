@@ -287,11 +287,14 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
     from .layers import constant_tensors, is_standard, iter_graphs
 
     constants = constant_tensors(model)
+    producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node for output in node.output}
     opset = opset_version(model)
 
     def value(name: str, default: float) -> float:
         if not name:
             return default
+        while name not in constants and name in producers and producers[name].op_type in ("Identity", "Cast"):
+            name = producers[name].input[0]  # a constant passed on (Identity(True), Cast to bool)
         tensor = constants.get(name)
         return float(numpy_helper.to_array(tensor).ravel()[0]) if tensor is not None and \
             int(np.prod(tensor.dims)) == 1 else float("nan")  # not a constant: unknown

@@ -27,7 +27,7 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("model", help="ONNX model file")
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
                         help="concrete dims of a dynamic input, e.g. input:1x3x224x224 (repeat per input)")
-    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+    parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="PATTERN",
                         help="node or weight names, or glob patterns of them, to leave dense (a pattern that is a "
                              "name, such as layer[0], means that name)")
     parser.add_argument("--max-groups", type=positive_int, default=16, help="largest group count g to consider")
@@ -106,7 +106,7 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
                              "layer, the faster one by the latency tables on --provider at --bench-batch)")
     parser.add_argument("--max-groups", type=positive_int, default=16, metavar="G",
                         help="largest group count g that alds considers (default 16)")
-    parser.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+    parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="PATTERN",
                         help="node or weight names, or glob patterns of them, to leave dense (a pattern that is a "
                              "name, such as layer[0], means that name)")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the allocation's random starts")

@@ -599,7 +599,10 @@ def layer_shapes_at_batch(model: onnx.ModelProto, store: Any, input_shapes: Opti
     from .model_io import graph_inputs, resolve_input_shapes
     from .shapes import tensor_shapes
 
+    from .bench import fixed_batch
+
     resolved, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
+    fixed_batch(model)  # inputs fixing different first dims: one error, not a --bench-batch for each
     declared = {spec.name: spec.dims for spec in graph_inputs(model)}
     inputs = {}
     for name, shape in resolved.items():
@@ -785,6 +788,15 @@ class SettleRound:
 SETTLE_TOLERANCE = 0.02  # a measured ratio within 2 % of --keep-latency ends the whole-model check
 
 
+def _proportional_step(round_: "SettleRound", keep: float) -> float:
+    """The next budget from one round, assuming the measured saving is proportional to the predicted one;
+    a round that saved nothing (a few small pairs cost more than they save) cuts deeper by its overshoot."""
+    saved = 1.0 - round_.measured
+    if saved <= 0:
+        return round_.budget - (round_.measured - keep)
+    return 1.0 - (1.0 - keep) * (1.0 - round_.budget) / saved
+
+
 def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[Allocation], onnx.ModelProto],
                    names: Sequence[str], info: SpeedInfo, keep: float, smallest: float, *, reference: onnx.ModelProto,
                    store: Any, input_shapes: Mapping[str, tuple[int, ...]], timer: Timer, rounds: int,
@@ -800,9 +812,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     (``timer.time_ratio``), giving the measured ratio ``m``. The next budget assumes the measured saving
     is proportional to the predicted one, ``b' = 1 − (1 − keep)(1 − b)/(1 − m)``, then a secant step
     through the last two rounds (a round that measured no saving at all moves the budget down by its
-    overshoot, ``b' = b − (m − keep)``: a deeper cut can run faster where a gentle one does not); when the
-    last two rounds contradict each other (the deeper plan measured slower: noise on a shared machine),
-    the proportional step is taken from the round measured closest to ``keep``, not from the last; never
+    overshoot, ``b' = b − (m − keep)``: a deeper cut can run faster where a gentle one does not); never
     below ``smallest`` (:func:`smallest_keep_latency`). It stops
     within ``tolerance × keep`` or after ``rounds`` rounds and returns the decisions of the round with
     the largest budget whose measured ratio is within tolerance of (or under) ``keep``, else those of
@@ -841,21 +851,14 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         tried.append((allocation, SettleRound(budget, info.achieved(decisions), measured)))
         if abs(measured - keep) <= tolerance * keep:
             break
-        base = tried[-1][1]  # the round the next budget steps from
         following = None
         if len(tried) >= 2 and tried[-1][1].measured != tried[-2][1].measured:
             (_, last), (_, before) = tried[-1], tried[-2]
             slope = (last.measured - before.measured) / (last.budget - before.budget) \
                 if last.budget != before.budget else 0.0
-            if slope > 0:
-                following = last.budget + (keep - last.measured) / slope
-            else:  # a deeper plan measured slower (or a gentler one faster): noise; step from the closest round
-                base = min((r for _, r in tried), key=lambda r: abs(r.measured - keep))
+            following = last.budget + (keep - last.measured) / slope if slope > 0 else None
         if following is None:
-            saved = 1.0 - base.measured
-            # nothing saved at all (a few small pairs cost more than they save): cut deeper by the overshoot
-            following = base.budget - (base.measured - keep) if saved <= 0 else \
-                1.0 - (1.0 - keep) * (1.0 - base.budget) / saved
+            following = _proportional_step(tried[-1][1], keep)
         following = float(min(max(following, smallest), 1.0))
         if any(abs(following - r.budget) < 1e-4 for _, r in tried):
             break  # the budget would not change (the smallest reachable, or a fixed point)
@@ -866,6 +869,11 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         allocation, chosen = max(good, key=lambda item: item[1].budget)
         said = (f"whole-model check: measured {chosen.measured:.3f} of the dense time (asked {keep:g}) after "
                 f"{len(tried)} round{'s' if len(tried) > 1 else ''}; the allocation's budget was {chosen.budget:.3f}")
+        closest = min(tried, key=lambda item: abs(item[1].measured - keep))[1]
+        if chosen.measured < keep * (1 - 5 * tolerance) and closest is not chosen:  # a noisy round cut deep
+            said += (f"; well under the budget: round {record.index(closest) + 1} measured {closest.measured:.3f} "
+                     f"at budget {closest.budget:.3f}, and a deeper plan measured slower than a gentler one (a busy "
+                     "machine); time again on a quiet machine (clear $ONNX_ALDS_CACHE) or give more --latency-rounds")
     else:
         allocation, chosen = min(tried, key=lambda item: item[1].measured)
         unchanged = all(choice.groups == DENSE for choice in allocation.choices)  # every layer dense: noise

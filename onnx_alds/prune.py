@@ -102,9 +102,10 @@ class Block:
     fixed_macs: Optional[int]
     channel_macs: Optional[int]
     layers: tuple[str, ...]  # Conv/Gemm/MatMul nodes in the block (producer, depthwise convs, consumer)
+    added_bias: int = 0  # weights a narrowed block's refit adds: a Conv/Gemm consumer without a bias gets one
 
     def params(self, width: int) -> int:
-        return self.fixed_params + width * self.channel_params
+        return self.fixed_params + width * self.channel_params + (self.added_bias if width < self.width else 0)
 
     def macs(self, width: int) -> Optional[int]:
         return None if self.channel_macs is None else self.fixed_macs + width * self.channel_macs
@@ -400,8 +401,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     fixed_params, channel_params, fixed_macs, channel_macs = _block_costs(node, producer, consumer, consumer_layer,
                                                                          region_nodes, depthwise, graph, width)
     names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
+    added_bias = consumer_layer.out_features if bias is not None and bias[0] == "input" and not _has_bias(consumer) \
+        else 0  # the refit writes the kept channels' mean into a new bias
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
-                 fixed_macs, channel_macs, names)
+                 fixed_macs, channel_macs, names, added_bias)
 
 
 def _outside_input(region_nodes, region_tensors: set, graph: _Graph) -> Optional[str]:

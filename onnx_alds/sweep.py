@@ -315,7 +315,10 @@ def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int 
     """Every tensor graph output of ``model`` on ``inputs`` (CPU), concatenated over batches (sequences and
     maps, e.g. a classifier's ZipMap, are left out), float outputs first, in graph order otherwise."""
     from .runtime import FLOAT_TENSOR_TYPES, make_session
+    from .validate import effective_batch_size
 
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
+    batch_size = effective_batch_size(proto, batch_size, len(inputs))[0]  # a model that fixes its batch runs at it
     session = make_session(model, "cpu", threads=threads)
     tensors = [o for o in session.get_outputs() if o.type.startswith("tensor(")]
     names = [o.name for o in tensors if o.type in FLOAT_TENSOR_TYPES] + \
@@ -895,13 +898,21 @@ def data_identity(model: SweepModel, hashes: _Hashes) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _whole_batches(model: onnx.ModelProto, inputs):
+    """``inputs`` cut to whole batches of the batch the model fixes (as ``validate`` runs them)."""
+    from .validate import effective_batch_size
+
+    usable = effective_batch_size(model, VALIDATION_BATCH, len(inputs))[1]
+    return inputs.head(usable) if usable < len(inputs) else inputs
+
+
 def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     from .model_io import load_model, refuse_over_protobuf_limit
 
     refuse_over_protobuf_limit(model.path, "a sweep ships each model to its workers as one serialized copy")
     proto = load_model(model.path)
     calibration = model.calibration.load(proto) if need_calibration and model.calibration else None
-    evals = tuple((spec, spec.source.load(proto)) for spec in model.evals)
+    evals = tuple((spec, _whole_batches(proto, spec.source.load(proto))) for spec in model.evals)
     if not evals:
         raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "
                              "or --random")

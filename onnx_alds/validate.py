@@ -835,9 +835,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
     randoms = random_nodes(original_model)
     if randoms:
-        notes.append(f"the original draws random values at run time ({len(randoms)} nodes, first: {randoms[0]}): its "
-                     "outputs differ from run to run, so the figures compare one draw of each model; validate the "
-                     "models exported in inference mode")
+        notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
+                     "optimizations may drop them, other runtimes draw new values each run; validate the models "
+                     "exported in inference mode")
     ort = import_onnxruntime()
     session_o = make_session(original if not isinstance(original, onnx.ModelProto) else original_model,
                              provider, threads=threads)

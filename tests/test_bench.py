@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_alds.bench import (add_bench_arguments, bench, factorized_pairs, round_robin_order, run_bench_command,
                              time_interleaved)
-from onnx_alds.errors import InputDataError, ProviderError
+from onnx_alds.errors import InputDataError, ProviderError, UnsupportedModelError
 
 OPSET = 17
 FAST = {"runs": 5, "warmup": 1, "min_time_s": 0.0}
@@ -169,3 +169,16 @@ def test_a_file_that_is_not_a_model_is_one_error_line(tmp_path, capsys):
     assert main(["bench", str(junk)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_inputs_fixing_different_batches_are_one_error():
+    """x fixed at 4 and s at 1: bench said "use --batch 4", then with --batch 4 "use --batch 1", and so on."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["s"], ["t"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
+                                    helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8]),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for batch in (1, 4):
+        with pytest.raises(UnsupportedModelError, match=r"inputs fix different first dims \(\[1, 4\]\)"):
+            bench([model], batch_sizes=(batch,), **FAST)

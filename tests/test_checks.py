@@ -138,6 +138,10 @@ def test_random_nodes_found_and_calibration_refused():
     generator.graph.node.append(helper.make_node("RandomNormalLike", ["y"], ["noise"], name="noise"))
     generator.graph.output.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["N", 8]))
     assert random_nodes(generator) == ["'noise' (RandomNormalLike)"]
+    passed_on = _dropout_mlp(True)  # training_mode reaching the Dropout through an Identity (was not seen)
+    passed_on.graph.node.insert(0, helper.make_node("Identity", ["training"], ["training.copy"], name="copy"))
+    passed_on.graph.node[3].input[2] = "training.copy"
+    assert random_nodes(passed_on) == ["'drop' (Dropout in training mode)"]
     calibration = random_inputs(active, 64)
     for options in (dict(), dict(sequential=True), dict(prune="combined")):
         with pytest.raises(InputDataError, match=r"outputs are random at run time \(1 nodes, first: 'drop'"):
@@ -145,10 +149,11 @@ def test_random_nodes_found_and_calibration_refused():
     assert onnx_alds.compress(inactive, keep_params=0.5, rank_multiple=1, calibration=calibration,
                               sequential=True).report.layers
     result = onnx_alds.compress(active, keep_params=0.5, rank_multiple=1)  # data-free: the weights alone
-    assert any("1 nodes draw random values at run time (first: 'drop' (Dropout in training mode))" in note
+    assert any("1 nodes draw random values at run time (first: 'drop' (Dropout in training mode);" in note
                for note in result.report.notes)
     report = validate(active, result.model, inputs=calibration, figures_only=True)
-    assert any("the original draws random values at run time" in note for note in report.notes)
+    assert any("the original has 1 random nodes (first: 'drop' (Dropout in training mode))" in note
+               for note in report.notes)
 
 
 def test_runtime_error_text_keeps_messages_without_a_signature():

@@ -491,3 +491,23 @@ def test_flags_the_method_ignores_are_errors(cnn_path, tmp_path, capsys, flags, 
                            "--rank-multiple", "1", *flags, capsys=capsys)
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_repeated_exclude_adds_to_the_first(tmp_path, capsys):
+    """`--exclude conv0 --exclude conv1` left conv0 out of the exclusions (argparse kept the last list)."""
+    report = tmp_path / "r.json"
+    code, _, err = run_cli("compress", _cnn_file(tmp_path), "-o",
+                           tmp_path / "o.onnx", "--keep-params", "0.8", "--rank-multiple", "1", "--exclude", "conv0",
+                           "--exclude", "conv1", "--report", report, capsys=capsys)
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(report.read_text())["layers"]}
+    assert not rows["conv0"]["groups"] and not rows["conv1"]["groups"]
+    assert "excluded" in (rows["conv0"]["skip_reason"] or "") and "excluded" in (rows["conv1"]["skip_reason"] or "")
+
+
+def _cnn_file(tmp_path):
+    from conftest import small_cnn
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(width=16), str(path))
+    return path

@@ -465,3 +465,22 @@ def test_ray_start_keeps_the_command_lines_signal_handlers():
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
+    """Every variant of a model exported at batch 4 crashed ("Got: 32 Expected: 4"): the sweep ran the
+    held-out set in batches of 32. It runs whole batches of the model's batch now, as validate does."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])],
+                              [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    out = tmp_path / "sweep"
+    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--random", "18", "-o", str(out),
+                        "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"], capsys)
+    assert code == 0, err
+    (row,) = record(out)["rows"]
+    assert row["status"] == "ok" and row["agreement_samples"] == 16  # 18 asked: whole batches of 4
