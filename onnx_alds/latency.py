@@ -596,10 +596,9 @@ class SpeedInfo:
 def layer_shapes_at_batch(model: onnx.ModelProto, store: Any, input_shapes: Optional[Mapping[str, Sequence[int]]],
                           batch: int, layers: Sequence[Layer]) -> tuple[dict[str, tuple[int, ...]], dict]:
     """Graph input shapes with the first dim set to ``batch``, and the shapes of the layers' tensors there."""
+    from .bench import fixed_batch
     from .model_io import graph_inputs, resolve_input_shapes
     from .shapes import tensor_shapes
-
-    from .bench import fixed_batch
 
     resolved, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
     fixed_batch(model)  # inputs fixing different first dims: one error, not a --bench-batch for each
@@ -870,10 +869,13 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         said = (f"whole-model check: measured {chosen.measured:.3f} of the dense time (asked {keep:g}) after "
                 f"{len(tried)} round{'s' if len(tried) > 1 else ''}; the allocation's budget was {chosen.budget:.3f}")
         closest = min(tried, key=lambda item: abs(item[1].measured - keep))[1]
-        if chosen.measured < keep * (1 - 5 * tolerance) and closest is not chosen:  # a noisy round cut deep
+        if chosen.measured < keep * (1 - 5 * tolerance) and closest is not chosen:  # cut far deeper than asked
+            noisy = any(a.budget < b.budget and a.measured > b.measured for a in record for b in record)
             said += (f"; well under the budget: round {record.index(closest) + 1} measured {closest.measured:.3f} "
-                     f"at budget {closest.budget:.3f}, and a deeper plan measured slower than a gentler one (a busy "
-                     "machine); time again on a quiet machine (clear $ONNX_ALDS_CACHE) or give more --latency-rounds")
+                     f"at budget {closest.budget:.3f}"
+                     + (", and a deeper plan measured slower than a gentler one (a busy machine); time again on a "
+                        "quiet machine (clear $ONNX_ALDS_CACHE) or give" if noisy else "; give")
+                     + " more --latency-rounds to come closer")
     else:
         allocation, chosen = min(tried, key=lambda item: item[1].measured)
         unchanged = all(choice.groups == DENSE for choice in allocation.choices)  # every layer dense: noise
