@@ -78,13 +78,13 @@ class _Prepared:
                 "(model.eval(), torch.onnx.export(..., training=TrainingMode.EVAL)) or compress it data-free")
 
 
-def _progress(items: Sequence, description: str):
+def _progress(items: Sequence, description: str, unit: str = "layer"):
     """A tqdm progress bar on a terminal, the plain sequence otherwise."""
     if not sys.stderr.isatty() or len(items) < 2:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="layer", leave=False)
+    return tqdm(items, desc=description, unit=unit, leave=False)
 
 
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],

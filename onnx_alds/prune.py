@@ -1190,8 +1190,11 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     reference = reference_outputs(model, heads, "--prune's block sensitivity")
     if not reference:
         return []
+    from .api import _progress
+
     weights = []
-    for index, (block, curve) in enumerate(zip(analysis.blocks, analysis.curves)):
+    for index, (block, curve) in enumerate(_progress(list(zip(analysis.blocks, analysis.curves)),
+                                                     "block sensitivities", unit="block")):
         below = np.flatnonzero((curve.errors <= probe_error) & (curve.widths < block.width) & (curve.errors > 0))
         if not len(below):
             weights.append(1.0)
@@ -1233,10 +1236,12 @@ def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Se
     pass of the pruned and the original model per narrowed block
     (:func:`onnx_alds.calibrate.collect_statistics` with ``reference``), as the sequential data-aware
     low-rank step does. The channels kept are those chosen on the original statistics."""
+    from .api import _progress
     from .calibrate import collect_statistics
 
     current = model
-    for block, curve, (matrix, bias), width in zip(analysis.blocks, analysis.curves, analysis.matrices, widths):
+    for block, curve, (matrix, bias), width in _progress(
+            list(zip(analysis.blocks, analysis.curves, analysis.matrices, widths)), "sequential refit", unit="block"):
         if width >= block.width:
             continue
         kept = curve.kept(int(width))

@@ -760,3 +760,20 @@ def test_a_refit_bias_the_consumer_lacked_is_priced(mode):
     assert result.report.pruned and result.report.pruned[0].width_after < n
     written = sum(iter_total_params(result.model)) / sum(iter_total_params(model))
     assert written <= 0.4 and result.report.achieved == pytest.approx(written)
+
+
+def test_the_per_block_passes_show_progress(monkeypatch):
+    """Block sensitivities and the sequential refit run the model once per block (16 minutes at 500
+    blocks) and printed nothing: each is a progress bar on a terminal now."""
+    import onnx_alds.api as api
+
+    shown = []
+
+    def progress(items, description, unit="layer"):
+        shown.append((description, unit, len(items)))
+        return items
+
+    monkeypatch.setattr(api, "_progress", progress)
+    model = feed_forward()
+    compress(model, keep_params=0.6, calibration=_inputs(model), prune="only", rank_multiple=8)
+    assert ("block sensitivities", "block", 1) in shown and ("sequential refit", "block", 1) in shown
