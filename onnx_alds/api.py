@@ -492,7 +492,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
     else:  # from the shapes alone, before any calibration pass or damage table
-        _check_rank_multiple(chosen, None, rank_multiple)
+        _check_rank_multiple(chosen, rank_multiple)
     seconds["load"] = time.perf_counter() - started
 
     moments: dict[str, np.ndarray] = {}
@@ -524,7 +524,6 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                                   rank_multiple=rank_multiple if decisions is None else 1))  # a plan may edit ranks
         del matrix, whitening, spectra  # one layer's float64 weight at a time
     seconds["spectra"] = time.perf_counter() - tick
-    _check_rank_multiple(chosen, tables, rank_multiple)
     sensitivity_note: Optional[str] = None
     if sensitivity:
         tick = time.perf_counter()
@@ -937,15 +936,12 @@ def _pointwise_first_if_it_shrinks(layer: Layer, *, max_groups: int, rank_multip
     return ordered if ordered.groups and (rows * cols - 1) // (rows + cols) >= rank_multiple else layer
 
 
-def _check_rank_multiple(chosen: Sequence[Layer], tables: Optional[Sequence[ErrorTable]], rank_multiple: int) -> None:
-    """Refuse a rank multiple that leaves no layer a rank to use: no option of the error ``tables`` has a
-    rank, or (``tables`` None, before any data is read) no layer's ``g = 1`` pair at rank ``rank_multiple``
-    would be smaller than it (grouped pairs cost more per rank)."""
-    if tables is None:
-        usable = any(rank_multiple <= min(f, c) and rank_multiple * (f + c) < f * c
-                     for f, c in (layer.matrix_shape for layer in chosen))
-    else:
-        usable = any(len(option.ranks) for table in tables for option in table.options)
+def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int) -> None:
+    """Refuse a rank multiple that leaves no layer a rank to use, from the shapes alone (before any data is
+    read): no layer's ``g = 1`` pair at rank ``rank_multiple`` is smaller than it (grouped pairs cost more per
+    rank), which is when every error table would be empty (:func:`onnx_alds.spectra.error_table`)."""
+    usable = any(rank_multiple <= min(f, c) and rank_multiple * (f + c) < f * c
+                 for f, c in (layer.matrix_shape for layer in chosen))
     if rank_multiple > 1 and not usable:
         rows, cols = zip(*(layer.matrix_shape for layer in chosen))
         largest = max((f * c - 1) // (f + c) for f, c in zip(rows, cols))  # r·(f + c) < f·c

@@ -47,7 +47,7 @@ from onnx import helper, shape_inference
 from .argtypes import non_negative_float, non_negative_int, positive_int, thread_count
 from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError, runtime_error_text
 from .inputs import index_bounds, random_array
-from .model_io import graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
+from .model_io import fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
 log = logging.getLogger(__name__)
@@ -331,20 +331,10 @@ def _labels(models: Sequence[ModelArg]) -> list[str]:
     return names
 
 
-def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
-    """The first dim the graph inputs fix, or None; inputs fixing different ones are an
-    :class:`UnsupportedModelError` (no batch runs them all: each --batch would be refused by another input)."""
-    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
-    if len(fixed) > 1:
-        raise UnsupportedModelError(f"the model's inputs fix different first dims ({sorted(fixed)}): no batch fits "
-                                    "them all; export it with one batch dim")
-    return int(fixed.pop()) if fixed else None
-
-
 def default_batch(model: Union[str, os.PathLike, onnx.ModelProto],
                   input_shapes: Optional[dict[str, Sequence[int]]] = None) -> int:
     """The batch to time at when none is given: the one the graph inputs fix (a model exported at batch 5
-    runs at nothing else; :func:`fixed_batch`), else the first dim that ``--input-shape`` gives every input
+    runs at nothing else; :func:`onnx_alds.model_io.fixed_batch`), else the first dim that ``--input-shape`` gives every input
     it names, else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that
     is not a model is the load's one-line :class:`ModelLoadError`)."""
     if not isinstance(model, onnx.ModelProto):

@@ -74,7 +74,7 @@ from onnx import helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
 from .layers import Layer
-from .model_io import graph_inputs
+from .model_io import fixed_batch, graph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -618,15 +618,6 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
     result = dict(zip(fetch, values))
     result.update({name: np.asarray(feeds[name]) for name in wanted if name in feeds})
     return result
-
-
-def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
-    """The batch (first dim) the model's inputs fix, or None when it is dynamic."""
-    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
-    if len(fixed) > 1:
-        raise UnsupportedModelError(f"the model's inputs fix different first dims ({sorted(fixed)}); calibration "
-                                    "feeds every input the same samples: export the model with one batch dim")
-    return fixed.pop() if fixed else None
 
 
 def _samples(batch: Mapping[str, np.ndarray]) -> int:

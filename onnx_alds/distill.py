@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -625,7 +624,7 @@ def check_distillable(model: onnx.ModelProto) -> None:
     """Refuse, before anything runs, a model distillation cannot train: one that fixes its batch (the
     training and held-out batches vary; export it with a dynamic batch dim) or holds an op the torch
     interpreter cannot run. Raises :class:`UnsupportedModelError`."""
-    from .calibrate import fixed_batch
+    from .model_io import fixed_batch
 
     fixed = fixed_batch(model)
     if fixed is not None:
@@ -1378,10 +1377,10 @@ class DistillReport:
         return json_safe(data)
 
     def save_json(self, path) -> None:
-        """Write the report as strict JSON (no bare NaN, which strict parsers refuse)."""
-        with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, allow_nan=False)
-            handle.write("\n")
+        """Write the report as strict JSON (no bare NaN, which strict parsers refuse), atomically."""
+        from .report import write_json
+
+        write_json(self.to_dict(), path)
 
 
 @dataclass(frozen=True)

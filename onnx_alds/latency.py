@@ -596,8 +596,7 @@ class SpeedInfo:
 def layer_shapes_at_batch(model: onnx.ModelProto, store: Any, input_shapes: Optional[Mapping[str, Sequence[int]]],
                           batch: int, layers: Sequence[Layer]) -> tuple[dict[str, tuple[int, ...]], dict]:
     """Graph input shapes with the first dim set to ``batch``, and the shapes of the layers' tensors there."""
-    from .bench import fixed_batch
-    from .model_io import graph_inputs, resolve_input_shapes
+    from .model_io import fixed_batch, graph_inputs, resolve_input_shapes
     from .shapes import tensor_shapes
 
     resolved, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)

@@ -611,17 +611,12 @@ def _umask() -> int:
 
 
 def _references_file(model_path: Path, data_name: str) -> bool:
-    """True when the ONNX file at ``model_path`` exists and keeps tensors in ``data_name`` beside it."""
+    """True when the ONNX file at ``model_path`` exists and keeps tensors in ``data_name`` beside it (a file
+    that is not a model names none: nothing of ours to clean up)."""
     if not model_path.is_file():
         return False
-    try:
-        old = onnx.load(str(model_path), load_external_data=False)
-    except Exception:  # not a model: nothing of ours to clean up
-        return False
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    return any(entry.key == "location" and entry.value == data_name
-               for tensor in _get_all_tensors(old) if uses_external_data(tensor) for entry in tensor.external_data)
+    stat = model_path.stat()
+    return data_name in _external_locations(str(model_path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str) -> None:
@@ -889,6 +884,18 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         specs.append(InputSpec(value.name, dtype, tuple(dims)))
     return specs
+
+
+def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
+    """The first dim the graph inputs fix, or None when it is dynamic. Inputs fixing different ones are an
+    :class:`UnsupportedModelError`: every input takes the same samples (calibration, validation, timing), so
+    no batch runs them all."""
+    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
+    if len(fixed) > 1:
+        raise UnsupportedModelError(f"the model's inputs fix different first dims ({sorted(fixed)}): every input "
+                                    "takes the same samples, so no batch fits them all; export the model with one "
+                                    "batch dim")
+    return int(fixed.pop()) if fixed else None
 
 
 def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ...]]:

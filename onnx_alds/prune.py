@@ -1454,9 +1454,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         after_macs = report.macs_after
         for key, value in report.seconds.items():
             seconds[f"low-rank {key}"] = value
-        new_model = result.model  # stamped by the low-rank step against the pruned model and its sub-budget:
-        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep,
-                             search.seed)  # the user's original and budget (distill checks the replaced weights)
+        new_model = result.model
         rows = report.layers
         # the stage's own "achieved … below the requested …" speaks of its internal sub-budget: the
         # note on the whole model's figures is made below
@@ -1468,8 +1466,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
         new_model = pruned
-        api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep,
-                             search.seed)
         check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
@@ -1480,6 +1476,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                        "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
         extra_notes, warnings, max_error = [], (), 0.0
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
+    # against the user's original and budget (the low-rank step stamped the pruned model and its sub-budget;
+    # distill checks the replaced weights)
+    api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed)
     # what the file holds: a refit's new bias for a consumer whose bias was shared adds a copy
     after_params = int(sum(iter_total_params(new_model)))
     block_errors = {r.name: r.error for r in reports}

@@ -864,38 +864,36 @@ def fingerprint(model: SweepModel, method: MethodSpec, variant: Variant, hashes:
     """Everything a variant's row depends on, hashed: the resume check compares it."""
     from . import __version__
 
-    _check_exists(model)
-    what = dict(version=__version__, blas_threads=BLAS_THREADS, model=hashes.file(model.path),
+    what = dict(_measured_against(model, hashes), version=__version__, blas_threads=BLAS_THREADS,
                 variant=[variant.method, variant.target, variant.keep, variant.rank_multiple, variant.seed],
                 options=sorted((k, str(v)) for k, v in method.options.items()), data=method.data,
                 speed_check=[method.speed_check, model.bench_batches[0]] if method.speed_check else None,
-                calibration=model.calibration.identity(hashes) if method.data and model.calibration else None,
-                evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
-                input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},
-                quality_metric=model.quality_metric)
-    external = hashes.external_data(model.path)
-    if external:  # one-file models keep the fingerprint they had
-        what["model_data"] = external
+                calibration=model.calibration.identity(hashes) if method.data and model.calibration else None)
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _check_exists(model: SweepModel) -> None:
+def data_identity(model: SweepModel, hashes: _Hashes) -> str:
+    """12 hex digits naming what a row's quality figures are measured against (:func:`_measured_against`).
+    Rows of one model with another identity were measured on other data or another model file, and do not
+    share a plot."""
+    what = _measured_against(model, hashes)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _measured_against(model: SweepModel, hashes: _Hashes) -> dict[str, Any]:
+    """The model file (with its external data files, when it has any: a one-file model keeps the
+    fingerprint it had), the validation sets, the input shapes and the quality metric, by content."""
     if not Path(model.path).exists():
         from .errors import ModelLoadError
 
         raise ModelLoadError(f"model file '{model.path}' does not exist; check the path")
-
-
-def data_identity(model: SweepModel, hashes: _Hashes) -> str:
-    """12 hex digits naming what a row's quality figures are measured against: the model file (and its
-    external data), the validation sets, the input shapes and the quality metric. Rows of one model with
-    another identity were measured on other data or another model file, and do not share a plot."""
-    _check_exists(model)
-    what = dict(model=hashes.file(model.path), model_data=hashes.external_data(model.path),
-                evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
+    what = dict(model=hashes.file(model.path), evals=[[e.label, e.kind, e.source.identity(hashes)] for e in model.evals],
                 input_shapes={k: list(v) for k, v in (model.input_shapes or {}).items()},
                 quality_metric=model.quality_metric)
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    external = hashes.external_data(model.path)
+    if external:
+        what["model_data"] = external
+    return what
 
 
 def _whole_batches(model: onnx.ModelProto, inputs):

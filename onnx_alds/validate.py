@@ -50,7 +50,7 @@ from .argtypes import fraction, non_negative_float, positive_int, random_seed, t
 from .checks import raise_if_out_of_resources, random_nodes
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
 from .inputs import InputSet, add_input_arguments, inputs_from_args
-from .model_io import graph_inputs, load_model
+from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
@@ -378,14 +378,9 @@ def effective_batch_size(model: onnx.ModelProto, requested: int, samples: int) -
     """The batch size to run ``model`` at (``requested`` unless an input fixes its first dim), how many of
     the ``samples`` to run, and notes. Where the model fixes its batch, the samples past the last whole
     batch are not run (a note says so, as calibration does); fewer than one batch is an InputDataError."""
-    fixed = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], int)}
-    if not fixed:
+    batch = fixed_batch(model)
+    if batch is None:
         return requested, samples, []
-    if len(fixed) > 1:
-        raise UnsupportedModelError(
-            f"the model's inputs fix different first dims ({sorted(fixed)}); export it with one batch dim"
-        )
-    batch = fixed.pop()
     if samples < batch:
         raise InputDataError(f"the model fixes the batch to {batch}, but there are {samples} samples; "
                              f"give at least {batch}")
