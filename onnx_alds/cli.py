@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     for command in subparsers.choices.values():  # every flag's default shown in its --help
         command.formatter_class = HelpFormatter
         command.set_defaults(command_parser=command)  # (given_flags, _refuse_empty_values)
+        # -v after the command too (`onnx-alds compress m.onnx -o s.onnx -v`); SUPPRESS keeps one given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log diagnostics to stderr")
     return parser
 
 

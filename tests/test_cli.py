@@ -9,7 +9,7 @@ import sys
 import onnx
 import pytest
 
-from onnx_alds.cli import main
+from onnx_alds.cli import build_parser, main
 
 
 def run_cli(*args: str, capsys) -> tuple[int, str, str]:
@@ -228,7 +228,7 @@ def test_thread_counts_beyond_the_machine_are_refused(cnn_path, capsys):
 ])
 def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
     from conftest import small_cnn
-    from onnx_alds.cli import main
+    from onnx_alds.cli import build_parser, main
 
     onnx.save(small_cnn(width=16), str(tmp_path / "m.onnx"))
     for command in (["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx")],
@@ -511,3 +511,12 @@ def _cnn_file(tmp_path):
     path = tmp_path / "cnn.onnx"
     onnx.save(small_cnn(width=16), str(path))
     return path
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_flag_before_or_after_the_command(cnn_path, where):
+    """-v is accepted on either side of the command (a user adds it at the end of the line they ran)."""
+    command = ["compress", str(cnn_path), "-o", "small.onnx", "--keep-flops", "0.5"]
+    argv = ["-v", *command] if where == "before" else [*command, "-v"]
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(command).verbose is False
