@@ -742,19 +742,28 @@ def test_combined_prune_stamps_the_users_original_and_budget():
 
 
 @pytest.mark.parametrize("mode", ["only", "combined"])
-def test_a_refit_bias_the_consumer_lacked_is_priced(mode):
-    """A Gemm consumer without C gets a bias from the refit (the kept channels' mean): 96 weights the
-    width allocation did not count, 0.406 written for --keep-params 0.4, exit 0."""
+@pytest.mark.parametrize("bias", ["none", "gemm_c_of_one", "add_of_one"])
+def test_a_refit_bias_the_consumer_lacked_is_priced(mode, bias):
+    """A consumer without a per-output bias gets one from the refit (the kept channels' mean): a Gemm
+    without C (96 weights the width allocation did not count: 0.406 written for --keep-params 0.4, exit 0),
+    or one whose bias of a single value, Gemm C or the following Add's, broadcast over every output and
+    grows to one per output."""
     from onnx_alds.layers import iter_total_params
 
     rng = np.random.default_rng(3)
     k, n = 96, 80
+    consumer = (["t", "W2", "c"] if bias == "gemm_c_of_one" else ["t", "W2"])
     nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], name="gemm"), helper.make_node("Tanh", ["g"], ["t"]),
-             helper.make_node("Gemm", ["t", "W2"], ["y"], name="gemm2")]
+             helper.make_node("Gemm" if bias != "add_of_one" else "MatMul", consumer,
+                              ["y" if bias != "add_of_one" else "m"], name="gemm2")]
+    if bias == "add_of_one":
+        nodes.append(helper.make_node("Add", ["m", "c"], ["y"], name="add"))
+    inits = [numpy_helper.from_array((rng.standard_normal((k, n)) / 10).astype(np.float32), "W"),
+             numpy_helper.from_array((rng.standard_normal((n, k)) / 10).astype(np.float32), "W2")]
+    if bias != "none":
+        inits.append(numpy_helper.from_array(np.array([0.5], np.float32), "c"))
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])],
-                       [numpy_helper.from_array((rng.standard_normal((k, n)) / 10).astype(np.float32), "W"),
-                        numpy_helper.from_array((rng.standard_normal((n, k)) / 10).astype(np.float32), "W2")])
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])], inits)
     calibration = InputSet({"x": rng.standard_normal((256, k)).astype(np.float32)})
     result = compress(model, keep_params=0.4, rank_multiple=1, calibration=calibration, prune=mode)
     assert result.report.pruned and result.report.pruned[0].width_after < n
