@@ -961,7 +961,6 @@ class _RayShards:
 
     def run_pass(self, plan: _Plan, model, reference, index: int,
                  shards: Iterable[tuple[int, list]]) -> Iterator[tuple[int, dict]]:
-        ray = self.ray
         pending: deque = deque()
         for number, (first, runs) in enumerate(shards):
             actor = self.actors[number % len(self.actors)]

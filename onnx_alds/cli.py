@@ -370,7 +370,19 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     print(f"wrote {' and '.join(written)}")
     if summary is not None:
         print(summary.text)
+    elif not getattr(args, "quiet", False):  # nothing measured the written model's outputs yet: say how
+        print(_validate_hint(args.model, str(output), result.report.data_aware))
     return 0
+
+
+def _validate_hint(model: str, output: str, data_aware: bool) -> str:
+    """The next step after an unvalidated compress/apply: the command that measures the written model."""
+    import shlex
+
+    basis = "calibration inputs" if data_aware else "weights alone"
+    return (f"note: the errors above come from the {basis}, not from the model's outputs on held-out inputs; "
+            f"measure those: onnx-alds validate {shlex.quote(model)} {shlex.quote(output)} --inputs FILE.npz "
+            "(or --images DIR, or compress --validate)")
 
 
 def _write_together(result, output: Path, report_path: Optional[str], *, protect: Sequence[str]) -> None:

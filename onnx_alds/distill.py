@@ -31,7 +31,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np

@@ -644,7 +644,7 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     gram = scaled @ residual  # G = W S
     remaining = list(range(channels))
     order: list[int] = []
-    widths, errors = [], []
+    widths: list[int] = []
     step = max(1, int(multiple))
     while remaining:
         gains = _channel_gains(gram, residual, remaining, kernel, ridge)

@@ -228,7 +228,6 @@ def test_thread_counts_beyond_the_machine_are_refused(cnn_path, capsys):
 ])
 def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
     from conftest import small_cnn
-    from onnx_alds.cli import build_parser, main
 
     onnx.save(small_cnn(width=16), str(tmp_path / "m.onnx"))
     for command in (["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx")],
@@ -520,3 +519,19 @@ def test_verbose_flag_before_or_after_the_command(cnn_path, where):
     argv = ["-v", *command] if where == "before" else [*command, "-v"]
     assert build_parser().parse_args(argv).verbose is True
     assert build_parser().parse_args(command).verbose is False
+
+
+def test_an_unvalidated_model_comes_with_the_command_that_measures_it(cnn_path, tmp_path, capsys):
+    """Data-free compression printed 'max error 0.75' and exit 0 for a model at chance accuracy, with no word
+    that nothing had run its outputs: the line after 'wrote' names the validate command."""
+    out = tmp_path / "my model.onnx"
+    code, stdout, _ = run_cli("compress", cnn_path, "-o", out, "--keep-flops", "0.5", "--rank-multiple", "1",
+                              capsys=capsys)
+    assert code == 0
+    assert "the weights alone" in stdout and f"onnx-alds validate {cnn_path} '{out}' --inputs" in stdout
+    code, stdout, _ = run_cli("compress", cnn_path, "-o", out, "--keep-flops", "0.5", "--rank-multiple", "1",
+                              "--validate", "--figures-only", capsys=capsys)
+    assert code == 0 and "onnx-alds validate" not in stdout
+    code, stdout, _ = run_cli("compress", cnn_path, "-o", out, "--keep-flops", "0.5", "--rank-multiple", "1",
+                              "--calibration-random", "64", capsys=capsys)
+    assert code == 0 and "from the calibration inputs" in stdout

@@ -255,7 +255,6 @@ def test_damage_on_an_ir3_model_whose_weights_are_graph_inputs():
 def test_an_output_that_is_nan_on_the_calibration_inputs_is_named(options):
     """y = Log(x W): NaN where x W < 0. --method damage ended in a traceback (damage inf); --sensitivity
     wrote a model with NaN sensitivities, cut to 0.33 of a 0.6 budget, exit 0."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(9)

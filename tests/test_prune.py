@@ -11,12 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import make_model, run_model, small_cnn
 from onnx_alds import compress
-from onnx_alds.calibrate import collect_statistics
 from onnx_alds.errors import BudgetError, InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 from onnx_alds.layers import find_layers, weight_constants
 from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
-                             refit_consumer, width_curve, width_options, analyze_blocks, _Graph)
+                             refit_consumer, width_options, analyze_blocks, _Graph)
 from onnx_alds.shapes import tensor_shapes
 
 

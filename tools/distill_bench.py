@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.distill import DistillSettings, distill, split_inputs, write_back  # noqa: E402
-from onnx_alds.inputs import InputSet, load_inputs  # noqa: E402
+from onnx_alds.inputs import load_inputs  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
 OUT = ROOT / "docs" / "results" / "distill"
