@@ -103,6 +103,9 @@ MIB = 1 << 20
 CONSTANT_TOLERANCE = 1e-9  # an input whose variance is below this fraction of its second moment is constant
 # vectors whose total variance is below this fraction of their energy are one point (float32 sums round at ~1e-7)
 ONE_POINT_TOLERANCE = 1e-5
+# where the vectors' largest distance from the first one is tracked: one point when it is below this fraction
+# of that vector's norm (float32 activations of identical samples differ at ~1e-7)
+ONE_POINT_DEVIATION = 1e-5
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class LayerStatistics:
     fourth_moment: Optional[float] = None  # E[‖x̃‖⁴], for the shrinkage estimate
     shrinkage: float = 0.0  # the weight α of the identity target, once :meth:`shrunk` applied it
     positions_per_sample: Optional[int] = None
+    # max ‖x̃ − a‖ / ‖a‖ over the vectors, ``a`` the first one seen (float64; None: not tracked)
+    deviation: Optional[float] = None
 
     @property
     def one_point(self) -> bool:
@@ -167,9 +172,13 @@ class LayerStatistics:
         samples of a model without spatial positions): the data show a point and no spread, and
         Ledoit–Wolf's estimate of the error of ``C`` is then 0, not large. No direction of the metric
         can be trusted: :meth:`shrinkage_weight` is 1 (the data-free metric)."""
+        if self.count < 2:
+            return True
+        if self.deviation is not None:  # measured directly: no cancellation in C − μμᵀ (inputs of 1000 ± 2)
+            return self.deviation <= ONE_POINT_DEVIATION
         trace = float(np.trace(self.second_moment))
         spread = trace - float(np.sum(np.asarray(self.mean, np.float64) ** 2))
-        return self.count < 2 or spread <= ONE_POINT_TOLERANCE * trace
+        return spread <= ONE_POINT_TOLERANCE * trace
 
     def shrinkage_weight(self) -> float:
         """Ledoit–Wolf weight ``α`` of the scaled identity in ``α·μI + (1 − α)·C`` (0 when unknown).
@@ -438,6 +447,8 @@ class StatisticSums:
     cross: Optional[np.ndarray] = None
     reference_total: Optional[np.ndarray] = None
     positions_per_sample: Optional[int] = None
+    anchor: Optional[np.ndarray] = None  # the first vector seen (float64)
+    distance: float = 0.0  # the largest ‖x̃ − anchor‖ (an upper bound after merges)
 
     def merge(self, other: "StatisticSums") -> "StatisticSums":
         """Add ``other``'s sums to these, in place (float64); returns ``self``. Merging the parts of a
@@ -460,6 +471,11 @@ class StatisticSums:
             self.reference_total += other.reference_total
         if self.positions_per_sample is None:
             self.positions_per_sample = other.positions_per_sample
+        if self.anchor is None:
+            self.anchor, self.distance = other.anchor, max(self.distance, other.distance)
+        elif other.anchor is not None:  # ‖x − a‖ ≤ ‖x − b‖ + ‖b − a‖ for the other part's vectors
+            self.distance = max(self.distance,
+                                other.distance + float(np.linalg.norm(other.anchor - self.anchor)))
         return self
 
     def copy(self) -> "StatisticSums":
@@ -467,7 +483,8 @@ class StatisticSums:
         return StatisticSums(self.count, self.gram.copy(), self.total.copy(), self.fourth,
                              None if self.cross is None else self.cross.copy(),
                              None if self.reference_total is None else self.reference_total.copy(),
-                             self.positions_per_sample)
+                             self.positions_per_sample, None if self.anchor is None else self.anchor.copy(),
+                             self.distance)
 
     def finite(self) -> bool:
         """Whether every sum is finite (an activation beyond float32 makes a float32 product inf)."""
@@ -492,7 +509,13 @@ class StatisticSums:
         return LayerStatistics(
             self.count, mean_of(self.gram), self.total / n, None if self.cross is None else mean_of(self.cross),
             None if self.reference_total is None else self.reference_total / n, self.fourth / n,
-            positions_per_sample=self.positions_per_sample)
+            positions_per_sample=self.positions_per_sample, deviation=self.deviation())
+
+    def deviation(self) -> Optional[float]:
+        """The largest distance of a vector from the first one, relative to that one's norm (None: not tracked)."""
+        if self.anchor is None:
+            return None
+        return self.distance / max(float(np.linalg.norm(self.anchor)), 1e-300)
 
 
 class _Accumulator:
@@ -516,6 +539,8 @@ class _Accumulator:
         self.cross: Optional[np.ndarray] = None
         self.total = np.zeros(self.cols)
         self.reference_total = np.zeros(self.cols) if cross else None
+        self.anchor: Optional[np.ndarray] = None
+        self.distance = 0.0
 
     def picks(self, first_sample: int, samples: int, positions: int) -> list[np.ndarray]:
         """Sorted flat positions of each sample, seeded by (seed, layer, index of the sample in the set)."""
@@ -550,6 +575,11 @@ class _Accumulator:
                 self.gram = np.zeros((self.cols, self.cols), dtype=chunk.dtype)
                 self.cross = np.zeros((self.cols, self.cols), dtype=chunk.dtype) if self.with_cross else None
             self.count += chunk.shape[0]
+            if self.anchor is None and chunk.shape[0]:
+                self.anchor = chunk[0].astype(np.float64)
+            if chunk.shape[0]:
+                offset = chunk - self.anchor.astype(chunk.dtype)  # in the chunk's type: no float64 copy of it
+                self.distance = max(self.distance, float(np.sqrt(np.einsum("ij,ij->i", offset, offset).max())))
             norms = np.einsum("ij,ij->i", chunk, chunk).astype(np.float64)
             self.fourth += float(np.sum(norms * norms))
             self.gram += chunk.T @ chunk
@@ -568,7 +598,7 @@ class _Accumulator:
         return StatisticSums(self.count, np.asarray(gram, dtype=np.float64), self.total, self.fourth,
                              None if cross is None else np.asarray(cross, dtype=np.float64),
                              self.reference_total,
-                             self.limits.positions_per_sample if self.sampled else None)
+                             self.limits.positions_per_sample if self.sampled else None, self.anchor, self.distance)
 
 
 def _element_type(model: onnx.ModelProto, layer: Layer) -> int:

@@ -346,7 +346,19 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
         return None
     names = [output.name for output in session.get_outputs()]
     found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))
-    return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in zip(names, values)}
+    return {name: _shape_and_type(value) for name, value in zip(names, values)}
+
+
+def _shape_and_type(value) -> tuple:
+    """An output's shape and element type as ONNX Runtime returns it: an array's; a sequence's (a list) as
+    its length and each element's, which may differ in shape; a map's (a dict) as its keys' count."""
+    if isinstance(value, (list, tuple)):
+        elements = tuple(_shape_and_type(item) for item in value)
+        return ((len(value),) + tuple(shape for shape, _ in elements), "sequence of " + ",".join(
+            sorted({kind for _, kind in elements})))
+    if isinstance(value, dict):
+        return ((len(value),), "map")
+    return tuple(np.shape(value)), str(np.asarray(value).dtype)
 
 
 def _well_finite(value) -> bool:
@@ -412,7 +424,7 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     names = [output.name for output in session.get_outputs()]
     for name, value in zip(names, values):
         expected = found.runtime_outputs.get(name)
-        got = (tuple(np.shape(value)), str(np.asarray(value).dtype))
+        got = _shape_and_type(value)
         if expected is not None and expected != got:
             fail(f"gives output '{name}' as {got[1]} {got[0]} where the original gives {expected[1]} {expected[0]}")
         if name in found.finite_outputs and isinstance(value, np.ndarray) and not np.isfinite(value).all():

@@ -318,11 +318,16 @@ def unchanged_ops_note(model: onnx.ModelProto) -> str:
     other domains' Conv/Gemm/MatMul) are, and what to do instead, e.g. ``"QLinearConv ×4 (quantized
     layers: compress the float model first ...)"``; "" when there are none."""
     by_why: dict[str, Counter] = {}
-    for _, graph in iter_graphs(model.graph):
+    graphs = [graph for _, graph in iter_graphs(model.graph)]
+    constants = {init.name for graph in graphs for init in graph.initializer} | {
+        node.output[0] for graph in graphs for node in graph.node if node.op_type == "Constant" and node.output}
+    for graph in graphs:
         for node in graph.node:
             spec = COUNTED_OPS.get(op_key(node))
             why = spec[3] if spec is not None else (CUSTOM_LAYER if node.op_type in LAYER_OPS and op_key(node)[0]
                                                     else None)
+            if why == ORT_FUSED and spec[0] in ("matmul", "gemm") and not constants.intersection(node.input[:2]):
+                why = None  # a product of two run-time tensors (attention scores): nothing was hidden from onnx-alds
             if why is not None:
                 name = node.op_type if not op_key(node)[0] else f"{node.domain}::{node.op_type}"
                 by_why.setdefault(why, Counter())[name] += 1
@@ -392,10 +397,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     exclude = _literal_where_named(model, exclude)
     uses: Counter = Counter()
     use_counts(model.graph, uses)
-    trained: set[str] = set()  # weights that on-device training (training_info) reads or updates
-    for info in model.training_info:
-        trained.update(binding.key for binding in info.update_binding)
-        trained.update(name for _, graph in iter_graphs(info.algorithm) for node in graph.node for name in node.input)
+    trained = trained_tensors(model)
     producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node for output in node.output}
     # IR >= 4: an initializer also listed in graph.input is a default that callers may override
     overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
@@ -420,11 +422,25 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                 layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
                                                      "re-export without keep_initializers_as_inputs, or drop it "
                                                      "from the graph inputs, to compress it")
-            if layer.compressible and layer.weight in trained:
-                layer = replace(layer, skip_reason="weight is trained on device (the model's training_info uses it)")
+            if layer.compressible and (layer.weight in trained or trained.intersection(node.input[1:])):
+                what = "weight" if layer.weight in trained else "bias"
+                layer = replace(layer, skip_reason=f"{what} is trained on device (the model's training_info uses it)")
             layers.append(replace(layer, subgraph=path or None))
     _check_exclude_patterns(model, exclude)
     return layers
+
+
+def trained_tensors(model: onnx.ModelProto) -> set[str]:
+    """The tensors on-device training (``training_info``) updates, re-initializes or reads: the keys of its
+    update and initialization bindings and every input of its algorithm's and initialization's nodes. The
+    compression must leave them (and the layers that read them) as they are, or the bindings dangle."""
+    trained: set[str] = set()
+    for info in model.training_info:
+        trained.update(binding.key for binding in info.update_binding)
+        trained.update(binding.key for binding in info.initialization_binding)
+        for step in (info.algorithm, info.initialization):
+            trained.update(name for _, graph in iter_graphs(step) for node in graph.node for name in node.input if name)
+    return trained
 
 
 def names_defined_twice(model: onnx.ModelProto) -> set[str]:

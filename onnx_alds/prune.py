@@ -64,7 +64,8 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, use_counts
+from .layers import (FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, trained_tensors,
+                     use_counts)
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -293,6 +294,7 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[B
     """
     graph = _Graph(model)
     by_name = {layer.name: layer for layer in layers if not layer.subgraph}
+    trained = trained_tensors(model)
     blocks: list[Block] = []
     refused: list[NotPrunable] = []
     for node in model.graph.node:
@@ -302,6 +304,8 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[B
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue  # depthwise / grouped: not a producer
         found = _block_from(node, layer, graph, by_name)
+        if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
+            found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
         if isinstance(found, Block):
             taken = [other for other in blocks if set(other.layers) & set(found.layers)]
             if taken:  # a layer in two blocks (a chain): the costs and refits would interact
@@ -312,6 +316,15 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[B
         elif found is not None:
             refused.append(NotPrunable(layer.name, found))
     return blocks, refused
+
+
+def _trained_input(block: Block, graph: _Graph, trained: set[str]) -> Optional[str]:
+    """The first tensor the pruning would slice or replace (an input of the producer, the ops between, the
+    consumer or its bias Add) that on-device training binds, else None."""
+    names = [block.producer.name, *block.between, block.consumer.name]
+    if block.bias is not None and block.bias[0] == "add":
+        names.append(block.bias[1])
+    return next((name for node in names for name in graph.nodes[node].input if name in trained), None)
 
 
 def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer]):

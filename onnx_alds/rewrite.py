@@ -236,6 +236,11 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
     one by one: no second copy of them is made. The original's weights are not copied either when
     ``model`` is light (:func:`onnx_alds.model_io.open_model`): its stubs stay stubs.
     """
+    with _quiet_graphsurgeon():
+        return _rewrite_model(model, rewrites)
+
+
+def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.ModelProto:
     graph: Optional[gs.Graph] = None
     values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
     # IR >= 4: an initializer also listed as a graph input is a default that callers may override
@@ -246,6 +251,7 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
             opset = opset_version(model)
             names = Names(model)
             graph = gs.import_onnx(model)
+            _untype_unexportable(graph)
             nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
         node, owner = nodes[rewrite.layer.name]
         dtype = _weight_dtype(rewrite.layer)
@@ -270,23 +276,127 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    # the model's local functions are not rewritten (they are restored as they were): graphsurgeon's walk
+    # into them from If/Loop/Scan bodies never ends
+    graph.cleanup(remove_unused_graph_inputs=False, recurse_functions=False).toposort(recurse_functions=False,
+                                                                                   mode="nodes")
     new = gs.export_onnx(graph, do_type_check=False)
     del graph, nodes
     _fill_values(new, values)
-    _keep_unused_defaults(new, model)
+    _keep_unread_initializers(new, model)
     _hoist_outer_initializers(new, model)
     _restore_model_fields(new, model)
+    _restore_node_fields(new, model)
     return new
 
 
-def _keep_unused_defaults(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Put back the initializers that are also graph inputs (a caller may override them) and that no node
-    reads: the export's cleanup drops them, which would leave the input without its default value."""
-    defaults = unused_initializers(original) & {value.name for value in original.graph.input}
+_EXPORTABLE_TYPES = ("tensor_type", "sequence_type", "sparse_tensor_type")
+
+
+def _untype_unexportable(graph: gs.Graph) -> None:
+    """onnx-graphsurgeon reads optional and map types but cannot export them (an UnboundLocalError in its
+    exporter): such tensors go through it untyped; graph outputs and value_info get their declared types
+    back from the original (:func:`_restore_model_fields`, :func:`_copy_graph_fields`)."""
+    graphs = [graph] + [owner for _, owner in _all_nodes(graph)]
+    for owner in {id(g): g for g in graphs}.values():
+        tensors = list(owner.inputs) + list(owner.outputs)
+        tensors += [t for node in owner.nodes for t in list(node.inputs) + list(node.outputs)]
+        for tensor in tensors:
+            if isinstance(tensor, gs.Variable) and getattr(tensor, "type", "tensor_type") not in _EXPORTABLE_TYPES:
+                tensor.dtype = None
+
+
+class _quiet_graphsurgeon:
+    """onnx-graphsurgeon prints its warnings ('[W] ...') on standard output, into the report a user reads or
+    parses; while it works for onnx-alds only its errors are let through."""
+
+    def __enter__(self) -> None:
+        self.severity = gs.logger.G_LOGGER.severity
+        gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+    def __exit__(self, *exc) -> None:
+        gs.logger.G_LOGGER.severity = self.severity
+
+
+def _keep_unread_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Put back the main graph's initializers that no node read in the original: the export's cleanup drops
+    them, but they are the user's (a graph input's default value, which callers may override; optimizer state
+    and hyper-parameters that ``training_info`` reads and binds; a table of class names)."""
+    unread = unused_initializers(original)
     present = {init.name for init in new.graph.initializer}
     new.graph.initializer.extend(init for init in original.graph.initializer
-                                 if init.name in defaults and init.name not in present)
+                                 if init.name in unread and init.name not in present)
+
+
+_SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def _restore_node_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """onnx-graphsurgeon's round trip keeps a node's op, inputs, outputs and the attributes it understands;
+    put back what else each kept node carried: ``doc_string``, ``metadata_props``, ``overload`` (which of a
+    model-local function's overloads it calls: losing it calls another function), and its attributes as they
+    were (graphsurgeon skips kinds it does not read, such as ``TYPE_PROTO``); If/Loop/Scan bodies stay as
+    rewritten. Subgraphs' and value_info's doc strings and metadata likewise. A node is matched by its graph's
+    path, name, op and outputs; an ambiguous match is left as exported."""
+    def key(path: str, node: onnx.NodeProto) -> tuple:
+        return (path, node.name, node.domain, node.op_type, tuple(node.output))
+
+    old_nodes: dict[tuple, list[onnx.NodeProto]] = {}
+    old_graphs: dict[str, list[onnx.GraphProto]] = {}
+    for path, graph in iter_graphs(original.graph):
+        old_graphs.setdefault(path, []).append(graph)
+        for node in graph.node:
+            old_nodes.setdefault(key(path, node), []).append(node)
+    # children first: a parent's attributes are copied with its bodies already restored
+    for path, graph in reversed(list(iter_graphs(new.graph))):
+        for node in graph.node:
+            match = old_nodes.get(key(path, node), [])
+            if len(match) == 1:
+                _copy_node_fields(match[0], node)
+        same = old_graphs.get(path, [])
+        if len(same) == 1:
+            _copy_graph_fields(same[0], graph, main=not path)
+
+
+def _copy_node_fields(source: onnx.NodeProto, target: onnx.NodeProto) -> None:
+    target.doc_string = source.doc_string
+    for field in ("overload", "metadata_props", "device_configurations"):  # newer onnx releases only
+        if field not in source.DESCRIPTOR.fields_by_name:
+            continue
+        if source.DESCRIPTOR.fields_by_name[field].is_repeated:
+            target.ClearField(field)
+            getattr(target, field).extend(getattr(source, field))
+        else:
+            setattr(target, field, getattr(source, field))
+    bodies = {attribute.name: attribute for attribute in target.attribute if attribute.type in _SUBGRAPH_ATTRIBUTES}
+    attributes = [bodies.get(attribute.name, attribute) if attribute.type in _SUBGRAPH_ATTRIBUTES else attribute
+                  for attribute in source.attribute]
+    if [a.name for a in attributes] != [a.name for a in target.attribute] or any(
+            a is not b and a != b for a, b in zip(attributes, target.attribute)):
+        copies = [onnx.AttributeProto.FromString(a.SerializeToString()) for a in attributes]
+        target.ClearField("attribute")
+        target.attribute.extend(copies)
+
+
+def _copy_graph_fields(source: onnx.GraphProto, target: onnx.GraphProto, *, main: bool) -> None:
+    """A subgraph's doc string and metadata (the main graph's: :func:`_restore_model_fields`), and the doc
+    strings and metadata of the value_info entries kept under their names."""
+    if not main:
+        target.doc_string = source.doc_string
+        if "metadata_props" in source.DESCRIPTOR.fields_by_name:
+            target.ClearField("metadata_props")
+            target.metadata_props.extend(source.metadata_props)
+    old_infos = {value.name: value for value in list(source.value_info) + list(source.input) + list(source.output)}
+    for value in list(target.value_info) + ([] if main else list(target.input) + list(target.output)):
+        old = old_infos.get(value.name)
+        if old is None:
+            continue
+        if not value.type.WhichOneof("value") and old.type.WhichOneof("value"):  # went through untyped
+            value.type.CopyFrom(old.type)
+        value.doc_string = old.doc_string
+        if "metadata_props" in old.DESCRIPTOR.fields_by_name:
+            value.ClearField("metadata_props")
+            value.metadata_props.extend(old.metadata_props)
 
 
 def _hoist_outer_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:

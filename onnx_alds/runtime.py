@@ -83,8 +83,12 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     providers: list = [(wanted, provider_options or {})]
     if wanted != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for the ops the accelerator lacks; checked below
+    # ONNX Runtime's NCHWc layout pass (CPU, fp32 convolutions only) kills the process with SIGSEGV on
+    # float16 graphs that transpose into a MatMul (every fp16 attention export; onnxruntime 1.32): it does
+    # nothing for float16 models, so it is left out of their CPU sessions
+    extra = {"disabled_optimizers": ["NchwcTransformer"]} if provider == "cpu" and _computes_in_float16(model) else {}
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
     except Exception as exc:
         raise ProviderError(f"onnxruntime could not create a '{provider}' session: {str(exc).splitlines()[0]}") from None
     if held:
@@ -95,6 +99,23 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
             "(the provider failed to load: check the CUDA/cuDNN libraries); refusing to run on another provider"
         )
     return session
+
+
+def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> bool:
+    """Whether the main graph holds float16 weights or inputs, or casts to float16 (a file is read without
+    its external data)."""
+    if not isinstance(model, onnx.ModelProto):
+        try:
+            model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(
+                str(model), load_external_data=False)
+        except Exception:  # noqa: BLE001 - ONNX Runtime says what is wrong with the file
+            return False
+    half = onnx.TensorProto.FLOAT16
+    graph = model.graph
+    return (any(tensor.data_type == half for tensor in graph.initializer)
+            or any(value.type.tensor_type.elem_type == half for value in graph.input)
+            or any(node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute)
+                   for node in graph.node))
 
 
 FLOAT_TENSOR_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")

@@ -1000,8 +1000,15 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     if not report.passed:  # nothing will be written: timing it would only make the user wait
         return report, None, summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
                                           macs_kept=macs_kept)
-    timing = bench([original_path, compressed_path], provider=provider, batch_sizes=(batch,), threads=threads,
-                   input_shapes=input_shapes, names=names, **(bench_options or {}))
+    try:
+        timing = bench([original_path, compressed_path], provider=provider, batch_sizes=(batch,), threads=threads,
+                       input_shapes=input_shapes, names=names, **(bench_options or {}))
+    except InputDataError as exc:  # timing feeds random inputs: none can be made for a string input
+        if not str(exc).startswith("cannot make random data"):
+            raise
+        line = summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
+                            macs_kept=macs_kept)
+        return report, None, line + f"\nnote: not timed (timing feeds random inputs: {str(exc).split(';')[0]})"
     speedup = timing.speedup(1, batch)
     return report, timing, summary_line(report, speedup, provider=provider, batch=batch,
                                         weights_kept=weights_kept, macs_kept=macs_kept)

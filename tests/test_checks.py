@@ -167,3 +167,29 @@ def test_runtime_error_text_keeps_messages_without_a_signature():
     signature = ("Status Message: /src/core/framework/op_kernel.cc:87 virtual OrtValue* "
                  "onnxruntime::OpKernelContext::OutputMLValue(int, const onnxruntime::TensorShape&) Shape mismatch")
     assert runtime_error_text(RuntimeError(signature)) == "Shape mismatch"
+
+
+def test_a_float16_transpose_into_matmul_does_not_crash_onnx_runtime(tmp_path):
+    """fp16 ``Transpose(perm 1,0,2) → MatMul(constant)`` (every fp16 attention export) killed analyze, compress,
+    validate and bench with SIGSEGV, no message: ONNX Runtime's NCHWc pass crashes on it. Run in a child
+    process, so that a crash fails this test instead of ending the suite."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((64, 192)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+         helper.make_node("Transpose", ["x16"], ["t"], perm=[1, 0, 2]),
+         helper.make_node("MatMul", ["t", "W"], ["m"], name="proj"),
+         helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 192])], [numpy_helper.from_array(weight, "W")])
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    for command in (["analyze", str(path)], ["bench", str(path), "--runs", "2", "--warmup", "1", "--min-time", "0"]):
+        done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", *command, "--input-shape", "x:2x12x64"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command[0], done.returncode, done.stderr[-300:])

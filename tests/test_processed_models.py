@@ -271,3 +271,20 @@ def test_an_activation_product_behind_quantize_dequantize_is_not_called_a_quanti
     reasons = {layer.name: layer.skip_reason for layer in analyze(model).layers}
     assert "quantized" not in (reasons.get("scores") or "")
     assert reasons["qa"] is None and reasons["qb"] is None
+
+
+def test_a_fused_product_of_two_run_time_tensors_is_not_named_as_a_hidden_layer():
+    """ONNX Runtime saves attention's Q·Kᵀ·scale as com.microsoft::FusedMatMul: no weight, so undoing its
+    optimizations hides nothing; the note told users to do so. A FusedMatMul with a weight is still named."""
+    from onnx_alds.layers import unchanged_ops_note
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["q"], name="proj"),
+             helper.make_node("FusedMatMul", ["q", "x"], ["y"], domain="com.microsoft", transB=1, alpha=0.125)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16])],
+                              [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    assert unchanged_ops_note(model) == ""
+    model.graph.node[1].input[1] = "W"  # q · Wᵀ: a fused layer with a constant weight
+    assert "com.microsoft::FusedMatMul ×1" in unchanged_ops_note(model)

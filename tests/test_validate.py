@@ -760,3 +760,29 @@ def test_out_of_memory_in_validation_names_the_batch_size():
 
     with pytest.raises(RuntimeResourceError, match=r"Failed to allocate memory .*--batch-size N below 32"):
         _run_validation(Session(), ["y"], {"x": np.zeros((32, 4), np.float32)}, "compressed", random=True)
+
+
+def test_a_model_with_a_string_input_is_validated_on_real_inputs_and_left_untimed():
+    """compress --validate --validate-inputs REAL.npz on a model with a string input (a scikit-learn
+    encoder) failed after all the work, asking for the .npz it had been given: the timing that follows
+    validation feeds random inputs, and no random string can be made. It validates and says it did not time."""
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.validate import validate_and_bench
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("LabelEncoder", ["s"], ["code"], domain="ai.onnx.ml", keys_strings=["red", "blue"],
+                              values_int64s=[1, 2], default_int64=0),
+             helper.make_node("Cast", ["code"], ["codef"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["h", "codef"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                                           helper.make_tensor_value_info("s", TensorProto.STRING, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 2)],
+                              ir_version=8)
+    inputs = InputSet({"x": rng.standard_normal((20, 16)).astype(np.float32),
+                       "s": rng.choice(["red", "blue", "cyan"], (20, 1))})
+    report, timing, line = validate_and_bench(model, model, inputs=inputs, bench_options={"runs": 1, "min_time_s": 0})
+    assert report.passed and timing is None
+    assert "not timed (timing feeds random inputs: cannot make random data" in line and "'s'" in line
