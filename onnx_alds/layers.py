@@ -29,6 +29,8 @@ QUANTIZED = ("quantized layers: compress the float model first, then quantize it
              "quantization tools)")
 ORT_FUSED = ("ONNX Runtime's fused or layout ops: compress the model saved before ONNX Runtime's graph optimizations "
              "(or optimized at level BASIC), then let ONNX Runtime optimize the result")
+ORT_TRANSFORMER_FUSED = ("ONNX Runtime's fused transformer ops (onnxruntime.transformers' optimizer): compress the "
+                         "model before that optimizer, then run the optimizer on the result")
 # every op whose MACs count in the total: (domain, op) -> (how to count, data input, weight input, why it is
 # left as it is: None for the layers onnx-alds changes and ConvTranspose, which has its own note)
 COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
@@ -49,6 +51,9 @@ COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
     ("com.microsoft", "FusedGemm"): ("gemm", 0, 1, ORT_FUSED),
     ("com.microsoft", "FusedMatMul"): ("matmul", 0, 1, ORT_FUSED),
     ("com.microsoft.nchwc", "Conv"): ("conv", 0, 1, ORT_FUSED),
+    ("com.microsoft", "Attention"): ("attention", 0, 1, ORT_TRANSFORMER_FUSED),
+    ("com.microsoft", "QAttention"): ("attention", 0, 1, QUANTIZED),
+    ("com.microsoft", "GemmFastGelu"): ("matmul", 0, 1, ORT_TRANSFORMER_FUSED),
 }
 SPATIAL_FIRST = "spatial-first"  # k×k conv c → g·r, then 1x1 g·r → f (ALDS)
 POINTWISE_FIRST = "pointwise-first"  # 1x1 conv c → g·r, then k×k g·r → f
@@ -358,6 +363,11 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
         if weight is None or data is None or len(data) < 2:
             return None
         return int(np.prod(weight)) * data[0] * int(np.prod(data[2:]))
+    if kind == "attention":  # [B, S, H] × packed Q/K/V weight [H, 3H'], then scores and context (2·B·S²·H')
+        if data is None or weight is None or len(data) != 3 or len(weight) != 2:
+            return None
+        batch, sequence, hidden = data
+        return batch * sequence * hidden * weight[1] + 2 * batch * sequence * sequence * (weight[1] // 3)
     if output is None:
         return None
     if kind == "n-bits":  # the weight is packed: its inner size is the attribute K
