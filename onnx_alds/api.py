@@ -21,7 +21,7 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
-from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs,
+from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs, element_bits,
                      ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
                      iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
@@ -785,7 +785,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
 
 
 def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
-    """A note when factorized layers read a weight stored in a narrower float type than they compute in
+    """A note when factorized layers read a weight stored in a narrower type than they compute in
     (:func:`onnx_alds.layers.widened_weights`): their factors take the wider type."""
     widened = widened_weights(proto, factorized)
     if not widened:
@@ -794,11 +794,13 @@ def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[
     computes_in = next(layer.weight_type for layer in factorized if layer.name == name)
 
     def type_name(element_type: int) -> str:
-        return onnx.helper.tensor_dtype_to_np_dtype(element_type).name
+        return onnx.TensorProto.DataType.Name(element_type).lower()
 
+    ratio = element_bits(computes_in) // element_bits(stored_as)
     return (f"{len(widened)} factorized layers read a weight stored as {type_name(stored_as)} and Cast to the "
             f"{type_name(computes_in)} they compute in (first: '{name}'); their factors are stored as "
-            f"{type_name(computes_in)}, so the file shrinks by less than the weight count says",)
+            f"{type_name(computes_in)}, {ratio}x the bytes per weight: the file shrinks by less than the weight "
+            f"count says, and grows unless under 1/{ratio} of the weights are kept",)
 
 
 def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,

@@ -194,10 +194,22 @@ def weight_constants(model: onnx.ModelProto, load: Optional[Callable[[onnx.Tenso
     return tensors, folded
 
 
+_FOUR_BIT_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
+                   if hasattr(onnx.TensorProto, name)}
+
+
+def element_bits(element_type: int) -> int:
+    """Bits per element of an ONNX tensor type (4 for int4/uint4/float4, numpy's item size otherwise)."""
+    if element_type in _FOUR_BIT_TYPES:
+        return 4
+    return 8 * onnx.helper.tensor_dtype_to_np_dtype(element_type).itemsize
+
+
 def widened_weights(model: onnx.ModelProto, layers: Sequence["Layer"]) -> dict[str, int]:
-    """Of ``layers``, those whose weight is folded from a narrower float type than the layer computes in
-    (a float16 initializer ``Cast`` to float32 by a mixed-precision export): layer name → the element type
-    the weight is stored as. Their factors are stored in the layer's type, not the narrower one."""
+    """Of ``layers``, those whose weight is folded from a narrower type than the layer computes in (a
+    float16 initializer ``Cast`` to float32 by a mixed-precision export; an int8, float8 or int4 one Cast to
+    float): layer name → the element type the weight is stored as. Their factors are stored in the layer's
+    type, not the narrower one."""
     tensors = constant_tensors(model)
     producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
                  for output in node.output if output}
@@ -206,10 +218,10 @@ def widened_weights(model: onnx.ModelProto, layers: Sequence["Layer"]) -> dict[s
         if layer.weight in tensors:
             continue  # stored as it is used
         chain = _constant_chain(layer.weight, producers, tensors)
-        size = onnx.helper.tensor_dtype_to_np_dtype(layer.weight_type).itemsize
-        narrow = [tensors[i].data_type for node in chain for i in node.input if i in tensors
-                  and tensors[i].data_type in FLOAT_TYPES
-                  and onnx.helper.tensor_dtype_to_np_dtype(tensors[i].data_type).itemsize < size]
+        bits = element_bits(layer.weight_type)
+        # the data each chain node moves or casts is its first input (the others: shapes, axes)
+        narrow = [tensors[node.input[0]].data_type for node in chain if node.input and node.input[0] in tensors
+                  and element_bits(tensors[node.input[0]].data_type) < bits]
         if narrow:
             widened[layer.name] = narrow[0]
     return widened

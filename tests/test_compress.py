@@ -466,23 +466,34 @@ def test_plan_edits_are_checked_when_made():
     assert plan.with_layer(name, option="dense").layer(name).option == "dense"
 
 
-def test_weight_stored_narrower_than_computed_is_noted():
+@pytest.mark.parametrize("stored", ["float16", "int8", "int4"])
+def test_weight_stored_narrower_than_computed_is_noted(stored):
     """A mixed-precision export (float16 initializer → Cast → float32 MatMul): the factors are stored as
-    float32, so halving the weight count did not shrink the file; the report said nothing."""
+    float32, so halving the weight count did not shrink the file; the report said nothing. An int8 or int4
+    weight Cast to float grew the file (int4: 2 kB to 6 kB) with no word."""
     rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64)) / 8).astype(np.float16)
+    values = rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64)) / 8
+    element, opset = {"float16": (TensorProto.FLOAT16, 17), "int8": (TensorProto.INT8, 17),
+                      "int4": (TensorProto.INT4, 21)}[stored]
+    if stored == "float16":
+        weight = numpy_helper.from_array(values.astype(np.float16), "W16")
+    else:
+        bound = 7 if stored == "int4" else 127
+        ints = np.clip(np.round(values / np.abs(values).max() * bound), -bound, bound).astype(int)
+        weight = helper.make_tensor("W16", element, list(ints.shape), ints.reshape(-1).tolist())
     graph = helper.make_graph(
         [helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
          helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
          helper.make_node("MatMul", ["y", "V"], ["z"], name="plain")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 64])],
-        [numpy_helper.from_array(weight, "W16"),
-         numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "V")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=8)
-    note = [n for n in result.report.notes if "stored as float16 and Cast to the float32" in n]
+        [weight, numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "V")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    result = onnx_alds.compress(model, keep_params=0.75, rank_multiple=8, exclude=["plain"])
+    note = [n for n in result.report.notes if f"stored as {stored} and Cast to the float" in n]
     assert note and note[0].startswith("1 factorized layers") and "'mm'" in note[0]
+    ratio = {"float16": 2, "int8": 4, "int4": 8}[stored]
+    assert f"{ratio}x the bytes per weight" in note[0] and f"under 1/{ratio}" in note[0]
     x = rng.standard_normal((4, 64)).astype(np.float32)
     assert run_model(result.model, {"x": x})[0].shape == (4, 64)
     plain = onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1)
