@@ -73,7 +73,7 @@ import onnx
 from onnx import helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
-from .layers import Layer
+from .layers import Layer, constant_node_value
 from .model_io import fixed_batch, graph_inputs
 
 log = logging.getLogger(__name__)
@@ -607,8 +607,9 @@ def _element_type(model: onnx.ModelProto, layer: Layer) -> int:
         if tensor.name == layer.weight:
             return tensor.data_type
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] == layer.weight and node.attribute:
-            return node.attribute[0].t.data_type
+        if node.op_type == "Constant" and node.output and node.output[0] == layer.weight \
+                and (value := constant_node_value(node)) is not None:
+            return value.data_type
     # a weight computed by constant ops (W → Cast/Identity/Transpose → layer): the type of its folded value
     return layer.weight_type or onnx.TensorProto.FLOAT
 

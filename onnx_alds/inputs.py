@@ -735,8 +735,10 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     """Integer graph inputs used as Gather indices into a constant table (an embedding lookup), directly
     or through Cast/Reshape-like nodes: the table's size along the gathered axis, so random ids stay in it."""
     tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    tables.update({n.output[0]: tuple(n.attribute[0].t.dims) for n in model.graph.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    from .layers import constant_node_value
+
+    tables.update({n.output[0]: tuple(value.dims) for n in model.graph.node
+                   if n.op_type == "Constant" and (value := constant_node_value(n)) is not None})
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:

@@ -147,6 +147,26 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
         node.name = name
 
 
+_CONSTANT_LISTS = {"value_float": (np.float32, False), "value_floats": (np.float32, True),
+                   "value_int": (np.int64, False), "value_ints": (np.int64, True)}
+
+
+def constant_node_value(node: onnx.NodeProto) -> Optional[onnx.TensorProto]:
+    """The tensor a standard ``Constant`` node gives: its ``value``, or its ``value_float(s)`` /
+    ``value_int(s)`` as a float32 / int64 tensor (a scalar or 1-D, as the ONNX spec says); None for other
+    nodes and for strings and sparse values."""
+    if node.op_type != "Constant" or not is_standard(node) or not node.attribute or not node.output:
+        return None
+    attribute = node.attribute[0]
+    if attribute.name == "value":
+        return attribute.t
+    if attribute.name not in _CONSTANT_LISTS:
+        return None
+    dtype, listed = _CONSTANT_LISTS[attribute.name]
+    value = onnx.helper.get_attribute_value(attribute)
+    return numpy_helper.from_array(np.asarray(list(value) if listed else value, dtype=dtype), node.output[0])
+
+
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Initializers and outputs of ``Constant`` nodes holding a tensor, by name (subgraphs included)."""
     tensors: dict[str, onnx.TensorProto] = {}
@@ -154,9 +174,9 @@ def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
         for init in graph.initializer:
             tensors.setdefault(init.name, init)
         for node in graph.node:
-            if node.op_type == "Constant" and is_standard(node) and node.attribute \
-                    and node.attribute[0].name == "value":
-                tensors.setdefault(node.output[0], node.attribute[0].t)
+            value = constant_node_value(node) if node.op_type == "Constant" else None
+            if value is not None:
+                tensors.setdefault(node.output[0], value)
     return tensors
 
 
@@ -753,6 +773,6 @@ def iter_total_params(model: onnx.ModelProto) -> Iterator[int]:
             yield int(np.prod(init.dims)) if init.dims else 1
     for nodes in bodies:
         for node in nodes:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                tensor = node.attribute[0].t
+            tensor = constant_node_value(node) if node.op_type == "Constant" else None
+            if tensor is not None:
                 yield int(np.prod(tensor.dims)) if tensor.dims else 1

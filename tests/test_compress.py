@@ -557,3 +557,24 @@ def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypa
     with pytest.raises(BudgetError, match=r"--rank-multiple 16 leaves no layer a rank that would shrink it \(the "
                                           r"largest rank that shrinks any factorizable layer is 5\)"):
         onnx_alds.compress(model, keep_params=0.5, rank_multiple=16, calibration=calibration)
+
+
+def test_a_weight_from_constant_value_floats_is_folded_like_one_from_value():
+    """``Constant(value_floats) → Reshape(Constant(value_ints)) → MatMul`` was refused as 'computed from
+    constants by Constant nodes, which onnx-alds does not fold', while the same weight as ``Constant(value)``
+    was compressed. Exactly rank 4: the factorized model reproduces the original."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 24)) / 4).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["flat"], value_floats=weight.reshape(-1).tolist()),
+             helper.make_node("Constant", [], ["shape"], value_ints=[32, 24]),
+             helper.make_node("Reshape", ["flat", "shape"], ["W"]),
+             helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 24])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_alds.compress(model, keep_params=0.6, rank_multiple=1)
+    row = next(r for r in result.report.layers if r.name == "mm")
+    assert row.groups == 1 and row.rank >= 4 and row.params_before == 32 * 24
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], x @ weight, rtol=1e-4, atol=1e-5)
+    assert not [n for n in result.model.graph.node if n.op_type == "Constant"]  # the folded chain is gone
