@@ -554,6 +554,8 @@ class _Accumulator:
             o, c = self._set_aside_shared_nonfinite(o, c)
         if numbers and o.size:
             self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
+        elif o.size and np.any(original != compressed):  # strings: no distance; a differing one is beyond any atol
+            self.max_abs = math.inf
         if not floats:
             self._add_exact(original, compressed)  # labels, strings, flags: a distance means nothing
             return

@@ -786,3 +786,28 @@ def test_a_model_with_a_string_input_is_validated_on_real_inputs_and_left_untime
     report, timing, line = validate_and_bench(model, model, inputs=inputs, bench_options={"runs": 1, "min_time_s": 0})
     assert report.passed and timing is None
     assert "not timed (timing feeds random inputs: cannot make random data" in line and "'s'" in line
+
+
+def test_atol_fails_a_string_output_whose_labels_changed():
+    """Class names from a LabelEncoder: the largest absolute difference of strings read 0, so --atol 0
+    passed a model whose labels changed on most samples (a bool or int output failed it)."""
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"]),
+             helper.make_node("ArgMax", ["logits"], ["cls"], axis=1, keepdims=0),
+             helper.make_node("LabelEncoder", ["cls"], ["label"], domain="ai.onnx.ml", keys_int64s=list(range(8)),
+                              values_strings=[f"c{k}" for k in range(8)], default_string="?")]
+
+    def model(weight: np.ndarray) -> onnx.ModelProto:
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                                  [helper.make_tensor_value_info("label", TensorProto.STRING, ["N"])],
+                                  [numpy_helper.from_array(weight.astype(np.float32), "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                       helper.make_opsetid("ai.onnx.ml", 3)], ir_version=8)
+
+    original, changed = model(rng.standard_normal((16, 8))), model(rng.standard_normal((16, 8)))
+    inputs = InputSet({"x": rng.standard_normal((40, 16)).astype(np.float32)})
+    assert not validate(original, changed, inputs=inputs, atol=0.0, max_mean_rel=1.0).passed
+    assert validate(original, original, inputs=inputs, atol=0.0, max_mean_rel=1.0).passed
