@@ -1046,8 +1046,13 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
     elif head is not None and head.kind == DENSE:
         parts.append(f"IoU {head.iou:.3f}")
     elif report.outputs:
-        parts.append(f"min cosine {min(o.min_cosine for o in report.outputs):.4f}")
-        parts.append(f"max rel error {max(o.max_rel_error for o in report.outputs):.3g}")
+        exact = [o for o in report.outputs if EXACT_COMPARISON in o.kind_reason]  # labels, flags: no distance
+        measured = [o for o in report.outputs if o not in exact]
+        if measured:
+            parts.append(f"min cosine {min(o.min_cosine for o in measured):.4f}")
+            parts.append(f"max rel error {max(o.max_rel_error for o in measured):.3g}")
+        parts += [f"'{o.name}' agreement {1.0 - o.mean_rel_error:.2f} (values equal, compared exactly)"
+                  for o in exact[:3]]
     if report.random_inputs:
         parts.append("on random inputs (not real data)")
     if not report.passed:

@@ -811,3 +811,28 @@ def test_atol_fails_a_string_output_whose_labels_changed():
     inputs = InputSet({"x": rng.standard_normal((40, 16)).astype(np.float32)})
     assert not validate(original, changed, inputs=inputs, atol=0.0, max_mean_rel=1.0).passed
     assert validate(original, original, inputs=inputs, atol=0.0, max_mean_rel=1.0).passed
+
+
+def test_the_summary_of_a_label_output_gives_its_agreement_not_a_cosine():
+    """An ArgMax-only model: the summary said 'min cosine 0.0000, max rel error 1' for class ids that agree
+    on 35 % of the samples; it names the output's agreement."""
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.validate import summary_line, validate
+
+    rng = np.random.default_rng(1)
+
+    def model(weight: np.ndarray) -> onnx.ModelProto:
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["logits"]),
+                                   helper.make_node("ArgMax", ["logits"], ["cls"], axis=1, keepdims=0)], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                                  [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"])],
+                                  [numpy_helper.from_array(weight.astype(np.float32), "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    weight = rng.standard_normal((16, 8))
+    inputs = InputSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})
+    report = validate(model(weight), model(weight + 0.8 * rng.standard_normal((16, 8))), inputs=inputs,
+                      figures_only=True)
+    agreement = 1.0 - report.outputs[0].mean_rel_error
+    line = summary_line(report, None, provider="cpu", batch=1)
+    assert f"'cls' agreement {agreement:.2f}" in line and "cosine" not in line and 0.0 < agreement < 1.0
