@@ -907,9 +907,15 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
     for name in stated.stated():
         needed = _CHECK_BY_NAME[name].kinds
         if needed != KINDS and not present & set(needed):
+            fits = [n for n, value in zip(names, first) if value.ndim >= 1 and value.shape[0] == count
+                    and _kind_fits(needed[0], value.ndim, bool(np.issubdtype(value.dtype, np.floating)),
+                                   value.shape[-1])]
+            fix = (f"set one with --output-kind {fits[0]}={needed[0]}" if fits else
+                   f"no output can be one ({needed[0]} needs {_KIND_NEEDS[needed[0]]}): export such an output "
+                   "(the scores or logits, not only the class ids)")
             raise InputDataError(
                 f"--{_flag(name)} needs a {needed[0]} output and the model has none (output kinds: {listing}); "
-                f"set one with --output-kind NAME={needed[0]} or drop the flag"
+                f"{fix}, or drop the flag"
             )
     first_classifier = next((n for n in names if kinds[n][0] == CLASSIFIER), None)
     return {name: _Accumulator(name, kind, reason, batched=batched,

@@ -836,3 +836,31 @@ def test_the_summary_of_a_label_output_gives_its_agreement_not_a_cosine():
     agreement = 1.0 - report.outputs[0].mean_rel_error
     line = summary_line(report, None, provider="cpu", batch=1)
     assert f"'cls' agreement {agreement:.2f}" in line and "cosine" not in line and 0.0 < agreement < 1.0
+
+
+def test_a_check_no_output_can_take_says_so_instead_of_naming_a_refused_kind():
+    """--max-accuracy-drop on an ArgMax-only model told the user to set --output-kind NAME=classifier, which is
+    then refused (class ids are not a 2-D float output); with scores among the outputs it names that one."""
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["cls"], axis=1, keepdims=0)]
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "W")
+    inputs = InputSet({"x": rng.standard_normal((20, 16)).astype(np.float32)},
+                      labels=rng.integers(0, 8, 20))
+    ids_only = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"])], [weight]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputDataError, match=r"no output can be one .*scores or logits") as caught:
+        validate(ids_only, ids_only, inputs=inputs, max_accuracy_drop=0.1)
+    assert "--output-kind" not in str(caught.value)
+    both = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 8])], [weight]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    report = validate(both, both, inputs=inputs, max_accuracy_drop=0.1)  # scores [N, 8] read as a classifier
+    assert report.passed
