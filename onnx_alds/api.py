@@ -779,9 +779,26 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple)
-                     + _widened_note(proto, [layer for layer, _ in plan]),
+                     + _widened_note(proto, [layer for layer, _ in plan])
+                     + _ir3_inputs_note(proto, [layer for layer, _ in plan]),
                      warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
+
+
+def _ir3_inputs_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
+    """IR 3 lists every initializer as a graph input, which the ONNX spec reads as an overridable default;
+    onnx-alds reads them as constants, as ONNX Runtime does. A note names the factorized weights whose input
+    entries go (feeding them no longer has an effect)."""
+    if proto.ir_version >= 4:
+        return ()
+    listed = {value.name for value in proto.graph.input}
+    replaced = [layer.weight for layer in factorized if layer.weight in listed]
+    if not replaced:
+        return ()
+    return (f"IR version {proto.ir_version} lists every initializer as a graph input; onnx-alds reads them as "
+            f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} factorized weights (first: "
+            f"'{replaced[0]}') give way to their factors' and feeding them has no effect any more (export at IR 4 "
+            "or newer to say which inputs are meant to be overridable)",)
 
 
 def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
