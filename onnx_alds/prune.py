@@ -472,6 +472,14 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return "consumer"
     if op in UNARY_OPS:
         return "between" if len([o for o in user.output if o]) == 1 else f"{where} with several outputs"
+    if op == "Dropout":  # the identity at inference (old exports keep the node)
+        mask = user.output[1] if len(user.output) > 1 else ""
+        if mask and (graph.uses[mask] or mask in graph.outputs):
+            return f"{where}, whose mask output is read"
+        mode = graph.constant(user.input[2]) if len(user.input) > 2 and user.input[2] else np.zeros(())
+        if mode is None or np.asarray(mode).any() or int(_attr(user, "is_test", 1)) == 0:
+            return f"{where} in training mode (random at run time)"
+        return "between"
     if op == "Cast":  # element by element; to a float type, so the consumer's refit stays linear in it
         return "between" if _attr(user, "to", 0) in FLOAT_TYPES else f"{where}, a Cast to a non-float type"
     if op == "Clip":

@@ -785,3 +785,42 @@ def test_the_per_block_passes_show_progress(monkeypatch):
     model = feed_forward()
     compress(model, keep_params=0.6, calibration=_inputs(model), prune="only", rank_multiple=8)
     assert ("block sensitivities", "block", 1) in shown and ("sequential refit", "block", 1) in shown
+
+
+@pytest.mark.parametrize("dropout, prunable", [
+    ("ratio attribute, opset 10", True), ("training_mode false", True), ("mask read", False),
+    ("training_mode true", False)])
+def test_an_inference_dropout_between_the_layers_is_inside_the_block(dropout, prunable):
+    """Dropout is the identity at inference and old exports keep it: '--prune' refused the block ('does not
+    act per channel') that the same model with Identity in its place pruned. A Dropout in training mode or
+    whose mask is read still breaks the block."""
+    rng = np.random.default_rng(5)
+    opset = 10 if "opset 10" in dropout else 13
+    if opset == 10:
+        middle = [helper.make_node("Dropout", ["r"], ["d"], ratio=0.5)]
+    else:
+        middle = [helper.make_node("Constant", [], ["mode"], value=numpy_helper.from_array(
+                      np.array("true" in dropout), "mode")),
+                  helper.make_node("Dropout", ["r", "", "mode"], ["d", "mask" if "mask" in dropout else ""])]
+    nodes = ([helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1, name="up"),
+              helper.make_node("Relu", ["h"], ["r"])] + middle
+             + [helper.make_node("Gemm", ["d", "W2", "b2"], ["y"], transB=1, name="down")])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 40])]
+    if "mask" in dropout:
+        nodes.append(helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT))
+        outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, ["n", 64]))
+    inits = [_init(rng, "W1", (64, 48), 0.2), _init(rng, "b1", (64,), 0.2), _init(rng, "W2", (40, 64), 0.2),
+             _init(rng, "b2", (40,), 0.2)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                          ["n", 48])], outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    blocks, refused = find_blocks(model, _layers(model, None))
+    assert bool(blocks) == prunable, refused
+    if prunable:
+        cal = InputSet({"x": rng.standard_normal((64, 48)).astype(np.float32)})
+        result = compress(model, keep_params=0.7, rank_multiple=1, calibration=cal, prune="only")
+        assert result.report.pruned[0].width_after < 64
+        x = rng.standard_normal((5, 48)).astype(np.float32)
+        assert run_model(result.model, {"x": x})[0].shape == (5, 40)
+    else:
+        assert any("Dropout" in r.reason for r in refused), refused
