@@ -478,10 +478,18 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
               labels_file: Optional[LabelsFile] = None) -> InputSet:
     if not path.exists():
         raise InputDataError(f"input file '{path}' does not exist; check the path")
+    key = None
     try:
         with np.load(path, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
+            stored = {}
+            for key in data.files:
+                stored[key] = data[key]
     except Exception as exc:
+        if key is not None and "allow_pickle" in str(exc):  # an object array: pickled Python objects
+            raise InputDataError(
+                f"member '{key}' of '{path}' is an array of Python objects, which onnx-alds does not unpickle (strings "
+                "from pandas' .values are such); save strings as a numpy string array: "
+                "numpy.savez(path, name=array.astype(str), ...)") from None
         raise InputDataError(
             f"cannot read '{path}' as an .npz ({type(exc).__name__}); save it with numpy.savez(path, name=array, ...)"
         ) from None

@@ -81,6 +81,10 @@ def test_npz_loads_casts_and_reads_labels(tmp_path):
      r"holds NaN or Inf values \(first in sample 1\)"),
     ({"x": np.zeros((2, 3, 5, 4), np.float32)}, "fixes dim 2 to 4"),
     ({"x": np.zeros((0, 3, 4, 4), np.float32)}, r"array 'x' in '.*bad.npz' holds no samples"),
+    # strings from pandas' .values are an object array: 'cannot read as an .npz; save it with numpy.savez' said
+    # the file numpy.savez had just written
+    ({"x": np.zeros((2, 3, 4, 4), np.float32), "s": np.array([["red"], ["blue"]], dtype=object)},
+     r"member 's' of '.*bad.npz' is an array of Python objects.*array.astype\(str\)"),
 ])
 def test_npz_errors_name_the_problem(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
