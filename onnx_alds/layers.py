@@ -445,6 +445,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
                    if model.ir_version >= 4 else set())
     ambiguous = names_defined_twice(model)
+    returned = {value.name for _, graph in iter_graphs(model.graph) for value in graph.output}
     layers = []
     for path, graph in iter_graphs(model.graph):
         for node in graph.node:
@@ -460,6 +461,9 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                                                    "each subgraph's tensors their own names to compress it")
             if not layer.compressible and not layer.params and (counted := node_macs(node, shapes)):
                 layer = replace(layer, run_macs=counted)  # a product with a run-time tensor: its MACs still count
+            if (layer.skip_reason or "").startswith("weight is shared") and layer.weight in returned \
+                    and uses[layer.weight] == 2:  # read by this node and returned: not shared with another layer
+                layer = replace(layer, skip_reason="weight is also a graph output (the model returns it as it is)")
             if layer.compressible and layer.weight in overridable:
                 layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
                                                      "re-export without keep_initializers_as_inputs, or drop it "

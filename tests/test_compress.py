@@ -578,3 +578,18 @@ def test_a_weight_from_constant_value_floats_is_folded_like_one_from_value():
     x = rng.standard_normal((5, 32)).astype(np.float32)
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], x @ weight, rtol=1e-4, atol=1e-5)
     assert not [n for n in result.model.graph.node if n.op_type == "Constant"]  # the folded chain is gone
+
+
+def test_a_weight_the_model_also_returns_is_named_for_it():
+    """A weight that is also a graph output stays dense, but the reason read 'weight is shared by 2 uses'
+    with one node reading it."""
+    from onnx_alds.errors import UnsupportedModelError
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8]),
+                               helper.make_tensor_value_info("W", TensorProto.FLOAT, [16, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedModelError, match=r"weight is also a graph output"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
