@@ -226,12 +226,20 @@ def _check_structure(model: onnx.ModelProto) -> None:
         for node in graph.node:
             for attribute in node.attribute:
                 if attribute.ref_attr_name:
-                    raise ModelLoadError(f"attribute '{attribute.name}' of node '{node.name}' refers to a function "
-                                         f"attribute ('{attribute.ref_attr_name}') outside any function; fix the model")
+                    raise ModelLoadError(f"attribute '{attribute.name}' of node {_node_label(node)} refers to a "
+                                         f"function attribute ('{attribute.ref_attr_name}') outside any function; "
+                                         "fix the model")
                 if attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
                     raise UnsupportedModelError(
-                        f"node '{node.name}' holds a sparse tensor attribute, which onnx-alds cannot carry "
+                        f"node {_node_label(node)} holds a sparse tensor attribute, which onnx-alds cannot carry "
                         "through its rewrite yet; make it dense first")
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    """``'name'``, or for a node without a name its op and first output (what a user can find it by)."""
+    if node.name:
+        return f"'{node.name}'"
+    return f"{node.op_type} (unnamed, output '{node.output[0] if node.output else ''}')"
 
 
 def _probe_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[dict[str, np.ndarray]]:

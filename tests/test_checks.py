@@ -193,3 +193,24 @@ def test_a_float16_transpose_into_matmul_does_not_crash_onnx_runtime(tmp_path):
         done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", *command, "--input-shape", "x:2x12x64"],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (command[0], done.returncode, done.stderr[-300:])
+
+
+def test_a_refusal_names_an_unnamed_node_by_its_op_and_output():
+    """A Constant without a name holding a sparse value was refused as "node '' holds a sparse tensor
+    attribute": nothing a user could search the model for."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds import analyze
+    from onnx_alds.errors import UnsupportedModelError
+
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.0], np.float32), "v"),
+                                       numpy_helper.from_array(np.array([3], np.int64), "i"), [8])
+    nodes = [helper.make_node("Constant", [], ["bias"], sparse_value=sparse),
+             helper.make_node("Add", ["x", "bias"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    with pytest.raises(UnsupportedModelError, match=r"node Constant \(unnamed, output 'bias'\) holds a sparse"):
+        analyze(model)
