@@ -593,3 +593,20 @@ def test_a_weight_the_model_also_returns_is_named_for_it():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UnsupportedModelError, match=r"weight is also a graph output"):
         onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+
+
+def test_an_overridable_weight_behind_a_transpose_is_named_for_it():
+    """An initializer listed as a graph input (IR 4 on: callers may override it) read through a Transpose
+    stays dense, but the reason read 'not a constant (computed at run time by a Transpose node)'."""
+    from onnx_alds.errors import UnsupportedModelError
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((48, 64)).astype(np.float32), "Wt")
+    graph = helper.make_graph([helper.make_node("Transpose", ["Wt"], ["W"], perm=[1, 0]),
+                               helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 48]),
+                               helper.make_tensor_value_info("Wt", TensorProto.FLOAT, [48, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    with pytest.raises(UnsupportedModelError, match=r"weight is also a graph input \(callers may override it\)"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
