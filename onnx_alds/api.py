@@ -1006,7 +1006,8 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
                    f"{'; ...' if len(reasons) > 2 else ''})")
         outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
         if outside > 0.05 * total:
-            why += f"; {outside / total:.0%} of the weights are in ops other than Conv/Gemm/MatMul"
+            why += (f"; {outside / total:.0%} of the weights are outside the layers' weight matrices (embeddings, "
+                    "biases, norms, other ops' weights, batched or loop-carried weights)")
         if prepared.unchanged_ops:
             why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
         raise BudgetError(
