@@ -479,6 +479,11 @@ def check_output_kinds(model: onnx.ModelProto, output_kinds: Mapping[str, str]) 
             raise InputDataError(
                 f"--output-kind names '{name}', which is not a graph output; outputs are: {', '.join(outputs)}"
             )
+        which = outputs[name].type.WhichOneof("value")
+        if which not in (None, "tensor_type"):  # sequences, maps, optionals: validate does not compare them
+            raise InputDataError(
+                f"--output-kind {name}={kind}: output '{name}' is a {which.replace('_type', '')}, not a tensor; "
+                "validate compares tensor outputs only (it reports this one as not compared): drop the flag")
         rank, floating, last = _declared_output(outputs[name])
         described = f"declared {'float' if floating else 'non-float'} of rank {rank}"
         _check_stated_kind(name, kind, rank, floating, last, described)

@@ -864,3 +864,18 @@ def test_a_check_no_output_can_take_says_so_instead_of_naming_a_refused_kind():
         opset_imports=[helper.make_opsetid("", 17)])
     report = validate(both, both, inputs=inputs, max_accuracy_drop=0.1)  # scores [N, 8] read as a classifier
     assert report.passed
+
+
+def test_an_output_kind_for_a_non_tensor_output_is_an_error():
+    """--output-kind zm=classifier on a ZipMap (sequence of maps) output was accepted and changed nothing."""
+    from onnx_alds.validate import check_output_kinds
+
+    zipped = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph([helper.make_node("ZipMap", ["x"], ["zm"], domain="ai.onnx.ml",
+                                                classlabels_int64s=[0, 1, 2])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_value_info("zm", zipped)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    with pytest.raises(InputDataError, match=r"output 'zm' is a sequence, not a tensor.*drop the flag"):
+        check_output_kinds(model, {"zm": "classifier"})
