@@ -872,7 +872,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         tensor_type = value.type.tensor_type
         dims: list[Union[int, str, None]] = []
         for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value > 0:
+            if dim.HasField("dim_value") and dim.dim_value >= 0:  # 0: a fixed empty dim
                 dims.append(int(dim.dim_value))
             elif dim.HasField("dim_param"):
                 dims.append(dim.dim_param)
@@ -941,7 +941,8 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                                  "e.g. (1, 3, 224, 224)")
         shape = tuple(int(d) for d in value)
         example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
-        if any(d < 1 for d in shape):
+        if any(d < 1 and not (len(shape) == len(spec.dims) and declared == 0)  # a dim the model fixes to 0
+               for d, declared in zip(shape, list(spec.dims) + [None] * len(shape))):
             raise InputDataError(f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}'; every dim must "
                                  f"be at least 1, e.g. {spec.name}:{example}")
         if len(shape) != len(spec.dims):

@@ -58,7 +58,7 @@ def _known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int,
         if not tensor_type.HasField("shape"):
             continue
         dims = tensor_type.shape.dim
-        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        if all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
             shapes[value.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
 

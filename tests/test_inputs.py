@@ -483,3 +483,29 @@ def test_input_shape_must_name_an_input_and_match_the_images(tmp_path):
         load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 6, 6)})
     assert load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 8, 8)}).arrays["x"].shape \
         == (1, 3, 8, 8)
+
+
+def test_a_dim_the_model_fixes_to_zero_is_fixed_not_dynamic():
+    """An input [batch, 0] (an empty feature block, e.g. no extra features): the 0 was read as dynamic, so
+    --keep-flops was refused ('dynamic dims'), the probe fed 1 (which ONNX Runtime refuses), and the
+    suggested --input-shape E:1x0 was refused as not positive."""
+    from onnx import numpy_helper
+
+    from onnx_alds import compress
+    from onnx_alds.model_io import graph_inputs
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("Concat", ["h", "E"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32]),
+                                           helper.make_tensor_value_info("E", TensorProto.FLOAT, ["B", 0])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 24])],
+                              [numpy_helper.from_array(rng.standard_normal((32, 24)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert graph_inputs(model)[1].dims == ("B", 0)
+    result = compress(model, keep_flops=0.6, rank_multiple=1)
+    assert result.report.macs_before == 32 * 24
+    result = compress(model, keep_flops=0.6, rank_multiple=1, input_shapes={"x": (2, 32), "E": (2, 0)})
+    assert result.report.achieved <= 0.6
+    calibrated = load_inputs(model, random=8)
+    assert calibrated.arrays["E"].shape == (8, 0)
