@@ -982,7 +982,7 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
     specs = graph_inputs(model)
     shapes: dict[str, tuple[int, ...]] = {}
     notes: list[str] = []
-    dynamic = []
+    dynamic, batched = [], []
     for spec in specs:
         if spec.name in overrides:
             shapes[spec.name] = overrides[spec.name]
@@ -991,11 +991,15 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
         if batch_default is not None and dims and not isinstance(dims[0], int) \
                 and all(isinstance(d, int) for d in dims[1:]):
             dims[0] = batch_default
-            notes.append(f"input '{spec.name}': dynamic batch dim set to {batch_default}")
+            batched.append(spec.name)
         if not all(isinstance(d, int) for d in dims):
             dynamic.append(spec)
             continue
         shapes[spec.name] = tuple(int(d) for d in dims)
+    if batched:  # one note for all of them (a table's 21 feature inputs made 21 notes)
+        named = ", ".join(f"'{name}'" for name in batched[:3]) + (f" and {len(batched) - 3} more" if len(batched) > 3
+                                                                     else "")
+        notes.append(f"input{'s' if len(batched) > 1 else ''} {named}: dynamic batch dim set to {batch_default}")
     if dynamic:  # every input at once, so one run of the command says all that is missing
         pretty = ", ".join(f"'{spec.name}' (" + "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
                            + ")" for spec in dynamic)

@@ -509,3 +509,16 @@ def test_a_dim_the_model_fixes_to_zero_is_fixed_not_dynamic():
     assert result.report.achieved <= 0.6
     calibrated = load_inputs(model, random=8)
     assert calibrated.arrays["E"].shape == (8, 0)
+
+
+def test_inputs_with_a_dynamic_batch_share_one_note():
+    """A scikit-learn ColumnTransformer export has one graph input per column: 21 identical notes."""
+    from onnx_alds.model_io import resolve_input_shapes
+
+    inputs = [helper.make_tensor_value_info(f"c{i}", TensorProto.FLOAT, ["N", 1]) for i in range(5)]
+    graph = helper.make_graph([helper.make_node("Concat", [v.name for v in inputs], ["y"], axis=1)], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    shapes, notes = resolve_input_shapes(model, None, batch_default=1)
+    assert all(shape == (1, 1) for shape in shapes.values())
+    assert notes == ["inputs 'c0', 'c1', 'c2' and 2 more: dynamic batch dim set to 1"]
