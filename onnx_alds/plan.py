@@ -225,7 +225,8 @@ class Plan:
                             "(make the plan again with this version)")
         model = reader.mapping(top["model"], "model", required=("inputs",), optional=("params", "layers"))
         inputs = reader.mapping(model["inputs"], "model.inputs", free=True)
-        model = dict(model, inputs={name: reader.dims(dims, f"model.inputs.{name}") for name, dims in inputs.items()})
+        model = dict(model, inputs={name: reader.dims(dims, f"model.inputs.{name}", named=True)
+                                    for name, dims in inputs.items()})
         options = reader.options(top["options"])
         layers = reader.list(top["layers"], "layers")
         decisions = tuple(reader.layer(entry, index) for index, entry in enumerate(layers))
@@ -286,6 +287,7 @@ class Plan:
         """The input shapes to apply the plan at: the plan's ``options.input_shapes``, else the shapes
         it was made at (``model.inputs``) for the model's inputs with dynamic dims besides the batch
         (the same network exported with dynamic sizes). Raises PlanError when they do not fit the model."""
+        from .errors import UnsupportedModelError
         from .model_io import graph_inputs, resolve_input_shapes
 
         given = self.options.get("input_shapes")
@@ -295,10 +297,13 @@ class Plan:
         else:
             planned = self.model.get("inputs", {})
             shapes = {spec.name: tuple(planned[spec.name]) for spec in graph_inputs(model)
-                      if spec.name in planned and not all(isinstance(d, int) for d in spec.dims[1:])}
+                      if spec.name in planned and not all(isinstance(d, int) for d in spec.dims[1:])
+                      and all(isinstance(d, int) for d in planned[spec.name])}  # (made with dims left dynamic)
             where = "model.inputs"
         try:
             resolve_input_shapes(model, shapes or None, batch_default=1)
+        except UnsupportedModelError:  # dims left dynamic, as the plan was made (checked layer by layer later)
+            return shapes or None
         except OnnxAldsError as exc:
             raise PlanError(f"the plan does not fit this model's inputs (the plan's {where}: "
                             f"{_show_shapes(shapes) or 'none'}): {exc}; make a new plan for it with onnx-alds plan"
@@ -430,8 +435,9 @@ class _Reader:
             raise self.fail(where, f"expected a positive time in µs, got {_short(value)}")
         return float(value)
 
-    def dims(self, value: Any, where: str) -> tuple[int, ...]:
-        return tuple(self.integer(d, where) for d in self.list(value, where))
+    def dims(self, value: Any, where: str, named: bool = False) -> tuple:
+        """A list of dims; ``named``: a dynamic dim may stay a name (a plan made with dims left dynamic)."""
+        return tuple(d if named and isinstance(d, str) and d else self.integer(d, where) for d in self.list(value, where))
 
     def options(self, value: Any) -> dict:
         options = self.mapping(value, "options", required=("budget", "search", "data"),
@@ -593,10 +599,25 @@ def calibration_digest(calibration) -> Optional[str]:
     return digest.hexdigest()
 
 
+def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
+    """The input shapes a plan is made (and applied) at: resolved as compress resolves them, or, where dims
+    stay dynamic (compress then runs without counting MACs), the declared dims with the dynamic ones by
+    name (``("batch", "sequence")``). Raises InputDataError for ``input_shapes`` that do not fit."""
+    from .errors import UnsupportedModelError
+    from .model_io import graph_inputs, resolve_input_shapes
+
+    try:
+        inputs, _ = resolve_input_shapes(model, input_shapes, batch_default=1)
+        return {name: tuple(dims) for name, dims in inputs.items()}
+    except UnsupportedModelError:  # dynamic dims besides the batch, not given
+        given = dict(input_shapes or {})
+        return {spec.name: tuple(given[spec.name]) if spec.name in given else
+                tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
+
+
 def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
     """The plan of a planned compression (or a pruning compression), from its report rows and blocks."""
     from . import __version__
-    from .model_io import resolve_input_shapes
 
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
     layers = []
@@ -609,7 +630,7 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan
                               row.time_measured)
         layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
                                     row.rank if row.groups else 0, order, row.skip_reason, predicted))
-    inputs, _ = resolve_input_shapes(model, options.input_shapes, batch_default=1)
+    inputs = planned_inputs(model, options.input_shapes)
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
                                  report.calibration_samples)
@@ -718,14 +739,12 @@ class _Decisions:
     def check(self, prepared, input_shapes) -> dict[str, str]:
         """Every layer of the model in the plan and the other way round, with the same op and weight
         shape, at the same input shapes; returns the layers to keep dense as the plan skipped them."""
-        from .model_io import resolve_input_shapes
-
         fix = "make a new plan for it with onnx-alds plan"
-        inputs, _ = resolve_input_shapes(prepared.model, input_shapes, batch_default=1)
-        planned_inputs = {name: tuple(dims) for name, dims in self.plan.model.get("inputs", {}).items()}
-        if {name: tuple(dims) for name, dims in inputs.items()} != planned_inputs:
+        inputs = planned_inputs(prepared.model, input_shapes)
+        planned = {name: tuple(dims) for name, dims in self.plan.model.get("inputs", {}).items()}
+        if inputs != planned:
             raise self._error(f"its inputs resolve to {_show_shapes(inputs) or 'none'}, the plan was made at "
-                              f"{_show_shapes(planned_inputs) or 'no inputs'}; {fix}")
+                              f"{_show_shapes(planned) or 'no inputs'}; {fix}")
         model_layers = {layer.name: layer for layer in prepared.layers}
         for decision in self.plan.layers:
             layer = model_layers.get(decision.name)

@@ -479,3 +479,32 @@ def test_an_unedited_plan_applied_warns_as_compress_does():
     assert any("no plan closer to the budget exists with rank steps of 16" in w for w in compressed.warnings)
     applied = apply_plan(model, round_trip(make_plan(model, keep_flops=0.55, rank_multiple=16))).report
     assert applied.warnings == compressed.warnings and not any("as edited" in w for w in applied.warnings)
+
+
+def test_a_plan_of_a_model_whose_dims_stay_dynamic(tmp_path):
+    """``W @ x`` with x of [b, 48, t]: compress ran (MACs not counted, with a note) but plan refused the model
+    ('dynamic dims; give them with --input-shape'), though compress is plan then apply. The plan keeps the
+    dims by name and applies to the same file as compress writes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.plan import Plan, apply_plan, make_plan
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((40, 4)) @ rng.standard_normal((4, 48))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["W", "x"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 48, "t"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 40, "t"])],
+                              [numpy_helper.from_array(weight, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = make_plan(model, keep_params=0.5, rank_multiple=1)
+    assert plan.model["inputs"] == {"x": ("b", 48, "t")}
+    plan.save(tmp_path / "plan.json")
+    applied = apply_plan(model, Plan.load(tmp_path / "plan.json"))
+    compressed = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert applied.model.SerializeToString() == compressed.model.SerializeToString()
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for dim, value in zip(fixed.graph.input[0].type.tensor_type.shape.dim, (1, 48, 5)):
+        dim.dim_value = value
+    with pytest.raises(onnx_alds.errors.OnnxAldsError, match="the plan was made at x:bx48xt"):
+        apply_plan(fixed, plan)
