@@ -102,8 +102,9 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
 
 
 def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> bool:
-    """Whether the main graph holds float16 weights or inputs, or casts to float16 (a file is read without
-    its external data)."""
+    """Whether the main graph computes in float16: float16 inputs, a Cast to float16, or a float16 weight
+    read by anything but a Cast (a mixed-precision export that stores weights as float16 and casts them to
+    the float32 it computes in does not). A file is read without its external data."""
     if not isinstance(model, onnx.ModelProto):
         try:
             model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(
@@ -112,7 +113,8 @@ def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes])
             return False
     half = onnx.TensorProto.FLOAT16
     graph = model.graph
-    return (any(tensor.data_type == half for tensor in graph.initializer)
+    halves = {tensor.name for tensor in graph.initializer if tensor.data_type == half}
+    return (any(node.op_type != "Cast" and halves.intersection(node.input) for node in graph.node)
             or any(value.type.tensor_type.elem_type == half for value in graph.input)
             or any(node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute)
                    for node in graph.node))

@@ -214,3 +214,22 @@ def test_a_refusal_names_an_unnamed_node_by_its_op_and_output():
     onnx.checker.check_model(model)
     with pytest.raises(UnsupportedModelError, match=r"node Constant \(unnamed, output 'bias'\) holds a sparse"):
         analyze(model)
+
+
+def test_only_models_that_compute_in_float16_lose_the_nchwc_pass():
+    """The NCHWc pass speeds up float32 convolutions: a mixed-precision export that stores float16 weights
+    and casts them to float32 keeps it; a model that computes in float16 leaves it out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.runtime import _computes_in_float16
+
+    weight = numpy_helper.from_array(np.zeros((4, 4), np.float16), "W16")
+    stored = helper.make_graph([helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
+                                helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    computed = helper.make_graph([helper.make_node("MatMul", ["x", "W16"], ["y"])], "g",
+                                 [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])], [weight])
+    assert not _computes_in_float16(helper.make_model(stored))
+    assert _computes_in_float16(helper.make_model(computed))
