@@ -559,6 +559,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+    _usable_standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     command_at = next((i for i, token in enumerate(argv) if token == args.command), None)
@@ -574,6 +575,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # (None: set in C)
 
 
+def _usable_standard_streams() -> None:
+    """A closed stdout or stderr (a service started with ``>&-``) becomes the null device, and characters
+    the console's encoding lacks (an ASCII or cp1252 console, a layer named in Greek) print escaped: the
+    report's lines are never a reason to fail after the files were written."""
+    import os
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process's life
+        elif hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change (already written in another way)
+                pass
+
+
 def _run(args: argparse.Namespace) -> int:
     """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -585,7 +603,14 @@ def _run(args: argparse.Namespace) -> int:
         check_preprocess_flags(args)
         _check_output_paths(args)
         code = int(args.run(args) or 0)
-        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        try:
+            sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            print(f"error: writing the report to standard output failed ({exc.strerror or exc}); the files were "
+                  "written", file=sys.stderr)
+            return 1
         return code
     except OnnxAldsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -535,3 +535,25 @@ def test_an_unvalidated_model_comes_with_the_command_that_measures_it(cnn_path, 
     code, stdout, _ = run_cli("compress", cnn_path, "-o", out, "--keep-flops", "0.5", "--rank-multiple", "1",
                               "--calibration-random", "64", capsys=capsys)
     assert code == 0 and "from the calibration inputs" in stdout
+
+
+@pytest.mark.parametrize("stdout", ["ascii console", "closed"])
+def test_a_console_that_cannot_show_the_report_does_not_fail_the_run(cnn_path, tmp_path, stdout):
+    """An ASCII (or cp1252) console: the 'α' of the calibration note was a UnicodeEncodeError traceback and
+    exit 1 after the model and report were written. A closed stdout (a service started with '>&-') was an
+    AttributeError traceback at the final flush."""
+    import os
+    import shlex
+
+    out = tmp_path / "out.onnx"
+    command = [sys.executable, "-m", "onnx_alds.cli", "compress", str(cnn_path), "-o", str(out), "--keep-flops",
+               "0.5", "--rank-multiple", "1", "--calibration-random", "16"]
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    if stdout == "closed":
+        done = subprocess.run(" ".join(map(shlex.quote, command)) + " >&-", shell=True, capture_output=False,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    else:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert "\\u03b1" in done.stdout or "alpha" in done.stdout or "\\u" in done.stdout
+    assert done.returncode == 0, done.stderr[-400:]
+    assert "Traceback" not in done.stderr and out.exists()
