@@ -92,6 +92,8 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
         session = make_session(model, "cpu", store=store, prepack=False)
     except ImportError:
         return result
+    except ModelLoadError:  # a path ONNX Runtime cannot take: said as it is
+        raise
     except Exception as exc:
         message = first_line(exc)
         if "not installed" in message:

@@ -835,7 +835,7 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
             longest = os.pathconf(str(target.parent), "PC_NAME_MAX")
         except (OSError, ValueError, AttributeError):
             longest = 255
-        if len((target.name + ".data").encode()) > longest:
+        if len(os.fsencode(target.name + ".data")) > longest:
             raise OutputPathError(f"-o name '{target.name[:40]}…' is too long for its weights file '<name>.data' "
                                   f"(a file name takes at most {longest} bytes here); choose a shorter -o name")
     try:  # a read-only file system or folder: say so now, not after the whole compression

@@ -80,6 +80,8 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     else:
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
             model if isinstance(model, bytes) else str(model))
+    if isinstance(source, str):
+        _check_utf8_path(source)
     providers: list = [(wanted, provider_options or {})]
     if wanted != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for the ops the accelerator lacks; checked below
@@ -99,6 +101,20 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
             "(the provider failed to load: check the CUDA/cuDNN libraries); refusing to run on another provider"
         )
     return session
+
+
+def _check_utf8_path(path: str) -> None:
+    """ONNX Runtime takes paths as UTF-8: one that a non-UTF-8 locale decoded with surrogates (a UTF-8 file
+    name under LC_ALL=C) is refused by its binding with a message about argument types. Raises ModelLoadError
+    naming the path and the fix instead."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        from .errors import ModelLoadError
+
+        raise ModelLoadError(f"the path {path.encode('utf-8', 'backslashreplace').decode()!r} cannot be handed to "
+                             "ONNX Runtime in this locale (its file names are not UTF-8): run in a UTF-8 locale "
+                             "(e.g. LC_ALL=C.UTF-8) or use an ASCII path") from None
 
 
 def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> bool:
@@ -171,6 +187,7 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
         complete.CopyFrom(model)
         return materialize(complete, store).SerializeToString()
     if store.base_dir is not None:
+        _check_utf8_path(str(store.base_dir))
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(store.base_dir))
     if names:
         options.add_external_initializers(names, values)

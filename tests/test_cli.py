@@ -537,7 +537,7 @@ def test_an_unvalidated_model_comes_with_the_command_that_measures_it(cnn_path, 
     assert code == 0 and "from the calibration inputs" in stdout
 
 
-@pytest.mark.parametrize("stdout", ["ascii console", "closed"])
+@pytest.mark.parametrize("stdout", ["ascii console", "closed", "stderr closed"])
 def test_a_console_that_cannot_show_the_report_does_not_fail_the_run(cnn_path, tmp_path, stdout):
     """An ASCII (or cp1252) console: the 'α' of the calibration note was a UnicodeEncodeError traceback and
     exit 1 after the model and report were written. A closed stdout (a service started with '>&-') was an
@@ -552,8 +552,32 @@ def test_a_console_that_cannot_show_the_report_does_not_fail_the_run(cnn_path, t
     if stdout == "closed":
         done = subprocess.run(" ".join(map(shlex.quote, command)) + " >&-", shell=True, capture_output=False,
                               stderr=subprocess.PIPE, text=True, timeout=300)
+    elif stdout == "stderr closed":  # cron: the progress check asked a missing stderr whether it was a terminal
+        done = subprocess.run(" ".join(map(shlex.quote, command)) + " 2>&-", shell=True, capture_output=False,
+                              stdout=subprocess.PIPE, stderr=None, text=True, timeout=300)
+        done.stderr = ""
     else:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert "\\u03b1" in done.stdout or "alpha" in done.stdout or "\\u" in done.stdout
     assert done.returncode == 0, done.stderr[-400:]
     assert "Traceback" not in done.stderr and out.exists()
+
+
+def test_a_non_utf8_locale_with_non_ascii_paths(cnn_path, tmp_path):
+    """LC_ALL=C (file names decoded as ASCII with surrogates): -o 'out_é.onnx' was a UnicodeEncodeError
+    traceback; a model in a folder 'dír' was refused as 'ONNX Runtime refuses the model (incompatible
+    function arguments)'. The first works; the second names the path and the locale."""
+    import os
+    import shutil
+
+    folder = tmp_path / "dír"
+    folder.mkdir()
+    shutil.copy(cnn_path, folder / "model.onnx")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0")
+    run = [sys.executable, "-m", "onnx_alds.cli"]
+    done = subprocess.run(run + ["compress", str(cnn_path), "-o", str(tmp_path / "out_é.onnx"), "--keep-params", "0.5",
+                                 "--rank-multiple", "1"], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr[-300:]
+    assert (tmp_path / "out_é.onnx").exists()
+    done = subprocess.run(run + ["analyze", str(folder / "model.onnx")], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 1 and b"cannot be handed to ONNX Runtime in this locale" in done.stderr, done.stderr
