@@ -96,6 +96,11 @@ class InputSet:
         labels = None if self.labels is None else self.labels[:count]
         return InputSet({n: a[:count] for n, a in self.arrays.items()}, labels, self.source)
 
+    def take(self, indices: np.ndarray) -> "InputSet":
+        """The samples at ``indices`` (in that order) as a new set."""
+        labels = None if self.labels is None else self.labels[indices]
+        return InputSet({n: a[indices] for n, a in self.arrays.items()}, labels, self.source)
+
     @property
     def is_random(self) -> bool:
         """True for random data (its ``source`` says "not real data")."""
@@ -320,7 +325,8 @@ class LabelsFile:
                     f"labels file '{self.path}' has {len(self.ids)} labels for {len(all_files)} images; give one per "
                     "image, in sorted file-name order"
                 )
-            return self.ids[:len(files)]
+            position = {path: index for index, path in enumerate(all_files)}
+            return self.ids[[position[path] for path in files]]
         assert self.by_name is not None
         known = {p.name for p in all_files}
         stray = next((name for name in self.by_name if name not in known), None)
@@ -422,8 +428,8 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
 
     ``input_shapes`` gives dynamic dims (random inputs; the sample axis is always the first dim); every name
     in it must be a graph input, and images must come out at the dims it gives;
-    ``limit`` keeps the first ``limit`` samples; ``progress`` shows a bar while decoding images (default:
-    only when stderr is a terminal). Labels: an ``.npz``'s ``labels`` array, or ``labels_file``
+    ``limit`` keeps ``limit`` samples spread evenly over the set (:func:`spread_indices`); ``progress``
+    shows a bar while decoding images (default: only when stderr is a terminal). Labels: an ``.npz``'s ``labels`` array, or ``labels_file``
     (:func:`read_labels_file`), or ``labels_from_filenames`` (images only); they are checked before any
     image is decoded. Raises :class:`InputDataError` when the data does not fit the model.
     """
@@ -569,9 +575,19 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
         labels = labels_file.for_samples(count)
     result = InputSet(arrays, labels, f"{path} ({count} samples{cast_note})")
     if limit is not None and limit < len(result):
-        first = result.head(limit)
-        result = InputSet(first.arrays, first.labels, f"{path} (first {limit} samples{cast_note})")
+        kept = result.take(spread_indices(len(result), limit))
+        result = InputSet(kept.arrays, kept.labels, f"{path} ({limit} of {len(result)} samples, evenly spaced"
+                                                    f"{cast_note})")
     return result
+
+
+def spread_indices(count: int, limit: int) -> np.ndarray:
+    """``limit`` indices spread evenly over ``range(count)``, first and last included: a limited set covers
+    the whole file (a set sorted by class, or an image folder of class subfolders, gives every class, where
+    its first samples would all be one class)."""
+    if limit >= count:
+        return np.arange(count)
+    return np.round(np.linspace(0, count - 1, limit)).astype(np.int64)
 
 
 def _pretty_dims(dims: Sequence[Union[int, str, None]]) -> str:
@@ -588,7 +604,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
         )
     spec = specs[0]
     all_files = image_files(folder)
-    files = all_files[:limit] if limit is not None else all_files
+    files = [all_files[i] for i in spread_indices(len(all_files), limit)] if limit is not None else all_files
     labels = None  # labels first: a bad name or file fails before any image is decoded
     if from_filenames:
         labels = labels_from_filenames(files)

@@ -1471,7 +1471,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     labels = {"labels": True} if "labels" in inspect.signature(add_input_arguments).parameters else {}
     add_input_arguments(parser, **labels)  # --labels FILE / --labels-from-filenames where inputs.py has them
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                        help="validate on the first N held-out samples only")
+                        help="validate on N held-out samples only, spread evenly over the set")
     add_input_arguments(parser, "calibration-", preprocess=False, input_shape=False)
     engine = parser.add_argument_group("engine")
     engine.add_argument("--engine", choices=("local", "ray"), default="local",

@@ -293,7 +293,7 @@ def test_labels_file_of_ids_follows_sorted_file_order(tmp_path):
     np.testing.assert_allclose(data.arrays["x"][:, 0, 0, 0], [50, 0, 100])  # a.png was written second
     limited = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
                           labels_file=tmp_path / "l.txt", limit=2)
-    np.testing.assert_array_equal(limited.labels, [4, 5])
+    np.testing.assert_array_equal(limited.labels, [4, 6])  # the first and the last image (spread evenly)
 
 
 def test_labels_file_of_names_maps_each_image(tmp_path):
@@ -308,7 +308,7 @@ def test_labels_file_with_an_npz(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((3, 3, 4, 4), np.float32))
     (tmp_path / "l.txt").write_text("1\n0\n2\n")
     data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_file=tmp_path / "l.txt", limit=2)
-    np.testing.assert_array_equal(data.labels, [1, 0])
+    np.testing.assert_array_equal(data.labels, [1, 2])  # samples 0 and 2 (spread evenly)
     (tmp_path / "bom.txt").write_text("\ufeff1\n0\n2\n", encoding="utf-8")  # as Notepad and Excel save it
     data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "d.npz", labels_file=tmp_path / "bom.txt")
     np.testing.assert_array_equal(data.labels, [1, 0, 2])
@@ -522,3 +522,18 @@ def test_inputs_with_a_dynamic_batch_share_one_note():
     shapes, notes = resolve_input_shapes(model, None, batch_default=1)
     assert all(shape == (1, 1) for shape in shapes.values())
     assert notes == ["inputs 'c0', 'c1', 'c2' and 2 more: dynamic batch dim set to 1"]
+
+
+def test_a_limited_set_is_spread_over_the_file_not_its_first_samples(tmp_path):
+    """The bundled MNIST eval set is sorted by class: its first 100 digits are all '0', so a limit of 100 gave a
+    one-class 'accuracy'. Limited sets take evenly spaced samples; an image folder's labels follow them."""
+    labels = np.repeat(np.arange(10), 20)
+    np.savez(tmp_path / "sorted.npz", x=np.arange(200, dtype=np.float32)[:, None, None, None]
+             * np.ones((1, 3, 4, 4), np.float32), labels=labels)
+    data = load_inputs(_image_model(["N", 3, 4, 4]), npz=tmp_path / "sorted.npz", limit=10)
+    np.testing.assert_array_equal(data.labels, np.arange(10))
+    assert data.arrays["x"][0, 0, 0, 0] == 0 and data.arrays["x"][-1, 0, 0, 0] == 199
+    assert "10 of 200 samples, evenly spaced" in data.source
+    folder = _folder(tmp_path)  # a.png, b.png, c.png in sorted order
+    limited = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"), limit=2)
+    np.testing.assert_allclose(limited.arrays["x"][:, 0, 0, 0], [50, 100])  # a.png and c.png
