@@ -250,6 +250,7 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
         if graph is None:
             opset = opset_version(model)
             names = Names(model)
+            unnamed = _unnamed_tensor_attributes(model)
             graph = gs.import_onnx(model)
             _untype_unexportable(graph)
             nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
@@ -282,12 +283,37 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
                                                                                    mode="nodes")
     new = gs.export_onnx(graph, do_type_check=False)
     del graph, nodes
+    _clear_tensor_names(model, unnamed)  # graphsurgeon names Constant tensors in the model it read: undone
     _fill_values(new, values)
     _keep_unread_initializers(new, model)
     _hoist_outer_initializers(new, model)
     _restore_model_fields(new, model)
     _restore_node_fields(new, model)
     return new
+
+
+def _tensor_attributes(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor held in a node attribute (a Constant's value ...), subgraphs included, in a fixed order."""
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.TENSOR:
+                    yield attribute.t
+                elif attribute.type == onnx.AttributeProto.TENSORS:
+                    yield from attribute.tensors
+
+
+def _unnamed_tensor_attributes(model: onnx.ModelProto) -> list[bool]:
+    """For each tensor of :func:`_tensor_attributes`, whether it has no name."""
+    return [not tensor.HasField("name") for tensor in _tensor_attributes(model)]
+
+
+def _clear_tensor_names(model: onnx.ModelProto, unnamed: Sequence[bool]) -> None:
+    """onnx-graphsurgeon's import names the tensors of Constant nodes after their outputs, in the model it
+    reads: clear the names of those that had none (``unnamed`` from :func:`_unnamed_tensor_attributes`)."""
+    for tensor, had_none in zip(_tensor_attributes(model), unnamed):
+        if had_none:
+            tensor.ClearField("name")
 
 
 _EXPORTABLE_TYPES = ("tensor_type", "sequence_type", "sparse_tensor_type")
@@ -359,23 +385,18 @@ def _restore_node_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> Non
 
 
 def _copy_node_fields(source: onnx.NodeProto, target: onnx.NodeProto) -> None:
-    target.doc_string = source.doc_string
-    for field in ("overload", "metadata_props", "device_configurations"):  # newer onnx releases only
-        if field not in source.DESCRIPTOR.fields_by_name:
-            continue
-        if source.DESCRIPTOR.fields_by_name[field].is_repeated:
-            target.ClearField(field)
-            getattr(target, field).extend(getattr(source, field))
-        else:
-            setattr(target, field, getattr(source, field))
-    bodies = {attribute.name: attribute for attribute in target.attribute if attribute.type in _SUBGRAPH_ATTRIBUTES}
-    attributes = [bodies.get(attribute.name, attribute) if attribute.type in _SUBGRAPH_ATTRIBUTES else attribute
-                  for attribute in source.attribute]
-    if [a.name for a in attributes] != [a.name for a in target.attribute] or any(
-            a is not b and a != b for a, b in zip(attributes, target.attribute)):
-        copies = [onnx.AttributeProto.FromString(a.SerializeToString()) for a in attributes]
-        target.ClearField("attribute")
-        target.attribute.extend(copies)
+    """``target`` becomes ``source`` as it was, byte for byte, but for its If/Loop/Scan bodies (as rewritten)
+    and its inputs (as exported)."""
+    bodies = {attribute.name: onnx.AttributeProto.FromString(attribute.SerializeToString())
+              for attribute in target.attribute if attribute.type in _SUBGRAPH_ATTRIBUTES}
+    inputs = list(target.input)
+    target.CopyFrom(source)
+    if inputs != list(target.input):
+        del target.input[:]
+        target.input.extend(inputs)
+    for attribute in target.attribute:
+        if attribute.name in bodies:
+            attribute.CopyFrom(bodies[attribute.name])
 
 
 def _copy_graph_fields(source: onnx.GraphProto, target: onnx.GraphProto, *, main: bool) -> None:

@@ -118,8 +118,8 @@ def _check_utf8_path(path: str) -> None:
 
 
 def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> bool:
-    """Whether the main graph computes in float16: float16 inputs, a Cast to float16, or a float16 weight
-    read by anything but a Cast (a mixed-precision export that stores weights as float16 and casts them to
+    """Whether the main graph computes in float16: a float16 input, weight or Cast result read by anything
+    but a Cast (a mixed-precision export that stores weights, or takes inputs, as float16 and casts them to
     the float32 it computes in does not). A file is read without its external data."""
     if not isinstance(model, onnx.ModelProto):
         try:
@@ -130,10 +130,10 @@ def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes])
     half = onnx.TensorProto.FLOAT16
     graph = model.graph
     halves = {tensor.name for tensor in graph.initializer if tensor.data_type == half}
-    return (any(node.op_type != "Cast" and halves.intersection(node.input) for node in graph.node)
-            or any(value.type.tensor_type.elem_type == half for value in graph.input)
-            or any(node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute)
-                   for node in graph.node))
+    halves.update(value.name for value in graph.input if value.type.tensor_type.elem_type == half)
+    halves.update(node.output[0] for node in graph.node if node.op_type == "Cast" and node.output
+                  and any(a.name == "to" and a.i == half for a in node.attribute))
+    return any(node.op_type != "Cast" and halves.intersection(node.input) for node in graph.node)
 
 
 FLOAT_TENSOR_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")

@@ -231,5 +231,10 @@ def test_only_models_that_compute_in_float16_lose_the_nchwc_pass():
     computed = helper.make_graph([helper.make_node("MatMul", ["x", "W16"], ["y"])], "g",
                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])], [weight])
+    cast_input = helper.make_graph([helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT),
+                                    helper.make_node("Relu", ["x32"], ["y"])], "g",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     assert not _computes_in_float16(helper.make_model(stored))
+    assert not _computes_in_float16(helper.make_model(cast_input))  # float16 in, float32 compute
     assert _computes_in_float16(helper.make_model(computed))

@@ -213,3 +213,22 @@ def test_graphsurgeon_warnings_stay_off_standard_output(capsys):
     _compress_exactly(model)
     captured = capsys.readouterr()
     assert "[W]" not in captured.out and "[W]" not in captured.err
+
+
+def test_every_node_not_replaced_is_written_byte_for_byte_as_it_was():
+    """Kept nodes gained explicit empty doc_string/overload fields, and a Constant's unnamed tensor a name
+    (onnx-graphsurgeon names it, in the model it reads too): 112 of 327 nodes of a BERT export differed."""
+    nodes, inits = _base()
+    value = numpy_helper.from_array(np.float32(2.0))
+    value.ClearField("name")
+    nodes[2].output[0] = "m"
+    nodes += [helper.make_node("Constant", [], ["two"], name="const", value=value),
+              helper.make_node("Mul", ["m", "two"], ["logits"], name="mul")]
+    model = _model(nodes, inits, [LOGITS])
+    before = model.SerializeToString()
+    new = _compress_exactly(model)
+    assert model.SerializeToString() == before  # the caller's model is left as it was
+    written = {node.name: node.SerializeToString() for node in new.graph.node}
+    for node in model.graph.node:
+        if node.name not in ("gemm", "mm"):
+            assert written[node.name] == node.SerializeToString(), node.name
