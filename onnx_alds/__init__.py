@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .api import METHODS, CompressionResult, analyze, compress  # noqa: E402
 from .errors import OnnxAldsError  # noqa: E402
 
 __all__ = ["__version__", "METHODS", "CompressionResult", "OnnxAldsError", "analyze", "compress"]
+
+_FROM_API = ("METHODS", "CompressionResult", "analyze", "compress")
+_SUBMODULES = ("allocate", "api", "argtypes", "bench", "calibrate", "checks", "cli", "damage", "data_aware", "decompose",
+               "demo", "distill", "errors", "inputs", "latency", "layers", "model_io", "options", "plan", "prune",
+               "report", "rewrite", "runtime", "shapes", "spectra", "speed", "sweep", "validate")
+
+
+def __getattr__(name: str) -> Any:
+    """``onnx_alds.compress`` and the rest of the API load on first use (PEP 562): the command line starts
+    without importing numpy, scipy and onnx first, so a Ctrl-C while they load is answered like any other."""
+    if name in _FROM_API:
+        from . import api
+
+        return getattr(api, name)
+    if name in _SUBMODULES:  # onnx_alds.validate.validate(...) after a bare `import onnx_alds`
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'onnx_alds' has no attribute '{name}'")

@@ -615,6 +615,12 @@ def _run(args: argparse.Namespace) -> int:
     except OnnxAldsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError as exc:  # numpy or scipy could not allocate (a memory limit, a model too large)
+        detail = str(exc).splitlines()[0][:160] if str(exc) else "an allocation failed"
+        kept = "no output was written" if args.command != "sweep" else "the variants finished so far are kept"
+        print(f"error: out of memory ({detail}); {kept}: free memory or raise the limit, and see "
+              "docs/LARGE_MODELS.md for what each step holds", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; no output was written" if args.command != "sweep" else
               "error: interrupted; the variants finished so far are kept in the output folder (the same command "

@@ -581,3 +581,28 @@ def test_a_non_utf8_locale_with_non_ascii_paths(cnn_path, tmp_path):
     assert (tmp_path / "out_é.onnx").exists()
     done = subprocess.run(run + ["analyze", str(folder / "model.onnx")], env=env, capture_output=True, timeout=300)
     assert done.returncode == 1 and b"cannot be handed to ONNX Runtime in this locale" in done.stderr, done.stderr
+
+
+def test_the_command_line_starts_before_the_heavy_modules_load():
+    """Ctrl-C in the first second and a half printed a KeyboardInterrupt traceback: `import onnx_alds` loaded
+    numpy, scipy and onnx before main() could answer it. The API still loads on first use."""
+    code = ("import sys, onnx_alds.cli; print(sorted(m for m in ('numpy', 'onnx', 'scipy', 'onnxruntime') "
+            "if m in sys.modules)); import onnx_alds; print(onnx_alds.compress.__module__, "
+            "onnx_alds.validate.validate.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "onnx_alds.api validate"]
+
+
+def test_running_out_of_memory_is_one_error_line(cnn_path, tmp_path, capsys, monkeypatch):
+    """Under a memory limit, numpy's ArrayMemoryError from the decomposition was a traceback."""
+    import onnx_alds.api
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.2 GiB for an array with shape (16384, 16384) and data type float32")
+
+    monkeypatch.setattr(onnx_alds.api, "_apply_step", no_memory)
+    code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "out.onnx", "--keep-params", "0.5",
+                           "--rank-multiple", "1", capsys=capsys)
+    assert_one_line_error(code, err, "out of memory (Unable to allocate 1.2 GiB", "no output was written")
+    assert not (tmp_path / "out.onnx").exists()
