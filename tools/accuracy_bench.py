@@ -40,15 +40,18 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import check_known, check_output_file, keep_ratio  # noqa: E402
 from onnx_alds import compress  # noqa: E402
-from onnx_alds.inputs import InputSet  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
+from onnx_alds.inputs import InputSet, spread_indices  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
 BASES = {"svd+da": dict(method="svd"), "alds+da": dict(method="alds"), "damage": dict(method="damage")}
 MODIFIERS = {"+seq": dict(sequential=True), "+both": dict(both_factors=1), "+affine": dict(affine_correction=True),
              "+bias": dict(bias_correction=True), "/g4": dict(damage_max_groups=4, max_groups=4)}
-DEFAULT_KEEP = {"efficientnet-lite0": [0.8, 0.7], "minilm": [0.7, 0.5], "mnist-resnet": [0.5]}
+DEFAULT_KEEP = {"efficientnet-lite0": [0.8, 0.7], "minilm": [0.7, 0.5], "mnist-resnet": [0.5]}  # the models known
 
 
 def method_keywords(name: str) -> dict:
@@ -76,6 +79,9 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 
 
 def find_models(names: list[str]) -> list[dict]:
+    """The named models (one of :data:`DEFAULT_KEEP`) present; one not built is skipped with a line saying how
+    to build it."""
+    check_known(names, DEFAULT_KEEP)
     cache, data = ROOT / "models" / "cache", ROOT / "onnx_alds" / "data"
     found = []
     for name in names:
@@ -85,7 +91,8 @@ def find_models(names: list[str]) -> list[dict]:
             continue
         folder = cache / name
         if not (folder / "model.onnx").exists():
-            print(f"skip {name}: no models/cache/{name}/model.onnx", file=sys.stderr)
+            print(f"skip {name}: no models/cache/{name}/model.onnx (build it: python -m models.build {name})",
+                  file=sys.stderr)
             continue
         if name == "minilm":
             found.append(dict(name=name, model=folder / "model.onnx", calibration=folder / "calibration.npz",
@@ -124,18 +131,19 @@ def embedding_scores(reference: np.ndarray, compressed: np.ndarray) -> tuple[flo
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["efficientnet-lite0", "minilm", "mnist-resnet"])
-    parser.add_argument("--keep", nargs="*", type=float, default=None,
+    parser.add_argument("--keep", nargs="*", type=keep_ratio, default=None,
                         help="keep-flops values (default per model: EfficientNet 0.8 0.7, MiniLM 0.7 0.5, MNIST 0.5)")
     parser.add_argument("--methods", nargs="*", default=["svd+da", "alds+da", "damage"])
-    parser.add_argument("--calibration-sizes", nargs="*", type=int, default=[None],
-                        help="use the first N calibration inputs (default: all)")
+    parser.add_argument("--calibration-sizes", nargs="*", type=positive_int, default=[None],
+                        help="use N calibration inputs, spread evenly over them (default: all)")
     parser.add_argument("--pool", action="store_true",
                         help="append models/cache/<name>/pool.npz (more unlabeled inputs, disjoint from the held-out "
                              "ones; python -m models.pools) after calibration.npz, for --calibration-sizes beyond 48")
-    parser.add_argument("--rank-multiple", type=int, default=1)
-    parser.add_argument("--json", default=None, help="write all rows to this file")
+    parser.add_argument("--rank-multiple", type=positive_int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
     specs = {name: method_keywords(name) for name in args.methods}
+    check_output_file(args.json, "--json")  # now, not after the whole run
 
     rows = []
     started_all = time.perf_counter()
@@ -165,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if size is not None and size > available:
                 print(f"calibration size {size}: only {available} inputs exist; skipped", flush=True)
                 continue
-            cal = {k: v[:size] for k, v in cal_all.items()} if size else cal_all
+            cal = {k: v[spread_indices(len(v), size)] for k, v in cal_all.items()} if size else cal_all
             used = len(next(iter(cal.values())))
             calibration = InputSet(cal, source=f"{entry['calibration'].name} ({used} samples)")
             for keep in args.keep or DEFAULT_KEEP.get(entry["name"], [0.7, 0.5]):
@@ -204,9 +212,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwhole run {time.perf_counter() - started_all:.0f} s, process max RSS {rss:.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the rows printed above are all that was measured (no --json file was written)"))

@@ -43,8 +43,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: an older checkout there wins
+sys.path.append(str(Path(__file__).resolve().parent))  # tools/_tool.py
 
+from _tool import keep_ratio  # noqa: E402
 from onnx_alds import calibrate  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
 from onnx_alds.layers import constant_tensors, find_layers, folded_weight  # noqa: E402
 
 HAS_LIMITS = hasattr(calibrate, "CalibrationLimits")
@@ -361,16 +364,17 @@ def precision(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=("detector", "vgg16", "quality", "precision"))
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--size", type=int, default=None, help="input side (detector 640, vgg16 224, quality 320)")
-    parser.add_argument("--batch", type=int, default=16, help="calibration batch size")
-    parser.add_argument("--positions", type=int, nargs="+", default=None,
+    parser.add_argument("--samples", type=positive_int, default=32)
+    parser.add_argument("--size", type=positive_int, default=None, help="input side (detector 640, vgg16 224, quality 320)")
+    parser.add_argument("--batch", type=positive_int, default=16, help="calibration batch size")
+    parser.add_argument("--positions", type=positive_int, nargs="+", default=None,
                         help="positions per sample (quality: several); default the library's")
     parser.add_argument("--float64", action="store_true", help="float64 products")
-    parser.add_argument("--compress", type=float, default=None, help="also run compress(keep_params=F)")
+    parser.add_argument("--compress", type=keep_ratio, default=None, help="also run compress(keep_params=F)")
     parser.add_argument("--forward", action="store_true", help="first time the plain forward pass over the samples")
-    parser.add_argument("--activation-mib", type=int, default=None, help="CalibrationLimits.activation_bytes in MiB")
-    parser.add_argument("--moment-mib", type=int, default=None, help="CalibrationLimits.moment_bytes in MiB")
+    parser.add_argument("--activation-mib", type=positive_int, default=None,
+                        help="CalibrationLimits.activation_bytes in MiB")
+    parser.add_argument("--moment-mib", type=positive_int, default=None, help="CalibrationLimits.moment_bytes in MiB")
     args = parser.parse_args(argv)
     default_positions = calibrate.DEFAULT_LIMITS.positions_per_sample if HAS_LIMITS else None
     args.positions_list = args.positions or [64, 256, 1024]
@@ -393,4 +397,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the figures printed above are all that was measured"))

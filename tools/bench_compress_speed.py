@@ -46,15 +46,20 @@ def one_run(model_path: str, output_path: str, keep_flops: float) -> dict:
 
 
 def main() -> int:
+    from _tool import check_output_file, keep_ratio  # (also puts onnx_alds on the path)
+    from onnx_alds.argtypes import positive_int
+    from onnx_alds.errors import OnnxAldsError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--keep-flops", type=float, default=0.5)
-    parser.add_argument("--json", help="write every run as JSON")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--keep-flops", type=keep_ratio, default=0.5)
+    parser.add_argument("--json", type=Path, help="write every run as JSON")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "OUT", "KEEP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_run(args.child[0], args.child[1], float(args.child[2]))))
         return 0
+    check_output_file(args.json, "--json")
 
     sys.path.insert(0, str(ROOT))
     import onnx
@@ -72,7 +77,10 @@ def main() -> int:
         runs = []
         for repeat in range(args.repeats):
             out = subprocess.run([sys.executable, __file__, "--child", model_path, os.path.join(folder, "out.onnx"),
-                                  str(args.keep_flops)], capture_output=True, text=True, check=True)
+                                  str(args.keep_flops)], capture_output=True, text=True)
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+                raise OnnxAldsError(f"run {repeat + 1}: the compress child failed: {last}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"run {repeat + 1}: wall {runs[-1]['wall_s']:.2f} s, peak {runs[-1]['peak_rss_mb']:.0f} MB")
     steps = {name: statistics.median(run["steps"][name] for run in runs) for name in runs[0]["steps"]}
@@ -86,4 +94,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the runs printed above are all that was measured (no --json file was written)"))

@@ -47,6 +47,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from _tool import check_output_file, keep_ratio  # noqa: E402
+from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 
 MODELS = {
     "resnet50": {"path": ROOT / "models/cache/resnet50/model.onnx", "batch": 1},
@@ -247,23 +251,33 @@ def print_summary(records: list[dict]) -> None:
               + f" | {len(r['planned_layers_slower'])} | {len(r['remeasured_slower'])} of {r['remeasured_layers']} |")
 
 
+def model_batch(text: str) -> tuple[str, int]:
+    """``NAME=N`` of ``--batch``: a model of :data:`MODELS` and a batch size ≥ 1."""
+    name, equals, value = text.partition("=")
+    if name not in MODELS or not equals:
+        raise argparse.ArgumentTypeError(f"got '{text}'; give NAME=N with NAME one of {', '.join(sorted(MODELS))}, "
+                                         "e.g. mnist=32")
+    return name, positive_int(value)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["resnet50", "mnist"])
-    parser.add_argument("--keep", type=float, default=0.5)
-    parser.add_argument("--batch", action="append", default=[], metavar="NAME=N", help="batch of one model")
-    parser.add_argument("--runs", type=int, default=40, help="timed rounds per whole-model bench")
-    parser.add_argument("--repeats", type=int, default=3, help="whole-model benches (median speedup reported)")
-    parser.add_argument("--layer-runs", type=int, default=15, help="rounds per re-measured layer pair")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--keep", type=keep_ratio, default=0.5)
+    parser.add_argument("--batch", action="append", type=model_batch, default=[], metavar="NAME=N",
+                        help="batch of one model")
+    parser.add_argument("--runs", type=positive_int, default=40, help="timed rounds per whole-model bench")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="whole-model benches (median speedup reported)")
+    parser.add_argument("--layer-runs", type=positive_int, default=15, help="rounds per re-measured layer pair")
+    parser.add_argument("--threads", type=thread_count, default=None, help="intra-op threads (default: physical cores)")
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
                         help="ONNX Runtime provider of the tables, the plans and every timing")
-    parser.add_argument("--json", help="write every figure as JSON (rewritten after each model)")
+    parser.add_argument("--json", type=Path, help="write every figure as JSON (rewritten after each model)")
     args = parser.parse_args()
+    check_output_file(args.json, "--json")  # now, not after the first model
     batches: dict[str, list[int]] = {}
-    for entry in args.batch:
-        name, _, value = entry.partition("=")
-        batches.setdefault(name, []).append(int(value))
+    for name, batch in args.batch:
+        batches.setdefault(name, []).append(batch)
     started = time.perf_counter()
     run = {"command": "python tools/bench_latency.py " + " ".join(sys.argv[1:]), "load_start": load(),
            "platform": platform.platform(), "records": []}
@@ -277,16 +291,18 @@ def main() -> int:
                 run.setdefault("failures", []).append({"model": name, "batch": batch,
                                                        "error": f"{type(exc).__name__}: {exc}"})
             if args.json:
-                Path(args.json).write_text(json.dumps(run, indent=1, default=str) + "\n")
+                args.json.write_text(json.dumps(run, indent=1, default=str) + "\n")
     run["load_end"] = load()
     run["wall_s"] = round(time.perf_counter() - started, 1)
     if run["records"]:
         print_summary(run["records"])
     print(f"\nload average {run['load_start']} at start, {run['load_end']} at end; {run['wall_s']:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(run, indent=1, default=str) + "\n")
+        args.json.write_text(json.dumps(run, indent=1, default=str) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the --json file (if given) holds the models finished before"))

@@ -25,6 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_tool.py (which also finds onnx_alds)
+
+from _tool import check_output_file, keep_ratio  # noqa: E402
+from onnx_alds.errors import ModelLoadError, OutputPathError  # noqa: E402
+
 
 def model_bytes(path: Path) -> int:
     """Size on disk of the model file and every external data file it names."""
@@ -49,32 +54,39 @@ def compress_command(model: Path, output: Path, keep: float, extra: list[str]) -
 
 
 def run_once(model: Path, keep: float, extra: list[str], out_dir: Path, keep_output: bool) -> dict:
+    """One compress in a child process; its temporary folder is removed afterwards (also when interrupted),
+    unless ``keep_output`` and the run finished."""
     work = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=str(out_dir)))
-    output = work / f"{model.stem}.keep{keep:g}.onnx"
-    command = compress_command(model, output, keep, extra)
-    timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
-    started = time.perf_counter()
-    if timer:
-        process = subprocess.run([timer, "-v", *command], capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", process.stderr)
-        peak = int(match.group(1)) * 1024 if match else None
-        stderr = "\n".join(line for line in process.stderr.splitlines() if not line.startswith("\t"))
-    else:
-        import resource
+    finished = False
+    try:
+        output = work / f"{model.stem}.keep{keep:g}.onnx"
+        command = compress_command(model, output, keep, extra)
+        timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+        started = time.perf_counter()
+        if timer:
+            process = subprocess.run([timer, "-v", *command], capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", process.stderr)
+            peak = int(match.group(1)) * 1024 if match else None
+            stderr = "\n".join(line for line in process.stderr.splitlines() if not line.startswith("\t"))
+        else:
+            import resource
 
-        process = subprocess.run(command, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
-        stderr = process.stderr
-    result = {"keep_params": keep, "returncode": process.returncode, "peak_bytes": peak, "seconds": wall,
-              "output_bytes": output_bytes(output), "command": " ".join(command[command.index("compress") - 1:]),
-              "summary": [line for line in process.stdout.splitlines()
-                          if line.startswith(("target:", "weights:", "layers factorized", "time:", "note:", "wrote"))],
-              "stderr": stderr.strip()[-2000:]}
-    if not keep_output:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
+            process = subprocess.run(command, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+            stderr = process.stderr
+        result = {"keep_params": keep, "returncode": process.returncode, "peak_bytes": peak, "seconds": wall,
+                  "output_bytes": output_bytes(output), "command": " ".join(command[command.index("compress") - 1:]),
+                  "summary": [line for line in process.stdout.splitlines()
+                              if line.startswith(("target:", "weights:", "layers factorized", "time:", "note:",
+                                                  "wrote"))],
+                  "stderr": stderr.strip()[-2000:]}
+        finished = True
+    finally:
+        if not (keep_output and finished):
+            shutil.rmtree(work, ignore_errors=True)
+    if keep_output:
         result["output"] = str(output)
     return result
 
@@ -87,13 +99,18 @@ def main(argv=None) -> int:
         argv = argv[:argv.index("--")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--keep-params", type=float, nargs="+", default=[0.5, 1.0])
+    parser.add_argument("--keep-params", type=keep_ratio, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--out-dir", type=Path, default=None, help="where the outputs go (default: the model's folder)")
     parser.add_argument("--keep-output", action="store_true", help="leave the compressed models on disk")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
-    size = model_bytes(args.model)
+    if not args.model.is_file():
+        raise ModelLoadError(f"model file '{args.model}' does not exist (or is not a file); check the path")
     out_dir = args.out_dir or args.model.parent
+    if not out_dir.is_dir():
+        raise OutputPathError(f"--out-dir '{out_dir}' is not an existing folder; create it first")
+    check_output_file(args.json, "--json")  # now, not after every run
+    size = model_bytes(args.model)
     print(f"model {args.model}: {size / 1e9:.3f} GB on disk; {os.cpu_count()} CPUs", flush=True)
     rows = []
     for keep in args.keep_params:
@@ -116,4 +133,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from _tool import run_tool
+
+    raise SystemExit(run_tool(main, kept="the runs printed above are all that was measured (no --json file was "
+                                       "written); their temporary outputs were removed"))

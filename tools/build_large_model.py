@@ -22,12 +22,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_tool.py (which also finds onnx_alds)
+
+from _tool import positive_float  # noqa: E402
+from onnx_alds.argtypes import non_negative_float, positive_int, random_seed  # noqa: E402
+from onnx_alds.errors import OutputPathError  # noqa: E402
+from onnx_alds.model_io import check_output_path  # noqa: E402
 
 ALIGN = 4096  # offsets aligned to a page, as ONNX Runtime likes for memory-mapping
 
@@ -68,10 +76,23 @@ def external_tensor(name: str, array_shape: tuple[int, ...], location: str, offs
 
 def build(output: Path, *, layers: int, dim: int, hidden: int, core: int, noise: float, seed: int,
           quiet: bool = False) -> dict:
-    """Write the model and its data file; returns sizes and time."""
+    """Write the model and its data file; returns sizes and time. Interrupted or failed, it removes both
+    files (a partial data file may be gigabytes)."""
+    data_path = output.parent / (output.name + ".data")
+    try:
+        return _write(output, data_path, layers=layers, dim=dim, hidden=hidden, core=core, noise=noise, seed=seed,
+                      quiet=quiet)
+    except BaseException:
+        for path in (output, data_path):
+            if path.is_file():
+                path.unlink()
+        raise
+
+
+def _write(output: Path, data_path: Path, *, layers: int, dim: int, hidden: int, core: int, noise: float,
+           seed: int, quiet: bool) -> dict:
     started = time.perf_counter()
-    data_name = output.name + ".data"
-    data_path = output.parent / data_name
+    data_name = data_path.name
     rng = np.random.default_rng(seed)
     nodes, initializers = [], []
     current, width = "x", dim
@@ -121,17 +142,24 @@ def build(output: Path, *, layers: int, dim: int, hidden: int, core: int, noise:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="model file to write (its data goes to OUTPUT.data)")
-    parser.add_argument("--layers", type=int, default=None, help="number of layers (default 9: 2.42 GB)")
-    parser.add_argument("--size", type=float, default=None,
+    parser.add_argument("--layers", type=positive_int, default=None, help="number of layers (default 9: 2.42 GB)")
+    parser.add_argument("--size", type=positive_float, default=None,
                         help="instead of --layers: the fewest layers whose weights exceed this many GB (1e9 bytes)")
-    parser.add_argument("--dim", type=int, default=4096, help="narrow width (default 4096)")
-    parser.add_argument("--hidden", type=int, default=16384, help="wide width (default 16384)")
-    parser.add_argument("--core", type=int, default=256, help="rank of the low-rank part of each weight")
-    parser.add_argument("--noise", type=float, default=0.05, help="standard deviation of the added noise")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=positive_int, default=4096, help="narrow width (default 4096)")
+    parser.add_argument("--hidden", type=positive_int, default=16384, help="wide width (default 16384)")
+    parser.add_argument("--core", type=positive_int, default=256, help="rank of the low-rank part of each weight")
+    parser.add_argument("--noise", type=non_negative_float, default=0.05, help="standard deviation of the added noise")
+    parser.add_argument("--seed", type=random_seed, default=0)
     args = parser.parse_args(argv)
     if args.layers is not None and args.size is not None:
         parser.error("give --layers or --size, not both")
+    if args.output.is_dir():
+        raise OutputPathError(f"OUTPUT '{args.output}' is a folder; give a file name in it, such as "
+                              f"{args.output / 'large.onnx'}")
+    check_output_path(args.output, flag="OUTPUT")  # before any weight is written
+    data_path = args.output.parent / (args.output.name + ".data")
+    if data_path.is_dir():
+        raise OutputPathError(f"OUTPUT's data file '{data_path}' would replace a folder; choose another OUTPUT")
     per_layer = 4 * args.dim * args.hidden
     layers = args.layers if args.layers is not None else (
         max(1, math.floor(args.size * 1e9 / per_layer) + 1) if args.size is not None else 9)
@@ -147,4 +175,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from _tool import run_tool
+
+    raise SystemExit(run_tool(main, kept="the partial OUTPUT and OUTPUT.data were removed"))

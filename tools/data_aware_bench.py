@@ -37,9 +37,13 @@ import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import check_known, check_output_file, keep_ratio  # noqa: E402
+from models import BUILDERS  # noqa: E402
 from onnx_alds import compress  # noqa: E402
-from onnx_alds.inputs import InputSet  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
+from onnx_alds.inputs import InputSet, spread_indices  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
 VARIANTS = {
@@ -68,14 +72,17 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def find_models(names: Optional[list[str]]) -> list[dict]:
-    """The reference models present: model, calibration arrays, held-out arrays (+ labels kind)."""
+    """The reference models present: model, calibration arrays, held-out arrays (+ labels kind). A name that is
+    no reference model (``models.BUILDERS``) is an error; one not built is skipped with its build command."""
+    check_known(names or [], BUILDERS)
     found = []
     cache = ROOT / "models" / "cache"
     candidates = names or (sorted(p.name for p in cache.iterdir() if (p / "model.onnx").exists()) if cache.exists() else [])
     for name in candidates:
         folder = cache / name
         if not (folder / "model.onnx").exists() or not (folder / "calibration.npz").exists():
-            print(f"skip {name}: no models/cache/{name}/model.onnx + calibration.npz", file=sys.stderr)
+            print(f"skip {name}: no models/cache/{name}/model.onnx + calibration.npz (build it: python -m models.build "
+                  f"{name})", file=sys.stderr)
             continue
         held = folder / "agreement.npz" if (folder / "agreement.npz").exists() else folder / "eval.npz"
         found.append(dict(name=name, model=folder / "model.onnx", calibration=folder / "calibration.npz",
@@ -102,6 +109,14 @@ def predictions(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: in
     return outputs(model, arrays, batch).argmax(axis=1)
 
 
+def spread(arrays: dict[str, np.ndarray], limit: Optional[int]) -> dict[str, np.ndarray]:
+    """``limit`` samples of every array, spread evenly over the set (a class-sorted file's first samples
+    would be one class); all of them when ``limit`` is None."""
+    if limit is None:
+        return arrays
+    return {k: v[spread_indices(len(v), limit)] for k, v in arrays.items()}
+
+
 def run_variant(model: onnx.ModelProto, calibration: InputSet, keep: float, spec: dict) -> tuple:
     kwargs = {k: v for k, v in spec.items() if k != "data"}
     if spec.get("data"):
@@ -118,25 +133,23 @@ def run_variant(model: onnx.ModelProto, calibration: InputSet, keep: float, spec
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=None, help="names under models/cache (default: all present)")
-    parser.add_argument("--keep", nargs="*", type=float, default=[0.7, 0.5, 0.3])
+    parser.add_argument("--keep", nargs="*", type=keep_ratio, default=[0.7, 0.5, 0.3])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--eval-limit", type=int, default=None, help="use the first N held-out inputs")
-    parser.add_argument("--calibration-limit", type=int, default=None, help="use the first N calibration inputs")
-    parser.add_argument("--json", default=None, help="write all rows to this file")
+    parser.add_argument("--eval-limit", type=positive_int, default=None,
+                        help="use N held-out inputs, spread evenly over the set")
+    parser.add_argument("--calibration-limit", type=positive_int, default=None,
+                        help="use N calibration inputs, spread evenly over the set")
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    check_output_file(args.json, "--json")  # now, not after the whole run
 
     rows = []
     for entry in find_models(args.models):
         model = onnx.load(str(entry["model"]))
-        cal = _load_npz(entry["calibration"])
-        held = _load_npz(entry["held_out"])
+        cal = spread(_load_npz(entry["calibration"]), args.calibration_limit)
+        held = spread(_load_npz(entry["held_out"]), args.eval_limit)
         labels = held.pop("labels", None)
         cal.pop("labels", None)
-        if args.eval_limit:
-            held = {k: v[:args.eval_limit] for k, v in held.items()}
-            labels = None if labels is None else labels[:args.eval_limit]
-        if args.calibration_limit:
-            cal = {k: v[:args.calibration_limit] for k, v in cal.items()}
         calibration = InputSet(cal, source=f"{entry['calibration'].name} ({len(next(iter(cal.values())))} samples)")
         reference = predictions(model, held)
         count = len(reference)
@@ -170,9 +183,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nprocess max RSS: {rss:.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the rows printed above are all that was measured (no --json file was written)"))

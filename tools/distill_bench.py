@@ -49,9 +49,14 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import check_output_folder, keep_ratio, positive_float  # noqa: E402
 from onnx_alds import compress  # noqa: E402
+from onnx_alds.argtypes import non_negative_float, positive_int, random_seed, thread_count  # noqa: E402
 from onnx_alds.distill import DistillSettings, distill, split_inputs, write_back  # noqa: E402
+from onnx_alds.errors import InputDataError  # noqa: E402
 from onnx_alds.inputs import load_inputs  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
@@ -235,25 +240,25 @@ def write_outputs(data: dict, out: Path) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(REFERENCES), choices=list(REFERENCES))
-    parser.add_argument("--minutes", type=float, default=None, help="time budget of each distillation")
-    parser.add_argument("--steps", type=int, default=None, help="step budget of each distillation")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--intermediate-weight", type=float, default=None)
-    parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--patience", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=positive_float, default=None, help="time budget of each distillation")
+    parser.add_argument("--steps", type=positive_int, default=None, help="step budget of each distillation")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
+    parser.add_argument("--intermediate-weight", type=non_negative_float, default=None)
+    parser.add_argument("--eval-every", type=positive_int, default=None)
+    parser.add_argument("--patience", type=positive_int, default=None)
+    parser.add_argument("--threads", type=thread_count, default=None)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--sequential", action="store_true",
                         help="compress with sequential calibration (data-aware models only)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="FILE.npz",
                         help="compress and distill with these inputs instead of the model's calibration set")
     parser.add_argument("--method", default=None, help="compression method instead of the model's own (above)")
-    parser.add_argument("--rank-multiple", type=int, default=None, help="compress with this rank multiple")
-    parser.add_argument("--keep-flops", type=float, default=None, help="compress to this MAC fraction")
+    parser.add_argument("--rank-multiple", type=positive_int, default=None, help="compress with this rank multiple")
+    parser.add_argument("--keep-flops", type=keep_ratio, default=None, help="compress to this MAC fraction")
     parser.add_argument("--prune", choices=("combined", "only"), default=None,
                         help="compress with hidden-width pruning (data-aware recipes only)")
-    parser.add_argument("--curve-every", type=float, default=30.0, metavar="S",
+    parser.add_argument("--curve-every", type=positive_float, default=30.0, metavar="S",
                         help="measure the held-out figure at most every S seconds of training")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from the JSON")
@@ -262,7 +267,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    check_output_folder(args.out, "--out")
     path = args.out / "distill.json"
+    if args.report and not path.exists():
+        raise InputDataError(f"--report: no '{path}' to rewrite the table from; run the distillations first "
+                             "(without --report), or give the --out folder of an earlier run")
     data = json.loads(path.read_text()) if path.exists() else {"models": {}}
     if not args.report:
         keys = ("minutes", "steps", "batch_size", "lr", "intermediate_weight", "eval_every", "patience", "threads")
@@ -291,4 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the models finished before it are in OUT/distill.json (--report writes their "
+                                 "table)"))

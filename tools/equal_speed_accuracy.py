@@ -10,7 +10,9 @@ its calibration inputs, rank multiple 16:
    original (:func:`onnx_alds.bench.bench`, interleaved rounds, median of ``--repeats`` benches);
 2. ``compress(keep_latency=1/S, order="auto")``: a latency budget asked for the very speedup the MACs
    budget measured (the whole-model check moves its budget until the measured ratio meets it), and its
-   speedup measured the same way, in the same benches as the first;
+   speedup measured the same way, in the same benches as the first; where ``1/S`` is below what the
+   latency tables reach, the smallest reachable ratio instead (said in the output and the record's
+   ``note``: that row is not at the same speed);
 3. the quality of both on held-out inputs: MNIST accuracy on its 500 bundled test digits,
    EfficientNet-Lite0 top-1 agreement with the original on its 300 held-out crops.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -35,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import check_output_file, keep_ratio  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
+
+REACHABLE = re.compile(r"cannot be reached: the smallest reachable ratio is (\d+(?:\.\d+)?)")  # latency.py's message
 MODELS = {
     "mnist": dict(path=ROOT / "onnx_alds/data/mnist_resnet.onnx", batch=32,
                   calibration=ROOT / "onnx_alds/data/mnist_calibration.npz",
@@ -57,11 +64,14 @@ def quality(model, spec: dict, reference: np.ndarray) -> float:
 
 
 def measure(name: str, keep_flops: float, runs: int, repeats: int) -> dict:
+    """The record of one model; when ``1 / S`` is below the smallest ``--keep-latency`` the latency tables
+    reach, the latency budget is that smallest ratio instead, and the record's ``note`` says so."""
     import onnx
 
     from accuracy_bench import outputs
     from onnx_alds import compress
     from onnx_alds.bench import bench
+    from onnx_alds.errors import BudgetError
     from onnx_alds.inputs import load_inputs
     from onnx_alds.model_io import load_model
     from onnx_alds.options import SpeedOptions
@@ -90,11 +100,25 @@ def measure(name: str, keep_flops: float, runs: int, repeats: int) -> dict:
         flops = compress(spec["path"], keep_flops=keep_flops, speed=speed, **common)
         record["flops_seconds"] = round(time.perf_counter() - tick, 1)
         (flops_speedup,) = speedups([flops.model])
+        asked = round(1 / flops_speedup, 3)
         tick = time.perf_counter()
-        latency = compress(spec["path"], keep_latency=round(1 / flops_speedup, 3), speed=speed, **common)
+        try:
+            latency = compress(spec["path"], keep_latency=asked, speed=speed, **common)
+            keep_latency = asked
+        except BudgetError as exc:  # the tables cannot reach that speedup: ask for the most they can
+            reachable = REACHABLE.search(str(exc))
+            if reachable is None:  # not a table limit (every measured plan ran slower): nothing to fall back to
+                raise
+            keep_latency = float(reachable.group(1))
+            record["keep_latency_asked"] = asked
+            record["note"] = (f"--keep-latency {asked} (1 / the MACs budget's measured speedup) is below what the "
+                              f"latency tables reach; used the smallest reachable, {keep_latency}: the latency "
+                              "budget's model is timed slower than the MACs budget's, not at the same speed")
+            print(f"{name}: {record['note']}", flush=True)
+            latency = compress(spec["path"], keep_latency=keep_latency, speed=speed, **common)
         record["latency_seconds"] = round(time.perf_counter() - tick, 1)
     both = speedups([flops.model, latency.model])
-    record["keep_latency"] = round(1 / flops_speedup, 3)
+    record["keep_latency"] = keep_latency
     record["macs_budget"] = {"speedup_alone": flops_speedup, "speedup": both[0], "macs_kept": flops.report.macs_after
                              / flops.report.macs_before, "quality": quality(flops.model, spec, reference)}
     record["latency_budget"] = {"speedup": both[1], "macs_kept": latency.report.macs_after / latency.report.macs_before,
@@ -107,11 +131,12 @@ def measure(name: str, keep_flops: float, runs: int, repeats: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["mnist", "efficientnet-lite0"])
-    parser.add_argument("--keep-flops", type=float, default=0.5)
-    parser.add_argument("--runs", type=int, default=40, help="timed rounds per bench")
-    parser.add_argument("--repeats", type=int, default=3, help="benches per comparison (median speedup)")
-    parser.add_argument("--json", help="write the records as JSON")
+    parser.add_argument("--keep-flops", type=keep_ratio, default=0.5)
+    parser.add_argument("--runs", type=positive_int, default=40, help="timed rounds per bench")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="benches per comparison (median speedup)")
+    parser.add_argument("--json", type=Path, help="write the records as JSON")
     args = parser.parse_args()
+    check_output_file(args.json, "--json")  # now, not after the whole run
     run = {"command": "python tools/equal_speed_accuracy.py " + " ".join(sys.argv[1:]),
            "load_start": round(os.getloadavg()[0], 2), "records": []}
     for name in args.models:
@@ -121,12 +146,19 @@ def main() -> int:
           "MACs kept, quality |\n|---|---|---|---|")
     for r in run["records"]:
         m, t = r["macs_budget"], r["latency_budget"]
+        asked = f" (asked {r['keep_latency_asked']}: unreachable)" if "keep_latency_asked" in r else ""
         print(f"| {r['model']} | {r['batch']} | {r['keep_flops']}, {m['speedup']:.2f}x, {m['quality']:.3f} | "
-              f"{r['keep_latency']}, {t['speedup']:.2f}x, {t['macs_kept']:.2f}, {t['quality']:.3f} |")
+              f"{r['keep_latency']}{asked}, {t['speedup']:.2f}x, {t['macs_kept']:.2f}, {t['quality']:.3f} |")
+    for r in run["records"]:
+        if r.get("note"):
+            print(f"\n{r['model']}: {r['note']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(run, indent=1, default=str) + "\n")
+        args.json.write_text(json.dumps(run, indent=1, default=str) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the records printed above are all that was measured (no --json file was "
+                                 "written)"))

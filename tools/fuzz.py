@@ -56,6 +56,11 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+
+from _tool import check_output_folder, positive_float  # noqa: E402
+from onnx_alds.argtypes import fraction, non_negative_int, positive_int  # noqa: E402
 
 OK, CLEAN_ERROR, FAILURE, UNCHECKED = "OK", "CLEAN_ERROR", "FAILURE", "UNCHECKED"
 OUTCOMES = (OK, CLEAN_ERROR, FAILURE, UNCHECKED)
@@ -2304,7 +2309,11 @@ def run_fuzz(*, seed: int = 0, mutants: int = 300, start: int = 0, jobs: int = 2
         if progress is not None:
             progress(len(records), mutants, record)
 
-    Pool(jobs, timeout, memory_mb=memory_mb).run(tasks(), on_result)
+    interrupted = False
+    try:
+        Pool(jobs, timeout, memory_mb=memory_mb).run(tasks(), on_result)
+    except KeyboardInterrupt:  # Ctrl-C: write what finished (below), then stop as asked
+        interrupted = True
     seconds = time.time() - started
     failures = []
     out_dir = Path(out) if out is not None else None
@@ -2343,11 +2352,15 @@ def run_fuzz(*, seed: int = 0, mutants: int = 300, start: int = 0, jobs: int = 2
         "unchecked": [{k: r[k] for k in ("index", "seed", "mutations", "message")} for r in unchecked],
         "seeds": sorted({r["seed"] for r in records}),
     }
+    if interrupted:
+        summary["interrupted_after"] = len(records)  # mutants finished; the others were not run
     if out_dir is not None:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         with open(out_dir / "results.jsonl", "w") as handle:
             for record in sorted(records, key=lambda r: r["index"]):
                 handle.write(json.dumps(record, default=str) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt
     return summary
 
 
@@ -2381,16 +2394,18 @@ def format_summary(summary: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="run seed (mutant i of a seed is always the same)")
-    parser.add_argument("--mutants", type=int, default=300, help="how many mutants")
-    parser.add_argument("--start", type=int, default=0, help="first mutant index (to continue a run)")
+    parser.add_argument("--mutants", type=positive_int, default=300, help="how many mutants")
+    parser.add_argument("--start", type=non_negative_int, default=0, help="first mutant index (to continue a run)")
     parser.add_argument("--out", help="folder for the reproducers, summary.json, results.jsonl (required to run)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds one call may take before it is a HANG")
-    parser.add_argument("--cli-rate", type=float, default=0.1, help="fraction of mutants also run through the CLI")
-    parser.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per worker (0: none)")
+    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--timeout", type=positive_float, default=20.0,
+                        help="seconds one call may take before it is a HANG")
+    parser.add_argument("--cli-rate", type=fraction, default=0.1, help="fraction of mutants also run through the CLI")
+    parser.add_argument("--memory-mb", type=non_negative_int, default=4096,
+                        help="address-space limit per worker (0: none)")
     parser.add_argument("--seeds", help="comma-separated seed models (default: all); see --list-seeds")
     parser.add_argument("--list-seeds", action="store_true", help="print the seed models and mutation kinds and exit")
-    parser.add_argument("--show", type=int, metavar="INDEX", help="print mutant INDEX's reproducer and exit")
+    parser.add_argument("--show", type=non_negative_int, metavar="INDEX", help="print mutant INDEX's reproducer and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     seeds = args.seeds.split(",") if args.seeds else None
@@ -2409,6 +2424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if not args.out:
         parser.error("--out DIR is required")
+    check_output_folder(Path(args.out), "--out")  # now, not after the whole run
     try:
         import onnx_alds  # noqa: F401
         from onnx_alds.errors import OnnxAldsError  # noqa: F401
@@ -2433,4 +2449,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the mutants finished so far are in --out (summary.json, results.jsonl, the "
+                                 "reproducers); continue with --start"))

@@ -32,7 +32,8 @@ machine and its load) and ``docs/results/int8_compare.csv``; the table is printe
 
     python tools/int8_compare.py                                  # the three models (about 15 min on 2 loaded cores)
     python tools/int8_compare.py --models mnist-resnet --bench-target-s 5
-    python tools/int8_compare.py --quick                          # small eval sets, short timings (a smoke run)
+    python tools/int8_compare.py --quick                          # small eval sets, short timings (a smoke run,
+                                                                  # written to docs/results/quick)
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ from onnx import numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+
+from _tool import check_known, check_output_folder, keep_ratio, positive_float  # noqa: E402
+from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
+from onnx_alds.errors import InputDataError  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results"  # the published results; a --quick run writes to RESULTS / "quick"
 
 
 _REF = None
@@ -91,6 +100,7 @@ BATCH = {"mnist-resnet": 32, "efficientnet-lite0": 8, "minilm": 8}
 # 0.83 and 1.3x instead of 3.0x: the ReLU6 Clips stay float and break the QLinearConv fusion)
 STATIC_OPS = {"minilm": ("MatMul",)}
 FACTOR_RE = re.compile(r"\.(enc|dec)(\.\d+)?$")
+SAMPLE_FIELDS = ("eval_samples", "agreement_samples")  # how many held-out samples the figures are measured on
 QUALITY_FIELDS = ("accuracy", "accuracy_original", "accuracy_drop", "agreement", "agreement_top5", "cos_mean",
                   "cos_min", "nn_top1", "nn_top10", "spearman", "rel_error_mean")
 
@@ -484,7 +494,8 @@ def quality_rows(data, paths: Mapping[str, Path], threads: int) -> dict[str, dic
     for name, path in paths.items():
         if name == "fp32":
             continue
-        row = {k: v for k, v in evaluate(state, data, path.read_bytes()).items() if k in QUALITY_FIELDS}
+        row = {k: v for k, v in evaluate(state, data, path.read_bytes()).items()
+               if k in QUALITY_FIELDS or k in SAMPLE_FIELDS}
         parent = PARENT[name]
         if parent not in ("fp32", None):
             parent_data = ModelData(f"{data.name}:{parent}", paths[parent].read_bytes(), None, data.evals)
@@ -611,13 +622,27 @@ CSV_COLUMNS = ("model", "variant", "batch", "size_bytes", "size_ratio", "accurac
                "parent_agreement", "parent_nn_top1", "parent_cos_mean", "ms", "p10_ms", "p90_ms", "spread", "runs",
                "speedup", "speedup_p10")
 
-# per model: (row field, column title) of the quality figures in the printed/markdown table
+# per model: (row field, column title) of the quality figures in the printed/markdown table; "{eval}" and
+# "{agreement}" become the samples of that held-out set the run measured on (column_title)
 QUALITY_COLUMNS = {
-    "mnist-resnet": (("accuracy", "accuracy (500 digits)"), ("agreement", "top-1 agreement")),
-    "efficientnet-lite0": (("agreement", "top-1 agreement (300 crops)"), ("accuracy", "accuracy (20 photos)")),
-    "minilm": (("nn_top1", "NN top-1 kept (300 sentences)"), ("cos_mean", "mean cosine")),
+    "mnist-resnet": (("accuracy", "accuracy ({eval} digits)"), ("agreement", "top-1 agreement")),
+    "efficientnet-lite0": (("agreement", "top-1 agreement ({agreement} crops)"), ("accuracy", "accuracy ({eval} photos)")),
+    "minilm": (("nn_top1", "NN top-1 kept ({eval} sentences)"), ("cos_mean", "mean cosine")),
 }
+WHOLE_SET_SAMPLES = {"mnist-resnet": {"eval": 500}, "efficientnet-lite0": {"eval": 20}}  # sets read whole (no limit)
 PARENT_COLUMN = {"mnist-resnet": "agreement", "efficientnet-lite0": "agreement", "minilm": "nn_top1"}
+
+
+def column_title(result: Mapping[str, Any], title: str) -> str:
+    """``title`` with the number of held-out samples the run measured on: the rows' ``<set>_samples`` (runs
+    that record it), else the set's ``limit``, else the whole set's size; "?" where none is known."""
+    counts = {}
+    for label in ("eval", "agreement"):
+        recorded = [row[f"{label}_samples"] for row in result["rows"] if row.get(f"{label}_samples")]
+        limit = next((e.get("limit") for e in result.get("evals", []) if e.get("label") == label), None)
+        counts[label] = (max(recorded) if recorded else limit
+                         or WHOLE_SET_SAMPLES.get(result["model"], {}).get(label, "?"))
+    return title.format(**counts)
 
 
 def speedup_p10(result: Mapping[str, Any], row: Mapping[str, Any]) -> Optional[float]:
@@ -659,7 +684,7 @@ def markdown(results: Sequence[Mapping[str, Any]]) -> str:
         quality = QUALITY_COLUMNS.get(model, (("agreement", "top-1 agreement"),))
         parent_key = PARENT_COLUMN.get(model, "agreement")
         timing = result["timing"]
-        header = (["variant", "size MB", "size ×"] + [title for _, title in quality]
+        header = (["variant", "size MB", "size ×"] + [column_title(result, title) for _, title in quality]
                   + [f"{parent_key} vs parent", f"median ms (batch {timing['batch']})", "p10–p90 spread",
                      "speedup (median)", "speedup (p10)"])
         lines = [f"**{model}** — batch {timing['batch']}, {timing['runs']} interleaved rounds, load average "
@@ -738,19 +763,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--keep-flops", type=float, default=0.5)
-    parser.add_argument("--rank-multiple", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=None,
+    parser.add_argument("--keep-flops", type=keep_ratio, default=0.5)
+    parser.add_argument("--rank-multiple", type=positive_int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=None,
                         help="batch size for timing (default per model: " +
                              ", ".join(f"{k} {v}" for k, v in BATCH.items()) + ")")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    parser.add_argument("--bench-target-s", type=float, default=None,
+    parser.add_argument("--threads", type=thread_count, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--bench-target-s", type=positive_float, default=None,
                         help="seconds of timed rounds per model (default 90, at least 30 rounds; 4 s and 7 rounds "
                              "with --quick)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onnx-alds-int8",
                         help="where the variants are written (default $TMP/onnx-alds-int8)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results",
-                        help="NAME.json / NAME.csv go here (default docs/results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="NAME.json / NAME.csv go here (default docs/results; with --quick docs/results/quick, "
+                             "so that a smoke run leaves the published results alone)")
     parser.add_argument("--name", default="int8_compare", help="output file stem (default int8_compare)")
     parser.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                         help="static QDQ activations: uint8 (U8S8, default: ONNX Runtime's fast x86 path) or int8 "
@@ -759,16 +785,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="op types static QDQ quantizes, every model (default: per model, " +
                              ", ".join(f"{k}: {' '.join(v)}" for k, v in STATIC_OPS.items()) +
                              "; else ONNX Runtime's default); 'all' for ONNX Runtime's default everywhere")
-    parser.add_argument("--quick", action="store_true", help="100 eval samples per set, short timings")
+    parser.add_argument("--quick", action="store_true",
+                        help="100 eval samples per set, short timings; written to docs/results/quick unless --out")
     parser.add_argument("--report", action="store_true",
                         help="measure nothing: print the tables of OUT/NAME.json and rewrite the CSV")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    check_output_folder(args.out, "--out")
     if args.report:
-        record = json.loads((args.out / f"{args.name}.json").read_text())
+        path = args.out / f"{args.name}.json"
+        if not path.is_file():
+            raise InputDataError(f"--report: no '{path}' to print; run the comparison first (without --report), or "
+                                 "give the --out and --name of an earlier run")
+        record = json.loads(path.read_text())
         write_outputs(record, args.out, args.name)
         print(f"{record['command']} ({record['started']}, {record['seconds']:.0f} s; uptime at start: "
               f"{record.get('uptime_start')})\n")
@@ -788,16 +823,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from onnx_alds.sweep import load_average
 
     specs = model_specs(quick=args.quick)
+    check_known(args.models, specs)
     target_s = args.bench_target_s if args.bench_target_s is not None else (4.0 if args.quick else 90.0)
     started = time.time()
     load_start = load_average()
     uptime_start = _uptime()
     results = []
     for name in args.models:
-        spec = specs.get(name)
-        if spec is None or not Path(spec.model).exists():
-            print(f"skip {name}: no {spec.model if spec else name} (build it: python -m models.build {name})",
-                  file=sys.stderr)
+        spec = specs[name]
+        if not Path(spec.model).exists():
+            print(f"skip {name}: no {spec.model} (build it: python -m models.build {name})", file=sys.stderr)
             continue
         if args.static_ops is None:
             static_ops = STATIC_OPS.get(name)
@@ -848,4 +883,6 @@ def _environment() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="no results were written (the variants built so far are in --work)"))

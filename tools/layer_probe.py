@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from data_aware_bench import _load_npz, find_models, outputs  # noqa: E402
+from _tool import check_output_file, keep_ratio  # noqa: E402
+from data_aware_bench import _load_npz, find_models, outputs, spread  # noqa: E402
 from onnx_alds import analyze, compress  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
+from onnx_alds.errors import InputDataError  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
 
 
@@ -37,11 +40,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="an ONNX model instead of --models")
     parser.add_argument("--calibration", type=Path, default=None, help="with --model: calibration .npz")
     parser.add_argument("--held-out", type=Path, default=None, help="with --model: held-out .npz")
-    parser.add_argument("--layer-keep", type=float, default=0.5, help="fraction of the probed layer's MACs to keep")
+    parser.add_argument("--layer-keep", type=keep_ratio, default=0.5, help="fraction of the probed layer's MACs to keep")
     parser.add_argument("--layers", nargs="*", default=None, help="node names to probe (default: every factorizable)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="use the first N held-out inputs")
-    parser.add_argument("--json", default=None, help="write all rows to this file")
+    parser.add_argument("--eval-limit", type=positive_int, default=None,
+                        help="use N held-out inputs, spread evenly over the set")
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    check_output_file(args.json, "--json")  # now, not after the whole run
     rows = []
     if args.model is not None:
         if args.calibration is None or args.held_out is None:
@@ -53,16 +58,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         model = onnx.load(str(entry["model"]))
         cal = _load_npz(entry["calibration"])
         cal.pop("labels", None)
-        held = _load_npz(entry["held_out"])
+        held = spread(_load_npz(entry["held_out"]), args.eval_limit)
         held.pop("labels", None)
-        if args.eval_limit:
-            held = {k: v[:args.eval_limit] for k, v in held.items()}
         calibration = InputSet(cal, source=entry["calibration"].name)
-        reference = outputs(model, held)
         analysis = analyze(model)
         layers = [row for row in analysis.layers if row.skip_reason is None and row.macs]
         if args.layers:
+            unknown = [name for name in args.layers if name not in {row.name for row in layers}]
+            if unknown:
+                names = [row.name for row in layers]
+                raise InputDataError(
+                    f"--layers: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} no factorizable layer of "
+                    f"{entry['name']}; its {len(names)} factorizable layers: {', '.join(names[:20])}"
+                    + (", …" if len(names) > 20 else ""))
             layers = [row for row in layers if row.name in args.layers]
+        reference = outputs(model, held)
         top = np.sort(reference, axis=1)[:, ::-1]
         probability = 1.0 / np.sum(np.exp(reference - top[:, :1]), axis=1)
         print(f"\n## {entry['name']}: each layer alone at {args.layer_keep:g} of its MACs; "
@@ -88,9 +98,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{probe.name:<40} {share:>9.3f} {row.rank or '-':>5} {row.error:>9.4f} {agree:>6.3f} {error:>8.3f}",
                   flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the rows printed above are all that was measured (no --json file was written)"))

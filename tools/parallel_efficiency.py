@@ -34,6 +34,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _tool import check_output_file  # noqa: E402
+from onnx_alds.argtypes import positive_int  # noqa: E402
+from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
 
 
 def load() -> float:
@@ -84,10 +89,26 @@ def simulated(timeline: list[dict], driver: float = 0.0) -> dict[str, float]:
             for k in (2, 4, 8)}
 
 
+def read_record(path: str, keys: tuple[str, ...], what: str) -> dict:
+    """The JSON object in ``path``; :class:`InputDataError` when it is not JSON or lacks one of ``keys``."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"'{path}' is not a JSON file ({exc}); give {what}") from None
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise InputDataError(f"'{path}' has no '{missing[0]}': it is not {what}")
+    return record
+
+
 def calibration(args: argparse.Namespace) -> dict:
+    try:
+        import ray
+    except ImportError:
+        raise OnnxAldsError("the calibration measurement runs Ray workers, and Ray is not installed: "
+                            "pip install 'onnx-alds[ray]'") from None
     import numpy as np
     import onnx
-    import ray
 
     from onnx_alds.calibrate import CalibrationLimits, calibration_workers, collect_statistics
     from onnx_alds.inputs import load_inputs
@@ -149,9 +170,14 @@ def report(runs: list[dict], wall_key: str, what: str) -> None:
 
 def sweep(args: argparse.Namespace) -> dict:
     runs = []
+    what = ("the run record of an onnx-alds sweep (the sweep.json of `onnx-alds sweep --out DIR`; tools/sweep.py "
+            "writes one in its --work folder)")
     for index, (one_path, many_path) in enumerate(zip(args.records[::2], args.records[1::2])):
         for path, workers in ((one_path, 1), (many_path, None)):
-            run = json.load(open(path))["runs"][-1]
+            record = read_record(path, ("runs",), what)
+            run = record["runs"][-1] if record["runs"] else {}
+            if not run.get("timeline") or "tasks_s" not in (run.get("phases") or {}):
+                raise InputDataError(f"the last run in '{path}' has no task timeline: it is not {what}")
             runs.append(dict(repeat=index, workers=workers or len(per_worker(run["timeline"])),
                              tasks_s=run["phases"]["tasks_s"], timeline=run["timeline"],
                              load_start=run.get("load_start", float("nan")), load_end=run.get("load_end", float("nan"))))
@@ -165,29 +191,34 @@ def main(argv=None) -> int:
     cal = sub.add_parser("calibration", help="sharded calibration statistics on 1 and N Ray actors")
     cal.add_argument("--model", required=True)
     cal.add_argument("--calibration", required=True, help=".npz calibration set")
-    cal.add_argument("--limit", type=int, default=None, help="use the first N samples")
-    cal.add_argument("--batch", type=int, default=16)
-    cal.add_argument("--shard-runs", type=int, default=4)
-    cal.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    cal.add_argument("--repeats", type=int, default=2)
-    cal.add_argument("--json", default=None)
+    cal.add_argument("--limit", type=positive_int, default=None, help="use N samples, spread evenly over the set")
+    cal.add_argument("--batch", type=positive_int, default=16)
+    cal.add_argument("--shard-runs", type=positive_int, default=4)
+    cal.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2])
+    cal.add_argument("--repeats", type=positive_int, default=2)
+    cal.add_argument("--json", type=Path, default=None)
     again = sub.add_parser("calibration-json", help="the figures again from a --json file of 'calibration'")
     again.add_argument("file")
     sw = sub.add_parser("sweep", help="from the run records of a 1-worker and an N-worker onnx-alds sweep")
     sw.add_argument("records", nargs="+", help="ONE/sweep.json MANY/sweep.json [more pairs]")
-    sw.add_argument("--json", default=None)
+    sw.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.what == "calibration" and 1 not in args.workers:
         parser.error("--workers must include 1 (the baseline)")
+    if args.what == "sweep" and len(args.records) % 2:
+        parser.error(f"give the run records in pairs, ONE/sweep.json MANY/sweep.json; got {len(args.records)} files")
     if args.what == "calibration-json":
-        report(json.loads(Path(args.file).read_text())["runs"], "wall_s", "calibration")
+        report(read_record(args.file, ("runs",), "a --json file of 'calibration'")["runs"], "wall_s", "calibration")
         return 0
+    check_output_file(args.json, "--json")  # now, not after the runs
     result = calibration(args) if args.what == "calibration" else sweep(args)
     result["load_average_at_end"] = load()
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        args.json.write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the figures printed above are all that was measured (no --json file was written)"))

@@ -13,6 +13,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.inputs import random_inputs  # noqa: E402
 from onnx_alds.model_io import load_model, parse_input_shapes  # noqa: E402
 
@@ -37,13 +39,15 @@ def profile(path: Path, *, batch: int, runs: int, threads: int, dims: list[str])
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        session.run(None, feed)
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
+    folder = tempfile.mkdtemp(prefix="onnx-alds-profile-")
+    try:
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     times: dict[tuple[str, str], list[float]] = collections.OrderedDict()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
@@ -56,9 +60,9 @@ def profile(path: Path, *, batch: int, runs: int, threads: int, dims: list[str])
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--runs", type=positive_int, default=100)
+    parser.add_argument("--threads", type=thread_count, default=2)
     parser.add_argument("--dim", action="append", default=[], metavar="NAME:DIMS",
                         help="shape of a dynamic input, as --input-shape of onnx-alds")
     args = parser.parse_args(argv)
@@ -73,4 +77,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main))

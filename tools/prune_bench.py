@@ -47,10 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import check_known, check_output_file, check_output_folder, keep_ratio  # noqa: E402
 from accuracy_bench import embedding_scores, outputs  # noqa: E402
 from profile_nodes import profile  # noqa: E402
 from data_aware_bench import _load_npz  # noqa: E402
+from models import BUILDERS  # noqa: E402
 from onnx_alds import compress  # noqa: E402
+from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
 
 VARIANTS = {
@@ -130,25 +133,33 @@ def changed_mac_ideal(node_us: dict[str, float], layers, layer_us: dict[str, flo
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["efficientnet-lite0", "minilm"])
-    parser.add_argument("--keep", nargs="*", type=float, default=[0.7, 0.5])
+    parser.add_argument("--keep", nargs="*", type=keep_ratio, default=[0.7, 0.5])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--rank-multiple", type=int, default=16)
-    parser.add_argument("--time", type=float, default=None, metavar="KEEP",
+    parser.add_argument("--rank-multiple", type=positive_int, default=16)
+    parser.add_argument("--time", type=keep_ratio, default=None, metavar="KEEP",
                         help="time the whole models compressed at this keep (must be one of --keep)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (bench)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for timing (default: cores)")
-    parser.add_argument("--save", default=None, metavar="DIR", help="also write each compressed model there")
+    parser.add_argument("--runs", type=positive_int, default=50, help="timed runs per model (bench)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="ONNX Runtime threads for timing (default: cores)")
+    parser.add_argument("--save", type=Path, default=None, metavar="DIR", help="also write each compressed model there")
     parser.add_argument("--calibration", default="calibration", metavar="NAME",
                         help="calibration inputs: models/cache/<model>/NAME.npz (default calibration; 'pool' is the "
                              "larger unlabeled pool of `python -m models.pools`, disjoint from the held-out sets)")
-    parser.add_argument("--json", default=None, help="write all rows to this file")
+    parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    if args.time is not None and not any(abs(keep - args.time) < 1e-9 for keep in args.keep):
+        parser.error(f"--time {args.time:g} is not one of --keep ({' '.join(f'{k:g}' for k in args.keep)}); "
+                     "time a budget that is compressed, or add it to --keep")
+    check_known(args.models, BUILDERS)
+    check_output_file(args.json, "--json")  # now, not after the whole run
+    check_output_folder(args.save, "--save")
 
     rows = []
     for name in args.models:
         folder = ROOT / "models" / "cache" / name
         if not (folder / "model.onnx").exists():
-            print(f"skip {name}: no models/cache/{name}/model.onnx", file=sys.stderr)
+            print(f"skip {name}: no models/cache/{name}/model.onnx (build it: python -m models.build {name})",
+                  file=sys.stderr)
             continue
         info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").exists() else {}
         kind = "embedding" if "embedding" in info.get("task", "") else "classifier"
@@ -188,8 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                       f"factorized {row['factorized']}, blocks narrowed {narrowed}/{len(row['pruned'])}, "
                       f"max error {report.max_error:.3f}, {seconds:.0f} s", flush=True)
                 if args.save:
-                    Path(args.save).mkdir(parents=True, exist_ok=True)
-                    onnx.save(result.model, str(Path(args.save) / f"{name}-{variant}-{keep}.onnx"))
+                    args.save.mkdir(parents=True, exist_ok=True)
+                    onnx.save(result.model, str(args.save / f"{name}-{variant}-{keep}.onnx"))
                 if args.time is not None and abs(keep - args.time) < 1e-9:
                     timed.append((variant, result.model, report.achieved, report.layers))
         if timed:
@@ -221,9 +232,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    ideal_speedup=ideal, changed_mac_ideal=changed, layers_not_profiled=missing,
                                    load_average=[load[0], after[0]])
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the rows printed above are all that was measured (no --json file was written)"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,10 @@ import time
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from onnx_alds.argtypes import positive_int  # noqa: E402
 
 
 def residual_ffn_chain(blocks: int, path: str, width: int = 32, hidden: int = 64) -> None:
@@ -57,12 +62,21 @@ def residual_ffn_chain(blocks: int, path: str, width: int = 32, hidden: int = 64
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[25, 50, 100, 200])
+    parser.add_argument("--blocks", type=positive_int, nargs="+", default=[25, 50, 100, 200])
     args = parser.parse_args()
-    folder = tempfile.mkdtemp()
+    folder = tempfile.mkdtemp(prefix="onnx-alds-prune-scaling-")
+    try:
+        measure(args.blocks, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+def measure(block_counts: list[int], folder: str) -> None:
+    """Build each chain in ``folder``, compress it both ways and print the seconds."""
     load = os.getloadavg()[0]
     print(f"load average at start {load:.1f}")
-    for blocks in args.blocks:
+    for blocks in block_counts:
         path = os.path.join(folder, f"chain{blocks}.onnx")
         residual_ffn_chain(blocks, path)
         for variant, extra in (("low-rank", []), ("--prune", ["--prune"])):
@@ -74,8 +88,9 @@ def main() -> int:
             status = "ok" if result.returncode == 0 else f"exit {result.returncode}: {result.stderr.strip()[-160:]}"
             print(f"blocks {blocks:4d}  {variant:8s}  {seconds:7.1f} s  {status}", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the chains measured so far are printed above; the temporary models were removed"))

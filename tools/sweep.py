@@ -27,14 +27,16 @@ The compressed variants and one row file per variant are kept in ``--work`` (def
 ``$TMP/onnx-alds-sweep``): a second run, or a run after an interrupted one, redoes only what is missing.
 Results merge into ``OUT/sweep.json`` (rows keyed by model, method, keep, rank multiple: running a
 subset replaces only those rows), then ``OUT/sweep.csv``, ``OUT/<model>-quality.png``,
-``OUT/<model>-speedup.png`` and ``docs/RESULTS.md`` are rewritten from the JSON.
+``OUT/<model>-speedup.png`` and ``docs/RESULTS.md`` are rewritten from the JSON; rows measured on other
+validation data than the model's latest full run (their ``data_id``) stay in the JSON and CSV but are left out
+of the tables and plots, and RESULTS.md says so.
 
     python tools/sweep.py                                   # everything (about 17 min on 2 cores)
     python tools/sweep.py --models mnist-resnet --no-bench  # accuracy only, one model
     python tools/sweep.py --engine ray --workers 4          # compress + validate on Ray actors
     python tools/sweep.py --bench-only                      # (re)time the variants (computing missing ones)
     python tools/sweep.py --report                          # rewrite CSV, plots and RESULTS.md from the JSON
-    python tools/sweep.py --quick                           # small eval sets, short timings
+    python tools/sweep.py --quick                           # small eval sets, short timings (docs/results/quick)
 
 Skipped on purpose: data-aware methods on ``resnet50`` (random weights and random "calibration" inputs
 make whitening meaningless); every skip is listed in the JSON and in RESULTS.md.
@@ -61,13 +63,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+
+from _tool import check_known, check_output_folder, keep_ratio, positive_float  # noqa: E402
+from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.bench import bench  # noqa: E402
+from onnx_alds.errors import InputDataError  # noqa: E402
 from onnx_alds.sweep import (DataSource, EvalSpec, SweepModel, environment, load_average, make_engine,  # noqa: E402
                              parse_method, run_sweep)
 from onnx_alds.sweep import neighbour_metrics  # noqa: E402,F401  (the MiniLM figures; re-exported for the tests)
 from onnx_alds.sweep import write_plots as _write_plots  # noqa: E402
 
 DEFAULT_MODELS = ("mnist-resnet", "efficientnet-lite0", "minilm", "resnet50")
+RESULTS = ROOT / "docs" / "results"  # the published results; a --quick run writes to RESULTS / "quick"
 DEFAULT_KEEPS = (0.3, 0.5, 0.7, 0.9)
 DEFAULT_RANK_MULTIPLES = (1, 16)
 
@@ -293,8 +302,39 @@ def _style(method: str, index: int):
 
 
 
+def current_data(data: dict) -> dict[str, str]:
+    """Per model, the ``data_id`` (model file and validation data, :func:`onnx_alds.sweep.data_identity`) its
+    figures are shown for: the one its latest full run recorded (a --quick run's only when no full run of
+    the model recorded one), else the one most of its rows carry."""
+    current: dict[str, str] = {}
+    for run in sorted(data.get("runs", []), key=lambda run: not run.get("quick")):  # full runs last: they win
+        current.update(run.get("data_ids") or {})
+    for model in {row["model"] for row in data["rows"]} - set(current):
+        ids = [row["data_id"] for row in data["rows"] if row["model"] == model and row.get("data_id")]
+        if ids:
+            current[model] = max(set(ids), key=ids.count)
+    return current
+
+
+def measured_on_other_data(data: dict) -> list[dict]:
+    """The rows measured on other validation data or another model file than their model's
+    :func:`current_data` (a --quick run's 100 samples beside a full run's, say): the tables and plots leave
+    them out. Rows without a ``data_id`` predate it and are kept."""
+    current = current_data(data)
+    return [row for row in data["rows"] if row.get("data_id") and row["model"] in current
+            and row["data_id"] != current[row["model"]]]
+
+
+def shown_rows(data: dict) -> dict:
+    """``data`` with only the rows measured on their model's :func:`current_data`."""
+    other = {id(row) for row in measured_on_other_data(data)}
+    return {**data, "rows": [row for row in data["rows"] if id(row) not in other]}
+
+
 def write_plots(data: dict, out: Path) -> list[Path]:
-    """Per model: quality vs MACs kept (one line per method and rank multiple); speedup vs MACs kept."""
+    """Per model: quality vs MACs kept (one line per method and rank multiple); speedup vs MACs kept; rows
+    measured on other data are left out (:func:`measured_on_other_data`)."""
+    data = shown_rows(data)
     return _write_plots(data["rows"], out, method_order=METHODS, style=_style,
                         reference=lambda model, metric: original_reference(data, model, metric))
 
@@ -322,7 +362,11 @@ QUALITY_COLUMNS = {
 
 
 def render_results(data: dict, out: Path, results_md: Path, *, command: str, notes_md: Optional[Path] = None) -> str:
-    """RESULTS.md from the merged JSON: machine, command, per model quality and speed tables, plots."""
+    """RESULTS.md from the merged JSON: machine, command, per model quality and speed tables, plots. Rows
+    measured on other data than their model's current data (:func:`measured_on_other_data`) are left out,
+    and a line under the model's heading says how many."""
+    other = measured_on_other_data(data)
+    data = shown_rows(data)
     env = data.get("environment", {})
     machine, versions = env.get("machine", {}), env.get("versions", {})
     rel = os.path.relpath(out, results_md.parent)
@@ -351,6 +395,13 @@ def render_results(data: dict, out: Path, results_md: Path, *, command: str, not
         rows = [r for r in data["rows"] if r["model"] == model]
         ok = [r for r in rows if r.get("status") == "ok"]
         lines += [f"## {model}", ""]
+        left_out = [r for r in other if r["model"] == model]
+        if left_out:
+            ids = sorted({r["data_id"] for r in left_out})
+            many = len(left_out) > 1
+            lines += [f"{len(left_out)} row{'s' if many else ''} measured on other validation data or another model "
+                      f"file (data_id {', '.join(ids)}; a --quick run's, say) {'are' if many else 'is'} left out of "
+                      "these tables and plots; sweep.json and sweep.csv list them.", ""]
         quality = QUALITY_COLUMNS.get(model, ((rows[0]["quality_metric"], rows[0]["quality_metric"]),))
         original = {k: original_reference(data, model, k) for k, _ in quality}
         if any(v is not None for v in original.values()):
@@ -465,11 +516,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
-    parser.add_argument("--keeps", nargs="+", type=float, default=list(DEFAULT_KEEPS))
-    parser.add_argument("--rank-multiple", nargs="+", type=int, default=list(DEFAULT_RANK_MULTIPLES),
+    parser.add_argument("--keeps", nargs="+", type=keep_ratio, default=list(DEFAULT_KEEPS))
+    parser.add_argument("--rank-multiple", nargs="+", type=positive_int, default=list(DEFAULT_RANK_MULTIPLES),
                         dest="rank_multiples")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
-    parser.add_argument("--results-md", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="sweep.json, sweep.csv and the plots go here (default docs/results; with --quick "
+                             "docs/results/quick, so that a smoke run leaves the published results alone)")
+    parser.add_argument("--results-md", type=Path, default=None,
+                        help="the generated results page (default docs/RESULTS.md; with --quick OUT/RESULTS.md)")
     parser.add_argument("--notes", type=Path, default=None,
                         help="markdown inserted into RESULTS.md after the machine section "
                              "(default: OUT/notes.md when it exists)")
@@ -479,11 +533,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="where compress + validate run (onnx-alds sweep --engine); timing always runs here")
     parser.add_argument("--address", default=None, help="Ray cluster address (--engine ray)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="parallel workers (local default 1; ray default: the cluster's CPUs)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for timing (default 2)")
-    parser.add_argument("--quick", action="store_true", help="100 eval samples, about 1 s per timed group")
-    parser.add_argument("--bench-target-s", type=float, default=None,
+    parser.add_argument("--threads", type=thread_count, default=2, help="ONNX Runtime threads for timing (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="100 eval samples, about 1 s per timed group; written to docs/results/quick unless --out")
+    parser.add_argument("--bench-target-s", type=positive_float, default=None,
                         help="seconds per timed group (original + the variants of one budget at one batch size); "
                              "default 5 (1 with --quick)")
     parser.add_argument("--no-bench", action="store_true", help="compress and validate only")
@@ -497,13 +552,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="merge the rows of other sweep.json files (e.g. per-model runs made in parallel) "
                              "into OUT/sweep.json, then rewrite the outputs")
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
+    if args.results_md is None:
+        args.results_md = args.out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md"
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSpec]] = None) -> int:
     args = parse_args(argv)
     command = "python tools/sweep.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out: Path = args.out
+    check_output_folder(out, "--out")
+    specs = specs or reference_specs(args.root, quick=args.quick)
+    if not (args.report or args.merge_from):
+        check_known(args.models, specs)
+    if args.report and not args.merge_from and not (out / "sweep.json").is_file():
+        raise InputDataError(f"--report: no '{out / 'sweep.json'}' to render; run the sweep first (without --report), "
+                             "or give the --out of an earlier run")
     out.mkdir(parents=True, exist_ok=True)
     notes_md = args.notes or (out / "notes.md")
     if args.merge_from:
@@ -520,13 +587,11 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
         write_outputs(data, out, args.results_md, command, notes_md, plots=not args.no_plots)
         print(f"wrote {args.results_md}, {out}/sweep.csv and plots")
         return 0
-    specs = specs or reference_specs(args.root, quick=args.quick)
     chosen = []
     for name in args.models:
-        spec = specs.get(name)
-        if spec is None or not spec.model.exists():
-            print(f"skip {name}: no {spec.model if spec else name} (build it: python -m models.build {name})",
-                  file=sys.stderr)
+        spec = specs[name]
+        if not spec.model.exists():
+            print(f"skip {name}: no {spec.model} (build it: python -m models.build {name})", file=sys.stderr)
             continue
         chosen.append(spec)
     started = time.time()
@@ -552,7 +617,8 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
                 seconds=time.time() - started, load_start=load_start, load_end=load_average(),
                 quick=args.quick, bench=not args.no_bench, engine=result.run.get("engine"),
                 timing=result.run.get("timing"), phases=result.run.get("phases"),
-                computed=result.computed, reused=result.reused)
+                computed=result.computed, reused=result.reused,
+                data_ids={row["model"]: row["data_id"] for row in rows if row.get("data_id")})
     data = merge_json(out / "sweep.json", rows, result.skipped, layers, meta)
     data["environment"] = environment()
     write_outputs(data, out, args.results_md, command, notes_md, plots=not args.no_plots)
@@ -567,4 +633,6 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _tool import run_tool
+
+    sys.exit(run_tool(main, kept="the variants finished so far are kept in --work (the same command resumes)"))

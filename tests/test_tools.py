@@ -1,0 +1,216 @@
+"""The scripts under tools/: bad input gives one ``error:`` line (or an argparse usage error) before any work,
+never a traceback; --quick runs leave the published results alone; temporary folders are removed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("onnxruntime")
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool_under_test", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_model(path: Path) -> Path:
+    """y = x @ W (16 × 16), dynamic batch."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def run_tool(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(TOOLS / name), *args], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+DATA = ROOT / "onnx_alds" / "data"
+
+# (tool, arguments with {tmp} for the test's folder, exit code, a piece of the message)
+BAD_INPUT = [
+    ("profile_nodes.py", ["{tmp}/missing.onnx"], 1, "does not exist"),
+    ("profile_nodes.py", ["{tmp}/tiny.onnx", "--runs", "0"], 2, "argument --runs"),
+    ("profile_nodes.py", ["{tmp}/tiny.onnx", "--batch", "0"], 2, "argument --batch"),
+    ("bench_memory.py", ["{tmp}/missing.onnx"], 1, "does not exist"),
+    ("bench_memory.py", ["{tmp}/tiny.onnx", "--out-dir", "{tmp}/nodir"], 1, "--out-dir"),
+    ("bench_memory.py", ["{tmp}/tiny.onnx", "--json", "{tmp}"], 1, "is a folder"),
+    ("build_large_model.py", ["{tmp}/x.onnx", "--dim", "8", "--hidden", "16", "--core", "0"], 2, "argument --core"),
+    ("build_large_model.py", ["{tmp}/x.onnx", "--dim", "-4", "--hidden", "16"], 2, "argument --dim"),
+    ("build_large_model.py", ["{tmp}/x.onnx", "--size", "-1"], 2, "argument --size"),
+    ("accuracy_bench.py", ["--models", "nosuch"], 1, "choose from"),
+    ("accuracy_bench.py", ["--models", "mnist-resnet", "--json", "{tmp}"], 1, "is a folder"),
+    ("accuracy_bench.py", ["--calibration-sizes", "-5"], 2, "argument --calibration-sizes"),
+    ("data_aware_bench.py", ["--eval-limit", "-450"], 2, "argument --eval-limit"),
+    ("data_aware_bench.py", ["--models", "nosuch"], 1, "choose from"),
+    ("layer_probe.py", ["--model", str(DATA / "mnist_resnet.onnx"), "--calibration", str(DATA / "mnist_calibration.npz"),
+                        "--held-out", str(DATA / "mnist_eval.npz"), "--layers", "nosuch"], 1, "/fc/Gemm"),
+    ("prune_bench.py", ["--keep", "0.5", "--time", "0.3"], 2, "--time 0.3 is not one of --keep"),
+    ("prune_bench.py", ["--models", "nosuch"], 1, "choose from"),
+    ("bench_latency.py", ["--batch", "foo"], 2, "argument --batch"),
+    ("int8_compare.py", ["--report", "--out", "{tmp}/nodir"], 1, "--report"),
+    ("sweep.py", ["--report", "--out", "{tmp}/nodir", "--results-md", "{tmp}/R.md"], 1, "--report"),
+    ("parallel_efficiency.py", ["sweep", "{tmp}/a.json", "{tmp}/b.json"], 1, "a.json"),
+    ("parallel_efficiency.py", ["sweep", "{tmp}/record.json", "{tmp}/record.json"], 1, "no task timeline"),
+    ("fuzz.py", ["--mutants", "1", "--out", "{tmp}/tiny.onnx"], 1, "give a folder"),
+    ("fuzz.py", ["--show", "-1"], 2, "argument --show"),
+    ("fuzz.py", ["--timeout", "0", "--out", "{tmp}/fz"], 2, "argument --timeout"),
+    ("fuzz.py", ["--jobs", "0", "--out", "{tmp}/fz"], 2, "argument --jobs"),
+    ("bench_calibration.py", ["quality", "--positions", "0"], 2, "argument --positions"),
+    ("equal_speed_accuracy.py", ["--keep-flops", "0"], 2, "argument --keep-flops"),
+    ("distill_bench.py", ["--minutes", "0"], 2, "argument --minutes"),
+    ("distill_bench.py", ["--report", "--out", "{tmp}/nothing"], 1, "--report"),
+]
+
+
+@pytest.mark.parametrize("tool, args, code, text", BAD_INPUT, ids=[f"{c[0]} {' '.join(c[1])}"[:60] for c in BAD_INPUT])
+def test_bad_input_is_one_line_and_an_exit_code(tmp_path, tool, args, code, text):
+    tiny_model(tmp_path / "tiny.onnx")
+    (tmp_path / "record.json").write_text(json.dumps({"runs": [{"phases": {"tasks_s": 1.0}}]}))  # no timeline
+    result = run_tool(tool, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, result.stderr
+    assert text in result.stderr
+    if code == 1:
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "nothing").exists()
+
+
+def test_parallel_efficiency_without_ray_says_what_to_install(tmp_path):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    result = run_tool("parallel_efficiency.py", "calibration", "--model", str(tiny_model(tmp_path / "tiny.onnx")),
+                      "--calibration", str(tmp_path / "none.npz"),
+                      env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), str(ROOT)])})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and "onnx-alds[ray]" in result.stderr
+
+
+@pytest.mark.parametrize("output", ["folder", "missing/x.onnx"])
+def test_build_large_model_checks_its_output_before_writing_weights(tmp_path, output):
+    (tmp_path / "folder").mkdir()
+    result = run_tool("build_large_model.py", str(tmp_path / output), "--dim", "8", "--hidden", "16", "--layers", "1")
+    assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # no OUTPUT.data left behind
+
+
+def test_quick_runs_write_beside_the_published_results(tmp_path):
+    sweep, int8 = load_tool("sweep"), load_tool("int8_compare")
+    results = ROOT / "docs" / "results"
+    args = sweep.parse_args(["--quick"])
+    assert args.out == results / "quick" and args.results_md == results / "quick" / "RESULTS.md"
+    args = sweep.parse_args([])
+    assert args.out == results and args.results_md == ROOT / "docs" / "RESULTS.md"
+    args = sweep.parse_args(["--quick", "--out", str(tmp_path)])
+    assert args.out == tmp_path and args.results_md == tmp_path / "RESULTS.md"
+    assert int8.parse_args(["--quick"]).out == results / "quick"
+    assert int8.parse_args([]).out == results
+    assert int8.parse_args(["--quick", "--out", str(tmp_path)]).out == tmp_path
+
+
+def test_results_tables_leave_out_rows_measured_on_other_data(tmp_path):
+    sweep = load_tool("sweep")
+
+    def row(keep, accuracy, data_id):
+        return dict(model="tiny", method="alds", keep=keep, rank_multiple=1, status="ok", achieved_keep=keep,
+                    quality_metric="accuracy", accuracy=accuracy, data_id=data_id)
+
+    data = {"rows": [row(0.3, 0.812, "full"), row(0.5, 0.934, "full"), row(0.7, 0.456, "quick")],
+            "runs": [dict(command="full run", quick=False, data_ids={"tiny": "full"}),
+                     dict(command="quick run", quick=True, data_ids={"tiny": "quick"})],
+            "skipped": [], "per_layer": []}
+    text = sweep.render_results(data, tmp_path, tmp_path / "RESULTS.md", command="test")
+    assert "0.812" in text and "0.934" in text and "0.456" not in text
+    assert "1 row measured on other validation data" in text and "quick" in text
+
+
+def test_int8_table_header_says_how_many_samples_were_used():
+    int8 = load_tool("int8_compare")
+    result = dict(model="mnist-resnet", evals=[dict(label="eval", limit=100)],
+                  timing=dict(batch=32, runs=7, load_before=0.5, load_after=0.5),
+                  rows=[dict(variant="fp32", size_bytes=1e6, size_ratio=1.0, accuracy=0.99, agreement=1.0,
+                             ms=1.0, spread=0.1, speedup=1.0, p10_ms=0.9, eval_samples=100)])
+    header = next(line for line in int8.markdown([result]).splitlines() if line.startswith("| variant"))
+    assert "accuracy (100 digits)" in header and "500" not in header
+    result["evals"], result["rows"][0]["eval_samples"] = [dict(label="eval", limit=None)], None
+    assert "accuracy (500 digits)" in int8.markdown([result])  # a full run of the bundled 500 digits
+
+
+def test_profile_nodes_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    profile_nodes = load_tool("profile_nodes")
+    model = tiny_model(tmp_path / "tiny.onnx")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    rows = profile_nodes.profile(model, batch=2, runs=2, threads=1, dims=[])
+    assert rows and list(scratch.iterdir()) == []
+
+
+def test_prune_scaling_removes_its_models(tmp_path, monkeypatch):
+    prune_scaling = load_tool("prune_scaling")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setattr(sys, "argv", ["prune_scaling.py", "--blocks", "1"])
+    monkeypatch.setattr(prune_scaling.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stderr=""))
+    assert prune_scaling.main() == 0
+    assert list(scratch.iterdir()) == []
+
+
+def test_bench_memory_removes_its_folder_when_interrupted(tmp_path, monkeypatch):
+    bench_memory = load_tool("bench_memory")
+    model = tiny_model(tmp_path / "tiny.onnx")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_memory.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_memory.run_once(model, 0.5, [], tmp_path, keep_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
+def test_equal_speed_falls_back_to_the_smallest_reachable_keep_latency(monkeypatch):
+    equal_speed = load_tool("equal_speed_accuracy")
+    from onnx_alds.errors import BudgetError
+
+    asked = []
+
+    def compress(path, *, keep_flops=None, keep_latency=None, **kwargs):
+        asked.append(keep_latency)
+        if keep_latency is not None and keep_latency < 0.6123:
+            raise BudgetError(f"--keep-latency {keep_latency} cannot be reached: the smallest reachable ratio is "
+                              "0.6123 (every layer at its fastest measured option)")
+        return SimpleNamespace(model=onnx.load(str(path)),
+                               report=SimpleNamespace(macs_before=2, macs_after=1, latency={}))
+
+    bench = SimpleNamespace(speedup=lambda index, batch: 2.0)  # 1 / 2.0 = 0.5: below what the tables reach
+    monkeypatch.setattr("onnx_alds.compress", compress)
+    monkeypatch.setattr("onnx_alds.bench.bench", lambda *args, **kwargs: bench)
+    record = equal_speed.measure("mnist", 0.5, runs=1, repeats=1)
+    assert asked == [None, 0.5, 0.6123]
+    assert record["keep_latency"] == 0.6123 and record["keep_latency_asked"] == 0.5
+    assert "smallest reachable" in record["note"] and "not at the same speed" in record["note"]

@@ -1,0 +1,85 @@
+"""What every script under tools/ shares: one ``error: ...`` line (no traceback) for an ordinary failure, as
+the ``onnx-alds`` command prints it, and the flag types and checks that make bad input fail before the work.
+
+    if __name__ == "__main__":
+        from _tool import run_tool
+        sys.exit(run_tool(main))
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # after PYTHONPATH: an older checkout named there still wins
+
+from onnx_alds.argtypes import any_float  # noqa: E402
+from onnx_alds.errors import OnnxAldsError, OutputPathError  # noqa: E402
+
+
+def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was written") -> int:
+    """``main()``'s exit code; an :class:`OnnxAldsError` or an OSError (a missing file, a folder given for a
+    file, a full disk) prints one ``error:`` line and returns 1, Ctrl-C returns 130 after saying ``kept``
+    (what the interrupted tool leaves behind). Anything else is a bug of the tool: its traceback is shown."""
+    try:
+        return main() or 0
+    except OnnxAldsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {kept}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # stdout closed early (| head): nothing to say
+            raise
+        name = str(exc.filename or "")
+        where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
+        print(f"error: {exc.strerror or exc}{where}; fix the path or free the resource and run again", file=sys.stderr)
+        return 1
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (a time budget, a timeout)."""
+    value = any_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"got {value}; give a number > 0")
+    return value
+
+
+def keep_ratio(text: str) -> float:
+    """A fraction of the model to keep: a number in (0, 1]."""
+    value = any_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"got {value}; give a fraction in (0, 1], such as 0.5")
+    return value
+
+
+def check_output_file(path: Optional[Path], flag: str) -> None:
+    """Raise :class:`OutputPathError` now, before any work, when the file ``flag`` names cannot be written
+    (a folder, in a missing folder): found after a long run, the run's figures would be lost."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} '{path}' is a folder; give a file name in it, such as {path / 'out.json'}")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"the folder of {flag} '{path}' does not exist; create it first")
+
+
+def check_output_folder(path: Optional[Path], flag: str) -> None:
+    """Raise :class:`OutputPathError` when ``path`` exists and is not a folder (a folder to be made is fine)."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise OutputPathError(f"{flag} '{path}' is a file; give a folder (it is created when missing)")
+
+
+def check_known(names: Iterable[str], known: Iterable[str], flag: str = "--models") -> None:
+    """Raise :class:`OnnxAldsError` for a name not in ``known`` (a typo would otherwise be skipped silently)."""
+    known = list(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise OnnxAldsError(f"unknown {flag} name{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                            f"choose from {', '.join(known)}")
