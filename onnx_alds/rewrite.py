@@ -20,6 +20,7 @@ version 3 every initializer is listed as a graph input, as that version requires
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
@@ -332,16 +333,16 @@ def _untype_unexportable(graph: gs.Graph) -> None:
                 tensor.dtype = None
 
 
-class _quiet_graphsurgeon:
+@contextlib.contextmanager
+def _quiet_graphsurgeon() -> Iterator[None]:
     """onnx-graphsurgeon prints its warnings ('[W] ...') on standard output, into the report a user reads or
     parses; while it works for onnx-alds only its errors are let through."""
-
-    def __enter__(self) -> None:
-        self.severity = gs.logger.G_LOGGER.severity
-        gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
-
-    def __exit__(self, *exc) -> None:
-        gs.logger.G_LOGGER.severity = self.severity
+    severity = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        gs.logger.G_LOGGER.severity = severity
 
 
 def _keep_unread_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
@@ -358,12 +359,12 @@ _SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _restore_node_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """onnx-graphsurgeon's round trip keeps a node's op, inputs, outputs and the attributes it understands;
-    put back what else each kept node carried: ``doc_string``, ``metadata_props``, ``overload`` (which of a
-    model-local function's overloads it calls: losing it calls another function), and its attributes as they
-    were (graphsurgeon skips kinds it does not read, such as ``TYPE_PROTO``); If/Loop/Scan bodies stay as
-    rewritten. Subgraphs' and value_info's doc strings and metadata likewise. A node is matched by its graph's
-    path, name, op and outputs; an ambiguous match is left as exported."""
+    """onnx-graphsurgeon's round trip keeps a node's op, inputs, outputs and the attributes it understands,
+    and drops the rest: ``doc_string``, ``metadata_props``, ``overload`` (which of a model-local function's
+    overloads it calls: losing it calls another function), attributes of kinds it does not read
+    (``TYPE_PROTO``). Every node that was not replaced is written back as it was, but for its If/Loop/Scan
+    bodies (as rewritten); subgraphs' and value_info's doc strings and metadata likewise. A node is matched
+    by its graph's path, name, op and outputs; an ambiguous match is left as exported."""
     def key(path: str, node: onnx.NodeProto) -> tuple:
         return (path, node.name, node.domain, node.op_type, tuple(node.output))
 
@@ -403,7 +404,7 @@ def _copy_graph_fields(source: onnx.GraphProto, target: onnx.GraphProto, *, main
     """A subgraph's doc string and metadata (the main graph's: :func:`_restore_model_fields`), and the doc
     strings and metadata of the value_info entries kept under their names."""
     if not main:
-        target.doc_string = source.doc_string
+        _copy_doc_string(source, target)
         if "metadata_props" in source.DESCRIPTOR.fields_by_name:
             target.ClearField("metadata_props")
             target.metadata_props.extend(source.metadata_props)
@@ -414,10 +415,18 @@ def _copy_graph_fields(source: onnx.GraphProto, target: onnx.GraphProto, *, main
             continue
         if not value.type.WhichOneof("value") and old.type.WhichOneof("value"):  # went through untyped
             value.type.CopyFrom(old.type)
-        value.doc_string = old.doc_string
+        _copy_doc_string(old, value)
         if "metadata_props" in old.DESCRIPTOR.fields_by_name:
             value.ClearField("metadata_props")
             value.metadata_props.extend(old.metadata_props)
+
+
+def _copy_doc_string(source, target) -> None:
+    """The doc string as the source has it: set, or absent (not an explicit empty one)."""
+    if source.HasField("doc_string"):
+        target.doc_string = source.doc_string
+    else:
+        target.ClearField("doc_string")
 
 
 def _hoist_outer_initializers(new: onnx.ModelProto, original: onnx.ModelProto) -> None:
