@@ -554,9 +554,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # first: the modules' loading counts too
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # (None: set in C)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         parser = build_parser()
-    except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing started
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the modules load: nothing started
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
     _usable_standard_streams()
@@ -566,13 +576,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command_at is not None and getattr(args, "command_parser", None) is not None:
         args.explicit_flags = explicit_flags(args.command_parser, argv[command_at + 1:])
     _refuse_empty_values(args)
-    if threading.current_thread() is not threading.main_thread():
-        return _run(args)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        return _run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # (None: set in C)
+    return _run(args)
 
 
 def _usable_standard_streams() -> None:

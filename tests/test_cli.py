@@ -606,3 +606,22 @@ def test_running_out_of_memory_is_one_error_line(cnn_path, tmp_path, capsys, mon
                            "--rank-multiple", "1", capsys=capsys)
     assert_one_line_error(code, err, "out of memory (Unable to allocate 1.2 GiB", "no output was written")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_sigterm_while_the_modules_load_is_answered_like_ctrl_c(monkeypatch, capsys):
+    """SIGTERM during start-up (the commands' modules loading) ended the process with status 143 and no word:
+    the handler was installed only after the parser was built."""
+    import signal
+
+    import onnx_alds.cli as cli
+
+    seen = []
+
+    def loading():
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt  # what the handler raises when SIGTERM arrives
+
+    monkeypatch.setattr(cli, "build_parser", loading)
+    assert cli.main(["analyze", "m.onnx"]) == 130
+    assert seen == [cli._raise_interrupt]
+    assert "error: interrupted; no output was written" in capsys.readouterr().err
