@@ -610,3 +610,10 @@ def test_an_overridable_weight_behind_a_transpose_is_named_for_it():
     model.ir_version = 7
     with pytest.raises(UnsupportedModelError, match=r"weight is also a graph input \(callers may override it\)"):
         onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+
+
+def test_a_budget_finer_than_the_printed_digits_is_shown_as_asked():
+    """--keep-params 0.99999 was printed as 'target: keep params 1.0000'."""
+    result = onnx_alds.compress(small_cnn(), keep_params=0.99999, rank_multiple=1)
+    assert "target: keep params 1.0000 (0.99999 asked)" in result.report.format()
+    assert "asked" not in onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1).report.format()
