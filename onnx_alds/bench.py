@@ -659,6 +659,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
                    cudnn_conv_algo_search=args.cudnn_conv_algo_search)
     for line in report.lines():
         print(line)
+    given = sorted({dims[0] for dims in (shapes or {}).values() if dims} - set(batches)) if args.batch else []
+    if given:  # the input shape's first dim is the batch, and --batch times others
+        print(f"note: --input-shape gives batch {given[0]}; timed at --batch {' '.join(map(str, batches))} instead "
+              "(the first dim of every input is set to each --batch)")
     if args.json:
         write_json(report.to_dict(), args.json)
     return 0

@@ -182,3 +182,20 @@ def test_inputs_fixing_different_batches_are_one_error():
     for batch in (1, 4):
         with pytest.raises(UnsupportedModelError, match=r"inputs fix different first dims \(\[1, 4\]\)"):
             bench([model], batch_sizes=(batch,), **FAST)
+
+
+def test_a_batch_given_by_input_shape_and_replaced_by_batch_is_said(tmp_path, capsys):
+    """bench --input-shape x:3x... --batch 2 timed batch 2 with no word about the 3."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(False), path)
+    name = _model(False).graph.input[0].name
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    args = parser.parse_args([str(path), "--input-shape", f"{name}:3x3x8x8", "--batch", "2", "--runs", "2",
+                              "--warmup", "1", "--min-time", "0", "--threads", "1"])
+    assert run_bench_command(args) == 0
+    assert "note: --input-shape gives batch 3; timed at --batch 2 instead" in capsys.readouterr().out
+    args = parser.parse_args([str(path), "--input-shape", f"{name}:3x3x8x8", "--runs", "2", "--warmup", "1",
+                              "--min-time", "0", "--threads", "1"])
+    assert run_bench_command(args) == 0
+    assert "note: --input-shape" not in capsys.readouterr().out
