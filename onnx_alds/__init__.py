@@ -1,12 +1,13 @@
 """onnx-alds: compress exported ONNX models by grouped low-rank decomposition (ALDS)."""
 
-from __future__ import annotations
-
-from typing import Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 from .errors import OnnxAldsError  # noqa: E402
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and IDEs
+    from .api import METHODS, CompressionResult, analyze, compress  # noqa: F401
 
 __all__ = ["__version__", "METHODS", "CompressionResult", "OnnxAldsError", "analyze", "compress"]
 
@@ -16,7 +17,7 @@ _SUBMODULES = ("allocate", "api", "argtypes", "bench", "calibrate", "checks", "c
                "report", "rewrite", "runtime", "shapes", "spectra", "speed", "sweep", "validate")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """``onnx_alds.compress`` and the rest of the API load on first use (PEP 562): the command line starts
     without importing numpy, scipy and onnx first, so a Ctrl-C while they load is answered like any other."""
     if name in _FROM_API:
@@ -28,3 +29,8 @@ def __getattr__(name: str) -> Any:
 
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'onnx_alds' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    """The public names, the lazy ones included (tab completion, ``help(onnx_alds)``)."""
+    return sorted(set(__all__) | set(_SUBMODULES))

@@ -583,8 +583,8 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
 
 def spread_indices(count: int, limit: int) -> np.ndarray:
     """``limit`` indices spread evenly over ``range(count)``, first and last included: a limited set covers
-    the whole file (a set sorted by class, or an image folder of class subfolders, gives every class, where
-    its first samples would all be one class)."""
+    the whole file (a set sorted by class, or an image folder whose file names start with the class, gives
+    every class, where its first samples would all be one class)."""
     if limit >= count:
         return np.arange(count)
     return np.round(np.linspace(0, count - 1, limit)).astype(np.int64)

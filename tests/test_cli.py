@@ -588,10 +588,10 @@ def test_the_command_line_starts_before_the_heavy_modules_load():
     numpy, scipy and onnx before main() could answer it. The API still loads on first use."""
     code = ("import sys, onnx_alds.cli; print(sorted(m for m in ('numpy', 'onnx', 'scipy', 'onnxruntime') "
             "if m in sys.modules)); import onnx_alds; print(onnx_alds.compress.__module__, "
-            "onnx_alds.validate.validate.__name__)")
+            "onnx_alds.validate.validate.__name__, 'compress' in dir(onnx_alds))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[]", "onnx_alds.api validate"]
+    assert done.stdout.split("\n")[:2] == ["[]", "onnx_alds.api validate True"]  # (dir: tab completion)
 
 
 def test_running_out_of_memory_is_one_error_line(cnn_path, tmp_path, capsys, monkeypatch):

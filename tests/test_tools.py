@@ -214,3 +214,16 @@ def test_equal_speed_falls_back_to_the_smallest_reachable_keep_latency(monkeypat
     assert asked == [None, 0.5, 0.6123]
     assert record["keep_latency"] == 0.6123 and record["keep_latency_asked"] == 0.5
     assert "smallest reachable" in record["note"] and "not at the same speed" in record["note"]
+
+
+def test_sweep_without_matplotlib_writes_its_tables_and_says_plots_were_skipped(tmp_path, monkeypatch, capsys):
+    """Without the [plots] extra, tools/sweep.py ran the whole sweep and ended in a ModuleNotFoundError
+    traceback before RESULTS.md; onnx-alds sweep says 'plots: skipped'."""
+    sweep = load_tool("sweep")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(sweep, "write_plots", lambda *a, **k: pytest.fail("plots drawn without matplotlib"))
+    monkeypatch.setattr(sweep, "render_results", lambda data, out, results_md, **k: results_md.write_text("ok"))
+    sweep.write_outputs({"rows": []}, tmp_path, tmp_path / "RESULTS.md", command="x")
+    assert "plots: skipped (matplotlib is not installed" in capsys.readouterr().out
+    assert (tmp_path / "RESULTS.md").read_text() == "ok" and (tmp_path / "sweep.json").exists()

@@ -500,7 +500,12 @@ def write_outputs(data: dict, out: Path, results_md: Optional[Path], command: st
     write_json(data, out / "sweep.json")
     write_csv(data["rows"], out / "sweep.csv")
     if plots:
-        write_plots(data, out)
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # the [plots] extra, as onnx-alds sweep says
+            print("plots: skipped (matplotlib is not installed: pip install 'onnx-alds[plots]')")
+        else:
+            write_plots(data, out)
     if results_md is not None:
         render_results(data, out, results_md, command=command, notes_md=notes_md)
 
