@@ -203,3 +203,14 @@ def test_sweep_with_pruning_records_the_narrowed_blocks(tmp_path, tiny_spec):
         assert block["block"] == "conv1" and block["width_after"] < block["width_before"] == 32
         assert 0 <= row["agreement"] <= 1
     assert rows["alds+data+pruneonly"]["layers_factorized"] == 0
+
+
+def test_a_limited_set_records_how_its_samples_are_chosen():
+    """Limited sets took their first samples before and spread ones now: a sweep resumed across that change kept
+    rows measured on the old prefix (all '0' digits for MNIST) beside new ones. The identity of a limited set
+    says how it is chosen; an unlimited one is unchanged."""
+    from onnx_alds.sweep import DataSource, _Hashes
+
+    hashes = _Hashes()
+    assert DataSource(random=8, seed=0, limit=4).identity(hashes)["selection"] == "spread"
+    assert "selection" not in DataSource(random=8, seed=0).identity(hashes)
