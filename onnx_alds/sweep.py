@@ -1213,8 +1213,11 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                         tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
                                                  current[model.name]))
     if not tasks:  # every combination skipped: refused before anything is written
-        reason = skipped[0]["reason"] if skipped else "no variant"
-        raise InputDataError(f"the sweep has no variant to run ({len(skipped)} combinations skipped: {reason})")
+        if not skipped:
+            raise InputDataError("the sweep has no variant to run: no model to compress (check the model paths and "
+                                 "the messages above)")
+        raise InputDataError(f"the sweep has no variant to run ({len(skipped)} combinations skipped: "
+                             f"{skipped[0]['reason']})")
     out.mkdir(parents=True, exist_ok=True)
     for entry in skipped:
         emit(f"  skip {entry['model']} / {entry['method']}: {entry['reason']}")

@@ -214,3 +214,13 @@ def test_a_limited_set_records_how_its_samples_are_chosen():
     hashes = _Hashes()
     assert DataSource(random=8, seed=0, limit=4).identity(hashes)["selection"] == "spread"
     assert "selection" not in DataSource(random=8, seed=0).identity(hashes)
+
+
+def test_a_sweep_with_no_model_says_so(tmp_path):
+    """tools/sweep.py with every model unbuilt said '0 combinations skipped: no variant' after naming the skip."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.sweep import run_sweep
+
+    with pytest.raises(InputDataError, match="no model to compress"):
+        run_sweep([], ["alds"], [0.5], out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
