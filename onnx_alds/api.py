@@ -960,11 +960,9 @@ def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int) -> None:
     """Refuse a rank multiple that leaves no layer a rank to use, from the shapes alone (before any data is
     read): no layer's ``g = 1`` pair at rank ``rank_multiple`` is smaller than it (grouped pairs cost more per
     rank), which is when every error table would be empty (:func:`onnx_alds.spectra.error_table`)."""
-    usable = any(rank_multiple <= min(f, c) and rank_multiple * (f + c) < f * c
-                 for f, c in (layer.matrix_shape for layer in chosen))
-    if rank_multiple > 1 and not usable:
-        rows, cols = zip(*(layer.matrix_shape for layer in chosen))
-        largest = max((f * c - 1) // (f + c) for f, c in zip(rows, cols))  # r·(f + c) < f·c
+    largest = max(((f * c - 1) // (f + c) for f, c in (layer.matrix_shape for layer in chosen)),
+                  default=0)  # the largest r with r·(f + c) < f·c (always below min(f, c))
+    if rank_multiple > 1 and rank_multiple > largest:
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
                           f"rank that shrinks any factorizable layer is {largest}); use a smaller multiple, e.g. "
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")

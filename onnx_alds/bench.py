@@ -334,8 +334,8 @@ def _labels(models: Sequence[ModelArg]) -> list[str]:
 def default_batch(model: Union[str, os.PathLike, onnx.ModelProto],
                   input_shapes: Optional[dict[str, Sequence[int]]] = None) -> int:
     """The batch to time at when none is given: the one the graph inputs fix (a model exported at batch 5
-    runs at nothing else; :func:`onnx_alds.model_io.fixed_batch`), else the first dim that ``--input-shape`` gives every input
-    it names, else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that
+    runs at nothing else; :func:`onnx_alds.model_io.fixed_batch`), else the first dim that ``--input-shape``
+    gives every input it names, else 1. ``model``: a proto or a path (opened light: large weights are not read; a file that
     is not a model is the load's one-line :class:`ModelLoadError`)."""
     if not isinstance(model, onnx.ModelProto):
         from .model_io import open_model

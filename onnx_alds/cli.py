@@ -633,9 +633,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # from the operating system, not a bug: a name too long, a full disk, no permission
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
-        name = str(exc.filename or "")
-        where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
-        print(f"error: {exc.strerror or exc}{where}; fix the path or free the resource and run again", file=sys.stderr)
+        from .errors import os_error_text
+
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 1
 
 

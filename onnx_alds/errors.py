@@ -55,6 +55,14 @@ def ratio_at_least(value: float) -> str:
     return f"{math.ceil(value * 1e4 - 1e-9) / 1e4:.4f}"
 
 
+def os_error_text(exc: OSError) -> str:
+    """An operating-system failure (a full disk, no permission, a name too long) as an ``error:`` line says
+    it: the cause, the file (long names shortened) and what to do."""
+    name = str(exc.filename or "")
+    where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
+    return f"{exc.strerror or exc}{where}; fix the path or free the resource and run again"
+
+
 def first_line(exc: BaseException, limit: int = 240) -> str:
     """The first line of an exception's message (its type when empty), at most ``limit`` characters:
     what a one-line ``error:`` quotes of a library's failure."""

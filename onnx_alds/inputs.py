@@ -429,9 +429,10 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     ``input_shapes`` gives dynamic dims (random inputs; the sample axis is always the first dim); every name
     in it must be a graph input, and images must come out at the dims it gives;
     ``limit`` keeps ``limit`` samples spread evenly over the set (:func:`spread_indices`); ``progress``
-    shows a bar while decoding images (default: only when stderr is a terminal). Labels: an ``.npz``'s ``labels`` array, or ``labels_file``
-    (:func:`read_labels_file`), or ``labels_from_filenames`` (images only); they are checked before any
-    image is decoded. Raises :class:`InputDataError` when the data does not fit the model.
+    shows a bar while decoding images (default: only when stderr is a terminal). Labels: an ``.npz``'s
+    ``labels`` array, or ``labels_file`` (:func:`read_labels_file`), or ``labels_from_filenames`` (images
+    only); they are checked before any image is decoded. Raises :class:`InputDataError` when the data does
+    not fit the model.
     """
     given = [name for name, value in (("npz", npz), ("images", images), ("random", random)) if value is not None]
     if len(given) != 1:

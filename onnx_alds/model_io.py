@@ -941,8 +941,8 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                                  "e.g. (1, 3, 224, 224)")
         shape = tuple(int(d) for d in value)
         example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
-        if any(d < 1 and not (len(shape) == len(spec.dims) and declared == 0)  # a dim the model fixes to 0
-               for d, declared in zip(shape, list(spec.dims) + [None] * len(shape))):
+        declared = list(spec.dims) if len(shape) == len(spec.dims) else [None] * len(shape)
+        if any(d < 1 and fixed != 0 for d, fixed in zip(shape, declared)):  # (0 where the model fixes it to 0)
             raise InputDataError(f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}'; every dim must "
                                  f"be at least 1, e.g. {spec.name}:{example}")
         if len(shape) != len(spec.dims):

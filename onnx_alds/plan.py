@@ -437,7 +437,8 @@ class _Reader:
 
     def dims(self, value: Any, where: str, named: bool = False) -> tuple:
         """A list of dims; ``named``: a dynamic dim may stay a name (a plan made with dims left dynamic)."""
-        return tuple(d if named and isinstance(d, str) and d else self.integer(d, where) for d in self.list(value, where))
+        return tuple(d if named and isinstance(d, str) and d else self.integer(d, where)
+                     for d in self.list(value, where))
 
     def options(self, value: Any) -> dict:
         options = self.mapping(value, "options", required=("budget", "search", "data"),

@@ -7,6 +7,7 @@ session really uses.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional, Union
 
@@ -120,15 +121,32 @@ def _check_utf8_path(path: str) -> None:
 def _computes_in_float16(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> bool:
     """Whether the main graph computes in float16: a float16 input, weight or Cast result read by anything
     but a Cast (a mixed-precision export that stores weights, or takes inputs, as float16 and casts them to
-    the float32 it computes in does not). A file is read without its external data."""
-    if not isinstance(model, onnx.ModelProto):
+    the float32 it computes in does not). A file is read once per version, without its external data."""
+    if isinstance(model, onnx.ModelProto):
+        return _graph_computes_in_float16(model.graph)
+    if isinstance(model, bytes):
         try:
-            model = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(
-                str(model), load_external_data=False)
-        except Exception:  # noqa: BLE001 - ONNX Runtime says what is wrong with the file
+            return _graph_computes_in_float16(onnx.load_from_string(model).graph)
+        except Exception:  # noqa: BLE001 - ONNX Runtime says what is wrong with the bytes
             return False
+    try:
+        stat = os.stat(model)
+    except OSError:  # ONNX Runtime says what is wrong with the path
+        return False
+    return _file_computes_in_float16(os.path.realpath(model), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_computes_in_float16(path: str, mtime_ns: int, size: int) -> bool:
+    """:func:`_computes_in_float16` of a file version (a bench times each model at every batch size)."""
+    try:
+        return _graph_computes_in_float16(onnx.load(path, load_external_data=False).graph)
+    except Exception:  # noqa: BLE001 - ONNX Runtime says what is wrong with the file
+        return False
+
+
+def _graph_computes_in_float16(graph: onnx.GraphProto) -> bool:
     half = onnx.TensorProto.FLOAT16
-    graph = model.graph
     halves = {tensor.name for tensor in graph.initializer if tensor.data_type == half}
     halves.update(value.name for value in graph.input if value.type.tensor_type.elem_type == half)
     halves.update(node.output[0] for node in graph.node if node.op_type == "Cast" and node.output

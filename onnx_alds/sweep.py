@@ -186,8 +186,8 @@ class DataSource:
                     "preprocess": preprocess}
         else:
             what = {"random": self.random, "seed": self.seed}
-        if self.limit is not None:  # a limited set: which samples (evenly spaced; the first ones before 0.1.0's
-            what.update(selection="spread")  # spread_indices), so rows of the old prefix are not resumed
+        if self.limit is not None:  # which samples a limited set holds: evenly spaced (the first ones before
+            what.update(selection="spread")  # inputs.spread_indices), so rows of the old prefix are not resumed
         what.update(limit=self.limit, input_shapes={k: list(v) for k, v in (self.input_shapes or {}).items()},
                     labels_file=hashes.file(self.labels_file) if self.labels_file else None,
                     labels_from_filenames=self.labels_from_filenames)

@@ -18,7 +18,8 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # after PYTHONPATH: an older checkout named there still wins
 
 from onnx_alds.argtypes import any_float  # noqa: E402
-from onnx_alds.errors import OnnxAldsError, OutputPathError  # noqa: E402
+from onnx_alds.errors import OnnxAldsError, OutputPathError, os_error_text  # noqa: E402
+from onnx_alds.model_io import check_output_path  # noqa: E402
 
 
 def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was written") -> int:
@@ -36,9 +37,7 @@ def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was wr
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # stdout closed early (| head): nothing to say
             raise
-        name = str(exc.filename or "")
-        where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
-        print(f"error: {exc.strerror or exc}{where}; fix the path or free the resource and run again", file=sys.stderr)
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 1
 
 
@@ -60,14 +59,10 @@ def keep_ratio(text: str) -> float:
 
 def check_output_file(path: Optional[Path], flag: str) -> None:
     """Raise :class:`OutputPathError` now, before any work, when the file ``flag`` names cannot be written
-    (a folder, in a missing folder): found after a long run, the run's figures would be lost."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{flag} '{path}' is a folder; give a file name in it, such as {path / 'out.json'}")
-    if not path.parent.is_dir():
-        raise OutputPathError(f"the folder of {flag} '{path}' does not exist; create it first")
+    (a folder, in a missing or read-only folder: :func:`onnx_alds.model_io.check_output_path`): found after a
+    long run, the run's figures would be lost."""
+    if path is not None:
+        check_output_path(Path(path), flag=flag)
 
 
 def check_output_folder(path: Optional[Path], flag: str) -> None:
