@@ -1443,6 +1443,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if sequential:
         pruned = sequential_prune(proto, analysis, widths, data.calibration, batch_size=data.batch_size,
                                   shrinkage=data.shrinkage, notes=notes, refit=data.refit)
+        if data.refit and sum(width < block.width for block, width in zip(blocks, widths)) > 1:
+            notes.append("sequential refit: the pruned blocks' errors shown are the allocation's (from the original "
+                         "model's statistics), not measured on the consumers refitted to the pruned model's inputs")
     else:
         pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit))
     seconds["prune"] = time.perf_counter() - tick

@@ -46,11 +46,15 @@ class Rewrite:
 
 
 class Names:
-    """Every name a model uses (nodes, tensors, initializers, in every graph and function), and
-    fresh ones that collide with none of them: ``base``, else ``base.1``, ``base.2`` ..."""
+    """Every name a model uses, and fresh ones that collide with none of them: ``base``, else
+    ``base.1``, ``base.2`` ... Node names and value names (tensors, initializers) are separate
+    namespaces in ONNX and are kept apart here, so that a node named like its output tensor (common in
+    hand-built graphs) still gets the pair ``<node>.enc``/``<node>.dec`` that ``bench --per-layer``
+    looks for. Values are drawn from every graph and function of the model."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.taken: set[str] = set()
+        self.nodes_taken: set[str] = set()
         graphs = [graph for _, graph in iter_graphs(model.graph)]
         for info in model.training_info:
             graphs += [graph for _, graph in iter_graphs(info.initialization)]
@@ -59,22 +63,30 @@ class Names:
             self.taken.update(value.name for value in list(graph.input) + list(graph.output) + list(graph.value_info))
             self.taken.update(init.name for init in graph.initializer)
             for node in graph.node:
-                self.taken.add(node.name)
+                self.nodes_taken.add(node.name)
                 self.taken.update(node.input)
                 self.taken.update(node.output)
         for function in model.functions:
-            self.taken.add(function.name)
             for node in function.node:
-                self.taken.add(node.name)
+                self.nodes_taken.add(node.name)
                 self.taken.update(node.output)
 
-    def fresh(self, base: str) -> str:
+    @staticmethod
+    def _fresh(base: str, taken: set[str]) -> str:
         name, suffix = base, 0
-        while name in self.taken:
+        while name in taken:
             suffix += 1
             name = f"{base}.{suffix}"
-        self.taken.add(name)
+        taken.add(name)
         return name
+
+    def fresh(self, base: str) -> str:
+        """A value (tensor or initializer) name no graph or function of the model uses."""
+        return self._fresh(base, self.taken)
+
+    def fresh_node(self, base: str) -> str:
+        """A node name no graph or function of the model uses."""
+        return self._fresh(base, self.nodes_taken)
 
 
 def _weight_dtype(layer: Layer) -> np.dtype:
@@ -97,8 +109,8 @@ def _conv_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -
         enc_attrs["kernel_shape"] = list(spatial)
     dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
     return [
-        gs.Node("Conv", names.fresh(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
-        gs.Node("Conv", names.fresh(f"{node.name}.dec"), {"kernel_shape": [1] * len(spatial)}, dec_inputs, [y]),
+        gs.Node("Conv", names.fresh_node(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
+        gs.Node("Conv", names.fresh_node(f"{node.name}.dec"), {"kernel_shape": [1] * len(spatial)}, dec_inputs, [y]),
     ]
 
 
@@ -117,8 +129,8 @@ def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype,
     dec_attrs = {key: value for key, value in node.attrs.items() if key != "group"}
     dec_inputs = [middle, dec_weight] + list(node.inputs[2:3])
     return [
-        gs.Node("Conv", names.fresh(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
-        gs.Node("Conv", names.fresh(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
+        gs.Node("Conv", names.fresh_node(f"{node.name}.enc"), enc_attrs, [x, enc_weight], [middle]),
+        gs.Node("Conv", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
     ]
 
 
@@ -147,8 +159,8 @@ def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int, nam
     if opset < 7:  # before opset 7 a 1-D C broadcasts only when asked to
         enc_attrs["broadcast"] = dec_attrs["broadcast"] = 1
     return [
-        gs.Node("Gemm", names.fresh(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]),
-        gs.Node("Gemm", names.fresh(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
+        gs.Node("Gemm", names.fresh_node(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]),
+        gs.Node("Gemm", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
     ]
 
 
@@ -158,7 +170,7 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
     x = node.inputs[1] if layer.weight_first else node.inputs[0]
     middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
     enc_name, dec_name = names.fresh(f"{layer.weight}.enc"), names.fresh(f"{layer.weight}.dec")
-    enc_node, dec_node = names.fresh(f"{node.name}.enc"), names.fresh(f"{node.name}.dec")
+    enc_node, dec_node = names.fresh_node(f"{node.name}.enc"), names.fresh_node(f"{node.name}.dec")
     if layer.weight_first:  # y = W @ x ≈ D @ (E @ x)
         enc_weight = gs.Constant(enc_name, np.ascontiguousarray(factors.encoder).astype(dtype))
         dec_weight = gs.Constant(dec_name, np.ascontiguousarray(factors.decoder).astype(dtype))
@@ -214,7 +226,7 @@ def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.d
     spatial = len(layer.weight_shape) - 2 if layer.op == "Conv" else 0
     trailing = 1 if layer.weight_first else 0  # y = W @ x: one row per output feature
     constant = gs.Constant(name, shift.reshape(-1, *([1] * (spatial + trailing))).astype(dtype))
-    return [gs.Node("Add", names.fresh(f"{layer.name}.bias"), {}, [middle, constant], [y])]
+    return [gs.Node("Add", names.fresh_node(f"{layer.name}.bias"), {}, [middle, constant], [y])]
 
 
 def _all_nodes(graph: gs.Graph) -> Iterator[tuple[gs.Node, gs.Graph]]:

@@ -199,3 +199,26 @@ def test_a_batch_given_by_input_shape_and_replaced_by_batch_is_said(tmp_path, ca
                               "--min-time", "0", "--threads", "1"])
     assert run_bench_command(args) == 0
     assert "note: --input-shape" not in capsys.readouterr().out
+
+
+def test_per_layer_finds_the_pairs_of_nodes_named_like_their_outputs():
+    """A node named as its output tensor ('conv' → 'conv') got the encoder node 'conv.enc.1' (the middle tensor
+    had taken 'conv.enc'), and ``--per-layer`` found "no factorized layers". Node and value names are
+    separate namespaces."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "w"),
+               numpy_helper.from_array(rng.standard_normal((32 * 8 * 8, 10)).astype(np.float32), "fc_w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["conv"], ["flat"], name="flat"),
+             helper.make_node("MatMul", ["flat", "fc_w"], ["fc"], name="fc")]
+    graph = helper.make_graph(nodes, "named", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("fc", TensorProto.FLOAT, [1, 10])], weights)
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    compressed = compress(original, keep_params=0.5, rank_multiple=1).model
+    names = {node.name for node in compressed.graph.node}
+    assert {"conv.enc", "conv.dec"} <= names and "conv.enc.1" not in names
+    report = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
+    (comparison,) = report.layers
+    assert "conv" in [row.layer for row in comparison.rows]

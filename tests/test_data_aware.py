@@ -169,6 +169,9 @@ def test_sequential_and_bias_correction_give_valid_models(cnn_and_data, sequenti
     assert np.isfinite(error) and error < 1.5 * _relative_error(model, base.model, calibration) + 1e-3
     assert ("sequential" in result.report.data_aware_steps) == sequential
     assert ("bias-correction" in result.report.data_aware_steps) == bias
+    # the errors shown are the allocation's, equal with and without --sequential: the report says so
+    assert [row.error for row in result.report.layers] == [row.error for row in base.report.layers]
+    assert any("errors shown are the allocation's" in note for note in result.report.notes) == sequential
 
 
 def test_bias_correction_handles_matmul_and_gemm():
