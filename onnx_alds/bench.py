@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import shutil
@@ -38,7 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -299,7 +300,7 @@ def _time_rounds(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: 
         for index in round_robin_order(len(runners), round_index):
             runners[index]()
     times: list[list[float]] = [[] for _ in runners]
-    limit = max_rounds if max_rounds is not None else max(runs * 20, runs)
+    limit = max_rounds if max_rounds is not None else math.inf  # --min-time is honoured however fast the model
     started = time.perf_counter()
     round_index = 0
     while round_index < runs or (time.perf_counter() - started < min_time_s and round_index < limit):
@@ -388,12 +389,15 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
           threads: Optional[int] = None, warmup: Optional[int] = None, runs: int = 100, min_time_s: float = 1.0,
           input_shapes: Optional[dict[str, Sequence[int]]] = None, per_layer: bool = False,
           cudnn_conv_algo_search: str = "EXHAUSTIVE", provider_options: Optional[dict[str, Any]] = None,
-          seed: int = 0, layer_runs: Optional[int] = None, names: Optional[Sequence[str]] = None) -> BenchReport:
+          seed: int = 0, layer_runs: Optional[int] = None, names: Optional[Sequence[str]] = None,
+          feeds: Optional[Mapping[str, np.ndarray]] = None) -> BenchReport:
     """Time ``models`` (paths or ``ModelProto``) interleaved on ``provider`` at each batch size.
 
     ``warmup`` defaults to 10 runs on CPU and 50 on CUDA/TensorRT; ``threads`` to the physical cores
     on CPU. With ``per_layer``, every model after the first is compared layer by layer with the first.
     ``names`` labels the models in the report (default: file names, ``model[i]`` for protos).
+    ``feeds`` (input name → array, batch first): time every model on these inputs instead of random ones;
+    ``batch_sizes`` must then be their batch alone.
     Raises :class:`ProviderError` when the provider is not available.
     """
     if isinstance(models, (str, os.PathLike, onnx.ModelProto)):  # one model, not a sequence of its characters
@@ -408,6 +412,9 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         raise InputDataError(f"got runs={runs}, min_time_s={min_time_s}; give runs ≥ 1 and min_time_s ≥ 0")
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
+    if feeds is not None and [int(b) for b in batch_sizes] != [len(next(iter(feeds.values())))]:
+        raise InputDataError(f"got batch sizes {list(batch_sizes)} and inputs of batch "
+                             f"{len(next(iter(feeds.values())))}; give the inputs' batch alone")
     if warmup is None:
         warmup = 50 if provider in DEVICE_PROVIDERS else 10
     if provider == "cpu" and threads is None:
@@ -421,8 +428,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     names = list(names) if names is not None else _labels(models)
     timings: list[Timing] = []
     for batch in batch_sizes:
-        runners = [_Runner(s, timing_feeds(p, int(batch), input_shapes, seed), provider)
-                   for s, p in zip(sessions, protos)]
+        runners = [_Runner(s, timing_feeds(p, int(batch), input_shapes, seed) if feeds is None else dict(feeds),
+                           provider) for s, p in zip(sessions, protos)]
         log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
         try:
             times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)

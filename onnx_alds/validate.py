@@ -541,6 +541,10 @@ class _Accumulator:
         self.labels_checked = False
         self.original_min, self.original_max = math.inf, -math.inf
         self.shared_nonfinite = 0  # NaN/Inf values of the original that the compressed model gives too
+        # samples whose original output is all zeros but the compressed one's is not: their relative error is
+        # taken against the output's mean norm over the other samples (dividing by 0 would fail any tolerance)
+        self.zero_reference: list[np.ndarray] = []
+        self.reference_norm_sum, self.reference_count = 0.0, 0
 
     def add(self, original: np.ndarray, compressed: np.ndarray,
             feed: Optional[Mapping[str, np.ndarray]] = None) -> None:
@@ -555,6 +559,7 @@ class _Accumulator:
         floats = numbers and np.issubdtype(original.dtype, np.floating)
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
+        raw_o, raw_c = o, c  # the arg-max figures read the values as they are (a masked class's -inf included)
         if floats and o.size:
             o, c = self._set_aside_shared_nonfinite(o, c)
         if numbers and o.size:
@@ -573,15 +578,15 @@ class _Accumulator:
         self.samples += rows_o.shape[0]
         self._add_rel_cos(rows_o, rows_c)
         if self.kind == CLASSIFIER:
-            self._add_classifier(rows_o, rows_c, start)
+            self._add_classifier(raw_o.reshape(rows_o.shape), raw_c.reshape(rows_o.shape), start)
         elif self.kind == SEQUENCE:
-            pred_o, pred_c = np.argmax(o, axis=-1), np.argmax(c, axis=-1)
+            pred_o, pred_c = np.argmax(raw_o, axis=-1), np.argmax(raw_c, axis=-1)
             same = pred_o == pred_c
             self.positions += same.size
             self.position_matches += int(np.sum(same))
             self.sequence_matches += int(np.sum(np.all(same.reshape(same.shape[0], -1), axis=1)))
         elif self.kind == DENSE:
-            self._add_dense(o, c)
+            self._add_dense(raw_o, raw_c)
 
     def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where the original is NaN or Inf and the compressed model gives the same value (it is the
@@ -618,10 +623,32 @@ class _Accumulator:
         diff_norm = np.linalg.norm(c - o, axis=1)
         ref_norm = np.linalg.norm(o, axis=1)
         cmp_norm = np.linalg.norm(c, axis=1)
-        rel = np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))
-        self.rel.append(np.where((ref_norm == 0) & (diff_norm > 0), np.inf, rel))
+        zero = (ref_norm == 0) & (diff_norm > 0)  # no relative error or cosine of its own: set aside
+        nonzero = ref_norm > 0
+        self.reference_norm_sum += float(np.sum(ref_norm[nonzero]))
+        self.reference_count += int(np.sum(nonzero))
+        self.zero_reference.append(diff_norm[zero])
+        keep = ~zero
+        self.rel.append(np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))[keep])
         both_zero = (ref_norm == 0) & (cmp_norm == 0)
-        self.cos.append(np.where(both_zero, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny)))
+        self.cos.append(np.where(both_zero, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))[keep])
+
+    @property
+    def zero_reference_samples(self) -> int:
+        """Samples whose original output is all zeros and the compressed one's is not."""
+        return int(sum(len(d) for d in self.zero_reference))
+
+    @property
+    def reference_scale(self) -> float:
+        """The mean norm of the original's output over the samples where it is not all zeros (0: none)."""
+        return self.reference_norm_sum / self.reference_count if self.reference_count else 0.0
+
+    def _zero_reference_rel(self) -> np.ndarray:
+        """The relative errors of the samples whose original output is all zeros: their difference's norm over
+        :attr:`reference_scale` (inf when every sample of the original is zeros)."""
+        diff = np.concatenate(self.zero_reference) if self.zero_reference else np.zeros(0)
+        scale = self.reference_scale
+        return diff / scale if scale > 0 else np.full(diff.shape, np.inf)
 
     def _add_classifier(self, o: np.ndarray, c: np.ndarray, start: int) -> None:
         self.classes = o.shape[1]
@@ -679,7 +706,7 @@ class _Accumulator:
 
     def result(self, limits: Mapping[str, tuple[float, bool]]) -> OutputComparison:
         """The figures, checked against ``limits`` (tolerance name → (limit, is default))."""
-        rel = np.concatenate(self.rel) if self.rel else np.zeros(0)
+        rel = np.concatenate(self.rel + [self._zero_reference_rel()]) if self.rel else np.zeros(0)
         cos = np.concatenate(self.cos) if self.cos else np.zeros(0)
         figures: dict[str, Any] = dict(
             max_abs_error=self.max_abs, max_rel_error=float(np.max(rel)) if rel.size else 0.0,
@@ -880,6 +907,12 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         if accumulator.shared_nonfinite:
             notes.append(f"output '{name}': the original gives NaN or Inf at {accumulator.shared_nonfinite} values "
                          "and the compressed model the same there; the figures compare the other values")
+        if accumulator.zero_reference_samples:
+            scale = accumulator.reference_scale
+            notes.append(f"output '{name}': the original's output is all zeros on {accumulator.zero_reference_samples}"
+                         " sample(s) where the compressed model's is not; their relative error is the difference's "
+                         + (f"norm over the output's mean norm on the other samples ({scale:.4g}), and they have no "
+                            "cosine" if scale > 0 else "norm over 0 (inf): the original is zeros on every sample"))
     return ValidationReport(
         original=_describe(original, "<original model>"), compressed=_describe(compressed, "<compressed model>"),
         outputs=outputs, tolerances=stated, samples=len(inputs), input_source=inputs.source,
@@ -950,32 +983,67 @@ def _check_declared_label_range(model: onnx.ModelProto, labels: Optional[np.ndar
                 return
 
 
+def _dims_differ(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Two declared shapes differ: another rank, a dim fixed to other sizes, or fixed in one and not the other."""
+    return len(a) != len(b) or any((isinstance(x, int) or isinstance(y, int)) and x != y for x, y in zip(a, b))
+
+
+def _show_dims(dims: Sequence[Any]) -> str:
+    return f"[{', '.join(str(d) if isinstance(d, int) else '?' for d in dims)}]"
+
+
+def _output_signature(value: onnx.ValueInfoProto) -> tuple[str, Optional[tuple[Any, ...]]]:
+    """``(type, dims)`` of a graph output: the element type's name for a tensor (dims None when no shape is
+    declared), the type's text for a sequence, map or optional."""
+    if value.type.WhichOneof("value") != "tensor_type":
+        return str(value.type).replace("\n", " ").strip(), None
+    tensor = value.type.tensor_type
+    kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "untyped"
+    if not tensor.HasField("shape"):
+        return kind, None
+    dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return kind, dims
+
+
 def _check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+    """The compressed model takes and gives what the original does: the same inputs and outputs, in the same
+    order (a caller that runs ``session.run(None, …)`` or reads ``get_inputs()[0]`` depends on it), with the
+    same element types and declared shapes. Raises :class:`UnsupportedModelError` naming the first difference."""
+    hint = "compare a model with one compressed from it"
     names_o = [spec.name for spec in graph_inputs(original)]
     names_c = [spec.name for spec in graph_inputs(compressed)]
     if sorted(names_o) != sorted(names_c):
         raise UnsupportedModelError(
-            f"the models take different inputs ({', '.join(names_o)} vs {', '.join(names_c)}); "
-            "compare a model with one compressed from it"
-        )
+            f"the models take different inputs ({', '.join(names_o)} vs {', '.join(names_c)}); {hint}")
+    if names_o != names_c:
+        raise UnsupportedModelError(
+            f"the models list their inputs in a different order ({', '.join(names_o)} vs {', '.join(names_c)}); "
+            f"{hint}")
     compressed_specs = {spec.name: spec for spec in graph_inputs(compressed)}
     for spec in graph_inputs(original):
         other = compressed_specs[spec.name]
-        fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(spec.dims, other.dims))
-        if spec.dtype != other.dtype or len(spec.dims) != len(other.dims) or fixed_differ:
-            def show(s) -> str:
-                return f"{s.dtype} [{', '.join(str(d) if isinstance(d, int) else '?' for d in s.dims)}]"
-
+        if spec.dtype != other.dtype or _dims_differ(spec.dims, other.dims):
             raise UnsupportedModelError(
-                f"the models take different inputs: '{spec.name}' is {show(spec)} in the original and {show(other)} "
-                "in the other; compare a model with one compressed from it")
-    outs_o = sorted(o.name for o in original.graph.output)
-    outs_c = sorted(o.name for o in compressed.graph.output)
+                f"the models take different inputs: '{spec.name}' is {spec.dtype} {_show_dims(spec.dims)} in the "
+                f"original and {other.dtype} {_show_dims(other.dims)} in the other; {hint}")
+    outs_o = [o.name for o in original.graph.output]
+    outs_c = [o.name for o in compressed.graph.output]
+    if sorted(outs_o) != sorted(outs_c):
+        raise UnsupportedModelError(
+            f"the models have different outputs ({', '.join(sorted(outs_o))} vs {', '.join(sorted(outs_c))}); {hint}")
     if outs_o != outs_c:
         raise UnsupportedModelError(
-            f"the models have different outputs ({', '.join(outs_o)} vs {', '.join(outs_c)}); "
-            "compare a model with one compressed from it"
-        )
+            f"the models list their outputs in a different order ({', '.join(outs_o)} vs {', '.join(outs_c)}); "
+            f"{hint}")
+    for value, other in zip(original.graph.output, compressed.graph.output):
+        (kind_o, dims_o), (kind_c, dims_c) = _output_signature(value), _output_signature(other)
+        if kind_o != kind_c or (dims_o is not None and dims_c is not None and _dims_differ(dims_o, dims_c)):
+            def show(kind: str, dims: Optional[tuple[Any, ...]]) -> str:
+                return kind if dims is None else f"{kind} {_show_dims(dims)}"
+
+            raise UnsupportedModelError(
+                f"the models give different outputs: '{value.name}' is {show(kind_o, dims_o)} in the original and "
+                f"{show(kind_c, dims_c)} in the other; {hint}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1013,18 +1081,35 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     if not report.passed:  # nothing will be written: timing it would only make the user wait
         return report, None, summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
                                           macs_kept=macs_kept)
+    models, note = [original_path, compressed_path], ""
     try:
-        timing = bench([original_path, compressed_path], provider=provider, batch_sizes=(batch,), threads=threads,
-                       input_shapes=input_shapes, names=names, **(bench_options or {}))
-    except InputDataError as exc:  # timing feeds random inputs: none can be made for a string input
-        if not str(exc).startswith("cannot make random data"):
+        timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
+                       names=names, **(bench_options or {}))
+    except InputDataError as exc:
+        # random timing inputs do not fit: none can be made for a string input, or the model needs values
+        # random data lacks (ids that reach a small table through other ops); time on the validation inputs
+        text = str(exc)
+        if not (text.startswith("cannot make random data") or "random timing inputs failed" in text):
             raise
-        line = summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
-                            macs_kept=macs_kept)
-        return report, None, line + f"\nnote: not timed (timing feeds random inputs: {str(exc).split(';')[0]})"
+        reason = text.split(";")[0]
+        if inputs.is_random or len(inputs) < batch:
+            line = summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
+                                macs_kept=macs_kept)
+            return report, None, line + f"\nnote: not timed (timing feeds random inputs: {reason})"
+        feeds = next(inputs.batches(batch))
+        timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, names=names, feeds=feeds,
+                       **(bench_options or {}))
+        note = f"\nnote: timed on the first {batch} validation input(s): random timing inputs do not fit ({reason})"
     speedup = timing.speedup(1, batch)
     return report, timing, summary_line(report, speedup, provider=provider, batch=batch,
-                                        weights_kept=weights_kept, macs_kept=macs_kept)
+                                        weights_kept=weights_kept, macs_kept=macs_kept) + note
+
+
+def _share_format(samples: int):
+    """A formatter of a share of ``samples`` (k / samples) with as many decimals as it takes to tell every
+    share apart (at least 2), so that 499 of 500 reads 0.998 and never 1.00."""
+    digits = max(2, math.ceil(math.log10(max(samples, 1))))
+    return lambda share: f"{share:.{digits}f}"
 
 
 def summary_line(report: ValidationReport, speedup: Optional[float], *, provider: str, batch: int,
@@ -1043,17 +1128,18 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
         parts.append(f"speedup {speedup:.2f}x on {provider} (batch {batch})")
     head = report.classifier or next((o for o in report.outputs if o.kind in (EMBEDDING, SEQUENCE, DENSE)), None)
     if head is not None and head.kind == CLASSIFIER:
-        parts.append(f"top-1 agreement {head.top1_agreement:.2f}")
+        share = _share_format(head.samples)
+        parts.append(f"top-1 agreement {share(head.top1_agreement)}")
         if head.accuracy_drop is not None:
-            parts.append(f"accuracy {head.accuracy_original:.3f} -> {head.accuracy_compressed:.3f} "
+            parts.append(f"accuracy {share(head.accuracy_original)} -> {share(head.accuracy_compressed)} "
                          f"(drop {head.accuracy_drop:+.3f})")
     elif head is not None and head.kind == EMBEDDING:
         parts.append(f"mean cosine {head.mean_cosine:.4f}")
         if head.nn_agreement is not None:
-            parts.append(f"nearest-neighbour agreement {head.nn_agreement:.2f}")
+            parts.append(f"nearest-neighbour agreement {_share_format(head.samples)(head.nn_agreement)}")
     elif head is not None and head.kind == SEQUENCE:
         parts.append(f"position agreement {head.position_agreement:.3f}, "
-                     f"sequence agreement {head.sequence_agreement:.2f}")
+                     f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")
     elif head is not None and head.kind == DENSE:
         parts.append(f"IoU {head.iou:.3f}")
     elif report.outputs:

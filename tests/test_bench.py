@@ -222,3 +222,13 @@ def test_per_layer_finds_the_pairs_of_nodes_named_like_their_outputs():
     report = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
     (comparison,) = report.layers
     assert "conv" in [row.layer for row in comparison.rows]
+
+
+def test_min_time_is_honoured_however_fast_the_model():
+    """Rounds stopped at 20 × runs, so --min-time 5 timed 2 ms of a fast model."""
+    import time as clock
+
+    calls: list[int] = []
+    started = clock.perf_counter()
+    times = time_interleaved([lambda: calls.append(0)], warmup=0, runs=1, min_time_s=0.05)
+    assert clock.perf_counter() - started >= 0.05 and len(times[0]) > 20

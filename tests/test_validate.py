@@ -762,10 +762,11 @@ def test_out_of_memory_in_validation_names_the_batch_size():
         _run_validation(Session(), ["y"], {"x": np.zeros((32, 4), np.float32)}, "compressed", random=True)
 
 
-def test_a_model_with_a_string_input_is_validated_on_real_inputs_and_left_untimed():
+def test_a_model_with_a_string_input_is_validated_and_timed_on_real_inputs():
     """compress --validate --validate-inputs REAL.npz on a model with a string input (a scikit-learn
     encoder) failed after all the work, asking for the .npz it had been given: the timing that follows
-    validation feeds random inputs, and no random string can be made. It validates and says it did not time."""
+    validation feeds random inputs, and no random string can be made. It times on the validation inputs
+    (untimed, with a note, when there are fewer of them than the batch)."""
     from onnx_alds.inputs import InputSet
     from onnx_alds.validate import validate_and_bench
 
@@ -784,8 +785,11 @@ def test_a_model_with_a_string_input_is_validated_on_real_inputs_and_left_untime
     inputs = InputSet({"x": rng.standard_normal((20, 16)).astype(np.float32),
                        "s": rng.choice(["red", "blue", "cyan"], (20, 1))})
     report, timing, line = validate_and_bench(model, model, inputs=inputs, bench_options={"runs": 1, "min_time_s": 0})
-    assert report.passed and timing is None
-    assert "not timed (timing feeds random inputs: cannot make random data" in line and "'s'" in line
+    assert report.passed and timing is not None  # timed on the validation inputs, and said so
+    assert "timed on the first 1 validation input(s): random timing inputs do not fit (cannot make random data" in line
+    fewer = validate_and_bench(model, model, inputs=inputs.head(1), batch=2,  # fewer inputs than the batch
+                               bench_options={"runs": 1, "min_time_s": 0})
+    assert fewer[1] is None and "not timed (timing feeds random inputs: cannot make random data" in fewer[2]
 
 
 def test_atol_fails_a_string_output_whose_labels_changed():
@@ -879,3 +883,109 @@ def test_an_output_kind_for_a_non_tensor_output_is_an_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     with pytest.raises(InputDataError, match=r"output 'zm' is a sequence, not a tensor.*drop the flag"):
         check_output_kinds(model, {"zm": "classifier"})
+
+
+def test_shared_minus_inf_logits_do_not_decide_the_arg_max_figures():
+    """A class masked to -inf in both models' log-probabilities was set to 0 for the figures, became the arg-max
+    of both (log-probabilities are below 0), and validate printed top1=1.0000 for a model agreeing on 0.1."""
+    rng = np.random.default_rng(3)
+    original = rng.standard_normal((200, 10)) - 5.0
+    compressed = rng.standard_normal((200, 10)) - 5.0  # unrelated
+    original[:, 0] = compressed[:, 0] = -np.inf
+    truth = float(np.mean(np.argmax(original, 1) == np.argmax(compressed, 1)))
+    result = compare_output("logprobs", original, compressed, classifier=True, labels=None,
+                            tolerances=Tolerances(), check_accuracy=False)
+    assert result.top1_agreement == pytest.approx(truth) and truth < 0.3
+    sequence = compare_output("tokens", original.reshape(20, 10, 10), compressed.reshape(20, 10, 10),
+                              classifier=False, labels=None, tolerances=Tolerances(), check_accuracy=False,
+                              kind="sequence")
+    assert sequence.position_agreement == pytest.approx(truth)
+
+
+def _two_outputs(order: tuple[str, str] = ("logits", "feat"), logits_type: int = TensorProto.FLOAT,
+                 logits_dims: Optional[list] = None, batch="N") -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="mm"),
+             helper.make_node("Cast", ["mm"], ["logits"], to=logits_type),
+             helper.make_node("ReduceSum", ["mm"], ["feat"], keepdims=1, axes=[1]) if OPSET < 13 else
+             helper.make_node("ReduceMax", ["mm"], ["feat"], keepdims=1)]
+    outputs = {"logits": helper.make_tensor_value_info("logits", logits_type, logits_dims or ["N", 10]),
+               "feat": helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["N", 1])}
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16])],
+                  [outputs[name] for name in order],
+                  [numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32), "W")])
+
+
+@pytest.mark.parametrize("other,message", [
+    (dict(order=("feat", "logits")), "list their outputs in a different order \\(logits, feat vs feat, logits\\)"),
+    (dict(logits_type=TensorProto.DOUBLE), "'logits' is FLOAT \\[\\?, 10\\] in the original and DOUBLE \\[\\?, 10\\]"),
+    (dict(logits_dims=["N", 7]), "'logits' is FLOAT \\[\\?, 10\\] in the original and FLOAT \\[\\?, 7\\]"),
+    (dict(batch=1), "'x' is float32 \\[\\?, 16\\] in the original and float32 \\[1, 16\\] in the other"),
+], ids=["output-order", "output-type", "output-shape", "batch-fixed"])
+def test_an_interface_that_differs_is_an_error_not_a_pass(other, message):
+    """Outputs in another order (session.run(None, ...) then returns another tensor first), of another type or
+    declared shape, and a batch the compressed model fixes, all passed (exit 0)."""
+    inputs = InputSet({"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)})
+    with pytest.raises(Exception, match=message) as info:
+        validate(_two_outputs(), _two_outputs(**other), inputs=inputs, batch_size=1)
+    assert "compare a model with one compressed from it" in str(info.value)
+    validate(_two_outputs(), _two_outputs(), inputs=inputs)  # the same interface passes the check
+
+
+def test_inputs_in_another_order_are_an_error():
+    def model(order):
+        values = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4]) for name in "ab"}
+        return _model([helper.make_node("Add", ["a", "b"], ["y"])], [values[n] for n in order],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [])
+    inputs = InputSet({name: np.ones((4, 4), np.float32) for name in "ab"})
+    with pytest.raises(Exception, match="list their inputs in a different order \\(a, b vs b, a\\)"):
+        validate(model("ab"), model("ba"), inputs=inputs)
+
+
+def test_samples_where_the_original_output_is_zero_are_measured_against_the_outputs_scale():
+    """A ReLU score that is exactly 0 on some samples: any difference there gave rel = inf, and no tolerance
+    (not even --max-mean-rel 1e30) could pass a model off by 1e-4."""
+    rng = np.random.default_rng(2)
+    original = np.maximum(rng.standard_normal((100, 1)), 0.0)
+    compressed = original + 1e-4
+    result = compare_output("score", original, compressed, classifier=False, labels=None,
+                            tolerances=Tolerances(max_mean_rel=0.01), check_accuracy=False)
+    zero = original[:, 0] == 0
+    scale = float(np.mean(np.abs(original[~zero, 0])))
+    assert zero.sum() > 20 and result.passed
+    expected = np.concatenate([1e-4 / np.abs(original[~zero, 0]), np.full(zero.sum(), 1e-4 / scale)])
+    assert result.mean_rel_error == pytest.approx(float(np.mean(expected)), rel=1e-6)  # zero samples: over the scale
+    assert result.min_cosine == pytest.approx(1.0)  # the zero samples have no cosine
+    every_zero = compare_output("score", np.zeros((5, 1)), np.full((5, 1), 1e-4), classifier=False, labels=None,
+                                tolerances=Tolerances(max_mean_rel=0.01), check_accuracy=False)
+    assert every_zero.max_rel_error == np.inf and not every_zero.passed
+
+
+def test_summary_never_rounds_an_agreement_up_to_one(tmp_path):
+    """The compress --validate summary printed 'top-1 agreement 1.00, FAILED' for 0.998 against a 0.999 floor."""
+    from onnx_alds.validate import _share_format
+    assert _share_format(500)(499 / 500) == "0.998" and _share_format(10)(9 / 10) == "0.90"
+    assert _share_format(2000)(1999 / 2000) == "0.9995"
+
+
+def test_compress_validate_times_on_the_validation_inputs_when_random_ones_do_not_fit():
+    """Ids that reach a 10-row table through an Add: random timing ids overflow it, and compress --validate failed
+    as a whole ("running the model on random timing inputs failed … give --input-shape") after a passing
+    validation. It now times on the validation inputs and says so."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Add", ["ids", "one"], ["ids1"]), helper.make_node("Gather", ["E", "ids1"], ["e"], axis=0),
+             helper.make_node("MatMul", ["e", "W"], ["out"], name="mm")]
+    model = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 64])],
+                   [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "E"),
+                    numpy_helper.from_array(np.array(1, np.int64), "one"),
+                    numpy_helper.from_array((rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64)))
+                                            .astype(np.float32), "W")])
+    compressed = compress(model, keep_params=0.5, rank_multiple=1).model
+    inputs = InputSet({"ids": rng.integers(0, 9, (40, 3))})
+    report, timing, summary = validate_and_bench(model, compressed, inputs=inputs, output_kinds={"out": "regression"},
+                                                 threads=1, bench_options={"runs": 3, "warmup": 1, "min_time_s": 0})
+    assert report.passed and timing is not None and timing.speedup(1, 1) > 0
+    assert "timed on the first 1 validation input(s): random timing inputs do not fit" in summary
