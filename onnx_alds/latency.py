@@ -65,12 +65,12 @@ def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
     """``explicit``, else ``$ONNX_ALDS_CACHE/latency``, else ``$XDG_CACHE_HOME/onnx-alds/latency``
     (``~/.cache/onnx-alds/latency``)."""
     if explicit:
-        return Path(explicit)
+        return Path(explicit).expanduser()
     root = os.environ.get(ENV_CACHE)
-    if root:
-        return Path(root) / "latency"
+    if root:  # '~' expanded: a Docker ENV or a systemd Environment= line passes it through unexpanded
+        return Path(root).expanduser() / "latency"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "onnx-alds" / "latency"
+    return Path(base).expanduser() / "onnx-alds" / "latency"
 
 
 class LatencyCache:
@@ -91,7 +91,7 @@ class LatencyCache:
         accepts (an edited or foreign file): each is measured again."""
         try:
             data = json.loads(self.path(key).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
             return None
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
             return None
@@ -130,8 +130,8 @@ def _layer_entry_ok(entry: dict) -> bool:
 
 def _model_entry_ok(entry: dict) -> bool:
     """A whole-model entry: ``us`` and ``layers_us`` (layer key → microseconds)."""
-    return (_number(entry["us"]) and isinstance(entry["layers_us"], dict)
-            and all(_number(v) for v in entry["layers_us"].values()))
+    return (_number(entry["us"]) and entry["us"] > 0 and isinstance(entry["layers_us"], dict)
+            and all(_number(v) and v > 0 for v in entry["layers_us"].values()))
 
 
 def _digest(fields: Mapping[str, Any]) -> str:
@@ -342,9 +342,14 @@ def layer_spec(layer: Layer, node: onnx.NodeProto, shapes: Mapping[str, tuple[in
                      bias_shape, layer.weight_type, layer.weight_first, opset), None
 
 
+FINGERPRINT_VALUES_UP_TO = 4096  # initializers this small enter the model fingerprint with their values
+
+
 def model_fingerprint(model: onnx.ModelProto) -> str:
     """A digest of the model's structure (nodes, attributes, initializer names, types and dims, inputs
-    and outputs, opsets), not of its weight values: what its run time depends on."""
+    and outputs, opsets) and of the values of its small initializers (at most
+    :data:`FINGERPRINT_VALUES_UP_TO` elements: Resize scales, Reshape targets, loop counts steer the run
+    time), not of its weight values: what its run time depends on."""
     digest = hashlib.sha256()
     for opset in model.opset_import:
         digest.update(f"{opset.domain}:{opset.version};".encode())
@@ -354,6 +359,8 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
             digest.update(value.SerializeToString())
         for tensor in graph.initializer:
             digest.update(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)};".encode())
+            if int(np.prod(tensor.dims)) <= FINGERPRINT_VALUES_UP_TO:
+                digest.update(tensor.SerializeToString())
         for node in graph.node:
             digest.update(f"{node.domain}:{node.op_type}:{list(node.input)}:{list(node.output)};".encode())
             for attribute in node.attribute:

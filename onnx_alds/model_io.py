@@ -665,25 +665,25 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     data_name = target.name + ".data"
-    stale = not external_data and (target.parent / data_name).is_file() \
-        and _references_file(target, data_name)  # our earlier output's weights (the old model read only then)
+    data_path = target.parent / data_name
+    taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()), None)
+    # our earlier output's weights (the old model read only them), unless an input reads them too: a copy of the
+    # input model written over keeps its data file
+    stale = not external_data and not taken and data_path.is_file() and _references_file(target, data_name)
     tmp_dir = tempfile.mkdtemp(prefix=".onnx-alds-", dir=str(target.parent))
     try:
         tmp_model = Path(tmp_dir) / target.name
         if external_data:
-            data_path = target.parent / data_name
-            taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()),
-                         None)
             if taken:
                 raise OutputPathError(f"the model is written with its weights in '{data_path}', which is {taken}; "
                                       "choose another -o name")
             if _write_with_external_data(model, tmp_model, data_name, store):
-                os.replace(Path(tmp_dir) / data_name, target.parent / data_name)
+                os.replace(Path(tmp_dir) / data_name, data_path)
         else:
             _write_one_file(model, tmp_model, store)
         os.replace(tmp_model, target)
-        if stale and (target.parent / data_name).is_file():  # the model written over kept its weights there
-            (target.parent / data_name).unlink()
+        if stale and data_path.is_file():  # the model written over kept its weights there
+            data_path.unlink()
     finally:
         for leftover in Path(tmp_dir).glob("*"):
             leftover.unlink()

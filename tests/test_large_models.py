@@ -192,3 +192,17 @@ def test_decomposition_memory_savings_keep_the_numbers():
     factors = decompose(tall.T.copy().T, 1, 80)
     np.testing.assert_allclose(factors.dense(), tall, atol=1e-9)
     assert factors.encoder.flags.c_contiguous and factors.decoder.flags.c_contiguous
+
+
+def test_writing_over_a_copy_of_the_input_keeps_the_inputs_data_file(chain_path, tmp_path, capsys):
+    """``cp chain.onnx orig.onnx; compress orig.onnx -o chain.onnx``: the output was written over a model whose
+    ``chain.onnx.data`` it took for its own old weights and deleted, though the input ``orig.onnx`` reads them."""
+    import shutil
+
+    original = tmp_path / "orig.onnx"
+    shutil.copy(chain_path, original)
+    data = chain_path.parent / "chain.onnx.data"
+    before = data.read_bytes()
+    assert main(["compress", str(original), "-o", str(chain_path), "--keep-params", "0.5", "-q"]) == 0
+    assert data.read_bytes() == before
+    onnx.checker.check_model(str(original), full_check=True)  # the input still loads with its weights

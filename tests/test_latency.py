@@ -118,7 +118,8 @@ def test_cache_hit_measures_nothing(tmp_path):
     assert elsewhere.calls > 0
 
 
-@pytest.mark.parametrize("damage", ["options list", "dense string", "model us string", "no ratio", "foreign key"])
+@pytest.mark.parametrize("damage", ["options list", "dense string", "model us string", "model us negative",
+                                    "no ratio", "foreign key", "deep nesting"])
 def test_damaged_or_foreign_cache_entries_are_measured_again(tmp_path, damage):
     """Valid JSON of the wrong layout was a traceback ('list' object has no attribute 'get', numpy's
     ufunc error, KeyError); an entry copied under another layer's file name was used for that layer."""
@@ -139,17 +140,19 @@ def test_damaged_or_foreign_cache_entries_are_measured_again(tmp_path, damage):
         next(iter(entry["options"].values())).pop("ratio")
     elif damage == "foreign key":  # another layer's entry under this file name
         entry = json.loads(layers[1].read_text())
-    if damage == "model us string":
+    if damage.startswith("model us"):  # a negative time was trusted: 'dense model -0.100 ms measured'
         whole = json.loads(model.read_text())
-        whole["us"] = "x"
+        whole["us"] = "x" if damage == "model us string" else -100.0
         model.write_text(json.dumps(whole))
+    elif damage == "deep nesting":  # json.loads raised RecursionError: a traceback
+        layers[0].write_text("[" * 100000 + "]" * 100000)
     else:
         layers[0].write_text(json.dumps(entry))
     again = FakeTimer()
     report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8,
                                 speed=speed(again, tmp_path)).report
     assert again.calls > 0  # the damaged entry measured again, no traceback
-    if damage == "model us string":
+    if damage.startswith("model us"):
         assert report.latency["model_time_cached"] is False
     else:
         assert report.latency["layer_shapes_measured"] == 1
@@ -420,3 +423,48 @@ def test_a_plan_kept_well_under_the_budget_after_noisy_rounds_says_so(tmp_path):
     assert ("well under the budget: round 1 measured 0.620 at budget 0.600, and a deeper plan measured slower"
             in latency["whole_model_note"])
     assert "well under the budget" in result.report.format()
+
+
+def test_model_fingerprint_sees_the_small_constants_that_steer_run_time():
+    """Two models differing only in a Resize's scales (1x against 8x up, then back down) shared their whole-model
+    cache entries: the second was reported at the first's measured time."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from onnx_alds.latency import model_fingerprint
+
+    def model(scale: float, weight_seed: int = 0):
+        rng = np.random.default_rng(weight_seed)
+        nodes = [helper.make_node("Resize", ["x", "", "up"], ["u"], mode="nearest"),
+                 helper.make_node("Resize", ["u", "", "down"], ["y"], mode="nearest"),
+                 helper.make_node("Conv", ["y", "w"], ["z"], name="conv")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "up"),
+                                   numpy_helper.from_array(np.array([1, 1, 1 / scale, 1 / scale], np.float32), "down"),
+                                   numpy_helper.from_array(rng.standard_normal((64, 8, 3, 3)).astype(np.float32),
+                                                           "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert model_fingerprint(model(1.0)) != model_fingerprint(model(8.0))
+    big = lambda seed: helper.make_model(helper.make_graph(  # noqa: E731  weights past the limit: values left out
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+        [numpy_helper.from_array(np.random.default_rng(seed).standard_normal((128, 128)).astype(np.float32), "w")]))
+    assert model_fingerprint(big(0)) == model_fingerprint(big(1))
+
+
+def test_a_cache_path_with_a_tilde_is_expanded(monkeypatch, tmp_path):
+    """ONNX_ALDS_CACHE='~/cache' (a Docker ENV line: no shell expands it) made a folder named '~' here."""
+    from pathlib import Path
+
+    from onnx_alds.latency import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ONNX_ALDS_CACHE", "~/alds-cache")
+    assert cache_dir() == tmp_path / "alds-cache" / "latency"
+    monkeypatch.delenv("ONNX_ALDS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert cache_dir() == tmp_path / "xdg" / "onnx-alds" / "latency"
+    assert cache_dir("~/mine") == Path(tmp_path / "mine")
