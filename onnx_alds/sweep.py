@@ -1032,7 +1032,7 @@ def _read_entry(path: Path) -> Optional[dict[str, Any]]:
     one (truncated, not UTF-8, another JSON value, a folder): that variant is computed again."""
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # (a folder, unreadable, not UTF-8, not JSON)
+    except (OSError, ValueError, RecursionError):  # (a folder, unreadable, not UTF-8, not JSON, nested too deep)
         return None
     row = entry.get("row") if isinstance(entry, dict) else None
     return entry if isinstance(row, dict) and all(key in row for key in ROW_KEYS) else None
@@ -1324,11 +1324,7 @@ def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run:
     with their ``data_id``, are left out of the plots, and a line says so."""
     path = out / "sweep.json"
     record: dict[str, Any] = {"rows": [], "skipped": [], "runs": []}
-    if path.exists():
-        try:
-            record.update(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            pass
+    record.update(_previous_record(path, say))
     record["rows"] = sorted(store.all_rows(), key=row_sort_key)
     keys = {(s["model"], s["method"]) for s in skipped}
     record["skipped"] = [s for s in record.get("skipped", []) if (s["model"], s["method"]) not in keys] + skipped
@@ -1350,6 +1346,27 @@ def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run:
         except ImportError:
             say("plots: skipped (matplotlib is not installed: pip install 'onnx-alds[plots]')")
     return record
+
+
+def _previous_record(path: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The skipped combinations and the runs an earlier ``sweep.json`` holds (its rows come from the row
+    files). A file that is not such a record (truncated, not UTF-8, edited) is started again, with a note."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        problem = f"not readable JSON ({type(exc).__name__})"
+    else:
+        skipped = data.get("skipped", []) if isinstance(data, dict) else None
+        runs = data.get("runs", []) if isinstance(data, dict) else None
+        if (isinstance(skipped, list) and isinstance(runs, list)
+                and all(isinstance(s, dict) and "model" in s and "method" in s for s in skipped)):
+            return {key: value for key, value in data.items() if key != "rows"}
+        problem = "not a sweep record"
+    say(f"note: {path} was {problem}: its skipped combinations and run history start again (the rows come from "
+        "the row files)")
+    return {}
 
 
 def _default_style(method: str, index: int) -> tuple[str, str, str]:

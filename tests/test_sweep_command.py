@@ -484,3 +484,20 @@ def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
     assert code == 0, err
     (row,) = record(out)["rows"]
     assert row["status"] == "ok" and row["agreement_samples"] == 16  # 18 asked: whole batches of 4
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b"null", b'{"runs": 5}',
+                                    b'{"skipped": [{"x": 1}]}', b"[" * 100000 + b"]" * 100000])
+def test_a_damaged_sweep_record_is_started_again_with_a_note(tiny, tmp_path, capsys, damage):
+    """A sweep.json that is not UTF-8 or not a sweep record (a list, null, runs not a list, a skipped entry without
+    its keys, JSON nested too deep) was a traceback on every later sweep into that folder."""
+    out = tmp_path / "sweep"
+    assert run(_quick(tiny, out, "0.6"), capsys)[0] == 0
+    (out / "sweep.json").write_bytes(damage)
+    rows = sorted((out / "rows").glob("*.json"))
+    rows[0].write_bytes(b"[" * 100000 + b"]" * 100000)  # a row file nested too deep: computed again
+    code, stdout, err = run(_quick(tiny, out, "0.6"), capsys)
+    assert code == 0, err
+    assert "start again (the rows come from the row files)" in stdout
+    data = record(out)
+    assert len(data["rows"]) == 1 and len(data["runs"]) == 1
