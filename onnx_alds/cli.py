@@ -361,10 +361,12 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
         raise summary.failure
     for warning in result.report.warnings:  # said before anything is written
         print(f"warning: {warning}", file=sys.stderr)
-    _write_together(result, output, args.report, protect=[args.model])
+    args.written_files = []  # what an interrupt from here on leaves written (_run names it)
+    _write_together(result, output, args.report, protect=[args.model], written=args.written_files)
     distill_report = getattr(args, "distill_report", None) if extra is not None else None
     if distill_report:
         extra.save_json(distill_report)
+        args.written_files.append(str(distill_report))
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
     written = [str(output)] + [path for path in (args.report, distill_report) if path]
     print(f"wrote {' and '.join(written)}")
@@ -385,16 +387,20 @@ def _validate_hint(model: str, output: str, data_aware: bool) -> str:
             "(or --images DIR, or compress --validate)")
 
 
-def _write_together(result, output: Path, report_path: Optional[str], *, protect: Sequence[str]) -> None:
+def _write_together(result, output: Path, report_path: Optional[str], *, protect: Sequence[str],
+                    written: Optional[list[str]] = None) -> None:
     """Write the model and its JSON report both or neither: the report goes to a temporary file in its
-    folder first, the model is saved atomically, then the report is renamed into place."""
+    folder first, the model is saved atomically, then the report is renamed into place. ``written`` gets
+    each path as it lands (an interrupt between the two renames leaves the model alone, and says so)."""
     import os
     import tempfile
 
     from .model_io import save_model
 
+    written = [] if written is None else written
     if not report_path:
         save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
+        written.append(str(output))
         return
     target = Path(report_path)
     handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".json", dir=str(target.parent))
@@ -402,7 +408,9 @@ def _write_together(result, output: Path, report_path: Optional[str], *, protect
     try:
         result.report.save_json(pending)
         save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
+        written.append(str(output))
         os.replace(pending, target)
+        written.append(str(target))
     finally:
         if os.path.exists(pending):
             os.unlink(pending)
@@ -626,10 +634,11 @@ def _run(args: argparse.Namespace) -> int:
               "docs/LARGE_MODELS.md for what each step holds", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written" if args.command != "sweep" else
-              "error: interrupted; the variants finished so far are kept in the output folder (the same command "
-              "resumes)", file=sys.stderr)
-        return 130
+        return _interrupted(args)
+    except RuntimeError as exc:  # Python wraps an interrupt that lands in a class's __set_name__ (a lazy import)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(args)
+        raise
     except OSError as exc:  # from the operating system, not a bug: a name too long, a full disk, no permission
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
@@ -637,6 +646,21 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 1
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C or SIGTERM: one line saying what was written (nothing, unless the interrupt came after the
+    output landed), exit status 130."""
+    written = getattr(args, "written_files", None)
+    if args.command == "sweep":
+        print("error: interrupted; the variants finished so far are kept in the output folder (the same command "
+              "resumes)", file=sys.stderr)
+    elif written:
+        print(f"error: interrupted after {' and '.join(written)} {'was' if len(written) == 1 else 'were'} written; "
+              "the report on standard output may be cut short", file=sys.stderr)
+    else:
+        print("error: interrupted; no output was written", file=sys.stderr)
+    return 130
 
 
 def _quiet_broken_pipe() -> int:

@@ -625,3 +625,37 @@ def test_sigterm_while_the_modules_load_is_answered_like_ctrl_c(monkeypatch, cap
     assert cli.main(["analyze", "m.onnx"]) == 130
     assert seen == [cli._raise_interrupt]
     assert "error: interrupted; no output was written" in capsys.readouterr().err
+
+
+def test_an_interrupt_after_the_output_landed_names_what_was_written(cnn_path, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the table printed to a slow pipe said "no output was written" of a model and report on disk."""
+    import onnx_alds.cli
+
+    def interrupted(*args):  # the last line printed, after the files landed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_alds.cli, "_validate_hint", interrupted)
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(out), "--keep-params", "0.5", "--report", str(report),
+                           capsys=capsys)
+    assert code == 130 and out.exists() and report.exists()
+    assert err.strip().splitlines()[-1] == (f"error: interrupted after {out} and {report} were written; the report "
+                                            "on standard output may be cut short")
+
+
+def test_an_interrupt_inside_a_lazy_import_is_an_interrupt(cnn_path, tmp_path, capsys, monkeypatch):
+    """Python wraps an exception raised in a class's __set_name__ (a module loading lazily) in RuntimeError: a
+    Ctrl-C landing there was a traceback, not 'interrupted' with status 130."""
+    import onnx_alds.api
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance 'options' in 'LatencyTable'") from exc
+
+    monkeypatch.setattr(onnx_alds.api, "compress", wrapped)
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--keep-params", "0.5",
+                           capsys=capsys)
+    assert code == 130 and err.strip() == "error: interrupted; no output was written"
+    assert not (tmp_path / "out.onnx").exists()
