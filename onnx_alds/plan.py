@@ -24,7 +24,7 @@ The JSON (``"format": "onnx-alds plan"``, ``"version": 1``)::
     {"format", "version", "tool", "model": {"inputs", "params", "layers"},
      "options": {"budget", "search", "data", "speed", "input_shapes"},
      "totals": {...what was predicted for the whole model...},
-     "layers": [{"name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason",
+     "layers": [{"name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "weight",
                  "predicted": {"option", "groups", "rank", "order", "error", "cost", "time_dense_us",
                                "time_us", "time_measured"}}, ...],
      "blocks": [{"name", "producer", "consumer", "width_before", "width",
@@ -102,6 +102,7 @@ class LayerDecision:
     order: Optional[str] = None
     reason: Optional[str] = None
     predicted: Optional[Predicted] = None
+    weight: Optional[str] = None  # the weight's initializer (tells apart unnamed nodes that moved); None: not checked
 
     @property
     def edited(self) -> bool:
@@ -364,7 +365,8 @@ _DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "bat
 _DATA_BOOLS = ("data_aware", "refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction")
 _DATA_INTS = ("batch_size", "both_factors", "damage_samples", "damage_points", "damage_max_groups")
 _SPEED_KEYS = ("provider", "threads", "batch", "runs", "warmup", "grid", "prune_slow", "min_speedup", "model_rounds")
-_LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted")
+_LAYER_KEYS = ("name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "predicted",
+               "weight")
 _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_dense_us", "time_us", "time_measured")
 _PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
 
@@ -530,9 +532,12 @@ class _Reader:
         reason = entry.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise self.fail(f"{where}.reason", "expected a string or null")
+        weight = entry.get("weight")
+        if weight is not None and not isinstance(weight, str):
+            raise self.fail(f"{where}.weight", "expected a string or null")
         return LayerDecision(entry["name"], entry["op"], self.dims(entry["weight_shape"], f"{where}.weight_shape"),
                              self.integer(entry.get("params", 0), f"{where}.params"), option, groups, rank,
-                             order if option == FACTORIZED else None, reason, predicted)
+                             order if option == FACTORIZED else None, reason, predicted, weight)
 
     def block(self, entry: Any, index: int) -> BlockDecision:
         where = f"blocks[{index}]"
@@ -616,8 +621,9 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
-    """The plan of a planned compression (or a pruning compression), from its report rows and blocks."""
+def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights: Mapping[str, str]) -> Plan:
+    """The plan of a planned compression (or a pruning compression), from its report rows and blocks;
+    ``weights``: each layer's weight initializer."""
     from . import __version__
 
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
@@ -630,7 +636,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan
                               None if cost is None else float(cost), row.time_dense_us, row.time_us,
                               row.time_measured)
         layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
-                                    row.rank if row.groups else 0, order, row.skip_reason, predicted))
+                                    row.rank if row.groups else 0, order, row.skip_reason, predicted,
+                                    weights.get(row.name)))
     inputs = planned_inputs(model, options.input_shapes)
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
@@ -659,8 +666,14 @@ def make_plan(model, **options) -> Plan:
         from .model_io import open_model
         from .prune import compress_pruned
 
+        from .api import _prepare
+
         result = compress_pruned(model, compress_opts, compress_opts.search.prune)
-        return _plan_from(compress_opts, open_model(model).model, result.report)
+        search = compress_opts.search
+        prepared = _prepare(model, input_shapes=compress_opts.input_shapes, exclude=search.exclude,
+                            max_groups=search.max_groups, need_macs=False)
+        return _plan_from(compress_opts, open_model(model).model, result.report,
+                          {layer.name: layer.weight for layer in prepared.layers})
     planned = _plan_step(model, compress_opts)
     budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
     report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,
@@ -676,7 +689,8 @@ def make_plan(model, **options) -> Plan:
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
                      warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
                      + planned.warnings)
-    return _plan_from(planned.options, planned.prepared.model, report)
+    return _plan_from(planned.options, planned.prepared.model, report,
+                      {layer.name: layer.weight for layer in planned.prepared.layers})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -758,6 +772,10 @@ class _Decisions:
                     f"layer '{decision.name}' is a {layer.op} with weight {'x'.join(map(str, layer.weight_shape))} "
                     f"in the model but a {decision.op} with weight {'x'.join(map(str, decision.weight_shape))} in "
                     f"the plan (the model changed since the plan was made); {fix}")
+            if decision.weight is not None and layer.weight != decision.weight and decision.name not in self.pruned:
+                raise self._error(
+                    f"layer '{decision.name}' multiplies weight '{layer.weight}' in the model but '{decision.weight}' "
+                    f"in the plan (nodes reordered or renamed since the plan was made); {fix}")
             if decision.option == FACTORIZED and not layer.compressible:
                 raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
                                   f"this model ({layer.skip_reason}); set its \"option\" to \"dense\" or {fix}")

@@ -509,3 +509,32 @@ def test_a_plan_of_a_model_whose_dims_stay_dynamic(tmp_path):
         dim.dim_value = value
     with pytest.raises(onnx_alds.errors.OnnxAldsError, match="the plan was made at x:bx48xt"):
         apply_plan(fixed, plan)
+
+
+def test_a_plan_for_unnamed_nodes_that_moved_is_refused():
+    """Unnamed nodes are named by position (MatMul_0, MatMul_1): the same graph with its two MatMuls listed in the
+    other order got each other's decisions (a rank-6 cut meant for an exactly rank-2 weight on a full-rank one,
+    output off by 26 %), exit 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 2)) @ rng.standard_normal((2, 64)) / 8).astype(np.float32)
+    w2 = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+
+    def model(order: str) -> onnx.ModelProto:
+        matmuls = {"a": helper.make_node("MatMul", ["x", "W1"], ["p"]), "b": helper.make_node("MatMul", ["x", "W2"], ["q"])}
+        graph = helper.make_graph([matmuls[k] for k in order] + [helper.make_node("Add", ["p", "q"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                                  [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    plan = round_trip(make_plan(model("ab"), keep_params=0.6, rank_multiple=1))
+    assert {layer.weight for layer in plan.layers} == {"W1", "W2"}
+    apply_plan(model("ab"), plan)  # the model it was made for
+    with pytest.raises(PlanError, match="layer 'MatMul_0' multiplies weight 'W2' in the model but 'W1' in the plan "
+                                        r"\(nodes reordered or renamed since the plan was made\)"):
+        apply_plan(model("ba"), plan)
+    older = Plan.from_dict({**plan.to_dict(), "layers": [{k: v for k, v in layer.items() if k != "weight"}
+                                                          for layer in plan.to_dict()["layers"]]})
+    apply_plan(model("ab"), older)  # a plan without weights (an earlier version's) still applies
