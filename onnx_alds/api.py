@@ -841,10 +841,11 @@ TINY_RANK_FRACTION = 0.05  # a layer kept at under 5 % of its full rank (a class
 
 def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str, ...]:
     unaligned = [row for row in report.layers if row.groups and row.rank % FAST_RANK_MULTIPLE]
-    if not unaligned or rank_multiple % FAST_RANK_MULTIPLE == 0:
+    applied = report.search.startswith("plan")  # a saved plan's ranks may be edited off any multiple
+    if not unaligned or (rank_multiple % FAST_RANK_MULTIPLE == 0 and not applied):
         return ()
     fix = (f"ranks that are multiples of {FAST_RANK_MULTIPLE} in the plan align them"
-           if report.search.startswith("plan") else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them")
+           if applied else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them")
     return (f"{len(unaligned)} factorized layers have ranks that are not multiples of {FAST_RANK_MULTIPLE} (first: "
             f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
             f"counts, so fewer MACs may not run faster ({fix})",)

@@ -645,8 +645,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="warm-up runs per model (default 10 on CPU, 50 on CUDA/TensorRT)")
     parser.add_argument("--min-time", type=non_negative_float, default=1.0, metavar="S",
                         help="keep timing for at least this many seconds (default 1)")
-    parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default="EXHAUSTIVE",
-                        help="CUDA conv algorithm search (default EXHAUSTIVE)")
+    parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default=None,
+                        help="CUDA conv algorithm search, with --provider cuda (default EXHAUSTIVE)")
     parser.add_argument("--per-layer", action="store_true",
                         help="time each factorized layer (<layer>.enc/.dec) against the original node")
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", default=None,
@@ -658,12 +658,15 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds bench``: print the timings (and per-layer rows), write --json, return 0."""
     from .report import write_json
 
+    if args.cudnn_conv_algo_search is not None and args.provider != "cuda":
+        raise InputDataError(f"--cudnn-conv-algo-search has no effect with --provider {args.provider} (it sets "
+                             "the CUDA provider's conv search); add --provider cuda or drop it")
     shapes = parse_input_shapes(args.input_shape)
     batches = args.batch or [default_batch(args.models[0], shapes)]  # x:4x64 times batch 4, not 1
     report = bench(args.models, provider=args.provider, batch_sizes=tuple(batches), threads=args.threads,
                    warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
                    input_shapes=shapes, per_layer=args.per_layer,
-                   cudnn_conv_algo_search=args.cudnn_conv_algo_search)
+                   cudnn_conv_algo_search=args.cudnn_conv_algo_search or "EXHAUSTIVE")
     for line in report.lines():
         print(line)
     given = sorted({dims[0] for dims in (shapes or {}).values() if dims} - set(batches)) if args.batch else []

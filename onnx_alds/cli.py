@@ -1,4 +1,4 @@
-"""The ``onnx-alds`` command line: analyze, compress, plan, apply, validate, bench, sweep, demo.
+"""The ``onnx-alds`` command line: analyze, compress, plan, apply, validate, bench, sweep, distill, demo.
 
 Exit codes: 0 done; 1 a user-facing error, printed as one ``error: …`` line; 2 bad usage.
 """
@@ -57,6 +57,13 @@ def _add_plan(subparsers) -> None:
                                                "order), predicted error and cost), written to -o as JSON to edit, "
                                                "keep or apply elsewhere with onnx-alds apply. Takes compress's flags.")
     _compress_arguments(parser, output_help="where to write the plan (JSON)")
+    hidden = _validation_dests() | {"validate"}  # parsed (and refused, naming apply --validate), not offered
+    for action in parser._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
+    # (argparse cannot wrap a usage line whose exclusive groups hold hidden flags: the short form, written out)
+    parser.usage = ("%(prog)s MODEL -o PLAN.json (--keep-params F | --keep-flops F | --keep-latency F) "
+                    "[the options of compress below; --validate and its options belong to onnx-alds apply]")
     parser.set_defaults(run=run_plan_command)
 
 
@@ -232,11 +239,14 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
                                  "onnx-alds apply --validate")
         if not validating:
             raise InputDataError(f"{flag} has no effect without --validate; add --validate or drop {flag}")
+    timing_flags = (["--validate"] if writes_model else []) + (
+        ["--keep-latency", "--order auto", "--speed-check"] if hasattr(args, "keep_latency") else [])  # apply: none
     for dest in sorted(given & {"provider", "bench_batch", "threads"}):
         flag = "--" + dest.replace("_", "-")
         if not timing:
-            raise InputDataError(f"{flag} has no effect without --validate, --keep-latency, --order auto or "
-                                 f"--speed-check; add one of them or drop {flag}")
+            some = ", ".join(timing_flags[:-1]) + (" or " if len(timing_flags) > 1 else "") + timing_flags[-1]
+            raise InputDataError(f"{flag} has no effect without {some}; add "
+                                 f"{'one of them' if len(timing_flags) > 1 else 'it'} or drop {flag}")
     has_calibration = any(getattr(args, dest, None) for dest in
                           ("calibration", "calibration_images", "calibration_random"))
     def needs(dest: str, flag: str, effective: bool, missing: str) -> tuple[str, bool, str]:
@@ -268,6 +278,9 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
          f"--max-groups has no effect with --method {method} (" + ("--damage-max-groups sets the group counts "
                                                                      "measured" if method == "damage" else
                                                                      "it keeps one group") + "); drop one of them"),
+        ("speed_check", getattr(args, "keep_latency", None) is None and getattr(args, "order", None) != "auto",
+         "--speed-check has no effect with --keep-latency or --order auto (their latency tables already drop every "
+         "option not measured faster than its dense layer); drop --speed-check"),
         ("sensitivity", method != "damage",
          "--sensitivity has no effect with --method damage (the damage tables measure each layer's effect on the "
          "outputs); drop one of them"),
@@ -459,7 +472,7 @@ def _add_demo(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="onnx-alds", description=__doc__.splitlines()[0].replace("``", ""),
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"onnx-alds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")

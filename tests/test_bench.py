@@ -232,3 +232,14 @@ def test_min_time_is_honoured_however_fast_the_model():
     started = clock.perf_counter()
     times = time_interleaved([lambda: calls.append(0)], warmup=0, runs=1, min_time_s=0.05)
     assert clock.perf_counter() - started >= 0.05 and len(times[0]) > 20
+
+
+def test_a_cuda_only_flag_on_the_cpu_is_an_error(tmp_path, capsys):
+    """--cudnn-conv-algo-search HEURISTIC on the CPU provider was accepted and did nothing."""
+    from onnx_alds.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(False), str(path))
+    assert main(["bench", str(path), "--cudnn-conv-algo-search", "HEURISTIC", "--runs", "1", "--min-time", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --cudnn-conv-algo-search has no effect with --provider cpu") and err.count("\n") == 1

@@ -223,8 +223,11 @@ def test_thread_counts_beyond_the_machine_are_refused(cnn_path, capsys):
     (["--validate-random", "4"], "--validate-random has no effect without --validate|"
                                  "--validate-random has no effect in plan"),
     (["--figures-only"], "--figures-only has no effect without --validate|--figures-only has no effect in plan"),
-    (["--provider", "cuda"], "--provider has no effect without --validate, --keep-latency"),
-    (["--threads", "1"], "--threads has no effect without --validate, --keep-latency"),
+    (["--provider", "cuda"], "--provider has no effect without --validate, --keep-latency|"
+                             "--provider has no effect without --keep-latency, --order auto or --speed-check;"),
+    (["--threads", "1"], "--threads has no effect without --validate, --keep-latency|"
+                         "--threads has no effect without --keep-latency, --order auto or --speed-check;"),
+    (["--order", "auto", "--speed-check"], "--speed-check has no effect with --keep-latency or --order auto"),
 ])
 def test_flags_without_effect_are_errors(tmp_path, capsys, flags, message):
     from conftest import small_cnn
@@ -659,3 +662,13 @@ def test_an_interrupt_inside_a_lazy_import_is_an_interrupt(cnn_path, tmp_path, c
                            capsys=capsys)
     assert code == 130 and err.strip() == "error: interrupted; no output was written"
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_apply_names_only_the_timing_flag_it_has(cnn_path, tmp_path, capsys):
+    """apply --threads 1 said to add --keep-latency, --order auto or --speed-check, flags apply does not take."""
+    plan = tmp_path / "plan.json"
+    assert main(["plan", str(cnn_path), "-o", str(plan), "--keep-params", "0.5", "-q"]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli("apply", str(cnn_path), str(plan), "-o", str(tmp_path / "out.onnx"), "--threads", "1",
+                           capsys=capsys)
+    assert_one_line_error(code, err, "--threads has no effect without --validate; add it or drop --threads")

@@ -538,3 +538,14 @@ def test_a_plan_for_unnamed_nodes_that_moved_is_refused():
     older = Plan.from_dict({**plan.to_dict(), "layers": [{k: v for k, v in layer.items() if k != "weight"}
                                                           for layer in plan.to_dict()["layers"]]})
     apply_plan(model("ab"), older)  # a plan without weights (an earlier version's) still applies
+
+
+def test_an_edited_rank_off_the_default_multiple_is_named():
+    """At the default rank multiple (16) no note named an edited rank of 17, though the README promises one."""
+    plan = make_plan(small_cnn(width=32), keep_flops=0.5, rank_multiple=16)  # the CLI's default
+    factorized = next(layer for layer in plan.layers if layer.option == "factorized")
+    report = apply_plan(small_cnn(width=32), plan.with_layer(factorized.name, rank=17)).report
+    assert any("have ranks that are not multiples of 16" in note and f"'{factorized.name}', rank 17" in note
+               and "in the plan align them" in note for note in report.notes)
+    unedited = apply_plan(small_cnn(width=32), plan).report
+    assert not any("not multiples of 16" in note for note in unedited.notes)
