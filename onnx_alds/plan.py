@@ -954,6 +954,12 @@ class _PlanTimes:
         keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us")
         data = {key: self.latency.get(key) for key in keep}
         data.update(source="the plan", table_seconds=None, untimed={})
+        unedited = not any(d.edited for d in self.plan.layers) and all(
+            b.predicted is None or b.width == b.predicted.width for b in self.plan.blocks)
+        if unedited and self.latency.get("measured_ratio") is not None:  # the decisions the plan measured, as they were
+            data.update({key: self.latency.get(key) for key in ("whole_model_check", "whole_model_note",
+                                                                 "measured_ratio", "measured_speedup")})
+            data["source"] = "the plan (the whole model measured when it was made)"
         predicted = self.predicted_us(decisions or {})
         if predicted is not None and data.get("model_us"):
             data.update(rest_us=data["model_us"] - (data.get("layers_dense_us") or 0.0), predicted_us=predicted,

@@ -226,7 +226,8 @@ def _latency_lines(latency: dict) -> list[str]:
              f" ({latency.get('device')}, onnxruntime {latency.get('onnxruntime')})")
     lines = [f"latency: {where}"]
     if latency.get("model_us") is not None:
-        line = f"latency: dense model {latency['model_us'] / 1e3:.3f} ms measured"
+        line = f"latency: dense model {latency['model_us'] / 1e3:.3f} ms measured" + (
+            " when the plan was made" if str(latency.get("source", "")).startswith("the plan") else "")
         if latency.get("predicted_us") is not None:
             rest, speedup = latency["rest_us"], latency.get("predicted_speedup")
             line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ("

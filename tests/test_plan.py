@@ -66,6 +66,14 @@ def test_latency_plan_round_trip_measures_nothing_on_apply(tmp_path):
     assert applied.report.latency["predicted_speedup"] == pytest.approx(plan.totals["latency"]["predicted_speedup"])
     edited = apply_plan(model, plan.with_layer("conv3", rank=4)).report  # a rank no table measured
     assert "achieved not predicted (an edited decision has no recorded time" in edited.format()  # was "achieved nan"
+    # the whole-model measurement the plan was accepted on is reported for its decisions as they were (apply
+    # printed the tables' prediction alone, and a note that the plan cost less than the budget allowed)
+    measured = plan.totals["latency"]["measured_ratio"]
+    assert measured is not None and applied.report.latency["measured_ratio"] == measured
+    assert f"{measured:.4f} measured on the whole model" in applied.report.format()
+    assert "measured when the plan was made" in applied.report.format()
+    assert not any(note.startswith("achieved ") for note in applied.report.notes)
+    assert "measured_ratio" not in edited.latency
 
 
 def test_edited_plan_applies_and_shows_the_edit():
