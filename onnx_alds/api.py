@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
-from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, counted_inputs, element_bits,
+from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source, counted_inputs,
+                     element_bits,
                      ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
                      iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
@@ -67,6 +69,7 @@ class _Prepared:
     store: Optional[TensorStore] = None  # where the light model's large weights are read from
     unchanged_ops: str = ""  # quantized or ONNX Runtime-fused layers, left as they are (layers.unchanged_ops_note)
     random_nodes: tuple[str, ...] = ()  # nodes whose outputs are random at run time (checks.random_nodes)
+    generated_names: Mapping[str, str] = field(default_factory=dict)  # name given to an unnamed or repeated node -> its own
 
     def refuse_random_for_calibration(self) -> None:
         """Calibration statistics of a model whose outputs are random would fit the factors to noise (and
@@ -103,7 +106,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     proto = _inline_functions(original, notes)
     if complete:
         materialize(proto, store)
-    ensure_node_names(proto)
+    given = [node.name for _, graph in iter_graphs(proto.graph) for node in graph.node]
+    ensure_node_names(proto)  # (layers, plans and reports need a name for every node: undone when written)
+    generated = {node.name: old for old, node in
+                 zip(given, (node for _, graph in iter_graphs(proto.graph) for node in graph.node)) if node.name != old}
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
@@ -157,7 +163,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}; ONNX Runtime's "
                      "graph optimizations may drop them, other runtimes will not): export the model in inference mode")
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check, store, unchanged, randoms)
+                     input_check, store, unchanged, randoms, MappingProxyType(generated))
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
@@ -823,7 +829,13 @@ def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[
 def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
                      seed: int) -> None:
     """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed) and
-    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill)."""
+    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill).
+    Nodes that were unnamed (or shared a name) get their own names back: the names given to them for the
+    layers, plans and reports are not written into the user's model."""
+    for _, graph in iter_graphs(new_model.graph):
+        for node in graph.node:
+            if node.name in prepared.generated_names:
+                node.name = prepared.generated_names[node.name]
     add_provenance(new_model, {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,
@@ -992,8 +1004,12 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
         skipped = [layer for layer in prepared.layers if not layer.compressible]
-        # a weight shared by several layers is stored, and counted, once
-        counted = list({layer.weight: layer for layer in skipped}.values()) if target == "params" else skipped
+        # a weight shared by several layers is stored, and counted, once (also when each reads it through
+        # its own Identity/Cast/Transpose chain)
+        producers = {output: node for _, graph in iter_graphs(prepared.model.graph) for node in graph.node
+                     for output in node.output}
+        counted = (list({chain_source(layer.weight, producers): layer for layer in skipped}.values())
+                   if target == "params" else skipped)
         held = sum(layer.params if target == "params" else (layer.macs or 0) for layer in counted)
         why = ""
         if skipped and held:

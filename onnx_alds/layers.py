@@ -465,9 +465,9 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                     and uses[layer.weight] == 2:  # read by this node and returned: not shared with another layer
                 layer = replace(layer, skip_reason="weight is also a graph output (the model returns it as it is)")
             if (layer.skip_reason or "").startswith("weight is not a constant (computed at run time") and \
-                    _chain_source(layer.weight, producers) in overridable:  # W (a graph input) → Transpose → layer
+                    chain_source(layer.weight, producers) in overridable:  # W (a graph input) → Transpose → layer
                 layer = replace(layer, skip_reason=None)
-            if layer.compressible and _chain_source(layer.weight, producers) in overridable:
+            if layer.compressible and chain_source(layer.weight, producers) in overridable:
                 layer = replace(layer, skip_reason="weight is also a graph input (callers may override it): "
                                                      "re-export without keep_initializers_as_inputs, or drop it "
                                                      "from the graph inputs, to compress it")
@@ -562,7 +562,7 @@ def _weight_slot(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
     return 1
 
 
-def _chain_source(name: str, producers: Mapping[str, onnx.NodeProto]) -> str:
+def chain_source(name: str, producers: Mapping[str, onnx.NodeProto]) -> str:
     """The tensor a chain of :data:`FOLDABLE_OPS` (Identity, Cast, Transpose ...) computes ``name`` from
     (``name`` itself when no such node produces it)."""
     for _ in range(17):

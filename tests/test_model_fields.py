@@ -232,3 +232,22 @@ def test_every_node_not_replaced_is_written_byte_for_byte_as_it_was():
     for node in model.graph.node:
         if node.name not in ("gemm", "mm"):
             assert written[node.name] == node.SerializeToString(), node.name
+
+
+@pytest.mark.parametrize("prune", [False, True], ids=["low-rank", "prune"])
+def test_unnamed_and_repeated_node_names_are_written_as_they_were(prune):
+    """The names given to unnamed nodes (Relu_1) and to a repeated one (relu_1) for the layers, plans and reports
+    were written into the user's model."""
+    nodes, inits = _base()
+    nodes[1].name = ""
+    extra = [helper.make_node("Relu", ["logits0"], ["r2"], name="relu"),  # the name of another node again
+             helper.make_node("Identity", ["r2"], ["logits"])]  # no name
+    nodes[2].output[0] = "logits0"
+    model = _model(nodes + extra, inits, [LOGITS])
+    if prune:
+        x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+        new = compress(model, keep_params=0.8, rank_multiple=1, prune="only", calibration=InputSet({"X": x})).model
+    else:
+        new = _compress_exactly(model)
+    kept = [(node.op_type, node.name) for node in new.graph.node if node.op_type in ("Relu", "Identity")]
+    assert kept == [("Relu", ""), ("Relu", "relu"), ("Identity", "")]
