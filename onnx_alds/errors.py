@@ -5,8 +5,16 @@ from __future__ import annotations
 import re
 
 
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class OnnxAldsError(Exception):
-    """Base class of every error the CLI prints as one ``error: ...`` line and exits 1 on."""
+    """Base class of every error the CLI prints as one ``error: ...`` line and exits 1 on. Control
+    characters in the message (a tensor name with a newline in it) read as escapes (``\\n``, ``\\x08``):
+    the message stays one line."""
+
+    def __str__(self) -> str:
+        return _LINE_BREAKING.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), Exception.__str__(self))
 
 
 class ModelLoadError(OnnxAldsError):

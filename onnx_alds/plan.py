@@ -70,7 +70,7 @@ class _UnknownLayer(PlanError, KeyError):
     """No layer of that name in the plan (a KeyError as well, as a look-up by name)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+        return PlanError.__str__(self)
 
 
 @dataclass(frozen=True)

@@ -672,3 +672,17 @@ def test_apply_names_only_the_timing_flag_it_has(cnn_path, tmp_path, capsys):
     code, _, err = run_cli("apply", str(cnn_path), str(plan), "-o", str(tmp_path / "out.onnx"), "--threads", "1",
                            capsys=capsys)
     assert_one_line_error(code, err, "--threads has no effect without --validate; add it or drop --threads")
+
+
+def test_an_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys):
+    """A graph output named with control characters (a corrupted file) made the error message several lines."""
+    from onnx import TensorProto, helper
+
+    bad = "out\n\x08name"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], [bad])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [onnx.ValueInfoProto(name=bad)])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, _, err = run_cli("analyze", str(path), capsys=capsys)
+    assert_one_line_error(code, err, "graph output 'out\\n\\x08name' has no type")
