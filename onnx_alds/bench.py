@@ -428,8 +428,13 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     names = list(names) if names is not None else _labels(models)
     timings: list[Timing] = []
     for batch in batch_sizes:
-        runners = [_Runner(s, timing_feeds(p, int(batch), input_shapes, seed) if feeds is None else dict(feeds),
-                           provider) for s, p in zip(sessions, protos)]
+        runners = []
+        for name, session, proto in zip(names, sessions, protos):
+            try:
+                runners.append(_Runner(session, timing_feeds(proto, int(batch), input_shapes, seed)
+                                       if feeds is None else dict(feeds), provider))
+            except InputDataError as exc:  # say which model: several may have an input of that name
+                raise InputDataError(f"{name}: {exc}" if len(protos) > 1 else str(exc)) from None
         log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
         try:
             times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)

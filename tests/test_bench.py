@@ -84,6 +84,9 @@ def test_fixed_batch_refuses_other_batch_sizes():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     with pytest.raises(InputDataError, match="fixes the batch to 1; bench it with --batch 1"):
         bench([model], batch_sizes=(2,), **FAST)
+    # of two models with an input of that name, the one that fixes it is named
+    with pytest.raises(InputDataError, match="^model\\[1\\]: input 'x' fixes the batch to 1"):
+        bench([_model(False), model], batch_sizes=(2,), **FAST)
 
 
 def test_per_layer_one_row_per_pair():
