@@ -23,9 +23,9 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source, counted_inputs,
-                     element_bits,
-                     ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs,
-                     iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
+                     element_bits, ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node,
+                     iter_graphs, iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights,
+                     with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
@@ -69,7 +69,8 @@ class _Prepared:
     store: Optional[TensorStore] = None  # where the light model's large weights are read from
     unchanged_ops: str = ""  # quantized or ONNX Runtime-fused layers, left as they are (layers.unchanged_ops_note)
     random_nodes: tuple[str, ...] = ()  # nodes whose outputs are random at run time (checks.random_nodes)
-    generated_names: Mapping[str, str] = field(default_factory=dict)  # name given to an unnamed or repeated node -> its own
+    # the name given to each unnamed or repeated node -> its own (written back by stamp_provenance)
+    generated_names: Mapping[str, str] = field(default_factory=dict)
 
     def refuse_random_for_calibration(self) -> None:
         """Calibration statistics of a model whose outputs are random would fit the factors to noise (and

@@ -663,10 +663,9 @@ def make_plan(model, **options) -> Plan:
     if prune not in ("off", False, None):
         compress_opts = replace(compress_opts, search=replace(compress_opts.search, prune=prune))
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
+        from .api import _prepare
         from .model_io import open_model
         from .prune import compress_pruned
-
-        from .api import _prepare
 
         result = compress_pruned(model, compress_opts, compress_opts.search.prune)
         search = compress_opts.search

@@ -952,7 +952,8 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
                    f"no output can be one ({needed[0]} needs {_KIND_NEEDS[needed[0]]}): export such an output "
                    "(the scores or logits, not only the class ids)")
             raise InputDataError(
-                f"--{_flag(name)} needs {'an' if needed[0][0] in 'aeiou' else 'a'} {needed[0]} output and the model has none (output kinds: {listing}); "
+                f"--{_flag(name)} needs {'an' if needed[0][0] in 'aeiou' else 'a'} {needed[0]} output and the model "
+                f"has none (output kinds: {listing}); "
                 f"{fix}, or drop the flag"
             )
     first_classifier = next((n for n in names if kinds[n][0] == CLASSIFIER), None)
