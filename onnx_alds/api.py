@@ -491,6 +491,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                          f"{len(kept)} stay spatial-first (strided, output size differs from the input's, shapes "
                          f"unknown, or too few input channels for a rank of the multiple to shrink them "
                          f"pointwise-first; first: '{kept[0].name}')")
+        elif not spatial:  # the flag changes nothing on this model: say so
+            notes.append("order pointwise-first: the model has no k×k conv to factorize, so the order changes "
+                         "nothing (it applies to k×k convs with stride 1 whose output keeps the input's size)")
         prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:

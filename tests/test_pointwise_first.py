@@ -226,3 +226,12 @@ def test_a_conv_with_few_inputs_stays_spatial_first_where_pointwise_first_cannot
     (row,) = report.layers
     assert row.groups and row.order == "spatial-first" and row.rank % 8 == 0
     assert any("too few input channels" in note for note in report.notes)
+
+
+def test_pointwise_first_on_a_model_without_kxk_convs_says_it_changes_nothing():
+    """--order pointwise-first on an MLP was accepted without a word."""
+    from conftest import gemm_model
+
+    report = compress(gemm_model(in_features=64, out_features=64, rows=4), keep_params=0.5,
+                      order="pointwise-first").report
+    assert any(note.startswith("order pointwise-first: the model has no k×k conv") for note in report.notes)
