@@ -143,10 +143,10 @@ class CompressionReport:
                          f"predicted relative output error {self.predicted_output_error:.4f}")
         if self.pruned:  # --prune (onnx_alds.prune)
             narrowed = [block for block in self.pruned if block.width_after < block.width_before]
-            lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)} (hidden width before -> after, "
-                         "relative output error): " + ", ".join(
-                             f"{block.name} {block.width_before}->{block.width_after} ({block.error:.3f})"
-                             for block in narrowed))
+            lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)}" + (
+                " (hidden width before -> after, relative output error): " + ", ".join(
+                    f"{block.name} {block.width_before}->{block.width_after} ({block.error:.3f})" for block in narrowed)
+                if narrowed else ""))
         lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
                      + f", total {sum(self.seconds.values()):.2f} s")
         if self.latency:

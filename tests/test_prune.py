@@ -851,3 +851,18 @@ def test_sequential_refit_says_the_block_errors_are_the_allocations():
     single = compress(feed_forward(), keep_flops=0.5, calibration=_inputs(feed_forward(), samples=96), prune="only",
                       rank_multiple=8)
     assert not any("errors shown are the allocation's" in note for note in single.report.notes)
+
+
+def test_a_report_with_no_block_narrowed_says_so_without_an_empty_list():
+    """A plan edited back to full width printed "blocks pruned: 0 of 1 (hidden width before -> after, ...): "."""
+    from onnx_alds.plan import Plan, apply_plan, make_plan
+
+    model = feed_forward()
+    cal = _inputs(model, samples=96)
+    plan = make_plan(model, keep_flops=0.6, calibration=cal, prune="only", rank_multiple=8)
+    data = plan.to_dict()
+    for block in data["blocks"]:
+        block["width"] = block["width_before"]
+    text = apply_plan(model, Plan.from_dict(data), calibration=cal).report.format()
+    line = next(line for line in text.splitlines() if line.startswith("blocks pruned:"))
+    assert line == f"blocks pruned: 0 of {len(data['blocks'])}"
