@@ -834,8 +834,6 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-
-
 def _labels_flags(prefix: str) -> tuple[str, str]:
     """The (labels file, labels from file names) flags for a prefix: ``--{prefix}labels``,
     ``--{prefix}labels-from-filenames``."""
@@ -984,9 +982,32 @@ def inputs_from_args(model: onnx.ModelProto, args: argparse.Namespace, prefix: s
     if labels_file is not None and count is not None:
         raise InputDataError(f"{file_flag} with {random_flag}: labels for random inputs mean nothing; "
                              f"give {npz_flag} FILE.npz or {images_flag} DIR")
-    return load_inputs(model, npz=npz, images=images, preprocess=preprocess_from_args(args),
-                       random=count, input_shapes=shapes, seed=seed, limit=limit, labels_file=labels_file,
-                       labels_from_filenames=from_names)
+    try:
+        return load_inputs(model, npz=npz, images=images, preprocess=preprocess_from_args(args),
+                           random=count, input_shapes=shapes, seed=seed, limit=limit, labels_file=labels_file,
+                           labels_from_filenames=from_names)
+    except InputDataError as exc:  # the messages name validate's flags: name this command's
+        raise InputDataError(with_prefixed_flags(str(exc), prefix)) from None
+
+
+_LABEL_HINT = re.compile(r" \(its subfolders are not read: put the images of every class in one folder, and give "
+                         r"their classes with --labels FILE\)")
+
+
+def with_prefixed_flags(message: str, prefix: str) -> str:
+    """``message`` (written with validate's ``--inputs``, ``--labels``, ``--labels-from-filenames``) with the
+    flags of ``prefix`` (:func:`add_input_arguments`: ``calibration-`` → ``--calibration``, ``validate-`` →
+    ``--validate-inputs``, ``--validate-labels`` ...); calibration reads no labels, so a hint to give them
+    is left out."""
+    if not prefix:
+        return message
+    npz_flag, _, _ = _source_flags(prefix)
+    file_flag, names_flag = _labels_flags(prefix)
+    if prefix == "calibration-":
+        message = _LABEL_HINT.sub(" (its subfolders are not read: put the images in the folder itself)", message)
+    message = message.replace("--inputs FILE.npz", f"{npz_flag} FILE.npz")
+    message = re.sub(r"--labels-from-filenames\b", names_flag, message)
+    return re.sub(r"--labels FILE\b", f"{file_flag} FILE", message)
 
 
 __all__ = [

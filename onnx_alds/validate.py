@@ -49,7 +49,7 @@ import onnx
 from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
 from .checks import raise_if_out_of_resources, random_nodes
 from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
-from .inputs import InputSet, add_input_arguments, inputs_from_args
+from .inputs import InputSet, add_input_arguments, inputs_from_args, with_prefixed_flags
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -1230,11 +1230,14 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
         if getattr(report, "macs_before", 0):
             macs_kept = (report.macs_after or 0) / report.macs_before
     shapes = parse_input_shapes(getattr(args, "input_shape", None))
-    validation, timing, line = validate_and_bench(
-        original, compressed, inputs=inputs, provider=args.provider,
-        batch=args.bench_batch or default_batch(original_model, shapes),
-        weights_kept=weights_kept, macs_kept=macs_kept, input_shapes=shapes, threads=getattr(args, "threads", None),
-        **tolerances_from_args(args))
+    try:
+        validation, timing, line = validate_and_bench(
+            original, compressed, inputs=inputs, provider=args.provider,
+            batch=args.bench_batch or default_batch(original_model, shapes),
+            weights_kept=weights_kept, macs_kept=macs_kept, input_shapes=shapes,
+            threads=getattr(args, "threads", None), **tolerances_from_args(args))
+    except InputDataError as exc:  # the messages name validate's flags: name compress's
+        raise InputDataError(with_prefixed_flags(str(exc), "validate-")) from None
     return ValidateSummary(validation, timing, line)
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 
@@ -686,3 +687,22 @@ def test_an_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     code, _, err = run_cli("analyze", str(path), capsys=capsys)
     assert_one_line_error(code, err, "graph output 'out\\n\\x08name' has no type")
+
+
+def test_input_errors_under_compress_name_compress_flags(tmp_path, capsys):
+    """compress said "use --inputs FILE.npz" and "give --labels FILE", flags only validate has."""
+    from conftest import small_cnn
+
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(width=16), str(model))
+    nested = tmp_path / "nested"
+    (nested / "cats").mkdir(parents=True)
+    code, _, err = run_cli("compress", str(model), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.9",
+                           "--calibration-images", str(nested), capsys=capsys)
+    assert_one_line_error(code, err, "its subfolders are not read: put the images in the folder itself")
+    assert "--labels" not in err
+    np.savez(tmp_path / "v.npz", input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    code, _, err = run_cli("compress", str(model), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.9", "--validate",
+                           "--validate-inputs", str(tmp_path / "v.npz"), "--max-accuracy-drop", "0.01", capsys=capsys)
+    assert_one_line_error(code, err, "--validate-labels FILE or --validate-labels-from-filenames")
+    assert not (tmp_path / "o.onnx").exists()
