@@ -890,13 +890,14 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         values_c = _run_validation(session_c, output_names, feed, "compressed", inputs.is_random)
         if not accumulators:
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels)
+            first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
             if accumulator.batched and (value_o.ndim == 0 or value_o.shape[0] != count):
                 raise UnsupportedModelError(
-                    f"output '{name}' had the batch as first dim in the first batch but has shape {value_o.shape} "
-                    f"for a batch of {count}; run with --batch-size that divides the sample count"
-                )
+                    f"output '{name}' had {first_count} rows on the first batch, as many as its samples, so its "
+                    f"first dim was taken for the batch, but has shape {value_o.shape} on a batch of {count}; give "
+                    f"a number of samples that is a multiple of {batch}, so that every batch has {batch}")
             accumulator.add(value_o, value_c, feed)
     outputs = tuple(accumulators[name].result(effective_tolerances(stated, accumulators[name].kind,
                                                                    figures_only=figures_only))

@@ -989,3 +989,22 @@ def test_compress_validate_times_on_the_validation_inputs_when_random_ones_do_no
                                                  threads=1, bench_options={"runs": 3, "warmup": 1, "min_time_s": 0})
     assert report.passed and timing is not None and timing.speedup(1, 1) > 0
     assert "timed on the first 1 validation input(s): random timing inputs do not fit" in summary
+
+
+def test_an_output_whose_rows_match_the_batch_by_chance_is_named_with_a_fix_that_works():
+    """An output of 32 fixed rows with batches of 32 (40 samples): the error said "run with --batch-size that
+    divides the sample count", which neither explains it (3 does not divide 40 and passes) nor exists under
+    compress --validate. It says what happened and that a multiple of the batch size avoids it."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("ReduceMean", ["h"], ["r"], axes=[0], keepdims=1),
+             helper.make_node("Add", ["C", "r"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 64])],
+                   [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "W"),
+                    numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "C")])
+    x = rng.standard_normal((40, 64)).astype(np.float32)
+    with pytest.raises(Exception, match=r"output 'y' had 32 rows on the first batch, as many as its samples, .* on a "
+                                        r"batch of 8; give a number of samples that is a multiple of 32"):
+        validate(model, model, inputs=InputSet({"x": x}))
+    assert validate(model, model, inputs=InputSet({"x": x[:32]})).passed  # the fix works
