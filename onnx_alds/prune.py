@@ -1288,6 +1288,30 @@ def block_reports(analysis: PruneAnalysis, widths: Sequence[int]) -> tuple[Block
                  for block, curve, width in zip(analysis.blocks, analysis.curves, widths))
 
 
+def _low_rank_options(layers: Sequence[Layer], analysis: "PruneAnalysis", constants: Mapping, target: str,
+                      rank_multiple: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list]:
+    """Each layer's low-rank options beside its blocks' widths: ``(costs, errors)`` (dense first, in the
+    budget's unit) and its error table, from its whitened spectra on the calibration statistics."""
+    from .data_aware import layer_moment, whitening_factors
+    from .layers import folded_weight
+    from .spectra import error_table, layer_spectra
+
+    extra, tables = [], []
+    for layer in layers:
+        scale = 1.0 if target == "params" else float(layer.positions or 0)
+        stat = analysis.stats.get(layer.name)
+        whitening = (whitening_factors(layer_moment(layer, stat.second_moment), layer.groups)
+                     if stat is not None else None)
+        spectra = layer_spectra(folded_weight(layer, constants), layer.groups, whitening)
+        rows, cols = layer.matrix_shape
+        table = error_table(spectra, rows, cols, groups=layer.groups, measure="frobenius", rank_multiple=rank_multiple)
+        tables.append(table)
+        costs = [float(layer.params) * scale] + [float(s) * scale for option in table.options for s in option.sizes]
+        errors = [0.0] + [float(e) for option in table.options for e in option.errors]
+        extra.append((np.array(costs), np.array(errors)))
+    return extra, tables
+
+
 def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
                     objective: str = "minmax", decisions=None):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
@@ -1320,10 +1344,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     from . import api
     from .allocate import DENSE
     from .checks import check_output_model
-    from .data_aware import NO_FLOAT_OUTPUT, layer_moment, whitening_factors
-    from .layers import folded_weight
+    from .data_aware import NO_FLOAT_OUTPUT
     from .report import CompressionReport, LayerReport
-    from .spectra import error_table, layer_spectra
 
     if objective not in ("minmax", "sum"):
         raise BudgetError(f"unknown pruning objective '{objective}'; choose minmax or sum")
@@ -1371,22 +1393,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     total = float(prepared.params_total if target == "params" else prepared.macs_total or 0)
     in_blocks = {name for block in blocks for name in block.layers}
     block_full = sum(_block_cost(block, block.width, target) for block in blocks)
-    candidates = [layer for layer in others if layer.name not in in_blocks] if mode == "combined" else []
-    extra, candidate_tables = [], []
+    outside = [layer for layer in others if layer.name not in in_blocks]  # low-rank candidates when combined
+    candidates = outside if mode == "combined" else []
     tick = time.perf_counter()
-    for layer in candidates:
-        scale = 1.0 if target == "params" else float(layer.positions or 0)
-        stat = analysis.stats.get(layer.name)
-        whitening = (whitening_factors(layer_moment(layer, stat.second_moment), layer.groups)
-                     if stat is not None else None)
-        spectra = layer_spectra(folded_weight(layer, prepared.constants), layer.groups, whitening)
-        rows, cols = layer.matrix_shape
-        table = error_table(spectra, rows, cols, groups=layer.groups, measure="frobenius",
-                            rank_multiple=search.rank_multiple)
-        candidate_tables.append(table)
-        costs = [float(layer.params) * scale] + [float(s) * scale for option in table.options for s in option.sizes]
-        errors = [0.0] + [float(e) for option in table.options for e in option.errors]
-        extra.append((np.array(costs), np.array(errors)))
+    extra, candidate_tables = _low_rank_options(candidates, analysis, prepared.constants, target, search.rank_multiple)
     seconds["spectra"] = time.perf_counter() - tick
     fixed = total - block_full - sum(float(costs[0]) for costs, _ in extra)
     available = budget.keep * total - fixed
@@ -1431,12 +1441,23 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         else:
             widths, choices, _ = allocate_widths(curves, blocks, available, target, extra)
     except BudgetError:
-        smallest = fixed + sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves)) \
-            + sum(float(np.min(costs)) for costs, _ in extra)
+        narrowest = sum(_block_cost(b, int(c.widths[0]), target) for b, c in zip(blocks, analysis.curves))
+        smallest = fixed + narrowest + sum(float(np.min(costs)) for costs, _ in extra)
+        hint = ""  # another mode that reaches it, named only when it does
+        if mode != "combined" and outside:
+            more, _ = _low_rank_options(outside, analysis, prepared.constants, target, search.rank_multiple)
+            floor = (fixed - sum(float(costs[0]) for costs, _ in more) + narrowest
+                     + sum(float(np.min(costs)) for costs, _ in more)) / total
+            if floor <= budget.keep:
+                hint = f", or use --prune (combined with low-rank: smallest ratio {ratio_at_least(floor)})"
+        if not hint and decisions is None:  # low-rank alone, on the blocks' layers too
+            alone, _ = _low_rank_options(others, analysis, prepared.constants, target, search.rank_multiple)
+            floor = (total - sum(float(costs[0]) - float(np.min(costs)) for costs, _ in alone)) / total
+            if floor <= budget.keep:
+                hint = f", or compress without --prune (low-rank alone: smallest ratio {ratio_at_least(floor)})"
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
-                          f"{ratio_at_least(smallest / total)}; ask for at least that"
-                          + ("" if mode == "combined" else ", or use --prune (combined with low-rank)")
+                          f"{ratio_at_least(smallest / total)}; ask for at least that" + hint
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
                              "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
     tick = time.perf_counter()

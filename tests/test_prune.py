@@ -866,3 +866,30 @@ def test_a_report_with_no_block_narrowed_says_so_without_an_empty_list():
     text = apply_plan(model, Plan.from_dict(data), calibration=cal).report.format()
     line = next(line for line in text.splitlines() if line.startswith("blocks pruned:"))
     assert line == f"blocks pruned: 0 of {len(data['blocks'])}"
+
+
+def test_a_pruning_floor_names_the_mode_that_reaches_the_budget():
+    """Under --prune only's floor the error said "or use --prune (combined with low-rank)", which stopped at the
+    same floor, and not that low-rank alone reached it."""
+    from onnx_alds.errors import BudgetError
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x, ch = [], [], "x", [3, 16, 32, 32, 64]
+    for i in range(4):
+        inits.append(_init(rng, f"w{i}", (ch[i + 1], ch[i], 3, 3), 1 / np.sqrt(ch[i] * 9)))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1], strides=[2, 2] if i % 2 else [1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc"], ["y"], name="fc", transB=1)]
+    inits.append(_init(rng, "fc", (10, 64), 0.125))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    cal = _inputs(model, samples=8)
+    for mode in ("only", "combined"):
+        with pytest.raises(BudgetError) as info:
+            compress(model, keep_flops=0.6, calibration=cal, prune=mode, rank_multiple=16)
+        assert "or compress without --prune (low-rank alone: smallest ratio" in str(info.value)
+        assert "or use --prune (combined" not in str(info.value)
+    compress(model, keep_flops=0.6, calibration=cal, rank_multiple=16)  # the named fix reaches it
