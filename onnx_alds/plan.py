@@ -305,10 +305,11 @@ class Plan:
             resolve_input_shapes(model, shapes or None, batch_default=1)
         except UnsupportedModelError:  # dims left dynamic, as the plan was made (checked layer by layer later)
             return shapes or None
-        except OnnxAldsError as exc:
+        except OnnxAldsError as exc:  # (its fix speaks of --input-shape, which apply does not take: the problem alone)
+            problem = str(exc).split("; ")[0].replace("--input-shape gives", "it gives")
             raise PlanError(f"the plan does not fit this model's inputs (the plan's {where}: "
-                            f"{_show_shapes(shapes) or 'none'}): {exc}; make a new plan for it with onnx-alds plan"
-                            ) from None
+                            f"{_show_shapes(shapes) or 'none'}): {problem}; make a new plan for it with onnx-alds "
+                            "plan") from None
         return shapes or None
 
     def check_layer_names(self, model: onnx.ModelProto) -> None:

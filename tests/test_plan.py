@@ -557,3 +557,16 @@ def test_an_edited_rank_off_the_default_multiple_is_named():
                and "in the plan align them" in note for note in report.notes)
     unedited = apply_plan(small_cnn(width=32), plan).report
     assert not any("not multiples of 16" in note for note in unedited.notes)
+
+
+def test_a_plans_input_shape_that_no_longer_fits_names_no_flag_apply_lacks():
+    """apply of a plan made at input:1x3x64x64 on a model fixing 32x32 said "change only its dynamic dims, e.g.
+    input:1x3x32x32", advice for --input-shape, which apply does not take."""
+    plan = make_plan(small_cnn(width=16), keep_flops=0.5)
+    data = plan.to_dict()
+    data["options"]["input_shapes"] = {"input": [1, 3, 64, 64]}
+    with pytest.raises(PlanError) as info:
+        apply_plan(small_cnn(width=16), Plan.from_dict(data))
+    message = str(info.value)
+    assert "options.input_shapes" in message and message.endswith("make a new plan for it with onnx-alds plan")
+    assert "--input-shape" not in message and "e.g. input:" not in message
