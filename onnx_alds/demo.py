@@ -50,7 +50,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"--out '{out}' is a file; give a folder for the demo's outputs")
-    out.mkdir(parents=True, exist_ok=True)
     model_path = bundled(MODEL)
     model = load_model(model_path)
     calibration = None if args.data_free else load_inputs(model, npz=bundled(CALIBRATION))
@@ -60,6 +59,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     result = compress(model, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple, calibration=calibration,
                       order=args.order)
+    out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
     compressed_path = save_model(result.model, out / "mnist_resnet.alds.onnx", protect=[model_path])
     result.report.save_json(out / "compress_report.json")
     print(result.report.format())
@@ -78,8 +78,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     print(summary)
     from .report import write_json
 
-    write_json({"compress": report.to_dict(), "validate": validation.to_dict(), "bench": bench.to_dict(),
-                "summary": summary}, out / "demo_report.json")
+    write_json({"compress": report.to_dict(), "validate": validation.to_dict(),
+                "bench": None if bench is None else bench.to_dict(), "summary": summary}, out / "demo_report.json")
     print(f"reports: {out / 'compress_report.json'}, {out / 'demo_report.json'}")
     validation.raise_if_failed()
     return 0

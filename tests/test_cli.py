@@ -706,3 +706,25 @@ def test_input_errors_under_compress_name_compress_flags(tmp_path, capsys):
                            "--validate-inputs", str(tmp_path / "v.npz"), "--max-accuracy-drop", "0.01", capsys=capsys)
     assert_one_line_error(code, err, "--validate-labels FILE or --validate-labels-from-filenames")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_demo_refused_leaves_no_folder_and_a_failed_validation_is_one_error(tmp_path, capsys, monkeypatch):
+    """demo --keep-flops 2 made its output folder before the budget was refused; a validation that failed
+    (not timed: bench None) raised AttributeError writing demo_report.json."""
+    out = tmp_path / "demo"
+    code, _, err = run_cli("demo", "--out", str(out), "--keep-flops", "2", capsys=capsys)
+    assert_one_line_error(code, err)
+    assert not out.exists()
+
+    import onnx_alds.validate as validate_module
+
+    real = validate_module.validate_and_bench
+
+    def failing(original, compressed, **kwargs):  # a limit no compressed model meets: failed, so not timed
+        kwargs.update(rtol=1e-12, bench_options={"runs": 1, "warmup": 0, "min_time_s": 0})
+        return real(original, compressed, **kwargs)
+
+    monkeypatch.setattr(validate_module, "validate_and_bench", failing)
+    code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: validation failed")
+    assert json.loads((out / "demo_report.json").read_text())["bench"] is None
