@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import ProviderError
+from .errors import ModelLoadError, ProviderError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -31,6 +31,18 @@ def import_onnxruntime() -> Any:
             "onnxruntime is not installed; install onnx-alds[cpu] (or onnx-alds[gpu] for CUDA)"
         ) from None
     return onnxruntime
+
+
+def _checker_failure(model: Any) -> Optional[str]:
+    """The first line of onnx.checker's complaint about ``model`` (a path or ModelProto), or None when it
+    passes or cannot be checked (bytes, a light model whose weights are elsewhere)."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        return None
+    try:
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
+    except Exception as exc:  # onnx.checker.ValidationError, or a file it cannot read
+        return str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provider: str = "cpu", *,
@@ -93,6 +105,10 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
     except Exception as exc:
+        invalid = None if store is not None else _checker_failure(model)  # an invalid model said as such
+        if invalid:
+            raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {invalid}); fix the model or export "
+                                 "it again") from None
         raise ProviderError(f"onnxruntime could not create a '{provider}' session: {str(exc).splitlines()[0]}") from None
     if held:
         session._onnx_alds_held = held  # ONNX Runtime reads these arrays in place: keep them alive

@@ -246,3 +246,17 @@ def test_a_cuda_only_flag_on_the_cpu_is_an_error(tmp_path, capsys):
     assert main(["bench", str(path), "--cudnn-conv-algo-search", "HEURISTIC", "--runs", "1", "--min-time", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --cudnn-conv-algo-search has no effect with --provider cpu") and err.count("\n") == 1
+
+
+def test_an_invalid_model_is_said_to_be_invalid_not_a_provider_failure(tmp_path, capsys):
+    """bench of a model reading an undefined tensor printed ONNX Runtime's raw text as a provider error."""
+    from onnx_alds.cli import main
+
+    graph = helper.make_graph([helper.make_node("Relu", ["zz"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
+    assert main(["bench", str(path), "--runs", "1", "--min-time", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the model is not valid ONNX (onnx.checker:") and "export it again" in err
