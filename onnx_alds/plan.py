@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import shlex
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1013,7 +1014,11 @@ def run_plan_command(args: argparse.Namespace) -> int:
     plan.save(output)
     if args.report:
         plan.report.save_json(args.report)
-    text = plan.report.format()
+    # warnings on stderr, as compress prints them; their "--validate" belongs to apply here
+    text = "\n".join(line for line in plan.report.format().splitlines() if not line.startswith("warning: "))
+    for warning in plan.report.warnings:
+        print(f"warning: {warning}".replace("check with --validate", "check with onnx-alds apply --validate"),
+              file=sys.stderr)
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
     print(f"wrote {output} (apply it with: onnx-alds apply {shlex.quote(str(args.model))} "
           f"{shlex.quote(str(output))} -o OUT" + (" --calibration ..." if plan.data_aware else "") + ")")

@@ -48,7 +48,7 @@ import onnx
 
 from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
 from .checks import raise_if_out_of_resources, random_nodes
-from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, first_line
+from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, runtime_error_text
 from .inputs import InputSet, add_input_arguments, inputs_from_args, with_prefixed_flags
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
@@ -812,7 +812,7 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
                "with compress)" if random else "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
         raise InputDataError(f"running the {which} model on the validation inputs failed "
-                             f"({first_line(exc, 200)}); {fix}") from None
+                             f"({runtime_error_text(exc)}); {fix}") from None
 
 
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",

@@ -570,3 +570,13 @@ def test_a_plans_input_shape_that_no_longer_fits_names_no_flag_apply_lacks():
     message = str(info.value)
     assert "options.input_shapes" in message and message.endswith("make a new plan for it with onnx-alds plan")
     assert "--input-shape" not in message and "e.g. input:" not in message
+
+
+def test_plan_prints_its_warnings_on_stderr_naming_apply_validate(tmp_path, capsys):
+    """plan printed "check with --validate" (a flag it refuses) on stdout, where compress prints warnings on stderr."""
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn(width=32), str(path))
+    assert main(["plan", str(path), "-o", str(tmp_path / "p.json"), "--keep-flops", "0.05", "--rank-multiple", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning:" not in out
+    assert "check with onnx-alds apply --validate" in err and "check with --validate" not in err
