@@ -1240,7 +1240,7 @@ def _collect(model, layers, inputs, batch_size: int, reference, limits: Calibrat
     if count.runs == 0:
         if fixed and count.dropped:
             raise InputDataError(f"the model fixes the batch to {fixed}, but the calibration set holds only "
-                                 f"{count.dropped} samples; give at least {fixed}")
+                                 f"{count.dropped} sample{'s' if count.dropped != 1 else ''}; give at least {fixed}")
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
     if count.dropped:
         said.append(f"the model fixes the batch to {fixed}: calibration used {count.used} of "

@@ -1216,7 +1216,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
         if not skipped:
             raise InputDataError("the sweep has no variant to run: no model to compress (check the model paths and "
                                  "the messages above)")
-        raise InputDataError(f"the sweep has no variant to run ({len(skipped)} combinations skipped: "
+        raise InputDataError(f"the sweep has no variant to run ({len(skipped)} combination"
+                             f"{'s' if len(skipped) != 1 else ''} skipped: "
                              f"{skipped[0]['reason']})")
     out.mkdir(parents=True, exist_ok=True)
     for entry in skipped:
@@ -1241,7 +1242,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     timeline: list[dict[str, Any]] = []
     phase_start = time.time()
     emit(f"sweep: {len(tasks)} variants ({reused} done before, {len(todo)} to compute) on engine "
-         f"{engine.name}" + (f", {len(skipped)} combinations skipped" if skipped else ""))
+         f"{engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped" if skipped else ""))
     bar = tqdm(total=len(tasks), initial=reused, desc="sweep", unit="variant", disable=not show, leave=False)
 
     def record(task: VariantTask, outcome: VariantOutcome) -> None:

@@ -392,7 +392,7 @@ def test_a_sweep_with_no_usable_variant_exits_1(tiny, tmp_path, capsys):
     assert code == 1 and err.startswith("error: no variant produced a model (2 failed; first: ") and err.count("\n") == 1
     assert len(record(tmp_path / "a")["rows"]) == 2  # the rows are written all the same
     code, _, err = run(_quick(tiny, tmp_path / "b", "0.6", methods=("svd+data",)), capsys)
-    assert code == 1 and err.startswith("error: the sweep has no variant to run (1 combinations skipped: no "
+    assert code == 1 and err.startswith("error: the sweep has no variant to run (1 combination skipped: no "
                                         "calibration")
     assert not (tmp_path / "b").exists()  # refused before anything is written (an empty sweep.json was left)
     code, _, err = run(_quick(tiny, tmp_path / "c", "0.01", "0.6"), capsys)
