@@ -76,7 +76,7 @@ def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
 class LatencyCache:
     """One JSON file per key in a folder; unreadable files count as missing, writes are atomic."""
 
-    unwritable: set[Path] = set()  # folders found unwritable: said once per process, not once per measurement
+    unwritable: set[Path] = set()  # folders whose last write failed: said once, not once per measurement
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -105,14 +105,16 @@ class LatencyCache:
     def save(self, key: str, data: dict) -> None:
         from .model_io import write_file_atomically
 
-        if self.folder in LatencyCache.unwritable:
-            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_file_atomically(self.path(key), json.dumps(data, indent=1, sort_keys=True).encode())
         except OSError as exc:  # a read-only cache only costs the next run its measurements
-            LatencyCache.unwritable.add(self.folder)
-            log.warning("latency cache not written (%s): %s; this run's measurements are not kept", self.folder, exc)
+            if self.folder not in LatencyCache.unwritable:
+                LatencyCache.unwritable.add(self.folder)
+                log.warning("latency cache not written (%s): %s; measurements are not kept until it can be",
+                            self.folder, exc)
+        else:  # (tried again every time: a folder fixed while the process runs is used again)
+            LatencyCache.unwritable.discard(self.folder)
 
 
 def _number(value: Any) -> bool:

@@ -468,3 +468,15 @@ def test_a_cache_path_with_a_tilde_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
     assert cache_dir() == tmp_path / "xdg" / "onnx-alds" / "latency"
     assert cache_dir("~/mine") == Path(tmp_path / "mine")
+
+
+def test_a_cache_folder_fixed_while_the_process_runs_is_written_again(tmp_path):
+    """One failed write made the process skip the cache folder for good: every later run measured again."""
+    (tmp_path / "cache").write_text("not a folder")
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, speed=speed(FakeTimer(), tmp_path))
+    (tmp_path / "cache").unlink()
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, speed=speed(FakeTimer(), tmp_path))
+    assert list((tmp_path / "cache").glob("*.json"))
+    again = FakeTimer()
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, speed=speed(again, tmp_path))
+    assert again.calls == 0
