@@ -31,8 +31,10 @@ neighbouring pixels, and the refit then restores it.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -153,6 +155,32 @@ def whitening_factor(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.
     return np.sqrt(scale) * np.linalg.cholesky((vectors * values) @ vectors.T + damping * np.eye(size))
 
 
+_BLAS_LOCK = threading.Lock()
+_BLAS_HOLDERS = 0  # calls inside _one_blas_thread, in every thread
+_BLAS_LIMITER: Optional[threadpool_limits] = None
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while any caller is inside (threadpoolctl's limit is process-wide): the first to
+    enter sets it, the last to leave restores what was there before. A plain ``threadpool_limits`` per
+    call, entered and left by several threads at once, restored one thread's "1" over the caller's own
+    setting for good."""
+    global _BLAS_HOLDERS, _BLAS_LIMITER
+    with _BLAS_LOCK:
+        if _BLAS_HOLDERS == 0:
+            _BLAS_LIMITER = threadpool_limits(limits=1, user_api="blas")
+        _BLAS_HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_HOLDERS -= 1
+            if _BLAS_HOLDERS == 0 and _BLAS_LIMITER is not None:
+                _BLAS_LIMITER.restore_original_limits()
+                _BLAS_LIMITER = None
+
+
 def _eigh(matrix: np.ndarray, *, consume: bool = False, **options) -> np.ndarray:
     """``scipy.linalg.eigh`` on one BLAS thread: measured 2-3x faster than OpenBLAS's threads for
     the symmetric eigensolvers at every size used here (72 to 1024).
@@ -160,7 +188,7 @@ def _eigh(matrix: np.ndarray, *, consume: bool = False, **options) -> np.ndarray
     ``consume``: the caller no longer needs ``matrix``; LAPACK then works in its memory instead of a
     copy (an exactly symmetric C-ordered matrix is its own Fortran-ordered transpose: same result,
     one n×n copy less, 128 MB at n = 4096)."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         if consume and matrix.flags.c_contiguous and np.array_equal(matrix, matrix.T):
             return scipy.linalg.eigh(matrix.T, check_finite=False, overwrite_a=True, **options)
         return scipy.linalg.eigh(matrix, check_finite=False, **options)

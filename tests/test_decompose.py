@@ -129,3 +129,30 @@ def test_whitening_factor_of_vanishing_inputs_is_finite():
     c = normal.T @ normal / 256
     expected = np.linalg.cholesky(c + 1e-6 * np.mean(np.diag(c)) * np.eye(32))
     np.testing.assert_allclose(whitening_factor(c), expected, rtol=1e-10, atol=1e-12)  # as before otherwise
+
+
+
+def test_compressions_in_several_threads_leave_the_callers_blas_threads_as_they_were():
+    """Each eigensolve set BLAS to one thread and restored what it had found: threads overlapping (A sets 1,
+    B finds 1, A restores, B restores 1) left the whole process on one BLAS thread after concurrent calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import scipy.linalg
+    from threadpoolctl import threadpool_info
+
+    from conftest import small_cnn
+    from onnx_alds import compress
+
+    def blas() -> list:
+        return sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
+
+    scipy.linalg.eigh(np.eye(3))  # loads scipy's BLAS, so that threadpoolctl sees it
+    models = [small_cnn(seed=seed, width=16) for seed in range(4)]
+    compress(models[0], keep_flops=0.5)
+    before = blas()
+    if before == [1]:
+        pytest.skip("BLAS runs one thread here (one core, or a limit set outside): nothing to leave at 1")
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: compress(models[i % 4], keep_flops=0.5), range(16)))
+        assert blas() == before
