@@ -105,6 +105,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     input_check = check_input_model(original, store, probe_shapes)
     notes: list[str] = list(input_check.notes)
     proto = _inline_functions(original, notes)
+    if proto is original and isinstance(model, OpenedModel):  # the caller's own: named and loaded on a copy
+        proto = onnx.ModelProto()
+        proto.CopyFrom(original)
     if complete:
         materialize(proto, store)
     given = [node.name for _, graph in iter_graphs(proto.graph) for node in graph.node]

@@ -206,3 +206,23 @@ def test_writing_over_a_copy_of_the_input_keeps_the_inputs_data_file(chain_path,
     assert main(["compress", str(original), "-o", str(chain_path), "--keep-params", "0.5", "-q"]) == 0
     assert data.read_bytes() == before
     onnx.checker.check_model(str(original), full_check=True)  # the input still loads with its weights
+
+
+def test_an_opened_model_passed_in_is_left_as_it_was(chain_path):
+    """compress(opened) named the opened model's unnamed nodes and, with calibration, loaded its weights in place:
+    a second call on the same object wrote another model, and the caller's light model held every weight."""
+    from onnx_alds.inputs import InputSet
+
+    model = onnx.load(str(chain_path))
+    for node in model.graph.node:
+        node.name = ""
+    path = chain_path.parent / "unnamed.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="unnamed.onnx.data")
+    opened = open_model(path)
+    before = opened.model.SerializeToString()
+    first = onnx_alds.compress(opened, keep_params=0.5).model.SerializeToString()
+    assert opened.model.SerializeToString() == before
+    assert onnx_alds.compress(opened, keep_params=0.5).model.SerializeToString() == first
+    x = np.random.default_rng(0).standard_normal((16, 512)).astype(np.float32)
+    onnx_alds.compress(opened, keep_params=0.5, calibration=InputSet({"x": x}))
+    assert opened.model.SerializeToString() == before  # still light: no weight loaded into it
