@@ -618,12 +618,31 @@ def _usable_standard_streams() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    if not args.verbose:  # numeric warnings (overflow on odd weights ...) are not a user's to act on; -v shows them
-        import warnings
+    """The parsed command, with its log lines on stderr (``-v``: diagnostics too) and numeric warnings
+    hidden unless ``-v``; the logging and warnings settings are the caller's again afterwards (``main``
+    called in a running process: a test, a notebook)."""
+    import warnings
 
-        warnings.filterwarnings("ignore", category=RuntimeWarning)
+    root = logging.getLogger()
+    handler, level = None, root.level
+    if not root.handlers:  # as logging.basicConfig: a process that configured its logging keeps it
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            if not args.verbose:  # numeric warnings (overflow on odd weights ...) are not a user's to act on
+                warnings.filterwarnings("ignore", category=RuntimeWarning)
+            return _run_command(args)
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
     try:
         check_preprocess_flags(args)
         _check_output_paths(args)

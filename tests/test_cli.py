@@ -728,3 +728,20 @@ def test_demo_refused_leaves_no_folder_and_a_failed_validation_is_one_error(tmp_
     code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: validation failed")
     assert json.loads((out / "demo_report.json").read_text())["bench"] is None
+
+
+def test_main_in_a_running_process_leaves_logging_and_warnings_as_they_were(cnn_path, tmp_path, capsys, monkeypatch):
+    """main() left a RuntimeWarning filter and a root log handler bound to the stderr of its first call (a later
+    log line then failed on a closed stream), and a second main(['-v', ...]) logged no INFO line."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # (pytest's own capture handlers aside: a plain process)
+    filters = list(warnings.filters)
+    assert main(["analyze", str(cnn_path)]) == 0
+    assert list(warnings.filters) == filters and root.handlers == []
+    assert main(["-v", "bench", str(cnn_path), "--runs", "1", "--warmup", "0", "--min-time", "0",
+                 "--threads", "1"]) == 0
+    assert "INFO: timing 1 model(s)" in capsys.readouterr().err
+    assert list(warnings.filters) == filters and root.handlers == []
