@@ -667,8 +667,13 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     order: list[int] = []
     widths: list[int] = []
     step = max(1, int(multiple))
+    # channels the consumer does not read (all-zero weight columns) come last: within a step of the rank
+    # multiple they could stand in for live channels they correlate with, which explain the output themselves
+    silent = ~np.any(matrix.reshape(matrix.shape[0], channels, kernel) != 0, axis=(0, 2))
     while remaining:
         gains = _channel_gains(gram, residual, remaining, kernel, ridge)
+        if not silent[remaining].all():
+            gains = np.where(silent[remaining], -np.inf, gains)
         take = min(step, len(remaining))
         if len(order) + take < channels and (len(order) + take) % step:
             take = step - len(order) % step

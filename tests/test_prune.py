@@ -893,3 +893,15 @@ def test_a_pruning_floor_names_the_mode_that_reaches_the_budget():
         assert "or compress without --prune (low-rank alone: smallest ratio" in str(info.value)
         assert "or use --prune (combined" not in str(info.value)
     compress(model, keep_flops=0.6, calibration=cal, rank_multiple=16)  # the named fix reaches it
+
+
+def test_channels_the_consumer_does_not_read_go_last_within_a_step():
+    """Hidden channels 32-63 copy channels 0-31 and the consumer reads only 0-31: cutting to 32 is lossless. With
+    a rank multiple of 16 each step took its 16 channels by their gains alone, so the silent copies of the best
+    live channels came along and live channels were dropped (error 0.03 where 0 was reachable)."""
+    rng = np.random.default_rng(22)
+    live = rng.standard_normal((16, 32)) * 0.25
+    w1 = np.concatenate([live, live], axis=1)
+    w2 = np.concatenate([rng.standard_normal((32, 16)) * 0.125, np.zeros((32, 16))], axis=0)
+    model = _matmul_pair(w1, w2, "Relu")
+    _assert_lossless_cut(model, _inputs(model, samples=96), 32, atol=1e-5, keep_params=0.6, rank_multiple=16)
