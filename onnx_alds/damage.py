@@ -260,7 +260,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
 
         rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="damage fit")
         fitted = collect_statistics(proto, [layer for layer in layers if layer.name in stats], rest,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, notes=[])  # (its notes repeat the calibration's)
         stats = {name: (value.shrunk() if shrinkage else value) for name, value in fitted.items()}
         held_out = True
     probe, inputs = _probe_model(proto, layers)

@@ -269,3 +269,16 @@ def test_an_output_that_is_nan_on_the_calibration_inputs_is_named(options):
     calibration = InputSet({"x": rng.standard_normal((48, 32)).astype(np.float32)}, source="t")
     with pytest.raises(InputDataError, match=r"output 'y' is NaN or Inf on the calibration inputs"):
         compress(model, keep_params=0.6, rank_multiple=4, calibration=calibration, **options)
+
+
+def test_the_damage_fit_does_not_repeat_calibration_notes_as_log_warnings(caplog):
+    """On a model that fixes its batch, --method damage logged "WARNING: the model fixes the batch to 4 ..." on
+    stderr beside the same note on stdout: its held-out fit collected statistics without a notes list."""
+    model = small_cnn(width=32)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    x = np.random.default_rng(3).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    clear_cache()
+    with caplog.at_level("WARNING"):
+        report = compress(model, keep_flops=0.7, method="damage", calibration=InputSet({"input": x})).report
+    assert any("fixes the batch to 4" in note for note in report.notes)
+    assert not [r for r in caplog.records if "fixes the batch" in r.getMessage()]
