@@ -129,11 +129,13 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         shapes = tensor_shapes(proto, resolved, needed, store)
     constants, folded = weight_constants(proto, load=store.load)
     constants = StoredConstants(constants, store)
+    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple,
+                         constants=constants)
+    usable = {layer.weight for layer in layers if layer.compressible}  # (a shared or excluded one stays as it is)
+    folded = {name: chain for name, chain in folded.items() if name in usable}
     if folded:
         notes.append(f"{len(folded)} weights reach their layer through constant ops, folded for factorization "
                      f"({', '.join(sorted(set(folded.values())))}; first: '{sorted(folded)[0]}')")
-    layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple,
-                         constants=constants)
     inside = [layer for layer in layers if layer.subgraph]
     if inside:
         notes.append(f"{len(inside)} Conv/Gemm/MatMul nodes sit inside If/Loop/Scan subgraphs (first: "

@@ -1064,3 +1064,23 @@ def test_unreachable_budget_counts_a_shared_weight_once(through):
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits)
     with pytest.raises(BudgetError, match=r"2 layers left dense hold 50% of them \(weight is shared by 2 uses"):
         onnx_alds.compress(model, keep_params=0.5)
+
+
+def test_a_tied_head_left_dense_is_not_said_to_be_folded_for_factorization():
+    """Gather(W) and MatMul(x, Transpose(W)) (a GPT's tied weight, dynamo export): the head stays dense as shared,
+    yet a note said its weight was "folded for factorization"."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["W", "ids"], ["e"], name="emb"),
+             helper.make_node("MatMul", ["e", "W2"], ["m"], name="mid"),
+             helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0], name="tr"),
+             helper.make_node("MatMul", ["m", "Wt"], ["out"], name="head")]
+    model = make_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 16])],
+                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 16, 200])],
+                       [numpy_helper.from_array(rng.standard_normal((200, 64)).astype(np.float32), "W"),
+                        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W2")])
+    report = onnx_alds.compress(model, keep_params=0.95, rank_multiple=1).report
+    rows = {row.name: row for row in report.layers}
+    assert "shared" in (rows["head"].skip_reason or "")
+    assert not any("folded for factorization" in note for note in report.notes)
