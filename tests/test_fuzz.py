@@ -85,15 +85,20 @@ def test_a_raised_value_error_is_a_traceback():
     assert outcome["outcome"] == fuzz.FAILURE and outcome["kind"] == "TRACEBACK" and outcome["exc"] == "ValueError"
 
 
-def test_a_clean_onnx_alds_error_is_a_clean_error_and_a_multiline_one_is_not():
+def test_a_clean_onnx_alds_error_is_a_clean_error_and_an_empty_one_is_not():
     from onnx_alds.errors import BudgetError, ModelLoadError
 
     try:
         _raise_inside(BudgetError("--keep-params 2 is out of range"))
     except BudgetError as exc:
         assert fuzz.classify_exception(exc)["outcome"] == fuzz.CLEAN_ERROR
-    try:
+    try:  # a line break in a message (a tensor name holding one) reads as an escape: still one line
         _raise_inside(ModelLoadError("first line\nsecond line"))
+    except ModelLoadError as exc:
+        assert str(exc) == "first line\\nsecond line"
+        assert fuzz.classify_exception(exc)["outcome"] == fuzz.CLEAN_ERROR
+    try:
+        _raise_inside(ModelLoadError(""))
     except ModelLoadError as exc:
         outcome = fuzz.classify_exception(exc)
     assert outcome["outcome"] == fuzz.FAILURE and outcome["kind"] == "BAD_MESSAGE"
