@@ -71,6 +71,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """A finite duration in seconds, ≥ 0 (``inf`` would time for ever)."""
+    value = non_negative_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"got {value}; give a finite number of seconds")
+    return value
+
+
 def fraction(text: str) -> float:
     value = non_negative_float(text)
     if value > 1:

@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from .argtypes import non_negative_float, non_negative_int, positive_int, thread_count
+from .argtypes import non_negative_int, positive_int, seconds, thread_count
 from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError, runtime_error_text
 from .inputs import index_bounds, random_array
 from .model_io import fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
@@ -294,13 +294,16 @@ def _runs(runner: Any) -> bool:
     return True
 
 
+MAX_ROUNDS = 1_000_000  # of --min-time: about 10 s of a 10 µs model, and the times of a million runs in memory
+
+
 def _time_rounds(runners: Sequence[Any], *, warmup: int, runs: int, min_time_s: float,
                  max_rounds: Optional[int]) -> list[list[float]]:
     for round_index in range(warmup):
         for index in round_robin_order(len(runners), round_index):
             runners[index]()
     times: list[list[float]] = [[] for _ in runners]
-    limit = max_rounds if max_rounds is not None else math.inf  # --min-time is honoured however fast the model
+    limit = max_rounds if max_rounds is not None else MAX_ROUNDS  # --min-time is honoured up to this many rounds
     started = time.perf_counter()
     round_index = 0
     while round_index < runs or (time.perf_counter() - started < min_time_s and round_index < limit):
@@ -408,8 +411,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise InputDataError(f"got batch sizes {list(batch_sizes)}; give one or more batch sizes ≥ 1")
-    if runs < 1 or min_time_s < 0:
-        raise InputDataError(f"got runs={runs}, min_time_s={min_time_s}; give runs ≥ 1 and min_time_s ≥ 0")
+    if runs < 1 or not 0 <= min_time_s < math.inf:
+        raise InputDataError(f"got runs={runs}, min_time_s={min_time_s}; give runs ≥ 1 and a finite min_time_s ≥ 0")
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
     if feeds is not None and [int(b) for b in batch_sizes] != [len(next(iter(feeds.values())))]:
@@ -648,7 +651,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=positive_int, default=100, metavar="N", help="minimum timed runs per model (default 100)")
     parser.add_argument("--warmup", type=non_negative_int, default=None, metavar="N",
                         help="warm-up runs per model (default 10 on CPU, 50 on CUDA/TensorRT)")
-    parser.add_argument("--min-time", type=non_negative_float, default=1.0, metavar="S",
+    parser.add_argument("--min-time", type=seconds, default=1.0, metavar="S",
                         help="keep timing for at least this many seconds (default 1)")
     parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default=None,
                         help="CUDA conv algorithm search, with --provider cuda (default EXHAUSTIVE)")

@@ -8,13 +8,18 @@ import re
 _LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters and line separators as escapes (``\\n``, ``\\x08``): one line."""
+    return _LINE_BREAKING.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class OnnxAldsError(Exception):
     """Base class of every error the CLI prints as one ``error: ...`` line and exits 1 on. Control
     characters in the message (a tensor name with a newline in it) read as escapes (``\\n``, ``\\x08``):
     the message stays one line."""
 
     def __str__(self) -> str:
-        return _LINE_BREAKING.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), Exception.__str__(self))
+        return escape_controls(Exception.__str__(self))
 
 
 class ModelLoadError(OnnxAldsError):
@@ -89,5 +94,6 @@ def runtime_error_text(exc: BaseException, limit: int = 240) -> str:
     text = first_line(exc, limit=4000)
     node = _NODE_IN_MESSAGE.search(text)
     message = _SOURCE_PREFIX.sub("", text.split("Status Message: ")[-1].strip())
-    where = f"{node.group(1)} node '{node.group(2)}': " if node else ""
+    where = (f"{node.group(1)} node '{node.group(2)}': " if node and node.group(2) else
+             f"an unnamed {node.group(1)} node: " if node else "")
     return (where + message)[:limit]

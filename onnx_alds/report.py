@@ -252,7 +252,11 @@ def _latency_lines(latency: dict) -> list[str]:
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned text columns, the first row as header."""
+    """Left-aligned text columns, the first row as header (a name's control characters as escapes: a layer
+    named with a newline stays on its row)."""
+    from .errors import escape_controls
+
+    rows = [[escape_controls(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

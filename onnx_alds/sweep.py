@@ -1362,7 +1362,8 @@ def _previous_record(path: Path, say: Callable[[str], None]) -> dict[str, Any]:
         skipped = data.get("skipped", []) if isinstance(data, dict) else None
         runs = data.get("runs", []) if isinstance(data, dict) else None
         if (isinstance(skipped, list) and isinstance(runs, list)
-                and all(isinstance(s, dict) and "model" in s and "method" in s for s in skipped)):
+                and all(isinstance(s, dict) and isinstance(s.get("model"), str) and isinstance(s.get("method"), str)
+                        for s in skipped)):
             return {key: value for key, value in data.items() if key != "rows"}
         problem = "not a sweep record"
     say(f"note: {path} was {problem}: its skipped combinations and run history start again (the rows come from "
@@ -1469,7 +1470,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds sweep``."""
-    from .argtypes import any_float, non_negative_float, positive_int, random_seed, thread_count
+    from .argtypes import any_float, positive_int, random_seed, seconds, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("models", metavar="MODEL", nargs="+", help="ONNX models to sweep (never modified)")
@@ -1510,7 +1511,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--rebench", action="store_true", help="time again budgets whose variants are already timed")
     timing.add_argument("--bench-batch", type=positive_int, nargs="+", default=[1, 32], metavar="N",
                         help="one or two batch sizes to time (default 1 32)")
-    timing.add_argument("--bench-time", type=non_negative_float, default=5.0, metavar="S",
+    timing.add_argument("--bench-time", type=seconds, default=5.0, metavar="S",
                         help="seconds per timed group: the original and the variants of one budget (default 5)")
     timing.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="ONNX Runtime threads for timing and for the local engine (default: physical cores)")

@@ -708,10 +708,13 @@ class _Accumulator:
         """The figures, checked against ``limits`` (tolerance name → (limit, is default))."""
         rel = np.concatenate(self.rel + [self._zero_reference_rel()]) if self.rel else np.zeros(0)
         cos = np.concatenate(self.cos) if self.cos else np.zeros(0)
+        # (every sample zero in the original and not in the compressed model: no direction agrees, cosine 0)
+        no_cosine = 0.0 if self.zero_reference_samples else 1.0
         figures: dict[str, Any] = dict(
             max_abs_error=self.max_abs, max_rel_error=float(np.max(rel)) if rel.size else 0.0,
             mean_rel_error=float(np.mean(rel)) if rel.size else 0.0,
-            min_cosine=float(np.min(cos)) if cos.size else 1.0, mean_cosine=float(np.mean(cos)) if cos.size else 1.0)
+            min_cosine=float(np.min(cos)) if cos.size else no_cosine,
+            mean_cosine=float(np.mean(cos)) if cos.size else no_cosine)
         reason = self.reason
         if self.kind == CLASSIFIER and self.samples:
             figures["top1_agreement"] = self.top1 / self.samples
@@ -808,8 +811,7 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
         raise_if_out_of_resources(exc, f"run fewer samples at once: onnx-alds validate --batch-size N below {batch} "
                                         "(compress --validate has no such flag: compress without it, then validate "
                                         "the output)")
-        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz, or --validate-inputs "
-               "with compress)" if random else "check that the arrays match the model's inputs (dtype, shape, "
+        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz)" if random else "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
         raise InputDataError(f"running the {which} model on the validation inputs failed "
                              f"({runtime_error_text(exc)}); {fix}") from None

@@ -260,3 +260,13 @@ def test_an_invalid_model_is_said_to_be_invalid_not_a_provider_failure(tmp_path,
     assert main(["bench", str(path), "--runs", "1", "--min-time", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: the model is not valid ONNX (onnx.checker:") and "export it again" in err
+
+
+def test_an_endless_min_time_is_refused():
+    """--min-time inf (and bench(min_time_s=inf)) timed for ever once the round cap was lifted."""
+    from onnx_alds.argtypes import seconds
+
+    with pytest.raises(argparse.ArgumentTypeError, match="finite"):
+        seconds("inf")
+    with pytest.raises(InputDataError, match="finite min_time_s"):
+        bench([_model(False)], runs=1, min_time_s=float("inf"))

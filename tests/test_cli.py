@@ -745,3 +745,10 @@ def test_main_in_a_running_process_leaves_logging_and_warnings_as_they_were(cnn_
                  "--threads", "1"]) == 0
     assert "INFO: timing 1 model(s)" in capsys.readouterr().err
     assert list(warnings.filters) == filters and root.handlers == []
+
+
+def test_a_layer_named_with_a_newline_stays_on_its_table_row():
+    from onnx_alds.report import format_table
+
+    table = format_table([["layer", "op"], ["conv\nnext", "Conv"]])
+    assert len(table.splitlines()) == 3 and "conv\\nnext" in table

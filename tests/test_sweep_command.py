@@ -487,7 +487,8 @@ def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b"null", b'{"runs": 5}',
-                                    b'{"skipped": [{"x": 1}]}', b"[" * 100000 + b"]" * 100000])
+                                    b'{"skipped": [{"x": 1}]}', b'{"skipped": [{"model": [1], "method": "alds"}]}',
+                                    b"[" * 100000 + b"]" * 100000])
 def test_a_damaged_sweep_record_is_started_again_with_a_note(tiny, tmp_path, capsys, damage):
     """A sweep.json that is not UTF-8 or not a sweep record (a list, null, runs not a list, a skipped entry without
     its keys, JSON nested too deep) was a traceback on every later sweep into that folder."""

@@ -959,6 +959,7 @@ def test_samples_where_the_original_output_is_zero_are_measured_against_the_outp
     every_zero = compare_output("score", np.zeros((5, 1)), np.full((5, 1), 1e-4), classifier=False, labels=None,
                                 tolerances=Tolerances(max_mean_rel=0.01), check_accuracy=False)
     assert every_zero.max_rel_error == np.inf and not every_zero.passed
+    assert every_zero.min_cosine == every_zero.mean_cosine == 0.0  # not a perfect 1.0 that no sample has
 
 
 def test_summary_never_rounds_an_agreement_up_to_one(tmp_path):
@@ -1008,3 +1009,16 @@ def test_an_output_whose_rows_match_the_batch_by_chance_is_named_with_a_fix_that
                                         r"batch of 8; give a number of samples that is a multiple of 32"):
         validate(model, model, inputs=InputSet({"x": x}))
     assert validate(model, model, inputs=InputSet({"x": x[:32]})).passed  # the fix works
+
+
+def test_messages_for_compress_name_its_flag_once_and_an_unnamed_node_as_unnamed():
+    """Under compress --validate the random-inputs hint read "(--validate-inputs FILE.npz, or --validate-inputs
+    with compress)"; ONNX Runtime's failures on unnamed nodes were quoted as "Gather node ''"."""
+    from onnx_alds.errors import runtime_error_text
+    from onnx_alds.inputs import with_prefixed_flags
+
+    message = "random inputs do not fit this model: give real inputs (--inputs FILE.npz)"
+    assert with_prefixed_flags(message, "validate-").endswith("give real inputs (--validate-inputs FILE.npz)")
+    failure = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running "
+                           "Gather node. Name:'' Status Message: indices element out of data bounds")
+    assert runtime_error_text(failure).startswith("an unnamed Gather node: indices element out of data bounds")
