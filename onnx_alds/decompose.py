@@ -163,10 +163,13 @@ _BLAS_LIMITER: Optional[threadpool_limits] = None
 @contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """BLAS on one thread while any caller is inside (threadpoolctl's limit is process-wide): the first to
-    enter sets it, the last to leave restores what was there before. A plain ``threadpool_limits`` per
-    call, entered and left by several threads at once, restored one thread's "1" over the caller's own
-    setting for good."""
+    enter sets it, the last to leave restores what was there before. Only in the main thread: set and
+    restored while other threads run BLAS (a caller's thread pool), OpenBLAS kept the "1" for good, so
+    there eigensolves run at the caller's setting (slower, same factors up to rounding)."""
     global _BLAS_HOLDERS, _BLAS_LIMITER
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     with _BLAS_LOCK:
         if _BLAS_HOLDERS == 0:
             _BLAS_LIMITER = threadpool_limits(limits=1, user_api="blas")

@@ -141,13 +141,23 @@ def test_compressions_in_several_threads_leave_the_callers_blas_threads_as_they_
     from threadpoolctl import threadpool_info
 
     from conftest import small_cnn
-    from onnx_alds import compress
+    from onnx_alds import compress, decompose
 
     def blas() -> list:
         return sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
 
+    from onnx import TensorProto, helper, numpy_helper
+
     scipy.linalg.eigh(np.eye(3))  # loads scipy's BLAS, so that threadpoolctl sees it
-    models = [small_cnn(seed=seed, width=16) for seed in range(4)]
+    rng = np.random.default_rng(0)
+    convs = helper.make_model(helper.make_graph(  # three 64-channel 3x3 convs: eigensolves of 576 × 576
+        [helper.make_node("Conv", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"],
+                          pads=[1, 1, 1, 1], name=f"conv{i}") for i in range(3)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 8, 8])],
+        [numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), f"w{i}") for i in range(3)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    models = [small_cnn(seed=seed, width=16) for seed in range(3)] + [convs]
     compress(models[0], keep_flops=0.5)
     before = blas()
     if before == [1]:
@@ -156,3 +166,14 @@ def test_compressions_in_several_threads_leave_the_callers_blas_threads_as_they_
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda i: compress(models[i % 4], keep_flops=0.5), range(16)))
         assert blas() == before
+    moment = np.random.default_rng(0).standard_normal((200, 200))
+    moment = moment @ moment.T
+
+    def mixed(_):  # eigensolves beside other threads' BLAS work
+        for _ in range(20):
+            decompose._eigh(moment)
+            np.linalg.svd(moment)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(mixed, range(4)))
+    assert blas() == before
