@@ -726,7 +726,9 @@ def test_demo_refused_leaves_no_folder_and_a_failed_validation_is_one_error(tmp_
 
     monkeypatch.setattr(validate_module, "validate_and_bench", failing)
     code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
-    assert code == 1 and err.strip().splitlines()[-1].startswith("error: validation failed")
+    line = err.strip().splitlines()[-1]  # (validate's advice named --figures-only, which demo does not take)
+    assert code == 1 and line.startswith("error: the demo's validation failed: output 'logits'")
+    assert "compress less (a --keep-flops above 0.5)" in line and "--figures-only" not in line
     assert json.loads((out / "demo_report.json").read_text())["bench"] is None
 
 
