@@ -636,8 +636,21 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
-    source = f"{folder} ({len(files)} images, preprocessing {preprocess.describe()})"
+    others = _unread_images(Path(folder))
+    skipped = (f"; {len(others)} images in other formats left out ({', '.join(sorted({p.suffix.lower() for p in others}))}"
+               f": only {'/'.join(IMAGE_SUFFIXES)} are read)" if others else "")
+    source = f"{folder} ({len(files)} images{skipped}, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
+
+
+OTHER_IMAGE_SUFFIXES = (".tif", ".tiff", ".webp", ".gif", ".jfif", ".jpe", ".ppm", ".pgm", ".pbm", ".heic", ".avif",
+                        ".jp2", ".ico", ".tga")
+
+
+def _unread_images(root: Path) -> list[Path]:
+    """The visible files of an image folder in image formats onnx-alds does not read (.tif, .webp ...)."""
+    return [p for p in root.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
 
 
 def _check_integer_pixels(spec: InputSpec, preprocess: Preprocess) -> None:

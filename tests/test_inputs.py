@@ -537,3 +537,17 @@ def test_a_limited_set_is_spread_over_the_file_not_its_first_samples(tmp_path):
     folder = _folder(tmp_path)  # a.png, b.png, c.png in sorted order
     limited = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"), limit=2)
     np.testing.assert_allclose(limited.arrays["x"][:, 0, 0, 0], [50, 100])  # a.png and c.png
+
+
+def test_images_in_formats_not_read_are_counted_in_the_source(tmp_path):
+    """A folder of 2 PNGs and 3 TIFF/WebP images used the 2 PNGs without a word about the other 3."""
+    digit = np.zeros((28, 28), np.uint8)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(digit).save(tmp_path / name)
+    for name in ("c.tif", "d.webp", "e.TIFF"):
+        Image.fromarray(digit).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("a.png,1\n")  # not an image: not counted
+    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+    assert data.arrays["x"].shape[0] == 2
+    assert "2 images; 3 images in other formats left out (.tif, .tiff, .webp: only .jpg/.jpeg/.png/.bmp are read)" \
+        in data.source
