@@ -496,7 +496,8 @@ def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     types = {}
-    for value in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+    # graph inputs last: an input passed through as an output keeps its concrete type, not the output's
+    for value in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
         types[value.name] = value.type
     for init in model.graph.initializer:
         types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
@@ -571,9 +572,11 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
                    batch: int, input_shapes: Optional[dict[str, Sequence[int]]], threads: Optional[int],
                    provider_options: dict[str, Any], warmup: int, runs: int, seed: int = 0) -> LayerComparison:
     """Time every factorized layer of ``compressed`` against the original node, extracted and interleaved."""
+    from .api import _inline_functions
     from .layers import ensure_node_names
 
-    original = load_model(original)  # a copy: unnamed nodes get the names compress gave them
+    # a copy, named as compress names it: local functions holding layers inlined, then unnamed nodes named
+    original = _inline_functions(load_model(original), [])
     ensure_node_names(original)
     pairs = factorized_pairs(original, compressed)
     rows, skipped = [], []

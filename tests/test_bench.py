@@ -270,3 +270,44 @@ def test_an_endless_min_time_is_refused():
         seconds("inf")
     with pytest.raises(InputDataError, match="finite min_time_s"):
         bench([_model(False)], runs=1, min_time_s=float("inf"))
+
+
+def test_per_layer_names_the_original_as_compress_does_through_local_functions():
+    """A layer inside a model-local function is named by its place in the inlined graph ('MatMul_2'); per-layer
+    named the original without inlining, where 'MatMul_2' was another node, and timed that one instead."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(1)
+    block = helper.make_function("local", "Block", ["a", "w"], ["b"],
+                                 [helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["b"])],
+                                 opset_imports=[helper.make_opsetid("", OPSET)])
+    nodes = [helper.make_node("Block", ["x", "Wa"], ["h1"], domain="local"),
+             helper.make_node("Block", ["h1", "Wg"], ["h2"], domain="local"),
+             helper.make_node("MatMul", ["h2", "Wf"], ["y"])]
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 8, name)
+               for name, shape in (("Wa", (64, 48)), ("Wg", (48, 40)), ("Wf", (40, 16)))]
+    graph = helper.make_graph(nodes, "fn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], weights)
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("local", 1)],
+                                 functions=[block])
+    compressed = compress(original, keep_params=0.6, rank_multiple=1).model
+    report = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
+    rows = {row.layer: row for row in report.layers[0].rows}
+    assert "MatMul_2" in rows and rows["MatMul_2"].input_shape == (1, 48)  # the inlined Wg MatMul, not the last
+
+
+def test_per_layer_times_a_layer_fed_by_an_input_that_is_also_an_output():
+    """An input also listed as a graph output (passed through): the output's dynamic declared type replaced the
+    input's concrete one, and the layer was skipped as "shape unknown" even with --input-shape."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64]),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "features"])],
+                              [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    compressed = compress(original, keep_params=0.5, rank_multiple=1).model
+    (comparison,) = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST).layers
+    assert [row.layer for row in comparison.rows] == ["mm"] and not comparison.skipped
