@@ -637,8 +637,9 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
     others = _unread_images(Path(folder))
-    skipped = (f"; {len(others)} images in other formats left out ({', '.join(sorted({p.suffix.lower() for p in others}))}"
-               f": only {'/'.join(IMAGE_SUFFIXES)} are read)" if others else "")
+    formats = ", ".join(sorted({p.suffix.lower() for p in others}))
+    skipped = (f"; {len(others)} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are "
+               "read)" if others else "")
     source = f"{folder} ({len(files)} images{skipped}, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
 

@@ -1242,7 +1242,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     timeline: list[dict[str, Any]] = []
     phase_start = time.time()
     emit(f"sweep: {len(tasks)} variants ({reused} done before, {len(todo)} to compute) on engine "
-         f"{engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped" if skipped else ""))
+         f"{engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped"
+                             if skipped else ""))
     bar = tqdm(total=len(tasks), initial=reused, desc="sweep", unit="variant", disable=not show, leave=False)
 
     def record(task: VariantTask, outcome: VariantOutcome) -> None:

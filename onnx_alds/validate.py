@@ -811,7 +811,8 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
         raise_if_out_of_resources(exc, f"run fewer samples at once: onnx-alds validate --batch-size N below {batch} "
                                         "(compress --validate has no such flag: compress without it, then validate "
                                         "the output)")
-        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz)" if random else "check that the arrays match the model's inputs (dtype, shape, "
+        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz)" if random else
+               "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
         raise InputDataError(f"running the {which} model on the validation inputs failed "
                              f"({runtime_error_text(exc)}); {fix}") from None
