@@ -127,6 +127,7 @@ class BenchReport:
     layers: tuple[LayerComparison, ...]
     machine: dict = field(hash=False)
     versions: dict = field(hash=False)
+    notes: tuple[str, ...] = ()
 
     def timing(self, model_index: int, batch_size: int) -> Timing:
         """The timing of ``models[model_index]`` at ``batch_size``."""
@@ -145,6 +146,7 @@ class BenchReport:
         lines = [f"bench on {self.provider} ({self.provider_name}{threads}), "
                  f"{self.machine.get('cpu', '?')}" + (f", GPU {self.machine['gpu']}" if self.machine.get("gpu") else "")]
         lines += [t.line() for t in self.timings]
+        lines += [f"note: {note}" for note in self.notes]
         noisy = [t for t in self.timings if t.spread > NOISY_SPREAD]
         if noisy:
             lines.append(f"note: {len(noisy)} timings spread over {NOISY_SPREAD * 100:.0f} % (p90 − p10 of the "
@@ -167,6 +169,7 @@ class BenchReport:
             "threads": self.threads,
             "batch_sizes": list(self.batch_sizes),
             "warmup": self.warmup,
+            "notes": list(self.notes),
             "timings": [asdict(t) for t in self.timings],
             "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
                         "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
@@ -455,10 +458,14 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
                                          input_shapes=input_shapes, threads=threads, provider_options=options,
                                          warmup=warmup, runs=layer_runs or max(10, runs // 2), seed=seed))
     ort = import_onnxruntime()
+    signatures = [[(spec.name, str(spec.dtype)) for spec in graph_inputs(proto)] for proto in protos]
+    notes = tuple(f"{name} takes other inputs than {names[0]} ({', '.join(n for n, _ in signature) or 'none'} against "
+                  f"{', '.join(n for n, _ in signatures[0]) or 'none'}): its speedup compares different work"
+                  for name, signature in zip(names[1:], signatures[1:]) if signature != signatures[0])
     return BenchReport(models=tuple(names), provider=provider, provider_name=PROVIDERS[provider],
                        provider_options=options, threads=threads, batch_sizes=tuple(int(b) for b in batch_sizes),
                        warmup=warmup, timings=tuple(timings), layers=tuple(layers), machine=machine_info(),
-                       versions=dict(versions(), onnxruntime_device=ort.get_device()))
+                       versions=dict(versions(), onnxruntime_device=ort.get_device()), notes=notes)
 
 
 # --------------------------------------------------------------------------------------------------

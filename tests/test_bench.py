@@ -311,3 +311,16 @@ def test_per_layer_times_a_layer_fed_by_an_input_that_is_also_an_output():
     compressed = compress(original, keep_params=0.5, rank_multiple=1).model
     (comparison,) = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST).layers
     assert [row.layer for row in comparison.rows] == ["mm"] and not comparison.skipped
+
+
+def test_models_taking_other_inputs_get_a_note_beside_their_speedup():
+    """bench of two unrelated models printed "speedup 31.14x" as if they did the same work."""
+    other = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["ids"], ["out"])], "other",
+        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])]), opset_imports=[helper.make_opsetid("", OPSET)])
+    report = bench([_model(False), other], threads=1, **FAST)
+    assert report.notes == ("model[1] takes other inputs than model[0] (ids against x): its speedup compares different "
+                            "work",)
+    assert "note: model[1] takes other inputs" in "\n".join(report.lines())
+    assert bench([_model(False), _model(True)], threads=1, **FAST).notes == ()
