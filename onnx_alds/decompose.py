@@ -155,33 +155,17 @@ def whitening_factor(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.
     return np.sqrt(scale) * np.linalg.cholesky((vectors * values) @ vectors.T + damping * np.eye(size))
 
 
-_BLAS_LOCK = threading.Lock()
-_BLAS_HOLDERS = 0  # calls inside _one_blas_thread, in every thread
-_BLAS_LIMITER: Optional[threadpool_limits] = None
-
-
 @contextmanager
 def _one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread while any caller is inside (threadpoolctl's limit is process-wide): the first to
-    enter sets it, the last to leave restores what was there before. Only in the main thread: set and
-    restored while other threads run BLAS (a caller's thread pool), OpenBLAS kept the "1" for good, so
-    there eigensolves run at the caller's setting (slower, same factors up to rounding)."""
-    global _BLAS_HOLDERS, _BLAS_LIMITER
+    """BLAS on one thread (threadpoolctl's limit is process-wide), in the main thread only: set and restored
+    from several threads, or while a caller's other threads ran BLAS, OpenBLAS kept the "1" for the whole
+    process for good. In other threads eigensolves run at the caller's setting (slower, the same factors up to
+    rounding)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    with _BLAS_LOCK:
-        if _BLAS_HOLDERS == 0:
-            _BLAS_LIMITER = threadpool_limits(limits=1, user_api="blas")
-        _BLAS_HOLDERS += 1
-    try:
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_HOLDERS -= 1
-            if _BLAS_HOLDERS == 0 and _BLAS_LIMITER is not None:
-                _BLAS_LIMITER.restore_original_limits()
-                _BLAS_LIMITER = None
 
 
 def _eigh(matrix: np.ndarray, *, consume: bool = False, **options) -> np.ndarray:
