@@ -458,9 +458,11 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
                                          input_shapes=input_shapes, threads=threads, provider_options=options,
                                          warmup=warmup, runs=layer_runs or max(10, runs // 2), seed=seed))
     ort = import_onnxruntime()
-    signatures = [[(spec.name, str(spec.dtype)) for spec in graph_inputs(proto)] for proto in protos]
-    notes = tuple(f"{name} takes other inputs than {names[0]} ({', '.join(n for n, _ in signature) or 'none'} against "
-                  f"{', '.join(n for n, _ in signatures[0]) or 'none'}): its speedup compares different work"
+    # inputs are fed by name: their set, types and fixed dims (past the batch) tell whether the work compares
+    signatures = [{spec.name: (str(spec.dtype), tuple(d if isinstance(d, int) else None for d in spec.dims[1:]))
+                   for spec in graph_inputs(proto)} for proto in protos]
+    notes = tuple(f"{name} takes other inputs than {names[0]} ({_show_inputs(signature)} against "
+                  f"{_show_inputs(signatures[0])}): its speedup compares different work"
                   for name, signature in zip(names[1:], signatures[1:]) if signature != signatures[0])
     return BenchReport(models=tuple(names), provider=provider, provider_name=PROVIDERS[provider],
                        provider_options=options, threads=threads, batch_sizes=tuple(int(b) for b in batch_sizes),
@@ -481,6 +483,14 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
         if node.name and enc in compressed_names and dec in compressed_names:
             pairs.append((node.name, enc, dec))
     return pairs
+
+
+def _show_inputs(signature: Mapping[str, tuple]) -> str:
+    """``x float32 [N, 3, 32, 32]``, one per input (``?`` for a dynamic dim), or ``none``."""
+    shown = []
+    for name, (dtype, dims) in sorted(signature.items()):
+        shown.append(f"{name} {dtype} [" + ", ".join(["N"] + ["?" if d is None else str(d) for d in dims]) + "]")
+    return ", ".join(shown) or "none"
 
 
 def _with_concrete_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -662,7 +672,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=non_negative_int, default=None, metavar="N",
                         help="warm-up runs per model (default 10 on CPU, 50 on CUDA/TensorRT)")
     parser.add_argument("--min-time", type=seconds, default=1.0, metavar="S",
-                        help="keep timing for at least this many seconds (default 1)")
+                        help="keep timing for at least this many seconds (default 1; a million rounds at most)")
     parser.add_argument("--cudnn-conv-algo-search", choices=CONV_ALGO_SEARCH, default=None,
                         help="CUDA conv algorithm search, with --provider cuda (default EXHAUSTIVE)")
     parser.add_argument("--per-layer", action="store_true",

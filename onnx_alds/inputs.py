@@ -286,7 +286,11 @@ def image_files(folder: PathLike) -> list[Path]:
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         nested = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; put images in it"
+        unread = _unread_images(root)
+        formats = ", ".join(sorted({p.suffix.lower() for p in unread}))
+        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
+                             + (f"its {len(unread)} images are {formats}, which are not read: convert them to PNG"
+                                if unread else "put images in it")
                              + (" (its subfolders are not read: put the images of every class in one folder, and "
                                 "give their classes with --labels FILE)" if nested else ""))
     return files

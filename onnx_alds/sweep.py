@@ -1522,15 +1522,16 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_names(paths: Sequence[str]) -> list[str]:
     """The names the sweep files a model's rows and variants under: the file's stem (with its folder's name
-    when two stems repeat), in the characters a file name keeps everywhere. A stem those characters change
-    ('net é', 'model.v1') gets a short digest of its file name, so that it never falls on another model's
-    name ('net ü', 'model_v1') in this sweep or a later one into the same folder."""
+    when two stems repeat), in the characters a file name keeps everywhere. A stem with other than ASCII
+    characters ('net é') gets a short digest of its file name, so that it never falls on another model's name
+    ('net ü') in this sweep or a later one into the same folder; ASCII stems keep the names earlier sweeps
+    stored their rows under ('model.v1' → 'model_v1')."""
     stems = [Path(p).stem for p in paths]
     names = []
     for path, stem in zip(paths, stems):
         name = stem if stems.count(stem) == 1 else f"{Path(path).resolve().parent.name}-{stem}"
         safe = re.sub(r"[^A-Za-z0-9+=_-]", "_", name)
-        if safe != name:
+        if not name.isascii():
             safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
         names.append(safe)
     if len(set(names)) != len(names):

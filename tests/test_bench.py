@@ -320,7 +320,16 @@ def test_models_taking_other_inputs_get_a_note_beside_their_speedup():
         [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])]), opset_imports=[helper.make_opsetid("", OPSET)])
     report = bench([_model(False), other], threads=1, **FAST)
-    assert report.notes == ("model[1] takes other inputs than model[0] (ids against x): its speedup compares different "
-                            "work",)
+    assert report.notes == ("model[1] takes other inputs than model[0] (ids float32 [N, 4] against x float32 "
+                            "[N, 3, 8, 8]): its speedup compares different work",)
     assert "note: model[1] takes other inputs" in "\n".join(report.lines())
     assert bench([_model(False), _model(True)], threads=1, **FAST).notes == ()
+
+    def two_inputs(order: str, width: int = 4) -> onnx.ModelProto:  # fed by name: the order does not matter
+        values = {n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", width]) for n in "xz"}
+        return helper.make_model(helper.make_graph(
+            [helper.make_node("Add", ["x", "z"], ["y"])], "g", [values[n] for n in order],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])]),
+            opset_imports=[helper.make_opsetid("", OPSET)])
+    assert bench([two_inputs("xz"), two_inputs("zx")], threads=1, **FAST).notes == ()
+    assert bench([two_inputs("xz"), two_inputs("xz", width=64)], threads=1, **FAST).notes  # same names, other dims

@@ -551,3 +551,12 @@ def test_images_in_formats_not_read_are_counted_in_the_source(tmp_path):
     assert data.arrays["x"].shape[0] == 2
     assert "2 images; 3 images in other formats left out (.tif, .tiff, .webp: only .jpg/.jpeg/.png/.bmp are read)" \
         in data.source
+
+
+def test_a_folder_of_images_only_in_formats_not_read_says_so(tmp_path):
+    """A folder of TIFF images was told to "put images in it"."""
+    for name in ("a.tif", "b.webp"):
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / name)
+    with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files; its 2 images are .tif, .webp, "
+                                             r"which are not read: convert them to PNG"):
+        load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
