@@ -69,7 +69,7 @@ class _Prepared:
     store: Optional[TensorStore] = None  # where the light model's large weights are read from
     unchanged_ops: str = ""  # quantized or ONNX Runtime-fused layers, left as they are (layers.unchanged_ops_note)
     random_nodes: tuple[str, ...] = ()  # nodes whose outputs are random at run time (checks.random_nodes)
-    # the name given to each unnamed or repeated node -> its own (written back by stamp_provenance)
+    # the name given to each unnamed or repeated node -> its own (written back by restore_node_names)
     generated_names: Mapping[str, str] = field(default_factory=dict)
 
     def refuse_random_for_calibration(self) -> None:
@@ -110,10 +110,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         proto.CopyFrom(original)
     if complete:
         materialize(proto, store)
-    given = [node.name for _, graph in iter_graphs(proto.graph) for node in graph.node]
-    ensure_node_names(proto)  # (layers, plans and reports need a name for every node: undone when written)
-    generated = {node.name: old for old, node in
-                 zip(given, (node for _, graph in iter_graphs(proto.graph) for node in graph.node)) if node.name != old}
+    generated = ensure_node_names(proto)  # layers, plans and reports need every node named: undone when written
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
@@ -743,6 +740,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                         shrinkage=shrinkage, both_factors=data.both_factors,
                                         affine=data.affine_correction)
     data_aware = calibration is not None
+    restore_node_names(new_model, prepared)
     stamp_provenance(new_model, prepared, method + (" (data-aware)" if data_aware else ""), target, keep, seed)
     check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
     light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself
@@ -835,16 +833,19 @@ def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[
             f"count says, and grows unless under 1/{ratio} of the weights are kept",)
 
 
-def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
-                     seed: int) -> None:
-    """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed) and
-    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill).
-    Nodes that were unnamed (or shared a name) get their own names back: the names given to them for the
+def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
+    """Nodes that were unnamed (or shared a name) get their own names back: the names given to them for the
     layers, plans and reports are not written into the user's model."""
     for _, graph in iter_graphs(new_model.graph):
         for node in graph.node:
             if node.name in prepared.generated_names:
                 node.name = prepared.generated_names[node.name]
+
+
+def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
+                     seed: int) -> None:
+    """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed) and
+    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill)."""
     add_provenance(new_model, {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,
@@ -1103,7 +1104,7 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         times = speed.layer_times(layer.name, groups, rank, layer.order) if speed is not None else None
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
                                 layer.macs, macs_after, error, layer.skip_reason,
-                                order=layer.order if groups != DENSE else None,
+                                order=layer.order if groups != DENSE else None, weight=layer.weight,
                                 **(dict(zip(("time_dense_us", "time_us", "time_measured"), times)) if times else {})))
     params_after_total = prepared.params_total - params_saved
     macs_after_total = None if prepared.macs_total is None else prepared.macs_total - macs_saved

@@ -46,7 +46,8 @@ import onnx
 from onnx import helper, shape_inference
 
 from .argtypes import non_negative_int, positive_int, seconds, thread_count
-from .errors import InputDataError, OnnxAldsError, ProviderError, UnsupportedModelError, runtime_error_text
+from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsError, UnsupportedModelError,
+                     runtime_error_text)
 from .inputs import index_bounds, random_array
 from .model_io import fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -283,9 +284,9 @@ def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time
     except OnnxAldsError:
         raise
     except Exception as exc:  # a run failed: one line, not a traceback
-        raise InputDataError(f"running the model on random timing inputs failed ({runtime_error_text(exc)}); the "
-                             "inputs need values or shapes random data lacks: give --input-shape, or time it with "
-                             "your own harness") from None
+        reason = f"running the model on random timing inputs failed ({runtime_error_text(exc)})"
+        raise RandomInputsError(f"{reason}; the inputs need values or shapes random data lacks: give --input-shape, "
+                                "or time it with your own harness", reason) from None
 
 
 def _runs(runner: Any) -> bool:
@@ -440,14 +441,18 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
                 runners.append(_Runner(session, timing_feeds(proto, int(batch), input_shapes, seed)
                                        if feeds is None else dict(feeds), provider))
             except InputDataError as exc:  # say which model: several may have an input of that name
-                raise InputDataError(f"{name}: {exc}" if len(protos) > 1 else str(exc)) from None
+                if len(protos) == 1:
+                    raise
+                raise (exc.named(name) if isinstance(exc, RandomInputsError) else
+                       InputDataError(f"{name}: {exc}")) from None
         log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
         try:
             times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)
         except InputDataError as exc:  # say which model and batch
             failing = next((name for name, runner in zip(names, runners) if not _runs(runner)), None)
             where = f"{failing} at batch {batch}" if failing else f"batch {batch}"
-            raise InputDataError(f"{where}: {exc}") from None
+            raise (exc.named(where) if isinstance(exc, RandomInputsError) else
+                   InputDataError(f"{where}: {exc}")) from None
         reference = float(np.median(np.asarray(times[0]) * 1e3))  # computed as _stats does: exactly 1.0 for model 0
         timings += [_stats(name, int(batch), t, reference) for name, t in zip(names, times)]
     layers = []

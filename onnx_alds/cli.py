@@ -381,8 +381,7 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
         extra.save_json(distill_report)
         args.written_files.append(str(distill_report))
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    written = [str(output)] + [path for path in (args.report, distill_report) if path]
-    print(f"wrote {' and '.join(written)}")
+    print(f"wrote {' and '.join(args.written_files)}")
     if summary is not None:
         print(summary.text)
     elif not getattr(args, "quiet", False):  # nothing measured the written model's outputs yet: say how
@@ -423,7 +422,7 @@ def _write_together(result, output: Path, report_path: Optional[str], *, protect
         save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
         written.append(str(output))
         os.replace(pending, target)
-        written.append(str(target))
+        written.append(str(report_path))
     finally:
         if os.path.exists(pending):
             os.unlink(pending)

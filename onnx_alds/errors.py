@@ -38,6 +38,19 @@ class InputDataError(OnnxAldsError):
     """Calibration or validation inputs are missing, malformed or do not match the model."""
 
 
+class RandomInputsError(InputDataError):
+    """Random inputs cannot be made for the model (a string input) or do not fit it (ids that reach a small
+    table through other ops): real inputs are needed. ``reason``: the problem alone, without the fix."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def named(self, where: str) -> "RandomInputsError":
+        """The same error, its message prefixed with ``where`` (the model that failed)."""
+        return RandomInputsError(f"{where}: {self}", self.reason)
+
+
 class ProviderError(OnnxAldsError):
     """An ONNX Runtime execution provider was requested but is not available."""
 

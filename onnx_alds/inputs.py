@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from .argtypes import positive_int
-from .errors import InputDataError
+from .errors import InputDataError, RandomInputsError
 from .model_io import InputSpec, check_input_shapes, graph_inputs, parse_input_shapes, resolve_input_shapes
 
 log = logging.getLogger(__name__)
@@ -286,10 +286,9 @@ def image_files(folder: PathLike) -> list[Path]:
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         nested = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        unread = _unread_images(root)
-        formats = ", ".join(sorted({p.suffix.lower() for p in unread}))
+        unread, formats = _unread_images(root)
         raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
-                             + (f"its {len(unread)} images are {formats}, which are not read: convert them to PNG"
+                             + (f"its {unread} images are {formats}, which are not read: convert them to PNG"
                                 if unread else "put images in it")
                              + (" (its subfolders are not read: put the images of every class in one folder, and "
                                 "give their classes with --labels FILE)" if nested else ""))
@@ -640,9 +639,8 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
-    others = _unread_images(Path(folder))
-    formats = ", ".join(sorted({p.suffix.lower() for p in others}))
-    skipped = (f"; {len(others)} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are "
+    others, formats = _unread_images(Path(folder))
+    skipped = (f"; {others} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are "
                "read)" if others else "")
     source = f"{folder} ({len(files)} images{skipped}, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
@@ -652,10 +650,12 @@ OTHER_IMAGE_SUFFIXES = (".tif", ".tiff", ".webp", ".gif", ".jfif", ".jpe", ".ppm
                         ".jp2", ".ico", ".tga")
 
 
-def _unread_images(root: Path) -> list[Path]:
-    """The visible files of an image folder in image formats onnx-alds does not read (.tif, .webp ...)."""
-    return [p for p in root.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+def _unread_images(root: Path) -> tuple[int, str]:
+    """How many visible files of an image folder are in image formats onnx-alds does not read, and those
+    formats (".tif, .webp")."""
+    unread = [p for p in root.iterdir()
+              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+    return len(unread), ", ".join(sorted({p.suffix.lower() for p in unread}))
 
 
 def _check_integer_pixels(spec: InputSpec, preprocess: Preprocess) -> None:
@@ -831,9 +831,10 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
         if "token_type" in lowered or "segment" in lowered:
             return np.zeros(shape, dtype=dtype)
         return rng.integers(0, min(RANDOM_INT_HIGH, high or RANDOM_INT_HIGH), size=shape).astype(dtype)
-    raise InputDataError(f"cannot make random data of type {dtype} for input '{name}'; give real inputs in an .npz "
-                         "(--calibration FILE.npz for compress and plan, --inputs FILE.npz for validate; bench "
-                         "times random inputs only, so it cannot time this model)")
+    reason = f"cannot make random data of type {dtype} for input '{name}'"
+    raise RandomInputsError(f"{reason}; give real inputs in an .npz (--calibration FILE.npz for compress and plan, "
+                            "--inputs FILE.npz for validate; bench times random inputs only, so it cannot time this "
+                            "model)", reason)
 
 
 # --------------------------------------------------------------------------------------------------

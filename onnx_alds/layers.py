@@ -140,11 +140,16 @@ def node_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def ensure_node_names(model: onnx.ModelProto) -> None:
-    """Give every node of the model, subgraphs included, a unique name (:func:`node_names`), in place."""
+def ensure_node_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Give every node of the model, subgraphs included, a unique name (:func:`node_names`), in place.
+    Returns each name given → the node's own name ("" or a repeated one), for the nodes renamed."""
     nodes = [node for _, graph in iter_graphs(model.graph) for node in graph.node]
+    given = {}
     for node, name in zip(nodes, node_names(model)):
-        node.name = name
+        if node.name != name:
+            given[name] = node.name
+            node.name = name
+    return given
 
 
 _CONSTANT_LISTS = {"value_float": (np.float32, False), "value_floats": (np.float32, True),

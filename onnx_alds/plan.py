@@ -623,9 +623,8 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights: Mapping[str, str]) -> Plan:
-    """The plan of a planned compression (or a pruning compression), from its report rows and blocks;
-    ``weights``: each layer's weight initializer."""
+def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
+    """The plan of a planned compression (or a pruning compression), from its report rows and blocks."""
     from . import __version__
 
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
@@ -638,8 +637,7 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
                               None if cost is None else float(cost), row.time_dense_us, row.time_us,
                               row.time_measured)
         layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
-                                    row.rank if row.groups else 0, order, row.skip_reason, predicted,
-                                    weights.get(row.name)))
+                                    row.rank if row.groups else 0, order, row.skip_reason, predicted, row.weight))
     inputs = planned_inputs(model, options.input_shapes)
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
@@ -665,16 +663,11 @@ def make_plan(model, **options) -> Plan:
     if prune not in ("off", False, None):
         compress_opts = replace(compress_opts, search=replace(compress_opts.search, prune=prune))
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
-        from .api import _prepare
         from .model_io import open_model
         from .prune import compress_pruned
 
         result = compress_pruned(model, compress_opts, compress_opts.search.prune)
-        search = compress_opts.search
-        prepared = _prepare(model, input_shapes=compress_opts.input_shapes, exclude=search.exclude,
-                            max_groups=search.max_groups, need_macs=False)
-        return _plan_from(compress_opts, open_model(model).model, result.report,
-                          {layer.name: layer.weight for layer in prepared.layers})
+        return _plan_from(compress_opts, open_model(model).model, result.report)
     planned = _plan_step(model, compress_opts)
     budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
     report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,
@@ -690,8 +683,7 @@ def make_plan(model, **options) -> Plan:
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
                      warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
                      + planned.warnings)
-    return _plan_from(planned.options, planned.prepared.model, report,
-                      {layer.name: layer.weight for layer in planned.prepared.layers})
+    return _plan_from(planned.options, planned.prepared.model, report)
 
 
 # --------------------------------------------------------------------------------------------------

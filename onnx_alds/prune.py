@@ -1520,7 +1520,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         after_macs = (None if prepared.macs_total is None else
                       prepared.macs_total - sum((r.macs_before or 0) - (r.macs_after or 0) for r in reports))
         rows = tuple(LayerReport(layer.name, layer.op, layer.weight_shape, DENSE, 0, layer.params, layer.params,
-                                 layer.macs, layer.macs, 0.0, layer.skip_reason) for layer in layers)
+                                 layer.macs, layer.macs, 0.0, layer.skip_reason, weight=layer.weight)
+                     for layer in layers)
         search_name = ("plan" if decisions is not None else
                        "output-damage integer program over widths and ranks" if joint else
                        "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
@@ -1528,6 +1529,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
     # against the user's original and budget (the low-rank step stamped the pruned model and its sub-budget;
     # distill checks the replaced weights)
+    api.restore_node_names(new_model, prepared)
     api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed)
     # what the file holds: a refit's new bias for a consumer whose bias was shared adds a copy
     after_params = int(sum(iter_total_params(new_model)))
@@ -1580,8 +1582,8 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
         after = original.params // block.width * width  # producer rows, consumer columns, depthwise channels
         macs_after = None if original.positions is None else after * original.positions
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
-            return replace(row, skip_reason=note)
+            return replace(row, skip_reason=note, weight=original.weight)
         return replace(row, weight_shape=original.weight_shape, params_before=original.params, params_after=after,
                        macs_before=original.macs, macs_after=macs_after, skip_reason=note,
-                       error=float(errors.get(block.name, row.error)))
+                       error=float(errors.get(block.name, row.error)), weight=original.weight)
     return row

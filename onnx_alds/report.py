@@ -54,6 +54,7 @@ class LayerReport:
     time_measured: Optional[bool] = None
     # --method damage: the predicted relative squared output error of the chosen option (onnx_alds.damage)
     predicted_damage: Optional[float] = None
+    weight: Optional[str] = None  # the initializer the layer multiplies (a plan records it: onnx_alds.plan)
 
 
 @dataclass(frozen=True)

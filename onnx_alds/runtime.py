@@ -127,8 +127,6 @@ def _check_utf8_path(path: str) -> None:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        from .errors import ModelLoadError
-
         raise ModelLoadError(f"the path {path.encode('utf-8', 'backslashreplace').decode()!r} cannot be handed to "
                              "ONNX Runtime in this locale (its file names are not UTF-8): run in a UTF-8 locale "
                              "(e.g. LC_ALL=C.UTF-8) or use an ASCII path") from None

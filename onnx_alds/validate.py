@@ -48,7 +48,8 @@ import onnx
 
 from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
 from .checks import raise_if_out_of_resources, random_nodes
-from .errors import InputDataError, UnsupportedModelError, ValidationFailedError, runtime_error_text
+from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
+                     runtime_error_text)
 from .inputs import InputSet, add_input_arguments, inputs_from_args, with_prefixed_flags
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
@@ -1090,15 +1091,8 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     try:
         timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
                        names=names, **(bench_options or {}))
-    except InputDataError as exc:
-        # random timing inputs do not fit: none can be made for a string input, or the model needs values
-        # random data lacks (ids that reach a small table through other ops); time on the validation inputs
-        text = str(exc)
-        if not ("cannot make random data" in text or "random timing inputs failed" in text):
-            raise
-        reason = text.split(";")[0]
-        if ": cannot make random data" in reason:  # bench names the model whose input it is: the input is the point
-            reason = reason.split(": ", 1)[1]
+    except RandomInputsError as exc:  # (a string input, ids that overflow a table): time on the validation inputs
+        reason = exc.reason
         if inputs.is_random or len(inputs) < batch:
             line = summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
                                 macs_kept=macs_kept)
