@@ -78,6 +78,8 @@ UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid
 BINARY_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow")
 MAX_BETWEEN = 32  # ops between producer and consumer
 MAX_COLUMNS = 4096  # consumer input width (c·κ) the greedy selection accepts
+SPLIT_HEADS = True  # blocks may split their channels into attention heads (False: the block finding from before
+                    # heads, for the side-by-side measurement in tools/prune_bench.py)
 RIDGE = 1e-6
 
 
@@ -104,6 +106,7 @@ class Block:
     channel_macs: Optional[int]
     layers: tuple[str, ...]  # Conv/Gemm/MatMul nodes in the block (producer, depthwise convs, consumer)
     added_bias: int = 0  # weights a narrowed block's refit adds: a Conv/Gemm consumer without a bias gets one
+    heads: int = 1  # attention heads the hidden channels are split into (channel c = head·(c/heads) + dim)
 
     def params(self, width: int) -> int:
         return self.fixed_params + width * self.channel_params + (self.added_bias if width < self.width else 0)
@@ -182,6 +185,7 @@ class _Graph:
         self.model = model
         graph = model.graph
         self.nodes = {node.name: node for node in graph.node}
+        self.name_counts = Counter(node.name for node in graph.node)
         self.producers = {out: node for node in graph.node for out in node.output if out}
         self.users: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
@@ -284,13 +288,18 @@ def _per_channel_constant(value: np.ndarray, axis: int, rank: Optional[int], wid
     return all(d == 1 for i, d in enumerate(aligned) if i != axis) and aligned[axis] in (1, width)
 
 
-def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[Block], list[NotPrunable]]:
+def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Optional[Mapping[str, tuple]] = None
+                ) -> tuple[list[Block], list[NotPrunable]]:
     """The prunable blocks of ``model``'s main graph and, for every other candidate producer, why not.
 
     ``layers``: the model's Conv/Gemm/MatMul nodes (:func:`onnx_alds.layers.find_layers`; positions set
     when the input shapes were resolved). A producer is a Conv with ``group = 1``, a Gemm with
     ``transA = 0`` or a MatMul ``x @ W`` with a constant 2-D weight; grouped and depthwise convs are
-    never producers (they are ops between or left alone). Returns blocks in graph order.
+    never producers (they are ops between or left alone). ``shapes``: concrete shapes of the Reshape
+    outputs whose target infers the number of heads (-1; :func:`inferred_head_shapes`), without which
+    such a split is refused. Blocks find their nodes by name: a block with an unnamed node or one whose name
+    another node shares is refused (the pipeline names every node first:
+    :func:`onnx_alds.layers.ensure_node_names`). Returns blocks in graph order.
     """
     graph = _Graph(model)
     by_name = {layer.name: layer for layer in layers if not layer.subgraph}
@@ -303,7 +312,7 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[list[B
             continue
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue  # depthwise / grouped: not a producer
-        found = _block_from(node, layer, graph, by_name)
+        found = _block_from(node, layer, graph, by_name, shapes or {})
         if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
             found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
         if isinstance(found, Block):
@@ -327,7 +336,8 @@ def _trained_input(block: Block, graph: _Graph, trained: set[str]) -> Optional[s
     return next((name for node in names for name in graph.nodes[node].input if name in trained), None)
 
 
-def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer]):
+def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer],
+                shapes: Mapping[str, tuple]):
     """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer)."""
     if graph.constant(producer.weight) is None:
         return None  # not a layer with a weight (attention's activation products): not a producer
@@ -351,19 +361,39 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     region_tensors = {hidden}
     region_nodes: list[onnx.NodeProto] = []
     consumer: Optional[onnx.NodeProto] = None
+    # per hidden tensor: its head axis (negative; None while the channels are one axis) and its rank where
+    # it matters (a Gemm's 2-D output, for BatchNormalization); reshapes of a MatMul/Gemm producer's
+    # channels-last tensor may split the channels into heads and merge them back (attention's V → output)
+    states: dict[str, tuple[Optional[int], Optional[int]]] = {hidden: (None, rank)}
+    heads: Optional[int] = None
+    weighted: set[str] = set()  # MatMul nodes whose first input (attention weights) is read from outside
     pending = [hidden]
     while pending:
         tensor = pending.pop(0)
         if tensor in graph.outputs:
             return (f"the hidden tensor '{tensor}' is a graph output" if tensor == hidden else
                     f"the hidden channels of '{hidden}' reach the graph output '{tensor}' through per-channel ops")
+        head_axis, tensor_rank = states[tensor]
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
                 continue
-            kind = _classify(user, tensor, graph, axis, rank, width)
+            moved = _head_move(user, tensor, graph, head_axis, width, heads, shapes) if axis == -1 else None
+            if isinstance(moved, str):
+                return moved
+            if moved is not None:
+                kind, next_state = "between", moved
+                if moved[0] is not None and head_axis is None:
+                    heads = width // int(_target_tail(graph, user.input[1])[-1])
+                if user.op_type == "MatMul":
+                    weighted.add(user.name)
+            else:
+                kind = _classify(user, tensor, graph, axis, tensor_rank, width if head_axis is None else 1)
+                next_state = (head_axis, tensor_rank)
+                if kind == "consumer" and head_axis is not None:
+                    return f"'{tensor}' is read by {user.op_type} '{user.name}' while its channels are split into heads"
             if kind == "consumer":
                 if consumer is not None:
-                    return _outside_input(region_nodes, region_tensors, graph) or (
+                    return _outside_input(region_nodes, region_tensors, graph, weighted) or (
                         f"the hidden channels reach two layers ('{consumer.name}' and '{user.name}'); "
                         "only one consumer can be refitted")
                 consumer = user
@@ -374,6 +404,7 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
                 for out in user.output:
                     if out:
                         region_tensors.add(out)
+                        states[out] = next_state
                         pending.append(out)
             else:
                 return kind
@@ -381,9 +412,15 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
             return f"the hidden tensor '{tensor}' is read inside a subgraph"
     if consumer is None:
         return "the hidden channels reach no Conv/Gemm/MatMul with a constant weight"
-    outside = _outside_input(region_nodes, region_tensors, graph)
+    outside = _outside_input(region_nodes, region_tensors, graph, weighted)
     if outside:
         return outside
+    mixed = next((n for n in region_nodes if len({states[i][0] for i in n.input if i in region_tensors}) > 1), None)
+    if mixed is not None:
+        return (f"'{mixed.op_type}' node '{mixed.name}' joins hidden tensors whose channels are split into heads "
+                "with ones that are not")
+    if states[consumer.input[0]][0] is not None:
+        return f"the consumer '{consumer.name}' reads the hidden channels while they are split into heads"
     data_input = consumer.input[0]
     if data_input not in region_tensors:
         return f"the consumer '{consumer.name}' reads the hidden channels on its weight input"
@@ -405,6 +442,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     if consumer_layer.cols > MAX_COLUMNS:
         return f"the consumer '{consumer.name}' has {consumer_layer.cols} inputs (over {MAX_COLUMNS} for the selection)"
     bias = _consumer_bias(consumer, graph, consumer_layer.out_features)
+    unnamed = next((n for n in [node, *region_nodes, consumer] + ([graph.nodes[bias[1]]] if bias and bias[0] == "add"
+                                                                 else []) if not n.name or graph.name_counts[n.name] > 1), None)
+    if unnamed is not None:  # blocks and the rewrite find their nodes by name
+        return (f"the {unnamed.op_type} node {unnamed.name!r} in the block has no name of its own (name the graph's "
+                "nodes first: onnx_alds.layers.ensure_node_names)")
     ordered = tuple(n.name for n in graph.model.graph.node if n in region_nodes)
     depthwise = [layers[n.name] for n in region_nodes if n.op_type == "Conv" and n.name in layers]
     for layer in depthwise:
@@ -417,13 +459,16 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     added_bias = consumer_layer.out_features if bias is not None and bias[0] == "input" and not _has_bias(consumer) \
         else 0  # the refit writes the kept channels' mean into a new bias
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
-                 fixed_macs, channel_macs, names, added_bias)
+                 fixed_macs, channel_macs, names, added_bias, heads or 1)
 
 
-def _outside_input(region_nodes, region_tensors: set, graph: _Graph) -> Optional[str]:
-    """Why the block is not closed: an op in it also reads a tensor the block does not compute (a residual)."""
+def _outside_input(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()) -> Optional[str]:
+    """Why the block is not closed: an op in it also reads a tensor the block does not compute (a residual).
+    ``weighted``: MatMul nodes that multiply the hidden channels by outside weights (attention's ``P @ V``)."""
     for between in region_nodes:
-        for name in between.input:
+        for slot, name in enumerate(between.input):
+            if (between.name in weighted and slot == 0) or (between.op_type == "Reshape" and slot == 1):
+                continue  # attention weights; a target shape computed at run time (checked by _head_move)
             if name and name not in region_tensors and graph.constant(name) is None:
                 return (f"'{between.op_type}' node '{between.name}' also reads '{name}', which the block does not "
                         "compute (a residual or another branch joins the hidden channels)")
@@ -526,12 +571,6 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
             return f"{where} with a value that is not constant"
         return "between"
-    if op == "Reshape" and axis == -1 and rank is None and user.input[0] == tensor and len(user.input) > 1:
-        target = graph.constant(user.input[1])
-        if target is None:
-            return f"{where}, whose target shape is not a constant (computed at run time, or an overridable input)"
-        if _keeps_channels_last(target, width):
-            return "between"  # merges or splits the leading dims only (tf2onnx's Dense on a 3-D input)
     if op in ("Reshape", "Flatten", "Concat", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze"):
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):
@@ -544,12 +583,94 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     return f"{where}, which does not act per channel"
 
 
-def _keeps_channels_last(target: np.ndarray, width: int) -> bool:
-    """Whether a Reshape of a channels-last hidden tensor (a MatMul producer's: any rank) to the constant
-    ``target`` regroups the leading dims only: it ends in the width and has no 0 (copy) entries. The
-    pruned model writes the new width into the target."""
-    return (target.ndim == 1 and len(target) >= 2 and int(target[-1]) == width and not np.any(target == 0)
-            and int(np.sum(target == -1)) <= 1)
+def _target_tail(graph: _Graph, name: str) -> Optional[np.ndarray]:
+    """The constant trailing entries of a Reshape target: the whole target when it is a constant, else the
+    trailing constant pieces of a ``Concat`` (axis 0) whose leading pieces are computed at run time (the
+    batch and sequence lengths read from ``Shape``, as Hugging Face exports write them). None when the last
+    entry is not a constant."""
+    value = graph.constant(name)
+    if value is not None:
+        return value.reshape(-1).astype(np.int64) if value.ndim == 1 else None
+    node = graph.producers.get(name)
+    if node is None or node.op_type != "Concat" or node.domain not in ("", "ai.onnx") \
+            or int(_attr(node, "axis", 0)) not in (0, -1):
+        return None
+    tail: list[int] = []
+    for piece in reversed(node.input):
+        value = graph.constant(piece)
+        if value is None or value.ndim != 1:
+            break
+        tail = [int(v) for v in value] + tail
+    return np.asarray(tail, dtype=np.int64) if tail else None
+
+
+def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Optional[int], width: int,
+               heads: Optional[int], shapes: Mapping[str, tuple]):
+    """How a MatMul/Gemm producer's hidden channels pass ``user`` when it reshapes or transposes them or
+    multiplies them by attention weights: the next ``(head axis, rank)`` state, a reason they may not, or
+    None when ``user`` is none of those ops (:func:`_classify` decides).
+
+    Channels stay one last axis (``head_axis`` None) or are split into ``heads × dims`` (the last two axes
+    after a Reshape whose target ends in ``heads, dims``; channel ``c = head·dims + dim``); a Transpose
+    must keep the last axis last (it moves the head axis); ``P @ V`` (the hidden tensor the second
+    operand, ``P`` computed outside) acts on each channel alone as long as the head axis is not the one
+    it contracts (-2); a Reshape whose target ends in ``heads·dims`` on a tensor whose head axis is -2
+    merges them back. The Reshape targets may be constants or a Concat with run-time leading pieces and
+    constant trailing ones; the pruned model writes the new width (or dims) into them. A split whose
+    target infers the heads (``…, -1, dims``) counts only where ``shapes`` shows that axis holds exactly
+    ``width/dims`` (else the axis could mix heads with other dims); one that infers the last axis (``…,
+    -1``) only where ``shapes`` shows it holds the width."""
+    op = user.op_type
+    if user.domain not in ("", "ai.onnx") or op not in ("Reshape", "Transpose", "MatMul"):
+        return None
+    where = f"'{tensor}' is read by {op} '{user.name}'"
+    if op == "MatMul":
+        if head_axis is None or len(user.input) != 2 or user.input[1] != tensor or user.input[0] == tensor:
+            return None  # a consumer, or not a product with attention weights: _classify decides
+        if head_axis == -2:
+            return f"{where}, which sums over the head axis"
+        return (head_axis, None)
+    if op == "Transpose":
+        perm = _attr(user, "perm", None)
+        if perm is None or len(perm) < 2 or int(perm[-1]) != len(perm) - 1:
+            return f"{where}, which moves channels"
+        if head_axis is None:
+            return (None, None)
+        rank = len(perm)
+        if rank + head_axis < 0:
+            return f"{where}, whose rank is below the heads' axis"
+        return (list(perm).index(rank + head_axis) - rank, None)
+    if user.input[0] != tensor or len(user.input) < 2 or int(_attr(user, "allowzero", 0)):
+        return f"{where}, which moves channels"
+    tail = _target_tail(graph, user.input[1])
+    if tail is None:
+        return (f"{where}, whose target shape is not a constant and does not end in constants (computed at run "
+                "time, or an overridable input)")
+    if graph.constant(user.input[1]) is not None and len(tail) < 2:
+        return f"{where}, which flattens every axis"
+    if np.any(tail == 0) or np.sum(tail == -1) > 1:
+        return f"{where}, whose target {tail.tolist()} copies (0) or infers (-1) a dimension"
+    known = shapes.get(user.output[0])
+    inferred_width = int(tail[-1]) == -1 and known is not None and len(known) >= 1 and int(known[-1]) == width
+    if head_axis is None:
+        if int(tail[-1]) == width or inferred_width:
+            return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
+        dims = int(tail[-1])
+        if not SPLIT_HEADS:
+            return f"{where}, which moves channels"
+        if len(tail) < 2 or not 0 < dims < width or width % dims or heads not in (None, width // dims):
+            return f"{where}, which moves channels"
+        count = width // dims
+        if int(tail[-2]) == -1:
+            if known is None or len(known) < 2 or int(known[-2]) != count:
+                return (f"{where}, whose target infers the number of heads (-1) where it could not be checked to "
+                        f"be {count}")
+        elif int(tail[-2]) != count:
+            return f"{where}, which moves channels"
+        return (-2, None)  # splits the channels into heads × dims (attention's V)
+    if head_axis == -2 and (int(tail[-1]) == width or inferred_width):
+        return (None, None)  # merges the heads back
+    return f"{where}, which moves channels between heads"
 
 
 def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -> Optional[tuple]:
@@ -666,18 +787,19 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     remaining = list(range(channels))
     order: list[int] = []
     widths: list[int] = []
+    heads = max(1, int(block.heads))
     step = max(1, int(multiple))
+    if heads > 1:  # every head keeps the same number of dims: steps of whole rows of heads
+        step = int(np.lcm(step, heads))
     # channels the consumer does not read (all-zero weight columns) come last: within a step of the rank
     # multiple they could stand in for live channels they correlate with, which explain the output themselves
     silent = ~np.any(matrix.reshape(matrix.shape[0], channels, kernel) != 0, axis=(0, 2))
     while remaining:
         gains = _channel_gains(gram, residual, remaining, kernel, ridge)
-        if not silent[remaining].all():
-            gains = np.where(silent[remaining], -np.inf, gains)
         take = min(step, len(remaining))
         if len(order) + take < channels and (len(order) + take) % step:
             take = step - len(order) % step
-        picks = [remaining[i] for i in np.argsort(-gains, kind="stable")[:take]]
+        picks = _best_channels(np.asarray(remaining), gains, silent, take, heads, channels // heads)
         columns = np.concatenate([np.arange(j * kernel, (j + 1) * kernel) for j in picks])
         block_s = residual[np.ix_(columns, columns)] + ridge * np.eye(len(columns))
         try:
@@ -695,6 +817,23 @@ def width_curve(block: Block, matrix: np.ndarray, bias: Optional[np.ndarray], st
     errors_array = np.minimum.accumulate(errors_array)
     return WidthCurve(name or block.name, np.asarray(widths, dtype=np.int64), errors_array,
                       np.asarray(order, dtype=np.int64))
+
+
+def _best_channels(remaining: np.ndarray, gains: np.ndarray, silent: np.ndarray, take: int, heads: int,
+                   dims: int) -> list[int]:
+    """The ``take`` remaining channels of largest gain, ``take/heads`` from each head (channel ``c`` is in
+    head ``c // dims``) when the channels are split into heads; silent channels only once no live one is
+    left (of the head)."""
+    picks: list[int] = []
+    groups = [np.ones(len(remaining), dtype=bool)] if heads == 1 else \
+        [remaining // dims == head for head in range(heads)]
+    for members in groups:
+        index = np.flatnonzero(members)
+        score = gains[index]
+        if not silent[remaining[index]].all():
+            score = np.where(silent[remaining[index]], -np.inf, score)
+        picks += [int(remaining[index[i]]) for i in np.argsort(-score, kind="stable")[:take // len(groups)]]
+    return picks
 
 
 def _prefix_errors(matrix: np.ndarray, moment: np.ndarray, order: np.ndarray, kernel: int,
@@ -823,6 +962,7 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
         node.input[slot] = tensor.name
 
     hidden_tensors: set[str] = set()
+    clones: dict[str, list[onnx.NodeProto]] = {}  # copied Concat targets, by the original Concat's output
     for block, kept, matrix, bias in decisions:
         kept = np.sort(np.asarray(kept, dtype=np.int64))
         if len(kept) == block.width and matrix is None and bias is None:
@@ -853,10 +993,10 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
                     if attribute.name == "group":
                         attribute.i = len(kept)
                 continue
-            if node.op_type == "Reshape":  # its target ends in the width (_keeps_channels_last)
-                target = np.array(graph.constant(node.input[1]), copy=True)
-                target[-1] = len(kept)
-                put(node, 1, target, node.input[1])
+            if node.op_type == "Reshape":  # its target ends in the width, or in heads and dims (_head_move)
+                copied = _narrow_target(node, graph, block, len(kept), put, names)
+                if copied is not None:
+                    clones.setdefault(copied[0], []).append(copied[1])
                 continue
             if node.op_type == "BatchNormalization":
                 for slot in range(1, 5):
@@ -895,12 +1035,54 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
                 like = consumer.input[2] if len(consumer.input) > 2 and consumer.input[2] else consumer.input[1]
                 put(consumer, 2, bias / scale, like)
     new.graph.initializer.extend(added)
+    if clones:
+        nodes = []
+        for node in new.graph.node:
+            nodes.append(node)
+            nodes.extend(clones.get(node.output[0], []) if node.output else [])
+        del new.graph.node[:]
+        new.graph.node.extend(nodes)
     _drop_unused(new, replaced)
     _list_ir3_initializers(new)
     keep_info = [value for value in new.graph.value_info if value.name not in hidden_tensors]
     del new.graph.value_info[:]
     new.graph.value_info.extend(keep_info)
     return new
+
+
+def _narrow_target(node: onnx.NodeProto, graph: _Graph, block: Block, width: int, put,
+                   names) -> Optional[tuple[str, onnx.NodeProto]]:
+    """Write the kept ``width`` into a Reshape target of ``block``: its last entry is the width (or, where
+    the target splits the channels into heads, the dims per head). A constant target becomes a new
+    initializer; a Concat target gets a new last piece, on a copy of the Concat when others read it.
+    Returns the Concat's output and that copy (not yet in the graph: it goes right after the Concat), else
+    None."""
+    target = graph.constant(node.input[1])
+    tail = _target_tail(graph, node.input[1])
+    if int(tail[-1]) == -1:  # inferred (checked to be the width): follows the kept width by itself
+        return None
+    last = width if int(tail[-1]) == block.width else width // block.heads
+    if target is not None:
+        target = np.array(target, copy=True)
+        target[-1] = last
+        put(node, 1, target, node.input[1])
+        return None
+    concat, copied = graph.producers[node.input[1]], None
+    if graph.uses[concat.output[0]] > 1:  # shared (the same target Concat for several reshapes): copy it
+        clone = onnx.NodeProto()
+        clone.CopyFrom(concat)
+        clone.name = names.fresh_node(f"{concat.name or 'Concat'}.pruned")
+        del clone.output[:]
+        clone.output.append(names.fresh(f"{concat.output[0]}.pruned"))
+        graph.uses[concat.output[0]] -= 1
+        graph.uses[clone.output[0]] += 1
+        node.input[1] = clone.output[0]
+        copied = (concat.output[0], clone)
+        concat = clone
+    piece = np.array(graph.constant(concat.input[-1]), copy=True)
+    piece[-1] = last
+    put(concat, len(concat.input) - 1, piece, concat.input[-1])
+    return copied
 
 
 def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
@@ -1166,7 +1348,7 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     from .calibrate import collect_statistics
 
     seconds = {}
-    blocks, refused = find_blocks(model, layers)
+    blocks, refused = find_blocks(model, layers, inferred_head_shapes(model, calibration))
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
@@ -1189,6 +1371,30 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
         matrices.append((matrix, bias))
     seconds["width curves"] = time.perf_counter() - tick
     return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
+
+
+def inferred_head_shapes(model: onnx.ModelProto, calibration) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes (at the first calibration sample's input shapes) of the outputs of the Reshapes whose
+    target ends in ``-1, dims`` or ``-1`` (a split into heads whose count is inferred and the merge back,
+    as Hugging Face exports write them); empty without such a Reshape. One shape inference (an ONNX Runtime run if it cannot size
+    them)."""
+    from .calibrate import calibration_runs
+    from .shapes import tensor_shapes
+
+    graph = _Graph(model)
+    needed = []
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and len(node.input) > 1:
+            tail = _target_tail(graph, node.input[1])
+            if tail is not None and (int(tail[-1]) == -1 or len(tail) >= 2 and int(tail[-2]) == -1):
+                needed.append(node.output[0])
+    if not needed:
+        return {}
+    first = next(iter(calibration_runs(calibration, model, 1, limit=1)), None)
+    if first is None:
+        return {}
+    shapes = tensor_shapes(model, {name: tuple(value.shape) for name, value in first.items()}, needed)
+    return {name: shapes[name] for name in needed if name in shapes}
 
 
 REFUSED_SHOWN = 5  # producers named in the report's "not prunable" note

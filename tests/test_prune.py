@@ -13,7 +13,7 @@ from conftest import make_model, run_model, small_cnn
 from onnx_alds import compress
 from onnx_alds.errors import BudgetError, InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
-from onnx_alds.layers import find_layers, weight_constants
+from onnx_alds.layers import ensure_node_names, find_layers, weight_constants
 from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
                              refit_consumer, width_options, analyze_blocks, _Graph)
 from onnx_alds.shapes import tensor_shapes
@@ -646,7 +646,7 @@ def test_budget_left_after_the_min_max_goes_to_the_largest_errors():
     assert _spend_leftover(items, [0, 0], 5.0) == [2, 1]
 
 
-def _reshaped_feed_forward(split_channels: bool = False, seed: int = 43) -> onnx.ModelProto:
+def _reshaped_feed_forward(split_channels: bool = False, seed: int = 43, named: bool = True) -> onnx.ModelProto:
     """A Keras Dense pair on (N, 16, 64) as tf2onnx writes it after onnxsim folds its shapes: Reshape to 2-D
     → MatMul → Reshape back → bias Add → Relu → Reshape to 2-D → MatMul → Reshape back. 64 of the 128
     hidden units are dead (zero weights, negative bias): cutting them is lossless."""
@@ -670,8 +670,20 @@ def _reshaped_feed_forward(split_channels: bool = False, seed: int = 43) -> onnx
              helper.make_node("Reshape", ["r3", "flat128"], ["r2"], name="flatten"),
              helper.make_node("MatMul", ["r2", "w2"], ["y2"], name="down"),
              helper.make_node("Reshape", ["y2", "back64"], ["y"])]
-    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 64])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])], inits)
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])], inits)
+    if named:
+        ensure_node_names(model)
+    return model
+
+
+@pytest.mark.parametrize("split_channels", [False, True])
+def test_a_block_whose_nodes_have_no_names_of_their_own_is_refused(split_channels):
+    """Blocks find their nodes by name: with the Add, Relu and the last Reshape all unnamed, pruning the
+    block called directly rewrote the target of the Reshape after the consumer (outside the block) too."""
+    model = _reshaped_feed_forward(split_channels=split_channels, named=False)
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)))
+    assert not blocks and any(r.producer == "up" and "has no name of its own" in r.reason for r in refused)
 
 
 def test_reshapes_that_keep_the_channels_last_are_inside_a_block():
@@ -688,10 +700,179 @@ def test_reshapes_that_keep_the_channels_last_are_inside_a_block():
     assert [-1, 16, 64] in targets and [-1, 64] in targets and [-1, 16, 128] not in targets
 
 
-def test_reshape_that_splits_the_channels_is_not_inside_a_block():
+def test_reshape_that_splits_the_channels_into_heads_and_back_is_inside_a_block():
+    """(N·16, 128) → (N, 16, 8, 16) → Relu → (N·16, 128): the channels split into 8 groups of 16 and merge
+    back in the same order, so every group keeps the same number of channels (it was refused as "moves
+    channels")."""
     model = _reshaped_feed_forward(split_channels=True)
-    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)))
-    assert not blocks and any("Reshape 'unflatten'" in r.reason and "moves channels" in r.reason for r in refused)
+    cal = _inputs(model, samples=32)
+    (block,), _ = find_blocks(model, _layers(model, cal))
+    assert block.heads == 8 and {"unflatten", "flatten"} <= set(block.between)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=4)
+    (curve,) = analysis.curves
+    assert set(curve.widths.tolist()) == set(range(8, 129, 8))  # lcm(4, 8): one channel per group per step
+    for width in curve.widths:
+        assert np.all(np.bincount(curve.kept(int(width)) // 16, minlength=8) == width // 8)
+    _assert_slicing_exact(model, block, curve.kept(40), {"x": _inputs(model, samples=4, seed=9).arrays["x"]})
+    pruned = prune_model(model, [(block, curve.kept(40), None, None)])
+    targets = [numpy_helper.to_array(i).tolist() for i in pruned.graph.initializer if i.data_type == TensorProto.INT64]
+    assert [-1, 16, 8, 5] in targets and [-1, 40] in targets
+
+
+def _assert_slicing_exact(model: onnx.ModelProto, block, kept: np.ndarray, feeds: dict, atol: float = 1e-5) -> None:
+    """Slicing ``block`` to ``kept`` (no refit) gives the outputs of the original whose consumer ignores
+    the other channels (their weight rows set to zero): exact whatever the ops between do."""
+    pruned = prune_model(model, [(block, kept, None, None)])
+    onnx.checker.check_model(pruned, full_check=True)
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    weight_name = _Graph(model).nodes[block.consumer.name].input[1]
+    for init in reference.graph.initializer:
+        if init.name == weight_name:
+            weight = numpy_helper.to_array(init).copy()
+            weight[np.setdiff1d(np.arange(block.width), kept)] = 0.0  # MatMul x @ W: rows are input channels
+            init.CopyFrom(numpy_helper.from_array(weight, weight_name))
+    for got, want in zip(run_model(pruned, feeds), run_model(reference, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol)
+
+
+def _attention(seed: int = 61, dim: int = 32, heads: int = 4, tokens: int = 6, *, inferred: bool = True,
+               shared_target: bool = False, transposed: bool = True) -> onnx.ModelProto:
+    """One self-attention layer as Hugging Face exports it: Q, K, V projections (MatMul + bias Add) split
+    into heads by Reshapes to Concat(batch, tokens (from Shape), [-1], [dims]) (``inferred``; else
+    [heads]), Transpose (0, 2, 1, 3); softmax(Q Kᵀ / √dims) @ V; Transpose back; Reshape to Concat(batch,
+    tokens, [-1]); the output projection (MatMul + bias Add). ``shared_target``: the three splits read
+    one Concat (as after common-subexpression elimination); ``transposed=False``: V's heads stay on axis
+    -2 and ``P @ V`` sums over them (P a second input of shape (N, T, heads, heads))."""
+    rng = np.random.default_rng(seed)
+    dims = dim // heads
+    inits = [_init(rng, f"{p}.w", (dim, dim), 1 / np.sqrt(dim)) for p in "qkvo"]
+    inits += [_init(rng, f"{p}.b", (dim,), 0.1) for p in "qkvo"]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("zero", [0]), ("one", [1]), ("minus", [-1]), ("heads", [heads]), ("dims", [dims]),
+               ("axes", [0]))]
+    inits.append(numpy_helper.from_array(np.float32(1 / np.sqrt(dims)), "scale"))
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["b1"], axis=0),
+             helper.make_node("Gather", ["s", "one"], ["t1"], axis=0)]
+    split_count = "minus" if inferred else "heads"
+    for p in ("q", "k", "v") if not shared_target else ("",):
+        nodes.append(helper.make_node("Concat", ["b1", "t1", split_count, "dims"], [f"split{p}"], axis=0))
+    for p in "qkv":
+        target = "split" if shared_target else f"split{p}"
+        nodes += [helper.make_node("MatMul", ["x", f"{p}.w"], [f"{p}m"], name=p),
+                  helper.make_node("Add", [f"{p}m", f"{p}.b"], [f"{p}a"], name=f"{p}_bias"),
+                  helper.make_node("Reshape", [f"{p}a", target], [f"{p}s"], name=f"{p}_split")]
+    nodes += [helper.make_node("Transpose", ["qs"], ["qh"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["ks"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("MatMul", ["qh", "kt"], ["scores"], name="scores"),
+              helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+              helper.make_node("Softmax", ["scaled"], ["p"], axis=-1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, dim])]
+    if transposed:
+        nodes += [helper.make_node("Transpose", ["vs"], ["vh"], perm=[0, 2, 1, 3], name="v_heads"),
+                  helper.make_node("MatMul", ["p", "vh"], ["ctx"], name="context"),
+                  helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3], name="ctx_back")]
+        merged_from = "ctx_t"
+    else:  # P (N, T, heads, heads) @ V (N, T, heads, dims): sums over the heads
+        inputs.append(helper.make_tensor_value_info("mix", TensorProto.FLOAT, ["N", tokens, heads, heads]))
+        nodes += [helper.make_node("MatMul", ["mix", "vs"], ["ctx"], name="context"),
+                  helper.make_node("ReduceSum", ["p"], ["p_sum"], keepdims=0)]
+        merged_from = "ctx"
+    nodes += [helper.make_node("Concat", ["b1", "t1", "minus"], ["merge"], axis=0),
+              helper.make_node("Reshape", [merged_from, "merge"], ["merged"], name="ctx_merge"),
+              helper.make_node("MatMul", ["merged", "o.w"], ["om"], name="o"),
+              helper.make_node("Add", ["om", "o.b"], ["y"], name="o_bias")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", tokens, dim])]
+    if not transposed:
+        outputs.append(helper.make_tensor_value_info("p_sum", TensorProto.FLOAT, []))
+    model = make_model(nodes, inputs, outputs, inits)
+    ensure_node_names(model)
+    return model
+
+
+def _attention_inputs(model, samples: int = 24, seed: int = 3) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        dims = [samples] + [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("inferred, shared_target", [(True, False), (False, False), (True, True)])
+def test_attention_value_to_output_projection_is_a_block_with_heads(inferred, shared_target):
+    """Attention's V projection → split into heads → P @ V → merge → output projection acts on each
+    channel alone: a block whose heads keep the same number of dims each (the Q and K projections, read
+    by Q Kᵀ, are not). Slicing any head-uniform choice of channels is exact; a Concat target that the Q
+    and K splits also read is copied, not edited."""
+    model = _attention(inferred=inferred, shared_target=shared_target)
+    feeds = _attention_inputs(model)
+    cal = InputSet(feeds, source="test inputs")
+    layers = _layers(model, cal)
+    analysis = analyze_blocks(model, layers, cal, multiple=1)
+    (block,) = analysis.blocks
+    assert (block.producer.name, block.consumer.name, block.heads, block.width) == ("v", "o", 4, 32)
+    assert {r.producer for r in analysis.refused} >= {"q", "k"}
+    kept = np.sort(np.concatenate([head * 8 + np.random.default_rng(head).choice(8, 3, replace=False)
+                                   for head in range(4)]))  # 3 dims of 8 per head, different in each
+    _assert_slicing_exact(model, block, kept, {"x": feeds["x"][:4]})
+    if inferred and not shared_target:  # a split whose head count is inferred needs its shape checked
+        _, refused = find_blocks(model, layers)
+        assert any(r.producer == "v" and "infers the number of heads" in r.reason for r in refused)
+    result = compress(model, keep_params=0.8, calibration=cal, prune="only", rank_multiple=4)
+    (pruned,) = result.report.pruned
+    assert pruned.width_after < 32 and pruned.width_after % 4 == 0
+    if shared_target:  # the Q and K splits still read the original target
+        nodes = {n.name: n for n in result.model.graph.node}
+        assert nodes["q_split"].input[1] == nodes["k_split"].input[1] == "split" != nodes["v_split"].input[1]
+    x = _attention_inputs(model, samples=4, seed=9)
+    full = prune_model(model, decisions_for(analysis, [block.width]))
+    np.testing.assert_allclose(run_model(full, x)[0], run_model(model, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_style_gemm_block_between_run_time_reshapes():
+    """Hugging Face GPT-2's Conv1D feed-forward exports as Reshape(x, [-1, d]) → Gemm → Reshape to
+    Concat(batch, tokens (from Shape), [hidden]) → GELU → Reshape to [-1, hidden] → Gemm: the targets end in
+    the width and their leading pieces are computed at run time. It was refused ("target shape is not a
+    constant"); now a block whose pruned model writes the kept width into the Concat."""
+    rng = np.random.default_rng(71)
+    inits = [_init(rng, "fc.w", (16, 48), 0.25), _init(rng, "fc.b", (48,), 0.1), _init(rng, "proj.w", (48, 16), 0.15),
+             _init(rng, "proj.b", (16,), 0.1)]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("flat_d", [-1, 16]), ("flat_h", [-1, 48]), ("hidden", [48]), ("zero", [0]), ("one", [1]),
+               ("back_d", [16]))]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["b1"], axis=0),
+             helper.make_node("Gather", ["s", "one"], ["t1"], axis=0),
+             helper.make_node("Concat", ["b1", "t1", "hidden"], ["back_h"], axis=0),
+             helper.make_node("Concat", ["b1", "t1", "back_d"], ["back_x"], axis=0),
+             helper.make_node("Reshape", ["x", "flat_d"], ["x2"]),
+             helper.make_node("Gemm", ["x2", "fc.w", "fc.b"], ["h2"], name="c_fc"),
+             helper.make_node("Reshape", ["h2", "back_h"], ["h3"], name="unflatten"),
+             helper.make_node("Tanh", ["h3"], ["a3"]),
+             helper.make_node("Reshape", ["a3", "flat_h"], ["a2"], name="flatten"),
+             helper.make_node("Gemm", ["a2", "proj.w", "proj.b"], ["y2"], name="c_proj"),
+             helper.make_node("Reshape", ["y2", "back_x"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 16])], inits)
+    ensure_node_names(model)
+    cal = _inputs(model, samples=32)
+    (block,), _ = find_blocks(model, _layers(model, cal))
+    assert (block.producer.name, block.consumer.name, block.heads) == ("c_fc", "c_proj", 1)
+    kept = np.arange(0, 48, 3)
+    _assert_slicing_exact(model, block, kept, {"x": _inputs(model, samples=4, seed=9).arrays["x"]})
+    result = compress(model, keep_params=0.6, calibration=cal, prune="only", rank_multiple=8)
+    (pruned,) = result.report.pruned
+    assert pruned.width_after < 48
+
+
+def test_a_product_that_sums_over_the_heads_is_not_inside_a_block():
+    model = _attention(transposed=False)
+    feeds = _attention_inputs(model)
+    analysis = analyze_blocks(model, _layers(model, InputSet(feeds, source="t")), InputSet(feeds, source="t"))
+    assert not analysis.blocks
+    assert any(r.producer == "v" and "sums over the head axis" in r.reason for r in analysis.refused)
 
 
 def test_batched_producer_weight_is_refused_for_what_it_is():
@@ -814,6 +995,7 @@ def test_an_inference_dropout_between_the_layers_is_inside_the_block(dropout, pr
     model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                           ["n", 48])], outputs, inits),
                               opset_imports=[helper.make_opsetid("", opset)])
+    ensure_node_names(model)
     blocks, refused = find_blocks(model, _layers(model, None))
     assert bool(blocks) == prunable, refused
     if prunable:
