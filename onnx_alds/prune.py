@@ -288,16 +288,17 @@ def _per_channel_constant(value: np.ndarray, axis: int, rank: Optional[int], wid
     return all(d == 1 for i, d in enumerate(aligned) if i != axis) and aligned[axis] in (1, width)
 
 
-def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Optional[Mapping[str, tuple]] = None
-                ) -> tuple[list[Block], list[NotPrunable]]:
+def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer],
+                shapes: Sequence[Mapping[str, tuple]] = ()) -> tuple[list[Block], list[NotPrunable]]:
     """The prunable blocks of ``model``'s main graph and, for every other candidate producer, why not.
 
     ``layers``: the model's Conv/Gemm/MatMul nodes (:func:`onnx_alds.layers.find_layers`; positions set
     when the input shapes were resolved). A producer is a Conv with ``group = 1``, a Gemm with
     ``transA = 0`` or a MatMul ``x @ W`` with a constant 2-D weight; grouped and depthwise convs are
-    never producers (they are ops between or left alone). ``shapes``: concrete shapes of the Reshape
-    outputs whose target infers the number of heads (-1; :func:`inferred_head_shapes`), without which
-    such a split is refused. Blocks find their nodes by name: a block with an unnamed node or one whose name
+    never producers (they are ops between or left alone). ``shapes``: concrete tensor shapes at two or
+    more input shapes (:func:`head_shapes`): a Reshape target's -1 (an inferred head count or width)
+    counts only where every one shows the axis it stands for, and attention's ``P @ V`` only where they
+    show ``P`` has two axes or more; without them such blocks are refused. Blocks find their nodes by name: a block with an unnamed node or one whose name
     another node shares is refused (the pipeline names every node first:
     :func:`onnx_alds.layers.ensure_node_names`). Returns blocks in graph order.
     """
@@ -312,7 +313,7 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Optiona
             continue
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue  # depthwise / grouped: not a producer
-        found = _block_from(node, layer, graph, by_name, shapes or {})
+        found = _block_from(node, layer, graph, by_name, tuple(shapes))
         if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
             found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
         if isinstance(found, Block):
@@ -337,7 +338,7 @@ def _trained_input(block: Block, graph: _Graph, trained: set[str]) -> Optional[s
 
 
 def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer],
-                shapes: Mapping[str, tuple]):
+                shapes: Sequence[Mapping[str, tuple]]):
     """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer)."""
     if graph.constant(producer.weight) is None:
         return None  # not a layer with a weight (attention's activation products): not a producer
@@ -415,6 +416,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     outside = _outside_input(region_nodes, region_tensors, graph, weighted)
     if outside:
         return outside
+    inner = next((graph.nodes[name] for name in weighted if graph.nodes[name].input[0] in region_tensors), None)
+    if inner is not None:
+        return (f"MatMul '{inner.name}' multiplies the hidden channels by weights computed from them "
+                f"('{inner.input[0]}')")
     mixed = next((n for n in region_nodes if len({states[i][0] for i in n.input if i in region_tensors}) > 1), None)
     if mixed is not None:
         return (f"'{mixed.op_type}' node '{mixed.name}' joins hidden tensors whose channels are split into heads "
@@ -604,8 +609,14 @@ def _target_tail(graph: _Graph, name: str) -> Optional[np.ndarray]:
     return np.asarray(tail, dtype=np.int64) if tail else None
 
 
+def _last_piece(graph: _Graph, concat: onnx.NodeProto) -> int:
+    """The slot of a Concat target's last non-empty piece (the one holding the target's last entry)."""
+    return max(slot for slot, piece in enumerate(concat.input) if graph.constant(piece) is None
+               or graph.constant(piece).size)
+
+
 def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Optional[int], width: int,
-               heads: Optional[int], shapes: Mapping[str, tuple]):
+               heads: Optional[int], shapes: Sequence[Mapping[str, tuple]]):
     """How a MatMul/Gemm producer's hidden channels pass ``user`` when it reshapes or transposes them or
     multiplies them by attention weights: the next ``(head axis, rank)`` state, a reason they may not, or
     None when ``user`` is none of those ops (:func:`_classify` decides).
@@ -617,9 +628,10 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
     it contracts (-2); a Reshape whose target ends in ``heads·dims`` on a tensor whose head axis is -2
     merges them back. The Reshape targets may be constants or a Concat with run-time leading pieces and
     constant trailing ones; the pruned model writes the new width (or dims) into them. A split whose
-    target infers the heads (``…, -1, dims``) counts only where ``shapes`` shows that axis holds exactly
-    ``width/dims`` (else the axis could mix heads with other dims); one that infers the last axis (``…,
-    -1``) only where ``shapes`` shows it holds the width."""
+    target infers the heads (``…, -1, dims``) counts only where every shape set in ``shapes`` shows that
+    axis holds exactly ``width/dims`` (else the axis could mix heads with other dims), one that infers the
+    last axis (``…, -1``) only where they show it holds the width, and ``P @ V`` only where they show ``P``
+    has two axes or more (a 1-D ``P`` drops an axis of ``V``)."""
     op = user.op_type
     if user.domain not in ("", "ai.onnx") or op not in ("Reshape", "Transpose", "MatMul"):
         return None
@@ -629,6 +641,9 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
             return None  # a consumer, or not a product with attention weights: _classify decides
         if head_axis == -2:
             return f"{where}, which sums over the head axis"
+        ranks = {len(known[user.input[0]]) for known in shapes if user.input[0] in known}
+        if not ranks or min(ranks) < 2:
+            return f"{where}, whose first operand '{user.input[0]}' is not known to have two axes or more"
         return (head_axis, None)
     if op == "Transpose":
         perm = _attr(user, "perm", None)
@@ -650,8 +665,12 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
         return f"{where}, which flattens every axis"
     if np.any(tail == 0) or np.sum(tail == -1) > 1:
         return f"{where}, whose target {tail.tolist()} copies (0) or infers (-1) a dimension"
-    known = shapes.get(user.output[0])
-    inferred_width = int(tail[-1]) == -1 and known is not None and len(known) >= 1 and int(known[-1]) == width
+    known = [every.get(user.output[0]) for every in shapes]
+    inferred_width = int(tail[-1]) == -1 and bool(known) and all(k is not None and len(k) >= 1 and int(k[-1]) == width
+                                                                for k in known)
+    if int(tail[-1]) == -1 and not inferred_width:
+        return (f"{where}, whose target infers its last axis (-1), which could not be checked to hold the width "
+                "at two input shapes")
     if head_axis is None:
         if int(tail[-1]) == width or inferred_width:
             return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
@@ -662,7 +681,7 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
             return f"{where}, which moves channels"
         count = width // dims
         if int(tail[-2]) == -1:
-            if known is None or len(known) < 2 or int(known[-2]) != count:
+            if not known or any(k is None or len(k) < 2 or int(k[-2]) != count for k in known):
                 return (f"{where}, whose target infers the number of heads (-1) where it could not be checked to "
                         f"be {count}")
         elif int(tail[-2]) != count:
@@ -1079,9 +1098,10 @@ def _narrow_target(node: onnx.NodeProto, graph: _Graph, block: Block, width: int
         node.input[1] = clone.output[0]
         copied = (concat.output[0], clone)
         concat = clone
-    piece = np.array(graph.constant(concat.input[-1]), copy=True)
+    slot = _last_piece(graph, concat)
+    piece = np.array(graph.constant(concat.input[slot]), copy=True)
     piece[-1] = last
-    put(concat, len(concat.input) - 1, piece, concat.input[-1])
+    put(concat, slot, piece, concat.input[slot])
     return copied
 
 
@@ -1348,7 +1368,7 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     from .calibrate import collect_statistics
 
     seconds = {}
-    blocks, refused = find_blocks(model, layers, inferred_head_shapes(model, calibration))
+    blocks, refused = find_blocks(model, layers, head_shapes(model, calibration))
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
@@ -1373,28 +1393,48 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
 
 
-def inferred_head_shapes(model: onnx.ModelProto, calibration) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes (at the first calibration sample's input shapes) of the outputs of the Reshapes whose
-    target ends in ``-1, dims`` or ``-1`` (a split into heads whose count is inferred and the merge back,
-    as Hugging Face exports write them); empty without such a Reshape. One shape inference (an ONNX Runtime run if it cannot size
-    them)."""
+def head_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int, ...]]]:
+    """Concrete shapes of what :func:`find_blocks` must check before it follows channels split into heads:
+    the outputs of the Reshapes whose target ends in ``-1, dims`` or ``-1`` (an inferred head count or
+    width, as Hugging Face exports write them) and the first operands of MatMuls whose second is not a
+    constant (attention's ``P``). One set at the first calibration sample's input shapes, one with every
+    dynamic input dim one larger (a -1 that holds the heads at one shape may not at another); a set the
+    model cannot be sized at is empty. Empty list without such a Reshape or MatMul. Shape inference, and
+    an ONNX Runtime run on zero inputs where it cannot size them."""
     from .calibrate import calibration_runs
+    from .model_io import graph_inputs
     from .shapes import tensor_shapes
 
     graph = _Graph(model)
     needed = []
     for node in model.graph.node:
-        if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and len(node.input) > 1:
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        if node.op_type == "Reshape":
             tail = _target_tail(graph, node.input[1])
             if tail is not None and (int(tail[-1]) == -1 or len(tail) >= 2 and int(tail[-2]) == -1):
                 needed.append(node.output[0])
+        elif node.op_type == "MatMul" and graph.constant(node.input[1]) is None:
+            needed.append(node.input[0])
     if not needed:
-        return {}
+        return []
     first = next(iter(calibration_runs(calibration, model, 1, limit=1)), None)
     if first is None:
-        return {}
-    shapes = tensor_shapes(model, {name: tuple(value.shape) for name, value in first.items()}, needed)
-    return {name: shapes[name] for name in needed if name in shapes}
+        return []
+    at_first = {name: tuple(value.shape) for name, value in first.items()}
+    larger = dict(at_first)
+    for spec in graph_inputs(model):
+        value = next((v for v in model.graph.input if v.name == spec.name), None)
+        dims = list(value.type.tensor_type.shape.dim) if value is not None and value.type.HasField("tensor_type") \
+            else []
+        if spec.name in larger and len(dims) == len(larger[spec.name]):
+            larger[spec.name] = tuple(size + 1 if not dim.HasField("dim_value") else size
+                                      for size, dim in zip(larger[spec.name], dims))
+    sets = []
+    for input_shapes in ([at_first] if larger == at_first else [at_first, larger]):
+        shapes = tensor_shapes(model, input_shapes, needed)
+        sets.append({name: shapes[name] for name in needed if name in shapes})
+    return sets
 
 
 REFUSED_SHOWN = 5  # producers named in the report's "not prunable" note
@@ -1402,7 +1442,7 @@ PROBE_ERROR = 0.2  # the block error at which each block's effect on the model o
 
 
 def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibration, *, samples: int = 16,
-                        probe_error: float = PROBE_ERROR) -> list[float]:
+                        probe_error: float = PROBE_ERROR, batch_size: int = 16) -> list[float]:
     """Per block, how strongly its error reaches the model output: ``s_b = e_b / ε_b(w)``, with ``w`` the
     narrowest width whose block error ``ε_b`` is at most ``probe_error`` and ``e_b`` the relative change
     of the float graph outputs (averaged over them) on the first ``samples`` calibration inputs when that
@@ -1415,7 +1455,7 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     from .data_aware import float_outputs, floored_sensitivities, output_change, reference_outputs
     from .runtime import make_session
 
-    heads = list(calibration_runs(calibration, model, samples, limit=samples))  # a fixed batch runs whole
+    heads = list(calibration_runs(calibration, model, batch_size, limit=samples))  # a fixed batch runs whole
     if not heads:
         raise InputDataError("the calibration set holds fewer samples than the model's fixed batch; give at least "
                              "one full batch of calibration inputs")
@@ -1614,7 +1654,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     curves = analysis.curves
     if sensitivity and blocks and decisions is None:
         tick = time.perf_counter()
-        weights = block_sensitivities(proto, analysis, data.calibration)
+        weights = block_sensitivities(proto, analysis, data.calibration, batch_size=data.batch_size)
         seconds["sensitivity"] = time.perf_counter() - tick
         if weights:
             curves = weighted_curves(curves, weights)

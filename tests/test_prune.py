@@ -1087,3 +1087,113 @@ def test_channels_the_consumer_does_not_read_go_last_within_a_step():
     w2 = np.concatenate([rng.standard_normal((32, 16)) * 0.125, np.zeros((32, 16))], axis=0)
     model = _matmul_pair(w1, w2, "Relu")
     _assert_lossless_cut(model, _inputs(model, samples=96), 32, atol=1e-5, keep_params=0.6, rank_multiple=16)
+
+
+def _head_case(case: str) -> onnx.ModelProto:
+    """Graphs on which following heads went wrong (V 16 → 4 heads × 4 dims → O), one per ``case``:
+    ``p_one_axis``: ``P`` is 1-D, so ``P @ V`` drops the token axis and a later (H, H) product sums over
+    the heads; ``heads_batch_squared``: the split target is Concat(B·B·T, -1, dims), whose -1 holds the
+    heads at batch 1 only; ``p_from_v``: ``P = Sigmoid(V)``; ``empty_piece``: the split target ends in an
+    empty constant piece; ``width_batch_squared``: a regroup to Concat(B·B, T, -1), whose -1 holds the
+    width at batch 1 only."""
+    rng = np.random.default_rng(81)
+    width, heads, dims = 16, 4, 4
+    ints = {"zero": [0], "one": [1], "minus": [-1], "heads": [heads], "dims": [dims], "width": [width]}
+    inits = [_init(rng, "v.w", (width, width), 0.3), _init(rng, "o.w", (width, width), 0.3),
+             _init(rng, "q.w", (width, width), 0.3), _init(rng, "p1", (3,)), _init(rng, "p2", (heads, heads)),
+             numpy_helper.from_array(np.zeros(0, np.int64), "empty")]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in ints.items()]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["b1"], axis=0),
+             helper.make_node("Gather", ["s", "one"], ["t1"], axis=0), helper.make_node("Mul", ["b1", "b1"], ["bb"]),
+             helper.make_node("Mul", ["bb", "t1"], ["bbt"]),
+             helper.make_node("MatMul", ["x", "v.w"], ["vm"], name="v")]
+    out_dims = ["N", 3, width]
+    if case == "p_one_axis":
+        nodes += [helper.make_node("Concat", ["b1", "t1", "heads", "dims"], ["split"], axis=0),
+                  helper.make_node("Concat", ["b1", "width"], ["merge"], axis=0),
+                  helper.make_node("Reshape", ["vm", "split"], ["vs"]),
+                  helper.make_node("Transpose", ["vs"], ["vh"], perm=[0, 2, 1, 3]),
+                  helper.make_node("MatMul", ["p1", "vh"], ["c1"]),  # (T,) @ (N, H, T, D) -> (N, H, D)
+                  helper.make_node("MatMul", ["p2", "c1"], ["c2"]),  # (H, H) @ (N, H, D): sums over the heads
+                  helper.make_node("Transpose", ["c2"], ["c3"], perm=[1, 0, 2]),
+                  helper.make_node("Reshape", ["c3", "merge"], ["mg"])]
+        out_dims = ["N", width]
+    elif case in ("heads_batch_squared", "p_from_v", "empty_piece"):
+        split = {"heads_batch_squared": ["bbt", "minus", "dims"], "p_from_v": ["b1", "t1", "heads", "dims"],
+                 "empty_piece": ["b1", "t1", "heads", "dims", "empty"]}[case]
+        nodes += [helper.make_node("Concat", split, ["split"], axis=0),
+                  helper.make_node("Concat", ["b1", "t1", "width"], ["merge"], axis=0),
+                  helper.make_node("Reshape", ["vm", "split"], ["vs"])]
+        perm = [1, 0, 2] if case == "heads_batch_squared" else [0, 2, 1, 3]
+        nodes.append(helper.make_node("Transpose", ["vs"], ["vh"], perm=perm))
+        if case == "p_from_v":
+            nodes.append(helper.make_node("Sigmoid", ["vh"], ["p"]))
+            out_dims = ["N", dims, width]
+        else:  # attention weights softmax(Q Qᵀ), Q split like V
+            nodes += [helper.make_node("MatMul", ["x", "q.w"], ["qm"], name="q"),
+                      helper.make_node("Reshape", ["qm", "split"], ["qs"]),
+                      helper.make_node("Transpose", ["qs"], ["qh"], perm=perm),
+                      helper.make_node("Transpose", ["qh"], ["qt"], perm=list(range(len(perm) - 2)) + [
+                          len(perm) - 1, len(perm) - 2]),
+                      helper.make_node("MatMul", ["qh", "qt"], ["pp"]),
+                      helper.make_node("Softmax", ["pp"], ["p"], axis=-1)]
+        nodes += [helper.make_node("MatMul", ["p", "vh"], ["ctx"]),
+                  helper.make_node("Transpose", ["ctx"], ["ct"], perm=perm),
+                  helper.make_node("Reshape", ["ct", "merge"], ["mg"])]
+    elif case == "width_batch_squared":
+        nodes += [helper.make_node("Concat", ["bb", "t1", "minus"], ["t_a"], axis=0),
+                  helper.make_node("Concat", ["t1", "b1", "width"], ["t_b"], axis=0),
+                  helper.make_node("Reshape", ["vm", "t_a"], ["r1"]),
+                  helper.make_node("Transpose", ["r1"], ["r2"], perm=[1, 0, 2]),
+                  helper.make_node("Reshape", ["r2", "t_b"], ["mg"])]
+        out_dims = [3, "N", width]
+    nodes.append(helper.make_node("MatMul", ["mg", "o.w"], ["y"], name="o"))
+    x_dims = ["N", dims if case == "p_from_v" else 3, width]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)], inits)
+    ensure_node_names(model)
+    return model
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("p_one_axis", "is not known to have two axes or more"),
+    ("heads_batch_squared", "infers the number of heads (-1) where it could not be checked"),
+    ("p_from_v", "multiplies the hidden channels by weights computed from them"),
+    ("width_batch_squared", "infers its last axis (-1), which could not be checked")])
+def test_heads_are_followed_only_where_each_step_is_checked(case, reason):
+    """Found by a tester, each accepted and pruned into a wrong model (exit 0, reported error 0) or one
+    that did not run: a 1-D ``P`` moved the head axis unseen; a -1 checked at batch 1 only held half the
+    heads (or another width) at batch 2; ``P`` computed from V itself."""
+    model = _head_case(case)
+    x = _inputs(model, samples=4).arrays["x"]
+    run_model(model, {"x": x})  # the original runs
+    cal = InputSet({"x": x}, source="t")
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=1)
+    assert not analysis.blocks, [(b.name, b.heads) for b in analysis.blocks]
+    assert any(r.producer == "v" and reason in r.reason for r in analysis.refused), analysis.refused
+
+
+def test_a_target_ending_in_an_empty_piece_is_narrowed_in_its_last_entry():
+    """Concat(b, t, [H], [D], []) is a valid target: narrowing wrote into the empty piece (IndexError)."""
+    model = _head_case("empty_piece")
+    cal = _inputs(model, samples=16)
+    (block,), _ = find_blocks(model, _layers(model, cal), [{"p": (1, 4, 3, 3)}])
+    assert block.heads == 4
+    kept = np.array([0, 2, 5, 6, 9, 11, 12, 15])
+    _assert_slicing_exact(model, block, kept, {"x": _inputs(model, samples=3, seed=9).arrays["x"]})
+
+
+def test_block_sensitivities_run_in_the_calibration_batch_size():
+    """A model that runs at batch 1 only (a constant [1, 3, 16] Reshape) with --calibration-batch-size 1:
+    the sensitivity pass ran 16 samples in one batch and ONNX Runtime's failure surfaced as a traceback."""
+    rng = np.random.default_rng(0)
+    inits = [_init(rng, "up", (16, 32), 0.25), _init(rng, "down", (32, 16), 0.2),
+             numpy_helper.from_array(np.array([1, 3, 16], np.int64), "one_batch")]
+    nodes = [helper.make_node("Reshape", ["x", "one_batch"], ["x1"], name="fixed_batch"),
+             helper.make_node("MatMul", ["x1", "up"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "down"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16])], inits)
+    result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=16), prune="only",
+                      calibration_batch_size=1)
+    assert result.report.pruned[0].width_after < 32
