@@ -292,7 +292,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              keep_dense: Optional[Mapping[str, str]] = None, order: str = SPATIAL_FIRST,
              shrinkage: bool = True, keep_latency: Optional[float] = None, budget=None, search=None, data=None,
              speed=None, both_factors: int = 0, affine_correction: bool = False, damage_samples: int = 8,
-             damage_points: int = 4, damage_max_groups: int = 1, prune="off",
+             damage_points: int = 4, damage_max_groups: int = 1, prune="off", prune_heads: bool = False,
              calibration_workers: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
@@ -387,6 +387,10 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                                data=data, speed=speed, both_factors=both_factors,
                                affine_correction=affine_correction, damage_samples=damage_samples,
                                damage_points=damage_points, damage_max_groups=damage_max_groups)
+    if prune_heads:  # --prune-heads (onnx_alds.prune): checked with --prune by SearchOptions
+        options = replace(options, search=replace(
+            options.search, prune_heads=True, prune=options.search.prune if prune in ("off", False, None) else
+            {True: "combined"}.get(prune, prune)))
     if prune not in ("off", False, None) or options.search.prune != "off":  # --prune (onnx_alds.prune)
         from .prune import compress_pruned
 

@@ -79,6 +79,7 @@ class SearchOptions:
     exclude: tuple[str, ...] = ()
     keep_dense: Mapping[str, str] = field(default_factory=dict, hash=False)
     prune: str = "off"  # --prune (onnx_alds.prune): "off", "combined" (widths + low-rank) or "only" (widths)
+    prune_heads: bool = False  # --prune-heads: blocks may follow channels split into attention heads
 
     def __post_init__(self) -> None:
         from .spectra import ERROR_MEASURES
@@ -110,6 +111,12 @@ class SearchOptions:
         if prune not in PRUNE_MODES:
             raise BudgetError(f"unknown prune mode '{self.prune}'; choose one of: {', '.join(PRUNE_MODES)}")
         object.__setattr__(self, "prune", prune)
+        if not isinstance(self.prune_heads, (bool, np.bool_)):
+            raise BudgetError(f"prune_heads={self.prune_heads!r}: give True or False")
+        if self.prune_heads and prune == "off":
+            raise BudgetError("--prune-heads narrows attention heads of prunable blocks and needs --prune (or "
+                              "--prune only); add one, or drop --prune-heads")
+        object.__setattr__(self, "prune_heads", bool(self.prune_heads))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "keep_dense", dict(self.keep_dense or {}))
 

@@ -360,7 +360,7 @@ class Plan:
 
 
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
-_SEARCH_OPTIONAL = ("prune",)  # absent in plans of earlier versions: no pruning
+_SEARCH_OPTIONAL = ("prune", "prune_heads")  # absent in plans of earlier versions: no pruning, no heads
 _DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential",
               "bias_correction", "sensitivity", "shrinkage", "both_factors", "affine_correction", "damage_samples",
               "damage_points", "damage_max_groups")
@@ -471,6 +471,8 @@ class _Reader:
             raise self.fail("options.search.exclude", f"got {search['exclude']!r}; give a list of strings")
         if "prune" in search and search["prune"] not in PRUNE_MODES:  # null or false would silently mean "off"
             raise self.fail("options.search.prune", f"got {search['prune']!r}; give one of {', '.join(PRUNE_MODES)}")
+        if "prune_heads" in search and not isinstance(search["prune_heads"], bool):
+            raise self.fail("options.search.prune_heads", f"got {search['prune_heads']!r}; give true or false")
         digest = data.get("calibration_digest")
         if digest is not None and not isinstance(digest, str):
             raise self.fail("options.data.calibration_digest", f"got {digest!r}; give the digest string or null")
@@ -576,7 +578,8 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
         "budget": {"target": options.budget.target, "keep": options.budget.keep},
         "search": {"method": search.method, "error_measure": search.error_measure,
                    "rank_multiple": search.rank_multiple, "max_groups": search.max_groups, "order": search.order,
-                   "seed": search.seed, "exclude": list(search.exclude), "prune": search.prune},
+                   "seed": search.seed, "exclude": list(search.exclude), "prune": search.prune,
+                   "prune_heads": search.prune_heads},
         "data": {"data_aware": data.enabled, "calibration": calibration_source,
                  "calibration_digest": calibration_digest(data.calibration), "samples": samples,
                  "batch_size": data.batch_size, "refit": data.refit, "sequential": data.sequential,
@@ -659,9 +662,12 @@ def make_plan(model, **options) -> Plan:
     from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
 
     prune = options.pop("prune", "off")
+    prune_heads = options.pop("prune_heads", False)
     compress_opts = compress_options(**options)
-    if prune not in ("off", False, None):
-        compress_opts = replace(compress_opts, search=replace(compress_opts.search, prune=prune))
+    if prune not in ("off", False, None) or prune_heads:
+        compress_opts = replace(compress_opts, search=replace(
+            compress_opts.search, prune=compress_opts.search.prune if prune in ("off", False, None) else
+            {True: "combined"}.get(prune, prune), prune_heads=bool(prune_heads)))
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
         from .model_io import open_model
         from .prune import compress_pruned

@@ -78,8 +78,6 @@ UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid
 BINARY_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow")
 MAX_BETWEEN = 32  # ops between producer and consumer
 MAX_COLUMNS = 4096  # consumer input width (c·κ) the greedy selection accepts
-SPLIT_HEADS = True  # blocks may split their channels into attention heads (False: the block finding from before
-                    # heads, for the side-by-side measurement in tools/prune_bench.py)
 RIDGE = 1e-6
 
 
@@ -288,8 +286,8 @@ def _per_channel_constant(value: np.ndarray, axis: int, rank: Optional[int], wid
     return all(d == 1 for i, d in enumerate(aligned) if i != axis) and aligned[axis] in (1, width)
 
 
-def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer],
-                shapes: Sequence[Mapping[str, tuple]] = ()) -> tuple[list[Block], list[NotPrunable]]:
+def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequence[Mapping[str, tuple]] = (), *,
+                split_heads: bool = False) -> tuple[list[Block], list[NotPrunable]]:
     """The prunable blocks of ``model``'s main graph and, for every other candidate producer, why not.
 
     ``layers``: the model's Conv/Gemm/MatMul nodes (:func:`onnx_alds.layers.find_layers`; positions set
@@ -298,7 +296,8 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer],
     never producers (they are ops between or left alone). ``shapes``: concrete tensor shapes at two or
     more input shapes (:func:`head_shapes`): a Reshape target's -1 (an inferred head count or width)
     counts only where every one shows the axis it stands for, and attention's ``P @ V`` only where they
-    show ``P`` has two axes or more; without them such blocks are refused. Blocks find their nodes by name: a block with an unnamed node or one whose name
+    show ``P`` has two axes or more; without them such blocks are refused. ``split_heads``: follow channels
+    split into attention heads (``--prune-heads``; off: such a split ends the block with that reason). Blocks find their nodes by name: a block with an unnamed node or one whose name
     another node shares is refused (the pipeline names every node first:
     :func:`onnx_alds.layers.ensure_node_names`). Returns blocks in graph order.
     """
@@ -313,7 +312,7 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer],
             continue
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue  # depthwise / grouped: not a producer
-        found = _block_from(node, layer, graph, by_name, tuple(shapes))
+        found = _block_from(node, layer, graph, by_name, tuple(shapes), split_heads)
         if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
             found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
         if isinstance(found, Block):
@@ -338,7 +337,7 @@ def _trained_input(block: Block, graph: _Graph, trained: set[str]) -> Optional[s
 
 
 def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer],
-                shapes: Sequence[Mapping[str, tuple]]):
+                shapes: Sequence[Mapping[str, tuple]], split_heads: bool = False):
     """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer)."""
     if graph.constant(producer.weight) is None:
         return None  # not a layer with a weight (attention's activation products): not a producer
@@ -378,7 +377,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
                 continue
-            moved = _head_move(user, tensor, graph, head_axis, width, heads, shapes) if axis == -1 else None
+            moved = _head_move(user, tensor, graph, head_axis, width, heads, shapes, split_heads) if axis == -1 \
+                else None
             if isinstance(moved, str):
                 return moved
             if moved is not None:
@@ -616,7 +616,7 @@ def _last_piece(graph: _Graph, concat: onnx.NodeProto) -> int:
 
 
 def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Optional[int], width: int,
-               heads: Optional[int], shapes: Sequence[Mapping[str, tuple]]):
+               heads: Optional[int], shapes: Sequence[Mapping[str, tuple]], split_heads: bool = False):
     """How a MatMul/Gemm producer's hidden channels pass ``user`` when it reshapes or transposes them or
     multiplies them by attention weights: the next ``(head axis, rank)`` state, a reason they may not, or
     None when ``user`` is none of those ops (:func:`_classify` decides).
@@ -675,8 +675,8 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
         if int(tail[-1]) == width or inferred_width:
             return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
         dims = int(tail[-1])
-        if not SPLIT_HEADS:
-            return f"{where}, which moves channels"
+        if not split_heads:
+            return f"{where}, which splits the channels into heads (followed with --prune-heads)"
         if len(tail) < 2 or not 0 < dims < width or width % dims or heads not in (None, width // dims):
             return f"{where}, which moves channels"
         count = width // dims
@@ -1362,13 +1362,13 @@ class PruneAnalysis:
 
 def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration, *, multiple: int = 1,
                    batch_size: int = 16, notes: Optional[list[str]] = None, extra_layers: Sequence[Layer] = (),
-                   shrinkage: bool = True) -> PruneAnalysis:
-    """Find the blocks, measure their consumers' input moments (and those of ``extra_layers``) in one
-    calibration pass, and compute every block's width curve."""
+                   shrinkage: bool = True, split_heads: bool = False) -> PruneAnalysis:
+    """Find the blocks (``split_heads``: :func:`find_blocks`), measure their consumers' input moments (and
+    those of ``extra_layers``) in one calibration pass, and compute every block's width curve."""
     from .calibrate import collect_statistics
 
     seconds = {}
-    blocks, refused = find_blocks(model, layers, head_shapes(model, calibration))
+    blocks, refused = find_blocks(model, layers, head_shapes(model, calibration), split_heads=split_heads)
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
@@ -1627,7 +1627,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     others = [layer for layer in layers if layer.compressible and api._uncalibrated_reason(layer) is None]
     analysis = analyze_blocks(proto, layers, data.calibration, multiple=search.rank_multiple,
                               batch_size=data.batch_size, notes=notes,
-                              extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage)
+                              extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage,
+                              split_heads=search.prune_heads)
     seconds.update(analysis.seconds)
     blocks = analysis.blocks
     if not blocks and not others:  # each layer's reason, those calibration cannot measure too

@@ -144,6 +144,8 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d["options"]["search"].update(prune=None), r"options.search.prune: got None; give one of off, "
                                                           r"combined, only"),
     (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
+    (lambda d: d["options"]["search"].update(prune_heads="yes"), r"options.search.prune_heads: got 'yes'; give "
+                                                                 r"true or false"),
     (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),
     (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a finite number, got '0.6'"),
     (lambda d: d["options"]["budget"].update(keep=10 ** 400), r"options.budget.keep: expected a finite number, got "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import numpy as np
@@ -682,7 +683,7 @@ def test_a_block_whose_nodes_have_no_names_of_their_own_is_refused(split_channel
     """Blocks find their nodes by name: with the Add, Relu and the last Reshape all unnamed, pruning the
     block called directly rewrote the target of the Reshape after the consumer (outside the block) too."""
     model = _reshaped_feed_forward(split_channels=split_channels, named=False)
-    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)))
+    blocks, refused = find_blocks(model, _layers(model, _inputs(model, samples=8)), split_heads=True)
     assert not blocks and any(r.producer == "up" and "has no name of its own" in r.reason for r in refused)
 
 
@@ -706,9 +707,12 @@ def test_reshape_that_splits_the_channels_into_heads_and_back_is_inside_a_block(
     channels")."""
     model = _reshaped_feed_forward(split_channels=True)
     cal = _inputs(model, samples=32)
-    (block,), _ = find_blocks(model, _layers(model, cal))
+    blocks, refused = find_blocks(model, _layers(model, cal))  # heads are followed with --prune-heads only
+    assert not blocks and any("splits the channels into heads (followed with --prune-heads)" in r.reason
+                              for r in refused)
+    (block,), _ = find_blocks(model, _layers(model, cal), split_heads=True)
     assert block.heads == 8 and {"unflatten", "flatten"} <= set(block.between)
-    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=4)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=4, split_heads=True)
     (curve,) = analysis.curves
     assert set(curve.widths.tolist()) == set(range(8, 129, 8))  # lcm(4, 8): one channel per group per step
     for width in curve.widths:
@@ -810,7 +814,7 @@ def test_attention_value_to_output_projection_is_a_block_with_heads(inferred, sh
     feeds = _attention_inputs(model)
     cal = InputSet(feeds, source="test inputs")
     layers = _layers(model, cal)
-    analysis = analyze_blocks(model, layers, cal, multiple=1)
+    analysis = analyze_blocks(model, layers, cal, multiple=1, split_heads=True)
     (block,) = analysis.blocks
     assert (block.producer.name, block.consumer.name, block.heads, block.width) == ("v", "o", 4, 32)
     assert {r.producer for r in analysis.refused} >= {"q", "k"}
@@ -818,9 +822,11 @@ def test_attention_value_to_output_projection_is_a_block_with_heads(inferred, sh
                                    for head in range(4)]))  # 3 dims of 8 per head, different in each
     _assert_slicing_exact(model, block, kept, {"x": feeds["x"][:4]})
     if inferred and not shared_target:  # a split whose head count is inferred needs its shape checked
-        _, refused = find_blocks(model, layers)
+        _, refused = find_blocks(model, layers, split_heads=True)
         assert any(r.producer == "v" and "infers the number of heads" in r.reason for r in refused)
-    result = compress(model, keep_params=0.8, calibration=cal, prune="only", rank_multiple=4)
+    with pytest.raises(UnsupportedModelError, match="--prune-heads"):  # heads are followed on request only
+        compress(model, keep_params=0.8, calibration=cal, prune="only", rank_multiple=4)
+    result = compress(model, keep_params=0.8, calibration=cal, prune="only", rank_multiple=4, prune_heads=True)
     (pruned,) = result.report.pruned
     assert pruned.width_after < 32 and pruned.width_after % 4 == 0
     if shared_target:  # the Q and K splits still read the original target
@@ -870,7 +876,8 @@ def test_gpt2_style_gemm_block_between_run_time_reshapes():
 def test_a_product_that_sums_over_the_heads_is_not_inside_a_block():
     model = _attention(transposed=False)
     feeds = _attention_inputs(model)
-    analysis = analyze_blocks(model, _layers(model, InputSet(feeds, source="t")), InputSet(feeds, source="t"))
+    analysis = analyze_blocks(model, _layers(model, InputSet(feeds, source="t")), InputSet(feeds, source="t"),
+                              split_heads=True)
     assert not analysis.blocks
     assert any(r.producer == "v" and "sums over the head axis" in r.reason for r in analysis.refused)
 
@@ -1168,7 +1175,7 @@ def test_heads_are_followed_only_where_each_step_is_checked(case, reason):
     x = _inputs(model, samples=4).arrays["x"]
     run_model(model, {"x": x})  # the original runs
     cal = InputSet({"x": x}, source="t")
-    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=1)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=1, split_heads=True)
     assert not analysis.blocks, [(b.name, b.heads) for b in analysis.blocks]
     assert any(r.producer == "v" and reason in r.reason for r in analysis.refused), analysis.refused
 
@@ -1177,7 +1184,7 @@ def test_a_target_ending_in_an_empty_piece_is_narrowed_in_its_last_entry():
     """Concat(b, t, [H], [D], []) is a valid target: narrowing wrote into the empty piece (IndexError)."""
     model = _head_case("empty_piece")
     cal = _inputs(model, samples=16)
-    (block,), _ = find_blocks(model, _layers(model, cal), [{"p": (1, 4, 3, 3)}])
+    (block,), _ = find_blocks(model, _layers(model, cal), [{"p": (1, 4, 3, 3)}], split_heads=True)
     assert block.heads == 4
     kept = np.array([0, 2, 5, 6, 9, 11, 12, 15])
     _assert_slicing_exact(model, block, kept, {"x": _inputs(model, samples=3, seed=9).arrays["x"]})
@@ -1197,3 +1204,29 @@ def test_block_sensitivities_run_in_the_calibration_batch_size():
     result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=16), prune="only",
                       calibration_batch_size=1)
     assert result.report.pruned[0].width_after < 32
+
+
+def test_prune_heads_flag_plans_and_applies_on_the_command_line(tmp_path, capsys):
+    """``--prune-heads`` reaches the block finding through compress, plan and apply (the plan records it);
+    without ``--prune`` it is a one-line error."""
+    from onnx_alds.cli import main
+
+    model = _attention()
+    path, data = tmp_path / "attention.onnx", tmp_path / "cal.npz"
+    onnx.save(model, str(path))
+    np.savez(data, **_attention_inputs(model))
+    common = ["--keep-params", "0.8", "--prune", "only", "--prune-heads", "--rank-multiple", "4",
+              "--calibration", str(data)]
+    assert main(["plan", str(path), "-o", str(tmp_path / "plan.json"), *common]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["options"]["search"]["prune_heads"] is True and plan["blocks"][0]["width"] < 32
+    assert main(["apply", str(path), str(tmp_path / "plan.json"), "-o", str(tmp_path / "applied.onnx"),
+                 "--calibration", str(data)]) == 0
+    assert main(["compress", str(path), "-o", str(tmp_path / "compressed.onnx"), *common]) == 0
+    assert (tmp_path / "applied.onnx").read_bytes() == (tmp_path / "compressed.onnx").read_bytes()
+    capsys.readouterr()
+    assert main(["compress", str(path), "-o", str(tmp_path / "x.onnx"), "--keep-params", "0.8", "--prune-heads",
+                 "--calibration", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "--prune-heads narrows attention heads of prunable blocks and needs --prune" in err
+    assert not (tmp_path / "x.onnx").exists()

@@ -11,9 +11,8 @@ calibration inputs:
 - ``damage``: low-rank by the output-damage allocator (``method="damage"``);
 - ``damage+prune``: widths and low-rank options in one output-damage integer program
   (``method="damage", prune="combined"``);
-- ``prune-noheads``, ``damage+prune-noheads``: the same with ``onnx_alds.prune.SPLIT_HEADS = False``,
-  blocks that never split their channels into attention heads (before attention's V → output projection
-  became a block);
+- ``prune-heads``, ``damage+prune-heads``: the same with ``prune_heads=True`` (``--prune-heads``): blocks
+  also follow channels split into attention heads (attention's V → output projection);
 
 and measure on the held-out inputs (never the calibration ones):
 
@@ -56,7 +55,6 @@ from profile_nodes import profile  # noqa: E402
 from data_aware_bench import _load_npz  # noqa: E402
 from models import BUILDERS  # noqa: E402
 from onnx_alds import compress  # noqa: E402
-from onnx_alds import prune as prune_module  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
 
@@ -66,10 +64,9 @@ VARIANTS = {
     "combined": dict(prune="combined"),
     "damage": dict(method="damage"),
     "damage+prune": dict(method="damage", prune="combined"),
-    # the same with blocks that never split their channels into attention heads (the block finding before
-    # attention's V → output projection became a block): the side-by-side measurement of that change
-    "prune-noheads": dict(prune="only"),
-    "damage+prune-noheads": dict(method="damage", prune="combined"),
+    # the same with blocks that also follow channels split into attention heads (--prune-heads)
+    "prune-heads": dict(prune="only", prune_heads=True),
+    "damage+prune-heads": dict(method="damage", prune="combined", prune_heads=True),
 }
 
 
@@ -186,7 +183,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         for keep in args.keep:
             for variant in args.variants:
                 started = time.perf_counter()
-                prune_module.SPLIT_HEADS = not variant.endswith("-noheads")
                 try:
                     result = compress(model, keep_flops=keep, calibration=calibration, input_shapes=shapes,
                                       rank_multiple=args.rank_multiple, **VARIANTS[variant])
