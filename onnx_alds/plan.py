@@ -889,8 +889,11 @@ class _PruneDecisions:
             if decision.width not in allowed:
                 shown = ", ".join(map(str, allowed)) if len(allowed) <= 8 else \
                     f"{', '.join(map(str, allowed[:6]))}, ..., {allowed[-1]}"
+                step = (f"multiples of {int(np.lcm(block.heads, self.options.search.rank_multiple))}: every one of its "
+                        f"{block.heads} attention heads keeps the same number of dims, at the rank multiple"
+                        if block.heads > 1 else "multiples of the rank multiple")
                 raise PlanError(f"block '{block.name}': width {decision.width} is not one of its widths ({shown}: "
-                                "multiples of the rank multiple, and the full width); give one of them")
+                                f"{step}, and the full width); give one of them")
             if decision.width < block.width:
                 factorized = [name for name in block.layers if self.layers.by_name.get(name) is not None
                               and self.layers.by_name[name].option == FACTORIZED]

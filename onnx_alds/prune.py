@@ -458,8 +458,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         problem = _layer_problem(layer, "depthwise conv")
         if problem:
             return problem
+    products = [layers[n.name] for n in region_nodes if n.op_type == "MatMul" and n.name in layers]  # P @ V
     fixed_params, channel_params, fixed_macs, channel_macs = _block_costs(node, producer, consumer, consumer_layer,
-                                                                         region_nodes, depthwise, graph, width)
+                                                                         region_nodes, depthwise, graph, width,
+                                                                         products)
     names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
     added_bias = consumer_layer.out_features if bias is not None and bias[0] == "input" and not _has_bias(consumer) \
         else 0  # the refit writes the kept channels' mean into a new bias
@@ -655,7 +657,7 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
         if rank + head_axis < 0:
             return f"{where}, whose rank is below the heads' axis"
         return (list(perm).index(rank + head_axis) - rank, None)
-    if user.input[0] != tensor or len(user.input) < 2 or int(_attr(user, "allowzero", 0)):
+    if user.input[0] != tensor or len(user.input) < 2:
         return f"{where}, which moves channels"
     tail = _target_tail(graph, user.input[1])
     if tail is None:
@@ -663,7 +665,7 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
                 "time, or an overridable input)")
     if graph.constant(user.input[1]) is not None and len(tail) < 2:
         return f"{where}, which flattens every axis"
-    if np.any(tail == 0) or np.sum(tail == -1) > 1:
+    if np.any(tail == 0) or np.sum(tail == -1) > 1:  # (without 0 entries, allowzero changes nothing)
         return f"{where}, whose target {tail.tolist()} copies (0) or infers (-1) a dimension"
     known = [every.get(user.output[0]) for every in shapes]
     inferred_width = int(tail[-1]) == -1 and bool(known) and all(k is not None and len(k) >= 1 and int(k[-1]) == width
@@ -719,8 +721,9 @@ def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -
 
 
 def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer: Layer, region_nodes,
-                 depthwise: Sequence[Layer], graph: _Graph, width: int):
-    """Weights and MACs of the block: a part that does not depend on the width, and one per hidden channel."""
+                 depthwise: Sequence[Layer], graph: _Graph, width: int, products: Sequence[Layer] = ()):
+    """Weights and MACs of the block: a part that does not depend on the width, and one per hidden channel
+    (``products``: attention's ``P @ V`` inside the block, whose MACs scale with the channels too)."""
     channel_params = producer.cols + (1 if _has_bias(node) else 0) + consumer_layer.out_features * consumer_layer.kernel
     fixed_params = consumer_layer.out_features if _has_bias(consumer) else 0
     for between in region_nodes:
@@ -736,10 +739,11 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
             elif between.op_type in BINARY_OPS + ("BatchNormalization", "Clip"):
                 fixed_params += int(value.size)
     all_layers = [producer, consumer_layer, *depthwise]
-    if any(layer.positions is None for layer in all_layers):
+    if any(layer.positions is None for layer in all_layers) or any(layer.macs is None for layer in products):
         return fixed_params, channel_params, None, None
     channel_macs = (producer.positions * producer.cols + consumer_layer.positions * consumer_layer.out_features
-                    * consumer_layer.kernel + sum(layer.positions * layer.kernel for layer in depthwise))
+                    * consumer_layer.kernel + sum(layer.positions * layer.kernel for layer in depthwise)
+                    + sum(layer.macs // width for layer in products))
     return fixed_params, channel_params, 0, channel_macs
 
 
@@ -1743,7 +1747,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         stage = replace(options, budget=replace(budget, keep=keep_after),
                         search=replace(search, keep_dense=dense))
         result = api._apply_step(api._plan_step(
-            pruned, stage, decisions=None if decisions is None else decisions.low_rank(stage, narrowed)))
+            pruned, stage, decisions=None if decisions is None else decisions.low_rank(stage, narrowed | {
+                name for block, width in zip(blocks, widths) if width < block.width for name in block.between})))
         if not any(row.groups for row in result.report.layers):
             result = None  # the low-rank step factorized nothing: the pruned model as it is (as a plan applies)
     if result is not None:
@@ -1790,6 +1795,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind,
                                          applied=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
+    if decisions is None and achieved > budget.keep * 1.001:
+        warnings += (f"achieved {achieved:.4f}, above the requested {budget.keep:g}: the widths left part of the "
+                     f"budget to the low-rank step, which {'factorized nothing' if not factorized_any else 'cut less'}"
+                     " on the pruned model (at this --rank-multiple no factorization of the layers left fits it); "
+                     "the model keeps more than asked: lower --rank-multiple, or use --prune only",)
     extra_notes += [gap_note] if gap_note else []
     starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)
                if width < block.width and block.consumer.name in analysis.stats
@@ -1822,10 +1832,15 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
     """A report row of a layer whose block was narrowed: its weights and MACs before pruning, the block's
     relative output error, and a note."""
     for block, width in zip(blocks, widths):
-        if width >= block.width or row.name not in block.layers:
+        if width >= block.width or (row.name not in block.layers and row.name not in block.between):
             continue
         original = {layer.name: layer for layer in layers}[row.name]
         note = f"pruned block '{block.name}': hidden width {block.width} -> {width}"
+        if row.name in block.between:  # attention's P @ V: no weights of its own, MACs with the channels
+            return replace(row, weight_shape=original.weight_shape, macs_before=original.macs,
+                           macs_after=None if original.macs is None else original.macs // block.width * width,
+                           skip_reason=f"{row.skip_reason}; {note}" if row.skip_reason else note,
+                           weight=original.weight)
         after = original.params // block.width * width  # producer rows, consumer columns, depthwise channels
         macs_after = None if original.positions is None else after * original.positions
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
