@@ -377,6 +377,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
                 continue
+            if user.op_type == "Shape" and user.domain in ("", "ai.onnx") and axis == -1 and head_axis is None:
+                reason = _shape_reader(user, tensor, graph, shapes)  # reads dims pruning leaves, or follows it
+                if reason:
+                    return reason
+                continue
             moved = _head_move(user, tensor, graph, head_axis, width, heads, shapes, split_heads) if axis == -1 \
                 else None
             if isinstance(moved, str):
@@ -590,11 +595,13 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     return f"{where}, which does not act per channel"
 
 
-def _target_tail(graph: _Graph, name: str) -> Optional[np.ndarray]:
+def _target_tail(graph: _Graph, name: str, data: str = "", width: Optional[int] = None) -> Optional[np.ndarray]:
     """The constant trailing entries of a Reshape target: the whole target when it is a constant, else the
     trailing constant pieces of a ``Concat`` (axis 0) whose leading pieces are computed at run time (the
-    batch and sequence lengths read from ``Shape``, as Hugging Face exports write them). None when the last
-    entry is not a constant."""
+    batch and sequence lengths read from ``Shape``, as Hugging Face exports write them). With ``width``, a
+    last piece that is the last dim of the reshaped tensor ``data`` read at run time
+    (:func:`_is_last_dim_of`, GPT-2's ``x.view(-1, x.size(-1))``) counts as that width. None when the last
+    entry is neither."""
     value = graph.constant(name)
     if value is not None:
         return value.reshape(-1).astype(np.int64) if value.ndim == 1 else None
@@ -605,10 +612,103 @@ def _target_tail(graph: _Graph, name: str) -> Optional[np.ndarray]:
     tail: list[int] = []
     for piece in reversed(node.input):
         value = graph.constant(piece)
+        if value is None and not tail and width is not None and _is_last_dim_of(graph, piece, data):
+            tail = [int(width)]
+            continue
         if value is None or value.ndim != 1:
             break
         tail = [int(v) for v in value] + tail
     return np.asarray(tail, dtype=np.int64) if tail else None
+
+
+_VALUE_PASS_OPS = ("Squeeze", "Unsqueeze", "Identity", "Cast")  # shape values pass them unchanged
+_SLICE_END = 2 ** 30  # a Slice end at least this large reaches the end of a shape vector
+
+
+def _is_last_dim_of(graph: _Graph, name: str, tensor: str) -> bool:
+    """Whether ``name`` is ``tensor``'s last dim read at run time: ``Shape(tensor)`` → ``Gather`` of index -1
+    or ``Slice`` from -1 to the end → any ``Squeeze``/``Unsqueeze``/``Identity``/``Cast``."""
+    node = graph.producers.get(name)
+    while node is not None and node.op_type in _VALUE_PASS_OPS and node.domain in ("", "ai.onnx"):
+        node = graph.producers.get(node.input[0])
+    if node is None or node.op_type not in ("Gather", "Slice") or not node.input:
+        return False
+    shape = graph.producers.get(node.input[0])
+    if shape is None or shape.op_type != "Shape" or not tensor or shape.input[0] != tensor or shape.attribute:
+        return False
+    return _shape_positions(node, graph, None) == "last"
+
+
+def _shape_positions(node: onnx.NodeProto, graph: _Graph, rank: Optional[int]) -> Optional[str]:
+    """What a ``Gather``/``Slice`` of a shape vector picks: ``"last"`` (the last dim alone), ``"leading"``
+    (only dims before the last; needs ``rank`` for non-negative indices), or None (anything else)."""
+    if node.op_type == "Gather":
+        index = graph.constant(node.input[1]) if len(node.input) > 1 else None
+        if index is None or int(_attr(node, "axis", 0)) != 0 or index.size == 0:
+            return None
+        values = [int(v) for v in np.asarray(index).reshape(-1)]
+        if values == [-1] or (rank is not None and values == [rank - 1]):
+            return "last"
+        if rank is not None and all(-rank <= v < -1 or 0 <= v < rank - 1 for v in values):
+            return "leading"
+        return None
+    if node.op_type != "Slice" or len(node.input) < 3:
+        return None
+    starts, ends = graph.constant(node.input[1]), graph.constant(node.input[2])
+    axes = graph.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else np.zeros(1, np.int64)
+    steps = graph.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
+    if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or int(axes.reshape(-1)[0]) not in (0, -1) \
+            or int(steps.reshape(-1)[0]) != 1:
+        return None
+    start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+    if start == -1 and end >= _SLICE_END:
+        return "last"
+    if rank is None:
+        return None
+    start = max(0, start + rank if start < 0 else start)
+    end = min(rank, end + rank if end < 0 else end)
+    return "leading" if end <= rank - 1 else ("last" if start == rank - 1 and end == rank else None)
+
+
+def _shape_reader(user: onnx.NodeProto, tensor: str, graph: _Graph, shapes: Sequence[Mapping[str, tuple]]
+                  ) -> Optional[str]:
+    """Why ``Shape(tensor)`` of a channels-last hidden tensor keeps it out of a block (None: it does not).
+    Its dims may be read where pruning does not change them, the dims before the last (``Gather``/``Slice``;
+    the rank from ``shapes``), and the last dim only as the last piece of a ``Concat`` target of a Reshape
+    of ``tensor`` itself (GPT-2's ``x.view(-1, x.size(-1))``), which then follows the kept width."""
+    where = f"'{tensor}' is read by Shape '{user.name}'"
+    if user.attribute or user.output[0] in graph.outputs:
+        return f"{where}, which reads the hidden tensor's shape"
+    ranks = {len(known[tensor]) for known in shapes if tensor in known}
+    rank = next(iter(ranks)) if len(ranks) == 1 else None
+    for reader in graph.users.get(user.output[0], []):
+        picked = _shape_positions(reader, graph, rank) if reader.op_type in ("Gather", "Slice") and \
+            reader.input[0] == user.output[0] and reader.domain in ("", "ai.onnx") else None
+        if picked == "leading":
+            continue
+        if picked == "last" and _feeds_own_targets(reader.output[0], tensor, graph):
+            continue
+        return f"{where}, which reads the hidden tensor's shape ({reader.op_type} '{reader.name}' uses its width)"
+    return None
+
+
+def _feeds_own_targets(value: str, tensor: str, graph: _Graph) -> bool:
+    """Whether the run-time width ``value`` reaches nothing but the last piece of Concat targets of
+    Reshapes of ``tensor`` (through value-preserving ops)."""
+    if value in graph.outputs or value in graph.subgraph_readers:
+        return False
+    for user in graph.users.get(value, []):
+        if user.op_type in _VALUE_PASS_OPS and user.domain in ("", "ai.onnx"):
+            if not _feeds_own_targets(user.output[0], tensor, graph):
+                return False
+            continue
+        if user.op_type != "Concat" or user.input[-1] != value or list(user.input).count(value) != 1:
+            return False
+        readers = graph.users.get(user.output[0], [])
+        if not readers or user.output[0] in graph.outputs or any(
+                r.op_type != "Reshape" or r.input[0] != tensor or r.input[1] != user.output[0] for r in readers):
+            return False
+    return True
 
 
 def _last_piece(graph: _Graph, concat: onnx.NodeProto) -> int:
@@ -659,7 +759,7 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
         return (list(perm).index(rank + head_axis) - rank, None)
     if user.input[0] != tensor or len(user.input) < 2:
         return f"{where}, which moves channels"
-    tail = _target_tail(graph, user.input[1])
+    tail = _target_tail(graph, user.input[1], tensor, width if head_axis is None else None)
     if tail is None:
         return (f"{where}, whose target shape is not a constant and does not end in constants (computed at run "
                 "time, or an overridable input)")
@@ -1081,6 +1181,10 @@ def _narrow_target(node: onnx.NodeProto, graph: _Graph, block: Block, width: int
     Returns the Concat's output and that copy (not yet in the graph: it goes right after the Concat), else
     None."""
     target = graph.constant(node.input[1])
+    concat = graph.producers.get(node.input[1])
+    if target is None and concat is not None and concat.op_type == "Concat" and _is_last_dim_of(graph, concat.input[_last_piece(graph, concat)],
+                                                                  node.input[0]):
+        return None  # the width read from the tensor's shape at run time follows the kept width by itself
     tail = _target_tail(graph, node.input[1])
     if int(tail[-1]) == -1:  # inferred (checked to be the width): follows the kept width by itself
         return None
@@ -1400,10 +1504,10 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
 def head_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int, ...]]]:
     """Concrete shapes of what :func:`find_blocks` must check before it follows channels split into heads:
     the outputs of the Reshapes whose target ends in ``-1, dims`` or ``-1`` (an inferred head count or
-    width, as Hugging Face exports write them) and the first operands of MatMuls whose second is not a
-    constant (attention's ``P``). One set at the first calibration sample's input shapes, one with every
+    width, as Hugging Face exports write them), the first operands of MatMuls whose second is not a
+    constant (attention's ``P``) and the inputs of ``Shape`` nodes (their rank). One set at the first calibration sample's input shapes, one with every
     dynamic input dim one larger (a -1 that holds the heads at one shape may not at another); a set the
-    model cannot be sized at is empty. Empty list without such a Reshape or MatMul. Shape inference, and
+    model cannot be sized at is empty. Empty list without such a node. Shape inference, and
     an ONNX Runtime run on zero inputs where it cannot size them."""
     from .calibrate import calibration_runs
     from .model_io import graph_inputs
@@ -1412,9 +1516,13 @@ def head_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int
     graph = _Graph(model)
     needed = []
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        if node.domain not in ("", "ai.onnx") or not node.input:
             continue
-        if node.op_type == "Reshape":
+        if node.op_type == "Shape":  # the rank of a tensor whose dims are read (Shape readers of a block)
+            needed.append(node.input[0])
+        elif len(node.input) < 2:
+            continue
+        elif node.op_type == "Reshape":
             tail = _target_tail(graph, node.input[1])
             if tail is not None and (int(tail[-1]) == -1 or len(tail) >= 2 and int(tail[-2]) == -1):
                 needed.append(node.output[0])

@@ -1279,3 +1279,72 @@ def test_reshapes_with_allowzero_but_no_zero_entry_are_followed():
     cal = InputSet(_attention_inputs(model), source="t")
     (block,) = analyze_blocks(model, _layers(model, cal), cal, split_heads=True).blocks
     assert (block.producer.name, block.heads) == ("v", 4)
+
+
+def _gpt2_feed_forward(width_use: str = "target") -> onnx.ModelProto:
+    """GPT-2's feed-forward as the legacy exporter writes it: c_fc is Reshape(x, [-1, 16]) → Gemm → Reshape
+    to Concat(B, T, [48]) (B, T read from Shape(x)); c_proj reads the hidden tensor's own shape:
+    Shape(h) → Gather 0, 1 for its output target, and Shape(h) → Slice[-1:] → Squeeze → Unsqueeze →
+    Concat([-1], ·) as the target of ``h.view(-1, h.size(-1))``. ``width_use="elsewhere"``: that width
+    also scales the output (a Cast and a Mul), which pruning would change."""
+    rng = np.random.default_rng(72)
+    inits = [_init(rng, "fc.w", (16, 48), 0.25), _init(rng, "fc.b", (48,), 0.1), _init(rng, "proj.w", (48, 16), 0.15),
+             _init(rng, "proj.b", (16,), 0.1)]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("flat_d", [-1, 16]), ("minus", [-1]), ("hidden", [48]), ("zero", [0]), ("one", [1]), ("d", [16]),
+               ("big", [2 ** 63 - 1]), ("axis0", [0]))]
+    nodes = [helper.make_node("Shape", ["x"], ["sx"]),
+             helper.make_node("Gather", ["sx", "zero"], ["bx"], axis=0),
+             helper.make_node("Gather", ["sx", "one"], ["tx"], axis=0),
+             helper.make_node("Concat", ["bx", "tx", "hidden"], ["back_h"], axis=0),
+             helper.make_node("Reshape", ["x", "flat_d"], ["x2"]),
+             helper.make_node("Gemm", ["x2", "fc.w", "fc.b"], ["h2"], name="c_fc"),
+             helper.make_node("Reshape", ["h2", "back_h"], ["h3"], name="unflatten"),
+             helper.make_node("Tanh", ["h3"], ["a"]),
+             helper.make_node("Shape", ["a"], ["sa"], name="shape_a"),
+             helper.make_node("Gather", ["sa", "zero"], ["ba"], axis=0),
+             helper.make_node("Gather", ["sa", "one"], ["ta"], axis=0),
+             helper.make_node("Slice", ["sa", "minus", "big", "axis0"], ["last"]),
+             helper.make_node("Squeeze", ["last", "axis0"], ["c"]),
+             helper.make_node("Unsqueeze", ["c", "axis0"], ["c1"]),
+             helper.make_node("Concat", ["minus", "c1"], ["flat_a"], axis=0),
+             helper.make_node("Reshape", ["a", "flat_a"], ["a2"], name="flatten"),
+             helper.make_node("Gemm", ["a2", "proj.w", "proj.b"], ["y2"], name="c_proj"),
+             helper.make_node("Concat", ["ba", "ta", "d"], ["back_y"], axis=0),
+             helper.make_node("Reshape", ["y2", "back_y"], ["y3"])]
+    if width_use == "elsewhere":
+        nodes += [helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["y3", "cf"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["y3"], ["y"]))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 16])], inits)
+    ensure_node_names(model)
+    return model
+
+
+def test_a_feed_forward_that_reads_its_hidden_shape_for_its_own_reshape_is_a_block():
+    """A real GPT-2 export: c_proj's ``h.view(-1, h.size(-1))`` reads Shape of the hidden tensor, and every
+    feed-forward was refused ("reads the hidden tensor's shape"). Its leading dims do not change and its
+    width read at run time follows the kept width: a block, exact at other batch sizes and lengths."""
+    model = _gpt2_feed_forward()
+    rng = np.random.default_rng(5)
+    cal = InputSet({"x": rng.standard_normal((8, 5, 16)).astype(np.float32)}, source="t")
+    analysis = analyze_blocks(model, _layers(model, cal), cal)
+    (block,) = analysis.blocks
+    assert (block.producer.name, block.consumer.name) == ("c_fc", "c_proj")
+    for dims in ((1, 5, 16), (3, 7, 16)):
+        _assert_slicing_exact(model, block, np.arange(0, 48, 3),
+                              {"x": rng.standard_normal(dims).astype(np.float32)})
+    result = compress(model, keep_params=0.6, calibration=cal, prune="only", rank_multiple=8)
+    assert result.report.pruned[0].width_after < 48
+    x = rng.standard_normal((2, 9, 16)).astype(np.float32)
+    assert run_model(result.model, {"x": x})[0].shape == (2, 9, 16)
+
+
+def test_a_hidden_width_read_for_anything_else_keeps_the_block_out():
+    model = _gpt2_feed_forward(width_use="elsewhere")
+    cal = InputSet({"x": np.random.default_rng(5).standard_normal((8, 5, 16)).astype(np.float32)}, source="t")
+    analysis = analyze_blocks(model, _layers(model, cal), cal)
+    assert not analysis.blocks
+    assert any(r.producer == "c_fc" and "reads the hidden tensor's shape (Slice" in r.reason for r in analysis.refused)
