@@ -105,9 +105,14 @@ class Block:
     layers: tuple[str, ...]  # Conv/Gemm/MatMul nodes in the block (producer, depthwise convs, consumer)
     added_bias: int = 0  # weights a narrowed block's refit adds: a Conv/Gemm consumer without a bias gets one
     heads: int = 1  # attention heads the hidden channels are split into (channel c = head·(c/heads) + dim)
+    # per channel, the per-channel constants other nodes read too: narrowing adds their sliced copy and the
+    # original stays (it is counted with the rest of the model)
+    shared_channel_params: int = 0
 
     def params(self, width: int) -> int:
-        return self.fixed_params + width * self.channel_params + (self.added_bias if width < self.width else 0)
+        narrowed = width < self.width
+        return (self.fixed_params + width * self.channel_params
+                + (self.added_bias + width * self.shared_channel_params if narrowed else 0))
 
     def macs(self, width: int) -> Optional[int]:
         return None if self.channel_macs is None else self.fixed_macs + width * self.channel_macs
@@ -464,14 +469,19 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         if problem:
             return problem
     products = [layers[n.name] for n in region_nodes if n.op_type == "MatMul" and n.name in layers]  # P @ V
-    fixed_params, channel_params, fixed_macs, channel_macs = _block_costs(node, producer, consumer, consumer_layer,
-                                                                         region_nodes, depthwise, graph, width,
-                                                                         products)
+    costs = _block_costs(node, producer, consumer, consumer_layer, region_nodes, depthwise, graph, width, products)
+    fixed_params, channel_params, fixed_macs, channel_macs, shared_channel_params = costs
     names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
     added_bias = consumer_layer.out_features if bias is not None and bias[0] == "input" and not _has_bias(consumer) \
         else 0  # the refit writes the kept channels' mean into a new bias
+    holder = graph.nodes[bias[1]] if bias is not None and bias[0] == "add" else consumer
+    slot = bias[2] if bias is not None and bias[0] == "add" else 2
+    old_bias = holder.input[slot] if bias is not None and slot < len(holder.input) else ""
+    if old_bias and (old_bias in graph.outputs or old_bias in graph.subgraph_readers
+                     or any(reader.name != holder.name for reader in graph.users.get(old_bias, []))):
+        added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # shared: the refit's bias goes beside it
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
-                 fixed_macs, channel_macs, names, added_bias, heads or 1)
+                 fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params)
 
 
 def _outside_input(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()) -> Optional[str]:
@@ -677,7 +687,7 @@ def _shape_reader(user: onnx.NodeProto, tensor: str, graph: _Graph, shapes: Sequ
     the rank from ``shapes``), and the last dim only as the last piece of a ``Concat`` target of a Reshape
     of ``tensor`` itself (GPT-2's ``x.view(-1, x.size(-1))``), which then follows the kept width."""
     where = f"'{tensor}' is read by Shape '{user.name}'"
-    if user.attribute or user.output[0] in graph.outputs:
+    if user.attribute or user.output[0] in graph.outputs or user.output[0] in graph.subgraph_readers:
         return f"{where}, which reads the hidden tensor's shape"
     ranks = {len(known[tensor]) for known in shapes if tensor in known}
     rank = next(iter(ranks)) if len(ranks) == 1 else None
@@ -705,7 +715,7 @@ def _feeds_own_targets(value: str, tensor: str, graph: _Graph) -> bool:
         if user.op_type != "Concat" or user.input[-1] != value or list(user.input).count(value) != 1:
             return False
         readers = graph.users.get(user.output[0], [])
-        if not readers or user.output[0] in graph.outputs or any(
+        if not readers or user.output[0] in graph.outputs or user.output[0] in graph.subgraph_readers or any(
                 r.op_type != "Reshape" or r.input[0] != tensor or r.input[1] != user.output[0] for r in readers):
             return False
     return True
@@ -771,8 +781,9 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
     inferred_width = int(tail[-1]) == -1 and bool(known) and all(k is not None and len(k) >= 1 and int(k[-1]) == width
                                                                 for k in known)
     if int(tail[-1]) == -1 and not inferred_width:
+        unsized = " (the model could not be sized at a second input shape)" if None in known else ""
         return (f"{where}, whose target infers its last axis (-1), which could not be checked to hold the width "
-                "at two input shapes")
+                f"at two input shapes{unsized}")
     if head_axis is None:
         if int(tail[-1]) == width or inferred_width:
             return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
@@ -784,8 +795,9 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
         count = width // dims
         if int(tail[-2]) == -1:
             if not known or any(k is None or len(k) < 2 or int(k[-2]) != count for k in known):
+                unsized = " (the model could not be sized at a second input shape)" if None in known else ""
                 return (f"{where}, whose target infers the number of heads (-1) where it could not be checked to "
-                        f"be {count}")
+                        f"be {count}{unsized}")
         elif int(tail[-2]) != count:
             return f"{where}, which moves channels"
         return (-2, None)  # splits the channels into heads × dims (attention's V)
@@ -822,29 +834,44 @@ def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -
 
 def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer: Layer, region_nodes,
                  depthwise: Sequence[Layer], graph: _Graph, width: int, products: Sequence[Layer] = ()):
-    """Weights and MACs of the block: a part that does not depend on the width, and one per hidden channel
-    (``products``: attention's ``P @ V`` inside the block, whose MACs scale with the channels too)."""
-    channel_params = producer.cols + (1 if _has_bias(node) else 0) + consumer_layer.out_features * consumer_layer.kernel
+    """Weights and MACs of the block: a part that does not depend on the width, one per hidden channel, and
+    the per-channel weights of constants other nodes read too (narrowing adds their sliced copy; the
+    original stays); ``products``: attention's ``P @ V`` inside the block, whose MACs scale with the
+    channels too."""
+    own = {node.name, consumer.name, *(n.name for n in region_nodes)}
+
+    def shared(name: str) -> bool:
+        readers = graph.users.get(name, [])
+        return name in graph.outputs or name in graph.subgraph_readers or any(r.name not in own for r in readers)
+
+    sliced: dict[str, int] = {}  # per-channel constants of the block -> weights per channel
+    if _has_bias(node):
+        sliced[node.input[2]] = 1
+    channel_params = producer.cols + consumer_layer.out_features * consumer_layer.kernel
     fixed_params = consumer_layer.out_features if _has_bias(consumer) else 0
     for between in region_nodes:
         if between.op_type == "Conv":
-            channel_params += int(np.prod(graph.constant(between.input[1]).shape[1:])) + (1 if _has_bias(between) else 0)
+            channel_params += int(np.prod(graph.constant(between.input[1]).shape[1:]))
+            if _has_bias(between):
+                sliced[between.input[2]] = 1
             continue
         for name in between.input:
             value = graph.constant(name)
             if value is None:
                 continue
             if value.size > 1 and value.size % width == 0 and between.op_type in BINARY_OPS + ("BatchNormalization",):
-                channel_params += value.size // width
+                sliced[name] = value.size // width
             elif between.op_type in BINARY_OPS + ("BatchNormalization", "Clip"):
                 fixed_params += int(value.size)
+    channel_params += sum(k for name, k in sliced.items() if not shared(name))
+    shared_channel_params = sum(k for name, k in sliced.items() if shared(name))
     all_layers = [producer, consumer_layer, *depthwise]
     if any(layer.positions is None for layer in all_layers) or any(layer.macs is None for layer in products):
-        return fixed_params, channel_params, None, None
+        return fixed_params, channel_params, None, None, shared_channel_params
     channel_macs = (producer.positions * producer.cols + consumer_layer.positions * consumer_layer.out_features
                     * consumer_layer.kernel + sum(layer.positions * layer.kernel for layer in depthwise)
                     + sum(layer.macs // width for layer in products))
-    return fixed_params, channel_params, 0, channel_macs
+    return fixed_params, channel_params, 0, channel_macs, shared_channel_params
 
 
 def _has_bias(node: onnx.NodeProto) -> bool:
@@ -1534,18 +1561,22 @@ def head_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int
     if first is None:
         return []
     at_first = {name: tuple(value.shape) for name, value in first.items()}
-    larger = dict(at_first)
+    larger, undeclared = dict(at_first), False
     for spec in graph_inputs(model):
         value = next((v for v in model.graph.input if v.name == spec.name), None)
         dims = list(value.type.tensor_type.shape.dim) if value is not None and value.type.HasField("tensor_type") \
-            else []
-        if spec.name in larger and len(dims) == len(larger[spec.name]):
+            and value.type.tensor_type.HasField("shape") else None
+        if spec.name in larger and (dims is None or len(dims) != len(larger[spec.name])):
+            undeclared = True  # which dims may change is unknown: nothing is checked at a second shape
+        elif spec.name in larger:
             larger[spec.name] = tuple(size + 1 if not dim.HasField("dim_value") else size
                                       for size, dim in zip(larger[spec.name], dims))
     sets = []
-    for input_shapes in ([at_first] if larger == at_first else [at_first, larger]):
+    for input_shapes in ([at_first] if larger == at_first and not undeclared else [at_first, larger]):
         shapes = tensor_shapes(model, input_shapes, needed)
         sets.append({name: shapes[name] for name in needed if name in shapes})
+    if undeclared:
+        sets[-1] = {}
     return sets
 
 
@@ -1854,9 +1885,14 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         dense.update({name: "in a pruned block (its hidden width was cut)" for name in narrowed})
         stage = replace(options, budget=replace(budget, keep=keep_after),
                         search=replace(search, keep_dense=dense))
-        result = api._apply_step(api._plan_step(
-            pruned, stage, decisions=None if decisions is None else decisions.low_rank(stage, narrowed | {
-                name for block, width in zip(blocks, widths) if width < block.width for name in block.between})))
+        try:
+            result = api._apply_step(api._plan_step(
+                pruned, stage, decisions=None if decisions is None else decisions.low_rank(stage, narrowed | {
+                    name for block, width in zip(blocks, widths) if width < block.width for name in block.between})))
+        except BudgetError as exc:  # its own budget is the rest of the user's, as a fraction of the pruned model
+            raise BudgetError(f"{budget.flag} {budget.keep:g}: after the blocks were narrowed, the low-rank step "
+                              f"could not cut the rest of the budget (keep {keep_after:.4f} of the pruned model; "
+                              f"{str(exc).splitlines()[0]}); ask for a larger keep, or use --prune only") from exc
         if not any(row.groups for row in result.report.layers):
             result = None  # the low-rank step factorized nothing: the pruned model as it is (as a plan applies)
     if result is not None:
@@ -1904,10 +1940,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                                          applied=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
     if decisions is None and achieved > budget.keep * 1.001:
-        warnings += (f"achieved {achieved:.4f}, above the requested {budget.keep:g}: the widths left part of the "
-                     f"budget to the low-rank step, which {'factorized nothing' if not factorized_any else 'cut less'}"
-                     " on the pruned model (at this --rank-multiple no factorization of the layers left fits it); "
-                     "the model keeps more than asked: lower --rank-multiple, or use --prune only",)
+        why = ("the pruned model holds more than its widths were priced at" if mode == "only" else
+               f"the widths left part of the budget to the low-rank step, which "
+               f"{'factorized nothing' if not factorized_any else 'cut less'} on the pruned model")
+        warnings += (f"achieved {achieved:.4f}, above the requested {budget.keep:g}: {why}; the model keeps more "
+                     "than asked (ask for a smaller keep to land on the figure you need)",)
     extra_notes += [gap_note] if gap_note else []
     starved = [(block, analysis.stats[block.consumer.name].count) for block, width in zip(blocks, widths)
                if width < block.width and block.consumer.name in analysis.stats

@@ -16,7 +16,7 @@ from onnx_alds.errors import BudgetError, InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 from onnx_alds.layers import ensure_node_names, find_layers, weight_constants
 from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
-                             refit_consumer, width_options, analyze_blocks, _Graph)
+                             refit_consumer, width_options, analyze_blocks, head_shapes, _Graph)
 from onnx_alds.shapes import tensor_shapes
 
 
@@ -1348,3 +1348,67 @@ def test_a_hidden_width_read_for_anything_else_keeps_the_block_out():
     analysis = analyze_blocks(model, _layers(model, cal), cal)
     assert not analysis.blocks
     assert any(r.producer == "c_fc" and "reads the hidden tensor's shape (Slice" in r.reason for r in analysis.refused)
+
+
+def test_a_shape_read_inside_a_subgraph_keeps_the_block_out():
+    """Shape(h) read only by an If branch (a second graph output): the block was pruned and that output
+    changed from [N, T, 32] to [N, T, 20], exit 0."""
+    rng = np.random.default_rng(0)
+    branch = helper.make_tensor_value_info("b_out", TensorProto.FLOAT, [3])
+    then_g = helper.make_graph([helper.make_node("Cast", ["hs"], ["b_out"], to=TensorProto.FLOAT)], "t", [], [branch])
+    else_g = helper.make_graph([helper.make_node("Cast", ["hs"], ["b_out"], to=TensorProto.FLOAT)], "e", [], [branch])
+    nodes = [helper.make_node("MatMul", ["x", "up.w"], ["u"], name="up"), helper.make_node("Relu", ["u"], ["h"]),
+             helper.make_node("Shape", ["h"], ["hs"]),
+             helper.make_node("If", ["cond"], ["h_shape"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("MatMul", ["h", "down.w"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 16]),
+                        helper.make_tensor_value_info("h_shape", TensorProto.FLOAT, [3])],
+                       [_init(rng, "up.w", (16, 32), 0.3), _init(rng, "down.w", (32, 16), 0.3),
+                        numpy_helper.from_array(np.array(True), "cond")])
+    ensure_node_names(model)
+    cal = _inputs(model, samples=16)
+    analysis = analyze_blocks(model, _layers(model, cal), cal)
+    assert not analysis.blocks
+    assert any(r.producer == "up" and "reads the hidden tensor's shape" in r.reason for r in analysis.refused)
+
+
+def test_a_consumer_bias_shared_with_another_block_is_priced_beside_its_refit():
+    """Two feed-forward blocks whose consumers' bias Adds read one initializer (dynamo deduplicates equal
+    biases): the refit writes a new bias beside the shared one, which the cost left out, and
+    ``--prune only --keep-params 0.67`` wrote 0.6708 of the weights."""
+    rng = np.random.default_rng(0)
+    inits = [_init(rng, n, s, 1 / np.sqrt(s[0])) for n, s in
+             (("q1", (32, 32)), ("q2", (32, 32)), ("up1", (32, 64)), ("up2", (32, 64)), ("down1", (64, 32)),
+              ("down2", (64, 32)))] + [numpy_helper.from_array(np.zeros(64, np.float32), "b")]
+    nodes, x = [], "x"
+    for i in (1, 2):
+        nodes += [helper.make_node("MatMul", [x, f"q{i}"], [f"q{i}o"], name=f"q{i}"),
+                  helper.make_node("Tanh", [f"q{i}o"], [f"t{i}"], name=f"tanh{i}"),
+                  helper.make_node("MatMul", [f"t{i}", f"up{i}"], [f"u{i}"], name=f"up{i}"),
+                  helper.make_node("Add", [f"u{i}", "b"], [f"ub{i}"], name=f"bias{i}"),
+                  helper.make_node("Relu", [f"ub{i}"], [f"r{i}"], name=f"relu{i}"),
+                  helper.make_node("MatMul", [f"r{i}", f"down{i}"], [f"d{i}"], name=f"down{i}"),
+                  helper.make_node("Add", [f"d{i}", x], [f"y{i}"], name=f"res{i}")]
+        x = f"y{i}"
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32])],
+                       [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8, 32])], inits)
+    cal = _inputs(model, samples=64)
+    (first, second), _ = find_blocks(model, _layers(model, cal))
+    assert first.params(16) - first.params(first.width) == (16 - 32) * first.channel_params + 64  # the new bias
+    result = compress(model, keep_params=0.67, calibration=cal, prune="only", rank_multiple=4)
+    written = sum(numpy_helper.to_array(i).size for i in result.model.graph.initializer)
+    assert result.report.params_after == written and result.report.achieved <= 0.67
+
+
+def test_an_input_without_a_declared_shape_checks_no_second_shape():
+    """With no shape on the graph input, which dims may change is unknown: the -1 that holds the width at
+    batch 1 only was accepted on the strength of one shape (library use; the CLI refuses such inputs)."""
+    model = _head_case("width_batch_squared")
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    x = _inputs(_head_case("width_batch_squared"), samples=4).arrays["x"]
+    shapes = head_shapes(model, InputSet({"x": x}, source="t"))
+    assert len(shapes) == 2 and shapes[1] == {}
+    layers = _layers(_head_case("width_batch_squared"), InputSet({"x": x}, source="t"))
+    blocks, refused = find_blocks(model, layers, shapes)
+    assert not blocks and any("could not be sized at a second input shape" in r.reason for r in refused)
