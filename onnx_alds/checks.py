@@ -342,6 +342,12 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
     except Exception as exc:
         message = runtime_error_text(exc)
         if refuse:
+            given = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
+                     if spec.name in found.probe_shapes and not all(isinstance(d, int) for d in spec.dims[1:])}
+            if given:  # dims the user chose (--input-shape) took part: they may be what does not fit
+                shown = " ".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in given.items())
+                raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given ({shown}: "
+                                     f"{message}); check that the --input-shape values fit the model") from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); fix the model or export "
                                  "it again") from None
         raise_if_out_of_resources(exc)

@@ -508,8 +508,9 @@ class _Reader:
         option = entry["option"]
         if option not in OPTIONS:
             raise self.fail(where, f"option {option!r} is not one of {', '.join(OPTIONS)}")
-        groups = self.integer(entry.get("groups", 0), f"{where}.groups")
-        rank = self.integer(entry.get("rank", 0), f"{where}.rank")
+        least = 1 if option == FACTORIZED else 0  # a factorized layer needs both, a dense one has 0
+        groups = self.integer(entry.get("groups", 0), f"{where}.groups", minimum=least)
+        rank = self.integer(entry.get("rank", 0), f"{where}.rank", minimum=least)
         order = entry.get("order")
         if option == FACTORIZED:
             if groups < 1 or rank < 1:

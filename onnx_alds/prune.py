@@ -1956,6 +1956,12 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
+    if search.prune_heads and not any(block.heads > 1 for block in blocks):
+        reason = next((r for r in analysis.refused if any(word in r.reason for word in (
+            "head", "Reshape", "Shape", "Transpose", "MatMul"))), None)  # what attention's V met
+        warnings = tuple(warnings) + ("--prune-heads found no block whose channels split into attention heads"
+                                      + (f" (e.g. '{reason.producer}': {reason.reason})" if reason else "")
+                                      + "; the widths are those of --prune alone",)
     if mode == "combined" and decisions is None and not narrowed:
         first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""
         warnings = tuple(warnings) + (f"--prune narrowed no block: {len(blocks)} prunable, {len(analysis.refused)} "

@@ -654,20 +654,22 @@ class _Accumulator:
     def _add_classifier(self, o: np.ndarray, c: np.ndarray, start: int) -> None:
         self.classes = o.shape[1]
         pred_o, pred_c = np.argmax(o, axis=1), np.argmax(c, axis=1)
-        self.top1 += int(np.sum(pred_o == pred_c))
+        # a compressed sample with a NaN score the original does not share agrees on nothing
+        scored = ~(np.isnan(c) & ~np.isnan(o)).any(axis=1)
+        self.top1 += int(np.sum((pred_o == pred_c) & scored))
         if self.classes > 5:
             # the original's class scores above all but at most 4 other classes, ties counted against it (a
             # saturated output's run of equal zeros is no hit), or is the compressed model's top-1 (top-5 >= top-1)
             score = c[np.arange(len(c)), pred_o][:, None]
             others_at_least = np.sum(c >= score, axis=1) - 1
-            self.top5 += int(np.sum((others_at_least < 5) | (pred_o == pred_c)))
+            self.top5 += int(np.sum(((others_at_least < 5) | (pred_o == pred_c)) & scored))
         if self.labels is not None:
             if not self.labels_checked:
                 check_label_range(self.labels, self.name, self.classes)
                 self.labels_checked = True
             labels = self.labels[start:start + len(pred_o)]
-            self.correct_o += int(np.sum(pred_o == labels))
-            self.correct_c += int(np.sum(pred_c == labels))
+            self.correct_o += int(np.sum((pred_o == labels) & ~np.isnan(o).any(axis=1)))
+            self.correct_c += int(np.sum((pred_c == labels) & scored))
 
     def _add_dense(self, o: np.ndarray, c: np.ndarray) -> None:
         channels = o.shape[1]

@@ -238,3 +238,27 @@ def test_only_models_that_compute_in_float16_lose_the_nchwc_pass():
     assert not _computes_in_float16(helper.make_model(stored))
     assert not _computes_in_float16(helper.make_model(cast_input))  # float16 in, float32 compute
     assert _computes_in_float16(helper.make_model(computed))
+
+
+def test_input_shapes_that_do_not_fit_are_named_not_the_model(tmp_path, capsys):
+    """A model with 8 position rows run at --input-shape x:1x20x16: the error said to fix or re-export the
+    model, which is fine; the dims given are what does not fit."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds.cli import main
+
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Add", ["x", "pos"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 16])],
+                       [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "pos"),
+                        numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
+                 "--input-shape", "x:1x20x16"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot run the model at the input shapes given (x:1x20x16" in err
+    assert "check that the --input-shape values fit the model" in err and "export it again" not in err

@@ -144,6 +144,8 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d["options"]["search"].update(prune=None), r"options.search.prune: got None; give one of off, "
                                                           r"combined, only"),
     (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
+    (lambda d: d["layers"][0].update(option="factorized", groups=1, rank=-3, order="spatial-first"),
+     r"rank: expected an integer >= 1, got -3"),
     (lambda d: d["options"]["search"].update(prune_heads="yes"), r"options.search.prune_heads: got 'yes'; give "
                                                                  r"true or false"),
     (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),

@@ -1412,3 +1412,13 @@ def test_an_input_without_a_declared_shape_checks_no_second_shape():
     layers = _layers(_head_case("width_batch_squared"), InputSet({"x": x}, source="t"))
     blocks, refused = find_blocks(model, layers, shapes)
     assert not blocks and any("could not be sized at a second input shape" in r.reason for r in refused)
+
+
+def test_prune_heads_without_a_head_block_says_so():
+    """--prune-heads on a model whose attention it cannot follow changed nothing and said nothing."""
+    model = _head_case("p_from_v")
+    x = _inputs(model, samples=16).arrays["x"]
+    result = compress(model, keep_params=0.9, calibration=InputSet({"x": x}, source="t"), prune="combined",
+                      prune_heads=True, rank_multiple=4)
+    assert any(w.startswith("--prune-heads found no block whose channels split into attention heads (e.g. 'v'")
+               for w in result.report.warnings), result.report.warnings

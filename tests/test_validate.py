@@ -1022,3 +1022,15 @@ def test_messages_for_compress_name_its_flag_once_and_an_unnamed_node_as_unnamed
     failure = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running "
                            "Gather node. Name:'' Status Message: indices element out of data bounds")
     assert runtime_error_text(failure).startswith("an unnamed Gather node: indices element out of data bounds")
+
+
+def test_compressed_scores_that_are_nan_agree_on_nothing():
+    """NaN logits in the compressed model scored top-5 1.0 (no score was >= a NaN, so the original's class
+    counted as in the top 5) and could match a label through argmax's first NaN."""
+    scores = np.arange(30, dtype=np.float32).reshape(3, 10)
+    broken = scores.copy()
+    broken[1:] = np.nan
+    out = compare_output("y", scores, broken, classifier=True, labels=np.array([9, 0, 0]), tolerances=Tolerances(),
+                         check_accuracy=True)
+    assert out.top1_agreement == pytest.approx(1 / 3) and out.top5_agreement == pytest.approx(1 / 3)
+    assert out.accuracy_compressed == pytest.approx(1 / 3)
