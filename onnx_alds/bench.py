@@ -451,6 +451,10 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         except InputDataError as exc:  # say which model and batch
             failing = next((name for name, runner in zip(names, runners) if not _runs(runner)), None)
             where = f"{failing} at batch {batch}" if failing else f"batch {batch}"
+            if isinstance(exc, RandomInputsError) and input_shapes and feeds is None:  # the dims given may not fit
+                given = " ".join(f"{key}:{'x'.join(map(str, dims))}" for key, dims in input_shapes.items())
+                exc = RandomInputsError(f"{exc.reason}; check that the --input-shape values given ({given}) fit the "
+                                        "model", exc.reason)
             raise (exc.named(where) if isinstance(exc, RandomInputsError) else
                    InputDataError(f"{where}: {exc}")) from None
         reference = float(np.median(np.asarray(times[0]) * 1e3))  # computed as _stats does: exactly 1.0 for model 0

@@ -653,23 +653,28 @@ class _Accumulator:
 
     def _add_classifier(self, o: np.ndarray, c: np.ndarray, start: int) -> None:
         self.classes = o.shape[1]
-        pred_o, pred_c = np.argmax(o, axis=1), np.argmax(c, axis=1)
-        # a compressed sample with a NaN score the original does not share agrees on nothing
-        scored = ~(np.isnan(c) & ~np.isnan(o)).any(axis=1)
-        self.top1 += int(np.sum((pred_o == pred_c) & scored))
+        # a class the original scores NaN (its own, shared or not) is never its prediction; a NaN of the
+        # compressed model that the original lacks leaves that sample agreeing on nothing
+        o_read = np.where(np.isnan(o), -np.inf, o)
+        c_read = np.where(np.isnan(c) & np.isnan(o), -np.inf, c)
+        broken = np.isnan(c_read).any(axis=1)
+        c_read = np.where(np.isnan(c_read), -np.inf, c_read)
+        known_o, known_c = _has_prediction(o_read), _has_prediction(c_read) & ~broken
+        pred_o, pred_c = np.argmax(o_read, axis=1), np.argmax(c_read, axis=1)
+        self.top1 += int(np.sum((pred_o == pred_c) & known_o & known_c))
         if self.classes > 5:
             # the original's class scores above all but at most 4 other classes, ties counted against it (a
             # saturated output's run of equal zeros is no hit), or is the compressed model's top-1 (top-5 >= top-1)
-            score = c[np.arange(len(c)), pred_o][:, None]
-            others_at_least = np.sum(c >= score, axis=1) - 1
-            self.top5 += int(np.sum(((others_at_least < 5) | (pred_o == pred_c)) & scored))
+            score = c_read[np.arange(len(c_read)), pred_o][:, None]
+            others_at_least = np.sum(c_read >= score, axis=1) - 1
+            self.top5 += int(np.sum(((others_at_least < 5) | (pred_o == pred_c)) & known_o & known_c))
         if self.labels is not None:
             if not self.labels_checked:
                 check_label_range(self.labels, self.name, self.classes)
                 self.labels_checked = True
             labels = self.labels[start:start + len(pred_o)]
-            self.correct_o += int(np.sum((pred_o == labels) & ~np.isnan(o).any(axis=1)))
-            self.correct_c += int(np.sum((pred_c == labels) & scored))
+            self.correct_o += int(np.sum((pred_o == labels) & known_o))
+            self.correct_c += int(np.sum((pred_c == labels) & known_c))
 
     def _add_dense(self, o: np.ndarray, c: np.ndarray) -> None:
         channels = o.shape[1]
@@ -779,6 +784,13 @@ def effective_tolerances(stated: Tolerances, kind: str, *, figures_only: bool = 
     return {name: limits[name] for name in TOLERANCE_NAMES if name in limits}
 
 
+def _has_prediction(scores: np.ndarray) -> np.ndarray:
+    """Per row of class scores (NaN already read as -Inf): whether its arg-max is a prediction, i.e. not
+    several classes tied at an infinite top (every class -Inf, or +Inf in more than one)."""
+    top = scores.max(axis=1, keepdims=True) if scores.size else np.zeros((len(scores), 1))
+    return ~(np.isinf(top[:, 0]) & (np.sum(scores == top, axis=1) > 1))
+
+
 def compare_output(name: str, original: np.ndarray, compressed: np.ndarray, *, classifier: bool,
                    labels: Optional[np.ndarray], tolerances: Tolerances, check_accuracy: bool,
                    shape: tuple[int, ...] = (), kind: Optional[str] = None) -> OutputComparison:
@@ -814,7 +826,9 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
         raise_if_out_of_resources(exc, f"run fewer samples at once: onnx-alds validate --batch-size N below {batch} "
                                         "(compress --validate has no such flag: compress without it, then validate "
                                         "the output)")
-        fix = ("random inputs do not fit this model: give real inputs (--inputs FILE.npz)" if random else
+        shown = ", ".join(f"{key}: {'x'.join(map(str, np.shape(value)))}" for key, value in feed.items())
+        fix = (f"random inputs ({shown}) do not fit this model: check any --input-shape given, or give real inputs "
+               "(--inputs FILE.npz)" if random else
                "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
         raise InputDataError(f"running the {which} model on the validation inputs failed "

@@ -1034,3 +1034,20 @@ def test_compressed_scores_that_are_nan_agree_on_nothing():
                          check_accuracy=True)
     assert out.top1_agreement == pytest.approx(1 / 3) and out.top5_agreement == pytest.approx(1 / 3)
     assert out.accuracy_compressed == pytest.approx(1 / 3)
+
+
+def test_rows_without_a_prediction_agree_on_nothing():
+    """Shared NaN rows gave the compressed model a higher accuracy than the same model (argmax of a NaN row is
+    its first NaN, class 0); a compressed row of +Inf in every class counted as a top-1 and top-5 hit."""
+    scores = np.tile(np.arange(10, dtype=np.float32), (4, 1))  # class 9 everywhere
+    shared = scores.copy()
+    shared[:2] = np.nan
+    labels = np.array([0, 0, 9, 9])
+    out = compare_output("y", shared, shared.copy(), classifier=True, labels=labels, tolerances=Tolerances(),
+                         check_accuracy=True)
+    assert out.accuracy_original == out.accuracy_compressed == 0.5 and out.top1_agreement == 0.5
+    saturated = scores.copy()
+    saturated[:2] = np.inf
+    out = compare_output("y", scores, saturated, classifier=True, labels=labels, tolerances=Tolerances(),
+                         check_accuracy=True)
+    assert out.top1_agreement == 0.5 and out.top5_agreement == 0.5 and out.accuracy_compressed == 0.5
