@@ -28,7 +28,7 @@ from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConsta
                      with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
-from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options
+from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, with_pruning
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
                       shift_folds_into_bias)
@@ -387,15 +387,11 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                                data=data, speed=speed, both_factors=both_factors,
                                affine_correction=affine_correction, damage_samples=damage_samples,
                                damage_points=damage_points, damage_max_groups=damage_max_groups)
-    if prune_heads:  # --prune-heads (onnx_alds.prune): checked with --prune by SearchOptions
-        options = replace(options, search=replace(
-            options.search, prune_heads=True, prune=options.search.prune if prune in ("off", False, None) else
-            {True: "combined"}.get(prune, prune)))
-    if prune not in ("off", False, None) or options.search.prune != "off":  # --prune (onnx_alds.prune)
+    options = replace(options, search=with_pruning(options.search, prune, prune_heads))  # --prune, --prune-heads
+    if options.search.prune != "off":  # (onnx_alds.prune)
         from .prune import compress_pruned
 
-        search = options.search if prune in ("off", False, None) else replace(options.search, prune=prune)
-        return compress_pruned(model, replace(options, search=search), search.prune)
+        return compress_pruned(model, options, options.search.prune)
     return _apply_step(_plan_step(model, options))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -235,6 +235,13 @@ class CompressOptions:
         """Whether the allocation needs latency tables."""
         return (self.budget.target == "latency" or self.search.order == AUTO_ORDER
                 or (self.speed is not None and self.speed.prune_slow))
+
+
+def with_pruning(search: SearchOptions, prune=None, prune_heads: bool = False) -> SearchOptions:
+    """``search`` with ``compress``'s ``prune`` and ``prune_heads`` keywords applied (``prune`` off or None
+    keeps the group's own mode; True is "combined"). Raises :class:`BudgetError` for heads without pruning."""
+    mode = search.prune if prune in ("off", False, None) else prune
+    return replace(search, prune=mode, prune_heads=bool(prune_heads) or search.prune_heads)
 
 
 def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,

@@ -55,7 +55,7 @@ from .allocate import DENSE, Allocation, LayerChoice
 from .errors import OnnxAldsError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, with_order
 from .options import (PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions,
-                      compress_options)
+                      compress_options, with_pruning)
 
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
@@ -662,13 +662,9 @@ def make_plan(model, **options) -> Plan:
     every layer's decision and its predicted error and cost. Nothing is rewritten."""
     from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
 
-    prune = options.pop("prune", "off")
-    prune_heads = options.pop("prune_heads", False)
+    prune, prune_heads = options.pop("prune", "off"), options.pop("prune_heads", False)
     compress_opts = compress_options(**options)
-    if prune not in ("off", False, None) or prune_heads:
-        compress_opts = replace(compress_opts, search=replace(
-            compress_opts.search, prune=compress_opts.search.prune if prune in ("off", False, None) else
-            {True: "combined"}.get(prune, prune), prune_heads=bool(prune_heads)))
+    compress_opts = replace(compress_opts, search=with_pruning(compress_opts.search, prune, prune_heads))
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
         from .model_io import open_model
         from .prune import compress_pruned

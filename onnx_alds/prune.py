@@ -299,12 +299,13 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequenc
     when the input shapes were resolved). A producer is a Conv with ``group = 1``, a Gemm with
     ``transA = 0`` or a MatMul ``x @ W`` with a constant 2-D weight; grouped and depthwise convs are
     never producers (they are ops between or left alone). ``shapes``: concrete tensor shapes at two or
-    more input shapes (:func:`head_shapes`): a Reshape target's -1 (an inferred head count or width)
+    more input shapes (:func:`block_shapes`): a Reshape target's -1 (an inferred head count or width)
     counts only where every one shows the axis it stands for, and attention's ``P @ V`` only where they
-    show ``P`` has two axes or more; without them such blocks are refused. ``split_heads``: follow channels
-    split into attention heads (``--prune-heads``; off: such a split ends the block with that reason). Blocks find their nodes by name: a block with an unnamed node or one whose name
-    another node shares is refused (the pipeline names every node first:
-    :func:`onnx_alds.layers.ensure_node_names`). Returns blocks in graph order.
+    show ``P`` has two axes or more; without them such blocks are refused. ``split_heads``: follow
+    channels split into attention heads (``--prune-heads``; off: such a split ends the block with that
+    reason). Blocks find their nodes by name: a block with an unnamed node or one whose name another node
+    shares is refused (the pipeline names every node first: :func:`onnx_alds.layers.ensure_node_names`).
+    Returns blocks in graph order.
     """
     graph = _Graph(model)
     by_name = {layer.name: layer for layer in layers if not layer.subgraph}
@@ -457,8 +458,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     if consumer_layer.cols > MAX_COLUMNS:
         return f"the consumer '{consumer.name}' has {consumer_layer.cols} inputs (over {MAX_COLUMNS} for the selection)"
     bias = _consumer_bias(consumer, graph, consumer_layer.out_features)
-    unnamed = next((n for n in [node, *region_nodes, consumer] + ([graph.nodes[bias[1]]] if bias and bias[0] == "add"
-                                                                 else []) if not n.name or graph.name_counts[n.name] > 1), None)
+    named = [node, *region_nodes, consumer] + ([graph.nodes[bias[1]]] if bias and bias[0] == "add" else [])
+    unnamed = next((n for n in named if not n.name or graph.name_counts[n.name] > 1), None)
     if unnamed is not None:  # blocks and the rewrite find their nodes by name
         return (f"the {unnamed.op_type} node {unnamed.name!r} in the block has no name of its own (name the graph's "
                 "nodes first: onnx_alds.layers.ensure_node_names)")
@@ -1209,8 +1210,8 @@ def _narrow_target(node: onnx.NodeProto, graph: _Graph, block: Block, width: int
     None."""
     target = graph.constant(node.input[1])
     concat = graph.producers.get(node.input[1])
-    if target is None and concat is not None and concat.op_type == "Concat" and _is_last_dim_of(graph, concat.input[_last_piece(graph, concat)],
-                                                                  node.input[0]):
+    if target is None and concat is not None and concat.op_type == "Concat" and _is_last_dim_of(
+            graph, concat.input[_last_piece(graph, concat)], node.input[0]):
         return None  # the width read from the tensor's shape at run time follows the kept width by itself
     tail = _target_tail(graph, node.input[1])
     if int(tail[-1]) == -1:  # inferred (checked to be the width): follows the kept width by itself
@@ -1503,7 +1504,7 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     from .calibrate import collect_statistics
 
     seconds = {}
-    blocks, refused = find_blocks(model, layers, head_shapes(model, calibration), split_heads=split_heads)
+    blocks, refused = find_blocks(model, layers, block_shapes(model, calibration), split_heads=split_heads)
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
@@ -1528,14 +1529,15 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
     return PruneAnalysis(kept_blocks, refused, curves, matrices, stats, seconds)
 
 
-def head_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int, ...]]]:
-    """Concrete shapes of what :func:`find_blocks` must check before it follows channels split into heads:
-    the outputs of the Reshapes whose target ends in ``-1, dims`` or ``-1`` (an inferred head count or
-    width, as Hugging Face exports write them), the first operands of MatMuls whose second is not a
-    constant (attention's ``P``) and the inputs of ``Shape`` nodes (their rank). One set at the first calibration sample's input shapes, one with every
-    dynamic input dim one larger (a -1 that holds the heads at one shape may not at another); a set the
-    model cannot be sized at is empty. Empty list without such a node. Shape inference, and
-    an ONNX Runtime run on zero inputs where it cannot size them."""
+def block_shapes(model: onnx.ModelProto, calibration) -> list[dict[str, tuple[int, ...]]]:
+    """Concrete shapes of what :func:`find_blocks` must check before it follows run-time reshapes, heads and
+    ``Shape`` readers: the outputs of the Reshapes whose target ends in ``-1, dims`` or ``-1`` (an inferred
+    head count or width, as Hugging Face exports write them), the first operands of MatMuls whose second
+    is not a constant (attention's ``P``) and the inputs of ``Shape`` nodes (their rank). One set at the
+    first calibration sample's input shapes, one with every dynamic input dim one larger (a -1 that holds
+    the heads at one shape may not at another); a set the model cannot be sized at is empty. Empty list
+    without such a node. Shape inference, and an ONNX Runtime run on zero inputs where it cannot size
+    them."""
     from .calibrate import calibration_runs
     from .model_io import graph_inputs
     from .shapes import tensor_shapes

@@ -16,7 +16,7 @@ from onnx_alds.errors import BudgetError, InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 from onnx_alds.layers import ensure_node_names, find_layers, weight_constants
 from onnx_alds.prune import (allocate_widths, consumer_matrix, decisions_for, find_blocks, prune_model,
-                             refit_consumer, width_options, analyze_blocks, head_shapes, _Graph)
+                             refit_consumer, width_options, analyze_blocks, block_shapes, _Graph)
 from onnx_alds.shapes import tensor_shapes
 
 
@@ -1407,7 +1407,7 @@ def test_an_input_without_a_declared_shape_checks_no_second_shape():
     model = _head_case("width_batch_squared")
     model.graph.input[0].type.tensor_type.ClearField("shape")
     x = _inputs(_head_case("width_batch_squared"), samples=4).arrays["x"]
-    shapes = head_shapes(model, InputSet({"x": x}, source="t"))
+    shapes = block_shapes(model, InputSet({"x": x}, source="t"))
     assert len(shapes) == 2 and shapes[1] == {}
     layers = _layers(_head_case("width_batch_squared"), InputSet({"x": x}, source="t"))
     blocks, refused = find_blocks(model, layers, shapes)
