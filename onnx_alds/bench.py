@@ -49,7 +49,8 @@ from .argtypes import non_negative_int, positive_int, seconds, thread_count
 from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsError, UnsupportedModelError,
                      runtime_error_text)
 from .inputs import index_bounds, random_array
-from .model_io import fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes
+from .model_io import (fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes,
+                       show_input_shapes)
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
 log = logging.getLogger(__name__)
@@ -452,9 +453,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
             failing = next((name for name, runner in zip(names, runners) if not _runs(runner)), None)
             where = f"{failing} at batch {batch}" if failing else f"batch {batch}"
             if isinstance(exc, RandomInputsError) and input_shapes and feeds is None:  # the dims given may not fit
-                given = " ".join(f"{key}:{'x'.join(map(str, dims))}" for key, dims in input_shapes.items())
-                exc = RandomInputsError(f"{exc.reason}; check that the --input-shape values given ({given}) fit the "
-                                        "model", exc.reason)
+                exc = RandomInputsError(f"{exc.reason}; check that the --input-shape values given "
+                                        f"({show_input_shapes(input_shapes, ' ')}) fit the model", exc.reason)
             raise (exc.named(where) if isinstance(exc, RandomInputsError) else
                    InputDataError(f"{where}: {exc}")) from None
         reference = float(np.median(np.asarray(times[0]) * 1e3))  # computed as _stats does: exactly 1.0 for model 0

@@ -23,7 +23,7 @@ from onnx import numpy_helper, shape_inference
 from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
                      runtime_error_text)
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
-                       opset_version)
+                       opset_version, show_input_shapes)
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +345,8 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
             given = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
                      if spec.name in found.probe_shapes and not all(isinstance(d, int) for d in spec.dims[1:])}
             if given:  # dims the user chose (--input-shape) took part: they may be what does not fit
-                shown = " ".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in given.items())
-                raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given ({shown}: "
+                raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
+                                     f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); fix the model or export "
                                  "it again") from None

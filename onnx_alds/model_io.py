@@ -898,6 +898,12 @@ def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
     return int(fixed.pop()) if fixed else None
 
 
+def show_input_shapes(shapes: Mapping[str, Sequence[int]], separator: str = ", ") -> str:
+    """``NAME:1x3x224x224`` per input, as ``--input-shape`` takes them (the inverse of :func:`parse_input_shapes`),
+    in the mapping's order."""
+    return separator.join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items())
+
+
 def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
     """Parse ``NAME:1x3x224x224`` strings (as given to ``--input-shape``) into a dict."""
     shapes: dict[str, tuple[int, ...]] = {}

@@ -374,7 +374,9 @@ _PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
 
 
 def _show_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
-    return ", ".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in sorted(shapes.items()))
+    from .model_io import show_input_shapes
+
+    return show_input_shapes(dict(sorted(shapes.items())))
 
 
 def _finite(value: Union[int, float]) -> bool:

@@ -240,14 +240,12 @@ def test_only_models_that_compute_in_float16_lose_the_nchwc_pass():
     assert _computes_in_float16(helper.make_model(computed))
 
 
-def test_input_shapes_that_do_not_fit_are_named_not_the_model(tmp_path, capsys):
-    """A model with 8 position rows run at --input-shape x:1x20x16: the error said to fix or re-export the
-    model, which is fine; the dims given are what does not fit."""
+def _eight_positions(folder) -> str:
+    """A model that adds a table of 8 positions to x (N, T, 16): it runs at T = 8 only. Returns its path."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from conftest import make_model
-    from onnx_alds.cli import main
 
     rng = np.random.default_rng(0)
     model = make_model([helper.make_node("Add", ["x", "pos"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])],
@@ -255,9 +253,18 @@ def test_input_shapes_that_do_not_fit_are_named_not_the_model(tmp_path, capsys):
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 16])],
                        [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "pos"),
                         numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")])
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    assert main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
+    path = str(folder / "m.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def test_input_shapes_that_do_not_fit_are_named_not_the_model(tmp_path, capsys):
+    """A model with 8 position rows run at --input-shape x:1x20x16: the error said to fix or re-export the
+    model, which is fine; the dims given are what does not fit."""
+    from onnx_alds.cli import main
+
+    path = _eight_positions(tmp_path)
+    assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
                  "--input-shape", "x:1x20x16"]) == 1
     err = capsys.readouterr().err
     assert "cannot run the model at the input shapes given (x:1x20x16" in err
@@ -266,21 +273,10 @@ def test_input_shapes_that_do_not_fit_are_named_not_the_model(tmp_path, capsys):
 
 def test_bench_and_validate_name_the_input_shapes_that_do_not_fit(tmp_path, capsys):
     """bench said "give --input-shape" with one given; validate --random said only "give real inputs"."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from conftest import make_model
     from onnx_alds.cli import main
 
-    rng = np.random.default_rng(0)
-    model = make_model([helper.make_node("Add", ["x", "pos"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])],
-                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 16])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 16])],
-                       [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "pos"),
-                        numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")])
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    assert main(["bench", str(path), "--input-shape", "x:1x20x16"]) == 1
+    path = _eight_positions(tmp_path)
+    assert main(["bench", path, "--input-shape", "x:1x20x16"]) == 1
     assert "check that the --input-shape values given (x:1x20x16) fit the model" in capsys.readouterr().err
-    assert main(["validate", str(path), str(path), "--random", "4", "--input-shape", "x:1x20x16"]) == 1
+    assert main(["validate", path, path, "--random", "4", "--input-shape", "x:1x20x16"]) == 1
     assert "random inputs (x: 4x20x16) do not fit this model: check any --input-shape given" in capsys.readouterr().err
