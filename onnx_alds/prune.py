@@ -47,7 +47,8 @@ set-partitioning allocator.
 With ``--method damage`` (:func:`joint_damage_widths`) the widths come from the output-damage integer
 program instead: the layers outside the blocks bring their *measured* damage tables
 (:mod:`onnx_alds.damage`), every block its narrower widths with the modelled damage ``(s_b·ε_b(w))²``
-(:func:`damage_width_options`), and :func:`onnx_alds.allocate.allocate_options` picks the least total
+(:func:`damage_width_options`; or, with ``width_damage="measured"``, measured at a few widths per block,
+:func:`measured_width_damage`), and :func:`onnx_alds.allocate.allocate_options` picks the least total
 damage under the budget; the low-rank step then re-measures its layers on the pruned model.
 """
 
@@ -69,7 +70,8 @@ from .layers import (FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_to
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
-           "block_sensitivities", "sequential_prune", "compress_pruned", "joint_damage_widths", "PRUNE_MODES"]
+           "block_sensitivities", "measured_width_damage", "sequential_prune", "compress_pruned",
+           "joint_damage_widths", "PRUNE_MODES", "WIDTH_DAMAGE"]
 
 PRUNE_MODES = ("off", "combined", "only")  # off; widths and low-rank in one min-max; widths alone
 UNARY_OPS = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
@@ -79,6 +81,7 @@ BINARY_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Pow")
 MAX_BETWEEN = 32  # ops between producer and consumer
 MAX_COLUMNS = 4096  # consumer input width (c·κ) the greedy selection accepts
 RIDGE = 1e-6
+WIDTH_DAMAGE = ("probe", "measured")  # how the output-damage program prices a block's widths
 
 
 @dataclass(frozen=True)
@@ -1409,7 +1412,8 @@ def width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve]) -> list
 
 
 def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
-                         weights: Optional[Sequence[float]] = None, units: Sequence[str] = ("params", "flops")):
+                         weights: Optional[Sequence[float]] = None, units: Sequence[str] = ("params", "flops"),
+                         damage: Optional[Sequence[np.ndarray]] = None):
     """The narrower widths of every block as :class:`onnx_alds.allocate.Option` values for the
     output-damage allocator (:func:`onnx_alds.allocate.allocate_options`, ``--method damage``).
 
@@ -1417,7 +1421,8 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
     width)``); the full width is not offered (the layers' own dense options stand for it). ``costs``
     per unit: producer and consumer at width ``w`` plus the change of the ops between (a depthwise conv's
     ``w/c`` of its cost minus its full cost: those ops are not covered, so their full cost stays in the
-    fixed part of the budget). ``damage``: ``(s_b · ε_b(w))²``, the estimated relative squared output error
+    fixed part of the budget). The option's damage: ``damage[b]`` at each width of the curve when given
+    (:func:`measured_width_damage`), else ``(s_b · ε_b(w))²``, the estimated relative squared output error
     (``weights`` ``s_b`` from :func:`block_sensitivities`; 1 without). Raises ImportError when
     :mod:`onnx_alds.allocate` has no ``Option`` (an older version)."""
     from .allocate import Option
@@ -1428,7 +1433,8 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
         between = block.params(block.width) - block.producer.params - block.consumer.params
         between_macs = None if block.macs(block.width) is None else \
             block.macs(block.width) - (block.producer.macs or 0) - (block.consumer.macs or 0)
-        for width, error in zip(curve.widths, curve.errors):
+        predicted = (weight * curve.errors) ** 2 if damage is None else damage[index]
+        for width, value in zip(curve.widths, predicted):
             if width >= block.width:
                 continue
             costs = {}
@@ -1437,19 +1443,22 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
             if "flops" in units and between_macs is not None:
                 costs["flops"] = float(block.macs(int(width)) - between_macs)
             options.append(Option((block.producer.name, block.consumer.name), "width", costs,
-                                  float((weight * error) ** 2), (block.name, int(width))))
+                                  float(value), (block.name, int(width))))
     return options
 
 
 def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "PruneAnalysis",
                         weights: Sequence[float], candidates: Sequence[Layer], tables: Sequence, target: str,
-                        total: float, keep: float, data, max_groups: int) -> tuple[list[int], dict]:
+                        total: float, keep: float, data, max_groups: int, *,
+                        width_damage: str = "probe") -> tuple[list[int], dict]:
     """Block widths chosen together with the low-rank options of ``candidates`` (the factorizable layers
     outside the blocks) by the output-damage integer program (``--method damage --prune combined``).
 
     ``tables``: the candidates' whitened ``frobenius`` error tables; ``weights``: the blocks'
     sensitivities (:func:`block_sensitivities`); ``total``: the model's weights or MACs (``target``);
     ``data``: the :class:`onnx_alds.options.DataOptions` (damage samples, points, refit, shrinkage).
+    ``width_damage``: ``"probe"`` prices the widths by ``(s_b·ε_b(w))²`` (``weights``), ``"measured"``
+    by :func:`measured_width_damage` (``weights`` unused; its runs and seconds join the cost).
     Returns each block's width and what the allocation predicted (``predicted_damage``, its square root
     ``predicted_output_error``, ``options``, ``status``, the damage tables' ``runs`` and ``seconds``).
     Raises :class:`BudgetError` when no choice meets ``keep``."""
@@ -1464,7 +1473,13 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
         points=data.damage_points, max_groups=min(max_groups, data.damage_max_groups), refit=data.refit,
         factor_fn=api._damage_factor_fn(data), batch_size=data.batch_size, shrinkage=data.shrinkage)
     options = damage_options(candidates, damage_tables, scales, target)
-    options += damage_width_options(blocks, analysis.curves, weights, units=(target,))
+    runs, seconds = cost.runs, cost.seconds
+    measured = None
+    if width_damage == "measured":
+        measured, width_cost = measured_width_damage(proto, analysis, data.calibration, samples=data.damage_samples,
+                                                     points=data.damage_points, batch_size=data.batch_size)
+        runs, seconds = runs + width_cost["runs"], seconds + width_cost["seconds"]
+    options += damage_width_options(blocks, analysis.curves, weights, units=(target,), damage=measured)
     dense: dict[str, float] = {}
     for block in blocks:
         for layer in (block.producer, block.consumer):
@@ -1477,8 +1492,7 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     chosen = {o.payload[0]: o.payload[1] for o in result.chosen if o.kind == "width"}
     widths = [int(chosen.get(block.name, block.width)) for block in blocks]
     return widths, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
-                        options=result.candidates, status=result.status, runs=cost.runs,
-                        seconds=cost.seconds)
+                        options=result.candidates, status=result.status, runs=runs, seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -1625,6 +1639,63 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     return floored_sensitivities(weights)
 
 
+def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calibration, *, samples: int = 8,
+                          points: int = 4, batch_size: int = 16) -> tuple[list[np.ndarray], dict]:
+    """Each block's output damage at every width of its curve, measured at a few widths and interpolated
+    (as :func:`onnx_alds.damage.measure_damage_tables` does for ranks; BALF / LEMS-style measured losses).
+
+    Per block, ``points`` widths spaced geometrically from 1/16 to 3/4 of the full width
+    (:func:`onnx_alds.damage.probe_ranks`) are each pruned *alone* (refitted on the calibration
+    statistics, every other block at full width) and the relative squared change of the float graph
+    outputs on the first ``samples`` calibration inputs is measured (``d = ‖ŷ − y‖² / ‖y‖²``, averaged
+    over the outputs: the unit of the low-rank damage tables). Between them the block's own error curve
+    gives the shape, ``d(w) = s(w)·ε(w)²`` with ``s = d/ε²`` interpolated linearly in ``w`` and held
+    constant outside the measured widths (the narrowest widths are extrapolated with the ratio measured
+    at the narrowest probe); non-increasing in ``w``, 0 at full width.
+
+    Returns per block the damage at each of ``analysis.curves[b].widths`` and the cost (``runs``,
+    ``seconds``). Raises :class:`InputDataError` when the calibration set holds fewer samples than one
+    batch or the model has no float output; one ONNX Runtime session per probe."""
+    from .calibrate import calibration_runs
+    from .damage import interpolate_damage, probe_ranks
+    from .data_aware import NO_FLOAT_OUTPUT, float_outputs, reference_outputs
+    from .runtime import make_session
+
+    started = time.perf_counter()
+    feeds = list(calibration_runs(calibration, model, min(samples, batch_size) if batch_size else samples,
+                                  limit=samples))
+    if not feeds:
+        raise InputDataError("the calibration set holds fewer samples than the model's fixed batch; give at least "
+                             "one full batch of calibration inputs")
+    reference = reference_outputs(model, feeds, "--prune's width damage")
+    if not reference:
+        raise InputDataError(f"--method damage with --prune {NO_FLOAT_OUTPUT.format(what='block')}; "
+                             "use --method alds")
+    from .api import _progress
+
+    tables, runs = [], 1
+    full = [block.width for block in analysis.blocks]
+    for index, (block, curve) in enumerate(_progress(list(zip(analysis.blocks, analysis.curves)),
+                                                     "width damage", unit="block")):
+        narrower = curve.widths < block.width
+        damage = np.zeros(len(curve.widths))
+        if narrower.any():
+            widths = curve.widths[narrower]
+            measured = probe_ranks(widths, widths, block.width, points)
+            values = []
+            for width in measured:
+                chosen = list(full)
+                chosen[index] = int(width)
+                probe = prune_model(model, decisions_for(analysis, chosen))
+                changed = float_outputs(probe, make_session(probe, "cpu"), feeds)
+                runs += 1
+                values.append(float(np.mean([np.sum((new - old) ** 2) / max(float(np.sum(old ** 2)), 1e-300)
+                                             for old, new in zip(reference, changed)])))
+            damage[narrower] = interpolate_damage(widths, curve.errors[narrower], measured, np.array(values))
+        tables.append(damage)
+    return tables, dict(runs=runs, seconds=time.perf_counter() - started)
+
+
 def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> list[WidthCurve]:
     return [replace(curve, errors=curve.errors * weight) for curve, weight in zip(curves, weights)]
 
@@ -1709,7 +1780,7 @@ def _low_rank_options(layers: Sequence[Layer], analysis: "PruneAnalysis", consta
 
 
 def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
-                    objective: str = "minmax", decisions=None):
+                    objective: str = "minmax", decisions=None, width_damage: str = "probe"):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
     of the blocks and low-rank factors of the other layers, in one min-max; see the module docstring).
 
@@ -1728,6 +1799,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     EfficientNet-Lite0, docs/PRUNING.md). Other options (order, sequential or sensitivity of the
     low-rank step) apply to the low-rank step of ``"combined"``.
 
+    ``width_damage`` (``--method damage`` with ``"combined"`` only): ``"probe"`` (default) prices each
+    width in the output-damage program by ``(s_b·ε_b(w))²``, one sensitivity probe per block;
+    ``"measured"`` measures each block's damage at ``damage_points`` widths and interpolates
+    (:func:`measured_width_damage`; measured no better on the reference models, docs/PRUNING.md ninth run).
+
     ``decisions`` (applying a plan, :mod:`onnx_alds.plan`): the plan's layers are checked against the
     model, its block widths replace the allocation, and its low-rank decisions replace the low-rank
     step's allocation; calibration, channel choice and refit run as without a plan, so the model equals
@@ -1745,6 +1821,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
 
     if objective not in ("minmax", "sum"):
         raise BudgetError(f"unknown pruning objective '{objective}'; choose minmax or sum")
+    if width_damage not in WIDTH_DAMAGE:
+        raise BudgetError(f"unknown width damage '{width_damage}'; choose one of: {', '.join(WIDTH_DAMAGE)}")
     if mode not in PRUNE_MODES[1:]:
         raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
     budget, search, data = options.budget, options.search, options.data
@@ -1798,7 +1876,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     fixed = total - block_full - sum(float(costs[0]) for costs, _ in extra)
     available = budget.keep * total - fixed
     curves = analysis.curves
-    if sensitivity and blocks and decisions is None:
+    joint = search.method == "damage" and mode == "combined" and bool(blocks) and objective == "minmax"
+    weights = [1.0] * len(blocks)
+    if sensitivity and blocks and decisions is None and not (joint and width_damage == "measured"):
         tick = time.perf_counter()
         weights = block_sensitivities(proto, analysis, data.calibration, batch_size=data.batch_size)
         seconds["sensitivity"] = time.perf_counter() - tick
@@ -1811,7 +1891,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             weights = [1.0] * len(blocks)
             notes.append(f"block sensitivities not measured: the allocation {NO_FLOAT_OUTPUT.format(what='block')}; "
                          "widths are chosen by the block errors alone")
-    joint = search.method == "damage" and mode == "combined" and bool(blocks) and objective == "minmax"
     try:
         if decisions is not None:  # the plan's widths; its low-rank layers are decided by the plan below
             widths, joint = decisions.widths(analysis), False
@@ -1820,8 +1899,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         elif joint:  # widths and ranks in one output-damage integer program
             tick = time.perf_counter()
             widths, joint_info = joint_damage_widths(
-                proto, prepared.constants, analysis, weights if sensitivity else [1.0] * len(blocks), candidates,
-                candidate_tables, target, total, budget.keep, data, search.groups_searched)
+                proto, prepared.constants, analysis, weights, candidates, candidate_tables, target, total,
+                budget.keep, data, search.groups_searched, width_damage=width_damage)
             seconds["joint damage allocation"] = time.perf_counter() - tick
             notes.append(f"widths chosen with the low-rank options by the output-damage integer program "
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "

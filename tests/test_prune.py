@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
@@ -357,6 +358,51 @@ def test_damage_method_chooses_widths_and_ranks_in_one_integer_program():
     assert all(b.width_after == b.width_before for b in full.report.pruned)
     x = {"input": cal.arrays["input"][:4]}
     np.testing.assert_allclose(run_model(full.model, x)[0], run_model(model, x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_measured_width_damage_is_the_output_change_of_each_width_alone():
+    """At the probed widths the damage is the relative squared change of the model output when that block
+    alone is pruned (checked by pruning and running it here), non-increasing in width, 0 at full width."""
+    from onnx_alds.damage import probe_ranks
+    from onnx_alds.prune import measured_width_damage
+
+    model = _two_feed_forward_blocks()
+    ensure_node_names(model)
+    cal = _inputs(model, samples=64)
+    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    assert len(analysis.blocks) == 2
+    tables, cost = measured_width_damage(model, analysis, cal, samples=8, points=3, batch_size=16)
+    probed = [probe_ranks(c.widths[:-1], c.widths[:-1], b.width, 3) for b, c in zip(analysis.blocks, analysis.curves)]
+    assert cost["runs"] == 1 + sum(len(p) for p in probed)
+    x = {"x": cal.arrays["x"][:8]}
+    reference = run_model(model, x)[0].astype(np.float64)
+
+    def alone(index: int, width: int) -> float:
+        widths = [b.width for b in analysis.blocks]
+        widths[index] = width
+        out = run_model(prune_model(model, decisions_for(analysis, widths)), x)[0].astype(np.float64)
+        return float(np.sum((out - reference) ** 2) / np.sum(reference ** 2))
+
+    for index, (block, curve, damage) in enumerate(zip(analysis.blocks, analysis.curves, tables)):
+        assert damage.shape == curve.widths.shape and damage[-1] == 0.0
+        assert np.all(np.diff(damage) <= 1e-12) and damage[0] > 0
+        for width in probed[index]:  # measured there
+            assert damage[list(curve.widths).index(width)] == pytest.approx(alone(index, int(width)), rel=1e-4)
+        between = [w for w in curve.widths[:-1] if w not in probed[index]]
+        width = between[len(between) // 2]  # interpolated: within the curve's shape error of a measurement
+        assert damage[list(curve.widths).index(width)] == pytest.approx(alone(index, int(width)), rel=0.5)
+    # the joint program takes these tables: damage+prune meets its budget with them (and with the probe)
+    for width_damage in ("measured", "probe"):
+        from onnx_alds.options import compress_options, with_pruning
+        from onnx_alds.prune import compress_pruned
+
+        options = compress_options(keep_flops=0.6, calibration=cal, rank_multiple=8, method="damage")
+        options = dataclasses.replace(options, search=with_pruning(options.search, "combined"))
+        result = compress_pruned(model, options, "combined", width_damage=width_damage)
+        assert result.report.achieved <= 0.6 * 1.01
+        assert any(b.width_after < b.width_before for b in result.report.pruned)
+    with pytest.raises(BudgetError, match="unknown width damage 'exact'; choose one of: probe, measured"):
+        compress_pruned(model, options, "combined", width_damage="exact")
 
 
 def chained_feed_forward(seed: int = 14) -> onnx.ModelProto:

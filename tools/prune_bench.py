@@ -13,6 +13,9 @@ calibration inputs:
   (``method="damage", prune="combined"``);
 - ``prune-heads``, ``damage+prune-heads``: the same with ``prune_heads=True`` (``--prune-heads``): blocks
   also follow channels split into attention heads (attention's V → output projection);
+- ``damage+prune-measured``, ``damage+prune-heads-measured``: the same with each width's damage measured
+  at a few widths per block and interpolated (``width_damage="measured"``, an option of
+  :func:`onnx_alds.prune.compress_pruned`) instead of extrapolated from one sensitivity probe;
 
 and measure on the held-out inputs (never the calibration ones):
 
@@ -39,6 +42,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -67,7 +71,30 @@ VARIANTS = {
     # the same with blocks that also follow channels split into attention heads (--prune-heads)
     "prune-heads": dict(prune="only", prune_heads=True),
     "damage+prune-heads": dict(method="damage", prune="combined", prune_heads=True),
+    # damage+prune with each width's damage measured at a few widths per block and interpolated, instead of
+    # extrapolated from one sensitivity probe (compress_pruned(..., width_damage="measured"), an option)
+    "damage+prune-measured": dict(method="damage", prune="combined", width_damage="measured"),
+    "damage+prune-heads-measured": dict(method="damage", prune="combined", prune_heads=True,
+                                        width_damage="measured"),
 }
+
+
+def run_variant(model: onnx.ModelProto, keep: float, calibration, shapes: dict, rank_multiple: int, variant: str):
+    """``compress`` with the variant's keywords (``width_damage``, which ``compress`` does not take, goes
+    to :func:`onnx_alds.prune.compress_pruned` directly)."""
+    keywords = dict(VARIANTS[variant])
+    width_damage = keywords.pop("width_damage", None)
+    if width_damage is None:
+        return compress(model, keep_flops=keep, calibration=calibration, input_shapes=shapes,
+                        rank_multiple=rank_multiple, **keywords)
+    from onnx_alds.options import compress_options, with_pruning
+    from onnx_alds.prune import compress_pruned
+
+    options = compress_options(keep_flops=keep, calibration=calibration, input_shapes=shapes,
+                               rank_multiple=rank_multiple, method=keywords.pop("method", "alds"))
+    options = replace(options, search=with_pruning(options.search, keywords.pop("prune"),
+                                                   keywords.pop("prune_heads", False)))
+    return compress_pruned(model, options, options.search.prune, width_damage=width_damage)
 
 
 def held_out_sets(folder: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -184,8 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for variant in args.variants:
                 started = time.perf_counter()
                 try:
-                    result = compress(model, keep_flops=keep, calibration=calibration, input_shapes=shapes,
-                                      rank_multiple=args.rank_multiple, **VARIANTS[variant])
+                    result = run_variant(model, keep, calibration, shapes, args.rank_multiple, variant)
                 except Exception as exc:  # a bench keeps going; the failure is printed in the table
                     print(f"{variant:<10} {keep:>5.2f} failed: {str(exc).splitlines()[0][:200]}", flush=True)
                     rows.append(dict(model=name, variant=variant, keep=keep, error=str(exc)))
