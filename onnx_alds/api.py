@@ -690,7 +690,7 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
     if budget < cheapest - 1e-9:
         raise BudgetError(f"--keep-{target} {keep} cannot be reached with --method damage: the smallest reachable "
                           f"ratio is {ratio_at_least((fixed + cheapest) / total)} (every layer at its lowest "
-                          "measured rank); ask "
+                          f"measured rank{unreachable_because(prepared, target)}); ask "
                           "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
                                                  if rank_multiple > 1 else ""))
     result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
@@ -1003,6 +1003,39 @@ def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], spe
                                                     " (without --order auto and --speed-check they may be factorized)"))
 
 
+def unreachable_because(prepared: _Prepared, target: str) -> str:
+    """What keeps a budget out of reach beyond the layers' lowest ranks, for its error message: the layers
+    left dense (their share of the total, the reasons holding the most), the weights outside every layer,
+    and the ops that stay as they are; each part starts with "; ", empty when none applies."""
+    total = float(prepared.params_total if target == "params" else prepared.macs_total or 0)
+    if total <= 0:
+        return ""
+    skipped = [layer for layer in prepared.layers if not layer.compressible]
+    # a weight shared by several layers is stored, and counted, once (also when each reads it through
+    # its own Identity/Cast/Transpose chain)
+    producers = {output: node for _, graph in iter_graphs(prepared.model.graph) for node in graph.node
+                 for output in node.output}
+    counted = (list({chain_source(layer.weight, producers): layer for layer in skipped}.values())
+               if target == "params" else skipped)
+    held = sum(layer.params if target == "params" else (layer.macs or 0) for layer in counted)
+    why = ""
+    if skipped and held:
+        by_reason: dict[str, float] = {}  # the reasons that hold the most first
+        for layer in counted:
+            cost = layer.params if target == "params" else (layer.macs or 0)
+            by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
+        reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
+        why = (f"; {len(skipped)} layers left dense hold {held / total:.0%} of them ({'; '.join(reasons[:2])}"
+               f"{'; ...' if len(reasons) > 2 else ''})")
+    outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
+    if outside > 0.05 * total:
+        why += (f"; {outside / total:.0%} of the weights are outside the layers' weight matrices (embeddings, "
+                "biases, norms, other ops' weights, batched or loop-carried weights)")
+    if prepared.unchanged_ops:
+        why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
+    return why
+
+
 def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], target: str,
               keep: float, method: str, seed: int, rank_multiple: int = 1, slow_note: str = "") -> Allocation:
     """Budget of the factorizable layers (the target less what stays fixed), then the allocation.
@@ -1013,33 +1046,10 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
         return Allocation(dense, budget, float(sum(choice.cost for choice in dense)), 0.0, "keep 1: every layer dense")
     cheapest = minimum_cost(tables, scales)
     if budget < cheapest - 1e-9:
-        skipped = [layer for layer in prepared.layers if not layer.compressible]
-        # a weight shared by several layers is stored, and counted, once (also when each reads it through
-        # its own Identity/Cast/Transpose chain)
-        producers = {output: node for _, graph in iter_graphs(prepared.model.graph) for node in graph.node
-                     for output in node.output}
-        counted = (list({chain_source(layer.weight, producers): layer for layer in skipped}.values())
-                   if target == "params" else skipped)
-        held = sum(layer.params if target == "params" else (layer.macs or 0) for layer in counted)
-        why = ""
-        if skipped and held:
-            by_reason: dict[str, float] = {}  # the reasons that hold the most first
-            for layer in counted:
-                cost = layer.params if target == "params" else (layer.macs or 0)
-                by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
-            reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
-            why = (f"; {len(skipped)} layers left dense hold {held / total:.0%} of them ({'; '.join(reasons[:2])}"
-                   f"{'; ...' if len(reasons) > 2 else ''})")
-        outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
-        if outside > 0.05 * total:
-            why += (f"; {outside / total:.0%} of the weights are outside the layers' weight matrices (embeddings, "
-                    "biases, norms, other ops' weights, batched or loop-carried weights)")
-        if prepared.unchanged_ops:
-            why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
             f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"
-            f"{why}{slow_note}); "
+            f"{unreachable_because(prepared, target)}{slow_note}); "
             "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
                                        if rank_multiple > 1 else "")
         )

@@ -626,7 +626,7 @@ def _session_with_outputs(model: onnx.ModelProto, tensors: Mapping[str, int], th
     for name, elem_type in tensors.items():
         if name not in present and name not in feeds:
             probe.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
-    return make_session(probe, "cpu") if threads is None else make_session(probe, "cpu", threads=threads)
+    return make_session(probe, "cpu", threads=threads, copy_of="data-aware compression (calibration)")
 
 
 def _check_feeds(model: onnx.ModelProto, batch: Mapping[str, np.ndarray]) -> None:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 7  # the oldest ai.onnx opset ONNX Runtime runs
 _RUNTIME_LIMIT = 1 << 30  # models above this many bytes are not loaded into ONNX Runtime by the checks
 _RUN_LIMIT = 1 << 27  # ... nor run on sample inputs above this many bytes
+# what ONNX Runtime says when it has no schema, kernel or opset for an op of another domain (a custom op):
+# a model it cannot run for that reason is accepted with a note, not refused
+CUSTOM_OP_UNKNOWN = ("is not a registered function/op", "ValidateOpsetForDomain", "No Op registered",
+                     "Could not find an implementation")
 _DIRECT_CHECK_BYTES = 1 << 26  # larger models go to onnx.checker as a small copy (see _onnx_check)
 _PROTOBUF_LIMIT = 2**31 - 2**26
 
@@ -99,7 +103,10 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
         if "not installed" in message:
             return result
         custom = sorted({node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx", "ai.onnx.ml")})
-        if "NOT_IMPLEMENTED" in message or "NotImplemented" in message or custom:
+        # no kernel (or no schema, or no opset, for another domain's op) is no reason to refuse: anything
+        # else (a type error, an invalid graph) is a model ONNX Runtime cannot run, custom ops or not
+        if "NOT_IMPLEMENTED" in message or "NotImplemented" in message or (custom and any(
+                sign in message for sign in CUSTOM_OP_UNKNOWN)):
             result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
                                 "checked by onnx.checker only")
             return result

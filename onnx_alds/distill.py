@@ -1408,7 +1408,7 @@ def _teacher_session(original: onnx.ModelProto, points: Sequence[str]):
             if name not in present:
                 probe.graph.output.append(helper.make_tensor_value_info(
                     name, types.get(name) or onnx.TensorProto.FLOAT, None))
-    return make_session(probe, "cpu", spinning=False)
+    return make_session(probe, "cpu", spinning=False, copy_of="distillation")
 
 
 def _float_outputs(model: onnx.ModelProto) -> list[str]:

@@ -1931,9 +1931,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             floor = (total - sum(float(costs[0]) - float(np.min(costs)) for costs, _ in alone)) / total
             if floor <= budget.keep:
                 hint = f", or compress without --prune (low-rank alone: smallest ratio {ratio_at_least(floor)})"
+        because = api.unreachable_because(prepared, target)
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
-                          f"{ratio_at_least(smallest / total)}; ask for at least that" + hint
+                          f"{ratio_at_least(smallest / total)}{' (' + because[2:] + ')' if because else ''}; ask "
+                          "for at least that" + hint
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
                              "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
     tick = time.perf_counter()

@@ -48,7 +48,7 @@ def _checker_failure(model: Any) -> Optional[str]:
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provider: str = "cpu", *,
                  threads: Optional[int] = None, provider_options: Optional[dict] = None,
                  enable_profiling: bool = False, spinning: bool = True, store: Any = None,
-                 prepack: bool = True) -> Any:
+                 prepack: bool = True, copy_of: Optional[str] = None) -> Any:
     """An ``InferenceSession`` that is guaranteed to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``).
 
     ``spinning=False`` stops idle intra-op threads from busy-waiting: needed when several sessions
@@ -60,8 +60,15 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     of the model). ``prepack=False`` keeps ONNX Runtime from making a packed copy of every weight
     (the checks only load and run the model once).
 
+    ``copy_of`` (the step an instrumented copy is for, e.g. "data-aware compression (calibration)"): ``model`` is the package's own
+    copy of the user's model (extra outputs, weights as inputs); when ONNX Runtime cannot load it, the
+    error says that ONNX Runtime cannot run the user's model for that step (onnx.checker's view of the
+    copy, whose added outputs carry no shape, would blame the user's model for the package's edits).
+
     Raises :class:`ProviderError` when the provider is unknown, not compiled into the installed
-    onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word).
+    onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word);
+    :class:`ModelLoadError` when ONNX Runtime cannot load the model (with ``copy_of``: the copy) and
+    onnx.checker finds it invalid, or ``copy_of`` is given.
     """
     ort = import_onnxruntime()
     if provider not in PROVIDERS:
@@ -105,6 +112,10 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers, **extra)
     except Exception as exc:
+        if copy_of is not None:
+            raise ModelLoadError(f"{copy_of} runs the model in ONNX Runtime ({provider}), which cannot load it "
+                                 f"({str(exc).splitlines()[0][:240]}); give a model ONNX Runtime can run, or do "
+                                 f"without {copy_of}") from None
         invalid = None if store is not None else _checker_failure(model)  # an invalid model said as such
         if invalid:
             raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {invalid}); fix the model or export "
