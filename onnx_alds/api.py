@@ -785,7 +785,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
                                                f"calibration inputs ("
                                                + ("factors fitted to the other inputs" if info["out_of_sample"]
-                                                  else "in-sample: every calibration input is probed, none is left to fit the factors to, so "
+                                                  else "in-sample: no calibration input (no full batch, where the model "
+                                                  "fixes it) is left beside the probed ones to fit the factors to, so "
                                                   "the damage is underestimated; give more inputs than --damage-samples")
                                                + f"), {info['seconds']:.1f} s"
                                                + (" (measured before, reused)" if info["cached"] else "")

@@ -254,7 +254,10 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     started = time.perf_counter()
     held_out = False
     used = sum(next(iter(feed.values())).shape[0] for feed in feeds)
-    if out_of_sample and arrays and len(next(iter(arrays.values()))) > used:
+    from .model_io import fixed_batch
+
+    # the inputs left beside the probed ones fit the factors: at least one run of them (a fixed batch whole)
+    if out_of_sample and arrays and len(next(iter(arrays.values()))) - used >= (fixed_batch(proto) or 1):
         from .calibrate import collect_statistics
         from .inputs import InputSet
 

@@ -1477,8 +1477,16 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     measured = None
     if width_damage == "measured":
         measured, width_cost = measured_width_damage(proto, analysis, data.calibration, samples=data.damage_samples,
-                                                     points=data.damage_points, batch_size=data.batch_size)
+                                                     points=data.damage_points, batch_size=data.batch_size,
+                                                     shrinkage=data.shrinkage)
         runs, seconds = runs + width_cost["runs"], seconds + width_cost["seconds"]
+        pricing = ("widths priced by their output damage measured at up to "
+                   f"{data.damage_points} widths per block ("
+                   + ("refits fitted to the other inputs" if width_cost["out_of_sample"] else
+                      "in-sample: no other calibration input is left to fit the refits to, so the damage is "
+                      "underestimated; give more inputs than --damage-samples") + ")")
+    else:
+        pricing = "widths priced by one sensitivity probe per block"
     options += damage_width_options(blocks, analysis.curves, weights, units=(target,), damage=measured)
     dense: dict[str, float] = {}
     for block in blocks:
@@ -1492,7 +1500,8 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     chosen = {o.payload[0]: o.payload[1] for o in result.chosen if o.kind == "width"}
     widths = [int(chosen.get(block.name, block.width)) for block in blocks]
     return widths, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
-                        options=result.candidates, status=result.status, runs=runs, seconds=seconds)
+                        options=result.candidates, status=result.status, runs=runs, seconds=seconds,
+                        pricing=pricing)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -1640,23 +1649,34 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
 
 
 def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calibration, *, samples: int = 8,
-                          points: int = 4, batch_size: int = 16) -> tuple[list[np.ndarray], dict]:
+                          points: int = 4, batch_size: int = 16,
+                          shrinkage: bool = True) -> tuple[list[np.ndarray], dict]:
     """Each block's output damage at every width of its curve, measured at a few widths and interpolated
     (as :func:`onnx_alds.damage.measure_damage_tables` does for ranks; BALF / LEMS-style measured losses).
 
     Per block, ``points`` widths spaced geometrically from 1/16 to 3/4 of the full width
-    (:func:`onnx_alds.damage.probe_ranks`) are each pruned *alone* (refitted on the calibration
-    statistics, every other block at full width) and the relative squared change of the float graph
-    outputs on the first ``samples`` calibration inputs is measured (``d = ‖ŷ − y‖² / ‖y‖²``, averaged
-    over the outputs: the unit of the low-rank damage tables). Between them the block's own error curve
+    (:func:`onnx_alds.damage.probe_ranks`) are each pruned *alone* (every other block at full width) and
+    the relative squared change of the float graph outputs on the first ``samples`` calibration inputs is
+    measured (``d = ‖ŷ − y‖² / ‖y‖²``, averaged over the outputs: the unit of the low-rank damage
+    tables). Out of sample, as those tables: the probed consumers are refitted on statistics of the
+    *other* calibration inputs (one extra statistics pass, shrunk when ``shrinkage``), so that a refit is
+    not judged on the inputs it was fitted to; with less than one run of other inputs left (a fixed
+    batch whole), on the whole set's (``out_of_sample`` False in the cost). Between them the block's own error curve
     gives the shape, ``d(w) = s(w)·ε(w)²`` with ``s = d/ε²`` interpolated linearly in ``w`` and held
     constant outside the measured widths (the narrowest widths are extrapolated with the ratio measured
     at the narrowest probe); non-increasing in ``w``, 0 at full width.
 
     Returns per block the damage at each of ``analysis.curves[b].widths`` and the cost (``runs``,
-    ``seconds``). Raises :class:`InputDataError` when the calibration set holds fewer samples than one
-    batch or the model has no float output; one ONNX Runtime session per probe."""
-    from .calibrate import calibration_runs
+    ``seconds``, ``samples``, ``out_of_sample``). Raises :class:`InputDataError` when ``samples`` or
+    ``points`` is below 1, the calibration set holds fewer samples than one batch, or the model has no
+    float output; one ONNX Runtime session per probe."""
+    from .calibrate import calibration_runs, collect_statistics
+    from .inputs import InputSet
+    from .model_io import fixed_batch
+
+    if samples < 1 or points < 1:
+        raise InputDataError(f"got width damage samples {samples}, points {points}; give positive counts, e.g. "
+                             "8 samples, 4 points")
     from .damage import interpolate_damage, probe_ranks
     from .data_aware import NO_FLOAT_OUTPUT, float_outputs, reference_outputs
     from .runtime import make_session
@@ -1673,6 +1693,15 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
                              "use --method alds")
     from .api import _progress
 
+    used = sum(_first_dim(feed) for feed in feeds)
+    arrays = getattr(calibration, "arrays", None)
+    held_out = bool(arrays) and len(next(iter(arrays.values()))) - used >= (fixed_batch(model) or 1)
+    if held_out:  # the probed consumers refitted on the other inputs' statistics
+        rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="width damage fit")
+        consumers = {block.consumer.name: block.consumer for block in analysis.blocks}
+        fitted = collect_statistics(model, list(consumers.values()), rest, batch_size=batch_size, notes=[])
+        analysis = replace(analysis, stats={**analysis.stats, **{
+            name: (value.shrunk(centered=True) if shrinkage else value) for name, value in fitted.items()}})
     tables, runs = [], 1
     full = [block.width for block in analysis.blocks]
     for index, (block, curve) in enumerate(_progress(list(zip(analysis.blocks, analysis.curves)),
@@ -1693,7 +1722,11 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
                                              for old, new in zip(reference, changed)])))
             damage[narrower] = interpolate_damage(widths, curve.errors[narrower], measured, np.array(values))
         tables.append(damage)
-    return tables, dict(runs=runs, seconds=time.perf_counter() - started)
+    return tables, dict(runs=runs, seconds=time.perf_counter() - started, samples=used, out_of_sample=held_out)
+
+
+def _first_dim(feed: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feed.values())).shape[0]) if feed else 0
 
 
 def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> list[WidthCurve]:
@@ -1823,6 +1856,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         raise BudgetError(f"unknown pruning objective '{objective}'; choose minmax or sum")
     if width_damage not in WIDTH_DAMAGE:
         raise BudgetError(f"unknown width damage '{width_damage}'; choose one of: {', '.join(WIDTH_DAMAGE)}")
+    if width_damage == "measured" and not (options.search.method == "damage" and mode == "combined"
+                                           and objective == "minmax"):
+        raise BudgetError("width_damage='measured' prices the widths in the output-damage integer program, which "
+                          "only method 'damage' with prune 'combined' (objective minmax) runs; use those, or drop it")
     if mode not in PRUNE_MODES[1:]:
         raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
     budget, search, data = options.budget, options.search, options.data
@@ -1904,7 +1941,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             seconds["joint damage allocation"] = time.perf_counter() - tick
             notes.append(f"widths chosen with the low-rank options by the output-damage integer program "
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
-                         f"{joint_info['status']}): predicted relative output error "
+                         f"{joint_info['status']}; {joint_info['pricing']}): predicted relative output error "
                          f"{joint_info['predicted_output_error']:.3f}")
             # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
             choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]

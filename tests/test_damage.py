@@ -282,3 +282,23 @@ def test_the_damage_fit_does_not_repeat_calibration_notes_as_log_warnings(caplog
         report = compress(model, keep_flops=0.7, method="damage", calibration=InputSet({"input": x})).report
     assert any("fixes the batch to 4" in note for note in report.notes)
     assert not [r for r in caplog.records if "fixes the batch" in r.getMessage()]
+
+
+def test_a_fixed_batch_with_less_than_a_batch_beside_the_probes_is_measured_in_sample_and_said():
+    """A model fixing batch 16 with 20 calibration inputs: the held-out fit was run on the 4 left beside the
+    16 probed and failed with "the calibration set holds only 4 samples; give at least 16", though the user
+    gave 20 (and --method alds took them). It is now measured in-sample, and the report says so."""
+    model = small_cnn(width=16)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 16
+    x = np.random.default_rng(4).standard_normal((20, 3, 32, 32)).astype(np.float32)
+    clear_cache()
+    report = compress(model, keep_flops=0.7, method="damage", rank_multiple=8,
+                      calibration=InputSet({"input": x})).report
+    assert report.achieved <= 0.7
+    assert any("damage tables:" in note and "in-sample: no calibration input (no full batch" in note
+               for note in report.notes), report.notes
+    more = np.random.default_rng(5).standard_normal((40, 3, 32, 32)).astype(np.float32)
+    clear_cache()
+    report = compress(model, keep_flops=0.7, method="damage", rank_multiple=8,
+                      calibration=InputSet({"input": more})).report
+    assert any("factors fitted to the other inputs" in note for note in report.notes)

@@ -362,47 +362,69 @@ def test_damage_method_chooses_widths_and_ranks_in_one_integer_program():
 
 def test_measured_width_damage_is_the_output_change_of_each_width_alone():
     """At the probed widths the damage is the relative squared change of the model output when that block
-    alone is pruned (checked by pruning and running it here), non-increasing in width, 0 at full width."""
+    alone is pruned, its consumer refitted on the *other* calibration inputs (checked by pruning and running
+    it here), non-increasing in width, 0 at full width; with no other input left, refitted on the set."""
     from onnx_alds.damage import probe_ranks
     from onnx_alds.prune import measured_width_damage
 
     model = _two_feed_forward_blocks()
     ensure_node_names(model)
     cal = _inputs(model, samples=64)
-    analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=8)
+    layers = _layers(model, cal)
+    analysis = analyze_blocks(model, layers, cal, multiple=8)
     assert len(analysis.blocks) == 2
-    tables, cost = measured_width_damage(model, analysis, cal, samples=8, points=3, batch_size=16)
     probed = [probe_ranks(c.widths[:-1], c.widths[:-1], b.width, 3) for b, c in zip(analysis.blocks, analysis.curves)]
-    assert cost["runs"] == 1 + sum(len(p) for p in probed)
     x = {"x": cal.arrays["x"][:8]}
     reference = run_model(model, x)[0].astype(np.float64)
 
-    def alone(index: int, width: int) -> float:
+    def alone(stats, index: int, width: int) -> float:  # the channels of the analysis, refitted on ``stats``
         widths = [b.width for b in analysis.blocks]
         widths[index] = width
-        out = run_model(prune_model(model, decisions_for(analysis, widths)), x)[0].astype(np.float64)
+        refitted = dataclasses.replace(analysis, stats=stats)
+        out = run_model(prune_model(model, decisions_for(refitted, widths)), x)[0].astype(np.float64)
         return float(np.sum((out - reference) ** 2) / np.sum(reference ** 2))
 
-    for index, (block, curve, damage) in enumerate(zip(analysis.blocks, analysis.curves, tables)):
-        assert damage.shape == curve.widths.shape and damage[-1] == 0.0
-        assert np.all(np.diff(damage) <= 1e-12) and damage[0] > 0
-        for width in probed[index]:  # measured there
-            assert damage[list(curve.widths).index(width)] == pytest.approx(alone(index, int(width)), rel=1e-4)
-        between = [w for w in curve.widths[:-1] if w not in probed[index]]
-        width = between[len(between) // 2]  # interpolated: within the curve's shape error of a measurement
-        assert damage[list(curve.widths).index(width)] == pytest.approx(alone(index, int(width)), rel=0.5)
+    rest = InputSet({"x": cal.arrays["x"][8:]})  # what the refits are fitted to: the inputs not probed
+    held_out = analyze_blocks(model, layers, rest, multiple=8).stats
+    probed_set = InputSet({"x": cal.arrays["x"][:8]})  # nothing else left: the analysis's own statistics
+    in_sample = analyze_blocks(model, layers, probed_set, multiple=8).stats
+    for fitted, calibration, out_of_sample in ((held_out, cal, True), (in_sample, probed_set, False)):
+        given = analysis if out_of_sample else dataclasses.replace(analysis, stats=in_sample)
+        tables, cost = measured_width_damage(model, given, calibration, samples=8, points=3)
+        assert cost["out_of_sample"] is out_of_sample and cost["samples"] == 8
+        assert cost["runs"] == 1 + sum(len(p) for p in probed)
+        for index, (block, curve, damage) in enumerate(zip(analysis.blocks, analysis.curves, tables)):
+            assert damage.shape == curve.widths.shape and damage[-1] == 0.0
+            assert np.all(np.diff(damage) <= 1e-12) and damage[0] > 0
+            for width in probed[index]:  # measured there
+                assert damage[list(curve.widths).index(width)] == pytest.approx(
+                    alone(fitted, index, int(width)), rel=1e-4)
+            if out_of_sample:  # interpolated: within the curve's shape error of a measurement (8 inputs fit
+                # a refit exactly in-sample, where the curve's shape, from all 64, says little)
+                between = [w for w in curve.widths[:-1] if w not in probed[index]]
+                width = between[len(between) // 2]
+                assert damage[list(curve.widths).index(width)] == pytest.approx(
+                    alone(fitted, index, int(width)), rel=0.5)
     # the joint program takes these tables: damage+prune meets its budget with them (and with the probe)
-    for width_damage in ("measured", "probe"):
-        from onnx_alds.options import compress_options, with_pruning
-        from onnx_alds.prune import compress_pruned
+    from onnx_alds.options import compress_options, with_pruning
+    from onnx_alds.prune import compress_pruned
 
-        options = compress_options(keep_flops=0.6, calibration=cal, rank_multiple=8, method="damage")
-        options = dataclasses.replace(options, search=with_pruning(options.search, "combined"))
+    options = compress_options(keep_flops=0.6, calibration=cal, rank_multiple=8, method="damage")
+    options = dataclasses.replace(options, search=with_pruning(options.search, "combined"))
+    for width_damage, said in (("measured", "measured at up to 4 widths per block (refits fitted to the other"),
+                               ("probe", "one sensitivity probe per block")):
         result = compress_pruned(model, options, "combined", width_damage=width_damage)
         assert result.report.achieved <= 0.6 * 1.01
         assert any(b.width_after < b.width_before for b in result.report.pruned)
+        assert any(said in note for note in result.report.notes), result.report.notes
     with pytest.raises(BudgetError, match="unknown width damage 'exact'; choose one of: probe, measured"):
         compress_pruned(model, options, "combined", width_damage="exact")
+    # where no output-damage program runs, the option would change nothing: refused
+    alds = dataclasses.replace(options, search=dataclasses.replace(options.search, method="alds"))
+    for opts, mode, objective in ((alds, "combined", "minmax"), (options, "only", "minmax"),
+                                  (options, "combined", "sum")):
+        with pytest.raises(BudgetError, match="width_damage='measured' prices the widths in the output-damage"):
+            compress_pruned(model, opts, mode, objective=objective, width_damage="measured")
 
 
 def chained_feed_forward(seed: int = 14) -> onnx.ModelProto:
