@@ -779,16 +779,15 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          calibration_samples=sample_count(calibration))
     if planned.damage is not None:
         info = planned.damage
+        fit = ("factors fitted to the other inputs" if info["out_of_sample"] else
+               "in-sample: no calibration input (no full batch, where the model fixes it) is left beside the "
+               "probed ones to fit the factors to, so the damage is underestimated; give more inputs than "
+               "--damage-samples")
         report = replace(report, predicted_output_error=info["predicted_output_error"],
                          error_measure="output damage (relative squared output error, measured)",
                          layers=tuple(replace(row, predicted_damage=row.error) for row in report.layers),
                          notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
-                                               f"calibration inputs ("
-                                               + ("factors fitted to the other inputs" if info["out_of_sample"]
-                                                  else "in-sample: no calibration input (no full batch, where the model "
-                                                  "fixes it) is left beside the probed ones to fit the factors to, so "
-                                                  "the damage is underestimated; give more inputs than --damage-samples")
-                                               + f"), {info['seconds']:.1f} s"
+                                               f"calibration inputs ({fit}), {info['seconds']:.1f} s"
                                                + (" (measured before, reused)" if info["cached"] else "")
                                                + f"; {info['options']} options; predicted total relative output "
                                                f"error {info['predicted_output_error']:.4f}",))

@@ -1661,26 +1661,27 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
     tables). Out of sample, as those tables: the probed consumers are refitted on statistics of the
     *other* calibration inputs (one extra statistics pass, shrunk when ``shrinkage``), so that a refit is
     not judged on the inputs it was fitted to; with less than one run of other inputs left (a fixed
-    batch whole), on the whole set's (``out_of_sample`` False in the cost). Between them the block's own error curve
-    gives the shape, ``d(w) = s(w)·ε(w)²`` with ``s = d/ε²`` interpolated linearly in ``w`` and held
-    constant outside the measured widths (the narrowest widths are extrapolated with the ratio measured
-    at the narrowest probe); non-increasing in ``w``, 0 at full width.
+    batch whole), on the whole set's (``out_of_sample`` False in the cost). Between the probes the
+    block's own error curve gives the shape, ``d(w) = s(w)·ε(w)²`` with ``s = d/ε²`` interpolated
+    linearly in ``w`` and held constant outside the measured widths (the narrowest widths are
+    extrapolated with the ratio measured at the narrowest probe); non-increasing in ``w``, 0 at full
+    width.
 
     Returns per block the damage at each of ``analysis.curves[b].widths`` and the cost (``runs``,
     ``seconds``, ``samples``, ``out_of_sample``). Raises :class:`InputDataError` when ``samples`` or
     ``points`` is below 1, the calibration set holds fewer samples than one batch, or the model has no
     float output; one ONNX Runtime session per probe."""
+    from .api import _progress
     from .calibrate import calibration_runs, collect_statistics
+    from .damage import interpolate_damage, probe_ranks
+    from .data_aware import NO_FLOAT_OUTPUT, float_outputs, reference_outputs
     from .inputs import InputSet
     from .model_io import fixed_batch
+    from .runtime import make_session
 
     if samples < 1 or points < 1:
         raise InputDataError(f"got width damage samples {samples}, points {points}; give positive counts, e.g. "
                              "8 samples, 4 points")
-    from .damage import interpolate_damage, probe_ranks
-    from .data_aware import NO_FLOAT_OUTPUT, float_outputs, reference_outputs
-    from .runtime import make_session
-
     started = time.perf_counter()
     feeds = list(calibration_runs(calibration, model, min(samples, batch_size) if batch_size else samples,
                                   limit=samples))
@@ -1691,8 +1692,6 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
     if not reference:
         raise InputDataError(f"--method damage with --prune {NO_FLOAT_OUTPUT.format(what='block')}; "
                              "use --method alds")
-    from .api import _progress
-
     used = sum(_first_dim(feed) for feed in feeds)
     arrays = getattr(calibration, "arrays", None)
     held_out = bool(arrays) and len(next(iter(arrays.values()))) - used >= (fixed_batch(model) or 1)

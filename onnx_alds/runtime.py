@@ -60,10 +60,11 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     of the model). ``prepack=False`` keeps ONNX Runtime from making a packed copy of every weight
     (the checks only load and run the model once).
 
-    ``copy_of`` (the step an instrumented copy is for, e.g. "data-aware compression (calibration)"): ``model`` is the package's own
-    copy of the user's model (extra outputs, weights as inputs); when ONNX Runtime cannot load it, the
-    error says that ONNX Runtime cannot run the user's model for that step (onnx.checker's view of the
-    copy, whose added outputs carry no shape, would blame the user's model for the package's edits).
+    ``copy_of`` (the step an instrumented copy is for, e.g. "data-aware compression (calibration)"):
+    ``model`` is the package's own copy of the user's model (extra outputs, weights as inputs); when
+    ONNX Runtime cannot load it, the error says that ONNX Runtime cannot run the user's model for that
+    step (onnx.checker's view of the copy, whose added outputs carry no shape, would blame the user's
+    model for the package's edits).
 
     Raises :class:`ProviderError` when the provider is unknown, not compiled into the installed
     onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word);

@@ -58,7 +58,8 @@ def test_fused_layers_count_in_the_macs_and_are_named_with_what_to_do():
         compress(model, keep_flops=0.5, rank_multiple=4)
     # the output-damage and pruning paths named only the rank multiple (the wrong way out)
     cal = InputSet({"x": np.random.default_rng(5).standard_normal((8, 8, 8, 8)).astype(np.float32)})
-    for options, said in ((dict(method="damage"), "with --method damage"), (dict(prune="combined"), "by pruning and low-rank")):
+    for options, said in ((dict(method="damage"), "with --method damage"),
+                          (dict(prune="combined"), "by pruning and low-rank")):
         with pytest.raises(BudgetError, match=rf"--keep-flops 0.5 cannot be reached {said}: .*"
                                               r"stay as they are: com.microsoft::FusedConv ×1"):
             compress(model, keep_flops=0.5, rank_multiple=4, calibration=cal, **options)
