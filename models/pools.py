@@ -8,9 +8,12 @@ Calibration-size curves and distillation need more unlabeled inputs than the 48 
   to ``pool_sentences.json``.
 - ``efficientnet-lite0``: ``--crops`` (default 512) further random crops / flips / scales of the same
   natural photos, drawn from the same seeded stream after the agreement and calibration crops (so none
-  repeats one of theirs).
+  repeats one of theirs; a larger pool starts with the crops of a smaller one).
 
-    python -m models.pools [minilm] [efficientnet-lite0] [--crops 512] [--out models/cache]
+``--name`` writes ``NAME.npz`` instead of ``pool.npz`` (e.g. ``--crops 2048 --name pool2048`` beside the
+default pool, for ``tools/prune_bench.py --calibration pool2048``).
+
+    python -m models.pools [minilm] [efficientnet-lite0] [--crops 512] [--name pool] [--out models/cache]
 
 Run after ``python -m models.build minilm efficientnet-lite0``; needs the same packages (transformers'
 tokenizer for MiniLM, pillow and the photo wheels for EfficientNet-Lite0) but not torch.
@@ -29,7 +32,7 @@ import numpy as np
 CACHE = Path(__file__).resolve().parent / "cache"
 
 
-def minilm_pool(out_dir: Path) -> int:
+def minilm_pool(out_dir: Path, name: str = "pool") -> int:
     from . import minilm
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -40,12 +43,12 @@ def minilm_pool(out_dir: Path) -> int:
     taken = set(eval_s) | set(calib_s)
     pool = [s for s in minilm.candidate_sentences() if s not in taken]
     tokenizer = AutoTokenizer.from_pretrained(str(minilm.model_dir()))
-    np.savez(out_dir / "pool.npz", **minilm.tokenize(tokenizer, pool))
-    (out_dir / "pool_sentences.json").write_text(json.dumps(pool, indent=1) + "\n")
+    np.savez(out_dir / f"{name}.npz", **minilm.tokenize(tokenizer, pool))
+    (out_dir / f"{name}_sentences.json").write_text(json.dumps(pool, indent=1) + "\n")
     return len(pool)
 
 
-def efficientnet_pool(out_dir: Path, crops: int) -> int:
+def efficientnet_pool(out_dir: Path, crops: int, name: str = "pool") -> int:
     from . import efficientnet_lite0 as effnet
 
     photos = effnet.natural_photos()
@@ -55,7 +58,7 @@ def efficientnet_pool(out_dir: Path, crops: int) -> int:
     x_pool, meta = effnet.random_crops(photos, crops, rng)
     if set(meta) & (set(agree) | set(calib)):
         raise SystemExit("error: a pool crop repeats an agreement or calibration crop")
-    np.savez(out_dir / "pool.npz", input=x_pool)
+    np.savez(out_dir / f"{name}.npz", input=x_pool)
     return crops
 
 
@@ -63,18 +66,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="minilm and/or efficientnet-lite0 (default: both)")
     parser.add_argument("--crops", type=int, default=512, help="EfficientNet-Lite0 pool size")
+    parser.add_argument("--name", default="pool", help="file name of the pool, without .npz (default pool)")
     parser.add_argument("--out", type=Path, default=CACHE)
     args = parser.parse_args(argv)
     names = args.names or ["minilm", "efficientnet-lite0"]
     unknown = sorted(set(names) - {"minilm", "efficientnet-lite0"})
     if unknown:
         parser.error(f"unknown model {unknown[0]}; choose minilm or efficientnet-lite0")
+    if not args.name or Path(args.name).name != args.name or args.name.startswith("."):
+        parser.error(f"--name {args.name!r} is not a plain file name; give one such as pool2048")
     for name in names:
         folder = args.out / name
         if not (folder / "model.onnx").exists():
             raise SystemExit(f"error: {folder / 'model.onnx'} is missing; run python -m models.build {name} first")
-        count = minilm_pool(folder) if name == "minilm" else efficientnet_pool(folder, args.crops)
-        print(f"{name}: {count} pool inputs -> {folder / 'pool.npz'}")
+        count = minilm_pool(folder, args.name) if name == "minilm" else efficientnet_pool(folder, args.crops, args.name)
+        print(f"{name}: {count} pool inputs -> {folder / (args.name + '.npz')}")
     return 0
 
 
