@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         folder = args.out / name
         if not (folder / "model.onnx").exists():
             raise SystemExit(f"error: {folder / 'model.onnx'} is missing; run python -m models.build {name} first")
-        count = minilm_pool(folder, args.name) if name == "minilm" else efficientnet_pool(folder, args.crops, args.name)
+        count = (minilm_pool(folder, args.name) if name == "minilm"
+                 else efficientnet_pool(folder, args.crops, args.name))
         print(f"{name}: {count} pool inputs -> {folder / (args.name + '.npz')}")
     return 0
 
