@@ -1818,9 +1818,20 @@ def _held_out_set(held: dict, settings: DistillSettings, train_augmenter: Augmen
 
 
 def _run_session(session, arrays: Mapping[str, np.ndarray], names: Sequence[str], batch: int) -> dict:
+    """The outputs ``names`` over every batch, joined sample by sample (float64). Raises
+    :class:`UnsupportedModelError` when an output's first dim is not the batch (a scalar, a ``[C, N]``
+    output): the loss and agreement compare outputs sample by sample."""
     chunks = []
     for feed in _batches(arrays, batch):
-        chunks.append(dict(zip(names, session.run(list(names), feed))))
+        outputs = dict(zip(names, session.run(list(names), feed)))
+        samples = len(next(iter(feed.values())))
+        for name, value in outputs.items():
+            if np.ndim(value) == 0 or np.shape(value)[0] != samples:
+                raise UnsupportedModelError(
+                    f"distillation compares the output '{name}' sample by sample, but its first dim is not the "
+                    f"batch (shape {list(np.shape(value))} for a batch of {samples}); export the model with the "
+                    "batch as the first dim of every output")
+        chunks.append(outputs)
     return {k: v.astype(np.float64) for k, v in _concat(chunks).items()}
 
 
@@ -1837,6 +1848,8 @@ def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED):
     :class:`InputDataError` saying what failed, ONNX Runtime's reason and the fix."""
     try:
         yield
+    except OnnxAldsError:  # said already
+        raise
     except Exception as exc:  # ONNX Runtime's own error types
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise InputDataError(f"{failure[0]} ({reason}); {failure[1]}") from None

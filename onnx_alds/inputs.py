@@ -415,6 +415,10 @@ def labels_from_filenames(files: Sequence[Path]) -> np.ndarray:
             f"--labels-from-filenames: '{missing}' has no class id at the end of its name (like cat_281.jpg); "
             "rename the files or give --labels FILE"
         )
+    huge = next((p.name for p, label in zip(files, found) if label > np.iinfo(np.int64).max), None)
+    if huge is not None:
+        raise InputDataError(f"--labels-from-filenames: the class id at the end of '{huge}' is too large for a class "
+                             "id; rename the file or give --labels FILE")
     return np.asarray(found, dtype=np.int64)
 
 

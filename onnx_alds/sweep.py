@@ -314,8 +314,11 @@ class WorkerState:
 
 def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int = VALIDATION_BATCH,
                   threads: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Every tensor graph output of ``model`` on ``inputs`` (CPU), concatenated over batches (sequences and
-    maps, e.g. a classifier's ZipMap, are left out), float outputs first, in graph order otherwise."""
+    """The output a sweep compares (the first float tensor output of ``model``, else the first tensor
+    output: sequences and maps, e.g. a classifier's ZipMap, are left out) on ``inputs`` (CPU), one row
+    per sample, concatenated over batches. Raises :class:`UnsupportedModelError` when the model has no
+    tensor output, or when that output's first dim is not the batch (a scalar, a ``[C, N]`` output):
+    its values cannot be told apart by sample, and joining them would compare the wrong things."""
     from .runtime import FLOAT_TENSOR_TYPES, make_session
     from .validate import effective_batch_size
 
@@ -328,11 +331,17 @@ def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int 
     if not names:
         raise UnsupportedModelError("the model has no tensor output to compare; export it with tensor outputs "
                                     "(for skl2onnx: options={'zipmap': False})")
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    name, chunks = names[0], []
     for feed in inputs.batches(batch_size):
-        for name, value in zip(names, session.run(names, feed)):
-            chunks[name].append(np.asarray(value))
-    return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+        value = np.asarray(session.run([name], feed)[0])
+        samples = len(next(iter(feed.values())))
+        if value.ndim == 0 or value.shape[0] != samples:
+            raise UnsupportedModelError(
+                f"sweep compares the output '{name}' sample by sample, but its first dim is not the batch (shape "
+                f"{list(value.shape)} for a batch of {samples}); compare such a model with onnx-alds validate (one "
+                "sample per batch), or export it with the batch as the first dim of its first output")
+        chunks.append(value)
+    return {name: np.concatenate(chunks, axis=0)}
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
@@ -517,7 +526,11 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
                    onnx_sha256=hashlib.sha256(model_bytes).hexdigest(),
                    model_file=f"{MODELS_DIR}/{task.variant.id}.onnx")
         tick = time.perf_counter()
-        row.update(evaluate(state, data, model_bytes))
+        try:
+            row.update(evaluate(state, data, model_bytes))
+        except OnnxAldsError as exc:  # held-out inputs or outputs the figures cannot be computed on: said, not a crash
+            row.update(status="error", error=f"evaluating the compressed model: {exc}")
+            return done(VariantOutcome(row))
         metric = quality_metric(model, row)
         row["quality_metric"] = metric
         row["quality"] = row.get(metric)
@@ -1089,7 +1102,12 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
         if current and not rebench:
             continue
         models = [model.path] + [str(out / row["model_file"]) for row in group]
-        names = ["original"] + [f"{row['method']}/m{row['rank_multiple']}" for row in group]
+        labels = [f"{row['method']}/m{row['rank_multiple']}" for row in group]
+        if len(set(labels)) < len(labels):  # several seeds of one method: told apart by the seed
+            labels = [f"{label}/s{row.get('seed')}" for label, row in zip(labels, group)]
+        if len(set(labels)) < len(labels):
+            labels = [str(row.get("id", index)) for index, row in enumerate(group)]
+        names = ["original"] + labels
         for slot, batch in slots:
             probe = bench([model.path], provider="cpu", batch_sizes=(batch,), threads=threads, warmup=1, runs=1,
                           min_time_s=0.0, input_shapes=model.input_shapes)
@@ -1510,8 +1528,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     timing = parser.add_argument_group("timing (on the driver, after every task has ended)")
     timing.add_argument("--no-bench", action="store_true", help="compress and validate only; do not time")
     timing.add_argument("--rebench", action="store_true", help="time again budgets whose variants are already timed")
-    timing.add_argument("--bench-batch", type=positive_int, nargs="+", default=[1, 32], metavar="N",
-                        help="one or two batch sizes to time (default 1 32)")
+    timing.add_argument("--bench-batch", type=positive_int, nargs="+", default=None, metavar="N",
+                        help="one or two batch sizes to time (default 1 32; a model that fixes its batch: that one)")
     timing.add_argument("--bench-time", type=seconds, default=5.0, metavar="S",
                         help="seconds per timed group: the original and the variants of one budget (default 5)")
     timing.add_argument("--threads", type=thread_count, default=None, metavar="N",
@@ -1555,12 +1573,24 @@ def models_from_args(args: argparse.Namespace) -> list[SweepModel]:
     if args.calibration is not None or args.calibration_images is not None or args.calibration_random is not None:
         calibration = DataSource(npz=args.calibration, images=args.calibration_images, preprocess=preprocess,
                                  random=args.calibration_random, seed=1, input_shapes=shapes)
-    if len(args.bench_batch) > 2:
+    if args.bench_batch is not None and len(args.bench_batch) > 2:
         raise InputDataError(f"--bench-batch takes one or two batch sizes, got {len(args.bench_batch)}")
     paths = list({Path(path).resolve(): path for path in reversed(args.models)}.values())[::-1]  # each file once
     return [SweepModel(name=name, path=path, evals=(EvalSpec("eval", source),), calibration=calibration,
-                       input_shapes=shapes, bench_batches=tuple(args.bench_batch))
+                       input_shapes=shapes, bench_batches=tuple(args.bench_batch or _default_bench_batches(path)))
             for name, path in zip(_model_names(paths), paths)]
+
+
+def _default_bench_batches(path: str) -> tuple[int, ...]:
+    """1 and 32, or the batch the model fixes (timed at any other, it would be refused after every variant
+    was computed)."""
+    from .model_io import fixed_batch
+
+    try:
+        fixed = fixed_batch(onnx.load(str(path), load_external_data=False))
+    except Exception:  # an unreadable or odd model: the loading step says what is wrong with it
+        return (1, 32)
+    return (fixed,) if fixed else (1, 32)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

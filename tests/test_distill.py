@@ -185,6 +185,32 @@ def test_unsupported_op_names_the_op(torch, pair):
         torch_graph(custom)
 
 
+def test_an_output_whose_first_dim_is_not_the_batch_is_refused_by_name(torch, pair):
+    """Logits transposed to ``[C, N]``: a traceback (np.concatenate in the teacher runs); a scalar second
+    output: "running the original model on the inputs failed ...; check the input arrays" (the inputs blamed)."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    last = original.graph.output[0].name
+    for case in ("transposed", "scalar"):
+        models = []
+        for model in (original, compressed):
+            odd = onnx.ModelProto()
+            odd.CopyFrom(model)
+            if case == "transposed":
+                odd.graph.node.append(helper.make_node("Transpose", [last], ["t"], name="flip", perm=[1, 0]))
+                odd.graph.output[0].name = "t"
+                del odd.graph.output[0].type.tensor_type.shape.dim[:]
+            else:
+                odd.graph.node.append(helper.make_node("ReduceMean", [last], ["score"], name="mean", keepdims=0))
+                odd.graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, []))
+            models.append(odd)
+        name = "t" if case == "transposed" else "score"
+        with pytest.raises(UnsupportedModelError, match=rf"distillation compares the output '{name}' sample by "
+                                                        r"sample, but its first dim is not the batch"):
+            distill(models[0], models[1], inputs, steps=1, progress=False)
+
+
 # --------------------------------------------------------------------------------------------------
 # what trains
 

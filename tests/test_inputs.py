@@ -267,6 +267,14 @@ def test_labels_from_filenames_needs_every_file_and_fails_before_decoding(tmp_pa
     assert decoded == []  # the names were checked before any image was decoded
 
 
+def test_labels_from_filenames_with_a_huge_class_id_is_an_error_not_a_traceback(tmp_path):
+    """'shot_99999999999999999999999.png' raised OverflowError from NumPy (a labels file said it cleanly)."""
+    _write(tmp_path / "shot_99999999999999999999999.png", np.zeros((4, 4, 3)))
+    with pytest.raises(InputDataError, match="class id at the end of 'shot_9+.png' is too large"):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=tmp_path, preprocess=Preprocess("raw"),
+                    labels_from_filenames=True)
+
+
 def test_labels_from_filenames_only_with_images(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4, 4), np.float32))
     with pytest.raises(InputDataError, match="use it with --images"):

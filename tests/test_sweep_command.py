@@ -486,6 +486,40 @@ def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
     assert row["status"] == "ok" and row["agreement_samples"] == 16  # 18 asked: whole batches of 4
 
 
+def test_inputs_the_figures_cannot_use_make_error_rows_not_crashes(tiny, tmp_path, capsys):
+    """Labels beyond the model's classes were found after compressing and reported as a crash, with the
+    advice to run the command again (which fails the same way)."""
+    arrays = dict(np.load(tiny / "eval.npz"))
+    np.savez(tmp_path / "bad.npz", input=arrays["input"], labels=arrays["labels"] + 7)
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "svd", "--inputs",
+                        str(tmp_path / "bad.npz"), "-o", str(tmp_path / "out"), "--rank-multiple", "1", "--no-bench",
+                        "--no-plots", "--no-progress"], capsys)
+    assert code == 1 and "evaluating the compressed model: labels range over" in err and "crashed" not in err
+    (row,) = record(tmp_path / "out")["rows"]
+    assert row["status"] == "error"
+
+
+def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, capsys):
+    """Timed (the default), a model fixing batch 4 failed after every variant was computed ("input 'x' fixes
+    the batch to 4; bench it with --batch 4"): the timing used batches 1 and 32. With two seeds, the variants
+    of a method had one name ("got 3 names for 3 models"). Neither wrote sweep.json."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])],
+                              [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    out = tmp_path / "sweep"
+    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--methods", "svd", "--seed",
+                        "0", "1", "--random", "16", "-o", str(out), "--rank-multiple", "1", "--bench-time", "0.2",
+                        "--no-plots", "--no-progress"], capsys)
+    assert code == 0, err
+    rows = record(out)["rows"]
+    assert len(rows) == 2 and all(row["batch_small"] == 4 and row["ms_small"] > 0 for row in rows)
+
+
 @pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b"null", b'{"runs": 5}',
                                     b'{"skipped": [{"x": 1}]}', b'{"skipped": [{"model": [1], "method": "alds"}]}',
                                     b"[" * 100000 + b"]" * 100000])
@@ -512,3 +546,35 @@ def test_model_names_that_the_file_name_rules_change_stay_apart():
     first, second = _model_names(["a/net é.onnx"]), _model_names(["a/net ü.onnx"])
     assert first != second and first[0].startswith("net__-")
     assert _model_names(["model.v1.onnx", "resnet v2.onnx"]) == ["model_v1", "resnet_v2"]
+
+
+def test_the_compared_output_must_be_batch_first_and_other_outputs_are_not_fetched():
+    """The sweep joined every output's batches on axis 0: a ``[C, N]`` logits output was compared as if its
+    rows were samples (cos 0.64 reported for a model validate measured at 0.999), and a scalar second output
+    crashed every variant ("zero-dimensional arrays cannot be concatenated"), though only the first float
+    output is compared."""
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.sweep import model_outputs
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "w")
+    x = InputSet({"x": rng.standard_normal((40, 8)).astype(np.float32)})
+
+    def model(extra_nodes, outputs):
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["pre"])] + extra_nodes, "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])], outputs, [w])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = 8
+        return proto
+
+    transposed = model([helper.make_node("Transpose", ["pre"], ["logits"], perm=[1, 0])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [5, "N"])])
+    with pytest.raises(UnsupportedModelError, match=r"output 'logits' .* first dim is not the batch \(shape \[5, "):
+        model_outputs(transposed, x, batch_size=16)
+    scalar = model([helper.make_node("Identity", ["pre"], ["logits"]),
+                    helper.make_node("ReduceMean", ["pre"], ["score"], keepdims=0)],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5]),
+                    helper.make_tensor_value_info("score", TensorProto.FLOAT, [])])
+    outputs = model_outputs(scalar, x, batch_size=16)
+    assert list(outputs) == ["logits"] and outputs["logits"].shape == (40, 5)
