@@ -1052,9 +1052,22 @@ def import_ray():
 
 def init_ray(ray, address: Optional[str], **options) -> None:
     """``ray.init(address, **options)``, keeping this process's SIGTERM and SIGINT handlers: Ray installs its
-    own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up."""
+    own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up.
+    Raises ConnectionError first when ``address`` (or, without one, ``RAY_ADDRESS``) is ``host:port`` and
+    nothing answers there: ``ray.init`` retries such an address forever."""
     import signal
+    import socket
     import threading
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and target != "auto":
+        host, _, port = target.split("://", 1)[-1].rpartition(":")
+        if host and port.isdigit():
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except OSError as exc:
+                raise ConnectionError(f"nothing answers at {target}{'' if address else ' (from RAY_ADDRESS)'} "
+                                      f"({exc.strerror or exc})") from None
 
     if threading.current_thread() is not threading.main_thread():
         ray.init(address=address, **options)

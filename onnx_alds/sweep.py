@@ -134,6 +134,10 @@ def parse_method(name: str) -> MethodSpec:
         raise BudgetError(f"method '{name}': +seq, +bc, +sens, +prune and +pruneonly need calibration data; add +data")
     if options.get("prune") and speed_check:
         raise BudgetError(f"method '{name}': +sc times low-rank layers only; drop +sc or the pruning modifier")
+    low_rank = [token for token in tokens if token not in ("+data", "+pruneonly")]
+    if options.get("prune") == "only" and (base != "alds" or low_rank):
+        raise BudgetError(f"method '{name}': +pruneonly narrows widths alone, so the low-rank method and modifiers "
+                          f"change nothing (as compress --prune only refuses --method); write it alds+data+pruneonly")
     if not data and base in DATA_ONLY_METHODS:
         raise BudgetError(f"method '{name}' needs calibration data; write it {base}+data and give --calibration")
     return MethodSpec(name, options, data, speed_check)
@@ -754,9 +758,10 @@ class RayEngine(Engine):
             try:
                 init_ray(ray, self.address, **options)
             except Exception as exc:
+                flag = "--address" if self.address or not os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
                 raise EngineError(f"cannot start or reach Ray{' at ' + self.address if self.address else ''}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                                  "check --address (or run with --engine local)") from None
+                                  f"check {flag} (or run with --engine local)") from None
             self._started_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if self.cpus_per_worker > cpus:

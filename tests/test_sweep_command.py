@@ -313,6 +313,17 @@ def test_ray_asks_that_cannot_be_met_are_one_line_errors_not_hangs(tiny, tmp_pat
     ray = pytest.importorskip("ray")
     code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--address", "127.0.0.1:1"), capsys)
     assert code == 1 and "cannot reach Ray at 127.0.0.1:1" in err
+    # the same address from RAY_ADDRESS hung (the check read --address only); so did the calibration workers
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+        code, _, err = run(sweep_args(tiny, tmp_path / "env", "--engine", "ray"), capsys)
+        assert code == 1 and "nothing answers at 127.0.0.1:1 (from RAY_ADDRESS)" in err and "check RAY_ADDRESS" in err
+        from onnx_alds.calibrate import calibration_workers
+        from onnx_alds.errors import InputDataError
+
+        with pytest.raises(InputDataError, match=r"nothing answers at 127.0.0.1:1 \(from RAY_ADDRESS\)"):
+            with calibration_workers(2):
+                pass
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         code, _, err = run(sweep_args(tiny, tmp_path / "b", "--engine", "ray", "--workers", "3", "--no-bench"), capsys)
@@ -366,6 +377,10 @@ def test_parse_method():
         parse_method("alds+data+prune+pruneonly")
     with pytest.raises(BudgetError, match="needs calibration data; write it damage[+]data and give --calibration"):
         parse_method("damage")
+    # widths alone: another method or a low-rank modifier changed nothing (the models were alds+data+pruneonly's)
+    for same in ("svd+data+pruneonly", "l-rank+data/frob/pw+pruneonly", "alds+data+seq+pruneonly"):
+        with pytest.raises(BudgetError, match="[+]pruneonly narrows widths alone.*write it alds[+]data[+]pruneonly"):
+            parse_method(same)
 
 
 def test_sweep_resolves_output_kinds_as_validate_does():
