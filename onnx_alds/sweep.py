@@ -1015,8 +1015,9 @@ class RowStore:
         if not entry or entry.get("fingerprint") != task.fingerprint:
             return None
         row = entry["row"]
-        if row.get("status") == "ok" and not self._model_intact(task.variant.id, row.get("onnx_sha256")):
-            return None
+        if row.get("status") == "ok" and not (self._model_intact(task.variant.id, row.get("onnx_sha256"))
+                                              and (self.models_dir / f"{task.variant.id}.report.json").is_file()):
+            return None  # the model or its report gone or changed: compressed again
         return row
 
     def _model_intact(self, variant_id: str, sha256: Optional[str]) -> bool:

@@ -224,6 +224,10 @@ def test_replaced_model_file_is_redone(tiny, tmp_path, capsys):
     assert stored.read_bytes() == made
     code, stdout, _ = run(args, capsys)
     assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    report = stored.with_name(stored.name[:-len(".onnx")] + ".report.json")
+    report.unlink()  # its report deleted: it was counted as done and never written again
+    code, stdout, _ = run(args, capsys)
+    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout and report.is_file()
 
 
 def test_changed_external_data_is_redone(tiny, tmp_path, capsys):
