@@ -1709,6 +1709,11 @@ def _check_step_sizes(model: onnx.ModelProto, trainable: Sequence[str], lr: floa
         if tensor.name not in wanted:
             continue
         values = numpy_helper.to_array(tensor)
+        if not np.all(np.isfinite(values)):  # (a -inf mask added after a factorized layer, taken for its bias)
+            raise InputDataError(f"the compressed model's tensor '{tensor.name}', which distillation would train as "
+                                 "a factor or bias, holds NaN or infinite values (a class masked with -inf?), and "
+                                 "the outputs it reaches cannot be matched; distill a model whose outputs are finite "
+                                 "(e.g. the logits before the mask)")
         rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
         step = lr * max(rms, 1e-3) / (1 - ADAM_BETA1)
         dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.dtype(np.float32)
@@ -1881,12 +1886,19 @@ def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[s
 
 
 def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, float]:
-    """Per tensor: the variance of the teacher's values on the training samples (streamed)."""
+    """Per tensor: the variance of the teacher's values on the training samples (streamed). Raises
+    :class:`InputDataError` when one is NaN or infinite there (the squared difference to it is too)."""
     names = list(outputs) + list(points)
     sums = {n: [0.0, 0.0, 0] for n in names}
     for feed in _batches(arrays, batch):
         for name, value in zip(names, session.run(names, feed)):
             v = np.asarray(value, np.float64)
+            if not np.all(np.isfinite(v)):
+                raise InputDataError(
+                    f"the original model's {'output' if name in outputs else 'tensor'} '{name}' is NaN or infinite "
+                    "on the training inputs (a class masked with -inf, a log of 0), and distillation trains on the "
+                    "squared difference to it; distill a model whose outputs are finite (e.g. the logits before "
+                    "the mask), or inputs on which they are")
             sums[name][0] += float(v.sum())
             sums[name][1] += float((v * v).sum())
             sums[name][2] += v.size

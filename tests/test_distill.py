@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_alds import compress
-from onnx_alds.errors import UnsupportedModelError
+from onnx_alds.errors import InputDataError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 
 from conftest import make_model, small_cnn
@@ -209,6 +209,34 @@ def test_an_output_whose_first_dim_is_not_the_batch_is_refused_by_name(torch, pa
         with pytest.raises(UnsupportedModelError, match=rf"distillation compares the output '{name}' sample by "
                                                         r"sample, but its first dim is not the batch"):
             distill(models[0], models[1], inputs, steps=1, progress=False)
+
+
+def test_an_output_masked_with_minus_inf_is_refused_by_what_is_not_finite(torch, pair):
+    """Logits with a class masked by -inf: the mask was trained as the factor pair's bias ("--lr 0.01: Adam's
+    steps for 'mask' ... overflow; give a smaller --lr such as 0.01", the value given), or, after a dense
+    layer, ONNX Runtime and the interpreter were said to disagree (NaN differences)."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    last = original.graph.output[0].name
+    classes = original.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    mask = np.zeros((1, classes), np.float32)
+    mask[0, 0] = -np.inf
+    models = []
+    for model in (original, compressed):
+        masked = onnx.ModelProto()
+        masked.CopyFrom(model)
+        masked.graph.initializer.append(numpy_helper.from_array(mask, "mask"))
+        masked.graph.node.append(helper.make_node("Add", [last, "mask"], ["masked"], name="apply_mask"))
+        masked.graph.output[0].name = "masked"
+        models.append(masked)
+    with pytest.raises(InputDataError, match=r"(output 'masked'|tensor 'mask').* NaN or infinite"):
+        distill(models[0], models[1], inputs, steps=1, progress=False)
+    # the mask read by the factor pair's last node, as its bias: named as such
+    from onnx_alds.distill import _check_step_sizes
+
+    with pytest.raises(InputDataError, match=r"tensor 'mask', which distillation would train .* NaN or infinite"):
+        _check_step_sizes(models[1], ["mask"], 0.01)
 
 
 # --------------------------------------------------------------------------------------------------
