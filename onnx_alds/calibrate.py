@@ -1050,24 +1050,36 @@ def import_ray():
     return ray
 
 
+def unreachable_ray(address: Optional[str]) -> Optional[str]:
+    """Why nothing answers at a Ray ``address`` written ``host:port`` (``ray://`` prefix allowed), as the
+    socket error says it; None when something does, or the address is ``auto``, empty or not host:port
+    (``ray.init`` then says what is wrong with it)."""
+    import socket
+
+    if not address or address == "auto":
+        return None
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
+
+
 def init_ray(ray, address: Optional[str], **options) -> None:
     """``ray.init(address, **options)``, keeping this process's SIGTERM and SIGINT handlers: Ray installs its
     own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up.
     Raises ConnectionError first when ``address`` (or, without one, ``RAY_ADDRESS``) is ``host:port`` and
     nothing answers there: ``ray.init`` retries such an address forever."""
     import signal
-    import socket
     import threading
 
     target = address or os.environ.get("RAY_ADDRESS")
-    if target and target != "auto":
-        host, _, port = target.split("://", 1)[-1].rpartition(":")
-        if host and port.isdigit():
-            try:
-                socket.create_connection((host, int(port)), timeout=5).close()
-            except OSError as exc:
-                raise ConnectionError(f"nothing answers at {target}{'' if address else ' (from RAY_ADDRESS)'} "
-                                      f"({exc.strerror or exc})") from None
+    reason = unreachable_ray(target)
+    if reason:
+        raise ConnectionError(f"nothing answers at {target}{'' if address else ' (from RAY_ADDRESS)'} ({reason})")
 
     if threading.current_thread() is not threading.main_thread():
         ray.init(address=address, **options)

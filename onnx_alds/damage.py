@@ -153,7 +153,7 @@ def _outputs(session, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> l
     return [np.asarray(value, dtype=np.float64) for value in session.run(list(names), dict(feed))]
 
 
-def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]]) -> float:
+def relative_damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequence[np.ndarray]]) -> float:
     """Relative squared error per float output (summed over the runs), averaged over the outputs."""
     values = []
     for index in range(len(reference[0])):
@@ -161,6 +161,35 @@ def _damage(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[Sequenc
         den = sum(float(np.sum(ref[index] ** 2)) for ref in reference)
         values.append(num / den if den > 0 else (0.0 if num == 0 else np.inf))
     return float(np.mean(values))
+
+
+def probed_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """The samples in one run's feed (its first array's first dim)."""
+    return int(next(iter(feed.values())).shape[0]) if feed else 0
+
+
+def statistics_beside_probes(proto: onnx.ModelProto, layers: Sequence[Layer], calibration,
+                             feeds: Sequence[Mapping[str, np.ndarray]], *, batch_size: int = 16,
+                             shrinkage: bool = True, centered: bool = False) -> tuple[Optional[dict], int]:
+    """Calibration statistics of ``layers`` fitted out of sample: on the calibration inputs after the first
+    ones, which ``feeds`` (the probe runs) hold, so that what the probes measure is not what the factors or
+    refits were fitted to. Ledoit–Wolf shrunk when ``shrinkage`` (``centered``: shrink the covariance, for
+    a fit with a bias). Returns the statistics by layer name, or None when less than one run of other
+    inputs is left (a fixed batch whole) or the set has no arrays to split, and the samples the probes
+    use. One statistics pass (:func:`onnx_alds.calibrate.collect_statistics`)."""
+    from .model_io import fixed_batch
+
+    used = sum(probed_samples(feed) for feed in feeds)
+    arrays = getattr(calibration, "arrays", None)
+    if not arrays or len(next(iter(arrays.values()))) - used < (fixed_batch(proto) or 1):
+        return None, used
+    from .calibrate import collect_statistics
+    from .inputs import InputSet
+
+    rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="damage fit")
+    fitted = collect_statistics(proto, list(layers), rest, batch_size=batch_size,
+                                notes=[])  # (its notes repeat the calibration's)
+    return {name: (value.shrunk(centered=centered) if shrinkage else value) for name, value in fitted.items()}, used
 
 
 PROBE_FRACTIONS = (1 / 16, 3 / 4)  # the smallest and largest fraction of the dense size probed
@@ -252,20 +281,11 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                                          out_of_sample=cost.out_of_sample)
 
     started = time.perf_counter()
-    held_out = False
-    used = sum(next(iter(feed.values())).shape[0] for feed in feeds)
-    from .model_io import fixed_batch
-
-    # the inputs left beside the probed ones fit the factors: at least one run of them (a fixed batch whole)
-    if out_of_sample and arrays and len(next(iter(arrays.values()))) - used >= (fixed_batch(proto) or 1):
-        from .calibrate import collect_statistics
-        from .inputs import InputSet
-
-        rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="damage fit")
-        fitted = collect_statistics(proto, [layer for layer in layers if layer.name in stats], rest,
-                                    batch_size=batch_size, notes=[])  # (its notes repeat the calibration's)
-        stats = {name: (value.shrunk() if shrinkage else value) for name, value in fitted.items()}
-        held_out = True
+    fitted, used = (statistics_beside_probes(proto, [layer for layer in layers if layer.name in stats], calibration,
+                                             feeds, batch_size=batch_size, shrinkage=shrinkage)
+                    if out_of_sample else (None, sum(probed_samples(feed) for feed in feeds)))
+    held_out = fitted is not None
+    stats = fitted if held_out else stats
     probe, inputs = _probe_model(proto, layers)
     session = make_session(probe, "cpu")
     originals: dict[str, np.ndarray] = {}
@@ -308,7 +328,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                 approx = weight_in_node_layout(layer, factors_as_patch_matrix(layer, factors)).astype(dtype)
                 outputs = run_all({**originals, inputs[layer.name]: approx})
                 runs += 1
-                damage.append(_damage(reference, outputs))
+                damage.append(relative_damage(reference, outputs))
             measured_damage = np.array(damage)
             predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
             offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
@@ -341,4 +361,5 @@ def damage_options(layers: Sequence[Layer], damage_tables: Sequence[DamageTable]
 
 
 __all__ = ["DamageCurve", "DamageTable", "DamageCost", "measure_damage_tables", "damage_options",
-           "interpolate_damage", "probe_ranks", "clear_cache", "weight_in_node_layout", "factors_as_patch_matrix"]
+           "interpolate_damage", "probe_ranks", "clear_cache", "weight_in_node_layout", "factors_as_patch_matrix",
+           "statistics_beside_probes", "probed_samples", "relative_damage"]

@@ -215,6 +215,14 @@ class _Graph:
         self.inputs = {value.name for value in graph.input} - set(self.tensors)
         self._values: dict[str, Optional[np.ndarray]] = {}
 
+    def escapes(self, name: str) -> bool:
+        """Whether ``name`` is a graph output or is read inside a subgraph (uses the block finder cannot see)."""
+        return name in self.outputs or name in self.subgraph_readers
+
+    def read_beyond(self, name: str, nodes: set) -> bool:
+        """Whether anything but the main-graph nodes named ``nodes`` reads ``name`` (or it :meth:`escapes`)."""
+        return self.escapes(name) or any(reader.name not in nodes for reader in self.users.get(name, []))
+
     def constant(self, name: str) -> Optional[np.ndarray]:
         """The value of ``name`` if it is computed from constants alone (None otherwise)."""
         if not name:
@@ -481,8 +489,7 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     holder = graph.nodes[bias[1]] if bias is not None and bias[0] == "add" else consumer
     slot = bias[2] if bias is not None and bias[0] == "add" else 2
     old_bias = holder.input[slot] if bias is not None and slot < len(holder.input) else ""
-    if old_bias and (old_bias in graph.outputs or old_bias in graph.subgraph_readers
-                     or any(reader.name != holder.name for reader in graph.users.get(old_bias, []))):
+    if old_bias and graph.read_beyond(old_bias, {holder.name}):
         added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # shared: the refit's bias goes beside it
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
                  fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params)
@@ -691,7 +698,7 @@ def _shape_reader(user: onnx.NodeProto, tensor: str, graph: _Graph, shapes: Sequ
     the rank from ``shapes``), and the last dim only as the last piece of a ``Concat`` target of a Reshape
     of ``tensor`` itself (GPT-2's ``x.view(-1, x.size(-1))``), which then follows the kept width."""
     where = f"'{tensor}' is read by Shape '{user.name}'"
-    if user.attribute or user.output[0] in graph.outputs or user.output[0] in graph.subgraph_readers:
+    if user.attribute or graph.escapes(user.output[0]):
         return f"{where}, which reads the hidden tensor's shape"
     ranks = {len(known[tensor]) for known in shapes if tensor in known}
     rank = next(iter(ranks)) if len(ranks) == 1 else None
@@ -709,7 +716,7 @@ def _shape_reader(user: onnx.NodeProto, tensor: str, graph: _Graph, shapes: Sequ
 def _feeds_own_targets(value: str, tensor: str, graph: _Graph) -> bool:
     """Whether the run-time width ``value`` reaches nothing but the last piece of Concat targets of
     Reshapes of ``tensor`` (through value-preserving ops)."""
-    if value in graph.outputs or value in graph.subgraph_readers:
+    if graph.escapes(value):
         return False
     for user in graph.users.get(value, []):
         if user.op_type in _VALUE_PASS_OPS and user.domain in ("", "ai.onnx"):
@@ -719,7 +726,7 @@ def _feeds_own_targets(value: str, tensor: str, graph: _Graph) -> bool:
         if user.op_type != "Concat" or user.input[-1] != value or list(user.input).count(value) != 1:
             return False
         readers = graph.users.get(user.output[0], [])
-        if not readers or user.output[0] in graph.outputs or user.output[0] in graph.subgraph_readers or any(
+        if not readers or graph.escapes(user.output[0]) or any(
                 r.op_type != "Reshape" or r.input[0] != tensor or r.input[1] != user.output[0] for r in readers):
             return False
     return True
@@ -843,11 +850,6 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
     original stays); ``products``: attention's ``P @ V`` inside the block, whose MACs scale with the
     channels too."""
     own = {node.name, consumer.name, *(n.name for n in region_nodes)}
-
-    def shared(name: str) -> bool:
-        readers = graph.users.get(name, [])
-        return name in graph.outputs or name in graph.subgraph_readers or any(r.name not in own for r in readers)
-
     sliced: dict[str, int] = {}  # per-channel constants of the block -> weights per channel
     if _has_bias(node):
         sliced[node.input[2]] = 1
@@ -867,8 +869,8 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
                 sliced[name] = value.size // width
             elif between.op_type in BINARY_OPS + ("BatchNormalization", "Clip"):
                 fixed_params += int(value.size)
-    channel_params += sum(k for name, k in sliced.items() if not shared(name))
-    shared_channel_params = sum(k for name, k in sliced.items() if shared(name))
+    channel_params += sum(k for name, k in sliced.items() if not graph.read_beyond(name, own))
+    shared_channel_params = sum(k for name, k in sliced.items() if graph.read_beyond(name, own))
     all_layers = [producer, consumer_layer, *depthwise]
     if any(layer.positions is None for layer in all_layers) or any(layer.macs is None for layer in products):
         return fixed_params, channel_params, None, None, shared_channel_params
@@ -1672,11 +1674,9 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
     ``points`` is below 1, the calibration set holds fewer samples than one batch, or the model has no
     float output; one ONNX Runtime session per probe."""
     from .api import _progress
-    from .calibrate import calibration_runs, collect_statistics
-    from .damage import interpolate_damage, probe_ranks
+    from .calibrate import calibration_runs
+    from .damage import interpolate_damage, probe_ranks, relative_damage, statistics_beside_probes
     from .data_aware import NO_FLOAT_OUTPUT, float_outputs, reference_outputs
-    from .inputs import InputSet
-    from .model_io import fixed_batch
     from .runtime import make_session
 
     if samples < 1 or points < 1:
@@ -1692,15 +1692,12 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
     if not reference:
         raise InputDataError(f"--method damage with --prune {NO_FLOAT_OUTPUT.format(what='block')}; "
                              "use --method alds")
-    used = sum(_first_dim(feed) for feed in feeds)
-    arrays = getattr(calibration, "arrays", None)
-    held_out = bool(arrays) and len(next(iter(arrays.values()))) - used >= (fixed_batch(model) or 1)
+    consumers = {block.consumer.name: block.consumer for block in analysis.blocks}
+    fitted, used = statistics_beside_probes(model, list(consumers.values()), calibration, feeds,
+                                            batch_size=batch_size, shrinkage=shrinkage, centered=True)
+    held_out = fitted is not None
     if held_out:  # the probed consumers refitted on the other inputs' statistics
-        rest = InputSet({name: array[used:] for name, array in arrays.items()}, source="width damage fit")
-        consumers = {block.consumer.name: block.consumer for block in analysis.blocks}
-        fitted = collect_statistics(model, list(consumers.values()), rest, batch_size=batch_size, notes=[])
-        analysis = replace(analysis, stats={**analysis.stats, **{
-            name: (value.shrunk(centered=True) if shrinkage else value) for name, value in fitted.items()}})
+        analysis = replace(analysis, stats={**analysis.stats, **fitted})
     tables, runs = [], 1
     full = [block.width for block in analysis.blocks]
     for index, (block, curve) in enumerate(_progress(list(zip(analysis.blocks, analysis.curves)),
@@ -1717,15 +1714,10 @@ def measured_width_damage(model: onnx.ModelProto, analysis: PruneAnalysis, calib
                 probe = prune_model(model, decisions_for(analysis, chosen))
                 changed = float_outputs(probe, make_session(probe, "cpu"), feeds)
                 runs += 1
-                values.append(float(np.mean([np.sum((new - old) ** 2) / max(float(np.sum(old ** 2)), 1e-300)
-                                             for old, new in zip(reference, changed)])))
+                values.append(relative_damage([reference], [changed]))
             damage[narrower] = interpolate_damage(widths, curve.errors[narrower], measured, np.array(values))
         tables.append(damage)
     return tables, dict(runs=runs, seconds=time.perf_counter() - started, samples=used, out_of_sample=held_out)
-
-
-def _first_dim(feed: Mapping[str, np.ndarray]) -> int:
-    return int(next(iter(feed.values())).shape[0]) if feed else 0
 
 
 def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> list[WidthCurve]:

@@ -711,19 +711,11 @@ ACTOR_START_SECONDS = 300  # Ray workers that have not started by then will not 
 
 def _check_reachable(address: Optional[str]) -> None:
     """Refuse a ``--address host:port`` nothing listens on: ``ray.init`` retries such an address forever."""
-    import socket
+    from .calibrate import unreachable_ray
 
-    if not address or address == "auto":
-        return
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return  # not host:port: ray.init says what is wrong with it
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise EngineError(f"cannot reach Ray at {address} ({exc.strerror or exc}); check --address (or run with "
-                          "--engine local)") from None
+    reason = unreachable_ray(address)
+    if reason:
+        raise EngineError(f"cannot reach Ray at {address} ({reason}); check --address (or run with --engine local)")
 
 
 class RayEngine(Engine):

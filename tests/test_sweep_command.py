@@ -486,9 +486,8 @@ def test_ray_start_keeps_the_command_lines_signal_handlers():
             signal.signal(number, handler)
 
 
-def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
-    """Every variant of a model exported at batch 4 crashed ("Got: 32 Expected: 4"): the sweep ran the
-    held-out set in batches of 32. It runs whole batches of the model's batch now, as validate does."""
+def _save_fixed_batch_gemm(path: Path) -> None:
+    """A Gemm 64 → 10 whose input fixes the batch to 4."""
     rng = np.random.default_rng(0)
     graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
@@ -496,7 +495,13 @@ def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
                               [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    onnx.save(model, str(path))
+
+
+def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
+    """Every variant of a model exported at batch 4 crashed ("Got: 32 Expected: 4"): the sweep ran the
+    held-out set in batches of 32. It runs whole batches of the model's batch now, as validate does."""
+    _save_fixed_batch_gemm(tmp_path / "fixed.onnx")
     out = tmp_path / "sweep"
     code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--random", "18", "-o", str(out),
                         "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"], capsys)
@@ -522,14 +527,7 @@ def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, c
     """Timed (the default), a model fixing batch 4 failed after every variant was computed ("input 'x' fixes
     the batch to 4; bench it with --batch 4"): the timing used batches 1 and 32. With two seeds, the variants
     of a method had one name ("got 3 names for 3 models"). Neither wrote sweep.json."""
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])],
-                              [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    _save_fixed_batch_gemm(tmp_path / "fixed.onnx")
     out = tmp_path / "sweep"
     code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--methods", "svd", "--seed",
                         "0", "1", "--random", "16", "-o", str(out), "--rank-multiple", "1", "--bench-time", "0.2",
