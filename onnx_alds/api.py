@@ -23,11 +23,12 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source, counted_inputs,
-                     element_bits, ensure_node_names, find_layers, folded_weight, is_counted_node, is_layer_node,
-                     iter_graphs, iter_total_params, node_macs, unchanged_ops_note, weight_constants, widened_weights,
-                     with_order)
+                     drop_dead_nodes, element_bits, ensure_node_names, find_layers, folded_weight, is_counted_node,
+                     is_layer_node, iter_graphs, iter_total_params, node_macs, unchanged_ops_note, weight_constants,
+                     widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
+from .inputs import conform_inputs
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, with_pruning
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
@@ -111,6 +112,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if complete:
         materialize(proto, store)
     generated = ensure_node_names(proto)  # layers, plans and reports need every node named: undone when written
+    dead, dead_weights = drop_dead_nodes(proto)
+    if dead:
+        notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "
+                     "out of the totals and of the written model")
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
@@ -182,7 +187,11 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     from onnx import inliner
 
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
-        inlined = inliner.inline_local_functions(model, convert_version=True)
+        try:
+            inlined = inliner.inline_local_functions(model, convert_version=True)
+        except Exception:  # converting needs the type of every call's output: infer them on a copy, and drop
+            inlined = _without_added_value_info(  # what inference added to the graphs
+                inliner.inline_local_functions(onnx.shape_inference.infer_shapes(model), convert_version=True), model)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
@@ -198,6 +207,16 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
                      "layers count as sharing a weight)")
     return inlined
+
+
+def _without_added_value_info(model: onnx.ModelProto, before: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with only the ``value_info`` entries whose names ``before`` had (in any graph), in place."""
+    kept = {value.name for _, graph in iter_graphs(before.graph) for value in graph.value_info}
+    for _, graph in iter_graphs(model.graph):
+        entries = [value for value in graph.value_info if value.name in kept]
+        del graph.value_info[:]
+        graph.value_info.extend(entries)
+    return model
 
 
 def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto) -> int:
@@ -425,6 +444,17 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)"))
 
 
+def check_keep_dense(layers: Sequence[Layer], keep_dense: Mapping[str, str]) -> None:
+    """Every name in ``keep_dense`` must be a Conv/Gemm/MatMul node of the model: a misspelt one would leave
+    the layer the user meant to keep factorized. Raises :class:`InputDataError`."""
+    names = {layer.name for layer in layers}
+    unknown = sorted(name for name in keep_dense if name not in names)
+    if unknown:
+        raise InputDataError(f"keep_dense names '{unknown[0]}', which is no Conv/Gemm/MatMul node of the model; "
+                             f"check the name (layers: {', '.join(repr(n) for n in sorted(names)[:5])}"
+                             f"{', ...' if len(names) > 5 else ''})")
+
+
 def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _Planned:
     """Load, layers, calibration statistics, error tables, latency tables and the allocation; or,
     applying a plan (``decisions``, :mod:`onnx_alds.plan`), the plan's decisions checked against the model."""
@@ -468,10 +498,14 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     proto, layers = prepared.model, prepared.layers
     if calibration is not None:
         prepared.refuse_random_for_calibration()
+        calibration = conform_inputs(proto, calibration, "calibration")
+        data = replace(data, calibration=calibration)
+        options = replace(options, data=data)
     if options.speed is not None and options.speed.batch is None:  # the batch the model fixes, else the shapes'
         from .bench import default_batch
 
         options = replace(options, speed=replace(options.speed, batch=default_batch(proto, input_shapes)))
+    check_keep_dense(prepared.layers, keep_dense)
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
         keep_dense.update(decisions.check(prepared, input_shapes))
     if keep_dense:
@@ -489,10 +523,12 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         kept = [layer for layer in spatial if layer.order != POINTWISE_FIRST]
         notes = list(prepared.notes)
         if kept:
+            why = ("strided, or its output is not the input's size" if not kept[0].pointwise_first_ok
+                   else "too few input channels for a rank of the multiple to shrink it pointwise-first")
             notes.append(f"order pointwise-first: {len(spatial) - len(kept)} of {len(spatial)} k×k convs; the other "
-                         f"{len(kept)} stay spatial-first (strided, output size differs from the input's, shapes "
-                         f"unknown, or too few input channels for a rank of the multiple to shrink them "
-                         f"pointwise-first; first: '{kept[0].name}')")
+                         f"{len(kept)} stay spatial-first (strided, output size not the input's, or too few input "
+                         f"channels for a rank of the multiple to shrink them pointwise-first; first: "
+                         f"'{kept[0].name}': {why})")
         elif not spatial:  # the flag changes nothing on this model: say so
             notes.append("order pointwise-first: the model has no k×k conv to factorize, so the order changes "
                          "nothing (it applies to k×k convs with stride 1 whose output keeps the input's size)")
@@ -568,13 +604,15 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         if options.speed.model_rounds:
             allocation, speed_info = _settle_latency(prepared, chosen, tables, costs, speed_info, options)
     elif method == "damage":
-        from .damage import measure_damage_tables
+        from .damage import measure_damage_tables, not_finite_damage_note
 
         damage_tables, damage_cost = measure_damage_tables(
             proto, chosen, tables, constants, stats, calibration, samples=data.damage_samples,
             points=data.damage_points, max_groups=searched, refit=refit, batch_size=calibration_batch_size,
             factor_fn=_damage_factor_fn(data), shrinkage=shrinkage)
         seconds["damage tables"] = 0.0 if damage_cost.cached else damage_cost.seconds
+        if damage_cost.not_finite:
+            calibration_notes.append(not_finite_damage_note(damage_cost.not_finite))
         tick = time.perf_counter()
         allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple)
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
@@ -890,10 +928,10 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     ``applied``: a saved plan's decisions (maybe edited) were applied, so the advice is about the plan."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
+    if achieved > keep * 1.001:  # only a saved plan's decisions keep more than its budget: edited, or the budget was
+        return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
+                      "its budget (entries or the budget edited)")
     if applied:
-        if achieved > keep * 1.001:  # (a plan's decisions, as edited, may keep more than it was made for)
-            return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions (as edited) "
-                          "keep more than its budget")
         if gap > OVERSHOOT_WARNING * keep:
             return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "
                     "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None

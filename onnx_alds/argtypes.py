@@ -4,6 +4,7 @@ that names the value and the allowed range (argparse turns it into a usage error
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 from typing import Optional
 
@@ -36,6 +37,7 @@ def check_threads(threads: Optional[int]) -> None:
     (``threads=`` of the API; None is the library's default)."""
     from .errors import InputDataError
 
+    check_count("threads", threads, optional=True)
     if threads is not None and not 1 <= threads <= max_threads():
         raise InputDataError(f"got {threads} threads; give 1 to {max_threads()} ({os.cpu_count()} CPUs here)")
 
@@ -89,3 +91,41 @@ def fraction(text: str) -> float:
 def any_float(text: str) -> float:
     """A number; its range is checked where the meaning is known (e.g. a keep ratio in (0, 1])."""
     return _number(text, float)
+
+
+# --------------------------------------------------------------------------------------------------
+# The same checks for values given to the Python API (an InputDataError instead of a usage error)
+
+
+def check_count(name: str, value, minimum: int = 1, *, optional: bool = False) -> None:
+    """Raise :class:`onnx_alds.errors.InputDataError` unless ``value`` is an integer ≥ ``minimum`` (a bool,
+    float or string is refused, not truncated; None passes when ``optional``)."""
+    from .errors import InputDataError
+
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # (numpy's integers are Integral)
+        raise InputDataError(f"{name}={value!r}: give an integer ≥ {minimum}")
+    if value < minimum:
+        raise InputDataError(f"got {name}={value}; give an integer ≥ {minimum}")
+
+
+def check_switch(name: str, value) -> None:
+    """Raise :class:`onnx_alds.errors.InputDataError` unless ``value`` is True or False."""
+    import numpy as np
+
+    from .errors import InputDataError
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputDataError(f"{name}={value!r}: give True or False")
+
+
+def check_number(name: str, value, *, optional: bool = False) -> None:
+    """Raise :class:`onnx_alds.errors.InputDataError` unless ``value`` is a real number (not a bool or a
+    string; None passes when ``optional``)."""
+    from .errors import InputDataError
+
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputDataError(f"{name}={value!r}: give a number")

@@ -32,8 +32,9 @@ Bounds (:class:`CalibrationLimits`, defaults measured in docs/DATA_AWARE.md):
 - *precision*: float32 (and float16) activations are multiplied and the ``d × d`` sums accumulated in
   float32 within a shard of ``shard_runs`` runs (half the memory of float64 while ONNX Runtime holds
   the model; measured error in docs/DATA_AWARE.md); each shard's sums are converted to float64 and
-  added in shard order to float64 totals; means and ‖x‖⁴ sums stay float64; float64 activations, or
-  ``float32=False``, keep everything in float64;
+  added in shard order to float64 totals; means and ‖x‖⁴ sums stay float64; float64 activations, a
+  layer input whose largest value is outside ``FLOAT32_PRODUCTS`` (its squares would underflow to zero
+  or overflow to infinity in float32), or ``float32=False``, keep everything in float64;
 - *shards*: the runs are cut into shards of ``shard_runs`` runs, whose sums (:class:`StatisticSums`)
   are computed from zero and added in order: in this process, or on Ray actors inside
   :func:`calibration_workers`, with the same bits. :func:`collect_statistic_sums`,
@@ -422,10 +423,18 @@ def unfolder_for(layer: Layer, node: onnx.NodeProto) -> Unfolder:
 
 
 def _work_dtype(array: np.ndarray, limits: CalibrationLimits) -> np.dtype:
-    """float32 for float32/float16 activations when ``limits.float32``, else float64."""
+    """float32 for float32/float16 activations when ``limits.float32`` and their products stay well inside
+    float32's range, else float64 (activations of ~1e-20 square to below float32's smallest normal number,
+    and ~1e19 to beyond its largest: the moments would be zeros or infinities)."""
     if limits.float32 and array.dtype in (np.float32, np.float16):
-        return np.dtype(np.float32)
+        finite = array[np.isfinite(array)] if array.size and not np.all(np.isfinite(array)) else array
+        largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+        if largest == 0.0 or FLOAT32_PRODUCTS[0] <= largest <= FLOAT32_PRODUCTS[1]:
+            return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+FLOAT32_PRODUCTS = (1e-12, 1e15)  # the largest activation's range whose moments are summed in float32
 
 
 @dataclass
@@ -559,6 +568,8 @@ class _Accumulator:
                 f"the compressed model gives a layer input of shape {seen.shape}, the original {reference.shape}; "
                 "the rewrite changed a tensor shape: report this as a bug")
         dtype = _work_dtype(seen, self.limits)
+        if reference is not None and dtype != np.float64:
+            dtype = _work_dtype(reference, self.limits)
         positions = self.unfolder.vectors_per_sample(seen.shape)
         limit = self.limits.positions_per_sample
         if limit is not None and positions > limit and seen.ndim >= 3:
@@ -574,6 +585,9 @@ class _Accumulator:
             if self.gram is None:
                 self.gram = np.zeros((self.cols, self.cols), dtype=chunk.dtype)
                 self.cross = np.zeros((self.cols, self.cols), dtype=chunk.dtype) if self.with_cross else None
+            elif self.gram.dtype != chunk.dtype and chunk.dtype == np.float64:  # a run outside float32's range
+                self.gram = self.gram.astype(np.float64)
+                self.cross = None if self.cross is None else self.cross.astype(np.float64)
             self.count += chunk.shape[0]
             if self.anchor is None and chunk.shape[0]:
                 self.anchor = chunk[0].astype(np.float64)

@@ -13,6 +13,7 @@ the same seeded inputs with outputs of the same shapes and types. A miss raises
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -258,7 +259,7 @@ def _probe_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) 
     feeds = {}
     for spec in graph_inputs(model):
         shape = shapes.get(spec.name) or tuple(d if isinstance(d, int) else 1 for d in spec.dims)
-        if int(np.prod(shape)) > 1 << 24:
+        if math.prod(shape) > 1 << 24:
             return None
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)

@@ -200,6 +200,28 @@ def given_flags(args: argparse.Namespace) -> set[str]:
         and getattr(args, action.dest) != action.default}
 
 
+def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A one-value flag given twice with different values (``--keep-params 0.5 ... --keep-params 0.9``) is a
+    usage error (exit 2): argparse keeps the last silently. Flags that collect values (``--exclude``,
+    ``--input-shape``) may repeat."""
+    single = {option: action for action in parser._actions if type(action).__name__ == "_StoreAction"
+              and action.nargs is None for option in action.option_strings}
+    given: dict[argparse.Action, tuple[str, str]] = {}
+    tokens = list(argv)
+    for index, token in enumerate(tokens):
+        if token == "--":
+            break
+        option, equals, value = token.partition("=")
+        action = single.get(option)
+        if action is None or not option.startswith("-"):
+            continue
+        if not equals:
+            value = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if action in given and given[action][1] != value:
+            parser.error(f"{option} is given twice ({given[action][1]} and {value}); give it once")
+        given[action] = (option, value)
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
     """The destinations ``argv`` (a command's arguments) sets, found by parsing it again with every default
     suppressed: what is in the namespace then was given."""
@@ -410,9 +432,8 @@ def _write_together(result, output: Path, report_path: Optional[str], *, protect
     folder first, the model is saved atomically, then the report is renamed into place. ``written`` gets
     each path as it lands (an interrupt between the two renames leaves the model alone, and says so)."""
     import os
-    import tempfile
 
-    from .model_io import save_model
+    from .model_io import save_model, unused_name
 
     written = [] if written is None else written
     if not report_path:
@@ -420,8 +441,7 @@ def _write_together(result, output: Path, report_path: Optional[str], *, protect
         written.append(str(output))
         return
     target = Path(report_path)
-    handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".json", dir=str(target.parent))
-    os.close(handle)
+    pending = unused_name(target.parent, ".json")  # created by save_json inside the try
     try:
         result.report.save_json(pending)
         save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
@@ -503,7 +523,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
     from .errors import OutputPathError
     from .inputs import IMAGE_SUFFIXES
-    from .model_io import check_output_path
+    from .model_io import check_data_file_name, check_output_path, may_need_external_data
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
     dash = next((key for key, value in outputs.items() if value == "-"), None)
@@ -538,6 +558,10 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
         check_output_path(Path(value), protect=inputs, flag=flag)
+        model = getattr(args, "model", None)
+        if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
+                and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it
+            check_data_file_name(Path(value))
 
 
 PREPROCESS_DESTS = ("preprocess", "resize", "crop", "mean", "std", "scale", "layout", "grayscale")
@@ -596,9 +620,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 130
     _usable_standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, which lists the flags it takes (argparse shows the top level's)
+        (getattr(args, "command_parser", None) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     command_at = next((i for i, token in enumerate(argv) if token == args.command), None)
     if command_at is not None and getattr(args, "command_parser", None) is not None:
+        refuse_repeated_flags(args.command_parser, argv[command_at + 1:])
         args.explicit_flags = explicit_flags(args.command_parser, argv[command_at + 1:])
     _refuse_empty_values(args)
     return _run(args)

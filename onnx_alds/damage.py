@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -78,6 +78,16 @@ class DamageCost:
     seconds: float
     cached: bool = False
     out_of_sample: bool = False  # the probed factors were fitted without the probe inputs
+    # layers whose probes made the outputs NaN or infinite (a product past float16's range): their
+    # group counts measured so are not offered, said in the report
+    not_finite: tuple[str, ...] = ()
+
+
+def not_finite_damage_note(layers: Sequence[str]) -> str:
+    """The report's note for :attr:`DamageCost.not_finite`."""
+    return (f"--method damage: the factorized options of {len(layers)} layers made the outputs NaN or infinite on "
+            f"the probe inputs (first: '{layers[0]}'; a product past the range of the model's float type) and are "
+            "not offered (a layer with none left stays dense)")
 
 
 _CACHE: dict[str, tuple[list[DamageTable], DamageCost]] = {}
@@ -277,8 +287,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     key = _digest(proto, layers, feeds, settings)
     if key in _CACHE:
         cached_tables, cost = _CACHE[key]
-        return cached_tables, DamageCost(cost.runs, cost.samples, cost.seconds, cached=True,
-                                         out_of_sample=cost.out_of_sample)
+        return cached_tables, replace(cost, cached=True)
 
     started = time.perf_counter()
     fitted, used = (statistics_beside_probes(proto, [layer for layer in layers if layer.name in stats], calibration,
@@ -304,6 +313,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     check_finite_outputs(float_names, [np.concatenate([run[i].ravel() for run in reference])
                                        for i in range(len(float_names))], "--method damage")
     runs = 1
+    not_finite: list[str] = []
     factor = factor_fn or (lambda layer, matrix, g, r, stat: data_aware_factors(matrix, g, r, stat, refit=refit,
                                                                                 layer=layer))
     results = []
@@ -330,13 +340,17 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                 runs += 1
                 damage.append(relative_damage(reference, outputs))
             measured_damage = np.array(damage)
+            if not np.all(np.isfinite(measured_damage)):  # no finite price: the option is not offered
+                not_finite.append(layer.name)
+                continue
             predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
             offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
             curves.append(DamageCurve(option.groups, option.ranks[offered], option.sizes[offered], predicted[offered],
                                       measured, measured_damage, option.order))
         results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
         del matrix
-    cost = DamageCost(runs, used, time.perf_counter() - started, out_of_sample=held_out)
+    cost = DamageCost(runs, used, time.perf_counter() - started, out_of_sample=held_out,
+                      not_finite=tuple(dict.fromkeys(not_finite)))
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (results, cost)

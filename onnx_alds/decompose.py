@@ -311,10 +311,16 @@ def decompose(matrix: np.ndarray, groups: int, rank: int,
 def damped_moment(second_moment: np.ndarray, *, damping: float = 1e-6) -> np.ndarray:
     """``C + δ·mean(diag C)·I`` in float64: the same damping :func:`whitening_factor` starts from."""
     size = second_moment.shape[0]
+    return np.asarray(second_moment, dtype=np.float64) + _damping_shift(second_moment, damping) * np.eye(size)
+
+
+def _damping_shift(second_moment: np.ndarray, damping: float) -> float:
+    """``δ·mean(diag C)`` (``δ`` when that is zero or not finite): what :func:`damped_moment` adds."""
+    size = second_moment.shape[0]
     scale = float(np.mean(np.diag(second_moment))) if size else 0.0
     if not np.isfinite(scale) or scale <= 0.0:
         scale = 1.0
-    return np.asarray(second_moment, dtype=np.float64) + (damping * scale) * np.eye(size)
+    return damping * scale
 
 
 def encoder_matrix(factors: GroupedFactors) -> np.ndarray:
@@ -329,10 +335,13 @@ def encoder_matrix(factors: GroupedFactors) -> np.ndarray:
 
 def sequential_target(matrix: np.ndarray, second_moment: np.ndarray, cross: np.ndarray, *,
                       damping: float = 1e-6) -> np.ndarray:
-    """``W' = W M C̃⁻¹`` (``C̃`` damped): the matrix whose whitened decomposition in the metric ``C̃``
-    minimizes ``E‖W x − P x̃‖²`` (``M = E[x x̃ᵀ]``, ``C̃ = E[x̃ x̃ᵀ]``)."""
+    """``W' = (W M + λW)(C̃ + λ)⁻¹`` (``λ`` the damping of :func:`damped_moment`): the matrix whose whitened
+    decomposition in the metric ``C̃`` minimizes ``E‖W x − P x̃‖²`` (``M = E[x x̃ᵀ]``, ``C̃ = E[x̃ x̃ᵀ]``).
+    The damping pulls toward ``W`` itself, not toward zero: where the calibration inputs never reach (a
+    moment of zeros), ``W`` is kept, as the data-free decomposition would."""
     moment = damped_moment(second_moment, damping=damping)
-    rhs = np.asarray(cross, dtype=np.float64).T @ np.asarray(matrix, dtype=np.float64).T  # Mᵀ Wᵀ
+    weight = np.asarray(matrix, dtype=np.float64)
+    rhs = np.asarray(cross, dtype=np.float64).T @ weight.T + _damping_shift(second_moment, damping) * weight.T
     try:
         solved = scipy.linalg.cho_solve(scipy.linalg.cho_factor(moment, lower=True, check_finite=False), rhs,
                                         check_finite=False)
@@ -359,16 +368,19 @@ def refit_decoder(matrix: np.ndarray, factors: GroupedFactors, second_moment: np
 
     ``A = W M Bᵀ (B C Bᵀ)⁻¹`` with ``B`` the block-diagonal encoder, ``C`` the (damped) second moment of
     what the layer sees and ``M = E[x x̃ᵀ]`` (``M = C`` when ``cross`` is None, i.e. the layer sees the
-    original model's inputs). This minimizes ``E‖W x − A B x̃‖²`` over ``A`` given ``B``, so it never
-    increases that error; when ``W = A₀ B`` exactly (full rank), it returns ``A₀``'s product exactly.
-    The solve is a pseudo-inverse on the eigenvalues of ``B C Bᵀ`` (rank-deficient encoders and data).
+    original model's inputs; damped as ``C`` is, so a moment of zeros gives the data-free projection).
+    This minimizes ``E‖W x − A B x̃‖²`` over ``A`` given ``B``, so it never increases that error; when
+    ``W = A₀ B`` exactly (full rank), it returns ``A₀``'s product exactly. The solve is a pseudo-inverse
+    on the eigenvalues of ``B C Bᵀ`` (rank-deficient encoders and data).
     ``encoder``: the encoder in patch space when it is not the block-diagonal one (pointwise-first:
     :func:`patch_encoder`); the returned decoder is then in patch space too (``f × g·r·κ``).
     """
     weight = np.asarray(matrix, dtype=np.float64)
     moment = damped_moment(second_moment, damping=damping)
     full = encoder_matrix(factors) if encoder is None else encoder
-    mixed = moment if cross is None else np.asarray(cross, dtype=np.float64)
+    # the damping on both sides (M + λ, C + λ) pulls toward W's own product where the data never reaches
+    mixed = moment if cross is None else (np.asarray(cross, dtype=np.float64)
+                                          + _damping_shift(second_moment, damping) * np.eye(len(moment)))
     rhs = weight @ (mixed @ full.T)  # W M Bᵀ, (f, g·r)
     gram = full @ moment @ full.T
     gram = 0.5 * (gram + gram.T)

@@ -39,7 +39,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError
-from .inputs import InputSet
+from .inputs import InputSet, conform_inputs
 from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
@@ -1501,10 +1501,12 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     started = time.perf_counter()
     teacher_model = load_model(original)
     student_model = load_model(compressed)
+    inputs = conform_inputs(teacher_model, inputs, "training")
     _check_interfaces(teacher_model, student_model, inputs)
     if held_out_inputs is None:
         inputs, held_out_inputs = split_inputs(inputs, settings.held_out, settings.seed)
     else:
+        held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
         _check_interfaces(teacher_model, student_model, held_out_inputs)
     found = factor_tensors(teacher_model, student_model)
     if not found.factors:

@@ -59,7 +59,7 @@ class InputSet:
 
     ``arrays`` maps each graph input name to an array whose first axis is the sample axis (all of the
     same length); ``labels`` holds one integer class id per sample when known; ``source`` says in words
-    where the data came from (random data says "not real data").
+    where the data came from (random data says "not real data"; empty: "arrays given in Python").
     """
 
     arrays: Mapping[str, np.ndarray]
@@ -67,8 +67,13 @@ class InputSet:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if not self.arrays:
-            raise InputDataError("the input set holds no arrays; give one array per graph input")
+        if not isinstance(self.arrays, Mapping) or not self.arrays:
+            raise InputDataError("the input set holds no arrays; give one array per graph input, e.g. "
+                                 "InputSet({'input': array})")
+        odd = next((name for name, array in self.arrays.items() if not isinstance(array, np.ndarray)), None)
+        if odd is not None:
+            raise InputDataError(f"input '{odd}' is a {type(self.arrays[odd]).__name__}; give numpy arrays, batch "
+                                 "first (numpy.asarray(values, dtype=numpy.float32))")
         lengths = {name: (arr.shape[0] if arr.ndim else None) for name, arr in self.arrays.items()}
         if None in lengths.values() or len(set(lengths.values())) != 1:
             pretty = ", ".join(f"{name}: {n}" for name, n in lengths.items())
@@ -76,6 +81,8 @@ class InputSet:
                 f"input arrays disagree on the number of samples ({pretty}); "
                 "give every input the same first (sample) dim"
             )
+        if not self.source:  # reports and notes say where the data came from
+            object.__setattr__(self, "source", f"arrays given in Python ({len(self)} samples)")
         if self.labels is not None and len(self.labels) != len(self):
             raise InputDataError(
                 f"{len(self.labels)} labels for {len(self)} samples; give exactly one label per sample"
@@ -434,7 +441,7 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     """Inputs for ``model`` from exactly one of ``npz``, ``images`` or ``random``.
 
     ``input_shapes`` gives dynamic dims (random inputs; the sample axis is always the first dim); every name
-    in it must be a graph input, and images must come out at the dims it gives;
+    in it must be a graph input, and images and ``.npz`` arrays must have the per-sample dims it gives;
     ``limit`` keeps ``limit`` samples spread evenly over the set (:func:`spread_indices`); ``progress``
     shows a bar while decoding images (default: only when stderr is a terminal). Labels: an ``.npz``'s
     ``labels`` array, or ``labels_file`` (:func:`read_labels_file`), or ``labels_from_filenames`` (images
@@ -463,21 +470,30 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     input_shapes = check_input_shapes(model, input_shapes)  # names, types, dims (for every source)
     if npz is not None:
         result = _load_npz(specs, Path(npz), limit, parsed)
+        _check_sample_dims(result, input_shapes, f"the arrays in '{npz}' are",
+                           "give inputs of that size, or another --input-shape")
     elif images is not None:
         result = _load_images(specs, images, get_preprocess(preprocess), limit, progress, parsed,
                               labels_from_filenames)
-        for name, dims in (input_shapes or {}).items():
-            made = tuple(result.arrays[name].shape[1:])
-            if tuple(dims[1:]) != made:
-                raise InputDataError(
-                    f"the images come out {'x'.join(map(str, made))} per sample, but --input-shape asks for "
-                    f"{name}:{'x'.join(map(str, dims))}; make them agree (--resize/--crop to that size, or another "
-                    "--input-shape)")
+        _check_sample_dims(result, input_shapes, "the images come out",
+                           "--resize/--crop to that size, or another --input-shape")
     else:
         count = int(random) if limit is None else min(int(random), limit)
         result = random_inputs(model, count, input_shapes=input_shapes, seed=seed)
     log.info("loaded %d samples: %s", len(result), result.source)
     return result
+
+
+def _check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequence[int]]], what: str,
+                       fix: str) -> None:
+    """Raise :class:`InputDataError` when a loaded input's per-sample dims differ from its ``--input-shape``
+    (which is otherwise used to plan and time at a shape the inputs do not have)."""
+    for name, dims in (input_shapes or {}).items():
+        made = tuple(inputs.arrays[name].shape[1:])
+        if tuple(dims[1:]) != made:
+            raise InputDataError(
+                f"{what} {'x'.join(map(str, made)) or 'scalar'} per sample, but --input-shape asks for "
+                f"{name}:{'x'.join(map(str, dims))}; make them agree ({fix})")
 
 
 def _check_batchable(spec: InputSpec) -> None:
@@ -511,59 +527,8 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
     if damaged:  # numpy hands back the raw bytes of a member that is not a valid .npy
         raise InputDataError(f"member '{damaged[0]}' of '{path}' is not a numpy array (a damaged file, or not written "
                              "by numpy); save it with numpy.savez(path, name=array, ...)")
+    arrays, casts = _conformed_arrays(specs, stored, f"'{path}'", labels_key=True)
     names = [spec.name for spec in specs]
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise InputDataError(
-            f"'{path}' has no array for graph input '{missing[0]}' (it has: {', '.join(sorted(stored)) or 'nothing'}); "
-            f"key one array per graph input by name: {', '.join(names)}"
-        )
-    extra = sorted(k for k in stored if k not in names and k != LABELS_KEY)
-    if extra:
-        raise InputDataError(
-            f"'{path}' has array '{extra[0]}', which is not a graph input; graph inputs are: {', '.join(names)} "
-            f"(plus optional '{LABELS_KEY}')"
-        )
-    empty = next((name for name in names if stored[name].ndim and stored[name].shape[0] == 0), None)
-    if empty is not None:
-        raise InputDataError(f"array '{empty}' in '{path}' holds no samples (shape {stored[empty].shape}); give at "
-                             "least one sample, batch first")
-    arrays: dict[str, np.ndarray] = {}
-    casts: list[str] = []  # said in the set's source, so reports show it
-    for spec in specs:
-        _check_batchable(spec)
-        array = stored[spec.name]
-        if array.ndim != len(spec.dims):
-            raise InputDataError(
-                f"array '{spec.name}' in '{path}' has rank {array.ndim} (shape {array.shape}), but the graph input "
-                f"has rank {len(spec.dims)} ({_pretty_dims(spec.dims)}); store it batch first with the input's rank"
-            )
-        for axis, (got, declared) in enumerate(zip(array.shape, spec.dims)):
-            if axis > 0 and isinstance(declared, int) and got != declared:
-                raise InputDataError(
-                    f"array '{spec.name}' in '{path}' has shape {array.shape}, but the model fixes dim {axis} to "
-                    f"{declared} ({_pretty_dims(spec.dims)}); store arrays of the model's shape"
-                )
-        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-            raise InputDataError(
-                f"array '{spec.name}' in '{path}' is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
-                f"store it as {spec.dtype}"
-            )
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            bad = int(np.argmax((~np.isfinite(array.reshape(len(array), -1))).any(axis=1))) if array.ndim else 0
-            raise InputDataError(f"array '{spec.name}' in '{path}' holds NaN or Inf values (first in sample {bad}); "
-                                 "give finite inputs")
-        if array.dtype != spec.dtype and np.issubdtype(array.dtype, np.integer) and array.size \
-                and np.issubdtype(spec.dtype, np.integer):
-            limits = np.iinfo(spec.dtype)
-            if array.min() < limits.min or array.max() > limits.max:  # the cast would wrap silently
-                raise InputDataError(f"array '{spec.name}' in '{path}' holds values outside the input's {spec.dtype} "
-                                     f"range ({array.min()} to {array.max()}); give values that fit {spec.dtype}")
-        if array.dtype != spec.dtype:
-            casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
-                         + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
-                            and np.issubdtype(spec.dtype, np.floating) else ""))
-        arrays[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
     cast_note = f"; {'; '.join(casts)}" if casts else ""
     labels = None
     if LABELS_KEY in stored and LABELS_KEY not in names:
@@ -587,6 +552,84 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
         result = InputSet(kept.arrays, kept.labels, f"{path} ({limit} of {len(result)} samples, evenly spaced"
                                                     f"{cast_note})")
     return result
+
+
+def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], source: str, *,
+                      labels_key: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``stored``'s arrays checked against the graph inputs (names, samples, rank, fixed dims, dtype, finite
+    values) and cast to the inputs' dtypes where numpy casts them safely (``same_kind``); the casts, in words.
+    ``source`` names where the arrays came from in messages; ``labels_key``: a ``labels`` array may be beside
+    the inputs. Raises :class:`InputDataError`."""
+    names = [spec.name for spec in specs]
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise InputDataError(
+            f"{source} has no array for graph input '{missing[0]}' (it has: {', '.join(sorted(stored)) or 'nothing'}); "
+            f"key one array per graph input by name: {', '.join(names)}"
+        )
+    extra = sorted(k for k in stored if k not in names and not (labels_key and k == LABELS_KEY))
+    if extra:
+        raise InputDataError(
+            f"{source} has array '{extra[0]}', which is not a graph input; graph inputs are: {', '.join(names)}"
+            + (f" (plus optional '{LABELS_KEY}')" if labels_key else "")
+        )
+    empty = next((name for name in names if stored[name].ndim and stored[name].shape[0] == 0), None)
+    if empty is not None:
+        raise InputDataError(f"array '{empty}' in {source} holds no samples (shape {stored[empty].shape}); give at "
+                             "least one sample, batch first")
+    arrays: dict[str, np.ndarray] = {}
+    casts: list[str] = []  # said in the set's source, so reports show it
+    for spec in specs:
+        _check_batchable(spec)
+        array = stored[spec.name]
+        if array.ndim != len(spec.dims):
+            raise InputDataError(
+                f"array '{spec.name}' in {source} has rank {array.ndim} (shape {array.shape}), but the graph input "
+                f"has rank {len(spec.dims)} ({_pretty_dims(spec.dims)}); store it batch first with the input's rank"
+            )
+        for axis, (got, declared) in enumerate(zip(array.shape, spec.dims)):
+            if axis > 0 and isinstance(declared, int) and got != declared:
+                raise InputDataError(
+                    f"array '{spec.name}' in {source} has shape {array.shape}, but the model fixes dim {axis} to "
+                    f"{declared} ({_pretty_dims(spec.dims)}); store arrays of the model's shape"
+                )
+        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            raise InputDataError(
+                f"array '{spec.name}' in {source} is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
+                f"store it as {spec.dtype}"
+            )
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            bad = int(np.argmax((~np.isfinite(array.reshape(len(array), -1))).any(axis=1))) if array.ndim else 0
+            raise InputDataError(f"array '{spec.name}' in {source} holds NaN or Inf values (first in sample {bad}); "
+                                 "give finite inputs")
+        if array.dtype != spec.dtype and np.issubdtype(array.dtype, np.integer) and array.size \
+                and np.issubdtype(spec.dtype, np.integer):
+            limits = np.iinfo(spec.dtype)
+            if array.min() < limits.min or array.max() > limits.max:  # the cast would wrap silently
+                raise InputDataError(f"array '{spec.name}' in {source} holds values outside the input's {spec.dtype} "
+                                     f"range ({array.min()} to {array.max()}); give values that fit {spec.dtype}")
+        if array.dtype != spec.dtype:
+            casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
+                         + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
+                            and np.issubdtype(spec.dtype, np.floating) else ""))
+        arrays[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    return arrays, casts
+
+
+def conform_inputs(model: onnx.ModelProto, inputs: InputSet, what: str) -> InputSet:
+    """``inputs`` (given to the Python API) checked against ``model``'s graph inputs as an ``.npz`` is: one
+    array per input and no other, rank, the dims the model fixes, dtype (cast ``same_kind``, said in the
+    set's ``source``), finite values. ``what`` names the set in messages ("calibration"). The same set is
+    returned when nothing was cast. Raises :class:`InputDataError`."""
+    if not (hasattr(inputs, "arrays") and hasattr(inputs, "batches")):  # an InputSet (or one like it)
+        raise InputDataError(f"the {what} inputs are a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, "
+                             "e.g. InputSet({'input': array}) or load_inputs(...)")
+    specs = graph_inputs(model)
+    arrays, casts = _conformed_arrays(specs, dict(inputs.arrays), f"the {what} InputSet")
+    if not casts and all(arrays[name] is inputs.arrays[name] for name in arrays):
+        return inputs
+    source = f"{inputs.source}; {'; '.join(casts)}" if casts else inputs.source
+    return InputSet(arrays, inputs.labels, source)
 
 
 def spread_indices(count: int, limit: int) -> np.ndarray:
@@ -1036,6 +1079,6 @@ def with_prefixed_flags(message: str, prefix: str) -> str:
 __all__ = [
     "InputSet", "Preprocess", "PRESETS", "get_preprocess", "preprocess_image", "label_from_filename",
     "LabelsFile", "read_labels_file", "labels_from_filenames",
-    "image_files", "load_inputs", "random_inputs", "random_array", "add_input_arguments",
+    "image_files", "load_inputs", "conform_inputs", "random_inputs", "random_array", "add_input_arguments",
     "add_preprocess_arguments", "preprocess_from_args", "inputs_from_args",
 ]

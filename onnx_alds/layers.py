@@ -384,6 +384,34 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
     return {tensor.name for tensor in model.graph.initializer if not used[tensor.name]}
 
 
+def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
+    """Remove, in place, the main graph's nodes whose outputs nothing reads (no node at any depth, no graph
+    output), repeatedly, and the initializers only they read; the written model drops them anyway (onnx-
+    graphsurgeon's cleanup), so the totals, the layers and the budget leave them out from the start.
+    Returns the removed nodes' names (or op types) and the number of weight elements removed with them."""
+    graph = model.graph
+    unread_before = unused_initializers(model)  # the user's own unread tensors stay
+    removed: list[str] = []
+    while True:
+        used: Counter = Counter()
+        use_counts(graph, used)
+        dead = [index for index, node in enumerate(graph.node)
+                if node.output and not any(used[name] for name in node.output if name)]
+        if not dead:
+            break
+        for index in reversed(dead):
+            removed.append(graph.node[index].name or graph.node[index].op_type)
+            del graph.node[index]
+    if not removed:
+        return [], 0
+    orphans = unused_initializers(model) - unread_before
+    kept = [tensor for tensor in graph.initializer if tensor.name not in orphans]
+    elements = sum(int(np.prod(tensor.dims)) for tensor in graph.initializer if tensor.name in orphans)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return removed[::-1], elements
+
+
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
     """Multiply-accumulates of a node of :data:`COUNTED_OPS` (Conv, ConvTranspose, Gemm, MatMul, their
     quantized and ONNX Runtime-fused forms), from its tensor shapes; None if unknown or not counted."""
@@ -480,7 +508,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                 what = "weight" if layer.weight in trained else "bias"
                 layer = replace(layer, skip_reason=f"{what} is trained on device (the model's training_info uses it)")
             layers.append(replace(layer, subgraph=path or None))
-    _check_exclude_patterns(model, exclude)
+    check_exclude_patterns(model, exclude)
     return layers
 
 
@@ -543,7 +571,7 @@ def _literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list
             for pattern in exclude]
 
 
-def _check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> None:
+def check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> None:
     """Every ``--exclude`` pattern must match a Conv/Gemm/MatMul node's name or one of its inputs' names;
     a pattern that matches none is a typo that would leave a layer factorized. Raises InputDataError."""
     if not exclude:
@@ -557,6 +585,25 @@ def _check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> N
             raise InputDataError(f"--exclude '{pattern}' matches no Conv/Gemm/MatMul node or weight name; check the "
                                  "pattern (globs such as '*/fc/*' match whole names" +
                                  (f"; a layer's name: '{example}')" if example else ")"))
+
+
+def _keeps_spatial_size(node: onnx.NodeProto, weight_shape: Sequence[int]) -> bool:
+    """Whether a stride-1 Conv's output has its input's spatial size whatever that size is (shapes unknown):
+    ``auto_pad`` SAME_UPPER/SAME_LOWER, or explicit pads summing to ``(k - 1)·dilation`` on every axis."""
+    kernel = list(_attr(node, "kernel_shape", list(weight_shape[2:])))
+    if not kernel:
+        return False
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return True
+    if auto_pad not in ("NOTSET", ""):  # VALID: smaller by k - 1
+        return False
+    dilations = list(_attr(node, "dilations", [1] * len(kernel)))
+    pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+    if len(dilations) != len(kernel) or len(pads) != 2 * len(kernel):
+        return False
+    return all(pads[i] + pads[i + len(kernel)] == (k - 1) * d for i, (k, d) in enumerate(zip(kernel, dilations)))
 
 
 def _weight_slot(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto],
@@ -722,8 +769,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     in_shape, out_shape = shapes.get(input_name), shapes.get(node.output[0])
     pointwise_ok = (node.op_type == "Conv" and kernel > 1 and reason is None
                     and all(s == 1 for s in _attr(node, "strides", [1]))
-                    and in_shape is not None and out_shape is not None and len(in_shape) == len(out_shape)
-                    and tuple(in_shape[2:]) == tuple(out_shape[2:]))
+                    and (tuple(in_shape[2:]) == tuple(out_shape[2:]) if in_shape is not None and out_shape is not None
+                         and len(in_shape) == len(out_shape) else _keeps_spatial_size(node, shape)))
     if reason is None and f and c:
         groups = candidate_groups(c, f, kernel, max_groups if node.op_type == "Conv" else 1,
                                   channel_multiple=channel_multiple)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -635,15 +635,22 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
     (a name as long as the file system allows still fits), then renamed over ``path``; the temporary file
     is removed when anything fails. Raises OSError as the file system does."""
     target = Path(path)
-    handle, pending = tempfile.mkstemp(prefix=".onnx-alds-", suffix=".tmp", dir=str(target.parent))
+    pending = unused_name(target.parent, ".tmp")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(pending, "xb") as stream:  # created inside the try: an interrupt cannot leave it behind
             stream.write(data)
-        os.chmod(pending, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the user's usual mode
+        os.chmod(pending, 0o666 & ~_umask())  # the user's usual mode for a new file
         os.replace(pending, target)
     finally:
         if os.path.exists(pending):
             os.unlink(pending)
+
+
+def unused_name(folder: Path, suffix: str = "") -> Path:
+    """A fresh name for a temporary file in ``folder`` (``.onnx-alds-<random><suffix>``), not created: the
+    caller creates it inside its ``try`` (``open(..., "x")``, ``os.mkdir``), so that a Ctrl-C at any moment
+    leaves nothing behind (with ``mkstemp`` the file exists before its name reaches the caller)."""
+    return Path(folder) / f".onnx-alds-{secrets.token_hex(8)}{suffix}"
 
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
@@ -669,14 +676,20 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()), None)
     # our earlier output's weights (the old model read only them), unless an input reads them too: a copy of the
     # input model written over keeps its data file
-    stale = not external_data and not taken and data_path.is_file() and _references_file(target, data_name)
-    tmp_dir = tempfile.mkdtemp(prefix=".onnx-alds-", dir=str(target.parent))
+    stale = not external_data and not taken and _is_file(data_path) and _references_file(target, data_name)
+    tmp_dir = unused_name(target.parent)
     try:
+        os.mkdir(tmp_dir, 0o700)
         tmp_model = Path(tmp_dir) / target.name
         if external_data:
             if taken:
                 raise OutputPathError(f"the model is written with its weights in '{data_path}', which is {taken}; "
                                       "choose another -o name")
+            check_data_file_name(target)
+            if data_path.exists() and not _references_file(target, data_name):  # another model's, or anything
+                raise OutputPathError(f"the model is written with its weights in '{data_path}', which exists and is "
+                                      f"not the data of '{target}' (another model may read it); move it or choose "
+                                      "another -o name")
             if _write_with_external_data(model, tmp_model, data_name, store):
                 os.replace(Path(tmp_dir) / data_name, data_path)
         else:
@@ -685,9 +698,10 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         if stale and data_path.is_file():  # the model written over kept its weights there
             data_path.unlink()
     finally:
-        for leftover in Path(tmp_dir).glob("*"):
-            leftover.unlink()
-        os.rmdir(tmp_dir)
+        if tmp_dir.is_dir():
+            for leftover in tmp_dir.glob("*"):
+                leftover.unlink()
+            os.rmdir(tmp_dir)
     return target
 
 
@@ -812,6 +826,38 @@ def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(sorted(location for location in locations if isinstance(location, str)))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name longer than the file system takes (no such file can exist)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def check_data_file_name(target: Path) -> None:
+    """Raise :class:`OutputPathError` when the weights file ``<name>.data`` of a model written to ``target``
+    with external data would be a longer name than the file system takes."""
+    try:
+        longest = os.pathconf(str(target.parent), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    if len(os.fsencode(target.name + ".data")) > longest:
+        raise OutputPathError(f"-o name '{target.name[:40]}…' is too long for its weights file '<name>.data' "
+                              f"(a file name takes at most {longest} bytes here); choose a shorter -o name")
+
+
+def may_need_external_data(model_path: Union[str, os.PathLike]) -> bool:
+    """Whether a model compressed from the file at ``model_path`` could pass protobuf's 2 GB limit and be
+    written with external data (the file and its external data files hold more than the limit)."""
+    total = 0
+    for path, _ in protected_files([model_path]):
+        try:
+            total += path.stat().st_size
+        except OSError:
+            pass
+    return total > _PROTOBUF_LIMIT
+
+
 def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:
     """Raise :class:`OutputPathError` when ``target`` cannot or must not be written: it is one of the
     ``protect`` files (the inputs), a folder, a device, pipe or symbolic link (which an atomic rename
@@ -830,21 +876,16 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
                               f"{'model.small.onnx' if flag == '-o' else 'report.json'})")
     if not target.parent.exists():
         raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
-    if flag == "-o" and target.suffix == ".onnx":  # a model may be written with its weights in '<name>.data'
-        try:
-            longest = os.pathconf(str(target.parent), "PC_NAME_MAX")
-        except (OSError, ValueError, AttributeError):
-            longest = 255
-        if len(os.fsencode(target.name + ".data")) > longest:
-            raise OutputPathError(f"-o name '{target.name[:40]}…' is too long for its weights file '<name>.data' "
-                                  f"(a file name takes at most {longest} bytes here); choose a shorter -o name")
+    probe = unused_name(target.parent, ".probe")
     try:  # a read-only file system or folder: say so now, not after the whole compression
-        handle, probe = tempfile.mkstemp(prefix=".onnx-alds-probe-", dir=str(target.parent))
-        os.close(handle)
-        os.unlink(probe)
+        with open(probe, "xb"):
+            pass
     except OSError as exc:
         raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({exc.strerror or exc}); "
                               f"choose a writable {flag} path") from None
+    finally:
+        if probe.exists():
+            probe.unlink()
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputPathError(f"{flag} '{target}' is not writable; choose another path or remove it")
 
@@ -881,6 +922,10 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         if value.type.WhichOneof("value") != "tensor_type" or not tensor_type.elem_type:
             raise UnsupportedModelError(f"graph input '{value.name}' is not a typed tensor; onnx-alds feeds tensor "
                                         "inputs with an element type (fix or re-export the model)")
+        if not tensor_type.HasField("shape"):  # not a scalar: a rank nobody knows (onnx.checker refuses it too)
+            raise UnsupportedModelError(f"graph input '{value.name}' has no shape, so its rank is unknown (onnx.checker "
+                                        "refuses it too); re-export the model with input shapes, or set one with "
+                                        "onnx.helper.make_tensor_value_info")
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         specs.append(InputSpec(value.name, dtype, tuple(dims)))
     return specs
@@ -904,6 +949,9 @@ def show_input_shapes(shapes: Mapping[str, Sequence[int]], separator: str = ", "
     return separator.join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items())
 
 
+MAX_DIM = 2**31 - 1  # a larger --input-shape dim is a typo: no tensor that size fits in memory
+
+
 def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
     """Parse ``NAME:1x3x224x224`` strings (as given to ``--input-shape``) into a dict."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -917,6 +965,9 @@ def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ..
             raise InputDataError(
                 f"cannot parse input shape '{entry}'; write NAME:DIMS with positive dims, e.g. input:1x3x224x224"
             )
+        if any(v > MAX_DIM for v in values):
+            raise InputDataError(f"--input-shape '{entry}' has a dim above {MAX_DIM}, larger than any tensor "
+                                 "ONNX Runtime can hold; give the size the model runs at, e.g. input:1x3x224x224")
         if name in shapes and shapes[name] != values:
             raise InputDataError(f"--input-shape gives input '{name}' twice ({'x'.join(map(str, shapes[name]))} and "
                                  f"{'x'.join(map(str, values))}); give each input once")
@@ -928,6 +979,9 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                        ) -> dict[str, tuple[int, ...]]:
     """``--input-shape`` values as int tuples, checked against the graph inputs: each names an input,
     gives all its dims and agrees with the dims the model fixes. Raises :class:`InputDataError`."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InputDataError(f"the input shapes are a {type(overrides).__name__}; give a dict of input name to "
+                             "dims, e.g. {'input': (1, 3, 224, 224)}")
     overrides = dict(overrides or {})
     specs = graph_inputs(model)
     names = {spec.name for spec in specs}
@@ -946,6 +1000,10 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
             raise InputDataError(f"the shape given for '{spec.name}' is {value!r}; give a sequence of integers, "
                                  "e.g. (1, 3, 224, 224)")
         shape = tuple(int(d) for d in value)
+        if any(d > MAX_DIM for d in shape):
+            raise InputDataError(f"the shape given for '{spec.name}' ({'x'.join(map(str, shape))}) has a dim above "
+                                 f"{MAX_DIM}, larger than any tensor ONNX Runtime can hold; give the size the model "
+                                 "runs at")
         example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
         declared = list(spec.dims) if len(shape) == len(spec.dims) else [None] * len(shape)
         if any(d < 1 and fixed != 0 for d, fixed in zip(shape, declared)):  # (0 where the model fixes it to 0)

@@ -16,10 +16,11 @@ import math
 import numbers
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .argtypes import check_count, check_number, check_switch, check_threads
 from .errors import BudgetError, InputDataError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST
 
@@ -95,6 +96,12 @@ class SearchOptions:
         if isinstance(self.exclude, (str, bytes, os.PathLike)):
             raise BudgetError(f"exclude={self.exclude!r} is one string; give a list of names or patterns, e.g. "
                               f"[{str(self.exclude)!r}]")
+        exclude = () if self.exclude is None else tuple(self.exclude) if isinstance(self.exclude, Iterable) else None
+        if exclude is None or not all(isinstance(pattern, str) for pattern in exclude):
+            raise BudgetError(f"exclude={self.exclude!r}: give a list of node or weight names (or glob patterns), "
+                              "e.g. ['fc', '*/head/*']")
+        if self.keep_dense and not all(isinstance(name, str) for name in self.keep_dense):
+            raise BudgetError(f"keep_dense={self.keep_dense!r}: its keys are node names (strings), e.g. {{'fc': 'head'}}")
         if self.keep_dense is not None and not isinstance(self.keep_dense, Mapping):
             raise BudgetError("keep_dense maps node names to the reason each stays dense, e.g. {'fc': 'head'}; "
                               f"got {type(self.keep_dense).__name__}")
@@ -117,7 +124,7 @@ class SearchOptions:
             raise BudgetError("--prune-heads narrows attention heads of prunable blocks and needs --prune (or "
                               "--prune only); add one, or drop --prune-heads")
         object.__setattr__(self, "prune_heads", bool(self.prune_heads))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude", exclude)
         object.__setattr__(self, "keep_dense", dict(self.keep_dense or {}))
 
     @property
@@ -147,6 +154,11 @@ class DataAwareOptions:
     damage_max_groups: int = 1
 
     def __post_init__(self) -> None:
+        check_count("batch_size", self.batch_size)
+        for name in ("both_factors", "damage_samples", "damage_points", "damage_max_groups"):
+            check_count(name, getattr(self, name), 0)
+        for name in ("refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction"):
+            check_switch(name, getattr(self, name))
         if self.both_factors < 0 or self.damage_samples < 1 or self.damage_points < 1 or self.damage_max_groups < 1:
             raise InputDataError(f"got both-factor rounds {self.both_factors}, damage samples {self.damage_samples}, "
                                  f"points {self.damage_points}, max groups {self.damage_max_groups}; give rounds >= 0 "
@@ -211,6 +223,15 @@ class SpeedOptions:
 
         if self.provider not in PROVIDERS:
             raise InputDataError(f"unknown provider '{self.provider}'; choose one of: {', '.join(PROVIDERS)}")
+        check_threads(self.threads)
+        check_count("batch", self.batch, optional=True)
+        check_count("warmup", self.warmup, 0, optional=True)
+        for name in ("runs", "grid", "model_rounds"):
+            check_count(name, getattr(self, name), 0)
+        check_switch("prune_slow", self.prune_slow)
+        check_number("min_speedup", self.min_speedup)
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise InputDataError(f"cache_dir={self.cache_dir!r}: give a folder path")
         if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.grid < 2:
             raise InputDataError(f"got batch {self.batch}, runs {self.runs}, grid {self.grid}; give batch >= 1, "
                                  "runs >= 1 and a grid of at least 2 ranks")
@@ -259,7 +280,8 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     the keywords it covers (giving both a group and one of its keywords is an error)."""
     defaults = dict(method="alds", error_measure=None, rank_multiple=1, exclude=(), seed=0, max_groups=16,
                     keep_dense=None, order=SPATIAL_FIRST)
-    exclude = exclude if isinstance(exclude, (str, bytes)) else tuple(exclude)  # one string: SearchOptions refuses
+    exclude = (() if exclude is None else tuple(exclude) if isinstance(exclude, Iterable)  # checked by SearchOptions
+               and not isinstance(exclude, (str, bytes)) else exclude)
     given = dict(method=method, error_measure=error_measure, rank_multiple=rank_multiple, exclude=exclude,
                  seed=seed, max_groups=max_groups, keep_dense=keep_dense, order=order)
     data_defaults = dict(calibration=None, calibration_batch_size=16, refit=True, sequential=False,
@@ -269,6 +291,12 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
                       sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
                       shrinkage=shrinkage, both_factors=both_factors, affine_correction=affine_correction,
                       damage_samples=damage_samples, damage_points=damage_points, damage_max_groups=damage_max_groups)
+    for name, value, kind in (("budget", budget, Budget), ("search", search, SearchOptions),
+                              ("data", data, DataAwareOptions), ("speed", speed, SpeedOptions)):
+        if value is not None and not isinstance(value, kind):
+            raise BudgetError(f"{name}={value!r}: give an onnx_alds.options.{kind.__name__}(...), or its fields as "
+                              "keywords")
+    check_count("both_factors", both_factors, 0)
     if budget is None:
         budget = Budget.from_keywords(keep_params, keep_flops, keep_latency)
     elif any(value is not None for value in (keep_params, keep_flops, keep_latency)):
@@ -281,15 +309,17 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     if data is None:
         data = DataAwareOptions(calibration=calibration, batch_size=calibration_batch_size, refit=refit,
                                 sequential=sequential, bias_correction=bias_correction, sensitivity=sensitivity,
-                                shrinkage=shrinkage, both_factors=int(both_factors),
+                                shrinkage=shrinkage, both_factors=both_factors,
                                 affine_correction=affine_correction, damage_samples=damage_samples,
                                 damage_points=damage_points, damage_max_groups=damage_max_groups)
     else:
         _refuse_both("data", data_given, data_defaults)
     if speed is None and (budget.target == "latency" or search.order == AUTO_ORDER):
         speed = SpeedOptions()
-    shapes = None if input_shapes is None else {name: tuple(int(d) for d in dims)
-                                                for name, dims in input_shapes.items()}
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise InputDataError(f"input_shapes={input_shapes!r}: give a dict of input name to dims, e.g. "
+                             "{'input': (1, 3, 224, 224)}")
+    shapes = None if input_shapes is None else dict(input_shapes)  # the dims: model_io.check_input_shapes
     return CompressOptions(budget, search, data, speed, shapes)
 
 

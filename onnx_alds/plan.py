@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import sys
 from collections import Counter
@@ -52,8 +53,8 @@ import numpy as np
 import onnx
 
 from .allocate import DENSE, Allocation, LayerChoice
-from .errors import OnnxAldsError
-from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, with_order
+from .errors import InputDataError, OnnxAldsError
+from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, check_exclude_patterns, with_order
 from .options import (PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions,
                       compress_options, with_pruning)
 
@@ -278,6 +279,12 @@ class Plan:
             raise PlanError("the plan is data-free, so calibration inputs would not be used; apply it without them, "
                             "or make a data-aware plan with onnx-alds plan ... --calibration ...")
         if not data_aware:
+            needs_data = [key for key in ("sequential", "bias_correction", "both_factors", "affine_correction")
+                          if data.get(key)]
+            if needs_data:
+                raise PlanError(f"the plan is data-free, but its options.data sets {needs_data[0]}, which needs "
+                                "calibration data; set it back to false (0), or make a data-aware plan with "
+                                "onnx-alds plan ... --calibration ...")
             data = {key: value for key, value in data.items() if key in ("batch_size", "refit", "shrinkage")}
         speed = SpeedOptions(**o["speed"]) if o.get("speed") else None
         shapes = o.get("input_shapes")
@@ -307,7 +314,7 @@ class Plan:
         except UnsupportedModelError:  # dims left dynamic, as the plan was made (checked layer by layer later)
             return shapes or None
         except OnnxAldsError as exc:  # (its fix speaks of --input-shape, which apply does not take: the problem alone)
-            problem = str(exc).split("; ")[0].replace("--input-shape gives", "it gives")
+            problem = re.sub(r"--input-shape (gives|names)", r"it \1", str(exc).split("; ")[0])
             raise PlanError(f"the plan does not fit this model's inputs (the plan's {where}: "
                             f"{_show_shapes(shapes) or 'none'}): {problem}; make a new plan for it with onnx-alds "
                             "plan") from None
@@ -705,18 +712,20 @@ def apply_plan(model, plan: Plan, calibration=None):
     if not isinstance(plan, Plan):
         raise PlanError(f"plan is a {type(plan).__name__}; give a Plan (Plan.load(path) reads a plan file)")
     if isinstance(model, OpenedModel):
-        plan.check_layer_names(model.model)
-    elif isinstance(model, onnx.ModelProto):
-        plan.check_layer_names(model)
-    options = plan.compress_options(calibration)
-    if isinstance(model, OpenedModel):
         proto = model.model
     elif isinstance(model, onnx.ModelProto):
         proto = model
-    else:  # a path: the light model's graph tells the inputs (its large weights stay where they are)
+    else:  # a path: the light model's graph tells the layers and inputs (its large weights stay where they are)
         from .model_io import open_model
 
         proto = open_model(model).model
+    plan.check_layer_names(proto)
+    options = plan.compress_options(calibration)
+    if not proto.functions:  # (patterns may name nodes of functions, inlined later)
+        try:
+            check_exclude_patterns(proto, options.search.exclude)
+        except InputDataError as exc:  # the pattern is the plan's: apply takes no --exclude
+            raise PlanError(str(exc).replace("--exclude", "the plan's options.search.exclude", 1)) from None
     options = replace(options, input_shapes=plan.input_shapes_for(proto))
     if options.search.prune != "off":
         from .prune import compress_pruned
@@ -800,9 +809,12 @@ class _Decisions:
                 target = with_order(layer, decision.order, max_groups=max_groups, channel_multiple=channel_multiple)
             if decision.groups not in target.groups:
                 search = self.options.search
+                limit = (f"max_groups {search.max_groups}" if search.method != "damage" else
+                         f"max_groups {search.max_groups}, and options.data.damage_max_groups "
+                         f"{self.options.data.damage_max_groups}, the most groups damage measures")
                 raise self._error(f"layer '{layer.name}': groups {decision.groups} is not a candidate "
-                                  f"{decision.order} under the plan's options.search (method {search.method}, "
-                                  f"rank_multiple {search.rank_multiple}, max_groups {search.max_groups}); "
+                                  f"{decision.order} under the plan's options (method {search.method}, "
+                                  f"rank_multiple {search.rank_multiple}, {limit}); "
                                   f"candidates: {', '.join(map(str, target.groups))}")
             if target is not layer:
                 ordered[layer.name] = target

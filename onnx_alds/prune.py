@@ -19,9 +19,11 @@ E[h hᵀ]``, ``μ = E[h]`` measured on the calibration inputs in ONNX Runtime
 needed), and the kept columns ``K``, the ridge least-squares fit of the original block output
 ``y = W h + b`` on ``[h_K; 1]``::
 
-    [W'  b'] = [W  b] · C̄[:, K̄] · (C̄[K̄, K̄] + λ)⁻¹,   C̄ = E[[h; 1][h; 1]ᵀ],  K̄ = K ∪ {1}
+    [W'  b'] = ([W  b] · C̄[:, K̄] + λ [W_K  0]) · (C̄[K̄, K̄] + λ)⁻¹,   C̄ = E[[h; 1][h; 1]ᵀ],  K̄ = K ∪ {1}
 
-(``λ = 1e-6 · mean diag C[K, K]`` on the channel part). Without a place for the consumer's bias (a MatMul
+(``λ = 1e-6 · mean diag C[K, K]`` on the channel part): the ridge pulls the kept columns toward their own
+weights ``W_K``, not toward zero, so a kept channel the calibration never activates keeps its weights, and
+dropping channels whose weights are zero changes nothing. Without a place for the consumer's bias (a MatMul
 whose output is not added to a constant) the fit is on ``h_K`` alone.
 
 Channel choice (which ``K``): greedy forward selection of whole channels by the output energy they
@@ -65,6 +67,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
+from .inputs import conform_inputs
 from .layers import (FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, trained_tensors,
                      use_counts)
 
@@ -1035,7 +1038,8 @@ def _channel_gains(gram: np.ndarray, residual: np.ndarray, remaining: Sequence[i
 
 def refit_consumer(matrix: np.ndarray, bias: Optional[np.ndarray], stat, kept: np.ndarray, kernel: int
                    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Ridge least-squares refit of the consumer on the kept channels (module docstring).
+    """Ridge least-squares refit of the consumer on the kept channels, the ridge toward their own weights
+    (module docstring).
 
     ``matrix`` ``f × c·κ``, ``bias`` ``f`` or None, ``kept`` channel indices (ascending). Returns the
     new folded weight ``f × w·κ`` and bias (None when ``bias`` is None). Raises nothing: a singular
@@ -1051,16 +1055,17 @@ def refit_consumer(matrix: np.ndarray, bias: Optional[np.ndarray], stat, kept: n
         np.asarray(stat.reference_mean, dtype=np.float64).reshape(-1)
     ridge = RIDGE * max(float(np.mean(np.diag(second)[columns])) if len(columns) else 0.0, 1e-30)
     size = len(columns)
+    prior = ridge * matrix[:, columns]  # the ridge pulls toward the kept columns' own weights
     if bias is None:
         system = second[np.ix_(columns, columns)] + ridge * np.eye(size)
-        cross = matrix @ cross_moment[:, columns]
+        cross = matrix @ cross_moment[:, columns] + prior
     else:
         system = np.empty((size + 1, size + 1))
         system[:size, :size] = second[np.ix_(columns, columns)] + ridge * np.eye(size)
         system[:size, size] = system[size, :size] = mean[columns]
         system[size, size] = 1.0
         cross = np.empty((matrix.shape[0], size + 1))
-        cross[:, :size] = matrix @ cross_moment[:, columns] + np.outer(bias, mean[columns])
+        cross[:, :size] = matrix @ cross_moment[:, columns] + np.outer(bias, mean[columns]) + prior
         cross[:, size] = matrix @ target_mean + bias
     try:
         solution = np.linalg.solve(system.T, cross.T).T
@@ -1503,7 +1508,7 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     widths = [int(chosen.get(block.name, block.width)) for block in blocks]
     return widths, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
                         options=result.candidates, status=result.status, runs=runs, seconds=seconds,
-                        pricing=pricing)
+                        pricing=pricing, not_finite=cost.not_finite)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -1545,6 +1550,10 @@ def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration,
         stat = stats.get(block.consumer.name)
         if stat is None:
             refused.append(NotPrunable(block.name, f"no calibration statistics for the consumer '{block.consumer.name}'"))
+            continue
+        if not np.any(np.asarray(stat.second_moment)):  # every width would look free
+            refused.append(NotPrunable(block.name, "its hidden channels are zero on every calibration input, so the "
+                                                   "calibration cannot tell which to keep"))
             continue
         matrix, bias = consumer_matrix(block, graph)
         curves.append(width_curve(block, matrix, bias, stat, multiple=multiple))
@@ -1868,10 +1877,13 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                             channel_multiple=search.rank_multiple, complete=True)
     prepared.refuse_random_for_calibration()
     proto = prepared.model
+    data = replace(data, calibration=conform_inputs(proto, data.calibration, "calibration"))
+    options = replace(options, data=data)
     if decisions is not None:  # every layer of the plan in the model, same ops, shapes and input shapes
         decisions.check(prepared, options.input_shapes)
     notes: list[str] = list(prepared.notes)
     keep_dense = dict(search.keep_dense)
+    api.check_keep_dense(prepared.layers, keep_dense)
     layers = [replace(layer, skip_reason=keep_dense[layer.name]) if layer.name in keep_dense and layer.compressible
               else layer for layer in prepared.layers]
     seconds: dict[str, float] = {"load": time.perf_counter() - started}
@@ -1934,6 +1946,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
                          f"{joint_info['status']}; {joint_info['pricing']}): predicted relative output error "
                          f"{joint_info['predicted_output_error']:.3f}")
+            if joint_info["not_finite"]:
+                from .damage import not_finite_damage_note
+
+                notes.append(not_finite_damage_note(joint_info["not_finite"]))
             # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
             choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]
         elif objective == "sum":

@@ -128,7 +128,7 @@ class CompressionReport:
         measured = (self.latency or {}).get("measured_ratio") if self.target == "latency" else None
         achieved = (f"{self.achieved:.4f}" if math.isfinite(self.achieved) else
                     "not predicted (an edited decision has no recorded time; bench the model)")
-        asked = "" if round(self.requested, 4) == self.requested else f" ({self.requested:g} asked)"  # 0.99999
+        asked = "" if round(self.requested, 4) == self.requested else f" ({self.requested!r} asked)"  # 0.99999
         lines.append(f"target: keep {self.target} {self.requested:.4f}{asked}, achieved {achieved}"
                      + (f" predicted by the tables, {measured:.4f} measured on the whole model"
                         if measured is not None and math.isfinite(self.achieved) else ""))

@@ -46,11 +46,11 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .argtypes import fraction, non_negative_float, positive_int, random_seed, thread_count
+from .argtypes import check_count, check_number, fraction, non_negative_float, positive_int, random_seed, thread_count
 from .checks import raise_if_out_of_resources, random_nodes
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
-from .inputs import InputSet, add_input_arguments, inputs_from_args, with_prefixed_flags
+from .inputs import InputSet, conform_inputs, add_input_arguments, inputs_from_args, with_prefixed_flags
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -87,6 +87,7 @@ class Tolerances:
         for name, value in asdict(self).items():
             if value is None:
                 continue
+            check_number(name, value)
             if name == "min_mean_cosine":
                 if not -1 <= value <= 1:
                     raise InputDataError(f"got min_mean_cosine={value}; give a cosine in [-1, 1]")
@@ -502,12 +503,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def nearest_neighbour_agreement(original: np.ndarray, compressed: np.ndarray) -> float:
     """Fraction of samples whose nearest other sample by cosine similarity is the same for both.
 
-    ``original`` and ``compressed`` are ``(samples, dims)`` embeddings; the similarity matrix is built
-    in row blocks of at most ~16 M entries, so memory stays bounded by the embeddings themselves.
+    ``original`` and ``compressed`` are ``(samples, dims)`` embeddings; the cosines are computed in float64
+    (embeddings sharing a large common component have cosines within float32's rounding of each other), and
+    the similarity matrix in row blocks of at most ~8 M entries, so memory stays bounded by the embeddings.
     """
-    a, b = _unit_rows(original.astype(np.float32)), _unit_rows(compressed.astype(np.float32))
+    a, b = _unit_rows(original.astype(np.float64)), _unit_rows(compressed.astype(np.float64))
     n = len(a)
-    block = max(1, min(n, (1 << 24) // max(n, 1)))
+    block = max(1, min(n, (1 << 23) // max(n, 1)))
     matches = 0
     for start in range(0, n, block):
         stop = min(start + block, n)
@@ -861,12 +863,12 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     if figures_only and stated.any:
         raise InputDataError(f"--figures-only checks nothing, but tolerances were given ({stated.describe()}); "
                              "drop one or the other")
-    if batch_size < 1:
-        raise InputDataError(f"got batch size {batch_size}; the batch size must be ≥ 1")
+    check_count("batch_size", batch_size)
     output_kinds = dict(output_kinds or {})
     original_model = load_model(original)
     compressed_model = load_model(compressed)
     _check_same_interface(original_model, compressed_model)
+    inputs = conform_inputs(original_model, inputs, "validation")
     check_output_kinds(original_model, output_kinds)
     if stated.max_accuracy_drop is not None and inputs.labels is None:
         raise InputDataError(

@@ -409,3 +409,34 @@ def test_random_calibration_is_labelled_in_the_notes():
     real: list[str] = []
     collect_statistics(model, layers, FakeInputs({"input": np.zeros((2, 3, 32, 32), np.float32)}), notes=real)
     assert not any("random inputs" in note for note in real)
+
+
+def test_the_moments_do_not_depend_on_the_scale_of_the_activations():
+    """Moments were summed in float32 whatever the values: activations of ~1e-24 squared to zero (the layer
+    was decomposed data-free with no note) and ~1e19 overflowed ("sees inf/NaN in its input", which it did
+    not). Layer inputs outside float32's safe range are summed in float64."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(2)
+    first = rng.standard_normal((64, 64))
+    second = rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64))
+    calibration = InputSet({"x": rng.standard_normal((32, 64)).astype(np.float32)}, source="t")
+
+    def model(scale: float) -> onnx.ModelProto:
+        nodes = [helper.make_node("Gemm", ["x", "w0"], ["h"], transB=1, name="gemm0"),
+                 helper.make_node("Gemm", ["h", "w1"], ["y"], transB=1, name="gemm1")]
+        return helper.make_model(helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+            [numpy_helper.from_array((first * scale).astype(np.float32), "w0"),
+             numpy_helper.from_array(second.astype(np.float32), "w1")]), opset_imports=[helper.make_opsetid("", 17)])
+
+    rows = {}
+    for scale in (1.0, 1e-25, 1e18):
+        report = compress(model(scale), keep_params=0.6, rank_multiple=1, calibration=calibration).report
+        rows[scale] = [(layer.groups, layer.rank, round(layer.error, 4)) for layer in report.layers]
+    assert rows[1e-25] == rows[1.0] == rows[1e18], rows

@@ -373,11 +373,19 @@ def test_validate_and_sweep_refuse_a_model_over_the_protobuf_limit_up_front(cnn_
     assert not (tmp_path / "s.onnx").exists()
 
 
-def test_an_output_name_with_no_room_for_its_weights_file_is_refused_first(cnn_path, tmp_path, capsys):
-    """A legal 255-byte -o name failed only after all the work, when its '<name>.data' was written."""
+def test_an_output_name_with_no_room_for_its_weights_file_is_refused_first(cnn_path, tmp_path, capsys,
+                                                                           monkeypatch):
+    """A legal 255-byte -o name failed only after all the work, when its '<name>.data' was written; and a
+    model far below the 2 GB limit, never written with a weights file, was refused such a name."""
+    import onnx_alds.model_io as model_io
+
     name = "m" * 250 + ".onnx"
-    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / name), "--keep-params", "0.5",
-                           capsys=capsys)
+    code, _, _ = run_cli("compress", str(cnn_path), "-o", str(tmp_path / name), "--keep-params", "0.5", "-q",
+                         capsys=capsys)
+    assert code == 0 and (tmp_path / name).is_file()
+    monkeypatch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)  # a model that may be written with external data
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / ("n" * 250 + ".onnx")),
+                           "--keep-params", "0.5", capsys=capsys)
     assert_one_line_error(code, err, "is too long for its weights file")
 
 
@@ -754,3 +762,45 @@ def test_a_layer_named_with_a_newline_stays_on_its_table_row():
 
     table = format_table([["layer", "op"], ["conv\nnext", "Conv"]])
     assert len(table.splitlines()) == 3 and "conv\\nnext" in table
+
+
+def test_an_interrupt_just_after_a_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """mkstemp made its file before the name reached the caller's try: a Ctrl-C at that moment left
+    '.onnx-alds-probe-…' (or a pending report) in the output folder. Names are now chosen first and the
+    files created inside the try."""
+    import builtins
+
+    import onnx_alds.model_io as model_io
+
+    def open_then_interrupt(*args, **kwargs):
+        handle = builtins.open(*args, **kwargs)
+        handle.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_io, "open", open_then_interrupt, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        model_io.check_output_path(tmp_path / "out.onnx")
+    with pytest.raises(KeyboardInterrupt):
+        model_io.write_file_atomically(tmp_path / "report.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_value_flag_given_twice_with_different_values_is_a_usage_error(cnn_path, tmp_path, capsys):
+    """`-o a.onnx -o b.onnx --keep-params 0.5 --keep-params 0.9` wrote only b.onnx at 0.9 (argparse keeps the
+    last value without a word)."""
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
+                           "--keep-params=0.9", capsys=capsys)
+    assert code == 2 and "--keep-params is given twice (0.5 and 0.9); give it once" in err
+    assert not (tmp_path / "a.onnx").exists()
+    code, _, _ = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
+                         "--keep-params", "0.5", "-q", capsys=capsys)
+    assert code == 0  # the same value twice changes nothing
+
+
+def test_an_unknown_flag_is_named_with_the_commands_own_usage(cnn_path, tmp_path, capsys):
+    """`compress ... --bogus` printed the top-level usage line, not compress's, so the flags that exist were
+    not shown."""
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
+                           "--bogus", capsys=capsys)
+    assert code == 2 and "onnx-alds compress: error: unrecognized arguments: --bogus" in err
+    assert "--keep-params F" in err

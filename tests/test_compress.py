@@ -445,6 +445,77 @@ def test_api_misuse_is_one_clear_error(cnn):
     assert cnn.SerializeToString() == before
 
 
+def test_api_values_of_the_wrong_type_are_one_clear_error(cnn):
+    """Values of the wrong type escaped as raw TypeError/AttributeError/ValueError from inside numpy, fnmatch
+    or dataclasses, and non-integers were truncated (a dim of 32.5 planned at 32, both_factors=1.5 ran one
+    round)."""
+    from onnx_alds.errors import OnnxAldsError
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.options import DataAwareOptions, SearchOptions, SpeedOptions
+    from onnx_alds.validate import validate
+
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    calibration = InputSet({"input": x})
+    cases = [(dict(keep_flops=0.5, input_shapes={"input": "1x3x32x32"}), "give a sequence of integers"),
+             (dict(keep_flops=0.5, input_shapes=["input:1x3x32x32"]), "give a dict of input name to dims"),
+             (dict(keep_flops=0.5, input_shapes={"input": (1, 3, 32.5, 32)}), "give a sequence of integers"),
+             (dict(keep_flops=0.5, input_shapes={"input": (1, 3, None, 32)}), "give a sequence of integers"),
+             (dict(keep_flops=0.5, input_shapes={"input": (1, 3, 2**63, 32)}), "has a dim above 2147483647"),
+             (dict(keep_params=0.5, exclude=[1]), "give a list of node or weight names"),
+             (dict(budget=("params", 0.5)), "give an onnx_alds.options.Budget"),
+             (dict(keep_params=0.5, search={"rank_multiple": 16}), "give an onnx_alds.options.SearchOptions"),
+             (dict(keep_params=0.5, calibration=calibration, both_factors=1.5), "both_factors=1.5: give an integer"),
+             (dict(keep_params=0.5, calibration=calibration, calibration_batch_size="4"), "batch_size='4'")]
+    for keywords, message in cases:
+        with pytest.raises(OnnxAldsError, match=re.escape(message)):
+            onnx_alds.compress(cnn, **keywords)
+    for make, message in ((lambda: InputSet({"input": x.tolist()}), "input 'input' is a list; give numpy arrays"),
+                          (lambda: SpeedOptions(threads="1"), "threads='1': give an integer"),
+                          (lambda: SpeedOptions(batch=1.5), "batch=1.5: give an integer"),
+                          (lambda: DataAwareOptions(refit="yes"), "refit='yes': give True or False"),
+                          (lambda: SearchOptions(exclude=5), "give a list of node or weight names"),
+                          (lambda: validate(cnn, cnn, inputs=calibration, rtol="1e-3"), "rtol='1e-3': give a number")):
+        with pytest.raises(OnnxAldsError, match=re.escape(message)):
+            make()
+    assert SearchOptions(exclude=None).exclude == () and SearchOptions(exclude=(p for p in ["a"])).exclude == ("a",)
+    assert onnx_alds.compress(cnn, keep_params=0.5, exclude=None).report.achieved <= 0.5
+
+
+def test_a_misspelt_keep_dense_name_is_refused(cnn):
+    """keep_dense={'Conv0': ...} (the node is 'conv0') was ignored without a word: the layer the user meant to
+    keep was factorized (exclude refuses such a name)."""
+    from onnx_alds.errors import InputDataError
+
+    name = onnx_alds.analyze(cnn).layers[0].name
+    with pytest.raises(InputDataError, match=f"keep_dense names '{name.upper()}', which is no Conv/Gemm/MatMul node"):
+        onnx_alds.compress(cnn, keep_params=0.5, keep_dense={name.upper(): "head"})
+    kept = onnx_alds.compress(cnn, keep_params=0.5, keep_dense={name: "head"}).report
+    layer = next(layer for layer in kept.layers if layer.name == name)
+    assert layer.groups == 0 and layer.skip_reason == "head"
+
+
+def test_api_input_sets_are_checked_as_an_npz_is(cnn, tmp_path):
+    """An InputSet given to the API was checked less than the same arrays in an .npz: a stray array was ignored
+    and float64 arrays failed inside ONNX Runtime, where the .npz path refuses the one and casts the other."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.inputs import InputSet, load_inputs
+    from onnx_alds.validate import validate
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32))
+    with pytest.raises(InputDataError, match="the calibration InputSet has array 'mask', which is not a graph input"):
+        onnx_alds.compress(cnn, keep_params=0.5, calibration=InputSet({"input": x.astype(np.float32), "mask": x}))
+    with pytest.raises(InputDataError, match="the validation InputSet has rank 3|array 'input' in the validation "
+                                             "InputSet has rank 3"):
+        validate(cnn, cnn, inputs=InputSet({"input": x[:, 0]}))
+    cast = onnx_alds.compress(cnn, keep_params=0.5, calibration=InputSet({"input": x}, source="mine"))
+    np.savez(tmp_path / "c.npz", input=x)
+    from_file = onnx_alds.compress(cnn, keep_params=0.5, calibration=load_inputs(cnn, npz=tmp_path / "c.npz"))
+    assert cast.model.SerializeToString() == from_file.model.SerializeToString()
+    assert "'input' float64 cast to float32" in cast.report.calibration
+    unnamed = onnx_alds.compress(cnn, keep_params=0.5, calibration=InputSet({"input": x.astype(np.float32)}))
+    assert unnamed.report.calibration == "arrays given in Python (8 samples)"  # was "" (printed "calibration: )")
+
+
 def test_plan_edits_are_checked_when_made():
     """with_layer took option='factorised' (applied as dense without a word) and rank='8'; an unknown layer was a
     bare KeyError, and apply_plan given a path failed on a str attribute."""
@@ -616,4 +687,36 @@ def test_a_budget_finer_than_the_printed_digits_is_shown_as_asked():
     """--keep-params 0.99999 was printed as 'target: keep params 1.0000'."""
     result = onnx_alds.compress(small_cnn(), keep_params=0.99999, rank_multiple=1)
     assert "target: keep params 1.0000 (0.99999 asked)" in result.report.format()
+    finer = onnx_alds.compress(small_cnn(), keep_params=0.9999999, rank_multiple=1).report.format()
+    assert "(0.9999999 asked)" in finer  # was "(1 asked)"
     assert "asked" not in onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1).report.format()
+
+
+def test_a_dead_branch_is_left_out_of_the_layers_totals_and_plan():
+    """A Gemm whose output reaches no graph output was listed as factorized (its MACs in the total, its error the
+    max error, part of the budget), while the written model dropped it: the report's MACs, layer count and the
+    plan's promised weights disagreed with the file."""
+    from onnx_alds.layers import iter_total_params
+    from onnx_alds.plan import make_plan
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((32, 100)).astype(np.float32), "w_dead")]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "w1"], ["y"], name="fc1"),
+             helper.make_node("MatMul", ["x", "w_dead"], ["d"], name="dead_fc"),
+             helper.make_node("Relu", ["d"], ["dead_relu_out"], name="dead_relu")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_alds.compress(model, keep_params=0.6, rank_multiple=1)
+    report = result.report
+    assert [layer.name for layer in report.layers] == ["fc0", "fc1"]
+    assert any(note.startswith("2 nodes reach no graph output (first: 'dead_fc'; 3200 weights)")
+               for note in report.notes), report.notes
+    assert report.params_before == 2 * 64 * 32 and report.params_after == sum(iter_total_params(result.model))
+    assert report.macs_before == 2 * 64 * 32
+    assert make_plan(model, keep_params=0.6, rank_multiple=1).totals["params_after"] == report.params_after
+    assert model.graph.node[3].name == "dead_fc"  # the caller's model is not changed

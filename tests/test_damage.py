@@ -302,3 +302,26 @@ def test_a_fixed_batch_with_less_than_a_batch_beside_the_probes_is_measured_in_s
     report = compress(model, keep_flops=0.7, method="damage", rank_multiple=8,
                       calibration=InputSet({"input": more})).report
     assert any("factors fitted to the other inputs" in note for note in report.notes)
+
+
+def test_probes_that_overflow_the_models_float_type_are_not_offered():
+    """A float16 Gemm with weights at ±65504: a low-rank probe cast back to float16 overflowed, its damage was
+    NaN and the allocation raised ValueError (a traceback); data-free and plain calibration compressed it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    big = (np.sign(rng.standard_normal((64, 64))) * 65504).astype(np.float16)
+    small = (rng.standard_normal((64, 64)) * 1e-3).astype(np.float16)
+    nodes = [helper.make_node("Gemm", ["x", "big"], ["h"], transB=1, name="gemm0"),
+             helper.make_node("Gemm", ["h", "small"], ["y"], transB=1, name="gemm1")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 64])],
+        [numpy_helper.from_array(big, "big"), numpy_helper.from_array(small, "small")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    calibration = InputSet({"x": (rng.standard_normal((32, 64)) * 1e-3).astype(np.float16)}, source="t")
+    clear_cache()
+    result = compress(model, keep_params=0.8, method="damage", calibration=calibration, rank_multiple=1)
+    assert any("made the outputs NaN or infinite on the probe inputs (first: 'gemm0'" in note
+               for note in result.report.notes), result.report.notes
+    assert next(layer for layer in result.report.layers if layer.name == "gemm0").groups == 0

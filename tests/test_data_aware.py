@@ -107,6 +107,20 @@ def test_sequential_target_and_refit_solve_the_least_squares_problem():
     np.testing.assert_allclose(refitted.decoder, decoder, rtol=1e-6, atol=1e-8)
 
 
+def test_sequential_fit_where_the_calibration_never_reaches_keeps_the_weight():
+    """All-zero calibration inputs (blank images): the damping pulled W M C̃⁻¹ and the refit decoder toward zero,
+    so --sequential wrote a model whose output was 0 everywhere, reporting error 1.7e-8."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((6, 3)) @ rng.standard_normal((3, 10))  # rank 3
+    zeros = np.zeros((10, 10))
+    np.testing.assert_allclose(sequential_target(weight, zeros, zeros), weight, rtol=1e-9)
+    factors = decompose(weight, 1, 3)
+    refitted = refit_decoder(weight, factors, zeros, zeros)
+    from onnx_alds.decompose import encoder_matrix
+
+    np.testing.assert_allclose(refitted.decoder @ encoder_matrix(refitted), weight, rtol=1e-8, atol=1e-10)
+
+
 def test_bias_shift_zeroes_the_mean_output_error():
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((8, 12))

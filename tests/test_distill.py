@@ -185,6 +185,18 @@ def test_unsupported_op_names_the_op(torch, pair):
         torch_graph(custom)
 
 
+def test_input_sets_are_checked_against_the_model(torch, pair):
+    """A dict of arrays for the inputs was an AttributeError from inside distill; a stray array went unseen."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    with pytest.raises(InputDataError, match="the training inputs are a dict; give an onnx_alds.inputs.InputSet"):
+        distill(original, compressed, dict(inputs.arrays), steps=1, progress=False)
+    stray = InputSet({**inputs.arrays, "mask": inputs.arrays["input"]})
+    with pytest.raises(InputDataError, match="the held-out InputSet has array 'mask', which is not a graph input"):
+        distill(original, compressed, inputs, held_out_inputs=stray, steps=1, progress=False)
+
+
 def test_an_output_whose_first_dim_is_not_the_batch_is_refused_by_name(torch, pair):
     """Logits transposed to ``[C, N]``: a traceback (np.concatenate in the teacher runs); a scalar second
     output: "running the original model on the inputs failed ...; check the input arrays" (the inputs blamed)."""
@@ -461,7 +473,8 @@ def test_inputs_the_model_cannot_run_and_bad_flags_are_one_error(torch, pair):
 
     original, compressed, inputs = pair
     wrong = InputSet({"input": inputs.arrays["input"][:, :2]}, None, "two channels")  # the model takes three
-    with pytest.raises(InputDataError, match="running the original model on the inputs failed"):
+    with pytest.raises(InputDataError, match=r"array 'input' in the training InputSet has shape \(24, 2, 32, 32\), "
+                                             "but the model fixes dim 1 to 3"):
         distill(original, compressed, wrong, steps=1, progress=False)
     for flags in (dict(lr=float("inf")), dict(intermediate_weight=float("nan")), dict(seed=-5), dict(seed=2 ** 40),
                   dict(threads=10 ** 5)):

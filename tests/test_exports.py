@@ -220,6 +220,27 @@ def test_function_importing_another_opset_is_converted_and_inlined():
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
 
 
+def test_function_of_another_opset_whose_call_output_has_no_type_is_inlined():
+    """The inliner converts a function's opset only when its call's output has a type: an untyped intermediate
+    (no value_info, as hand-built graphs and some exporters leave it) failed with "cannot inline the model's
+    local functions (... Type unknown for h)". The types are inferred on a copy; the graph gains no value_info."""
+    rng = np.random.default_rng(15)
+    function = helper.make_function("local", "Lin", ["inp"], ["out"],
+                                    [helper.make_node("Constant", [], ["w"],
+                                                      value=numpy_helper.from_array(low_rank(rng, 64, 64), "w")),
+                                     helper.make_node("MatMul", ["inp", "w"], ["out"])],
+                                    opset_imports=[helper.make_opsetid("", 13)])
+    nodes = [helper.make_node("Lin", ["x"], ["h"], domain="local", name="lin"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], [], functions=[function])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert len(factorized(result)) == 1 and not result.model.functions
+    assert not result.model.graph.value_info
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
+
+
 def test_weight_values_whose_products_overflow_float64_stay_dense():
     """A float64 weight holding 1.9e282 (finite) overflowed its Gram matrix: LinAlgError from the eigensolver."""
     rng = np.random.default_rng(14)

@@ -493,6 +493,32 @@ def test_input_shape_must_name_an_input_and_match_the_images(tmp_path):
         == (1, 3, 8, 8)
 
 
+def test_input_shape_must_match_the_npz_arrays(tmp_path):
+    """validate --inputs FILE.npz --input-shape x:1x3x6x6 ignored the shape silently (exit 0) while the
+    arrays were 3x8x8 per sample; compress planned at one size and calibrated at another."""
+    model = _image_model(["N", 3, "H", "W"])
+    np.savez(tmp_path / "v.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(InputDataError, match=r"the arrays in '.*v.npz' are 3x8x8 per sample, but --input-shape asks "
+                                             r"for x:1x3x6x6; make them agree"):
+        load_inputs(model, npz=tmp_path / "v.npz", input_shapes={"x": (1, 3, 6, 6)})
+    assert load_inputs(model, npz=tmp_path / "v.npz", input_shapes={"x": (2, 3, 8, 8)}).arrays["x"].shape \
+        == (4, 3, 8, 8)
+
+
+def test_an_input_without_a_shape_is_not_taken_for_a_scalar(tmp_path):
+    """A graph input with no shape field: --input-shape X:1x3x8x8 was answered "gives 4 dims for 'x', which has
+    0; give all of them, e.g. x:" (an unknown rank taken for a scalar)."""
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.model_io import parse_input_shapes
+
+    model = _image_model(["N", 3, "H", "W"])
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(UnsupportedModelError, match="graph input 'x' has no shape, so its rank is unknown"):
+        load_inputs(model, random=2, input_shapes={"x": (1, 3, 8, 8)})
+    with pytest.raises(InputDataError, match="has a dim above 2147483647"):
+        parse_input_shapes(["x:1x3x9223372036854775808x8"])
+
+
 def test_a_dim_the_model_fixes_to_zero_is_fixed_not_dynamic():
     """An input [batch, 0] (an empty feature block, e.g. no extra features): the 0 was read as dynamic, so
     --keep-flops was refused ('dynamic dims'), the probe fed 1 (which ONNX Runtime refuses), and the

@@ -208,6 +208,26 @@ def test_writing_over_a_copy_of_the_input_keeps_the_inputs_data_file(chain_path,
     onnx.checker.check_model(str(original), full_check=True)  # the input still loads with its weights
 
 
+def test_an_unrelated_data_file_at_the_outputs_data_name_is_not_written_over(tmp_path):
+    """A model written with external data put its weights in ``<-o name>.data`` over a file of that name that
+    another model read (exit 0, the other model broken); the output written over earlier is still replaced."""
+    from onnx_alds.errors import OutputPathError
+
+    model = small_cnn()
+    other = tmp_path / "other.onnx"
+    onnx.save(model, str(other), save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    before = (tmp_path / "out.onnx.data").read_bytes()
+    with pytest.raises(OutputPathError, match="which exists and is not the data of '.*out.onnx'"):
+        save_model(model, tmp_path / "out.onnx", external_data=True)
+    assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.onnx", "out.onnx.data"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    save_model(model, fresh / "out.onnx", external_data=True)  # its own earlier output: written over
+    save_model(small_cnn(seed=1), fresh / "out.onnx", external_data=True)
+    onnx.checker.check_model(str(fresh / "out.onnx"), full_check=True)
+
+
 def test_an_opened_model_passed_in_is_left_as_it_was(chain_path):
     """compress(opened) named the opened model's unnamed nodes and, with calibration, loaded its weights in place:
     a second call on the same object wrote another model, and the caller's light model held every weight."""

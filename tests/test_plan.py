@@ -584,3 +584,54 @@ def test_plan_prints_its_warnings_on_stderr_naming_apply_validate(tmp_path, caps
     out, err = capsys.readouterr()
     assert "warning:" not in out
     assert "check with onnx-alds apply --validate" in err and "check with --validate" not in err
+
+
+def test_plan_options_that_apply_would_ignore_or_flags_it_lacks_are_named(tmp_path):
+    """A data-free plan edited to ``sequential: true`` applied as if it were not there; the plan's own exclude
+    pattern or input name was refused as "--exclude ..." / "--input-shape names ...", flags apply does not take;
+    a damage plan's groups error named max_groups (16) and not damage_max_groups (1), the limit that applied."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_flops=0.5).to_dict()
+    data["options"]["data"]["sequential"] = True
+    with pytest.raises(PlanError, match="the plan is data-free, but its options.data sets sequential, which needs "
+                                        "calibration data"):
+        apply_plan(model, Plan.from_dict(data))
+    data = make_plan(model, keep_flops=0.5).to_dict()
+    data["options"]["search"]["exclude"] = ["nosuch*"]
+    with pytest.raises(PlanError, match="the plan's options.search.exclude 'nosuch\\*' matches no Conv/Gemm/MatMul"):
+        apply_plan(model, Plan.from_dict(data))
+    data = make_plan(model, keep_flops=0.5).to_dict()
+    data["options"]["input_shapes"] = {"x": [1, 3, 32, 32]}
+    with pytest.raises(PlanError, match="it names 'x', which is not a graph input") as info:
+        apply_plan(model, Plan.from_dict(data))
+    assert "--input-shape" not in str(info.value)
+    calibration = random_inputs(model, 16, seed=0)
+    plan = make_plan(model, keep_flops=0.5, method="damage", calibration=calibration)
+    name = next(layer.name for layer in plan.layers if layer.option == "factorized")
+    with pytest.raises(PlanError, match="options.data.damage_max_groups 1, the most groups damage measures"):
+        apply_plan(model, plan.with_layer(name, groups=2), calibration=calibration)
+
+
+def test_a_plan_that_keeps_more_than_its_budget_says_so(tmp_path):
+    """An edited budget (0.5 to 0.1), or a rank edited together with its 'predicted' (a search-and-replace), was
+    applied without a word: the report said 'target 0.1, achieved 0.48'."""
+    model = small_cnn(width=16)
+    plan = make_plan(model, keep_params=0.5)
+    assert not [note for note in apply_plan(model, plan).report.notes if "above the plan's requested" in note]
+    data = plan.to_dict()
+    data["options"]["budget"]["keep"] = 0.1
+    notes = apply_plan(model, Plan.from_dict(data)).report.notes
+    assert any("above the plan's requested 0.1" in note for note in notes)
+    data = plan.to_dict()
+    entry = max((layer for layer in data["layers"] if layer["option"] == "factorized"), key=lambda e: e["params"])
+    for decision in (entry, entry["predicted"]):  # dense, 'predicted' included
+        decision.update(option="dense", groups=0, rank=0, order=None)
+    notes = apply_plan(model, Plan.from_dict(data)).report.notes
+    assert any("above the plan's requested 0.5" in note for note in notes)
+    path = tmp_path / "m.onnx"  # a path to another model: refused as a ModelProto is
+    renamed = small_cnn(width=16)
+    for node in renamed.graph.node:
+        node.name = "other_" + node.name
+    onnx.save(renamed, str(path))
+    with pytest.raises(PlanError, match="of the plan is not in the model"):
+        apply_plan(str(path), plan)

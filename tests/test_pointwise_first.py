@@ -95,6 +95,28 @@ def test_only_stride_1_size_keeping_kxk_convs_are_eligible(options, reason):
     assert not gemm.pointwise_first_ok
 
 
+@pytest.mark.parametrize("options,eligible", [
+    (dict(pads=[1, 1, 1, 1]), True), (dict(auto_pad="SAME_UPPER"), True), (dict(auto_pad="SAME_LOWER"), True),
+    (dict(pads=[2, 0, 0, 2]), True), (dict(kernel=(3, 5), pads=[1, 2, 1, 2]), True),
+    (dict(pads=[2, 2, 2, 2], dilations=(2, 2)), True), (dict(pads=[1, 1, 1, 1], dilations=(2, 2)), False),
+    (dict(pads=[1, 1, 0, 0]), False), (dict(), False), (dict(auto_pad="VALID"), False),
+    (dict(strides=(2, 2), pads=[1, 1, 1, 1]), False)])
+def test_size_keeping_is_read_from_the_attributes_when_shapes_are_unknown(options, eligible):
+    """With symbolic H and W (no --input-shape) no conv took the pointwise-first order, although stride 1
+    and pads summing to (k - 1)·dilation keep the size whatever it is."""
+    model = conv_model(in_channels=8, out_channels=8, spatial=("H", "W"), **options)
+    ensure_node_names(model)
+    (layer,) = find_layers(model, {}, max_groups=16)  # no shape known
+    assert layer.pointwise_first_ok is eligible
+    if eligible:  # and at full rank the pair is the conv at any size
+        layer = with_order(layer, POINTWISE_FIRST, max_groups=16)
+        matrix = folded_weight(layer, constant_tensors(model))
+        rewritten = rewrite_model(model, [Rewrite(layer, decompose(matrix, 1, max_rank(*matrix.shape, 1)))])
+        for size in ((9, 9), (5, 12)):
+            feeds = {"x": np.random.default_rng(0).standard_normal((2, 8, *size)).astype(np.float32)}
+            assert _max_rel_error(model, rewritten, feeds) <= 1e-5
+
+
 def test_unfoldings_and_moments_agree_with_their_definitions():
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((5, 4, 3, 2))  # f, c, k1, k2
