@@ -22,10 +22,10 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
-from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source, counted_inputs,
-                     drop_dead_nodes, element_bits, ensure_node_names, find_layers, folded_weight, is_counted_node,
-                     is_layer_node, iter_graphs, iter_total_params, node_macs, unchanged_ops_note, weight_constants,
-                     widened_weights, with_order)
+from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
+                     check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
+                     find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs, iter_total_params,
+                     node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .inputs import conform_inputs
@@ -72,6 +72,7 @@ class _Prepared:
     random_nodes: tuple[str, ...] = ()  # nodes whose outputs are random at run time (checks.random_nodes)
     # the name given to each unnamed or repeated node -> its own (written back by restore_node_names)
     generated_names: Mapping[str, str] = field(default_factory=dict)
+    dead: tuple[str, ...] = ()  # nodes removed as reaching no graph output (layers.drop_dead_nodes)
 
     def refuse_random_for_calibration(self) -> None:
         """Calibration statistics of a model whose outputs are random would fit the factors to noise (and
@@ -112,10 +113,12 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if complete:
         materialize(proto, store)
     generated = ensure_node_names(proto)  # layers, plans and reports need every node named: undone when written
+    check_exclude_patterns(proto, exclude)  # (a pattern may name a node about to go as dead)
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
         notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "
                      "out of the totals and of the written model")
+        exclude = [pattern for pattern in exclude if _matches_a_layer(proto, pattern)]
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
@@ -171,7 +174,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}; ONNX Runtime's "
                      "graph optimizations may drop them, other runtimes will not): export the model in inference mode")
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check, store, unchanged, randoms, MappingProxyType(generated))
+                     input_check, store, unchanged, randoms, MappingProxyType(generated), tuple(dead))
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")
@@ -433,10 +436,15 @@ class _Planned:
     warnings: tuple[str, ...] = ()  # found while planning (--order auto's cost in error), shown with the report's
 
 
-def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unchanged_ops: str = "") -> str:
+def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unchanged_ops: str = "",
+                        dead: Sequence[str] = ()) -> str:
     """The message for a model none of whose Conv/Gemm/MatMul nodes can be changed, with the reasons
-    (``unchanged_ops``: the quantized or fused layers, :func:`onnx_alds.layers.unchanged_ops_note`)."""
+    (``unchanged_ops``: the quantized or fused layers, :func:`onnx_alds.layers.unchanged_ops_note`;
+    ``dead``: the nodes left out as reaching no graph output)."""
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
+    if dead and not layers:
+        return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} nodes reach "
+                f"none, first: '{dead[0]}')")
     if unchanged_ops:
         return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}; the model's layers are "
                 f"{unchanged_ops}")
@@ -444,11 +452,20 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)"))
 
 
-def check_keep_dense(layers: Sequence[Layer], keep_dense: Mapping[str, str]) -> None:
-    """Every name in ``keep_dense`` must be a Conv/Gemm/MatMul node of the model: a misspelt one would leave
-    the layer the user meant to keep factorized. Raises :class:`InputDataError`."""
+def _matches_a_layer(model: onnx.ModelProto, pattern: str) -> bool:
+    try:
+        check_exclude_patterns(model, [pattern])
+    except InputDataError:
+        return False
+    return True
+
+
+def check_keep_dense(layers: Sequence[Layer], keep_dense: Mapping[str, str], dead: Sequence[str] = ()) -> None:
+    """Every name in ``keep_dense`` must be a Conv/Gemm/MatMul node of the model (or one of the ``dead``
+    nodes, dropped as reaching no output): a misspelt one would leave the layer the user meant to keep
+    factorized. Raises :class:`InputDataError`."""
     names = {layer.name for layer in layers}
-    unknown = sorted(name for name in keep_dense if name not in names)
+    unknown = sorted(name for name in keep_dense if name not in names and name not in dead)
     if unknown:
         raise InputDataError(f"keep_dense names '{unknown[0]}', which is no Conv/Gemm/MatMul node of the model; "
                              f"check the name (layers: {', '.join(repr(n) for n in sorted(names)[:5])}"
@@ -505,7 +522,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         from .bench import default_batch
 
         options = replace(options, speed=replace(options.speed, batch=default_batch(proto, input_shapes)))
-    check_keep_dense(prepared.layers, keep_dense)
+    check_keep_dense(prepared.layers, keep_dense, prepared.dead)
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
         keep_dense.update(decisions.check(prepared, input_shapes))
     if keep_dense:
@@ -535,7 +552,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared = replace(prepared, layers=layers, notes=notes)
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
-        raise UnsupportedModelError(nothing_to_compress(layers, unchanged_ops=prepared.unchanged_ops))
+        raise UnsupportedModelError(nothing_to_compress(layers, unchanged_ops=prepared.unchanged_ops,
+                                                        dead=prepared.dead))
     if decisions is not None:  # each layer in the plan's order
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)

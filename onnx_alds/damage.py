@@ -78,16 +78,17 @@ class DamageCost:
     seconds: float
     cached: bool = False
     out_of_sample: bool = False  # the probed factors were fitted without the probe inputs
-    # layers whose probes made the outputs NaN or infinite (a product past float16's range): their
-    # group counts measured so are not offered, said in the report
+    # layers whose probes say nothing: they made the outputs NaN or infinite (a product past float16's
+    # range), or the layer's input is zero on every calibration input; their options are not offered
     not_finite: tuple[str, ...] = ()
 
 
 def not_finite_damage_note(layers: Sequence[str]) -> str:
     """The report's note for :attr:`DamageCost.not_finite`."""
-    return (f"--method damage: the factorized options of {len(layers)} layers made the outputs NaN or infinite on "
-            f"the probe inputs (first: '{layers[0]}'; a product past the range of the model's float type) and are "
-            "not offered (a layer with none left stays dense)")
+    return (f"--method damage: the factorized options of {len(layers)} layers could not be priced (first: "
+            f"'{layers[0]}': its input is zero on every calibration input, or a probe made the outputs NaN or "
+            "infinite, a product past the range of the model's float type) and are not offered (a layer with none "
+            "left stays dense)")
 
 
 _CACHE: dict[str, tuple[list[DamageTable], DamageCost]] = {}
@@ -321,8 +322,12 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
         if layer.name not in inputs:
             results.append(DamageTable(layer.name, table.dense_size, ()))
             continue
-        matrix = folded_weight(layer, constants, patch=True)
         stat = stats.get(layer.name)
+        if stat is not None and not np.any(np.asarray(stat.second_moment)):  # zero inputs: every option looks free
+            not_finite.append(layer.name)
+            results.append(DamageTable(layer.name, table.dense_size, ()))
+            continue
+        matrix = folded_weight(layer, constants, patch=True)
         dtype = originals[inputs[layer.name]].dtype
         curves = []
         for option in table.options:

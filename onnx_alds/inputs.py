@@ -612,7 +612,12 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
             casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
                          + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
                             and np.issubdtype(spec.dtype, np.floating) else ""))
-        arrays[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+        cast = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+        if cast is not array and np.issubdtype(spec.dtype, np.floating) and not np.all(np.isfinite(cast)):
+            raise InputDataError(f"array '{spec.name}' in {source} holds values beyond the range of the input's "
+                                 f"{spec.dtype} (largest {float(np.max(np.abs(array))):g}): cast to it they become "
+                                 "infinite; scale the inputs as the model expects")
+        arrays[spec.name] = cast
     return arrays, casts
 
 

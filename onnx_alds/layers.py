@@ -385,31 +385,42 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
 
 
 def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
-    """Remove, in place, the main graph's nodes whose outputs nothing reads (no node at any depth, no graph
-    output), repeatedly, and the initializers only they read; the written model drops them anyway (onnx-
-    graphsurgeon's cleanup), so the totals, the layers and the budget leave them out from the start.
-    Returns the removed nodes' names (or op types) and the number of weight elements removed with them."""
-    graph = model.graph
-    unread_before = unused_initializers(model)  # the user's own unread tensors stay
+    """Remove, in place, the nodes whose outputs nothing reads (no node at any depth of their graph, no output
+    of their graph), repeatedly, in the main graph and in every If/Loop/Scan body, and the initializers only
+    they read; the written model drops them anyway (onnx-graphsurgeon's cleanup), so the totals, the layers
+    and the budget leave them out from the start. Returns the removed nodes' names (or op types) and the
+    number of weight elements removed with them."""
     removed: list[str] = []
-    while True:
+    graphs = list(iter_graphs(model.graph))
+    unread_before = {}  # per graph path: its own initializers nothing read (the user's: they stay)
+    for path, graph in graphs:
         used: Counter = Counter()
         use_counts(graph, used)
-        dead = [index for index, node in enumerate(graph.node)
-                if node.output and not any(used[name] for name in node.output if name)]
-        if not dead:
-            break
-        for index in reversed(dead):
-            removed.append(graph.node[index].name or graph.node[index].op_type)
-            del graph.node[index]
+        unread_before[path] = {tensor.name for tensor in graph.initializer if not used[tensor.name]}
+    for _, graph in reversed(graphs):  # bodies first: a dead If goes after its branches
+        while True:
+            used = Counter()
+            use_counts(graph, used)
+            dead = [index for index, node in enumerate(graph.node)
+                    if node.output and not any(used[name] for name in node.output if name)]
+            if not dead:
+                break
+            for index in reversed(dead):
+                removed.append(graph.node[index].name or graph.node[index].op_type)
+                del graph.node[index]
     if not removed:
         return [], 0
-    orphans = unused_initializers(model) - unread_before
-    kept = [tensor for tensor in graph.initializer if tensor.name not in orphans]
-    elements = sum(int(np.prod(tensor.dims)) for tensor in graph.initializer if tensor.name in orphans)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return removed[::-1], elements
+    elements = 0
+    for path, graph in iter_graphs(model.graph):  # (the node names are unique: the paths are too)
+        used = Counter()
+        use_counts(graph, used)
+        unread = {tensor.name for tensor in graph.initializer if not used[tensor.name]}
+        orphans = unread - unread_before.get(path, set())
+        elements += sum(int(np.prod(tensor.dims)) for tensor in graph.initializer if tensor.name in orphans)
+        kept = [tensor for tensor in graph.initializer if tensor.name not in orphans]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return removed, elements
 
 
 def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:

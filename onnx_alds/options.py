@@ -159,6 +159,9 @@ class DataAwareOptions:
             check_count(name, getattr(self, name), 0)
         for name in ("refit", "sequential", "bias_correction", "sensitivity", "shrinkage", "affine_correction"):
             check_switch(name, getattr(self, name))
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        for name in ("batch_size", "both_factors", "damage_samples", "damage_points", "damage_max_groups"):
+            object.__setattr__(self, name, int(getattr(self, name)))  # numpy ints: plain ints (plans are JSON)
         if self.both_factors < 0 or self.damage_samples < 1 or self.damage_points < 1 or self.damage_max_groups < 1:
             raise InputDataError(f"got both-factor rounds {self.both_factors}, damage samples {self.damage_samples}, "
                                  f"points {self.damage_points}, max groups {self.damage_max_groups}; give rounds >= 0 "
@@ -230,6 +233,9 @@ class SpeedOptions:
             check_count(name, getattr(self, name), 0)
         check_switch("prune_slow", self.prune_slow)
         check_number("min_speedup", self.min_speedup)
+        for name in ("threads", "batch", "runs", "warmup", "grid", "model_rounds"):  # numpy ints: plain ints
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise InputDataError(f"cache_dir={self.cache_dir!r}: give a folder path")
         if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.grid < 2:

@@ -283,8 +283,8 @@ class Plan:
                           if data.get(key)]
             if needs_data:
                 raise PlanError(f"the plan is data-free, but its options.data sets {needs_data[0]}, which needs "
-                                "calibration data; set it back to false (0), or make a data-aware plan with "
-                                "onnx-alds plan ... --calibration ...")
+                                f"calibration data; set it back to {0 if needs_data[0] == 'both_factors' else 'false'}, "
+                                "or make a data-aware plan with onnx-alds plan ... --calibration ...")
             data = {key: value for key, value in data.items() if key in ("batch_size", "refit", "shrinkage")}
         speed = SpeedOptions(**o["speed"]) if o.get("speed") else None
         shapes = o.get("input_shapes")

@@ -1883,7 +1883,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         decisions.check(prepared, options.input_shapes)
     notes: list[str] = list(prepared.notes)
     keep_dense = dict(search.keep_dense)
-    api.check_keep_dense(prepared.layers, keep_dense)
+    api.check_keep_dense(prepared.layers, keep_dense, prepared.dead)
     layers = [replace(layer, skip_reason=keep_dense[layer.name]) if layer.name in keep_dense and layer.compressible
               else layer for layer in prepared.layers]
     seconds: dict[str, float] = {"load": time.perf_counter() - started}
@@ -1898,7 +1898,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         reasons = [replace(layer, skip_reason=api._uncalibrated_reason(layer)) if layer.compressible else layer
                    for layer in layers]
         raise UnsupportedModelError(api.nothing_to_compress(reasons, "factorizable or prunable",
-                                                            prepared.unchanged_ops))
+                                                            prepared.unchanged_ops, prepared.dead))
     if not blocks and mode == "only":
         reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
         raise UnsupportedModelError("no prunable block (a producer whose channels reach one consumer through "

@@ -503,7 +503,8 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def nearest_neighbour_agreement(original: np.ndarray, compressed: np.ndarray) -> float:
     """Fraction of samples whose nearest other sample by cosine similarity is the same for both.
 
-    ``original`` and ``compressed`` are ``(samples, dims)`` embeddings; the cosines are computed in float64
+    ``original`` and ``compressed`` are ``(samples, dims)`` embeddings; a neighbour tied with the original's
+    nearest (within :data:`NN_TIE`: copies of one sample) agrees; the cosines are computed in float64
     (embeddings sharing a large common component have cosines within float32's rounding of each other), and
     the similarity matrix in row blocks of at most ~8 M entries, so memory stays bounded by the embeddings.
     """
@@ -517,8 +518,12 @@ def nearest_neighbour_agreement(original: np.ndarray, compressed: np.ndarray) ->
         sim_a, sim_b = a[start:stop] @ a.T, b[start:stop] @ b.T
         sim_a[rows, rows + start] = -np.inf
         sim_b[rows, rows + start] = -np.inf
-        matches += int(np.sum(np.argmax(sim_a, axis=1) == np.argmax(sim_b, axis=1)))
+        chosen = np.argmax(sim_b, axis=1)  # a neighbour tied for nearest in the original counts (repeated samples)
+        matches += int(np.sum(sim_a[rows, chosen] >= sim_a.max(axis=1) - NN_TIE))
     return matches / n
+
+
+NN_TIE = 1e-12  # original cosines this close are the same neighbour (copies of one sample), not a near tie
 
 
 class _Accumulator:

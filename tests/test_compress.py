@@ -478,6 +478,9 @@ def test_api_values_of_the_wrong_type_are_one_clear_error(cnn):
         with pytest.raises(OnnxAldsError, match=re.escape(message)):
             make()
     assert SearchOptions(exclude=None).exclude == () and SearchOptions(exclude=(p for p in ["a"])).exclude == ("a",)
+    speed = SpeedOptions(threads=np.int64(1), batch=np.int64(2), runs=np.int64(3))  # numpy ints: accepted, as ints
+    assert (type(speed.threads), type(speed.batch), type(speed.runs)) == (int, int, int)
+    assert type(DataAwareOptions(calibration=calibration, batch_size=np.int32(4)).batch_size) is int
     assert onnx_alds.compress(cnn, keep_params=0.5, exclude=None).report.achieved <= 0.5
 
 
@@ -720,3 +723,39 @@ def test_a_dead_branch_is_left_out_of_the_layers_totals_and_plan():
     assert report.macs_before == 2 * 64 * 32
     assert make_plan(model, keep_params=0.6, rank_multiple=1).totals["params_after"] == report.params_after
     assert model.graph.node[3].name == "dead_fc"  # the caller's model is not changed
+
+
+def test_dead_nodes_inside_a_branch_and_names_of_dead_nodes():
+    """A dead MatMul inside an If branch was counted in the totals and given budget (its outer weight too),
+    then dropped from the file; --exclude or keep_dense naming a dead node was refused as matching nothing; a
+    model whose only layer is dead was said to have no Conv/Gemm/MatMul."""
+    from onnx_alds.errors import UnsupportedModelError
+
+    rng = np.random.default_rng(1)
+    branch = lambda name, extra: helper.make_graph(  # noqa: E731
+        [helper.make_node("MatMul", ["a", f"{name}_w"], [f"{name}_y"], name=f"{name}_mm")] + extra, name, [],
+        [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), f"{name}_w")])
+    dead_in_branch = [helper.make_node("MatMul", ["a", "outer_dead_w"], ["unused"], name="then_dead_mm")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"),
+             helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch("then", dead_in_branch),
+                              else_branch=branch("else", []))]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal((32, 512)).astype(np.float32), "outer_dead_w"),
+         numpy_helper.from_array(np.array(True), "cond")]), opset_imports=[helper.make_opsetid("", 17)])
+    report = onnx_alds.compress(model, keep_params=0.9, rank_multiple=1).report
+    assert "then_dead_mm" not in [layer.name for layer in report.layers]
+    assert report.params_before == 3 * 32 * 32 + 1
+    assert onnx_alds.compress(model, keep_params=0.9, rank_multiple=1, exclude=["then_dead*"]).report
+    assert onnx_alds.compress(model, keep_params=0.9, rank_multiple=1, keep_dense={"then_dead_mm": "x"}).report
+    only_dead = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["d"], name="dead_mm"), helper.make_node("Relu", ["x"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedModelError, match="no Conv/Gemm/MatMul node reaches a graph output .*'dead_mm'"):
+        onnx_alds.compress(only_dead, keep_params=0.5)

@@ -322,6 +322,24 @@ def test_probes_that_overflow_the_models_float_type_are_not_offered():
     calibration = InputSet({"x": (rng.standard_normal((32, 64)) * 1e-3).astype(np.float16)}, source="t")
     clear_cache()
     result = compress(model, keep_params=0.8, method="damage", calibration=calibration, rank_multiple=1)
-    assert any("made the outputs NaN or infinite on the probe inputs (first: 'gemm0'" in note
-               for note in result.report.notes), result.report.notes
+    assert any("layers could not be priced (first: 'gemm0'" in note for note in result.report.notes), \
+        result.report.notes
     assert next(layer for layer in result.report.layers if layer.name == "gemm0").groups == 0
+
+
+def test_layers_whose_inputs_are_zero_on_every_calibration_input_are_not_priced():
+    """All-zero calibration inputs: every option's damage was 0, a layer was cut to rank 3 under
+    "predicted relative output error 0.0000", and the model was 0.73-0.90 off on other inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    weight = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64))).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [numpy_helper.from_array(weight, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    clear_cache()
+    with pytest.raises(BudgetError, match="smallest reachable ratio is 1.0000"):
+        compress(model, keep_params=0.5, method="damage", rank_multiple=1,
+                 calibration=InputSet({"x": np.zeros((16, 64), np.float32)}, source="zeros"))

@@ -519,6 +519,17 @@ def test_an_input_without_a_shape_is_not_taken_for_a_scalar(tmp_path):
         parse_input_shapes(["x:1x3x9223372036854775808x8"])
 
 
+def test_values_beyond_a_float16_input_are_named_not_taken_for_infinities(tmp_path):
+    """A finite float32 .npz holding 1e6 for a float16 input was cast to inf silently, then refused as "holds NaN
+    or Inf values"."""
+    model = _image_model(["N", 3, 4, 4], elem=TensorProto.FLOAT16)
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    x[0, 0, 0, 0] = 1e6
+    np.savez(tmp_path / "v.npz", x=x)
+    with pytest.raises(InputDataError, match=r"holds values beyond the range of the input's float16 \(largest 1e\+06\)"):
+        load_inputs(model, npz=tmp_path / "v.npz")
+
+
 def test_a_dim_the_model_fixes_to_zero_is_fixed_not_dynamic():
     """An input [batch, 0] (an empty feature block, e.g. no extra features): the 0 was read as dynamic, so
     --keep-flops was refused ('dynamic dims'), the probe fed 1 (which ONNX Runtime refuses), and the

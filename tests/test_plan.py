@@ -594,7 +594,7 @@ def test_plan_options_that_apply_would_ignore_or_flags_it_lacks_are_named(tmp_pa
     data = make_plan(model, keep_flops=0.5).to_dict()
     data["options"]["data"]["sequential"] = True
     with pytest.raises(PlanError, match="the plan is data-free, but its options.data sets sequential, which needs "
-                                        "calibration data"):
+                                        "calibration data; set it back to false,"):
         apply_plan(model, Plan.from_dict(data))
     data = make_plan(model, keep_flops=0.5).to_dict()
     data["options"]["search"]["exclude"] = ["nosuch*"]

@@ -607,6 +607,10 @@ def test_nearest_neighbours_of_embeddings_with_a_common_component_are_found_in_f
     b = (x @ rng.standard_normal((16, 16)) + 3e4).astype(np.float32)
     assert nearest_neighbour_agreement(a, b) == pytest.approx(_nn_reference(a.astype(np.float64),
                                                                             b.astype(np.float64)))
+    # copies of one sample: any copy is the nearest neighbour (rounding picked one, and agreement fell to 0.23)
+    copies = np.repeat(rng.standard_normal((8, 16)), 5, axis=0)
+    noisy = copies * (1 + 1e-6 * rng.standard_normal(copies.shape))
+    assert nearest_neighbour_agreement(copies, noisy) == 1.0
 
 
 # --- labels are opt-in -------------------------------------------------------------------------------
