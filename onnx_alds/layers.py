@@ -392,6 +392,8 @@ def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
     number of weight elements removed with them."""
     removed: list[str] = []
     graphs = list(iter_graphs(model.graph))
+    order = {node.name or node.op_type: index for index, node in
+             enumerate(node for _, graph in graphs for node in graph.node)}
     unread_before = {}  # per graph path: its own initializers nothing read (the user's: they stay)
     for path, graph in graphs:
         used: Counter = Counter()
@@ -410,6 +412,7 @@ def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
                 del graph.node[index]
     if not removed:
         return [], 0
+    removed.sort(key=order.get)  # in graph order
     elements = 0
     for path, graph in iter_graphs(model.graph):  # (the node names are unique: the paths are too)
         used = Counter()
