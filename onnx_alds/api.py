@@ -622,15 +622,15 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         if options.speed.model_rounds:
             allocation, speed_info = _settle_latency(prepared, chosen, tables, costs, speed_info, options)
     elif method == "damage":
-        from .damage import measure_damage_tables, not_finite_damage_note
+        from .damage import measure_damage_tables, unpriced_damage_note
 
         damage_tables, damage_cost = measure_damage_tables(
             proto, chosen, tables, constants, stats, calibration, samples=data.damage_samples,
             points=data.damage_points, max_groups=searched, refit=refit, batch_size=calibration_batch_size,
             factor_fn=_damage_factor_fn(data), shrinkage=shrinkage)
         seconds["damage tables"] = 0.0 if damage_cost.cached else damage_cost.seconds
-        if damage_cost.not_finite:
-            calibration_notes.append(not_finite_damage_note(damage_cost.not_finite))
+        if damage_cost.unpriced:
+            calibration_notes.append(unpriced_damage_note(damage_cost.unpriced))
         tick = time.perf_counter()
         allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple)
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,

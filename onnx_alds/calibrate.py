@@ -428,7 +428,7 @@ def _work_dtype(array: np.ndarray, limits: CalibrationLimits) -> np.dtype:
     and ~1e19 to beyond its largest: the moments would be zeros or infinities)."""
     if limits.float32 and array.dtype in (np.float32, np.float16):
         finite = array[np.isfinite(array)] if array.size and not np.all(np.isfinite(array)) else array
-        largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+        largest = float(max(np.max(finite), -np.min(finite))) if finite.size else 0.0  # (no |x| copy)
         if largest == 0.0 or FLOAT32_PRODUCTS[0] <= largest <= FLOAT32_PRODUCTS[1]:
             return np.dtype(np.float32)
     return np.dtype(np.float64)

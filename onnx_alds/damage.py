@@ -80,11 +80,11 @@ class DamageCost:
     out_of_sample: bool = False  # the probed factors were fitted without the probe inputs
     # layers whose probes say nothing: they made the outputs NaN or infinite (a product past float16's
     # range), or the layer's input is zero on every calibration input; their options are not offered
-    not_finite: tuple[str, ...] = ()
+    unpriced: tuple[str, ...] = ()
 
 
-def not_finite_damage_note(layers: Sequence[str]) -> str:
-    """The report's note for :attr:`DamageCost.not_finite`."""
+def unpriced_damage_note(layers: Sequence[str]) -> str:
+    """The report's note for :attr:`DamageCost.unpriced`."""
     return (f"--method damage: the factorized options of {len(layers)} layers could not be priced (first: "
             f"'{layers[0]}': its input is zero on every calibration input, or a probe made the outputs NaN or "
             "infinite, a product past the range of the model's float type) and are not offered (a layer with none "
@@ -314,7 +314,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     check_finite_outputs(float_names, [np.concatenate([run[i].ravel() for run in reference])
                                        for i in range(len(float_names))], "--method damage")
     runs = 1
-    not_finite: list[str] = []
+    unpriced: list[str] = []
     factor = factor_fn or (lambda layer, matrix, g, r, stat: data_aware_factors(matrix, g, r, stat, refit=refit,
                                                                                 layer=layer))
     results = []
@@ -324,7 +324,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
             continue
         stat = stats.get(layer.name)
         if stat is not None and not np.any(np.asarray(stat.second_moment)):  # zero inputs: every option looks free
-            not_finite.append(layer.name)
+            unpriced.append(layer.name)
             results.append(DamageTable(layer.name, table.dense_size, ()))
             continue
         matrix = folded_weight(layer, constants, patch=True)
@@ -346,7 +346,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
                 damage.append(relative_damage(reference, outputs))
             measured_damage = np.array(damage)
             if not np.all(np.isfinite(measured_damage)):  # no finite price: the option is not offered
-                not_finite.append(layer.name)
+                unpriced.append(layer.name)
                 continue
             predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
             offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
@@ -355,7 +355,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
         results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
         del matrix
     cost = DamageCost(runs, used, time.perf_counter() - started, out_of_sample=held_out,
-                      not_finite=tuple(dict.fromkeys(not_finite)))
+                      unpriced=tuple(dict.fromkeys(unpriced)))
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (results, cost)

@@ -1508,7 +1508,7 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     widths = [int(chosen.get(block.name, block.width)) for block in blocks]
     return widths, dict(predicted_damage=result.damage, predicted_output_error=float(np.sqrt(result.damage)),
                         options=result.candidates, status=result.status, runs=runs, seconds=seconds,
-                        pricing=pricing, not_finite=cost.not_finite)
+                        pricing=pricing, unpriced=cost.unpriced)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -1946,10 +1946,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
                          f"{joint_info['status']}; {joint_info['pricing']}): predicted relative output error "
                          f"{joint_info['predicted_output_error']:.3f}")
-            if joint_info["not_finite"]:
-                from .damage import not_finite_damage_note
+            if joint_info["unpriced"]:
+                from .damage import unpriced_damage_note
 
-                notes.append(not_finite_damage_note(joint_info["not_finite"]))
+                notes.append(unpriced_damage_note(joint_info["unpriced"]))
             # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
             choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]
         elif objective == "sum":
