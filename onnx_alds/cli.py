@@ -206,12 +206,18 @@ def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) 
     ``--input-shape``) may repeat."""
     single = {option: action for action in parser._actions if type(action).__name__ == "_StoreAction"
               and action.nargs is None for option in action.option_strings}
+    every = [option for action in parser._actions for option in action.option_strings]
     given: dict[argparse.Action, tuple[str, str]] = {}
     tokens = list(argv)
     for index, token in enumerate(tokens):
         if token == "--":
             break
         option, equals, value = token.partition("=")
+        if option.startswith("--") and option not in every:  # an abbreviation, as argparse resolves it
+            matches = [known for known in every if known.startswith(option)]
+            option = matches[0] if len(matches) == 1 else option
+        elif not option.startswith("--") and len(token) > 2 and token[:2] in single:  # -oOUT
+            option, equals, value = token[:2], "=", token[2:]
         action = single.get(option)
         if action is None or not option.startswith("-"):
             continue

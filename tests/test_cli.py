@@ -792,6 +792,9 @@ def test_a_one_value_flag_given_twice_with_different_values_is_a_usage_error(cnn
                            "--keep-params=0.9", capsys=capsys)
     assert code == 2 and "--keep-params is given twice (0.5 and 0.9); give it once" in err
     assert not (tmp_path / "a.onnx").exists()
+    for flags in (["--keep-p", "0.9", "--keep-params", "0.5"], ["--keep-params", "0.5", f"-o{tmp_path / 'b.onnx'}"]):
+        code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), *flags, capsys=capsys)
+        assert code == 2 and "is given twice" in err, err  # an abbreviation or an attached short form
     code, _, _ = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
                          "--keep-params", "0.5", "-q", capsys=capsys)
     assert code == 0  # the same value twice changes nothing
