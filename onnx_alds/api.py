@@ -74,6 +74,24 @@ class _Prepared:
     generated_names: Mapping[str, str] = field(default_factory=dict)
     dead: tuple[str, ...] = ()  # nodes removed as reaching no graph output (layers.drop_dead_nodes)
 
+    def with_checked_calibration(self, options: CompressOptions) -> CompressOptions:
+        """``options`` with its calibration inputs checked against the model and cast to its input types
+        (:func:`onnx_alds.inputs.conform_inputs`); refused for a model whose outputs are random."""
+        self.refuse_random_for_calibration()
+        calibration = conform_inputs(self.model, options.data.calibration, "calibration")
+        return replace(options, data=replace(options.data, calibration=calibration))
+
+    def check_keep_dense(self, keep_dense: Mapping[str, str]) -> None:
+        """Every name in ``keep_dense`` must be a Conv/Gemm/MatMul node of the model (or one of the nodes
+        dropped as reaching no output): a misspelt one would leave the layer the user meant to keep
+        factorized. Raises :class:`InputDataError`."""
+        names = {layer.name for layer in self.layers}
+        unknown = sorted(name for name in keep_dense if name not in names and name not in self.dead)
+        if unknown:
+            raise InputDataError(f"keep_dense names '{unknown[0]}', which is no Conv/Gemm/MatMul node of the model; "
+                                 f"check the name (layers: {', '.join(repr(n) for n in sorted(names)[:5])}"
+                                 f"{', ...' if len(names) > 5 else ''})")
+
     def refuse_random_for_calibration(self) -> None:
         """Calibration statistics of a model whose outputs are random would fit the factors to noise (and
         ``--sequential`` to two different draws): an InputDataError naming the first random node."""
@@ -460,18 +478,6 @@ def _matches_a_layer(model: onnx.ModelProto, pattern: str) -> bool:
     return True
 
 
-def check_keep_dense(layers: Sequence[Layer], keep_dense: Mapping[str, str], dead: Sequence[str] = ()) -> None:
-    """Every name in ``keep_dense`` must be a Conv/Gemm/MatMul node of the model (or one of the ``dead``
-    nodes, dropped as reaching no output): a misspelt one would leave the layer the user meant to keep
-    factorized. Raises :class:`InputDataError`."""
-    names = {layer.name for layer in layers}
-    unknown = sorted(name for name in keep_dense if name not in names and name not in dead)
-    if unknown:
-        raise InputDataError(f"keep_dense names '{unknown[0]}', which is no Conv/Gemm/MatMul node of the model; "
-                             f"check the name (layers: {', '.join(repr(n) for n in sorted(names)[:5])}"
-                             f"{', ...' if len(names) > 5 else ''})")
-
-
 def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _Planned:
     """Load, layers, calibration statistics, error tables, latency tables and the allocation; or,
     applying a plan (``decisions``, :mod:`onnx_alds.plan`), the plan's decisions checked against the model."""
@@ -514,15 +520,13 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                         channel_multiple=rank_multiple, complete=calibration is not None)
     proto, layers = prepared.model, prepared.layers
     if calibration is not None:
-        prepared.refuse_random_for_calibration()
-        calibration = conform_inputs(proto, calibration, "calibration")
-        data = replace(data, calibration=calibration)
-        options = replace(options, data=data)
+        options = prepared.with_checked_calibration(options)
+        data, calibration = options.data, options.data.calibration
     if options.speed is not None and options.speed.batch is None:  # the batch the model fixes, else the shapes'
         from .bench import default_batch
 
         options = replace(options, speed=replace(options.speed, batch=default_batch(proto, input_shapes)))
-    check_keep_dense(prepared.layers, keep_dense, prepared.dead)
+    prepared.check_keep_dense(keep_dense)
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
         keep_dense.update(decisions.check(prepared, input_shapes))
     if keep_dense:

@@ -67,7 +67,6 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .inputs import conform_inputs
 from .layers import (FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, trained_tensors,
                      use_counts)
 
@@ -1875,15 +1874,13 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     prepared = api._prepare(model, input_shapes=options.input_shapes, exclude=search.exclude,
                             max_groups=search.groups_searched, need_macs=budget.target == "flops",
                             channel_multiple=search.rank_multiple, complete=True)
-    prepared.refuse_random_for_calibration()
-    proto = prepared.model
-    data = replace(data, calibration=conform_inputs(proto, data.calibration, "calibration"))
-    options = replace(options, data=data)
+    options = prepared.with_checked_calibration(options)
+    data, proto = options.data, prepared.model
     if decisions is not None:  # every layer of the plan in the model, same ops, shapes and input shapes
         decisions.check(prepared, options.input_shapes)
     notes: list[str] = list(prepared.notes)
     keep_dense = dict(search.keep_dense)
-    api.check_keep_dense(prepared.layers, keep_dense, prepared.dead)
+    prepared.check_keep_dense(keep_dense)
     layers = [replace(layer, skip_reason=keep_dense[layer.name]) if layer.name in keep_dense and layer.compressible
               else layer for layer in prepared.layers]
     seconds: dict[str, float] = {"load": time.perf_counter() - started}

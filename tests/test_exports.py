@@ -199,15 +199,20 @@ def test_a_weight_name_two_sibling_subgraphs_define_is_never_read_from_the_wrong
         assert_same_outputs(model, result.model, {"x": x, "cond": np.array(cond)})
 
 
+def _linear_function_of_opset_13(rng) -> onnx.FunctionProto:
+    """``local::Lin``: a MatMul by a 64x64 low-rank Constant, importing ai.onnx 13 (the models import 17)."""
+    return helper.make_function("local", "Lin", ["inp"], ["out"],
+                                [helper.make_node("Constant", [], ["w"],
+                                                  value=numpy_helper.from_array(low_rank(rng, 64, 64), "w")),
+                                 helper.make_node("MatMul", ["inp", "w"], ["out"])],
+                                opset_imports=[helper.make_opsetid("", 13)])
+
+
 def test_function_importing_another_opset_is_converted_and_inlined():
     """onnx's inliner skips such a function unless asked to convert it: its 64x64 MatMul was neither a layer
     nor in the totals ("4.10k weights" for 8.19k), and the report said it was inlined."""
     rng = np.random.default_rng(13)
-    function = helper.make_function("local", "Lin", ["inp"], ["out"],
-                                    [helper.make_node("Constant", [], ["w"],
-                                                      value=numpy_helper.from_array(low_rank(rng, 64, 64), "w")),
-                                     helper.make_node("MatMul", ["inp", "w"], ["out"])],
-                                    opset_imports=[helper.make_opsetid("", 13)])
+    function = _linear_function_of_opset_13(rng)
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="first"),
              helper.make_node("Lin", ["a"], ["y"], domain="local", name="lin")]
     model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
@@ -225,11 +230,7 @@ def test_function_of_another_opset_whose_call_output_has_no_type_is_inlined():
     (no value_info, as hand-built graphs and some exporters leave it) failed with "cannot inline the model's
     local functions (... Type unknown for h)". The types are inferred on a copy; the graph gains no value_info."""
     rng = np.random.default_rng(15)
-    function = helper.make_function("local", "Lin", ["inp"], ["out"],
-                                    [helper.make_node("Constant", [], ["w"],
-                                                      value=numpy_helper.from_array(low_rank(rng, 64, 64), "w")),
-                                     helper.make_node("MatMul", ["inp", "w"], ["out"])],
-                                    opset_imports=[helper.make_opsetid("", 13)])
+    function = _linear_function_of_opset_13(rng)
     nodes = [helper.make_node("Lin", ["x"], ["h"], domain="local", name="lin"),
              helper.make_node("Relu", ["h"], ["y"], name="relu")]
     model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
