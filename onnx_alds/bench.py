@@ -599,14 +599,20 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
                    provider_options: dict[str, Any], warmup: int, runs: int, seed: int = 0) -> LayerComparison:
     """Time every factorized layer of ``compressed`` against the original node, extracted and interleaved."""
     from .api import _inline_functions
-    from .layers import ensure_node_names
+    from .layers import ensure_node_names, iter_graphs
 
     # a copy, named as compress names it: local functions holding layers inlined, then unnamed nodes named
     original = _inline_functions(load_model(original), [])
     ensure_node_names(original)
     pairs = factorized_pairs(original, compressed)
-    rows, skipped = [], []
+    rows: list[LayerTiming] = []
+    skipped = [f"{node.name[:-len('.enc')]}: factorized inside the subgraph {path}, where no single-layer model "
+               "can be cut out; not timed per layer (the whole-model timings include it)"
+               for path, graph in iter_graphs(compressed.graph) if path for node in graph.node
+               if node.name.endswith(".enc")]
     if not pairs:
+        if skipped:
+            return LayerComparison(model_name, batch, (), tuple(skipped))
         encoders = sorted(node.name[:-len(".enc")] for node in compressed.graph.node if node.name.endswith(".enc"))
         if encoders:  # factorized, but the first model is not the one it was made from
             return LayerComparison(model_name, batch, (), (

@@ -273,8 +273,6 @@ def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
                     tensors: Mapping[str, onnx.TensorProto], name: str,
                     load: Optional[Callable[[onnx.TensorProto], onnx.TensorProto]] = None
                     ) -> Optional[onnx.TensorProto]:
-    from onnx.reference import ReferenceEvaluator
-
     inputs = {i for node in chain for i in node.input if i and i in tensors}
     inits = []
     for i in sorted(inputs):
@@ -284,11 +282,29 @@ def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
         inits.append(tensor)
     graph = onnx.helper.make_graph(list(chain), "fold", [], [onnx.helper.make_empty_tensor_value_info(name)], inits)
     probe = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
-    try:
-        value = ReferenceEvaluator(probe).run(None, {})[0]
-    except Exception:  # the chain is not evaluable (bad attributes ...): the weight stays non-constant
+    value = evaluate_constant_graph(probe)
+    if value is None:  # the chain is not evaluable (bad attributes ...): the weight stays non-constant
         return None
-    return numpy_helper.from_array(np.asarray(value), name)
+    return numpy_helper.from_array(value, name)
+
+
+def evaluate_constant_graph(probe: onnx.ModelProto) -> Optional[np.ndarray]:
+    """The first output of ``probe``, a model with no inputs (a constant chain), or None where it cannot be
+    evaluated. onnx's reference evaluator first; ONNX Runtime where the evaluator lacks the op at the model's
+    opset (it has ``DequantizeLinear`` from opset 19 only, for one)."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        return np.asarray(ReferenceEvaluator(probe).run(None, {})[0])
+    except Exception:
+        pass
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {})[0])
+    except Exception:
+        return None
 
 
 def use_counts(graph: onnx.GraphProto, counts: Counter) -> None:

@@ -67,8 +67,8 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
-from .layers import (FLOAT_TYPES, FOLDABLE_OPS, Layer, constant_tensors, iter_total_params, trained_tensors,
-                     use_counts)
+from .layers import (FLOAT_TYPES, Layer, constant_tensors, element_bits, evaluate_constant_graph, iter_total_params,
+                     trained_tensors, use_counts)
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -233,6 +233,27 @@ class _Graph:
             self._values[name] = self._evaluate(name)
         return self._values[name]
 
+    def stored_types(self, name: str) -> tuple[set[int], bool]:
+        """The element types of the initializers whose data (each chain node's first input) ``name`` is
+        computed from, and whether the chain dequantizes (``DequantizeLinear``)."""
+        types: set[int] = set()
+        dequantizes = False
+        pending, seen = [name], set()
+        while pending:
+            tensor = pending.pop()
+            if not tensor or tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in self.tensors:
+                types.add(self.tensors[tensor].data_type)
+                continue
+            node = self.producers.get(tensor)
+            if node is None:
+                continue
+            dequantizes = dequantizes or node.op_type == "DequantizeLinear"
+            pending.extend(node.input[:1])
+        return types, dequantizes
+
     def _evaluate(self, name: str) -> Optional[np.ndarray]:
         if name in self.tensors:
             return numpy_helper.to_array(self.tensors[name])
@@ -254,8 +275,6 @@ class _Graph:
                 chain.append(node)
             pending.extend(node.input)
         order = [node for node in self.model.graph.node if node in chain]
-        from onnx.reference import ReferenceEvaluator
-
         leaves = sorted({i for node in order for i in node.input if i in self.tensors})
         inits = []
         for leaf in leaves:
@@ -266,10 +285,7 @@ class _Graph:
         graph = onnx.helper.make_graph(order, "constant", [], [onnx.helper.make_empty_tensor_value_info(name)], inits)
         probe = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import),
                                        ir_version=max(self.model.ir_version, 4))
-        try:
-            return np.asarray(ReferenceEvaluator(probe).run(None, {})[0])
-        except Exception:
-            return None
+        return evaluate_constant_graph(probe)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -1087,13 +1103,16 @@ class _Decision:
 
 
 def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndarray, Optional[np.ndarray],
-                                                                  Optional[np.ndarray]]]) -> onnx.ModelProto:
+                                                                  Optional[np.ndarray]]],
+                widened: Optional[dict[str, str]] = None) -> onnx.ModelProto:
     """A copy of ``model`` with each block narrowed to its kept channels.
 
     ``decisions``: ``(block, kept, matrix, bias)``: ``kept`` the ascending channel indices, ``matrix``
     the consumer's new folded weight (``f × len(kept)·κ``; None: the consumer's columns are only
     sliced) and ``bias`` its new bias (length ``f``, or None to keep the old one). Sliced weights are new
-    initializers named after the old ones (``<name>.pruned``); what no node reads any more is removed;
+    initializers named after the old ones (``<name>.pruned``), in the type the graph computes them in; a
+    rewritten constant that was computed from a narrower stored type or a ``DequantizeLinear`` goes into
+    ``widened`` (its name → how it was stored, for the report's note); what no node reads any more is removed;
     a depthwise conv's ``group`` becomes the kept width; the value_info of the block's hidden tensors
     is dropped (shape inference redoes it). The input model is not modified.
     """
@@ -1101,6 +1120,7 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
 
     new = copy.deepcopy(model)
     graph = _Graph(new)
+    stored = set(graph.tensors)
     names = Names(new)
     replaced: set[str] = set()
     added: list[onnx.TensorProto] = []
@@ -1110,6 +1130,12 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
         dtype = np.float32
         if like and graph.constant(like) is not None:
             dtype = graph.constant(like).dtype
+            if widened is not None and like not in stored and like not in widened:
+                types, dequantizes = graph.stored_types(like)
+                bits = 8 * np.dtype(dtype).itemsize
+                narrow = sorted(onnx.TensorProto.DataType.Name(t).lower() for t in types if element_bits(t) < bits)
+                if dequantizes or narrow:
+                    widened[like] = "dequantized" if dequantizes else narrow[0]
         tensor = numpy_helper.from_array(np.ascontiguousarray(value.astype(dtype)),
                                          names.fresh(f"{old or like or node.name}.pruned"))
         added.append(tensor)
@@ -1252,8 +1278,9 @@ def _narrow_target(node: onnx.NodeProto, graph: _Graph, block: Block, width: int
 
 def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Remove what computed the replaced tensors ``candidates`` once nothing reads it any more: their
-    initializers, Constant nodes, and the constant chains (``W → Identity/Transpose/Cast → weight``)
-    that fed them, back to the chain's own initializers."""
+    initializers, Constant nodes, and the constant chains (``W → Identity/Transpose/Cast → weight``,
+    ``q, scale → DequantizeLinear → bias``: every node of them computes from constants alone, as
+    :meth:`_Graph.constant` evaluated) that fed them, back to the chain's own initializers."""
     graph = model.graph
     used: Counter = Counter()
     use_counts(graph, used)  # readers at every subgraph depth count
@@ -1268,7 +1295,7 @@ def _drop_unused(model: onnx.ModelProto, candidates: set[str]) -> None:
             continue
         node = producers.get(name)
         if node is not None:
-            if node.op_type != "Constant" and node.op_type not in FOLDABLE_OPS:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 continue
             if any(used[out] for out in node.output if out) or id(node) in dead_nodes:
                 continue
@@ -1732,6 +1759,18 @@ def weighted_curves(curves: Sequence[WidthCurve], weights: Sequence[float]) -> l
     return [replace(curve, errors=curve.errors * weight) for curve, weight in zip(curves, weights)]
 
 
+def widened_note(widened: Mapping[str, str]) -> list[str]:
+    """A note naming the rewritten constants that were stored narrower than the graph computes them
+    (``widened`` of :func:`prune_model`): their slices and refits are stored in the wider type."""
+    if not widened:
+        return []
+    name, stored_as = next(iter(widened.items()))
+    how = "a DequantizeLinear of a quantized constant" if stored_as == "dequantized" else f"stored as {stored_as}"
+    return [f"{len(widened)} constants the pruning rewrote were computed from narrower stored values (first: "
+            f"'{name}', {how}); their sliced or refitted values are stored in the type the graph computes in, "
+            "so the file shrinks by less than the weight count says (it can grow)"]
+
+
 def decisions_for(analysis: PruneAnalysis, widths: Sequence[int], *, refit: bool = True) -> list[tuple]:
     """``(block, kept, matrix, bias)`` for :func:`prune_model` at the given widths (full width: untouched)."""
     result = []
@@ -1750,12 +1789,13 @@ def decisions_for(analysis: PruneAnalysis, widths: Sequence[int], *, refit: bool
 
 def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Sequence[int], calibration, *,
                      batch_size: int = 16, shrinkage: bool = True, notes: Optional[list[str]] = None,
-                     refit: bool = True) -> onnx.ModelProto:
+                     refit: bool = True, widened: Optional[dict[str, str]] = None) -> onnx.ModelProto:
     """Prune the blocks one after the other (graph order), each consumer refitted on what it sees with the
     earlier blocks already pruned (``x̃``) against the original block output (``W x + b``): one calibration
     pass of the pruned and the original model per narrowed block
     (:func:`onnx_alds.calibrate.collect_statistics` with ``reference``), as the sequential data-aware
-    low-rank step does. The channels kept are those chosen on the original statistics."""
+    low-rank step does. The channels kept are those chosen on the original statistics. ``widened`` as for
+    :func:`prune_model`."""
     from .api import _progress
     from .calibrate import collect_statistics
 
@@ -1766,7 +1806,7 @@ def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Se
             continue
         kept = curve.kept(int(width))
         if not refit:
-            current = prune_model(current, [(block, kept, None, None)])
+            current = prune_model(current, [(block, kept, None, None)], widened)
             continue
         stat = collect_statistics(current, [block.consumer], calibration, batch_size=batch_size, reference=model,
                                   notes=notes).get(block.consumer.name)
@@ -1775,7 +1815,7 @@ def sequential_prune(model: onnx.ModelProto, analysis: PruneAnalysis, widths: Se
         elif shrinkage:
             stat = stat.shrunk(centered=True)
         new_matrix, new_bias = refit_consumer(matrix, bias, stat, kept, block.consumer.kernel)
-        current = prune_model(current, [(block, kept, new_matrix, new_bias)])
+        current = prune_model(current, [(block, kept, new_matrix, new_bias)], widened)
     return current
 
 
@@ -1980,15 +2020,17 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
                              "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
     tick = time.perf_counter()
+    widened: dict[str, str] = {}
     if sequential:
         pruned = sequential_prune(proto, analysis, widths, data.calibration, batch_size=data.batch_size,
-                                  shrinkage=data.shrinkage, notes=notes, refit=data.refit)
+                                  shrinkage=data.shrinkage, notes=notes, refit=data.refit, widened=widened)
         if data.refit and sum(width < block.width for block, width in zip(blocks, widths)) > 1:
             notes.append("sequential refit: the pruned blocks' errors shown are the allocation's (from the original "
                          "model's statistics), not measured on the consumers refitted to the pruned model's inputs")
     else:
-        pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit))
+        pruned = prune_model(proto, decisions_for(analysis, widths, refit=data.refit), widened)
     seconds["prune"] = time.perf_counter() - tick
+    notes.extend(widened_note(widened))
     reports = block_reports(analysis, widths)
     narrowed = {name for block, width in zip(blocks, widths) if width < block.width for name in block.layers}
     shown = analysis.refused[:REFUSED_SHOWN]

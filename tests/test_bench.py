@@ -115,6 +115,32 @@ def test_per_layer_with_a_compressed_model_first_names_the_mix_up():
     assert not any("no factorized layers" in line for line in report.lines())
 
 
+def test_per_layer_names_the_layers_factorized_inside_subgraphs():
+    """Layers factorized inside an If branch were left out without a word ("no factorized layers")."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(5)
+    branches = {}
+    for branch in ("then", "else"):
+        body = helper.make_graph([helper.make_node("MatMul", ["x", f"w_{branch}"], [f"y_{branch}"], name=f"{branch}_mm")],
+                                 branch, [], [helper.make_tensor_value_info(f"y_{branch}", TensorProto.FLOAT, None)])
+        branches[f"{branch}_branch"] = body
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], name="branch", **branches)]
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+                              [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w_then"),
+                               numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w_else"),
+                               numpy_helper.from_array(np.float32(0), "zero")])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    compressed = compress(original, keep_params=0.5, method="svd").model
+    report = bench([original, compressed], threads=1, per_layer=True, layer_runs=3, **FAST)
+    (comparison,) = report.layers
+    assert not comparison.rows and sorted(skip.split(":")[0] for skip in comparison.skipped) == ["else_mm", "then_mm"]
+    assert "inside the subgraph branch/then_branch" in " ".join(comparison.skipped)
+    assert not any("no factorized layers" in line for line in report.lines())
+
+
 def test_per_layer_needs_two_models():
     with pytest.raises(InputDataError, match="two or more models"):
         bench([_model(False)], per_layer=True, **FAST)

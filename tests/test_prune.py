@@ -499,6 +499,34 @@ def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
     onnx.checker.check_model(result.model, full_check=True)
 
 
+@pytest.mark.parametrize("opset", [17, 21])
+def test_narrow_and_dequantized_constants_are_named_and_their_chains_go(opset):
+    """A float16 weight Cast to float32 and a bias from DequantizeLinear(int32, scale): the pruned copies are
+    float32 (the type the graph computes in), a note names them, and the DequantizeLinear that computed the
+    old bias goes with it (no node is left that nothing reads). Below opset 19 onnx's reference evaluator
+    has no DequantizeLinear: ONNX Runtime evaluates the constant."""
+    rng = np.random.default_rng(31)
+    w1 = (rng.standard_normal((16, 64)) * 0.25).astype(np.float16)
+    bias = np.round(rng.standard_normal(64) * 50).astype(np.int32)
+    nodes = [helper.make_node("Cast", ["w1_half"], ["w1"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["b"], name="dq"),
+             helper.make_node("Add", ["h", "b"], ["hb"], name="up_bias"), helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                       [numpy_helper.from_array(w1, "w1_half"), numpy_helper.from_array(bias, "b_q"),
+                        numpy_helper.from_array(np.float32(0.002), "b_scale"), _init(rng, "w2", (64, 16), 0.125)],
+                       opset=opset)
+    result = compress(model, keep_params=0.6, calibration=_inputs(model, samples=128), prune="only", rank_multiple=1)
+    written = result.model.graph
+    assert [node.op_type for node in written.node] == ["MatMul", "Add", "Relu", "MatMul"]
+    assert {init.data_type for init in written.initializer} == {TensorProto.FLOAT}
+    note = next(note for note in result.report.notes if "narrower stored values" in note)
+    assert note.startswith("2 constants") and "'w1', stored as float16" in note
+    onnx.checker.check_model(result.model, full_check=True)
+
+
 @pytest.mark.parametrize("options", [dict(method="svd"), dict(), dict(method="damage"), dict(prune="only"),
                                      dict(prune="combined"), dict(method="damage", prune="combined")],
                          ids=["svd", "alds-data", "damage", "prune-only", "prune-combined", "damage-prune"])
