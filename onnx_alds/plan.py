@@ -15,13 +15,15 @@ the low-rank step is planned on the pruned model, so making it costs what ``comp
 Applying it recalibrates, chooses the kept channels and refits at the plan's widths, then applies the
 plan's low-rank decisions to the pruned model.
 
-A plan names the model it was made for: the resolved input shapes and, per layer, its name, op,
-weight shape and weight count. Applying it to a model whose layers or shapes differ, or reading a
-plan with keys this version does not know, is an error that names the layer or key and the fix.
+A plan names the model it was made for: the resolved input shapes, per layer its name, op, weight
+shape and weight count, and a digest of the model's constants. Applying it to a model whose layers or
+shapes differ, or reading a plan with keys this version does not know, is an error that names the layer
+or key and the fix; applying it to a model with the same layers but other weight values is a warning
+(the ranks were chosen for the other values).
 
 The JSON (``"format": "onnx-alds plan"``, ``"version": 1``)::
 
-    {"format", "version", "tool", "model": {"inputs", "params", "layers"},
+    {"format", "version", "tool", "model": {"inputs", "params", "layers", "weights"},
      "options": {"budget", "search", "data", "speed", "input_shapes"},
      "totals": {...what was predicted for the whole model...},
      "layers": [{"name", "op", "weight_shape", "params", "option", "groups", "rank", "order", "reason", "weight",
@@ -51,6 +53,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
@@ -226,7 +229,9 @@ class Plan:
         if top["version"] != PLAN_VERSION or isinstance(top["version"], bool):
             raise PlanError(f"{source}: plan version {top['version']!r}; this onnx-alds reads version {PLAN_VERSION} "
                             "(make the plan again with this version)")
-        model = reader.mapping(top["model"], "model", required=("inputs",), optional=("params", "layers"))
+        model = reader.mapping(top["model"], "model", required=("inputs",), optional=("params", "layers", "weights"))
+        if model.get("weights") is not None and not isinstance(model["weights"], str):
+            raise reader.fail("model.weights", f"got {model['weights']!r}; give the digest string or null")
         inputs = reader.mapping(model["inputs"], "model.inputs", free=True)
         model = dict(model, inputs={name: reader.dims(dims, f"model.inputs.{name}", named=True)
                                     for name, dims in inputs.items()})
@@ -636,8 +641,27 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan:
-    """The plan of a planned compression (or a pruning compression), from its report rows and blocks."""
+def weights_digest(model) -> str:
+    """SHA-256 of a model's constants (initializers and Constant nodes, subgraphs included: names, types,
+    shapes and values, in name order), as the user gave it. A plan keeps it, so that applying the plan to
+    a model whose weights changed (same names and shapes) is noticed."""
+    import hashlib
+
+    from .layers import constant_tensors
+    from .model_io import open_model
+
+    opened = open_model(model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(constant_tensors(opened.model).items()):
+        array = np.ascontiguousarray(numpy_helper.to_array(opened.store.load(tensor)))
+        digest.update(f"{name}|{tensor.data_type}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights: Optional[str]) -> Plan:
+    """The plan of a planned compression (or a pruning compression), from its report rows and blocks;
+    ``weights`` the :func:`weights_digest` of the model as given."""
     from . import __version__
 
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
@@ -662,7 +686,7 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report) -> Plan
                                  PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
                    for b in report.pruned or ())
     return Plan({"inputs": {name: tuple(dims) for name, dims in inputs.items()}, "params": report.params_before,
-                 "layers": len(layers)}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
+                 "layers": len(layers), "weights": weights}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
                 blocks, report=report)
 
 
@@ -670,17 +694,18 @@ def make_plan(model, **options) -> Plan:
     """The plan ``compress(model, **options)`` would apply (same keywords, grouped options included):
     every layer's decision and its predicted error and cost. Nothing is rewritten."""
     from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
+    from .model_io import open_model
 
     prune, prune_heads = options.pop("prune", "off"), options.pop("prune_heads", False)
     compress_opts = compress_options(**options)
     compress_opts = replace(compress_opts, search=with_pruning(compress_opts.search, prune, prune_heads))
+    opened = open_model(model)  # read once: the steps below and the digest share it
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
-        from .model_io import open_model
         from .prune import compress_pruned
 
-        result = compress_pruned(model, compress_opts, compress_opts.search.prune)
-        return _plan_from(compress_opts, open_model(model).model, result.report)
-    planned = _plan_step(model, compress_opts)
+        result = compress_pruned(opened, compress_opts, compress_opts.search.prune)
+        return _plan_from(compress_opts, opened.model, result.report, weights_digest(opened))
+    planned = _plan_step(opened, compress_opts)
     budget, search, data = compress_opts.budget, compress_opts.search, compress_opts.data
     report = _compression_report(planned.prepared, planned.chosen, planned.allocation, target=budget.target,
                                  keep=budget.keep, method=search.method, measure=planned.measure, seed=search.seed,
@@ -695,7 +720,7 @@ def make_plan(model, **options) -> Plan:
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
                      warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
                      + planned.warnings)
-    return _plan_from(planned.options, planned.prepared.model, report)
+    return _plan_from(planned.options, planned.prepared.model, report, weights_digest(opened))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,6 +758,12 @@ def apply_plan(model, plan: Plan, calibration=None):
         result = compress_pruned(model, options, options.search.prune, decisions=_PruneDecisions(plan, options))
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+    planned_weights = plan.model.get("weights")
+    if planned_weights and planned_weights != weights_digest(model):
+        result = replace(result, report=replace(result.report, warnings=result.report.warnings + (
+            "the model's weights differ from those the plan was made on (same layers and shapes, other values): "
+            "its ranks and widths were chosen for the other weights, so its predicted errors do not hold here "
+            "(the errors reported are this model's); make a new plan for this model with onnx-alds plan",)))
     planned_on = (plan.options.get("data") or {}).get("calibration")
     planned_digest = (plan.options.get("data") or {}).get("calibration_digest")
     given_digest = calibration_digest(calibration) if calibration is not None and planned_digest else None

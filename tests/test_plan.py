@@ -152,6 +152,7 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a finite number, got '0.6'"),
     (lambda d: d["options"]["budget"].update(keep=10 ** 400), r"options.budget.keep: expected a finite number, got "
                                                               r"1000000000.*\.\.\."),
+    (lambda d: d["model"].update(weights=5), r"model.weights: got 5; give the digest string or null"),
     (lambda d: d["totals"].update(latency="x"), r"totals.latency: "),
     (lambda d: d["totals"].update(latency={"model_us": "x"}), r"totals.latency.model_us: expected a finite number"),
     (lambda d: d["totals"].update(latency={"model_us": -5}), r"totals.latency.model_us: expected a positive time"),
@@ -245,6 +246,25 @@ def test_apply_with_other_calibration_says_so():
     notes = apply_plan(model, plan, calibration=same_name).report.notes
     assert any("calibration differs from the plan's (first.npz (8 samples): same name, other data)" in note
                for note in notes)
+
+
+def test_apply_to_a_model_with_other_weight_values_warns():
+    """Same layers and shapes, other values (a fine-tuned copy): the plan's ranks were chosen for the other
+    weights; applying it said nothing. The same weights under another path or a JSON round trip do not warn;
+    a plan without the digest (older plans) applies without the check."""
+    model, tuned = small_cnn(width=16, seed=0), small_cnn(width=16, seed=1)
+    plan = round_trip(make_plan(model, keep_flops=0.5))
+    assert len(plan.model["weights"]) == 64
+    assert not any("weights differ" in w for w in apply_plan(model, plan).report.warnings)
+    assert any("the model's weights differ from those the plan was made on" in w
+               for w in apply_plan(tuned, plan).report.warnings)
+    data = plan.to_dict()
+    del data["model"]["weights"]
+    assert not any("weights differ" in w for w in apply_plan(tuned, Plan.from_json(json.dumps(data))).report.warnings)
+    calibration = _feeds()
+    pruning = round_trip(make_plan(residual_feed_forward(), keep_flops=0.7, calibration=calibration, prune="only"))
+    warnings = apply_plan(residual_feed_forward(seed=17), pruning, calibration=calibration).report.warnings
+    assert any("weights differ" in w for w in warnings)
 
 
 # --------------------------------------------------------------------------------------------------
