@@ -33,6 +33,7 @@ engine and the phase times), ``sweep.csv`` (one line per variant), ``<model>-qua
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -615,6 +616,35 @@ def _pool_ready() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _spawning_workers() -> Iterator[None]:
+    """Spawn worker processes that a Ctrl-C in the terminal does not reach: SIGINT is blocked in this
+    thread while they are spawned, a mask they keep through exec, so the interrupt stops this process
+    alone, which stops them (:meth:`LocalEngine.close`), instead of every worker printing a traceback
+    mid-import. A SIGINT or SIGTERM that arrives meanwhile is held and raised as KeyboardInterrupt on
+    leaving, once every spawned worker is known to the pool (raised mid-spawn, one would be orphaned)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        try:
+            for number, handler in previous.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT is raised from here on
+    if caught:
+        raise KeyboardInterrupt
+
+
 class LocalEngine(Engine):
     """This machine: in this process (``workers=1``) or a pool of ``workers`` spawned processes, each
     with ``threads`` ONNX Runtime threads (default: the physical cores divided among the workers)."""
@@ -627,6 +657,7 @@ class LocalEngine(Engine):
         self.workers = max(1, int(workers))
         self.threads = threads or max(1, physical_cores() // self.workers)
         self._pool = None
+        self._futures: list = []
         self._state: Optional[WorkerState] = None
         self._data: Mapping[str, ModelData] = {}
 
@@ -640,7 +671,9 @@ class LocalEngine(Engine):
 
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_pool_init, initargs=(self.threads, dict(data)))
-        for future in [self._pool.submit(_pool_ready) for _ in range(self.workers)]:
+        with _spawning_workers():  # these submits spawn the workers
+            self._futures = [self._pool.submit(_pool_ready) for _ in range(self.workers)]
+        for future in self._futures:
             future.result()
 
     def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
@@ -652,6 +685,7 @@ class LocalEngine(Engine):
         from concurrent.futures import as_completed
 
         futures = {self._pool.submit(_pool_run, task): task for task in tasks}
+        self._futures = list(futures)
         for future in as_completed(futures):
             task = futures[future]
             try:
@@ -662,9 +696,20 @@ class LocalEngine(Engine):
             yield task, outcome
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._pool is None:
+            return
+        if all(future.done() for future in self._futures):
+            self._pool.shutdown(wait=True)
+        else:  # interrupted: the workers do not take SIGINT (start()), so they are stopped here
+            # (the pool's own handles: shutdown() forgets them; Python 3.14's terminate_workers() does this)
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+        self._pool = None
+        self._futures = []
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "workers": self.workers, "threads_per_worker": self.threads,

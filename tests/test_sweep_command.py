@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -595,3 +599,23 @@ def test_the_compared_output_must_be_batch_first_and_other_outputs_are_not_fetch
                     helper.make_tensor_value_info("score", TensorProto.FLOAT, [])])
     outputs = model_outputs(scalar, x, batch_size=16)
     assert list(outputs) == ["logits"] and outputs["logits"].shape == (40, 5)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_workers_are_spawned_without_sigint_and_an_interrupt_waits_until_they_are_known():
+    """A Ctrl-C while the pool spawned its workers printed a traceback from every worker mid-import, and one
+    raised between a worker's start and the pool's record of it orphaned that worker. Spawned inside
+    ``_spawning_workers`` a process has SIGINT blocked; the interrupt is raised on leaving, not inside."""
+    from onnx_alds.sweep import _spawning_workers
+
+    probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    inside = []
+    with pytest.raises(KeyboardInterrupt):
+        with _spawning_workers():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            inside.append(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip())
+    assert inside == ["True"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+    assert outside == "False"
