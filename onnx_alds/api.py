@@ -815,8 +815,9 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     if stored != report.params_after:
         report = replace(report, params_after=stored,
                          achieved=stored / report.params_before if target == "params" else report.achieved)
-        gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank",
-                              applied=_edited_plan(allocation.search))[1]  # said of the figure written
+        gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank",  # said of the figure written
+                              applied=_edited_plan(allocation.search),
+                              from_plan=allocation.search.startswith("plan"))[1]
         report = replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
                          + ((gap_note,) if gap_note else ()))
     if data_aware:
@@ -942,15 +943,20 @@ def _edited_plan(search: str) -> bool:
     return search.startswith("plan (")
 
 
-def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, applied: bool = False
-               ) -> tuple[Optional[str], Optional[str]]:
+def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, applied: bool = False,
+               from_plan: bool = False) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
     rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
     warning, the model being cut more than asked; more than 1 % below, a note; else neither.
-    ``applied``: a saved plan's decisions (maybe edited) were applied, so the advice is about the plan."""
+    ``applied``: a saved plan's edited decisions were applied, so the advice is about the plan;
+    ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited)."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
-    if achieved > keep * 1.001:  # only a saved plan's decisions keep more than its budget: edited, or the budget was
+    if achieved > keep * 1.001 and not (applied or from_plan):
+        return None, (f"achieved {achieved:.4f}, above the requested {keep:g}: the written model holds more than "
+                      "the allocation counted (constants that other nodes still read stay beside their "
+                      "replacements)")
+    if achieved > keep * 1.001:  # a saved plan's decisions keep more than its budget: edited, or the budget was
         return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
                       "its budget (entries or the budget edited)")
     if applied:
@@ -1185,7 +1191,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
     latency = speed.summary(decisions) if speed is not None else None
     measured = target == "latency" and (latency or {}).get("measured_ratio") is not None  # said by the whole-model check
     gap_note = None if measured else budget_gap(achieved, keep, rank_multiple, "rank",  # its warning: _harm_warnings
-                                                applied=_edited_plan(allocation.search))[1]
+                                                applied=_edited_plan(allocation.search),
+                                                from_plan=allocation.search.startswith("plan"))[1]
     if gap_note:
         notes.append(gap_note)
     return CompressionReport(

@@ -295,8 +295,9 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-_BLOCKING_REASONS = ("excluded", "graph input", "trained", "not a constant", "quantized", "NaN", "not float",
-                     "inconsistent", "empty", "shared", "first input", "not a 2-D matrix")
+# the reasons a layer is not factorized that still let it be pruned: every other reason (excluded, shared,
+# returned as a graph output, overridable, trained, quantized, not float, ...) keeps its block whole
+_PRUNABLE_REASONS = ("factorization would not shrink it", "depthwise conv", "grouped conv")
 
 
 def _layer_problem(layer: Layer, role: str) -> Optional[str]:
@@ -304,7 +305,7 @@ def _layer_problem(layer: Layer, role: str) -> Optional[str]:
         return f"the {role} sits inside {layer.subgraph}"
     if layer.weight_first:
         return f"the {role} '{layer.name}' is a MatMul with the weight first"
-    if layer.skip_reason and any(word in layer.skip_reason for word in _BLOCKING_REASONS):
+    if layer.skip_reason and not layer.skip_reason.startswith(_PRUNABLE_REASONS):
         return f"the {role} '{layer.name}': {layer.skip_reason}"
     return None
 
@@ -2105,7 +2106,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind,
                                          applied=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
-    if decisions is None and achieved > budget.keep * 1.001:
+    if decisions is None and achieved > budget.keep * 1.001:  # this warning says why, instead of the note
+        gap_note = None
         why = ("the pruned model holds more than its widths were priced at" if mode == "only" else
                f"the widths left part of the budget to the low-rank step, which "
                f"{'factorized nothing' if not factorized_any else 'cut less'} on the pruned model")
@@ -2123,8 +2125,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
     if search.prune_heads and not any(block.heads > 1 for block in blocks):
-        reason = next((r for r in analysis.refused if any(word in r.reason for word in (
-            "head", "Reshape", "Shape", "Transpose", "MatMul"))), None)  # what attention's V met
+        reason = next((r for word in ("head", "Reshape", "Transpose", "MatMul", "Shape")  # what attention's V met,
+                       for r in analysis.refused if word in r.reason), None)  # the likeliest first
         warnings = tuple(warnings) + ("--prune-heads found no block whose channels split into attention heads"
                                       + (f" (e.g. '{reason.producer}': {reason.reason})" if reason else "")
                                       + "; the widths are those of --prune alone",)
