@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 from .argtypes import check_count, check_number, fraction, non_negative_float, positive_int, random_seed, thread_count
-from .checks import raise_if_out_of_resources, random_nodes
+from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
 from .inputs import InputSet, conform_inputs, add_input_arguments, inputs_from_args, with_prefixed_flags
@@ -907,6 +907,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                                         "export it with tensor outputs (for skl2onnx: options={'zipmap': False})")
         notes.append(f"not compared (not tensors): {', '.join(others)}")
     accumulators: dict[str, _Accumulator] = {}
+    value_sized = value_sized_outputs(original_model)
+    resized: dict[str, int] = {}  # value-sized outputs: batches on which the two sizes differ (not compared)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -925,10 +927,24 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                     f"output '{name}' had {first_count} rows on the first batch, as many as its samples, so its "
                     f"first dim was taken for the batch, but has shape {value_o.shape} on a batch of {count}; give "
                     f"a number of samples that is a multiple of {batch}, so that every batch has {batch}")
+            if name in value_sized and value_o.shape != value_c.shape and value_o.ndim == value_c.ndim:
+                resized[name] = resized.get(name, 0) + 1
+                continue
             accumulator.add(value_o, value_c, feed)
+    compared = [name for name in output_names if accumulators[name].samples or name not in resized]
+    for name, count in resized.items():
+        notes.append(f"output '{name}': its size depends on the values ({value_sized[name]}) and differs from the "
+                     + (f"original's on {count} of {total} batches, which are not compared for it" if name in compared
+                        else f"original's on every batch ({count}): not compared (compare the outputs before it, e.g. "
+                        "the scores)"))
+    if not compared:
+        ops = ", ".join(sorted(set(value_sized.values())))
+        raise UnsupportedModelError(
+            f"no output could be compared: every output's size depends on the values ({ops}) and differs from the "
+            "original's on every batch; export the outputs before that step (scores, boxes) to validate them")
     outputs = tuple(accumulators[name].result(effective_tolerances(stated, accumulators[name].kind,
                                                                    figures_only=figures_only))
-                    for name in output_names)
+                    for name in compared)
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
     for name, accumulator in accumulators.items():

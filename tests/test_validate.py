@@ -1066,3 +1066,37 @@ def test_rows_without_a_prediction_agree_on_nothing():
     out = compare_output("y", scores, saturated, classifier=True, labels=labels, tolerances=Tolerances(),
                          check_accuracy=True)
     assert out.top1_agreement == 0.5 and out.top5_agreement == 0.5 and out.accuracy_compressed == 0.5
+
+
+@pytest.mark.parametrize("op", ["NonZero", "Compress"])
+def test_outputs_whose_size_depends_on_the_values_do_not_block_compress_or_validate(op):
+    """A model returning the non-zeros of a mask (or the rows a mask keeps, as detection heads do) could not
+    be compressed ("... gives output 'kept' as int64 (2, 6) where the original gives (2, 5); this is a bug in
+    onnx-alds"), and validate said to "compare a model with one compressed from it"."""
+    from onnx_alds import compress
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(3)
+    tail = ([helper.make_node("NonZero", ["positive"], ["kept"])] if op == "NonZero" else
+            [helper.make_node("ReduceMax", ["positive_f"], ["any"], axes=[1], keepdims=0),
+             helper.make_node("Cast", ["any"], ["row_kept"], to=TensorProto.BOOL),
+             helper.make_node("Compress", ["logits", "row_kept"], ["kept"], axis=0)])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="m1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"], name="m2"),
+             helper.make_node("Greater", ["logits", "threshold"], ["positive"]),
+             helper.make_node("Cast", ["positive"], ["positive_f"], to=TensorProto.FLOAT), *tail]
+    kept_type = TensorProto.INT64 if op == "NonZero" else TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "masks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8]),
+         helper.make_tensor_value_info("kept", kept_type, [2, "K"] if op == "NonZero" else ["K", 8])],
+        [numpy_helper.from_array((rng.standard_normal((16, 64)) / 4).astype(np.float32), "w1"),
+         numpy_helper.from_array((rng.standard_normal((64, 8)) / 8).astype(np.float32), "w2"),
+         numpy_helper.from_array(np.array(1.2, np.float32), "threshold")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    small = compress(model, keep_params=0.45, method="svd", rank_multiple=4).model
+    inputs = InputSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})
+    report = validate(model, small, inputs=inputs, figures_only=True, batch_size=8)
+    assert [output.name for output in report.outputs] in (["logits"], ["logits", "kept"])
+    note = next(note for note in report.notes if note.startswith("output 'kept': its size depends on the values"))
+    assert f"({op})" in note
