@@ -469,7 +469,7 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
         raise InputDataError("the model has no graph inputs to feed; nothing to load")
     input_shapes = check_input_shapes(model, input_shapes)  # names, types, dims (for every source)
     if npz is not None:
-        result = _load_npz(specs, Path(npz), limit, parsed)
+        result = _load_npz(specs, Path(npz), limit, parsed, defaults=initializer_inputs(model))
         _check_sample_dims(result, input_shapes, f"the arrays in '{npz}' are",
                            "give inputs of that size, or another --input-shape")
     elif images is not None:
@@ -504,8 +504,15 @@ def _check_batchable(spec: InputSpec) -> None:
         )
 
 
+def initializer_inputs(model: onnx.ModelProto) -> frozenset[str]:
+    """Initializers the graph also lists as inputs (IR >= 4: defaults a caller may override; onnx-alds reads
+    them as constants and feeds only the other inputs)."""
+    listed = {value.name for value in model.graph.input}
+    return frozenset(init.name for init in model.graph.initializer if init.name in listed)
+
+
 def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
-              labels_file: Optional[LabelsFile] = None) -> InputSet:
+              labels_file: Optional[LabelsFile] = None, *, defaults: frozenset[str] = frozenset()) -> InputSet:
     if not path.exists():
         raise InputDataError(f"input file '{path}' does not exist; check the path")
     key = None
@@ -527,7 +534,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
     if damaged:  # numpy hands back the raw bytes of a member that is not a valid .npy
         raise InputDataError(f"member '{damaged[0]}' of '{path}' is not a numpy array (a damaged file, or not written "
                              "by numpy); save it with numpy.savez(path, name=array, ...)")
-    arrays, casts = _conformed_arrays(specs, stored, f"'{path}'", labels_key=True)
+    arrays, casts = _conformed_arrays(specs, stored, f"'{path}'", labels_key=True, defaults=defaults)
     names = [spec.name for spec in specs]
     cast_note = f"; {'; '.join(casts)}" if casts else ""
     labels = None
@@ -555,11 +562,13 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
 
 
 def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], source: str, *,
-                      labels_key: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+                      labels_key: bool = False, defaults: frozenset[str] = frozenset()
+                      ) -> tuple[dict[str, np.ndarray], list[str]]:
     """``stored``'s arrays checked against the graph inputs (names, samples, rank, fixed dims, dtype, finite
     values) and cast to the inputs' dtypes where numpy casts them safely (``same_kind``); the casts, in words.
     ``source`` names where the arrays came from in messages; ``labels_key``: a ``labels`` array may be beside
-    the inputs. Raises :class:`InputDataError`."""
+    the inputs; ``defaults``: :func:`initializer_inputs` (named as such when given). Raises
+    :class:`InputDataError`."""
     names = [spec.name for spec in specs]
     missing = [n for n in names if n not in stored]
     if missing:
@@ -568,6 +577,13 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
             f"key one array per graph input by name: {', '.join(names)}"
         )
     extra = sorted(k for k in stored if k not in names and not (labels_key and k == LABELS_KEY))
+    overridden = next((k for k in extra if k in defaults), None)
+    if overridden is not None:
+        raise InputDataError(
+            f"{source} has array '{overridden}', an initializer the graph also lists as an input (a default that "
+            "callers may override); onnx-alds reads it as the constant it holds and feeds only the inputs without "
+            f"one ({', '.join(names)}): drop '{overridden}' from the inputs, or re-export with the value you mean "
+            "as the initializer")
     if extra:
         raise InputDataError(
             f"{source} has array '{extra[0]}', which is not a graph input; graph inputs are: {', '.join(names)}"
@@ -630,7 +646,8 @@ def conform_inputs(model: onnx.ModelProto, inputs: InputSet, what: str) -> Input
         raise InputDataError(f"the {what} inputs are a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, "
                              "e.g. InputSet({'input': array}) or load_inputs(...)")
     specs = graph_inputs(model)
-    arrays, casts = _conformed_arrays(specs, dict(inputs.arrays), f"the {what} InputSet")
+    arrays, casts = _conformed_arrays(specs, dict(inputs.arrays), f"the {what} InputSet",
+                                      defaults=initializer_inputs(model))
     if not casts and all(arrays[name] is inputs.arrays[name] for name in arrays):
         return inputs
     source = f"{inputs.source}; {'; '.join(casts)}" if casts else inputs.source

@@ -986,6 +986,11 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
     specs = graph_inputs(model)
     names = {spec.name for spec in specs}
     unknown = sorted(set(overrides) - names)
+    constants = {init.name for init in model.graph.initializer} & {value.name for value in model.graph.input}
+    if unknown and unknown[0] in constants:
+        raise InputDataError(
+            f"--input-shape names '{unknown[0]}', an initializer the graph also lists as an input: its shape is "
+            f"the constant's; give only the inputs without one ({', '.join(sorted(names))})")
     if unknown:
         raise InputDataError(
             f"--input-shape names '{unknown[0]}', which is not a graph input; inputs are: {', '.join(sorted(names))}"

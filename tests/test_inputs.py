@@ -9,7 +9,7 @@ import re
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnx_alds.errors import InputDataError, OnnxAldsError
@@ -605,3 +605,27 @@ def test_a_folder_of_images_only_in_formats_not_read_says_so(tmp_path):
     with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files; its 2 images are .tif, .webp, "
                                              r"which are not read: convert them to PNG"):
         load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+
+
+def test_an_initializer_listed_as_an_input_is_named_as_such_when_fed(tmp_path):
+    """'scale' (an initializer the graph also lists as an input) in an .npz or --input-shape was "not a graph
+    input"; it is one, an overridable default, which onnx-alds reads as the constant it holds."""
+    from onnx_alds.inputs import conform_inputs
+    from onnx_alds.model_io import check_input_shapes
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("scale", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(np.ones(4, np.float32), "scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "in.npz"
+    np.savez(path, x=np.ones((2, 4), np.float32), scale=np.ones((2, 4), np.float32))
+    with pytest.raises(InputDataError, match="'scale', an initializer the graph also lists as an input .* feeds only "
+                                             r"the inputs without one \(x\)"):
+        load_inputs(model, npz=path)
+    with pytest.raises(InputDataError, match="'scale', an initializer the graph also lists as an input"):
+        conform_inputs(model, InputSet({"x": np.ones((2, 4), np.float32), "scale": np.ones((2, 4), np.float32)}),
+                       "calibration")
+    with pytest.raises(InputDataError, match="--input-shape names 'scale', an initializer"):
+        check_input_shapes(model, {"scale": (4,)})
