@@ -961,6 +961,22 @@ def _whole_batches(model: onnx.ModelProto, inputs):
     return inputs.head(usable) if usable < len(inputs) else inputs
 
 
+def _check_labels_fit(proto: onnx.ModelProto, inputs, name: str) -> None:
+    """Labels must be class ids of the model's first output (the one a sweep evaluates) where the graph
+    declares its class count: checked once here, before any variant is computed (each would fail)."""
+    from .validate import _declared_output, check_label_range
+
+    labels = getattr(inputs, "labels", None)
+    if labels is None or not proto.graph.output:
+        return
+    rank, floating, classes = _declared_output(proto.graph.output[0])
+    if rank == 2 and floating and classes is not None and classes >= 2:
+        try:
+            check_label_range(labels, proto.graph.output[0].name, classes)
+        except InputDataError as exc:
+            raise InputDataError(f"{inputs.source}, for model '{name}': {exc}") from None
+
+
 def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     from .model_io import load_model, refuse_over_protobuf_limit
 
@@ -971,6 +987,8 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     if not evals:
         raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "
                              "or --random")
+    for _, inputs in evals:
+        _check_labels_fit(proto, inputs, model.name)
     return ModelData(model.name, proto.SerializeToString(), calibration, evals)
 
 
@@ -1045,6 +1063,20 @@ class RowStore:
 
     def load(self, variant_id: str) -> Optional[dict[str, Any]]:
         return _read_entry(self.path(variant_id))
+
+    def check_layout(self, variant_ids: Sequence[str]) -> None:
+        """Before anything is computed: the folders it keeps are folders (or absent) and the files it will
+        write for ``variant_ids`` are not folders. Raises OutputPathError naming the path."""
+        for folder in (self.rows_dir, self.models_dir):
+            if folder.exists() and not folder.is_dir():
+                raise OutputPathError(f"'{folder}' is a file where the sweep keeps a folder; move it away and run "
+                                      "again")
+        for name in ("sweep.json", "sweep.csv"):
+            _check_not_folder(self.out / name)
+        for variant_id in variant_ids:
+            for path in (self.path(variant_id), self.model_path(variant_id),
+                         self.models_dir / f"{variant_id}.report.json"):
+                _check_not_folder(path)
 
     def done(self, task: VariantTask) -> Optional[dict[str, Any]]:
         """The stored row of a finished variant with this fingerprint, else None."""
@@ -1294,6 +1326,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
             results[task.variant.id] = row
         else:
             todo.append(task)
+    store.check_layout([task.variant.id for task in todo])
     reused = len(tasks) - len(todo)
     parallel = [t for t in todo if not t.method.speed_check]
     serial = [t for t in todo if t.method.speed_check]
@@ -1582,15 +1615,22 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_names(paths: Sequence[str]) -> list[str]:
-    """The names the sweep files a model's rows and variants under: the file's stem (with its folder's name
-    when two stems repeat), in the characters a file name keeps everywhere. A stem with other than ASCII
+    """The names the sweep files a model's rows and variants under: the file's stem (with as many of its
+    folders' names as tell it apart when two stems repeat, whatever the order the models are given in), in
+    the characters a file name keeps everywhere. A stem with other than ASCII
     characters ('net é') gets a short digest of its file name, so that it never falls on another model's name
     ('net ü') in this sweep or a later one into the same folder; ASCII stems keep the names earlier sweeps
     stored their rows under ('model.v1' → 'model_v1')."""
     stems = [Path(p).stem for p in paths]
     names = []
     for path, stem in zip(paths, stems):
-        name = stem if stems.count(stem) == 1 else f"{Path(path).resolve().parent.name}-{stem}"
+        name = stem
+        if stems.count(stem) > 1:  # as many of its folders as tell it from the others of that stem
+            folders = {other: Path(other).resolve().parent.parts for other, s in zip(paths, stems) if s == stem}
+            mine = folders[path]
+            depth = next((k for k in range(1, len(mine) + 1) if all(
+                theirs[-k:] != mine[-k:] for other, theirs in folders.items() if other != path)), len(mine))
+            name = "-".join([part for part in mine[-depth:] if part != "/"] + [stem])
         safe = re.sub(r"[^A-Za-z0-9+=_-]", "_", name)
         if not name.isascii():
             safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
@@ -1619,6 +1659,14 @@ def models_from_args(args: argparse.Namespace) -> list[SweepModel]:
     if args.bench_batch is not None and len(args.bench_batch) > 2:
         raise InputDataError(f"--bench-batch takes one or two batch sizes, got {len(args.bench_batch)}")
     paths = list({Path(path).resolve(): path for path in reversed(args.models)}.values())[::-1]  # each file once
+    if args.bench_batch is not None and not args.no_bench:  # checked now: timing comes after every variant
+        for path in paths:
+            fixed = _default_bench_batches(path)
+            if len(fixed) == 1 and set(args.bench_batch) != set(fixed):
+                raise InputDataError(
+                    f"--bench-batch {' '.join(map(str, args.bench_batch))}: model '{path}' fixes its batch to "
+                    f"{fixed[0]}, so it can only be timed at that batch; give --bench-batch {fixed[0]}, or leave the "
+                    "flag out (each model is then timed at the batch it fixes, others at 1 and 32)")
     return [SweepModel(name=name, path=path, evals=(EvalSpec("eval", source),), calibration=calibration,
                        input_shapes=shapes, bench_batches=tuple(args.bench_batch or _default_bench_batches(path)))
             for name, path in zip(_model_names(paths), paths)]

@@ -516,15 +516,51 @@ def test_a_fixed_batch_model_sweeps_at_its_batch(tmp_path, capsys):
 
 def test_inputs_the_figures_cannot_use_make_error_rows_not_crashes(tiny, tmp_path, capsys):
     """Labels beyond the model's classes were found after compressing and reported as a crash, with the
-    advice to run the command again (which fails the same way)."""
+    advice to run the command again (which fails the same way). Where the graph declares the class count
+    they are refused before any variant is computed, naming the file and the model; where it does not,
+    every variant is an error row."""
     arrays = dict(np.load(tiny / "eval.npz"))
     np.savez(tmp_path / "bad.npz", input=arrays["input"], labels=arrays["labels"] + 7)
-    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.6", "--methods", "svd", "--inputs",
-                        str(tmp_path / "bad.npz"), "-o", str(tmp_path / "out"), "--rank-multiple", "1", "--no-bench",
-                        "--no-plots", "--no-progress"], capsys)
+    command = ["--keep-flops", "0.6", "--methods", "svd", "--inputs", str(tmp_path / "bad.npz"), "-o",
+               str(tmp_path / "out"), "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"]
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), *command], capsys)
+    assert code == 1 and "bad.npz" in err and "for model 'tiny': labels range over 7..11, but output 'logits' has 5 " \
+        "classes" in err
+    assert not (tmp_path / "out").exists()
+    undeclared = onnx.load(str(tiny / "tiny.onnx"))
+    undeclared.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+    onnx.save(undeclared, str(tmp_path / "tiny.onnx"))
+    code, _, err = run(["sweep", str(tmp_path / "tiny.onnx"), *command], capsys)
     assert code == 1 and "evaluating the compressed model: labels range over" in err and "crashed" not in err
     (row,) = record(tmp_path / "out")["rows"]
     assert row["status"] == "error"
+
+
+def test_bench_batches_a_fixed_batch_model_cannot_take_are_refused_before_computing(tmp_path, capsys):
+    """The sweep compressed and validated every variant, then stopped at the timing phase."""
+    _save_fixed_batch_gemm(tmp_path / "fixed.onnx")
+    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--random", "8", "-o",
+                        str(tmp_path / "out"), "--rank-multiple", "1", "--bench-batch", "1", "8", "--no-plots",
+                        "--no-progress"], capsys)
+    assert code == 1 and "--bench-batch 1 8: model" in err and "fixes its batch to 4" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_paths_blocked_by_a_file_or_folder_are_named_before_computing(tiny, tmp_path, capsys):
+    """A file at DIR/models gave "File exists ('o1/models')"; a folder at a row's path was found after its
+    variant was computed, leaving the model behind."""
+    blocked = tmp_path / "o1"
+    blocked.mkdir()
+    (blocked / "models").write_text("not a folder")
+    command = ["--keep-flops", "0.6", "--methods", "svd", "--random", "8", "--rank-multiple", "1", "--no-bench",
+               "--no-plots", "--no-progress"]
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "-o", str(blocked), *command], capsys)
+    assert code == 1 and "models' is a file where the sweep keeps a folder" in err
+    folder = tmp_path / "o2"
+    (folder / "rows" / "tiny.svd.flops0.6.m1.json").mkdir(parents=True)
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "-o", str(folder), *command], capsys)
+    assert code == 1 and "tiny.svd.flops0.6.m1.json' is a folder where the sweep keeps a file" in err
+    assert not (folder / "models").exists()
 
 
 def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, capsys):
@@ -567,6 +603,20 @@ def test_model_names_that_the_file_name_rules_change_stay_apart():
     first, second = _model_names(["a/net é.onnx"]), _model_names(["a/net ü.onnx"])
     assert first != second and first[0].startswith("net__-")
     assert _model_names(["model.v1.onnx", "resnet v2.onnx"]) == ["model_v1", "resnet_v2"]
+
+
+def test_model_names_of_one_file_do_not_depend_on_the_order_given(tmp_path):
+    """a/model, b/model, c/a/model were named a-model-0, b-model-1, a-model-2, and in another order
+    'a-model-0' meant another file (its rows recomputed and overwritten). Enough folders to tell them apart."""
+    from onnx_alds.sweep import _model_names
+
+    paths = [str(tmp_path / "a" / "model.onnx"), str(tmp_path / "b" / "model.onnx"),
+             str(tmp_path / "c" / "a" / "model.onnx")]
+    forward = dict(zip(paths, _model_names(paths)))
+    backward = dict(zip(paths[::-1], _model_names(paths[::-1])))
+    assert forward == backward and len(set(forward.values())) == 3
+    assert forward[paths[1]] == "b-model" and forward[paths[2]] == "c-a-model"
+    assert _model_names(paths[:2]) == ["a-model", "b-model"]  # the names earlier sweeps stored rows under
 
 
 def test_the_compared_output_must_be_batch_first_and_other_outputs_are_not_fetched():
