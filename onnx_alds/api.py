@@ -967,8 +967,8 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
                       if gap > 0.01 * keep else None)
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
         return (f"achieved {achieved:.4f}, well below the requested {keep:g}: with {steps} steps of {rank_multiple} "
-                "(--rank-multiple), the plan with the smallest largest error under the budget is this one (plans "
-                "closer to the budget have a larger error); the model is cut more than asked, so lower "
+                "(--rank-multiple), the plan with the smallest largest error under the budget is this one (no plan "
+                "closer to the budget has a smaller largest error); the model is cut more than asked, so lower "
                 "--rank-multiple or ask for the figure achieved knowingly"), None
     if gap > 0.01 * keep:
         why = (f"the {steps} steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
