@@ -686,8 +686,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
                                  PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
                    for b in report.pruned or ())
     return Plan({"inputs": {name: tuple(dims) for name, dims in inputs.items()}, "params": report.params_before,
-                 "layers": len(layers), "weights": weights}, options_dict, tuple(layers), totals, {"onnx_alds": __version__},
-                blocks, report=report)
+                 "layers": len(layers), "weights": weights}, options_dict, tuple(layers), totals,
+                {"onnx_alds": __version__}, blocks, report=report)
 
 
 def make_plan(model, **options) -> Plan:
