@@ -659,13 +659,23 @@ def test_workers_are_spawned_without_sigint_and_an_interrupt_waits_until_they_ar
     from onnx_alds.sweep import _spawning_workers
 
     probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
-    inside = []
-    with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored where tests run in the background)
+    try:
+        inside = []
+        with pytest.raises(KeyboardInterrupt):
+            with _spawning_workers():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                inside.append(subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                             text=True).stdout.strip())
+        assert inside == ["True"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job ignores it: so do its workers' spawns
         with _spawning_workers():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-            inside.append(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip())
-    assert inside == ["True"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
     outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
     assert outside == "False"
