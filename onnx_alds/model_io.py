@@ -1052,17 +1052,28 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
     shapes: dict[str, tuple[int, ...]] = {}
     notes: list[str] = []
     dynamic, batched = [], []
+    # a named dynamic dim ('sequence') has one size in every input: given for one input, it holds for all
+    named: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        for dim, size in zip(spec.dims, overrides.get(spec.name, ())):
+            if isinstance(dim, str) and dim:
+                named.setdefault(dim, (size, spec.name))
     for spec in specs:
         if spec.name in overrides:
             shapes[spec.name] = overrides[spec.name]
             continue
-        dims = list(spec.dims)
+        dims = [named[d][0] if isinstance(d, str) and d in named else d for d in spec.dims]
+        if dims != list(spec.dims):
+            sources = sorted({named[d][1] for d in spec.dims if isinstance(d, str) and d in named})
+            notes.append(f"input '{spec.name}': its dims named like those of {', '.join(map(repr, sources))} take "
+                         f"their sizes (" + ", ".join(f"{d}={named[d][0]}" for d in spec.dims
+                                                      if isinstance(d, str) and d in named) + ")")
         if batch_default is not None and dims and not isinstance(dims[0], int) \
                 and all(isinstance(d, int) for d in dims[1:]):
             dims[0] = batch_default
             batched.append(spec.name)
         if not all(isinstance(d, int) for d in dims):
-            dynamic.append(spec)
+            dynamic.append((spec, dims))
             continue
         shapes[spec.name] = tuple(int(d) for d in dims)
     if batched:  # one note for all of them (a table's 21 feature inputs made 21 notes)
@@ -1070,12 +1081,12 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                                                                      else "")
         notes.append(f"input{'s' if len(batched) > 1 else ''} {named}: dynamic batch dim set to {batch_default}")
     if dynamic:  # every input at once, so one run of the command says all that is missing
-        pretty = ", ".join(f"'{spec.name}' (" + "x".join(str(d) if isinstance(d, int) else "?" for d in spec.dims)
-                           + ")" for spec in dynamic)
+        pretty = ", ".join(f"'{spec.name}' [" + ", ".join(str(d) if isinstance(d, int) else d or "?" for d in spec.dims)
+                           + "]" for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
         flags = " ".join(f"--input-shape {spec.name}:" + "x".join(
-            str(d) if isinstance(d, int) else first if i == 0 else "N" for i, d in enumerate(spec.dims))
-            for spec in dynamic)
+            str(d) if isinstance(d, int) else first if i == 0 else "N" for i, d in enumerate(dims))
+            for spec, dims in dynamic)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
             f"give them with {flags}")
