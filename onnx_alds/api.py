@@ -775,6 +775,21 @@ def _with_chosen_orders(prepared: _Prepared, chosen: list[Layer], allocation: Al
             [ordered.get(layer.name, layer) for layer in chosen])
 
 
+def refuse_unshrunk_interpolation(fits: Sequence[tuple[str, int, int]], option: str, what: str) -> None:
+    """``fits``: ``(name, calibration vectors, inputs)`` of the refits to come. Without moment shrinkage, a
+    refit across inputs other than the ones it reproduces (``--sequential``'s, a pruned block's kept
+    channels) on fewer vectors than inputs interpolates the calibration set: its error there is about 0 and
+    held-out outputs can be off by more than the outputs themselves. Raises InputDataError."""
+    starved = [(name, count, size) for name, count, size in fits if count < size]
+    if starved:
+        name, count, size = starved[0]
+        raise InputDataError(
+            f"--no-shrinkage with {option}: {len(starved)} {what} would be refitted on fewer calibration vectors than "
+            f"their inputs (first: '{name}', {count} vectors for {size}); without shrinkage such a fit interpolates "
+            "the calibration inputs (error about 0 there, held-out outputs far off): give more calibration inputs "
+            f"(at least {size} vectors) or drop --no-shrinkage")
+
+
 def _apply_step(planned: _Planned) -> CompressionResult:
     """The rewrite of the planned decisions, the checks of the output and the report."""
     model, prepared, chosen, allocation = planned.model, planned.prepared, planned.chosen, planned.allocation
@@ -788,6 +803,11 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         data.shrinkage
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
+    if calibration is not None and sequential and not shrinkage:  # (a layer reading a graph input sees x̃ = x)
+        fed = {value.name for value in proto.graph.input}
+        refuse_unshrunk_interpolation([(layer.name, stats[layer.name].count, layer.matrix_shape[1])
+                                       for layer, _ in plan if layer.name in stats and layer.input not in fed],
+                                      "--sequential", "layers")
     extra_notes: list[str] = list(calibration_notes)
     if calibration is None:  # one layer's weight and factors in float64 at a time (the rewrite pulls them)
         rewrites = (Rewrite(layer, decompose(folded_weight(layer, constants), choice.groups, choice.rank))
@@ -1011,10 +1031,11 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
                and stats[row.name].count < inputs[row.name]]
     if starved:
         name, count, size = starved[0]
+        prior = ("rest on the shrinkage prior" if stats[name].shrinkage > 0 else
+                 "see only the directions the calibration inputs span (no shrinkage)")
         warnings.append(f"{len(starved)} factorized layers were fitted on fewer calibration vectors than their inputs "
-                        f"(first: '{name}', {count} vectors for {size}): their factors and reported errors rest on "
-                        "the shrinkage prior, and held-out errors can be larger (more so with --sequential); give "
-                        "more calibration inputs")
+                        f"(first: '{name}', {count} vectors for {size}): their factors and reported errors {prior}, "
+                        "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
     if not data_aware and report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR:
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "

@@ -2020,6 +2020,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                           "for at least that" + hint
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
                              "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
+    if not data.shrinkage and data.refit:
+        api.refuse_unshrunk_interpolation(
+            [(block.name, analysis.stats[block.consumer.name].count, block.width * block.consumer.kernel)
+             for block, width in zip(blocks, widths) if width < block.width and block.consumer.name in analysis.stats],
+            "--prune", "blocks")
     tick = time.perf_counter()
     widened: dict[str, str] = {}
     if sequential:

@@ -491,3 +491,24 @@ def test_inputs_with_a_large_common_offset_are_not_taken_for_one_point():
                       calibration=InputSet({"x": x[:300].astype(np.float32)}))
     first = next(row for row in result.report.layers if row.name == "first")
     assert first.groups and first.error < 0.01
+
+
+@pytest.mark.parametrize("options", [dict(sequential=True), dict(prune="only"), dict(prune="combined")],
+                         ids=["sequential", "prune", "prune-combined"])
+def test_refits_that_would_interpolate_without_shrinkage_are_refused(options):
+    """--no-shrinkage --sequential (or --prune) on 24 samples for 64 inputs: the refits interpolated the
+    calibration set, reported "max error 0.0000", and moved exactly low-rank models' held-out outputs by
+    several times their size. Refused now, naming the layer; with enough samples, or with shrinkage, it runs."""
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(12)
+    model = _rank4_mlp(rng)
+
+    def calibration(samples):
+        return InputSet({"input": rng.standard_normal((samples, 32)).astype(np.float32)}, source=f"{samples} samples")
+
+    with pytest.raises(InputDataError, match=r"--no-shrinkage with --(sequential|prune): .* \(first: '(down|up)', 24 "
+                                             r"vectors for 64\).* or drop --no-shrinkage"):
+        compress(model, keep_params=0.7, rank_multiple=4, calibration=calibration(24), shrinkage=False, **options)
+    compress(model, keep_params=0.7, rank_multiple=4, calibration=calibration(24), **options)
+    compress(model, keep_params=0.7, rank_multiple=4, calibration=calibration(256), shrinkage=False, **options)
