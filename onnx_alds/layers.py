@@ -602,12 +602,15 @@ def _literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list
 
 
 def check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> None:
-    """Every ``--exclude`` pattern must match a Conv/Gemm/MatMul node's name or one of its inputs' names;
-    a pattern that matches none is a typo that would leave a layer factorized. Raises InputDataError."""
+    """Every ``--exclude`` pattern must match a Conv/Gemm/MatMul node's name or one of its inputs' names
+    (a weight's also as stored, behind Transpose/Reshape/Cast nodes: :func:`chain_source`); a pattern that
+    matches none is a typo that would leave a layer factorized. Raises InputDataError."""
     if not exclude:
         return
+    producers = {out: node for _, graph in iter_graphs(model.graph) for node in graph.node for out in node.output}
     names = [name for _, graph in iter_graphs(model.graph) for node in graph.node if is_layer_node(node)
-             for name in [node.name, *node.input] if name]
+             for name in [node.name, *node.input, *(chain_source(i, producers) for i in node.input[1:] if i)]
+             if name]
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             example = next((node.name for _, graph in iter_graphs(model.graph) for node in graph.node
@@ -792,8 +795,10 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     elif reason is None:
         reason = _value_problem(constant_array(constants, weight_name))
     # a depthwise/grouped conv is never factorized, but its exclusion still keeps it out of pruned blocks
+    stored = chain_source(weight_name, producers)  # the initializer behind Transpose/Reshape/Cast ... (as saved)
     if (reason is None or reason.endswith("is left as it is")) and \
-            any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p) for p in exclude):
+            any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(weight_name, p)
+                or fnmatch.fnmatchcase(stored, p) for p in exclude):
         reason = "excluded by the user (--exclude)"
     groups: tuple[int, ...] = ()
     in_shape, out_shape = shapes.get(input_name), shapes.get(node.output[0])

@@ -768,3 +768,20 @@ def test_a_model_over_its_budget_is_blamed_on_a_plan_only_when_a_plan_was_applie
     plain, applied = budget_gap(0.7, 0.6, 16, "rank")[1], budget_gap(0.7, 0.6, 16, "rank", applied=True)[1]
     assert "plan" not in plain and "the written model holds more than the allocation counted" in plain
     assert "the plan's requested 0.6" in applied and "edited" in applied
+
+
+def test_exclude_matches_a_weight_as_stored_behind_a_transpose():
+    """tf2onnx stores conv kernels as HWIO initializers and Transposes them to OIHW: the initializer's name
+    (what a viewer shows as the weight) was "matches no Conv/Gemm/MatMul node or weight name"."""
+    model = small_cnn(width=32)
+    conv = next(node for node in model.graph.node if node.op_type == "Conv" and node.name)
+    init = next(i for i in model.graph.initializer if i.name == conv.input[1])
+    hwio = numpy_helper.to_array(init).transpose(2, 3, 1, 0)
+    model.graph.initializer.remove(init)
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(hwio), "kernel_hwio:0"))
+    model.graph.node.insert(0, helper.make_node("Transpose", ["kernel_hwio:0"], [conv.input[1]],
+                                                name="kernel_to_oihw", perm=[3, 2, 0, 1]))
+    rows = {row.name: row for row in onnx_alds.compress(model, keep_params=0.6, exclude=["kernel_hwio:0"],
+                                                         rank_multiple=1).report.layers}
+    assert rows[conv.name].skip_reason == "excluded by the user (--exclude)"
+    assert sum(1 for row in rows.values() if row.groups) >= 2
