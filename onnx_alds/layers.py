@@ -55,6 +55,11 @@ COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
     ("com.microsoft", "QAttention"): ("attention", 0, 1, QUANTIZED),
     ("com.microsoft", "GemmFastGelu"): ("matmul", 0, 1, ORT_TRANSFORMER_FUSED),
 }
+# classical-ML ops (skl2onnx, onnxmltools) that hold their coefficients in attributes, not initializers
+ML_MODEL_OPS = ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsembleClassifier",
+                "TreeEnsembleRegressor", "TreeEnsemble")
+ML_MODEL = ("classical ML ops: their coefficients are attributes, which onnx-alds neither changes nor counts "
+            "among the weights")
 SPATIAL_FIRST = "spatial-first"  # k×k conv c → g·r, then 1x1 g·r → f (ALDS)
 POINTWISE_FIRST = "pointwise-first"  # 1x1 conv c → g·r, then k×k g·r → f
 ORDERS = (SPATIAL_FIRST, POINTWISE_FIRST)
@@ -386,6 +391,8 @@ def unchanged_ops_note(model: onnx.ModelProto) -> str:
                                                     else None)
             if why == ORT_FUSED and spec[0] in ("matmul", "gemm") and not constants.intersection(node.input[:2]):
                 why = None  # a product of two run-time tensors (attention scores): nothing was hidden from onnx-alds
+            if node.domain == "ai.onnx.ml" and node.op_type in ML_MODEL_OPS:
+                why = ML_MODEL
             if why is not None:
                 name = node.op_type if not op_key(node)[0] else f"{node.domain}::{node.op_type}"
                 by_why.setdefault(why, Counter())[name] += 1

@@ -1110,3 +1110,19 @@ def test_a_tied_head_left_dense_is_not_said_to_be_folded_for_factorization():
     rows = {row.name: row for row in report.layers}
     assert "shared" in (rows["head"].skip_reason or "")
     assert not any("folded for factorization" in note for note in report.notes)
+
+
+def test_classical_ml_ops_are_named_as_left_alone():
+    """skl2onnx's LinearClassifier holds its 4x3 coefficients in attributes: analyze said "weights: 0 total"
+    and compress "no Conv, Gemm or MatMul with a weight" without naming it."""
+    node = helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                            coefficients=[0.1 * i for i in range(12)], intercepts=[0.0, 0.1, 0.2],
+                            classlabels_ints=[0, 1, 2])
+    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    assert any("ai.onnx.ml::LinearClassifier ×1 (classical ML ops" in note for note in onnx_alds.analyze(model).notes)
+    with pytest.raises(onnx_alds.errors.UnsupportedModelError, match="LinearClassifier ×1 \\(classical ML ops"):
+        onnx_alds.compress(model, keep_params=0.5)
