@@ -630,6 +630,8 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
     if op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool") \
             or op.startswith("Reduce"):
         return f"{where}, a pooling or reduction (per channel, but not supported inside a block)"
+    if op in ("Resize", "Upsample"):
+        return f"{where}, a resize (per channel where it keeps the channel axis, but not supported inside a block)"
     if op in ("Shape", "Size"):
         return f"{where}, which reads the hidden tensor's shape"
     return f"{where}, which does not act per channel"
