@@ -979,10 +979,13 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     if achieved > keep * 1.001:  # a saved plan's decisions keep more than its budget: edited, or the budget was
         return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
                       "its budget (entries or the budget edited)")
-    if applied:
+    if applied or (from_plan and gap > OVERSHOOT_WARNING * keep):
         if gap > OVERSHOOT_WARNING * keep:
-            return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "
-                    "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None
+            why = ("its decisions (as edited) cut more than its budget" if applied else
+                   f"its decisions cut more than its budget (the budget edited, or {steps} steps of {rank_multiple} "
+                   "too coarse when it was made)")
+            return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: {why}; raise ranks or widths "
+                    "in the plan, or set entries to \"dense\""), None
         return None, (f"achieved {achieved:.4f} is more than 1 % below the plan's requested {keep:g}"
                       if gap > 0.01 * keep else None)
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
@@ -1016,7 +1019,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction
     overshoot = None if measured is not None else \
         budget_gap(report.achieved, report.requested, report.rank_multiple, "rank",
-                   applied=_edited_plan(report.search))[0]
+                   applied=_edited_plan(report.search), from_plan=report.search.startswith("plan"))[0]
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE

@@ -655,3 +655,15 @@ def test_a_plan_that_keeps_more_than_its_budget_says_so(tmp_path):
     onnx.save(renamed, str(path))
     with pytest.raises(PlanError, match="of the plan is not in the model"):
         apply_plan(str(path), plan)
+
+
+def test_a_plan_whose_budget_was_raised_is_not_blamed_on_the_rank_multiple():
+    """options.budget.keep edited from 0.5 to 0.9: the warning said the rank steps made it, and that plans
+    closer to the budget have a larger error."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_params=0.5).to_dict()
+    data["options"]["budget"]["keep"] = 0.9
+    warnings = apply_plan(model, Plan.from_dict(data)).report.warnings
+    gap = next(w for w in warnings if "well below" in w)
+    assert "the plan's requested 0.9: its decisions cut more than its budget (the budget edited" in gap
+    assert "lower --rank-multiple" not in gap
