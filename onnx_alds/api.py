@@ -821,7 +821,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                         affine=data.affine_correction)
     data_aware = calibration is not None
     restore_node_names(new_model, prepared)
-    stamp_provenance(new_model, prepared, method + (" (data-aware)" if data_aware else ""), target, keep, seed)
+    stamp_provenance(new_model, prepared, method + (" (data-aware)" if data_aware else ""), target, keep, seed,
+                     calibration)
     check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
     light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself
     if not light:
@@ -923,11 +924,18 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
                 node.name = prepared.generated_names[node.name]
 
 
+CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by distill
+
+
 def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
-                     seed: int) -> None:
-    """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed) and
-    the digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`, read by distill)."""
-    add_provenance(new_model, {
+                     seed: int, calibration=None) -> None:
+    """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed), the
+    digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`) and of the ``calibration``
+    set it was fitted to (:func:`onnx_alds.plan.calibration_digest`), both read by distill."""
+    from .plan import calibration_digest
+
+    digest = calibration_digest(calibration) if calibration is not None else None
+    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest} if digest else {}) | {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,
         "onnx_alds.target": f"keep_{target}={keep}",

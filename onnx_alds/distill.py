@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -1503,6 +1504,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     student_model = load_model(compressed)
     inputs = conform_inputs(teacher_model, inputs, "training")
     _check_interfaces(teacher_model, student_model, inputs)
+    in_sample = _calibrated_on(student_model, inputs if held_out_inputs is None else held_out_inputs)
     if held_out_inputs is None:
         inputs, held_out_inputs = split_inputs(inputs, settings.held_out, settings.seed)
     else:
@@ -1530,7 +1532,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(settings.seed)
     try:
-        notes = []
+        notes = [in_sample] if in_sample else []
         rng = np.random.default_rng(settings.seed)
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
@@ -1550,9 +1552,10 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         compressed_session = _student_session(student_model)
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(held, settings, augmenter)
+        teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
+        _check_finite_held_out(teacher_eval, eval_inputs, held, settings)
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
-        teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
         kind = _agreement_kind(teacher_eval[outputs[0]])
 
         groups = []
@@ -1807,6 +1810,22 @@ def _student_session(model: onnx.ModelProto):
     return make_session(model, "cpu", spinning=False)
 
 
+def _calibrated_on(compressed: onnx.ModelProto, held_out_from) -> Optional[str]:
+    """A note when the samples the held-out figures come from are the compressed model's own calibration
+    set (the digest ``compress`` wrote into its metadata): the model was fitted to them, so the held-out
+    figures are in-sample and the training may find little to improve."""
+    from .api import CALIBRATION_DIGEST_KEY
+    from .plan import calibration_digest
+
+    written = {entry.key: entry.value for entry in compressed.metadata_props}.get(CALIBRATION_DIGEST_KEY)
+    if not written or calibration_digest(held_out_from) != written:
+        return None
+    return ("the held-out samples come from the inputs the compressed model was calibrated on (the same arrays): "
+            "it was fitted to them, so the held-out figures are in-sample, optimistic, and the training may find "
+            "little to improve; give inputs the compression did not see, or use compress --distill (which "
+            "calibrates on the training part only)")
+
+
 def _held_out_set(held: dict, settings: DistillSettings, train_augmenter: Augmenter) -> dict:
     """The held-out samples, then ``views`` augmented views of each (a fixed seed of their own), made as
     the training batches are (:meth:`Augmenter.on`) and as wide as the samples (never trimmed)."""
@@ -1885,6 +1904,26 @@ def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[s
             batch = augmenter.batch(probe, settings.batch_size)
     with _original_runs(AUGMENTED_FAILED):
         teacher.run(list(outputs), batch)
+
+
+def _check_finite_held_out(teacher_eval: Mapping[str, np.ndarray], eval_inputs: Mapping[str, np.ndarray],
+                           held: Mapping[str, np.ndarray], settings: DistillSettings) -> None:
+    """The original's outputs on the held-out samples (and their augmented views) must be finite: the
+    held-out loss and the interpreter's check compare against them. Raises InputDataError naming the
+    output and, where only the augmented views are at fault, ``--no-augment``."""
+    held_count = len(next(iter(held.values()))) if held else 0
+    for name, value in teacher_eval.items():
+        finite = np.isfinite(np.asarray(value, np.float64)).reshape(len(value), -1).all(axis=1) \
+            if np.asarray(value).ndim else np.isfinite(value)
+        if np.all(finite):
+            continue
+        views_only = bool(np.all(finite[:held_count])) and len(finite) > held_count
+        raise InputDataError(
+            f"the original model's output '{name}' is NaN or infinite on "
+            + ("the augmented views of the held-out samples (the noise, flips or scales take the inputs outside "
+               "what the model accepts, e.g. below 0 into a Sqrt or a Log): add --no-augment" if views_only else
+               f"{int(np.sum(~finite[:held_count]))} held-out samples (a mask of zeros, a log of 0); distill on "
+               "inputs on which its outputs are finite"))
 
 
 def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, float]:
@@ -2025,8 +2064,11 @@ def _settings_from_args(args: argparse.Namespace, prefix: str = "") -> DistillSe
                                                      "eval_every", "patience", "augment", "threads")
               if getattr(args, name, None) is not None}
     dest = prefix.replace("-", "_")
-    return DistillSettings(steps=getattr(args, f"{dest}steps"), minutes=getattr(args, f"{dest}minutes"),
-                           seed=getattr(args, "seed", 0) or 0, **fields)
+    try:
+        return DistillSettings(steps=getattr(args, f"{dest}steps"), minutes=getattr(args, f"{dest}minutes"),
+                               seed=getattr(args, "seed", 0) or 0, **fields)
+    except InputDataError as exc:  # compress names them --distill-steps, --distill-minutes
+        raise InputDataError(re.sub(r"--(steps|minutes)\b", rf"--{prefix}\1", str(exc))) from None
 
 
 def run_distill_command(args: argparse.Namespace) -> int:
@@ -2077,7 +2119,7 @@ def split_for_distill(calibration: Optional[InputSet], args: argparse.Namespace,
     if calibration is None:
         raise InputDataError("--distill needs inputs to train on; give --calibration FILE.npz, "
                              "--calibration-images DIR or --calibration-random N")
-    settings = DistillSettings(seed=getattr(args, "seed", 0) or 0)  # (checks the seed's range)
+    settings = _settings_from_args(args, "distill-")  # every setting checked before compressing
     return split_inputs(calibration, settings.held_out, settings.seed)
 
 

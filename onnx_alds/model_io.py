@@ -1039,6 +1039,16 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
     return checked
 
 
+def _dim_text(dim) -> str:
+    """A declared dim as words: its size, its name, or ``?`` (a name protobuf could not decode is shown as
+    far as it reads)."""
+    if isinstance(dim, int):
+        return str(dim)
+    if isinstance(dim, bytes):
+        dim = dim.decode("utf-8", "replace")
+    return str(dim) if dim else "?"
+
+
 def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None,
                          *, batch_default: int | None = None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Concrete shapes for every graph input, and notes on what was assumed.
@@ -1081,8 +1091,8 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                                                                      else "")
         notes.append(f"input{'s' if len(batched) > 1 else ''} {named}: dynamic batch dim set to {batch_default}")
     if dynamic:  # every input at once, so one run of the command says all that is missing
-        pretty = ", ".join(f"'{spec.name}' [" + ", ".join(str(d) if isinstance(d, int) else d or "?" for d in spec.dims)
-                           + "]" for spec, _ in dynamic)
+        pretty = ", ".join(f"'{spec.name}' [" + ", ".join(_dim_text(d) for d in spec.dims) + "]"
+                           for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
         flags = " ".join(f"--input-shape {spec.name}:" + "x".join(
             str(d) if isinstance(d, int) else first if i == 0 else "N" for i, d in enumerate(dims))

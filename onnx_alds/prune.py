@@ -2100,7 +2100,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     # against the user's original and budget (the low-rank step stamped the pruned model and its sub-budget;
     # distill checks the replaced weights)
     api.restore_node_names(new_model, prepared)
-    api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed)
+    api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed,
+                         data.calibration)
     # what the file holds: a refit's new bias for a consumer whose bias was shared adds a copy
     after_params = int(sum(iter_total_params(new_model)))
     block_errors = {r.name: r.error for r in reports}

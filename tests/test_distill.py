@@ -806,3 +806,62 @@ def test_a_token_model_exported_at_one_length_trains_on_untrimmed_batches(torch)
                      input_shapes={"input_ids": (1, length), "attention_mask": (1, length)}).model
     result = distill(model, small, inputs, steps=20, progress=False)
     assert result.report.steps == 20
+
+
+def _sqrt_mlp() -> onnx.ModelProto:
+    """x (N, 32) -> Sqrt -> MatMul -> Tanh -> MatMul -> y: NaN on negative inputs."""
+    model = _mlp()
+    nodes = list(model.graph.node)
+    nodes[0].input[0] = "root"
+    del model.graph.node[:]
+    model.graph.node.extend([helper.make_node("Sqrt", ["x"], ["root"], name="root")] + nodes)
+    return model
+
+
+def test_outputs_not_finite_on_the_held_out_samples_or_their_views_are_named(torch):
+    """Inputs in [0, 1] into a Sqrt: the augmentation's noise made the held-out views negative, and the
+    run ended in "ONNX Runtime and the torch student disagree (max |diff| nan)", blaming the interpreter;
+    a held-out sample on which the original is NaN did the same without augmentation."""
+    from onnx_alds.distill import distill
+
+    original = _sqrt_mlp()
+    compressed = compress(original, keep_params=0.5, method="svd", rank_multiple=1).model
+    rng = np.random.default_rng(4)
+    inputs = InputSet({"x": rng.uniform(0.0, 1.0, (40, 32)).astype(np.float32)}, source="uniform")
+    with pytest.raises(InputDataError, match="NaN or infinite on the augmented views of the held-out samples.*"
+                                             "add --no-augment"):
+        distill(original, compressed, inputs, steps=1, progress=False)
+    held = InputSet({"x": np.concatenate([inputs.arrays["x"][:7], -np.ones((1, 32), np.float32)])}, source="held")
+    with pytest.raises(InputDataError, match="NaN or infinite on 1 held-out samples"):
+        distill(original, compressed, inputs, held_out_inputs=held, steps=1, augment=False, progress=False)
+    distill(original, compressed, inputs, steps=1, augment=False, progress=False)
+
+
+def test_held_out_samples_the_compression_was_calibrated_on_are_named(torch):
+    """compress --calibration X then distill --inputs X (the README's two steps): the held-out split came
+    from the samples the factors were fitted to; the report gave in-sample figures as held-out ones."""
+    from onnx_alds.distill import distill
+
+    original = _mlp()
+    rng = np.random.default_rng(6)
+    seen = InputSet({"x": rng.standard_normal((40, 32)).astype(np.float32)}, source="seen")
+    other = InputSet({"x": rng.standard_normal((40, 32)).astype(np.float32)}, source="other")
+    compressed = compress(original, keep_params=0.5, calibration=seen, rank_multiple=1).model
+
+    def in_sample(inputs) -> bool:
+        notes = distill(original, compressed, inputs, steps=1, progress=False).report.notes
+        return any("calibrated on (the same arrays)" in note for note in notes)
+
+    assert in_sample(seen) and not in_sample(other)
+
+
+def test_compress_distill_settings_are_named_by_compress_flags(tmp_path, capsys):
+    """compress --distill --distill-minutes 0 said "--minutes 0.0", a flag compress does not have."""
+    from onnx_alds.cli import main
+
+    pytest.importorskip("torch")
+    path = tmp_path / "m.onnx"
+    onnx.save(_mlp(), str(path))
+    code = main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5",
+                 "--calibration-random", "32", "--distill", "--distill-minutes", "0"])
+    assert code == 1 and "--distill-minutes 0.0: give a positive time budget" in capsys.readouterr().err
