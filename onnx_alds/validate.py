@@ -1341,7 +1341,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds validate``."""
     parser.add_argument("original", metavar="ORIGINAL", help="the original .onnx model")
     parser.add_argument("compressed", metavar="COMPRESSED", help="the compressed .onnx model")
-    add_input_arguments(parser, labels=True)
+    add_input_arguments(parser, labels=True, required=True)
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                         help="ONNX Runtime execution provider (no fallback: an unavailable one is an error)")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="samples per run (default 32)")

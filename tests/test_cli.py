@@ -171,6 +171,8 @@ def test_usage_error_exits_2(cnn_path, tmp_path, capsys):
     code, _, _ = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-flops", "0.5", "--method", "x",
                          capsys=capsys)
     assert code == 2
+    code, _, err = run_cli("validate", cnn_path, cnn_path, capsys=capsys)  # no input source: exit 1 before
+    assert code == 2 and "one of the arguments --inputs --images --random is required" in err
 
 
 def test_analyze_prints_table_and_json(cnn_path, tmp_path, capsys):
