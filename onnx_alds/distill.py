@@ -1690,7 +1690,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),
-            held_out_views=settings.views if settings.augment else 0, augmentation=augmenter.describe(),
+            held_out_views=settings.views if settings.augment and type(augmenter) is not Augmenter else 0,
+            augmentation=augmenter.describe(),
             trainable_tensors=len(found.trainable),
             trainable_values=int(sum(v.size for v in values.values())), biases=len(found.biases),
             matching_points=len(points), loss_before=loss0, loss_after=best[0], agreement_kind=kind,
@@ -1828,8 +1829,9 @@ def _calibrated_on(compressed: onnx.ModelProto, held_out_from) -> Optional[str]:
 
 def _held_out_set(held: dict, settings: DistillSettings, train_augmenter: Augmenter) -> dict:
     """The held-out samples, then ``views`` augmented views of each (a fixed seed of their own), made as
-    the training batches are (:meth:`Augmenter.on`) and as wide as the samples (never trimmed)."""
-    if not settings.views or not settings.augment:
+    the training batches are (:meth:`Augmenter.on`) and as wide as the samples (never trimmed). An
+    augmenter that only resamples (no augmentation fits the inputs) adds no views: they would be copies."""
+    if not settings.views or not settings.augment or type(train_augmenter) is Augmenter:
         return held
     count = len(next(iter(held.values())))
     augmenter = train_augmenter.on(held)

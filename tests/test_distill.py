@@ -865,3 +865,14 @@ def test_compress_distill_settings_are_named_by_compress_flags(tmp_path, capsys)
     code = main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5",
                  "--calibration-random", "32", "--distill", "--distill-minutes", "0"])
     assert code == 1 and "--distill-minutes 0.0: give a positive time budget" in capsys.readouterr().err
+
+
+def test_an_augmenter_that_only_resamples_adds_no_held_out_views():
+    """"held out: 8 samples + 4 augmented views each" were 32 random copies of the 8 samples, weighting some
+    of them up to 10 times in the held-out loss and the choice of the best step."""
+    from onnx_alds.distill import Augmenter, DistillSettings, ImageAugmenter, _held_out_set
+
+    held = {"x": np.arange(8 * 3 * 16 * 16, dtype=np.float32).reshape(8, 3, 16, 16)}
+    assert _held_out_set(held, DistillSettings(views=4), Augmenter(held)) is held
+    views = _held_out_set(held, DistillSettings(views=4), ImageAugmenter(held, "x", "NCHW"))
+    assert len(views["x"]) == 40
