@@ -966,7 +966,8 @@ OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep i
 
 
 def _edited_plan(search: str) -> bool:
-    """Whether a report's ``search`` is a saved plan applied with edited entries ("plan (2 layers edited)"):
+    """Whether a report's ``search`` is a saved plan applied with edited entries or budget ("plan (2 layers
+    edited)", "plan (budget edited)"):
     its budget gap is the edits' doing; an unedited plan's is the rank steps', as when it was made."""
     return search.startswith("plan (")
 
@@ -976,7 +977,8 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
     rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
     warning, the model being cut more than asked; more than 1 % below, a note; else neither.
-    ``applied``: a saved plan's edited decisions were applied, so the advice is about the plan;
+    ``applied``: a saved plan's edited decisions (or a plan with an edited budget) were applied, so the
+    advice is about the plan;
     ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited)."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
@@ -987,13 +989,10 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     if achieved > keep * 1.001:  # a saved plan's decisions keep more than its budget: edited, or the budget was
         return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
                       "its budget (entries or the budget edited)")
-    if applied or (from_plan and gap > OVERSHOOT_WARNING * keep):
+    if applied:
         if gap > OVERSHOOT_WARNING * keep:
-            why = ("its decisions (as edited) cut more than its budget" if applied else
-                   f"its decisions cut more than its budget (the budget edited, or {steps} steps of {rank_multiple} "
-                   "too coarse when it was made)")
-            return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: {why}; raise ranks or widths "
-                    "in the plan, or set entries to \"dense\""), None
+            return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "
+                    "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None
         return None, (f"achieved {achieved:.4f} is more than 1 % below the plan's requested {keep:g}"
                       if gap > 0.01 * keep else None)
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
@@ -1027,7 +1026,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction
     overshoot = None if measured is not None else \
         budget_gap(report.achieved, report.requested, report.rank_multiple, "rank",
-                   applied=_edited_plan(report.search), from_plan=report.search.startswith("plan"))[0]
+                   applied=_edited_plan(report.search))[0]
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE

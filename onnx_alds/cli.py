@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import __version__
 from .argtypes import any_float, non_negative_int, positive_int, random_seed
@@ -408,7 +408,10 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     for warning in result.report.warnings:  # said before anything is written
         print(f"warning: {warning}", file=sys.stderr)
     args.written_files = []  # what an interrupt from here on leaves written (_run names it)
-    _write_together(result, output, args.report, protect=[args.model], written=args.written_files)
+    from .model_io import save_model
+
+    write_together(lambda: save_model(result.model, output, protect=[args.model], store=getattr(result, "store", None)),
+                   output, result.report, args.report, written=args.written_files)
     distill_report = getattr(args, "distill_report", None) if extra is not None else None
     if distill_report:
         extra.save_json(distill_report)
@@ -432,25 +435,33 @@ def _validate_hint(model: str, output: str, data_aware: bool) -> str:
             "(or --images DIR, or compress --validate)")
 
 
-def _write_together(result, output: Path, report_path: Optional[str], *, protect: Sequence[str],
-                    written: Optional[list[str]] = None) -> None:
-    """Write the model and its JSON report both or neither: the report goes to a temporary file in its
-    folder first, the model is saved atomically, then the report is renamed into place. ``written`` gets
-    each path as it lands (an interrupt between the two renames leaves the model alone, and says so)."""
+def write_together(save_output: Callable[[], Any], output: Path, report, report_path: Optional[str], *,
+                   written: Optional[list[str]] = None) -> None:
+    """Write an output (``save_output()`` writes ``output`` atomically: a model, a plan) and its JSON
+    ``report`` both or neither: the report goes to a temporary file in its folder first, the output is
+    written, then the report is renamed into place. ``written`` gets each path as it lands (an interrupt
+    between the two renames leaves the output alone, and says so). Errors name ``report_path``, never the
+    temporary file."""
     import os
 
-    from .model_io import save_model, unused_name
+    from .model_io import unused_name
 
     written = [] if written is None else written
     if not report_path:
-        save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
+        save_output()
         written.append(str(output))
         return
     target = Path(report_path)
     pending = unused_name(target.parent, ".json")  # created by save_json inside the try
     try:
-        result.report.save_json(pending)
-        save_model(result.model, output, protect=protect, store=getattr(result, "store", None))
+        try:
+            report.save_json(pending)
+        except OSError as exc:
+            exc.filename = str(report_path)
+            raise
+        except OnnxAldsError as exc:
+            raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
+        save_output()
         written.append(str(output))
         os.replace(pending, target)
         written.append(str(report_path))

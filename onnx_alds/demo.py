@@ -44,8 +44,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import load_inputs
-    from .model_io import load_model, save_model
-    from .validate import validate_and_bench
+    from .model_io import load_model
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -59,9 +58,41 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     result = compress(model, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple, calibration=calibration,
                       order=args.order)
+    made = [] if out.exists() else [out]  # the folders this run makes, removed again if it fails
+    while made and not made[-1].parent.exists():
+        made.append(made[-1].parent)
+    written: list[str] = []
+    try:
+        validation = _write_and_check(args, out, model_path, result, evaluation, written)
+    except BaseException:  # a full disk, an interrupt: nothing of this run is left (a failed check raises after)
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    if not validation.passed:  # (validate's own advice names flags the demo does not take)
+        problem = validation.failure_message().split("; ")[0]
+        raise ValidationFailedError(
+            f"the demo's validation failed: {problem}; compress less (a --keep-flops above {args.keep_flops:g}"
+            f"{', or without --data-free' if args.data_free else ''}); the model and reports are kept in {out} "
+            "to inspect")
+    return 0
+
+
+def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, result, evaluation,
+                     written: list[str]):
+    """Write the compressed model and its report, validate and time it, write the demo's report; returns
+    the validation report. ``written`` gets each file as it lands."""
+    from .cli import write_together
+    from .model_io import save_model
+    from .report import write_json
+    from .validate import validate_and_bench
+
     out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
-    compressed_path = save_model(result.model, out / "mnist_resnet.alds.onnx", protect=[model_path])
-    result.report.save_json(out / "compress_report.json")
+    compressed_path = out / "mnist_resnet.alds.onnx"
+    write_together(lambda: save_model(result.model, compressed_path, protect=[model_path]), compressed_path,
+                   result.report, str(out / "compress_report.json"), written=written)
     print(result.report.format())
     print(f"wrote {compressed_path}\n")
 
@@ -76,15 +107,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print("\n".join(bench.lines()))
     print()
     print(summary)
-    from .report import write_json
-
     write_json({"compress": report.to_dict(), "validate": validation.to_dict(),
                 "bench": None if bench is None else bench.to_dict(), "summary": summary}, out / "demo_report.json")
+    written.append(str(out / "demo_report.json"))
     print(f"reports: {out / 'compress_report.json'}, {out / 'demo_report.json'}")
-    if not validation.passed:  # (validate's own advice names flags the demo does not take)
-        problem = validation.failure_message().split("; ")[0]
-        raise ValidationFailedError(
-            f"the demo's validation failed: {problem}; compress less (a --keep-flops above {args.keep_flops:g}"
-            f"{', or without --data-free' if args.data_free else ''}); the model and reports are kept in {out} "
-            "to inspect")
-    return 0
+    return validation

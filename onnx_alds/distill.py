@@ -1553,7 +1553,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(held, settings, augmenter)
         teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
-        _check_finite_held_out(teacher_eval, eval_inputs, held, settings)
+        _check_finite_held_out(teacher_eval, len(next(iter(held.values()))))
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
         kind = _agreement_kind(teacher_eval[outputs[0]])
@@ -1908,12 +1908,10 @@ def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[s
         teacher.run(list(outputs), batch)
 
 
-def _check_finite_held_out(teacher_eval: Mapping[str, np.ndarray], eval_inputs: Mapping[str, np.ndarray],
-                           held: Mapping[str, np.ndarray], settings: DistillSettings) -> None:
-    """The original's outputs on the held-out samples (and their augmented views) must be finite: the
-    held-out loss and the interpreter's check compare against them. Raises InputDataError naming the
-    output and, where only the augmented views are at fault, ``--no-augment``."""
-    held_count = len(next(iter(held.values()))) if held else 0
+def _check_finite_held_out(teacher_eval: Mapping[str, np.ndarray], held_count: int) -> None:
+    """The original's outputs on the ``held_count`` held-out samples (then their augmented views) must be
+    finite: the held-out loss and the interpreter's check compare against them. Raises InputDataError
+    naming the output and, where only the augmented views are at fault, ``--no-augment``."""
     for name, value in teacher_eval.items():
         finite = np.isfinite(np.asarray(value, np.float64)).reshape(len(value), -1).all(axis=1) \
             if np.asarray(value).ndim else np.isfinite(value)

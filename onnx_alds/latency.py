@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import platform
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -64,13 +65,17 @@ Option = tuple[str, int]  # (order, groups)
 def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
     """``explicit``, else ``$ONNX_ALDS_CACHE/latency``, else ``$XDG_CACHE_HOME/onnx-alds/latency``
     (``~/.cache/onnx-alds/latency``)."""
-    if explicit:
-        return Path(explicit).expanduser()
-    root = os.environ.get(ENV_CACHE)
-    if root:  # '~' expanded: a Docker ENV or a systemd Environment= line passes it through unexpanded
-        return Path(root).expanduser() / "latency"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "onnx-alds" / "latency"
+    try:
+        if explicit:
+            return Path(explicit).expanduser()
+        root = os.environ.get(ENV_CACHE)
+        if root:  # '~' expanded: a Docker ENV or a systemd Environment= line passes it through unexpanded
+            return Path(root).expanduser() / "latency"
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base).expanduser() / "onnx-alds" / "latency"
+    except RuntimeError:  # no home folder: $HOME unset and no passwd entry (docker -u, systemd DynamicUser ...)
+        raise InputDataError(f"the latency tables' cache needs a folder, and there is no home folder to find one "
+                             f"in (or a '~user' that does not exist); set {ENV_CACHE}=/a/writable/folder") from None
 
 
 class LatencyCache:
@@ -89,8 +94,11 @@ class LatencyCache:
         """The entry stored under ``key``, or None when it is missing, unreadable, of another version, made
         for other ``fields`` (a file copied in under another layer's name) or not of the layout ``valid``
         accepts (an edited or foreign file): each is measured again."""
+        path = self.path(key)
         try:
-            data = json.loads(self.path(key).read_text())
+            if not path.is_file():  # missing, or a FIFO or device under that name (reading it would not end)
+                return None
+            data = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
             return None
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
@@ -185,7 +193,10 @@ class OrtTimer:
         self.warmup = warmup if warmup is not None else (20 if provider in DEVICE_PROVIDERS else 3)
         self.provider_options = provider_options_for(provider, extra=provider_options)
         machine = machine_info()
-        device = machine.get("gpu") if provider in DEVICE_PROVIDERS else machine.get("cpu")
+        # the CPU by its model name, its machine type (an ARM cpuinfo has no model name) and its core counts
+        device = machine.get("gpu") if provider in DEVICE_PROVIDERS else (
+            f"{machine.get('cpu')} ({platform.machine()}, {machine.get('physical_cores')} cores, "
+            f"{machine.get('logical_cpus')} logical)")
         self.identity = {"provider": provider, "threads": self.threads, "onnxruntime": import_onnxruntime().__version__,
                          "device": device or "unknown", "provider_options": dict(self.provider_options)}
 

@@ -641,16 +641,29 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
             stream.write(data)
         os.chmod(pending, 0o666 & ~_umask())  # the user's usual mode for a new file
         os.replace(pending, target)
+    except OSError as exc:
+        raise _naming(exc, target)
     finally:
         if os.path.exists(pending):
             os.unlink(pending)
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """``exc`` naming the file being written (a full disk's ENOSPC names no file; a temporary file's name
+    means nothing to the user), for :func:`onnx_alds.errors.os_error_text`."""
+    if exc.filename is None or TEMPORARY_PREFIX in str(exc.filename):
+        exc.filename = str(target)
+    return exc
+
+
+TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_name)
 
 
 def unused_name(folder: Path, suffix: str = "") -> Path:
     """A fresh name for a temporary file in ``folder`` (``.onnx-alds-<random><suffix>``), not created: the
     caller creates it inside its ``try`` (``open(..., "x")``, ``os.mkdir``), so that a Ctrl-C at any moment
     leaves nothing behind (with ``mkstemp`` the file exists before its name reaches the caller)."""
-    return Path(folder) / f".onnx-alds-{secrets.token_hex(8)}{suffix}"
+    return Path(folder) / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}{suffix}"
 
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
@@ -697,6 +710,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         os.replace(tmp_model, target)
         if stale and data_path.is_file():  # the model written over kept its weights there
             data_path.unlink()
+    except OSError as exc:
+        raise _naming(exc, target)
     finally:
         if tmp_dir.is_dir():
             for leftover in tmp_dir.glob("*"):

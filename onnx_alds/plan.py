@@ -679,7 +679,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
                                  report.calibration_samples)
-    totals = {"achieved": report.achieved, "params_before": report.params_before, "params_after": report.params_after,
+    totals = {"requested": report.requested, "achieved": report.achieved, "params_before": report.params_before,
+              "params_after": report.params_after,
               "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
               "error_measure": report.error_measure, "search": report.search, "latency": report.latency}
     blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
@@ -875,9 +876,17 @@ class _Decisions:
                 else float("nan")
             choices.append(LayerChoice(decision.groups, decision.rank, cost, error, layer.order))
         max_error = max((choice.error for choice in choices), default=0.0)
-        edited = sum(1 for layer in chosen if self.by_name[layer.name].edited)
         return Allocation(tuple(choices), float("nan"), float(sum(c.cost for c in choices)), max_error,
-                          "plan" + (f" ({edited} layers edited)" if edited else ""))
+                          self.search_name(sum(1 for layer in chosen if self.by_name[layer.name].edited)))
+
+    def search_name(self, edited_layers: int) -> str:
+        """"plan", or what was edited in it: "plan (2 layers edited)", "plan (budget edited)" (the keep the
+        plan was made for, ``totals.requested``, is not its ``options.budget.keep`` any more)."""
+        planned_keep = self.plan.totals.get("requested")
+        edits = ([f"{edited_layers} layers edited"] if edited_layers else []) + (
+            ["budget edited"] if planned_keep is not None and planned_keep != self.plan.options["budget"]["keep"]
+            else [])  # (the plan's own budget: a pruning plan's low-rank stage runs under a share of it)
+        return "plan" + (f" ({', '.join(edits)})" if edits else "")
 
     def times(self):
         """The plan's recorded layer times for the report (None when it has none)."""
@@ -1054,9 +1063,9 @@ def run_plan_command(args: argparse.Namespace) -> int:
             plan = make_plan(model, **compress_keywords(args, calibration))
     else:
         plan = make_plan(model, **compress_keywords(args, calibration))
-    plan.save(output)
-    if args.report:
-        plan.report.save_json(args.report)
+    from .cli import write_together
+
+    write_together(lambda: plan.save(output), output, plan.report, args.report)  # both or neither
     # warnings on stderr, as compress prints them; their "--validate" belongs to apply here
     text = "\n".join(line for line in plan.report.format().splitlines() if not line.startswith("warning: "))
     for warning in plan.report.warnings:

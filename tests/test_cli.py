@@ -809,3 +809,36 @@ def test_an_unknown_flag_is_named_with_the_commands_own_usage(cnn_path, tmp_path
                            "--bogus", capsys=capsys)
     assert code == 2 and "onnx-alds compress: error: unrecognized arguments: --bogus" in err
     assert "--keep-params F" in err
+
+
+def _disk_full(*_args, **_kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_names_the_file_and_plan_writes_both_files_or_neither(cnn_path, tmp_path, capsys, monkeypatch):
+    """A full disk said "No space left on device" without a file (-o and --report may be on different
+    disks); plan wrote plan.json and then failed on its --report, leaving the plan behind."""
+    from onnx_alds.model_io import write_file_atomically
+    from onnx_alds.report import CompressionReport
+
+    monkeypatch.setattr("onnx_alds.model_io.os.replace", _disk_full)
+    with pytest.raises(OSError) as raised:
+        write_file_atomically(tmp_path / "out.json", b"{}")
+    assert raised.value.filename == str(tmp_path / "out.json") and not list(tmp_path.glob(".onnx-alds-*"))
+    monkeypatch.undo()
+    monkeypatch.setattr(CompressionReport, "save_json", _disk_full)
+    plan, report = tmp_path / "p.json", tmp_path / "r.json"
+    code, _, err = run_cli("plan", cnn_path, "-o", plan, "--keep-flops", "0.7", "--report", report, capsys=capsys)
+    assert_one_line_error(code, err, "No space left on device", str(report))
+    assert not plan.exists() and not report.exists() and not list(tmp_path.glob(".onnx-alds-*"))
+
+
+def test_a_demo_that_fails_midway_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """demo --out DIR on a full disk left DIR (and the model written before the failure) behind."""
+    monkeypatch.setattr("onnx_alds.validate.validate_and_bench", _disk_full)
+    out = tmp_path / "new" / "demo"
+    code, _, err = run_cli("demo", "--out", out, capsys=capsys)
+    assert code == 1 and "No space left on device" in err
+    assert not (tmp_path / "new").exists()

@@ -480,3 +480,36 @@ def test_a_cache_folder_fixed_while_the_process_runs_is_written_again(tmp_path):
     again = FakeTimer()
     onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8, speed=speed(again, tmp_path))
     assert again.calls == 0
+
+
+def test_a_cache_entry_that_is_not_a_file_is_missing_and_no_home_is_one_error(tmp_path, monkeypatch):
+    """A FIFO under an entry's name hung the run (reading it never ends); with $HOME unset and no passwd
+    entry (docker -u), Path.home() raised a traceback."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.latency import cache_dir
+
+    cache = LatencyCache(tmp_path)
+    os.mkfifo(cache.path("entry"))
+    def hung(signum, frame):
+        raise TimeoutError("reading the cache entry did not end")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # (a hang fails the test instead of stopping the suite)
+    signal.alarm(10)
+    try:
+        assert cache.load("entry") is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    monkeypatch.delenv("ONNX_ALDS_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(InputDataError, match="no home folder .* set ONNX_ALDS_CACHE="):
+        cache_dir()

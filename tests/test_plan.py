@@ -663,7 +663,7 @@ def test_a_plan_whose_budget_was_raised_is_not_blamed_on_the_rank_multiple():
     model = small_cnn(width=16)
     data = make_plan(model, keep_params=0.5).to_dict()
     data["options"]["budget"]["keep"] = 0.9
-    warnings = apply_plan(model, Plan.from_dict(data)).report.warnings
-    gap = next(w for w in warnings if "well below" in w)
-    assert "the plan's requested 0.9: its decisions cut more than its budget (the budget edited" in gap
-    assert "lower --rank-multiple" not in gap
+    report = apply_plan(model, Plan.from_dict(data)).report
+    gap = next(w for w in report.warnings if "well below" in w)
+    assert "the plan's requested 0.9: its decisions (as edited) cut more than its budget" in gap
+    assert "lower --rank-multiple" not in gap and report.search == "plan (budget edited)"
