@@ -1078,21 +1078,21 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
     notes: list[str] = []
     dynamic, batched = [], []
     # a named dynamic dim ('sequence') has one size in every input: given for one input, it holds for all
-    named: dict[str, tuple[int, str]] = {}
+    sizes_by_name: dict[str, tuple[int, str]] = {}
     for spec in specs:
         for dim, size in zip(spec.dims, overrides.get(spec.name, ())):
             if isinstance(dim, str) and dim:
-                named.setdefault(dim, (size, spec.name))
+                sizes_by_name.setdefault(dim, (size, spec.name))
     for spec in specs:
         if spec.name in overrides:
             shapes[spec.name] = overrides[spec.name]
             continue
-        dims = [named[d][0] if isinstance(d, str) and d in named else d for d in spec.dims]
+        dims = [sizes_by_name[d][0] if isinstance(d, str) and d in sizes_by_name else d for d in spec.dims]
         if dims != list(spec.dims):
-            sources = sorted({named[d][1] for d in spec.dims if isinstance(d, str) and d in named})
+            sources = sorted({sizes_by_name[d][1] for d in spec.dims if isinstance(d, str) and d in sizes_by_name})
             notes.append(f"input '{spec.name}': its dims named like those of {', '.join(map(repr, sources))} take "
-                         f"their sizes (" + ", ".join(f"{d}={named[d][0]}" for d in spec.dims
-                                                      if isinstance(d, str) and d in named) + ")")
+                         f"their sizes (" + ", ".join(f"{d}={sizes_by_name[d][0]}" for d in spec.dims
+                                                      if isinstance(d, str) and d in sizes_by_name) + ")")
         if batch_default is not None and dims and not isinstance(dims[0], int) \
                 and all(isinstance(d, int) for d in dims[1:]):
             dims[0] = batch_default
