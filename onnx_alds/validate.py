@@ -40,7 +40,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -249,7 +249,7 @@ class OutputComparison:
     def line(self) -> str:
         """``PASSED | Output: 'logits' (classifier) | rel=… cos=… top1=… | default for classifier: …``."""
         verdict = "PASSED" if self.passed else "FAILED"
-        if not self.applied:
+        if not self.applied and not self.failures:
             verdict = "FIGURES"
         text = f"{verdict} | Output: '{self.name}' ({self.kind}) | {self.figures()} | {self.tolerance_text()}"
         if self.failures:
@@ -335,7 +335,10 @@ class ValidationReport:
         first = failed[0]
         total = sum(len(o.failures) for o in failed)
         more = f" (and {total - 1} more)" if total > 1 else ""
-        missed = min((t for t in first.applied if not t.passed), key=lambda t: t.default)
+        missed = min((t for t in first.applied if not t.passed), key=lambda t: t.default, default=None)
+        if missed is None:  # a failure that is no tolerance: a value-sized output of another size
+            return (f"output '{first.name}': {first.failures[0]}{more}; compare the outputs before that step "
+                    "(scores, boxes), or check nothing (--figures-only)")
         if missed.default:
             fix = (f"compress less, state your own limit (--{_flag(missed.name)} X) or check nothing "
                    "(--figures-only)")
@@ -931,20 +934,23 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                 resized[name] = resized.get(name, 0) + 1
                 continue
             accumulator.add(value_o, value_c, feed)
-    compared = [name for name in output_names if accumulators[name].samples or name not in resized]
     for name, count in resized.items():
         notes.append(f"output '{name}': its size depends on the values ({value_sized[name]}) and differs from the "
-                     + (f"original's on {count} of {total} batches, which are not compared for it" if name in compared
-                        else f"original's on every batch ({count}): not compared (compare the outputs before it, e.g. "
-                        "the scores)"))
-    if not compared:
-        ops = ", ".join(sorted(set(value_sized.values())))
-        raise UnsupportedModelError(
-            f"no output could be compared: every output's size depends on the values ({ops}) and differs from the "
-            "original's on every batch; export the outputs before that step (scores, boxes) to validate them")
-    outputs = tuple(accumulators[name].result(effective_tolerances(stated, accumulators[name].kind,
-                                                                   figures_only=figures_only))
-                    for name in compared)
+                     f"original's on {count} of {total} batches, whose values are not compared (compare the outputs "
+                     "before that step, e.g. the scores)")
+    outputs = []
+    for name in output_names:
+        accumulator = accumulators[name]
+        if accumulator.samples or name not in resized:
+            output = accumulator.result(effective_tolerances(stated, accumulator.kind, figures_only=figures_only))
+        else:  # another size on every batch: no figure
+            output = OutputComparison(name, accumulator.shape, 0, math.nan, math.nan, math.nan, math.nan, math.nan,
+                                      kind=accumulator.kind, kind_reason=accumulator.reason)
+        if name in resized and not figures_only:  # a size that differs is a difference, whatever the figures say
+            output = replace(output, failures=output.failures + (
+                f"size differs from the original's on {resized[name]} of {total} batches ({value_sized[name]})",))
+        outputs.append(output)
+    outputs = tuple(outputs)
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
     for name, accumulator in accumulators.items():

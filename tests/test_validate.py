@@ -1097,6 +1097,10 @@ def test_outputs_whose_size_depends_on_the_values_do_not_block_compress_or_valid
     small = compress(model, keep_params=0.45, method="svd", rank_multiple=4).model
     inputs = InputSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})
     report = validate(model, small, inputs=inputs, figures_only=True, batch_size=8)
-    assert [output.name for output in report.outputs] in (["logits"], ["logits", "kept"])
+    assert [output.name for output in report.outputs] == ["logits", "kept"] and report.passed
     note = next(note for note in report.notes if note.startswith("output 'kept': its size depends on the values"))
     assert f"({op})" in note
+    # a size that differs is a difference: checked, the output fails whatever its figures on the other batches
+    checked = validate(model, small, inputs=inputs, batch_size=8)
+    kept = checked.outputs[1]
+    assert not checked.passed and not kept.passed and "size differs from the original's on" in kept.failures[-1]
