@@ -379,15 +379,22 @@ VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # outp
 def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph outputs whose size depends on the values computed, not only on the input shapes: computed
     through a :data:`VALUE_SIZED_OPS` node (the non-zeros of a mask, the boxes kept by non-max suppression;
-    in a subgraph of a node on the way too). Output name → that op. A compressed model computes slightly
+    in a subgraph of a node on the way too), a TopK whose k is computed at run time, or a Loop's outputs
+    (its trip count and condition may be). Output name → that op. A compressed model computes slightly
     other values, so such an output can have another size than the original's on the same input."""
     from .layers import iter_graphs
 
     producers = {out: node for node in model.graph.node for out in node.output if out}
+    constants = {init.name for init in model.graph.initializer} | {
+        node.output[0] for node in model.graph.node if node.op_type == "Constant" and node.output}
 
     def value_sized(node: onnx.NodeProto) -> Optional[str]:
         if node.op_type in VALUE_SIZED_OPS:
             return node.op_type
+        if node.op_type == "TopK" and len(node.input) > 1 and node.input[1] not in constants:
+            return "TopK with a k computed at run time"
+        if node.op_type == "Loop":  # its trip count and condition may be computed: as many slices, or growing values
+            return "Loop"
         for attribute in node.attribute:
             for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
                 inner = next((n.op_type for _, graph in iter_graphs(sub) for n in graph.node

@@ -1104,3 +1104,35 @@ def test_outputs_whose_size_depends_on_the_values_do_not_block_compress_or_valid
     checked = validate(model, small, inputs=inputs, batch_size=8)
     kept = checked.outputs[1]
     assert not checked.passed and not kept.passed and "size differs from the original's on" in kept.failures[-1]
+
+
+def test_a_topk_with_a_computed_k_and_a_loop_are_value_sized_a_constant_k_is_not():
+    """compress called a data-dependent TopK or Loop trip count "a bug in onnx-alds" (the outputs' sizes
+    moved with the compressed values)."""
+    from onnx_alds.checks import value_sized_outputs
+
+    def topk(k_from: str) -> onnx.ModelProto:
+        nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+                 helper.make_node("Cast", ["total"], ["k_scalar"], to=TensorProto.INT64),
+                 helper.make_node("Reshape", ["k_scalar", "one"], ["k_computed"]),
+                 helper.make_node("TopK", ["x", k_from], ["values", "indices"])]
+        graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                                  [helper.make_tensor_value_info("values", TensorProto.FLOAT, [1, "K"])],
+                                  [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                                   numpy_helper.from_array(np.array([3], np.int64), "k_fixed")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert value_sized_outputs(topk("k_computed")) == {"values": "TopK with a k computed at run time"}
+    assert value_sized_outputs(topk("k_fixed")) == {}
+    body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                              helper.make_node("Identity", ["x"], ["slice"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("slice", TensorProto.FLOAT, [1, 8])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Cast", ["total"], ["trips"], to=TensorProto.INT64),
+             helper.make_node("Loop", ["trips", "", ], ["stacked"], body=body)]
+    graph = helper.make_graph(nodes, "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("stacked", TensorProto.FLOAT, ["T", 1, 8])])
+    assert value_sized_outputs(helper.make_model(graph)) == {"stacked": "Loop"}
