@@ -906,6 +906,12 @@ class _PruneDecisions:
         self.options = options
         self.layers = _Decisions(plan, options)
 
+    @property
+    def edited(self) -> bool:
+        """Whether a block's width, a layer's decision or the budget differs from what the plan predicted."""
+        widths = any(block.predicted is not None and block.width != block.predicted.width for block in self.plan.blocks)
+        return widths or any(decision.edited for decision in self.plan.layers) or self.layers.search_name(0) != "plan"
+
     def _error(self, message: str) -> PlanError:
         return PlanError(f"the plan does not fit this model: {message}")
 

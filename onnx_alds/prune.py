@@ -2112,7 +2112,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     factorized_any = any(row.groups for row in rows)
     step_kind = "width and rank" if narrowed and factorized_any else "width" if narrowed else "rank"
     overshoot, gap_note = api.budget_gap(achieved, budget.keep, search.rank_multiple, step_kind,
-                                         applied=decisions is not None)
+                                         applied=decisions is not None and decisions.edited,
+                                         from_plan=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
     if decisions is None and achieved > budget.keep * 1.001:  # this warning says why, instead of the note
         gap_note = None

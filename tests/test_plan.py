@@ -667,3 +667,27 @@ def test_a_plan_whose_budget_was_raised_is_not_blamed_on_the_rank_multiple():
     gap = next(w for w in report.warnings if "well below" in w)
     assert "the plan's requested 0.9: its decisions (as edited) cut more than its budget" in gap
     assert "lower --rank-multiple" not in gap and report.search == "plan (budget edited)"
+
+
+def test_an_unedited_pruning_plan_applied_warns_as_its_compression_did():
+    """apply of an unedited --prune plan said its decisions "(as edited)" cut more than its budget, where the
+    compression had said the width steps were too coarse."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 8)) @ rng.standard_normal((8, 128))).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((128, 32)).astype(np.float32) * 0.1
+    model = make_model([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                        helper.make_node("MatMul", ["r", "w2"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+                       [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")], opset=13)
+    calibration = InputSet({"x": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)})
+    options = dict(keep_params=0.6, prune="only", calibration=calibration, rank_multiple=16)
+    compressed = onnx_alds.compress(model, **options).report.warnings
+    applied = apply_plan(model, round_trip(make_plan(model, **options)), calibration=calibration).report.warnings
+    gap = [w for w in applied if "well below" in w]
+    assert gap and gap == [w for w in compressed if "well below" in w] and "as edited" not in gap[0]
