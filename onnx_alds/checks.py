@@ -71,6 +71,8 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     size = model_bytes(model, store)
     try:
         checked = _onnx_check(model, store, size, full_check=False)
+    except RuntimeResourceError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {first_line(exc)}); fix the model "
                              "or export it again") from None
@@ -138,18 +140,31 @@ def _onnx_check(model: onnx.ModelProto, store: Optional[TensorStore], size: int,
     import tempfile
     from pathlib import Path
 
-    with tempfile.TemporaryDirectory(prefix="onnx-alds-check-") as folder:
-        root = Path(folder).resolve()
-        for location in locations:
-            stand_in = (root / location).resolve()
-            if stand_in.is_relative_to(root) and stand_in != root:  # else the checker names the bad location
-                stand_in.parent.mkdir(parents=True, exist_ok=True)
-                stand_in.touch()
-        path = root / "model.onnx"
-        path.write_bytes(light.SerializeToString())
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="onnx-alds-check-")
+    except OSError as exc:
+        raise _temporary_copy_failed(exc, tempfile.gettempdir()) from None
+    with folder:
+        root = Path(folder.name).resolve()
+        try:
+            for location in locations:
+                stand_in = (root / location).resolve()
+                if stand_in.is_relative_to(root) and stand_in != root:  # else the checker names the bad location
+                    stand_in.parent.mkdir(parents=True, exist_ok=True)
+                    stand_in.touch()
+            path = root / "model.onnx"
+            path.write_bytes(light.SerializeToString())
+        except OSError as exc:  # a full temporary folder is not the model's fault
+            raise _temporary_copy_failed(exc, str(root.parent)) from None
         del light
         onnx.checker.check_model(str(path), full_check=full_check)
     return True
+
+
+def _temporary_copy_failed(exc: OSError, where: str) -> RuntimeResourceError:
+    return RuntimeResourceError(f"writing the small copy of the model that onnx.checker reads, in the temporary folder "
+                                f"'{where}', failed ({exc.strerror or exc}); free space there or point TMPDIR to "
+                                "another folder, and run again")
 
 
 def _only_batch_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
@@ -473,6 +488,8 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
     size = model_bytes(new, store)
     try:
         _onnx_check(new, store, size, full_check=True)
+    except RuntimeResourceError:
+        raise
     except Exception as exc:
         fail(f"fails onnx.checker ({first_line(exc)})")
     if not found.runtime_loads or size > _RUNTIME_LIMIT:

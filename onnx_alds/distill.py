@@ -1921,7 +1921,8 @@ def _check_finite_held_out(teacher_eval: Mapping[str, np.ndarray], held_count: i
         raise InputDataError(
             f"the original model's output '{name}' is NaN or infinite on "
             + ("the augmented views of the held-out samples (the noise, flips or scales take the inputs outside "
-               "what the model accepts, e.g. below 0 into a Sqrt or a Log): add --no-augment" if views_only else
+               "what the model accepts, e.g. below 0 into a Sqrt or a Log): add --no-augment (onnx-alds distill; "
+               "compress --distill always augments)" if views_only else
                f"{int(np.sum(~finite[:held_count]))} held-out samples (a mask of zeros, a log of 0); distill on "
                "inputs on which its outputs are finite"))
 

@@ -1090,9 +1090,9 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
         dims = [sizes_by_name[d][0] if isinstance(d, str) and d in sizes_by_name else d for d in spec.dims]
         if dims != list(spec.dims):
             sources = sorted({sizes_by_name[d][1] for d in spec.dims if isinstance(d, str) and d in sizes_by_name})
+            taken = dict.fromkeys(d for d in spec.dims if isinstance(d, str) and d in sizes_by_name)  # once each
             notes.append(f"input '{spec.name}': its dims named like those of {', '.join(map(repr, sources))} take "
-                         f"their sizes (" + ", ".join(f"{d}={sizes_by_name[d][0]}" for d in spec.dims
-                                                      if isinstance(d, str) and d in sizes_by_name) + ")")
+                         f"their sizes (" + ", ".join(f"{d}={sizes_by_name[d][0]}" for d in taken) + ")")
         if batch_default is not None and dims and not isinstance(dims[0], int) \
                 and all(isinstance(d, int) for d in dims[1:]):
             dims[0] = batch_default

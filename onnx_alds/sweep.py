@@ -48,7 +48,7 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -1636,9 +1636,10 @@ def _model_names(paths: Sequence[str]) -> list[str]:
         if not name.isascii():
             safe += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
         names.append(safe)
-    if len(set(names)) != len(names):
-        names = [f"{name}-{i}" for i, name in enumerate(names)]
-    return names
+    counts = Counter(names)  # a folder-prefixed name met another model's stem: those get their path's digest
+    return [name if counts[name] == 1 else
+            f"{name}-{hashlib.sha256(str(Path(path).resolve()).encode('utf-8', 'surrogatepass')).hexdigest()[:6]}"
+            for name, path in zip(names, paths)]
 
 
 def models_from_args(args: argparse.Namespace) -> list[SweepModel]:

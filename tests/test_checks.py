@@ -280,3 +280,22 @@ def test_bench_and_validate_name_the_input_shapes_that_do_not_fit(tmp_path, caps
     assert "check that the --input-shape values given (x:1x20x16) fit the model" in capsys.readouterr().err
     assert main(["validate", path, path, "--random", "4", "--input-shape", "x:1x20x16"]) == 1
     assert "random inputs (x: 4x20x16) do not fit this model: check any --input-shape given" in capsys.readouterr().err
+
+
+def test_a_full_temporary_folder_is_not_called_an_invalid_model(monkeypatch):
+    """On a full disk the checker's temporary copy could not be written, and the model was "not valid ONNX
+    (onnx.checker: [Errno 27] File too large); fix the model or export it again"."""
+    import errno
+    from pathlib import Path
+
+    from conftest import small_cnn
+    from onnx_alds.checks import check_input_model
+    from onnx_alds.errors import RuntimeResourceError
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr("onnx_alds.checks._DIRECT_CHECK_BYTES", 0)  # checked through the temporary copy
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(RuntimeResourceError, match="temporary folder .* failed \\(File too large\\); free space"):
+        check_input_model(small_cnn())

@@ -867,7 +867,7 @@ def test_compress_distill_settings_are_named_by_compress_flags(tmp_path, capsys)
     assert code == 1 and "--distill-minutes 0.0: give a positive time budget" in capsys.readouterr().err
 
 
-def test_an_augmenter_that_only_resamples_adds_no_held_out_views():
+def test_an_augmenter_that_only_resamples_adds_no_held_out_views(torch):
     """"held out: 8 samples + 4 augmented views each" were 32 random copies of the 8 samples, weighting some
     of them up to 10 times in the held-out loss and the choice of the best step."""
     from onnx_alds.distill import Augmenter, DistillSettings, ImageAugmenter, _held_out_set

@@ -629,3 +629,16 @@ def test_an_initializer_listed_as_an_input_is_named_as_such_when_fed(tmp_path):
                        "calibration")
     with pytest.raises(InputDataError, match="--input-shape names 'scale', an initializer"):
         check_input_shapes(model, {"scale": (4,)})
+
+
+def test_dims_named_like_a_given_inputs_take_its_sizes_once_each():
+    """adj [N, N] beside x [N, 16] given as 5x16: 5x5, the note said "(N=5, N=5)"."""
+    from onnx_alds.model_io import resolve_input_shapes
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["adj", "x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                               helper.make_tensor_value_info("adj", TensorProto.FLOAT, ["N", "N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])])
+    shapes, notes = resolve_input_shapes(helper.make_model(graph), {"x": (5, 16)}, batch_default=1)
+    assert shapes == {"x": (5, 16), "adj": (5, 5)}
+    assert notes == ["input 'adj': its dims named like those of 'x' take their sizes (N=5)"]

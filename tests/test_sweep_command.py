@@ -617,6 +617,12 @@ def test_model_names_of_one_file_do_not_depend_on_the_order_given(tmp_path):
     assert forward == backward and len(set(forward.values())) == 3
     assert forward[paths[1]] == "b-model" and forward[paths[2]] == "c-a-model"
     assert _model_names(paths[:2]) == ["a-model", "b-model"]  # the names earlier sweeps stored rows under
+    # a folder-prefixed name that meets another file's stem ('s1/model' and 's1-model'): those two get their
+    # path's digest; the others keep their names (all three were numbered by position)
+    clash = [str(tmp_path / "s1" / "model.onnx"), str(tmp_path / "s2" / "model.onnx"), str(tmp_path / "s1-model.onnx")]
+    forward = dict(zip(clash, _model_names(clash)))
+    assert forward == dict(zip(clash[::-1], _model_names(clash[::-1]))) and len(set(forward.values())) == 3
+    assert forward[clash[1]] == "s2-model"
 
 
 def test_the_compared_output_must_be_batch_first_and_other_outputs_are_not_fetched():
