@@ -122,8 +122,9 @@ def test_per_layer_names_the_layers_factorized_inside_subgraphs():
     rng = np.random.default_rng(5)
     branches = {}
     for branch in ("then", "else"):
-        body = helper.make_graph([helper.make_node("MatMul", ["x", f"w_{branch}"], [f"y_{branch}"], name=f"{branch}_mm")],
-                                 branch, [], [helper.make_tensor_value_info(f"y_{branch}", TensorProto.FLOAT, None)])
+        product = helper.make_node("MatMul", ["x", f"w_{branch}"], [f"y_{branch}"], name=f"{branch}_mm")
+        body = helper.make_graph([product], branch, [],
+                                 [helper.make_tensor_value_info(f"y_{branch}", TensorProto.FLOAT, None)])
         branches[f"{branch}_branch"] = body
     nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
              helper.make_node("If", ["c"], ["y"], name="branch", **branches)]

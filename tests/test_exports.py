@@ -910,8 +910,9 @@ def test_every_dynamic_input_is_named_in_one_error():
                  [numpy_helper.from_array(rng.standard_normal((50, 32)).astype(np.float32), "table"),
                   numpy_helper.from_array(np.array([2], np.int64), "axis"),
                   numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
-    with pytest.raises(UnsupportedModelError, match=r"inputs 'ids' \[batch, seq\], 'mask' \[batch, seq\] have dynamic "
-                                                    r"dims; give them with --input-shape ids:1xN --input-shape mask:1xN"):
+    with pytest.raises(UnsupportedModelError, match=r"inputs 'ids' \[batch, seq\], 'mask' \[batch, seq\] have "
+                                                    r"dynamic dims; give them with --input-shape ids:1xN "
+                                                    r"--input-shape mask:1xN"):
         onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
     result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"ids": (1, 7), "mask": (1, 7)})
     assert factorized(result) == ["mm"]

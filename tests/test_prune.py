@@ -510,7 +510,8 @@ def test_a_block_whose_weight_the_model_also_returns_is_not_pruned(returned):
              helper.make_node("Identity", ["w2"], ["w2_alias"], name="alias"),
              helper.make_node("MatMul", ["r", "w2_alias"], ["y"], name="down")]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])]
-    outputs.append(helper.make_tensor_value_info(returned, TensorProto.FLOAT, [16, 64] if returned == "w1" else [64, 16]))
+    shape = [16, 64] if returned == "w1" else [64, 16]
+    outputs.append(helper.make_tensor_value_info(returned, TensorProto.FLOAT, shape))
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], outputs,
                        [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2", (64, 16), 0.125)])
     with pytest.raises(UnsupportedModelError, match="no prunable block .*graph output"):
