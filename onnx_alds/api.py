@@ -775,11 +775,21 @@ def _with_chosen_orders(prepared: _Prepared, chosen: list[Layer], allocation: Al
             [ordered.get(layer.name, layer) for layer in chosen])
 
 
+def _downstream_of(model: onnx.ModelProto, sources: set[str]) -> set[str]:
+    """The main graph's tensors computed from any of ``sources`` (nodes in graph order, which is topological)."""
+    reached = set(sources)
+    for node in model.graph.node:
+        if any(name in reached for name in node.input):
+            reached.update(out for out in node.output if out)
+    return reached
+
+
 def refuse_unshrunk_interpolation(fits: Sequence[tuple[str, int, int]], option: str, what: str) -> None:
     """``fits``: ``(name, calibration vectors, inputs)`` of the refits to come. Without moment shrinkage, a
-    refit across inputs other than the ones it reproduces (``--sequential``'s, a pruned block's kept
-    channels) on fewer vectors than inputs interpolates the calibration set: its error there is about 0 and
-    held-out outputs can be off by more than the outputs themselves. Raises InputDataError."""
+    refit across inputs other than the ones it reproduces (``--sequential``'s behind a factorized layer, a
+    pruned block's kept channels) on fewer vectors than inputs interpolates the calibration set: its error
+    there is about 0 and held-out outputs can be off by more than the outputs themselves. Raises
+    InputDataError."""
     starved = [(name, count, size) for name, count, size in fits if count < size]
     if starved:
         name, count, size = starved[0]
@@ -803,10 +813,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         data.shrinkage
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
-    if calibration is not None and sequential and not shrinkage:  # (a layer reading a graph input sees x̃ = x)
-        fed = {value.name for value in proto.graph.input}
+    if calibration is not None and sequential and not shrinkage:  # (a layer no factorized layer feeds sees x̃ = x)
+        changed = _downstream_of(proto, {layer.output for layer, _ in plan})
         refuse_unshrunk_interpolation([(layer.name, stats[layer.name].count, layer.matrix_shape[1])
-                                       for layer, _ in plan if layer.name in stats and layer.input not in fed],
+                                       for layer, _ in plan if layer.name in stats and layer.input in changed],
                                       "--sequential", "layers")
     extra_notes: list[str] = list(calibration_notes)
     if calibration is None:  # one layer's weight and factors in float64 at a time (the rewrite pulls them)
