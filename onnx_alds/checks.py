@@ -410,10 +410,10 @@ def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
             return "TopK with a k computed at run time"
         if node.op_type == "Loop":  # its trip count and condition may be computed: as many slices, or growing values
             return "Loop"
-        for attribute in node.attribute:
+        for attribute in node.attribute:  # a node of its bodies, by the same rules (If branches, Scan bodies)
             for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                inner = next((n.op_type for _, graph in iter_graphs(sub) for n in graph.node
-                              if n.op_type in VALUE_SIZED_OPS), None)
+                inner = next((op for _, graph in iter_graphs(sub) for n in graph.node if (op := value_sized(n))),
+                             None)
                 if inner:
                     return inner
         return None

@@ -44,7 +44,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import load_inputs
-    from .model_io import load_model
+    from .model_io import first_missing_folder, load_model, remove_if_no_files
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -58,18 +58,14 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     result = compress(model, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple, calibration=calibration,
                       order=args.order)
-    made = [] if out.exists() else [out]  # the folders this run makes, removed again if it fails
-    while made and not made[-1].parent.exists():
-        made.append(made[-1].parent)
+    created = first_missing_folder(out)  # removed again, with what this run wrote, if it fails
     written: list[str] = []
     try:
         validation = _write_and_check(args, out, model_path, result, evaluation, written)
     except BaseException:  # a full disk, an interrupt: nothing of this run is left (a failed check raises after)
         for path in written:
             Path(path).unlink(missing_ok=True)
-        for folder in made:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_if_no_files(created)
         raise
     if not validation.passed:  # (validate's own advice names flags the demo does not take)
         problem = validation.failure_message().split("; ")[0]

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -646,6 +647,23 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
     finally:
         if os.path.exists(pending):
             os.unlink(pending)
+
+
+def first_missing_folder(folder: Union[str, os.PathLike]) -> Optional[Path]:
+    """The outermost folder of ``folder`` that does not exist yet (what writing into it will create), or
+    None when it exists: a command that fails removes it again with :func:`remove_if_no_files`."""
+    missing = Path(folder).absolute()
+    if missing.exists():
+        return None
+    while not missing.parent.exists():
+        missing = missing.parent
+    return missing
+
+
+def remove_if_no_files(folder: Optional[Path]) -> None:
+    """Remove ``folder`` (from :func:`first_missing_folder`) when it holds no file, at any depth."""
+    if folder is not None and folder.is_dir() and not any(path.is_file() for path in folder.rglob("*")):
+        shutil.rmtree(folder)
 
 
 def _naming(exc: OSError, target: Path) -> OSError:

@@ -43,7 +43,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import socket
 import sys
 import time
@@ -1719,10 +1718,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     launcher = Path(sys.argv[0]).name if sys.argv else ""
     command = shlex.join(["onnx-alds"] + sys.argv[1:]) if launcher in ("onnx-alds", "cli.py", "__main__.py") \
         else shlex.join(sys.argv)
-    created = out.absolute()  # the first folder of -o that this run makes, removed again if left empty
-    while not created.parent.exists():
-        created = created.parent
-    created = None if created.exists() else created
+    from .model_io import first_missing_folder, remove_if_no_files
+
+    created = first_missing_folder(out)  # the first folder of -o that this run makes, removed again if left empty
     try:
         result = run_sweep(models, args.methods, keeps, out=args.out, target=target,
                            rank_multiples=args.rank_multiples, seeds=args.seeds, engine=engine,
@@ -1730,8 +1728,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                            bench_target_s=args.bench_time, plots=not args.no_plots,
                            progress=False if args.no_progress else None, command=command)
     except BaseException:
-        if created is not None and created.is_dir() and not any(path.is_file() for path in created.rglob("*")):
-            shutil.rmtree(created)
+        remove_if_no_files(created)
         raise
     print(summary_table(result.rows))
     print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
