@@ -7,16 +7,18 @@ its own. ``compress`` returns the new model with its report and never writes fil
 from __future__ import annotations
 
 import logging
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
 
 from . import __version__
+from .argtypes import check_count
 from .allocate import DENSE, Allocation, LayerChoice, allocate_lrank, allocate_minmax, minimum_cost
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
@@ -24,11 +26,11 @@ from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, folded_weight, is_counted_node, is_layer_node, iter_graphs, iter_total_params,
+                     find_layers, folded_weight, is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
                      node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
-from .inputs import conform_inputs
+from .inputs import check_sample_dims, conform_inputs
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, with_pruning
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
@@ -79,6 +81,9 @@ class _Prepared:
         (:func:`onnx_alds.inputs.conform_inputs`); refused for a model whose outputs are random."""
         self.refuse_random_for_calibration()
         calibration = conform_inputs(self.model, options.data.calibration, "calibration")
+        given = {name: dims for name, dims in (options.input_shapes or {}).items() if name in calibration.arrays}
+        check_sample_dims(calibration, given, "the calibration arrays are",
+                          "give calibration inputs of that size, or other input_shapes")
         return replace(options, data=replace(options.data, calibration=calibration))
 
     def check_keep_dense(self, keep_dense: Mapping[str, str]) -> None:
@@ -132,6 +137,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         materialize(proto, store)
     generated = ensure_node_names(proto)  # layers, plans and reports need every node named: undone when written
     check_exclude_patterns(proto, exclude)  # (a pattern may name a node about to go as dead)
+    import fnmatch  # a node renamed for a repeated name is still the user's node of that name
+    import glob
+
+    exclude = tuple(exclude) + tuple(glob.escape(given) for given, own in generated.items()
+                                     if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in exclude))
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
         notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "
@@ -170,6 +180,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     unchanged = unchanged_ops_note(proto)
     if unchanged:
         notes.append(f"left as they are (their MACs count in the total where known): {unchanged}")
+    einsums = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
+               if node.op_type == "Einsum" and any(name in constants for name in node.input)]
+    if einsums:
+        notes.append(f"{len(einsums)} Einsum nodes with a constant operand (first: '{einsums[0].name}') are left as "
+                     "they are (Einsum is not factorized): their weights count in the totals, their MACs do not")
     recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                  if node.op_type in ("LSTM", "GRU", "RNN")]
     if recurrent:
@@ -187,6 +202,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             notes.append(message)
         else:
             macs_total = int(sum(per_node))
+    renamed = [layer.name for layer in layers if layer.name in generated]
+    if renamed:  # the report and plans need a name for each; the written model keeps the node's own
+        notes.append(f"{len(renamed)} Conv/Gemm/MatMul nodes have no name of their own (or a repeated one; first: "
+                     f"'{renamed[0]}'): the report and plans call them <op>_<position in the graph>, or "
+                     "<name>_<k>; the written model keeps their own (empty or repeated) names")
     randoms = tuple(random_nodes(proto))
     if randoms:
         notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}; ONNX Runtime's "
@@ -210,24 +230,64 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
         try:
             inlined = inliner.inline_local_functions(model, convert_version=True)
-        except Exception:  # converting needs the type of every call's output: infer them on a copy, and drop
-            inlined = _without_added_value_info(  # what inference added to the graphs
-                inliner.inline_local_functions(onnx.shape_inference.infer_shapes(model), convert_version=True), model)
+        except Exception:  # converting needs the type of every call's input and output: state the initializers'
+            typed = onnx.shape_inference.infer_shapes(_with_initializer_types(model))  # and infer the rest, on a
+            inlined = _without_added_value_info(  # copy, then drop what was added to the graphs
+                inliner.inline_local_functions(typed, convert_version=True), model)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
+    _drop_repeated_constants(inlined)
+    called_before = {(node.domain, node.op_type) for _, graph in iter_graphs(model.graph) for node in graph.node} | {
+        (node.domain, node.op_type) for function in model.functions for node in function.node}
+    uncalled = [function for function in model.functions if (function.domain, function.name) not in called_before]
+    kept = {(function.domain, function.name) for function in inlined.functions}
+    inlined.functions.extend(f for f in uncalled if (f.domain, f.name) not in kept)  # nothing calls them: kept
     called = {(node.domain, node.op_type) for _, graph in iter_graphs(inlined.graph) for node in graph.node}
     left = [f for f in inlined.functions if (f.domain, f.name) in called and any(map(is_layer_node, f.node))]
     if left:
         raise UnsupportedModelError(f"onnx's inliner left the model-local function '{left[0].domain}::{left[0].name}'"
                                     ", which holds a Conv/Gemm/MatMul, in place; export the model without functions "
                                     "(e.g. torch.onnx.export(..., dynamo=False))")
-    notes.append(f"inlined {len(model.functions)} model-local functions so that their layers can be factorized")
+    notes.append(f"inlined the calls of {len(model.functions) - len(uncalled)} model-local functions so that their "
+                 "layers can be factorized" + (f" ({len(uncalled)} that nothing calls are kept as they are)"
+                                               if uncalled else ""))
     shared = _share_inlined_constants(model, inlined)
     if shared:
         notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
                      "layers count as sharing a weight)")
     return inlined
+
+
+def _with_initializer_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose graphs state each initializer's type in ``value_info`` (onnx's converting
+    inliner asks the type of every value a call reads, and shape inference does not add initializers')."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for _, graph in iter_graphs(copy.graph):
+        stated = {value.name for value in graph.value_info} | {value.name for value in graph.input}
+        graph.value_info.extend(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                                for init in graph.initializer if init.name not in stated)
+    return copy
+
+
+def _drop_repeated_constants(model: onnx.ModelProto) -> None:
+    """Remove, in place, a Constant node that defines a name a Constant before it already defines with the
+    same value: onnx's converting inliner copies a main-graph Constant read by a call into the call's body,
+    which would define the name twice (and count its weight twice)."""
+    defined: dict[str, bytes] = {}
+    for _, graph in iter_graphs(model.graph):
+        keep = []
+        for node in graph.node:
+            if node.op_type == "Constant" and is_standard(node) and len(node.output) == 1:
+                value = b"".join(attribute.SerializeToString() for attribute in node.attribute)
+                if defined.get(node.output[0]) == value:
+                    continue
+                defined.setdefault(node.output[0], value)
+            keep.append(node)
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
 
 
 def _without_added_value_info(model: onnx.ModelProto, before: onnx.ModelProto) -> onnx.ModelProto:
@@ -336,6 +396,18 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
              calibration_workers: int = 1) -> CompressionResult:
     """Factorize the model's Conv/Gemm/MatMul layers under one budget and return the new model.
 
+    The budget, exactly one of: ``keep_params`` (fraction of the model's weights to keep, in (0, 1]),
+    ``keep_flops`` (fraction of the multiply-accumulates of its Conv/Gemm/MatMul layers at the input
+    shape) or ``keep_latency`` (fraction of its measured time, with ``speed``). ``exclude``: node or
+    weight names, or glob patterns, to leave dense. ``seed``: integer in [0, 2**32) for the randomized
+    parts (ALDS's search, random inputs). ``input_shapes``: input name → dims, for dynamic dims
+    (``{"input": (1, 3, 224, 224)}``). ``max_groups``: the largest group count ``g`` searched.
+    ``calibration_batch_size``: samples per calibration run of ONNX Runtime. ``prune_heads``: with
+    ``prune``, blocks may narrow whole attention heads. Raises :class:`onnx_alds.errors.BudgetError`
+    (a budget or option out of range, a budget below what the layers can reach),
+    :class:`onnx_alds.errors.InputDataError` (calibration or shapes that do not fit the model),
+    :class:`onnx_alds.errors.ModelLoadError` and :class:`onnx_alds.errors.UnsupportedModelError`.
+
     ``model``: a path (read lightly: external data stays on disk and each weight is read when its
     layer needs it, docs/LARGE_MODELS.md), a ModelProto (neither copied whole nor modified), or an
     :class:`onnx_alds.model_io.OpenedModel` (then the result is light too: see :class:`CompressionResult`).
@@ -412,6 +484,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
     same bits as 1 (default: in this process, no Ray).
     """
+    check_count("calibration_workers", calibration_workers)  # (before Ray starts)
     if calibration_workers != 1:  # the same call inside the workers' context
         keywords = dict(locals(), calibration_workers=1)
         from .calibrate import calibration_workers as workers_context
@@ -433,6 +506,18 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
         return compress_pruned(model, options, options.search.prune)
     return _apply_step(_plan_step(model, options))
+
+
+def check_compress_keywords(function: str, keywords: Mapping[str, Any]) -> None:
+    """Raise :class:`InputDataError` naming ``function`` for a keyword that :func:`compress` does not take
+    (``make_plan`` and the sweep pass compress's keywords on)."""
+    import inspect
+
+    known = [name for name in inspect.signature(compress).parameters if name != "model"]
+    unknown = sorted(set(keywords) - set(known))
+    if unknown:
+        raise InputDataError(f"{function}() got unknown option(s) {', '.join(unknown)}; it takes compress's keywords: "
+                             f"{', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -973,6 +1058,7 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
 
 
 OVERSHOOT_WARNING = 0.1  # a plan this far (relative) below the requested keep is a warning, not a note
+OVER_BUDGET = 1 + 1e-9  # an achieved ratio above keep times this is over the budget (a hard cap), and said
 
 
 def _edited_plan(search: str) -> bool:
@@ -992,11 +1078,11 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited)."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
-    if achieved > keep * 1.001 and not (applied or from_plan):
+    if achieved > keep * OVER_BUDGET and not (applied or from_plan):
         return None, (f"achieved {achieved:.4f}, above the requested {keep:g}: the written model holds more than "
                       "the allocation counted (constants that other nodes still read stay beside their "
                       "replacements)")
-    if achieved > keep * 1.001:  # a saved plan's decisions keep more than its budget: edited, or the budget was
+    if achieved > keep * OVER_BUDGET:  # a saved plan's decisions keep more than its budget: edited, or the budget was
         return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
                       "its budget (entries or the budget edited)")
     if applied:
@@ -1251,8 +1337,17 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
 
     ``rank_multiple`` restricts the candidate groups and the smallest reachable ratios as ``compress``
     with the same value would (the CLI's default is 16, as for ``compress``)."""
-    if rank_multiple < 1:
-        raise BudgetError(f"--rank-multiple {rank_multiple} is out of range; give a positive integer such as 16")
+    from .options import SearchOptions
+
+    exclude = SearchOptions(rank_multiple=rank_multiple, max_groups=max_groups, exclude=exclude).exclude  # checks
+    if isinstance(rank_fractions, (str, bytes)) or not isinstance(rank_fractions, Iterable):
+        raise BudgetError(f"rank_fractions={rank_fractions!r}: give fractions of the full rank in (0, 1], "
+                          "e.g. (0.25, 0.5, 0.75)")
+    rank_fractions = tuple(rank_fractions)
+    odd = next((f for f in rank_fractions if isinstance(f, bool) or not isinstance(f, numbers.Real)
+                or not 0 < f <= 1), None)
+    if odd is not None or not rank_fractions:
+        raise BudgetError(f"rank_fractions has {odd!r}; give fractions of the full rank in (0, 1], e.g. (0.25, 0.5)")
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False,
                         channel_multiple=rank_multiple)
     constants = prepared.constants

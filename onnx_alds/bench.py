@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -393,6 +393,48 @@ def provider_options_for(provider: str, cudnn_conv_algo_search: str = "EXHAUSTIV
     return options
 
 
+def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threads, min_time_s, feeds) -> None:
+    """Raise :class:`InputDataError` for a ``bench`` argument of the wrong type or range (a float count is
+    refused, not truncated)."""
+    from .argtypes import check_count, check_number, check_threads
+
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Iterable):
+        raise InputDataError(f"batch_sizes={batch_sizes!r}: give a list of batch sizes, e.g. (1, 32)")
+    if not list(batch_sizes):
+        raise InputDataError("batch_sizes is empty; give one or more batch sizes ≥ 1, e.g. (1, 32)")
+    for batch in batch_sizes:
+        check_count("batch size", batch)
+    check_count("runs", runs)
+    check_count("warmup", warmup, 0, optional=True)
+    check_count("layer_runs", layer_runs, optional=True)
+    check_count("seed", seed, 0)
+    if seed >= 2**32:
+        raise InputDataError(f"got seed={seed}; give an integer in [0, 2**32), e.g. 0")
+    check_threads(threads)
+    check_number("min_time_s", min_time_s)
+    if feeds is not None:
+        if not isinstance(feeds, Mapping) or not feeds:
+            raise InputDataError(f"feeds={feeds!r}: give a dict of graph input name to array, batch first, or None "
+                                 "for random inputs")
+        odd = next((name for name, array in feeds.items() if not isinstance(array, np.ndarray) or array.ndim == 0),
+                   None)
+        if odd is not None:
+            raise InputDataError(f"feeds['{odd}'] is not a numpy array with a batch dim; give arrays, batch first")
+
+
+def _check_feeds_fit(feeds: Mapping[str, np.ndarray], protos: Sequence[onnx.ModelProto], names: Sequence[str]) -> None:
+    """Raise :class:`InputDataError` when ``feeds`` lacks a graph input of a model or has a name none has."""
+    for name, proto in zip(names, protos):
+        wanted = [spec.name for spec in graph_inputs(proto)]
+        missing = [key for key in wanted if key not in feeds]
+        unknown = [key for key in feeds if key not in {value.name for value in proto.graph.input}]
+        if missing or unknown:
+            problem = (f"has no array for input '{missing[0]}'" if missing else
+                       f"has '{unknown[0]}', which is not an input")
+            raise InputDataError(f"feeds {problem} of {name} (its inputs: {', '.join(wanted)}); give one array per "
+                                 "graph input, keyed by name")
+
+
 def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,),
           threads: Optional[int] = None, warmup: Optional[int] = None, runs: int = 100, min_time_s: float = 1.0,
           input_shapes: Optional[dict[str, Sequence[int]]] = None, per_layer: bool = False,
@@ -405,19 +447,24 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     on CPU. With ``per_layer``, every model after the first is compared layer by layer with the first.
     ``names`` labels the models in the report (default: file names, ``model[i]`` for protos).
     ``feeds`` (input name → array, batch first): time every model on these inputs instead of random ones;
-    ``batch_sizes`` must then be their batch alone.
-    Raises :class:`ProviderError` when the provider is not available.
+    ``batch_sizes`` must then be their batch alone. ``seed``: of the random inputs; ``layer_runs``: timed
+    runs per layer with ``per_layer`` (default ``max(10, runs // 2)``); ``provider_options``: passed to
+    ONNX Runtime's provider (e.g. ``{"device_id": 1}``); ``cudnn_conv_algo_search``: CUDA's convolution
+    algorithm search. Times are in milliseconds per run.
+    Raises :class:`ProviderError` when the provider is not available, :class:`InputDataError` for an
+    argument of the wrong type or range.
     """
     if isinstance(models, (str, os.PathLike, onnx.ModelProto)):  # one model, not a sequence of its characters
         models = [models]
+    models = list(models) if isinstance(models, Iterable) else models  # (a generator, a tuple)
     if not models:
         raise InputDataError("no models to bench; give at least one .onnx file")
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise InputDataError(f"got batch sizes {list(batch_sizes)}; give one or more batch sizes ≥ 1")
-    if runs < 1 or not 0 <= min_time_s < math.inf:
-        raise InputDataError(f"got runs={runs}, min_time_s={min_time_s}; give runs ≥ 1 and a finite min_time_s ≥ 0")
+    _check_bench_arguments(batch_sizes=batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
+                           threads=threads, min_time_s=min_time_s, feeds=feeds)
+    if not 0 <= min_time_s < math.inf:
+        raise InputDataError(f"got min_time_s={min_time_s}; give a finite min_time_s ≥ 0 (seconds)")
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
     if feeds is not None and [int(b) for b in batch_sizes] != [len(next(iter(feeds.values())))]:
@@ -429,6 +476,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         threads = physical_cores()
     options = provider_options_for(provider, cudnn_conv_algo_search, provider_options)
     protos = [load_model(m) for m in models]
+    if feeds is not None:
+        _check_feeds_fit(feeds, protos, names if names is not None else _labels(models))
     sessions = [make_session(m if not isinstance(m, onnx.ModelProto) else p, provider, threads=threads,
                              provider_options=options, spinning=False) for m, p in zip(models, protos)]
     if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):

@@ -1121,8 +1121,10 @@ def calibration_workers(workers: int = 1, *, cpus_per_worker: int = 1, address: 
     which is shut down on leaving). Raises :class:`InputDataError` for ``workers < 1``, ``cpus_per_worker
     < 1``, or ``workers > 1`` without Ray installed or reachable.
     """
-    if workers < 1 or cpus_per_worker < 1:
-        raise InputDataError(f"got {workers} calibration worker(s) of {cpus_per_worker} CPU(s); give positive counts")
+    from .argtypes import check_count
+
+    check_count("calibration_workers", workers)
+    check_count("cpus_per_worker", cpus_per_worker)
     engine = engine or ("ray" if workers > 1 else "local")
     if engine not in ("local", "ray") or (engine == "local" and workers > 1):
         raise InputDataError(f"got calibration engine '{engine}' with {workers} worker(s); give local (one worker) or ray")

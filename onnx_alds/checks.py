@@ -50,6 +50,17 @@ class InputCheck:
     finite_outputs: frozenset = frozenset()  # float outputs finite (and far from overflow) on the probe inputs
 
 
+def _unknown_default_domain_op(model: onnx.ModelProto) -> Optional[str]:
+    """The first op of the standard domain (main graph or subgraphs) that ONNX does not define, or None."""
+    from .layers import iter_graphs
+
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+                return node.op_type
+    return None
+
+
 def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None,
                       input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> InputCheck:
     """Refuse a model that is not valid ONNX, with one line naming what is wrong (raises
@@ -74,6 +85,12 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
     except RuntimeResourceError:
         raise
     except Exception as exc:
+        unknown = _unknown_default_domain_op(model)
+        if unknown is not None:
+            raise ModelLoadError(
+                f"the model uses '{unknown}' in the standard ai.onnx domain, where ONNX has no such op (ONNX Runtime "
+                "writes its internal ops there when it saves a session optimized at level EXTENDED or above); give "
+                "the model as exported, or one saved at ORT_ENABLE_BASIC") from None
         raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {first_line(exc)}); fix the model "
                              "or export it again") from None
     if not checked:

@@ -101,11 +101,15 @@ NO_FLOAT_OUTPUT = ("measures how much each {what} moves the model's float output
 
 
 SENSITIVITY_INPUT_BYTES = 1 << 24  # the sensitivity probes run at most this much input per layer (16 MiB)
+# a probe whose own (layer or block) error is at most this measures float rounding and the refit's ridge, not
+# how far the layer's error reaches the outputs: the ratio of two noises (e.g. 1e-7 / 2e-6) is no weight
+PROBE_ERROR_FLOOR = 1e-3
 
 
 def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables: Sequence[ErrorTable],
                         constants: Mapping, stats: Mapping, calibration, *, samples: int = 16) -> list[float]:
-    """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``).
+    """``s_ℓ = e_ℓ / ε_ℓ`` per layer (see :func:`compress`, option ``sensitivity``), probed at about half
+    the layer's size, or at a lower rank where the error there is below :data:`PROBE_ERROR_FLOOR`.
 
     Runs up to ``samples`` calibration inputs (whole fixed batches when the model fixes its batch);
     a layer without statistics (over the moment limit) is probed with data-free factors.
@@ -129,6 +133,11 @@ def layer_sensitivities(proto: onnx.ModelProto, chosen: Sequence[Layer], tables:
         option = table.options[0]
         half = int(np.searchsorted(option.sizes, 0.5 * table.dense_size, side="right")) - 1
         index = min(max(half, 0), len(option.ranks) - 1)
+        while index > 0 and option.errors[index] <= PROBE_ERROR_FLOOR:  # (a layer exactly of low rank)
+            index -= 1
+        if option.errors[index] <= PROBE_ERROR_FLOOR:
+            weights.append(1.0)  # every rank is (nearly) exact: its error times any weight stays ~0
+            continue
         groups, rank = option.groups, int(option.ranks[index])
         predicted = float(option.errors[index])
         if layer.name in stats:

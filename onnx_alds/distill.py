@@ -1526,7 +1526,9 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     budget_s = None if minutes is None else 60.0 * minutes
 
     previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()  # the host's settings, put back after
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_rng = torch.get_rng_state()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.use_deterministic_algorithms(True)
@@ -1702,7 +1704,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         return DistillResult(tuned, report)
     finally:
         torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_deterministic)
+        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+        torch.set_rng_state(previous_rng)
 
 
 def _check_step_sizes(model: onnx.ModelProto, trainable: Sequence[str], lr: float) -> None:

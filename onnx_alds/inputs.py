@@ -83,10 +83,18 @@ class InputSet:
             )
         if not self.source:  # reports and notes say where the data came from
             object.__setattr__(self, "source", f"arrays given in Python ({len(self)} samples)")
-        if self.labels is not None and len(self.labels) != len(self):
-            raise InputDataError(
-                f"{len(self.labels)} labels for {len(self)} samples; give exactly one label per sample"
-            )
+        if self.labels is not None:
+            labels = self.labels
+            if not isinstance(labels, np.ndarray):  # a list of ids is fine; a list of floats is not
+                labels = np.asarray(labels)
+            if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+                raise InputDataError(f"labels are {labels.dtype} of shape {labels.shape}; give one integer class id "
+                                     "per sample, e.g. numpy.array([3, 0, 7], dtype=numpy.int64)")
+            if len(labels) != len(self):
+                raise InputDataError(
+                    f"{len(labels)} labels for {len(self)} samples; give exactly one label per sample"
+                )
+            object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
 
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
@@ -433,7 +441,7 @@ def labels_from_filenames(files: Sequence[Path]) -> np.ndarray:
 # Sources
 
 
-def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, images: Optional[PathLike] = None,
+def load_inputs(model: Union[onnx.ModelProto, PathLike], *, npz: Optional[PathLike] = None, images: Optional[PathLike] = None,
                 preprocess: Union[str, Preprocess] = "imagenet", random: Optional[int] = None,
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
                 limit: Optional[int] = None, progress: Optional[bool] = None,
@@ -445,9 +453,19 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     ``limit`` keeps ``limit`` samples spread evenly over the set (:func:`spread_indices`); ``progress``
     shows a bar while decoding images (default: only when stderr is a terminal). Labels: an ``.npz``'s
     ``labels`` array, or ``labels_file`` (:func:`read_labels_file`), or ``labels_from_filenames`` (images
-    only); they are checked before any image is decoded. Raises :class:`InputDataError` when the data does
-    not fit the model.
+    only); they are checked before any image is decoded. ``model``: a ModelProto or a path (only its graph
+    is read). Raises :class:`InputDataError` when the data does not fit the model, :class:`ModelLoadError`
+    when the model cannot be read.
     """
+    from .argtypes import check_count
+
+    if not isinstance(model, onnx.ModelProto):
+        from .model_io import open_model
+
+        model = open_model(model).model
+    check_count("limit", limit, optional=True)
+    check_count("random", random, optional=True)
+    check_count("seed", seed, 0)
     given = [name for name, value in (("npz", npz), ("images", images), ("random", random)) if value is not None]
     if len(given) != 1:
         raise InputDataError(
@@ -470,12 +488,12 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     input_shapes = check_input_shapes(model, input_shapes)  # names, types, dims (for every source)
     if npz is not None:
         result = _load_npz(specs, Path(npz), limit, parsed, defaults=initializer_inputs(model))
-        _check_sample_dims(result, input_shapes, f"the arrays in '{npz}' are",
+        check_sample_dims(result, input_shapes, f"the arrays in '{npz}' are",
                            "give inputs of that size, or another --input-shape")
     elif images is not None:
         result = _load_images(specs, images, get_preprocess(preprocess), limit, progress, parsed,
                               labels_from_filenames)
-        _check_sample_dims(result, input_shapes, "the images come out",
+        check_sample_dims(result, input_shapes, "the images come out",
                            "--resize/--crop to that size, or another --input-shape")
     else:
         count = int(random) if limit is None else min(int(random), limit)
@@ -484,15 +502,15 @@ def load_inputs(model: onnx.ModelProto, *, npz: Optional[PathLike] = None, image
     return result
 
 
-def _check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequence[int]]], what: str,
+def check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequence[int]]], what: str,
                        fix: str) -> None:
     """Raise :class:`InputDataError` when a loaded input's per-sample dims differ from its ``--input-shape``
     (which is otherwise used to plan and time at a shape the inputs do not have)."""
     for name, dims in (input_shapes or {}).items():
         made = tuple(inputs.arrays[name].shape[1:])
-        if tuple(dims[1:]) != made:
+        if tuple(tuple(dims)[1:]) != made:
             raise InputDataError(
-                f"{what} {'x'.join(map(str, made)) or 'scalar'} per sample, but --input-shape asks for "
+                f"{what} {'x'.join(map(str, made)) or 'scalar'} per sample for '{name}', but --input-shape asks for "
                 f"{name}:{'x'.join(map(str, dims))}; make them agree ({fix})")
 
 
@@ -628,7 +646,8 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
             casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
                          + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
                             and np.issubdtype(spec.dtype, np.floating) else ""))
-        cast = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are refused just below
+            cast = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
         if cast is not array and np.issubdtype(spec.dtype, np.floating) and not np.all(np.isfinite(cast)):
             raise InputDataError(f"array '{spec.name}' in {source} holds values beyond the range of the input's "
                                  f"{spec.dtype} (largest {float(np.max(np.abs(array))):g}): cast to it they become "
@@ -804,6 +823,10 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     arrays: dict[str, np.ndarray] = {}
     asked, fixed = count, {spec.dims[0] for spec in specs if batch_dim and spec.dims and isinstance(spec.dims[0], int)
                            and spec.dims[0] > 1}
+    if len(fixed) > 1:  # every sample holds one row of each input: first dims of 5 and 2 share no sample axis
+        firsts = ", ".join(f"'{spec.name}' {spec.dims[0]}" for spec in specs if spec.dims and spec.dims[0] in fixed)
+        raise InputDataError(f"the inputs fix different first dims ({firsts}), so they share no batch (sample) axis "
+                             "that samples could be stacked on; compress such a model data-free (without calibration)")
     if len(fixed) == 1:  # whole batches of the fixed size, as a set's remainder is dropped when it is read
         declared = fixed.pop()
         if count < declared:
@@ -844,8 +867,10 @@ _INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatt
 
 
 def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """Integer graph inputs used as Gather indices into a constant table (an embedding lookup), directly
-    or through Cast/Reshape-like nodes: the table's size along the gathered axis, so random ids stay in it."""
+    """Integer graph inputs used as indices into a constant table, directly or through Cast/Reshape-like
+    nodes: a Gather's (an embedding lookup), a RotaryEmbedding's position ids (rows of its cos cache), the ids
+    of ONNX Runtime's EmbedLayerNormalization; the table's size along the indexed axis, so random ids stay
+    in it."""
     tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     from .layers import constant_node_value
 
@@ -867,15 +892,27 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
                 continue
             seen.add(tensor)
             for node in users.get(tensor, []):
-                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor \
-                        and node.input[0] in tables:
-                    dims = tables[node.input[0]]
-                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                    if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
-                        bounds[spec.name] = min(bounds.get(spec.name, dims[axis]), int(dims[axis]))
-                elif node.op_type in _INDEX_PASS_OPS and node.input[0] == tensor:
+                pairs = _INDEXED_TABLES.get((node.domain or "", node.op_type), ())
+                for index_at, table_at in pairs:
+                    if len(node.input) > max(index_at, table_at) and node.input[index_at] == tensor \
+                            and node.input[table_at] in tables:
+                        dims = tables[node.input[table_at]]
+                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) \
+                            if node.op_type == "Gather" else 0
+                        if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                            bounds[spec.name] = min(bounds.get(spec.name, dims[axis]), int(dims[axis]))
+                if not pairs and node.op_type in _INDEX_PASS_OPS and node.input[0] == tensor:
                     pending.extend(out for out in node.output if out)
     return bounds
+
+
+# (domain, op) -> (index input, table input) pairs: the index input's values are rows of the table
+_INDEXED_TABLES = {
+    ("", "Gather"): ((1, 0),),
+    ("", "RotaryEmbedding"): ((3, 1),),  # position_ids into cos_cache (opset 23)
+    ("com.microsoft", "RotaryEmbedding"): ((1, 2),),  # position_ids into cos_cache
+    ("com.microsoft", "EmbedLayerNormalization"): ((0, 2), (1, 4), (8, 3)),  # input, segment, position ids
+}
 
 
 def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator, *,

@@ -669,7 +669,8 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
                      constants: Mapping[str, onnx.TensorProto]) -> str:
     node = producers.get(name)
     if node is None:
-        return "weight is a graph input, not a constant"
+        return ("weight is an input of its graph (a graph input, or a Loop/Scan body's state or scan input), not a "
+                "constant")
     quantizer = node
     while quantizer is not None and quantizer.op_type in FOLDABLE_OPS and is_standard(quantizer) \
             and quantizer.input:  # through moves and casts

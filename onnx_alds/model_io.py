@@ -12,6 +12,7 @@ tensor. Memory then follows the largest layer, not the model (docs/LARGE_MODELS.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -41,6 +42,7 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     (:func:`open_model` reads only what is needed, for the pipeline's own use.)
     """
     if isinstance(model, onnx.ModelProto):
+        _refuse_unreachable_data(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
@@ -49,6 +51,27 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     _load_external_data(proto, path)
     _check_has_graph(proto, path)
     return proto
+
+
+def _refuse_unreachable_data(model: onnx.ModelProto) -> None:
+    """A ModelProto in memory whose tensors point elsewhere cannot be run: raise :class:`ModelLoadError`
+    saying how to get the complete model (a light result of ``compress``, or a proto read without its
+    external data)."""
+    tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
+                              _attribute_tensors(model.graph))
+    stubs = [tensor for tensor in tensors if _is_external(tensor)]
+    if not stubs:
+        return
+    locations = [{entry.key: entry.value for entry in stub.external_data}.get("location", "") for stub in stubs]
+    if IN_MEMORY in locations:
+        raise ModelLoadError(f"the model's weights are not in it (tensor '{stubs[locations.index(IN_MEMORY)].name}' "
+                             "is held by the result's store: a light result of compress); give "
+                             "onnx_alds.model_io.materialize(result.model, result.store), or save it with "
+                             "onnx_alds.model_io.save_model(result.model, path, store=result.store) and give the path")
+    raise ModelLoadError(f"the model's tensor '{stubs[0].name}' is stored in the external file '{locations[0]}', "
+                         "which a ModelProto in memory cannot reach; give the model's path instead, or "
+                         "onnx.load(path) with its external data (for a light result of compress: "
+                         "onnx_alds.model_io.materialize(result.model, result.store))")
 
 
 def _model_path(model: Any) -> Path:

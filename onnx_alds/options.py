@@ -45,8 +45,12 @@ class Budget:
         keep = self.keep
         if isinstance(keep, (str, bytes)):
             raise BudgetError(f"{flag} {keep!r} is a string; give a number, the fraction to keep in (0, 1]")
-        if keep is None or isinstance(keep, (bool, np.bool_)) or not isinstance(keep, numbers.Real) \
-                or not math.isfinite(keep) or not 0.0 < keep <= 1.0:
+        if isinstance(keep, np.ndarray) and keep.shape == () and keep.dtype.kind in "iuf":
+            keep = keep.item()  # a 0-d array (np.float32(x) arithmetic often gives one)
+        if keep is not None and (isinstance(keep, (bool, np.bool_)) or not isinstance(keep, numbers.Real)):
+            raise BudgetError(f"{flag} {keep!r} is a {type(keep).__name__}; give a float, the fraction to keep in "
+                              f"(0, 1], e.g. {flag} 0.5")
+        if keep is None or not math.isfinite(keep) or not 0.0 < keep <= 1.0:
             raise BudgetError(f"{flag} {keep} is out of range; give the fraction to keep, in (0, 1], e.g. {flag} 0.5")
         object.__setattr__(self, "keep", float(keep))
 
@@ -105,12 +109,18 @@ class SearchOptions:
         if self.keep_dense is not None and not isinstance(self.keep_dense, Mapping):
             raise BudgetError("keep_dense maps node names to the reason each stays dense, e.g. {'fc': 'head'}; "
                               f"got {type(self.keep_dense).__name__}")
+        for name, reason in (self.keep_dense or {}).items():  # (a None reason would read as "compressible")
+            if not isinstance(reason, str) or not reason.strip():
+                raise BudgetError(f"keep_dense[{name!r}]={reason!r}: give the reason the layer stays dense, as "
+                                  f"text, e.g. {{{name!r}: 'head'}}")
         if self.rank_multiple < 1:
             raise BudgetError(f"--rank-multiple {self.rank_multiple} is out of range; "
                               "give a positive integer such as 16")
         if self.max_groups < 1:
             raise BudgetError(f"--max-groups {self.max_groups} is out of range; give a positive integer such as 16")
-        if not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**32:
+        if isinstance(self.seed, (bool, np.bool_)) or not isinstance(self.seed, (int, np.integer)):
+            raise BudgetError(f"seed={self.seed!r}: give an integer in [0, 2**32), e.g. 0")
+        if not 0 <= int(self.seed) < 2**32:
             raise BudgetError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32), e.g. --seed 0")
         if self.order not in ORDER_CHOICES:
             raise BudgetError(f"unknown order '{self.order}'; choose one of: {', '.join(ORDER_CHOICES)}")
@@ -320,8 +330,13 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
                                 damage_points=damage_points, damage_max_groups=damage_max_groups)
     else:
         _refuse_both("data", data_given, data_defaults)
-    if speed is None and (budget.target == "latency" or search.order == AUTO_ORDER):
+    timed = budget.target == "latency" or search.order == AUTO_ORDER
+    if speed is None and timed:
         speed = SpeedOptions()
+    elif speed is not None and not timed and not speed.prune_slow:  # (as the command line refuses --provider)
+        raise InputDataError("speed=SpeedOptions(...) has no effect with a params or MACs budget: it sets where "
+                             "latency is measured, for keep_latency, order='auto' or SpeedOptions(prune_slow=True); "
+                             "give one of them or drop speed")
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
         raise InputDataError(f"input_shapes={input_shapes!r}: give a dict of input name to dims, e.g. "
                              "{'input': (1, 3, 224, 224)}")

@@ -694,9 +694,16 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
 def make_plan(model, **options) -> Plan:
     """The plan ``compress(model, **options)`` would apply (same keywords, grouped options included):
     every layer's decision and its predicted error and cost. Nothing is rewritten."""
-    from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step
+    from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step, check_compress_keywords
     from .model_io import open_model
 
+    check_compress_keywords("make_plan", options)
+    workers = options.pop("calibration_workers", 1)
+    if workers != 1:  # the same call inside the workers' context, as compress does
+        from .calibrate import calibration_workers
+
+        with calibration_workers(workers):
+            return make_plan(model, **options)
     prune, prune_heads = options.pop("prune", "off"), options.pop("prune_heads", False)
     compress_opts = compress_options(**options)
     compress_opts = replace(compress_opts, search=with_pruning(compress_opts.search, prune, prune_heads))
@@ -728,13 +735,19 @@ def make_plan(model, **options) -> Plan:
 # Applying a plan
 
 
-def apply_plan(model, plan: Plan, calibration=None):
+def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int = 1):
     """The model with the plan's decisions applied (data-aware factors from ``calibration`` when the
-    plan is data-aware): a :class:`onnx_alds.api.CompressionResult`, as ``compress`` returns."""
+    plan is data-aware): a :class:`onnx_alds.api.CompressionResult`, as ``compress`` returns.
+    ``calibration_workers``: as for ``compress`` (Ray actors for the calibration statistics)."""
     from .api import _apply_step, _plan_step
 
     from .model_io import OpenedModel
 
+    if calibration_workers != 1:
+        from .calibrate import calibration_workers as workers_context
+
+        with workers_context(calibration_workers):
+            return apply_plan(model, plan, calibration)
     if not isinstance(plan, Plan):
         raise PlanError(f"plan is a {type(plan).__name__}; give a Plan (Plan.load(path) reads a plan file)")
     if isinstance(model, OpenedModel):

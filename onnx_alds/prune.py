@@ -876,6 +876,7 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
         sliced[node.input[2]] = 1
     channel_params = producer.cols + consumer_layer.out_features * consumer_layer.kernel
     fixed_params = consumer_layer.out_features if _has_bias(consumer) else 0
+    fixed: dict[str, int] = {}  # constants that do not scale (Clip bounds ...), once each however many read them
     for between in region_nodes:
         if between.op_type == "Conv":
             channel_params += int(np.prod(graph.constant(between.input[1]).shape[1:]))
@@ -889,7 +890,8 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
             if value.size > 1 and value.size % width == 0 and between.op_type in BINARY_OPS + ("BatchNormalization",):
                 sliced[name] = value.size // width
             elif between.op_type in BINARY_OPS + ("BatchNormalization", "Clip"):
-                fixed_params += int(value.size)
+                fixed[name] = int(value.size)
+    fixed_params += sum(fixed.values())
     channel_params += sum(k for name, k in sliced.items() if not graph.read_beyond(name, own))
     shared_channel_params = sum(k for name, k in sliced.items() if graph.read_beyond(name, own))
     all_layers = [producer, consumer_layer, *depthwise]
@@ -1652,7 +1654,9 @@ PROBE_ERROR = 0.2  # the block error at which each block's effect on the model o
 def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibration, *, samples: int = 16,
                         probe_error: float = PROBE_ERROR, batch_size: int = 16) -> list[float]:
     """Per block, how strongly its error reaches the model output: ``s_b = e_b / ε_b(w)``, with ``w`` the
-    narrowest width whose block error ``ε_b`` is at most ``probe_error`` and ``e_b`` the relative change
+    narrowest width whose block error ``ε_b`` is at most ``probe_error`` and above
+    :data:`onnx_alds.data_aware.PROBE_ERROR_FLOOR` (else the width with the least error above
+    ``probe_error``: a block whose redundant channels cost only rounding), and ``e_b`` the relative change
     of the float graph outputs (averaged over them) on the first ``samples`` calibration inputs when that
     block alone is pruned to ``w`` (refitted). One ONNX Runtime run per block; ``1.0`` where the block
     cannot be probed (only the full width reaches the error); empty when the model has no float output;
@@ -1660,7 +1664,7 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     then balances ``s_b·ε_b``, the estimated output error (as ``compress(..., sensitivity=True)`` does
     for low-rank layers)."""
     from .calibrate import calibration_runs
-    from .data_aware import float_outputs, floored_sensitivities, output_change, reference_outputs
+    from .data_aware import PROBE_ERROR_FLOOR, float_outputs, floored_sensitivities, output_change, reference_outputs
     from .runtime import make_session
 
     heads = list(calibration_runs(calibration, model, batch_size, limit=samples))  # a fixed batch runs whole
@@ -1675,7 +1679,11 @@ def block_sensitivities(model: onnx.ModelProto, analysis: PruneAnalysis, calibra
     weights = []
     for index, (block, curve) in enumerate(_progress(list(zip(analysis.blocks, analysis.curves)),
                                                      "block sensitivities", unit="block")):
-        below = np.flatnonzero((curve.errors <= probe_error) & (curve.widths < block.width) & (curve.errors > 0))
+        narrower = curve.widths < block.width
+        below = np.flatnonzero((curve.errors <= probe_error) & narrower & (curve.errors > PROBE_ERROR_FLOOR))
+        if not len(below):  # only widths that drop redundant channels (noise) are under probe_error: the next
+            above = np.flatnonzero(narrower & (curve.errors > probe_error))  # narrower one, just above it
+            below = above[np.argsort(curve.errors[above], kind="stable")[:1]]
         if not len(below):
             weights.append(1.0)
             continue
@@ -2115,7 +2123,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                                          applied=decisions is not None and decisions.edited,
                                          from_plan=decisions is not None)
     warnings = tuple(warnings) + ((overshoot,) if overshoot else ())
-    if decisions is None and achieved > budget.keep * 1.001:  # this warning says why, instead of the note
+    if decisions is None and achieved > budget.keep * api.OVER_BUDGET:  # this warning says why, instead of the note
         gap_note = None
         why = ("the pruned model holds more than its widths were priced at" if mode == "only" else
                f"the widths left part of the budget to the low-rank step, which "
@@ -2135,7 +2143,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             "more calibration inputs",)
     if search.prune_heads and not any(block.heads > 1 for block in blocks):
         reason = next((r for word in ("head", "Reshape", "Transpose", "MatMul", "Shape")  # what attention's V met,
-                       for r in analysis.refused if word in r.reason), None)  # the likeliest first
+                       for r in analysis.refused if word in r.reason.replace(r.producer, "")  # (not 'lm_head')
+                       and "shared" not in r.reason), None)  # the likeliest first
         warnings = tuple(warnings) + ("--prune-heads found no block whose channels split into attention heads"
                                       + (f" (e.g. '{reason.producer}': {reason.reason})" if reason else "")
                                       + "; the widths are those of --prune alone",)
@@ -2164,12 +2173,13 @@ def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Seq
             continue
         original = {layer.name: layer for layer in layers}[row.name]
         note = f"pruned block '{block.name}': hidden width {block.width} -> {width}"
-        if row.name in block.between:  # attention's P @ V: no weights of its own, MACs with the channels
+        if row.name in block.between and not original.params:  # attention's P @ V: no weights, MACs scale
             return replace(row, weight_shape=original.weight_shape, macs_before=original.macs,
                            macs_after=None if original.macs is None else original.macs // block.width * width,
                            skip_reason=f"{row.skip_reason}; {note}" if row.skip_reason else note,
                            weight=original.weight)
-        after = original.params // block.width * width  # producer rows, consumer columns, depthwise channels
+        # producer rows, consumer columns, a depthwise conv's channels (it is narrowed, not left as it is)
+        after = original.params // block.width * width
         macs_after = None if original.positions is None else after * original.positions
         if row.groups:  # factorized after pruning (not expected: pruned layers are kept dense)
             return replace(row, skip_reason=note, weight=original.weight)

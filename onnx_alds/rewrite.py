@@ -148,20 +148,25 @@ def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int, nam
     dec_inputs: list = [middle, dec_weight]
     if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
         dec_inputs.append(node.inputs[2])
-    elif opset < 11:  # C is required before opset 11
-        dec_inputs.append(gs.Constant(names.fresh(f"{weight_name}.dec.zero_bias"),
-                                      np.zeros(factors.decoder.shape[0], dtype)))
-    if opset < 11:
-        enc_inputs.append(gs.Constant(names.fresh(f"{weight_name}.enc.zero_bias"), np.zeros(factors.rank, dtype)))
-    enc_attrs = {"transA": int(node.attrs.get("transA", 0)), "transB": trans_b,
-                 "alpha": float(node.attrs.get("alpha", 1.0))}
+    elif opset < 11:  # C is required before opset 11 (a valid model has one): one zero, broadcast
+        dec_inputs.append(gs.Constant(names.fresh(f"{weight_name}.dec.zero_bias"), np.zeros(1, dtype)))
+    trans_a, alpha = int(node.attrs.get("transA", 0)), float(node.attrs.get("alpha", 1.0))
+    enc_attrs = {"transA": trans_a, "transB": trans_b, "alpha": alpha}
     dec_attrs = {"transB": trans_b, "beta": float(node.attrs.get("beta", 1.0))}
     if opset < 7:  # before opset 7 a 1-D C broadcasts only when asked to
-        enc_attrs["broadcast"] = dec_attrs["broadcast"] = 1
-    return [
-        gs.Node("Gemm", names.fresh_node(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]),
-        gs.Node("Gemm", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y]),
-    ]
+        dec_attrs["broadcast"] = 1
+    decoder = gs.Node("Gemm", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y])
+    if opset < 11:  # C is required: the encoder as op(X)·(αEᵀ), a MatMul, which needs none (no weight the
+        # budget does not count); transA: X transposed first
+        enc_inputs[1] = gs.Constant(enc_weight.name, np.ascontiguousarray(factors.encoder.T * alpha).astype(dtype))
+        nodes = []
+        if trans_a:
+            x_t = gs.Variable(names.fresh(f"{x.name}.T"), dtype=None)
+            nodes.append(gs.Node("Transpose", names.fresh_node(f"{node.name}.enc.transpose"), {"perm": [1, 0]},
+                                 [x], [x_t]))
+            enc_inputs[0] = x_t
+        return nodes + [gs.Node("MatMul", names.fresh_node(f"{node.name}.enc"), {}, enc_inputs, [middle]), decoder]
+    return [gs.Node("Gemm", names.fresh_node(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]), decoder]
 
 
 def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -> list[gs.Node]:

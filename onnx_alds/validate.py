@@ -372,6 +372,10 @@ class ValidationReport:
             "notes": list(self.notes),
             "outputs": [o.to_dict() for o in self.outputs],
         }
+        if self.figures_only:  # nothing was checked: a script reading "passed" must not read a pass
+            data["passed"] = None
+            for output in data["outputs"]:
+                output["passed"] = None
         return json_safe(data)
 
 
@@ -859,6 +863,13 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     Every output is checked against the stated tolerances and, for figures without a stated one, the
     defaults of its kind (:data:`DEFAULT_TOLERANCES`); ``figures_only`` checks nothing.
     ``output_kinds`` maps output names to kinds (:data:`KINDS`) instead of choosing by shape.
+    Tolerances (None: the kind's default): ``rtol``/``atol`` (elementwise, as numpy.allclose),
+    ``min_top1_agreement`` and ``max_accuracy_drop`` (classifier outputs; the drop needs labels),
+    ``max_mean_rel`` (mean relative error), ``min_mean_cosine`` (mean cosine per sample),
+    ``min_nn_agreement`` (embeddings: nearest neighbour unchanged), ``min_position_agreement`` and
+    ``min_sequence_agreement`` (token classifiers), ``min_iou`` (boxes); all fractions or numbers ≥ 0.
+    ``batch_size``: samples per run; ``threads``: ONNX Runtime's threads (None: its default);
+    ``progress``: a progress bar (None: only when stderr is a terminal).
     Returns the report whether or not it passed (see :meth:`ValidationReport.raise_if_failed`).
     Raises :class:`ProviderError` when the provider is not available (no silent CPU fallback) and
     :class:`InputDataError` when a tolerance cannot be checked (e.g. ``max_accuracy_drop`` without labels).

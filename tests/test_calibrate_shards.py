@@ -136,7 +136,7 @@ def test_merge_refuses_other_layers_and_finalize_refuses_empty(setup):
     broken = StatisticSums(1, np.full((2, 2), np.inf), np.zeros(2), 0.0)
     with pytest.raises(InputDataError, match="inf/NaN"):
         finalize_statistics({"broken": broken})
-    with pytest.raises(InputDataError, match="positive counts"):
+    with pytest.raises(InputDataError, match="give an integer ≥ 1"):
         with calibration_workers(0):
             pass
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 
 def test_output_check_refuses_nan_where_the_original_is_finite():
@@ -299,3 +300,22 @@ def test_a_full_temporary_folder_is_not_called_an_invalid_model(monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(RuntimeResourceError, match="temporary folder .* failed \\(File too large\\); free space"):
         check_input_model(small_cnn())
+
+
+def test_an_onnx_runtime_internal_op_in_the_standard_domain_is_named_as_such():
+    """A model saved by ONNX Runtime at level EXTENDED holds e.g. SimplifiedLayerNormalization in the ai.onnx
+    domain: 'not valid ONNX ... export it again' did not say why, nor which model to give instead."""
+    import onnx_alds
+    from onnx_alds.errors import ModelLoadError
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("SimplifiedLayerNormalization", ["h", "g"], ["y"], name="ln", axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                              [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.ones(16, np.float32), "g")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match="'SimplifiedLayerNormalization' in the standard ai.onnx domain.*"
+                                             "ORT_ENABLE_BASIC"):
+        onnx_alds.compress(model, keep_params=0.6)

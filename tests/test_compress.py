@@ -785,3 +785,30 @@ def test_exclude_matches_a_weight_as_stored_behind_a_transpose():
                                                          rank_multiple=1).report.layers}
     assert rows[conv.name].skip_reason == "excluded by the user (--exclude)"
     assert sum(1 for row in rows.values() if row.groups) >= 2
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_before_opset_11_stays_exact_and_within_the_weight_budget(trans_a, trans_b):
+    """Before opset 11 a Gemm needs C: the encoder got a zero bias of length r per layer, which the budget did
+    not count (--keep-params 0.5 wrote 0.5023). Now the encoder is a MatMul (αEᵀ folded), or, with transA,
+    a Gemm with one broadcast zero."""
+    from conftest import gemm_model
+    from onnx_alds.layers import iter_total_params
+
+    model = gemm_model(in_features=40, out_features=30, rows=6, trans_a=trans_a, trans_b=trans_b, alpha=0.5)
+    rng = np.random.default_rng(4)
+    weight = next(t for t in model.graph.initializer if t.name == "fc.weight")
+    low = (rng.standard_normal((weight.dims[0], 3)) @ rng.standard_normal((3, weight.dims[1]))).astype(np.float32)
+    weight.CopyFrom(numpy_helper.from_array(low, "fc.weight"))
+    full_rank = onnx.ModelProto()
+    full_rank.CopyFrom(model)
+    model.opset_import[0].version = full_rank.opset_import[0].version = 9
+    onnx.checker.check_model(model, full_check=True)
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    feeds = random_feeds(model)
+    np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], rtol=1e-4, atol=1e-4)
+    # 0.48 of 1230 weights leaves 560.4 for the pair after the bias: rank 8 (8 x 70) with 0.4 to spare
+    result = onnx_alds.compress(full_rank, keep_params=0.48, rank_multiple=1)
+    stored = sum(iter_total_params(result.model))
+    assert stored == result.report.params_after and stored <= 0.48 * sum(iter_total_params(full_rank))
+    assert result.report.achieved <= 0.48

@@ -352,6 +352,25 @@ def test_same_seed_same_model(torch, pair):
     assert other.model.SerializeToString() != runs[0].model.SerializeToString()
 
 
+def test_the_host_torch_state_is_put_back(torch, pair):
+    """distill seeds torch and turns deterministic algorithms on: the caller's generator, switch and warn-only
+    setting are as they were afterwards."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        distill(original, compressed, inputs, steps=2, eval_every=2, batch_size=4, progress=False)
+        assert torch.equal(torch.rand(3), expected)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def test_verification_failure_writes_nothing(torch, pair, monkeypatch, tmp_path, capsys):
     """A student that disagrees with ONNX Runtime (here: a broken Relu) is refused with one line."""
     from onnx_alds import distill as module

@@ -99,12 +99,16 @@ def test_gemm_full_rank_matches(trans_a, trans_b, alpha, beta, bias):
     assert max_rel_error(model, rewritten, random_feeds(model)) <= 1e-5
 
 
-def test_gemm_opset_9_gets_required_bias():
-    """Before opset 11 Gemm requires C: the encoder Gemm gets a zero one."""
-    model = gemm_model(bias="vector")
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_gemm_opset_9_needs_no_added_bias(trans_a):
+    """Before opset 11 Gemm requires C: the encoder is a MatMul (after a Transpose for transA), which needs none,
+    and the decoder Gemm keeps the layer's C; alpha is folded into the encoder."""
+    model = gemm_model(bias="vector", trans_a=trans_a, alpha=0.5)
     model.opset_import[0].version = 9
     rewritten = factorize_at_full_rank(model)
-    assert all(len(node.input) == 3 for node in rewritten.graph.node)
+    ops = [node.op_type for node in rewritten.graph.node]
+    assert ops == ["Transpose"] * trans_a + ["MatMul", "Gemm"]
+    assert len(rewritten.graph.node[-1].input) == 3
     assert max_rel_error(model, rewritten, random_feeds(model)) <= 1e-5
 
 

@@ -487,7 +487,7 @@ def test_input_shape_must_name_an_input_and_match_the_images(tmp_path):
     custom = Preprocess("custom")
     with pytest.raises(InputDataError, match="--input-shape names 'nosuch', which is not a graph input"):
         load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"nosuch": (1, 3, 8, 8)})
-    with pytest.raises(InputDataError, match=r"images come out 3x8x8 per sample, but --input-shape asks for x:1x3x6x6"):
+    with pytest.raises(InputDataError, match=r"images come out 3x8x8 per sample for 'x', but --input-shape asks for x:1x3x6x6"):
         load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 6, 6)})
     assert load_inputs(model, images=tmp_path, preprocess=custom, input_shapes={"x": (1, 3, 8, 8)}).arrays["x"].shape \
         == (1, 3, 8, 8)
@@ -498,7 +498,7 @@ def test_input_shape_must_match_the_npz_arrays(tmp_path):
     arrays were 3x8x8 per sample; compress planned at one size and calibrated at another."""
     model = _image_model(["N", 3, "H", "W"])
     np.savez(tmp_path / "v.npz", x=np.zeros((4, 3, 8, 8), np.float32))
-    with pytest.raises(InputDataError, match=r"the arrays in '.*v.npz' are 3x8x8 per sample, but --input-shape asks "
+    with pytest.raises(InputDataError, match=r"the arrays in '.*v.npz' are 3x8x8 per sample for 'x', but --input-shape asks "
                                              r"for x:1x3x6x6; make them agree"):
         load_inputs(model, npz=tmp_path / "v.npz", input_shapes={"x": (1, 3, 6, 6)})
     assert load_inputs(model, npz=tmp_path / "v.npz", input_shapes={"x": (2, 3, 8, 8)}).arrays["x"].shape \

@@ -1570,3 +1570,86 @@ def test_prune_heads_without_a_head_block_says_so():
                       prune_heads=True, rank_multiple=4)
     assert any(w.startswith("--prune-heads found no block whose channels split into attention heads (e.g. 'v'")
                for w in result.report.warnings), result.report.warnings
+
+
+def _dead_channel_blocks() -> onnx.ModelProto:
+    """Two residual ReLU feed-forward blocks 64 -> 128 -> 64; half of block 0's hidden channels are dead
+    (zero weights and bias), so its curve is ~1e-6 down to width 64 and jumps past 0.2 at the next step."""
+    rng = np.random.default_rng(3)
+    inits, nodes, x = [], [], "x"
+    for index in range(2):
+        up = (rng.standard_normal((64, 128)) / 8).astype(np.float32)
+        bias = (rng.standard_normal(128) * 0.1).astype(np.float32)
+        if index == 0:
+            dead = rng.permutation(128)[:64]
+            up[:, dead], bias[dead] = 0, 0
+        down = (rng.standard_normal((128, 64)) / 8).astype(np.float32)
+        inits += [numpy_helper.from_array(up, f"up{index}.w"), numpy_helper.from_array(bias, f"up{index}.b"),
+                  numpy_helper.from_array(down, f"down{index}.w")]
+        nodes += [helper.make_node("MatMul", [x, f"up{index}.w"], [f"h{index}"], name=f"up{index}"),
+                  helper.make_node("Add", [f"h{index}", f"up{index}.b"], [f"hb{index}"], name=f"bias{index}"),
+                  helper.make_node("Relu", [f"hb{index}"], [f"a{index}"], name=f"relu{index}"),
+                  helper.make_node("MatMul", [f"a{index}", f"down{index}.w"], [f"d{index}"], name=f"down{index}"),
+                  helper.make_node("Add", [x, f"d{index}"], [f"r{index}"], name=f"res{index}")]
+        x = f"r{index}"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])], inits)
+
+
+def test_a_block_whose_redundant_channels_cost_only_rounding_is_not_probed_there():
+    """The probe width was the narrowest with 0 < error <= 0.2: for block 0 that was width 64 (error ~1e-6,
+    dead channels dropped), so its sensitivity was noise / noise, floored to 1e-3 of the largest, and the
+    block was cut to 16 as if free (predicted output error 0.08, measured 0.38)."""
+    from onnx_alds.prune import analyze_blocks, block_sensitivities
+
+    model = _dead_channel_blocks()
+    calibration = _inputs(model, samples=64)
+    analysis = analyze_blocks(model, _layers(model, calibration), calibration, multiple=16)
+    assert [b.producer.name for b in analysis.blocks] == ["up0", "up1"]
+    weights = block_sensitivities(model, analysis, calibration)
+    assert weights[0] > 0.2 * weights[1], weights
+
+
+def _inverted_residual(seed: int = 5) -> onnx.ModelProto:
+    """stem → expand 1x1 → BN → Clip(lo, hi) → depthwise 3x3 → Clip(lo, hi) → project 1x1 (+ skip) → head;
+    both Clips read the same bound scalars."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "w0", (32, 3, 3, 3), 0.3), _init(rng, "b0", (32,), 0.1), _init(rng, "we", (128, 32, 1, 1), 0.2),
+             _init(rng, "be", (128,), 0.1),
+             numpy_helper.from_array((1 + 0.1 * rng.standard_normal(128)).astype(np.float32), "bn_s"),
+             _init(rng, "bn_b", (128,), 0.1), _init(rng, "bn_m", (128,), 0.1),
+             numpy_helper.from_array((1 + 0.1 * rng.random(128)).astype(np.float32), "bn_v"),
+             _init(rng, "wd", (128, 1, 3, 3), 0.3), _init(rng, "bd", (128,), 0.1), _init(rng, "wp", (32, 128, 1, 1), 0.1),
+             _init(rng, "bp", (32,), 0.1), numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6, np.float32), "hi"), _init(rng, "fcw", (10, 32), 0.2),
+             _init(rng, "fcb", (10,), 0.1)]
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1]), node("Relu", ["c0"], ["r0"]),
+             node("Conv", ["r0", "we", "be"], ["e"], name="expand"),
+             node("BatchNormalization", ["e", "bn_s", "bn_b", "bn_m", "bn_v"], ["eb"], name="bn"),
+             node("Clip", ["eb", "lo", "hi"], ["ec"], name="clip1"),
+             node("Conv", ["ec", "wd", "bd"], ["d"], name="dw", group=128, pads=[1, 1, 1, 1]),
+             node("Clip", ["d", "lo", "hi"], ["dc"], name="clip2"), node("Conv", ["dc", "wp", "bp"], ["p"], name="project"),
+             node("Add", ["p", "r0"], ["res"], name="res"), node("GlobalAveragePool", ["res"], ["gp"], name="gap"),
+             node("Flatten", ["gp"], ["fl"], name="flat"), node("Gemm", ["fl", "fcw", "fcb"], ["y"], name="fc", transB=1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+
+
+def test_a_narrowed_depthwise_conv_reports_its_narrowed_weights():
+    """The depthwise conv inside a pruned block was reported as 'left as it is' with its full weights (1152)
+    while the written model held 720; the block's weights counted the shared Clip bounds once per Clip."""
+    model = _inverted_residual()
+    result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=32), prune="only")
+    (block,) = result.report.pruned
+    width = block.width_after
+    assert width < 128
+    dw = next(row for row in result.report.layers if row.name == "dw")
+    written = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    dw_weight = next(node for node in result.model.graph.node if node.name == "dw").input[1]
+    assert dw.params_before == 128 * 9 and dw.params_after == written[dw_weight].size == width * 9
+    assert "left as it is" not in (dw.skip_reason or "")
+    block_names = {"we", "be", "bn_s", "bn_b", "bn_m", "bn_v", "wd", "bd", "wp", "bp", "lo", "hi"}
+    original = sum(numpy_helper.to_array(t).size for t in model.graph.initializer if t.name in block_names)
+    assert block.params_before == original

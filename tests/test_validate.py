@@ -1136,3 +1136,25 @@ def test_a_topk_with_a_computed_k_and_a_loop_are_value_sized_a_constant_k_is_not
     graph = helper.make_graph(nodes, "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("stacked", TensorProto.FLOAT, ["T", 1, 8])])
     assert value_sized_outputs(helper.make_model(graph)) == {"stacked": "Loop"}
+
+
+def test_figures_only_json_says_nothing_passed():
+    """--figures-only checks nothing: its JSON said "passed": true (report and every output) for a model far
+    outside the default limits, which a script reading "passed" took for a pass."""
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(0)
+
+    def model(weight):
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8])],
+                                  [numpy_helper.from_array(weight.astype(np.float32), "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    weight = rng.standard_normal((16, 8))
+    inputs = InputSet({"x": rng.standard_normal((64, 16)).astype(np.float32)})
+    other = model(rng.standard_normal((16, 8)))
+    data = validate(model(weight), other, inputs=inputs, figures_only=True).to_dict()
+    assert data["passed"] is None and data["outputs"][0]["passed"] is None
+    assert validate(model(weight), other, inputs=inputs).to_dict()["passed"] is False

@@ -1,0 +1,161 @@
+"""The Python API's arguments: a value of the wrong type or range is one OnnxAldsError naming it, before any
+work starts; nothing the caller asked for is silently ignored."""
+
+from decimal import Decimal
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import small_cnn
+
+from onnx_alds import analyze, compress
+from onnx_alds.bench import bench
+from onnx_alds.errors import BudgetError, InputDataError, ModelLoadError
+from onnx_alds.inputs import InputSet, load_inputs
+from onnx_alds.model_io import open_model
+from onnx_alds.options import SpeedOptions
+from onnx_alds.plan import apply_plan, make_plan
+from onnx_alds.validate import validate
+
+
+def _calibration(count: int = 8, size: int = 32) -> InputSet:
+    return InputSet({"input": np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("reason", [None, "", "  ", 3, False])
+def test_keep_dense_needs_a_reason_in_words(reason):
+    # a None reason read as "compressible": the layer the caller asked to keep dense was factorized
+    with pytest.raises(BudgetError, match=r"keep_dense\['fc'\]"):
+        compress(small_cnn(), keep_params=0.6, keep_dense={"fc": reason})
+
+
+def test_keep_dense_with_a_reason_keeps_the_layer():
+    result = compress(small_cnn(), keep_params=0.6, keep_dense={"fc": "the classifier"})
+    fc = next(layer for layer in result.report.layers if layer.name == "fc")
+    assert fc.params_after == fc.params_before and "the classifier" in (fc.skip_reason or "")
+
+
+@pytest.mark.parametrize("workers", [2.0, "2", True, 0])
+def test_calibration_workers_must_be_a_count(workers):
+    with pytest.raises(InputDataError, match="calibration_workers"):
+        compress(small_cnn(), keep_params=0.6, calibration=_calibration(), calibration_workers=workers)
+
+
+def test_speed_options_without_a_timed_budget_are_refused():
+    with pytest.raises(InputDataError, match="speed=SpeedOptions"):
+        compress(small_cnn(), keep_params=0.6, speed=SpeedOptions(batch=4))
+
+
+@pytest.mark.parametrize("keep", [Decimal("0.5"), "0.5", True])
+def test_budget_of_the_wrong_type_is_named_as_such(keep):
+    with pytest.raises(BudgetError, match="give a float|is a string"):
+        compress(small_cnn(), keep_params=keep)
+
+
+def test_budget_as_a_zero_dim_array_is_its_number():
+    by_array = compress(small_cnn(), keep_params=np.array(0.6))
+    by_float = compress(small_cnn(), keep_params=0.6)
+    assert by_array.model.SerializeToString() == by_float.model.SerializeToString()
+
+
+@pytest.mark.parametrize("seed", ["1", True, 1.0])
+def test_seed_must_be_an_integer(seed):
+    with pytest.raises(BudgetError, match="seed="):
+        compress(small_cnn(), keep_params=0.6, seed=seed)
+
+
+def test_input_shapes_must_agree_with_the_calibration_arrays():
+    model = small_cnn()  # input [N, 3, 32, 32]; dynamic spatial dims below
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "side"
+    with pytest.raises(InputDataError, match="calibration arrays are 3x32x32 per sample for 'input'"):
+        compress(model, keep_flops=0.6, input_shapes={"input": (1, 3, 16, 16)}, calibration=_calibration())
+    compress(model, keep_flops=0.6, input_shapes={"input": (1, 3, 32, 32)}, calibration=_calibration())
+
+
+@pytest.mark.parametrize("labels, match", [([0.5] * 8, "float64"), (np.zeros((8, 2), np.int64), r"shape \(8, 2\)"),
+                                           ([1] * 7, "7 labels for 8 samples")])
+def test_input_set_labels_are_one_integer_per_sample(labels, match):
+    with pytest.raises(InputDataError, match=match):
+        InputSet(_calibration().arrays, labels=labels)
+
+
+def test_input_set_labels_as_a_list_of_ids_are_taken():
+    labels = [1, 2, 3, 4, 5, 6, 7, 8]
+    inputs = InputSet(_calibration().arrays, labels=labels)
+    assert inputs.labels.dtype == np.int64 and inputs.labels.tolist() == labels
+
+
+def test_validate_with_list_labels_measures_accuracy():
+    model = small_cnn()
+    inputs = _calibration()
+    labels = np.argmax(_run(model, inputs), axis=1).tolist()
+    report = validate(model, model, inputs=InputSet(inputs.arrays, labels=labels), max_accuracy_drop=0.01)
+    assert report.passed
+
+
+def _run(model, inputs):
+    from conftest import run_model
+
+    return run_model(model, dict(inputs.arrays))[0]
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(batch_sizes=4), "batch_sizes=4"), (dict(batch_sizes=(2.5,)), "batch size"),
+    (dict(runs=2.5), "runs"), (dict(warmup=-1), "warmup"), (dict(seed=-1), "seed"),
+    (dict(feeds={}), "feeds"), (dict(layer_runs=0), "layer_runs")])
+def test_bench_arguments_are_checked(keywords, match):
+    with pytest.raises(InputDataError, match=match):
+        bench([small_cnn()], runs=keywords.pop("runs", 3), min_time_s=0, **keywords)
+
+
+def test_bench_feeds_must_name_the_inputs():
+    feeds = {"image": np.zeros((2, 3, 32, 32), np.float32)}
+    with pytest.raises(InputDataError, match="feeds has no array for input 'input'"):
+        bench([small_cnn()], batch_sizes=(2,), runs=3, min_time_s=0, feeds=feeds)
+
+
+def test_bench_takes_a_generator_of_models():
+    report = bench((m for m in [small_cnn(), small_cnn(1)]), runs=3, warmup=1, min_time_s=0)
+    assert len(report.timings) == 2
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(rank_fractions=(float("nan"),)), "rank_fractions"), (dict(rank_fractions=(1.5, -0.5)), "rank_fractions"),
+    (dict(rank_fractions=()), "rank_fractions"), (dict(rank_multiple="16"), "rank_multiple"),
+    (dict(rank_multiple=2.5), "rank_multiple"), (dict(max_groups=0), "max-groups")])
+def test_analyze_checks_what_compress_checks(keywords, match):
+    with pytest.raises(BudgetError, match=match):
+        analyze(small_cnn(), **keywords)
+
+
+def test_load_inputs_takes_a_model_path(tmp_path):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), str(path))
+    inputs = load_inputs(str(path), random=3)
+    assert inputs.arrays["input"].shape == (3, 3, 32, 32)
+    with pytest.raises(ModelLoadError):
+        load_inputs(str(tmp_path / "missing.onnx"), random=3)
+    for keywords in (dict(random=1.5), dict(random=3, limit=2.5), dict(random=3, seed=-2)):
+        with pytest.raises(InputDataError):
+            load_inputs(small_cnn(), **keywords)
+
+
+def test_make_plan_takes_compress_keywords_and_names_unknown_ones():
+    plan = make_plan(small_cnn(), keep_params=0.6, calibration=_calibration(), calibration_workers=1)
+    assert apply_plan(small_cnn(), plan, _calibration(), calibration_workers=1).model is not None
+    with pytest.raises(InputDataError, match=r"make_plan\(\) got unknown option\(s\) keep_param;"):
+        make_plan(small_cnn(), keep_param=0.6)
+
+
+def test_validate_of_a_light_result_says_how_to_get_the_weights(tmp_path):
+    model = small_cnn(width=48)  # conv3's weight is over the light-model threshold, and stays dense
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(width=48), str(path), save_as_external_data=True, location="cnn.data", size_threshold=0)
+    result = compress(open_model(str(path)), keep_params=0.8, exclude=["conv3"])
+    with pytest.raises(ModelLoadError, match="materialize"):
+        validate(model, result.model, inputs=_calibration(4))
+    stub = onnx.load(str(path), load_external_data=False)
+    with pytest.raises(ModelLoadError, match="external file 'cnn.data'"):
+        validate(stub, model, inputs=_calibration(4))
