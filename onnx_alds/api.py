@@ -1305,8 +1305,14 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         if layer.macs is not None and macs_after is not None:
             macs_saved += layer.macs - macs_after
         times = speed.layer_times(layer.name, groups, rank, layer.order) if speed is not None else None
+        reason = layer.skip_reason
+        if reason is None and groups == DENSE and rank_multiple > 1 and layer.groups and all(
+                rank_multiple * (g * matrix_rows + matrix_cols) >= layer.params for g in layer.groups):
+            reason = (f"no rank that is a multiple of {rank_multiple} shrinks it (rank {rank_multiple} keeps "
+                      f"{rank_multiple * (matrix_rows + matrix_cols)} of {layer.params} weights); "
+                      "a lower --rank-multiple can")
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
-                                layer.macs, macs_after, error, layer.skip_reason,
+                                layer.macs, macs_after, error, reason,
                                 order=layer.order if groups != DENSE else None, weight=layer.weight,
                                 **(dict(zip(("time_dense_us", "time_us", "time_measured"), times)) if times else {})))
     params_after_total = prepared.params_total - params_saved

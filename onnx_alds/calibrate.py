@@ -658,7 +658,9 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
         values = session.run(fetch, feeds) if fetch else []
     except Exception as exc:
         raise InputDataError(f"running the model on the calibration data failed ({runtime_error_text(exc)}); "
-                             "check that the calibration arrays match the model's inputs (dtype, shape)") from None
+                             "check that the calibration arrays match the model's inputs (dtype, shape, value range: "
+                             "ids inside their tables); random inputs (--calibration-random) cannot fit every model: "
+                             "give real ones (--calibration FILE.npz)") from None
     result = dict(zip(fetch, values))
     result.update({name: np.asarray(feeds[name]) for name in wanted if name in feeds})
     return result

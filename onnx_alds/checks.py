@@ -125,14 +125,14 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
         custom = sorted({node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx", "ai.onnx.ml")})
         # no kernel (or no schema, or no opset, for another domain's op) is no reason to refuse: anything
         # else (a type error, an invalid graph) is a model ONNX Runtime cannot run, custom ops or not
-        if "NOT_IMPLEMENTED" in message or "NotImplemented" in message or (custom and any(
-                sign in message for sign in CUSTOM_OP_UNKNOWN)):
-            result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({message[:160]}); the output is "
+        reason = runtime_error_text(exc)
+        if "NOT_IMPLEMENTED" in message or "NotImplemented" in message or "not supported" in reason or (
+                custom and any(sign in message for sign in CUSTOM_OP_UNKNOWN)):  # a kernel ONNX Runtime lacks
+            result.notes.append(f"ONNX Runtime (CPU) cannot load the input model ({reason}); the output is "
                                 "checked by onnx.checker only")
             return result
         raise_if_out_of_resources(exc)
-        raise ModelLoadError(f"ONNX Runtime refuses the model ({message.split(': ', 1)[-1][:200]}); fix the model "
-                             "or export it again") from None
+        raise ModelLoadError(f"ONNX Runtime refuses the model ({reason}); fix the model or export it again") from None
     result.runtime_loads = True
     if size <= _RUN_LIMIT:
         result.runtime_outputs = _probe_run(session, model, result)

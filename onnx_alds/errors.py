@@ -97,14 +97,18 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 
 
 _NODE_IN_MESSAGE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
-_SOURCE_PREFIX = re.compile(r"^(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*?::~?\w+(?:<[^()]*>)?"  # file:line ns::Function
+_SOURCE_PREFIX = re.compile(r"(?:^|(?<=: ))(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*?::~?\w+(?:<[^()]*>)?"  # file:line ns::Fn
                             r"\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?(?:\[with [^\]]*\]\s*)?")  # (args) const
+
+
+_RUNTIME_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |Exception during initialization: ")
 
 
 def runtime_error_text(exc: BaseException, limit: int = 240) -> str:
     """An ONNX Runtime failure in words a user can act on: the node (op and name) and the status message
-    without its ``source.h:84 onnxruntime::Function(args)`` prefix, which alone filled the old 200 characters."""
-    text = first_line(exc, limit=4000)
+    without its ``source.h:84 onnxruntime::Function(args)`` prefix (at its start or after a ``: ``), which
+    alone filled the old 200 characters."""
+    text = _RUNTIME_NOISE.sub("", first_line(exc, limit=4000))
     node = _NODE_IN_MESSAGE.search(text)
     message = _SOURCE_PREFIX.sub("", text.split("Status Message: ")[-1].strip())
     where = (f"{node.group(1)} node '{node.group(2)}': " if node and node.group(2) else

@@ -34,6 +34,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .argtypes import positive_int
 from .errors import InputDataError, RandomInputsError
@@ -863,19 +864,26 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], rn
             for spec in graph_inputs(model)}
 
 
-_INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
+_INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Slice", "Split", "Transpose",
+                   "Expand", "Tile")  # ops whose outputs hold some of their first input's values
 
 
 def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """Integer graph inputs used as indices into a constant table, directly or through Cast/Reshape-like
-    nodes: a Gather's (an embedding lookup), a RotaryEmbedding's position ids (rows of its cos cache), the ids
-    of ONNX Runtime's EmbedLayerNormalization; the table's size along the indexed axis, so random ids stay
-    in it."""
+    """Integer graph inputs used as indices into a constant table, directly or through ops that keep their
+    values (Cast, Reshape, Slice, Split, a Gather that picks some of them ...) or add a constant offset
+    (one table for several id fields): a Gather's table (an embedding lookup), a RotaryEmbedding's position ids
+    (rows of its cos cache), the ids of ONNX Runtime's EmbedLayerNormalization; the table's size along the
+    indexed axis less the offset, so random ids stay in it. Also an LSTM/GRU/RNN's ``sequence_lens``: the
+    sequence length + 1 where it is fixed (lengths in [0, T])."""
     tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     from .layers import constant_node_value
 
-    tables.update({n.output[0]: tuple(value.dims) for n in model.graph.node
-                   if n.op_type == "Constant" and (value := constant_node_value(n)) is not None})
+    values = {t.name: t for t in model.graph.initializer if t.data_type in _INT_TYPES and _small(t)}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and (value := constant_node_value(node)) is not None:
+            tables[node.output[0]] = tuple(value.dims)
+            if value.data_type in _INT_TYPES and _small(value):
+                values[node.output[0]] = value
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -883,14 +891,22 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:  # a table behind Cast/Identity (a float16 table cast up) keeps its dims
         if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
             tables.setdefault(node.output[0], tables[node.input[0]])
+    lengths = _sequence_lengths(model)
     bounds: dict[str, int] = {}
+
+    def bound(name: str, limit: int) -> None:
+        if limit > 0:
+            bounds[name] = min(bounds.get(name, limit), int(limit))
+
     for spec in model.graph.input:
-        pending, seen = [spec.name], set()
+        pending, seen = [(spec.name, 0)], set()
         while pending:
-            tensor = pending.pop()
-            if tensor in seen:
+            tensor, offset = pending.pop()
+            if (tensor, offset) in seen:
                 continue
-            seen.add(tensor)
+            seen.add((tensor, offset))
+            if tensor in lengths:
+                bound(spec.name, lengths[tensor] + 1 - offset)
             for node in users.get(tensor, []):
                 pairs = _INDEXED_TABLES.get((node.domain or "", node.op_type), ())
                 for index_at, table_at in pairs:
@@ -900,10 +916,53 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
                         axis = next((a.i for a in node.attribute if a.name == "axis"), 0) \
                             if node.op_type == "Gather" else 0
                         if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
-                            bounds[spec.name] = min(bounds.get(spec.name, dims[axis]), int(dims[axis]))
-                if not pairs and node.op_type in _INDEX_PASS_OPS and node.input[0] == tensor:
-                    pending.extend(out for out in node.output if out)
+                            bound(spec.name, int(dims[axis]) - offset)
+                if node.domain not in ("", "ai.onnx"):
+                    continue
+                if node.op_type in _INDEX_PASS_OPS + ("Gather",) and node.input[0] == tensor:
+                    pending.extend((out, offset) for out in node.output if out)
+                elif node.op_type == "Concat":
+                    pending.extend((out, offset) for out in node.output if out)
+                elif node.op_type == "Add" and len(node.input) == 2:  # ids + a constant offset (fields sharing a table)
+                    other = node.input[1] if node.input[0] == tensor else node.input[0]
+                    if other in values:
+                        added = numpy_helper.to_array(values[other])
+                        if added.size:
+                            pending.append((node.output[0], offset + max(int(added.max()), 0)))
     return bounds
+
+
+_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+              onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32)
+
+
+def _small(tensor: onnx.TensorProto) -> bool:
+    return int(np.prod(tensor.dims, dtype=np.int64)) <= 4096 and not (
+        tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _sequence_lengths(model: onnx.ModelProto) -> dict[str, int]:
+    """``sequence_lens`` inputs of the main graph's LSTM/GRU/RNN nodes whose sequence length is fixed → that
+    length (shape inference on a weightless copy; only run when such a node reads lengths)."""
+    recurrent = [node for node in model.graph.node if node.op_type in ("LSTM", "GRU", "RNN")
+                 and len(node.input) > 4 and node.input[4]]
+    if not recurrent:
+        return {}
+    from .shapes import static_copy
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(static_copy(model, {}, stub_weights=True))
+    except Exception:  # (a model shape inference cannot take: no bound, as before)
+        return {}
+    known = {value.name: value for value in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    lengths = {}
+    for node in recurrent:
+        value = known.get(node.input[0])
+        dims = value.type.tensor_type.shape.dim if value is not None else ()
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        if len(dims) == 3 and dims[1 if layout else 0].HasField("dim_value"):
+            lengths[node.input[4]] = int(dims[1 if layout else 0].dim_value)
+    return lengths
 
 
 # (domain, op) -> (index input, table input) pairs: the index input's values are rows of the table

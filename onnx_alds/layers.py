@@ -529,8 +529,9 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                 layer = replace(layer, skip_reason=f"'{clash}' (what its weight is read from) is defined in more than "
                                                    "one subgraph, so which one it reads is not known by name: give "
                                                    "each subgraph's tensors their own names to compress it")
-            if not layer.compressible and not layer.params and (counted := node_macs(node, shapes)):
-                layer = replace(layer, run_macs=counted)  # a product with a run-time tensor: its MACs still count
+            if not layer.compressible and (not layer.params or not (layer.out_features and layer.in_channels)) \
+                    and (counted := node_macs(node, shapes)):  # a product with a run-time tensor, or a batched
+                layer = replace(layer, run_macs=counted)  # weight: the node's own MACs
             if (layer.skip_reason or "").startswith("weight is shared") and layer.weight in returned \
                     and uses[layer.weight] == 2:  # read by this node and returned: not shared with another layer
                 layer = replace(layer, skip_reason="weight is also a graph output (the model returns it as it is)")
@@ -819,9 +820,11 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
                                   channel_multiple=channel_multiple)
         if not groups:
             reason = f"factorization would not shrink it ({f}x{c * kernel} weight)"
+    # weights: the constant's elements (a batched 3-D one included); an operand computed at run time is none
+    params = 0 if tensor is None else f * c * kernel if f and c else int(np.prod(shape, dtype=np.int64))
     return Layer(
         name=node.name, op=node.op_type, input=input_name, output=node.output[0], weight=weight_name,
-        weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=f * c * kernel,
+        weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=params,
         positions=_positions(node.op_type, shapes.get(node.output[0]), f, weight_first=slot == 0),
         groups=groups, skip_reason=reason, pointwise_first_ok=pointwise_ok, weight_first=slot == 0,
         weight_type=tensor.data_type if tensor is not None else onnx.TensorProto.FLOAT,

@@ -1150,9 +1150,13 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
         pretty = ", ".join(f"'{spec.name}' [" + ", ".join(_dim_text(d) for d in spec.dims) + "]"
                            for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
-        flags = " ".join(f"--input-shape {spec.name}:" + "x".join(
-            str(d) if isinstance(d, int) else first if i == 0 else "N" for i, d in enumerate(dims))
-            for spec, dims in dynamic)
+
+        def example(spec, dims) -> str:  # a dim of the first dim's name takes its value (adj [nodes, nodes]: 1x1)
+            name = spec.dims[0] if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0] else None
+            return "x".join(str(d) if isinstance(d, int) else first if i == 0 or (name and spec.dims[i] == name)
+                            else "N" for i, d in enumerate(dims))
+
+        flags = " ".join(f"--input-shape {spec.name}:{example(spec, dims)}" for spec, dims in dynamic)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
             f"give them with {flags}")

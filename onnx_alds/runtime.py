@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import ModelLoadError, ProviderError
+from .errors import ModelLoadError, ProviderError, runtime_error_text
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -115,7 +115,7 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     except Exception as exc:
         if copy_of is not None:
             raise ModelLoadError(f"{copy_of} runs the model in ONNX Runtime ({provider}), which cannot load it "
-                                 f"({str(exc).splitlines()[0][:240]}); give a model ONNX Runtime can run, or do "
+                                 f"({runtime_error_text(exc)}); give a model ONNX Runtime can run, or do "
                                  f"without {copy_of}") from None
         invalid = None if store is not None else _checker_failure(model)  # an invalid model said as such
         if invalid:

@@ -1240,3 +1240,62 @@ def test_an_einsum_with_a_constant_is_noted_and_inputs_of_different_fixed_first_
     from onnx_alds.inputs import load_inputs
     with pytest.raises(InputDataError, match=r"different first dims \('x' 5, 's' 2\)"):
         load_inputs(model, random=10)
+
+
+def test_random_ids_stay_in_tables_behind_slices_offsets_and_picks_and_lengths_in_the_sequence():
+    """Recommendation exports read ids through a Slice, a Gather that picks a column, or an Add of per-field
+    offsets into one table; an LSTM reads sequence_lens. Random ids in [0, 100) overran tables of 7-57 rows
+    and lengths over T = 12 were drawn: --calibration-random, bench and --keep-latency refused valid models."""
+    from onnx_alds.inputs import index_bounds, load_inputs
+
+    rng = np.random.default_rng(25)
+    table = lambda name, rows: numpy_helper.from_array(rng.standard_normal((rows, 8)).astype(np.float32), name)
+    nodes = [helper.make_node("Slice", ["item_ids", "one", "three", "one"], ["tail"]),  # (starts, ends, axes)
+             helper.make_node("Gather", ["items", "tail"], ["e_items"]),
+             helper.make_node("Gather", ["fields", "zero"], ["first_field"], axis=1),  # a column of the ids
+             helper.make_node("Gather", ["small", "first_field"], ["e_small"]),
+             helper.make_node("Add", ["cat_ids", "offsets"], ["shifted"]),
+             helper.make_node("Gather", ["shared", "shifted"], ["e_shared"]),
+             helper.make_node("Transpose", ["x"], ["x_t"], perm=[1, 0, 2]),  # time first, as LSTM reads it
+             helper.make_node("LSTM", ["x_t", "W", "R", "", "lengths"], ["", "h"], hidden_size=4),
+             helper.make_node("ReduceSum", ["e_items"], ["s1"], keepdims=0),
+             helper.make_node("Identity", ["e_small"], ["s2"]), helper.make_node("Identity", ["e_shared"], ["s3"])]
+    inits = [table("items", 40), table("small", 7), table("shared", 57),
+             numpy_helper.from_array(np.array([0, 20, 50], np.int64), "offsets"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([3], np.int64), "three"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 5)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R")]
+    model = make(nodes, [helper.make_tensor_value_info("item_ids", TensorProto.INT64, ["N", 3]),
+                         helper.make_tensor_value_info("fields", TensorProto.INT64, ["N", 2]),
+                         helper.make_tensor_value_info("cat_ids", TensorProto.INT64, ["N", 3]),
+                         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 5]),
+                         helper.make_tensor_value_info("lengths", TensorProto.INT32, ["N"])],
+                 [helper.make_tensor_value_info("s1", TensorProto.FLOAT, None),
+                  helper.make_tensor_value_info("s2", TensorProto.FLOAT, None),
+                  helper.make_tensor_value_info("s3", TensorProto.FLOAT, None),
+                  helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], inits)
+    assert index_bounds(model) == {"item_ids": 40, "fields": 7, "cat_ids": 7, "lengths": 13}
+    inputs = load_inputs(model, random=16)
+    run(model, {name: array for name, array in inputs.arrays.items()})  # (ONNX Runtime refused ids out of range)
+
+
+def test_analyze_counts_only_constants_as_a_rows_weights():
+    """A product with a graph input (A @ X of a graph net) showed that input's size as weights, and a batched 3-D
+    constant showed 0: the rows summed to more than the model holds."""
+    rng = np.random.default_rng(26)
+    nodes = [helper.make_node("MatMul", ["adj", "x"], ["h"], name="propagate"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="transform"),
+             helper.make_node("MatMul", ["fields", "per_field"], ["z"], name="per_field")]
+    model = make(nodes, [helper.make_tensor_value_info("adj", TensorProto.FLOAT, [24, 24]),
+                         helper.make_tensor_value_info("x", TensorProto.FLOAT, [24, 32]),
+                         helper.make_tensor_value_info("fields", TensorProto.FLOAT, [5, 1, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [24, 16]),
+                  helper.make_tensor_value_info("z", TensorProto.FLOAT, [5, 1, 16])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 16), "w"),
+                  numpy_helper.from_array(rng.standard_normal((5, 32, 16)).astype(np.float32), "per_field")])
+    report = onnx_alds.analyze(model)
+    rows = {row.name: row for row in report.layers}
+    assert rows["propagate"].params == 0 and rows["propagate"].macs == 24 * 24 * 32
+    assert rows["per_field"].params == 5 * 32 * 16 and rows["per_field"].macs == 5 * 32 * 16
+    assert sum(row.params for row in report.layers) == report.params_total
