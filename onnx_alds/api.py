@@ -6,6 +6,8 @@ its own. ``compress`` returns the new model with its report and never writes fil
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import logging
 import numbers
 import sys
@@ -26,8 +28,9 @@ from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, folded_weight, is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
-                     node_macs, unchanged_ops_note, weight_constants, widened_weights, with_order)
+                     find_layers, folded_weight, is_counted_node, is_layer_node, is_standard, iter_graphs,
+                     iter_total_params, literal_where_named, node_macs, unchanged_ops_note, weight_constants,
+                     widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
 from .inputs import check_sample_dims, conform_inputs
@@ -137,11 +140,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         materialize(proto, store)
     generated = ensure_node_names(proto)  # layers, plans and reports need every node named: undone when written
     check_exclude_patterns(proto, exclude)  # (a pattern may name a node about to go as dead)
-    import fnmatch  # a node renamed for a repeated name is still the user's node of that name
-    import glob
-
+    literal = literal_where_named(proto, exclude)  # a node renamed for a repeated name is still the user's node
     exclude = tuple(exclude) + tuple(glob.escape(given) for given, own in generated.items()
-                                     if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in exclude))
+                                     if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in literal))
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
         notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "
@@ -231,8 +232,8 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         try:
             inlined = inliner.inline_local_functions(model, convert_version=True)
         except Exception:  # converting needs the type of every call's input and output: state the initializers'
-            typed = onnx.shape_inference.infer_shapes(_with_initializer_types(model))  # and infer the rest, on a
-            inlined = _without_added_value_info(  # copy, then drop what was added to the graphs
+            typed = _hoist_subgraph_types(onnx.shape_inference.infer_shapes(_with_initializer_types(model)))
+            inlined = _without_added_value_info(  # (and infer the rest, on a copy), then drop what was added
                 inliner.inline_local_functions(typed, convert_version=True), model)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
@@ -271,20 +272,38 @@ def _with_initializer_types(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def _hoist_subgraph_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the typed values of its If/Loop/Scan bodies (value_info, outputs) also stated in the main
+    graph's ``value_info``, in place: onnx's converting inliner looks types up there only (a call inside a
+    branch failed with "Type unknown for else_y"). Names are unique across scopes, so nothing clashes."""
+    stated = {value.name for value in model.graph.value_info} | {value.name for value in model.graph.input} | {
+        value.name for value in model.graph.output}
+    for index, (_, graph) in enumerate(iter_graphs(model.graph)):
+        if index == 0:
+            continue
+        for value in list(graph.value_info) + list(graph.output) + list(graph.input):
+            if value.name not in stated and value.type.HasField("tensor_type"):
+                model.graph.value_info.append(value)
+                stated.add(value.name)
+    return model
+
+
 def _drop_repeated_constants(model: onnx.ModelProto) -> None:
     """Remove, in place, a Constant node that defines a name a Constant before it already defines with the
     same value: onnx's converting inliner copies a main-graph Constant read by a call into the call's body,
     which would define the name twice (and count its weight twice)."""
-    defined: dict[str, bytes] = {}
-    for _, graph in iter_graphs(model.graph):
-        keep = []
+    main: dict[str, bytes] = {}  # the main graph's definitions, visible in every subgraph; siblings' are not
+    for index, (_, graph) in enumerate(iter_graphs(model.graph)):
+        defined, keep = {}, []
         for node in graph.node:
             if node.op_type == "Constant" and is_standard(node) and len(node.output) == 1:
                 value = b"".join(attribute.SerializeToString() for attribute in node.attribute)
-                if defined.get(node.output[0]) == value:
+                if value in (defined.get(node.output[0]), main.get(node.output[0])):
                     continue
                 defined.setdefault(node.output[0], value)
             keep.append(node)
+        if index == 0:
+            main = defined
         if len(keep) != len(graph.node):
             del graph.node[:]
             graph.node.extend(keep)
@@ -293,8 +312,9 @@ def _drop_repeated_constants(model: onnx.ModelProto) -> None:
 def _without_added_value_info(model: onnx.ModelProto, before: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with only the ``value_info`` entries whose names ``before`` had (in any graph), in place."""
     kept = {value.name for _, graph in iter_graphs(before.graph) for value in graph.value_info}
-    for _, graph in iter_graphs(model.graph):
-        entries = [value for value in graph.value_info if value.name in kept]
+    kept_main = {value.name for value in before.graph.value_info}  # (subgraphs' types were hoisted to it)
+    for index, (_, graph) in enumerate(iter_graphs(model.graph)):
+        entries = [value for value in graph.value_info if value.name in (kept_main if index == 0 else kept)]
         del graph.value_info[:]
         graph.value_info.extend(entries)
     return model
@@ -484,7 +504,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
     same bits as 1 (default: in this process, no Ray).
     """
-    check_count("calibration_workers", calibration_workers)  # (before Ray starts)
+    check_workers_have_calibration(calibration_workers,
+                                   calibration if data is None else getattr(data, "calibration", None))
     if calibration_workers != 1:  # the same call inside the workers' context
         keywords = dict(locals(), calibration_workers=1)
         from .calibrate import calibration_workers as workers_context
@@ -508,9 +529,19 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     return _apply_step(_plan_step(model, options))
 
 
+def check_workers_have_calibration(workers, calibration) -> None:
+    """Raise :class:`InputDataError` for a worker count that is no count, or more than one without calibration
+    inputs, whose statistics are all the workers compute (checked before Ray starts, as the CLI refuses
+    ``--calibration-workers`` without calibration)."""
+    check_count("calibration_workers", workers)
+    if workers != 1 and calibration is None:
+        raise InputDataError("calibration_workers has no effect without calibration inputs (the workers compute "
+                             "their statistics); give calibration=... or drop calibration_workers")
+
+
 def check_compress_keywords(function: str, keywords: Mapping[str, Any]) -> None:
     """Raise :class:`InputDataError` naming ``function`` for a keyword that :func:`compress` does not take
-    (``make_plan`` and the sweep pass compress's keywords on)."""
+    (``make_plan`` passes compress's keywords on)."""
     import inspect
 
     known = [name for name in inspect.signature(compress).parameters if name != "model"]
@@ -1308,9 +1339,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         reason = layer.skip_reason
         if reason is None and groups == DENSE and rank_multiple > 1 and layer.groups and all(
                 rank_multiple * (g * matrix_rows + matrix_cols) >= layer.params for g in layer.groups):
-            reason = (f"no rank that is a multiple of {rank_multiple} shrinks it (rank {rank_multiple} keeps "
-                      f"{rank_multiple * (matrix_rows + matrix_cols)} of {layer.params} weights); "
-                      "a lower --rank-multiple can")
+            reason = (f"rank {rank_multiple} (the rank multiple) keeps "
+                      f"{rank_multiple * (matrix_rows + matrix_cols)} of {layer.params} weights")
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
                                 layer.macs, macs_after, error, reason,
                                 order=layer.order if groups != DENSE else None, weight=layer.weight,
@@ -1350,10 +1380,10 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
         raise BudgetError(f"rank_fractions={rank_fractions!r}: give fractions of the full rank in (0, 1], "
                           "e.g. (0.25, 0.5, 0.75)")
     rank_fractions = tuple(rank_fractions)
-    odd = next((f for f in rank_fractions if isinstance(f, bool) or not isinstance(f, numbers.Real)
-                or not 0 < f <= 1), None)
-    if odd is not None or not rank_fractions:
-        raise BudgetError(f"rank_fractions has {odd!r}; give fractions of the full rank in (0, 1], e.g. (0.25, 0.5)")
+    odd = [f for f in rank_fractions if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1]
+    if odd or not rank_fractions:
+        raise BudgetError(f"rank_fractions {'has ' + repr(odd[0]) if odd else 'is empty'}; give fractions of the "
+                          "full rank in (0, 1], e.g. (0.25, 0.5)")
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False,
                         channel_multiple=rank_multiple)
     constants = prepared.constants

@@ -363,7 +363,7 @@ def timing_feeds(model: onnx.ModelProto, batch: int, input_shapes: Optional[dict
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=batch)
     fixed_batch(model)  # inputs fixing different first dims: one error, not a --batch for each
     rng = np.random.default_rng(seed)
-    bounds = index_bounds(model)
+    bounds = index_bounds(model, shapes)
     feeds = {}
     for spec in graph_inputs(model):
         shape = list(shapes[spec.name])
@@ -467,9 +467,6 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         raise InputDataError(f"got min_time_s={min_time_s}; give a finite min_time_s ≥ 0 (seconds)")
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
-    if feeds is not None and [int(b) for b in batch_sizes] != [len(next(iter(feeds.values())))]:
-        raise InputDataError(f"got batch sizes {list(batch_sizes)} and inputs of batch "
-                             f"{len(next(iter(feeds.values())))}; give the inputs' batch alone")
     if warmup is None:
         warmup = 50 if provider in DEVICE_PROVIDERS else 10
     if provider == "cpu" and threads is None:
@@ -478,6 +475,10 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     protos = [load_model(m) for m in models]
     if feeds is not None:
         _check_feeds_fit(feeds, protos, names if names is not None else _labels(models))
+        fed_batch = len(feeds[graph_inputs(protos[0])[0].name])  # (a real input's, not an overridable default's)
+        if [int(b) for b in batch_sizes] != [fed_batch]:
+            raise InputDataError(f"got batch sizes {list(batch_sizes)} and inputs of batch {fed_batch}; give the "
+                                 "inputs' batch alone")
     sessions = [make_session(m if not isinstance(m, onnx.ModelProto) else p, provider, threads=threads,
                              provider_options=options, spinning=False) for m, p in zip(models, protos)]
     if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):
@@ -501,7 +502,10 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         except InputDataError as exc:  # say which model and batch
             failing = next((name for name, runner in zip(names, runners) if not _runs(runner)), None)
             where = f"{failing} at batch {batch}" if failing else f"batch {batch}"
-            if isinstance(exc, RandomInputsError) and input_shapes and feeds is None:  # the dims given may not fit
+            if isinstance(exc, RandomInputsError) and feeds is not None:  # the caller's own arrays failed
+                exc = InputDataError(exc.reason.replace("random timing inputs", "the given feeds", 1)
+                                     + "; give arrays of the inputs' dtypes and shapes")
+            elif isinstance(exc, RandomInputsError) and input_shapes:  # the dims given may not fit
                 exc = RandomInputsError(f"{exc.reason}; check that the --input-shape values given "
                                         f"({show_input_shapes(input_shapes, ' ')}) fit the model", exc.reason)
             raise (exc.named(where) if isinstance(exc, RandomInputsError) else

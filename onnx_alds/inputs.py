@@ -442,7 +442,8 @@ def labels_from_filenames(files: Sequence[Path]) -> np.ndarray:
 # Sources
 
 
-def load_inputs(model: Union[onnx.ModelProto, PathLike], *, npz: Optional[PathLike] = None, images: Optional[PathLike] = None,
+def load_inputs(model: Union[onnx.ModelProto, PathLike], *, npz: Optional[PathLike] = None,
+                images: Optional[PathLike] = None,
                 preprocess: Union[str, Preprocess] = "imagenet", random: Optional[int] = None,
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None, seed: int = 0,
                 limit: Optional[int] = None, progress: Optional[bool] = None,
@@ -819,7 +820,7 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
         raise InputDataError(f"seed {seed!r} is out of range; give an integer in [0, 2**32), e.g. 0")
     specs = graph_inputs(model)
     shapes, _ = resolve_input_shapes(model, input_shapes, batch_default=1)
-    bounds = index_bounds(model)
+    bounds = index_bounds(model, shapes)
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
     asked, fixed = count, {spec.dims[0] for spec in specs if batch_dim and spec.dims and isinstance(spec.dims[0], int)
@@ -859,7 +860,7 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], rn
                  ) -> dict[str, np.ndarray]:
     """One random array per graph input at ``shapes`` (name → full shape), by the rules of
     :func:`random_array`, ids kept inside the tables they index (:func:`index_bounds`)."""
-    bounds = index_bounds(model)
+    bounds = index_bounds(model, shapes)
     return {spec.name: random_array(spec.name, spec.dtype, tuple(shapes[spec.name]), rng, high=bounds.get(spec.name))
             for spec in graph_inputs(model)}
 
@@ -868,13 +869,14 @@ _INDEX_PASS_OPS = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatt
                    "Expand", "Tile")  # ops whose outputs hold some of their first input's values
 
 
-def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Sequence[int]]] = None
+                 ) -> dict[str, int]:
     """Integer graph inputs used as indices into a constant table, directly or through ops that keep their
     values (Cast, Reshape, Slice, Split, a Gather that picks some of them ...) or add a constant offset
     (one table for several id fields): a Gather's table (an embedding lookup), a RotaryEmbedding's position ids
     (rows of its cos cache), the ids of ONNX Runtime's EmbedLayerNormalization; the table's size along the
     indexed axis less the offset, so random ids stay in it. Also an LSTM/GRU/RNN's ``sequence_lens``: the
-    sequence length + 1 where it is fixed (lengths in [0, T])."""
+    sequence length + 1 where the model or ``input_shapes`` (name → full dims) fix it (lengths in [0, T])."""
     tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     from .layers import constant_node_value
 
@@ -891,7 +893,7 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:  # a table behind Cast/Identity (a float16 table cast up) keeps its dims
         if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
             tables.setdefault(node.output[0], tables[node.input[0]])
-    lengths = _sequence_lengths(model)
+    lengths = _sequence_lengths(model, input_shapes or {})
     bounds: dict[str, int] = {}
 
     def bound(name: str, limit: int) -> None:
@@ -919,11 +921,10 @@ def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
                             bound(spec.name, int(dims[axis]) - offset)
                 if node.domain not in ("", "ai.onnx"):
                     continue
-                if node.op_type in _INDEX_PASS_OPS + ("Gather",) and node.input[0] == tensor:
+                if (node.op_type in _INDEX_PASS_OPS + ("Gather",) and node.input[0] == tensor) \
+                        or node.op_type == "Concat":  # (a Gather's data: it picks some of the ids)
                     pending.extend((out, offset) for out in node.output if out)
-                elif node.op_type == "Concat":
-                    pending.extend((out, offset) for out in node.output if out)
-                elif node.op_type == "Add" and len(node.input) == 2:  # ids + a constant offset (fields sharing a table)
+                elif node.op_type == "Add" and len(node.input) == 2:  # ids + a constant offset (fields, one table)
                     other = node.input[1] if node.input[0] == tensor else node.input[0]
                     if other in values:
                         added = numpy_helper.to_array(values[other])
@@ -941,9 +942,10 @@ def _small(tensor: onnx.TensorProto) -> bool:
         tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL)
 
 
-def _sequence_lengths(model: onnx.ModelProto) -> dict[str, int]:
-    """``sequence_lens`` inputs of the main graph's LSTM/GRU/RNN nodes whose sequence length is fixed → that
-    length (shape inference on a weightless copy; only run when such a node reads lengths)."""
+def _sequence_lengths(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """``sequence_lens`` inputs of the main graph's LSTM/GRU/RNN nodes whose sequence length is fixed (by the
+    model or ``input_shapes``) → that length (shape inference on a weightless copy; only run when such a node
+    reads lengths)."""
     recurrent = [node for node in model.graph.node if node.op_type in ("LSTM", "GRU", "RNN")
                  and len(node.input) > 4 and node.input[4]]
     if not recurrent:
@@ -951,7 +953,9 @@ def _sequence_lengths(model: onnx.ModelProto) -> dict[str, int]:
     from .shapes import static_copy
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(static_copy(model, {}, stub_weights=True))
+        fixed = {name: tuple(int(d) for d in dims) for name, dims in input_shapes.items()
+                 if all(isinstance(d, (int, np.integer)) for d in dims)}
+        inferred = onnx.shape_inference.infer_shapes(static_copy(model, fixed, stub_weights=True))
     except Exception:  # (a model shape inference cannot take: no bound, as before)
         return {}
     known = {value.name: value for value in list(inferred.graph.value_info) + list(inferred.graph.input)}

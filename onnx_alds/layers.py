@@ -506,7 +506,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     """
     if constants is None:
         constants = weight_constants(model)[0]
-    exclude = _literal_where_named(model, exclude)
+    exclude = literal_where_named(model, exclude)
     uses: Counter = Counter()
     use_counts(model.graph, uses)
     trained = trained_tensors(model)
@@ -599,7 +599,7 @@ def _ambiguous_source(name: str, producers: Mapping[str, onnx.NodeProto], ambigu
     return None
 
 
-def _literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
+def literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
     """The ``--exclude`` patterns, each that is itself a node or weight name made literal: ``layer[0]``
     means the node named ``layer[0]``, not the glob that matches ``layer0``."""
     if not exclude:
@@ -619,8 +619,8 @@ def check_exclude_patterns(model: onnx.ModelProto, exclude: Sequence[str]) -> No
     names = [name for _, graph in iter_graphs(model.graph) for node in graph.node if is_layer_node(node)
              for name in [node.name, *node.input, *(chain_source(i, producers) for i in node.input[1:] if i)]
              if name]
-    for pattern in exclude:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+    for pattern, literal in zip(exclude, literal_where_named(model, exclude)):
+        if not any(fnmatch.fnmatchcase(name, literal) for name in names):
             example = next((node.name for _, graph in iter_graphs(model.graph) for node in graph.node
                             if is_layer_node(node) and node.name), None)
             raise InputDataError(f"--exclude '{pattern}' matches no Conv/Gemm/MatMul node or weight name; check the "

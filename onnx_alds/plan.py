@@ -694,11 +694,15 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
 def make_plan(model, **options) -> Plan:
     """The plan ``compress(model, **options)`` would apply (same keywords, grouped options included):
     every layer's decision and its predicted error and cost. Nothing is rewritten."""
-    from .api import _alignment_notes, _compression_report, _harm_warnings, _plan_step, check_compress_keywords
+    from .api import (_alignment_notes, _compression_report, _harm_warnings, _plan_step, check_compress_keywords,
+                      check_workers_have_calibration)
     from .model_io import open_model
 
     check_compress_keywords("make_plan", options)
     workers = options.pop("calibration_workers", 1)
+    data = options.get("data")
+    check_workers_have_calibration(workers, options.get("calibration") if data is None
+                                   else getattr(data, "calibration", None))
     if workers != 1:  # the same call inside the workers' context, as compress does
         from .calibrate import calibration_workers
 
@@ -743,6 +747,9 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
 
     from .model_io import OpenedModel
 
+    from .api import check_workers_have_calibration
+
+    check_workers_have_calibration(calibration_workers, calibration)
     if calibration_workers != 1:
         from .calibrate import calibration_workers as workers_context
 

@@ -159,3 +159,40 @@ def test_validate_of_a_light_result_says_how_to_get_the_weights(tmp_path):
     stub = onnx.load(str(path), load_external_data=False)
     with pytest.raises(ModelLoadError, match="external file 'cnn.data'"):
         validate(stub, model, inputs=_calibration(4))
+
+
+def test_bench_feeds_batch_is_a_real_inputs_and_a_failing_feed_is_named_as_the_callers():
+    """An overridable initializer listed first among the feeds set the batch (1 for 4: throughput 4x low); a
+    feed of the wrong dims was blamed on "random timing inputs"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"), helper.make_node("Mul", ["h", "scale"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                                           helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                              [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "W"),
+                               numpy_helper.from_array(np.ones(1, np.float32), "scale")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"scale": np.full(1, 2, np.float32), "x": rng.standard_normal((4, 16)).astype(np.float32)}
+    with pytest.raises(InputDataError, match="got batch sizes \\[1\\] and inputs of batch 4"):
+        bench([model], batch_sizes=(1,), runs=3, min_time_s=0, feeds=feeds)
+    report = bench([model], batch_sizes=(4,), runs=3, warmup=1, min_time_s=0, feeds=feeds)
+    assert report.timings[0].batch_size == 4
+    bad = {"x": rng.standard_normal((4, 8)).astype(np.float32)}
+    with pytest.raises(InputDataError, match="running the model on the given feeds failed"):
+        bench([model], batch_sizes=(4,), runs=3, warmup=1, min_time_s=0, feeds=bad)
+
+
+def test_calibration_workers_without_calibration_is_refused_before_ray_starts():
+    for call in (lambda: compress(small_cnn(), keep_params=0.6, calibration_workers=2),
+                 lambda: make_plan(small_cnn(), keep_params=0.6, calibration_workers=2),
+                 lambda: apply_plan(small_cnn(), make_plan(small_cnn(), keep_params=0.6), calibration_workers=2)):
+        with pytest.raises(InputDataError, match="calibration_workers has no effect without calibration"):
+            call()
+
+
+def test_a_layer_no_rank_of_the_multiple_shrinks_says_so():
+    result = compress(small_cnn(), keep_params=0.8, rank_multiple=16)
+    fc = next(row for row in result.report.layers if row.name == "fc")  # 10x64: rank 16 keeps 1184 of 640
+    assert fc.skip_reason == "rank 16 (the rank multiple) keeps 1184 of 640 weights"
