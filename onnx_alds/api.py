@@ -32,7 +32,8 @@ from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConsta
                      iter_total_params, literal_where_named, node_macs, unchanged_ops_note, weight_constants,
                      widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
-from .model_io import ModelLike, OpenedModel, TensorStore, materialize, open_model, resolve_input_shapes
+from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
+                       resolve_input_shapes)
 from .inputs import check_sample_dims, conform_inputs
 from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, with_pruning
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -83,6 +84,9 @@ class _Prepared:
         """``options`` with its calibration inputs checked against the model and cast to its input types
         (:func:`onnx_alds.inputs.conform_inputs`); refused for a model whose outputs are random."""
         self.refuse_random_for_calibration()
+        refuse_over_protobuf_limit(OpenedModel(self.model, self.store), "data-aware compression runs it in ONNX "
+                                   "Runtime with extra outputs, which needs it serialized whole",
+                                   fix="compress it data-free (without calibration)")
         calibration = conform_inputs(self.model, options.data.calibration, "calibration")
         given = {name: dims for name, dims in (options.input_shapes or {}).items() if name in calibration.arrays}
         check_sample_dims(calibration, given, "the calibration arrays are",
@@ -504,8 +508,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
     same bits as 1 (default: in this process, no Ray).
     """
-    check_workers_have_calibration(calibration_workers,
-                                   calibration if data is None else getattr(data, "calibration", None))
+    check_workers_have_calibration(calibration_workers,  # (given twice: compress_options says so)
+                                   calibration if calibration is not None else getattr(data, "calibration", None))
     if calibration_workers != 1:  # the same call inside the workers' context
         keywords = dict(locals(), calibration_workers=1)
         from .calibrate import calibration_workers as workers_context

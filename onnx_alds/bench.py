@@ -416,10 +416,23 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
         if not isinstance(feeds, Mapping) or not feeds:
             raise InputDataError(f"feeds={feeds!r}: give a dict of graph input name to array, batch first, or None "
                                  "for random inputs")
-        odd = next((name for name, array in feeds.items() if not isinstance(array, np.ndarray) or array.ndim == 0),
-                   None)
+        odd = next((name for name, array in feeds.items() if not isinstance(array, np.ndarray)), None)
         if odd is not None:
-            raise InputDataError(f"feeds['{odd}'] is not a numpy array with a batch dim; give arrays, batch first")
+            raise InputDataError(f"feeds['{odd}'] is a {type(feeds[odd]).__name__}; give numpy arrays, batch first")
+
+
+def _fed_batch(feeds: Mapping[str, np.ndarray], model: onnx.ModelProto) -> int:
+    """The batch of ``feeds``: the first dim of the graph inputs whose first dim is dynamic (else of every input
+    with a first dim), not an overridable default's nor a fixed-size input's. Raises :class:`InputDataError`
+    when they disagree."""
+    specs = [spec for spec in graph_inputs(model) if spec.dims]
+    batched = [spec for spec in specs if not isinstance(spec.dims[0], int)] or specs
+    sizes = {spec.name: int(feeds[spec.name].shape[0]) for spec in batched if feeds[spec.name].ndim}
+    if len(set(sizes.values())) != 1:
+        shown = ", ".join(f"'{name}' {size}" for name, size in sizes.items()) or "none"
+        raise InputDataError(f"the feeds' batch is not clear (first dims of the batched inputs: {shown}); give "
+                             "arrays whose batch inputs share their first dim")
+    return next(iter(sizes.values()))
 
 
 def _check_feeds_fit(feeds: Mapping[str, np.ndarray], protos: Sequence[onnx.ModelProto], names: Sequence[str]) -> None:
@@ -475,7 +488,7 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     protos = [load_model(m) for m in models]
     if feeds is not None:
         _check_feeds_fit(feeds, protos, names if names is not None else _labels(models))
-        fed_batch = len(feeds[graph_inputs(protos[0])[0].name])  # (a real input's, not an overridable default's)
+        fed_batch = _fed_batch(feeds, protos[0])
         if [int(b) for b in batch_sizes] != [fed_batch]:
             raise InputDataError(f"got batch sizes {list(batch_sizes)} and inputs of batch {fed_batch}; give the "
                                  "inputs' batch alone")

@@ -337,7 +337,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     model = open_model(args.model)
     if args.validate or args.distill:  # before the work: both hold whole models in memory
         refuse_over_protobuf_limit(model, f"{'--validate' if args.validate else '--distill'} holds the original "
-                                          "and the compressed model in memory")
+                                          "and the compressed model in memory",
+                                   fix=None if args.validate else "compress it without --distill")
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     held_out = None
     if args.distill:  # compress with the training part: the held-out part decides early stopping

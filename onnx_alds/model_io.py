@@ -634,6 +634,20 @@ def _umask() -> int:
     return mask
 
 
+_SCANNED_MODEL_BYTES = 256 << 20  # a model file larger than this is not parsed to see whether it reads a data file
+
+
+def _other_reader(target: Path, data_name: str) -> Optional[str]:
+    """Another ``.onnx`` file beside ``target`` that reads ``data_name``, or one too large to tell cheaply
+    (then it is presumed to): such a data file is neither removed nor overwritten. None when there is none."""
+    for other in sorted(target.parent.glob("*.onnx")):
+        if other.name == target.name or not _is_file(other):
+            continue
+        if other.stat().st_size > _SCANNED_MODEL_BYTES or _references_file(other, data_name):
+            return str(other)
+    return None
+
+
 def _references_file(model_path: Path, data_name: str) -> bool:
     """True when the ONNX file at ``model_path`` exists and keeps tensors in ``data_name`` beside it (a file
     that is not a model names none: nothing of ours to clean up)."""
@@ -643,15 +657,16 @@ def _references_file(model_path: Path, data_name: str) -> bool:
     return data_name in _external_locations(str(model_path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str) -> None:
+def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str, fix: Optional[str] = None) -> None:
     """Raise :class:`UnsupportedModelError` when ``model`` (a path or a light model) is over protobuf's 2 GB
-    limit, for a step that needs it serialized whole (``why`` says which); read light, without its weights."""
+    limit, for a step that needs it serialized whole (``why`` says which; ``fix`` what to do instead, default:
+    compress without --validate, then validate from the files); read light, without its weights."""
     opened = open_model(model)
     size = model_bytes(opened.model, opened.store)
     if size > _PROTOBUF_LIMIT:
         raise UnsupportedModelError(f"the model is {size / 2**30:.1f} GB, over protobuf's 2 GB limit, and {why}; "
-                                    "compress it with onnx-alds compress (no --validate), then run onnx-alds "
-                                    "validate ORIGINAL OUTPUT, which reads both from their files")
+                                    + (fix or "compress it with onnx-alds compress (no --validate), then run "
+                                       "onnx-alds validate ORIGINAL OUTPUT, which reads both from their files"))
 
 
 def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
@@ -730,7 +745,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()), None)
     # our earlier output's weights (the old model read only them), unless an input reads them too: a copy of the
     # input model written over keeps its data file
-    stale = not external_data and not taken and _is_file(data_path) and _references_file(target, data_name)
+    stale = not external_data and not taken and _is_file(data_path) and _references_file(target, data_name) \
+        and _other_reader(target, data_name) is None  # (another model in the folder reading it keeps it)
     tmp_dir = unused_name(target.parent)
     try:
         os.mkdir(tmp_dir, 0o700)
@@ -744,6 +760,10 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                 raise OutputPathError(f"the model is written with its weights in '{data_path}', which exists and is "
                                       f"not the data of '{target}' (another model may read it); move it or choose "
                                       "another -o name")
+            other = _other_reader(target, data_name) if data_path.exists() else None
+            if other is not None:
+                raise OutputPathError(f"the model is written with its weights in '{data_path}', which '{other}' "
+                                      "reads too; choose another -o name")
             if _write_with_external_data(model, tmp_model, data_name, store):
                 os.replace(Path(tmp_dir) / data_name, data_path)
         else:
@@ -869,8 +889,9 @@ def protected_files(protect: Sequence[Union[str, os.PathLike]]) -> list[tuple[Pa
 
 @functools.lru_cache(maxsize=16)
 def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """The external data locations a model file names (read once per file version: a command checks
-    several output paths against the same inputs); none when the file is not a model."""
+    """The external data locations a model file names, normalized (``./a.data`` is ``a.data``; read once per
+    file version: a command checks several output paths against the same inputs); none when the file is not
+    a model."""
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception:  # not a model (a plan, an .npz ...)
@@ -879,7 +900,7 @@ def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     tensors += list(_attribute_tensors(model.graph))
     locations = {entry.value for tensor in tensors if _is_external(tensor)
                  for entry in tensor.external_data if entry.key == "location"}
-    return tuple(sorted(location for location in locations if isinstance(location, str)))
+    return tuple(sorted(os.path.normpath(location) for location in locations if isinstance(location, str)))
 
 
 def _is_file(path: Path) -> bool:

@@ -701,7 +701,7 @@ def make_plan(model, **options) -> Plan:
     check_compress_keywords("make_plan", options)
     workers = options.pop("calibration_workers", 1)
     data = options.get("data")
-    check_workers_have_calibration(workers, options.get("calibration") if data is None
+    check_workers_have_calibration(workers, options.get("calibration") if options.get("calibration") is not None
                                    else getattr(data, "calibration", None))
     if workers != 1:  # the same call inside the workers' context, as compress does
         from .calibrate import calibration_workers

@@ -196,3 +196,36 @@ def test_a_layer_no_rank_of_the_multiple_shrinks_says_so():
     result = compress(small_cnn(), keep_params=0.8, rank_multiple=16)
     fc = next(row for row in result.report.layers if row.name == "fc")  # 10x64: rank 16 keeps 1184 of 640
     assert fc.skip_reason == "rank 16 (the rank multiple) keeps 1184 of 640 weights"
+
+
+def test_bench_feeds_batch_comes_from_the_batched_inputs_and_scalar_feeds_are_taken():
+    """An input without a batch dim listed first ('s' [16]) set the batch to 16 for feeds of batch 4 (samples/s 4x
+    high); a scalar input (an If's cond) could not be fed at all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    then = helper.make_graph([helper.make_node("Add", ["h", "s"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 16])])
+    other = helper.make_graph([helper.make_node("Sub", ["h", "s"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 16])])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("s", TensorProto.FLOAT, [16]),
+                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                              [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"s": np.ones(16, np.float32), "x": rng.standard_normal((4, 16)).astype(np.float32),
+             "cond": np.array(True)}
+    with pytest.raises(InputDataError, match="got batch sizes \\[16\\] and inputs of batch 4"):
+        bench([model], batch_sizes=(16,), runs=3, min_time_s=0, feeds=feeds)
+    assert bench([model], batch_sizes=(4,), runs=3, warmup=1, min_time_s=0, feeds=feeds).timings[0].batch_size == 4
+
+
+def test_calibration_given_twice_is_named_before_the_workers():
+    from onnx_alds.options import DataAwareOptions
+
+    with pytest.raises(BudgetError, match="not both"):
+        compress(small_cnn(), keep_params=0.6, calibration=_calibration(), data=DataAwareOptions(),
+                 calibration_workers=2)

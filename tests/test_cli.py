@@ -373,6 +373,12 @@ def test_validate_and_sweep_refuse_a_model_over_the_protobuf_limit_up_front(cnn_
                            "-o", str(tmp_path / "sw"), "--no-bench", "--no-plots", "--no-progress", capsys=capsys)
     assert code == 1 and "over protobuf's 2 GB limit" in err
     assert not (tmp_path / "s.onnx").exists()
+    # calibration runs the model with extra outputs, serialized whole: an EncodeError traceback before
+    for command in (["compress", str(cnn_path), "-o", str(tmp_path / "s.onnx")],
+                    ["plan", str(cnn_path), "-o", str(tmp_path / "p.json")]):
+        code, _, err = run_cli(*command, "--keep-params", "0.5", "--calibration-random", "8", capsys=capsys)
+        assert_one_line_error(code, err, "over protobuf's 2 GB limit", "data-free")
+    assert not (tmp_path / "s.onnx").exists() and not (tmp_path / "p.json").exists()
 
 
 def test_an_output_name_with_no_room_for_its_weights_file_is_refused_first(cnn_path, tmp_path, capsys,

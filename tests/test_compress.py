@@ -812,3 +812,36 @@ def test_gemm_before_opset_11_stays_exact_and_within_the_weight_budget(trans_a, 
     stored = sum(iter_total_params(result.model))
     assert stored == result.report.params_after and stored <= 0.48 * sum(iter_total_params(full_rank))
     assert result.report.achieved <= 0.48
+
+
+def test_a_data_file_another_model_reads_is_neither_removed_nor_overwritten(cnn, tmp_path, monkeypatch):
+    """'b.onnx' and 'c.onnx' both read 'b.onnx.data': writing a model over 'b.onnx' removed the data file (or,
+    with external data, overwrote it) and 'c.onnx' could no longer be loaded."""
+    import onnx_alds.model_io as model_io
+    from onnx_alds.errors import OutputPathError
+
+    def save_external(model):  # (onnx.save_model moves the tensors out of the proto it is given: a copy)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(tmp_path / "b.onnx"), save_as_external_data=True, location="b.onnx.data",
+                        size_threshold=0)
+
+    save_external(cnn)
+    other = onnx.load(str(tmp_path / "b.onnx"), load_external_data=False)
+    for tensor in other.graph.initializer:  # the same file, named as './b.onnx.data'
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "./b.onnx.data"
+    onnx.save(other, str(tmp_path / "c.onnx"))
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    result = onnx_alds.compress(cnn, keep_params=0.5)
+    save_model(result.model, tmp_path / "b.onnx")
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+    onnx.checker.check_model(onnx.load(str(tmp_path / "c.onnx")))
+    with monkeypatch.context() as patch:
+        patch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)
+        (tmp_path / "b.onnx.data").unlink()  # (onnx appends to a data file that exists)
+        save_external(cnn)
+        with pytest.raises(OutputPathError, match="c.onnx' reads too"):
+            save_model(result.model, tmp_path / "b.onnx")
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
