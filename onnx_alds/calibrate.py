@@ -657,10 +657,15 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
     try:
         values = session.run(fetch, feeds) if fetch else []
     except Exception as exc:
+        shared = next((spec for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], str)
+                       and spec.dims[0] in spec.dims[1:]), None)  # adj [nodes, nodes]: rows are no samples
+        hint = (f"; input '{shared.name}' repeats its first dim '{shared.dims[0]}', so batches cut along it break "
+                "it: give --calibration-batch-size equal to that dim (one whole graph per run) and arrays of whole "
+                "graphs" if shared is not None else "")
         raise InputDataError(f"running the model on the calibration data failed ({runtime_error_text(exc)}); "
                              "check that the calibration arrays match the model's inputs (dtype, shape, value range: "
                              "ids inside their tables); random inputs (--calibration-random) cannot fit every model: "
-                             "give real ones (--calibration FILE.npz)") from None
+                             f"give real ones (--calibration FILE.npz){hint}") from None
     result = dict(zip(fetch, values))
     result.update({name: np.asarray(feeds[name]) for name in wanted if name in feeds})
     return result

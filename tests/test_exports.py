@@ -1370,3 +1370,25 @@ def test_random_sequence_lengths_follow_the_given_input_shape():
     assert index_bounds(model, {"x": (1, 12, 32), "lens": (1,)}) == {"lens": 13}
     inputs = load_inputs(model, random=16, input_shapes={"x": (1, 12, 32)})
     run(model, dict(inputs.arrays))
+
+
+def test_a_graph_input_repeating_its_first_dim_names_the_calibration_batch_size():
+    """A graph net (x [nodes, 16], adj [nodes, nodes]) failed calibration at the default batch with no word
+    of the fix: batches of 16 rows cut adj to [16, 24]; one whole graph per run works."""
+    rng = np.random.default_rng(30)
+    nodes = [helper.make_node("MatMul", ["adj", "x"], ["h"], name="propagate"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="transform")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["nodes", 16]),
+                         helper.make_tensor_value_info("adj", TensorProto.FLOAT, ["nodes", "nodes"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["nodes", 16])],
+                 [numpy_helper.from_array(low_rank(rng, 16, 16), "w")])
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.inputs import InputSet
+
+    graph = InputSet({"x": rng.standard_normal((24, 16)).astype(np.float32),
+                      "adj": (rng.random((24, 24)) < 0.2).astype(np.float32)})
+    with pytest.raises(InputDataError, match="input 'adj' repeats its first dim 'nodes'.*--calibration-batch-size"):
+        onnx_alds.compress(model, keep_params=0.8, rank_multiple=1, input_shapes={"adj": (24, 24)}, calibration=graph)
+    result = onnx_alds.compress(model, keep_params=0.8, rank_multiple=1, input_shapes={"adj": (24, 24)},
+                                calibration=graph, calibration_batch_size=24)
+    assert factorized(result) == ["transform"]
