@@ -127,6 +127,9 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
                                  "corrupt); export the model again")
         location = base / info.location
         _refuse_linked_data(location, info.location, tensor.name)
+        if location.is_dir():
+            raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is a folder, not a "
+                                 f"file (tensor '{tensor.name}'); put the data file there in its place")
         if not location.is_file():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
                                  f"(tensor '{tensor.name}'); put it next to the model in '{base}'")
@@ -158,10 +161,16 @@ def _complete_length(tensor: onnx.TensorProto) -> None:
 
 
 def _refuse_linked_data(path: Path, location: str, tensor: str) -> None:
-    """A data file reached through a symbolic link (a Hugging Face cache's snapshot) is refused by onnx's
-    loader for safety; say so with the fix, before onnx's own message."""
-    if path.is_symlink():
-        raise ModelLoadError(f"the external data file '{location}' (tensor '{tensor}') is a symbolic link, which onnx "
+    """A data file reached through a symbolic link (a Hugging Face cache's snapshot; the file or a folder of its
+    location) is refused by onnx's loader for safety; say so with the fix, before onnx's own message."""
+    parts = Path(location).parts
+    base = path
+    for _ in parts:  # the model's folder
+        base = base.parent
+    reached = [path] + [base.joinpath(*parts[:i]) for i in range(1, len(parts))]  # the file, the folders to it
+    if any(part.is_symlink() for part in reached):
+        raise ModelLoadError(f"the external data file '{location}' (tensor '{tensor}') is or goes through a symbolic "
+                             "link, which onnx "
                              "does not read (a safety rule); copy the model and its data with the links resolved "
                              "(cp -L) and run again")
 

@@ -394,8 +394,23 @@ def test_a_symlinked_data_file_is_refused_with_the_fix(cnn, tmp_path):
     os.symlink(tmp_path / "blobs" / "m.onnx.data", tmp_path / "snap" / "m.onnx.data")
     for call in (lambda: load_model(tmp_path / "snap" / "m.onnx"),
                  lambda: onnx_alds.analyze(str(tmp_path / "snap" / "m.onnx"))):
-        with pytest.raises(ModelLoadError, match=r"is a symbolic link, .*\(cp -L\)"):
+        with pytest.raises(ModelLoadError, match=r"is or goes through a symbolic link, .*\(cp -L\)"):
             call()
+    # the data file in a linked folder (location 'w/m.data', 'w' a link): onnx's own message before
+    (tmp_path / "real").mkdir()
+    (tmp_path / "sub" / "w").mkdir(parents=True)
+    onnx.save(small_cnn(), str(tmp_path / "sub" / "m.onnx"), save_as_external_data=True, location="w/m.data",
+              size_threshold=0)  # (the fixture's tensors went external above)
+    os.replace(tmp_path / "sub" / "w" / "m.data", tmp_path / "real" / "m.data")
+    (tmp_path / "sub" / "w").rmdir()
+    os.symlink(tmp_path / "real", tmp_path / "sub" / "w")
+    with pytest.raises(ModelLoadError, match=r"'w/m.data' .* is or goes through a symbolic link"):
+        load_model(tmp_path / "sub" / "m.onnx")
+    # a folder where the data file should be: it was called missing
+    os.remove(tmp_path / "sub" / "w")
+    (tmp_path / "sub" / "w" / "m.data").mkdir(parents=True)
+    with pytest.raises(ModelLoadError, match=r"'w/m.data' of 'm.onnx' is a folder, not a file"):
+        load_model(tmp_path / "sub" / "m.onnx")
 
 
 def test_external_data_without_length_entries_reads_each_tensor_alone(cnn, tmp_path):
