@@ -508,8 +508,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     actors (:func:`onnx_alds.calibrate.calibration_workers`, the ``[ray]`` extra; docs/SWEEP.md): the
     same bits as 1 (default: in this process, no Ray).
     """
-    check_workers_have_calibration(calibration_workers,  # (given twice: compress_options says so)
-                                   calibration if calibration is not None else getattr(data, "calibration", None))
+    check_workers_have_calibration(calibration_workers, calibration, data)
     if calibration_workers != 1:  # the same call inside the workers' context
         keywords = dict(locals(), calibration_workers=1)
         from .calibrate import calibration_workers as workers_context
@@ -533,12 +532,13 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     return _apply_step(_plan_step(model, options))
 
 
-def check_workers_have_calibration(workers, calibration) -> None:
+def check_workers_have_calibration(workers, calibration, data=None) -> None:
     """Raise :class:`InputDataError` for a worker count that is no count, or more than one without calibration
-    inputs, whose statistics are all the workers compute (checked before Ray starts, as the CLI refuses
-    ``--calibration-workers`` without calibration)."""
+    inputs (``calibration``, or those of the ``data`` group), whose statistics are all the workers compute
+    (checked before Ray starts, as the CLI refuses ``--calibration-workers`` without calibration; both given
+    is compress_options' error)."""
     check_count("calibration_workers", workers)
-    if workers != 1 and calibration is None:
+    if workers != 1 and calibration is None and getattr(data, "calibration", None) is None:
         raise InputDataError("calibration_workers has no effect without calibration inputs (the workers compute "
                              "their statistics); give calibration=... or drop calibration_workers")
 

@@ -1692,7 +1692,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),
-            held_out_views=settings.views if settings.augment and type(augmenter) is not Augmenter else 0,
+            held_out_views=settings.views if _adds_views(settings, augmenter) else 0,
             augmentation=augmenter.describe(),
             trainable_tensors=len(found.trainable),
             trainable_values=int(sum(v.size for v in values.values())), biases=len(found.biases),
@@ -1830,11 +1830,17 @@ def _calibrated_on(compressed: onnx.ModelProto, held_out_from) -> Optional[str]:
             "calibrates on the training part only)")
 
 
+def _adds_views(settings: DistillSettings, augmenter: Augmenter) -> bool:
+    """Whether the held-out set gets augmented views: asked for, and an augmenter that does more than resample
+    (the base :class:`Augmenter`'s views would be copies)."""
+    return bool(settings.views) and settings.augment and type(augmenter) is not Augmenter
+
+
 def _held_out_set(held: dict, settings: DistillSettings, train_augmenter: Augmenter) -> dict:
     """The held-out samples, then ``views`` augmented views of each (a fixed seed of their own), made as
     the training batches are (:meth:`Augmenter.on`) and as wide as the samples (never trimmed). An
     augmenter that only resamples (no augmentation fits the inputs) adds no views: they would be copies."""
-    if not settings.views or not settings.augment or type(train_augmenter) is Augmenter:
+    if not _adds_views(settings, train_augmenter):
         return held
     count = len(next(iter(held.values())))
     augmenter = train_augmenter.on(held)

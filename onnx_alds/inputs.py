@@ -877,15 +877,12 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
     (rows of its cos cache), the ids of ONNX Runtime's EmbedLayerNormalization; the table's size along the
     indexed axis less the offset, so random ids stay in it. Also an LSTM/GRU/RNN's ``sequence_lens``: the
     sequence length + 1 where the model or ``input_shapes`` (name → full dims) fix it (lengths in [0, T])."""
-    tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     from .layers import constant_node_value
 
-    values = {t.name: t for t in model.graph.initializer if t.data_type in _INT_TYPES and _small(t)}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and (value := constant_node_value(node)) is not None:
-            tables[node.output[0]] = tuple(value.dims)
-            if value.data_type in _INT_TYPES and _small(value):
-                values[node.output[0]] = value
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: value for n in model.graph.node
+                      if n.op_type == "Constant" and (value := constant_node_value(n)) is not None})
+    tables = {name: tuple(tensor.dims) for name, tensor in constants.items()}
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -925,21 +922,20 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
                         or node.op_type == "Concat":  # (a Gather's data: it picks some of the ids)
                     pending.extend((out, offset) for out in node.output if out)
                 elif node.op_type == "Add" and len(node.input) == 2:  # ids + a constant offset (fields, one table)
-                    other = node.input[1] if node.input[0] == tensor else node.input[0]
-                    if other in values:
-                        added = numpy_helper.to_array(values[other])
-                        if added.size:
-                            pending.append((node.output[0], offset + max(int(added.max()), 0)))
+                    added = _integer_values(constants.get(node.input[1] if node.input[0] == tensor else node.input[0]))
+                    if added is not None and added.size:
+                        pending.append((node.output[0], offset + max(int(added.max()), 0)))
     return bounds
 
 
-_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
-              onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32)
-
-
-def _small(tensor: onnx.TensorProto) -> bool:
-    return int(np.prod(tensor.dims, dtype=np.int64)) <= 4096 and not (
-        tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL)
+def _integer_values(tensor: Optional[onnx.TensorProto]) -> Optional[np.ndarray]:
+    """The values of an integer constant held in the model (not a light model's stub), else None."""
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in (
+            onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+        return None
+    if not np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type), np.integer):
+        return None
+    return numpy_helper.to_array(tensor)
 
 
 def _sequence_lengths(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:

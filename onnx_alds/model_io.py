@@ -126,7 +126,7 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
             raise ModelLoadError(f"an external data location in '{path.name}' is not valid UTF-8 (the file is "
                                  "corrupt); export the model again")
         location = base / info.location
-        _refuse_linked_data(location, info.location, tensor.name)
+        _refuse_linked_data(base, info.location, tensor.name)
         if location.is_dir():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is a folder, not a "
                                  f"file (tensor '{tensor.name}'); put the data file there in its place")
@@ -160,15 +160,12 @@ def _complete_length(tensor: onnx.TensorProto) -> None:
     tensor.external_data.add(key="length", value=str(length))
 
 
-def _refuse_linked_data(path: Path, location: str, tensor: str) -> None:
-    """A data file reached through a symbolic link (a Hugging Face cache's snapshot; the file or a folder of its
-    location) is refused by onnx's loader for safety; say so with the fix, before onnx's own message."""
+def _refuse_linked_data(base: Path, location: str, tensor: str) -> None:
+    """A data file ``base / location`` reached through a symbolic link (a Hugging Face cache's snapshot; the file
+    or a folder of its location) is refused by onnx's loader for safety; say so with the fix, before onnx's own
+    message."""
     parts = Path(location).parts
-    base = path
-    for _ in parts:  # the model's folder
-        base = base.parent
-    reached = [path] + [base.joinpath(*parts[:i]) for i in range(1, len(parts))]  # the file, the folders to it
-    if any(part.is_symlink() for part in reached):
+    if any(base.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):  # the folders, the file
         raise ModelLoadError(f"the external data file '{location}' (tensor '{tensor}') is or goes through a symbolic "
                              "link, which onnx "
                              "does not read (a safety rule); copy the model and its data with the links resolved "
@@ -353,7 +350,7 @@ class TensorStore:
         if self.base_dir is None:
             raise ModelLoadError(f"tensor '{tensor.name}' keeps its data in the external file '{location}', which "
                                  "was not loaded; pass the model's path, or load it with onnx.load(path)")
-        _refuse_linked_data(self.base_dir / location, location, tensor.name)
+        _refuse_linked_data(self.base_dir, location, tensor.name)
         base = self.base_dir.resolve()
         path = (base / location).resolve()
         if not location or os.path.isabs(location) or not path.is_relative_to(base) or not path.is_file():

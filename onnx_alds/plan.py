@@ -700,9 +700,7 @@ def make_plan(model, **options) -> Plan:
 
     check_compress_keywords("make_plan", options)
     workers = options.pop("calibration_workers", 1)
-    data = options.get("data")
-    check_workers_have_calibration(workers, options.get("calibration") if options.get("calibration") is not None
-                                   else getattr(data, "calibration", None))
+    check_workers_have_calibration(workers, options.get("calibration"), options.get("data"))
     if workers != 1:  # the same call inside the workers' context, as compress does
         from .calibrate import calibration_workers
 
@@ -743,11 +741,8 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
     """The model with the plan's decisions applied (data-aware factors from ``calibration`` when the
     plan is data-aware): a :class:`onnx_alds.api.CompressionResult`, as ``compress`` returns.
     ``calibration_workers``: as for ``compress`` (Ray actors for the calibration statistics)."""
-    from .api import _apply_step, _plan_step
-
+    from .api import _apply_step, _plan_step, check_workers_have_calibration
     from .model_io import OpenedModel
-
-    from .api import check_workers_have_calibration
 
     check_workers_have_calibration(calibration_workers, calibration)
     if calibration_workers != 1:

@@ -137,36 +137,37 @@ def _conv_pointwise_first_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype,
 def _gemm_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, opset: int, names: Names) -> list[gs.Node]:
     factors, weight_name = rewrite.factors, rewrite.layer.weight
     x, y = node.inputs[0], node.outputs[0]
-    trans_b = int(node.attrs.get("transB", 0))
-    # W ≈ D·E with E: (r, c), D: (f, r); Gemm uses B' = Wᵀ, stored transposed unless transB.
-    enc = factors.encoder if trans_b else factors.encoder.T
+    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    alpha = float(node.attrs.get("alpha", 1.0))
+    # W ≈ D·E with E: (r, c), D: (f, r); Gemm uses B' = Wᵀ, stored transposed unless transB. Before opset 11
+    # Gemm requires C: the encoder is then op(X)·(αEᵀ), a MatMul, which needs none (no zero C the budget does
+    # not count), after a Transpose for transA
+    matmul_encoder = opset < 11
+    enc = factors.encoder.T * alpha if matmul_encoder else factors.encoder if trans_b else factors.encoder.T
     dec = factors.decoder if trans_b else factors.decoder.T
     enc_weight = gs.Constant(names.fresh(f"{weight_name}.enc"), np.ascontiguousarray(enc).astype(dtype))
     dec_weight = gs.Constant(names.fresh(f"{weight_name}.dec"), np.ascontiguousarray(dec).astype(dtype))
     middle = gs.Variable(names.fresh(f"{y.name}.enc"), dtype=None)  # no declared type: value_info may be stale
-    enc_inputs: list = [x, enc_weight]
     dec_inputs: list = [middle, dec_weight]
     if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
         dec_inputs.append(node.inputs[2])
     elif opset < 11:  # C is required before opset 11 (a valid model has one): one zero, broadcast
         dec_inputs.append(gs.Constant(names.fresh(f"{weight_name}.dec.zero_bias"), np.zeros(1, dtype)))
-    trans_a, alpha = int(node.attrs.get("transA", 0)), float(node.attrs.get("alpha", 1.0))
-    enc_attrs = {"transA": trans_a, "transB": trans_b, "alpha": alpha}
     dec_attrs = {"transB": trans_b, "beta": float(node.attrs.get("beta", 1.0))}
     if opset < 7:  # before opset 7 a 1-D C broadcasts only when asked to
         dec_attrs["broadcast"] = 1
-    decoder = gs.Node("Gemm", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y])
-    if opset < 11:  # C is required: the encoder as op(X)·(αEᵀ), a MatMul, which needs none (no weight the
-        # budget does not count); transA: X transposed first
-        enc_inputs[1] = gs.Constant(enc_weight.name, np.ascontiguousarray(factors.encoder.T * alpha).astype(dtype))
+    if matmul_encoder:
         nodes = []
         if trans_a:
             x_t = gs.Variable(names.fresh(f"{x.name}.T"), dtype=None)
             nodes.append(gs.Node("Transpose", names.fresh_node(f"{node.name}.enc.transpose"), {"perm": [1, 0]},
                                  [x], [x_t]))
-            enc_inputs[0] = x_t
-        return nodes + [gs.Node("MatMul", names.fresh_node(f"{node.name}.enc"), {}, enc_inputs, [middle]), decoder]
-    return [gs.Node("Gemm", names.fresh_node(f"{node.name}.enc"), enc_attrs, enc_inputs, [middle]), decoder]
+            x = x_t
+        nodes.append(gs.Node("MatMul", names.fresh_node(f"{node.name}.enc"), {}, [x, enc_weight], [middle]))
+    else:
+        nodes = [gs.Node("Gemm", names.fresh_node(f"{node.name}.enc"),
+                         {"transA": trans_a, "transB": trans_b, "alpha": alpha}, [x, enc_weight], [middle])]
+    return nodes + [gs.Node("Gemm", names.fresh_node(f"{node.name}.dec"), dec_attrs, dec_inputs, [y])]
 
 
 def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names) -> list[gs.Node]:

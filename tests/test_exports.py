@@ -36,6 +36,13 @@ def make(nodes, inputs, outputs, inits, *, opset: int = 17, ir: int = 8, **field
     return model
 
 
+def vector_model(nodes, weights, rng, **fields) -> onnx.ModelProto:
+    """``x [4, 64]`` → ``y [4, 64]`` through ``nodes``; each name in ``weights`` a 64x64 low-rank initializer."""
+    return make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                [numpy_helper.from_array(low_rank(rng, 64, 64), name) for name in weights], **fields)
+
+
 def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
@@ -677,9 +684,7 @@ def test_layer_that_reaches_no_output_is_dropped_with_the_dead_branch():
     rng = np.random.default_rng(23)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["dead"], name="dead_mm"),
              helper.make_node("MatMul", ["x", "v"], ["y"], name="live_mm")]
-    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
-                 [numpy_helper.from_array(low_rank(rng, 64, 64), "w"), numpy_helper.from_array(low_rank(rng, 64, 64), "v")])
+    model = vector_model(nodes, ["w", "v"], rng)
     result = onnx_alds.compress(model, keep_params=0.3)
     assert_same_outputs(model, result.model, {"x": rng.standard_normal((4, 64)).astype(np.float32)})
 
@@ -1192,10 +1197,8 @@ def test_an_uncalled_function_is_kept():
                                   opset_imports=[helper.make_opsetid("", 17)])
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="first"),
              helper.make_node("Lin", ["a"], ["y"], domain="local", name="lin")]
-    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
-                 [numpy_helper.from_array(low_rank(rng, 64, 64), "w0")],
-                 functions=[_linear_function_of_opset_13(rng), unused])
+    function = _linear_function_of_opset_13(rng)
+    model = vector_model(nodes, ["w0"], rng, functions=[function, unused])
     model.opset_import.append(helper.make_opsetid("local", 1))
     result = onnx_alds.compress(model, keep_params=0.6, rank_multiple=1)
     assert [f.name for f in result.model.functions] == ["Unused"]
@@ -1346,9 +1349,7 @@ def test_exclude_takes_a_name_with_brackets_as_that_name():
     rng = np.random.default_rng(28)
     nodes = [helper.make_node("MatMul", ["x", "u"], ["h"], name="blk[0]"),
              helper.make_node("MatMul", ["h", "w"], ["y"], name="other")]
-    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
-                 [numpy_helper.from_array(low_rank(rng, 64, 64), "u"), numpy_helper.from_array(low_rank(rng, 64, 64), "w")])
+    model = vector_model(nodes, ["u", "w"], rng)
     result = onnx_alds.compress(model, keep_params=0.9, rank_multiple=1, exclude=["blk[0]"])  # (refused: no match)
     assert factorized(result) == ["other"]
 
