@@ -412,6 +412,8 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
         raise InputDataError(f"got seed={seed}; give an integer in [0, 2**32), e.g. 0")
     check_threads(threads)
     check_number("min_time_s", min_time_s)
+    if not 0 <= min_time_s < math.inf:
+        raise InputDataError(f"got min_time_s={min_time_s}; give a finite min_time_s ≥ 0 (seconds)")
     if feeds is not None:
         if not isinstance(feeds, Mapping) or not feeds:
             raise InputDataError(f"feeds={feeds!r}: give a dict of graph input name to array, batch first, or None "
@@ -476,8 +478,6 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
     _check_bench_arguments(batch_sizes=batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
                            threads=threads, min_time_s=min_time_s, feeds=feeds)
-    if not 0 <= min_time_s < math.inf:
-        raise InputDataError(f"got min_time_s={min_time_s}; give a finite min_time_s ≥ 0 (seconds)")
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
     if warmup is None:
