@@ -1005,25 +1005,38 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                                f"error {info['predicted_output_error']:.4f}",))
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple)
                      + _widened_note(proto, [layer for layer, _ in plan])
-                     + _ir3_inputs_note(proto, [layer for layer, _ in plan]),
+                     + _ir3_inputs_note(proto, new_model) + _dropped_annotations_note(proto, new_model),
                      warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
-def _ir3_inputs_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
+def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:
     """IR 3 lists every initializer as a graph input, which the ONNX spec reads as an overridable default;
-    onnx-alds reads them as constants, as ONNX Runtime does. A note names the factorized weights whose input
-    entries go (feeding them no longer has an effect)."""
+    onnx-alds reads them as constants, as ONNX Runtime does. A note names the weights whose input entries
+    went with them (the factorized weights, and those behind a Cast or Transpose chain that was folded):
+    feeding them no longer has an effect."""
     if proto.ir_version >= 4:
         return ()
-    listed = {value.name for value in proto.graph.input}
-    replaced = [layer.weight for layer in factorized if layer.weight in listed]
+    kept = {value.name for value in new_model.graph.input}
+    replaced = [value.name for value in proto.graph.input if value.name not in kept]
     if not replaced:
         return ()
     return (f"IR version {proto.ir_version} lists every initializer as a graph input; onnx-alds reads them as "
-            f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} factorized weights (first: "
+            f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} replaced weights (first: "
             f"'{replaced[0]}') give way to their factors' and feeding them has no effect any more (export at IR 4 "
             "or newer to say which inputs are meant to be overridable)",)
+
+
+def _dropped_annotations_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:
+    """A note naming the graph's quantization annotations that went with the tensors they annotated
+    (a factorized weight is two new tensors, which no annotation describes)."""
+    kept = {annotation.tensor_name for annotation in new_model.graph.quantization_annotation}
+    dropped = [annotation.tensor_name for annotation in proto.graph.quantization_annotation
+               if annotation.tensor_name not in kept]
+    if not dropped:
+        return ()
+    return (f"{len(dropped)} quantization annotations of the graph (first: '{dropped[0]}') named weights that are "
+            "factorized now and went with them; quantize the compressed model again if you use them",)
 
 
 def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
@@ -1055,17 +1068,28 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
 
 
 CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by distill
+EARLIER_STEPS_KEY = "onnx_alds.earlier_steps"  # the method and target of each earlier onnx-alds step, first first
 
 
 def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: str, target: str, keep: float,
                      seed: int, calibration=None) -> None:
     """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed), the
     digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`) and of the ``calibration``
-    set it was fitted to (:func:`onnx_alds.plan.calibration_digest`), both read by distill."""
+    set it was fitted to (:func:`onnx_alds.plan.calibration_digest`), both read by distill. A model that
+    onnx-alds compressed before keeps the method and target of each earlier step (``EARLIER_STEPS_KEY``):
+    the target of this step is a fraction of its input, not of the first original."""
     from .plan import calibration_digest
 
     digest = calibration_digest(calibration) if calibration is not None else None
-    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest} if digest else {}) | {
+    before = {entry.key: entry.value for entry in prepared.original.metadata_props}
+    earlier = "; ".join(step for step in (before.get(EARLIER_STEPS_KEY), " ".join(
+        before[key] for key in ("onnx_alds.method", "onnx_alds.target") if key in before)
+        + (" distilled" if "onnx_alds.distill" in before else "")) if step)
+    kept = [entry for entry in new_model.metadata_props if not entry.key.startswith("onnx_alds.")]
+    del new_model.metadata_props[:]  # the earlier step's keys describe it, not this model: summed up above
+    new_model.metadata_props.extend(kept)
+    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest} if digest else {})
+                   | ({EARLIER_STEPS_KEY: earlier} if earlier else {}) | {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,
         "onnx_alds.target": f"keep_{target}={keep}",

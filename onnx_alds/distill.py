@@ -1794,6 +1794,7 @@ def _check_pair_order(original: onnx.ModelProto, compressed: onnx.ModelProto) ->
     it replaced (:func:`onnx_alds.rewrite.replaced_digest`), made from this original; a compression
     that replaced every weight leaves :func:`_check_ancestry` nothing to compare. Raises
     :class:`UnsupportedModelError`."""
+    from .api import EARLIER_STEPS_KEY
     from .rewrite import REPLACED_DIGEST_KEY, replaced_digest
 
     written = {entry.key: entry.value for entry in compressed.metadata_props}
@@ -1804,8 +1805,11 @@ def _check_pair_order(original: onnx.ModelProto, compressed: onnx.ModelProto) ->
                                     "the first was written by onnx-alds); give ORIGINAL then COMPRESSED, in that order")
     digest = written.get(REPLACED_DIGEST_KEY)
     if digest and replaced_digest(original, compressed) != digest:
+        earlier = written.get(EARLIER_STEPS_KEY)
         raise UnsupportedModelError("the compressed model was not made from this original (the weights it replaced "
-                                    "differ from this model's); give the model that `onnx-alds compress` was run on")
+                                    "differ from this model's); give the model that `onnx-alds compress` was run on"
+                                    + (f" (it was itself compressed before: {earlier}; compress the first original "
+                                       "once at the combined budget to distill against it)" if earlier else ""))
 
 
 def _student_session(model: onnx.ModelProto):

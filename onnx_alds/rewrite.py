@@ -519,8 +519,11 @@ def _restore_model_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> No
     new.graph.doc_string = original.graph.doc_string
     new.graph.ClearField("sparse_initializer")
     new.graph.sparse_initializer.extend(original.graph.sparse_initializer)
-    new.graph.ClearField("quantization_annotation")
-    new.graph.quantization_annotation.extend(original.graph.quantization_annotation)
+    new.graph.ClearField("quantization_annotation")  # those of a replaced weight go (api notes them)
+    defined = {value for node in new.graph.node for value in node.output} \
+        | {init.name for init in new.graph.initializer} | {value.name for value in original.graph.input}
+    new.graph.quantization_annotation.extend(annotation for annotation in original.graph.quantization_annotation
+                                             if annotation.tensor_name in defined)
     if hasattr(original.graph, "metadata_props"):
         new.graph.ClearField("metadata_props")
         new.graph.metadata_props.extend(original.graph.metadata_props)

@@ -106,6 +106,37 @@ def test_ir3_model_lists_new_initializers_as_graph_inputs():
     assert replaced and note and f"first: '{replaced[0]}'" in note[0]
 
 
+def test_ir3_note_counts_weights_folded_through_a_cast_chain():
+    rng = np.random.default_rng(2)
+    w16, w2 = low_rank(rng, 32, 32).astype(np.float16), low_rank(rng, 32, 32)
+    inits = [numpy_helper.from_array(w16, "W"), numpy_helper.from_array(w2, "W2")]
+    nodes = [helper.make_node("Cast", ["W"], ["Wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "Wf"], ["h"]),
+             helper.make_node("MatMul", ["h", "W2"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])] + [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    model = make(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits, opset=8, ir=3)
+    result = onnx_alds.compress(model, keep_params=0.5)
+    listed = {v.name for v in result.model.graph.input}
+    assert len(factorized(result)) == 2 and not {"W", "W2"} & listed
+    note = [n for n in result.report.notes if n.startswith("IR version 3 lists every initializer")]
+    assert note and "the inputs of the 2 replaced weights" in note[0]
+
+
+def test_quantization_annotations_of_factorized_weights_go_with_a_note():
+    rng = np.random.default_rng(3)
+    model = vector_model([helper.make_node("MatMul", ["x", "W"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+                          helper.make_node("MatMul", ["r", "K"], ["y"], name="mm2")], ["W", "K"], rng)
+    for name in ("W", "h"):
+        annotation = model.graph.quantization_annotation.add(tensor_name=name)
+        annotation.quant_parameter_tensor_names.add(key="SCALE_TENSOR", value="s")
+    result = onnx_alds.compress(model, keep_params=0.75, exclude=["mm2"])
+    assert factorized(result) == ["mm1"]
+    kept = [annotation.tensor_name for annotation in result.model.graph.quantization_annotation]
+    assert kept == ["h"]  # the activation's annotation stays; the factorized weight's has nothing to describe
+    note = [n for n in result.report.notes if "quantization annotations" in n]
+    assert note and note[0].startswith("1 quantization annotations of the graph (first: 'W')")
+
+
 def if_model(rng) -> onnx.ModelProto:
     def branch(name: str) -> onnx.GraphProto:
         node = helper.make_node("Conv", ["c", f"{name}.weight"], [f"{name}_y"], kernel_shape=[3, 3], pads=[1] * 4,
