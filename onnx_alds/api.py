@@ -988,7 +988,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                "channel's mean and variance moves a layer's output away from its least-squares fit "
                                "on purpose, so its error on the calibration inputs grows; --validate measures the model")
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
-                         calibration_samples=sample_count(calibration))
+                         calibration_samples=sample_count(calibration, proto))
     if planned.damage is not None:
         info = planned.damage
         fit = ("factors fitted to the other inputs" if info["out_of_sample"] else

@@ -26,7 +26,7 @@ from .decompose import (GroupedFactors, affine_correction, alternate_factors, bi
                         pointwise_matrix, refit_decoder, sequential_target, whitening_factor)
 from .errors import InputDataError
 from .layers import POINTWISE_FIRST, Layer, folded_weight
-from .model_io import graph_inputs
+from .model_io import fixed_batch, graph_inputs
 from .rewrite import Rewrite, rewrite_model
 from .runtime import float_output_names, make_session
 from .spectra import ErrorTable
@@ -42,11 +42,15 @@ def whitening_factors(second_moment: np.ndarray, groups: Sequence[int]) -> dict[
     return factors
 
 
-def sample_count(calibration) -> Optional[int]:
+def sample_count(calibration, model: Optional[onnx.ModelProto] = None) -> Optional[int]:
+    """The calibration samples used: all of them, or the whole batches of a ``model`` that fixes its batch
+    (the remainder is left out, with a note); None for a set of unknown length."""
     try:
-        return int(len(calibration))
+        count = int(len(calibration))
     except TypeError:
         return None
+    batch = fixed_batch(model) if model is not None else None
+    return count - count % batch if batch else count
 
 
 def float_outputs(proto: onnx.ModelProto, session, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:

@@ -581,6 +581,16 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
     return result
 
 
+def refuse_unfeedable(specs: Sequence[InputSpec]) -> None:
+    """Graph inputs of a type numpy holds only through ``ml_dtypes`` (bfloat16, float8, int4, float4) cannot be
+    fed to ONNX Runtime from Python. Raises :class:`InputDataError` naming the first."""
+    for spec in specs:
+        if spec.dtype.kind == "V":
+            raise InputDataError(f"graph input '{spec.name}' is {spec.dtype.name}, which ONNX Runtime's Python API "
+                                 "cannot be fed; export the model with a float32 (or float16) input and a Cast "
+                                 "inside the graph")
+
+
 def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], source: str, *,
                       labels_key: bool = False, defaults: frozenset[str] = frozenset()
                       ) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -589,6 +599,7 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
     ``source`` names where the arrays came from in messages; ``labels_key``: a ``labels`` array may be beside
     the inputs; ``defaults``: :func:`initializer_inputs` (named as such when given). Raises
     :class:`InputDataError`."""
+    refuse_unfeedable(specs)
     names = [spec.name for spec in specs]
     missing = [n for n in names if n not in stored]
     if missing:
@@ -697,6 +708,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
             f"({', '.join(s.name for s in specs)}); use --inputs FILE.npz"
         )
     spec = specs[0]
+    refuse_unfeedable(specs)
     all_files = image_files(folder)
     files = [all_files[i] for i in spread_indices(len(all_files), limit)] if limit is not None else all_files
     labels = None  # labels first: a bad name or file fails before any image is decoded
@@ -996,10 +1008,11 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
         if "token_type" in lowered or "segment" in lowered:
             return np.zeros(shape, dtype=dtype)
         return rng.integers(0, min(RANDOM_INT_HIGH, high or RANDOM_INT_HIGH), size=shape).astype(dtype)
+    if dtype.kind == "V":  # (bfloat16, float8 ...: no array of it can be fed either)
+        refuse_unfeedable([InputSpec(name, dtype, shape)])
     reason = f"cannot make random data of type {dtype} for input '{name}'"
-    raise RandomInputsError(f"{reason}; give real inputs in an .npz (--calibration FILE.npz for compress and plan, "
-                            "--inputs FILE.npz for validate; bench times random inputs only, so it cannot time this "
-                            "model)", reason)
+    raise RandomInputsError(f"{reason}; give real inputs in an .npz (--inputs FILE.npz; bench times random inputs "
+                            "only, so it cannot time this model)", reason)
 
 
 # --------------------------------------------------------------------------------------------------

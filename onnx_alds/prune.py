@@ -2160,7 +2160,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         macs_before=prepared.macs_total, macs_after=after_macs, max_error=max_error, error_measure="frobenius",
         search=search_name, seed=search.seed, rank_multiple=search.rank_multiple, seconds=seconds,
         notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
-        calibration_samples=sample_count(data.calibration), warnings=tuple(warnings), pruned=reports)
+        calibration_samples=sample_count(data.calibration, prepared.model), warnings=tuple(warnings), pruned=reports)
     return api.CompressionResult(new_model, report)
 
 

@@ -244,7 +244,7 @@ class OutputComparison:
         if defaults:
             parts.append(f"default for {self.kind}: " + ", ".join(defaults))
         parts += list(self.unchecked)
-        return "; ".join(parts) if parts else "figures only"
+        return "; ".join(parts) if parts else ("no tolerance checked" if self.failures else "figures only")
 
     def line(self) -> str:
         """``PASSED | Output: 'logits' (classifier) | rel=… cos=… top1=… | default for classifier: …``."""
@@ -336,9 +336,10 @@ class ValidationReport:
         total = sum(len(o.failures) for o in failed)
         more = f" (and {total - 1} more)" if total > 1 else ""
         missed = min((t for t in first.applied if not t.passed), key=lambda t: t.default, default=None)
-        if missed is None:  # a failure that is no tolerance: a value-sized output of another size
-            return (f"output '{first.name}': {first.failures[0]}{more}; compare the outputs before that step "
-                    "(scores, boxes), or check nothing (--figures-only)")
+        if missed is None:  # a failure that is no tolerance: a value-sized output of another size, or no value
+            fix = ("; compare the outputs before that step (scores, boxes), or check nothing (--figures-only)"
+                   if first.failures[0].startswith("size differs") else "")
+            return f"output '{first.name}': {first.failures[0]}{more}{fix}"
         if missed.default:
             fix = (f"compress less, state your own limit (--{_flag(missed.name)} X) or check nothing "
                    "(--figures-only)")
@@ -556,6 +557,7 @@ class _Accumulator:
         self.labels_checked = False
         self.original_min, self.original_max = math.inf, -math.inf
         self.shared_nonfinite = 0  # NaN/Inf values of the original that the compressed model gives too
+        self.float_values = 0  # float values seen (when all are shared NaN/Inf, nothing was compared)
         # samples whose original output is all zeros but the compressed one's is not: their relative error is
         # taken against the output's mean norm over the other samples (dividing by 0 would fail any tolerance)
         self.zero_reference: list[np.ndarray] = []
@@ -575,8 +577,14 @@ class _Accumulator:
         o = original.astype(np.float64, copy=False) if numbers else original
         c = compressed.astype(np.float64, copy=False) if numbers else compressed
         raw_o, raw_c = o, c  # the arg-max figures read the values as they are (a masked class's -inf included)
+        aside = None  # per sample: every value set aside (nothing of it compared)
         if floats and o.size:
+            self.float_values += o.size
+            aside_before = self.shared_nonfinite
             o, c = self._set_aside_shared_nonfinite(o, c)
+            if self.shared_nonfinite > aside_before:
+                aside = (~np.isfinite(raw_o) & ((np.isnan(raw_o) & np.isnan(raw_c)) | (raw_o == raw_c)))
+                aside = aside.reshape(aside.shape[0], -1).all(axis=1) if self.batched else aside.reshape(1, -1).all(axis=1)
         if numbers and o.size:
             self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
         elif o.size and np.any(original != compressed):  # strings: no distance; a differing one is beyond any atol
@@ -591,7 +599,7 @@ class _Accumulator:
         rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
-        self._add_rel_cos(rows_o, rows_c)
+        self._add_rel_cos(rows_o, rows_c, skip=aside if aside is not None and len(aside) == rows_o.shape[0] else None)
         if self.kind == CLASSIFIER:
             self._add_classifier(raw_o.reshape(rows_o.shape), raw_c.reshape(rows_o.shape), start)
         elif self.kind == SEQUENCE:
@@ -633,7 +641,11 @@ class _Accumulator:
             return (x * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
         return x.mean(axis=1)
 
-    def _add_rel_cos(self, o: np.ndarray, c: np.ndarray) -> None:
+    def _add_rel_cos(self, o: np.ndarray, c: np.ndarray, skip: Optional[np.ndarray] = None) -> None:
+        """Relative error and cosine per row; rows in ``skip`` (every value a NaN or Inf both models share)
+        have no figure of their own."""
+        if skip is not None and skip.any():
+            o, c = o[~skip], c[~skip]
         tiny = np.finfo(np.float64).tiny
         diff_norm = np.linalg.norm(c - o, axis=1)
         ref_norm = np.linalg.norm(o, axis=1)
@@ -738,6 +750,13 @@ class _Accumulator:
             min_cosine=float(np.min(cos)) if cos.size else no_cosine,
             mean_cosine=float(np.mean(cos)) if cos.size else no_cosine)
         reason = self.reason
+        if self.float_values and self.shared_nonfinite >= self.float_values:  # nothing left to compare
+            figures = {name: math.nan for name in figures}
+            return OutputComparison(
+                name=self.name, shape=self.shape, samples=self.samples, kind=self.kind, kind_reason=reason,
+                failures=(f"every value is NaN or Inf in both models ({self.shared_nonfinite} values): nothing to "
+                          "compare; give inputs on which the original computes finite outputs",) if limits else (),
+                **figures)
         if self.kind == CLASSIFIER and self.samples:
             figures["top1_agreement"] = self.top1 / self.samples
             if self.classes > 5:
@@ -965,9 +984,14 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
     for name, accumulator in accumulators.items():
-        if accumulator.shared_nonfinite:
+        if accumulator.shared_nonfinite >= accumulator.float_values > 0:
+            notes.append(f"output '{name}': the original gives NaN or Inf at every value "
+                         f"({accumulator.shared_nonfinite}), and the compressed model the same: there is nothing to "
+                         "compare (no figures)")
+        elif accumulator.shared_nonfinite:
             notes.append(f"output '{name}': the original gives NaN or Inf at {accumulator.shared_nonfinite} values "
-                         "and the compressed model the same there; the figures compare the other values")
+                         "and the compressed model the same there; the figures compare the other values (a sample "
+                         "with no other value has no figure of its own)")
         if accumulator.zero_reference_samples:
             scale = accumulator.reference_scale
             notes.append(f"output '{name}': the original's output is all zeros on {accumulator.zero_reference_samples}"

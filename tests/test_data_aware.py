@@ -341,7 +341,7 @@ def _fixed_batch_export(batch: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("options", [{}, {"sequential": True, "bias_correction": True}, {"sensitivity": True}],
                          ids=["plain", "sequential+bias", "sensitivity"])
 def test_fixed_batch_export_compresses_with_random_calibration(batch, options):
-    from onnx_alds.inputs import random_inputs
+    from onnx_alds.inputs import InputSet, random_inputs
 
     model = _fixed_batch_export(batch)
     calibration = random_inputs(model, 16)  # 16 samples, fed 16 at a time before: ONNX Runtime refused
@@ -354,6 +354,9 @@ def test_fixed_batch_export_compresses_with_random_calibration(batch, options):
     notes = " ".join(result.report.notes)
     assert f"the model fixes the batch to {batch}: calibration ran at batch {batch}" in notes
     assert "calibration on random inputs, not data" in notes
+    if batch == 2 and not options:  # 15 samples at batch 2: 14 used, and the report counts those
+        odd = InputSet({"x": calibration.arrays["x"][:15]}, None, "15 samples")
+        assert compress(model, keep_params=0.5, calibration=odd).report.calibration_samples == 14
 
 
 def test_a_layer_over_the_moment_limit_is_factorized_data_free_with_a_note(monkeypatch):

@@ -791,14 +791,16 @@ def _fixed_batch_ffn(rng, batch: int = 1) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("prune", ["only", "combined"])
 def test_pruning_a_fixed_batch_model_runs_whole_batches(prune):
-    from onnx_alds.inputs import random_inputs
+    from onnx_alds.inputs import InputSet, random_inputs
 
     rng = np.random.default_rng(8)
-    model = _fixed_batch_ffn(rng)
-    calibration = random_inputs(model, 32)
+    model = _fixed_batch_ffn(rng, batch=3)
+    calibration = random_inputs(model, 32)  # (drawn in whole batches: 33)
+    calibration = InputSet({"x": calibration.arrays["x"][:32]}, None, "32 samples")
     result = onnx_alds.compress(model, keep_flops=0.7, calibration=calibration, prune=prune, rank_multiple=4)
     assert result.report.pruned and any(block.width_after < block.width_before for block in result.report.pruned)
     onnx.checker.check_model(result.model, full_check=True)
+    assert result.report.calibration_samples == 30  # the samples used: whole batches of 3 (a note says so)
 
 
 @pytest.mark.parametrize("op", ["Cast", "Identity", "Transpose"])

@@ -53,6 +53,32 @@ def test_integer_values_that_do_not_fit_the_input_type_are_refused(tmp_path):
         load_inputs(model, npz=tmp_path / "big.npz")
 
 
+@pytest.mark.parametrize("elem", [TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN])
+def test_an_input_numpy_cannot_feed_to_onnxruntime_is_one_error_for_every_source(tmp_path, elem):
+    """A bfloat16 graph input: an .npz failed inside ONNX Runtime ("Numpy_type 256 can't be converted"),
+    images asked for whole-number pixels, random inputs asked for an .npz."""
+    model = _image_model(["N", 3, 4, 4], elem=elem)
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 4, 4), np.float32))
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    sources = [dict(npz=tmp_path / "d.npz"), dict(random=2), dict(images=tmp_path, preprocess=PRESETS["imagenet"])]
+    for source in sources:
+        with pytest.raises(InputDataError, match="graph input 'x' is .*, which ONNX Runtime's Python API cannot be fed"):
+            load_inputs(model, **source)
+
+
+def test_random_inputs_refused_for_a_string_input_name_the_flag_of_the_command(tmp_path):
+    """The message named both commands' flags, and the compress rewrite turned validate's into
+    "--calibration FILE.npz for validate"."""
+    from onnx_alds.inputs import with_prefixed_flags
+
+    model = _image_model(["N", 4], elem=TensorProto.STRING)
+    with pytest.raises(InputDataError) as caught:
+        load_inputs(model, random=2)
+    assert "(--inputs FILE.npz;" in str(caught.value)
+    rewritten = with_prefixed_flags(str(caught.value), "calibration-")
+    assert "(--calibration FILE.npz;" in rewritten and "--inputs" not in rewritten
+
+
 def test_npz_loads_casts_and_reads_labels(tmp_path):
     model = _image_model(["N", 3, 4, 4])
     rng = np.random.default_rng(0)

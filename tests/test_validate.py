@@ -243,6 +243,21 @@ def test_nan_values_of_the_original_that_the_compressed_model_shares_are_set_asi
                                    check_accuracy=False).max_abs_error)
 
 
+def test_an_output_whose_every_value_both_models_give_as_nan_has_no_figures_and_fails():
+    """Every value NaN in both models read rel=0 cos=1 and passed (the set-aside values compared as 0); a
+    sample whose values are all set aside has no figure of its own."""
+    original = np.full((3, 4), np.nan)
+    out = compare_output("y", original, original.copy(), classifier=False, labels=None, tolerances=Tolerances(rtol=0.5),
+                         check_accuracy=False)
+    assert np.isnan(out.mean_cosine) and np.isnan(out.max_rel_error) and not out.passed
+    assert "nothing to compare" in out.failures[0]
+    partly = np.array([[np.nan, np.nan], [3.0, 4.0]])
+    compressed = np.array([[np.nan, np.nan], [4.0, 3.0]])
+    out = compare_output("y", partly, compressed, classifier=False, labels=None, tolerances=Tolerances(),
+                         check_accuracy=False)
+    assert out.mean_cosine == pytest.approx(24 / 25) and out.mean_rel_error == pytest.approx(np.sqrt(2) / 5)
+
+
 def test_relative_error_and_cosine_definitions():
     original = np.array([[3.0, 4.0], [1.0, 0.0]])
     compressed = np.array([[3.3, 4.4], [1.0, 1.0]])
