@@ -1277,7 +1277,8 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
             cost = layer.params if target == "params" else (layer.macs or 0)
             by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
         reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
-        why = (f"; {len(skipped)} layers left dense hold {held / total:.0%} of them ({'; '.join(reasons[:2])}"
+        why = (f"; {len(skipped)} {'layer' if len(skipped) == 1 else 'layers'} left dense "
+               f"{'holds' if len(skipped) == 1 else 'hold'} {held / total:.0%} of them ({'; '.join(reasons[:2])}"
                f"{'; ...' if len(reasons) > 2 else ''})")
     outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
     if outside > 0.05 * total:

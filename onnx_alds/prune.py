@@ -430,7 +430,7 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
                     weighted.add(user.name)
             else:
                 kind = _classify(user, tensor, graph, axis, tensor_rank, width if head_axis is None else 1)
-                next_state = (head_axis, tensor_rank)
+                next_state = (head_axis, _broadcast_rank(user, tensor_rank, graph))
                 if kind == "consumer" and head_axis is not None:
                     return f"'{tensor}' is read by {user.op_type} '{user.name}' while its channels are split into heads"
             if kind == "consumer":
@@ -532,6 +532,16 @@ def _subgraph_reads(graph: _Graph, tensor: str) -> list[str]:
     return graph.subgraph_readers.get(tensor, [])
 
 
+def _broadcast_rank(user: onnx.NodeProto, rank: Optional[int], graph: _Graph) -> Optional[int]:
+    """The rank of ``user``'s output where the hidden tensor has ``rank``: a per-channel constant of more dims
+    (``[1, 1, C]`` on a Gemm's ``[N, C]``) raises it, and an op that then reads axis 1 (BatchNormalization)
+    reads another axis than the channels."""
+    if rank is None or user.op_type not in BINARY_OPS:
+        return rank
+    constants = (graph.constant(name) for name in user.input)
+    return max([rank] + [np.ndim(value) for value in constants if value is not None])
+
+
 def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank: Optional[int], width: int) -> str:
     """``consumer``, ``between``, or the reason the hidden tensor may not flow into ``user``."""
     op = user.op_type
@@ -557,6 +567,9 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
                 if graph.uses[user.input[1]] > 1:
                     return f"{where}, a depthwise conv whose weight is shared with another node"
                 return "between"
+            if group == width and weight.ndim >= 3 and weight.shape[1] == 1 and weight.shape[0] % width == 0:
+                return (f"{where}, a depthwise conv with depth multiplier {weight.shape[0] // width} (several outputs "
+                        "per hidden channel)")
             if group != 1:
                 return f"{where}, a grouped conv (group={group})"
             return "consumer"
@@ -821,7 +834,8 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
             return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
         dims = int(tail[-1])
         if not split_heads:
-            return f"{where}, which splits the channels into heads (followed with --prune-heads)"
+            return (f"{where}, which splits the channels into heads (--prune-heads follows such a split where "
+                    "the heads reach one consumer: attention's V)")
         if len(tail) < 2 or not 0 < dims < width or width % dims or heads not in (None, width // dims):
             return f"{where}, which moves channels"
         count = width // dims

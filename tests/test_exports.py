@@ -545,7 +545,7 @@ def test_training_info_is_kept_and_its_weight_left_dense():
     info = onnx.TrainingInfoProto(algorithm=algorithm)
     info.update_binding.add(key="fc.weight", value="fc.weight_new")
     model.training_info.append(info)
-    with pytest.raises(BudgetError, match=r"cannot be reached.*1 layers left dense hold 80% .*training_info"):
+    with pytest.raises(BudgetError, match=r"cannot be reached.*1 layer left dense holds 80% .*training_info"):
         onnx_alds.compress(model, keep_params=0.7)
     result = onnx_alds.compress(model, keep_params=0.9)
     rows = {row.name: row for row in result.report.layers}

@@ -858,7 +858,7 @@ def test_reshape_that_splits_the_channels_into_heads_and_back_is_inside_a_block(
     model = _reshaped_feed_forward(split_channels=True)
     cal = _inputs(model, samples=32)
     blocks, refused = find_blocks(model, _layers(model, cal))  # heads are followed with --prune-heads only
-    assert not blocks and any("splits the channels into heads (followed with --prune-heads)" in r.reason
+    assert not blocks and any("splits the channels into heads (--prune-heads follows such a split" in r.reason
                               for r in refused)
     (block,), _ = find_blocks(model, _layers(model, cal), split_heads=True)
     assert block.heads == 8 and {"unflatten", "flatten"} <= set(block.between)
@@ -1653,3 +1653,38 @@ def test_a_narrowed_depthwise_conv_reports_its_narrowed_weights():
     block_names = {"we", "be", "bn_s", "bn_b", "bn_m", "bn_v", "wd", "bd", "wp", "bp", "lo", "hi"}
     original = sum(numpy_helper.to_array(t).size for t in model.graph.initializer if t.name in block_names)
     assert block.params_before == original
+
+
+def test_a_constant_that_raises_the_rank_moves_batch_normalization_off_the_channels():
+    """Gemm [16, 16] → Mul by a [1, 1, 16] constant → [1, 16, 16] → BatchNormalization normalizes axis 1,
+    the rows: taken for a per-channel op, the block was pruned and ONNX Runtime refused the written model."""
+    rng = np.random.default_rng(0)
+    n, width = 16, 16
+    stats = [numpy_helper.from_array(rng.uniform(0.5, 1.5, n).astype(np.float32), name)
+             for name in ("s", "b", "m", "v")]
+    inits = [numpy_helper.from_array(rng.standard_normal((width, 32)).astype(np.float32) / 6, "w1"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, 1, width)).astype(np.float32), "scale"),
+             numpy_helper.from_array(rng.standard_normal((width, 8)).astype(np.float32) / 4, "w2")] + stats
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1, name="up"),
+             helper.make_node("Mul", ["h", "scale"], ["hs"], name="rank_up"),
+             helper.make_node("BatchNormalization", ["hs", "s", "b", "m", "v"], ["bn"], name="bn_rows"),
+             helper.make_node("MatMul", ["bn", "w2"], ["y"], name="down")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n, 8])], inits)
+    blocks, refused = find_blocks(model, find_layers(model, {}))
+    assert not blocks
+    assert refused and "BatchNormalization 'bn_rows' on a tensor whose channel axis is not 1" in refused[0].reason
+
+
+def test_a_depthwise_conv_with_a_depth_multiplier_ends_the_block_named_as_such():
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name)
+             for name, shape in (("w1", (16, 8, 1, 1)), ("dw", (32, 1, 3, 3)), ("w2", (8, 32, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="expand"),
+             helper.make_node("Conv", ["h", "dw"], ["d"], group=16, pads=[1] * 4, name="dw"),
+             helper.make_node("Conv", ["d", "w2"], ["y"], name="project")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    blocks, refused = find_blocks(model, find_layers(model, {}))
+    expand = next(r for r in refused if r.producer == "expand")
+    assert "a depthwise conv with depth multiplier 2 (several outputs per hidden channel)" in expand.reason
