@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -240,6 +241,9 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
                 top = 65535.0 if opened.mode.startswith("I;16") or values.max() > 255 else 255.0
                 opened = Image.fromarray(np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
             image = opened.convert("RGB" if preprocess.channels == 3 else "L")
+    except Image.DecompressionBombError:
+        raise InputDataError(f"image '{path}' has more pixels than Pillow reads (its guard against decompression "
+                             f"bombs: {2 * Image.MAX_IMAGE_PIXELS} pixels); shrink it, or remove it") from None
     except Exception as exc:
         raise InputDataError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file") from None
     width, height = image.size
@@ -303,12 +307,36 @@ def image_files(folder: PathLike) -> list[Path]:
     if not files:
         nested = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
         unread, formats = _unread_images(root)
+        broken = _broken_image_names(root)
         raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
-                             + (f"its {unread} images are {formats}, which are not read: convert them to PNG"
+                             + (f"its {len(broken)} entries named like images ('{broken[0].name}') are links that "
+                                "lead to no file, or folders: link the images themselves" if broken else
+                                f"its {unread} images are {formats}, which are not read: convert them to PNG"
                                 if unread else "put images in it")
                              + (" (its subfolders are not read: put the images of every class in one folder, and "
                                 "give their classes with --labels FILE)" if nested else ""))
     return files
+
+
+def _broken_image_names(root: Path) -> list[Path]:
+    """Visible entries of ``root`` named like images that are no file: a link to nothing (or to itself), a
+    folder, a link to a folder."""
+    return sorted(p for p in root.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_file())
+
+
+def _left_out_entries(root: Path) -> str:
+    """``; … left out`` for what an image folder holds beside the images read (other formats, entries
+    named like images that are no file, subfolders), or ``""``."""
+    others, formats = _unread_images(root)
+    broken = _broken_image_names(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in broken]
+    parts = [f"{others} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are read)"
+             if others else "",
+             f"{len(broken)} entries named like images left out: links to no file, or folders (first: "
+             f"'{broken[0].name}')" if broken else "",
+             f"{len(folders)} subfolders not read (first: '{folders[0].name}')" if folders else ""]
+    return "".join(f"; {part}" for part in parts if part)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,17 +375,23 @@ class LabelsFile:
             position = {path: index for index, path in enumerate(all_files)}
             return self.ids[[position[path] for path in files]]
         assert self.by_name is not None
-        known = {p.name for p in all_files}
+        known = {_same_text(p.name) for p in all_files}
         stray = next((name for name in self.by_name if name not in known), None)
         if stray is not None:
             raise InputDataError(
                 f"labels file '{self.path}' names '{stray}', which is not an image of the folder; list only its "
                 "images, by file name alone (no folder part)"
             )
-        missing = next((p.name for p in files if p.name not in self.by_name), None)
+        missing = next((p.name for p in files if _same_text(p.name) not in self.by_name), None)
         if missing is not None:
             raise InputDataError(f"image '{missing}' has no label in '{self.path}'; give every image a name,label line")
-        return np.asarray([self.by_name[p.name] for p in files], dtype=np.int64)
+        return np.asarray([self.by_name[_same_text(p.name)] for p in files], dtype=np.int64)
+
+
+def _same_text(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC): macOS writes file names decomposed ("e" + "\u0301"), where a
+    labels file typed elsewhere holds "\u00e9"; both look the same and name the same image."""
+    return unicodedata.normalize("NFC", name)
 
 
 def read_labels_file(path: PathLike) -> LabelsFile:
@@ -409,7 +443,7 @@ def read_labels_file(path: PathLike) -> LabelsFile:
         if kind == "plain":
             ids.append(label)
             continue
-        name = name.strip()
+        name = _same_text(name.strip())
         if not name:
             raise InputDataError(f"labels file '{file}' line {number}: no file name before the comma; write name,label")
         if name in by_name:
@@ -573,12 +607,33 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
                 "give labels in one place"
             )
         labels = labels_file.for_samples(count)
-    result = InputSet(arrays, labels, f"{path} ({count} samples{cast_note})")
+    try:
+        result = InputSet(arrays, labels, f"{path} ({count} samples{cast_note})")
+    except InputDataError as exc:  # (sample counts that disagree): named with the file
+        raise InputDataError(f"'{path}': {exc}") from None
     if limit is not None and limit < len(result):
         kept = result.take(spread_indices(len(result), limit))
         result = InputSet(kept.arrays, kept.labels, f"{path} ({limit} of {len(result)} samples, evenly spaced"
                                                     f"{cast_note})")
     return result
+
+
+def dim_name_clash(session, feed: Mapping[str, np.ndarray]) -> str:
+    """``; …`` naming the first dim name that two graph inputs of ``session`` (ONNX Runtime's) declare and
+    ``feed``'s arrays give different sizes (``input_ids [batch, seq]`` 8 long, ``attention_mask [batch, seq]``
+    6 long), the likely cause of a failed run; ``""`` when there is none."""
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in session.get_inputs():
+        array = feed.get(spec.name)
+        if array is None or np.ndim(array) != len(spec.shape):
+            continue
+        for dim, size in zip(spec.shape, np.shape(array)):
+            if isinstance(dim, str) and dim:
+                first = seen.setdefault(dim, (spec.name, size))
+                if first[1] != size:
+                    return (f"; inputs '{first[0]}' and '{spec.name}' both declare the dim '{dim}', but the arrays "
+                            f"give it {first[1]} and {size}: give them equal sizes")
+    return ""
 
 
 def refuse_unfeedable(specs: Sequence[InputSpec]) -> None:
@@ -640,6 +695,9 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
                     f"array '{spec.name}' in {source} has shape {array.shape}, but the model fixes dim {axis} to "
                     f"{declared} ({_pretty_dims(spec.dims)}); store arrays of the model's shape"
                 )
+        if spec.dtype == object and array.dtype.kind not in "USO":  # numbers would become the text "1", "2" ...
+            raise InputDataError(f"array '{spec.name}' in {source} is {array.dtype}, but the graph input takes "
+                                 "strings; store the strings themselves (a numpy str array)")
         if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
             raise InputDataError(
                 f"array '{spec.name}' in {source} is {array.dtype}, which cannot be cast to the input's {spec.dtype}; "
@@ -741,10 +799,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
-    others, formats = _unread_images(Path(folder))
-    skipped = (f"; {others} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are "
-               "read)" if others else "")
-    source = f"{folder} ({len(files)} images{skipped}, preprocessing {preprocess.describe()})"
+    source = f"{folder} ({len(files)} images{_left_out_entries(Path(folder))}, preprocessing {preprocess.describe()})"
     return InputSet(arrays, labels, source)
 
 
@@ -1210,6 +1265,7 @@ def with_prefixed_flags(message: str, prefix: str) -> str:
 __all__ = [
     "InputSet", "Preprocess", "PRESETS", "get_preprocess", "preprocess_image", "label_from_filename",
     "LabelsFile", "read_labels_file", "labels_from_filenames",
-    "image_files", "load_inputs", "conform_inputs", "random_inputs", "random_array", "add_input_arguments",
+    "image_files", "load_inputs", "dim_name_clash", "conform_inputs", "random_inputs", "random_array",
+    "add_input_arguments",
     "add_preprocess_arguments", "preprocess_from_args", "inputs_from_args",
 ]

@@ -50,7 +50,8 @@ from .argtypes import check_count, check_number, fraction, non_negative_float, p
 from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
-from .inputs import InputSet, conform_inputs, add_input_arguments, inputs_from_args, with_prefixed_flags
+from .inputs import (InputSet, add_input_arguments, conform_inputs, dim_name_clash, inputs_from_args,
+                     with_prefixed_flags)
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -865,7 +866,7 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
                "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
         raise InputDataError(f"running the {which} model on the validation inputs failed "
-                             f"({runtime_error_text(exc)}); {fix}") from None
+                             f"({runtime_error_text(exc)}); {fix}{dim_name_clash(session, feed)}") from None
 
 
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",
@@ -917,11 +918,14 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         raise InputDataError(f"--min-nn-agreement needs at least {MIN_NN_SAMPLES} samples, got {len(inputs)}; "
                              "give more inputs")
     _check_declared_label_range(original_model, inputs.labels, output_kinds)
+    in_sample = _calibrated_on(compressed_model, inputs)
     batch, usable, notes = effective_batch_size(original_model, batch_size, len(inputs))
     if usable < len(inputs):
         inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
+    elif in_sample:
+        notes.append(in_sample)
     randoms = random_nodes(original_model)
     if randoms:
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
@@ -1005,6 +1009,20 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         provider_name=PROVIDERS[provider], batch_size=batch, onnxruntime_version=ort.__version__,
         notes=tuple(notes), figures_only=figures_only,
     )
+
+
+def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[str]:
+    """A note when ``inputs`` are the arrays ``compressed`` was calibrated on (the digest compress wrote into
+    its metadata): its factors were fitted to them, so the figures are in-sample."""
+    from .api import CALIBRATION_DIGEST_KEY
+    from .plan import calibration_digest
+
+    written = {entry.key: entry.value for entry in compressed.metadata_props}.get(CALIBRATION_DIGEST_KEY)
+    if not written or "optimistic" in inputs.source or calibration_digest(inputs) != written:
+        return None
+    return ("the validation inputs are the ones the compressed model was calibrated on (the same arrays): its "
+            "factors were fitted to them, so the figures are in-sample and optimistic; validate on inputs the "
+            "compression did not see")
 
 
 def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,

@@ -79,6 +79,28 @@ def test_random_inputs_refused_for_a_string_input_name_the_flag_of_the_command(t
     assert "(--calibration FILE.npz;" in rewritten and "--inputs" not in rewritten
 
 
+def test_npz_whose_arrays_or_labels_disagree_on_the_sample_count_is_named(tmp_path):
+    model = _text_model()
+    np.savez(tmp_path / "n.npz", input_ids=np.zeros((12, 4), np.int64), attention_mask=np.ones((10, 4), np.int64),
+             scale=np.zeros((12, 4), np.float32))
+    with pytest.raises(InputDataError, match=r"^'.*n\.npz': input arrays disagree on the number of samples"):
+        load_inputs(model, npz=tmp_path / "n.npz")
+
+
+def test_a_dim_name_two_inputs_declare_with_two_sizes_is_named():
+    import onnxruntime as ort
+
+    from onnx_alds.inputs import dim_name_clash
+
+    session = ort.InferenceSession(_text_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": np.zeros((2, 8), np.int64), "attention_mask": np.ones((2, 6), np.int64),
+            "scale": np.zeros((2, 4), np.float32)}
+    assert dim_name_clash(session, feed) == ("; inputs 'input_ids' and 'attention_mask' both declare the dim 'seq', "
+                                             "but the arrays give it 8 and 6: give them equal sizes")
+    feed["attention_mask"] = np.ones((2, 8), np.int64)
+    assert dim_name_clash(session, feed) == ""
+
+
 def test_npz_loads_casts_and_reads_labels(tmp_path):
     model = _image_model(["N", 3, 4, 4])
     rng = np.random.default_rng(0)
@@ -316,6 +338,36 @@ def _folder(tmp_path, names=("b.png", "a.png", "c.png")):
     for value, name in enumerate(names):
         _write(folder / name, np.full((4, 4, 3), value * 50))
     return folder
+
+
+def test_labels_match_file_names_written_in_another_unicode_form(tmp_path):
+    """macOS writes 'café' decomposed (e + U+0301); a labels file typed elsewhere holds é (U+00E9)."""
+    decomposed, composed = "cafe\u0301.png", "caf\u00e9.png"
+    folder = _folder(tmp_path, names=(decomposed, "b.png"))
+    (tmp_path / "l.csv").write_text(f"{composed},3\nb.png,1\n", encoding="utf-8")
+    data = load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                       labels_file=tmp_path / "l.csv")
+    by_file = dict(zip(sorted([decomposed, "b.png"]), data.labels.tolist()))
+    assert by_file == {decomposed: 3, "b.png": 1}
+
+
+def test_an_image_over_pillows_pixel_guard_is_named_as_too_large(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    folder = _folder(tmp_path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 4)  # the 4x4 images are 16 pixels: over twice the guard
+    with pytest.raises(InputDataError, match=r"image '.*a\.png' has more pixels than Pillow reads"):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"))
+
+
+def test_numbers_for_a_string_input_are_refused(tmp_path):
+    """int64 values were cast to the strings "1", "2" ... with only a cast note."""
+    model = _image_model(["N", 2], elem=TensorProto.STRING)
+    np.savez(tmp_path / "n.npz", x=np.arange(4, dtype=np.int64).reshape(2, 2))
+    with pytest.raises(InputDataError, match="is int64, but the graph input takes strings"):
+        load_inputs(model, npz=tmp_path / "n.npz")
+    np.savez(tmp_path / "s.npz", x=np.array([["a", "b"], ["c", "d"]]))
+    assert load_inputs(model, npz=tmp_path / "s.npz").arrays["x"].dtype == object
 
 
 def test_labels_file_of_ids_follows_sorted_file_order(tmp_path):
@@ -622,6 +674,27 @@ def test_images_in_formats_not_read_are_counted_in_the_source(tmp_path):
     assert data.arrays["x"].shape[0] == 2
     assert "2 images; 3 images in other formats left out (.tif, .tiff, .webp: only .jpg/.jpeg/.png/.bmp are read)" \
         in data.source
+
+
+def test_links_to_nothing_and_subfolders_beside_the_images_are_counted_in_the_source(tmp_path):
+    """A dangling link, a link to a folder and a subfolder were left out without a word; a folder of links
+    to nothing was told to "put images in it"."""
+    digit = np.zeros((28, 28), np.uint8)
+    Image.fromarray(digit).save(tmp_path / "a.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(digit).save(tmp_path / "sub" / "b.png")
+    (tmp_path / "dir.png").symlink_to(tmp_path / "sub")
+    data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+    assert data.arrays["x"].shape[0] == 1
+    assert ("1 images; 2 entries named like images left out: links to no file, or folders (first: 'dir.png'); "
+            "1 subfolders not read (first: 'sub')") in data.source
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    (only_links / "x.jpg").symlink_to(tmp_path / "missing.jpg")
+    with pytest.raises(InputDataError, match=r"its 1 entries named like images \('x.jpg'\) are links that lead to no "
+                                             "file, or folders: link the images themselves"):
+        load_inputs(_image_model(["N", 1, 28, 28]), images=only_links, preprocess="mnist")
 
 
 def test_a_folder_of_images_only_in_formats_not_read_says_so(tmp_path):

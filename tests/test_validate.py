@@ -1173,3 +1173,16 @@ def test_figures_only_json_says_nothing_passed():
     data = validate(model(weight), other, inputs=inputs, figures_only=True).to_dict()
     assert data["passed"] is None and data["outputs"][0]["passed"] is None
     assert validate(model(weight), other, inputs=inputs).to_dict()["passed"] is False
+
+
+def test_validating_on_the_calibration_inputs_themselves_is_said_to_be_in_sample():
+    import onnx_alds
+    from conftest import small_cnn
+
+    model = small_cnn(width=8)
+    calibration = load_inputs(model, random=8, seed=0)
+    compressed = onnx_alds.compress(model, keep_params=0.6, calibration=calibration).model
+    same = validate(model, compressed, inputs=InputSet(calibration.arrays, None, "the same arrays"), figures_only=True)
+    assert any("the validation inputs are the ones the compressed model was calibrated on" in n for n in same.notes)
+    other = validate(model, compressed, inputs=load_inputs(model, random=8, seed=1), figures_only=True)
+    assert not any("calibrated on" in n for n in other.notes)
