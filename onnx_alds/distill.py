@@ -214,8 +214,9 @@ def _op_clip(torch, F, node, x, low=None, high=None):
         return torch.clamp(x, min=low_v, max=high_v)
     if low is not None and high is not None:
         if x.is_floating_point() and low.dim() == 0 and high.dim() == 0 and not low.requires_grad \
-                and not high.requires_grad:
+                and not high.requires_grad and float(low) <= float(high):
             return F.hardtanh(x, float(low), float(high))  # one fused kernel forward and backward (ReLU6)
+        # (min above max: every value becomes max, in ONNX Runtime as in torch.clamp; hardtanh refuses it)
         return torch.clamp(x, min=low.to(x.dtype), max=high.to(x.dtype))
     if low is not None:
         return torch.clamp(x, min=low.to(x.dtype))
@@ -444,26 +445,48 @@ def _op_pool(kind: str):
         rank = len(kernel)
         strides = list(node.attr("strides", [1] * rank))
         dilations = list(node.attr("dilations", [1] * rank))
+        if node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and any(d != 1 for d in dilations):
+            raise _unsupported(node, "auto_pad SAME with dilations (ONNX Runtime sizes that output otherwise than "
+                                     "the ONNX spec)")
         begins, ends = _conv_padding(node, x, kernel, strides, dilations)
         ceil_mode = bool(int(node.attr("ceil_mode", 0)))
+        sizes = None  # ONNX Runtime's output size, where padding by hand hides its rule from torch
         if begins != ends or any(2 * p > k for p, k in zip(begins, kernel)):
             if kind == "avg" and not int(node.attr("count_include_pad", 0)) and any(begins + ends):
                 raise _unsupported(node, "asymmetric padding with count_include_pad=0")
+            if ceil_mode:  # a window that would start in the end padding is dropped (ORT, torch alike)
+                sizes = [_ceil_pool_size(size, k, s, d, b, e) for size, k, s, d, b, e
+                         in zip(x.shape[2:], kernel, strides, dilations, begins, ends)]
             x = _explicit_pad(torch, F, x, begins, ends, value=-math.inf if kind == "max" else 0.0)
             begins = [0] * rank
         if kind == "max":
             fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}.get(rank)
             if fn is None:
                 raise _unsupported(node, f"{rank}-D pooling")
-            return fn(x, kernel, strides, begins, dilations, ceil_mode=ceil_mode)
+            return _cropped(fn(x, kernel, strides, begins, dilations, ceil_mode=ceil_mode), sizes)
         if any(d != 1 for d in dilations):
             raise _unsupported(node, "dilated average pooling")
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(rank)
         if fn is None:
             raise _unsupported(node, f"{rank}-D pooling")
-        return fn(x, kernel, strides, begins, ceil_mode=ceil_mode,
-                  count_include_pad=bool(int(node.attr("count_include_pad", 0))))
+        return _cropped(fn(x, kernel, strides, begins, ceil_mode=ceil_mode,
+                           count_include_pad=bool(int(node.attr("count_include_pad", 0)))), sizes)
     return run
+
+
+def _ceil_pool_size(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int) -> int:
+    """A pooled axis's length with ``ceil_mode``: ``ceil((size + pads − span) / stride) + 1``, less one when
+    the last window would start in the end padding (ONNX Runtime's rule, as torch's for symmetric pads)."""
+    span = (kernel - 1) * dilation + 1
+    count = -(-(size + begin + end - span) // stride) + 1
+    return count - 1 if (count - 1) * stride >= size + begin else count
+
+
+def _cropped(y, sizes: Optional[Sequence[int]]):
+    """``y`` cut to ``sizes`` on its spatial axes (None: as it is)."""
+    if sizes is None:
+        return y
+    return y[(slice(None), slice(None)) + tuple(slice(0, size) for size in sizes)]
 
 
 def _op_pad(torch, F, node, x, pads=None, value=None, axes=None):
@@ -1273,9 +1296,13 @@ class DistillSettings:
             raise InputDataError(f"--held-out {self.held_out}: give a fraction in (0, 1)")
         if not 0 < self.lr < math.inf:
             raise InputDataError(f"--lr {self.lr}: give a positive, finite learning rate")
-        if not 0 <= self.intermediate_weight < math.inf or self.views < 0 or self.eval_every < 1 or self.patience < 1:
-            raise InputDataError("--intermediate-weight must be finite and ≥ 0, --views ≥ 0, --eval-every and "
-                                 "--patience ≥ 1")
+        if not 0 <= self.intermediate_weight < math.inf:
+            raise InputDataError(f"--intermediate-weight {self.intermediate_weight}: give a finite weight ≥ 0")
+        if self.views < 0:
+            raise InputDataError(f"views={self.views}: give a number of augmented held-out views ≥ 0")
+        for flag, value in (("--eval-every", self.eval_every), ("--patience", self.patience)):
+            if value < 1:
+                raise InputDataError(f"{flag} {value}: give a positive number")
         if not 0 <= self.seed < 2 ** 32:
             raise InputDataError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32)")
 
@@ -1551,13 +1578,13 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             _run_session(teacher, held, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
         student = torch_graph(student_model, found.trainable)
-        compressed_session = _student_session(student_model)
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(held, settings, augmenter)
         teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
         _check_finite_held_out(teacher_eval, len(next(iter(held.values()))))
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
-        _verify(student, compressed_session, eval_inputs, outputs, settings.verify_tolerance, when="before training")
+        _verify(student, _student_session(student_model), eval_inputs, outputs, settings.verify_tolerance,
+                when="before training", model=student_model)
         kind = _agreement_kind(teacher_eval[outputs[0]])
 
         groups = []
@@ -1672,7 +1699,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         # the student must be the exact values written (dtype round trip), then ORT must reproduce it
         _load_values(student, tuned, found.trainable)
         verify_diff, limits = _verify(student, _student_session(tuned), eval_inputs, outputs,
-                                      settings.verify_tolerance, when="after writing the trained values")
+                                      settings.verify_tolerance, when="after writing the trained values", model=tuned)
         coarse = {name: limit for name, limit in limits.items() if limit > settings.verify_tolerance}
         if coarse:
             notes.append(f"output(s) {', '.join(repr(n) for n in coarse)} of a coarser dtype (float16/bfloat16) were "
@@ -1966,10 +1993,11 @@ def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, floa
 
 
 def _verify(student, session, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], tolerance: float, *,
-            when: str) -> tuple[float, dict[str, float]]:
+            when: str, model: Optional[onnx.ModelProto] = None) -> tuple[float, dict[str, float]]:
     """``(max over outputs of max|ORT − torch| / max|torch|, the tolerance applied to each output)``;
     raises DistillError beyond an output's tolerance: ``tolerance``, or twice the resolution (eps) of
-    the output's dtype where that is coarser (a float16 output rounds to 4.9e-4 of its scale)."""
+    the output's dtype where that is coarser (a float16 output rounds to 4.9e-4 of its scale), or on
+    another shape, naming the first node where the two differ when ``model`` (the session's) is given."""
     torch = import_torch()
     worst = 0.0
     limits = {name: tolerance for name in outputs}
@@ -1981,6 +2009,11 @@ def _verify(student, session, arrays: Mapping[str, np.ndarray], outputs: Sequenc
             resolution = max(_resolution(torch, got[name].dtype), _resolution(torch, np.asarray(ort_value).dtype))
             limits[name] = limit = max(tolerance, 2 * resolution)
             mine = got[name].to(torch.float64).numpy()
+            if mine.shape != np.shape(ort_value):
+                raise DistillError(
+                    f"{when}: ONNX Runtime and the torch student give output '{name}' different shapes "
+                    f"({tuple(np.shape(ort_value))} and {mine.shape}){_first_divergent_node(student, model, feed)}; "
+                    "nothing was written")
             scale = max(float(np.max(np.abs(mine))) if mine.size else 0.0, 1e-12)
             diff = float(np.max(np.abs(mine - ort_value))) / scale if mine.size else 0.0
             worst = max(worst, diff)
@@ -1988,8 +2021,44 @@ def _verify(student, session, arrays: Mapping[str, np.ndarray], outputs: Sequenc
                 dtype = f" ({str(got[name].dtype).replace('torch.', '')} output)" if limit > tolerance else ""
                 raise DistillError(
                     f"{when}: ONNX Runtime and the torch student disagree on output '{name}' (max |diff| "
-                    f"{diff:.2e} of the output scale > {limit:g}{dtype}); nothing was written")
+                    f"{diff:.2e} of the output scale > {limit:g}{dtype})"
+                    f"{_first_divergent_node(student, model, feed, limit)}; nothing was written")
     return worst, limits
+
+
+def _first_divergent_node(student, model: Optional[onnx.ModelProto], feed: Mapping[str, np.ndarray],
+                          tolerance: float = 1e-4) -> str:
+    """`` (first at node 'n' (op Op) …)`` naming the first node of the student's graph whose output differs
+    from ONNX Runtime's (in shape, or beyond ``tolerance`` of its scale) on ``feed``, run with every node
+    output exposed; ``""`` where none is found or the probe cannot run (the caller's error stands)."""
+    torch = import_torch()
+    if model is None:
+        return ""
+    try:
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # (a copy to add outputs to)
+        names = [name for node in student.nodes for name in node.outputs if name]
+        declared = {value.name for value in model.graph.output}
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names
+                                  if name not in declared)
+        probe = _student_session(model)
+        expected = dict(zip(names, probe.run(names, feed)))
+        with torch.no_grad():
+            got = student({k: torch.from_numpy(v) for k, v in feed.items()}, names)
+    except Exception:  # (a diagnosis only)
+        return ""
+    for node in student.nodes:
+        for name in (n for n in node.outputs if n):
+            theirs, mine = np.asarray(expected[name]), got[name].detach().cpu().numpy()
+            if theirs.shape != mine.shape:
+                return (f" (first at node '{node.name}' (op {node.op}): output '{name}' is {theirs.shape} in ONNX "
+                        f"Runtime, {mine.shape} in the student; the interpreter does not compute this op as ONNX "
+                        "Runtime does: please report it)")
+            if np.issubdtype(theirs.dtype, np.floating) and theirs.size:
+                scale = max(float(np.nanmax(np.abs(theirs))) if np.isfinite(theirs).any() else 0.0, 1e-12)
+                if not float(np.max(np.abs(mine.astype(np.float64) - theirs))) / scale <= tolerance:
+                    return (f" (first at node '{node.name}' (op {node.op}), output '{name}'; the interpreter does "
+                            "not compute this op as ONNX Runtime does: please report it)")
+    return ""
 
 
 def _resolution(torch, dtype) -> float:
@@ -2160,7 +2229,8 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
     print(text)
     report = distilled.report
     note = (f"distilled: {report.steps} steps, {report.seconds:.0f} s; held-out {report.agreement_kind} "
-            f"{report.agreement_before:.4f} -> {report.agreement_after:.4f}")
+            f"{report.agreement_before:.4f} -> {report.agreement_after:.4f} (the layer errors above are those of the "
+            "factors before training; the written model holds the trained values)")
     changes = {"store": None} if hasattr(result, "store") else {}
     return replace(result, model=distilled.model, report=replace(result.report, notes=result.report.notes + (note,)),
                    **changes), report

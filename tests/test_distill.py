@@ -6,6 +6,7 @@ The missing-extra error is tested with torch hidden, so it runs either way.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -134,7 +135,26 @@ def _op_zoo() -> onnx.ModelProto:
     return make_model(nodes, inputs, outputs, inits)
 
 
-@pytest.mark.parametrize("which", ["cnn", "zoo", "mnist"])
+def _pools() -> onnx.ModelProto:
+    """Pooling with ceil_mode and end-only pads (a window would start in the padding: ONNX Runtime drops it,
+    and torch, padded by hand, did not: 6x6 for 5x5), and a Clip whose min is above its max."""
+    rng = np.random.default_rng(4)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+             n("MaxPool", ["a"], ["m"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1],
+               ceil_mode=1),
+             n("AveragePool", ["a"], ["v"], name="avgpool", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 2, 2],
+               ceil_mode=1, count_include_pad=1),
+             n("Clip", ["m", "hi", "lo"], ["c"], name="clip"),
+             n("Add", ["c", "v"], ["y"], name="add")]
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) / 5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "hi"),
+             numpy_helper.from_array(np.array(-0.5, np.float32), "lo")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 10])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", "W"])], inits)
+
+
+@pytest.mark.parametrize("which", ["cnn", "zoo", "mnist", "pools"])
 def test_interpreter_matches_onnxruntime(torch, which):
     from onnx_alds.distill import torch_graph
 
@@ -142,6 +162,9 @@ def test_interpreter_matches_onnxruntime(torch, which):
     if which == "cnn":
         model = small_cnn(width=8)
         feeds = {"input": rng.standard_normal((4, 3, 32, 32)).astype(np.float32)}
+    elif which == "pools":
+        model = _pools()
+        feeds = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
     elif which == "zoo":
         model = _op_zoo()
         mask = np.ones((3, 7), np.int64)
@@ -158,6 +181,7 @@ def test_interpreter_matches_onnxruntime(torch, which):
     with torch.no_grad():
         got = torch_graph(model)({k: torch.from_numpy(v) for k, v in feeds.items()})
     got = got[model.graph.output[0].name].numpy()
+    assert got.shape == expected.shape
     assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, np.max(np.abs(expected)))
 
 
@@ -378,8 +402,9 @@ def test_verification_failure_writes_nothing(torch, pair, monkeypatch, tmp_path,
 
     original, compressed, inputs = pair
     monkeypatch.setitem(module.OPS, "Relu", lambda torch, F, node, x: x)
-    with pytest.raises(module.DistillError, match="disagree"):
+    with pytest.raises(module.DistillError, match="disagree") as caught:
         module.distill(original, compressed, inputs, steps=1, progress=False)
+    assert re.search(r"first at node '[^']+' \(op Relu\)", str(caught.value))  # where the two part
     paths = write_pair(tmp_path, original, compressed, inputs)
     code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"),
                  "-o", str(tmp_path / "out.onnx"), "--steps", "1"])
@@ -566,7 +591,10 @@ def test_settings_of_the_wrong_type_are_one_error():
                           (dict(seed=1.5), r"seed=1.5 \(float\): give an integer"),
                           (dict(lr="0.1"), r"lr='0.1' \(str\): give a number"),
                           (dict(minutes=True), r"minutes=True \(bool\): give a number"),
-                          (dict(augment=1), r"augment=1 \(int\): give True or False")):
+                          (dict(augment=1), r"augment=1 \(int\): give True or False"),
+                          # each out-of-range setting named alone (one line named four, one of them no flag)
+                          (dict(intermediate_weight=-1.0), r"^--intermediate-weight -1.0: give a finite weight"),
+                          (dict(patience=0), r"^--patience 0: give a positive number$")):
         with pytest.raises(InputDataError, match=wanted):
             DistillSettings(**flags)
     settings = DistillSettings(steps=np.int64(5), seed=np.uint32(3), batch_size=np.int32(4), lr=np.float32(0.5),
