@@ -547,6 +547,7 @@ class _Accumulator:
         self.rel: list[np.ndarray] = []
         self.cos: list[np.ndarray] = []
         self.top1 = self.top5 = self.correct_o = self.correct_c = 0
+        self.unpredicted = 0  # classifier rows where the original has no prediction (left out of top1/top5)
         self.classes = 0
         self.embeddings_o: list[np.ndarray] = []
         self.embeddings_c: list[np.ndarray] = []
@@ -688,6 +689,7 @@ class _Accumulator:
         c_read = np.where(np.isnan(c_read), -np.inf, c_read)
         known_o, known_c = _has_prediction(o_read), _has_prediction(c_read) & ~broken
         pred_o, pred_c = np.argmax(o_read, axis=1), np.argmax(c_read, axis=1)
+        self.unpredicted += int(np.sum(~known_o))  # the original has no prediction there: nothing to agree with
         self.top1 += int(np.sum((pred_o == pred_c) & known_o & known_c))
         if self.classes > 5:
             # the original's class scores above all but at most 4 other classes, ties counted against it (a
@@ -759,9 +761,10 @@ class _Accumulator:
                           "compare; give inputs on which the original computes finite outputs",) if limits else (),
                 **figures)
         if self.kind == CLASSIFIER and self.samples:
-            figures["top1_agreement"] = self.top1 / self.samples
+            graded = self.samples - self.unpredicted
+            figures["top1_agreement"] = self.top1 / graded if graded else math.nan
             if self.classes > 5:
-                figures["top5_agreement"] = self.top5 / self.samples
+                figures["top5_agreement"] = self.top5 / graded if graded else math.nan
             if self.labels is not None:
                 figures["accuracy_original"] = self.correct_o / self.samples
                 figures["accuracy_compressed"] = self.correct_c / self.samples
@@ -955,7 +958,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         values_o = _run_validation(session_o, output_names, feed, "original", inputs.is_random)
         values_c = _run_validation(session_c, output_names, feed, "compressed", inputs.is_random)
         if not accumulators:
-            accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels)
+            accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels,
+                                               unbatched=_fixed_first_dims(original_model))
             first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
@@ -996,6 +1000,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
             notes.append(f"output '{name}': the original gives NaN or Inf at {accumulator.shared_nonfinite} values "
                          "and the compressed model the same there; the figures compare the other values (a sample "
                          "with no other value has no figure of its own)")
+        if accumulator.unpredicted:
+            notes.append(f"output '{name}': the original has no prediction on {accumulator.unpredicted} sample(s) "
+                         "(every class NaN or -Inf, or +Inf in several): top-1 and top-5 agreement count the others")
         if accumulator.zero_reference_samples:
             scale = accumulator.reference_scale
             notes.append(f"output '{name}': the original's output is all zeros on {accumulator.zero_reference_samples}"
@@ -1025,18 +1032,36 @@ def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[st
             "compression did not see")
 
 
+def _fixed_first_dims(model: onnx.ModelProto) -> frozenset[str]:
+    """The graph outputs whose declared first dim is a fixed number while every graph input's batch dim is
+    dynamic (a ``[3, N]`` output of a ``[N, 8]`` input): their first axis is not the batch, whatever a
+    batch's size happens to be."""
+    if any(spec.dims and isinstance(spec.dims[0], int) for spec in graph_inputs(model)):
+        return frozenset()
+    fixed = set()
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ()
+        if dims and dims[0].HasField("dim_value"):
+            fixed.add(value.name)
+    return frozenset(fixed)
+
+
 def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,
                         output_kinds: Mapping[str, str], stated: Tolerances,
-                        labels: Optional[np.ndarray]) -> dict[str, _Accumulator]:
-    """Choose every output's kind on the first batch, check what was stated against it, and start."""
+                        labels: Optional[np.ndarray], unbatched: frozenset[str] = frozenset()
+                        ) -> dict[str, _Accumulator]:
+    """Choose every output's kind on the first batch, check what was stated against it, and start;
+    ``unbatched``: outputs whose first axis the model declares fixed (:func:`_fixed_first_dims`)."""
     kinds: dict[str, tuple[str, str, bool]] = {}
     for name, value in zip(names, first):
-        batched = value.ndim >= 1 and value.shape[0] == count
+        batched = value.ndim >= 1 and value.shape[0] == count and name not in unbatched
         if name in output_kinds:
             kind = output_kinds[name]
             if kind != REGRESSION and not batched:
+                why = ("the model declares its first dim fixed" if name in unbatched else
+                       f"'{name}' has shape {value.shape} for a batch of {count}")
                 raise InputDataError(f"--output-kind {name}={kind} needs the batch as the output's first dim, but "
-                                     f"'{name}' has shape {value.shape} for a batch of {count}; use regression")
+                                     f"{why}; use regression")
             _check_stated_kind(name, kind, value.ndim, bool(np.issubdtype(value.dtype, np.floating)),
                                value.shape[-1] if value.ndim else None, f"{value.dtype} of shape {value.shape}")
             kinds[name] = (kind, "--output-kind", batched)
@@ -1049,6 +1074,7 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
         needed = _CHECK_BY_NAME[name].kinds
         if needed != KINDS and not present & set(needed):
             fits = [n for n, value in zip(names, first) if value.ndim >= 1 and value.shape[0] == count
+                    and n not in unbatched
                     and _kind_fits(needed[0], value.ndim, bool(np.issubdtype(value.dtype, np.floating)),
                                    value.shape[-1])]
             fix = (f"set one with --output-kind {fits[0]}={needed[0]}" if fits else

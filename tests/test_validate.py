@@ -1030,15 +1030,21 @@ def test_an_output_whose_rows_match_the_batch_by_chance_is_named_with_a_fix_that
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
              helper.make_node("ReduceMean", ["h"], ["r"], axes=[0], keepdims=1),
              helper.make_node("Add", ["C", "r"], ["y"])]
+    inits = [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "C")]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 64])],
-                   [numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "W"),
-                    numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "C")])
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", 64])], inits)
     x = rng.standard_normal((40, 64)).astype(np.float32)
     with pytest.raises(Exception, match=r"output 'y' had 32 rows on the first batch, as many as its samples, .* on a "
                                         r"batch of 8; give a number of samples that is a multiple of 32"):
         validate(model, model, inputs=InputSet({"x": x}))
     assert validate(model, model, inputs=InputSet({"x": x[:32]})).passed  # the fix works
+    # declared [32, 64] beside an input of dynamic batch: the first axis is not the batch, whatever the batch size
+    # (it was read as one, and a [3, N] output as a 3-class classifier at batch 3)
+    declared = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 64])], inits)
+    report = validate(declared, declared, inputs=InputSet({"x": x}))
+    assert report.passed and report.outputs[0].kind == "regression" and report.outputs[0].samples == 2
 
 
 def test_messages_for_compress_name_its_flag_once_and_an_unnamed_node_as_unnamed():
@@ -1066,7 +1072,7 @@ def test_compressed_scores_that_are_nan_agree_on_nothing():
     assert out.accuracy_compressed == pytest.approx(1 / 3)
 
 
-def test_rows_without_a_prediction_agree_on_nothing():
+def test_rows_without_a_prediction_are_misses_or_left_out():
     """Shared NaN rows gave the compressed model a higher accuracy than the same model (argmax of a NaN row is
     its first NaN, class 0); a compressed row of +Inf in every class counted as a top-1 and top-5 hit."""
     scores = np.tile(np.arange(10, dtype=np.float32), (4, 1))  # class 9 everywhere
@@ -1075,7 +1081,10 @@ def test_rows_without_a_prediction_agree_on_nothing():
     labels = np.array([0, 0, 9, 9])
     out = compare_output("y", shared, shared.copy(), classifier=True, labels=labels, tolerances=Tolerances(),
                          check_accuracy=True)
-    assert out.accuracy_original == out.accuracy_compressed == 0.5 and out.top1_agreement == 0.5
+    # the two rows the original has no prediction on are wrong for accuracy, and left out of agreement (a
+    # model compared with itself failed its default top-1 limit on them)
+    assert out.accuracy_original == out.accuracy_compressed == 0.5 and out.top1_agreement == 1.0
+    assert out.top5_agreement == 1.0
     saturated = scores.copy()
     saturated[:2] = np.inf
     out = compare_output("y", scores, saturated, classifier=True, labels=labels, tolerances=Tolerances(),
