@@ -1010,6 +1010,10 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
+IR3_NOTE = "IR version"  # how the two notes below start and what they hold (the pruning step replaces them)
+ANNOTATIONS_NOTE = "quantization annotations of the graph"
+
+
 def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:
     """IR 3 lists every initializer as a graph input, which the ONNX spec reads as an overridable default;
     onnx-alds reads them as constants, as ONNX Runtime does. A note names the weights whose input entries
@@ -1021,10 +1025,10 @@ def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tupl
     replaced = [value.name for value in proto.graph.input if value.name not in kept]
     if not replaced:
         return ()
-    return (f"IR version {proto.ir_version} lists every initializer as a graph input; onnx-alds reads them as "
+    return (f"{IR3_NOTE} {proto.ir_version} lists every initializer as a graph input; onnx-alds reads them as "
             f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} replaced weights (first: "
-            f"'{replaced[0]}') give way to their factors' and feeding them has no effect any more (export at IR 4 "
-            "or newer to say which inputs are meant to be overridable)",)
+            f"'{replaced[0]}') give way to those of their factors or narrowed copies, and feeding them has no "
+            "effect any more (export at IR 4 or newer to say which inputs are meant to be overridable)",)
 
 
 def _dropped_annotations_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:
@@ -1035,8 +1039,8 @@ def _dropped_annotations_note(proto: onnx.ModelProto, new_model: onnx.ModelProto
                if annotation.tensor_name not in kept]
     if not dropped:
         return ()
-    return (f"{len(dropped)} quantization annotations of the graph (first: '{dropped[0]}') named weights that are "
-            "factorized now and went with them; quantize the compressed model again if you use them",)
+    return (f"{len(dropped)} {ANNOTATIONS_NOTE} (first: '{dropped[0]}') named tensors that are factorized or "
+            "narrowed now and went with them; quantize the compressed model again if you use them",)
 
 
 def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:

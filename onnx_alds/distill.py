@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import InputDataError, OnnxAldsError, UnsupportedModelError
-from .inputs import InputSet, conform_inputs
+from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
+from .inputs import InputSet, conform_inputs, dim_name_clash
 from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
@@ -1573,7 +1573,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             raise InputDataError(f"--batch-size {settings.batch_size} is more than the {len(inputs)} training "
                                  f"samples; give at most {len(inputs)}, or more inputs")
         teacher = _teacher_session(teacher_model, points)
-        with _original_runs():  # inputs the original cannot run are one error line, before anything else reads them
+        # inputs the original cannot run are one error line, before anything else reads them
+        with _original_runs(hint=dim_name_clash(teacher, train) or dim_name_clash(teacher, held)):
             scales = _loss_scales(teacher, train, outputs, points, settings.batch_size)
             _run_session(teacher, held, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
@@ -1910,17 +1911,17 @@ AUGMENTED_FAILED = ("the original model does not run on the augmented inputs", "
 
 
 @contextlib.contextmanager
-def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED):
+def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED, hint: str = ""):
     """Runs of the original model in ONNX Runtime inside: a failure (ids outside the embedding table, a
     mask of another length; an augmented batch it cannot take, with :data:`AUGMENTED_FAILED`) is an
-    :class:`InputDataError` saying what failed, ONNX Runtime's reason and the fix."""
+    :class:`InputDataError` saying what failed, ONNX Runtime's reason and the fix (and ``hint``:
+    :func:`onnx_alds.inputs.dim_name_clash`)."""
     try:
         yield
     except OnnxAldsError:  # said already
         raise
     except Exception as exc:  # ONNX Runtime's own error types
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise InputDataError(f"{failure[0]} ({reason}); {failure[1]}") from None
+        raise InputDataError(f"{failure[0]} ({runtime_error_text(exc)}); {failure[1]}{hint}") from None
 
 
 def _fit_augmenter_to_model(teacher, augmenter: "Augmenter", outputs: Sequence[str], settings) -> None:
@@ -2054,8 +2055,11 @@ def _first_divergent_node(student, model: Optional[onnx.ModelProto], feed: Mappi
                         f"Runtime, {mine.shape} in the student; the interpreter does not compute this op as ONNX "
                         "Runtime does: please report it)")
             if np.issubdtype(theirs.dtype, np.floating) and theirs.size:
-                scale = max(float(np.nanmax(np.abs(theirs))) if np.isfinite(theirs).any() else 0.0, 1e-12)
-                if not float(np.max(np.abs(mine.astype(np.float64) - theirs))) / scale <= tolerance:
+                finite = np.isfinite(theirs)
+                scale = max(float(np.max(np.abs(theirs[finite]))) if finite.any() else 0.0, 1e-12)
+                mine = mine.astype(np.float64)
+                shared = (np.isnan(mine) & np.isnan(theirs)) | (mine == theirs)  # (a NaN or Inf both give)
+                if not float(np.max(np.where(shared, 0.0, np.abs(mine - theirs)))) / scale <= tolerance:
                     return (f" (first at node '{node.name}' (op {node.op}), output '{name}'; the interpreter does "
                             "not compute this op as ONNX Runtime does: please report it)")
     return ""

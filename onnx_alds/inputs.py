@@ -1066,8 +1066,7 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
     if dtype.kind == "V":  # (bfloat16, float8 ...: no array of it can be fed either)
         refuse_unfeedable([InputSpec(name, dtype, shape)])
     reason = f"cannot make random data of type {dtype} for input '{name}'"
-    raise RandomInputsError(f"{reason}; give real inputs in an .npz (--inputs FILE.npz; bench times random inputs "
-                            "only, so it cannot time this model)", reason)
+    raise RandomInputsError(f"{reason}; give real inputs in an .npz (--inputs FILE.npz)", reason)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .allocate import DENSE, Allocation, LayerCosts, allocate_lrank, allocate_minmax, minimum_cost
-from .errors import BudgetError, InputDataError, ratio_at_least
+from .errors import BudgetError, InputDataError, RandomInputsError, ratio_at_least
 from .layers import POINTWISE_FIRST, SPATIAL_FIRST, Layer, find_layers
 from .spectra import ErrorTable
 
@@ -237,7 +237,12 @@ class OrtTimer:
         from .inputs import random_array, random_feeds
 
         rng = np.random.default_rng(0)
-        feeds = random_feeds(model, input_shapes, rng)
+        try:
+            feeds = random_feeds(model, input_shapes, rng)
+        except RandomInputsError as exc:  # (no .npz to give: the tables time random inputs only)
+            raise RandomInputsError(f"{exc.reason}; the latency tables time the model on random inputs only, so "
+                                    "--keep-latency, --order auto and --speed-check cannot be used on it: give "
+                                    "--keep-params or --keep-flops", exc.reason) from None
         runners = [_Runner(self._session(model, store), feeds, self.provider)]
         for layer in layers:
             session = self._session(layer)

@@ -55,7 +55,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError
+from .errors import (BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError,
+                     runtime_error_text)
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,7 @@ def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int 
     per sample, concatenated over batches. Raises :class:`UnsupportedModelError` when the model has no
     tensor output, or when that output's first dim is not the batch (a scalar, a ``[C, N]`` output):
     its values cannot be told apart by sample, and joining them would compare the wrong things."""
+    from .inputs import dim_name_clash
     from .runtime import FLOAT_TENSOR_TYPES, make_session
     from .validate import effective_batch_size
 
@@ -337,7 +339,12 @@ def model_outputs(model: Union[bytes, onnx.ModelProto], inputs, batch_size: int 
                                     "(for skl2onnx: options={'zipmap': False})")
     name, chunks = names[0], []
     for feed in inputs.batches(batch_size):
-        value = np.asarray(session.run([name], feed)[0])
+        try:
+            value = np.asarray(session.run([name], feed)[0])
+        except Exception as exc:  # (ONNX Runtime's own error types): one line, not a crashed variant
+            raise InputDataError(f"running the model on the evaluation inputs failed ({runtime_error_text(exc)}); "
+                                 "check that the arrays match the model's inputs (dtype, shape, value range)"
+                                 f"{dim_name_clash(session, feed)}") from None
         samples = len(next(iter(feed.values())))
         if value.ndim == 0 or value.shape[0] != samples:
             raise UnsupportedModelError(

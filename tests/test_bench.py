@@ -360,3 +360,16 @@ def test_models_taking_other_inputs_get_a_note_beside_their_speedup():
             opset_imports=[helper.make_opsetid("", OPSET)])
     assert bench([two_inputs("xz"), two_inputs("zx")], threads=1, **FAST).notes == ()
     assert bench([two_inputs("xz"), two_inputs("xz", width=64)], threads=1, **FAST).notes  # same names, other dims
+
+
+def test_a_model_random_inputs_cannot_feed_is_refused_without_asking_for_an_npz():
+    """A string input: bench said "give real inputs in an .npz (--inputs FILE.npz ...)", a flag bench lacks."""
+    from onnx_alds.bench import timing_feeds
+
+    node = helper.make_node("Identity", ["tag"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("tag", TensorProto.STRING, ["N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InputDataError) as caught:
+        timing_feeds(model, 1, None)
+    assert "timing runs on random inputs only" in str(caught.value) and "--inputs" not in str(caught.value)

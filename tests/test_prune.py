@@ -629,6 +629,20 @@ def test_pruning_keeps_a_chain_constant_that_a_nested_subgraph_reads_and_works_o
     onnx.checker.check_model(result.model, full_check=True)
     listed = {value.name for value in result.model.graph.input}
     assert all(init.name in listed for init in result.model.graph.initializer)
+    # the weights' inputs that went are said (as after a factorization)
+    assert any(note.startswith("IR version 3 lists every initializer") and "replaced weights (first: 'up_flat')"
+               in note for note in result.report.notes)
+
+
+def test_pruning_drops_the_quantization_annotations_of_sliced_weights_and_narrowed_tensors():
+    model = feed_forward(hidden=64, tokens=1)
+    narrowed_input = model.graph.node[0].output[0]
+    for name in (model.graph.initializer[0].name, narrowed_input, "x"):
+        model.graph.quantization_annotation.add(tensor_name=name)
+    result = compress(model, keep_params=0.7, calibration=_inputs(model, samples=256), prune="only", rank_multiple=8)
+    assert result.report.pruned and any(b.width_after < b.width_before for b in result.report.pruned)
+    assert [a.tensor_name for a in result.model.graph.quantization_annotation] == ["x"]
+    assert any(note.startswith("2 quantization annotations of the graph") for note in result.report.notes)
 
 
 def test_pruning_warns_when_a_refit_has_fewer_vectors_than_hidden_channels():
