@@ -522,8 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_analyze, _add_compress, _add_plan, _add_apply, _add_validate, _add_bench, _add_sweep, _add_distill,
                 _add_demo):
         add(subparsers)
+    parser.allow_abbrev = False
     for command in subparsers.choices.values():  # every flag's default shown in its --help
         command.formatter_class = HelpFormatter
+        command.allow_abbrev = False  # `--rank 8` read as --rank-multiple 8, `--keep-p` as --keep-params
         command.set_defaults(command_parser=command)  # (given_flags, _refuse_empty_values)
         # -v after the command too (`onnx-alds compress m.onnx -o s.onnx -v`); SUPPRESS keeps one given before it
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -623,16 +625,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return _main(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # first: the modules' loading counts too
+    stops = [number for number in (signal.SIGTERM, getattr(signal, "SIGHUP", None))  # (a closed terminal)
+             if number is not None and signal.getsignal(number) is not signal.SIG_IGN]  # (nohup: stays ignored)
+    previous = {number: signal.signal(number, _raise_interrupt) for number in stops}  # first: loading counts too
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # (None: set in C)
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)  # (None: set in C)
+
+
+def _loaded_parser() -> argparse.ArgumentParser:
+    """:func:`build_parser` with Ctrl-C, SIGTERM and SIGHUP held while the modules load: raised inside a C
+    extension's import, the interrupt broke it (an ImportError, a crash); held, it is raised after."""
+    import signal
+
+    held = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        return build_parser()
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held signal is raised from here on
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     try:
-        parser = build_parser()
+        parser = _loaded_parser()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the modules load: nothing started
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
+from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, interrupted, runtime_error_text
 from .inputs import InputSet, conform_inputs, dim_name_clash
 from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
@@ -65,7 +65,9 @@ def import_torch():
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
-    except ImportError:
+    except ImportError as exc:
+        if interrupted(exc):  # Ctrl-C or SIGTERM during the import, not a missing package
+            raise KeyboardInterrupt from None
         raise DistillError(f"distillation needs PyTorch, which is not installed; {INSTALL_HINT}") from None
     return torch
 

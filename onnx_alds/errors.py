@@ -104,6 +104,19 @@ _SOURCE_PREFIX = re.compile(r"(?:^|(?<=: ))(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*?
 _RUNTIME_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |Exception during initialization: ")
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` stands for a Ctrl-C or SIGTERM: a KeyboardInterrupt raised while a C extension was
+    being imported reaches Python as the ImportError it broke (numpy's, onnxruntime's), with the interrupt
+    in its chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def runtime_error_text(exc: BaseException, limit: int = 240) -> str:
     """An ONNX Runtime failure in words a user can act on: the node (op and name) and the status message
     without its ``source.h:84 onnxruntime::Function(args)`` prefix (at its start or after a ``: ``), which

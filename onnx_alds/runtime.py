@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import ModelLoadError, ProviderError, runtime_error_text
+from .errors import ModelLoadError, ProviderError, interrupted, runtime_error_text
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -26,7 +26,9 @@ def import_onnxruntime() -> Any:
     """Import onnxruntime or raise a clear error naming the extra to install."""
     try:
         import onnxruntime
-    except ImportError:
+    except ImportError as exc:
+        if interrupted(exc):  # Ctrl-C or SIGTERM during the import, not a missing package
+            raise KeyboardInterrupt from None
         raise ProviderError(
             "onnxruntime is not installed; install onnx-alds[cpu] (or onnx-alds[gpu] for CUDA)"
         ) from None

@@ -173,6 +173,10 @@ def test_usage_error_exits_2(cnn_path, tmp_path, capsys):
     assert code == 2
     code, _, err = run_cli("validate", cnn_path, cnn_path, capsys=capsys)  # no input source: exit 1 before
     assert code == 2 and "one of the arguments --inputs --images --random is required" in err
+    # an abbreviation is not a flag: `--rank 8` was read as --rank-multiple 8
+    code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-flops", "0.5", "--rank", "8",
+                           capsys=capsys)
+    assert code == 2 and "unrecognized arguments: --rank 8" in err and not (tmp_path / "o.onnx").exists()
 
 
 def test_analyze_prints_table_and_json(cnn_path, tmp_path, capsys):
@@ -274,8 +278,10 @@ def test_empty_values_are_usage_errors(cnn_path, capsys, argv):
     assert exited.value.code == 2 and "empty value" in capsys.readouterr().err
 
 
-def test_sigterm_ends_a_run_as_ctrl_c_does(cnn_path, tmp_path, capsys, monkeypatch):
-    """SIGTERM (timeout, a CI cancel) killed the process in its write phase and left temporary files."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_sigterm_ends_a_run_as_ctrl_c_does(cnn_path, tmp_path, capsys, monkeypatch, stop):
+    """SIGTERM (timeout, a CI cancel) killed the process in its write phase and left temporary files; so did
+    SIGHUP (a closed terminal, a dropped ssh session), with exit 129."""
     import os
     import signal
     import threading
@@ -286,16 +292,17 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(cnn_path, tmp_path, capsys, monkeypat
     def slow_compress(*args, **kwargs):
         time.sleep(20)
 
+    number = getattr(signal, stop)
     monkeypatch.setattr(onnx_alds.api, "compress", slow_compress)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), number))
     timer.start()
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(number)
     code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--keep-params", "0.5",
                            "--report", str(tmp_path / "r.json"), capsys=capsys)
     timer.cancel()
     assert code == 130 and err.startswith("error: interrupted")
     assert list(tmp_path.iterdir()) == [cnn_path]
-    assert signal.getsignal(signal.SIGTERM) == before  # restored for the caller
+    assert signal.getsignal(number) == before  # restored for the caller
 
 
 def test_bench_times_the_batch_of_the_input_shape_given(tmp_path, capsys):
@@ -647,6 +654,48 @@ def test_sigterm_while_the_modules_load_is_answered_like_ctrl_c(monkeypatch, cap
     assert "error: interrupted; no output was written" in capsys.readouterr().err
 
 
+def test_a_signal_while_the_modules_load_is_held_until_they_have(monkeypatch, capsys):
+    """Raised inside a C extension's import, the interrupt broke it: numpy's ImportError traceback, a crash,
+    or "onnxruntime is not installed". It is held until the modules are loaded, then answered."""
+    import os
+    import signal
+
+    import onnx_alds.cli as cli
+
+    loaded = []
+
+    def loading():
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-import
+        loaded.append(True)  # ... and the import goes on to its end (the held signal is raised after it)
+
+    monkeypatch.setattr(cli, "build_parser", loading)
+    assert cli.main(["analyze", "m.onnx"]) == 130 and loaded == [True]
+    assert "error: interrupted; no output was written" in capsys.readouterr().err
+
+
+def test_an_import_broken_by_an_interrupt_is_an_interrupt_not_a_missing_package(monkeypatch):
+    import builtins
+
+    from onnx_alds.errors import interrupted
+    from onnx_alds.runtime import import_onnxruntime
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "onnxruntime":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("PyCapsule_Import could not import module datetime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(KeyboardInterrupt):
+        import_onnxruntime()
+    assert not interrupted(ImportError("no module named onnxruntime"))
+
+
 def test_an_interrupt_after_the_output_landed_names_what_was_written(cnn_path, tmp_path, capsys, monkeypatch):
     """Ctrl-C while the table printed to a slow pipe said "no output was written" of a model and report on disk."""
     import onnx_alds.cli
@@ -800,9 +849,12 @@ def test_a_one_value_flag_given_twice_with_different_values_is_a_usage_error(cnn
                            "--keep-params=0.9", capsys=capsys)
     assert code == 2 and "--keep-params is given twice (0.5 and 0.9); give it once" in err
     assert not (tmp_path / "a.onnx").exists()
-    for flags in (["--keep-p", "0.9", "--keep-params", "0.5"], ["--keep-params", "0.5", f"-o{tmp_path / 'b.onnx'}"]):
-        code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), *flags, capsys=capsys)
-        assert code == 2 and "is given twice" in err, err  # an abbreviation or an attached short form
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
+                           f"-o{tmp_path / 'b.onnx'}", capsys=capsys)
+    assert code == 2 and "is given twice" in err, err  # an attached short form
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-p", "0.9",
+                           "--keep-params", "0.5", capsys=capsys)
+    assert code == 2 and "unrecognized arguments: --keep-p 0.9" in err, err  # no abbreviation is a flag
     code, _, _ = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
                          "--keep-params", "0.5", "-q", capsys=capsys)
     assert code == 0  # the same value twice changes nothing
