@@ -182,8 +182,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
         check_output_path(Path(args.json), protect=[args.model])
     report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
                      max_groups=args.max_groups, rank_multiple=args.rank_multiple)
+    args.written_files = []  # what an interrupt or a failed print from here on leaves written (_run names it)
     if args.json:  # files first: a closed pipe on stdout must not cost the user the JSON
         report.save_json(args.json)
+        args.written_files.append(str(args.json))
     print(report.format())
     return 0
 
@@ -742,6 +744,11 @@ def _run_command(args: argparse.Namespace) -> int:
     except OSError as exc:  # from the operating system, not a bug: a name too long, a full disk, no permission
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
+        written = getattr(args, "written_files", None)
+        if written and exc.filename is None:  # a print after the files landed (stdout on a full disk)
+            print(f"error: writing the report to standard output failed ({exc.strerror or exc}); "
+                  f"{' and '.join(written)} {'was' if len(written) == 1 else 'were'} written", file=sys.stderr)
+            return 1
         from .errors import os_error_text
 
         print(f"error: {os_error_text(exc)}", file=sys.stderr)

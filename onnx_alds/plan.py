@@ -1086,7 +1086,9 @@ def run_plan_command(args: argparse.Namespace) -> int:
         plan = make_plan(model, **compress_keywords(args, calibration))
     from .cli import write_together
 
-    write_together(lambda: plan.save(output), output, plan.report, args.report)  # both or neither
+    args.written_files = []  # what an interrupt or a failed print from here on leaves written (cli names it)
+    write_together(lambda: plan.save(output), output, plan.report, args.report,  # both or neither
+                   written=args.written_files)
     # warnings on stderr, as compress prints them; their "--validate" belongs to apply here
     text = "\n".join(line for line in plan.report.format().splitlines() if not line.startswith("warning: "))
     for warning in plan.report.warnings:

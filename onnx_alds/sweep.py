@@ -1044,14 +1044,31 @@ def _write_bytes(data: bytes, path: Path) -> None:
     write_file_atomically(path, data)
 
 
+def _save_figure(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, all or nothing."""
+    import io
+
+    from .model_io import write_file_atomically
+
+    image = io.BytesIO()
+    fig.savefig(image, dpi=80, format="png")
+    write_file_atomically(path, image.getvalue())
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str] = CSV_COLUMNS) -> None:
+    """The rows as CSV, written all or nothing (an interrupt left a header and one row)."""
+    import io
+
+    from .model_io import write_file_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()
-                             if k in columns and v is not None})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()
+                         if k in columns and v is not None})
+    write_file_atomically(path, text.getvalue().encode("utf-8"))
 
 
 class RowStore:
@@ -1534,7 +1551,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
         axes[0][0].legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = out / f"{model}-quality.png"
-        fig.savefig(path, dpi=80)
+        _save_figure(fig, path)
         plt.close(fig)
         written.append(path)
         timed = [r for r in ok if r.get("speedup_small") is not None]
@@ -1560,7 +1577,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
         axes[0][0].legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = out / f"{model}-speedup.png"
-        fig.savefig(path, dpi=80)
+        _save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written

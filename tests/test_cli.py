@@ -900,3 +900,28 @@ def test_a_demo_that_fails_midway_leaves_no_folder(tmp_path, capsys, monkeypatch
     code, _, err = run_cli("demo", "--out", out, capsys=capsys)
     assert code == 1 and "No space left on device" in err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "plan", "compress"])
+def test_a_report_print_that_fails_after_the_files_landed_names_them(command, cnn_path, tmp_path, capsys,
+                                                                    monkeypatch):
+    """stdout on a full disk: the files were written, then "error: No space left on device; fix the path"
+    as if the write had failed."""
+    class FullStdout:
+        encoding = "utf-8"
+
+        def write(self, text):
+            _disk_full()
+
+        def flush(self):
+            pass
+
+    out = tmp_path / ("a.json" if command == "analyze" else "p.json" if command == "plan" else "c.onnx")
+    flags = {"analyze": ["--json", out], "plan": ["-o", out, "--keep-params", "0.5"],
+             "compress": ["-o", out, "--keep-params", "0.5"]}[command]
+    monkeypatch.setattr(sys, "stdout", FullStdout())
+    code = main([command, str(cnn_path), *map(str, flags)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and out.exists()
+    assert err[-1] == (f"error: writing the report to standard output failed (No space left on device); {out} "
+                       "was written")

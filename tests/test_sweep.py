@@ -224,3 +224,21 @@ def test_a_sweep_with_no_model_says_so(tmp_path):
     with pytest.raises(InputDataError, match="no model to compress"):
         run_sweep([], ["alds"], [0.5], out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_csv_is_written_all_or_nothing(tmp_path):
+    """An interrupt during the third row left sweep.csv with its header and one row."""
+    from onnx_alds.sweep import write_csv
+
+    path = tmp_path / "sweep.csv"
+    write_csv([{"variant": "a", "status": "ok"}], path, columns=("variant", "status"))
+    before = path.read_bytes()
+
+    class Interrupting:
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    rows = [{"variant": "b", "status": "ok"}, {"variant": Interrupting(), "status": "ok"}]
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(rows, path, columns=("variant", "status"))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sweep.csv"]
