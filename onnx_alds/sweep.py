@@ -604,11 +604,17 @@ _POOL_STATE: Optional[WorkerState] = None
 _POOL_DATA: dict[str, ModelData] = {}
 
 
-def _pool_init(threads: int, data: dict[str, ModelData]) -> None:
+def _pool_init(threads: int, data_path: str) -> None:
+    """A worker's set-up: its thread cap, and the models' data read from ``data_path`` (written by
+    :meth:`LocalEngine.start`; read from a file, not sent down the start-up pipe: a worker killed while a
+    large start-up message was written to it left the parent blocked for good, deaf to Ctrl-C)."""
+    import pickle
+
     global _POOL_STATE, _POOL_DATA
     _cap_default_session_threads(threads)
     _POOL_STATE = WorkerState(threads=threads)
-    _POOL_DATA = data
+    with open(data_path, "rb") as stream:
+        _POOL_DATA = pickle.load(stream)  # (this run's own file)
 
 
 def _pool_run(task: VariantTask) -> VariantOutcome:
@@ -664,6 +670,7 @@ class LocalEngine(Engine):
         self.workers = max(1, int(workers))
         self.threads = threads or max(1, physical_cores() // self.workers)
         self._pool = None
+        self._data_dir: Optional[str] = None  # the models' data the workers read at start-up
         self._futures: list = []
         self._state: Optional[WorkerState] = None
         self._data: Mapping[str, ModelData] = {}
@@ -676,12 +683,26 @@ class LocalEngine(Engine):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        import pickle
+        import tempfile
+
+        self._data_dir = tempfile.mkdtemp(prefix="onnx-alds-sweep-")
+        data_path = os.path.join(self._data_dir, "data.pickle")
+        with open(data_path, "wb") as stream:
+            pickle.dump(dict(data), stream, protocol=pickle.HIGHEST_PROTOCOL)
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_pool_init, initargs=(self.threads, dict(data)))
+                                         initializer=_pool_init, initargs=(self.threads, data_path))
+        from concurrent.futures.process import BrokenProcessPool
+
         with _spawning_workers():  # these submits spawn the workers
             self._futures = [self._pool.submit(_pool_ready) for _ in range(self.workers)]
-        for future in self._futures:
-            future.result()
+        try:
+            for future in self._futures:
+                future.result()
+        except BrokenProcessPool:
+            raise EngineError(f"a sweep worker process died while starting (killed, or out of memory: each of the "
+                              f"{self.workers} workers holds the models and their data); run with fewer --workers"
+                              ) from None
 
     def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
         if self._pool is None:
@@ -703,6 +724,11 @@ class LocalEngine(Engine):
             yield task, outcome
 
     def close(self) -> None:
+        if self._data_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
         if self._pool is None:
             return
         if all(future.done() for future in self._futures):

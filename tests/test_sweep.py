@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -242,3 +243,25 @@ def test_the_csv_is_written_all_or_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_csv(rows, path, columns=("variant", "status"))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sweep.csv"]
+
+
+def test_a_worker_that_dies_while_starting_is_one_error_and_its_data_file_goes(monkeypatch):
+    """The models' data went down each worker's start-up pipe: a worker killed meanwhile (the OOM killer)
+    left the parent blocked for good, deaf to Ctrl-C. The workers now read it from a file; one that dies
+    starting is an EngineError."""
+    import pickle
+
+    from onnx_alds.sweep import EngineError, LocalEngine
+
+    def unreadable(obj, stream, protocol=None):
+        stream.write(b"not a pickle")  # each worker's pickle.load fails: its start-up dies
+
+    monkeypatch.setattr(pickle, "dump", unreadable)
+    engine = LocalEngine(workers=2, threads=1)
+    try:
+        with pytest.raises(EngineError, match="a sweep worker process died while starting"):
+            engine.start({})
+        folder = engine._data_dir
+    finally:
+        engine.close()
+    assert folder is not None and not os.path.exists(folder)
