@@ -309,8 +309,10 @@ def image_files(folder: PathLike) -> list[Path]:
         unread, formats = _unread_images(root)
         broken = _broken_image_names(root)
         raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
-                             + (f"its {len(broken)} entries named like images ('{broken[0].name}') are links that "
-                                "lead to no file, or folders: link the images themselves" if broken else
+                             + (f"its {_count(len(broken), 'entry', 'entries')} named like images "
+                                f"('{broken[0].name}') "
+                                + ("is a link to no file, or a folder" if len(broken) == 1 else
+                                   "are links to no file, or folders") + ": link the images themselves" if broken else
                                 f"its {unread} images are {formats}, which are not read: convert them to PNG"
                                 if unread else "put images in it")
                              + (" (its subfolders are not read: put the images of every class in one folder, and "
@@ -325,6 +327,11 @@ def _broken_image_names(root: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_file())
 
 
+def _count(number: int, one: str, many: str = "") -> str:
+    """``1 entry``, ``3 entries``."""
+    return f"{number} {one if number == 1 else (many or one + 's')}"
+
+
 def _left_out_entries(root: Path) -> str:
     """``; … left out`` for what an image folder holds beside the images read (other formats, entries
     named like images that are no file, subfolders), or ``""``."""
@@ -333,9 +340,9 @@ def _left_out_entries(root: Path) -> str:
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in broken]
     parts = [f"{others} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are read)"
              if others else "",
-             f"{len(broken)} entries named like images left out: links to no file, or folders (first: "
-             f"'{broken[0].name}')" if broken else "",
-             f"{len(folders)} subfolders not read (first: '{folders[0].name}')" if folders else ""]
+             f"{_count(len(broken), 'entry', 'entries')} named like images left out: links to no file, or folders "
+             f"(first: '{broken[0].name}')" if broken else "",
+             f"{_count(len(folders), 'subfolder')} not read (first: '{folders[0].name}')" if folders else ""]
     return "".join(f"; {part}" for part in parts if part)
 
 
@@ -376,6 +383,11 @@ class LabelsFile:
             return self.ids[[position[path] for path in files]]
         assert self.by_name is not None
         known = {_same_text(p.name) for p in all_files}
+        if len(known) < len(all_files):  # two files whose names differ only in their Unicode form
+            forms = [_same_text(p.name) for p in all_files]
+            twin = next(name for name in forms if forms.count(name) > 1)
+            raise InputDataError(f"two images of the folder are named '{twin}' in two Unicode forms (composed and "
+                                 "decomposed), which a labels file cannot tell apart; rename one")
         stray = next((name for name in self.by_name if name not in known), None)
         if stray is not None:
             raise InputDataError(

@@ -2124,6 +2124,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     narrowed_tensors = {name for block, width in zip(blocks, widths) if width < block.width  # (by the names
                         for node in new_model.graph.node if node.name in (block.producer.name,) + block.between
                         for name in node.output}  # the blocks know, before the user's own come back)
+    from .rewrite import drop_stale_annotations
+
     drop_stale_annotations(new_model, narrowed_tensors)
     api.restore_node_names(new_model, prepared)
     api.stamp_provenance(new_model, prepared, method + " (data-aware)", target, budget.keep, search.seed,
@@ -2173,7 +2175,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     from .data_aware import sample_count
 
     notes = [note for note in notes if not note.startswith(api.IR3_NOTE) and api.ANNOTATIONS_NOTE not in note] \
-        + list(api._ir3_inputs_note(prepared.model, new_model) + api._dropped_annotations_note(prepared.model, new_model))
+        + list(api._ir3_inputs_note(prepared.model, new_model)) \
+        + list(api._dropped_annotations_note(prepared.model, new_model))  # (of the user's model, not the step's)
     report = CompressionReport(
         layers=rows, method=method, data_aware=True, calibration=str(data.calibration.source), target=target,
         requested=budget.keep, achieved=achieved, params_before=prepared.params_total, params_after=after_params,
@@ -2182,19 +2185,6 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
         calibration_samples=sample_count(data.calibration, prepared.model), warnings=tuple(warnings), pruned=reports)
     return api.CompressionResult(new_model, report)
-
-
-def drop_stale_annotations(model: onnx.ModelProto, narrowed: set[str]) -> None:
-    """Remove the graph's quantization annotations of tensors the model no longer defines (a weight replaced
-    by its sliced copy) or whose channels were cut (``narrowed``: per-channel parameters no longer fit)."""
-    graph = model.graph
-    defined = ({value for node in graph.node for value in node.output} | {init.name for init in graph.initializer}
-               | {value.name for value in graph.input})
-    kept = [annotation for annotation in graph.quantization_annotation
-            if annotation.tensor_name in defined and annotation.tensor_name not in narrowed]
-    if len(kept) < len(graph.quantization_annotation):
-        del graph.quantization_annotation[:]
-        graph.quantization_annotation.extend(kept)
 
 
 def _pruned_row(row, blocks: Sequence[Block], widths: Sequence[int], layers: Sequence[Layer],

@@ -520,10 +520,8 @@ def _restore_model_fields(new: onnx.ModelProto, original: onnx.ModelProto) -> No
     new.graph.ClearField("sparse_initializer")
     new.graph.sparse_initializer.extend(original.graph.sparse_initializer)
     new.graph.ClearField("quantization_annotation")  # those of a replaced weight go (api notes them)
-    defined = {value for node in new.graph.node for value in node.output} \
-        | {init.name for init in new.graph.initializer} | {value.name for value in original.graph.input}
-    new.graph.quantization_annotation.extend(annotation for annotation in original.graph.quantization_annotation
-                                             if annotation.tensor_name in defined)
+    new.graph.quantization_annotation.extend(original.graph.quantization_annotation)
+    drop_stale_annotations(new, set(), inputs=original.graph.input)
     if hasattr(original.graph, "metadata_props"):
         new.graph.ClearField("metadata_props")
         new.graph.metadata_props.extend(original.graph.metadata_props)
@@ -558,6 +556,20 @@ def replaced_digest(original: onnx.ModelProto, new: onnx.ModelProto, load=None) 
         full = load(tensor) if load is not None else tensor
         digest.update(name.encode() + b"\0" + numpy_helper.to_array(full).tobytes())
     return digest.hexdigest()
+
+
+def drop_stale_annotations(model: onnx.ModelProto, narrowed: set[str], inputs=None) -> None:
+    """Remove the graph's quantization annotations of tensors the model no longer defines (a factorized
+    weight, a weight replaced by its sliced copy) or whose channels were cut (``narrowed``: per-channel
+    parameters no longer fit); ``inputs``: the graph inputs to count (default: the model's own)."""
+    graph = model.graph
+    defined = ({value for node in graph.node for value in node.output} | {init.name for init in graph.initializer}
+               | {value.name for value in (graph.input if inputs is None else inputs)})
+    kept = [annotation for annotation in graph.quantization_annotation
+            if annotation.tensor_name in defined and annotation.tensor_name not in narrowed]
+    if len(kept) < len(graph.quantization_annotation):
+        del graph.quantization_annotation[:]
+        graph.quantization_annotation.extend(kept)
 
 
 def add_provenance(model: onnx.ModelProto, entries: dict[str, str]) -> None:

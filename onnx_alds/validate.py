@@ -582,11 +582,9 @@ class _Accumulator:
         aside = None  # per sample: every value set aside (nothing of it compared)
         if floats and o.size:
             self.float_values += o.size
-            aside_before = self.shared_nonfinite
-            o, c = self._set_aside_shared_nonfinite(o, c)
-            if self.shared_nonfinite > aside_before:
-                aside = (~np.isfinite(raw_o) & ((np.isnan(raw_o) & np.isnan(raw_c)) | (raw_o == raw_c)))
-                aside = aside.reshape(aside.shape[0], -1).all(axis=1) if self.batched else aside.reshape(1, -1).all(axis=1)
+            o, c, shared = self._set_aside_shared_nonfinite(o, c)
+            if shared is not None:
+                aside = (shared.reshape(shared.shape[0], -1) if self.batched else shared.reshape(1, -1)).all(axis=1)
         if numbers and o.size:
             self.max_abs = float(np.max([self.max_abs, np.max(np.abs(c - o))]))  # (NaN stays NaN: max() drops it)
         elif o.size and np.any(original != compressed):  # strings: no distance; a differing one is beyond any atol
@@ -613,16 +611,17 @@ class _Accumulator:
         elif self.kind == DENSE:
             self._add_dense(raw_o, raw_c)
 
-    def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray
+                                    ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         """Where the original is NaN or Inf and the compressed model gives the same value (it is the
         original's own, not the compression's), both read 0: the figures compare the rest, and
         :attr:`shared_nonfinite` counts them for a note. A non-finite value the compressed model does not
-        share stays, and fails the figures."""
+        share stays, and fails the figures. Also returns the mask of the values set aside (None: none)."""
         shared = ~np.isfinite(o) & ((np.isnan(o) & np.isnan(c)) | (o == c))
         if not shared.any():
-            return o, c
+            return o, c, None
         self.shared_nonfinite += int(shared.sum())
-        return np.where(shared, 0.0, o), np.where(shared, 0.0, c)
+        return np.where(shared, 0.0, o), np.where(shared, 0.0, c), shared
 
     def _add_exact(self, original: np.ndarray, compressed: np.ndarray) -> None:
         """Labels, indices, strings, flags: the fraction of entries that differ per sample."""
@@ -1018,6 +1017,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     )
 
 
+CALIBRATION_FALLBACK = "the calibration inputs"  # compress --validate without validation inputs: they say so
+
+
 def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[str]:
     """A note when ``inputs`` are the arrays ``compressed`` was calibrated on (the digest compress wrote into
     its metadata): its factors were fitted to them, so the figures are in-sample."""
@@ -1025,7 +1027,7 @@ def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[st
     from .plan import calibration_digest
 
     written = {entry.key: entry.value for entry in compressed.metadata_props}.get(CALIBRATION_DIGEST_KEY)
-    if not written or "optimistic" in inputs.source or calibration_digest(inputs) != written:
+    if not written or inputs.source.startswith(CALIBRATION_FALLBACK) or calibration_digest(inputs) != written:
         return None
     return ("the validation inputs are the ones the compressed model was calibrated on (the same arrays): its "
             "factors were fitted to them, so the figures are in-sample and optimistic; validate on inputs the "
@@ -1343,7 +1345,7 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
         inputs = inputs_from_args(original_model, args, "calibration-", required=False)
         if inputs is not None:
             inputs = InputSet(inputs.arrays, inputs.labels,
-                              f"the calibration inputs ({inputs.source}; optimistic: also used to compress)")
+                              f"{CALIBRATION_FALLBACK} ({inputs.source}; optimistic: also used to compress)")
     if inputs is None:
         inputs = inputs_from_args(original_model, argparse.Namespace(**dict(vars(args), validate_random=64)),
                                   "validate-")

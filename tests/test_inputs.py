@@ -74,9 +74,9 @@ def test_random_inputs_refused_for_a_string_input_name_the_flag_of_the_command(t
     model = _image_model(["N", 4], elem=TensorProto.STRING)
     with pytest.raises(InputDataError) as caught:
         load_inputs(model, random=2)
-    assert "(--inputs FILE.npz;" in str(caught.value)
+    assert "(--inputs FILE.npz)" in str(caught.value)
     rewritten = with_prefixed_flags(str(caught.value), "calibration-")
-    assert "(--calibration FILE.npz;" in rewritten and "--inputs" not in rewritten
+    assert "(--calibration FILE.npz)" in rewritten and "--inputs" not in rewritten
 
 
 def test_npz_whose_arrays_or_labels_disagree_on_the_sample_count_is_named(tmp_path):
@@ -349,6 +349,10 @@ def test_labels_match_file_names_written_in_another_unicode_form(tmp_path):
                        labels_file=tmp_path / "l.csv")
     by_file = dict(zip(sorted([decomposed, "b.png"]), data.labels.tolist()))
     assert by_file == {decomposed: 3, "b.png": 1}
+    _write(folder / composed, np.full((4, 4, 3), 7))  # the same name in the other form: which one is meant?
+    with pytest.raises(InputDataError, match="named 'caf\u00e9.png' in two Unicode forms"):
+        load_inputs(_image_model(["N", 3, 4, 4]), images=folder, preprocess=Preprocess("raw"),
+                    labels_file=tmp_path / "l.csv")
 
 
 def test_an_image_over_pillows_pixel_guard_is_named_as_too_large(tmp_path, monkeypatch):
@@ -688,12 +692,12 @@ def test_links_to_nothing_and_subfolders_beside_the_images_are_counted_in_the_so
     data = load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
     assert data.arrays["x"].shape[0] == 1
     assert ("1 images; 2 entries named like images left out: links to no file, or folders (first: 'dir.png'); "
-            "1 subfolders not read (first: 'sub')") in data.source
+            "1 subfolder not read (first: 'sub')") in data.source
     only_links = tmp_path / "links"
     only_links.mkdir()
     (only_links / "x.jpg").symlink_to(tmp_path / "missing.jpg")
-    with pytest.raises(InputDataError, match=r"its 1 entries named like images \('x.jpg'\) are links that lead to no "
-                                             "file, or folders: link the images themselves"):
+    with pytest.raises(InputDataError, match=r"its 1 entry named like images \('x.jpg'\) is a link to no file, or "
+                                             "a folder: link the images themselves"):
         load_inputs(_image_model(["N", 1, 28, 28]), images=only_links, preprocess="mnist")
 
 
