@@ -2034,9 +2034,9 @@ def _first_divergent_node(student, model: Optional[onnx.ModelProto], feed: Mappi
     """`` (first at node 'n' (op Op) …)`` naming the first node of the student's graph whose output differs
     from ONNX Runtime's (in shape, or beyond ``tolerance`` of its scale) on ``feed``, run with every node
     output exposed; ``""`` where none is found or the probe cannot run (the caller's error stands)."""
-    torch = import_torch()
     if model is None:
         return ""
+    torch = import_torch()
     try:
         model = onnx.ModelProto.FromString(model.SerializeToString())  # (a copy to add outputs to)
         names = [name for node in student.nodes for name in node.outputs if name]
