@@ -745,9 +745,11 @@ def _run_command(args: argparse.Namespace) -> int:
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
         written = getattr(args, "written_files", None)
-        if written and exc.filename is None:  # a print after the files landed (stdout on a full disk)
-            print(f"error: writing the report to standard output failed ({exc.strerror or exc}); "
-                  f"{' and '.join(written)} {'was' if len(written) == 1 else 'were'} written", file=sys.stderr)
+        if exc.filename is None and (written or _stdout_failed()):  # a print failed (stdout on a full disk)
+            done = (f"{' and '.join(written)} {'was' if len(written) == 1 else 'were'} written" if written else
+                    "no output was written")
+            print(f"error: writing the report to standard output failed ({exc.strerror or exc}); {done}",
+                  file=sys.stderr)
             return 1
         from .errors import os_error_text
 
@@ -759,15 +761,41 @@ def _interrupted(args: argparse.Namespace) -> int:
     """Ctrl-C or SIGTERM: one line saying what was written (nothing, unless the interrupt came after the
     output landed), exit status 130."""
     written = getattr(args, "written_files", None)
-    if args.command == "sweep":
+    if args.command == "sweep" and _finished_variants(args):
         print("error: interrupted; the variants finished so far are kept in the output folder (the same command "
               "resumes)", file=sys.stderr)
+    elif args.command == "sweep":
+        print("error: interrupted before any variant finished; no output was written", file=sys.stderr)
     elif written:
         print(f"error: interrupted after {' and '.join(written)} {'was' if len(written) == 1 else 'were'} written; "
               "the report on standard output may be cut short", file=sys.stderr)
     else:
         print("error: interrupted; no output was written", file=sys.stderr)
     return 130
+
+
+def _finished_variants(args: argparse.Namespace) -> bool:
+    """Whether a sweep's output folder holds a finished variant's row."""
+    from .sweep import ROWS_DIR
+
+    rows = Path(getattr(args, "out", "") or ".") / ROWS_DIR
+    return rows.is_dir() and any(rows.glob("*.json"))
+
+
+def _stdout_failed() -> bool:
+    """Whether standard output cannot be written (a full disk behind ``> file``), asked after an OSError
+    without a file name, which may have come from a print: one newline is written to find out."""
+    import os
+
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # (a stream in memory: a test's, a notebook's)
+        return False
+    try:
+        os.write(descriptor, b"\n")
+    except OSError:
+        return True
+    return False
 
 
 def _quiet_broken_pipe() -> int:

@@ -240,9 +240,8 @@ class OrtTimer:
         try:
             feeds = random_feeds(model, input_shapes, rng)
         except RandomInputsError as exc:  # (no .npz to give: the tables time random inputs only)
-            raise RandomInputsError(f"{exc.reason}; the latency tables time the model on random inputs only, so "
-                                    "--keep-latency, --order auto and --speed-check cannot be used on it: give "
-                                    "--keep-params or --keep-flops", exc.reason) from None
+            raise RandomInputsError(f"{exc.reason}; --keep-latency times the whole model on random inputs only, so "
+                                    "it cannot be used on it: give --keep-params or --keep-flops", exc.reason) from None
         runners = [_Runner(self._session(model, store), feeds, self.provider)]
         for layer in layers:
             session = self._session(layer)

@@ -958,7 +958,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         values_c = _run_validation(session_c, output_names, feed, "compressed", inputs.is_random)
         if not accumulators:
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels,
-                                               unbatched=_fixed_first_dims(original_model))
+                                               declared=_fixed_first_dims(original_model))
             first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
@@ -1034,26 +1034,30 @@ def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[st
             "compression did not see")
 
 
-def _fixed_first_dims(model: onnx.ModelProto) -> frozenset[str]:
+def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:
     """The graph outputs whose declared first dim is a fixed number while every graph input's batch dim is
-    dynamic (a ``[3, N]`` output of a ``[N, 8]`` input): their first axis is not the batch, whatever a
-    batch's size happens to be."""
+    dynamic (a ``[3, N]`` output of a ``[N, 8]`` input), with that number: where the output has it, its
+    first axis is not the batch, whatever a batch's size happens to be (where it has another, the
+    declaration is stale: an export that fixed the output's dims)."""
     if any(spec.dims and isinstance(spec.dims[0], int) for spec in graph_inputs(model)):
-        return frozenset()
-    fixed = set()
+        return {}
+    fixed = {}
     for value in model.graph.output:
         dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ()
         if dims and dims[0].HasField("dim_value"):
-            fixed.add(value.name)
-    return frozenset(fixed)
+            fixed[value.name] = int(dims[0].dim_value)
+    return fixed
 
 
 def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,
                         output_kinds: Mapping[str, str], stated: Tolerances,
-                        labels: Optional[np.ndarray], unbatched: frozenset[str] = frozenset()
+                        labels: Optional[np.ndarray], declared: Optional[Mapping[str, int]] = None
                         ) -> dict[str, _Accumulator]:
     """Choose every output's kind on the first batch, check what was stated against it, and start;
-    ``unbatched``: outputs whose first axis the model declares fixed (:func:`_fixed_first_dims`)."""
+    ``declared``: outputs whose first dim the model declares fixed (:func:`_fixed_first_dims`): where the
+    first batch's output has that size, its first axis is not the batch."""
+    declared = declared or {}
+    unbatched = {name for name, value in zip(names, first) if value.ndim and value.shape[0] == declared.get(name)}
     kinds: dict[str, tuple[str, str, bool]] = {}
     for name, value in zip(names, first):
         batched = value.ndim >= 1 and value.shape[0] == count and name not in unbatched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -925,3 +926,33 @@ def test_a_report_print_that_fails_after_the_files_landed_names_them(command, cn
     assert code == 1 and out.exists()
     assert err[-1] == (f"error: writing the report to standard output failed (No space left on device); {out} "
                        "was written")
+
+
+def test_an_interrupted_sweep_says_whether_any_variant_was_kept(tmp_path, capsys):
+    """Interrupted before any variant finished, a sweep said "the variants finished so far are kept in the
+    output folder" of a folder that did not exist."""
+    import argparse
+
+    from onnx_alds.cli import _interrupted
+
+    args = argparse.Namespace(command="sweep", out=str(tmp_path / "sw"))
+    assert _interrupted(args) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted before any variant finished; no output was written"
+    (tmp_path / "sw" / "rows").mkdir(parents=True)
+    (tmp_path / "sw" / "rows" / "m.alds.json").write_text("{}")
+    _interrupted(args)
+    assert "the variants finished so far are kept in the output folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_before_any_file_is_named_as_such(cnn_path, tmp_path):
+    """validate and bench print before they write: "No space left on device; fix the path" read as if their
+    --json path had failed."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", "bench", str(cnn_path), "--json",
+                               str(tmp_path / "b.json"), "--runs", "2", "--warmup", "1"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == ("error: writing the report to standard output failed (No space "
+                                                    "left on device); no output was written")
+    assert not (tmp_path / "b.json").exists()

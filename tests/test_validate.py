@@ -1045,6 +1045,11 @@ def test_an_output_whose_rows_match_the_batch_by_chance_is_named_with_a_fix_that
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 64])], inits)
     report = validate(declared, declared, inputs=InputSet({"x": x}))
     assert report.passed and report.outputs[0].kind == "regression" and report.outputs[0].samples == 2
+    # a stale declaration (an export that fixed the output's dims: [1, 64] for [N, 64]) is not believed
+    stale = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits[:1])
+    assert validate(stale, stale, inputs=InputSet({"x": x})).outputs[0].samples == 40
 
 
 def test_messages_for_compress_name_its_flag_once_and_an_unnamed_node_as_unnamed():
