@@ -295,15 +295,18 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(cnn_path, tmp_path, capsys, monkeypat
 
     number = getattr(signal, stop)
     monkeypatch.setattr(onnx_alds.api, "compress", slow_compress)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), number))
-    timer.start()
-    before = signal.getsignal(number)
-    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--keep-params", "0.5",
-                           "--report", str(tmp_path / "r.json"), capsys=capsys)
-    timer.cancel()
+    ignored = signal.signal(number, signal.SIG_DFL)  # (a run under nohup ignores SIGHUP, and so does the CLI then)
+    try:
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), number))
+        timer.start()
+        code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--keep-params", "0.5",
+                               "--report", str(tmp_path / "r.json"), capsys=capsys)
+        timer.cancel()
+        assert signal.getsignal(number) == signal.SIG_DFL  # restored for the caller
+    finally:
+        signal.signal(number, ignored)
     assert code == 130 and err.startswith("error: interrupted")
     assert list(tmp_path.iterdir()) == [cnn_path]
-    assert signal.getsignal(number) == before  # restored for the caller
 
 
 def test_bench_times_the_batch_of_the_input_shape_given(tmp_path, capsys):
