@@ -639,16 +639,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _loaded_parser() -> argparse.ArgumentParser:
     """:func:`build_parser` with Ctrl-C, SIGTERM and SIGHUP held while the modules load: raised inside a C
-    extension's import, the interrupt broke it (an ImportError, a crash); held, it is raised after."""
+    extension's import, the interrupt broke it (an ImportError, a crash); held (recorded by a handler, so
+    whichever thread the signal reaches), it is raised once they have loaded."""
     import signal
+    import threading
 
-    held = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
-    try:
+    if threading.current_thread() is not threading.main_thread():  # (handlers are set in the main thread only)
         return build_parser()
+    caught: list[int] = []
+    names = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
+                for number in names if signal.getsignal(number) is not signal.SIG_IGN}
+    try:
+        parser = build_parser()
     finally:
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held signal is raised from here on
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)  # (None: set in C)
+    if caught:
+        raise KeyboardInterrupt
+    return parser
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
