@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 a user-facing error, printed as one ``error: …`` line; 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -620,41 +621,43 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; SIGTERM (``timeout``, a CI cancel, ``docker stop``) ends it as Ctrl-C does,
-    through the same clean-up, so no temporary file or partial output is left."""
-    import signal
+    """Run one command; SIGTERM (``timeout``, a CI cancel, ``docker stop``) and SIGHUP (a closed terminal) end
+    it as Ctrl-C does, through the same clean-up, so no temporary file or partial output is left."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return _main(argv)
-    stops = [number for number in (signal.SIGTERM, getattr(signal, "SIGHUP", None))  # (a closed terminal)
-             if number is not None and signal.getsignal(number) is not signal.SIG_IGN]  # (nohup: stays ignored)
-    previous = {number: signal.signal(number, _raise_interrupt) for number in stops}  # first: loading counts too
-    try:
+    with _signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
         return _main(argv)
+
+
+@contextlib.contextmanager
+def _signal_handlers(names: Sequence[str], handler):
+    """``handler`` for the named signals this platform has and the process does not ignore (under nohup
+    SIGHUP stays ignored), inside; the previous handlers after."""
+    import signal
+
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {number: signal.signal(number, handler) for number in numbers
+                if signal.getsignal(number) is not signal.SIG_IGN}
+    try:
+        yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)  # (None: set in C)
+        for number, old in previous.items():
+            signal.signal(number, old if old is not None else signal.SIG_DFL)  # (None: set in C)
 
 
 def _loaded_parser() -> argparse.ArgumentParser:
     """:func:`build_parser` with Ctrl-C, SIGTERM and SIGHUP held while the modules load: raised inside a C
     extension's import, the interrupt broke it (an ImportError, a crash); held (recorded by a handler, so
     whichever thread the signal reaches), it is raised once they have loaded."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # (handlers are set in the main thread only)
         return build_parser()
     caught: list[int] = []
-    names = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
-                for number in names if signal.getsignal(number) is not signal.SIG_IGN}
-    try:
+    with _signal_handlers(("SIGINT", "SIGTERM", "SIGHUP"), lambda signum, frame: caught.append(signum)):
         parser = build_parser()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)  # (None: set in C)
     if caught:
         raise KeyboardInterrupt
     return parser

@@ -305,9 +305,10 @@ def image_files(folder: PathLike) -> list[Path]:
     files = sorted(p for p in root.iterdir()
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
-        nested = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        unread, formats = _unread_images(root)
-        broken = _broken_image_names(root)
+        entries = list(root.iterdir())
+        nested = any(p.is_dir() and not p.name.startswith(".") for p in entries)
+        unread, formats = _unread_images(entries)
+        broken = _broken_image_names(entries)
         raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
                              + (f"its {_count(len(broken), 'entry', 'entries')} named like images "
                                 f"('{broken[0].name}') "
@@ -320,10 +321,10 @@ def image_files(folder: PathLike) -> list[Path]:
     return files
 
 
-def _broken_image_names(root: Path) -> list[Path]:
-    """Visible entries of ``root`` named like images that are no file: a link to nothing (or to itself), a
-    folder, a link to a folder."""
-    return sorted(p for p in root.iterdir()
+def _broken_image_names(entries: Sequence[Path]) -> list[Path]:
+    """The visible ``entries`` of a folder named like images that are no file: a link to nothing (or to
+    itself), a folder, a link to a folder."""
+    return sorted(p for p in entries
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_file())
 
 
@@ -335,9 +336,10 @@ def _count(number: int, one: str, many: str = "") -> str:
 def _left_out_entries(root: Path) -> str:
     """``; … left out`` for what an image folder holds beside the images read (other formats, entries
     named like images that are no file, subfolders), or ``""``."""
-    others, formats = _unread_images(root)
-    broken = _broken_image_names(root)
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in broken]
+    entries = list(root.iterdir())  # (listed once: a folder of many images)
+    others, formats = _unread_images(entries)
+    broken = _broken_image_names(entries)
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".") and p not in broken]
     parts = [f"{others} images in other formats left out ({formats}: only {'/'.join(IMAGE_SUFFIXES)} are read)"
              if others else "",
              f"{_count(len(broken), 'entry', 'entries')} named like images left out: links to no file, or folders "
@@ -819,10 +821,10 @@ OTHER_IMAGE_SUFFIXES = (".tif", ".tiff", ".webp", ".gif", ".jfif", ".jpe", ".ppm
                         ".jp2", ".ico", ".tga")
 
 
-def _unread_images(root: Path) -> tuple[int, str]:
-    """How many visible files of an image folder are in image formats onnx-alds does not read, and those
-    formats (".tif, .webp")."""
-    unread = [p for p in root.iterdir()
+def _unread_images(entries: Sequence[Path]) -> tuple[int, str]:
+    """How many visible files among an image folder's ``entries`` are in image formats onnx-alds does not
+    read, and those formats (".tif, .webp")."""
+    unread = [p for p in entries
               if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
     return len(unread), ", ".join(sorted({p.suffix.lower() for p in unread}))
 
