@@ -1072,6 +1072,7 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
 
 
 CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by distill
+CALIBRATION_SAMPLES_KEY = "onnx_alds.calibration_samples"  # its first samples' digests, read by validate, distill
 EARLIER_STEPS_KEY = "onnx_alds.earlier_steps"  # the method and target of each earlier onnx-alds step, first first
 
 
@@ -1079,12 +1080,14 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
                      seed: int, calibration=None) -> None:
     """Write how ``new_model`` was made into its ``metadata_props`` (version, method, budget, seed), the
     digest of the weights it replaced (:func:`onnx_alds.rewrite.replaced_digest`) and of the ``calibration``
-    set it was fitted to (:func:`onnx_alds.plan.calibration_digest`), both read by distill. A model that
+    set it was fitted to (:func:`onnx_alds.plan.calibration_digest`, and its samples':
+    :func:`onnx_alds.plan.sample_digests`), read by validate and distill. A model that
     onnx-alds compressed before keeps the method and target of each earlier step (``EARLIER_STEPS_KEY``):
     the target of this step is a fraction of its input, not of the first original."""
-    from .plan import calibration_digest
+    from .plan import SAMPLE_DIGESTS_KEPT, calibration_digest, sample_digests
 
     digest = calibration_digest(calibration) if calibration is not None else None
+    samples = "".join(sample_digests(calibration, SAMPLE_DIGESTS_KEPT)) if digest else ""
     before = {entry.key: entry.value for entry in prepared.original.metadata_props}
     earlier = "; ".join(step for step in (before.get(EARLIER_STEPS_KEY), " ".join(
         before[key] for key in ("onnx_alds.method", "onnx_alds.target") if key in before)
@@ -1092,7 +1095,7 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
     kept = [entry for entry in new_model.metadata_props if not entry.key.startswith("onnx_alds.")]
     del new_model.metadata_props[:]  # the earlier step's keys describe it, not this model: summed up above
     new_model.metadata_props.extend(kept)
-    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest} if digest else {})
+    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest, CALIBRATION_SAMPLES_KEY: samples} if digest else {})
                    | ({EARLIER_STEPS_KEY: earlier} if earlier else {}) | {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,

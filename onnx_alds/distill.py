@@ -1533,12 +1533,12 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     student_model = load_model(compressed)
     inputs = conform_inputs(teacher_model, inputs, "training")
     _check_interfaces(teacher_model, student_model, inputs)
-    in_sample = _calibrated_on(student_model, inputs if held_out_inputs is None else held_out_inputs)
     if held_out_inputs is None:
         inputs, held_out_inputs = split_inputs(inputs, settings.held_out, settings.seed)
     else:
         held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
         _check_interfaces(teacher_model, student_model, held_out_inputs)
+    in_sample = _calibrated_on(student_model, held_out_inputs)
     found = factor_tensors(teacher_model, student_model)
     if not found.factors:
         raise UnsupportedModelError(
@@ -1848,20 +1848,21 @@ def _student_session(model: onnx.ModelProto):
     return make_session(model, "cpu", spinning=False)
 
 
-def _calibrated_on(compressed: onnx.ModelProto, held_out_from) -> Optional[str]:
-    """A note when the samples the held-out figures come from are the compressed model's own calibration
-    set (the digest ``compress`` wrote into its metadata): the model was fitted to them, so the held-out
-    figures are in-sample and the training may find little to improve."""
-    from .api import CALIBRATION_DIGEST_KEY
-    from .plan import calibration_digest
+def _calibrated_on(compressed: onnx.ModelProto, held_out: InputSet) -> Optional[str]:
+    """A note when the held-out samples are, or hold some of, the samples the compressed model was calibrated
+    on (the digests ``compress`` wrote into its metadata: :func:`onnx_alds.plan.calibration_overlap`): the
+    model was fitted to them, so the held-out figures are in-sample, or partly."""
+    from .plan import calibration_overlap
 
-    written = {entry.key: entry.value for entry in compressed.metadata_props}.get(CALIBRATION_DIGEST_KEY)
-    if not written or calibration_digest(held_out_from) != written:
+    overlap = calibration_overlap(compressed, held_out)
+    if overlap is None or not overlap[0]:
         return None
-    return ("the held-out samples come from the inputs the compressed model was calibrated on (the same arrays): "
-            "it was fitted to them, so the held-out figures are in-sample, optimistic, and the training may find "
-            "little to improve; give inputs the compression did not see, or use compress --distill (which "
-            "calibrates on the training part only)")
+    seen, total = overlap
+    return (("the held-out samples are" if seen == total else f"{seen} of the {total} held-out samples are")
+            + " among the inputs the compressed model was calibrated on (the same arrays): it was fitted to them, "
+            "so the held-out figures are in-sample, optimistic, and the training may find little to improve; give "
+            "inputs the compression did not see, or use compress --distill (which calibrates on the training part "
+            "only)")
 
 
 def _adds_views(settings: DistillSettings, augmenter: Augmenter) -> bool:

@@ -625,6 +625,49 @@ def calibration_digest(calibration) -> Optional[str]:
     return digest.hexdigest()
 
 
+SAMPLE_DIGEST_CHARS = 12  # hex digits of SHA-256 kept per sample: 48 bits, no chance match among thousands
+SAMPLE_DIGESTS_KEPT = 4096  # calibration samples whose digests a compressed model keeps (the first ones)
+
+
+def sample_digests(inputs, limit: Optional[int] = None) -> list[str]:
+    """One short digest per sample of an :class:`~onnx_alds.inputs.InputSet` (the first ``limit``): SHA-256
+    of that sample's row of every input (name, type, shape and values, in name order), its first
+    ``SAMPLE_DIGEST_CHARS`` hex digits. A compressed model keeps its calibration samples' digests, so that
+    validation or distillation on some of the same samples is noticed (:func:`calibration_overlap`)."""
+    import hashlib
+
+    arrays = getattr(inputs, "arrays", None)
+    if not arrays:
+        return []
+    count = len(next(iter(arrays.values())))
+    digests = []
+    for index in range(count if limit is None else min(count, limit)):
+        digest = hashlib.sha256()
+        for name in sorted(arrays):
+            row = np.ascontiguousarray(arrays[name][index])
+            digest.update(f"{name}|{row.dtype.str}|{row.shape}|".encode())
+            digest.update(row.data)
+        digests.append(digest.hexdigest()[:SAMPLE_DIGEST_CHARS])
+    return digests
+
+
+def calibration_overlap(model: onnx.ModelProto, inputs) -> Optional[tuple[int, int]]:
+    """``(in_calibration, total)``: how many of the samples of ``inputs`` are samples ``model`` was calibrated
+    on (the digests compress wrote into its metadata: the whole set's, and the first
+    ``SAMPLE_DIGESTS_KEPT`` samples'); None when ``model`` keeps no calibration digest."""
+    from .api import CALIBRATION_DIGEST_KEY, CALIBRATION_SAMPLES_KEY
+
+    props = {entry.key: entry.value for entry in model.metadata_props}
+    total = len(inputs)
+    if calibration_digest(inputs) == props.get(CALIBRATION_DIGEST_KEY, ""):
+        return total, total
+    kept = props.get(CALIBRATION_SAMPLES_KEY)
+    if not kept:
+        return None if CALIBRATION_DIGEST_KEY not in props else (0, total)
+    calibrated = {kept[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(kept), SAMPLE_DIGEST_CHARS)}
+    return sum(digest in calibrated for digest in sample_digests(inputs)), total
+
+
 def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
     """The input shapes a plan is made (and applied) at: resolved as compress resolves them, or, where dims
     stay dynamic (compress then runs without counting MACs), the declared dims with the dynamic ones by

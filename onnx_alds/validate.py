@@ -920,13 +920,13 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         raise InputDataError(f"--min-nn-agreement needs at least {MIN_NN_SAMPLES} samples, got {len(inputs)}; "
                              "give more inputs")
     _check_declared_label_range(original_model, inputs.labels, output_kinds)
-    in_sample = _calibrated_on(compressed_model, inputs)
     batch, usable, notes = effective_batch_size(original_model, batch_size, len(inputs))
     if usable < len(inputs):
         inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
-    elif in_sample:
+    in_sample = _calibrated_on(compressed_model, inputs)
+    if in_sample:
         notes.append(in_sample)
     randoms = random_nodes(original_model)
     if randoms:
@@ -1021,17 +1021,24 @@ CALIBRATION_FALLBACK = "the calibration inputs"  # compress --validate without v
 
 
 def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[str]:
-    """A note when ``inputs`` are the arrays ``compressed`` was calibrated on (the digest compress wrote into
-    its metadata): its factors were fitted to them, so the figures are in-sample."""
-    from .api import CALIBRATION_DIGEST_KEY
-    from .plan import calibration_digest
+    """A note when ``inputs`` are, or hold some of, the samples ``compressed`` was calibrated on (the digests
+    compress wrote into its metadata: :func:`onnx_alds.plan.calibration_overlap`): its factors were fitted
+    to them, so the figures are in-sample, or partly."""
+    from .plan import calibration_overlap
 
-    written = {entry.key: entry.value for entry in compressed.metadata_props}.get(CALIBRATION_DIGEST_KEY)
-    if not written or inputs.source.startswith(CALIBRATION_FALLBACK) or calibration_digest(inputs) != written:
+    if inputs.source.startswith(CALIBRATION_FALLBACK):  # compress --validate says so in the source
         return None
-    return ("the validation inputs are the ones the compressed model was calibrated on (the same arrays): its "
-            "factors were fitted to them, so the figures are in-sample and optimistic; validate on inputs the "
-            "compression did not see")
+    overlap = calibration_overlap(compressed, inputs)
+    if overlap is None or not overlap[0]:
+        return None
+    seen, total = overlap
+    if seen == total:
+        return ("the validation inputs are the ones the compressed model was calibrated on (the same arrays): its "
+                "factors were fitted to them, so the figures are in-sample and optimistic; validate on inputs the "
+                "compression did not see")
+    return (f"{seen} of the {total} validation samples are ones the compressed model was calibrated on (the same "
+            "arrays): its factors were fitted to them, so the figures are partly in-sample and optimistic; "
+            "validate on inputs the compression did not see")
 
 
 def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:
@@ -1344,7 +1351,10 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
     from .model_io import parse_input_shapes
 
     original_model = load_model(original)
-    inputs = inputs_from_args(original_model, args, "validate-", required=False)
+    seed = getattr(args, "seed", None) or 0
+    if getattr(args, "calibration_random", None) is not None:  # the same seed would draw the calibration samples
+        seed = (seed + 1) % 2**32
+    inputs = inputs_from_args(original_model, args, "validate-", required=False, seed=seed)
     if inputs is None:
         inputs = inputs_from_args(original_model, args, "calibration-", required=False)
         if inputs is not None:
