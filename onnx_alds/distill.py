@@ -92,11 +92,36 @@ def _torch_dtype(torch, onnx_type: int):
     return getattr(torch, name)
 
 
+_WIDER_INTEGERS = {"int4": np.int8, "uint4": np.uint8, "int2": np.int8, "uint2": np.uint8}
+
+
 def _to_tensor(torch, array: np.ndarray):
+    """``array`` as a torch tensor of its own values. numpy types torch does not read (onnx's ml_dtypes:
+    bfloat16, float8, int4, float4) become the torch type of that name where there is one, else a wider one
+    that holds every value exactly (int4 in int8, float4 in float32): the ops such constants feed (Cast,
+    Reshape, Transpose) give the same values."""
     array = np.asarray(array)
     if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
         array = array.astype(np.int64)
+    if type(array.dtype).__module__.startswith("ml_dtypes") or array.dtype.type.__module__.startswith("ml_dtypes"):
+        name = array.dtype.name
+        if name in _WIDER_INTEGERS:
+            return torch.from_numpy(array.astype(_WIDER_INTEGERS[name]))
+        wide = torch.from_numpy(array.astype(np.float32))
+        held = getattr(torch, name, None)
+        if isinstance(held, torch.dtype) and held.is_floating_point:
+            try:
+                return wide.to(held)
+            except (RuntimeError, TypeError):
+                pass
+        return wide
     return torch.from_numpy(np.array(array, copy=True))
+
+
+def _loss_precision(torch, x):
+    """``x`` in float32 where it is a half type: a float16 output's squared error over its variance overflows
+    float16 (65504) when the variance is small, and the gradients became inf (nothing trained)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class _Node:
@@ -1640,9 +1665,11 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
                 target = dict(zip(outputs + points, teacher.run(outputs + points, batch)))
             result = student({k: torch.from_numpy(v) for k, v in batch.items()}, outputs + points)
             mse = torch.nn.functional.mse_loss
-            loss = sum(mse(result[o], torch.from_numpy(target[o])) / scales[o] for o in outputs) / len(outputs)
+            loss = sum(mse(_loss_precision(torch, result[o]), _loss_precision(torch, torch.from_numpy(target[o])))
+                       / scales[o] for o in outputs) / len(outputs)
             if points:
-                inner = sum(mse(result[p], torch.from_numpy(target[p])) / scales[p] for p in points)
+                inner = sum(mse(_loss_precision(torch, result[p]), _loss_precision(torch, torch.from_numpy(target[p])))
+                            / scales[p] for p in points)
                 loss = loss + settings.intermediate_weight * inner / len(points)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -295,19 +295,23 @@ def _evaluate_chain(model: onnx.ModelProto, chain: Sequence[onnx.NodeProto],
 
 def evaluate_constant_graph(probe: onnx.ModelProto) -> Optional[np.ndarray]:
     """The first output of ``probe``, a model with no inputs (a constant chain), or None where it cannot be
-    evaluated. onnx's reference evaluator first; ONNX Runtime where the evaluator lacks the op at the model's
-    opset (it has ``DequantizeLinear`` from opset 19 only, for one)."""
+    evaluated. ONNX Runtime first: the values the model computes where it is run (onnx's reference evaluator
+    differs on some casts: float to int4 truncates and saturates there, ONNX Runtime rounds and wraps); the
+    reference evaluator where ONNX Runtime is not installed or lacks a kernel (bfloat16 arithmetic on the
+    CPU, for one)."""
     from onnx.reference import ReferenceEvaluator
 
     try:
-        return np.asarray(ReferenceEvaluator(probe).run(None, {})[0])
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # a chain ONNX Runtime cannot run is evaluated below
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {})[0])
     except Exception:
         pass
     try:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        return np.asarray(session.run(None, {})[0])
+        return np.asarray(ReferenceEvaluator(probe).run(None, {})[0])
     except Exception:
         return None
 

@@ -427,6 +427,45 @@ def _mlp(half_output: bool = False) -> onnx.ModelProto:
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])], [out], inits)
 
 
+@pytest.mark.parametrize("stored", [TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.INT4])
+def test_frozen_constants_of_types_numpy_holds_only_through_ml_dtypes_are_read(torch, stored):
+    """A mixed-precision export stores a frozen weight as bfloat16 (or float8, int4) and casts it to float:
+    torch.from_numpy refused the array (a TypeError traceback)."""
+    from onnx.helper import make_tensor
+
+    from onnx_alds.distill import distill
+
+    model = _mlp()
+    values = np.clip(np.round(np.random.default_rng(3).standard_normal(16) * 2), -4, 4).astype(np.float32)
+    model.graph.initializer.append(make_tensor("b_low", stored, [16], values.tolist()))
+    model.graph.node.append(helper.make_node("Cast", ["b_low"], ["b"], to=TensorProto.FLOAT))
+    model.graph.node.append(helper.make_node("Add", ["y", "b"], ["z"]))
+    model.graph.output[0].name = "z"
+    model.opset_import[0].version = 21
+    model.ir_version = 10
+    rng = np.random.default_rng(1)
+    inputs = InputSet({"x": rng.standard_normal((40, 32)).astype(np.float32)}, source="samples")
+    compressed = compress(model, keep_params=0.5, rank_multiple=1).model
+    result = distill(model, compressed, inputs, steps=3, augment=False, progress=False)
+    assert result.report.steps == 3
+
+
+def test_a_float16_output_of_small_spread_still_trains(torch):
+    """Outputs cast to float16 with a spread below 1/65504: the squared error over the output's variance was
+    computed in float16 and overflowed, the gradients were inf and nothing trained (best step 0, the
+    factors written back unchanged)."""
+    from onnx_alds.distill import distill
+
+    model = _mlp(half_output=True)
+    for tensor in model.graph.initializer:  # outputs of about 1e-3: variance about 1e-6
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) / 30, tensor.name))
+    rng = np.random.default_rng(2)
+    inputs = InputSet({"x": rng.standard_normal((64, 32)).astype(np.float32)}, source="samples")
+    compressed = compress(model, keep_params=0.5, rank_multiple=1).model
+    report = distill(model, compressed, inputs, steps=30, augment=False, progress=False).report
+    assert report.best_step > 0 and report.loss_after < report.loss_before
+
+
 def test_verification_tolerance_follows_the_output_dtype(torch):
     """A float16 output rounds to 4.9e-4 of its scale: one rounding flip between ONNX Runtime and torch
     failed the 1e-4 tolerance ('disagree on output y16'), at random, before or after training."""
