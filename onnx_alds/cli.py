@@ -6,7 +6,6 @@ Exit codes: 0 done; 1 a user-facing error, printed as one ``error: …`` line; 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -334,7 +333,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_output_path(output, protect=[args.model])
     if args.report:
-        check_output_path(Path(args.report), protect=[args.model, args.output])
+        check_output_path(Path(args.report), protect=[args.model, args.output], flag="--report")
     # light: the weights stay in their files, read one layer at a time, and the output is written
     # tensor by tensor (docs/LARGE_MODELS.md); the model is opened once, here
     model = open_model(args.model)
@@ -448,7 +447,7 @@ def write_together(save_output: Callable[[], Any], output: Path, report, report_
     temporary file."""
     import os
 
-    from .model_io import unused_name
+    from .model_io import replace_keeping_mode, unused_name
 
     written = [] if written is None else written
     if not report_path:
@@ -467,7 +466,7 @@ def write_together(save_output: Callable[[], Any], output: Path, report, report_
             raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
         save_output()
         written.append(str(output))
-        os.replace(pending, target)
+        replace_keeping_mode(Path(pending), target)
         written.append(str(report_path))
     finally:
         if os.path.exists(pending):
@@ -537,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
+_EXAMPLE_NAMES = {"output": "model.small.onnx", "report": "report.json", "json": "figures.json",
+                  "distill_report": "distill.json"}
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
@@ -574,9 +575,16 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     seen: dict[Path, str] = {}
     for key, value in outputs.items():
         flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
-        if resolved in seen:
-            raise OutputPathError(f"{flag} '{value}' is also the {seen[resolved]} file; give each output its own path")
-        seen[resolved] = flag
+        if str(value).endswith(("/", os.sep)):  # Path() drops the slash: a file would be written under the name
+            raise OutputPathError(f"{flag} '{value}' ends with '{value[-1]}', a folder; give a file path "
+                                  f"(such as {str(value).rstrip('/' + os.sep) or '.'}/{_EXAMPLE_NAMES[key]})")
+        same = next((what for other, what in seen.items() if other == resolved or (
+            other.exists() and resolved.exists() and os.path.samefile(other, resolved))), None)
+        if same:
+            raise OutputPathError(f"{flag} '{value}' is also {same}; give each output its own path")
+        seen[resolved] = f"the {flag} file"
+        if key == "output":  # the weights file written beside the model when it has external data
+            seen[resolved.with_name(resolved.name + ".data")] = "the weights file of -o (its external data)"
         if resolved.parent in folders and resolved.suffix.lower() in IMAGE_SUFFIXES:
             raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
@@ -627,36 +635,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return _main(argv)
-    with _signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
+    from .signals import signal_handlers
+
+    with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
         return _main(argv)
-
-
-@contextlib.contextmanager
-def _signal_handlers(names: Sequence[str], handler):
-    """``handler`` for the named signals this platform has and the process does not ignore (under nohup
-    SIGHUP stays ignored), inside; the previous handlers after."""
-    import signal
-
-    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    previous = {number: signal.signal(number, handler) for number in numbers
-                if signal.getsignal(number) is not signal.SIG_IGN}
-    try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old if old is not None else signal.SIG_DFL)  # (None: set in C)
 
 
 def _loaded_parser() -> argparse.ArgumentParser:
     """:func:`build_parser` with Ctrl-C, SIGTERM and SIGHUP held while the modules load: raised inside a C
     extension's import, the interrupt broke it (an ImportError, a crash); held (recorded by a handler, so
     whichever thread the signal reaches), it is raised once they have loaded."""
-    import threading
+    from .signals import held_signals
 
-    if threading.current_thread() is not threading.main_thread():  # (handlers are set in the main thread only)
-        return build_parser()
-    caught: list[int] = []
-    with _signal_handlers(("SIGINT", "SIGTERM", "SIGHUP"), lambda signum, frame: caught.append(signum)):
+    with held_signals() as caught:
         parser = build_parser()
     if caught:
         raise KeyboardInterrupt
@@ -699,6 +690,14 @@ def _usable_standard_streams() -> None:
                 pass
 
 
+class _LowerCaseLevels(logging.Formatter):
+    """Log lines as the command's own lines read: ``warning: ...``, ``info: ...`` (a grep for ``warning:``
+    finds them all)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return super().formatMessage(record).replace(f"{record.levelname}: ", f"{record.levelname.lower()}: ", 1)
+
+
 def _run(args: argparse.Namespace) -> int:
     """The parsed command, with its log lines on stderr (``-v``: diagnostics too) and numeric warnings
     hidden unless ``-v``; the logging and warnings settings are the caller's again afterwards (``main``
@@ -709,7 +708,7 @@ def _run(args: argparse.Namespace) -> int:
     handler, level = None, root.level
     if not root.handlers:  # as logging.basicConfig: a process that configured its logging keeps it
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.setFormatter(_LowerCaseLevels("%(levelname)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:

@@ -2200,7 +2200,7 @@ def run_distill_command(args: argparse.Namespace) -> int:
     protect = [args.original, args.compressed]
     check_output_path(output, protect=protect)
     if args.report:
-        check_output_path(Path(args.report), protect=protect + [args.output])
+        check_output_path(Path(args.report), protect=protect + [args.output], flag="--report")
     settings = _settings_from_args(args)
     original = load_model(args.original)
     compressed = load_model(args.compressed)
@@ -2255,7 +2255,7 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
 
         from .model_io import check_output_path
 
-        check_output_path(Path(args.distill_report), protect=[original, args.output])
+        check_output_path(Path(args.distill_report), protect=[original, args.output], flag="--distill-report")
     settings = _settings_from_args(args, "distill-")
     compressed = materialize(result.model, getattr(result, "store", None))
     distilled = distill(original, compressed, train, held_out_inputs=held_out, settings=settings)

@@ -71,11 +71,29 @@ def cache_dir(explicit: Optional[os.PathLike] = None) -> Path:
         root = os.environ.get(ENV_CACHE)
         if root:  # '~' expanded: a Docker ENV or a systemd Environment= line passes it through unexpanded
             return Path(root).expanduser() / "latency"
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base).expanduser() / "onnx-alds" / "latency"
-    except RuntimeError:  # no home folder: $HOME unset and no passwd entry (docker -u, systemd DynamicUser ...)
+        xdg = os.path.expanduser(os.environ.get("XDG_CACHE_HOME", ""))
+        if os.path.isabs(xdg):  # the XDG spec: a relative value is ignored
+            return Path(xdg) / "onnx-alds" / "latency"
+        return _home() / ".cache" / "onnx-alds" / "latency"
+    except RuntimeError:  # no home folder: $HOME unset (or empty) and no passwd entry (docker -u, DynamicUser ...)
         raise InputDataError(f"the latency tables' cache needs a folder, and there is no home folder to find one "
                              f"in (or a '~user' that does not exist); set {ENV_CACHE}=/a/writable/folder") from None
+
+
+def _home() -> Path:
+    """The home folder: ``$HOME``, or where it is unset or empty (``HOME=`` reads as ``/`` in Python), the
+    user's passwd entry; RuntimeError when there is none."""
+    if os.environ.get("HOME") or os.name == "nt":  # (Windows: USERPROFILE)
+        return Path.home()
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError, OSError):
+        home = ""
+    if not os.path.isabs(home):
+        raise RuntimeError("no home folder")
+    return Path(home)
 
 
 class LatencyCache:

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import InputDataError, ModelLoadError, OutputPathError, UnsupportedModelError
+from .signals import uninterrupted
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,28 @@ def _model_path(model: Any) -> Path:
                          "onnx.ModelProto")
 
 
+def unreadable(path: Path, what: str = "file") -> Optional[str]:
+    """Why the existing file ``path`` cannot be opened for reading, as an error message with the fix (permission
+    denied, an I/O error), or None when it can."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return f"permission denied reading the {what} '{path}'; make it readable (chmod u+r) or give a readable copy"
+    except OSError as exc:
+        return f"cannot open the {what} '{path}' ({exc.strerror or exc}); check the file"
+    return None
+
+
 def _read_model_file(path: Path) -> onnx.ModelProto:
     """The model file's protobuf, external data not loaded; every way it can be wrong is one error."""
     if not path.exists():
         raise ModelLoadError(f"model file '{path}' does not exist; check the path")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder, not an ONNX model file; pass the .onnx file")
+    problem = unreadable(path, "model file")
+    if problem:
+        raise ModelLoadError(problem)
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, OSError ...
@@ -133,6 +150,9 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
         if not location.is_file():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
                                  f"(tensor '{tensor.name}'); put it next to the model in '{base}'")
+        problem = unreadable(location, f"external data file of '{path.name}'")
+        if problem:
+            raise ModelLoadError(problem)
         if info.length and location.stat().st_size < (info.offset or 0) + info.length:
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is shorter than the "
                                  f"model says (tensor '{tensor.name}'); copy the complete file next to the model")
@@ -633,6 +653,18 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
+def replace_keeping_mode(pending: Path, target: Path) -> None:
+    """Rename ``pending`` over ``target``, with the permissions ``target`` had when it exists (a file written
+    over keeps its mode, as ``cp`` keeps it: a private model stays private)."""
+    try:
+        mode = target.stat().st_mode & 0o7777 if target.is_file() else None
+    except OSError:
+        mode = None
+    if mode is not None:
+        os.chmod(pending, mode)
+    os.replace(pending, target)
+
+
 def _umask() -> int:
     """The process's file-creation mask (read by setting it, then set back)."""
     mask = os.umask(0o022)
@@ -685,7 +717,7 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
         with open(pending, "xb") as stream:  # created inside the try: an interrupt cannot leave it behind
             stream.write(data)
         os.chmod(pending, 0o666 & ~_umask())  # the user's usual mode for a new file
-        os.replace(pending, target)
+        replace_keeping_mode(pending, target)
     except OSError as exc:
         raise _naming(exc, target)
     finally:
@@ -742,6 +774,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
     made, and ``model`` is not modified.
     """
+    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash
+        raise OutputPathError(f"'{path}' ends with '{path[-1]}', a folder; give a file path for the model")
     target = Path(path)
     check_output_path(target, protect)
     if external_data is None:
@@ -770,11 +804,14 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
             if other is not None:
                 raise OutputPathError(f"the model is written with its weights in '{data_path}', which '{other}' "
                                       "reads too; choose another -o name")
-            if _write_with_external_data(model, tmp_model, data_name, store):
-                os.replace(Path(tmp_dir) / data_name, data_path)
+            wrote_data = _write_with_external_data(model, tmp_model, data_name, store)
         else:
+            wrote_data = False
             _write_one_file(model, tmp_model, store)
-        os.replace(tmp_model, target)
+        with uninterrupted():  # an interrupt between the renames left the old model reading the new weights
+            if wrote_data:
+                replace_keeping_mode(Path(tmp_dir) / data_name, data_path)
+            replace_keeping_mode(tmp_model, target)
         if stale and data_path.is_file():  # the model written over kept its weights there
             data_path.unlink()
     except OSError as exc:

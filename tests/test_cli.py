@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -819,7 +820,7 @@ def test_main_in_a_running_process_leaves_logging_and_warnings_as_they_were(cnn_
     assert list(warnings.filters) == filters and root.handlers == []
     assert main(["-v", "bench", str(cnn_path), "--runs", "1", "--warmup", "0", "--min-time", "0",
                  "--threads", "1"]) == 0
-    assert "INFO: timing 1 model(s)" in capsys.readouterr().err
+    assert "info: timing 1 model(s)" in capsys.readouterr().err
     assert list(warnings.filters) == filters and root.handlers == []
 
 
@@ -964,3 +965,135 @@ def test_stdout_on_a_full_disk_before_any_file_is_named_as_such(cnn_path, tmp_pa
     assert done.stderr.strip().splitlines()[-1] == ("error: writing the report to standard output failed (No space "
                                                     "left on device); no output was written")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_report_named_as_the_weights_file_of_the_output_is_refused_before_any_work(cnn_path, tmp_path, capsys):
+    """--report o.onnx.data with an output written with external data: the report was renamed over the
+    weights just written (exit 0, a model ONNX Runtime refuses)."""
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--keep-params", "0.9", "--rank-multiple", "1",
+                           "--report", f"{out}.data", capsys=capsys)
+    assert_one_line_error(code, err, f"--report '{out}.data' is also the weights file of -o")
+    assert not out.exists() and not (tmp_path / "o.onnx.data").exists()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--report"])
+def test_an_output_path_ending_with_a_slash_is_a_folder_not_a_file(cnn_path, tmp_path, capsys, flag):
+    """-o newdir/ wrote a file 'newdir' (Path() drops the slash), and -o old.onnx/ overwrote old.onnx."""
+    from onnx_alds.errors import OutputPathError
+    from onnx_alds.model_io import save_model
+
+    old = tmp_path / "old.onnx"
+    old.write_bytes(b"keep")
+    paths = {"-o": tmp_path / "o.onnx", "--report": tmp_path / "r.json"}
+    paths[flag] = f"{old}/"
+    code, _, err = run_cli("compress", cnn_path, "-o", paths["-o"], "--report", paths["--report"], "--keep-params",
+                           "0.9", "--rank-multiple", "1", capsys=capsys)
+    assert_one_line_error(code, err, f"{flag} '{old}/' ends with '/', a folder; give a file path")
+    assert old.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "old.onnx"]
+    with pytest.raises(OutputPathError, match="ends with '/'"):
+        save_model(onnx.load(str(cnn_path)), f"{tmp_path}/new/")
+    assert not (tmp_path / "new").exists()
+
+
+def test_hard_linked_outputs_are_named_as_the_same_file(cnn_path, tmp_path, capsys):
+    """-o and --report hard links of one file: refused as "-o 'r.json' is one of the inputs ('o.onnx')"."""
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    os.link(report, tmp_path / "o.onnx")
+    code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--report", report, "--keep-params",
+                           "0.9", "--rank-multiple", "1", capsys=capsys)
+    assert_one_line_error(code, err, f"--report '{report}' is also the -o file")
+
+
+def test_a_file_written_over_keeps_its_permissions(cnn_path, tmp_path, capsys):
+    """An output or report made private (chmod 600) became 644 when a run wrote over it (a new file renamed
+    into place), unlike cp or sed -i."""
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    for path in (out, report):
+        path.write_bytes(b"old")
+        path.chmod(0o600)
+    code, _, _ = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
+                         "--rank-multiple", "1", capsys=capsys)
+    assert code == 0 and out.read_bytes() != b"old"
+    assert (out.stat().st_mode & 0o777, report.stat().st_mode & 0o777) == (0o600, 0o600)
+
+
+def test_unreadable_inputs_are_named_as_unreadable(cnn_path, tmp_path, capsys, monkeypatch):
+    """A model, data file or .npz the user may not read was called truncated or not ONNX ("export it again"),
+    "SystemError : 13", or not an .npz ("save it with numpy.savez"); an .npz through a pipe the same."""
+    import builtins
+
+    from onnx_alds.errors import InputDataError, ModelLoadError
+    from onnx_alds.inputs import load_inputs
+    from onnx_alds.model_io import load_model
+
+    model = onnx.load(str(cnn_path))
+    real_open = builtins.open
+    denied = {str(cnn_path)}
+
+    def guarded_open(file, *args, **kwargs):
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    with pytest.raises(ModelLoadError, match=r"permission denied reading the model file .*; make it readable"):
+        load_model(cnn_path)
+    external = tmp_path / "ext.onnx"
+    onnx.save(model, str(external), save_as_external_data=True, location="ext.data", size_threshold=0)
+    denied = {str(tmp_path / "ext.data")}
+    with pytest.raises(ModelLoadError, match=r"permission denied reading the external data file of 'ext.onnx'"):
+        load_model(external)
+    monkeypatch.setattr(builtins, "open", real_open)
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(InputDataError, match=r"is a pipe or device, not a file .*save it to a file"):
+        load_inputs(model, npz=fifo)
+
+
+def test_an_interrupt_between_the_model_and_weights_renames_waits_for_both(tmp_path, monkeypatch):
+    """save_model with external data renames '<out>.data' into place, then '<out>': SIGTERM between the two
+    left the earlier '<out>' reading the new weights (a model ONNX Runtime refuses), while the CLI said no
+    output was written."""
+    import signal
+
+    import onnx_alds.model_io as model_io
+    from conftest import small_cnn
+
+    out = tmp_path / "o.onnx"
+    model_io.save_model(small_cnn(width=8), out, external_data=True)
+    real_replace, renamed = os.replace, []
+
+    def replace_then_signal(source, target):
+        real_replace(source, target)
+        renamed.append(Path(target).name)
+        if len(renamed) == 1:  # the weights have landed, the model not yet
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    monkeypatch.setattr(model_io.os, "replace", replace_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model_io.save_model(small_cnn(width=16), out, external_data=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert renamed == ["o.onnx.data", "o.onnx"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # the new model, whole
+    assert session.get_inputs()[0].name == small_cnn(width=16).graph.input[0].name
+
+
+def test_log_lines_read_as_the_commands_own_lines(cnn_path, tmp_path, capsys, monkeypatch):
+    """An unwritable latency cache was said as "WARNING: latency cache not written" while every other line
+    says "warning:": a grep for "warning:" missed it."""
+    import logging
+
+    from onnx_alds.cli import _LowerCaseLevels
+
+    record = logging.LogRecord("onnx_alds.latency", logging.WARNING, __file__, 1, "latency cache not written", (), None)
+    assert _LowerCaseLevels("%(levelname)s: %(message)s").format(record) == "warning: latency cache not written"

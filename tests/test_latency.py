@@ -470,6 +470,25 @@ def test_a_cache_path_with_a_tilde_is_expanded(monkeypatch, tmp_path):
     assert cache_dir("~/mine") == Path(tmp_path / "mine")
 
 
+def test_an_empty_home_or_a_relative_xdg_cache_home_is_no_cache_folder(monkeypatch, tmp_path):
+    """HOME= (empty) put the cache in /.cache at the file system's root (Python reads it as '/'); a relative
+    XDG_CACHE_HOME was used as it was (the XDG spec says to ignore it): a cache below the working folder."""
+    import os
+    import pwd
+    from pathlib import Path
+
+    from onnx_alds.latency import cache_dir
+
+    monkeypatch.delenv("ONNX_ALDS_CACHE", raising=False)
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    passwd_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert cache_dir() == passwd_home / ".cache" / "onnx-alds" / "latency"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cache_dir() == tmp_path / ".cache" / "onnx-alds" / "latency"
+
+
 def test_a_cache_folder_fixed_while_the_process_runs_is_written_again(tmp_path):
     """One failed write made the process skip the cache folder for good: every later run measured again."""
     (tmp_path / "cache").write_text("not a folder")

@@ -1,0 +1,49 @@
+"""Signal handling shared by the CLI and the writers: handlers set for a block, and signals held across
+steps that must not be split (the model file and its weights file renamed into place)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator, Sequence
+
+INTERRUPTS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, timeout / CI cancel / docker stop, a closed terminal
+
+
+@contextlib.contextmanager
+def signal_handlers(names: Sequence[str], handler: Callable) -> Iterator[None]:
+    """``handler`` for the named signals this platform has and the process does not ignore (under nohup
+    SIGHUP stays ignored), inside; the previous handlers after. Main thread only (Python sets handlers
+    there)."""
+    numbers = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {number: signal.signal(number, handler) for number in numbers
+                if signal.getsignal(number) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old if old is not None else signal.SIG_DFL)  # (None: set in C)
+
+
+@contextlib.contextmanager
+def held_signals(names: Sequence[str] = INTERRUPTS) -> Iterator[list[int]]:
+    """Inside, the named signals are recorded (whichever thread the operating system hands them to, Python
+    runs handlers in the main thread), not acted on; yields the list they are recorded in. Outside the main
+    thread nothing can be held, and nothing is."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    with signal_handlers(names, lambda signum, frame: caught.append(signum)):
+        yield caught
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Inside, Ctrl-C, SIGTERM and SIGHUP wait: the first that arrived is delivered (to the handler there was
+    before) when the block ends, so the block runs whole or, when it raises, as far as it got."""
+    with held_signals() as caught:
+        yield
+    if caught:
+        signal.raise_signal(caught[0])
