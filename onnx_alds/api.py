@@ -26,11 +26,11 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
 from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
-from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
+from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, folded_weight, is_counted_node, is_layer_node, is_standard, iter_graphs,
-                     iter_total_params, literal_where_named, node_macs, unchanged_ops_note, weight_constants,
-                     widened_weights, with_order)
+                     find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
+                     iter_graphs, iter_total_params, literal_where_named, node_macs, unchanged_ops_note,
+                     weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -188,7 +188,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     einsums = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                if node.op_type == "Einsum" and any(name in constants for name in node.input)]
     if einsums:
-        notes.append(f"{len(einsums)} Einsum nodes with a constant operand (first: '{einsums[0].name}') are left as "
+        notes.append(f"{len(einsums)} {EINSUM_NOTE} (first: '{einsums[0].name}') are left as "
                      "they are (Einsum is not factorized): their weights count in the totals, their MACs do not")
     recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                  if node.op_type in ("LSTM", "GRU", "RNN")]
@@ -198,7 +198,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                      "ConvTranspose, Gemm and MatMul)")
     macs_total: Optional[int] = None
     if resolved is not None:
-        per_node = [node_macs(node, shapes) for node in layer_ops]
+        producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}
+        per_node = [0 if is_constant_product(node, producers, constants) else node_macs(node, shapes)
+                    for node in layer_ops]  # (a product of constants runs once, when ONNX Runtime loads the model)
         unknown = [node for node, macs in zip(layer_ops, per_node) if macs is None]
         if unknown:
             message = _unsized_message(proto, unknown, need_macs)
@@ -575,10 +577,14 @@ class _Planned:
 
 
 def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unchanged_ops: str = "",
-                        dead: Sequence[str] = ()) -> str:
+                        dead: Sequence[str] = (), notes: Sequence[str] = ()) -> str:
     """The message for a model none of whose Conv/Gemm/MatMul nodes can be changed, with the reasons
     (``unchanged_ops``: the quantized or fused layers, :func:`onnx_alds.layers.unchanged_ops_note`;
-    ``dead``: the nodes left out as reaching no graph output)."""
+    ``dead``: the nodes left out as reaching no graph output; ``notes``: the model's notes, whose Einsum
+    note is the reason when there is no layer)."""
+    einsum = next((note for note in notes if EINSUM_NOTE in note), None)
+    if einsum and not layers:  # a model whose linear layers are all Einsum nodes
+        return f"nothing to compress: no Conv/Gemm/MatMul node; {einsum}"
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
     if dead and not layers:
         return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} nodes reach "
@@ -677,7 +683,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     chosen = [layer for layer in layers if layer.compressible]
     if not chosen:
         raise UnsupportedModelError(nothing_to_compress(layers, unchanged_ops=prepared.unchanged_ops,
-                                                        dead=prepared.dead))
+                                                        dead=prepared.dead, notes=prepared.notes))
     if decisions is not None:  # each layer in the plan's order
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
@@ -1071,6 +1077,7 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
                 node.name = prepared.generated_names[node.name]
 
 
+EINSUM_NOTE = "Einsum nodes with a constant operand"  # in the note, and quoted by the error for Einsums only
 CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by distill
 CALIBRATION_SAMPLES_KEY = "onnx_alds.calibration_samples"  # its first samples' digests, read by validate, distill
 EARLIER_STEPS_KEY = "onnx_alds.earlier_steps"  # the method and target of each earlier onnx-alds step, first first
@@ -1276,16 +1283,22 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
                  for output in node.output}
     counted = (list({chain_source(layer.weight, producers): layer for layer in skipped}.values())
                if target == "params" else skipped)
-    held = sum(layer.params if target == "params" else (layer.macs or 0) for layer in counted)
+
+    def cost(layer: Layer) -> float:
+        return layer.params if target == "params" else (layer.macs or 0)
+
+    counted = [layer for layer in counted if cost(layer) > 0]  # (a product of constants runs no MACs)
+    held = sum(cost(layer) for layer in counted)
     why = ""
-    if skipped and held:
+    if counted and held:
         by_reason: dict[str, float] = {}  # the reasons that hold the most first
-        for layer in counted:
-            cost = layer.params if target == "params" else (layer.macs or 0)
-            by_reason[layer.skip_reason] = by_reason.get(layer.skip_reason, 0) + cost
+        for layer in counted:  # (one reason for the layers sharing a weight, whichever other reader each names)
+            reason = layer.skip_reason.split(ALSO_READ_BY)[0]
+            by_reason[reason] = by_reason.get(reason, 0) + cost(layer)
         reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
-        why = (f"; {len(skipped)} {'layer' if len(skipped) == 1 else 'layers'} left dense "
-               f"{'holds' if len(skipped) == 1 else 'hold'} {held / total:.0%} of them ({'; '.join(reasons[:2])}"
+        left = sum(1 for layer in skipped if cost(layer) > 0)
+        why = (f"; {left} {'layer' if left == 1 else 'layers'} left dense "
+               f"{'holds' if left == 1 else 'hold'} {held / total:.0%} of them ({'; '.join(reasons[:2])}"
                f"{'; ...' if len(reasons) > 2 else ''})")
     outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
     if outside > 0.05 * total:

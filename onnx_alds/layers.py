@@ -520,6 +520,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                    if model.ir_version >= 4 else set())
     ambiguous = names_defined_twice(model)
     returned = {value.name for _, graph in iter_graphs(model.graph) for value in graph.output}
+    readers: Optional[dict[str, list[onnx.NodeProto]]] = None  # built when a weight turns out shared
     layers = []
     for path, graph in iter_graphs(model.graph):
         for node in graph.node:
@@ -536,6 +537,14 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             if not layer.compressible and (not layer.params or not (layer.out_features and layer.in_channels)) \
                     and (counted := node_macs(node, shapes)):  # a product with a run-time tensor, or a batched
                 layer = replace(layer, run_macs=counted)  # weight: the node's own MACs
+            if is_constant_product(node, producers, constants):
+                layer = replace(layer, skip_reason="both operands are constants (ONNX Runtime computes the product "
+                                "once, when it loads the model): not a layer, no MACs at run time", run_macs=0,
+                                params=0)  # (its weights count where the product is read as a weight)
+            if (layer.skip_reason or "").startswith("weight is shared by"):
+                readers = readers if readers is not None else _readers(model)
+                layer = replace(layer, skip_reason=layer.skip_reason + _other_reader_text(node, layer.weight,
+                                                                                          producers, readers))
             if (layer.skip_reason or "").startswith("weight is shared") and layer.weight in returned \
                     and uses[layer.weight] == 2:  # read by this node and returned: not shared with another layer
                 layer = replace(layer, skip_reason="weight is also a graph output (the model returns it as it is)")
@@ -552,6 +561,47 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             layers.append(replace(layer, subgraph=path or None))
     check_exclude_patterns(model, exclude)
     return layers
+
+
+ALSO_READ_BY = ": also read by "  # a shared weight's reason names its other reader after this
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes (of every graph) that read each tensor name."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            for name in set(node.input):
+                if name:
+                    readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _other_reader_text(node: onnx.NodeProto, weight: str, producers: Mapping[str, onnx.NodeProto],
+                       readers: Mapping[str, list[onnx.NodeProto]]) -> str:
+    """`` (also read by Gather 'emb')``: the first node other than ``node`` that reads ``weight`` or what it is
+    computed from through Identity/Cast/Transpose/Reshape nodes (not those nodes themselves); a Gather is
+    named as a tied embedding."""
+    chain, tensor = {id(node)}, weight
+    names = [tensor]
+    for _ in range(16):
+        producer = producers.get(tensor)
+        if producer is None or producer.op_type not in FOLDABLE_OPS or not is_standard(producer) or not producer.input:
+            break
+        chain.add(id(producer))
+        tensor = producer.input[0]
+        names.append(tensor)
+    for name in names:
+        other = next((reader for reader in readers.get(name, []) if id(reader) not in chain
+                      and not (reader.op_type in FOLDABLE_OPS and reader.output and reader.output[0] in names)), None)
+        for _ in range(16):  # another chain of moves and casts: the node at its end
+            if other is None or other.op_type not in FOLDABLE_OPS or not other.output:
+                break
+            other = next(iter(readers.get(other.output[0], [])), None)
+        if other is not None:
+            tied = " (a tied embedding: the head shares the embedding table)" if other.op_type == "Gather" else ""
+            return f"{ALSO_READ_BY}{other.op_type} '{other.name or other.output[0]}'{tied}"
+    return ""
 
 
 def trained_tensors(model: onnx.ModelProto) -> set[str]:
@@ -670,6 +720,19 @@ def chain_source(name: str, producers: Mapping[str, onnx.NodeProto]) -> str:
     return name
 
 
+FOLD_HINT = ("fold the constants first (save ONNX Runtime's model optimized at level BASIC, or use onnxslim or "
+             "onnxsim), then compress")
+
+
+def is_constant_product(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
+                        constants: Mapping[str, onnx.TensorProto]) -> bool:
+    """Whether both operands of a Conv/Gemm/MatMul node are constants or computed from constants alone: the
+    node is part of a constant subgraph, which ONNX Runtime computes once when it loads the model (a weight
+    parametrized as ``U @ V``, exported without constant folding), so it is no layer and runs no MACs."""
+    operands = [name for name in node.input[:2] if name]
+    return len(operands) == 2 and all(_reads_only_constants(name, producers, constants) for name in operands)
+
+
 def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
                      constants: Mapping[str, onnx.TensorProto]) -> str:
     node = producers.get(name)
@@ -691,8 +754,7 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
                 "cannot evaluate: left as it is")
     if unfolded:
         return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "
-                "(e.g. a weight norm): fold the constants first (onnxslim, onnxsim, or an export with constant "
-                "folding), then compress")
+                f"(e.g. a weight norm): {FOLD_HINT}")
     return f"weight is not a constant (computed at run time by a {node.op_type} node)"
 
 
@@ -824,8 +886,11 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
                                   channel_multiple=channel_multiple)
         if not groups:
             reason = f"factorization would not shrink it ({f}x{c * kernel} weight)"
-    # weights: the constant's elements (a batched 3-D one included); an operand computed at run time is none
-    params = 0 if tensor is None else f * c * kernel if f and c else int(np.prod(shape, dtype=np.int64))
+    # weights: the constant's elements (a batched 3-D one included), also where constants compute it (an int8
+    # weight behind DequantizeLinear, a weight norm: as many elements, near enough); an operand computed at
+    # run time is none
+    constant = tensor is not None or (bool(shape) and _reads_only_constants(weight_name, producers, constants))
+    params = 0 if not constant else f * c * kernel if f and c else int(np.prod(shape, dtype=np.int64))
     return Layer(
         name=node.name, op=node.op_type, input=input_name, output=node.output[0], weight=weight_name,
         weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=params,

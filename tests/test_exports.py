@@ -144,6 +144,19 @@ def test_a_weight_cast_through_int4_is_folded_as_onnx_runtime_computes_it():
     np.testing.assert_allclose(run(result.model, eye)[0], best, atol=1e-4)
 
 
+def test_a_model_of_einsum_layers_only_says_so_when_nothing_is_compressed():
+    """Every linear layer an Einsum with a constant weight: the error said only "0 Conv/Gemm/MatMul nodes ... (the
+    model has no Conv, Gemm or MatMul with a weight)", though analyze named the Einsum nodes."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Einsum", ["x", "W"], ["h"], equation="bi,io->bo", name="e1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Einsum", ["r", "K"], ["y"], equation="bi,io->bo", name="e2")]
+    model = vector_model(nodes, ["W", "K"], rng)
+    with pytest.raises(UnsupportedModelError, match=r"nothing to compress: no Conv/Gemm/MatMul node; 2 Einsum nodes "
+                                                    r"with a constant operand \(first: 'e1'\)"):
+        onnx_alds.compress(model, keep_params=0.5)
+
+
 def test_quantization_annotations_of_factorized_weights_go_with_a_note():
     rng = np.random.default_rng(3)
     model = vector_model([helper.make_node("MatMul", ["x", "W"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
@@ -488,6 +501,8 @@ def test_quantized_weight_is_left_dense_with_the_real_reason():
     rows = {row.name: row for row in result.report.layers}
     assert "DequantizeLinear" in rows["conv"].skip_reason and "quantiz" in rows["conv"].skip_reason
     assert factorized(result) == ["fc"]
+    # its weights are the int8 tensor's (the row said 0, beside totals that count them)
+    assert rows["conv"].params_before == q.size
 
 
 def test_empty_weight_is_skipped_not_a_traceback(tmp_path):
@@ -1171,6 +1186,34 @@ def test_a_tied_head_left_dense_is_not_said_to_be_folded_for_factorization():
     rows = {row.name: row for row in report.layers}
     assert "shared" in (rows["head"].skip_reason or "")
     assert not any("folded for factorization" in note for note in report.notes)
+    # the reason names the other reader: "shared by 2 uses" alone left a user guessing why the head stayed dense
+    assert rows["head"].skip_reason.endswith(": also read by Gather 'emb' (a tied embedding: the head shares the "
+                                             "embedding table)")
+
+
+def test_a_product_of_two_constants_is_no_layer_and_runs_no_macs():
+    """W = U @ V from two initializers (a factorized parametrization exported without constant folding):
+    the constant product was a layer holding 92 % of the MACs, the whole cut went there, and ONNX Runtime
+    folds it at load time: nothing ran faster, the report claimed 0.54 of the MACs kept."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["U", "V"], ["W"], name="product"),
+             helper.make_node("MatMul", ["x", "W"], ["h"], name="use"),
+             helper.make_node("MatMul", ["h", "W3"], ["y"], name="last")]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("U", (64, 48)), ("V", (48, 96)), ("W3", (96, 64)))]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits)
+    from onnx_alds.api import analyze
+
+    report = analyze(model, input_shapes={"x": (2, 64)})
+    rows = {row.name: row for row in report.layers}
+    assert rows["product"].skip_reason.startswith("both operands are constants") and not rows["product"].macs
+    assert rows["use"].skip_reason.startswith("weight is computed from constants by MatMul nodes")
+    assert report.macs_total == 2 * 64 * 96 + 2 * 96 * 64  # the two products the model runs per call
+    result = onnx_alds.compress(model, keep_flops=0.75, input_shapes={"x": (2, 64)}, rank_multiple=1)
+    assert factorized(result) == ["last"]
 
 
 def test_classical_ml_ops_are_named_as_left_alone():
