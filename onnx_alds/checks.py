@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
                      runtime_error_text)
@@ -95,6 +95,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
                              "or export it again") from None
     if not checked:
         result.notes.append("model over 2 GB: onnx.checker skipped on the input")
+    _refuse_dilated_same_padding(model)
     from .shapes import static_copy
 
     stub = static_copy(model, {}, stub_weights=True)
@@ -366,6 +367,28 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
                 found.append(f"'{node.name or node.output[0]}' ({node.op_type}"
                              + (" in training mode)" if node.op_type == "Dropout" else ")"))
     return found
+
+
+def _refuse_dilated_same_padding(model: onnx.ModelProto) -> None:
+    """A Conv with ``auto_pad`` SAME_UPPER/SAME_LOWER and a dilation above 1 is valid ONNX that ONNX Runtime
+    never runs (its pads are computed for dilation 1 only), whatever the input shapes: refused naming the
+    node (ONNX Runtime's own error names its internal copy, or is hidden by dynamic dims). Raises
+    :class:`ModelLoadError`."""
+    from .layers import is_standard, iter_graphs
+
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type != "Conv" or not is_standard(node):
+                continue
+            attrs = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+            pad = attrs.get("auto_pad", b"NOTSET")
+            pad = pad.decode() if isinstance(pad, bytes) else str(pad)
+            dilations = list(attrs.get("dilations", []))
+            if pad in ("SAME_UPPER", "SAME_LOWER") and any(d != 1 for d in dilations):
+                raise ModelLoadError(
+                    f"Conv '{node.name or node.output[0]}' has dilations {dilations} with auto_pad {pad}, which "
+                    "ONNX Runtime does not run (it computes SAME pads for dilation 1 only); export it with explicit "
+                    "pads ((kernel - 1) · dilation per axis, split between both sides)")
 
 
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:

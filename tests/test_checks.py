@@ -319,3 +319,23 @@ def test_an_onnx_runtime_internal_op_in_the_standard_domain_is_named_as_such():
     with pytest.raises(ModelLoadError, match="'SimplifiedLayerNormalization' in the standard ai.onnx domain.*"
                                              "ORT_ENABLE_BASIC"):
         onnx_alds.compress(model, keep_params=0.6)
+
+
+@pytest.mark.parametrize("dims", [[1, 16, 40], [1, 16, "T"]], ids=["fixed", "dynamic"])
+def test_a_dilated_conv_with_same_padding_is_refused_naming_it(dims):
+    """auto_pad SAME_UPPER with dilation 2: ONNX Runtime runs it at no shape. Fixed dims: the error named
+    ONNX Runtime's internal node ('y_nchwc'); dynamic dims: a note, and a model written with exit 0."""
+    import onnx_alds
+    from conftest import make_model
+    from onnx_alds.errors import ModelLoadError
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], auto_pad="SAME_UPPER", dilations=[2], name="dilated"),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"], name="pointwise")]
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 16, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((32, 32, 1)).astype(np.float32), "w2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims[:1] + [32, dims[2]])], inits)
+    with pytest.raises(ModelLoadError, match=r"Conv 'dilated' has dilations \[2\] with auto_pad SAME_UPPER, which "
+                                             r"ONNX Runtime does not run"):
+        onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
