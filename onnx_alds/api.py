@@ -1142,13 +1142,15 @@ def _edited_plan(search: str) -> bool:
 
 
 def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, applied: bool = False,
-               from_plan: bool = False) -> tuple[Optional[str], Optional[str]]:
+               from_plan: bool = False, speed_filtered: bool = False) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
     rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
     warning, the model being cut more than asked; more than 1 % below, a note; else neither.
     ``applied``: a saved plan's edited decisions (or a plan with an edited budget) were applied, so the
     advice is about the plan;
-    ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited)."""
+    ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited);
+    ``speed_filtered``: the latency tables dropped options no faster than dense (--order auto, --speed-check),
+    which then make the steps coarse."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
     gap = keep - achieved
     if achieved > keep * OVER_BUDGET and not (applied or from_plan):
@@ -1164,6 +1166,11 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
                     "cut more than its budget; raise ranks or widths in the plan, or set entries to \"dense\""), None
         return None, (f"achieved {achieved:.4f} is more than 1 % below the plan's requested {keep:g}"
                       if gap > 0.01 * keep else None)
+    if gap > OVERSHOOT_WARNING * keep and speed_filtered:
+        return (f"achieved {achieved:.4f}, well below the requested {keep:g}: the latency tables kept only the "
+                "options measured faster than their dense layer (--order auto, --speed-check), and among them the "
+                "plan with the smallest largest error under the budget is this one; the model is cut more than "
+                "asked, so drop --order auto and --speed-check, or ask for the figure achieved knowingly"), None
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
         return (f"achieved {achieved:.4f}, well below the requested {keep:g}: with {steps} steps of {rank_multiple} "
                 "(--rank-multiple), the plan with the smallest largest error under the budget is this one (no plan "
@@ -1195,7 +1202,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction
     overshoot = None if measured is not None else \
         budget_gap(report.achieved, report.requested, report.rank_multiple, "rank",
-                   applied=_edited_plan(report.search))[0]
+                   applied=_edited_plan(report.search),
+                   speed_filtered=bool((report.latency or {}).get("slow_ranks_dropped")))[0]
     if overshoot:
         warnings.append(overshoot)
     from .latency import SETTLE_TOLERANCE

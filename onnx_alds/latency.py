@@ -579,6 +579,7 @@ class SpeedInfo:
     settle: tuple = ()  # the whole-model check's rounds (SettleRound), --keep-latency only
     settle_note: str = ""
     settle_measured: Optional[float] = None  # the measured ratio (compressed / dense) of the decisions kept
+    slow_dropped: tuple[int, int, int] = ()  # params/MACs budgets: ranks dropped as no faster than dense, of, layers
 
     def layer_times(self, name: str, groups: int, rank: int, order: Optional[str]
                     ) -> Optional[tuple[float, Optional[float], bool]]:
@@ -622,6 +623,8 @@ class SpeedInfo:
             "model_time_cached": self.stats.model_cached, "cache_dir": self.cache_dir,
             "untimed": dict(self.untimed),
         }
+        if self.slow_dropped:
+            data["slow_ranks_dropped"], data["candidate_ranks"], data["layers_with_slow_ranks"] = self.slow_dropped
         if self.settle:
             data["whole_model_check"] = [{"budget": r.budget, "predicted": r.predicted, "measured": r.measured}
                                          for r in self.settle]
@@ -982,13 +985,16 @@ def speed_step(prepared, chosen: Sequence[Layer], tables: Sequence[ErrorTable], 
                         input_shapes=options.input_shapes, with_model=latency)
     if latency:
         return tables, latency_costs(chosen, tables, info), info
-    pruned = []
+    pruned, dropped, candidates, layers_hit = [], 0, 0, 0
     for layer, table in zip(chosen, tables):
         found = info.tables.get(layer.name)
         if auto:
             table = only_order(table, faster_order(layer, table, found))
-        pruned.append(table if found is None else prune_slow(layer, table, found, speed.min_speedup))
-    return pruned, None, info
+        kept = table if found is None else prune_slow(layer, table, found, speed.min_speedup)
+        before, after = (sum(len(option.ranks) for option in t.options) for t in (table, kept))
+        candidates, dropped, layers_hit = candidates + before, dropped + before - after, layers_hit + (after < before)
+        pruned.append(kept)
+    return pruned, None, replace(info, slow_dropped=(dropped, candidates, layers_hit))
 
 
 __all__ = ["CACHE_VERSION", "Timer", "OrtTimer", "LayerSpec", "LatencyTable", "LatencyCache", "SpeedInfo", "TableStats",

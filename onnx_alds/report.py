@@ -227,8 +227,9 @@ def _latency_lines(latency: dict) -> list[str]:
              f" ({latency.get('device')}, onnxruntime {latency.get('onnxruntime')})")
     lines = [f"latency: {where}"]
     if latency.get("model_us") is not None:
-        line = f"latency: dense model {latency['model_us'] / 1e3:.3f} ms measured" + (
-            " when the plan was made" if str(latency.get("source", "")).startswith("the plan") else "")
+        line = (f"latency: dense model {latency['model_us'] / 1e3:.3f} ms on the single-layer scale "
+                "(docs/LATENCY.md)") + (
+            ", measured when the plan was made" if str(latency.get("source", "")).startswith("the plan") else "")
         if latency.get("predicted_us") is not None:
             rest, speedup = latency["rest_us"], latency.get("predicted_speedup")
             line += (f", predicted {latency['predicted_us'] / 1e3:.3f} ms ("
@@ -246,6 +247,10 @@ def _latency_lines(latency: dict) -> list[str]:
                      f"single-layer timings in {latency.get('loops', 0)} loops, {latency['table_seconds']:.2f} s; "
                      f"layer shapes measured {latency.get('layer_shapes_measured', 0)}, from the cache "
                      f"{latency.get('layer_shapes_cached', 0)} ({latency.get('cache_dir')})")
+    if latency.get("slow_ranks_dropped"):
+        lines.append(f"latency: {latency['slow_ranks_dropped']} of {latency['candidate_ranks']} candidate ranks "
+                     f"({latency['layers_with_slow_ranks']} layers) measured no faster than their dense layer and "
+                     "were dropped (--order auto and --speed-check keep only faster options)")
     untimed = latency.get("untimed") or {}
     if untimed:
         first = next(iter(untimed))

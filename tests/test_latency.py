@@ -57,6 +57,22 @@ def test_flops_budget_unreachable_because_pairs_are_slow_says_so(tmp_path):
                            speed=speed(timer, tmp_path))
 
 
+def test_options_dropped_as_no_faster_than_dense_are_counted_and_named_in_the_warning(tmp_path):
+    """--order auto (or --speed-check) under --keep-flops dropped every rank measured no faster than its dense
+    layer without a word, and the plan's overshoot warning blamed --rank-multiple."""
+    from onnx_alds.api import budget_gap
+
+    timer = FakeTimer(group_penalty=50.0)  # grouped pairs: slower than dense
+    report = onnx_alds.compress(small_cnn(width=32), keep_flops=0.6, rank_multiple=8, order="auto",
+                                speed=speed(timer, tmp_path)).report
+    dropped, candidates = report.latency["slow_ranks_dropped"], report.latency["candidate_ranks"]
+    assert 0 < dropped < candidates
+    assert f"latency: {dropped} of {candidates} candidate ranks" in report.format()
+    warning, _ = budget_gap(0.45, 0.6, 8, "rank", speed_filtered=True)
+    assert "kept only the options measured faster than their dense layer" in warning
+    assert "--rank-multiple" not in warning
+
+
 def test_latency_budget_unreachable_because_nothing_is_faster_says_so(tmp_path):
     """Said "every layer at its fastest measured option ... or lower --rank-multiple" when no layer had
     any faster option (and printed 0.008 ms 'less than' 0.008 ms)."""
