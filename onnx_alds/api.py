@@ -669,7 +669,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         spatial = [layer for layer in layers if layer.compressible and layer.op == "Conv" and layer.kernel > 1]
         kept = [layer for layer in spatial if layer.order != POINTWISE_FIRST]
         notes = list(prepared.notes)
-        if kept:
+        if decisions is not None and spatial:  # a plan applied: its decisions as applied, not the search's option
+            notes.append(decisions.order_note(spatial))
+        elif kept:
             why = ("strided, or its output is not the input's size" if not kept[0].pointwise_first_ok
                    else "too few input channels for a rank of the multiple to shrink it pointwise-first")
             notes.append(f"order pointwise-first: {len(spatial) - len(kept)} of {len(spatial)} k×k convs; the other "

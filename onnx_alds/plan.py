@@ -224,14 +224,14 @@ class Plan:
         top = reader.mapping(data, "the plan", required=("format", "version", "model", "options", "layers"),
                              optional=("tool", "totals", "blocks"))
         if top["format"] != PLAN_FORMAT:
-            raise PlanError(f"{source}: format is {top['format']!r}, not {PLAN_FORMAT!r}; give a file written by "
-                            "onnx-alds plan")
+            raise PlanError(f"{source}: format is {_short(top['format'])}, not {_short(PLAN_FORMAT)}; give a file "
+                            "written by onnx-alds plan")
         if top["version"] != PLAN_VERSION or isinstance(top["version"], bool):
-            raise PlanError(f"{source}: plan version {top['version']!r}; this onnx-alds reads version {PLAN_VERSION} "
-                            "(make the plan again with this version)")
+            raise PlanError(f"{source}: plan version {_short(top['version'])}; this onnx-alds reads version "
+                            f"{PLAN_VERSION} (make the plan again with this version)")
         model = reader.mapping(top["model"], "model", required=("inputs",), optional=("params", "layers", "weights"))
         if model.get("weights") is not None and not isinstance(model["weights"], str):
-            raise reader.fail("model.weights", f"got {model['weights']!r}; give the digest string or null")
+            raise reader.fail("model.weights", f"got {_short(model['weights'])}; give the digest string or null")
         inputs = reader.mapping(model["inputs"], "model.inputs", free=True)
         model = dict(model, inputs={name: reader.dims(dims, f"model.inputs.{name}", named=True)
                                     for name, dims in inputs.items()})
@@ -291,7 +291,7 @@ class Plan:
                                 f"calibration data; set it back to {0 if needs_data[0] == 'both_factors' else 'false'}, "
                                 "or make a data-aware plan with onnx-alds plan ... --calibration ...")
             data = {key: value for key, value in data.items() if key in ("batch_size", "refit", "shrinkage")}
-        speed = SpeedOptions(**o["speed"]) if o.get("speed") else None
+        speed = _speed_options(o["speed"]) if o.get("speed") else None
         shapes = o.get("input_shapes")
         return CompressOptions(Budget(**o["budget"]), SearchOptions(**search),
                                DataAwareOptions(calibration=calibration, **data), speed,
@@ -349,9 +349,10 @@ class Plan:
         known = ", ".join(d.name for d in self.layers[:5]) + (", ..." if len(self.layers) > 5 else "")
         raise _UnknownLayer(f"the plan has no layer '{name}' (its layers: {known})")
 
-    def with_layer(self, name: str, **changes) -> "Plan":
+    def with_layer(self, name: str, /, **changes) -> "Plan":
         """The plan with one layer's decision changed (``option="dense"``, ``rank=32`` ...), checked as a
-        plan file is (an unknown option or a rank of the wrong type is a :class:`PlanError`)."""
+        plan file is (an unknown option or a rank of the wrong type is a :class:`PlanError`, and so is a
+        change of what identifies the layer: its ``name``, ``op``, ``weight_shape`` ...)."""
         self.layer(name)
         unknown = sorted(set(changes) - {"option", "groups", "rank", "order", "reason"})
         if unknown:
@@ -365,6 +366,34 @@ class Plan:
     @property
     def data_aware(self) -> bool:
         return bool((self.options.get("data") or {}).get("data_aware"))
+
+    @property
+    def edited_layers(self) -> tuple[LayerDecision, ...]:
+        """The layers whose decision differs from what the plan predicted (set dense or skipped included)."""
+        return tuple(decision for decision in self.layers if decision.edited)
+
+    @property
+    def edited_blocks(self) -> tuple[BlockDecision, ...]:
+        """The blocks whose width differs from what the plan predicted."""
+        return tuple(block for block in self.blocks if block.edited)
+
+    @property
+    def budget_edited(self) -> bool:
+        """Whether ``options.budget`` (its keep or its target) differs from the budget the search ran under
+        (``totals.requested``, and the target whose ratio ``totals.achieved`` is, else ``totals.target``: a
+        search-and-replace of the target changes that too; not known, not edited, where the plan tells neither)."""
+        budget, totals = self.options["budget"], self.totals
+        planned_target = _searched_target(totals) or totals.get("target")
+        return ((totals.get("requested") is not None and totals["requested"] != budget["keep"])
+                or (planned_target is not None and planned_target != budget["target"]))
+
+    def search_name(self) -> str:
+        """"plan", or what was edited in it: "plan (2 layers edited, 1 block widths edited, budget edited)"."""
+        layers, blocks = len(self.edited_layers), len(self.edited_blocks)
+        edits = ([f"{layers} layers edited"] if layers else []) + ([f"{blocks} block widths edited"] if blocks
+                                                                    else []) + (["budget edited"] if self.budget_edited
+                                                                                else [])
+        return "plan" + (f" ({', '.join(edits)})" if edits else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,6 +414,15 @@ _PREDICTED_KEYS = ("option", "groups", "rank", "order", "error", "cost", "time_d
 _PREDICTED_WIDTH_KEYS = ("width", "error", "params", "macs")
 
 
+def _speed_options(speed: Mapping[str, Any]) -> SpeedOptions:
+    """A plan's ``options.speed``, its thread count as recorded: a plan made on a machine with more CPUs
+    than this one applies here (apply times nothing; ``SpeedOptions`` refuses more threads than CPUs)."""
+    options = SpeedOptions(**dict(speed, threads=None))
+    if speed.get("threads") is not None:
+        object.__setattr__(options, "threads", int(speed["threads"]))  # (frozen: as its __post_init__ sets it)
+    return options
+
+
 def _show_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
     from .model_io import show_input_shapes
 
@@ -400,8 +438,33 @@ def _finite(value: Union[int, float]) -> bool:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    """``value`` as JSON writes it (null, true, "text"), cut at ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # (not a JSON value: a plan built in Python)
+        text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    """What ``value`` is, in JSON's words: an object, an array, a string, a number, null, true or false."""
+    if value is None or isinstance(value, bool):
+        return _short(value)
+    kinds = ((dict, "an object"), ((list, tuple), "an array"), (str, "a string"), ((int, float), "a number"))
+    return next((kind for types, kind in kinds if isinstance(value, types)), type(value).__name__)
+
+
+def _searched_target(totals: Mapping[str, Any]) -> Optional[str]:
+    """The budget target a plan was searched under, where its totals tell: params or flops, whose ratio
+    ``achieved`` is (one of them alone); else None."""
+    achieved = totals.get("achieved")
+    if not isinstance(achieved, (int, float)) or isinstance(achieved, bool):
+        return None
+    fits = [target for target, after, before in (("params", "params_after", "params_before"),
+                                                 ("flops", "macs_after", "macs_before"))
+            if all(isinstance(totals.get(key), (int, float)) for key in (after, before)) and totals[before]
+            and math.isclose(achieved, totals[after] / totals[before], rel_tol=1e-9)]
+    return fits[0] if len(fits) == 1 else None
 
 
 def _first_repeated(names) -> Optional[str]:
@@ -421,7 +484,7 @@ class _Reader:
     def mapping(self, value: Any, where: str, *, required: Sequence[str] = (), optional: Sequence[str] = (),
                 free: bool = False) -> dict:
         if not isinstance(value, dict):
-            raise self.fail(where, f"expected an object, got {type(value).__name__}")
+            raise self.fail(where, f"expected an object, got {_json_kind(value)}")
         if not free:
             unknown = [key for key in value if key not in required and key not in optional]
             if unknown:
@@ -435,7 +498,7 @@ class _Reader:
 
     def list(self, value: Any, where: str) -> list:
         if not isinstance(value, list):
-            raise self.fail(where, f"expected a list, got {type(value).__name__}")
+            raise self.fail(where, f"expected an array, got {_json_kind(value)}")
         return value
 
     def integer(self, value: Any, where: str, *, minimum: int = 0) -> int:
@@ -463,13 +526,17 @@ class _Reader:
                                optional=("speed", "input_shapes"))
         budget = self.mapping(options["budget"], "options.budget", required=("target", "keep"))
         if not isinstance(budget["target"], str):
-            raise self.fail("options.budget.target", f"got {budget['target']!r}; give params, flops or latency")
+            raise self.fail("options.budget.target", f"got {_short(budget['target'])}; give params, flops or latency")
         self.number(budget["keep"], "options.budget.keep", optional=False)
         search = self.mapping(options["search"], "options.search", required=_SEARCH_KEYS, optional=_SEARCH_OPTIONAL)
         data = self.mapping(options["data"], "options.data", optional=_DATA_KEYS)
         speed = options.get("speed")
         if speed is not None:
             speed = self.mapping(speed, "options.speed", optional=_SPEED_KEYS)
+            threads = speed.get("threads")  # the machine the plan was timed on: any count (apply times nothing)
+            if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+                raise self.fail("options.speed.threads", f"got {_short(threads)}; give a positive whole number "
+                                                         "(the threads the plan was timed with) or null")
         shapes = options.get("input_shapes")
         if shapes is not None:
             shapes = {name: list(self.dims(dims, f"options.input_shapes.{name}"))
@@ -477,24 +544,26 @@ class _Reader:
         kinds = {"method": str, "order": str, "rank_multiple": int, "max_groups": int, "seed": int}
         for key, kind in kinds.items():  # JSON types first: the option classes compare and do arithmetic
             if isinstance(search[key], bool) or not isinstance(search[key], kind):
-                raise self.fail(f"options.search.{key}", f"got {search[key]!r}; give a "
+                raise self.fail(f"options.search.{key}", f"got {_short(search[key])}; give a "
                                 f"{'whole number' if kind is int else 'string'}")
         if search["error_measure"] is not None and not isinstance(search["error_measure"], str):
-            raise self.fail("options.search.error_measure", f"got {search['error_measure']!r}; give a string or null")
+            raise self.fail("options.search.error_measure",
+                            f"got {_short(search['error_measure'])}; give a string or null")
         if not isinstance(search["exclude"], list) or not all(isinstance(p, str) for p in search["exclude"]):
-            raise self.fail("options.search.exclude", f"got {search['exclude']!r}; give a list of strings")
+            raise self.fail("options.search.exclude", f"got {_short(search['exclude'])}; give an array of strings")
         if "prune" in search and search["prune"] not in PRUNE_MODES:  # null or false would silently mean "off"
-            raise self.fail("options.search.prune", f"got {search['prune']!r}; give one of {', '.join(PRUNE_MODES)}")
+            raise self.fail("options.search.prune",
+                            f"got {_short(search['prune'])}; give one of {', '.join(PRUNE_MODES)}")
         if "prune_heads" in search and not isinstance(search["prune_heads"], bool):
-            raise self.fail("options.search.prune_heads", f"got {search['prune_heads']!r}; give true or false")
+            raise self.fail("options.search.prune_heads", f"got {_short(search['prune_heads'])}; give true or false")
         digest = data.get("calibration_digest")
         if digest is not None and not isinstance(digest, str):
-            raise self.fail("options.data.calibration_digest", f"got {digest!r}; give the digest string or null")
+            raise self.fail("options.data.calibration_digest", f"got {_short(digest)}; give the digest string or null")
         for key, value in data.items():  # JSON types first: a string where a switch belongs is not "off"
             if key in _DATA_BOOLS and not isinstance(value, bool):
-                raise self.fail(f"options.data.{key}", f"got {value!r}; give true or false")
+                raise self.fail(f"options.data.{key}", f"got {_short(value)}; give true or false")
             if key in _DATA_INTS and (isinstance(value, bool) or not isinstance(value, int)):
-                raise self.fail(f"options.data.{key}", f"got {value!r}; give a whole number")
+                raise self.fail(f"options.data.{key}", f"got {_short(value)}; give a whole number")
         try:  # the values: the option classes check them
             DataAwareOptions(**{key: value for key, value in data.items()
                                 if key not in ("data_aware", "calibration", "calibration_digest", "samples",
@@ -505,7 +574,7 @@ class _Reader:
             Budget(**budget)
             SearchOptions(**{key: value for key, value in search.items() if key != "exclude"})
             if speed is not None:
-                SpeedOptions(**speed)
+                _speed_options(speed)
         except (OnnxAldsError, TypeError) as exc:
             raise self.fail("options", str(exc)) from None
         return {"budget": budget, "search": search, "data": data, "speed": speed, "input_shapes": shapes}
@@ -521,26 +590,14 @@ class _Reader:
             raise self.fail(where, "name and op must be strings")
         option = entry["option"]
         if option not in OPTIONS:
-            raise self.fail(where, f"option {option!r} is not one of {', '.join(OPTIONS)}")
-        least = 1 if option == FACTORIZED else 0  # a factorized layer needs both, a dense one has 0
-        groups = self.integer(entry.get("groups", 0), f"{where}.groups", minimum=least)
-        rank = self.integer(entry.get("rank", 0), f"{where}.rank", minimum=least)
-        order = entry.get("order")
-        if option == FACTORIZED:
-            if groups < 1 or rank < 1:
-                raise self.fail(where, "a factorized layer needs groups >= 1 and rank >= 1 (or set \"option\": "
-                                       "\"dense\")")
-            if order is None:  # a dense entry switched to factorized keeps no order: the ALDS pair
-                order = SPATIAL_FIRST
-            if order not in ORDERS:
-                raise self.fail(where, f"order {order!r} is not one of {', '.join(ORDERS)}")
+            raise self.fail(where, f"option {_short(option)} is not one of {', '.join(OPTIONS)}")
         predicted = entry.get("predicted")
         if predicted is not None:
             p = self.mapping(predicted, f"{where}.predicted", required=("option",),
                              optional=tuple(k for k in _PREDICTED_KEYS if k != "option"))
             measured = p.get("time_measured")
             if measured is not None and not isinstance(measured, bool):
-                raise self.fail(f"{where}.predicted.time_measured", f"expected true or false, got {measured!r}")
+                raise self.fail(f"{where}.predicted.time_measured", f"expected true or false, got {_short(measured)}")
             predicted = Predicted(p["option"], self.integer(p.get("groups", 0), f"{where}.predicted.groups"),
                                   self.integer(p.get("rank", 0), f"{where}.predicted.rank"), p.get("order"),
                                   self.number(p.get("error", 0.0), f"{where}.predicted.error") or 0.0,
@@ -548,6 +605,25 @@ class _Reader:
                                   self.number(p.get("time_dense_us"), f"{where}.predicted.time_dense_us",
                                               positive=True),
                                   self.number(p.get("time_us"), f"{where}.predicted.time_us", positive=True), measured)
+        order = entry.get("order")
+        if option == FACTORIZED:  # a factorized layer needs both
+            groups = self.integer(entry.get("groups", 0), f"{where}.groups", minimum=1)
+            rank = self.integer(entry.get("rank", 0), f"{where}.rank", minimum=1)
+            if order is None:  # a dense entry switched to factorized keeps no order: the ALDS pair
+                order = SPATIAL_FIRST
+        else:  # a dense or skipped one has none (null or 0), or those the plan wrote for it (set to dense)
+            groups, rank = (0 if entry.get(key) is None else self.integer(entry[key], f"{where}.{key}")
+                            for key in ("groups", "rank"))
+        if order is not None and order not in ORDERS:
+            raise self.fail(where, f"order {_short(order)} is not one of {', '.join(ORDERS)}")
+        if option != FACTORIZED:
+            written = (predicted.groups, predicted.rank, predicted.order) if predicted is not None else (0, 0, None)
+            ignored = [(key, value) for key, value, was in zip(("groups", "rank", "order"), (groups, rank, order),
+                                                                written) if value not in (0, None) and value != was]
+            if ignored:
+                raise self.fail(where, " and ".join(f"{key} {_short(value)}" for key, value in ignored)
+                                + f" on a \"{option}\" layer would be ignored (it stays dense); set \"option\": "
+                                f"\"factorized\" to factorize it, or set {' and '.join(k for k, _ in ignored)} to null")
         reason = entry.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise self.fail(f"{where}.reason", "expected a string or null")
@@ -722,8 +798,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
                                  report.calibration_samples)
-    totals = {"requested": report.requested, "achieved": report.achieved, "params_before": report.params_before,
-              "params_after": report.params_after,
+    totals = {"requested": report.requested, "target": options.budget.target, "achieved": report.achieved,
+              "params_before": report.params_before, "params_after": report.params_after,
               "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
               "error_measure": report.error_measure, "search": report.search, "latency": report.latency}
     blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
@@ -765,6 +841,7 @@ def make_plan(model, **options) -> Plan:
                                  rank_multiple=search.rank_multiple, seconds=planned.seconds,
                                  calibration=None if data.calibration is None else str(data.calibration.source),
                                  speed=planned.speed)
+    report = _as_written(report, planned, budget, search.rank_multiple)
     if data.enabled:
         from .data_aware import sample_count
 
@@ -774,6 +851,62 @@ def make_plan(model, **options) -> Plan:
                      warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
                      + planned.warnings)
     return _plan_from(planned.options, planned.prepared.model, report, weights_digest(opened))
+
+
+def _as_written(report, planned, budget: Budget, rank_multiple: int):
+    """``report`` with the weight count the written model will hold, as compress reports it after writing
+    (:func:`onnx_alds.api._apply_step`): the allocation counts each factorized layer's weight, the rewrite
+    drops that weight's source with the other constants only its chain reads (a Reshape's shape ...)."""
+    from .api import budget_gap
+
+    factorized = [layer for layer, choice in zip(planned.chosen, planned.allocation.choices) if choice.groups != DENSE]
+    written = (report.params_after + sum(layer.params for layer in factorized)
+               - _dropped_constants(planned.prepared.model, factorized))
+    if written == report.params_after:
+        return report
+    report = replace(report, params_after=written,
+                     achieved=written / report.params_before if budget.target == "params" else report.achieved)
+    gap_note = budget_gap(report.achieved, budget.keep, rank_multiple, "rank")[1]  # said of the figure written
+    return replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
+                   + ((gap_note,) if gap_note else ()))
+
+
+def _dropped_constants(model: onnx.ModelProto, factorized: Sequence[Layer]) -> int:
+    """Weight elements (initializers and Constant nodes, every graph) nothing reads once ``factorized`` no
+    longer read their weights: the weights' sources and the constants of the chains that computed them,
+    which the rewrite's cleanup drops (what nothing else reads stays)."""
+    from .layers import constant_node_value, iter_graphs, use_counts
+
+    graphs = [graph for _, graph in iter_graphs(model.graph)]
+    reads: Counter = Counter()
+    use_counts(model.graph, reads)  # (every depth)
+    producers = {output: node for graph in graphs for node in graph.node for output in node.output if output}
+    initializers = {tensor.name: tensor for graph in graphs for tensor in graph.initializer}
+    pending = []
+    for layer in factorized:
+        reads[layer.weight] -= 1
+        pending.append(layer.weight)
+    dropped, gone = 0, set()
+    while pending:
+        name = pending.pop()
+        if reads[name] > 0 or name in gone:
+            continue
+        gone.add(name)
+        node = producers.get(name)
+        if node is not None:
+            if any(reads[output] > 0 for output in node.output if output) or id(node) in gone:
+                continue
+            gone.add(id(node))
+            value = constant_node_value(node) if node.op_type == "Constant" else None
+            dropped += 0 if value is None else int(np.prod(value.dims)) if value.dims else 1
+            for source in node.input:
+                if source:
+                    reads[source] -= 1
+                    pending.append(source)
+        elif name in initializers:
+            dims = initializers[name].dims
+            dropped += int(np.prod(dims)) if dims else 1
+    return dropped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -815,6 +948,8 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
         from .prune import compress_pruned
 
         result = compress_pruned(model, options, options.search.prune, decisions=_PruneDecisions(plan, options))
+        if result.report.search.startswith("plan"):  # every edit, block widths too (without a low-rank step: "plan")
+            result = replace(result, report=replace(result.report, search=plan.search_name()))
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_weights = plan.model.get("weights")
@@ -834,6 +969,19 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             f"{': same name, other data' if same_name else f', the plan was made on {planned_on}'}): the "
             "factors are fitted to the inputs given now, the ranks were chosen on the plan's",)))
     return result
+
+
+def _skipped_reason(reason: Optional[str]) -> str:
+    """Why a layer the plan skipped, which this model and the plan's options let be factorized, stays dense:
+    the plan's reason, but for those its options gave, which no longer hold (an exclude pattern edited
+    away; a pruned block's width, which the block's own note gives where it is still narrowed)."""
+    if not reason:
+        return "skipped in the plan"
+    if reason.startswith("excluded by the user"):
+        return "skipped in the plan (excluded when it was made; options.search.exclude no longer names it)"
+    if reason.startswith("pruned block "):
+        return "skipped in the plan (in a block it narrowed when it was made)"
+    return reason
 
 
 class _Decisions:
@@ -880,7 +1028,7 @@ class _Decisions:
         if missing:
             raise self._error(f"layer '{missing[0]}' of the model has no entry in the plan ({len(missing)} missing); "
                               f"{fix}")
-        return {decision.name: decision.reason or "skipped in the plan" for decision in self.plan.layers
+        return {decision.name: _skipped_reason(decision.reason) for decision in self.plan.layers
                 if decision.option == SKIPPED and model_layers[decision.name].compressible}
 
     def ordered(self, prepared, chosen: Sequence[Layer], *, max_groups: int, channel_multiple: int):
@@ -934,17 +1082,23 @@ class _Decisions:
                 else float("nan")
             choices.append(LayerChoice(decision.groups, decision.rank, cost, error, layer.order))
         max_error = max((choice.error for choice in choices), default=0.0)
+        # every edit of the plan (layers set skipped, block widths, its own budget: a pruning plan's low-rank
+        # stage runs under a share of it), not only of the layers allocated here
         return Allocation(tuple(choices), float("nan"), float(sum(c.cost for c in choices)), max_error,
-                          self.search_name(sum(1 for layer in chosen if self.by_name[layer.name].edited)))
+                          self.plan.search_name())
 
-    def search_name(self, edited_layers: int) -> str:
-        """"plan", or what was edited in it: "plan (2 layers edited)", "plan (budget edited)" (the keep the
-        plan was made for, ``totals.requested``, is not its ``options.budget.keep`` any more)."""
-        planned_keep = self.plan.totals.get("requested")
-        edits = ([f"{edited_layers} layers edited"] if edited_layers else []) + (
-            ["budget edited"] if planned_keep is not None and planned_keep != self.plan.options["budget"]["keep"]
-            else [])  # (the plan's own budget: a pruning plan's low-rank stage runs under a share of it)
-        return "plan" + (f" ({', '.join(edits)})" if edits else "")
+    def order_note(self, spatial: Sequence[Layer]) -> str:
+        """The note of a plan searched pointwise-first, on its decisions as applied: how many of the
+        factorized k×k convs among ``spatial`` (the model's k×k convs that may be factorized) it applies
+        pointwise-first."""
+        factorized = [layer for layer in spatial if self.by_name[layer.name].option == FACTORIZED]
+        first = [layer for layer in factorized if self.by_name[layer.name].order == POINTWISE_FIRST]
+        other = [layer for layer in factorized if layer not in first]
+        dense = len(spatial) - len(factorized)
+        return (f"order pointwise-first: the plan applies {len(first)} of its {len(factorized)} factorized k×k convs "
+                "pointwise-first" + (f"; the other {len(other)} spatial-first, as its decisions say (first: "
+                                     f"'{other[0].name}')" if other else "")
+                + (f"; {dense} more k×k conv{'s stay' if dense > 1 else ' stays'} dense" if dense else ""))
 
     def times(self):
         """The plan's recorded layer times for the report (None when it has none)."""
@@ -967,8 +1121,7 @@ class _PruneDecisions:
     @property
     def edited(self) -> bool:
         """Whether a block's width, a layer's decision or the budget differs from what the plan predicted."""
-        widths = any(block.predicted is not None and block.width != block.predicted.width for block in self.plan.blocks)
-        return widths or any(decision.edited for decision in self.plan.layers) or self.layers.search_name(0) != "plan"
+        return self.plan.search_name() != "plan"
 
     def _error(self, message: str) -> PlanError:
         return PlanError(f"the plan does not fit this model: {message}")
@@ -1071,8 +1224,7 @@ class _PlanTimes:
         keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us")
         data = {key: self.latency.get(key) for key in keep}
         data.update(source="the plan", table_seconds=None, untimed={})
-        unedited = not any(d.edited for d in self.plan.layers) and all(
-            b.predicted is None or b.width == b.predicted.width for b in self.plan.blocks)
+        unedited = not self.plan.edited_layers and not self.plan.edited_blocks
         if unedited and self.latency.get("measured_ratio") is not None:  # the decisions the plan measured, as they were
             data.update({key: self.latency.get(key) for key in ("whole_model_check", "whole_model_note",
                                                                  "measured_ratio", "measured_speedup")})
@@ -1163,8 +1315,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     args.input_shape = [f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items()] if shapes else None
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     result = apply_plan(model, plan, calibration=calibration)
-    edited = [d for d in plan.layers if d.edited and d.option != SKIPPED]
-    blocks = [b for b in plan.blocks if b.edited]
+    edited, blocks = plan.edited_layers, plan.edited_blocks
     if blocks:
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             f"{len(blocks)} block widths differ from what the plan predicted (edited; first: '{blocks[0].name}' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -129,27 +130,27 @@ def test_stale_plans_are_clear_errors():
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(extra=1), r"the plan: unknown key 'extra'"),
     (lambda d: d["layers"][0].update(colour="red"), r"layers\[0\] \('conv0'\): unknown key 'colour'"),
-    (lambda d: d["layers"][1].update(option="fast"), r"option 'fast' is not one of factorized, dense, skipped"),
+    (lambda d: d["layers"][1].update(option="fast"), r'option "fast" is not one of factorized, dense, skipped'),
     (lambda d: d["options"]["search"].update(order="sideways"), r"unknown order 'sideways'"),
     (lambda d: d["options"]["budget"].update(keep=1.5), r"--keep-flops 1.5 is out of range"),
     (lambda d: d.update(version=2), r"plan version 2"),
     (lambda d: d["layers"][0].pop("weight_shape"), r"missing key 'weight_shape'"),
     (lambda d: d["layers"].append(dict(d["layers"][0])), r"layer 'conv0' appears twice"),
-    (lambda d: d["options"]["data"].update(affine_correction="maybe"), r"options.data.affine_correction: got 'maybe'"),
+    (lambda d: d["options"]["data"].update(affine_correction="maybe"), r'options.data.affine_correction: got "maybe"'),
     (lambda d: d["options"]["data"].update(both_factors=-7), r"both_factors -7 is out of range"),
-    (lambda d: d["options"]["data"].update(both_factors=True), r"options.data.both_factors: got True"),
+    (lambda d: d["options"]["data"].update(both_factors=True), r"options.data.both_factors: got true"),
     (lambda d: d["options"]["data"].update(damage_points=0), r"damage_points|points 0"),
-    (lambda d: d["options"]["search"].update(rank_multiple="8"), r"options.search.rank_multiple: got '8'; give a "
+    (lambda d: d["options"]["search"].update(rank_multiple="8"), r'options.search.rank_multiple: got "8"; give a '
                                                                  r"whole number"),
-    (lambda d: d["options"]["search"].update(prune=None), r"options.search.prune: got None; give one of off, "
+    (lambda d: d["options"]["search"].update(prune=None), r"options.search.prune: got null; give one of off, "
                                                           r"combined, only"),
-    (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got False"),
+    (lambda d: d["options"]["search"].update(prune=False), r"options.search.prune: got false"),
     (lambda d: d["layers"][0].update(option="factorized", groups=1, rank=-3, order="spatial-first"),
      r"rank: expected an integer >= 1, got -3"),
-    (lambda d: d["options"]["search"].update(prune_heads="yes"), r"options.search.prune_heads: got 'yes'; give "
+    (lambda d: d["options"]["search"].update(prune_heads="yes"), r'options.search.prune_heads: got "yes"; give '
                                                                  r"true or false"),
-    (lambda d: d["options"]["search"].update(exclude="conv0"), r"options.search.exclude: got 'conv0'; give a list"),
-    (lambda d: d["options"]["budget"].update(keep="0.6"), r"options.budget.keep: expected a finite number, got '0.6'"),
+    (lambda d: d["options"]["search"].update(exclude="conv0"), r'options.search.exclude: got "conv0"; give an array'),
+    (lambda d: d["options"]["budget"].update(keep="0.6"), r'options.budget.keep: expected a finite number, got "0.6"'),
     (lambda d: d["options"]["budget"].update(keep=10 ** 400), r"options.budget.keep: expected a finite number, got "
                                                               r"1000000000.*\.\.\."),
     (lambda d: d["model"].update(weights=5), r"model.weights: got 5; give the digest string or null"),
@@ -691,3 +692,212 @@ def test_an_unedited_pruning_plan_applied_warns_as_its_compression_did():
     applied = apply_plan(model, round_trip(make_plan(model, **options)), calibration=calibration).report.warnings
     gap = [w for w in applied if "well below" in w]
     assert gap and gap == [w for w in compressed if "well below" in w] and "as edited" not in gap[0]
+
+
+def test_a_plan_timed_with_more_threads_than_this_machine_has_loads_and_applies(tmp_path):
+    """A plan made with --threads 16 on a larger machine was refused here ("got 16 threads; give 1 to 8"), by
+    Plan.load and apply, though applying it times nothing; a thread count that is no count is still refused."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_flops=0.5).to_dict()
+    data["options"]["speed"] = {"provider": "cpu", "threads": 4096, "batch": 1}
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    plan = Plan.load(tmp_path / "plan.json")
+    assert plan.compress_options().speed.threads == 4096 and round_trip(plan) == plan
+    assert same_bytes(apply_plan(model, plan).model, onnx_alds.compress(model, keep_flops=0.5).model)
+    for threads, shown in ((0, "0"), (-2, "-2"), (2.5, "2.5"), ("4", '"4"'), (True, "true")):
+        data["options"]["speed"]["threads"] = threads
+        with pytest.raises(PlanError, match=f"options.speed.threads: got {re.escape(shown)}; give a positive whole "
+                                            "number"):
+            Plan.from_json(json.dumps(data))
+
+
+def test_the_pointwise_first_note_of_an_applied_plan_counts_its_decisions():
+    """apply said "order pointwise-first: 1 of 4 k×k convs" (the search's option) for a plan whose pointwise-first
+    layer was edited to spatial-first, and counted other convs than compress did."""
+    model = small_cnn(width=32)
+    plan = make_plan(model, keep_flops=0.5, order="pointwise-first", rank_multiple=8)
+    first = [layer.name for layer in plan.layers if layer.order == "pointwise-first"]
+    factorized = [layer.name for layer in plan.layers if layer.option == "factorized" and layer.op == "Conv"]
+    assert first and len(factorized) == 4
+
+    def note(applied: Plan) -> str:
+        (text,) = [n for n in apply_plan(model, applied).report.notes if n.startswith("order pointwise-first")]
+        return text
+
+    assert note(plan).startswith(f"order pointwise-first: the plan applies {len(first)} of its 4 factorized k×k "
+                                 "convs pointwise-first")
+    edited = plan
+    for name in first:
+        edited = edited.with_layer(name, order="spatial-first", groups=1, rank=8)
+    edited = round_trip(edited.with_layer("conv0", option="dense"))
+    assert note(edited) == ("order pointwise-first: the plan applies 0 of its 3 factorized k×k convs pointwise-first; "
+                            "the other 3 spatial-first, as its decisions say (first: 'conv1'); 1 more k×k conv stays "
+                            "dense")
+
+
+def test_an_edited_budget_target_is_an_edit():
+    """options.budget.target edited from flops to params (a search-and-replace, which changes every
+    "target": "flops") was applied as the plan: "search: plan", and a gap warning that spoke of an allocation
+    under that budget, which never ran."""
+    model = small_cnn(width=32)
+    plan = make_plan(model, keep_flops=0.5, rank_multiple=8)
+    text = plan.to_json().replace('"target": "flops"', '"target": "params"')
+    report = apply_plan(model, Plan.from_json(text)).report
+    assert report.search == "plan (budget edited)" and report.target == "params"
+    assert plan.totals["target"] == "flops" and text.count('"target": "params"') == 2  # the budget's and the totals'
+    data = plan.to_dict()  # a plan without totals.target (made before it was recorded): told by its ratios
+    del data["totals"]["target"]
+    data["options"]["budget"]["target"] = "params"
+    assert apply_plan(model, Plan.from_dict(data)).report.search == "plan (budget edited)"
+    data["options"]["budget"]["target"] = "flops"
+    assert apply_plan(model, Plan.from_dict(data)).report.search == "plan"
+    gap = [w for w in apply_plan(model, Plan.from_json(text.replace('"keep": 0.5', '"keep": 0.9'))).report.warnings
+           if "well below" in w]
+    assert gap and "well below the plan's requested 0.9: its decisions (as edited)" in gap[0]
+
+
+def test_a_layer_set_skipped_is_an_edit(tmp_path, capsys):
+    """A factorized layer set to "skipped" was no edit ("search: plan", no note), where "dense" was one."""
+    model = small_cnn(width=16)
+    plan = make_plan(model, keep_flops=0.5, rank_multiple=8)
+    name = next(layer.name for layer in plan.layers if layer.option == "factorized")
+    skipped = plan.with_layer(name, option="skipped")
+    result = apply_plan(model, skipped)
+    assert result.report.search == "plan (1 layers edited)"
+    assert {row.name: row.skip_reason for row in result.report.layers}[name] == "skipped in the plan"
+    save_model(model, tmp_path / "m.onnx")
+    (tmp_path / "p.json").write_text(skipped.to_json())
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "p.json"), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert f"1 layers differ from what the plan predicted (edited; first: '{name}' skipped)" in capsys.readouterr().out
+
+
+def test_block_width_edits_are_counted_on_the_search_line():
+    """A plan whose only edit was a block width said "search: plan", and with a layer edited too "plan (1 layers
+    edited)"; the edit note was there, the search line ignored it."""
+    model, calibration = residual_feed_forward(), _feeds()
+    pruning = round_trip(make_plan(model, keep_params=0.5, prune="combined", calibration=calibration, rank_multiple=4))
+    (block,) = pruning.blocks
+    wider = Plan.from_dict(dict(pruning.to_dict(), blocks=[dict(pruning.to_dict()["blocks"][0], width=96)]))
+    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block widths edited)"
+    assert pruning.layer("in").option == "factorized"
+    both = wider.with_layer("in", option="dense")
+    assert apply_plan(model, both, calibration=calibration).report.search == \
+        "plan (1 layers edited, 1 block widths edited)"
+    only = round_trip(make_plan(model, keep_flops=0.6, prune="only", calibration=calibration, rank_multiple=4))
+    wider = Plan.from_dict(dict(only.to_dict(), blocks=[dict(only.to_dict()["blocks"][0], width=96)]))
+    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block widths edited)"
+
+
+def test_with_layer_refuses_a_new_name_as_a_plan_error():
+    """with_layer(layer, name="x") was a bare TypeError (two values for its own argument)."""
+    plan = make_plan(small_cnn(width=16), keep_flops=0.5)
+    with pytest.raises(PlanError, match="cannot change name of a layer decision"):
+        plan.with_layer("conv1", name="renamed")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(options=None), r"options: expected an object, got null"),
+    (lambda d: d.update(layers={}), r"layers: expected an array, got an object"),
+    (lambda d: d["layers"].__setitem__(0, "conv0"), r"layers\[0\]: expected an object, got a string"),
+    (lambda d: d["options"]["budget"].update(target=None), r"options.budget.target: got null;"),
+    (lambda d: d["layers"][1].update(option=True), r"option true is not one of"),
+    (lambda d: d["model"].update(inputs=[1, 2]), r"model.inputs: expected an object, got an array"),
+    (lambda d: d["totals"].update(latency=3), r"totals.latency: expected an object, got a number"),
+])
+def test_plan_errors_name_json_types_not_python_ones(edit, message):
+    """A plan's reader said "expected an object, got NoneType", "got None", "got True": Python's words for
+    JSON's null, true, array and object."""
+    data = make_plan(small_cnn(width=16), keep_flops=0.5).to_dict()
+    edit(data)
+    with pytest.raises(PlanError, match=message) as info:
+        Plan.from_json(json.dumps(data))
+    assert not re.search(r"NoneType|\bNone\b|\bTrue\b|\bdict\b|\blist\b|\bstr\b", str(info.value))
+
+
+def test_rank_groups_or_order_on_a_dense_or_skipped_entry_are_refused():
+    """A rank and groups set on a dense entry were silently ignored (the layer stayed dense, no note); an order
+    of "garbage" on one was accepted. What the plan wrote for the entry (a factorized layer set to dense keeps
+    its rank) and null stay accepted."""
+    model = small_cnn(width=16)
+    plan = make_plan(model, keep_flops=0.5, rank_multiple=8)
+    data = plan.to_dict()
+    dense = next(i for i, layer in enumerate(data["layers"]) if layer["option"] == "dense")
+    name = data["layers"][dense]["name"]
+    for option in ("dense", "skipped"):
+        changed = json.loads(json.dumps(data))
+        changed["layers"][dense].update(option=option, rank=8, groups=1)
+        with pytest.raises(PlanError, match=rf"layers\[{dense}\] \('{name}'\): groups 1 and rank 8 on a "
+                                            rf"\"{option}\" layer would be ignored \(it stays dense\); set "
+                                            r"\"option\": \"factorized\" to factorize it, or set groups and rank "
+                                            "to null"):
+            Plan.from_dict(changed)
+    changed = json.loads(json.dumps(data))
+    changed["layers"][dense]["order"] = "garbage"
+    with pytest.raises(PlanError, match=r"order \"garbage\" is not one of spatial-first, pointwise-first"):
+        Plan.from_dict(changed)
+    changed["layers"][dense]["order"] = "pointwise-first"
+    with pytest.raises(PlanError, match=r"order \"pointwise-first\" on a \"dense\" layer would be ignored"):
+        Plan.from_dict(changed)
+    with pytest.raises(PlanError, match="rank 8 on a \"dense\" layer would be ignored"):
+        plan.with_layer(name, rank=8)
+    changed = json.loads(json.dumps(data))
+    changed["layers"][dense].update(rank=None, groups=None)
+    factorized = next(layer for layer in changed["layers"] if layer["option"] == "factorized")
+    factorized["option"] = "dense"  # its groups, rank and order as the plan wrote them
+    edited = Plan.from_dict(changed)
+    assert edited.layer(factorized["name"]).edited and edited.layer(name).rank == 0
+    rows = {row.name: row for row in apply_plan(model, edited).report.layers}
+    assert rows[factorized["name"]].groups == 0
+
+
+def test_the_plans_weight_count_is_the_written_models_with_weights_behind_reshape_chains():
+    """Weights stored flat (fp16) behind Cast → Reshape: plan said 11410 weights where apply, compress and the
+    file said 11402 (the Reshape shapes, which the rewrite drops with the chains)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.layers import iter_total_params
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 16 * 9)) / 12).astype(np.float16)
+    w2 = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 32)) / 6).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w1flat"], ["w1c"], to=TensorProto.FLOAT),
+         helper.make_node("Reshape", ["w1c", "w1shape"], ["w1"]),
+         helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1] * 4, name="conv"),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Reshape", ["w2flat", "w2shape"], ["w2"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="pointwise")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [numpy_helper.from_array(w1.reshape(32, -1), "w1flat"), numpy_helper.from_array(np.array([32, 16, 3, 3]),
+                                                                                          "w1shape"),
+         numpy_helper.from_array(w2.reshape(-1), "w2flat"), numpy_helper.from_array(np.array([32, 32, 1, 1]),
+                                                                                    "w2shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = make_plan(model, keep_params=0.5, rank_multiple=4)
+    compressed = onnx_alds.compress(model, keep_params=0.5, rank_multiple=4)
+    written = int(sum(iter_total_params(compressed.model)))
+    assert compressed.report.params_after == written
+    assert plan.totals["params_after"] == plan.report.params_after == written
+    assert plan.totals["achieved"] == pytest.approx(written / plan.totals["params_before"])
+    assert apply_plan(model, round_trip(plan)).report.params_after == written
+
+
+def test_skip_reasons_that_edits_made_stale_are_not_repeated():
+    """A layer the plan skipped as excluded (--exclude), the pattern then removed from options.search.exclude:
+    the report still said "excluded by the user (--exclude)"; the layers of a pruned block widened back to its
+    full width still said "pruned block 'up': hidden width 96 -> 40"."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_flops=0.5, exclude=["conv2"]).to_dict()
+    assert next(layer for layer in data["layers"] if layer["name"] == "conv2")["reason"].startswith("excluded")
+    data["options"]["search"]["exclude"] = []
+    rows = {row.name: row for row in apply_plan(model, Plan.from_dict(data)).report.layers}
+    assert rows["conv2"].groups == 0 and rows["conv2"].skip_reason == (
+        "skipped in the plan (excluded when it was made; options.search.exclude no longer names it)")
+    model, calibration = residual_feed_forward(), _feeds()
+    pruning = make_plan(model, keep_params=0.5, prune="combined", calibration=calibration, rank_multiple=4).to_dict()
+    assert pruning["blocks"][0]["width"] < 96 and pruning["layers"][1]["reason"].startswith("pruned block 'up'")
+    pruning["blocks"][0]["width"] = 96
+    rows = {row.name: row for row in apply_plan(model, Plan.from_dict(pruning), calibration=calibration).report.layers}
+    assert rows["up"].skip_reason == rows["down"].skip_reason == (
+        "skipped in the plan (in a block it narrowed when it was made)")
