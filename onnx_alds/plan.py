@@ -559,6 +559,9 @@ class _Reader:
         digest = data.get("calibration_digest")
         if digest is not None and not isinstance(digest, str):
             raise self.fail("options.data.calibration_digest", f"got {_short(digest)}; give the digest string or null")
+        samples = data.get("samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
+            raise self.fail("options.data.samples", f"got {_short(samples)}; give the sample count or null")
         for key, value in data.items():  # JSON types first: a string where a switch belongs is not "off"
             if key in _DATA_BOOLS and not isinstance(value, bool):
                 raise self.fail(f"options.data.{key}", f"got {_short(value)}; give true or false")
@@ -960,6 +963,11 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             "(the errors reported are this model's); make a new plan for this model with onnx-alds plan",)))
     planned_on = (plan.options.get("data") or {}).get("calibration")
     planned_digest = (plan.options.get("data") or {}).get("calibration_digest")
+    if not plan.data_aware and (planned_on or planned_digest):  # data_aware edited to false
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            f"the plan was made data-aware (calibrated on {planned_on or 'data'}) and is applied data-free "
+            "(options.data.data_aware edited to false): its ranks were chosen for factors fitted to that data; "
+            "the errors reported are the weights' own",)))
     given_digest = calibration_digest(calibration) if calibration is not None and planned_digest else None
     if calibration is not None and planned_on and (
             given_digest != planned_digest if given_digest is not None else str(calibration.source) != planned_on):

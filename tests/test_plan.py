@@ -49,6 +49,12 @@ def test_data_aware_plan_round_trip():
     assert same_bytes(applied.model, onnx_alds.compress(model, **options).model)
     with pytest.raises(PlanError, match="data-aware .* give calibration inputs"):
         apply_plan(model, plan)
+    # data_aware edited to false: the data-aware decisions applied data-free, said (it was silent)
+    data = plan.to_dict()
+    data["options"]["data"]["data_aware"] = False
+    notes = apply_plan(model, Plan.from_dict(data)).report.notes
+    assert any(note.startswith("the plan was made data-aware (calibrated on ") and "applied data-free" in note
+               for note in notes)
 
 
 def test_latency_plan_round_trip_measures_nothing_on_apply(tmp_path):
@@ -154,6 +160,7 @@ def test_stale_plans_are_clear_errors():
     (lambda d: d["options"]["budget"].update(keep=10 ** 400), r"options.budget.keep: expected a finite number, got "
                                                               r"1000000000.*\.\.\."),
     (lambda d: d["model"].update(weights=5), r"model.weights: got 5; give the digest string or null"),
+    (lambda d: d["options"]["data"].update(samples="lots"), r'options.data.samples: got "lots"; give the sample count'),
     (lambda d: d["totals"].update(latency="x"), r"totals.latency: "),
     (lambda d: d["totals"].update(latency={"model_us": "x"}), r"totals.latency.model_us: expected a finite number"),
     (lambda d: d["totals"].update(latency={"model_us": -5}), r"totals.latency.model_us: expected a positive time"),
