@@ -42,8 +42,12 @@ def held_signals(names: Sequence[str] = INTERRUPTS) -> Iterator[list[int]]:
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """Inside, Ctrl-C, SIGTERM and SIGHUP wait: the first that arrived is delivered (to the handler there was
-    before) when the block ends, so the block runs whole or, when it raises, as far as it got."""
-    with held_signals() as caught:
-        yield
-    if caught:
-        signal.raise_signal(caught[0])
+    before) when the block ends, so the block runs whole or, when it raises, as far as it got (the signal is
+    delivered then too)."""
+    held: list[int] = []
+    try:
+        with held_signals() as held:
+            yield
+    finally:
+        if held:
+            signal.raise_signal(held[0])

@@ -1097,3 +1097,22 @@ def test_log_lines_read_as_the_commands_own_lines(cnn_path, tmp_path, capsys, mo
 
     record = logging.LogRecord("onnx_alds.latency", logging.WARNING, __file__, 1, "latency cache not written", (), None)
     assert _LowerCaseLevels("%(levelname)s: %(message)s").format(record) == "warning: latency cache not written"
+
+
+def test_a_signal_held_in_a_block_that_raises_is_still_delivered():
+    """uninterrupted() dropped a SIGTERM that arrived inside a block which then raised (a failed rename)."""
+    import signal
+
+    from onnx_alds.signals import uninterrupted
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise OSError("the rename failed")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
