@@ -542,7 +542,7 @@ def test_plan_edits_are_checked_when_made():
     model = small_cnn(width=16)
     plan = make_plan(model, keep_flops=0.5)
     name = next(layer.name for layer in plan.layers if layer.option == "factorized")
-    for changes, message in ((dict(option="factorised"), "option 'factorised' is not one of"),
+    for changes, message in ((dict(option="factorised"), 'option "factorised" is not one of'),
                              (dict(rank="8"), "expected an integer")):
         with pytest.raises(PlanError, match=message):
             plan.with_layer(name, **changes)
