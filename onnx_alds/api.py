@@ -584,7 +584,8 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
     note is the reason when there is no layer)."""
     einsum = next((note for note in notes if EINSUM_NOTE in note), None)
     if einsum and not layers:  # a model whose linear layers are all Einsum nodes
-        return f"nothing to compress: no Conv/Gemm/MatMul node; {einsum}"
+        return (f"nothing to compress: no Conv/Gemm/MatMul node; {einsum}; export the linear layers as MatMul or "
+                "Gemm (torch.nn.Linear, not torch.einsum) to compress them")
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
     if dead and not layers:
         return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} nodes reach "
@@ -1080,7 +1081,7 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
 
 
 EINSUM_NOTE = "Einsum nodes with a constant operand"  # in the note, and quoted by the error for Einsums only
-CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by distill
+CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by validate, distill
 CALIBRATION_SAMPLES_KEY = "onnx_alds.calibration_samples"  # its first samples' digests, read by validate, distill
 EARLIER_STEPS_KEY = "onnx_alds.earlier_steps"  # the method and target of each earlier onnx-alds step, first first
 
@@ -1092,20 +1093,31 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
     set it was fitted to (:func:`onnx_alds.plan.calibration_digest`, and its samples':
     :func:`onnx_alds.plan.sample_digests`), read by validate and distill. A model that
     onnx-alds compressed before keeps the method and target of each earlier step (``EARLIER_STEPS_KEY``):
-    the target of this step is a fraction of its input, not of the first original."""
-    from .plan import SAMPLE_DIGESTS_KEPT, calibration_digest, sample_digests
+    the target of this step is a fraction of its input, not of the first original. The samples' digests are
+    those of the samples used (whole batches of a model that fixes its batch), and the earlier steps' too
+    (their factors or refits were fitted to theirs)."""
+    from .plan import SAMPLE_DIGEST_CHARS, SAMPLE_DIGESTS_KEPT, calibration_digest, sample_digests
 
-    digest = calibration_digest(calibration) if calibration is not None else None
-    samples = "".join(sample_digests(calibration, SAMPLE_DIGESTS_KEPT)) if digest else ""
+    used = calibration
+    count = sample_count(calibration, prepared.original) if calibration is not None else None
+    if count is not None and count < len(calibration) and hasattr(calibration, "head"):
+        used = calibration.head(count)
+    digest = calibration_digest(used) if used is not None else None
     before = {entry.key: entry.value for entry in prepared.original.metadata_props}
+    earlier_samples = before.get(CALIBRATION_SAMPLES_KEY, "")
+    samples = list(dict.fromkeys((sample_digests(used, SAMPLE_DIGESTS_KEPT) if digest else []) + [
+        earlier_samples[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(earlier_samples), SAMPLE_DIGEST_CHARS)]))
+    calibrated = ({CALIBRATION_DIGEST_KEY: digest or before.get(CALIBRATION_DIGEST_KEY)}
+                  if digest or before.get(CALIBRATION_DIGEST_KEY) else {})
+    if samples:
+        calibrated[CALIBRATION_SAMPLES_KEY] = "".join(samples[:4 * SAMPLE_DIGESTS_KEPT])
     earlier = "; ".join(step for step in (before.get(EARLIER_STEPS_KEY), " ".join(
         before[key] for key in ("onnx_alds.method", "onnx_alds.target") if key in before)
         + (" distilled" if "onnx_alds.distill" in before else "")) if step)
     kept = [entry for entry in new_model.metadata_props if not entry.key.startswith("onnx_alds.")]
     del new_model.metadata_props[:]  # the earlier step's keys describe it, not this model: summed up above
     new_model.metadata_props.extend(kept)
-    add_provenance(new_model, ({CALIBRATION_DIGEST_KEY: digest, CALIBRATION_SAMPLES_KEY: samples} if digest else {})
-                   | ({EARLIER_STEPS_KEY: earlier} if earlier else {}) | {
+    add_provenance(new_model, calibrated | ({EARLIER_STEPS_KEY: earlier} if earlier else {}) | {
         "onnx_alds.version": __version__,
         "onnx_alds.method": method,
         "onnx_alds.target": f"keep_{target}={keep}",

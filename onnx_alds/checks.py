@@ -388,7 +388,7 @@ def _refuse_dilated_same_padding(model: onnx.ModelProto) -> None:
                 raise ModelLoadError(
                     f"Conv '{node.name or node.output[0]}' has dilations {dilations} with auto_pad {pad}, which "
                     "ONNX Runtime does not run (it computes SAME pads for dilation 1 only); export it with explicit "
-                    "pads ((kernel - 1) · dilation per axis, split between both sides)")
+                    "pads (at stride 1, (kernel - 1) · dilation per axis, split between both sides)")
 
 
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:

@@ -451,7 +451,12 @@ def write_together(save_output: Callable[[], Any], output: Path, report, report_
 
     written = [] if written is None else written
     if not report_path:
-        save_output()
+        try:
+            save_output()
+        except KeyboardInterrupt as exc:  # delivered just after the output landed (save_model holds it)
+            if getattr(exc, "landed", None):
+                written.append(str(output))
+            raise
         written.append(str(output))
         return
     target = Path(report_path)
@@ -464,7 +469,15 @@ def write_together(save_output: Callable[[], Any], output: Path, report, report_
             raise
         except OnnxAldsError as exc:
             raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
-        save_output()
+        try:
+            save_output()
+        except KeyboardInterrupt as exc:  # the output landed, then the interrupt held meanwhile: the report too
+            if not getattr(exc, "landed", None):
+                raise
+            written.append(str(output))
+            replace_keeping_mode(Path(pending), target)
+            written.append(str(report_path))
+            raise
         written.append(str(output))
         replace_keeping_mode(Path(pending), target)
         written.append(str(report_path))
@@ -536,8 +549,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
-_EXAMPLE_NAMES = {"output": "model.small.onnx", "report": "report.json", "json": "figures.json",
-                  "distill_report": "distill.json"}
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
@@ -575,9 +586,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     seen: dict[Path, str] = {}
     for key, value in outputs.items():
         flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
-        if str(value).endswith(("/", os.sep)):  # Path() drops the slash: a file would be written under the name
-            raise OutputPathError(f"{flag} '{value}' ends with '{value[-1]}', a folder; give a file path "
-                                  f"(such as {str(value).rstrip('/' + os.sep) or '.'}/{_EXAMPLE_NAMES[key]})")
+        if str(value).endswith(("/", os.sep)) or os.path.basename(str(value)) in (".", ".."):  # Path() drops the
+            raise OutputPathError(f"{flag} '{value}' names a folder (it ends with '{os.path.basename(value) or '/'}'); "
+                                  "give a file path")  # slash, or the dot: a file would be written under the name
         same = next((what for other, what in seen.items() if other == resolved or (
             other.exists() and resolved.exists() and os.path.samefile(other, resolved))), None)
         if same:

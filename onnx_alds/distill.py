@@ -1886,7 +1886,7 @@ def _calibrated_on(compressed: onnx.ModelProto, held_out: InputSet) -> Optional[
         return None
     seen, total = overlap
     return (("the held-out samples are" if seen == total else f"{seen} of the {total} held-out samples are")
-            + " among the inputs the compressed model was calibrated on (the same arrays): it was fitted to them, "
+            + " among the inputs the compressed model was calibrated on (the same samples): it was fitted to them, "
             "so the held-out figures are in-sample, optimistic, and the training may find little to improve; give "
             "inputs the compression did not see, or use compress --distill (which calibrates on the training part "
             "only)")
@@ -2206,11 +2206,13 @@ def run_distill_command(args: argparse.Namespace) -> int:
     compressed = load_model(args.compressed)
     inputs = inputs_from_args(original, args, required=True)
     result = distill(original, compressed, inputs, settings=settings, progress=args.progress)
-    save_model(result.model, output, protect=protect)
+    from .cli import write_together
+
+    args.written_files = []  # what an interrupt or a failed print from here on leaves written (cli names it)
+    write_together(lambda: save_model(result.model, output, protect=protect), output, result.report, args.report,
+                   written=args.written_files)  # both or neither
     print(result.report.format())
-    print(f"wrote {output}")
-    if args.report:
-        result.report.save_json(args.report)
+    print(f"wrote {' and '.join(args.written_files)}")
     return 0
 
 

@@ -245,7 +245,9 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
         raise InputDataError(f"image '{path}' has more pixels than Pillow reads (its guard against decompression "
                              f"bombs: {2 * Image.MAX_IMAGE_PIXELS} pixels); shrink it, or remove it") from None
     except Exception as exc:
-        raise InputDataError(f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the file") from None
+        problem = unreadable(path, f"the image '{path}'") if isinstance(exc, OSError) else None
+        raise InputDataError(problem or f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the "
+                             "file") from None
     width, height = image.size
     if preprocess.size is not None:
         height, width = preprocess.size
@@ -420,6 +422,9 @@ def read_labels_file(path: PathLike) -> LabelsFile:
         raise InputDataError(f"labels file '{file}' does not exist; check the path")
     if not file.is_file():
         raise InputDataError(f"labels file '{file}' is not a file; give a text file ({LABELS_FILE_HELP})")
+    problem = unreadable(file, f"the labels file '{file}'")
+    if problem:
+        raise InputDataError(problem)
     try:
         text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad, Excel) is not part of a label
     except (OSError, UnicodeDecodeError) as exc:
@@ -586,7 +591,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
     if not path.is_file() and not path.is_dir():  # a pipe (a shell's <(...)), a device: a zip is read with seeks
         raise InputDataError(f"'{path}' is a pipe or device, not a file (an .npz is a zip archive, read with seeks); "
                              "save it to a file and give that path")
-    problem = unreadable(path, "input file")
+    problem = unreadable(path, f"the input file '{path}'")
     if problem:
         raise InputDataError(problem)
     key = None

@@ -591,16 +591,19 @@ def _other_reader_text(node: onnx.NodeProto, weight: str, producers: Mapping[str
         chain.add(id(producer))
         tensor = producer.input[0]
         names.append(tensor)
-    for name in names:
-        other = next((reader for reader in readers.get(name, []) if id(reader) not in chain
-                      and not (reader.op_type in FOLDABLE_OPS and reader.output and reader.output[0] in names)), None)
-        for _ in range(16):  # another chain of moves and casts: the node at its end
-            if other is None or other.op_type not in FOLDABLE_OPS or not other.output:
-                break
-            other = next(iter(readers.get(other.output[0], [])), None)
-        if other is not None:
-            tied = " (a tied embedding: the head shares the embedding table)" if other.op_type == "Gather" else ""
-            return f"{ALSO_READ_BY}{other.op_type} '{other.name or other.output[0]}'{tied}"
+    pending = [reader for name in names for reader in readers.get(name, []) if id(reader) not in chain
+               and not (reader.op_type in FOLDABLE_OPS and reader.output and reader.output[0] in names)]
+    seen: set[int] = set()
+    while pending and len(seen) < 64:  # another chain of moves and casts: the nodes at its ends
+        other = pending.pop(0)
+        if id(other) in seen:
+            continue
+        seen.add(id(other))
+        if other.op_type in FOLDABLE_OPS and is_standard(other) and other.output:
+            pending.extend(readers.get(other.output[0], []))
+            continue
+        tied = " (a tied embedding: the head shares the embedding table)" if other.op_type == "Gather" else ""
+        return f"{ALSO_READ_BY}{other.op_type} '{other.name or other.output[0]}'{tied}"
     return ""
 
 
@@ -795,6 +798,24 @@ def _constant_walk(name: str, producers: Mapping[str, onnx.NodeProto], constants
     return sorted(ops)
 
 
+def _stored_elements(name: str, producers: Mapping[str, onnx.NodeProto],
+                     constants: Mapping[str, onnx.TensorProto], limit: int = 64) -> int:
+    """The elements of the constants that ``name`` is computed from (it reads constants alone): what the file
+    stores for it (an int8 weight and its scales behind DequantizeLinear; ``U`` and ``V`` of ``U @ V``)."""
+    seen: set[str] = set()
+    total, pending = 0, [name]
+    while pending and len(seen) < limit:
+        tensor = pending.pop()
+        if not tensor or tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in constants:
+            total += int(np.prod(constants[tensor].dims, dtype=np.int64))
+        elif tensor in producers:
+            pending.extend(producers[tensor].input)
+    return total
+
+
 # the largest weight magnitude the float64 arithmetic takes: Gram matrices sum squares of products
 LARGEST_WEIGHT = 1e100
 
@@ -886,11 +907,14 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
                                   channel_multiple=channel_multiple)
         if not groups:
             reason = f"factorization would not shrink it ({f}x{c * kernel} weight)"
-    # weights: the constant's elements (a batched 3-D one included), also where constants compute it (an int8
-    # weight behind DequantizeLinear, a weight norm: as many elements, near enough); an operand computed at
-    # run time is none
-    constant = tensor is not None or (bool(shape) and _reads_only_constants(weight_name, producers, constants))
-    params = 0 if not constant else f * c * kernel if f and c else int(np.prod(shape, dtype=np.int64))
+    # weights: the constant's elements (a batched 3-D one included), or where constants compute it (an int8
+    # weight behind DequantizeLinear, a weight norm, U @ V) those the file stores for it; an operand computed
+    # at run time has none
+    if tensor is not None:
+        params = f * c * kernel if f and c else int(np.prod(shape, dtype=np.int64))
+    else:
+        params = _stored_elements(weight_name, producers, constants) \
+            if _reads_only_constants(weight_name, producers, constants) else 0
     return Layer(
         name=node.name, op=node.op_type, input=input_name, output=node.output[0], weight=weight_name,
         weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=params,

@@ -84,16 +84,16 @@ def _model_path(model: Any) -> Path:
                          "onnx.ModelProto")
 
 
-def unreadable(path: Path, what: str = "file") -> Optional[str]:
-    """Why the existing file ``path`` cannot be opened for reading, as an error message with the fix (permission
-    denied, an I/O error), or None when it can."""
+def unreadable(path: Path, what: str) -> Optional[str]:
+    """Why the existing file ``path`` (``what``: the file in words, "the model file 'm.onnx'") cannot be opened
+    for reading, as an error message with the fix (permission denied, an I/O error), or None when it can."""
     try:
         with open(path, "rb"):
             pass
     except PermissionError:
-        return f"permission denied reading the {what} '{path}'; make it readable (chmod u+r) or give a readable copy"
+        return f"permission denied reading {what}; make it readable (chmod u+r) or give a readable copy"
     except OSError as exc:
-        return f"cannot open the {what} '{path}' ({exc.strerror or exc}); check the file"
+        return f"cannot open {what} ({exc.strerror or exc}); check the file"
     return None
 
 
@@ -103,7 +103,7 @@ def _read_model_file(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"model file '{path}' does not exist; check the path")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a folder, not an ONNX model file; pass the .onnx file")
-    problem = unreadable(path, "model file")
+    problem = unreadable(path, f"the model file '{path}'")
     if problem:
         raise ModelLoadError(problem)
     try:
@@ -150,7 +150,7 @@ def _check_external_files(proto: onnx.ModelProto, path: Path) -> list[onnx.Tenso
         if not location.is_file():
             raise ModelLoadError(f"the external data file '{info.location}' of '{path.name}' is missing "
                                  f"(tensor '{tensor.name}'); put it next to the model in '{base}'")
-        problem = unreadable(location, f"external data file of '{path.name}'")
+        problem = unreadable(location, f"the external data file '{info.location}' of '{path.name}'")
         if problem:
             raise ModelLoadError(problem)
         if info.length and location.stat().st_size < (info.offset or 0) + info.length:
@@ -774,8 +774,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
     made, and ``model`` is not modified.
     """
-    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash
-        raise OutputPathError(f"'{path}' ends with '{path[-1]}', a folder; give a file path for the model")
+    if isinstance(path, str) and (path.endswith(("/", os.sep)) or os.path.basename(path) in (".", "..")):
+        raise OutputPathError(f"'{path}' names a folder (it ends with '{os.path.basename(path) or '/'}'); give a file "
+                              "path for the model")  # (Path() drops the slash or the dot)
     target = Path(path)
     check_output_path(target, protect)
     if external_data is None:
@@ -808,10 +809,14 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         else:
             wrote_data = False
             _write_one_file(model, tmp_model, store)
-        with uninterrupted():  # an interrupt between the renames left the old model reading the new weights
-            if wrote_data:
-                replace_keeping_mode(Path(tmp_dir) / data_name, data_path)
-            replace_keeping_mode(tmp_model, target)
+        try:
+            with uninterrupted():  # an interrupt between the renames left the old model reading the new weights
+                if wrote_data:
+                    replace_keeping_mode(Path(tmp_dir) / data_name, data_path)
+                replace_keeping_mode(tmp_model, target)
+        except KeyboardInterrupt as exc:  # held, delivered once the model landed: the caller may say so
+            exc.landed = str(target)
+            raise
         if stale and data_path.is_file():  # the model written over kept its weights there
             data_path.unlink()
     except OSError as exc:

@@ -1229,7 +1229,8 @@ class _PlanTimes:
         return predicted / model_us if predicted is not None and model_us else float("nan")
 
     def summary(self, decisions=None) -> dict:
-        keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us")
+        keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us",
+                "slow_ranks_dropped", "candidate_ranks", "layers_with_slow_ranks")  # (the search's speed filter)
         data = {key: self.latency.get(key) for key in keep}
         data.update(source="the plan", table_seconds=None, untimed={})
         unedited = not self.plan.edited_layers and not self.plan.edited_blocks

@@ -989,11 +989,13 @@ def test_an_output_path_ending_with_a_slash_is_a_folder_not_a_file(cnn_path, tmp
     paths[flag] = f"{old}/"
     code, _, err = run_cli("compress", cnn_path, "-o", paths["-o"], "--report", paths["--report"], "--keep-params",
                            "0.9", "--rank-multiple", "1", capsys=capsys)
-    assert_one_line_error(code, err, f"{flag} '{old}/' ends with '/', a folder; give a file path")
+    assert_one_line_error(code, err, f"{flag} '{old}/' names a folder (it ends with '/'); give a file path")
     assert old.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "old.onnx"]
     with pytest.raises(OutputPathError, match="ends with '/'"):
         save_model(onnx.load(str(cnn_path)), f"{tmp_path}/new/")
-    assert not (tmp_path / "new").exists()
+    with pytest.raises(OutputPathError, match=r"ends with '\.'"):  # 'old.onnx/.' wrote old.onnx
+        save_model(onnx.load(str(cnn_path)), f"{old}/.")
+    assert not (tmp_path / "new").exists() and old.read_bytes() == b"keep"
 
 
 def test_hard_linked_outputs_are_named_as_the_same_file(cnn_path, tmp_path, capsys):
@@ -1043,7 +1045,7 @@ def test_unreadable_inputs_are_named_as_unreadable(cnn_path, tmp_path, capsys, m
     external = tmp_path / "ext.onnx"
     onnx.save(model, str(external), save_as_external_data=True, location="ext.data", size_threshold=0)
     denied = {str(tmp_path / "ext.data")}
-    with pytest.raises(ModelLoadError, match=r"permission denied reading the external data file of 'ext.onnx'"):
+    with pytest.raises(ModelLoadError, match=r"permission denied reading the external data file 'ext.data' of 'ext.onnx'"):
         load_model(external)
     monkeypatch.setattr(builtins, "open", real_open)
     fifo = tmp_path / "data.npz"
@@ -1116,3 +1118,27 @@ def test_a_signal_held_in_a_block_that_raises_is_still_delivered():
                 raise OSError("the rename failed")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_interrupt_held_over_the_final_renames_names_the_files_written(cnn_path, tmp_path, capsys, monkeypatch):
+    """SIGTERM during the model's rename was delivered once the model had landed: the CLI said "no output was
+    written" (the new model was there) and the report was never renamed into place."""
+    import signal
+
+    import onnx_alds.model_io as model_io
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    real_replace = os.replace
+
+    def replace_with_signal(source, target):
+        if Path(target) == out:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(source, target)
+
+    monkeypatch.setattr(model_io.os, "replace", replace_with_signal)
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
+                           "--rank-multiple", "1", "-q", capsys=capsys)
+    assert code == 130
+    assert f"interrupted after {out} and {report} were written" in err
+    assert json.loads(report.read_text())["achieved"] > 0
+    onnx.checker.check_model(str(out))

@@ -501,8 +501,9 @@ def test_quantized_weight_is_left_dense_with_the_real_reason():
     rows = {row.name: row for row in result.report.layers}
     assert "DequantizeLinear" in rows["conv"].skip_reason and "quantiz" in rows["conv"].skip_reason
     assert factorized(result) == ["fc"]
-    # its weights are the int8 tensor's (the row said 0, beside totals that count them)
-    assert rows["conv"].params_before == q.size
+    # its weights are the int8 tensor's and its scales' and zero points' (the row said 0, beside totals that count
+    # them)
+    assert rows["conv"].params_before == q.size + 16 + 16
 
 
 def test_empty_weight_is_skipped_not_a_traceback(tmp_path):
@@ -1191,6 +1192,25 @@ def test_a_tied_head_left_dense_is_not_said_to_be_folded_for_factorization():
                                              "embedding table)")
 
 
+def test_a_shared_weight_names_a_reader_past_an_identity_that_is_a_graph_output():
+    """The first other reader was an Identity whose output the model returns: the reason gave up there and
+    named no reader, though a MatMul read the weight too."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"], name="first"),
+             helper.make_node("Identity", ["W"], ["W_out"], name="exposed"),
+             helper.make_node("MatMul", ["a", "W"], ["y"], name="second")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32]),
+                        helper.make_tensor_value_info("W_out", TensorProto.FLOAT, [32, 32])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "W")])
+    from onnx_alds.api import analyze
+
+    rows = {row.name: row for row in analyze(model).layers}
+    assert rows["first"].skip_reason.endswith(": also read by MatMul 'second'")
+
+
 def test_a_product_of_two_constants_is_no_layer_and_runs_no_macs():
     """W = U @ V from two initializers (a factorized parametrization exported without constant folding):
     the constant product was a layer holding 92 % of the MACs, the whole cut went there, and ONNX Runtime
@@ -1211,6 +1231,7 @@ def test_a_product_of_two_constants_is_no_layer_and_runs_no_macs():
     rows = {row.name: row for row in report.layers}
     assert rows["product"].skip_reason.startswith("both operands are constants") and not rows["product"].macs
     assert rows["use"].skip_reason.startswith("weight is computed from constants by MatMul nodes")
+    assert rows["use"].params == 64 * 48 + 48 * 96 and rows["product"].params == 0  # what the file stores for it
     assert report.macs_total == 2 * 64 * 96 + 2 * 96 * 64  # the two products the model runs per call
     result = onnx_alds.compress(model, keep_flops=0.75, input_shapes={"x": (2, 64)}, rank_multiple=1)
     assert factorized(result) == ["last"]

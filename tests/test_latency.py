@@ -13,7 +13,7 @@ from onnx_alds.allocate import DENSE, LayerCosts, allocate_minmax
 from onnx_alds.errors import BudgetError
 from onnx_alds.latency import LatencyCache, LayerSpec, TableStats, grid_ranks, measure_table
 from onnx_alds.options import Budget, SearchOptions, SpeedOptions
-from onnx_alds.plan import make_plan
+from onnx_alds.plan import apply_plan, make_plan
 from onnx_alds.spectra import error_table, layer_spectra
 
 
@@ -68,6 +68,9 @@ def test_options_dropped_as_no_faster_than_dense_are_counted_and_named_in_the_wa
     dropped, candidates = report.latency["slow_ranks_dropped"], report.latency["candidate_ranks"]
     assert 0 < dropped < candidates
     assert f"latency: {dropped} of {candidates} candidate ranks" in report.format()
+    plan = make_plan(small_cnn(width=32), keep_flops=0.6, rank_multiple=8, order="auto", speed=speed(timer, tmp_path))
+    applied = apply_plan(small_cnn(width=32), plan).report  # (apply said nothing of it: the plan's keys were dropped)
+    assert applied.latency["slow_ranks_dropped"] == plan.totals["latency"]["slow_ranks_dropped"] > 0
     warning, _ = budget_gap(0.45, 0.6, 8, "rank", speed_filtered=True)
     assert "kept only the options measured faster than their dense layer" in warning
     assert "--rank-multiple" not in warning

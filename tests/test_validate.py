@@ -18,6 +18,7 @@ from PIL import Image
 from onnx_alds.cli import main
 from onnx_alds.errors import InputDataError, ProviderError, ValidationFailedError
 from onnx_alds.inputs import InputSet, load_inputs
+from onnx_alds.plan import calibration_overlap
 from onnx_alds.validate import (DEFAULT_TOLERANCES, Tolerances, add_validate_arguments, compare_output,
                                 nearest_neighbour_agreement, run_validate_command, summary_line, validate,
                                 validate_and_bench)
@@ -1223,6 +1224,32 @@ def test_validation_samples_some_of_which_the_model_was_calibrated_on_are_counte
     redrawn = validate(model, compressed, inputs=load_inputs(model, random=16, seed=0), figures_only=True).notes
     assert any("inputs are random" in n for n in redrawn)
     assert any("the validation inputs are the ones the compressed model was calibrated on" in n for n in redrawn)
+
+
+def test_calibration_digests_hold_the_samples_used_by_every_step():
+    """A model fixing its batch to 4 calibrated on 22 samples used 20, but the digests held all 22 (2 unused
+    samples were called in-sample); a second compression dropped the first step's digests (validating on the
+    samples the first step was fitted to gave no note)."""
+    import onnx_alds
+    from conftest import small_cnn
+
+    fixed = small_cnn(width=8)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    rng = np.random.default_rng(0)
+    calibration = InputSet({"input": rng.standard_normal((22, 3, 32, 32)).astype(np.float32)}, None, "22 samples")
+    compressed = onnx_alds.compress(fixed, keep_params=0.7, calibration=calibration, rank_multiple=1).model
+    tail = InputSet({n: a[20:] for n, a in calibration.arrays.items()}, None, "the two left out")
+    assert calibration_overlap(compressed, tail) == (0, 2)
+    assert calibration_overlap(compressed, calibration) == (20, 22)
+
+    model = small_cnn(width=8)
+    first = load_inputs(model, random=8, seed=3)
+    once = onnx_alds.compress(model, keep_params=0.8, calibration=first, rank_multiple=1).model
+    twice = onnx_alds.compress(once, keep_params=0.9, rank_multiple=1).model  # data-free second step
+    assert calibration_overlap(twice, first) == (8, 8)
+    second = load_inputs(model, random=8, seed=4)
+    other = onnx_alds.compress(once, keep_params=0.9, calibration=second, rank_multiple=1).model
+    assert calibration_overlap(other, first) == (8, 8) and calibration_overlap(other, second) == (8, 8)
 
 
 def test_compress_validate_random_does_not_redraw_the_random_calibration(tmp_path, monkeypatch):
