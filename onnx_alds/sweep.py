@@ -628,6 +628,21 @@ def _pool_ready() -> bool:
     return True
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (once per process) with its leak warning off: workers stopped
+    mid-task (an interrupt, a dead worker's pool) leave the pool's semaphores to it, which it removes, and
+    its "leaked semaphore objects" warning followed the command's own error line."""
+    import sys
+    from multiprocessing import resource_tracker
+
+    ignore = "ignore::UserWarning:multiprocessing.resource_tracker"
+    sys.warnoptions.append(ignore)  # (the tracker is started with this interpreter's -W options)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(ignore)
+
+
 @contextlib.contextmanager
 def _spawning_workers() -> Iterator[None]:
     """Spawn worker processes that a Ctrl-C in the terminal does not reach: SIGINT is blocked in this
@@ -680,22 +695,29 @@ class LocalEngine(Engine):
         if self.workers == 1:
             self._state = WorkerState(threads=self.threads)
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         import pickle
         import tempfile
 
         self._data_dir = tempfile.mkdtemp(prefix="onnx-alds-sweep-")
-        data_path = os.path.join(self._data_dir, "data.pickle")
-        with open(data_path, "wb") as stream:
+        with open(os.path.join(self._data_dir, "data.pickle"), "wb") as stream:
             pickle.dump(dict(data), stream, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_pool_init, initargs=(self.threads, data_path))
+        self._pool = self._new_pool(self.workers)
+
+    def _new_pool(self, workers: int):
+        """A pool of ``workers`` spawned processes, started (each has read the models' data); raises
+        :class:`EngineError` when one dies while starting."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
+        assert self._data_dir is not None
+        _quiet_resource_tracker()
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_pool_init,
+                                   initargs=(self.threads, os.path.join(self._data_dir, "data.pickle")))
+        self._pool = pool
         with _spawning_workers():  # these submits spawn the workers
-            self._futures = [self._pool.submit(_pool_ready) for _ in range(self.workers)]
+            self._futures = [pool.submit(_pool_ready) for _ in range(workers)]
         try:
             for future in self._futures:
                 future.result()
@@ -703,25 +725,66 @@ class LocalEngine(Engine):
             raise EngineError(f"a sweep worker process died while starting (killed, or out of memory: each of the "
                               f"{self.workers} workers holds the models and their data); run with fewer --workers"
                               ) from None
+        return pool
 
     def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
+        """The tasks' outcomes as they finish. A worker that dies (killed, out of memory) breaks the pool and
+        every task it held: those tasks run again in a new pool, and if one breaks that too, each alone in
+        a pool of its own, so only the task that kills its worker is reported crashed."""
         if self._pool is None:
             assert self._state is not None
             for task in tasks:
                 yield task, run_variant(task, self._data[task.model.name], self._state)
             return
         from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
-        futures = {self._pool.submit(_pool_run, task): task for task in tasks}
-        self._futures = list(futures)
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # the worker process died
-                row = dict(base_row(task), status="crashed", error=f"worker process failed: {exc}")
-                outcome = VariantOutcome(row, crashed=True)
-            yield task, outcome
+        pending, rounds = list(tasks), 0
+        while pending:
+            alone = rounds >= 2  # (the second break: one task at a time)
+            groups = [[task] for task in pending] if alone else [pending]
+            pending = []
+            for group in groups:
+                if self._pool is None:
+                    self._new_pool(1 if alone else self.workers)
+                futures = {self._pool.submit(_pool_run, task): task for task in group}
+                self._futures = list(futures)
+                broke = False
+                for future in as_completed(futures):
+                    task = futures[future]
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool as exc:
+                        broke = True
+                        if not alone:
+                            pending.append(task)  # (its worker, or another, died: run it again)
+                            continue
+                        outcome = self._crashed(task, exc)
+                    except Exception as exc:  # the task could not be sent or its result read back
+                        outcome = self._crashed(task, exc)
+                    yield task, outcome
+                if broke:
+                    self._stop_pool()
+            rounds += 1
+
+    @staticmethod
+    def _crashed(task: VariantTask, exc: BaseException) -> VariantOutcome:
+        row = dict(base_row(task), status="crashed", error=f"worker process failed: {exc}")
+        return VariantOutcome(row, crashed=True)
+
+    def _stop_pool(self) -> None:
+        """Stop the pool's workers now (the pool's own handles: shutdown() forgets them; Python 3.14's
+        terminate_workers() does this) and forget it."""
+        if self._pool is None:
+            return
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        self._pool = None
+        self._futures = []
 
     def close(self) -> None:
         if self._data_dir is not None:
@@ -733,16 +796,10 @@ class LocalEngine(Engine):
             return
         if all(future.done() for future in self._futures):
             self._pool.shutdown(wait=True)
+            self._pool = None
+            self._futures = []
         else:  # interrupted: the workers do not take SIGINT (start()), so they are stopped here
-            # (the pool's own handles: shutdown() forgets them; Python 3.14's terminate_workers() does this)
-            processes = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.join(timeout=10)
-        self._pool = None
-        self._futures = []
+            self._stop_pool()
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "workers": self.workers, "threads_per_worker": self.threads,

@@ -297,6 +297,29 @@ def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
     assert_same_results(serial, pool)
 
 
+def test_a_worker_killed_mid_sweep_takes_only_its_own_variant(tiny, tmp_path, capsys, monkeypatch):
+    """One worker SIGKILLed (the OOM killer) broke the process pool: every variant not yet finished was
+    reported crashed, started or not, and the command exited 1. They run again in a new pool now."""
+    from onnx_alds import sweep
+
+    real_run, killed = sweep.LocalEngine.run, []
+
+    def run_and_kill_a_worker(self, tasks):
+        for task, outcome in real_run(self, tasks):
+            if not killed and self._pool is not None:
+                victim = next(iter(self._pool._processes.values()))
+                os.kill(victim.pid, signal.SIGKILL)
+                killed.append(victim.pid)
+            yield task, outcome
+
+    monkeypatch.setattr(sweep.LocalEngine, "run", run_and_kill_a_worker)
+    serial, pool = tmp_path / "serial", tmp_path / "pool"
+    assert run(sweep_args(tiny, serial, "--no-bench", "--no-plots"), capsys)[0] == 0
+    code, _, err = run(sweep_args(tiny, pool, "--no-bench", "--no-plots", "--workers", "2"), capsys)
+    assert killed and code == 0, err
+    assert_same_results(serial, pool)
+
+
 def test_ray_engine_matches_local(tiny, tmp_path, capsys):
     ray = pytest.importorskip("ray")
     local, on_ray = tmp_path / "local", tmp_path / "ray"
