@@ -1079,7 +1079,24 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
                              "or --random")
     for _, inputs in evals:
         _check_labels_fit(proto, inputs, model.name)
+        _check_held_out(inputs, calibration, model.name)
     return ModelData(model.name, proto.SerializeToString(), calibration, evals)
+
+
+def _check_held_out(inputs, calibration, name: str) -> None:
+    """The validation data must not hold calibration samples (a variant fitted to them scores in-sample, as
+    if on held-out data): raises InputDataError saying how many it holds."""
+    from .plan import sample_digests
+
+    if calibration is None:
+        return
+    calibrated = set(sample_digests(calibration))
+    shared = sum(digest in calibrated for digest in sample_digests(inputs))
+    if shared:
+        raise InputDataError(f"the held-out data of model '{name}' ({inputs.source}) holds {shared} of its "
+                             f"{len(inputs)} samples from the calibration set ({calibration.source}): variants "
+                             "fitted to them would score in-sample; give validation data the calibration does not "
+                             "hold (--inputs/--images other than --calibration/--calibration-images)")
 
 
 TIMING_FIELDS = ("compress_s", "compress_seconds_by_step", "validate_s", "bench_load", "bench_threads")

@@ -297,6 +297,17 @@ def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
     assert_same_results(serial, pool)
 
 
+def test_validating_on_calibration_samples_is_refused(tiny, tmp_path, capsys):
+    """--inputs and --calibration the same file: every data-aware row scored in-sample (agreement 1.000)
+    as if on held-out data, with no note (SWEEP.md: held-out data, never the calibration set)."""
+    args = sweep_args(tiny, tmp_path / "out", "--no-bench", "--no-plots")
+    args[args.index("--inputs") + 1] = str(tiny / "calibration.npz")
+    code, _, err = run(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "holds" in lines[0] and "samples from the calibration set" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_worker_killed_mid_sweep_takes_only_its_own_variant(tiny, tmp_path, capsys, monkeypatch):
     """One worker SIGKILLed (the OOM killer) broke the process pool: every variant not yet finished was
     reported crashed, started or not, and the command exited 1. They run again in a new pool now."""
