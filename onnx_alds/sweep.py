@@ -261,6 +261,7 @@ class VariantTask:
     model: SweepModel
     fingerprint: str
     data_id: str = ""  # the model file and validation data its figures are measured on (:func:`data_identity`)
+    calibration_id: Optional[str] = None  # a data-aware variant's calibration set (:func:`calibration_identity`)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1027,6 +1028,15 @@ def data_identity(model: SweepModel, hashes: _Hashes) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def calibration_identity(model: SweepModel, hashes: _Hashes) -> Optional[str]:
+    """12 hex digits naming a model's calibration set by content (None without one): the data-aware rows of
+    one model fitted to other calibration data do not share a plot either."""
+    if model.calibration is None:
+        return None
+    what = model.calibration.identity(hashes)
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _measured_against(model: SweepModel, hashes: _Hashes) -> dict[str, Any]:
     """The model file (with its external data files, when it has any: a one-file model keeps the
     fingerprint it had), the validation sets, the input shapes and the quality metric, by content."""
@@ -1113,7 +1123,8 @@ def without_timings(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 CSV_COLUMNS = (
-    "variant_id", "model", "method", "data_aware", "target", "keep", "rank_multiple", "status", "achieved_keep",
+    "variant_id", "model", "method", "data_aware", "target", "keep", "rank_multiple", "seed", "status",
+    "achieved_keep",
     "params_kept", "macs_kept", "layers_factorized", "layers_total", "max_error",
     "quality_metric", "quality", "quality_original",
     "accuracy", "accuracy_original", "accuracy_drop", "agreement", "agreement_top5",
@@ -1121,7 +1132,7 @@ CSV_COLUMNS = (
     "ideal_speedup", "onnx_sha256", "compress_s", "validate_s",
     "batch_small", "ms_original_small", "ms_small", "speedup_small", "efficiency_small",
     "batch_large", "ms_original_large", "ms_large", "speedup_large", "efficiency_large",
-    "bench_load", "data_id", "error",
+    "bench_load", "data_id", "calibration_id", "error",
 )
 
 
@@ -1344,7 +1355,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _variant_line(row: Mapping[str, Any]) -> str:
-    head = f"  {row['model']:<18} {row['method']:<14} keep {row['keep']:<4g} m{row['rank_multiple']:<3}"
+    head = f"  {row['model']:<18} {row['method']:<14} keep {row['keep']:<4g} m{row['rank_multiple']:<3}" + (
+        f" seed {row['seed']}" if row.get("seed") else "")
     if row.get("status") != "ok":
         return f"{head} {row.get('status')}: {row.get('error')}"
     return (f"{head} achieved {row['achieved_keep']:.3f}  {row.get('quality_metric')} {_fmt(row.get('quality'))}  "
@@ -1415,6 +1427,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     tasks: list[VariantTask] = []
     skipped: list[dict[str, Any]] = []
     current = {model.name: data_identity(model, hashes) for model in models}
+    calibrations = {model.name: calibration_identity(model, hashes) for model in models}
     for model in models:
         for method in methods:
             spec = specs[method]
@@ -1428,7 +1441,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                     for seed in seeds:
                         variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
                         tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
-                                                 current[model.name]))
+                                                 current[model.name],
+                                                 calibrations[model.name] if spec.data else None))
     if not tasks:  # every combination skipped: refused before anything is written
         if not skipped:
             raise InputDataError("the sweep has no variant to run: no model to compress (check the model paths and "
@@ -1444,8 +1458,9 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     for task in tasks:
         row = store.done(task)
         if row is not None:
-            if row.get("data_id") != task.data_id:  # stored before rows named their data: the fingerprint matched
-                row["data_id"] = task.data_id
+            if row.get("data_id") != task.data_id or row.get("calibration_id") != task.calibration_id:
+                row["data_id"] = task.data_id  # stored before rows named their data: the fingerprint matched
+                row["calibration_id"] = task.calibration_id
                 store.update(task.variant.id, task.fingerprint, row)
             results[task.variant.id] = row
         else:
@@ -1473,6 +1488,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
             crashed.append(outcome.row)
         else:
             outcome.row["data_id"] = task.data_id
+            outcome.row["calibration_id"] = task.calibration_id
             store.save(task, outcome)
         results[task.variant.id] = outcome.row
         emit(_variant_line(outcome.row))
@@ -1530,18 +1546,20 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                seconds=time.time() - started, load_start=load_start, load_end=load_average(),
                engine=engine.describe(), variants=len(tasks), computed=len(todo) - len(crashed), reused=reused,
                crashed=len(crashed), phases=phases, timing=timing_note, bench=bool(bench), timeline=timeline)
-    write_record(out, store, skipped, run, plots=plots, say=emit, current=current)
+    write_record(out, store, skipped, run, plots=plots, say=emit, current=current, calibrations=calibrations)
     return SweepResult(rows=rows, skipped=skipped, computed=len(todo) - len(crashed), reused=reused, crashed=crashed,
                        timed=bool(bench and ok_rows), run=run)
 
 
 def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run: dict[str, Any], *, plots: bool,
-                 say: Callable[[str], None] = print, current: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+                 say: Callable[[str], None] = print, current: Optional[Mapping[str, str]] = None,
+                 calibrations: Optional[Mapping[str, Optional[str]]] = None) -> dict[str, Any]:
     """``sweep.json`` (every stored row, the skipped combinations, the runs), ``sweep.csv`` and the plots.
 
     ``current``: this run's :func:`data_identity` per model; stored rows of those models with another one
     (measured on other validation data or another model file) stay in ``sweep.json`` and ``sweep.csv``
-    with their ``data_id``, are left out of the plots, and a line says so."""
+    with their ``data_id``, are left out of the plots, and a line says so; ``calibrations``: this run's
+    :func:`calibration_identity` per model, and so for data-aware rows fitted to another calibration set."""
     path = out / "sweep.json"
     record: dict[str, Any] = {"rows": [], "skipped": [], "runs": []}
     record.update(_previous_record(path, say))
@@ -1559,6 +1577,15 @@ def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run:
         say(f"note: {count} stored rows of {model} were measured on other validation data or another model file "
             f"(this run's data_id {current[model]}); sweep.json and sweep.csv list them with their data_id, the plots "
             "leave them out")
+    refitted = [row for row in record["rows"] if calibrations and calibrations.get(row["model"])
+                and row.get("calibration_id") and row["calibration_id"] != calibrations[row["model"]]
+                and all(row is not seen for seen in other)]
+    for model in sorted({row["model"] for row in refitted}):
+        count = sum(row["model"] == model for row in refitted)
+        say(f"note: {count} stored data-aware rows of {model} were fitted to another calibration set (this run's "
+            f"calibration_id {calibrations[model]}); sweep.json and sweep.csv list them with their calibration_id, "
+            "the plots leave them out")
+    other += refitted
     if plots:
         try:
             left_out = {id(row) for row in other}
@@ -1871,16 +1898,23 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line per row; each speedup with the batch it was timed at (rows of models that fix their batch
+    are timed at theirs), the seed where the sweep has more than one."""
     from .report import format_table
 
-    small, large = (next((row[f"batch_{slot}"] for row in rows if row.get(f"batch_{slot}")), slot)
-                    for slot in ("small", "large"))
-    table = [("model", "method", "keep", "m", "achieved", "quality", f"speedup b{small}", f"speedup b{large}",
-              "status")]
+    seeds = len({row.get("seed", 0) for row in rows}) > 1
+
+    def speedup(row: Mapping[str, Any], slot: str) -> str:
+        value = row.get(f"speedup_{slot}")
+        return "-" if value is None else f"{_fmt(value, 2)} (b{row.get(f'batch_{slot}')})"
+
+    table = [("model", "method", "keep", "m") + (("seed",) if seeds else ()) + (
+        "achieved", "quality", "speedup small batch", "speedup large batch", "status")]
     for row in rows:
-        table.append((row["model"], row["method"], f"{row['keep']:g}", str(row["rank_multiple"]),
-                      _fmt(row.get("achieved_keep")),
-                      f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok"
-                      else "-",
-                      _fmt(row.get("speedup_small"), 2), _fmt(row.get("speedup_large"), 2), row.get("status", "")))
+        table.append((row["model"], row["method"], f"{row['keep']:g}", str(row["rank_multiple"]))
+                     + ((str(row.get("seed", 0)),) if seeds else ())
+                     + (_fmt(row.get("achieved_keep")),
+                        f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok"
+                        else "-",
+                        speedup(row, "small"), speedup(row, "large"), row.get("status", "")))
     return format_table(table)

@@ -297,6 +297,28 @@ def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
     assert_same_results(serial, pool)
 
 
+def test_rows_fitted_to_another_calibration_set_are_named_and_left_out_of_the_plots(tiny, tmp_path, capsys):
+    """A budget redone with another calibration set sat beside rows fitted to the first one with the same
+    data_id, no note, and one line in the plot; the rows and the CSV did not say which set each used."""
+    out = tmp_path / "out"
+    args = ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "0.8", "--methods", "svd+data", "--inputs",
+            str(tiny / "eval.npz"), "--calibration", str(tiny / "calibration.npz"), "-o", str(out), "--rank-multiple",
+            "1", "--no-progress", "--no-bench", "--no-plots"]
+    assert run(args, capsys)[0] == 0
+    first = {row["keep"]: row["calibration_id"] for row in record(out)["rows"]}
+    other = tmp_path / "other.npz"
+    x = np.load(tiny / "calibration.npz")["input"]
+    np.savez(other, input=x[::-1].copy() * 0.5)
+    args[args.index("0.8")] = "0.5"  # (0.5 twice: one variant)
+    args[args.index(str(tiny / "calibration.npz"))] = str(other)
+    code, stdout, _ = run(args, capsys)
+    rows = {row["keep"]: row["calibration_id"] for row in record(out)["rows"]}
+    assert code == 0 and rows[0.8] == first[0.8] and rows[0.5] != first[0.5] and rows[0.5]
+    assert "1 stored data-aware rows of tiny were fitted to another calibration set" in stdout
+    header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert "calibration_id" in header and "seed" in header
+
+
 def test_validating_on_calibration_samples_is_refused(tiny, tmp_path, capsys):
     """--inputs and --calibration the same file: every data-aware row scored in-sample (agreement 1.000)
     as if on held-out data, with no note (SWEEP.md: held-out data, never the calibration set)."""
