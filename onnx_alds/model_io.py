@@ -1226,7 +1226,8 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                             else "N" for i, d in enumerate(dims))
 
         flags = " ".join(f"--input-shape {spec.name}:{example(spec, dims)}" for spec, dims in dynamic)
+        placeholder = any("N" in example(spec, dims).split("x") for spec, dims in dynamic)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
-            f"give them with {flags}")
+            f"give them with {flags}" + (" (each N: the size you run the model at, a number)" if placeholder else ""))
     return shapes, notes
