@@ -797,14 +797,6 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                 raise OutputPathError(f"the model is written with its weights in '{data_path}', which is {taken}; "
                                       "choose another -o name")
             check_data_file_name(target)
-            if data_path.exists() and not _references_file(target, data_name):  # another model's, or anything
-                raise OutputPathError(f"the model is written with its weights in '{data_path}', which exists and is "
-                                      f"not the data of '{target}' (another model may read it); move it or choose "
-                                      "another -o name")
-            other = _other_reader(target, data_name) if data_path.exists() else None
-            if other is not None:
-                raise OutputPathError(f"the model is written with its weights in '{data_path}', which '{other}' "
-                                      "reads too; choose another -o name")
             wrote_data = _write_with_external_data(model, tmp_model, data_name, store)
         else:
             wrote_data = False
@@ -961,7 +953,9 @@ def _is_file(path: Path) -> bool:
 
 def check_data_file_name(target: Path) -> None:
     """Raise :class:`OutputPathError` when the weights file ``<name>.data`` of a model written to ``target``
-    with external data would be a longer name than the file system takes."""
+    with external data cannot be written: a longer name than the file system takes, a file there that is
+    not the data of the model at ``target`` (another model's, or anything), or data another model beside it
+    reads too. Checked before any work where a model may need external data, and again when written."""
     try:
         longest = os.pathconf(str(target.parent), "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
@@ -969,6 +963,17 @@ def check_data_file_name(target: Path) -> None:
     if len(os.fsencode(target.name + ".data")) > longest:
         raise OutputPathError(f"-o name '{target.name[:40]}…' is too long for its weights file '<name>.data' "
                               f"(a file name takes at most {longest} bytes here); choose a shorter -o name")
+    data_name = target.name + ".data"
+    data_path = target.parent / data_name
+    if not data_path.exists():
+        return
+    if not _references_file(target, data_name):  # another model's, or anything
+        raise OutputPathError(f"the model is written with its weights in '{data_path}', which exists and is not the "
+                              f"data of '{target}' (another model may read it); move it or choose another -o name")
+    other = _other_reader(target, data_name)
+    if other is not None:
+        raise OutputPathError(f"the model is written with its weights in '{data_path}', which '{other}' reads too; "
+                              "choose another -o name")
 
 
 def may_need_external_data(model_path: Union[str, os.PathLike]) -> bool:

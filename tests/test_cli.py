@@ -1142,3 +1142,21 @@ def test_an_interrupt_held_over_the_final_renames_names_the_files_written(cnn_pa
     assert f"interrupted after {out} and {report} were written" in err
     assert json.loads(report.read_text())["achieved"] > 0
     onnx.checker.check_model(str(out))
+
+
+def test_a_file_at_the_outputs_weights_name_is_refused_before_any_work(cnn_path, tmp_path, capsys, monkeypatch):
+    """A model that may be written with external data, and an unrelated '<-o>.data' file: refused only when the
+    model was written, after the whole compression."""
+    import onnx_alds.api
+    import onnx_alds.model_io as model_io
+
+    monkeypatch.setattr(model_io, "_PROTOBUF_LIMIT", 1000)  # (the CNN counts as a model past the 2 GB limit)
+    (tmp_path / "o.onnx.data").write_bytes(b"another model's weights")
+
+    def never(*args, **kwargs):
+        raise AssertionError("compressed before the output path was checked")
+
+    monkeypatch.setattr(onnx_alds.api, "compress", never)
+    code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-params", "0.9", capsys=capsys)
+    assert_one_line_error(code, err, "which exists and is not the data of")
+    assert (tmp_path / "o.onnx.data").read_bytes() == b"another model's weights"
