@@ -10,6 +10,8 @@ deep-learning framework.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .errors import OutputPathError, ValidationFailedError
 MODEL = "mnist_resnet.onnx"
 CALIBRATION = "mnist_calibration.npz"
 EVALUATION = "mnist_eval.npz"
+OUTPUTS = ("mnist_resnet.alds.onnx", "compress_report.json", "demo_report.json")  # what --out DIR gets
 
 
 def bundled(name: str) -> Path:
@@ -44,7 +47,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import load_inputs
-    from .model_io import first_missing_folder, load_model, remove_if_no_files
+    from .model_io import first_missing_folder, load_model, remove_if_no_files, replace_keeping_mode
+    from .signals import uninterrupted
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -58,15 +62,20 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     result = compress(model, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple, calibration=calibration,
                       order=args.order)
-    created = first_missing_folder(out)  # removed again, with what this run wrote, if it fails
-    written: list[str] = []
+    created = first_missing_folder(out)  # removed again if it fails
+    out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
+    staging = Path(tempfile.mkdtemp(prefix=".onnx-alds-demo-", dir=out))  # this run's files, until they all are
     try:
-        validation = _write_and_check(args, out, model_path, result, evaluation, written)
+        validation = _write_and_check(args, staging, model_path, result, evaluation)
+        with uninterrupted():  # all three in place, or none: an earlier run's files stay as they were
+            for name in OUTPUTS:
+                replace_keeping_mode(staging / name, out / name)
     except BaseException:  # a full disk, an interrupt: nothing of this run is left (a failed check raises after)
-        for path in written:
-            Path(path).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
         remove_if_no_files(created)
         raise
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     if not validation.passed:  # (validate's own advice names flags the demo does not take)
         problem = validation.failure_message().split("; ")[0]
         raise ValidationFailedError(
@@ -76,21 +85,18 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, result, evaluation,
-                     written: list[str]):
-    """Write the compressed model and its report, validate and time it, write the demo's report; returns
-    the validation report. ``written`` gets each file as it lands."""
-    from .cli import write_together
+def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, result, evaluation):
+    """Write the compressed model and its report into ``out`` (the run's staging folder), validate and time
+    it, write the demo's report; returns the validation report."""
     from .model_io import save_model
     from .report import write_json
     from .validate import validate_and_bench
 
-    out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
-    compressed_path = out / "mnist_resnet.alds.onnx"
-    write_together(lambda: save_model(result.model, compressed_path, protect=[model_path]), compressed_path,
-                   result.report, str(out / "compress_report.json"), written=written)
+    compressed_path = out / OUTPUTS[0]
+    save_model(result.model, compressed_path, protect=[model_path])
+    result.report.save_json(out / OUTPUTS[1])
     print(result.report.format())
-    print(f"wrote {compressed_path}\n")
+    print()
 
     report = result.report
     validation, bench, summary = validate_and_bench(
@@ -104,7 +110,5 @@ def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, resu
     print()
     print(summary)
     write_json({"compress": report.to_dict(), "validate": validation.to_dict(),
-                "bench": None if bench is None else bench.to_dict(), "summary": summary}, out / "demo_report.json")
-    written.append(str(out / "demo_report.json"))
-    print(f"reports: {out / 'compress_report.json'}, {out / 'demo_report.json'}")
+                "bench": None if bench is None else bench.to_dict(), "summary": summary}, out / OUTPUTS[2])
     return validation

@@ -1160,3 +1160,20 @@ def test_a_file_at_the_outputs_weights_name_is_refused_before_any_work(cnn_path,
     code, _, err = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-params", "0.9", capsys=capsys)
     assert_one_line_error(code, err, "which exists and is not the data of")
     assert (tmp_path / "o.onnx.data").read_bytes() == b"another model's weights"
+
+
+def test_an_interrupted_demo_leaves_an_earlier_runs_files_as_they_were(tmp_path, capsys, monkeypatch):
+    """A second demo into the same folder, interrupted after its model was written, removed the first run's
+    model and compress report (written over, then unlinked) and kept a demo report describing them."""
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--out", str(out), capsys=capsys)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(before) == ["compress_report.json", "demo_report.json", "mnist_resnet.alds.onnx"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("onnx_alds.validate.validate_and_bench", interrupted)
+    code, _, err = run_cli("demo", "--out", str(out), "--keep-flops", "0.7", capsys=capsys)
+    assert code == 130 and "no output was written" in err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
