@@ -29,8 +29,8 @@ from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModel
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
                      find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
-                     iter_graphs, iter_total_params, literal_where_named, node_macs, unchanged_ops_note,
-                     weight_constants, widened_weights, with_order)
+                     iter_graphs, iter_total_params, literal_where_named, node_macs, stored_sources,
+                     unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -1311,6 +1311,12 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
 
     counted = [layer for layer in counted if cost(layer) > 0]  # (a product of constants runs no MACs)
     held = sum(cost(layer) for layer in counted)
+    if target == "params":  # what the file stores for them, each stored constant once (one int8 tensor behind
+        constants = prepared.constants  # two DequantizeLinear nodes, U and V in two products)
+        sources = set().union(*(stored_sources(chain_source(layer.weight, producers), producers, constants)
+                                for layer in counted))
+        held = min(held, sum(int(np.prod(constants[name].dims, dtype=np.int64)) for name in sources)) \
+            if sources else held
     why = ""
     if counted and held:
         by_reason: dict[str, float] = {}  # the reasons that hold the most first

@@ -413,7 +413,8 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     args.written_files = []  # what an interrupt from here on leaves written (_run names it)
     from .model_io import save_model
 
-    write_together(lambda: save_model(result.model, output, protect=[args.model], store=getattr(result, "store", None)),
+    write_together(lambda also: save_model(result.model, output, protect=[args.model],
+                                           store=getattr(result, "store", None), also=also),
                    output, result.report, args.report, written=args.written_files)
     distill_report = getattr(args, "distill_report", None) if extra is not None else None
     if distill_report:
@@ -438,51 +439,45 @@ def _validate_hint(model: str, output: str, data_aware: bool) -> str:
             "(or --images DIR, or compress --validate)")
 
 
-def write_together(save_output: Callable[[], Any], output: Path, report, report_path: Optional[str], *,
-                   written: Optional[list[str]] = None) -> None:
-    """Write an output (``save_output()`` writes ``output`` atomically: a model, a plan) and its JSON
-    ``report`` both or neither: the report goes to a temporary file in its folder first, the output is
-    written, then the report is renamed into place. ``written`` gets each path as it lands (an interrupt
-    between the two renames leaves the output alone, and says so). Errors name ``report_path``, never the
-    temporary file."""
+def write_together(save_output: Callable[[Optional[Callable[[], None]]], Any], output: Path, report,
+                   report_path: Optional[str], *, written: Optional[list[str]] = None) -> None:
+    """Write an output (``save_output(also)`` writes ``output`` atomically, a model or a plan, and runs
+    ``also`` right after its final rename, uninterrupted with it: :func:`onnx_alds.model_io.landed`) and its
+    JSON ``report`` both or neither: the report goes to a temporary file in its folder first, and is renamed
+    into place with the output. ``written`` gets each path as it lands (an interrupt held over the renames is
+    raised after them: both landed, and the error says so). Errors name ``report_path``, never the temporary
+    file."""
     import os
 
     from .model_io import replace_keeping_mode, unused_name
 
     written = [] if written is None else written
-    if not report_path:
-        try:
-            save_output()
-        except KeyboardInterrupt as exc:  # delivered just after the output landed (save_model holds it)
-            if getattr(exc, "landed", None):
-                written.append(str(output))
-            raise
-        written.append(str(output))
-        return
-    target = Path(report_path)
-    pending = unused_name(target.parent, ".json")  # created by save_json inside the try
+    landed: list[str] = []
+    pending: Optional[Path] = None
+
+    def land_report() -> None:
+        replace_keeping_mode(pending, Path(report_path))
+        landed.append(str(report_path))
+
     try:
-        try:
-            report.save_json(pending)
-        except OSError as exc:
-            exc.filename = str(report_path)
-            raise
-        except OnnxAldsError as exc:
-            raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
-        try:
-            save_output()
-        except KeyboardInterrupt as exc:  # the output landed, then the interrupt held meanwhile: the report too
-            if not getattr(exc, "landed", None):
+        if report_path:
+            pending = unused_name(Path(report_path).parent, ".json")  # created by save_json inside the try
+            try:
+                report.save_json(pending)
+            except OSError as exc:
+                exc.filename = str(report_path)
                 raise
-            written.append(str(output))
-            replace_keeping_mode(Path(pending), target)
-            written.append(str(report_path))
+            except OnnxAldsError as exc:
+                raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
+        try:
+            save_output(land_report if report_path else None)
+        except KeyboardInterrupt as exc:  # delivered just after the renames (held over them): they landed
+            if getattr(exc, "landed", None):
+                written.extend([str(output)] + landed)
             raise
-        written.append(str(output))
-        replace_keeping_mode(Path(pending), target)
-        written.append(str(report_path))
+        written.extend([str(output)] + landed)
     finally:
-        if os.path.exists(pending):
+        if pending is not None and os.path.exists(pending):
             os.unlink(pending)
 
 

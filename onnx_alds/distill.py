@@ -2209,8 +2209,8 @@ def run_distill_command(args: argparse.Namespace) -> int:
     from .cli import write_together
 
     args.written_files = []  # what an interrupt or a failed print from here on leaves written (cli names it)
-    write_together(lambda: save_model(result.model, output, protect=protect), output, result.report, args.report,
-                   written=args.written_files)  # both or neither
+    write_together(lambda also: save_model(result.model, output, protect=protect, also=also), output,
+                   result.report, args.report, written=args.written_files)  # both or neither
     print(result.report.format())
     print(f"wrote {' and '.join(args.written_files)}")
     return 0

@@ -534,9 +534,10 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
                 layer = replace(layer, skip_reason=f"'{clash}' (what its weight is read from) is defined in more than "
                                                    "one subgraph, so which one it reads is not known by name: give "
                                                    "each subgraph's tensors their own names to compress it")
-            if not layer.compressible and (not layer.params or not (layer.out_features and layer.in_channels)) \
-                    and (counted := node_macs(node, shapes)):  # a product with a run-time tensor, or a batched
-                layer = replace(layer, run_macs=counted)  # weight: the node's own MACs
+            if not layer.compressible and (not layer.params or not (layer.out_features and layer.in_channels)
+                                           or layer.weight not in constants) \
+                    and (counted := node_macs(node, shapes)):  # a product with a run-time tensor, a batched weight
+                layer = replace(layer, run_macs=counted)  # or one constants compute (its params: what is stored)
             if is_constant_product(node, producers, constants):
                 layer = replace(layer, skip_reason="both operands are constants (ONNX Runtime computes the product "
                                 "once, when it loads the model): not a layer, no MACs at run time", run_macs=0,
@@ -798,22 +799,30 @@ def _constant_walk(name: str, producers: Mapping[str, onnx.NodeProto], constants
     return sorted(ops)
 
 
-def _stored_elements(name: str, producers: Mapping[str, onnx.NodeProto],
-                     constants: Mapping[str, onnx.TensorProto], limit: int = 64) -> int:
-    """The elements of the constants that ``name`` is computed from (it reads constants alone): what the file
-    stores for it (an int8 weight and its scales behind DequantizeLinear; ``U`` and ``V`` of ``U @ V``)."""
+def stored_sources(name: str, producers: Mapping[str, onnx.NodeProto], constants: Mapping[str, onnx.TensorProto],
+                   limit: int = 64) -> set[str]:
+    """The constants that ``name`` is computed from (``name`` itself when it is one): what the file stores
+    for it (an int8 weight and its scales behind DequantizeLinear; ``U`` and ``V`` of ``U @ V``)."""
     seen: set[str] = set()
-    total, pending = 0, [name]
+    found: set[str] = set()
+    pending = [name]
     while pending and len(seen) < limit:
         tensor = pending.pop()
         if not tensor or tensor in seen:
             continue
         seen.add(tensor)
         if tensor in constants:
-            total += int(np.prod(constants[tensor].dims, dtype=np.int64))
+            found.add(tensor)
         elif tensor in producers:
             pending.extend(producers[tensor].input)
-    return total
+    return found
+
+
+def _stored_elements(name: str, producers: Mapping[str, onnx.NodeProto],
+                     constants: Mapping[str, onnx.TensorProto]) -> int:
+    """The elements of :func:`stored_sources`."""
+    return sum(int(np.prod(constants[source].dims, dtype=np.int64))
+               for source in stored_sources(name, producers, constants))
 
 
 # the largest weight magnitude the float64 arithmetic takes: Gram matrices sum squares of products

@@ -11,6 +11,7 @@ tensor. Memory then follows the largest layer, not the model (docs/LARGE_MODELS.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -653,6 +654,19 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
+@contextlib.contextmanager
+def landed(target: Path) -> Iterator[None]:
+    """The final renames of a write, uninterrupted (:func:`onnx_alds.signals.uninterrupted`): an interrupt that
+    arrived meanwhile is raised after them as a KeyboardInterrupt whose ``landed`` names ``target``, so that
+    the caller can say what was written."""
+    try:
+        with uninterrupted():
+            yield
+    except KeyboardInterrupt as exc:
+        exc.landed = str(target)
+        raise
+
+
 def replace_keeping_mode(pending: Path, target: Path) -> None:
     """Rename ``pending`` over ``target``, with the permissions ``target`` had when it exists (a file written
     over keeps its mode, as ``cp`` keeps it: a private model stays private)."""
@@ -707,17 +721,22 @@ def refuse_over_protobuf_limit(model: Union[ModelLike, "OpenedModel"], why: str,
                                        "onnx-alds validate ORIGINAL OUTPUT, which reads both from their files"))
 
 
-def write_file_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
+def write_file_atomically(path: Union[str, os.PathLike], data: bytes, *,
+                          also: Optional[Callable[[], None]] = None) -> None:
     """Write ``data`` to ``path`` all or nothing: into a temporary file of a short name in the same folder
     (a name as long as the file system allows still fits), then renamed over ``path``; the temporary file
-    is removed when anything fails. Raises OSError as the file system does."""
+    is removed when anything fails. ``also``: run right after the rename, with it (:func:`landed`). Raises
+    OSError as the file system does."""
     target = Path(path)
     pending = unused_name(target.parent, ".tmp")
     try:
         with open(pending, "xb") as stream:  # created inside the try: an interrupt cannot leave it behind
             stream.write(data)
         os.chmod(pending, 0o666 & ~_umask())  # the user's usual mode for a new file
-        replace_keeping_mode(pending, target)
+        with landed(target):
+            replace_keeping_mode(pending, target)
+            if also is not None:
+                also()
     except OSError as exc:
         raise _naming(exc, target)
     finally:
@@ -762,13 +781,15 @@ def unused_name(folder: Path, suffix: str = "") -> Path:
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                protect: Sequence[Union[str, os.PathLike]] = (),
-               external_data: bool | None = None, store: Optional[TensorStore] = None) -> Path:
+               external_data: bool | None = None, store: Optional[TensorStore] = None,
+               also: Optional[Callable[[], None]] = None) -> Path:
     """Write ``model`` to ``path`` completely or not at all.
 
     ``protect`` lists paths that must never be overwritten (the input model and its external data
     files). ``external_data`` forces (True) or forbids (False) storing tensors beside the model in
     ``<name>.data``; by default it is used only when the model would exceed the 2 GiB protobuf limit.
-    ``store``: where the stubs of a light model (:func:`open_model`) are read from.
+    ``store``: where the stubs of a light model (:func:`open_model`) are read from. ``also``: run right after
+    the final renames, uninterrupted with them (:func:`landed`): a report renamed into place with its model.
 
     The bytes are those ``onnx.save_model`` writes (one file, or ``save_as_external_data`` with
     ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
@@ -801,14 +822,12 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
         else:
             wrote_data = False
             _write_one_file(model, tmp_model, store)
-        try:
-            with uninterrupted():  # an interrupt between the renames left the old model reading the new weights
-                if wrote_data:
-                    replace_keeping_mode(Path(tmp_dir) / data_name, data_path)
-                replace_keeping_mode(tmp_model, target)
-        except KeyboardInterrupt as exc:  # held, delivered once the model landed: the caller may say so
-            exc.landed = str(target)
-            raise
+        with landed(target):  # an interrupt between the renames left the old model reading the new weights
+            if wrote_data:
+                replace_keeping_mode(Path(tmp_dir) / data_name, data_path)
+            replace_keeping_mode(tmp_model, target)
+            if also is not None:
+                also()
         if stale and data_path.is_file():  # the model written over kept its weights there
             data_path.unlink()
     except OSError as exc:

@@ -49,7 +49,7 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -180,10 +180,11 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: Union[str, Path], *, also: Optional[Callable[[], None]] = None) -> None:
+        """Write the plan as JSON, atomically (``also``: run with the rename, :func:`onnx_alds.model_io.landed`)."""
         from .report import write_json
 
-        write_json(self.to_dict(), path)
+        write_json(self.to_dict(), path, also=also)
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> "Plan":
@@ -1291,7 +1292,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     from .cli import write_together
 
     args.written_files = []  # what an interrupt or a failed print from here on leaves written (cli names it)
-    write_together(lambda: plan.save(output), output, plan.report, args.report,  # both or neither
+    write_together(lambda also: plan.save(output, also=also), output, plan.report, args.report,  # both or neither
                    written=args.written_files)
     # warnings on stderr, as compress prints them; their "--validate" belongs to apply here
     text = "\n".join(line for line in plan.report.format().splitlines() if not line.startswith("warning: "))

@@ -7,7 +7,7 @@ import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .errors import ratio_at_least
 
@@ -298,10 +298,10 @@ def json_safe(value):
     return value
 
 
-def write_json(data: dict, path: Union[str, Path]) -> None:
-    """Write ``data`` as indented strict JSON, atomically."""
+def write_json(data: dict, path: Union[str, Path], *, also: Optional[Callable[[], None]] = None) -> None:
+    """Write ``data`` as indented strict JSON, atomically (``also``: run with the rename)."""
     from .model_io import check_output_path, write_file_atomically
 
     target = Path(path)
     check_output_path(target, flag="the JSON file")
-    write_file_atomically(target, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode())
+    write_file_atomically(target, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode(), also=also)
