@@ -554,6 +554,8 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
     except Exception as exc:  # a bug or a broken environment: report it, keep the sweep going
         lines = traceback.format_exception_only(type(exc), exc)
         row.update(status="crashed", error=lines[-1].strip() if lines else type(exc).__name__)
+        if isinstance(exc, MemoryError):
+            row.update(memory=True, error=f"out of memory ({row['error'][:160]})")
         log.debug("variant %s crashed:\n%s", task.variant.id, traceback.format_exc())
         return done(VariantOutcome(row, crashed=True))
 
@@ -603,6 +605,7 @@ class Engine:
 # local process pool: the worker's state lives in module globals of the worker process
 _POOL_STATE: Optional[WorkerState] = None
 _POOL_DATA: dict[str, ModelData] = {}
+_POOL_RUNNING: Optional[str] = None  # a folder holding one file per task running in a worker (its variant id)
 
 
 def _pool_init(threads: int, data_path: str) -> None:
@@ -611,16 +614,25 @@ def _pool_init(threads: int, data_path: str) -> None:
     large start-up message was written to it left the parent blocked for good, deaf to Ctrl-C)."""
     import pickle
 
-    global _POOL_STATE, _POOL_DATA
+    global _POOL_STATE, _POOL_DATA, _POOL_RUNNING
     _cap_default_session_threads(threads)
     _POOL_STATE = WorkerState(threads=threads)
+    _POOL_RUNNING = os.path.join(os.path.dirname(data_path), "running")
     with open(data_path, "rb") as stream:
         _POOL_DATA = pickle.load(stream)  # (this run's own file)
 
 
 def _pool_run(task: VariantTask) -> VariantOutcome:
-    assert _POOL_STATE is not None
-    return run_variant(task, _POOL_DATA[task.model.name], _POOL_STATE)
+    """Run ``task``, its variant id marked as running meanwhile: when a worker dies, the tasks still marked
+    are those that were running (one of them killed it), the others only waited."""
+    assert _POOL_STATE is not None and _POOL_RUNNING is not None
+    marker = os.path.join(_POOL_RUNNING, hashlib.sha256(task.variant.id.encode()).hexdigest()[:16])
+    with open(marker, "w"):
+        pass
+    try:
+        return run_variant(task, _POOL_DATA[task.model.name], _POOL_STATE)
+    finally:
+        os.unlink(marker)
 
 
 def _pool_ready() -> bool:
@@ -686,6 +698,7 @@ class LocalEngine(Engine):
         self.workers = max(1, int(workers))
         self.threads = threads or max(1, physical_cores() // self.workers)
         self._pool = None
+        self._pool_size = 0
         self._data_dir: Optional[str] = None  # the models' data the workers read at start-up
         self._futures: list = []
         self._state: Optional[WorkerState] = None
@@ -700,6 +713,7 @@ class LocalEngine(Engine):
         import tempfile
 
         self._data_dir = tempfile.mkdtemp(prefix="onnx-alds-sweep-")
+        os.mkdir(os.path.join(self._data_dir, "running"))
         with open(os.path.join(self._data_dir, "data.pickle"), "wb") as stream:
             pickle.dump(dict(data), stream, protocol=pickle.HIGHEST_PROTOCOL)
         self._pool = self._new_pool(self.workers)
@@ -716,13 +730,14 @@ class LocalEngine(Engine):
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_pool_init,
                                    initargs=(self.threads, os.path.join(self._data_dir, "data.pickle")))
-        self._pool = pool
+        self._pool, self._pool_size = pool, workers
         with _spawning_workers():  # these submits spawn the workers
             self._futures = [pool.submit(_pool_ready) for _ in range(workers)]
         try:
             for future in self._futures:
                 future.result()
         except BrokenProcessPool:
+            self._stop_pool()
             raise EngineError(f"a sweep worker process died while starting (killed, or out of memory: each of the "
                               f"{self.workers} workers holds the models and their data); run with fewer --workers"
                               ) from None
@@ -730,8 +745,9 @@ class LocalEngine(Engine):
 
     def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
         """The tasks' outcomes as they finish. A worker that dies (killed, out of memory) breaks the pool and
-        every task it held: those tasks run again in a new pool, and if one breaks that too, each alone in
-        a pool of its own, so only the task that kills its worker is reported crashed."""
+        every task it held: those that were running then each run again alone, in a pool of one worker (the
+        one that kills its worker every time is reported crashed), and those that only waited go back to a
+        pool of ``workers``."""
         if self._pool is None:
             assert self._state is not None
             for task in tasks:
@@ -740,37 +756,58 @@ class LocalEngine(Engine):
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        pending, rounds = list(tasks), 0
-        while pending:
-            alone = rounds >= 2  # (the second break: one task at a time)
-            groups = [[task] for task in pending] if alone else [pending]
-            pending = []
-            for group in groups:
-                if self._pool is None:
-                    self._new_pool(1 if alone else self.workers)
-                futures = {self._pool.submit(_pool_run, task): task for task in group}
-                self._futures = list(futures)
-                broke = False
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool as exc:
-                        broke = True
-                        if not alone:
-                            pending.append(task)  # (its worker, or another, died: run it again)
-                            continue
-                        outcome = self._crashed(task, exc)
-                    except Exception as exc:  # the task could not be sent or its result read back
-                        outcome = self._crashed(task, exc)
-                    yield task, outcome
-                if broke:
-                    self._stop_pool()
-            rounds += 1
+        assert self._data_dir is not None
+        running = os.path.join(self._data_dir, "running")
+        waiting, suspects = list(tasks), []
+        while waiting or suspects:
+            alone = bool(suspects)  # first the tasks that were running at a break, one at a time
+            group = [suspects.pop(0)] if alone else waiting
+            if not alone:
+                waiting = []
+            size = 1 if alone else self.workers
+            if self._pool is None or self._pool_size != size:
+                self._stop_pool()
+                try:
+                    self._new_pool(size)
+                except EngineError as exc:  # a worker died starting again: these tasks are reported
+                    for task in group:
+                        yield task, self._crashed(task, exc)
+                    continue
+            futures = {self._pool.submit(_pool_run, task): task for task in group}
+            self._futures = list(futures)
+            broken, pool_broke = [], False
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:
+                    pool_broke = True
+                    if alone:  # alone in its pool: it killed its worker
+                        yield task, self._crashed(task, exc, alone=True)
+                    else:
+                        broken.append(task)
+                    continue
+                except Exception as exc:  # the task could not be sent or its result read back
+                    outcome = self._crashed(task, exc)
+                yield task, outcome
+            if pool_broke:
+                self._stop_pool()
+            if broken:
+                marked = set(os.listdir(running))
+                for name in marked:
+                    os.unlink(os.path.join(running, name))
+                was_running = [task for task in broken
+                               if hashlib.sha256(task.variant.id.encode()).hexdigest()[:16] in marked]
+                suspects += was_running or broken  # (none marked: every one of them, to be sure)
+                waiting += [task for task in broken if task not in suspects]
 
     @staticmethod
-    def _crashed(task: VariantTask, exc: BaseException) -> VariantOutcome:
-        row = dict(base_row(task), status="crashed", error=f"worker process failed: {exc}")
+    def _crashed(task: VariantTask, exc: BaseException, alone: bool = False) -> VariantOutcome:
+        row = dict(base_row(task), status="crashed", error=(
+            "its worker process died with it running alone (killed, or out of memory)" if alone
+            else f"worker process failed: {exc}"))
+        if alone:
+            row["memory"] = True
         return VariantOutcome(row, crashed=True)
 
     def _stop_pool(self) -> None:
@@ -1089,18 +1126,20 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
                              "or --random")
     for _, inputs in evals:
         _check_labels_fit(proto, inputs, model.name)
-        _check_held_out(inputs, calibration, model.name)
+        _check_held_out(inputs, calibration, model.name, proto)
     return ModelData(model.name, proto.SerializeToString(), calibration, evals)
 
 
-def _check_held_out(inputs, calibration, name: str) -> None:
-    """The validation data must not hold calibration samples (a variant fitted to them scores in-sample, as
-    if on held-out data): raises InputDataError saying how many it holds."""
+def _check_held_out(inputs, calibration, name: str, proto: onnx.ModelProto) -> None:
+    """The validation data must not hold calibration samples the variants are fitted to (those used: whole
+    batches of a model that fixes its batch), or they score in-sample, as if on held-out data: raises
+    InputDataError saying how many it holds."""
+    from .data_aware import sample_count
     from .plan import sample_digests
 
     if calibration is None:
         return
-    calibrated = set(sample_digests(calibration))
+    calibrated = set(sample_digests(calibration, sample_count(calibration, proto)))
     shared = sum(digest in calibrated for digest in sample_digests(inputs))
     if shared:
         raise InputDataError(f"the held-out data of model '{name}' ({inputs.source}) holds {shared} of its "
@@ -1354,9 +1393,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _variant_line(row: Mapping[str, Any]) -> str:
+def _variant_line(row: Mapping[str, Any], seeds: bool = False) -> str:
+    """A variant's progress line; ``seeds``: the sweep has several, and the line names the row's."""
     head = f"  {row['model']:<18} {row['method']:<14} keep {row['keep']:<4g} m{row['rank_multiple']:<3}" + (
-        f" seed {row['seed']}" if row.get("seed") else "")
+        f" seed {row.get('seed', 0)}" if seeds else "")
     if row.get("status") != "ok":
         return f"{head} {row.get('status')}: {row.get('error')}"
     return (f"{head} achieved {row['achieved_keep']:.3f}  {row.get('quality_metric')} {_fmt(row.get('quality'))}  "
@@ -1491,7 +1531,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
             outcome.row["calibration_id"] = task.calibration_id
             store.save(task, outcome)
         results[task.variant.id] = outcome.row
-        emit(_variant_line(outcome.row))
+        emit(_variant_line(outcome.row, seeds=len(seeds) > 1))
         bar.update(1)
 
     try:
@@ -1888,8 +1928,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
           + ("" if args.no_plots or importlib.util.find_spec("matplotlib") is None else ", plots"))
     if result.crashed:
         first = result.crashed[0]
+        memory = any(row.get("memory") for row in result.crashed)
         raise OnnxAldsError(f"{len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: "
-                            f"{first['error']}); run the same command again to retry them")
+                            f"{first['error']}); run the same command again to retry them"
+                            + ("; where memory ran out, with fewer --workers or more memory" if memory else ""))
     failed = [row for row in result.rows if row.get("status") != "ok"]
     if len(failed) == len(result.rows):
         raise BudgetError(f"no variant produced a model ({len(failed)} failed; first: {failed[0].get('variant_id')}: "

@@ -353,6 +353,31 @@ def test_a_worker_killed_mid_sweep_takes_only_its_own_variant(tiny, tmp_path, ca
     assert_same_results(serial, pool)
 
 
+def test_a_variant_that_kills_its_worker_every_time_is_the_only_one_reported(tiny, tmp_path, capsys, monkeypatch):
+    """After a worker died the tasks that only waited were retried too, and after a second break every
+    remaining one ran alone, one worker for the rest of the sweep. Now the tasks running at the break run
+    alone; the one that kills its worker every time is the one reported crashed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('ONNX_ALDS_TEST_KILL'):\n"
+        "    import onnx_alds.sweep as sweep\n"
+        "    real = sweep.run_variant\n"
+        "    def run_variant(task, *args, **kwargs):\n"
+        "        if os.environ['ONNX_ALDS_TEST_KILL'] in task.variant.id:\n"
+        "            os.kill(os.getpid(), 9)\n"
+        "        return real(task, *args, **kwargs)\n"
+        "    sweep.run_variant = run_variant\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("ONNX_ALDS_TEST_KILL", "tiny.alds.flops0.5")
+    code, _, err = run(sweep_args(tiny, tmp_path / "out", "--no-bench", "--no-plots", "--workers", "2"), capsys)
+    assert code == 1 and "1 variant(s) crashed (first: tiny.alds.flops0.5" in err
+    assert "died with it running alone" in err
+    rows = record(tmp_path / "out")["rows"]
+    assert len(rows) == 3 and all(row["status"] == "ok" for row in rows)
+
+
 def test_ray_engine_matches_local(tiny, tmp_path, capsys):
     ray = pytest.importorskip("ray")
     local, on_ray = tmp_path / "local", tmp_path / "ray"
