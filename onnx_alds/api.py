@@ -1096,7 +1096,7 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
     the target of this step is a fraction of its input, not of the first original. The samples' digests are
     those of the samples used (whole batches of a model that fixes its batch), and the earlier steps' too
     (their factors or refits were fitted to theirs)."""
-    from .plan import SAMPLE_DIGEST_CHARS, SAMPLE_DIGESTS_KEPT, calibration_digest, sample_digests
+    from .plan import calibration_digest, kept_sample_digests
 
     used = calibration
     count = sample_count(calibration, prepared.original) if calibration is not None else None
@@ -1104,13 +1104,11 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
         used = calibration.head(count)
     digest = calibration_digest(used) if used is not None else None
     before = {entry.key: entry.value for entry in prepared.original.metadata_props}
-    earlier_samples = before.get(CALIBRATION_SAMPLES_KEY, "")
-    samples = list(dict.fromkeys((sample_digests(used, SAMPLE_DIGESTS_KEPT) if digest else []) + [
-        earlier_samples[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(earlier_samples), SAMPLE_DIGEST_CHARS)]))
+    samples = kept_sample_digests(used if digest else None, before.get(CALIBRATION_SAMPLES_KEY, ""))
     calibrated = ({CALIBRATION_DIGEST_KEY: digest or before.get(CALIBRATION_DIGEST_KEY)}
                   if digest or before.get(CALIBRATION_DIGEST_KEY) else {})
     if samples:
-        calibrated[CALIBRATION_SAMPLES_KEY] = "".join(samples[:4 * SAMPLE_DIGESTS_KEPT])
+        calibrated[CALIBRATION_SAMPLES_KEY] = samples
     earlier = "; ".join(step for step in (before.get(EARLIER_STEPS_KEY), " ".join(
         before[key] for key in ("onnx_alds.method", "onnx_alds.target") if key in before)
         + (" distilled" if "onnx_alds.distill" in before else "")) if step)

@@ -1723,9 +1723,14 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         _restore(student, best[4])
         values = {name: param.detach().numpy() for name, param in student.named_factors().items()}
         tuned = write_back(student_model, values)
+        from .api import CALIBRATION_SAMPLES_KEY
+        from .plan import kept_sample_digests
         from .rewrite import add_provenance
 
-        add_provenance(tuned, {"onnx_alds.distill": f"steps={step} best_step={best[1]} seed={settings.seed}"})
+        earlier = {entry.key: entry.value for entry in tuned.metadata_props}.get(CALIBRATION_SAMPLES_KEY, "")
+        add_provenance(tuned, {"onnx_alds.distill": f"steps={step} best_step={best[1]} seed={settings.seed}",
+                               # the samples it was trained on, beside those the compression was fitted to
+                               CALIBRATION_SAMPLES_KEY: kept_sample_digests(inputs, earlier)})
         # the student must be the exact values written (dtype round trip), then ORT must reproduce it
         _load_values(student, tuned, found.trainable)
         verify_diff, limits = _verify(student, _student_session(tuned), eval_inputs, outputs,
@@ -1886,10 +1891,10 @@ def _calibrated_on(compressed: onnx.ModelProto, held_out: InputSet) -> Optional[
         return None
     seen, total = overlap
     return (("the held-out samples are" if seen == total else f"{seen} of the {total} held-out samples are")
-            + " among the inputs the compressed model was calibrated on (the same samples): it was fitted to them, "
-            "so the held-out figures are in-sample, optimistic, and the training may find little to improve; give "
-            "inputs the compression did not see, or use compress --distill (which calibrates on the training part "
-            "only)")
+            + " among the inputs the compressed model was calibrated or trained on (the same samples): it was fitted "
+            "to them, so the held-out figures are in-sample, optimistic, and the training may find little to "
+            "improve; give inputs the compression did not see, or use compress --distill (which calibrates on the "
+            "training part only)")
 
 
 def _adds_views(settings: DistillSettings, augmenter: Augmenter) -> bool:

@@ -731,6 +731,15 @@ def sample_digests(inputs, limit: Optional[int] = None) -> list[str]:
     return digests
 
 
+def kept_sample_digests(inputs, earlier: str = "") -> str:
+    """The ``CALIBRATION_SAMPLES_KEY`` value a model keeps: the digests of the first ``SAMPLE_DIGESTS_KEPT``
+    samples of ``inputs`` (None: none) it was fitted to, then the ``earlier`` steps' (a compressed model
+    compressed again, or distilled), each once, at most four steps' worth."""
+    ours = sample_digests(inputs, SAMPLE_DIGESTS_KEPT) if inputs is not None else []
+    theirs = [earlier[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(earlier), SAMPLE_DIGEST_CHARS)]
+    return "".join(list(dict.fromkeys(ours + theirs))[:4 * SAMPLE_DIGESTS_KEPT])
+
+
 def calibration_overlap(model: onnx.ModelProto, inputs) -> Optional[tuple[int, int]]:
     """``(in_calibration, total)``: how many of the samples of ``inputs`` are samples ``model`` was calibrated
     on (the digests compress wrote into its metadata: the whole set's, and the first

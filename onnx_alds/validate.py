@@ -1033,12 +1033,12 @@ def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[st
         return None
     seen, total = overlap
     if seen == total:
-        return ("the validation inputs are the ones the compressed model was calibrated on (the same samples): its "
-                "factors were fitted to them, so the figures are in-sample and optimistic; validate on inputs the "
-                "compression did not see")
-    return (f"{seen} of the {total} validation samples are ones the compressed model was calibrated on (the same "
-            "samples): its factors were fitted to them, so the figures are partly in-sample and optimistic; "
-            "validate on inputs the compression did not see")
+        return ("the validation inputs are the ones the compressed model was calibrated or trained on (the same "
+                "samples): its factors were fitted to them, so the figures are in-sample and optimistic; validate on "
+                "inputs the compression did not see")
+    return (f"{seen} of the {total} validation samples are ones the compressed model was calibrated or trained on "
+            "(the same samples): its factors were fitted to them, so the figures are partly in-sample and "
+            "optimistic; validate on inputs the compression did not see")
 
 
 def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:

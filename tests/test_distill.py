@@ -936,7 +936,7 @@ def test_held_out_samples_the_compression_was_calibrated_on_are_named(torch):
 
     def in_sample(inputs) -> bool:
         notes = distill(original, compressed, inputs, steps=1, progress=False).report.notes
-        return any("calibrated on (the same samples)" in note for note in notes)
+        return any("calibrated or trained on (the same samples)" in note for note in notes)
 
     assert in_sample(seen) and not in_sample(other)
 
@@ -962,3 +962,19 @@ def test_an_augmenter_that_only_resamples_adds_no_held_out_views(torch):
     assert _held_out_set(held, DistillSettings(views=4), Augmenter(held)) is held
     views = _held_out_set(held, DistillSettings(views=4), ImageAugmenter(held, "x", "NCHW"))
     assert len(views["x"]) == 40
+
+
+def test_a_distilled_model_keeps_the_digests_of_the_samples_it_was_trained_on(torch):
+    """validate on distill's own training samples gave no in-sample note: only the compression's calibration
+    samples were recorded."""
+    from onnx_alds.distill import distill
+    from onnx_alds.plan import calibration_overlap
+
+    original = _mlp()
+    rng = np.random.default_rng(12)
+    calibration = InputSet({"x": rng.standard_normal((16, 32)).astype(np.float32)}, source="calibration")
+    training = InputSet({"x": rng.standard_normal((40, 32)).astype(np.float32)}, source="training")
+    compressed = compress(original, keep_params=0.5, calibration=calibration, rank_multiple=1).model
+    tuned = distill(original, compressed, training, steps=2, augment=False, progress=False).model
+    trained = calibration_overlap(tuned, training)
+    assert trained[0] >= 30 and calibration_overlap(tuned, calibration) == (16, 16)  # (a fifth is held out)
