@@ -1249,7 +1249,9 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
             return "x".join(str(d) if isinstance(d, int) else first if i == 0 or (name and spec.dims[i] == name)
                             else "N" for i, d in enumerate(dims))
 
-        flags = " ".join(f"--input-shape {spec.name}:{example(spec, dims)}" for spec, dims in dynamic)
+        import shlex
+
+        flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in dynamic)
         placeholder = any("N" in example(spec, dims).split("x") for spec, dims in dynamic)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "

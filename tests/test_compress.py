@@ -629,6 +629,12 @@ def test_analyze_names_the_input_still_dynamic():
     notes = onnx_alds.analyze(model, input_shapes={"a": (1, 32, 16)}).notes
     assert ("MACs not counted: input 'b' [N, T, 16] has dynamic dims; give them with --input-shape b:1xNx16 (each "
             "N: the size you run the model at, a number)") in notes  # (the N as such was refused by the parser)
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.model_io import resolve_input_shapes
+
+    model.graph.input[1].name = "feat x"  # a name with a space: the suggestion is quoted for the shell
+    with pytest.raises(UnsupportedModelError, match="--input-shape 'feat x:1xNx16'"):
+        resolve_input_shapes(model, {"a": (1, 32, 16)}, batch_default=1)
 
 
 def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypatch):
