@@ -580,9 +580,9 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 def _other_reader_text(node: onnx.NodeProto, weight: str, producers: Mapping[str, onnx.NodeProto],
                        readers: Mapping[str, list[onnx.NodeProto]]) -> str:
-    """`` (also read by Gather 'emb')``: the first node other than ``node`` that reads ``weight`` or what it is
-    computed from through Identity/Cast/Transpose/Reshape nodes (not those nodes themselves); a Gather is
-    named as a tied embedding."""
+    """``": also read by Gather 'emb' ..."``: the first node other than ``node`` that reads ``weight`` or what
+    it is computed from, past Identity/Cast/Transpose/Reshape nodes (another layer's chain is followed to the
+    node at its end); a Gather is named as a tied embedding; empty when none is found."""
     chain, tensor = {id(node)}, weight
     names = [tensor]
     for _ in range(16):

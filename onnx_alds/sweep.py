@@ -622,11 +622,16 @@ def _pool_init(threads: int, data_path: str) -> None:
         _POOL_DATA = pickle.load(stream)  # (this run's own file)
 
 
+def _marker(task: VariantTask) -> str:
+    """The file name that marks ``task`` as running in a worker (its variant id, hashed: any characters)."""
+    return hashlib.sha256(task.variant.id.encode()).hexdigest()[:16]
+
+
 def _pool_run(task: VariantTask) -> VariantOutcome:
     """Run ``task``, its variant id marked as running meanwhile: when a worker dies, the tasks still marked
     are those that were running (one of them killed it), the others only waited."""
     assert _POOL_STATE is not None and _POOL_RUNNING is not None
-    marker = os.path.join(_POOL_RUNNING, hashlib.sha256(task.variant.id.encode()).hexdigest()[:16])
+    marker = os.path.join(_POOL_RUNNING, _marker(task))
     with open(marker, "w"):
         pass
     try:
@@ -796,8 +801,7 @@ class LocalEngine(Engine):
                 marked = set(os.listdir(running))
                 for name in marked:
                     os.unlink(os.path.join(running, name))
-                was_running = [task for task in broken
-                               if hashlib.sha256(task.variant.id.encode()).hexdigest()[:16] in marked]
+                was_running = [task for task in broken if _marker(task) in marked]
                 suspects += was_running or broken  # (none marked: every one of them, to be sure)
                 waiting += [task for task in broken if task not in suspects]
 
