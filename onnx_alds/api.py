@@ -1414,8 +1414,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         reason = layer.skip_reason
         if reason is None and groups == DENSE and rank_multiple > 1 and layer.groups and all(
                 rank_multiple * (g * matrix_rows + matrix_cols) >= layer.params for g in layer.groups):
-            reason = (f"rank {rank_multiple} (the rank multiple) keeps "
-                      f"{rank_multiple * (matrix_rows + matrix_cols)} of {layer.params} weights")
+            reason = (f"rank {rank_multiple} (the rank multiple) would take "
+                      f"{rank_multiple * (matrix_rows + matrix_cols)} weights, more than its {layer.params}")
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
                                 layer.macs, macs_after, error, reason,
                                 order=layer.order if groups != DENSE else None, weight=layer.weight,
