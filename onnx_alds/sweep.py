@@ -1694,7 +1694,9 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
     written = []
     for model in sorted({r["model"] for r in rows}):
         ok = [r for r in rows if r["model"] == model and r.get("status") == "ok" and kept(r) is not None]
-        if not ok:
+        if not ok:  # an earlier run's plots of this model would show figures no row holds now
+            for kind in ("quality", "speedup"):
+                (out / f"{model}-{kind}.png").unlink(missing_ok=True)
             continue
         metric = ok[0].get("quality_metric") or "agreement"
         metrics = [metric] + [m for m in ("accuracy", "agreement", "cos_mean", "nn_top10")
@@ -1726,7 +1728,8 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
         plt.close(fig)
         written.append(path)
         timed = [r for r in ok if r.get("speedup_small") is not None]
-        if not timed:
+        if not timed:  # (an earlier run's speedup plot shows timings no row holds now)
+            (out / f"{model}-speedup.png").unlink(missing_ok=True)
             continue
         slots = [s for s in ("small", "large") if any(r.get(f"speedup_{s}") is not None for r in timed)]
         fig, axes = plt.subplots(1, len(slots), figsize=(5.2 * len(slots), 3.8), squeeze=False)
@@ -1929,7 +1932,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     print(f"done in {result.run['seconds']:.1f} s: {result.computed} computed, {result.reused} done before"
           + (f", {len(result.crashed)} crashed" if result.crashed else "")
           + f"; wrote {Path(args.out) / 'sweep.json'}, sweep.csv"
-          + ("" if args.no_plots or importlib.util.find_spec("matplotlib") is None else ", plots"))
+          + ("" if args.no_plots or importlib.util.find_spec("matplotlib") is None
+             or not any(Path(args.out).glob("*.png")) else ", plots"))  # (none where no row is ok)
     if result.crashed:
         first = result.crashed[0]
         memory = any(row.get("memory") for row in result.crashed)

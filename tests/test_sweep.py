@@ -265,3 +265,19 @@ def test_a_worker_that_dies_while_starting_is_one_error_and_its_data_file_goes(m
     finally:
         engine.close()
     assert folder is not None and not os.path.exists(folder)
+
+
+def test_a_plot_with_nothing_current_to_show_is_removed(tmp_path):
+    """A rerun without timings (--no-bench, other validation data) redrew the quality plot but left the
+    earlier speedup plot, showing figures no row held any more."""
+    pytest.importorskip("matplotlib")
+    from onnx_alds.sweep import write_plots
+
+    row = dict(model="m", method="alds", rank_multiple=16, status="ok", macs_kept=0.5, achieved_keep=0.5,
+               quality_metric="agreement", agreement=0.9)
+    timed = dict(row, speedup_small=1.5, batch_small=1)
+    assert sorted(p.name for p in write_plots([timed], tmp_path)) == ["m-quality.png", "m-speedup.png"]
+    assert [p.name for p in write_plots([row], tmp_path)] == ["m-quality.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-quality.png"]
+    write_plots([dict(row, status="error")], tmp_path)
+    assert not list(tmp_path.iterdir())
