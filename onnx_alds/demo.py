@@ -10,6 +10,7 @@ deep-learning framework.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from importlib import resources
@@ -53,6 +54,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"--out '{out}' is a file; give a folder for the demo's outputs")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):  # (a read-only working folder: the default --out is in it)
+        raise OutputPathError(f"cannot write the demo's folder '{out}' ('{existing}' is not writable); give a "
+                              "writable folder with --out DIR")
     model_path = bundled(MODEL)
     model = load_model(model_path)
     calibration = None if args.data_free else load_inputs(model, npz=bundled(CALIBRATION))

@@ -1183,3 +1183,20 @@ def test_an_interrupted_demo_leaves_an_earlier_runs_files_as_they_were(tmp_path,
     code, _, err = run_cli("demo", "--out", str(out), "--keep-flops", "0.7", capsys=capsys)
     assert code == 130 and "no output was written" in err
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_a_demo_in_a_folder_it_cannot_write_names_out(tmp_path, capsys, monkeypatch):
+    """In a read-only working folder the demo said "Read-only file system ('onnx-alds-demo'); fix the path or
+    free the resource", naming no flag, after compressing."""
+    import onnx_alds.api
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == tmp_path else
+                        real_access(path, mode, **kw))
+
+    def never(*args, **kwargs):
+        raise AssertionError("compressed before the folder was checked")
+
+    monkeypatch.setattr(onnx_alds.api, "compress", never)
+    code, _, err = run_cli("demo", "--out", str(tmp_path / "demo"), capsys=capsys)
+    assert_one_line_error(code, err, "is not writable); give a writable folder with --out DIR")
