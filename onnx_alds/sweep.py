@@ -928,9 +928,13 @@ class RayEngine(Engine):
                 init_ray(ray, self.address, **options)
             except Exception as exc:
                 flag = "--address" if self.address or not os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                # a cluster started with token authentication refuses a client without it: Ray says only
+                # "Failed to connect" (the cause is in its log)
+                token = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token (and its token) "
+                         "here too" if "connect" in text.lower() and not os.environ.get("RAY_AUTH_MODE") else "")
                 raise EngineError(f"cannot start or reach Ray{' at ' + self.address if self.address else ''}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                                  f"check {flag} (or run with --engine local)") from None
+                                  f"{text}; check {flag}{token} (or run with --engine local)") from None
             self._started_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if self.cpus_per_worker > cpus:

@@ -766,3 +766,22 @@ def test_workers_are_spawned_without_sigint_and_an_interrupt_waits_until_they_ar
         signal.signal(signal.SIGINT, before)
     outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
     assert outside == "False"
+
+
+def test_a_ray_connection_refused_mentions_token_authentication(tiny, tmp_path, capsys, monkeypatch):
+    """A cluster started with token authentication refused a client without RAY_AUTH_MODE: the error said only
+    "Failed to connect ...; check --address" (the cause was in Ray's log)."""
+    pytest.importorskip("ray")
+    import onnx_alds.calibrate as calibrate
+    from onnx_alds import sweep
+
+    def refused(ray, address, **options):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6390\nmore of Ray's text")
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(calibrate, "init_ray", refused)
+    monkeypatch.setattr(sweep, "_check_reachable", lambda address: None)
+    code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--address", "192.0.2.2:6390"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1
+    assert "Failed to connect" in lines[0] and "set RAY_AUTH_MODE=token" in lines[0]
