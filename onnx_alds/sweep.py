@@ -1246,14 +1246,16 @@ class RowStore:
     def load(self, variant_id: str) -> Optional[dict[str, Any]]:
         return _read_entry(self.path(variant_id))
 
-    def check_layout(self, variant_ids: Sequence[str]) -> None:
+    def check_layout(self, variant_ids: Sequence[str], models: Sequence[str] = ()) -> None:
         """Before anything is computed: the folders it keeps are folders (or absent) and the files it will
-        write for ``variant_ids`` are not folders. Raises OutputPathError naming the path."""
+        write for ``variant_ids`` (and the plots of ``models``) are not folders. Raises OutputPathError
+        naming the path."""
         for folder in (self.rows_dir, self.models_dir):
             if folder.exists() and not folder.is_dir():
                 raise OutputPathError(f"'{folder}' is a file where the sweep keeps a folder; move it away and run "
                                       "again")
-        for name in ("sweep.json", "sweep.csv"):
+        for name in ("sweep.json", "sweep.csv") + tuple(f"{model}-{kind}.png" for model in models
+                                                      for kind in ("quality", "speedup")):
             _check_not_folder(self.out / name)
         for variant_id in variant_ids:
             for path in (self.path(variant_id), self.model_path(variant_id),
@@ -1513,7 +1515,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
             results[task.variant.id] = row
         else:
             todo.append(task)
-    store.check_layout([task.variant.id for task in todo])
+    store.check_layout([task.variant.id for task in todo], [model.name for model in models] if plots else [])
     reused = len(tasks) - len(todo)
     parallel = [t for t in todo if not t.method.speed_check]
     serial = [t for t in todo if t.method.speed_check]

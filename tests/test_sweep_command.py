@@ -642,6 +642,12 @@ def test_output_paths_blocked_by_a_file_or_folder_are_named_before_computing(tin
     code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "-o", str(folder), *command], capsys)
     assert code == 1 and "tiny.svd.flops0.6.m1.json' is a folder where the sweep keeps a file" in err
     assert not (folder / "models").exists()
+    plots = tmp_path / "o3"  # a folder at a plot's path was found after every variant had run
+    (plots / "tiny-quality.png").mkdir(parents=True)
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), "-o", str(plots),
+                        *[flag for flag in command if flag != "--no-plots"]], capsys)
+    assert code == 1 and "tiny-quality.png' is a folder where the sweep keeps a file" in err
+    assert not (plots / "models").exists()
 
 
 def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, capsys):
