@@ -276,6 +276,7 @@ class ModelData:
     model_bytes: bytes
     calibration: Any                              # InputSet or None
     evals: tuple[tuple[EvalSpec, Any], ...]       # (spec, InputSet)
+    notes: tuple[str, ...] = ()                   # about the data, for every row (samples left out ...)
 
 
 @dataclass
@@ -529,7 +530,8 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
                    macs_kept=macs_kept, layers_factorized=sum(1 for layer in report.layers if layer.groups),
                    layers_total=len(report.layers), max_error=report.max_error,
                    ideal_speedup=1.0 / macs_kept if macs_kept else None,
-                   notes=list(report.notes),
+                   notes=[f"warning: {warning}" for warning in report.warnings] + list(report.notes)
+                   + list(data.notes),
                    plan=[dict(layer=l.name, op=l.op, shape=list(l.weight_shape), groups=l.groups, rank=l.rank,
                               macs_before=l.macs_before, macs_after=l.macs_after, error=l.error)
                          for l in report.layers if l.groups],
@@ -1098,11 +1100,15 @@ def _measured_against(model: SweepModel, hashes: _Hashes) -> dict[str, Any]:
     return what
 
 
-def _whole_batches(model: onnx.ModelProto, inputs):
-    """``inputs`` cut to whole batches of the batch the model fixes (as ``validate`` runs them)."""
+def _whole_batches(model: onnx.ModelProto, inputs, notes: Optional[list[str]] = None):
+    """``inputs`` cut to whole batches of the batch the model fixes (as ``validate`` runs them); ``notes``
+    gets a line saying how many samples were left out."""
     from .validate import effective_batch_size
 
     usable = effective_batch_size(model, VALIDATION_BATCH, len(inputs))[1]
+    if usable < len(inputs) and notes is not None:
+        notes.append(f"the model fixes its batch: validated on {usable} of the {len(inputs)} samples of "
+                     f"{inputs.source} (the rest do not fill a batch)")
     return inputs.head(usable) if usable < len(inputs) else inputs
 
 
@@ -1128,14 +1134,15 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     refuse_over_protobuf_limit(model.path, "a sweep ships each model to its workers as one serialized copy")
     proto = load_model(model.path)
     calibration = model.calibration.load(proto) if need_calibration and model.calibration else None
-    evals = tuple((spec, _whole_batches(proto, spec.source.load(proto))) for spec in model.evals)
+    notes: list[str] = []
+    evals = tuple((spec, _whole_batches(proto, spec.source.load(proto), notes)) for spec in model.evals)
     if not evals:
         raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "
                              "or --random")
     for _, inputs in evals:
         _check_labels_fit(proto, inputs, model.name)
         _check_held_out(inputs, calibration, model.name, proto)
-    return ModelData(model.name, proto.SerializeToString(), calibration, evals)
+    return ModelData(model.name, proto.SerializeToString(), calibration, evals, tuple(notes))
 
 
 def _check_held_out(inputs, calibration, name: str, proto: onnx.ModelProto) -> None:

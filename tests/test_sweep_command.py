@@ -664,6 +664,26 @@ def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, c
     assert len(rows) == 2 and all(row["batch_small"] == 4 and row["ms_small"] > 0 for row in rows)
 
 
+def test_a_fixed_batch_models_left_out_samples_and_the_compression_warnings_are_in_the_rows(tmp_path, capsys):
+    """10 samples on a model fixing batch 4 were validated on 8 without a word (validate notes it), and the
+    compression's warnings (a plan well below the budget) were not in the row's notes."""
+    _save_fixed_batch_gemm(tmp_path / "fixed.onnx")
+    np.savez(tmp_path / "ten.npz", x=np.random.default_rng(5).standard_normal((10, 64)).astype(np.float32))
+    out = tmp_path / "sweep"
+    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.6", "--methods", "svd",
+                        "--inputs", str(tmp_path / "ten.npz"), "-o", str(out), "--rank-multiple", "4", "--no-bench",
+                        "--no-plots", "--no-progress"], capsys)
+    assert code == 0, err
+    [row] = record(out)["rows"]
+    assert row["agreement_samples"] == 8
+    assert any(note.startswith("the model fixes its batch: validated on 8 of the 10 samples") for note in row["notes"])
+    import onnx_alds
+
+    warned = onnx_alds.compress(str(tmp_path / "fixed.onnx"), keep_params=0.6, method="svd",
+                                rank_multiple=4).report.warnings  # (well below the budget: rank steps of 4)
+    assert warned and all(f"warning: {warning}" in row["notes"] for warning in warned)
+
+
 @pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b"null", b'{"runs": 5}',
                                     b'{"skipped": [{"x": 1}]}', b'{"skipped": [{"model": [1], "method": "alds"}]}',
                                     b"[" * 100000 + b"]" * 100000])
