@@ -143,17 +143,24 @@ class BenchReport:
         """Speedup of ``models[model_index]`` against ``models[0]`` at ``batch_size``."""
         return self.timing(model_index, batch_size).speedup
 
+    def all_notes(self) -> list[str]:
+        """The notes, and one about noisy timings where any spread over :data:`NOISY_SPREAD` (in the JSON
+        too: a script reading the speedups should see the caveat the console shows)."""
+        notes = list(self.notes)
+        noisy = [t for t in self.timings if t.spread > NOISY_SPREAD]
+        if noisy:
+            notes.append(f"{len(noisy)} timing{'s' if len(noisy) > 1 else ''} spread over {NOISY_SPREAD * 100:.0f} % "
+                         f"(p90 − p10 of the median; largest {max(t.spread for t in noisy) * 100:.0f} %): other work "
+                         "shares the machine, so speedups are uncertain by about that much; time again on a quiet "
+                         "machine")
+        return notes
+
     def lines(self) -> list[str]:
         threads = f", {self.threads} threads" if self.threads else ""
         lines = [f"bench on {self.provider} ({self.provider_name}{threads}), "
                  f"{self.machine.get('cpu', '?')}" + (f", GPU {self.machine['gpu']}" if self.machine.get("gpu") else "")]
         lines += [t.line() for t in self.timings]
-        lines += [f"note: {note}" for note in self.notes]
-        noisy = [t for t in self.timings if t.spread > NOISY_SPREAD]
-        if noisy:
-            lines.append(f"note: {len(noisy)} timings spread over {NOISY_SPREAD * 100:.0f} % (p90 − p10 of the "
-                         f"median; largest {max(t.spread for t in noisy) * 100:.0f} %): other work shares the machine, "
-                         "so speedups are uncertain by about that much; time again on a quiet machine")
+        lines += [f"note: {note}" for note in self.all_notes()]
         for comparison in self.layers:
             lines.append(f"per layer: {comparison.model} against {self.models[0]} (batch {comparison.batch_size})")
             lines += ["  " + row.line() for row in comparison.rows]
@@ -171,7 +178,7 @@ class BenchReport:
             "threads": self.threads,
             "batch_sizes": list(self.batch_sizes),
             "warmup": self.warmup,
-            "notes": list(self.notes),
+            "notes": self.all_notes(),
             "timings": [asdict(t) for t in self.timings],
             "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
                         "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
