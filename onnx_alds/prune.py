@@ -57,6 +57,7 @@ damage under the budget; the low-rank step then re-measures its layers on the pr
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -1876,6 +1877,13 @@ def _low_rank_options(layers: Sequence[Layer], analysis: "PruneAnalysis", consta
     return extra, tables
 
 
+def _note_kind(note: str) -> str:
+    """What a note is about, without its leading count ("3 weights reach their layer ..." and "1 weights
+    reach ..." are one kind): the low-rank stage says again, of the pruned model, what the whole model's notes
+    said."""
+    return re.sub(r"^\d+ ", "", note)[:48]
+
+
 def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
                     objective: str = "minmax", decisions=None, width_damage: str = "probe"):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
@@ -2100,7 +2108,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         rows = report.layers
         # the stage's own "achieved … below the requested …" speaks of its internal sub-budget: the
         # note on the whole model's figures is made below
-        extra_notes = [note for note in report.notes if note not in notes and not note.startswith("achieved ")]
+        said = {_note_kind(note) for note in notes}  # (the stage's count of the same thing, on the pruned model)
+        extra_notes = [note for note in report.notes
+                       if _note_kind(note) not in said and not note.startswith("achieved ")]
         warnings = tuple(w for w in report.warnings if not w.startswith("achieved "))  # its sub-budget
         steps = report.data_aware_steps
         search_name, max_error = report.search, report.max_error

@@ -1702,3 +1702,14 @@ def test_a_depthwise_conv_with_a_depth_multiplier_ends_the_block_named_as_such()
     blocks, refused = find_blocks(model, find_layers(model, {}))
     expand = next(r for r in refused if r.producer == "expand")
     assert "a depthwise conv with depth multiplier 2 (several outputs per hidden channel)" in expand.reason
+
+
+def test_a_stage_note_that_recounts_a_model_note_is_said_once():
+    """Combined pruning printed "3 weights reach their layer through constant ops ..." and then the low-rank
+    stage's "1 weights reach their layer ..." of the pruned model: one kind of note, said twice."""
+    from onnx_alds.prune import _note_kind
+
+    whole = "3 weights reach their layer through constant ops, folded for factorization (Reshape; first: 'a')"
+    stage = "1 weights reach their layer through constant ops, folded for factorization (Squeeze; first: 'b')"
+    assert _note_kind(whole) == _note_kind(stage)
+    assert _note_kind(whole) != _note_kind("3 ConvTranspose nodes (first: 'up') are left as they are")
