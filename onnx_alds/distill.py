@@ -1664,13 +1664,13 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             with _original_runs(AUGMENTED_FAILED):
                 target = dict(zip(outputs + points, teacher.run(outputs + points, batch)))
             result = student({k: torch.from_numpy(v) for k, v in batch.items()}, outputs + points)
-            mse = torch.nn.functional.mse_loss
-            loss = sum(mse(_loss_precision(torch, result[o]), _loss_precision(torch, torch.from_numpy(target[o])))
-                       / scales[o] for o in outputs) / len(outputs)
+            def scaled_error(name: str):
+                return torch.nn.functional.mse_loss(_loss_precision(torch, result[name]), _loss_precision(
+                    torch, torch.from_numpy(target[name]))) / scales[name]
+
+            loss = sum(scaled_error(o) for o in outputs) / len(outputs)
             if points:
-                inner = sum(mse(_loss_precision(torch, result[p]), _loss_precision(torch, torch.from_numpy(target[p])))
-                            / scales[p] for p in points)
-                loss = loss + settings.intermediate_weight * inner / len(points)
+                loss = loss + settings.intermediate_weight * sum(scaled_error(p) for p in points) / len(points)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -636,25 +636,30 @@ def names_defined_twice(model: onnx.ModelProto) -> set[str]:
     return twice
 
 
-def _ambiguous_source(name: str, producers: Mapping[str, onnx.NodeProto], ambiguous: set[str],
-                      limit: int = 64) -> Optional[str]:
-    """The first name in ``ambiguous`` among ``name`` and the tensors its producers read (at most
-    ``limit`` of them), else None."""
-    if not ambiguous:
-        return None
+def _walk_back(name: str, producers: Mapping[str, onnx.NodeProto], *, stop: Callable[[str], bool] = lambda _: False,
+               limit: int = 64) -> Iterator[str]:
+    """``name`` and the tensors its producers read, back through the graph, each once (at most ``limit``);
+    a tensor where ``stop`` holds is yielded but not walked past."""
     seen: set[str] = set()
     pending = [name]
     while pending and len(seen) < limit:
         tensor = pending.pop()
         if not tensor or tensor in seen:
             continue
-        if tensor in ambiguous:
-            return tensor
         seen.add(tensor)
+        yield tensor
         node = producers.get(tensor)
-        if node is not None:
+        if node is not None and not stop(tensor):
             pending.extend(node.input)
-    return None
+
+
+def _ambiguous_source(name: str, producers: Mapping[str, onnx.NodeProto], ambiguous: set[str],
+                      limit: int = 64) -> Optional[str]:
+    """The first name in ``ambiguous`` among ``name`` and the tensors its producers read (at most
+    ``limit`` of them), else None."""
+    if not ambiguous:
+        return None
+    return next((tensor for tensor in _walk_back(name, producers, limit=limit) if tensor in ambiguous), None)
 
 
 def literal_where_named(model: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
@@ -803,19 +808,8 @@ def stored_sources(name: str, producers: Mapping[str, onnx.NodeProto], constants
                    limit: int = 64) -> set[str]:
     """The constants that ``name`` is computed from (``name`` itself when it is one): what the file stores
     for it (an int8 weight and its scales behind DequantizeLinear; ``U`` and ``V`` of ``U @ V``)."""
-    seen: set[str] = set()
-    found: set[str] = set()
-    pending = [name]
-    while pending and len(seen) < limit:
-        tensor = pending.pop()
-        if not tensor or tensor in seen:
-            continue
-        seen.add(tensor)
-        if tensor in constants:
-            found.add(tensor)
-        elif tensor in producers:
-            pending.extend(producers[tensor].input)
-    return found
+    return {tensor for tensor in _walk_back(name, producers, stop=lambda tensor: tensor in constants, limit=limit)
+            if tensor in constants}
 
 
 def _stored_elements(name: str, producers: Mapping[str, onnx.NodeProto],

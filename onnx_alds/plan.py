@@ -731,30 +731,37 @@ def sample_digests(inputs, limit: Optional[int] = None) -> list[str]:
     return digests
 
 
+def _digest_list(kept: str) -> list[str]:
+    """The sample digests a ``CALIBRATION_SAMPLES_KEY`` value holds, in order."""
+    return [kept[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(kept), SAMPLE_DIGEST_CHARS)]
+
+
 def kept_sample_digests(inputs, earlier: str = "") -> str:
     """The ``CALIBRATION_SAMPLES_KEY`` value a model keeps: the digests of the first ``SAMPLE_DIGESTS_KEPT``
     samples of ``inputs`` (None: none) it was fitted to, then the ``earlier`` steps' (a compressed model
     compressed again, or distilled), each once, at most four steps' worth."""
     ours = sample_digests(inputs, SAMPLE_DIGESTS_KEPT) if inputs is not None else []
-    theirs = [earlier[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(earlier), SAMPLE_DIGEST_CHARS)]
-    return "".join(list(dict.fromkeys(ours + theirs))[:4 * SAMPLE_DIGESTS_KEPT])
+    return "".join(list(dict.fromkeys(ours + _digest_list(earlier)))[:4 * SAMPLE_DIGESTS_KEPT])
 
 
 def calibration_overlap(model: onnx.ModelProto, inputs) -> Optional[tuple[int, int]]:
     """``(in_calibration, total)``: how many of the samples of ``inputs`` are samples ``model`` was calibrated
-    on (the digests compress wrote into its metadata: the whole set's, and the first
-    ``SAMPLE_DIGESTS_KEPT`` samples'); None when ``model`` keeps no calibration digest."""
+    on (the digests compress wrote into its metadata: the first ``SAMPLE_DIGESTS_KEPT`` samples' of each step,
+    and the whole set's, which tells a larger set, or a model written before samples were kept); None when
+    ``model`` keeps no calibration digest."""
     from .api import CALIBRATION_DIGEST_KEY, CALIBRATION_SAMPLES_KEY
 
     props = {entry.key: entry.value for entry in model.metadata_props}
-    total = len(inputs)
-    if calibration_digest(inputs) == props.get(CALIBRATION_DIGEST_KEY, ""):
-        return total, total
-    kept = props.get(CALIBRATION_SAMPLES_KEY)
-    if not kept:
-        return None if CALIBRATION_DIGEST_KEY not in props else (0, total)
-    calibrated = {kept[i:i + SAMPLE_DIGEST_CHARS] for i in range(0, len(kept), SAMPLE_DIGEST_CHARS)}
-    return sum(digest in calibrated for digest in sample_digests(inputs)), total
+    kept, whole = props.get(CALIBRATION_SAMPLES_KEY), props.get(CALIBRATION_DIGEST_KEY)
+    if not kept and not whole:
+        return None
+    total, seen = len(inputs), 0
+    if kept:
+        calibrated = set(_digest_list(kept))
+        seen = sum(digest in calibrated for digest in sample_digests(inputs))
+        if seen == total or total <= SAMPLE_DIGESTS_KEPT or not whole:  # (every sample of the set was kept)
+            return seen, total
+    return (total, total) if calibration_digest(inputs) == whole else (seen, total)
 
 
 def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:

@@ -673,22 +673,17 @@ def _spawning_workers() -> Iterator[None]:
     import signal
     import threading
 
+    from .signals import held_signals
+
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    caught: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(number) is not signal.SIG_IGN}  # (ignored, as in a background job: stays so)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
+    with held_signals(("SIGINT", "SIGTERM")) as caught:  # (one ignored, as in a background job, stays so)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for number, handler in previous.items():
-                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+            yield
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT is raised from here on
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT is recorded from here on
     if caught:
         raise KeyboardInterrupt
 
@@ -723,11 +718,11 @@ class LocalEngine(Engine):
         os.mkdir(os.path.join(self._data_dir, "running"))
         with open(os.path.join(self._data_dir, "data.pickle"), "wb") as stream:
             pickle.dump(dict(data), stream, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pool = self._new_pool(self.workers)
+        self._new_pool(self.workers)
 
-    def _new_pool(self, workers: int):
-        """A pool of ``workers`` spawned processes, started (each has read the models' data); raises
-        :class:`EngineError` when one dies while starting."""
+    def _new_pool(self, workers: int) -> None:
+        """Start a pool of ``workers`` spawned processes (each has read the models' data) as the engine's
+        pool; raises :class:`EngineError` when one dies while starting."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -748,7 +743,6 @@ class LocalEngine(Engine):
             raise EngineError(f"a sweep worker process died while starting (killed, or out of memory: each of the "
                               f"{self.workers} workers holds the models and their data); run with fewer --workers"
                               ) from None
-        return pool
 
     def run(self, tasks: Sequence[VariantTask]) -> Iterator[tuple[VariantTask, VariantOutcome]]:
         """The tasks' outcomes as they finish. A worker that dies (killed, out of memory) breaks the pool and
