@@ -971,15 +971,9 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
                                  calibration=None if calibration is None else str(calibration.source),
                                  speed=planned.speed)
-    stored = int(sum(iter_total_params(new_model)))  # what the file holds (a bias copy, a chain left ...)
-    if stored != report.params_after:
-        report = replace(report, params_after=stored,
-                         achieved=stored / report.params_before if target == "params" else report.achieved)
-        gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank",  # said of the figure written
-                              applied=_edited_plan(allocation.search),
-                              from_plan=allocation.search.startswith("plan"))[1]
-        report = replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
-                         + ((gap_note,) if gap_note else ()))
+    report = with_written_params(report, int(sum(iter_total_params(new_model))), target, keep, rank_multiple,
+                                 applied=_edited_plan(allocation.search),
+                                 from_plan=allocation.search.startswith("plan"))
     if data_aware:
         steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
             + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ()) \
@@ -1038,6 +1032,20 @@ def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tupl
             f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} replaced weights (first: "
             f"'{replaced[0]}') give way to those of their factors or narrowed copies, and feeding them has no "
             "effect any more (export at IR 4 or newer to say which inputs are meant to be overridable)",)
+
+
+def with_written_params(report: CompressionReport, stored: int, target: str, keep: float, rank_multiple: int, *,
+                        applied: bool = False, from_plan: bool = False) -> CompressionReport:
+    """``report`` with ``stored``, the weights the written file holds (a bias copy, a chain's constants
+    dropped ...), as its weights after: the achieved ratio of a params budget and its "achieved" note follow
+    (:func:`budget_gap`)."""
+    if stored == report.params_after:
+        return report
+    report = replace(report, params_after=stored,
+                     achieved=stored / report.params_before if target == "params" else report.achieved)
+    gap_note = budget_gap(report.achieved, keep, rank_multiple, "rank", applied=applied, from_plan=from_plan)[1]
+    return replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
+                   + ((gap_note,) if gap_note else ()))
 
 
 def _dropped_annotations_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:

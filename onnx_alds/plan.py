@@ -877,18 +877,12 @@ def _as_written(report, planned, budget: Budget, rank_multiple: int):
     """``report`` with the weight count the written model will hold, as compress reports it after writing
     (:func:`onnx_alds.api._apply_step`): the allocation counts each factorized layer's weight, the rewrite
     drops that weight's source with the other constants only its chain reads (a Reshape's shape ...)."""
-    from .api import budget_gap
+    from .api import with_written_params
 
     factorized = [layer for layer, choice in zip(planned.chosen, planned.allocation.choices) if choice.groups != DENSE]
     written = (report.params_after + sum(layer.params for layer in factorized)
                - _dropped_constants(planned.prepared.model, factorized))
-    if written == report.params_after:
-        return report
-    report = replace(report, params_after=written,
-                     achieved=written / report.params_before if budget.target == "params" else report.achieved)
-    gap_note = budget_gap(report.achieved, budget.keep, rank_multiple, "rank")[1]  # said of the figure written
-    return replace(report, notes=tuple(note for note in report.notes if not note.startswith("achieved "))
-                   + ((gap_note,) if gap_note else ()))
+    return with_written_params(report, written, budget.target, budget.keep, rank_multiple)
 
 
 def _dropped_constants(model: onnx.ModelProto, factorized: Sequence[Layer]) -> int:
