@@ -35,7 +35,8 @@ from .checks import InputCheck, check_input_model, check_output_model, random_no
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
 from .inputs import check_sample_dims, conform_inputs
-from .options import AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, with_pruning
+from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
+                      with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
                       shift_folds_into_bias)
@@ -438,8 +439,8 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
     layer needs it, docs/LARGE_MODELS.md), a ModelProto (neither copied whole nor modified), or an
     :class:`onnx_alds.model_io.OpenedModel` (then the result is light too: see :class:`CompressionResult`).
 
-    ``calibration``: an :class:`onnx_alds.inputs.InputSet` (anything with ``.batches(n)`` and
-    ``.source``); when given, compression is data-aware (see docs/DATA_AWARE.md):
+    ``calibration``: an :class:`onnx_alds.inputs.InputSet` (an object with its ``.arrays`` and ``.batches(n)``
+    is taken as the InputSet of its arrays); when given, compression is data-aware (see docs/DATA_AWARE.md):
 
     - the error tables come from whitened spectra (``W_i L_i``, ``C_i = L_i L_iᵀ`` the input second
       moment of group ``i``), i.e. they measure relative output error on the calibration inputs;
@@ -527,6 +528,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
                                affine_correction=affine_correction, damage_samples=damage_samples,
                                damage_points=damage_points, damage_max_groups=damage_max_groups)
     options = replace(options, search=with_pruning(options.search, prune, prune_heads))  # --prune, --prune-heads
+    refuse_without_effect(options)  # as the command line refuses flags that change nothing
     if options.search.prune != "off":  # (onnx_alds.prune)
         from .prune import compress_pruned
 

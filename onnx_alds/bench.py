@@ -461,7 +461,7 @@ def _check_feeds_fit(feeds: Mapping[str, np.ndarray], protos: Sequence[onnx.Mode
                                  "graph input, keyed by name")
 
 
-def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Sequence[int] = (1,),
+def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Optional[Sequence[int]] = None,
           threads: Optional[int] = None, warmup: Optional[int] = None, runs: int = 100, min_time_s: float = 1.0,
           input_shapes: Optional[dict[str, Sequence[int]]] = None, per_layer: bool = False,
           cudnn_conv_algo_search: str = "EXHAUSTIVE", provider_options: Optional[dict[str, Any]] = None,
@@ -472,6 +472,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     ``warmup`` defaults to 10 runs on CPU and 50 on CUDA/TensorRT; ``threads`` to the physical cores
     on CPU. With ``per_layer``, every model after the first is compared layer by layer with the first.
     ``names`` labels the models in the report (default: file names, ``model[i]`` for protos).
+    ``batch_sizes`` None: the batch of ``feeds``, else :func:`default_batch` (the one the first model fixes,
+    else the first dim ``input_shapes`` gives, else 1), as ``onnx-alds bench`` without ``--batch``.
     ``feeds`` (input name → array, batch first): time every model on these inputs instead of random ones;
     ``batch_sizes`` must then be their batch alone. ``seed``: of the random inputs; ``layer_runs``: timed
     runs per layer with ``per_layer`` (default ``max(10, runs // 2)``); ``provider_options``: passed to
@@ -487,7 +489,7 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
         raise InputDataError("no models to bench; give at least one .onnx file")
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
-    _check_bench_arguments(batch_sizes=batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
+    _check_bench_arguments(batch_sizes=(1,) if batch_sizes is None else batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
                            threads=threads, min_time_s=min_time_s, feeds=feeds)
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")
@@ -500,9 +502,14 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     if feeds is not None:
         _check_feeds_fit(feeds, protos, names if names is not None else _labels(models))
         fed_batch = _fed_batch(feeds, protos[0])
+        batch_sizes = (fed_batch,) if batch_sizes is None else batch_sizes
         if [int(b) for b in batch_sizes] != [fed_batch]:
             raise InputDataError(f"got batch sizes {list(batch_sizes)} and inputs of batch {fed_batch}; give the "
                                  "inputs' batch alone")
+    shape_batches = sorted({int(dims[0]) for dims in (input_shapes or {}).values() if dims})
+    if batch_sizes is None:  # (an input shape of batch 4 times batch 4, not 1)
+        batch_sizes = (default_batch(protos[0], input_shapes),)
+    other_batches = [batch for batch in shape_batches if batch not in {int(b) for b in batch_sizes}]
     sessions = [make_session(m if not isinstance(m, onnx.ModelProto) else p, provider, threads=threads,
                              provider_options=options, spinning=False) for m, p in zip(models, protos)]
     if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):
@@ -550,6 +557,10 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Seq
     notes = tuple(f"{name} takes other inputs than {names[0]} ({_show_inputs(signature)} against "
                   f"{_show_inputs(signatures[0])}): its speedup compares different work"
                   for name, signature in zip(names[1:], signatures[1:]) if signature != signatures[0])
+    if other_batches and feeds is None:  # the input shape's first dim is the batch, and batch_sizes times others
+        notes += (f"the input shapes give batch {other_batches[0]}; timed at batch "
+                  f"{' '.join(str(int(b)) for b in batch_sizes)} instead (the first dim of every input is set to "
+                  "each batch size)",)
     return BenchReport(models=tuple(names), provider=provider, provider_name=PROVIDERS[provider],
                        provider_options=options, threads=threads, batch_sizes=tuple(int(b) for b in batch_sizes),
                        warmup=warmup, timings=tuple(timings), layers=tuple(layers), machine=machine_info(),
@@ -789,10 +800,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
                    cudnn_conv_algo_search=args.cudnn_conv_algo_search or "EXHAUSTIVE")
     for line in report.lines():
         print(line)
-    given = sorted({dims[0] for dims in (shapes or {}).values() if dims} - set(batches)) if args.batch else []
-    if given:  # the input shape's first dim is the batch, and --batch times others
-        print(f"note: --input-shape gives batch {given[0]}; timed at --batch {' '.join(map(str, batches))} instead "
-              "(the first dim of every input is set to each --batch)")
     if args.json:
         write_json(report.to_dict(), args.json)
     return 0

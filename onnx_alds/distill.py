@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import numpy as np
@@ -1550,7 +1550,15 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     :class:`UnsupportedModelError` naming the op when the graph cannot be run on torch.
     """
     if settings is not None and kwargs:
-        raise TypeError("give settings or its fields as keywords, not both")
+        raise InputDataError("give settings=DistillSettings(...) or its fields as keywords "
+                             f"({', '.join(sorted(kwargs))}), not both")
+    if settings is not None and not isinstance(settings, DistillSettings):
+        raise InputDataError(f"settings={settings!r}: give an onnx_alds.distill.DistillSettings(...), or its fields "
+                             "as keywords")
+    unknown = sorted(set(kwargs) - {f.name for f in fields(DistillSettings)})
+    if unknown:
+        raise InputDataError(f"distill() got unknown option(s) {', '.join(unknown)}; its options: "
+                             f"{', '.join(f.name for f in fields(DistillSettings))}")
     settings = settings or DistillSettings(**kwargs)
     torch = import_torch()
     started = time.perf_counter()

@@ -72,6 +72,12 @@ class InputSet:
         if not isinstance(self.arrays, Mapping) or not self.arrays:
             raise InputDataError("the input set holds no arrays; give one array per graph input, e.g. "
                                  "InputSet({'input': array})")
+        key = next((name for name in self.arrays if not isinstance(name, str)), None)
+        if key is not None:
+            raise InputDataError(f"input set key {key!r} ({type(key).__name__}) is no graph input name; key each array by its "
+                                 "graph input's name, e.g. InputSet({'input': array})")
+        if not isinstance(self.source, str):
+            raise InputDataError(f"source={self.source!r}: give where the data came from in words, or leave it out")
         odd = next((name for name, array in self.arrays.items() if not isinstance(array, np.ndarray)), None)
         if odd is not None:
             raise InputDataError(f"input '{odd}' is a {type(self.arrays[odd]).__name__}; give numpy arrays, batch "

@@ -20,7 +20,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -64,22 +64,33 @@ def _refuse_unreachable_data(model: onnx.ModelProto) -> None:
     stubs = [tensor for tensor in tensors if _is_external(tensor)]
     if not stubs:
         return
+    _refuse_in_memory_stubs(stubs)
     locations = [{entry.key: entry.value for entry in stub.external_data}.get("location", "") for stub in stubs]
-    if IN_MEMORY in locations:
-        raise ModelLoadError(f"the model's weights are not in it (tensor '{stubs[locations.index(IN_MEMORY)].name}' "
-                             "is held by the result's store: a light result of compress); give "
-                             "onnx_alds.model_io.materialize(result.model, result.store), or save it with "
-                             "onnx_alds.model_io.save_model(result.model, path, store=result.store) and give the path")
     raise ModelLoadError(f"the model's tensor '{stubs[0].name}' is stored in the external file '{locations[0]}', "
                          "which a ModelProto in memory cannot reach; give the model's path instead, or "
                          "onnx.load(path) with its external data (for a light result of compress: "
                          "onnx_alds.model_io.materialize(result.model, result.store))")
 
 
+def _refuse_in_memory_stubs(tensors: Iterable[onnx.TensorProto]) -> None:
+    """Raise :class:`ModelLoadError` for a stub of a light result of ``compress`` among ``tensors``: its data
+    is in that result's store, which a model alone cannot reach (another store's tensor at the same index
+    would be read in its place)."""
+    for tensor in tensors:
+        if _is_external(tensor) and {entry.key: entry.value for entry in tensor.external_data}.get("location") \
+                == IN_MEMORY:
+            raise ModelLoadError(f"the model's weights are not in it (tensor '{tensor.name}' is held by the result's "
+                                 "store: a light result of compress); give onnx_alds.model_io.materialize(result.model, "
+                                 "result.store), or save it with onnx_alds.model_io.save_model(result.model, path, "
+                                 "store=result.store) and give the path")
+
+
 def _model_path(model: Any) -> Path:
     """``model`` as a path; anything other than a path (or a ``ModelProto``, handled by the callers) is a
     :class:`ModelLoadError`."""
     if isinstance(model, (str, os.PathLike)):
+        if not os.fspath(model):  # (Path('') is the current folder)
+            raise ModelLoadError("the model path is empty; give the path of an .onnx file")
         return Path(model)
     raise ModelLoadError(f"the model is of type {type(model).__name__}; give the path of an .onnx file or an "
                          "onnx.ModelProto")
@@ -517,6 +528,7 @@ def _open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
     if isinstance(model, OpenedModel):
         return model
     if isinstance(model, onnx.ModelProto):
+        _refuse_in_memory_stubs(tensor for graph in _graphs(model.graph) for tensor in graph.initializer)
         store = TensorStore()
         light = _copy_model(model, lambda tensor, main: store.hold(tensor) if main and _holdable(tensor) else tensor)
         return OpenedModel(light, store)
@@ -795,11 +807,16 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     ``size_threshold=1024``), but written tensor by tensor: no serialized copy of the whole model is
     made, and ``model`` is not modified.
     """
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelLoadError(f"save_model writes an onnx.ModelProto (e.g. result.model), not a "
+                             f"{type(model).__name__}; give the model first and the path second")
     if isinstance(path, str) and (path.endswith(("/", os.sep)) or os.path.basename(path) in (".", "..")):
         raise OutputPathError(f"'{path}' names a folder (it ends with '{os.path.basename(path) or '/'}'); give a file "
                               "path for the model")  # (Path() drops the slash or the dot)
     target = Path(path)
     check_output_path(target, protect)
+    if store is None:  # written as they are, the stubs would point to a file named onnx-alds-in-memory
+        _refuse_in_memory_stubs(tensor for graph in _graphs(model.graph) for tensor in graph.initializer)
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     data_name = target.name + ".data"

@@ -46,7 +46,9 @@ class Budget:
         if isinstance(keep, (str, bytes)):
             raise BudgetError(f"{flag} {keep!r} is a string; give a number, the fraction to keep in (0, 1]")
         if isinstance(keep, np.ndarray) and keep.shape == () and keep.dtype.kind in "iuf":
-            keep = keep.item()  # a 0-d array (np.float32(x) arithmetic often gives one)
+            keep = keep[()]  # a 0-d array (np.float32(x) arithmetic often gives one)
+        if isinstance(keep, np.floating) and keep.dtype.itemsize < 8:
+            keep = float(str(keep))  # np.float32(0.3) is 0.3 asked, not 0.30000001192092896
         if keep is not None and (isinstance(keep, (bool, np.bool_)) or not isinstance(keep, numbers.Real)):
             raise BudgetError(f"{flag} {keep!r} is a {type(keep).__name__}; give a float, the fraction to keep in "
                               f"(0, 1], e.g. {flag} 0.5")
@@ -134,6 +136,8 @@ class SearchOptions:
             raise BudgetError("--prune-heads narrows attention heads of prunable blocks and needs --prune (or "
                               "--prune only); add one, or drop --prune-heads")
         object.__setattr__(self, "prune_heads", bool(self.prune_heads))
+        for name in ("rank_multiple", "max_groups", "seed"):  # numpy ints: plain ints (reports and plans are JSON)
+            object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "exclude", exclude)
         object.__setattr__(self, "keep_dense", dict(self.keep_dense or {}))
 
@@ -189,11 +193,18 @@ class DataAwareOptions:
         if self.calibration is not None:  # a repeated sample adds no information, and would let --method
             from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
 
-            if not (hasattr(self.calibration, "arrays") and hasattr(self.calibration, "batches")):  # an InputSet
-                raise InputDataError(f"calibration is a {type(self.calibration).__name__}; give an "
-                                     "onnx_alds.inputs.InputSet, e.g. InputSet({'input': array}) or load_inputs(...)")
+            from .inputs import InputSet
 
-            object.__setattr__(self, "calibration", without_repeats(self.calibration))
+            calibration = self.calibration
+            if not isinstance(calibration, InputSet):
+                arrays = getattr(calibration, "arrays", None)
+                if not (isinstance(arrays, Mapping) and hasattr(calibration, "batches")):
+                    raise InputDataError(f"calibration is a {type(calibration).__name__}; give an "
+                                         "onnx_alds.inputs.InputSet, e.g. InputSet({'input': array}) or "
+                                         "load_inputs(...)")
+                # an object with the InputSet's members: its arrays checked as an InputSet's are
+                calibration = InputSet(dict(arrays), source=getattr(calibration, "source", "") or "")
+            object.__setattr__(self, "calibration", without_repeats(calibration))
 
     @property
     def enabled(self) -> bool:
@@ -313,6 +324,7 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
             raise BudgetError(f"{name}={value!r}: give an onnx_alds.options.{kind.__name__}(...), or its fields as "
                               "keywords")
     check_count("both_factors", both_factors, 0)
+    check_count("calibration_batch_size", calibration_batch_size)
     if budget is None:
         budget = Budget.from_keywords(keep_params, keep_flops, keep_latency)
     elif any(value is not None for value in (keep_params, keep_flops, keep_latency)):
@@ -344,6 +356,61 @@ def compress_options(*, keep_params: Optional[float] = None, keep_flops: Optiona
     return CompressOptions(budget, search, data, speed, shapes)
 
 
+def refuse_without_effect(options: CompressOptions) -> None:
+    """Raise :class:`InputDataError` for an option of ``options`` that would change nothing (see
+    :func:`without_effect`); ``compress`` and ``make_plan`` call it once the pruning mode is set."""
+    message = without_effect(options.search, options.data, calibrated=options.data.calibration is not None,
+                             budget=options.budget, speed=options.speed)
+    if message:
+        raise InputDataError(message)
+
+
+def without_effect(search: SearchOptions, data: DataAwareOptions, *, calibrated: bool,
+                   budget: Optional[Budget] = None, speed: Optional[SpeedOptions] = None) -> Optional[str]:
+    """The first option set away from its default that would change nothing beside the others, as a
+    one-line message naming the keywords (``compress`` raises it, as the command line refuses such flags:
+    ``cli.check_flags_take_effect``), or None. ``calibrated``: whether calibration inputs are given."""
+    method, pruned_only = search.method, search.prune == "only"
+    if pruned_only:
+        for name, changed in (("method", method != "alds"), ("error_measure", search.error_measure is not None),
+                              ("order", search.order != SPATIAL_FIRST), ("max_groups", search.max_groups != 16),
+                              ("both_factors", data.both_factors != 0), ("affine_correction", data.affine_correction),
+                              ("sequential", data.sequential), ("bias_correction", data.bias_correction),
+                              ("sensitivity", data.sensitivity)):
+            if changed:
+                return (f"{name}={_value(search, data, name)!r} has no effect with prune='only' (no layer is "
+                        "factorized); drop one of them")
+    if search.error_measure is not None and method != "alds":
+        return (f"error_measure={search.error_measure!r} has no effect with method={method!r} (it allocates by its "
+                "own measure); drop one of them")
+    if search.max_groups != 16 and not (method == "alds" or (method == "damage" and data.damage_max_groups > 1)):
+        return (f"max_groups={search.max_groups} has no effect with method={method!r} (" +
+                ("damage_max_groups sets the group counts measured" if method == "damage" else "it keeps one group")
+                + "); drop one of them")
+    if method != "damage":
+        for name, default in (("damage_samples", 8), ("damage_points", 4), ("damage_max_groups", 1)):
+            if getattr(data, name) != default:
+                return f"{name}={getattr(data, name)} has no effect without method='damage'; add it or drop {name}"
+    elif data.sensitivity:
+        return ("sensitivity=True has no effect with method='damage' (the damage tables measure each layer's "
+                "effect on the outputs); drop one of them")
+    if not calibrated:
+        for name, changed in (("calibration_batch_size", data.batch_size != 16), ("refit", not data.refit),
+                              ("shrinkage", not data.shrinkage)):
+            if changed:
+                return (f"{name}={_value(search, data, name)!r} has no effect without calibration inputs; give "
+                        f"calibration=... or drop {name}")
+    if speed is not None and budget is not None and budget.target != "latency" and speed.model_rounds != 3:
+        return (f"SpeedOptions(model_rounds={speed.model_rounds}) has no effect without keep_latency (the rounds "
+                "time the whole model against a latency budget); drop model_rounds")
+    return None
+
+
+def _value(search: SearchOptions, data: DataAwareOptions, name: str):
+    name = "batch_size" if name == "calibration_batch_size" else name
+    return getattr(search, name) if hasattr(search, name) else getattr(data, name)
+
+
 def _refuse_both(group: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     changed = [key for key, value in given.items() if value is not defaults[key] and value != defaults[key]]
     if changed:
@@ -351,4 +418,5 @@ def _refuse_both(group: str, given: Mapping[str, Any], defaults: Mapping[str, An
 
 
 __all__ = ["AUTO_ORDER", "ORDER_CHOICES", "TARGETS", "METHODS", "Budget", "SearchOptions", "DataAwareOptions",
-           "SpeedOptions", "CompressOptions", "compress_options", "POINTWISE_FIRST", "SPATIAL_FIRST"]
+           "SpeedOptions", "CompressOptions", "compress_options", "refuse_without_effect",
+           "without_effect", "POINTWISE_FIRST", "SPATIAL_FIRST"]

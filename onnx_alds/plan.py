@@ -59,7 +59,7 @@ from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, check_exclude_patterns, with_order
 from .options import (PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions,
-                      compress_options, with_pruning)
+                      compress_options, refuse_without_effect, with_pruning)
 
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
@@ -359,6 +359,8 @@ class Plan:
         if unknown:
             raise PlanError(f"cannot change {', '.join(unknown)} of a layer decision (what identifies the layer, or "
                             "not a field); change its option, groups, rank, order or reason")
+        changes = {key: int(value) if isinstance(value, np.integer) else value  # plain ints: plans are JSON
+                   for key, value in changes.items()}
         changed = replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
                           report=None)
         Plan.from_dict(changed.to_dict(), source=f"the plan with layer '{name}' changed")  # raises PlanError
@@ -848,6 +850,7 @@ def make_plan(model, **options) -> Plan:
     prune, prune_heads = options.pop("prune", "off"), options.pop("prune_heads", False)
     compress_opts = compress_options(**options)
     compress_opts = replace(compress_opts, search=with_pruning(compress_opts.search, prune, prune_heads))
+    refuse_without_effect(compress_opts)  # as the command line refuses flags that change nothing
     opened = open_model(model)  # read once: the steps below and the digest share it
     if compress_opts.search.prune != "off":  # the pruning compression, its report made a plan
         from .prune import compress_pruned

@@ -141,7 +141,24 @@ def parse_method(name: str) -> MethodSpec:
                           f"change nothing (as compress --prune only refuses --method); write it alds+data+pruneonly")
     if not data and base in DATA_ONLY_METHODS:
         raise BudgetError(f"method '{name}' needs calibration data; write it {base}+data and give --calibration")
+    message = _without_effect(options, data)
+    if message:
+        raise BudgetError(f"method '{name}': {message} (the same as a method without that modifier)")
     return MethodSpec(name, options, data, speed_check)
+
+
+def _without_effect(options: Mapping[str, Any], data: bool) -> Optional[str]:
+    """compress's refusal of an option that changes nothing (options.without_effect), for a sweep method."""
+    from dataclasses import fields
+    from types import SimpleNamespace
+
+    from .options import DataAwareOptions, SearchOptions, without_effect
+
+    search = SearchOptions(**{key: value for key, value in options.items()
+                              if key in {f.name for f in fields(SearchOptions)}})
+    data_fields = {f.name: f.default for f in fields(DataAwareOptions)}  # (no calibration: not a DataAwareOptions)
+    return without_effect(search, SimpleNamespace(**{**data_fields, **{key: value for key, value in options.items()
+                                                                      if key in data_fields}}), calibrated=data)
 
 
 # ------------------------------------------------------------------------------------------------

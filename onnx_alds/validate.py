@@ -885,7 +885,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     Every output is checked against the stated tolerances and, for figures without a stated one, the
     defaults of its kind (:data:`DEFAULT_TOLERANCES`); ``figures_only`` checks nothing.
     ``output_kinds`` maps output names to kinds (:data:`KINDS`) instead of choosing by shape.
-    Tolerances (None: the kind's default): ``rtol``/``atol`` (elementwise, as numpy.allclose),
+    Tolerances (None: the kind's default): ``rtol`` (the largest per-sample relative L2 error
+    ``‖c − o‖ / ‖o‖``) and ``atol`` (the largest absolute element difference), each checked on its own
+    (not numpy.allclose's combined elementwise test),
     ``min_top1_agreement`` and ``max_accuracy_drop`` (classifier outputs; the drop needs labels),
     ``max_mean_rel`` (mean relative error), ``min_mean_cosine`` (mean cosine per sample),
     ``min_nn_agreement`` (embeddings: nearest neighbour unchanged), ``min_position_agreement`` and

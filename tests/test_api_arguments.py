@@ -229,3 +229,107 @@ def test_calibration_given_twice_is_named_before_the_workers():
     with pytest.raises(BudgetError, match="not both"):
         compress(small_cnn(), keep_params=0.6, calibration=_calibration(), data=DataAwareOptions(),
                  calibration_workers=2)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(method="svd", error_measure="frobenius"), "error_measure='frobenius' has no effect with method='svd'"),
+    (dict(method="l-rank", error_measure="spectral"), "error_measure='spectral' has no effect with method='l-rank'"),
+    (dict(method="svd", max_groups=2), "max_groups=2 has no effect with method='svd'"),
+    (dict(refit=False), "refit=False has no effect without calibration inputs"),
+    (dict(shrinkage=False), "shrinkage=False has no effect without calibration inputs"),
+    (dict(calibration_batch_size=4), "calibration_batch_size=4 has no effect without calibration inputs"),
+    (dict(damage_samples=4, calibration=_calibration()), "damage_samples=4 has no effect without method='damage'"),
+    (dict(prune="only", method="svd", calibration=_calibration()), "method='svd' has no effect with prune='only'"),
+    (dict(prune="only", both_factors=1, calibration=_calibration()), "both_factors=1 has no effect with prune='only'"),
+])
+def test_an_option_that_changes_nothing_is_refused_as_the_command_line_refuses_it(keywords, match):
+    # the report said 'rank-fraction' for error_measure='frobenius' with svd: the caller's choice was dropped
+    for function in (compress, make_plan):
+        with pytest.raises(InputDataError, match=match.replace("(", r"\(")):
+            function(small_cnn(), keep_params=0.6, **keywords)
+
+
+def test_a_light_result_is_neither_saved_nor_compressed_without_its_store(tmp_path):
+    """save_model(result.model, path) wrote a file whose weights pointed to 'onnx-alds-in-memory' (exit 0, a model
+    nothing loads); compress(result.model) read another store's tensor at the stub's index."""
+    from onnx_alds.model_io import save_model
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(width=48), str(path))  # conv3's weight is over the light-model threshold
+    result = compress(open_model(str(path)), keep_params=0.8, exclude=["conv3"])
+    with pytest.raises(ModelLoadError, match="store=result.store"):
+        save_model(result.model, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+    with pytest.raises(ModelLoadError, match="a light result of compress"):
+        compress(result.model, keep_params=0.9)
+    save_model(result.model, tmp_path / "out.onnx", store=result.store)
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+    with pytest.raises(ModelLoadError, match="writes an onnx.ModelProto"):
+        save_model(str(path), tmp_path / "other.onnx")
+
+
+@pytest.mark.parametrize("calibration, match", [
+    (lambda x: InputSet({0: x}), "input set key 0 .int. is no graph input name"),
+    (lambda x: InputSet({"input": x}, source=5), "source=5: give where the data came from in words"),
+])
+def test_an_input_set_of_the_wrong_keys_is_named(calibration, match):
+    x = _calibration().arrays["input"]
+    with pytest.raises(InputDataError, match=match):
+        compress(small_cnn(), keep_params=0.6, calibration=calibration(x))
+
+
+def test_an_object_with_the_input_set_members_is_checked_as_an_input_set():
+    class Samples:  # no .source: an AttributeError deep in compress; a list in .arrays: a ValueError
+        def __init__(self, arrays):
+            self.arrays = arrays
+
+        def batches(self, size):
+            yield from InputSet(self.arrays).batches(size)
+
+    x = _calibration().arrays["input"]
+    taken = compress(small_cnn(), keep_params=0.6, calibration=Samples({"input": x}))
+    same = compress(small_cnn(), keep_params=0.6, calibration=InputSet({"input": x}))
+    assert taken.model.graph.SerializeToString() == same.model.graph.SerializeToString()
+    with pytest.raises(InputDataError, match="input 'input' is a list"):
+        compress(small_cnn(), keep_params=0.6, calibration=Samples({"input": x.tolist()}))
+
+
+def test_numpy_integers_give_a_report_json_can_write():
+    import json
+
+    report = compress(small_cnn(), keep_params=0.6, rank_multiple=np.int64(2), seed=np.int64(3)).report
+    assert type(report.rank_multiple) is int and type(report.seed) is int
+    json.dumps(report.to_dict())
+    plan = make_plan(small_cnn(), keep_params=0.6)
+    name = next(d.name for d in plan.layers if d.option != "dense")
+    edited = plan.with_layer(name, rank=np.int64(3))
+    assert type(edited.layer(name).rank) is int
+    json.dumps(apply_plan(small_cnn(), edited).report.to_dict())
+
+
+def test_a_float32_budget_is_the_number_written():
+    report = compress(small_cnn(), keep_params=np.float32(0.6)).report
+    assert report.requested == 0.6 and "asked" not in report.format()
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(calibration_batch_size=0, calibration=_calibration()), "calibration_batch_size"),
+])
+def test_range_errors_name_the_keyword_given(keywords, match):
+    with pytest.raises(InputDataError, match=match):
+        compress(small_cnn(), keep_params=0.6, **keywords)
+
+
+def test_an_empty_model_path_is_named_as_empty():
+    with pytest.raises(ModelLoadError, match="the model path is empty"):
+        compress("", keep_params=0.6)
+
+
+def test_distill_options_are_checked_as_the_other_functions_check_theirs():
+    from onnx_alds.distill import DistillSettings, distill
+
+    for keywords, match in ((dict(settings=DistillSettings(steps=2), seed=1), "not both"),
+                            (dict(step=2), r"distill\(\) got unknown option\(s\) step;"),
+                            (dict(settings={"steps": 2}), "give an onnx_alds.distill.DistillSettings")):
+        with pytest.raises(InputDataError, match=match):
+            distill(small_cnn(), small_cnn(), _calibration(), **keywords)

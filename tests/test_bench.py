@@ -226,7 +226,7 @@ def test_a_batch_given_by_input_shape_and_replaced_by_batch_is_said(tmp_path, ca
     args = parser.parse_args([str(path), "--input-shape", f"{name}:3x3x8x8", "--batch", "2", "--runs", "2",
                               "--warmup", "1", "--min-time", "0", "--threads", "1"])
     assert run_bench_command(args) == 0
-    assert "note: --input-shape gives batch 3; timed at --batch 2 instead" in capsys.readouterr().out
+    assert "note: the input shapes give batch 3; timed at batch 2 instead" in capsys.readouterr().out
     args = parser.parse_args([str(path), "--input-shape", f"{name}:3x3x8x8", "--runs", "2", "--warmup", "1",
                               "--min-time", "0", "--threads", "1"])
     assert run_bench_command(args) == 0
@@ -375,3 +375,15 @@ def test_a_model_random_inputs_cannot_feed_is_refused_without_asking_for_an_npz(
     with pytest.raises(InputDataError) as caught:
         timing_feeds(model, 1, None)
     assert "timing runs on random inputs only" in str(caught.value) and "--inputs" not in str(caught.value)
+
+
+def test_the_api_times_the_batch_the_input_shapes_give_as_the_command_does():
+    """bench(input_shapes={'x': (4, ...)}) timed batch 1 (its default batch_sizes) with no word; the command
+    line times batch 4."""
+    model = _model(False)
+    name = model.graph.input[0].name
+    report = bench([model], input_shapes={name: (4, 3, 8, 8)}, **FAST)
+    assert [timing.batch_size for timing in report.timings] == [4] and not report.notes
+    report = bench([model], input_shapes={name: (4, 3, 8, 8)}, batch_sizes=(2,), **FAST)
+    assert [timing.batch_size for timing in report.timings] == [2]
+    assert any("the input shapes give batch 4; timed at batch 2 instead" in note for note in report.notes)

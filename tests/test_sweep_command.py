@@ -448,10 +448,15 @@ def test_parse_method():
     spec = parse_method("alds+data/pw+sc")
     assert spec.data and spec.speed_check
     assert dict(spec.options) == {"method": "alds", "order": "pointwise-first"}
-    assert dict(parse_method("svd/g1").options) == {"method": "svd", "max_groups": 1}
+    assert dict(parse_method("alds/g1").options) == {"method": "alds", "max_groups": 1}
     assert dict(parse_method("alds+data+seq").options) == {"method": "alds", "sequential": True}
     for bad in ("pca", "alds+foo", "alds+seq", "alds data"):
         with pytest.raises(BudgetError):
+            parse_method(bad)
+    for bad, message in (("svd/g1", "max_groups=1 has no effect with method='svd'"),  # svd keeps one group
+                         ("l-rank/frob", "error_measure='frobenius' has no effect with method='l-rank'"),
+                         ("damage+data+sens", "sensitivity=True has no effect with method='damage'")):
+        with pytest.raises(BudgetError, match=message):
             parse_method(bad)
     assert parse_method("damage+data").data
     assert dict(parse_method("damage+data+prune").options) == {"method": "damage", "prune": "combined"}

@@ -70,6 +70,8 @@ def method_keywords(name: str) -> dict:
                 break
         else:
             raise SystemExit(f"error: unknown modifier '{rest}' in '{name}'; use {' '.join(MODIFIERS)}")
+    if keywords["method"] != "damage":  # /g4 on alds: the groups searched (compress refuses damage_* without damage)
+        keywords.pop("damage_max_groups", None)
     return keywords
 
 
