@@ -78,7 +78,8 @@ class Timing:
 
     def line(self) -> str:
         return (f"{self.model:<32} batch {self.batch_size:<4} median {self.median_ms:9.3f} ms  "
-                f"p10 {self.p10_ms:9.3f}  p90 {self.p90_ms:9.3f}  spread {self.spread:6.1%}  "
+                f"p10 {self.p10_ms:9.3f}  p90 {self.p90_ms:9.3f}  "
+                f"spread {format(self.spread, '6.1%') if self.runs > 1 else '   n/a'}  "  # (one run has none)
                 f"{self.throughput:10.1f} samples/s  speedup {self.speedup:5.2f}x  ({self.runs} runs)")
 
 
@@ -415,6 +416,10 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
         raise InputDataError("batch_sizes is empty; give one or more batch sizes ≥ 1, e.g. (1, 32)")
     for batch in batch_sizes:
         check_count("batch size", batch)
+    repeated = next((int(b) for i, b in enumerate(batch_sizes) if int(b) in [int(a) for a in list(batch_sizes)[:i]]),
+                    None)
+    if repeated is not None:  # (it was timed twice)
+        raise InputDataError(f"batch size {repeated} is given twice; give each batch size once")
     check_count("runs", runs)
     check_count("warmup", warmup, 0, optional=True)
     check_count("layer_runs", layer_runs, optional=True)
@@ -582,6 +587,22 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
     return pairs
 
 
+def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, paired: set[str]) -> list[str]:
+    """A note for every original node whose factors were factorized again (``X.enc.enc``, ``X.enc.dec``,
+    ``X.dec``: a compressed model compressed once more), which no single pair stands for."""
+    names = [node.name for node in compressed.graph.node]
+    notes = []
+    for node in original.graph.node:
+        if not node.name or node.name in paired:
+            continue
+        chain = [name for name in names if name.startswith((f"{node.name}.enc.", f"{node.name}.dec."))]
+        if chain:
+            parts = sorted(set(chain) | {f"{node.name}.{end}" for end in ("enc", "dec")} & set(names))
+            notes.append(f"{node.name}: factorized more than once ({', '.join(parts)}); not timed per layer (the "
+                         "whole-model timings include it)")
+    return notes
+
+
 def _show_inputs(signature: Mapping[str, tuple]) -> str:
     """``x float32 [N, 3, 32, 32]``, one per input (``?`` for a dynamic dim), or ``none``."""
     shown = []
@@ -698,6 +719,7 @@ def compare_layers(original: onnx.ModelProto, compressed: onnx.ModelProto, *, mo
                "can be cut out; not timed per layer (the whole-model timings include it)"
                for path, graph in iter_graphs(compressed.graph) if path for node in graph.node
                if node.name.endswith(".enc")]
+    skipped += _compressed_again(original, compressed, {layer for layer, _, _ in pairs})
     if not pairs:
         if skipped:
             return LayerComparison(model_name, batch, (), tuple(skipped))
@@ -798,10 +820,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
                    warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
                    input_shapes=shapes, per_layer=args.per_layer,
                    cudnn_conv_algo_search=args.cudnn_conv_algo_search or "EXHAUSTIVE")
+    args.written_files = []  # what an interrupt from here on leaves written (cli names it)
     for line in report.lines():
         print(line)
     if args.json:
-        write_json(report.to_dict(), args.json)
+        write_json(report.to_dict(), args.json, also=lambda: args.written_files.append(str(args.json)))
     return 0
 
 

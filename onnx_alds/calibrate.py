@@ -74,7 +74,7 @@ import onnx
 from onnx import helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, runtime_error_text
-from .inputs import dim_name_clash
+from .inputs import dim_name_clash, one_sample_at_a_time
 from .layers import Layer, constant_node_value
 from .model_io import fixed_batch, graph_inputs
 
@@ -663,6 +663,8 @@ def _run(session, model: onnx.ModelProto, batch: Mapping[str, np.ndarray], wante
         hint = (f"; input '{shared.name}' repeats its first dim '{shared.dims[0]}', so batches cut along it break "
                 "it: give --calibration-batch-size equal to that dim (one whole graph per run) and arrays of whole "
                 "graphs" if shared is not None else "") + dim_name_clash(session, feeds)
+        if shared is None and not hint:
+            hint = one_sample_at_a_time(session, fetch, feeds, "--calibration-batch-size")
         raise InputDataError(f"running the model on the calibration data failed ({runtime_error_text(exc)}); "
                              "check that the calibration arrays match the model's inputs (dtype, shape, value range: "
                              "ids inside their tables); random inputs (--calibration-random) cannot fit every model: "

@@ -177,6 +177,7 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from .api import analyze
     from .model_io import check_output_path, parse_input_shapes
+    from .report import write_json
 
     if args.json:
         check_output_path(Path(args.json), protect=[args.model])
@@ -184,8 +185,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
                      max_groups=args.max_groups, rank_multiple=args.rank_multiple)
     args.written_files = []  # what an interrupt or a failed print from here on leaves written (_run names it)
     if args.json:  # files first: a closed pipe on stdout must not cost the user the JSON
-        report.save_json(args.json)
-        args.written_files.append(str(args.json))
+        write_json(report.to_dict(), args.json, also=lambda: args.written_files.append(str(args.json)))
     print(report.format())
     return 0
 
@@ -395,6 +395,7 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     (compress and apply); ``extra``: the distillation report of ``compress --distill``, written to
     ``--distill-report`` after the model (nothing is written when validation fails)."""
     from .model_io import materialize
+    from .report import write_json
 
     output = Path(args.output)
     summary = None
@@ -417,9 +418,8 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
                                            store=getattr(result, "store", None), also=also),
                    output, result.report, args.report, written=args.written_files)
     distill_report = getattr(args, "distill_report", None) if extra is not None else None
-    if distill_report:
-        extra.save_json(distill_report)
-        args.written_files.append(str(distill_report))
+    if distill_report:  # counted with its rename (an interrupt right after it is told it landed)
+        write_json(extra.to_dict(), distill_report, also=lambda: args.written_files.append(str(distill_report)))
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
     print(f"wrote {' and '.join(args.written_files)}")
     if summary is not None:
@@ -444,20 +444,23 @@ def write_together(save_output: Callable[[Optional[Callable[[], None]]], Any], o
     """Write an output (``save_output(also)`` writes ``output`` atomically, a model or a plan, and runs
     ``also`` right after its final rename, uninterrupted with it: :func:`onnx_alds.model_io.landed`) and its
     JSON ``report`` both or neither: the report goes to a temporary file in its folder first, and is renamed
-    into place with the output. ``written`` gets each path as it lands (an interrupt held over the renames is
-    raised after them: both landed, and the error says so). Errors name ``report_path``, never the temporary
-    file."""
+    into place with the output. ``written`` gets each path inside the renames' uninterrupted block (an
+    interrupt held over them, or one that comes right after, is told both landed). Errors name
+    ``report_path``, never the temporary file."""
     import os
 
     from .model_io import replace_keeping_mode, unused_name
+    from .signals import uninterrupted
 
     written = [] if written is None else written
     landed: list[str] = []
     pending: Optional[Path] = None
 
-    def land_report() -> None:
-        replace_keeping_mode(pending, Path(report_path))
-        landed.append(str(report_path))
+    def land_report_and_count() -> None:  # right after the output's rename, uninterrupted with it
+        if report_path:
+            replace_keeping_mode(pending, Path(report_path))
+            landed.append(str(report_path))
+        written.extend([str(output)] + landed)  # (an interrupt just after the renames is told they landed)
 
     try:
         if report_path:
@@ -469,16 +472,11 @@ def write_together(save_output: Callable[[Optional[Callable[[], None]]], Any], o
                 raise
             except OnnxAldsError as exc:
                 raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
-        try:
-            save_output(land_report if report_path else None)
-        except KeyboardInterrupt as exc:  # delivered just after the renames (held over them): they landed
-            if getattr(exc, "landed", None):
-                written.extend([str(output)] + landed)
-            raise
-        written.extend([str(output)] + landed)
+        save_output(land_report_and_count)
     finally:
-        if pending is not None and os.path.exists(pending):
-            os.unlink(pending)
+        with uninterrupted():  # (a second Ctrl-C would leave the temporary report)
+            if pending is not None and os.path.exists(pending):
+                os.unlink(pending)
 
 
 def _add_validate(subparsers) -> None:

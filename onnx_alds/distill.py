@@ -908,8 +908,34 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
                 points.append(name)
     if points:  # a pruned block's hidden tensor keeps its name but not its width: no matching point
         before_shapes, after_shapes = _value_shapes(original), _value_shapes(compressed)
-        points = [name for name in points if before_shapes.get(name) == after_shapes.get(name)]
+        points = [name for name in points if not _shapes_differ(before_shapes.get(name), after_shapes.get(name))]
     return FactorSet(tuple(factors), tuple(biases), tuple(points))
+
+
+def _points_of_one_shape(teacher, student, train: Mapping[str, np.ndarray], points: Sequence[str], batch: int
+                         ) -> tuple[list[str], int]:
+    """The matching points whose tensors have the same shape in both models on the first training batch, and
+    how many were left out (inferred shapes with dims unknown in either model cannot tell)."""
+    if not points:
+        return [], 0
+    torch = import_torch()
+    first = {name: array[:batch] for name, array in train.items()}
+    expected = dict(zip(points, teacher.run(list(points), first)))
+    with torch.no_grad():
+        got = student({name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in first.items()},
+                      list(points))
+    kept = [name for name in points if tuple(got[name].shape) == tuple(np.shape(expected[name]))]
+    return kept, len(points) - len(kept)
+
+
+def _shapes_differ(before: Optional[tuple], after: Optional[tuple]) -> bool:
+    """Whether two inferred shapes surely differ: another rank, or a dim known in both with other sizes. A
+    dim named or unknown in either matches (shape inference names the dims it cannot size anew in each
+    model: ``unk__2`` in one is ``unk__6`` in the other); the points are compared at run time too."""
+    if before is None or after is None:
+        return False
+    return len(before) != len(after) or any(isinstance(a, int) and isinstance(b, int) and a and b and a != b
+                                             for a, b in zip(before, after))
 
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
@@ -1507,6 +1533,9 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     ``compress --distill`` compresses with the training part only, so that the held-out part that
     decides early stopping was seen by neither step.
     """
+    if not isinstance(inputs, InputSet):  # (a dict's len counted its keys as samples)
+        raise InputDataError(f"inputs is a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, e.g. "
+                             "InputSet({'input': array}) or load_inputs(...)")
     count = len(inputs)
     if count < 2:
         raise InputDataError(
@@ -1575,8 +1604,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     found = factor_tensors(teacher_model, student_model)
     if not found.factors:
         raise UnsupportedModelError(
-            "the compressed model has no factor tensors (no initializer that the original lacks); "
-            "give the original model and the output of `onnx-alds compress` made from it")
+            "the compressed model has no factor tensors (no initializer that the original lacks); " +
+            MADE_FROM_IT)
     _check_ancestry(teacher_model, student_model, set(found.biases))
     _check_pair_order(teacher_model, student_model)
     _check_step_sizes(student_model, found.trainable, settings.lr)
@@ -1614,6 +1643,10 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             _run_session(teacher, held, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
         student = torch_graph(student_model, found.trainable)
+        points, dropped = _points_of_one_shape(teacher, student, train, points, settings.batch_size)
+        if dropped:
+            notes.append(f"{dropped} factorized layers' outputs have another shape in the compressed model (a "
+                         "narrowed block): the loss leaves them out")
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(held, settings, augmenter)
         teacher_eval = _run_session(teacher, eval_inputs, outputs, settings.batch_size)
@@ -1636,6 +1669,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
                     result = student({k: torch.from_numpy(v) for k, v in batch.items()}, outputs)
                     chunks.append({k: v.numpy() for k, v in result.items()})
             got = _concat(chunks)
+            _check_output_shapes(teacher_eval, got, outputs)
             loss = float(np.mean([np.mean((got[o].astype(np.float64) - teacher_eval[o]) ** 2) / scales[o]
                                   for o in outputs]))
             top1, cosine = _agreement(teacher_eval[outputs[0]], got[outputs[0]], kind)
@@ -1829,16 +1863,30 @@ def _load_values(student, model: onnx.ModelProto, names: Sequence[str]) -> None:
 
 
 def _check_interfaces(original: onnx.ModelProto, compressed: onnx.ModelProto, inputs: InputSet) -> None:
+    """The pair takes and gives the same (names, order, types, declared shapes: as validate checks it; a teacher
+    output of another shape was broadcast into the loss) and ``inputs`` feed every graph input."""
+    from .validate import check_same_interface
+
     check_distillable(compressed)
     names_o = [s.name for s in graph_inputs(original)]
-    names_c = [s.name for s in graph_inputs(compressed)]
-    if names_o != names_c or [o.name for o in original.graph.output] != [o.name for o in compressed.graph.output]:
-        raise UnsupportedModelError("the compressed model's graph inputs/outputs differ from the original's; "
-                                    "give the original model and the output of `onnx-alds compress` made from it")
+    check_same_interface(original, compressed, hint=MADE_FROM_IT)
     missing = [n for n in names_o if n not in inputs.arrays]
     if missing:
         raise InputDataError(f"the inputs lack the graph input(s) {', '.join(repr(m) for m in missing)}; "
                              "give one array per graph input, keyed by name")
+
+
+MADE_FROM_IT = "give the original model and the output of `onnx-alds compress` made from it"
+
+
+def _check_output_shapes(teacher: Mapping[str, np.ndarray], student: Mapping[str, np.ndarray],
+                         outputs: Sequence[str]) -> None:
+    """The outputs the loss compares have the same shape in both models on the same inputs (declared shapes may
+    be dynamic); raises :class:`UnsupportedModelError` naming the first that differs."""
+    for name in outputs:
+        if teacher[name].shape != student[name].shape:
+            raise UnsupportedModelError(f"output '{name}' has shape {teacher[name].shape} in the original and "
+                                        f"{student[name].shape} in the compressed model; {MADE_FROM_IT}")
 
 
 def _check_ancestry(original: onnx.ModelProto, compressed: onnx.ModelProto, trained: set[str]) -> None:
@@ -1901,8 +1949,8 @@ def _calibrated_on(compressed: onnx.ModelProto, held_out: InputSet) -> Optional[
     return (("the held-out samples are" if seen == total else f"{seen} of the {total} held-out samples are")
             + " among the inputs the compressed model was calibrated or trained on (the same samples): it was fitted "
             "to them, so the held-out figures are in-sample, optimistic, and the training may find little to "
-            "improve; give inputs the compression did not see, or use compress --distill (which calibrates on the "
-            "training part only)")
+            "improve; give inputs the compression did not see (compress --distill calibrates on its training part only: "
+            "its held-out part is unseen unless an earlier compression of the model saw it)")
 
 
 def _adds_views(settings: DistillSettings, augmenter: Augmenter) -> bool:

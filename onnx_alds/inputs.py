@@ -667,6 +667,22 @@ def dim_name_clash(session, feed: Mapping[str, np.ndarray]) -> str:
     return ""
 
 
+def one_sample_at_a_time(session, names: Optional[Sequence[str]], feed: Mapping[str, np.ndarray], flag: str) -> str:
+    """``; …`` saying to give ``flag`` 1 when ``session`` runs the first sample of ``feed`` alone although the
+    whole batch failed (an op inside fixes the batch to 1, as a Reshape to [1, -1] does, while the input's
+    first dim is dynamic); ``""`` otherwise. Costs one more run, on a failure only."""
+    samples = {len(array) for array in feed.values() if np.ndim(array)}
+    if len(samples) != 1 or samples.pop() < 2:
+        return ""
+    try:
+        session.run(None if names is None else list(names), {name: array[:1] if np.ndim(array) else array
+                                                             for name, array in feed.items()})
+    except Exception:  # noqa: BLE001 - it fails on one sample too: another cause
+        return ""
+    return (f"; it runs on one sample at a time (an op inside fixes the batch to 1 while the input's first dim is "
+            f"dynamic): give {flag} 1")
+
+
 def refuse_unfeedable(specs: Sequence[InputSpec]) -> None:
     """Graph inputs of a type numpy holds only through ``ml_dtypes`` (bfloat16, float8, int4, float4) cannot be
     fed to ONNX Runtime from Python. Raises :class:`InputDataError` naming the first."""

@@ -764,7 +764,8 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     if unfolded:
         return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "
                 f"(e.g. a weight norm): {FOLD_HINT}")
-    return f"weight is not a constant (computed at run time by a {node.op_type} node)"
+    return (f"weight is not a constant (computed at run time by a {node.op_type} node): a product of two run-time "
+            "tensors (as attention's Q·Kᵀ) has no weight to factorize")
 
 
 def _reads_only_constants(name: str, producers: Mapping[str, onnx.NodeProto],

@@ -752,8 +752,9 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes, *,
     except OSError as exc:
         raise _naming(exc, target)
     finally:
-        if os.path.exists(pending):
-            os.unlink(pending)
+        with uninterrupted():  # (a second Ctrl-C would leave the temporary file)
+            if os.path.exists(pending):
+                os.unlink(pending)
 
 
 def first_missing_folder(folder: Union[str, os.PathLike]) -> Optional[Path]:
@@ -850,10 +851,11 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     except OSError as exc:
         raise _naming(exc, target)
     finally:
-        if tmp_dir.is_dir():
-            for leftover in tmp_dir.glob("*"):
-                leftover.unlink()
-            os.rmdir(tmp_dir)
+        with uninterrupted():  # an interrupt just after the renames left the empty temporary folder behind
+            if tmp_dir.is_dir():
+                for leftover in tmp_dir.glob("*"):
+                    leftover.unlink()
+                os.rmdir(tmp_dir)
     return target
 
 
@@ -1268,9 +1270,18 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
 
         import shlex
 
-        flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in dynamic)
-        placeholder = any("N" in example(spec, dims).split("x") for spec, dims in dynamic)
+        needed, covered = [], set()  # an input whose open dims are all named like a listed input's takes theirs
+        for spec, dims in dynamic:
+            open_dims = [spec.dims[i] for i, d in enumerate(dims) if not isinstance(d, int)]
+            if needed and all(isinstance(d, str) and d and d in covered for d in open_dims):
+                continue
+            needed.append((spec, dims))
+            covered.update(d for d in spec.dims if isinstance(d, str) and d)
+        flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in needed)
+        placeholder = any("N" in example(spec, dims).split("x") for spec, dims in needed)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
-            f"give them with {flags}" + (" (each N: the size you run the model at, a number)" if placeholder else ""))
+            f"give them with {flags}" + (" (each N: the size you run the model at, a number)" if placeholder else "")
+            + (f" (the other input{'s take' if len(dynamic) - len(needed) > 1 else ' takes'} the sizes of the dims "
+               "named alike)" if len(needed) < len(dynamic) else ""))
     return shapes, notes

@@ -651,7 +651,9 @@ class _Reader:
         before = self.integer(entry["width_before"], f"{where}.width_before", minimum=1)
         width = self.integer(entry["width"], f"{where}.width", minimum=1)
         if width > before:
-            raise self.fail(f"{where}.width", f"{width} is wider than the block ({before}); give at most {before}")
+            raise self.fail(f"{where}.width", f"{width} is more than its width_before ({before}, the block's full width "
+                                              f"as the plan says); give a width of at most {before}, or check "
+                                              "width_before")
         predicted = entry.get("predicted")
         if predicted is not None:
             p = self.mapping(predicted, f"{where}.predicted", required=("width",),
@@ -782,10 +784,12 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-def weights_digest(model) -> str:
-    """SHA-256 of a model's constants (initializers and Constant nodes, subgraphs included: names, types,
-    shapes and values, in name order), as the user gave it. A plan keeps it, so that applying the plan to
-    a model whose weights changed (same names and shapes) is noticed."""
+def weights_digest(model, *, named: bool = False) -> str:
+    """SHA-256 of a model's constants (initializers and Constant nodes, subgraphs included: types, shapes and
+    values; empty ones hold nothing and are left out), as the user gave it, whatever their names and order. A
+    plan keeps it, so that applying the plan to a model whose weights changed (same names and shapes) is
+    noticed, and a model whose constants are only renamed (or re-exported with an empty Resize roi more) is
+    not. ``named``: the digest plans written before 2026-12 keep (names included, every constant)."""
     import hashlib
 
     from .layers import constant_tensors
@@ -793,10 +797,17 @@ def weights_digest(model) -> str:
 
     opened = open_model(model)
     digest = hashlib.sha256()
+    parts = []
     for name, tensor in sorted(constant_tensors(opened.model).items()):
         array = np.ascontiguousarray(numpy_helper.to_array(opened.store.load(tensor)))
-        digest.update(f"{name}|{tensor.data_type}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+        head = f"{tensor.data_type}|{array.shape}|".encode()
+        if named:  # one running hash over the constants in name order
+            digest.update(f"{name}|".encode() + head)
+            digest.update(array.tobytes())
+        elif array.size:
+            parts.append(hashlib.sha256(head + array.tobytes()).digest())
+    for part in sorted(parts):
+        digest.update(part)
     return digest.hexdigest()
 
 
@@ -970,7 +981,8 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_weights = plan.model.get("weights")
-    if planned_weights and planned_weights != weights_digest(model):
+    if planned_weights and planned_weights != weights_digest(model) \
+            and planned_weights != weights_digest(model, named=True):  # (a plan written before 2026-12)
         result = replace(result, report=replace(result.report, warnings=result.report.warnings + (
             "the model's weights differ from those the plan was made on (same layers and shapes, other values): "
             "its ranks and widths were chosen for the other weights, so its predicted errors do not hold here "

@@ -226,6 +226,15 @@ class _Graph:
         """Whether anything but the main-graph nodes named ``nodes`` reads ``name`` (or it :meth:`escapes`)."""
         return self.escapes(name) or any(reader.name not in nodes for reader in self.users.get(name, []))
 
+    def stays_stored(self, name: str, nodes: set) -> bool:
+        """Whether the stored data that the constant ``name`` is computed from stays in the file once the nodes
+        named ``nodes`` no longer read it: something else reads it, or a tensor of its chain of constant ops
+        (``Identity``, ``Cast`` ...; each node's first input, the data) is read beyond the chain."""
+        if self.read_beyond(name, nodes):
+            return True
+        node = self.producers.get(name)
+        return node is not None and bool(node.input) and self.stays_stored(node.input[0], {node.name})
+
     def constant(self, name: str) -> Optional[np.ndarray]:
         """The value of ``name`` if it is computed from constants alone (None otherwise)."""
         if not name:
@@ -509,8 +518,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     holder = graph.nodes[bias[1]] if bias is not None and bias[0] == "add" else consumer
     slot = bias[2] if bias is not None and bias[0] == "add" else 2
     old_bias = holder.input[slot] if bias is not None and slot < len(holder.input) else ""
-    if old_bias and graph.read_beyond(old_bias, {holder.name}):
-        added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # shared: the refit's bias goes beside it
+    if old_bias and graph.stays_stored(old_bias, {holder.name}):  # shared (directly or through constant ops
+        added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # such as Identity): the refit's goes beside
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
                  fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params)
 

@@ -102,7 +102,8 @@ class CompressionReport:
     def format(self) -> str:
         """The plan per layer and the totals, as printed by ``onnx-alds compress``."""
         timed = any(layer.time_dense_us is not None for layer in self.layers)
-        rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", "error", "note")]
+        cut = self.error_measure == "rank-fraction"  # --method svd: the share of the rank cut, not an error
+        rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", "rank cut" if cut else "error", "note")]
         if timed:
             rows[0] = rows[0][:-1] + ("time µs", "note")
         for layer in self.layers:
@@ -137,7 +138,9 @@ class CompressionReport:
             lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
-        lines.append(f"layers factorized: {factorized} of {len(self.layers)}, max error {self.max_error:.4f}")
+        lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
+                     + (f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd cuts every layer "
+                        "alike and measures no error)" if cut else f"max error {self.max_error:.4f}"))
         if self.predicted_output_error is not None:
             total = sum(layer.predicted_damage or 0.0 for layer in self.layers)
             lines.append(f"predicted output damage: sum {total:.4g} (relative squared output error), "

@@ -51,7 +51,7 @@ from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
 from .inputs import (InputSet, add_input_arguments, conform_inputs, dim_name_clash, inputs_from_args,
-                     with_prefixed_flags)
+                     one_sample_at_a_time, with_prefixed_flags)
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -867,8 +867,10 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
                "(--inputs FILE.npz)" if random else
                "check that the arrays match the model's inputs (dtype, shape, "
                "value ranges such as token ids)")
+        hint = dim_name_clash(session, feed) or one_sample_at_a_time(
+            session, names, feed, "onnx-alds validate --batch-size")
         raise InputDataError(f"running the {which} model on the validation inputs failed "
-                             f"({runtime_error_text(exc)}); {fix}{dim_name_clash(session, feed)}") from None
+                             f"({runtime_error_text(exc)}); {fix}{hint}") from None
 
 
 def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, provider: str = "cpu",
@@ -910,7 +912,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     output_kinds = dict(output_kinds or {})
     original_model = load_model(original)
     compressed_model = load_model(compressed)
-    _check_same_interface(original_model, compressed_model)
+    check_same_interface(original_model, compressed_model)
     inputs = conform_inputs(original_model, inputs, "validation")
     check_output_kinds(original_model, output_kinds)
     if stated.max_accuracy_drop is not None and inputs.labels is None:
@@ -930,6 +932,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     in_sample = _calibrated_on(compressed_model, inputs)
     if in_sample:
         notes.append(in_sample)
+    if original_model.graph == compressed_model.graph:  # (validate m.onnx m.onnx: a pass that says nothing)
+        notes.append("the two models have the same graph and weights: every figure compares a model with itself")
     randoms = random_nodes(original_model)
     if randoms:
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
@@ -1150,11 +1154,12 @@ def _output_signature(value: onnx.ValueInfoProto) -> tuple[str, Optional[tuple[A
     return kind, dims
 
 
-def _check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
+                         hint: str = "compare a model with one compressed from it") -> None:
     """The compressed model takes and gives what the original does: the same inputs and outputs, in the same
     order (a caller that runs ``session.run(None, …)`` or reads ``get_inputs()[0]`` depends on it), with the
-    same element types and declared shapes. Raises :class:`UnsupportedModelError` naming the first difference."""
-    hint = "compare a model with one compressed from it"
+    same element types and declared shapes. Raises :class:`UnsupportedModelError` naming the first difference,
+    followed by ``hint`` (the fix)."""
     names_o = [spec.name for spec in graph_inputs(original)]
     names_c = [spec.name for spec in graph_inputs(compressed)]
     if sorted(names_o) != sorted(names_c):
@@ -1461,9 +1466,10 @@ def run_validate_command(args: argparse.Namespace) -> int:
     inputs = inputs_from_args(original, args, required=True)
     report = validate(args.original, args.compressed, inputs=inputs, provider=args.provider,
                       batch_size=args.batch_size, threads=getattr(args, "threads", None), **options)
+    args.written_files = []  # what an interrupt from here on leaves written (cli names it)
     for line in report.lines():
         print(line)
     if args.json:
-        write_json(report.to_dict(), args.json)
+        write_json(report.to_dict(), args.json, also=lambda: args.written_files.append(str(args.json)))
     report.raise_if_failed()
     return 0

@@ -387,3 +387,30 @@ def test_the_api_times_the_batch_the_input_shapes_give_as_the_command_does():
     report = bench([model], input_shapes={name: (4, 3, 8, 8)}, batch_sizes=(2,), **FAST)
     assert [timing.batch_size for timing in report.timings] == [2]
     assert any("the input shapes give batch 4; timed at batch 2 instead" in note for note in report.notes)
+
+
+def test_per_layer_names_the_layers_factorized_more_than_once():
+    """A compressed model compressed again (X.enc.enc, X.enc.dec, X.dec): those layers were left out of the
+    per-layer table with no word."""
+    from conftest import small_cnn
+
+    from onnx_alds import compress
+
+    original = small_cnn(width=8)
+    once = compress(original, keep_params=0.7, rank_multiple=1, method="svd").model
+    twice = compress(once, keep_params=0.6, rank_multiple=1, method="svd").model
+    again = {node.name.split(".")[0] for node in twice.graph.node if node.name.count(".") >= 2}
+    assert again
+    report = bench([original, twice], threads=1, per_layer=True, layer_runs=2, **FAST)
+    (comparison,) = report.layers
+    named = {row.layer for row in comparison.rows} | {note.split(":")[0] for note in comparison.skipped}
+    assert again <= named and {node.name for node in once.graph.node if node.name.endswith(".enc")} != set()
+    assert all("factorized more than once" in note for note in comparison.skipped if note.split(":")[0] in again)
+
+
+def test_a_batch_size_given_twice_is_refused_and_one_run_shows_no_spread():
+    """bench --batch 1 1 7 timed batch 1 twice; --runs 1 printed 'spread 0.0%', a perfectly quiet machine."""
+    with pytest.raises(InputDataError, match="batch size 1 is given twice"):
+        bench([_model(False)], batch_sizes=(1, 1, 7), **FAST)
+    report = bench([_model(False)], batch_sizes=(1,), runs=1, warmup=0, min_time_s=0.0)
+    assert "spread    n/a" in report.timings[0].line() and report.timings[0].runs == 1

@@ -1200,3 +1200,49 @@ def test_a_demo_in_a_folder_it_cannot_write_names_out(tmp_path, capsys, monkeypa
     monkeypatch.setattr(onnx_alds.api, "compress", never)
     code, _, err = run_cli("demo", "--out", str(tmp_path / "demo"), capsys=capsys)
     assert_one_line_error(code, err, "is not writable); give a writable folder with --out DIR")
+
+
+def test_an_interrupt_right_after_the_renames_names_the_files_and_leaves_no_temporary_folder(cnn_path, tmp_path,
+                                                                                              capsys, monkeypatch):
+    """SIGINT while the temporary folder was removed, just after the renames: "no output was written" (both
+    files were there, complete) and an empty '.onnx-alds-…' folder was left beside them."""
+    import signal
+
+    import onnx_alds.model_io as model_io
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    real_rmdir = os.rmdir
+
+    def rmdir_with_signal(path, *args, **kwargs):
+        if Path(path).parent == tmp_path:  # the writer's temporary folder, beside the output
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(model_io.os, "rmdir", rmdir_with_signal)
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
+                           "--rank-multiple", "1", "-q", capsys=capsys)
+    assert code == 130 and f"interrupted after {out} and {report} were written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(cnn_path).name, "o.onnx", "r.json"])
+
+
+@pytest.mark.parametrize("command", ["analyze", "validate", "bench"])
+def test_an_interrupt_held_over_a_json_files_rename_names_it(cnn_path, tmp_path, capsys, monkeypatch, command):
+    """validate --json and bench --json landed their file and said "no output was written"."""
+    import signal
+
+    import onnx_alds.model_io as model_io
+
+    target = tmp_path / "out.json"
+    real_replace = os.replace
+
+    def replace_with_signal(source, destination):
+        if Path(destination).name == target.name:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(model_io.os, "replace", replace_with_signal)
+    arguments = {"analyze": [cnn_path], "validate": [cnn_path, cnn_path, "--random", "4"],
+                 "bench": [cnn_path, "--runs", "2", "--warmup", "1", "--min-time", "0", "--threads", "1"]}[command]
+    code, _, err = run_cli(command, *arguments, "--json", target, capsys=capsys)
+    assert code == 130 and f"interrupted after {target} was written" in err
+    assert json.loads(target.read_text())

@@ -888,3 +888,24 @@ def test_compressing_twice_keeps_the_earlier_steps_and_drops_their_stale_keys():
     with pytest.raises(UnsupportedModelError, match="it was itself compressed before: alds"):
         _check_pair_order(cnn, twice)
     _check_pair_order(once, twice)  # its own original
+
+
+def test_the_dynamic_dims_error_lists_only_the_inputs_that_need_a_shape():
+    """input_ids [batch, seq] and attention_mask [batch, seq]: the error asked for both, while input_ids alone
+    sizes the mask (its dims are named alike)."""
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.model_io import resolve_input_shapes
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["ids", "mask"], ["y"])], "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "seq"]) for name in ("ids", "mask")]
+        + [helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])])
+    model = helper.make_model(graph)
+    with pytest.raises(UnsupportedModelError) as caught:
+        resolve_input_shapes(model, None, batch_default=1)
+    message = str(caught.value)
+    assert "--input-shape ids:1xN --input-shape other:1xN" in message and "mask:" not in message.split("give")[1]
+    assert message.endswith("(the other input takes the sizes of the dims named alike)")
+    shapes, _ = resolve_input_shapes(model, {"ids": (1, 7), "other": (1, 3)}, batch_default=1)
+    assert shapes["mask"] == (1, 7)

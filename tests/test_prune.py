@@ -488,6 +488,33 @@ def shared_bias_feed_forward(seed: int = 15) -> onnx.ModelProto:
                       [_init(rng, "w1", (16, 64), 0.25), _init(rng, "w2", (64, 16), 0.125), _init(rng, "b", (16,), 0.1)])
 
 
+def identity_shared_bias_feed_forward(seed: int = 16) -> onnx.ModelProto:
+    """The block's bias reaches its Add through an Identity of an initializer that another Identity also reads
+    (PyTorch's exporter shares equal biases so): the refit's new bias goes beside the shared one."""
+    model = shared_bias_feed_forward(seed)
+    nodes = list(model.graph.node)
+    nodes.insert(0, helper.make_node("Identity", ["b"], ["b_block"], name="share_block"))
+    nodes[4].input[1] = "b_block"  # down_bias
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+@pytest.mark.parametrize("build", [shared_bias_feed_forward, identity_shared_bias_feed_forward])
+def test_the_refits_copy_of_a_shared_bias_is_priced_in_the_budget(build):
+    """Priced only where the Add read the shared bias itself: through an Identity, --prune only went over the
+    budget by the copy, and combined --prune refused budgets it could reach."""
+    from onnx_alds.layers import iter_total_params
+
+    model = build()
+    assert [n.name for n in model.graph.node if n.op_type == "Add"][0] == "down_bias"
+    calibration = _inputs(model, samples=128)
+    for keep in (0.5, 0.55, 0.6, 0.65, 0.7):
+        result = compress(model, keep_params=keep, calibration=calibration, prune="only", rank_multiple=1)
+        assert sum(iter_total_params(result.model)) == result.report.params_after <= keep * result.report.params_before
+        assert not any("above the requested" in warning for warning in result.report.warnings)
+
+
 def test_pruned_weights_behind_constant_chains_leave_no_dead_copy():
     """The sliced copies replace the chained weights, and the chains with their full-size sources go
     (the file held both before)."""

@@ -1275,3 +1275,39 @@ def test_compress_validate_random_does_not_redraw_the_random_calibration(tmp_pat
     assert len(validation) == 8
     for name, array in calibration.arrays.items():
         assert not any(np.array_equal(row, other) for row in validation.arrays[name] for other in array)
+
+
+def _batch_one_reshape_model() -> onnx.ModelProto:
+    """Conv on a dynamic-batch input, then a Reshape to [1, 8, 16]: the model runs one sample at a time."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("Reshape", ["c", "to"], ["t"], name="to_tokens"),
+             helper.make_node("MatMul", ["t", "m"], ["y"], name="proj")]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 8, 16], np.int64), "to"),
+             numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "m")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def test_a_model_that_runs_one_sample_at_a_time_is_told_to_use_batch_size_one():
+    """A Reshape to [1, ...] behind a dynamic batch: calibration and validation failed with 'check that the
+    arrays match the model's inputs', while --calibration-batch-size 1 / --batch-size 1 run it."""
+    from onnx_alds import compress
+
+    model = _batch_one_reshape_model()
+    inputs = InputSet({"x": np.random.default_rng(0).standard_normal((8, 8, 4, 4)).astype(np.float32)})
+    with pytest.raises(InputDataError, match="runs on one sample at a time .*: give --calibration-batch-size 1$"):
+        compress(model, keep_params=0.7, calibration=inputs, rank_multiple=1)
+    small = compress(model, keep_params=0.7, calibration=inputs, rank_multiple=1, calibration_batch_size=1).model
+    with pytest.raises(InputDataError, match="give onnx-alds validate --batch-size 1$"):
+        validate(model, small, inputs=inputs)
+    assert validate(model, small, inputs=inputs, batch_size=1, figures_only=True).outputs
+
+
+def test_a_model_compared_with_itself_is_said_to_be_so():
+    model = _batch_one_reshape_model()
+    inputs = InputSet({"x": np.random.default_rng(0).standard_normal((4, 8, 4, 4)).astype(np.float32)})
+    report = validate(model, model, inputs=inputs, batch_size=1)
+    assert any("compares a model with itself" in note for note in report.notes)
