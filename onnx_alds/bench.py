@@ -131,6 +131,9 @@ class BenchReport:
     machine: dict = field(hash=False)
     versions: dict = field(hash=False)
     notes: tuple[str, ...] = ()
+    # per model, the shape of every input it was fed at each batch size ({model: {batch: {input: dims}}}):
+    # dynamic dims as they were resolved (--input-shape, dims named alike), so that the run can be repeated
+    input_shapes: dict = field(default_factory=dict, hash=False)
 
     def timing(self, model_index: int, batch_size: int) -> Timing:
         """The timing of ``models[model_index]`` at ``batch_size``."""
@@ -184,6 +187,9 @@ class BenchReport:
             "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
                         "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
                                  for r in c.rows]} for c in self.layers],
+            "input_shapes": {model: {str(batch): {name: list(dims) for name, dims in shapes.items()}
+                                     for batch, shapes in by_batch.items()}
+                             for model, by_batch in self.input_shapes.items()},
             "machine": dict(self.machine),
             "versions": dict(self.versions),
         }
@@ -521,6 +527,7 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
         raise InputDataError(f"got {len(names)} names for {len(models)} models; give one distinct name per model")
     names = list(names) if names is not None else _labels(models)
     timings: list[Timing] = []
+    fed: dict[str, dict[int, dict[str, list[int]]]] = {name: {} for name in names}
     for batch in batch_sizes:
         runners = []
         for name, session, proto in zip(names, sessions, protos):
@@ -532,6 +539,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
                     raise
                 raise (exc.named(name) if isinstance(exc, RandomInputsError) else
                        InputDataError(f"{name}: {exc}")) from None
+        for name, runner in zip(names, runners):
+            fed[name][int(batch)] = {key: [int(d) for d in np.shape(value)] for key, value in runner.feeds.items()}
         log.info("timing %d model(s) at batch %d: %d warm-up, ≥ %d runs", len(models), batch, warmup, runs)
         try:
             times = time_interleaved(runners, warmup=warmup, runs=runs, min_time_s=min_time_s)
@@ -569,7 +578,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     return BenchReport(models=tuple(names), provider=provider, provider_name=PROVIDERS[provider],
                        provider_options=options, threads=threads, batch_sizes=tuple(int(b) for b in batch_sizes),
                        warmup=warmup, timings=tuple(timings), layers=tuple(layers), machine=machine_info(),
-                       versions=dict(versions(), onnxruntime_device=ort.get_device()), notes=notes)
+                       versions=dict(versions(), onnxruntime_device=ort.get_device()), notes=notes,
+                       input_shapes=fed)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -252,8 +252,8 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
                              f"bombs: {2 * Image.MAX_IMAGE_PIXELS} pixels); shrink it, or remove it") from None
     except Exception as exc:
         problem = unreadable(path, f"the image '{path}'") if isinstance(exc, OSError) else None
-        raise InputDataError(problem or f"cannot read image '{path}' ({type(exc).__name__}); remove or replace the "
-                             "file") from None
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__  # "image file is truncated"
+        raise InputDataError(problem or f"cannot read image '{path}' ({detail}); remove or replace the file") from None
     width, height = image.size
     if preprocess.size is not None:
         height, width = preprocess.size

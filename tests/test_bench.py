@@ -414,3 +414,12 @@ def test_a_batch_size_given_twice_is_refused_and_one_run_shows_no_spread():
         bench([_model(False)], batch_sizes=(1, 1, 7), **FAST)
     report = bench([_model(False)], batch_sizes=(1,), runs=1, warmup=0, min_time_s=0.0)
     assert "spread    n/a" in report.timings[0].line() and report.timings[0].runs == 1
+
+
+def test_the_json_says_the_input_shapes_each_model_was_timed_at():
+    """--input-shape ids:4x12 timed at a length the JSON did not keep: the run could not be repeated from it."""
+    model = _model(False)
+    name = model.graph.input[0].name
+    data = bench([model, model], input_shapes={name: (3, 3, 8, 8)}, names=["a", "b"], **FAST).to_dict()
+    assert data["input_shapes"] == {"a": {"3": {name: [3, 3, 8, 8]}}, "b": {"3": {name: [3, 3, 8, 8]}}}
+    json.dumps(data)

@@ -745,3 +745,19 @@ def test_dims_named_like_a_given_inputs_take_its_sizes_once_each():
     shapes, notes = resolve_input_shapes(helper.make_model(graph), {"x": (5, 16)}, batch_default=1)
     assert shapes == {"x": (5, 16), "adj": (5, 5)}
     assert notes == ["input 'adj': its dims named like those of 'x' take their sizes (N=5)"]
+
+
+def test_a_truncated_image_is_named_with_what_is_wrong(tmp_path):
+    """'cannot read image ... (OSError)': the reason Pillow gives (a truncated file) was dropped."""
+    import io
+
+    from PIL import Image
+
+    from onnx_alds.inputs import preprocess_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    with pytest.raises(InputDataError, match=r"cannot read image '.*cut.png' \(.*(truncated|broken).*\); remove"):
+        preprocess_image(path, PRESETS["imagenet"])
