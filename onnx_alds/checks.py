@@ -106,8 +106,8 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
         if "No Op registered" in message or "schema" in message.lower():
             result.notes.append(f"shape inference does not know every op ({message[:120]})")
         else:
-            raise ModelLoadError(f"the model is inconsistent (shape inference: {message}); fix the model or export "
-                                 "it again (stale value_info can be dropped with onnx-simplifier)") from None
+            raise ModelLoadError(f"the model is inconsistent (shape inference: {message}); "
+                                 + _inconsistency_fix(stub)) from None
     if size > _RUNTIME_LIMIT:
         result.notes.append("model over 1 GB: not loaded into ONNX Runtime by the checks")
         return result
@@ -367,6 +367,22 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
                 found.append(f"'{node.name or node.output[0]}' ({node.op_type}"
                              + (" in training mode)" if node.op_type == "Dropout" else ")"))
     return found
+
+
+def _inconsistency_fix(stub: onnx.ModelProto) -> str:
+    """What to do about a model shape inference refuses: where the graph passes without its ``value_info``
+    (the intermediate shapes an exporter or a tool declared), drop them; else export it again."""
+    if not stub.graph.value_info:
+        return "fix the model or export it again"
+    bare = onnx.ModelProto()
+    bare.CopyFrom(stub)
+    del bare.graph.value_info[:]
+    try:
+        shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
+    except Exception:  # noqa: BLE001 - inconsistent without them too
+        return "fix the model or export it again"
+    return ("its value_info (the intermediate shapes it declares) disagrees with its ops: drop them (del "
+            "model.graph.value_info[:] in Python, then onnx.save) or export it again")
 
 
 def _refuse_dilated_same_padding(model: onnx.ModelProto) -> None:

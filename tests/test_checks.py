@@ -339,3 +339,25 @@ def test_a_dilated_conv_with_same_padding_is_refused_naming_it(dims):
     with pytest.raises(ModelLoadError, match=r"Conv 'dilated' has dilations \[2\] with auto_pad SAME_UPPER, which "
                                              r"ONNX Runtime does not run"):
         onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+
+
+@pytest.mark.parametrize("stale", [True, False])
+def test_an_inconsistent_model_is_told_to_drop_its_value_info_only_where_that_is_the_fix(stale):
+    """Every refusal said 'stale value_info can be dropped with onnx-simplifier' (not installed), also for
+    models whose value_info was fine."""
+    import onnx_alds
+    from onnx_alds.errors import ModelLoadError
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"])]
+    declared = [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 99 if stale else 16])]
+    output = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16 if stale else 99])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              output, [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")],
+                              value_info=declared)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError) as caught:
+        onnx_alds.compress(model, keep_params=0.6)
+    message = str(caught.value)
+    assert "model is inconsistent" in message and "simplifier" not in message
+    assert ("del model.graph.value_info[:]" in message) == stale
