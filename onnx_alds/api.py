@@ -1469,6 +1469,11 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
     if odd or not rank_fractions:
         raise BudgetError(f"rank_fractions {'has ' + repr(odd[0]) if odd else 'is empty'}; give fractions of the "
                           "full rank in (0, 1], e.g. (0.25, 0.5)")
+    keys = [f"{fraction:g}" for fraction in rank_fractions]  # each fraction's column (and dict key) is its text
+    same = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+    if same is not None:
+        raise BudgetError(f"rank_fractions gives {same} twice (as printed: fractions that differ by less than 6 digits "
+                          "print alike); give each fraction once")
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude, max_groups=max_groups, need_macs=False,
                         channel_multiple=rank_multiple)
     constants = prepared.constants

@@ -124,7 +124,8 @@ def test_bench_takes_a_generator_of_models():
 @pytest.mark.parametrize("keywords, match", [
     (dict(rank_fractions=(float("nan"),)), "rank_fractions"), (dict(rank_fractions=(1.5, -0.5)), "rank_fractions"),
     (dict(rank_fractions=()), "rank_fractions"), (dict(rank_multiple="16"), "rank_multiple"),
-    (dict(rank_multiple=2.5), "rank_multiple"), (dict(max_groups=0), "max-groups")])
+    (dict(rank_multiple=2.5), "rank_multiple"), (dict(max_groups=0), "max-groups"),
+    (dict(rank_fractions=(0.25, 0.2500001)), "rank_fractions gives 0.25 twice")])  # (one column was lost)
 def test_analyze_checks_what_compress_checks(keywords, match):
     with pytest.raises(BudgetError, match=match):
         analyze(small_cnn(), **keywords)
