@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -230,11 +230,13 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     """The model with its model-local functions inlined (onnx's inliner) when any of them holds a
     Conv/Gemm/MatMul, so those layers can be found and factorized; else the model itself."""
     local = {(function.domain, function.name) for function in model.functions}
-    holds_layers = any(is_layer_node(node) for function in model.functions for node in function.node)
+    holds_layers = any(is_layer_node(node) for function in model.functions for node in _nodes_within(function.node))
     if not local or not holds_layers:
         return model
     from onnx import inliner
 
+    model = _with_default_attributes(model)  # (onnx's inliner drops a function attribute's default: pads lost)
+    model, doc_strings = _marked_function_constants(model)
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
         try:
             inlined = inliner.inline_local_functions(model, convert_version=True)
@@ -261,10 +263,60 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
                  "layers can be factorized" + (f" ({len(uncalled)} that nothing calls are kept as they are)"
                                                if uncalled else ""))
     shared = _share_inlined_constants(model, inlined)
+    for _, graph in iter_graphs(inlined.graph):  # the markers go, the doc strings the file had come back
+        for node in graph.node:
+            if node.doc_string in doc_strings:
+                node.doc_string = doc_strings[node.doc_string]
     if shared:
         notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
                      "layers count as sharing a weight)")
     return inlined
+
+
+def _nodes_within(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """``nodes`` and every node of their If/Loop/Scan bodies, at any depth."""
+    for node in nodes:
+        yield node
+        for attribute in node.attribute:
+            for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _nodes_within(body.node)
+
+
+def _with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose calls of its local functions set every attribute that the function gives a
+    default (``attribute_proto``) and the call leaves out: onnx's inliner drops those defaults (a Conv whose
+    ``pads`` came from one lost its padding)."""
+    defaults = {(function.domain, function.name): list(function.attribute_proto) for function in model.functions}
+    if not any(defaults.values()):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    bodies = [node for _, graph in iter_graphs(copy.graph) for node in _nodes_within(graph.node)]
+    bodies += [node for function in copy.functions for node in _nodes_within(function.node)]
+    for node in bodies:
+        given = {attribute.name for attribute in node.attribute}
+        node.attribute.extend(default for default in defaults.get((node.domain, node.op_type), ())
+                              if default.name not in given)
+    return copy
+
+
+_SOURCE_MARK = "onnx-alds: function constant "
+
+
+def _marked_function_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` whose functions' Constant nodes carry a doc string naming them (the inliner copies
+    it to each call's copy, so that :func:`_share_inlined_constants` merges copies of one node, never two
+    constants that only hold equal values), and the doc strings they had, by mark."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    doc_strings = {}
+    for function in copy.functions:
+        for index, node in enumerate(_nodes_within(function.node)):
+            if node.op_type == "Constant" and is_standard(node):
+                mark = f"{_SOURCE_MARK}{function.domain}::{function.name}#{index}"
+                doc_strings[mark] = node.doc_string
+                node.doc_string = mark
+    return copy, doc_strings
 
 
 def _with_initializer_types(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -328,19 +380,21 @@ def _without_added_value_info(model: onnx.ModelProto, before: onnx.ModelProto) -
 
 
 def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto) -> int:
-    """Make the inliner's per-call copies of a function's Constant nodes one node again, in place: the
+    """Make the inliner's per-call copies of a function's Constant node (those of one mark of
+    :func:`_marked_function_constants`, holding the same value) one node again, in place: the
     copies (in the main graph or in If/Loop/Scan bodies) go, one Constant at the top of the main graph
     takes their place, and their readers read it. The file stores a function's constant once; without
     this, each call's copy would count (and be written) once more, and a weight shared by the calls would
     be factorized once per call. Returns how many copies were removed."""
     before = {name for _, graph in iter_graphs(original.graph) for node in graph.node for name in node.output}
     graph_outputs = {value.name for _, graph in iter_graphs(inlined.graph) for value in graph.output}
-    copies: dict[bytes, list[onnx.NodeProto]] = {}
+    copies: dict[tuple[str, bytes], list[onnx.NodeProto]] = {}
     for _, graph in iter_graphs(inlined.graph):
         for node in graph.node:
             if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
-                    and node.output[0] not in before and node.output[0] not in graph_outputs):
-                key = b"".join(attribute.SerializeToString() for attribute in node.attribute)
+                    and node.output[0] not in before and node.output[0] not in graph_outputs
+                    and node.doc_string.startswith(_SOURCE_MARK)):  # copies of one function node, same value
+                key = (node.doc_string, b"".join(attribute.SerializeToString() for attribute in node.attribute))
                 copies.setdefault(key, []).append(node)
     renamed: dict[str, str] = {}
     hoisted = []

@@ -942,7 +942,8 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
     if len(fixed) > 1:  # every sample holds one row of each input: first dims of 5 and 2 share no sample axis
         firsts = ", ".join(f"'{spec.name}' {spec.dims[0]}" for spec in specs if spec.dims and spec.dims[0] in fixed)
         raise InputDataError(f"the inputs fix different first dims ({firsts}), so they share no batch (sample) axis "
-                             "that samples could be stacked on; compress such a model data-free (without calibration)")
+                             "that samples could be stacked on, so none can be drawn or batched for it: compress it "
+                             "data-free (without calibration); validate and distill cannot run on it")
     if len(fixed) == 1:  # whole batches of the fixed size, as a set's remainder is dropped when it is read
         declared = fixed.pop()
         if count < declared:
