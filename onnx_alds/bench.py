@@ -500,6 +500,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
         raise InputDataError("no models to bench; give at least one .onnx file")
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
+    if isinstance(batch_sizes, Iterable) and not isinstance(batch_sizes, (str, bytes)):
+        batch_sizes = tuple(batch_sizes)  # (a generator was used up by the checks: nothing was timed)
     _check_bench_arguments(batch_sizes=(1,) if batch_sizes is None else batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
                            threads=threads, min_time_s=min_time_s, feeds=feeds)
     if per_layer and len(models) < 2:

@@ -449,8 +449,7 @@ def write_together(save_output: Callable[[Optional[Callable[[], None]]], Any], o
     ``report_path``, never the temporary file."""
     import os
 
-    from .model_io import replace_keeping_mode, unused_name
-    from .signals import uninterrupted
+    from .model_io import removed_whole, replace_keeping_mode, unused_name
 
     written = [] if written is None else written
     landed: list[str] = []
@@ -473,10 +472,8 @@ def write_together(save_output: Callable[[Optional[Callable[[], None]]], Any], o
             except OnnxAldsError as exc:
                 raise type(exc)(str(exc).replace(str(pending), str(report_path))) from None
         save_output(land_report_and_count)
-    finally:
-        with uninterrupted():  # (a second Ctrl-C would leave the temporary report)
-            if pending is not None and os.path.exists(pending):
-                os.unlink(pending)
+    finally:  # (a second Ctrl-C would leave the temporary report)
+        removed_whole(lambda: os.unlink(pending) if pending is not None and os.path.exists(pending) else None)
 
 
 def _add_validate(subparsers) -> None:

@@ -48,7 +48,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import load_inputs
-    from .model_io import first_missing_folder, load_model, remove_if_no_files, replace_keeping_mode
+    from .model_io import first_missing_folder, load_model, remove_if_no_files, removed_whole, replace_keeping_mode
     from .signals import uninterrupted
 
     out = Path(args.out)
@@ -72,16 +72,21 @@ def run_demo_command(args: argparse.Namespace) -> int:
     created = first_missing_folder(out)  # removed again if it fails
     out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
     staging = Path(tempfile.mkdtemp(prefix=".onnx-alds-demo-", dir=out))  # this run's files, until they all are
+    args.written_files = []  # what an interrupt from here on leaves written (cli names it)
+    landed = False
     try:
         validation = _write_and_check(args, staging, model_path, result, evaluation)
         with uninterrupted():  # all three in place, or none: an earlier run's files stay as they were
             for name in OUTPUTS:
                 replace_keeping_mode(staging / name, out / name)
+            args.written_files.extend(str(out / name) for name in OUTPUTS)  # (told, if an interrupt comes now)
+            landed = True
     except BaseException:  # a full disk, an interrupt: nothing of this run is left (a failed check raises after)
-        shutil.rmtree(staging, ignore_errors=True)
-        remove_if_no_files(created)
+        removed_whole(lambda: shutil.rmtree(staging, ignore_errors=True))
+        if not landed:
+            remove_if_no_files(created)
         raise
-    shutil.rmtree(staging, ignore_errors=True)
+    removed_whole(lambda: shutil.rmtree(staging, ignore_errors=True))
     print(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     if not validation.passed:  # (validate's own advice names flags the demo does not take)
         problem = validation.failure_message().split("; ")[0]

@@ -1638,7 +1638,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
                                  f"samples; give at most {len(inputs)}, or more inputs")
         teacher = _teacher_session(teacher_model, points)
         # inputs the original cannot run are one error line, before anything else reads them
-        with _original_runs(hint=dim_name_clash(teacher, train) or dim_name_clash(teacher, held)):
+        with _original_runs(hint=dim_name_clash(teacher, train) or dim_name_clash(teacher, held),
+                            one_sample=(teacher, {name: array[:settings.batch_size] for name, array in train.items()})):
             scales = _loss_scales(teacher, train, outputs, points, settings.batch_size)
             _run_session(teacher, held, outputs, settings.batch_size)
         augmenter = make_augmenter(student_model, train, augment=settings.augment)
@@ -1653,7 +1654,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         _check_finite_held_out(teacher_eval, len(next(iter(held.values()))))
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, _student_session(student_model), eval_inputs, outputs, settings.verify_tolerance,
-                when="before training", model=student_model)
+                when="before training", model=student_model, batch=settings.batch_size)
         kind = _agreement_kind(teacher_eval[outputs[0]])
 
         groups = []
@@ -1776,7 +1777,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         # the student must be the exact values written (dtype round trip), then ORT must reproduce it
         _load_values(student, tuned, found.trainable)
         verify_diff, limits = _verify(student, _student_session(tuned), eval_inputs, outputs,
-                                      settings.verify_tolerance, when="after writing the trained values", model=tuned)
+                                      settings.verify_tolerance, when="after writing the trained values", model=tuned,
+                                      batch=settings.batch_size)
         coarse = {name: limit for name, limit in limits.items() if limit > settings.verify_tolerance}
         if coarse:
             notes.append(f"output(s) {', '.join(repr(n) for n in coarse)} of a coarser dtype (float16/bfloat16) were "
@@ -2002,16 +2004,21 @@ AUGMENTED_FAILED = ("the original model does not run on the augmented inputs", "
 
 
 @contextlib.contextmanager
-def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED, hint: str = ""):
+def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED, hint: str = "", one_sample=None):
     """Runs of the original model in ONNX Runtime inside: a failure (ids outside the embedding table, a
     mask of another length; an augmented batch it cannot take, with :data:`AUGMENTED_FAILED`) is an
     :class:`InputDataError` saying what failed, ONNX Runtime's reason and the fix (and ``hint``:
-    :func:`onnx_alds.inputs.dim_name_clash`)."""
+    :func:`onnx_alds.inputs.dim_name_clash`; ``one_sample``: ``(session, feed)`` to try one sample of, for
+    :func:`onnx_alds.inputs.one_sample_at_a_time`)."""
     try:
         yield
     except OnnxAldsError:  # said already
         raise
     except Exception as exc:  # ONNX Runtime's own error types
+        if not hint and one_sample is not None:
+            from .inputs import one_sample_at_a_time
+
+            hint = one_sample_at_a_time(one_sample[0], None, one_sample[1], "--batch-size")
         raise InputDataError(f"{failure[0]} ({runtime_error_text(exc)}); {failure[1]}{hint}") from None
 
 
@@ -2085,15 +2092,16 @@ def _loss_scales(session, arrays, outputs, points, batch: int) -> dict[str, floa
 
 
 def _verify(student, session, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], tolerance: float, *,
-            when: str, model: Optional[onnx.ModelProto] = None) -> tuple[float, dict[str, float]]:
+            when: str, model: Optional[onnx.ModelProto] = None, batch: int = 16) -> tuple[float, dict[str, float]]:
     """``(max over outputs of max|ORT − torch| / max|torch|, the tolerance applied to each output)``;
     raises DistillError beyond an output's tolerance: ``tolerance``, or twice the resolution (eps) of
     the output's dtype where that is coarser (a float16 output rounds to 4.9e-4 of its scale), or on
-    another shape, naming the first node where the two differ when ``model`` (the session's) is given."""
+    another shape, naming the first node where the two differ when ``model`` (the session's) is given. ``batch``:
+    samples per run, at most 16 (the training batch: a model that runs one sample at a time is verified so)."""
     torch = import_torch()
     worst = 0.0
     limits = {name: tolerance for name in outputs}
-    for feed in _batches(arrays, 16):
+    for feed in _batches(arrays, min(batch, 16)):
         expected = session.run(list(outputs), feed)
         with torch.no_grad():
             got = student({k: torch.from_numpy(v) for k, v in feed.items()}, outputs)

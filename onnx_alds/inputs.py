@@ -31,7 +31,7 @@ import unicodedata
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -76,6 +76,8 @@ class InputSet:
         if key is not None:
             raise InputDataError(f"input set key {key!r} ({type(key).__name__}) is no graph input name; key each array by its "
                                  "graph input's name, e.g. InputSet({'input': array})")
+        if self.source is None:
+            object.__setattr__(self, "source", "")
         if not isinstance(self.source, str):
             raise InputDataError(f"source={self.source!r}: give where the data came from in words, or leave it out")
         odd = next((name for name, array in self.arrays.items() if not isinstance(array, np.ndarray)), None)
@@ -665,6 +667,19 @@ def dim_name_clash(session, feed: Mapping[str, np.ndarray]) -> str:
                     return (f"; inputs '{first[0]}' and '{spec.name}' both declare the dim '{dim}', but the arrays "
                             f"give it {first[1]} and {size}: give them equal sizes")
     return ""
+
+
+def as_input_set(inputs: Any, what: str = "inputs") -> "InputSet":
+    """``inputs`` as an :class:`InputSet`: itself, or the InputSet of the ``.arrays`` (and ``.labels``,
+    ``.source``) of an object with the InputSet's members (checked as an InputSet's are). Raises
+    :class:`InputDataError` for anything else, naming ``what``."""
+    if isinstance(inputs, InputSet):
+        return inputs
+    arrays = getattr(inputs, "arrays", None)
+    if not (isinstance(arrays, Mapping) and hasattr(inputs, "batches")):
+        raise InputDataError(f"{what} is a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, e.g. "
+                             "InputSet({'input': array}) or load_inputs(...)")
+    return InputSet(dict(arrays), getattr(inputs, "labels", None), getattr(inputs, "source", "") or "")
 
 
 def one_sample_at_a_time(session, names: Optional[Sequence[str]], feed: Mapping[str, np.ndarray], flag: str) -> str:

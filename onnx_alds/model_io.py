@@ -351,8 +351,11 @@ class TensorStore:
     """
 
     def __init__(self, base_dir: Optional[Path] = None) -> None:
+        import secrets
+
         self.base_dir = base_dir
         self.held: list[onnx.TensorProto] = []
+        self.token = secrets.token_hex(8)  # in each stub: a stub of another store is refused, not read
 
     def hold(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
         """A stub for ``tensor``, which stays where it is (referenced, not copied)."""
@@ -362,6 +365,7 @@ class TensorStore:
         stub.external_data.add(key="location", value=IN_MEMORY)
         stub.external_data.add(key="offset", value=str(len(self.held)))
         stub.external_data.add(key="length", value=str(_estimated_bytes(tensor)))
+        stub.external_data.add(key="store", value=self.token)
         self.held.append(tensor)
         return stub
 
@@ -372,7 +376,14 @@ class TensorStore:
         entries = {entry.key: entry.value for entry in tensor.external_data}
         if entries.get("location") != IN_MEMORY:
             return None
-        return self.held[int(entries["offset"])]
+        if entries.get("store") != self.token:  # (its index would read another result's tensor in its place)
+            raise ModelLoadError(f"the model's tensor '{tensor.name}' is held by the store of another result than the "
+                                 "one given; give each light result's model with its own store (result.store)")
+        held = self.held[int(entries["offset"])]
+        if tuple(held.dims) != tuple(tensor.dims) or held.data_type != tensor.data_type:
+            raise ModelLoadError(f"the model's tensor '{tensor.name}' does not match what the store holds at its "
+                                 "place; give each light result's model with its own store (result.store)")
+        return held
 
     def _span(self, tensor: onnx.TensorProto) -> tuple[Path, int, int]:
         """The data file, offset and length of a file stub, checked to stay inside the model's folder."""
@@ -588,7 +599,10 @@ def _estimated_bytes(tensor: onnx.TensorProto) -> int:
 
 
 def materialize(model: onnx.ModelProto, store: Optional[TensorStore]) -> onnx.ModelProto:
-    """Turn every stub of ``model`` into its complete tensor, in place; returns ``model``."""
+    """Turn every stub of ``model`` into its complete tensor, in place; returns ``model``. Raises
+    :class:`ModelLoadError` for an in-memory stub without ``store`` (or of another store)."""
+    if store is None:
+        _refuse_in_memory_stubs(tensor for graph in _graphs(model.graph) for tensor in graph.initializer)
     if store is not None:
         for graph in _graphs(model.graph):
             for tensor in graph.initializer:
@@ -679,6 +693,22 @@ def landed(target: Path) -> Iterator[None]:
         raise
 
 
+def removed_whole(remove: Callable[[], None]) -> None:
+    """Run ``remove`` (the removal of a temporary file or folder, repeatable) whole: uninterrupted
+    (:func:`onnx_alds.signals.uninterrupted`), and once more when an interrupt came before the signals were
+    held; the interrupt is raised after it."""
+    interrupt: Optional[KeyboardInterrupt] = None
+    for _ in range(3):
+        try:
+            with uninterrupted():
+                remove()
+            break
+        except KeyboardInterrupt as exc:  # held and delivered after it (it is done), or before the handlers were set
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt
+
+
 def replace_keeping_mode(pending: Path, target: Path) -> None:
     """Rename ``pending`` over ``target``, with the permissions ``target`` had when it exists (a file written
     over keeps its mode, as ``cp`` keeps it: a private model stays private)."""
@@ -752,9 +782,7 @@ def write_file_atomically(path: Union[str, os.PathLike], data: bytes, *,
     except OSError as exc:
         raise _naming(exc, target)
     finally:
-        with uninterrupted():  # (a second Ctrl-C would leave the temporary file)
-            if os.path.exists(pending):
-                os.unlink(pending)
+        removed_whole(lambda: os.unlink(pending) if os.path.exists(pending) else None)
 
 
 def first_missing_folder(folder: Union[str, os.PathLike]) -> Optional[Path]:
@@ -851,12 +879,15 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     except OSError as exc:
         raise _naming(exc, target)
     finally:
-        with uninterrupted():  # an interrupt just after the renames left the empty temporary folder behind
-            if tmp_dir.is_dir():
-                for leftover in tmp_dir.glob("*"):
-                    leftover.unlink()
-                os.rmdir(tmp_dir)
+        removed_whole(lambda: _remove_folder(tmp_dir))  # (an interrupt just after the renames left it behind)
     return target
+
+
+def _remove_folder(folder: Path) -> None:
+    if folder.is_dir():
+        for leftover in folder.glob("*"):
+            leftover.unlink()
+        os.rmdir(folder)
 
 
 _STREAM_BYTES = 64 << 20  # models below this size with no stubs are serialized in one piece
@@ -1052,8 +1083,7 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
         raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({exc.strerror or exc}); "
                               f"choose a writable {flag} path") from None
     finally:
-        if probe.exists():
-            probe.unlink()
+        removed_whole(lambda: probe.unlink() if probe.exists() else None)
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputPathError(f"{flag} '{target}' is not writable; choose another path or remove it")
 

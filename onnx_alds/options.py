@@ -193,17 +193,9 @@ class DataAwareOptions:
         if self.calibration is not None:  # a repeated sample adds no information, and would let --method
             from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
 
-            from .inputs import InputSet
+            from .inputs import as_input_set
 
-            calibration = self.calibration
-            if not isinstance(calibration, InputSet):
-                arrays = getattr(calibration, "arrays", None)
-                if not (isinstance(arrays, Mapping) and hasattr(calibration, "batches")):
-                    raise InputDataError(f"calibration is a {type(calibration).__name__}; give an "
-                                         "onnx_alds.inputs.InputSet, e.g. InputSet({'input': array}) or "
-                                         "load_inputs(...)")
-                # an object with the InputSet's members: its arrays checked as an InputSet's are
-                calibration = InputSet(dict(arrays), source=getattr(calibration, "source", "") or "")
+            calibration = as_input_set(self.calibration, "calibration")  # (an object with its members: checked)
             object.__setattr__(self, "calibration", without_repeats(calibration))
 
     @property
@@ -400,6 +392,17 @@ def without_effect(search: SearchOptions, data: DataAwareOptions, *, calibrated:
             if changed:
                 return (f"{name}={_value(search, data, name)!r} has no effect without calibration inputs; give "
                         f"calibration=... or drop {name}")
+    if method == "damage" and data.damage_max_groups > search.max_groups:
+        return (f"damage_max_groups={data.damage_max_groups} is more than max_groups={search.max_groups} (the group "
+                "counts measured stop at max_groups); give at most that, or raise max_groups")
+    timed = budget is not None and (budget.target == "latency" or search.order == AUTO_ORDER)
+    if speed is not None and speed.prune_slow and (timed or pruned_only):
+        return ("SpeedOptions(prune_slow=True) has no effect with " + ("prune='only' (no layer is factorized)" if
+                pruned_only else "keep_latency or order='auto' (their latency tables already drop every option not "
+                "measured faster than its dense layer)") + "; drop prune_slow")
+    if speed is not None and speed.min_speedup != 1.0 and not speed.prune_slow:
+        return (f"SpeedOptions(min_speedup={speed.min_speedup}) has no effect without prune_slow=True (it is the "
+                "speedup an option must reach to stay a candidate); add prune_slow=True or drop min_speedup")
     if speed is not None and budget is not None and budget.target != "latency" and speed.model_rounds != 3:
         return (f"SpeedOptions(model_rounds={speed.model_rounds}) has no effect without keep_latency (the rounds "
                 "time the whole model against a latency budget); drop model_rounds")

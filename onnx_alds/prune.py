@@ -1893,6 +1893,12 @@ def _note_kind(note: str) -> str:
     return re.sub(r"^\d+ ", "", note)[:48]
 
 
+SVD_WITH_WIDTHS = ("method 'svd' (--method svd) measures no error (it cuts every layer to the same share of its "
+                   "rank), so its layers cannot stand beside block widths priced by their error (the report mixed "
+                   "rank cuts into the errors); use method 'alds' (the default) or 'damage' with prune, or prune "
+                   "'only'")
+
+
 def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool = True, sequential: bool = True,
                     objective: str = "minmax", decisions=None, width_damage: str = "probe"):
     """``compress`` with hidden-channel pruning (``mode`` ``"only"``: widths alone; ``"combined"``: widths
@@ -1943,6 +1949,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                           "only method 'damage' with prune 'combined' (objective minmax) runs; use those, or drop it")
     if mode not in PRUNE_MODES[1:]:
         raise BudgetError(f"unknown prune mode '{mode}'; choose one of: {', '.join(PRUNE_MODES)}")
+    if mode == "combined" and options.search.method == "svd":
+        raise BudgetError(SVD_WITH_WIDTHS)
     budget, search, data = options.budget, options.search, options.data
     if not data.refit:  # the width curves, the allocation and the report all price the refit
         raise InputDataError("--no-refit cannot be used with --prune: the widths are chosen, and their errors "

@@ -103,7 +103,10 @@ class CompressionReport:
         """The plan per layer and the totals, as printed by ``onnx-alds compress``."""
         timed = any(layer.time_dense_us is not None for layer in self.layers)
         cut = self.error_measure == "rank-fraction"  # --method svd: the share of the rank cut, not an error
-        rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", "rank cut" if cut else "error", "note")]
+        # --sensitivity: each layer's figure is scaled by its sensitivity weight (the estimated output error)
+        weighted = "sensitivity" in self.data_aware_steps and not self.pruned
+        column = ("rank cut" if cut else "error") + (" × s" if weighted else "")
+        rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", column, "note")]
         if timed:
             rows[0] = rows[0][:-1] + ("time µs", "note")
         for layer in self.layers:
@@ -139,8 +142,12 @@ class CompressionReport:
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
-                     + (f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd cuts every layer "
-                        "alike and measures no error)" if cut else f"max error {self.max_error:.4f}"))
+                     + (f"largest {column} {self.max_error:.4f}" if weighted else
+                        f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd measures no error)"
+                        if cut else f"max error {self.max_error:.4f}"))
+        if weighted:
+            lines.append(f"({column}: each layer's {'rank cut' if cut else 'error'} times its sensitivity weight s, "
+                         "the estimated output error the allocation balanced)")
         if self.predicted_output_error is not None:
             total = sum(layer.predicted_damage or 0.0 for layer in self.layers)
             lines.append(f"predicted output damage: sum {total:.4g} (relative squared output error), "

@@ -139,6 +139,10 @@ def parse_method(name: str) -> MethodSpec:
     if options.get("prune") == "only" and (base != "alds" or low_rank):
         raise BudgetError(f"method '{name}': +pruneonly narrows widths alone, so the low-rank method and modifiers "
                           f"change nothing (as compress --prune only refuses --method); write it alds+data+pruneonly")
+    if options.get("prune") == "combined" and base == "svd":
+        from .prune import SVD_WITH_WIDTHS
+
+        raise BudgetError(f"method '{name}': {SVD_WITH_WIDTHS}")
     if not data and base in DATA_ONLY_METHODS:
         raise BudgetError(f"method '{name}' needs calibration data; write it {base}+data and give --calibration")
     message = _without_effect(options, data)

@@ -50,7 +50,7 @@ from .argtypes import check_count, check_number, fraction, non_negative_float, p
 from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
-from .inputs import (InputSet, add_input_arguments, conform_inputs, dim_name_clash, inputs_from_args,
+from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, inputs_from_args,
                      one_sample_at_a_time, with_prefixed_flags)
 from .model_io import fixed_batch, graph_inputs, load_model
 from .report import json_safe, write_json
@@ -900,9 +900,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     Raises :class:`ProviderError` when the provider is not available (no silent CPU fallback) and
     :class:`InputDataError` when a tolerance cannot be checked (e.g. ``max_accuracy_drop`` without labels).
     """
-    if not (hasattr(inputs, "arrays") and hasattr(inputs, "batches")):  # an InputSet (or one like it)
-        raise InputDataError(f"inputs is a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, e.g. "
-                             "InputSet({'input': array}) or load_inputs(...)")
+    inputs = as_input_set(inputs)  # (an object with the InputSet's members is checked as one)
     stated = Tolerances(rtol, atol, min_top1_agreement, max_accuracy_drop, max_mean_rel, min_mean_cosine,
                         min_nn_agreement, min_position_agreement, min_sequence_agreement, min_iou)
     if figures_only and stated.any:

@@ -334,3 +334,64 @@ def test_distill_options_are_checked_as_the_other_functions_check_theirs():
                             (dict(settings={"steps": 2}), "give an onnx_alds.distill.DistillSettings")):
         with pytest.raises(InputDataError, match=match):
             distill(small_cnn(), small_cnn(), _calibration(), **keywords)
+
+
+def test_a_light_results_model_is_read_with_its_own_store_only(tmp_path):
+    """save_model(model, store=another result's store) wrote that store's tensors into the model (a checker
+    failure, or same-shape weights swapped silently); materialize(model, None) kept the stub."""
+    from onnx_alds.model_io import materialize, save_model
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(width=48), str(path))
+    first = compress(open_model(str(path)), keep_params=0.8, exclude=["conv3"])
+    second = compress(open_model(str(path)), keep_params=0.8, exclude=["conv3"])
+    with pytest.raises(ModelLoadError, match="held by the store of another result"):
+        save_model(first.model, tmp_path / "out.onnx", store=second.store)
+    assert not (tmp_path / "out.onnx").exists()
+    with pytest.raises(ModelLoadError, match="store=result.store"):
+        materialize(onnx.ModelProto().__class__.FromString(first.model.SerializeToString()), None)
+
+
+def test_validate_takes_an_object_with_the_input_set_members_as_compress_does():
+    class Samples:
+        def __init__(self, arrays):
+            self.arrays = arrays
+
+        def batches(self, size):
+            yield from InputSet(self.arrays).batches(size)
+
+    x = _calibration(8).arrays["input"]
+    report = validate(small_cnn(), small_cnn(), inputs=Samples({"input": x}))
+    assert report.passed and report.samples == 8
+
+
+def test_bench_takes_batch_sizes_from_a_generator():
+    """The argument checks used the generator up: nothing was timed, no word."""
+    report = bench([small_cnn()], batch_sizes=(b for b in (1, 2)), runs=2, warmup=1, min_time_s=0)
+    assert [t.batch_size for t in report.timings] == [1, 2]
+
+
+@pytest.mark.parametrize("keywords, match", [
+    (dict(keep_latency=0.5, speed=SpeedOptions(prune_slow=True, timer=None)), "prune_slow=True. has no effect with keep_latency"),
+    (dict(keep_params=0.6, order="auto", speed=SpeedOptions(prune_slow=True)), "prune_slow=True. has no effect with keep_latency"),
+    (dict(keep_latency=0.5, speed=SpeedOptions(min_speedup=1.2)), r"min_speedup=1.2\) has no effect without prune_slow"),
+    (dict(keep_params=0.6, method="damage", damage_max_groups=4, max_groups=2), "damage_max_groups=4 is more than max_groups=2"),
+])
+def test_speed_and_damage_options_that_change_nothing_are_refused(keywords, match):
+    if keywords.get("method") == "damage":
+        keywords["calibration"] = _calibration()
+    with pytest.raises(InputDataError, match=match):
+        compress(small_cnn(), **keywords)
+
+
+def test_svd_beside_block_widths_is_refused():
+    from onnx_alds.sweep import parse_method
+
+    with pytest.raises(BudgetError, match="method 'svd' .--method svd. measures no error"):
+        compress(small_cnn(), keep_params=0.6, method="svd", prune="combined", calibration=_calibration())
+    with pytest.raises(BudgetError, match="measures no error"):
+        parse_method("svd+data+prune")
+
+
+def test_an_input_set_source_of_none_is_no_source():
+    assert InputSet({"input": _calibration(2).arrays["input"]}, source=None).source.startswith("arrays given in Python")

@@ -1246,3 +1246,29 @@ def test_an_interrupt_held_over_a_json_files_rename_names_it(cnn_path, tmp_path,
     code, _, err = run_cli(command, *arguments, "--json", target, capsys=capsys)
     assert code == 130 and f"interrupted after {target} was written" in err
     assert json.loads(target.read_text())
+
+
+def test_a_removal_interrupted_before_the_signals_are_held_is_done_again(tmp_path):
+    """An interrupt between the renames' end and the clean-up's handlers left the temporary folder behind."""
+    from onnx_alds.model_io import removed_whole
+
+    folder = tmp_path / ".onnx-alds-x"
+    folder.mkdir()
+    calls = []
+
+    def remove():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as a signal delivered before uninterrupted() held them
+        folder.rmdir()
+
+    with pytest.raises(KeyboardInterrupt):
+        removed_whole(remove)
+    assert not folder.exists() and len(calls) == 2
+
+
+def test_sensitivity_weighted_figures_are_labelled_as_such(cnn_path, tmp_path, capsys):
+    """--method svd --sensitivity printed weighted values under 'rank cut' (0.39 for a cut of 0.66)."""
+    code, out, _ = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-params", "0.6", "--method", "svd",
+                           "--calibration-random", "16", "--sensitivity", "--rank-multiple", "1", capsys=capsys)
+    assert code == 0 and "rank cut × s" in out and "times its sensitivity weight s" in out
