@@ -869,6 +869,8 @@ def _run_validation(session, names: Sequence[str], feed: Mapping[str, np.ndarray
                "value ranges such as token ids)")
         hint = dim_name_clash(session, feed) or one_sample_at_a_time(
             session, names, feed, "onnx-alds validate --batch-size")
+        if hint.endswith("validate --batch-size 1"):
+            hint += " (compress --validate has no such flag: compress without it, then validate the output)"
         raise InputDataError(f"running the {which} model on the validation inputs failed "
                              f"({runtime_error_text(exc)}); {fix}{hint}") from None
 
