@@ -235,6 +235,8 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         return model
     from onnx import inliner
 
+    _refuse_what_the_inliner_misreads(model)
+    given = model
     model = _with_default_attributes(model)  # (onnx's inliner drops a function attribute's default: pads lost)
     model, doc_strings = _marked_function_constants(model)
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
@@ -248,18 +250,25 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
     _drop_repeated_constants(inlined)
-    called_before = {(node.domain, node.op_type) for _, graph in iter_graphs(model.graph) for node in graph.node} | {
-        (node.domain, node.op_type) for function in model.functions for node in function.node}
-    uncalled = [function for function in model.functions if (function.domain, function.name) not in called_before]
+    by_key = {(function.domain, function.name): function for function in given.functions}
+    reachable: set[tuple[str, str]] = set()  # called from the graph, directly or through other functions
+    pending = [(node.domain, node.op_type) for _, graph in iter_graphs(given.graph) for node in graph.node]
+    while pending:
+        key = pending.pop()
+        if key in by_key and key not in reachable:
+            reachable.add(key)
+            pending += [(node.domain, node.op_type) for node in _nodes_within(by_key[key].node)]
+    uncalled = [function for function in given.functions if (function.domain, function.name) not in reachable]
     kept = {(function.domain, function.name) for function in inlined.functions}
-    inlined.functions.extend(f for f in uncalled if (f.domain, f.name) not in kept)  # nothing calls them: kept
+    inlined.functions.extend(f for f in uncalled if (f.domain, f.name) not in kept)  # nothing calls them: kept, with
+    # the functions only they call (as the file holds them)
     called = {(node.domain, node.op_type) for _, graph in iter_graphs(inlined.graph) for node in graph.node}
     left = [f for f in inlined.functions if (f.domain, f.name) in called and any(map(is_layer_node, f.node))]
     if left:
         raise UnsupportedModelError(f"onnx's inliner left the model-local function '{left[0].domain}::{left[0].name}'"
                                     ", which holds a Conv/Gemm/MatMul, in place; export the model without functions "
                                     "(e.g. torch.onnx.export(..., dynamo=False))")
-    notes.append(f"inlined the calls of {len(model.functions) - len(uncalled)} model-local functions so that their "
+    notes.append(f"inlined the calls of {len(reachable)} model-local functions so that their "
                  "layers can be factorized" + (f" ({len(uncalled)} that nothing calls are kept as they are)"
                                                if uncalled else ""))
     shared = _share_inlined_constants(model, inlined)
@@ -271,6 +280,38 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
                      "layers count as sharing a weight)")
     return inlined
+
+
+def _refuse_what_the_inliner_misreads(model: onnx.ModelProto) -> None:
+    """Raise :class:`UnsupportedModelError` for local functions whose inlining onnx's inliner (or the counting
+    of what the file stores) gets wrong: overloads (IR 10: the calls of one name are told apart by
+    ``overload``, and defaults were taken from the wrong one), a Constant taking its value from a tensor
+    attribute (each call's weight; one attribute read twice was counted twice, equal ones of two calls once),
+    and an attribute forwarded to a call whose function gives it a default while the forwarding function
+    gives none (the inliner drops the attribute, and the inner default with it: a Conv lost its pads)."""
+    fix = "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))"
+    overloaded = next((f for f in model.functions if f.overload), None)
+    if overloaded is not None:
+        raise UnsupportedModelError(f"the model-local function '{overloaded.domain}::{overloaded.name}' has overloads "
+                                    f"('{overloaded.overload}'), which onnx-alds cannot inline faithfully; {fix}")
+    defaults = {(f.domain, f.name): {a.name for a in f.attribute_proto} for f in model.functions}
+    for function in model.functions:
+        own = defaults[(function.domain, function.name)]
+        for node in _nodes_within(function.node):
+            for attribute in node.attribute:
+                if not attribute.ref_attr_name:
+                    continue
+                if node.op_type == "Constant" and is_standard(node) and attribute.type in (
+                        onnx.AttributeProto.TENSOR, onnx.AttributeProto.SPARSE_TENSOR):
+                    raise UnsupportedModelError(
+                        f"the model-local function '{function.domain}::{function.name}' takes a weight as a tensor "
+                        f"attribute ('{attribute.ref_attr_name}'), which onnx-alds cannot count as the file stores "
+                        f"it; {fix}")
+                if attribute.name in defaults.get((node.domain, node.op_type), ()) and attribute.ref_attr_name not in own:
+                    raise UnsupportedModelError(
+                        f"the model-local function '{function.domain}::{function.name}' forwards its attribute "
+                        f"'{attribute.ref_attr_name}' to '{node.op_type}', whose default for '{attribute.name}' onnx's "
+                        f"inliner drops when a call leaves it out; give '{function.name}' the same default, or {fix}")
 
 
 def _nodes_within(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:

@@ -168,6 +168,8 @@ def constant_node_value(node: onnx.NodeProto) -> Optional[onnx.TensorProto]:
     if node.op_type != "Constant" or not is_standard(node) or not node.attribute or not node.output:
         return None
     attribute = node.attribute[0]
+    if attribute.ref_attr_name:  # (inside a function: the value is the call's attribute, not stored here)
+        return None
     if attribute.name == "value":
         return attribute.t
     if attribute.name not in _CONSTANT_LISTS:
@@ -418,6 +420,7 @@ def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
     and the budget leave them out from the start. Returns the removed nodes' names (or op types) and the
     number of weight elements removed with them."""
     removed: list[str] = []
+    elements = 0  # the weights removed: dead Constant nodes' and (below) orphaned initializers'
     graphs = list(iter_graphs(model.graph))
     order = {node.name or node.op_type: index for index, node in
              enumerate(node for _, graph in graphs for node in graph.node)}
@@ -436,11 +439,12 @@ def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
                 break
             for index in reversed(dead):
                 removed.append(graph.node[index].name or graph.node[index].op_type)
+                value = constant_node_value(graph.node[index])
+                elements += int(np.prod(value.dims)) if value is not None else 0
                 del graph.node[index]
     if not removed:
         return [], 0
     removed.sort(key=order.get)  # in graph order
-    elements = 0
     for path, graph in iter_graphs(model.graph):  # (the node names are unique: the paths are too)
         used = Counter()
         use_counts(graph, used)

@@ -1603,3 +1603,95 @@ def test_equal_constants_of_functions_called_once_are_two_weights(calls):
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     expected, got = run(model, {"X": x})[0], run(result.model, {"X": x})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _linear_function(name: str, weight: str, calls: tuple[str, ...] = (), doc: str = "") -> onnx.FunctionProto:
+    """``pkg::name(x) = x @ <Constant weight>`` (then each function in ``calls``, in turn)."""
+    rng = np.random.default_rng(len(name))
+    constant = helper.make_node("Constant", [], [weight], value=numpy_helper.from_array(low_rank(rng, 32, 32, 4), weight))
+    constant.doc_string = doc
+    nodes = [constant, helper.make_node("MatMul", ["x", weight], ["h0"])]
+    for index, callee in enumerate(calls):
+        nodes.append(helper.make_node(callee, [f"h{index}"], [f"h{index + 1}"], domain="pkg"))
+    nodes.append(helper.make_node("Identity", [f"h{len(calls)}"], ["y"]))
+    return helper.make_function("pkg", name, ["x"], ["y"], nodes, [helper.make_opsetid("", 18), helper.make_opsetid("pkg", 1)])
+
+
+def _calling(functions, called: str) -> onnx.ModelProto:
+    model = make([helper.make_node(called, ["X"], ["Y"], domain="pkg", name="call")],
+                 [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 32])],
+                 [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [4, 32])], [], opset=18, functions=functions)
+    model.opset_import.append(helper.make_opsetid("pkg", 1))
+    return model
+
+
+def test_functions_nothing_calls_are_kept_whole_with_what_they_call():
+    """A function nothing calls, calling another: the first was kept, the second dropped (a dangling call),
+    its Constants carried onnx-alds' internal marks for doc strings, and the note counted both as inlined."""
+    functions = [_linear_function("Used", "wu"), _linear_function("Unused", "wn", calls=("Inner",), doc="unused doc"),
+                 _linear_function("Inner", "wi")]
+    result = onnx_alds.compress(_calling(functions, "Used"), keep_params=0.9, rank_multiple=1)
+    kept = {f.name: f for f in result.model.functions}
+    assert set(kept) == {"Unused", "Inner"}
+    assert kept["Unused"].node[0].doc_string == "unused doc"
+    assert any(note.startswith("inlined the calls of 1 model-local functions") for note in result.report.notes)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_what_the_inliner_misreads_is_refused_naming_it():
+    overloaded = [_linear_function("Blk", "wa"), _linear_function("Blk", "wb")]
+    overloaded[0].overload, overloaded[1].overload = "a", "b"
+    model = _calling(overloaded, "Blk")
+    model.graph.node[0].overload = "a"
+    model.ir_version = 10
+    with pytest.raises(UnsupportedModelError, match="'pkg::Blk' has overloads"):
+        onnx_alds.compress(model, keep_params=0.9)
+    tensor_attribute = _linear_function("Lin", "w")
+    tensor_attribute.node[0].attribute[0].CopyFrom(_reference("value", "W", onnx.AttributeProto.TENSOR))
+    tensor_attribute.attribute.append("W")
+    model = _calling([tensor_attribute], "Lin")
+    model.graph.node[0].attribute.append(helper.make_attribute("W", numpy_helper.from_array(np.eye(32, dtype=np.float32))))
+    with pytest.raises(UnsupportedModelError, match="takes a weight as a tensor attribute .'W'."):
+        onnx_alds.compress(model, keep_params=0.9)
+
+
+def _reference(name: str, refers_to: str, kind) -> onnx.AttributeProto:
+    reference = onnx.AttributeProto()
+    reference.name, reference.ref_attr_name, reference.type = name, refers_to, kind
+    return reference
+
+
+def test_a_forwarded_attribute_whose_inner_default_the_inliner_drops_is_refused():
+    """Outer forwards pads=@pads (no default) to Inner (default [1,1,1,1]), the call leaves it out: ONNX Runtime
+    pads by 1, the inlined model did not (output off by 464 %, exit 0)."""
+    rng = np.random.default_rng(3)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
+    conv.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    inner = helper.make_function("pkg", "Inner", ["x", "w"], ["y"], [conv], [helper.make_opsetid("", 18)],
+                                 attributes=[], attribute_protos=[helper.make_attribute("pads", [1, 1, 1, 1])])
+    call = helper.make_node("Inner", ["x", "w"], ["y"], domain="pkg")
+    call.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    outer = helper.make_function("pkg", "Outer", ["x", "w"], ["y"], [call],
+                                 [helper.make_opsetid("", 18), helper.make_opsetid("pkg", 1)], attributes=["pads"])
+    model = make([helper.make_node("Outer", ["X", "W"], ["Y"], domain="pkg")],
+                 [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8, 8, 8])],
+                 [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                 [numpy_helper.from_array(low_rank(rng, 16, 72, 4).reshape(16, 8, 3, 3), "W")], opset=18,
+                 functions=[inner, outer])
+    model.opset_import.append(helper.make_opsetid("pkg", 1))
+    with pytest.raises(UnsupportedModelError, match="forwards its attribute 'pads' to 'Inner'"):
+        onnx_alds.compress(model, keep_params=0.9)
+
+
+def test_dead_constant_nodes_count_in_the_weights_the_note_says_were_dropped():
+    """'4 nodes reach no graph output (...; 0 weights)' while 2048 Constant-node weights went with them."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Constant", [], ["dead_w"], value=numpy_helper.from_array(low_rank(rng, 32, 64), "dead_w"),
+                              name="dead_const"),
+             helper.make_node("MatMul", ["X", "dead_w"], ["unused"], name="dead_mm"),
+             helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")]
+    model = make(nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 32])],
+                 [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [4, 32])],
+                 [numpy_helper.from_array(low_rank(rng, 32, 32), "W")])
+    notes = onnx_alds.compress(model, keep_params=0.9, rank_multiple=1).report.notes
+    assert any("2 nodes reach no graph output" in note and "2048 weights" in note for note in notes)
