@@ -351,8 +351,6 @@ class TensorStore:
     """
 
     def __init__(self, base_dir: Optional[Path] = None) -> None:
-        import secrets
-
         self.base_dir = base_dir
         self.held: list[onnx.TensorProto] = []
         self.token = secrets.token_hex(8)  # in each stub: a stub of another store is refused, not read

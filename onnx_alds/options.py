@@ -191,9 +191,7 @@ class DataAwareOptions:
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
         if self.calibration is not None:  # a repeated sample adds no information, and would let --method
-            from .inputs import without_repeats  # damage probe on copies of the inputs it fitted to
-
-            from .inputs import as_input_set
+            from .inputs import as_input_set, without_repeats  # damage probe on copies of the inputs it fitted to
 
             calibration = as_input_set(self.calibration, "calibration")  # (an object with its members: checked)
             object.__setattr__(self, "calibration", without_repeats(calibration))
