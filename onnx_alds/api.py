@@ -235,8 +235,16 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         return model
     from onnx import inliner
 
-    _refuse_what_the_inliner_misreads(model)
     given = model
+    by_key = {(function.domain, function.name): function for function in given.functions}
+    reachable: set[tuple[str, str]] = set()  # called from the graph, directly or through other functions
+    pending = [(node.domain, node.op_type) for _, graph in iter_graphs(given.graph) for node in graph.node]
+    while pending:
+        key = pending.pop()
+        if key in by_key and key not in reachable:
+            reachable.add(key)
+            pending += [(node.domain, node.op_type) for node in _nodes_within(by_key[key].node)]
+    _refuse_what_the_inliner_misreads(model, reachable)
     model = _with_default_attributes(model)  # (onnx's inliner drops a function attribute's default: pads lost)
     model, doc_strings = _marked_function_constants(model)
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
@@ -250,14 +258,6 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         raise UnsupportedModelError(f"cannot inline the model's local functions ({str(exc).splitlines()[0][:160]}); "
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
     _drop_repeated_constants(inlined)
-    by_key = {(function.domain, function.name): function for function in given.functions}
-    reachable: set[tuple[str, str]] = set()  # called from the graph, directly or through other functions
-    pending = [(node.domain, node.op_type) for _, graph in iter_graphs(given.graph) for node in graph.node]
-    while pending:
-        key = pending.pop()
-        if key in by_key and key not in reachable:
-            reachable.add(key)
-            pending += [(node.domain, node.op_type) for node in _nodes_within(by_key[key].node)]
     uncalled = [function for function in given.functions if (function.domain, function.name) not in reachable]
     kept = {(function.domain, function.name) for function in inlined.functions}
     inlined.functions.extend(f for f in uncalled if (f.domain, f.name) not in kept)  # nothing calls them: kept, with
@@ -277,41 +277,65 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
             if node.doc_string in doc_strings:
                 node.doc_string = doc_strings[node.doc_string]
     if shared:
-        notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (their "
-                     "layers count as sharing a weight)")
+        notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (a layer "
+                     "reading one counts as sharing its weight)")
     return inlined
 
 
-def _refuse_what_the_inliner_misreads(model: onnx.ModelProto) -> None:
-    """Raise :class:`UnsupportedModelError` for local functions whose inlining onnx's inliner (or the counting
-    of what the file stores) gets wrong: overloads (IR 10: the calls of one name are told apart by
-    ``overload``, and defaults were taken from the wrong one), a Constant taking its value from a tensor
-    attribute (each call's weight; one attribute read twice was counted twice, equal ones of two calls once),
-    and an attribute forwarded to a call whose function gives it a default while the forwarding function
-    gives none (the inliner drops the attribute, and the inner default with it: a Conv lost its pads)."""
+def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tuple[str, str]]) -> None:
+    """Raise :class:`UnsupportedModelError` for the called (``reachable``) local functions whose inlining onnx's
+    inliner (or the counting of what the file stores) gets wrong: overloads (IR 10: the calls of one name are
+    told apart by ``overload``, and defaults were taken from the wrong one), a layer reading a tensor attribute
+    (each call's weight: one attribute read twice was counted twice, equal ones of two calls once), and an
+    attribute forwarded without a default to a call whose function gives it one, by a function that some call
+    leaves it out of (the inliner drops the attribute, and the inner default with it: a Conv lost its pads)."""
     fix = "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))"
-    overloaded = next((f for f in model.functions if f.overload), None)
+    called = [f for f in model.functions if (f.domain, f.name) in reachable]
+    overloaded = next((f for f in called if f.overload), None)
     if overloaded is not None:
         raise UnsupportedModelError(f"the model-local function '{overloaded.domain}::{overloaded.name}' has overloads "
                                     f"('{overloaded.overload}'), which onnx-alds cannot inline faithfully; {fix}")
     defaults = {(f.domain, f.name): {a.name for a in f.attribute_proto} for f in model.functions}
-    for function in model.functions:
+    calls = [node for _, graph in iter_graphs(model.graph) for node in _nodes_within(graph.node)] + [
+        node for function in called for node in _nodes_within(function.node)]
+    for function in called:
         own = defaults[(function.domain, function.name)]
-        for node in _nodes_within(function.node):
+        nodes = list(_nodes_within(function.node))
+        for node in nodes:
             for attribute in node.attribute:
                 if not attribute.ref_attr_name:
                     continue
                 if node.op_type == "Constant" and is_standard(node) and attribute.type in (
-                        onnx.AttributeProto.TENSOR, onnx.AttributeProto.SPARSE_TENSOR):
+                        onnx.AttributeProto.TENSOR, onnx.AttributeProto.SPARSE_TENSOR) \
+                        and _feeds_a_layer(node.output[0], nodes):
                     raise UnsupportedModelError(
                         f"the model-local function '{function.domain}::{function.name}' takes a weight as a tensor "
                         f"attribute ('{attribute.ref_attr_name}'), which onnx-alds cannot count as the file stores "
                         f"it; {fix}")
-                if attribute.name in defaults.get((node.domain, node.op_type), ()) and attribute.ref_attr_name not in own:
+                left_out = any((call.domain, call.op_type) == (function.domain, function.name) and not any(
+                    given.name == attribute.ref_attr_name for given in call.attribute) for call in calls)
+                if attribute.name in defaults.get((node.domain, node.op_type), ()) and \
+                        attribute.ref_attr_name not in own and left_out:
                     raise UnsupportedModelError(
                         f"the model-local function '{function.domain}::{function.name}' forwards its attribute "
                         f"'{attribute.ref_attr_name}' to '{node.op_type}', whose default for '{attribute.name}' onnx's "
-                        f"inliner drops when a call leaves it out; give '{function.name}' the same default, or {fix}")
+                        f"inliner drops when a call leaves it out; give '{function.name}' the same default, set it at "
+                        f"every call, or {fix}")
+
+
+def _feeds_a_layer(name: str, nodes: Sequence[onnx.NodeProto]) -> bool:
+    """Whether a Conv/Gemm/MatMul among ``nodes`` reads ``name`` or a tensor computed from it."""
+    reached, grew = {name}, True
+    while grew:
+        grew = False
+        for node in nodes:
+            if any(tensor in reached for tensor in node.input):
+                if is_layer_node(node):
+                    return True
+                new = set(node.output) - reached
+                reached |= new
+                grew = grew or bool(new)
+    return False
 
 
 def _nodes_within(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
@@ -353,8 +377,8 @@ def _marked_function_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto,
     doc_strings = {}
     for function in copy.functions:
         for index, node in enumerate(_nodes_within(function.node)):
-            if node.op_type == "Constant" and is_standard(node):
-                mark = f"{_SOURCE_MARK}{function.domain}::{function.name}#{index}"
+            if node.op_type == "Constant" and is_standard(node) and not any(a.ref_attr_name for a in node.attribute):
+                mark = f"{_SOURCE_MARK}{function.domain}::{function.name}#{index}"  # (a call's attribute: its own)
                 doc_strings[mark] = node.doc_string
                 node.doc_string = mark
     return copy, doc_strings

@@ -116,7 +116,7 @@ class CompressionReport:
                 "-" if layer.groups == 0 else str(layer.groups), "-" if layer.groups == 0 else str(layer.rank),
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
-                f"{layer.error:.4f}", *time_cell,
+                f"{layer.error:.4g}" if weighted else f"{layer.error:.4f}", *time_cell,  # (weights can be 1e-7)
                 layer.skip_reason or (("kept dense by the plan" if self.search.startswith("plan")
                                        else "kept dense by the allocation") if layer.groups == 0
                                       else "pointwise-first" if layer.order == "pointwise-first" else ""),
@@ -142,7 +142,7 @@ class CompressionReport:
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
-                     + (f"largest {column} {self.max_error:.4f}" if weighted else
+                     + (f"largest {column} {self.max_error:.4g}" if weighted else
                         f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd measures no error)"
                         if cut else f"max error {self.max_error:.4f}"))
         if weighted:

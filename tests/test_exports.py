@@ -1695,3 +1695,35 @@ def test_dead_constant_nodes_count_in_the_weights_the_note_says_were_dropped():
                  [numpy_helper.from_array(low_rank(rng, 32, 32), "W")])
     notes = onnx_alds.compress(model, keep_params=0.9, rank_multiple=1).report.notes
     assert any("2 nodes reach no graph output" in note and "2048 weights" in note for note in notes)
+
+
+def test_what_the_inliner_reads_right_is_not_refused():
+    """Refused at first: a forwarded attribute every call sets, a tensor attribute that is a Reshape's shape (no
+    weight), and a function nothing calls that takes a tensor attribute."""
+    rng = np.random.default_rng(3)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
+    conv.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    inner = helper.make_function("pkg", "Inner", ["x", "w"], ["y"], [conv], [helper.make_opsetid("", 18)],
+                                 attributes=[], attribute_protos=[helper.make_attribute("pads", [0, 0, 0, 0])])
+    call = helper.make_node("Inner", ["x", "w"], ["c"], domain="pkg")
+    call.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    shape = helper.make_node("Constant", [], ["s"])
+    shape.attribute.append(_reference("value", "shape", onnx.AttributeProto.TENSOR))
+    outer = helper.make_function("pkg", "Outer", ["x", "w"], ["y"],
+                                 [call, shape, helper.make_node("Reshape", ["c", "s"], ["y"])],
+                                 [helper.make_opsetid("", 18), helper.make_opsetid("pkg", 1)], attributes=["pads", "shape"])
+    unused = helper.make_function("pkg", "Unused", ["x"], ["y"], [shape, helper.make_node("Reshape", ["x", "s"], ["y"])],
+                                  [helper.make_opsetid("", 18)], attributes=["shape"])
+    unused.node[0].output[0] = "s"
+    the_call = helper.make_node("Outer", ["X", "W"], ["Y"], domain="pkg", pads=[1, 1, 1, 1],
+                                shape=numpy_helper.from_array(np.array([1, 16, 64], np.int64)))
+    model = make([the_call], [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8, 8, 8])],
+                 [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 16, 64])],
+                 [numpy_helper.from_array(low_rank(rng, 16, 72, 4).reshape(16, 8, 3, 3), "W")], opset=18,
+                 functions=[inner, outer, unused])
+    model.opset_import.append(helper.make_opsetid("pkg", 1))
+    result = onnx_alds.compress(model, keep_params=0.9, rank_multiple=1)
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)
+    expected, got = run(model, {"X": x})[0], run(result.model, {"X": x})[0]
+    assert factorized(result) and np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert [f.name for f in result.model.functions] == ["Unused"]
