@@ -296,8 +296,7 @@ def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tup
         raise UnsupportedModelError(f"the model-local function '{overloaded.domain}::{overloaded.name}' has overloads "
                                     f"('{overloaded.overload}'), which onnx-alds cannot inline faithfully; {fix}")
     defaults = {(f.domain, f.name): {a.name for a in f.attribute_proto} for f in model.functions}
-    calls = [node for _, graph in iter_graphs(model.graph) for node in _nodes_within(graph.node)] + [
-        node for function in called for node in _nodes_within(function.node)]
+    absent = _possibly_absent_attributes(model, called, defaults)
     for function in called:
         own = defaults[(function.domain, function.name)]
         nodes = list(_nodes_within(function.node))
@@ -312,15 +311,42 @@ def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tup
                         f"the model-local function '{function.domain}::{function.name}' takes a weight as a tensor "
                         f"attribute ('{attribute.ref_attr_name}'), which onnx-alds cannot count as the file stores "
                         f"it; {fix}")
-                left_out = any((call.domain, call.op_type) == (function.domain, function.name) and not any(
-                    given.name == attribute.ref_attr_name for given in call.attribute) for call in calls)
                 if attribute.name in defaults.get((node.domain, node.op_type), ()) and \
-                        attribute.ref_attr_name not in own and left_out:
+                        attribute.ref_attr_name not in own and \
+                        attribute.ref_attr_name in absent[(function.domain, function.name)]:
                     raise UnsupportedModelError(
                         f"the model-local function '{function.domain}::{function.name}' forwards its attribute "
                         f"'{attribute.ref_attr_name}' to '{node.op_type}', whose default for '{attribute.name}' onnx's "
                         f"inliner drops when a call leaves it out; give '{function.name}' the same default, set it at "
                         f"every call, or {fix}")
+
+
+def _possibly_absent_attributes(model: onnx.ModelProto, called: Sequence[onnx.FunctionProto],
+                                defaults: Mapping[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
+    """Per called function, its attributes without a default that some call may leave out: a call that does
+    not set it, or sets it by reference to an attribute of its own function that may be absent in turn
+    (H(r) -> F(p=@r) -> G(q=@p): a call of H without r leaves q out)."""
+    absent: dict[tuple[str, str], set[str]] = {(f.domain, f.name): set() for f in called}
+    sites = [(None, node) for _, graph in iter_graphs(model.graph) for node in _nodes_within(graph.node)] + [
+        ((f.domain, f.name), node) for f in called for node in _nodes_within(f.node)]
+    names = {(f.domain, f.name): list(f.attribute) + [a.name for a in f.attribute_proto] for f in called}
+    grew = True
+    while grew:
+        grew = False
+        for where, call in sites:
+            key = (call.domain, call.op_type)
+            if key not in absent:
+                continue
+            given = {a.name: a for a in call.attribute}
+            for name in names[key]:
+                if name in defaults.get(key, ()) or name in absent[key]:
+                    continue
+                attribute = given.get(name)
+                if attribute is None or (attribute.ref_attr_name and where is not None
+                                         and attribute.ref_attr_name in absent[where]):
+                    absent[key].add(name)
+                    grew = True
+    return absent
 
 
 def _feeds_a_layer(name: str, nodes: Sequence[onnx.NodeProto]) -> bool:
