@@ -259,11 +259,12 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
                                     "export the model without functions (e.g. torch.onnx.export(..., dynamo=False))")
     _drop_repeated_constants(inlined)
     uncalled = [function for function in given.functions if (function.domain, function.name) not in reachable]
-    kept = {(function.domain, function.name) for function in inlined.functions}
-    inlined.functions.extend(f for f in uncalled if (f.domain, f.name) not in kept)  # nothing calls them: kept, with
-    # the functions only they call (as the file holds them)
+    kept = [f for f in inlined.functions if (f.domain, f.name) in reachable]  # (what the inliner left: refused below)
+    del inlined.functions[:]
+    inlined.functions.extend(kept + uncalled)  # those nothing calls, with the functions only they call: as given
     called = {(node.domain, node.op_type) for _, graph in iter_graphs(inlined.graph) for node in graph.node}
-    left = [f for f in inlined.functions if (f.domain, f.name) in called and any(map(is_layer_node, f.node))]
+    left = [f for f in inlined.functions
+            if (f.domain, f.name) in called and any(map(is_layer_node, _nodes_within(f.node)))]
     if left:
         raise UnsupportedModelError(f"onnx's inliner left the model-local function '{left[0].domain}::{left[0].name}'"
                                     ", which holds a Conv/Gemm/MatMul, in place; export the model without functions "
