@@ -12,6 +12,7 @@ import logging
 import numbers
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -236,15 +237,8 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     from onnx import inliner
 
     given = model
-    by_key = {(function.domain, function.name): function for function in given.functions}
-    reachable: set[tuple[str, str]] = set()  # called from the graph, directly or through other functions
-    pending = [(node.domain, node.op_type) for _, graph in iter_graphs(given.graph) for node in graph.node]
-    while pending:
-        key = pending.pop()
-        if key in by_key and key not in reachable:
-            reachable.add(key)
-            pending += [(node.domain, node.op_type) for node in _nodes_within(by_key[key].node)]
-    _refuse_what_the_inliner_misreads(model, reachable)
+    reachable = _called_functions(given)
+    _refuse_what_the_inliner_misreads(given, reachable)
     model = _with_default_attributes(model)  # (onnx's inliner drops a function attribute's default: pads lost)
     model, doc_strings = _marked_function_constants(model)
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
@@ -283,6 +277,19 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     return inlined
 
 
+def _called_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
+    """The ``(domain, name)`` of every local function the graph calls, directly or through other functions."""
+    by_key = {(function.domain, function.name): function for function in model.functions}
+    reachable: set[tuple[str, str]] = set()
+    pending = [(node.domain, node.op_type) for node in _nodes_within(model.graph.node)]
+    while pending:
+        key = pending.pop()
+        if key in by_key and key not in reachable:
+            reachable.add(key)
+            pending += [(node.domain, node.op_type) for node in _nodes_within(by_key[key].node)]
+    return reachable
+
+
 def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tuple[str, str]]) -> None:
     """Raise :class:`UnsupportedModelError` for the called (``reachable``) local functions whose inlining onnx's
     inliner (or the counting of what the file stores) gets wrong: overloads (IR 10: the calls of one name are
@@ -299,7 +306,6 @@ def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tup
     defaults = {(f.domain, f.name): {a.name for a in f.attribute_proto} for f in model.functions}
     absent = _possibly_absent_attributes(model, called, defaults)
     for function in called:
-        own = defaults[(function.domain, function.name)]
         nodes = list(_nodes_within(function.node))
         for node in nodes:
             for attribute in node.attribute:
@@ -313,8 +319,7 @@ def _refuse_what_the_inliner_misreads(model: onnx.ModelProto, reachable: set[tup
                         f"attribute ('{attribute.ref_attr_name}'), which onnx-alds cannot count as the file stores "
                         f"it; {fix}")
                 if attribute.name in defaults.get((node.domain, node.op_type), ()) and \
-                        attribute.ref_attr_name not in own and \
-                        attribute.ref_attr_name in absent[(function.domain, function.name)]:
+                        attribute.ref_attr_name in absent[(function.domain, function.name)]:  # (absent: no default)
                     raise UnsupportedModelError(
                         f"the model-local function '{function.domain}::{function.name}' forwards its attribute "
                         f"'{attribute.ref_attr_name}' to '{node.op_type}', whose default for '{attribute.name}' onnx's "
@@ -328,7 +333,7 @@ def _possibly_absent_attributes(model: onnx.ModelProto, called: Sequence[onnx.Fu
     not set it, or sets it by reference to an attribute of its own function that may be absent in turn
     (H(r) -> F(p=@r) -> G(q=@p): a call of H without r leaves q out)."""
     absent: dict[tuple[str, str], set[str]] = {(f.domain, f.name): set() for f in called}
-    sites = [(None, node) for _, graph in iter_graphs(model.graph) for node in _nodes_within(graph.node)] + [
+    sites = [(None, node) for node in _nodes_within(model.graph.node)] + [
         ((f.domain, f.name), node) for f in called for node in _nodes_within(f.node)]
     names = {(f.domain, f.name): list(f.attribute) + [a.name for a in f.attribute_proto] for f in called}
     grew = True
@@ -383,8 +388,8 @@ def _with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    bodies = [node for _, graph in iter_graphs(copy.graph) for node in _nodes_within(graph.node)]
-    bodies += [node for function in copy.functions for node in _nodes_within(function.node)]
+    bodies = list(_nodes_within(copy.graph.node)) + [node for function in copy.functions
+                                                       for node in _nodes_within(function.node)]
     for node in bodies:
         given = {attribute.name for attribute in node.attribute}
         node.attribute.extend(default for default in defaults.get((node.domain, node.op_type), ())
@@ -1615,8 +1620,9 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
     if odd or not rank_fractions:
         raise BudgetError(f"rank_fractions {'has ' + repr(odd[0]) if odd else 'is empty'}; give fractions of the "
                           "full rank in (0, 1], e.g. (0.25, 0.5)")
-    keys = [f"{fraction:g}" for fraction in rank_fractions]  # each fraction's column (and dict key) is its text
-    same = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+    # each fraction's column (and dict key) is its text
+    same = next((key for key, count in Counter(f"{fraction:g}" for fraction in rank_fractions).items() if count > 1),
+                None)
     if same is not None:
         raise BudgetError(f"rank_fractions gives {same} twice (as printed: fractions that differ by less than 6 digits "
                           "print alike); give each fraction once")

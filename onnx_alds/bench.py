@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
@@ -422,8 +423,7 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
         raise InputDataError("batch_sizes is empty; give one or more batch sizes ≥ 1, e.g. (1, 32)")
     for batch in batch_sizes:
         check_count("batch size", batch)
-    repeated = next((int(b) for i, b in enumerate(batch_sizes) if int(b) in [int(a) for a in list(batch_sizes)[:i]]),
-                    None)
+    repeated = next((batch for batch, count in Counter(int(b) for b in batch_sizes).items() if count > 1), None)
     if repeated is not None:  # (it was timed twice)
         raise InputDataError(f"batch size {repeated} is given twice; give each batch size once")
     check_count("runs", runs)
@@ -502,7 +502,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
     if isinstance(batch_sizes, Iterable) and not isinstance(batch_sizes, (str, bytes)):
         batch_sizes = tuple(batch_sizes)  # (a generator was used up by the checks: nothing was timed)
-    _check_bench_arguments(batch_sizes=(1,) if batch_sizes is None else batch_sizes, runs=runs, warmup=warmup, layer_runs=layer_runs, seed=seed,
+    _check_bench_arguments(batch_sizes=(1,) if batch_sizes is None else batch_sizes, runs=runs, warmup=warmup,
+                           layer_runs=layer_runs, seed=seed,
                            threads=threads, min_time_s=min_time_s, feeds=feeds)
     if per_layer and len(models) < 2:
         raise InputDataError("--per-layer compares compressed models with the first one; give two or more models")

@@ -73,17 +73,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)  # (only now: an error above leaves no folder behind)
     staging = Path(tempfile.mkdtemp(prefix=".onnx-alds-demo-", dir=out))  # this run's files, until they all are
     args.written_files = []  # what an interrupt from here on leaves written (cli names it)
-    landed = False
     try:
         validation = _write_and_check(args, staging, model_path, result, evaluation)
         with uninterrupted():  # all three in place, or none: an earlier run's files stay as they were
             for name in OUTPUTS:
                 replace_keeping_mode(staging / name, out / name)
             args.written_files.extend(str(out / name) for name in OUTPUTS)  # (told, if an interrupt comes now)
-            landed = True
     except BaseException:  # a full disk, an interrupt: nothing of this run is left (a failed check raises after)
         removed_whole(lambda: shutil.rmtree(staging, ignore_errors=True))
-        if not landed:
+        if not args.written_files:  # (an interrupt after the renames: they landed)
             remove_if_no_files(created)
         raise
     removed_whole(lambda: shutil.rmtree(staging, ignore_errors=True))

@@ -40,7 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, interrupted, runtime_error_text
-from .inputs import InputSet, conform_inputs, dim_name_clash
+from .inputs import InputSet, as_input_set, conform_inputs, dim_name_clash, one_sample_at_a_time
 from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
@@ -1533,9 +1533,7 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     ``compress --distill`` compresses with the training part only, so that the held-out part that
     decides early stopping was seen by neither step.
     """
-    if not isinstance(inputs, InputSet):  # (a dict's len counted its keys as samples)
-        raise InputDataError(f"inputs is a {type(inputs).__name__}; give an onnx_alds.inputs.InputSet, e.g. "
-                             "InputSet({'input': array}) or load_inputs(...)")
+    inputs = as_input_set(inputs)  # (a dict's len counted its keys as samples)
     count = len(inputs)
     if count < 2:
         raise InputDataError(
@@ -2016,8 +2014,6 @@ def _original_runs(failure: tuple[str, str] = ORIGINAL_FAILED, hint: str = "", o
         raise
     except Exception as exc:  # ONNX Runtime's own error types
         if not hint and one_sample is not None:
-            from .inputs import one_sample_at_a_time
-
             hint = one_sample_at_a_time(one_sample[0], None, one_sample[1], "--batch-size")
         raise InputDataError(f"{failure[0]} ({runtime_error_text(exc)}); {failure[1]}{hint}") from None
 

@@ -1515,10 +1515,20 @@ def test_a_graph_input_repeating_its_first_dim_names_the_calibration_batch_size(
     assert factorized(result) == ["transform"]
 
 
-def _attribute_reference(name: str, refers_to: str) -> onnx.AttributeProto:
+def _reference(name: str, refers_to: str, kind=onnx.AttributeProto.INTS) -> onnx.AttributeProto:
+    """An attribute of a function body's node that takes the value of the function's attribute ``refers_to``."""
     reference = onnx.AttributeProto()
-    reference.name, reference.ref_attr_name, reference.type = name, refers_to, onnx.AttributeProto.INTS
+    reference.name, reference.ref_attr_name, reference.type = name, refers_to, kind
     return reference
+
+
+def _conv_function(name: str, attribute: str, default: list[int]) -> onnx.FunctionProto:
+    """``pkg::name(x, w)``: a 3x3 Conv whose pads come from the function's attribute ``attribute`` (default
+    ``default``)."""
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
+    conv.attribute.append(_reference("pads", attribute))
+    return helper.make_function("pkg", name, ["x", "w"], ["y"], [conv], [helper.make_opsetid("", 18)], attributes=[],
+                                attribute_protos=[helper.make_attribute(attribute, default)])
 
 
 def test_a_function_attributes_default_survives_the_inlining():
@@ -1526,7 +1536,7 @@ def test_a_function_attributes_default_survives_the_inlining():
     dropped the default, so the written Convs had no padding (output off by 10 %, exit 0, MACs 8.92M for 14.2M)."""
     rng = np.random.default_rng(9)
     conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3])
-    conv.attribute.append(_attribute_reference("pads", "pd"))
+    conv.attribute.append(_reference("pads", "pd"))
     function = helper.make_function("pkg", "ConvD", ["x", "w", "b"], ["y"], [conv], [helper.make_opsetid("", 18)],
                                     attributes=[], attribute_protos=[helper.make_attribute("pd", [1, 1, 1, 1])])
     nodes = [helper.make_node("ConvD", ["X", "W1", "B1"], ["a"], domain="pkg", name="c1"),
@@ -1655,22 +1665,13 @@ def test_what_the_inliner_misreads_is_refused_naming_it():
         onnx_alds.compress(model, keep_params=0.9)
 
 
-def _reference(name: str, refers_to: str, kind) -> onnx.AttributeProto:
-    reference = onnx.AttributeProto()
-    reference.name, reference.ref_attr_name, reference.type = name, refers_to, kind
-    return reference
-
-
 def test_a_forwarded_attribute_whose_inner_default_the_inliner_drops_is_refused():
     """Outer forwards pads=@pads (no default) to Inner (default [1,1,1,1]), the call leaves it out: ONNX Runtime
     pads by 1, the inlined model did not (output off by 464 %, exit 0)."""
     rng = np.random.default_rng(3)
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
-    conv.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
-    inner = helper.make_function("pkg", "Inner", ["x", "w"], ["y"], [conv], [helper.make_opsetid("", 18)],
-                                 attributes=[], attribute_protos=[helper.make_attribute("pads", [1, 1, 1, 1])])
+    inner = _conv_function("Inner", "pads", [1, 1, 1, 1])
     call = helper.make_node("Inner", ["x", "w"], ["y"], domain="pkg")
-    call.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    call.attribute.append(_reference("pads", "pads"))
     outer = helper.make_function("pkg", "Outer", ["x", "w"], ["y"], [call],
                                  [helper.make_opsetid("", 18), helper.make_opsetid("pkg", 1)], attributes=["pads"])
     model = make([helper.make_node("Outer", ["X", "W"], ["Y"], domain="pkg")],
@@ -1701,12 +1702,9 @@ def test_what_the_inliner_reads_right_is_not_refused():
     """Refused at first: a forwarded attribute every call sets, a tensor attribute that is a Reshape's shape (no
     weight), and a function nothing calls that takes a tensor attribute."""
     rng = np.random.default_rng(3)
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
-    conv.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
-    inner = helper.make_function("pkg", "Inner", ["x", "w"], ["y"], [conv], [helper.make_opsetid("", 18)],
-                                 attributes=[], attribute_protos=[helper.make_attribute("pads", [0, 0, 0, 0])])
+    inner = _conv_function("Inner", "pads", [0, 0, 0, 0])
     call = helper.make_node("Inner", ["x", "w"], ["c"], domain="pkg")
-    call.attribute.append(_reference("pads", "pads", onnx.AttributeProto.INTS))
+    call.attribute.append(_reference("pads", "pads"))
     shape = helper.make_node("Constant", [], ["s"])
     shape.attribute.append(_reference("value", "shape", onnx.AttributeProto.TENSOR))
     outer = helper.make_function("pkg", "Outer", ["x", "w"], ["y"],
@@ -1733,15 +1731,11 @@ def test_a_default_lost_through_a_chain_of_forwarded_attributes_is_refused():
     """H(r) -> F(p=@r) -> G(q=@p, default [1,1,1,1]), H called without r: every call of F sets p (by reference),
     yet q is left out and the inliner dropped G's default (output off by 69 %, exit 0)."""
     rng = np.random.default_rng(5)
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
-    conv.attribute.append(_reference("pads", "q", onnx.AttributeProto.INTS))
     opsets = [helper.make_opsetid("", 18), helper.make_opsetid("pkg", 1)]
-    g = helper.make_function("pkg", "G", ["x", "w"], ["y"], [conv], opsets, attributes=[],
-                             attribute_protos=[helper.make_attribute("q", [1, 1, 1, 1])])
-    functions = [g]
+    functions = [_conv_function("G", "q", [1, 1, 1, 1])]
     for name, callee, own, forwarded in (("F", "G", "p", "q"), ("H", "F", "r", "p")):
         call = helper.make_node(callee, ["x", "w"], ["y"], domain="pkg")
-        call.attribute.append(_reference(forwarded, own, onnx.AttributeProto.INTS))
+        call.attribute.append(_reference(forwarded, own))
         functions.append(helper.make_function("pkg", name, ["x", "w"], ["y"], [call], opsets, attributes=[own]))
     model = make([helper.make_node("H", ["X", "W"], ["c"], domain="pkg"), helper.make_node("GlobalAveragePool", ["c"], ["Y"])],
                  [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8, 8, 8])],
