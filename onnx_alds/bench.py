@@ -184,7 +184,8 @@ class BenchReport:
             "batch_sizes": list(self.batch_sizes),
             "warmup": self.warmup,
             "notes": self.all_notes(),
-            "timings": [asdict(t) for t in self.timings],
+            "timings": [dict(asdict(t), spread=t.spread if t.runs > 1 else None)  # one run has no spread
+                        for t in self.timings],
             "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
                         "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
                                  for r in c.rows]} for c in self.layers],

@@ -1341,8 +1341,8 @@ class DistillSettings:
         if self.steps is not None and self.steps < 1:
             raise InputDataError(f"--steps {self.steps}: give a positive number of steps")
         check_threads(self.threads)
-        if self.minutes is not None and not self.minutes > 0:
-            raise InputDataError(f"--minutes {self.minutes}: give a positive time budget")
+        if self.minutes is not None and not 0 < self.minutes < math.inf:
+            raise InputDataError(f"--minutes {self.minutes}: give a positive, finite time budget")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputDataError(f"--batch-size {self.batch_size}: give a positive batch size")
         if not 0 < self.held_out < 1:

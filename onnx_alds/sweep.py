@@ -1406,7 +1406,7 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
                 timing = report.timing(index, batch)
                 ideal = row.get("ideal_speedup")
                 row.update({f"batch_{slot}": batch, f"ms_original_{slot}": original_ms, f"ms_{slot}": timing.median_ms,
-                            f"spread_{slot}": timing.spread, f"runs_{slot}": timing.runs,
+                            f"spread_{slot}": timing.spread if timing.runs > 1 else None, f"runs_{slot}": timing.runs,
                             f"speedup_{slot}": timing.speedup,
                             f"efficiency_{slot}": timing.speedup / ideal if ideal else None,
                             "bench_load": max(loads) if loads else None, "bench_threads": threads})

@@ -414,6 +414,7 @@ def test_a_batch_size_given_twice_is_refused_and_one_run_shows_no_spread():
         bench([_model(False)], batch_sizes=(1, 1, 7), **FAST)
     report = bench([_model(False)], batch_sizes=(1,), runs=1, warmup=0, min_time_s=0.0)
     assert "spread    n/a" in report.timings[0].line() and report.timings[0].runs == 1
+    assert report.to_dict()["timings"][0]["spread"] is None  # the JSON said 0.0 where the text said n/a
 
 
 def test_the_json_says_the_input_shapes_each_model_was_timed_at():

@@ -6,6 +6,7 @@ The missing-extra error is tested with torch hidden, so it runs either way.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 
@@ -967,7 +968,17 @@ def test_compress_distill_settings_are_named_by_compress_flags(tmp_path, capsys)
     onnx.save(_mlp(), str(path))
     code = main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5",
                  "--calibration-random", "32", "--distill", "--distill-minutes", "0"])
-    assert code == 1 and "--distill-minutes 0.0: give a positive time budget" in capsys.readouterr().err
+    assert code == 1 and "--distill-minutes 0.0: give a positive, finite time budget" in capsys.readouterr().err
+
+
+def test_an_endless_time_budget_is_refused():
+    """distill --minutes inf was accepted: with no --steps, training never stopped (bench refused it)."""
+    from onnx_alds.distill import DistillSettings
+
+    for minutes in (math.inf, math.nan):
+        with pytest.raises(InputDataError, match="give a positive, finite time budget"):
+            DistillSettings(minutes=minutes)
+    assert DistillSettings(minutes=0.5).minutes == 0.5
 
 
 def test_an_augmenter_that_only_resamples_adds_no_held_out_views(torch):
