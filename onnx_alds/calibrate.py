@@ -1096,20 +1096,47 @@ def init_ray(ray, address: Optional[str], **options) -> None:
     own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up.
     Raises ConnectionError first when ``address`` (or, without one, ``RAY_ADDRESS``) is ``host:port`` and
     nothing answers there: ``ray.init`` retries such an address forever."""
-    import signal
-    import threading
-
     target = address or os.environ.get("RAY_ADDRESS")
     reason = unreachable_ray(target)
     if reason:
         raise ConnectionError(f"nothing answers at {target}{'' if address else ' (from RAY_ADDRESS)'} ({reason})")
 
+    # Ray's core worker installs a native crash handler in the driver that, on shutdown, leaves SIGTERM at
+    # the default action for the second or so ray.shutdown() still takes: a SIGTERM then killed the
+    # process (exit 143) before the command line could clean up. The driver started here goes without it.
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    kept = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    if kept is not None:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        with _signal_handlers_kept():
+            ray.init(address=address, **options)
+    finally:
+        if kept is not None:
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = kept
+
+
+def shutdown_ray(ray) -> None:
+    """``ray.shutdown()``, keeping this process's SIGTERM and SIGINT handlers: a core worker that installed
+    its crash handler (a driver :func:`init_ray` did not start) leaves SIGTERM at the default action when it
+    stops while Python still names the old handler, so a SIGTERM afterwards killed the process (exit 143)."""
+    with _signal_handlers_kept():
+        ray.shutdown()
+
+
+@contextmanager
+def _signal_handlers_kept():
+    """Inside, Ray may replace the SIGTERM and SIGINT handlers (in Python or below it); they are set again
+    on leaving (in the main thread only: elsewhere no handler can be set)."""
+    import signal
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
-        ray.init(address=address, **options)
+        yield
         return
     kept = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ray.init(address=address, **options)
+        yield
     finally:
         for number, handler in kept.items():
             if handler is not None:  # None: a handler set outside Python, which cannot be put back
@@ -1160,7 +1187,7 @@ def calibration_workers(workers: int = 1, *, cpus_per_worker: int = 1, address: 
     finally:
         _WORKERS.reset(token)
         if started and ray.is_initialized():
-            ray.shutdown()
+            shutdown_ray(ray)
 
 
 def _executor(plan: _Plan, model, reference):

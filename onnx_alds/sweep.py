@@ -1012,7 +1012,9 @@ class RayEngine(Engine):
         self._actors = []
         self._refs = {}
         if self._started_ray and ray.is_initialized():
-            ray.shutdown()
+            from .calibrate import shutdown_ray
+
+            shutdown_ray(ray)
             self._started_ray = False
 
     def describe(self) -> dict[str, Any]:
@@ -1059,6 +1061,24 @@ class _Hashes:
         return [[location, self.file(path.parent / location)]
                 for location in _external_locations(str(path), stat.st_mtime_ns, stat.st_size)
                 if (path.parent / location).is_file()]
+
+
+def check_model_unchanged(model: SweepModel, hashes: _Hashes) -> None:
+    """The model file (and its external data) still holds what ``hashes`` read at the start of the run: a
+    file replaced while the sweep ran would be timed as the original of variants made from the old one.
+    Raises ModelLoadError saying so."""
+    from .errors import ModelLoadError
+
+    fresh = _Hashes()
+    try:
+        same = (fresh.file(model.path) == hashes.file(model.path)
+                and fresh.external_data(model.path) == hashes.external_data(model.path))
+    except OSError:
+        same = False
+    if not same:
+        raise ModelLoadError(f"model file '{model.path}' changed while the sweep ran: its variants were made from "
+                             "the earlier contents and are not timed against the new one; run the sweep again (it "
+                             "recomputes the variants of the file as it is then)")
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
@@ -1150,7 +1170,12 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     proto = load_model(model.path)
     calibration = model.calibration.load(proto) if need_calibration and model.calibration else None
     notes: list[str] = []
-    evals = tuple((spec, _whole_batches(proto, spec.source.load(proto), notes)) for spec in model.evals)
+    loaded = [(spec, spec.source.load(proto)) for spec in model.evals]
+    for spec, inputs in loaded:
+        if spec.source.limit is not None and spec.source.limit > len(inputs):
+            notes.append(f"--limit {spec.source.limit} is more than the {len(inputs)} samples of {inputs.source}: "
+                         "validated on all of them")
+    evals = tuple((spec, _whole_batches(proto, inputs, notes)) for spec, inputs in loaded)
     if not evals:
         raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "
                              "or --random")
@@ -1389,6 +1414,11 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
         if len(set(labels)) < len(labels):
             labels = [str(row.get("id", index)) for index, row in enumerate(group)]
         names = ["original"] + labels
+        untimed = [slot for slot in ("small", "large") if slot not in dict(slots)]
+        for row in group:  # an earlier run's timing at a batch this run does not time would sit beside this one's
+            for key in [key for key in row if any(key == f"{prefix}{slot}" or key == f"ms_original_{slot}"
+                                                  for prefix in _TIMING_PREFIXES for slot in untimed)]:
+                del row[key]
         for slot, batch in slots:
             probe = bench([model.path], provider="cpu", batch_sizes=(batch,), threads=threads, warmup=1, runs=1,
                           min_time_s=0.0, input_shapes=model.input_shapes)
@@ -1572,6 +1602,9 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
             tick = time.perf_counter()
             data = {m.name: load_model_data(m, any(t.method.data for t in todo if t.model.name == m.name))
                     for m in models if m.name in needed}
+            for m in models:
+                if m.name in needed:  # loaded as hashed: the rows name these contents (data_id, fingerprint)
+                    check_model_unchanged(m, hashes)
             phases["load_s"] = time.perf_counter() - tick
             if parallel:
                 tick = time.perf_counter()
@@ -1602,6 +1635,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
         threads = bench_threads or physical_cores()
         by_id = {t.variant.id: t for t in tasks}
         for model in models:
+            check_model_unchanged(model, hashes)
             timed = bench_rows(model, [r for r in ok_rows if r["model"] == model.name], out, threads=threads,
                                target_s=bench_target_s, rebench=rebench, say=emit)
             for row in timed:
@@ -1649,15 +1683,25 @@ def write_record(out: Path, store: RowStore, skipped: list[dict[str, Any]], run:
         say(f"note: {count} stored rows of {model} were measured on other validation data or another model file "
             f"(this run's data_id {current[model]}); sweep.json and sweep.csv list them with their data_id, the plots "
             "leave them out")
-    refitted = [row for row in record["rows"] if calibrations and calibrations.get(row["model"])
-                and row.get("calibration_id") and row["calibration_id"] != calibrations[row["model"]]
-                and all(row is not seen for seen in other)]
-    for model in sorted({row["model"] for row in refitted}):
-        count = sum(row["model"] == model for row in refitted)
-        say(f"note: {count} stored data-aware rows of {model} were fitted to another calibration set (this run's "
-            f"calibration_id {calibrations[model]}); sweep.json and sweep.csv list them with their calibration_id, "
-            "the plots leave them out")
-    other += refitted
+    fitted = [row for row in record["rows"] if row.get("calibration_id") and all(row is not seen for seen in other)]
+    for model in sorted({row["model"] for row in fitted}):
+        rows = [row for row in fitted if row["model"] == model]
+        reference = (calibrations or {}).get(model)
+        if reference:
+            refitted = [row for row in rows if row["calibration_id"] != reference]
+            if refitted:
+                say(f"note: {len(refitted)} stored data-aware rows of {model} were fitted to another calibration set "
+                    f"(this run's calibration_id {reference}); sweep.json and sweep.csv list them with their "
+                    "calibration_id, the plots leave them out")
+        elif len({row["calibration_id"] for row in rows}) > 1:  # this run names no set to plot
+            refitted = rows
+            say(f"note: the {len(rows)} stored data-aware rows of {model} were fitted to "
+                f"{len({row['calibration_id'] for row in rows})} calibration sets and this run gave none; sweep.json "
+                "and sweep.csv list them with their calibration_id, the plots leave them out (run again with the "
+                "calibration set to plot)")
+        else:
+            refitted = []
+        other += refitted
     if plots:
         try:
             left_out = {id(row) for row in other}

@@ -4,6 +4,9 @@ workers give the same bits as this process."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import onnx
@@ -185,6 +188,51 @@ def test_ray_workers_give_the_same_bits(setup, tmp_path):
     assert_same(on_ray_paired, local_paired)
     assert ray_model.model.SerializeToString() == local_model.model.SerializeToString()
     assert ray_model.report.layers == local_model.report.layers
+
+
+@pytest.mark.slow  # a local Ray instance started and stopped in a child process: about 10 s
+def test_a_sigterm_after_ray_stops_reaches_the_command_line_handler():
+    """ray.shutdown() left SIGTERM at the default action below Python, from a moment into it: a sweep on
+    Ray killed as it stopped Ray or wrote its record ended with exit 143, no message and no sweep.json."""
+    pytest.importorskip("ray")
+    script = textwrap.dedent("""
+        import ctypes, os, signal, threading, time
+        import ray
+        from onnx_alds.calibrate import init_ray, shutdown_ray
+
+        def handler(number, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, handler)
+        libc = ctypes.CDLL(None)
+        action = ctypes.create_string_buffer(256)
+
+        def native_handler():  # what the kernel runs on SIGTERM: 0 is the default action (exit 143)
+            libc.sigaction(signal.SIGTERM, None, action)
+            return ctypes.cast(action, ctypes.POINTER(ctypes.c_void_p))[0]
+
+        init_ray(ray, None, include_dashboard=False, log_to_driver=False, num_cpus=1)
+        seen, stopping = set(), True
+
+        def watch():
+            while stopping:
+                seen.add(native_handler())
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        shutdown_ray(ray)
+        stopping = False
+        watcher.join()
+        print("default action during shutdown" if None in seen or 0 in seen else "kept", flush=True)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("handled")
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ADDRESS="")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0 and done.stdout.split() == ["kept", "handled"], (done.stdout, done.stderr[-2000:])
 
 
 def test_a_failed_ray_worker_is_one_error_line():

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -317,6 +318,12 @@ def test_rows_fitted_to_another_calibration_set_are_named_and_left_out_of_the_pl
     assert "1 stored data-aware rows of tiny were fitted to another calibration set" in stdout
     header = (out / "sweep.csv").read_text().splitlines()[0].split(",")
     assert "calibration_id" in header and "seed" in header
+    # a run with no calibration names no set to plot: the rows of two sets were drawn as one line, no note
+    plain = args[:args.index("--calibration")] + args[args.index("--calibration") + 2:]
+    plain[plain.index("svd+data")] = "svd"
+    code, stdout, _ = run(plain, capsys)
+    assert code == 0 and "the 2 stored data-aware rows of tiny were fitted to 2 calibration sets and this run " \
+                         "gave none" in stdout
 
 
 def test_validating_on_calibration_samples_is_refused(tiny, tmp_path, capsys):
@@ -816,3 +823,63 @@ def test_a_ray_connection_refused_mentions_token_authentication(tiny, tmp_path, 
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1
     assert "Failed to connect" in lines[0] and "set RAY_AUTH_MODE=token" in lines[0]
+
+
+def test_a_model_file_replaced_while_the_sweep_runs_is_not_timed_as_its_original(tiny, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """The variants were made from the file as it was at the start, but timing read the path again: a file
+    replaced meanwhile was timed as their original (speedups 0.43-0.86x against another model, exit 0)."""
+    import onnx_alds.sweep as sweep_module
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(tiny / "tiny.onnx", path)
+    made = sweep_module.run_variant
+
+    def replacing(task, data, state):
+        outcome = made(task, data, state)
+        other = onnx.load(str(path))
+        other.doc_string = "re-exported"
+        onnx.save(other, str(path))
+        return outcome
+
+    monkeypatch.setattr(sweep_module, "run_variant", replacing)
+    args = ["sweep", str(path), "--keep-flops", "0.5", "--methods", "alds", "--inputs", str(tiny / "eval.npz"),
+            "-o", str(tmp_path / "out"), "--rank-multiple", "1", "--no-progress", "--no-plots", "--bench-batch", "1",
+            "--bench-time", "0.05"]
+    code, _, err = run(args, capsys)
+    assert code == 1 and "changed while the sweep ran" in err and f"'{path}'" in err
+    monkeypatch.setattr(sweep_module, "run_variant", made)
+    code, stdout, err = run(args, capsys)  # the file as it is now: computed again and timed
+    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert record(tmp_path / "out")["rows"][0]["ms_small"] > 0
+
+
+def test_a_batch_this_run_does_not_time_keeps_no_earlier_timing(tiny, tmp_path, capsys):
+    """Timed at batches 1 and 4, then again with --bench-batch 2: the row held batch 2 from this run beside
+    batch 4 from the earlier one, and the summary printed both as if measured together."""
+    out = tmp_path / "out"
+    base = ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "--methods", "alds", "--inputs",
+            str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-progress", "--no-plots",
+            "--bench-time", "0.05", "--bench-batch"]
+    assert run(base + ["1", "4"], capsys)[0] == 0
+    (row,) = record(out)["rows"]
+    assert row["batch_small"] == 1 and row["batch_large"] == 4 and row["ms_large"] > 0
+    code, stdout, _ = run(base + ["2"], capsys)
+    (row,) = record(out)["rows"]
+    assert code == 0 and row["batch_small"] == 2 and row["ms_small"] > 0
+    assert not [key for key in row if key.endswith("_large")]
+    assert "(b4)" not in stdout
+
+
+def test_a_limit_above_the_sample_count_is_noted(tiny, tmp_path, capsys):
+    """--limit 100000 on a set of 40 samples validated on all 40 without a word."""
+    def args(out: Path, limit: str) -> list[str]:
+        return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "--methods", "alds", "--inputs",
+                str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-progress", "--no-plots",
+                "--no-bench", "--limit", limit]
+
+    assert run(args(tmp_path / "o1", "100000"), capsys)[0] == 0
+    notes = record(tmp_path / "o1")["rows"][0]["notes"]
+    assert any("--limit 100000 is more than the 40 samples" in note for note in notes)
+    assert run(args(tmp_path / "o2", "20"), capsys)[0] == 0
+    assert not any("--limit" in note for note in record(tmp_path / "o2")["rows"][0].get("notes", []))
