@@ -192,6 +192,12 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if einsums:
         notes.append(f"{len(einsums)} {EINSUM_NOTE} (first: '{einsums[0].name}') are left as "
                      "they are (Einsum is not factorized): their weights count in the totals, their MACs do not")
+    products = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
+                if node.op_type == "Einsum" and not any(name in constants for name in node.input)]
+    if products:  # (attention written with torch.einsum; exported as MatMul, the same product counts)
+        notes.append(f"{len(products)} Einsum nodes between run-time tensors (first: '{products[0].name}') are left "
+                     "as they are: their MACs do not count in the total (MACs are those of Conv, ConvTranspose, "
+                     "Gemm and MatMul)")
     recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                  if node.op_type in ("LSTM", "GRU", "RNN")]
     if recurrent:
@@ -1487,10 +1493,16 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
         why = (f"; {left} {'layer' if left == 1 else 'layers'} left dense "
                f"{'holds' if left == 1 else 'hold'} {held / total:.0%} of them ({'; '.join(reasons[:2])}"
                f"{'; ...' if len(reasons) > 2 else ''})")
-    outside = total - sum(layer.params for layer in prepared.layers) if target == "params" else 0
-    if outside > 0.05 * total:
-        why += (f"; {outside / total:.0%} of the weights are outside the layers' weight matrices (embeddings, "
-                "biases, norms, other ops' weights, batched or loop-carried weights)")
+    if target == "params":
+        outside = total - sum(layer.params for layer in prepared.layers)
+        if outside > 0.05 * total:
+            why += (f"; {outside / total:.0%} of the weights are outside the layers' weight matrices (embeddings, "
+                    "biases, norms, other ops' weights, batched or loop-carried weights)")
+    else:
+        outside = total - sum(layer.macs or 0 for layer in prepared.layers)
+        if outside > 0.05 * total:
+            why += (f"; {outside / total:.0%} of the MACs are in nodes that are no factorizable layer "
+                    "(ConvTranspose, products of two run-time tensors such as attention scores), left as they are")
     if prepared.unchanged_ops:
         why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
     return why

@@ -300,7 +300,7 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
         *((dest, not pruned_only, f"{flag} has no effect with --prune only (no layer is factorized); drop one of them")
           for dest, flag in (("both_factors", "--both-factors"), ("affine_correction", "--affine-correction"),
                              ("method", "--method"), ("error_measure", "--error"), ("order", "--order"),
-                             ("max_groups", "--max-groups"))),
+                             ("max_groups", "--max-groups"), ("seed", "--seed"))),
         *(needs(dest, "--" + dest.replace("_", "-"), bool(getattr(args, "distill", False)), "--distill")
           for dest in sorted(given) if dest.startswith("distill_")),
         *((dest, not pruned_only, f"{flag} has no effect with --prune only (it acts on factorized layers); drop one "
@@ -312,6 +312,9 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
          f"--max-groups has no effect with --method {method} (" + ("--damage-max-groups sets the group counts "
                                                                      "measured" if method == "damage" else
                                                                      "it keeps one group") + "); drop one of them"),
+        ("seed", method in (None, "alds"),
+         f"--seed has no effect with --method {method} (only ALDS's group search has random starts); drop one of "
+         "them"),
         ("speed_check", getattr(args, "keep_latency", None) is None and getattr(args, "order", None) != "auto",
          "--speed-check has no effect with --keep-latency or --order auto (their latency tables already drop every "
          "option not measured faster than its dense layer); drop --speed-check"),

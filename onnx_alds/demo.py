@@ -74,7 +74,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     staging = Path(tempfile.mkdtemp(prefix=".onnx-alds-demo-", dir=out))  # this run's files, until they all are
     args.written_files = []  # what an interrupt from here on leaves written (cli names it)
     try:
-        validation = _write_and_check(args, staging, model_path, result, evaluation)
+        validation = _write_and_check(args, staging, model_path, result, evaluation, final=out)
         with uninterrupted():  # all three in place, or none: an earlier run's files stay as they were
             for name in OUTPUTS:
                 replace_keeping_mode(staging / name, out / name)
@@ -95,9 +95,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, result, evaluation):
+def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, result, evaluation, *, final: Path):
     """Write the compressed model and its report into ``out`` (the run's staging folder), validate and time
-    it, write the demo's report; returns the validation report."""
+    it (named as it will be in ``final``, where it lands), write the demo's report; returns the validation
+    report."""
     from .model_io import save_model
     from .report import write_json
     from .validate import validate_and_bench
@@ -111,6 +112,7 @@ def _write_and_check(args: argparse.Namespace, out: Path, model_path: Path, resu
     report = result.report
     validation, bench, summary = validate_and_bench(
         model_path, compressed_path, inputs=evaluation, batch=args.batch,
+        names=[str(model_path), str(final / OUTPUTS[0])],
         weights_kept=report.params_after / report.params_before,
         macs_kept=(report.macs_after or 0) / report.macs_before if report.macs_before else None)
     print("\n".join(validation.lines()))

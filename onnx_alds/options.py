@@ -355,6 +355,12 @@ def refuse_without_effect(options: CompressOptions) -> None:
         raise InputDataError(message)
 
 
+def seed_takes_effect(method: str, prune: str = "off") -> bool:
+    """Whether the allocation's seed changes anything: only ALDS's search over groups has random starts
+    (:func:`onnx_alds.allocate.allocate_minmax`); pruning alone factorizes nothing."""
+    return method == "alds" and prune != "only"
+
+
 def without_effect(search: SearchOptions, data: DataAwareOptions, *, calibrated: bool,
                    budget: Optional[Budget] = None, speed: Optional[SpeedOptions] = None) -> Optional[str]:
     """The first option set away from its default that would change nothing beside the others, as a
@@ -366,13 +372,16 @@ def without_effect(search: SearchOptions, data: DataAwareOptions, *, calibrated:
                               ("order", search.order != SPATIAL_FIRST), ("max_groups", search.max_groups != 16),
                               ("both_factors", data.both_factors != 0), ("affine_correction", data.affine_correction),
                               ("sequential", data.sequential), ("bias_correction", data.bias_correction),
-                              ("sensitivity", data.sensitivity)):
+                              ("sensitivity", data.sensitivity), ("seed", search.seed != 0)):
             if changed:
                 return (f"{name}={_value(search, data, name)!r} has no effect with prune='only' (no layer is "
                         "factorized); drop one of them")
     if search.error_measure is not None and method != "alds":
         return (f"error_measure={search.error_measure!r} has no effect with method={method!r} (it allocates by its "
                 "own measure); drop one of them")
+    if search.seed != 0 and not seed_takes_effect(method):
+        return (f"seed={search.seed} has no effect with method={method!r} (only ALDS's group search has random "
+                "starts); drop one of them")
     if search.max_groups != 16 and not (method == "alds" or (method == "damage" and data.damage_max_groups > 1)):
         return (f"max_groups={search.max_groups} has no effect with method={method!r} (" +
                 ("damage_max_groups sets the group counts measured" if method == "damage" else "it keeps one group")

@@ -206,7 +206,7 @@ class AnalysisReport:
         header = ("layer", "op", "weight", "params", "MACs", "groups") + tuple(f"err@{f}" for f in fractions) + ("note",)
         rows = [header]
         for layer in self.layers:
-            rows.append((layer.name, layer.op, "x".join(map(str, layer.weight_shape)), _si(layer.params),
+            rows.append((layer.name, layer.op, "x".join(map(str, layer.weight_shape)) or "?", _si(layer.params),
                          _si(layer.macs), ",".join(map(str, layer.candidate_groups)) or "-",
                          *(f"{layer.errors_at_rank_fraction[f]:.3f}" if f in layer.errors_at_rank_fraction else "-"
                            for f in fractions),

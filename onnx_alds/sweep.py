@@ -57,6 +57,7 @@ import onnx
 
 from .errors import (BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError,
                      runtime_error_text)
+from .options import seed_takes_effect
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +533,9 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
         tick = time.perf_counter()
         try:
             with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-                result = run(state.proto(data), rank_multiple=task.variant.rank_multiple, seed=task.variant.seed,
+                seed = task.variant.seed if seed_takes_effect(options.get("method", "alds"),
+                                                              options.get("prune", "off")) else 0
+                result = run(state.proto(data), rank_multiple=task.variant.rank_multiple, seed=seed,
                              input_shapes=model.input_shapes, calibration=data.calibration if spec.data else None,
                              **target, **options)
         except OnnxAldsError as exc:
@@ -1530,6 +1533,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     skipped: list[dict[str, Any]] = []
     current = {model.name: data_identity(model, hashes) for model in models}
     calibrations = {model.name: calibration_identity(model, hashes) for model in models}
+    seedless: set[tuple[str, str]] = set()
     for model in models:
         for method in methods:
             spec = specs[method]
@@ -1538,9 +1542,14 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                                              "--calibration-images DIR or --calibration-random N)")
                 skipped.append({"model": model.name, "method": method, "reason": reason})
                 continue
+            seeded = seed_takes_effect(spec.options.get("method", "alds"), spec.options.get("prune", "off"))
+            if not seeded and len(seeds) > 1 and (model.name, method) not in seedless:
+                seedless.add((model.name, method))
+                emit(f"  {model.name} / {method}: the seed has no effect (only ALDS's group search has random "
+                     f"starts): one variant per budget, seed {seeds[0]}")
             for rank_multiple in rank_multiples:
                 for keep in keeps:
-                    for seed in seeds:
+                    for seed in (seeds if seeded else seeds[:1]):
                         variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
                         tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
                                                  current[model.name],

@@ -1209,9 +1209,12 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
                        figures_only: bool = False, output_kinds: Optional[Mapping[str, str]] = None,
                        batch: int = 1, weights_kept: Optional[float] = None, macs_kept: Optional[float] = None,
                        input_shapes: Optional[dict[str, Sequence[int]]] = None, threads: Optional[int] = None,
-                       bench_options: Optional[dict[str, Any]] = None) -> tuple[ValidationReport, Any, str]:
+                       bench_options: Optional[dict[str, Any]] = None,
+                       names: Optional[Sequence[str]] = None) -> tuple[ValidationReport, Any, str]:
     """Validate (stated tolerances plus the kinds' defaults, as :func:`validate`), then benchmark the
-    pair at ``batch``, and make the one-line summary.
+    pair at ``batch``, and make the one-line summary. ``names``: what the validation report calls the two
+    models (default: their paths; "original" and "compressed" for models given in memory), e.g. the path
+    a model validated in a staging folder is moved to (the timings name each by its file name).
 
     Returns ``(validation_report, bench_report, summary)``, ``bench_report`` None when the validation
     failed (not timed); the caller prints them and then calls ``validation_report.raise_if_failed()``.
@@ -1220,21 +1223,23 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     """
     from .bench import bench
 
-    names = None
-    if isinstance(original_path, onnx.ModelProto) or isinstance(compressed_path, onnx.ModelProto):
-        names = ["original", "compressed"]
+    in_memory = isinstance(original_path, onnx.ModelProto) or isinstance(compressed_path, onnx.ModelProto)
+    bench_names = ["original", "compressed"] if in_memory else None  # (else bench names each by its file name)
+    names = names if names is not None else bench_names
     report = validate(original_path, compressed_path, inputs=inputs, provider=provider, rtol=rtol, atol=atol,
                       min_top1_agreement=min_top1_agreement, max_accuracy_drop=max_accuracy_drop,
                       max_mean_rel=max_mean_rel, min_mean_cosine=min_mean_cosine, min_nn_agreement=min_nn_agreement,
                       min_position_agreement=min_position_agreement, min_sequence_agreement=min_sequence_agreement,
                       min_iou=min_iou, figures_only=figures_only, output_kinds=output_kinds, threads=threads)
+    if names is not None:
+        report = replace(report, original=str(names[0]), compressed=str(names[1]))
     if not report.passed:  # nothing will be written: timing it would only make the user wait
         return report, None, summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
                                           macs_kept=macs_kept)
     models, note = [original_path, compressed_path], ""
     try:
         timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
-                       names=names, **(bench_options or {}))
+                       names=bench_names, **(bench_options or {}))
     except RandomInputsError as exc:  # (a string input, ids that overflow a table): time on the validation inputs
         reason = exc.reason
         if inputs.is_random or len(inputs) < batch:
@@ -1242,8 +1247,8 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
                                 macs_kept=macs_kept)
             return report, None, line + f"\nnote: not timed (timing feeds random inputs: {reason})"
         feeds = next(inputs.batches(batch))
-        timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, names=names, feeds=feeds,
-                       **(bench_options or {}))
+        timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, names=bench_names,
+                       feeds=feeds, **(bench_options or {}))
         note = f"\nnote: timed on the first {batch} validation input(s): random timing inputs do not fit ({reason})"
     speedup = timing.speedup(1, batch)
     return report, timing, summary_line(report, speedup, provider=provider, batch=batch,

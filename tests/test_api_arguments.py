@@ -236,6 +236,9 @@ def test_calibration_given_twice_is_named_before_the_workers():
     (dict(method="svd", error_measure="frobenius"), "error_measure='frobenius' has no effect with method='svd'"),
     (dict(method="l-rank", error_measure="spectral"), "error_measure='spectral' has no effect with method='l-rank'"),
     (dict(method="svd", max_groups=2), "max_groups=2 has no effect with method='svd'"),
+    (dict(method="svd-energy", seed=7), "seed=7 has no effect with method='svd-energy'"),  # the same weights
+    (dict(method="l-rank", seed=7), "seed=7 has no effect with method='l-rank'"),
+    (dict(prune="only", seed=7, calibration=_calibration()), "seed=7 has no effect with prune='only'"),
     (dict(refit=False), "refit=False has no effect without calibration inputs"),
     (dict(shrinkage=False), "shrinkage=False has no effect without calibration inputs"),
     (dict(calibration_batch_size=4), "calibration_batch_size=4 has no effect without calibration inputs"),

@@ -506,6 +506,8 @@ def test_explicit_flags_include_defaults_given():
 @pytest.mark.parametrize("flags,message", [
     (["--method", "svd", "--error", "frobenius"], "--error has no effect with --method svd"),
     (["--method", "l-rank", "--max-groups", "4"], "--max-groups has no effect with --method l-rank"),
+    (["--method", "svd", "--seed", "7"], "--seed has no effect with --method svd"),
+    (["--prune", "only", "--calibration-random", "16", "--seed", "7"], "--seed has no effect with --prune only"),
     (["--method", "damage", "--calibration-random", "16", "--sensitivity"],
      "--sensitivity has no effect with --method damage"),
     (["--method", "damage", "--calibration-random", "16", "--max-groups", "2"],
@@ -800,11 +802,15 @@ def test_demo_refused_leaves_no_folder_and_a_failed_validation_is_one_error(tmp_
         return real(original, compressed, **kwargs)
 
     monkeypatch.setattr(validate_module, "validate_and_bench", failing)
-    code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
+    code, stdout, err = run_cli("demo", "--out", str(out), capsys=capsys)
     line = err.strip().splitlines()[-1]  # (validate's advice named --figures-only, which demo does not take)
     assert code == 1 and line.startswith("error: the demo's validation failed: output 'logits'")
     assert "compress less (a --keep-flops above 0.5)" in line and "--figures-only" not in line
-    assert json.loads((out / "demo_report.json").read_text())["bench"] is None
+    report = json.loads((out / "demo_report.json").read_text())
+    assert report["bench"] is None
+    # it named the staging folder's copy (.onnx-alds-demo-XXXX/), gone once the run ended
+    assert f"validating {out / 'mnist_resnet.alds.onnx'} against" in stdout
+    assert report["validate"]["compressed"] == str(out / "mnist_resnet.alds.onnx")
 
 
 def test_main_in_a_running_process_leaves_logging_and_warnings_as_they_were(cnn_path, tmp_path, capsys, monkeypatch):

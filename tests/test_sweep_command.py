@@ -668,7 +668,7 @@ def test_timing_a_fixed_batch_model_with_two_seeds_writes_its_record(tmp_path, c
     of a method had one name ("got 3 names for 3 models"). Neither wrote sweep.json."""
     _save_fixed_batch_gemm(tmp_path / "fixed.onnx")
     out = tmp_path / "sweep"
-    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--methods", "svd", "--seed",
+    code, _, err = run(["sweep", str(tmp_path / "fixed.onnx"), "--keep-params", "0.5", "--methods", "alds", "--seed",
                         "0", "1", "--random", "16", "-o", str(out), "--rank-multiple", "1", "--bench-time", "0.2",
                         "--no-plots", "--no-progress"], capsys)
     assert code == 0, err
@@ -883,3 +883,17 @@ def test_a_limit_above_the_sample_count_is_noted(tiny, tmp_path, capsys):
     assert any("--limit 100000 is more than the 40 samples" in note for note in notes)
     assert run(args(tmp_path / "o2", "20"), capsys)[0] == 0
     assert not any("--limit" in note for note in record(tmp_path / "o2")["rows"][0].get("notes", []))
+
+
+def test_seeds_make_one_variant_per_budget_for_methods_without_random_starts(tiny, tmp_path, capsys):
+    """--seed 0 1 with svd made two variants per budget of the same model (svd has no random starts)."""
+    out = tmp_path / "out"
+    args = ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "--methods", "alds", "svd", "--inputs",
+            str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-progress", "--no-plots",
+            "--no-bench", "--seed", "3", "5"]
+    code, stdout, _ = run(args, capsys)
+    rows = record(out)["rows"]
+    assert code == 0 and sorted((row["method"], row["seed"]) for row in rows) == [("alds", 3), ("alds", 5),
+                                                                                  ("svd", 3)]
+    assert all(row["status"] == "ok" for row in rows)
+    assert "tiny / svd: the seed has no effect" in stdout and "alds: the seed" not in stdout
