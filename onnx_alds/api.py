@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import logging
+import math
 import numbers
 import sys
 import time
@@ -814,7 +815,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         options = replace(options, speed=replace(options.speed, batch=default_batch(proto, input_shapes)))
     prepared.check_keep_dense(keep_dense)
     if decisions is not None:  # the model must be the one the plan was made for; its skipped layers stay dense
-        keep_dense.update(decisions.check(prepared, input_shapes))
+        keep_dense.update(decisions.check(prepared, input_shapes, calibrated=calibration is not None))
     if keep_dense:
         layers = [replace(layer, skip_reason=keep_dense[layer.name])
                   if layer.name in keep_dense and layer.compressible else layer for layer in layers]
@@ -1388,8 +1389,11 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     from .latency import SETTLE_TOLERANCE
 
     if measured is not None and measured > report.requested * (1 + SETTLE_TOLERANCE):
+        when = " when the plan was made" if str(report.latency.get("source", "")).startswith("the plan") else ""
         warnings.append(f"--keep-latency {report.requested:g} not reached in measurement: the model written measured "
-                        f"{measured:.3f} of the dense model's time (the tables predicted {report.achieved:.3f}); the "
+                        f"{measured:.3f} of the dense model's time{when} ("
+                        + (f"the tables predicted {report.achieved:.3f}" if math.isfinite(report.achieved) else
+                           "no prediction: a layer's time is not recorded") + "); the "
                         "ops that do not change or the layers' pairs save less here than timed alone")
     inputs = {layer.name: layer.matrix_shape[1] for layer in prepared.layers}
     starved = [(row.name, stats[row.name].count, inputs[row.name]) for row in report.layers

@@ -1030,9 +1030,13 @@ class _Decisions:
     def _error(self, message: str) -> PlanError:
         return PlanError(f"the plan does not fit this model: {message}")
 
-    def check(self, prepared, input_shapes) -> dict[str, str]:
+    def check(self, prepared, input_shapes, *, calibrated: bool = False) -> dict[str, str]:
         """Every layer of the model in the plan and the other way round, with the same op and weight
-        shape, at the same input shapes; returns the layers to keep dense as the plan skipped them."""
+        shape, at the same input shapes, and every layer the plan factorizes factorizable (with calibration
+        inputs, ``calibrated``: by data-aware factors too); returns the layers to keep dense as the plan
+        skipped them."""
+        from .api import _uncalibrated_reason
+
         fix = "make a new plan for it with onnx-alds plan"
         inputs = planned_inputs(prepared.model, input_shapes)
         planned = {name: tuple(dims) for name, dims in self.plan.model.get("inputs", {}).items()}
@@ -1055,9 +1059,10 @@ class _Decisions:
                 raise self._error(
                     f"layer '{decision.name}' multiplies weight '{layer.weight}' in the model but '{decision.weight}' "
                     f"in the plan (nodes reordered or renamed since the plan was made); {fix}")
-            if decision.option == FACTORIZED and not layer.compressible:
+            why = layer.skip_reason if not layer.compressible else _uncalibrated_reason(layer) if calibrated else None
+            if decision.option == FACTORIZED and why:
                 raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
-                                  f"this model ({layer.skip_reason}); set its \"option\" to \"dense\" or {fix}")
+                                  f"this model ({why}); set its \"option\" to \"dense\" or {fix}")
         missing = [name for name in model_layers if name not in self.by_name]
         if missing:
             raise self._error(f"layer '{missing[0]}' of the model has no entry in the plan ({len(missing)} missing); "
@@ -1166,7 +1171,7 @@ class _PruneDecisions:
         return any(decision.option == FACTORIZED for decision in self.plan.layers)
 
     def check(self, prepared, input_shapes) -> None:
-        self.layers.check(prepared, input_shapes)
+        self.layers.check(prepared, input_shapes, calibrated=True)  # (pruning is data-aware)
         if self.options.search.prune == "only" and self.factorizes:
             first = next(d.name for d in self.plan.layers if d.option == FACTORIZED)
             raise PlanError(f"layer '{first}' is factorized in a plan that prunes only (prune: only); set its "
@@ -1242,6 +1247,8 @@ class _PlanTimes:
             groups = decisions[decision.name].groups if decision.name in decisions else 0
             times = self.layer_times(decision.name, groups, 0, None)
             if times is None:
+                if groups:  # factorized, with no time recorded (its "predicted" removed): not predictable
+                    return None
                 continue
             dense, value, _ = times
             if value is None:

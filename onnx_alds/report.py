@@ -251,7 +251,9 @@ def _latency_lines(latency: dict) -> list[str]:
     if latency.get("whole_model_note"):
         lines.append("latency: " + latency["whole_model_note"]
                      + (f"; measured speedup {latency['measured_speedup']:.2f}x" if latency.get("measured_speedup")
-                        else ""))
+                        else "")
+                     + (" (measured when the plan was made; nothing is timed here)"
+                        if str(latency.get("source", "")).startswith("the plan") else ""))
     if latency.get("table_seconds") is not None:
         lines.append(f"latency tables: {latency.get('layers_timed', 0)} layers, {latency.get('timings', 0)} "
                      f"single-layer timings in {latency.get('loops', 0)} loops, {latency['table_seconds']:.2f} s; "

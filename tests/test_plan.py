@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -81,6 +82,16 @@ def test_latency_plan_round_trip_measures_nothing_on_apply(tmp_path):
     assert "measured when the plan was made" in applied.report.format()
     assert not any(note.startswith("achieved ") for note in applied.report.notes)
     assert "measured_ratio" not in edited.latency
+    # a factorized layer whose (optional) "predicted" was removed counted as dense: "achieved 0.85" printed
+    # for a model with that layer factorized, 1.00 with every layer's removed
+    factorized = next(row.name for row in applied.report.layers if row.groups)
+    data = json.loads(plan.to_json())
+    for entry in data["layers"]:
+        if entry["name"] == factorized:
+            del entry["predicted"]
+    unknown = apply_plan(model, Plan.from_dict(data)).report
+    assert math.isnan(unknown.achieved) and "achieved not predicted" in unknown.format()
+    assert next(row for row in unknown.layers if row.name == factorized).groups
 
 
 def test_edited_plan_applies_and_shows_the_edit():
@@ -932,3 +943,30 @@ def test_skip_reasons_that_edits_made_stale_are_not_repeated():
     rows = {row.name: row for row in apply_plan(model, Plan.from_dict(pruning), calibration=calibration).report.layers}
     assert rows["up"].skip_reason == rows["down"].skip_reason == (
         "skipped in the plan (in a block it narrowed when it was made)")
+
+
+def test_a_layer_data_aware_factors_cannot_reach_is_refused_when_the_plan_factorizes_it():
+    """A weight-first MatMul (y = W·x) edited to "factorized" in a data-aware plan was left dense with exit 0,
+    and the report's note said it was factorized as edited."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("W1", (32, 32)), ("Wl", (16, 8)), ("W2", (32, 32)))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["Wl", "h"], ["l"], name="left"),  # [16, 8] @ [N, 8, 32]
+             helper.make_node("MatMul", ["l", "W2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 32])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = random_inputs(model, 16, seed=1)
+    plan = make_plan(model, keep_params=0.7, rank_multiple=1, calibration=calibration)
+    assert plan.layer("left").option != "factorized"
+    edited = plan.with_layer("left", option="factorized", groups=1, rank=4)
+    with pytest.raises(PlanError, match=r"layer 'left' is factorized in the plan but cannot be factorized in this "
+                                        r"model \(MatMul with the weight first: data-aware factors"):
+        apply_plan(model, edited, calibration=calibration)
+    data_free = make_plan(model, keep_params=0.7, rank_multiple=1).with_layer("left", option="factorized", groups=1,
+                                                                              rank=4)
+    rows = {row.name: row for row in apply_plan(model, data_free).report.layers}
+    assert rows["left"].groups == 1 and rows["left"].rank == 4  # data-free factors reach it
