@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import __version__
 from .argtypes import any_float, non_negative_int, positive_int, random_seed
@@ -535,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.formatter_class = HelpFormatter
         command.allow_abbrev = False  # `--rank 8` read as --rank-multiple 8, `--keep-p` as --keep-params
         command.set_defaults(command_parser=command)  # (given_flags, _refuse_empty_values)
+        command.error = _with_usage_hint(command)  # (argparse calls parser.error(message))
         # -v after the command too (`onnx-alds compress m.onnx -o s.onnx -v`); SUPPRESS keeps one given before it
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="log diagnostics to stderr")
@@ -645,6 +646,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _main(argv)
 
 
+_PARSED: list[str] = []  # the arguments being parsed, for the hints of usage errors
+
+
+def _with_usage_hint(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
+    """``parser.error`` saying why a positional went missing where a flag took it: ``--exclude`` takes
+    every word after it (``--exclude P model.onnx``: "the following arguments are required: model")."""
+    error = parser.error
+
+    def with_hint(message: str) -> NoReturn:
+        greedy = [flag for flag in ("--exclude",) if flag in _PARSED]
+        if greedy and "the following arguments are required" in message:
+            message += (f" ({greedy[0]} takes every word after it as a pattern: give the model before "
+                        f"{greedy[0]}, or end its patterns with --)")
+        error(message)
+
+    return with_hint
+
+
 def _loaded_parser() -> argparse.ArgumentParser:
     """:func:`build_parser` with Ctrl-C, SIGTERM and SIGHUP held while the modules load: raised inside a C
     extension's import, the interrupt broke it (an ImportError, a crash); held (recorded by a handler, so
@@ -666,6 +685,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 130
     _usable_standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
+    _PARSED[:] = argv
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage, which lists the flags it takes (argparse shows the top level's)
         (getattr(args, "command_parser", None) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -1278,3 +1278,12 @@ def test_sensitivity_weighted_figures_are_labelled_as_such(cnn_path, tmp_path, c
     code, out, _ = run_cli("compress", cnn_path, "-o", tmp_path / "o.onnx", "--keep-params", "0.6", "--method", "svd",
                            "--calibration-random", "16", "--sensitivity", "--rank-multiple", "1", capsys=capsys)
     assert code == 0 and "rank cut × s" in out and "times its sensitivity weight s" in out
+
+
+def test_a_model_taken_by_exclude_is_explained(cnn_path, capsys):
+    """`analyze --exclude P model.onnx` said only "the following arguments are required: model"."""
+    code, _, err = run_cli("analyze", "--exclude", "conv*", cnn_path, capsys=capsys)
+    assert code == 2 and "required: model (--exclude takes every word after it as a pattern" in err
+    assert run_cli("analyze", "--exclude", "conv*", "--", cnn_path, capsys=capsys)[0] == 0
+    code, _, err = run_cli("analyze", capsys=capsys)  # no --exclude: no hint
+    assert code == 2 and "required: model" in err and "--exclude" not in err.splitlines()[-1]

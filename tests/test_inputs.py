@@ -273,6 +273,19 @@ def test_mnist_preset_grayscale_28(tmp_path):
     np.testing.assert_array_equal(data.labels, [7, 3])  # sorted by name: mnist_00_7, mnist_01_3
 
 
+def test_images_that_do_not_fit_name_the_preset_that_does(tmp_path):
+    """Digits for a 1x28x28 model with the default preprocessing took three tries: "add --grayscale", then
+    "needs one --mean and --std value", then "makes 1x224x224 ... choose the matching --preprocess"."""
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "d.png")
+    with pytest.raises(InputDataError, match=r"use --preprocess mnist, whose images fit it"):
+        load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path)
+    with pytest.raises(InputDataError, match=r"makes 1x224x224 per image.*use --preprocess mnist"):
+        load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path,
+                    preprocess=Preprocess("gray", resize_short=256, crop=(224, 224), channels=1))
+    with pytest.raises(InputDataError, match=r"add --grayscale"):  # no preset makes 1x32x32
+        load_inputs(_image_model(["N", 1, 32, 32]), images=tmp_path)
+
+
 def test_mnist_preset_matches_the_bundled_model(tmp_path):
     """The preset scaled to 0..1 only; the bundled model expects torchvision's normalization: on real
     digits saved as PNG its accuracy was 0.000 through the preset (and validation still passed)."""
