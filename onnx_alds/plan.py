@@ -520,9 +520,14 @@ class _Reader:
         return float(value)
 
     def dims(self, value: Any, where: str, named: bool = False) -> tuple:
-        """A list of dims; ``named``: a dynamic dim may stay a name (a plan made with dims left dynamic)."""
-        return tuple(d if named and isinstance(d, str) and d else self.integer(d, where)
-                     for d in self.list(value, where))
+        """A list of dims; ``named``: a dynamic dim may stay a name (a plan made with dims left dynamic), not a
+        number written as a string ("28" would print as 28 and never match the model's 28)."""
+        dims = self.list(value, where)
+        for d in dims:
+            if named and isinstance(d, str) and d.strip().lstrip("+-").isdigit():
+                raise self.fail(where, f"got the string {_short(d)}; give a size as a number ({d.strip()}), a "
+                                       "dynamic dim as its name")
+        return tuple(d if named and isinstance(d, str) and d else self.integer(d, where) for d in dims)
 
     def options(self, value: Any) -> dict:
         options = self.mapping(value, "options", required=("budget", "search", "data"),
@@ -1366,7 +1371,8 @@ def run_apply_command(args: argparse.Namespace) -> int:
         first = edited[0]
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             f"{len(edited)} layers differ from what the plan predicted (edited; first: '{first.name}' "
-            f"{first.option}{f' g={first.groups} r={first.rank}' if first.option == FACTORIZED else ''}): their errors "
+            f"{first.option}{f' g={first.groups} r={first.rank} {first.order}' if first.option == FACTORIZED else ''}"
+            "): their errors "
             "are recomputed, their times unknown",)))
     return write_result(args, result)
 

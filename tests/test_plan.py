@@ -970,3 +970,29 @@ def test_a_layer_data_aware_factors_cannot_reach_is_refused_when_the_plan_factor
                                                                               rank=4)
     rows = {row.name: row for row in apply_plan(model, data_free).report.layers}
     assert rows["left"].groups == 1 and rows["left"].rank == 4  # data-free factors reach it
+
+
+def test_an_order_edit_is_named_and_a_size_written_as_a_string_is_refused(tmp_path, capsys):
+    """An edit of the order alone read "(edited; first: 'conv1' factorized g=1 r=16)"; an input dim edited to
+    the string "16" was taken for a dim name: "resolve to x:1x3x16x16, the plan was made at x:1x3x16x16"."""
+    model = two_order_cnn()
+    plan = make_plan(model, keep_flops=0.5, rank_multiple=8)
+    layer = next(d for d in plan.layers if d.option == "factorized" and d.order == "spatial-first"
+                 and model_conv_kernel(model, d.name) > 1)
+    edited = plan.with_layer(layer.name, order="pointwise-first", groups=1, rank=8)
+    save_model(model, tmp_path / "m.onnx")
+    (tmp_path / "p.json").write_text(edited.to_json())
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "p.json"), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert (f"(edited; first: '{layer.name}' factorized g=1 r=8 pointwise-first)"
+            in capsys.readouterr().out)
+    data = json.loads(plan.to_json())
+    name, dims = next(iter(data["model"]["inputs"].items()))
+    data["model"]["inputs"][name] = [dims[0], str(dims[1])] + dims[2:]
+    with pytest.raises(PlanError, match=rf"model.inputs.{name}: got the string \"{dims[1]}\"; give a size as a "
+                                        rf"number \({dims[1]}\)"):
+        Plan.from_dict(data)
+
+
+def model_conv_kernel(model: onnx.ModelProto, name: str) -> int:
+    node = next(n for n in model.graph.node if n.name == name)
+    return int(np.prod(next(a.ints for a in node.attribute if a.name == "kernel_shape")))
