@@ -789,28 +789,43 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-def weights_digest(model, *, named: bool = False) -> str:
+DIGEST_SCHEMES = ("readers", "unnamed", "named")  # the current digest of weights first, then earlier plans' ones
+
+
+def weights_digest(model, *, scheme: str = "readers") -> str:
     """SHA-256 of a model's constants (initializers and Constant nodes, subgraphs included: types, shapes and
-    values; empty ones hold nothing and are left out), as the user gave it, whatever their names and order. A
-    plan keeps it, so that applying the plan to a model whose weights changed (same names and shapes) is
-    noticed, and a model whose constants are only renamed (or re-exported with an empty Resize roi more) is
-    not. ``named``: the digest plans written before 2026-12 keep (names included, every constant)."""
+    values; empty ones hold nothing and are left out), whatever their names and order, each bound to the
+    Conv/Gemm/MatMul inputs that read it (node name and input index). A plan keeps it, so that applying the
+    plan to a model whose weights changed (same names and shapes; two layers' weights swapped) is noticed,
+    and a model whose constants are only renamed (or re-exported with an empty Resize roi more) is not.
+    ``scheme``: "readers" (this one); "unnamed" (plans of early 2026-12: no readers, so a swap went
+    unnoticed); "named" (plans written before 2026-12: names included, every constant)."""
     import hashlib
 
-    from .layers import constant_tensors
+    from .layers import constant_tensors, is_layer_node, iter_graphs
     from .model_io import open_model
 
     opened = open_model(model)
+    tensors = constant_tensors(opened.model)
+    readers: dict[str, list[str]] = {}
+    if scheme == "readers":
+        for _, graph in iter_graphs(opened.model.graph):
+            for node in graph.node:
+                if is_layer_node(node) and node.name:
+                    for index, name in enumerate(node.input):
+                        if name in tensors:
+                            readers.setdefault(name, []).append(f"{node.name}:{index}")
     digest = hashlib.sha256()
     parts = []
-    for name, tensor in sorted(constant_tensors(opened.model).items()):
+    for name, tensor in sorted(tensors.items()):
         array = np.ascontiguousarray(numpy_helper.to_array(opened.store.load(tensor)))
         head = f"{tensor.data_type}|{array.shape}|".encode()
-        if named:  # one running hash over the constants in name order
+        if scheme == "named":  # one running hash over the constants in name order
             digest.update(f"{name}|".encode() + head)
             digest.update(array.tobytes())
         elif array.size:
-            parts.append(hashlib.sha256(head + array.tobytes()).digest())
+            read_by = "|".join(sorted(readers.get(name, ()))).encode()
+            parts.append(hashlib.sha256((read_by + b"|" if read_by else b"") + head + array.tobytes()).digest())
     for part in sorted(parts):
         digest.update(part)
     return digest.hexdigest()
@@ -986,8 +1001,7 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_weights = plan.model.get("weights")
-    if planned_weights and planned_weights != weights_digest(model) \
-            and planned_weights != weights_digest(model, named=True):  # (a plan written before 2026-12)
+    if planned_weights and all(planned_weights != weights_digest(model, scheme=scheme) for scheme in DIGEST_SCHEMES):
         result = replace(result, report=replace(result.report, warnings=result.report.warnings + (
             "the model's weights differ from those the plan was made on (same layers and shapes, other values): "
             "its ranks and widths were chosen for the other weights, so its predicted errors do not hold here "

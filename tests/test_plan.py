@@ -303,11 +303,40 @@ def test_a_model_whose_constants_are_only_renamed_or_an_empty_one_added_is_not_s
     for node in renamed.graph.node:
         node.input[:] = [bias.name if name == old else name for name in node.input]
     renamed.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), "roi"))
-    assert weights_digest(renamed) == weights_digest(model) != weights_digest(renamed, named=True)
+    assert weights_digest(renamed) == weights_digest(model) != weights_digest(renamed, scheme="named")
     assert not any("weights differ" in w for w in apply_plan(renamed, plan).report.warnings)
     earlier = plan.to_dict()
-    earlier["model"]["weights"] = weights_digest(model, named=True)
-    assert not any("weights differ" in w for w in apply_plan(model, Plan.from_json(json.dumps(earlier))).report.warnings)
+    for scheme in ("named", "unnamed"):  # plans written before 2026-12, and early in 2026-12
+        earlier["model"]["weights"] = weights_digest(model, scheme=scheme)
+        applied = apply_plan(model, Plan.from_json(json.dumps(earlier))).report
+        assert not any("weights differ" in w for w in applied.warnings)
+
+
+
+def test_two_layers_weights_swapped_are_said_to_differ():
+    """Two layers of one shape with their weights swapped (names kept): the plan applied without the "weights
+    differ" warning, since the digest was the set of the constants' values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.plan import weights_digest
+
+    def chain(swap: bool) -> onnx.ModelProto:
+        rng = np.random.default_rng(5)
+        values = [rng.standard_normal((32, 32)).astype(np.float32) for _ in range(2)]
+        if swap:
+            values.reverse()
+        nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+                 helper.make_node("MatMul", ["h", "W2"], ["y"], name="fc2")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                                  [numpy_helper.from_array(values[0], "W1"), numpy_helper.from_array(values[1], "W2")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert weights_digest(chain(True), scheme="unnamed") == weights_digest(chain(False), scheme="unnamed")
+    assert weights_digest(chain(True)) != weights_digest(chain(False))
+    plan = round_trip(make_plan(chain(False), keep_params=0.6, rank_multiple=1))
+    assert not any("weights differ" in w for w in apply_plan(chain(False), plan).report.warnings)
+    assert any("weights differ" in w for w in apply_plan(chain(True), plan).report.warnings)
 
 
 # --------------------------------------------------------------------------------------------------
