@@ -1505,8 +1505,10 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
     else:
         outside = total - sum(layer.macs or 0 for layer in prepared.layers)
         if outside > 0.05 * total:
-            why += (f"; {outside / total:.0%} of the MACs are in nodes that are no factorizable layer "
-                    "(ConvTranspose, products of two run-time tensors such as attention scores), left as they are")
+            ops = sorted({node.op_type for _, graph in iter_graphs(prepared.model.graph) for node in graph.node
+                          if is_counted_node(node) and not is_layer_node(node)})
+            why += (f"; {outside / total:.0%} of the MACs are in nodes that are not factorizable layers"
+                    + (f" ({', '.join(ops)})" if ops else "") + ", left as they are")
     if prepared.unchanged_ops:
         why += f"; the model's other layers stay as they are: {prepared.unchanged_ops}"
     return why

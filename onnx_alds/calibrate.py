@@ -57,10 +57,12 @@ patch chunk.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
 import os
+import signal
 import sys
 import zlib
 from collections import deque
@@ -1093,8 +1095,9 @@ def unreachable_ray(address: Optional[str]) -> Optional[str]:
 
 def init_ray(ray, address: Optional[str], **options) -> None:
     """``ray.init(address, **options)``, keeping this process's SIGTERM and SIGINT handlers: Ray installs its
-    own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up.
-    Raises ConnectionError first when ``address`` (or, without one, ``RAY_ADDRESS``) is ``host:port`` and
+    own (a native stack dump and exit 15 on SIGTERM), which would bypass the command line's clean-up. A
+    SIGINT or SIGTERM while Ray starts is held until it has, then Ray is stopped and KeyboardInterrupt
+    raised. Raises ConnectionError first when ``address`` (or, without one, ``RAY_ADDRESS``) is ``host:port`` and
     nothing answers there: ``ray.init`` retries such an address forever."""
     target = address or os.environ.get("RAY_ADDRESS")
     reason = unreachable_ray(target)
@@ -1108,12 +1111,34 @@ def init_ray(ray, address: Optional[str], **options) -> None:
     kept = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
     if kept is not None:
         constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    # Ctrl-C and SIGTERM wait until ray.init returns: raised mid-start, they left Ray's agents running,
+    # orphaned. Ray sets its own SIGTERM handlers while it starts (sys.exit(15); its node's clean-up), which
+    # would not wait: they are not set here (the command line's handlers are put back after anyway).
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    set_handler = getattr(utils, "set_sigterm_handler", None)
+    if callable(set_handler):
+        utils.set_sigterm_handler = lambda handler: None
+    from .signals import held_signals
+
     try:
-        with _signal_handlers_kept():
-            ray.init(address=address, **options)
+        with held_signals(("SIGINT", "SIGTERM")) as caught:
+            with _signal_handlers_kept():
+                ray.init(address=address, **options)
+        if caught:
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # interrupted while Ray starts: what it started (its node, agents) is stopped, and the interrupt
+        # raised as the command line's (exit 130 with its message)
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            shutdown_ray(ray)
+        raise KeyboardInterrupt from None
     finally:
         if kept is not None:
             constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = kept
+        if callable(set_handler):
+            utils.set_sigterm_handler = set_handler
 
 
 def shutdown_ray(ray) -> None:
@@ -1128,7 +1153,6 @@ def shutdown_ray(ray) -> None:
 def _signal_handlers_kept():
     """Inside, Ray may replace the SIGTERM and SIGINT handlers (in Python or below it); they are set again
     on leaving (in the main thread only: elsewhere no handler can be set)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():

@@ -60,7 +60,7 @@ def _refuse_unreachable_data(model: onnx.ModelProto) -> None:
     saying how to get the complete model (a light result of ``compress``, or a proto read without its
     external data)."""
     tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
-                              _attribute_tensors(model.graph))
+                              _attribute_tensors(model.graph, model.functions))
     stubs = [tensor for tensor in tensors if _is_external(tensor)]
     if not stubs:
         return
@@ -83,6 +83,22 @@ def _refuse_in_memory_stubs(tensors: Iterable[onnx.TensorProto]) -> None:
                                  "store: a light result of compress); give onnx_alds.model_io.materialize(result.model, "
                                  "result.store), or save it with onnx_alds.model_io.save_model(result.model, path, "
                                  "store=result.store) and give the path")
+
+
+def _refuse_stubs_without_store(model: onnx.ModelProto) -> None:
+    """Raise :class:`ModelLoadError` for any tensor of ``model`` that holds no data of its own (a stub of a
+    light result, in memory or reading the input's data file): with no store to read it from, it would be
+    written (or left) pointing at a file beside the output that does not exist."""
+    tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
+                              _attribute_tensors(model.graph, model.functions))
+    stubs = [tensor for tensor in tensors if _is_external(tensor)]
+    _refuse_in_memory_stubs(stubs)
+    if stubs:
+        location = {entry.key: entry.value for entry in stubs[0].external_data}.get("location", "")
+        raise ModelLoadError(f"the model's tensor '{stubs[0].name}' holds no data of its own (it reads '{location}' "
+                             "beside the model it came from: a light result of compress, or a model loaded without "
+                             "its external data); give store=result.store, or the complete model "
+                             "(onnx.load(path) with its external data)")
 
 
 def _model_path(model: Any) -> Path:
@@ -334,13 +350,22 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _graphs(sub)
 
 
-def _attribute_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    for sub in _graphs(graph):
-        for node in sub.node:
+def _attribute_tensors(graph: onnx.GraphProto,
+                       functions: Iterable[onnx.FunctionProto] = ()) -> Iterator[onnx.TensorProto]:
+    """The tensors nodes hold as attributes (Constant values ...): of ``graph`` and its subgraphs, and of
+    the bodies of ``functions`` (a model's local functions; a Constant there may be in external data too)."""
+    nodes = [node for sub in _graphs(graph) for node in sub.node]
+    for function in functions:
+        for node in function.node:
+            nodes.append(node)
             for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
+                subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+                nodes += [inner for sub in subgraphs for body in _graphs(sub) for inner in body.node]
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
 
 
 class TensorStore:
@@ -549,7 +574,7 @@ def _open_model(model: Union[ModelLike, OpenedModel]) -> OpenedModel:
         for tensor in graph.initializer:
             if _is_external(tensor) and _elements(tensor) <= LIGHT_ELEMENTS:
                 store.fill(tensor)
-    for tensor in _attribute_tensors(proto.graph):
+    for tensor in _attribute_tensors(proto.graph, proto.functions):
         if _is_external(tensor):
             store.fill(tensor)
     _check_has_graph(proto, path)
@@ -598,9 +623,9 @@ def _estimated_bytes(tensor: onnx.TensorProto) -> int:
 
 def materialize(model: onnx.ModelProto, store: Optional[TensorStore]) -> onnx.ModelProto:
     """Turn every stub of ``model`` into its complete tensor, in place; returns ``model``. Raises
-    :class:`ModelLoadError` for an in-memory stub without ``store`` (or of another store)."""
+    :class:`ModelLoadError` for a stub without ``store`` (in memory or reading a file), or of another store."""
     if store is None:
-        _refuse_in_memory_stubs(tensor for graph in _graphs(model.graph) for tensor in graph.initializer)
+        _refuse_stubs_without_store(model)
     if store is not None:
         for graph in _graphs(model.graph):
             for tensor in graph.initializer:
@@ -842,8 +867,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                               "path for the model")  # (Path() drops the slash or the dot)
     target = Path(path)
     check_output_path(target, protect)
-    if store is None:  # written as they are, the stubs would point to a file named onnx-alds-in-memory
-        _refuse_in_memory_stubs(tensor for graph in _graphs(model.graph) for tensor in graph.initializer)
+    if store is None:  # written as they are, the stubs would point to onnx-alds-in-memory, or to a data file
+        _refuse_stubs_without_store(model)  # beside the output that is not there
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     data_name = target.name + ".data"
@@ -1004,7 +1029,7 @@ def _external_locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     except Exception:  # not a model (a plan, an .npz ...)
         return ()
     tensors = [t for graph in _graphs(model.graph) for t in graph.initializer]
-    tensors += list(_attribute_tensors(model.graph))
+    tensors += list(_attribute_tensors(model.graph, model.functions))
     locations = {entry.value for tensor in tensors if _is_external(tensor)
                  for entry in tensor.external_data if entry.key == "location"}
     return tuple(sorted(os.path.normpath(location) for location in locations if isinstance(location, str)))

@@ -1082,7 +1082,10 @@ class _Decisions:
             if decision.option == FACTORIZED and why:
                 raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
                                   f"this model ({why}); set its \"option\" to \"dense\" or {fix}")
-        missing = [name for name in model_layers if name not in self.by_name]
+        # (a product of two run-time tensors has no weight, so no decision: plans made before such products were
+        # listed as layers hold no entry for them)
+        missing = [name for name, layer in model_layers.items() if name not in self.by_name
+                   and not (layer.params == 0 and not layer.compressible)]
         if missing:
             raise self._error(f"layer '{missing[0]}' of the model has no entry in the plan ({len(missing)} missing); "
                               f"{fix}")

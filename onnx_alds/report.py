@@ -131,7 +131,7 @@ class CompressionReport:
                      f"error: {self.error_measure}, search: {self.search}, seed {self.seed}")
         measured = (self.latency or {}).get("measured_ratio") if self.target == "latency" else None
         achieved = (f"{self.achieved:.4f}" if math.isfinite(self.achieved) else
-                    "not predicted (an edited decision has no recorded time; bench the model)")
+                    "not predicted (a decision has no recorded time: edited, or its time removed; bench the model)")
         asked = "" if round(self.requested, 4) == self.requested else f" ({self.requested!r} asked)"  # 0.99999
         lines.append(f"target: keep {self.target} {self.requested:.4f}{asked}, achieved {achieved}"
                      + (f" predicted by the tables, {measured:.4f} measured on the whole model"

@@ -533,9 +533,7 @@ def run_variant(task: VariantTask, data: ModelData, state: WorkerState) -> Varia
         tick = time.perf_counter()
         try:
             with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-                seed = task.variant.seed if seed_takes_effect(options.get("method", "alds"),
-                                                              options.get("prune", "off")) else 0
-                result = run(state.proto(data), rank_multiple=task.variant.rank_multiple, seed=seed,
+                result = run(state.proto(data), rank_multiple=task.variant.rank_multiple, seed=task.variant.seed,
                              input_shapes=model.input_shapes, calibration=data.calibration if spec.data else None,
                              **target, **options)
         except OnnxAldsError as exc:
@@ -1543,13 +1541,13 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
                 skipped.append({"model": model.name, "method": method, "reason": reason})
                 continue
             seeded = seed_takes_effect(spec.options.get("method", "alds"), spec.options.get("prune", "off"))
-            if not seeded and len(seeds) > 1 and (model.name, method) not in seedless:
+            if not seeded and seeds != [0] and (model.name, method) not in seedless:
                 seedless.add((model.name, method))
                 emit(f"  {model.name} / {method}: the seed has no effect (only ALDS's group search has random "
-                     f"starts): one variant per budget, seed {seeds[0]}")
+                     "starts): one variant per budget, seed 0")
             for rank_multiple in rank_multiples:
                 for keep in keeps:
-                    for seed in (seeds if seeded else seeds[:1]):
+                    for seed in (seeds if seeded else [0]):
                         variant = Variant(model.name, method, target, float(keep), int(rank_multiple), int(seed))
                         tasks.append(VariantTask(variant, spec, model, fingerprint(model, spec, variant, hashes),
                                                  current[model.name],

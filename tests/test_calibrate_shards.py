@@ -263,3 +263,35 @@ def test_a_failed_ray_worker_is_one_error_line():
     shards.ray = FakeRay(Wrapped(InputDataError("bad data in shard")))
     with pytest.raises(InputDataError, match="bad data in shard"):
         shards._get(1, None)
+
+
+@pytest.mark.parametrize("interrupt", [SystemExit(15), KeyboardInterrupt()])
+def test_an_interrupt_while_ray_starts_stops_it_and_is_the_command_lines(interrupt):
+    """SIGTERM while ray.init ran hit Ray's own handler (sys.exit(15)): exit 15, no message, and Ray's agents
+    left running; Ctrl-C there left them running too."""
+    from onnx_alds.calibrate import init_ray
+
+    class Ray:
+        stopped = False
+
+        def init(self, **options):
+            raise interrupt
+
+        def shutdown(self):
+            Ray.stopped = True
+
+    with pytest.raises(KeyboardInterrupt):
+        init_ray(Ray(), None)
+    assert Ray.stopped
+
+
+def test_another_exit_while_ray_starts_is_left_as_it_is():
+    from onnx_alds.calibrate import init_ray
+
+    class Ray:
+        def init(self, **options):
+            raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as caught:
+        init_ray(Ray(), None)
+    assert caught.value.code == 3

@@ -127,6 +127,57 @@ def test_light_result_saves_like_the_complete_one(chain_path, tmp_path):
     assert materialize(light.model, light.store).SerializeToString() == complete.model.SerializeToString()
 
 
+def test_a_light_result_read_from_a_file_is_refused_without_its_store(chain_path, tmp_path):
+    """Its dense weights still read the input's data file: save_model without store= wrote a model naming
+    'chain.onnx.data' beside the output (no such file; the checker refused it), and materialize(model, None)
+    left them stubs."""
+    light = onnx_alds.compress(open_model(chain_path), keep_params=0.8, exclude=["/layer0/*"])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(model_io.ModelLoadError, match=r"holds no data of its own \(it reads 'chain.onnx.data'.*"
+                                                      r"give store=result.store"):
+        save_model(light.model, tmp_path / "out" / "small.onnx")
+    assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(model_io.ModelLoadError, match="holds no data of its own"):
+        materialize(light.model, None)
+    save_model(light.model, tmp_path / "out" / "small.onnx", store=light.store)
+    onnx.checker.check_model(str(tmp_path / "out" / "small.onnx"), full_check=True)
+
+
+def test_a_functions_constant_in_external_data_is_read_with_the_model(tmp_path):
+    """A Constant of a model-local function (one with no layer, so not inlined) stored in the data file kept
+    pointing at it: the written model failed onnx.checker ("this is a bug in onnx-alds", nothing written)."""
+    rng = np.random.default_rng(0)
+    add_c = helper.make_function("local", "AddC", ["x"], ["y"], [
+        helper.make_node("Constant", [], ["C"], value=numpy_helper.from_array(
+            rng.standard_normal((4, 256)).astype(np.float32), "C")),
+        helper.make_node("Add", ["x", "C"], ["y"])], opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W0"], ["a"], name="mm0"),
+         helper.make_node("AddC", ["a"], ["b"], domain="local"),
+         helper.make_node("MatMul", ["b", "W1"], ["y"], name="mm1")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+        [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+         for name, shape in (("W0", (128, 256)), ("W1", (256, 64)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[add_c])
+    # every tensor of 1 kB or more in m.onnx.data, the function's Constant too (as onnx's own converter writes it)
+    onnx.external_data_helper.convert_model_to_external_data(model, location="m.onnx.data", size_threshold=1024,
+                                                             convert_attribute=True)
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path))
+    stored = onnx.load(str(path), load_external_data=False).functions[0].node[0].attribute[0].t
+    assert stored.data_location == TensorProto.EXTERNAL
+    result = onnx_alds.compress(str(path), keep_params=0.6, rank_multiple=1)
+    (tmp_path / "out").mkdir()  # (elsewhere: the data file is not beside it)
+    out = save_model(result.model, tmp_path / "out" / "o.onnx", store=result.store)
+    onnx.checker.check_model(str(out), full_check=True)
+    written = onnx.load(str(out)).functions[0].node[0].attribute[0].t
+    np.testing.assert_array_equal(numpy_helper.to_array(written),
+                                  numpy_helper.to_array(add_c.node[0].attribute[0].t))
+    assert run_model(onnx.load(str(out)), random_feeds(onnx.load(str(path))))[0].shape == (4, 64)
+
+
 def _big_cnn() -> onnx.ModelProto:
     model = small_cnn(width=32)  # conv weights above 4096 elements: held by reference in the light model
     model.graph.node.append(helper.make_node(
@@ -215,8 +266,8 @@ def test_an_unrelated_data_file_at_the_outputs_data_name_is_not_written_over(tmp
 
     model = small_cnn()
     other = tmp_path / "other.onnx"
-    onnx.save(model, str(other), save_as_external_data=True, location="out.onnx.data", size_threshold=0)
-    before = (tmp_path / "out.onnx.data").read_bytes()
+    onnx.save(small_cnn(), str(other), save_as_external_data=True, location="out.onnx.data", size_threshold=0)
+    before = (tmp_path / "out.onnx.data").read_bytes()  # (onnx.save turned the model it saved into stubs)
     with pytest.raises(OutputPathError, match="which exists and is not the data of '.*out.onnx'"):
         save_model(model, tmp_path / "out.onnx", external_data=True)
     assert (tmp_path / "out.onnx.data").read_bytes() == before and not (tmp_path / "out.onnx").exists()
