@@ -215,6 +215,8 @@ class OutputComparison:
     def figures(self) -> str:
         """``rel=… (mean …) abs=… cos=… (mean …)`` and the figures of the output's kind; for integer and
         boolean outputs ``differ=… (mean …)``, the fraction of values that differ (``rel`` holds it)."""
+        if self.samples == 0:  # (no batch had outputs of one size in both models: nothing to put a figure on)
+            return "not compared"
         if EXACT_COMPARISON in self.kind_reason:
             parts = [f"differ={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})"]
         else:
@@ -245,7 +247,7 @@ class OutputComparison:
         if defaults:
             parts.append(f"default for {self.kind}: " + ", ".join(defaults))
         parts += list(self.unchecked)
-        return "; ".join(parts) if parts else ("no tolerance checked" if self.failures else "figures only")
+        return "; ".join(parts) if parts else ("no tolerance could be checked" if self.failures else "figures only")
 
     def line(self) -> str:
         """``PASSED | Output: 'logits' (classifier) | rel=… cos=… top1=… | default for classifier: …``."""
