@@ -1435,7 +1435,7 @@ class DistillReport:
             f"trained: {self.trainable_tensors} tensors ({self.trainable_values:,} values; "
             f"{self.biases} of them biases), "
             f"everything else frozen; loss on the outputs"
-            + (f" and on {self.matching_points} factorized layers' outputs (weight "
+            + (f" and on {self.matching_points} compressed layers' outputs (weight "
                f"{self.settings.get('intermediate_weight')})" if self.matching_points else ""),
             f"data: {self.train_samples} training samples ({self.augmentation}); held out: {self.held_out_samples} "
             "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
@@ -1644,7 +1644,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         student = torch_graph(student_model, found.trainable)
         points, dropped = _points_of_one_shape(teacher, student, train, points, settings.batch_size)
         if dropped:
-            notes.append(f"{dropped} factorized layers' outputs have another shape in the compressed model (a "
+            notes.append(f"{dropped} compressed layers' outputs have another shape in the compressed model (a "
                          "narrowed block): the loss leaves them out")
         _fit_augmenter_to_model(teacher, augmenter, outputs, settings)
         eval_inputs = _held_out_set(held, settings, augmenter)

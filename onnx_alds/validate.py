@@ -1239,6 +1239,10 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
         return report, None, summary_line(report, None, provider=provider, batch=batch, weights_kept=weights_kept,
                                           macs_kept=macs_kept)
     models, note = [original_path, compressed_path], ""
+    # dims the model leaves dynamic are timed at the validation inputs' sizes (a sequence length the .npz
+    # fixes), unless given: asking for --input-shape after the work was done lost it
+    input_shapes = {**{name: (batch, *array.shape[1:]) for name, array in inputs.arrays.items()},
+                    **(input_shapes or {})}
     try:
         timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
                        names=bench_names, **(bench_options or {}))

@@ -1317,3 +1317,24 @@ def test_a_model_compared_with_itself_is_said_to_be_so():
     inputs = InputSet({"x": np.random.default_rng(0).standard_normal((4, 8, 4, 4)).astype(np.float32)})
     report = validate(model, model, inputs=inputs, batch_size=1)
     assert any("compares a model with itself" in note for note in report.notes)
+
+
+def test_compress_validate_times_a_dynamic_sequence_at_the_validation_inputs_length(tmp_path, capsys):
+    """compress --validate --validate-inputs FILE.npz on a model with a dynamic sequence dim compressed and
+    validated, then failed in the timing ("has dynamic dims; give them with --input-shape"): nothing written."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["y"], name="fc2")], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "W1"),
+         numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "val.npz", x=rng.standard_normal((16, 8, 32)).astype(np.float32))
+    code = main(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.6",
+                 "--rank-multiple", "8", "--validate", "--validate-inputs", str(tmp_path / "val.npz"),
+                 "--figures-only"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (tmp_path / "o.onnx").exists() and "speedup" in out
