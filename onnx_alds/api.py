@@ -1332,6 +1332,7 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     ``speed_filtered``: the latency tables dropped options no faster than dense (--order auto, --speed-check),
     which then make the steps coarse."""
     unit = {"rank": "a rank or a group count", "width": "one channel"}.get(steps, "a rank, a group count or a channel")
+    lower = "make the plan again with a lower --rank-multiple" if from_plan else "lower --rank-multiple"
     gap = keep - achieved
     if achieved > keep * OVER_BUDGET and not (applied or from_plan):
         return None, (f"achieved {achieved:.4f}, above the requested {keep:g}: the written model holds more than "
@@ -1354,10 +1355,10 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
     if gap > OVERSHOOT_WARNING * keep and rank_multiple > 1:
         return (f"achieved {achieved:.4f}, well below the requested {keep:g}: with {steps} steps of {rank_multiple} "
                 "(--rank-multiple), the plan with the smallest largest error under the budget is this one (no plan "
-                "closer to the budget has a smaller largest error); the model is cut more than asked, so lower "
-                "--rank-multiple or ask for the figure achieved knowingly"), None
+                f"closer to the budget has a smaller largest error); the model is cut more than asked, so {lower} "
+                "or ask for the figure achieved knowingly"), None
     if gap > 0.01 * keep:
-        why = (f"the {steps} steps are too coarse here (lower --rank-multiple to get closer)" if rank_multiple > 1
+        why = (f"the {steps} steps are too coarse here ({lower} to get closer)" if rank_multiple > 1
                else "the plan with the smallest error costs less than the budget allows (each layer's options cost "
                     f"in steps of {unit})")
         return None, f"achieved {achieved:.4f} is more than 1 % below the requested {keep}: {why}"
@@ -1382,7 +1383,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction
     overshoot = None if measured is not None else \
         budget_gap(report.achieved, report.requested, report.rank_multiple, "rank",
-                   applied=_edited_plan(report.search),
+                   applied=_edited_plan(report.search), from_plan=report.search.startswith("plan"),
                    speed_filtered=bool((report.latency or {}).get("slow_ranks_dropped")))[0]
     if overshoot:
         warnings.append(overshoot)

@@ -1122,8 +1122,13 @@ def init_ray(ray, address: Optional[str], **options) -> None:
 
     try:
         with held_signals(("SIGINT", "SIGTERM")) as caught:
-            with _signal_handlers_kept():
-                ray.init(address=address, **options)
+            try:
+                with _signal_handlers_kept():
+                    ray.init(address=address, **options)
+            except Exception:
+                if not caught:
+                    raise  # (else Ray failed to start because the signal reached its processes too: `timeout`
+                    # and `docker stop` signal the whole process group; the interrupt is what to report)
         if caught:
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit) as exc:

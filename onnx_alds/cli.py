@@ -655,13 +655,26 @@ def _with_usage_hint(parser: argparse.ArgumentParser) -> Callable[[str], NoRetur
     error = parser.error
 
     def with_hint(message: str) -> NoReturn:
-        greedy = [flag for flag in ("--exclude",) if flag in _PARSED]
+        greedy = [flag for flag in ("--exclude",) if flag in _PARSED and _took_a_file(flag)]
         if greedy and "the following arguments are required" in message:
             message += (f" ({greedy[0]} takes every word after it as a pattern: give the model before "
                         f"{greedy[0]}, or end its patterns with --)")
         error(message)
 
     return with_hint
+
+
+def _took_a_file(flag: str) -> bool:
+    """Whether a word ``flag`` took as its value (up to the next flag) names an existing file."""
+    import os
+
+    start = _PARSED.index(flag) + 1
+    for word in _PARSED[start:]:
+        if word.startswith("-"):
+            return False
+        if os.path.isfile(word):
+            return True
+    return False
 
 
 def _loaded_parser() -> argparse.ArgumentParser:

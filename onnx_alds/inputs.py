@@ -858,7 +858,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
                 f"preprocessing {preprocess.describe()} makes {'x'.join(map(str, stacked.shape[1:]))} per image, but "
                 f"input '{spec.name}' is {_pretty_dims(spec.dims)}; "
                 + (f"use --preprocess {preset}, whose images fit it" if (preset := _fitting_preset(spec)) is not None
-                   and preset != preprocess.name else "choose the matching --preprocess or --resize/--crop")
+                   else "choose the matching --preprocess or --resize/--crop")
             )
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
@@ -916,16 +916,21 @@ def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
 
 
 def _fitting_preset(spec: InputSpec) -> Optional[str]:
-    """The preset (:data:`PRESETS`) whose images have exactly the input's channels and size, if one has
-    (``--preprocess mnist`` for a 1x28x28 input): named first, so that one hint fixes every mismatch."""
+    """``--preprocess NAME`` for the presets (:data:`PRESETS`) whose images have exactly the input's channels
+    and size (``mnist`` for a 1x28x28 input; ``imagenet or efficientnet-lite`` for 3x224x224: the shape
+    alone does not tell their normalizations apart), or None: named first, so that one hint fixes every
+    mismatch."""
+    fitting = []
     for name, preset in PRESETS.items():
         size = preset.crop or preset.size
         if size is None or len(spec.dims) != 4:
             continue
         made = (preset.channels, *size) if preset.layout == "NCHW" else (*size, preset.channels)
         if tuple(spec.dims[1:]) == made:
-            return name
-    return None
+            fitting.append(name)
+    if not fitting:
+        return None
+    return " or ".join(fitting) + (" (the one the model was trained with)" if len(fitting) > 1 else "")
 
 
 def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
@@ -933,7 +938,7 @@ def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
     input whole, else the layout whose channel axis holds 1 or 3 channels, with ``--grayscale`` or without
     it, else an .npz."""
     preset = _fitting_preset(spec)
-    if preset is not None and preset != preprocess.name:
+    if preset is not None:
         return f"use --preprocess {preset}, whose images fit it"
     for layout, axis in (("NCHW", 1), ("NHWC", 3)):
         channels = spec.dims[axis]

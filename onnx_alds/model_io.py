@@ -85,14 +85,19 @@ def _refuse_in_memory_stubs(tensors: Iterable[onnx.TensorProto]) -> None:
                                  "store=result.store) and give the path")
 
 
-def _refuse_stubs_without_store(model: onnx.ModelProto) -> None:
+def _refuse_stubs_without_store(model: onnx.ModelProto, beside: Optional[Path] = None) -> None:
     """Raise :class:`ModelLoadError` for any tensor of ``model`` that holds no data of its own (a stub of a
     light result, in memory or reading the input's data file): with no store to read it from, it would be
-    written (or left) pointing at a file beside the output that does not exist."""
+    written (or left) pointing at a file beside the output that does not exist. ``beside``: the folder a
+    model is written to; stubs whose data file is there (a model loaded without its external data, saved
+    next to it, as ``onnx.save`` would) are written as they are."""
     tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
                               _attribute_tensors(model.graph, model.functions))
     stubs = [tensor for tensor in tensors if _is_external(tensor)]
     _refuse_in_memory_stubs(stubs)
+    if beside is not None:
+        stubs = [stub for stub in stubs if not (beside / {entry.key: entry.value for entry in stub.external_data}
+                                                .get("location", "")).is_file()]
     if stubs:
         location = {entry.key: entry.value for entry in stubs[0].external_data}.get("location", "")
         raise ModelLoadError(f"the model's tensor '{stubs[0].name}' holds no data of its own (it reads '{location}' "
@@ -868,7 +873,7 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     target = Path(path)
     check_output_path(target, protect)
     if store is None:  # written as they are, the stubs would point to onnx-alds-in-memory, or to a data file
-        _refuse_stubs_without_store(model)  # beside the output that is not there
+        _refuse_stubs_without_store(model, beside=target.parent)  # beside the output that is not there
     if external_data is None:
         external_data = model_bytes(model, store) > _PROTOBUF_LIMIT
     data_name = target.name + ".data"

@@ -802,19 +802,23 @@ def weights_digest(model, *, scheme: str = "readers") -> str:
     unnoticed); "named" (plans written before 2026-12: names included, every constant)."""
     import hashlib
 
-    from .layers import constant_tensors, is_layer_node, iter_graphs
+    from .layers import chain_source, constant_tensors, is_layer_node, iter_graphs
     from .model_io import open_model
 
     opened = open_model(model)
     tensors = constant_tensors(opened.model)
     readers: dict[str, list[str]] = {}
     if scheme == "readers":
-        for _, graph in iter_graphs(opened.model.graph):
-            for node in graph.node:
-                if is_layer_node(node) and node.name:
-                    for index, name in enumerate(node.input):
-                        if name in tensors:
-                            readers.setdefault(name, []).append(f"{node.name}:{index}")
+        for path, graph in iter_graphs(opened.model.graph):
+            producers = {output: node for node in graph.node for output in node.output}
+            for position, node in enumerate(graph.node):
+                if not is_layer_node(node):
+                    continue
+                reader = node.name or f"{path}#{position}"  # (an unnamed node: by its place, as plans name it)
+                for index, name in enumerate(node.input):
+                    source = chain_source(name, producers)  # (through Identity, Transpose, Cast ...)
+                    if source in tensors:
+                        readers.setdefault(source, []).append(f"{reader}:{index}")
     digest = hashlib.sha256()
     parts = []
     for name, tensor in sorted(tensors.items()):

@@ -295,3 +295,25 @@ def test_another_exit_while_ray_starts_is_left_as_it_is():
     with pytest.raises(SystemExit) as caught:
         init_ray(Ray(), None)
     assert caught.value.code == 3
+
+
+def test_ray_failing_to_start_after_an_interrupt_reports_the_interrupt():
+    """SIGTERM to the process group (timeout, docker stop) reached Ray's processes too: ray.init then failed
+    ("the current node timed out during startup") and that was reported, exit 1, instead of the interrupt."""
+    import signal
+
+    from onnx_alds.calibrate import init_ray
+
+    class Ray:
+        stopped = False
+
+        def init(self, **options):
+            signal.raise_signal(signal.SIGTERM)  # held while Ray starts
+            raise RuntimeError("The current node timed out during startup")
+
+        def shutdown(self):
+            Ray.stopped = True
+
+    with pytest.raises(KeyboardInterrupt):
+        init_ray(Ray(), None)
+    assert Ray.stopped

@@ -1287,3 +1287,5 @@ def test_a_model_taken_by_exclude_is_explained(cnn_path, capsys):
     assert run_cli("analyze", "--exclude", "conv*", "--", cnn_path, capsys=capsys)[0] == 0
     code, _, err = run_cli("analyze", capsys=capsys)  # no --exclude: no hint
     assert code == 2 and "required: model" in err and "--exclude" not in err.splitlines()[-1]
+    code, _, err = run_cli("analyze", "--exclude", "conv*", capsys=capsys)  # no model given at all: none taken
+    assert code == 2 and "required: model" in err and "takes every word" not in err

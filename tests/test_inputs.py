@@ -284,6 +284,10 @@ def test_images_that_do_not_fit_name_the_preset_that_does(tmp_path):
                     preprocess=Preprocess("gray", resize_short=256, crop=(224, 224), channels=1))
     with pytest.raises(InputDataError, match=r"add --grayscale"):  # no preset makes 1x32x32
         load_inputs(_image_model(["N", 1, 32, 32]), images=tmp_path)
+    # two presets make 3x224x224 with other normalizations: both named (the first alone misled)
+    with pytest.raises(InputDataError, match=r"use --preprocess imagenet or efficientnet-lite \(the one the model "
+                                             r"was trained with\)"):
+        load_inputs(_image_model(["N", 3, 224, 224]), images=tmp_path, preprocess="mnist")
 
 
 def test_mnist_preset_matches_the_bundled_model(tmp_path):

@@ -141,6 +141,10 @@ def test_a_light_result_read_from_a_file_is_refused_without_its_store(chain_path
         materialize(light.model, None)
     save_model(light.model, tmp_path / "out" / "small.onnx", store=light.store)
     onnx.checker.check_model(str(tmp_path / "out" / "small.onnx"), full_check=True)
+    # a model read without its external data, saved beside that data (as onnx.save would): written as it is
+    stubs = onnx.load(str(chain_path), load_external_data=False)
+    save_model(stubs, chain_path.parent / "beside.onnx")
+    onnx.checker.check_model(str(chain_path.parent / "beside.onnx"), full_check=True)
 
 
 def test_a_functions_constant_in_external_data_is_read_with_the_model(tmp_path):

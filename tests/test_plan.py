@@ -320,20 +320,24 @@ def test_two_layers_weights_swapped_are_said_to_differ():
 
     from onnx_alds.plan import weights_digest
 
-    def chain(swap: bool) -> onnx.ModelProto:
+    def chain(swap: bool, named: bool = True, through_identity: bool = False) -> onnx.ModelProto:
         rng = np.random.default_rng(5)
         values = [rng.standard_normal((32, 32)).astype(np.float32) for _ in range(2)]
         if swap:
             values.reverse()
-        nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
-                 helper.make_node("MatMul", ["h", "W2"], ["y"], name="fc2")]
+        read = ["W1.read", "W2.read"] if through_identity else ["W1", "W2"]
+        nodes = [helper.make_node("Identity", [name], [name + ".read"]) for name in ("W1", "W2")
+                 if through_identity]
+        nodes += [helper.make_node("MatMul", ["x", read[0]], ["h"], name="fc1" if named else ""),
+                  helper.make_node("MatMul", ["h", read[1]], ["y"], name="fc2" if named else "")]
         graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
                                   [numpy_helper.from_array(values[0], "W1"), numpy_helper.from_array(values[1], "W2")])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
     assert weights_digest(chain(True), scheme="unnamed") == weights_digest(chain(False), scheme="unnamed")
-    assert weights_digest(chain(True)) != weights_digest(chain(False))
+    for layout in (dict(), dict(named=False), dict(through_identity=True)):  # (unnamed nodes, weights read
+        assert weights_digest(chain(True, **layout)) != weights_digest(chain(False, **layout))  # through chains)
     plan = round_trip(make_plan(chain(False), keep_params=0.6, rank_multiple=1))
     assert not any("weights differ" in w for w in apply_plan(chain(False), plan).report.warnings)
     assert any("weights differ" in w for w in apply_plan(chain(True), plan).report.warnings)
@@ -583,7 +587,9 @@ def test_an_unedited_plan_applied_warns_as_compress_does():
     assert any("with rank steps of 16 (--rank-multiple), the plan with the smallest largest error" in w
                for w in compressed.warnings)
     applied = apply_plan(model, round_trip(make_plan(model, keep_flops=0.55, rank_multiple=16))).report
-    assert applied.warnings == compressed.warnings and not any("as edited" in w for w in applied.warnings)
+    as_planned = [w.replace("so lower --rank-multiple", "so make the plan again with a lower --rank-multiple")
+                  for w in compressed.warnings]  # (apply takes no --rank-multiple)
+    assert list(applied.warnings) == as_planned and not any("as edited" in w for w in applied.warnings)
 
 
 def test_a_plan_of_a_model_whose_dims_stay_dynamic(tmp_path):
@@ -762,7 +768,8 @@ def test_an_unedited_pruning_plan_applied_warns_as_its_compression_did():
     compressed = onnx_alds.compress(model, **options).report.warnings
     applied = apply_plan(model, round_trip(make_plan(model, **options)), calibration=calibration).report.warnings
     gap = [w for w in applied if "well below" in w]
-    assert gap and gap == [w for w in compressed if "well below" in w] and "as edited" not in gap[0]
+    assert gap and gap == [w.replace("so lower --rank-multiple", "so make the plan again with a lower --rank-multiple")
+                           for w in compressed if "well below" in w] and "as edited" not in gap[0]
 
 
 def test_a_plan_timed_with_more_threads_than_this_machine_has_loads_and_applies(tmp_path):
@@ -1043,3 +1050,15 @@ def test_a_plan_without_entries_for_products_of_run_time_tensors_applies():
     data["layers"] = [entry for entry in data["layers"] if entry["name"] != "q_proj"]  # a layer with a weight
     with pytest.raises(PlanError, match="layer 'q_proj' of the model has no entry in the plan"):
         apply_plan(model, Plan.from_dict(data))
+
+
+def test_an_unedited_plans_budget_gap_advice_is_about_making_the_plan():
+    """apply said "(lower --rank-multiple to get closer)", a flag apply does not take."""
+    from onnx_alds.api import budget_gap
+
+    warning, _ = budget_gap(0.4, 0.6, 16, "rank", from_plan=True)
+    _, note = budget_gap(0.598, 0.6, 16, "rank", from_plan=True)
+    _, again = budget_gap(0.585, 0.6, 16, "rank", from_plan=True)
+    assert "make the plan again with a lower --rank-multiple" in warning
+    assert note is None and "make the plan again with a lower --rank-multiple to get closer" in again
+    assert "so lower --rank-multiple" in budget_gap(0.4, 0.6, 16, "rank")[0]  # compress: its own flag
