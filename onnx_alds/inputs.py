@@ -857,7 +857,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
             raise InputDataError(
                 f"preprocessing {preprocess.describe()} makes {'x'.join(map(str, stacked.shape[1:]))} per image, but "
                 f"input '{spec.name}' is {_pretty_dims(spec.dims)}; "
-                + (f"use --preprocess {preset}, whose images fit it" if (preset := _fitting_preset(spec)) is not None
+                + (f"use --preprocess {preset}, whose images fit it" if (preset := _fitting_presets(spec)) is not None
                    else "choose the matching --preprocess or --resize/--crop")
             )
     if np.issubdtype(spec.dtype, np.integer):
@@ -915,7 +915,7 @@ def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
         )
 
 
-def _fitting_preset(spec: InputSpec) -> Optional[str]:
+def _fitting_presets(spec: InputSpec) -> Optional[str]:
     """``--preprocess NAME`` for the presets (:data:`PRESETS`) whose images have exactly the input's channels
     and size (``mnist`` for a 1x28x28 input; ``imagenet or efficientnet-lite`` for 3x224x224: the shape
     alone does not tell their normalizations apart), or None: named first, so that one hint fixes every
@@ -937,7 +937,7 @@ def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
     """What makes images fit an input whose channel count the preprocessing misses: a preset that fits the
     input whole, else the layout whose channel axis holds 1 or 3 channels, with ``--grayscale`` or without
     it, else an .npz."""
-    preset = _fitting_preset(spec)
+    preset = _fitting_presets(spec)
     if preset is not None:
         return f"use --preprocess {preset}, whose images fit it"
     for layout, axis in (("NCHW", 1), ("NHWC", 3)):
