@@ -188,13 +188,12 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     unchanged = unchanged_ops_note(proto)
     if unchanged:
         notes.append(f"left as they are (their MACs count in the total where known): {unchanged}")
-    einsums = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
-               if node.op_type == "Einsum" and any(name in constants for name in node.input)]
+    all_einsums = [node for _, graph in iter_graphs(proto.graph) for node in graph.node if node.op_type == "Einsum"]
+    einsums = [node for node in all_einsums if any(name in constants for name in node.input)]
     if einsums:
         notes.append(f"{len(einsums)} {EINSUM_NOTE} (first: '{einsums[0].name}') are left as "
                      "they are (Einsum is not factorized): their weights count in the totals, their MACs do not")
-    products = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
-                if node.op_type == "Einsum" and not any(name in constants for name in node.input)]
+    products = [node for node in all_einsums if not any(name in constants for name in node.input)]
     if products:  # (attention written with torch.einsum; exported as MatMul, the same product counts)
         notes.append(f"{len(products)} Einsum nodes between run-time tensors (first: '{products[0].name}') are left "
                      "as they are: their MACs do not count in the total (MACs are those of Conv, ConvTranspose, "

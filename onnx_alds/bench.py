@@ -77,10 +77,16 @@ class Timing:
     throughput: float
     speedup: float
 
+    @property
+    def measured_spread(self) -> Optional[float]:
+        """``spread``, or None for one run (which has none; 0.0 would read as a perfectly quiet machine)."""
+        return self.spread if self.runs > 1 else None
+
     def line(self) -> str:
+        spread = self.measured_spread
         return (f"{self.model:<32} batch {self.batch_size:<4} median {self.median_ms:9.3f} ms  "
                 f"p10 {self.p10_ms:9.3f}  p90 {self.p90_ms:9.3f}  "
-                f"spread {format(self.spread, '6.1%') if self.runs > 1 else '   n/a'}  "  # (one run has none)
+                f"spread {'   n/a' if spread is None else format(spread, '6.1%')}  "
                 f"{self.throughput:10.1f} samples/s  speedup {self.speedup:5.2f}x  ({self.runs} runs)")
 
 
@@ -184,8 +190,7 @@ class BenchReport:
             "batch_sizes": list(self.batch_sizes),
             "warmup": self.warmup,
             "notes": self.all_notes(),
-            "timings": [dict(asdict(t), spread=t.spread if t.runs > 1 else None)  # one run has no spread
-                        for t in self.timings],
+            "timings": [dict(asdict(t), spread=t.measured_spread) for t in self.timings],
             "layers": [{"model": c.model, "batch_size": c.batch_size, "skipped": list(c.skipped),
                         "rows": [dict(asdict(r), input_shape=list(r.input_shape), pair_nodes=list(r.pair_nodes))
                                  for r in c.rows]} for c in self.layers],

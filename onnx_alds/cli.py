@@ -262,6 +262,8 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
     """A flag that would have no effect with the other flags given is an error, not silently ignored
     (e.g. ``--latency-rounds`` without ``--keep-latency``, ``--rtol`` without ``--validate``). Raises
     InputDataError naming both. ``writes_model=False`` (``plan``): validation flags belong to ``apply``."""
+    from .options import seed_takes_effect
+
     given = given_flags(args)
     validating = bool(getattr(args, "validate", False))
     timing = validating or getattr(args, "keep_latency", None) is not None or getattr(args, "order", None) == "auto" \
@@ -312,7 +314,7 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
          f"--max-groups has no effect with --method {method} (" + ("--damage-max-groups sets the group counts "
                                                                      "measured" if method == "damage" else
                                                                      "it keeps one group") + "); drop one of them"),
-        ("seed", method in (None, "alds"),
+        ("seed", seed_takes_effect(method or "alds"),
          f"--seed has no effect with --method {method} (only ALDS's group search has random starts); drop one of "
          "them"),
         ("speed_check", getattr(args, "keep_latency", None) is None and getattr(args, "order", None) != "auto",

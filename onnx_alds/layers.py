@@ -884,8 +884,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         elif len(shape) == 2:
             f, c = shape if slot == 0 else shape[::-1]
         kernel = 1
-    if tensor is None:  # (a product of two activations, as attention's, is listed with its reason whether or
-        reason = reason or _producer_reason(weight_name, producers, constants)  # not the shapes are known)
+    if tensor is None:  # (a product of two activations, as attention's, is listed whether or not shapes are known)
+        reason = reason or _producer_reason(weight_name, producers, constants)
     elif reason is None and 0 in shape:
         reason = f"empty weight (shape {'x'.join(map(str, shape))}): nothing to factorize"
     elif reason is None and tensor.data_type not in FLOAT_TYPES:

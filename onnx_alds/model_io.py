@@ -55,19 +55,29 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     return proto
 
 
+def _stubs(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``model`` (initializers and attribute tensors, of every graph and local function) whose
+    data is elsewhere: in an external file, or in a light result's store."""
+    tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
+                              _attribute_tensors(model.graph, model.functions))
+    return [tensor for tensor in tensors if _is_external(tensor)]
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    """An external tensor's ``location`` entry ("" when it has none)."""
+    return {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+
+
 def _refuse_unreachable_data(model: onnx.ModelProto) -> None:
     """A ModelProto in memory whose tensors point elsewhere cannot be run: raise :class:`ModelLoadError`
     saying how to get the complete model (a light result of ``compress``, or a proto read without its
     external data)."""
-    tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
-                              _attribute_tensors(model.graph, model.functions))
-    stubs = [tensor for tensor in tensors if _is_external(tensor)]
+    stubs = _stubs(model)
     if not stubs:
         return
     _refuse_in_memory_stubs(stubs)
-    locations = [{entry.key: entry.value for entry in stub.external_data}.get("location", "") for stub in stubs]
-    raise ModelLoadError(f"the model's tensor '{stubs[0].name}' is stored in the external file '{locations[0]}', "
-                         "which a ModelProto in memory cannot reach; give the model's path instead, or "
+    raise ModelLoadError(f"the model's tensor '{stubs[0].name}' is stored in the external file "
+                         f"'{_location(stubs[0])}', which a ModelProto in memory cannot reach; give the model's path instead, or "
                          "onnx.load(path) with its external data (for a light result of compress: "
                          "onnx_alds.model_io.materialize(result.model, result.store))")
 
@@ -77,8 +87,7 @@ def _refuse_in_memory_stubs(tensors: Iterable[onnx.TensorProto]) -> None:
     is in that result's store, which a model alone cannot reach (another store's tensor at the same index
     would be read in its place)."""
     for tensor in tensors:
-        if _is_external(tensor) and {entry.key: entry.value for entry in tensor.external_data}.get("location") \
-                == IN_MEMORY:
+        if _is_external(tensor) and _location(tensor) == IN_MEMORY:
             raise ModelLoadError(f"the model's weights are not in it (tensor '{tensor.name}' is held by the result's "
                                  "store: a light result of compress); give onnx_alds.model_io.materialize(result.model, "
                                  "result.store), or save it with onnx_alds.model_io.save_model(result.model, path, "
@@ -91,16 +100,13 @@ def _refuse_stubs_without_store(model: onnx.ModelProto, beside: Optional[Path] =
     written (or left) pointing at a file beside the output that does not exist. ``beside``: the folder a
     model is written to; stubs whose data file is there (a model loaded without its external data, saved
     next to it, as ``onnx.save`` would) are written as they are."""
-    tensors = itertools.chain((t for graph in _graphs(model.graph) for t in graph.initializer),
-                              _attribute_tensors(model.graph, model.functions))
-    stubs = [tensor for tensor in tensors if _is_external(tensor)]
+    stubs = _stubs(model)
     _refuse_in_memory_stubs(stubs)
     if beside is not None:
-        stubs = [stub for stub in stubs if not (beside / {entry.key: entry.value for entry in stub.external_data}
-                                                .get("location", "")).is_file()]
+        stubs = [stub for stub in stubs if not (beside / _location(stub)).is_file()]
     if stubs:
-        location = {entry.key: entry.value for entry in stubs[0].external_data}.get("location", "")
-        raise ModelLoadError(f"the model's tensor '{stubs[0].name}' holds no data of its own (it reads '{location}' "
+        raise ModelLoadError(f"the model's tensor '{stubs[0].name}' holds no data of its own (it reads "
+                             f"'{_location(stubs[0])}' "
                              "beside the model it came from: a light result of compress, or a model loaded without "
                              "its external data); give store=result.store, or the complete model "
                              "(onnx.load(path) with its external data)")

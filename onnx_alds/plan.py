@@ -800,6 +800,11 @@ def weights_digest(model, *, scheme: str = "readers") -> str:
     and a model whose constants are only renamed (or re-exported with an empty Resize roi more) is not.
     ``scheme``: "readers" (this one); "unnamed" (plans of early 2026-12: no readers, so a swap went
     unnoticed); "named" (plans written before 2026-12: names included, every constant)."""
+    return weights_digests(model, (scheme,))[scheme]
+
+
+def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str, str]:
+    """:func:`weights_digest` of each of ``schemes``, every constant read once."""
     import hashlib
 
     from .layers import chain_source, constant_tensors, is_layer_node, iter_graphs
@@ -808,7 +813,7 @@ def weights_digest(model, *, scheme: str = "readers") -> str:
     opened = open_model(model)
     tensors = constant_tensors(opened.model)
     readers: dict[str, list[str]] = {}
-    if scheme == "readers":
+    if "readers" in schemes:
         for path, graph in iter_graphs(opened.model.graph):
             producers = {output: node for node in graph.node for output in node.output}
             for position, node in enumerate(graph.node):
@@ -819,20 +824,26 @@ def weights_digest(model, *, scheme: str = "readers") -> str:
                     source = chain_source(name, producers)  # (through Identity, Transpose, Cast ...)
                     if source in tensors:
                         readers.setdefault(source, []).append(f"{reader}:{index}")
-    digest = hashlib.sha256()
-    parts = []
+    named = hashlib.sha256()  # one running hash over the constants in name order
+    parts: dict[str, list[bytes]] = {"unnamed": [], "readers": []}  # one hash per constant, in sorted order
     for name, tensor in sorted(tensors.items()):
         array = np.ascontiguousarray(numpy_helper.to_array(opened.store.load(tensor)))
         head = f"{tensor.data_type}|{array.shape}|".encode()
-        if scheme == "named":  # one running hash over the constants in name order
-            digest.update(f"{name}|".encode() + head)
-            digest.update(array.tobytes())
-        elif array.size:
+        if "named" in schemes:
+            named.update(f"{name}|".encode() + head)
+            named.update(array.tobytes())
+        if array.size and ("unnamed" in schemes or "readers" in schemes):
+            content = hashlib.sha256(head + array.tobytes()).digest()
             read_by = "|".join(sorted(readers.get(name, ()))).encode()
-            parts.append(hashlib.sha256((read_by + b"|" if read_by else b"") + head + array.tobytes()).digest())
-    for part in sorted(parts):
-        digest.update(part)
-    return digest.hexdigest()
+            parts["unnamed"].append(content)
+            parts["readers"].append(hashlib.sha256(read_by + b"|" + content).digest() if read_by else content)
+    digests = {"named": named.hexdigest()}
+    for scheme, hashes in parts.items():
+        digest = hashlib.sha256()
+        for part in sorted(hashes):
+            digest.update(part)
+        digests[scheme] = digest.hexdigest()
+    return {scheme: digests[scheme] for scheme in schemes}
 
 
 def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights: Optional[str]) -> Plan:
@@ -1005,7 +1016,7 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
     planned_weights = plan.model.get("weights")
-    if planned_weights and all(planned_weights != weights_digest(model, scheme=scheme) for scheme in DIGEST_SCHEMES):
+    if planned_weights and planned_weights not in weights_digests(model).values():
         result = replace(result, report=replace(result.report, warnings=result.report.warnings + (
             "the model's weights differ from those the plan was made on (same layers and shapes, other values): "
             "its ranks and widths were chosen for the other weights, so its predicted errors do not hold here "

@@ -1415,11 +1415,11 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
         if len(set(labels)) < len(labels):
             labels = [str(row.get("id", index)) for index, row in enumerate(group)]
         names = ["original"] + labels
-        untimed = [slot for slot in ("small", "large") if slot not in dict(slots)]
+        stale = {f"{prefix}{slot}" for prefix in _TIMING_PREFIXES + ("ms_original_",) for slot in ("small", "large")
+                 if slot not in dict(slots)}
         for row in group:  # an earlier run's timing at a batch this run does not time would sit beside this one's
-            for key in [key for key in row if any(key == f"{prefix}{slot}" or key == f"ms_original_{slot}"
-                                                  for prefix in _TIMING_PREFIXES for slot in untimed)]:
-                del row[key]
+            for key in stale:
+                row.pop(key, None)
         for slot, batch in slots:
             probe = bench([model.path], provider="cpu", batch_sizes=(batch,), threads=threads, warmup=1, runs=1,
                           min_time_s=0.0, input_shapes=model.input_shapes)
@@ -1437,7 +1437,7 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
                 timing = report.timing(index, batch)
                 ideal = row.get("ideal_speedup")
                 row.update({f"batch_{slot}": batch, f"ms_original_{slot}": original_ms, f"ms_{slot}": timing.median_ms,
-                            f"spread_{slot}": timing.spread if timing.runs > 1 else None, f"runs_{slot}": timing.runs,
+                            f"spread_{slot}": timing.measured_spread, f"runs_{slot}": timing.runs,
                             f"speedup_{slot}": timing.speedup,
                             f"efficiency_{slot}": timing.speedup / ideal if ideal else None,
                             "bench_load": max(loads) if loads else None, "bench_threads": threads})

@@ -1215,8 +1215,8 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
                        names: Optional[Sequence[str]] = None) -> tuple[ValidationReport, Any, str]:
     """Validate (stated tolerances plus the kinds' defaults, as :func:`validate`), then benchmark the
     pair at ``batch``, and make the one-line summary. ``names``: what the validation report calls the two
-    models (default: their paths; "original" and "compressed" for models given in memory), e.g. the path
-    a model validated in a staging folder is moved to (the timings name each by its file name).
+    models (default: as :func:`validate` does), e.g. the path a model validated in a staging folder is
+    moved to (the timings name each by its file name).
 
     Returns ``(validation_report, bench_report, summary)``, ``bench_report`` None when the validation
     failed (not timed); the caller prints them and then calls ``validation_report.raise_if_failed()``.
@@ -1227,7 +1227,6 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
 
     in_memory = isinstance(original_path, onnx.ModelProto) or isinstance(compressed_path, onnx.ModelProto)
     bench_names = ["original", "compressed"] if in_memory else None  # (else bench names each by its file name)
-    names = names if names is not None else bench_names
     report = validate(original_path, compressed_path, inputs=inputs, provider=provider, rtol=rtol, atol=atol,
                       min_top1_agreement=min_top1_agreement, max_accuracy_drop=max_accuracy_drop,
                       max_mean_rel=max_mean_rel, min_mean_cosine=min_mean_cosine, min_nn_agreement=min_nn_agreement,
