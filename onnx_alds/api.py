@@ -38,7 +38,7 @@ from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_mo
                        resolve_input_shapes)
 from .inputs import check_sample_dims, conform_inputs
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
-                      with_pruning)
+                      refuses_group_and_keyword, with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
 from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, replaced_digest, rewrite_model, shift_added_weights,
                       shift_folds_into_bias)
@@ -568,6 +568,7 @@ def _measure_for(method: str, error_measure: str) -> str:
     return error_measure
 
 
+@refuses_group_and_keyword
 def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flops: Optional[float] = None,
              method: str = "alds", error_measure: Optional[str] = None, rank_multiple: int = 1,
              exclude: Sequence[str] = (), seed: int = 0, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
@@ -674,7 +675,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
         from .calibrate import calibration_workers as workers_context
 
         with workers_context(calibration_workers):
-            return compress(**keywords)
+            return compress.__wrapped__(**keywords)  # (every keyword by name: the group check is done)
     options = compress_options(keep_params=keep_params, keep_flops=keep_flops, keep_latency=keep_latency,
                                method=method, error_measure=error_measure, rank_multiple=rank_multiple,
                                exclude=exclude, seed=seed, input_shapes=input_shapes, max_groups=max_groups,
@@ -1247,6 +1248,7 @@ def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:
                 node.name = prepared.generated_names[node.name]
 
 
+NEGLIGIBLE_ERROR = 1e-4  # a layer's predicted error below which a thin rank is no harm (an exactly low-rank weight)
 EINSUM_NOTE = "Einsum nodes with a constant operand"  # in the note, and quoted by the error for Einsums only
 CALIBRATION_DIGEST_KEY = "onnx_alds.calibration_digest"  # the calibration set's digest, read by validate, distill
 CALIBRATION_SAMPLES_KEY = "onnx_alds.calibration_samples"  # its first samples' digests, read by validate, distill
@@ -1372,7 +1374,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
     applied = report.search.startswith("plan")  # a saved plan applied: the advice is about its entries
     full_rank = {layer.name: min(layer.matrix_shape) for layer in prepared.layers}
     tiny = [row for row in report.layers if row.groups and full_rank.get(row.name, 0) >= 32
-            and row.rank * row.groups < TINY_RANK_FRACTION * full_rank[row.name]]
+            and row.rank * row.groups < TINY_RANK_FRACTION * full_rank[row.name]
+            and not row.error <= NEGLIGIBLE_ERROR]  # (a weight of that rank, or near it, loses nothing)
     if tiny:
         warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
@@ -1591,10 +1594,8 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
             macs_saved += layer.macs - macs_after
         times = speed.layer_times(layer.name, groups, rank, layer.order) if speed is not None else None
         reason = layer.skip_reason
-        if reason is None and groups == DENSE and rank_multiple > 1 and layer.groups and all(
-                rank_multiple * (g * matrix_rows + matrix_cols) >= layer.params for g in layer.groups):
-            reason = (f"rank {rank_multiple} (the rank multiple) would take "
-                      f"{rank_multiple * (matrix_rows + matrix_cols)} weights, more than its {layer.params}")
+        if reason is None and groups == DENSE:
+            reason = no_shrinking_rank(layer, rank_multiple)
         rows.append(LayerReport(layer.name, layer.op, layer.weight_shape, groups, rank, layer.params, params_after,
                                 layer.macs, macs_after, error, reason,
                                 order=layer.order if groups != DENSE else None, weight=layer.weight,
@@ -1618,6 +1619,17 @@ def _compression_report(prepared: _Prepared, chosen: Sequence[Layer], allocation
         params_after=params_after_total, macs_before=prepared.macs_total, macs_after=macs_after_total,
         max_error=allocation.max_error, error_measure=measure, search=allocation.search, seed=seed,
         rank_multiple=rank_multiple, seconds=dict(seconds), notes=tuple(notes), latency=latency)
+
+
+def no_shrinking_rank(layer: Layer, rank_multiple: int) -> Optional[str]:
+    """Why no rank aligned to ``rank_multiple`` (> 1) shrinks ``layer`` at any of its candidate group counts (rank
+    ``m`` at ``g`` groups takes ``m·(g·f + c·κ)`` weights, at least its own), else None."""
+    rows, cols = layer.matrix_shape
+    if rank_multiple > 1 and layer.groups and all(rank_multiple * (g * rows + cols) >= layer.params
+                                                  for g in layer.groups):
+        return (f"rank {rank_multiple} (the rank multiple) would take {rank_multiple * (rows + cols)} weights, more "
+                f"than its {layer.params}")
+    return None
 
 
 def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
@@ -1648,21 +1660,27 @@ def analyze(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[in
                         channel_multiple=rank_multiple)
     constants = prepared.constants
     rows = []
-    compressible = [layer for layer in prepared.layers if layer.compressible]
+    # a layer no aligned rank shrinks is not factorizable at this rank multiple (as compress reports it)
+    unshrinkable = {layer.name: reason for layer in prepared.layers
+                    if layer.compressible and (reason := no_shrinking_rank(layer, rank_multiple))}
+    compressible = [layer for layer in prepared.layers if layer.compressible and layer.name not in unshrinkable]
     tables = []
     for layer in prepared.layers:
         errors: dict[str, float] = {}
-        if layer.compressible:
+        if layer.compressible:  # (the spectral errors of a layer no aligned rank shrinks are shown too)
             spectra = layer_spectra(folded_weight(layer, constants), layer.groups)
             spectrum = spectra[1][0]
             limit = len(spectrum)
             for fraction in rank_fractions:
                 rank = max(1, int(round(fraction * limit)))
                 errors[f"{fraction:g}"] = float(spectrum[rank] / spectrum[0]) if rank < limit and spectrum[0] > 0 else 0.0
+        if layer.compressible and layer.name not in unshrinkable:
             tables.append(error_table(spectra, layer.out_features, layer.cols, groups=layer.groups,
                                       rank_multiple=rank_multiple))
+        candidate = layer.compressible and layer.name not in unshrinkable
         rows.append(LayerAnalysis(layer.name, layer.op, layer.weight_shape, layer.params, layer.macs,
-                                  layer.groups, errors, layer.skip_reason))
+                                  layer.groups if candidate else (), errors,
+                                  layer.skip_reason or unshrinkable.get(layer.name)))
     params_compressible = sum(layer.params for layer in compressible)
     min_params = prepared.params_total - params_compressible + minimum_cost(tables, [1.0] * len(tables))
     macs_compressible = min_flops = None

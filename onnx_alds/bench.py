@@ -504,8 +504,14 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     models = list(models) if isinstance(models, Iterable) else models  # (a generator, a tuple)
     if not models:
         raise InputDataError("no models to bench; give at least one .onnx file")
-    if provider not in PROVIDERS:
-        raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
+    if not isinstance(provider, str) or provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider {provider!r}; give one of: {', '.join(PROVIDERS)} (one name)")
+    if cudnn_conv_algo_search != "EXHAUSTIVE" and provider != "cuda":
+        raise InputDataError(f"cudnn_conv_algo_search={cudnn_conv_algo_search!r} has no effect with provider "
+                             f"'{provider}' (it sets the CUDA provider's conv search); drop it")
+    if provider_options and provider == "cpu":  # (ONNX Runtime's CPU provider takes no options: ignored there)
+        raise InputDataError(f"provider_options={provider_options!r} have no effect with provider 'cpu' (ONNX "
+                             "Runtime's CPU provider takes none); drop them")
     if isinstance(batch_sizes, Iterable) and not isinstance(batch_sizes, (str, bytes)):
         batch_sizes = tuple(batch_sizes)  # (a generator was used up by the checks: nothing was timed)
     _check_bench_arguments(batch_sizes=(1,) if batch_sizes is None else batch_sizes, runs=runs, warmup=warmup,

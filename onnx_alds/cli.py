@@ -430,15 +430,25 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     if summary is not None:
         print(summary.text)
     elif not getattr(args, "quiet", False):  # nothing measured the written model's outputs yet: say how
-        print(_validate_hint(args.model, str(output), result.report.data_aware))
+        print(_validate_hint(args.model, str(output), result.report.data_aware, result.model))
     return 0
 
 
-def _validate_hint(model: str, output: str, data_aware: bool) -> str:
-    """The next step after an unvalidated compress/apply: the command that measures the written model."""
+def _validate_hint(model: str, output: str, data_aware: bool, written: Any = None) -> str:
+    """The next step after an unvalidated compress/apply: the command that measures the written model (where
+    its inputs can be fed from Python at all: not a bfloat16 input)."""
     import shlex
 
+    from .inputs import refuse_unfeedable
+    from .model_io import graph_inputs
+
     basis = "calibration inputs" if data_aware else "weights alone"
+    try:
+        if written is not None:
+            refuse_unfeedable(graph_inputs(written))
+    except InputDataError as error:
+        return (f"note: the errors above come from the {basis}, not from the model's outputs, which onnx-alds cannot "
+                f"measure here: {error}")
     return (f"note: the errors above come from the {basis}, not from the model's outputs on held-out inputs; "
             f"measure those: onnx-alds validate {shlex.quote(model)} {shlex.quote(output)} --inputs FILE.npz "
             "(or --images DIR, or compress --validate)")

@@ -831,6 +831,17 @@ class SettleRound:
 SETTLE_TOLERANCE = 0.02  # a measured ratio within 2 % of --keep-latency ends the whole-model check
 
 
+DOUBTFUL_SAVING = 0.2  # a whole model measured over 20 % faster than the tables predict is timed again
+
+
+def _contradicted(round_: SettleRound, others: Sequence[SettleRound], margin: float) -> list[int]:
+    """The indices of ``others`` whose measurement contradicts ``round_``'s by more than ``margin``: a plan
+    cut deeper (smaller budget) measured slower than a gentler one, or the reverse (a busy machine)."""
+    return [index for index, other in enumerate(others)
+            if (other.budget - round_.budget) * (other.measured - round_.measured) < 0
+            and abs(other.measured - round_.measured) > margin]
+
+
 def _proportional_step(round_: "SettleRound", keep: float) -> float:
     """The next budget from one round, assuming the measured saving is proportional to the predicted one;
     a round that saved nothing (a few small pairs cost more than they save) cuts deeper by its overshoot."""
@@ -863,24 +874,39 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     :class:`BudgetError` when even the fastest round measured no faster than the dense model. With a
     ``cache``, each measured ratio is stored under both models' structure, the inputs and the timer's
     ``identity``, so a second run of the same plan times nothing.
+
+    A figure in doubt is timed twice more and the median of the three kept (and stored): a round measured
+    over :data:`DOUBTFUL_SAVING` faster than the tables predict, a round that contradicts another by more
+    than the tolerance (a deeper plan slower than a gentler one), and the earlier round it contradicts; a
+    cached figure too (a figure from a busy machine would be reused by every later run).
     """
     reference_print = model_fingerprint(reference)
 
-    def ratio(candidate: onnx.ModelProto) -> float:
+    cached = 0  # rounds read from the cache of an earlier run
+
+    def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None) -> float:
+        """The measured ratio (from the cache when stored); ``doubted``: a figure of this plan in doubt, then
+        timed twice more, never read from the cache, and the median of the three kept (and stored)."""
+        nonlocal cached
         fields = {"version": CACHE_VERSION, "reference": reference_print, "candidate": model_fingerprint(candidate),
                   "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
                   "timer": dict(identity or timer.identity)}
         key = "ratio-" + _digest(fields)
         entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
-            if cache is not None else None
+            if cache is not None and doubted is None else None
         if entry is not None:
+            cached += 1
             return entry["ratio"]
         value = float(timer.time_ratio(reference, candidate, store, input_shapes))
+        if doubted is not None:
+            value = float(np.median([doubted, value, float(timer.time_ratio(reference, candidate, store,
+                                                                            input_shapes))]))
         if cache is not None:
             cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value})
         return value
 
     tried: list[tuple[Allocation, SettleRound]] = []
+    retimed: set[int] = set()  # the rounds timed three times (their first figure was in doubt)
     budget = keep
     for _ in range(max(rounds, 1)):
         try:
@@ -890,8 +916,19 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 raise
             break  # a moved budget the tables cannot meet after all: keep what was measured
         decisions = dict(zip(names, allocation.choices))
-        measured = ratio(build(allocation))
-        tried.append((allocation, SettleRound(budget, info.achieved(decisions), measured)))
+        model = build(allocation)
+        current = SettleRound(budget, info.achieved(decisions), ratio(model))
+        if current.measured < (1 - DOUBTFUL_SAVING) * current.predicted or _contradicted(
+                current, [r for _, r in tried], tolerance * keep):
+            current = replace(current, measured=ratio(model, doubted=current.measured))
+            retimed.add(len(tried))
+        for index in _contradicted(current, [r for _, r in tried], tolerance * keep):
+            if index not in retimed:  # (an earlier round this one contradicts may be the outlier)
+                earlier, round_ = tried[index]
+                tried[index] = (earlier, replace(round_, measured=ratio(build(earlier), doubted=round_.measured)))
+                retimed.add(index)
+        tried.append((allocation, current))
+        measured = current.measured
         if abs(measured - keep) <= tolerance * keep:
             break
         following = None
@@ -907,11 +944,15 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
             break  # the budget would not change (the smallest reachable, or a fixed point)
         budget = following
     record = tuple(r for _, r in tried)
+    how = "".join([f"; {len(retimed)} of them timed three times (the median kept: their first figure contradicted "
+                   "the tables or another round)" if retimed else "",
+                   f"; {cached} read from the cache of an earlier run" if cached else ""])
     good = [(a, r) for a, r in tried if r.measured <= keep * (1 + tolerance)]
     if good:
         allocation, chosen = max(good, key=lambda item: item[1].budget)
         said = (f"whole-model check: measured {chosen.measured:.3f} of the dense time (asked {keep:g}) after "
-                f"{len(tried)} round{'s' if len(tried) > 1 else ''}; the allocation's budget was {chosen.budget:.3f}")
+                f"{len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the allocation's budget was "
+                f"{chosen.budget:.3f}")
         closest = min(tried, key=lambda item: abs(item[1].measured - keep))[1]
         if chosen.measured < keep * (1 - 5 * tolerance) and closest is not chosen:  # cut far deeper than asked
             noisy = any(a.budget < b.budget and a.measured > b.measured for a in record for b in record)
@@ -932,8 +973,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 "$ONNX_ALDS_CACHE to measure again)")
         said = (f"whole-model check: --keep-latency {keep:g} not reached in measurement: the fastest plan found "
                 f"measured {chosen.measured:.3f} of the dense time (predicted {chosen.predicted:.3f}) after "
-                f"{len(tried)} rounds; the ops that do not change or the layers' pairs save less than the tables "
-                "predict (see docs/LATENCY.md)")
+                f"{len(tried)} rounds{how}; the ops that do not change or the layers' pairs save less than the "
+                "tables predict (see docs/LATENCY.md)")
     return allocation, record, chosen, said
 
 

@@ -824,19 +824,24 @@ def _stored_elements(name: str, producers: Mapping[str, onnx.NodeProto],
                for source in stored_sources(name, producers, constants))
 
 
-# the largest weight magnitude the float64 arithmetic takes: Gram matrices sum squares of products
+# the weight magnitudes the float64 arithmetic takes: Gram matrices sum squares of products, which overflow
+# above the largest and underflow to zero below the smallest (float64's least normal is 2.2e-308)
 LARGEST_WEIGHT = 1e100
+SMALLEST_WEIGHT = 1e-100
 
 
 def _value_problem(weight: np.ndarray) -> Optional[str]:
     """Why a weight's values cannot be factorized (NaN/Inf, or so large that its Gram matrix would
-    overflow float64), else None."""
+    overflow float64, or all so small, yet not all zero, that it would underflow to zero), else None."""
     values = weight.astype(np.float64, copy=False)
     if not np.all(np.isfinite(values)):
         return "weight holds NaN or Inf values"
     largest = float(np.abs(values).max()) if values.size else 0.0
     if largest > LARGEST_WEIGHT:
         return f"weight values up to {largest:.3g} are too large to factorize in float64 (their products overflow)"
+    if 0.0 < largest < SMALLEST_WEIGHT:
+        return (f"weight values are all below {largest:.3g} in magnitude: too small to factorize in float64 (their "
+                "products underflow to zero)")
     return None
 
 

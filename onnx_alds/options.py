@@ -12,11 +12,12 @@ into these groups first, and every step gets only the group it uses:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -427,6 +428,37 @@ def _refuse_both(group: str, given: Mapping[str, Any], defaults: Mapping[str, An
         raise BudgetError(f"give '{changed[0]}' inside {group}=... or as a keyword, not both")
 
 
+GROUP_KEYWORDS: Mapping[str, tuple[str, ...]] = {
+    "search": ("method", "error_measure", "rank_multiple", "exclude", "seed", "max_groups", "keep_dense", "order"),
+    "data": ("calibration", "calibration_batch_size", "refit", "sequential", "bias_correction", "sensitivity",
+             "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
+             "damage_max_groups"),
+}  # compress's keywords that each group holds (its fields under these names)
+
+
+def refuse_group_and_keyword(given: Iterable[str], groups: Mapping[str, Any]) -> None:
+    """Raise :class:`BudgetError` when a caller gave a group (``search=``, ``data=``, not None) and, by name, a
+    keyword that group holds, even one equal to its default (``given``: the keyword names the caller passed).
+    :func:`compress_options` alone sees only values, so a keyword given at its default would be dropped."""
+    given = set(given)
+    for group, value in groups.items():
+        both = [name for name in GROUP_KEYWORDS[group] if name in given]
+        if value is not None and both:
+            raise BudgetError(f"give '{both[0]}' inside {group}=... or as a keyword, not both")
+
+
+def refuses_group_and_keyword(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a function taking compress's keywords so that a group and one of its keywords given by name
+    together is an error (:func:`refuse_group_and_keyword`); its signature and docstring are kept."""
+    @functools.wraps(function)
+    def checked(*args: Any, **keywords: Any) -> Any:
+        refuse_group_and_keyword(keywords, {group: keywords.get(group) for group in GROUP_KEYWORDS})
+        return function(*args, **keywords)
+
+    return checked
+
+
 __all__ = ["AUTO_ORDER", "ORDER_CHOICES", "TARGETS", "METHODS", "Budget", "SearchOptions", "DataAwareOptions",
-           "SpeedOptions", "CompressOptions", "compress_options", "refuse_without_effect",
+           "SpeedOptions", "CompressOptions", "compress_options", "refuse_without_effect", "GROUP_KEYWORDS",
+           "refuse_group_and_keyword", "refuses_group_and_keyword",
            "without_effect", "POINTWISE_FIRST", "SPATIAL_FIRST"]

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import re
 import shlex
 import sys
@@ -58,8 +59,8 @@ from onnx import numpy_helper
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
 from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, check_exclude_patterns, with_order
-from .options import (PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions, SpeedOptions,
-                      compress_options, refuse_without_effect, with_pruning)
+from .options import (GROUP_KEYWORDS, PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions,
+                      SpeedOptions, compress_options, refuse_group_and_keyword, refuse_without_effect, with_pruning)
 
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
@@ -362,9 +363,8 @@ class Plan:
         changes = {key: int(value) if isinstance(value, np.integer) else value  # plain ints: plans are JSON
                    for key, value in changes.items()}
         changed = replace(self, layers=tuple(replace(d, **changes) if d.name == name else d for d in self.layers),
-                          report=None)
-        Plan.from_dict(changed.to_dict(), source=f"the plan with layer '{name}' changed")  # raises PlanError
-        return changed
+                          report=None)  # read back as a plan file is: checked, and its defaults filled in (order)
+        return Plan.from_dict(changed.to_dict(), source=f"the plan with layer '{name}' changed")  # raises PlanError
 
     @property
     def data_aware(self) -> bool:
@@ -500,14 +500,14 @@ class _Reader:
         return dict(value)
 
     def list(self, value: Any, where: str) -> list:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):  # (a tuple: a plan's dict built in Python)
             raise self.fail(where, f"expected an array, got {_json_kind(value)}")
-        return value
+        return list(value)
 
     def integer(self, value: Any, where: str, *, minimum: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:  # (numpy's too)
             raise self.fail(where, f"expected an integer >= {minimum}, got {_short(value)}")
-        return value
+        return int(value)
 
     def number(self, value: Any, where: str, *, optional: bool = True, positive: bool = False) -> Optional[float]:
         """A finite number (``positive``: above 0, as a time is), or None where ``optional``."""
@@ -886,6 +886,7 @@ def make_plan(model, **options) -> Plan:
     from .model_io import open_model
 
     check_compress_keywords("make_plan", options)
+    refuse_group_and_keyword(options, {group: options.get(group) for group in GROUP_KEYWORDS})
     workers = options.pop("calibration_workers", 1)
     check_workers_have_calibration(workers, options.get("calibration"), options.get("data"))
     if workers != 1:  # the same call inside the workers' context, as compress does
@@ -1115,7 +1116,7 @@ class _Decisions:
             if decision.option != FACTORIZED:
                 continue
             target = layer
-            if decision.order != layer.order:
+            if decision.order not in (None, layer.order):  # (None: the layer's own order, as a plan file reads)
                 if decision.order == POINTWISE_FIRST and not layer.pointwise_first_ok:
                     raise self._error(f"layer '{layer.name}' cannot be factorized pointwise-first (it is not a k×k "
                                       "conv with stride 1 whose output keeps its input's size); set its \"order\" "
@@ -1126,8 +1127,9 @@ class _Decisions:
                 limit = (f"max_groups {search.max_groups}" if search.method != "damage" else
                          f"max_groups {search.max_groups}, and options.data.damage_max_groups "
                          f"{self.options.data.damage_max_groups}, the most groups damage measures")
-                raise self._error(f"layer '{layer.name}': groups {decision.groups} is not a candidate "
-                                  f"{decision.order} under the plan's options (method {search.method}, "
+                order = f" {decision.order or layer.order}" if layer.op == "Conv" else ""  # (a Conv's order)
+                raise self._error(f"layer '{layer.name}': groups {decision.groups} is not a candidate"
+                                  f"{order} under the plan's options (method {search.method}, "
                                   f"rank_multiple {search.rank_multiple}, {limit}); "
                                   f"candidates: {', '.join(map(str, target.groups))}")
             if target is not layer:

@@ -134,8 +134,10 @@ class CompressionReport:
                     "not predicted (a decision has no recorded time: edited, or its time removed; bench the model)")
         asked = "" if round(self.requested, 4) == self.requested else f" ({self.requested!r} asked)"  # 0.99999
         lines.append(f"target: keep {self.target} {self.requested:.4f}{asked}, achieved {achieved}"
-                     + (f" predicted by the tables, {measured:.4f} measured on the whole model"
-                        if measured is not None and math.isfinite(self.achieved) else ""))
+                     + ((f" predicted by the tables, {measured:.4f} measured on the whole model"
+                         if measured is not None else " predicted by the tables (not measured on the whole "
+                         "model)") if self.target == "latency" and math.isfinite(self.achieved)
+                        else ""))
         lines.append(f"weights: {_si(self.params_before)} -> {_si(self.params_after)} ({ratio_params:.4f} kept)")
         if self.macs_before:
             lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -87,6 +87,38 @@ class Names:
     def fresh_node(self, base: str) -> str:
         """A node name no graph or function of the model uses."""
         return self._fresh(base, self.nodes_taken)
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def balanced_for_float16(factors: GroupedFactors) -> GroupedFactors:
+    """The same product with each middle channel's encoder row ``e_k`` scaled by a power of two ``2⁻ⁿ`` and
+    its decoder column by ``2ⁿ`` (exact in floating point), so that ``‖e_k‖₁`` is at most the largest
+    row sum ``maxᵢ ‖wᵢ‖₁`` of the weight the factors represent, ``W ≈ D·E``.
+
+    ``|e_k·x| ≤ ‖e_k‖₁·max|x|`` and ``|wᵢ·x| ≤ ‖wᵢ‖₁·max|x|``: the tensor between the pair then has no
+    larger bound than the layer's own output. With the singular values split evenly (√σ in each factor)
+    ``‖e_k‖₁`` can exceed it by up to √(c·κ) (an input of 10⁴ per value through a 64-wide averaging row
+    gives a middle value of 8·10⁴, past float16's 65504, while the output is 10⁴). A decoder column is
+    raised only as far as its largest value stays below float16's largest / 2. Float16 factors only:
+    bfloat16's range is float32's."""
+    encoder, decoder = factors.encoder, factors.decoder
+    row_sums = np.zeros(decoder.shape[0])
+    for group in range(factors.groups):  # maxᵢ ‖wᵢ‖₁ of D·E, one group's columns at a time
+        rows = slice(group * factors.rank, (group + 1) * factors.rank)
+        row_sums += np.abs(decoder[:, rows] @ encoder[rows]).sum(axis=1)
+    bound = float(row_sums.max(initial=0.0))
+    encoder_sums = np.abs(encoder).sum(axis=1)
+    over = (encoder_sums > bound) & (bound > 0)
+    if not over.any():
+        return factors
+    steps = np.where(over, np.ceil(np.log2(np.where(over, encoder_sums, 1.0) / max(bound, 1e-300))), 0.0)
+    decoder_max = np.abs(decoder).max(axis=0, initial=0.0)
+    room = np.floor(np.log2(FLOAT16_MAX / 2 / np.maximum(decoder_max, np.finfo(np.float64).tiny)))
+    steps = np.clip(np.minimum(steps, room), 0.0, None)
+    scale = np.exp2(-steps)
+    return replace(factors, encoder=encoder * scale[:, None], decoder=decoder / scale[None, :])
 
 
 def _weight_dtype(layer: Layer) -> np.dtype:
@@ -275,6 +307,8 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
             nodes = {node.name: (node, owner) for node, owner in _all_nodes(graph)}
         node, owner = nodes[rewrite.layer.name]
         dtype = _weight_dtype(rewrite.layer)
+        if dtype == np.float16:  # (the tensor between the pair could overflow where the output does not)
+            rewrite = replace(rewrite, factors=balanced_for_float16(rewrite.factors))
         if node.op == "Conv" and rewrite.layer.order == POINTWISE_FIRST:
             pair = _conv_pointwise_first_pair(node, rewrite, dtype, names)
         elif node.op == "Conv":

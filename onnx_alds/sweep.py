@@ -40,6 +40,7 @@ import importlib.util
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import re
@@ -50,11 +51,12 @@ import traceback
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
+from .argtypes import check_count
 from .errors import (BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError,
                      runtime_error_text)
 from .options import seed_takes_effect
@@ -1483,6 +1485,38 @@ def environment() -> dict[str, Any]:
     return dict(machine=machine_info(), versions=versions)
 
 
+def _checked_grid(target: str, methods: Sequence[str], keeps: Sequence[float], rank_multiples: Sequence[int],
+                  seeds: Sequence[int]) -> tuple[list[str], list[float], list[int], list[int]]:
+    """The grid's values as lists, each checked before any work as the command line checks its flags: a
+    list (not one value or a string) of at least one entry; budgets fractions in (0, 1] (numpy's floats
+    too), rank multiples integers ≥ 1, seeds integers in [0, 2**32). Raises :class:`InputDataError` or
+    :class:`BudgetError` naming the argument."""
+    lists = []
+    for name, given, example in (("methods", methods, "'alds'"), ("keeps", keeps, "0.5"),
+                                 ("rank_multiples", rank_multiples, "1"), ("seeds", seeds, "0")):
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+            raise InputDataError(f"{name}={given!r}: give a list of values, e.g. {name}=[{example}]")
+        listed = list(given)
+        if not listed:
+            raise InputDataError(f"{name} is empty; give at least one value, e.g. {name}=[{example}]")
+        lists.append(listed)
+    methods, keeps, rank_multiples, seeds = lists
+    for method in methods:
+        if not isinstance(method, str):
+            raise InputDataError(f"methods: {method!r} is not a method name; give names such as 'alds' or 'svd'")
+    for keep in keeps:
+        if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not (
+                math.isfinite(keep) and 0.0 < keep <= 1.0):
+            raise BudgetError(f"--keep-{target} {keep!r} is out of range; give fractions to keep in (0, 1], e.g. 0.5")
+    for index, rank_multiple in enumerate(rank_multiples):
+        check_count(f"rank_multiples[{index}]", rank_multiple)
+    for index, seed in enumerate(seeds):
+        check_count(f"seeds[{index}]", seed, 0)
+        if seed >= 2**32:
+            raise InputDataError(f"got seeds[{index}]={seed}; give integers in [0, 2**32), e.g. 0")
+    return methods, [float(keep) for keep in keeps], [int(m) for m in rank_multiples], [int(s) for s in seeds]
+
+
 def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Union[str, Path],
               target: str = "flops", rank_multiples: Sequence[int] = (1,), seeds: Sequence[int] = (0,),
               engine: Optional[Engine] = None, bench: bool = True, rebench: bool = False,
@@ -1515,9 +1549,7 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
 
     if target not in ("flops", "params"):
         raise BudgetError(f"unknown target '{target}'; choose flops or params")
-    for keep in keeps:
-        if not (isinstance(keep, (int, float)) and math.isfinite(keep) and 0.0 < keep <= 1.0):
-            raise BudgetError(f"--keep-{target} {keep} is out of range; give fractions to keep in (0, 1], e.g. 0.5")
+    methods, keeps, rank_multiples, seeds = _checked_grid(target, methods, keeps, rank_multiples, seeds)
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InputDataError(f"two models of the sweep have the same name ({', '.join(names)}); name them apart")

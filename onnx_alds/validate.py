@@ -650,14 +650,19 @@ class _Accumulator:
         if skip is not None and skip.any():
             o, c = o[~skip], c[~skip]
         tiny = np.finfo(np.float64).tiny
+        # each row over its largest magnitude (both models'), so that the sums of squares neither underflow
+        # (float64 values below about 1e-154) nor overflow (above 1e154); the norms are scaled back where kept
+        largest = np.maximum(np.abs(o).max(axis=1, initial=0.0), np.abs(c).max(axis=1, initial=0.0))
+        scale = np.where(np.isfinite(largest) & (largest > 0), largest, 1.0)[:, None]
+        o, c = o / scale, c / scale
         diff_norm = np.linalg.norm(c - o, axis=1)
         ref_norm = np.linalg.norm(o, axis=1)
         cmp_norm = np.linalg.norm(c, axis=1)
         zero = (ref_norm == 0) & (diff_norm > 0)  # no relative error or cosine of its own: set aside
         nonzero = ref_norm > 0
-        self.reference_norm_sum += float(np.sum(ref_norm[nonzero]))
+        self.reference_norm_sum += float(np.sum((ref_norm * scale[:, 0])[nonzero]))
         self.reference_count += int(np.sum(nonzero))
-        self.zero_reference.append(diff_norm[zero])
+        self.zero_reference.append((diff_norm * scale[:, 0])[zero])
         keep = ~zero
         self.rel.append(np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))[keep])
         both_zero = (ref_norm == 0) & (cmp_norm == 0)
@@ -1239,9 +1244,10 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
                                           macs_kept=macs_kept)
     models, note = [original_path, compressed_path], ""
     # dims the model leaves dynamic are timed at the validation inputs' sizes (a sequence length the .npz
-    # fixes), unless given: asking for --input-shape after the work was done lost it
+    # fixes), unless given: asking for --input-shape after the work was done lost it; every input at the
+    # timing batch, those given included (inputs sharing a named batch dim must agree)
     input_shapes = {**{name: (batch, *array.shape[1:]) for name, array in inputs.arrays.items()},
-                    **(input_shapes or {})}
+                    **{name: (batch, *tuple(dims)[1:]) for name, dims in (input_shapes or {}).items()}}
     try:
         timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
                        names=bench_names, **(bench_options or {}))

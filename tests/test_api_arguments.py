@@ -398,3 +398,51 @@ def test_svd_beside_block_widths_is_refused():
 
 def test_an_input_set_source_of_none_is_no_source():
     assert InputSet({"input": _calibration(2).arrays["input"]}, source=None).source.startswith("arrays given in Python")
+
+
+@pytest.mark.parametrize("function", [compress, make_plan])
+@pytest.mark.parametrize("group, keyword", [("search", {"rank_multiple": 1}), ("search", {"method": "alds"}),
+                                            ("data", {"refit": True})])
+def test_a_keyword_given_beside_its_group_is_refused_even_at_its_default(function, group, keyword):
+    # a keyword equal to its default was dropped without a word, the group's value used
+    from onnx_alds.options import DataAwareOptions, SearchOptions
+
+    grouped = {"search": SearchOptions(rank_multiple=4, method="svd"),
+               "data": DataAwareOptions(calibration=_calibration(), refit=False)}[group]
+    name = next(iter(keyword))
+    with pytest.raises(BudgetError, match=f"give '{name}' inside {group}=... or as a keyword, not both"):
+        function(small_cnn(), keep_params=0.6, **{group: grouped}, **keyword)
+
+
+def test_a_group_alone_and_keywords_alone_still_work():
+    from onnx_alds.options import SearchOptions
+
+    by_group = compress(small_cnn(), keep_params=0.6, search=SearchOptions(rank_multiple=4))
+    by_keyword = compress(small_cnn(), keep_params=0.6, rank_multiple=4)
+    assert by_group.model.SerializeToString() == by_keyword.model.SerializeToString()
+
+
+def test_with_layer_groups_a_matmul_cannot_take_is_a_plan_error():
+    # the in-memory edit kept the dense layer's order None, which sent apply to the Conv-only order path: an
+    # "internal check" failure blaming onnx-alds where the same edit in a plan file was a PlanError
+    from conftest import matmul_model
+    from onnx_alds.plan import PlanError
+
+    model = matmul_model(in_features=64, out_features=48, leading=(4,))
+    edited = make_plan(model, keep_params=0.9, rank_multiple=1).with_layer("proj", option="factorized", groups=2,
+                                                                             rank=8)
+    assert edited.layer("proj").order is not None  # read back as a plan file is
+    with pytest.raises(PlanError, match="groups 2 is not a candidate under"):
+        apply_plan(model, edited)
+
+
+def test_plan_from_dict_takes_tuples_and_numpy_integers():
+    from onnx_alds.plan import Plan
+
+    plan = make_plan(small_cnn(), keep_params=0.6)
+    data = plan.to_dict()
+    layer = next(entry for entry in data["layers"] if entry["option"] == "factorized")
+    layer["weight_shape"] = tuple(layer["weight_shape"])
+    layer["rank"] = np.int64(layer["rank"])
+    again = Plan.from_dict(data)
+    assert again.to_dict() == plan.to_dict()

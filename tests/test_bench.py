@@ -424,3 +424,16 @@ def test_the_json_says_the_input_shapes_each_model_was_timed_at():
     data = bench([model, model], input_shapes={name: (3, 3, 8, 8)}, names=["a", "b"], **FAST).to_dict()
     assert data["input_shapes"] == {"a": {"3": {name: [3, 3, 8, 8]}}, "b": {"3": {name: [3, 3, 8, 8]}}}
     json.dumps(data)
+
+
+@pytest.mark.parametrize("keywords, error, match", [
+    (dict(provider=["cpu", "cuda"]), ProviderError, r"unknown provider \['cpu', 'cuda'\]"),
+    (dict(provider_options={"foo": 1}), InputDataError, "have no effect with provider 'cpu'"),
+    (dict(cudnn_conv_algo_search="HEURISTIC"), InputDataError, "has no effect with provider 'cpu'"),
+])
+def test_bench_refuses_provider_settings_it_cannot_apply(keywords, error, match):
+    # a list raised a bare TypeError; CPU provider options and a CUDA search mode were taken and recorded as applied
+    from conftest import small_cnn
+
+    with pytest.raises(error, match=match):
+        bench([small_cnn()], batch_sizes=(1,), runs=1, min_time_s=0, **keywords)

@@ -1289,3 +1289,21 @@ def test_a_model_taken_by_exclude_is_explained(cnn_path, capsys):
     assert code == 2 and "required: model" in err and "--exclude" not in err.splitlines()[-1]
     code, _, err = run_cli("analyze", "--exclude", "conv*", capsys=capsys)  # no model given at all: none taken
     assert code == 2 and "required: model" in err and "takes every word" not in err
+
+
+def test_the_closing_note_does_not_offer_a_validate_that_cannot_feed_the_model(tmp_path, capsys):
+    # a bfloat16 graph input cannot be fed from Python: the note sent the user to a validate command that refuses
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "W")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["xf", "W"], ["y"], name="fc")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [weight])
+    onnx.save(model, tmp_path / "m.onnx")
+    code, out, _ = run_cli("compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"),
+                           "--keep-params", "0.5", "--rank-multiple", "1", capsys=capsys)
+    assert code == 0 and (tmp_path / "out.onnx").exists()
+    assert "onnx-alds validate" not in out and "graph input 'x' is bfloat16" in out

@@ -365,6 +365,32 @@ def test_the_floor_analyze_prints_is_one_compress_accepts():
         assert onnx_alds.compress(model, rank_multiple=16, **{keyword: floor}).report.achieved <= floor
 
 
+def test_analyze_marks_a_layer_no_aligned_rank_shrinks_as_compress_does():
+    """A 32x16 MatMul at rank multiple 16 (rank 16 takes 768 weights, more than its 512) was listed as
+    factorizable, counted in the factorizable totals, while compress refused it as unreachable."""
+    model = matmul_model(in_features=32, out_features=16, leading=(4,))
+    row = onnx_alds.analyze(model, rank_multiple=16).layers[0]
+    assert row.candidate_groups == () and "rank 16 (the rank multiple) would take 768 weights" in row.skip_reason
+    assert row.errors_at_rank_fraction  # the spectrum is still shown
+    report = onnx_alds.analyze(model, rank_multiple=16)
+    assert report.params_compressible == 0 and report.min_keep_params == 1.0
+    with pytest.raises(BudgetError):
+        onnx_alds.compress(model, keep_params=0.9, rank_multiple=16)
+    shrinkable = onnx_alds.analyze(model, rank_multiple=4)
+    assert shrinkable.layers[0].candidate_groups == (1,) and shrinkable.params_compressible == 512
+
+
+def test_analyze_shows_no_groups_for_a_product_of_constants():
+    weights = [numpy_helper.from_array(np.ones((4, 8), np.float32), "U"),
+               numpy_helper.from_array(np.ones((8, 6), np.float32), "V")]
+    nodes = [helper.make_node("MatMul", ["U", "V"], ["W"], name="uv"),
+             helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], weights)
+    rows = {row.name: row for row in onnx_alds.analyze(model, rank_multiple=1).layers}
+    assert rows["uv"].candidate_groups == () and rows["uv"].skip_reason
+
+
 def test_a_product_with_a_run_time_tensor_shows_its_macs():
     """An attention-score MatMul (q @ qᵀ) was listed with MACs 0 while its MACs were in the total."""
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "W")

@@ -281,3 +281,33 @@ def test_a_plot_with_nothing_current_to_show_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-quality.png"]
     write_plots([dict(row, status="error")], tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("grid, message", [
+    (dict(keeps=0.5), "keeps=0.5: give a list of values"),
+    (dict(methods="alds"), "methods='alds': give a list of values"),
+    (dict(keeps=[]), "keeps is empty"),
+    (dict(seeds=[-1]), r"seeds\[0\]=-1"),
+    (dict(rank_multiples=[4, 0]), r"rank_multiples\[1\]=0"),
+    (dict(rank_multiples=[4.0]), r"rank_multiples\[0\]=4.0"),
+    (dict(keeps=[1.5]), "out of range"),
+])
+def test_the_grid_is_checked_before_any_work(tmp_path, grid, message):
+    # a scalar budget raised a bare TypeError, and bad seeds or rank multiples made the output folder and
+    # stored "error" rows
+    from onnx_alds.errors import OnnxAldsError
+    from onnx_alds.sweep import SweepModel, run_sweep
+
+    arguments = {"methods": ["alds"], "keeps": [0.5], **grid}
+    with pytest.raises(OnnxAldsError, match=message):
+        run_sweep([SweepModel("m", str(tmp_path / "absent.onnx"), ())], out=tmp_path / "out", **arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_grid_takes_numpy_numbers():
+    from onnx_alds.sweep import _checked_grid
+
+    methods, keeps, multiples, seeds = _checked_grid("flops", ("alds",), [np.float32(0.75), np.int64(1)],
+                                                     (np.int64(16),), [np.uint32(7)])
+    assert (methods, keeps, multiples, seeds) == (["alds"], [0.75, 1.0], [16], [7])
+    assert all(type(value) is float for value in keeps) and all(type(v) is int for v in multiples + seeds)

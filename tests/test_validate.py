@@ -1338,3 +1338,23 @@ def test_compress_validate_times_a_dynamic_sequence_at_the_validation_inputs_len
     out, err = capsys.readouterr()
     assert code == 0, err
     assert (tmp_path / "o.onnx").exists() and "speedup" in out
+
+
+def test_timing_batch_applies_to_an_input_whose_shape_was_given(tmp_path):
+    """compress --validate --bench-batch 3 --input-shape x:4x64 on a model whose inputs share the named dim
+    'batch' ended, after the work, with "--input-shape gives the dim 'batch' 4 for 'x' and 3 for 'y'"."""
+    from conftest import make_model
+
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.validate import validate_and_bench
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "W")
+    nodes = [helper.make_node("Add", ["x", "y"], ["s"]), helper.make_node("MatMul", ["s", "W"], ["z"], name="fc")]
+    model = make_model(nodes, [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 64])
+                               for name in ("x", "y")],
+                       [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 64])], [weight])
+    rng = np.random.default_rng(1)
+    inputs = InputSet({name: rng.standard_normal((6, 64)).astype(np.float32) for name in ("x", "y")})
+    report, timing, line = validate_and_bench(model, model, inputs=inputs, batch=3, input_shapes={"x": (4, 64)},
+                                              bench_options={"runs": 1, "min_time_s": 0})
+    assert report.passed and timing is not None and "(batch 3)" in line
