@@ -82,8 +82,8 @@ def seconds(text: str) -> float:
 
 
 def fraction(text: str) -> float:
-    value = non_negative_float(text)
-    if value > 1:
+    value = _number(text, float)
+    if not 0 <= value <= 1:  # (nan too)
         raise argparse.ArgumentTypeError(f"got {value}; give a fraction in [0, 1]")
     return value
 

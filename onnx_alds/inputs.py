@@ -1137,7 +1137,8 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
     drawn = float(np.prod(shape, dtype=np.float64)) * 8  # drawn as 64-bit values
     if drawn > RANDOM_INPUT_LIMIT:
         raise InputDataError(f"random inputs for '{name}' of shape {'x'.join(map(str, shape))} would take "
-                             f"{drawn / 2**30:.1f} GiB; ask for a smaller batch, fewer samples or a smaller --input-shape")
+                             f"{drawn / 2**30:.1f} GiB; ask for a smaller batch (--batch, --bench-batch), fewer samples or "
+                             "a smaller --input-shape")
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:

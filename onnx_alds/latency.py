@@ -238,7 +238,11 @@ class OrtTimer:
                     spec = next(v for v in model.graph.input if v.name == value.name)
                     dtype = helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
                     shape = tuple(d.dim_value for d in spec.type.tensor_type.shape.dim)
-                    feeds[value.name] = random_array(value.name, np.dtype(dtype), shape, rng)
+                    try:
+                        feeds[value.name] = random_array(value.name, np.dtype(dtype), shape, rng)
+                    except InputDataError as exc:  # (the layer model's own input name means nothing to a user)
+                        raise InputDataError(f"timing one layer alone at the timing batch ({shape[0] if shape else 1}"
+                                             f"): {exc}") from None
             runners.append(_Runner(session, {v.name: feeds[v.name] for v in session.get_inputs()}, self.provider))
         times = time_interleaved(runners, warmup=self.warmup, runs=self.runs, min_time_s=self.min_time_s)
         return [float(np.min(t)) for t in times]

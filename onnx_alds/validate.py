@@ -171,6 +171,9 @@ class AppliedTolerance:
     def failure(self, kind: str) -> str:
         """``top1=0.2500 < min-top1-agreement=0.9 (default for classifier outputs)``."""
         check = _CHECK_BY_NAME[self.name]
+        if math.isnan(self.value):  # (no figure is above or below a NaN: say where it comes from)
+            return (f"{check.label}=nan, not within {self.describe()}: one model gives NaN or Inf "
+                    "where the other does not")
         text = f"{check.label}={self.value:{check.fmt}} {'>' if check.upper else '<'} {self.describe()}"
         return text + (f" (default for {kind} outputs)" if self.default else "")
 

@@ -1307,3 +1307,13 @@ def test_the_closing_note_does_not_offer_a_validate_that_cannot_feed_the_model(t
                            "--keep-params", "0.5", "--rank-multiple", "1", capsys=capsys)
     assert code == 0 and (tmp_path / "out.onnx").exists()
     assert "onnx-alds validate" not in out and "graph input 'x' is bfloat16" in out
+
+
+@pytest.mark.parametrize("text", ["nan", "-0.5", "2"])
+def test_a_fraction_flag_out_of_range_is_asked_for_as_a_fraction(text):
+    import argparse
+
+    from onnx_alds.argtypes import fraction
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"give a fraction in \[0, 1\]"):
+        fraction(text)

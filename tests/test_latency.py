@@ -600,3 +600,16 @@ def test_a_round_contradicting_another_is_timed_again_before_the_budget_moves(tm
     assert all(earlier["budget"] <= later["budget"] or earlier["measured"] >= later["measured"] - 0.012
                for earlier in rounds for later in rounds)  # the outlier did not stay in the record
     assert result.report.latency["measured_ratio"] >= 0.6 * 0.9  # not cut far below the budget
+
+
+def test_a_timing_batch_too_large_for_memory_names_the_batch_not_the_layer_models_input():
+    """"random inputs for 'x' of shape 100000000x16x64 would take 762.9 GiB": 'x' is the input of the one-layer
+    model the tables time, not the user's model's; the cause is the timing batch."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.latency import OrtTimer
+
+    from conftest import matmul_model
+
+    layer = matmul_model(in_features=64, out_features=8, leading=(100_000_000, 16))
+    with pytest.raises(InputDataError, match=r"timing one layer alone at the timing batch \(100000000\).*--bench-batch"):
+        OrtTimer(runs=1).time_layers([layer])

@@ -228,6 +228,8 @@ def test_nan_outputs_show_nan_errors_not_zero():
     out = compare_output("y", original, compressed, classifier=False, labels=None, tolerances=Tolerances(atol=0.1),
                          check_accuracy=False)
     assert np.isnan(out.max_abs_error) and out.failures
+    # "abs=nan > atol=0.1" read as a comparison; the failure says where the NaN comes from
+    assert out.failures == ("abs=nan, not within atol=0.1: one model gives NaN or Inf where the other does not",)
 
 
 def test_nan_values_of_the_original_that_the_compressed_model_shares_are_set_aside():
