@@ -1394,7 +1394,13 @@ def run_apply_command(args: argparse.Namespace) -> int:
     args.seed = plan.options["search"]["seed"]  # --calibration-random draws as when the plan was made
     shapes = plan.input_shapes_for(model.model)
     args.input_shape = [f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items()] if shapes else None
-    calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    try:
+        calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
+    except InputDataError as error:  # the shapes are the plan's: apply takes no --input-shape
+        if "--input-shape asks for" not in str(error):
+            raise
+        raise InputDataError(str(error).replace("but --input-shape asks for", "but the plan was made at").replace(
+            "another --input-shape", "a plan made at another --input-shape")) from None
     result = apply_plan(model, plan, calibration=calibration)
     edited, blocks = plan.edited_layers, plan.edited_blocks
     if blocks:

@@ -65,6 +65,9 @@ EXACT_COMPARISON = "compared element by element"  # integer and boolean outputs 
 KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
 EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
+# a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
+# features, whose arg-max (sequence) or channel arg-max (dense) says nothing
+CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
 MIN_NN_SAMPLES = 3  # with 2 samples each one's nearest neighbour is the other: agreement says nothing
 ATTENTION_MASK = "attention_mask"
 
@@ -422,6 +425,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str
     if not np.issubdtype(array.dtype, np.floating):
         return REGRESSION, f"{array.dtype} values, {EXACT_COMPARISON}: rel and 1 - cos are the fraction that differ"
     shape = _shape_text(array)
+    if array.ndim >= 3 and CACHE_NAME.search(name):
+        return REGRESSION, f"{array.ndim}-D float {shape}, name says a key/value cache"
     if array.ndim == 2 and array.shape[1] >= 2:
         rows = array.astype(np.float64)
         if np.all((rows >= 0) & (rows <= 1)) and np.all(np.abs(rows.sum(axis=1) - 1) <= NORM_TOLERANCE):
@@ -1317,7 +1322,12 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
     if report.random_inputs:
         parts.append("on random inputs (not real data)")
     if not report.passed:
-        parts.append("FAILED")
+        failed = [o.name for o in report.outputs if not o.passed]
+        shown = head.name if head is not None and len(report.outputs) > 1 else None
+        parts.append("FAILED" + (f" (on {', '.join(repr(n) for n in failed[:3])}"
+                                 + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+                                 + (f"; the figures shown are those of '{shown}'" if shown not in failed else "") + ")"
+                                 if failed and shown is not None else ""))
     return "summary: " + ", ".join(parts)
 
 

@@ -1062,3 +1062,20 @@ def test_an_unedited_plans_budget_gap_advice_is_about_making_the_plan():
     assert "make the plan again with a lower --rank-multiple" in warning
     assert note is None and "make the plan again with a lower --rank-multiple to get closer" in again
     assert "so lower --rank-multiple" in budget_gap(0.4, 0.6, 16, "rank")[0]  # compress: its own flag
+
+
+def test_apply_calibration_of_another_size_is_told_the_plan_fixes_the_shape(tmp_path, capsys):
+    """"... but --input-shape asks for x:1x6x64; make them agree (..., or another --input-shape)": apply takes no
+    --input-shape; the shape is the plan's."""
+    from conftest import matmul_model
+
+    save_model(matmul_model(in_features=64, out_features=64, leading=("N", "T")), tmp_path / "m.onnx")
+    assert main(["plan", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "plan.json"), "--keep-params", "0.5",
+                 "--rank-multiple", "8", "--input-shape", "x:1x6x64", "--calibration-random", "8"]) == 0
+    np.savez(tmp_path / "short.npz", x=np.random.default_rng(0).standard_normal((8, 4, 64)).astype(np.float32))
+    capsys.readouterr()
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "plan.json"), "-o", str(tmp_path / "out.onnx"),
+                 "--calibration", str(tmp_path / "short.npz")]) == 1
+    error = capsys.readouterr().err
+    assert "but the plan was made at x:1x6x64" in error and "a plan made at another --input-shape" in error
+    assert "--input-shape asks" not in error and not (tmp_path / "out.onnx").exists()

@@ -1360,3 +1360,37 @@ def test_timing_batch_applies_to_an_input_whose_shape_was_given(tmp_path):
     report, timing, line = validate_and_bench(model, model, inputs=inputs, batch=3, input_shapes={"x": (4, 64)},
                                               bench_options={"runs": 1, "min_time_s": 0})
     assert report.passed and timing is not None and "(batch 3)" in line
+
+
+@pytest.mark.parametrize("name, shape", [("present.0.key", (2, 6, 64)), ("present_value_3", (2, 4, 6, 16)),
+                                         ("past_key_values.1.value", (2, 4, 6, 16)), ("kv_cache", (2, 6, 64))])
+def test_a_key_value_cache_output_is_compared_as_regression(name, shape):
+    """A decoder's present.* outputs were judged as sequences (arg-max over a head's 64 features) or dense maps:
+    every KV-cache model failed --validate by default."""
+    from onnx_alds.validate import detect_kind
+
+    kind, reason = detect_kind(name, np.random.default_rng(0).standard_normal(shape))
+    assert kind == "regression" and "key/value cache" in reason
+    assert detect_kind("logits", np.zeros((2, 6, 64)))[0] == "sequence"  # other 3-D outputs as before
+
+
+def test_the_summary_names_the_outputs_that_failed_when_it_shows_another():
+    """"position agreement 1.000, sequence agreement 1.00 ... FAILED": the figures were the first output's, the
+    failure another's."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    scores, feature = rng.standard_normal((8, 10)), rng.standard_normal((8, 1))
+
+    def model(scale: float) -> onnx.ModelProto:
+        nodes = [helper.make_node("MatMul", ["x", "A"], ["scores"]), helper.make_node("MatMul", ["x", "B"], ["feat"])]
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10]),
+                           helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["N", 1])],
+                          [numpy_helper.from_array(scores.astype(np.float32), "A"),
+                           numpy_helper.from_array((feature * scale).astype(np.float32), "B")])
+
+    inputs = InputSet({"x": rng.standard_normal((16, 8)).astype(np.float32)})
+    report = validate(model(1.0), model(2.0), inputs=inputs)
+    line = summary_line(report, None, provider="cpu", batch=1)
+    assert "top-1 agreement 1.00" in line and line.endswith("FAILED (on 'feat'; the figures shown are those of 'scores')")
