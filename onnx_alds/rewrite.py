@@ -105,9 +105,10 @@ def balanced_for_float16(factors: GroupedFactors) -> GroupedFactors:
     bfloat16's range is float32's."""
     encoder, decoder = factors.encoder, factors.decoder
     row_sums = np.zeros(decoder.shape[0])
-    for group in range(factors.groups):  # maxᵢ ‖wᵢ‖₁ of D·E, one group's columns at a time
+    for group in range(factors.groups):  # maxᵢ ‖wᵢ‖₁ of D·E, one group's columns and 1024 rows at a time
         rows = slice(group * factors.rank, (group + 1) * factors.rank)
-        row_sums += np.abs(decoder[:, rows] @ encoder[rows]).sum(axis=1)
+        for start in range(0, decoder.shape[0], 1024):
+            row_sums[start:start + 1024] += np.abs(decoder[start:start + 1024, rows] @ encoder[rows]).sum(axis=1)
     bound = float(row_sums.max(initial=0.0))
     encoder_sums = np.abs(encoder).sum(axis=1)
     over = (encoder_sums > bound) & (bound > 0)
