@@ -319,13 +319,18 @@ def image_files(folder: PathLike) -> list[Path]:
         nested = any(p.is_dir() and not p.name.startswith(".") for p in entries)
         unread, formats = _unread_images(entries)
         broken = _broken_image_names(entries)
-        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files; "
+        hidden = [p for p in entries if p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+        raise InputDataError(f"folder '{root}' holds no .jpg/.jpeg/.png/.bmp files"
+                             + (f" but {_count(len(hidden), 'hidden one')} ('{hidden[0].name}'; names starting "
+                                "with '.' are skipped, as macOS's '._' metadata files must be)" if hidden
+                                else "")
+                             + "; "
                              + (f"its {_count(len(broken), 'entry', 'entries')} named like images "
                                 f"('{broken[0].name}') "
                                 + ("is a link to no file, or a folder" if len(broken) == 1 else
                                    "are links to no file, or folders") + ": link the images themselves" if broken else
                                 f"its {unread} images are {formats}, which are not read: convert them to PNG"
-                                if unread else "put images in it")
+                                if unread else "rename them without the leading '.'" if hidden else "put images in it")
                              + (" (its subfolders are not read: put the images of every class in one folder, and "
                                 "give their classes with --labels FILE)" if nested else ""))
     return files
@@ -456,6 +461,8 @@ def read_labels_file(path: PathLike) -> LabelsFile:
             )
         value = value.strip()
         try:
+            if not re.fullmatch(r"-?[0-9]+", value):  # (int() also reads "1_0" as 10 and "+1" as 1)
+                raise ValueError(value)
             label = int(value)
         except ValueError:
             raise InputDataError(
@@ -839,6 +846,8 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     _check_image_spec(spec, preprocess)
     if not np.issubdtype(spec.dtype, np.floating):
         _check_integer_pixels(spec, preprocess)
+    elif spec.dtype == np.float16:
+        _check_float16_pixels(spec, preprocess)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -857,8 +866,7 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
             raise InputDataError(
                 f"preprocessing {preprocess.describe()} makes {'x'.join(map(str, stacked.shape[1:]))} per image, but "
                 f"input '{spec.name}' is {_pretty_dims(spec.dims)}; "
-                + (f"use --preprocess {preset}, whose images fit it" if (preset := _fitting_presets(spec)) is not None
-                   else "choose the matching --preprocess or --resize/--crop")
+                + (_preset_hint(spec, preprocess) or "choose the matching --preprocess or --resize/--crop")
             )
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
@@ -900,6 +908,19 @@ def _check_integer_pixels(spec: InputSpec, preprocess: Preprocess) -> None:
                              f"{fix}{example}")
 
 
+def _check_float16_pixels(spec: InputSpec, preprocess: Preprocess) -> None:
+    """A float16 image input holds values up to 65504: preprocessing that makes larger ones from pixels
+    0..255 (a ``--scale`` of 1000) would feed Inf; raises :class:`InputDataError` naming the flags, before
+    any image is decoded."""
+    pixels = np.arange(256, dtype=np.float64)[:, None]
+    values = (pixels * preprocess.scale - np.asarray(preprocess.mean, np.float64)) / np.asarray(preprocess.std, np.float64)
+    largest = float(np.abs(values).max())
+    if largest > float(np.finfo(np.float16).max):
+        raise InputDataError(f"input '{spec.name}' is float16 (values up to 65504), but preprocessing "
+                             f"{preprocess.describe()} makes pixels up to {largest:g} in magnitude, which would be "
+                             "Inf; adjust --scale, --mean and --std")
+
+
 def _check_image_spec(spec: InputSpec, preprocess: Preprocess) -> None:
     if len(spec.dims) != 4:
         raise InputDataError(
@@ -933,13 +954,33 @@ def _fitting_presets(spec: InputSpec) -> Optional[str]:
     return " or ".join(fitting) + (" (the one the model was trained with)" if len(fitting) > 1 else "")
 
 
+def _preset_hint(spec: InputSpec, preprocess: Preprocess) -> Optional[str]:
+    """``use --preprocess NAME, whose images fit it`` for the presets that fit ``spec`` whole; where the preset
+    in use is one of them, the flags given that change it (``--layout NHWC``, ``--grayscale``, ``--crop``,
+    ``--resize``) are what to drop; None when no preset fits."""
+    fitting = _fitting_presets(spec)
+    if fitting is None:
+        return None
+    base = preprocess.name.split("+")[0]  # ("imagenet+custom": the preset with flags that change it)
+    preset = PRESETS.get(base)
+    if preset is None or base == "custom" or base not in fitting.split(" (")[0].split(" or "):
+        return f"use --preprocess {fitting}, whose images fit it"
+    changed = [flag for flag, differs in (
+        (f"--layout {preprocess.layout}", preprocess.layout != preset.layout),
+        ("--grayscale", preprocess.channels != preset.channels),
+        ("--resize", (preprocess.size, preprocess.resize_short) != (preset.size, preset.resize_short)),
+        ("--crop", preprocess.crop != preset.crop)) if differs]
+    return (f"--preprocess {base} fits this input as it is: drop " + (" and ".join(changed) or
+            "the flags that change it"))
+
+
 def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
     """What makes images fit an input whose channel count the preprocessing misses: a preset that fits the
     input whole, else the layout whose channel axis holds 1 or 3 channels, with ``--grayscale`` or without
     it, else an .npz."""
-    preset = _fitting_presets(spec)
-    if preset is not None:
-        return f"use --preprocess {preset}, whose images fit it"
+    hint = _preset_hint(spec, preprocess)
+    if hint is not None:
+        return hint
     for layout, axis in (("NCHW", 1), ("NHWC", 3)):
         channels = spec.dims[axis]
         if channels not in (1, 3):
@@ -1340,11 +1381,13 @@ def with_prefixed_flags(message: str, prefix: str) -> str:
     is left out."""
     if not prefix:
         return message
-    npz_flag, _, _ = _source_flags(prefix)
+    npz_flag, images_flag, random_flag = _source_flags(prefix)
     file_flag, names_flag = _labels_flags(prefix)
     if prefix == "calibration-":
         message = _LABEL_HINT.sub(" (its subfolders are not read: put the images in the folder itself)", message)
-    message = message.replace("--inputs FILE.npz", f"{npz_flag} FILE.npz")
+    message = re.sub(r"--inputs\b(?!-)", npz_flag, message)  # ("--inputs FILE.npz", "with --inputs write ...")
+    message = re.sub(r"--images\b(?!-)", images_flag, message)
+    message = re.sub(r"--random\b(?!-)", random_flag, message)
     message = re.sub(r"--labels-from-filenames\b", names_flag, message)
     return re.sub(r"--labels FILE\b", f"{file_flag} FILE", message)
 

@@ -818,10 +818,12 @@ class _Accumulator:
 
 def check_label_range(labels: np.ndarray, output: str, classes: int) -> None:
     """Labels must be class ids of ``output`` (in ``[0, classes)``)."""
-    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+    outside = (labels < 0) | (labels >= classes)
+    if len(labels) and outside.any():
+        first = int(np.argmax(outside))  # (the sample's place: its line in a plain labels file, its image in order)
         raise InputDataError(
-            f"labels range over {labels.min()}..{labels.max()}, but output '{output}' has {classes} classes; "
-            "give class ids in [0, classes)"
+            f"labels range over {labels.min()}..{labels.max()} (first outside: sample {first + 1}, class id "
+            f"{labels[first]}), but output '{output}' has {classes} classes; give class ids in [0, {classes})"
         )
 
 

@@ -77,6 +77,10 @@ def test_random_inputs_refused_for_a_string_input_name_the_flag_of_the_command(t
     assert "(--inputs FILE.npz)" in str(caught.value)
     rewritten = with_prefixed_flags(str(caught.value), "calibration-")
     assert "(--calibration FILE.npz)" in rewritten and "--inputs" not in rewritten
+    # every validate flag in a message, not only "--inputs FILE.npz" ("with --inputs write one class id ...")
+    assert with_prefixed_flags("with --inputs write one id per line, or give --images DIR or --random N",
+                               "validate-") == ("with --validate-inputs write one id per line, or give "
+                                                "--validate-images DIR or --validate-random N")
 
 
 def test_npz_whose_arrays_or_labels_disagree_on_the_sample_count_is_named(tmp_path):
@@ -202,6 +206,18 @@ def test_integer_image_inputs_take_whole_pixels_that_fit_their_type(tmp_path):
         load_inputs(model, images=tmp_path, preprocess=Preprocess("custom", mean=(127.5,)))
 
 
+def test_float16_image_inputs_refuse_preprocessing_past_their_range(tmp_path):
+    """--scale 1000 made pixels up to 255000 for a float16 input: Inf fed (the API returned millions of them),
+    then "holds NaN or Inf values ... give finite inputs"."""
+    _write(tmp_path / "a.png", np.full((4, 6, 3), 200, np.uint8))
+    model = _image_model(["N", 3, 4, 6], elem=TensorProto.FLOAT16)
+    with pytest.raises(InputDataError, match=r"float16 \(values up to 65504\).*makes pixels up to 255000.*"
+                                             r"--scale, --mean and --std"):
+        load_inputs(model, images=tmp_path, preprocess=Preprocess("custom", scale=1000.0))
+    fits = load_inputs(model, images=tmp_path, preprocess=Preprocess("custom", scale=100.0)).arrays["x"]
+    assert fits.dtype == np.float16 and np.isfinite(fits).all() and float(fits.max()) == 20000.0
+
+
 def test_crop_scale_mean_std_nchw_by_hand(tmp_path):
     pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2  # H=4, W=6, RGB
     _write(tmp_path / "a.png", pixels)
@@ -271,6 +287,20 @@ def test_mnist_preset_grayscale_28(tmp_path):
                        labels_from_filenames=True)
     np.testing.assert_allclose(data.arrays["x"][0, 0], (digit / 255 - 0.1307) / 0.3081, atol=1e-6)
     np.testing.assert_array_equal(data.labels, [7, 3])  # sorted by name: mnist_00_7, mnist_01_3
+
+
+def test_a_preset_that_fits_changed_by_flags_names_the_flags_to_drop(tmp_path):
+    """"--preprocess imagenet --layout NHWC" for a 3x224x224 input was told "use --preprocess imagenet or
+    efficientnet-lite": the preset in use, which the flag had changed."""
+    from dataclasses import replace
+
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / "a.png")
+    model = _image_model(["N", 3, 224, 224])
+    for changes, flag in ((dict(layout="NHWC"), "--layout NHWC"), (dict(crop=(200, 200)), "--crop"),
+                          (dict(channels=1, mean=(0.0,), std=(1.0,)), "--grayscale")):
+        changed = replace(PRESETS["imagenet"], name="imagenet+custom", **changes)
+        with pytest.raises(InputDataError, match=f"--preprocess imagenet fits this input as it is: drop {flag}$"):
+            load_inputs(model, images=tmp_path, preprocess=changed)
 
 
 def test_images_that_do_not_fit_name_the_preset_that_does(tmp_path):
@@ -433,6 +463,8 @@ def test_labels_file_with_an_npz(tmp_path):
     ("a.png,1\na.png,2\n", "line 2: 'a.png' is listed twice"),
     (",3\n", "line 1: no file name before the comma"),
     ("0\n99999999999999999999\n", "line 2: class id 99999999999999999999 is beyond any class count"),
+    ("0\n1_0\n", "line 2: '1_0' is not an integer class id"),  # (int() read it as 10)
+    ("+1\n", "line 1: '+1' is not an integer class id"),
 ])
 def test_bad_labels_files_name_the_line(tmp_path, text, message):
     (tmp_path / "l.txt").write_text(text)
@@ -724,6 +756,15 @@ def test_a_folder_of_images_only_in_formats_not_read_says_so(tmp_path):
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / name)
     with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files; its 2 images are .tif, .webp, "
                                              r"which are not read: convert them to PNG"):
+        load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
+
+
+def test_a_folder_of_hidden_images_only_says_they_are_skipped(tmp_path):
+    """A folder holding only '.a_1.png' and '._b_1.png' was said to hold no PNG files: "put images in it"."""
+    for name in (".a_1.png", "._b_1.png"):
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / name)
+    with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files but 2 hidden ones \('._b_1.png'; "
+                                             r"names starting with '.' are skipped.*rename them without the leading"):
         load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
 
 

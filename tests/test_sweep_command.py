@@ -617,8 +617,8 @@ def test_inputs_the_figures_cannot_use_make_error_rows_not_crashes(tiny, tmp_pat
     command = ["--keep-flops", "0.6", "--methods", "svd", "--inputs", str(tmp_path / "bad.npz"), "-o",
                str(tmp_path / "out"), "--rank-multiple", "1", "--no-bench", "--no-plots", "--no-progress"]
     code, _, err = run(["sweep", str(tiny / "tiny.onnx"), *command], capsys)
-    assert code == 1 and "bad.npz" in err and "for model 'tiny': labels range over 7..11, but output 'logits' has 5 " \
-        "classes" in err
+    assert code == 1 and "bad.npz" in err and "for model 'tiny': labels range over 7..11 (first outside: sample 1, class id " \
+        in err and "but output 'logits' has 5 classes" in err
     assert not (tmp_path / "out").exists()
     undeclared = onnx.load(str(tiny / "tiny.onnx"))
     undeclared.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
