@@ -926,12 +926,16 @@ def make_plan(model, **options) -> Plan:
 def _as_written(report, planned, budget: Budget, rank_multiple: int):
     """``report`` with the weight count the written model will hold, as compress reports it after writing
     (:func:`onnx_alds.api._apply_step`): the allocation counts each factorized layer's weight, the rewrite
-    drops that weight's source with the other constants only its chain reads (a Reshape's shape ...)."""
-    from .api import with_written_params
+    drops that weight's source with the other constants only its chain reads (a Reshape's shape ...), and
+    adds the output shift of ``--bias-correction`` / ``--affine-correction``."""
+    from .api import _correction_bias_params, with_written_params
 
     factorized = [layer for layer, choice in zip(planned.chosen, planned.allocation.choices) if choice.groups != DENSE]
     written = (report.params_after + sum(layer.params for layer in factorized)
                - _dropped_constants(planned.prepared.model, factorized))
+    data = planned.options.data
+    if data.calibration is not None and (data.bias_correction or data.affine_correction):  # each layer's shift
+        written += sum(_correction_bias_params(planned.prepared.model, factorized))
     return with_written_params(report, written, budget.target, budget.keep, rank_multiple)
 
 

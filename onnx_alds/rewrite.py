@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -221,11 +222,19 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
             gs.Node("MatMul", dec_node, {}, [middle, dec_weight], [y])]
 
 
+def read_more_than_once(model: onnx.ModelProto) -> frozenset[str]:
+    """The tensor names that more than one node input reads, in any graph of ``model`` (a bias two layers
+    share: a shift folded into it would be a copy per layer, which the budget does not count)."""
+    readers = Counter(name for _, graph in iter_graphs(model.graph) for node in graph.node for name in node.input
+                      if name)
+    return frozenset(name for name, count in readers.items() if count > 1)
+
+
 def shift_folds_into_bias(op: str, beta: float, has_bias: bool, bias_is_fixed_constant: bool) -> bool:
     """Whether :func:`_shift_output` adds a layer's output shift into its own bias input (a Conv's bias,
     a Gemm's ``C`` as ``shift/beta``) rather than through an ``Add`` node: the op has one, ``beta`` is not
-    0, and the bias is absent or an initializer that callers cannot override (an output of a ``Constant``
-    node, or a graph input, is neither)."""
+    0, and the bias is absent or an initializer that callers cannot override and no other node reads (an
+    output of a ``Constant`` node, a graph input, or a bias shared by two layers is none of these)."""
     return op in ("Conv", "Gemm") and beta != 0.0 and (not has_bias or bias_is_fixed_constant)
 
 
@@ -298,6 +307,7 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
     # IR >= 4: an initializer also listed as a graph input is a default that callers may override
     overridable = frozenset({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
                             if model.ir_version >= 4 else ())
+    overridable |= read_more_than_once(model)  # (kept as they are too: a shift folded in would copy them)
     for rewrite in rewrites:
         if graph is None:
             opset = opset_version(model)
