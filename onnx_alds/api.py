@@ -623,7 +623,7 @@ def compress(model: ModelLike, *, keep_params: Optional[float] = None, keep_flop
 
     ``error_measure`` None (default) means ``spectral`` data-free and ``frobenius`` data-aware: on
     whitened spectra the relative Frobenius residual is the relative RMS output error on the
-    calibration inputs (exact for ``g = 1`` with ``shrinkage=False``; with the default moment shrinkage it
+    calibration inputs, of ``W x`` without the layer's bias (exact for ``g = 1`` with ``shrinkage=False``; with the default moment shrinkage it
     is that error under the shrunk moment, a regularized estimate that differs from the in-sample figure
     where the calibration vectors are few for the layer's input), which measured best on
     EfficientNet-Lite0 (docs/DATA_AWARE.md).
@@ -1147,6 +1147,11 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                 f"{name} α={alpha:.2f} ({count} vectors)" for alpha, name, count in shrunk[:3] if alpha >= 0.01))
         steps += ("sensitivity",) if sensitivity else ()
         extra_notes += [sensitivity_note] if sensitivity_note else []
+        grouped = [row for row in report.layers if row.groups > 1]
+        if data.both_factors and not grouped and not data.sequential:
+            extra_notes.append(f"--both-factors {data.both_factors} changed nothing: every factorized layer has one "
+                               "group, where the whitened factors are already the least-squares optimum (the "
+                               "rounds act between groups, or with --sequential)")
         if data.affine_correction:
             extra_notes.append("--affine-correction: the error figures are of the factors before it; matching each "
                                "channel's mean and variance moves a layer's output away from its least-squares fit "

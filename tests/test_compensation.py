@@ -196,3 +196,18 @@ def test_correction_priced_as_the_rewrite_writes_it(bias):
     if bias == "C[M,N]":  # the shift costs nothing: the exact rank 3 fits 0.4 (rank 2 was chosen)
         assert compress(model, keep_params=0.4, rank_multiple=1, calibration=calibration,
                         bias_correction=True).report.layers[0].rank == 3
+
+
+def test_both_factors_that_change_nothing_say_so():
+    """--both-factors 2 on a plan whose factorized layers all have one group wrote the same model as without it,
+    with no word."""
+    model = small_cnn(seed=0, width=8)
+    calibration = InputSet({"input": _calibration(0, 16)}, source="test")
+    plain = compress(model, keep_flops=0.5, calibration=calibration, max_groups=1)
+    both = compress(model, keep_flops=0.5, calibration=calibration, max_groups=1, both_factors=2)
+    assert all(row.groups <= 1 for row in both.report.layers)
+    assert both.model.SerializeToString() == plain.model.SerializeToString()  # (what the note says)
+    assert any(note.startswith("--both-factors 2 changed nothing") for note in both.report.notes)
+    grouped = compress(model, keep_flops=0.5, calibration=calibration, max_groups=4, both_factors=2)
+    said = any(note.startswith("--both-factors 2 changed nothing") for note in grouped.report.notes)
+    assert said == (not any(row.groups > 1 for row in grouped.report.layers))
