@@ -1145,6 +1145,11 @@ def _apply_step(planned: _Planned) -> CompressionResult:
             extra_notes.append("moment shrinkage toward a scaled identity (Ledoit-Wolf weight α; large where the calibration "
                                "vectors are few or alike for the dimension): " + ", ".join(
                 f"{name} α={alpha:.2f} ({count} vectors)" for alpha, name, count in shrunk[:3] if alpha >= 0.01))
+        silent = sorted(name for name, value in stats.items() if not np.any(value.second_moment))
+        if silent:
+            extra_notes.append(f"{len(silent)} layers read an input that is zero on every calibration input (first: "
+                               f"'{silent[0]}'): the calibration says nothing of them, so their error figures are "
+                               "the data-free ones; give calibration inputs that reach them")
         steps += ("sensitivity",) if sensitivity else ()
         extra_notes += [sensitivity_note] if sensitivity_note else []
         grouped = [row for row in report.layers if row.groups > 1]

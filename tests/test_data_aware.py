@@ -539,3 +539,26 @@ def test_sensitivity_of_an_exactly_low_rank_layer_is_not_a_ratio_of_rounding_err
     note = next(n for n in result.report.notes if n.startswith("sensitivity weights"))
     weights = dict(part.rsplit(" ", 1) for part in note.split("largest: ")[1].split(", "))
     assert float(weights["low"]) <= 2.0, note
+
+
+@pytest.mark.parametrize("shrinkage", [True, False])
+def test_a_layer_whose_input_is_zero_on_every_calibration_input_is_named(shrinkage):
+    """A layer reading x·0 got an error figure and a rank with no word (and a shrinkage note only with
+    shrinkage on)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), name) for name in "AB"]
+    weights.append(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["a"], name="live"),
+             helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("MatMul", ["z", "B"], ["b"], name="dead"),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], weights)
+    calibration = InputSet({"x": rng.standard_normal((64, 32)).astype(np.float32)})
+    report = compress(model, keep_params=0.7, rank_multiple=1, calibration=calibration,
+                      shrinkage=shrinkage).report
+    assert any(note.startswith("1 layers read an input that is zero on every calibration input (first: 'dead')")
+               for note in report.notes)
