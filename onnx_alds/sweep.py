@@ -1190,11 +1190,18 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
 
 def _check_held_out(inputs, calibration, name: str, proto: onnx.ModelProto) -> None:
     """The validation data must not hold calibration samples the variants are fitted to (those used: whole
-    batches of a model that fixes its batch), or they score in-sample, as if on held-out data: raises
-    InputDataError saying how many it holds."""
+    batches of a model that fixes its batch), nor samples an earlier run fitted the model itself to (its
+    metadata's sample digests), or they score in-sample, as if on held-out data: raises InputDataError
+    saying how many it holds."""
     from .data_aware import sample_count
-    from .plan import sample_digests
+    from .plan import calibration_overlap, sample_digests
 
+    earlier = calibration_overlap(proto, inputs)  # a model compressed (or distilled) before, on these samples
+    if earlier is not None and earlier[0]:
+        raise InputDataError(f"the held-out data of model '{name}' ({inputs.source}) holds {earlier[0]} of its "
+                             f"{earlier[1]} samples that the model itself was calibrated or trained on (an earlier "
+                             "onnx-alds run, in its metadata): every variant would score in-sample; give "
+                             "validation data that run did not use")
     if calibration is None:
         return
     calibrated = set(sample_digests(calibration, sample_count(calibration, proto)))

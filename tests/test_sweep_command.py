@@ -337,6 +337,22 @@ def test_validating_on_calibration_samples_is_refused(tiny, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_validating_on_the_samples_an_earlier_run_fitted_the_model_to_is_refused(tiny, tmp_path, capsys):
+    """A model compressed with --calibration A, swept with --inputs A (and its own --calibration B): every row
+    scored in-sample, exit 0, with no note, where validate on the same pair says "in-sample and optimistic"."""
+    code, _, _ = run(["compress", str(tiny / "tiny.onnx"), "-o", str(tmp_path / "d1.onnx"), "--keep-flops", "0.6",
+                      "--rank-multiple", "1", "--calibration", str(tiny / "calibration.npz"), "-q"], capsys)
+    assert code == 0
+    args = sweep_args(tiny, tmp_path / "out", "--no-bench", "--no-plots")
+    args[1] = str(tmp_path / "d1.onnx")
+    args[args.index("--inputs") + 1] = str(tiny / "calibration.npz")
+    args[args.index("--calibration") + 1] = str(tiny / "eval.npz")
+    code, _, err = run(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "that the model itself was calibrated or trained on" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_worker_killed_mid_sweep_takes_only_its_own_variant(tiny, tmp_path, capsys, monkeypatch):
     """One worker SIGKILLed (the OOM killer) broke the process pool: every variant not yet finished was
     reported crashed, started or not, and the command exited 1. They run again in a new pool now."""
