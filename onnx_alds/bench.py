@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -602,20 +603,28 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
 
 
 def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> list[tuple[str, str, str]]:
-    """``(layer, enc_node, dec_node)`` for every original node ``layer`` with ``layer.enc``/``layer.dec`` nodes."""
-    compressed_names = {node.name for node in compressed.graph.node}
+    """``(layer, enc_node, dec_node)`` for every original node ``layer`` replaced by one pair of new nodes named
+    ``layer.enc``/``layer.dec``, or ``layer.enc.1``/``layer.dec.2`` where the rewrite found those names taken
+    (:class:`onnx_alds.rewrite.Names`); nodes of those names the original has already are not a pair."""
+    original_names = {node.name for node in original.graph.node}
+    kept = {node.name for node in compressed.graph.node}
+    new = [name for name in kept if name not in original_names]
     pairs = []
     for node in original.graph.node:
-        enc, dec = f"{node.name}.enc", f"{node.name}.dec"
-        if node.name and enc in compressed_names and dec in compressed_names:
-            pairs.append((node.name, enc, dec))
+        if not node.name or node.name in kept:
+            continue
+        ends = [[name for name in new if re.fullmatch(re.escape(f"{node.name}.{end}") + r"(\.[0-9]+)?", name)]
+                for end in ("enc", "dec")]
+        if all(len(found) == 1 for found in ends):
+            pairs.append((node.name, ends[0][0], ends[1][0]))
     return pairs
 
 
 def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, paired: set[str]) -> list[str]:
     """A note for every original node whose factors were factorized again (``X.enc.enc``, ``X.enc.dec``,
     ``X.dec``: a compressed model compressed once more), which no single pair stands for."""
-    names = [node.name for node in compressed.graph.node]
+    original_names = {node.name for node in original.graph.node}
+    names = [node.name for node in compressed.graph.node if node.name not in original_names]  # (the new ones)
     notes = []
     for node in original.graph.node:
         if not node.name or node.name in paired:

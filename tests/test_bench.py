@@ -437,3 +437,26 @@ def test_bench_refuses_provider_settings_it_cannot_apply(keywords, error, match)
 
     with pytest.raises(error, match=match):
         bench([small_cnn()], batch_sizes=(1,), runs=1, min_time_s=0, **keywords)
+
+
+def test_pairs_renamed_around_names_the_model_had_are_found():
+    """A MatMul 'fc' beside nodes already named 'fc.enc' (a Relu) and 'fc.dec' (a MatMul): its pair is
+    'fc.enc.1'/'fc.dec.1', and --per-layer skipped 'fc' as "factorized more than once (fc.dec.1, fc.dec.dec,
+    fc.dec.enc, fc.enc, fc.enc.1)", the untouched Relu and another layer's pair included."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name)
+               for name in ("W", "W.enc", "W.dec")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="fc"),
+             helper.make_node("Relu", ["y"], ["y.enc"], name="fc.enc"),
+             helper.make_node("MatMul", ["y.enc", "W.enc"], ["z"], name="fc.dec"),
+             helper.make_node("MatMul", ["z", "W.dec"], ["out"], name="fc2")]
+    original = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 64])], weights)
+    compressed = compress(original, keep_params=0.6, rank_multiple=8).model
+    assert ("fc", "fc.enc.1", "fc.dec.1") in factorized_pairs(original, compressed)
+    assert ("fc.dec", "fc.dec.enc", "fc.dec.dec") in factorized_pairs(original, compressed)
