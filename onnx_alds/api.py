@@ -246,6 +246,7 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
     reachable = _called_functions(given)
     _refuse_what_the_inliner_misreads(given, reachable)
     model = _with_default_attributes(model)  # (onnx's inliner drops a function attribute's default: pads lost)
+    model = _with_unchanged_function_opsets(model)
     model, doc_strings = _marked_function_constants(model)
     try:  # convert_version: a function importing another ai.onnx opset than the model's is converted, not skipped
         try:
@@ -281,6 +282,38 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
         notes.append(f"{shared} constants of functions called more than once are stored once, as in the file (a layer "
                      "reading one counts as sharing its weight)")
     return inlined
+
+
+def _with_unchanged_function_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each local function that imports another ai.onnx opset than the model's relabeled to the
+    model's where every ai.onnx op of its body has the same definition in both (``onnx.defs``: the same
+    ``since_version``): inlined, its nodes then mean what they meant, and the inliner has nothing to convert
+    (its conversion needs every value's type, which nested functions' bodies do not state). Functions whose
+    ops did change keep their opset, for the inliner to convert."""
+    model_opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if model_opset is None:
+        return model
+
+    def schema_version(op: str, opset: int) -> Optional[int]:
+        try:
+            return onnx.defs.get_schema(op, opset, "").since_version
+        except Exception:  # noqa: BLE001 - not an ai.onnx op at that opset: leave the function as it is
+            return None
+
+    relabeled = None
+    for index, function in enumerate(model.functions):
+        own = [entry for entry in function.opset_import if entry.domain in ("", "ai.onnx")]
+        if len(own) != 1 or own[0].version == model_opset:
+            continue
+        ops = {node.op_type for node in _nodes_within(function.node) if node.domain in ("", "ai.onnx")}
+        if all(schema_version(op, own[0].version) is not None
+               and schema_version(op, own[0].version) == schema_version(op, model_opset) for op in ops):
+            if relabeled is None:
+                relabeled = onnx.ModelProto()
+                relabeled.CopyFrom(model)
+            next(entry for entry in relabeled.functions[index].opset_import
+                 if entry.domain in ("", "ai.onnx")).version = model_opset
+    return model if relabeled is None else relabeled
 
 
 def _called_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:

@@ -1750,3 +1750,37 @@ def test_a_default_lost_through_a_chain_of_forwarded_attributes_is_refused():
     x = np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)
     expected, got = run(model, {"X": x})[0], run(result.model, {"X": x})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_nested_functions_of_another_opset_whose_ops_did_not_change_are_inlined():
+    """Outer (opset 17) calling Inner (opset 17) in a model at opset 18: the inliner's conversion needed the
+    type of Outer's inner value and stopped on an assertion ("Type unknown for A__1"): refused. MatMul and Relu
+    mean the same at 17 and 18, so the functions are taken at the model's opset."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+
+    def low_rank(name: str) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal((32, 4)) @ rng.standard_normal((4, 32))).astype(
+            np.float32), name)
+
+    inner = helper.make_function("local", "Inner", ["X"], ["Y"], [
+        helper.make_node("Constant", [], ["W"], value=low_rank("Wi")), helper.make_node("MatMul", ["X", "W"], ["M"]),
+        helper.make_node("Relu", ["M"], ["Y"])], [helper.make_opsetid("", 17)])
+    outer = helper.make_function("local", "Outer", ["X"], ["Y"], [
+        helper.make_node("Inner", ["X"], ["A"], domain="local"),
+        helper.make_node("Constant", [], ["W2"], value=low_rank("Wo")), helper.make_node("MatMul", ["A", "W2"], ["Y"])],
+        [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    graph = helper.make_graph([helper.make_node("Outer", ["x"], ["a"], domain="local", name="outer"),
+                               helper.make_node("MatMul", ["a", "wm"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], [low_rank("wm")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                              functions=[inner, outer])
+    model.ir_version = 8
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=4)
+    assert sum(bool(row.groups) for row in result.report.layers) == 3
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (model, result.model)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-3, atol=1e-3 * float(np.abs(run[0]).max()))
