@@ -155,6 +155,11 @@ def _read_model_file(path: Path) -> onnx.ModelProto:
 
 
 def _check_has_graph(proto: onnx.ModelProto, path: Path) -> None:
+    if len(proto.graph.node) and not proto.opset_import:  # (a graph, but which version of its ops is not said)
+        raise ModelLoadError(f"'{path}' imports no opset (its opset_import is empty, so the version of its "
+                             f"{len(proto.graph.node)} nodes' ops is not said; or the file is cut short after its "
+                             "graph); add one, e.g. model.opset_import.append(onnx.helper.make_opsetid('', 17)), "
+                             "or export it again")
     if len(proto.graph.node) == 0 or not proto.opset_import:
         raise ModelLoadError(
             f"'{path}' holds no ONNX graph (no nodes or no opset); "

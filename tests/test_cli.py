@@ -1317,3 +1317,12 @@ def test_a_fraction_flag_out_of_range_is_asked_for_as_a_fraction(text):
 
     with pytest.raises(argparse.ArgumentTypeError, match=r"give a fraction in \[0, 1\]"):
         fraction(text)
+
+
+def test_a_model_without_an_opset_import_is_told_so(cnn_path, tmp_path, capsys):
+    """A valid graph whose opset_import is empty was called "truncated or not ONNX"."""
+    model = onnx.load(cnn_path)
+    del model.opset_import[:]
+    onnx.save(model, tmp_path / "no_opset.onnx")
+    code, _, err = run_cli("analyze", tmp_path / "no_opset.onnx", capsys=capsys)
+    assert_one_line_error(code, err, "no_opset.onnx", "imports no opset (its opset_import is empty")
