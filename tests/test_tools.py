@@ -99,6 +99,57 @@ def test_bad_input_is_one_line_and_an_exit_code(tmp_path, tool, args, code, text
     assert not (tmp_path / "nodir").exists() and not (tmp_path / "nothing").exists()
 
 
+# the same, run in this process (a subprocess per case costs 1.5 s of imports): (tool, arguments, a piece of
+# the message); every one exits 1 with one error line, before any work and without creating --out
+BAD_INPUT_IN_PROCESS = [
+    # a file that is not what the flag reads
+    ("bench_memory.py", ["{tmp}/text.txt", "--keep-params", "0.5"], "as an ONNX model"),
+    ("sweep.py", ["--merge-from", "{tmp}/text.txt", "--out", "{tmp}/nodir", "--results-md", "{tmp}/R.md"],
+     "text.txt' is not a JSON file"),
+    ("sweep.py", ["--merge-from", "{tmp}/missing.json", "--out", "{tmp}/nodir", "--results-md", "{tmp}/R.md"],
+     "missing.json"),
+    ("sweep.py", ["--merge-from", "{tmp}/record.json", "--out", "{tmp}/nodir", "--results-md", "{tmp}/R.md"],
+     "has no 'rows'"),
+    ("sweep.py", ["--notes", "{tmp}/MISSING.md", "--out", "{tmp}/nodir", "--results-md", "{tmp}/R.md"],
+     "--notes"),
+    ("sweep.py", ["--out", "{tmp}/nodir", "--work", "{tmp}/text.txt"], "--work '"),
+    ("sweep.py", ["--out", "{tmp}/nodir", "--engine", "local", "--address", "1.2.3.4"], "--address"),
+    ("prune_bench.py", ["--models", "mnist-resnet", "--keep", "0.5", "--variants", "prune", "--calibration", "eval"],
+     "--calibration eval"),
+    ("prune_bench.py", ["--models", "mnist-resnet", "--calibration", "agreement"], "--calibration agreement"),
+    ("int8_compare.py", ["--static-ops", "Bogus", "--out", "{tmp}/nodir", "--work", "{tmp}/nothing"], "Bogus"),
+    # contradictory flags, and flags that change nothing
+    ("sweep.py", ["--no-bench", "--bench-only", "--out", "{tmp}/nodir"], "--bench-only"),
+    ("bench_latency.py", ["--models", "mnist", "--batch", "resnet50=2"], "--batch resnet50=2"),
+    ("layer_probe.py", ["--models", "mnist-resnet", "--calibration", str(DATA / "mnist_calibration.npz")],
+     "--calibration"),
+    ("layer_probe.py", ["--model", str(DATA / "mnist_resnet.onnx"), "--calibration", str(DATA / "mnist_calibration.npz"),
+                        "--held-out", str(DATA / "mnist_eval.npz"), "--models", "mnist-resnet"], "--models"),
+    ("accuracy_bench.py", ["--models", "mnist-resnet", "--pool"], "--pool"),
+    ("accuracy_bench.py", ["--models", "mnist-resnet", "--calibration-sizes", "100"], "--calibration-sizes 100"),
+    ("accuracy_bench.py", ["--models"], "--models"),
+    ("accuracy_bench.py", ["--models", "mnist-resnet", "--methods"], "--methods"),
+    ("data_aware_bench.py", ["--models"], "--models"),
+    ("data_aware_bench.py", ["--variants"], "--variants"),
+]
+
+
+@pytest.mark.parametrize("tool, args, text", BAD_INPUT_IN_PROCESS,
+                         ids=[f"{c[0]} {' '.join(c[1])}"[:60] for c in BAD_INPUT_IN_PROCESS])
+def test_bad_input_in_process_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, tool, args, text):
+    (tmp_path / "text.txt").write_text("some text, not a model nor JSON\n")
+    (tmp_path / "record.json").write_text(json.dumps({"runs": []}))  # JSON, but no sweep record
+    module = load_tool(tool[:-3])
+    from _tool import run_tool as run_main
+
+    monkeypatch.setattr(sys, "argv", [tool, *(a.replace("{tmp}", str(tmp_path)) for a in args)])
+    assert run_main(module.main) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert text in err
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "nothing").exists()
+
+
 def test_parallel_efficiency_without_ray_says_what_to_install(tmp_path):
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "ray.py").write_text("raise ImportError('No module named ray')\n")
@@ -227,3 +278,141 @@ def test_sweep_without_matplotlib_writes_its_tables_and_says_plots_were_skipped(
     sweep.write_outputs({"rows": []}, tmp_path, tmp_path / "RESULTS.md", command="x")
     assert "plots: skipped (matplotlib is not installed" in capsys.readouterr().out
     assert (tmp_path / "RESULTS.md").read_text() == "ok" and (tmp_path / "sweep.json").exists()
+
+
+def test_bench_latency_exits_1_when_a_model_failed_and_keeps_the_json(tmp_path, monkeypatch, capsys):
+    """--provider cuda without a GPU: every model failed, the JSON held only failures, and the exit was 0."""
+    bench_latency = load_tool("bench_latency")
+    from onnx_alds.errors import ProviderError
+
+    def no_gpu(name, *args, **kwargs):
+        raise ProviderError("the CUDA provider is not available")
+
+    monkeypatch.setattr(bench_latency, "bench_model", no_gpu)
+    monkeypatch.setattr(sys, "argv", ["bench_latency.py", "--models", "mnist", "--json", str(tmp_path / "r.json")])
+    assert bench_latency.main() == 1
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["records"] == [] and record["failures"][0]["model"] == "mnist"
+    assert "error: 1 of 1 model runs failed" in capsys.readouterr().err
+
+
+def fake_programs(folder: Path, **scripts: str) -> Path:
+    """Executable shell scripts named by the keywords (``nvidia_smi`` → ``nvidia-smi``) in ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        path = folder / name.replace("_", "-")
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return folder
+
+
+def run_cuda_check(tmp_path: Path, path: str) -> subprocess.CompletedProcess:
+    bash = next(p for p in ("/bin/bash", "/usr/bin/bash") if Path(p).exists())
+    return subprocess.run([bash, str(TOOLS / "cuda_check.sh")], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={"PATH": path, "OUT": str(tmp_path / "out"), "HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize("nvidia_smi", [None, "echo 'No devices were found'; exit 6", "exit 0"],
+                         ids=["missing", "no devices", "lists none"])
+def test_cuda_check_stops_at_once_without_a_gpu(tmp_path, nvidia_smi):
+    programs = fake_programs(tmp_path / "bin", **({} if nvidia_smi is None else {"nvidia_smi": nvidia_smi}))
+    result = run_cuda_check(tmp_path, str(programs))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nvidia-smi" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_cuda_check_stops_at_the_first_failing_step(tmp_path):
+    programs = fake_programs(tmp_path / "bin", nvidia_smi="echo 'GPU 0: NVIDIA Test (UUID: GPU-0)'",
+                             python3="echo 'no onnxruntime here' >&2; exit 3")
+    result = run_cuda_check(tmp_path, f"{programs}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: step 'onnxruntime and its providers' failed (exit 3)" in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "bench_latency.txt").exists()  # the next steps did not run
+
+
+def test_parallel_efficiency_skips_the_simulation_without_two_shards_on_a_worker(tmp_path):
+    """One shard per worker (calibration --limit 8 at --batch 16): statistics.StatisticsError in simulated()."""
+    def record(workers: int) -> Path:
+        timeline = [dict(worker=f"w{w}", start_s=0.0, seconds=1.0, cpu_s=1.0) for w in range(workers)]
+        path = tmp_path / f"w{workers}.json"
+        path.write_text(json.dumps({"runs": [{"phases": {"tasks_s": 1.0}, "timeline": timeline}]}))
+        return path
+
+    result = run_tool("parallel_efficiency.py", "sweep", str(record(1)), str(record(2)), "--json", str(tmp_path / "pe.json"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "simulation skipped: it needs a worker that ran 2 shards or more" in result.stdout
+    assert "CPU-time replay 0.50" in result.stdout and json.loads((tmp_path / "pe.json").read_text())["runs"]
+
+
+def test_int8_static_quantization_that_quantizes_nothing_is_an_error(tmp_path):
+    int8 = load_tool("int8_compare")
+    from onnx_alds.errors import OnnxAldsError
+    from onnx_alds.inputs import InputSet
+
+    model = tiny_model(tmp_path / "tiny.onnx")
+    calibration = InputSet({"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)})
+    with pytest.raises(OnnxAldsError, match="quantized no node"):
+        int8.quantize_static_qdq(model, tmp_path / "qdq.onnx", calibration, op_types=("Conv",))
+    assert int8.quantize_static_qdq(model, tmp_path / "qdq.onnx", calibration, op_types=("MatMul",)).exists()
+
+
+def test_accuracy_bench_exits_1_when_every_run_failed(tmp_path, monkeypatch, capsys):
+    accuracy_bench = load_tool("accuracy_bench")
+    from onnx_alds.errors import BudgetError
+
+    def unreachable(*args, **kwargs):
+        raise BudgetError("--keep-flops 0.01 cannot be reached")
+
+    monkeypatch.setattr(accuracy_bench, "compress", unreachable)
+    assert accuracy_bench.main(["--models", "mnist-resnet", "--keep", "0.01", "--methods", "alds+da",
+                                "--json", str(tmp_path / "rows.json")]) == 1
+    assert "error: every run failed (1 of 1)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["error"]
+
+
+def test_data_aware_bench_exits_1_when_every_run_failed(tmp_path, monkeypatch, capsys):
+    data_aware_bench = load_tool("data_aware_bench")
+    from onnx_alds.errors import BudgetError
+
+    def unreachable(*args, **kwargs):
+        raise BudgetError("--keep-flops 0.001 cannot be reached")
+
+    bundled = dict(name="mnist-resnet", model=DATA / "mnist_resnet.onnx", calibration=DATA / "mnist_calibration.npz",
+                   held_out=DATA / "mnist_eval.npz", true_labels=True)
+    monkeypatch.setattr(data_aware_bench, "find_models", lambda names: [bundled])
+    monkeypatch.setattr(data_aware_bench, "run_variant", unreachable)
+    assert data_aware_bench.main(["--keep", "0.001", "--variants", "alds", "alds+da", "--eval-limit", "50"]) == 1
+    assert "error: every run failed (2 of 2)" in capsys.readouterr().err
+
+
+def test_profile_nodes_names_its_own_flag_for_dynamic_dims(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "dynamic.onnx"))
+    result = run_tool("profile_nodes.py", str(tmp_path / "dynamic.onnx"), "--runs", "1")
+    assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "--dim x:1xN" in result.stderr and "--input-shape" not in result.stderr
+
+
+def test_sweep_that_fails_leaves_no_empty_out_folder(tmp_path, monkeypatch):
+    sweep = load_tool("sweep")
+    from onnx_alds.errors import OnnxAldsError
+
+    def fails(*args, **kwargs):
+        raise OnnxAldsError("compress failed")
+
+    monkeypatch.setattr(sweep, "run_sweep", fails)
+    specs = {"tiny": sweep.ModelSpec("tiny", tiny_model(tmp_path / "tiny.onnx"), None, [], "rel_error_mean")}
+    with pytest.raises(OnnxAldsError):
+        sweep.main(["--models", "tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                    "--results-md", str(tmp_path / "R.md")], specs=specs)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(OnnxAldsError):
+        sweep.main(["--models", "tiny", "--out", str(tmp_path / "kept"), "--work", str(tmp_path / "work"),
+                    "--results-md", str(tmp_path / "R.md")], specs=specs)
+    assert (tmp_path / "kept").is_dir()

@@ -78,3 +78,25 @@ def check_known(names: Iterable[str], known: Iterable[str], flag: str = "--model
     if unknown:
         raise OnnxAldsError(f"unknown {flag} name{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                             f"choose from {', '.join(known)}")
+
+
+def check_not_empty(**lists: Optional[list]) -> None:
+    """Raise :class:`OnnxAldsError` for a list flag given with no values (``--models`` alone): an explicitly
+    empty list would run nothing, or silently the default. Keywords are the flags' names (``keep`` → ``--keep``)."""
+    for name, values in lists.items():
+        if values is not None and len(values) == 0:
+            flag = "--" + name.replace("_", "-")
+            raise OnnxAldsError(f"{flag} was given no values; name at least one, or drop {flag} for its default")
+
+
+def check_measured(rows: list[dict], what: str = "run") -> int:
+    """The exit code of a bench whose rows hold ``error`` where a run failed: 1, with an ``error:`` line, when
+    nothing was measured (no row, or every row failed), else 0."""
+    failed = sum(1 for row in rows if row.get("error"))
+    if not rows:
+        print(f"error: nothing was measured (no {what} ran)", file=sys.stderr)
+        return 1
+    if failed == len(rows):
+        print(f"error: every {what} failed ({failed} of {len(rows)}); nothing was measured", file=sys.stderr)
+        return 1
+    return 0

@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from _tool import check_known, check_output_file, keep_ratio  # noqa: E402
+from _tool import check_known, check_measured, check_not_empty, check_output_file, keep_ratio  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
+from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import InputSet, spread_indices  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
@@ -106,6 +107,21 @@ def find_models(names: list[str]) -> list[dict]:
     return found
 
 
+def calibration_inputs(entry: dict, pool: bool) -> dict[str, np.ndarray]:
+    """The model's calibration arrays (no labels), with ``pool.npz`` appended when ``pool``; a model without
+    that file is an error (``--pool`` would change nothing)."""
+    arrays = _load(entry["calibration"])
+    arrays.pop("labels", None)
+    if pool:
+        path = entry["calibration"].parent / "pool.npz"
+        if not path.is_file():
+            raise OnnxAldsError(f"--pool: {entry['name']} has no {path.relative_to(ROOT)} (python -m models.pools "
+                                "makes them for the models of models/cache); drop --pool or that model")
+        extra = _load(path)
+        arrays = {k: np.concatenate([v, extra[k]]) for k, v in arrays.items()}
+    return arrays
+
+
 def outputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray], batch: int = 50) -> np.ndarray:
     session = make_session(model, "cpu")
     names = [i.name for i in session.get_inputs()]
@@ -144,19 +160,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rank-multiple", type=positive_int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    check_not_empty(models=args.models, keep=args.keep, methods=args.methods,
+                    calibration_sizes=args.calibration_sizes)
     specs = {name: method_keywords(name) for name in args.methods}
     check_output_file(args.json, "--json")  # now, not after the whole run
+    entries = find_models(args.models)
+    calibrations = [calibration_inputs(entry, args.pool) for entry in entries]
+    for entry, cal_all in zip(entries, calibrations):  # a size no model has would be skipped: refuse it now
+        available = len(next(iter(cal_all.values())))
+        beyond = [size for size in args.calibration_sizes if size is not None and size > available]
+        if beyond:
+            raise OnnxAldsError(f"--calibration-sizes {' '.join(map(str, beyond))}: {entry['name']} has only "
+                                f"{available} calibration inputs" + ("" if args.pool else
+                                                                     " (--pool adds models/cache/<name>/pool.npz)"))
 
     rows = []
     started_all = time.perf_counter()
-    for entry in find_models(args.models):
+    for entry, cal_all in zip(entries, calibrations):
         model = onnx.load(str(entry["model"]))
-        cal_all = _load(entry["calibration"])
-        cal_all.pop("labels", None)
-        pool = entry["calibration"].parent / "pool.npz"
-        if args.pool and pool.exists():
-            extra = _load(pool)
-            cal_all = {k: np.concatenate([v, extra[k]]) for k, v in cal_all.items()}
         held = _load(entry["held_out"])
         labels = held.pop("labels", None)
         reference = outputs(model, held)
@@ -172,9 +193,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{'method':<22} {'cal':>4} {'keep':>5} {'achieved':>8} {scores[0]:>6} {scores[1]:>6} "
               f"{'pred err':>8} {'out err':>8} {'total s':>8} {'damage s':>8}")
         for size in args.calibration_sizes:
-            if size is not None and size > available:
-                print(f"calibration size {size}: only {available} inputs exist; skipped", flush=True)
-                continue
             cal = {k: v[spread_indices(len(v), size)] for k, v in cal_all.items()} if size else cal_all
             used = len(next(iter(cal.values())))
             calibration = InputSet(cal, source=f"{entry['calibration'].name} ({used} samples)")
@@ -215,7 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nwhole run {time.perf_counter() - started_all:.0f} s, process max RSS {rss:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+    return check_measured(rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ with what else runs. The MNIST model is compressed data-aware with its 48 bundle
 and its accuracy on the 500 bundled test digits is printed next to the speed (speed does not depend
 on the weights' values). ResNet-50 (random weights, speed only) is built into models/cache/resnet50
 when missing (``python -m models.build resnet50``, onnx + numpy only).
+
+A model that fails is recorded (``failures`` in the JSON) and the others go on; the exit status is 1 when
+any failed (``--provider cuda`` without a GPU: every one).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_output_file, keep_ratio  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
+from onnx_alds.errors import OnnxAldsError  # noqa: E402
 
 MODELS = {
     "resnet50": {"path": ROOT / "models/cache/resnet50/model.onnx", "batch": 1},
@@ -275,6 +279,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure as JSON (rewritten after each model)")
     args = parser.parse_args()
     check_output_file(args.json, "--json")  # now, not after the first model
+    unselected = [f"--batch {name}={batch}" for name, batch in args.batch if name not in args.models]
+    if unselected:
+        raise OnnxAldsError(f"{', '.join(unselected)}: {'that model is' if len(unselected) == 1 else 'those models are'} "
+                            f"not in --models ({' '.join(args.models)}); add it to --models or drop the --batch")
     batches: dict[str, list[int]] = {}
     for name, batch in args.batch:
         batches.setdefault(name, []).append(batch)
@@ -299,6 +307,14 @@ def main() -> int:
     print(f"\nload average {run['load_start']} at start, {run['load_end']} at end; {run['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(run, indent=1, default=str) + "\n")
+    failures = run.get("failures", [])
+    if failures:
+        attempted = len(run["records"]) + len(failures)
+        print(f"error: {len(failures)} of {attempted} model runs failed ("
+              + "; ".join(f"{f['model']} at batch {f['batch']}: {f['error'].splitlines()[0]}" for f in failures)[:400]
+              + ")"
+              + (f"; {args.json} holds the figures and the failures" if args.json else ""), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -36,7 +36,13 @@ def model_bytes(path: Path) -> int:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except OSError:  # unreadable: run_tool says so
+        raise
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ... (as onnx_alds.model_io says)
+        raise ModelLoadError(f"cannot read '{path}' as an ONNX model ({type(exc).__name__}); the file is truncated "
+                             "or not ONNX") from None
     locations = {ExternalDataInfo(t).location for t in _get_all_tensors(proto) if uses_external_data(t)}
     return path.stat().st_size + sum((path.parent / name).stat().st_size for name in locations
                                      if (path.parent / name).is_file())

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from _tool import check_known, check_output_file, keep_ratio  # noqa: E402
+from _tool import check_known, check_measured, check_not_empty, check_output_file, keep_ratio  # noqa: E402
 from models import BUILDERS  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
@@ -141,6 +141,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="use N calibration inputs, spread evenly over the set")
     parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    check_not_empty(models=args.models, keep=args.keep, variants=args.variants)
     check_output_file(args.json, "--json")  # now, not after the whole run
 
     rows = []
@@ -184,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\nprocess max RSS: {rss:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+    return check_measured(rows)
 
 
 if __name__ == "__main__":

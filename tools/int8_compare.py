@@ -67,7 +67,7 @@ if str(ROOT / "tools") not in sys.path:
 
 from _tool import check_known, check_output_folder, keep_ratio, positive_float  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
-from onnx_alds.errors import InputDataError  # noqa: E402
+from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"  # the published results; a --quick run writes to RESULTS / "quick"
 
@@ -99,6 +99,8 @@ BATCH = {"mnist-resnet": 32, "efficientnet-lite0": 8, "minilm": 8}
 # CNNs the default set is better (EfficientNet-Lite0 with Conv/MatMul/Gemm only: agreement 0.55 instead of
 # 0.83 and 1.3x instead of 3.0x: the ReLU6 Clips stay float and break the QLinearConv fusion)
 STATIC_OPS = {"minilm": ("MatMul",)}
+# ops only a quantized model has (besides ORT's QLinear* ops)
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 FACTOR_RE = re.compile(r"\.(enc|dec)(\.\d+)?$")
 SAMPLE_FIELDS = ("eval_samples", "agreement_samples")  # how many held-out samples the figures are measured on
 QUALITY_FIELDS = ("accuracy", "accuracy_original", "accuracy_drop", "agreement", "agreement_top5", "cos_mean",
@@ -207,6 +209,7 @@ def quantize_static_qdq(src: Path, dst: Path, calibration, *, batch_size: int = 
                         activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=list(op_types) if op_types else None)
+    check_quantized(dst, f"static QDQ (op types {' '.join(op_types) if op_types else 'ONNX Runtime default'})")
     return dst
 
 
@@ -217,7 +220,24 @@ def quantize_dyn(src: Path, dst: Path) -> Path:
 
     with _quiet_root_logger():
         quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+    check_quantized(dst, "dynamic quantization")
     return dst
+
+
+def static_op_types() -> set[str]:
+    """The op types ONNX Runtime's static quantizer knows (QOperator and QDQ): what ``--static-ops`` may name."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QLinearOpsRegistry) | set(QDQRegistry)
+
+
+def check_quantized(path: Path, how: str) -> None:
+    """Raise :class:`OnnxAldsError` when the quantized model at ``path`` has no quantized node: its figures would
+    be the float model's, labelled int8."""
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear") for node in model.graph.node):
+        raise OnnxAldsError(f"{how} quantized no node of '{Path(path).name}': none of its ops is one it quantizes; "
+                            "choose --static-ops the model has (e.g. Conv MatMul Gemm), or 'all'")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -824,6 +844,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     specs = model_specs(quick=args.quick)
     check_known(args.models, specs)
+    if args.static_ops is not None and args.static_ops != ["all"]:
+        check_known(args.static_ops, sorted(static_op_types()), "--static-ops")
     target_s = args.bench_target_s if args.bench_target_s is not None else (4.0 if args.quick else 90.0)
     started = time.time()
     load_start = load_average()

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from _tool import check_output_file, keep_ratio  # noqa: E402
+from _tool import check_not_empty, check_output_file, keep_ratio  # noqa: E402
 from data_aware_bench import _load_npz, find_models, outputs, spread  # noqa: E402
 from onnx_alds import analyze, compress  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
-from onnx_alds.errors import InputDataError  # noqa: E402
+from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
 
 
@@ -46,6 +46,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="use N held-out inputs, spread evenly over the set")
     parser.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
+    check_not_empty(models=args.models, layers=args.layers)
+    if args.model is not None and args.models is not None:
+        raise OnnxAldsError("--model and --models: give one model file with --model, or reference models by name "
+                            "with --models, not both")
+    if args.model is None:
+        given = [flag for flag, value in (("--calibration", args.calibration), ("--held-out", args.held_out)) if value]
+        if given:
+            raise OnnxAldsError(f"{' and '.join(given)} only work with --model (a reference model of --models uses its "
+                                "own calibration.npz and held-out file); add --model or drop them")
     check_output_file(args.json, "--json")  # now, not after the whole run
     rows = []
     if args.model is not None:
@@ -99,6 +108,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                   flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if not rows:
+        print("error: nothing was measured (every probe failed, or no model or layer to probe)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -158,6 +158,13 @@ def report(runs: list[dict], wall_key: str, what: str) -> None:
         cpu = replay(one["timeline"], run["timeline"])
         print(f"{what} repeat {run['repeat']}: N={n} wall-clock {wall:.2f}, CPU-time replay {cpu:.2f} "
               f"(load {run['load_start']:.1f}-{run['load_end']:.1f})")
+        groups = per_worker(run["timeline"])
+        if all(len(group) < 2 for group in groups):  # a worker's first shard carries its start-up: no later one
+            print(f"   simulation skipped: it needs a worker that ran 2 shards or more (this run: "
+                  f"{len(run['timeline'])} shard{'s' if len(run['timeline']) != 1 else ''} on {len(groups)} "
+                  f"worker{'s' if len(groups) != 1 else ''})"
+                  + ("; more samples or a smaller --batch make more shards" if what == "calibration" else ""))
+            continue
         for label, driver in (("", 0.0), (" with the driver's serial work", run.get("driver_cpu_s", 0.0))):
             if label and not driver:
                 continue

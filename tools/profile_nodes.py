@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
+from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import random_inputs  # noqa: E402
 from onnx_alds.model_io import load_model, parse_input_shapes  # noqa: E402
 
@@ -34,7 +35,11 @@ def profile(path: Path, *, batch: int, runs: int, threads: int, dims: list[str])
     import onnxruntime as ort
 
     model = load_model(path)
-    feed = random_inputs(model, batch, input_shapes=parse_input_shapes(dims)).arrays
+    try:
+        feed = random_inputs(model, batch, input_shapes=parse_input_shapes(dims)).arrays
+    except OnnxAldsError as exc:  # onnx_alds names its own flag: this tool's is --dim
+        exc.args = tuple(a.replace("--input-shape", "--dim") if isinstance(a, str) else a for a in exc.args)
+        raise
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

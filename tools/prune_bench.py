@@ -53,13 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from _tool import check_known, check_output_file, check_output_folder, keep_ratio  # noqa: E402
+from _tool import (check_known, check_measured, check_not_empty, check_output_file,  # noqa: E402
+                   check_output_folder, keep_ratio)
 from accuracy_bench import embedding_scores, outputs  # noqa: E402
 from profile_nodes import profile  # noqa: E402
 from data_aware_bench import _load_npz  # noqa: E402
 from models import BUILDERS  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
+from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import InputSet  # noqa: E402
 
 VARIANTS = {
@@ -97,9 +99,12 @@ def run_variant(model: onnx.ModelProto, keep: float, calibration, shapes: dict, 
     return compress_pruned(model, options, options.search.prune, width_damage=width_damage)
 
 
+HELD_OUT = ("eval", "agreement")  # the sets the figures are measured on: never a --calibration
+
+
 def held_out_sets(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     sets = {}
-    for name in ("eval", "agreement"):
+    for name in HELD_OUT:
         path = folder / f"{name}.npz"
         if path.exists():
             arrays = _load_npz(path)
@@ -182,7 +187,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.time is not None and not any(abs(keep - args.time) < 1e-9 for keep in args.keep):
         parser.error(f"--time {args.time:g} is not one of --keep ({' '.join(f'{k:g}' for k in args.keep)}); "
                      "time a budget that is compressed, or add it to --keep")
+    check_not_empty(models=args.models, keep=args.keep, variants=args.variants)
     check_known(args.models, BUILDERS)
+    if args.calibration in HELD_OUT:
+        raise OnnxAldsError(f"--calibration {args.calibration}: {args.calibration}.npz is a held-out set the figures "
+                            "are measured on, never calibrated on; give calibration or pool")
     check_output_file(args.json, "--json")  # now, not after the whole run
     check_output_folder(args.save, "--save")
 
@@ -264,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    load_average=[load[0], after[0]])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+    return check_measured(rows)
 
 
 if __name__ == "__main__":

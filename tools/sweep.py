@@ -69,7 +69,7 @@ if str(ROOT / "tools") not in sys.path:
 from _tool import check_known, check_output_folder, keep_ratio, positive_float  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.bench import bench  # noqa: E402
-from onnx_alds.errors import InputDataError  # noqa: E402
+from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
 from onnx_alds.sweep import (DataSource, EvalSpec, SweepModel, environment, load_average, make_engine,  # noqa: E402
                              parse_method, run_sweep)
 from onnx_alds.sweep import neighbour_metrics  # noqa: E402,F401  (the MiniLM figures; re-exported for the tests)
@@ -570,17 +570,50 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
     command = "python tools/sweep.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out: Path = args.out
     check_output_folder(out, "--out")
+    if args.no_bench and (args.bench_only or args.per_layer):
+        raise OnnxAldsError(f"--no-bench with {'--bench-only' if args.bench_only else '--per-layer'}: the one says "
+                            "time nothing, the other what to time; drop one of them")
+    if args.notes is not None and not args.notes.is_file():
+        raise InputDataError(f"--notes '{args.notes}' is not an existing file; give the markdown to insert into "
+                             "RESULTS.md, or drop --notes (OUT/notes.md is read when it exists)")
     specs = specs or reference_specs(args.root, quick=args.quick)
     if not (args.report or args.merge_from):
         check_known(args.models, specs)
     if args.report and not args.merge_from and not (out / "sweep.json").is_file():
         raise InputDataError(f"--report: no '{out / 'sweep.json'}' to render; run the sweep first (without --report), "
                              "or give the --out of an earlier run")
+    merged = [(source, read_sweep_json(source)) for source in args.merge_from or []]  # every file read before writing
+    engine = None
+    if not (args.report or args.merge_from):
+        check_output_folder(args.work, "--work")
+        engine = make_engine(args.engine, workers=args.workers, address=args.address)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, specs, command, out, merged, engine)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty --out behind
+        raise
+
+
+def read_sweep_json(path: Path) -> dict:
+    """The sweep record in ``path`` (a sweep.json); :class:`InputDataError` when it is not JSON or has no rows."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"--merge-from: '{path}' is not a JSON file ({exc}); give the sweep.json of a run") from None
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise InputDataError(f"--merge-from: '{path}' has no 'rows': it is not the sweep.json of a run")
+    return record
+
+
+def _run(args: argparse.Namespace, specs: dict[str, ModelSpec], command: str, out: Path,
+         merged: list[tuple[Path, dict]], engine) -> int:
+    """The work of :func:`main`, once every flag and file has been checked and ``out`` exists."""
     notes_md = args.notes or (out / "notes.md")
     if args.merge_from:
-        for source in args.merge_from:
-            other = json.loads(Path(source).read_text())
+        for source, other in merged:
             data = merge_json(out / "sweep.json", other["rows"], other.get("skipped", []), other.get("per_layer", []),
                               {})
             data["runs"] = data["runs"][:-1] + other.get("runs", [])
@@ -601,7 +634,6 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
         chosen.append(spec)
     started = time.time()
     load_start = load_average()
-    engine = make_engine(args.engine, workers=args.workers, address=args.address)
     result = run_sweep([sweep_model(spec) for spec in chosen], args.methods, args.keeps, out=args.work,
                        rank_multiples=args.rank_multiples, engine=engine, bench=not args.no_bench,
                        rebench=args.bench_only, bench_threads=args.threads,
