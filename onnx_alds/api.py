@@ -974,6 +974,15 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                     else None, warnings=(order_warning,) if order_warning else ())
 
 
+def data_aware_steps(data) -> tuple[str, ...]:
+    """The data-aware steps a compression with ``data`` (:class:`onnx_alds.options.DataAwareOptions`) takes, in the
+    words of the report's ``method:`` line: whitened, shrinkage, refit, sequential, bias-correction ..."""
+    return (("whitened",) + (("shrinkage",) if data.shrinkage else ()) + (("refit",) if data.refit else ())
+            + (("sequential",) if data.sequential else ()) + (("bias-correction",) if data.bias_correction else ())
+            + ((f"both-factors x{data.both_factors}",) if data.both_factors else ())
+            + (("affine",) if data.affine_correction else ()) + (("sensitivity",) if data.sensitivity else ()))
+
+
 def _correction_bias_params(proto: onnx.ModelProto, layers: Sequence[Layer]) -> list[int]:
     """The weights ``--bias-correction`` / ``--affine-correction`` add to each layer when it is factorized,
     by the rewrite's own rule (:func:`onnx_alds.rewrite.shift_folds_into_bias`,
@@ -1132,8 +1141,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     target, keep, method, seed, rank_multiple = budget.target, budget.keep, search.method, search.seed, \
         search.rank_multiple
     calibration, calibration_batch_size, refit = data.calibration, data.batch_size, data.refit
-    sequential, bias_correction, sensitivity, shrinkage = data.sequential, data.bias_correction, data.sensitivity, \
-        data.shrinkage
+    sequential, bias_correction, shrinkage = data.sequential, data.bias_correction, data.shrinkage
     tick = time.perf_counter()
     plan = [(layer, choice) for layer, choice in zip(chosen, allocation.choices) if choice.groups != DENSE]
     if calibration is not None and sequential and not shrinkage:  # (a layer no factorized layer feeds sees x̃ = x)
@@ -1169,10 +1177,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  applied=_edited_plan(allocation.search),
                                  from_plan=allocation.search.startswith("plan"))
     if data_aware:
-        steps = ("whitened",) + (("shrinkage",) if shrinkage else ()) + (("refit",) if refit else ()) \
-            + (("sequential",) if sequential else ()) + (("bias-correction",) if bias_correction else ()) \
-            + ((f"both-factors x{data.both_factors}",) if data.both_factors else ()) \
-            + (("affine",) if data.affine_correction else ())
+        steps = data_aware_steps(data)
         shrunk = sorted(((value.shrinkage, name, value.count) for name, value in stats.items()), reverse=True)
         if shrinkage and shrunk and shrunk[0][0] >= 0.01:
             extra_notes.append("moment shrinkage toward a scaled identity (Ledoit-Wolf weight α; large where the calibration "
@@ -1183,7 +1188,6 @@ def _apply_step(planned: _Planned) -> CompressionResult:
             extra_notes.append(f"{len(silent)} layers read an input that is zero on every calibration input (first: "
                                f"'{silent[0]}'): the calibration says nothing of them, so their error figures are "
                                "the data-free ones; give calibration inputs that reach them")
-        steps += ("sensitivity",) if sensitivity else ()
         extra_notes += [sensitivity_note] if sensitivity_note else []
         grouped = [row for row in report.layers if row.groups > 1]
         if data.both_factors and not grouped and not data.sequential:

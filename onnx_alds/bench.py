@@ -620,6 +620,12 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
     return pairs
 
 
+def _replaces(name: str, layer: str) -> bool:
+    """Whether node ``name`` is one the rewrite made of node ``layer``: ``layer.enc``/``layer.dec`` with an optional
+    ``.N`` (a name that was taken), or a node made of one of those in turn (``layer.enc.dec``)."""
+    return re.match(re.escape(layer) + r"\.(enc|dec)(\.[0-9]+)?(\.|$)", name) is not None
+
+
 def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, paired: set[str]) -> list[str]:
     """A note for every original node whose factors were factorized again (``X.enc.enc``, ``X.enc.dec``,
     ``X.dec``: a compressed model compressed once more), which no single pair stands for."""
@@ -629,7 +635,10 @@ def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, pa
     for node in original.graph.node:
         if not node.name or node.name in paired:
             continue
-        chain = [name for name in names if name.startswith((f"{node.name}.enc.", f"{node.name}.dec."))]
+        longer = [name for name in original_names if name.startswith(f"{node.name}.")]  # (fc.enc of the original)
+        pair = re.compile(re.escape(node.name) + r"\.(enc|dec)(\.[0-9]+)?")  # (one factorization's own names)
+        chain = [name for name in names if _replaces(name, node.name) and not pair.fullmatch(name)
+                 and not any(_replaces(name, other) for other in longer)]
         if chain:
             parts = sorted(set(chain) | {f"{node.name}.{end}" for end in ("enc", "dec")} & set(names))
             notes.append(f"{node.name}: factorized more than once ({', '.join(parts)}); not timed per layer (the "

@@ -429,7 +429,8 @@ def _refuse_both(group: str, given: Mapping[str, Any], defaults: Mapping[str, An
 
 
 GROUP_KEYWORDS: Mapping[str, tuple[str, ...]] = {
-    "search": ("method", "error_measure", "rank_multiple", "exclude", "seed", "max_groups", "keep_dense", "order"),
+    "search": ("method", "error_measure", "rank_multiple", "exclude", "seed", "max_groups", "keep_dense", "order",
+               "prune", "prune_heads"),
     "data": ("calibration", "calibration_batch_size", "refit", "sequential", "bias_correction", "sensitivity",
              "shrinkage", "both_factors", "affine_correction", "damage_samples", "damage_points",
              "damage_max_groups"),

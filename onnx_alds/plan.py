@@ -915,8 +915,10 @@ def make_plan(model, **options) -> Plan:
     if data.enabled:
         from .data_aware import sample_count
 
+        from .api import data_aware_steps
+
         report = replace(report, calibration_samples=sample_count(data.calibration, planned.prepared.model),
-                         notes=report.notes + tuple(planned.calibration_notes))
+                         data_aware_steps=data_aware_steps(data), notes=report.notes + tuple(planned.calibration_notes))
     report = replace(report, notes=report.notes + _alignment_notes(report, search.rank_multiple),
                      warnings=_harm_warnings(report, planned.prepared, data.enabled, planned.stats)
                      + planned.warnings)

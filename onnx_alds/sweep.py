@@ -1200,7 +1200,7 @@ def _check_held_out(inputs, calibration, name: str, proto: onnx.ModelProto) -> N
     if earlier is not None and earlier[0]:
         raise InputDataError(f"the held-out data of model '{name}' ({inputs.source}) holds {earlier[0]} of its "
                              f"{earlier[1]} samples that the model itself was calibrated or trained on (an earlier "
-                             "onnx-alds run, in its metadata): every variant would score in-sample; give "
+                             "onnx-alds run, in its metadata): every variant would score in-sample on them; give "
                              "validation data that run did not use")
     if calibration is None:
         return
@@ -1515,6 +1515,12 @@ def _checked_grid(target: str, methods: Sequence[str], keeps: Sequence[float], r
         if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not (
                 math.isfinite(keep) and 0.0 < keep <= 1.0):
             raise BudgetError(f"--keep-{target} {keep!r} is out of range; give fractions to keep in (0, 1], e.g. 0.5")
+    named: dict[str, float] = {}  # a variant's id holds its keep as {:g}: two keeps written alike are one variant
+    for keep in dict.fromkeys(float(keep) for keep in keeps):
+        if f"{keep:g}" in named:
+            raise BudgetError(f"--keep-{target} {named[f'{keep:g}']!r} and {keep!r} name the same variant "
+                              f"({target}{keep:g}); give budgets that differ in their first 6 digits")
+        named[f"{keep:g}"] = keep
     for index, rank_multiple in enumerate(rank_multiples):
         check_count(f"rank_multiples[{index}]", rank_multiple)
     for index, seed in enumerate(seeds):

@@ -402,7 +402,8 @@ def test_an_input_set_source_of_none_is_no_source():
 
 @pytest.mark.parametrize("function", [compress, make_plan])
 @pytest.mark.parametrize("group, keyword", [("search", {"rank_multiple": 1}), ("search", {"method": "alds"}),
-                                            ("data", {"refit": True})])
+                                            ("data", {"refit": True}), ("search", {"prune": "off"}),
+                                            ("search", {"prune_heads": False})])
 def test_a_keyword_given_beside_its_group_is_refused_even_at_its_default(function, group, keyword):
     # a keyword equal to its default was dropped without a word, the group's value used
     from onnx_alds.options import DataAwareOptions, SearchOptions

@@ -460,3 +460,10 @@ def test_pairs_renamed_around_names_the_model_had_are_found():
     compressed = compress(original, keep_params=0.6, rank_multiple=8).model
     assert ("fc", "fc.enc.1", "fc.dec.1") in factorized_pairs(original, compressed)
     assert ("fc.dec", "fc.dec.enc", "fc.dec.dec") in factorized_pairs(original, compressed)
+    # compressed again: each layer's note lists its own chain, not the nodes of 'fc.enc' or 'fc.dec' (prefixes)
+    from onnx_alds.bench import _compressed_again
+
+    again = compress(compressed, keep_params=0.7, rank_multiple=8).model
+    notes = {note.split(":")[0]: note for note in _compressed_again(original, again, set())}
+    assert "fc.enc.1.enc" in notes["fc"] and "fc.enc.enc" not in notes["fc"] and "fc.dec.enc" not in notes["fc"]
+    assert "fc.dec.enc.enc" in notes["fc.dec"] and "fc.enc.1" not in notes["fc.dec"]

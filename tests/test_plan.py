@@ -1079,3 +1079,13 @@ def test_apply_calibration_of_another_size_is_told_the_plan_fixes_the_shape(tmp_
     error = capsys.readouterr().err
     assert "but the plan was made at x:1x6x64" in error and "a plan made at another --input-shape" in error
     assert "--input-shape asks" not in error and not (tmp_path / "out.onnx").exists()
+
+
+def test_a_data_aware_plan_reports_its_steps_as_compress_does():
+    """plan printed "method: alds (data-aware; calibration: ...)" where compress and apply name the steps."""
+    calibration = random_inputs(small_cnn(width=16), 16)
+    plan = make_plan(small_cnn(width=16), keep_flops=0.5, calibration=calibration, bias_correction=True)
+    compressed = onnx_alds.compress(small_cnn(width=16), keep_flops=0.5, calibration=calibration,
+                                    bias_correction=True)
+    assert plan.report.data_aware_steps == compressed.report.data_aware_steps
+    assert "bias-correction" in plan.report.data_aware_steps and "refit" in plan.report.data_aware_steps

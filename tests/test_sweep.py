@@ -291,6 +291,7 @@ def test_a_plot_with_nothing_current_to_show_is_removed(tmp_path):
     (dict(rank_multiples=[4, 0]), r"rank_multiples\[1\]=0"),
     (dict(rank_multiples=[4.0]), r"rank_multiples\[0\]=4.0"),
     (dict(keeps=[1.5]), "out of range"),
+    (dict(keeps=[0.8, 0.80000000001]), r"name the same variant \(flops0.8\)"),  # (one id: a result was lost)
 ])
 def test_the_grid_is_checked_before_any_work(tmp_path, grid, message):
     # a scalar budget raised a bare TypeError, and bad seeds or rank multiples made the output folder and
