@@ -913,9 +913,8 @@ def make_plan(model, **options) -> Plan:
                                  speed=planned.speed)
     report = _as_written(report, planned, budget, search.rank_multiple)
     if data.enabled:
-        from .data_aware import sample_count
-
         from .api import data_aware_steps
+        from .data_aware import sample_count
 
         report = replace(report, calibration_samples=sample_count(data.calibration, planned.prepared.model),
                          data_aware_steps=data_aware_steps(data), notes=report.notes + tuple(planned.calibration_notes))

@@ -251,16 +251,17 @@ def shift_added_weights(out_features: int, bias_dims: Optional[Sequence[int]]) -
 
 
 def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.dtype, names: Names,
-                  overridable: frozenset = frozenset()) -> list[gs.Node]:
+                  kept: frozenset = frozenset()) -> list[gs.Node]:
     """Add ``shift`` to the decoder's output: into its constant bias (Conv) or ``C`` (Gemm, as
-    ``shift/beta``), else through an ``Add`` node, which is returned. A bias in ``overridable`` (also a
-    graph input, which callers may set) is kept as it is, and the ``Add`` carries the shift."""
+    ``shift/beta``), else through an ``Add`` node, which is returned. A bias in ``kept`` (also a
+    graph input, which callers may set, or read by other nodes too) is kept as it is, and the ``Add``
+    carries the shift."""
     layer = rewrite.layer
     name = names.fresh(f"{layer.weight}.dec.bias")
     bias = dec.inputs[2] if len(dec.inputs) > 2 else None
     scale = float(dec.attrs.get("beta", 1.0)) if layer.op == "Gemm" else 1.0
     if shift_folds_into_bias(layer.op, scale, bias is not None,
-                             bias is None or (isinstance(bias, gs.Constant) and bias.name not in overridable)):
+                             bias is None or (isinstance(bias, gs.Constant) and bias.name not in kept)):
         value = shift / scale if bias is None else np.asarray(bias.values, np.float64) + shift / scale
         constant = gs.Constant(name, np.asarray(value).astype(dtype))
         if bias is None:
@@ -305,9 +306,9 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
     graph: Optional[gs.Graph] = None
     values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
     # IR >= 4: an initializer also listed as a graph input is a default that callers may override
-    overridable = frozenset({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
+    kept = frozenset({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
                             if model.ir_version >= 4 else ())
-    overridable |= read_more_than_once(model)  # (kept as they are too: a shift folded in would copy them)
+    kept |= read_more_than_once(model)  # (shared constants too: a shift folded into one would copy it)
     for rewrite in rewrites:
         if graph is None:
             opset = opset_version(model)
@@ -331,7 +332,7 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
         if rewrite.bias_shift is not None:
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
             pair += _shift_output(pair[-1], rewrite, alpha * np.asarray(rewrite.bias_shift, np.float64), dtype, names,
-                                  overridable)
+                                  kept)
         node.inputs.clear()
         node.outputs.clear()
         _defer_values(pair, values)
