@@ -117,12 +117,18 @@ BAD_INPUT_IN_PROCESS = [
     ("prune_bench.py", ["--models", "mnist-resnet", "--keep", "0.5", "--variants", "prune", "--calibration", "eval"],
      "--calibration eval"),
     ("prune_bench.py", ["--models", "mnist-resnet", "--calibration", "agreement"], "--calibration agreement"),
+    ("prune_bench.py", ["--models", "mnist-resnet", "--calibration", "./eval"], "--calibration ./eval"),
+    ("prune_bench.py", ["--models", "mnist-resnet", "--calibration", "eval.npz"], "--calibration eval.npz"),
     ("int8_compare.py", ["--static-ops", "Bogus", "--out", "{tmp}/nodir", "--work", "{tmp}/nothing"], "Bogus"),
+    ("int8_compare.py", ["--static-ops", "all", "Conv", "--out", "{tmp}/nodir", "--work", "{tmp}/nothing"],
+     "'all' (every op ONNX Runtime quantizes) must be given alone"),
+    ("int8_compare.py", ["--quick", "--models", "mnist-resnet", "--static-ops", "MatMul", "--out", "{tmp}/nodir",
+                         "--work", "{tmp}/nothing"], "mnist-resnet has no MatMul node"),
     # contradictory flags, and flags that change nothing
     ("sweep.py", ["--no-bench", "--bench-only", "--out", "{tmp}/nodir"], "--bench-only"),
     ("bench_latency.py", ["--models", "mnist", "--batch", "resnet50=2"], "--batch resnet50=2"),
     ("layer_probe.py", ["--models", "mnist-resnet", "--calibration", str(DATA / "mnist_calibration.npz")],
-     "--calibration"),
+     "--calibration only works with --model"),
     ("layer_probe.py", ["--model", str(DATA / "mnist_resnet.onnx"), "--calibration", str(DATA / "mnist_calibration.npz"),
                         "--held-out", str(DATA / "mnist_eval.npz"), "--models", "mnist-resnet"], "--models"),
     ("accuracy_bench.py", ["--models", "mnist-resnet", "--pool"], "--pool"),
@@ -354,6 +360,7 @@ def test_int8_static_quantization_that_quantizes_nothing_is_an_error(tmp_path):
     calibration = InputSet({"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)})
     with pytest.raises(OnnxAldsError, match="quantized no node"):
         int8.quantize_static_qdq(model, tmp_path / "qdq.onnx", calibration, op_types=("Conv",))
+    assert not (tmp_path / "qdq.onnx").exists()  # no float model named int8 left behind
     assert int8.quantize_static_qdq(model, tmp_path / "qdq.onnx", calibration, op_types=("MatMul",)).exists()
 
 
@@ -416,3 +423,105 @@ def test_sweep_that_fails_leaves_no_empty_out_folder(tmp_path, monkeypatch):
         sweep.main(["--models", "tiny", "--out", str(tmp_path / "kept"), "--work", str(tmp_path / "work"),
                     "--results-md", str(tmp_path / "R.md")], specs=specs)
     assert (tmp_path / "kept").is_dir()
+
+
+def test_prune_bench_checks_every_models_calibration_file_before_any_work(tmp_path, monkeypatch, capsys):
+    """--models minilm mnist-resnet --calibration pool measured minilm, then failed on mnist's missing
+    pool.npz and lost the row; a path that resolves to a held-out set was not refused either."""
+    prune_bench = load_tool("prune_bench")
+    from _tool import run_tool as run_main
+
+    for name in ("minilm", "mnist-resnet"):
+        folder = tmp_path / "models" / "cache" / name
+        folder.mkdir(parents=True)
+        tiny_model(folder / "model.onnx")
+        np.savez(folder / "eval.npz", x=np.zeros((2, 16), np.float32))
+    np.savez(tmp_path / "models" / "cache" / "minilm" / "pool.npz", x=np.zeros((2, 16), np.float32))
+    monkeypatch.setattr(prune_bench, "ROOT", tmp_path)
+    monkeypatch.setattr(prune_bench, "run_variant", lambda *a, **k: pytest.fail("measured before the check"))
+    for calibration, text in [("pool", "mnist-resnet has no"), ("../minilm/../mnist-resnet/eval", "held-out")]:
+        monkeypatch.setattr(sys, "argv", ["prune_bench.py", "--models", "minilm", "mnist-resnet", "--calibration",
+                                          calibration, "--json", str(tmp_path / "rows.json")])
+        assert run_main(prune_bench.main) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
+        assert not (tmp_path / "rows.json").exists()
+
+
+@pytest.mark.parametrize("record, text", [
+    ({"rows": []}, "has no rows"),
+    ({"rows": [{}]}, "rows[0] has no 'model'"),
+    ({"rows": [1]}, "rows[0] is not an object"),
+    ({"rows": [{"model": "tiny", "method": "alds", "keep": "half", "rank_multiple": 1}]}, "'keep' that is not"),
+    ({"rows": [{"model": "tiny", "method": "alds", "keep": 0.5, "rank_multiple": 1}], "skipped": [{"model": "tiny"}]},
+     "skipped[0] has no 'method'"),
+], ids=["empty", "no model", "not an object", "keep text", "skipped"])
+def test_sweep_merge_from_checks_every_row_before_writing(tmp_path, monkeypatch, capsys, record, text):
+    """{"rows": []} or rows without 'model' passed read_sweep_json, then a traceback after sweep.json was written."""
+    sweep = load_tool("sweep")
+    from _tool import run_tool as run_main
+
+    (tmp_path / "other.json").write_text(json.dumps(record))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--no-plots", "--merge-from", str(tmp_path / "other.json"),
+                                      "--out", str(tmp_path / "nodir"), "--results-md", str(tmp_path / "R.md")])
+    assert run_main(sweep.main) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "R.md").exists()
+
+
+def test_parallel_efficiency_refuses_a_pair_without_a_run_on_several_workers(tmp_path, monkeypatch, capsys):
+    """Two 1-worker records printed nothing and exited 0 (with --json written)."""
+    parallel_efficiency = load_tool("parallel_efficiency")
+    from _tool import run_tool as run_main
+
+    timeline = [dict(worker="w0", start_s=float(i), seconds=1.0, cpu_s=1.0) for i in range(2)]
+    (tmp_path / "one.json").write_text(json.dumps({"runs": [{"phases": {"tasks_s": 2.0}, "timeline": timeline}]}))
+    monkeypatch.setattr(sys, "argv", ["parallel_efficiency.py", "sweep", str(tmp_path / "one.json"),
+                                      str(tmp_path / "one.json"), "--json", str(tmp_path / "pe.json")])
+    assert run_main(parallel_efficiency.main) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "1 worker" in captured.err and "one.json" in captured.err and not captured.out
+    assert not (tmp_path / "pe.json").exists()
+
+
+@pytest.mark.parametrize("model, calibration, held_out, text", [
+    ("{tmp}/text.txt", "mnist_calibration.npz", "mnist_eval.npz", "as an ONNX model"),
+    ("mnist_resnet.onnx", "mnist_calibration.npz", "{tmp}/text.txt", "as an .npz"),
+    ("mnist_resnet.onnx", "mnist_calibration.npz", "{tmp}/other.npz", "has no array for graph input 'input'"),
+    ("mnist_resnet.onnx", "{tmp}/other.npz", "mnist_eval.npz", "has no array for graph input 'input'"),
+], ids=["model not onnx", "held-out not npz", "held-out lacks input", "calibration lacks input"])
+def test_layer_probe_bad_files_are_one_line(tmp_path, monkeypatch, capsys, model, calibration, held_out, text):
+    """A file that is no ONNX model, no .npz, or an .npz without the model's input gave a traceback."""
+    layer_probe = load_tool("layer_probe")
+    from _tool import run_tool as run_main
+
+    (tmp_path / "text.txt").write_text("some text, not a model nor an npz\n")
+    np.savez(tmp_path / "other.npz", x=np.zeros((2, 16), np.float32))
+    files = [str(tmp_path / f[6:]) if f.startswith("{tmp}/") else str(DATA / f) for f in (model, calibration, held_out)]
+    monkeypatch.setattr(sys, "argv", ["layer_probe.py", "--model", files[0], "--calibration", files[1],
+                                      "--held-out", files[2], "--json", str(tmp_path / "rows.json")])
+    monkeypatch.setattr(layer_probe, "compress", lambda *a, **k: pytest.fail("probed before the files were read"))
+    assert run_main(layer_probe.main) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
+    assert not (tmp_path / "rows.json").exists()
+
+
+def test_int8_compare_checks_every_models_static_ops_before_the_first_is_measured(tmp_path, monkeypatch, capsys):
+    """--models mnist-resnet minilm --static-ops Conv measured mnist-resnet, then minilm (no Conv) failed."""
+    int8 = load_tool("int8_compare")
+    from _tool import run_tool as run_main
+
+    reference = int8.model_specs(quick=True)["mnist-resnet"]
+    specs = {"first": reference, "later": SimpleNamespace(model=tiny_model(tmp_path / "tiny.onnx"))}
+    monkeypatch.setattr(int8, "model_specs", lambda quick=False: specs)
+    monkeypatch.setattr(int8, "run_model", lambda *a, **k: pytest.fail("measured before every model was checked"))
+    monkeypatch.setattr(sys, "argv", ["int8_compare.py", "--quick", "--models", "first", "later", "--static-ops",
+                                      "Conv", "--out", str(tmp_path / "nodir"), "--work", str(tmp_path / "nothing")])
+    assert run_main(int8.main) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "later has no Conv node" in err and "MatMul" in err
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "nothing").exists()

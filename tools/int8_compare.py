@@ -236,8 +236,23 @@ def check_quantized(path: Path, how: str) -> None:
     be the float model's, labelled int8."""
     model = onnx.load(str(path), load_external_data=False)
     if not any(node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear") for node in model.graph.node):
+        Path(path).unlink()  # a float model named int8 must not be left in --work
         raise OnnxAldsError(f"{how} quantized no node of '{Path(path).name}': none of its ops is one it quantizes; "
                             "choose --static-ops the model has (e.g. Conv MatMul Gemm), or 'all'")
+
+
+def check_static_ops(name: str, model_path: Path, static_ops: Optional[Sequence[str]]) -> None:
+    """Raise :class:`OnnxAldsError` before any work when model ``name`` has none of the op types ``static_ops``
+    names: its static quantization would quantize nothing, and fail after the models before it were measured."""
+    if not static_ops:
+        return
+    model = onnx.load(str(model_path), load_external_data=False)
+    present = {node.op_type for node in model.graph.node}
+    if not present & set(static_ops):
+        has = sorted(present & static_op_types())
+        raise OnnxAldsError(f"--static-ops {' '.join(static_ops)}: {name} has no {' or '.join(static_ops)} node, so its "
+                            f"static quantization would quantize nothing; it has {', '.join(has) or 'no op it quantizes'}"
+                            f" (name those, or 'all'), or leave {name} out of --models")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -844,13 +859,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     specs = model_specs(quick=args.quick)
     check_known(args.models, specs)
+    if args.static_ops is not None and "all" in args.static_ops and len(args.static_ops) > 1:
+        raise OnnxAldsError(f"--static-ops {' '.join(args.static_ops)}: 'all' (every op ONNX Runtime quantizes) must be "
+                            "given alone; drop 'all' or the other names")
     if args.static_ops is not None and args.static_ops != ["all"]:
         check_known(args.static_ops, sorted(static_op_types()), "--static-ops")
-    target_s = args.bench_target_s if args.bench_target_s is not None else (4.0 if args.quick else 90.0)
-    started = time.time()
-    load_start = load_average()
-    uptime_start = _uptime()
-    results = []
+    chosen = []  # (name, spec, static ops), every model checked before the first is measured
     for name in args.models:
         spec = specs[name]
         if not Path(spec.model).exists():
@@ -860,6 +874,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             static_ops = STATIC_OPS.get(name)
         else:
             static_ops = None if args.static_ops == ["all"] else tuple(args.static_ops)
+        check_static_ops(name, Path(spec.model), static_ops)
+        chosen.append((name, spec, static_ops))
+    target_s = args.bench_target_s if args.bench_target_s is not None else (4.0 if args.quick else 90.0)
+    started = time.time()
+    load_start = load_average()
+    uptime_start = _uptime()
+    results = []
+    for name, spec, static_ops in chosen:
         results.append(run_model(spec, args.work, keep_flops=args.keep_flops, rank_multiple=args.rank_multiple,
                                  batch=args.batch or BATCH.get(name, 32), threads=args.threads, target_s=target_s,
                                  min_runs=7 if args.quick else 30,

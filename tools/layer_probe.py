@@ -31,7 +31,8 @@ from data_aware_bench import _load_npz, find_models, outputs, spread  # noqa: E4
 from onnx_alds import analyze, compress  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
 from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
-from onnx_alds.inputs import InputSet  # noqa: E402
+from onnx_alds.inputs import InputSet, load_inputs  # noqa: E402
+from onnx_alds.model_io import load_model  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -53,23 +54,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.model is None:
         given = [flag for flag, value in (("--calibration", args.calibration), ("--held-out", args.held_out)) if value]
         if given:
-            raise OnnxAldsError(f"{' and '.join(given)} only work with --model (a reference model of --models uses its "
-                                "own calibration.npz and held-out file); add --model or drop them")
+            one = len(given) == 1
+            raise OnnxAldsError(f"{' and '.join(given)} only work{'s' if one else ''} with --model (a reference model "
+                                "of --models uses its own calibration.npz and held-out file); add --model or drop "
+                                f"{'it' if one else 'them'}")
     check_output_file(args.json, "--json")  # now, not after the whole run
     rows = []
     if args.model is not None:
         if args.calibration is None or args.held_out is None:
             parser.error("--model needs --calibration and --held-out")
-        entries = [dict(name=args.model.name, model=args.model, calibration=args.calibration, held_out=args.held_out)]
+        # read and checked now (a file that is no model, no .npz, or lacks an input: one error line)
+        model = load_model(args.model)
+        calibration = load_inputs(model, npz=args.calibration)
+        held = dict(load_inputs(model, npz=args.held_out, limit=args.eval_limit).arrays)
+        entries = [dict(name=args.model.name, loaded=(model, calibration, held))]
     else:
         entries = find_models(args.models)
     for entry in entries:
-        model = onnx.load(str(entry["model"]))
-        cal = _load_npz(entry["calibration"])
-        cal.pop("labels", None)
-        held = spread(_load_npz(entry["held_out"]), args.eval_limit)
-        held.pop("labels", None)
-        calibration = InputSet(cal, source=entry["calibration"].name)
+        if "loaded" in entry:
+            model, calibration, held = entry["loaded"]
+        else:
+            model = onnx.load(str(entry["model"]))
+            cal = _load_npz(entry["calibration"])
+            cal.pop("labels", None)
+            held = spread(_load_npz(entry["held_out"]), args.eval_limit)
+            held.pop("labels", None)
+            calibration = InputSet(cal, source=entry["calibration"].name)
         analysis = analyze(model)
         layers = [row for row in analysis.layers if row.skip_reason is None and row.macs]
         if args.layers:

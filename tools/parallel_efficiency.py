@@ -188,6 +188,9 @@ def sweep(args: argparse.Namespace) -> dict:
             runs.append(dict(repeat=index, workers=workers or len(per_worker(run["timeline"])),
                              tasks_s=run["phases"]["tasks_s"], timeline=run["timeline"],
                              load_start=run.get("load_start", float("nan")), load_end=run.get("load_end", float("nan"))))
+        if runs[-1]["workers"] < 2:  # nothing to compare with the 1-worker run: the pair would print nothing
+            raise InputDataError(f"the last run in '{many_path}' ran its tasks on 1 worker: give pairs ONE/sweep.json "
+                                 "MANY/sweep.json, the second from a sweep on more than one worker")
     report(runs, "tasks_s", "sweep")
     return dict(runs=runs)
 
@@ -212,6 +215,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.what == "calibration" and 1 not in args.workers:
         parser.error("--workers must include 1 (the baseline)")
+    if args.what == "calibration" and max(args.workers) < 2:
+        parser.error("--workers must include a count above 1 (1 alone is the baseline, compared with nothing)")
     if args.what == "sweep" and len(args.records) % 2:
         parser.error(f"give the run records in pairs, ONE/sweep.json MANY/sweep.json; got {len(args.records)} files")
     if args.what == "calibration-json":

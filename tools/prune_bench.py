@@ -102,6 +102,29 @@ def run_variant(model: onnx.ModelProto, keep: float, calibration, shapes: dict, 
 HELD_OUT = ("eval", "agreement")  # the sets the figures are measured on: never a --calibration
 
 
+def check_calibration(calibration: str, models: list[str]) -> None:
+    """Raise :class:`OnnxAldsError` before any work when ``--calibration`` names a held-out set, however spelled
+    (``eval``, ``./eval``, ``eval.npz``, a path that resolves to one), or when a model to be measured has no
+    such file (found after the earlier models were measured, their rows would be lost)."""
+    stem = Path(calibration).name
+    stem = stem[:-len(".npz")] if stem.endswith(".npz") else stem
+    refusal = (f"--calibration {calibration}: it names a held-out set the figures are measured on "
+               f"({', '.join(f'{name}.npz' for name in HELD_OUT)}), never calibrated on; give calibration or pool")
+    if stem in HELD_OUT:
+        raise OnnxAldsError(refusal)
+    for name in models:
+        folder = ROOT / "models" / "cache" / name
+        if not (folder / "model.onnx").exists():
+            continue  # skipped by the run, with a line saying so
+        path = folder / f"{calibration}.npz"
+        held_out = {(folder / f"{held}.npz").resolve() for held in HELD_OUT}
+        if path.resolve() in held_out:
+            raise OnnxAldsError(refusal)
+        if not path.is_file():
+            raise OnnxAldsError(f"--calibration {calibration}: {name} has no {path} (nothing was measured; "
+                                f"give a set every model has, such as calibration, or leave {name} out)")
+
+
 def held_out_sets(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     sets = {}
     for name in HELD_OUT:
@@ -189,9 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "time a budget that is compressed, or add it to --keep")
     check_not_empty(models=args.models, keep=args.keep, variants=args.variants)
     check_known(args.models, BUILDERS)
-    if args.calibration in HELD_OUT:
-        raise OnnxAldsError(f"--calibration {args.calibration}: {args.calibration}.npz is a held-out set the figures "
-                            "are measured on, never calibrated on; give calibration or pool")
+    check_calibration(args.calibration, args.models)
     check_output_file(args.json, "--json")  # now, not after the whole run
     check_output_folder(args.save, "--save")
 

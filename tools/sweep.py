@@ -605,7 +605,40 @@ def read_sweep_json(path: Path) -> dict:
         raise InputDataError(f"--merge-from: '{path}' is not a JSON file ({exc}); give the sweep.json of a run") from None
     if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
         raise InputDataError(f"--merge-from: '{path}' has no 'rows': it is not the sweep.json of a run")
+    if not record["rows"]:
+        raise InputDataError(f"--merge-from: '{path}' has no rows (an empty 'rows' list): nothing to merge")
+    checks = [("rows", MERGE_KEYS), ("skipped", ("model", "method", "reason")), ("per_layer", MERGE_KEYS)]
+    for field, keys in checks:
+        entries = record.get(field, [])
+        if not isinstance(entries, list):
+            raise InputDataError(f"--merge-from: '{path}': '{field}' is not a list: it is not the sweep.json of a run")
+        for index, entry in enumerate(entries):
+            problem = _entry_problem(entry, keys)
+            if problem:
+                raise InputDataError(f"--merge-from: '{path}': {field}[{index}] {problem}: it is not the sweep.json "
+                                     "of a run")
     return record
+
+
+MERGE_KEYS = ("model", "method", "keep", "rank_multiple")  # what merge_json and the tables read of every row
+
+
+def _entry_problem(entry: Any, keys: Sequence[str]) -> Optional[str]:
+    """What is wrong with one row of a sweep record (None when nothing is)."""
+    if not isinstance(entry, dict):
+        return f"is not an object ({type(entry).__name__})"
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        return f"has no {', '.join(repr(key) for key in missing)}"
+    for key in ("model", "method"):
+        if not isinstance(entry[key], str):
+            return f"has a {key!r} that is not a string ({entry[key]!r})"
+    if "keep" in keys and (isinstance(entry["keep"], bool) or not isinstance(entry["keep"], (int, float))):
+        return f"has a 'keep' that is not a number ({entry['keep']!r})"
+    if "rank_multiple" in keys and (isinstance(entry["rank_multiple"], bool)
+                                    or not isinstance(entry["rank_multiple"], int)):
+        return f"has a 'rank_multiple' that is not an integer ({entry['rank_multiple']!r})"
+    return None
 
 
 def _run(args: argparse.Namespace, specs: dict[str, ModelSpec], command: str, out: Path,
