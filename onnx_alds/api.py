@@ -306,8 +306,8 @@ def _with_unchanged_function_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
         if len(own) != 1 or own[0].version == model_opset:
             continue
         ops = {node.op_type for node in _nodes_within(function.node) if node.domain in ("", "ai.onnx")}
-        if all(schema_version(op, own[0].version) is not None
-               and schema_version(op, own[0].version) == schema_version(op, model_opset) for op in ops):
+        if all((since := schema_version(op, own[0].version)) is not None and since == schema_version(op, model_opset)
+               for op in ops):
             if relabeled is None:
                 relabeled = onnx.ModelProto()
                 relabeled.CopyFrom(model)

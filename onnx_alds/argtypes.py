@@ -110,6 +110,16 @@ def check_count(name: str, value, minimum: int = 1, *, optional: bool = False) -
         raise InputDataError(f"got {name}={value}; give an integer ≥ {minimum}")
 
 
+def check_seed(name: str, value) -> None:
+    """Raise :class:`onnx_alds.errors.InputDataError` unless ``value`` is an integer in [0, 2**32) (numpy's
+    generators refuse negative seeds), as :func:`random_seed` checks the flag."""
+    from .errors import InputDataError
+
+    check_count(name, value, 0)
+    if value >= 2**32:
+        raise InputDataError(f"got {name}={value}; give an integer in [0, 2**32), e.g. 0")
+
+
 def check_switch(name: str, value) -> None:
     """Raise :class:`onnx_alds.errors.InputDataError` unless ``value`` is True or False."""
     import numpy as np

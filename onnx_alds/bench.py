@@ -422,7 +422,7 @@ def provider_options_for(provider: str, cudnn_conv_algo_search: str = "EXHAUSTIV
 def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threads, min_time_s, feeds) -> None:
     """Raise :class:`InputDataError` for a ``bench`` argument of the wrong type or range (a float count is
     refused, not truncated)."""
-    from .argtypes import check_count, check_number, check_threads
+    from .argtypes import check_count, check_number, check_seed, check_threads
 
     if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Iterable):
         raise InputDataError(f"batch_sizes={batch_sizes!r}: give a list of batch sizes, e.g. (1, 32)")
@@ -436,9 +436,7 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
     check_count("runs", runs)
     check_count("warmup", warmup, 0, optional=True)
     check_count("layer_runs", layer_runs, optional=True)
-    check_count("seed", seed, 0)
-    if seed >= 2**32:
-        raise InputDataError(f"got seed={seed}; give an integer in [0, 2**32), e.g. 0")
+    check_seed("seed", seed)
     check_threads(threads)
     check_number("min_time_s", min_time_s)
     if not 0 <= min_time_s < math.inf:
@@ -613,11 +611,17 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
     for node in original.graph.node:
         if not node.name or node.name in kept:
             continue
-        ends = [[name for name in new if re.fullmatch(re.escape(f"{node.name}.{end}") + r"(\.[0-9]+)?", name)]
-                for end in ("enc", "dec")]
+        ends = [[name for name in new if _pair_end(name, node.name) == end] for end in ("enc", "dec")]
         if all(len(found) == 1 for found in ends):
             pairs.append((node.name, ends[0][0], ends[1][0]))
     return pairs
+
+
+def _pair_end(name: str, layer: str) -> Optional[str]:
+    """``"enc"`` or ``"dec"`` when node ``name`` is a half of the pair the rewrite made of node ``layer``
+    (``layer.enc``, or ``layer.enc.N`` where that name was taken), else None."""
+    match = re.fullmatch(re.escape(layer) + r"\.(enc|dec)(\.[0-9]+)?", name)
+    return match.group(1) if match else None
 
 
 def _replaces(name: str, layer: str) -> bool:
@@ -636,8 +640,7 @@ def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, pa
         if not node.name or node.name in paired:
             continue
         longer = [name for name in original_names if name.startswith(f"{node.name}.")]  # (fc.enc of the original)
-        pair = re.compile(re.escape(node.name) + r"\.(enc|dec)(\.[0-9]+)?")  # (one factorization's own names)
-        chain = [name for name in names if _replaces(name, node.name) and not pair.fullmatch(name)
+        chain = [name for name in names if _replaces(name, node.name) and _pair_end(name, node.name) is None
                  and not any(_replaces(name, other) for other in longer)]
         if chain:
             parts = sorted(set(chain) | {f"{node.name}.{end}" for end in ("enc", "dec")} & set(names))

@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 import onnx
 
-from .argtypes import check_count
+from .argtypes import check_count, check_seed
 from .errors import (BudgetError, InputDataError, OnnxAldsError, OutputPathError, UnsupportedModelError,
                      runtime_error_text)
 from .options import seed_takes_effect
@@ -1524,9 +1524,7 @@ def _checked_grid(target: str, methods: Sequence[str], keeps: Sequence[float], r
     for index, rank_multiple in enumerate(rank_multiples):
         check_count(f"rank_multiples[{index}]", rank_multiple)
     for index, seed in enumerate(seeds):
-        check_count(f"seeds[{index}]", seed, 0)
-        if seed >= 2**32:
-            raise InputDataError(f"got seeds[{index}]={seed}; give integers in [0, 2**32), e.g. 0")
+        check_seed(f"seeds[{index}]", seed)
     return methods, [float(keep) for keep in keeps], [int(m) for m in rank_multiples], [int(s) for s in seeds]
 
 

@@ -750,21 +750,18 @@ def test_links_to_nothing_and_subfolders_beside_the_images_are_counted_in_the_so
         load_inputs(_image_model(["N", 1, 28, 28]), images=only_links, preprocess="mnist")
 
 
-def test_a_folder_of_images_only_in_formats_not_read_says_so(tmp_path):
-    """A folder of TIFF images was told to "put images in it"."""
-    for name in ("a.tif", "b.webp"):
+@pytest.mark.parametrize("names, message", [
+    # a folder of TIFF images was told to "put images in it"
+    (("a.tif", "b.webp"), r"holds no .jpg/.jpeg/.png/.bmp files; its 2 images are .tif, .webp, which are not read: "
+                          r"convert them to PNG"),
+    # one holding only '.a_1.png' and '._b_1.png' was said to hold no PNG files: "put images in it"
+    ((".a_1.png", "._b_1.png"), r"holds no .jpg/.jpeg/.png/.bmp files but 2 hidden ones \('._b_1.png'; names "
+                                r"starting with '.' are skipped.*rename them without the leading"),
+])
+def test_a_folder_of_images_that_are_not_read_says_why(tmp_path, names, message):
+    for name in names:
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / name)
-    with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files; its 2 images are .tif, .webp, "
-                                             r"which are not read: convert them to PNG"):
-        load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
-
-
-def test_a_folder_of_hidden_images_only_says_they_are_skipped(tmp_path):
-    """A folder holding only '.a_1.png' and '._b_1.png' was said to hold no PNG files: "put images in it"."""
-    for name in (".a_1.png", "._b_1.png"):
-        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / name)
-    with pytest.raises(InputDataError, match=r"holds no .jpg/.jpeg/.png/.bmp files but 2 hidden ones \('._b_1.png'; "
-                                             r"names starting with '.' are skipped.*rename them without the leading"):
+    with pytest.raises(InputDataError, match=message):
         load_inputs(_image_model(["N", 1, 28, 28]), images=tmp_path, preprocess="mnist")
 
 
