@@ -962,7 +962,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
                            cached=damage_cost.cached, out_of_sample=damage_cost.out_of_sample)
     else:
-        slow_note = _slow_layers_note(chosen, tables, options.speed, target) if speed_info is not None else ""
+        slow_note = _slow_layers_note(chosen, one_order_tables, tables, options.speed, target) \
+            if speed_info is not None else ""
         allocation = _allocate(prepared, chosen, tables, target, keep, method, seed, rank_multiple, slow_note)
         if order == AUTO_ORDER and speed_info is not None and measure != "rank-fraction":
             order_warning = _auto_order_warning(prepared, chosen, one_order_tables, speed_info, options, allocation)
@@ -1499,10 +1500,13 @@ def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int) -> None:
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 
-def _slow_layers_note(chosen: Sequence[Layer], tables: Sequence[ErrorTable], speed: Any, target: str) -> str:
+def _slow_layers_note(chosen: Sequence[Layer], unfiltered: Sequence[ErrorTable], tables: Sequence[ErrorTable],
+                      speed: Any, target: str) -> str:
     """Why the lowest reachable ratio is high when the latency tables removed options: how many layers
-    have no factorization left that measured faster than their dense layer."""
-    stuck = [layer.name for layer, table in zip(chosen, tables) if not any(len(o.ranks) for o in table.options)]
+    had a factorization (``unfiltered``) and have none left (``tables``) that measured faster than their
+    dense layer (a layer no rank shrinks had none to remove and is not counted)."""
+    stuck = [layer.name for layer, before, after in zip(chosen, unfiltered, tables)
+             if any(len(o.ranks) for o in before.options) and not any(len(o.ranks) for o in after.options)]
     if not stuck:
         return ""
     return (f"; {len(stuck)} of {len(chosen)} factorizable layers have no factorization measured faster than "

@@ -584,6 +584,7 @@ class SpeedInfo:
     settle_note: str = ""
     settle_measured: Optional[float] = None  # the measured ratio (compressed / dense) of the decisions kept
     slow_dropped: tuple[int, int, int] = ()  # params/MACs budgets: ranks dropped as no faster than dense, of, layers
+    proportional: bool = False  # predictions take the layers at the whole model's scale (needs_proportional)
 
     def layer_times(self, name: str, groups: int, rank: int, order: Optional[str]
                     ) -> Optional[tuple[float, Optional[float], bool]]:
@@ -597,20 +598,22 @@ class SpeedInfo:
         return table.dense_us, table.time(order, groups, rank), table.is_measured(order, groups, rank)
 
     def predicted_us(self, decisions: Mapping[str, Any]) -> Optional[float]:
-        """The whole model's time predicted for ``decisions`` (layer -> LayerChoice): measured model
-        time − the timed layers' dense times + their times as decided."""
+        """The whole model's time predicted for ``decisions`` (layer -> LayerChoice), by
+        :func:`predicted_model_us` from the timed layers' dense times and their times as decided."""
         if self.model_us is None:
             return None
-        total = self.model_us
+        dense = decided = 0.0
         for name, table in self.tables.items():
+            dense += table.dense_us
             choice = decisions.get(name)
             if choice is None or choice.groups == 0:
+                decided += table.dense_us
                 continue
             value = table.time(choice.order or self.orders.get(name, SPATIAL_FIRST), choice.groups, choice.rank)
             if value is None:
                 return None
-            total += value - table.dense_us
-        return total
+            decided += value
+        return predicted_model_us(self.model_us, dense, decided, self.proportional)
 
     def achieved(self, decisions: Mapping[str, Any]) -> float:
         predicted = self.predicted_us(decisions)
@@ -639,6 +642,8 @@ class SpeedInfo:
         if predicted is not None and self.model_us:
             data.update(rest_us=self.model_us - dense, predicted_us=predicted,
                         predicted_speedup=self.model_us / predicted if predicted > 0 else None)
+        if self.proportional:
+            data["proportional"] = True
         return data
 
 
@@ -715,7 +720,8 @@ def build_tables(model: onnx.ModelProto, store: Any, layers: Sequence[Layer], ta
         result = {name: table.rescaled(dense_us[table.key]) for name, table in result.items()}
     stats.seconds = time.perf_counter() - started
     return SpeedInfo(speed.provider, timer.identity.get("threads"), speed.batch, timer.identity, result,
-                     {layer.name: layer.order for layer in layers}, model_us, stats, str(cache.folder), untimed)
+                     {layer.name: layer.order for layer in layers}, model_us, stats, str(cache.folder), untimed,
+                     proportional=model_us is not None and needs_proportional(model_us, result))
 
 
 def option_times(layer: Layer, table: ErrorTable, latency: Optional[LatencyTable]) -> list[np.ndarray]:
@@ -787,11 +793,12 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
     model_us = float(info.model_us or 0.0)
     dense = sum(c.dense for c in costs)
     fixed = model_us - dense  # ops that do not change; negative when single layers carry more overhead
-    budget = keep * model_us - fixed
+    budget = layers_budget_us(keep, model_us, dense, info.proportional)
     scales = [1.0] * len(tables)
     cheapest = minimum_cost(tables, scales, costs)
     if budget < cheapest - 1e-9:
-        reachable = (fixed + cheapest) / model_us if model_us > 0 else float("nan")
+        reachable = predicted_model_us(model_us, dense, cheapest, info.proportional) / model_us if model_us > 0 \
+            else float("nan")
         slow = sum(1 for c in costs if not any(np.any(np.asarray(times) < c.dense) for times in c.options))
         where = f"at batch {info.batch} on {info.provider}"
         if slow == len(costs):
@@ -817,9 +824,38 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
 def smallest_keep_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], info: SpeedInfo) -> float:
     """The smallest ``--keep-latency`` the tables can reach: every layer at its fastest option."""
     model_us = float(info.model_us or 0.0)
-    fixed = model_us - sum(c.dense for c in costs)
     cheapest = minimum_cost(tables, [1.0] * len(tables), costs)
-    return (fixed + cheapest) / model_us if model_us > 0 else float("nan")
+    return predicted_model_us(model_us, sum(c.dense for c in costs), cheapest, info.proportional) / model_us \
+        if model_us > 0 else float("nan")
+
+
+def predicted_model_us(model_us: float, dense_us: float, decided_us: float, proportional: bool = False) -> float:
+    """The whole model's predicted time (µs) when its timed layers, ``dense_us`` in all timed alone and
+    dense, take ``decided_us`` as decided: the ops that do not change (``model_us − dense_us``, negative
+    when a layer alone carries overheads it does not have in the model) plus ``decided_us``. With
+    ``proportional`` (:func:`needs_proportional`: that sum would fall to zero or below for the tables'
+    cheapest decisions, as when another process slowed the layers' runs more than the model's), the
+    layers' times are taken at the whole model's scale instead, ``decided_us × model_us / dense_us``,
+    which is never negative (docs/LATENCY.md)."""
+    if proportional and dense_us > 0:
+        return decided_us * model_us / dense_us
+    return model_us - dense_us + decided_us
+
+
+def layers_budget_us(keep: float, model_us: float, dense_us: float, proportional: bool = False) -> float:
+    """The timed layers' time (µs, alone) at which :func:`predicted_model_us` is ``keep × model_us``."""
+    if proportional and dense_us > 0:
+        return keep * dense_us
+    return keep * model_us - (model_us - dense_us)
+
+
+def needs_proportional(model_us: float, tables: Mapping[str, "LatencyTable"]) -> bool:
+    """Whether the ops that do not change (model − the layers' dense times) are so negative that the
+    tables' cheapest decisions (every layer at its fastest time) would predict a whole model of no time."""
+    dense = sum(table.dense_us for table in tables.values())
+    cheapest = sum(min([table.dense_us] + [float(np.min(times)) for _, times in table.options.values()])
+                   for table in tables.values())
+    return dense > model_us and model_us - dense + cheapest <= 0
 
 
 @dataclass(frozen=True)
@@ -887,6 +923,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     reference_print = model_fingerprint(reference)
 
     cached = 0  # rounds read from the cache of an earlier run
+    stored_here: set[str] = set()  # figures this run stored (a later round building the same model reads them)
 
     def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None) -> float:
         """The measured ratio (from the cache when stored); ``doubted``: a figure of this plan in doubt, then
@@ -899,7 +936,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
             if cache is not None and doubted is None else None
         if entry is not None:
-            cached += 1
+            cached += key not in stored_here
             return entry["ratio"]
         value = float(timer.time_ratio(reference, candidate, store, input_shapes))
         if doubted is not None:
@@ -907,6 +944,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                                                                             input_shapes))]))
         if cache is not None:
             cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value})
+            stored_here.add(key)
         return value
 
     tried: list[tuple[Allocation, SettleRound]] = []

@@ -768,8 +768,31 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
     if unfolded:
         return (f"weight is computed from constants by {', '.join(unfolded)} nodes, which onnx-alds does not fold "
                 f"(e.g. a weight norm): {FOLD_HINT}")
+    reshaped = _constant_reshaped_at_run_time(name, producers, constants)
+    if reshaped is not None:
+        return (f"weight is a constant that a {reshaped.op_type} node reshapes by a run-time value (e.g. a shape "
+                "computed from the input): re-export with the weight's shape fixed, or fold the shapes first (onnxsim "
+                "with fixed input shapes), then compress")
     return (f"weight is not a constant (computed at run time by a {node.op_type} node): a product of two run-time "
             "tensors (as attention's Q·Kᵀ) has no weight to factorize")
+
+
+def _constant_reshaped_at_run_time(name: str, producers: Mapping[str, onnx.NodeProto],
+                                   constants: Mapping[str, onnx.TensorProto]) -> Optional[onnx.NodeProto]:
+    """The node on ``name``'s chain of data inputs (first inputs, through moves and casts) whose data is
+    computed from constants alone while another of its inputs (a shape, axes) is not; None when there is none."""
+    node = producers.get(name)
+    for _ in range(17):
+        if node is None or not node.input or not is_standard(node):
+            return None
+        if _reads_only_constants(node.input[0], producers, constants):
+            others = [tensor for tensor in node.input[1:] if tensor]
+            return node if others and not all(_reads_only_constants(t, producers, constants) for t in others) \
+                else None
+        if node.op_type not in FOLDABLE_OPS:
+            return None
+        node = producers.get(node.input[0])
+    return None
 
 
 def _reads_only_constants(name: str, producers: Mapping[str, onnx.NodeProto],
@@ -845,6 +868,25 @@ def _value_problem(weight: np.ndarray) -> Optional[str]:
     return None
 
 
+def _overflowing_cast(name: str, producers: Mapping[str, onnx.NodeProto],
+                      constants: Mapping[str, onnx.TensorProto]) -> Optional[str]:
+    """The reason for a weight whose stored values are finite and that a Cast on its way to the layer turns
+    into Inf (float32 values above 65504 cast to float16), else None."""
+    casts, tensor = [], name
+    for _ in range(17):
+        node = producers.get(tensor)
+        if node is None or node.op_type not in FOLDABLE_OPS or not node.input:
+            break
+        if node.op_type == "Cast":
+            casts.append(onnx.TensorProto.DataType.Name(_attr(node, "to", 0)))
+        tensor = node.input[0]
+    if not casts or tensor not in constants or not np.all(np.isfinite(constant_array(constants, tensor))):
+        return None
+    return (f"weight '{tensor}' is finite as stored but holds Inf after the graph's Cast to "
+            f"{' then '.join(reversed(casts))} "
+            "(values beyond the type's range): the layer computes with Inf weights; fix the export's casts")
+
+
 def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], uses: Counter,
               shapes: Mapping[str, tuple[int, ...]], exclude: Sequence[str], max_groups: int,
               channel_multiple: int, producers: Mapping[str, onnx.NodeProto]) -> Optional[Layer]:
@@ -900,6 +942,8 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
             "" if uses[weight_name] > 1 else " (through Identity/Cast/Transpose/Reshape nodes)")
     elif reason is None:
         reason = _value_problem(constant_array(constants, weight_name))
+        if reason and "NaN or Inf" in reason:
+            reason = _overflowing_cast(weight_name, producers, constants) or reason
     # a depthwise/grouped conv is never factorized, but its exclusion still keeps it out of pruned blocks
     stored = chain_source(weight_name, producers)  # the initializer behind Transpose/Reshape/Cast ... (as saved)
     if (reason is None or reason.endswith("is left as it is")) and \

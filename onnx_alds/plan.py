@@ -58,13 +58,16 @@ from onnx import numpy_helper
 
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
-from .layers import ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, check_exclude_patterns, with_order
+from .latency import predicted_model_us
+from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, chain_source, check_exclude_patterns,
+                     with_order)
 from .options import (GROUP_KEYWORDS, PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions,
                       SpeedOptions, compress_options, refuse_group_and_keyword, refuse_without_effect, with_pruning)
 
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
 FACTORIZED, KEPT_DENSE, SKIPPED = "factorized", "dense", "skipped"
+SEARCHED_KEYS = ("method", "seed", "prune")  # options.search fields that only choose decisions (totals.searched)
 OPTIONS = (FACTORIZED, KEPT_DENSE, SKIPPED)
 
 
@@ -252,6 +255,15 @@ class Plan:
             raise PlanError(f"{source}: the plan has blocks but options.search.prune is off; set it to combined or "
                             "only, or remove the blocks")
         totals = reader.mapping(top.get("totals") or {}, "totals", free=True)
+        searched = totals.get("searched")
+        if isinstance(searched, dict):  # what made the decisions: editing it would change the report, not them
+            for key in SEARCHED_KEYS:
+                if key in searched and searched[key] != options["search"].get(key):
+                    raise PlanError(f"{source}: options.search.{key} was edited ({_short(searched[key])} → "
+                                    f"{_short(options['search'].get(key))}), but a plan's decisions are applied as "
+                                    f"written, whatever made them; set it back to {_short(searched[key])} and edit "
+                                    "the layers (option, rank, groups) instead, or make a new plan with that "
+                                    "setting")
         latency = totals.get("latency")
         if latency is not None:  # the recorded times are read back into the report
             latency = reader.mapping(latency, "totals.latency", free=True)
@@ -618,6 +630,10 @@ class _Reader:
                                   self.number(p.get("time_us"), f"{where}.predicted.time_us", positive=True), measured)
         order = entry.get("order")
         if option == FACTORIZED:  # a factorized layer needs both
+            missing = [key for key in ("groups", "rank") if key not in entry]
+            if missing:
+                raise self.fail(where, f"missing key {' and '.join(repr(k) for k in missing)}: a factorized layer "
+                                "needs its groups and rank")
             groups = self.integer(entry.get("groups", 0), f"{where}.groups", minimum=1)
             rank = self.integer(entry.get("rank", 0), f"{where}.rank", minimum=1)
             if order is None:  # a dense entry switched to factorized keeps no order: the ALDS pair
@@ -632,9 +648,13 @@ class _Reader:
             ignored = [(key, value) for key, value, was in zip(("groups", "rank", "order"), (groups, rank, order),
                                                                 written) if value not in (0, None) and value != was]
             if ignored:
+                keys = " and ".join(k for k, _ in ignored)
+                reason = entry.get("reason") if option == SKIPPED and isinstance(entry.get("reason"), str) else None
                 raise self.fail(where, " and ".join(f"{key} {_short(value)}" for key, value in ignored)
-                                + f" on a \"{option}\" layer would be ignored (it stays dense); set \"option\": "
-                                f"\"factorized\" to factorize it, or set {' and '.join(k for k, _ in ignored)} to null")
+                                + f" on a \"{option}\" layer would be ignored (it stays dense"
+                                + (f": {reason}); set {keys} to null (\"option\": \"factorized\" only where that "
+                                   "reason allows it)" if reason else
+                                   f"); set \"option\": \"factorized\" to factorize it, or set {keys} to null"))
         reason = entry.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise self.fail(f"{where}.reason", "expected a string or null")
@@ -846,12 +866,21 @@ def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str,
     return {scheme: digests[scheme] for scheme in schemes}
 
 
+def recorded_weights(model: onnx.ModelProto, layers: Sequence[Any]) -> dict[str, str]:
+    """Each layer's weight name -> the tensor a plan records for it: the initializer (or Constant output) the
+    node reads through Identity, Cast, Transpose, Reshape ... (:func:`onnx_alds.layers.chain_source`), so that
+    a model simplified by removing or adding such a chain still matches its plan."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    return {layer.weight: chain_source(layer.weight, producers) for layer in layers if getattr(layer, "weight", None)}
+
+
 def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights: Optional[str]) -> Plan:
     """The plan of a planned compression (or a pruning compression), from its report rows and blocks;
     ``weights`` the :func:`weights_digest` of the model as given."""
     from . import __version__
 
     unit = {"params": "params_after", "flops": "macs_after", "latency": "time_us"}[options.budget.target]
+    sources = recorded_weights(model, report.layers)
     layers = []
     for row in report.layers:
         option = SKIPPED if row.skip_reason else (FACTORIZED if row.groups else KEPT_DENSE)
@@ -861,7 +890,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
                               None if cost is None else float(cost), row.time_dense_us, row.time_us,
                               row.time_measured)
         layers.append(LayerDecision(row.name, row.op, tuple(row.weight_shape), row.params_before, option, row.groups,
-                                    row.rank if row.groups else 0, order, row.skip_reason, predicted, row.weight))
+                                    row.rank if row.groups else 0, order, row.skip_reason, predicted,
+                                    sources.get(row.weight, row.weight)))
     inputs = planned_inputs(model, options.input_shapes)
     data = options.data
     options_dict = _options_dict(options, None if data.calibration is None else str(data.calibration.source),
@@ -869,7 +899,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
     totals = {"requested": report.requested, "target": options.budget.target, "achieved": report.achieved,
               "params_before": report.params_before, "params_after": report.params_after,
               "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
-              "error_measure": report.error_measure, "search": report.search, "latency": report.latency}
+              "error_measure": report.error_measure, "search": report.search, "latency": report.latency,
+              "searched": {key: options_dict["search"].get(key) for key in SEARCHED_KEYS}}
     blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
                                  PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
                    for b in report.pruned or ())
@@ -1084,6 +1115,7 @@ class _Decisions:
             raise self._error(f"its inputs resolve to {_show_shapes(inputs) or 'none'}, the plan was made at "
                               f"{_show_shapes(planned) or 'no inputs'}; {fix}")
         model_layers = {layer.name: layer for layer in prepared.layers}
+        sources = recorded_weights(prepared.model, prepared.layers)
         for decision in self.plan.layers:
             layer = model_layers.get(decision.name)
             if layer is None:
@@ -1095,14 +1127,22 @@ class _Decisions:
                     f"layer '{decision.name}' is a {layer.op} with weight {'x'.join(map(str, layer.weight_shape))} "
                     f"in the model but a {decision.op} with weight {'x'.join(map(str, decision.weight_shape))} in "
                     f"the plan (the model changed since the plan was made); {fix}")
-            if decision.weight is not None and layer.weight != decision.weight and decision.name not in self.pruned:
-                raise self._error(
-                    f"layer '{decision.name}' multiplies weight '{layer.weight}' in the model but '{decision.weight}' "
-                    f"in the plan (nodes reordered or renamed since the plan was made); {fix}")
             why = layer.skip_reason if not layer.compressible else _uncalibrated_reason(layer) if calibrated else None
             if decision.option == FACTORIZED and why:
                 raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
                                   f"this model ({why}); set its \"option\" to \"dense\" or {fix}")
+            if decision.name in self.pruned:
+                continue
+            # the initializer itself (through Identity, Cast, Transpose ...), as plans record it, or the name the
+            # node reads (plans made before they recorded the initializer)
+            if decision.weight is not None and decision.weight not in (layer.weight, sources.get(layer.weight)):
+                raise self._error(
+                    f"layer '{decision.name}' multiplies weight '{sources.get(layer.weight, layer.weight)}' in the "
+                    f"model but '{decision.weight}' in the plan (the model was re-exported, quantized, or its nodes "
+                    f"reordered or renamed since the plan was made); {fix}")
+            if decision.params and layer.params != decision.params:
+                raise self._error(f"layer '{decision.name}' holds {layer.params} weights in the model but "
+                                  f"{decision.params} in the plan (its params edited, or another model); {fix}")
         # (a product of two run-time tensors has no weight, so no decision: plans made before such products were
         # listed as layers hold no entry for them)
         missing = [name for name, layer in model_layers.items() if name not in self.by_name
@@ -1286,7 +1326,7 @@ class _PlanTimes:
         model_us = self.latency.get("model_us")
         if model_us is None:
             return None
-        total = float(model_us)
+        change = 0.0
         for decision in self.plan.layers:
             groups = decisions[decision.name].groups if decision.name in decisions else 0
             times = self.layer_times(decision.name, groups, 0, None)
@@ -1297,8 +1337,9 @@ class _PlanTimes:
             dense, value, _ = times
             if value is None:
                 return None
-            total += value - dense
-        return total
+            change += value - dense
+        dense_all = float(self.latency.get("layers_dense_us") or 0.0)
+        return predicted_model_us(float(model_us), dense_all, dense_all + change, bool(self.latency.get("proportional")))
 
     def achieved(self, decisions) -> float:
         predicted = self.predicted_us(decisions)
@@ -1307,7 +1348,7 @@ class _PlanTimes:
 
     def summary(self, decisions=None) -> dict:
         keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us",
-                "slow_ranks_dropped", "candidate_ranks", "layers_with_slow_ranks")  # (the search's speed filter)
+                "slow_ranks_dropped", "candidate_ranks", "layers_with_slow_ranks", "proportional")  # (the search's speed filter)
         data = {key: self.latency.get(key) for key in keep}
         data.update(source="the plan", table_seconds=None, untimed={})
         unedited = not self.plan.edited_layers and not self.plan.edited_blocks

@@ -1149,6 +1149,55 @@ def test_weight_computed_from_constants_by_other_ops_says_to_fold_them_first():
         onnx_alds.compress(model, keep_params=0.5)
 
 
+@pytest.mark.parametrize("through_transpose", [False, True], ids=["reshape", "reshape-then-transpose"])
+def test_constant_weight_reshaped_by_a_run_time_shape_is_named_for_it(through_transpose):
+    """A constant flattened weight reshaped to 64x64 by a shape built from Shape(x): the reason said "a product
+    of two run-time tensors (as attention's Q·Kᵀ)", where nothing is multiplied but the shape is run-time."""
+    from conftest import make_model
+
+    weight = np.random.default_rng(43).standard_normal((64, 64)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["x"], ["x_shape"]), helper.make_node("Slice", ["x_shape", "st", "en"], ["d"]),
+             helper.make_node("Concat", ["d", "minus_one"], ["w_shape"], axis=0),
+             helper.make_node("Reshape", ["w_flat", "w_shape"], ["w_r"])]
+    nodes += [helper.make_node("Transpose", ["w_r"], ["w"], perm=[1, 0])] if through_transpose \
+        else [helper.make_node("Identity", ["w_r"], ["w"])]
+    nodes += [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    inits = [numpy_helper.from_array(weight.reshape(-1), "w_flat"),
+             numpy_helper.from_array(np.array([1], np.int64), "st"), numpy_helper.from_array(np.array([2], np.int64), "en"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])], inits, opset=17)
+    with pytest.raises(UnsupportedModelError, match=r"weight is a constant that a Reshape node reshapes by a run-time "
+                                                    r"value .*re-export with the weight's shape fixed"):
+        onnx_alds.compress(model, keep_params=0.5)
+    # a product of two run-time tensors keeps its own reason
+    attention = make_model([helper.make_node("Transpose", ["x"], ["x_t"]), helper.make_node("MatMul", ["x", "x_t"], ["y"])],
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], [], opset=17)
+    assert "Q·Kᵀ" in onnx_alds.analyze(attention).layers[0].skip_reason
+
+
+def test_a_finite_weight_that_a_cast_overflows_is_named_for_the_cast():
+    """A float32 weight with values up to 1e6 read through Cast(float16) → Cast(float): skipped as "weight
+    holds NaN or Inf values", while the stored initializer is finite."""
+    from conftest import make_model
+
+    weight = np.random.default_rng(44).standard_normal((32, 32)).astype(np.float32)
+    weight[0, 0] = 1e6
+    nodes = [helper.make_node("Cast", ["W"], ["w16"], to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w32"], ["y"], name="mm")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                       [numpy_helper.from_array(weight, "W")], opset=17)
+    reason = onnx_alds.analyze(model, rank_multiple=1).layers[0].skip_reason
+    assert reason.startswith("weight 'W' is finite as stored but holds Inf after the graph's Cast to FLOAT16 then "
+                             "FLOAT")
+    weight[0, 0] = np.inf  # stored as Inf: the weight's own values
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "W"))
+    assert onnx_alds.analyze(model, rank_multiple=1).layers[0].skip_reason == "weight holds NaN or Inf values"
+
+
 @pytest.mark.parametrize("through", [False, True], ids=["directly", "through-identity"])
 def test_unreachable_budget_counts_a_shared_weight_once(through):
     """A tied weight read by two MatMuls was counted once per use: "hold 98 % of them" where it is 49 %; read by

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -340,6 +341,97 @@ def test_layer_times_that_add_up_to_more_than_the_model_are_not_printed_as_a_neg
     text = report.format()
     assert "more than the whole model: single-layer times overstate here" in text
     assert "ops that do not change -" not in text
+
+
+@pytest.mark.parametrize("rounds", [0, 3])
+def test_a_model_time_far_below_its_layers_never_predicts_a_negative_time(tmp_path, rounds):
+    """Two runs sharing two cores: the whole model measured at 0.24 of its layers timed alone. The prediction
+    (model − dense layers + decided layers) went negative: "achieved -0.2434 predicted", "predicted -0.045 ms",
+    an allocation budget of -0.243, and a plan recording them. The layers are then taken at the whole model's
+    scale (never negative), and the report says so."""
+    class CrowdedTimer(FakeTimer):
+        def time_model(self, model, store, input_shapes, layers, counts):
+            times = super().time_model(model, store, input_shapes, layers, counts)
+            if not layers:
+                return times
+            return [0.24 * sum(t * c for t, c in zip(times[1:], counts))] + times[1:]
+
+    result = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                                speed=speed(CrowdedTimer(), tmp_path, model_rounds=rounds))
+    latency = result.report.latency
+    assert latency["rest_us"] < 0 and latency.get("proportional") is True
+    assert latency["predicted_us"] > 0 and 0 < result.report.achieved <= 0.6 + 1e-9
+    assert all(r["budget"] > 0 and r["predicted"] > 0 for r in latency.get("whole_model_check", []))
+    assert "predicted -" not in result.report.format() and "achieved -" not in result.report.format()
+    plan = result.plan.to_dict() if hasattr(result, "plan") and result.plan is not None else None
+    if plan is not None:
+        assert plan["totals"]["latency"].get("proportional") is True
+
+
+def test_layers_timed_alone_a_little_over_the_model_keep_the_additive_prediction(tmp_path):
+    """The usual case (the rest a little negative): predictions stay model − dense layers + decided layers."""
+    timer = FakeTimer(rest_us=-5.0)
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.9, rank_multiple=8,
+                                speed=speed(timer, tmp_path, model_rounds=0)).report
+    latency = report.latency
+    assert latency["rest_us"] < 0 and "proportional" not in latency
+    decided = sum(row.time_us if row.groups else row.time_dense_us for row in report.layers
+                  if row.time_dense_us is not None)
+    assert latency["predicted_us"] == pytest.approx(latency["model_us"] - latency["layers_dense_us"] + decided)
+
+
+def test_speed_check_note_counts_only_layers_it_emptied(tmp_path):
+    """--speed-check at an unreachable --keep-flops blamed it for layers no rank shrinks (conv0 and fc here at
+    rank multiple 16): "2 of 5 factorizable layers have no factorization measured faster ... (without
+    --speed-check they may be factorized)", where every pair measured faster and the floor was the same."""
+    from onnx_alds.layers import node_macs
+
+    class MacsOnly(FakeTimer):  # time = MACs: every pair that shrinks is faster than its dense layer
+        def seconds(self, model, shapes=None):
+            inferred = onnx.shape_inference.infer_shapes(model)
+            known = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+                     for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+            known.update({init.name: tuple(init.dims) for init in model.graph.initializer})
+            known.update(shapes or {})
+            return sum(node_macs(node, known) or 0 for node in model.graph.node) * 1e-12 + 1e-9
+
+    model = small_cnn(width=32)
+    with pytest.raises(BudgetError) as plain:
+        onnx_alds.compress(model, keep_flops=0.02, rank_multiple=16)
+    with pytest.raises(BudgetError) as checked:
+        onnx_alds.compress(model, keep_flops=0.02, rank_multiple=16, speed=speed(MacsOnly(), tmp_path, prune_slow=True))
+    assert "measured faster" not in str(checked.value)
+    assert str(plain.value).split("(")[0] == str(checked.value).split("(")[0]  # the same floor
+    with pytest.raises(BudgetError, match=r"[1-9] of \d+ factorizable layers have no factorization measured faster"):
+        onnx_alds.compress(model, keep_flops=0.02, rank_multiple=16,
+                           speed=speed(FakeTimer(slow=lambda inputs, outputs: True), tmp_path / "slow", prune_slow=True))
+
+
+def test_a_round_repeating_this_runs_model_is_not_called_a_cache_hit_of_an_earlier_run(tmp_path):
+    """Two rounds of one run building the same model: the second read the figure the first had just stored, and
+    a first run on an empty cache said "1 read from the cache of an earlier run"."""
+    from onnx_alds.allocate import Allocation
+    from onnx_alds.latency import SpeedInfo, settle_latency
+
+    model = small_cnn(width=16)
+
+    class SlowerThanAsked(FakeTimer):
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            self.ratios += 1
+            return 0.8
+
+    def settle(cache, timer):
+        info = SpeedInfo("cpu", 1, 4, {}, {}, {}, None, TableStats(), str(tmp_path))
+        return settle_latency(lambda budget: Allocation((), budget, 0.0, 0.0, "test"), lambda allocation: model,
+                              [], info, 0.5, 0.1, reference=model, store=None, input_shapes={"input": (4, 3, 16, 16)},
+                              timer=timer, rounds=3, cache=cache)
+
+    first_timer = SlowerThanAsked()
+    first = settle(LatencyCache(tmp_path / "cache"), first_timer)
+    assert len(first[1]) >= 2 and first_timer.ratios >= 1  # several rounds, one model
+    assert "read from the cache" not in first[3]
+    second = settle(LatencyCache(tmp_path / "cache"), SlowerThanAsked())
+    assert "read from the cache of an earlier run" in second[3]
 
 
 def test_whole_model_check_is_cached(tmp_path):

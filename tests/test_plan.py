@@ -643,7 +643,8 @@ def test_a_plan_for_unnamed_nodes_that_moved_is_refused():
     assert {layer.weight for layer in plan.layers} == {"W1", "W2"}
     apply_plan(model("ab"), plan)  # the model it was made for
     with pytest.raises(PlanError, match="layer 'MatMul_0' multiplies weight 'W2' in the model but 'W1' in the plan "
-                                        r"\(nodes reordered or renamed since the plan was made\)"):
+                                        r"\(the model was re-exported, quantized, or its nodes reordered or renamed "
+                                        r"since the plan was made\)"):
         apply_plan(model("ba"), plan)
     older = Plan.from_dict({**plan.to_dict(), "layers": [{k: v for k, v in layer.items() if k != "weight"}
                                                           for layer in plan.to_dict()["layers"]]})
@@ -1089,3 +1090,87 @@ def test_a_data_aware_plan_reports_its_steps_as_compress_does():
                                     bias_correction=True)
     assert plan.report.data_aware_steps == compressed.report.data_aware_steps
     assert "bias-correction" in plan.report.data_aware_steps and "refit" in plan.report.data_aware_steps
+
+
+def _two_matmuls(chain: str = "", seed: int = 7) -> onnx.ModelProto:
+    """x[B, 32] → MatMul W1 [32, 48] → Relu → MatMul W2 [48, 16]; ``chain`` 'identity' reads W1 through an
+    Identity (as an export before simplification), 'quantized' through DequantizeLinear of an int8 copy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1, w2 = rng.standard_normal((32, 48)).astype(np.float32), rng.standard_normal((48, 16)).astype(np.float32)
+    nodes, inits = [], [numpy_helper.from_array(w2, "W2")]
+    if chain == "quantized":
+        scale = float(np.abs(w1).max() / 127)
+        inits += [numpy_helper.from_array(np.round(w1 / scale).astype(np.int8), "W1_q"),
+                  numpy_helper.from_array(np.array(scale, np.float32), "W1_scale")]
+        nodes.append(helper.make_node("DequantizeLinear", ["W1_q", "W1_scale"], ["W1_read"]))
+    elif chain == "identity":
+        inits.append(numpy_helper.from_array(w1, "W1"))
+        nodes.append(helper.make_node("Identity", ["W1"], ["W1_read"]))
+    else:
+        inits.append(numpy_helper.from_array(w1, "W1"))
+    first = "W1" if not chain else "W1_read"
+    nodes += [helper.make_node("MatMul", ["x", first], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["a"]),
+              helper.make_node("MatMul", ["a", "W2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("made_on, applied_to", [("identity", ""), ("", "identity")])
+def test_a_plan_applies_across_an_identity_chain_added_or_removed(made_on, applied_to):
+    """A simplifier removes the Identity between an initializer and its MatMul (or an export adds one): the plan
+    recorded the Identity's output as the layer's weight, and was refused as 'nodes reordered or renamed'."""
+    plan = round_trip(make_plan(_two_matmuls(made_on), keep_params=0.5, rank_multiple=1))
+    assert {layer.weight for layer in plan.layers} == {"W1", "W2"}  # the initializers themselves
+    applied = apply_plan(_two_matmuls(applied_to), plan)
+    direct = onnx_alds.compress(_two_matmuls(applied_to), keep_params=0.5, rank_multiple=1)
+    assert [(r.name, r.groups, r.rank) for r in applied.report.layers] == \
+        [(r.name, r.groups, r.rank) for r in direct.report.layers]
+
+
+def test_a_plan_applied_to_a_quantized_copy_names_the_quantization():
+    """A float model's plan applied to its QDQ copy was refused as 'nodes reordered or renamed' (nothing was):
+    the factorized layer now reads a quantized weight, and the refusal says so."""
+    plan = make_plan(_two_matmuls(), keep_params=0.5, rank_multiple=1)
+    assert any(layer.name == "fc1" and layer.option == "factorized" for layer in plan.layers)
+    with pytest.raises(PlanError, match=r"layer 'fc1' is factorized in the plan but cannot be factorized in this "
+                                        r"model \(quantized weight \(DequantizeLinear\)"):
+        apply_plan(_two_matmuls("quantized"), plan)
+
+
+def test_hand_edited_layer_entries_are_refused_for_what_they_are():
+    """A factorized entry without 'rank' read "rank: expected an integer >= 1, got 0"; a layer's params edited
+    applied silently (the docs call them identifying); a rank set on a layer skipped as quantized was told to
+    set "option": "factorized", which was then refused."""
+    plan = make_plan(_two_matmuls(), keep_params=0.5, rank_multiple=1).to_dict()
+    factorized = next(i for i, layer in enumerate(plan["layers"]) if layer["option"] == "factorized")
+    no_rank = json.loads(json.dumps(plan))
+    del no_rank["layers"][factorized]["rank"]
+    with pytest.raises(PlanError, match=r"missing key 'rank': a factorized layer needs its groups and rank"):
+        Plan.from_dict(no_rank)
+    edited = json.loads(json.dumps(plan))
+    edited["layers"][factorized]["params"] = 5
+    with pytest.raises(PlanError, match=r"holds \d+ weights in the model but 5 in the plan"):
+        apply_plan(_two_matmuls(), Plan.from_dict(edited))
+    quantized = make_plan(_two_matmuls("quantized"), keep_params=0.8, rank_multiple=1).to_dict()
+    skipped = next(layer for layer in quantized["layers"] if layer["option"] == "skipped")
+    skipped["rank"] = 8
+    with pytest.raises(PlanError) as refused:
+        Plan.from_dict(quantized)
+    assert "quantized weight" in str(refused.value) and "to factorize it" not in str(refused.value)
+
+
+@pytest.mark.parametrize("key, value", [("method", "svd"), ("seed", 5), ("prune", "only")])
+def test_an_edited_search_option_is_refused_not_reported_as_applied(key, value):
+    """options.search.method set to svd (or seed to 5, prune to only) applied the same decisions, while the
+    report printed "method: svd ... seed 5" and the model's metadata onnx_alds.method=svd."""
+    plan = make_plan(_two_matmuls(), keep_params=0.5, rank_multiple=1, max_groups=1).to_dict()
+    assert plan["totals"]["searched"]["method"] == plan["options"]["search"]["method"]
+    edited = json.loads(json.dumps(plan))
+    edited["options"]["search"][key] = value
+    with pytest.raises(PlanError, match=rf"options.search.{key} was edited .*a plan's decisions are applied as "
+                                        r"written"):
+        Plan.from_dict(edited)
+    assert apply_plan(_two_matmuls(), Plan.from_dict(plan)).report.method == plan["options"]["search"]["method"]
