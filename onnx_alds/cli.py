@@ -655,7 +655,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .signals import signal_handlers
 
     with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
-        return _main(argv)
+        code = _main(argv)
+    if argv is None:  # the command line's own process: what is left is the interpreter's teardown
+        from .signals import exit_at_once_on_interrupt
+
+        exit_at_once_on_interrupt(code)
+    return code
 
 
 _PARSED: list[str] = []  # the arguments being parsed, for the hints of usage errors

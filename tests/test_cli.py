@@ -1326,3 +1326,24 @@ def test_a_model_without_an_opset_import_is_told_so(cnn_path, tmp_path, capsys):
     onnx.save(model, tmp_path / "no_opset.onnx")
     code, _, err = run_cli("analyze", tmp_path / "no_opset.onnx", capsys=capsys)
     assert_one_line_error(code, err, "no_opset.onnx", "imports no opset (its opset_import is empty")
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_teardown_after_the_output_landed_exits_with_the_commands_code(cnn_path, tmp_path, stop):
+    """A signal in the ~0.4 s after 'wrote ...' (the interpreter freeing sessions and modules) killed the process
+    by the signal's default action (status -15, no message; SIGINT a traceback) though every output was written."""
+    import subprocess
+
+    script = ("import os, signal, sys, time\n"
+              "from onnx_alds.cli import main\n"
+              f"sys.argv = ['onnx-alds', 'compress', {str(cnn_path)!r}, '-o', {str(tmp_path / 'out.onnx')!r}, "
+              "'--keep-params', '0.5', '--rank-multiple', '1']\n"
+              "code = main()\n"
+              f"os.kill(os.getpid(), signal.{stop})  # as if it arrived during the teardown\n"
+              "time.sleep(5)\n"
+              "sys.exit(99)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote" in done.stdout + done.stderr and (tmp_path / "out.onnx").is_file()
+    assert "Traceback" not in done.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -525,3 +526,106 @@ def test_int8_compare_checks_every_models_static_ops_before_the_first_is_measure
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "later has no Conv node" in err and "MatMul" in err
     assert not (tmp_path / "nodir").exists() and not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_run_tool_ends_sigterm_and_sighup_as_an_interrupt(monkeypatch, capsys, name):
+    """`timeout`, a CI cancel or a closed terminal ended every tool with exit 143 (129) and no message."""
+    import signal
+
+    monkeypatch.syspath_prepend(str(TOOLS))
+    from _tool import run_tool as run_main
+
+    number = getattr(signal, name)
+    unhandled = []
+    record = lambda *a: unhandled.append(a)  # noqa: E731  (without the fix: recorded, not fatal)
+    previous = signal.signal(number, record)
+    try:
+        def main():
+            signal.raise_signal(number)
+            return 0
+
+        assert run_main(main, kept="the rows so far are kept") == 130
+        assert not unhandled
+        err = capsys.readouterr().err
+        assert err == "error: interrupted; the rows so far are kept\n", err
+        assert signal.getsignal(number) is record  # the handler there was before, after
+    finally:
+        signal.signal(number, previous)
+
+
+def sweep_data(model: str = "tiny") -> dict:
+    row = dict(model=model, method="alds", keep=0.5, rank_multiple=1, status="ok", achieved_keep=0.5,
+               quality_metric="rel_error_mean", rel_error_mean=0.1)
+    return {"rows": [row], "skipped": [], "per_layer": [], "runs": []}
+
+
+@pytest.mark.parametrize("step", ["write_csv", "write_plots", "render_results"])
+def test_sweep_interrupted_while_writing_leaves_the_old_outputs_whole(tmp_path, monkeypatch, step):
+    """A Ctrl-C or SIGTERM after sweep.json was written left the new sweep.json and sweep.csv with the old
+    plots and RESULTS.md (or none): a set that did not belong together."""
+    sweep = load_tool("sweep")
+    out, results_md = tmp_path / "out", tmp_path / "docs" / "RESULTS.md"
+    out.mkdir()
+    old = {"sweep.json": "old json\n", "sweep.csv": "old csv\n", "tiny-quality.png": "old png",
+           "gone-quality.png": "stale png", "notes.md": "the user's notes\n"}
+    for name, text in old.items():
+        (out / name).write_text(text)
+
+    def fake_plots(data, folder):
+        (folder / "tiny-quality.png").write_text("new png")
+        (folder / "gone-quality.png").unlink(missing_ok=True)
+        return [folder / "tiny-quality.png"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "write_plots", fake_plots)
+    monkeypatch.setattr(sweep, step, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.write_outputs(sweep_data(), out, results_md, command="x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no RESULTS.md, no staging folder left
+    assert {p.name: p.read_text() for p in out.iterdir()} == old
+
+    monkeypatch.undo()
+    sweep = load_tool("sweep")
+    monkeypatch.setattr(sweep, "write_plots", fake_plots)
+    sweep.write_outputs(sweep_data(), out, results_md, command="x")  # uninterrupted: the whole new set
+    assert sorted(p.name for p in out.iterdir()) == ["notes.md", "sweep.csv", "sweep.json", "tiny-quality.png"]
+    assert json.loads((out / "sweep.json").read_text())["rows"][0]["model"] == "tiny"
+    assert (out / "tiny-quality.png").read_text() == "new png"
+    assert "](../out/tiny-quality.png)" in results_md.read_text()  # linked where it landed, not where it was drawn
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out"]
+
+
+def test_sweep_merge_from_interrupted_before_the_outputs_landed_changes_nothing(tmp_path, monkeypatch):
+    sweep = load_tool("sweep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(sweep_data("old")))
+    (tmp_path / "other.json").write_text(json.dumps(sweep_data("new")))
+    before = (out / "sweep.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "render_results", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main(["--no-plots", "--merge-from", str(tmp_path / "other.json"), "--out", str(out),
+                    "--results-md", str(tmp_path / "R.md")])
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"] and (out / "sweep.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "out"]
+
+
+LOADS_NUMPY = sorted(p.name for p in TOOLS.glob("*.py") if re.search(r"^import numpy as np\b", p.read_text(), re.M))
+
+
+@pytest.mark.parametrize("tool", LOADS_NUMPY)
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_a_tool_loads_its_modules_is_one_line(tmp_path, tool, name):
+    """A Ctrl-C in the first second, while numpy and onnx load (before run_tool), gave a KeyboardInterrupt
+    traceback. A stand-in numpy sends the signal while it is being imported."""
+    (tmp_path / "numpy.py").write_text(f"import signal, time\nsignal.raise_signal(signal.{name})\ntime.sleep(20)\n")
+    result = run_tool(tool, "--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "error: interrupted; no output was written\n", result.stderr

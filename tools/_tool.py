@@ -4,6 +4,10 @@ the ``onnx-alds`` command prints it, and the flag types and checks that make bad
     if __name__ == "__main__":
         from _tool import run_tool
         sys.exit(run_tool(main))
+
+A tool imports it before numpy and onnx: run as a script, an interrupt (Ctrl-C, SIGTERM, SIGHUP) while its
+modules load is then the same one line and exit status 130 (:func:`_interrupted_while_loading`), not a
+KeyboardInterrupt traceback; this module itself loads nothing heavy.
 """
 
 from __future__ import annotations
@@ -19,26 +23,104 @@ if str(ROOT) not in sys.path:
 
 from onnx_alds.argtypes import any_float  # noqa: E402
 from onnx_alds.errors import OnnxAldsError, OutputPathError, os_error_text  # noqa: E402
-from onnx_alds.model_io import check_output_path  # noqa: E402
+from onnx_alds.signals import INTERRUPTS  # noqa: E402
+
+_LOADING: dict = {}  # signal number -> the handler before _interrupted_while_loading, until run_tool starts
+
+
+def _interrupted_while_loading(signum, frame) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP before :func:`run_tool` (while the tool's modules load): nothing was
+    started, so the process ends at once with the line and status of any other interrupt (no traceback,
+    no half-imported module left running)."""
+    import os
+
+    try:
+        sys.stderr.write("error: interrupted; no output was written\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+def _catch_interrupts_while_loading() -> None:
+    """Set :func:`_interrupted_while_loading` when the running program is a script in tools/ (not a test
+    that loads one, nor a multiprocessing child, whose main module is ``__mp_main__``)."""
+    import signal
+
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if getattr(main, "__name__", None) != "__main__" or not script:
+        return
+    if Path(script).resolve().parent != Path(__file__).resolve().parent:
+        return
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in INTERRUPTS:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:  # (nohup: SIGHUP stays ignored)
+            _LOADING[number] = signal.signal(number, _interrupted_while_loading)
+
+
+_catch_interrupts_while_loading()
+
+
+def _loaded() -> None:
+    """The handlers from before :func:`_catch_interrupts_while_loading` again (Ctrl-C raises KeyboardInterrupt)."""
+    import signal
+
+    while _LOADING:
+        number, previous = _LOADING.popitem()
+        signal.signal(number, previous if previous is not None else signal.SIG_DFL)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was written") -> int:
     """``main()``'s exit code; an :class:`OnnxAldsError` or an OSError (a missing file, a folder given for a
     file, a full disk) prints one ``error:`` line and returns 1, Ctrl-C returns 130 after saying ``kept``
-    (what the interrupted tool leaves behind). Anything else is a bug of the tool: its traceback is shown."""
+    (what the interrupted tool leaves behind); SIGTERM (``timeout``, a CI cancel) and SIGHUP (a closed
+    terminal) end it as Ctrl-C does, as ``onnx-alds`` does. Anything else is a bug of the tool: its traceback
+    is shown."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _run_tool(main, kept)
+    as_script = bool(_LOADING)  # (run as a tools/ script, not loaded by a test)
+    _loaded()
+    from onnx_alds.signals import exit_at_once_on_interrupt, signal_handlers
+
+    with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):
+        code = _run_tool(main, kept)
+    if as_script:  # what is left is the interpreter's teardown: its outputs are written
+        exit_at_once_on_interrupt(code)
+    return code
+
+
+def _run_tool(main: Callable[[], Optional[int]], kept: str) -> int:
     try:
         return main() or 0
     except OnnxAldsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; {kept}", file=sys.stderr)
-        return 130
+        return _interrupted(kept)
+    except RuntimeError as exc:  # Python wraps an interrupt that lands in a class's __set_name__ (a lazy import)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(kept)
+        raise
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # stdout closed early (| head): nothing to say
             raise
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 1
+
+
+def _interrupted(kept: str) -> int:
+    print(f"error: interrupted; {kept}", file=sys.stderr)
+    return 130
 
 
 def positive_float(text: str) -> float:
@@ -62,6 +144,8 @@ def check_output_file(path: Optional[Path], flag: str) -> None:
     (a folder, in a missing or read-only folder: :func:`onnx_alds.model_io.check_output_path`): found after a
     long run, the run's figures would be lost."""
     if path is not None:
+        from onnx_alds.model_io import check_output_path  # (numpy and onnx: not loaded with this module)
+
         check_output_path(Path(path), flag=flag)
 
 

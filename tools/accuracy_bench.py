@@ -35,14 +35,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_known, check_measured, check_not_empty, check_output_file, keep_ratio  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
 from onnx_alds.errors import OnnxAldsError  # noqa: E402

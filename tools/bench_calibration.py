@@ -38,14 +38,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: an older checkout there wins
 sys.path.append(str(Path(__file__).resolve().parent))  # tools/_tool.py
 
 from _tool import keep_ratio  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_alds import calibrate  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
 from onnx_alds.layers import constant_tensors, find_layers, folded_weight  # noqa: E402

@@ -46,13 +46,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_output_file, keep_ratio  # noqa: E402
+import numpy as np  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.errors import OnnxAldsError  # noqa: E402
 

@@ -26,13 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_tool.py (which also finds onnx_alds)
 
 from _tool import positive_float  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_alds.argtypes import non_negative_float, positive_int, random_seed  # noqa: E402
 from onnx_alds.errors import OutputPathError  # noqa: E402
 from onnx_alds.model_io import check_output_path  # noqa: E402

@@ -43,9 +43,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -53,6 +50,8 @@ if str(ROOT / "tools") not in sys.path:
     sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_output_folder, keep_ratio, positive_float  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 from onnx_alds import compress  # noqa: E402
 from onnx_alds.argtypes import non_negative_float, positive_int, random_seed, thread_count  # noqa: E402
 from onnx_alds.distill import DistillSettings, distill, split_inputs, write_back  # noqa: E402

@@ -32,13 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_output_file, keep_ratio  # noqa: E402
+import numpy as np  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
 
 REACHABLE = re.compile(r"cannot be reached: the smallest reachable ratio is (\d+(?:\.\d+)?)")  # latency.py's message

@@ -49,10 +49,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -60,6 +56,9 @@ if str(ROOT / "tools") not in sys.path:
     sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_output_folder, positive_float  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_alds.argtypes import fraction, non_negative_int, positive_int  # noqa: E402
 
 OK, CLEAN_ERROR, FAILURE, UNCHECKED = "OK", "CLEAN_ERROR", "FAILURE", "UNCHECKED"

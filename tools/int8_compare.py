@@ -55,10 +55,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -66,6 +62,9 @@ if str(ROOT / "tools") not in sys.path:
     sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import check_known, check_output_folder, keep_ratio, positive_float  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
 

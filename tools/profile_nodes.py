@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
+from _tool import run_tool  # noqa: E402  (first: an interrupt while numpy loads is one line, as in run_tool)
+import numpy as np  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import random_inputs  # noqa: E402
@@ -82,6 +83,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from _tool import run_tool
-
     sys.exit(run_tool(main))

@@ -46,15 +46,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from _tool import (check_known, check_measured, check_not_empty, check_output_file,  # noqa: E402
                    check_output_folder, keep_ratio)
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 from accuracy_bench import embedding_scores, outputs  # noqa: E402
 from profile_nodes import profile  # noqa: E402
 from data_aware_bench import _load_npz  # noqa: E402

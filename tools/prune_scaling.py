@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/_tool.py
 
+from _tool import run_tool  # noqa: E402  (first: an interrupt while numpy loads is one line, as in run_tool)
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_alds.argtypes import positive_int  # noqa: E402
 
 
@@ -91,6 +92,4 @@ def measure(block_counts: list[int], folder: str) -> None:
 
 
 if __name__ == "__main__":
-    from _tool import run_tool
-
     sys.exit(run_tool(main, kept="the chains measured so far are printed above; the temporary models were removed"))
