@@ -834,12 +834,13 @@ def predicted_model_us(model_us: float, dense_us: float, decided_us: float, prop
     dense, take ``decided_us`` as decided: the ops that do not change (``model_us − dense_us``, negative
     when a layer alone carries overheads it does not have in the model) plus ``decided_us``. With
     ``proportional`` (:func:`needs_proportional`: that sum would fall to zero or below for the tables'
-    cheapest decisions, as when another process slowed the layers' runs more than the model's), the
-    layers' times are taken at the whole model's scale instead, ``decided_us × model_us / dense_us``,
-    which is never negative (docs/LATENCY.md)."""
-    if proportional and dense_us > 0:
+    cheapest decisions, as when another process slowed the layers' runs more than the model's), or where
+    it is zero or below, the layers' times are taken at the whole model's scale instead,
+    ``decided_us × model_us / dense_us``, which is never negative (docs/LATENCY.md)."""
+    additive = model_us - dense_us + decided_us
+    if (proportional or additive <= 0) and dense_us > 0:  # (a plan recorded before plans said "proportional")
         return decided_us * model_us / dense_us
-    return model_us - dense_us + decided_us
+    return additive
 
 
 def layers_budget_us(keep: float, model_us: float, dense_us: float, proportional: bool = False) -> float:

@@ -770,22 +770,26 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
                 f"(e.g. a weight norm): {FOLD_HINT}")
     reshaped = _constant_reshaped_at_run_time(name, producers, constants)
     if reshaped is not None:
-        return (f"weight is a constant that a {reshaped.op_type} node reshapes by a run-time value (e.g. a shape "
-                "computed from the input): re-export with the weight's shape fixed, or fold the shapes first (onnxsim "
-                "with fixed input shapes), then compress")
+        return (f"weight is a constant given its shape at run time ({reshaped.op_type} by a run-time value, e.g. a "
+                "shape computed from the input): re-export with the weight's shape fixed, or fold the shapes first "
+                "(onnxsim with fixed input shapes), then compress")
     return (f"weight is not a constant (computed at run time by a {node.op_type} node): a product of two run-time "
             "tensors (as attention's Q·Kᵀ) has no weight to factorize")
 
 
+RUN_TIME_SHAPE_OPS = ("Reshape", "Expand", "Tile", "Squeeze", "Unsqueeze", "Slice")  # data first, shape after
+
+
 def _constant_reshaped_at_run_time(name: str, producers: Mapping[str, onnx.NodeProto],
                                    constants: Mapping[str, onnx.TensorProto]) -> Optional[onnx.NodeProto]:
-    """The node on ``name``'s chain of data inputs (first inputs, through moves and casts) whose data is
-    computed from constants alone while another of its inputs (a shape, axes) is not; None when there is none."""
+    """The shape op (:data:`RUN_TIME_SHAPE_OPS`) on ``name``'s chain of data inputs (first inputs, through
+    moves and casts) whose data is computed from constants alone while another of its inputs (a shape,
+    axes, repeats) is not; None when there is none (an Add of a bias and a product is no weight)."""
     node = producers.get(name)
     for _ in range(17):
         if node is None or not node.input or not is_standard(node):
             return None
-        if _reads_only_constants(node.input[0], producers, constants):
+        if node.op_type in RUN_TIME_SHAPE_OPS and _reads_only_constants(node.input[0], producers, constants):
             others = [tensor for tensor in node.input[1:] if tensor]
             return node if others and not all(_reads_only_constants(t, producers, constants) for t in others) \
                 else None

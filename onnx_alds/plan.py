@@ -60,7 +60,7 @@ from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
 from .latency import predicted_model_us
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, chain_source, check_exclude_patterns,
-                     with_order)
+                     iter_graphs, with_order)
 from .options import (GROUP_KEYWORDS, PRUNE_MODES, Budget, CompressOptions, DataAwareOptions, SearchOptions,
                       SpeedOptions, compress_options, refuse_group_and_keyword, refuse_without_effect, with_pruning)
 
@@ -259,11 +259,11 @@ class Plan:
         if isinstance(searched, dict):  # what made the decisions: editing it would change the report, not them
             for key in SEARCHED_KEYS:
                 if key in searched and searched[key] != options["search"].get(key):
-                    raise PlanError(f"{source}: options.search.{key} was edited ({_short(searched[key])} → "
-                                    f"{_short(options['search'].get(key))}), but a plan's decisions are applied as "
-                                    f"written, whatever made them; set it back to {_short(searched[key])} and edit "
-                                    "the layers (option, rank, groups) instead, or make a new plan with that "
-                                    "setting")
+                    raise PlanError(f"{source}: options.search.{key} is {_short(options['search'].get(key))} but "
+                                    f"totals.searched.{key}, what made the decisions, is {_short(searched[key])}: a "
+                                    "plan's decisions are applied as written, whatever made them, so that edit "
+                                    "would change only what the report says; make the two the same and edit the "
+                                    "layers (option, rank, groups) instead, or make a new plan with that setting")
         latency = totals.get("latency")
         if latency is not None:  # the recorded times are read back into the report
             latency = reader.mapping(latency, "totals.latency", free=True)
@@ -870,7 +870,8 @@ def recorded_weights(model: onnx.ModelProto, layers: Sequence[Any]) -> dict[str,
     """Each layer's weight name -> the tensor a plan records for it: the initializer (or Constant output) the
     node reads through Identity, Cast, Transpose, Reshape ... (:func:`onnx_alds.layers.chain_source`), so that
     a model simplified by removing or adding such a chain still matches its plan."""
-    producers = {output: node for node in model.graph.node for output in node.output}
+    producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
+                 for output in node.output}  # (names are unique across a model's graphs: SSA)
     return {layer.weight: chain_source(layer.weight, producers) for layer in layers if getattr(layer, "weight", None)}
 
 
@@ -1142,7 +1143,9 @@ class _Decisions:
                     f"reordered or renamed since the plan was made); {fix}")
             if decision.params and layer.params != decision.params:
                 raise self._error(f"layer '{decision.name}' holds {layer.params} weights in the model but "
-                                  f"{decision.params} in the plan (its params edited, or another model); {fix}")
+                                  f"{decision.params} in the plan ("
+                                  + (f"here: {layer.skip_reason}" if layer.skip_reason else
+                                     "its params edited, or another model") + f"); {fix}")
         # (a product of two run-time tensors has no weight, so no decision: plans made before such products were
         # listed as layers hold no entry for them)
         missing = [name for name, layer in model_layers.items() if name not in self.by_name

@@ -248,8 +248,9 @@ def _latency_lines(latency: dict) -> list[str]:
                      + (f"{speedup:.2f}x; " if speedup is not None else "")
                      + (f"ops that do not change {rest / 1e3:.3f} ms)" if rest >= 0 else
                         f"the layers timed alone add up to {(latency['model_us'] - rest) / 1e3:.3f} ms, more than "
-                        "the whole model: single-layer times overstate here, so the prediction takes them at the whole model's "
-                        "scale and is rough)"))
+                        "the whole model: single-layer times overstate here, so the prediction is rough"
+                        + ("; it takes them at the whole model's scale" if latency.get("proportional") else "")
+                        + ")"))
         lines.append(line)
     if latency.get("whole_model_note"):
         lines.append("latency: " + latency["whole_model_note"]

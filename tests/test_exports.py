@@ -1167,14 +1167,19 @@ def test_constant_weight_reshaped_by_a_run_time_shape_is_named_for_it(through_tr
              numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])], inits, opset=17)
-    with pytest.raises(UnsupportedModelError, match=r"weight is a constant that a Reshape node reshapes by a run-time "
-                                                    r"value .*re-export with the weight's shape fixed"):
+    with pytest.raises(UnsupportedModelError, match=r"weight is a constant given its shape at run time \(Reshape by a "
+                                                    r"run-time value.*re-export with the weight's shape fixed"):
         onnx_alds.compress(model, keep_params=0.5)
-    # a product of two run-time tensors keeps its own reason
-    attention = make_model([helper.make_node("Transpose", ["x"], ["x_t"]), helper.make_node("MatMul", ["x", "x_t"], ["y"])],
+    # products of two run-time tensors keep their own reason, a torch export's Add(bias, Q·Kᵀ) too: its first
+    # input is a constant, but an Add gives no weight a shape
+    attention = make_model([helper.make_node("Transpose", ["x"], ["x_t"]), helper.make_node("MatMul", ["x", "x_t"], ["s"]),
+                            helper.make_node("Add", ["bias", "x"], ["v"]),  # V = bias + x W, as exported
+                            helper.make_node("MatMul", ["s", "v"], ["y"])],
                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
-                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], [], opset=17)
-    assert "Q·Kᵀ" in onnx_alds.analyze(attention).layers[0].skip_reason
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 64])],
+                           [numpy_helper.from_array(np.zeros(64, np.float32), "bias")], opset=17)
+    reasons = [row.skip_reason for row in onnx_alds.analyze(attention).layers]
+    assert len(reasons) == 2 and all("Q·Kᵀ" in reason for reason in reasons), reasons
 
 
 def test_a_finite_weight_that_a_cast_overflows_is_named_for_the_cast():

@@ -14,7 +14,7 @@ from onnx_alds.allocate import DENSE, LayerCosts, allocate_minmax
 from onnx_alds.errors import BudgetError
 from onnx_alds.latency import LatencyCache, LayerSpec, TableStats, grid_ranks, measure_table
 from onnx_alds.options import Budget, SearchOptions, SpeedOptions
-from onnx_alds.plan import apply_plan, make_plan
+from onnx_alds.plan import Plan, apply_plan, make_plan
 from onnx_alds.spectra import error_table, layer_spectra
 
 
@@ -363,9 +363,14 @@ def test_a_model_time_far_below_its_layers_never_predicts_a_negative_time(tmp_pa
     assert latency["predicted_us"] > 0 and 0 < result.report.achieved <= 0.6 + 1e-9
     assert all(r["budget"] > 0 and r["predicted"] > 0 for r in latency.get("whole_model_check", []))
     assert "predicted -" not in result.report.format() and "achieved -" not in result.report.format()
-    plan = result.plan.to_dict() if hasattr(result, "plan") and result.plan is not None else None
-    if plan is not None:
-        assert plan["totals"]["latency"].get("proportional") is True
+    text = result.report.format()
+    assert "it takes them at the whole model's scale" in text
+    plan = make_plan(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                     speed=speed(CrowdedTimer(), tmp_path, model_rounds=rounds)).to_dict()
+    assert plan["totals"]["latency"]["proportional"] is True
+    del plan["totals"]["latency"]["proportional"]  # a plan from before plans recorded it, or edited
+    applied = apply_plan(small_cnn(width=32), Plan.from_dict(plan)).report
+    assert applied.latency["predicted_us"] > 0 and 0 < applied.achieved <= 0.6 + 1e-9
 
 
 def test_layers_timed_alone_a_little_over_the_model_keep_the_additive_prediction(tmp_path):
@@ -375,6 +380,7 @@ def test_layers_timed_alone_a_little_over_the_model_keep_the_additive_prediction
                                 speed=speed(timer, tmp_path, model_rounds=0)).report
     latency = report.latency
     assert latency["rest_us"] < 0 and "proportional" not in latency
+    assert "whole model's scale" not in report.format()
     decided = sum(row.time_us if row.groups else row.time_dense_us for row in report.layers
                   if row.time_dense_us is not None)
     assert latency["predicted_us"] == pytest.approx(latency["model_us"] - latency["layers_dense_us"] + decided)

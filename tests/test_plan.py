@@ -1170,7 +1170,45 @@ def test_an_edited_search_option_is_refused_not_reported_as_applied(key, value):
     assert plan["totals"]["searched"]["method"] == plan["options"]["search"]["method"]
     edited = json.loads(json.dumps(plan))
     edited["options"]["search"][key] = value
-    with pytest.raises(PlanError, match=rf"options.search.{key} was edited .*a plan's decisions are applied as "
-                                        r"written"):
+    with pytest.raises(PlanError, match=rf"options.search.{key} is .* but totals.searched.{key}, what made the "
+                                        r"decisions, is .*a plan's decisions are applied as written"):
+        Plan.from_dict(edited)
+    edited = json.loads(json.dumps(plan))  # the record edited instead: the same refusal, in the same words
+    edited["totals"]["searched"][key] = value
+    with pytest.raises(PlanError, match=rf"options.search.{key} is .* but totals.searched.{key}"):
         Plan.from_dict(edited)
     assert apply_plan(_two_matmuls(), Plan.from_dict(plan)).report.method == plan["options"]["search"]["method"]
+
+
+@pytest.mark.parametrize("made_with_identity", [True, False])
+def test_a_plan_matches_a_branch_layer_across_an_identity_chain(made_with_identity):
+    """Layers inside If branches reading an outer initializer through an Identity of the branch: the plan
+    recorded the Identity's output ('else_wid'), and a copy without the Identity was refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weights = {name: (rng.standard_normal((64, 64)) * 0.1).astype(np.float32) for name in ("Wa", "Wb")}
+
+    def build(identity: bool) -> onnx.ModelProto:
+        def branch(tag: str, weight: str) -> onnx.GraphProto:
+            nodes, source = [], weight
+            if identity:
+                nodes.append(helper.make_node("Identity", [weight], [f"{tag}_wid"], name=f"{tag}_id"))
+                source = f"{tag}_wid"
+            nodes.append(helper.make_node("MatMul", ["x", source], [f"{tag}_y"], name=f"{tag}_mm"))
+            return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}_y", TensorProto.FLOAT,
+                                                                                    [4, 64])])
+        graph = helper.make_graph(
+            [helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then", "Wa"),
+                              else_branch=branch("else", "Wb"))], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64]),
+             helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+            [numpy_helper.from_array(value, name) for name, value in weights.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    plan = round_trip(make_plan(build(made_with_identity), keep_params=0.6, rank_multiple=8))
+    assert {layer.weight for layer in plan.layers} == {"Wa", "Wb"}
+    applied = apply_plan(build(not made_with_identity), plan)
+    assert sorted((r.name, r.rank) for r in applied.report.layers if r.groups) == \
+        sorted((layer.name, layer.rank) for layer in plan.layers if layer.option == "factorized")
