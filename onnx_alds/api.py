@@ -857,21 +857,16 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         layers = [replace(layer, skip_reason=_uncalibrated_reason(layer)) if layer.compressible
                   and _uncalibrated_reason(layer) else layer for layer in layers]
         prepared = replace(prepared, layers=layers)
+    pointwise_spatial: list[Layer] = []  # --order pointwise-first: the k×k convs it may apply to
     if order == POINTWISE_FIRST:
         layers = [_pointwise_first_if_it_shrinks(layer, max_groups=searched, rank_multiple=rank_multiple)
                   for layer in layers]
         spatial = [layer for layer in layers if layer.compressible and layer.op == "Conv" and layer.kernel > 1]
-        kept = [layer for layer in spatial if layer.order != POINTWISE_FIRST]
         notes = list(prepared.notes)
         if decisions is not None and spatial:  # a plan applied: its decisions as applied, not the search's option
             notes.append(decisions.order_note(spatial))
-        elif kept:
-            why = ("strided, or its output is not the input's size" if not kept[0].pointwise_first_ok
-                   else "too few input channels for a rank of the multiple to shrink it pointwise-first")
-            notes.append(f"order pointwise-first: {len(spatial) - len(kept)} of {len(spatial)} k×k convs; the other "
-                         f"{len(kept)} stay spatial-first (strided, output size not the input's, or too few input "
-                         f"channels for a rank of the multiple to shrink them pointwise-first; first: "
-                         f"'{kept[0].name}': {why})")
+        elif spatial:  # said once the allocation has decided which of them are factorized
+            pointwise_spatial = spatial
         elif not spatial:  # the flag changes nothing on this model: say so
             notes.append("order pointwise-first: the model has no k×k conv to factorize, so the order changes "
                          "nothing (it applies to k×k convs with stride 1 whose output keeps the input's size)")
@@ -970,6 +965,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     seconds["allocation"] = time.perf_counter() - tick
     prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
                                            channel_multiple=rank_multiple)
+    if pointwise_spatial:
+        prepared = replace(prepared, notes=list(prepared.notes) + [
+            _pointwise_first_note(pointwise_spatial, allocation_factorized(chosen, allocation))])
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
                     else None, warnings=(order_warning,) if order_warning else ())
@@ -1476,6 +1474,29 @@ def _uncalibrated_reason(layer: Layer) -> Optional[str]:
     if layer.weight_first:
         return "MatMul with the weight first: data-aware factors are not supported yet (compress data-free)"
     return None
+
+
+def allocation_factorized(chosen: Sequence[Layer], allocation: Allocation) -> set[str]:
+    """The names of the layers ``allocation`` factorizes (groups > 0)."""
+    return {layer.name for layer, choice in zip(chosen, allocation.choices) if choice.groups}
+
+
+def _pointwise_first_note(spatial: Sequence[Layer], factorized: set[str]) -> str:
+    """--order pointwise-first's note on what was decided: how many of the factorized k×k convs go
+    pointwise-first, why the others cannot (strided, output size not the input's, or too few input channels
+    for a rank of the multiple to shrink them that way), and how many stay dense."""
+    chosen = [layer for layer in spatial if layer.name in factorized]
+    first = [layer for layer in chosen if layer.order == POINTWISE_FIRST]
+    other = [layer for layer in chosen if layer.order != POINTWISE_FIRST]
+    dense = len(spatial) - len(chosen)
+    note = f"order pointwise-first: {len(first)} of the {len(chosen)} factorized k×k convs are pointwise-first"
+    if other:
+        why = ("strided, or its output is not the input's size" if not other[0].pointwise_first_ok
+               else "too few input channels for a rank of the multiple to shrink it pointwise-first")
+        note += f"; the other {len(other)} spatial-first (first: '{other[0].name}': {why})"
+    if dense:
+        note += f"; {dense} more k×k conv{'s stay' if dense > 1 else ' stays'} dense"
+    return note
 
 
 def _pointwise_first_if_it_shrinks(layer: Layer, *, max_groups: int, rank_multiple: int) -> Layer:

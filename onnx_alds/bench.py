@@ -52,6 +52,7 @@ from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsE
                      runtime_error_text)
 from .inputs import index_bounds, random_array
 from .model_io import (fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes,
+                       structure_of,
                        show_input_shapes)
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
@@ -523,7 +524,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     if provider == "cpu" and threads is None:
         threads = physical_cores()
     options = provider_options_for(provider, cudnn_conv_algo_search, provider_options)
-    protos = [load_model(m) for m in models]
+    # the graphs (paths opened light: ONNX Runtime reads the weights from the files); --per-layer extracts layers
+    protos = [load_model(m) if per_layer else structure_of(m)[0] for m in models]
     if feeds is not None:
         _check_feeds_fit(feeds, protos, names if names is not None else _labels(models))
         fed_batch = _fed_batch(feeds, protos[0])

@@ -55,6 +55,32 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     return proto
 
 
+def structure_of(model: ModelLike) -> tuple[onnx.ModelProto, Optional["TensorStore"]]:
+    """The model for reading its graph (inputs, outputs, ops, shapes; ONNX Runtime runs the file itself) and
+    the store of its weights: a path opened light (:func:`open_model`: its external weights stay on disk, read
+    tensor by tensor through the store), a ``ModelProto`` as :func:`load_model` gives it (store None).
+    ``onnx-alds validate`` and ``bench`` held every weight of both models on top of ONNX Runtime's copies."""
+    if isinstance(model, onnx.ModelProto):
+        return load_model(model), None
+    opened = open_model(model)
+    return opened.model, opened.store
+
+
+def same_weights(first: onnx.ModelProto, first_store: Optional["TensorStore"], second: onnx.ModelProto,
+                 second_store: Optional["TensorStore"]) -> bool:
+    """Whether two models have equal graphs (``first.graph == second.graph``) and the same weights: their
+    external tensors (stubs, equal in name and place) compared byte by byte, a chunk at a time."""
+    if first.graph != second.graph:
+        return False
+    others = {tensor.name: tensor for tensor in _stubs(second)}
+    for tensor in _stubs(first):
+        other = others.get(tensor.name)
+        if other is None or first_store is None or second_store is None \
+                or not first_store.same_data(tensor, second_store, other):
+            return False
+    return True
+
+
 def _stubs(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """The tensors of ``model`` (initializers and attribute tensors, of every graph and local function) whose
     data is elsewhere: in an external file, or in a light result's store."""
@@ -445,6 +471,28 @@ class TensorStore:
             raise ModelLoadError(f"the external data file '{location}' is shorter than the model says (tensor "
                                  f"'{tensor.name}'); copy the complete file next to the model")
         return path, offset, length
+
+    def same_data(self, tensor: onnx.TensorProto, other: "TensorStore", other_tensor: onnx.TensorProto) -> bool:
+        """Whether two stubs hold the same bytes: file spans compared :data:`_COPY_CHUNK` bytes at a time (the
+        same span of the same file without reading it), held tensors by value."""
+        if self.original(tensor) is not None or other.original(other_tensor) is not None:
+            return bool(np.array_equal(self.array(tensor), other.array(other_tensor)))
+        (path, offset, length), (other_path, other_offset, other_length) = \
+            self._span(tensor), other._span(other_tensor)
+        if length != other_length:
+            return False
+        if (path, offset) == (other_path, other_offset):
+            return True
+        with open(path, "rb") as first, open(other_path, "rb") as second:
+            first.seek(offset)
+            second.seek(other_offset)
+            left = length
+            while left:
+                size = min(left, _COPY_CHUNK)
+                if first.read(size) != second.read(size):
+                    return False
+                left -= size
+        return True
 
     def payload_bytes(self, tensor: onnx.TensorProto) -> int:
         """About how many bytes the stub's data adds to the serialized model."""

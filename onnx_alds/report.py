@@ -150,10 +150,10 @@ class CompressionReport:
         if weighted:
             lines.append(f"({column}: each layer's {'rank cut' if cut else 'error'} times its sensitivity weight s, "
                          "the estimated output error the allocation balanced)")
-        if self.predicted_output_error is not None:
-            total = sum(layer.predicted_damage or 0.0 for layer in self.layers)
-            lines.append(f"predicted output damage: sum {total:.4g} (relative squared output error), "
-                         f"predicted relative output error {self.predicted_output_error:.4f}")
+        if self.predicted_output_error is not None:  # (with --prune: the widths' and ranks' together)
+            lines.append(f"predicted output damage: sum {self.predicted_output_error ** 2:.4g} (relative squared "
+                         f"output error), predicted relative output error {self.predicted_output_error:.4f}"
+                         + (" (in-sample for the pruned widths: see the notes)" if self.pruned else ""))
         if self.pruned:  # --prune (onnx_alds.prune)
             narrowed = [block for block in self.pruned if block.width_after < block.width_before]
             lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)}" + (
