@@ -1081,7 +1081,7 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
     if budget < cheapest - 1e-9:
         raise BudgetError(f"--keep-{target} {keep} cannot be reached with --method damage: the smallest reachable "
                           f"ratio is {ratio_at_least((fixed + cheapest) / total)} (every layer at its lowest "
-                          f"measured rank{unreachable_because(prepared, target)}); ask "
+                          f"measured rank{unreachable_because(prepared, target, rank_multiple)}); ask "
                           "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
                                                  if rank_multiple > 1 else ""))
     result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
@@ -1536,10 +1536,11 @@ def _slow_layers_note(chosen: Sequence[Layer], unfiltered: Sequence[ErrorTable],
                                                     " (without --order auto and --speed-check they may be factorized)"))
 
 
-def unreachable_because(prepared: _Prepared, target: str) -> str:
+def unreachable_because(prepared: _Prepared, target: str, rank_multiple: int = 1) -> str:
     """What keeps a budget out of reach beyond the layers' lowest ranks, for its error message: the layers
-    left dense (their share of the total, the reasons holding the most), the weights outside every layer,
-    and the ops that stay as they are; each part starts with "; ", empty when none applies."""
+    left dense (their share of the total, the reasons holding the most), the layers no rank of
+    ``rank_multiple`` shrinks (:func:`no_shrinking_rank`), the weights outside every layer, and the ops that
+    stay as they are; each part starts with "; ", empty when none applies."""
     total = float(prepared.params_total if target == "params" else prepared.macs_total or 0)
     if total <= 0:
         return ""
@@ -1573,6 +1574,15 @@ def unreachable_because(prepared: _Prepared, target: str) -> str:
         why = (f"; {left} {'layer' if left == 1 else 'layers'} left dense "
                f"{'holds' if left == 1 else 'hold'} {held / total:.0%} of them ({'; '.join(reasons[:2])}"
                f"{'; ...' if len(reasons) > 2 else ''})")
+    unshrinkable = [(layer, reason) for layer in prepared.layers if layer.compressible and cost(layer) > 0
+                    and (reason := no_shrinking_rank(layer, rank_multiple))]
+    if unshrinkable:
+        first, reason = max(unshrinkable, key=lambda item: cost(item[0]))
+        share = sum(cost(layer) for layer, _ in unshrinkable) / total
+        why += (f"; {len(unshrinkable)} {'layer' if len(unshrinkable) == 1 else 'layers'} with no rank of the "
+                f"multiple {rank_multiple} that shrinks {'it' if len(unshrinkable) == 1 else 'them'} "
+                f"{'holds' if len(unshrinkable) == 1 else 'hold'} {share:.0%} of them (the largest, "
+                f"'{first.name}': {reason})")
     if target == "params":
         outside = total - sum(layer.params for layer in prepared.layers)
         if outside > 0.05 * total:
@@ -1603,7 +1613,7 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
         raise BudgetError(
             f"--keep-{target} {keep} cannot be reached: the smallest reachable ratio is "
             f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"
-            f"{unreachable_because(prepared, target)}{slow_note}); "
+            f"{unreachable_because(prepared, target, rank_multiple)}{slow_note}); "
             "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
                                        if rank_multiple > 1 else "")
         )

@@ -2069,7 +2069,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             floor = (total - sum(float(costs[0]) - float(np.min(costs)) for costs, _ in alone)) / total
             if floor <= budget.keep:
                 hint = f", or compress without --prune (low-rank alone: smallest ratio {ratio_at_least(floor)})"
-        because = api.unreachable_because(prepared, target)
+        because = api.unreachable_because(prepared, target, search.rank_multiple)
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
                           f"{ratio_at_least(smallest / total)}{' (' + because[2:] + ')' if because else ''}; ask "

@@ -981,3 +981,18 @@ def test_products_of_two_run_time_tensors_are_listed_and_named_where_they_hold_t
     with pytest.raises(BudgetError, match=r"; 31% of the MACs are in nodes that are not factorizable layers "
                                           r"\(ConvTranspose\), left as they are"):
         onnx_alds.compress(upsampling, keep_flops=0.3, rank_multiple=1)
+
+
+def test_an_unreachable_budget_names_the_layers_no_rank_of_the_multiple_shrinks():
+    """A MobileNetV3 export at --keep-flops 0.6: 'smallest reachable 0.9462 (... 1 layer left dense holds 17 %
+    (depthwise conv ...))', silent on the 5 layers holding 62 % that rank 16 cannot shrink."""
+    from onnx_alds.errors import BudgetError
+
+    with pytest.raises(BudgetError) as refused:
+        onnx_alds.compress(small_cnn(width=32), keep_flops=0.05, rank_multiple=16)
+    message = str(refused.value)
+    assert re.search(r"2 layers with no rank of the multiple 16 that shrinks them hold \d+% of them \(the largest, "
+                     r"'conv0': rank 16 \(the rank multiple\) would take 944 weights, more than its 864\)", message)
+    with pytest.raises(BudgetError) as finer:
+        onnx_alds.compress(small_cnn(width=32), keep_flops=0.05, rank_multiple=8)
+    assert "no rank of the multiple" not in str(finer.value)  # every layer shrinks at rank 8
