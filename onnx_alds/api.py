@@ -965,9 +965,11 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     seconds["allocation"] = time.perf_counter() - tick
     prepared, chosen = _with_chosen_orders(prepared, chosen, allocation, max_groups=searched,
                                            channel_multiple=rank_multiple)
-    if pointwise_spatial:
-        prepared = replace(prepared, notes=list(prepared.notes) + [
-            _pointwise_first_note(pointwise_spatial, allocation_factorized(chosen, allocation))])
+    if pointwise_spatial:  # (the convs no rank of the multiple shrinks are skipped, as a plan lists them)
+        shrinkable = {layer.name for layer, table in zip(chosen, tables) if any(len(o.ranks) for o in table.options)}
+        prepared = replace(prepared, notes=list(prepared.notes) + [_pointwise_first_note(
+            [layer for layer in pointwise_spatial if layer.name in shrinkable],
+            allocation_factorized(chosen, allocation))])
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
                     else None, warnings=(order_warning,) if order_warning else ())
@@ -1489,13 +1491,16 @@ def _pointwise_first_note(spatial: Sequence[Layer], factorized: set[str]) -> str
     first = [layer for layer in chosen if layer.order == POINTWISE_FIRST]
     other = [layer for layer in chosen if layer.order != POINTWISE_FIRST]
     dense = len(spatial) - len(chosen)
+    if not chosen:
+        return (f"order pointwise-first: no k×k conv is factorized here ({dense} kept dense by the allocation), so "
+                "the order changes nothing")
     note = f"order pointwise-first: {len(first)} of the {len(chosen)} factorized k×k convs are pointwise-first"
     if other:
         why = ("strided, or its output is not the input's size" if not other[0].pointwise_first_ok
                else "too few input channels for a rank of the multiple to shrink it pointwise-first")
         note += f"; the other {len(other)} spatial-first (first: '{other[0].name}': {why})"
     if dense:
-        note += f"; {dense} more k×k conv{'s stay' if dense > 1 else ' stays'} dense"
+        note += f"; {dense} more k×k conv{'s stay' if dense > 1 else ' stays'} dense (the allocation's choice)"
     return note
 
 

@@ -652,15 +652,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return _main(argv)
-    from .signals import signal_handlers
+    from .signals import INTERRUPTS, ScriptExit, signal_handlers
 
+    if argv is None:  # the command line's own process: a signal once the command finished exits with its code
+        _SCRIPT[:] = [ScriptExit()]
+        with signal_handlers(INTERRUPTS, _SCRIPT[0].handler):  # first: the modules' loading counts too
+            _SCRIPT[0].exit(_main(argv))
     with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
-        code = _main(argv)
-    if argv is None:  # the command line's own process: what is left is the interpreter's teardown
-        from .signals import exit_at_once_on_interrupt
+        return _main(argv)
 
-        exit_at_once_on_interrupt(code)
-    return code
+
+_SCRIPT: list = []  # the command line's own process: its signals.ScriptExit (main(argv=None) only)
 
 
 _PARSED: list[str] = []  # the arguments being parsed, for the hints of usage errors
@@ -769,7 +771,10 @@ def _run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             if not args.verbose:  # numeric warnings (overflow on odd weights ...) are not a user's to act on
                 warnings.filterwarnings("ignore", category=RuntimeWarning)
-            return _run_command(args)
+            code = _run_command(args)
+            if _SCRIPT:  # its outputs have landed: a signal from here on exits with its code
+                _SCRIPT[0].finished(code)
+            return code
     finally:
         if handler is not None:
             root.removeHandler(handler)

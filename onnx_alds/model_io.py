@@ -55,30 +55,44 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     return proto
 
 
-def structure_of(model: ModelLike) -> tuple[onnx.ModelProto, Optional["TensorStore"]]:
-    """The model for reading its graph (inputs, outputs, ops, shapes; ONNX Runtime runs the file itself) and
-    the store of its weights: a path opened light (:func:`open_model`: its external weights stay on disk, read
-    tensor by tensor through the store), a ``ModelProto`` as :func:`load_model` gives it (store None).
-    ``onnx-alds validate`` and ``bench`` held every weight of both models on top of ONNX Runtime's copies."""
-    if isinstance(model, onnx.ModelProto):
-        return load_model(model), None
+def structure_of(model: ModelLike) -> tuple[onnx.ModelProto, "TensorStore"]:
+    """The model for reading its graph (inputs, outputs, ops, shapes; ONNX Runtime runs the file or the
+    given proto itself) and the store of its weights: opened light (:func:`open_model`: a path's external
+    weights stay on disk, a proto's are referenced, not copied), with its int32/int64 constants complete
+    (index offsets and shape tables bound the random ids drawn for it). ``onnx-alds validate`` and ``bench``
+    held every weight of both models on top of ONNX Runtime's copies."""
     opened = open_model(model)
+    for tensor in _stubs(opened.model):
+        if tensor.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):
+            opened.store.fill(tensor)
     return opened.model, opened.store
 
 
-def same_weights(first: onnx.ModelProto, first_store: Optional["TensorStore"], second: onnx.ModelProto,
-                 second_store: Optional["TensorStore"]) -> bool:
-    """Whether two models have equal graphs (``first.graph == second.graph``) and the same weights: their
-    external tensors (stubs, equal in name and place) compared byte by byte, a chunk at a time."""
-    if first.graph != second.graph:
+def same_weights(first: onnx.ModelProto, first_store: "TensorStore", second: onnx.ModelProto,
+                 second_store: "TensorStore") -> bool:
+    """Whether two light models (:func:`structure_of`) are the same model: equal graphs and local functions
+    once their stubs' places are set aside, and the same bytes behind each pair of stubs (taken in the
+    graphs' order, so that same-named tensors of two subgraphs are not mixed up), read a chunk at a time.
+    A model with externally stored sparse initializers is never called the same (not compared)."""
+    placeless = [_without_stub_places(model) for model in (first, second)]
+    if placeless[0].graph != placeless[1].graph or list(placeless[0].functions) != list(placeless[1].functions):
         return False
-    others = {tensor.name: tensor for tensor in _stubs(second)}
-    for tensor in _stubs(first):
-        other = others.get(tensor.name)
-        if other is None or first_store is None or second_store is None \
-                or not first_store.same_data(tensor, second_store, other):
-            return False
-    return True
+    if any(_is_external(tensor) for model in (first, second) for graph in _graphs(model.graph)
+           for sparse in graph.sparse_initializer for tensor in (sparse.values, sparse.indices)):
+        return False
+    stubs = (_stubs(first), _stubs(second))
+    return len(stubs[0]) == len(stubs[1]) and all(first_store.same_data(one, second_store, other)
+                                                  for one, other in zip(*stubs))
+
+
+def _without_stub_places(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a light model (its stubs hold no data) whose stubs keep their name, type and dims but not
+    where their data is (a file's offset, a store's token)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in _stubs(copy):
+        del tensor.external_data[:]
+    return copy
 
 
 def _stubs(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
 INTERRUPTS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, timeout / CI cancel / docker stop, a closed terminal
 
@@ -53,25 +53,53 @@ def uninterrupted() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-def exit_at_once_on_interrupt(code: int) -> None:
-    """For a process whose command has finished (its output landed): a Ctrl-C, SIGTERM or SIGHUP during the
-    interpreter's teardown (freeing ONNX Runtime sessions and modules takes ~0.4 s) ends it at once with the
-    command's exit ``code``. By the signal's default action it exited 143 with no message (or a traceback)
-    though every output was written. Main thread only; ignored signals stay ignored."""
-    import os
+class ScriptExit:
+    """Signal handling for a command-line process (``onnx-alds``, a tools/ script) around its command: until
+    :meth:`finished` is called, Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt (the command's clean-up
+    runs and says what was written); from then on they end the process at once with the command's exit code
+    (its outputs have landed: a signal in its last clean-up or in the exit killed it by the signal's default
+    action, 143 and no message, or a traceback from a ``finally`` block). :meth:`exit` ends the process:
+    atexit functions run (Ray's shutdown, temporary folders), then ``os._exit`` skips the interpreter's
+    teardown (freeing every module's objects, ~0.4 s, with Python's default handlers back)."""
+
+    def __init__(self) -> None:
+        self.code: Optional[int] = None
+
+    def handler(self, signum, frame) -> None:
+        if self.code is not None:
+            _exit_now(self.code)
+        raise KeyboardInterrupt
+
+    def finished(self, code: int) -> None:
+        self.code = code
+
+    def exit(self, code: int) -> NoReturn:
+        import atexit
+        import os
+
+        self.code = code
+        _flush_standard_streams()
+        try:
+            run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+            if run_exit_functions is not None:
+                run_exit_functions()
+        finally:
+            _exit_now(code)
+        os._exit(code)  # (not reached)
+
+
+def _flush_standard_streams() -> None:
     import sys
 
-    def exit_now(signum, frame) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for name in INTERRUPTS:
-        number = getattr(signal, name, None)
-        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
-            signal.signal(number, exit_now)
+
+def _exit_now(code: int) -> NoReturn:
+    import os
+
+    _flush_standard_streams()
+    os._exit(code)

@@ -927,7 +927,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                              "drop one or the other")
     check_count("batch_size", batch_size)
     output_kinds = dict(output_kinds or {})
-    original_model, original_store = structure_of(original)  # (paths: weights left on disk, ONNX Runtime reads them)
+    original_model, original_store = structure_of(original)  # (light: ONNX Runtime reads the weights itself)
     compressed_model, compressed_store = structure_of(compressed)
     check_same_interface(original_model, compressed_model)
     inputs = conform_inputs(original_model, inputs, "validation")
@@ -957,10 +957,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                      "optimizations may drop them, other runtimes draw new values each run; validate the models "
                      "exported in inference mode")
     ort = import_onnxruntime()
-    session_o = make_session(original if not isinstance(original, onnx.ModelProto) else original_model,
-                             provider, threads=threads)
-    session_c = make_session(compressed if not isinstance(compressed, onnx.ModelProto) else compressed_model,
-                             provider, threads=threads)
+    session_o = make_session(original, provider, threads=threads)  # (a path, or the caller's own proto)
+    session_c = make_session(compressed, provider, threads=threads)
     output_names = [o.name for o in session_o.get_outputs() if o.type.startswith("tensor(")]
     others = [f"'{o.name}' ({o.type})" for o in session_o.get_outputs() if not o.type.startswith("tensor(")]
     if others:

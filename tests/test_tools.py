@@ -629,3 +629,18 @@ def test_an_interrupt_while_a_tool_loads_its_modules_is_one_line(tmp_path, tool,
     result = run_tool(tool, "--help", env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
     assert result.returncode == 130, result.stderr
     assert result.stderr == "error: interrupted; no output was written\n", result.stderr
+
+
+def test_sweep_keeps_older_timings_only_for_the_same_model_and_data():
+    """A re-run without timing on a rebuilt model (other weights: another onnx_sha256) kept the earlier model's
+    ms_small and speedup in its row, and RESULTS.md printed them for a model never timed."""
+    sweep = load_tool("sweep")
+    key = {"model": "m", "method": "alds", "rank_multiple": 16, "keep": 0.5}
+    timed = {**key, "status": "ok", "onnx_sha256": "a" * 64, "data_id": "d1", "ms_small": 1.0, "speedup_small": 2.0}
+    record = {"rows": [timed], "skipped": [], "per_layer": [], "runs": []}
+    rerun_same = {**key, "status": "ok", "onnx_sha256": "a" * 64, "data_id": "d1", "accuracy": 0.9}
+    kept = sweep.merge_record(record, [rerun_same], [], [], {})["rows"][0]
+    assert kept["ms_small"] == 1.0 and kept["accuracy"] == 0.9
+    for changed in ({"onnx_sha256": "b" * 64}, {"data_id": "d2"}):
+        row = sweep.merge_record(record, [{**rerun_same, **changed}], [], [], {})["rows"][0]
+        assert "ms_small" not in row and "speedup_small" not in row

@@ -1431,3 +1431,63 @@ def test_validate_reads_external_weights_from_their_files_and_compares_them_for_
     assert not any("same graph and weights" in note for note in differs.notes)  # same stubs, other bytes
     assert differs.outputs[0].max_abs_error > 0.1
     assert loaded == []  # no model's weights were loaded whole
+
+
+def test_the_same_model_note_pairs_subgraph_tensors_in_order_and_holds_for_a_model_given_twice(tmp_path):
+    """Two If models whose branches each hold an external 'W', one branch's differing: the note said "same graph
+    and weights" (stubs were paired by name across the branches). A single-file model validated against itself,
+    or a path against the same model loaded, lost the true note (each light copy's stubs named its own store)."""
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(5)
+    q, r = (rng.standard_normal((80, 80)).astype(np.float32) for _ in range(2))  # (over the light-model threshold)
+
+    def if_model(then_weight: np.ndarray, else_weight: np.ndarray) -> onnx.ModelProto:
+        def branch(tag: str, weight: np.ndarray) -> onnx.GraphProto:
+            return helper.make_graph([helper.make_node("MatMul", ["x", "W"], [f"{tag}_y"])], tag, [],
+                                     [helper.make_tensor_value_info(f"{tag}_y", TensorProto.FLOAT, ["N", 80])],
+                                     [numpy_helper.from_array(weight, "W")])
+        graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+                                   helper.make_node("Greater", ["s", "zero"], ["c"]),
+                                   helper.make_node("If", ["c"], ["y"], then_branch=branch("then", then_weight),
+                                                    else_branch=branch("else", else_weight))], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 80])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 80])],
+                                  [numpy_helper.from_array(np.array(0, np.float32), "zero")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    paths = {}
+    for name, weights in {"qq": (q, q), "qr": (q, r)}.items():
+        (tmp_path / name).mkdir()
+        paths[name] = tmp_path / name / "m.onnx"
+        onnx.save_model(if_model(*weights), str(paths[name]), save_as_external_data=True, location="m.data",
+                        size_threshold=0)
+    negative = InputSet({"x": -np.abs(rng.standard_normal((8, 80))).astype(np.float32)}, source="test")  # else
+    differs = validate(paths["qq"], paths["qr"], inputs=negative, figures_only=True)
+    assert differs.outputs[0].max_abs_error > 0.1
+    assert not any("same graph and weights" in note for note in differs.notes)
+    single = tmp_path / "single.onnx"
+    onnx.save(if_model(q, r), str(single))  # one file: its weights over the light-model threshold held in memory
+    big = InputSet({"x": rng.standard_normal((4, 80)).astype(np.float32)}, source="test")
+    for second in (single, onnx.load(str(single))):
+        same = validate(single, second, inputs=big, figures_only=True)
+        assert any("same graph and weights" in note for note in same.notes), type(second)
+
+
+def test_bench_bounds_random_ids_by_a_large_int64_offset(tmp_path):
+    """ids + an int64 offset of 5000 elements, then a 150-row Gather: bench drew ids past the table (the offset,
+    over the light-model threshold, was a stub whose values it could not read) and failed with 'give
+    --input-shape'."""
+    from onnx_alds.bench import bench
+
+    positions = 5000
+    graph = helper.make_graph([helper.make_node("Add", ["ids", "offset"], ["shifted"]),
+                               helper.make_node("Gather", ["table", "shifted"], ["e"]),
+                               helper.make_node("ReduceMean", ["e"], ["y"], axes=[1], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", positions])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(np.full((1, positions), 100, np.int64), "offset"),
+                               numpy_helper.from_array(np.ones((150, 8), np.float32), "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    report = bench([tmp_path / "m.onnx"], batch_sizes=(2,), runs=3, warmup=1, min_time_s=0.0)
+    assert report.timings and report.timings[0].median_ms > 0

@@ -90,18 +90,22 @@ def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was wr
         return _run_tool(main, kept)
     as_script = bool(_LOADING)  # (run as a tools/ script, not loaded by a test)
     _loaded()
-    from onnx_alds.signals import exit_at_once_on_interrupt, signal_handlers
+    from onnx_alds.signals import INTERRUPTS, ScriptExit, signal_handlers
 
+    if as_script:  # a signal once the tool's main returned exits with its code (onnx_alds.signals.ScriptExit)
+        script = ScriptExit()
+        with signal_handlers(INTERRUPTS, script.handler):
+            script.exit(_run_tool(main, kept, script))
     with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):
-        code = _run_tool(main, kept)
-    if as_script:  # what is left is the interpreter's teardown: its outputs are written
-        exit_at_once_on_interrupt(code)
-    return code
+        return _run_tool(main, kept)
 
 
-def _run_tool(main: Callable[[], Optional[int]], kept: str) -> int:
+def _run_tool(main: Callable[[], Optional[int]], kept: str, script=None) -> int:
     try:
-        return main() or 0
+        code = main() or 0
+        if script is not None:
+            script.finished(code)
+        return code
     except OnnxAldsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -246,6 +246,9 @@ def merge_json(path: Path, rows: list[dict], skipped: list[dict], layers: list[d
     return merge_record(json.loads(path.read_text()) if path.exists() else {}, rows, skipped, layers, meta)
 
 
+SAME_MODEL_FIELDS = ("onnx_sha256", "data_id")  # a row's model and data: its timings belong to them
+
+
 def merge_record(record: dict, rows: list[dict], skipped: list[dict], layers: list[dict], meta: dict) -> dict:
     """Merge new rows (by key) into the sweep record ``record``: the merged record (a new one)."""
     data: dict[str, Any] = {"rows": [], "skipped": [], "per_layer": [], "runs": []}
@@ -253,8 +256,10 @@ def merge_record(record: dict, rows: list[dict], skipped: list[dict], layers: li
     merged = {row_key(r): r for r in data["rows"]}
     for row in rows:
         old = merged.get(row_key(row), {})
-        # a re-run without timing keeps the older timing figures only when nothing else changed
-        merged[row_key(row)] = row if "ms_small" in row or "ms_small" not in old else {**old, **row}
+        # a re-run without timing keeps the older timing figures only when it wrote the same model from the same
+        # data (a rebuilt model's row kept the other model's timings: "a row never mixes two runs' timings")
+        same = all(old.get(field) == row.get(field) for field in SAME_MODEL_FIELDS)
+        merged[row_key(row)] = row if "ms_small" in row or "ms_small" not in old or not same else {**old, **row}
     data["rows"] = sorted(merged.values(), key=lambda r: (r["model"], r["method"], r["rank_multiple"], r["keep"]))
     skip_keys = {(s["model"], s["method"]) for s in skipped}
     data["skipped"] = [s for s in data["skipped"] if (s["model"], s["method"]) not in skip_keys] + skipped
