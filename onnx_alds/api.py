@@ -867,7 +867,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
             notes.append(decisions.order_note(spatial))
         elif spatial:  # said once the allocation has decided which of them are factorized
             pointwise_spatial = spatial
-        elif not spatial:  # the flag changes nothing on this model: say so
+        else:  # the flag changes nothing on this model: say so
             notes.append("order pointwise-first: the model has no k×k conv to factorize, so the order changes "
                          "nothing (it applies to k×k convs with stride 1 whose output keeps the input's size)")
         prepared = replace(prepared, layers=layers, notes=notes)
@@ -969,7 +969,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         shrinkable = {layer.name for layer, table in zip(chosen, tables) if any(len(o.ranks) for o in table.options)}
         prepared = replace(prepared, notes=list(prepared.notes) + [_pointwise_first_note(
             [layer for layer in pointwise_spatial if layer.name in shrinkable],
-            allocation_factorized(chosen, allocation))])
+            _allocation_factorized(chosen, allocation))])
     return _Planned(model, options, prepared, chosen, allocation, stats, calibration_notes, seconds, measure,
                     sensitivity_note, speed_info, damage=damage_info if method == "damage" and decisions is None
                     else None, warnings=(order_warning,) if order_warning else ())
@@ -1478,7 +1478,7 @@ def _uncalibrated_reason(layer: Layer) -> Optional[str]:
     return None
 
 
-def allocation_factorized(chosen: Sequence[Layer], allocation: Allocation) -> set[str]:
+def _allocation_factorized(chosen: Sequence[Layer], allocation: Allocation) -> set[str]:
     """The names of the layers ``allocation`` factorizes (groups > 0)."""
     return {layer.name for layer, choice in zip(chosen, allocation.choices) if choice.groups}
 

@@ -1342,7 +1342,8 @@ class _PlanTimes:
                 return None
             change += value - dense
         dense_all = float(self.latency.get("layers_dense_us") or 0.0)
-        return predicted_model_us(float(model_us), dense_all, dense_all + change, bool(self.latency.get("proportional")))
+        return predicted_model_us(float(model_us), dense_all, dense_all + change,
+                                  bool(self.latency.get("proportional")))
 
     def achieved(self, decisions) -> float:
         predicted = self.predicted_us(decisions)
@@ -1351,7 +1352,8 @@ class _PlanTimes:
 
     def summary(self, decisions=None) -> dict:
         keep = ("provider", "threads", "batch", "device", "onnxruntime", "model_us", "layers_timed", "layers_dense_us",
-                "slow_ranks_dropped", "candidate_ranks", "layers_with_slow_ranks", "proportional")  # (the search's speed filter)
+                "slow_ranks_dropped", "candidate_ranks", "layers_with_slow_ranks",  # (the search's speed filter)
+                "proportional")
         data = {key: self.latency.get(key) for key in keep}
         data.update(source="the plan", table_seconds=None, untimed={})
         unedited = not self.plan.edited_layers and not self.plan.edited_blocks

@@ -1163,7 +1163,8 @@ def test_constant_weight_reshaped_by_a_run_time_shape_is_named_for_it(through_tr
         else [helper.make_node("Identity", ["w_r"], ["w"])]
     nodes += [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     inits = [numpy_helper.from_array(weight.reshape(-1), "w_flat"),
-             numpy_helper.from_array(np.array([1], np.int64), "st"), numpy_helper.from_array(np.array([2], np.int64), "en"),
+             numpy_helper.from_array(np.array([1], np.int64), "st"),
+             numpy_helper.from_array(np.array([2], np.int64), "en"),
              numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])], inits, opset=17)
@@ -1172,7 +1173,8 @@ def test_constant_weight_reshaped_by_a_run_time_shape_is_named_for_it(through_tr
         onnx_alds.compress(model, keep_params=0.5)
     # products of two run-time tensors keep their own reason, a torch export's Add(bias, Q·Kᵀ) too: its first
     # input is a constant, but an Add gives no weight a shape
-    attention = make_model([helper.make_node("Transpose", ["x"], ["x_t"]), helper.make_node("MatMul", ["x", "x_t"], ["s"]),
+    attention = make_model([helper.make_node("Transpose", ["x"], ["x_t"]),
+                            helper.make_node("MatMul", ["x", "x_t"], ["s"]),
                             helper.make_node("Add", ["bias", "x"], ["v"]),  # V = bias + x W, as exported
                             helper.make_node("MatMul", ["s", "v"], ["y"])],
                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],

@@ -396,7 +396,7 @@ def test_speed_check_note_counts_only_layers_it_emptied(tmp_path):
         def seconds(self, model, shapes=None):
             inferred = onnx.shape_inference.infer_shapes(model)
             known = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
-                     for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+                     for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
             known.update({init.name: tuple(init.dims) for init in model.graph.initializer})
             known.update(shapes or {})
             return sum(node_macs(node, known) or 0 for node in model.graph.node) * 1e-12 + 1e-9
@@ -410,7 +410,8 @@ def test_speed_check_note_counts_only_layers_it_emptied(tmp_path):
     assert str(plain.value).split("(")[0] == str(checked.value).split("(")[0]  # the same floor
     with pytest.raises(BudgetError, match=r"[1-9] of \d+ factorizable layers have no factorization measured faster"):
         onnx_alds.compress(model, keep_flops=0.02, rank_multiple=16,
-                           speed=speed(FakeTimer(slow=lambda inputs, outputs: True), tmp_path / "slow", prune_slow=True))
+                           speed=speed(FakeTimer(slow=lambda inputs, outputs: True), tmp_path / "slow",
+                                       prune_slow=True))
 
 
 def test_a_round_repeating_this_runs_model_is_not_called_a_cache_hit_of_an_earlier_run(tmp_path):
