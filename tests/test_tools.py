@@ -580,17 +580,20 @@ def test_sweep_interrupted_while_writing_leaves_the_old_outputs_whole(tmp_path, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    data = sweep_data()  # model gone: in the record, with no row to plot now (its old plot is stale)
+    data["rows"].append(dict(model="gone", method="alds", keep=0.5, rank_multiple=1, status="error", error="x",
+                             quality_metric="rel_error_mean"))
     monkeypatch.setattr(sweep, "write_plots", fake_plots)
     monkeypatch.setattr(sweep, step, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sweep.write_outputs(sweep_data(), out, results_md, command="x")
+        sweep.write_outputs(data, out, results_md, command="x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no RESULTS.md, no staging folder left
     assert {p.name: p.read_text() for p in out.iterdir()} == old
 
     monkeypatch.undo()
     sweep = load_tool("sweep")
     monkeypatch.setattr(sweep, "write_plots", fake_plots)
-    sweep.write_outputs(sweep_data(), out, results_md, command="x")  # uninterrupted: the whole new set
+    sweep.write_outputs(data, out, results_md, command="x")  # uninterrupted: the whole new set
     assert sorted(p.name for p in out.iterdir()) == ["notes.md", "sweep.csv", "sweep.json", "tiny-quality.png"]
     assert json.loads((out / "sweep.json").read_text())["rows"][0]["model"] == "tiny"
     assert (out / "tiny-quality.png").read_text() == "new png"
@@ -644,3 +647,141 @@ def test_sweep_keeps_older_timings_only_for_the_same_model_and_data():
     for changed in ({"onnx_sha256": "b" * 64}, {"data_id": "d2"}):
         row = sweep.merge_record(record, [{**rerun_same, **changed}], [], [], {})["rows"][0]
         assert "ms_small" not in row and "speedup_small" not in row
+
+
+def test_sweep_leaves_the_users_own_pngs_in_out_alone(tmp_path, monkeypatch):
+    """Every *.png in --out was copied into the staging folder and moved back: a symlink became a plain file,
+    a hard link was broken, a file the user may not replace failed the landing halfway."""
+    sweep = load_tool("sweep")
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "photo.png").write_text("mine")
+    (elsewhere / "real.png").write_text("real")
+    (out / "link.png").symlink_to(elsewhere / "real.png")
+    (elsewhere / "hard.png").write_text("hard")
+    os.link(elsewhere / "hard.png", out / "hard.png")
+    (out / "tiny-speedup.png").write_text("stale speedup")  # the sweep's own: no row of tiny is timed now
+    before = {name: (out / name).lstat().st_ino for name in ("photo.png", "link.png", "hard.png")}
+    user = {str(out / name) for name in before}
+
+    def fake_plots(data, folder):
+        (folder / "tiny-quality.png").write_text("new png")
+        return [folder / "tiny-quality.png"]
+
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if str(source) in user or str(target) in user:
+            pytest.fail(f"the user's file moved: {source} -> {target}")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "write_plots", fake_plots)
+    monkeypatch.setattr(os, "replace", replace)
+    for plots in (True, False):
+        sweep.write_outputs(sweep_data(), out, tmp_path / "R.md", command="x", plots=plots)
+        assert {name: (out / name).lstat().st_ino for name in before} == before
+        assert (out / "link.png").is_symlink() and (out / "photo.png").read_text() == "mine"
+        assert (elsewhere / "hard.png").stat().st_nlink == 2
+    assert sorted(p.name for p in out.iterdir()) == ["hard.png", "link.png", "photo.png", "sweep.csv", "sweep.json",
+                                                     "tiny-quality.png"]
+    assert "tiny-quality.png" in (tmp_path / "R.md").read_text()  # --no-plots links the plot that is there
+
+
+@pytest.mark.parametrize("case, text", [
+    ("corrupt", "sweep.json' is not"), ("list", "sweep.json' is not"), ("md folder", "--results-md"),
+    ("md is sweep.json", "--results-md"), ("md is sweep.csv", "--results-md"), ("out read-only", "--out"),
+    ("md folder read-only", "--results-md"), ("report corrupt", "sweep.json' is not"),
+])
+def test_sweep_checks_its_outputs_before_any_work(tmp_path, monkeypatch, capsys, case, text):
+    """A corrupt --out/sweep.json, a --results-md that is a folder or sweep.json itself, or a read-only --out
+    were found only after every variant ran (a traceback, or a landing that failed halfway)."""
+    sweep = load_tool("sweep")
+    from _tool import run_tool as run_main
+
+    out, md = tmp_path / "out", tmp_path / "docs" / "R.md"
+    out.mkdir()
+    (tmp_path / "docs").mkdir()
+    if case in ("corrupt", "report corrupt"):
+        (out / "sweep.json").write_text('{"rows": [')
+    if case == "list":
+        (out / "sweep.json").write_text("[]")
+    if case == "md folder":
+        md.mkdir()
+    if case.startswith("md is "):
+        md = out / case[6:]
+    if case.endswith("read-only"):  # (tests may run as root: chmod would not stop them)
+        denied = out if case == "out read-only" else md.parent
+        real = sweep.tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if Path(dir) == denied:
+                raise PermissionError(13, "Permission denied", str(Path(dir) / "probe"))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(sweep.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: pytest.fail("ran before the check"))
+    specs = {"tiny": sweep.ModelSpec("tiny", tiny_model(tmp_path / "tiny.onnx"), None, [], "rel_error_mean")}
+    argv = ["--no-plots", "--models", "tiny", "--out", str(out), "--work", str(tmp_path / "work"),
+            "--results-md", str(md)] + (["--report"] if case.startswith("report") else [])
+    monkeypatch.setattr(sys, "argv", ["sweep.py", *argv])
+    assert run_main(lambda: sweep.main(argv, specs=specs)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
+    assert ".sweep-" not in err and not (tmp_path / "work").exists()
+    assert not [p for p in out.iterdir() if p.name != "sweep.json"]
+
+
+def test_sweep_landing_errors_name_the_users_paths(tmp_path, monkeypatch, capsys):
+    """A failure while the outputs landed named the internal OUT/.sweep-*.tmp folder."""
+    sweep = load_tool("sweep")
+    from _tool import run_tool as run_main
+
+    out, md = tmp_path / "out", tmp_path / "R.md"
+    out.mkdir()
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if Path(target).name == "sweep.csv":
+            raise PermissionError(13, "Permission denied", str(source), None, str(target))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert run_main(lambda: sweep.write_outputs(sweep_data(), out, md, command="x", plots=False)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert ".sweep-" not in err and str(out / "sweep.csv") in err, err
+    monkeypatch.undo()
+    import shutil
+
+    def move(source, target, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(source))
+
+    monkeypatch.setattr(shutil, "move", move)
+    assert run_main(lambda: sweep.write_outputs(sweep_data(), out, md, command="x", plots=False)) == 1
+    err = capsys.readouterr().err
+    assert ".sweep-" not in err and str(md) in err, err
+    assert not [p for p in out.iterdir() if p.name.startswith(".sweep-")]
+
+
+@pytest.mark.parametrize("sources, text", [
+    (["{out}/sweep.json"], "is --out's own sweep.json"), (["{tmp}/other.json", "{tmp}/../{tmp_name}/other.json"], "twice"),
+], ids=["own record", "twice"])
+def test_sweep_merge_from_refuses_its_own_record_and_a_file_twice(tmp_path, monkeypatch, capsys, sources, text):
+    """--merge-from OUT/sweep.json merged the record into itself (every run listed twice); the same file named
+    twice did the same with its runs."""
+    sweep = load_tool("sweep")
+    from _tool import run_tool as run_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(sweep_data("old")))
+    (tmp_path / "other.json").write_text(json.dumps(sweep_data("new")))
+    before = (out / "sweep.json").read_text()
+    names = [s.format(out=out, tmp=tmp_path, tmp_name=tmp_path.name) for s in sources]
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--no-plots", "--merge-from", *names, "--out", str(out),
+                                      "--results-md", str(tmp_path / "R.md")])
+    assert run_main(sweep.main) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
+    assert (out / "sweep.json").read_text() == before and not (tmp_path / "R.md").exists()

@@ -378,7 +378,7 @@ def render_results(data: dict, out: Path, results_md: Path, *, command: str, not
     heading says how many."""
     other = measured_on_other_data(data)
     data = shown_rows(data)
-    env = data.get("environment", {})
+    env = data.get("environment") or {}
     machine, versions = env.get("machine", {}), env.get("versions", {})
     home = (page or results_md).parent
     rel = os.path.relpath(out, home)
@@ -512,20 +512,38 @@ def write_outputs(data: dict, out: Path, results_md: Optional[Path], command: st
     """sweep.json, sweep.csv, the plots (in ``out``, which exists) and ``results_md``, as one set: written
     into a temporary folder in ``out`` first, then renamed into place in one step that an interrupt (Ctrl-C,
     SIGTERM) waits for. An interrupt or a failure before it leaves ``out`` and ``results_md`` as they were,
-    so the files there always belong together; the user's other files in ``out`` are never touched."""
+    so the files there always belong together. Only the files this run writes are staged and landed, and the
+    plots it owns that no row holds now (``<model>-quality.png``, ``<model>-speedup.png`` of a model in the
+    record) removed; the user's other files in ``out`` (their own PNGs too) are never copied, moved or touched.
+    A failure names the user's path (``out``'s file, ``results_md``), not the staging folder."""
     import shutil
 
+    from onnx_alds.errors import OutputPathError, os_error_text
     from onnx_alds.signals import uninterrupted
 
-    stage = Path(tempfile.mkdtemp(prefix=".sweep-", suffix=".tmp", dir=out))
     try:
-        old_plots = set()
-        for plot in out.glob("*.png"):  # write_plots replaces or removes them (a model's stale plot) here
-            if plot.is_file():
-                shutil.copy2(plot, stage / plot.name)
-                old_plots.add(plot.name)
+        stage = Path(tempfile.mkdtemp(prefix=".sweep-", suffix=".tmp", dir=out))
+    except OSError as exc:
+        raise OutputPathError(f"--out '{out}': cannot write there: {os_error_text(exc)}") from None
+    staged_md = stage / ".results-md.staged"  # (no name a plot or table of the sweep has)
+
+    def users_path(name: Any) -> str:
+        """The path the user knows for a file in the staging folder (or any other path as it is)."""
+        if name is None:
+            return ""
+        path = Path(os.fsdecode(name))
+        if path == staged_md and results_md is not None:
+            return str(results_md)
+        if path == stage:
+            return str(out)
+        if path.parent == stage:  # (write_json's temporary file stands for sweep.json)
+            return str(out / ("sweep.json" if path.name == ".sweep.json.tmp" else path.name))
+        return str(path)
+
+    try:
         write_json(data, stage / "sweep.json")
         write_csv(data["rows"], stage / "sweep.csv")
+        drawn = False
         if plots:
             import importlib.util
 
@@ -533,23 +551,32 @@ def write_outputs(data: dict, out: Path, results_md: Optional[Path], command: st
                 print("plots: skipped (matplotlib is not installed: pip install 'onnx-alds[plots]')")
             else:
                 write_plots(data, stage)
-        staged_md = stage / ".results-md.staged"  # (no name a plot or table of the sweep has)
-        if results_md is not None:
-            render_results(data, out, staged_md, command=command, notes_md=notes_md, plots_dir=stage,
-                           page=results_md)
+                drawn = True
+        if results_md is not None:  # (plots not drawn now: those in out stay, and are linked)
+            render_results(data, out, staged_md, command=command, notes_md=notes_md,
+                           plots_dir=stage if drawn else out, page=results_md)
         files = sorted(path.name for path in stage.iterdir() if path.is_file() and path != staged_md)
+        owned = {f"{model}-{kind}.png" for model in {row["model"] for row in data.get("rows", [])}
+                 for kind in ("quality", "speedup")} if drawn else set()
         with uninterrupted():  # the whole set lands, or (interrupted before) none of it
             for name in files:
                 os.replace(stage / name, out / name)
-            for name in old_plots - set(files):  # removed by write_plots: figures no row holds now
+            for name in sorted(owned - set(files)):  # a model's stale plot: figures no row holds now
                 (out / name).unlink(missing_ok=True)
             if results_md is not None:
                 results_md.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(staged_md), str(results_md))  # (a rename unless on another file system)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        names = [Path(os.fsdecode(name)) for name in (exc.filename, exc.filename2) if name is not None]
+        if not any(path == stage or stage in path.parents for path in names):
+            raise  # (a file outside the staging folder: its own path is named already)
+        where = users_path(exc.filename2) if exc.filename2 is not None else users_path(exc.filename)
+        raise OutputPathError(f"cannot write '{where}': {exc.strerror or exc}; fix the path (its permissions, "
+                              "free space) and run again") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -616,12 +643,26 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
     if args.notes is not None and not args.notes.is_file():
         raise InputDataError(f"--notes '{args.notes}' is not an existing file; give the markdown to insert into "
                              "RESULTS.md, or drop --notes (OUT/notes.md is read when it exists)")
+    check_outputs(out, args.results_md)
     specs = specs or reference_specs(args.root, quick=args.quick)
     if not (args.report or args.merge_from):
         check_known(args.models, specs)
     if args.report and not args.merge_from and not (out / "sweep.json").is_file():
         raise InputDataError(f"--report: no '{out / 'sweep.json'}' to render; run the sweep first (without --report), "
                              "or give the --out of an earlier run")
+    seen: dict[Path, Path] = {}
+    for source in args.merge_from or []:
+        resolved = source.resolve()
+        if resolved == (out / "sweep.json").resolve() or (
+                source.exists() and (out / "sweep.json").exists() and os.path.samefile(source, out / "sweep.json")):
+            raise InputDataError(f"--merge-from '{source}' is --out's own sweep.json (the record merged into); "
+                                 "name only the other runs' sweep.json files")
+        twin = next((earlier for earlier in seen if earlier == resolved or (
+            source.exists() and earlier.exists() and os.path.samefile(earlier, resolved))), None)
+        if twin is not None:
+            also = f" (also as '{seen[twin]}')" if str(seen[twin]) != str(source) else ""
+            raise InputDataError(f"--merge-from names '{source}' twice{also}; name each file once")
+        seen[resolved] = source
     merged = [(source, read_sweep_json(source)) for source in args.merge_from or []]  # every file read before writing
     engine = None
     if not (args.report or args.merge_from):
@@ -635,6 +676,69 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no empty --out behind
         raise
+
+
+def check_outputs(out: Path, results_md: Optional[Path]) -> None:
+    """Before any work: ``out`` and the folder of ``results_md`` can be written (a probe file is created and
+    removed there, or in the nearest folder that exists), ``results_md`` is neither a folder nor a file the
+    sweep writes in ``out``, and an existing ``out/sweep.json`` is a sweep record the run can merge into."""
+    from onnx_alds.errors import OutputPathError
+
+    if results_md is not None:
+        if results_md.is_dir():
+            raise OutputPathError(f"--results-md '{results_md}' is a folder; give the page's file name "
+                                  f"(such as '{results_md / 'RESULTS.md'}')")
+        for name in ("sweep.json", "sweep.csv"):
+            own = out / name
+            same = results_md.resolve() == own.resolve()
+            if not same and results_md.exists() and own.exists():
+                same = os.path.samefile(results_md, own)
+            if same:
+                raise OutputPathError(f"--results-md '{results_md}' is the {name} this sweep writes in --out; "
+                                      f"give another file (such as '{out / 'RESULTS.md'}')")
+    for flag, folder in (("--out", out), ("--results-md", None if results_md is None else results_md.parent)):
+        if folder is None:
+            continue
+        existing = Path(folder)
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".sweep-probe-", dir=existing)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as exc:
+            where = f"'{folder}'" if existing == Path(folder) else f"'{folder}' (its folder '{existing}')"
+            raise OutputPathError(f"{flag} {where} cannot be written ({exc.strerror or exc}); give a folder you "
+                                  "may write to, or fix its permissions") from None
+    record_path = out / "sweep.json"
+    if record_path.exists():
+        fix = "move it away (a new record is started) or give another --out"
+        try:
+            record = json.loads(record_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputDataError(f"--out: '{record_path}' is not a readable sweep record ({reason}); {fix}") from None
+        problem = None
+        if not isinstance(record, dict):
+            problem = f"a JSON {type(record).__name__}, not an object"
+        else:
+            checks = [("rows", MERGE_KEYS), ("skipped", ("model", "method", "reason")), ("per_layer", MERGE_KEYS),
+                      ("runs", ())]
+            for field, keys in checks:
+                entries = record.get(field, [])
+                if not isinstance(entries, list):
+                    problem = f"'{field}' is not a list"
+                    break
+                for index, entry in enumerate(entries):
+                    problem = _entry_problem(entry, keys) if keys else (
+                        None if isinstance(entry, dict) else f"is not an object ({type(entry).__name__})")
+                    if problem:
+                        problem = f"{field}[{index}] {problem}"
+                        break
+                if problem:
+                    break
+        if problem:
+            raise InputDataError(f"--out: '{record_path}' is not a sweep record ({problem}); {fix}")
 
 
 def read_sweep_json(path: Path) -> dict:
