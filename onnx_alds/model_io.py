@@ -61,6 +61,8 @@ def structure_of(model: ModelLike) -> tuple[onnx.ModelProto, "TensorStore"]:
     weights stay on disk, a proto's are referenced, not copied), with its int32/int64 constants complete
     (index offsets and shape tables bound the random ids drawn for it). ``onnx-alds validate`` and ``bench``
     held every weight of both models on top of ONNX Runtime's copies."""
+    if isinstance(model, onnx.ModelProto):
+        _refuse_unreachable_data(model)  # (as load_model: a light result's stubs, unloaded external data)
     opened = open_model(model)
     for tensor in _stubs(opened.model):
         if tensor.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):

@@ -64,8 +64,14 @@ class ScriptExit:
 
     def __init__(self) -> None:
         self.code: Optional[int] = None
+        self.flushing = False  # in exit(), writing what is left of standard output
 
     def handler(self, signum, frame) -> None:
+        if self.flushing:  # (its output cut short: not the command's code; no second flush of a blocked stream)
+            import os
+
+            os.write(2, b"error: interrupted while writing standard output; it may be cut short\n")
+            os._exit(130)
         if self.code is not None:
             _exit_now(self.code)
         raise KeyboardInterrupt
@@ -74,32 +80,42 @@ class ScriptExit:
         self.code = code
 
     def exit(self, code: int) -> NoReturn:
+        """End the process with ``code``; 1 instead of 0 when standard output cannot take what is left in its
+        buffer (a full disk: Python's own exit said 120 and "Exception ignored"; a closed pipe, as ``| head``
+        leaves it, is no failure)."""
         import atexit
-        import os
+        import sys
 
         self.code = code
-        _flush_standard_streams()
+        self.flushing = True
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            pass
+        except OSError as exc:
+            print(f"error: writing standard output failed ({exc.strerror or exc})", file=sys.stderr)
+            code = code or 1
+        except (ValueError, RuntimeError, AttributeError):  # (closed, or a flush already under way)
+            pass
+        self.flushing = False
+        self.code = code
         try:
             run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
             if run_exit_functions is not None:
                 run_exit_functions()
         finally:
             _exit_now(code)
-        os._exit(code)  # (not reached)
 
 
-def _flush_standard_streams() -> None:
+def _exit_now(code: int) -> NoReturn:
+    """``os._exit(code)`` after flushing what it can (a flush that fails or is already under way, a signal
+    arriving in one, is passed over: the process is ending)."""
+    import os
     import sys
 
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RuntimeError, AttributeError):
             pass
-
-
-def _exit_now(code: int) -> NoReturn:
-    import os
-
-    _flush_standard_streams()
     os._exit(code)

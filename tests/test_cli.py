@@ -1346,3 +1346,27 @@ def test_a_signal_during_the_teardown_after_the_output_landed_exits_with_the_com
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote" in done.stdout + done.stderr and (tmp_path / "out.onnx").is_file()
     assert "Traceback" not in done.stderr
+
+
+def test_a_finished_command_line_process_fails_when_its_output_cannot_be_written(tmp_path):
+    """tools/fuzz.py --list-seeds > /dev/full ended with exit 0 and nothing written (the exit's flush failed in
+    silence); a signal while that flush was blocked on a full pipe gave a 'reentrant call' traceback."""
+    import subprocess
+
+    script = ("import signal, sys\n"
+              "from onnx_alds.signals import ScriptExit\n"
+              "exit = ScriptExit()\n"
+              "print('x' * 1000)\n"
+              "if sys.argv[1] == 'signal':\n"
+              "    exit.flushing = True\n"
+              "    exit.handler(signal.SIGTERM, None)\n"
+              "exit.exit(0)\n")
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # (as a shell's)
+    with open(os.devnull if not os.path.exists("/dev/full") else "/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", script, "flush"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=buffered)
+    if os.path.exists("/dev/full"):
+        assert done.returncode == 1 and "error: writing standard output failed" in done.stderr
+    cut = subprocess.run([sys.executable, "-c", script, "signal"], capture_output=True, text=True, timeout=60)
+    assert cut.returncode == 130 and cut.stderr.startswith("error: interrupted while writing standard output")
+    assert "Traceback" not in cut.stderr
