@@ -785,3 +785,15 @@ def test_sweep_merge_from_refuses_its_own_record_and_a_file_twice(tmp_path, monk
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and text in err, err
     assert (out / "sweep.json").read_text() == before and not (tmp_path / "R.md").exists()
+
+
+def test_sweep_without_plots_does_not_say_it_wrote_them(tmp_path, capsys):
+    """--no-plots printed "wrote ..., sweep.csv and plots" with no PNG written."""
+    sweep = load_tool("sweep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "other.json").write_text(json.dumps(sweep_data("tiny")))
+    assert sweep.main(["--no-plots", "--merge-from", str(tmp_path / "other.json"), "--out", str(out),
+                       "--results-md", str(tmp_path / "R.md")]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said.startswith("wrote ") and not said.endswith("and plots") and not list(out.glob("*.png"))

@@ -796,7 +796,7 @@ def _run(args: argparse.Namespace, specs: dict[str, ModelSpec], command: str, ou
             data["runs"] = data["runs"][:-1] + other.get("runs", [])
             data["environment"] = other.get("environment", data.get("environment"))
         write_outputs(data, out, args.results_md, command, notes_md, plots=not args.no_plots)
-        print(f"wrote {args.results_md}, {out}/sweep.csv and plots")
+        print(f"wrote {args.results_md}, {out}/sweep.csv" + ("" if args.no_plots else " and plots"))
         return 0
     chosen = []
     for name in args.models:
@@ -833,7 +833,8 @@ def _run(args: argparse.Namespace, specs: dict[str, ModelSpec], command: str, ou
     data["environment"] = environment()
     write_outputs(data, out, args.results_md, command, notes_md, plots=not args.no_plots)
     print(f"done in {meta['seconds']:.0f} s: {len(rows)} rows ({result.computed} computed, {result.reused} reused "
-          f"from {args.work}); wrote {out}/sweep.json, sweep.csv, plots, {args.results_md}")
+          f"from {args.work}); wrote {out}/sweep.json, sweep.csv, {'' if args.no_plots else 'plots, '}"
+          f"{args.results_md}")
     if result.crashed:
         first = result.crashed[0]
         print(f"error: {len(result.crashed)} variant(s) crashed (first: {first['variant_id']}: {first['error']}); "
