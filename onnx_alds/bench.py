@@ -52,8 +52,7 @@ from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsE
                      runtime_error_text)
 from .inputs import index_bounds, random_array
 from .model_io import (fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes,
-                       structure_of,
-                       show_input_shapes)
+                       show_input_shapes, structure_of)
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
 log = logging.getLogger(__name__)
