@@ -40,7 +40,7 @@ from .inputs import check_sample_dims, conform_inputs
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
-from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, read_more_than_once, replaced_digest, rewrite_model,
+from .rewrite import (REPLACED_DIGEST_KEY, Rewrite, add_provenance, kept_biases, replaced_digest, rewrite_model,
                       shift_added_weights, shift_folds_into_bias)
 from .shapes import tensor_shapes
 from .spectra import ERROR_MEASURES, ErrorTable, error_table, layer_spectra
@@ -991,15 +991,14 @@ def _correction_bias_params(proto: onnx.ModelProto, layers: Sequence[Layer]) -> 
     shift folds into (none for a Conv's or Gemm's own ``[f]``, ``M·N − M`` for a Gemm ``C`` of ``[M, 1]``)."""
     nodes = {node.name: node for _, graph in iter_graphs(proto.graph) for node in graph.node}
     initializers = {init.name: tuple(init.dims) for _, graph in iter_graphs(proto.graph) for init in graph.initializer}
-    overridable = {value.name for value in proto.graph.input} if proto.ir_version >= 4 else set()
-    shared = read_more_than_once(proto)  # (a shared bias is kept: the shift goes through an Add, f values)
+    kept = kept_biases(proto)  # (the shift goes through an Add for them: f values)
     added = []
     for layer in layers:
         node = nodes.get(layer.name)
         bias = node.input[2] if node is not None and len(node.input) > 2 else ""
         beta = float(next((a.f for a in node.attribute if a.name == "beta"), 1.0)) \
             if node is not None and layer.op == "Gemm" else 1.0
-        fixed = bias in initializers and bias not in overridable and bias not in shared
+        fixed = bias in initializers and bias not in kept
         folds = shift_folds_into_bias(layer.op, beta, bool(bias), fixed)
         added.append(shift_added_weights(layer.out_features, initializers[bias] if folds and bias else None))
     return added

@@ -618,17 +618,20 @@ def factorized_pairs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> 
     return pairs
 
 
+_PAIR_SUFFIX = r"\.(enc|dec)(\.[0-9]+)?"  # a half of a pair the rewrite made: .enc/.dec, .N where the name was taken
+
+
 def _pair_end(name: str, layer: str) -> Optional[str]:
     """``"enc"`` or ``"dec"`` when node ``name`` is a half of the pair the rewrite made of node ``layer``
     (``layer.enc``, or ``layer.enc.N`` where that name was taken), else None."""
-    match = re.fullmatch(re.escape(layer) + r"\.(enc|dec)(\.[0-9]+)?", name)
+    match = re.fullmatch(re.escape(layer) + _PAIR_SUFFIX, name)
     return match.group(1) if match else None
 
 
 def _replaces(name: str, layer: str) -> bool:
     """Whether node ``name`` is one the rewrite made of node ``layer``: ``layer.enc``/``layer.dec`` with an optional
     ``.N`` (a name that was taken), or a node made of one of those in turn (``layer.enc.dec``)."""
-    return re.match(re.escape(layer) + r"\.(enc|dec)(\.[0-9]+)?(\.|$)", name) is not None
+    return re.match(re.escape(layer) + _PAIR_SUFFIX + r"(\.|$)", name) is not None
 
 
 def _compressed_again(original: onnx.ModelProto, compressed: onnx.ModelProto, paired: set[str]) -> list[str]:

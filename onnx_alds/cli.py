@@ -641,10 +641,6 @@ def _refuse_empty_values(args: argparse.Namespace) -> None:
             parser.error(f"argument {name}: empty value; give a path or value (is a shell variable unset?)")
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; SIGTERM (``timeout``, a CI cancel, ``docker stop``) and SIGHUP (a closed terminal) end
     it as Ctrl-C does, through the same clean-up, so no temporary file or partial output is left."""
@@ -652,13 +648,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return _main(argv)
-    from .signals import INTERRUPTS, ScriptExit, signal_handlers
+    from .signals import INTERRUPTS, ScriptExit, raise_interrupt, signal_handlers
 
     if argv is None:  # the command line's own process: a signal once the command finished exits with its code
         _SCRIPT[:] = [ScriptExit()]
         with signal_handlers(INTERRUPTS, _SCRIPT[0].handler):  # first: the modules' loading counts too
             _SCRIPT[0].exit(_main(argv))
-    with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):  # first: the modules' loading counts too
+    with signal_handlers(("SIGTERM", "SIGHUP"), raise_interrupt):  # first: the modules' loading counts too
         return _main(argv)
 
 

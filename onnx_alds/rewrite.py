@@ -222,12 +222,16 @@ def _matmul_pair(node: gs.Node, rewrite: Rewrite, dtype: np.dtype, names: Names)
             gs.Node("MatMul", dec_node, {}, [middle, dec_weight], [y])]
 
 
-def read_more_than_once(model: onnx.ModelProto) -> frozenset[str]:
-    """The tensor names that more than one node input reads, in any graph of ``model`` (a bias two layers
-    share: a shift folded into it would be a copy per layer, which the budget does not count)."""
+def kept_biases(model: onnx.ModelProto) -> frozenset[str]:
+    """The constants a bias-correction shift is never folded into (it goes through an ``Add``): initializers
+    also listed as graph inputs (IR >= 4: defaults callers may override) and tensors more than one node input
+    reads, in any graph (a bias two layers share: a shift folded into it would be a copy per layer, which the
+    budget does not count)."""
     readers = Counter(name for _, graph in iter_graphs(model.graph) for node in graph.node for name in node.input
                       if name)
-    return frozenset(name for name, count in readers.items() if count > 1)
+    overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
+                   if model.ir_version >= 4 else set())
+    return frozenset(overridable | {name for name, count in readers.items() if count > 1})
 
 
 def shift_folds_into_bias(op: str, beta: float, has_bias: bool, bias_is_fixed_constant: bool) -> bool:
@@ -305,10 +309,7 @@ def rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.M
 def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.ModelProto:
     graph: Optional[gs.Graph] = None
     values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
-    # IR >= 4: an initializer also listed as a graph input is a default that callers may override
-    kept = frozenset({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
-                            if model.ir_version >= 4 else ())
-    kept |= read_more_than_once(model)  # (shared constants too: a shift folded into one would copy it)
+    kept = kept_biases(model)
     for rewrite in rewrites:
         if graph is None:
             opset = opset_version(model)

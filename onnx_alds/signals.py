@@ -11,6 +11,12 @@ from typing import Callable, Iterator, NoReturn, Optional, Sequence
 INTERRUPTS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, timeout / CI cancel / docker stop, a closed terminal
 
 
+def raise_interrupt(signum, frame) -> None:
+    """A handler that makes SIGTERM and SIGHUP end a run as Ctrl-C does: KeyboardInterrupt, through the same
+    clean-up."""
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def signal_handlers(names: Sequence[str], handler: Callable) -> Iterator[None]:
     """``handler`` for the named signals this platform has and the process does not ignore (under nohup

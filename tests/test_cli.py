@@ -1341,8 +1341,12 @@ def test_a_signal_during_the_teardown_after_the_output_landed_exits_with_the_com
               f"sys.argv = ['onnx-alds', 'compress', {str(cnn_path)!r}, '-o', {str(tmp_path / 'out.onnx')!r}, "
               "'--keep-params', '0.5', '--rank-multiple', '1']\n"
               "sys.exit(main())\n")
+    import signal
+
+    # (the signal at its default in the child: a suite run in the background ignores SIGINT, and so would it)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: signal.signal(getattr(signal, stop), signal.SIG_DFL))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote" in done.stdout + done.stderr and (tmp_path / "out.onnx").is_file()
     assert "Traceback" not in done.stderr

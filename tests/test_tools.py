@@ -601,13 +601,19 @@ def test_sweep_interrupted_while_writing_leaves_the_old_outputs_whole(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "out"]
 
 
-def test_sweep_merge_from_interrupted_before_the_outputs_landed_changes_nothing(tmp_path, monkeypatch):
-    sweep = load_tool("sweep")
+def old_record_and_another(tmp_path: Path) -> tuple[Path, str]:
+    """``tmp_path/out`` holding the sweep record of model "old", ``tmp_path/other.json`` that of "new": the
+    out folder and its record's text."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "sweep.json").write_text(json.dumps(sweep_data("old")))
     (tmp_path / "other.json").write_text(json.dumps(sweep_data("new")))
-    before = (out / "sweep.json").read_text()
+    return out, (out / "sweep.json").read_text()
+
+
+def test_sweep_merge_from_interrupted_before_the_outputs_landed_changes_nothing(tmp_path, monkeypatch):
+    sweep = load_tool("sweep")
+    out, before = old_record_and_another(tmp_path)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -780,11 +786,7 @@ def test_sweep_merge_from_refuses_its_own_record_and_a_file_twice(tmp_path, monk
     sweep = load_tool("sweep")
     from _tool import run_tool as run_main
 
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "sweep.json").write_text(json.dumps(sweep_data("old")))
-    (tmp_path / "other.json").write_text(json.dumps(sweep_data("new")))
-    before = (out / "sweep.json").read_text()
+    out, before = old_record_and_another(tmp_path)
     names = [s.format(out=out, tmp=tmp_path, tmp_name=tmp_path.name) for s in sources]
     monkeypatch.setattr(sys, "argv", ["sweep.py", "--no-plots", "--merge-from", *names, "--out", str(out),
                                       "--results-md", str(tmp_path / "R.md")])

@@ -74,10 +74,6 @@ def _loaded() -> None:
         signal.signal(number, previous if previous is not None else signal.SIG_DFL)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was written") -> int:
     """``main()``'s exit code; an :class:`OnnxAldsError` or an OSError (a missing file, a folder given for a
     file, a full disk) prints one ``error:`` line and returns 1, Ctrl-C returns 130 after saying ``kept``
@@ -90,13 +86,13 @@ def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was wr
         return _run_tool(main, kept)
     as_script = bool(_LOADING)  # (run as a tools/ script, not loaded by a test)
     _loaded()
-    from onnx_alds.signals import INTERRUPTS, ScriptExit, signal_handlers
+    from onnx_alds.signals import INTERRUPTS, ScriptExit, raise_interrupt, signal_handlers
 
     if as_script:  # a signal once the tool's main returned exits with its code (onnx_alds.signals.ScriptExit)
         script = ScriptExit()
         with signal_handlers(INTERRUPTS, script.handler):
             script.exit(_run_tool(main, kept, script))
-    with signal_handlers(("SIGTERM", "SIGHUP"), _raise_interrupt):
+    with signal_handlers(("SIGTERM", "SIGHUP"), raise_interrupt):
         return _run_tool(main, kept)
 
 

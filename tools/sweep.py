@@ -718,25 +718,7 @@ def check_outputs(out: Path, results_md: Optional[Path]) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InputDataError(f"--out: '{record_path}' is not a readable sweep record ({reason}); {fix}") from None
-        problem = None
-        if not isinstance(record, dict):
-            problem = f"a JSON {type(record).__name__}, not an object"
-        else:
-            checks = [("rows", MERGE_KEYS), ("skipped", ("model", "method", "reason")), ("per_layer", MERGE_KEYS),
-                      ("runs", ())]
-            for field, keys in checks:
-                entries = record.get(field, [])
-                if not isinstance(entries, list):
-                    problem = f"'{field}' is not a list"
-                    break
-                for index, entry in enumerate(entries):
-                    problem = _entry_problem(entry, keys) if keys else (
-                        None if isinstance(entry, dict) else f"is not an object ({type(entry).__name__})")
-                    if problem:
-                        problem = f"{field}[{index}] {problem}"
-                        break
-                if problem:
-                    break
+        problem = record_problem(record, RECORD_CHECKS + (("runs", ()),))
         if problem:
             raise InputDataError(f"--out: '{record_path}' is not a sweep record ({problem}); {fix}")
 
@@ -751,20 +733,31 @@ def read_sweep_json(path: Path) -> dict:
         raise InputDataError(f"--merge-from: '{path}' has no 'rows': it is not the sweep.json of a run")
     if not record["rows"]:
         raise InputDataError(f"--merge-from: '{path}' has no rows (an empty 'rows' list): nothing to merge")
-    checks = [("rows", MERGE_KEYS), ("skipped", ("model", "method", "reason")), ("per_layer", MERGE_KEYS)]
-    for field, keys in checks:
-        entries = record.get(field, [])
-        if not isinstance(entries, list):
-            raise InputDataError(f"--merge-from: '{path}': '{field}' is not a list: it is not the sweep.json of a run")
-        for index, entry in enumerate(entries):
-            problem = _entry_problem(entry, keys)
-            if problem:
-                raise InputDataError(f"--merge-from: '{path}': {field}[{index}] {problem}: it is not the sweep.json "
-                                     "of a run")
+    problem = record_problem(record)
+    if problem:
+        raise InputDataError(f"--merge-from: '{path}': {problem}: it is not the sweep.json of a run")
     return record
 
 
 MERGE_KEYS = ("model", "method", "keep", "rank_multiple")  # what merge_json and the tables read of every row
+# each list of a sweep record and the keys every entry of it needs
+RECORD_CHECKS = (("rows", MERGE_KEYS), ("skipped", ("model", "method", "reason")), ("per_layer", MERGE_KEYS))
+
+
+def record_problem(record: Any, checks: Sequence[tuple[str, Sequence[str]]] = RECORD_CHECKS) -> Optional[str]:
+    """What makes ``record`` no sweep record (not an object, a list that is not one, its first bad entry), else
+    None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for field, keys in checks:
+        entries = record.get(field, [])
+        if not isinstance(entries, list):
+            return f"'{field}' is not a list"
+        for index, entry in enumerate(entries):
+            problem = _entry_problem(entry, keys)
+            if problem:
+                return f"{field}[{index}] {problem}"
+    return None
 
 
 def _entry_problem(entry: Any, keys: Sequence[str]) -> Optional[str]:
@@ -775,7 +768,7 @@ def _entry_problem(entry: Any, keys: Sequence[str]) -> Optional[str]:
     if missing:
         return f"has no {', '.join(repr(key) for key in missing)}"
     for key in ("model", "method"):
-        if not isinstance(entry[key], str):
+        if key in keys and not isinstance(entry[key], str):
             return f"has a {key!r} that is not a string ({entry[key]!r})"
     if "keep" in keys and (isinstance(entry["keep"], bool) or not isinstance(entry["keep"], (int, float))):
         return f"has a 'keep' that is not a number ({entry['keep']!r})"
