@@ -445,50 +445,90 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
 
 
 VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # output size: a count of values
+_REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+SIZE_ARGUMENTS: dict[str, tuple[tuple[int, ...], str]] = {  # op → (input positions, what they are): their values set
+    "Reshape": ((1,), "a shape"), "Expand": ((1,), "a shape"), "ConstantOfShape": ((0,), "a shape"),  # the output's shape
+    "Tile": ((1,), "repeats"), "Range": ((0, 1, 2), "limits"), "Slice": ((1, 2, 3, 4), "bounds"),
+    "Pad": ((1, 3), "pads"), "Resize": ((2, 3), "scales or sizes"), "Upsample": ((1,), "scales"),
+    "TopK": ((1,), "a k"), "OneHot": ((1,), "a depth"), "Split": ((1,), "split sizes"),
+    "SplitToSequence": ((1,), "split sizes"), "Squeeze": ((1,), "axes"), "Unsqueeze": ((1,), "axes"),
+    "CenterCropPad": ((1,), "a shape"), "Col2Im": ((1, 2), "a shape"), "MaxUnpool": ((2,), "a shape"),
+    "DFT": ((1,), "a length"), "STFT": ((2, 3), "a frame length"), "AffineGrid": ((1,), "a size"),
+    "BlackmanWindow": ((0,), "a size"), "HannWindow": ((0,), "a size"), "HammingWindow": ((0,), "a size"),
+    "MelWeightMatrix": ((0, 1), "a size"),
+    **{op: ((1,), "axes") for op in _REDUCE_OPS}}
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.BFLOAT16})
 
 
 def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """Graph outputs whose size depends on the values computed, not only on the input shapes: computed
-    through a :data:`VALUE_SIZED_OPS` node (the non-zeros of a mask, the boxes kept by non-max suppression;
-    in a subgraph of a node on the way too), a TopK whose k is computed at run time, or a Loop's outputs
-    (its trip count and condition may be). Output name → that op. A compressed model computes slightly
-    other values, so such an output can have another size than the original's on the same input."""
+    """Graph outputs whose size depends on the values computed, not only on the input shapes. Output name →
+    the op that makes it so: a :data:`VALUE_SIZED_OPS` node (the non-zeros of a mask, the boxes kept by
+    non-max suppression; in a subgraph of a node on the way too), a Loop (its trip count and condition may
+    be computed), or a node whose size argument (:data:`SIZE_ARGUMENTS`: a Slice's bounds, a TopK's k, a
+    Reshape's shape ...) is computed from the values: from a float tensor the model computes from its inputs
+    (an integer input used as a size, or sizes read off shapes with Shape/Size, stay as they are on both
+    models). A compressed model computes slightly other values, so such an output can have another size
+    than the original's on the same input."""
     from .layers import iter_graphs
 
-    producers = {out: node for node in model.graph.node for out in node.output if out}
-    constants = {init.name for init in model.graph.initializer} | {
-        node.output[0] for node in model.graph.node if node.op_type == "Constant" and node.output}
+    graph = model.graph
+    float_constants = {init.name for init in graph.initializer if init.data_type in _FLOAT_TYPES}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and any(
+                (a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _FLOAT_TYPES)
+                or a.name in ("value_float", "value_floats") for a in node.attribute):
+            float_constants.add(node.output[0])
+    computed = {i.name for i in graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}  # values from floats
+    input_valued = {i.name for i in graph.input} - set(float_constants)  # values from the inputs' values
+    sized: dict[str, str] = {}  # tensor → why its size depends on the values
 
-    def value_sized(node: onnx.NodeProto) -> Optional[str]:
-        if node.op_type in VALUE_SIZED_OPS:
-            return node.op_type
-        if node.op_type == "TopK" and len(node.input) > 1 and node.input[1] not in constants:
-            return "TopK with a k computed at run time"
-        if node.op_type == "Loop":  # its trip count and condition may be computed: as many slices, or growing values
-            return "Loop"
-        for attribute in node.attribute:  # a node of its bodies, by the same rules (If branches, Scan bodies)
+    def inner_value_sized(node: onnx.NodeProto) -> Optional[str]:
+        for attribute in node.attribute:  # a node of its bodies (If branches, Scan bodies)
             for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                inner = next((op for _, graph in iter_graphs(sub) for n in graph.node if (op := value_sized(n))),
-                             None)
-                if inner:
-                    return inner
+                for _, body in iter_graphs(sub):
+                    for n in body.node:
+                        if n.op_type in VALUE_SIZED_OPS or n.op_type == "Loop":
+                            return n.op_type
+                        if n.op_type == "TopK" and len(n.input) > 1 and n.input[1]:
+                            return "TopK with a k computed at run time"
         return None
 
-    found: dict[str, str] = {}
-    for output in model.graph.output:
-        pending, seen = [output.name], set()
-        while pending:
-            name = pending.pop()
-            node = producers.get(name)
-            if node is None or id(node) in seen:
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        why = next((sized[name] for name in inputs if name in sized), None)
+        if node.op_type in ("Shape", "Size"):  # values: the input's shape
+            from_values = bool(why)
+            outputs_valued = from_values
+            why = None
+        else:
+            has_graphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            from_values = has_graphs or any(name in computed for name in inputs) or (
+                any(name in input_valued for name in inputs) and any(name in float_constants for name in inputs))
+            outputs_valued = from_values or has_graphs or any(name in input_valued for name in inputs)
+            if why is None and node.op_type in VALUE_SIZED_OPS:
+                why = node.op_type
+            elif why is None and node.op_type == "Loop":
+                why = "Loop"
+            elif why is None and node.op_type in SIZE_ARGUMENTS:
+                positions, what = SIZE_ARGUMENTS[node.op_type]
+                if any(p < len(node.input) and node.input[p] in computed for p in positions):
+                    why = f"{node.op_type} with {what} computed at run time"
+            elif why is None and has_graphs:
+                why = inner_value_sized(node) or (
+                    "If with a condition computed at run time" if node.op_type == "If" and node.input
+                    and node.input[0] in computed else None)
+        for name in node.output:
+            if not name:
                 continue
-            seen.add(id(node))
-            op = value_sized(node)
-            if op:
-                found[output.name] = op
-                break
-            pending.extend(i for i in node.input if i)
-    return found
+            if from_values:
+                computed.add(name)
+            if outputs_valued:
+                input_valued.add(name)
+            if why:
+                sized[name] = why
+    return {output.name: sized[output.name] for output in graph.output if output.name in sized}
 
 
 def _shape_and_type(value) -> tuple:

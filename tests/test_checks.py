@@ -361,3 +361,54 @@ def test_an_inconsistent_model_is_told_to_drop_its_value_info_only_where_that_is
     message = str(caught.value)
     assert "model is inconsistent" in message and "simplifier" not in message
     assert ("del model.graph.value_info[:]" in message) == stale
+
+
+def _sliced_by_values(bounds_from: str) -> "onnx.ModelProto":
+    """x [N,32] → MatMul → logits [N,10]; 'crop' = logits[:, :end], where 'end' comes from ``bounds_from``:
+    "argmax" (1 + the largest arg-max: the values), "shape" (the logits' width, read with Shape), or "input"
+    (an integer graph input)."""
+    import onnx
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])]
+    if bounds_from == "argmax":
+        nodes += [helper.make_node("ArgMax", ["logits"], ["am"], axis=1, keepdims=0),
+                  helper.make_node("ReduceMax", ["am"], ["mx"], keepdims=1),
+                  helper.make_node("Add", ["mx", "one"], ["end"])]
+    elif bounds_from == "shape":
+        nodes += [helper.make_node("Shape", ["logits"], ["dims"]),
+                  helper.make_node("Gather", ["dims", "one"], ["end"], axis=0)]
+    else:
+        inputs.append(helper.make_tensor_value_info("end", TensorProto.INT64, [1]))
+    nodes.append(helper.make_node("Slice", ["logits", "zero", "end", "one"], ["crop"]))
+    graph = helper.make_graph(
+        nodes, "crop", inputs, [helper.make_tensor_value_info("crop", TensorProto.FLOAT, ["N", "M"])],
+        [numpy_helper.from_array(rng.standard_normal((32, 10)).astype(np.float32), "W"),
+         numpy_helper.from_array(np.array([1], np.int64), "one"),
+         numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_size_argument_computed_from_the_values_makes_an_output_value_sized():
+    """A Slice whose end came from an arg-max made compress stop with "this is a bug in onnx-alds" (the
+    compressed model's output had another width); sizes read off shapes or given as an integer input do not
+    move with the values and keep the exact shape check."""
+    from onnx_alds.checks import value_sized_outputs
+
+    assert value_sized_outputs(_sliced_by_values("argmax")) == {"crop": "Slice with bounds computed at run time"}
+    assert value_sized_outputs(_sliced_by_values("shape")) == {}
+    assert value_sized_outputs(_sliced_by_values("input")) == {}
+
+
+def test_a_model_with_a_value_sized_slice_compresses(tmp_path):
+    import onnx
+    from onnx_alds import compress
+
+    path = tmp_path / "crop.onnx"
+    onnx.save(_sliced_by_values("argmax"), path)
+    result = compress(path, keep_params=0.3, rank_multiple=1)
+    assert result.report.layers[0].groups and result.report.layers[0].rank < 10
+    onnx.checker.check_model(result.model, full_check=True)
