@@ -27,7 +27,8 @@ from .allocate import DENSE, Allocation, LayerChoice, allocate_lrank, allocate_m
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
-from .errors import BudgetError, InputDataError, OnnxAldsError, UnsupportedModelError, ratio_at_least
+from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError,
+                     ratio_at_least)
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
                      find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
@@ -739,14 +740,14 @@ def check_workers_have_calibration(workers, calibration, data=None) -> None:
 
 
 def check_compress_keywords(function: str, keywords: Mapping[str, Any]) -> None:
-    """Raise :class:`InputDataError` naming ``function`` for a keyword that :func:`compress` does not take
+    """Raise :class:`UnknownOptionError` naming ``function`` for a keyword that :func:`compress` does not take
     (``make_plan`` passes compress's keywords on)."""
     import inspect
 
     known = [name for name in inspect.signature(compress).parameters if name != "model"]
     unknown = sorted(set(keywords) - set(known))
     if unknown:
-        raise InputDataError(f"{function}() got unknown option(s) {', '.join(unknown)}; it takes compress's keywords: "
+        raise UnknownOptionError(f"{function}() got unknown option(s) {', '.join(unknown)}; it takes compress's keywords: "
                              f"{', '.join(known)}")
 
 
@@ -1178,12 +1179,15 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  from_plan=allocation.search.startswith("plan"))
     if data_aware:
         steps = data_aware_steps(data)
-        shrunk = sorted(((value.shrinkage, name, value.count) for name, value in stats.items()), reverse=True)
+        factorized = {layer.name for layer, _ in plan}  # (a plan applied measures no other layer)
+        shrunk = sorted(((value.shrinkage, name, value.count) for name, value in stats.items() if name in factorized),
+                        reverse=True)
         if shrinkage and shrunk and shrunk[0][0] >= 0.01:
             extra_notes.append("moment shrinkage toward a scaled identity (Ledoit-Wolf weight α; large where the calibration "
                                "vectors are few or alike for the dimension): " + ", ".join(
                 f"{name} α={alpha:.2f} ({count} vectors)" for alpha, name, count in shrunk[:3] if alpha >= 0.01))
-        silent = sorted(name for name, value in stats.items() if not np.any(value.second_moment))
+        silent = sorted(name for name, value in stats.items()
+                        if name in factorized and not np.any(value.second_moment))
         if silent:
             extra_notes.append(f"{len(silent)} layers read an input that is zero on every calibration input (first: "
                                f"'{silent[0]}'): the calibration says nothing of them, so their error figures are "
@@ -1353,7 +1357,8 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
     if not unaligned or (rank_multiple % FAST_RANK_MULTIPLE == 0 and not applied):
         return ()
     fix = (f"ranks that are multiples of {FAST_RANK_MULTIPLE} in the plan align them"
-           if applied else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them")
+           if applied else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them" + (
+               f"; this run's {rank_multiple} does not" if rank_multiple > 1 else ""))
     return (f"{len(unaligned)} factorized layers have ranks that are not multiples of {FAST_RANK_MULTIPLE} (first: "
             f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
             f"counts, so fewer MACs may not run faster ({fix})",)

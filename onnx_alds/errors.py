@@ -38,6 +38,11 @@ class InputDataError(OnnxAldsError):
     """Calibration or validation inputs are missing, malformed or do not match the model."""
 
 
+class UnknownOptionError(InputDataError, TypeError):
+    """A keyword a function does not take (``make_plan`` and ``distill``, which pass keywords on): a
+    ``TypeError``, as Python raises for the other functions' misspelled keywords, that names the valid ones."""
+
+
 class RandomInputsError(InputDataError):
     """Random inputs cannot be made for the model (a string input) or do not fit it (ids that reach a small
     table through other ops): real inputs are needed. ``reason``: the problem alone, without the fix."""

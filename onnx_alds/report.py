@@ -94,10 +94,23 @@ class CompressionReport:
     pruned: tuple = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field; each layer also gets ``note``, the table's note column (why it is kept dense: its
+        ``skip_reason``, or the allocation or the plan; "pointwise-first"; "" otherwise)."""
+        data = asdict(self)
+        for row, layer in zip(data["layers"], self.layers):
+            row["note"] = self.layer_note(layer)
+        return data
 
     def save_json(self, path: Union[str, Path]) -> None:
         write_json(self.to_dict(), path)
+
+    def layer_note(self, layer: LayerReport) -> str:
+        """The note the table prints for ``layer``."""
+        if layer.skip_reason:
+            return layer.skip_reason
+        if layer.groups == 0:
+            return "kept dense by the plan" if self.search.startswith("plan") else "kept dense by the allocation"
+        return "pointwise-first" if layer.order == "pointwise-first" else ""
 
     def format(self) -> str:
         """The plan per layer and the totals, as printed by ``onnx-alds compress``."""
@@ -117,9 +130,7 @@ class CompressionReport:
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
                 f"{layer.error:.4g}" if weighted else f"{layer.error:.4f}", *time_cell,  # (weights can be 1e-7)
-                layer.skip_reason or (("kept dense by the plan" if self.search.startswith("plan")
-                                       else "kept dense by the allocation") if layer.groups == 0
-                                      else "pointwise-first" if layer.order == "pointwise-first" else ""),
+                self.layer_note(layer),
             ))
         lines = [format_table(rows), ""]
         ratio_params = self.params_after / self.params_before if self.params_before else 1.0

@@ -150,6 +150,23 @@ def test_make_plan_takes_compress_keywords_and_names_unknown_ones():
         make_plan(small_cnn(), keep_param=0.6)
 
 
+def test_a_misspelled_keyword_is_a_type_error_from_every_function():
+    """make_plan raised an InputDataError for a keyword it does not take where compress, analyze, validate
+    and bench raise Python's TypeError: a script catching one kind missed the other."""
+    from onnx_alds import analyze
+    from onnx_alds.bench import bench
+    from onnx_alds.validate import validate
+
+    calls = [lambda: compress(small_cnn(), keep_params=0.6, rankmultiple=16),
+             lambda: make_plan(small_cnn(), keep_params=0.6, rankmultiple=16),
+             lambda: analyze(small_cnn(), rankmultiple=16),
+             lambda: validate(small_cnn(), small_cnn(), inputs=_calibration(), tol=1),
+             lambda: bench([small_cnn()], batch=4)]
+    for call in calls:
+        with pytest.raises(TypeError, match="rankmultiple|tol|batch"):
+            call()
+
+
 def test_validate_of_a_light_result_says_how_to_get_the_weights(tmp_path):
     model = small_cnn(width=48)  # conv3's weight is over the light-model threshold, and stays dense
     path = tmp_path / "cnn.onnx"
@@ -337,6 +354,8 @@ def test_distill_options_are_checked_as_the_other_functions_check_theirs():
                             (dict(settings={"steps": 2}), "give an onnx_alds.distill.DistillSettings")):
         with pytest.raises(InputDataError, match=match):
             distill(small_cnn(), small_cnn(), _calibration(), **keywords)
+    with pytest.raises(TypeError, match="unknown option"):
+        distill(small_cnn(), small_cnn(), _calibration(), step=2)
 
 
 def test_a_light_results_model_is_read_with_its_own_store_only(tmp_path):

@@ -996,3 +996,29 @@ def test_an_unreachable_budget_names_the_layers_no_rank_of_the_multiple_shrinks(
     with pytest.raises(BudgetError) as finer:
         onnx_alds.compress(small_cnn(width=32), keep_flops=0.05, rank_multiple=8)
     assert "no rank of the multiple" not in str(finer.value)  # every layer shrinks at rank 8
+
+
+def test_the_report_json_gives_each_layer_the_tables_note(tmp_path):
+    """A layer the allocation kept dense had "skip_reason": null and no other word in --report's JSON, where
+    the table said "kept dense by the allocation"."""
+    import json
+
+    result = onnx_alds.compress(small_cnn(), keep_params=0.9, exclude=["fc"])
+    result.report.save_json(tmp_path / "report.json")
+    rows = {row["name"]: row for row in json.loads((tmp_path / "report.json").read_text())["layers"]}
+    table = result.report.format()
+    dense = [name for name, row in rows.items() if row["groups"] == 0 and row["skip_reason"] is None]
+    assert dense and all(rows[name]["note"] == "kept dense by the allocation" for name in dense)
+    assert rows["fc"]["skip_reason"] and rows["fc"]["note"] == rows["fc"]["skip_reason"]
+    assert all(row["note"] == "" for row in rows.values() if row["groups"])
+    assert all(row["note"] in table for row in rows.values())
+
+
+def test_the_alignment_note_says_the_chosen_rank_multiple_does_not_align():
+    """With --rank-multiple 4 the note advised "--rank-multiple 16 aligns them" as if the flag given had been
+    ignored; it now says the run's multiple does not."""
+    notes = onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=4).report.notes
+    note = next(note for note in notes if "not multiples of 16" in note)
+    assert "--rank-multiple 16 aligns them; this run's 4 does not" in note
+    plain = onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1).report.notes
+    assert any(note.endswith("(--rank-multiple 16 aligns them)") for note in plain)

@@ -1212,3 +1212,22 @@ def test_a_plan_matches_a_branch_layer_across_an_identity_chain(made_with_identi
     applied = apply_plan(build(not made_with_identity), plan)
     assert sorted((r.name, r.rank) for r in applied.report.layers if r.groups) == \
         sorted((layer.name, layer.rank) for layer in plan.layers if layer.option == "factorized")
+
+
+def test_notes_name_only_factorized_layers_so_a_plan_applied_says_what_compress_says():
+    """compress noted the calibration shrinkage of the bundled ResNet's classifier, which its plan keeps dense
+    (so a plan applied, which measures only the layers it factorizes, left the note out of the same model)."""
+    from onnx_alds import compress
+    from onnx_alds.demo import CALIBRATION, MODEL, bundled
+    from onnx_alds.inputs import load_inputs
+
+    model = str(bundled(MODEL))
+    calibration = load_inputs(model, npz=bundled(CALIBRATION))
+    direct = compress(model, keep_flops=0.5, rank_multiple=16, calibration=calibration)
+    applied = apply_plan(model, make_plan(model, keep_flops=0.5, rank_multiple=16, calibration=calibration),
+                         calibration)
+    assert direct.model.SerializeToString() == applied.model.SerializeToString()
+    dense = [row.name for row in direct.report.layers if row.groups == 0]
+    assert "/fc/Gemm" in dense
+    assert not any(name in note for name in dense for note in direct.report.notes if "shrinkage" in note)
+    assert direct.report.notes == applied.report.notes
