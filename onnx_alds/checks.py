@@ -516,9 +516,7 @@ def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
                 if any(p < len(node.input) and node.input[p] in computed for p in positions):
                     why = f"{node.op_type} with {what} computed at run time"
             elif why is None and has_graphs:
-                why = inner_value_sized(node) or (
-                    "If with a condition computed at run time" if node.op_type == "If" and node.input
-                    and node.input[0] in computed else None)
+                why = inner_value_sized(node)
         for name in node.output:
             if not name:
                 continue
