@@ -8,17 +8,20 @@ batch is split into samples along it, any other output is one sample per batch):
 
 * every kind: ``abs`` — max ``|c - o|`` over all elements; ``rel`` — relative L2 error
   ``‖c_i - o_i‖₂ / ‖o_i‖₂`` (max and mean over samples); ``cos`` — cosine similarity of ``c_i``
-  and ``o_i`` (min and mean over samples);
-* ``classifier`` (2-D float ``[N, C]``, C ≥ 2): ``top1`` — fraction of samples with the same arg-max
-  class; ``top5`` — fraction whose original class is among the compressed model's 5 highest (C > 5;
-  a class tied with others counts behind them, unless it is the compressed arg-max);
+  and ``o_i`` (min and mean over samples; not measured where a sample is one value: only its sign);
+  integer, boolean and string outputs, whatever their kind: the fraction of values that differ;
+* ``classifier`` (2-D float ``[N, C]``, C ≥ 2, unless a TopK's values or every row sorted past chance):
+  ``top1`` — fraction of samples with the same arg-max class; ``top5`` — fraction whose original
+  class is among the compressed model's 5 highest (C > 5; a class tied with others counts behind
+  them, unless it is the compressed arg-max);
   with labels, top-1 accuracy of both models and the drop (the first classifier output);
 * ``embedding`` (2-D float ``[N, D]`` whose rows have unit L2 norm or whose name says embedding /
   pooler; a 3-D ``[N, T, D]`` output only when stated, mean-pooled over T, weighted by an input named
   ``attention_mask`` when there is one): ``nn`` — fraction of samples whose nearest other sample
   (cosine similarity, over the whole evaluation set) is the same by both models;
 * ``sequence`` (3-D float ``[N, T, C]``, C ≥ 2): ``pos`` — fraction of positions with the same
-  arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical;
+  arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical (neither
+  measured when T = 0);
 * ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1): ``iou`` — with C = 1 the IoU of the binary
   masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
   i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
@@ -27,9 +30,9 @@ batch is split into samples along it, any other output is one sample per batch):
 
 Tolerances: an output fails when a figure it has misses a stated limit, or, where no limit for that
 figure was stated, the default limit of its kind (:data:`DEFAULT_TOLERANCES`); ``figures_only=True``
-checks nothing. Memory stays bounded by one batch of outputs plus, for embeddings, the embedding
-vectors of the evaluation set. ``validate_and_bench`` adds a latency comparison and a one-line
-summary for ``compress --validate``.
+checks nothing. An output the graph lists twice is compared once. Memory stays bounded by one
+batch of outputs plus, for embeddings, the embedding vectors of the evaluation set.
+``validate_and_bench`` adds a latency comparison and a one-line summary for ``compress --validate``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 ModelArg = Union[str, os.PathLike, onnx.ModelProto]
 
 CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION = "classifier", "embedding", "sequence", "dense", "regression"
+SORTED_ROWS = "every row sorted"  # 2-D outputs that are not a classifier's scores (detect_kind)
 EXACT_COMPARISON = "compared element by element"  # integer and boolean outputs (detect_kind)
 KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
@@ -191,8 +195,8 @@ class OutputComparison:
     max_abs_error: float
     max_rel_error: float
     mean_rel_error: float
-    min_cosine: float
-    mean_cosine: float
+    min_cosine: Optional[float]  # None: one value per sample, whose cosine is only its sign
+    mean_cosine: Optional[float]
     top1_agreement: Optional[float] = None
     top5_agreement: Optional[float] = None
     accuracy_original: Optional[float] = None
@@ -207,6 +211,7 @@ class OutputComparison:
     iou_rule: Optional[str] = None
     applied: tuple[AppliedTolerance, ...] = ()
     unchecked: tuple[str, ...] = ()
+    compared_exactly: bool = False  # integer, boolean or string values: rel is the fraction that differ
 
     @property
     def passed(self) -> bool:
@@ -223,11 +228,13 @@ class OutputComparison:
         boolean outputs ``differ=… (mean …)``, the fraction of values that differ (``rel`` holds it)."""
         if self.samples == 0:  # (no batch had outputs of one size in both models: nothing to put a figure on)
             return "not compared"
-        if EXACT_COMPARISON in self.kind_reason:
+        if self.compared_exactly:
             parts = [f"differ={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})"]
         else:
+            cosine = ("cos=n/a" if self.min_cosine is None  # (one value per sample)
+                      else f"cos={self.min_cosine:.6f} (mean {self.mean_cosine:.6f})")
             parts = [f"rel={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})", f"abs={self.max_abs_error:.3g}",
-                     f"cos={self.min_cosine:.6f} (mean {self.mean_cosine:.6f})"]
+                     cosine]
         if self.top1_agreement is not None:
             parts.append(f"top1={self.top1_agreement:.4f}")
         if self.top5_agreement is not None:
@@ -239,6 +246,8 @@ class OutputComparison:
             parts.append("nn=n/a" if self.nn_agreement is None else f"nn={self.nn_agreement:.4f}")
         if self.position_agreement is not None:
             parts.append(f"pos={self.position_agreement:.4f} seq={self.sequence_agreement:.4f}")
+        elif self.kind == SEQUENCE:  # (no positions: T = 0)
+            parts.append("pos=n/a seq=n/a")
         if self.iou is not None:
             parts.append(f"iou={self.iou:.4f}")
         return " ".join(parts)
@@ -354,6 +363,9 @@ class ValidationReport:
                    "(--figures-only)")
             if first.kind in ("sequence", "dense") and first.kind_reason != "--output-kind":  # read off the shape
                 fix += f"; if '{first.name}' is not a {first.kind} output, say what it is (--output-kind {first.name}=KIND)"
+            elif SORTED_ROWS in first.kind_reason:
+                fix += (f"; if '{first.name}' holds a classifier's scores, say so (--output-kind "
+                        f"{first.name}={CLASSIFIER})")
         else:
             fix = "relax the tolerance or compress less"
         return f"output '{first.name}': {first.failures[0]}{more}; {fix}"
@@ -418,8 +430,9 @@ def _shape_text(array: np.ndarray) -> str:
     return "[" + ", ".join(["N", *(str(d) for d in array.shape[1:])]) + "]"
 
 
-def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str, str]:
-    """The kind of an output from its first batch in the original model, and the reason in words."""
+def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values: bool = False) -> tuple[str, str]:
+    """The kind of an output from its first batch in the original model, and the reason in words;
+    ``topk_values``: the graph computes it as a TopK's values (:func:`topk_value_outputs`)."""
     if not batched:
         return REGRESSION, "first dim is not the batch"
     if not np.issubdtype(array.dtype, np.floating):
@@ -427,6 +440,9 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str
     shape = _shape_text(array)
     if array.ndim >= 3 and CACHE_NAME.search(name):
         return REGRESSION, f"{array.ndim}-D float {shape}, name says a key/value cache"
+    if topk_values and array.ndim in (2, 3):
+        return REGRESSION, (f"{array.ndim}-D float {shape}, {SORTED_ROWS} (a TopK's values): its arg-max is a fixed "
+                            "column, so an agreement of arg-maxes would be 1 for any model")
     if array.ndim == 2 and array.shape[1] >= 2:
         rows = array.astype(np.float64)
         if np.all((rows >= 0) & (rows <= 1)) and np.all(np.abs(rows.sum(axis=1) - 1) <= NORM_TOLERANCE):
@@ -435,12 +451,48 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True) -> tuple[str
             return EMBEDDING, f"2-D float {shape}, rows of unit L2 norm"
         if EMBEDDING_NAME.search(name):
             return EMBEDDING, f"2-D float {shape}, name says embedding"
+        if _sorted_beyond_chance(rows):
+            return REGRESSION, (f"2-D float {shape}, {SORTED_ROWS} (a sort's values?): its arg-max is a fixed column, "
+                                "so top-1 agreement would be 1 for any model")
         return CLASSIFIER, f"2-D float {shape}"
     if array.ndim == 3 and array.shape[2] >= 2:
         return SEQUENCE, f"3-D float {shape}"
     if array.ndim == 4:
         return DENSE, f"4-D float {shape}, channels on axis 1"
     return REGRESSION, f"{array.ndim}-D float {shape}"
+
+
+SORTED_BY_CHANCE = 1e-3  # rows of scores in random order are all sorted with at most this probability
+
+
+def _sorted_beyond_chance(rows: np.ndarray) -> bool:
+    """Whether every row is monotone (non-increasing or non-decreasing) along axis 1 where scores in random
+    order would rarely be: ``R`` rows of ``C`` distinct values are all monotone with probability
+    ``(2 / C!)^R``, which must be ≤ :data:`SORTED_BY_CHANCE` (C = 3 needs 7 rows, C = 5 two, C ≥ 7 one; with
+    2 columns every row is monotone). Such rows are TopK values or a sort's output, whose arg-max is always
+    the first or last column, not a classifier's scores."""
+    count, classes = rows.shape
+    if classes < 3 or count * (math.lgamma(classes + 1) - math.log(2)) < -math.log(SORTED_BY_CHANCE):
+        return False
+    steps = np.diff(rows, axis=1)
+    return bool(np.all(np.all(steps <= 0, axis=1) | np.all(steps >= 0, axis=1)))
+
+
+TOPK_PASSTHROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze")  # keep a TopK's row order
+
+
+def topk_value_outputs(model: onnx.ModelProto) -> frozenset[str]:
+    """Graph outputs that are a TopK's values (its first output, through :data:`TOPK_PASSTHROUGH` ops): sorted
+    along the last axis by construction, whatever the batch shows."""
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    found = set()
+    for output in model.graph.output:
+        name, node = output.name, producers.get(output.name)
+        while node is not None and node.op_type in TOPK_PASSTHROUGH and node.input:
+            name, node = node.input[0], producers.get(node.input[0])
+        if node is not None and node.op_type == "TopK" and node.output[0] == name:
+            found.add(output.name)
+    return frozenset(found)
 
 
 _KIND_NEEDS = {
@@ -574,6 +626,8 @@ class _Accumulator:
         # taken against the output's mean norm over the other samples (dividing by 0 would fail any tolerance)
         self.zero_reference: list[np.ndarray] = []
         self.reference_norm_sum, self.reference_count = 0.0, 0
+        self.compared_exactly = False  # integer, boolean or string values (:meth:`_add_exact`)
+        self.single_values = True  # every float sample so far holds one value: its cosine is only its sign
 
     def add(self, original: np.ndarray, compressed: np.ndarray,
             feed: Optional[Mapping[str, np.ndarray]] = None) -> None:
@@ -609,6 +663,7 @@ class _Accumulator:
         rows_o = o.reshape(o.shape[0], -1) if self.batched else o.reshape(1, -1)
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
+        self.single_values &= rows_o.shape[1] == 1
         self._add_rel_cos(rows_o, rows_c, skip=aside if aside is not None and len(aside) == rows_o.shape[0] else None)
         if self.kind == CLASSIFIER:
             self._add_classifier(raw_o.reshape(rows_o.shape), raw_c.reshape(rows_o.shape), start)
@@ -635,6 +690,7 @@ class _Accumulator:
 
     def _add_exact(self, original: np.ndarray, compressed: np.ndarray) -> None:
         """Labels, indices, strings, flags: the fraction of entries that differ per sample."""
+        self.compared_exactly = True
         rows_o = original.reshape(original.shape[0], -1) if self.batched else original.reshape(1, -1)
         rows_c = compressed.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
@@ -755,6 +811,20 @@ class _Accumulator:
             return 1.0, rule
         return float(np.mean(self.intersection[present] / self.union[present])), rule
 
+    def _single_values(self) -> bool:
+        """Float samples of one value each ([N], [N, 1], a scalar per batch): no cosine, only a relative error."""
+        return self.single_values and self.float_values > 0
+
+    def _unmeasured(self, figure: str) -> Optional[str]:
+        """Why ``figure`` has no value on this output, where the data say why (None: not known)."""
+        if figure == "mean_cosine" and self._single_values():
+            return "one value per sample: its cosine is only the sign"
+        if figure == "nn_agreement":
+            return f"needs ≥ {MIN_NN_SAMPLES} samples"
+        if figure in ("position_agreement", "sequence_agreement") and self.samples and not self.positions:
+            return "no positions: T = 0"
+        return None
+
     def result(self, limits: Mapping[str, tuple[float, bool]]) -> OutputComparison:
         """The figures, checked against ``limits`` (tolerance name → (limit, is default))."""
         rel = np.concatenate(self.rel + [self._zero_reference_rel()]) if self.rel else np.zeros(0)
@@ -766,11 +836,14 @@ class _Accumulator:
             mean_rel_error=float(np.mean(rel)) if rel.size else 0.0,
             min_cosine=float(np.min(cos)) if cos.size else no_cosine,
             mean_cosine=float(np.mean(cos)) if cos.size else no_cosine)
+        if self._single_values():
+            figures["min_cosine"] = figures["mean_cosine"] = None
         reason = self.reason
         if self.float_values and self.shared_nonfinite >= self.float_values:  # nothing left to compare
             figures = {name: math.nan for name in figures}
             return OutputComparison(
                 name=self.name, shape=self.shape, samples=self.samples, kind=self.kind, kind_reason=reason,
+                compared_exactly=self.compared_exactly,
                 failures=(f"every value is NaN or Inf in both models ({self.shared_nonfinite} values): nothing to "
                           "compare; give inputs on which the original computes finite outputs",) if limits else (),
                 **figures)
@@ -789,8 +862,8 @@ class _Accumulator:
             if self.embeddings_o and len(self.shape) == 2:
                 reason += (f"; mean-pooled over axis 1 weighted by input '{ATTENTION_MASK}'" if self.pooled_with_mask
                            else "; mean-pooled over axis 1")
-        elif self.kind == SEQUENCE and self.samples:
-            figures["position_agreement"] = self.position_matches / max(self.positions, 1)
+        elif self.kind == SEQUENCE and self.positions:  # (no positions, T = 0: nothing to agree on, not measured)
+            figures["position_agreement"] = self.position_matches / self.positions
             figures["sequence_agreement"] = self.sequence_matches / self.samples
         elif self.kind == DENSE:
             figures["iou"], figures["iou_rule"] = self._iou()
@@ -803,9 +876,9 @@ class _Accumulator:
             if check.figure == "accuracy_drop" and "accuracy_original" in figures:
                 value = figures["accuracy_original"] - figures["accuracy_compressed"]
             if value is None:
-                if default:
-                    why = f"needs ≥ {MIN_NN_SAMPLES} samples" if name == "min_nn_agreement" else "not available"
-                    unchecked.append(f"{_flag(name)} not checked ({why})")
+                why = self._unmeasured(check.figure)
+                if default or why:
+                    unchecked.append(f"{_flag(name)} not checked ({why or 'not available'})")
                 continue
             passed = value <= limit if check.upper else value >= limit
             applied.append(AppliedTolerance(name, limit, default, float(value), bool(passed)))
@@ -813,7 +886,8 @@ class _Accumulator:
         failures = tuple(t.failure(self.kind) for t in missed)
         return OutputComparison(
             name=self.name, shape=self.shape, samples=self.samples, failures=failures, kind=self.kind,
-            kind_reason=reason, applied=tuple(applied), unchecked=tuple(unchecked), **figures)
+            kind_reason=reason, applied=tuple(applied), unchecked=tuple(unchecked),
+            compared_exactly=self.compared_exactly, **figures)
 
 
 def check_label_range(labels: np.ndarray, output: str, classes: int) -> None:
@@ -959,8 +1033,10 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     ort = import_onnxruntime()
     session_o = make_session(original, provider, threads=threads)  # (a path, or the caller's own proto)
     session_c = make_session(compressed, provider, threads=threads)
-    output_names = [o.name for o in session_o.get_outputs() if o.type.startswith("tensor(")]
-    others = [f"'{o.name}' ({o.type})" for o in session_o.get_outputs() if not o.type.startswith("tensor(")]
+    # each distinct output once, in the graph's order: a graph may list one output twice
+    distinct = list({o.name: o for o in session_o.get_outputs()}.values())
+    output_names = [o.name for o in distinct if o.type.startswith("tensor(")]
+    others = [f"'{o.name}' ({o.type})" for o in distinct if not o.type.startswith("tensor(")]
     if others:
         if not output_names:
             raise UnsupportedModelError(f"the model has no tensor output to compare (outputs: {', '.join(others)}); "
@@ -979,7 +1055,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         values_c = _run_validation(session_c, output_names, feed, "compressed", inputs.is_random)
         if not accumulators:
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels,
-                                               declared=_fixed_first_dims(original_model))
+                                               declared=_fixed_first_dims(original_model),
+                                               topk_values=topk_value_outputs(original_model))
             first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
@@ -1079,11 +1156,12 @@ def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:
 
 def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,
                         output_kinds: Mapping[str, str], stated: Tolerances,
-                        labels: Optional[np.ndarray], declared: Optional[Mapping[str, int]] = None
-                        ) -> dict[str, _Accumulator]:
+                        labels: Optional[np.ndarray], declared: Optional[Mapping[str, int]] = None,
+                        topk_values: frozenset[str] = frozenset()) -> dict[str, _Accumulator]:
     """Choose every output's kind on the first batch, check what was stated against it, and start;
     ``declared``: outputs whose first dim the model declares fixed (:func:`_fixed_first_dims`): where the
-    first batch's output has that size, its first axis is not the batch."""
+    first batch's output has that size, its first axis is not the batch; ``topk_values``: outputs that are a
+    TopK's values (:func:`topk_value_outputs`)."""
     declared = declared or {}
     unbatched = {name for name, value in zip(names, first) if value.ndim and value.shape[0] == declared.get(name)}
     kinds: dict[str, tuple[str, str, bool]] = {}
@@ -1100,7 +1178,7 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
                                value.shape[-1] if value.ndim else None, f"{value.dtype} of shape {value.shape}")
             kinds[name] = (kind, "--output-kind", batched)
         else:
-            kind, reason = detect_kind(name, value, batched)
+            kind, reason = detect_kind(name, value, batched, topk_values=name in topk_values)
             kinds[name] = (kind, reason, batched)
     present = {kind for kind, _, _ in kinds.values()}
     listing = ", ".join(f"{n}={k}" for n, (k, _, _) in kinds.items())
@@ -1303,19 +1381,24 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
             parts.append(f"accuracy {share(head.accuracy_original)} -> {share(head.accuracy_compressed)} "
                          f"(drop {head.accuracy_drop:+.3f})")
     elif head is not None and head.kind == EMBEDDING:
-        parts.append(f"mean cosine {head.mean_cosine:.4f}")
+        parts.append("mean cosine n/a" if head.mean_cosine is None else f"mean cosine {head.mean_cosine:.4f}")
         if head.nn_agreement is not None:
             parts.append(f"nearest-neighbour agreement {_share_format(head.samples)(head.nn_agreement)}")
     elif head is not None and head.kind == SEQUENCE:
-        parts.append(f"position agreement {head.position_agreement:.3f}, "
-                     f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")
+        if head.position_agreement is None:
+            parts.append("position agreement n/a" + (" (no positions)" if head.samples else ""))
+        else:
+            parts.append(f"position agreement {head.position_agreement:.3f}, "
+                         f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")
     elif head is not None and head.kind == DENSE:
         parts.append(f"IoU {head.iou:.3f}")
     elif report.outputs:
-        exact = [o for o in report.outputs if EXACT_COMPARISON in o.kind_reason]  # labels, flags: no distance
+        exact = [o for o in report.outputs if o.compared_exactly]  # labels, flags: no distance
         measured = [o for o in report.outputs if o not in exact]
+        cosines = [o.min_cosine for o in measured if o.min_cosine is not None]  # (one value per sample: none)
+        if cosines:
+            parts.append(f"min cosine {min(cosines):.4f}")
         if measured:
-            parts.append(f"min cosine {min(o.min_cosine for o in measured):.4f}")
             parts.append(f"max rel error {max(o.max_rel_error for o in measured):.3g}")
         parts += [f"'{o.name}' agreement {1.0 - o.mean_rel_error:.2f} (values equal, compared exactly)"
                   for o in exact[:3]]

@@ -385,8 +385,9 @@ def test_regression_default_catches_a_scale_error_that_cosine_misses():
     report = validate(original, scaled, inputs=load_inputs(original, random=10))
     (out,) = report.outputs
     assert out.kind == "regression" and out.kind_reason == "2-D float [N, 1]"
-    # c = 1.5 o: every sample's relative error is exactly 0.5 and its cosine exactly 1
-    assert out.mean_rel_error == pytest.approx(0.5) and out.min_cosine == pytest.approx(1.0)
+    # c = 1.5 o: every sample's relative error is exactly 0.5 (a cosine would be exactly 1; of one value per
+    # sample none is measured at all)
+    assert out.mean_rel_error == pytest.approx(0.5) and out.min_cosine is None
     assert out.failures == ("mean rel=0.5 > max-mean-rel=0.1 (default for regression outputs)",)
 
 
@@ -710,7 +711,7 @@ def test_validate_and_bench_summary(saved):
 
 
 def test_summary_without_classifier_reports_cosine():
-    original = np.ones((2, 1))
+    original = np.ones((2, 3))
     out = compare_output("emb", original, original, classifier=False, labels=None, tolerances=Tolerances(),
                          check_accuracy=False)
     from onnx_alds.validate import ValidationReport
@@ -981,17 +982,18 @@ def test_samples_where_the_original_output_is_zero_are_measured_against_the_outp
     """A ReLU score that is exactly 0 on some samples: any difference there gave rel = inf, and no tolerance
     (not even --max-mean-rel 1e30) could pass a model off by 1e-4."""
     rng = np.random.default_rng(2)
-    original = np.maximum(rng.standard_normal((100, 1)), 0.0)
+    original = np.maximum(rng.standard_normal((100, 1)), 0.0) * [1.0, 2.0]  # two values per sample: a cosine
     compressed = original + 1e-4
     result = compare_output("score", original, compressed, classifier=False, labels=None,
                             tolerances=Tolerances(max_mean_rel=0.01), check_accuracy=False)
     zero = original[:, 0] == 0
-    scale = float(np.mean(np.abs(original[~zero, 0])))
+    norms, diff = np.linalg.norm(original, axis=1), 1e-4 * np.sqrt(2)
+    scale = float(np.mean(norms[~zero]))
     assert zero.sum() > 20 and result.passed
-    expected = np.concatenate([1e-4 / np.abs(original[~zero, 0]), np.full(zero.sum(), 1e-4 / scale)])
+    expected = np.concatenate([diff / norms[~zero], np.full(zero.sum(), diff / scale)])
     assert result.mean_rel_error == pytest.approx(float(np.mean(expected)), rel=1e-6)  # zero samples: over the scale
     assert result.min_cosine == pytest.approx(1.0)  # the zero samples have no cosine
-    every_zero = compare_output("score", np.zeros((5, 1)), np.full((5, 1), 1e-4), classifier=False, labels=None,
+    every_zero = compare_output("score", np.zeros((5, 2)), np.full((5, 2), 1e-4), classifier=False, labels=None,
                                 tolerances=Tolerances(max_mean_rel=0.01), check_accuracy=False)
     assert every_zero.max_rel_error == np.inf and not every_zero.passed
     assert every_zero.min_cosine == every_zero.mean_cosine == 0.0  # not a perfect 1.0 that no sample has
@@ -1491,3 +1493,109 @@ def test_bench_bounds_random_ids_by_a_large_int64_offset(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     report = bench([tmp_path / "m.onnx"], batch_sizes=(2,), runs=3, warmup=1, min_time_s=0.0)
     assert report.timings and report.timings[0].median_ms > 0
+
+
+# --- outputs whose shape misleads the figures ----------------------------------------------------------
+
+
+def _topk_scores(weight_seed: int) -> onnx.ModelProto:
+    """``scores`` = the 5 largest of ``x @ W`` (TopK values, sorted): rows of a classifier's shape, but sorted."""
+    weight = np.random.default_rng(weight_seed).standard_normal((8, 12)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["s"]),
+             helper.make_node("TopK", ["s", "k"], ["scores", "ids"], axis=1)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                  [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
+                  [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.array([5], np.int64), "k")])
+
+
+def test_sorted_rows_are_no_classifier_so_a_broken_topk_model_fails():
+    """TopK values were a classifier: their arg-max is always column 0, so top-1 agreement was 1 for any model."""
+    inputs = InputSet({"x": np.random.default_rng(3).standard_normal((20, 8)).astype(np.float32)}, source="t")
+    report = validate(_topk_scores(0), _topk_scores(7), inputs=inputs)
+    (out,) = report.outputs
+    assert out.kind == "regression" and "sorted" in out.kind_reason and out.top1_agreement is None
+    assert not report.passed and "(default for regression outputs)" in out.failures[0]
+    assert report.failure_message().endswith("say so (--output-kind scores=classifier)")
+    assert "'scores' regression (2-D float [N, 5], every row sorted" in report.kinds_line()
+    stated = validate(_topk_scores(0), _topk_scores(7), inputs=inputs, output_kinds={"scores": "classifier"})
+    assert stated.outputs[0].kind == "classifier" and stated.outputs[0].top1_agreement == 1.0
+
+
+def test_sorted_rows_are_told_from_chance_and_topk_values_are_known_by_the_graph():
+    """A 3-class classifier's one row is sorted one time in three: sortedness alone counts only past chance
+    (probability (2/C!)^R ≤ 1e-3); a TopK's values are known from the graph whatever the batch shows, as 2-D
+    rows or as [N, T, k] positions."""
+    from onnx_alds.validate import detect_kind, topk_value_outputs
+
+    sorted_row = np.array([[3.0, 2.0, 1.0]], np.float32)
+    assert detect_kind("logits", sorted_row)[0] == "classifier"
+    assert detect_kind("logits", np.repeat(sorted_row, 7, axis=0))[0] == "regression"
+    assert detect_kind("logits", np.repeat(sorted_row, 6, axis=0))[0] == "classifier"
+    assert detect_kind("scores", sorted_row, topk_values=True)[0] == "regression"
+    assert detect_kind("scores", np.zeros((2, 4, 3), np.float32), topk_values=True)[0] == "regression"
+    assert topk_value_outputs(_topk_scores(0)) == {"scores"}
+    flat = _topk_scores(0)
+    flat.graph.node.append(helper.make_node("Identity", ["scores"], ["best"]))
+    flat.graph.node.append(helper.make_node("Relu", ["scores"], ["positive"]))
+    flat.graph.output.extend([helper.make_tensor_value_info("best", TensorProto.FLOAT, ["N", 5]),
+                              helper.make_tensor_value_info("positive", TensorProto.FLOAT, ["N", 5])])
+    assert topk_value_outputs(flat) == {"scores", "best"}
+    one = InputSet({"x": np.random.default_rng(3).standard_normal((1, 8)).astype(np.float32)}, source="t")
+    assert validate(_topk_scores(0), _topk_scores(7), inputs=one).outputs[0].kind == "regression"
+
+
+def test_an_output_listed_twice_is_compared_once():
+    """A graph listing 'logits' twice: with labels a broadcast traceback, without them the samples doubled."""
+    model = _four_class(0)
+    model.graph.output.append(onnx.ValueInfoProto.FromString(model.graph.output[0].SerializeToString()))
+    x = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+    labels = np.argmax(x @ np.random.default_rng(0).standard_normal((8, 4)), axis=1)
+    for given in (None, labels):
+        report = validate(model, model, inputs=InputSet({"x": x}, labels=given, source="t"), batch_size=4)
+        (out,) = report.outputs
+        assert out.name == "logits" and out.samples == 10 and report.passed
+        assert given is None or out.accuracy_original == 1.0
+
+
+def test_a_sequence_with_no_positions_has_no_position_agreement():
+    """x of shape [8, 0, 3]: pos=0.0000 failed a model compared with itself."""
+    model = _matmul(np.eye(3), ["N", "T", 3])
+    report = validate(model, model, inputs=InputSet({"x": np.zeros((8, 0, 3), np.float32)}, source="t"))
+    (out,) = report.outputs
+    assert report.passed and out.kind == "sequence"
+    assert out.position_agreement is None and out.sequence_agreement is None and "pos=n/a seq=n/a" in out.figures()
+    assert "min-position-agreement not checked (no positions: T = 0)" in out.unchecked
+    assert "position agreement n/a" in summary_line(report, None, provider="cpu", batch=1)
+
+
+def test_one_value_per_sample_has_no_cosine_only_a_relative_error():
+    """An [N, 1] or [N] output's cosine is only the sign of each value: it was shown, checked and summarized."""
+    def model(sign: float) -> onnx.ModelProto:
+        weight = np.random.default_rng(5).standard_normal((4, 1)).astype(np.float32) * sign
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]),
+                 helper.make_node("Squeeze", ["y", "axes"], ["total"])]
+        return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1]),
+                       helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N"])],
+                      [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.array([1], np.int64), "axes")])
+
+    inputs = InputSet({"x": np.random.default_rng(6).standard_normal((12, 4)).astype(np.float32)}, source="t")
+    report = validate(model(1.0), model(-1.0), inputs=inputs, min_mean_cosine=0.5)
+    for out in report.outputs:
+        assert out.min_cosine is None and out.mean_cosine is None and "cos=n/a" in out.figures()
+        assert "min_mean_cosine" not in [t.name for t in out.applied]
+        assert any(u.startswith("min-mean-cosine not checked (one value per sample") for u in out.unchecked)
+        assert out.mean_rel_error == pytest.approx(2.0) and not out.passed  # the relative error still applies
+    assert "min cosine" not in summary_line(report, None, provider="cpu", batch=1)
+
+
+def test_integer_outputs_are_compared_by_differing_values_whatever_their_kind_path():
+    """A stated kind, or a first dim that is not the batch, showed labels as rel= abs= cos=."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["cls"], axis=1, keepdims=0), helper.make_node("Shape", ["x"], ["shp"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+                    helper.make_tensor_value_info("shp", TensorProto.INT64, [2])], [])
+    report = validate(model, model, inputs=load_inputs(model, random=6), output_kinds={"cls": "regression"})
+    for out in report.outputs:
+        assert out.figures().startswith("differ=0 ") and "cos=" not in out.figures(), out.figures()
+    assert "'cls' agreement 1.00" in summary_line(report, None, provider="cpu", batch=1)
