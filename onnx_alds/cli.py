@@ -407,7 +407,8 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     if args.validate:
         from .validate import validate_from_args
 
-        summary = validate_from_args(args.model, materialize(result.model, result.store), args, report=result.report)
+        summary = validate_from_args(args.model, materialize(result.model, result.store), args, report=result.report,
+                                     compressed_name=f"{output} (before it is written)")
     # warnings go to stderr, once, before anything is written; the table on stdout leaves them out
     text = "\n".join(line for line in result.report.format().splitlines() if not line.startswith("warning: "))
     if summary is not None and not summary.passed:  # no output on error: neither the model nor its report

@@ -1247,6 +1247,16 @@ def _output_signature(value: onnx.ValueInfoProto) -> tuple[str, Optional[tuple[A
     return kind, dims
 
 
+def _name_difference(original: Sequence[str], other: Sequence[str]) -> str:
+    """Which names one model has and the other lacks ("'logits' only in the original, 'scores' only in the
+    other"), or the counts where the same names are listed a different number of times."""
+    only_o = [name for name in dict.fromkeys(original) if name not in other]
+    only_c = [name for name in dict.fromkeys(other) if name not in original]
+    parts = ([f"{', '.join(repr(n) for n in only_o)} only in the original"] if only_o else []) + (
+        [f"{', '.join(repr(n) for n in only_c)} only in the other"] if only_c else [])
+    return ", ".join(parts) or f"{len(original)} listed in the original, {len(other)} in the other"
+
+
 def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
                          hint: str = "compare a model with one compressed from it") -> None:
     """The compressed model takes and gives what the original does: the same inputs and outputs, in the same
@@ -1256,8 +1266,7 @@ def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
     names_o = [spec.name for spec in graph_inputs(original)]
     names_c = [spec.name for spec in graph_inputs(compressed)]
     if sorted(names_o) != sorted(names_c):
-        raise UnsupportedModelError(
-            f"the models take different inputs ({', '.join(names_o)} vs {', '.join(names_c)}); {hint}")
+        raise UnsupportedModelError(f"the models take different inputs ({_name_difference(names_o, names_c)}); {hint}")
     if names_o != names_c:
         raise UnsupportedModelError(
             f"the models list their inputs in a different order ({', '.join(names_o)} vs {', '.join(names_c)}); "
@@ -1272,8 +1281,7 @@ def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
     outs_o = [o.name for o in original.graph.output]
     outs_c = [o.name for o in compressed.graph.output]
     if sorted(outs_o) != sorted(outs_c):
-        raise UnsupportedModelError(
-            f"the models have different outputs ({', '.join(sorted(outs_o))} vs {', '.join(sorted(outs_c))}); {hint}")
+        raise UnsupportedModelError(f"the models have different outputs ({_name_difference(outs_o, outs_c)}); {hint}")
     if outs_o != outs_c:
         raise UnsupportedModelError(
             f"the models list their outputs in a different order ({', '.join(outs_o)} vs {', '.join(outs_c)}); "
@@ -1461,10 +1469,11 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.Namespace, *,
-                       report: Any = None) -> ValidateSummary:
+                       report: Any = None, compressed_name: Optional[str] = None) -> ValidateSummary:
     """``compress --validate``: validate and bench ``compressed`` against ``original`` as the flags say.
 
-    ``report`` (a CompressionReport) gives the weights and MACs kept for the summary line.
+    ``report`` (a CompressionReport) gives the weights and MACs kept for the summary line;
+    ``compressed_name``: what to call an in-memory ``compressed`` (the path it is to be written to).
     """
     from .bench import default_batch
     from .model_io import parse_input_shapes
@@ -1497,6 +1506,8 @@ def validate_from_args(original: ModelArg, compressed: ModelArg, args: argparse.
             threads=getattr(args, "threads", None), **tolerances_from_args(args))
     except InputDataError as exc:  # the messages name validate's flags: name compress's
         raise InputDataError(with_prefixed_flags(str(exc), "validate-")) from None
+    if compressed_name is not None:
+        validation = replace(validation, compressed=compressed_name)
     return ValidateSummary(validation, timing, line)
 
 

@@ -1599,3 +1599,21 @@ def test_integer_outputs_are_compared_by_differing_values_whatever_their_kind_pa
     for out in report.outputs:
         assert out.figures().startswith("differ=0 ") and "cos=" not in out.figures(), out.figures()
     assert "'cls' agreement 1.00" in summary_line(report, None, provider="cpu", batch=1)
+
+
+def test_a_renamed_output_or_input_is_named():
+    """Two lists of names, sorted, were printed side by side: the one renamed output was left to be found."""
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.validate import check_same_interface
+
+    renamed = _topk_scores(0)
+    renamed.graph.node[1].output[0] = "best"
+    renamed.graph.output[0].name = "best"
+    with pytest.raises(UnsupportedModelError, match=r"different outputs \('scores' only in the original, 'best' "
+                                                    r"only in the other\)"):
+        check_same_interface(_topk_scores(0), renamed)
+    other_input = _topk_scores(0)
+    other_input.graph.input[0].name = "pixels"
+    other_input.graph.node[0].input[0] = "pixels"
+    with pytest.raises(UnsupportedModelError, match=r"different inputs \('x' only in the original, 'pixels' only"):
+        check_same_interface(_topk_scores(0), other_input)
