@@ -16,6 +16,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -1396,10 +1397,14 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                            for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
 
+        def placeholder_of(dim) -> str:  # a dim's own name where it is a plain word, else D
+            return dim if isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim) and dim != first \
+                else "D"
+
         def example(spec, dims) -> str:  # a dim of the first dim's name takes its value (adj [nodes, nodes]: 1x1)
             name = spec.dims[0] if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0] else None
             return "x".join(str(d) if isinstance(d, int) else first if i == 0 or (name and spec.dims[i] == name)
-                            else "N" for i, d in enumerate(dims))
+                            else placeholder_of(spec.dims[i]) for i, d in enumerate(dims))
 
         import shlex
 
@@ -1411,10 +1416,12 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
             needed.append((spec, dims))
             covered.update(d for d in spec.dims if isinstance(d, str) and d)
         flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in needed)
-        placeholder = any("N" in example(spec, dims).split("x") for spec, dims in needed)
+        placeholders = list(dict.fromkeys(part for spec, dims in needed for part in example(spec, dims).split("x")
+                                          if not part.isdigit()))
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
-            f"give them with {flags}" + (" (each N: the size you run the model at, a number)" if placeholder else "")
+            f"give them with {flags}" + (f" (for {', '.join(placeholders)}: the size you run the model at, a number)"
+                                         if placeholders else "")
             + (f" (the other input{'s take' if len(dynamic) - len(needed) > 1 else ' takes'} the sizes of the dims "
                "named alike)" if len(needed) < len(dynamic) else ""))
     return shapes, notes

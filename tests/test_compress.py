@@ -653,14 +653,21 @@ def test_analyze_names_the_input_still_dynamic():
         [numpy_helper.from_array(np.ones((16, 8), np.float32), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     notes = onnx_alds.analyze(model, input_shapes={"a": (1, 32, 16)}).notes
-    assert ("MACs not counted: input 'b' [N, T, 16] has dynamic dims; give them with --input-shape b:1xNx16 (each "
-            "N: the size you run the model at, a number)") in notes  # (the N as such was refused by the parser)
+    assert ("MACs not counted: input 'b' [N, T, 16] has dynamic dims; give them with --input-shape b:1xTx16 (for "
+            "T: the size you run the model at, a number)") in notes  # (the T as such is refused by the parser)
     from onnx_alds.errors import UnsupportedModelError
     from onnx_alds.model_io import resolve_input_shapes
 
     model.graph.input[1].name = "feat x"  # a name with a space: the suggestion is quoted for the shell
-    with pytest.raises(UnsupportedModelError, match="--input-shape 'feat x:1xNx16'"):
+    with pytest.raises(UnsupportedModelError, match="--input-shape 'feat x:1xTx16'"):
         resolve_input_shapes(model, {"a": (1, 32, 16)}, batch_default=1)
+    # an unnamed dim is D, not N (the batch dim's usual name: "x:1xNx16 (each N: ...)" read as the batch)
+    unnamed = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                      ["N", None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
+    with pytest.raises(UnsupportedModelError, match=r"x:NxDx16 \(for N, D: the size you run the model at"):
+        resolve_input_shapes(unnamed, {}, batch_default=None)
 
 
 def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypatch):
@@ -931,7 +938,8 @@ def test_the_dynamic_dims_error_lists_only_the_inputs_that_need_a_shape():
     with pytest.raises(UnsupportedModelError) as caught:
         resolve_input_shapes(model, None, batch_default=1)
     message = str(caught.value)
-    assert "--input-shape ids:1xN --input-shape other:1xN" in message and "mask:" not in message.split("give")[1]
+    assert "--input-shape ids:1xseq --input-shape other:1xwidth" in message and "mask:" not in message.split("give")[1]
+    assert "(for seq, width: the size you run the model at, a number)" in message
     assert message.endswith("(the other input takes the sizes of the dims named alike)")
     shapes, _ = resolve_input_shapes(model, {"ids": (1, 7), "other": (1, 3)}, batch_default=1)
     assert shapes["mask"] == (1, 7)

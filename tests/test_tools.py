@@ -403,7 +403,7 @@ def test_profile_nodes_names_its_own_flag_for_dynamic_dims(tmp_path):
     onnx.save(model, str(tmp_path / "dynamic.onnx"))
     result = run_tool("profile_nodes.py", str(tmp_path / "dynamic.onnx"), "--runs", "1")
     assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
-    assert "--dim x:1xN" in result.stderr and "--input-shape" not in result.stderr
+    assert "--dim x:1xL" in result.stderr and "--input-shape" not in result.stderr
 
 
 def test_sweep_that_fails_leaves_no_empty_out_folder(tmp_path, monkeypatch):
