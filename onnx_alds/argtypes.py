@@ -88,6 +88,18 @@ def fraction(text: str) -> float:
     return value
 
 
+def finite_number(low: float = 0.0, high: float = float("inf"), *, low_included: bool = False):
+    """A flag type for a finite number above ``low`` (or from it, with ``low_included``) and below ``high``."""
+    bound = f"{'≥' if low_included else '>'} {low:g}" + (f" and < {high:g}" if high < float("inf") else "")
+
+    def check(text: str) -> float:
+        value = _number(text, float)
+        if not ((value >= low if low_included else value > low) and value < high and abs(value) < float("inf")):
+            raise argparse.ArgumentTypeError(f"got {value}; give a finite number {bound}")  # (nan too)
+        return value
+    return check
+
+
 def any_float(text: str) -> float:
     """A number; its range is checked where the meaning is known (e.g. a keep ratio in (0, 1])."""
     return _number(text, float)

@@ -39,8 +39,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import InputDataError, OnnxAldsError, UnsupportedModelError, interrupted, runtime_error_text
-from .inputs import InputSet, as_input_set, conform_inputs, dim_name_clash, one_sample_at_a_time
+from .errors import (InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError, interrupted,
+                     runtime_error_text)
+from .inputs import InputSet, as_input_set, cast_notes, conform_inputs, dim_name_clash, one_sample_at_a_time
 from .layers import is_layer_node, iter_total_params
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
@@ -1584,8 +1585,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
                              "as keywords")
     unknown = sorted(set(kwargs) - {f.name for f in fields(DistillSettings)})
     if unknown:
-        raise InputDataError(f"distill() got unknown option(s) {', '.join(unknown)}; its options: "
-                             f"{', '.join(f.name for f in fields(DistillSettings))}")
+        raise UnknownOptionError(f"distill() got unknown option(s) {', '.join(unknown)}; its options: "
+                                 f"{', '.join(f.name for f in fields(DistillSettings))}")
     settings = settings or DistillSettings(**kwargs)
     torch = import_torch()
     started = time.perf_counter()
@@ -1598,6 +1599,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     else:
         held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
         _check_interfaces(teacher_model, student_model, held_out_inputs)
+    casts = cast_notes(inputs, held_out_inputs)
     in_sample = _calibrated_on(student_model, held_out_inputs)
     found = factor_tensors(teacher_model, student_model)
     if not found.factors:
@@ -1606,6 +1608,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             MADE_FROM_IT)
     _check_ancestry(teacher_model, student_model, set(found.biases))
     _check_pair_order(teacher_model, student_model)
+    _check_common_parts(teacher_model, student_model)
     _check_step_sizes(student_model, found.trainable, settings.lr)
     outputs = _float_outputs(student_model)
     if not outputs:
@@ -1623,7 +1626,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(settings.seed)
     try:
-        notes = [in_sample] if in_sample else []
+        notes = casts + ([in_sample] if in_sample else [])
         rng = np.random.default_rng(settings.seed)
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
@@ -1930,6 +1933,30 @@ def _check_pair_order(original: onnx.ModelProto, compressed: onnx.ModelProto) ->
                                        "once at the combined budget to distill against it)" if earlier else ""))
 
 
+def _check_common_parts(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+    """A compressed model without the digest of the weights it replaced (checked by :func:`_check_pair_order`)
+    must keep something of ``original``: a weight (an initializer of the same name, type and shape, whose
+    values :func:`_check_ancestry` compares) or a node (the same op reading and writing the same tensors).
+    An unrelated model of the same interface would otherwise teach the student nothing of the original.
+    Raises :class:`UnsupportedModelError`."""
+    from .rewrite import REPLACED_DIGEST_KEY
+
+    if any(entry.key == REPLACED_DIGEST_KEY for entry in compressed.metadata_props):
+        return
+
+    def weights(model):
+        return {(t.name, t.data_type, tuple(t.dims)) for t in model.graph.initializer}
+
+    def nodes(model):
+        return {(n.domain, n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node}
+
+    if not (weights(original) & weights(compressed) or nodes(original) & nodes(compressed)):
+        raise UnsupportedModelError(
+            "the compressed model shares no weight (initializer of the same name, type and shape) and no node (the "
+            "same op reading and writing the same tensors) with the original, and no onnx-alds metadata ties it to "
+            "it; give the compressed model made from ORIGINAL (`onnx-alds compress ORIGINAL`)")
+
+
 def _student_session(model: onnx.ModelProto):
     from .runtime import make_session
 
@@ -2198,17 +2225,17 @@ def write_back(compressed: onnx.ModelProto, values: Mapping[str, np.ndarray]) ->
 
 def _add_training_arguments(group, prefix: str = "") -> None:
     """The budget flags; ``prefix="distill-"`` for ``compress --distill``."""
-    from .argtypes import positive_int
+    from .argtypes import finite_number, positive_int
 
     group.add_argument(f"--{prefix}steps", type=positive_int, default=None, metavar="N",
                        help="stop after N training steps")
-    group.add_argument(f"--{prefix}minutes", type=float, default=None, metavar="M",
+    group.add_argument(f"--{prefix}minutes", type=finite_number(), default=None, metavar="M",
                        help=f"stop after M minutes of training (default {DEFAULT_MINUTES:g} when no budget is given)")
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``onnx-alds distill``."""
-    from .argtypes import positive_int, random_seed, thread_count
+    from .argtypes import finite_number, positive_int, random_seed, thread_count
     from .inputs import add_input_arguments
 
     parser.add_argument("original", metavar="ORIGINAL", help="the original .onnx model (the teacher)")
@@ -2220,12 +2247,13 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                        help=f"samples per step (default {DEFAULT_BATCH_SIZE}, or the number of training samples "
                             "when there are fewer)")
-    group.add_argument("--lr", type=float, default=DistillSettings.lr, metavar="X",
+    group.add_argument("--lr", type=finite_number(), default=DistillSettings.lr, metavar="X",
                        help=f"Adam step size relative to each tensor's RMS (default {DistillSettings.lr:g})")
-    group.add_argument("--held-out", type=float, default=DistillSettings.held_out, metavar="F",
+    group.add_argument("--held-out", type=finite_number(high=1), default=DistillSettings.held_out, metavar="F",
                        help="fraction of the inputs held out for early stopping "
                             f"(default {DistillSettings.held_out:g})")
-    group.add_argument("--intermediate-weight", type=float, default=DistillSettings.intermediate_weight, metavar="W",
+    group.add_argument("--intermediate-weight", type=finite_number(low_included=True),
+                       default=DistillSettings.intermediate_weight, metavar="W",
                        help="weight of the loss on the factorized layers' outputs (0: model outputs only; default "
                             f"{DistillSettings.intermediate_weight:g})")
     group.add_argument("--eval-every", type=positive_int, default=DistillSettings.eval_every, metavar="N",

@@ -782,7 +782,7 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
             if array.min() < limits.min or array.max() > limits.max:  # the cast would wrap silently
                 raise InputDataError(f"array '{spec.name}' in {source} holds values outside the input's {spec.dtype} "
                                      f"range ({array.min()} to {array.max()}); give values that fit {spec.dtype}")
-        if array.dtype != spec.dtype:
+        if array.dtype != spec.dtype:  # (worded as CAST_NOTE reads it back)
             casts.append(f"'{spec.name}' {array.dtype} cast to {spec.dtype}"
                          + (", integer values: are they preprocessed?" if np.issubdtype(array.dtype, np.integer)
                             and np.issubdtype(spec.dtype, np.floating) else ""))
@@ -811,6 +811,16 @@ def conform_inputs(model: onnx.ModelProto, inputs: InputSet, what: str) -> Input
         return inputs
     source = f"{inputs.source}; {'; '.join(casts)}" if casts else inputs.source
     return InputSet(arrays, inputs.labels, source)
+
+
+# a cast as _conformed_arrays words it into an input set's source
+CAST_NOTE = re.compile(r"'[^']*' \w+ cast to \w+(?:, integer values: are they preprocessed\?)?")
+
+
+def cast_notes(*input_sets: InputSet) -> list[str]:
+    """The casts the input sets went through on the way in (an int64 or float64 array for a float32
+    input), each once, as their ``source`` says them."""
+    return list(dict.fromkeys(cast for inputs in input_sets for cast in CAST_NOTE.findall(inputs.source)))
 
 
 def spread_indices(count: int, limit: int) -> np.ndarray:

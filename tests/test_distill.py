@@ -966,9 +966,30 @@ def test_compress_distill_settings_are_named_by_compress_flags(tmp_path, capsys)
     pytest.importorskip("torch")
     path = tmp_path / "m.onnx"
     onnx.save(_mlp(), str(path))
-    code = main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5",
-                 "--calibration-random", "32", "--distill", "--distill-minutes", "0"])
-    assert code == 1 and "--distill-minutes 0.0: give a positive, finite time budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a usage error, as every out-of-range flag
+        main(["compress", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5",
+              "--calibration-random", "32", "--distill", "--distill-minutes", "0"])
+    assert exited.value.code == 2
+    assert "argument --distill-minutes: got 0.0; give a finite number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--steps", "0", "give an integer ≥ 1"), ("--batch-size", "0", "give an integer ≥ 1"),
+    ("--minutes", "0", "give a finite number > 0"), ("--minutes", "inf", "give a finite number > 0"),
+    ("--lr", "0", "give a finite number > 0"), ("--lr", "nan", "give a finite number > 0"),
+    ("--held-out", "1", "give a finite number > 0 and < 1"), ("--held-out", "0", "give a finite number > 0 and < 1"),
+    ("--intermediate-weight", "-1", "give a finite number ≥ 0"), ("--eval-every", "0", "give an integer ≥ 1"),
+    ("--patience", "0", "give an integer ≥ 1"), ("--seed", "-1", "give an integer in [0, 2**32)")])
+def test_every_out_of_range_distill_flag_is_a_usage_error(tmp_path, capsys, flag, value, wanted):
+    """--steps 0 and --batch-size 0 exited 2 (argparse), --minutes 0, --lr 0, --held-out 1 and
+    --intermediate-weight -1 exited 1 (the settings' own checks): each flag's type checks its range."""
+    from onnx_alds.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["distill", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), "-o", str(tmp_path / "o.onnx"),
+              "--inputs", str(tmp_path / "x.npz"), flag, value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {flag}: got " in err and wanted in err
 
 
 def test_an_endless_time_budget_is_refused():
@@ -1049,3 +1070,60 @@ def test_split_inputs_names_a_dict_given_for_an_input_set():
 
     with pytest.raises(InputDataError, match="inputs is a dict; give an onnx_alds.inputs.InputSet"):
         split_inputs({"input": np.zeros((8, 3), np.float32)})
+
+
+def test_inputs_cast_on_the_way_in_are_noted(torch, pair, tmp_path, capsys):
+    """validate noted "'input' int64 cast to float32, integer values: are they preprocessed?"; distill
+    cast the same arrays silently (its notes were [])."""
+    from onnx_alds.cli import main
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    wide = InputSet({"input": inputs.arrays["input"][:8].astype(np.float64)}, None, "float64 images")
+    result = distill(original, compressed, wide, steps=1, progress=False)
+    assert "'input' float64 cast to float32" in result.report.notes
+    paths = write_pair(tmp_path, original, compressed, inputs)
+    np.savez(tmp_path / "x.npz", input=(inputs.arrays["input"][:8] * 10).astype(np.int64))
+    code = main(["distill", str(paths[0]), str(paths[1]), "--inputs", str(tmp_path / "x.npz"), "-o",
+                 str(tmp_path / "out.onnx"), "--steps", "1", "--report", str(tmp_path / "r.json")])
+    cast = "'input' int64 cast to float32, integer values: are they preprocessed?"
+    assert code == 0 and f"note: {cast}\n" in capsys.readouterr().out
+    import json
+    assert cast in json.loads((tmp_path / "r.json").read_text())["notes"]
+
+
+def _renamed(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """``model`` with every node, initializer and inner tensor renamed, and no onnx-alds metadata: a model
+    from elsewhere that takes and gives the same."""
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    del renamed.metadata_props[:]
+    graph = renamed.graph
+    keep = {v.name for v in list(graph.input) + list(graph.output)}
+    new = {name: prefix + name for node in graph.node for name in list(node.input) + list(node.output)
+           if name and name not in keep}
+    for tensor in graph.initializer:
+        tensor.name = new[tensor.name]
+    for node in graph.node:
+        node.name = prefix + node.name
+        node.input[:] = [new.get(name, name) for name in node.input]
+        node.output[:] = [new.get(name, name) for name in node.output]
+    del graph.value_info[:]
+    return renamed
+
+
+def test_an_unrelated_compressed_model_is_refused(torch, pair):
+    """A compressed model of another architecture (no weight, no node in common, its metadata stripped)
+    was distilled against the MNIST ResNet with exit 0: it taught the student nothing of the original."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    other = _renamed(compress(small_cnn(seed=1, width=4), keep_params=0.35, method="svd").model, "other/")
+    with pytest.raises(UnsupportedModelError, match=r"shares no weight .* and no node .* with the original, and no "
+                                                    "onnx-alds metadata ties it to it; give the compressed model"):
+        distill(original, other, inputs, steps=1, progress=False)
+    # the model compressed from it, its metadata stripped, still distills: its untouched nodes are the original's
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(compressed)
+    del stripped.metadata_props[:]
+    assert distill(original, stripped, inputs, steps=1, progress=False).report.steps == 1
