@@ -987,7 +987,7 @@ def test_every_dynamic_input_is_named_in_one_error():
                   numpy_helper.from_array(np.array([2], np.int64), "axis"),
                   numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
     with pytest.raises(UnsupportedModelError, match=r"inputs 'ids' \[batch, seq\], 'mask' \[batch, seq\] have "
-                                                    r"dynamic dims; give them with --input-shape ids:1xN \(each N: "
+                                                    r"dynamic dims; give them with --input-shape ids:1xseq \(for seq: "
                                                     r".*\) \(the other input takes the sizes of the dims named alike\)"):
         onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1)
     result = onnx_alds.compress(model, keep_flops=0.5, rank_multiple=1, input_shapes={"ids": (1, 7), "mask": (1, 7)})
