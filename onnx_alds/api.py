@@ -34,7 +34,8 @@ from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer
                      find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
                      iter_graphs, iter_total_params, literal_where_named, node_macs, stored_sources,
                      unchanged_ops_note, weight_constants, widened_weights, with_order)
-from .checks import InputCheck, check_input_model, check_output_model, random_nodes
+from .checks import (RANDOM_SAMPLES, InputCheck, check_input_model, check_output_model, random_nodes,
+                     random_output_change)
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
 from .inputs import check_sample_dims, conform_inputs
@@ -1166,10 +1167,17 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     stamp_provenance(new_model, prepared, method + (" (data-aware)" if data_aware else ""), target, keep, seed,
                      calibration)
     check_output_model(new_model, prepared.original, prepared.input_check, prepared.store)
+    # data-free: how far the outputs moved on random inputs (the one measured sign of a broken model)
+    measuring = time.perf_counter()
+    moved = None if calibration is not None else random_output_change(new_model, prepared.original,
+                                                                      prepared.input_check, prepared.store)
+    measuring = time.perf_counter() - measuring
     light = isinstance(model, OpenedModel)  # the caller (the CLI) saves the light model itself
     if not light:
         materialize(new_model, prepared.store)
-    seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0)  # reported on its own
+    seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0) - measuring  # (on their own)
+    if moved is not None:
+        seconds["random-input check"] = measuring
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
                                  calibration=None if calibration is None else str(calibration.source),
@@ -1177,6 +1185,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     report = with_written_params(report, int(sum(iter_total_params(new_model))), target, keep, rank_multiple,
                                  applied=_edited_plan(allocation.search),
                                  from_plan=allocation.search.startswith("plan"))
+    if moved is not None:
+        report = replace(report, random_output_change=moved, random_samples=RANDOM_SAMPLES)
     if data_aware:
         steps = data_aware_steps(data)
         factorized = {layer.name for layer, _ in plan}  # (a plan applied measures no other layer)
@@ -1348,6 +1358,8 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
 
 FAST_RANK_MULTIPLE = 16  # ONNX Runtime's blocked CPU conv kernels need channel counts that are multiples of it
 DEEP_CUT_ERROR = 0.5  # a predicted layer error above this, without calibration, usually breaks the model
+MOVED_OUTPUTS = 0.5  # a mean relative output change on random inputs from this on: predictions lost (measured:
+# docs/ACCURACY.md, "Without calibration")
 TINY_RANK_FRACTION = 0.05  # a layer kept at under 5 % of its full rank (a classifier or vocabulary head ...)
 
 
@@ -1462,10 +1474,14 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         warnings.append(f"{len(starved)} factorized layers were fitted on fewer calibration vectors than their inputs "
                         f"(first: '{name}', {count} vectors for {size}): their factors and reported errors {prior}, "
                         "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
-    if not data_aware and report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR:
+    deep = report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR
+    moved = report.random_output_change is not None and not report.random_output_change < MOVED_OUTPUTS
+    if not data_aware and (deep or moved):
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
-        warnings.append(f"no calibration data and the plan cuts deep (largest predicted layer error "
-                        f"{report.max_error:.2f}): expect a large accuracy loss; " + (
+        signs = ([f"the plan cuts deep (largest predicted layer error {report.max_error:.2f})"] if deep else []) + (
+            [f"the outputs moved far from the original's (mean relative change {report.random_output_change:.2f} "
+             f"on {report.random_samples} random inputs)"] if moved else [])
+        warnings.append(f"no calibration data, and {' and '.join(signs)}: expect a large accuracy loss; " + (
                             "make a data-aware plan (onnx-alds plan ... --calibration FILE.npz or "
                             "--calibration-images DIR with a few hundred real inputs)" if applied else
                             "give a few hundred real inputs (--calibration FILE.npz or --calibration-images DIR)")

@@ -615,3 +615,44 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
             fail(f"gives output '{name}' as {got[1]} {got[0]} where the original gives {expected[1]} {expected[0]}")
         if name in found.finite_outputs and isinstance(value, np.ndarray) and not np.isfinite(value).all():
             fail(f"gives NaN or infinite values in output '{name}' where the original's are finite")
+
+
+RANDOM_SAMPLES = 4  # random inputs on which a data-free result's outputs are compared with the original's
+
+
+def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
+                         store: Optional[TensorStore] = None) -> Optional[float]:
+    """The mean relative change of the outputs, ``‖y' − y‖₂ / ‖y‖₂`` per sample, averaged over the
+    samples and the float outputs, on :data:`RANDOM_SAMPLES` random inputs
+    (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids below their tables, masks of ones)
+    at the checked input shapes. 1 is as far as outputs of zeros; not real data, but a data-free result that
+    lost its original's predictions moves several times more than one that kept them (docs/ACCURACY.md).
+    ``store``: the models' dense weights are read through it (stubs). None where it cannot be measured: the
+    checks did not run the original, a model over the checks' size limit, inputs that cannot be drawn, no float
+    output with a finite, non-zero reference."""
+    if not found.runtime_loads or found.runtime_outputs is None or model_bytes(original, store) > _RUNTIME_LIMIT:
+        return None
+    from .inputs import random_inputs
+    from .runtime import make_session
+
+    try:
+        inputs = random_inputs(original, RANDOM_SAMPLES, input_shapes=found.probe_shapes, seed=0)
+        feeds = {name: np.asarray(array) for name, array in inputs.arrays.items()}
+        before = _run_quietly(make_session(original, "cpu", store=store, prepack=False), feeds)
+        after = _run_quietly(make_session(new, "cpu", store=store, prepack=False), feeds)
+    except Exception as exc:  # (an input no random sample fits, a fixed batch of another size: no figure)
+        raise_if_out_of_resources(exc)
+        return None
+    changes = []
+    for y, z in zip(before, after):
+        if not (isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.ndim and y.shape == np.shape(z)
+                and y.shape[0] == len(next(iter(feeds.values())))):
+            continue
+        y, z = y.reshape(len(y), -1).astype(np.float64), np.asarray(z).reshape(len(y), -1).astype(np.float64)
+        norms = np.linalg.norm(y, axis=1)
+        if not (np.all(np.isfinite(y)) and np.all(norms > 0)):
+            continue
+        with np.errstate(all="ignore"):
+            change = float(np.mean(np.linalg.norm(z - y, axis=1) / norms))
+        changes.append(change if math.isfinite(change) else math.inf)
+    return float(np.mean(changes)) if changes else None

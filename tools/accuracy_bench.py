@@ -18,7 +18,10 @@ Methods (``--methods``): ``svd+da`` (data-aware uniform rank: the floor no metho
 ``alds+da`` (data-aware ALDS: whitened, shrinkage, refit, frobenius error; the data-aware default),
 ``damage`` (least measured output damage, :mod:`onnx_alds.damage`), and any of them followed by
 ``+seq`` (sequential calibration), ``+both`` (both-factor compensation, one round), ``+affine``
-(per-channel affine correction), ``+bias`` (bias correction), ``/g4`` (damage measured for g ≤ 4).
+(per-channel affine correction), ``+bias`` (bias correction), ``/g4`` (damage measured for g ≤ 4);
+``alds`` and ``svd`` are data-free (no calibration: ``rand`` is then the outputs' mean relative change on
+the few random inputs compress measures, :func:`onnx_alds.checks.random_output_change`, the figure its
+warning of a broken model reads).
 
     python tools/accuracy_bench.py [--models efficientnet-lite0 minilm mnist-resnet] [--keep 0.8 0.7]
         [--methods svd+da alds+da damage damage+both damage+affine] [--calibration-sizes 48]
@@ -48,7 +51,8 @@ from onnx_alds.errors import OnnxAldsError  # noqa: E402
 from onnx_alds.inputs import InputSet, spread_indices  # noqa: E402
 from onnx_alds.runtime import make_session  # noqa: E402
 
-BASES = {"svd+da": dict(method="svd"), "alds+da": dict(method="alds"), "damage": dict(method="damage")}
+BASES = {"svd+da": dict(method="svd"), "alds+da": dict(method="alds"), "damage": dict(method="damage"),
+         "alds": dict(method="alds", data_free=True), "svd": dict(method="svd", data_free=True)}
 MODIFIERS = {"+seq": dict(sequential=True), "+both": dict(both_factors=1), "+affine": dict(affine_correction=True),
              "+bias": dict(bias_correction=True), "/g4": dict(damage_max_groups=4, max_groups=4)}
 DEFAULT_KEEP = {"efficientnet-lite0": [0.8, 0.7], "minilm": [0.7, 0.5], "mnist-resnet": [0.5]}  # the models known
@@ -190,16 +194,20 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"rank multiple {args.rank_multiple}", flush=True)
         scores = ("nn", "cos") if entry["kind"] == "embedding" else ("agree", "acc")
         print(f"{'method':<22} {'cal':>4} {'keep':>5} {'achieved':>8} {scores[0]:>6} {scores[1]:>6} "
-              f"{'pred err':>8} {'out err':>8} {'total s':>8} {'damage s':>8}")
+              f"{'pred err':>8} {'out err':>8} {'rand':>6} {'total s':>8} {'damage s':>8}")
         for size in args.calibration_sizes:
             cal = {k: v[spread_indices(len(v), size)] for k, v in cal_all.items()} if size else cal_all
             used = len(next(iter(cal.values())))
             calibration = InputSet(cal, source=f"{entry['calibration'].name} ({used} samples)")
             for keep in args.keep or DEFAULT_KEEP.get(entry["name"], [0.7, 0.5]):
                 for name, spec in specs.items():
+                    spec = dict(spec)
+                    data_free = spec.pop("data_free", False)
+                    if data_free and size != args.calibration_sizes[0]:
+                        continue  # (no calibration: once per budget)
                     tick = time.perf_counter()
                     try:
-                        result = compress(model, keep_flops=keep, calibration=calibration,
+                        result = compress(model, keep_flops=keep, calibration=None if data_free else calibration,
                                           rank_multiple=args.rank_multiple, input_shapes=shapes, **spec)
                     except Exception as exc:  # a bench keeps going; the failure is printed in the table
                         print(f"{name:<22} {used:>4} {keep:>5.2f} failed: {str(exc).splitlines()[0]}", flush=True)
@@ -216,17 +224,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                     report = result.report
                     out_err = float(np.linalg.norm(new - reference) / np.linalg.norm(reference))
                     damage_s = report.seconds.get("damage tables")
-                    row = dict(model=entry["name"], method=name, keep=keep, calibration=used,
+                    used_here = 0 if data_free else used
+                    row = dict(model=entry["name"], method=name, keep=keep, calibration=used_here,
                                achieved=report.achieved, score=first, score2=second, score_names=scores,
                                predicted_output_error=report.predicted_output_error, output_error=out_err,
+                               random_output_change=report.random_output_change, warnings=list(report.warnings),
                                total_seconds=total,
                                damage_seconds=damage_s, seconds=report.seconds, notes=list(report.notes),
                                plan=[(r.name, r.groups, r.rank) for r in report.layers if r.groups])
                     rows.append(row)
-                    pred = report.predicted_output_error
-                    print(f"{name:<22} {used:>4} {keep:>5.2f} {report.achieved:>8.3f} {first:>6.3f} "
+                    pred, moved = report.predicted_output_error, report.random_output_change
+                    print(f"{name:<22} {used_here:>4} {keep:>5.2f} {report.achieved:>8.3f} {first:>6.3f} "
                           f"{'-' if second is None else f'{second:.3f}':>6} "
-                          f"{'-' if pred is None else f'{pred:.3f}':>8} {out_err:>8.3f} {total:>8.1f} "
+                          f"{'-' if pred is None else f'{pred:.3f}':>8} {out_err:>8.3f} "
+                          f"{'-' if moved is None else f'{moved:.3f}':>6} {total:>8.1f} "
                           f"{'-' if damage_s is None else f'{damage_s:.1f}':>8}", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwhole run {time.perf_counter() - started_all:.0f} s, process max RSS {rss:.0f} MiB")
