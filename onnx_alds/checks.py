@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -133,7 +134,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
                                 "checked by onnx.checker only")
             return result
         raise_if_out_of_resources(exc)
-        raise ModelLoadError(f"ONNX Runtime refuses the model ({reason}); fix the model or export it again") from None
+        raise ModelLoadError(f"ONNX Runtime refuses the model ({reason}); {model_fix()}") from None
     result.runtime_loads = True
     if size <= _RUN_LIMIT:
         result.runtime_outputs = _probe_run(session, model, result)
@@ -180,9 +181,12 @@ def _onnx_check(model: onnx.ModelProto, store: Optional[TensorStore], size: int,
 
 
 def _temporary_copy_failed(exc: OSError, where: str) -> RuntimeResourceError:
+    import errno
+
+    fix = ("raise the limit on the size of files a process may write (ulimit -f), which another folder does not "
+           "change" if exc.errno == errno.EFBIG else "free space there or point TMPDIR to another folder")
     return RuntimeResourceError(f"writing the small copy of the model that onnx.checker reads, in the temporary folder "
-                                f"'{where}', failed ({exc.strerror or exc}); free space there or point TMPDIR to "
-                                "another folder, and run again")
+                                f"'{where}', failed ({exc.strerror or exc}); {fix}, and run again")
 
 
 def _only_batch_dynamic(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
@@ -369,6 +373,17 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+def model_fix() -> str:
+    """The fix for a model ONNX Runtime refuses or cannot run: the model's, unless ONNX Runtime's own
+    environment variables (``ORT_*``, e.g. ``ORT_LOAD_CONFIG_FROM_MODEL``) are set, which change how it
+    loads and runs any model: then those first."""
+    settings = sorted(name for name in os.environ if name.startswith("ORT_"))
+    if settings:
+        return (f"ONNX Runtime's environment variables are set ({', '.join(settings)}): unset them and run "
+                "again; if it still fails, fix the model or export it again")
+    return "fix the model or export it again"
+
+
 def _inconsistency_fix(stub: onnx.ModelProto) -> str:
     """What to do about a model shape inference refuses: where the graph passes without its ``value_info``
     (the intermediate shapes an exporter or a tool declared), drop them; else export it again."""
@@ -427,8 +442,7 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                 raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
                                      f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
-            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); fix the model or export "
-                                 "it again") from None
+            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {model_fix()}") from None
         raise_if_out_of_resources(exc)
         if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (at the input shapes given, "

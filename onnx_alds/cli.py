@@ -558,6 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (a link, another spelling); a path the system cannot look at
+    (a name too long for it, as the external-data name '<-o>.data' of a 255-byte -o is) is not one."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Before any work: no output file may be one of the command's input files (model, plan,
     calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
@@ -596,8 +605,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         if str(value).endswith(("/", os.sep)) or os.path.basename(str(value)) in (".", ".."):  # Path() drops the
             raise OutputPathError(f"{flag} '{value}' names a folder (it ends with '{os.path.basename(value) or '/'}'); "
                                   "give a file path")  # slash, or the dot: a file would be written under the name
-        same = next((what for other, what in seen.items() if other == resolved or (
-            other.exists() and resolved.exists() and os.path.samefile(other, resolved))), None)
+        same = next((what for other, what in seen.items() if other == resolved or _same_file(other, resolved)), None)
         if same:
             raise OutputPathError(f"{flag} '{value}' is also {same}; give each output its own path")
         seen[resolved] = f"the {flag} file"

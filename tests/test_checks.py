@@ -294,11 +294,19 @@ def test_a_full_temporary_folder_is_not_called_an_invalid_model(monkeypatch):
     from onnx_alds.errors import RuntimeResourceError
 
     def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def limited(*_args, **_kwargs):  # ulimit -f: another folder would not help (the advice was to move TMPDIR)
         raise OSError(errno.EFBIG, "File too large")
 
     monkeypatch.setattr("onnx_alds.checks._DIRECT_CHECK_BYTES", 0)  # checked through the temporary copy
     monkeypatch.setattr(Path, "write_bytes", full)
-    with pytest.raises(RuntimeResourceError, match="temporary folder .* failed \\(File too large\\); free space"):
+    with pytest.raises(RuntimeResourceError, match="temporary folder .* failed \\(No space left on device\\); free "
+                                                   "space there or point TMPDIR"):
+        check_input_model(small_cnn())
+    monkeypatch.setattr(Path, "write_bytes", limited)
+    with pytest.raises(RuntimeResourceError, match="failed \\(File too large\\); raise the limit on the size of files "
+                                                   "a process may write \\(ulimit -f\\)"):
         check_input_model(small_cnn())
 
 

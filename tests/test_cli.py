@@ -1376,3 +1376,13 @@ def test_a_finished_command_line_process_fails_when_its_output_cannot_be_written
     cut = subprocess.run([sys.executable, "-c", script, "signal"], capture_output=True, text=True, timeout=60)
     assert cut.returncode == 130 and cut.stderr.startswith("error: interrupted while writing standard output")
     assert "Traceback" not in cut.stderr
+
+
+def test_an_output_name_of_the_longest_legal_length_is_written_beside_a_report(cnn_path, tmp_path, capsys):
+    """-o of a 255-byte name with --report: the check of the weights file '<-o>.data' (260 bytes) raised
+    "File name too long" about a file the user never named."""
+    name = "a" * 250 + ".onnx"
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / name), "--report", str(tmp_path / "r.json"),
+                           "--keep-params", "0.5", capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / name).is_file() and (tmp_path / "r.json").is_file()

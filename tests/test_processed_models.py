@@ -359,3 +359,20 @@ def test_calibration_of_a_model_onnx_runtime_cannot_load_says_so():
         with pytest.raises(ModelLoadError, match=r"^data-aware compression \(calibration\) runs the model in ONNX "
                                                  r"Runtime \(cpu\), which cannot load it \(.*my.domain:Foo"):
             compress(model, keep_params=0.5, rank_multiple=8, calibration=cal, **options)
+
+
+def test_a_refusal_with_onnx_runtime_settings_in_the_environment_names_them(monkeypatch):
+    """ORT_LOAD_CONFIG_FROM_MODEL=1 made ONNX Runtime refuse every model, and the error said to fix the model."""
+    from onnx_alds.errors import ModelLoadError
+
+    model = _custom_op_then_matmul("com.microsoft", "Gelu", stale_type=True)
+    import os
+
+    for name in [name for name in os.environ if name.startswith("ORT_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ModelLoadError, match=r"; fix the model or export it again$"):
+        compress(model, keep_params=0.5, rank_multiple=8)
+    monkeypatch.setenv("ORT_DISABLE_ALL", "0")
+    with pytest.raises(ModelLoadError, match=r"environment variables are set \(ORT_DISABLE_ALL\): unset them and "
+                                             r"run again; if it still fails, fix the model"):
+        compress(model, keep_params=0.5, rank_multiple=8)
