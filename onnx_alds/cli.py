@@ -561,6 +561,8 @@ OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "dis
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two existing paths are one file (a link, another spelling); a path the system cannot look at
     (a name too long for it, as the external-data name '<-o>.data' of a 255-byte -o is) is not one."""
+    import os
+
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

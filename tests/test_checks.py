@@ -1,6 +1,7 @@
 """The input and output checks of onnx_alds.checks."""
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -371,12 +372,10 @@ def test_an_inconsistent_model_is_told_to_drop_its_value_info_only_where_that_is
     assert ("del model.graph.value_info[:]" in message) == stale
 
 
-def _sliced_by_values(bounds_from: str) -> "onnx.ModelProto":
+def _sliced_by_values(bounds_from: str) -> onnx.ModelProto:
     """x [N,32] → MatMul → logits [N,10]; 'crop' = logits[:, :end], where 'end' comes from ``bounds_from``:
     "argmax" (1 + the largest arg-max: the values), "shape" (the logits' width, read with Shape), or "input"
     (an integer graph input)."""
-    import onnx
-
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"], name="mm")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])]
@@ -412,7 +411,6 @@ def test_a_size_argument_computed_from_the_values_makes_an_output_value_sized():
 
 
 def test_a_model_with_a_value_sized_slice_compresses(tmp_path):
-    import onnx
     from onnx_alds import compress
 
     path = tmp_path / "crop.onnx"

@@ -1386,3 +1386,12 @@ def test_an_output_name_of_the_longest_legal_length_is_written_beside_a_report(c
                            "--keep-params", "0.5", capsys=capsys)
     assert code == 0, err
     assert (tmp_path / name).is_file() and (tmp_path / "r.json").is_file()
+
+
+def test_a_report_written_over_the_model_through_a_link_is_refused(cnn_path, tmp_path, capsys):
+    """The same file under two names (a symbolic link) is one output: found by comparing the files."""
+    (tmp_path / "out.onnx").write_bytes(b"")
+    (tmp_path / "link.json").symlink_to(tmp_path / "out.onnx")
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--report",
+                           str(tmp_path / "link.json"), "--keep-params", "0.5", capsys=capsys)
+    assert_one_line_error(code, err, "is also the -o file")
