@@ -72,6 +72,8 @@ EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
 # a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
 # features, whose arg-max (sequence) or channel arg-max (dense) says nothing
 CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
+# boxes and regression heads ([N, Q, 4] boxes, [N, 3] offsets): an arg-max over their values means nothing
+REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a-z])", re.IGNORECASE)
 MIN_NN_SAMPLES = 3  # with 2 samples each one's nearest neighbour is the other: agreement says nothing
 ATTENTION_MASK = "attention_mask"
 
@@ -440,6 +442,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
     shape = _shape_text(array)
     if array.ndim >= 3 and CACHE_NAME.search(name):
         return REGRESSION, f"{array.ndim}-D float {shape}, name says a key/value cache"
+    if array.ndim in (2, 3) and REGRESSION_NAME.search(name):
+        return REGRESSION, f"{array.ndim}-D float {shape}, name says boxes or a regression head"
     if topk_values and array.ndim in (2, 3):
         return REGRESSION, (f"{array.ndim}-D float {shape}, {SORTED_ROWS} (a TopK's values): its arg-max is a fixed "
                             "column, so an agreement of arg-maxes would be 1 for any model")

@@ -1617,3 +1617,17 @@ def test_a_renamed_output_or_input_is_named():
     other_input.graph.node[0].input[0] = "pixels"
     with pytest.raises(UnsupportedModelError, match=r"different inputs \('x' only in the original, 'pixels' only"):
         check_same_interface(_topk_scores(0), other_input)
+
+
+@pytest.mark.parametrize("name, shape", [("pred_boxes", (8, 20, 4)), ("bbox_reg", (8, 3)), ("reg", (8, 5)),
+                                         ("box_deltas", (8, 6, 4))])
+def test_boxes_and_regression_heads_are_no_classifier_or_sequence_by_their_name(name, shape):
+    """DETR's pred_boxes [N, 20, 4] was a sequence (an arg-max over 4 coordinates: pos=0.70 FAILED a model
+    with cos 0.9986) and a multi-task model's bbox_reg [N, 3] a classifier (top-1 over 3 offsets PASSED)."""
+    from onnx_alds.validate import detect_kind
+
+    values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    kind, reason = detect_kind(name, values)
+    assert kind == "regression" and "name says boxes or a regression head" in reason
+    assert detect_kind("logits", values)[0] in ("classifier", "sequence")
+    assert detect_kind("register_scores", values)[0] != "regression"  # ('reg' only as a word)
