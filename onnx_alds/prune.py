@@ -2070,6 +2070,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             if floor <= budget.keep:
                 hint = f", or compress without --prune (low-rank alone: smallest ratio {ratio_at_least(floor)})"
         because = api.unreachable_because(prepared, target, search.rank_multiple)
+        if blocks:  # (their layers are narrowed, not factorized: their narrowest widths are part of the floor)
+            because += (f"; the {len(blocks)} pruned blocks keep {narrowest / total:.1%} of the total at their "
+                        "narrowest widths")
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
                           f"{ratio_at_least(smallest / total)}{' (' + because[2:] + ')' if because else ''}; ask "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Optional
 
 import numpy as np
@@ -1290,6 +1291,9 @@ def test_a_pruning_floor_names_the_mode_that_reaches_the_budget():
             compress(model, keep_flops=0.6, calibration=cal, prune=mode, rank_multiple=16)
         assert "or compress without --prune (low-rank alone: smallest ratio" in str(info.value)
         assert "or use --prune (combined" not in str(info.value)
+        # what raises the floor: the blocks' layers are narrowed, not factorized
+        assert re.search(r"the \d+ pruned blocks keep \d+\.\d% of the total at their narrowest widths",
+                         str(info.value)), str(info.value)
     compress(model, keep_flops=0.6, calibration=cal, rank_multiple=16)  # the named fix reaches it
 
 
