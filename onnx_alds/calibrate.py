@@ -1075,10 +1075,19 @@ def import_ray():
     return ray
 
 
+RAY_PROBE_SECONDS = 5.0  # how long a Ray address may take to accept a connection, and then to answer as gRPC
+
+# the HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, its client server) answers
+# with a SETTINGS frame of its own
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def unreachable_ray(address: Optional[str]) -> Optional[str]:
-    """Why nothing answers at a Ray ``address`` written ``host:port`` (``ray://`` prefix allowed), as the
-    socket error says it; None when something does, or the address is ``auto``, empty or not host:port
-    (``ray.init`` then says what is wrong with it)."""
+    """Why a Ray ``address`` written ``host:port`` (``ray://`` prefix allowed) is not a Ray cluster: the socket
+    error when nothing answers, or what it did when it accepts connections but does not answer as a gRPC server
+    (Ray's GCS and its client server are) within :data:`RAY_PROBE_SECONDS`; None when it does, or the address
+    is ``auto``, empty or not host:port (``ray.init`` then says what is wrong with it). ``ray.init`` retries
+    an address that is not Ray forever."""
     import socket
 
     if not address or address == "auto":
@@ -1087,9 +1096,32 @@ def unreachable_ray(address: Optional[str]) -> Optional[str]:
     if not host or not port.isdigit():
         return None
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_PROBE_SECONDS)
     except OSError as exc:
         return str(exc.strerror or exc)
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        connection.close()
+        return None  # (a TLS server answers only a TLS handshake: ray.init checks it)
+    try:
+        connection.settimeout(RAY_PROBE_SECONDS)
+        connection.sendall(_HTTP2_PREFACE)
+        answer = b""
+        while len(answer) < 9:
+            part = connection.recv(9 - len(answer))
+            if not part:
+                break
+            answer += part
+    except socket.timeout:
+        return (f"it accepts connections but sent nothing back within {RAY_PROBE_SECONDS:g} s: not a Ray GCS "
+                "or Ray client server")
+    except OSError as exc:
+        return f"it accepts connections but then failed: {exc.strerror or exc}"
+    finally:
+        connection.close()
+    if len(answer) < 9 or answer[3] != 4:  # frame type 4: SETTINGS
+        said = answer.split(b"\r\n", 1)[0].decode("ascii", "replace").strip()
+        return ("it accepts connections but does not speak gRPC" + (f" (it answered '{said}')" if said else "")
+                + ": not a Ray GCS or Ray client server")
     return None
 
 
@@ -1102,7 +1134,9 @@ def init_ray(ray, address: Optional[str], **options) -> None:
     target = address or os.environ.get("RAY_ADDRESS")
     reason = unreachable_ray(target)
     if reason:
-        raise ConnectionError(f"nothing answers at {target}{'' if address else ' (from RAY_ADDRESS)'} ({reason})")
+        where = f"{target}{'' if address else ' (from RAY_ADDRESS)'}"
+        raise ConnectionError(f"no Ray cluster at {where}: {reason}" if reason.startswith("it accepts")
+                              else f"nothing answers at {where} ({reason})")
 
     # Ray's core worker installs a native crash handler in the driver that, on shutdown, leaves SIGTERM at
     # the default action for the second or so ray.shutdown() still takes: a SIGTERM then killed the
@@ -1118,10 +1152,8 @@ def init_ray(ray, address: Optional[str], **options) -> None:
     set_handler = getattr(utils, "set_sigterm_handler", None)
     if callable(set_handler):
         utils.set_sigterm_handler = lambda handler: None
-    from .signals import held_signals
-
     try:
-        with held_signals(("SIGINT", "SIGTERM")) as caught:
+        with _held_while_starting() as caught:
             try:
                 with _signal_handlers_kept():
                     ray.init(address=address, **options)
@@ -1144,6 +1176,48 @@ def init_ray(ray, address: Optional[str], **options) -> None:
             constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = kept
         if callable(set_handler):
             utils.set_sigterm_handler = set_handler
+
+
+RAY_INTERRUPT_GRACE_SECONDS = 10.0  # how long an interrupt waits for ray.init to return before it is raised anyway
+
+
+@contextmanager
+def _held_while_starting():
+    """SIGINT and SIGTERM recorded, not acted on, inside (yields the list); but when the block has not ended
+    :data:`RAY_INTERRUPT_GRACE_SECONDS` after the first, KeyboardInterrupt is raised in it (``ray.init`` stuck
+    retrying an address), and should even that not end it within 3 s (stuck outside Python), the process
+    exits 130 with an ``error:`` line. Main thread only (elsewhere nothing is held)."""
+    import threading
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    done, overdue = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        if done.wait(RAY_INTERRUPT_GRACE_SECONDS):
+            return
+        overdue.set()
+        signal.pthread_kill(threading.main_thread().ident, caught[0])  # runs handler() at Python's next step
+        if not done.wait(3.0):
+            os.write(2, b"error: interrupted; Ray did not stop starting, so the process ends without its clean-up\n")
+            os._exit(130)
+
+    def handler(signum, frame) -> None:
+        if overdue.is_set():
+            raise KeyboardInterrupt
+        caught.append(signum)
+        if len(caught) == 1:
+            threading.Thread(target=watch, name="onnx-alds-ray-interrupt", daemon=True).start()
+
+    from .signals import signal_handlers
+
+    try:
+        with signal_handlers(("SIGINT", "SIGTERM"), handler):
+            yield caught
+    finally:
+        done.set()
 
 
 def shutdown_ray(ray) -> None:

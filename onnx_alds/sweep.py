@@ -907,10 +907,15 @@ ACTOR_START_SECONDS = 300  # Ray workers that have not started by then will not 
 
 
 def _check_reachable(address: Optional[str]) -> None:
-    """Refuse a ``--address host:port`` nothing listens on: ``ray.init`` retries such an address forever."""
+    """Refuse a ``--address host:port`` nothing listens on, or where something that is not Ray does:
+    ``ray.init`` retries such an address forever."""
     from .calibrate import unreachable_ray
 
     reason = unreachable_ray(address)
+    if reason and reason.startswith("it accepts"):
+        raise EngineError(f"cannot reach Ray at {address}: {reason}; give the cluster's GCS address (host:6379 by "
+                          "default) or its Ray Client address (ray://host:10001) with --address (or run with "
+                          "--engine local)")
     if reason:
         raise EngineError(f"cannot reach Ray at {address} ({reason}); check --address (or run with --engine local)")
 
@@ -943,6 +948,10 @@ class RayEngine(Engine):
             options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
             if not (self.address or os.environ.get("RAY_ADDRESS")):
                 options["include_dashboard"] = False  # a new local instance: no dashboard
+            if (self.address or "").startswith("ray://") and importlib.util.find_spec("grpc") is None:
+                raise EngineError(f"--address {self.address} is a Ray Client address, which needs "
+                                  "pip install 'ray[client]' (the [ray] extra installs plain ray); install it, or "
+                                  "give the cluster's GCS address (host:6379 by default)")
             _check_reachable(self.address)
             try:
                 init_ray(ray, self.address, **options)
@@ -1188,6 +1197,18 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     return ModelData(model.name, proto.SerializeToString(), calibration, evals, tuple(notes))
 
 
+def _load_naming_model(model: SweepModel, need_calibration: bool, several: bool) -> ModelData:
+    """:func:`load_model_data`; with ``several`` models, an input or calibration error that does not name its
+    model gets the model's path in front."""
+    try:
+        return load_model_data(model, need_calibration)
+    except InputDataError as exc:
+        text = Exception.__str__(exc)
+        if several and str(model.path) not in text and f"'{model.name}'" not in text:
+            exc.args = (f"model '{model.path}': {text}",) + exc.args[1:]
+        raise
+
+
 def _check_held_out(inputs, calibration, name: str, proto: onnx.ModelProto) -> None:
     """The validation data must not hold calibration samples the variants are fitted to (those used: whole
     batches of a model that fixes its batch), nor samples an earlier run fitted the model itself to (its
@@ -1339,7 +1360,13 @@ class RowStore:
         return not sha256 or file_sha256(path) == sha256
 
     def save(self, task: VariantTask, outcome: VariantOutcome) -> None:
+        """Write the variant's model, report and row; a row that is now an error removes the model and report an
+        earlier run wrote for it (before the row: an interrupt in between leaves an ok row without its model,
+        which is computed again)."""
         variant_id = task.variant.id
+        if outcome.model_bytes is None and outcome.row.get("status") != "ok":
+            for path in (self.model_path(variant_id), self.models_dir / f"{variant_id}.report.json"):
+                path.unlink(missing_ok=True)
         if outcome.model_bytes is not None:
             _write_bytes(outcome.model_bytes, self.model_path(variant_id))
         if outcome.report is not None:
@@ -1650,7 +1677,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
         if todo:
             needed = {t.model.name for t in todo}
             tick = time.perf_counter()
-            data = {m.name: load_model_data(m, any(t.method.data for t in todo if t.model.name == m.name))
+            data = {m.name: _load_naming_model(m, any(t.method.data for t in todo if t.model.name == m.name),
+                                               len(models) > 1)
                     for m in models if m.name in needed}
             for m in models:
                 if m.name in needed:  # loaded as hashed: the rows name these contents (data_id, fingerprint)
@@ -2018,6 +2046,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         if args.no_bench and dest in flags:
             flag = "--" + dest.replace("_", "-")
             raise InputDataError(f"{flag} has no effect with --no-bench (nothing is timed); drop one of them")
+    if (args.engine == "ray" and args.no_bench and "threads" in flags
+            and not any(parse_method(method).speed_check for method in args.methods)):
+        raise InputDataError("--threads has no effect with --engine ray and --no-bench (Ray workers take "
+                             "--cpus-per-worker threads and nothing is timed); drop --threads, or use "
+                             "--cpus-per-worker")
     if args.engine != "ray" and "cpus_per_worker" in flags:
         raise InputDataError("--cpus-per-worker is for --engine ray (local workers take --threads); drop it or add "
                              "--engine ray")

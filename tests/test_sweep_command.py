@@ -913,3 +913,115 @@ def test_seeds_make_one_variant_per_budget_for_methods_without_random_starts(tin
                                                                                   ("svd", 0)]
     assert all(row["status"] == "ok" for row in rows)
     assert "tiny / svd: the seed has no effect" in stdout and "alds: the seed" not in stdout
+
+
+def test_an_address_that_accepts_but_is_not_ray_is_one_error_line(tiny, tmp_path, capsys, monkeypatch):
+    """A port that accepts TCP but is not a Ray GCS (a plain listener, an HTTP server) hung forever in
+    ``ray.init``, which retries it."""
+    pytest.importorskip("ray")
+    import socket
+    import threading
+
+    import onnx_alds.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "RAY_PROBE_SECONDS", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        start = time.monotonic()
+        code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--address", address), capsys)
+        assert time.monotonic() - start < 10
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: cannot reach Ray at {address}: it accepts connections")
+    assert "ray://host:10001" in lines[0] and not (tmp_path / "a").exists()
+
+
+def test_an_interrupt_while_ray_starts_is_not_held_for_ever():
+    """SIGINT and SIGTERM are held while ``ray.init`` runs; one that keeps retrying an address held them for
+    good. After a grace period the interrupt is raised anyway."""
+    script = """
+import os, signal, threading, time
+import onnx_alds.calibrate as calibrate
+calibrate.RAY_INTERRUPT_GRACE_SECONDS = 0.5
+class StuckRay:
+    stopped = False
+    def init(self, address=None, **options):
+        while True:
+            time.sleep(0.05)
+    def shutdown(self):
+        StuckRay.stopped = True
+signal.signal(signal.SIGTERM, lambda *a: None)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+start = time.monotonic()
+try:
+    calibrate.init_ray(StuckRay(), None)
+except KeyboardInterrupt:
+    print("interrupted", StuckRay.stopped, time.monotonic() - start < 5)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.stdout.split() == ["interrupted", "True", "True"], result.stderr
+
+
+def test_a_variant_whose_row_turns_to_an_error_loses_its_earlier_model(tiny, tmp_path, capsys):
+    """A model file changed so that its budget is now unreachable: the row became an error, but the earlier
+    model and its report stayed in ``models/``, no longer named by ``sweep.json``."""
+    path = tmp_path / "m.onnx"
+    shutil.copy(tiny / "tiny.onnx", path)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(path), "--keep-flops", "0.6", "--random", "8", "-o", str(out), "--rank-multiple", "1",
+            "--no-bench", "--no-plots", "--no-progress"]
+    assert run(args, capsys)[0] == 0
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["m.alds.flops0.6.m1.onnx",
+                                                                  "m.alds.flops0.6.m1.report.json"]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))  # nothing to factorize
+    code, _, err = run(args, capsys)
+    rows = record(out)["rows"]
+    assert code == 1 and [row["status"] for row in rows] == ["error"], err
+    assert list((out / "models").iterdir()) == []
+
+
+def test_threads_with_ray_and_no_bench_is_refused(tiny, tmp_path, capsys):
+    """``--threads`` sets the local workers' and the timing's threads: with ``--engine ray --no-bench`` it was
+    silently ignored (with ``+sc`` variants, run on the driver with ``--threads`` threads, it still counts)."""
+    code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--no-bench", "--threads", "2"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "--threads has no effect with --engine ray and --no-bench" in lines[0]
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_ray_client_address_without_ray_client_installed_says_what_to_install(tiny, tmp_path, capsys,
+                                                                                monkeypatch):
+    """``--address ray://…`` (docs/SWEEP.md's example) needs ``ray[client]``, which the ``[ray]`` extra does
+    not install."""
+    pytest.importorskip("ray")
+    monkeypatch.setitem(sys.modules, "grpc", None)  # (Ray Client runs on grpc: as if not installed)
+    code, _, err = run(sweep_args(tiny, tmp_path / "a", "--engine", "ray", "--address", "ray://127.0.0.1:1"), capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "pip install 'ray[client]'" in lines[0], err
+
+
+def test_input_errors_of_a_multi_model_sweep_name_the_model(tiny, tmp_path, capsys):
+    """With several models, an error about the inputs (``--inputs`` arrays that do not fit one of them) did not
+    say which model it was about."""
+    other = tmp_path / "other.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(other))
+    code, _, err = run(["sweep", str(tiny / "tiny.onnx"), str(other), "--keep-flops", "0.5", "--inputs",
+                        str(tiny / "eval.npz"), "-o", str(tmp_path / "a"), "--rank-multiple", "1", "--no-bench",
+                        "--no-progress"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: model '{other}': "), err
