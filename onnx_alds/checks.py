@@ -479,58 +479,66 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
 def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph outputs whose size depends on the values computed, not only on the input shapes. Output name →
     the op that makes it so: a :data:`VALUE_SIZED_OPS` node (the non-zeros of a mask, the boxes kept by
-    non-max suppression; in a subgraph of a node on the way too), a Loop (its trip count and condition may
-    be computed), or a node whose size argument (:data:`SIZE_ARGUMENTS`: a Slice's bounds, a TopK's k, a
-    Reshape's shape ...) is computed from the values: from a float tensor the model computes from its inputs
-    (an integer input used as a size, or sizes read off shapes with Shape/Size, stay as they are on both
-    models). A compressed model computes slightly other values, so such an output can have another size
-    than the original's on the same input."""
-    from .layers import iter_graphs
-
+    non-max suppression), a Loop (its trip count and condition may be computed), a node whose size argument
+    (:data:`SIZE_ARGUMENTS`: a Slice's bounds, a TopK's k, a Reshape's shape ...) is computed from the
+    values: from a float tensor the model computes from its inputs (an integer input used as a size, or
+    sizes read off shapes with Shape/Size, stay as they are on both models), any of these in a body of a
+    node on the way (If branches, Scan bodies, by the same rules), or an If whose condition is computed and
+    whose branches declare outputs of different shapes. A compressed model computes slightly other values,
+    so such an output can have another size than the original's on the same input."""
     graph = model.graph
-    float_constants = {init.name for init in graph.initializer if init.data_type in _FLOAT_TYPES}
+    computed = {i.name for i in graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}  # values from floats
+    float_constants = _float_constants(graph)
+    input_valued = {i.name for i in graph.input} - float_constants  # values from the inputs' values
+    sized = _sizes_from_values(graph, computed, input_valued, float_constants)
+    return {output.name: sized[output.name] for output in graph.output if output.name in sized}
+
+
+def _float_constants(graph: onnx.GraphProto) -> set[str]:
+    """The graph's float initializers and float Constant outputs."""
+    found = {init.name for init in graph.initializer if init.data_type in _FLOAT_TYPES}
     for node in graph.node:
         if node.op_type == "Constant" and node.output and any(
                 (a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _FLOAT_TYPES)
                 or a.name in ("value_float", "value_floats") for a in node.attribute):
-            float_constants.add(node.output[0])
-    computed = {i.name for i in graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}  # values from floats
-    input_valued = {i.name for i in graph.input} - set(float_constants)  # values from the inputs' values
-    sized: dict[str, str] = {}  # tensor → why its size depends on the values
+            found.add(node.output[0])
+    return found
 
-    def inner_value_sized(node: onnx.NodeProto) -> Optional[str]:
-        for attribute in node.attribute:  # a node of its bodies (If branches, Scan bodies)
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                for _, body in iter_graphs(sub):
-                    for n in body.node:
-                        if n.op_type in VALUE_SIZED_OPS or n.op_type == "Loop":
-                            return n.op_type
-                        if n.op_type == "TopK" and len(n.input) > 1 and n.input[1]:
-                            return "TopK with a k computed at run time"
-        return None
 
+def _sizes_from_values(graph: onnx.GraphProto, computed: set[str], input_valued: set[str],
+                       float_constants: set[str]) -> dict[str, str]:
+    """Tensor → why its size depends on the values, for :func:`value_sized_outputs`, walking ``graph`` in its
+    (topological) order; ``computed`` (values from the model's float values) and ``input_valued`` (values
+    from the inputs' values) grow as it goes, and a body sees its outer graph's sets."""
+    sized: dict[str, str] = {}
     for node in graph.node:
         inputs = [name for name in node.input if name]
         why = next((sized[name] for name in inputs if name in sized), None)
+        bodies = [sub for attribute in node.attribute
+                  for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs))]
         if node.op_type in ("Shape", "Size"):  # values: the input's shape
-            from_values = bool(why)
-            outputs_valued = from_values
+            from_values = outputs_valued = bool(why)
             why = None
         else:
-            has_graphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-            from_values = has_graphs or any(name in computed for name in inputs) or (
+            from_values = bool(bodies) or any(name in computed for name in inputs) or (
                 any(name in input_valued for name in inputs) and any(name in float_constants for name in inputs))
-            outputs_valued = from_values or has_graphs or any(name in input_valued for name in inputs)
-            if why is None and node.op_type in VALUE_SIZED_OPS:
+            outputs_valued = from_values or any(name in input_valued for name in inputs)
+            if why is None and node.op_type in VALUE_SIZED_OPS + ("Loop",):
                 why = node.op_type
-            elif why is None and node.op_type == "Loop":
-                why = "Loop"
             elif why is None and node.op_type in SIZE_ARGUMENTS:
                 positions, what = SIZE_ARGUMENTS[node.op_type]
                 if any(p < len(node.input) and node.input[p] in computed for p in positions):
                     why = f"{node.op_type} with {what} computed at run time"
-            elif why is None and has_graphs:
-                why = inner_value_sized(node)
+            for body in bodies if why is None else ():  # its formal inputs (a Loop's, a Scan's) come from values
+                inner = _sizes_from_values(
+                    body, computed | {i.name for i in body.input}, input_valued | {i.name for i in body.input},
+                    float_constants | _float_constants(body))
+                why = next(iter(inner.values()), None)
+                if why:
+                    break
+            if why is None and node.op_type == "If" and node.input and node.input[0] in computed \
+                    and _branch_shapes_differ(bodies):
+                why = "If with a computed condition between branches of different shapes"
         for name in node.output:
             if not name:
                 continue
@@ -540,7 +548,16 @@ def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
                 input_valued.add(name)
             if why:
                 sized[name] = why
-    return {output.name: sized[output.name] for output in graph.output if output.name in sized}
+    return sized
+
+
+def _branch_shapes_differ(branches: Sequence[onnx.GraphProto]) -> bool:
+    """Whether two If branches declare outputs of different shapes (both declared, a dim differing)."""
+    if len(branches) != 2:
+        return False
+    shapes = [[tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in out.type.tensor_type.shape.dim)
+               if out.type.tensor_type.HasField("shape") else None for out in branch.output] for branch in branches]
+    return any(a is not None and b is not None and a != b for a, b in zip(*shapes))
 
 
 def _shape_and_type(value) -> tuple:

@@ -418,3 +418,60 @@ def test_a_model_with_a_value_sized_slice_compresses(tmp_path):
     result = compress(path, keep_params=0.3, rank_multiple=1)
     assert result.report.layers[0].groups and result.report.layers[0].rank < 10
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_a_size_computed_from_values_inside_an_if_branch_makes_the_output_value_sized():
+    """The same Slice inside an If's branch was missed (only NonZero-like ops, Loop and TopK were looked for
+    in bodies): compress wrote the model and validate blamed the pairing for the widths that differed."""
+    from onnx_alds.checks import value_sized_outputs
+
+    base = _sliced_by_values("argmax")
+    sliced = [node for node in base.graph.node if node.op_type != "MatMul"]
+    then_branch = helper.make_graph(sliced, "then", [], [helper.make_tensor_value_info("crop", TensorProto.FLOAT,
+                                                                                        None)])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["logits"], ["same"])], "else", [],
+                                    [helper.make_tensor_value_info("same", TensorProto.FLOAT, None)])
+    nodes = [base.graph.node[0], helper.make_node("Size", ["x"], ["size"]),
+             helper.make_node("Greater", ["size", "zero_scalar"], ["always"]),
+             helper.make_node("If", ["always"], ["out"], then_branch=then_branch, else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "if", list(base.graph.input),
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "M"])],
+                              list(base.graph.initializer) + [numpy_helper.from_array(np.array(0, np.int64),
+                                                                                      "zero_scalar")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    assert value_sized_outputs(model) == {"out": "Slice with bounds computed at run time"}
+    # a branch that slices by a constant stays exact
+    constant = onnx.ModelProto()
+    constant.CopyFrom(model)
+    branch = next(a.g for a in constant.graph.node[3].attribute if a.name == "then_branch")
+    branch.node[-1].input[2] = "one"
+    assert value_sized_outputs(constant) == {}
+
+
+def test_an_if_on_a_computed_condition_between_branches_of_declared_different_shapes_is_value_sized():
+    from onnx_alds.checks import value_sized_outputs
+
+    def model(widths: tuple[int, int]) -> onnx.ModelProto:
+        branches = {}
+        for name, width in zip(("then_branch", "else_branch"), widths):
+            out = f"{name}_out"
+            branches[name] = helper.make_graph(
+                [helper.make_node("Slice", ["logits", "zero", f"end{width}", "one"], [out])], name, [],
+                [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", width])])
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["logits"]),
+                 helper.make_node("ReduceSum", ["logits"], ["total"], keepdims=0),
+                 helper.make_node("Greater", ["total", "zero_f"], ["positive"]),
+                 helper.make_node("If", ["positive"], ["out"], **branches)]
+        inits = [numpy_helper.from_array(np.ones((32, 10), np.float32), "W"),
+                 numpy_helper.from_array(np.array(0, np.float32), "zero_f"),
+                 numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                 numpy_helper.from_array(np.array([1], np.int64), "one")] + [
+            numpy_helper.from_array(np.array([w], np.int64), f"end{w}") for w in set(widths)]
+        graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", None])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert value_sized_outputs(model((4, 7))) == {
+        "out": "If with a computed condition between branches of different shapes"}
+    assert value_sized_outputs(model((4, 4))) == {}
