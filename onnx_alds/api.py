@@ -34,8 +34,7 @@ from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer
                      find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
                      iter_graphs, iter_total_params, literal_where_named, node_macs, stored_sources,
                      unchanged_ops_note, weight_constants, widened_weights, with_order)
-from .checks import (RANDOM_SAMPLES, InputCheck, check_input_model, check_output_model, random_nodes,
-                     random_output_change)
+from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
 from .inputs import check_sample_dims, conform_inputs
@@ -1185,8 +1184,12 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     report = with_written_params(report, int(sum(iter_total_params(new_model))), target, keep, rank_multiple,
                                  applied=_edited_plan(allocation.search),
                                  from_plan=allocation.search.startswith("plan"))
-    if moved is not None:
-        report = replace(report, random_output_change=moved, random_samples=RANDOM_SAMPLES)
+    if moved is not None and moved.change is not None:
+        report = replace(report, random_output_change=moved.change, random_samples=moved.samples,
+                         random_output=moved.output if moved.outputs > 1 else None)
+    elif moved is not None:
+        report = replace(report, notes=report.notes + (f"the outputs were not compared on random inputs: "
+                                                       f"{moved.reason}; measure the model with validate",))
     if data_aware:
         steps = data_aware_steps(data)
         factorized = {layer.name for layer, _ in plan}  # (a plan applied measures no other layer)
@@ -1480,7 +1483,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         signs = ([f"the plan cuts deep (largest predicted layer error {report.max_error:.2f})"] if deep else []) + (
             [f"the outputs moved far from the original's (mean relative change {report.random_output_change:.2f} "
-             f"on {report.random_samples} random inputs)"] if moved else [])
+             + (f"of output '{report.random_output}' " if report.random_output else "")
+             + f"on {report.random_samples} random inputs)"] if moved else [])
         warnings.append(f"no calibration data, and {' and '.join(signs)}: expect a large accuracy loss; " + (
                             "make a data-aware plan (onnx-alds plan ... --calibration FILE.npz or "
                             "--calibration-images DIR with a few hundred real inputs)" if applied else

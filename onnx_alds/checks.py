@@ -649,41 +649,72 @@ def check_output_model(new: onnx.ModelProto, original: onnx.ModelProto, found: I
 
 
 RANDOM_SAMPLES = 4  # random inputs on which a data-free result's outputs are compared with the original's
+RANDOM_CHECK_SECONDS = 5.0  # after this long, no further batch is run (one always is)
+
+
+@dataclass(frozen=True)
+class RandomCheck:
+    """The outputs of a data-free result on random inputs (:func:`random_output_change`): ``change`` is the
+    largest over the float outputs of the mean relative change ``‖y' − y‖₂ / ‖y‖₂`` per sample (None: not
+    measured, ``reason`` says why), ``output`` the output it is of, ``outputs`` how many were compared,
+    ``samples`` on how many random inputs."""
+
+    change: Optional[float]
+    samples: int = 0
+    output: Optional[str] = None
+    outputs: int = 0
+    reason: Optional[str] = None
 
 
 def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
-                         store: Optional[TensorStore] = None) -> Optional[float]:
-    """The mean relative change of the outputs, ``‖y' − y‖₂ / ‖y‖₂`` per sample, averaged over the
-    samples and the float outputs, on :data:`RANDOM_SAMPLES` random inputs
-    (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids below their tables, masks of ones)
-    at the checked input shapes. 1 is as far as outputs of zeros; not real data, but a data-free result that
-    lost its original's predictions moves several times more than one that kept them (docs/ACCURACY.md).
-    ``store``: the models' dense weights are read through it (stubs). None where it cannot be measured: the
-    checks did not run the original, a model over the checks' size limit, inputs that cannot be drawn, no float
-    output with a finite, non-zero reference."""
-    if not found.runtime_loads or found.runtime_outputs is None or model_bytes(original, store) > _RUNTIME_LIMIT:
-        return None
+                         store: Optional[TensorStore] = None) -> RandomCheck:
+    """How far ``new``'s outputs moved from ``original``'s on :data:`RANDOM_SAMPLES` random inputs
+    (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids below their tables, masks of ones) at
+    the checked input shapes, a batch at a time (a model that fixes its batch at that batch; no batch after
+    :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
+    ``‖y' − y‖₂ / ‖y‖₂`` (samples whose output is all zero left out; an output whose first dim is not the
+    batch is one sample per batch), and the largest over the outputs, so that an output left as it is does
+    not hide a broken one. 1 is as far as outputs of zeros; not real data, but a data-free result that lost
+    its original's predictions moved several times more than one that kept them (docs/ACCURACY.md).
+    ``store``: the models' dense weights are read through it (stubs)."""
+    if not found.runtime_loads or found.runtime_outputs is None:
+        return RandomCheck(None, reason="ONNX Runtime did not run the original in the checks")
+    if model_bytes(original, store) > _RUNTIME_LIMIT:
+        return RandomCheck(None, reason=f"the model is over the checks' limit of {_RUNTIME_LIMIT >> 30} GiB")
+    import time
+
     from .inputs import random_inputs
     from .runtime import make_session
 
+    firsts = {spec.dims[0] if spec.dims else None for spec in graph_inputs(original)}
+    batch = next(iter(firsts)) if len(firsts) == 1 and isinstance(next(iter(firsts)), int) else 1
+    count = batch * math.ceil(RANDOM_SAMPLES / batch)
     try:
-        inputs = random_inputs(original, RANDOM_SAMPLES, input_shapes=found.probe_shapes, seed=0)
-        feeds = {name: np.asarray(array) for name, array in inputs.arrays.items()}
-        before = _run_quietly(make_session(original, "cpu", store=store, prepack=False), feeds)
-        after = _run_quietly(make_session(new, "cpu", store=store, prepack=False), feeds)
-    except Exception as exc:  # (an input no random sample fits, a fixed batch of another size: no figure)
+        inputs = random_inputs(original, count, input_shapes=found.probe_shapes, seed=0)
+        arrays = {name: np.asarray(array) for name, array in inputs.arrays.items()}
+        sessions = (make_session(original, "cpu", store=store, prepack=False),
+                    make_session(new, "cpu", store=store, prepack=False))
+        names = [output.name for output in sessions[0].get_outputs()]
+        ratios: dict[str, list[float]] = {}
+        started, done = time.perf_counter(), 0
+        while done < count and (done == 0 or time.perf_counter() - started < RANDOM_CHECK_SECONDS):
+            feeds = {name: array[done:done + batch] for name, array in arrays.items()}
+            before, after = (_run_quietly(session, feeds) for session in sessions)
+            for name, y, z in zip(names, before, after):
+                if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
+                    rows = len(y) if y.ndim and len(y) == batch else 1
+                    y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
+                    norms = np.linalg.norm(y, axis=1)
+                    with np.errstate(all="ignore"):
+                        ratios.setdefault(name, []).extend(
+                            (np.linalg.norm(z - y, axis=1) / norms)[np.isfinite(norms) & (norms > 0)].tolist())
+            done += batch
+    except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
         raise_if_out_of_resources(exc)
-        return None
-    changes = []
-    for y, z in zip(before, after):
-        if not (isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.ndim and y.shape == np.shape(z)
-                and y.shape[0] == len(next(iter(feeds.values())))):
-            continue
-        y, z = y.reshape(len(y), -1).astype(np.float64), np.asarray(z).reshape(len(y), -1).astype(np.float64)
-        norms = np.linalg.norm(y, axis=1)
-        if not (np.all(np.isfinite(y)) and np.all(norms > 0)):
-            continue
-        with np.errstate(all="ignore"):
-            change = float(np.mean(np.linalg.norm(z - y, axis=1) / norms))
-        changes.append(change if math.isfinite(change) else math.inf)
-    return float(np.mean(changes)) if changes else None
+        return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)[:160]})")
+    means = {name: float(np.mean(values)) if np.all(np.isfinite(values)) else math.inf
+             for name, values in ratios.items() if values}
+    if not means:
+        return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
+    worst = max(means, key=lambda name: means[name])
+    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means))

@@ -93,9 +93,10 @@ class CompressionReport:
     # --prune (onnx_alds.prune): per pruned block, the hidden width before and after (prune.BlockReport)
     pruned: tuple = ()
     # without calibration: the outputs' mean relative change on a few random inputs, measured
-    # (onnx_alds.checks.random_output_change; None: not measured)
+    # (onnx_alds.checks.random_output_change: the largest over the float outputs; None: not measured)
     random_output_change: Optional[float] = None
     random_samples: Optional[int] = None
+    random_output: Optional[str] = None  # the output of that figure, where several were compared
 
     def to_dict(self) -> dict:
         """Every field; each layer also gets ``note``, the table's note column (why it is kept dense: its
@@ -171,7 +172,9 @@ class CompressionReport:
                          + (" (in-sample for the pruned widths: see the notes)" if self.pruned else ""))
         if self.random_output_change is not None:
             lines.append(f"outputs on {self.random_samples} random inputs (not real data): mean relative change "
-                         f"{self.random_output_change:.3f} from the original's (1: as far as outputs of zeros)")
+                         f"{self.random_output_change:.3f} from the original's"
+                         + (f" (the largest, of '{self.random_output}')" if self.random_output else "")
+                         + " (1: as far as outputs of zeros)")
         if self.pruned:  # --prune (onnx_alds.prune)
             narrowed = [block for block in self.pruned if block.width_after < block.width_before]
             lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)}" + (

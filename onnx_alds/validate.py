@@ -72,8 +72,15 @@ EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
 # a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
 # features, whose arg-max (sequence) or channel arg-max (dense) says nothing
 CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
-# boxes and regression heads ([N, Q, 4] boxes, [N, 3] offsets): an arg-max over their values means nothing
-REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a-z])", re.IGNORECASE)
+# boxes and regression heads ([N, Q, 4] boxes, [N, 3] offsets): an arg-max over their values means nothing;
+# whole words of the name (camelCase split: predBoxes), so that inbox, sandbox or register do not match
+REGRESSION_NAME = re.compile(r"(?<![a-z])(b?box(es)?|coord(s|inates?)?|regress(ion)?|reg|deltas?|offsets?)(?![a-z])",
+                             re.IGNORECASE)
+
+
+def _names_regression(name: str) -> bool:
+    """Whether an output's name says boxes or a regression head (:data:`REGRESSION_NAME`)."""
+    return bool(REGRESSION_NAME.search(re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)))
 MIN_NN_SAMPLES = 3  # with 2 samples each one's nearest neighbour is the other: agreement says nothing
 ATTENTION_MASK = "attention_mask"
 
@@ -442,8 +449,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
     shape = _shape_text(array)
     if array.ndim >= 3 and CACHE_NAME.search(name):
         return REGRESSION, f"{array.ndim}-D float {shape}, name says a key/value cache"
-    if array.ndim in (2, 3) and REGRESSION_NAME.search(name):
-        return REGRESSION, f"{array.ndim}-D float {shape}, name says boxes or a regression head"
+    if array.ndim == 3 and _names_regression(name):
+        return REGRESSION, f"3-D float {shape}, name says boxes or a regression head"
     if topk_values and array.ndim in (2, 3):
         return REGRESSION, (f"{array.ndim}-D float {shape}, {SORTED_ROWS} (a TopK's values): its arg-max is a fixed "
                             "column, so an agreement of arg-maxes would be 1 for any model")
@@ -455,6 +462,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
             return EMBEDDING, f"2-D float {shape}, rows of unit L2 norm"
         if EMBEDDING_NAME.search(name):
             return EMBEDDING, f"2-D float {shape}, name says embedding"
+        if _names_regression(name):
+            return REGRESSION, f"2-D float {shape}, name says boxes or a regression head"
         if _sorted_beyond_chance(rows):
             return REGRESSION, (f"2-D float {shape}, {SORTED_ROWS} (a sort's values?): its arg-max is a fixed column, "
                                 "so top-1 agreement would be 1 for any model")

@@ -706,7 +706,9 @@ def test_data_free_deep_cut_and_tiny_head_are_warned(capsys):
     assert any("no calibration data" in w for w in report.warnings)
     assert any("full rank" in w for w in report.warnings)
     assert "warning: no calibration data" in report.format()
-    gentle = onnx_alds.compress(model, keep_params=0.95).report
+    # (at 0.95 the full-rank hidden layer keeps rank 105 of 256 and the outputs move 0.51 on random
+    # inputs, which are this model's own kind: warned, rightly, since the random-input check)
+    gentle = onnx_alds.compress(model, keep_params=0.98).report
     assert not gentle.warnings
     assert any("not multiples of 16" in note for note in gentle.notes) or all(
         row.rank % 16 == 0 for row in gentle.layers if row.groups)

@@ -1630,4 +1630,16 @@ def test_boxes_and_regression_heads_are_no_classifier_or_sequence_by_their_name(
     kind, reason = detect_kind(name, values)
     assert kind == "regression" and "name says boxes or a regression head" in reason
     assert detect_kind("logits", values)[0] in ("classifier", "sequence")
-    assert detect_kind("register_scores", values)[0] != "regression"  # ('reg' only as a word)
+    for word_inside in ("register_scores", "inbox_logits", "sandbox"):  # (whole words of the name only)
+        assert detect_kind(word_inside, values)[0] != "regression"
+    assert detect_kind("predBoxes", values)[0] == "regression"  # (camelCase words)
+
+
+def test_an_embedding_named_with_box_stays_an_embedding():
+    """'bbox_embedding' with rows of unit norm was judged regression by its name and failed the regression
+    default where its cosine 0.971 passed the embedding one."""
+    from onnx_alds.validate import detect_kind
+
+    rows = np.random.default_rng(0).standard_normal((8, 16))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert detect_kind("bbox_embedding", rows.astype(np.float32))[0] == "embedding"
