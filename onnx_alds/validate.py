@@ -484,6 +484,7 @@ def _sorted_beyond_chance(rows: np.ndarray) -> bool:
     ``(2 / C!)^R``, which must be ≤ :data:`SORTED_BY_CHANCE` (C = 3 needs 7 rows, C = 5 two, C ≥ 7 one; with
     2 columns every row is monotone). Such rows are TopK values or a sort's output, whose arg-max is always
     the first or last column, not a classifier's scores."""
+    rows = rows[np.ptp(rows, axis=1) > 0]  # (a constant row, zeros on a padded input, is no sign of a sort)
     count, classes = rows.shape
     if classes < 3 or count * (math.lgamma(classes + 1) - math.log(2)) < -math.log(SORTED_BY_CHANCE):
         return False
@@ -634,6 +635,7 @@ class _Accumulator:
         self.labels_checked = False
         self.original_min, self.original_max = math.inf, -math.inf
         self.shared_nonfinite = 0  # NaN/Inf values of the original that the compressed model gives too
+        self.both_zero = 0  # samples whose output is all zeros in both models: no figure of their own
         self.float_values = 0  # float values seen (when all are shared NaN/Inf, nothing was compared)
         # samples whose original output is all zeros but the compressed one's is not: their relative error is
         # taken against the output's mean norm over the other samples (dividing by 0 would fail any tolerance)
@@ -740,10 +742,12 @@ class _Accumulator:
         self.reference_norm_sum += float(np.sum((ref_norm * scale[:, 0])[nonzero]))
         self.reference_count += int(np.sum(nonzero))
         self.zero_reference.append((diff_norm * scale[:, 0])[zero])
-        keep = ~zero
-        self.rel.append(np.where(diff_norm == 0, 0.0, diff_norm / np.maximum(ref_norm, tiny))[keep])
-        both_zero = (ref_norm == 0) & (cmp_norm == 0)
-        self.cos.append(np.where(both_zero, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))[keep])
+        empty = o.shape[1] == 0  # (rows of no values, [N, 0]: equal, rel 0 and cos 1)
+        both_zero = (ref_norm == 0) & (cmp_norm == 0) & (not empty)  # equal, on an input that says nothing
+        self.both_zero += int(both_zero.sum())
+        keep = ~zero & ~both_zero
+        self.rel.append((diff_norm / np.maximum(ref_norm, tiny))[keep])
+        self.cos.append(np.where(empty, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))[keep])
 
     @property
     def zero_reference_samples(self) -> int:
@@ -852,14 +856,18 @@ class _Accumulator:
         if self._single_values():
             figures["min_cosine"] = figures["mean_cosine"] = None
         reason = self.reason
-        if self.float_values and self.shared_nonfinite >= self.float_values:  # nothing left to compare
+        nothing = None  # why no value is left to compare
+        if self.float_values and self.shared_nonfinite >= self.float_values:
+            nothing = (f"every value is NaN or Inf in both models ({self.shared_nonfinite} values): nothing to "
+                       "compare; give inputs on which the original computes finite outputs")
+        elif self.both_zero and not any(len(rows) for rows in self.rel) and not self.zero_reference_samples:
+            nothing = (f"every sample's output is all zeros in both models ({self.both_zero} samples): nothing to "
+                       "compare; give inputs on which the original's output is not zero")
+        if nothing:
             figures = {name: math.nan for name in figures}
             return OutputComparison(
                 name=self.name, shape=self.shape, samples=self.samples, kind=self.kind, kind_reason=reason,
-                compared_exactly=self.compared_exactly,
-                failures=(f"every value is NaN or Inf in both models ({self.shared_nonfinite} values): nothing to "
-                          "compare; give inputs on which the original computes finite outputs",) if limits else (),
-                **figures)
+                compared_exactly=self.compared_exactly, failures=(nothing,) if limits else (), **figures)
         if self.kind == CLASSIFIER and self.samples:
             graded = self.samples - self.unpredicted
             figures["top1_agreement"] = self.top1 / graded if graded else math.nan
@@ -1110,6 +1118,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
             notes.append(f"output '{name}': the original gives NaN or Inf at {accumulator.shared_nonfinite} values "
                          "and the compressed model the same there; the figures compare the other values (a sample "
                          "with no other value has no figure of its own)")
+        if accumulator.both_zero:
+            notes.append(f"output '{name}': both models give all zeros on {accumulator.both_zero} sample(s), which "
+                         "say nothing of the compression: rel and cos leave them out")
         if accumulator.unpredicted:
             notes.append(f"output '{name}': the original has no prediction on {accumulator.unpredicted} sample(s) "
                          "(every class NaN or -Inf, or +Inf in several): top-1 and top-5 agreement count the others")

@@ -1531,6 +1531,7 @@ def test_sorted_rows_are_told_from_chance_and_topk_values_are_known_by_the_graph
     assert detect_kind("logits", sorted_row)[0] == "classifier"
     assert detect_kind("logits", np.repeat(sorted_row, 7, axis=0))[0] == "regression"
     assert detect_kind("logits", np.repeat(sorted_row, 6, axis=0))[0] == "classifier"
+    assert detect_kind("logits", np.zeros((8, 5), np.float32))[0] == "classifier"  # (constant rows: no sort)
     assert detect_kind("scores", sorted_row, topk_values=True)[0] == "regression"
     assert detect_kind("scores", np.zeros((2, 4, 3), np.float32), topk_values=True)[0] == "regression"
     assert topk_value_outputs(_topk_scores(0)) == {"scores"}
@@ -1643,3 +1644,24 @@ def test_an_embedding_named_with_box_stays_an_embedding():
     rows = np.random.default_rng(0).standard_normal((8, 16))
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     assert detect_kind("bbox_embedding", rows.astype(np.float32))[0] == "embedding"
+
+
+def test_samples_whose_output_is_zero_in_both_models_are_left_out_not_counted_as_agreeing():
+    """An input that zeroes the output (a padded sentence, an all-zero mask) gave rel 0 and cosine 1 in both
+    models, whatever the compression did: with every sample so, PASSED with nothing compared."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 6))
+    original, compressed = _matmul(weight, ["N", 8]), _matmul(weight + 0.3 * rng.standard_normal((8, 6)), ["N", 8])
+    x = rng.standard_normal((8, 8)).astype(np.float32)
+    x[:3] = 0
+    mixed = validate(original, compressed, inputs=InputSet({"x": x}, source="t"),
+                     output_kinds={"y": "regression"}, figures_only=True)
+    alone = validate(original, compressed, inputs=InputSet({"x": x[3:]}, source="t"),
+                     output_kinds={"y": "regression"}, figures_only=True)
+    assert mixed.outputs[0].mean_rel_error == pytest.approx(alone.outputs[0].mean_rel_error)
+    assert mixed.outputs[0].mean_cosine == pytest.approx(alone.outputs[0].mean_cosine)
+    assert any("both models give all zeros on 3 sample(s)" in note for note in mixed.notes)
+    zeros = validate(original, compressed, inputs=InputSet({"x": np.zeros((4, 8), np.float32)}, source="t"),
+                     output_kinds={"y": "regression"})
+    assert not zeros.passed and "every sample's output is all zeros in both models (4 samples)" in \
+        zeros.outputs[0].failures[0]
