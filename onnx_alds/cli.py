@@ -204,10 +204,14 @@ def given_flags(args: argparse.Namespace) -> set[str]:
 
 def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """A one-value flag given twice with different values (``--keep-params 0.5 ... --keep-params 0.9``) is a
-    usage error (exit 2): argparse keeps the last silently. Flags that collect values (``--exclude``,
-    ``--input-shape``) may repeat."""
+    usage error (exit 2): argparse keeps the last silently. So is a flag with an optional value or a list
+    given twice (``--prune only --prune combined``, ``--batch 2 --batch 4``: its values go after one flag).
+    Flags that collect values (``--exclude``, ``--input-shape``) may repeat."""
     single = {option: action for action in parser._actions if type(action).__name__ == "_StoreAction"
               and action.nargs is None for option in action.option_strings}
+    several = {option: action for action in parser._actions if type(action).__name__ == "_StoreAction"
+               and action.nargs is not None for option in action.option_strings}
+    seen: set[argparse.Action] = set()
     every = [option for action in parser._actions for option in action.option_strings]
     given: dict[argparse.Action, tuple[str, str]] = {}
     tokens = list(argv)
@@ -220,6 +224,12 @@ def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) 
             option = matches[0] if len(matches) == 1 else option
         elif not option.startswith("--") and len(token) > 2 and token[:2] in single:  # -oOUT
             option, equals, value = token[:2], "=", token[2:]
+        if option in several:
+            if several[option] in seen:
+                values = " with all its values" if several[option].nargs in ("+", "*") else ""
+                parser.error(f"{option} is given twice; give it once{values}")
+            seen.add(several[option])
+            continue
         action = single.get(option)
         if action is None or not option.startswith("-"):
             continue

@@ -1395,3 +1395,20 @@ def test_a_report_written_over_the_model_through_a_link_is_refused(cnn_path, tmp
     code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "out.onnx"), "--report",
                            str(tmp_path / "link.json"), "--keep-params", "0.5", capsys=capsys)
     assert_one_line_error(code, err, "is also the -o file")
+
+
+@pytest.mark.parametrize("command, flags, repeated", [
+    ("compress", ["--calibration-random", "8", "--prune", "only", "--prune", "combined"], "--prune"),
+    ("compress", ["--calibration-random", "8", "--both-factors", "2", "--both-factors", "3"], "--both-factors"),
+    ("bench", ["--batch", "2", "--batch", "4"], "--batch"),
+    ("sweep", ["--keep-flops", "0.6", "--keep-flops", "0.7", "--methods", "svd", "-o", "OUT"], "--keep-flops"),
+])
+def test_a_flag_with_an_optional_value_or_a_list_given_twice_is_a_usage_error(cnn_path, tmp_path, capsys, command,
+                                                                            flags, repeated):
+    """`--prune only --prune combined` pruned combined, `bench --batch 2 --batch 4` timed batch 4 only and a
+    sweep's second --keep-flops dropped the first's values, each with exit 0."""
+    flags = [str(tmp_path / "sweep") if flag == "OUT" else flag for flag in flags]
+    output = ["-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5"] if command == "compress" else []
+    code, _, err = run_cli(command, str(cnn_path), *output, *flags, capsys=capsys)
+    assert code == 2 and f"{repeated} is given twice; give it once" in err, err
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "sweep").exists()

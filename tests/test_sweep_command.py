@@ -74,9 +74,13 @@ def tiny(tmp_path_factory):
 
 def sweep_args(tiny: Path, out: Path, *extra: str) -> list[str]:
     """2 budgets × 2 methods (one data-free, one data-aware)."""
-    return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", "0.5", "0.8", "--methods", "alds", "svd+data",
+    # (the tiny model has 16 channels: rank multiple 1; a list flag in ``extra`` replaces the default, as a
+    # list flag is given once)
+    defaults = {"--keep-flops": ["0.5", "0.8"], "--methods": ["alds", "svd+data"], "--rank-multiple": ["1"]}
+    return ["sweep", str(tiny / "tiny.onnx"), *[part for flag, values in defaults.items() if flag not in extra
+                                                for part in (flag, *values)],
             "--inputs", str(tiny / "eval.npz"), "--calibration", str(tiny / "calibration.npz"), "-o", str(out),
-            "--rank-multiple", "1", "--no-progress", *extra]  # the tiny model has 16 channels: rank multiple 1
+            "--no-progress", *extra]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -513,9 +517,9 @@ def test_sweep_resolves_output_kinds_as_validate_does():
 
 
 def _quick(tiny: Path, out: Path, *keeps: str, methods=("alds",), extra=()) -> list[str]:
+    multiple = [] if "--rank-multiple" in extra else ["--rank-multiple", "1"]  # (a list flag is given once)
     return ["sweep", str(tiny / "tiny.onnx"), "--keep-flops", *keeps, "--methods", *methods, "--inputs",
-            str(tiny / "eval.npz"), "-o", str(out), "--rank-multiple", "1", "--no-bench", "--no-plots",
-            "--no-progress", *extra]
+            str(tiny / "eval.npz"), "-o", str(out), *multiple, "--no-bench", "--no-plots", "--no-progress", *extra]
 
 
 def test_a_sweep_with_no_usable_variant_exits_1(tiny, tmp_path, capsys):
