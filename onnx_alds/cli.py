@@ -333,6 +333,9 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
         ("sensitivity", method != "damage",
          "--sensitivity has no effect with --method damage (the damage tables measure each layer's effect on the "
          "outputs); drop one of them"),
+        ("bias_correction", not getattr(args, "affine_correction", False),
+         "--bias-correction has no effect with --affine-correction (its per-channel mean and variance replace the "
+         "bias correction's shift); drop one of them"),
     ]
     for dest, effective, message in rules:
         if dest in given and not effective:
@@ -650,6 +653,13 @@ def check_preprocess_flags(args: argparse.Namespace) -> None:
                          f".npz or --random are fed as they are: drop {flag}")
 
 
+def check_random_seed_flag(args: argparse.Namespace) -> None:
+    """``validate --seed`` draws the ``--random`` inputs and nothing else: with ``--inputs`` or ``--images`` it
+    would change nothing. Raises InputDataError."""
+    if args.command == "validate" and "seed" in given_flags(args) and getattr(args, "random", None) is None:
+        raise InputDataError("--seed draws the --random inputs; with --inputs or --images it has no effect: drop it")
+
+
 def _refuse_empty_values(args: argparse.Namespace) -> None:
     """An empty argument (``-o ''``, an unset ``$OUT``) is a usage error naming the flag; ``Path('')`` would
     read as the current folder."""
@@ -802,6 +812,7 @@ def _run_command(args: argparse.Namespace) -> int:
     """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
     try:
         check_preprocess_flags(args)
+        check_random_seed_flag(args)
         _check_output_paths(args)
         code = int(args.run(args) or 0)
         try:

@@ -377,6 +377,9 @@ def without_effect(search: SearchOptions, data: DataAwareOptions, *, calibrated:
             if changed:
                 return (f"{name}={_value(search, data, name)!r} has no effect with prune='only' (no layer is "
                         "factorized); drop one of them")
+    if data.bias_correction and data.affine_correction:
+        return ("bias_correction=True has no effect with affine_correction=True (its per-channel mean and variance "
+                "replace the bias correction's shift); drop one of them")
     if search.error_measure is not None and method != "alds":
         return (f"error_measure={search.error_measure!r} has no effect with method={method!r} (it allocates by its "
                 "own measure); drop one of them")

@@ -1412,3 +1412,28 @@ def test_a_flag_with_an_optional_value_or_a_list_given_twice_is_a_usage_error(cn
     code, _, err = run_cli(command, str(cnn_path), *output, *flags, capsys=capsys)
     assert code == 2 and f"{repeated} is given twice; give it once" in err, err
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_validate_seed_without_random_inputs_is_refused(cnn_path, tmp_path, capsys):
+    """validate --inputs FILE.npz --seed 5 wrote the same figures as without --seed, exit 0."""
+    np.savez(tmp_path / "x.npz", input=np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    code, _, err = run_cli("validate", str(cnn_path), str(cnn_path), "--inputs", str(tmp_path / "x.npz"), "--seed",
+                           "5", capsys=capsys)
+    assert_one_line_error(code, err, "--seed draws the --random inputs")
+    code, _, err = run_cli("validate", str(cnn_path), str(cnn_path), "--random", "4", "--seed", "5", capsys=capsys)
+    assert code == 0, err
+
+
+def test_bias_correction_beside_affine_correction_is_refused(cnn_path, tmp_path, capsys):
+    """--bias-correction --affine-correction wrote the model of --affine-correction alone, and the report listed
+    bias-correction among the steps applied."""
+    import onnx_alds
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.inputs import load_inputs
+
+    code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--keep-params", "0.5",
+                           "--calibration-random", "8", "--bias-correction", "--affine-correction", capsys=capsys)
+    assert_one_line_error(code, err, "--bias-correction has no effect with --affine-correction")
+    with pytest.raises(InputDataError, match="bias_correction=True has no effect with affine_correction=True"):
+        onnx_alds.compress(str(cnn_path), keep_params=0.5, calibration=load_inputs(str(cnn_path), random=8),
+                           bias_correction=True, affine_correction=True)
