@@ -188,23 +188,29 @@ class Preprocess:
         return f"{self.name} ({', '.join(parts)})"
 
 
+def first_occurrences(inputs: InputSet) -> list[int]:
+    """The indices of the samples that repeat no earlier one exactly (values of every input), in order."""
+    import hashlib
+
+    first: dict[bytes, int] = {}
+    for index in range(len(inputs)):
+        digest = hashlib.sha1()
+        for name in sorted(inputs.arrays):
+            digest.update(np.ascontiguousarray(inputs.arrays[name][index]).tobytes())
+        first.setdefault(digest.digest(), index)
+    return sorted(first.values())
+
+
 def without_repeats(inputs):
     """``inputs`` without the samples that repeat an earlier one exactly (values of every input), its
     source saying how many went; any other input set (a shard source) as it is."""
     arrays = getattr(inputs, "arrays", None)
     if not isinstance(inputs, InputSet) or not arrays or len(inputs) < 2:
         return inputs
-    import hashlib
-
-    first: dict[bytes, int] = {}
-    for index in range(len(inputs)):
-        digest = hashlib.sha1()
-        for name in sorted(arrays):
-            digest.update(np.ascontiguousarray(arrays[name][index]).tobytes())
-        first.setdefault(digest.digest(), index)
+    first = first_occurrences(inputs)
     if len(first) == len(inputs):
         return inputs
-    keep = np.array(sorted(first.values()))
+    keep = np.array(first)
     labels = None if inputs.labels is None else inputs.labels[keep]
     return InputSet({name: array[keep] for name, array in arrays.items()}, labels,
                     f"{inputs.source}; {len(inputs) - len(keep)} repeats of other samples left out")

@@ -53,8 +53,8 @@ from .argtypes import check_count, check_number, fraction, non_negative_float, p
 from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
-from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, inputs_from_args,
-                     one_sample_at_a_time, with_prefixed_flags)
+from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, first_occurrences,
+                     inputs_from_args, one_sample_at_a_time, with_prefixed_flags)
 from .model_io import fixed_batch, graph_inputs, load_model, same_weights, structure_of
 from .report import json_safe, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
@@ -1041,6 +1041,11 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
+    elif len(inputs) > 1 and (distinct := len(first_occurrences(inputs))) < len(inputs):
+        notes.append(f"the {len(inputs)} samples hold {distinct} distinct one(s), the others repeat them exactly: the "
+                     f"figures rest on {distinct}; give distinct inputs")
+    elif len(inputs) == 1:
+        notes.append("one sample: the figures rest on it alone; give a few hundred inputs")
     in_sample = _calibrated_on(compressed_model, inputs)
     if in_sample:
         notes.append(in_sample)

@@ -1665,3 +1665,15 @@ def test_samples_whose_output_is_zero_in_both_models_are_left_out_not_counted_as
                      output_kinds={"y": "regression"})
     assert not zeros.passed and "every sample's output is all zeros in both models (4 samples)" in \
         zeros.outputs[0].failures[0]
+
+
+def test_a_set_of_one_sample_or_of_repeats_is_noted():
+    """64 copies of one image, or one sample, were reported as "64 samples" / PASSED with no word."""
+    model = _matmul(np.random.default_rng(0).standard_normal((8, 6)), ["N", 8])
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    repeated = validate(model, model, inputs=InputSet({"x": np.repeat(x, 4, axis=0)}, source="t"))
+    assert any("the 12 samples hold 3 distinct one(s)" in note for note in repeated.notes)
+    one = validate(model, model, inputs=InputSet({"x": x[:1]}, source="t"))
+    assert any(note.startswith("one sample: the figures rest on it alone") for note in one.notes)
+    distinct = validate(model, model, inputs=InputSet({"x": x}, source="t"))
+    assert not any("distinct" in note or "one sample" in note for note in distinct.notes)
