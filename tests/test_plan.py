@@ -588,7 +588,10 @@ def test_an_unedited_plan_applied_warns_as_compress_does():
                for w in compressed.warnings)
     applied = apply_plan(model, round_trip(make_plan(model, keep_flops=0.55, rank_multiple=16))).report
     as_planned = [w.replace("so lower --rank-multiple", "so make the plan again with a lower --rank-multiple")
-                  for w in compressed.warnings]  # (apply takes no --rank-multiple)
+                  .replace("give a few hundred real inputs (--calibration FILE.npz or --calibration-images DIR)",
+                           "make a data-aware plan (onnx-alds plan ... --calibration FILE.npz or --calibration-images "
+                           "DIR with a few hundred real inputs)")
+                  for w in compressed.warnings]  # (apply takes no --rank-multiple nor calibration for a data-free plan)
     assert list(applied.warnings) == as_planned and not any("as edited" in w for w in applied.warnings)
 
 
