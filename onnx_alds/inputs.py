@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 LABELS_FILE_HELP = "one integer class id per line in sample (sorted file) order, or name,label lines"
 LABELS_KEY = "labels"
-RANDOM_INT_HIGH = 100  # integer inputs (token ids, indices) are drawn from [0, RANDOM_INT_HIGH)
+RANDOM_INT_HIGH = 100  # integer inputs (token ids, indices) of no known table are drawn from [0, RANDOM_INT_HIGH)
 
 PathLike = Union[str, os.PathLike]
 
@@ -1016,8 +1016,8 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
                   batch_dim: bool = True) -> InputSet:
     """``count`` random samples for every graph input, honouring dtypes and shapes.
 
-    Floats are standard normal; integers are uniform in ``[0, 100)`` (token ids; below the table's
-    rows when the input indexes a constant table through Gather) except inputs whose
+    Floats are standard normal; integers are uniform over the rows of the constant table they index
+    through Gather (token ids over the whole vocabulary), else in ``[0, 100)``, except inputs whose
     name contains ``mask`` (all ones) or ``token_type``/``segment`` (all zeros); booleans are True for
     masks, else random. Dynamic dims other than the first come from ``input_shapes`` (else
     :class:`UnsupportedModelError` asks for ``--input-shape``); the first dim is the sample axis and
@@ -1207,7 +1207,8 @@ def random_array(name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.ran
             return np.ones(shape, dtype=dtype)
         if "token_type" in lowered or "segment" in lowered:
             return np.zeros(shape, dtype=dtype)
-        return rng.integers(0, min(RANDOM_INT_HIGH, high or RANDOM_INT_HIGH), size=shape).astype(dtype)
+        # over the whole table where the graph gives it (a vocabulary's first 100 ids are its special tokens)
+        return rng.integers(0, high or RANDOM_INT_HIGH, size=shape).astype(dtype)
     if dtype.kind == "V":  # (bfloat16, float8 ...: no array of it can be fed either)
         refuse_unfeedable([InputSpec(name, dtype, shape)])
     reason = f"cannot make random data of type {dtype} for input '{name}'"
