@@ -669,7 +669,7 @@ class RandomCheck:
 def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
                          store: Optional[TensorStore] = None) -> RandomCheck:
     """How far ``new``'s outputs moved from ``original``'s on :data:`RANDOM_SAMPLES` random inputs
-    (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids below their tables, masks of ones) at
+    (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids over their tables, masks of ones) at
     the checked input shapes, a batch at a time (a model that fixes its batch at that batch; no batch after
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
     ``‖y' − y‖₂ / ‖y‖₂`` (samples whose output is all zero left out; an output whose first dim is not the

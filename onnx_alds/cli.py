@@ -440,10 +440,10 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
     if distill_report:  # counted with its rename (an interrupt right after it is told it landed)
         write_json(extra.to_dict(), distill_report, also=lambda: args.written_files.append(str(distill_report)))
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    print(f"wrote {' and '.join(args.written_files)}")
-    if summary is not None:
+    if summary is not None:  # (measured before the model was written, said before it)
         print(summary.text)
-    elif not getattr(args, "quiet", False):  # nothing measured the written model's outputs yet: say how
+    print(f"wrote {' and '.join(args.written_files)}")
+    if summary is None and not getattr(args, "quiet", False):  # nothing measured the written model's outputs yet
         print(_validate_hint(args.model, str(output), result.report.data_aware, result.model))
     return 0
 

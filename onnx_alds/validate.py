@@ -572,7 +572,8 @@ def check_output_kinds(model: onnx.ModelProto, output_kinds: Mapping[str, str]) 
                 f"--output-kind {name}={kind}: output '{name}' is a {which.replace('_type', '')}, not a tensor; "
                 "validate compares tensor outputs only (it reports this one as not compared): drop the flag")
         rank, floating, last = _declared_output(outputs[name])
-        described = f"declared {'float' if floating else 'non-float'} of rank {rank}"
+        described = f"declared {'float' if floating else 'non-float'} of rank {rank}" + (
+            f", last dim {last}" if last is not None else "")
         _check_stated_kind(name, kind, rank, floating, last, described)
 
 

@@ -445,6 +445,7 @@ def test_fixed_batch_model_runs_at_its_batch_by_default(tmp_path, capsys, flags)
         assert "(batch 5)" in stdout  # the summary line's timing batch
         # (the model is validated before it is written: the line named it "<compressed model>")
         assert f"validating {tmp_path / 'o.onnx'} (before it is written) against {path}" in stdout
+        assert stdout.index("validating ") < stdout.index("wrote ")  # (said in the order it happened)
     if "c.npz" in " ".join(flags):
         assert "the last 2 of 32 samples do not fill a batch of 5" in stdout
 

@@ -1677,3 +1677,14 @@ def test_a_set_of_one_sample_or_of_repeats_is_noted():
     assert any(note.startswith("one sample: the figures rest on it alone") for note in one.notes)
     distinct = validate(model, model, inputs=InputSet({"x": x}, source="t"))
     assert not any("distinct" in note or "one sample" in note for note in distinct.notes)
+
+
+def test_a_stated_classifier_of_one_column_names_the_column_count():
+    """`--output-kind y=classifier` on an [N, 1] output said "is declared float of rank 2", which is what a
+    classifier needs; the fault is C = 1."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.validate import check_output_kinds
+
+    with pytest.raises(InputDataError, match=r"needs a 2-D float output \[N, C\] with C ≥ 2, but output 'y' is "
+                                             r"declared float of rank 2, last dim 1"):
+        check_output_kinds(_matmul(np.ones((8, 1)), ["N", 8]), {"y": "classifier"})
