@@ -747,8 +747,8 @@ def check_compress_keywords(function: str, keywords: Mapping[str, Any]) -> None:
     known = [name for name in inspect.signature(compress).parameters if name != "model"]
     unknown = sorted(set(keywords) - set(known))
     if unknown:
-        raise UnknownOptionError(f"{function}() got unknown option(s) {', '.join(unknown)}; it takes compress's keywords: "
-                             f"{', '.join(known)}")
+        raise UnknownOptionError(f"{function}() got unknown option(s) {', '.join(unknown)}; it takes compress's "
+                                 f"keywords: {', '.join(known)}")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
                                 "checked by onnx.checker only")
             return result
         raise_if_out_of_resources(exc)
-        raise ModelLoadError(f"ONNX Runtime refuses the model ({reason}); {model_fix()}") from None
+        raise ModelLoadError(f"ONNX Runtime refuses the model ({reason}); {_runtime_refusal_fix()}") from None
     result.runtime_loads = True
     if size <= _RUN_LIMIT:
         result.runtime_outputs = _probe_run(session, model, result)
@@ -373,7 +373,7 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def model_fix() -> str:
+def _runtime_refusal_fix() -> str:
     """The fix for a model ONNX Runtime refuses or cannot run: the model's, unless ONNX Runtime's own
     environment variables (``ORT_*``, e.g. ``ORT_LOAD_CONFIG_FROM_MODEL``) are set, which change how it
     loads and runs any model: then those first."""
@@ -442,7 +442,7 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                 raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
                                      f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
-            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {model_fix()}") from None
+            raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {_runtime_refusal_fix()}") from None
         raise_if_out_of_resources(exc)
         if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (at the input shapes given, "
@@ -461,8 +461,9 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
 VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # output size: a count of values
 _REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-SIZE_ARGUMENTS: dict[str, tuple[tuple[int, ...], str]] = {  # op → (input positions, what they are): their values set
-    "Reshape": ((1,), "a shape"), "Expand": ((1,), "a shape"), "ConstantOfShape": ((0,), "a shape"),  # the output's shape
+# op → (input positions, what they are): the inputs whose values set the output's shape
+SIZE_ARGUMENTS: dict[str, tuple[tuple[int, ...], str]] = {
+    "Reshape": ((1,), "a shape"), "Expand": ((1,), "a shape"), "ConstantOfShape": ((0,), "a shape"),
     "Tile": ((1,), "repeats"), "Range": ((0, 1, 2), "limits"), "Slice": ((1, 2, 3, 4), "bounds"),
     "Pad": ((1, 3), "pads"), "Resize": ((2, 3), "scales or sizes"), "Upsample": ((1,), "scales"),
     "TopK": ((1,), "a k"), "OneHot": ((1,), "a depth"), "Split": ((1,), "split sizes"),
@@ -687,7 +688,7 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     from .runtime import make_session
 
     firsts = {spec.dims[0] if spec.dims else None for spec in graph_inputs(original)}
-    batch = next(iter(firsts)) if len(firsts) == 1 and isinstance(next(iter(firsts)), int) else 1
+    batch = max(next(iter(firsts)), 1) if len(firsts) == 1 and isinstance(next(iter(firsts)), int) else 1
     count = batch * math.ceil(RANDOM_SAMPLES / batch)
     try:
         inputs = random_inputs(original, count, input_shapes=found.probe_shapes, seed=0)

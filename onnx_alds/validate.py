@@ -10,7 +10,8 @@ batch is split into samples along it, any other output is one sample per batch):
   ``‖c_i - o_i‖₂ / ‖o_i‖₂`` (max and mean over samples); ``cos`` — cosine similarity of ``c_i``
   and ``o_i`` (min and mean over samples; not measured where a sample is one value: only its sign);
   integer, boolean and string outputs, whatever their kind: the fraction of values that differ;
-* ``classifier`` (2-D float ``[N, C]``, C ≥ 2, unless a TopK's values or every row sorted past chance):
+* ``classifier`` (2-D float ``[N, C]``, C ≥ 2, unless a TopK's values, every row sorted past chance, or named
+  as boxes or a regression head):
   ``top1`` — fraction of samples with the same arg-max class; ``top5`` — fraction whose original
   class is among the compressed model's 5 highest (C > 5; a class tied with others counts behind
   them, unless it is the compressed arg-max);

@@ -1084,7 +1084,8 @@ def test_the_random_input_check_reports_the_worst_output_and_stops_at_its_time(m
              helper.make_node("Neg", ["x"], ["kept2"])]
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 48])]
-                       + [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 64]) for name in ("kept1", "kept2")],
+                       + [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 64])
+                          for name in ("kept1", "kept2")],
                        [numpy_helper.from_array(rng.standard_normal((64, 48)).astype(np.float32), "w")])
     report = onnx_alds.compress(model, keep_params=0.1, rank_multiple=1).report
     assert report.random_output == "y" and report.random_output_change >= 0.5 and report.random_samples == 4
