@@ -24,8 +24,8 @@ from onnx import helper, numpy_helper, shape_inference
 
 from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
                      runtime_error_text)
-from .model_io import (TensorStore, check_input_shapes, checkable_copy, graph_inputs, has_stubs, model_bytes,
-                       opset_version, show_input_shapes)
+from .model_io import (TensorStore, check_input_shapes, checkable_copy, fixed_batch, graph_inputs, has_stubs,
+                       model_bytes, opset_version, show_input_shapes)
 
 log = logging.getLogger(__name__)
 
@@ -673,7 +673,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids over their tables, masks of ones) at
     the checked input shapes, a batch at a time (a model that fixes its batch at that batch; no batch after
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
-    ``‖y' − y‖₂ / ‖y‖₂`` (samples whose output is all zero left out; an output whose first dim is not the
+    ``‖y' − y‖₂ / ‖y‖₂`` (a sample all zeros in both models left out, one all zeros in the original alone
+    taken over the output's mean norm on the others, as validate does; an output whose first dim is not the
     batch is one sample per batch), and the largest over the outputs, so that an output left as it is does
     not hide a broken one. 1 is as far as outputs of zeros; not real data, but a data-free result that lost
     its original's predictions moved several times more than one that kept them (docs/ACCURACY.md).
@@ -687,16 +688,17 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     from .inputs import random_inputs
     from .runtime import make_session
 
-    firsts = {spec.dims[0] if spec.dims else None for spec in graph_inputs(original)}
-    batch = max(next(iter(firsts)), 1) if len(firsts) == 1 and isinstance(next(iter(firsts)), int) else 1
-    count = batch * math.ceil(RANDOM_SAMPLES / batch)
     try:
+        batch = max(fixed_batch(original) or 1, 1)  # (inputs fixing different first dims: the reason below)
+        count = batch * math.ceil(RANDOM_SAMPLES / batch)
         inputs = random_inputs(original, count, input_shapes=found.probe_shapes, seed=0)
         arrays = {name: np.asarray(array) for name, array in inputs.arrays.items()}
         sessions = (make_session(original, "cpu", store=store, prepack=False),
                     make_session(new, "cpu", store=store, prepack=False))
         names = [output.name for output in sessions[0].get_outputs()]
         ratios: dict[str, list[float]] = {}
+        away_from_zero: dict[str, list[float]] = {}
+        scale: dict[str, list[float]] = {}
         started, done = time.perf_counter(), 0
         while done < count and (done == 0 or time.perf_counter() - started < RANDOM_CHECK_SECONDS):
             feeds = {name: array[done:done + batch] for name, array in arrays.items()}
@@ -705,14 +707,19 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
                 if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
                     rows = len(y) if y.ndim and len(y) == batch else 1
                     y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
-                    norms = np.linalg.norm(y, axis=1)
+                    norms, moved = np.linalg.norm(y, axis=1), np.linalg.norm(z - y, axis=1)
                     with np.errstate(all="ignore"):
-                        ratios.setdefault(name, []).extend(
-                            (np.linalg.norm(z - y, axis=1) / norms)[np.isfinite(norms) & (norms > 0)].tolist())
+                        ratios.setdefault(name, []).extend((moved / norms)[np.isfinite(norms) & (norms > 0)].tolist())
+                    # a sample all zeros in the original only: its change over the output's mean norm, below
+                    away_from_zero.setdefault(name, []).extend(moved[(norms == 0) & (moved > 0)].tolist())
+                    scale.setdefault(name, []).extend(norms[np.isfinite(norms) & (norms > 0)].tolist())
             done += batch
     except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
         raise_if_out_of_resources(exc)
         return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)[:160]})")
+    for name, changes in away_from_zero.items():  # (as validate measures them; inf where every sample was zeros)
+        reference = float(np.mean(scale[name])) if scale.get(name) else 0.0
+        ratios[name].extend(change / reference if reference > 0 else math.inf for change in changes)
     means = {name: float(np.mean(values)) if np.all(np.isfinite(values)) else math.inf
              for name, values in ratios.items() if values}
     if not means:

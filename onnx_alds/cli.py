@@ -333,7 +333,7 @@ def check_flags_take_effect(args: argparse.Namespace, *, writes_model: bool = Tr
         ("sensitivity", method != "damage",
          "--sensitivity has no effect with --method damage (the damage tables measure each layer's effect on the "
          "outputs); drop one of them"),
-        ("bias_correction", not getattr(args, "affine_correction", False),
+        ("bias_correction", not (has_calibration and getattr(args, "affine_correction", False)),  # (else: needs it)
          "--bias-correction has no effect with --affine-correction (its per-channel mean and variance replace the "
          "bias correction's shift); drop one of them"),
     ]

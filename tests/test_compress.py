@@ -1102,3 +1102,31 @@ def test_the_random_input_check_reports_the_worst_output_and_stops_at_its_time(m
                          [numpy_helper.from_array(rng.standard_normal((64, 48)).astype(np.float32), "w")])
     notes = onnx_alds.compress(strings, keep_params=0.5, rank_multiple=1).report.notes
     assert any(note.startswith("the outputs were not compared on random inputs: ") for note in notes), notes
+
+
+def test_the_random_input_check_runs_beside_a_dynamic_input_and_counts_outputs_zero_in_the_original():
+    """A model fixing batch 8 on one input and not on another got no figure (and advice compress has no flag
+    for); an output zero in the original and not in the compressed model was left out of the figure."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 48)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Add", ["h", "extra"], ["y"])]
+    mixed = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64]),
+                               helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 48])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], [weight])
+    report = onnx_alds.compress(mixed, keep_params=0.1, rank_multiple=1).report
+    assert report.random_samples == 8 and report.random_output_change >= 0.5
+    # 'gate' = h * scale, scale 0 in the original: a compressed model whose gate moved off zero was left out
+    from onnx_alds.checks import check_input_model, random_output_change
+
+    def gated(scale: float) -> onnx.ModelProto:
+        return make_model([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                           helper.make_node("Mul", ["h", "scale"], ["gate"])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                          [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 48]) for name in ("h", "gate")],
+                          [weight, numpy_helper.from_array(np.array(scale, np.float32), "scale")])
+
+    found = check_input_model(gated(0.0), None, {"x": (1, 64)})
+    checked = random_output_change(gated(1.0), gated(0.0), found)
+    assert checked.output == "gate" and checked.change == float("inf") and checked.outputs == 2

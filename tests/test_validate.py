@@ -1631,9 +1631,11 @@ def test_boxes_and_regression_heads_are_no_classifier_or_sequence_by_their_name(
     kind, reason = detect_kind(name, values)
     assert kind == "regression" and "name says boxes or a regression head" in reason
     assert detect_kind("logits", values)[0] in ("classifier", "sequence")
-    for word_inside in ("register_scores", "inbox_logits", "sandbox"):  # (whole words of the name only)
-        assert detect_kind(word_inside, values)[0] != "regression"
-    assert detect_kind("predBoxes", values)[0] == "regression"  # (camelCase words)
+    assert detect_kind("register_scores", values)[0] != "regression"  # ('reg' as a word only)
+    for named in ("predBoxes", "PREDBOXES", "mbox_loc", "regressions", "regressor", "boundingbox", "bboxreg"):
+        assert detect_kind(named, values)[0] == "regression", named
+    unit = values / np.linalg.norm(values, axis=-1, keepdims=True)  # (unit quaternions, normalized boxes)
+    assert detect_kind("quat_regression", unit)[0] == "regression"
 
 
 def test_an_embedding_named_with_box_stays_an_embedding():
@@ -1688,3 +1690,23 @@ def test_a_stated_classifier_of_one_column_names_the_column_count():
     with pytest.raises(InputDataError, match=r"needs a 2-D float output \[N, C\] with C ≥ 2, but output 'y' is "
                                              r"declared float of rank 2, last dim 1"):
         check_output_kinds(_matmul(np.ones((8, 1)), ["N", 8]), {"y": "classifier"})
+
+
+def test_an_output_zero_in_both_models_beside_outputs_compared_is_told_not_failed():
+    """An auxiliary output that is zero on every input (an unused mask) failed the whole validation with
+    "nothing to compare", and only --figures-only, which checks nothing, got past it."""
+    def model(weight: np.ndarray) -> onnx.ModelProto:
+        return _model([helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Mul", ["x", "zero"], ["z"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+                       helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+                      [numpy_helper.from_array(weight.astype(np.float32), "W"),
+                       numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 6))
+    report = validate(model(weight), model(weight + 0.01 * rng.standard_normal((8, 6))),
+                      inputs=InputSet({"x": rng.standard_normal((16, 8)).astype(np.float32)}, source="t"))
+    zero = next(o for o in report.outputs if o.name == "z")
+    assert report.passed and not zero.failures and any("all zeros in both models" in u for u in zero.unchecked)
+    assert "| not compared |" in zero.line() and "nan" not in zero.line()
