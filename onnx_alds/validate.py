@@ -1097,6 +1097,12 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
             if name in value_sized and value_o.shape != value_c.shape and value_o.ndim == value_c.ndim:
                 resized[name] = resized.get(name, 0) + 1
                 continue
+            if value_o.shape != value_c.shape and (branch := _branch_on_the_way(original_model, name)):
+                raise UnsupportedModelError(
+                    f"output '{name}' has shape {value_o.shape} in the original and {value_c.shape} in the "
+                    f"compressed model; an {branch} node on the way to it may give another size when the values "
+                    "move a little (its branches do not declare their shapes): compare the outputs before it, or "
+                    "check that the compressed model comes from the original")
             accumulator.add(value_o, value_c, feed)
     for name, count in resized.items():
         notes.append(f"output '{name}': its size depends on the values ({value_sized[name]}) and differs from the "
@@ -1174,6 +1180,22 @@ def _calibrated_on(compressed: onnx.ModelProto, inputs: InputSet) -> Optional[st
     return (f"{seen} of the {total} validation samples are ones the compressed model was calibrated or trained on "
             "(the same samples): its factors were fitted to them, so the figures are partly in-sample and "
             "optimistic; validate on inputs the compression did not see")
+
+
+def _branch_on_the_way(model: onnx.ModelProto, output: str) -> Optional[str]:
+    """The first If, Loop or Scan node ``output`` is computed through (its op type), or None: a size that
+    differs between two models there may come from the values, not from a wrong pairing."""
+    producers = {name: node for node in model.graph.node for name in node.output if name}
+    pending, seen = [output], set()
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in ("If", "Loop", "Scan"):
+            return node.op_type
+        pending.extend(name for name in node.input if name)
+    return None
 
 
 def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:

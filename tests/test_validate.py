@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnx_alds.cli import main
-from onnx_alds.errors import InputDataError, ProviderError, ValidationFailedError
+from onnx_alds.errors import InputDataError, ProviderError, UnsupportedModelError, ValidationFailedError
 from onnx_alds.inputs import InputSet, load_inputs
 from onnx_alds.plan import calibration_overlap
 from onnx_alds.validate import (DEFAULT_TOLERANCES, OutputComparison, Tolerances, add_validate_arguments,
@@ -1710,3 +1710,30 @@ def test_an_output_zero_in_both_models_beside_outputs_compared_is_told_not_faile
     zero = next(o for o in report.outputs if o.name == "z")
     assert report.passed and not zero.failures and any("all zeros in both models" in u for u in zero.unchecked)
     assert "| not compared |" in zero.line() and "nan" not in zero.line()
+
+
+def test_a_size_that_differs_after_an_if_names_the_if_not_the_pairing():
+    """An If on a computed condition whose branches slice to 16 and 32 columns (shapes undeclared) said
+    "compare a model with one compressed from it" when the condition flipped between the two models."""
+    def model(threshold: float) -> onnx.ModelProto:
+        branches = {name: helper.make_graph(
+            [helper.make_node("Slice", ["y", "zero", end, "one"], [f"{name}_out"])], name, [],
+            [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+            for name, end in (("then_branch", "e16"), ("else_branch", "e32"))}
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("ReduceSum", ["y"], ["total"],
+                                                                                 keepdims=0),
+                 helper.make_node("Greater", ["total", "threshold"], ["cond"]),
+                 helper.make_node("If", ["cond"], ["out"], **branches)]
+        inits = [numpy_helper.from_array(np.ones((8, 32), np.float32), "W"),
+                 numpy_helper.from_array(np.array(threshold, np.float32), "threshold"),
+                 numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                 numpy_helper.from_array(np.array([1], np.int64), "one"),
+                 numpy_helper.from_array(np.array([16], np.int64), "e16"),
+                 numpy_helper.from_array(np.array([32], np.int64), "e32")]
+        return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", None])], inits)
+
+    inputs = InputSet({"x": np.ones((4, 8), np.float32)}, source="t")  # total = 4 * 8 * 32 = 1024
+    with pytest.raises(UnsupportedModelError, match=r"output 'out' has shape \(4, 16\) in the original and \(4, 32\) "
+                                                    r"in the compressed model; an If node on the way to it"):
+        validate(model(0.0), model(1e6), inputs=inputs)
