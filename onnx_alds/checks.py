@@ -678,7 +678,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     batch is one sample per batch), and the largest over the outputs, so that an output left as it is does
     not hide a broken one. 1 is as far as outputs of zeros; not real data, but a data-free result that lost
     its original's predictions moved several times more than one that kept them (docs/ACCURACY.md).
-    ``store``: the models' dense weights are read through it (stubs)."""
+    One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
+    weights held). ``store``: the models' dense weights are read through it (stubs)."""
     if not found.runtime_loads or found.runtime_outputs is None:
         return RandomCheck(None, reason="ONNX Runtime did not run the original in the checks")
     if model_bytes(original, store) > _RUNTIME_LIMIT:
@@ -688,35 +689,42 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     from .inputs import random_inputs
     from .runtime import make_session
 
+    def outputs(model: onnx.ModelProto, batches: Optional[int]) -> tuple[list[str], list[list]]:
+        """The model's outputs on the first ``batches`` batches (None: as many as the time allows)."""
+        session = make_session(model, "cpu", store=store, prepack=False)
+        started, results = time.perf_counter(), []
+        for start in range(0, count, batch):
+            if len(results) == batches or (batches is None and results
+                                           and time.perf_counter() - started >= RANDOM_CHECK_SECONDS):
+                break
+            results.append(_run_quietly(session, {name: array[start:start + batch] for name, array in arrays.items()}))
+        return [output.name for output in session.get_outputs()], results
+
     try:
         batch = max(fixed_batch(original) or 1, 1)  # (inputs fixing different first dims: the reason below)
         count = batch * math.ceil(RANDOM_SAMPLES / batch)
-        inputs = random_inputs(original, count, input_shapes=found.probe_shapes, seed=0)
-        arrays = {name: np.asarray(array) for name, array in inputs.arrays.items()}
-        sessions = (make_session(original, "cpu", store=store, prepack=False),
-                    make_session(new, "cpu", store=store, prepack=False))
-        names = [output.name for output in sessions[0].get_outputs()]
-        ratios: dict[str, list[float]] = {}
-        away_from_zero: dict[str, list[float]] = {}
-        scale: dict[str, list[float]] = {}
-        started, done = time.perf_counter(), 0
-        while done < count and (done == 0 or time.perf_counter() - started < RANDOM_CHECK_SECONDS):
-            feeds = {name: array[done:done + batch] for name, array in arrays.items()}
-            before, after = (_run_quietly(session, feeds) for session in sessions)
-            for name, y, z in zip(names, before, after):
-                if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
-                    rows = len(y) if y.ndim and len(y) == batch else 1
-                    y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
-                    norms, moved = np.linalg.norm(y, axis=1), np.linalg.norm(z - y, axis=1)
-                    with np.errstate(all="ignore"):
-                        ratios.setdefault(name, []).extend((moved / norms)[np.isfinite(norms) & (norms > 0)].tolist())
-                    # a sample all zeros in the original only: its change over the output's mean norm, below
-                    away_from_zero.setdefault(name, []).extend(moved[(norms == 0) & (moved > 0)].tolist())
-                    scale.setdefault(name, []).extend(norms[np.isfinite(norms) & (norms > 0)].tolist())
-            done += batch
+        arrays = {name: np.asarray(array) for name, array in
+                  random_inputs(original, count, input_shapes=found.probe_shapes, seed=0).arrays.items()}
+        names, before = outputs(original, None)
+        _, after = outputs(new, len(before))
     except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
         raise_if_out_of_resources(exc)
         return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)[:160]})")
+    done = batch * len(before)
+    ratios: dict[str, list[float]] = {}
+    away_from_zero: dict[str, list[float]] = {}
+    scale: dict[str, list[float]] = {}
+    for values_o, values_c in zip(before, after):
+        for name, y, z in zip(names, values_o, values_c):
+            if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
+                rows = len(y) if y.ndim and len(y) == batch else 1
+                y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
+                norms, moved = np.linalg.norm(y, axis=1), np.linalg.norm(z - y, axis=1)
+                with np.errstate(all="ignore"):
+                    ratios.setdefault(name, []).extend((moved / norms)[np.isfinite(norms) & (norms > 0)].tolist())
+                # a sample all zeros in the original only: its change over the output's mean norm, below
+                away_from_zero.setdefault(name, []).extend(moved[(norms == 0) & (moved > 0)].tolist())
+                scale.setdefault(name, []).extend(norms[np.isfinite(norms) & (norms > 0)].tolist())
     for name, changes in away_from_zero.items():  # (as validate measures them; inf where every sample was zeros)
         reference = float(np.mean(scale[name])) if scale.get(name) else 0.0
         ratios[name].extend(change / reference if reference > 0 else math.inf for change in changes)

@@ -571,17 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two existing paths are one file (a link, another spelling); a path the system cannot look at
-    (a name too long for it, as the external-data name '<-o>.data' of a 255-byte -o is) is not one."""
-    import os
-
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Before any work: no output file may be one of the command's input files (model, plan,
     calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
@@ -589,7 +578,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
     from .errors import OutputPathError
     from .inputs import IMAGE_SUFFIXES
-    from .model_io import check_data_file_name, check_output_path, may_need_external_data
+    from .model_io import check_data_file_name, check_output_path, may_need_external_data, same_file
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
     dash = next((key for key, value in outputs.items() if value == "-"), None)
@@ -620,7 +609,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         if str(value).endswith(("/", os.sep)) or os.path.basename(str(value)) in (".", ".."):  # Path() drops the
             raise OutputPathError(f"{flag} '{value}' names a folder (it ends with '{os.path.basename(value) or '/'}'); "
                                   "give a file path")  # slash, or the dot: a file would be written under the name
-        same = next((what for other, what in seen.items() if other == resolved or _same_file(other, resolved)), None)
+        # (model_io.same_file: the external-data name '<-o>.data' of a 255-byte -o is too long to look at)
+        same = next((what for other, what in seen.items() if same_file(other, resolved)), None)
         if same:
             raise OutputPathError(f"{flag} '{value}' is also {same}; give each output its own path")
         seen[resolved] = f"the {flag} file"

@@ -1161,15 +1161,23 @@ def may_need_external_data(model_path: Union[str, os.PathLike]) -> bool:
     return total > _PROTOBUF_LIMIT
 
 
+def same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """Whether two paths name one file: the same resolved path, or two existing names of one file (a link,
+    another spelling). A path the system cannot look at (a name too long for it) is no other's."""
+    try:
+        a, b = Path(a), Path(b)
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:
     """Raise :class:`OutputPathError` when ``target`` cannot or must not be written: it is one of the
     ``protect`` files (the inputs), a folder, a device, pipe or symbolic link (which an atomic rename
     would replace), in a missing or read-only folder. ``flag`` names the option in the message."""
     target = Path(target)
     for other, what in protected_files(protect):
-        same = other.resolve() == target.resolve() or (
-            other.exists() and target.exists() and os.path.samefile(other, target))
-        if same:
+        if same_file(other, target):
             raise OutputPathError(f"{flag} '{target}' is {what}; choose another {flag} path")
     if target.is_symlink() or (target.exists() and not target.is_file() and not target.is_dir()):
         raise OutputPathError(f"{flag} '{target}' is a link, device or pipe, which onnx-alds would replace; "

@@ -69,6 +69,7 @@ import numpy as np  # noqa: E402
 from onnx_alds.argtypes import positive_int, thread_count  # noqa: E402
 from onnx_alds.bench import bench  # noqa: E402
 from onnx_alds.errors import InputDataError, OnnxAldsError  # noqa: E402
+from onnx_alds.model_io import same_file  # noqa: E402
 from onnx_alds.sweep import (DataSource, EvalSpec, SweepModel, environment, load_average, make_engine,  # noqa: E402
                              parse_method, run_sweep)
 from onnx_alds.sweep import neighbour_metrics  # noqa: E402,F401  (the MiniLM figures; re-exported for the tests)
@@ -650,19 +651,16 @@ def main(argv: Optional[Sequence[str]] = None, specs: Optional[dict[str, ModelSp
     if args.report and not args.merge_from and not (out / "sweep.json").is_file():
         raise InputDataError(f"--report: no '{out / 'sweep.json'}' to render; run the sweep first (without --report), "
                              "or give the --out of an earlier run")
-    seen: dict[Path, Path] = {}
+    seen: list[Path] = []
     for source in args.merge_from or []:
-        resolved = source.resolve()
-        if resolved == (out / "sweep.json").resolve() or (
-                source.exists() and (out / "sweep.json").exists() and os.path.samefile(source, out / "sweep.json")):
+        if same_file(source, out / "sweep.json"):
             raise InputDataError(f"--merge-from '{source}' is --out's own sweep.json (the record merged into); "
                                  "name only the other runs' sweep.json files")
-        twin = next((earlier for earlier in seen if earlier == resolved or (
-            source.exists() and earlier.exists() and os.path.samefile(earlier, resolved))), None)
+        twin = next((earlier for earlier in seen if same_file(earlier, source)), None)
         if twin is not None:
-            also = f" (also as '{seen[twin]}')" if str(seen[twin]) != str(source) else ""
+            also = f" (also as '{twin}')" if str(twin) != str(source) else ""
             raise InputDataError(f"--merge-from names '{source}' twice{also}; name each file once")
-        seen[resolved] = source
+        seen.append(source)
     merged = [(source, read_sweep_json(source)) for source in args.merge_from or []]  # every file read before writing
     engine = None
     if not (args.report or args.merge_from):
@@ -689,11 +687,7 @@ def check_outputs(out: Path, results_md: Optional[Path]) -> None:
             raise OutputPathError(f"--results-md '{results_md}' is a folder; give the page's file name "
                                   f"(such as '{results_md / 'RESULTS.md'}')")
         for name in ("sweep.json", "sweep.csv"):
-            own = out / name
-            same = results_md.resolve() == own.resolve()
-            if not same and results_md.exists() and own.exists():
-                same = os.path.samefile(results_md, own)
-            if same:
+            if same_file(results_md, out / name):
                 raise OutputPathError(f"--results-md '{results_md}' is the {name} this sweep writes in --out; "
                                       f"give another file (such as '{out / 'RESULTS.md'}')")
     for flag, folder in (("--out", out), ("--results-md", None if results_md is None else results_md.parent)):
