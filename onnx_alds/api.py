@@ -273,7 +273,9 @@ def _inline_functions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPro
                                     "(e.g. torch.onnx.export(..., dynamo=False))")
     notes.append(f"inlined the calls of {len(reachable)} model-local functions so that their "
                  "layers can be factorized" + (f" ({len(uncalled)} that nothing calls are kept as they are)"
-                                               if uncalled else ""))
+                                               if uncalled else "")
+                 + "; their layers are named as the inliner leaves them (a named node: its name in the function "
+                 "with a call number appended, e.g. MatMul_12__3), not by the call's path")
     shared = _share_inlined_constants(model, inlined)
     for _, graph in iter_graphs(inlined.graph):  # the markers go, the doc strings the file had come back
         for node in graph.node:
@@ -1474,7 +1476,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         name, count, size = starved[0]
         prior = ("rest on the shrinkage prior" if stats[name].shrinkage > 0 else
                  "see only the directions the calibration inputs span (no shrinkage)")
-        warnings.append(f"{len(starved)} factorized layers were fitted on fewer calibration vectors than their inputs "
+        warnings.append(f"{len(starved)} factorized {'layer was' if len(starved) == 1 else 'layers were'} fitted on fewer calibration vectors than their inputs "
                         f"(first: '{name}', {count} vectors for {size}): their factors and reported errors {prior}, "
                         "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
     deep = report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR

@@ -1088,20 +1088,21 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
     (rows of its cos cache), the ids of ONNX Runtime's EmbedLayerNormalization; the table's size along the
     indexed axis less the offset, so random ids stay in it. Also an LSTM/GRU/RNN's ``sequence_lens``: the
     sequence length + 1 where the model or ``input_shapes`` (name → full dims) fix it (lengths in [0, T])."""
-    from .layers import constant_node_value
+    from .layers import constant_node_value, iter_graphs
 
-    constants = {t.name: t for t in model.graph.initializer}
-    constants.update({n.output[0]: value for n in model.graph.node
+    lengths = _sequence_lengths(model, input_shapes or {})
+    nodes = [node for _, graph in iter_graphs(_with_functions_inlined(model).graph) for node in graph.node]
+    constants = {t.name: t for _, graph in iter_graphs(model.graph) for t in graph.initializer}
+    constants.update({n.output[0]: value for n in nodes
                       if n.op_type == "Constant" and (value := constant_node_value(n)) is not None})
     tables = {name: tuple(tensor.dims) for name, tensor in constants.items()}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    users: dict[str, list[onnx.NodeProto]] = {}  # (a subgraph's node reads an outer tensor by its name)
+    for node in nodes:
         for name in node.input:
             users.setdefault(name, []).append(node)
-    for node in model.graph.node:  # a table behind Cast/Identity (a float16 table cast up) keeps its dims
+    for node in nodes:  # a table behind Cast/Identity (a float16 table cast up) keeps its dims
         if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
             tables.setdefault(node.output[0], tables[node.input[0]])
-    lengths = _sequence_lengths(model, input_shapes or {})
     bounds: dict[str, int] = {}
 
     def bound(name: str, limit: int) -> None:
@@ -1137,6 +1138,32 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
                     if added is not None and added.size:
                         pending.append((node.output[0], offset + max(int(added.max()), 0)))
     return bounds
+
+
+_KEPT_CONSTANT_BYTES = 4096  # integer constants up to this size keep their values (id offsets) in the inlined copy
+
+
+def _with_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """For :func:`index_bounds`: the model's nodes with its model-local functions inlined (onnx's inliner), so
+    ids that reach an embedding table inside a function (an exporter's module functions) are followed too.
+    Inlined on a copy whose initializers over a few KB keep their name, type and dims but not their data;
+    the model itself when it has no functions or the inliner refuses it (ids then followed in the main graph)."""
+    if not model.functions:
+        return model
+    from onnx import inliner
+
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    for field in ("node", "input", "output"):
+        getattr(light.graph, field).extend(getattr(model.graph, field))
+    for tensor in model.graph.initializer:
+        light.graph.initializer.append(tensor if tensor.ByteSize() <= _KEPT_CONSTANT_BYTES else onnx.TensorProto(
+            name=tensor.name, data_type=tensor.data_type, dims=tensor.dims))
+    try:
+        return inliner.inline_local_functions(light, convert_version=False)
+    except Exception:  # noqa: BLE001 - a model the inliner cannot take: its main graph, as before
+        return model
 
 
 def _integer_values(tensor: Optional[onnx.TensorProto]) -> Optional[np.ndarray]:

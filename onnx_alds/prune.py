@@ -2195,7 +2195,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if starved:
         block, count = starved[0]
         warnings = tuple(warnings) + (
-            f"{len(starved)} pruned blocks were refitted on fewer calibration vectors than their hidden channels "
+            f"{len(starved)} pruned {'block was' if len(starved) == 1 else 'blocks were'} refitted on fewer calibration "
+            "vectors than their hidden channels "
             f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)

@@ -1846,3 +1846,41 @@ def test_nested_functions_of_another_opset_whose_ops_did_not_change_are_inlined(
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
            for m in (model, result.model)]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-3, atol=1e-3 * float(np.abs(run[0]).max()))
+
+
+def test_random_ids_respect_a_table_inside_a_local_function_or_a_subgraph():
+    """An exporter's module functions (torch's export_modules_as_functions, the dynamo exporter): the embedding
+    Gather sits in a function body whose table is a formal input bound to an outer initializer, and ids were drawn
+    in [0, 100) for a 1000-row table (calibration unlike the plain export's). A Gather in an If branch reads the
+    outer ids by name."""
+    from onnx_alds.inputs import index_bounds, random_inputs
+
+    rng = np.random.default_rng(23)
+    embedding = helper.make_function("mods", "Embedding", ["table", "ids"], ["e"],
+                                     [helper.make_node("Gather", ["table", "ids"], ["e"])],
+                                     [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Embedding", ["table", "ids"], ["e"], domain="mods", name="/emb/Embedding"),
+             helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 32])],
+                 [numpy_helper.from_array(rng.standard_normal((1000, 32)).astype(np.float32), "table"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    model.opset_import.append(helper.make_opsetid("mods", 1))
+    model.functions.append(embedding)
+    onnx.checker.check_model(model, full_check=True)
+    assert index_bounds(model) == {"ids": 1000}
+    ids = random_inputs(model, 64, seed=0).arrays["ids"]
+    assert ids.max() >= 100 and ids.max() < 1000  # 384 draws in [0, 1000): some above 100
+    # the same lookup inside an If's branch (the outer ids and table read by name)
+    branch = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e_then"])], "then", [],
+                               [helper.make_tensor_value_info("e_then", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e_else"])], "else", [],
+                              [helper.make_tensor_value_info("e_else", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("If", ["flag"], ["e"], then_branch=branch, else_branch=other),
+             helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 32])],
+                 [numpy_helper.from_array(rng.standard_normal((1000, 32)).astype(np.float32), "table"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w"),
+                  numpy_helper.from_array(np.array(True), "flag")])
+    assert index_bounds(model) == {"ids": 1000}
