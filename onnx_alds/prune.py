@@ -417,8 +417,15 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     while pending:
         tensor = pending.pop(0)
         if tensor in graph.outputs:
-            return (f"the hidden tensor '{tensor}' is a graph output" if tensor == hidden else
-                    f"the hidden channels of '{hidden}' reach the graph output '{tensor}' through per-channel ops")
+            if tensor == hidden:
+                return f"the hidden tensor '{tensor}' is a graph output"
+            joining = graph.producers.get(tensor)
+            joined = [name for name in (joining.input if joining is not None else ())
+                      if name and name not in region_tensors and graph.constant(name) is None]
+            if joined:  # (an Add of two branches read as one block's tensors until the block was complete)
+                return (f"'{joining.op_type}' node '{joining.name}' joins '{joined[0]}' to the hidden channels of "
+                        f"'{hidden}' (a residual or another branch), and its output is the graph output '{tensor}'")
+            return f"the hidden channels of '{hidden}' reach the graph output '{tensor}' through per-channel ops"
         head_axis, tensor_rank = states[tensor]
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
@@ -2073,6 +2080,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         if blocks:  # (their layers are narrowed, not factorized: their narrowest widths are part of the floor)
             because += (f"; the {len(blocks)} pruned blocks keep {narrowest / total:.1%} of the total at their "
                         "narrowest widths")
+        elif analysis.refused:  # (combined: nothing to narrow, so the floor is low-rank's alone; say why)
+            because += f"; no block is prunable (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})"
         raise BudgetError(f"{budget.flag} {budget.keep} cannot be reached by pruning"
                           f"{' and low-rank' if mode == 'combined' else ''}: the smallest reachable ratio is "
                           f"{ratio_at_least(smallest / total)}{' (' + because[2:] + ')' if because else ''}; ask "

@@ -1762,3 +1762,41 @@ def test_a_stage_note_that_recounts_a_model_note_is_said_once():
     stage = "1 weights reach their layer through constant ops, folded for factorization (Squeeze; first: 'b')"
     assert _note_kind(whole) == _note_kind(stage)
     assert _note_kind(whole) != _note_kind("3 ConvTranspose nodes (first: 'up') are left as they are")
+
+
+def _two_branches_joined_at_the_output(seed: int = 40) -> onnx.ModelProto:
+    """Two 1x1 conv pairs on one input whose outputs an Add joins into the graph output."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    for suffix in ("", "2"):
+        nodes += [helper.make_node("Conv", ["x", "w1" + suffix], ["h" + suffix], name="producer" + suffix),
+                  helper.make_node("Relu", ["h" + suffix], ["r" + suffix], name="relu" + suffix),
+                  helper.make_node("Conv", ["r" + suffix, "w2" + suffix], ["y" + suffix], name="consumer" + suffix)]
+        inits += [_init(rng, "w1" + suffix, (32, 8, 1, 1), 0.3), _init(rng, "w2" + suffix, (8, 32, 1, 1), 0.2)]
+    nodes.append(helper.make_node("Add", ["y", "y2"], ["out"], name="join"))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, 4, 4])], inits)
+
+
+def test_a_join_of_two_branches_at_the_graph_output_is_named_as_a_join():
+    """The consumer of one branch read as a producer: the Add that joins the other branch was taken as a
+    tensor of the block, and the reason said its channels 'reach the graph output through per-channel ops'."""
+    model = _two_branches_joined_at_the_output()
+    _, refused = find_blocks(model, _layers(model, None))
+    reasons = {r.producer: r.reason for r in refused}
+    assert "'join' joins 'y2' to the hidden channels of 'y'" in reasons["consumer"]
+    assert "per-channel ops" not in reasons["consumer"]
+
+
+def test_combined_pruning_out_of_reach_says_why_no_block_is_prunable():
+    """--prune combined on a model with no prunable block: the budget error gave only low-rank's reason."""
+    rng = np.random.default_rng(41)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="producer"),
+             helper.make_node("Add", ["h", "field"], ["a"], name="add_field"),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="consumer")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [_init(rng, "w1", (16, 16, 1, 1), 0.3), _init(rng, "field", (1, 16, 4, 4), 0.1),
+                        _init(rng, "w2", (16, 16, 1, 1), 0.3)])
+    with pytest.raises(BudgetError, match=r"no block is prunable \(first: 'producer': .*not per channel\)"):
+        compress(model, keep_flops=0.3, calibration=_inputs(model), prune="combined", rank_multiple=16)
