@@ -31,7 +31,7 @@ from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionEr
                      ratio_at_least)
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
+                     find_layers, fold_weight_shapes, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
                      iter_graphs, iter_total_params, literal_where_named, node_macs, stored_sources,
                      unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
@@ -151,6 +151,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     literal = literal_where_named(proto, exclude)  # a node renamed for a repeated name is still the user's node
     exclude = tuple(exclude) + tuple(glob.escape(given) for given, own in generated.items()
                                      if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in literal))
+    shaped = fold_weight_shapes(proto)
+    if shaped:
+        notes.append(f"{len(shaped)} Shape/Size nodes read a weight's dims only (first: '{shaped[0]}'): replaced by "
+                     "constants, so that weight is not counted as shared")
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
         notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "

@@ -413,6 +413,35 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
     return {tensor.name for tensor in model.graph.initializer if not used[tensor.name]}
 
 
+def fold_weight_shapes(model: onnx.ModelProto) -> list[str]:
+    """Replace, in place, each main-graph ``Shape``/``Size`` node that reads an initializer (one no graph input
+    overrides) by a ``Constant`` node of the same name and output holding that shape or size: such a node reads
+    only the weight's dims, not its values (torch's dynamo exporter without its optimizer builds a bias-free
+    Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's own. Returns the replaced nodes'
+    names. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives count from the end, clamped."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for value in model.graph.input:  # (an initializer a graph input lists can be fed at run time)
+        initializers.pop(value.name, None)
+    folded = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in ("Shape", "Size") or not is_standard(node) or len(node.input) != 1 \
+                or node.input[0] not in initializers or len(node.output) != 1:
+            continue
+        dims = [int(d) for d in initializers[node.input[0]].dims]
+        if node.op_type == "Size":
+            value = np.array(int(np.prod(dims, dtype=np.int64)), np.int64)
+        else:
+            start = next((a.i for a in node.attribute if a.name == "start"), 0)
+            end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
+            value = np.array(dims[slice(*(min(max(i + len(dims) if i < 0 else i, 0), len(dims))
+                                         for i in (start, end)))], np.int64)
+        model.graph.node[index].CopyFrom(onnx.helper.make_node(
+            "Constant", [], list(node.output), name=node.name,
+            value=numpy_helper.from_array(value, node.output[0])))
+        folded.append(node.name or node.op_type)
+    return folded
+
+
 def drop_dead_nodes(model: onnx.ModelProto) -> tuple[list[str], int]:
     """Remove, in place, the nodes whose outputs nothing reads (no node at any depth of their graph, no output
     of their graph), repeatedly, in the main graph and in every If/Loop/Scan body, and the initializers only

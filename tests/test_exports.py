@@ -1884,3 +1884,41 @@ def test_random_ids_respect_a_table_inside_a_local_function_or_a_subgraph():
                   numpy_helper.from_array(low_rank(rng, 32, 32), "w"),
                   numpy_helper.from_array(np.array(True), "flag")])
     assert index_bounds(model) == {"ids": 1000}
+
+
+def test_a_weight_read_by_shape_is_not_shared():
+    """torch's dynamo exporter without its optimizer (optimize=False) builds a bias-free Conv's zero bias as
+    Expand(CastLike(0, x), Shape(weight, end=1)): the Shape node read the weight's dims only, yet every such
+    Conv was left dense as 'shared by 2 uses'. Shape/Size of an initializer become constants, with a note."""
+    from onnx_alds.layers import fold_weight_shapes
+
+    rng = np.random.default_rng(24)
+    weight = (rng.standard_normal((32, 2)) @ rng.standard_normal((2, 16 * 9))).reshape(32, 16, 3, 3) / 12
+    nodes = [helper.make_node("Shape", ["w"], ["w_rows"], name="node_Shape_0", end=1),
+             helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+             helper.make_node("CastLike", ["zero", "x"], ["zero_like"]),
+             helper.make_node("Expand", ["zero_like", "w_rows"], ["bias"]),
+             helper.make_node("Conv", ["x", "w", "bias"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 8, 8])],
+                 [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    feeds = {"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)}
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert factorized(result) == ["conv"]
+    assert any("Shape/Size nodes read a weight's dims only (first: 'node_Shape_0')" in note
+               for note in result.report.notes)
+    assert_same_outputs(model, result.model, feeds)  # (rank 2 weight: the factorization is exact)
+    # every start/end of Shape (opset 15) and Size, as ONNX Runtime computes them
+    probes = [("Shape", {}), ("Shape", {"start": 1}), ("Shape", {"start": -3, "end": -1}),
+              ("Shape", {"start": -9, "end": 10}), ("Shape", {"start": 3, "end": 1}), ("Size", {})]
+    nodes = [helper.make_node(op, ["w"], [f"s{i}"], name=f"probe{i}", **attributes)
+             for i, (op, attributes) in enumerate(probes)]
+    model = make(nodes, [], [helper.make_tensor_value_info(f"s{i}", TensorProto.INT64, None)
+                             for i in range(len(probes))], [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    expected = run(model, {})
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_weight_shapes(folded) == [f"probe{i}" for i in range(len(probes))]
+    assert [node.op_type for node in folded.graph.node] == ["Constant"] * len(probes)
+    for want, got in zip(expected, run(folded, {})):
+        np.testing.assert_array_equal(want, got)

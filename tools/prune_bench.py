@@ -69,6 +69,8 @@ VARIANTS = {
     "combined": dict(prune="combined"),
     "damage": dict(method="damage"),
     "damage+prune": dict(method="damage", prune="combined"),
+    # the same with the low-rank step calibrated sequentially on the pruned model (--sequential)
+    "damage+prune-seq": dict(method="damage", prune="combined", sequential=True),
     # the same with blocks that also follow channels split into attention heads (--prune-heads)
     "prune-heads": dict(prune="only", prune_heads=True),
     "damage+prune-heads": dict(method="damage", prune="combined", prune_heads=True),
