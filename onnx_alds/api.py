@@ -1451,9 +1451,10 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
             and row.rank * row.groups < TINY_RANK_FRACTION * full_rank[row.name]
             and not row.error <= NEGLIGIBLE_ERROR]  # (a weight of that rank, or near it, loses nothing)
     if tiny:
-        warnings.append(f"{len(tiny)} layers keep under {TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
+        warnings.append(f"{len(tiny)} {'layer keeps' if len(tiny) == 1 else 'layers keep'} under "
+                        f"{TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
-            + "): a classifier or vocabulary head this thin rarely survives; leave it dense with "
+            + "): a layer this thin (a classifier or vocabulary head above all) rarely survives; leave it dense with "
             + ("\"option\": \"dense\" in the plan" if applied else "--exclude"))
     measured = (report.latency or {}).get("measured_ratio") if report.target == "latency" else None
     # a measured latency plan is judged by what it measured (below), not by the tables' prediction

@@ -812,6 +812,7 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
             fix = "ask for at least that, or lower --rank-multiple (smaller rank steps may run faster)"
         raise BudgetError(
             f"--keep-latency {keep} cannot be reached: the smallest reachable ratio is {ratio_at_least(reachable)} "
+            f"as the latency tables predict it (layers timed alone; the whole model, measured, can save less) "
             f"({reason}; the dense model takes {model_us:.1f} µs, "
             + (f"of which {fixed:.1f} µs in ops that do not change" if fixed >= 0 else
                f"less than its layers timed alone, {dense:.1f} µs: single-layer times overstate here")
@@ -950,6 +951,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
 
     tried: list[tuple[Allocation, SettleRound]] = []
     retimed: set[int] = set()  # the rounds timed three times (their first figure was in doubt)
+    dense_rounds = 0  # rounds whose plan kept every layer dense (counted as 1, not timed)
     budget = keep
     for _ in range(max(rounds, 1)):
         try:
@@ -959,10 +961,20 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 raise
             break  # a moved budget the tables cannot meet after all: keep what was measured
         decisions = dict(zip(names, allocation.choices))
+        if allocation.choices and all(choice.groups == DENSE for choice in allocation.choices):  # the dense model
+            tried.append((allocation, SettleRound(budget, 1.0, 1.0)))  # (timing it measures noise, which
+            dense_rounds += 1  # moved the budget: --keep-latency 1 measured 1.048 and cut 8 of 10 layers)
+            if abs(1.0 - keep) <= tolerance * keep:
+                break
+            following = float(min(max(_proportional_step(tried[-1][1], keep), smallest), 1.0))
+            if any(abs(following - r.budget) < 1e-4 for _, r in tried):
+                break
+            budget = following
+            continue
         model = build(allocation)
         current = SettleRound(budget, info.achieved(decisions), ratio(model))
-        if current.measured < (1 - DOUBTFUL_SAVING) * current.predicted or _contradicted(
-                current, [r for _, r in tried], tolerance * keep):
+        if not (1 - DOUBTFUL_SAVING) * current.predicted <= current.measured <= (1 + DOUBTFUL_SAVING) * \
+                current.predicted or _contradicted(current, [r for _, r in tried], tolerance * keep):
             current = replace(current, measured=ratio(model, doubted=current.measured))
             retimed.add(len(tried))
         for index in _contradicted(current, [r for _, r in tried], tolerance * keep):
@@ -974,8 +986,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         measured = current.measured
         if abs(measured - keep) <= tolerance * keep:
             break
-        following = None
-        if len(tried) >= 2 and tried[-1][1].measured != tried[-2][1].measured:
+        following = None  # a secant through the last two rounds where they differ by more than noise (two
+        # figures within the tolerance gave a slope near 0 and a step to the smallest budget)
+        if len(tried) >= 2 and abs(tried[-1][1].measured - tried[-2][1].measured) > tolerance * keep:
             (_, last), (_, before) = tried[-1], tried[-2]
             slope = (last.measured - before.measured) / (last.budget - before.budget) \
                 if last.budget != before.budget else 0.0
@@ -989,6 +1002,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     record = tuple(r for _, r in tried)
     how = "".join([f"; {len(retimed)} of them timed three times (the median kept: their first figure contradicted "
                    "the tables or another round)" if retimed else "",
+                   f"; {dense_rounds} kept every layer dense (the original model: 1, not timed)" if dense_rounds
+                   else "",
                    f"; {cached} read from the cache of an earlier run" if cached else ""])
     good = [(a, r) for a, r in tried if r.measured <= keep * (1 + tolerance)]
     if good:
@@ -997,10 +1012,11 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 f"{len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the allocation's budget was "
                 f"{chosen.budget:.3f}")
         closest = min(tried, key=lambda item: abs(item[1].measured - keep))[1]
-        if chosen.measured < keep * (1 - 5 * tolerance) and closest is not chosen:  # cut far deeper than asked
+        if chosen.measured < keep * (1 - 5 * tolerance):  # cut far deeper than asked
             noisy = any(a.budget < b.budget and a.measured > b.measured for a in record for b in record)
-            said += (f"; well under the budget: round {record.index(closest) + 1} measured {closest.measured:.3f} "
-                     f"at budget {closest.budget:.3f}"
+            said += ("; well under the budget" + (f": round {record.index(closest) + 1} measured "
+                                                  f"{closest.measured:.3f} at budget {closest.budget:.3f}"
+                                                  if closest is not chosen else "")
                      + (", and a deeper plan measured slower than a gentler one (a busy machine); time again on a "
                         "quiet machine (clear $ONNX_ALDS_CACHE) or give" if noisy else "; give")
                      + " more --latency-rounds to come closer")

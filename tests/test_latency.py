@@ -12,6 +12,7 @@ from conftest import small_cnn
 from fake_timer import FakeTimer, two_order_cnn
 from onnx_alds.allocate import DENSE, LayerCosts, allocate_minmax
 from onnx_alds.errors import BudgetError
+from onnx_alds.layers import iter_total_params
 from onnx_alds.latency import LatencyCache, LayerSpec, TableStats, grid_ranks, measure_table
 from onnx_alds.options import Budget, SearchOptions, SpeedOptions
 from onnx_alds.plan import Plan, apply_plan, make_plan
@@ -712,3 +713,34 @@ def test_a_timing_batch_too_large_for_memory_names_the_batch_not_the_layer_model
     layer = matmul_model(in_features=64, out_features=8, leading=(100_000_000, 16))
     with pytest.raises(InputDataError, match=r"timing one layer alone at the timing batch \(100000000\).*--bench-batch"):
         OrtTimer(runs=1).time_layers([layer])
+
+
+def test_keep_latency_1_keeps_the_model_dense_through_noisy_rounds(tmp_path):
+    """--keep-latency 1: the all-dense plan measured 1.048 (noise), a gentle plan 1.045; the secant through two
+    figures within noise jumped to the deepest budget and 8 of 10 layers were factorized, exit 0. The dense
+    plan now counts as 1 without timing, and a secant needs figures further apart than the tolerance."""
+    class Noisy(FakeTimer):
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            self.ratios += 1
+            kept = sum(iter_total_params(candidate)) / sum(iter_total_params(reference))
+            return (1.048 if self.ratios == 1 else 1.045) if kept > 0.8 else kept
+
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=1.0, rank_multiple=8,
+                                speed=speed(Noisy(), tmp_path, model_rounds=3)).report
+    assert not any(row.groups for row in report.layers)
+    assert report.latency["whole_model_check"][0]["measured"] == 1.0
+    assert "kept every layer dense (the original model: 1, not timed)" in report.latency["whole_model_note"]
+
+
+def test_a_plan_measured_far_under_the_budget_says_so_when_it_is_the_closest(tmp_path):
+    """One round measured 0.5 for --keep-latency 0.7: the note named 'well under the budget' only when another
+    round came closer, so a lone far-off round said nothing."""
+    class Fast(FakeTimer):
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            self.ratios += 1
+            return 0.5
+
+    report = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8,
+                                speed=speed(Fast(), tmp_path, model_rounds=1)).report
+    assert report.latency["measured_ratio"] == 0.5
+    assert "well under the budget" in report.latency["whole_model_note"]
