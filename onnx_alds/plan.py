@@ -67,7 +67,10 @@ from .options import (GROUP_KEYWORDS, PRUNE_MODES, Budget, CompressOptions, Data
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
 FACTORIZED, KEPT_DENSE, SKIPPED = "factorized", "dense", "skipped"
-SEARCHED_KEYS = ("method", "seed", "prune")  # options.search fields that only choose decisions (totals.searched)
+SEARCHED_KEYS = ("method", "seed", "prune", "error_measure", "rank_multiple", "max_groups", "order")  # options.search
+# fields that only choose decisions or check them (totals.searched: an edit would change what is accepted or said)
+FITTED_KEYS = ("refit", "sequential", "bias_correction", "shrinkage", "both_factors", "affine_correction",
+               "sensitivity")  # options.data fields the plan's decisions and predicted errors were made with
 OPTIONS = (FACTORIZED, KEPT_DENSE, SKIPPED)
 
 
@@ -254,7 +257,7 @@ class Plan:
         if blocks and options["search"].get("prune", "off") == "off":
             raise PlanError(f"{source}: the plan has blocks but options.search.prune is off; set it to combined or "
                             "only, or remove the blocks")
-        totals = reader.mapping(top.get("totals") or {}, "totals", free=True)
+        totals = reader.mapping(top.get("totals") or {}, "totals", optional=_TOTALS_KEYS)
         searched = totals.get("searched")
         if isinstance(searched, dict):  # what made the decisions: editing it would change the report, not them
             for key in SEARCHED_KEYS:
@@ -264,11 +267,20 @@ class Plan:
                                     "plan's decisions are applied as written, whatever made them, so that edit "
                                     "would change only what the report says; make the two the same and edit the "
                                     "layers (option, rank, groups) instead, or make a new plan with that setting")
+            fitted = searched.get("data")
+            if isinstance(fitted, dict) and options["data"].get("data_aware"):  # (a data-free plan: checked on apply)
+                for key in FITTED_KEYS:
+                    if key in fitted and fitted[key] != options["data"].get(key):
+                        raise PlanError(f"{source}: options.data.{key} is {_short(options['data'].get(key))} but "
+                                        f"the plan was made with {_short(fitted[key])} (totals.searched.data.{key}): "
+                                        "its decisions and predicted errors were chosen with that setting; set it "
+                                        "back, or make a new plan with the new setting")
         latency = totals.get("latency")
         if latency is not None:  # the recorded times are read back into the report
             latency = reader.mapping(latency, "totals.latency", free=True)
             reader.number(latency.get("model_us"), "totals.latency.model_us", positive=True)
             reader.number(latency.get("layers_dense_us"), "totals.latency.layers_dense_us")
+            _check_measured_figures(reader, latency)
         if options["budget"]["target"] == "latency" and not (latency and latency.get("model_us")):
             raise PlanError(f"{source}: options.budget.target is latency but the plan records no model time "
                             "(totals.latency.model_us); make the plan again with --keep-latency, or set the "
@@ -415,6 +427,8 @@ class Plan:
 # Strict reading
 
 
+_TOTALS_KEYS = ("requested", "target", "achieved", "params_before", "params_after", "macs_before", "macs_after",
+                "max_error", "error_measure", "search", "latency", "searched")  # every version's (all optional)
 _SEARCH_KEYS = ("method", "error_measure", "rank_multiple", "max_groups", "order", "seed", "exclude")
 _SEARCH_OPTIONAL = ("prune", "prune_heads")  # absent in plans of earlier versions: no pruning, no heads
 _DATA_KEYS = ("data_aware", "calibration", "calibration_digest", "samples", "batch_size", "refit", "sequential",
@@ -467,6 +481,30 @@ def _json_kind(value: Any) -> str:
         return _short(value)
     kinds = ((dict, "an object"), ((list, tuple), "an array"), (str, "a string"), ((int, float), "a number"))
     return next((kind for types, kind in kinds if isinstance(value, types)), type(value).__name__)
+
+
+def _check_measured_figures(reader: "_Reader", latency: Mapping[str, Any]) -> None:
+    """A plan's whole-model figures are read back into the report as measured: ``measured_ratio`` must be the
+    figure of one of its ``whole_model_check`` rounds and ``measured_speedup`` its inverse (a hand-edited
+    ratio was printed as measured while the rounds beside it said otherwise)."""
+    ratio = reader.number(latency.get("measured_ratio"), "totals.latency.measured_ratio")
+    speedup = reader.number(latency.get("measured_speedup"), "totals.latency.measured_speedup")
+    if ratio is None:
+        if speedup is not None:
+            raise reader.fail("totals.latency.measured_speedup", "is given without totals.latency.measured_ratio; "
+                                                                 "figures measured are not edited: remove it")
+        return
+    rounds = latency.get("whole_model_check")
+    measured = [r.get("measured") for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+    if not any(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isclose(m, ratio, rel_tol=1e-9)
+               for m in measured):
+        raise reader.fail("totals.latency.measured_ratio", f"{ratio:g} is not the figure of any round of "
+                                                           "totals.latency.whole_model_check; figures measured are "
+                                                           "not edited: make the plan again")
+    if speedup is not None and not math.isclose(speedup, 1.0 / ratio, rel_tol=1e-6):
+        raise reader.fail("totals.latency.measured_speedup", f"{speedup:g} is not 1 / measured_ratio "
+                                                             f"({1.0 / ratio:g}); figures measured are not edited: "
+                                                             "make the plan again")
 
 
 def _searched_target(totals: Mapping[str, Any]) -> Optional[str]:
@@ -901,7 +939,8 @@ def _plan_from(options: CompressOptions, model: onnx.ModelProto, report, weights
               "params_before": report.params_before, "params_after": report.params_after,
               "macs_before": report.macs_before, "macs_after": report.macs_after, "max_error": report.max_error,
               "error_measure": report.error_measure, "search": report.search, "latency": report.latency,
-              "searched": {key: options_dict["search"].get(key) for key in SEARCHED_KEYS}}
+              "searched": {**{key: options_dict["search"].get(key) for key in SEARCHED_KEYS},
+                           "data": {key: options_dict["data"].get(key) for key in FITTED_KEYS}}}
     blocks = tuple(BlockDecision(b.name, b.producer, b.consumer, b.width_before, b.width_after,
                                  PredictedWidth(b.width_after, float(b.error), b.params_after, b.macs_after))
                    for b in report.pruned or ())

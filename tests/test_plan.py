@@ -1234,3 +1234,42 @@ def test_notes_name_only_factorized_layers_so_a_plan_applied_says_what_compress_
     assert "/fc/Gemm" in dense
     assert not any(name in note for name in dense for note in direct.report.notes if "shrinkage" in note)
     assert direct.report.notes == applied.report.notes
+
+
+def test_a_plans_measured_figures_and_fitting_options_are_not_edited(tmp_path):
+    """Edits apply accepted without a word: totals.latency.measured_ratio 0.45 was printed as measured (its
+    rounds said 0.622) and silenced the budget warning; options.search.rank_multiple 1 made groups the search
+    never had acceptable; options.data.sequential/both_factors changed the factors of a plan still called
+    'plan'; an unknown key in totals passed."""
+    model = two_order_cnn()
+    timer = FakeTimer(group_penalty=50.0, pointwise=lambda channels: 0.5 if channels == 32 else 2.0)
+    plan = make_plan(model, keep_latency=0.6, rank_multiple=8, order="auto",
+                     speed=SpeedOptions(batch=4, timer=timer, cache_dir=str(tmp_path)))
+    data = plan.to_dict()
+    assert data["totals"]["latency"]["measured_ratio"] is not None
+    Plan.from_dict(json.loads(json.dumps(data)))  # unedited: accepted
+    edited = json.loads(json.dumps(data))
+    edited["totals"]["latency"]["measured_ratio"] = 0.45
+    with pytest.raises(PlanError, match="totals.latency.measured_ratio: 0.45 is not the figure of any round"):
+        Plan.from_dict(edited)
+    edited = json.loads(json.dumps(data))
+    edited["totals"]["latency"]["measured_speedup"] = 9.9
+    with pytest.raises(PlanError, match="measured_speedup: 9.9 is not 1 / measured_ratio"):
+        Plan.from_dict(edited)
+    for key, value in (("rank_multiple", 1), ("max_groups", 8), ("error_measure", "frobenius")):
+        edited = json.loads(json.dumps(data))
+        edited["options"]["search"][key] = value
+        with pytest.raises(PlanError, match=f"options.search.{key} is .* but totals.searched.{key}"):
+            Plan.from_dict(edited)
+    edited = json.loads(json.dumps(data))
+    edited["totals"]["foo"] = 1
+    with pytest.raises(PlanError, match="totals: unknown key 'foo'"):
+        Plan.from_dict(edited)
+    small = small_cnn(width=16)
+    calibration = random_inputs(small, 16, seed=0)
+    data = make_plan(small, keep_flops=0.5, calibration=calibration).to_dict()
+    for key, value in (("sequential", True), ("both_factors", 2), ("refit", False)):
+        edited = json.loads(json.dumps(data))
+        edited["options"]["data"][key] = value
+        with pytest.raises(PlanError, match=f"options.data.{key} is .* but the plan was made with"):
+            Plan.from_dict(edited)
