@@ -67,8 +67,9 @@ from .options import (GROUP_KEYWORDS, PRUNE_MODES, Budget, CompressOptions, Data
 PLAN_FORMAT = "onnx-alds plan"
 PLAN_VERSION = 1
 FACTORIZED, KEPT_DENSE, SKIPPED = "factorized", "dense", "skipped"
-SEARCHED_KEYS = ("method", "seed", "prune", "error_measure", "rank_multiple", "max_groups", "order")  # options.search
-# fields that only choose decisions or check them (totals.searched: an edit would change what is accepted or said)
+# options.search fields that choose the decisions or check them (totals.searched: an edit would change what is
+# accepted or said, not the decisions, which are applied as written)
+SEARCHED_KEYS = ("method", "seed", "prune", "prune_heads", "error_measure", "rank_multiple", "max_groups", "order")
 FITTED_KEYS = ("refit", "sequential", "bias_correction", "shrinkage", "both_factors", "affine_correction",
                "sensitivity")  # options.data fields the plan's decisions and predicted errors were made with
 OPTIONS = (FACTORIZED, KEPT_DENSE, SKIPPED)
