@@ -1400,7 +1400,9 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
                from_plan: bool = False, speed_filtered: bool = False) -> tuple[Optional[str], Optional[str]]:
     """``(warning, note)`` for a plan below the requested ``keep`` (``steps``: "rank", "width" or "width and
     rank"): more than :data:`OVERSHOOT_WARNING` below with coarse steps (``rank_multiple > 1``) is a
-    warning, the model being cut more than asked; more than 1 % below, a note; else neither.
+    warning, the model being cut more than asked; more than 1 % below, a note; else neither. Above ``keep``:
+    a note for compress (constants still read stay beside their replacements), a warning for a saved plan
+    whose decisions keep more than its budget.
     ``applied``: a saved plan's edited decisions (or a plan with an edited budget) were applied, so the
     advice is about the plan;
     ``from_plan``: a saved plan was applied (a plan keeping more than its budget was edited);
@@ -1414,8 +1416,9 @@ def budget_gap(achieved: float, keep: float, rank_multiple: int, steps: str, *, 
                       "the allocation counted (constants that other nodes still read stay beside their "
                       "replacements)")
     if achieved > keep * OVER_BUDGET:  # a saved plan's decisions keep more than its budget: edited, or the budget was
-        return None, (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than "
-                      "its budget (entries or the budget edited)")
+        return (f"achieved {achieved:.4f}, above the plan's requested {keep:g}: its decisions keep more than its "
+                "budget (entries or the budget edited), so the written model does not meet it; lower ranks or widths "
+                "in the plan, or set its budget to what they keep"), None
     if applied:
         if gap > OVERSHOOT_WARNING * keep:
             return (f"achieved {achieved:.4f}, well below the plan's requested {keep:g}: its decisions (as edited) "

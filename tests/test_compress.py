@@ -820,7 +820,7 @@ def test_a_model_over_its_budget_is_blamed_on_a_plan_only_when_a_plan_was_applie
     """Plain compress (no plan) said "above the plan's requested 0.6 ... (entries or the budget edited)"."""
     from onnx_alds.api import budget_gap
 
-    plain, applied = budget_gap(0.7, 0.6, 16, "rank")[1], budget_gap(0.7, 0.6, 16, "rank", applied=True)[1]
+    plain, applied = budget_gap(0.7, 0.6, 16, "rank")[1], budget_gap(0.7, 0.6, 16, "rank", applied=True)[0]
     assert "plan" not in plain and "the written model holds more than the allocation counted" in plain
     assert "the plan's requested 0.6" in applied and "edited" in applied
 

@@ -119,7 +119,7 @@ def test_edited_plan_applies_and_shows_the_edit():
     assert "kept dense by the plan" in result.report.format()
     denser = apply_plan(model, round_trip(plan.with_layer(dense_name, option="dense"))).report
     assert denser.achieved > 0.5 * 1.001
-    assert any("above the plan's requested 0.5" in note for note in denser.notes)
+    assert any("above the plan's requested 0.5" in warning for warning in denser.warnings)
 
 
 def test_stale_plans_are_clear_errors():
@@ -719,17 +719,18 @@ def test_a_plan_that_keeps_more_than_its_budget_says_so(tmp_path):
     applied without a word: the report said 'target 0.1, achieved 0.48'."""
     model = small_cnn(width=16)
     plan = make_plan(model, keep_params=0.5)
-    assert not [note for note in apply_plan(model, plan).report.notes if "above the plan's requested" in note]
+    unedited = apply_plan(model, plan).report
+    assert not [line for line in unedited.notes + unedited.warnings if "above the plan's requested" in line]
     data = plan.to_dict()
     data["options"]["budget"]["keep"] = 0.1
-    notes = apply_plan(model, Plan.from_dict(data)).report.notes
-    assert any("above the plan's requested 0.1" in note for note in notes)
+    warnings = apply_plan(model, Plan.from_dict(data)).report.warnings  # (a budget not met: a warning)
+    assert any("above the plan's requested 0.1" in warning for warning in warnings)
     data = plan.to_dict()
     entry = max((layer for layer in data["layers"] if layer["option"] == "factorized"), key=lambda e: e["params"])
     for decision in (entry, entry["predicted"]):  # dense, 'predicted' included
         decision.update(option="dense", groups=0, rank=0, order=None)
-    notes = apply_plan(model, Plan.from_dict(data)).report.notes
-    assert any("above the plan's requested 0.5" in note for note in notes)
+    warnings = apply_plan(model, Plan.from_dict(data)).report.warnings
+    assert any("above the plan's requested 0.5" in warning for warning in warnings)
     path = tmp_path / "m.onnx"  # a path to another model: refused as a ModelProto is
     renamed = small_cnn(width=16)
     for node in renamed.graph.node:
