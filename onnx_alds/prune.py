@@ -2222,7 +2222,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                                       f"producers not prunable{first}; the model is low-rank only",)
     from .data_aware import sample_count
 
-    notes = [note for note in notes if not note.startswith(api.IR3_NOTE) and api.ANNOTATIONS_NOTE not in note] \
+    def stepwise(note: str) -> bool:  # (either step's IR 3 and annotations notes: said once, of the whole change)
+        return note.startswith(api.IR3_NOTE) or api.ANNOTATIONS_NOTE in note
+
+    extra_notes = [note for note in extra_notes if not stepwise(note)]
+    notes = [note for note in notes if not stepwise(note)] \
         + list(api._ir3_inputs_note(prepared.model, new_model)) \
         + list(api._dropped_annotations_note(prepared.model, new_model))  # (of the user's model, not the step's)
     report = CompressionReport(

@@ -1800,3 +1800,23 @@ def test_combined_pruning_out_of_reach_says_why_no_block_is_prunable():
                         _init(rng, "w2", (16, 16, 1, 1), 0.3)])
     with pytest.raises(BudgetError, match=r"no block is prunable \(first: 'producer': .*not per channel\)"):
         compress(model, keep_flops=0.3, calibration=_inputs(model), prune="combined", rank_multiple=16)
+
+
+def test_an_ir3_model_pruned_and_factorized_gets_one_ir3_note():
+    """--prune combined on an IR 3 model: the pruning step's note (every replaced weight) and the low-rank
+    step's (its own) were both printed, with different counts."""
+    model = feed_forward(hidden=64)
+    rng = np.random.default_rng(42)
+    model.graph.output[0].name = "ff"
+    model.graph.node[-1].output[0] = "ff"
+    model.graph.node.append(helper.make_node("MatMul", ["ff", "tail.w"], ["y"], name="tail"))
+    model.graph.initializer.append(_init(rng, "tail.w", (16, 96), 0.25))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 96]))
+    model.ir_version = 3
+    model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+                             for i in model.graph.initializer)
+    result = compress(model, keep_params=0.5, calibration=_inputs(model, samples=128), prune="combined",
+                      rank_multiple=8)
+    assert result.report.pruned and any(row.groups for row in result.report.layers if row.name == "tail")
+    notes = [note for note in result.report.notes if note.startswith("IR version 3")]
+    assert len(notes) == 1 and "replaced weights" in notes[0]
