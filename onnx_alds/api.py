@@ -83,6 +83,7 @@ class _Prepared:
     # the name given to each unnamed or repeated node -> its own (written back by restore_node_names)
     generated_names: Mapping[str, str] = field(default_factory=dict)
     dead: tuple[str, ...] = ()  # nodes removed as reaching no graph output (layers.drop_dead_nodes)
+    dims_read: frozenset = frozenset()  # weights whose dims a Shape/Size node read (layers.fold_weight_shapes)
 
     def with_checked_calibration(self, options: CompressOptions) -> CompressOptions:
         """``options`` with its calibration inputs checked against the model and cast to its input types
@@ -153,7 +154,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                                      if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in literal))
     shaped = fold_weight_shapes(proto)
     if shaped:
-        notes.append(f"{len(shaped)} Shape/Size nodes read a weight's dims only (first: '{shaped[0]}'): replaced by "
+        notes.append(f"{len(shaped)} Shape/Size nodes read a weight's dims only (first: '{next(iter(shaped))}'): replaced by "
                      "constants, so that weight is not counted as shared")
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
@@ -232,7 +233,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         notes.append(f"{len(randoms)} nodes draw random values at run time (first: {randoms[0]}; ONNX Runtime's "
                      "graph optimizations may drop them, other runtimes will not): export the model in inference mode")
     return _Prepared(proto, layers, int(sum(iter_total_params(proto))), macs_total, notes, constants, original,
-                     input_check, store, unchanged, randoms, MappingProxyType(generated), tuple(dead))
+                     input_check, store, unchanged, randoms, MappingProxyType(generated), tuple(dead),
+                     frozenset(shaped.values()))
 
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training")

@@ -413,16 +413,17 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
     return {tensor.name for tensor in model.graph.initializer if not used[tensor.name]}
 
 
-def fold_weight_shapes(model: onnx.ModelProto) -> list[str]:
+def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
     """Replace, in place, each main-graph ``Shape``/``Size`` node that reads an initializer (one no graph input
     overrides) by a ``Constant`` node of the same name and output holding that shape or size: such a node reads
     only the weight's dims, not its values (torch's dynamo exporter without its optimizer builds a bias-free
     Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's own. Returns the replaced nodes'
-    names. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives count from the end, clamped."""
+    names (or op types) → the weight each read, in graph order: the constants hold the full dims, so width
+    pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives count from the end, clamped."""
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     for value in model.graph.input:  # (an initializer a graph input lists can be fed at run time)
         initializers.pop(value.name, None)
-    folded = []
+    folded: dict[str, str] = {}
     for index, node in enumerate(model.graph.node):
         if node.op_type not in ("Shape", "Size") or not is_standard(node) or len(node.input) != 1 \
                 or node.input[0] not in initializers or len(node.output) != 1:
@@ -435,10 +436,9 @@ def fold_weight_shapes(model: onnx.ModelProto) -> list[str]:
             end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
             value = np.array(dims[slice(*(min(max(i + len(dims) if i < 0 else i, 0), len(dims))
                                          for i in (start, end)))], np.int64)
-        model.graph.node[index].CopyFrom(onnx.helper.make_node(
-            "Constant", [], list(node.output), name=node.name,
-            value=numpy_helper.from_array(value, node.output[0])))
-        folded.append(node.name or node.op_type)
+        folded[node.name or f"{node.op_type}_{index}"] = node.input[0]
+        node.CopyFrom(onnx.helper.make_node("Constant", [], list(node.output), name=node.name,
+                                            value=numpy_helper.from_array(value, node.output[0])))
     return folded
 
 

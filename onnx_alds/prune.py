@@ -61,7 +61,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -332,7 +332,7 @@ def _per_channel_constant(value: np.ndarray, axis: int, rank: Optional[int], wid
 
 
 def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequence[Mapping[str, tuple]] = (), *,
-                split_heads: bool = False) -> tuple[list[Block], list[NotPrunable]]:
+                split_heads: bool = False, dims_read: Collection[str] = ()) -> tuple[list[Block], list[NotPrunable]]:
     """The prunable blocks of ``model``'s main graph and, for every other candidate producer, why not.
 
     ``layers``: the model's Conv/Gemm/MatMul nodes (:func:`onnx_alds.layers.find_layers`; positions set
@@ -343,7 +343,9 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequenc
     counts only where every one shows the axis it stands for, and attention's ``P @ V`` only where they
     show ``P`` has two axes or more; without them such blocks are refused. ``split_heads``: follow
     channels split into attention heads (``--prune-heads``; off: such a split ends the block with that
-    reason). Blocks find their nodes by name: a block with an unnamed node or one whose name another node
+    reason). ``dims_read``: weights whose dims a Shape/Size node read (folded to constants of the full dims,
+    :func:`onnx_alds.layers.fold_weight_shapes`): a block that would narrow one is refused. Blocks find their
+    nodes by name: a block with an unnamed node or one whose name another node
     shares is refused (the pipeline names every node first: :func:`onnx_alds.layers.ensure_node_names`).
     Returns blocks in graph order.
     """
@@ -361,6 +363,10 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequenc
         found = _block_from(node, layer, graph, by_name, tuple(shapes), split_heads)
         if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
             found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
+        if isinstance(found, Block) and (read := next((layer.weight for layer in (found.producer, found.consumer)
+                                                       if layer.weight in dims_read), None)):
+            found = (f"a Shape/Size node reads the dims of '{read}' (kept as a constant of its full dims): narrowing "
+                     "the block would leave that constant stale")
         if isinstance(found, Block):
             taken = [other for other in blocks if set(other.layers) & set(found.layers)]
             if taken:  # a layer in two blocks (a chain): the costs and refits would interact
@@ -1590,13 +1596,15 @@ class PruneAnalysis:
 
 def analyze_blocks(model: onnx.ModelProto, layers: Sequence[Layer], calibration, *, multiple: int = 1,
                    batch_size: int = 16, notes: Optional[list[str]] = None, extra_layers: Sequence[Layer] = (),
-                   shrinkage: bool = True, split_heads: bool = False) -> PruneAnalysis:
+                   shrinkage: bool = True, split_heads: bool = False, dims_read: Collection[str] = ()
+                   ) -> PruneAnalysis:
     """Find the blocks (``split_heads``: :func:`find_blocks`), measure their consumers' input moments (and
     those of ``extra_layers``) in one calibration pass, and compute every block's width curve."""
     from .calibrate import collect_statistics
 
     seconds = {}
-    blocks, refused = find_blocks(model, layers, block_shapes(model, calibration), split_heads=split_heads)
+    blocks, refused = find_blocks(model, layers, block_shapes(model, calibration), split_heads=split_heads,
+                                  dims_read=dims_read)
     tick = time.perf_counter()
     consumers = {block.consumer.name for block in blocks}
     measured = [block.consumer for block in blocks] + [layer for layer in extra_layers
@@ -1991,7 +1999,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     analysis = analyze_blocks(proto, layers, data.calibration, multiple=search.rank_multiple,
                               batch_size=data.batch_size, notes=notes,
                               extra_layers=others if mode == "combined" else (), shrinkage=data.shrinkage,
-                              split_heads=search.prune_heads)
+                              split_heads=search.prune_heads, dims_read=prepared.dims_read)
     seconds.update(analysis.seconds)
     blocks = analysis.blocks
     if not blocks and not others:  # each layer's reason, those calibration cannot measure too

@@ -1820,3 +1820,24 @@ def test_an_ir3_model_pruned_and_factorized_gets_one_ir3_note():
     assert result.report.pruned and any(row.groups for row in result.report.layers if row.name == "tail")
     notes = [note for note in result.report.notes if note.startswith("IR version 3")]
     assert len(notes) == 1 and "replaced weights" in notes[0]
+
+
+def test_a_block_whose_weight_dims_a_shape_node_reads_is_not_narrowed():
+    """A Shape of a weight is folded to a constant of its full dims (so the weight is no longer 'shared'); a
+    block narrowing that weight would leave the constant stale: here the producer's dims build a zero bias
+    for an Add on its output, which would keep the full width beside the narrowed channels."""
+    rng = np.random.default_rng(43)
+    nodes = [helper.make_node("Shape", ["w1"], ["rows"], name="rows_of_w1", end=1),
+             helper.make_node("ConstantOfShape", ["rows"], ["zeros"], name="zeros"),
+             helper.make_node("Unsqueeze", ["zeros", "axes"], ["zero_bias"], name="unsq"),
+             helper.make_node("Conv", ["x", "w1"], ["h"], name="producer"),
+             helper.make_node("Add", ["h", "zero_bias"], ["hb"], name="add_zero"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="consumer")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [_init(rng, "w1", (64, 16, 1, 1), 0.3), _init(rng, "w2", (16, 64, 1, 1), 0.2),
+                        _init(rng, "b2", (16,), 0.1),
+                        numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
+    with pytest.raises(UnsupportedModelError, match=r"a Shape/Size node reads the dims of 'w1'"):
+        compress(model, keep_flops=0.5, calibration=_inputs(model), prune="only", rank_multiple=16)
