@@ -31,8 +31,9 @@ from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionEr
                      ratio_at_least)
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, fold_weight_shapes, folded_weight, is_constant_product, is_counted_node, is_layer_node, is_standard,
-                     iter_graphs, iter_total_params, literal_where_named, node_macs, stored_sources,
+                     find_layers, fold_weight_shapes, folded_weight, is_constant_product, is_counted_node,
+                     is_layer_node, is_standard, iter_graphs, iter_total_params, literal_where_named, node_macs,
+                     stored_sources,
                      unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
@@ -154,8 +155,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                                      if own and any(fnmatch.fnmatchcase(own, pattern) for pattern in literal))
     shaped = fold_weight_shapes(proto)
     if shaped:
-        notes.append(f"{len(shaped)} Shape/Size nodes read a weight's dims only (first: '{next(iter(shaped))}'): replaced by "
-                     "constants, so that weight is not counted as shared")
+        notes.append(f"{len(shaped)} Shape/Size nodes read a weight's dims only (first: '{next(iter(shaped))}'): "
+                     "replaced by constants, so that weight is not counted as shared")
     dead, dead_weights = drop_dead_nodes(proto)
     if dead:
         notes.append(f"{len(dead)} nodes reach no graph output (first: '{dead[0]}'; {dead_weights} weights): left "
@@ -1486,7 +1487,8 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
         name, count, size = starved[0]
         prior = ("rest on the shrinkage prior" if stats[name].shrinkage > 0 else
                  "see only the directions the calibration inputs span (no shrinkage)")
-        warnings.append(f"{len(starved)} factorized {'layer was' if len(starved) == 1 else 'layers were'} fitted on fewer calibration vectors than their inputs "
+        warnings.append(f"{len(starved)} factorized {'layer was' if len(starved) == 1 else 'layers were'} fitted "
+                        "on fewer calibration vectors than their inputs "
                         f"(first: '{name}', {count} vectors for {size}): their factors and reported errors {prior}, "
                         "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
     deep = report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR

@@ -419,7 +419,8 @@ def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
     only the weight's dims, not its values (torch's dynamo exporter without its optimizer builds a bias-free
     Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's own. Returns the replaced nodes'
     names (or op types) → the weight each read, in graph order: the constants hold the full dims, so width
-    pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives count from the end, clamped."""
+    pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives
+    count from the end, clamped."""
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     for value in model.graph.input:  # (an initializer a graph input lists can be fed at run time)
         initializers.pop(value.name, None)
