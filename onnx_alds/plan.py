@@ -1501,10 +1501,11 @@ def run_apply_command(args: argparse.Namespace) -> int:
     if edited:
         first = edited[0]
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
-            f"{len(edited)} layers differ from what the plan predicted (edited; first: '{first.name}' "
+            f"{len(edited)} {'layer differs' if len(edited) == 1 else 'layers differ'} from what the plan predicted "
+            f"(edited; first: '{first.name}' "
             f"{first.option}{f' g={first.groups} r={first.rank} {first.order}' if first.option == FACTORIZED else ''}"
-            "): their errors "
-            "are recomputed, their times unknown",)))
+            "): their errors are recomputed; the times of those factorized are unknown (a dense layer's is the "
+            "plan's)",)))
     return write_result(args, result)
 
 

@@ -851,7 +851,7 @@ def test_a_layer_set_skipped_is_an_edit(tmp_path, capsys):
     save_model(model, tmp_path / "m.onnx")
     (tmp_path / "p.json").write_text(skipped.to_json())
     assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "p.json"), "-o", str(tmp_path / "o.onnx")]) == 0
-    assert f"1 layers differ from what the plan predicted (edited; first: '{name}' skipped)" in capsys.readouterr().out
+    assert f"1 layer differs from what the plan predicted (edited; first: '{name}' skipped)" in capsys.readouterr().out
 
 
 def test_block_width_edits_are_counted_on_the_search_line():
