@@ -202,7 +202,7 @@ def test_cli_plan_then_apply_equals_compress(tmp_path, capsys):
     data["layers"][1]["option"] = "dense"
     (tmp_path / "edited.json").write_text(json.dumps(data))
     assert main(["apply", str(model_path), str(tmp_path / "edited.json"), "-o", str(tmp_path / "edited.onnx")]) == 0
-    assert "differ from what the plan predicted" in capsys.readouterr().out
+    assert "differs from what the plan predicted" in capsys.readouterr().out
     data["layers"][0]["name"] = "nowhere"
     (tmp_path / "stale.json").write_text(json.dumps(data))
     assert main(["apply", str(model_path), str(tmp_path / "stale.json"), "-o", str(tmp_path / "stale.onnx")]) == 1
