@@ -1496,7 +1496,8 @@ def run_apply_command(args: argparse.Namespace) -> int:
     edited, blocks = plan.edited_layers, plan.edited_blocks
     if blocks:
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
-            f"{len(blocks)} block widths differ from what the plan predicted (edited; first: '{blocks[0].name}' "
+            f"{len(blocks)} block {'width differs' if len(blocks) == 1 else 'widths differ'} from what the plan "
+            f"predicted (edited; first: '{blocks[0].name}' "
             f"width {blocks[0].width})",)))
     if edited:
         first = edited[0]

@@ -458,7 +458,7 @@ def test_cli_pruning_plan_then_apply_equals_compress(tmp_path, capsys):
     (tmp_path / "edited.json").write_text(json.dumps(plan))
     assert main(["apply", str(model_path), str(tmp_path / "edited.json"), "-o", str(tmp_path / "edited.onnx"),
                  "--calibration", str(data)]) == 0
-    edited = "1 block widths differ from what the plan predicted (edited; first: 'up' width 96)"
+    edited = "1 block width differs from what the plan predicted (edited; first: 'up' width 96)"
     assert edited in capsys.readouterr().out
 
 
