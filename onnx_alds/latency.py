@@ -971,10 +971,13 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 break
             budget = following
             continue
+        if allocation.choices and any(earlier.choices == allocation.choices for earlier, _ in tried):
+            break  # the same decisions at another budget: a fixed point (its figure, read again, is no new round)
         model = build(allocation)
         current = SettleRound(budget, info.achieved(decisions), ratio(model))
+        saved_much_more = 1 - current.measured > 2 * (1 - current.predicted) + tolerance * keep
         if not (1 - DOUBTFUL_SAVING) * current.predicted <= current.measured <= (1 + DOUBTFUL_SAVING) * \
-                current.predicted or _contradicted(current, [r for _, r in tried], tolerance * keep):
+                current.predicted or saved_much_more or _contradicted(current, [r for _, r in tried], tolerance * keep):
             current = replace(current, measured=ratio(model, doubted=current.measured))
             retimed.add(len(tried))
         for index in _contradicted(current, [r for _, r in tried], tolerance * keep):

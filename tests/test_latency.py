@@ -744,3 +744,33 @@ def test_a_plan_measured_far_under_the_budget_says_so_when_it_is_the_closest(tmp
                                 speed=speed(Fast(), tmp_path, model_rounds=1)).report
     assert report.latency["measured_ratio"] == 0.5
     assert "well under the budget" in report.latency["whole_model_note"]
+
+
+def test_a_repeated_plan_is_a_fixed_point_and_a_saving_far_above_the_prediction_is_timed_again(tmp_path):
+    """Under load a gentle plan (tables: 0.942) measured 0.772; the next round chose the same decisions at
+    another budget and read that figure back from the cache as a second round, and the report said 1.17x for
+    a model that runs at 1.00x. The same decisions end the check, and a saving over twice the predicted one
+    is timed three times (the median kept)."""
+    from onnx_alds.allocate import Allocation, LayerChoice
+    from onnx_alds.latency import settle_latency
+
+    model = small_cnn(width=16)
+    gentle = (LayerChoice(1, 8, 1.0, 0.1),)
+
+    class Info:
+        @staticmethod
+        def achieved(decisions):
+            return 0.942
+
+    class OnceFast(FakeTimer):
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            self.ratios += 1
+            return 0.772 if self.ratios == 1 else 0.99
+
+    timer = OnceFast()
+    allocation, rounds, chosen, said = settle_latency(
+        lambda budget: Allocation(gentle, budget, 1.0, 0.1, "test"), lambda allocation: model, ["conv"], Info(),
+        0.95, 0.1, reference=model, store=None, input_shapes={"input": (4, 3, 16, 16)}, timer=timer, rounds=3,
+        cache=LatencyCache(tmp_path / "cache"))
+    assert timer.ratios == 3 and chosen.measured == 0.99  # timed three times: the median, not the outlier
+    assert len(rounds) == 1  # the same decisions again: no second round
