@@ -260,7 +260,10 @@ class Plan:
                             "only, or remove the blocks")
         totals = reader.mapping(top.get("totals") or {}, "totals", optional=_TOTALS_KEYS)
         searched = totals.get("searched")
-        if isinstance(searched, dict):  # what made the decisions: editing it would change the report, not them
+        if searched is not None:  # what made the decisions: editing it would change the report, not them
+            searched = reader.mapping(searched, "totals.searched", optional=SEARCHED_KEYS + ("data",))
+            if searched.get("data") is not None:
+                reader.mapping(searched["data"], "totals.searched.data", optional=FITTED_KEYS)
             for key in SEARCHED_KEYS:
                 if key in searched and searched[key] != options["search"].get(key):
                     raise PlanError(f"{source}: options.search.{key} is {_short(options['search'].get(key))} but "

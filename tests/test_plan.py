@@ -1262,10 +1262,12 @@ def test_a_plans_measured_figures_and_fitting_options_are_not_edited(tmp_path):
         edited["options"]["search"][key] = value
         with pytest.raises(PlanError, match=f"options.search.{key} is .* but totals.searched.{key}"):
             Plan.from_dict(edited)
-    edited = json.loads(json.dumps(data))
-    edited["totals"]["foo"] = 1
-    with pytest.raises(PlanError, match="totals: unknown key 'foo'"):
-        Plan.from_dict(edited)
+    for where, place in (("totals", lambda d: d["totals"]), ("totals.searched", lambda d: d["totals"]["searched"]),
+                         ("totals.searched.data", lambda d: d["totals"]["searched"]["data"])):
+        edited = json.loads(json.dumps(data))
+        place(edited)["foo"] = 1
+        with pytest.raises(PlanError, match=f"{where}: unknown key 'foo'"):
+            Plan.from_dict(edited)
     small = small_cnn(width=16)
     calibration = random_inputs(small, 16, seed=0)
     data = make_plan(small, keep_flops=0.5, calibration=calibration).to_dict()
