@@ -374,6 +374,9 @@ def layer_spec(layer: Layer, node: onnx.NodeProto, shapes: Mapping[str, tuple[in
     if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
         bias = node.input[2]
         bias_shape = tuple(int(d) for d in constants[bias].dims) if bias in constants else shapes.get(bias)
+        if bias_shape is None and node.op_type == "Conv" and layer.weight_shape:
+            bias_shape = (int(layer.weight_shape[0]),)  # a Conv's bias is 1-D of its output channels (ONNX spec):
+            # one computed at run time (the dynamo exporter's Expand(0, Shape(W)) zero bias) is timed as that
         if bias_shape is None:
             return None, "bias shape unknown"
     attributes = tuple(attribute.SerializeToString() for attribute in sorted(node.attribute, key=lambda a: a.name))
@@ -801,6 +804,11 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
             else float("nan")
         slow = sum(1 for c in costs if not any(np.any(np.asarray(times) < c.dense) for times in c.options))
         where = f"at batch {info.batch} on {info.provider}"
+        untimed = dict(info.untimed)
+        if untimed:  # (a layer that could not be timed alone has no options: it is not slow, it is unmeasured)
+            first = next(iter(untimed))
+            where += (f" ({len(untimed)} of them could not be timed alone and stay dense: first '{first}', "
+                      f"{untimed[first]})")
         if slow == len(costs):
             reason = (f"none of the {len(costs)} factorizable layers has a factorization measured faster than its "
                       f"dense layer {where}")

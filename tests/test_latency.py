@@ -774,3 +774,36 @@ def test_a_repeated_plan_is_a_fixed_point_and_a_saving_far_above_the_prediction_
         cache=LatencyCache(tmp_path / "cache"))
     assert timer.ratios == 3 and chosen.measured == 0.99  # timed three times: the median, not the outlier
     assert len(rounds) == 1  # the same decisions again: no second round
+
+
+def test_a_conv_whose_bias_is_computed_at_run_time_is_timed(tmp_path):
+    """torch's dynamo exporter with optimize=False writes a bias-free Conv's zero bias as
+    Expand(CastLike(0, x), Shape(W)): its shape was unknown to the timer, every Conv was left untimed, and
+    --keep-latency was refused as 'none of the layers has a factorization measured faster'."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes, inits, previous = [], [], "input"
+    for index, (out, inp) in enumerate(((32, 16), (64, 32), (64, 64))):
+        w = f"w{index}"
+        inits.append(numpy_helper.from_array((0.1 * rng.standard_normal((out, inp, 3, 3))).astype(np.float32), w))
+        nodes += [helper.make_node("Shape", [w], [f"dims{index}"], end=1),  # (as exported: the shape expanded)
+                  helper.make_node("Constant", [], [f"one{index}"],
+                                   value=numpy_helper.from_array(np.array([1], np.int64))),
+                  helper.make_node("Expand", [f"dims{index}", f"one{index}"], [f"rows{index}"]),
+                  helper.make_node("Constant", [], [f"zero{index}"],
+                                   value=numpy_helper.from_array(np.array(0.0, np.float32))),
+                  helper.make_node("CastLike", [f"zero{index}", previous], [f"zl{index}"]),
+                  helper.make_node("Expand", [f"zl{index}", f"rows{index}"], [f"b{index}"]),
+                  helper.make_node("Conv", [previous, w, f"b{index}"], [f"c{index}"], name=f"conv{index}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{index}"], [f"r{index}"])]
+        previous = f"r{index}"
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 16, 16, 16])],
+        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["N", 64, 16, 16])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    report = onnx_alds.compress(model, keep_latency=0.6, rank_multiple=8,
+                                speed=speed(FakeTimer(), tmp_path)).report
+    assert not report.latency["untimed"]
+    assert any(row.groups for row in report.layers)
