@@ -408,7 +408,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         if bias is None or not _per_channel_constant(bias, -1, 2, width):
             return "the producer's bias C is not a per-channel constant"
     if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and graph.constant(node.input[2]) is None:
-        return "the producer's bias is not a constant"
+        maker = graph.producers.get(node.input[2])
+        return "the producer's bias is not a constant" + (
+            f" (computed by Expand '{maker.name}': torch's dynamo exporter with optimize=False builds a bias-free "
+            "Conv's zero bias so; export with optimize=True)" if maker is not None and maker.op_type == "Expand" else "")
     hidden = node.output[0]
     region_tensors = {hidden}
     region_nodes: list[onnx.NodeProto] = []

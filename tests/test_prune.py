@@ -1841,3 +1841,21 @@ def test_a_block_whose_weight_dims_a_shape_node_reads_is_not_narrowed():
                         numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
     with pytest.raises(UnsupportedModelError, match=r"a Shape/Size node reads the dims of 'w1'"):
         compress(model, keep_flops=0.5, calibration=_inputs(model), prune="only", rank_multiple=16)
+
+
+def test_a_producer_bias_built_by_expand_names_the_export_setting():
+    """A dynamo export with optimize=False builds each bias-free Conv's zero bias as Expand(CastLike(0),
+    Shape(W)): the block was refused as 'the producer's bias is not a constant' with no way out named."""
+    rng = np.random.default_rng(44)
+    nodes = [helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+             helper.make_node("Expand", ["zero", "rows"], ["bias"], name="node_Expand_5"),
+             helper.make_node("Conv", ["x", "w1", "bias"], ["h"], name="producer"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="consumer")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 4, 4])],
+                       [_init(rng, "w1", (64, 16, 1, 1), 0.3), _init(rng, "w2", (16, 64, 1, 1), 0.2),
+                        numpy_helper.from_array(np.array([64], np.int64), "rows")])
+    _, refused = find_blocks(model, _layers(model, None))
+    reason = {r.producer: r.reason for r in refused}["producer"]
+    assert "computed by Expand 'node_Expand_5'" in reason and "export with optimize=True" in reason
