@@ -1848,7 +1848,8 @@ def test_a_producer_bias_built_by_expand_names_the_export_setting():
     Shape(W)): the block was refused as 'the producer's bias is not a constant' with no way out named."""
     rng = np.random.default_rng(44)
     nodes = [helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
-             helper.make_node("Expand", ["zero", "rows"], ["bias"], name="node_Expand_5"),
+             helper.make_node("CastLike", ["zero", "x"], ["zero_like"], name="castlike"),
+             helper.make_node("Expand", ["zero_like", "rows"], ["bias"], name="node_Expand_5"),
              helper.make_node("Conv", ["x", "w1", "bias"], ["h"], name="producer"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("Conv", ["r", "w2"], ["y"], name="consumer")]
