@@ -1091,7 +1091,8 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
     from .layers import constant_node_value, iter_graphs
 
     lengths = _sequence_lengths(model, input_shapes or {})
-    nodes = [node for _, graph in iter_graphs(_with_functions_inlined(model).graph) for node in graph.node]
+    inlined = _with_functions_inlined(model)
+    nodes = [node for _, graph in iter_graphs(inlined.graph) for node in graph.node]
     constants = {t.name: t for _, graph in iter_graphs(model.graph) for t in graph.initializer}
     constants.update({n.output[0]: value for n in nodes
                       if n.op_type == "Constant" and (value := constant_node_value(n)) is not None})
@@ -1104,6 +1105,16 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
         if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
             tables.setdefault(node.output[0], tables[node.input[0]])
     bounds: dict[str, int] = {}
+    computed: dict[str, tuple] = {}  # tables computed at run time (DequantizeLinear, Concat ...): inferred dims
+
+    def table_dims(name: str) -> Optional[tuple]:
+        """A table's dims: a constant's, else shape inference's (run once, on a weightless copy)."""
+        if name in tables:
+            return tables[name]
+        if not computed:
+            computed[""] = ()  # (inferred once, whatever it finds)
+            computed.update(_inferred_dims(inlined, input_shapes or {}))
+        return computed.get(name)
 
     def bound(name: str, limit: int) -> None:
         if limit > 0:
@@ -1122,8 +1133,7 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
                 pairs = _INDEXED_TABLES.get((node.domain or "", node.op_type), ())
                 for index_at, table_at in pairs:
                     if len(node.input) > max(index_at, table_at) and node.input[index_at] == tensor \
-                            and node.input[table_at] in tables:
-                        dims = tables[node.input[table_at]]
+                            and (dims := table_dims(node.input[table_at])) is not None:
                         axis = next((a.i for a in node.attribute if a.name == "axis"), 0) \
                             if node.op_type == "Gather" else 0
                         if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
@@ -1138,6 +1148,25 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
                     if added is not None and added.size:
                         pending.append((node.output[0], offset + max(int(added.max()), 0)))
     return bounds
+
+
+def _inferred_dims(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple]:
+    """Static dims of the tensors shape inference can size (onnx's, on a weightless copy with the fixed
+    input dims given); empty when it cannot run."""
+    from .shapes import static_copy
+
+    fixed = {name: tuple(int(d) for d in dims) for name, dims in input_shapes.items()
+             if all(isinstance(d, (int, np.integer)) for d in dims)}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(static_copy(model, fixed, stub_weights=True))
+    except Exception:  # noqa: BLE001 - a model shape inference cannot take: no inferred table
+        return {}
+    dims = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        shape = value.type.tensor_type.shape
+        if value.type.HasField("tensor_type") and shape.dim and all(d.HasField("dim_value") for d in shape.dim):
+            dims[value.name] = tuple(int(d.dim_value) for d in shape.dim)
+    return dims
 
 
 _KEPT_CONSTANT_BYTES = 4096  # integer constants up to this size keep their values (id offsets) in the inlined copy

@@ -1046,13 +1046,14 @@ def test_random_ids_respect_a_table_behind_a_cast_and_a_bench_failure_is_one_lin
     onnx.save(model, str(path))
     assert main(["bench", str(path), "--runs", "3"]) == 0
     capsys.readouterr()
-    # a table computed at run time (a Slice): random ids overrun it, and the run fails in one error line
-    sliced = [helper.make_node("Slice", ["table16b", "start", "end"], ["table16"])] + nodes
+    # a table sliced at run time to a length shape inference cannot know (the ids' length, 5): random ids
+    # overrun it, and the run fails in one error line
+    sliced = [helper.make_node("Shape", ["ids"], ["end"], start=1, end=2),
+              helper.make_node("Slice", ["table16b", "start", "end"], ["table16"])] + nodes
     bad = make(sliced, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 32])],
                [numpy_helper.from_array(rng.standard_normal((7, 32)).astype(np.float16), "table16b"),
                 numpy_helper.from_array(np.array([0], np.int64), "start"),
-                numpy_helper.from_array(np.array([7], np.int64), "end"),
                 numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
     onnx.save(bad, str(path))
     assert main(["bench", str(path), "--runs", "3"]) == 1
@@ -1922,3 +1923,32 @@ def test_a_weight_read_by_shape_is_not_shared():
     assert [node.op_type for node in folded.graph.node] == ["Constant"] * len(probes)
     for want, got in zip(expected, run(folded, {})):
         np.testing.assert_array_equal(want, got)
+
+
+def test_random_ids_respect_a_table_computed_at_run_time():
+    """An embedding table dequantized (DequantizeLinear of an int8 table, weight-only quantized exports) or
+    concatenated from two constants: ids were drawn in [0, 100), out of range for a 30-row table (the run
+    failed) and a tenth of a 1000-row one. Its dims now come from shape inference."""
+    from onnx_alds.inputs import index_bounds, random_inputs
+
+    rng = np.random.default_rng(25)
+    nodes = [helper.make_node("DequantizeLinear", ["q_table", "scale", "zero"], ["table"]),
+             helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 32])],
+                 [numpy_helper.from_array(rng.integers(-127, 127, (1000, 32)).astype(np.int8), "q_table"),
+                  numpy_helper.from_array(np.array(0.01, np.float32), "scale"),
+                  numpy_helper.from_array(np.array(0, np.int8), "zero"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    assert index_bounds(model) == {"ids": 1000}
+    nodes = [helper.make_node("Concat", ["learned", "extra"], ["table"], axis=0),
+             helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 32])],
+                 [numpy_helper.from_array(rng.standard_normal((26, 32)).astype(np.float32), "learned"),
+                  numpy_helper.from_array(rng.standard_normal((4, 32)).astype(np.float32), "extra"),
+                  numpy_helper.from_array(low_rank(rng, 32, 32), "w")])
+    assert index_bounds(model) == {"ids": 30}
+    ids = random_inputs(model, 16, seed=0).arrays["ids"]
+    assert ids.max() < 30
+    run(model, {"ids": ids})  # (ids over 29 fail in ONNX Runtime)
