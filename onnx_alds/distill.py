@@ -680,9 +680,13 @@ def check_distillable(model: onnx.ModelProto) -> None:
 
     fixed = fixed_batch(model)
     if fixed is not None:
+        name = next((value.name for value in model.graph.input
+                     if value.name not in {t.name for t in model.graph.initializer}), "x")
         raise UnsupportedModelError(f"distillation needs a model whose batch dim is free; this one fixes it to {fixed} "
                                     "(export it again with a dynamic batch axis, e.g. torch.onnx.export(..., "
-                                    "dynamic_axes={'input': {0: 'batch'}}))")
+                                    f"dynamo=True, dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}) or, "
+                                    f"with dynamo=False, dynamic_axes={{'{name}': {{0: 'batch'}}}}), or compress "
+                                    "without --distill")
     _refuse_unsupported_ops(model)
 
 
@@ -694,7 +698,8 @@ def _refuse_unsupported_ops(model: onnx.ModelProto) -> None:
         raise UnsupportedModelError(
             f"distillation cannot convert this model: op {', '.join(ops)} (first node '{bad[0][0]}') "
             f"is not supported by the torch interpreter; supported ops: {len(OPS)} standard ones, "
-            "see onnx_alds.distill.OPS")
+            "see onnx_alds.distill.OPS; compress without --distill (or distill the model in the framework it came "
+            "from)")
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
@@ -1442,7 +1447,9 @@ class DistillReport:
             "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
             f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind} {self.agreement_before:.4f} -> "
             f"{self.agreement_after:.4f}" + (f"; cosine {self.cosine_before:.4f} -> {self.cosine_after:.4f}"
-                                             if self.agreement_kind == "top-1" else ""),
+                                             if self.agreement_kind == "top-1" else "")
+            + (f" (the step kept is the one of lowest held-out loss, not of highest {kind})"
+               if self.agreement_after < self.agreement_before else ""),
             f"verified: ONNX Runtime reproduces the trained student "
             f"(max |diff| {self.verify_max_diff:.2e} of the output "
             f"scale, tolerance {self.verify_tolerance:g})",
@@ -2358,8 +2365,11 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
     print(text)
     report = distilled.report
     note = (f"distilled: {report.steps} steps, {report.seconds:.0f} s; held-out {report.agreement_kind} "
-            f"{report.agreement_before:.4f} -> {report.agreement_after:.4f} (the layer errors above are those of the "
-            "factors before training; the written model holds the trained values)")
+            f"{report.agreement_before:.4f} -> {report.agreement_after:.4f}"
+            + (f" (kept: the step of lowest held-out loss, {report.loss_before:.4g} -> {report.loss_after:.4g})"
+               if report.agreement_after < report.agreement_before else "")
+            + " (the layer errors above are those of the factors before training; the written model holds the "
+            "trained values)")
     changes = {"store": None} if hasattr(result, "store") else {}
     return replace(result, model=distilled.model, report=replace(result.report, notes=result.report.notes + (note,)),
                    **changes), report

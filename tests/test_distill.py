@@ -201,7 +201,7 @@ def test_unsupported_op_names_the_op(torch, pair):
     original_odd.CopyFrom(original)
     original_odd.graph.node.append(helper.make_node("Hardmax", [last], ["hard"], name="the_hardmax"))
     original_odd.graph.output[0].name = "hard"
-    with pytest.raises(UnsupportedModelError, match="op Hardmax"):
+    with pytest.raises(UnsupportedModelError, match="op Hardmax.*; compress without --distill"):
         distill(original_odd, odd, inputs, steps=1, progress=False)
     custom = onnx.ModelProto()
     custom.CopyFrom(compressed)
@@ -669,8 +669,10 @@ def test_a_fixed_batch_model_is_refused_before_anything_runs(torch, pair):
     for copy, model in zip(fixed, (original, compressed)):
         copy.CopyFrom(model)
         copy.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    with pytest.raises(UnsupportedModelError, match="batch dim is free; this one fixes it to 1"):
+    name = original.graph.input[0].name  # (the hint names the model's own input, for both exporters)
+    with pytest.raises(UnsupportedModelError, match="batch dim is free; this one fixes it to 1") as refused:
         distill(fixed[0], fixed[1], inputs, steps=1, progress=False)
+    assert f"dynamic_shapes={{'{name}'" in str(refused.value) and f"dynamic_axes={{'{name}'" in str(refused.value)
 
 
 def test_an_overridable_or_renamed_initializer_is_not_trained():
@@ -1127,3 +1129,18 @@ def test_an_unrelated_compressed_model_is_refused(torch, pair):
     stripped.CopyFrom(compressed)
     del stripped.metadata_props[:]
     assert distill(original, stripped, inputs, steps=1, progress=False).report.steps == 1
+
+
+def test_a_fall_in_held_out_agreement_says_why_that_step_was_kept():
+    """The step of lowest held-out loss is kept; its top-1 agreement can be lower than before training, and the
+    report read as 'distillation made it worse' with no word on how the step was chosen."""
+    from onnx_alds.distill import DistillReport
+
+    fields = dict(steps=30, seconds=3.0, stop_reason="steps", best_step=20, train_samples=48, held_out_samples=16,
+                  held_out_views=4, augmentation="noise", trainable_tensors=4, trainable_values=100, biases=2,
+                  matching_points=0, loss_before=0.158, loss_after=0.122, agreement_kind="top-1",
+                  agreement_before=0.7846, agreement_after=0.7538, cosine_before=0.9, cosine_after=0.95,
+                  verify_max_diff=1e-6, verify_tolerance=1e-4, settings={}, curve=(), torch_version="x", threads=1)
+    assert "the step kept is the one of lowest held-out loss, not of highest top-1" in DistillReport(**fields).format()
+    fields.update(agreement_after=0.80)
+    assert "lowest held-out loss" not in DistillReport(**fields).format()
