@@ -42,7 +42,7 @@ from onnx import helper, numpy_helper
 from .errors import (InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError, interrupted,
                      runtime_error_text)
 from .inputs import InputSet, as_input_set, cast_notes, conform_inputs, dim_name_clash, one_sample_at_a_time
-from .layers import is_layer_node, iter_total_params
+from .layers import is_layer_node, iter_total_params, overridable_initializers
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
 log = logging.getLogger(__name__)
@@ -680,8 +680,7 @@ def check_distillable(model: onnx.ModelProto) -> None:
 
     fixed = fixed_batch(model)
     if fixed is not None:
-        name = next((value.name for value in model.graph.input
-                     if value.name not in {t.name for t in model.graph.initializer}), "x")
+        name = next((spec.name for spec in graph_inputs(model)), "x")
         raise UnsupportedModelError(f"distillation needs a model whose batch dim is free; this one fixes it to {fixed} "
                                     "(export it again with a dynamic batch axis, e.g. torch.onnx.export(..., "
                                     f"dynamo=True, dynamic_shapes={{'{name}': {{0: torch.export.Dim('batch')}}}}) or, "
@@ -873,7 +872,7 @@ def factor_tensors(original: onnx.ModelProto, compressed: onnx.ModelProto) -> Fa
                   for name in node.input[3:5]}  # running mean and variance: fixed statistics, not weights
     # a factor is new and is the weight of a Conv/Gemm/MatMul: a new name on anything else (a tool renamed a
     # LayerNorm's scale) stays frozen; an initializer that is also a graph input (callers override it) too
-    overridable = {value.name for value in compressed.graph.input} if compressed.ir_version >= 4 else set()
+    overridable = overridable_initializers(compressed)
     weights = {name for node in compressed.graph.node if is_layer_node(node)
                for name in (node.input[:2] if node.op_type == "MatMul" else node.input[1:2])}
     factors = [t.name for t in compressed.graph.initializer if t.name not in before and t.name not in statistics

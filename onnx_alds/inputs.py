@@ -1169,28 +1169,19 @@ def _inferred_dims(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[i
     return dims
 
 
-_KEPT_CONSTANT_BYTES = 4096  # integer constants up to this size keep their values (id offsets) in the inlined copy
-
-
 def _with_functions_inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     """For :func:`index_bounds`: the model's nodes with its model-local functions inlined (onnx's inliner), so
     ids that reach an embedding table inside a function (an exporter's module functions) are followed too.
-    Inlined on a copy whose initializers over a few KB keep their name, type and dims but not their data;
+    Inlined on a weightless copy (:func:`onnx_alds.shapes.static_copy`: the weights keep their dims only);
     the model itself when it has no functions or the inliner refuses it (ids then followed in the main graph)."""
     if not model.functions:
         return model
     from onnx import inliner
 
-    light = onnx.ModelProto(ir_version=model.ir_version)
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    for field in ("node", "input", "output"):
-        getattr(light.graph, field).extend(getattr(model.graph, field))
-    for tensor in model.graph.initializer:
-        light.graph.initializer.append(tensor if tensor.ByteSize() <= _KEPT_CONSTANT_BYTES else onnx.TensorProto(
-            name=tensor.name, data_type=tensor.data_type, dims=tensor.dims))
+    from .shapes import static_copy
+
     try:
-        return inliner.inline_local_functions(light, convert_version=False)
+        return inliner.inline_local_functions(static_copy(model, {}, stub_weights=True), convert_version=False)
     except Exception:  # noqa: BLE001 - a model the inliner cannot take: its main graph, as before
         return model
 

@@ -179,6 +179,14 @@ def constant_node_value(node: onnx.NodeProto) -> Optional[onnx.TensorProto]:
     return numpy_helper.from_array(np.asarray(list(value) if listed else value, dtype=dtype), node.output[0])
 
 
+def overridable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers a graph input of the same name lets callers override at run time (IR 4 or newer); at IR 3
+    every initializer is listed as an input, which onnx-alds reads as constants, as ONNX Runtime does."""
+    if model.ir_version < 4:
+        return set()
+    return {value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
+
+
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Initializers and outputs of ``Constant`` nodes holding a tensor, by name (subgraphs included)."""
     tensors: dict[str, onnx.TensorProto] = {}
@@ -204,7 +212,7 @@ def weight_constants(model: onnx.ModelProto, load: Optional[Callable[[onnx.Tenso
     """
     tensors = constant_tensors(model)
     # an initializer also listed as a graph input (IR >= 4) may be overridden: not a constant to fold
-    overridable = {value.name for value in model.graph.input} if model.ir_version >= 4 else set()
+    overridable = overridable_initializers(model)
     foldable = {name: tensor for name, tensor in tensors.items() if name not in overridable}
     producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node
                  for output in node.output if output}
@@ -549,9 +557,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
     use_counts(model.graph, uses)
     trained = trained_tensors(model)
     producers = {output: node for _, graph in iter_graphs(model.graph) for node in graph.node for output in node.output}
-    # IR >= 4: an initializer also listed in graph.input is a default that callers may override
-    overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
-                   if model.ir_version >= 4 else set())
+    overridable = overridable_initializers(model)  # (a default that callers may override)
     ambiguous = names_defined_twice(model)
     returned = {value.name for _, graph in iter_graphs(model.graph) for value in graph.output}
     readers: Optional[dict[str, list[onnx.NodeProto]]] = None  # built when a weight turns out shared

@@ -69,7 +69,7 @@ from onnx import numpy_helper
 
 from .errors import BudgetError, InputDataError, UnsupportedModelError, ratio_at_least
 from .layers import (FLOAT_TYPES, Layer, constant_tensors, element_bits, evaluate_constant_graph, iter_total_params,
-                     trained_tensors, use_counts)
+                     overridable_initializers, trained_tensors, use_counts)
 
 __all__ = ["Block", "NotPrunable", "WidthCurve", "BlockReport", "WidthOption", "find_blocks", "width_curve",
            "refit_consumer", "prune_model", "allocate_widths", "width_options", "damage_width_options",
@@ -213,7 +213,7 @@ class _Graph:
             for name in inner:
                 self.subgraph_readers.setdefault(name, []).append(node.name)
         self.outputs = {value.name for value in graph.output}
-        overridable = {value.name for value in graph.input} if model.ir_version >= 4 else set()
+        overridable = overridable_initializers(model)
         self.tensors = {name: tensor for name, tensor in constant_tensors(model).items() if name not in overridable}
         self.inputs = {value.name for value in graph.input} - set(self.tensors)
         self._values: dict[str, Optional[np.ndarray]] = {}
@@ -409,9 +409,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
             return "the producer's bias C is not a per-channel constant"
     if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and graph.constant(node.input[2]) is None:
         maker = graph.producers.get(node.input[2])
+        expanded = maker is not None and maker.op_type == "Expand"
         return "the producer's bias is not a constant" + (
             f" (computed by Expand '{maker.name}': torch's dynamo exporter with optimize=False builds a bias-free "
-            "Conv's zero bias so; export with optimize=True)" if maker is not None and maker.op_type == "Expand" else "")
+            "Conv's zero bias so; export with optimize=True)" if expanded else "")
     hidden = node.output[0]
     region_tensors = {hidden}
     region_nodes: list[onnx.NodeProto] = []
@@ -2215,8 +2216,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if starved:
         block, count = starved[0]
         warnings = tuple(warnings) + (
-            f"{len(starved)} pruned {'block was' if len(starved) == 1 else 'blocks were'} refitted on fewer calibration "
-            "vectors than their hidden channels "
+            f"{len(starved)} pruned {'block was' if len(starved) == 1 else 'blocks were'} refitted on fewer "
+            "calibration vectors than their hidden channels "
             f"(first: '{block.name}', {count} vectors for {block.width * block.consumer.kernel}): the refit and its "
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)

@@ -32,7 +32,8 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .decompose import GroupedFactors, pointwise_decoder_to_patch
-from .layers import POINTWISE_FIRST, Layer, constant_tensors, iter_graphs, unused_initializers
+from .layers import (POINTWISE_FIRST, Layer, constant_tensors, iter_graphs, overridable_initializers,
+                     unused_initializers)
 from .model_io import opset_version
 
 
@@ -229,9 +230,7 @@ def kept_biases(model: onnx.ModelProto) -> frozenset[str]:
     budget does not count)."""
     readers = Counter(name for _, graph in iter_graphs(model.graph) for node in graph.node for name in node.input
                       if name)
-    overridable = ({value.name for value in model.graph.input} & {init.name for init in model.graph.initializer}
-                   if model.ir_version >= 4 else set())
-    return frozenset(overridable | {name for name, count in readers.items() if count > 1})
+    return frozenset(overridable_initializers(model) | {name for name, count in readers.items() if count > 1})
 
 
 def shift_folds_into_bias(op: str, beta: float, has_bias: bool, bias_is_fixed_constant: bool) -> bool:

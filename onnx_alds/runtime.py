@@ -243,10 +243,9 @@ def _light_source(ort: Any, model: onnx.ModelProto, store: Any, options: Any, he
 def _unused_initializers(model: onnx.ModelProto) -> set[str]:
     """Main-graph initializers that nothing reads (no node at any depth, no graph output) and that are
     not overridable graph inputs (IR 4 on; IR 3 lists every initializer as an input)."""
-    from .layers import unused_initializers
+    from .layers import overridable_initializers, unused_initializers
 
-    declared = {value.name for value in model.graph.input} if model.ir_version >= 4 else set()
-    return unused_initializers(model) - declared
+    return unused_initializers(model) - overridable_initializers(model)
 
 
 def _subgraphs(graph: onnx.GraphProto):
