@@ -422,17 +422,20 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
 
 
 def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
-    """Replace, in place, each main-graph ``Shape``/``Size`` node that reads an initializer (one no graph input
-    overrides) by a ``Constant`` node of the same name and output holding that shape or size: such a node reads
+    """Replace, in place, each main-graph ``Shape``/``Size`` node that reads an initializer (not an
+    :func:`overridable_initializers` one) by a ``Constant`` node of the same name and output holding that shape or size: such a node reads
     only the weight's dims, not its values (torch's dynamo exporter without its optimizer builds a bias-free
     Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's own. Returns the replaced nodes'
     names (or op types) → the weight each read, in graph order: the constants hold the full dims, so width
     pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives
-    count from the end, clamped."""
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    for value in model.graph.input:  # (an initializer a graph input lists can be fed at run time)
-        initializers.pop(value.name, None)
+    count from the end, clamped. Below opset 9, whose ``Constant`` holds no int64, the value is an
+    initializer instead (listed as a graph input too at IR 3) and the node goes."""
+    from .model_io import opset_version
+
+    overridable = overridable_initializers(model)  # (fed at run time: its dims may change)
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer if tensor.name not in overridable}
     folded: dict[str, str] = {}
+    gone: list[int] = []  # (nodes replaced by initializers)
     for index, node in enumerate(model.graph.node):
         if node.op_type not in ("Shape", "Size") or not is_standard(node) or len(node.input) != 1 \
                 or node.input[0] not in initializers or len(node.output) != 1:
@@ -446,8 +449,16 @@ def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
             value = np.array(dims[slice(*(min(max(i + len(dims) if i < 0 else i, 0), len(dims))
                                          for i in (start, end)))], np.int64)
         folded[node.name or f"{node.op_type}_{index}"] = node.input[0]
-        node.CopyFrom(onnx.helper.make_node("Constant", [], list(node.output), name=node.name,
-                                            value=numpy_helper.from_array(value, node.output[0])))
+        tensor = numpy_helper.from_array(value, node.output[0])
+        if opset_version(model) >= 9:
+            node.CopyFrom(onnx.helper.make_node("Constant", [], list(node.output), name=node.name, value=tensor))
+            continue
+        model.graph.initializer.append(tensor)
+        if model.ir_version < 4:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, value.shape))
+        gone.append(index)
+    for index in reversed(gone):
+        del model.graph.node[index]
     return folded
 
 

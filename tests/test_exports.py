@@ -1952,3 +1952,26 @@ def test_random_ids_respect_a_table_computed_at_run_time():
     ids = random_inputs(model, 16, seed=0).arrays["ids"]
     assert ids.max() < 30
     run(model, {"ids": ids})  # (ids over 29 fail in ONNX Runtime)
+
+
+def test_a_weight_read_by_shape_in_an_ir3_model_is_not_shared():
+    """IR 3 lists every initializer as a graph input, which onnx-alds reads as constants (as ONNX Runtime
+    does); the Shape fold took every listed input as overridable, so an IR 3 model's Shape(weight) still made
+    the weight 'shared' (the rule everywhere else: overridable from IR 4 on)."""
+    rng = np.random.default_rng(26)
+    weight = (rng.standard_normal((32, 2)) @ rng.standard_normal((2, 16 * 9))).reshape(32, 16, 3, 3) / 12
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0], np.int64), "first"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    nodes = [helper.make_node("Shape", ["w"], ["dims"], name="node_Shape_0"),
+             helper.make_node("Gather", ["dims", "first"], ["rows"]),
+             helper.make_node("Expand", ["zero", "rows"], ["bias"]),
+             helper.make_node("Conv", ["x", "w", "bias"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 8, 8])] + [
+        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    model = make(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, 8, 8])], inits,
+                 opset=8, ir=3)
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=1)
+    assert factorized(result) == ["conv"]
+    assert any("Shape/Size nodes read a weight's dims only" in note for note in result.report.notes)
+    assert_same_outputs(model, result.model, {"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)})
