@@ -1399,9 +1399,14 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
     # dims the model leaves dynamic are timed at the validation inputs' sizes (a sequence length the .npz
     # fixes), unless given: asking for --input-shape after the work was done lost it; every input at the
     # timing batch, those given included (inputs sharing a named batch dim must agree)
-    input_shapes = {**{name: (batch, *array.shape[1:]) for name, array in inputs.arrays.items()},
-                    **{name: (batch, *tuple(dims)[1:]) for name, dims in (input_shapes or {}).items()}}
+    given = {name: (batch, *tuple(dims)[1:]) for name, dims in (input_shapes or {}).items()}
+    input_shapes = {**{name: (batch, *array.shape[1:]) for name, array in inputs.arrays.items()}, **given}
+    empty = sorted(name for name, array in inputs.arrays.items() if name not in given and 0 in array.shape[1:])
     try:
+        if empty:  # (a key/value cache of past length 0): random timing inputs are never empty
+            shape = "x".join(map(str, inputs.arrays[empty[0]].shape))
+            raise RandomInputsError(f"'{empty[0]}' is {shape}", f"the validation input '{empty[0]}' is {shape}, "
+                                    "a zero-length dim that random inputs are not made with")
         timing = bench(models, provider=provider, batch_sizes=(batch,), threads=threads, input_shapes=input_shapes,
                        names=bench_names, **(bench_options or {}))
     except RandomInputsError as exc:  # (a string input, ids that overflow a table): time on the validation inputs

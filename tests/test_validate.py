@@ -1737,3 +1737,29 @@ def test_a_size_that_differs_after_an_if_names_the_if_not_the_pairing():
     with pytest.raises(UnsupportedModelError, match=r"output 'out' has shape \(4, 16\) in the original and \(4, 32\) "
                                                     r"in the compressed model; an If node on the way to it"):
         validate(model(0.0), model(1e6), inputs=inputs)
+
+
+def test_compress_validate_times_a_key_value_cache_of_past_length_zero_on_the_validation_inputs():
+    """Validation inputs with a past of length 0 (the first decoding step): compress --validate passed the
+    validation, then refused the timing with "--input-shape gives 1x2x0x4 for 'past'; every dim must be at
+    least 1", a flag never given. It now times on the validation inputs and says why."""
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("Unsqueeze", ["h", "axes"], ["h4"]),
+             helper.make_node("Concat", ["past", "h4"], ["present"], axis=2)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 64]),
+                           helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", 2, "P", 64])],
+                   [helper.make_tensor_value_info("present", TensorProto.FLOAT, ["N", 2, "T", 64])],
+                   [numpy_helper.from_array((rng.standard_normal((64, 8)) @ rng.standard_normal((8, 64)))
+                                            .astype(np.float32), "W"),
+                    numpy_helper.from_array(np.array([2], np.int64), "axes")])
+    compressed = compress(model, keep_params=0.5, rank_multiple=1).model
+    inputs = InputSet({"x": rng.standard_normal((8, 2, 64)).astype(np.float32),
+                       "past": np.zeros((8, 2, 0, 64), np.float32)})
+    report, timing, summary = validate_and_bench(model, compressed, inputs=inputs, threads=1,
+                                                 output_kinds={"present": "regression"},
+                                                 bench_options={"runs": 3, "warmup": 1, "min_time_s": 0})
+    assert report.passed and timing is not None and timing.speedup(1, 1) > 0
+    assert "random timing inputs do not fit (the validation input 'past' is 8x2x0x64" in summary
