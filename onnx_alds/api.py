@@ -790,9 +790,9 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
         return (f"nothing to compress: no Conv/Gemm/MatMul node; {einsum}; export the linear layers as MatMul or "
                 "Gemm (torch.nn.Linear, not torch.einsum) to compress them")
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
-    if dead and not layers:
-        return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} nodes reach "
-                f"none, first: '{dead[0]}')")
+    if dead and not layers and not unchanged_ops:  # (quantized or fused layers are the reason, dead nodes or not)
+        return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} "
+                f"node{'s' if len(dead) > 1 else ''} reach{'' if len(dead) > 1 else 'es'} none, first: '{dead[0]}')")
     if unchanged_ops:
         return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}; the model's layers are "
                 f"{unchanged_ops}")
@@ -889,7 +889,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
     else:  # from the shapes alone, before any calibration pass or damage table
-        _check_rank_multiple(chosen, rank_multiple)
+        _check_rank_multiple(chosen, rank_multiple, prepared.unchanged_ops)
     seconds["load"] = time.perf_counter() - started
 
     moments: dict[str, np.ndarray] = {}
@@ -1552,15 +1552,19 @@ def _pointwise_first_if_it_shrinks(layer: Layer, *, max_groups: int, rank_multip
     return ordered if ordered.groups and (rows * cols - 1) // (rows + cols) >= rank_multiple else layer
 
 
-def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int) -> None:
+def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_ops: str = "") -> None:
     """Refuse a rank multiple that leaves no layer a rank to use, from the shapes alone (before any data is
     read): no layer's ``g = 1`` pair at rank ``rank_multiple`` is smaller than it (grouped pairs cost more per
-    rank), which is when every error table would be empty (:func:`onnx_alds.spectra.error_table`)."""
+    rank), which is when every error table would be empty (:func:`onnx_alds.spectra.error_table`).
+    ``unchanged_ops``: the quantized or fused layers left as they are, named in the error (a model saved by
+    ONNX Runtime at level ALL keeps only its small head factorizable: a smaller multiple is not the fix)."""
     largest = max(((f * c - 1) // (f + c) for f, c in (layer.matrix_shape for layer in chosen)),
                   default=0)  # the largest r with r·(f + c) < f·c (always below min(f, c))
     if rank_multiple > 1 and rank_multiple > largest:
+        others = (f"; the model's other layers stay as they are: {unchanged_ops}" if unchanged_ops else "")
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
-                          f"rank that shrinks any factorizable layer is {largest}); use a smaller multiple, e.g. "
+                          f"rank that shrinks any of the {len(chosen)} factorizable layer{'s' if len(chosen) > 1 else ''}"
+                          f" is {largest}{others}); use a smaller multiple, e.g. "
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 

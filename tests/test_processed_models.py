@@ -376,3 +376,34 @@ def test_a_refusal_with_onnx_runtime_settings_in_the_environment_names_them(monk
     with pytest.raises(ModelLoadError, match=r"environment variables are set \(ORT_DISABLE_ALL\): unset them and "
                                              r"run again; if it still fails, fix the model"):
         compress(model, keep_params=0.5, rank_multiple=8)
+
+
+def test_a_quantized_model_with_a_dead_node_is_refused_for_its_quantized_layers():
+    """quantize_dynamic leaves dead Gathers behind: the refusal blamed "no Conv/Gemm/MatMul node reaches a graph
+    output (1 nodes reach none, first: '/Gather')" and not the quantized layers, whose fix it then left out."""
+    model = _matmul_integer_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((10, 4), np.float32), "E"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "idx"))
+    model.graph.node.append(helper.make_node("Gather", ["E", "idx"], ["unused"], name="/Gather"))
+    with pytest.raises(UnsupportedModelError, match=r"the model's layers are MatMulInteger ×1 \(quantized layers: "
+                                                    r"compress the float model first"):
+        compress(model, keep_params=0.5)
+
+
+def test_a_rank_multiple_refusal_names_the_layout_ops_a_smaller_multiple_cannot_reach():
+    """A model saved at ORT_ENABLE_ALL keeps only its small head factorizable: "--rank-multiple 16 leaves no layer
+    a rank ... use --rank-multiple 8" sent the user to a second error before the real cause (the fused convs)."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("FusedConv", ["x", "w1"], ["h"], name="c", domain="com.microsoft", activation="Relu",
+                              kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Flatten", ["h"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], name="head", transB=1)]
+    model = _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(_conv_weights(rng, 8, 8), "w1"),
+                           numpy_helper.from_array(rng.standard_normal((10, 32)).astype(np.float32), "w2")],
+                          "com.microsoft")
+    with pytest.raises(BudgetError, match=r"--rank-multiple 16 leaves no layer a rank that would shrink it \(the "
+                                          r"largest rank that shrinks any of the 1 factorizable layer is 7; the "
+                                          r"model's other layers stay as they are: com.microsoft::FusedConv ×1"):
+        compress(model, keep_flops=0.5, rank_multiple=16)
