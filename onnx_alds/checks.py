@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
-                     runtime_error_text)
+                     one_line, runtime_error_text)
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, fixed_batch, graph_inputs, has_stubs,
                        model_bytes, opset_version, show_input_shapes)
 
@@ -92,7 +92,7 @@ def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = Non
                 f"the model uses '{unknown}' in the standard ai.onnx domain, where ONNX has no such op (ONNX Runtime "
                 "writes its internal ops there when it saves a session optimized at level EXTENDED or above); give "
                 "the model as exported, or one saved at ORT_ENABLE_BASIC") from None
-        raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {first_line(exc)}); fix the model "
+        raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {one_line(exc)}); fix the model "
                              "or export it again") from None
     if not checked:
         result.notes.append("model over 2 GB: onnx.checker skipped on the input")

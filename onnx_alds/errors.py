@@ -101,6 +101,14 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
     return (text[0] if text else type(exc).__name__)[:limit]
 
 
+def one_line(exc: BaseException, limit: int = 320) -> str:
+    """An exception's whole message on one line (lines joined by spaces; its type when empty), at most
+    ``limit`` characters: for a library whose one-line message carries on over several lines (onnx.checker's
+    "... input 'x' of node: \\nname: mm OpType: MatMul\\n is not output of any previous nodes.")."""
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:limit]
+
+
 _NODE_IN_MESSAGE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
 _SOURCE_PREFIX = re.compile(r"(?:^|(?<=: ))(?:/\S+|\S+\.(?:cc|h|cpp)):\d+ [^(]*?::~?\w+(?:<[^()]*>)?"  # file:line ns::Fn
                             r"\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?(?:\[with [^\]]*\]\s*)?")  # (args) const

@@ -8,6 +8,7 @@ Every candidate node becomes a :class:`Layer`; those that cannot or should not b
 from __future__ import annotations
 
 import fnmatch
+import heapq
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping, Optional, Sequence
@@ -30,7 +31,8 @@ QUANTIZED = ("quantized layers: compress the float model first, then quantize it
 ORT_FUSED = ("ONNX Runtime's fused or layout ops: compress the model saved before ONNX Runtime's graph optimizations "
              "(or optimized at level BASIC), then let ONNX Runtime optimize the result")
 ORT_TRANSFORMER_FUSED = ("ONNX Runtime's fused transformer ops (onnxruntime.transformers' optimizer): compress the "
-                         "model before that optimizer, then run the optimizer on the result")
+                         "model before that optimizer, then run the optimizer on the result (it fuses Attention "
+                         "only where the q, k, v and output projections stay dense: keep them with --exclude)")
 # every op whose MACs count in the total: (domain, op) -> (how to count, data input, weight input, why it is
 # left as it is: None for the layers onnx-alds changes and ConvTranspose, which has its own note)
 COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
@@ -337,6 +339,52 @@ def use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
             for sub in attribute.graphs:
                 use_counts(sub, counts)
     counts.update(output.name for output in graph.output)
+
+
+def sort_nodes(model: onnx.ModelProto) -> list[str]:
+    """Put the nodes of the main graph and of every subgraph in topological order, in place (a stable sort:
+    nodes already in order keep it), as the ONNX spec requires and onnx.checker checks; ONNX Runtime runs
+    graphs in any order, and its float16 converter (``convert_float_to_float16(keep_io_types=True)``)
+    writes input casts after their readers. A node's subgraphs' reads of outer names count as its inputs.
+    Returns the paths of the graphs reordered (``""``: the main graph); a cycle leaves that graph as it is
+    (onnx.checker then names it)."""
+    reordered = []
+    for path, graph in reversed(list(iter_graphs(model.graph))):  # bodies first: a parent's copy keeps them
+        producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+        needs: list[set[int]] = []
+        for index, node in enumerate(graph.node):
+            reads: Counter = Counter(name for name in node.input if name)
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+                    use_counts(sub, reads)
+            needs.append({producer[name] for name in reads if name in producer and producer[name] != index})
+        if all(before < index for index, earlier in enumerate(needs) for before in earlier):
+            continue
+        readers: list[list[int]] = [[] for _ in graph.node]
+        for index, earlier in enumerate(needs):
+            for before in earlier:
+                readers[before].append(index)
+        waiting = [len(earlier) for earlier in needs]
+        ready = [index for index, count in enumerate(waiting) if not count]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            index = heapq.heappop(ready)
+            order.append(index)
+            for reader in readers[index]:
+                waiting[reader] -= 1
+                if not waiting[reader]:
+                    heapq.heappush(ready, reader)
+        if len(order) < len(graph.node):  # a cycle: not a graph ONNX can hold
+            continue
+        nodes = [graph.node[index] for index in order]
+        copies = [onnx.NodeProto() for _ in nodes]
+        for copy, node in zip(copies, nodes):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+        reordered.append(path)
+    return reordered[::-1]
 
 
 def _shared_uses(name: str, uses: Counter, producers: Mapping[str, onnx.NodeProto]) -> int:

@@ -1289,8 +1289,15 @@ def _dims_differ(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return len(a) != len(b) or any((isinstance(x, int) or isinstance(y, int)) and x != y for x, y in zip(a, b))
 
 
+def _dims_conflict(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Two declared output shapes cannot both hold: another rank, or a dim fixed to other sizes. A dim fixed in
+    one and dynamic in the other is no conflict for an output (ONNX Runtime's quantization, float16 and
+    optimizer tools fix the output dims their shape inference resolves): the sizes are compared when run."""
+    return len(a) != len(b) or any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b))
+
+
 def _show_dims(dims: Sequence[Any]) -> str:
-    return f"[{', '.join(str(d) if isinstance(d, int) else '?' for d in dims)}]"
+    return f"[{', '.join(str(d) if isinstance(d, (int, str)) else '?' for d in dims)}]"
 
 
 def _output_signature(value: onnx.ValueInfoProto) -> tuple[str, Optional[tuple[Any, ...]]]:
@@ -1320,7 +1327,8 @@ def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
                          hint: str = "compare a model with one compressed from it") -> None:
     """The compressed model takes and gives what the original does: the same inputs and outputs, in the same
     order (a caller that runs ``session.run(None, …)`` or reads ``get_inputs()[0]`` depends on it), with the
-    same element types and declared shapes. Raises :class:`UnsupportedModelError` naming the first difference,
+    same element types and declared shapes (for an output, dims that can both hold: :func:`_dims_conflict`).
+    Raises :class:`UnsupportedModelError` naming the first difference,
     followed by ``hint`` (the fix)."""
     names_o = [spec.name for spec in graph_inputs(original)]
     names_c = [spec.name for spec in graph_inputs(compressed)]
@@ -1347,7 +1355,7 @@ def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
             f"{hint}")
     for value, other in zip(original.graph.output, compressed.graph.output):
         (kind_o, dims_o), (kind_c, dims_c) = _output_signature(value), _output_signature(other)
-        if kind_o != kind_c or (dims_o is not None and dims_c is not None and _dims_differ(dims_o, dims_c)):
+        if kind_o != kind_c or (dims_o is not None and dims_c is not None and _dims_conflict(dims_o, dims_c)):
             def show(kind: str, dims: Optional[tuple[Any, ...]]) -> str:
                 return kind if dims is None else f"{kind} {_show_dims(dims)}"
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import make_model, run_model
 from onnx_alds import analyze, compress
-from onnx_alds.errors import BudgetError, UnsupportedModelError
+from onnx_alds.errors import BudgetError, ModelLoadError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 
 
@@ -407,3 +407,57 @@ def test_a_rank_multiple_refusal_names_the_layout_ops_a_smaller_multiple_cannot_
                                           r"largest rank that shrinks any of the 1 factorizable layer is 7; the "
                                           r"model's other layers stay as they are: com.microsoft::FusedConv ×1"):
         compress(model, keep_flops=0.5, rank_multiple=16)
+
+
+def _unsorted_model() -> onnx.ModelProto:
+    """x → Cast to float16 → MatMul (exactly rank 4) → Cast to float → y, the casts listed after their readers
+    (as ONNX Runtime's convert_float_to_float16(keep_io_types=True) writes them) and an If whose branch reads
+    a value produced after the If."""
+    rng = np.random.default_rng(7)
+    weight = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 32)) / 4).astype(np.float16)
+    branch = helper.make_graph([helper.make_node("Identity", ["h"], ["b"])], "then", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT16, [4, 32])])
+    other = helper.make_graph([helper.make_node("Neg", ["h"], ["c"])], "else", [],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT16, [4, 32])])
+    nodes = [helper.make_node("Cast", ["z"], ["y"], name="out_cast", to=TensorProto.FLOAT),
+             helper.make_node("If", ["flag"], ["z"], name="if", then_branch=branch, else_branch=other),
+             helper.make_node("MatMul", ["x16", "w"], ["h"], name="mm"),
+             helper.make_node("Cast", ["x"], ["x16"], name="in_cast", to=TensorProto.FLOAT16)]
+    return _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32]),
+                                 helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                         [numpy_helper.from_array(weight, "w")])
+
+
+def test_nodes_out_of_topological_order_are_sorted_and_compressed():
+    """ONNX Runtime runs a graph whose nodes are out of order (its float16 converter writes one) but onnx.checker
+    refuses it: compress and analyze refused with a message cut at its first line ("... input 'x16' of node: ")."""
+    model = _unsorted_model()
+    before = model.SerializeToString()
+    result = compress(model, keep_params=0.6, rank_multiple=4)
+    assert model.SerializeToString() == before  # the caller's model is not reordered
+    assert [node.name for node in model.graph.node][:2] == ["out_cast", "if"]
+    onnx.checker.check_model(result.model, full_check=True)
+    order = [node.name for node in result.model.graph.node]
+    assert order.index("in_cast") < order.index("if") < order.index("out_cast")
+    assert result.report.achieved < 1 and any("not in topological order (the main graph)" in note
+                                             for note in result.report.notes)
+    x = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    for flag in (True, False):
+        feed = {"x": x, "flag": np.array(flag)}
+        np.testing.assert_allclose(run_model(result.model, feed)[0], run_model(model, feed)[0], rtol=2e-2, atol=2e-2)
+    assert any("not in topological order" in note for note in analyze(model).notes)
+
+
+def test_a_cycle_is_refused_with_the_checkers_whole_message():
+    """Two nodes reading each other's outputs: no order exists, and the refusal quotes onnx.checker in full on one
+    line (the node's name was on its second line and was cut)."""
+    nodes = [helper.make_node("Relu", ["b"], ["a"], name="first"), helper.make_node("Relu", ["a"], ["b"], name="second"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Add", ["y", "a"], ["out"])]
+    model = _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8])],
+                          [numpy_helper.from_array(np.ones((8, 8), np.float32), "w")])
+    with pytest.raises(ModelLoadError, match=r"onnx.checker: Nodes in a graph must be topologically sorted, however "
+                                             r"input 'b' of node: name: first OpType: Relu is not output of any "
+                                             r"previous nodes.\); fix the model"):
+        compress(model, keep_params=0.5)
