@@ -1114,7 +1114,10 @@ def refit_consumer(matrix: np.ndarray, bias: Optional[np.ndarray], stat, kept: n
     cross_moment = second if getattr(stat, "cross", None) is None else np.asarray(stat.cross, dtype=np.float64)
     target_mean = mean if getattr(stat, "reference_mean", None) is None else \
         np.asarray(stat.reference_mean, dtype=np.float64).reshape(-1)
-    ridge = RIDGE * max(float(np.mean(np.diag(second)[columns])) if len(columns) else 0.0, 1e-30)
+    # relative to the kept channels' own energy, at any scale (an absolute floor swamped activations of
+    # 1e-16, whose moments are 1e-32); all-silent channels: any ridge keeps their own weights
+    energy = float(np.mean(np.diag(second)[columns])) if len(columns) else 0.0
+    ridge = RIDGE * (energy if energy > 0 else 1.0)
     size = len(columns)
     prior = ridge * matrix[:, columns]  # the ridge pulls toward the kept columns' own weights
     if bias is None:
