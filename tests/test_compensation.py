@@ -211,3 +211,29 @@ def test_both_factors_that_change_nothing_say_so():
     grouped = compress(model, keep_flops=0.5, calibration=calibration, max_groups=4, both_factors=2)
     said = any(note.startswith("--both-factors 2 changed nothing") for note in grouped.report.notes)
     assert said == (not any(row.groups > 1 for row in grouped.report.layers))
+
+
+@pytest.mark.parametrize("correction", ["bias_correction", "affine_correction"])
+def test_a_correction_at_float32_rounding_level_is_not_written(correction):
+    """An exactly rank-1 layer (error 0.0000) calibrated on inputs of ~1e15: the corrections added the rounding of
+    W μ (a bias of ~1e6) as a mean error, and unit-scale inputs came out ~1e6 times wrong, exit 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model, run_model
+
+    rng = np.random.default_rng(0)
+    first = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    rank_one = (np.outer(rng.standard_normal(64), rng.standard_normal(64)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["a"], name="mm1"), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "B"], ["y"], name="mm2")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                       [numpy_helper.from_array(first, "A"), numpy_helper.from_array(rank_one, "B")])
+    calibration = InputSet({"x": (rng.standard_normal((256, 64)) * 1e15).astype(np.float32)})
+    result = compress(model, keep_params=0.6, rank_multiple=1, calibration=calibration, exclude=["mm1"],
+                      **{correction: True})
+    assert [layer.name for layer in result.report.layers if layer.rank] == ["mm2"]
+    for x in (calibration.arrays["x"][:64], rng.standard_normal((64, 64)).astype(np.float32)):
+        reference = run_model(model, {"x": x})[0].astype(np.float64)
+        got = run_model(result.model, {"x": x})[0].astype(np.float64)
+        assert np.linalg.norm(got - reference) / np.linalg.norm(reference) < 1e-5
