@@ -975,7 +975,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         if damage_cost.unpriced:
             calibration_notes.append(unpriced_damage_note(damage_cost.unpriced))
         tick = time.perf_counter()
-        allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple)
+        allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple,
+                                                   unpriced=damage_cost.unpriced)
         damage_info.update(runs=damage_cost.runs, samples=damage_cost.samples, seconds=damage_cost.seconds,
                            cached=damage_cost.cached, out_of_sample=damage_cost.out_of_sample)
     else:
@@ -1093,8 +1094,9 @@ def _layer_budget(prepared: _Prepared, chosen: Sequence[Layer], target: str,
 
 
 def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables, target: str, keep: float,
-                     rank_multiple: int) -> tuple[Allocation, dict]:
-    """The least-damage allocation under the budget (:func:`onnx_alds.allocate.allocate_options`)."""
+                     rank_multiple: int, unpriced: Sequence[str] = ()) -> tuple[Allocation, dict]:
+    """The least-damage allocation under the budget (:func:`onnx_alds.allocate.allocate_options`);
+    ``unpriced``: the layers whose options the tables could not price (named when the budget is out of reach)."""
     from .allocate import LayerChoice, allocate_options
     from .damage import damage_options
 
@@ -1102,9 +1104,14 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
     options = damage_options(chosen, damage_tables, scales, target)
     cheapest = sum(min(o.costs[target] for o in options if o.layers == (layer.name,)) for layer in chosen)
     if budget < cheapest - 1e-9:
+        dense = (f"; {len(unpriced)} of the {len(chosen)} layers stay{'s' if len(unpriced) == 1 else ''} dense: "
+                 "their options could not be priced "
+                 f"(first: '{unpriced[0]}': its input is zero on every calibration input, or a probe made the outputs "
+                 "NaN or infinite), so give calibration inputs that reach them or compress without --method damage"
+                 if unpriced else "")
         raise BudgetError(f"--keep-{target} {keep} cannot be reached with --method damage: the smallest reachable "
                           f"ratio is {ratio_at_least((fixed + cheapest) / total)} (every layer at its lowest "
-                          f"measured rank{unreachable_because(prepared, target, rank_multiple)}); ask "
+                          f"measured rank{unreachable_because(prepared, target, rank_multiple)}{dense}); ask "
                           "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
                                                  if rank_multiple > 1 else ""))
     result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
