@@ -1517,8 +1517,9 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _agreement(teacher: np.ndarray, student: np.ndarray, kind: str) -> tuple[float, float]:
     t = teacher.reshape(len(teacher), -1).astype(np.float64)
     s = student.reshape(len(student), -1).astype(np.float64)
-    norms = np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1)
-    cosine = float(np.mean(np.sum(t * s, axis=1) / np.maximum(norms, 1e-30)))
+    t_norm, s_norm = np.linalg.norm(t, axis=1), np.linalg.norm(s, axis=1)
+    both_zero = (t_norm == 0) & (s_norm == 0)  # agrees exactly, as validate counts it (cos 1), not cos 0
+    cosine = float(np.mean(np.where(both_zero, 1.0, np.sum(t * s, axis=1) / np.maximum(t_norm * s_norm, 1e-300))))
     top1 = float(np.mean(np.argmax(t, axis=1) == np.argmax(s, axis=1))) if kind == "top-1" else cosine
     return top1, cosine
 

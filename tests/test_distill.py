@@ -1057,8 +1057,8 @@ def test_rejects_a_compressed_model_whose_outputs_have_another_shape(torch, pair
     from onnx_alds.distill import distill
 
     original, compressed, inputs = pair
-    with pytest.raises(UnsupportedModelError, match=rf"'logits' is FLOAT \[\?, 10\] in the original and FLOAT "
-                                                    rf"\[\?, {classes}\] in the other"):
+    with pytest.raises(UnsupportedModelError, match=rf"'logits' is FLOAT \[N, 10\] in the original and FLOAT "
+                                                    rf"\[N, {classes}\] in the other"):
         distill(original, _narrower_head(compressed, classes), inputs, steps=2, progress=False)
     with pytest.raises(UnsupportedModelError, match=rf"output 'logits' has shape \(\d+, 10\) in the original and "
                                                     rf"\(\d+, {classes}\) in the compressed model"):
@@ -1144,3 +1144,14 @@ def test_a_fall_in_held_out_agreement_says_why_that_step_was_kept():
     assert "the step kept is the one of lowest held-out loss, not of highest top-1" in DistillReport(**fields).format()
     fields.update(agreement_after=0.80)
     assert "lowest held-out loss" not in DistillReport(**fields).format()
+
+
+def test_samples_whose_outputs_are_zero_in_both_models_agree_as_validate_counts_them():
+    """A model whose outputs are all zero: the report said "cosine 0.0000 -> 0.0000" for identical outputs, where
+    validate counts such a sample as agreeing exactly (cos 1)."""
+    from onnx_alds.distill import _agreement
+
+    zeros, rows = np.zeros((4, 3)), np.eye(4, 3)
+    assert _agreement(zeros, zeros, "cosine") == (1.0, 1.0)
+    assert _agreement(np.vstack([zeros[:2], rows[:2]]), np.vstack([zeros[:2], -rows[:2]]), "cosine")[1] == 0.0
+    assert _agreement(np.eye(4), np.zeros((4, 4)), "cosine")[1] == 0.0  # one side zero: no direction agrees
