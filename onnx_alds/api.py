@@ -150,10 +150,9 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     input_check = check_input_model(original, store, probe_shapes)
     notes: list[str] = list(input_check.notes)
     if reordered:
-        where = "the main graph" if reordered[0] == "" else f"subgraph '{reordered[0]}'"
-        notes.append(f"the nodes were not in topological order ({where}{' and others' if len(reordered) > 1 else ''}"
-                     "): sorted, as the ONNX spec requires (ONNX Runtime runs any order; its float16 converter "
-                     "writes input casts after their readers); the written model lists them in order")
+        notes.append("the main graph's nodes were not in topological order: sorted on onnx-alds's copy, as the ONNX "
+                     "spec requires (ONNX Runtime sorts a main graph itself; its float16 converter writes input casts "
+                     "after their readers)")
     proto = _inline_functions(original, notes)
     if proto is original and isinstance(model, OpenedModel):  # the caller's own: named and loaded on a copy
         proto = onnx.ModelProto()
@@ -1104,8 +1103,9 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
     options = damage_options(chosen, damage_tables, scales, target)
     cheapest = sum(min(o.costs[target] for o in options if o.layers == (layer.name,)) for layer in chosen)
     if budget < cheapest - 1e-9:
-        dense = (f"; {len(unpriced)} of the {len(chosen)} layers stay{'s' if len(unpriced) == 1 else ''} dense: "
-                 "their options could not be priced "
+        one = len(unpriced) == 1
+        dense = (f"; {len(unpriced)} of the {len(chosen)} layers stay{'s' if one else ''} dense: "
+                 f"{'its' if one else 'their'} options could not be priced "
                  f"(first: '{unpriced[0]}': its input is zero on every calibration input, or a probe made the outputs "
                  "NaN or infinite), so give calibration inputs that reach them or compress without --method damage"
                  if unpriced else "")
@@ -1582,7 +1582,7 @@ def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_
     if rank_multiple > 1 and rank_multiple > largest:
         others = (f"; the model's other layers stay as they are: {unchanged_ops}" if unchanged_ops else "")
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
-                          f"rank that shrinks any of the {len(chosen)} factorizable layer{'s' if len(chosen) > 1 else ''}"
+                          f"rank that shrinks {'the one factorizable layer' if len(chosen) == 1 else 'any factorizable layer'}"
                           f" is {largest}{others}); use a smaller multiple, e.g. "
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 

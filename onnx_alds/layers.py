@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .decompose import candidate_groups, pointwise_matrix
-from .errors import InputDataError
+from .errors import InputDataError, ModelLoadError
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 # ops that only move, reshape or cast a constant: a weight behind a chain of them is a constant too
@@ -341,50 +341,50 @@ def use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
     counts.update(output.name for output in graph.output)
 
 
-def sort_nodes(model: onnx.ModelProto) -> list[str]:
-    """Put the nodes of the main graph and of every subgraph in topological order, in place (a stable sort:
-    nodes already in order keep it), as the ONNX spec requires and onnx.checker checks; ONNX Runtime runs
-    graphs in any order, and its float16 converter (``convert_float_to_float16(keep_io_types=True)``)
-    writes input casts after their readers. A node's subgraphs' reads of outer names count as its inputs.
-    Returns the paths of the graphs reordered (``""``: the main graph); a cycle leaves that graph as it is
-    (onnx.checker then names it)."""
-    reordered = []
-    for path, graph in reversed(list(iter_graphs(model.graph))):  # bodies first: a parent's copy keeps them
-        producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
-        needs: list[set[int]] = []
-        for index, node in enumerate(graph.node):
-            reads: Counter = Counter(name for name in node.input if name)
-            for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
-                    use_counts(sub, reads)
-            needs.append({producer[name] for name in reads if name in producer and producer[name] != index})
-        if all(before < index for index, earlier in enumerate(needs) for before in earlier):
-            continue
-        readers: list[list[int]] = [[] for _ in graph.node]
-        for index, earlier in enumerate(needs):
-            for before in earlier:
-                readers[before].append(index)
-        waiting = [len(earlier) for earlier in needs]
-        ready = [index for index, count in enumerate(waiting) if not count]
-        heapq.heapify(ready)
-        order = []
-        while ready:
-            index = heapq.heappop(ready)
-            order.append(index)
-            for reader in readers[index]:
-                waiting[reader] -= 1
-                if not waiting[reader]:
-                    heapq.heappush(ready, reader)
-        if len(order) < len(graph.node):  # a cycle: not a graph ONNX can hold
-            continue
-        nodes = [graph.node[index] for index in order]
-        copies = [onnx.NodeProto() for _ in nodes]
-        for copy, node in zip(copies, nodes):
-            copy.CopyFrom(node)
-        del graph.node[:]
-        graph.node.extend(copies)
-        reordered.append(path)
-    return reordered[::-1]
+def sort_nodes(model: onnx.ModelProto) -> bool:
+    """Put the main graph's nodes in topological order, in place (a stable sort: nodes already in order keep
+    it), as the ONNX spec requires and onnx.checker checks. ONNX Runtime sorts a main graph itself, and its
+    float16 converter (``convert_float_to_float16(keep_io_types=True)``) writes input casts after their
+    readers; it runs no unsorted If/Loop/Scan body, so those are left to onnx.checker to refuse. A node's
+    subgraphs' reads of outer names count as its inputs. Returns whether the nodes were reordered. Raises
+    :class:`ModelLoadError` when the nodes form a cycle (no order exists)."""
+    graph = model.graph
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+    needs: list[set[int]] = []
+    for index, node in enumerate(graph.node):
+        reads: Counter = Counter(name for name in node.input if name)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+                use_counts(sub, reads)
+        needs.append({producer[name] for name in reads if name in producer})
+    if all(before < index for index, earlier in enumerate(needs) for before in earlier):
+        return False
+    readers: list[list[int]] = [[] for _ in graph.node]
+    for index, earlier in enumerate(needs):
+        for before in earlier:
+            readers[before].append(index)
+    waiting = [len(earlier) for earlier in needs]
+    ready = [index for index, count in enumerate(waiting) if not count]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                heapq.heappush(ready, reader)
+    if len(order) < len(graph.node):
+        stuck = graph.node[min(set(range(len(graph.node))) - set(order))]
+        raise ModelLoadError(f"the model's nodes form a cycle (node '{stuck.name or stuck.op_type}' depends on its own "
+                             "output through other nodes), which no ONNX graph may have; fix the model or export it "
+                             "again")
+    copies = [onnx.NodeProto() for _ in order]
+    for copy, index in zip(copies, order):
+        copy.CopyFrom(graph.node[index])
+    del graph.node[:]
+    graph.node.extend(copies)
+    return True
 
 
 def _shared_uses(name: str, uses: Counter, producers: Mapping[str, onnx.NodeProto]) -> int:

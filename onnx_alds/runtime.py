@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import onnx
 
-from .errors import ModelLoadError, ProviderError, interrupted, runtime_error_text
+from .errors import ModelLoadError, ProviderError, interrupted, one_line, runtime_error_text
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -36,14 +36,14 @@ def import_onnxruntime() -> Any:
 
 
 def _checker_failure(model: Any) -> Optional[str]:
-    """The first line of onnx.checker's complaint about ``model`` (a path or ModelProto), or None when it
+    """onnx.checker's complaint about ``model`` (a path or ModelProto) on one line, or None when it
     passes or cannot be checked (bytes, a light model whose weights are elsewhere)."""
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         return None
     try:
         onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model))
     except Exception as exc:  # onnx.checker.ValidationError, or a file it cannot read
-        return str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        return one_line(exc)
     return None
 
 

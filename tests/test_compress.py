@@ -684,7 +684,7 @@ def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypa
 
     monkeypatch.setattr(calibrate, "collect_statistics", no_pass)
     with pytest.raises(BudgetError, match=r"--rank-multiple 16 leaves no layer a rank that would shrink it \(the "
-                                          r"largest rank that shrinks any of the 1 factorizable layer is 5\)"):
+                                          r"largest rank that shrinks the one factorizable layer is 5\)"):
         onnx_alds.compress(model, keep_params=0.5, rank_multiple=16, calibration=calibration)
 
 

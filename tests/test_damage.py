@@ -342,7 +342,7 @@ def test_layers_whose_inputs_are_zero_on_every_calibration_input_are_not_priced(
     clear_cache()
     # the refusal says why (it named only the lowest measured ranks, as if the budget were simply too low)
     with pytest.raises(BudgetError, match=r"smallest reachable ratio is 1.0000 \(every layer at its lowest measured "
-                                          r"rank; 1 of the 1 layers stays dense: their options could not be priced "
+                                          r"rank; 1 of the 1 layers stays dense: its options could not be priced "
                                           r"\(first: 'mm': its input is zero on every calibration input"):
         compress(model, keep_params=0.5, method="damage", rank_multiple=1,
                  calibration=InputSet({"x": np.zeros((16, 64), np.float32)}, source="zeros"))
