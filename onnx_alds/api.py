@@ -97,6 +97,11 @@ class _Prepared:
         given = {name: dims for name, dims in (options.input_shapes or {}).items() if name in calibration.arrays}
         check_sample_dims(calibration, given, "the calibration arrays are",
                           "give calibration inputs of that size, or other input_shapes")
+        from .calibrate import check_sample_axis
+
+        note = check_sample_axis(self.model, calibration, options.data.batch_size, store=self.store)
+        if note and note not in self.notes:
+            self.notes.append(note)
         return replace(options, data=replace(options.data, calibration=calibration))
 
     def check_keep_dense(self, keep_dense: Mapping[str, str]) -> None:

@@ -699,6 +699,71 @@ def _regroup(batches: Iterable[Mapping[str, np.ndarray]], size: int) -> Iterator
                                                     for name in pending[0]}
 
 
+SAMPLE_AXIS_PROBE = 4  # samples run together and in two halves by check_sample_axis
+SAMPLE_AXIS_TOLERANCE = 1e-2  # relative difference of whole and split runs read as samples interacting
+
+
+def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=None) -> Optional[str]:
+    """Check that the calibration samples (axis 0 of every input, which calibration cuts into runs of
+    ``batch_size``) are independent: the first :data:`SAMPLE_AXIS_PROBE` samples are run together and in
+    two halves. An output whose first dim follows the samples (4, then 2 and 2) and whose values differ
+    (relative L2 over :data:`SAMPLE_AXIS_TOLERANCE`) means axis 0 is no batch axis (a sequence-first
+    ``[T, N, …]`` input whose time steps attend to each other): :class:`InputDataError`. No output
+    following the samples returns a note (outputs that reduce over axis 0, or detections); None otherwise,
+    and when nothing is split (a fixed batch, or no more samples than one run) or a run of fewer samples
+    cannot run (nothing to tell)."""
+    try:
+        count = len(inputs)
+    except TypeError:
+        count = None
+    if fixed_batch(model) is not None or (count is not None and count <= batch_size):
+        return None
+    first = next(iter(inputs.batches(SAMPLE_AXIS_PROBE)), None)
+    size = _samples(first) if first else 0
+    if size < 2:
+        return None
+    half = size // 2
+    from .runtime import make_session
+
+    try:
+        session = make_session(model, "cpu", store=store, threads=1, prepack=False)
+        names = [output.name for output in session.get_outputs()]
+        whole = session.run(None, first)
+        parts = [session.run(None, {name: array[:half] for name, array in first.items()}),
+                 session.run(None, {name: array[half:] for name, array in first.items()})]
+    except OnnxAldsError:
+        raise
+    except Exception:  # (an input of another first dim, a table that needs whole runs): nothing to tell
+        return None
+    followed = False
+    for name, together, *split in zip(names, whole, *parts):
+        arrays = [np.asarray(together), *map(np.asarray, split)]
+        if not all(a.dtype.kind == "f" and a.ndim >= 1 for a in arrays):
+            continue
+        if [a.shape[0] for a in arrays] != [size, half, size - half] or \
+                len({a.shape[1:] for a in arrays}) != 1:
+            continue
+        followed = True
+        reference = arrays[0].astype(np.float64)
+        joined = np.concatenate(arrays[1:]).astype(np.float64)
+        if not (np.all(np.isfinite(reference)) and np.all(np.isfinite(joined))):
+            continue
+        change = float(np.linalg.norm(joined - reference)) / max(float(np.linalg.norm(reference)), 1e-300)
+        if change > SAMPLE_AXIS_TOLERANCE:
+            raise InputDataError(
+                f"the calibration samples are not independent: output '{name}' of the first {size} samples run "
+                f"together and in two runs of {half} differs by {change:.2g} (relative), so axis 0 of the inputs "
+                "is not a batch axis (a sequence-first [T, N, ...] input?) and calibration, which cuts it into "
+                f"runs of {batch_size}, would cut sequences; export the model batch-first (torch: batch_first=True), "
+                "or give all the samples in one run (--calibration-batch-size at least the sample count)")
+    if followed or not any(np.asarray(a).dtype.kind == "f" for a in whole):
+        return None
+    return (f"no float output of the model follows the calibration samples (runs of {size} and {half} samples "
+            f"give outputs of the same first dims): calibration cuts axis 0 of the inputs into runs of {batch_size}; "
+            "if that axis is not the batch (a sequence-first [T, N, ...] input), export the model batch-first or "
+            "give all the samples in one run")
+
+
 @dataclass
 class _RunCount:
     """What :func:`calibration_runs` used: runs, samples used and samples left out."""

@@ -442,3 +442,48 @@ def test_the_moments_do_not_depend_on_the_scale_of_the_activations():
         report = compress(model(scale), keep_params=0.6, rank_multiple=1, calibration=calibration).report
         rows[scale] = [(layer.groups, layer.rank, round(layer.error, 4)) for layer in report.layers]
     assert rows[1e-25] == rows[1.0] == rows[1e18], rows
+
+
+def _sequence_first(reduced: bool) -> onnx.ModelProto:
+    """x [T, N, 64] (sequence first) → (x + mean over T) → MatMul, or (mean over T) → MatMul → [N, 64] when
+    ``reduced``: axis 0 is time, not samples."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    rng = np.random.default_rng(0)
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    weight = numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")
+    if reduced:
+        nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+                 helper.make_node("MatMul", ["m", "w"], ["y"], name="mm")]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])
+    else:
+        nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1),
+                 helper.make_node("Add", ["x", "m"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 64])
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 64])], [out],
+                      [axes, weight], opset=18)
+
+
+def test_a_sequence_first_input_is_not_cut_into_runs_as_if_its_time_steps_were_samples():
+    """x [T=40, N, 64] whose time steps mix: calibration fed runs of 16, 16 and 8 time steps and called them
+    "40 samples", with no word; outputs that follow axis 0 and change when it is split are refused, outputs that
+    reduce over it are named in a note, and one run (a batch size of at least the sample count) is accepted."""
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    x = np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)
+    with pytest.raises(InputDataError, match=r"the calibration samples are not independent: output 'y' of the first "
+                                             r"4 samples run together and in two runs of 2 differs by .*export the "
+                                             r"model batch-first"):
+        compress(_sequence_first(False), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
+    result = compress(_sequence_first(False), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}),
+                      calibration_batch_size=40)
+    assert result.report.achieved <= 0.5
+    reduced = compress(_sequence_first(True), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
+    assert any(note.startswith("no float output of the model follows the calibration samples (runs of 4 and 2")
+               for note in reduced.report.notes)
+    batch_first = compress(matmul_model(in_features=64, out_features=64, leading=("N",)), keep_params=0.5,
+                           rank_multiple=1, calibration=InputSet({"x": x[:, 0]}))
+    assert not any("calibration samples" in note for note in batch_first.report.notes)
