@@ -88,8 +88,9 @@ class InputSet:
         if None in lengths.values() or len(set(lengths.values())) != 1:
             pretty = ", ".join(f"{name}: {n}" for name, n in lengths.items())
             raise InputDataError(
-                f"input arrays disagree on the number of samples ({pretty}); "
-                "give every input the same first (sample) dim"
+                f"input arrays disagree on the number of samples ({pretty}); give every input the same first "
+                "(sample) dim (an input without one, such as a table every sample reads, cannot be fed: make it a "
+                "constant of the model)"
             )
         if not self.source:  # reports and notes say where the data came from
             object.__setattr__(self, "source", f"arrays given in Python ({len(self)} samples)")
@@ -593,8 +594,9 @@ def check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequ
 def _check_batchable(spec: InputSpec) -> None:
     if not spec.dims:
         raise InputDataError(
-            f"graph input '{spec.name}' is a scalar (rank 0); inputs are stacked batch first, "
-            "so only inputs of rank ≥ 1 can be fed"
+            f"graph input '{spec.name}' is a scalar (rank 0); inputs are stacked batch first, so only inputs of "
+            f"rank ≥ 1 can be fed: export '{spec.name}' with shape [1] or [N] (or as a constant of the model) to "
+            "give it data; data-free compression needs no inputs"
         )
 
 

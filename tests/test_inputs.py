@@ -87,8 +87,28 @@ def test_npz_whose_arrays_or_labels_disagree_on_the_sample_count_is_named(tmp_pa
     model = _text_model()
     np.savez(tmp_path / "n.npz", input_ids=np.zeros((12, 4), np.int64), attention_mask=np.ones((10, 4), np.int64),
              scale=np.zeros((12, 4), np.float32))
-    with pytest.raises(InputDataError, match=r"^'.*n\.npz': input arrays disagree on the number of samples"):
+    with pytest.raises(InputDataError, match=r"^'.*n\.npz': input arrays disagree on the number of samples .*an "
+                                             r"input without one, such as a table every sample reads, cannot be fed: "
+                                             r"make it a constant of the model\)"):
         load_inputs(model, npz=tmp_path / "n.npz")
+
+
+def test_a_scalar_input_is_refused_with_the_ways_out(tmp_path):
+    """A scalar graph input (a temperature beside the data) was refused without a way out."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Mul", ["h", "t"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                       [numpy_helper.from_array(np.ones((8, 8), np.float32), "w")])
+    np.savez(tmp_path / "s.npz", x=np.ones((4, 8), np.float32), t=np.ones(4, np.float32))
+    with pytest.raises(InputDataError, match=r"graph input 't' is a scalar \(rank 0\); .*export 't' with shape \[1\] "
+                                             r"or \[N\] \(or as a constant of the model\) to give it data; data-free "
+                                             r"compression needs no inputs"):
+        load_inputs(model, npz=tmp_path / "s.npz")
 
 
 def test_a_dim_name_two_inputs_declare_with_two_sizes_is_named():
