@@ -1055,6 +1055,12 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     if same_weights(original_model, original_store, compressed_model, compressed_store):  # (validate m.onnx m.onnx)
         notes.append("the two models have the same graph and weights: every figure compares a model with itself")
     randoms = random_nodes(original_model)
+    if not randoms:  # (random outputs differ run to run anyway)
+        from .calibrate import check_sample_axis
+
+        axis_note = check_sample_axis(original_model, inputs, batch, store=original_store, what="validation",
+                                      flag="--batch-size")
+        notes += [axis_note] if axis_note else []
     if randoms:
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
                      "optimizations may drop them, other runtimes draw new values each run; validate the models "

@@ -1790,3 +1790,19 @@ def test_compress_validate_times_a_key_value_cache_of_past_length_zero_on_the_va
                                                  bench_options={"runs": 3, "warmup": 1, "min_time_s": 0})
     assert report.passed and timing is not None and timing.speedup(1, 1) > 0
     assert "random timing inputs do not fit (the validation input 'past' is 8x2x0x64" in summary
+
+
+def test_validation_refuses_to_cut_a_sequence_first_input_into_runs():
+    """x [T=40, N, 64] whose time steps mix (x + mean over T): validate cut it into runs of 32 time steps and
+    reported "40 samples", the original's own outputs changed by the cut. Refused, with the ways out; one run
+    (batch_size at least the sample count) validates."""
+    weight = numpy_helper.from_array((np.random.default_rng(0).standard_normal((64, 64)) / 8).astype(np.float32), "w")
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1), helper.make_node("Add", ["x", "m"], ["s"]),
+             helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 64])], [weight])
+    inputs = InputSet({"x": np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)})
+    with pytest.raises(InputDataError, match=r"the validation samples are not independent: output 'y' .* give all the "
+                                             r"samples in one run \(--batch-size at least the sample count\)"):
+        validate(model, model, inputs=inputs, output_kinds={"y": "regression"})
+    assert validate(model, model, inputs=inputs, output_kinds={"y": "regression"}, batch_size=40).passed
