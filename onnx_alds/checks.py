@@ -675,7 +675,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
     ``‖y' − y‖₂ / ‖y‖₂`` (a sample all zeros in both models left out, one all zeros in the original alone
     taken over the output's mean norm on the others, as validate does; an output whose first dim is not the
-    batch is one sample per batch), and the largest over the outputs, so that an output left as it is does
+    batch is one sample per batch; an output of one value per sample is taken over all samples' values at once,
+    since one number's relative change says only how near 0 it is), and the largest over the outputs, so that an output left as it is does
     not hide a broken one. 1 is as far as outputs of zeros; not real data, but a data-free result that lost
     its original's predictions moved several times more than one that kept them (docs/ACCURACY.md).
     One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
@@ -714,11 +715,15 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     ratios: dict[str, list[float]] = {}
     away_from_zero: dict[str, list[float]] = {}
     scale: dict[str, list[float]] = {}
+    single: dict[str, list[np.ndarray]] = {}  # outputs of one value per sample: (original, new) values
     for values_o, values_c in zip(before, after):
         for name, y, z in zip(names, values_o, values_c):
             if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
                 rows = len(y) if y.ndim and len(y) == batch else 1
                 y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
+                if y.shape[1] == 1:  # |z − y| / |y| of one number is no direction, only how near 0 it is
+                    single.setdefault(name, []).append(np.stack([y[:, 0], z[:, 0]]))
+                    continue
                 norms, moved = np.linalg.norm(y, axis=1), np.linalg.norm(z - y, axis=1)
                 with np.errstate(all="ignore"):
                     ratios.setdefault(name, []).extend((moved / norms)[np.isfinite(norms) & (norms > 0)].tolist())
@@ -730,6 +735,11 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         ratios[name].extend(change / reference if reference > 0 else math.inf for change in changes)
     means = {name: float(np.mean(values)) if np.all(np.isfinite(values)) else math.inf
              for name, values in ratios.items() if values}
+    for name, pairs in single.items():  # one value per sample: the relative change of the values of all samples
+        y, z = np.concatenate(pairs, axis=1)
+        norm, moved = float(np.linalg.norm(y)), float(np.linalg.norm(z - y))
+        if np.isfinite(norm) and np.isfinite(moved) and (norm > 0 or moved > 0):
+            means[name] = moved / norm if norm > 0 else math.inf
     if not means:
         return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
     worst = max(means, key=lambda name: means[name])
