@@ -1222,7 +1222,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          random_output=moved.output if moved.outputs > 1 else None)
     elif moved is not None:
         report = replace(report, notes=report.notes + (f"the outputs were not compared on random inputs: "
-                                                       f"{moved.reason}; measure the model with validate",))
+                                                       f"{moved.reason}; {moved.fix}",))
     if data_aware:
         steps = data_aware_steps(data)
         factorized = {layer.name for layer, _ in plan}  # (a plan applied measures no other layer)
@@ -1407,7 +1407,9 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
     fix = (f"ranks that are multiples of {FAST_RANK_MULTIPLE} in the plan align them"
            if applied else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them" + (
                f"; this run's {rank_multiple} does not" if rank_multiple > 1 else ""))
-    return (f"{len(unaligned)} factorized layers have ranks that are not multiples of {FAST_RANK_MULTIPLE} (first: "
+    one = len(unaligned) == 1
+    which = " has a rank that is not a multiple" if one else "s have ranks that are not multiples"
+    return (f"{len(unaligned)} factorized layer{which} of {FAST_RANK_MULTIPLE} (first: "
             f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
             f"counts, so fewer MACs may not run faster ({fix})",)
 
@@ -1586,9 +1588,9 @@ def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_
                   default=0)  # the largest r with r·(f + c) < f·c (always below min(f, c))
     if rank_multiple > 1 and rank_multiple > largest:
         others = (f"; the model's other layers stay as they are: {unchanged_ops}" if unchanged_ops else "")
+        which = "the one factorizable layer" if len(chosen) == 1 else "any factorizable layer"
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
-                          f"rank that shrinks {'the one factorizable layer' if len(chosen) == 1 else 'any factorizable layer'}"
-                          f" is {largest}{others}); use a smaller multiple, e.g. "
+                          f"rank that shrinks {which} is {largest}{others}); use a smaller multiple, e.g. "
                           f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
 
 

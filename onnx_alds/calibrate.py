@@ -753,13 +753,15 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
         if change > SAMPLE_AXIS_TOLERANCE:
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
-                f"together and in two runs of {half} differs by {change:.2g} (relative), so axis 0 of the inputs "
+                f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "
+                "the inputs "
                 f"is not a batch axis (a sequence-first [T, N, ...] input?) and {what}, which cuts it into "
                 f"runs of {batch_size}, would cut sequences; export the model batch-first (torch: batch_first=True), "
                 f"or give all the samples in one run ({flag} at least the sample count)")
     if followed or not any(np.asarray(a).dtype.kind == "f" for a in whole):
         return None
-    return (f"no float output of the model follows the {what} samples (runs of {size} and {half} samples "
+    return (f"no float output of the model follows the {what} samples (runs of {size}, {half} and {size - half} "
+            "samples "
             f"give outputs of the same first dims): {what} cuts axis 0 of the inputs into runs of {batch_size}; "
             "if that axis is not the batch (a sequence-first [T, N, ...] input), export the model batch-first or "
             f"give all the samples in one run ({flag})")

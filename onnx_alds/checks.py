@@ -665,6 +665,7 @@ class RandomCheck:
     output: Optional[str] = None
     outputs: int = 0
     reason: Optional[str] = None
+    fix: str = "measure the model with validate"  # what the report says to do when not measured
 
 
 def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
@@ -685,6 +686,11 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, reason="ONNX Runtime did not run the original in the checks")
     if model_bytes(original, store) > _RUNTIME_LIMIT:
         return RandomCheck(None, reason=f"the model is over the checks' limit of {_RUNTIME_LIMIT >> 30} GiB")
+    scalar = next((spec.name for spec in graph_inputs(original) if not spec.dims), None)
+    if scalar is not None:  # (validate stacks samples batch first too: it cannot feed one either)
+        return RandomCheck(None, reason=f"graph input '{scalar}' is a scalar (rank 0), which no batch of samples "
+                                        "feeds", fix=f"to measure the outputs with validate, export '{scalar}' with "
+                                                     "shape [1] or [N]")
     import time
 
     from .inputs import random_inputs
@@ -710,7 +716,7 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         _, after = outputs(new, len(before))
     except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
         raise_if_out_of_resources(exc)
-        return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)[:160]})")
+        return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
     done = batch * len(before)
     ratios: dict[str, list[float]] = {}
     away_from_zero: dict[str, list[float]] = {}

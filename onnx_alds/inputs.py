@@ -93,7 +93,7 @@ class InputSet:
                 "constant of the model)"
             )
         if not self.source:  # reports and notes say where the data came from
-            object.__setattr__(self, "source", f"arrays given in Python ({len(self)} samples)")
+            object.__setattr__(self, "source", f"arrays given in Python ({len(self)} sample{'s' if len(self) != 1 else ''})")
         if self.labels is not None:
             labels = self.labels
             if not isinstance(labels, np.ndarray):  # a list of ids is fine; a list of floats is not

@@ -475,14 +475,14 @@ def test_a_sequence_first_input_is_not_cut_into_runs_as_if_its_time_steps_were_s
 
     x = np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)
     with pytest.raises(InputDataError, match=r"the calibration samples are not independent: output 'y' of the first "
-                                             r"4 samples run together and in two runs of 2 differs by .*export the "
+                                             r"4 samples run together and in runs of 2 and 2 differs by .*export the "
                                              r"model batch-first"):
         compress(_sequence_first(False), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
     result = compress(_sequence_first(False), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}),
                       calibration_batch_size=40)
     assert result.report.achieved <= 0.5
     reduced = compress(_sequence_first(True), keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
-    assert any(note.startswith("no float output of the model follows the calibration samples (runs of 4 and 2")
+    assert any(note.startswith("no float output of the model follows the calibration samples (runs of 4, 2 and 2")
                for note in reduced.report.notes)
     batch_first = compress(matmul_model(in_features=64, out_features=64, leading=("N",)), keep_params=0.5,
                            rank_multiple=1, calibration=InputSet({"x": x[:, 0]}))

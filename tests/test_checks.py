@@ -500,3 +500,23 @@ def test_the_random_input_check_takes_one_value_per_sample_over_all_samples():
     y = np.concatenate([run_model(model, {"x": row[None]})[0] for row in x]).astype(np.float64)
     z = np.concatenate([run_model(result.model, {"x": row[None]})[0] for row in x]).astype(np.float64)
     assert result.report.random_output_change == pytest.approx(np.linalg.norm(z - y) / np.linalg.norm(y), rel=1e-4)
+
+
+def test_a_scalar_input_is_named_and_validate_is_not_offered_as_the_way_to_measure():
+    """A scalar input (a temperature): the note quoted the input refusal cut at 160 characters ("(or as a constant
+    )") and sent the user to validate, which refuses the model for the same input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Mul", ["h", "t"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+                               helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+                       [numpy_helper.from_array(np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32),
+                                                "w")])
+    report = compress(model, keep_params=0.5, rank_multiple=1).report
+    assert report.random_output_change is None
+    assert ("the outputs were not compared on random inputs: graph input 't' is a scalar (rank 0), which no batch of "
+            "samples feeds; to measure the outputs with validate, export 't' with shape [1] or [N]") in report.notes
