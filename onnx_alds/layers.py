@@ -11,7 +11,7 @@ import fnmatch
 import heapq
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -644,7 +644,7 @@ def find_layers(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *
             if (layer.skip_reason or "").startswith("weight is shared by"):
                 readers = readers if readers is not None else _readers(model)
                 layer = replace(layer, skip_reason=layer.skip_reason + _other_reader_text(node, layer.weight,
-                                                                                          producers, readers))
+                                                                                          producers, readers, returned))
             if (layer.skip_reason or "").startswith("weight is shared") and layer.weight in returned \
                     and uses[layer.weight] == 2:  # read by this node and returned: not shared with another layer
                 layer = replace(layer, skip_reason="weight is also a graph output (the model returns it as it is)")
@@ -678,10 +678,11 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def _other_reader_text(node: onnx.NodeProto, weight: str, producers: Mapping[str, onnx.NodeProto],
-                       readers: Mapping[str, list[onnx.NodeProto]]) -> str:
+                       readers: Mapping[str, list[onnx.NodeProto]], returned: Collection[str] = ()) -> str:
     """``": also read by Gather 'emb' ..."``: the first node other than ``node`` that reads ``weight`` or what
     it is computed from, past Identity/Cast/Transpose/Reshape nodes (another layer's chain is followed to the
-    node at its end); a Gather is named as a tied embedding; empty when none is found."""
+    node at its end); a Gather is named as a tied embedding; else ``node`` itself reading it twice, or a
+    graph output (``returned``) the chain reaches; empty when none is found."""
     chain, tensor = {id(node)}, weight
     names = [tensor]
     for _ in range(16):
@@ -704,7 +705,14 @@ def _other_reader_text(node: onnx.NodeProto, weight: str, producers: Mapping[str
             continue
         tied = " (a tied embedding: the head shares the embedding table)" if other.op_type == "Gather" else ""
         return f"{ALSO_READ_BY}{other.op_type} '{other.name or other.output[0]}'{tied}"
-    return ""
+    if list(node.input).count(weight) > 1:  # Gemm(x, W, W)
+        return f"{ALSO_READ_BY}the same node, as another of its inputs"
+    output = next((name for name in names if name in returned), None)
+    if output is None:  # through a chain of moves and casts to a graph output
+        ends = [reader.output[0] for name in names for reader in readers.get(name, [])
+                if id(reader) not in chain and reader.op_type in FOLDABLE_OPS and reader.output]
+        output = next((name for name in ends if name in returned), None)
+    return f": also returned as graph output '{output}'" if output is not None else ""
 
 
 def trained_tensors(model: onnx.ModelProto) -> set[str]:

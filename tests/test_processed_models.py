@@ -480,3 +480,21 @@ def test_an_unsorted_subgraph_is_refused_with_the_checkers_whole_message():
                                              r"input 't' of node: name: late_reader OpType: Neg is not output of any "
                                              r"previous nodes. ==> Context: Bad node spec for node. Name: if"):
         compress(model, keep_params=0.5)
+
+
+def test_a_shared_weights_other_use_is_named_when_it_is_the_same_node_or_a_returned_copy():
+    """Gemm(x, W, W), and W returned through an Identity: the reason said "weight is shared by 2 uses" and named
+    no other use."""
+    rng = np.random.default_rng(8)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W")
+    both = make_model([helper.make_node("Gemm", ["x", "W", "W"], ["y"], name="gemm")],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], [weight])
+    returned = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+                           helper.make_node("Identity", ["W"], ["W_out"])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8]),
+                           helper.make_tensor_value_info("W_out", TensorProto.FLOAT, [8, 8])], [weight])
+    reasons = {layer.name: layer.skip_reason for model in (both, returned) for layer in analyze(model).layers}
+    assert reasons["gemm"] == "weight is shared by 2 uses: also read by the same node, as another of its inputs"
+    assert reasons["mm"] == "weight is shared by 2 uses: also returned as graph output 'W_out'"
