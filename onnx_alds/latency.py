@@ -934,30 +934,41 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
 
     cached = 0  # rounds read from the cache of an earlier run
     stored_here: set[str] = set()  # figures this run stored (a later round building the same model reads them)
+    medians: set[str] = set()  # figures that are medians of three timings (this run's, or cached as such)
+    last_fields: dict = {}  # the cache fields of the figure ratio() returned last
 
-    def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None) -> float:
+    def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None, fields: Optional[dict] = None) -> float:
         """The measured ratio (from the cache when stored); ``doubted``: a figure of this plan in doubt, then
-        timed twice more, never read from the cache, and the median of the three kept (and stored)."""
-        nonlocal cached
-        fields = {"version": CACHE_VERSION, "reference": reference_print, "candidate": model_fingerprint(candidate),
-                  "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
-                  "timer": dict(identity or timer.identity)}
+        timed twice more, never read from the cache, and the median of the three kept (and stored).
+        ``fields``: the cache fields of the round this model was first built for (a second build of the same
+        decisions can name its nodes otherwise, and so have another fingerprint)."""
+        nonlocal cached, last_fields
+        fields = fields or {"version": CACHE_VERSION, "reference": reference_print,
+                            "candidate": model_fingerprint(candidate),
+                            "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
+                            "timer": dict(identity or timer.identity)}
+        last_fields = fields
         key = "ratio-" + _digest(fields)
         entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
             if cache is not None and doubted is None else None
         if entry is not None:
             cached += key not in stored_here
+            if entry.get("median_of_three"):
+                medians.add(key)
             return entry["ratio"]
         value = float(timer.time_ratio(reference, candidate, store, input_shapes))
         if doubted is not None:
             value = float(np.median([doubted, value, float(timer.time_ratio(reference, candidate, store,
                                                                             input_shapes))]))
+            medians.add(key)
         if cache is not None:
-            cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value})
+            cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value,
+                             "median_of_three": doubted is not None})
             stored_here.add(key)
         return value
 
     tried: list[tuple[Allocation, SettleRound]] = []
+    keys: dict[int, dict] = {}  # each timed round's figure's cache fields (medians: which are medians of three)
     retimed: set[int] = set()  # the rounds timed three times (their first figure was in doubt)
     dense_rounds = 0  # rounds whose plan kept every layer dense (counted as 1, not timed)
     budget = keep
@@ -983,6 +994,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
             break  # the same decisions at another budget: a fixed point (its figure, read again, is no new round)
         model = build(allocation)
         current = SettleRound(budget, info.achieved(decisions), ratio(model))
+        keys[len(tried)] = last_fields
         saved_much_more = 1 - current.measured > 2 * (1 - current.predicted) + tolerance * keep
         if not (1 - DOUBTFUL_SAVING) * current.predicted <= current.measured <= (1 + DOUBTFUL_SAVING) * \
                 current.predicted or saved_much_more or _contradicted(current, [r for _, r in tried], tolerance * keep):
@@ -991,7 +1003,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         for index in _contradicted(current, [r for _, r in tried], tolerance * keep):
             if index not in retimed:  # (an earlier round this one contradicts may be the outlier)
                 earlier, round_ = tried[index]
-                tried[index] = (earlier, replace(round_, measured=ratio(build(earlier), doubted=round_.measured)))
+                tried[index] = (earlier, replace(round_, measured=ratio(build(earlier), doubted=round_.measured,
+                                                                        fields=keys.get(index))))
                 retimed.add(index)
         tried.append((allocation, current))
         measured = current.measured
@@ -1010,9 +1023,22 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         if any(abs(following - r.budget) < 1e-4 for _, r in tried):
             break  # the budget would not change (the smallest reachable, or a fixed point)
         budget = following
+    while True:  # the figure the report states is a median of three: one timing on a busy machine flattered
+        # a plan by 19 % (0.405 measured at 0.4995 predicted, inside the doubt band; bench measured it at 0.50)
+        within = [index for index, (_, r) in enumerate(tried) if r.measured <= keep * (1 + tolerance)]
+        index = max(within, key=lambda i: tried[i][1].budget) if within else \
+            min(range(len(tried)), key=lambda i: tried[i][1].measured)
+        allocation, round_ = tried[index]
+        fields = keys.get(index)
+        if index in retimed or (fields and "ratio-" + _digest(fields) in medians) or \
+                all(choice.groups == DENSE for choice in allocation.choices):
+            break
+        tried[index] = (allocation, replace(round_, measured=ratio(build(allocation), doubted=round_.measured,
+                                                                   fields=fields)))
+        retimed.add(index)
     record = tuple(r for _, r in tried)
-    how = "".join([f"; {len(retimed)} of them timed three times (the median kept: their first figure contradicted "
-                   "the tables or another round)" if retimed else "",
+    how = "".join([f"; {len(retimed)} of them timed three times (the median kept: the round kept, and any whose "
+                   "first figure contradicted the tables or another round)" if retimed else "",
                    f"; {dense_rounds} kept every layer dense (the original model: 1, not timed)" if dense_rounds
                    else "",
                    f"; {cached} read from the cache of an earlier run" if cached else ""])
