@@ -806,3 +806,18 @@ def test_sweep_without_plots_does_not_say_it_wrote_them(tmp_path, capsys):
                        "--results-md", str(tmp_path / "R.md")]) == 0
     said = capsys.readouterr().out.strip().splitlines()[-1]
     assert said.startswith("wrote ") and not said.endswith("and plots") and not list(out.glob("*.png"))
+
+
+def test_a_tool_whose_output_pipe_closes_early_exits_quietly(tmp_path):
+    """``python tools/fuzz.py --show 42 | head`` ended in a BrokenPipeError traceback; the command line exits quietly
+    (status 141) when its reader goes, and so do the tools now."""
+    script = tmp_path / "talk.py"
+    script.write_text("import sys\nsys.path.insert(0, sys.argv[1])\nfrom _tool import run_tool\n\n"
+                      "def main():\n    for _ in range(20000):\n        print('x' * 100)\n    return 0\n\n"
+                      "sys.exit(run_tool(main, kept='nothing'))\n")
+    reader = subprocess.Popen([sys.executable, str(script), str(Path(__file__).resolve().parents[1] / "tools")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.read(10)
+    reader.stdout.close()
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 141 and "Traceback" not in err, err

@@ -99,6 +99,7 @@ def run_tool(main: Callable[[], Optional[int]], *, kept: str = "no output was wr
 def _run_tool(main: Callable[[], Optional[int]], kept: str, script=None) -> int:
     try:
         code = main() or 0
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
         if script is not None:
             script.finished(code)
         return code
@@ -113,7 +114,9 @@ def _run_tool(main: Callable[[], Optional[int]], kept: str, script=None) -> int:
         raise
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # stdout closed early (| head): nothing to say
-            raise
+            from onnx_alds.cli import _quiet_broken_pipe
+
+            return _quiet_broken_pipe()
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 1
 
