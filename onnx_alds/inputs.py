@@ -1316,7 +1316,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, pr
                                    help=f"class labels: {LABELS_FILE_HELP} (file names of the image folder)")
         label_sources.add_argument(names_flag, dest=_dest(names_flag), action="store_true",
                                    help="class labels from image file names: the integer at the end of the name, "
-                                        "after _ or - (cat_281.jpg -> 281); every file must have one")
+                                        "after _, - or nothing (cat_281.jpg -> 281, 7.png -> 7); every file must have one")
     if preprocess:
         add_preprocess_arguments(parser)
     if input_shape:
