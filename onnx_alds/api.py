@@ -30,11 +30,10 @@ from .decompose import GroupedFactors, decompose
 from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError,
                      ratio_at_least)
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
-                     check_exclude_patterns, counted_inputs, drop_dead_nodes, element_bits, ensure_node_names,
-                     find_layers, fold_weight_shapes, folded_weight, is_constant_product, is_counted_node,
-                     is_layer_node, is_standard, iter_graphs, iter_total_params, literal_where_named, node_macs,
-                     sort_nodes, stored_sources,
-                     unchanged_ops_note, weight_constants, widened_weights, with_order)
+                     check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names, find_layers,
+                     fold_weight_shapes, folded_weight, is_constant_product, is_counted_node, is_layer_node,
+                     is_standard, iter_graphs, iter_total_params, literal_where_named, macs_tensors, node_macs,
+                     sort_nodes, stored_sources, unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -189,7 +188,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         notes.append(f"MACs not counted: {exc}")  # names the input still dynamic and the --input-shape to give
     layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node if is_counted_node(n)]
     if resolved is not None:
-        needed = {name for node in layer_ops for name in (node.output[0], *counted_inputs(node))}
+        needed = {name for node in layer_ops for name in macs_tensors(node)}
         shapes = tensor_shapes(proto, resolved, needed, store)
     constants, folded = weight_constants(proto, load=store.load)
     constants = StoredConstants(constants, store)
@@ -220,13 +219,13 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if products:  # (attention written with torch.einsum; exported as MatMul, the same product counts)
         notes.append(f"{len(products)} Einsum nodes between run-time tensors (first: '{products[0].name}') are left "
                      "as they are: their MACs do not count in the total (MACs are those of Conv, ConvTranspose, "
-                     "Gemm and MatMul)")
+                     "Gemm, MatMul and Attention)")
     recurrent = [node for _, graph in iter_graphs(proto.graph) for node in graph.node
                  if node.op_type in ("LSTM", "GRU", "RNN")]
     if recurrent:
         notes.append(f"{len(recurrent)} recurrent nodes (LSTM/GRU/RNN; first: '{recurrent[0].name}') are left as they "
                      "are: their weights count in the totals, their MACs do not (MACs are those of Conv, "
-                     "ConvTranspose, Gemm and MatMul)")
+                     "ConvTranspose, Gemm, MatMul and Attention)")
     macs_total: Optional[int] = None
     if resolved is not None:
         producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}

@@ -928,48 +928,58 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     A figure in doubt is timed twice more and the median of the three kept (and stored): a round measured
     over :data:`DOUBTFUL_SAVING` faster than the tables predict, a round that contradicts another by more
     than the tolerance (a deeper plan slower than a gentler one), and the earlier round it contradicts; a
-    cached figure too (a figure from a busy machine would be reused by every later run).
+    cached single figure too (a figure from a busy machine would be reused by every later run), not a cached
+    median of three, which is final. The round whose decisions are kept is always a median of three.
     """
     reference_print = model_fingerprint(reference)
 
-    cached = 0  # rounds read from the cache of an earlier run
+    from_cache: set[str] = set()  # figures read from the cache of an earlier run
     stored_here: set[str] = set()  # figures this run stored (a later round building the same model reads them)
-    medians: set[str] = set()  # figures that are medians of three timings (this run's, or cached as such)
+    medians: dict[str, float] = {}  # figures that are medians of three timings (this run's, or cached as such)
+    timed_three: set[str] = set()  # the figures this run timed three times
     last_fields: dict = {}  # the cache fields of the figure ratio() returned last
 
     def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None, fields: Optional[dict] = None) -> float:
         """The measured ratio (from the cache when stored); ``doubted``: a figure of this plan in doubt, then
-        timed twice more, never read from the cache, and the median of the three kept (and stored).
-        ``fields``: the cache fields of the round this model was first built for (a second build of the same
-        decisions can name its nodes otherwise, and so have another fingerprint)."""
-        nonlocal cached, last_fields
+        timed twice more and the median of the three kept (and stored as such), unless a median of three is
+        known already (this run's, or the cache's: it is final, so a second run times nothing). ``fields``:
+        the cache fields of the round this model was first built for (a second build of the same decisions
+        can name its nodes otherwise, and so have another fingerprint)."""
+        nonlocal last_fields
         fields = fields or {"version": CACHE_VERSION, "reference": reference_print,
                             "candidate": model_fingerprint(candidate),
                             "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
                             "timer": dict(identity or timer.identity)}
         last_fields = fields
         key = "ratio-" + _digest(fields)
+        if doubted is not None and key in medians:
+            return medians[key]
         entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
-            if cache is not None and doubted is None else None
-        if entry is not None:
-            cached += key not in stored_here
-            if entry.get("median_of_three"):
-                medians.add(key)
+            if cache is not None else None
+        if entry is not None and entry.get("median_of_three"):
+            medians[key] = entry["ratio"]
+        if entry is not None and (doubted is None or key in medians):
+            if key not in stored_here:
+                from_cache.add(key)
             return entry["ratio"]
         value = float(timer.time_ratio(reference, candidate, store, input_shapes))
         if doubted is not None:
             value = float(np.median([doubted, value, float(timer.time_ratio(reference, candidate, store,
                                                                             input_shapes))]))
-            medians.add(key)
+            medians[key] = value
+            timed_three.add(key)
         if cache is not None:
             cache.save(key, {"version": CACHE_VERSION, "key": fields, "ratio": value,
                              "median_of_three": doubted is not None})
             stored_here.add(key)
         return value
 
+    def is_median(index: int) -> bool:
+        """Whether round ``index``'s figure is a median of three timings already."""
+        return index in keys and "ratio-" + _digest(keys[index]) in medians
+
     tried: list[tuple[Allocation, SettleRound]] = []
     keys: dict[int, dict] = {}  # each timed round's figure's cache fields (medians: which are medians of three)
-    retimed: set[int] = set()  # the rounds timed three times (their first figure was in doubt)
     dense_rounds = 0  # rounds whose plan kept every layer dense (counted as 1, not timed)
     budget = keep
     for _ in range(max(rounds, 1)):
@@ -999,13 +1009,11 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         if not (1 - DOUBTFUL_SAVING) * current.predicted <= current.measured <= (1 + DOUBTFUL_SAVING) * \
                 current.predicted or saved_much_more or _contradicted(current, [r for _, r in tried], tolerance * keep):
             current = replace(current, measured=ratio(model, doubted=current.measured))
-            retimed.add(len(tried))
         for index in _contradicted(current, [r for _, r in tried], tolerance * keep):
-            if index not in retimed:  # (an earlier round this one contradicts may be the outlier)
+            if not is_median(index):  # (an earlier round this one contradicts may be the outlier)
                 earlier, round_ = tried[index]
                 tried[index] = (earlier, replace(round_, measured=ratio(build(earlier), doubted=round_.measured,
                                                                         fields=keys.get(index))))
-                retimed.add(index)
         tried.append((allocation, current))
         measured = current.measured
         if abs(measured - keep) <= tolerance * keep:
@@ -1029,14 +1037,13 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         index = max(within, key=lambda i: tried[i][1].budget) if within else \
             min(range(len(tried)), key=lambda i: tried[i][1].measured)
         allocation, round_ = tried[index]
-        fields = keys.get(index)
-        if index in retimed or (fields and "ratio-" + _digest(fields) in medians) or \
-                all(choice.groups == DENSE for choice in allocation.choices):
+        if is_median(index) or all(choice.groups == DENSE for choice in allocation.choices):
             break
         tried[index] = (allocation, replace(round_, measured=ratio(build(allocation), doubted=round_.measured,
-                                                                   fields=fields)))
-        retimed.add(index)
+                                                                   fields=keys.get(index))))
     record = tuple(r for _, r in tried)
+    retimed = [index for index in keys if "ratio-" + _digest(keys[index]) in timed_three]
+    cached = sum("ratio-" + _digest(keys[index]) in from_cache for index in keys)
     how = "".join([f"; {len(retimed)} of them timed three times (the median kept: the round kept, and any whose "
                    "first figure contradicted the tables or another round)" if retimed else "",
                    f"; {dense_rounds} kept every layer dense (the original model: 1, not timed)" if dense_rounds

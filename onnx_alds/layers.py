@@ -56,6 +56,7 @@ COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
     ("com.microsoft", "Attention"): ("attention", 0, 1, ORT_TRANSFORMER_FUSED),
     ("com.microsoft", "QAttention"): ("attention", 0, 1, QUANTIZED),
     ("com.microsoft", "GemmFastGelu"): ("matmul", 0, 1, ORT_TRANSFORMER_FUSED),
+    ("", "Attention"): ("scaled-dot-product", 0, 1, None),  # (opset 23: Q, K, V of run-time tensors, no weight)
 }
 # classical-ML ops (skl2onnx, onnxmltools) that hold their coefficients in attributes, not initializers
 ML_MODEL_OPS = ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsembleClassifier",
@@ -435,6 +436,13 @@ def counted_inputs(node: onnx.NodeProto) -> tuple[str, str]:
     return node.input[data], node.input[weight]
 
 
+def macs_tensors(node: onnx.NodeProto) -> tuple[str, ...]:
+    """The tensors whose shapes :func:`node_macs` reads: the counted inputs and the first output, and the
+    ONNX ``Attention`` op's past keys (input 4)."""
+    past = (node.input[4],) if op_key(node) == ("", "Attention") and len(node.input) > 4 and node.input[4] else ()
+    return (node.output[0], *counted_inputs(node), *past)
+
+
 CUSTOM_LAYER = "ops of another domain named like ONNX layers, whose meaning onnx-alds does not know; MACs not counted"
 
 
@@ -570,6 +578,16 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
         if weight is None or data is None or len(data) < 2:
             return None
         return int(np.prod(weight)) * data[0] * int(np.prod(data[2:]))
+    if kind == "scaled-dot-product":  # ONNX Attention (opset 23): Q Kᵀ, then the scores times V, over every key
+        # (the past ones included): every element of Q, and of the output, meets every key once
+        if data is None or weight is None or output is None or len(data) not in (3, 4) or len(weight) != len(data):
+            return None
+        keys = weight[1] if len(weight) == 3 else weight[2]
+        past = shapes.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if len(node.input) > 4 and node.input[4] and (past is None or len(past) != 4):
+            return None
+        keys += past[2] if past else 0
+        return (int(np.prod(data)) + int(np.prod(output))) * int(keys)
     if kind == "attention":  # [B, S, H] × packed Q/K/V weight [H, 3H'], then scores and context (2·B·S²·H')
         if data is None or weight is None or len(data) != 3 or len(weight) != 2:
             return None

@@ -831,3 +831,25 @@ def test_the_figure_reported_is_a_median_of_three_timings(tmp_path):
     second = onnx_alds.compress(small_cnn(width=32), keep_latency=0.8, rank_multiple=8,
                                 speed=speed(again, tmp_path, model_rounds=1))
     assert again.ratios == 0 and second.report.latency["measured_ratio"] == pytest.approx(0.79)
+
+
+def test_a_second_run_reads_medians_from_the_cache_and_times_nothing_even_where_rounds_contradict(tmp_path):
+    """Cached medians of three that contradicted each other (a busy machine) were timed again by every later run
+    (a figure in doubt never read the cache), which then kept other decisions and wrote another model; a median of
+    three is final: a second run times nothing and writes the same model."""
+    class Contradicting(FakeTimer):
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            self.ratios += 1
+            from onnx_alds.layers import iter_total_params
+            kept = sum(iter_total_params(candidate)) / sum(iter_total_params(reference))
+            return 0.9 - 0.3 * kept  # a deeper plan always measures slower: every pair of rounds contradicts
+
+    first = Contradicting()
+    one = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8,
+                             speed=speed(first, tmp_path, model_rounds=3))
+    assert first.ratios > 1 and "timed three times" in one.report.latency["whole_model_note"]
+    again = Contradicting()
+    two = onnx_alds.compress(small_cnn(width=32), keep_latency=0.7, rank_multiple=8,
+                             speed=speed(again, tmp_path, model_rounds=3))
+    assert again.ratios == 0 and "timed three times" not in two.report.latency["whole_model_note"]
+    assert two.model.SerializeToString() == one.model.SerializeToString()
