@@ -1059,7 +1059,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         from .calibrate import check_sample_axis
 
         axis_note = check_sample_axis(original_model, inputs, batch, store=original_store, what="validation",
-                                      flag="--batch-size")
+                                      flag="--batch-size of onnx-alds validate")
         notes += [axis_note] if axis_note else []
     if randoms:
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "

@@ -487,3 +487,36 @@ def test_a_sequence_first_input_is_not_cut_into_runs_as_if_its_time_steps_were_s
     batch_first = compress(matmul_model(in_features=64, out_features=64, leading=("N",)), keep_params=0.5,
                            rank_multiple=1, calibration=InputSet({"x": x[:, 0]}))
     assert not any("calibration samples" in note for note in batch_first.report.notes)
+
+
+def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequence_axis():
+    """A batch-first model whose output numbers its samples per run ([N, 6] rows whose first column is the
+    sample's index, as end-to-end detection exports write) was refused as "not independent"; a classifier
+    flattened to [N·10] got the note that no output follows the samples."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "w")
+    numbered = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["f"], name="mm"), helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+         helper.make_node("Range", ["start", "n", "step"], ["i"]), helper.make_node("Cast", ["i"], ["fi"], to=1),
+         helper.make_node("Unsqueeze", ["fi", "one"], ["col"]), helper.make_node("Concat", ["col", "f"], ["y"], axis=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [weight, numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(0, np.int64),
+         "start"), numpy_helper.from_array(np.array(1, np.int64), "step"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")])
+    flattened = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["f"], name="mm"), helper.make_node("Reshape", ["f", "flat"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M"])],
+        [weight, numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+    x = rng.standard_normal((40, 64)).astype(np.float32)
+    for model in (numbered, flattened):
+        report = compress(model, keep_params=0.6, rank_multiple=1, calibration=InputSet({"x": x})).report
+        assert not any("calibration samples" in note for note in report.notes), report.notes

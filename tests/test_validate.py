@@ -1803,6 +1803,7 @@ def test_validation_refuses_to_cut_a_sequence_first_input_into_runs():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 64])], [weight])
     inputs = InputSet({"x": np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)})
     with pytest.raises(InputDataError, match=r"the validation samples are not independent: output 'y' .* give all the "
-                                             r"samples in one run \(--batch-size at least the sample count\)"):
+                                             r"samples in one run \(--batch-size of onnx-alds validate at least the "
+                                             r"sample count\)"):
         validate(model, model, inputs=inputs, output_kinds={"y": "regression"})
     assert validate(model, model, inputs=inputs, output_kinds={"y": "regression"}, batch_size=40).passed
