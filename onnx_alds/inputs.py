@@ -582,10 +582,14 @@ def load_inputs(model: Union[onnx.ModelProto, PathLike], *, npz: Optional[PathLi
 def check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequence[int]]], what: str,
                        fix: str) -> None:
     """Raise :class:`InputDataError` when a loaded input's per-sample dims differ from its ``--input-shape``
-    (which is otherwise used to plan and time at a shape the inputs do not have)."""
+    (which is otherwise used to plan and time at a shape the inputs do not have); a dim of length 0 in the
+    data (a key/value cache's first step, which ``--input-shape`` cannot give) is no difference."""
     for name, dims in (input_shapes or {}).items():
         made = tuple(inputs.arrays[name].shape[1:])
-        if tuple(tuple(dims)[1:]) != made:
+        asked = tuple(tuple(dims)[1:])
+        if len(asked) == len(made) and all(m == a or m == 0 for m, a in zip(made, asked)):
+            continue  # (a key/value cache of past length 0 in the data, sized at 1 or more for counting and timing)
+        if asked != made:
             raise InputDataError(
                 f"{what} {'x'.join(map(str, made)) or 'scalar'} per sample for '{name}', but --input-shape asks for "
                 f"{name}:{'x'.join(map(str, dims))}; make them agree ({fix})")

@@ -836,3 +836,17 @@ def test_a_truncated_image_is_named_with_what_is_wrong(tmp_path):
     path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
     with pytest.raises(InputDataError, match=r"cannot read image '.*cut.png' \(.*(truncated|broken).*\); remove"):
         preprocess_image(path, PRESETS["imagenet"])
+
+
+def test_a_past_of_length_zero_in_the_data_agrees_with_an_input_shape_that_sizes_it():
+    """--input-shape past:1x2x1x16 (every dim given is at least 1) with calibration arrays of past length 0 (the
+    first decoding step) was refused as "2x0x16 per sample ... but --input-shape asks for past:1x2x1x16", so a
+    key/value cache model could not be calibrated at its first step under --keep-flops, as the README says."""
+    from onnx_alds.inputs import check_sample_dims
+
+    first_step = InputSet({"past": np.zeros((8, 2, 0, 16), np.float32)})
+    check_sample_dims(first_step, {"past": (1, 2, 1, 16)}, "the calibration arrays are", "fix")
+    with pytest.raises(InputDataError, match=r"the calibration arrays are 2x3x16 per sample for 'past', but "
+                                             r"--input-shape asks for past:1x2x1x16"):
+        check_sample_dims(InputSet({"past": np.zeros((8, 2, 3, 16), np.float32)}), {"past": (1, 2, 1, 16)},
+                          "the calibration arrays are", "fix")
