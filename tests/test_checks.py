@@ -66,7 +66,8 @@ def test_probe_note_with_every_dim_given_does_not_ask_for_them():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     found = check_input_model(model, input_shapes={"x": (2, 64), "m": (3,)})
     note = next(note for note in found.notes if "could not run the model on probe inputs" in note)
-    assert "at the input shapes given" in note and "fit together" in note and "set to 1" not in note
+    assert "at the input shapes x:2x64 m:3, non-float inputs 0" in note and "fit together" in note \
+        and "set to 1" not in note
 
 
 def test_runtime_errors_keep_the_node_and_the_cause():
