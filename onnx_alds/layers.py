@@ -863,8 +863,9 @@ def is_constant_product(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeP
     """Whether both operands of a Conv/Gemm/MatMul node are constants or computed from constants alone: the
     node is part of a constant subgraph, which ONNX Runtime computes once when it loads the model (a weight
     parametrized as ``U @ V``, exported without constant folding), so it is no layer and runs no MACs."""
-    operands = [name for name in node.input[:2] if name]
-    return len(operands) == 2 and all(_reads_only_constants(name, producers, constants) for name in operands)
+    count = 3 if op_key(node) == ("", "Attention") else 2  # (Attention: Q, K and V; a past key is run-time too)
+    operands = [name for name in node.input[:count] if name] + [name for name in node.input[4:6] if name] * (count == 3)
+    return len(operands) >= count and all(_reads_only_constants(name, producers, constants) for name in operands)
 
 
 def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],

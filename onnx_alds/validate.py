@@ -639,6 +639,7 @@ class _Accumulator:
         self.original_min, self.original_max = math.inf, -math.inf
         self.shared_nonfinite = 0  # NaN/Inf values of the original that the compressed model gives too
         self.both_zero = 0  # samples whose output is all zeros in both models: no figure of their own
+        self.empty_samples = 0  # samples whose output holds no values at all (a zero-length dim)
         self.float_values = 0  # float values seen (when all are shared NaN/Inf, nothing was compared)
         # samples whose original output is all zeros but the compressed one's is not: their relative error is
         # taken against the output's mean norm over the other samples (dividing by 0 would fail any tolerance)
@@ -745,12 +746,14 @@ class _Accumulator:
         self.reference_norm_sum += float(np.sum((ref_norm * scale[:, 0])[nonzero]))
         self.reference_count += int(np.sum(nonzero))
         self.zero_reference.append((diff_norm * scale[:, 0])[zero])
-        empty = o.shape[1] == 0  # (rows of no values, [N, 0]: equal, rel 0 and cos 1)
-        both_zero = (ref_norm == 0) & (cmp_norm == 0) & (not empty)  # equal, on an input that says nothing
+        if o.shape[1] == 0:  # rows of no values (an input of a zero-length dim): nothing compared, no figure
+            self.empty_samples += len(o)
+            return
+        both_zero = (ref_norm == 0) & (cmp_norm == 0)  # equal, on an input that says nothing
         self.both_zero += int(both_zero.sum())
         keep = ~zero & ~both_zero
         self.rel.append((diff_norm / np.maximum(ref_norm, tiny))[keep])
-        self.cos.append(np.where(empty, 1.0, np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))[keep])
+        self.cos.append((np.sum(o * c, axis=1) / np.maximum(ref_norm * cmp_norm, tiny))[keep])
 
     @property
     def zero_reference_samples(self) -> int:
@@ -866,6 +869,9 @@ class _Accumulator:
         elif self.both_zero and not any(len(rows) for rows in self.rel) and not self.zero_reference_samples:
             nothing = (f"{ALL_ZEROS} ({self.both_zero} samples): nothing to compare; give inputs on which the "
                        "original's output is not zero")
+        elif self.empty_samples and not any(len(rows) for rows in self.rel) and not self.zero_reference_samples:
+            nothing = (f"the output holds no values on any sample ({self.empty_samples} samples, a zero-length dim): "
+                       "nothing to compare; give inputs whose dims make it hold values")
         if nothing:
             figures = {name: math.nan for name in figures}
             return OutputComparison(

@@ -490,9 +490,10 @@ def test_a_sequence_first_input_is_not_cut_into_runs_as_if_its_time_steps_were_s
 
 
 def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequence_axis():
-    """A batch-first model whose output numbers its samples per run ([N, 6] rows whose first column is the
-    sample's index, as end-to-end detection exports write) was refused as "not independent"; a classifier
-    flattened to [N·10] got the note that no output follows the samples."""
+    """A batch-first model whose output numbers its samples per run ([detections, 6] rows whose first column is
+    the sample's index, as end-to-end detection exports write) was refused as "not independent"; a classifier
+    flattened to [N·10] got the note that no output follows the samples. Only an output declaring the inputs'
+    first dim is compared."""
     from onnx import TensorProto, helper, numpy_helper
 
     from conftest import make_model
@@ -507,7 +508,7 @@ def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequen
          helper.make_node("Range", ["start", "n", "step"], ["i"]), helper.make_node("Cast", ["i"], ["fi"], to=1),
          helper.make_node("Unsqueeze", ["fi", "one"], ["col"]), helper.make_node("Concat", ["col", "f"], ["y"], axis=1)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["detections", 6])],
         [weight, numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(0, np.int64),
          "start"), numpy_helper.from_array(np.array(1, np.int64), "step"),
          numpy_helper.from_array(np.array([1], np.int64), "one")])
@@ -520,3 +521,32 @@ def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequen
     for model in (numbered, flattened):
         report = compress(model, keep_params=0.6, rank_multiple=1, calibration=InputSet({"x": x})).report
         assert not any("calibration samples" in note for note in report.notes), report.notes
+
+
+def test_a_causal_sequence_first_input_is_refused_and_view_stacked_outputs_are_not():
+    """A causal mix over T (a cumulative sum: the first half of a split run is unchanged by construction) was
+    accepted when the refusal needed over half of the elements to move; a batch-first model whose output stacks
+    two views of the batch ([x; -x] @ W, rows view by view) was refused when its rows were read as samples'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")
+    causal = make_model([helper.make_node("CumSum", ["x", "axis"], ["c"]),
+                         helper.make_node("MatMul", ["c", "w"], ["y"], name="mm")],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 64])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 64])],
+                        [weight, numpy_helper.from_array(np.array(0, np.int64), "axis")])
+    with pytest.raises(InputDataError, match="the calibration samples are not independent"):
+        compress(causal, keep_params=0.6, rank_multiple=1,
+                 calibration=InputSet({"x": rng.standard_normal((40, 4, 64)).astype(np.float32)}))
+    views = make_model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Concat", ["x", "n"], ["v"], axis=0),
+                        helper.make_node("MatMul", ["v", "w"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["views", 64])], [weight])
+    report = compress(views, keep_params=0.6, rank_multiple=1,
+                      calibration=InputSet({"x": rng.standard_normal((40, 64)).astype(np.float32)})).report
+    assert report.achieved <= 0.6

@@ -1165,3 +1165,36 @@ def test_the_attention_op_of_opset_23_counts_its_products(past):
     assert analysis.macs_total == projections + products
     result = onnx_alds.compress(model, keep_flops=0.7, rank_multiple=8)
     assert result.report.macs_after == pytest.approx(result.report.achieved * (projections + products), rel=1e-9)
+
+
+def test_an_attention_op_of_unknown_shapes_or_constant_queries_is_counted_honestly():
+    """An Attention op whose shapes shape inference cannot tell made --keep-flops refuse the model ("cannot size
+    1 Conv/Gemm/MatMul nodes") though it holds no weight; one whose Q and K are constants was counted as a
+    constant product (0 MACs) while V is computed at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    tokens, width = 8, 32
+    wv = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "wv")
+    wo = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "wo")
+    q = numpy_helper.from_array(rng.standard_normal((1, tokens, width)).astype(np.float32), "q")
+    k = numpy_helper.from_array(rng.standard_normal((1, tokens, width)).astype(np.float32), "k")
+    nodes = [helper.make_node("MatMul", ["x", "wv"], ["v"], name="proj_v"),
+             helper.make_node("Attention", ["q", "k", "v"], ["a"], q_num_heads=2, kv_num_heads=2, name="attn"),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="proj_o")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, width])], [wv, wo, q, k]),
+        opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    assert onnx_alds.analyze(model).macs_total == 2 * tokens * width * width + 2 * tokens * width * tokens
+    hidden = helper.make_node("Attention", ["q", "k", "v2"], ["a"], q_num_heads=2, kv_num_heads=2, name="attn")
+    unknown = helper.make_model(helper.make_graph(
+        [nodes[0], helper.make_node("Opaque", ["v"], ["v2"], domain="custom.ops"), hidden, nodes[2]], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, width])], [wv, wo, q, k]),
+        opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("custom.ops", 1)])
+    unknown.ir_version = 10
+    analysis = onnx_alds.analyze(unknown)
+    assert any("cannot tell the shapes of 1 Attention node (first: 'attn'): their MACs are not counted" in note
+               for note in analysis.notes), analysis.notes

@@ -1559,13 +1559,13 @@ def test_an_output_listed_twice_is_compared_once():
 
 
 def test_a_sequence_with_no_positions_has_no_position_agreement():
-    """x of shape [8, 0, 3]: pos=0.0000 failed a model compared with itself."""
+    """x of shape [8, 0, 3]: pos=0.0000 failed a model compared with itself. No figure is made up (no position
+    agreement), and nothing compared is no pass either (it printed PASSED with cos=1.000000 on no values)."""
     model = _matmul(np.eye(3), ["N", "T", 3])
     report = validate(model, model, inputs=InputSet({"x": np.zeros((8, 0, 3), np.float32)}, source="t"))
     (out,) = report.outputs
-    assert report.passed and out.kind == "sequence"
-    assert out.position_agreement is None and out.sequence_agreement is None and "pos=n/a seq=n/a" in out.figures()
-    assert "min-position-agreement not checked (no positions: T = 0)" in out.unchecked
+    assert not report.passed and out.kind == "sequence" and "nothing to compare" in out.failures[0]
+    assert out.position_agreement is None and out.sequence_agreement is None and out.figures() == "not compared"
     assert "position agreement n/a" in summary_line(report, None, provider="cpu", batch=1)
 
 
@@ -1807,3 +1807,16 @@ def test_validation_refuses_to_cut_a_sequence_first_input_into_runs():
                                              r"sample count\)"):
         validate(model, model, inputs=inputs, output_kinds={"y": "regression"})
     assert validate(model, model, inputs=inputs, output_kinds={"y": "regression"}, batch_size=40).passed
+
+
+def test_an_output_that_holds_no_values_is_not_a_pass():
+    """Inputs of a zero-length dim ([32, 0, 64]) gave outputs of no values, and validate printed PASSED with
+    rel=0 cos=1.000000 having compared nothing."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 64])], [weight])
+    report = validate(model, model, inputs=InputSet({"x": np.zeros((32, 0, 64), np.float32)}))
+    assert not report.passed
+    assert "the output holds no values on any sample (32 samples, a zero-length dim): nothing to compare" \
+        in report.outputs[0].failures[0]
