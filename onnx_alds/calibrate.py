@@ -706,8 +706,8 @@ SAMPLE_AXIS_TOLERANCE = 1e-2  # relative difference of whole and split runs read
 def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=None, what: str = "calibration",
                       flag: str = "--calibration-batch-size") -> Optional[str]:
     """Check that the ``what`` samples (axis 0 of every input, which ``what`` cuts into runs of
-    ``batch_size``, set by ``flag``) are independent: the first :data:`SAMPLE_AXIS_PROBE` samples are run together and in
-    two halves. An output whose first dim follows the samples (4, then 2 and 2, or a multiple of them),
+    ``batch_size``, set by ``flag``) are independent: the first :data:`SAMPLE_AXIS_PROBE` samples are run
+    together and in two halves. An output whose first dim follows the samples (4, then 2 and 2, or a multiple of them),
     declared with the inputs' first dim's name, and whose values differ (relative L2 over
     :data:`SAMPLE_AXIS_TOLERANCE`) means axis 0 is no batch axis (a sequence-first
     ``[T, N, …]`` input whose time steps attend to each other): :class:`InputDataError`. No output
@@ -761,15 +761,14 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "
-                "the inputs "
-                f"is not a batch axis (a sequence-first [T, N, ...] input?) and {what}, which cuts it into "
-                f"runs of {batch_size}, would cut sequences; export the model batch-first (torch: batch_first=True), "
-                f"or give all the samples in one run ({flag} at least the sample count)")
+                f"the inputs is not a batch axis (a sequence-first [T, N, ...] input?) and {what}, which cuts it "
+                f"into runs of {batch_size}, would cut sequences; export the model batch-first (torch: "
+                f"batch_first=True), or give all the samples in one run ({flag} at least the sample count)")
     if followed or not any(np.asarray(a).dtype.kind == "f" for a in whole):
         return None
     return (f"no float output of the model follows the {what} samples (runs of {size}, {half} and {size - half} "
-            "samples "
-            f"give outputs of the same first dims): {what} cuts axis 0 of the inputs into runs of {batch_size}; "
+            f"samples give outputs of the same first dims): {what} cuts axis 0 of the inputs into runs of "
+            f"{batch_size}; "
             "if that axis is not the batch (a sequence-first [T, N, ...] input), export the model batch-first or "
             f"give all the samples in one run ({flag})")
 

@@ -452,9 +452,9 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                                "these shapes fit together (--input-shape sets them) and that ONNX Runtime runs the "
                                "model on real inputs (onnx-alds validate)")
         else:
-            found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, non-float "
-                               f"inputs 0: {first_line(RuntimeError(message), 300)}); the output is not run-checked "
-                               "(give every dynamic dim with --input-shape to check it)")
+            found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, "
+                               f"non-float inputs 0: {first_line(RuntimeError(message), 300)}); the output is not "
+                               "run-checked (give every dynamic dim with --input-shape to check it)")
         return None
     names = [output.name for output in session.get_outputs()]
     found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))
@@ -679,10 +679,11 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
     ``‖y' − y‖₂ / ‖y‖₂`` (a sample all zeros in both models left out, one all zeros in the original alone
     taken over the output's mean norm on the others, as validate does; an output whose first dim is not the
-    batch is one sample per batch; an output of one value per sample is taken over all samples' values at once,
-    since one number's relative change says only how near 0 it is), and the largest over the outputs, so that an output left as it is does
-    not hide a broken one. 1 is as far as outputs of zeros; not real data, but a data-free result that lost
-    its original's predictions moved several times more than one that kept them (docs/ACCURACY.md).
+    batch is one sample per batch; an output of one value per sample is taken over all samples' values at
+    once, since one number's relative change says only how near 0 it is), and the largest over the outputs,
+    so that an output left as it is does not hide a broken one. 1 is as far as outputs of zeros; not real
+    data, but a data-free result that lost its original's predictions moved several times more than one that
+    kept them (docs/ACCURACY.md).
     One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
     weights held). ``store``: the models' dense weights are read through it (stubs)."""
     if not found.runtime_loads or found.runtime_outputs is None:

@@ -93,7 +93,8 @@ class InputSet:
                 "constant of the model)"
             )
         if not self.source:  # reports and notes say where the data came from
-            object.__setattr__(self, "source", f"arrays given in Python ({len(self)} sample{'s' if len(self) != 1 else ''})")
+            plural = "s" if len(self) != 1 else ""
+            object.__setattr__(self, "source", f"arrays given in Python ({len(self)} sample{plural})")
         if self.labels is not None:
             labels = self.labels
             if not isinstance(labels, np.ndarray):  # a list of ids is fine; a list of floats is not
@@ -1320,7 +1321,8 @@ def add_input_arguments(parser: argparse.ArgumentParser, prefix: str = "", *, pr
                                    help=f"class labels: {LABELS_FILE_HELP} (file names of the image folder)")
         label_sources.add_argument(names_flag, dest=_dest(names_flag), action="store_true",
                                    help="class labels from image file names: the integer at the end of the name, "
-                                        "after _, - or nothing (cat_281.jpg -> 281, 7.png -> 7); every file must have one")
+                                        "after _, - or nothing (cat_281.jpg -> 281, 7.png -> 7); every file must "
+                                        "have one")
     if preprocess:
         add_preprocess_arguments(parser)
     if input_shape:

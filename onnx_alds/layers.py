@@ -377,9 +377,9 @@ def sort_nodes(model: onnx.ModelProto) -> bool:
                 heapq.heappush(ready, reader)
     if len(order) < len(graph.node):
         stuck = graph.node[min(set(range(len(graph.node))) - set(order))]
-        raise ModelLoadError(f"the model's nodes form a cycle (node '{stuck.name or stuck.op_type}' depends on its own "
-                             "output through other nodes), which no ONNX graph may have; fix the model or export it "
-                             "again")
+        raise ModelLoadError(f"the model's nodes form a cycle (node '{stuck.name or stuck.op_type}' cannot be ordered: "
+                             "it depends on its own output through other nodes, or on a node that does), which no "
+                             "ONNX graph may have; fix the model or export it again")
     copies = [onnx.NodeProto() for _ in order]
     for copy, index in zip(copies, order):
         copy.CopyFrom(graph.node[index])
