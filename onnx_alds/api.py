@@ -31,9 +31,10 @@ from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionEr
                      ratio_at_least)
 from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names, find_layers,
-                     fold_weight_shapes, folded_weight, is_constant_product, is_counted_node, is_layer_node,
-                     is_standard, iter_graphs, iter_total_params, literal_where_named, macs_tensors, node_macs,
-                     sort_nodes, stored_sources, unchanged_ops_note, weight_constants, widened_weights, with_order)
+                     fold_weight_shapes, folded_weight, in_topological_order, is_constant_product,
+                     is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
+                     literal_where_named, macs_tensors, node_macs, sort_nodes, stored_sources, unchanged_ops_note,
+                     weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -144,13 +145,13 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         probe_shapes = resolve_input_shapes(original, input_shapes, batch_default=1)[0]
     except OnnxAldsError:  # dynamic dims without --input-shape: the probe sets them to 1 and says so
         probe_shapes = dict(input_shapes or {})
-    if isinstance(model, OpenedModel):  # the caller's own: sorted on a copy
-        scratch = onnx.ModelProto()
-        scratch.CopyFrom(original)
-        reordered = sort_nodes(scratch)
-        original = scratch if reordered else original
-    else:
-        reordered = sort_nodes(original)
+    reordered = not in_topological_order(original)
+    if reordered:
+        if isinstance(model, OpenedModel):  # the caller's own: sorted on a copy
+            scratch = onnx.ModelProto()
+            scratch.CopyFrom(original)
+            original = scratch
+        sort_nodes(original)
     input_check = check_input_model(original, store, probe_shapes)
     notes: list[str] = list(input_check.notes)
     if reordered:

@@ -444,17 +444,17 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                                      f"{message}); check that the --input-shape values fit the model") from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {_runtime_refusal_fix()}") from None
         raise_if_out_of_resources(exc)
+        quoted = first_line(RuntimeError(message), 300)  # (its first line, as the refusals above quote it)
         if _only_batch_dynamic(model, found.probe_shapes):  # every dim was given: only the values can be at fault
             shapes = {spec.name: feeds[spec.name].shape for spec in graph_inputs(model) if spec.name in feeds}
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (at the input shapes "
-                               f"{show_input_shapes(shapes, ' ')}, non-float inputs 0: "
-                               f"{first_line(RuntimeError(message), 300)}); the output is not run-checked: check that "
-                               "these shapes fit together (--input-shape sets them) and that ONNX Runtime runs the "
-                               "model on real inputs (onnx-alds validate)")
+                               f"{show_input_shapes(shapes, ' ')}, non-float inputs 0: {quoted}); the output is not "
+                               "run-checked: check that these shapes fit together (--input-shape sets them) and "
+                               "that ONNX Runtime runs the model on real inputs (onnx-alds validate)")
         else:
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, "
-                               f"non-float inputs 0: {first_line(RuntimeError(message), 300)}); the output is not "
-                               "run-checked (give every dynamic dim with --input-shape to check it)")
+                               f"non-float inputs 0: {quoted}); the output is not run-checked (give every dynamic "
+                               "dim with --input-shape to check it)")
         return None
     names = [output.name for output in session.get_outputs()]
     found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))

@@ -1112,16 +1112,16 @@ def index_bounds(model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Seq
         if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in tables:
             tables.setdefault(node.output[0], tables[node.input[0]])
     bounds: dict[str, int] = {}
-    computed: dict[str, tuple] = {}  # tables computed at run time (DequantizeLinear, Concat ...): inferred dims
+    inferred: Optional[dict[str, tuple]] = None  # tables computed at run time (DequantizeLinear, Concat ...)
 
     def table_dims(name: str) -> Optional[tuple]:
         """A table's dims: a constant's, else shape inference's (run once, on a weightless copy)."""
+        nonlocal inferred
         if name in tables:
             return tables[name]
-        if not computed:
-            computed[""] = ()  # (inferred once, whatever it finds)
-            computed.update(_inferred_dims(inlined, input_shapes or {}))
-        return computed.get(name)
+        if inferred is None:
+            inferred = _inferred_dims(inlined, input_shapes or {})
+        return inferred.get(name)
 
     def bound(name: str, limit: int) -> None:
         if limit > 0:

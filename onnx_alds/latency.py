@@ -937,21 +937,23 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     stored_here: set[str] = set()  # figures this run stored (a later round building the same model reads them)
     medians: dict[str, float] = {}  # figures that are medians of three timings (this run's, or cached as such)
     timed_three: set[str] = set()  # the figures this run timed three times
-    last_fields: dict = {}  # the cache fields of the figure ratio() returned last
 
-    def ratio(candidate: onnx.ModelProto, doubted: Optional[float] = None, fields: Optional[dict] = None) -> float:
+    def fields_of(candidate: onnx.ModelProto) -> dict:
+        """The cache fields of ``candidate``'s figure."""
+        return {"version": CACHE_VERSION, "reference": reference_print, "candidate": model_fingerprint(candidate),
+                "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
+                "timer": dict(identity or timer.identity)}
+
+    def key_of(fields: Mapping[str, Any]) -> str:
+        return "ratio-" + _digest(fields)
+
+    def ratio(candidate: onnx.ModelProto, fields: Mapping[str, Any], doubted: Optional[float] = None) -> float:
         """The measured ratio (from the cache when stored); ``doubted``: a figure of this plan in doubt, then
         timed twice more and the median of the three kept (and stored as such), unless a median of three is
         known already (this run's, or the cache's: it is final, so a second run times nothing). ``fields``:
         the cache fields of the round this model was first built for (a second build of the same decisions
         can name its nodes otherwise, and so have another fingerprint)."""
-        nonlocal last_fields
-        fields = fields or {"version": CACHE_VERSION, "reference": reference_print,
-                            "candidate": model_fingerprint(candidate),
-                            "inputs": {name: list(shape) for name, shape in sorted(input_shapes.items())},
-                            "timer": dict(identity or timer.identity)}
-        last_fields = fields
-        key = "ratio-" + _digest(fields)
+        key = key_of(fields)
         if doubted is not None and key in medians:
             return medians[key]
         entry = cache.load(key, fields, lambda data: _number(data["ratio"]) and data["ratio"] > 0) \
@@ -976,7 +978,7 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
 
     def is_median(index: int) -> bool:
         """Whether round ``index``'s figure is a median of three timings already."""
-        return index in keys and "ratio-" + _digest(keys[index]) in medians
+        return index in keys and key_of(keys[index]) in medians
 
     tried: list[tuple[Allocation, SettleRound]] = []
     keys: dict[int, dict] = {}  # each timed round's figure's cache fields (medians: which are medians of three)
@@ -1003,17 +1005,18 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         if allocation.choices and any(earlier.choices == allocation.choices for earlier, _ in tried):
             break  # the same decisions at another budget: a fixed point (its figure, read again, is no new round)
         model = build(allocation)
-        current = SettleRound(budget, info.achieved(decisions), ratio(model))
-        keys[len(tried)] = last_fields
+        keys[len(tried)] = fields_of(model)
+        current = SettleRound(budget, info.achieved(decisions), ratio(model, keys[len(tried)]))
         saved_much_more = 1 - current.measured > 2 * (1 - current.predicted) + tolerance * keep
         if not (1 - DOUBTFUL_SAVING) * current.predicted <= current.measured <= (1 + DOUBTFUL_SAVING) * \
                 current.predicted or saved_much_more or _contradicted(current, [r for _, r in tried], tolerance * keep):
-            current = replace(current, measured=ratio(model, doubted=current.measured))
+            current = replace(current, measured=ratio(model, keys[len(tried)], doubted=current.measured))
         for index in _contradicted(current, [r for _, r in tried], tolerance * keep):
             if not is_median(index):  # (an earlier round this one contradicts may be the outlier)
                 earlier, round_ = tried[index]
-                tried[index] = (earlier, replace(round_, measured=ratio(build(earlier), doubted=round_.measured,
-                                                                        fields=keys.get(index))))
+                built = build(earlier)
+                tried[index] = (earlier, replace(round_, measured=ratio(built, keys.get(index) or fields_of(built),
+                                                                        doubted=round_.measured)))
         tried.append((allocation, current))
         measured = current.measured
         if abs(measured - keep) <= tolerance * keep:
@@ -1039,11 +1042,11 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         allocation, round_ = tried[index]
         if is_median(index) or all(choice.groups == DENSE for choice in allocation.choices):
             break
-        tried[index] = (allocation, replace(round_, measured=ratio(build(allocation), doubted=round_.measured,
-                                                                   fields=keys.get(index))))
+        tried[index] = (allocation, replace(round_, measured=ratio(build(allocation), keys[index],
+                                                                   doubted=round_.measured)))
     record = tuple(r for _, r in tried)
-    retimed = [index for index in keys if "ratio-" + _digest(keys[index]) in timed_three]
-    cached = sum("ratio-" + _digest(keys[index]) in from_cache for index in keys)
+    retimed = [index for index in keys if key_of(keys[index]) in timed_three]
+    cached = sum(key_of(keys[index]) in from_cache for index in keys)
     how = "".join([f"; {len(retimed)} of them timed three times (the median kept: the round kept, and any whose "
                    "first figure contradicted the tables or another round)" if retimed else "",
                    f"; {dense_rounds} kept every layer dense (the original model: 1, not timed)" if dense_rounds

@@ -342,6 +342,30 @@ def use_counts(graph: onnx.GraphProto, counts: Counter) -> None:
     counts.update(output.name for output in graph.output)
 
 
+def _main_graph_needs(model: onnx.ModelProto) -> list[set[int]]:
+    """For each main-graph node, the indices of the nodes whose outputs it reads (its subgraphs' reads of
+    outer names included)."""
+    graph = model.graph
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+    needs: list[set[int]] = []
+    for node in graph.node:
+        reads: Counter = Counter(name for name in node.input if name)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+                use_counts(sub, reads)
+        needs.append({producer[name] for name in reads if name in producer})
+    return needs
+
+
+def in_topological_order(model: onnx.ModelProto) -> bool:
+    """Whether every main-graph node comes after the nodes whose outputs it reads (:func:`sort_nodes`)."""
+    return _in_order(_main_graph_needs(model))
+
+
+def _in_order(needs: Sequence[set[int]]) -> bool:
+    return all(before < index for index, earlier in enumerate(needs) for before in earlier)
+
+
 def sort_nodes(model: onnx.ModelProto) -> bool:
     """Put the main graph's nodes in topological order, in place (a stable sort: nodes already in order keep
     it), as the ONNX spec requires and onnx.checker checks. ONNX Runtime sorts a main graph itself, and its
@@ -350,15 +374,8 @@ def sort_nodes(model: onnx.ModelProto) -> bool:
     subgraphs' reads of outer names count as its inputs. Returns whether the nodes were reordered. Raises
     :class:`ModelLoadError` when the nodes form a cycle (no order exists)."""
     graph = model.graph
-    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
-    needs: list[set[int]] = []
-    for index, node in enumerate(graph.node):
-        reads: Counter = Counter(name for name in node.input if name)
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
-                use_counts(sub, reads)
-        needs.append({producer[name] for name in reads if name in producer})
-    if all(before < index for index, earlier in enumerate(needs) for before in earlier):
+    needs = _main_graph_needs(model)
+    if _in_order(needs):
         return False
     readers: list[list[int]] = [[] for _ in graph.node]
     for index, earlier in enumerate(needs):
@@ -479,9 +496,10 @@ def unused_initializers(model: onnx.ModelProto) -> set[str]:
 
 def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
     """Replace, in place, each main-graph ``Shape``/``Size`` node that reads an initializer (not an
-    :func:`overridable_initializers` one) by a ``Constant`` node of the same name and output holding that shape or size: such a node reads
-    only the weight's dims, not its values (torch's dynamo exporter without its optimizer builds a bias-free
-    Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's own. Returns the replaced nodes'
+    :func:`overridable_initializers` one) by a ``Constant`` node of the same name and output holding that
+    shape or size: such a node reads only the weight's dims, not its values (torch's dynamo exporter without
+    its optimizer builds a bias-free Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's
+    own. Returns the replaced nodes'
     names (or op types) → the weight each read, in graph order: the constants hold the full dims, so width
     pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives
     count from the end, clamped. Below opset 9, whose ``Constant`` holds no int64, the value is an
@@ -860,12 +878,15 @@ FOLD_HINT = ("fold the constants first (save ONNX Runtime's model optimized at l
 
 def is_constant_product(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
                         constants: Mapping[str, onnx.TensorProto]) -> bool:
-    """Whether both operands of a Conv/Gemm/MatMul node are constants or computed from constants alone: the
-    node is part of a constant subgraph, which ONNX Runtime computes once when it loads the model (a weight
-    parametrized as ``U @ V``, exported without constant folding), so it is no layer and runs no MACs."""
-    count = 3 if op_key(node) == ("", "Attention") else 2  # (Attention: Q, K and V; a past key is run-time too)
-    operands = [name for name in node.input[:count] if name] + [name for name in node.input[4:6] if name] * (count == 3)
-    return len(operands) >= count and all(_reads_only_constants(name, producers, constants) for name in operands)
+    """Whether both operands of a Conv/Gemm/MatMul node (Q, K, V and any past keys and values of an ONNX
+    ``Attention``) are constants or computed from constants alone: the node is part of a constant subgraph,
+    which ONNX Runtime computes once when it loads the model (a weight parametrized as ``U @ V``, exported
+    without constant folding), so it is no layer and runs no MACs."""
+    attention = op_key(node) == ("", "Attention")
+    needed = 3 if attention else 2
+    operands = [name for name in (*node.input[:3], *node.input[4:6]) if name] if attention else \
+        [name for name in node.input[:2] if name]
+    return len(operands) >= needed and all(_reads_only_constants(name, producers, constants) for name in operands)
 
 
 def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],

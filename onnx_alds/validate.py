@@ -1066,8 +1066,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
 
         axis_note = check_sample_axis(original_model, inputs, batch, store=original_store, what="validation",
                                       flag="--batch-size of onnx-alds validate")
-        notes += [axis_note] if axis_note else []
-    if randoms:
+        if axis_note:
+            notes.append(axis_note)
+    else:
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
                      "optimizations may drop them, other runtimes draw new values each run; validate the models "
                      "exported in inference mode")

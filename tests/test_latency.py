@@ -19,6 +19,18 @@ from onnx_alds.plan import Plan, apply_plan, make_plan
 from onnx_alds.spectra import error_table, layer_spectra
 
 
+class ScriptedTimer(FakeTimer):
+    """A fake timer whose whole-model ratios are the given figures, in turn (a busy machine's)."""
+
+    def __init__(self, figures):
+        super().__init__()
+        self.figures = list(figures)
+
+    def time_ratio(self, reference, candidate, store, input_shapes):
+        self.ratios += 1
+        return self.figures.pop(0)
+
+
 def speed(timer, tmp_path, **extra) -> SpeedOptions:
     return SpeedOptions(batch=4, timer=timer, cache_dir=str(tmp_path / "cache"), **extra)
 
@@ -656,21 +668,12 @@ def test_a_cache_entry_that_is_not_a_file_is_missing_and_no_home_is_one_error(tm
 def test_a_whole_model_figure_far_faster_than_predicted_is_timed_again(tmp_path):
     """A busy machine measured one plan at 0.32 of the dense time where it runs at 0.75 (the tables said
     0.85): the figure was kept, cached, and reported as measured by every later run."""
-    class OneOutlier(FakeTimer):
-        def __init__(self, figures):
-            super().__init__()
-            self.figures = list(figures)
-
-        def time_ratio(self, reference, candidate, store, input_shapes):
-            self.ratios += 1
-            return self.figures.pop(0)
-
     result = onnx_alds.compress(small_cnn(width=32), keep_latency=0.8, rank_multiple=8,
-                                speed=speed(OneOutlier([0.32, 0.79, 0.80]), tmp_path, model_rounds=1))
+                                speed=speed(ScriptedTimer([0.32, 0.79, 0.80]), tmp_path, model_rounds=1))
     latency = result.report.latency
     assert latency["measured_ratio"] == pytest.approx(0.79)  # the median of 0.32, 0.79, 0.80
     assert "timed three times" in latency["whole_model_note"]
-    again = OneOutlier([])
+    again = ScriptedTimer([])
     second = onnx_alds.compress(small_cnn(width=32), keep_latency=0.8, rank_multiple=8,
                                 speed=speed(again, tmp_path, model_rounds=1))
     assert again.ratios == 0 and second.report.latency["measured_ratio"] == pytest.approx(0.79)
@@ -813,21 +816,12 @@ def test_the_figure_reported_is_a_median_of_three_timings(tmp_path):
     """On a busy machine one timing measured a plan at 0.405 of the dense time where the tables said 0.50 (inside
     the 20 % doubt band) and bench measured 0.50: the report said 2.47x from that one figure. The round kept is
     timed twice more and the median reported; a second run reads the median from the cache and times nothing."""
-    class Flattering(FakeTimer):
-        def __init__(self, figures):
-            super().__init__()
-            self.figures = list(figures)
-
-        def time_ratio(self, reference, candidate, store, input_shapes):
-            self.ratios += 1
-            return self.figures.pop(0)
-
-    timer = Flattering([0.68, 0.79, 0.80])
+    timer = ScriptedTimer([0.68, 0.79, 0.80])
     result = onnx_alds.compress(small_cnn(width=32), keep_latency=0.8, rank_multiple=8,
                                 speed=speed(timer, tmp_path, model_rounds=1))
     assert timer.ratios == 3 and result.report.latency["measured_ratio"] == pytest.approx(0.79)
     assert "the round kept" in result.report.latency["whole_model_note"]
-    again = Flattering([])
+    again = ScriptedTimer([])
     second = onnx_alds.compress(small_cnn(width=32), keep_latency=0.8, rank_multiple=8,
                                 speed=speed(again, tmp_path, model_rounds=1))
     assert again.ratios == 0 and second.report.latency["measured_ratio"] == pytest.approx(0.79)
