@@ -708,7 +708,7 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
     """Check that the ``what`` samples (axis 0 of every input, which ``what`` cuts into runs of
     ``batch_size``, set by ``flag``) are independent: the first :data:`SAMPLE_AXIS_PROBE` samples are run
     together and in two halves. An output whose first dim follows the samples (4, then 2 and 2, or a multiple of them),
-    declared with the inputs' first dim's name, and whose values differ (relative L2 over
+    declared with the inputs' first dim's name (or so derived by ONNX shape inference), and whose values differ (relative L2 over
     :data:`SAMPLE_AXIS_TOLERANCE`) means axis 0 is no batch axis (a sequence-first
     ``[T, N, …]`` input whose time steps attend to each other): :class:`InputDataError`. No output
     following the samples returns a note (outputs that reduce over axis 0, or detections); None otherwise,
@@ -737,11 +737,13 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
         raise
     except Exception:  # (an input of another first dim, a table that needs whole runs): nothing to tell
         return None
-    # an output is compared only where it declares the inputs' first dim (the same name): detections
-    # numbering their samples per run, or rows stacked view by view ([x; -x], [3N, C]), declare another
+    # an output is compared only where its first dim is the inputs' first dim (the same name, as declared or
+    # as shape inference derives it): detections numbering their samples per run, or rows stacked view by
+    # view ([x; -x], [3N, C]), have another
     split_dims = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], str)}
     declared = {value.name: value.type.tensor_type.shape.dim[0].dim_param for value in model.graph.output
                 if value.type.HasField("tensor_type") and len(value.type.tensor_type.shape.dim)}
+    inferred: Optional[dict[str, str]] = None
     followed = False
     for name, together, *split in zip(names, whole, *parts):
         arrays = [np.asarray(together), *map(np.asarray, split)]
@@ -757,7 +759,11 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
         if not (np.all(np.isfinite(reference)) and np.all(np.isfinite(joined))):
             continue
         change = float(np.linalg.norm(joined - reference)) / max(float(np.linalg.norm(reference)), 1e-300)
-        if change > SAMPLE_AXIS_TOLERANCE and declared.get(name) in split_dims:
+        if change <= SAMPLE_AXIS_TOLERANCE:
+            continue
+        if declared.get(name) not in split_dims:  # e.g. torch's legacy exporter names each output's dims anew
+            inferred = _inferred_first_dims(model) if inferred is None else inferred
+        if declared.get(name) in split_dims or inferred.get(name) in split_dims:
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "
@@ -771,6 +777,25 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
             f"{batch_size}; "
             "if that axis is not the batch (a sequence-first [T, N, ...] input), export the model batch-first or "
             f"give all the samples in one run ({flag})")
+
+
+def _inferred_first_dims(model: onnx.ModelProto) -> dict[str, str]:
+    """The name of each graph output's first dim as ONNX shape inference (with data propagation) derives
+    it from the inputs' dims, the outputs' and intermediate values' declared shapes set aside; outputs
+    whose first dim it cannot name are left out, and so is everything when inference fails."""
+    from .shapes import static_copy
+
+    bare = static_copy(model, {}, stub_weights=True)
+    del bare.graph.value_info[:]
+    for value in bare.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    try:
+        typed = onnx.shape_inference.infer_shapes(bare, data_prop=True)
+    except Exception:  # custom ops, stubbed shape constants: nothing derived
+        return {}
+    return {value.name: value.type.tensor_type.shape.dim[0].dim_param for value in typed.graph.output
+            if value.type.HasField("tensor_type") and len(value.type.tensor_type.shape.dim)
+            and value.type.tensor_type.shape.dim[0].dim_param}
 
 
 @dataclass

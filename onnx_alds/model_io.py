@@ -1405,9 +1405,9 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                            for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
 
-        def placeholder_of(dim) -> str:  # a dim's own name where it is a plain word, else D
-            return dim if isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim) and dim != first \
-                else "D"
+        def placeholder_of(dim) -> str:  # a dim's own name where it is a plain word without the separator x
+            return dim if isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim) and "x" not in dim \
+                and dim != first else "D"
 
         def example(spec, dims) -> str:  # a dim of the first dim's name takes its value (adj [nodes, nodes]: 1x1)
             name = spec.dims[0] if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0] else None

@@ -489,6 +489,25 @@ def test_a_sequence_first_input_is_not_cut_into_runs_as_if_its_time_steps_were_s
     assert not any("calibration samples" in note for note in batch_first.report.notes)
 
 
+def test_a_sequence_first_output_named_anew_by_the_exporter_is_compared_by_its_inferred_dim():
+    """torch's legacy exporter, given dynamic axes as lists, names each value's dims anew ("x_dynamic_axes_1",
+    "y_dynamic_axes_1"): the output then did not declare the inputs' first dim and a sequence-first model was
+    cut into runs of time steps without a word. ONNX shape inference derives the output's first dim from the
+    input's, so the output is compared; with the output's first dim unnamed, the same."""
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    x = np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)
+    model = _sequence_first(False)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "x_dynamic_axes_1"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "y_dynamic_axes_1"
+    with pytest.raises(InputDataError, match=r"the calibration samples are not independent: output 'y'"):
+        compress(model, keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
+    model.graph.output[0].type.tensor_type.shape.dim[0].Clear()  # an unnamed first dim
+    with pytest.raises(InputDataError, match=r"the calibration samples are not independent: output 'y'"):
+        compress(model, keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
+
+
 def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequence_axis():
     """A batch-first model whose output numbers its samples per run ([detections, 6] rows whose first column is
     the sample's index, as end-to-end detection exports write) was refused as "not independent"; a classifier
