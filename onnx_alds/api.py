@@ -1258,19 +1258,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
         report = replace(report, data_aware_steps=steps, notes=report.notes + tuple(extra_notes),
                          calibration_samples=sample_count(calibration, proto))
     if planned.damage is not None:
-        info = planned.damage
-        fit = ("factors fitted to the other inputs" if info["out_of_sample"] else
-               "in-sample: no calibration input (no full batch, where the model fixes it) is left beside the "
-               "probed ones to fit the factors to, so the damage is underestimated; give more inputs than "
-               "--damage-samples")
-        report = replace(report, predicted_output_error=info["predicted_output_error"],
-                         error_measure="output damage (relative squared output error, measured)",
-                         layers=tuple(replace(row, predicted_damage=row.error) for row in report.layers),
-                         notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
-                                               f"calibration inputs ({fit}), {info['seconds']:.1f} s"
-                                               + (" (measured before, reused)" if info["cached"] else "")
-                                               + f"; {info['options']} options; predicted total relative output "
-                                               f"error {info['predicted_output_error']:.4f}",))
+        report = with_damage_figures(report, planned.damage)
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple)
                      + _widened_note(proto, [layer for layer, _ in plan])
                      + _ir3_inputs_note(proto, new_model) + _dropped_annotations_note(proto, new_model),
@@ -1280,6 +1268,25 @@ def _apply_step(planned: _Planned) -> CompressionResult:
 
 IR3_NOTE = "IR version"  # how the two notes below start and what they hold (the pruning step replaces them)
 ANNOTATIONS_NOTE = "quantization annotations of the graph"
+
+
+DAMAGE_MEASURE = "output damage (relative squared output error, measured)"
+
+
+def with_damage_figures(report: CompressionReport, info: Mapping[str, Any]) -> CompressionReport:
+    """``report`` of a ``--method damage`` allocation (its layers' errors are the chosen options' damage) with
+    the error measure named, each row's predicted damage, the predicted output error and the tables' cost."""
+    fit = ("factors fitted to the other inputs" if info["out_of_sample"] else
+           "in-sample: no calibration input (no full batch, where the model fixes it) is left beside the "
+           "probed ones to fit the factors to, so the damage is underestimated; give more inputs than "
+           "--damage-samples")
+    return replace(report, predicted_output_error=info["predicted_output_error"], error_measure=DAMAGE_MEASURE,
+                   layers=tuple(replace(row, predicted_damage=row.error) for row in report.layers),
+                   notes=report.notes + (f"damage tables: {info['runs']} model runs on {info['samples']} "
+                                         f"calibration inputs ({fit}), {info['seconds']:.1f} s"
+                                         + (" (measured before, reused)" if info["cached"] else "")
+                                         + f"; {info['options']} options; predicted total relative output "
+                                         f"error {info['predicted_output_error']:.4f}",))
 
 
 def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:

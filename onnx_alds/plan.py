@@ -987,6 +987,10 @@ def make_plan(model, **options) -> Plan:
                                  calibration=None if data.calibration is None else str(data.calibration.source),
                                  speed=planned.speed)
     report = _as_written(report, planned, budget, search.rank_multiple)
+    if planned.damage is not None:  # (the errors are the damage tables', as compress names them)
+        from .api import with_damage_figures
+
+        report = with_damage_figures(report, planned.damage)
     if data.enabled:
         from .api import data_aware_steps
         from .data_aware import sample_count
@@ -1096,6 +1100,11 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             result = replace(result, report=replace(result.report, search=plan.search_name()))
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
+    if (plan.options.get("search") or {}).get("method") == "damage":
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            "the plan's ranks were chosen by measured output damage (method damage), whose tables apply does not "
+            "measure again: the errors reported here are each layer's own relative error "
+            f"({result.report.error_measure}); the plan's report holds the predicted damage",)))
     planned_weights = plan.model.get("weights")
     if planned_weights and planned_weights not in weights_digests(model).values():
         result = replace(result, report=replace(result.report, warnings=result.report.warnings + (

@@ -2225,11 +2225,12 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
     if search.prune_heads and not any(block.heads > 1 for block in blocks):
-        reason = next((r for word in ("head", "Reshape", "Transpose", "MatMul", "Shape")  # what attention's V met,
-                       for r in analysis.refused if word in r.reason.replace(r.producer, "")  # (not 'lm_head')
-                       and "shared" not in r.reason), None)  # the likeliest first
+        # what attention's Q, K and V met (the words outside the quoted names: not 'lm_head', not 'Reshape_1_output_0')
+        met = [r for r in analysis.refused if "shared" not in r.reason and any(
+            word in re.sub(r"'[^']*'", "", r.reason) for word in ("head", "Reshape", "Transpose", "MatMul", "Shape"))]
+        examples = "; ".join(f"'{r.producer}': {r.reason}" for r in met[:3])  # (V is rarely the first of a layer)
         warnings = tuple(warnings) + ("--prune-heads found no block whose channels split into attention heads"
-                                      + (f" (e.g. '{reason.producer}': {reason.reason})" if reason else "")
+                                      + (f" (e.g. {examples})" if examples else "")
                                       + "; the widths are those of --prune alone",)
     if mode == "combined" and decisions is None and not narrowed:
         first = f" (first: '{analysis.refused[0].producer}': {analysis.refused[0].reason})" if analysis.refused else ""

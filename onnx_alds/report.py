@@ -124,6 +124,7 @@ class CompressionReport:
         # --sensitivity: each layer's figure is scaled by its sensitivity weight (the estimated output error)
         weighted = "sensitivity" in self.data_aware_steps and not self.pruned
         column = ("rank cut" if cut else "error") + (" × s" if weighted else "")
+        squared = self.error_measure.startswith("output damage")  # (relative squared errors: 5e-05 is no 0.0000)
         rows = [("layer", "op", "weight", "g", "rank", "params", "MACs", column, "note")]
         if timed:
             rows[0] = rows[0][:-1] + ("time µs", "note")
@@ -134,7 +135,7 @@ class CompressionReport:
                 "-" if layer.groups == 0 else str(layer.groups), "-" if layer.groups == 0 else str(layer.rank),
                 f"{_si(layer.params_before)} -> {_si(layer.params_after)}",
                 f"{_si(layer.macs_before)} -> {_si(layer.macs_after)}",
-                f"{layer.error:.4g}" if weighted else f"{layer.error:.4f}", *time_cell,  # (weights can be 1e-7)
+                f"{layer.error:.4g}" if weighted or squared else f"{layer.error:.4f}", *time_cell,  # (weights: 1e-7)
                 self.layer_note(layer),
             ))
         lines = [format_table(rows), ""]
@@ -162,7 +163,7 @@ class CompressionReport:
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
                      + (f"largest {column} {self.max_error:.4g}" if weighted else
                         f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd measures no error)"
-                        if cut else f"max error {self.max_error:.4f}"))
+                        if cut else f"max error {self.max_error:.4g}" if squared else f"max error {self.max_error:.4f}"))
         if weighted:
             lines.append(f"({column}: each layer's {'rank cut' if cut else 'error'} times its sensitivity weight s, "
                          "the estimated output error the allocation balanced)")

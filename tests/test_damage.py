@@ -120,6 +120,25 @@ def test_damage_method_meets_the_budget_and_reports_its_prediction(cnn_data):
     assert again.report.predicted_output_error < report.predicted_output_error  # more budget, less damage
 
 
+def test_a_damage_plan_names_its_measure_and_apply_says_it_reports_another(cnn_data):
+    """make_plan with method damage reported "error: frobenius" over a column of damage values (compress named
+    them output damage), and apply, which measures no damage tables, reported each layer's own error with no
+    word that the plan's figures were of another kind; damages print to 4 significant digits, not 0.0000."""
+    from onnx_alds.api import DAMAGE_MEASURE
+    from onnx_alds.plan import apply_plan, make_plan
+
+    model, x = cnn_data
+    calibration = InputSet({"input": x}, source="test")
+    compressed = compress(model, keep_flops=0.5, method="damage", calibration=calibration, damage_samples=8).report
+    plan = make_plan(model, keep_flops=0.5, method="damage", calibration=calibration, damage_samples=8)
+    assert plan.report.error_measure == compressed.error_measure == DAMAGE_MEASURE
+    assert plan.report.predicted_output_error == pytest.approx(compressed.predicted_output_error)
+    assert f"max error {compressed.max_error:.4g}" in compressed.format()
+    applied = apply_plan(model, plan, calibration).report
+    assert applied.error_measure != DAMAGE_MEASURE
+    assert any(note.startswith("the plan's ranks were chosen by measured output damage") for note in applied.notes)
+
+
 def test_damage_tables_measure_the_rewritten_layer(cnn_data):
     """A measured point equals the relative squared output change of the model rewritten with that layer's pair."""
     from onnx_alds.api import _prepare

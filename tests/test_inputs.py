@@ -850,3 +850,10 @@ def test_a_past_of_length_zero_in_the_data_agrees_with_an_input_shape_that_sizes
                                              r"--input-shape asks for past:1x2x1x16"):
         check_sample_dims(InputSet({"past": np.zeros((8, 2, 3, 16), np.float32)}), {"past": (1, 2, 1, 16)},
                           "the calibration arrays are", "fix")
+    # the attention mask spans past + current positions: 4 in the first step's data, 6 + 4 as --input-shape sizes it
+    step = InputSet({"past": np.zeros((8, 2, 0, 16), np.float32), "mask": np.ones((8, 4), np.int64)})
+    check_sample_dims(step, {"past": (1, 2, 6, 16), "mask": (1, 10)}, "the calibration arrays are", "fix")
+    with pytest.raises(InputDataError, match=r"the calibration arrays are 5 per sample for 'mask', but --input-shape "
+                                             r"asks for mask:1x10"):  # a length no past accounts for
+        check_sample_dims(InputSet({"past": np.zeros((8, 2, 0, 16), np.float32), "mask": np.ones((8, 5), np.int64)}),
+                          {"past": (1, 2, 6, 16), "mask": (1, 10)}, "the calibration arrays are", "fix")

@@ -1633,6 +1633,20 @@ def test_prune_heads_without_a_head_block_says_so():
                       prune_heads=True, rank_multiple=4)
     assert any(w.startswith("--prune-heads found no block whose channels split into attention heads (e.g. 'v'")
                for w in result.report.warnings), result.report.warnings
+    # a producer listed first whose reason only quotes a value named like a Reshape's output is no example: the
+    # words outside the names are matched (a BERT export's key projection was shown, V's reason left out)
+    first = helper.make_node("MatMul", ["x", "a.w"], ["Reshape_1_output_0"], name="a")
+    norm = helper.make_node("LayerNormalization", ["Reshape_1_output_0", "scale"], ["ln"], name="ln", axis=-1)
+    model.graph.node.insert(0, norm)
+    model.graph.node.insert(0, first)
+    model.graph.node.append(helper.make_node("Add", ["y", "ln"], ["z"], name="sum"))
+    model.graph.output[0].name = "z"
+    model.graph.initializer.extend([_init(np.random.default_rng(5), "a.w", (16, 16), 0.3),
+                                    numpy_helper.from_array(np.ones(16, np.float32), "scale")])
+    result = compress(model, keep_params=0.9, calibration=InputSet({"x": x}, source="t"), prune="combined",
+                      prune_heads=True, rank_multiple=4)
+    assert any(w.startswith("--prune-heads found no block whose channels split into attention heads (e.g. 'v'")
+               for w in result.report.warnings), result.report.warnings
 
 
 def _dead_channel_blocks() -> onnx.ModelProto:
