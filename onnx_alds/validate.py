@@ -1447,9 +1447,9 @@ def validate_and_bench(original_path: ModelArg, compressed_path: ModelArg, *, in
 
 def _share_format(samples: int):
     """A formatter of a share of ``samples`` (k / samples) with as many decimals as it takes to tell every
-    share apart (at least 2), so that 499 of 500 reads 0.998 and never 1.00."""
+    share apart (at least 2), so that 499 of 500 reads 0.998 and never 1.00; None (nothing compared) is n/a."""
     digits = max(2, math.ceil(math.log10(max(samples, 1))))
-    return lambda share: f"{share:.{digits}f}"
+    return lambda share: "n/a" if share is None else f"{share:.{digits}f}"  # (None: no sample compared)
 
 
 def summary_line(report: ValidationReport, speedup: Optional[float], *, provider: str, batch: int,
@@ -1484,7 +1484,7 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
             parts.append(f"position agreement {head.position_agreement:.3f}, "
                          f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")
     elif head is not None and head.kind == DENSE:
-        parts.append(f"IoU {head.iou:.3f}")
+        parts.append("IoU n/a" if head.iou is None else f"IoU {head.iou:.3f}")
     elif report.outputs:
         exact = [o for o in report.outputs if o.compared_exactly]  # labels, flags: no distance
         measured = [o for o in report.outputs if o not in exact]

@@ -1820,3 +1820,22 @@ def test_an_output_that_holds_no_values_is_not_a_pass():
     assert not report.passed
     assert "the output holds no values on any sample (32 samples, a zero-length dim): nothing to compare" \
         in report.outputs[0].failures[0]
+
+
+@pytest.mark.parametrize("kind, dims", [("classifier", ["N", 6]), ("embedding", ["N", 6]),
+                                        ("sequence", ["N", 3, 6]), ("dense", ["N", 6, 4, 4]),
+                                        ("regression", ["N", 6])])
+def test_the_summary_of_an_output_zero_in_both_models_says_n_a(kind, dims):
+    """compress --validate on a model whose only output is all zeros (a random-init classifier with a zero head)
+    died in the summary line formatting a top-1 agreement of None (TypeError); every kind's summary says
+    n/a, and the validation fails with "nothing to compare"."""
+    shape = [4 if isinstance(d, str) else d for d in dims]
+    model = _model([helper.make_node("Mul", ["x", "zero"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+                   [numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    x = np.random.default_rng(0).standard_normal([8] + shape[1:]).astype(np.float32)
+    report = validate(model, model, inputs=InputSet({"x": x}, source="t"), output_kinds={"y": kind})
+    assert not report.passed and "nothing to compare" in report.outputs[0].failures[0]
+    line = summary_line(report, None, provider="cpu", batch=8)
+    assert line.startswith("summary: ") and "FAILED" in line and "None" not in line
