@@ -1633,10 +1633,10 @@ def test_prune_heads_without_a_head_block_says_so():
                       prune_heads=True, rank_multiple=4)
     assert any(w.startswith("--prune-heads found no block whose channels split into attention heads (e.g. 'v'")
                for w in result.report.warnings), result.report.warnings
-    # a producer listed first whose reason only quotes a value named like a Reshape's output is no example: the
+    # a producer listed first whose reason only quotes a value named with "head" or "Reshape" is no example: the
     # words outside the names are matched (a BERT export's key projection was shown, V's reason left out)
-    first = helper.make_node("MatMul", ["x", "a.w"], ["Reshape_1_output_0"], name="a")
-    norm = helper.make_node("LayerNormalization", ["Reshape_1_output_0", "scale"], ["ln"], name="ln", axis=-1)
+    first = helper.make_node("MatMul", ["x", "a.w"], ["heads.Reshape_1_output_0"], name="key")
+    norm = helper.make_node("LayerNormalization", ["heads.Reshape_1_output_0", "scale"], ["ln"], name="ln", axis=-1)
     model.graph.node.insert(0, norm)
     model.graph.node.insert(0, first)
     model.graph.node.append(helper.make_node("Add", ["y", "ln"], ["z"], name="sum"))
