@@ -707,9 +707,9 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
                       flag: str = "--calibration-batch-size") -> Optional[str]:
     """Check that the ``what`` samples (axis 0 of every input, which ``what`` cuts into runs of
     ``batch_size``, set by ``flag``) are independent: the first :data:`SAMPLE_AXIS_PROBE` samples are run
-    together and in two halves. An output whose first dim follows the samples (4, then 2 and 2, or a multiple of them),
-    declared with the inputs' first dim's name (or so derived by ONNX shape inference), and whose values differ (relative L2 over
-    :data:`SAMPLE_AXIS_TOLERANCE`) means axis 0 is no batch axis (a sequence-first
+    together and in two halves. An output whose first dim follows the samples (4, then 2 and 2, or a multiple of
+    them), declared with the inputs' first dim's name (or so derived by ONNX shape inference), and whose values
+    differ (relative L2 over :data:`SAMPLE_AXIS_TOLERANCE`) means axis 0 is no batch axis (a sequence-first
     ``[T, N, …]`` input whose time steps attend to each other): :class:`InputDataError`. No output
     following the samples returns a note (outputs that reduce over axis 0, or detections); None otherwise,
     and when nothing is split (a fixed batch, or no more samples than one run) or a run of fewer samples

@@ -163,7 +163,7 @@ class CompressionReport:
         lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
                      + (f"largest {column} {self.max_error:.4g}" if weighted else
                         f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd measures no error)"
-                        if cut else f"max error {self.max_error:.4g}" if squared else f"max error {self.max_error:.4f}"))
+                        if cut else f"max error {self.max_error:{'.4g' if squared else '.4f'}}"))
         if weighted:
             lines.append(f"({column}: each layer's {'rank cut' if cut else 'error'} times its sensitivity weight s, "
                          "the estimated output error the allocation balanced)")
