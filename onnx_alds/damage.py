@@ -262,7 +262,7 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     or the model has no float output.
     """
     from .calibrate import calibration_runs
-    from .data_aware import NO_FLOAT_OUTPUT, check_finite_outputs, data_aware_factors
+    from .data_aware import NO_FLOAT_OUTPUT, check_finite_outputs, data_aware_factors, reusing_whitening
     from .decompose import decompose
     from .runtime import float_output_names, make_session
 
@@ -318,42 +318,43 @@ def measure_damage_tables(proto: onnx.ModelProto, layers: Sequence[Layer], table
     factor = factor_fn or (lambda layer, matrix, g, r, stat: data_aware_factors(matrix, g, r, stat, refit=refit,
                                                                                 layer=layer))
     results = []
-    for layer, table in zip(layers, tables):
-        if layer.name not in inputs:
-            results.append(DamageTable(layer.name, table.dense_size, ()))
-            continue
-        stat = stats.get(layer.name)
-        if stat is not None and not np.any(np.asarray(stat.second_moment)):  # zero inputs: every option looks free
-            unpriced.append(layer.name)
-            results.append(DamageTable(layer.name, table.dense_size, ()))
-            continue
-        matrix = folded_weight(layer, constants, patch=True)
-        dtype = originals[inputs[layer.name]].dtype
-        curves = []
-        for option in table.options:
-            if option.groups > max_groups or len(option.ranks) == 0:
+    with reusing_whitening():  # (a layer is factored at several ranks in a row: one Cholesky per layer and g)
+        for layer, table in zip(layers, tables):
+            if layer.name not in inputs:
+                results.append(DamageTable(layer.name, table.dense_size, ()))
                 continue
-            measured = probe_ranks(option.ranks, option.sizes, table.dense_size, points)
-            damage = []
-            for rank in measured:
-                if stat is not None:
-                    factors = factor(layer, matrix, option.groups, int(rank), stat)
-                else:
-                    factors = decompose(folded_weight(layer, constants), option.groups, int(rank))
-                approx = weight_in_node_layout(layer, factors_as_patch_matrix(layer, factors)).astype(dtype)
-                outputs = run_all({**originals, inputs[layer.name]: approx})
-                runs += 1
-                damage.append(relative_damage(reference, outputs))
-            measured_damage = np.array(damage)
-            if not np.all(np.isfinite(measured_damage)):  # no finite price: the option is not offered
+            stat = stats.get(layer.name)
+            if stat is not None and not np.any(np.asarray(stat.second_moment)):  # zero inputs: every option looks free
                 unpriced.append(layer.name)
+                results.append(DamageTable(layer.name, table.dense_size, ()))
                 continue
-            predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
-            offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
-            curves.append(DamageCurve(option.groups, option.ranks[offered], option.sizes[offered], predicted[offered],
-                                      measured, measured_damage, option.order))
-        results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
-        del matrix
+            matrix = folded_weight(layer, constants, patch=True)
+            dtype = originals[inputs[layer.name]].dtype
+            curves = []
+            for option in table.options:
+                if option.groups > max_groups or len(option.ranks) == 0:
+                    continue
+                measured = probe_ranks(option.ranks, option.sizes, table.dense_size, points)
+                damage = []
+                for rank in measured:
+                    if stat is not None:
+                        factors = factor(layer, matrix, option.groups, int(rank), stat)
+                    else:
+                        factors = decompose(folded_weight(layer, constants), option.groups, int(rank))
+                    approx = weight_in_node_layout(layer, factors_as_patch_matrix(layer, factors)).astype(dtype)
+                    outputs = run_all({**originals, inputs[layer.name]: approx})
+                    runs += 1
+                    damage.append(relative_damage(reference, outputs))
+                measured_damage = np.array(damage)
+                if not np.all(np.isfinite(measured_damage)):  # no finite price: the option is not offered
+                    unpriced.append(layer.name)
+                    continue
+                predicted = interpolate_damage(option.ranks, option.errors, measured, measured_damage)
+                offered = option.ranks >= measured[0]  # no extrapolation below the smallest measured rank
+                curves.append(DamageCurve(option.groups, option.ranks[offered], option.sizes[offered],
+                                          predicted[offered], measured, measured_damage, option.order))
+            results.append(DamageTable(layer.name, table.dense_size, tuple(curves)))
+            del matrix
     cost = DamageCost(runs, used, time.perf_counter() - started, out_of_sample=held_out,
                       unpriced=tuple(dict.fromkeys(unpriced)))
     if len(_CACHE) >= _CACHE_SIZE:

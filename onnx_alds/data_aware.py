@@ -13,9 +13,11 @@ docs/DATA_AWARE.md.
 
 from __future__ import annotations
 
+import contextvars
 import time
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -33,13 +35,31 @@ from .spectra import ErrorTable
 
 
 def whitening_factors(second_moment: np.ndarray, groups: Sequence[int]) -> dict[int, list[np.ndarray]]:
-    """Per candidate ``g``, the Cholesky factor of each group's block of the input second moment."""
-    factors = {}
-    for g in sorted(set(groups) | {1}):
-        width = second_moment.shape[0] // g
-        factors[g] = [whitening_factor(second_moment[i * width:(i + 1) * width, i * width:(i + 1) * width])
-                      for i in range(g)]
-    return factors
+    """Per candidate ``g`` (and ``g = 1``), the Cholesky factor of each group's block of the input second moment."""
+    return {g: _group_whitening(second_moment, g) for g in sorted(set(groups) | {1})}
+
+
+def _group_whitening(second_moment: np.ndarray, groups: int) -> list[np.ndarray]:
+    """The Cholesky factor of each of the ``groups`` diagonal blocks of ``second_moment``."""
+    width = second_moment.shape[0] // groups
+    return [whitening_factor(second_moment[i * width:(i + 1) * width, i * width:(i + 1) * width])
+            for i in range(groups)]
+
+
+# (moment, groups, factors) of the last whitening while reusing_whitening() is active, else None
+_LAST_WHITENING: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("last_whitening", default=None)
+
+
+@contextmanager
+def reusing_whitening() -> Iterator[None]:
+    """Within the block, factoring the same moment array at the same ``g`` again (the damage tables factor one
+    layer at several ranks in a row) reuses the last whitening factors instead of another Cholesky of a
+    ``c·κ × c·κ`` moment; the factors are dropped on exit."""
+    token = _LAST_WHITENING.set([])
+    try:
+        yield
+    finally:
+        _LAST_WHITENING.reset(token)
 
 
 def sample_count(calibration, model: Optional[onnx.ModelProto] = None) -> Optional[int]:
@@ -216,7 +236,13 @@ def _whitened_factors(matrix: np.ndarray, groups: int, rank: int, stat, *, refit
     if pointwise:
         target = pointwise_matrix(target.reshape(layer.out_features, layer.in_channels, layer.kernel))
     moment = stat.second_moment if layer is None else layer_moment(layer, stat.second_moment)
-    whitening = whitening_factors(moment, (groups,))[groups]
+    last = _LAST_WHITENING.get()
+    if last and last[0] is moment and last[1] == groups:
+        whitening = last[2]
+    else:
+        whitening = _group_whitening(moment, groups)
+        if last is not None:
+            last[:] = [moment, groups, whitening]
     factors = decompose(target, groups, rank, whitening)
     if refit and pointwise:
         refitted = refit_decoder(matrix, factors, stat.second_moment, stat.cross,

@@ -585,14 +585,16 @@ def check_sample_dims(inputs: InputSet, input_shapes: Optional[Mapping[str, Sequ
     """Raise :class:`InputDataError` when a loaded input's per-sample dims differ from its ``--input-shape``
     (which is otherwise used to plan and time at a shape the inputs do not have); a dim of length 0 in the
     data (a key/value cache's first step, which ``--input-shape`` cannot give) is no difference, and neither
-    is a dim shorter by such a past's given length (an attention mask over past and current positions)."""
+    is an attention mask's (an input named ``*mask*``) dim shorter by such a past's given length (the mask spans
+    past and current positions; any other input's dims must agree)."""
     given = {name: (tuple(inputs.arrays[name].shape[1:]), tuple(tuple(dims)[1:]))
              for name, dims in (input_shapes or {}).items()}
     pasts = {a for made, asked in given.values() if len(made) == len(asked)  # past lengths the data holds as 0
              for m, a in zip(made, asked) if m == 0 and a > 0}
     for name, (made, asked) in given.items():
         dims = input_shapes[name]
-        if len(asked) == len(made) and all(m == a or m == 0 or a - m in pasts for m, a in zip(made, asked)):
+        spans_past = pasts if "mask" in name.lower() else set()
+        if len(asked) == len(made) and all(m == a or m == 0 or a - m in spans_past for m, a in zip(made, asked)):
             continue  # (a key/value cache of past length 0 in the data, sized at 1 or more for counting and timing)
         if asked != made:
             raise InputDataError(

@@ -1405,14 +1405,13 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                            for spec, _ in dynamic)
         first = str(batch_default) if batch_default is not None else "N"
 
-        def placeholder_of(dim) -> str:  # a dim's own name where it is a plain word without the separator x
-            return dim if isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim) and "x" not in dim \
-                and dim != first else "D"
+        def usable(dim) -> bool:  # a plain word without the separator x (the parser splits on x and X)
+            return isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim) is not None \
+                and "x" not in dim.lower() and dim != first
 
-        def example(spec, dims) -> str:  # a dim of the first dim's name takes its value (adj [nodes, nodes]: 1x1)
+        def takes_first(spec, i: int) -> bool:  # a dim of the first dim's name takes its value (adj [nodes, nodes])
             name = spec.dims[0] if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0] else None
-            return "x".join(str(d) if isinstance(d, int) else first if i == 0 or (name and spec.dims[i] == name)
-                            else placeholder_of(spec.dims[i]) for i, d in enumerate(dims))
+            return i == 0 or bool(name and spec.dims[i] == name)
 
         import shlex
 
@@ -1423,6 +1422,21 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                 continue
             needed.append((spec, dims))
             covered.update(d for d in spec.dims if isinstance(d, str) and d)
+        def key_of(spec, i: int):  # a named dim is one dim wherever it appears; each unnamed dim is its own
+            return spec.dims[i] if isinstance(spec.dims[i], str) and spec.dims[i] else (spec.name, i)
+
+        # dims without a usable name are D, or D1, D2, ... when there are several
+        unnamed = list(dict.fromkeys(key_of(spec, i) for spec, dims in needed for i, d in enumerate(dims)
+                                     if not (isinstance(d, int) or takes_first(spec, i) or usable(spec.dims[i]))))
+        taken = {spec.dims[i] for spec, dims in needed for i in range(len(dims)) if usable(spec.dims[i])}
+        free = (label for label in itertools.chain(["D"] if len(unnamed) == 1 else [],  # never a dim's own name
+                                                   (f"D{n}" for n in itertools.count(1))) if label not in taken)
+        labels = {key: next(free) for key in unnamed}
+
+        def example(spec, dims) -> str:
+            return "x".join(str(d) if isinstance(d, int) else first if takes_first(spec, i) else spec.dims[i]
+                            if usable(spec.dims[i]) else labels[key_of(spec, i)] for i, d in enumerate(dims))
+
         flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in needed)
         placeholders = list(dict.fromkeys(part for spec, dims in needed for part in example(spec, dims).split("x")
                                           if not part.isdigit()))

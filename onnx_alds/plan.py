@@ -1100,7 +1100,8 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             result = replace(result, report=replace(result.report, search=plan.search_name()))
     else:
         result = _apply_step(_plan_step(model, options, decisions=_Decisions(plan, options)))
-    if (plan.options.get("search") or {}).get("method") == "damage":
+    if (plan.options.get("search") or {}).get("method") == "damage" and options.search.prune == "off" \
+            and any(layer.groups for layer in result.report.layers):  # (with --prune: the plan's own figures)
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             "the plan's ranks were chosen by measured output damage (method damage), whose tables apply does not "
             "measure again: the errors reported here are each layer's own relative error "

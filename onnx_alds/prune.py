@@ -2225,9 +2225,11 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             "reported error rest on the shrinkage prior, and held-out errors can be several times larger; give "
             "more calibration inputs",)
     if search.prune_heads and not any(block.heads > 1 for block in blocks):
-        # what attention's Q, K and V met (the words outside the quoted names: not 'lm_head', not 'Reshape_1_output_0')
-        met = [r for r in analysis.refused if "shared" not in r.reason and any(
-            word in re.sub(r"'[^']*'", "", r.reason) for word in ("head", "Reshape", "Transpose", "MatMul", "Shape"))]
+        # what attention's Q, K and V met (words outside the quoted names: not 'lm_head', not 'Reshape_1_output_0'),
+        # a fused QKV's Split included
+        words = ("head", "Reshape", "Transpose", "MatMul", "Shape", "Split")
+        met = [r for r in analysis.refused if "shared" not in r.reason
+               and any(word in re.sub(r"'[^']*'", "", r.reason) for word in words)]
         examples = "; ".join(f"'{r.producer}': {r.reason}" for r in met[:3])  # (V is rarely the first of a layer)
         warnings = tuple(warnings) + ("--prune-heads found no block whose channels split into attention heads"
                                       + (f" (e.g. {examples})" if examples else "")

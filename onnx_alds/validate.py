@@ -234,11 +234,18 @@ class OutputComparison:
             return None
         return self.accuracy_original - self.accuracy_compressed
 
+    @property
+    def compared(self) -> bool:
+        """Whether any value was compared (not: no batch of one size in both models, or no value left: NaN in
+        both, all zeros in both)."""
+        return not (self.samples == 0 or (self.max_abs_error != self.max_abs_error
+                                          and self.max_rel_error != self.max_rel_error))
+
     def figures(self) -> str:
         """``rel=… (mean …) abs=… cos=… (mean …)`` and the figures of the output's kind; for integer and
         boolean outputs ``differ=… (mean …)``, the fraction of values that differ (``rel`` holds it)."""
-        if self.samples == 0 or (self.max_abs_error != self.max_abs_error and self.max_rel_error != self.max_rel_error):
-            return "not compared"  # (no batch of one size in both models, or no value left: NaN in both, zeros)
+        if not self.compared:
+            return "not compared"
         if self.compared_exactly:
             parts = [f"differ={self.max_rel_error:.3g} (mean {self.mean_rel_error:.3g})"]
         else:
@@ -1466,7 +1473,9 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
         parts.append(f"MACs kept {macs_kept:.2f}")
     if speedup is not None:
         parts.append(f"speedup {speedup:.2f}x on {provider} (batch {batch})")
-    head = report.classifier or next((o for o in report.outputs if o.kind in (EMBEDDING, SEQUENCE, DENSE)), None)
+    figured = [o for o in report.outputs if o.compared] or list(report.outputs)  # (all zeros in both: no figures)
+    head = next((o for o in figured if o.kind == CLASSIFIER), None) or next(
+        (o for o in figured if o.kind in (EMBEDDING, SEQUENCE, DENSE)), None)
     if head is not None and head.kind == CLASSIFIER:
         share = _share_format(head.samples)
         parts.append(f"top-1 agreement {share(head.top1_agreement)}")
@@ -1479,15 +1488,15 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
             parts.append(f"nearest-neighbour agreement {_share_format(head.samples)(head.nn_agreement)}")
     elif head is not None and head.kind == SEQUENCE:
         if head.position_agreement is None:
-            parts.append("position agreement n/a" + (" (no positions)" if head.samples else ""))
+            parts.append("position agreement n/a" + (" (no positions)" if head.compared else ""))
         else:
             parts.append(f"position agreement {head.position_agreement:.3f}, "
                          f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")
     elif head is not None and head.kind == DENSE:
         parts.append("IoU n/a" if head.iou is None else f"IoU {head.iou:.3f}")
     elif report.outputs:
-        exact = [o for o in report.outputs if o.compared_exactly]  # labels, flags: no distance
-        measured = [o for o in report.outputs if o not in exact]
+        exact = [o for o in figured if o.compared_exactly]  # labels, flags: no distance
+        measured = [o for o in figured if o not in exact]
         cosines = [o.min_cosine for o in measured if o.min_cosine is not None]  # (one value per sample: none)
         if cosines:
             parts.append(f"min cosine {min(cosines):.4f}")

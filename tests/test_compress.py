@@ -668,11 +668,18 @@ def test_analyze_names_the_input_still_dynamic():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
     with pytest.raises(UnsupportedModelError, match=r"x:NxDx16 \(for N, D: the size you run the model at"):
         resolve_input_shapes(unnamed, {}, batch_default=None)
-    # a dim named with the separator x (torch's legacy "x_dynamic_axes_2") is D: "1xx_dynamic_axes_2x16" was
-    # unreadable and its placeholders came out as ", _dynamic_a, es_2"
+    # a dim named with the separator x or X (torch's legacy "x_dynamic_axes_2") is D: "1xx_dynamic_axes_2x16" was
+    # unreadable and its placeholders came out as ", _dynamic_a, es_2"; several such dims are D1, D2, ... (one "D"
+    # read as one size), and never a dim's own name
     unnamed.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "x_dynamic_axes_2"
     with pytest.raises(UnsupportedModelError, match=r"x:1xDx16 \(for D: the size you run the model at"):
         resolve_input_shapes(unnamed, {}, batch_default=1)
+    wide = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["N", "context", "MAX_LEN", None, "D", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
+    with pytest.raises(UnsupportedModelError, match=r"x:1xD1xD2xD3xDx16 \(for D1, D2, D3, D: the size you run"):
+        resolve_input_shapes(wide, {}, batch_default=1)
 
 
 def test_a_rank_multiple_no_layer_can_use_is_refused_before_calibration(monkeypatch):

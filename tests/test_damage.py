@@ -137,6 +137,11 @@ def test_a_damage_plan_names_its_measure_and_apply_says_it_reports_another(cnn_d
     applied = apply_plan(model, plan, calibration).report
     assert applied.error_measure != DAMAGE_MEASURE
     assert any(note.startswith("the plan's ranks were chosen by measured output damage") for note in applied.notes)
+    # with --prune the plan's widths and ranks come with the plan's own figures: no such note
+    pruned = make_plan(model, keep_flops=0.5, method="damage", calibration=calibration, damage_samples=8,
+                       prune="combined", rank_multiple=1)
+    assert not any(note.startswith("the plan's ranks were chosen by measured output damage")
+                   for note in apply_plan(model, pruned, calibration).report.notes)
 
 
 def test_damage_tables_measure_the_rewritten_layer(cnn_data):

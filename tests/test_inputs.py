@@ -857,3 +857,9 @@ def test_a_past_of_length_zero_in_the_data_agrees_with_an_input_shape_that_sizes
                                              r"asks for mask:1x10"):  # a length no past accounts for
         check_sample_dims(InputSet({"past": np.zeros((8, 2, 0, 16), np.float32), "mask": np.ones((8, 5), np.int64)}),
                           {"past": (1, 2, 6, 16), "mask": (1, 10)}, "the calibration arrays are", "fix")
+    # only a mask spans the past: token ids 4 long against an --input-shape of 8 are refused whatever the past
+    with pytest.raises(InputDataError, match=r"the calibration arrays are 4 per sample for 'input_ids', but "
+                                             r"--input-shape asks for input_ids:1x8"):
+        check_sample_dims(InputSet({"past": np.zeros((8, 2, 0, 16), np.float32),
+                                    "input_ids": np.ones((8, 4), np.int64)}),
+                          {"past": (1, 2, 4, 16), "input_ids": (1, 8)}, "the calibration arrays are", "fix")

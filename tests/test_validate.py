@@ -1839,3 +1839,14 @@ def test_the_summary_of_an_output_zero_in_both_models_says_n_a(kind, dims):
     assert not report.passed and "nothing to compare" in report.outputs[0].failures[0]
     line = summary_line(report, None, provider="cpu", batch=8)
     assert line.startswith("summary: ") and "FAILED" in line and "None" not in line
+    # beside an output with figures, the summary shows those (it showed the zero output's n/a)
+    both = _model([helper.make_node("Mul", ["x", "zero"], ["y"]), helper.make_node("Relu", ["x"], ["r"]),
+                   helper.make_node("ReduceSum", ["r", "axes"], ["c"], keepdims=0, noop_with_empty_axes=1)],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims),
+                   helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 6])],
+                  [numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+                   numpy_helper.from_array(np.arange(2, len(dims), dtype=np.int64), "axes")])
+    report = validate(both, both, inputs=InputSet({"x": x}, source="t"), output_kinds={"y": kind, "c": "classifier"},
+                      figures_only=True)
+    assert "top-1 agreement 1.00" in summary_line(report, None, provider="cpu", batch=8)
