@@ -1850,3 +1850,29 @@ def test_the_summary_of_an_output_zero_in_both_models_says_n_a(kind, dims):
     report = validate(both, both, inputs=InputSet({"x": x}, source="t"), output_kinds={"y": kind, "c": "classifier"},
                       figures_only=True)
     assert "top-1 agreement 1.00" in summary_line(report, None, provider="cpu", batch=8)
+
+
+def test_a_one_channel_map_without_a_mask_and_a_depth_map_are_judged_by_their_values():
+    """A [N, 1, H, W] output whose values are all above the mask threshold (a depth map) was a dense output: its
+    mask was every pixel in both models, IoU 1 for any model, and cosine ignores scale, so a model whose output
+    was three times the original's PASSED; GLPN's [N, H, W] predicted_depth was a sequence, judged by an arg-max
+    over the image width. Both are regression now; a real mask stays dense."""
+    from onnx_alds.validate import detect_kind
+
+    rng = np.random.default_rng(0)
+    positive = (rng.random((4, 1, 8, 8)) + 2).astype(np.float32)
+    assert detect_kind("out", positive)[0] == "regression"
+    assert "its IoU would be 1 for any model" in detect_kind("out", positive)[1]
+    assert detect_kind("mask", rng.standard_normal((4, 1, 8, 8)).astype(np.float32))[0] == "dense"
+    assert detect_kind("predicted_depth", positive[:, 0])[0] == "regression"
+    assert detect_kind("logits", positive[:, 0])[0] == "sequence"
+
+    def model(scale: float) -> onnx.ModelProto:
+        return _model([helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Softplus", ["m"], ["out"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [numpy_helper.from_array(np.array([scale], np.float32), "s")])
+
+    x = (rng.standard_normal((16, 1, 8, 8)) + 3).astype(np.float32)
+    report = validate(model(1.0), model(3.0), inputs=InputSet({"x": x}, source="t"))
+    assert not report.passed and report.outputs[0].kind == "regression"
