@@ -80,8 +80,9 @@ CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
 REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a-z])", re.IGNORECASE)
 
 
-# depth and disparity maps ([N, H, W] or [N, 1, H, W]): values whose scale matters, not classes or a mask
-MAP_NAME = re.compile(r"depth|disparit", re.IGNORECASE)
+# depth, disparity and optical flow maps ([N, H, W], [N, 1, H, W], [N, 2, H, W]): values whose scale matters,
+# not classes or a mask ('flow' as a word's start: not 'overflow')
+MAP_NAME = re.compile(r"depth|disparit|(?<![a-z])flow", re.IGNORECASE)
 
 
 def _names_regression(name: str) -> bool:
@@ -492,6 +493,9 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
             if mask.all() or not mask.any():
                 return REGRESSION, (f"4-D float {shape}, one channel whose mask (value > {threshold:g}) is the same at "
                                     "every position: its IoU would be 1 for any model (a depth or intensity map?)")
+        elif array.size and np.ptp(np.argmax(array, axis=1)) == 0:
+            return REGRESSION, (f"4-D float {shape}, the same channel is the arg-max at every position: its IoU would "
+                                "be 1 for any model that keeps it so (a map of values, not of classes?)")
         return DENSE, f"4-D float {shape}, channels on axis 1"
     return REGRESSION, f"{array.ndim}-D float {shape}"
 

@@ -1864,6 +1864,12 @@ def test_a_one_channel_map_without_a_mask_and_a_depth_map_are_judged_by_their_va
     assert detect_kind("out", positive)[0] == "regression"
     assert "its IoU would be 1 for any model" in detect_kind("out", positive)[1]
     assert detect_kind("mask", rng.standard_normal((4, 1, 8, 8)).astype(np.float32))[0] == "dense"
+    assert detect_kind("logits", rng.standard_normal((4, 3, 8, 8)).astype(np.float32))[0] == "dense"
+    uniform = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    uniform[:, 1] += 10  # channel 1 wins everywhere: no classes to tell apart
+    assert "the same channel is the arg-max at every position" in detect_kind("logits", uniform)[1]
+    assert detect_kind("flow", rng.standard_normal((4, 2, 8, 8)).astype(np.float32))[0] == "regression"
+    assert detect_kind("overflow", rng.standard_normal((4, 2, 8, 8)).astype(np.float32))[0] == "dense"
     assert detect_kind("predicted_depth", positive[:, 0])[0] == "regression"
     assert detect_kind("logits", positive[:, 0])[0] == "sequence"
 
