@@ -85,7 +85,8 @@ class DamageCost:
 
 def unpriced_damage_note(layers: Sequence[str]) -> str:
     """The report's note for :attr:`DamageCost.unpriced`."""
-    return (f"--method damage: the factorized options of {len(layers)} layers could not be priced (first: "
+    count = f"{len(layers)} layer{'s' if len(layers) != 1 else ''}"
+    return (f"--method damage: the factorized options of {count} could not be priced (first: "
             f"'{layers[0]}': its input is zero on every calibration input, or a probe made the outputs NaN or "
             "infinite, a product past the range of the model's float type) and are not offered (a layer with none "
             "left stays dense)")
