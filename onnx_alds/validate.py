@@ -80,9 +80,13 @@ CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
 REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a-z])", re.IGNORECASE)
 
 
-# depth, disparity and optical flow maps ([N, H, W], [N, 1, H, W], [N, 2, H, W]): values whose scale matters,
-# not classes or a mask ('flow' as a word's start: not 'overflow')
-MAP_NAME = re.compile(r"depth|disparit|(?<![a-z])flow", re.IGNORECASE)
+def _names_value_map(name: str) -> bool:
+    """Whether an output's name says a depth, disparity or optical flow map ([N, H, W], [N, 1, H, W],
+    [N, 2, H, W]: values whose scale matters, not class scores or a mask): a word of it (snake_case, camelCase,
+    dotted) starts with ``depth`` (not ``depthwise``) or ``disparit``, or is ``flow`` (not ``overflow``)."""
+    words = [word.lower() for word in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)]
+    return any((word.startswith("depth") and word != "depthwise") or word.startswith("disparit")
+               or word in ("flow", "flows") for word in words)
 
 
 def _names_regression(name: str) -> bool:
@@ -465,8 +469,8 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
         return REGRESSION, f"{array.ndim}-D float {shape}, name says a key/value cache"
     if array.ndim == 3 and _names_regression(name):
         return REGRESSION, f"3-D float {shape}, name says boxes or a regression head"
-    if array.ndim >= 3 and MAP_NAME.search(name):
-        return REGRESSION, f"{array.ndim}-D float {shape}, name says a depth or disparity map"
+    if array.ndim >= 3 and _names_value_map(name):
+        return REGRESSION, f"{array.ndim}-D float {shape}, name says a depth, disparity or flow map"
     if topk_values and array.ndim in (2, 3):
         return REGRESSION, (f"{array.ndim}-D float {shape}, {SORTED_ROWS} (a TopK's values): its arg-max is a fixed "
                             "column, so an agreement of arg-maxes would be 1 for any model")
@@ -487,15 +491,6 @@ def detect_kind(name: str, array: np.ndarray, batched: bool = True, topk_values:
     if array.ndim == 3 and array.shape[2] >= 2:
         return SEQUENCE, f"3-D float {shape}"
     if array.ndim == 4:
-        if array.shape[1] == 1 and array.size:  # one channel: a mask at the IoU's threshold
-            threshold = 0.5 if float(array.min()) >= 0 and float(array.max()) <= 1 else 0.0
-            mask = array > threshold
-            if mask.all() or not mask.any():
-                return REGRESSION, (f"4-D float {shape}, one channel whose mask (value > {threshold:g}) is the same at "
-                                    "every position: its IoU would be 1 for any model (a depth or intensity map?)")
-        elif array.size and np.ptp(np.argmax(array, axis=1)) == 0:
-            return REGRESSION, (f"4-D float {shape}, the same channel is the arg-max at every position: its IoU would "
-                                "be 1 for any model that keeps it so (a map of values, not of classes?)")
         return DENSE, f"4-D float {shape}, channels on axis 1"
     return REGRESSION, f"{array.ndim}-D float {shape}"
 

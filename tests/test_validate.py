@@ -1852,31 +1852,27 @@ def test_the_summary_of_an_output_zero_in_both_models_says_n_a(kind, dims):
     assert "top-1 agreement 1.00" in summary_line(report, None, provider="cpu", batch=8)
 
 
-def test_a_one_channel_map_without_a_mask_and_a_depth_map_are_judged_by_their_values():
-    """A [N, 1, H, W] output whose values are all above the mask threshold (a depth map) was a dense output: its
-    mask was every pixel in both models, IoU 1 for any model, and cosine ignores scale, so a model whose output
-    was three times the original's PASSED; GLPN's [N, H, W] predicted_depth was a sequence, judged by an arg-max
-    over the image width. Both are regression now; a real mask stays dense."""
+def test_depth_disparity_and_flow_maps_are_judged_by_their_values():
+    """A [N, 1, H, W] depth map was a dense output: its mask (value > 0) was every pixel in both models, IoU 1
+    for any model, and cosine ignores scale, so a model whose depth was three times the original's PASSED;
+    GLPN's [N, H, W] predicted_depth was a sequence, judged by an arg-max over the image width. Outputs whose
+    name says a depth, disparity or flow map are regression; the words are matched, not any substring."""
     from onnx_alds.validate import detect_kind
 
     rng = np.random.default_rng(0)
     positive = (rng.random((4, 1, 8, 8)) + 2).astype(np.float32)
-    assert detect_kind("out", positive)[0] == "regression"
-    assert "its IoU would be 1 for any model" in detect_kind("out", positive)[1]
-    assert detect_kind("mask", rng.standard_normal((4, 1, 8, 8)).astype(np.float32))[0] == "dense"
-    assert detect_kind("logits", rng.standard_normal((4, 3, 8, 8)).astype(np.float32))[0] == "dense"
-    uniform = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
-    uniform[:, 1] += 10  # channel 1 wins everywhere: no classes to tell apart
-    assert "the same channel is the arg-max at every position" in detect_kind("logits", uniform)[1]
-    assert detect_kind("flow", rng.standard_normal((4, 2, 8, 8)).astype(np.float32))[0] == "regression"
-    assert detect_kind("overflow", rng.standard_normal((4, 2, 8, 8)).astype(np.float32))[0] == "dense"
+    for name in ("depth", "predicted_depth", "predictedDepth", "disparity_map", "optical_flow", "opticalFlow", "FLOW"):
+        assert detect_kind(name, positive)[0] == "regression", name
     assert detect_kind("predicted_depth", positive[:, 0])[0] == "regression"
+    assert "name says a depth, disparity or flow map" in detect_kind("flow", positive)[1]
+    for name in ("overflow", "flower_seg", "depthwise_feat", "mask"):  # (a segmentation mask stays dense)
+        assert detect_kind(name, positive)[0] == "dense", name
     assert detect_kind("logits", positive[:, 0])[0] == "sequence"
 
     def model(scale: float) -> onnx.ModelProto:
-        return _model([helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Softplus", ["m"], ["out"])],
+        return _model([helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Softplus", ["m"], ["depth"])],
                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [helper.make_tensor_value_info("depth", TensorProto.FLOAT, ["N", 1, 8, 8])],
                       [numpy_helper.from_array(np.array([scale], np.float32), "s")])
 
     x = (rng.standard_normal((16, 1, 8, 8)) + 3).astype(np.float32)
