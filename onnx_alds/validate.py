@@ -1499,7 +1499,8 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
             parts.append(f"nearest-neighbour agreement {_share_format(head.samples)(head.nn_agreement)}")
     elif head is not None and head.kind == SEQUENCE:
         if head.position_agreement is None:
-            parts.append("position agreement n/a" + (" (no positions)" if head.compared else ""))
+            zeros = any(ALL_ZEROS in text for text in (*head.failures, *head.unchecked))  # (positions, no values)
+            parts.append("position agreement n/a" + (" (no positions)" if head.samples and not zeros else ""))
         else:
             parts.append(f"position agreement {head.position_agreement:.3f}, "
                          f"sequence agreement {_share_format(head.samples)(head.sequence_agreement)}")

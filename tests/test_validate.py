@@ -1839,6 +1839,11 @@ def test_the_summary_of_an_output_zero_in_both_models_says_n_a(kind, dims):
     assert not report.passed and "nothing to compare" in report.outputs[0].failures[0]
     line = summary_line(report, None, provider="cpu", batch=8)
     assert line.startswith("summary: ") and "FAILED" in line and "None" not in line
+    assert "(no positions)" not in line  # (it has positions; they are zeros)
+    if kind == "sequence":  # T = 0: no positions, said so
+        empty = validate(model, model, inputs=InputSet({"x": x[:, :0]}, source="t"), output_kinds={"y": kind},
+                         figures_only=True)
+        assert "position agreement n/a (no positions)" in summary_line(empty, None, provider="cpu", batch=8)
     # beside an output with figures, the summary shows those (it showed the zero output's n/a)
     both = _model([helper.make_node("Mul", ["x", "zero"], ["y"]), helper.make_node("Relu", ["x"], ["r"]),
                    helper.make_node("ReduceSum", ["r", "axes"], ["c"], keepdims=0, noop_with_empty_axes=1)],
