@@ -83,10 +83,10 @@ REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a
 def _names_value_map(name: str) -> bool:
     """Whether an output's name says a depth, disparity or optical flow map ([N, H, W], [N, 1, H, W],
     [N, 2, H, W]: values whose scale matters, not class scores or a mask): a word of it (snake_case, camelCase,
-    dotted) starts with ``depth`` (not ``depthwise``) or ``disparit``, or is ``flow`` (not ``overflow``)."""
+    dotted) starts with ``depth`` (not ``depthwise``) or ``disparit``, or is ``disp``, ``flow`` or ``flows``."""
     words = [word.lower() for word in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)]
     return any((word.startswith("depth") and word != "depthwise") or word.startswith("disparit")
-               or word in ("flow", "flows") for word in words)
+               or word in ("flow", "flows", "disp") for word in words)
 
 
 def _names_regression(name: str) -> bool:

@@ -1868,7 +1868,7 @@ def test_depth_disparity_and_flow_maps_are_judged_by_their_values():
 
     rng = np.random.default_rng(0)
     positive = (rng.random((4, 1, 8, 8)) + 2).astype(np.float32)
-    for name in ("depth", "predicted_depth", "predictedDepth", "disparity_map", "optical_flow", "opticalFlow", "FLOW"):
+    for name in ("depth", "predicted_depth", "predictedDepth", "disparity_map", "disp", "optical_flow", "opticalFlow"):
         assert detect_kind(name, positive)[0] == "regression", name
     assert detect_kind("predicted_depth", positive[:, 0])[0] == "regression"
     assert "name says a depth, disparity or flow map" in detect_kind("flow", positive)[1]
