@@ -761,9 +761,11 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
         change = float(np.linalg.norm(joined - reference)) / max(float(np.linalg.norm(reference)), 1e-300)
         if change <= SAMPLE_AXIS_TOLERANCE:
             continue
-        if declared.get(name) not in split_dims:  # e.g. torch's legacy exporter names each output's dims anew
+        follows_inputs = declared.get(name) in split_dims
+        if not follows_inputs:  # e.g. torch's legacy exporter names each output's dims anew
             inferred = _inferred_first_dims(model) if inferred is None else inferred
-        if declared.get(name) in split_dims or inferred.get(name) in split_dims:
+            follows_inputs = inferred.get(name) in split_dims
+        if follows_inputs:
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "

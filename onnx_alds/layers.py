@@ -499,10 +499,9 @@ def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
     :func:`overridable_initializers` one) by a ``Constant`` node of the same name and output holding that
     shape or size: such a node reads only the weight's dims, not its values (torch's dynamo exporter without
     its optimizer builds a bias-free Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's
-    own. Returns the replaced nodes'
-    names (or op types) → the weight each read, in graph order: the constants hold the full dims, so width
-    pruning leaves those weights alone. Shape's ``start``/``end`` (opset 15) as the ONNX spec says: negatives
-    count from the end, clamped. Below opset 9, whose ``Constant`` holds no int64, the value is an
+    own. Returns the replaced nodes' names (or op types) → the weight each read, in graph order: the
+    constants hold the full dims, so width pruning leaves those weights alone. Shape's ``start``/``end``
+    (opset 15) as the ONNX spec says: negatives count from the end, clamped. Below opset 9, whose ``Constant`` holds no int64, the value is an
     initializer instead (listed as a graph input too at IR 3) and the node goes."""
     from .model_io import opset_version
 

@@ -1422,6 +1422,7 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
                 continue
             needed.append((spec, dims))
             covered.update(d for d in spec.dims if isinstance(d, str) and d)
+
         def key_of(spec, i: int):  # a named dim is one dim wherever it appears; each unnamed dim is its own
             return spec.dims[i] if isinstance(spec.dims[i], str) and spec.dims[i] else (spec.name, i)
 
@@ -1437,9 +1438,10 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
             return "x".join(str(d) if isinstance(d, int) else first if takes_first(spec, i) else spec.dims[i]
                             if usable(spec.dims[i]) else labels[key_of(spec, i)] for i, d in enumerate(dims))
 
-        flags = " ".join(f"--input-shape {shlex.quote(f'{spec.name}:{example(spec, dims)}')}" for spec, dims in needed)
-        placeholders = list(dict.fromkeys(part for spec, dims in needed for part in example(spec, dims).split("x")
-                                          if not part.isdigit()))
+        examples = [(spec.name, example(spec, dims)) for spec, dims in needed]
+        flags = " ".join(f"--input-shape {shlex.quote(f'{name}:{shape}')}" for name, shape in examples)
+        placeholders = list(dict.fromkeys(part for _, shape in examples for part in shape.split("x")
+                                          if not part.isdigit()))  # (no name nor label holds the separator)
         raise UnsupportedModelError(
             f"input{'s' if len(dynamic) > 1 else ''} {pretty} {'have' if len(dynamic) > 1 else 'has'} dynamic dims; "
             f"give them with {flags}" + (f" (for {', '.join(placeholders)}: the size you run the model at, a number)"
