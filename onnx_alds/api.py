@@ -33,8 +33,8 @@ from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer
                      check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names, find_layers,
                      fold_weight_shapes, folded_weight, in_topological_order, is_constant_product,
                      is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
-                     literal_where_named, macs_tensors, node_macs, sort_nodes, stored_sources, unchanged_ops_note,
-                     weight_constants, widened_weights, with_order)
+                     literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
+                     unchanged_ops_note, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -232,9 +232,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}
         per_node = [0 if is_constant_product(node, producers, constants) else node_macs(node, shapes)
                     for node in layer_ops]  # (a product of constants runs once, when ONNX Runtime loads the model)
-        attention = [node for node, macs in zip(layer_ops, per_node) if macs is None and node.op_type == "Attention"]
-        if attention:  # (no weight, nothing to factorize: its MACs are left out, said, not a reason to refuse)
-            per_node = [0 if macs is None and node.op_type == "Attention" else macs
+        attention = [node for node, macs in zip(layer_ops, per_node)
+                     if macs is None and op_key(node) == ("", "Attention")]
+        if attention:  # (opset 23's op: no weight, nothing to factorize: its MACs are left out, said, not refused)
+            per_node = [0 if macs is None and op_key(node) == ("", "Attention") else macs
                         for node, macs in zip(layer_ops, per_node)]
             notes.append(f"shape inference cannot tell the shapes of {len(attention)} Attention node"
                          f"{'s' if len(attention) > 1 else ''} (first: '{attention[0].name or attention[0].output[0]}')"

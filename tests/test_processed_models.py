@@ -316,6 +316,27 @@ def test_fused_attention_counts_its_projection_and_products_and_is_named():
     assert any("com.microsoft::Attention ×1" in note and "transformers' optimizer" in note for note in analysis.notes)
 
 
+def test_fused_attention_of_unknown_shapes_is_not_taken_for_the_weightless_opset_23_op():
+    """com.microsoft::Attention holds a constant [H, 3H] weight whose MACs are part of the budget: when shape
+    inference cannot size it, --keep-flops must refuse as for any unsized layer; the note that leaves an
+    Attention node's MACs out is for opset 23's weightless Attention only (it matched the op type alone)."""
+    rng = np.random.default_rng(0)
+    hidden = 64
+    nodes = [helper.make_node("Opaque", ["x"], ["h"], name="opaque", domain="custom.ops"),
+             helper.make_node("Attention", ["h", "Wqkv", "bqkv"], ["y"], domain="com.microsoft", num_heads=4,
+                              name="fused")]
+    inits = [numpy_helper.from_array(rng.standard_normal((hidden, 3 * hidden)).astype(np.float32), "Wqkv"),
+             numpy_helper.from_array(np.zeros(3 * hidden, np.float32), "bqkv")]
+    model = _with_domains(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hidden])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, hidden])], inits,
+                          "com.microsoft", "custom.ops")
+    analysis = analyze(model)
+    assert analysis.macs_total is None
+    assert not any("cannot tell the shapes of" in note for note in analysis.notes), analysis.notes
+    with pytest.raises(UnsupportedModelError, match="fused"):
+        compress(model, keep_flops=0.5)
+
+
 def _custom_op_then_matmul(domain: str, op: str, stale_type: bool = False) -> onnx.ModelProto:
     """x (N,32) → ``domain::op`` → Relu → MatMul 32→48; ``stale_type``: the Relu output declared float16 and
     the weight float16 (as float16 converters leave a graph whose input they kept float32), which shape
