@@ -1422,10 +1422,15 @@ def _alignment_notes(report: CompressionReport, rank_multiple: int) -> tuple[str
     fix = (f"ranks that are multiples of {FAST_RANK_MULTIPLE} in the plan align them"
            if applied else f"--rank-multiple {FAST_RANK_MULTIPLE} aligns them" + (
                f"; this run's {rank_multiple} does not" if rank_multiple > 1 else ""))
+    # a plan's own ranks are multiples of its rank multiple: those off it are edits, named first
+    edited = [row for row in unaligned if applied and rank_multiple > 1 and row.rank % rank_multiple]
+    first = (edited or unaligned)[0]
     one = len(unaligned) == 1
     which = " has a rank that is not a multiple" if one else "s have ranks that are not multiples"
+    off = (f"; {len(edited)} {'is' if len(edited) == 1 else 'are'} off the plan's own rank multiple {rank_multiple}"
+           if edited and rank_multiple % FAST_RANK_MULTIPLE and not (one and len(edited) == 1) else "")
     return (f"{len(unaligned)} factorized layer{which} of {FAST_RANK_MULTIPLE} (first: "
-            f"'{unaligned[0].name}', rank {unaligned[0].rank}): ONNX Runtime's fast CPU kernels skip such channel "
+            f"'{first.name}', rank {first.rank}{off}): ONNX Runtime's fast CPU kernels skip such channel "
             f"counts, so fewer MACs may not run faster ({fix})",)
 
 

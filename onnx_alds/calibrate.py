@@ -62,6 +62,7 @@ import contextvars
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 import zlib
@@ -737,14 +738,16 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
         raise
     except Exception:  # (an input of another first dim, a table that needs whole runs): nothing to tell
         return None
-    # an output is compared only where its first dim is the inputs' first dim (the same name, as declared or
-    # as shape inference derives it): detections numbering their samples per run, or rows stacked view by
-    # view ([x; -x], [3N, C]), have another
+    # an output is refused on only where its first dim is the inputs' first dim (the same name, as declared or
+    # as shape inference derives it, alone or in a product: a flattened [T·N, C]); detections numbering their
+    # samples per run have another name; an output whose first dim has no name to tell by (unnamed, or one the
+    # exporter made up per value) gets a note. Rows stacked view by view ([x; -x], [2N, C]) are compared so too.
     split_dims = {spec.dims[0] for spec in graph_inputs(model) if spec.dims and isinstance(spec.dims[0], str)}
     declared = {value.name: value.type.tensor_type.shape.dim[0].dim_param for value in model.graph.output
                 if value.type.HasField("tensor_type") and len(value.type.tensor_type.shape.dim)}
     inferred: Optional[dict[str, str]] = None
     followed = False
+    unsure: list[tuple[str, float, int]] = []  # outputs that change, whose first dim's name cannot tell
     for name, together, *split in zip(names, whole, *parts):
         arrays = [np.asarray(together), *map(np.asarray, split)]
         if not all(a.dtype.kind == "f" and a.ndim >= 1 for a in arrays):
@@ -754,24 +757,31 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
                 len({a.shape[1:] for a in arrays}) != 1:
             continue
         followed = True
-        reference = arrays[0].astype(np.float64)
-        joined = np.concatenate(arrays[1:]).astype(np.float64)
-        if not (np.all(np.isfinite(reference)) and np.all(np.isfinite(joined))):
+        change = _split_change(arrays, rows)
+        if change is None or change <= SAMPLE_AXIS_TOLERANCE:
             continue
-        change = float(np.linalg.norm(joined - reference)) / max(float(np.linalg.norm(reference)), 1e-300)
-        if change <= SAMPLE_AXIS_TOLERANCE:
-            continue
-        follows_inputs = declared.get(name) in split_dims
-        if not follows_inputs:  # e.g. torch's legacy exporter names each output's dims anew
+        dim = declared.get(name, "")
+        if not _names_split_dim(dim, split_dims):  # e.g. torch's legacy exporter names each output's dims anew
             inferred = _inferred_first_dims(model) if inferred is None else inferred
-            follows_inputs = inferred.get(name) in split_dims
-        if follows_inputs:
+            dim = inferred.get(name) or dim
+        if _names_split_dim(dim, split_dims):
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "
                 f"the inputs is not a batch axis (a sequence-first [T, N, ...] input?) and {what}, which cuts it "
                 f"into runs of {batch_size}, would cut sequences; export the model batch-first (torch: "
                 f"batch_first=True), or give all the samples in one run ({flag} at least the sample count)")
+        if not dim or EXPORTER_DIM_NAME.fullmatch(dim):
+            unsure.append((name, change, rows))
+    if unsure:
+        name, change, rows = unsure[0]
+        return (f"output '{name}' has {rows if rows > 1 else 'one'} row{'s' if rows > 1 else ''} per {what} sample "
+                f"and a first dim not named after the inputs' (unnamed, or named by the exporter), and the first "
+                f"{size} samples run together and in runs of {half} and {size - half} give outputs that differ by "
+                f"{change:.2g} (relative): its rows are not per sample, or the samples are not independent; if axis 0 "
+                f"of the inputs is not the batch (a sequence-first [T, N, ...] input), {what}, which cuts it into "
+                f"runs of {batch_size}, cuts sequences: export the model batch-first, or give all the samples in one "
+                f"run ({flag} at least the sample count)")
     if followed or not any(np.asarray(a).dtype.kind == "f" for a in whole):
         return None
     return (f"no float output of the model follows the {what} samples (runs of {size}, {half} and {size - half} "
@@ -779,6 +789,35 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
             f"{batch_size}; "
             "if that axis is not the batch (a sequence-first [T, N, ...] input), export the model batch-first or "
             f"give all the samples in one run ({flag})")
+
+
+# dim names exporters make up per value, which say nothing of where the dim comes from: torch's legacy
+# exporter given dynamic axes as lists (``y_dynamic_axes_1``), tf2onnx and ONNX Runtime's symbolic shape
+# inference (``unk__12``)
+EXPORTER_DIM_NAME = re.compile(r".*_dynamic_axes_\d+|unk__\d+")
+
+
+def _names_split_dim(dim: str, split_dims: set) -> bool:
+    """Whether the dim name ``dim`` is one of the inputs' first dims, alone or as a factor of a product
+    (``seq*batch``, ``s0*s1``: a flattened output)."""
+    return bool(dim) and (dim in split_dims or any(part.strip() in split_dims for part in re.split(r"[*·]", dim)))
+
+
+def _split_change(arrays: Sequence[np.ndarray], rows: int) -> Optional[float]:
+    """The relative L2 change of an output between one run of the samples (``arrays[0]``) and two runs
+    (``arrays[1:]``, joined), reading its ``rows`` rows per sample sample by sample or view by view
+    ([x; -x]: every sample's first rows, then every sample's second rows), whichever changes less; None
+    where a value is not finite."""
+    reference = arrays[0].astype(np.float64)
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        return None
+    scale = max(float(np.linalg.norm(reference)), 1e-300)
+    joined = np.concatenate(arrays[1:]).astype(np.float64)
+    change = float(np.linalg.norm(joined - reference)) / scale
+    if rows > 1:
+        by_view = np.concatenate([a.reshape((rows, -1) + a.shape[1:]) for a in arrays[1:]], axis=1)
+        change = min(change, float(np.linalg.norm(by_view.reshape(reference.shape) - reference)) / scale)
+    return change
 
 
 def _inferred_first_dims(model: onnx.ModelProto) -> dict[str, str]:

@@ -180,7 +180,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from .report import write_json
 
     if args.json:
-        check_output_path(Path(args.json), protect=[args.model])
+        check_output_path(Path(args.json), protect=[args.model], flag="--json", example="analysis.json")
     report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
                      max_groups=args.max_groups, rank_multiple=args.rank_multiple)
     args.written_files = []  # what an interrupt or a failed print from here on leaves written (_run names it)
@@ -619,7 +619,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         if resolved.parent in folders and resolved.suffix.lower() in IMAGE_SUFFIXES:
             raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
-        check_output_path(Path(value), protect=inputs, flag=flag)
+        example = "plan.json" if key == "output" and args.command == "plan" else (
+            "analysis.json" if key == "json" else None)  # (a file name of the kind, for a folder given)
+        check_output_path(Path(value), protect=inputs, flag=flag, example=example)
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it

@@ -1171,10 +1171,12 @@ def same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
         return False
 
 
-def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o") -> None:
+def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] = (), *, flag: str = "-o",
+                      example: Optional[str] = None) -> None:
     """Raise :class:`OutputPathError` when ``target`` cannot or must not be written: it is one of the
     ``protect`` files (the inputs), a folder, a device, pipe or symbolic link (which an atomic rename
-    would replace), in a missing or read-only folder. ``flag`` names the option in the message."""
+    would replace), in a missing or read-only folder. ``flag`` names the option in the message, ``example``
+    a file name to suggest for a folder (default: a model's for ``-o``, else a JSON report's)."""
     target = Path(target)
     for other, what in protected_files(protect):
         if same_file(other, target):
@@ -1184,7 +1186,7 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
                               "give a regular file path")
     if target.is_dir():
         raise OutputPathError(f"{flag} '{target}' is a folder; give a file name in it (such as "
-                              f"{'model.small.onnx' if flag == '-o' else 'report.json'})")
+                              f"{example or ('model.small.onnx' if flag == '-o' else 'report.json')})")
     if not target.parent.exists():
         raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
     probe = unused_name(target.parent, ".probe")

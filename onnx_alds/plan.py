@@ -419,11 +419,11 @@ class Plan:
                 or (planned_target is not None and planned_target != budget["target"]))
 
     def search_name(self) -> str:
-        """"plan", or what was edited in it: "plan (2 layers edited, 1 block widths edited, budget edited)"."""
+        """"plan", or what was edited in it: "plan (2 layers edited, 1 block width edited, budget edited)"."""
         layers, blocks = len(self.edited_layers), len(self.edited_blocks)
-        edits = ([f"{layers} layers edited"] if layers else []) + ([f"{blocks} block widths edited"] if blocks
-                                                                    else []) + (["budget edited"] if self.budget_edited
-                                                                                else [])
+        edits = ([f"{layers} layer{'s' if layers > 1 else ''} edited"] if layers else []) + (
+            [f"{blocks} block width{'s' if blocks > 1 else ''} edited"] if blocks else []) + (
+            ["budget edited"] if self.budget_edited else [])
         return "plan" + (f" ({', '.join(edits)})" if edits else "")
 
 
@@ -676,6 +676,10 @@ class _Reader:
             if missing:
                 raise self.fail(where, f"missing key {' and '.join(repr(k) for k in missing)}: a factorized layer "
                                 "needs its groups and rank")
+            unset = [key for key in ("groups", "rank") if entry[key] in (0, None) and not isinstance(entry[key], bool)]
+            if unset:  # (a dense or skipped entry's 0s, left when switching it to factorized)
+                raise self.fail(where, f"{' and '.join(unset)} {_short(entry[unset[0]])}: a factorized layer needs "
+                                f"its groups and rank (at least 1; the groups are one of the layer's candidates)")
             groups = self.integer(entry.get("groups", 0), f"{where}.groups", minimum=1)
             rank = self.integer(entry.get("rank", 0), f"{where}.rank", minimum=1)
             if order is None:  # a dense entry switched to factorized keeps no order: the ALDS pair
@@ -1451,9 +1455,9 @@ def run_plan_command(args: argparse.Namespace) -> int:
     if getattr(args, "validate", False):
         raise PlanError("plan writes a plan, not a model: validate after onnx-alds apply (apply --validate)")
     output = Path(args.output)
-    check_output_path(output, protect=[args.model])
+    check_output_path(output, protect=[args.model], example="plan.json")
     if args.report:
-        check_output_path(Path(args.report), protect=[args.model, args.output])
+        check_output_path(Path(args.report), protect=[args.model, args.output], flag="--report")
     model = open_model(args.model)
     calibration = inputs_from_args(model.model, args, prefix="calibration-", required=False)
     workers = getattr(args, "calibration_workers", 1)
@@ -1489,7 +1493,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     check_flags_take_effect(args)
     check_output_path(Path(args.output), protect=[args.model, args.plan])
     if args.report:
-        check_output_path(Path(args.report), protect=[args.model, args.output, args.plan])
+        check_output_path(Path(args.report), protect=[args.model, args.output, args.plan], flag="--report")
     plan = Plan.load(args.plan)
     model = open_model(args.model)
     if args.validate:  # before the work

@@ -667,14 +667,41 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return f"{where}, which moves channels"
     if op in ("Add", "Sum"):
         return f"{where} (a residual or another tensor joins the hidden one)"
-    if op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool") \
-            or op.startswith("Reduce"):
-        return f"{where}, a pooling or reduction (per channel, but not supported inside a block)"
+    if op.startswith("Reduce"):
+        if _reduces_channels(user, graph, axis, rank):
+            return f"{where}, a reduction over the channel axis (it mixes the channels)"
+        return f"{where}, a reduction (not supported inside a block)"
+    if op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
+        return f"{where}, a pooling (per channel, but not supported inside a block)"
+    if op == "InstanceNormalization":
+        return f"{where}, an instance normalization (per channel, but not supported inside a block)"
     if op in ("Resize", "Upsample"):
         return f"{where}, a resize (per channel where it keeps the channel axis, but not supported inside a block)"
     if op in ("Shape", "Size"):
         return f"{where}, which reads the hidden tensor's shape"
     return f"{where}, which does not act per channel"
+
+
+def _reduces_channels(user: onnx.NodeProto, graph: _Graph, axis: int, rank: Optional[int]) -> bool:
+    """Whether a Reduce* node reduces over the hidden tensor's channel ``axis`` (1, or -1: the last): its axes
+    (attribute, or input from opset 18) name it, or are absent (every axis, unless ``noop_with_empty_axes``);
+    axes computed at run time, or that name the channels only at a rank not known, count as no (only the
+    refusal's wording depends on it)."""
+    axes = _attr(user, "axes", None)
+    if axes is None and len(user.input) > 1 and user.input[1]:
+        value = graph.constant(user.input[1])
+        if value is None:
+            return False
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    if axes is None or len(axes) == 0:
+        return not _attr(user, "noop_with_empty_axes", 0)
+    for item in axes:
+        item = int(item)
+        if axis == 1 and (item == 1 or (rank is not None and item == 1 - rank)):
+            return True
+        if axis == -1 and (item == -1 or (rank is not None and item == rank - 1)):
+            return True
+    return False
 
 
 def _target_tail(graph: _Graph, name: str, data: str = "", width: Optional[int] = None) -> Optional[np.ndarray]:

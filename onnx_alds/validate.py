@@ -83,10 +83,12 @@ REGRESSION_NAME = re.compile(r"box|coord|regress|delta|offset|(?<![a-z])reg(?![a
 def _names_value_map(name: str) -> bool:
     """Whether an output's name says a depth, disparity or optical flow map ([N, H, W], [N, 1, H, W],
     [N, 2, H, W]: values whose scale matters, not class scores or a mask): a word of it (snake_case, camelCase,
-    dotted) starts with ``depth`` (not ``depthwise``) or ``disparit``, or is ``disp``, ``flow`` or ``flows``."""
+    dotted) starts with ``depth`` (not ``depthwise``) or ``disparit``, ends with ``depth(s)`` (``invdepth``,
+    ``monodepth``), or is ``disp(s)``, ``dispmap``, ``flow`` or ``flows``."""
     words = [word.lower() for word in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)]
-    return any((word.startswith("depth") and word != "depthwise") or word.startswith("disparit")
-               or word in ("flow", "flows", "disp") for word in words)
+    return any((word.startswith("depth") and word != "depthwise") or word.endswith(("depth", "depths"))
+               or word.startswith("disparit") or word in ("flow", "flows", "disp", "disps", "dispmap")
+               for word in words)
 
 
 def _names_regression(name: str) -> bool:
@@ -651,6 +653,7 @@ class _Accumulator:
         self.pooled_with_mask = False
         self.positions = self.position_matches = self.sequence_matches = 0
         self.binary = False  # dense with one channel: counts for the thresholds (0.5, 0), else per class
+        self.cells = 0  # dense: mask cells seen (pixels of every sample)
         self.intersection: Optional[np.ndarray] = None
         self.union: Optional[np.ndarray] = None
         self.labels_checked = False
@@ -833,8 +836,33 @@ class _Accumulator:
             map_o, map_c = np.argmax(o, axis=1).ravel(), np.argmax(c, axis=1).ravel()
             batch_inter = np.bincount(map_o[map_o == map_c], minlength=channels)
             batch_union = np.bincount(map_o, minlength=channels) + np.bincount(map_c, minlength=channels) - batch_inter
+        self.cells += int(o.size if self.binary else map_o.size)
         self.intersection = batch_inter if self.intersection is None else self.intersection + batch_inter
         self.union = batch_union if self.union is None else self.union + batch_union
+
+    def settle_kind(self) -> None:
+        """Judge a dense output by its values (as regression) where its masks hold one value at every pixel of
+        every sample in both models (every value above the threshold, none, or one class everywhere): the IoU
+        is then 1 for any scale, so a value map not named as one (a depth or disparity map: positive everywhere)
+        passed at 3x; a kind stated with --output-kind stays."""
+        if self.kind != DENSE or self.reason in ("--output-kind", "given") or self.intersection is None:
+            return
+        if self.binary:
+            pick = 0 if self.original_min >= 0 and self.original_max <= 1 else 1
+            threshold = "0.5" if pick == 0 else "0"
+            union, inter = int(self.union[pick]), int(self.intersection[pick])
+            if union and inter != self.cells:
+                return
+            held = f"every value above {threshold}" if union else f"no value above {threshold}"
+        else:
+            present = np.flatnonzero(self.union > 0)
+            if len(present) != 1 or int(self.intersection[present[0]]) != self.cells:
+                return
+            held = f"channel {int(present[0])} the arg-max at every pixel"
+        self.kind = REGRESSION
+        self.reason += (f"; judged as regression: in both models its masks hold {held} at every pixel of every "
+                        "sample, where the IoU is 1 for any scale (a value map: depth, disparity?); state "
+                        f"--output-kind {self.name}=dense to keep the IoU")
 
     def _iou(self) -> tuple[Optional[float], Optional[str]]:
         if self.intersection is None or self.union is None:
@@ -1143,6 +1171,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     for name in output_names:
         accumulator = accumulators[name]
         if accumulator.samples or name not in resized:
+            accumulator.settle_kind()
             output = accumulator.result(effective_tolerances(stated, accumulator.kind, figures_only=figures_only))
         else:  # another size on every batch: no figure
             output = OutputComparison(name, accumulator.shape, 0, math.nan, math.nan, math.nan, math.nan, math.nan,
@@ -1519,12 +1548,18 @@ def summary_line(report: ValidationReport, speedup: Optional[float], *, provider
     if report.random_inputs:
         parts.append("on random inputs (not real data)")
     if not report.passed:
-        failed = [o.name for o in report.outputs if not o.passed]
-        shown = head.name if head is not None and len(report.outputs) > 1 else None
-        parts.append("FAILED" + (f" (on {', '.join(repr(n) for n in failed[:3])}"
-                                 + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-                                 + (f"; the figures shown are those of '{shown}'" if shown not in failed else "") + ")"
-                                 if failed and shown is not None else ""))
+        failed = [o for o in report.outputs if not o.passed]
+        detail = ""
+        if failed and len(report.outputs) > 1:  # which outputs failed, and whose figures the line shows
+            named = ", ".join(repr(o.name) for o in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3
+                                                                   else "")
+            if head is not None:
+                aside = f"; the figures shown are those of '{head.name}'" if head not in failed else ""
+            else:  # (min cosine / max rel error over the outputs with figures)
+                aside = "; the figures shown are those of the other outputs" if not any(
+                    o.compared for o in failed) else ""
+            detail = f" (on {named}{aside})"
+        parts.append("FAILED" + detail)
     return "summary: " + ", ".join(parts)
 
 

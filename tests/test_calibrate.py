@@ -508,6 +508,46 @@ def test_a_sequence_first_output_named_anew_by_the_exporter_is_compared_by_its_i
         compress(model, keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
 
 
+def test_a_sequence_first_output_whose_first_dim_has_no_telling_name_gets_a_note_or_is_refused():
+    """A sequence-first model whose output's first dim had no name to compare (dims unnamed, a flattened
+    [T·N, C] output the exporter named anew, an output past an op shape inference does not know) was cut into
+    runs of time steps with no word: such an output gets a note, a flattened one whose dim names the inputs'
+    first dim in a product is refused, and rows stacked view by view ([x; -x]) stay silent."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    x = np.random.default_rng(1).standard_normal((40, 24, 64)).astype(np.float32)
+    unnamed = _sequence_first(False)
+    for value in (*unnamed.graph.input, *unnamed.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.Clear()
+    flattened = _sequence_first(False)
+    flattened.graph.node[-1].output[0] = "s3"
+    flattened.graph.node.append(helper.make_node("Flatten", ["s3"], ["y"], axis=2))
+    del flattened.graph.output[:]
+    flattened.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["y_dynamic_axes_1", 64]))
+    for model in (unnamed, flattened):
+        report = compress(model, keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x})).report
+        note = next(note for note in report.notes if note.startswith("output 'y' has"))
+        assert "the first 4 samples run together and in runs of 2 and 2 give outputs that differ by" in note
+        assert "--calibration-batch-size at least the sample count" in note
+    flattened.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "T*N"
+    with pytest.raises(InputDataError, match=r"the calibration samples are not independent: output 'y'"):
+        compress(flattened, keep_params=0.5, rank_multiple=1, calibration=InputSet({"x": x}))
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w")
+    views = make_model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Concat", ["x", "n"], ["v"], axis=0),
+                        helper.make_node("MatMul", ["v", "w"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])], [weight])
+    report = compress(views, keep_params=0.6, rank_multiple=1, calibration=InputSet({"x": x[:, 0]})).report
+    assert not any("calibration sample" in note for note in report.notes), report.notes
+
+
 def test_outputs_that_number_the_samples_or_flatten_them_are_no_sign_of_a_sequence_axis():
     """A batch-first model whose output numbers its samples per run ([detections, 6] rows whose first column is
     the sample's index, as end-to-end detection exports write) was refused as "not independent"; a classifier

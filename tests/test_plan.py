@@ -185,6 +185,23 @@ def test_unknown_keys_and_bad_values_are_refused(edit, message):
         Plan.from_json(json.dumps(data))
 
 
+def test_cli_output_folders_are_refused_with_a_file_name_of_their_kind(tmp_path, capsys):
+    """plan -o FOLDER suggested "model.small.onnx" for the plan, and plan/apply --report FOLDER and analyze
+    --json FOLDER were called "-o"."""
+    model_path = tmp_path / "cnn.onnx"
+    save_model(small_cnn(width=32), model_path)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    common = ["--keep-flops", "0.5", "--rank-multiple", "8"]
+    assert main(["plan", str(model_path), "-o", str(folder), *common]) == 1
+    assert f"-o '{folder}' is a folder; give a file name in it (such as plan.json)" in capsys.readouterr().err
+    assert main(["plan", str(model_path), "-o", str(tmp_path / "p.json"), "--report", str(folder), *common]) == 1
+    assert f"--report '{folder}' is a folder; give a file name in it (such as report.json)" in capsys.readouterr().err
+    assert main(["analyze", str(model_path), "--json", str(folder)]) == 1
+    assert f"--json '{folder}' is a folder; give a file name in it (such as analysis.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "out"]
+
+
 def test_cli_plan_then_apply_equals_compress(tmp_path, capsys):
     model_path = tmp_path / "cnn.onnx"
     save_model(small_cnn(width=32), model_path)
@@ -663,6 +680,13 @@ def test_an_edited_rank_off_the_default_multiple_is_named():
                and "in the plan align them" in note for note in report.notes)
     unedited = apply_plan(small_cnn(width=32), plan).report
     assert not any(re.search(r"not (a multiple|multiples) of 16", note) for note in unedited.notes)
+    # at multiple 8 the plan's own ranks are off 16 too: the note names the edited rank first, and says so
+    eight = make_plan(small_cnn(width=32), keep_flops=0.5, rank_multiple=8)
+    factorized = [layer for layer in eight.layers if layer.option == "factorized"]
+    assert len(factorized) >= 2 and all(layer.rank % 8 == 0 for layer in factorized)
+    report = apply_plan(small_cnn(width=32), eight.with_layer(factorized[-1].name, rank=7)).report
+    note = next(note for note in report.notes if "not multiples of 16" in note)
+    assert f"(first: '{factorized[-1].name}', rank 7; 1 is off the plan's own rank multiple 8)" in note, note
 
 
 def test_a_plans_input_shape_that_no_longer_fits_names_no_flag_apply_lacks():
@@ -846,7 +870,7 @@ def test_a_layer_set_skipped_is_an_edit(tmp_path, capsys):
     name = next(layer.name for layer in plan.layers if layer.option == "factorized")
     skipped = plan.with_layer(name, option="skipped")
     result = apply_plan(model, skipped)
-    assert result.report.search == "plan (1 layers edited)"
+    assert result.report.search == "plan (1 layer edited)"
     assert {row.name: row.skip_reason for row in result.report.layers}[name] == "skipped in the plan"
     save_model(model, tmp_path / "m.onnx")
     (tmp_path / "p.json").write_text(skipped.to_json())
@@ -861,14 +885,14 @@ def test_block_width_edits_are_counted_on_the_search_line():
     pruning = round_trip(make_plan(model, keep_params=0.5, prune="combined", calibration=calibration, rank_multiple=4))
     (block,) = pruning.blocks
     wider = Plan.from_dict(dict(pruning.to_dict(), blocks=[dict(pruning.to_dict()["blocks"][0], width=96)]))
-    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block widths edited)"
+    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block width edited)"
     assert pruning.layer("in").option == "factorized"
     both = wider.with_layer("in", option="dense")
     assert apply_plan(model, both, calibration=calibration).report.search == \
-        "plan (1 layers edited, 1 block widths edited)"
+        "plan (1 layer edited, 1 block width edited)"
     only = round_trip(make_plan(model, keep_flops=0.6, prune="only", calibration=calibration, rank_multiple=4))
     wider = Plan.from_dict(dict(only.to_dict(), blocks=[dict(only.to_dict()["blocks"][0], width=96)]))
-    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block widths edited)"
+    assert apply_plan(model, wider, calibration=calibration).report.search == "plan (1 block width edited)"
 
 
 def test_with_layer_refuses_a_new_name_as_a_plan_error():
@@ -1154,6 +1178,10 @@ def test_hand_edited_layer_entries_are_refused_for_what_they_are():
     del no_rank["layers"][factorized]["rank"]
     with pytest.raises(PlanError, match=r"missing key 'rank': a factorized layer needs its groups and rank"):
         Plan.from_dict(no_rank)
+    switched = json.loads(json.dumps(plan))  # a skipped entry (groups and rank 0) switched to factorized
+    switched["layers"][factorized].update(groups=0, rank=8)
+    with pytest.raises(PlanError, match=r"groups 0: a factorized layer needs its groups and rank \(at least 1"):
+        Plan.from_dict(switched)
     edited = json.loads(json.dumps(plan))
     edited["layers"][factorized]["params"] = 5
     with pytest.raises(PlanError, match=r"holds \d+ weights in the model but 5 in the plan"):

@@ -789,17 +789,26 @@ def test_prune_on_a_model_with_nothing_to_change_is_refused_like_every_other_mod
 
 
 def test_pooling_and_shape_readers_are_named_for_what_they_are():
+    """A reduction over the channel axis was called "per channel", and InstanceNormalization (per channel)
+    "not per channel": each refusal names what the op does."""
     rng = np.random.default_rng(22)
-    for op, reason in (("GlobalAveragePool", "a pooling or reduction"), ("Shape", "reads the hidden tensor's shape")):
+    for op, reason, attrs in (("GlobalAveragePool", "a pooling (per channel", {}),
+                              ("Shape", "reads the hidden tensor's shape", {}),
+                              ("ReduceMax", "a reduction over the channel axis (it mixes the channels)", {"axes": [1]}),
+                              ("ReduceMean", "a reduction over the channel axis", {}),
+                              ("ReduceMean", "a reduction (not supported", {"axes": [2, 3]}),
+                              ("InstanceNormalization", "an instance normalization (per channel", {})):
+        inputs = ["r", "scale", "bias"] if op == "InstanceNormalization" else ["r"]
         nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="c1"), helper.make_node("Relu", ["h"], ["r"]),
-                 helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"), helper.make_node(op, ["r"], ["side"])]
+                 helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"), helper.make_node(op, inputs, ["side"], **attrs)]
         outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4]),
                    helper.make_tensor_value_info("side", TensorProto.INT64 if op == "Shape" else TensorProto.FLOAT,
-                                                 [4] if op == "Shape" else ["N", 16, 1, 1])]
+                                                 [4] if op == "Shape" else ["a", "b", "c", "d"])]
         model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])], outputs,
-                           [_init(rng, "w1", (16, 8, 1, 1)), _init(rng, "w2", (8, 16, 1, 1))])
+                           [_init(rng, "w1", (16, 8, 1, 1)), _init(rng, "w2", (8, 16, 1, 1)),
+                            _init(rng, "scale", (16,)), _init(rng, "bias", (16,))])
         _, refused = find_blocks(model, _layers(model, None))
-        assert any(r.producer == "c1" and reason in r.reason for r in refused), refused
+        assert any(r.producer == "c1" and reason in r.reason for r in refused), (op, refused)
 
 
 def _gemm_block(consumer_inputs, consumer_attrs=None, seed: int = 23) -> onnx.ModelProto:

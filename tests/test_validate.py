@@ -1885,3 +1885,55 @@ def test_depth_disparity_and_flow_maps_are_judged_by_their_values():
     x = (rng.standard_normal((16, 1, 8, 8)) + 3).astype(np.float32)
     report = validate(model(1.0), model(3.0), inputs=InputSet({"x": x}, source="t"))
     assert not report.passed and report.outputs[0].kind == "regression"
+
+
+def test_a_dense_output_whose_masks_are_one_value_everywhere_is_judged_by_its_values():
+    """A one-channel map positive everywhere ('invdepth', 'out', …: no name says a depth map) has a mask of every
+    pixel in both models: its IoU was 1 and a 3x copy PASSED; a map whose arg-max is one channel everywhere
+    likewise. Such an output is judged as regression (said in its kind's reason); one whose masks vary keeps
+    the IoU, and a stated dense kind stays dense. Names ending in depth (invdepth, monodepth) say a depth map."""
+    from onnx_alds.validate import detect_kind
+
+    for name in ("invdepth", "monoDepth", "dispmap", "disps"):
+        assert detect_kind(name, np.ones((2, 1, 4, 4), np.float32))[0] == "regression", name
+    assert detect_kind("display", np.ones((2, 1, 4, 4), np.float32))[0] == "dense"
+
+    def model(scale: float, channels: int, shift: float) -> onnx.ModelProto:
+        return _model([helper.make_node("Add", ["x", "b"], ["m"]), helper.make_node("Mul", ["m", "s"], ["out"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 8, 8])],
+                      [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", channels, 8, 8])],
+                      [numpy_helper.from_array(np.array([scale], np.float32), "s"),
+                       numpy_helper.from_array(np.array([shift] + [0.0] * (channels - 1), np.float32)
+                                               .reshape(channels, 1, 1), "b")])
+
+    rng = np.random.default_rng(0)
+    for channels, shift in ((1, 0.0), (2, 100.0)):  # (every value > 0; channel 0 the arg-max everywhere)
+        x = (rng.random((16, channels, 8, 8)) + 1).astype(np.float32)
+        inputs = InputSet({"x": x}, source="t")
+        report = validate(model(1.0, channels, shift), model(3.0, channels, shift), inputs=inputs)
+        output = report.outputs[0]
+        assert not report.passed and output.kind == "regression", output
+        assert "judged as regression: in both models its masks hold" in output.kind_reason
+        stated = validate(model(1.0, channels, shift), model(3.0, channels, shift), inputs=inputs,
+                          output_kinds={"out": "dense"})
+        assert stated.outputs[0].kind == "dense" and stated.outputs[0].iou == 1.0
+    varying = InputSet({"x": rng.standard_normal((16, 1, 8, 8)).astype(np.float32)}, source="t")
+    report = validate(model(1.0, 1, 0.0), model(3.0, 1, 0.0), inputs=varying)
+    assert report.outputs[0].kind == "dense" and report.outputs[0].iou == 1.0  # (signs kept: the IoU's own verdict)
+
+
+def test_the_summary_names_a_failed_output_that_has_no_figures_beside_outputs_that_have():
+    """A decoder validated on T = 0 failed on 'logits' (no values: nothing to compare) and the summary read
+    "min cosine 1.0000, max rel error 0, FAILED": the caches' figures, no word of the output that failed."""
+    model = _model([helper.make_node("Relu", ["x"], ["logits"]), helper.make_node("Relu", ["p"], ["cache"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 6]),
+                    helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 5])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "T", 6]),
+                    helper.make_tensor_value_info("cache", TensorProto.FLOAT, ["N", 5])], [])
+    rng = np.random.default_rng(0)
+    inputs = InputSet({"x": np.zeros((8, 0, 6), np.float32), "p": rng.standard_normal((8, 5)).astype(np.float32)},
+                      source="t")
+    report = validate(model, model, inputs=inputs, output_kinds={"cache": "regression"})
+    assert not report.passed
+    line = summary_line(report, None, provider="cpu", batch=8)
+    assert line.endswith("FAILED (on 'logits'; the figures shown are those of the other outputs)"), line
