@@ -26,7 +26,9 @@ batch is split into samples along it, any other output is one sample per batch):
 * ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1): ``iou`` — with C = 1 the IoU of the binary
   masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
   i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
-  intersections and unions are summed over the whole evaluation set;
+  intersections and unions are summed over the whole evaluation set; an output not stated dense whose masks
+  hold one value at every pixel of every sample in both models is judged as ``regression`` (its IoU would be
+  1 for any model);
 * ``regression`` (anything else): ``rel`` and ``cos`` only.
 
 Tolerances: an output fails when a figure it has misses a stated limit, or, where no limit for that
