@@ -1346,7 +1346,8 @@ def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[
         return onnx.TensorProto.DataType.Name(element_type).lower()
 
     ratio = element_bits(computes_in) // element_bits(stored_as)
-    return (f"{len(widened)} factorized layers read a weight stored as {type_name(stored_as)} and Cast to the "
+    layers = "1 factorized layer reads" if len(widened) == 1 else f"{len(widened)} factorized layers read"
+    return (f"{layers} a weight stored as {type_name(stored_as)} and Cast to the "
             f"{type_name(computes_in)} they compute in (first: '{name}'); their factors are stored as "
             f"{type_name(computes_in)}, {ratio}x the bytes per weight: the file shrinks by less than the weight "
             f"count says, and grows unless under 1/{ratio} of the weights are kept",)

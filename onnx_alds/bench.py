@@ -536,8 +536,9 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     if batch_sizes is None:  # (an input shape of batch 4 times batch 4, not 1)
         batch_sizes = (default_batch(protos[0], input_shapes),)
     other_batches = [batch for batch in shape_batches if batch not in {int(b) for b in batch_sizes}]
-    sessions = [make_session(m, provider, threads=threads, provider_options=options, spinning=False)
-                for m in models]  # (a path, or the caller's own proto)
+    sessions = [make_session(m, provider, threads=threads, provider_options=options, spinning=False,
+                             what=f"model {index + 1} ({m if isinstance(m, (str, os.PathLike)) else 'given'})")
+                for index, m in enumerate(models)]  # (a path, or the caller's own proto)
     if names is not None and (len(names) != len(models) or len(set(names)) != len(names)):
         raise InputDataError(f"got {len(names)} names for {len(models)} models; give one distinct name per model")
     names = list(names) if names is not None else _labels(models)

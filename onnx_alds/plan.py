@@ -855,17 +855,21 @@ def planned_inputs(model: onnx.ModelProto, input_shapes) -> dict[str, tuple]:
                 tuple(d if isinstance(d, int) else str(d or "?") for d in spec.dims) for spec in graph_inputs(model)}
 
 
-DIGEST_SCHEMES = ("readers", "unnamed", "named")  # the current digest of weights first, then earlier plans' ones
+# the current digest of weights first, then earlier plans' ones
+DIGEST_SCHEMES = ("transposes", "readers", "unnamed", "named")
 
 
-def weights_digest(model, *, scheme: str = "readers") -> str:
+def weights_digest(model, *, scheme: str = "transposes") -> str:
     """SHA-256 of a model's constants (initializers and Constant nodes, subgraphs included: types, shapes and
     values; empty ones hold nothing and are left out), whatever their names and order, each bound to the
-    Conv/Gemm/MatMul inputs that read it (node name and input index). A plan keeps it, so that applying the
-    plan to a model whose weights changed (same names and shapes; two layers' weights swapped) is noticed,
-    and a model whose constants are only renamed (or re-exported with an empty Resize roi more) is not.
-    ``scheme``: "readers" (this one); "unnamed" (plans of early 2026-12: no readers, so a swap went
-    unnoticed); "named" (plans written before 2026-12: names included, every constant)."""
+    Conv/Gemm/MatMul inputs that read it (node name and input index) and to the permutations of the Transpose
+    nodes on the way (a stored HWIO kernel read through another perm is another weight). A plan keeps it, so
+    that applying the plan to a model whose weights changed (same names and shapes; two layers' weights
+    swapped; the same constant transposed otherwise) is noticed, and a model whose constants are only renamed
+    (or re-exported with an empty Resize roi more, or an Identity or Cast on the way) is not.
+    ``scheme``: "transposes" (this one); "readers" (plans of 2026-12 up to stop 41: the Transpose perms left
+    out); "unnamed" (plans of early 2026-12: no readers, so a swap went unnoticed); "named" (plans written
+    before 2026-12: names included, every constant)."""
     return weights_digests(model, (scheme,))[scheme]
 
 
@@ -879,7 +883,8 @@ def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str,
     opened = open_model(model)
     tensors = constant_tensors(opened.model)
     readers: dict[str, list[str]] = {}
-    if "readers" in schemes:
+    transposed: dict[str, list[str]] = {}  # the same, each with the Transpose perms on the way
+    if "readers" in schemes or "transposes" in schemes:
         for path, graph in iter_graphs(opened.model.graph):
             producers = {output: node for node in graph.node for output in node.output}
             for position, node in enumerate(graph.node):
@@ -890,19 +895,22 @@ def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str,
                     source = chain_source(name, producers)  # (through Identity, Transpose, Cast ...)
                     if source in tensors:
                         readers.setdefault(source, []).append(f"{reader}:{index}")
+                        perms = "".join(f"T{perm}" for perm in _chain_perms(name, source, producers))
+                        transposed.setdefault(source, []).append(f"{reader}:{index}{perms}")
     named = hashlib.sha256()  # one running hash over the constants in name order
-    parts: dict[str, list[bytes]] = {"unnamed": [], "readers": []}  # one hash per constant, in sorted order
+    parts: dict[str, list[bytes]] = {"unnamed": [], "readers": [], "transposes": []}  # one per constant, sorted
     for name, tensor in sorted(tensors.items()):
         array = np.ascontiguousarray(numpy_helper.to_array(opened.store.load(tensor)))
         head = f"{tensor.data_type}|{array.shape}|".encode()
         if "named" in schemes:
             named.update(f"{name}|".encode() + head)
             named.update(array.tobytes())
-        if array.size and ("unnamed" in schemes or "readers" in schemes):
+        if array.size and set(schemes) & {"unnamed", "readers", "transposes"}:
             content = hashlib.sha256(head + array.tobytes()).digest()
-            read_by = "|".join(sorted(readers.get(name, ()))).encode()
             parts["unnamed"].append(content)
-            parts["readers"].append(hashlib.sha256(read_by + b"|" + content).digest() if read_by else content)
+            for scheme, bound in (("readers", readers), ("transposes", transposed)):
+                read_by = "|".join(sorted(bound.get(name, ()))).encode()
+                parts[scheme].append(hashlib.sha256(read_by + b"|" + content).digest() if read_by else content)
     digests = {"named": named.hexdigest()}
     for scheme, hashes in parts.items():
         digest = hashlib.sha256()
@@ -910,6 +918,21 @@ def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str,
             digest.update(part)
         digests[scheme] = digest.hexdigest()
     return {scheme: digests[scheme] for scheme in schemes}
+
+
+def _chain_perms(name: str, source: str, producers: Mapping[str, onnx.NodeProto]) -> list[str]:
+    """The perms of the Transpose nodes between the constant ``source`` and the layer input ``name`` (the chain
+    :func:`onnx_alds.layers.chain_source` follows), from the constant on; a perm that keeps the order is left
+    out, and so is a Transpose without one (it reverses the axes: the same for every model that has it)."""
+    perms: list[str] = []
+    while name != source:
+        node = producers[name]
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if perm is None or perm != sorted(perm):
+                perms.append(str(perm) if perm is not None else "reversed")
+        name = node.input[0]
+    return perms[::-1]
 
 
 def recorded_weights(model: onnx.ModelProto, layers: Sequence[Any]) -> dict[str, str]:

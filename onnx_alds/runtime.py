@@ -50,7 +50,7 @@ def _checker_failure(model: Any) -> Optional[str]:
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provider: str = "cpu", *,
                  threads: Optional[int] = None, provider_options: Optional[dict] = None,
                  enable_profiling: bool = False, spinning: bool = True, store: Any = None,
-                 prepack: bool = True, copy_of: Optional[str] = None) -> Any:
+                 prepack: bool = True, copy_of: Optional[str] = None, what: Optional[str] = None) -> Any:
     """An ``InferenceSession`` that is guaranteed to run on ``provider`` (``cpu``, ``cuda``, ``tensorrt``).
 
     ``spinning=False`` stops idle intra-op threads from busy-waiting: needed when several sessions
@@ -68,10 +68,14 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     step (onnx.checker's view of the copy, whose added outputs carry no shape, would blame the user's
     model for the package's edits).
 
+    ``what`` names the model in errors ("the original model", "the compressed model"): a model the CPU
+    provider cannot run is then an error with the fix (callers that go on without ONNX Runtime leave it out).
+
     Raises :class:`ProviderError` when the provider is unknown, not compiled into the installed
-    onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word);
-    :class:`ModelLoadError` when ONNX Runtime cannot load the model (with ``copy_of``: the copy) and
-    onnx.checker finds it invalid, or ``copy_of`` is given.
+    onnxruntime, or fails to load (onnxruntime would otherwise fall back to CPU without a word), or no
+    session can be made (on the CPU: an op or element type it lacks); :class:`ModelLoadError` when ONNX
+    Runtime cannot load the model (with ``copy_of``: the copy) and onnx.checker finds it invalid, or
+    ``copy_of`` is given.
     """
     ort = import_onnxruntime()
     if provider not in PROVIDERS:
@@ -123,7 +127,10 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
         if invalid:
             raise ModelLoadError(f"the model is not valid ONNX (onnx.checker: {invalid}); fix the model or export "
                                  "it again") from None
-        raise ProviderError(f"onnxruntime could not create a '{provider}' session: {str(exc).splitlines()[0]}") from None
+        fix = ("; give a model it can run (it lacks an op or element type the model uses, e.g. a float64 Conv: "
+               "export in float32)") if provider == "cpu" and what else ""  # (the provider is there: the model)
+        raise ProviderError(f"onnxruntime could not create a '{provider}' session"
+                            f"{f' for {what}' if what else ''}: {str(exc).splitlines()[0]}{fix}") from None
     if held:
         session._onnx_alds_held = held  # ONNX Runtime reads these arrays in place: keep them alive
     if session.get_providers()[0] != wanted:

@@ -1121,8 +1121,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
                      "optimizations may drop them, other runtimes draw new values each run; validate the models "
                      "exported in inference mode")
     ort = import_onnxruntime()
-    session_o = make_session(original, provider, threads=threads)  # (a path, or the caller's own proto)
-    session_c = make_session(compressed, provider, threads=threads)
+    session_o = make_session(original, provider, threads=threads, what="the original model")  # (a path, or a proto)
+    session_c = make_session(compressed, provider, threads=threads, what="the compressed model")
     # each distinct output once, in the graph's order: a graph may list one output twice
     distinct = list({o.name: o for o in session_o.get_outputs()}.values())
     output_names = [o.name for o in distinct if o.type.startswith("tensor(")]

@@ -606,7 +606,7 @@ def test_weight_stored_narrower_than_computed_is_noted(stored):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     result = onnx_alds.compress(model, keep_params=0.75, rank_multiple=8, exclude=["plain"])
     note = [n for n in result.report.notes if f"stored as {stored} and Cast to the float" in n]
-    assert note and note[0].startswith("1 factorized layers") and "'mm'" in note[0]
+    assert note and note[0].startswith("1 factorized layer reads a weight") and "'mm'" in note[0]
     ratio = {"float16": 2, "int8": 4, "int4": 8}[stored]
     assert f"{ratio}x the bytes per weight" in note[0] and f"under 1/{ratio}" in note[0]
     x = rng.standard_normal((4, 64)).astype(np.float32)

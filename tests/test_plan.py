@@ -323,7 +323,7 @@ def test_a_model_whose_constants_are_only_renamed_or_an_empty_one_added_is_not_s
     assert weights_digest(renamed) == weights_digest(model) != weights_digest(renamed, scheme="named")
     assert not any("weights differ" in w for w in apply_plan(renamed, plan).report.warnings)
     earlier = plan.to_dict()
-    for scheme in ("named", "unnamed"):  # plans written before 2026-12, and early in 2026-12
+    for scheme in ("named", "unnamed", "readers"):  # plans written before 2026-12, early in 2026-12, up to stop 41
         earlier["model"]["weights"] = weights_digest(model, scheme=scheme)
         applied = apply_plan(model, Plan.from_json(json.dumps(earlier))).report
         assert not any("weights differ" in w for w in applied.warnings)
@@ -358,6 +358,33 @@ def test_two_layers_weights_swapped_are_said_to_differ():
     plan = round_trip(make_plan(chain(False), keep_params=0.6, rank_multiple=1))
     assert not any("weights differ" in w for w in apply_plan(chain(False), plan).report.warnings)
     assert any("weights differ" in w for w in apply_plan(chain(True), plan).report.warnings)
+
+
+def test_the_same_stored_kernel_read_through_another_transpose_is_said_to_differ():
+    """A HWIO kernel (tf2onnx, Paddle's transpose_y) read through Transpose perm [3, 2, 0, 1] in one model and
+    [2, 3, 0, 1] in another: the layers multiply other weights (in and out channels swapped), yet the digest,
+    of the stored constants alone, matched and apply gave no "weights differ" warning. An Identity or Cast
+    added on the way still matches."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(perm, extra: str = "") -> onnx.ModelProto:
+        kernel = np.random.default_rng(7).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=perm)]
+        read = "kt"
+        if extra:
+            nodes.append(helper.make_node(extra, ["kt"], ["kx"], **({"to": TensorProto.FLOAT} if extra == "Cast"
+                                                                     else {})))
+            read = "kx"
+        nodes.append(helper.make_node("Conv", ["x", read], ["y"], name="conv", pads=[1, 1, 1, 1]))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                                  [numpy_helper.from_array(kernel, "k")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    plan = round_trip(make_plan(model([3, 2, 0, 1]), keep_params=0.6, rank_multiple=1))
+    for same in (model([3, 2, 0, 1]), model([3, 2, 0, 1], "Identity"), model([3, 2, 0, 1], "Cast")):
+        assert not any("weights differ" in w for w in apply_plan(same, plan).report.warnings)
+    assert any("weights differ" in w for w in apply_plan(model([2, 3, 0, 1]), plan).report.warnings)
 
 
 # --------------------------------------------------------------------------------------------------

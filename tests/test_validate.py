@@ -1937,3 +1937,17 @@ def test_the_summary_names_a_failed_output_that_has_no_figures_beside_outputs_th
     assert not report.passed
     line = summary_line(report, None, provider="cpu", batch=8)
     assert line.endswith("FAILED (on 'logits'; the figures shown are those of the other outputs)"), line
+
+
+def test_a_model_the_cpu_provider_cannot_run_is_named_with_the_fix():
+    """validate of a float64 Conv model (ONNX Runtime's CPU provider has no such kernel) printed the raw
+    ONNX Runtime error: neither which model nor what to do."""
+    weight = np.random.default_rng(0).standard_normal((8, 4, 3, 3))
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                   [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 4, 6, 6])],
+                   [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 8, 6, 6])],
+                   [numpy_helper.from_array(weight, "w")])
+    x = np.random.default_rng(1).standard_normal((4, 4, 6, 6))
+    with pytest.raises(ProviderError, match=r"session for the original model: .*NOT_IMPLEMENTED.*; give a model it "
+                                            r"can run \(.*export in float32\)"):
+        validate(model, model, inputs=InputSet({"x": x}, source="t"))
