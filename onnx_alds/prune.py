@@ -89,7 +89,8 @@ WIDTH_DAMAGE = ("probe", "measured")  # how the output-damage program prices a b
 
 @dataclass(frozen=True)
 class Block:
-    """A prunable block: ``producer`` → per-channel ops (``between``, graph order) → ``consumer``.
+    """A prunable block: ``producer`` (and any ``partners``) → per-channel ops (``between``, graph order) →
+    ``consumer``.
 
     ``width``: hidden channels ``c``. ``axis``: the channel axis of the hidden tensors (1 for Conv, -1
     for Gemm/MatMul). ``bias``: where the consumer's bias lives: ``("input", node)`` (Conv/Gemm input
@@ -114,6 +115,9 @@ class Block:
     # per channel, the per-channel constants other nodes read too: narrowing adds their sliced copy and the
     # original stays (it is counted with the rest of the model)
     shared_channel_params: int = 0
+    # a gated block's other producers (SwiGLU's gate beside its up projection): their output channels are
+    # multiplied element by element with the producer's on the way to the consumer, and narrowed with them
+    partners: tuple[Layer, ...] = ()
 
     def params(self, width: int) -> int:
         narrowed = width < self.width
@@ -363,11 +367,14 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequenc
         found = _block_from(node, layer, graph, by_name, tuple(shapes), split_heads)
         if isinstance(found, Block) and (hit := _trained_input(found, graph, trained)):
             found = f"'{hit}', which the block changes, is trained on device (the model's training_info uses it)"
-        if isinstance(found, Block) and (read := next((layer.weight for layer in (found.producer, found.consumer)
+        if isinstance(found, Block) and (read := next((layer.weight for layer in (found.producer, *found.partners,
+                                                                                 found.consumer)
                                                        if layer.weight in dims_read), None)):
             found = (f"a Shape/Size node reads the dims of '{read}' (kept as a constant of its full dims): narrowing "
                      "the block would leave that constant stale")
         if isinstance(found, Block):
+            if any(set(other.layers) == set(found.layers) for other in blocks):
+                continue  # a gated block found again from its gate
             taken = [other for other in blocks if set(other.layers) & set(found.layers)]
             if taken:  # a layer in two blocks (a chain): the costs and refits would interact
                 refused.append(NotPrunable(layer.name, f"'{sorted(set(taken[0].layers) & set(found.layers))[0]}' "
@@ -382,52 +389,98 @@ def find_blocks(model: onnx.ModelProto, layers: Sequence[Layer], shapes: Sequenc
 def _trained_input(block: Block, graph: _Graph, trained: set[str]) -> Optional[str]:
     """The first tensor the pruning would slice or replace (an input of the producer, the ops between, the
     consumer or its bias Add) that on-device training binds, else None."""
-    names = [block.producer.name, *block.between, block.consumer.name]
+    names = [block.producer.name, *(layer.name for layer in block.partners), *block.between, block.consumer.name]
     if block.bias is not None and block.bias[0] == "add":
         names.append(block.bias[1])
     return next((name for node in names for name in graph.nodes[node].input if name in trained), None)
 
 
-def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer],
-                shapes: Sequence[Mapping[str, tuple]], split_heads: bool = False):
-    """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer)."""
-    if graph.constant(producer.weight) is None:
-        return None  # not a layer with a weight (attention's activation products): not a producer
-    problem = _layer_problem(producer, "producer")
+def _producer_problem(node: onnx.NodeProto, producer: Layer, graph: _Graph, role: str = "producer"
+                      ) -> Optional[str]:
+    """Why ``node`` cannot be a block's producer (``role``: "producer", or "gate" for a gated block's other
+    producer), else None."""
+    problem = _layer_problem(producer, role)
     if problem:
         return problem
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
-        return "the producer is a Gemm with transA = 1"
+        return f"the {role} is a Gemm with transA = 1"
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        bias = graph.constant(node.input[2])
+        if bias is None or not _per_channel_constant(bias, -1, 2, producer.out_features):
+            return f"the {role}'s bias C is not a per-channel constant"
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and graph.constant(node.input[2]) is None:
+        maker = graph.producers.get(node.input[2])
+        expanded = maker is not None and maker.op_type == "Expand"
+        return f"the {role}'s bias is not a constant" + (
+            f" (computed by Expand '{maker.name}': torch's dynamo exporter with optimize=False builds a bias-free "
+            "Conv's zero bias so; export with optimize=True)" if expanded else "")
+    return None
+
+
+def _gate_producer(tensor: str, graph: _Graph, layers: Mapping[str, Layer], node: onnx.NodeProto
+                   ) -> Optional[onnx.NodeProto]:
+    """The one Conv/Gemm/MatMul node with a constant weight (other than ``node``) that ``tensor`` is computed
+    from through ops of run-time inputs (SwiGLU's ``silu(x @ W_gate)``), else None: a graph input, more than
+    one such node, or a longer way than :data:`MAX_BETWEEN` ops (a residual or another branch)."""
+    seen: set[str] = set()
+    pending, found = [tensor], []
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        maker = graph.producers.get(name)
+        if maker is None or len(seen) > MAX_BETWEEN:
+            return None
+        if maker.op_type in ("Conv", "Gemm", "MatMul") and maker.name in layers and len(maker.input) > 1 \
+                and graph.constant(maker.input[1]) is not None:
+            found.append(maker)
+            continue
+        pending.extend(name for name in maker.input if name and graph.constant(name) is None)
+    return found[0] if len(found) == 1 and found[0] is not node else None
+
+
+def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Mapping[str, Layer],
+                shapes: Sequence[Mapping[str, tuple]], split_heads: bool = False,
+                partners: Sequence[onnx.NodeProto] = ()):
+    """The block ``node`` produces, or the reason it is not prunable (None: a last layer, not a producer).
+    ``partners``: a gated block's other producers, whose outputs join the producer's element by element
+    (tried when the block's ops read a tensor such a producer computes)."""
+    if graph.constant(producer.weight) is None:
+        return None  # not a layer with a weight (attention's activation products): not a producer
+    problem = _producer_problem(node, producer, graph)
+    if problem:
+        return problem
     if node.op_type == "Conv":
         axis, rank = 1, len(producer.weight_shape)
     else:
         axis, rank = -1, 2 if node.op_type == "Gemm" else None
     width = producer.out_features
-    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-        bias = graph.constant(node.input[2])
-        if bias is None or not _per_channel_constant(bias, -1, 2, width):
-            return "the producer's bias C is not a per-channel constant"
-    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] and graph.constant(node.input[2]) is None:
-        maker = graph.producers.get(node.input[2])
-        expanded = maker is not None and maker.op_type == "Expand"
-        return "the producer's bias is not a constant" + (
-            f" (computed by Expand '{maker.name}': torch's dynamo exporter with optimize=False builds a bias-free "
-            "Conv's zero bias so; export with optimize=True)" if expanded else "")
+    partner_layers = tuple(layers[partner.name] for partner in partners)
+    for partner, layer in zip(partners, partner_layers):
+        problem = _producer_problem(partner, layer, graph, "gate")
+        if problem:
+            return problem
+        if (partner.op_type == "Conv") != (node.op_type == "Conv") or layer.out_features != width or (
+                partner.op_type == "Conv" and int(_attr(partner, "group", 1)) != 1):
+            return (f"'{partner.name}' gates the hidden channels with {layer.out_features} channels of another "
+                    f"kind of layer ({partner.op_type}; the producer: {node.op_type}, {width})")
     hidden = node.output[0]
-    region_tensors = {hidden}
+    seeds = [hidden] + [partner.output[0] for partner in partners]
+    region_tensors = set(seeds)
     region_nodes: list[onnx.NodeProto] = []
     consumer: Optional[onnx.NodeProto] = None
     # per hidden tensor: its head axis (negative; None while the channels are one axis) and its rank where
     # it matters (a Gemm's 2-D output, for BatchNormalization); reshapes of a MatMul/Gemm producer's
     # channels-last tensor may split the channels into heads and merge them back (attention's V → output)
-    states: dict[str, tuple[Optional[int], Optional[int]]] = {hidden: (None, rank)}
+    states: dict[str, tuple[Optional[int], Optional[int]]] = {seed: (None, rank) for seed in seeds}
     heads: Optional[int] = None
     weighted: set[str] = set()  # MatMul nodes whose first input (attention weights) is read from outside
-    pending = [hidden]
+    pending = list(seeds)
     while pending:
         tensor = pending.pop(0)
         if tensor in graph.outputs:
-            if tensor == hidden:
+            if tensor in seeds:
                 return f"the hidden tensor '{tensor}' is a graph output"
             joining = graph.producers.get(tensor)
             joined = [name for name in (joining.input if joining is not None else ())
@@ -435,7 +488,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
             if joined:  # (an Add of two branches read as one block's tensors until the block was complete)
                 return (f"'{joining.op_type}' node '{joining.name}' joins '{joined[0]}' to the hidden channels of "
                         f"'{hidden}' (a residual or another branch), and its output is the graph output '{tensor}'")
-            return f"the hidden channels of '{hidden}' reach the graph output '{tensor}' through per-channel ops"
+            return (f"the hidden channels of '{hidden}'" + "".join(f" and '{seed}'" for seed in seeds[1:])
+                    + f" reach the graph output '{tensor}' through per-channel ops")
         head_axis, tensor_rank = states[tensor]
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
@@ -482,6 +536,12 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     if consumer is None:
         return "the hidden channels reach no Conv/Gemm/MatMul with a constant weight"
     outside = _outside_input(region_nodes, region_tensors, graph, weighted)
+    if outside and not partners and heads is None:  # a gated block (up ⊙ act(gate)): the gate's producer joins
+        joining = _outside_read(region_nodes, region_tensors, graph, weighted)
+        gate = _gate_producer(joining[1], graph, layers, node) if joining[0].op_type == "Mul" else None
+        if gate is not None:
+            gated = _block_from(node, producer, graph, layers, shapes, split_heads, (gate,))
+            return gated if isinstance(gated, Block) else f"{outside}; as a gated block with '{gate.name}': {gated}"
     if outside:
         return outside
     inner = next((graph.nodes[name] for name in weighted if graph.nodes[name].input[0] in region_tensors), None)
@@ -527,9 +587,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         if problem:
             return problem
     products = [layers[n.name] for n in region_nodes if n.op_type == "MatMul" and n.name in layers]  # P @ V
-    costs = _block_costs(node, producer, consumer, consumer_layer, region_nodes, depthwise, graph, width, products)
+    costs = _block_costs(node, producer, consumer, consumer_layer, region_nodes, depthwise, graph, width, products,
+                         tuple(zip(partners, partner_layers)))
     fixed_params, channel_params, fixed_macs, channel_macs, shared_channel_params = costs
-    names = (producer.name,) + tuple(layer.name for layer in depthwise) + (consumer_layer.name,)
+    names = ((producer.name,) + tuple(layer.name for layer in partner_layers) + tuple(layer.name for layer in depthwise)
+             + (consumer_layer.name,))
     added_bias = consumer_layer.out_features if bias is not None and bias[0] == "input" and not _has_bias(consumer) \
         else 0  # the refit writes the kept channels' mean into a new bias
     holder = graph.nodes[bias[1]] if bias is not None and bias[0] == "add" else consumer
@@ -538,19 +600,29 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     if old_bias and graph.stays_stored(old_bias, {holder.name}):  # shared (directly or through constant ops
         added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # such as Identity): the refit's goes beside
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
-                 fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params)
+                 fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params, partner_layers)
 
 
 def _outside_input(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()) -> Optional[str]:
     """Why the block is not closed: an op in it also reads a tensor the block does not compute (a residual).
     ``weighted``: MatMul nodes that multiply the hidden channels by outside weights (attention's ``P @ V``)."""
+    found = _outside_read(region_nodes, region_tensors, graph, weighted)
+    if found is None:
+        return None
+    between, name = found
+    return (f"'{between.op_type}' node '{between.name}' also reads '{name}', which the block does not "
+            "compute (a residual or another branch joins the hidden channels)")
+
+
+def _outside_read(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()
+                  ) -> Optional[tuple[onnx.NodeProto, str]]:
+    """The first op of the block that reads a tensor the block does not compute, and that tensor."""
     for between in region_nodes:
         for slot, name in enumerate(between.input):
             if (between.name in weighted and slot == 0) or (between.op_type == "Reshape" and slot == 1):
                 continue  # attention weights; a target shape computed at run time (checked by _head_move)
             if name and name not in region_tensors and graph.constant(name) is None:
-                return (f"'{between.op_type}' node '{between.name}' also reads '{name}', which the block does not "
-                        "compute (a residual or another branch joins the hidden channels)")
+                return between, name
     return None
 
 
@@ -933,16 +1005,19 @@ def _consumer_bias(consumer: onnx.NodeProto, graph: _Graph, out_features: int) -
 
 
 def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer: Layer, region_nodes,
-                 depthwise: Sequence[Layer], graph: _Graph, width: int, products: Sequence[Layer] = ()):
+                 depthwise: Sequence[Layer], graph: _Graph, width: int, products: Sequence[Layer] = (),
+                 partners: Sequence[tuple[onnx.NodeProto, Layer]] = ()):
     """Weights and MACs of the block: a part that does not depend on the width, one per hidden channel, and
     the per-channel weights of constants other nodes read too (narrowing adds their sliced copy; the
     original stays); ``products``: attention's ``P @ V`` inside the block, whose MACs scale with the
-    channels too."""
-    own = {node.name, consumer.name, *(n.name for n in region_nodes)}
+    channels too; ``partners``: a gated block's other producers (nodes and layers), narrowed with it."""
+    own = {node.name, consumer.name, *(n.name for n in region_nodes), *(n.name for n, _ in partners)}
     sliced: dict[str, int] = {}  # per-channel constants of the block -> weights per channel
-    if _has_bias(node):
-        sliced[node.input[2]] = 1
-    channel_params = producer.cols + consumer_layer.out_features * consumer_layer.kernel
+    for producing in (node, *(n for n, _ in partners)):
+        if _has_bias(producing):
+            sliced[producing.input[2]] = 1
+    channel_params = producer.cols + sum(layer.cols for _, layer in partners) \
+        + consumer_layer.out_features * consumer_layer.kernel
     fixed_params = consumer_layer.out_features if _has_bias(consumer) else 0
     fixed: dict[str, int] = {}  # constants that do not scale (Clip bounds ...), once each however many read them
     for between in region_nodes:
@@ -962,10 +1037,11 @@ def _block_costs(node, producer: Layer, consumer: onnx.NodeProto, consumer_layer
     fixed_params += sum(fixed.values())
     channel_params += sum(k for name, k in sliced.items() if not graph.read_beyond(name, own))
     shared_channel_params = sum(k for name, k in sliced.items() if graph.read_beyond(name, own))
-    all_layers = [producer, consumer_layer, *depthwise]
+    all_layers = [producer, consumer_layer, *depthwise, *(layer for _, layer in partners)]
     if any(layer.positions is None for layer in all_layers) or any(layer.macs is None for layer in products):
         return fixed_params, channel_params, None, None, shared_channel_params
-    channel_macs = (producer.positions * producer.cols + consumer_layer.positions * consumer_layer.out_features
+    channel_macs = (producer.positions * producer.cols + sum(layer.positions * layer.cols for _, layer in partners)
+                    + consumer_layer.positions * consumer_layer.out_features
                     * consumer_layer.kernel + sum(layer.positions * layer.kernel for layer in depthwise)
                     + sum(layer.macs // width for layer in products))
     return fixed_params, channel_params, 0, channel_macs, shared_channel_params
@@ -1229,21 +1305,22 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
         kept = np.sort(np.asarray(kept, dtype=np.int64))
         if len(kept) == block.width and matrix is None and bias is None:
             continue
-        producer = graph.nodes[block.producer.name]
-        hidden_tensors.add(producer.output[0])
-        weight = graph.constant(producer.input[1])
-        if producer.op_type == "Conv":
-            put(producer, 1, weight[kept], producer.input[1])
-        elif producer.op_type == "Gemm" and _attr(producer, "transB", 0):
-            put(producer, 1, weight[kept], producer.input[1])
-        else:
-            put(producer, 1, weight[:, kept], producer.input[1])
-        if _has_bias(producer):
-            value = graph.constant(producer.input[2])
+        for producing in (block.producer, *block.partners):  # (a gated block's gate narrows with it)
+            producer = graph.nodes[producing.name]
+            hidden_tensors.add(producer.output[0])
+            weight = graph.constant(producer.input[1])
             if producer.op_type == "Conv":
-                put(producer, 2, value[kept], producer.input[2])
-            elif value.ndim and value.shape[-1] == block.width:
-                put(producer, 2, value[..., kept], producer.input[2])
+                put(producer, 1, weight[kept], producer.input[1])
+            elif producer.op_type == "Gemm" and _attr(producer, "transB", 0):
+                put(producer, 1, weight[kept], producer.input[1])
+            else:
+                put(producer, 1, weight[:, kept], producer.input[1])
+            if _has_bias(producer):
+                value = graph.constant(producer.input[2])
+                if producer.op_type == "Conv":
+                    put(producer, 2, value[kept], producer.input[2])
+                elif value.ndim and value.shape[-1] == block.width:
+                    put(producer, 2, value[..., kept], producer.input[2])
         for name in block.between:
             node = graph.nodes[name]
             hidden_tensors.update(out for out in node.output if out)
@@ -1526,9 +1603,9 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
     """The narrower widths of every block as :class:`onnx_alds.allocate.Option` values for the
     output-damage allocator (:func:`onnx_alds.allocate.allocate_options`, ``--method damage``).
 
-    Each option covers the block's producer and consumer (``kind="width"``, ``payload=(block name,
-    width)``); the full width is not offered (the layers' own dense options stand for it). ``costs``
-    per unit: producer and consumer at width ``w`` plus the change of the ops between (a depthwise conv's
+    Each option covers the block's producer (a gated block's gate too) and consumer (``kind="width"``,
+    ``payload=(block name, width)``); the full width is not offered (the layers' own dense options stand for
+    it). ``costs`` per unit: those layers at width ``w`` plus the change of the ops between (a depthwise conv's
     ``w/c`` of its cost minus its full cost: those ops are not covered, so their full cost stays in the
     fixed part of the budget). The option's damage: ``damage[b]`` at each width of the curve when given
     (:func:`measured_width_damage`), else ``(s_b · ε_b(w))²``, the estimated relative squared output error
@@ -1539,9 +1616,10 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
     options = []
     for index, (block, curve) in enumerate(zip(blocks, curves)):
         weight = 1.0 if weights is None else float(weights[index])
-        between = block.params(block.width) - block.producer.params - block.consumer.params
+        covered = (block.producer, *block.partners, block.consumer)
+        between = block.params(block.width) - sum(layer.params for layer in covered)
         between_macs = None if block.macs(block.width) is None else \
-            block.macs(block.width) - (block.producer.macs or 0) - (block.consumer.macs or 0)
+            block.macs(block.width) - sum(layer.macs or 0 for layer in covered)
         predicted = (weight * curve.errors) ** 2 if damage is None else damage[index]
         for width, value in zip(curve.widths, predicted):
             if width >= block.width:
@@ -1551,7 +1629,7 @@ def damage_width_options(blocks: Sequence[Block], curves: Sequence[WidthCurve],
                 costs["params"] = float(block.params(int(width)) - between)
             if "flops" in units and between_macs is not None:
                 costs["flops"] = float(block.macs(int(width)) - between_macs)
-            options.append(Option((block.producer.name, block.consumer.name), "width", costs,
+            options.append(Option(tuple(layer.name for layer in covered), "width", costs,
                                   float(value), (block.name, int(width))))
     return options
 
@@ -1599,7 +1677,7 @@ def joint_damage_widths(proto: onnx.ModelProto, constants: Mapping, analysis: "P
     options += damage_width_options(blocks, analysis.curves, weights, units=(target,), damage=measured)
     dense: dict[str, float] = {}
     for block in blocks:
-        for layer in (block.producer, block.consumer):
+        for layer in (block.producer, *block.partners, block.consumer):
             dense[layer.name] = float(layer.params if target == "params" else layer.macs or 0)
     options += [Option((name, ), "dense", {target: size}, 0.0, None) for name, size in dense.items()]
     covered = [layer.name for layer in candidates] + list(dense)
@@ -2211,7 +2289,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     # against the user's original and budget (the low-rank step stamped the pruned model and its sub-budget;
     # distill checks the replaced weights)
     narrowed_tensors = {name for block, width in zip(blocks, widths) if width < block.width  # (by the names
-                        for node in new_model.graph.node if node.name in (block.producer.name,) + block.between
+                        for node in new_model.graph.node
+                        if node.name in (block.producer.name, *(p.name for p in block.partners)) + block.between
                         for name in node.output}  # the blocks know, before the user's own come back)
     from .rewrite import drop_stale_annotations
 

@@ -1913,3 +1913,60 @@ def test_the_refit_is_the_same_at_any_activation_scale(scale):
     (reported_unit, measured_unit), (reported, measured) = errors
     assert reported == pytest.approx(reported_unit, rel=1e-3) and measured == pytest.approx(measured_unit, rel=1e-2)
     assert measured == pytest.approx(reported, rel=0.05)
+
+
+def _swiglu(seed: int = 0, dim: int = 32, hidden: int = 96, dead: int = 0, gate_first: bool = True,
+            gate_output: bool = False) -> onnx.ModelProto:
+    """A gated feed-forward block (Llama's MLP): down(silu(x @ W_gate) ⊙ (x @ W_up)) + x; ``dead``: the last
+    hidden channels reach nothing (zero rows of W_down), so a block narrowed to the others is exact;
+    ``gate_output``: silu(gate) is also a graph output."""
+    rng = np.random.default_rng(seed)
+    down = rng.standard_normal((hidden, dim)) / np.sqrt(hidden)
+    down[hidden - dead:] = 0
+    inits = [_init(rng, "Wg", (dim, hidden), 1 / np.sqrt(dim)), _init(rng, "Wu", (dim, hidden), 1 / np.sqrt(dim)),
+             numpy_helper.from_array(down.astype(np.float32), "Wd")]
+    gate = [helper.make_node("MatMul", ["x", "Wg"], ["g"], name="gate_proj"),
+            helper.make_node("Sigmoid", ["g"], ["sg"], name="sig"), helper.make_node("Mul", ["g", "sg"], ["silu"], name="silu")]
+    up = [helper.make_node("MatMul", ["x", "Wu"], ["u"], name="up_proj")]
+    nodes = (gate + up if gate_first else up + gate) + [
+        helper.make_node("Mul", ["silu", "u"], ["h"], name="gated"),
+        helper.make_node("MatMul", ["h", "Wd"], ["d"], name="down_proj"),
+        helper.make_node("Add", ["x", "d"], ["y"], name="residual")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, dim])]
+    if gate_output:
+        outputs.append(helper.make_tensor_value_info("silu", TensorProto.FLOAT, ["N", 16, hidden]))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, dim])], outputs, inits)
+
+
+def test_a_gated_feed_forward_block_narrows_its_gate_and_up_projections_together():
+    """SwiGLU blocks (Llama, Mistral, Qwen MLPs) were not prunable ("'Mul' node 'gated' also reads 'silu', which
+    the block does not compute"): the gate's producer now joins the block, narrowed with the up projection and
+    refit at the down projection; with dead channels the narrowed block is exact, and a gate also read
+    elsewhere keeps the block whole, with the reason."""
+    calibration = InputSet({"x": np.random.default_rng(1).standard_normal((64, 16, 32)).astype(np.float32)},
+                           source="t")
+    for gate_first in (True, False):
+        model = _swiglu(dead=48, gate_first=gate_first)
+        blocks, refused = find_blocks(model, _layers(model, None))
+        (block,) = blocks
+        first, other = ("gate_proj", "up_proj") if gate_first else ("up_proj", "gate_proj")
+        assert block.name == first and [layer.name for layer in block.partners] == [other]
+        assert set(block.layers) == {"gate_proj", "up_proj", "down_proj"}
+        assert not any(r.producer == other for r in refused), refused  # (found again from the gate: no refusal)
+        assert block.params(96) == 3 * 32 * 96 and block.params(48) == 3 * 32 * 48
+        assert block.macs(48) == 16 * 3 * 32 * 48  # (at the resolved input shape: 16 positions)
+        result = compress(model, keep_flops=0.6, prune="only", calibration=calibration, rank_multiple=8)
+        shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+        assert sorted(shapes.values()) == [(32, 48), (32, 48), (48, 32)], shapes
+        x = np.random.default_rng(2).standard_normal((4, 16, 32)).astype(np.float32)
+        before, after = run_model(model, {"x": x})[0], run_model(result.model, {"x": x})[0]
+        assert np.linalg.norm(after - before) / np.linalg.norm(before) < 1e-5
+    damaged = compress(_swiglu(seed=3), keep_flops=0.6, prune="combined", method="damage", calibration=calibration,
+                       rank_multiple=8)
+    assert damaged.report.achieved <= 0.6 and damaged.report.pruned[0].width_after < 96
+    onnx.checker.check_model(damaged.model, full_check=True)
+    shared = _swiglu(gate_output=True)
+    blocks, refused = find_blocks(shared, _layers(shared, None))
+    assert not blocks
+    assert any(r.producer == "up_proj" and "as a gated block with 'gate_proj'" in r.reason
+               and "reach the graph output 'silu'" in r.reason for r in refused), refused
