@@ -729,7 +729,9 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
     from .runtime import make_session
 
     try:
-        session = make_session(model, "cpu", store=store, threads=1, prepack=False)
+        session = make_session(model, "cpu", store=store, threads=1, prepack=False, **(
+            {"copy_of": "data-aware compression (calibration)"} if what == "calibration" else
+            {"what": "the original model"}))  # (the first run of the model: say what needs it)
         names = [output.name for output in session.get_outputs()]
         whole = session.run(None, first)
         parts = [session.run(None, {name: array[:half] for name, array in first.items()}),

@@ -1615,11 +1615,13 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             MADE_FROM_IT)
     _check_ancestry(teacher_model, student_model, set(found.biases))
     _check_pair_order(teacher_model, student_model)
-    _check_common_parts(teacher_model, student_model)
+    _check_common_parts(teacher_model, student_model, set(found.biases))
     _check_step_sizes(student_model, found.trainable, settings.lr)
     outputs = _float_outputs(student_model)
     if not outputs:
-        raise UnsupportedModelError("the model has no floating-point graph output to distill")
+        raise UnsupportedModelError("the model has no floating-point graph output to distill (its outputs are "
+                                    "class ids or flags); export it with the float scores or logits as a graph output, "
+                                    "or compress without --distill")
     points = list(found.points) if settings.intermediate_weight > 0 else []
     minutes = settings.minutes if settings.minutes is not None or settings.steps is not None else DEFAULT_MINUTES
     budget_s = None if minutes is None else 60.0 * minutes
@@ -1940,28 +1942,37 @@ def _check_pair_order(original: onnx.ModelProto, compressed: onnx.ModelProto) ->
                                        "once at the combined budget to distill against it)" if earlier else ""))
 
 
-def _check_common_parts(original: onnx.ModelProto, compressed: onnx.ModelProto) -> None:
+def _check_common_parts(original: onnx.ModelProto, compressed: onnx.ModelProto, trained: Collection[str] = ()
+                        ) -> None:
     """A compressed model without the digest of the weights it replaced (checked by :func:`_check_pair_order`)
-    must keep something of ``original``: a weight (an initializer of the same name, type and shape, whose
-    values :func:`_check_ancestry` compares) or a node (the same op reading and writing the same tensors).
-    An unrelated model of the same interface would otherwise teach the student nothing of the original.
-    Raises :class:`UnsupportedModelError`."""
+    must keep something of ``original`` whose values tie the two: a weight (an initializer of the same name, type
+    and shape; its values are compared by :func:`_check_ancestry`, and one in ``trained``, a decoder bias
+    the compression may have corrected, ties them only where it still holds the original's values) or a
+    Constant node (the same output and value). Ops without weights (a Relu of the same names) tie nothing: a
+    checkpoint of the same architecture with every layer factorized was distilled with exit 0, its other
+    biases taken for kept weights. Raises :class:`UnsupportedModelError`."""
     from .rewrite import REPLACED_DIGEST_KEY
 
     if any(entry.key == REPLACED_DIGEST_KEY for entry in compressed.metadata_props):
         return
+    before = {t.name: t for t in original.graph.initializer}
 
-    def weights(model):
-        return {(t.name, t.data_type, tuple(t.dims)) for t in model.graph.initializer}
+    def same_values(tensor: onnx.TensorProto) -> bool:
+        return np.array_equal(numpy_helper.to_array(before[tensor.name]), numpy_helper.to_array(tensor),
+                              equal_nan=True)
 
-    def nodes(model):
-        return {(n.domain, n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node}
+    kept = [t for t in compressed.graph.initializer if t.name in before and before[t.name].data_type == t.data_type
+            and tuple(before[t.name].dims) == tuple(t.dims) and (t.name not in trained or same_values(t))]
 
-    if not (weights(original) & weights(compressed) or nodes(original) & nodes(compressed)):
+    def constants(model):
+        return {(tuple(n.output), tuple(a.SerializeToString() for a in n.attribute)) for n in model.graph.node
+                if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
+
+    if not (kept or constants(original) & constants(compressed)):
         raise UnsupportedModelError(
-            "the compressed model shares no weight (initializer of the same name, type and shape) and no node (the "
-            "same op reading and writing the same tensors) with the original, and no onnx-alds metadata ties it to "
-            "it; give the compressed model made from ORIGINAL (`onnx-alds compress ORIGINAL`)")
+            "the compressed model keeps no weight of the original (an initializer of the same name, type and shape "
+            "that distillation does not train, or a Constant node of the same value), and no onnx-alds metadata ties "
+            "it to it; give the compressed model made from ORIGINAL (`onnx-alds compress ORIGINAL`)")
 
 
 def _student_session(model: onnx.ModelProto):

@@ -222,7 +222,7 @@ class OrtTimer:
         from .runtime import make_session
 
         return make_session(model, self.provider, threads=self.threads, provider_options=self.provider_options,
-                            spinning=False, store=store)
+                            spinning=False, store=store, copy_of="a latency budget (--keep-latency, --order auto)")
 
     def time_layers(self, models: Sequence[onnx.ModelProto]) -> list[float]:
         from .bench import _Runner, time_interleaved

@@ -609,3 +609,35 @@ def test_a_causal_sequence_first_input_is_refused_and_view_stacked_outputs_are_n
     report = compress(views, keep_params=0.6, rank_multiple=1,
                       calibration=InputSet({"x": rng.standard_normal((40, 64)).astype(np.float32)})).report
     assert report.achieved <= 0.6
+
+
+def test_a_model_onnx_runtime_cannot_run_is_refused_naming_the_step_that_runs_it():
+    """A bfloat16 MatMul model (no such CPU kernel) with more calibration samples than one run, or with a latency
+    budget, met ONNX Runtime's raw error in the sample-axis check or the latency tables: no word of the step
+    that runs the model, no fix. With 8 samples the calibration session already said both."""
+    from onnx import TensorProto, helper
+
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.errors import ModelLoadError
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+
+    def bfloat16(name, shape):
+        bits = (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        return helper.make_tensor(name, TensorProto.BFLOAT16, shape, bits.tobytes(), raw=True)
+
+    model = make_model([helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16),
+                        helper.make_node("MatMul", ["xb", "w1"], ["h"], name="mm1"),
+                        helper.make_node("MatMul", ["h", "w2"], ["yb"], name="mm2"),
+                        helper.make_node("Cast", ["yb"], ["y"], to=TensorProto.FLOAT)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+                       [bfloat16("w1", (64, 128)), bfloat16("w2", (128, 32))])
+    calibration = InputSet({"x": rng.standard_normal((32, 64)).astype(np.float32)}, source="t")
+    with pytest.raises(ModelLoadError, match=r"data-aware compression \(calibration\) runs the model in ONNX Runtime "
+                                             r"\(cpu\), which cannot load it .*give a model ONNX Runtime can run"):
+        compress(model, keep_params=0.5, rank_multiple=8, calibration=calibration)
+    with pytest.raises(ModelLoadError, match=r"a latency budget \(--keep-latency, --order auto\) runs the model"):
+        compress(model, keep_latency=0.8, rank_multiple=8)

@@ -1121,14 +1121,57 @@ def test_an_unrelated_compressed_model_is_refused(torch, pair):
 
     original, compressed, inputs = pair
     other = _renamed(compress(small_cnn(seed=1, width=4), keep_params=0.35, method="svd").model, "other/")
-    with pytest.raises(UnsupportedModelError, match=r"shares no weight .* and no node .* with the original, and no "
-                                                    "onnx-alds metadata ties it to it; give the compressed model"):
+    with pytest.raises(UnsupportedModelError, match=r"keeps no weight of the original .* and no onnx-alds metadata "
+                                                    "ties it to it; give the compressed model"):
         distill(original, other, inputs, steps=1, progress=False)
     # the model compressed from it, its metadata stripped, still distills: its untouched nodes are the original's
     stripped = onnx.ModelProto()
     stripped.CopyFrom(compressed)
     del stripped.metadata_props[:]
     assert distill(original, stripped, inputs, steps=1, progress=False).report.steps == 1
+
+
+def _gemm_mlp(seed: int) -> onnx.ModelProto:
+    """x (N, 32) -> Gemm (bias) -> Relu -> Gemm (bias) -> y (N, 16), weights drawn from ``seed``: two seeds are
+    two checkpoints of one architecture (the same names, shapes and nodes)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / 6).astype(np.float32), name)
+             for name, shape in (("w1", (64, 32)), ("b1", (64,)), ("w2", (16, 64)), ("b2", (16,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+
+
+def test_another_checkpoint_with_every_layer_factorized_and_no_metadata_is_refused(torch):
+    """A checkpoint of the same architecture, every layer factorized and its metadata stripped, was distilled
+    with exit 0 (starting from agreement 0): the only initializers both models held were the decoder biases,
+    which distillation trains and so never compares, and a Relu of the same names counted as a kept node."""
+    from onnx_alds.distill import distill
+
+    other = compress(_gemm_mlp(seed=2), keep_params=0.5, method="svd", rank_multiple=4).model
+    assert all(layer.groups for layer in compress(_gemm_mlp(seed=2), keep_params=0.5, method="svd",
+                                                  rank_multiple=4).report.layers)
+    del other.metadata_props[:]
+    inputs = InputSet({"x": np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)}, source="t")
+    with pytest.raises(UnsupportedModelError, match=r"keeps no weight of the original"):
+        distill(_gemm_mlp(seed=1), other, inputs, steps=1, progress=False)
+
+
+def test_a_model_without_float_outputs_is_refused_with_the_fix(torch):
+    """"the model has no floating-point graph output to distill" said no fix."""
+    from onnx_alds.distill import distill
+
+    model = _gemm_mlp(seed=1)
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]))
+    small = compress(model, keep_params=0.5, method="svd", rank_multiple=4).model
+    inputs = InputSet({"x": np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)}, source="t")
+    with pytest.raises(UnsupportedModelError, match=r"no floating-point graph output to distill .*export it with "
+                                                    r"the float scores or logits as a graph output"):
+        distill(model, small, inputs, steps=1, progress=False)
 
 
 def test_a_fall_in_held_out_agreement_says_why_that_step_was_kept():
