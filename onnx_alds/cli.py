@@ -693,10 +693,17 @@ def _with_usage_hint(parser: argparse.ArgumentParser) -> Callable[[str], NoRetur
     error = parser.error
 
     def with_hint(message: str) -> NoReturn:
+        import os
+
         greedy = [flag for flag in ("--exclude",) if flag in _PARSED and _took_a_file(flag)]
         if greedy and "the following arguments are required" in message:
             message += (f" ({greedy[0]} takes every word after it as a pattern: give the model before "
                         f"{greedy[0]}, or end its patterns with --)")
+        dashed = next((word for word in _PARSED if word.startswith("-") and len(word) > 1 and os.path.isfile(word)),
+                      None)  # a file named like a flag ('-m.onnx') reads as one
+        if dashed:
+            message += (f" ('{dashed}' is a file whose name begins with a dash, read as an option: write "
+                        f"./{dashed}, or give it after --)")
         error(message)
 
     return with_hint

@@ -277,6 +277,15 @@ def _refuse_linked_data(base: Path, location: str, tensor: str) -> None:
                              "link, which onnx "
                              "does not read (a safety rule); copy the model and its data with the links resolved "
                              "(cp -L) and run again")
+    data_file = base.joinpath(*parts)
+    try:
+        links = data_file.stat().st_nlink if parts and data_file.is_file() else 1  # (a folder has 2 or more)
+    except OSError:  # (missing: said by the caller's own checks)
+        links = 1
+    if links > 1:  # (cp -l, rsync --link-dest, link caches): onnx refuses it as a possible link attack
+        raise ModelLoadError(f"the external data file '{location}' (tensor '{tensor}') has {links} hard links, which "
+                             "onnx does not read (a safety rule); give it one link, e.g. cp "
+                             f"'{data_file}' '{data_file}.copy' && mv '{data_file}.copy' '{data_file}', and run again")
 
 
 def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -846,6 +855,16 @@ def _other_reader(target: Path, data_name: str) -> Optional[str]:
     return None
 
 
+def _written_by_onnx_alds(model_path: Path) -> bool:
+    """Whether the ONNX file at ``model_path`` carries onnx-alds' metadata (``onnx_alds.*`` keys): an output of
+    an earlier run. Read without its external data; a file that cannot be read as a model is not."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # (not a model, or unreadable: nothing of ours)
+        return False
+    return any(entry.key.startswith("onnx_alds.") for entry in model.metadata_props)
+
+
 def _references_file(model_path: Path, data_name: str) -> bool:
     """True when the ONNX file at ``model_path`` exists and keeps tensors in ``data_name`` beside it (a file
     that is not a model names none: nothing of ours to clean up)."""
@@ -955,10 +974,11 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     data_name = target.name + ".data"
     data_path = target.parent / data_name
     taken = next((what for other, what in protected_files(protect) if other.resolve() == data_path.resolve()), None)
-    # our earlier output's weights (the old model read only them), unless an input reads them too: a copy of the
-    # input model written over keeps its data file
+    # our earlier output's weights (the old model, written by onnx-alds, read them), unless an input reads them
+    # too (a copy of the input model written over keeps its data file) or another model in the folder does; a
+    # model onnx-alds did not write is the user's, and so is its data file, which others may read from anywhere
     stale = not external_data and not taken and _is_file(data_path) and _references_file(target, data_name) \
-        and _other_reader(target, data_name) is None  # (another model in the folder reading it keeps it)
+        and _written_by_onnx_alds(target) and _other_reader(target, data_name) is None
     tmp_dir = unused_name(target.parent)
     try:
         os.mkdir(tmp_dir, 0o700)

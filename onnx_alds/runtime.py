@@ -129,6 +129,10 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
                                  "it again") from None
         fix = ("; give a model it can run (it lacks an op or element type the model uses, e.g. a float64 Conv: "
                "export in float32)") if provider == "cpu" and what else ""  # (the provider is there: the model)
+        if "external data into raw data" in str(exc):  # (a shape tensor stored outside: saved with size_threshold=0)
+            fix = ("; ONNX Runtime reads the small tensors that ops use as shapes only from the model file: save it "
+                   "with them inline (onnx.save(model, path, save_as_external_data=True, size_threshold=1024)), "
+                   "or compress it first: onnx-alds writes them inline")
         raise ProviderError(f"onnxruntime could not create a '{provider}' session"
                             f"{f' for {what}' if what else ''}: {str(exc).splitlines()[0]}{fix}") from None
     if held:

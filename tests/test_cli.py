@@ -1290,6 +1290,17 @@ def test_a_model_taken_by_exclude_is_explained(cnn_path, capsys):
     assert run_cli("analyze", "--exclude", "conv*", "--", cnn_path, capsys=capsys)[0] == 0
     code, _, err = run_cli("analyze", capsys=capsys)  # no --exclude: no hint
     assert code == 2 and "required: model" in err and "--exclude" not in err.splitlines()[-1]
+
+
+def test_a_model_file_whose_name_begins_with_a_dash_is_explained(cnn_path, tmp_path, capsys, monkeypatch):
+    """`analyze -m.onnx` (a file named so) said only "the following arguments are required: model"."""
+    import shutil
+
+    shutil.copy(cnn_path, tmp_path / "-m.onnx")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("analyze", "-m.onnx", capsys=capsys)
+    assert code == 2 and "'-m.onnx' is a file whose name begins with a dash, read as an option: write ./-m.onnx" in err
+    assert run_cli("analyze", "./-m.onnx", capsys=capsys)[0] == 0
     code, _, err = run_cli("analyze", "--exclude", "conv*", capsys=capsys)  # no model given at all: none taken
     assert code == 2 and "required: model" in err and "takes every word" not in err
 

@@ -229,7 +229,8 @@ def test_model_over_the_protobuf_limit_is_saved_as_external_data(cnn, tmp_path, 
 
 def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(cnn, tmp_path, monkeypatch):
     """The first run's '<out>.data' (possibly GBs) stayed beside a model that no longer read it; a '.data'
-    file the old model did not reference is the user's and stays."""
+    file the old model did not reference is the user's and stays, and so does that of a model onnx-alds did not
+    write."""
     import onnx_alds.model_io as model_io
 
     result = onnx_alds.compress(cnn, keep_params=0.5)
@@ -242,6 +243,14 @@ def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(c
     (tmp_path / "out.onnx.data").write_bytes(b"the user's own file")
     save_model(result.model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").read_bytes() == b"the user's own file"
+    # a model onnx-alds did not write (no onnx_alds metadata): its data file is the user's, which other models
+    # may read from elsewhere (a parent folder, a name without .onnx): it was deleted
+    (tmp_path / "out.onnx.data").unlink()
+    onnx.save(cnn, str(tmp_path / "out.onnx"), save_as_external_data=True, location="out.onnx.data",
+              size_threshold=0)
+    kept = (tmp_path / "out.onnx.data").read_bytes()
+    save_model(result.model, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx.data").read_bytes() == kept
 
 
 @pytest.mark.parametrize("offset", ["-4", "abc"])
@@ -403,6 +412,22 @@ def test_a_product_with_a_run_time_tensor_shows_its_macs():
     rows = {row.name: row for row in report.layers}
     assert rows["scores"].macs == 32 * 64 * 32 and rows["scores"].params == 0
     assert sum(row.macs for row in report.layers) == report.macs_total
+
+
+def test_a_hard_linked_data_file_is_refused_with_the_fix(tmp_path):
+    """A data file with a second hard link (cp -l, rsync --link-dest, link caches): onnx refuses to read it and
+    every command said "check the data files", no fix."""
+    import os
+
+    from onnx_alds.errors import ModelLoadError
+
+    onnx.save(small_cnn(), str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+              size_threshold=0)
+    os.link(tmp_path / "m.onnx.data", tmp_path / "backup.data")
+    for call in (lambda: load_model(tmp_path / "m.onnx"), lambda: onnx_alds.analyze(str(tmp_path / "m.onnx"))):
+        with pytest.raises(ModelLoadError, match=r"file 'm.onnx.data' \(tensor '.*'\) has 2 hard links, .*give it one "
+                                                 r"link, e.g. cp '.*m.onnx.data' '.*m.onnx.data.copy' && mv"):
+            call()
 
 
 def test_a_symlinked_data_file_is_refused_with_the_fix(cnn, tmp_path):

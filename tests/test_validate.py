@@ -1951,3 +1951,19 @@ def test_a_model_the_cpu_provider_cannot_run_is_named_with_the_fix():
     with pytest.raises(ProviderError, match=r"session for the original model: .*NOT_IMPLEMENTED.*; give a model it "
                                             r"can run \(.*export in float32\)"):
         validate(model, model, inputs=InputSet({"x": x}, source="t"))
+
+
+def test_a_shape_tensor_stored_outside_the_model_file_is_told_the_fix(tmp_path):
+    """A model saved with size_threshold=0 keeps its Reshape target in the data file, which ONNX Runtime does not
+    read for shapes: validate passed ONNX Runtime's message on with no fix."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    target = numpy_helper.from_array(np.array([-1, 8], np.int64), "target")
+    model = _model([helper.make_node("Reshape", ["x", "target"], ["r"]),
+                    helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [weight, target])
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    inputs = InputSet({"x": np.ones((4, 8), np.float32)}, source="t")
+    with pytest.raises(ProviderError, match=r"save it with them inline \(onnx.save\(model, path, "
+                                            r"save_as_external_data=True, size_threshold=1024\)\)"):
+        validate(str(tmp_path / "m.onnx"), str(tmp_path / "m.onnx"), inputs=inputs)
