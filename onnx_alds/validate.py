@@ -23,7 +23,8 @@ batch is split into samples along it, any other output is one sample per batch):
 * ``sequence`` (3-D float ``[N, T, C]``, C ≥ 2): ``pos`` — fraction of positions with the same
   arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical (neither
   measured when T = 0);
-* ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1): ``iou`` — with C = 1 the IoU of the binary
+* ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1; ``[N, H, W, C]`` where the graph shows channels last:
+  :func:`channels_last_outputs`): ``iou`` — with C = 1 the IoU of the binary
   masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
   i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
   intersections and unions are summed over the whole evaluation set; an output not stated dense whose masks
@@ -533,6 +534,51 @@ def topk_value_outputs(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(found)
 
 
+CHANNEL_PASSTHROUGH = ("Identity", "Cast", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Exp",
+                       "Log", "Neg", "Abs", "Sqrt", "Dropout")  # element by element: the layout stays
+_BINARY_PASSTHROUGH = ("Add", "Sub", "Mul", "Div")
+
+
+def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """4-D graph outputs whose channels are on the last axis (NHWC: Keras and TensorFlow exports), and the
+    graph's evidence for it: walking back from the output through element-wise ops (:data:`CHANNEL_PASSTHROUGH`,
+    Add/Sub/Mul/Div of one computed tensor and constants or broadcast tensors), the nearest of a Softmax or
+    LogSoftmax over the last axis or a Transpose with perm ``[0, 2, 3, 1]`` (one over axis 1, a Transpose
+    ``[0, 3, 1, 2]``, a Conv or anything else: channels first, or not known: left out)."""
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    constants = {t.name for t in model.graph.initializer} | {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    found: dict[str, str] = {}
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim if output.type.HasField("tensor_type") else ()
+        if output.type.tensor_type.HasField("shape") and len(dims) != 4:
+            continue
+        name = output.name
+        for _ in range(64):
+            node = producers.get(name)
+            if node is None:
+                break
+            if node.op_type in ("Softmax", "LogSoftmax"):
+                axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+                if axis in (3, -1):
+                    found[output.name] = f"the graph ends in {node.op_type} over the last axis"
+                break
+            if node.op_type == "Transpose":
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                if perm == [0, 2, 3, 1]:
+                    found[output.name] = "the graph transposes it to channels last (perm [0, 2, 3, 1])"
+                break
+            if node.op_type in CHANNEL_PASSTHROUGH and node.input:
+                name = node.input[0]
+                continue
+            computed = [i for i in node.input if i and i not in constants]
+            if node.op_type in _BINARY_PASSTHROUGH and len(computed) == 1:
+                name = computed[0]
+                continue
+            break
+    return found
+
+
 _KIND_NEEDS = {
     CLASSIFIER: "a 2-D float output [N, C] with C ≥ 2",
     EMBEDDING: "a 2-D or 3-D float output ([N, D] or [N, T, D])",
@@ -656,6 +702,7 @@ class _Accumulator:
         self.positions = self.position_matches = self.sequence_matches = 0
         self.binary = False  # dense with one channel: counts for the thresholds (0.5, 0), else per class
         self.cells = 0  # dense: mask cells seen (pixels of every sample)
+        self.channels_last = False  # dense: channels on the last axis (NHWC), read there
         self.intersection: Optional[np.ndarray] = None
         self.union: Optional[np.ndarray] = None
         self.labels_checked = False
@@ -716,6 +763,8 @@ class _Accumulator:
             self.position_matches += int(np.sum(same))
             self.sequence_matches += int(np.sum(np.all(same.reshape(same.shape[0], -1), axis=1)))
         elif self.kind == DENSE:
+            if self.channels_last:
+                raw_o, raw_c = np.moveaxis(raw_o, -1, 1), np.moveaxis(raw_c, -1, 1)
             self._add_dense(raw_o, raw_c)
 
     def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray
@@ -1146,7 +1195,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         if not accumulators:
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels,
                                                declared=_fixed_first_dims(original_model),
-                                               topk_values=topk_value_outputs(original_model))
+                                               topk_values=topk_value_outputs(original_model),
+                                               channels_last=channels_last_outputs(original_model))
             first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
@@ -1278,11 +1328,14 @@ def _fixed_first_dims(model: onnx.ModelProto) -> dict[str, int]:
 def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count: int,
                         output_kinds: Mapping[str, str], stated: Tolerances,
                         labels: Optional[np.ndarray], declared: Optional[Mapping[str, int]] = None,
-                        topk_values: frozenset[str] = frozenset()) -> dict[str, _Accumulator]:
+                        topk_values: frozenset[str] = frozenset(),
+                        channels_last: Optional[Mapping[str, str]] = None) -> dict[str, _Accumulator]:
     """Choose every output's kind on the first batch, check what was stated against it, and start;
     ``declared``: outputs whose first dim the model declares fixed (:func:`_fixed_first_dims`): where the
     first batch's output has that size, its first axis is not the batch; ``topk_values``: outputs that are a
-    TopK's values (:func:`topk_value_outputs`)."""
+    TopK's values (:func:`topk_value_outputs`); ``channels_last``: 4-D outputs whose channels are last, and
+    why (:func:`channels_last_outputs`): a dense one reads them there."""
+    channels_last = channels_last or {}
     declared = declared or {}
     unbatched = {name for name, value in zip(names, first) if value.ndim and value.shape[0] == declared.get(name)}
     kinds: dict[str, tuple[str, str, bool]] = {}
@@ -1319,10 +1372,17 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
                 f"{fix}, or drop the flag"
             )
     first_classifier = next((n for n in names if kinds[n][0] == CLASSIFIER), None)
-    return {name: _Accumulator(name, kind, reason, batched=batched,
-                               labels=labels if name == first_classifier else None,
-                               shape=tuple(int(d) for d in value.shape[1 if batched else 0:]))
-            for (name, (kind, reason, batched)), value in zip(kinds.items(), first)}
+    accumulators = {name: _Accumulator(name, kind, reason, batched=batched,
+                                       labels=labels if name == first_classifier else None,
+                                       shape=tuple(int(d) for d in value.shape[1 if batched else 0:]))
+                    for (name, (kind, reason, batched)), value in zip(kinds.items(), first)}
+    for name, value in zip(names, first):
+        accumulator = accumulators[name]
+        if accumulator.kind == DENSE and value.ndim == 4 and name in channels_last:
+            accumulator.channels_last = True
+            accumulator.reason = (accumulator.reason.replace(", channels on axis 1", "")
+                                  + f"; channels on axis 3: {channels_last[name]}")
+    return accumulators
 
 
 def _check_declared_label_range(model: onnx.ModelProto, labels: Optional[np.ndarray],
