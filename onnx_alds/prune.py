@@ -118,6 +118,9 @@ class Block:
     # a gated block's other producers (SwiGLU's gate beside its up projection): their output channels are
     # multiplied element by element with the producer's on the way to the consumer, and narrowed with them
     partners: tuple[Layer, ...] = ()
+    # ops between that read the hidden channels on the last axis: a conv block's tensors transposed to NHWC
+    # and back (Keras and TensorFlow exports)
+    channels_last: tuple[str, ...] = ()
 
     def params(self, width: int) -> int:
         narrowed = width < self.width
@@ -417,6 +420,24 @@ def _producer_problem(node: onnx.NodeProto, producer: Layer, graph: _Graph, role
     return None
 
 
+def _transposed_channels(node: onnx.NodeProto, axis: int, rank: Optional[int]):
+    """Where a Transpose of a conv block's hidden tensor (rank ``rank``, channels on ``axis``: 1, or -1 for the
+    last) puts the channels: 1 or -1, or the reason it is not followed (a rank not known, the batch axis
+    moved, the channels to another axis)."""
+    perm = _attr(node, "perm", None)
+    if rank is None:
+        return "whose rank is not known"
+    perm = list(range(rank))[::-1] if perm is None else [int(p) for p in perm]
+    if sorted(perm) != list(range(rank)) or perm[0] != 0:
+        return f"which moves the batch axis (perm {perm})"
+    moved = perm.index(1 if axis == 1 else rank - 1)
+    if moved == 1:
+        return 1
+    if moved == rank - 1:
+        return -1
+    return f"which moves the channels to axis {moved} (perm {perm})"
+
+
 def _gate_producer(tensor: str, graph: _Graph, layers: Mapping[str, Layer], node: onnx.NodeProto
                    ) -> Optional[onnx.NodeProto]:
     """The one Conv/Gemm/MatMul node with a constant weight (other than ``node``) that ``tensor`` is computed
@@ -474,6 +495,8 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     # it matters (a Gemm's 2-D output, for BatchNormalization); reshapes of a MatMul/Gemm producer's
     # channels-last tensor may split the channels into heads and merge them back (attention's V → output)
     states: dict[str, tuple[Optional[int], Optional[int]]] = {seed: (None, rank) for seed in seeds}
+    # a conv block's tensors whose channels a Transpose moved to the last axis (NHWC), and the ops reading them
+    last_axis: set[str] = set()
     heads: Optional[int] = None
     weighted: set[str] = set()  # MatMul nodes whose first input (attention weights) is read from outside
     pending = list(seeds)
@@ -491,8 +514,23 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
             return (f"the hidden channels of '{hidden}'" + "".join(f" and '{seed}'" for seed in seeds[1:])
                     + f" reach the graph output '{tensor}' through per-channel ops")
         head_axis, tensor_rank = states[tensor]
+        tensor_axis = -1 if tensor in last_axis else axis  # (where this tensor holds the channels)
         for user in graph.users.get(tensor, []):
             if user in region_nodes or user is consumer:
+                continue
+            if user.op_type == "Transpose" and axis == 1 and user.domain in ("", "ai.onnx"):
+                moved_to = _transposed_channels(user, tensor_axis, tensor_rank)
+                if isinstance(moved_to, str):
+                    return f"'{tensor}' is read by Transpose '{user.name}', {moved_to}"
+                region_nodes.append(user)
+                if len(region_nodes) > MAX_BETWEEN:
+                    return f"more than {MAX_BETWEEN} ops between the producer and a consumer"
+                out = user.output[0]
+                region_tensors.add(out)
+                states[out] = (None, tensor_rank)
+                if moved_to == -1:
+                    last_axis.add(out)
+                pending.append(out)
                 continue
             if user.op_type == "Shape" and user.domain in ("", "ai.onnx") and axis == -1 and head_axis is None:
                 reason = _shape_reader(user, tensor, graph, shapes)  # reads dims pruning leaves, or follows it
@@ -510,8 +548,10 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
                 if user.op_type == "MatMul":
                     weighted.add(user.name)
             else:
-                kind = _classify(user, tensor, graph, axis, tensor_rank, width if head_axis is None else 1)
+                kind = _classify(user, tensor, graph, tensor_axis, tensor_rank, width if head_axis is None else 1)
                 next_state = (head_axis, _broadcast_rank(user, tensor_rank, graph))
+                if kind == "between" and tensor_axis == -1 and axis == 1:
+                    last_axis.update(out for out in user.output if out)
                 if kind == "consumer" and head_axis is not None:
                     return f"'{tensor}' is read by {user.op_type} '{user.name}' while its channels are split into heads"
             if kind == "consumer":
@@ -548,6 +588,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     if inner is not None:
         return (f"MatMul '{inner.name}' multiplies the hidden channels by weights computed from them "
                 f"('{inner.input[0]}')")
+    crossed = next((n for n in region_nodes if n.op_type != "Transpose"
+                    and len({i in last_axis for i in n.input if i in region_tensors}) > 1), None)
+    if crossed is not None:
+        return (f"'{crossed.op_type}' node '{crossed.name}' joins hidden tensors with the channels on axis 1 and on "
+                "the last axis")
     mixed = next((n for n in region_nodes if len({states[i][0] for i in n.input if i in region_tensors}) > 1), None)
     if mixed is not None:
         return (f"'{mixed.op_type}' node '{mixed.name}' joins hidden tensors whose channels are split into heads "
@@ -599,8 +644,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
     old_bias = holder.input[slot] if bias is not None and slot < len(holder.input) else ""
     if old_bias and graph.stays_stored(old_bias, {holder.name}):  # shared (directly or through constant ops
         added_bias += int(np.prod(np.shape(graph.constant(old_bias))))  # such as Identity): the refit's goes beside
+    channels_last = tuple(n.name for n in graph.model.graph.node if n in region_nodes and n.op_type != "Transpose"
+                          and any(i in last_axis for i in n.input))
     return Block(producer.name, producer, consumer_layer, ordered, width, axis, bias, fixed_params, channel_params,
-                 fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params, partner_layers)
+                 fixed_macs, channel_macs, names, added_bias, heads or 1, shared_channel_params, partner_layers,
+                 channels_last)
 
 
 def _outside_input(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()) -> Optional[str]:
@@ -659,7 +707,7 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         if op == "Conv":
             group = int(_attr(user, "group", 1))
             if axis != 1:
-                return f"{where} after a Gemm/MatMul producer"
+                return f"{where}, whose channels are not on axis 1 (a Gemm/MatMul producer's, or transposed)"
             if group == width and weight.ndim >= 3 and weight.shape[0] == width and weight.shape[1] == 1:
                 if len(user.input) > 2 and user.input[2] and graph.constant(user.input[2]) is None:
                     return f"{where}, a depthwise conv whose bias is not a constant"
@@ -721,7 +769,7 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return "between"
     if op == "Pad":
         if axis != 1 or rank is None:
-            return f"{where} on a Gemm/MatMul output"
+            return f"{where}, whose channels are not on axis 1 (a Gemm/MatMul output, or transposed)"
         if len(user.input) > 3 and user.input[3]:
             return f"{where} with an axes input"
         pads = graph.constant(user.input[1]) if len(user.input) > 1 else None
@@ -1346,7 +1394,8 @@ def prune_model(model: onnx.ModelProto, decisions: Sequence[tuple[Block, np.ndar
                     value = graph.constant(name_in)
                     if value is None or value.ndim == 0:
                         continue
-                    axis = value.ndim - 1 if block.axis == -1 else value.ndim - (len(block.producer.weight_shape) - 1)
+                    axis = value.ndim - 1 if block.axis == -1 or name in block.channels_last else \
+                        value.ndim - (len(block.producer.weight_shape) - 1)
                     if 0 <= axis < value.ndim and value.shape[axis] == block.width and block.width > 1:
                         put(node, slot, np.take(value, kept, axis=axis), name_in)
         consumer = graph.nodes[block.consumer.name]

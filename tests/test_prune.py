@@ -1970,3 +1970,71 @@ def test_a_gated_feed_forward_block_narrows_its_gate_and_up_projections_together
     assert not blocks
     assert any(r.producer == "up_proj" and "as a gated block with 'gate_proj'" in r.reason
                and "reach the graph output 'silu'" in r.reason for r in refused), refused
+
+
+def _channels_last_block(dead: int = 0, depthwise: bool = False, mix: bool = False) -> onnx.ModelProto:
+    """A Keras-style (channels_last) inverted block: x [N, 8, 8, 8] → Transpose to NCHW → Conv 1x1 (8 → 16) →
+    Transpose to NHWC → Sub/Mul/Add of [16] constants (BatchNorm as Keras exports it) → Cast → Clip →
+    (``depthwise``: Transpose → depthwise 3x3 → Transpose) → Transpose to NCHW → Conv 1x1 (16 → 8) → Transpose
+    to NHWC; ``dead``: the last hidden channels reach nothing; ``mix``: an Add joins an NHWC and an NCHW tensor
+    of the block (square: 16 x 16 maps of 16 channels)."""
+    rng = np.random.default_rng(31)
+    hidden = 16
+    project = rng.standard_normal((8, hidden, 1, 1)) / 4
+    project[:, hidden - dead:] = 0
+    inits = [_init(rng, "w1", (hidden, 8, 1, 1), 0.4), numpy_helper.from_array(project.astype(np.float32), "w2"),
+             _init(rng, "mean", (hidden,), 0.1), _init(rng, "scale", (hidden,), 0.5),
+             _init(rng, "shift", (hidden,), 0.1), _init(rng, "dw", (hidden, 1, 3, 3), 0.3),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["xc", "w1"], ["e"], name="expand"),
+             helper.make_node("Transpose", ["e"], ["et"], perm=[0, 2, 3, 1], name="e_nhwc"),
+             helper.make_node("Sub", ["et", "mean"], ["b1"], name="bn_sub"),
+             helper.make_node("Mul", ["b1", "scale"], ["b2"], name="bn_mul"),
+             helper.make_node("Add", ["b2", "shift"], ["b3"], name="bn_add"),
+             helper.make_node("Cast", ["b3"], ["b4"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Clip", ["b4", "lo", "hi"], ["a"], name="relu6")]
+    last = "a"
+    if depthwise:
+        nodes += [helper.make_node("Transpose", ["a"], ["ac"], perm=[0, 3, 1, 2], name="a_nchw"),
+                  helper.make_node("Conv", ["ac", "dw"], ["d"], name="dwconv", group=hidden, pads=[1, 1, 1, 1]),
+                  helper.make_node("Transpose", ["d"], ["dt"], perm=[0, 2, 3, 1], name="d_nhwc")]
+        last = "dt"
+    if mix:
+        nodes += [helper.make_node("Add", [last, "e"], ["mixed"], name="mix")]
+        last = "mixed"
+    nodes += [helper.make_node("Transpose", [last], ["pc"], perm=[0, 3, 1, 2], name="p_nchw"),
+              helper.make_node("Conv", ["pc", "w2"], ["p"], name="project"),
+              helper.make_node("Transpose", ["p"], ["y"], perm=[0, 2, 3, 1], name="out_nhwc")]
+    size = 16 if mix else 8
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size, size, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", size, size, 8])], inits)
+
+
+def test_a_conv_block_transposed_to_channels_last_and_back_is_a_block():
+    """Keras and TensorFlow exports put every conv's output through a Transpose to NHWC (BatchNorm as
+    Sub/Mul/Add of [C] constants on the last axis) and back before the next conv: no conv block was prunable
+    ("'…' is read by Transpose …, which moves channels"). The channels are followed through such Transposes;
+    narrowed with dead channels the block is exact, the depthwise conv between included; an op that joins a
+    channels-last and a channels-first tensor of the block keeps it whole."""
+    for depthwise in (False, True):
+        model = _channels_last_block(dead=8, depthwise=depthwise)
+        blocks, refused = find_blocks(model, _layers(model, None))
+        (block,) = blocks
+        assert block.name == "expand" and block.consumer.name == "project"
+        assert {"bn_sub", "bn_mul", "bn_add", "cast", "relu6"} <= set(block.channels_last)
+        assert "dwconv" not in block.channels_last
+        calibration = InputSet({"x": np.random.default_rng(1).standard_normal((32, 8, 8, 8)).astype(np.float32)},
+                               source="t")
+        result = compress(model, keep_params=0.75, prune="only", calibration=calibration, rank_multiple=8)
+        shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+        assert shapes["w1.pruned"] == (8, 8, 1, 1) and shapes["mean.pruned"] == (8,), shapes
+        x = np.random.default_rng(2).standard_normal((4, 8, 8, 8)).astype(np.float32)
+        before, after = run_model(model, {"x": x})[0], run_model(result.model, {"x": x})[0]
+        assert np.linalg.norm(after - before) / np.linalg.norm(before) < 1e-5
+    mixed = _channels_last_block(mix=True)
+    blocks, refused = find_blocks(mixed, _layers(mixed, None))
+    reason = next(r.reason for r in refused if r.producer == "expand")
+    assert not blocks and ("joins hidden tensors with the channels on axis 1 and on the last axis" in reason
+                           or "which moves the channels to axis 2" in reason), reason
