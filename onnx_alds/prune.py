@@ -2245,7 +2245,10 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
             floor = (total - sum(float(costs[0]) - float(np.min(costs)) for costs, _ in alone)) / total
             if floor <= budget.keep:
                 hint = f", or compress without --prune (low-rank alone: smallest ratio {ratio_at_least(floor)})"
-        because = api.unreachable_because(prepared, target, search.rank_multiple)
+        # (--prune only factorizes nothing: what stays is all that lies outside the blocks, whatever its layers'
+        # ranks could do)
+        because = api.unreachable_because(prepared, target, search.rank_multiple) if mode == "combined" else (
+            f"; everything outside the blocks stays as it is with --prune only: {fixed / total:.0%} of the total")
         if blocks:  # (their layers are narrowed, not factorized: their narrowest widths are part of the floor)
             because += (f"; the {len(blocks)} pruned blocks keep {narrowest / total:.1%} of the total at their "
                         "narrowest widths")

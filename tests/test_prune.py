@@ -1303,6 +1303,9 @@ def test_a_pruning_floor_names_the_mode_that_reaches_the_budget():
         # what raises the floor: the blocks' layers are narrowed, not factorized
         assert re.search(r"the \d+ pruned blocks keep \d+\.\d% of the total at their narrowest widths",
                          str(info.value)), str(info.value)
+        # --prune only factorizes nothing: it names what stays outside the blocks, not the layers' rank limits
+        assert ("everything outside the blocks stays as it is with --prune only" in str(info.value)) == (mode == "only")
+        assert ("no rank of the multiple" not in str(info.value)) or mode == "combined"
     compress(model, keep_flops=0.6, calibration=cal, rank_multiple=16)  # the named fix reaches it
 
 
