@@ -977,7 +977,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         if options.speed.model_rounds:
             allocation, speed_info = _settle_latency(prepared, chosen, tables, costs, speed_info, options)
     elif method == "damage":
-        from .damage import measure_damage_tables, unpriced_damage_note
+        from .damage import cache_outputs_note, measure_damage_tables, unpriced_damage_note
 
         damage_tables, damage_cost = measure_damage_tables(
             proto, chosen, tables, constants, stats, calibration, samples=data.damage_samples,
@@ -986,6 +986,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         seconds["damage tables"] = 0.0 if damage_cost.cached else damage_cost.seconds
         if damage_cost.unpriced:
             calibration_notes.append(unpriced_damage_note(damage_cost.unpriced))
+        if (caches := cache_outputs_note(proto)) is not None:
+            calibration_notes.append(caches)
         tick = time.perf_counter()
         allocation, damage_info = _allocate_damage(prepared, chosen, damage_tables, target, keep, rank_multiple,
                                                    unpriced=damage_cost.unpriced)

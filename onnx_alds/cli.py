@@ -694,6 +694,7 @@ def _with_usage_hint(parser: argparse.ArgumentParser) -> Callable[[str], NoRetur
 
     def with_hint(message: str) -> NoReturn:
         import os
+        import re
 
         greedy = [flag for flag in ("--exclude",) if flag in _PARSED and _took_a_file(flag)]
         if greedy and "the following arguments are required" in message:
@@ -704,6 +705,13 @@ def _with_usage_hint(parser: argparse.ArgumentParser) -> Callable[[str], NoRetur
         if dashed:
             message += (f" ('{dashed}' is a file whose name begins with a dash, read as an option: write "
                         f"./{dashed}, or give it after --)")
+        elif "expected one argument" in message:  # (-o -c.onnx: a value named like a flag)
+            flags = re.findall(r"(-[-\w]+)", message.split(":", 1)[0])
+            taken = next((_PARSED[i + 1] for i, word in enumerate(_PARSED[:-1]) if word in flags
+                          and _PARSED[i + 1].startswith("-") and "." in _PARSED[i + 1]), None)
+            if taken:
+                message += (f" ('{taken}' begins with a dash and reads as an option: write {flags[0]} ./{taken}, or "
+                            f"{flags[0]}={taken})")
         error(message)
 
     return with_hint

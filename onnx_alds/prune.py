@@ -453,9 +453,13 @@ def _gate_producer(tensor: str, graph: _Graph, layers: Mapping[str, Layer], node
         maker = graph.producers.get(name)
         if maker is None or len(seen) > MAX_BETWEEN:
             return None
+        grouped = maker.op_type == "Conv" and int(_attr(maker, "group", 1)) != 1  # (a depthwise conv on the way)
         if maker.op_type in ("Conv", "Gemm", "MatMul") and maker.name in layers and len(maker.input) > 1 \
-                and graph.constant(maker.input[1]) is not None:
+                and graph.constant(maker.input[1]) is not None and not grouped:
             found.append(maker)
+            continue
+        if grouped:
+            pending.append(maker.input[0])
             continue
         pending.extend(name for name in maker.input if name and graph.constant(name) is None)
     return found[0] if len(found) == 1 and found[0] is not node else None
@@ -482,10 +486,13 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
         problem = _producer_problem(partner, layer, graph, "gate")
         if problem:
             return problem
-        if (partner.op_type == "Conv") != (node.op_type == "Conv") or layer.out_features != width or (
-                partner.op_type == "Conv" and int(_attr(partner, "group", 1)) != 1):
-            return (f"'{partner.name}' gates the hidden channels with {layer.out_features} channels of another "
-                    f"kind of layer ({partner.op_type}; the producer: {node.op_type}, {width})")
+        if (partner.op_type == "Conv") != (node.op_type == "Conv"):
+            return (f"the gate '{partner.name}' is a {partner.op_type} and the producer a {node.op_type} (their "
+                    "channels lie on other axes)")
+        if layer.out_features != width:
+            return (f"the gate '{partner.name}' has {layer.out_features} output channel"
+                    f"{'s' if layer.out_features != 1 else ''} and the hidden width is {width}; a gate must have "
+                    "the hidden width")
     hidden = node.output[0]
     seeds = [hidden] + [partner.output[0] for partner in partners]
     region_tensors = set(seeds)
@@ -2169,7 +2176,12 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         raise UnsupportedModelError(api.nothing_to_compress(reasons, "factorizable or prunable",
                                                             prepared.unchanged_ops, prepared.dead))
     if not blocks and mode == "only":
-        reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in analysis.refused[:2])
+        kinds: dict[str, NotPrunable] = {}  # one example of each reason, names aside (heads, Split, residual ...)
+        for refusal in analysis.refused:
+            kinds.setdefault(re.sub(r"'[^']*'", "'…'", refusal.reason), refusal)
+        shown = list(kinds.values())[:3]
+        reasons = "; ".join(f"'{r.producer}': {r.reason}" for r in shown) + (
+            f"; {len(analysis.refused) - len(shown)} more producers" if len(analysis.refused) > len(shown) else "")
         raise UnsupportedModelError("no prunable block (a producer whose channels reach one consumer through "
                                     f"per-channel ops){' (' + reasons + ')' if reasons else ''}; use --prune "
                                     "with low-rank, or no --prune")
@@ -2216,10 +2228,12 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                          f"({joint_info['options']} options, {joint_info['runs']} damage runs, status "
                          f"{joint_info['status']}; {joint_info['pricing']}): predicted relative output error "
                          f"{joint_info['predicted_output_error']:.3f}, {JOINT_IN_SAMPLE}")
-            if joint_info["unpriced"]:
-                from .damage import unpriced_damage_note
+            from .damage import cache_outputs_note, unpriced_damage_note
 
+            if joint_info["unpriced"]:
                 notes.append(unpriced_damage_note(joint_info["unpriced"]))
+            if (caches := cache_outputs_note(proto)) is not None:
+                notes.append(caches)
             # the low-rank step re-allocates on the pruned model, over the layers that have a rank that shrinks them
             choices = [int(any(len(option.ranks) for option in table.options)) for table in candidate_tables]
         elif objective == "sum":

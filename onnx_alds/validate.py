@@ -28,8 +28,8 @@ batch is split into samples along it, any other output is one sample per batch):
   masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
   i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
   intersections and unions are summed over the whole evaluation set; an output not stated dense whose masks
-  hold one value at every pixel of every sample in both models is judged as ``regression`` (its IoU would be
-  1 for any model);
+  hold one value at every pixel of every sample in the original is judged as ``regression`` (its IoU would
+  say nothing of the model);
 * ``regression`` (anything else): ``rel`` and ``cos`` only.
 
 Tolerances: an output fails when a figure it has misses a stated limit, or, where no limit for that
@@ -548,6 +548,8 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
     producers = {out: node for node in model.graph.node for out in node.output if out}
     constants = {t.name for t in model.graph.initializer} | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 13)
+    default_axis = -1 if opset >= 13 else 1  # (Softmax's axis when not written: the last from opset 13)
     found: dict[str, str] = {}
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim if output.type.HasField("tensor_type") else ()
@@ -559,7 +561,7 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
             if node is None:
                 break
             if node.op_type in ("Softmax", "LogSoftmax"):
-                axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+                axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
                 if axis in (3, -1):
                     found[output.name] = f"the graph ends in {node.op_type} over the last axis"
                 break
@@ -702,6 +704,7 @@ class _Accumulator:
         self.positions = self.position_matches = self.sequence_matches = 0
         self.binary = False  # dense with one channel: counts for the thresholds (0.5, 0), else per class
         self.cells = 0  # dense: mask cells seen (pixels of every sample)
+        self.original_on: Optional[np.ndarray] = None  # dense: the original's mask cells on (per threshold / class)
         self.channels_last = False  # dense: channels on the last axis (NHWC), read there
         self.intersection: Optional[np.ndarray] = None
         self.union: Optional[np.ndarray] = None
@@ -883,36 +886,40 @@ class _Accumulator:
                 inter.append(int(np.sum(mask_o & mask_c)))
                 union.append(int(np.sum(mask_o | mask_c)))
             batch_inter, batch_union = np.asarray(inter, np.int64), np.asarray(union, np.int64)
+            batch_on = np.asarray([int(np.sum(o > threshold)) for threshold in (0.5, 0.0)], np.int64)
         else:
             map_o, map_c = np.argmax(o, axis=1).ravel(), np.argmax(c, axis=1).ravel()
             batch_inter = np.bincount(map_o[map_o == map_c], minlength=channels)
-            batch_union = np.bincount(map_o, minlength=channels) + np.bincount(map_c, minlength=channels) - batch_inter
+            batch_on = np.bincount(map_o, minlength=channels)
+            batch_union = batch_on + np.bincount(map_c, minlength=channels) - batch_inter
         self.cells += int(o.size if self.binary else map_o.size)
+        self.original_on = batch_on if self.original_on is None else self.original_on + batch_on
         self.intersection = batch_inter if self.intersection is None else self.intersection + batch_inter
         self.union = batch_union if self.union is None else self.union + batch_union
 
     def settle_kind(self) -> None:
-        """Judge a dense output by its values (as regression) where its masks hold one value at every pixel of
-        every sample in both models (every value above the threshold, none, or one class everywhere): the IoU
-        is then 1 for any scale, so a value map not named as one (a depth or disparity map: positive everywhere)
-        passed at 3x; a kind stated with --output-kind stays."""
-        if self.kind != DENSE or self.reason in ("--output-kind", "given") or self.intersection is None:
+        """Judge a dense output by its values (as regression) where the original's masks hold one value at
+        every pixel of every sample (every value above the threshold, none, or one class everywhere): the IoU
+        then tells nothing of the model (1 for any scale where the compressed model's masks are the same, near
+        1 where a few pixels differ), so a value map not named as one (a depth or disparity map: positive
+        everywhere) passed at 3x; a kind stated with --output-kind stays."""
+        if self.kind != DENSE or self.reason in ("--output-kind", "given") or self.original_on is None:
             return
         if self.binary:
             pick = 0 if self.original_min >= 0 and self.original_max <= 1 else 1
             threshold = "0.5" if pick == 0 else "0"
-            union, inter = int(self.union[pick]), int(self.intersection[pick])
-            if union and inter != self.cells:
+            on = int(self.original_on[pick])
+            if 0 < on < self.cells:
                 return
-            held = f"every value above {threshold}" if union else f"no value above {threshold}"
+            held = f"every value above {threshold}" if on else f"no value above {threshold}"
         else:
-            present = np.flatnonzero(self.union > 0)
-            if len(present) != 1 or int(self.intersection[present[0]]) != self.cells:
+            present = np.flatnonzero(self.original_on > 0)
+            if len(present) != 1:
                 return
             held = f"channel {int(present[0])} the arg-max at every pixel"
         self.kind = REGRESSION
-        self.reason += (f"; judged as regression: in both models its masks hold {held} at every pixel of every "
-                        "sample, where the IoU is 1 for any scale (a value map: depth, disparity?); state "
+        self.reason += (f"; judged as regression: in the original its masks hold {held} at every pixel of every "
+                        "sample, where the IoU tells nothing of the model (a value map: depth, disparity?); state "
                         f"--output-kind {self.name}=dense to keep the IoU")
 
     def _iou(self) -> tuple[Optional[float], Optional[str]]:

@@ -1301,6 +1301,8 @@ def test_a_model_file_whose_name_begins_with_a_dash_is_explained(cnn_path, tmp_p
     code, _, err = run_cli("analyze", "-m.onnx", capsys=capsys)
     assert code == 2 and "'-m.onnx' is a file whose name begins with a dash, read as an option: write ./-m.onnx" in err
     assert run_cli("analyze", "./-m.onnx", capsys=capsys)[0] == 0
+    code, _, err = run_cli("compress", "./-m.onnx", "-o", "-c.onnx", "--keep-params", "0.6", capsys=capsys)
+    assert code == 2 and "'-c.onnx' begins with a dash and reads as an option: write -o ./-c.onnx, or -o=-c.onnx" in err
     code, _, err = run_cli("analyze", "--exclude", "conv*", capsys=capsys)  # no model given at all: none taken
     assert code == 2 and "required: model" in err and "takes every word" not in err
 

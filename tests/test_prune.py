@@ -1968,6 +1968,11 @@ def test_a_gated_feed_forward_block_narrows_its_gate_and_up_projections_together
                        rank_multiple=8)
     assert damaged.report.achieved <= 0.6 and damaged.report.pruned[0].width_after < 96
     onnx.checker.check_model(damaged.model, full_check=True)
+    narrow_gate = _swiglu()  # a gate of one channel, broadcast over the hidden ones: not a gate of its channels
+    narrow_gate.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((32, 1), np.float32), "Wg"))
+    blocks, refused = find_blocks(narrow_gate, _layers(narrow_gate, None))
+    assert not blocks and any("the gate 'gate_proj' has 1 output channel and the hidden width is 96" in r.reason
+                              for r in refused), refused
     shared = _swiglu(gate_output=True)
     blocks, refused = find_blocks(shared, _layers(shared, None))
     assert not blocks
@@ -2041,3 +2046,25 @@ def test_a_conv_block_transposed_to_channels_last_and_back_is_a_block():
     reason = next(r.reason for r in refused if r.producer == "expand")
     assert not blocks and ("joins hidden tensors with the channels on axis 1 and on the last axis" in reason
                            or "which moves the channels to axis 2" in reason), reason
+
+
+def test_prune_only_without_blocks_names_each_kind_of_reason_and_counts_the_rest():
+    """--prune only named the first two refused producers (on a fused gate_up model: two attention projections,
+    "splits the channels into heads") and not the MLP's reason ("read by Split"), nor how many it left out."""
+    rng = np.random.default_rng(40)
+    nodes, inits, outputs = [], [], []
+    for i in range(3):  # three of one kind (a hidden tensor that is a graph output)
+        nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"proj{i}"))
+        inits.append(_init(rng, f"w{i}", (16, 32), 0.25))
+        outputs.append(helper.make_tensor_value_info(f"h{i}", TensorProto.FLOAT, ["N", 32]))
+    nodes += [helper.make_node("MatMul", ["x", "wf"], ["f"], name="gate_up"),
+              helper.make_node("Split", ["f"], ["g", "u"], axis=-1, num_outputs=2, name="chunk")]
+    inits.append(_init(rng, "wf", (16, 64), 0.25))
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 32]) for name in ("g", "u")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], outputs, inits,
+                       opset=18)
+    with pytest.raises(UnsupportedModelError) as info:
+        compress(model, keep_flops=0.7, calibration=_inputs(model), prune="only", rank_multiple=1)
+    message = str(info.value)
+    assert "'proj0': the hidden tensor 'h0' is a graph output" in message and "'gate_up': 'f' is read by Split" in message
+    assert "'proj1'" not in message and "; 2 more producers)" in message, message

@@ -1913,10 +1913,20 @@ def test_a_dense_output_whose_masks_are_one_value_everywhere_is_judged_by_its_va
         report = validate(model(1.0, channels, shift), model(3.0, channels, shift), inputs=inputs)
         output = report.outputs[0]
         assert not report.passed and output.kind == "regression", output
-        assert "judged as regression: in both models its masks hold" in output.kind_reason
+        assert "judged as regression: in the original its masks hold" in output.kind_reason
         stated = validate(model(1.0, channels, shift), model(3.0, channels, shift), inputs=inputs,
                           output_kinds={"out": "dense"})
         assert stated.outputs[0].kind == "dense" and stated.outputs[0].iou == 1.0
+    # the copy's mask off at a few pixels (pushed below 0): the original's masks alone tell (it PASSED, iou 0.97)
+    holes = np.zeros((1, 1, 8, 8), np.float32)
+    holes[0, 0, :2, :2] = 100.0
+    scaled = model(3.0, 1, 0.0)
+    scaled.graph.node[-1].output[0] = "scaled"
+    scaled.graph.node.append(helper.make_node("Sub", ["scaled", "holes"], ["out"]))
+    scaled.graph.initializer.append(numpy_helper.from_array(holes, "holes"))
+    x = (rng.random((16, 1, 8, 8)) + 1).astype(np.float32)
+    report = validate(model(1.0, 1, 0.0), scaled, inputs=InputSet({"x": x}, source="t"))
+    assert not report.passed and report.outputs[0].kind == "regression", report.outputs[0]
     varying = InputSet({"x": rng.standard_normal((16, 1, 8, 8)).astype(np.float32)}, source="t")
     report = validate(model(1.0, 1, 0.0), model(3.0, 1, 0.0), inputs=varying)
     assert report.outputs[0].kind == "dense" and report.outputs[0].iou == 1.0  # (signs kept: the IoU's own verdict)
@@ -2001,3 +2011,8 @@ def test_a_channels_last_segmentation_output_is_read_on_its_last_axis():
     first = model(0.0, "softmax")
     first.graph.node[-1].attribute[0].i = 1  # a softmax over axis 1: channels first
     assert channels_last_outputs(first) == {}
+    unwritten = model(0.0, "softmax")
+    del unwritten.graph.node[-1].attribute[:]  # no axis written: the last from opset 13 (it was taken as unknown)
+    assert "Softmax over the last axis" in channels_last_outputs(unwritten)["probs"]
+    unwritten.opset_import[0].version = 12  # (before opset 13: axis 1, the flattened C·H·W)
+    assert channels_last_outputs(unwritten) == {}
