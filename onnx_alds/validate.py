@@ -535,50 +535,66 @@ def topk_value_outputs(model: onnx.ModelProto) -> frozenset[str]:
 
 
 CHANNEL_PASSTHROUGH = ("Identity", "Cast", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Exp",
-                       "Log", "Neg", "Abs", "Sqrt", "Dropout")  # element by element: the layout stays
-_BINARY_PASSTHROUGH = ("Add", "Sub", "Mul", "Div")
+                       "Log", "Neg", "Abs", "Sqrt", "Dropout", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu",
+                       "Erf", "HardSwish", "Mish", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "PRelu",
+                       "ThresholdedRelu", "Shrink")  # element by element on their first input: the layout stays
+_BINARY_PASSTHROUGH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean")
+_CLASS_AXIS_DEPTH = 64  # ops walked back from an output at most
 
 
 def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """4-D graph outputs whose channels are on the last axis (NHWC: Keras and TensorFlow exports), and the
-    graph's evidence for it: walking back from the output through element-wise ops (:data:`CHANNEL_PASSTHROUGH`,
-    Add/Sub/Mul/Div of one computed tensor and constants or broadcast tensors), the nearest of a Softmax or
-    LogSoftmax over the last axis or a Transpose with perm ``[0, 2, 3, 1]`` (one over axis 1, a Transpose
-    ``[0, 3, 1, 2]``, a Conv or anything else: channels first, or not known: left out)."""
+    graph's evidence for it. Walking back from the output through element-wise ops (:data:`CHANNEL_PASSTHROUGH`;
+    Add, Mul … of computed tensors that agree) and Transposes (their perms composed), the channel axis is
+    where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its channels (axis 1) or a
+    MatMul its features (the last axis); an output whose channels land on axis 3 is listed (on axis 1, or
+    not known: left out)."""
     producers = {out: node for node in model.graph.node for out in node.output if out}
     constants = {t.name for t in model.graph.initializer} | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 13)
     default_axis = -1 if opset >= 13 else 1  # (Softmax's axis when not written: the last from opset 13)
-    found: dict[str, str] = {}
+    memo: dict[str, Optional[tuple[int, str]]] = {}
+
+    def channel_axis(name: str, depth: int) -> Optional[tuple[int, str]]:
+        """The channel axis of the 4-D tensor ``name`` and what says so, or None (not known)."""
+        if name in memo:
+            return memo[name]
+        node = producers.get(name)
+        found: Optional[tuple[int, str]] = None
+        if node is None or depth > _CLASS_AXIS_DEPTH or node.domain not in ("", "ai.onnx"):
+            pass
+        elif node.op_type in ("Softmax", "LogSoftmax"):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
+            found = (axis % 4, f"a {node.op_type} over it") if -4 <= axis < 4 else None
+        elif node.op_type in ("Conv", "ConvTranspose"):
+            found = (1, f"a {node.op_type}'s channels")
+        elif node.op_type == "MatMul":
+            found = (3, "a MatMul's features")
+        elif node.op_type == "Transpose" and node.input:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
+            inner = channel_axis(node.input[0], depth + 1)
+            if inner is not None and sorted(perm) == [0, 1, 2, 3]:
+                found = (perm.index(inner[0]), inner[1] if inner[1].endswith(", transposed") else
+                         inner[1] + ", transposed")
+        elif node.op_type in CHANNEL_PASSTHROUGH and node.input:
+            found = channel_axis(node.input[0], depth + 1)
+        elif node.op_type in _BINARY_PASSTHROUGH:
+            seen = {channel_axis(i, depth + 1) for i in node.input if i and i not in constants}
+            axes = {item[0] for item in seen if item is not None}
+            found = next((item for item in seen if item is not None), None) if len(axes) == 1 else None
+        memo[name] = found
+        return found
+
+    result: dict[str, str] = {}
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim if output.type.HasField("tensor_type") else ()
         if output.type.tensor_type.HasField("shape") and len(dims) != 4:
             continue
-        name = output.name
-        for _ in range(64):
-            node = producers.get(name)
-            if node is None:
-                break
-            if node.op_type in ("Softmax", "LogSoftmax"):
-                axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
-                if axis in (3, -1):
-                    found[output.name] = f"the graph ends in {node.op_type} over the last axis"
-                break
-            if node.op_type == "Transpose":
-                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-                if perm == [0, 2, 3, 1]:
-                    found[output.name] = "the graph transposes it to channels last (perm [0, 2, 3, 1])"
-                break
-            if node.op_type in CHANNEL_PASSTHROUGH and node.input:
-                name = node.input[0]
-                continue
-            computed = [i for i in node.input if i and i not in constants]
-            if node.op_type in _BINARY_PASSTHROUGH and len(computed) == 1:
-                name = computed[0]
-                continue
-            break
-    return found
+        found = channel_axis(output.name, 0)
+        if found is not None and found[0] == 3:
+            result[output.name] = f"the graph puts its channels on the last axis ({found[1]})"
+    return result
 
 
 _KIND_NEEDS = {

@@ -2001,7 +2001,7 @@ def test_a_channels_last_segmentation_output_is_read_on_its_last_axis():
                       [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 16, 16, 5])], [weight, bias])
 
     inputs = InputSet({"x": rng.standard_normal((8, 16, 16, 4)).astype(np.float32)}, source="t")
-    for ending, why in (("softmax", "Softmax over the last axis"), ("transpose", "perm [0, 2, 3, 1]")):
+    for ending, why in (("softmax", "(a Softmax over it)"), ("transpose", "(a Conv's channels, transposed)")):
         assert why in channels_last_outputs(model(0.0, ending))["probs"]
         report = validate(model(0.0, ending), model(2.0, ending), inputs=inputs)
         output = report.outputs[0]
@@ -2013,6 +2013,19 @@ def test_a_channels_last_segmentation_output_is_read_on_its_last_axis():
     assert channels_last_outputs(first) == {}
     unwritten = model(0.0, "softmax")
     del unwritten.graph.node[-1].attribute[:]  # no axis written: the last from opset 13 (it was taken as unknown)
-    assert "Softmax over the last axis" in channels_last_outputs(unwritten)["probs"]
+    assert "a Softmax over it" in channels_last_outputs(unwritten)["probs"]
     unwritten.opset_import[0].version = 12  # (before opset 13: axis 1, the flattened C·H·W)
     assert channels_last_outputs(unwritten) == {}
+    # the channels-last tensor rearranged on the way (H and W swapped, then Softplus): the perms compose (the
+    # output was read on axis 1 and a damaged copy PASSED with iou 1)
+    swapped = model(0.0, "transpose")
+    swapped.graph.node[-1].CopyFrom(helper.make_node("Transpose", ["t"], ["s"], perm=[0, 2, 1, 3]))
+    swapped.graph.node.append(helper.make_node("Softplus", ["s"], ["probs"]))
+    assert "transposed" in channels_last_outputs(swapped)["probs"]
+    damaged = model(2.0, "transpose")
+    damaged.graph.node[-1].CopyFrom(helper.make_node("Transpose", ["t"], ["s"], perm=[0, 2, 1, 3]))
+    damaged.graph.node.append(helper.make_node("Softplus", ["s"], ["probs"]))
+    assert not validate(swapped, damaged, inputs=inputs).passed
+    back = model(0.0, "transpose")  # transposed to NHWC and back to NCHW: channels on axis 1
+    back.graph.node[-1].CopyFrom(helper.make_node("Transpose", ["t"], ["probs"], perm=[0, 3, 1, 2]))
+    assert channels_last_outputs(back) == {}
