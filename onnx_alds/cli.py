@@ -424,12 +424,12 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
                                      compressed_name=f"{output} (before it is written)")
     # warnings go to stderr, once, before anything is written; the table on stdout leaves them out
     text = "\n".join(line for line in result.report.format().splitlines() if not line.startswith("warning: "))
+    for warning in result.report.warnings:  # said before anything is written (and before a failed validation's
+        print(f"warning: {warning}", file=sys.stderr)  # error: a plan cut far below the budget explains it)
     if summary is not None and not summary.passed:  # no output on error: neither the model nor its report
         print(text if not args.quiet else text.split("\n\n", 1)[-1])
         print(summary.text)
         raise summary.failure
-    for warning in result.report.warnings:  # said before anything is written
-        print(f"warning: {warning}", file=sys.stderr)
     args.written_files = []  # what an interrupt from here on leaves written (_run names it)
     from .model_io import save_model
 

@@ -1079,8 +1079,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 "$ONNX_ALDS_CACHE to measure again)")
         said = (f"whole-model check: --keep-latency {keep:g} not reached in measurement: the fastest plan found "
                 f"measured {chosen.measured:.3f} of the dense time (predicted {chosen.predicted:.3f}) after "
-                f"{len(tried)} rounds{how}; the ops that do not change or the layers' pairs save less than the "
-                "tables predict (see docs/LATENCY.md)")
+                f"{len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the ops that do not change or the layers' "
+                "pairs save less than the tables predict (see docs/LATENCY.md)"
+                + (f"; more --latency-rounds (now {rounds}) may come closer" if len(tried) >= rounds else ""))
     return allocation, record, chosen, said
 
 

@@ -1451,3 +1451,14 @@ def test_bias_correction_beside_affine_correction_is_refused(cnn_path, tmp_path,
     with pytest.raises(InputDataError, match="bias_correction=True has no effect with affine_correction=True"):
         onnx_alds.compress(str(cnn_path), keep_params=0.5, calibration=load_inputs(str(cnn_path), random=8),
                            bias_correction=True, affine_correction=True)
+
+
+def test_a_failed_validation_keeps_the_plans_warnings(cnn_path, tmp_path, capsys):
+    """compress --validate that failed said only "validation failed …; relax the tolerance or compress less": the
+    warnings (the plan cut far below the budget, or deep without data) that explain it were dropped."""
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli("compress", cnn_path, "-o", out, "--keep-params", "0.2", "--rank-multiple", "1",
+                           "--validate", "--validate-random", "8", "--min-mean-cosine", "0.99999", capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and not out.exists()
+    assert lines[-1].startswith("error: validation failed") and any(line.startswith("warning: ") for line in lines)

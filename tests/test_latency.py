@@ -344,6 +344,10 @@ def test_whole_model_check_says_when_the_budget_is_not_reached(tmp_path):
     assert any(w.startswith(f"--keep-latency 0.6 not reached in measurement: the model written measured {measured:.3f}")
                for w in report.warnings)
     assert f"{measured:.4f} measured on the whole model" in report.format()
+    # every round spent (here the one of --latency-rounds 1): more may come closer, said so; "1 rounds" read so
+    one = onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                             speed=speed(timer, tmp_path, model_rounds=1)).report.latency["whole_model_note"]
+    assert "after 1 round;" in one and "more --latency-rounds (now 1) may come closer" in one, one
 
 
 def test_layer_times_that_add_up_to_more_than_the_model_are_not_printed_as_a_negative_time(tmp_path):
