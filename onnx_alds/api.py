@@ -232,11 +232,10 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}
         per_node = [0 if is_constant_product(node, producers, constants) else node_macs(node, shapes)
                     for node in layer_ops]  # (a product of constants runs once, when ONNX Runtime loads the model)
-        attention = [node for node, macs in zip(layer_ops, per_node)
-                     if macs is None and op_key(node) == ("", "Attention")]
+        unsized = [macs is None and op_key(node) == ("", "Attention") for node, macs in zip(layer_ops, per_node)]
+        attention = [node for node, left_out in zip(layer_ops, unsized) if left_out]
         if attention:  # (opset 23's op: no weight, nothing to factorize: its MACs are left out, said, not refused)
-            per_node = [0 if macs is None and op_key(node) == ("", "Attention") else macs
-                        for node, macs in zip(layer_ops, per_node)]
+            per_node = [0 if left_out else macs for macs, left_out in zip(per_node, unsized)]
             notes.append(f"shape inference cannot tell the shapes of {len(attention)} Attention node"
                          f"{'s' if len(attention) > 1 else ''} (first: '{attention[0].name or attention[0].output[0]}')"
                          ": their MACs are not counted in the total")

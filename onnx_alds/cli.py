@@ -180,7 +180,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from .report import write_json
 
     if args.json:
-        check_output_path(Path(args.json), protect=[args.model], flag="--json", example="analysis.json")
+        check_output_path(Path(args.json), protect=[args.model], flag="--json")
     report = analyze(args.model, input_shapes=parse_input_shapes(args.input_shape), exclude=args.exclude,
                      max_groups=args.max_groups, rank_multiple=args.rank_multiple)
     args.written_files = []  # what an interrupt or a failed print from here on leaves written (_run names it)

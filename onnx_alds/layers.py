@@ -501,8 +501,9 @@ def fold_weight_shapes(model: onnx.ModelProto) -> dict[str, str]:
     its optimizer builds a bias-free Conv's zero bias from ``Shape(weight)``), so the weight stays a layer's
     own. Returns the replaced nodes' names (or op types) → the weight each read, in graph order: the
     constants hold the full dims, so width pruning leaves those weights alone. Shape's ``start``/``end``
-    (opset 15) as the ONNX spec says: negatives count from the end, clamped. Below opset 9, whose ``Constant`` holds no int64, the value is an
-    initializer instead (listed as a graph input too at IR 3) and the node goes."""
+    (opset 15) as the ONNX spec says: negatives count from the end, clamped. Below opset 9, whose
+    ``Constant`` holds no int64, the value is an initializer instead (listed as a graph input too at IR 3)
+    and the node goes."""
     from .model_io import opset_version
 
     overridable = overridable_initializers(model)  # (fed at run time: its dims may change)

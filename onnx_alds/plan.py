@@ -1478,7 +1478,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     if getattr(args, "validate", False):
         raise PlanError("plan writes a plan, not a model: validate after onnx-alds apply (apply --validate)")
     output = Path(args.output)
-    check_output_path(output, protect=[args.model], example="plan.json")
+    check_output_path(output, protect=[args.model])
     if args.report:
         check_output_path(Path(args.report), protect=[args.model, args.output], flag="--report")
     model = open_model(args.model)

@@ -582,9 +582,9 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
             return f"the hidden tensor '{tensor}' is read inside a subgraph"
     if consumer is None:
         return "the hidden channels reach no Conv/Gemm/MatMul with a constant weight"
-    outside = _outside_input(region_nodes, region_tensors, graph, weighted)
+    joining = _outside_read(region_nodes, region_tensors, graph, weighted)
+    outside = _outside_text(joining)
     if outside and not partners and heads is None:  # a gated block (up ⊙ act(gate)): the gate's producer joins
-        joining = _outside_read(region_nodes, region_tensors, graph, weighted)
         gate = _gate_producer(joining[1], graph, layers, node) if joining[0].op_type == "Mul" else None
         if gate is not None:
             gated = _block_from(node, producer, graph, layers, shapes, split_heads, (gate,))
@@ -661,7 +661,11 @@ def _block_from(node: onnx.NodeProto, producer: Layer, graph: _Graph, layers: Ma
 def _outside_input(region_nodes, region_tensors: set, graph: _Graph, weighted: set = frozenset()) -> Optional[str]:
     """Why the block is not closed: an op in it also reads a tensor the block does not compute (a residual).
     ``weighted``: MatMul nodes that multiply the hidden channels by outside weights (attention's ``P @ V``)."""
-    found = _outside_read(region_nodes, region_tensors, graph, weighted)
+    return _outside_text(_outside_read(region_nodes, region_tensors, graph, weighted))
+
+
+def _outside_text(found: Optional[tuple[onnx.NodeProto, str]]) -> Optional[str]:
+    """:func:`_outside_input`'s reason for what :func:`_outside_read` found."""
     if found is None:
         return None
     between, name = found

@@ -534,21 +534,22 @@ def topk_value_outputs(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(found)
 
 
-CHANNEL_PASSTHROUGH = ("Identity", "Cast", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "Exp",
-                       "Log", "Neg", "Abs", "Sqrt", "Dropout", "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu",
-                       "Erf", "HardSwish", "Mish", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "PRelu",
-                       "ThresholdedRelu", "Shrink")  # element by element on their first input: the layout stays
-_BINARY_PASSTHROUGH = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean")
 _CLASS_AXIS_DEPTH = 64  # ops walked back from an output at most
 
 
 def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """4-D graph outputs whose channels are on the last axis (NHWC: Keras and TensorFlow exports), and the
-    graph's evidence for it. Walking back from the output through element-wise ops (:data:`CHANNEL_PASSTHROUGH`;
-    Add, Mul … of computed tensors that agree) and Transposes (their perms composed), the channel axis is
+    graph's evidence for it. Walking back from the output through element-wise ops (pruning's per-channel
+    ops, :data:`onnx_alds.prune.UNARY_OPS`, and Cast, Clip …; Add, Mul … of computed tensors that agree) and
+    Transposes (their perms composed), the channel axis is
     where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its channels (axis 1) or a
     MatMul its features (the last axis); an output whose channels land on axis 3 is listed (on axis 1, or
     not known: left out)."""
+    from .prune import BINARY_OPS, UNARY_OPS
+
+    # element by element on their first input (the layout stays); then of several inputs
+    passthrough = UNARY_OPS + ("Cast", "Clip", "Log", "Dropout", "Sign", "PRelu", "Shrink")
+    joins = BINARY_OPS + ("Sum", "Mean")
     producers = {out: node for node in model.graph.node for out in node.output if out}
     constants = {t.name for t in model.graph.initializer} | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
@@ -577,9 +578,9 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
             if inner is not None and sorted(perm) == [0, 1, 2, 3]:
                 found = (perm.index(inner[0]), inner[1] if inner[1].endswith(", transposed") else
                          inner[1] + ", transposed")
-        elif node.op_type in CHANNEL_PASSTHROUGH and node.input:
+        elif node.op_type in passthrough and node.input:
             found = channel_axis(node.input[0], depth + 1)
-        elif node.op_type in _BINARY_PASSTHROUGH:
+        elif node.op_type in joins:
             seen = {channel_axis(i, depth + 1) for i in node.input if i and i not in constants}
             axes = {item[0] for item in seen if item is not None}
             found = next((item for item in seen if item is not None), None) if len(axes) == 1 else None
