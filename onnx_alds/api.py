@@ -29,12 +29,12 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
 from .decompose import GroupedFactors, decompose
 from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError,
                      ratio_at_least)
-from .layers import (ALSO_READ_BY, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
+from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
                      check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names, find_layers,
                      fold_weight_shapes, folded_weight, in_topological_order, is_constant_product,
                      is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
-                     unchanged_ops_note, weight_constants, widened_weights, with_order)
+                     unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
                        resolve_input_shapes)
@@ -227,16 +227,24 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         notes.append(f"{len(recurrent)} recurrent nodes (LSTM/GRU/RNN; first: '{recurrent[0].name}') are left as they "
                      "are: their weights count in the totals, their MACs do not (MACs are those of Conv, "
                      "ConvTranspose, Gemm, MatMul and Attention)")
+    uncounted = uncounted_compute_ops(proto)
+    if uncounted:
+        notes.append(f"{', '.join(f'{op} ×{count}' for op, count in sorted(uncounted.items()))} (ONNX Runtime ops "
+                     "whose products onnx-alds does not size) are left as they are: their weights count in the "
+                     "totals, their MACs do not")
     macs_total: Optional[int] = None
     if resolved is not None:
         producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}
         per_node = [0 if is_constant_product(node, producers, constants) else node_macs(node, shapes)
                     for node in layer_ops]  # (a product of constants runs once, when ONNX Runtime loads the model)
-        unsized = [macs is None and op_key(node) == ("", "Attention") for node, macs in zip(layer_ops, per_node)]
+        unsized = [macs is None and COUNTED_OPS[op_key(node)][0] in ("scaled-dot-product", "attention-heads")
+                   for node, macs in zip(layer_ops, per_node)]
         attention = [node for node, left_out in zip(layer_ops, unsized) if left_out]
-        if attention:  # (opset 23's op: no weight, nothing to factorize: its MACs are left out, said, not refused)
+        if attention:  # (attention over run-time tensors: no weight, nothing to factorize: its MACs are left out,
+            # said, not refused)
             per_node = [0 if left_out else macs for macs, left_out in zip(per_node, unsized)]
-            notes.append(f"shape inference cannot tell the shapes of {len(attention)} Attention node"
+            ops = "/".join(sorted({node.op_type for node in attention}))
+            notes.append(f"shape inference cannot tell the shapes of {len(attention)} {ops} node"
                          f"{'s' if len(attention) > 1 else ''} (first: '{attention[0].name or attention[0].output[0]}')"
                          ": their MACs are not counted in the total")
         unknown = [node for node, macs in zip(layer_ops, per_node) if macs is None]
@@ -1091,6 +1099,15 @@ def _damage_factor_fn(data):
         matrix, groups, rank, stat, refit=data.refit, layer=layer, both_factors=data.both_factors)
 
 
+def _finer_ranks_reach(chosen: Sequence[Layer], scales: Sequence[float], fixed: float, total: float,
+                       keep: float) -> bool:
+    """Whether a lower ``--rank-multiple`` could reach ``keep``: every factorizable layer at rank 1 (a pair
+    costs ``f + c·κ`` per output position, the least any rank and group count costs) with what stays fixed
+    under ``keep · total`` (else the advice to lower it would not help: shared or excluded layers hold the rest)."""
+    least = fixed + sum(scale * (layer.out_features + layer.cols) for layer, scale in zip(chosen, scales))
+    return least < keep * total
+
+
 def _layer_budget(prepared: _Prepared, chosen: Sequence[Layer], target: str,
                   keep: float) -> tuple[float, list[float], float, float]:
     """The model's total in the budget's unit (weights, or MACs), each layer's scale to that unit
@@ -1127,7 +1144,8 @@ def _allocate_damage(prepared: _Prepared, chosen: Sequence[Layer], damage_tables
                           f"ratio is {ratio_at_least((fixed + cheapest) / total)} (every layer at its lowest "
                           f"measured rank{unreachable_because(prepared, target, rank_multiple)}{dense}); ask "
                           "for at least that" + (f", or lower --rank-multiple (now {rank_multiple})"
-                                                 if rank_multiple > 1 else ""))
+                                                 if rank_multiple > 1
+                                                 and _finer_ranks_reach(chosen, scales, fixed, total, keep) else ""))
     result = allocate_options(options, {target: budget}, layers=[layer.name for layer in chosen])
     picked = {option.layers[0]: option.payload for option in result.chosen}
     choices = tuple(picked.get(layer.name, LayerChoice(DENSE, 0, 0.0, 0.0)) for layer in chosen)
@@ -1559,8 +1577,6 @@ def _uncalibrated_reason(layer: Layer) -> Optional[str]:
     """Why calibration cannot measure this layer's inputs (None when it can)."""
     if layer.subgraph:
         return f"inside {layer.subgraph}: calibration cannot read its inputs (compress data-free to factorize it)"
-    if layer.weight_first:
-        return "MatMul with the weight first: data-aware factors are not supported yet (compress data-free)"
     return None
 
 
@@ -1710,7 +1726,8 @@ def _allocate(prepared: _Prepared, chosen: Sequence[Layer], tables: Sequence[Err
             f"{ratio_at_least((fixed + cheapest) / total)} (every factorizable layer at its lowest rank"
             f"{unreachable_because(prepared, target, rank_multiple)}{slow_note}); "
             "ask for at least that" + (f", or lower --rank-multiple (now {rank_multiple}; 1 gives the finest steps)"
-                                       if rank_multiple > 1 else "")
+                                       if rank_multiple > 1 and _finer_ranks_reach(chosen, scales, fixed, total, keep)
+                                       else "")
         )
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget)

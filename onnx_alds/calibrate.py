@@ -262,6 +262,7 @@ class Unfolder:
     auto_pad: str = "NOTSET"
     pads: tuple[int, ...] = ()
     trans_a: bool = False
+    columns: bool = False  # MatMul with the weight first (y = W @ x): the vectors are x's columns (axis -2)
 
     def conv_pads(self, spatial: Sequence[int]) -> tuple[list[int], list[int]]:
         """(begin, end) zero padding per spatial axis for an input of size ``spatial``."""
@@ -293,7 +294,7 @@ class Unfolder:
         if self.op == "Conv" and len(shape) == len(self.kernel) + 2:
             return max(0, int(np.prod([max(0, o) for o in self.conv_output(shape[2:])])))
         if self.op == "MatMul" and len(shape) >= 3:
-            return int(np.prod(shape[1:-1]))
+            return int(np.prod(shape[1:-2])) * int(shape[-1]) if self.columns else int(np.prod(shape[1:-1]))
         return 1
 
     def rows(self, x: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS,
@@ -317,7 +318,8 @@ class Unfolder:
         flat = np.concatenate([np.asarray(p, dtype=np.intp) for p in picks])
         step = max(1, chunk_elements // self.cols)
         if self.op == "MatMul":
-            per_sample = x.reshape(x.shape[0], -1, x.shape[-1])
+            vectors = np.swapaxes(x, -1, -2) if self.columns else x
+            per_sample = vectors.reshape(x.shape[0], -1, vectors.shape[-1])
             for start in range(0, len(flat), step):
                 yield np.asarray(per_sample[sample[start:start + step], flat[start:start + step]], dtype=dtype)
             return
@@ -350,6 +352,8 @@ class Unfolder:
     def _matrix(self, x: np.ndarray) -> np.ndarray:
         if self.op == "Gemm":
             matrix = x.T if self.trans_a else x
+        elif self.columns:
+            matrix = np.swapaxes(x, -1, -2).reshape(-1, x.shape[-2]) if x.ndim >= 2 else x.reshape(1, -1)
         else:
             matrix = x.reshape(-1, x.shape[-1]) if x.ndim >= 1 else x.reshape(1, 1)
         if matrix.ndim != 2 or matrix.shape[1] != self.cols:
@@ -422,7 +426,7 @@ def unfolder_for(layer: Layer, node: onnx.NodeProto) -> Unfolder:
     if layer.op == "Gemm":
         return Unfolder("Gemm", layer.cols, trans_a=bool(_attr(node, "transA", 0)))
     if layer.op == "MatMul":
-        return Unfolder("MatMul", layer.cols)
+        return Unfolder("MatMul", layer.cols, columns=layer.weight_first)
     raise UnsupportedModelError(f"layer '{layer.name}' is a {layer.op}; only Conv, Gemm and MatMul have input statistics")
 
 

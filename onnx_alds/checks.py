@@ -442,6 +442,15 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                 raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
                                      f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
+            chosen = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
+                      if spec.name in found.probe_shapes and not all(isinstance(d, int) for d in spec.dims)}
+            if chosen and not any(name.startswith("ORT_") for name in os.environ):
+                # the tool chose the dynamic dims (the first one as a batch of 1): it may not be a batch
+                raise ModelLoadError(
+                    f"ONNX Runtime cannot run the model with its dynamic dims set to "
+                    f"{show_input_shapes(chosen, ' ')} ({message}); if the model needs other sizes there (a first "
+                    f"dim that is not a batch of samples, e.g. samples × time steps), give them with --input-shape "
+                    f"NAME:DIMS, else fix the model or export it again") from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {_runtime_refusal_fix()}") from None
         raise_if_out_of_resources(exc)
         quoted = first_line(RuntimeError(message), 300)  # (its first line, as the refusals above quote it)

@@ -159,10 +159,10 @@ def _probe_model(proto: onnx.ModelProto, layers: Sequence[Layer]) -> tuple[onnx.
     names: dict[str, str] = {}
     for i, layer in enumerate(layers):
         node = nodes.get(layer.name)
-        if node is None or layer.weight_first or layer.subgraph:
+        if node is None or layer.subgraph:
             continue
         name = f"{PROBE_PREFIX}{i}"
-        node.input[1] = name
+        node.input[0 if layer.weight_first else 1] = name
         shape = list(layer.weight_shape)
         probe.graph.input.append(onnx.helper.make_tensor_value_info(name, layer.weight_type, shape))
         names[layer.name] = name

@@ -52,12 +52,32 @@ COUNTED_OPS: dict[tuple[str, str], tuple[str, int, int, Optional[str]]] = {
     ("com.microsoft", "FusedConv"): ("conv", 0, 1, ORT_FUSED),
     ("com.microsoft", "FusedGemm"): ("gemm", 0, 1, ORT_FUSED),
     ("com.microsoft", "FusedMatMul"): ("matmul", 0, 1, ORT_FUSED),
+    ("com.microsoft", "TransposeMatMul"): ("matmul", 0, 1, ORT_FUSED),  # (FusedMatMul's older name)
+    ("com.microsoft", "FusedMatMulActivation"): ("matmul", 0, 1, ORT_FUSED),
+    ("com.microsoft", "MatMulInteger16"): ("matmul", 0, 1, QUANTIZED),
+    ("com.microsoft", "NhwcConv"): ("conv-nhwc", 0, 1, ORT_FUSED),
+    ("com.microsoft", "NhwcFusedConv"): ("conv-nhwc", 0, 1, ORT_FUSED),
+    ("com.microsoft", "ConvTransposeWithDynamicPads"): ("conv-transpose", 0, 1, ORT_FUSED),
     ("com.microsoft.nchwc", "Conv"): ("conv", 0, 1, ORT_FUSED),
     ("com.microsoft", "Attention"): ("attention", 0, 1, ORT_TRANSFORMER_FUSED),
     ("com.microsoft", "QAttention"): ("attention", 0, 1, QUANTIZED),
     ("com.microsoft", "GemmFastGelu"): ("matmul", 0, 1, ORT_TRANSFORMER_FUSED),
     ("", "Attention"): ("scaled-dot-product", 0, 1, None),  # (opset 23: Q, K, V of run-time tensors, no weight)
+    # ONNX Runtime's attention over run-time Q, K, V (no weight; key absent when Q, K, V come packed in query)
+    ("com.microsoft", "MultiHeadAttention"): ("attention-heads", 0, 0, None),
+    ("com.microsoft", "GroupQueryAttention"): ("attention-heads", 0, 0, None),
 }
+# ONNX Runtime's ops that compute products (attention, mixtures of experts, packed or block-quantized weights)
+# whose MACs onnx-alds does not count: named in a note, so that the total says what it leaves out
+UNCOUNTED_COMPUTE_OPS = frozenset({
+    ("com.microsoft", op) for op in (
+        "AttnLSTM", "CDist", "DecoderAttention", "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention",
+        "DynamicQuantizeLSTM", "DynamicSparseAttention", "GatedDeltaNet", "GemmFloat8", "LinearAttention",
+        "LongformerAttention", "MatMulBlockQuantizedFp4Weight", "MatMulBlockQuantizedFp8Weight", "MatMulBnb4",
+        "MatMulFpQ4", "MatMulNBitsMlp", "MatMulNBitsQLoRA", "MatMulNBitsQkv", "MatMulPacked", "MoE", "MoEPacked",
+        "PackedAttention", "PackedMultiHeadAttention", "PagedAttention", "QMoE", "QOrderedAttention",
+        "QOrderedLongformerAttention", "QOrderedMatMul", "SparseAttention", "SparsePagedAttention",
+        "SparseToDenseMatMul", "WordConvEmbedding")})
 # classical-ML ops (skl2onnx, onnxmltools) that hold their coefficients in attributes, not initializers
 ML_MODEL_OPS = ("LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsembleClassifier",
                 "TreeEnsembleRegressor", "TreeEnsemble")
@@ -457,6 +477,11 @@ def macs_tensors(node: onnx.NodeProto) -> tuple[str, ...]:
     """The tensors whose shapes :func:`node_macs` reads: the counted inputs and the first output, and the
     ONNX ``Attention`` op's past keys (input 4)."""
     past = (node.input[4],) if op_key(node) == ("", "Attention") and len(node.input) > 4 and node.input[4] else ()
+    if COUNTED_OPS[op_key(node)][0] == "attention-heads":  # key, past key (MultiHeadAttention: 6, else 3), present key
+        index = 6 if node.op_type == "MultiHeadAttention" else 3
+        past = tuple(name for name in (node.input[1] if len(node.input) > 1 else "",
+                                       node.input[index] if len(node.input) > index else "",
+                                       node.output[1] if len(node.output) > 1 else "") if name)
     return (node.output[0], *counted_inputs(node), *past)
 
 
@@ -592,6 +617,12 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
         if weight is None or output is None or len(output) < 2:
             return None
         return int(np.prod(weight)) * output[0] * int(np.prod(output[2:]))
+    if kind == "conv-nhwc":  # ONNX Runtime's channels-last conv: output [N, H, W, M]
+        if weight is None or output is None or len(output) < 2:
+            return None
+        return int(np.prod(weight)) * output[0] * int(np.prod(output[1:-1]))
+    if kind == "attention-heads":
+        return _attention_heads_macs(node, shapes)
     if kind == "conv-transpose":  # every input position meets every weight element once
         if weight is None or data is None or len(data) < 2:
             return None
@@ -621,6 +652,45 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
     if _attr(node, "transA", 0):  # Gemm, FusedMatMul
         inner = data[0] if kind == "gemm" else (data[-2] if len(data) > 1 else data[0])
     return int(np.prod(output)) * int(inner)
+
+
+def _attention_heads_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
+    """MACs of ONNX Runtime's MultiHeadAttention or GroupQueryAttention (ContribOperators.md): Q Kᵀ and the
+    scores times V, every query position against all T keys, ``2 · B·S·N·H · T`` with the output ``[B, S, N·H]``
+    (query and value head sizes taken equal). T: the present key's length ``[B, N, T, H]`` where it is an
+    output, else the key's (``[B, L, D]``, ``[B, N, L, H]``, packed ``[B, L, N, 2, H]``; the query's ``[B, S, N,
+    3, H]`` without a key) plus the past key's; None where a shape is not known."""
+    output = shapes.get(node.output[0])
+    if output is None or len(output) != 3:
+        return None
+    present = shapes.get(node.output[1]) if len(node.output) > 1 and node.output[1] else None
+    if present is not None and len(present) == 4:
+        return 2 * int(np.prod(output)) * int(present[2])
+    key = shapes.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if key is None:
+        query = shapes.get(node.input[0])
+        if len(node.input) > 1 and node.input[1] or query is None or len(query) not in (3, 5):
+            return None
+        keys = int(query[1])  # (Q, K, V packed in the query: as many keys as queries)
+    elif len(key) in (3, 5):
+        keys = int(key[1])
+    elif len(key) == 4:
+        keys = int(key[2])
+    else:
+        return None
+    index = 6 if node.op_type == "MultiHeadAttention" else 3
+    if len(node.input) > index and node.input[index]:
+        past = shapes.get(node.input[index])
+        if past is None or len(past) != 4:
+            return None
+        keys += int(past[2])
+    return 2 * int(np.prod(output)) * keys
+
+
+def uncounted_compute_ops(model: onnx.ModelProto) -> Counter:
+    """``domain::op -> count`` of the nodes of :data:`UNCOUNTED_COMPUTE_OPS` (at any depth)."""
+    return Counter(f"{node.domain}::{node.op_type}" for _, graph in iter_graphs(model.graph) for node in graph.node
+                   if op_key(node) in UNCOUNTED_COMPUTE_OPS)
 
 
 def _positions(op: str, output_shape: Optional[tuple[int, ...]], out_features: int = 0, *,

@@ -118,13 +118,19 @@ class LayerDecision:
     weight: Optional[str] = None  # the weight's initializer (tells apart unnamed nodes that moved); None: not checked
 
     @property
+    def in_narrowed_block(self) -> bool:
+        """A layer of a block the plan narrowed, set to dense or skipped (the block's width decides its shape)."""
+        return (self.option in (KEPT_DENSE, SKIPPED) and self.predicted is not None
+                and self.predicted.option in (KEPT_DENSE, SKIPPED) and (self.reason or "").startswith("pruned block "))
+
+    @property
     def edited(self) -> bool:
         """Whether the decision differs from what was predicted (a user changed it)."""
         p = self.predicted
         if p is None:
             return True
         if self.option != p.option:
-            return True
+            return not self.in_narrowed_block  # (a narrowed block's layer is unfactorized either way)
         return self.option == FACTORIZED and (self.groups, self.rank, self.order) != (p.groups, p.rank, p.order)
 
 
@@ -290,7 +296,9 @@ class Plan:
                             "(totals.latency.model_us); make the plan again with --keep-latency, or set the "
                             "target to params or flops")
         tool = reader.mapping(top.get("tool") or {}, "tool", free=True)
-        return cls(model, options, decisions, totals, tool, blocks)
+        plan = cls(model, options, decisions, totals, tool, blocks)
+        _check_recorded_times(plan, source)
+        return plan
 
     # ---- options and edits
 
@@ -509,6 +517,23 @@ def _check_measured_figures(reader: "_Reader", latency: Mapping[str, Any]) -> No
         raise reader.fail("totals.latency.measured_speedup", f"{speedup:g} is not 1 / measured_ratio "
                                                              f"({1.0 / ratio:g}); figures measured are not edited: "
                                                              "make the plan again")
+
+
+def _check_recorded_times(plan: "Plan", source: str) -> None:
+    """A latency plan's recorded layer times (``predicted.time_us``, ``time_dense_us``) must give the
+    ``totals.achieved`` they were searched to, where no decision or width was edited: they are measurements,
+    read back into the report as the tables' prediction (an edited time was printed as one)."""
+    achieved = plan.totals.get("achieved")
+    if (plan.options["budget"]["target"] != "latency" or not isinstance(achieved, (int, float))
+            or isinstance(achieved, bool) or plan.edited_layers or plan.edited_blocks
+            or any(block.width < block.width_before for block in plan.blocks)):
+        return
+    recomputed = _PlanTimes(plan).achieved({decision.name: decision for decision in plan.layers})
+    if math.isfinite(recomputed) and not math.isclose(recomputed, achieved, rel_tol=1e-6, abs_tol=1e-9):
+        raise PlanError(f"{source}: the layers' recorded times (predicted.time_us, time_dense_us) give a predicted "
+                        f"{recomputed:.4f} of the model's time, but totals.achieved is {achieved:.4f}: times are "
+                        "measurements, not edits; restore them, or make the plan again (edit a layer's option, rank "
+                        "or groups instead)")
 
 
 def _searched_target(totals: Mapping[str, Any]) -> Optional[str]:
@@ -1534,6 +1559,19 @@ def run_apply_command(args: argparse.Namespace) -> int:
             "another --input-shape", "a plan made at another --input-shape")) from None
     result = apply_plan(model, plan, calibration=calibration)
     edited, blocks = plan.edited_layers, plan.edited_blocks
+    if not isinstance(plan.totals.get("searched"), dict):  # (removed, or a plan of an older onnx-alds)
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            "the plan records no totals.searched (what made its decisions): its options.search (method, seed, "
+            "rank multiple ...) are reported as written, unchecked",)))
+    narrowed = {block.name for block in plan.blocks if block.width < block.width_before}
+    dense = [d for d in plan.layers if d.option == KEPT_DENSE and d.in_narrowed_block
+             and (found := re.match(r"pruned block '(.*)': ", d.reason or "")) and found.group(1) in narrowed]
+    if dense:  # (set to dense in a plan whose block is narrowed: the width says what it becomes)
+        result = replace(result, report=replace(result.report, notes=result.report.notes + (
+            f"{len(dense)} {'layer' if len(dense) == 1 else 'layers'} set to dense in the plan "
+            f"{'is' if len(dense) == 1 else 'are'} in a block the plan narrows (first: '{dense[0].name}', "
+            f"{dense[0].reason}): {'it stays' if len(dense) == 1 else 'they stay'} narrowed, unfactorized; to keep "
+            "a layer whole, set its block's width (blocks) to the full width",)))
     if blocks:
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             f"{len(blocks)} block {'width differs' if len(blocks) == 1 else 'widths differ'} from what the plan "

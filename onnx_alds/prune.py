@@ -2277,7 +2277,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                           f"{ratio_at_least(smallest / total)}{' (' + because[2:] + ')' if because else ''}; ask "
                           "for at least that" + hint
                           + (f", or a smaller --rank-multiple (now {search.rank_multiple}: widths and ranks move in "
-                             "steps of it)" if search.rank_multiple > 1 and (blocks or extra) else "")) from None
+                             "steps of it)" if search.rank_multiple > 1 and (blocks or extra)
+                             and fixed < budget.keep * total else "")) from None  # (what stays fixed: no step helps)
     if not data.shrinkage and data.refit:
         api.refuse_unshrunk_interpolation(
             [(block.name, analysis.stats[block.consumer.name].count, block.width * block.consumer.kernel)
@@ -2341,6 +2342,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         warnings = tuple(w for w in report.warnings if not w.startswith("achieved "))  # its sub-budget
         steps = report.data_aware_steps
         search_name, max_error = report.search, report.max_error
+        measure = report.error_measure  # (--method damage: each factorized layer's predicted output damage)
         if joint:
             search_name = "output-damage integer program over widths and ranks, then " + search_name
     else:
@@ -2356,6 +2358,9 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
                        "sum of block errors over widths" if objective == "sum" else "min-max over block widths")
         extra_notes, warnings, max_error = [], (), 0.0
         steps = ("channel-selection",) + (("refit",) if data.refit else ())
+        measure = "frobenius"
+    if measure != "frobenius" and narrowed:
+        measure += "; a pruned block's rows: the block's relative output error"  # (the column holds both)
     # against the user's original and budget (the low-rank step stamped the pruned model and its sub-budget;
     # distill checks the replaced weights)
     narrowed_tensors = {name for block, width in zip(blocks, widths) if width < block.width  # (by the names
@@ -2426,7 +2431,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     report = CompressionReport(
         layers=rows, method=method, data_aware=True, calibration=str(data.calibration.source), target=target,
         requested=budget.keep, achieved=achieved, params_before=prepared.params_total, params_after=after_params,
-        macs_before=prepared.macs_total, macs_after=after_macs, max_error=max_error, error_measure="frobenius",
+        macs_before=prepared.macs_total, macs_after=after_macs, max_error=max_error, error_measure=measure,
         search=search_name, seed=search.seed, rank_multiple=search.rank_multiple, seconds=seconds,
         notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
         calibration_samples=sample_count(data.calibration, prepared.model), warnings=tuple(warnings), pruned=reports,

@@ -722,6 +722,10 @@ class LocalEngine(Engine):
         from .bench import physical_cores
 
         self.workers = max(1, int(workers))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.workers > cpus:  # (as the Ray engine refuses more workers than its cluster's CPUs)
+            raise EngineError(f"--workers {self.workers} starts {self.workers} processes, each holding the models "
+                              f"and their data, and this machine has {cpus} CPUs; give at most --workers {cpus}")
         self.threads = threads or max(1, physical_cores() // self.workers)
         self._pool = None
         self._pool_size = 0

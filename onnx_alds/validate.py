@@ -23,8 +23,8 @@ batch is split into samples along it, any other output is one sample per batch):
 * ``sequence`` (3-D float ``[N, T, C]``, C ≥ 2): ``pos`` — fraction of positions with the same
   arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical (neither
   measured when T = 0);
-* ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1; ``[N, H, W, C]`` where the graph shows channels last:
-  :func:`channels_last_outputs`): ``iou`` — with C = 1 the IoU of the binary
+* ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1; ``[N, H, W, C]`` where the graph shows channels last,
+  regression where a Transpose leaves the layout unclear: :func:`output_channel_axes`): ``iou`` — with C = 1 the IoU of the binary
   masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
   i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
   intersections and unions are summed over the whole evaluation set; an output not stated dense whose masks
@@ -537,30 +537,58 @@ def topk_value_outputs(model: onnx.ModelProto) -> frozenset[str]:
 _CLASS_AXIS_DEPTH = 64  # ops walked back from an output at most
 
 
-def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """4-D graph outputs whose channels are on the last axis (NHWC: Keras and TensorFlow exports), and the
-    graph's evidence for it. Walking back from the output through element-wise ops (pruning's per-channel
-    ops, :data:`onnx_alds.prune.UNARY_OPS`, and Cast, Clip …; Add, Mul … of computed tensors that agree) and
-    Transposes (their perms composed), the channel axis is
-    where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its channels (axis 1) or a
-    MatMul its features (the last axis); an output whose channels land on axis 3 is listed (on axis 1, or
-    not known: left out)."""
+def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int], str]]:
+    """Where the graph puts the channels of each 4-D graph output: ``name -> (axis, evidence)`` with axis 1
+    or 3, or ``None`` where the graph rearranges the output's axes (a Transpose) on the way from where they
+    are set and the walk cannot follow it. Walking back from the output through element-wise ops (pruning's
+    per-channel ops, :data:`onnx_alds.prune.UNARY_OPS`, and Cast, Clip …; Add, Mul, Concat … of computed
+    tensors that agree), ops that keep every axis where it is (Resize, Slice, Pad, pooling; a Reshape whose
+    inferred shapes keep the channel axis and what precedes it) and Transposes (their perms composed), the
+    channel axis is where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its channels
+    (axis 1) or a MatMul with a constant right-hand weight its features (the last axis, unless its input is
+    a channels-first map: then a spatial axis is mixed and the channels stay). Outputs with no evidence
+    either way are left out (read with channels on axis 1)."""
     from .prune import BINARY_OPS, UNARY_OPS
 
     # element by element on their first input (the layout stays); then of several inputs
-    passthrough = UNARY_OPS + ("Cast", "Clip", "Log", "Dropout", "Sign", "PRelu", "Shrink")
-    joins = BINARY_OPS + ("Sum", "Mean")
+    passthrough = UNARY_OPS + ("Cast", "Clip", "Log", "Dropout", "Sign", "PRelu", "Shrink", "Resize", "Upsample",
+                               "Slice", "Pad", "MaxPool", "AveragePool", "LpPool")
+    joins = BINARY_OPS + ("Sum", "Mean", "Concat", "Where")
     producers = {out: node for node in model.graph.node for out in node.output if out}
     constants = {t.name for t in model.graph.initializer} | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 13)
     default_axis = -1 if opset >= 13 else 1  # (Softmax's axis when not written: the last from opset 13)
     memo: dict[str, Optional[tuple[int, str]]] = {}
+    inferred: list[dict[str, list[Any]]] = []
+
+    def dims_of(name: str) -> Optional[list[Any]]:
+        """The inferred dims of a tensor (ints, dim names, or None where not known); None: no shape."""
+        if not inferred:
+            try:
+                graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+                values = list(graph.value_info) + list(graph.input) + list(graph.output)
+            except Exception:  # noqa: BLE001 - any failure only means the shapes are not known
+                values = []
+            inferred.append({value.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                          for d in value.type.tensor_type.shape.dim]
+                             for value in values if value.type.tensor_type.HasField("shape")})
+        return inferred[0].get(name)
+
+    def reshape_keeps(node: onnx.NodeProto, axis: int) -> bool:
+        """A Reshape of a 4-D tensor to 4-D keeps the channel axis ``axis`` (row-major: the dim there and
+        every dim before it the same, or for the last axis its dim alone)."""
+        before, after = dims_of(node.input[0]), dims_of(node.output[0])
+        if before is None or after is None or len(before) != 4 or len(after) != 4:
+            return False
+        kept = [3] if axis == 3 else list(range(axis + 1))
+        return all(before[i] is not None and before[i] == after[i] for i in kept)
 
     def channel_axis(name: str, depth: int) -> Optional[tuple[int, str]]:
         """The channel axis of the 4-D tensor ``name`` and what says so, or None (not known)."""
         if name in memo:
             return memo[name]
+        memo[name] = None  # (a cycle cannot be followed)
         node = producers.get(name)
         found: Optional[tuple[int, str]] = None
         if node is None or depth > _CLASS_AXIS_DEPTH or node.domain not in ("", "ai.onnx"):
@@ -570,14 +598,23 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
             found = (axis % 4, f"a {node.op_type} over it") if -4 <= axis < 4 else None
         elif node.op_type in ("Conv", "ConvTranspose"):
             found = (1, f"a {node.op_type}'s channels")
-        elif node.op_type == "MatMul":
-            found = (3, "a MatMul's features")
+        elif node.op_type == "MatMul" and len(node.input) == 2:
+            inner = channel_axis(node.input[0], depth + 1)
+            if node.input[1] in constants:
+                found = inner if inner is not None and inner[0] != 3 else (3, "a MatMul's features")
+            elif node.input[0] in constants:  # W @ x mixes axis 2: channels on axis 1 stay, else not known
+                found = inner if inner is not None and inner[0] == 1 else None
+            else:
+                found = (3, "a MatMul's features")
         elif node.op_type == "Transpose" and node.input:
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
             inner = channel_axis(node.input[0], depth + 1)
             if inner is not None and sorted(perm) == [0, 1, 2, 3]:
                 found = (perm.index(inner[0]), inner[1] if inner[1].endswith(", transposed") else
                          inner[1] + ", transposed")
+        elif node.op_type == "Reshape" and node.input:
+            inner = channel_axis(node.input[0], depth + 1)
+            found = inner if inner is not None and reshape_keeps(node, inner[0]) else None
         elif node.op_type in passthrough and node.input:
             found = channel_axis(node.input[0], depth + 1)
         elif node.op_type in joins:
@@ -587,15 +624,50 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
         memo[name] = found
         return found
 
-    result: dict[str, str] = {}
+    def rearranged_on_the_way(name: str) -> Optional[str]:
+        """The first 4-D Transpose that moves axes between the output and the ops that set its layout."""
+        queue, seen = [name], {name}
+        while queue:
+            node = producers.get(queue.pop(0))
+            if node is None or node.op_type in ("Conv", "ConvTranspose", "Softmax", "LogSoftmax", "MatMul", "Gemm"):
+                continue
+            if node.op_type == "Transpose":
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                if perm is None or (len(perm) == 4 and perm != [0, 1, 2, 3]):
+                    return node.name or node.output[0]
+            for value in node.input:
+                if value and value not in constants and value not in seen and len(seen) < 4 * _CLASS_AXIS_DEPTH:
+                    seen.add(value)
+                    queue.append(value)
+        return None
+
+    result: dict[str, tuple[Optional[int], str]] = {}
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim if output.type.HasField("tensor_type") else ()
         if output.type.tensor_type.HasField("shape") and len(dims) != 4:
             continue
         found = channel_axis(output.name, 0)
-        if found is not None and found[0] == 3:
-            result[output.name] = f"the graph puts its channels on the last axis ({found[1]})"
+        if found is not None and found[0] in (1, 3):
+            result[output.name] = found
+        elif found is None:
+            transpose = rearranged_on_the_way(output.name)
+            if transpose is not None:
+                result[output.name] = (None, f"the Transpose '{transpose}' rearranges its axes on the way and "
+                                             "the graph does not show where its channels end up")
     return result
+
+
+def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """4-D graph outputs whose channels are on the last axis (NHWC: Keras and TensorFlow exports), and the
+    graph's evidence for it (:func:`output_channel_axes`)."""
+    return {name: f"the graph puts its channels on the last axis ({why})"
+            for name, (axis, why) in output_channel_axes(model).items() if axis == 3}
+
+
+def unknown_layout_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """4-D graph outputs whose channel axis the graph leaves unclear (:func:`output_channel_axes`): a dense
+    reading on axis 1 could compare rows instead of classes, so they are compared as regression."""
+    return {name: why for name, (axis, why) in output_channel_axes(model).items() if axis is None}
 
 
 _KIND_NEEDS = {
@@ -1220,7 +1292,7 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
             accumulators = _start_accumulators(output_names, values_o, count, output_kinds, stated, inputs.labels,
                                                declared=_fixed_first_dims(original_model),
                                                topk_values=topk_value_outputs(original_model),
-                                               channels_last=channels_last_outputs(original_model))
+                                               layouts=output_channel_axes(original_model))
             first_count = count
         for name, value_o, value_c in zip(output_names, values_o, values_c):
             accumulator = accumulators[name]
@@ -1353,13 +1425,15 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
                         output_kinds: Mapping[str, str], stated: Tolerances,
                         labels: Optional[np.ndarray], declared: Optional[Mapping[str, int]] = None,
                         topk_values: frozenset[str] = frozenset(),
-                        channels_last: Optional[Mapping[str, str]] = None) -> dict[str, _Accumulator]:
+                        layouts: Optional[Mapping[str, tuple[Optional[int], str]]] = None
+                        ) -> dict[str, _Accumulator]:
     """Choose every output's kind on the first batch, check what was stated against it, and start;
     ``declared``: outputs whose first dim the model declares fixed (:func:`_fixed_first_dims`): where the
     first batch's output has that size, its first axis is not the batch; ``topk_values``: outputs that are a
-    TopK's values (:func:`topk_value_outputs`); ``channels_last``: 4-D outputs whose channels are last, and
-    why (:func:`channels_last_outputs`): a dense one reads them there."""
-    channels_last = channels_last or {}
+    TopK's values (:func:`topk_value_outputs`); ``layouts``: the channel axis of 4-D outputs and why
+    (:func:`output_channel_axes`): a dense one reads its channels on axis 3 where the graph puts them there,
+    and one whose layout the graph leaves unclear is compared as regression."""
+    layouts = layouts or {}
     declared = declared or {}
     unbatched = {name for name, value in zip(names, first) if value.ndim and value.shape[0] == declared.get(name)}
     kinds: dict[str, tuple[str, str, bool]] = {}
@@ -1377,6 +1451,10 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
             kinds[name] = (kind, "--output-kind", batched)
         else:
             kind, reason = detect_kind(name, value, batched, topk_values=name in topk_values)
+            axis, why = layouts.get(name, (1, ""))
+            if kind == DENSE and value.ndim == 4 and axis is None:
+                kind, reason = REGRESSION, (f"4-D float {list(value.shape)}, but {why}: compared as regression "
+                                            f"(--output-kind {name}=dense reads its channels on axis 1)")
             kinds[name] = (kind, reason, batched)
     present = {kind for kind, _, _ in kinds.values()}
     listing = ", ".join(f"{n}={k}" for n, (k, _, _) in kinds.items())
@@ -1402,10 +1480,11 @@ def _start_accumulators(names: Sequence[str], first: Sequence[np.ndarray], count
                     for (name, (kind, reason, batched)), value in zip(kinds.items(), first)}
     for name, value in zip(names, first):
         accumulator = accumulators[name]
-        if accumulator.kind == DENSE and value.ndim == 4 and name in channels_last:
+        axis, why = layouts.get(name, (1, ""))
+        if accumulator.kind == DENSE and value.ndim == 4 and axis == 3:
             accumulator.channels_last = True
             accumulator.reason = (accumulator.reason.replace(", channels on axis 1", "")
-                                  + f"; channels on axis 3: {channels_last[name]}")
+                                  + f"; channels on axis 3: the graph puts its channels on the last axis ({why})")
     return accumulators
 
 

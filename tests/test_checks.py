@@ -521,3 +521,27 @@ def test_a_scalar_input_is_named_and_validate_is_not_offered_as_the_way_to_measu
     assert report.random_output_change is None
     assert ("the outputs were not compared on random inputs: graph input 't' is a scalar (rank 0), which no batch of "
             "samples feeds; to measure the outputs with validate, export 't' with shape [1] or [N]") in report.notes
+
+
+def test_a_first_dim_that_is_not_a_batch_names_input_shape(tmp_path, capsys):
+    """A model whose rows are samples × time steps (it regroups 4 rows per sample) failed on the probe at a
+    first dim of 1 with 'fix the model or export it again'; the model is fine, the dims the tool chose are
+    not: the error names them and --input-shape."""
+    from conftest import make_model
+    from onnx_alds.cli import main
+
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                        helper.make_node("Reshape", ["h", "shape"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                       [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w"),
+                        numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")])
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "with its dynamic dims set to x:1x16" in err and "give them with --input-shape" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
+    assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5", "--rank-multiple", "1",
+                 "--input-shape", "x:4x16"]) == 0

@@ -1037,9 +1037,9 @@ def test_skip_reasons_that_edits_made_stale_are_not_repeated():
         "skipped in the plan (in a block it narrowed when it was made)")
 
 
-def test_a_layer_data_aware_factors_cannot_reach_is_refused_when_the_plan_factorizes_it():
-    """A weight-first MatMul (y = W·x) edited to "factorized" in a data-aware plan was left dense with exit 0,
-    and the report's note said it was factorized as edited."""
+def test_a_weight_first_matmul_edited_to_factorized_in_a_data_aware_plan_is_applied_as_edited():
+    """A weight-first MatMul (y = W·x) edited to "factorized" in a data-aware plan was left dense with exit 0
+    (data-aware factors did not cover it), then refused; its calibration columns fit it now."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -1053,15 +1053,9 @@ def test_a_layer_data_aware_factors_cannot_reach_is_refused_when_the_plan_factor
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     calibration = random_inputs(model, 16, seed=1)
     plan = make_plan(model, keep_params=0.7, rank_multiple=1, calibration=calibration)
-    assert plan.layer("left").option != "factorized"
     edited = plan.with_layer("left", option="factorized", groups=1, rank=4)
-    with pytest.raises(PlanError, match=r"layer 'left' is factorized in the plan but cannot be factorized in this "
-                                        r"model \(MatMul with the weight first: data-aware factors"):
-        apply_plan(model, edited, calibration=calibration)
-    data_free = make_plan(model, keep_params=0.7, rank_multiple=1).with_layer("left", option="factorized", groups=1,
-                                                                              rank=4)
-    rows = {row.name: row for row in apply_plan(model, data_free).report.layers}
-    assert rows["left"].groups == 1 and rows["left"].rank == 4  # data-free factors reach it
+    rows = {row.name: row for row in apply_plan(model, edited, calibration=calibration).report.layers}
+    assert rows["left"].groups == 1 and rows["left"].rank == 4
 
 
 def test_an_order_edit_is_named_and_a_size_written_as_a_string_is_refused(tmp_path, capsys):
@@ -1312,6 +1306,13 @@ def test_a_plans_measured_figures_and_fitting_options_are_not_edited(tmp_path):
     edited["totals"]["latency"]["measured_speedup"] = 9.9
     with pytest.raises(PlanError, match="measured_speedup: 9.9 is not 1 / measured_ratio"):
         Plan.from_dict(edited)
+    # a layer's recorded time edited (its decision as planned) was printed as the tables' prediction (0.12, 8x)
+    edited = json.loads(json.dumps(data))
+    timed = next(layer for layer in edited["layers"] if layer["option"] == "factorized")
+    timed["predicted"]["time_us"] = 1e-3
+    with pytest.raises(PlanError, match=r"the layers' recorded times \(predicted.time_us, time_dense_us\) give a "
+                                        r"predicted 0\.\d+ of the model's time, but totals.achieved is"):
+        Plan.from_dict(edited)
     for key, value in (("rank_multiple", 1), ("max_groups", 8), ("error_measure", "frobenius")):
         edited = json.loads(json.dumps(data))
         edited["options"]["search"][key] = value
@@ -1331,3 +1332,49 @@ def test_a_plans_measured_figures_and_fitting_options_are_not_edited(tmp_path):
         edited["options"]["data"][key] = value
         with pytest.raises(PlanError, match=f"options.data.{key} is .* but the plan was made with"):
             Plan.from_dict(edited)
+
+
+def test_a_narrowed_blocks_layer_set_to_dense_is_no_edit_and_says_what_it_stays(tmp_path, capsys):
+    """A layer of a narrowed block edited from "skipped" to "dense" was applied as it was (narrowed), while the
+    report said "1 layer edited" and listed it as dense. Dense or skipped, the block's width decides it: no
+    edit, and a note says the layer stays narrowed and how to keep it whole."""
+    model, calibration = residual_feed_forward(), _feeds()
+    plan = make_plan(model, keep_params=0.5, prune="combined", calibration=calibration, rank_multiple=4)
+    data = plan.to_dict()
+    (block,) = [b for b in data["blocks"] if b["width"] < b["width_before"]]
+    layer = next(entry for entry in data["layers"] if entry["name"] == block["consumer"])
+    assert layer["option"] == "skipped"
+    layer["option"] = "dense"
+    edited = Plan.from_dict(data)
+    assert not edited.edited_layers
+    save_model(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", **calibration.arrays)
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    (tmp_path / "edited.json").write_text(json.dumps(data))
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "plan.json"), "-o", str(tmp_path / "a.onnx"),
+                 "--calibration", str(tmp_path / "cal.npz"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "edited.json"), "-o", str(tmp_path / "b.onnx"),
+                 "--calibration", str(tmp_path / "cal.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "edited" not in out and f"(first: '{block['consumer']}', pruned block '{block['name']}'" in out
+    assert "stays narrowed, unfactorized" in out
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    block["width"] = block["width_before"]  # the block kept whole: the dense layer is whole, no note
+    (tmp_path / "whole.json").write_text(json.dumps(data))
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "whole.json"), "-o", str(tmp_path / "c.onnx"),
+                 "--calibration", str(tmp_path / "cal.npz")]) == 0
+    assert "stays narrowed" not in capsys.readouterr().out
+
+
+def test_a_plan_without_its_searched_record_says_its_options_are_unchecked(tmp_path, capsys):
+    """Deleting "totals" let an edit of options.search.seed through (refused with totals in place), and the
+    written model recorded seed 7 for decisions seed 0 made, without a word."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_flops=0.5).to_dict()
+    save_model(model, tmp_path / "m.onnx")
+    del data["totals"]
+    data["options"]["search"]["seed"] = 7
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "plan.json"), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "the plan records no totals.searched (what made its decisions)" in capsys.readouterr().out

@@ -1118,14 +1118,25 @@ def test_reshape_whose_target_can_be_overridden_is_named_for_it():
     assert not blocks and any("whose target shape is not a constant" in r.reason for r in refused)
 
 
-def test_prune_names_why_weight_first_matmuls_cannot_be_calibrated():
-    """Only W @ x MatMuls: --prune said "the model has no Conv, Gemm or MatMul with a weight"."""
+def test_prune_names_why_weight_first_matmuls_are_no_block_and_factorizes_them():
+    """Only W @ x MatMuls: --prune said "the model has no Conv, Gemm or MatMul with a weight"; they are no
+    prunable block (named), and the low-rank part of --prune combined factorizes them on their calibration
+    columns."""
     rng = np.random.default_rng(8)
     model = _matmul_pair(rng.standard_normal((32, 32)), rng.standard_normal((32, 32)), "Relu", x_dims=[2, 32, 20],
                          y_dims=[2, 32, 20], weight_first=True)
     calibration = InputSet({"x": rng.standard_normal((8, 32, 20)).astype(np.float32)}, source="test")
-    with pytest.raises(UnsupportedModelError, match=r"none factorizable or prunable \(MatMul with the weight first"):
-        compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined")
+    with pytest.raises(UnsupportedModelError, match=r"MatMul with the weight first"):
+        compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="only")
+    result = compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined")
+    assert not result.report.pruned and {row.name for row in result.report.layers if row.rank} == {"up", "down"}
+    # with --method damage the error column holds each layer's predicted output damage: the report said
+    # "error: frobenius" and printed damages of 1e-6 as 0.0000
+    report = compress(model, keep_flops=0.5, rank_multiple=8, calibration=calibration, prune="combined",
+                      method="damage").report
+    assert report.error_measure.startswith("output damage") and "max error" in report.format()
+    assert [row.error for row in report.layers if row.rank] == [row.predicted_damage for row in report.layers
+                                                                if row.rank]
 
 
 def test_combined_prune_stamps_the_users_original_and_budget():

@@ -312,3 +312,17 @@ def test_the_grid_takes_numpy_numbers():
                                                      (np.int64(16),), [np.uint32(7)])
     assert (methods, keeps, multiples, seeds) == (["alds"], [0.75, 1.0], [16], [7])
     assert all(type(value) is float for value in keeps) and all(type(v) is int for v in multiples + seeds)
+
+
+def test_more_local_workers_than_cpus_are_refused(tmp_path, capsys):
+    """--engine local --workers 100 on 2 CPUs started 100 processes (each holding the models) with no word;
+    the Ray engine refuses more workers than its cluster's CPUs, and so does the local one."""
+    import os
+
+    from onnx_alds.sweep import EngineError, LocalEngine
+
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(EngineError, match=rf"--workers {cpus + 1} starts {cpus + 1} processes.*this machine has "
+                                          rf"{cpus} CPUs; give at most --workers {cpus}"):
+        LocalEngine(workers=cpus + 1)
+    assert LocalEngine(workers=cpus).workers == cpus
