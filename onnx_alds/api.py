@@ -36,9 +36,9 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
                      unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
-from .model_io import (ModelLike, OpenedModel, TensorStore, materialize, open_model, refuse_over_protobuf_limit,
-                       resolve_input_shapes)
-from .inputs import check_sample_dims, conform_inputs
+from .model_io import (ModelLike, OpenedModel, TensorStore, fixed_batch, materialize, open_model,
+                       refuse_over_protobuf_limit, resolve_input_shapes)
+from .inputs import check_sample_dims, conform_inputs, without_repeats
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -93,7 +93,10 @@ class _Prepared:
         refuse_over_protobuf_limit(OpenedModel(self.model, self.store), "data-aware compression runs it in ONNX "
                                    "Runtime with extra outputs, which needs it serialized whole",
                                    fix="compress it data-free (without calibration)")
-        calibration = conform_inputs(self.model, options.data.calibration, "calibration")
+        # a repeated sample adds no information, and would let --method damage probe on copies of the inputs it
+        # fitted to (whole inputs compared where the model fixes its first dim: its rows are no samples)
+        calibration = without_repeats(conform_inputs(self.model, options.data.calibration, "calibration"),
+                                      fixed_batch(self.model) or 1)
         given = {name: dims for name, dims in (options.input_shapes or {}).items() if name in calibration.arrays}
         check_sample_dims(calibration, given, "the calibration arrays are",
                           "give calibration inputs of that size, or other input_shapes")
@@ -229,9 +232,11 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                      "ConvTranspose, Gemm, MatMul and Attention)")
     uncounted = uncounted_compute_ops(proto)
     if uncounted:
-        notes.append(f"{', '.join(f'{op} ×{count}' for op, count in sorted(uncounted.items()))} (ONNX Runtime ops "
-                     "whose products onnx-alds does not size) are left as they are: their weights count in the "
-                     "totals, their MACs do not")
+        one = sum(uncounted.values()) == 1
+        notes.append(f"{', '.join(f'{op} ×{count}' for op, count in sorted(uncounted.items()))} (ONNX Runtime "
+                     f"op{'' if one else 's'} whose products onnx-alds does not size) {'is' if one else 'are'} left "
+                     f"as {'it is' if one else 'they are'}: {'its' if one else 'their'} weights count in the totals, "
+                     f"{'its' if one else 'their'} MACs do not")
     macs_total: Optional[int] = None
     if resolved is not None:
         producers = {out: node for _, graph in iter_graphs(proto.graph) for node in graph.node for out in node.output}
@@ -1086,7 +1091,9 @@ def _settle_latency(prepared: _Prepared, chosen: list[Layer], tables, costs, spe
         reference=prepared.model, store=prepared.store, input_shapes=inputs, timer=_timer_for(speed),
         rounds=speed.model_rounds, cache=LatencyCache(cache_dir(speed.cache_dir)),
         identity=dict(speed_info.identity, batch=speed.batch))
-    return allocation, replace(speed_info, settle=rounds, settle_note=note, settle_measured=kept.measured)
+    untimed = all(choice.groups == 0 for choice in allocation.choices)  # every layer dense: the original, not timed
+    return allocation, replace(speed_info, settle=rounds, settle_note=note,
+                               settle_measured=None if untimed else kept.measured)
 
 
 def _damage_factor_fn(data):

@@ -307,9 +307,14 @@ def time_interleaved(runners: Sequence[Any], *, warmup: int, runs: int, min_time
     except OnnxAldsError:
         raise
     except Exception as exc:  # a run failed: one line, not a traceback
+        from .checks import raise_if_out_of_resources
+
+        raise_if_out_of_resources(exc, "time it at a smaller batch (bench --batch, compress --bench-batch), or when "
+                                       "other jobs have finished")
         reason = f"running the model on random timing inputs failed ({runtime_error_text(exc)})"
-        raise RandomInputsError(f"{reason}; the inputs need values or shapes random data lacks: give --input-shape, "
-                                "or time it with your own harness", reason) from None
+        raise RandomInputsError(f"{reason}; the inputs need values, shapes or a batch random data lacks (an op "
+                                "inside may fix the batch): give --input-shape, another batch (bench --batch, "
+                                "compress --bench-batch), or time it with your own harness", reason) from None
 
 
 def _runs(runner: Any) -> bool:

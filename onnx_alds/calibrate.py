@@ -1035,7 +1035,7 @@ def _prepare(model: onnx.ModelProto, layers: Sequence[Layer], inputs, batch_size
     per_run, passes = _plan_passes(sizes, working, list(tensors), unit, batch_size, fixed is not None,
                                    limits.activation_bytes, users)
     if fixed is not None and fixed != batch_size:
-        said.append(f"the model fixes the batch to {fixed}: calibration ran at batch {fixed}")
+        said.append(f"the model fixes its first dim to {fixed}: calibration ran on inputs of {fixed} rows")
     elif fixed is None and per_run < batch_size:
         per_sample = sum(size for size in sizes.values() if size) + working
         said.append(f"calibration ran at batch {per_run} instead of {batch_size}: one sample's layer inputs and "
@@ -1569,7 +1569,7 @@ def _collect(model, layers, inputs, batch_size: int, reference, limits: Calibrat
                                  f"{count.dropped} sample{'s' if count.dropped != 1 else ''}; give at least {fixed}")
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
     if count.dropped:
-        said.append(f"the model fixes the batch to {fixed}: calibration used {count.used} of "
+        said.append(f"the model fixes its first dim to {fixed}: calibration used {count.used} of "
                     f"{count.used + count.dropped} samples (the last {count.dropped} do not fill a batch)")
     if whole:
         empty = [name for name, value in totals.items() if value.count == 0]

@@ -571,6 +571,26 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
 
 
+def _existing_file_kind(path: Path) -> Optional[str]:
+    """What an existing file at an output path holds ("an ONNX model", "a numpy data file", "a JSON file"), where
+    it is one of the kinds onnx-alds reads or writes (a model by its suffix, numpy data by its magic bytes, JSON
+    by its suffix and first character); None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(64).lstrip()
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".npz" or head.startswith(b"\x93NUMPY"):
+        return "a numpy data file"
+    if path.suffix.lower() == ".onnx" and head:
+        return "an ONNX model"
+    if head[:1] in (b"{", b"[") and path.suffix.lower() == ".json":
+        return "a JSON file"
+    return None
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Before any work: no output file may be one of the command's input files (model, plan,
     calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
@@ -620,8 +640,15 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
         example = "plan.json" if key == "output" and args.command == "plan" else (
-            "analysis.json" if key == "json" else None)  # (a file name of the kind, for a folder given)
+            f"{'bench' if args.command == 'bench' else 'analysis'}.json" if key == "json" else None)  # (a file
+        # name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
+        writes = "an ONNX model" if key == "output" and args.command != "plan" else "a JSON file"
+        existing = _existing_file_kind(Path(value))
+        if existing is not None and existing != writes:  # (one swapped argument destroyed a model)
+            raise OutputPathError(f"{flag} '{value}' is an existing {existing.split(' ', 1)[1]}, and "
+                                  f"{args.command} would write {writes} over it; give another path (or remove the "
+                                  "file first)")
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it

@@ -1288,7 +1288,15 @@ def make_augmenter(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], *, 
         rank2 = [k for k in ints if np.asarray(arrays[k]).ndim == 2]
         candidates = [k for k in rank2 if k not in masks and not any(
             s in k.lower() for s in ("type", "segment", "position"))]
-        if len(masks) == 1 and len(candidates) == 1 and _is_right_padded(arrays[masks[0]]):
+        mask = np.asarray(arrays[masks[0]]) if len(masks) == 1 else None
+        if len(candidates) == 1 and mask is not None and mask.ndim == 2 and np.all((mask == 0) | (mask == 1)) \
+                and not _is_right_padded(mask):  # (left-padded: the spans TokenAugmenter rebuilds would not fit)
+            resampled = Augmenter(arrays)
+            resampled.note = (f"the attention mask {masks[0]!r} is not right-padded (a sample's 1s do not all come "
+                              "first): token augmentation (resampled spans) is off and training resamples whole "
+                              "sentences; pad on the right to use it")
+            return resampled
+        if len(masks) == 1 and len(candidates) == 1:
             others = [k for k in rank2 if k not in masks and k not in candidates]
             width = np.asarray(arrays[candidates[0]]).shape[1]
             if len(others) + 2 == len(names) and all(np.asarray(arrays[k]).shape[1] == width
@@ -1430,6 +1438,7 @@ class DistillReport:
     torch_version: str
     threads: int
     notes: tuple = ()
+    agreement_output: str = ""  # the output the agreement figure is of (_agreement_output)
 
     def format(self) -> str:
         kind = "top-1 agreement" if self.agreement_kind == "top-1" else "cosine similarity"
@@ -1444,7 +1453,8 @@ class DistillReport:
                f"{self.settings.get('intermediate_weight')})" if self.matching_points else ""),
             f"data: {self.train_samples} training samples ({self.augmentation}); held out: {self.held_out_samples} "
             "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
-            f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind} {self.agreement_before:.4f} -> "
+            f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind}"
+            f"{f' of output {self.agreement_output!r}' if self.agreement_output else ''} {self.agreement_before:.4f} -> "
             f"{self.agreement_after:.4f}" + (f"; cosine {self.cosine_before:.4f} -> {self.cosine_after:.4f}"
                                              if self.agreement_kind == "top-1" else "")
             + (f" (the step kept is the one of lowest held-out loss, not of highest {kind})"
@@ -1522,6 +1532,18 @@ def _agreement(teacher: np.ndarray, student: np.ndarray, kind: str) -> tuple[flo
     cosine = float(np.mean(np.where(both_zero, 1.0, np.sum(t * s, axis=1) / np.maximum(t_norm * s_norm, 1e-300))))
     top1 = float(np.mean(np.argmax(t, axis=1) == np.argmax(s, axis=1))) if kind == "top-1" else cosine
     return top1, cosine
+
+
+def _agreement_output(teacher: Mapping[str, np.ndarray], outputs: Sequence[str]) -> tuple[str, str]:
+    """The output the agreement figure is of, and its kind: the first that validate calls a classifier
+    (:func:`onnx_alds.validate.detect_kind`: 2-D, ≥ 2 columns, rows not unit-norm, not named an embedding),
+    measured by ``top-1``; else the first output, by ``cosine``."""
+    from .validate import CLASSIFIER, detect_kind
+
+    for name in outputs:
+        if _agreement_kind(teacher[name]) == "top-1" and detect_kind(name, teacher[name])[0] == CLASSIFIER:
+            return name, "top-1"
+    return outputs[0], "cosine"
 
 
 def _agreement_kind(teacher: np.ndarray) -> str:
@@ -1607,7 +1629,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
         _check_interfaces(teacher_model, student_model, held_out_inputs)
     casts = cast_notes(inputs, held_out_inputs)
-    in_sample = _calibrated_on(student_model, held_out_inputs)
+    in_sample = [note for note in (_calibrated_on(student_model, held_out_inputs), _trained_on(inputs, held_out_inputs))
+                 if note]
     found = factor_tensors(teacher_model, student_model)
     if not found.factors:
         raise UnsupportedModelError(
@@ -1635,7 +1658,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(settings.seed)
     try:
-        notes = casts + ([in_sample] if in_sample else [])
+        notes = casts + in_sample
         rng = np.random.default_rng(settings.seed)
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}
@@ -1665,7 +1688,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         # the interpreter must agree with ONNX Runtime on the compressed model before anything trains
         _verify(student, _student_session(student_model), eval_inputs, outputs, settings.verify_tolerance,
                 when="before training", model=student_model, batch=settings.batch_size)
-        kind = _agreement_kind(teacher_eval[outputs[0]])
+        watched, kind = _agreement_output(teacher_eval, outputs)
 
         groups = []
         for name, param in student.named_factors().items():
@@ -1683,7 +1706,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             _check_output_shapes(teacher_eval, got, outputs)
             loss = float(np.mean([np.mean((got[o].astype(np.float64) - teacher_eval[o]) ** 2) / scales[o]
                                   for o in outputs]))
-            top1, cosine = _agreement(teacher_eval[outputs[0]], got[outputs[0]], kind)
+            top1, cosine = _agreement(teacher_eval[watched], got[watched], kind)
             return loss, top1, cosine
 
         show = sys.stderr.isatty() if progress is None else progress
@@ -1813,6 +1836,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             trainable_tensors=len(found.trainable),
             trainable_values=int(sum(v.size for v in values.values())), biases=len(found.biases),
             matching_points=len(points), loss_before=loss0, loss_after=best[0], agreement_kind=kind,
+            agreement_output=watched,
             agreement_before=agree0, agreement_after=best[2], cosine_before=cos0, cosine_after=best[3],
             verify_max_diff=verify_diff, verify_tolerance=max(limits.values()), settings=asdict(settings),
             curve=tuple(curve), torch_version=str(torch.__version__), threads=torch.get_num_threads(),
@@ -1979,6 +2003,25 @@ def _student_session(model: onnx.ModelProto):
     from .runtime import make_session
 
     return make_session(model, "cpu", spinning=False)
+
+
+def _trained_on(train: InputSet, held_out: InputSet) -> Optional[str]:
+    """A note when held-out samples are also training samples (exactly, every input): the training fits
+    them, so the held-out figures and the early stopping are in-sample for them."""
+    import hashlib
+
+    def digests(inputs: InputSet) -> list[bytes]:
+        names = sorted(inputs.arrays)
+        return [hashlib.sha1(b"".join(np.ascontiguousarray(inputs.arrays[name][i]).tobytes() for name in names))
+                .digest() for i in range(len(inputs))]
+
+    trained = set(digests(train))
+    seen = sum(digest in trained for digest in digests(held_out))
+    if not seen:
+        return None
+    return (("the held-out samples are" if seen == len(held_out) else f"{seen} of the {len(held_out)} held-out "
+             "samples are") + " training samples too: the training fits them, so the held-out figures and the early "
+            "stopping are in-sample; give held-out inputs apart from the training ones")
 
 
 def _calibrated_on(compressed: onnx.ModelProto, held_out: InputSet) -> Optional[str]:
@@ -2376,7 +2419,7 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
     print(text)
     report = distilled.report
     note = (f"distilled: {report.steps} steps, {report.seconds:.0f} s; held-out {report.agreement_kind} "
-            f"{report.agreement_before:.4f} -> {report.agreement_after:.4f}"
+            f"of output {report.agreement_output!r} {report.agreement_before:.4f} -> {report.agreement_after:.4f}"
             + (f" (kept: the step of lowest held-out loss, {report.loss_before:.4g} -> {report.loss_after:.4g})"
                if report.agreement_after < report.agreement_before else "")
             + " (the layer errors above are those of the factors before training; the written model holds the "

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -190,32 +191,41 @@ class Preprocess:
         return f"{self.name} ({', '.join(parts)})"
 
 
-def first_occurrences(inputs: InputSet) -> list[int]:
-    """The indices of the samples that repeat no earlier one exactly (values of every input), in order."""
+def first_occurrences(inputs: InputSet, unit: int = 1) -> list[int]:
+    """The indices of the samples that repeat no earlier one exactly (values of every input), in order.
+    ``unit`` > 1: a model that fixes its first dim to ``unit`` takes whole inputs of ``unit`` rows (its first
+    axis is no batch), so whole inputs are compared, and the rows of those that repeat none are returned (a
+    remainder of fewer rows is kept as it is)."""
     import hashlib
 
+    unit = max(1, int(unit))
+    count = len(inputs)
+    whole = count - count % unit
     first: dict[bytes, int] = {}
-    for index in range(len(inputs)):
+    for start in range(0, whole, unit):
         digest = hashlib.sha1()
         for name in sorted(inputs.arrays):
-            digest.update(np.ascontiguousarray(inputs.arrays[name][index]).tobytes())
-        first.setdefault(digest.digest(), index)
-    return sorted(first.values())
+            digest.update(np.ascontiguousarray(inputs.arrays[name][start:start + unit]).tobytes())
+        first.setdefault(digest.digest(), start)
+    return [row for start in sorted(first.values()) for row in range(start, start + unit)] + list(range(whole, count))
 
 
-def without_repeats(inputs):
-    """``inputs`` without the samples that repeat an earlier one exactly (values of every input), its
-    source saying how many went; any other input set (a shard source) as it is."""
+def without_repeats(inputs, unit: int = 1):
+    """``inputs`` without the samples that repeat an earlier one exactly (values of every input; whole
+    inputs of ``unit`` rows for a model that fixes its first dim: :func:`first_occurrences`), its source
+    saying how many went; any other input set (a shard source) as it is."""
     arrays = getattr(inputs, "arrays", None)
-    if not isinstance(inputs, InputSet) or not arrays or len(inputs) < 2:
+    if not isinstance(inputs, InputSet) or not arrays or len(inputs) < 2 * max(1, unit):
         return inputs
-    first = first_occurrences(inputs)
+    first = first_occurrences(inputs, unit)
     if len(first) == len(inputs):
         return inputs
     keep = np.array(first)
     labels = None if inputs.labels is None else inputs.labels[keep]
+    dropped = (len(inputs) - len(keep)) // max(1, unit)
+    what = "samples" if unit <= 1 else f"inputs (of {unit} rows: the model fixes its first dim)"
     return InputSet({name: array[keep] for name, array in arrays.items()}, labels,
-                    f"{inputs.source}; {len(inputs) - len(keep)} repeats of other samples left out")
+                    f"{inputs.source}; {dropped} repeats of other {what} left out")
 
 
 def _fmt_tuple(values: Sequence[float]) -> str:
@@ -246,8 +256,9 @@ def get_preprocess(name: Union[str, Preprocess]) -> Preprocess:
 MAX_RESIZED_PIXELS = 64 << 20  # an image resized to more pixels than this is refused (extreme aspect ratio)
 
 
-def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
-    """One image file as a float32 array, ``CHW`` or ``HWC`` as ``preprocess.layout`` says."""
+def preprocess_image(path: PathLike, preprocess: Preprocess, modes: Optional[Counter] = None) -> np.ndarray:
+    """One image file as a float32 array, ``CHW`` or ``HWC`` as ``preprocess.layout`` says; ``modes`` counts the
+    Pillow modes converted on the way (an RGBA or grayscale image read as RGB ...)."""
     from PIL import Image  # optional dependency: only image inputs need it
 
     try:
@@ -256,7 +267,10 @@ def preprocess_image(path: PathLike, preprocess: Preprocess) -> np.ndarray:
                 values = np.asarray(opened, dtype=np.float64)
                 top = 65535.0 if opened.mode.startswith("I;16") or values.max() > 255 else 255.0
                 opened = Image.fromarray(np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
-            image = opened.convert("RGB" if preprocess.channels == 3 else "L")
+            wanted = "RGB" if preprocess.channels == 3 else "L"
+            if modes is not None and opened.mode != wanted:
+                modes[opened.mode] += 1
+            image = opened.convert(wanted)
     except Image.DecompressionBombError:
         raise InputDataError(f"image '{path}' has more pixels than Pillow reads (its guard against decompression "
                              f"bombs: {2 * Image.MAX_IMAGE_PIXELS} pixels); shrink it, or remove it") from None
@@ -881,8 +895,9 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
 
     show = sys.stderr.isatty() if progress is None else progress
     samples = []
+    converted: Counter = Counter()
     for path in tqdm(files, desc="images", unit="img", disable=not show):
-        samples.append(preprocess_image(path, preprocess))
+        samples.append(preprocess_image(path, preprocess, converted))
     shapes = {s.shape for s in samples}
     if len(shapes) != 1:
         raise InputDataError(
@@ -900,7 +915,12 @@ def _load_images(specs: list[InputSpec], folder: PathLike, preprocess: Preproces
     if np.issubdtype(spec.dtype, np.integer):
         stacked = np.rint(stacked)
     arrays = {spec.name: np.ascontiguousarray(stacked.astype(spec.dtype))}
-    source = f"{folder} ({len(files)} images{_left_out_entries(Path(folder))}, preprocessing {preprocess.describe()})"
+    wanted = "RGB" if preprocess.channels == 3 else "grayscale"
+    modes = (f"; {_count(sum(converted.values()), 'image')} converted to {wanted} (Pillow modes "
+             f"{', '.join(sorted(converted))}{': alpha dropped' if any('A' in m for m in converted) else ''})"
+             if converted else "")
+    source = (f"{folder} ({len(files)} images{_left_out_entries(Path(folder))}{modes}, preprocessing "
+              f"{preprocess.describe()})")
     return InputSet(arrays, labels, source)
 
 

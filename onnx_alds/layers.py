@@ -112,6 +112,7 @@ class Layer:
     weight_type: int = onnx.TensorProto.FLOAT  # element type of the (folded) weight tensor
     subgraph: Optional[str] = None  # where a node inside If/Loop/Scan sits ("If_0/then_branch"), else None
     run_macs: Optional[int] = None  # a node whose "weight" is computed at run time: its MACs, from the shapes
+    output_rank: Optional[int] = None  # rank of the node's output at the resolved input shape (None: not known)
 
     @property
     def cols(self) -> int:
@@ -656,22 +657,36 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Op
 
 def _attention_heads_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
     """MACs of ONNX Runtime's MultiHeadAttention or GroupQueryAttention (ContribOperators.md): Q Kᵀ and the
-    scores times V, every query position against all T keys, ``2 · B·S·N·H · T`` with the output ``[B, S, N·H]``
-    (query and value head sizes taken equal). T: the present key's length ``[B, N, T, H]`` where it is an
-    output, else the key's (``[B, L, D]``, ``[B, N, L, H]``, packed ``[B, L, N, 2, H]``; the query's ``[B, S, N,
-    3, H]`` without a key) plus the past key's; None where a shape is not known."""
-    output = shapes.get(node.output[0])
-    if output is None or len(output) != 3:
+    scores times V, every query position against all T keys: ``T · (B·S·N·H_qk + B·S·N·H_v)``, the query's
+    elements (``[B, S, N·H_qk]``; the Q part of a packed query: ``[B, S, N, 3, H]``, or GroupQueryAttention's
+    ``[B, S, (N + 2·N_kv)·H]`` without a key) and the output's (``[B, S, N·H_v]``; the query's Q part where
+    the output's shape is not known: equal head sizes). T: the present key's length ``[B, N, T, H]`` where it is
+    an output (with a KV buffer shared between past and present, the buffer's length: an upper bound), else
+    the key's (``[B, L, D]``, ``[B, N, L, H]``, packed ``[B, L, N, 2, H]``; the query's length without a key)
+    plus the past key's; None where a shape is not known."""
+    query = shapes.get(node.input[0])
+    has_key = len(node.input) > 1 and bool(node.input[1])
+    if query is None or len(query) not in (3, 5):
         return None
+    if has_key or len(query) == 5:  # (a 5-D query packs Q, K and V: its Q part is a third)
+        q_elements = int(np.prod(query)) // (3 if len(query) == 5 else 1)
+    elif node.op_type == "GroupQueryAttention":  # Q, K, V packed in the last dim: N + 2·N_kv heads of H
+        heads, kv_heads = int(_attr(node, "num_heads", 0)), int(_attr(node, "kv_num_heads", 0))
+        if heads <= 0 or kv_heads <= 0:
+            return None
+        q_elements = int(np.prod(query)) * heads // (heads + 2 * kv_heads)
+    else:
+        return None
+    output = shapes.get(node.output[0])
+    out_elements = int(np.prod(output)) if output is not None and len(output) == 3 else q_elements
     present = shapes.get(node.output[1]) if len(node.output) > 1 and node.output[1] else None
     if present is not None and len(present) == 4:
-        return 2 * int(np.prod(output)) * int(present[2])
-    key = shapes.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    if key is None:
-        query = shapes.get(node.input[0])
-        if len(node.input) > 1 and node.input[1] or query is None or len(query) not in (3, 5):
-            return None
+        return int(present[2]) * (q_elements + out_elements)
+    key = shapes.get(node.input[1]) if has_key else None
+    if not has_key:
         keys = int(query[1])  # (Q, K, V packed in the query: as many keys as queries)
+    elif key is None:
+        return None
     elif len(key) in (3, 5):
         keys = int(key[1])
     elif len(key) == 4:
@@ -684,7 +699,7 @@ def _attention_heads_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, 
         if past is None or len(past) != 4:
             return None
         keys += int(past[2])
-    return 2 * int(np.prod(output)) * keys
+    return keys * (q_elements + out_elements)
 
 
 def uncounted_compute_ops(model: onnx.ModelProto) -> Counter:
@@ -1110,13 +1125,16 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
     slot = _weight_slot(node, constants, shapes)
     weight_name, input_name = node.input[slot], node.input[1 - slot]
     tensor = constants.get(weight_name)
-    if node.op_type == "Gemm" and tensor is None and node.input[0] in constants:  # y = W·x: the constant is A
-        first = constants[node.input[0]]
+    if node.op_type == "Gemm" and tensor is None and node.input[1] not in constants and (
+            node.input[0] in constants or _reads_only_constants(node.input[0], producers, constants)):
+        # y = W·x: the constant is A (stored, or computed from constants: a Transpose of one)
+        first = constants.get(node.input[0])
+        dims = tuple(int(d) for d in first.dims) if first is not None else tuple(shapes.get(node.input[0], ()))
         return Layer(name=node.name, op=node.op_type, input=node.input[1], output=node.output[0], weight=node.input[0],
-                     weight_shape=tuple(int(d) for d in first.dims), out_features=0, in_channels=0, kernel=1,
-                     params=int(np.prod(first.dims)), positions=None, groups=(),
+                     weight_shape=dims, out_features=0, in_channels=0, kernel=1,
+                     params=_stored_elements(node.input[0], producers, constants), positions=None, groups=(),
                      skip_reason="the constant is the Gemm's first input A (y = A·B): left as it is",
-                     weight_type=first.data_type)
+                     weight_type=first.data_type if first is not None else onnx.TensorProto.FLOAT)
     shape = tuple(int(d) for d in tensor.dims) if tensor is not None else tuple(shapes.get(weight_name, ()))
     reason: Optional[str] = None
     if tensor is None and not shape:  # computed by an op whose output shape nothing knows: say by what
@@ -1191,6 +1209,7 @@ def _describe(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto], u
         weight_shape=shape, out_features=f, in_channels=c, kernel=kernel, params=params,
         positions=_positions(node.op_type, shapes.get(node.output[0]), f, weight_first=slot == 0),
         groups=groups, skip_reason=reason, pointwise_first_ok=pointwise_ok, weight_first=slot == 0,
+        output_rank=len(shapes[node.output[0]]) if node.output[0] in shapes else None,
         weight_type=tensor.data_type if tensor is not None else onnx.TensorProto.FLOAT,
         stored_transposed=(node.op_type == "MatMul" and slot == 1)
         or (node.op_type == "Gemm" and not _attr(node, "transB", 0)),

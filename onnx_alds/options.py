@@ -191,11 +191,11 @@ class DataAwareOptions:
                     else "--both-factors" if self.both_factors else "--affine-correction")
             raise InputDataError(f"{flag} needs calibration data; give calibration inputs "
                                  "(--calibration FILE.npz, --calibration-images DIR or --calibration-random N)")
-        if self.calibration is not None:  # a repeated sample adds no information, and would let --method
-            from .inputs import as_input_set, without_repeats  # damage probe on copies of the inputs it fitted to
+        if self.calibration is not None:  # (repeats are left out against the model: api._Prepared)
+            from .inputs import as_input_set
 
             calibration = as_input_set(self.calibration, "calibration")  # (an object with its members: checked)
-            object.__setattr__(self, "calibration", without_repeats(calibration))
+            object.__setattr__(self, "calibration", calibration)
 
     @property
     def enabled(self) -> bool:

@@ -276,7 +276,8 @@ def _shift_output(dec: gs.Node, rewrite: Rewrite, shift: np.ndarray, dtype: np.d
     middle = gs.Variable(names.fresh(f"{y.name}.nobias"), dtype=None)  # no declared type: value_info may be stale
     dec.outputs[0] = middle
     spatial = len(layer.weight_shape) - 2 if layer.op == "Conv" else 0
-    trailing = 1 if layer.weight_first else 0  # y = W @ x: one row per output feature
+    # y = W @ x: one row per output feature (a 1-D x gives a 1-D y: the shift as it is)
+    trailing = 1 if layer.weight_first and layer.output_rank != 1 else 0
     constant = gs.Constant(name, shift.reshape(-1, *([1] * (spatial + trailing))).astype(dtype))
     return [gs.Node("Add", names.fresh_node(f"{layer.name}.bias"), {}, [middle, constant], [y])]
 

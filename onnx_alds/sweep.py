@@ -2037,6 +2037,22 @@ def _default_bench_batches(path: str) -> tuple[int, ...]:
     return (fixed,) if fixed else (1, 32)
 
 
+def _check_writable_folder(out: Path) -> None:
+    """Raise :class:`OutputPathError` when the sweep's folder ``out`` (or, not there yet, its nearest existing
+    parent, where it would be made) cannot be written: a read-only file system or folder, said before any work."""
+    import tempfile
+
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"cannot write the sweep folder -o '{out}' ({exc.strerror or exc} in '{existing}'); "
+                              "choose a writable -o path") from None
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Run ``onnx-alds sweep``; exit 1 (after writing what finished) when a variant crashed."""
     import shlex
@@ -2066,6 +2082,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"-o '{out}' is a file; the sweep writes a folder: give a folder path")
+    _check_writable_folder(out)
     if args.engine == "ray":
         import_ray()  # fail fast, before loading anything
     models = models_from_args(args)

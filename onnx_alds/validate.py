@@ -73,7 +73,7 @@ ALL_ZEROS = "every sample's output is all zeros in both models"  # (a failure on
 EXACT_COMPARISON = "compared element by element"  # integer and boolean outputs (detect_kind)
 KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
-EMBEDDING_NAME = re.compile(r"embed|pooler", re.IGNORECASE)
+EMBEDDING_NAME = re.compile(r"embed|pooler|(^|[_./:-])embs?($|[_./:\d-])", re.IGNORECASE)  # (emb, text_emb, emb_0)
 # a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
 # features, whose arg-max (sequence) or channel arg-max (dense) says nothing
 CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
@@ -575,17 +575,46 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
                              for value in values if value.type.tensor_type.HasField("shape")})
         return inferred[0].get(name)
 
-    def reshape_keeps(node: onnx.NodeProto, axis: int) -> bool:
-        """A Reshape of a 4-D tensor to 4-D keeps the channel axis ``axis`` (row-major: the dim there and
-        every dim before it the same, or for the last axis its dim alone)."""
+    def rank_of(name: str) -> Optional[int]:
+        dims = dims_of(name)
+        return None if dims is None else len(dims)
+
+    def reshaped_axis(node: onnx.NodeProto, axis: int) -> Optional[int]:
+        """Where a Reshape (Flatten, Squeeze, Unsqueeze) puts the input's axis ``axis``: the output axis of the
+        same dim with the same count of elements after it (row-major order, so the index along it is kept);
+        None where the inferred shapes do not tell."""
         before, after = dims_of(node.input[0]), dims_of(node.output[0])
-        if before is None or after is None or len(before) != 4 or len(after) != 4:
-            return False
-        kept = [3] if axis == 3 else list(range(axis + 1))
-        return all(before[i] is not None and before[i] == after[i] for i in kept)
+        if not before or not after or not -len(before) <= axis < len(before):
+            return None
+        axis %= len(before)
+
+        def suffix(dims: list, start: int) -> Optional[int]:
+            rest = dims[start:]
+            return int(np.prod(rest)) if all(isinstance(d, int) and d > 0 for d in rest) else None
+
+        size, tail = before[axis], suffix(before, axis + 1)
+        if size is None or tail is None:
+            return None
+        return next((j for j in range(len(after)) if after[j] == size and suffix(after, j + 1) == tail), None)
+
+    def einsum_axis(node: onnx.NodeProto, axis: int) -> Optional[int]:
+        """Where a one-operand Einsum (``nchw->nhwc``) puts the operand's axis ``axis``; None otherwise."""
+        equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "").replace(" ", "")
+        operand, arrow, result = equation.partition("->")
+        if not arrow or "," in operand or "." in equation or not -len(operand) <= axis < len(operand):
+            return None
+        letter = operand[axis % len(operand)]
+        return result.index(letter) if result.count(letter) == 1 and operand.count(letter) == 1 else None
+
+    def moved(inner: Optional[tuple[int, str]], axis: Optional[int], how: str = "transposed"
+              ) -> Optional[tuple[int, str]]:
+        if inner is None or axis is None:
+            return None
+        return axis, inner[1] if inner[1].endswith(f", {how}") else f"{inner[1]}, {how}"
 
     def channel_axis(name: str, depth: int) -> Optional[tuple[int, str]]:
-        """The channel axis of the 4-D tensor ``name`` and what says so, or None (not known)."""
+        """The channel axis of the tensor ``name`` (from its start, or negative: from its end, where its rank
+        is not known) and what says so, or None (not known)."""
         if name in memo:
             return memo[name]
         memo[name] = None  # (a cycle cannot be followed)
@@ -595,37 +624,49 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
             pass
         elif node.op_type in ("Softmax", "LogSoftmax"):
             axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
-            found = (axis % 4, f"a {node.op_type} over it") if -4 <= axis < 4 else None
+            found = (axis, f"a {node.op_type} over it")
         elif node.op_type in ("Conv", "ConvTranspose"):
             found = (1, f"a {node.op_type}'s channels")
         elif node.op_type == "MatMul" and len(node.input) == 2:
             inner = channel_axis(node.input[0], depth + 1)
-            if node.input[1] in constants:
-                found = inner if inner is not None and inner[0] != 3 else (3, "a MatMul's features")
-            elif node.input[0] in constants:  # W @ x mixes axis 2: channels on axis 1 stay, else not known
-                found = inner if inner is not None and inner[0] == 1 else None
+            rank = rank_of(node.input[0])
+            last = inner is not None and (inner[0] == -1 or (rank is not None and inner[0] % rank == rank - 1))
+            if node.input[1] in constants:  # x @ W: its features on the last axis; x's other axes stay
+                found = inner if inner is not None and not last else (-1, "a MatMul's features")
+            elif node.input[0] in constants:  # W @ x mixes the second-last axis: an axis before it stays
+                found = inner if inner is not None and rank is not None and inner[0] % rank < rank - 2 else None
             else:
-                found = (3, "a MatMul's features")
+                found = (-1, "a MatMul's features")
         elif node.op_type == "Transpose" and node.input:
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [3, 2, 1, 0])
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             inner = channel_axis(node.input[0], depth + 1)
-            if inner is not None and sorted(perm) == [0, 1, 2, 3]:
-                found = (perm.index(inner[0]), inner[1] if inner[1].endswith(", transposed") else
-                         inner[1] + ", transposed")
-        elif node.op_type == "Reshape" and node.input:
+            rank = len(perm) if perm is not None else rank_of(node.input[0])
+            if perm is None and rank is not None:
+                perm = list(range(rank))[::-1]
+            if inner is not None and perm is not None and -len(perm) <= inner[0] < len(perm):
+                found = moved(inner, perm.index(inner[0] % len(perm)))
+        elif node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") and node.input:
             inner = channel_axis(node.input[0], depth + 1)
-            found = inner if inner is not None and reshape_keeps(node, inner[0]) else None
+            axis = None if inner is None else reshaped_axis(node, inner[0])
+            before, after = dims_of(node.input[0]) or [], dims_of(node.output[0]) or []
+            kept = axis is not None and len(before) == len(after) and axis == inner[0] % len(before)
+            found = inner if kept else moved(inner, axis, "reshaped")  # (kept in place: nothing to name)
+        elif node.op_type == "Einsum" and len(node.input) == 1:
+            inner = channel_axis(node.input[0], depth + 1)
+            found = None if inner is None else moved(inner, einsum_axis(node, inner[0]))
         elif node.op_type in passthrough and node.input:
             found = channel_axis(node.input[0], depth + 1)
         elif node.op_type in joins:
             seen = {channel_axis(i, depth + 1) for i in node.input if i and i not in constants}
-            axes = {item[0] for item in seen if item is not None}
+            rank = rank_of(node.output[0])
+            axes = {item[0] % rank if rank else item[0] for item in seen if item is not None}
             found = next((item for item in seen if item is not None), None) if len(axes) == 1 else None
         memo[name] = found
         return found
 
     def rearranged_on_the_way(name: str) -> Optional[str]:
-        """The first 4-D Transpose that moves axes between the output and the ops that set its layout."""
+        """The first Transpose (or one-operand Einsum) that moves axes between the output and the ops that set
+        its layout."""
         queue, seen = [name], {name}
         while queue:
             node = producers.get(queue.pop(0))
@@ -633,8 +674,10 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
                 continue
             if node.op_type == "Transpose":
                 perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-                if perm is None or (len(perm) == 4 and perm != [0, 1, 2, 3]):
+                if perm is None or perm != sorted(perm):
                     return node.name or node.output[0]
+            if node.op_type == "Einsum" and len(node.input) == 1:
+                return node.name or node.output[0]
             for value in node.input:
                 if value and value not in constants and value not in seen and len(seen) < 4 * _CLASS_AXIS_DEPTH:
                     seen.add(value)
@@ -647,8 +690,8 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
         if output.type.tensor_type.HasField("shape") and len(dims) != 4:
             continue
         found = channel_axis(output.name, 0)
-        if found is not None and found[0] in (1, 3):
-            result[output.name] = found
+        if found is not None and -4 <= found[0] < 4 and found[0] % 4 in (1, 3):
+            result[output.name] = (found[0] % 4, found[1])
         elif found is None:
             transpose = rearranged_on_the_way(output.name)
             if transpose is not None:
@@ -1243,9 +1286,11 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         inputs = inputs.head(usable)
     if inputs.is_random:
         notes.append("inputs are random, not real data: agreement figures say little about accuracy")
-    elif len(inputs) > 1 and (distinct := len(first_occurrences(inputs))) < len(inputs):
-        notes.append(f"the {len(inputs)} samples hold {distinct} distinct one(s), the others repeat them exactly: the "
-                     f"figures rest on {distinct}; give distinct inputs")
+    elif len(inputs) > 1 and (distinct := len(first_occurrences(
+            inputs, unit := fixed_batch(original_model) or 1))) < len(inputs):  # (a fixed first dim: whole inputs)
+        notes.append(f"the {len(inputs) // unit} {'samples' if unit == 1 else 'inputs'} hold {distinct // unit} "
+                     f"distinct one(s), the others repeat them exactly: the figures rest on {distinct // unit}; give "
+                     "distinct inputs")
     elif len(inputs) == 1:
         notes.append("one sample: the figures rest on it alone; give a few hundred inputs")
     in_sample = _calibrated_on(compressed_model, inputs)

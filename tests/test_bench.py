@@ -467,3 +467,19 @@ def test_pairs_renamed_around_names_the_model_had_are_found():
     notes = {note.split(":")[0]: note for note in _compressed_again(original, again, set())}
     assert "fc.enc.1.enc" in notes["fc"] and "fc.enc.enc" not in notes["fc"] and "fc.dec.enc" not in notes["fc"]
     assert "fc.dec.enc.enc" in notes["fc.dec"] and "fc.enc.1" not in notes["fc.dec"]
+
+
+def test_a_timing_run_out_of_memory_says_so_not_that_the_inputs_are_wrong():
+    """bench --batch 20000 under a memory limit said "the inputs need values or shapes random data lacks: give
+    --input-shape"; ONNX Runtime had failed to allocate memory, and a smaller batch is the fix."""
+    from onnx_alds.bench import time_interleaved
+    from onnx_alds.errors import RuntimeResourceError
+
+    def runner() -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+                           "FusedConv node. Name:'/b/Conv' Status Message: Failed to allocate memory for requested "
+                           "buffer of size 1310720000")
+
+    with pytest.raises(RuntimeResourceError, match=r"could not get threads or memory .*smaller batch \(bench "
+                                                   r"--batch, compress --bench-batch\)"):
+        time_interleaved([runner], warmup=1, runs=1, min_time_s=0.0)

@@ -209,7 +209,7 @@ def test_fixed_batch_model_gives_the_statistics_of_a_dynamic_batch_run(batch):
     want = collect_statistics(dynamic, layers, FakeInputs({"input": x[:used]}), batch_size=16, limits=limits)
     _assert_same_statistics(got, want, [layer.name for layer in layers])
     assert got["conv0"].positions_per_sample == 100 and got["conv0"].count == used * 100
-    assert f"the model fixes the batch to {batch}: calibration ran at batch {batch}" in notes
+    assert f"the model fixes its first dim to {batch}: calibration ran on inputs of {batch} rows" in notes
     if batch == 2:
         assert "calibration used 6 of 7 samples (the last 1 do not fill a batch)" in " ".join(notes)
     else:

@@ -1462,3 +1462,29 @@ def test_a_failed_validation_keeps_the_plans_warnings(cnn_path, tmp_path, capsys
     lines = err.strip().splitlines()
     assert code == 1 and not out.exists()
     assert lines[-1].startswith("error: validation failed") and any(line.startswith("warning: ") for line in lines)
+
+
+def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path, capsys):
+    """plan -o precious.onnx wrote its JSON over a model, compress -o data.npz a model over a data set, and
+    --report c.onnx JSON over a model, with exit 0: one swapped argument destroyed a file."""
+    import shutil
+
+    model = tmp_path / "precious.onnx"
+    shutil.copy(cnn_path, model)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.zeros((2, 3), np.float32))
+    before = model.read_bytes(), data.read_bytes()
+    for args, fragment in (
+            (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)], "is an existing ONNX model, and plan would "
+                                                                         "write a JSON file over it"),
+            (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(data)], "is an existing numpy data file, and "
+                                                                            "compress would write an ONNX model"),
+            (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "o.onnx"), "--report", str(model)],
+             "--report '")):
+        code, _, err = run_cli(*args, capsys=capsys)
+        assert_one_line_error(code, err, fragment, "give another path (or remove the file first)")
+    assert (model.read_bytes(), data.read_bytes()) == before and not (tmp_path / "o.onnx").exists()
+    (tmp_path / "old.json").write_text("{}")  # the same kind: overwritten as before
+    code, _, err = run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "old.json"), capsys=capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "old.json").read_text())["format"] == "onnx-alds plan"

@@ -741,7 +741,10 @@ def test_token_augmenter_makes_valid_sentences():
                         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "L"])],
                        [helper.make_tensor_value_info("out", TensorProto.INT64, ["B", "L"])], [])
     augmenter = make_augmenter(model, {"input_ids": ids, "attention_mask": mask})
-    assert isinstance(augmenter, TokenAugmenter) and augmenter.pad == 0
+    assert isinstance(augmenter, TokenAugmenter) and augmenter.pad == 0 and augmenter.note is None
+    # left-padded sentences: resampled whole, and a note says why (the report said "resampling only", no more)
+    left = make_augmenter(model, {"input_ids": ids[:, ::-1].copy(), "attention_mask": mask[:, ::-1].copy()})
+    assert not isinstance(left, TokenAugmenter) and "'attention_mask' is not right-padded" in left.note
     batch = augmenter.batch(np.random.default_rng(2), 40)
     new_ids, new_mask = batch["input_ids"], batch["attention_mask"]
     assert new_ids.shape[1] <= width and new_ids.dtype == np.int64
@@ -1198,3 +1201,39 @@ def test_samples_whose_outputs_are_zero_in_both_models_agree_as_validate_counts_
     assert _agreement(zeros, zeros, "cosine") == (1.0, 1.0)
     assert _agreement(np.vstack([zeros[:2], rows[:2]]), np.vstack([zeros[:2], -rows[:2]]), "cosine")[1] == 0.0
     assert _agreement(np.eye(4), np.zeros((4, 4)), "cosine")[1] == 0.0  # one side zero: no direction agrees
+
+
+def test_the_agreement_figure_names_its_output_and_skips_an_embedding(torch):
+    """Outputs 'emb' (a 16-d embedding, by name) then 'logits': the report's "top-1 agreement" was the
+    arg-max agreement of 'emb' (the first output), and did not say which output it was about."""
+    from onnx_alds.distill import distill
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 64)) / 6).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((64, 16)) / 8).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal((64, 10)) / 8).astype(np.float32), "w3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="l1"), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "w2"], ["emb"], name="l2"),
+             helper.make_node("MatMul", ["t", "w3"], ["logits"], name="l3")]
+    original = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                          [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 16]),
+                           helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    compressed = compress(original, keep_params=0.5, method="svd").model
+    inputs = InputSet({"x": rng.standard_normal((24, 32)).astype(np.float32)}, None, "t")
+    report = distill(original, compressed, inputs, steps=4, eval_every=2, batch_size=8, seed=0, progress=False).report
+    assert report.agreement_output == "logits" and report.agreement_kind == "top-1"
+    assert "top-1 agreement of output 'logits'" in report.format()
+
+
+def test_held_out_samples_that_are_training_samples_are_noted(torch, pair):
+    """distill(original, compressed, train, held_out_inputs=train) gave no note: its held-out figures and early
+    stopping rest on the samples it trains on."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    report = distill(original, compressed, inputs, held_out_inputs=inputs, steps=2, eval_every=1, batch_size=8,
+                     seed=0, progress=False).report
+    assert any(note.startswith("the held-out samples are training samples too") for note in report.notes)
+    apart = distill(original, compressed, inputs.head(16), held_out_inputs=_images(8, seed=5), steps=2,
+                    eval_every=1, batch_size=8, seed=0, progress=False).report
+    assert not any("training samples too" in note for note in apart.notes)

@@ -2034,3 +2034,41 @@ def test_an_unreachable_budget_held_by_shared_weights_does_not_advise_a_lower_ra
         assert "shared" in str(caught.value) and "rank-multiple" not in str(caught.value), str(caught.value)
     with pytest.raises(BudgetError, match="lower --rank-multiple"):  # the own layer alone could reach 0.9 at rank 1
         onnx_alds.compress(model, keep_flops=0.9, rank_multiple=16)
+
+
+@pytest.mark.parametrize("option", ["bias_correction", "affine_correction"])
+def test_a_weight_first_matmul_of_a_1d_input_takes_its_output_shift_as_it_is(option):
+    """y = W @ x with x 1-D [c] gives a 1-D y [f]: --bias-correction / --affine-correction added their shift as
+    [f, 1] (right for x [c, n]), and the written model failed the output check as a bug in onnx-alds."""
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(4)
+    span = rng.standard_normal((16, 3))
+    weight = rng.standard_normal((12, 16)).astype(np.float32)
+    model = make([helper.make_node("MatMul", ["w", "x"], ["y"], name="wx")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [12])], [numpy_helper.from_array(weight, "w")])
+    stacked = (span @ rng.standard_normal((3, 40)) + 1.0).T.astype(np.float32)  # 40 inputs of 16, off-centre
+    result = onnx_alds.compress(model, keep_params=0.6, rank_multiple=1, **{option: True},
+                                calibration=InputSet({"x": stacked.reshape(-1)}, source="t"))
+    onnx.checker.check_model(result.model, full_check=True)
+    x = (span @ rng.standard_normal(3) + 1.0).astype(np.float32)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    assert got.shape == (12,) and np.linalg.norm(got - weight @ x) <= 0.2 * np.linalg.norm(weight @ x)
+
+
+def test_a_gemm_whose_constant_a_is_read_through_a_transpose_is_named_as_such():
+    """Gemm(Transpose(W), x): the layer was shown with B's shape, 0 weights and "weight is an input of its
+    graph"; a Gemm whose constant is A is left as it is, whether A is stored or computed from constants."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+             helper.make_node("Gemm", ["wt", "x"], ["y"], name="gemm_a")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 32])],
+                 [numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "w")])
+    (row,) = onnx_alds.analyze(model).layers
+    assert row.skip_reason == "the constant is the Gemm's first input A (y = A·B): left as it is"
+    assert row.params == 64 * 128 and row.weight_shape == (128, 64)

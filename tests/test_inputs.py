@@ -863,3 +863,14 @@ def test_a_past_of_length_zero_in_the_data_agrees_with_an_input_shape_that_sizes
         check_sample_dims(InputSet({"past": np.zeros((8, 2, 0, 16), np.float32),
                                     "input_ids": np.ones((8, 4), np.int64)}),
                           {"past": (1, 2, 4, 16), "input_ids": (1, 8)}, "the calibration arrays are", "fix")
+
+
+def test_images_converted_from_other_modes_are_counted_in_the_source(tmp_path):
+    """A grayscale and an RGBA PNG in a folder read as RGB were converted (the alpha dropped) without a word."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "b.png")  # grayscale (mode L)
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "c.png")  # RGBA
+    data = load_inputs(_image_model(["N", 3, 8, 8]), images=tmp_path, preprocess="custom")
+    assert data.arrays["x"].shape == (3, 3, 8, 8)
+    assert "3 images; 2 images converted to RGB (Pillow modes L, RGBA: alpha dropped)" in data.source, data.source

@@ -552,6 +552,13 @@ def test_ort_attention_and_layout_ops_count_their_products_or_are_named():
     assert node_macs(mha, {**output, "q": (2, 5, 64)}) is None  # the key's length not known
     assert node_macs(gqa, {**output, "q": (2, 5, 64), "k": (2, 5, 32), "past_k": (2, 2, 9, 16)}) == 2 * 2 * 5 * 64 * 14
     assert node_macs(gqa, {**output, "q": (2, 5, 64), "present_k": (2, 2, 20, 16)}) == 2 * 2 * 5 * 64 * 20
+    # a value head wider than the query's: Q Kᵀ over 64, scores times V over 128 (was counted 2 × 128)
+    assert node_macs(mha, {"y": (2, 5, 128), "q": (2, 5, 64), "k": (2, 7, 64)}) == 7 * (2 * 5 * 64 + 2 * 5 * 128)
+    # GroupQueryAttention on a packed QKV query [B, S, (N + 2·N_kv)·H], its output's shape not inferred (an ONNX
+    # Runtime op): the Q part of the query stands for it
+    packed = helper.make_node("GroupQueryAttention", ["qkv", "", "", "past_k", "past_v"], ["y", "", ""],
+                              domain="com.microsoft", num_heads=4, kv_num_heads=2)
+    assert node_macs(packed, {"qkv": (2, 5, 128), "past_k": (2, 2, 9, 16)}) == (5 + 9) * 2 * (2 * 5 * 64)
     nhwc = helper.make_node("NhwcConv", ["x", "W"], ["y"], domain="com.microsoft")
     assert node_macs(nhwc, {"W": (8, 3, 3, 3), "y": (2, 10, 12, 8)}) == 8 * 3 * 3 * 3 * 2 * 10 * 12
 
@@ -560,5 +567,5 @@ def test_ort_attention_and_layout_ops_count_their_products_or_are_named():
                              "com.microsoft")
     decoding.graph.node[3].op_type = "DecoderMaskedMultiHeadAttention"  # (not sized by onnx-alds: named)
     notes = analyze(decoding).notes
-    assert any("com.microsoft::DecoderMaskedMultiHeadAttention ×1" in note and "their MACs do not" in note
+    assert any("com.microsoft::DecoderMaskedMultiHeadAttention ×1" in note and "MACs do not" in note
                for note in notes), notes

@@ -326,3 +326,23 @@ def test_more_local_workers_than_cpus_are_refused(tmp_path, capsys):
                                           rf"{cpus} CPUs; give at most --workers {cpus}"):
         LocalEngine(workers=cpus + 1)
     assert LocalEngine(workers=cpus).workers == cpus
+
+
+def test_a_sweep_folder_on_a_read_only_file_system_names_o(tmp_path, monkeypatch):
+    """sweep -o on a read-only mount said "Read-only file system (...); fix the path or free the resource" after
+    loading the models; compress, plan and bench name -o and a writable path, and so does the sweep, first."""
+    import errno
+    import tempfile
+
+    from onnx_alds.errors import OutputPathError
+    from onnx_alds.sweep import _check_writable_folder
+
+    _check_writable_folder(tmp_path / "new" / "sweep")  # writable: nothing said
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(OutputPathError, match=r"cannot write the sweep folder -o '.*sweep' \(Read-only file system "
+                                              r"in '.*'\); choose a writable -o path"):
+        _check_writable_folder(tmp_path / "new" / "sweep")

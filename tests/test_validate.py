@@ -2052,7 +2052,11 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
                  numpy_helper.from_array(np.array([1, 1], np.int64), "starts"),
                  numpy_helper.from_array(np.array([15, 15], np.int64), "ends"),
                  numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
-                 numpy_helper.from_array(flip, "flip")]
+                 numpy_helper.from_array(flip, "flip"),
+                 numpy_helper.from_array(np.array([0, 4, 256], np.int64), "flat"),
+                 numpy_helper.from_array(np.array([0, 16, 16, 4], np.int64), "grid"),
+                 numpy_helper.from_array(np.array([0, 16, 16, 3], np.int64), "grid3"),
+                 numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "head")]
         nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
                  helper.make_node("Relu", ["c1"], ["r1"]),
                  helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
@@ -2061,16 +2065,27 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
                 "reshape": [helper.make_node("Reshape", ["t", "shape"], ["seg"])],
                 "slice": [helper.make_node("Slice", ["t", "starts", "ends", "axes"], ["seg"])],
                 "matmul": [helper.make_node("MatMul", ["c2", "flip"], ["seg"])],
+                # a transformer's map: [N, C, H·W] transposed to tokens [N, H·W, C], back to a [N, H, W, C] grid
+                "tokens": [helper.make_node("Reshape", ["c2", "flat"], ["f"]),
+                           helper.make_node("Transpose", ["f"], ["tk"], perm=[0, 2, 1]),
+                           helper.make_node("Reshape", ["tk", "grid"], ["seg"])],
+                "einsum": [helper.make_node("Einsum", ["c2"], ["seg"], equation="nchw->nhwc")],
+                # a MatMul class head on the tokens (features last), then the grid
+                "head": [helper.make_node("Reshape", ["c2", "flat"], ["f"]),
+                         helper.make_node("Transpose", ["f"], ["tk"], perm=[0, 2, 1]),
+                         helper.make_node("MatMul", ["tk", "head"], ["hd"]),
+                         helper.make_node("Reshape", ["hd", "grid3"], ["seg"])],
                 # a Reshape to a shape computed at run time: the walk cannot tell where the channels end up
                 "computed": [helper.make_node("Shape", ["t"], ["s"]),
                              helper.make_node("Reshape", ["t", "s"], ["seg"])]}[ending]
-        if ending == "matmul":
+        if ending in ("matmul", "tokens", "einsum", "head"):
             nodes = nodes[:-1]
         return _model(nodes + ends, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                       [helper.make_tensor_value_info("seg", TensorProto.FLOAT, None)], inits)
 
     inputs = InputSet({"x": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)}, source="t")
-    for ending, axis in (("resize", 3), ("reshape", 3), ("slice", 3), ("matmul", 1)):
+    for ending, axis in (("resize", 3), ("reshape", 3), ("slice", 3), ("matmul", 1), ("tokens", 3), ("einsum", 3),
+                         ("head", 3)):
         assert output_channel_axes(model(10.0, ending))["seg"][0] == axis, ending
         report = validate(model(10.0, ending), model(11.5, ending), inputs=inputs)
         output = report.outputs[0]
