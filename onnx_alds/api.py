@@ -36,8 +36,8 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
                      unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
-from .model_io import (ModelLike, OpenedModel, TensorStore, fixed_batch, materialize, open_model,
-                       refuse_over_protobuf_limit, resolve_input_shapes)
+from .model_io import (ModelLike, OpenedModel, TensorStore, fixed_batch, graph_inputs, materialize, open_model,
+                       refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
 from .inputs import check_sample_dims, conform_inputs, without_repeats
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
@@ -137,11 +137,29 @@ def _progress(items: Sequence, description: str, unit: str = "layer"):
     return tqdm(items, desc=description, unit=unit, leave=False)
 
 
+def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Sequence[int]]],
+                        hints: Optional[Mapping[str, Sequence[int]]]) -> dict[str, tuple[int, ...]]:
+    """The ``hints`` (one calibration sample's dims, batch 1) for the inputs ``given`` leaves out whose
+    declared dims after the first are dynamic and of the hint's rank."""
+    chosen = {}
+    for spec in graph_inputs(model):
+        hint = (hints or {}).get(spec.name)
+        if hint is None or spec.name in (given or {}) or len(hint) != len(spec.dims) or \
+                all(isinstance(d, int) for d in spec.dims[1:]):
+            continue
+        if all(not isinstance(d, int) or d == h for d, h in zip(spec.dims[1:], hint[1:])):
+            chosen[spec.name] = tuple(int(d) for d in hint)
+    return chosen
+
+
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
-             max_groups: int, need_macs: bool, channel_multiple: int = 1, complete: bool = False) -> _Prepared:
+             max_groups: int, need_macs: bool, channel_multiple: int = 1, complete: bool = False,
+             shape_hints: Optional[Mapping[str, Sequence[int]]] = None) -> _Prepared:
     """The light model (:func:`onnx_alds.model_io.open_model`: large weights stay where they are and
     are read one at a time), checked, with its layers; ``complete``: every weight loaded in memory
-    (the data-aware steps run the model in ONNX Runtime)."""
+    (the data-aware steps run the model in ONNX Runtime); ``shape_hints``: one sample's dims of each input as
+    the calibration arrays give them, which size the dynamic dims ``input_shapes`` leaves open where MACs are
+    needed (said in a note)."""
     opened = open_model(model)
     original, store = opened.model, opened.store
     try:
@@ -183,7 +201,16 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         exclude = [pattern for pattern in exclude if _matches_a_layer(proto, pattern)]
     shapes: dict[str, tuple[int, ...]] = {}
     try:
-        resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
+        try:
+            resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
+        except UnsupportedModelError:
+            hinted = _calibration_shapes(proto, input_shapes, shape_hints) if need_macs else {}
+            if not hinted:
+                raise
+            resolved, shape_notes = resolve_input_shapes(proto, {**hinted, **(input_shapes or {})}, batch_default=1)
+            shape_notes = list(shape_notes) + [
+                f"MACs counted at the calibration arrays' sizes ({show_input_shapes(hinted, ' ')}): the model's "
+                "dims there are dynamic; give --input-shape to count them at other sizes"]
         notes += shape_notes
     except UnsupportedModelError as exc:
         if need_macs:
@@ -881,9 +908,11 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                           "use --method alds with --keep-latency or --order auto")
     searched = (max_groups if method == "alds" else min(max_groups, data.damage_max_groups) if method == "damage"
                 else 1)
+    arrays = getattr(calibration, "arrays", None) or {}  # (one sample's dims: the MACs' sizes where none is given)
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
                         max_groups=searched, need_macs=target == "flops",
-                        channel_multiple=rank_multiple, complete=calibration is not None)
+                        channel_multiple=rank_multiple, complete=calibration is not None,
+                        shape_hints={name: (1, *np.shape(array)[1:]) for name, array in arrays.items()})
     proto, layers = prepared.model, prepared.layers
     if calibration is not None:
         options = prepared.with_checked_calibration(options)

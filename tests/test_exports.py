@@ -2072,3 +2072,23 @@ def test_a_gemm_whose_constant_a_is_read_through_a_transpose_is_named_as_such():
     (row,) = onnx_alds.analyze(model).layers
     assert row.skip_reason == "the constant is the Gemm's first input A (y = A·B): left as it is"
     assert row.params == 64 * 128 and row.weight_shape == (128, 64)
+
+
+def test_keep_flops_counts_dynamic_dims_at_the_calibration_arrays_sizes():
+    """--keep-flops with calibration arrays of 16 tokens each asked for --input-shape (the arrays say the size);
+    their sizes count the MACs now, with a note. Data-free, the flag is still needed."""
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 32])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 32])],
+                 [numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "w1"),
+                  numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w2")])
+    with pytest.raises(UnsupportedModelError, match="--input-shape"):
+        onnx_alds.compress(model, keep_flops=0.6, rank_multiple=4)
+    calibration = InputSet({"x": rng.standard_normal((12, 16, 32)).astype(np.float32)}, source="t")
+    report = onnx_alds.compress(model, keep_flops=0.6, rank_multiple=4, calibration=calibration).report
+    assert report.macs_before == 16 * 2 * 32 * 64 and report.achieved <= 0.6
+    assert any(note.startswith("MACs counted at the calibration arrays' sizes (x:1x16x32)") for note in report.notes)
