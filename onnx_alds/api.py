@@ -1315,10 +1315,11 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                          calibration_samples=sample_count(calibration, proto))
     if planned.damage is not None:
         report = with_damage_figures(report, planned.damage)
-    report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple)
-                     + _widened_note(proto, [layer for layer, _ in plan])
+    widened_note, widened_warning = _widened_note(proto, [layer for layer, _ in plan], report.layers)
+    report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple) + widened_note
                      + _ir3_inputs_note(proto, new_model) + _dropped_annotations_note(proto, new_model),
-                     warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings)
+                     warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings
+                     + widened_warning)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 
 
@@ -1388,12 +1389,14 @@ def _dropped_annotations_note(proto: onnx.ModelProto, new_model: onnx.ModelProto
             "narrowed now and went with them; quantize the compressed model again if you use them",)
 
 
-def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[str, ...]:
-    """A note when factorized layers read a weight stored in a narrower type than they compute in
-    (:func:`onnx_alds.layers.widened_weights`): their factors take the wider type."""
+def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer], rows: Sequence[LayerReport] = ()
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(notes, warnings) when factorized layers read a weight stored in a narrower type than they compute in
+    (:func:`onnx_alds.layers.widened_weights`): their factors take the wider type; a warning where the factors
+    of such a layer (its report row in ``rows``) take more bytes than the weight it replaces."""
     widened = widened_weights(proto, factorized)
     if not widened:
-        return ()
+        return (), ()
     name, stored_as = next(iter(widened.items()))
     computes_in = next(layer.weight_type for layer in factorized if layer.name == name)
 
@@ -1402,10 +1405,27 @@ def _widened_note(proto: onnx.ModelProto, factorized: Sequence[Layer]) -> tuple[
 
     ratio = element_bits(computes_in) // element_bits(stored_as)
     layers = "1 factorized layer reads" if len(widened) == 1 else f"{len(widened)} factorized layers read"
-    return (f"{layers} a weight stored as {type_name(stored_as)} and Cast to the "
+    note = (f"{layers} a weight stored as {type_name(stored_as)} and Cast to the "
             f"{type_name(computes_in)} they compute in (first: '{name}'); their factors are stored as "
             f"{type_name(computes_in)}, {ratio}x the bytes per weight: the file shrinks by less than the weight "
             f"count says, and grows unless under 1/{ratio} of the weights are kept",)
+    by_name, types = {row.name: row for row in rows}, {layer.name: layer.weight_type for layer in factorized}
+    grown = []  # (the factors' bytes above the stored weight's)
+    for layer, stored in widened.items():
+        row = by_name.get(layer)
+        if row is not None and row.groups and \
+                row.params_after * element_bits(types[layer]) > row.params_before * element_bits(stored):
+            grown.append(row)
+    if not grown:
+        return note, ()
+    first = grown[0]
+    return note, (f"{len(grown)} factorized layer{'s' if len(grown) > 1 else ''} (first: '{first.name}') now "
+                  f"take{'' if len(grown) > 1 else 's'} more bytes than the {type_name(widened[first.name])} weight "
+                  f"{'they replace' if len(grown) > 1 else 'it replaces'} ({first.params_before:,} weights of "
+                  f"{element_bits(widened[first.name])} bits became {first.params_after:,} of "
+                  f"{element_bits(types[first.name])}): the file grows there; keep "
+                  f"{'them' if len(grown) > 1 else 'it'} dense (--exclude), or quantize after compressing "
+                  "(docs/INT8.md)",)
 
 
 def restore_node_names(new_model: onnx.ModelProto, prepared: _Prepared) -> None:

@@ -422,6 +422,26 @@ def _refuse_dilated_same_padding(model: onnx.ModelProto) -> None:
                     "pads (at stride 1, (kernel - 1) · dilation per axis, split between both sides)")
 
 
+def _first_dim_that_runs(session, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[int]:
+    """A first dim (2, 4 or 8) at which the model runs where it failed at 1, its inputs' dynamic first dim
+    set to it and every other dim as in ``shapes``; None when it fails at each (or no input's first dim is
+    dynamic)."""
+    dynamic = [spec for spec in graph_inputs(model) if spec.dims and not isinstance(spec.dims[0], int)
+               and spec.name in shapes]
+    if not dynamic:
+        return None
+    for size in (2, 4, 8):
+        feeds = _probe_feeds(model, {**shapes, **{spec.name: (size, *shapes[spec.name][1:]) for spec in dynamic}})
+        if feeds is None:
+            return None
+        try:
+            _run_quietly(session, feeds)
+        except Exception:  # noqa: BLE001 - not at this size either
+            continue
+        return size
+    return None
+
+
 def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[dict[str, tuple[tuple[int, ...], str]]]:
     """Run the model once on seeded inputs; refuse it when they have the model's real shapes."""
     # refuse only when the probe inputs are surely legal: real shapes and float values (integer inputs
@@ -442,15 +462,15 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                 raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
                                      f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
-            chosen = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
-                      if spec.name in found.probe_shapes and not all(isinstance(d, int) for d in spec.dims)}
-            if chosen and not any(name.startswith("ORT_") for name in os.environ):
-                # the tool chose the dynamic dims (the first one as a batch of 1): it may not be a batch
+            runs_at = _first_dim_that_runs(session, model, found.probe_shapes)
+            if runs_at is not None:  # the first dim the tool set to 1 is no free batch (samples × time steps)
+                chosen = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
+                          if spec.name in found.probe_shapes and not isinstance(spec.dims[0], int)}
                 raise ModelLoadError(
-                    f"ONNX Runtime cannot run the model with its dynamic dims set to "
-                    f"{show_input_shapes(chosen, ' ')} ({message}); if the model needs other sizes there (a first "
-                    f"dim that is not a batch of samples, e.g. samples × time steps), give them with --input-shape "
-                    f"NAME:DIMS, else fix the model or export it again") from None
+                    f"ONNX Runtime cannot run the model with its dynamic first dim set to 1 "
+                    f"({show_input_shapes(chosen, ' ')}: {message}), but it runs at {runs_at}: that dim is no free "
+                    "batch (e.g. samples × time steps); give the sizes the model needs with --input-shape "
+                    "NAME:DIMS") from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {_runtime_refusal_fix()}") from None
         raise_if_out_of_resources(exc)
         quoted = first_line(RuntimeError(message), 300)  # (its first line, as the refusals above quote it)

@@ -573,21 +573,38 @@ OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "dis
 
 def _existing_file_kind(path: Path) -> Optional[str]:
     """What an existing file at an output path holds ("an ONNX model", "a numpy data file", "a JSON file"), where
-    it is one of the kinds onnx-alds reads or writes (a model by its suffix, numpy data by its magic bytes, JSON
-    by its suffix and first character); None otherwise."""
+    it is one of the kinds onnx-alds reads or writes: numpy data by its magic bytes, a model by its ``.onnx``
+    suffix or by parsing as one (a model's bytes start with its ``ir_version`` field, 0x08), JSON by parsing;
+    None otherwise."""
+    import json
+
+    import onnx
+
     if not path.is_file():
         return None
     try:
         with open(path, "rb") as stream:
-            head = stream.read(64).lstrip()
+            head = stream.read(64)
     except OSError:
         return None
     if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".npz" or head.startswith(b"\x93NUMPY"):
         return "a numpy data file"
     if path.suffix.lower() == ".onnx" and head:
         return "an ONNX model"
-    if head[:1] in (b"{", b"[") and path.suffix.lower() == ".json":
-        return "a JSON file"
+    if head[:1] == b"\x08":
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not a model: another kind of file
+            model = None
+        if model is not None and model.HasField("graph"):
+            return "an ONNX model"
+    if head.lstrip()[:1] in (b"{", b"["):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                json.load(stream)
+            return "a JSON file"
+        except (OSError, ValueError):
+            return None
     return None
 
 
@@ -640,7 +657,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             raise OutputPathError(f"{flag} '{value}' is an image in the input folder '{resolved.parent}', read as "
                                   f"data; choose another {flag} path")
         example = "plan.json" if key == "output" and args.command == "plan" else (
-            f"{'bench' if args.command == 'bench' else 'analysis'}.json" if key == "json" else None)  # (a file
+            f"{args.command if args.command in ('bench', 'validate') else 'analysis'}.json" if key == "json"
+            else None)  # (a file
         # name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
         writes = "an ONNX model" if key == "output" and args.command != "plan" else "a JSON file"

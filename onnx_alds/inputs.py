@@ -225,7 +225,7 @@ def without_repeats(inputs, unit: int = 1):
     dropped = (len(inputs) - len(keep)) // max(1, unit)
     what = "samples" if unit <= 1 else f"inputs (of {unit} rows: the model fixes its first dim)"
     return InputSet({name: array[keep] for name, array in arrays.items()}, labels,
-                    f"{inputs.source}; {dropped} repeats of other {what} left out")
+                    f"{inputs.source}; {dropped} {'repeat' if dropped == 1 else 'repeats'} of other {what} left out")
 
 
 def _fmt_tuple(values: Sequence[float]) -> str:

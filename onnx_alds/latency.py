@@ -1055,9 +1055,11 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     good = [(a, r) for a, r in tried if r.measured <= keep * (1 + tolerance)]
     if good:
         allocation, chosen = max(good, key=lambda item: item[1].budget)
-        said = (f"whole-model check: measured {chosen.measured:.3f} of the dense time (asked {keep:g}) after "
-                f"{len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the allocation's budget was "
-                f"{chosen.budget:.3f}")
+        dense = bool(allocation.choices) and all(choice.groups == DENSE for choice in allocation.choices)
+        opening = (f"every layer kept dense, the original model (1 of the dense time, not timed; asked {keep:g})"
+                   if dense else f"measured {chosen.measured:.3f} of the dense time (asked {keep:g})")
+        said = (f"whole-model check: {opening} after {len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the "
+                f"allocation's budget was {chosen.budget:.3f}")
         closest = min(tried, key=lambda item: abs(item[1].measured - keep))[1]
         if chosen.measured < keep * (1 - 5 * tolerance):  # cut far deeper than asked
             noisy = any(a.budget < b.budget and a.measured > b.measured for a in record for b in record)

@@ -1171,10 +1171,19 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             f"the plan was made data-aware (calibrated on {planned_on or 'data'}) and is applied data-free "
             "(options.data.data_aware edited to false): its ranks were chosen for factors fitted to that data; "
             "the errors reported are the weights' own",)))
-    given_digest = calibration_digest(calibration) if calibration is not None and planned_digest else None
+    fitted = calibration
+    if calibration is not None and planned_on:  # the set as compress fitted it (cast, repeats left out), whose
+        from .inputs import conform_inputs, without_repeats  # digest and source the plan keeps
+        from .model_io import fixed_batch
+
+        try:
+            fitted = without_repeats(conform_inputs(proto, calibration, "calibration"), fixed_batch(proto) or 1)
+        except OnnxAldsError:  # (the step itself refused it already, or took it as it is)
+            fitted = calibration
+    given_digest = calibration_digest(fitted) if calibration is not None and planned_digest else None
     if calibration is not None and planned_on and (
-            given_digest != planned_digest if given_digest is not None else str(calibration.source) != planned_on):
-        same_name = str(calibration.source) == planned_on
+            given_digest != planned_digest if given_digest is not None else str(fitted.source) != planned_on):
+        same_name = str(fitted.source) == planned_on
         result = replace(result, report=replace(result.report, notes=result.report.notes + (
             f"calibration differs from the plan's ({calibration.source}"
             f"{': same name, other data' if same_name else f', the plan was made on {planned_on}'}): the "

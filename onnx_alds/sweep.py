@@ -2080,6 +2080,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         raise InputDataError("calibration data is given but no method uses it; add a data-aware method such as "
                              "alds+data to --methods, or drop the calibration flag")
     out = Path(args.out)
+    if out.is_symlink() and not out.exists():
+        raise OutputPathError(f"-o '{out}' is a link to nothing; the sweep writes a folder: give a folder path")
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"-o '{out}' is a file; the sweep writes a folder: give a folder path")
     _check_writable_folder(out)

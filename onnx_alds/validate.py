@@ -73,7 +73,9 @@ ALL_ZEROS = "every sample's output is all zeros in both models"  # (a failure on
 EXACT_COMPARISON = "compared element by element"  # integer and boolean outputs (detect_kind)
 KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
-EMBEDDING_NAME = re.compile(r"embed|pooler|(^|[_./:-])embs?($|[_./:\d-])", re.IGNORECASE)  # (emb, text_emb, emb_0)
+# a word of the name says embedding or pooler (emb, text_embeds, sentenceEmbedding, pooler_output), not a word
+# that holds those letters (member_logits, unembed_logits, spooler)
+EMBEDDING_NAME = re.compile(r"(?<![A-Za-z])(?i:embed|pooler|embs?(?![a-z]))|(?<=[a-z0-9])(?:Embed|Pooler|Embs?(?![a-z]))")
 # a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
 # features, whose arg-max (sequence) or channel arg-max (dense) says nothing
 CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)

@@ -1484,6 +1484,9 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
         code, _, err = run_cli(*args, capsys=capsys)
         assert_one_line_error(code, err, fragment, "give another path (or remove the file first)")
     assert (model.read_bytes(), data.read_bytes()) == before and not (tmp_path / "o.onnx").exists()
+    shutil.copy(cnn_path, tmp_path / "model_copy")  # a model under another name: known by its bytes
+    code, _, err = run_cli("analyze", cnn_path, "--json", str(tmp_path / "model_copy"), capsys=capsys)
+    assert_one_line_error(code, err, "is an existing ONNX model, and analyze would write a JSON file over it")
     (tmp_path / "old.json").write_text("{}")  # the same kind: overwritten as before
     code, _, err = run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "old.json"), capsys=capsys)
     assert code == 0, err

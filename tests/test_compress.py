@@ -634,6 +634,11 @@ def test_weight_stored_narrower_than_computed_is_noted(stored):
     assert note and note[0].startswith("1 factorized layer reads a weight") and "'mm'" in note[0]
     ratio = {"float16": 2, "int8": 4, "int4": 8}[stored]
     assert f"{ratio}x the bytes per weight" in note[0] and f"under 1/{ratio}" in note[0]
+    # (keep 0.75 of 64·64 is over 1/ratio of it: the layer's bytes grow, which a warning says, not a note alone)
+    row = next(row for row in result.report.layers if row.name == "mm")
+    grows = row.groups and row.params_after * 32 > row.params_before * {"float16": 16, "int8": 8, "int4": 4}[stored]
+    warned = [w for w in result.report.warnings if "now takes more bytes than the" in w]
+    assert bool(warned) == bool(grows) and (not warned or "keep it dense (--exclude)" in warned[0]), (row, warned)
     x = rng.standard_normal((4, 64)).astype(np.float32)
     assert run_model(result.model, {"x": x})[0].shape == (4, 64)
     plain = onnx_alds.compress(small_cnn(), keep_params=0.5, rank_multiple=1)

@@ -587,7 +587,7 @@ def test_repeats_are_whole_inputs_where_the_model_fixes_its_first_dim():
     stacked[3] = stacked[1]  # one whole input repeated: left out as one input
     result = compress(model, keep_params=0.5, rank_multiple=1,
                       calibration=InputSet({"x": stacked.reshape(-1, 8)}, source="test"))
-    assert "1 repeats of other inputs (of 16 rows: the model fixes its first dim) left out" in \
+    assert "1 repeat of other inputs (of 16 rows: the model fixes its first dim) left out" in \
         result.report.calibration
     held_out = inputs(4)
     errors = [np.linalg.norm(run_model(result.model, {"x": x})[0] - weight @ x) / np.linalg.norm(weight @ x)

@@ -739,6 +739,8 @@ def test_keep_latency_1_keeps_the_model_dense_through_noisy_rounds(tmp_path):
     assert "kept every layer dense (the original model: 1, not timed)" in report.latency["whole_model_note"]
     # the target line said "1.0000 measured on the whole model" for the round it did not time
     assert report.latency["measured_ratio"] is None and "(not measured on the whole model)" in report.format()
+    assert "whole-model check: every layer kept dense, the original model (1 of the dense time, not timed" in \
+        report.latency["whole_model_note"]
 
 
 def test_a_plan_measured_far_under_the_budget_says_so_when_it_is_the_closest(tmp_path):

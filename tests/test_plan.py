@@ -1378,3 +1378,19 @@ def test_a_plan_without_its_searched_record_says_its_options_are_unchecked(tmp_p
     (tmp_path / "plan.json").write_text(json.dumps(data))
     assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / "plan.json"), "-o", str(tmp_path / "o.onnx")]) == 0
     assert "the plan records no totals.searched (what made its decisions)" in capsys.readouterr().out
+
+
+def test_applying_a_plan_with_its_own_calibration_holding_repeats_is_not_other_data():
+    """The plan keeps the digest of the set compress fitted (repeats left out); apply compared it with the raw
+    set's, and said "calibration differs from the plan's" for the very file the plan was made on."""
+    from onnx_alds.inputs import InputSet
+
+    model = small_cnn(width=16)
+    x = np.random.default_rng(0).standard_normal((12, 3, 32, 32)).astype(np.float32)
+    x[5] = x[2]  # a repeated sample
+    calibration = InputSet({"input": x}, source="cal.npz")
+    plan = make_plan(model, keep_params=0.6, rank_multiple=8, calibration=calibration)
+    notes = apply_plan(model, plan, calibration=calibration).report.notes
+    assert not any(note.startswith("calibration differs") for note in notes), notes
+    other = InputSet({"input": x[::-1].copy()}, source="cal.npz")
+    assert any("same name, other data" in note for note in apply_plan(model, plan, calibration=other).report.notes)

@@ -1029,3 +1029,10 @@ def test_input_errors_of_a_multi_model_sweep_name_the_model(tiny, tmp_path, caps
                         "--no-progress"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: model '{other}': "), err
+
+
+def test_a_sweep_folder_that_is_a_link_to_nothing_is_named(tiny, tmp_path, capsys):
+    """sweep -o on a dangling link said "File exists ('dangling'); fix the path or free the resource"."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    code, _, err = run(sweep_args(tiny, tmp_path / "dangling", "--no-bench", "--no-plots"), capsys)
+    assert code == 1 and "-o '" in err and "is a link to nothing; the sweep writes a folder" in err, err

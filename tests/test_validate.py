@@ -2101,3 +2101,15 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
     stated = validate(model(10.0, "computed"), model(10.0, "computed"), inputs=inputs,
                       output_kinds={"seg": "dense"})
     assert stated.outputs[0].kind == "dense"
+
+
+def test_embedding_names_are_words_of_the_name():
+    """'emb', 'text_emb' and 'emb_0' were read as classifiers (distill measured arg-max agreement of a 16-d
+    embedding); 'unembed_logits' and 'spooler_logits' as embeddings (no top-1): a word of the name decides."""
+    from onnx_alds.validate import EMBEDDING_NAME
+
+    for name in ("emb", "text_emb", "emb_0", "embs", "sentence_embedding", "image_embeds", "textEmbeds",
+                 "pooler_output", "EMBEDDING", "x/emb", "bbox_embedding"):
+        assert EMBEDDING_NAME.search(name), name
+    for name in ("logits", "member_logits", "unembed_logits", "spooler_logits", "remb", "gemb", "femb_logits"):
+        assert not EMBEDDING_NAME.search(name), name

@@ -5,7 +5,7 @@ For each model, in one run (``docs/INT8.md`` has the table this writes and what 
 - ``fp32``: the original model;
 - ``int8-dyn``: ``onnxruntime.quantization.quantize_dynamic`` (per-channel weights, int8 weights,
   activations quantized at run time);
-- ``int8-qdq``: ``quantize_static`` in QDQ format, per-channel int8 weights, int8 activations, MinMax
+- ``int8-qdq``: ``quantize_static`` in QDQ format, per-channel int8 weights, uint8 activations, MinMax
   calibration over the model's ``calibration.npz`` (the same inputs onnx-alds calibrates with);
 - ``alds``: ``onnx-alds compress --keep-flops 0.5 --rank-multiple 16 --calibration calibration.npz``
   (``--order pointwise-first`` on the CNNs);
