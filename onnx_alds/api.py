@@ -29,8 +29,9 @@ from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, 
 from .decompose import GroupedFactors, decompose
 from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError,
                      ratio_at_least)
-from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants, chain_source,
-                     check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names, find_layers,
+from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants,
+                     chain_source, check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names,
+                     find_layers,
                      fold_weight_shapes, folded_weight, in_topological_order, is_constant_product,
                      is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,

@@ -448,7 +448,9 @@ def _check_bench_arguments(*, batch_sizes, runs, warmup, layer_runs, seed, threa
         raise InputDataError(f"got min_time_s={min_time_s}; give a finite min_time_s ≥ 0 (seconds)")
     if feeds is not None:
         if not isinstance(feeds, Mapping) or not feeds:
-            raise InputDataError(f"feeds={feeds!r}: give a dict of graph input name to array, batch first, or None "
+            what = ("an InputSet: give its .arrays" if hasattr(feeds, "arrays") else
+                    f"a {type(feeds).__name__}" if not isinstance(feeds, Mapping) else "empty")
+            raise InputDataError(f"feeds is {what}; give a dict of graph input name to array, batch first, or None "
                                  "for random inputs")
         odd = next((name for name, array in feeds.items() if not isinstance(array, np.ndarray)), None)
         if odd is not None:
@@ -505,6 +507,11 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     """
     if isinstance(models, (str, os.PathLike, onnx.ModelProto)):  # one model, not a sequence of its characters
         models = [models]
+    if isinstance(models, (bytes, bytearray)):  # (iterated, its bytes were taken for models of type int)
+        raise InputDataError("models is bytes; give model paths or onnx.ModelProto values (onnx.load_from_string "
+                             "reads serialized bytes)")
+    if isinstance(names, str):  # (one string was split into its characters)
+        raise InputDataError(f"names={names!r} is one string; give one name per model, e.g. names=[{names!r}]")
     models = list(models) if isinstance(models, Iterable) else models  # (a generator, a tuple)
     if not models:
         raise InputDataError("no models to bench; give at least one .onnx file")

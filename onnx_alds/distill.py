@@ -1454,7 +1454,8 @@ class DistillReport:
             f"data: {self.train_samples} training samples ({self.augmentation}); held out: {self.held_out_samples} "
             "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
             f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind}"
-            f"{f' of output {self.agreement_output!r}' if self.agreement_output else ''} {self.agreement_before:.4f} -> "
+            f"{f' of output {self.agreement_output!r}' if self.agreement_output else ''} "
+            f"{self.agreement_before:.4f} -> "
             f"{self.agreement_after:.4f}" + (f"; cosine {self.cosine_before:.4f} -> {self.cosine_after:.4f}"
                                              if self.agreement_kind == "top-1" else "")
             + (f" (the step kept is the one of lowest held-out loss, not of highest {kind})"
@@ -1563,6 +1564,12 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     ``compress --distill`` compresses with the training part only, so that the held-out part that
     decides early stopping was seen by neither step.
     """
+    from .argtypes import check_number, check_seed
+
+    check_number("held_out", held_out)  # (nan, "0.2" and True went through to a traceback or a clamp)
+    if not 0 < held_out < 1:
+        raise InputDataError(f"held_out={held_out!r}: give a fraction in (0, 1), e.g. 0.2")
+    check_seed("seed", seed)
     inputs = as_input_set(inputs)  # (a dict's len counted its keys as samples)
     count = len(inputs)
     if count < 2:
@@ -1612,6 +1619,8 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     if settings is not None and not isinstance(settings, DistillSettings):
         raise InputDataError(f"settings={settings!r}: give an onnx_alds.distill.DistillSettings(...), or its fields "
                              "as keywords")
+    if callback is not None and not callable(callback):  # (it failed at the first evaluation, as a traceback)
+        raise InputDataError(f"callback={callback!r}: give a function callback(step, seconds, student), or None")
     unknown = sorted(set(kwargs) - {f.name for f in fields(DistillSettings)})
     if unknown:
         raise UnknownOptionError(f"distill() got unknown option(s) {', '.join(unknown)}; its options: "

@@ -570,6 +570,8 @@ def load_inputs(model: Union[onnx.ModelProto, PathLike], *, npz: Optional[PathLi
         raise InputDataError("give either a labels file or --labels-from-filenames, not both")
     if labels_from_filenames and images is None:
         raise InputDataError("--labels-from-filenames reads class ids from image file names; use it with --images DIR")
+    if images is None and preprocess != "imagenet" and preprocess != PRESETS["imagenet"]:  # (ignored, unsaid)
+        raise InputDataError(f"preprocess={preprocess!r} applies to images only; drop it, or give images=DIR")
     if labels_file is not None and random is not None:
         raise InputDataError(
             "labels for random inputs mean nothing; give --inputs FILE.npz or --images DIR with --labels")

@@ -475,10 +475,11 @@ def counted_inputs(node: onnx.NodeProto) -> tuple[str, str]:
 
 
 def macs_tensors(node: onnx.NodeProto) -> tuple[str, ...]:
-    """The tensors whose shapes :func:`node_macs` reads: the counted inputs and the first output, and the
-    ONNX ``Attention`` op's past keys (input 4)."""
+    """The tensors whose shapes :func:`node_macs` reads: the counted inputs and the first output, the ONNX
+    ``Attention`` op's past keys (input 4), and ONNX Runtime's MultiHeadAttention and GroupQueryAttention's
+    key, past key and present key."""
     past = (node.input[4],) if op_key(node) == ("", "Attention") and len(node.input) > 4 and node.input[4] else ()
-    if COUNTED_OPS[op_key(node)][0] == "attention-heads":  # key, past key (MultiHeadAttention: 6, else 3), present key
+    if COUNTED_OPS[op_key(node)][0] == "attention-heads":  # (the past key: MultiHeadAttention's input 6, else 3)
         index = 6 if node.op_type == "MultiHeadAttention" else 3
         past = tuple(name for name in (node.input[1] if len(node.input) > 1 else "",
                                        node.input[index] if len(node.input) > index else "",

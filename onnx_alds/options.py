@@ -250,6 +250,11 @@ class SpeedOptions:
                 object.__setattr__(self, name, int(getattr(self, name)))
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise InputDataError(f"cache_dir={self.cache_dir!r}: give a folder path")
+        missing = [name for name in ("identity", "time_layers", "time_model", "time_ratio")
+                   if self.timer is not None and not hasattr(self.timer, name)]
+        if missing:  # (a wrong object failed deep inside the latency tables, as an AttributeError)
+            raise InputDataError(f"timer={self.timer!r} has no {', '.join(missing)}: give an object with "
+                                 "the members of onnx_alds.latency.Timer (as OrtTimer has), or None")
         if (self.batch is not None and self.batch < 1) or self.runs < 1 or self.grid < 2:
             raise InputDataError(f"got batch {self.batch}, runs {self.runs}, grid {self.grid}; give batch >= 1, "
                                  "runs >= 1 and a grid of at least 2 ranks")

@@ -212,6 +212,13 @@ class Plan:
                                 f"({', '.join(map(repr, keys[:4]))}{', ...' if len(keys) > 4 else ''}); keep one")
             return dict(pairs)
 
+        if isinstance(text, (bytes, bytearray)):  # (json.loads takes bytes too; removeprefix did not)
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PlanError(f"{source} is not UTF-8 text ({exc}); give a file written by onnx-alds plan") from None
+        if not isinstance(text, str):
+            raise PlanError(f"the plan is a {type(text).__name__}; give its JSON text (str or bytes), or use Plan.load")
         try:
             data = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=unique_keys)  # (a BOM: Notepad's UTF-8)
         except ValueError as exc:

@@ -24,10 +24,11 @@ batch is split into samples along it, any other output is one sample per batch):
   arg-max over C; ``seq`` — fraction of samples whose whole arg-max sequence is identical (neither
   measured when T = 0);
 * ``dense`` (4-D float ``[N, C, H, W]``, channel axis 1; ``[N, H, W, C]`` where the graph shows channels last,
-  regression where a Transpose leaves the layout unclear: :func:`output_channel_axes`): ``iou`` — with C = 1 the IoU of the binary
-  masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or ``value > 0`` (else: logits,
-  i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the channel arg-max maps; the
-  intersections and unions are summed over the whole evaluation set; an output not stated dense whose masks
+  regression where a Transpose leaves the layout unclear: :func:`output_channel_axes`): ``iou`` — with C = 1
+  the IoU of the binary masks ``value > 0.5`` (every original value in [0, 1]: probabilities) or
+  ``value > 0`` (else: logits, i.e. sigmoid > 0.5); with C > 1 the mean over classes of the IoU of the
+  channel arg-max maps; the intersections and unions are summed over the whole evaluation set; an output not
+  stated dense whose masks
   hold one value at every pixel of every sample in the original is judged as ``regression`` (its IoU would
   say nothing of the model);
 * ``regression`` (anything else): ``rel`` and ``cos`` only.
@@ -53,7 +54,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .argtypes import check_count, check_number, fraction, non_negative_float, positive_int, random_seed, thread_count
+from .argtypes import (check_count, check_number, check_switch, fraction, non_negative_float, positive_int,
+                       random_seed, thread_count)
 from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
@@ -75,7 +77,8 @@ KINDS = (CLASSIFIER, EMBEDDING, SEQUENCE, DENSE, REGRESSION)
 NORM_TOLERANCE = 1e-3  # rows with |‖x‖₂ - 1| ≤ this are unit-norm; probability rows sum to 1 within it
 # a word of the name says embedding or pooler (emb, text_embeds, sentenceEmbedding, pooler_output), not a word
 # that holds those letters (member_logits, unembed_logits, spooler)
-EMBEDDING_NAME = re.compile(r"(?<![A-Za-z])(?i:embed|pooler|embs?(?![a-z]))|(?<=[a-z0-9])(?:Embed|Pooler|Embs?(?![a-z]))")
+EMBEDDING_NAME = re.compile(r"(?<![A-Za-z])(?i:embed|pooler|embs?(?![a-z]))"
+                            r"|(?<=[a-z0-9])(?:Embed|Pooler|Embs?(?![a-z]))")
 # a decoder's key/value cache (present.0.key, past_key_values.3.value, kv_cache): its last axis is a head's
 # features, whose arg-max (sequence) or channel arg-max (dense) says nothing
 CACHE_NAME = re.compile(r"present|past_key|key_values|kv_?cache", re.IGNORECASE)
@@ -544,12 +547,13 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
     or 3, or ``None`` where the graph rearranges the output's axes (a Transpose) on the way from where they
     are set and the walk cannot follow it. Walking back from the output through element-wise ops (pruning's
     per-channel ops, :data:`onnx_alds.prune.UNARY_OPS`, and Cast, Clip …; Add, Mul, Concat … of computed
-    tensors that agree), ops that keep every axis where it is (Resize, Slice, Pad, pooling; a Reshape whose
-    inferred shapes keep the channel axis and what precedes it) and Transposes (their perms composed), the
-    channel axis is where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its channels
-    (axis 1) or a MatMul with a constant right-hand weight its features (the last axis, unless its input is
-    a channels-first map: then a spatial axis is mixed and the channels stay). Outputs with no evidence
-    either way are left out (read with channels on axis 1)."""
+    tensors that agree), ops that keep every axis where it is (Resize, Slice, Pad, pooling), Transposes and
+    one-operand Einsums of any rank (their perms composed) and Reshapes (Flatten, Squeeze, Unsqueeze: by the
+    inferred shapes, the axis of the same size with as many elements after it, as row-major order keeps
+    it), the channel axis is where a Softmax or LogSoftmax normalizes, a Conv or ConvTranspose writes its
+    channels (axis 1) or a MatMul with a constant right-hand weight its features (the last axis, unless its
+    input's channels are on another axis, which it keeps: a channels-first map's spatial axis mixed). Outputs
+    with no evidence either way are left out (read with channels on axis 1)."""
     from .prune import BINARY_OPS, UNARY_OPS
 
     # element by element on their first input (the layout stays); then of several inputs
@@ -1261,6 +1265,9 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     Raises :class:`ProviderError` when the provider is not available (no silent CPU fallback) and
     :class:`InputDataError` when a tolerance cannot be checked (e.g. ``max_accuracy_drop`` without labels).
     """
+    check_switch("figures_only", figures_only)  # ("False" would be true: a failing model passed)
+    if progress is not None:
+        check_switch("progress", progress)
     inputs = as_input_set(inputs)  # (an object with the InputSet's members is checked as one)
     stated = Tolerances(rtol, atol, min_top1_agreement, max_accuracy_drop, max_mean_rel, min_mean_cosine,
                         min_nn_agreement, min_position_agreement, min_sequence_agreement, min_iou)

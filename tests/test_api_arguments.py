@@ -1,6 +1,7 @@
 """The Python API's arguments: a value of the wrong type or range is one OnnxAldsError naming it, before any
 work starts; nothing the caller asked for is silently ignored."""
 
+import json
 from decimal import Decimal
 
 import numpy as np
@@ -466,3 +467,32 @@ def test_plan_from_dict_takes_tuples_and_numpy_integers():
     layer["rank"] = np.int64(layer["rank"])
     again = Plan.from_dict(data)
     assert again.to_dict() == plan.to_dict()
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_clear_error(tmp_path):
+    """split_inputs(held_out=nan / "0.2" / 10 / True) raised from numpy or clamped silently, distill(callback=5)
+    failed at the first evaluation, Plan.from_json(bytes) and SpeedOptions(timer=5) raised from deep inside."""
+    from onnx_alds.distill import split_inputs
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.options import SpeedOptions
+    from onnx_alds.plan import Plan, PlanError, make_plan
+
+    inputs = InputSet({"input": np.zeros((10, 3, 32, 32), np.float32)}, source="t")
+    for held_out in (float("nan"), "0.2", 10, True, -3, 0):
+        with pytest.raises(InputDataError, match="held_out"):
+            split_inputs(inputs, held_out=held_out)
+    with pytest.raises(InputDataError, match="seed"):
+        split_inputs(inputs, seed=-1)
+    assert [len(part) for part in split_inputs(inputs, held_out=0.3)] == [7, 3]
+    plan = make_plan(small_cnn(width=16), keep_params=0.6, rank_multiple=8)
+    text = json.dumps(plan.to_dict())
+    assert Plan.from_json(text.encode()).to_dict() == Plan.from_json(text).to_dict()
+    with pytest.raises(PlanError, match="give its JSON text"):
+        Plan.from_json(5)
+    with pytest.raises(InputDataError, match=r"timer=5 has no identity, time_layers, time_model, time_ratio"):
+        SpeedOptions(timer=5)
+    pytest.importorskip("torch")
+    from onnx_alds.distill import distill
+
+    with pytest.raises(InputDataError, match="callback=5: give a function"):
+        distill(small_cnn(width=8), small_cnn(width=8), inputs, callback=5, steps=1)

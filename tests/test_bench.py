@@ -483,3 +483,23 @@ def test_a_timing_run_out_of_memory_says_so_not_that_the_inputs_are_wrong():
     with pytest.raises(RuntimeResourceError, match=r"could not get threads or memory .*smaller batch \(bench "
                                                    r"--batch, compress --bench-batch\)"):
         time_interleaved([runner], warmup=1, runs=1, min_time_s=0.0)
+
+
+def test_bench_arguments_of_the_wrong_kind_are_named_short(tmp_path):
+    """bench(feeds=InputSet) put the whole array repr (4,000+ characters) in its error, bench(bytes) said "the
+    model is of type int", and names="ab" was split into two names."""
+    from conftest import small_cnn
+    from onnx_alds.inputs import InputSet
+
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn(width=8), str(path))
+    inputs = InputSet({"input": np.zeros((4, 3, 32, 32), np.float32)}, source="t")
+    for feeds, what in ((inputs, "feeds is an InputSet: give its .arrays"),
+                        (inputs.arrays["input"], "feeds is a ndarray")):
+        with pytest.raises(InputDataError) as caught:
+            bench([str(path)], feeds=feeds, runs=1)
+        assert str(caught.value).startswith(what) and len(str(caught.value)) < 200, str(caught.value)
+    with pytest.raises(InputDataError, match="models is bytes"):
+        bench(path.read_bytes(), runs=1)
+    with pytest.raises(InputDataError, match=r"names='ab' is one string"):
+        bench([str(path), str(path)], names="ab", runs=1)

@@ -2004,12 +2004,15 @@ def test_matmul_with_the_weight_first_is_fitted_to_its_calibration_columns(metho
     assert row.rank and row.rank >= 6 and row.rank * (40 + 48) <= 0.3 * 40 * 48, (row.rank, row.skip_reason)
     import onnxruntime as ort
 
+    def run(proto: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, held_out)[0]
+
     held_out = {"x": columns(8)}
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, held_out)[0]
-    got = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, held_out)[0]
+    expected, got = run(model), run(result.model)
     assert np.linalg.norm(got - expected) <= 1e-2 * np.linalg.norm(expected)  # (up to the moments' shrinkage)
     free = onnx_alds.compress(model, keep_params=0.3, rank_multiple=1)
-    blind = ort.InferenceSession(free.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, held_out)[0]
+    blind = run(free.model)
     assert np.linalg.norm(blind - expected) > 0.1 * np.linalg.norm(expected)
 
 

@@ -874,3 +874,14 @@ def test_images_converted_from_other_modes_are_counted_in_the_source(tmp_path):
     data = load_inputs(_image_model(["N", 3, 8, 8]), images=tmp_path, preprocess="custom")
     assert data.arrays["x"].shape == (3, 3, 8, 8)
     assert "3 images; 2 images converted to RGB (Pillow modes L, RGBA: alpha dropped)" in data.source, data.source
+
+
+def test_preprocessing_given_with_an_npz_is_refused_not_ignored(tmp_path):
+    """load_inputs(npz=..., preprocess="nope") or preprocess=5 loaded the arrays and ignored it without a word
+    (the command line refuses --preprocess without --images)."""
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 1, 28, 28), np.float32))
+    model = _image_model(["N", 1, 28, 28])
+    for preprocess in ("nope", 5, "mnist"):
+        with pytest.raises(InputDataError, match=r"applies to images only"):
+            load_inputs(model, npz=tmp_path / "x.npz", preprocess=preprocess)
+    assert load_inputs(model, npz=tmp_path / "x.npz").arrays["x"].shape == (2, 1, 28, 28)

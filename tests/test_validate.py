@@ -2113,3 +2113,13 @@ def test_embedding_names_are_words_of_the_name():
         assert EMBEDDING_NAME.search(name), name
     for name in ("logits", "member_logits", "unembed_logits", "spooler_logits", "remb", "gemb", "femb_logits"):
         assert not EMBEDDING_NAME.search(name), name
+
+
+@pytest.mark.parametrize("value", ["False", "no", 0.0, None])
+def test_validate_switches_take_true_or_false(value):
+    """validate(figures_only="False") checked nothing and passed a failing model ("False" is truthy); compress
+    refuses such values for its switches, and so does validate."""
+    model = _classifier()
+    inputs = InputSet({"x": np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)}, source="t")
+    with pytest.raises(InputDataError, match=r"figures_only=.*: give True or False"):
+        validate(model, model, inputs=inputs, figures_only=value)
