@@ -990,6 +990,10 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
         return (f"quantized weight ({quantizer.op_type}{'' if quantizer is node else ' → ' + node.op_type}): "
                 "factorizing would undo the quantization; compress the float model first, then quantize it")
     unfolded = _constant_subgraph_ops(name, producers, constants)
+    dequantized = _hand_dequantized(name, producers, constants) if unfolded else None
+    if dequantized is not None:  # (folding it, as the hint below says, would make the int8 weight float32)
+        return (f"quantized weight ({dequantized}: a dequantization written out): factorizing would undo the "
+                "quantization; compress the float model first, then quantize it")
     foreign = [op for op in unfolded if "::" in op]
     if foreign:
         return (f"weight is computed from constants by {', '.join(foreign)}, an op of another domain that onnx-alds "
@@ -1004,6 +1008,39 @@ def _producer_reason(name: str, producers: Mapping[str, onnx.NodeProto],
                 "(onnxsim with fixed input shapes), then compress")
     return (f"weight is not a constant (computed at run time by a {node.op_type} node): a product of two run-time "
             "tensors (as attention's Q·Kᵀ) has no weight to factorize")
+
+
+def _hand_dequantized(name: str, producers: Mapping[str, onnx.NodeProto],
+                      constants: Mapping[str, onnx.TensorProto]) -> Optional[str]:
+    """``"int8 → Cast → Mul"`` where ``name`` is an integer constant cast to float and scaled or shifted by
+    constants (Mul, Div, Sub, Add of one computed operand; moves and casts between), as a dequantization
+    written without DequantizeLinear reads; None otherwise."""
+    ops: list[str] = []
+    node = producers.get(name)
+    for _ in range(17):
+        if node is None or not node.input or not is_standard(node):
+            return None
+        if node.op_type == "Cast" and node.input[0] in constants:
+            source = constants[node.input[0]]
+            if source.data_type not in INTEGER_TYPES:
+                return None
+            return " → ".join([onnx.TensorProto.DataType.Name(source.data_type).lower(), "Cast", *reversed(ops)])
+        if node.op_type in ("Mul", "Div", "Sub", "Add"):
+            computed = [tensor for tensor in node.input if tensor not in constants]
+            if len(computed) != 1:
+                return None
+            name = computed[0]
+        elif node.op_type in FOLDABLE_OPS:
+            name = node.input[0]
+        else:
+            return None
+        ops.append(node.op_type)
+        node = producers.get(name)
+    return None
+
+
+INTEGER_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                           onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 
 
 RUN_TIME_SHAPE_OPS = ("Reshape", "Expand", "Tile", "Squeeze", "Unsqueeze", "Slice")  # data first, shape after

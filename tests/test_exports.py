@@ -2095,3 +2095,19 @@ def test_keep_flops_counts_dynamic_dims_at_the_calibration_arrays_sizes():
     report = onnx_alds.compress(model, keep_flops=0.6, rank_multiple=4, calibration=calibration).report
     assert report.macs_before == 16 * 2 * 32 * 64 and report.achieved <= 0.6
     assert any(note.startswith("MACs counted at the calibration arrays' sizes (x:1x16x32)") for note in report.notes)
+
+
+def test_a_dequantization_written_out_is_a_quantized_weight_not_a_weight_norm():
+    """int8 weight → Cast → Mul(scale) → MatMul was "computed from constants by Mul nodes (e.g. a weight norm):
+    fold the constants first", which turns the int8 weight back into float32; it is a quantized weight."""
+    rng = np.random.default_rng(3)
+    ints = rng.integers(-100, 100, (64, 32)).astype(np.int8)
+    nodes = [helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["qf", "scale"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    model = make(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                 [numpy_helper.from_array(ints, "q"), numpy_helper.from_array(np.float32(0.01), "scale")])
+    (row,) = onnx_alds.analyze(model).layers
+    assert row.skip_reason.startswith("quantized weight (int8 → Cast → Mul: a dequantization written out)"), \
+        row.skip_reason
