@@ -466,11 +466,13 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
             if runs_at is not None:  # the first dim the tool set to 1 is no free batch (samples × time steps)
                 chosen = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
                           if spec.name in found.probe_shapes and not isinstance(spec.dims[0], int)}
+                runs = {name: (runs_at, *dims[1:]) for name, dims in chosen.items()}
                 raise ModelLoadError(
                     f"ONNX Runtime cannot run the model with its dynamic first dim set to 1 "
                     f"({show_input_shapes(chosen, ' ')}: {message}), but it runs at {runs_at}: that dim is no free "
-                    "batch (e.g. samples × time steps); give the sizes the model needs with --input-shape "
-                    "NAME:DIMS") from None
+                    "batch (e.g. samples × time steps); give the sizes the model needs with --input-shape, e.g. "
+                    + " ".join(f"--input-shape {shape}" for shape in show_input_shapes(runs, ' ').split(' '))
+                ) from None
             raise ModelLoadError(f"ONNX Runtime cannot run the model ({message}); {_runtime_refusal_fix()}") from None
         raise_if_out_of_resources(exc)
         quoted = first_line(RuntimeError(message), 300)  # (its first line, as the refusals above quote it)

@@ -572,10 +572,10 @@ OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "dis
 
 
 def _existing_file_kind(path: Path) -> Optional[str]:
-    """What an existing file at an output path holds ("an ONNX model", "a numpy data file", "a JSON file"), where
-    it is one of the kinds onnx-alds reads or writes: numpy data by its magic bytes, a model by its ``.onnx``
-    suffix or by parsing as one (a model's bytes start with its ``ir_version`` field, 0x08), JSON by parsing;
-    None otherwise."""
+    """What an existing file at an output path holds: "ONNX model", "numpy data file", "JSON file" (numpy
+    data by its magic bytes, a model by its ``.onnx`` suffix or by parsing as one: a model's bytes start with
+    its ``ir_version`` field, 0x08; JSON by parsing), "file of another kind" (a script, notes, a table ...),
+    or None (no file, or an empty one)."""
     import json
 
     import onnx
@@ -588,24 +588,24 @@ def _existing_file_kind(path: Path) -> Optional[str]:
     except OSError:
         return None
     if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".npz" or head.startswith(b"\x93NUMPY"):
-        return "a numpy data file"
+        return "numpy data file"
     if path.suffix.lower() == ".onnx" and head:
-        return "an ONNX model"
+        return "ONNX model"
     if head[:1] == b"\x08":
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception:  # noqa: BLE001 - not a model: another kind of file
             model = None
         if model is not None and model.HasField("graph"):
-            return "an ONNX model"
+            return "ONNX model"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             with open(path, encoding="utf-8") as stream:
                 json.load(stream)
-            return "a JSON file"
+            return "JSON file"
         except (OSError, ValueError):
-            return None
-    return None
+            pass
+    return "file of another kind" if head else None  # (an empty file holds nothing to lose)
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
@@ -661,12 +661,12 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             else None)  # (a file
         # name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
-        writes = "an ONNX model" if key == "output" and args.command != "plan" else "a JSON file"
+        writes = "ONNX model" if key == "output" and args.command != "plan" else "JSON file"
         existing = _existing_file_kind(Path(value))
         if existing is not None and existing != writes:  # (one swapped argument destroyed a model)
-            raise OutputPathError(f"{flag} '{value}' is an existing {existing.split(' ', 1)[1]}, and "
-                                  f"{args.command} would write {writes} over it; give another path (or remove the "
-                                  "file first)")
+            raise OutputPathError(f"{flag} '{value}' is an existing {existing}, and {args.command} would write "
+                                  f"{'an' if writes[0] == 'O' else 'a'} {writes} over it; give another path (or "
+                                  "remove the file first)")
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it

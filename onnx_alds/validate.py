@@ -698,6 +698,10 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
         found = channel_axis(output.name, 0)
         if found is not None and -4 <= found[0] < 4 and found[0] % 4 in (1, 3):
             result[output.name] = (found[0] % 4, found[1])
+        elif found is not None:  # on axis 2 (rows and channels swapped), or not an axis of a 4-D output
+            where = f"on axis {found[0] % 4}" if -4 <= found[0] < 4 else "outside its 4 axes"
+            result[output.name] = (None, f"the graph puts its channels {where} ({found[1]}), where neither "
+                                         "a [N, C, H, W] nor a [N, H, W, C] reading finds them")
         elif found is None:
             transpose = rearranged_on_the_way(output.name)
             if transpose is not None:

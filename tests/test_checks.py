@@ -542,7 +542,7 @@ def test_a_first_dim_that_is_not_a_batch_names_input_shape(tmp_path, capsys):
     assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5"]) == 1
     err = capsys.readouterr().err
     assert "with its dynamic first dim set to 1 (x:1x16: " in err and "but it runs at 4" in err, err
-    assert "give the sizes the model needs with --input-shape" in err
+    assert "give the sizes the model needs with --input-shape, e.g. --input-shape x:4x16" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
     assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5", "--rank-multiple", "1",
                  "--input-shape", "x:4x16"]) == 0

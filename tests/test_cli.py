@@ -1021,8 +1021,8 @@ def test_a_file_written_over_keeps_its_permissions(cnn_path, tmp_path, capsys):
     """An output or report made private (chmod 600) became 644 when a run wrote over it (a new file renamed
     into place), unlike cp or sed -i."""
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    for path in (out, report):
-        path.write_bytes(b"old")
+    for path, old in ((out, b"old"), (report, b"{}")):  # (an earlier output of the kind each is)
+        path.write_bytes(old)
         path.chmod(0o600)
     code, _, _ = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
                          "--rank-multiple", "1", capsys=capsys)
@@ -1487,6 +1487,15 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     shutil.copy(cnn_path, tmp_path / "model_copy")  # a model under another name: known by its bytes
     code, _, err = run_cli("analyze", cnn_path, "--json", str(tmp_path / "model_copy"), capsys=capsys)
     assert_one_line_error(code, err, "is an existing ONNX model, and analyze would write a JSON file over it")
+    notes = tmp_path / "notes.txt"  # any other file (a script, notes) is not overwritten either
+    notes.write_text("my notes")
+    code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(notes), capsys=capsys)
+    assert_one_line_error(code, err, "is an existing file of another kind, and compress would write an ONNX model")
+    assert notes.read_text() == "my notes"
+    (tmp_path / "empty.onnx").write_bytes(b"")  # an empty file holds nothing to lose
+    code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "empty.onnx"),
+                           capsys=capsys)
+    assert code == 0, err
     (tmp_path / "old.json").write_text("{}")  # the same kind: overwritten as before
     code, _, err = run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "old.json"), capsys=capsys)
     assert code == 0, err

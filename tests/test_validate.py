@@ -2070,6 +2070,7 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
                            helper.make_node("Transpose", ["f"], ["tk"], perm=[0, 2, 1]),
                            helper.make_node("Reshape", ["tk", "grid"], ["seg"])],
                 "einsum": [helper.make_node("Einsum", ["c2"], ["seg"], equation="nchw->nhwc")],
+                "swapped": [helper.make_node("Transpose", ["c2"], ["seg"], perm=[0, 2, 1, 3])],  # channels on 2
                 # a MatMul class head on the tokens (features last), then the grid
                 "head": [helper.make_node("Reshape", ["c2", "flat"], ["f"]),
                          helper.make_node("Transpose", ["f"], ["tk"], perm=[0, 2, 1]),
@@ -2078,7 +2079,7 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
                 # a Reshape to a shape computed at run time: the walk cannot tell where the channels end up
                 "computed": [helper.make_node("Shape", ["t"], ["s"]),
                              helper.make_node("Reshape", ["t", "s"], ["seg"])]}[ending]
-        if ending in ("matmul", "tokens", "einsum", "head"):
+        if ending in ("matmul", "tokens", "einsum", "head", "swapped"):
             nodes = nodes[:-1]
         return _model(nodes + ends, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                       [helper.make_tensor_value_info("seg", TensorProto.FLOAT, None)], inits)
@@ -2092,6 +2093,10 @@ def test_a_channels_last_map_is_followed_through_ops_that_keep_its_axes():
         assert output.kind == "dense" and f"channels on axis {axis}" in output.kind_reason, output.kind_reason
         assert not report.passed and output.iou < 0.6, (ending, output.iou)
         assert validate(model(10.0, ending), model(10.0, ending), inputs=inputs).passed
+    # channels on axis 2 (read on axis 1, an IoU over image rows): compared as regression, the axis named
+    axis, why = output_channel_axes(model(10.0, "swapped"))["seg"]
+    assert axis is None and why.startswith("the graph puts its channels on axis 2 (a Conv's channels, transposed)")
+    assert validate(model(10.0, "swapped"), model(10.0, "swapped"), inputs=inputs).outputs[0].kind == "regression"
     axis, why = output_channel_axes(model(10.0, "computed"))["seg"]
     assert axis is None and "'to_nhwc'" in why
     report = validate(model(10.0, "computed"), model(10.0, "computed"), inputs=inputs)
