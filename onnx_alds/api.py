@@ -37,9 +37,9 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
                      unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
-from .model_io import (ModelLike, OpenedModel, TensorStore, fixed_batch, graph_inputs, materialize, open_model,
+from .model_io import (ModelLike, OpenedModel, TensorStore, graph_inputs, materialize, open_model,
                        refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
-from .inputs import check_sample_dims, conform_inputs, without_repeats
+from .inputs import calibration_as_fitted, check_sample_dims
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -94,10 +94,7 @@ class _Prepared:
         refuse_over_protobuf_limit(OpenedModel(self.model, self.store), "data-aware compression runs it in ONNX "
                                    "Runtime with extra outputs, which needs it serialized whole",
                                    fix="compress it data-free (without calibration)")
-        # a repeated sample adds no information, and would let --method damage probe on copies of the inputs it
-        # fitted to (whole inputs compared where the model fixes its first dim: its rows are no samples)
-        calibration = without_repeats(conform_inputs(self.model, options.data.calibration, "calibration"),
-                                      fixed_batch(self.model) or 1)
+        calibration = calibration_as_fitted(self.model, options.data.calibration)
         given = {name: dims for name, dims in (options.input_shapes or {}).items() if name in calibration.arrays}
         check_sample_dims(calibration, given, "the calibration arrays are",
                           "give calibration inputs of that size, or other input_shapes")

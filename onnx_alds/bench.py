@@ -207,9 +207,14 @@ class BenchReport:
 # Machine description
 
 
+def logical_cpus() -> int:
+    """Logical CPUs available to this process (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (from /proc/cpuinfo; logical CPUs where unknown)."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    logical = logical_cpus()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

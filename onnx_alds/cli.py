@@ -658,8 +658,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
                                   f"data; choose another {flag} path")
         example = "plan.json" if key == "output" and args.command == "plan" else (
             f"{args.command if args.command in ('bench', 'validate') else 'analysis'}.json" if key == "json"
-            else None)  # (a file
-        # name of the kind, for a folder given)
+            else None)  # (a file name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
         writes = "ONNX model" if key == "output" and args.command != "plan" else "JSON file"
         existing = _existing_file_kind(Path(value))

@@ -2017,15 +2017,10 @@ def _student_session(model: onnx.ModelProto):
 def _trained_on(train: InputSet, held_out: InputSet) -> Optional[str]:
     """A note when held-out samples are also training samples (exactly, every input): the training fits
     them, so the held-out figures and the early stopping are in-sample for them."""
-    import hashlib
+    from .plan import sample_digests
 
-    def digests(inputs: InputSet) -> list[bytes]:
-        names = sorted(inputs.arrays)
-        return [hashlib.sha1(b"".join(np.ascontiguousarray(inputs.arrays[name][i]).tobytes() for name in names))
-                .digest() for i in range(len(inputs))]
-
-    trained = set(digests(train))
-    seen = sum(digest in trained for digest in digests(held_out))
+    trained = set(sample_digests(train))
+    seen = sum(digest in trained for digest in sample_digests(held_out))
     if not seen:
         return None
     return (("the held-out samples are" if seen == len(held_out) else f"{seen} of the {len(held_out)} held-out "

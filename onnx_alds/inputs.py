@@ -831,6 +831,16 @@ def _conformed_arrays(specs: list[InputSpec], stored: Mapping[str, np.ndarray], 
     return arrays, casts
 
 
+def calibration_as_fitted(model: onnx.ModelProto, calibration: InputSet) -> InputSet:
+    """The calibration set as compress fits it: cast to the model's input types (:func:`conform_inputs`), the
+    samples that repeat an earlier one left out (:func:`without_repeats`: whole inputs where the model fixes
+    its first dim), which adds no information and would let ``--method damage`` probe on copies of the inputs
+    it fitted to. A plan keeps this set's digest and source."""
+    from .model_io import fixed_batch
+
+    return without_repeats(conform_inputs(model, calibration, "calibration"), fixed_batch(model) or 1)
+
+
 def conform_inputs(model: onnx.ModelProto, inputs: InputSet, what: str) -> InputSet:
     """``inputs`` (given to the Python API) checked against ``model``'s graph inputs as an ``.npz`` is: one
     array per input and no other, rank, the dims the model fixes, dtype (cast ``same_kind``, said in the

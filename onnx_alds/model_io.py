@@ -936,6 +936,20 @@ def _naming(exc: OSError, target: Path) -> OSError:
 TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_name)
 
 
+def unwritable_folder(folder: Path) -> Optional[str]:
+    """Why no file can be created in ``folder`` (the error of creating a probe file there: a read-only file
+    system or folder), or None when one can; the probe is removed."""
+    probe = unused_name(Path(folder), ".probe")
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    finally:
+        removed_whole(lambda: probe.unlink() if probe.exists() else None)
+    return None
+
+
 def unused_name(folder: Path, suffix: str = "") -> Path:
     """A fresh name for a temporary file in ``folder`` (``.onnx-alds-<random><suffix>``), not created: the
     caller creates it inside its ``try`` (``open(..., "x")``, ``os.mkdir``), so that a Ctrl-C at any moment
@@ -1209,15 +1223,10 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
                               f"{example or ('model.small.onnx' if flag == '-o' else 'report.json')})")
     if not target.parent.exists():
         raise OutputPathError(f"the folder of {flag} '{target}' does not exist; create it first")
-    probe = unused_name(target.parent, ".probe")
-    try:  # a read-only file system or folder: say so now, not after the whole compression
-        with open(probe, "xb"):
-            pass
-    except OSError as exc:
-        raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({exc.strerror or exc}); "
-                              f"choose a writable {flag} path") from None
-    finally:
-        removed_whole(lambda: probe.unlink() if probe.exists() else None)
+    problem = unwritable_folder(target.parent)  # a read-only file system or folder: said now, not after the work
+    if problem is not None:
+        raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({problem}); "
+                              f"choose a writable {flag} path")
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputPathError(f"{flag} '{target}' is not writable; choose another path or remove it")
 

@@ -1179,12 +1179,11 @@ def apply_plan(model, plan: Plan, calibration=None, *, calibration_workers: int 
             "(options.data.data_aware edited to false): its ranks were chosen for factors fitted to that data; "
             "the errors reported are the weights' own",)))
     fitted = calibration
-    if calibration is not None and planned_on:  # the set as compress fitted it (cast, repeats left out), whose
-        from .inputs import conform_inputs, without_repeats  # digest and source the plan keeps
-        from .model_io import fixed_batch
+    if calibration is not None and planned_on:  # the set as compress fitted it, whose digest and source the plan
+        from .inputs import calibration_as_fitted  # keeps
 
         try:
-            fitted = without_repeats(conform_inputs(proto, calibration, "calibration"), fixed_batch(proto) or 1)
+            fitted = calibration_as_fitted(proto, calibration)
         except OnnxAldsError:  # (the step itself refused it already, or took it as it is)
             fitted = calibration
     given_digest = calibration_digest(fitted) if calibration is not None and planned_digest else None

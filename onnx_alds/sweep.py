@@ -719,10 +719,10 @@ class LocalEngine(Engine):
     name = "local"
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None) -> None:
-        from .bench import physical_cores
+        from .bench import logical_cpus, physical_cores
 
         self.workers = max(1, int(workers))
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = logical_cpus()
         if self.workers > cpus:  # (as the Ray engine refuses more workers than its cluster's CPUs)
             raise EngineError(f"--workers {self.workers} starts {self.workers} processes, each holding the models "
                               f"and their data, and this machine has {cpus} CPUs; give at most --workers {cpus}")
@@ -2040,17 +2040,15 @@ def _default_bench_batches(path: str) -> tuple[int, ...]:
 def _check_writable_folder(out: Path) -> None:
     """Raise :class:`OutputPathError` when the sweep's folder ``out`` (or, not there yet, its nearest existing
     parent, where it would be made) cannot be written: a read-only file system or folder, said before any work."""
-    import tempfile
+    from .model_io import unwritable_folder
 
     existing = out.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise OutputPathError(f"cannot write the sweep folder -o '{out}' ({exc.strerror or exc} in '{existing}'); "
-                              "choose a writable -o path") from None
+    problem = unwritable_folder(existing)
+    if problem is not None:
+        raise OutputPathError(f"cannot write the sweep folder -o '{out}' ({problem} in '{existing}'); "
+                              "choose a writable -o path")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

@@ -571,8 +571,11 @@ def output_channel_axes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int]
     def dims_of(name: str) -> Optional[list[Any]]:
         """The inferred dims of a tensor (ints, dim names, or None where not known); None: no shape."""
         if not inferred:
-            try:
-                graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+            from .shapes import static_copy
+
+            try:  # (on a copy whose large weights are stubs: inference reads their dims only)
+                graph = onnx.shape_inference.infer_shapes(static_copy(model, {}, stub_weights=True),
+                                                          strict_mode=False).graph
                 values = list(graph.value_info) + list(graph.input) + list(graph.output)
             except Exception:  # noqa: BLE001 - any failure only means the shapes are not known
                 values = []
@@ -715,12 +718,6 @@ def channels_last_outputs(model: onnx.ModelProto) -> dict[str, str]:
     graph's evidence for it (:func:`output_channel_axes`)."""
     return {name: f"the graph puts its channels on the last axis ({why})"
             for name, (axis, why) in output_channel_axes(model).items() if axis == 3}
-
-
-def unknown_layout_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """4-D graph outputs whose channel axis the graph leaves unclear (:func:`output_channel_axes`): a dense
-    reading on axis 1 could compare rows instead of classes, so they are compared as regression."""
-    return {name: why for name, (axis, why) in output_channel_axes(model).items() if axis is None}
 
 
 _KIND_NEEDS = {

@@ -332,17 +332,20 @@ def test_a_sweep_folder_on_a_read_only_file_system_names_o(tmp_path, monkeypatch
     """sweep -o on a read-only mount said "Read-only file system (...); fix the path or free the resource" after
     loading the models; compress, plan and bench name -o and a writable path, and so does the sweep, first."""
     import errno
-    import tempfile
 
+    from onnx_alds import model_io
     from onnx_alds.errors import OutputPathError
     from onnx_alds.sweep import _check_writable_folder
 
     _check_writable_folder(tmp_path / "new" / "sweep")  # writable: nothing said
+    real_open = open
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
+    def read_only(path, *args, **kwargs):  # (the probe file a read-only file system refuses)
+        if str(path).endswith(".probe"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(model_io, "open", read_only, raising=False)
     with pytest.raises(OutputPathError, match=r"cannot write the sweep folder -o '.*sweep' \(Read-only file system "
                                               r"in '.*'\); choose a writable -o path"):
         _check_writable_folder(tmp_path / "new" / "sweep")
