@@ -571,43 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUT_FILE_ARGS = {"output": "-o", "report": "--report", "json": "--json", "distill_report": "--distill-report"}
 
 
-def _existing_file_kind(path: Path) -> Optional[str]:
-    """What an existing file at an output path holds: "ONNX model", "numpy data file", "JSON file" (numpy
-    data by its magic bytes, a model by its ``.onnx`` suffix or by parsing as one: a model's bytes start with
-    its ``ir_version`` field, 0x08; JSON by parsing), "file of another kind" (a script, notes, a table ...),
-    or None (no file, or an empty one)."""
-    import json
-
-    import onnx
-
-    if not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(64)
-    except OSError:
-        return None
-    if head.startswith(b"PK\x03\x04") and path.suffix.lower() == ".npz" or head.startswith(b"\x93NUMPY"):
-        return "numpy data file"
-    if path.suffix.lower() == ".onnx" and head:
-        return "ONNX model"
-    if head[:1] == b"\x08":
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception:  # noqa: BLE001 - not a model: another kind of file
-            model = None
-        if model is not None and model.HasField("graph"):
-            return "ONNX model"
-    if head.lstrip()[:1] in (b"{", b"["):
-        try:
-            with open(path, encoding="utf-8") as stream:
-                json.load(stream)
-            return "JSON file"
-        except (OSError, ValueError):
-            pass
-    return "file of another kind" if head else None  # (an empty file holds nothing to lose)
-
-
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Before any work: no output file may be one of the command's input files (model, plan,
     calibration or evaluation data ...), a folder, a device or link, or in an unwritable folder."""
@@ -615,7 +578,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
     from .errors import OutputPathError
     from .inputs import IMAGE_SUFFIXES
-    from .model_io import check_data_file_name, check_output_path, may_need_external_data, same_file
+    from .model_io import (check_data_file_name, check_output_path, may_need_external_data,
+                           refuse_foreign_file, same_file)
 
     outputs = {key: getattr(args, key) for key in OUTPUT_FILE_ARGS if getattr(args, key, None)}
     dash = next((key for key, value in outputs.items() if value == "-"), None)
@@ -660,12 +624,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             f"{args.command if args.command in ('bench', 'validate') else 'analysis'}.json" if key == "json"
             else None)  # (a file name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
-        writes = "ONNX model" if key == "output" and args.command != "plan" else "JSON file"
-        existing = _existing_file_kind(Path(value))
-        if existing is not None and existing != writes:  # (one swapped argument destroyed a model)
-            raise OutputPathError(f"{flag} '{value}' is an existing {existing}, and {args.command} would write "
-                                  f"{'an' if writes[0] == 'O' else 'a'} {writes} over it; give another path (or "
-                                  "remove the file first)")
+        writes = "ONNX model" if key == "output" and args.command != "plan" else "onnx-alds JSON file"
+        refuse_foreign_file(Path(value), writes, flag=flag, command=args.command)  # (a swapped argument: a model lost)
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it

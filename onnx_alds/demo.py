@@ -48,7 +48,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from .api import compress
     from .inputs import load_inputs
-    from .model_io import first_missing_folder, load_model, remove_if_no_files, removed_whole, replace_keeping_mode
+    from .model_io import (first_missing_folder, load_model, refuse_foreign_file, remove_if_no_files, removed_whole,
+                           replace_keeping_mode)
     from .signals import uninterrupted
 
     out = Path(args.out)
@@ -60,6 +61,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if not os.access(existing, os.W_OK | os.X_OK):  # (a read-only working folder: the default --out is in it)
         raise OutputPathError(f"cannot write the demo's folder '{out}' ('{existing}' is not writable); give a "
                               "writable folder with --out DIR")
+    for name, kind in zip(OUTPUTS, ("ONNX model", "onnx-alds JSON file", "onnx-alds JSON file")):
+        if (out / name).is_dir():
+            raise OutputPathError(f"'{out / name}' is a folder where the demo writes a file; give another --out folder")
+        refuse_foreign_file(out / name, kind, flag="the demo's file", command="demo",  # (a user's file there)
+                            fix="give another --out folder (or move the file away)")
     model_path = bundled(MODEL)
     model = load_model(model_path)
     calibration = None if args.data_free else load_inputs(model, npz=bundled(CALIBRATION))

@@ -1471,8 +1471,11 @@ class DistillReport:
         """Plain JSON values: NaN and infinities (a diverging run's losses) become None."""
         from .report import json_safe
 
+        from .report import library_versions
+
         data = asdict(self)
         data["curve"] = [dict(point) for point in self.curve]
+        data["versions"] = library_versions()  # (also what marks the file as onnx-alds's, to be replaced later)
         return json_safe(data)
 
     def save_json(self, path) -> None:

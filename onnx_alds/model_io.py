@@ -936,6 +936,81 @@ def _naming(exc: OSError, target: Path) -> OSError:
 TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_name)
 
 
+def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optional[str]:
+    """What an existing file at an output path holds, judged by its bytes, never by its name: "ONNX model"
+    (it parses as one: a model's bytes start with its ``ir_version`` field, 0x08), "numpy data file" (numpy's
+    or zip's magic bytes), "onnx-alds JSON file" (JSON that onnx-alds wrote: a plan, or a record holding
+    ``"onnx_alds"`` versions), "JSON file" (any other JSON), "onnx-alds CSV table" (its first line is
+    ``csv_header``), "PNG image", "file of another kind" (a script, notes, a table ...), or None (no file,
+    or an empty one, which holds nothing to lose)."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(64)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        return "numpy data file"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG image"
+    if head[:1] == b"\x08":
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not a model: another kind of file
+            model = None
+        if model is not None and model.HasField("graph") and model.graph.node:
+            return "ONNX model"
+    if csv_header is not None and head.startswith(csv_header.encode()[:len(head)]):
+        with open(path, "rb") as stream:
+            if stream.readline().rstrip(b"\r\n") == csv_header.encode():
+                return "onnx-alds CSV table"
+    if head.lstrip()[:1] in (b"{", b"["):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                data = json.load(stream)
+        except (OSError, ValueError, RecursionError):
+            return "file of another kind"
+        return "onnx-alds JSON file" if _json_by_onnx_alds(data) else "JSON file"
+    return "file of another kind"
+
+
+def _json_by_onnx_alds(data: Any, depth: int = 3) -> bool:
+    """A plan (its "format"), or a record whose versions (at most ``depth`` levels down) name onnx-alds."""
+    from .plan import PLAN_FORMAT
+
+    if isinstance(data, dict):
+        if data.get("format") == PLAN_FORMAT or isinstance(data.get("onnx_alds"), str):
+            return True
+        children: Iterable[Any] = data.values()
+    elif isinstance(data, list):
+        children = data[:64]
+    else:
+        return False
+    return depth > 0 and any(_json_by_onnx_alds(child, depth - 1) for child in children
+                             if isinstance(child, (dict, list)))
+
+
+def refuse_foreign_file(path: Path, writes: str, *, flag: str, command: str, csv_header: Optional[str] = None,
+                        fix: str = "give another path (or remove the file first)") -> None:
+    """Before any work: an existing non-empty file at an output ``path`` that is not of the kind the command
+    writes there (``writes``: "ONNX model", "onnx-alds JSON file", "onnx-alds CSV table", "PNG image") is a
+    user's file (a script, notes, data, a JSON config) and is not overwritten; an earlier output of the same
+    kind is replaced. Raises OutputPathError naming ``flag`` (e.g. "-o") and ending with ``fix``."""
+    existing = existing_file_kind(Path(path), csv_header=csv_header)
+    if existing is None or existing == writes:
+        return
+    what = writes.replace("onnx-alds ", "")
+    article = "an" if what[0] in "AEIOU" else "a"
+    foreign = " not written by onnx-alds" if existing == "JSON file" else ""
+    raise OutputPathError(f"{flag} '{path}' is an existing {existing}{foreign}, and {command} would write {article} "
+                          f"{what} over it; {fix}")
+
+
 def unwritable_folder(folder: Path) -> Optional[str]:
     """Why no file can be created in ``folder`` (the error of creating a probe file there: a read-only file
     system or folder), or None when one can; the probe is removed."""

@@ -1332,13 +1332,19 @@ class RowStore:
         """Before anything is computed: the folders it keeps are folders (or absent) and the files it will
         write for ``variant_ids`` (and the plots of ``models``) are not folders. Raises OutputPathError
         naming the path."""
+        from .model_io import refuse_foreign_file
+
         for folder in (self.rows_dir, self.models_dir):
             if folder.exists() and not folder.is_dir():
                 raise OutputPathError(f"'{folder}' is a file where the sweep keeps a folder; move it away and run "
                                       "again")
-        for name in ("sweep.json", "sweep.csv") + tuple(f"{model}-{kind}.png" for model in models
-                                                      for kind in ("quality", "speedup")):
+        kinds = {"sweep.json": "onnx-alds JSON file", "sweep.csv": "onnx-alds CSV table"}
+        kinds.update({f"{model}-{kind}.png": "PNG image" for model in models for kind in ("quality", "speedup")})
+        for name, kind in kinds.items():  # (a user's script or data at one of these names is not overwritten)
             _check_not_folder(self.out / name)
+            refuse_foreign_file(self.out / name, kind, flag="the sweep's file", command="sweep",
+                                csv_header=",".join(CSV_COLUMNS),
+                                fix="give another output folder (or move the file away)")
         for variant_id in variant_ids:
             for path in (self.path(variant_id), self.model_path(variant_id),
                          self.models_dir / f"{variant_id}.report.json"):

@@ -62,7 +62,7 @@ from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, V
 from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, first_occurrences,
                      inputs_from_args, one_sample_at_a_time, with_prefixed_flags)
 from .model_io import fixed_batch, graph_inputs, load_model, same_weights, structure_of
-from .report import json_safe, write_json
+from .report import json_safe, library_versions, write_json
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
 log = logging.getLogger(__name__)
@@ -430,6 +430,7 @@ class ValidationReport:
             "onnxruntime_version": self.onnxruntime_version,
             "notes": list(self.notes),
             "outputs": [o.to_dict() for o in self.outputs],
+            "versions": library_versions(),  # (also what marks the file as onnx-alds's, to be replaced later)
         }
         if self.figures_only:  # nothing was checked: a script reading "passed" must not read a pass
             data["passed"] = None

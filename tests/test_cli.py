@@ -1194,6 +1194,58 @@ def test_an_interrupted_demo_leaves_an_earlier_runs_files_as_they_were(tmp_path,
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
+def test_a_users_file_in_the_demo_folder_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    """demo --out DIR wrote its reports over a user's script and data at their names with exit 0; a second
+    demo into the same folder still replaces the first run's files."""
+    import onnx_alds.api
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    script = b"#!/bin/sh\necho my script\n"
+    (out / "compress_report.json").write_bytes(script)
+
+    def never(*args, **kwargs):
+        raise AssertionError("compressed before the folder was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_alds.api, "compress", never)
+        code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
+        assert_one_line_error(code, err, "compress_report.json' is an existing file of another kind",
+                              "give another --out folder")
+        (out / "compress_report.json").write_bytes(b'{"my": "config"}')
+        code, _, err = run_cli("demo", "--out", str(out), capsys=capsys)
+        assert_one_line_error(code, err, "is an existing JSON file not written by onnx-alds")
+    assert (out / "compress_report.json").read_bytes() == b'{"my": "config"}'
+    (out / "compress_report.json").unlink()
+    assert run_cli("demo", "--out", str(out), capsys=capsys)[0] == 0
+    assert run_cli("demo", "--out", str(out), "--keep-flops", "0.7", capsys=capsys)[0] == 0  # its own: replaced
+    assert json.loads((out / "demo_report.json").read_text())["compress"]["macs_after"] > 0
+
+
+def test_a_file_is_judged_by_its_bytes_not_its_name(cnn_path, tmp_path, capsys):
+    """Notes saved as notes.onnx were taken for a model and overwritten by compress -o, a user's JSON config by
+    plan -o and --report; earlier validate and plan outputs are still replaced."""
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(notes), capsys=capsys)
+    assert_one_line_error(code, err, "is an existing file of another kind, and compress would write an ONNX model")
+    config = tmp_path / "config.json"
+    config.write_text('{"learning_rate": 0.1}')
+    for args in (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(config)],
+                 ["compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "s.onnx"), "--report",
+                  str(config)]):
+        code, _, err = run_cli(*args, capsys=capsys)
+        assert_one_line_error(code, err, "is an existing JSON file not written by onnx-alds")
+    assert notes.read_text() == "my notes" and config.read_text() == '{"learning_rate": 0.1}'
+    small, result = tmp_path / "s.onnx", tmp_path / "v.json"
+    assert run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(small), capsys=capsys)[0] == 0
+    for _ in range(2):  # the second run replaces the first's report
+        code, _, err = run_cli("validate", cnn_path, str(small), "--random", "4", "--json", str(result),
+                               "--figures-only", capsys=capsys)
+        assert code == 0, err
+    assert "onnx_alds" in json.loads(result.read_text())["versions"]
+
+
 def test_a_demo_in_a_folder_it_cannot_write_names_out(tmp_path, capsys, monkeypatch):
     """In a read-only working folder the demo said "Read-only file system ('onnx-alds-demo'); fix the path or
     free the resource", naming no flag, after compressing."""
@@ -1496,7 +1548,8 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "empty.onnx"),
                            capsys=capsys)
     assert code == 0, err
-    (tmp_path / "old.json").write_text("{}")  # the same kind: overwritten as before
+    assert run_cli("plan", cnn_path, "--keep-flops", "0.9", "-o", str(tmp_path / "old.json"), capsys=capsys)[0] == 0
+    # an earlier output of the same kind: overwritten as before
     code, _, err = run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "old.json"), capsys=capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "old.json").read_text())["format"] == "onnx-alds plan"

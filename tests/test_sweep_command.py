@@ -716,12 +716,14 @@ def test_a_fixed_batch_models_left_out_samples_and_the_compression_warnings_are_
     assert warned and all(f"warning: {warning}" in row["notes"] for warning in warned)
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b"null", b'{"runs": 5}',
-                                    b'{"skipped": [{"x": 1}]}', b'{"skipped": [{"model": [1], "method": "alds"}]}',
-                                    b"[" * 100000 + b"]" * 100000])
+MARK = b'"environment": {"versions": {"onnx_alds": "0"}}'  # what says a sweep.json is onnx-alds's
+
+
+@pytest.mark.parametrize("damage", [b'{"runs": 5, ' + MARK + b"}", b'{"skipped": [{"x": 1}], ' + MARK + b"}",
+                                    b'{"skipped": [{"model": [1], "method": "alds"}], ' + MARK + b"}"])
 def test_a_damaged_sweep_record_is_started_again_with_a_note(tiny, tmp_path, capsys, damage):
-    """A sweep.json that is not UTF-8 or not a sweep record (a list, null, runs not a list, a skipped entry without
-    its keys, JSON nested too deep) was a traceback on every later sweep into that folder."""
+    """A sweep.json of onnx-alds's that is not a sweep record (runs not a list, a skipped entry without its
+    keys) was a traceback on every later sweep into that folder."""
     out = tmp_path / "sweep"
     assert run(_quick(tiny, out, "0.6"), capsys)[0] == 0
     (out / "sweep.json").write_bytes(damage)
@@ -732,6 +734,23 @@ def test_a_damaged_sweep_record_is_started_again_with_a_note(tiny, tmp_path, cap
     assert "start again (the rows come from the row files)" in stdout
     data = record(out)
     assert len(data["rows"]) == 1 and len(data["runs"]) == 1
+
+
+@pytest.mark.parametrize("name, content, kind", [
+    ("sweep.json", b"\xff\xfe not utf-8", "file of another kind"), ("sweep.json", b"[1, 2]", "JSON file not written"),
+    ("sweep.json", b"null", "file of another kind"), ("sweep.json", b"[" * 100000 + b"]" * 100000, "another kind"),
+    ("sweep.json", b"PK\x03\x04 data", "numpy data file"), ("sweep.csv", b"#!/bin/sh\necho hi\n", "another kind"),
+    ("sweep.csv", b"a,b\n1,2\n", "file of another kind")])
+def test_a_users_file_at_a_sweep_file_name_is_not_overwritten(tiny, tmp_path, capsys, name, content, kind):
+    """A user's script, data or JSON at sweep.json / sweep.csv in the sweep's folder was replaced
+    with exit 0 (compress refuses the same); the sweep's own files are replaced on a second run."""
+    out = tmp_path / "sweep"
+    assert run(_quick(tiny, out, "0.6"), capsys)[0] == 0  # its own files: replaced by the next run
+    assert run(_quick(tiny, out, "0.6"), capsys)[0] == 0
+    (out / name).write_bytes(content)
+    code, _, err = run(_quick(tiny, out, "0.6"), capsys)
+    assert code == 1 and err.count("\n") == 1 and kind in err and "give another output folder" in err, err
+    assert (out / name).read_bytes() == content
 
 
 def test_model_names_that_the_file_name_rules_change_stay_apart():
