@@ -150,6 +150,13 @@ def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Seq
     return chosen
 
 
+def calibration_shape_hints(calibration: Any) -> dict[str, tuple[int, ...]]:
+    """One sample's dims of each calibration array (``(1, *dims)``), which size the dynamic dims no
+    ``--input-shape`` gives where MACs are counted; empty without arrays."""
+    arrays = getattr(calibration, "arrays", None) or {}
+    return {name: (1, *np.shape(array)[1:]) for name, array in arrays.items()}
+
+
 def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[int]]], exclude: Sequence[str],
              max_groups: int, need_macs: bool, channel_multiple: int = 1, complete: bool = False,
              shape_hints: Optional[Mapping[str, Sequence[int]]] = None) -> _Prepared:
@@ -906,11 +913,10 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                           "use --method alds with --keep-latency or --order auto")
     searched = (max_groups if method == "alds" else min(max_groups, data.damage_max_groups) if method == "damage"
                 else 1)
-    arrays = getattr(calibration, "arrays", None) or {}  # (one sample's dims: the MACs' sizes where none is given)
     prepared = _prepare(model, input_shapes=input_shapes, exclude=exclude,
                         max_groups=searched, need_macs=target == "flops",
                         channel_multiple=rank_multiple, complete=calibration is not None,
-                        shape_hints={name: (1, *np.shape(array)[1:]) for name, array in arrays.items()})
+                        shape_hints=calibration_shape_hints(calibration))
     proto, layers = prepared.model, prepared.layers
     if calibration is not None:
         options = prepared.with_checked_calibration(options)

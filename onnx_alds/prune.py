@@ -2156,7 +2156,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     started = time.perf_counter()
     prepared = api._prepare(model, input_shapes=options.input_shapes, exclude=search.exclude,
                             max_groups=search.groups_searched, need_macs=budget.target == "flops",
-                            channel_multiple=search.rank_multiple, complete=True)
+                            channel_multiple=search.rank_multiple, complete=True,
+                            shape_hints=api.calibration_shape_hints(data.calibration))
     options = prepared.with_checked_calibration(options)
     data, proto = options.data, prepared.model
     if decisions is not None:  # every layer of the plan in the model, same ops, shapes and input shapes
@@ -2309,7 +2310,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     if lowrank if decisions is None else decisions.factorizes:
         pruned_prepared = api._prepare(pruned, input_shapes=options.input_shapes, exclude=search.exclude,
                                        max_groups=search.groups_searched, need_macs=target == "flops",
-                                       channel_multiple=search.rank_multiple)
+                                       channel_multiple=search.rank_multiple,
+                                       shape_hints=api.calibration_shape_hints(options.data.calibration))
         now = float(pruned_prepared.params_total if target == "params" else pruned_prepared.macs_total or 0)
         keep_after = min(1.0, budget.keep * total / now)
         dense = dict(keep_dense)

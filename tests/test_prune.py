@@ -2079,3 +2079,19 @@ def test_prune_only_without_blocks_names_each_kind_of_reason_and_counts_the_rest
     message = str(info.value)
     assert "'proj0': the hidden tensor 'h0' is a graph output" in message and "'gate_up': 'f' is read by Split" in message
     assert "'proj1'" not in message and "; 2 more producers)" in message, message
+
+
+@pytest.mark.parametrize("mode", ["only", "combined"])
+def test_keep_flops_with_a_dynamic_sequence_counts_macs_at_the_calibration_sizes(mode):
+    """--keep-flops with calibration arrays and no --input-shape counts a dynamic sequence axis at the arrays'
+    sizes (a note says so); with --prune it was refused ("give them with --input-shape")."""
+    model = feed_forward(hidden=64, tokens=6)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "T"  # (N, T, D): T dynamic
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "T"
+    rng = np.random.default_rng(5)
+    cal = InputSet({"x": rng.standard_normal((48, 6, 16)).astype(np.float32)}, source="test inputs")
+    result = compress(model, keep_flops=0.7, calibration=cal, prune=mode, rank_multiple=8)
+    assert result.report.pruned and result.report.achieved <= 0.7 + 1e-9
+    assert any("MACs counted at the calibration arrays' sizes (x:1x6x16)" in note for note in result.report.notes)
+    given = compress(model, keep_flops=0.7, calibration=cal, prune=mode, rank_multiple=8, input_shapes={"x": (1, 6, 16)})
+    assert given.model.SerializeToString() == result.model.SerializeToString()  # the same sizes: the same model
