@@ -1275,7 +1275,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     if not light:
         materialize(new_model, prepared.store)
     seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0) - measuring  # (on their own)
-    if moved is not None:
+    if moved is not None and moved.change is not None:  # (a check that could not run takes no time on the line)
         seconds["random-input check"] = measuring
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,

@@ -357,6 +357,12 @@ class Unfolder:
         else:
             matrix = x.reshape(-1, x.shape[-1]) if x.ndim >= 1 else x.reshape(1, 1)
         if matrix.ndim != 2 or matrix.shape[1] != self.cols:
+            if self.op == "Gemm" and self.trans_a or self.columns and x.ndim == 2:  # (its first axis is contracted)
+                how = "transposed (transA=1)" if self.op == "Gemm" else "with the weight first (W @ x)"
+                raise UnsupportedModelError(
+                    f"a {self.op} that takes its input {how} multiplies the weight along that input's first axis "
+                    f"(its {self.cols} numbers), the axis calibration stacks samples on (here {x.shape}), so the "
+                    "model cannot be run on stacked samples: compress it without calibration (data-free)")
             raise UnsupportedModelError(
                 f"a {self.op} input of shape {x.shape} does not give vectors of {self.cols} numbers; "
                 "check the model's input shapes")

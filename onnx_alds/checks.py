@@ -706,7 +706,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
                          store: Optional[TensorStore] = None) -> RandomCheck:
     """How far ``new``'s outputs moved from ``original``'s on :data:`RANDOM_SAMPLES` random inputs
     (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids over their tables, masks of ones) at
-    the checked input shapes, a batch at a time (a model that fixes its batch at that batch; no batch after
+    the checked input shapes, a batch at a time (a model that fixes its batch at that batch, else at the first dim
+    ``--input-shape`` gives, else 1; no batch after
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
     ``‖y' − y‖₂ / ‖y‖₂`` (a sample all zeros in both models left out, one all zeros in the original alone
     taken over the output's mean norm on the others, as validate does; an output whose first dim is not the
@@ -743,7 +744,9 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return [output.name for output in session.get_outputs()], results
 
     try:
-        batch = max(fixed_batch(original) or 1, 1)  # (inputs fixing different first dims: the reason below)
+        given = {dims[0] for dims in found.probe_shapes.values() if dims}  # (--input-shape's first dim, else 1)
+        batch = max(fixed_batch(original) or (given.pop() if len(given) == 1 else 1), 1)  # (inputs fixing
+        # different first dims: the reason below; a Gemm whose input's first dim is its K runs only at that)
         count = batch * math.ceil(RANDOM_SAMPLES / batch)
         arrays = {name: np.asarray(array) for name, array in
                   random_inputs(original, count, input_shapes=found.probe_shapes, seed=0).arrays.items()}

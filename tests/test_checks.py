@@ -546,3 +546,58 @@ def test_a_first_dim_that_is_not_a_batch_names_input_shape(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
     assert main(["compress", path, "-o", str(tmp_path / "o.onnx"), "--keep-params", "0.5", "--rank-multiple", "1",
                  "--input-shape", "x:4x16"]) == 0
+
+
+def _trans_a_gemm(first_dim="K") -> onnx.ModelProto:
+    """Gemm(transA=1) on an input [K, M]: the input's first axis is the contraction axis (K = 96, exactly rank 8)."""
+    from conftest import make_model
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((96, 8)) @ rng.standard_normal((8, 80)) / 10).astype(np.float32)
+    return make_model([helper.make_node("Gemm", ["a", "B", "C"], ["y"], transA=1, beta=0.5, name="gemm")],
+                      [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_dim, "M"])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 80])],
+                      [numpy_helper.from_array(weight, "B"),
+                       numpy_helper.from_array(rng.standard_normal(80).astype(np.float32), "C")])
+
+
+def test_the_random_input_check_runs_at_the_first_dim_input_shape_gives():
+    """The data-free check fed first dim 1 whatever --input-shape gave: a model that runs only at the given
+    first dim (a transposed Gemm's contraction axis) was reported 'not compared on random inputs'."""
+    from onnx_alds import compress
+
+    result = compress(_trans_a_gemm(), keep_params=0.5, rank_multiple=8, input_shapes={"a": (96, 4)})
+    assert result.report.random_output_change is not None and result.report.random_output_change < 1e-5
+    assert "random-input check" in result.report.format()
+    assert not any("not compared on random inputs" in note for note in result.report.notes)
+
+
+def test_a_check_that_could_not_run_is_not_on_the_timing_line():
+    """'random-input check 0.01 s' was on the time line of a run whose note said the check could not run."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 32))).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
+                       [numpy_helper.from_array(weight, "W")])
+    report = compress(model, keep_params=0.5, rank_multiple=4).report  # T dynamic: no random inputs drawn
+    assert any("not compared on random inputs" in note for note in report.notes)
+    assert "random-input check" not in report.format()
+
+
+def test_calibrating_a_layer_that_contracts_the_sample_axis_says_why_it_cannot():
+    """Calibration of a transposed Gemm on its input's first axis said 'a Gemm input of shape (16, 4) does not
+    give vectors of 96 numbers; check the model's input shapes', though the shapes were right."""
+    from onnx_alds import compress
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(4)
+    calibration = InputSet({"a": rng.standard_normal((96, 4)).astype(np.float32)}, source="test inputs")
+    with pytest.raises(UnsupportedModelError, match="transposed .transA=1. multiplies the weight along that "
+                                                    "input's first axis.*compress it without calibration"):
+        compress(_trans_a_gemm(), keep_params=0.5, rank_multiple=8, input_shapes={"a": (96, 4)},
+                 calibration=calibration)
