@@ -1250,8 +1250,11 @@ class _Decisions:
                     f"the plan (the model changed since the plan was made); {fix}")
             why = layer.skip_reason if not layer.compressible else _uncalibrated_reason(layer) if calibrated else None
             if decision.option == FACTORIZED and why:
+                undo = ("remove the pattern that names it from \"options\".\"search\".\"exclude\", set its "
+                        "\"option\" to \"dense\"," if why.startswith("excluded by the user") else
+                        "set its \"option\" to \"dense\"")  # (apply takes no --exclude: the plan's patterns rule)
                 raise self._error(f"layer '{decision.name}' is factorized in the plan but cannot be factorized in "
-                                  f"this model ({why}); set its \"option\" to \"dense\" or {fix}")
+                                  f"this model ({why}); {undo} or {fix}")
             if decision.name in self.pruned:
                 continue
             # the initializer itself (through Identity, Cast, Transpose ...), as plans record it, or the name the

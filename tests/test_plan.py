@@ -1037,6 +1037,20 @@ def test_skip_reasons_that_edits_made_stale_are_not_repeated():
         "skipped in the plan (in a block it narrowed when it was made)")
 
 
+def test_an_excluded_layer_edited_to_factorized_names_the_plans_exclude_list():
+    """A layer excluded when the plan was made, edited to "factorized": the error said to set it dense or make a
+    new plan, never that removing its pattern from options.search.exclude (apply takes no --exclude) lets it."""
+    model = small_cnn(width=16)
+    data = make_plan(model, keep_flops=0.5, exclude=["conv2"]).to_dict()
+    conv2 = next(layer for layer in data["layers"] if layer["name"] == "conv2")
+    conv2.update(option="factorized", groups=1, rank=4, order="spatial-first", reason=None)
+    with pytest.raises(PlanError, match='remove the pattern that names it from "options"."search"."exclude"'):
+        apply_plan(model, Plan.from_dict(data))
+    data["options"]["search"]["exclude"] = []  # what the error says: then it is applied as edited
+    rows = {row.name: row for row in apply_plan(model, Plan.from_dict(data)).report.layers}
+    assert (rows["conv2"].groups, rows["conv2"].rank) == (1, 4)
+
+
 def test_a_weight_first_matmul_edited_to_factorized_in_a_data_aware_plan_is_applied_as_edited():
     """A weight-first MatMul (y = W·x) edited to "factorized" in a data-aware plan was left dense with exit 0
     (data-aware factors did not cover it), then refused; its calibration columns fit it now."""
