@@ -39,7 +39,7 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
 from .model_io import (ModelLike, OpenedModel, TensorStore, graph_inputs, materialize, open_model,
                        refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
-from .inputs import calibration_as_fitted, check_sample_dims
+from .inputs import calibration_as_fitted, check_sample_dims, dominant_sample_warning
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
 from .report import AnalysisReport, CompressionReport, LayerAnalysis, LayerReport
@@ -86,6 +86,7 @@ class _Prepared:
     generated_names: Mapping[str, str] = field(default_factory=dict)
     dead: tuple[str, ...] = ()  # nodes removed as reaching no graph output (layers.drop_dead_nodes)
     dims_read: frozenset = frozenset()  # weights whose dims a Shape/Size node read (layers.fold_weight_shapes)
+    warnings: list[str] = field(default_factory=list)  # about the inputs given (one calibration sample dominating)
 
     def with_checked_calibration(self, options: CompressOptions) -> CompressOptions:
         """``options`` with its calibration inputs checked against the model and cast to its input types
@@ -103,6 +104,9 @@ class _Prepared:
         note = check_sample_axis(self.model, calibration, options.data.batch_size, store=self.store)
         if note and note not in self.notes:
             self.notes.append(note)
+        dominant = dominant_sample_warning(calibration)
+        if dominant and dominant not in self.warnings:
+            self.warnings.append(dominant)
         return replace(options, data=replace(options.data, calibration=calibration))
 
     def check_keep_dense(self, keep_dense: Mapping[str, str]) -> None:
@@ -1322,7 +1326,8 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     widened_note, widened_warning = _widened_note(proto, [layer for layer, _ in plan], report.layers)
     report = replace(report, notes=report.notes + _alignment_notes(report, rank_multiple) + widened_note
                      + _ir3_inputs_note(proto, new_model) + _dropped_annotations_note(proto, new_model),
-                     warnings=_harm_warnings(report, prepared, data_aware, stats) + planned.warnings
+                     warnings=tuple(prepared.warnings) + _harm_warnings(report, prepared, data_aware, stats)
+                     + planned.warnings
                      + widened_warning)
     return CompressionResult(new_model, report, store=prepared.store if light else None)
 

@@ -2436,7 +2436,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         macs_before=prepared.macs_total, macs_after=after_macs, max_error=max_error, error_measure=measure,
         search=search_name, seed=search.seed, rank_multiple=search.rank_multiple, seconds=seconds,
         notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
-        calibration_samples=sample_count(data.calibration, prepared.model), warnings=tuple(warnings), pruned=reports,
+        calibration_samples=sample_count(data.calibration, prepared.model),
+        warnings=tuple(prepared.warnings) + tuple(warnings), pruned=reports,
         predicted_output_error=joint_info["predicted_output_error"] if joint_info else None)
     return api.CompressionResult(new_model, report)
 
