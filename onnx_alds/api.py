@@ -962,7 +962,14 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         prepared, chosen = decisions.ordered(prepared, chosen, max_groups=searched,
                                              channel_multiple=rank_multiple)
     else:  # from the shapes alone, before any calibration pass or damage table
-        _check_rank_multiple(chosen, rank_multiple, prepared.unchanged_ops)
+        least = None
+        if target in ("params", "flops") and (target == "params" or prepared.macs_total):
+            total, scales, fixed, _ = _layer_budget(prepared, chosen, target, keep)
+            least = None if _finer_ranks_reach(chosen, scales, fixed, total, keep) else (
+                fixed + sum(scale * (layer.out_features + layer.cols) for layer, scale in zip(chosen, scales))) / total
+        _check_rank_multiple(chosen, rank_multiple, prepared.unchanged_ops,
+                             unreachable=None if least is None else (f"--keep-{target} {keep:g}", least,
+                                                                     "weights" if target == "params" else "MACs"))
     seconds["load"] = time.perf_counter() - started
 
     moments: dict[str, np.ndarray] = {}
@@ -1681,20 +1688,26 @@ def _pointwise_first_if_it_shrinks(layer: Layer, *, max_groups: int, rank_multip
     return ordered if ordered.groups and (rows * cols - 1) // (rows + cols) >= rank_multiple else layer
 
 
-def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_ops: str = "") -> None:
+def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_ops: str = "",
+                         unreachable: Optional[tuple[str, float, str]] = None) -> None:
     """Refuse a rank multiple that leaves no layer a rank to use, from the shapes alone (before any data is
     read): no layer's ``g = 1`` pair at rank ``rank_multiple`` is smaller than it (grouped pairs cost more per
     rank), which is when every error table would be empty (:func:`onnx_alds.spectra.error_table`).
     ``unchanged_ops``: the quantized or fused layers left as they are, named in the error (a model saved by
-    ONNX Runtime at level ALL keeps only its small head factorizable: a smaller multiple is not the fix)."""
+    ONNX Runtime at level ALL keeps only its small head factorizable: a smaller multiple is not the fix);
+    ``unreachable``: (the budget flag, the least ratio any rank reaches, its unit) where no smaller multiple reaches
+    the budget either, so the advice is a larger keep."""
     largest = max(((f * c - 1) // (f + c) for f, c in (layer.matrix_shape for layer in chosen)),
                   default=0)  # the largest r with r·(f + c) < f·c (always below min(f, c))
     if rank_multiple > 1 and rank_multiple > largest:
         others = (f"; the model's other layers stay as they are: {unchanged_ops}" if unchanged_ops else "")
         which = "the one factorizable layer" if len(chosen) == 1 else "any factorizable layer"
+        fix = (f"use a smaller multiple, e.g. --rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}"
+               if unreachable is None else
+               f"and no smaller multiple reaches {unreachable[0]} either (every factorizable layer at rank 1 keeps "
+               f"{unreachable[1]:.4f} of the {unreachable[2]}): ask for a larger keep")
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
-                          f"rank that shrinks {which} is {largest}{others}); use a smaller multiple, e.g. "
-                          f"--rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}")
+                          f"rank that shrinks {which} is {largest}{others}); {fix}")
 
 
 def _slow_layers_note(chosen: Sequence[Layer], unfiltered: Sequence[ErrorTable], tables: Sequence[ErrorTable],
