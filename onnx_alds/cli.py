@@ -605,6 +605,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         raise OutputPathError(f"{flag} '{out}' is the image folder whose images are read as data (its plots would be "
                               "read as images too); choose another output folder")
     seen: dict[Path, str] = {}
+    kinds: list[tuple[Path, str, str]] = []  # (path, what the command writes there, flag): checked after the paths
     for key, value in outputs.items():
         flag, resolved = OUTPUT_FILE_ARGS[key], Path(value).resolve()
         if str(value).endswith(("/", os.sep)) or os.path.basename(str(value)) in (".", ".."):  # Path() drops the
@@ -624,12 +625,14 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             f"{args.command if args.command in ('bench', 'validate') else 'analysis'}.json" if key == "json"
             else None)  # (a file name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
-        writes = "ONNX model" if key == "output" and args.command != "plan" else "onnx-alds JSON file"
-        refuse_foreign_file(Path(value), writes, flag=flag, command=args.command)  # (a swapped argument: a model lost)
+        kinds.append((Path(value), "ONNX model" if key == "output" and args.command != "plan" else "onnx-alds JSON file",
+                      flag))
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it
             check_data_file_name(Path(value))
+    for path, writes, flag in kinds:  # (a swapped argument: a model lost)
+        refuse_foreign_file(path, writes, flag=flag, command=args.command)
 
 
 PREPROCESS_DESTS = ("preprocess", "resize", "crop", "mean", "std", "scale", "layout", "grayscale")

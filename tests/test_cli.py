@@ -15,6 +15,9 @@ import pytest
 from onnx_alds.cli import build_parser, main
 
 
+EARLIER_JSON = '{"versions": {"onnx_alds": "0.1"}}'  # an earlier onnx-alds JSON output: replaced, not refused
+
+
 def run_cli(*args: str, capsys) -> tuple[int, str, str]:
     try:
         code = main([str(a) for a in args])
@@ -339,7 +342,7 @@ def test_written_json_files_get_the_usual_file_mode(cnn_path, tmp_path, capsys):
     mask = os.umask(0o022)
     try:
         report = tmp_path / "r.json"
-        report.write_text("{}")
+        report.write_text(EARLIER_JSON)
         os.chmod(report, 0o644)
         code, _, err = run_cli("compress", str(cnn_path), "-o", str(tmp_path / "s.onnx"), "--keep-params", "0.5",
                                "--report", str(report), capsys=capsys)
@@ -1021,12 +1024,13 @@ def test_a_file_written_over_keeps_its_permissions(cnn_path, tmp_path, capsys):
     """An output or report made private (chmod 600) became 644 when a run wrote over it (a new file renamed
     into place), unlike cp or sed -i."""
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    for path, old in ((out, b"old"), (report, b"{}")):  # (an earlier output of the kind each is)
+    old_model = Path(cnn_path).read_bytes()
+    for path, old in ((out, old_model), (report, EARLIER_JSON.encode())):  # (an earlier output of the kind each is)
         path.write_bytes(old)
         path.chmod(0o600)
     code, _, _ = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
                          "--rank-multiple", "1", capsys=capsys)
-    assert code == 0 and out.read_bytes() != b"old"
+    assert code == 0 and out.read_bytes() != old_model
     assert (out.stat().st_mode & 0o777, report.stat().st_mode & 0o777) == (0o600, 0o600)
 
 
@@ -1141,7 +1145,7 @@ def test_an_interrupt_held_over_the_final_renames_names_the_files_written(cnn_pa
     import onnx_alds.model_io as model_io
 
     out, report = tmp_path / ("o.onnx" if command == "compress" else "o.json"), tmp_path / "r.json"
-    report.write_text('{"stale": true}')
+    report.write_text('{"stale": true, "versions": {"onnx_alds": "0.1"}}')  # an earlier run's
     real_replace = os.replace
 
     def replace_with_signal(source, target):
