@@ -1705,7 +1705,8 @@ def _check_rank_multiple(chosen: Sequence[Layer], rank_multiple: int, unchanged_
         fix = (f"use a smaller multiple, e.g. --rank-multiple {max(1, 2 ** int(np.log2(max(1, largest))))}"
                if unreachable is None else
                f"and no smaller multiple reaches {unreachable[0]} either (every factorizable layer at rank 1 keeps "
-               f"{unreachable[1]:.4f} of the {unreachable[2]}): ask for a larger keep")
+               f"{unreachable[1]:.{4 if unreachable[1] < 0.999 else 7}f} of the {unreachable[2]}): ask for a keep "
+               "above that, with a smaller multiple (at rank 1, --rank-multiple 1)")
         raise BudgetError(f"--rank-multiple {rank_multiple} leaves no layer a rank that would shrink it (the largest "
                           f"rank that shrinks {which} is {largest}{others}); {fix}")
 

@@ -706,8 +706,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
                          store: Optional[TensorStore] = None) -> RandomCheck:
     """How far ``new``'s outputs moved from ``original``'s on :data:`RANDOM_SAMPLES` random inputs
     (:func:`onnx_alds.inputs.random_inputs`: standard normal floats, ids over their tables, masks of ones) at
-    the checked input shapes, a batch at a time (a model that fixes its batch at that batch, else at the first dim
-    ``--input-shape`` gives, else 1; no batch after
+    the checked input shapes, a batch at a time (a model that fixes its batch at that batch, else 1, else, where
+    that fails, at the first dim ``--input-shape`` gives, each batch then one sample; no batch after
     :data:`RANDOM_CHECK_SECONDS`, the first always): per float output the mean over samples of
     ``‖y' − y‖₂ / ‖y‖₂`` (a sample all zeros in both models left out, one all zeros in the original alone
     taken over the output's mean norm on the others, as validate does; an output whose first dim is not the
@@ -743,19 +743,24 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
             results.append(_run_quietly(session, {name: array[start:start + batch] for name, array in arrays.items()}))
         return [output.name for output in session.get_outputs()], results
 
-    try:
-        given = {dims[0] for dims in found.probe_shapes.values() if dims}  # (--input-shape's first dim, else 1)
-        batch = max(fixed_batch(original) or (given.pop() if len(given) == 1 else 1), 1)  # (inputs fixing
-        # different first dims: the reason below; a Gemm whose input's first dim is its K runs only at that)
-        count = batch * math.ceil(RANDOM_SAMPLES / batch)
-        arrays = {name: np.asarray(array) for name, array in
-                  random_inputs(original, count, input_shapes=found.probe_shapes, seed=0).arrays.items()}
-        names, before = outputs(original, None)
-        _, after = outputs(new, len(before))
-    except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
-        raise_if_out_of_resources(exc)
-        return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
-    done = batch * len(before)
+    given = {dims[0] for dims in found.probe_shapes.values() if dims}  # (--input-shape's first dim, else 1)
+    batches = [max(fixed_batch(original) or 1, 1)]  # (inputs fixing different first dims: the reason below)
+    if len(given) == 1 and given != {batches[0]}:  # a model that runs only at the first dim given (a Gemm whose
+        batches.append(given.pop())  # input's first axis is its K): tried there once batch 1 fails
+    for batch in batches:
+        try:
+            count = batch * math.ceil(RANDOM_SAMPLES / batch)
+            arrays = {name: np.asarray(array) for name, array in
+                      random_inputs(original, count, input_shapes=found.probe_shapes, seed=0).arrays.items()}
+            names, before = outputs(original, None)
+            _, after = outputs(new, len(before))
+            break
+        except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
+            raise_if_out_of_resources(exc)
+            if batch == batches[-1]:
+                return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
+    # samples: one per row of the batch, or one per batch where the model only ran at the first dim given
+    done = batch * len(before) if batch == batches[0] else len(before)
     ratios: dict[str, list[float]] = {}
     away_from_zero: dict[str, list[float]] = {}
     scale: dict[str, list[float]] = {}

@@ -625,8 +625,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             f"{args.command if args.command in ('bench', 'validate') else 'analysis'}.json" if key == "json"
             else None)  # (a file name of the kind, for a folder given)
         check_output_path(Path(value), protect=inputs, flag=flag, example=example)
-        kinds.append((Path(value), "ONNX model" if key == "output" and args.command != "plan" else "onnx-alds JSON file",
-                      flag))
+        kinds.append((Path(value), ("onnx-alds plan" if args.command == "plan" else "onnx-alds model")
+                      if key == "output" else "onnx-alds report", flag))
         model = getattr(args, "model", None)
         if key == "output" and Path(value).suffix == ".onnx" and isinstance(model, str) and os.path.isfile(model) \
                 and may_need_external_data(model):  # a weights file '<name>.data' may be written beside it

@@ -61,7 +61,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if not os.access(existing, os.W_OK | os.X_OK):  # (a read-only working folder: the default --out is in it)
         raise OutputPathError(f"cannot write the demo's folder '{out}' ('{existing}' is not writable); give a "
                               "writable folder with --out DIR")
-    for name, kind in zip(OUTPUTS, ("ONNX model", "onnx-alds JSON file", "onnx-alds JSON file")):
+    for name, kind in zip(OUTPUTS, ("onnx-alds model", "onnx-alds report", "onnx-alds report")):
         if (out / name).is_dir():
             raise OutputPathError(f"'{out / name}' is a folder where the demo writes a file; give another --out folder")
         refuse_foreign_file(out / name, kind, flag="the demo's file", command="demo",  # (a user's file there)

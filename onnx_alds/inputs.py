@@ -1056,16 +1056,18 @@ def _channel_hint(spec: InputSpec, preprocess: Preprocess) -> str:
 RANDOM_INPUT_LIMIT = 2**31  # bytes: random inputs larger than this are refused, not allocated
 
 
-DOMINANT_SHARE = 0.5  # one sample holding more of an input's sum of squares than this is warned of
+DOMINANT_SHARE = 0.5  # one sample holding more of an input's sum of squares than this is warned of,
+DOMINANT_MIN_SAMPLES = 16  # among at least this many (4 clips at ordinary loudness differences trip it)
 
 
 def dominant_sample_warning(inputs: InputSet, what: str = "calibration") -> Optional[str]:
     """A warning when one sample holds more than :data:`DOMINANT_SHARE` of a float input's sum of squares over
-    all samples (with at least 4 samples): the data-aware factors are fitted to the inputs' second moments,
+    all samples (with at least :data:`DOMINANT_MIN_SAMPLES`): the data-aware factors are fitted to the inputs'
+    second moments,
     which that one sample then decides (an outlier, a sample preprocessed otherwise, a stray unit); else None."""
     for name, array in inputs.arrays.items():
         values = np.asarray(array)
-        if values.dtype.kind != "f" or len(values) < 4 or not values.size:
+        if values.dtype.kind != "f" or len(values) < DOMINANT_MIN_SAMPLES or not values.size:
             continue
         energy = np.square(values.reshape(len(values), -1), dtype=np.float64).sum(axis=1)
         total = float(energy.sum())
@@ -1079,7 +1081,8 @@ def dominant_sample_warning(inputs: InputSet, what: str = "calibration") -> Opti
             return (f"{what} sample {worst} of '{name}' holds {share:.0%} of that input's sum of squares over "
                     f"{len(values)} samples (its largest value {peak:.4g}; a typical sample's {typical:.4g}): the "
                     "data-aware factors are fitted to the inputs' second moments, which that one sample decides; "
-                    "check it (an outlier, other preprocessing) and remove it, or give more samples like the rest")
+                    "if it is an outlier (other preprocessing, a stray value) remove it, else give more samples "
+                    "like it")
     return None
 
 

@@ -937,19 +937,21 @@ TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_n
 
 
 def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optional[str]:
-    """What an existing file at an output path holds, judged by its bytes, never by its name: "ONNX model"
-    (it parses as one: a model's bytes start with its ``ir_version`` field, 0x08), "numpy data file" (numpy's
-    or zip's magic bytes), "onnx-alds JSON file" (JSON that onnx-alds wrote: a plan, or a record holding
-    ``"onnx_alds"`` versions), "JSON file" (any other JSON), "onnx-alds CSV table" (its first line is
-    ``csv_header``), "PNG image", "file of another kind" (a script, notes, a table ...), or None (no file,
-    or an empty one, which holds nothing to lose)."""
+    """What an existing file at an output path holds, judged by its bytes, never by its name: "onnx-alds
+    model" (an ONNX model with onnx-alds' metadata: an earlier output), "ONNX model" (any other), "numpy data
+    file" (numpy's or zip's magic bytes), "onnx-alds plan", "onnx-alds report" (JSON onnx-alds wrote: its
+    ``versions`` name onnx-alds at the top, or in a sweep's ``environment`` or a demo's ``compress`` record;
+    validate and distill reports of earlier versions by their keys), "JSON file" (any other JSON),
+    "onnx-alds CSV table" (its first line is ``csv_header``), "onnx-alds plot" (a PNG that matplotlib wrote),
+    "PNG image", "file of another kind" (a script, notes, a table ...), or None (no file, or an empty one,
+    which holds nothing to lose)."""
     import json
 
     if not path.is_file():
         return None
     try:
         with open(path, "rb") as stream:
-            head = stream.read(64)
+            head = stream.read(1024)
     except OSError:
         return None
     if not head:
@@ -957,14 +959,15 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
     if head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
         return "numpy data file"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG image"
+        return "onnx-alds plot" if b"matplotlib" in head else "PNG image"
     if head[:1] == b"\x08":
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception:  # noqa: BLE001 - not a model: another kind of file
             model = None
         if model is not None and model.HasField("graph") and model.graph.node:
-            return "ONNX model"
+            ours = any(entry.key.startswith("onnx_alds.") for entry in model.metadata_props)
+            return "onnx-alds model" if ours else "ONNX model"
     if csv_header is not None and head.startswith(csv_header.encode()[:len(head)]):
         with open(path, "rb") as stream:
             if stream.readline().rstrip(b"\r\n") == csv_header.encode():
@@ -975,38 +978,46 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
                 data = json.load(stream)
         except (OSError, ValueError, RecursionError):
             return "file of another kind"
-        return "onnx-alds JSON file" if _json_by_onnx_alds(data) else "JSON file"
+        return _json_kind(data)
     return "file of another kind"
 
 
-def _json_by_onnx_alds(data: Any, depth: int = 3) -> bool:
-    """A plan (its "format"), or a record whose versions (at most ``depth`` levels down) name onnx-alds."""
+LEGACY_REPORT_KEYS = ({"default_tolerances", "tolerances", "outputs", "passed"},  # validate --json
+                      {"stop_reason", "best_step", "agreement_before", "agreement_after", "curve"})  # distill
+
+
+def _json_kind(data: Any) -> str:
+    """"onnx-alds plan", "onnx-alds report" or "JSON file" (see :func:`existing_file_kind`): only the places
+    onnx-alds writes its versions count, so a user's file that quotes a report inside it stays the user's."""
     from .plan import PLAN_FORMAT
 
-    if isinstance(data, dict):
-        if data.get("format") == PLAN_FORMAT or isinstance(data.get("onnx_alds"), str):
-            return True
-        children: Iterable[Any] = data.values()
-    elif isinstance(data, list):
-        children = data[:64]
-    else:
-        return False
-    return depth > 0 and any(_json_by_onnx_alds(child, depth - 1) for child in children
-                             if isinstance(child, (dict, list)))
+    if not isinstance(data, dict):
+        return "JSON file"
+    if data.get("format") == PLAN_FORMAT:
+        return "onnx-alds plan"
+    for record in (data, data.get("environment"), data.get("compress")):  # (a report; a sweep's; the demo's)
+        versions = record.get("versions") if isinstance(record, dict) else None
+        if isinstance(versions, dict) and isinstance(versions.get("onnx_alds"), str):
+            return "onnx-alds report"
+    if any(keys <= set(data) for keys in LEGACY_REPORT_KEYS):
+        return "onnx-alds report"
+    return "JSON file"
 
 
 def refuse_foreign_file(path: Path, writes: str, *, flag: str, command: str, csv_header: Optional[str] = None,
                         fix: str = "give another path (or remove the file first)") -> None:
-    """Before any work: an existing non-empty file at an output ``path`` that is not of the kind the command
-    writes there (``writes``: "ONNX model", "onnx-alds JSON file", "onnx-alds CSV table", "PNG image") is a
-    user's file (a script, notes, data, a JSON config) and is not overwritten; an earlier output of the same
-    kind is replaced. Raises OutputPathError naming ``flag`` (e.g. "-o") and ending with ``fix``."""
+    """Before any work: an existing non-empty file at an output ``path`` that is not an earlier output of
+    the kind the command writes there (``writes``: "onnx-alds model", "onnx-alds plan", "onnx-alds report",
+    "onnx-alds CSV table", "onnx-alds plot") is a user's file (a script, notes, data, their own model, a
+    hand-edited plan, a JSON config) and is not overwritten; an earlier output of the same kind is replaced.
+    Raises OutputPathError naming ``flag`` (e.g. "-o") and ending with ``fix``."""
     existing = existing_file_kind(Path(path), csv_header=csv_header)
     if existing is None or existing == writes:
         return
-    what = writes.replace("onnx-alds ", "")
+    what = {"onnx-alds model": "ONNX model", "onnx-alds CSV table": "CSV table", "onnx-alds plot": "plot",
+            "onnx-alds report": "JSON report", "onnx-alds plan": "plan"}.get(writes, writes)
     article = "an" if what[0] in "AEIOU" else "a"
-    foreign = " not written by onnx-alds" if existing == "JSON file" else ""
+    foreign = " not written by onnx-alds" if existing in ("JSON file", "ONNX model", "PNG image") else ""
     raise OutputPathError(f"{flag} '{path}' is an existing {existing}{foreign}, and {command} would write {article} "
                           f"{what} over it; {fix}")
 

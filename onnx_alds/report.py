@@ -172,7 +172,8 @@ class CompressionReport:
                          f"output error), predicted relative output error {self.predicted_output_error:.4f}"
                          + (" (in-sample for the pruned widths: see the notes)" if self.pruned else ""))
         if self.random_output_change is not None:
-            lines.append(f"outputs on {self.random_samples} random inputs (not real data): mean relative change "
+            inputs = "random input" if self.random_samples == 1 else "random inputs"
+            lines.append(f"outputs on {self.random_samples} {inputs} (not real data): mean relative change "
                          f"{self.random_output_change:.3f} from the original's"
                          + (f" (the largest, of '{self.random_output}')" if self.random_output else "")
                          + " (1: as far as outputs of zeros)")

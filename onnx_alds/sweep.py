@@ -1338,8 +1338,8 @@ class RowStore:
             if folder.exists() and not folder.is_dir():
                 raise OutputPathError(f"'{folder}' is a file where the sweep keeps a folder; move it away and run "
                                       "again")
-        kinds = {"sweep.json": "onnx-alds JSON file", "sweep.csv": "onnx-alds CSV table"}
-        kinds.update({f"{model}-{kind}.png": "PNG image" for model in models for kind in ("quality", "speedup")})
+        kinds = {"sweep.json": "onnx-alds report", "sweep.csv": "onnx-alds CSV table"}
+        kinds.update({f"{model}-{kind}.png": "onnx-alds plot" for model in models for kind in ("quality", "speedup")})
         for name, kind in kinds.items():  # (a user's script or data at one of these names is not overwritten)
             _check_not_folder(self.out / name)
             refuse_foreign_file(self.out / name, kind, flag="the sweep's file", command="sweep",

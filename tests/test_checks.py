@@ -601,3 +601,17 @@ def test_calibrating_a_layer_that_contracts_the_sample_axis_says_why_it_cannot()
                                                     "input's first axis.*compress it without calibration"):
         compress(_trans_a_gemm(), keep_params=0.5, rank_multiple=8, input_shapes={"a": (96, 4)},
                  calibration=calibration)
+
+
+def test_the_random_input_check_stays_at_batch_1_where_the_model_runs_there():
+    """With the first dim that --input-shape gives (a deployment batch of 2048, given to count MACs) the check
+    ran two inferences of that batch (1.2 GB on MNIST); it tries batch 1 first, and the given dim only if that
+    fails."""
+    from conftest import small_cnn
+    from onnx_alds import compress
+
+    model = small_cnn(width=16)
+    name = model.graph.input[0].name
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    report = compress(model, keep_flops=0.6, rank_multiple=4, input_shapes={name: (64, *dims[1:])}).report
+    assert report.random_samples == 4 and report.random_output_change is not None

@@ -1024,9 +1024,11 @@ def test_a_file_written_over_keeps_its_permissions(cnn_path, tmp_path, capsys):
     """An output or report made private (chmod 600) became 644 when a run wrote over it (a new file renamed
     into place), unlike cp or sed -i."""
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    old_model = Path(cnn_path).read_bytes()
-    for path, old in ((out, old_model), (report, EARLIER_JSON.encode())):  # (an earlier output of the kind each is)
-        path.write_bytes(old)
+    code, _, _ = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.8",
+                         "--rank-multiple", "1", capsys=capsys)  # an earlier run's outputs
+    assert code == 0
+    old_model = out.read_bytes()
+    for path in (out, report):
         path.chmod(0o600)
     code, _, _ = run_cli("compress", cnn_path, "-o", out, "--report", report, "--keep-params", "0.9",
                          "--rank-multiple", "1", capsys=capsys)
@@ -1531,8 +1533,8 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     np.savez(data, x=np.zeros((2, 3), np.float32))
     before = model.read_bytes(), data.read_bytes()
     for args, fragment in (
-            (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)], "is an existing ONNX model, and plan would "
-                                                                         "write a JSON file over it"),
+            (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)], "is an existing ONNX model not written by "
+                                                                         "onnx-alds, and plan would write a plan over it"),
             (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(data)], "is an existing numpy data file, and "
                                                                             "compress would write an ONNX model"),
             (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "o.onnx"), "--report", str(model)],
@@ -1542,7 +1544,8 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     assert (model.read_bytes(), data.read_bytes()) == before and not (tmp_path / "o.onnx").exists()
     shutil.copy(cnn_path, tmp_path / "model_copy")  # a model under another name: known by its bytes
     code, _, err = run_cli("analyze", cnn_path, "--json", str(tmp_path / "model_copy"), capsys=capsys)
-    assert_one_line_error(code, err, "is an existing ONNX model, and analyze would write a JSON file over it")
+    assert_one_line_error(code, err, "is an existing ONNX model not written by onnx-alds, and analyze would write a "
+                                     "JSON report over it")
     notes = tmp_path / "notes.txt"  # any other file (a script, notes) is not overwritten either
     notes.write_text("my notes")
     code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(notes), capsys=capsys)
@@ -1557,3 +1560,50 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     code, _, err = run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "old.json"), capsys=capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "old.json").read_text())["format"] == "onnx-alds plan"
+
+
+def test_only_an_earlier_output_of_the_same_kind_is_replaced(cnn_path, tmp_path, capsys):
+    """bench --json over a hand-edited plan, validate --json over a user's JSON that quotes a report, analyze
+    --json over {"dependencies": {"onnx_alds": ...}}, compress -o over the user's own model: all replaced
+    with exit 0. A validate report written before reports recorded versions is still replaced."""
+    import shutil
+
+    plan, small = tmp_path / "plan.json", tmp_path / "s.onnx"
+    assert run_cli("plan", cnn_path, "--keep-flops", "0.8", "-o", plan, capsys=capsys)[0] == 0
+    assert run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", small, "--report", tmp_path / "r.json",
+                   capsys=capsys)[0] == 0
+    quoting, deps, mine = tmp_path / "exp.json", tmp_path / "deps.json", tmp_path / "mine.onnx"
+    quoting.write_text(json.dumps({"experiment": "a", "baseline": json.loads((tmp_path / "r.json").read_text())}))
+    deps.write_text('{"dependencies": {"onnx_alds": "0.1"}}')
+    shutil.copy(cnn_path, mine)
+    before = {path: path.read_bytes() for path in (plan, quoting, deps, mine)}
+    for args, fragment in (
+            (["validate", cnn_path, small, "--random", "4", "--json", plan], "is an existing onnx-alds plan, and "
+                                                                             "validate would write a JSON report"),
+            (["validate", cnn_path, small, "--random", "4", "--json", quoting], "JSON file not written by onnx-alds"),
+            (["analyze", cnn_path, "--json", deps], "JSON file not written by onnx-alds"),
+            (["compress", cnn_path, "--keep-flops", "0.8", "-o", mine], "is an existing ONNX model not written by "
+                                                                        "onnx-alds, and compress would write")):
+        code, _, err = run_cli(*args, capsys=capsys)
+        assert_one_line_error(code, err, fragment)
+    assert all(path.read_bytes() == data for path, data in before.items())
+    legacy = tmp_path / "old_validate.json"  # (an earlier version's validate --json: no versions)
+    legacy.write_text(json.dumps({"original": "a.onnx", "passed": True, "tolerances": {}, "default_tolerances": {},
+                                  "outputs": []}))
+    code, _, err = run_cli("validate", cnn_path, small, "--random", "4", "--json", legacy, capsys=capsys)
+    assert code == 0, err
+    assert run_cli("compress", cnn_path, "--keep-flops", "0.7", "-o", small, capsys=capsys)[0] == 0  # its own
+
+
+def test_file_kinds_by_their_bytes(tmp_path):
+    """A PNG at a plot's name is the sweep's only when matplotlib wrote it; a sweep.csv only with its header."""
+    from onnx_alds.model_io import existing_file_kind
+
+    photo, plot, table = tmp_path / "m-quality.png", tmp_path / "p.png", tmp_path / "sweep.csv"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20 + b"tEXtSoftware\x00Matplotlib version3.9, https://matplotlib.org/")
+    table.write_text("variant_id,model\n1,2\n")
+    assert existing_file_kind(photo) == "PNG image" and existing_file_kind(plot) == "onnx-alds plot"
+    assert existing_file_kind(table, csv_header="variant_id,model") == "onnx-alds CSV table"
+    assert existing_file_kind(table, csv_header="variant_id,model,method") == "file of another kind"
+    assert existing_file_kind(tmp_path / "none") is None

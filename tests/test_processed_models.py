@@ -431,7 +431,7 @@ def test_a_rank_multiple_refusal_names_the_layout_ops_a_smaller_multiple_cannot_
     # and where no smaller multiple reaches the budget either, the advice is a larger keep, not a smaller multiple
     with pytest.raises(BudgetError, match=r"and no smaller multiple reaches --keep-flops 0.5 either \(every "
                                           r"factorizable layer at rank 1 keeps 0\.\d+ of the MACs\): ask for a "
-                                          r"larger keep$"):
+                                          r"keep above that, with a smaller multiple \(at rank 1, --rank-multiple 1\)$"):
         compress(model, keep_flops=0.5, rank_multiple=16)
     with pytest.raises(BudgetError, match=r"use a smaller multiple, e\.g\. --rank-multiple 4$"):
         compress(model, keep_params=0.9, rank_multiple=16)  # (the head holds 320 of 896 weights: reachable)
