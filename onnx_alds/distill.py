@@ -1469,9 +1469,7 @@ class DistillReport:
 
     def to_dict(self) -> dict:
         """Plain JSON values: NaN and infinities (a diverging run's losses) become None."""
-        from .report import json_safe
-
-        from .report import library_versions
+        from .report import json_safe, library_versions
 
         data = asdict(self)
         data["curve"] = [dict(point) for point in self.curve]

@@ -1063,8 +1063,8 @@ DOMINANT_MIN_SAMPLES = 16  # among at least this many (4 clips at ordinary loudn
 def dominant_sample_warning(inputs: InputSet, what: str = "calibration") -> Optional[str]:
     """A warning when one sample holds more than :data:`DOMINANT_SHARE` of a float input's sum of squares over
     all samples (with at least :data:`DOMINANT_MIN_SAMPLES`): the data-aware factors are fitted to the inputs'
-    second moments,
-    which that one sample then decides (an outlier, a sample preprocessed otherwise, a stray unit); else None."""
+    second moments, which that one sample then decides (an outlier, a sample preprocessed otherwise, a stray
+    unit); else None."""
     for name, array in inputs.arrays.items():
         values = np.asarray(array)
         if values.dtype.kind != "f" or len(values) < DOMINANT_MIN_SAMPLES or not values.size:

@@ -862,6 +862,11 @@ def _written_by_onnx_alds(model_path: Path) -> bool:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # (not a model, or unreadable: nothing of ours)
         return False
+    return has_onnx_alds_metadata(model)
+
+
+def has_onnx_alds_metadata(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` carries onnx-alds' provenance metadata (``onnx_alds.*`` keys): an earlier output."""
     return any(entry.key.startswith("onnx_alds.") for entry in model.metadata_props)
 
 
@@ -966,8 +971,7 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
         except Exception:  # noqa: BLE001 - not a model: another kind of file
             model = None
         if model is not None and model.HasField("graph") and model.graph.node:
-            ours = any(entry.key.startswith("onnx_alds.") for entry in model.metadata_props)
-            return "onnx-alds model" if ours else "ONNX model"
+            return "onnx-alds model" if has_onnx_alds_metadata(model) else "ONNX model"
     if csv_header is not None and head.startswith(csv_header.encode()[:len(head)]):
         with open(path, "rb") as stream:
             if stream.readline().rstrip(b"\r\n") == csv_header.encode():

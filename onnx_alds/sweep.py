@@ -1330,7 +1330,8 @@ class RowStore:
 
     def check_layout(self, variant_ids: Sequence[str], models: Sequence[str] = ()) -> None:
         """Before anything is computed: the folders it keeps are folders (or absent) and the files it will
-        write for ``variant_ids`` (and the plots of ``models``) are not folders. Raises OutputPathError
+        write for ``variant_ids`` (and the plots of ``models``) are not folders, and sweep.json, sweep.csv and
+        the plots are absent or the sweep's own (not a user's file at their names). Raises OutputPathError
         naming the path."""
         from .model_io import refuse_foreign_file
 
