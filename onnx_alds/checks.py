@@ -744,7 +744,10 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return [output.name for output in session.get_outputs()], results
 
     given = {dims[0] for dims in found.probe_shapes.values() if dims}  # (--input-shape's first dim, else 1)
-    batches = [max(fixed_batch(original) or 1, 1)]  # (inputs fixing different first dims: the reason below)
+    try:
+        batches = [max(fixed_batch(original) or 1, 1)]
+    except UnsupportedModelError as exc:  # inputs fixing different first dims: no batch of samples feeds them
+        return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
     if len(given) == 1 and given != {batches[0]}:  # a model that runs only at the first dim given (a Gemm whose
         batches.append(given.pop())  # input's first axis is its K): tried there once batch 1 fails
     for batch in batches:

@@ -255,9 +255,15 @@ def test_writing_over_a_copy_of_the_input_keeps_the_inputs_data_file(chain_path,
     import shutil
 
     original = tmp_path / "orig.onnx"
-    shutil.copy(chain_path, original)
     data = chain_path.parent / "chain.onnx.data"
     before = data.read_bytes()
+    shutil.copy(chain_path, original)  # a user's own model at -o: refused, nothing written
+    assert main(["compress", str(original), "-o", str(chain_path), "--keep-params", "0.5", "-q"]) == 1
+    assert "is an existing ONNX model not written by onnx-alds" in capsys.readouterr().err
+    proto = onnx.load(str(chain_path), load_external_data=False)  # an earlier onnx-alds output there: replaced
+    onnx.helper.set_model_props(proto, {"onnx_alds.version": "0"})
+    onnx.save(proto, str(chain_path))  # (its weights stay in chain.onnx.data)
+    shutil.copy(chain_path, original)
     assert main(["compress", str(original), "-o", str(chain_path), "--keep-params", "0.5", "-q"]) == 0
     assert data.read_bytes() == before
     onnx.checker.check_model(str(original), full_check=True)  # the input still loads with its weights
