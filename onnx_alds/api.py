@@ -965,8 +965,8 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
         least = None
         if target in ("params", "flops") and (target == "params" or prepared.macs_total):
             total, scales, fixed, _ = _layer_budget(prepared, chosen, target, keep)
-            least = None if _finer_ranks_reach(chosen, scales, fixed, total, keep) else (
-                fixed + sum(scale * (layer.out_features + layer.cols) for layer, scale in zip(chosen, scales))) / total
+            least = _least_reachable(chosen, scales, fixed) / total
+            least = None if least < keep else least  # (a smaller multiple reaches the budget: that is the advice)
         _check_rank_multiple(chosen, rank_multiple, prepared.unchanged_ops,
                              unreachable=None if least is None else (f"--keep-{target} {keep:g}", least,
                                                                      "weights" if target == "params" else "MACs"))
@@ -1155,8 +1155,13 @@ def _finer_ranks_reach(chosen: Sequence[Layer], scales: Sequence[float], fixed: 
     """Whether a lower ``--rank-multiple`` could reach ``keep``: every factorizable layer at rank 1 (a pair
     costs ``f + c·κ`` per output position, the least any rank and group count costs) with what stays fixed
     under ``keep · total`` (else the advice to lower it would not help: shared or excluded layers hold the rest)."""
-    least = fixed + sum(scale * (layer.out_features + layer.cols) for layer, scale in zip(chosen, scales))
-    return least < keep * total
+    return _least_reachable(chosen, scales, fixed) < keep * total
+
+
+def _least_reachable(chosen: Sequence[Layer], scales: Sequence[float], fixed: float) -> float:
+    """The least any rank and group count reaches, in the budget's unit: every factorizable layer at rank 1
+    (``f + c·κ`` per output position) plus what stays fixed."""
+    return fixed + sum(scale * (layer.out_features + layer.cols) for layer, scale in zip(chosen, scales))
 
 
 def _layer_budget(prepared: _Prepared, chosen: Sequence[Layer], target: str,

@@ -1069,7 +1069,8 @@ def dominant_sample_warning(inputs: InputSet, what: str = "calibration") -> Opti
         values = np.asarray(array)
         if values.dtype.kind != "f" or len(values) < DOMINANT_MIN_SAMPLES or not values.size:
             continue
-        energy = np.square(values.reshape(len(values), -1), dtype=np.float64).sum(axis=1)
+        rows = values.reshape(len(values), -1)
+        energy = np.square(rows, dtype=np.float64).sum(axis=1)
         total = float(energy.sum())
         if not np.isfinite(total) or total <= 0:
             continue
@@ -1077,7 +1078,7 @@ def dominant_sample_warning(inputs: InputSet, what: str = "calibration") -> Opti
         share = float(energy[worst]) / total
         if share > DOMINANT_SHARE:
             peak = float(np.max(np.abs(values[worst])))
-            typical = float(np.median(np.max(np.abs(values.reshape(len(values), -1)), axis=1)))
+            typical = float(np.median(np.max(np.abs(rows), axis=1)))
             return (f"{what} sample {worst} of '{name}' holds {share:.0%} of that input's sum of squares over "
                     f"{len(values)} samples (its largest value {peak:.4g}; a typical sample's {typical:.4g}): the "
                     "data-aware factors are fitted to the inputs' second moments, which that one sample decides; "
