@@ -182,7 +182,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             scratch.CopyFrom(original)
             original = scratch
         sort_nodes(original)
-    input_check = check_input_model(original, store, probe_shapes)
+    input_check = check_input_model(original, store, probe_shapes,
+                                    sample_shapes=_calibration_shapes(original, input_shapes, shape_hints))
     notes: list[str] = list(input_check.notes)
     if reordered:
         notes.append("the main graph's nodes were not in topological order: sorted on onnx-alds's copy, as the ONNX "
@@ -213,7 +214,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
         try:
             resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
         except UnsupportedModelError:
-            hinted = _calibration_shapes(proto, input_shapes, shape_hints) if need_macs else {}
+            hinted = _calibration_shapes(proto, input_shapes, shape_hints)
             if not hinted:
                 raise
             resolved, shape_notes = resolve_input_shapes(proto, {**hinted, **(input_shapes or {})}, batch_default=1)

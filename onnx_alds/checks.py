@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from .errors import (InternalCheckError, ModelLoadError, RuntimeResourceError, UnsupportedModelError, first_line,
-                     one_line, runtime_error_text)
+from .errors import (InternalCheckError, ModelLoadError, OnnxAldsError, RuntimeResourceError, UnsupportedModelError,
+                     first_line, one_line, runtime_error_text)
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, fixed_batch, graph_inputs, has_stubs,
                        model_bytes, opset_version, show_input_shapes)
 
@@ -48,6 +48,7 @@ class InputCheck:
     runtime_outputs: Optional[dict[str, tuple[tuple[int, ...], str]]] = None  # name → (shape, dtype) on probe inputs
     runtime_loads: bool = False
     probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape dims used by the probe
+    sample_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the calibration arrays' (batch 1)
     finite_outputs: frozenset = frozenset()  # float outputs finite (and far from overflow) on the probe inputs
 
 
@@ -63,14 +64,18 @@ def _unknown_default_domain_op(model: onnx.ModelProto) -> Optional[str]:
 
 
 def check_input_model(model: onnx.ModelProto, store: Optional[TensorStore] = None,
-                      input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> InputCheck:
+                      input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                      sample_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> InputCheck:
     """Refuse a model that is not valid ONNX, with one line naming what is wrong (raises
     :class:`ModelLoadError` / :class:`UnsupportedModelError`); return notes and runtime facts.
 
     ``store``: ``model`` is light (:func:`onnx_alds.model_io.open_model`); its weights are not read
-    by onnx.checker, and ONNX Runtime reads them itself."""
+    by onnx.checker, and ONNX Runtime reads them itself. ``sample_shapes``: full shapes of inputs whose
+    dynamic dims ``input_shapes`` leaves open, as the calibration arrays give them (batch 1): where the
+    probe at dynamic dims of 1 fails, it is tried there first (:func:`_probe_elsewhere`)."""
     _check_structure(model)
     result = InputCheck(probe_shapes=check_input_shapes(model, input_shapes))
+    result.sample_shapes = dict(sample_shapes or {})
     default_domain = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     if len(set(default_domain)) > 1:  # the same version twice (skl2onnx writes that) is one opset
         raise ModelLoadError(f"the model imports the ai.onnx opset {len(default_domain)} times "
@@ -482,14 +487,56 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                                f"{show_input_shapes(shapes, ' ')}, non-float inputs 0: {quoted}); the output is not "
                                "run-checked: check that these shapes fit together (--input-shape sets them) and "
                                "that ONNX Runtime runs the model on real inputs (onnx-alds validate)")
-        else:
+            return None
+        elsewhere = _probe_elsewhere(session, model, found)
+        if elsewhere is None:
+            calibration = " or at the calibration arrays' sizes" if found.sample_shapes else ""
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, "
-                               f"non-float inputs 0: {quoted}); the output is not run-checked (give every dynamic "
-                               "dim with --input-shape to check it)")
-        return None
+                               f"non-float inputs 0: {quoted}; nor with its dynamic dims after the first at "
+                               f"{' or '.join(map(str, PROBE_SIZES))}{calibration}); the output is not run-checked "
+                               "(give every dynamic dim with --input-shape to check it)")
+            return None
+        shapes, values, where = elsewhere
+        dynamic = {spec.name: shapes[spec.name] for spec in graph_inputs(model)
+                   if not all(isinstance(d, int) for d in spec.dims[1:])}
+        found.probe_shapes = shapes  # (the checks after compression run there too)
+        found.notes.append(f"ONNX Runtime could not run the model with its dynamic dims set to 1 ({quoted}); it ran "
+                           f"at {show_input_shapes(dynamic, ' ')} ({where}), where the output is run-checked (give "
+                           "--input-shape to check it at the sizes you run it at)")
     names = [output.name for output in session.get_outputs()]
     found.finite_outputs = frozenset(name for name, value in zip(names, values) if _well_finite(value))
     return {name: _shape_and_type(value) for name, value in zip(names, values)}
+
+
+PROBE_SIZES = (64, 224)  # dynamic dims after the first, tried where 1 does not run (a UNet halves H and W)
+
+
+def _probe_elsewhere(session, model: onnx.ModelProto, found: InputCheck
+                     ) -> Optional[tuple[dict[str, tuple[int, ...]], list, str]]:
+    """Where the probe at dynamic dims of 1 failed: the shapes, outputs and a few words on where of the first
+    run that works, at the calibration arrays' sizes (``found.sample_shapes``), else with every dynamic dim
+    after the first at each of :data:`PROBE_SIZES` (the first dim stays 1; ``found.probe_shapes`` as given);
+    None when none runs."""
+    specs = graph_inputs(model)
+    tries = []
+    if found.sample_shapes:
+        tries.append(({spec.name: tuple(found.probe_shapes.get(spec.name) or found.sample_shapes.get(spec.name)
+                                        or (d if isinstance(d, int) else 1 for d in spec.dims)) for spec in specs},
+                      "the calibration arrays' sizes"))
+    for size in PROBE_SIZES:
+        tries.append(({spec.name: tuple(found.probe_shapes.get(spec.name)
+                                        or (d if isinstance(d, int) else 1 if axis == 0 else size
+                                            for axis, d in enumerate(spec.dims))) for spec in specs},
+                      f"its dynamic dims after the first set to {size}"))
+    for shapes, where in tries:
+        feeds = _probe_feeds(model, shapes)
+        if feeds is None:
+            continue
+        try:
+            return shapes, _run_quietly(session, feeds), where
+        except Exception as exc:  # noqa: BLE001 - not at these sizes either
+            raise_if_out_of_resources(exc)
+    return None
 
 
 VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # output size: a count of values
@@ -760,8 +807,9 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
             break
         except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
             raise_if_out_of_resources(exc)
-            if batch == batches[-1]:
-                return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
+            if batch == batches[-1]:  # (our own InputDataError whole: it says why)
+                limit = 400 if isinstance(exc, OnnxAldsError) else 240
+                return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc, limit)})")
     # samples: one per row of the batch, or one per batch where the model only ran at the first dim given
     done = batch * len(before) if batch == batches[0] else len(before)
     ratios: dict[str, list[float]] = {}

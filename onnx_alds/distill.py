@@ -1443,7 +1443,8 @@ class DistillReport:
     def format(self) -> str:
         kind = "top-1 agreement" if self.agreement_kind == "top-1" else "cosine similarity"
         lines = [
-            f"distillation: {self.steps} steps in {self.seconds:.1f} s ({self.stop_reason}); "
+            f"distillation: {self.steps} step{'s' if self.steps != 1 else ''} in {self.seconds:.1f} s "
+            f"({self.stop_reason}); "
             f"best held-out loss at step "
             f"{self.best_step}",
             f"trained: {self.trainable_tensors} tensors ({self.trainable_values:,} values; "
@@ -2423,8 +2424,10 @@ def distill_after_compress(original: ModelLike, result, train: InputSet, held_ou
     text = distilled.report.format()
     print(text)
     report = distilled.report
-    note = (f"distilled: {report.steps} steps, {report.seconds:.0f} s; held-out {report.agreement_kind} "
-            f"of output {report.agreement_output!r} {report.agreement_before:.4f} -> {report.agreement_after:.4f}"
+    views = f" + {report.held_out_views} augmented views each" if report.held_out_views else ""
+    note = (f"distilled: {report.steps} step{'s' if report.steps != 1 else ''}, {report.seconds:.0f} s; held-out "
+            f"{report.agreement_kind} of output {report.agreement_output!r} (on {report.held_out_samples} samples"
+            f"{views}) {report.agreement_before:.4f} -> {report.agreement_after:.4f}"
             + (f" (kept: the step of lowest held-out loss, {report.loss_before:.4g} -> {report.loss_after:.4g})"
                if report.agreement_after < report.agreement_before else "")
             + " (the layer errors above are those of the factors before training; the written model holds the "

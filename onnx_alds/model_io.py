@@ -982,7 +982,7 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
                 data = json.load(stream)
         except (OSError, ValueError, RecursionError):
             return "file of another kind"
-        return _json_kind(data)
+        return json_output_kind(data)
     return "file of another kind"
 
 
@@ -990,7 +990,7 @@ LEGACY_REPORT_KEYS = ({"default_tolerances", "tolerances", "outputs", "passed"},
                       {"stop_reason", "best_step", "agreement_before", "agreement_after", "curve"})  # distill
 
 
-def _json_kind(data: Any) -> str:
+def json_output_kind(data: Any) -> str:
     """"onnx-alds plan", "onnx-alds report" or "JSON file" (see :func:`existing_file_kind`): only the places
     onnx-alds writes its versions count, so a user's file that quotes a report inside it stays the user's."""
     from .plan import PLAN_FORMAT
@@ -1054,7 +1054,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     """Write ``model`` to ``path`` completely or not at all.
 
     ``protect`` lists paths that must never be overwritten (the input model and its external data
-    files). ``external_data`` forces (True) or forbids (False) storing tensors beside the model in
+    files). An existing file at ``path`` is replaced only when it is an earlier onnx-alds model, or any ONNX
+    model when ``model`` has no onnx-alds metadata (is not a compressed model); anything else (a user's
+    model, data, the input's external data file) raises :class:`OutputPathError`, as on the command line. ``external_data`` forces (True) or forbids (False) storing tensors beside the model in
     ``<name>.data``; by default it is used only when the model would exceed the 2 GiB protobuf limit.
     ``store``: where the stubs of a light model (:func:`open_model`) are read from. ``also``: run right after
     the final renames, uninterrupted with them (:func:`landed`): a report renamed into place with its model.
@@ -1071,6 +1073,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                               "path for the model")  # (Path() drops the slash or the dot)
     target = Path(path)
     check_output_path(target, protect)
+    existing = existing_file_kind(target)  # (the command line judged it before its work; a script, here)
+    if existing not in (None, "onnx-alds model") and not (existing == "ONNX model" and not has_onnx_alds_metadata(model)):
+        refuse_foreign_file(target, "onnx-alds model", flag="the path", command="save_model")
     if store is None:  # written as they are, the stubs would point to onnx-alds-in-memory, or to a data file
         _refuse_stubs_without_store(model, beside=target.parent)  # beside the output that is not there
     if external_data is None:
@@ -1316,7 +1321,7 @@ def check_output_path(target: Path, protect: Sequence[Union[str, os.PathLike]] =
     problem = unwritable_folder(target.parent)  # a read-only file system or folder: said now, not after the work
     if problem is not None:
         raise OutputPathError(f"cannot write to the folder of {flag} '{target}' ({problem}); "
-                              f"choose a writable {flag} path")
+                              "choose a path in a writable folder")
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputPathError(f"{flag} '{target}' is not writable; choose another path or remove it")
 
@@ -1452,10 +1457,11 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
             )
         for given, declared in zip(shape, spec.dims):
             if isinstance(declared, int) and given != declared:
+                fitted = 'x'.join(str(d) if isinstance(d, int) else str(g) for d, g in zip(spec.dims, shape))
                 raise InputDataError(
-                    f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}', "
-                    f"but the model fixes it to {'x'.join(str(d) for d in spec.dims)}; change only its dynamic "
-                    f"dims, e.g. {spec.name}:{example}"
+                    f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}', but the model declares it "
+                    f"[{', '.join(_dim_text(d) for d in spec.dims)}], which fixes {declared} where {given} is given; "
+                    f"change only its dynamic dims, e.g. {spec.name}:{fitted}"
                 )
         checked[spec.name] = shape
     named: dict[str, tuple[int, str]] = {}  # a symbolic dim shared by several inputs takes one value

@@ -790,8 +790,7 @@ def _options_dict(options: CompressOptions, calibration_source: Optional[str],
                  "affine_correction": data.affine_correction, "damage_samples": data.damage_samples,
                  "damage_points": data.damage_points, "damage_max_groups": data.damage_max_groups},
         "speed": None if speed is None else {key: getattr(speed, key) for key in _SPEED_KEYS},
-        "input_shapes": None if options.input_shapes is None else
-        {name: list(dims) for name, dims in options.input_shapes.items()},
+        "input_shapes": {name: list(dims) for name, dims in (options.input_shapes or {}).items()},  # (as the CLI's)
     }
 
 

@@ -338,9 +338,14 @@ def json_safe(value):
 
 
 def write_json(data: dict, path: Union[str, Path], *, also: Optional[Callable[[], None]] = None) -> None:
-    """Write ``data`` as indented strict JSON, atomically (``also``: run with the rename)."""
-    from .model_io import check_output_path, write_file_atomically
+    """Write ``data`` as indented strict JSON, atomically (``also``: run with the rename). An existing file at
+    ``path`` is replaced only when it is an earlier onnx-alds output of the kind ``data`` is (a plan, a report);
+    anything else raises :class:`~onnx_alds.errors.OutputPathError`, as on the command line."""
+    from .model_io import check_output_path, json_output_kind, refuse_foreign_file, write_file_atomically
 
     target = Path(path)
     check_output_path(target, flag="the JSON file")
+    kind = json_output_kind(data)
+    if kind != "JSON file":
+        refuse_foreign_file(target, kind, flag="the JSON file", command="onnx-alds")
     write_file_atomically(target, (json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n").encode(), also=also)

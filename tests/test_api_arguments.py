@@ -496,3 +496,37 @@ def test_api_arguments_of_the_wrong_kind_are_one_clear_error(tmp_path):
 
     with pytest.raises(InputDataError, match="callback=5: give a function"):
         distill(small_cnn(width=8), small_cnn(width=8), inputs, callback=5, steps=1)
+
+
+def test_the_api_writers_do_not_overwrite_a_users_files(tmp_path):
+    """save_model, Plan.save and the reports' save_json judge an existing file as the command line does: a
+    user's model, data or the input's own external data file is refused and left as it was."""
+    from onnx_alds.errors import OutputPathError
+    from onnx_alds.model_io import save_model
+
+    source = small_cnn()
+    onnx.save(small_cnn(), str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.weights",
+              size_threshold=0)
+    onnx.save(source, str(tmp_path / "mine.onnx"))
+    np.savez(tmp_path / "data.npz", x=np.ones(3))
+    users = {name: (tmp_path / name).read_bytes() for name in ("ext.onnx", "ext.weights", "mine.onnx", "data.npz")}
+    result = compress(str(tmp_path / "ext.onnx"), keep_params=0.6)
+    plan = make_plan(source, keep_params=0.6)
+    for write, name in [(lambda p: save_model(result.model, p), "ext.weights"),
+                        (lambda p: save_model(result.model, p), "mine.onnx"),
+                        (lambda p: save_model(result.model, p), "data.npz"),
+                        (result.report.save_json, "data.npz"), (result.report.save_json, "mine.onnx"),
+                        (plan.save, "mine.onnx")]:
+        with pytest.raises(OutputPathError, match="is an existing .* give another path"):
+            write(tmp_path / name)
+    assert {name: (tmp_path / name).read_bytes() for name in users} == users
+    # earlier outputs of the same kind are replaced; a plain model over a plain model is the caller's to do
+    save_model(result.model, tmp_path / "small.onnx")
+    save_model(result.model, tmp_path / "small.onnx")
+    save_model(source, tmp_path / "mine.onnx")
+    plan.save(tmp_path / "plan.json")
+    plan.save(tmp_path / "plan.json")
+    result.report.save_json(tmp_path / "report.json")
+    result.report.save_json(tmp_path / "report.json")
+    with pytest.raises(OutputPathError, match="existing onnx-alds plan"):
+        result.report.save_json(tmp_path / "plan.json")

@@ -615,3 +615,39 @@ def test_the_random_input_check_stays_at_batch_1_where_the_model_runs_there():
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     report = compress(model, keep_flops=0.6, rank_multiple=4, input_shapes={name: (64, *dims[1:])}).report
     assert report.random_samples == 4 and report.random_output_change is not None
+
+
+def _skip_unet(rank: int = 8) -> onnx.ModelProto:
+    """x [N, 16, H, W] → stride-2 Conv (exactly rank ``rank``) → nearest Resize ×2 → Concat with x → 1x1 Conv:
+    runs at even H, W only, so a probe with its dynamic dims at 1 fails (as a UNet's does)."""
+    rng = np.random.default_rng(5)
+    down = (rng.standard_normal((32, rank)) @ rng.standard_normal((rank, 16 * 9))).reshape(32, 16, 3, 3)
+    head = rng.standard_normal((8, 48, 1, 1))
+    nodes = [helper.make_node("Conv", ["x", "down"], ["d"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["d", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Concat", ["u", "x"], ["c"], axis=1),
+             helper.make_node("Conv", ["c", "head"], ["y"], kernel_shape=[1, 1])]
+    inits = [numpy_helper.from_array(down.astype(np.float32), "down"),
+             numpy_helper.from_array(head.astype(np.float32), "head"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    from conftest import make_model
+
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, "H", "W"])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])], inits)
+
+
+def test_a_model_that_does_not_run_at_dims_of_1_is_checked_at_a_size_it_runs_at():
+    """A UNet with dynamic H and W fails at 1x1; it was written with "the output is not run-checked" and no
+    random-input figure. It is now probed at the calibration arrays' sizes, else at 64 (then 224)."""
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    result = compress(_skip_unet(), keep_params=0.8)
+    note = next(note for note in result.report.notes if "could not run the model with its dynamic dims set to 1" in note)
+    assert "it ran at x:1x16x64x64 (its dynamic dims after the first set to 64)" in note
+    assert result.report.random_output_change is not None and result.report.random_output_change < 1e-4
+    calibration = InputSet({"x": np.random.default_rng(0).standard_normal((8, 16, 12, 20)).astype(np.float32)})
+    result = compress(_skip_unet(), keep_params=0.8, calibration=calibration)
+    assert any("it ran at x:1x16x12x20 (the calibration arrays' sizes)" in note for note in result.report.notes)
+    # the MACs too are counted at the arrays' sizes under a params budget (they were "? -> ?")
+    assert result.report.macs_before is not None and result.report.macs_before > 0

@@ -232,6 +232,7 @@ def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(c
     file the old model did not reference is the user's and stays, and so does that of a model onnx-alds did not
     write."""
     import onnx_alds.model_io as model_io
+    from onnx_alds.errors import OutputPathError
 
     result = onnx_alds.compress(cnn, keep_params=0.5)
     with monkeypatch.context() as patch:
@@ -244,13 +245,15 @@ def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(c
     save_model(result.model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").read_bytes() == b"the user's own file"
     # a model onnx-alds did not write (no onnx_alds metadata): its data file is the user's, which other models
-    # may read from elsewhere (a parent folder, a name without .onnx): it was deleted
+    # may read from elsewhere (a parent folder, a name without .onnx): it was deleted; the model is the user's
+    # too, and is not written over at all
     (tmp_path / "out.onnx.data").unlink()
     onnx.save(cnn, str(tmp_path / "out.onnx"), save_as_external_data=True, location="out.onnx.data",
               size_threshold=0)
-    kept = (tmp_path / "out.onnx.data").read_bytes()
-    save_model(result.model, tmp_path / "out.onnx")
-    assert (tmp_path / "out.onnx.data").read_bytes() == kept
+    kept = (tmp_path / "out.onnx.data").read_bytes(), (tmp_path / "out.onnx").read_bytes()
+    with pytest.raises(OutputPathError, match="existing ONNX model not written by onnx-alds"):
+        save_model(result.model, tmp_path / "out.onnx")
+    assert ((tmp_path / "out.onnx.data").read_bytes(), (tmp_path / "out.onnx").read_bytes()) == kept
 
 
 @pytest.mark.parametrize("offset", ["-4", "abc"])
@@ -923,7 +926,8 @@ def test_a_data_file_another_model_reads_is_neither_removed_nor_overwritten(cnn,
         onnx.save_model(copy, str(tmp_path / "b.onnx"), save_as_external_data=True, location="b.onnx.data",
                         size_threshold=0)
 
-    save_external(cnn)
+    earlier = onnx_alds.compress(cnn, keep_params=0.7).model  # (an earlier output: replaced, its data file kept)
+    save_external(earlier)
     other = onnx.load(str(tmp_path / "b.onnx"), load_external_data=False)
     for tensor in other.graph.initializer:  # the same file, named as './b.onnx.data'
         for entry in tensor.external_data:
@@ -938,7 +942,7 @@ def test_a_data_file_another_model_reads_is_neither_removed_nor_overwritten(cnn,
     with monkeypatch.context() as patch:
         patch.setattr(model_io, "_PROTOBUF_LIMIT", 10_000)
         (tmp_path / "b.onnx.data").unlink()  # (onnx appends to a data file that exists)
-        save_external(cnn)
+        save_external(earlier)
         with pytest.raises(OutputPathError, match="c.onnx' reads too"):
             save_model(result.model, tmp_path / "b.onnx")
     assert (tmp_path / "b.onnx.data").read_bytes() == before

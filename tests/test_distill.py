@@ -849,6 +849,8 @@ def test_cli_distill_and_compress_distill(torch, pair, tmp_path, capsys):
                  "--rank-multiple", "1", "--calibration", str(tmp_path / "x.npz"), "--distill", "--distill-steps", "3"])
     out = capsys.readouterr().out
     assert code == 0 and "distillation: 3 steps" in out and "distilled: 3 steps" in out
+    # the held-out figure says what it is of: the samples held out, and their augmented views where there are any
+    assert re.search(r"held-out \S+ of output '\w+' \(on \d+ samples( \+ \d+ augmented views each)?\) ", out)
     tuned = onnx.load(str(tmp_path / "small.onnx"))
     assert any(p.key == "onnx_alds.distill" for p in tuned.metadata_props)
     # --distill-report is an output like the others: written with the model, not when validation fails

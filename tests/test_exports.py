@@ -909,7 +909,7 @@ def test_input_shape_that_contradicts_a_fixed_dim_names_the_flag(tmp_path, capsy
     code = main(["compress", str(path), "-o", str(tmp_path / "out.onnx"), "--keep-flops", "0.9",
                  "--input-shape", "x:2x16x10x10"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "--input-shape gives 2x16x10x10" in err[0] and "fixes it to" in err[0]
+    assert code == 1 and len(err) == 1 and "--input-shape gives 2x16x10x10" in err[0] and "fixes 1 where 2" in err[0]
     assert not (tmp_path / "out.onnx").exists()
 
 
@@ -2111,3 +2111,19 @@ def test_a_dequantization_written_out_is_a_quantized_weight_not_a_weight_norm():
     (row,) = onnx_alds.analyze(model).layers
     assert row.skip_reason.startswith("quantized weight (int8 → Cast → Mul: a dequantization written out)"), \
         row.skip_reason
+
+
+def test_input_shape_against_a_fixed_dim_shows_the_declared_dims_and_a_shape_that_fits():
+    """[batch, 3, x_H, x_W] given 1x4x64x64 said "the model fixes it to batchx3xx_Hxx_W ... e.g. x:1x3x1x1"
+    (names run into the separators; an example a UNet cannot run at)."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.model_io import check_input_shapes
+
+    model = make(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "x_H", "x_W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "x_H", "x_W"])], [])
+    with pytest.raises(InputDataError) as info:
+        check_input_shapes(model, {"x": (1, 4, 64, 64)})
+    assert "declares it [batch, 3, x_H, x_W], which fixes 3 where 4 is given" in str(info.value)
+    assert str(info.value).endswith("e.g. x:1x3x64x64")

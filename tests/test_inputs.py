@@ -89,7 +89,7 @@ def test_npz_whose_arrays_or_labels_disagree_on_the_sample_count_is_named(tmp_pa
              scale=np.zeros((12, 4), np.float32))
     with pytest.raises(InputDataError, match=r"^'.*n\.npz': input arrays disagree on the number of samples .*an "
                                              r"input without one, such as a table every sample reads, cannot be fed: "
-                                             r"make it a constant of the model\)"):
+                                             r"make it a constant of the model; inputs that share no sample axis"):
         load_inputs(model, npz=tmp_path / "n.npz")
 
 
@@ -885,3 +885,23 @@ def test_preprocessing_given_with_an_npz_is_refused_not_ignored(tmp_path):
         with pytest.raises(InputDataError, match=r"applies to images only"):
             load_inputs(model, npz=tmp_path / "x.npz", preprocess=preprocess)
     assert load_inputs(model, npz=tmp_path / "x.npz").arrays["x"].shape == (2, 1, 28, 28)
+
+
+def test_random_inputs_name_a_given_first_dim_another_input_overrides():
+    """x [N, 64] given 20x64 beside an edge list [2, E]: the random inputs ran x at 2x64 and the error said
+    "check any --input-shape given", though the flag was right; inputs that share no sample axis."""
+    from conftest import make_model
+    from onnx_alds.inputs import random_inputs
+
+    nodes = [helper.make_node("Gather", ["ei", "zero"], ["row"], axis=0),
+             helper.make_node("Gather", ["x", "row"], ["picked"], axis=0),
+             helper.make_node("MatMul", ["picked", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones((64, 8), np.float32), "w"), numpy_helper.from_array(np.array(0), "zero")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+                               helper.make_tensor_value_info("ei", TensorProto.INT64, [2, "E"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["E", 8])], inits)
+    with pytest.raises(InputDataError, match=r"gives 'x' a first dim of 20, but input 'ei' fixes its first dim at 2"):
+        random_inputs(model, 4, input_shapes={"x": (20, 64), "ei": (2, 60)})
+    assert random_inputs(model, 4, input_shapes={"x": (1, 64), "ei": (2, 60)}).arrays["x"].shape == (4, 64)
+    with pytest.raises(InputDataError, match="graph's nodes and its edge list, cannot be calibrated"):
+        InputSet({"x": np.ones((20, 64), np.float32), "ei": np.zeros((2, 60), np.int64)})

@@ -1408,3 +1408,17 @@ def test_applying_a_plan_with_its_own_calibration_holding_repeats_is_not_other_d
     assert not any(note.startswith("calibration differs") for note in notes), notes
     other = InputSet({"input": x[::-1].copy()}, source="cal.npz")
     assert any("same name, other data" in note for note in apply_plan(model, plan, calibration=other).report.notes)
+
+
+def test_a_plan_made_in_python_is_the_same_file_as_the_command_lines(tmp_path):
+    """The API wrote ``options.input_shapes: null`` where the command line writes ``{}``: the same options gave
+    two different plan files."""
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn(width=32), str(path))
+    assert main(["plan", str(path), "-o", str(tmp_path / "cli.json"), "--keep-flops", "0.6"]) == 0
+    make_plan(str(path), keep_flops=0.6, rank_multiple=16).save(tmp_path / "api.json")
+    cli, api = (json.loads((tmp_path / name).read_text()) for name in ("cli.json", "api.json"))
+    for data in (cli, api):
+        data["model"].pop("path", None)
+        data.pop("tool", None)
+    assert api == cli and api["options"]["input_shapes"] == {}

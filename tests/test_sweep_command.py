@@ -975,15 +975,20 @@ def test_an_interrupt_while_ray_starts_is_not_held_for_ever():
 import os, signal, threading, time
 import onnx_alds.calibrate as calibrate
 calibrate.RAY_INTERRUPT_GRACE_SECONDS = 0.5
+started = threading.Event()
 class StuckRay:
     stopped = False
     def init(self, address=None, **options):
+        started.set()
         while True:
             time.sleep(0.05)
     def shutdown(self):
         StuckRay.stopped = True
+# (a SIGINT ignored by the process that started this one stays ignored here; sent before init_ray holds it, on a
+# loaded machine, it was lost and ray.init never interrupted: sent once ray.init runs, to a default handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, lambda *a: None)
-threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+threading.Thread(target=lambda: started.wait(20) and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
 start = time.monotonic()
 try:
     calibrate.init_ray(StuckRay(), None)
