@@ -1121,7 +1121,7 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
         declared = fixed.pop()
         overridden = next((spec for spec in specs if not isinstance((spec.dims or (1,))[0], int)
                            and (input_shapes or {}).get(spec.name, (1,))[0] not in (1, declared)), None)
-        if overridden is not None:  # (x [N, 64] given 20x64 beside an edge list [2, E]: run at 2x64, it said "check --input-shape")
+        if overridden is not None:  # (x [N, 64] given 20x64 beside edges [2, E] ran at 2x64: "check --input-shape")
             fixer = next(spec.name for spec in specs if spec.dims and spec.dims[0] == declared)
             raise InputDataError(
                 f"--input-shape gives '{overridden.name}' a first dim of {input_shapes[overridden.name][0]}, but input "

@@ -1056,8 +1056,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     ``protect`` lists paths that must never be overwritten (the input model and its external data
     files). An existing file at ``path`` is replaced only when it is an earlier onnx-alds model, or any ONNX
     model when ``model`` has no onnx-alds metadata (is not a compressed model); anything else (a user's
-    model, data, the input's external data file) raises :class:`OutputPathError`, as on the command line. ``external_data`` forces (True) or forbids (False) storing tensors beside the model in
-    ``<name>.data``; by default it is used only when the model would exceed the 2 GiB protobuf limit.
+    model, data, the input's external data file) raises :class:`OutputPathError`, as on the command line.
+    ``external_data`` forces (True) or forbids (False) storing tensors beside the model in ``<name>.data``;
+    by default it is used only when the model would exceed the 2 GiB protobuf limit.
     ``store``: where the stubs of a light model (:func:`open_model`) are read from. ``also``: run right after
     the final renames, uninterrupted with them (:func:`landed`): a report renamed into place with its model.
 
@@ -1074,7 +1075,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     target = Path(path)
     check_output_path(target, protect)
     existing = existing_file_kind(target)  # (the command line judged it before its work; a script, here)
-    if existing not in (None, "onnx-alds model") and not (existing == "ONNX model" and not has_onnx_alds_metadata(model)):
+    if existing not in (None, "onnx-alds model") and not (existing == "ONNX model"
+                                                          and not has_onnx_alds_metadata(model)):
         refuse_foreign_file(target, "onnx-alds model", flag="the path", command="save_model")
     if store is None:  # written as they are, the stubs would point to onnx-alds-in-memory, or to a data file
         _refuse_stubs_without_store(model, beside=target.parent)  # beside the output that is not there
