@@ -37,8 +37,8 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
                      unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
 from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
-from .model_io import (ModelLike, OpenedModel, TensorStore, graph_inputs, materialize, open_model,
-                       refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
+from .model_io import (GRAPH_DIGEST_KEY, ModelLike, OpenedModel, TensorStore, graph_digest, graph_inputs, materialize,
+                       open_model, refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
 from .inputs import calibration_as_fitted, check_sample_dims, dominant_sample_warning
 from .options import (AUTO_ORDER, METHODS as _METHODS, CompressOptions, compress_options, refuse_without_effect,
                       refuses_group_and_keyword, with_pruning)
@@ -154,6 +154,22 @@ def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Seq
     return chosen
 
 
+def _value_sized_macs_note(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> list[str]:
+    """A note when layers' input sizes depend on the values the model computes (tokens routed to experts by
+    TopK and NonZero): their MACs are those of one run on probe inputs, not of every input."""
+    from .checks import value_sized_tensors
+
+    sized = value_sized_tensors(model)
+    hit = [(node, sized[name]) for node in nodes for name in macs_tensors(node) if name in sized]
+    if not hit:
+        return []
+    node, why = hit[0]
+    count = len({id(node) for node, _ in hit})
+    return [f"the MACs of {count} layer(s) (first: '{node.name}') depend on the values the model computes (their "
+            f"input's size follows a {why}, e.g. tokens routed to experts): counted on one run on zero inputs, they "
+            "and a --keep-flops budget hold for such inputs, not for every input"]
+
+
 def calibration_shape_hints(calibration: Any) -> dict[str, tuple[int, ...]]:
     """One sample's dims of each calibration array (``(1, *dims)``), which size the dynamic dims no
     ``--input-shape`` gives where MACs are counted; empty without arrays."""
@@ -217,7 +233,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
             hinted = _calibration_shapes(proto, input_shapes, shape_hints)
             if not hinted:
                 raise
-            resolved, shape_notes = resolve_input_shapes(proto, {**hinted, **(input_shapes or {})}, batch_default=1)
+            resolved, shape_notes = resolve_input_shapes(proto, {**hinted, **(input_shapes or {})}, batch_default=1,
+                                                         empty=set(hinted))  # (a KV cache's past of length 0)
             shape_notes = list(shape_notes) + [
                 f"MACs counted at the calibration arrays' sizes ({show_input_shapes(hinted, ' ')}): the model's "
                 "dims there are dynamic; give --input-shape to count them at other sizes"]
@@ -231,6 +248,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     if resolved is not None:
         needed = {name for node in layer_ops for name in macs_tensors(node)}
         shapes = tensor_shapes(proto, resolved, needed, store)
+        notes += _value_sized_macs_note(proto, layer_ops)
     constants, folded = weight_constants(proto, load=store.load)
     constants = StoredConstants(constants, store)
     layers = find_layers(proto, shapes, exclude=exclude, max_groups=max_groups, channel_multiple=channel_multiple,
@@ -1502,6 +1520,7 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
         "onnx_alds.seed": str(seed),
         REPLACED_DIGEST_KEY: replaced_digest(prepared.original, new_model,
                                              prepared.store.load if prepared.store is not None else None),
+        GRAPH_DIGEST_KEY: graph_digest(new_model),  # (what tells this output from another tool's edit of it)
     })
 
 
@@ -1763,7 +1782,7 @@ def unreachable_because(prepared: _Prepared, target: str, rank_multiple: int = 1
     if counted and held:
         by_reason: dict[str, float] = {}  # the reasons that hold the most first
         for layer in counted:  # (one reason for the layers sharing a weight, whichever other reader each names)
-            reason = layer.skip_reason.split(ALSO_READ_BY)[0]
+            reason = layer.skip_reason.split(ALSO_READ_BY)[0].split(" (through ")[0]  # (one reason, however reached)
             by_reason[reason] = by_reason.get(reason, 0) + cost(layer)
         reasons = sorted(by_reason, key=lambda reason: -by_reason[reason])
         left = sum(1 for layer in skipped if cost(layer) > 0)

@@ -530,13 +530,32 @@ def _probe_elsewhere(session, model: onnx.ModelProto, found: InputCheck
                       f"its dynamic dims after the first set to {size}"))
     for shapes, where in tries:
         feeds = _probe_feeds(model, shapes)
-        if feeds is None:
+        if feeds is None or not _sized_within_limits(model, shapes):
             continue
         try:
             return shapes, _run_quietly(session, feeds), where
-        except Exception as exc:  # noqa: BLE001 - not at these sizes either
-            raise_if_out_of_resources(exc)
+        except Exception:  # noqa: BLE001 - not at these sizes either (out of memory there too: sizes we chose)
+            continue
     return None
+
+
+PROBE_TENSOR_LIMIT = 1 << 27  # elements: a tensor larger than this at a size the tool chose is no probe of it
+
+
+def _sized_within_limits(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether ONNX shape inference at ``shapes`` (weights stubbed) sizes no tensor empty (a pool wider than the
+    input: ONNX Runtime's kernels can divide by the empty size and kill the process) nor above
+    :data:`PROBE_TENSOR_LIMIT` elements (attention over every pixel at 224 × 224); False also when inference
+    fails there."""
+    from .shapes import known_shapes, static_copy
+
+    try:
+        inferred = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True)
+    except Exception:  # noqa: BLE001 - shapes that do not fit together
+        return False
+    graph = inferred.graph
+    sized = known_shapes(list(graph.value_info) + list(graph.output))
+    return all(0 not in dims and math.prod(dims) <= PROBE_TENSOR_LIMIT for dims in sized.values())
 
 
 VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # output size: a count of values
@@ -568,12 +587,18 @@ def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     node on the way (If branches, Scan bodies, by the same rules), or an If whose condition is computed and
     whose branches declare outputs of different shapes. A compressed model computes slightly other values,
     so such an output can have another size than the original's on the same input."""
+    sized = value_sized_tensors(model)
+    return {output.name: sized[output.name] for output in model.graph.output if output.name in sized}
+
+
+def value_sized_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """Every main-graph tensor whose size depends on the values computed (by the rules of
+    :func:`value_sized_outputs`): tensor name → the op that makes it so."""
     graph = model.graph
     computed = {i.name for i in graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}  # values from floats
     float_constants = _float_constants(graph)
     input_valued = {i.name for i in graph.input} - float_constants  # values from the inputs' values
-    sized = _sizes_from_values(graph, computed, input_valued, float_constants)
-    return {output.name: sized[output.name] for output in graph.output if output.name in sized}
+    return _sizes_from_values(graph, computed, input_valued, float_constants)
 
 
 def _float_constants(graph: onnx.GraphProto) -> set[str]:

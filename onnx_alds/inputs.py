@@ -1119,15 +1119,6 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
                              "data-free (without calibration); validate and distill cannot run on it")
     if len(fixed) == 1:  # whole batches of the fixed size, as a set's remainder is dropped when it is read
         declared = fixed.pop()
-        overridden = next((spec for spec in specs if not isinstance((spec.dims or (1,))[0], int)
-                           and (input_shapes or {}).get(spec.name, (1,))[0] not in (1, declared)), None)
-        if overridden is not None:  # (x [N, 64] given 20x64 beside edges [2, E] ran at 2x64: "check --input-shape")
-            fixer = next(spec.name for spec in specs if spec.dims and spec.dims[0] == declared)
-            raise InputDataError(
-                f"--input-shape gives '{overridden.name}' a first dim of {input_shapes[overridden.name][0]}, but input "
-                f"'{fixer}' fixes its first dim at {declared}: random samples stack on every input's first axis, which "
-                "these inputs do not share (a graph's nodes and edges); run the models on your own inputs in ONNX "
-                "Runtime")
         if count < declared:
             raise InputDataError(f"input '{next(s.name for s in specs if s.dims and s.dims[0] == declared)}' fixes "
                                  f"the batch to {declared}; ask for at least {declared} samples")

@@ -21,7 +21,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -862,12 +862,37 @@ def _written_by_onnx_alds(model_path: Path) -> bool:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # (not a model, or unreadable: nothing of ours)
         return False
-    return has_onnx_alds_metadata(model)
+    return is_onnx_alds_output(model)
 
 
 def has_onnx_alds_metadata(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` carries onnx-alds' provenance metadata (``onnx_alds.*`` keys): an earlier output."""
+    """Whether ``model`` carries onnx-alds' provenance metadata (``onnx_alds.*`` keys)."""
     return any(entry.key.startswith("onnx_alds.") for entry in model.metadata_props)
+
+
+GRAPH_DIGEST_KEY = "onnx_alds.graph_sha1"  # the graph onnx-alds wrote (graph_digest): another tool's edit changes it
+
+
+def graph_digest(model: onnx.ModelProto) -> str:
+    """SHA-1 of the main graph's structure: each node's op, domain, inputs and outputs (in sorted order, names
+    of nodes left out), and the graph's inputs and outputs; the weights' values are not in it (distillation
+    changes them). A model another tool rewrote (quantized, fused, simplified) has another."""
+    import hashlib
+
+    graph = model.graph
+    lines = sorted("\0".join([node.domain, node.op_type, *node.input, "->", *node.output]) for node in graph.node)
+    lines += ["inputs", *(value.name for value in graph.input), "outputs", *(value.name for value in graph.output)]
+    return hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def is_onnx_alds_output(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is an earlier onnx-alds output as it was written: onnx-alds' metadata, and the graph
+    its :data:`GRAPH_DIGEST_KEY` names (outputs of versions that wrote no digest count by the metadata alone).
+    A compressed model that another tool then quantized keeps the metadata but is that tool's output."""
+    if not has_onnx_alds_metadata(model):
+        return False
+    recorded = next((entry.value for entry in model.metadata_props if entry.key == GRAPH_DIGEST_KEY), None)
+    return recorded is None or recorded == graph_digest(model)
 
 
 def _references_file(model_path: Path, data_name: str) -> bool:
@@ -971,7 +996,7 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
         except Exception:  # noqa: BLE001 - not a model: another kind of file
             model = None
         if model is not None and model.HasField("graph") and model.graph.node:
-            return "onnx-alds model" if has_onnx_alds_metadata(model) else "ONNX model"
+            return "onnx-alds model" if is_onnx_alds_output(model) else "ONNX model"
     if csv_header is not None and head.startswith(csv_header.encode()[:len(head)]):
         with open(path, "rb") as stream:
             if stream.readline().rstrip(b"\r\n") == csv_header.encode():
@@ -1021,7 +1046,8 @@ def refuse_foreign_file(path: Path, writes: str, *, flag: str, command: str, csv
     what = {"onnx-alds model": "ONNX model", "onnx-alds CSV table": "CSV table", "onnx-alds plot": "plot",
             "onnx-alds report": "JSON report", "onnx-alds plan": "plan"}.get(writes, writes)
     article = "an" if what[0] in "AEIOU" else "a"
-    foreign = " not written by onnx-alds" if existing in ("JSON file", "ONNX model", "PNG image") else ""
+    foreign = {"ONNX model": " that is not an onnx-alds output (or was changed by another tool since)",
+               "JSON file": " not written by onnx-alds", "PNG image": " not written by onnx-alds"}.get(existing, "")
     raise OutputPathError(f"{flag} '{path}' is an existing {existing}{foreign}, and {command} would write {article} "
                           f"{what} over it; {fix}")
 
@@ -1413,10 +1439,11 @@ def parse_input_shapes(entries: Sequence[str] | None) -> dict[str, tuple[int, ..
     return shapes
 
 
-def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None
-                       ) -> dict[str, tuple[int, ...]]:
+def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None,
+                       empty: Collection[str] = ()) -> dict[str, tuple[int, ...]]:
     """``--input-shape`` values as int tuples, checked against the graph inputs: each names an input,
-    gives all its dims and agrees with the dims the model fixes. Raises :class:`InputDataError`."""
+    gives all its dims and agrees with the dims the model fixes. Raises :class:`InputDataError`. The inputs
+    named in ``empty`` may have dims of 0 (sizes taken from calibration arrays: a KV cache's empty past)."""
     if overrides is not None and not isinstance(overrides, Mapping):
         raise InputDataError(f"the input shapes are a {type(overrides).__name__}; give a dict of input name to "
                              "dims, e.g. {'input': (1, 3, 224, 224)}")
@@ -1449,7 +1476,8 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                                  "runs at")
         example = 'x'.join(str(d) if isinstance(d, int) else '1' for d in spec.dims)
         declared = list(spec.dims) if len(shape) == len(spec.dims) else [None] * len(shape)
-        if any(d < 1 and fixed != 0 for d, fixed in zip(shape, declared)):  # (0 where the model fixes it to 0)
+        if any(d < (0 if spec.name in empty else 1) and fixed != 0  # (0 where the model fixes it to 0)
+               for d, fixed in zip(shape, declared)):
             raise InputDataError(f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}'; every dim must "
                                  f"be at least 1, e.g. {spec.name}:{example}")
         if len(shape) != len(spec.dims):
@@ -1489,14 +1517,15 @@ def _dim_text(dim) -> str:
 
 
 def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None,
-                         *, batch_default: int | None = None) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+                         *, batch_default: int | None = None, empty: Collection[str] = ()
+                         ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Concrete shapes for every graph input, and notes on what was assumed.
 
     Shapes come from the model where static, else from ``overrides``. When ``batch_default`` is set,
     a dynamic *first* dim alone is set to it (and a note says so); any other dynamic dim without an
     override raises :class:`UnsupportedModelError` asking for ``--input-shape``.
     """
-    overrides = check_input_shapes(model, overrides)
+    overrides = check_input_shapes(model, overrides, empty)
     specs = graph_inputs(model)
     shapes: dict[str, tuple[int, ...]] = {}
     notes: list[str] = []

@@ -51,7 +51,8 @@ def static_copy(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ..
     return copy
 
 
-def _known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
+def known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, ...]]:
+    """The fully known shapes among ``values`` (name → dims)."""
     shapes = {}
     for value in values:
         tensor_type = value.type.tensor_type
@@ -81,7 +82,7 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
 
     shapes: dict[str, tuple[int, ...]] = {}
     for _, graph in iter_graphs(inferred.graph):  # subgraphs (If/Loop/Scan bodies) have their own value_info
-        for name, shape in _known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output)).items():
+        for name, shape in known_shapes(list(graph.input) + list(graph.value_info) + list(graph.output)).items():
             shapes.setdefault(name, shape)
         for init in graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))

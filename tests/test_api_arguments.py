@@ -530,3 +530,25 @@ def test_the_api_writers_do_not_overwrite_a_users_files(tmp_path):
     result.report.save_json(tmp_path / "report.json")
     with pytest.raises(OutputPathError, match="existing onnx-alds plan"):
         result.report.save_json(tmp_path / "plan.json")
+
+
+def test_an_output_another_tool_changed_is_the_users(tmp_path):
+    """A compressed model quantized by ONNX Runtime keeps onnx-alds' metadata: it was taken for an earlier
+    output and written over. The graph digest onnx-alds records tells the two apart; a re-save is still ours."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnx_alds.errors import OutputPathError
+    from onnx_alds.model_io import existing_file_kind, save_model
+
+    result = compress(small_cnn(), keep_params=0.6)
+    save_model(result.model, tmp_path / "small.onnx")
+    onnx.save(onnx.load(str(tmp_path / "small.onnx")), str(tmp_path / "resaved.onnx"))
+    assert existing_file_kind(tmp_path / "resaved.onnx") == "onnx-alds model"
+    quantize_dynamic(str(tmp_path / "small.onnx"), str(tmp_path / "small.int8.onnx"), weight_type=QuantType.QInt8)
+    quantized = onnx.load(str(tmp_path / "small.int8.onnx"))
+    assert any(entry.key.startswith("onnx_alds.") for entry in quantized.metadata_props)
+    before = (tmp_path / "small.int8.onnx").read_bytes()
+    with pytest.raises(OutputPathError, match="not an onnx-alds output \\(or was changed by another tool since\\)"):
+        save_model(result.model, tmp_path / "small.int8.onnx")
+    assert (tmp_path / "small.int8.onnx").read_bytes() == before
+    save_model(result.model, tmp_path / "resaved.onnx")  # (an earlier output, re-saved by onnx: replaced)

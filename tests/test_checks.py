@@ -651,3 +651,86 @@ def test_a_model_that_does_not_run_at_dims_of_1_is_checked_at_a_size_it_runs_at(
     assert any("it ran at x:1x16x12x20 (the calibration arrays' sizes)" in note for note in result.report.notes)
     # the MACs too are counted at the arrays' sizes under a params budget (they were "? -> ?")
     assert result.report.macs_before is not None and result.report.macs_before > 0
+
+
+def test_the_probe_skips_sizes_where_a_tensor_would_be_empty_or_huge(tmp_path):
+    """A pool of kernel 65 fails at 1 and, at 64, ONNX Runtime divided by the empty output and killed the
+    process (SIGFPE, no message); attention over every pixel asked for 10 GB at 224. Sizes where shape
+    inference finds an empty or very large tensor are not run: the pool model is checked at 224."""
+    import subprocess
+    import sys
+
+    from conftest import make_model
+    from onnx_alds.checks import _sized_within_limits
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["a"], ["p"], kernel_shape=[65, 65]),
+             helper.make_node("Conv", ["p", "w1"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, None, None])],
+                       [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w0"),
+                        numpy_helper.from_array(rng.standard_normal((8, 16, 1, 1)).astype(np.float32), "w1")])
+    assert not _sized_within_limits(model, {"x": (1, 3, 64, 64)})
+    assert _sized_within_limits(model, {"x": (1, 3, 224, 224)})
+    huge = make_model([helper.make_node("MatMul", ["x", "x"], ["y"])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", "S"])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", "S"])], [])
+    assert _sized_within_limits(huge, {"x": (1, 64, 64)}) and not _sized_within_limits(huge, {"x": (1, 20000, 20000)})
+    onnx.save(model, str(tmp_path / "pool.onnx"))
+    done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", "compress", str(tmp_path / "pool.onnx"), "-o",
+                           str(tmp_path / "out.onnx"), "--keep-params", "0.5", "--rank-multiple", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "it ran at x:1x3x224x224 (its dynamic dims after the first set to 224)" in done.stdout + done.stderr
+
+
+def test_macs_of_layers_sized_by_the_values_say_so():
+    """Experts fed the tokens a router picks (NonZero/TopK) got their MACs from one run on zero inputs, where
+    every token went to the same expert: the others counted 0 MACs and a --keep-flops budget never reached
+    them, and nothing said the figures depend on the data."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["picked"]),
+             helper.make_node("NonZero", ["picked"], ["where"]),
+             helper.make_node("Squeeze", ["where", "axes0"], ["rows"]),
+             helper.make_node("Gather", ["x", "rows"], ["routed"], axis=0),
+             helper.make_node("MatMul", ["routed", "expert"], ["y"], name="expert"),
+             helper.make_node("MatMul", ["x", "dense"], ["z"], name="dense")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32]),
+                        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 32])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "expert"),
+                        numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "dense"),
+                        numpy_helper.from_array(np.array([1]), "axes"), numpy_helper.from_array(np.array([0]), "axes0"),
+                        numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    notes = compress(model, keep_params=0.8, input_shapes={"x": (4, 32)}).report.notes
+    assert any("the MACs of 1 layer(s) (first: 'expert') depend on the values the model computes (their input's "
+               "size follows a NonZero" in note for note in notes)
+
+
+def test_calibration_arrays_with_an_empty_past_count_the_macs():
+    """A KV cache's past of length 0 (the first step's) in the calibration arrays: the MAC count at the arrays'
+    sizes said "--input-shape gives 1x0x16 for 'past'; every dim must be at least 1", no flag given."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Concat", ["past", "x"], ["kv"], axis=1),
+             helper.make_node("ReduceSum", ["kv", "axes"], ["z"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32]),
+                               helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", "P", 32])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32]),
+                        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 1, 32])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+                        numpy_helper.from_array(np.array([1]), "axes")])
+    calibration = InputSet({"x": rng.standard_normal((64, 3, 32)).astype(np.float32),
+                            "past": np.zeros((64, 0, 32), np.float32)})
+    report = compress(model, keep_flops=0.8, calibration=calibration).report
+    assert report.macs_before == 3 * 32 * 32
+    assert any("MACs counted at the calibration arrays' sizes (x:1x3x32 past:1x0x32)" in note for note in report.notes)

@@ -1533,8 +1533,9 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     np.savez(data, x=np.zeros((2, 3), np.float32))
     before = model.read_bytes(), data.read_bytes()
     for args, fragment in (
-            (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)], "is an existing ONNX model not written by "
-                                                                         "onnx-alds, and plan would write a plan over it"),
+            (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)],
+             "is an existing ONNX model that is not an onnx-alds output (or was changed by another tool since), and "
+             "plan would write a plan over it"),
             (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(data)], "is an existing numpy data file, and "
                                                                             "compress would write an ONNX model"),
             (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "o.onnx"), "--report", str(model)],
@@ -1544,8 +1545,8 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
     assert (model.read_bytes(), data.read_bytes()) == before and not (tmp_path / "o.onnx").exists()
     shutil.copy(cnn_path, tmp_path / "model_copy")  # a model under another name: known by its bytes
     code, _, err = run_cli("analyze", cnn_path, "--json", str(tmp_path / "model_copy"), capsys=capsys)
-    assert_one_line_error(code, err, "is an existing ONNX model not written by onnx-alds, and analyze would write a "
-                                     "JSON report over it")
+    assert_one_line_error(code, err, "is an existing ONNX model that is not an onnx-alds output (or was changed by "
+                                     "another tool since), and analyze would write a JSON report over it")
     notes = tmp_path / "notes.txt"  # any other file (a script, notes) is not overwritten either
     notes.write_text("my notes")
     code, _, err = run_cli("compress", cnn_path, "--keep-flops", "0.8", "-o", str(notes), capsys=capsys)
@@ -1582,8 +1583,9 @@ def test_only_an_earlier_output_of_the_same_kind_is_replaced(cnn_path, tmp_path,
                                                                              "validate would write a JSON report"),
             (["validate", cnn_path, small, "--random", "4", "--json", quoting], "JSON file not written by onnx-alds"),
             (["analyze", cnn_path, "--json", deps], "JSON file not written by onnx-alds"),
-            (["compress", cnn_path, "--keep-flops", "0.8", "-o", mine], "is an existing ONNX model not written by "
-                                                                        "onnx-alds, and compress would write")):
+            (["compress", cnn_path, "--keep-flops", "0.8", "-o", mine],
+             "is an existing ONNX model that is not an onnx-alds output (or was changed by another tool since), and "
+             "compress would write")):
         code, _, err = run_cli(*args, capsys=capsys)
         assert_one_line_error(code, err, fragment)
     assert all(path.read_bytes() == data for path, data in before.items())

@@ -251,7 +251,7 @@ def test_a_one_file_model_written_over_an_external_one_removes_its_old_weights(c
     onnx.save(cnn, str(tmp_path / "out.onnx"), save_as_external_data=True, location="out.onnx.data",
               size_threshold=0)
     kept = (tmp_path / "out.onnx.data").read_bytes(), (tmp_path / "out.onnx").read_bytes()
-    with pytest.raises(OutputPathError, match="existing ONNX model not written by onnx-alds"):
+    with pytest.raises(OutputPathError, match="existing ONNX model that is not an onnx-alds output"):
         save_model(result.model, tmp_path / "out.onnx")
     assert ((tmp_path / "out.onnx.data").read_bytes(), (tmp_path / "out.onnx").read_bytes()) == kept
 

@@ -887,21 +887,20 @@ def test_preprocessing_given_with_an_npz_is_refused_not_ignored(tmp_path):
     assert load_inputs(model, npz=tmp_path / "x.npz").arrays["x"].shape == (2, 1, 28, 28)
 
 
-def test_random_inputs_name_a_given_first_dim_another_input_overrides():
-    """x [N, 64] given 20x64 beside an edge list [2, E]: the random inputs ran x at 2x64 and the error said
-    "check any --input-shape given", though the flag was right; inputs that share no sample axis."""
+def test_inputs_sharing_no_sample_axis_are_named_and_a_fixed_first_dim_is_still_the_batch():
+    """Arrays of a graph's nodes [20, 64] and its edge list [2, 60] share no sample axis: the error says such
+    inputs cannot be calibrated. Random inputs beside an input fixing its first dim (a [2] scale) still take
+    that dim as the batch, whatever first dim --input-shape gives the others (it was an error for a while)."""
     from conftest import make_model
     from onnx_alds.inputs import random_inputs
 
-    nodes = [helper.make_node("Gather", ["ei", "zero"], ["row"], axis=0),
-             helper.make_node("Gather", ["x", "row"], ["picked"], axis=0),
-             helper.make_node("MatMul", ["picked", "w"], ["y"])]
-    inits = [numpy_helper.from_array(np.ones((64, 8), np.float32), "w"), numpy_helper.from_array(np.array(0), "zero")]
-    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
-                               helper.make_tensor_value_info("ei", TensorProto.INT64, [2, "E"])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["E", 8])], inits)
-    with pytest.raises(InputDataError, match=r"gives 'x' a first dim of 20, but input 'ei' fixes its first dim at 2"):
-        random_inputs(model, 4, input_shapes={"x": (20, 64), "ei": (2, 60)})
-    assert random_inputs(model, 4, input_shapes={"x": (1, 64), "ei": (2, 60)}).arrays["x"].shape == (4, 64)
     with pytest.raises(InputDataError, match="graph's nodes and its edge list, cannot be calibrated"):
         InputSet({"x": np.ones((20, 64), np.float32), "ei": np.zeros((2, 60), np.int64)})
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["scale"], ["s"]),
+             helper.make_node("Mul", ["h", "s"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+                               helper.make_tensor_value_info("scale", TensorProto.FLOAT, [2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                       [numpy_helper.from_array(np.ones((64, 8), np.float32), "w")])
+    arrays = random_inputs(model, 4, input_shapes={"x": (8, 64)}).arrays
+    assert arrays["x"].shape == (4, 64) and arrays["scale"].shape == (4,)

@@ -259,7 +259,7 @@ def test_writing_over_a_copy_of_the_input_keeps_the_inputs_data_file(chain_path,
     before = data.read_bytes()
     shutil.copy(chain_path, original)  # a user's own model at -o: refused, nothing written
     assert main(["compress", str(original), "-o", str(chain_path), "--keep-params", "0.5", "-q"]) == 1
-    assert "is an existing ONNX model not written by onnx-alds" in capsys.readouterr().err
+    assert "is an existing ONNX model that is not an onnx-alds output" in capsys.readouterr().err
     proto = onnx.load(str(chain_path), load_external_data=False)  # an earlier onnx-alds output there: replaced
     onnx.helper.set_model_props(proto, {"onnx_alds.version": "0"})
     onnx.save(proto, str(chain_path))  # (its weights stay in chain.onnx.data)
