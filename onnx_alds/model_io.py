@@ -1480,6 +1480,9 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
                for d, fixed in zip(shape, declared)):
             raise InputDataError(f"--input-shape gives {'x'.join(map(str, shape))} for '{spec.name}'; every dim must "
                                  f"be at least 1, e.g. {spec.name}:{example}")
+        if not spec.dims and shape:
+            raise InputDataError(f"--input-shape gives {len(shape)} dim{'s' if len(shape) > 1 else ''} for "
+                                 f"'{spec.name}', a scalar (rank 0), which has no dims to give; leave it out")
         if len(shape) != len(spec.dims):
             raise InputDataError(
                 f"--input-shape gives {len(shape)} dims for '{spec.name}', which has {len(spec.dims)}; "

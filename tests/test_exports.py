@@ -2127,3 +2127,16 @@ def test_input_shape_against_a_fixed_dim_shows_the_declared_dims_and_a_shape_tha
         check_input_shapes(model, {"x": (1, 4, 64, 64)})
     assert "declares it [batch, 3, x_H, x_W], which fixes 3 where 4 is given" in str(info.value)
     assert str(info.value).endswith("e.g. x:1x3x64x64")
+
+
+def test_input_shape_for_a_scalar_input_says_it_has_no_dims():
+    """``s:1`` for a rank-0 input said "which has 0; give all of them, e.g. s:", an example that cannot be parsed."""
+    from onnx_alds.errors import InputDataError
+    from onnx_alds.model_io import check_input_shapes
+
+    model = make([helper.make_node("Mul", ["x", "s"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                  helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [])
+    with pytest.raises(InputDataError, match=r"for 's', a scalar \(rank 0\), which has no dims to give; leave it out$"):
+        check_input_shapes(model, {"s": (1,)})
