@@ -968,8 +968,9 @@ TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_n
 
 def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optional[str]:
     """What an existing file at an output path holds, judged by its bytes, never by its name: "onnx-alds
-    model" (an ONNX model with onnx-alds' metadata: an earlier output), "ONNX model" (any other), "numpy data
-    file" (numpy's or zip's magic bytes), "onnx-alds plan", "onnx-alds report" (JSON onnx-alds wrote: its
+    model" (an ONNX model with onnx-alds' metadata and the graph it wrote: an earlier output,
+    :func:`is_onnx_alds_output`), "ONNX model" (any other), "numpy data file" (numpy's magic bytes), "zip archive (an .npz, a .pt ...)" (zip's),
+    "onnx-alds plan", "onnx-alds report" (JSON onnx-alds wrote: its
     ``versions`` name onnx-alds at the top, or in a sweep's ``environment`` or a demo's ``compress`` record;
     validate and distill reports of earlier versions by their keys), "JSON file" (any other JSON),
     "onnx-alds CSV table" (its first line is ``csv_header``), "onnx-alds plot" (a PNG that matplotlib wrote),
@@ -986,8 +987,10 @@ def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optio
         return None
     if not head:
         return None
-    if head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+    if head.startswith(b"\x93NUMPY"):
         return "numpy data file"
+    if head.startswith(b"PK\x03\x04"):  # (an .npz, a torch checkpoint, any zip)
+        return "zip archive (an .npz, a .pt ...)"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "onnx-alds plot" if b"matplotlib" in head else "PNG image"
     if head[:1] == b"\x08":

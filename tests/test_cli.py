@@ -1536,8 +1536,8 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(cnn_path, tmp_path,
             (["plan", cnn_path, "--keep-flops", "0.8", "-o", str(model)],
              "is an existing ONNX model that is not an onnx-alds output (or was changed by another tool since), and "
              "plan would write a plan over it"),
-            (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(data)], "is an existing numpy data file, and "
-                                                                            "compress would write an ONNX model"),
+            (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(data)],
+             "is an existing zip archive (an .npz, a .pt ...), and compress would write an ONNX model"),
             (["compress", cnn_path, "--keep-flops", "0.8", "-o", str(tmp_path / "o.onnx"), "--report", str(model)],
              "--report '")):
         code, _, err = run_cli(*args, capsys=capsys)

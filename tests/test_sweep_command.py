@@ -739,7 +739,8 @@ def test_a_damaged_sweep_record_is_started_again_with_a_note(tiny, tmp_path, cap
 @pytest.mark.parametrize("name, content, kind", [
     ("sweep.json", b"\xff\xfe not utf-8", "file of another kind"), ("sweep.json", b"[1, 2]", "JSON file not written"),
     ("sweep.json", b"null", "file of another kind"), ("sweep.json", b"[" * 100000 + b"]" * 100000, "another kind"),
-    ("sweep.json", b"PK\x03\x04 data", "numpy data file"), ("sweep.csv", b"#!/bin/sh\necho hi\n", "another kind"),
+    ("sweep.json", b"PK\x03\x04 data", "zip archive"), ("sweep.json", b"\x93NUMPY data", "numpy data file"),
+    ("sweep.csv", b"#!/bin/sh\necho hi\n", "another kind"),
     ("sweep.csv", b"a,b\n1,2\n", "file of another kind")])
 def test_a_users_file_at_a_sweep_file_name_is_not_overwritten(tiny, tmp_path, capsys, name, content, kind):
     """A user's script, data or JSON at sweep.json / sweep.csv in the sweep's folder was replaced
