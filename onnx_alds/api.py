@@ -155,19 +155,19 @@ def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Seq
 
 
 def _value_sized_macs_note(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> list[str]:
-    """A note when layers' input sizes depend on the values the model computes (tokens routed to experts by
-    TopK and NonZero): their MACs are those of one run on probe inputs, not of every input."""
+    """A note when layers' input sizes depend on the values of the inputs (tokens routed to experts by TopK and
+    NonZero, a sequence cut to the length of a mask): their MACs are those of one run on probe inputs."""
     from .checks import value_sized_tensors
 
-    sized = value_sized_tensors(model)
+    sized = value_sized_tensors(model, from_inputs=True)
     hit = [(node, sized[name]) for node in nodes for name in macs_tensors(node) if name in sized]
     if not hit:
         return []
     node, why = hit[0]
     count = len({id(node) for node, _ in hit})
-    return [f"the MACs of {count} layer(s) (first: '{node.name}') depend on the values the model computes (their "
-            f"input's size follows a {why}, e.g. tokens routed to experts): counted on one run on zero inputs, they "
-            "and a --keep-flops budget hold for such inputs, not for every input"]
+    return [f"the MACs of {count} layer(s) (first: '{node.name}') depend on the values of the inputs (their input's "
+            f"size follows a {why}, e.g. tokens routed to experts): counted on one run on probe inputs (zeros, masks "
+            "of ones), they and a --keep-flops budget hold for such inputs, not for every input"]
 
 
 def calibration_shape_hints(calibration: Any) -> dict[str, tuple[int, ...]]:

@@ -457,6 +457,9 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
     if feeds is None:
         return None
     try:
+        empty = _unsafe_sizes(model, {name: feed.shape for name, feed in feeds.items()}, largest=None, inferred=False)
+        if empty is not None:  # (ONNX Runtime's kernels can divide by an empty size: the process killed, no message)
+            raise RuntimeError(f"not run: {empty}")
         values = _run_quietly(session, feeds)
     except Exception as exc:
         message = runtime_error_text(exc)
@@ -467,7 +470,8 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                 raise ModelLoadError(f"ONNX Runtime cannot run the model at the input shapes given "
                                      f"({show_input_shapes(given, ' ')}: "
                                      f"{message}); check that the --input-shape values fit the model") from None
-            runs_at = _first_dim_that_runs(session, model, found.probe_shapes)
+            runs_at = None if message.startswith("not run: ") else _first_dim_that_runs(session, model,
+                                                                                        found.probe_shapes)
             if runs_at is not None:  # the first dim the tool set to 1 is no free batch (samples × time steps)
                 chosen = {spec.name: found.probe_shapes[spec.name] for spec in graph_inputs(model)
                           if spec.name in found.probe_shapes and not isinstance(spec.dims[0], int)}
@@ -488,12 +492,10 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
                                "run-checked: check that these shapes fit together (--input-shape sets them) and "
                                "that ONNX Runtime runs the model on real inputs (onnx-alds validate)")
             return None
-        elsewhere = _probe_elsewhere(session, model, found)
+        elsewhere, tried = _probe_elsewhere(session, model, found)
         if elsewhere is None:
-            calibration = " or at the calibration arrays' sizes" if found.sample_shapes else ""
             found.notes.append(f"ONNX Runtime could not run the model on probe inputs (dynamic dims set to 1, "
-                               f"non-float inputs 0: {quoted}; nor with its dynamic dims after the first at "
-                               f"{' or '.join(map(str, PROBE_SIZES))}{calibration}); the output is not run-checked "
+                               f"non-float inputs 0: {quoted}); {'; '.join(tried)}: the output is not run-checked "
                                "(give every dynamic dim with --input-shape to check it)")
             return None
         shapes, values, where = elsewhere
@@ -512,11 +514,11 @@ PROBE_SIZES = (64, 224)  # dynamic dims after the first, tried where 1 does not 
 
 
 def _probe_elsewhere(session, model: onnx.ModelProto, found: InputCheck
-                     ) -> Optional[tuple[dict[str, tuple[int, ...]], list, str]]:
+                     ) -> tuple[Optional[tuple[dict[str, tuple[int, ...]], list, str]], list[str]]:
     """Where the probe at dynamic dims of 1 failed: the shapes, outputs and a few words on where of the first
     run that works, at the calibration arrays' sizes (``found.sample_shapes``), else with every dynamic dim
-    after the first at each of :data:`PROBE_SIZES` (the first dim stays 1; ``found.probe_shapes`` as given);
-    None when none runs."""
+    after the first at each of :data:`PROBE_SIZES` (the first dim stays 1; ``found.probe_shapes`` as given),
+    or None when none runs; and what became of each size tried (run and failed, or not run and why)."""
     specs = graph_inputs(model)
     tries = []
     if found.sample_shapes:
@@ -528,34 +530,41 @@ def _probe_elsewhere(session, model: onnx.ModelProto, found: InputCheck
                                         or (d if isinstance(d, int) else 1 if axis == 0 else size
                                             for axis, d in enumerate(spec.dims))) for spec in specs},
                       f"its dynamic dims after the first set to {size}"))
+    tried = []
     for shapes, where in tries:
         feeds = _probe_feeds(model, shapes)
-        if feeds is None or not _sized_within_limits(model, shapes):
+        unsafe = "too large" if feeds is None else _unsafe_sizes(model, shapes)
+        if unsafe is not None:
+            tried.append(f"at {where} not run ({unsafe})")
             continue
         try:
-            return shapes, _run_quietly(session, feeds), where
+            return (shapes, _run_quietly(session, feeds), where), tried
         except Exception:  # noqa: BLE001 - not at these sizes either (out of memory there too: sizes we chose)
-            continue
-    return None
+            tried.append(f"at {where} it failed too")
+    return None, tried
 
 
 PROBE_TENSOR_LIMIT = 1 << 27  # elements: a tensor larger than this at a size the tool chose is no probe of it
 
 
-def _sized_within_limits(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
-    """Whether ONNX shape inference at ``shapes`` (weights stubbed) sizes no tensor empty (a pool wider than the
-    input: ONNX Runtime's kernels can divide by the empty size and kill the process) nor above
-    :data:`PROBE_TENSOR_LIMIT` elements (attention over every pixel at 224 × 224); False also when inference
-    fails there."""
+def _unsafe_sizes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
+                  largest: Optional[int] = PROBE_TENSOR_LIMIT, inferred: bool = True) -> Optional[str]:
+    """Why not to run the model at ``shapes``, by ONNX shape inference there (weights stubbed): a tensor it
+    sizes empty along an axis after the second (a pool wider than its input: ONNX Runtime's kernels can divide
+    by the empty size and kill the process), or of more than ``largest`` elements (attention over every pixel at 224 × 224); with
+    ``inferred``, shapes inference cannot follow. None when none of these."""
     from .shapes import known_shapes, static_copy
 
     try:
-        inferred = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True)
-    except Exception:  # noqa: BLE001 - shapes that do not fit together
-        return False
-    graph = inferred.graph
-    sized = known_shapes(list(graph.value_info) + list(graph.output))
-    return all(0 not in dims and math.prod(dims) <= PROBE_TENSOR_LIMIT for dims in sized.values())
+        graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph
+    except Exception as exc:  # noqa: BLE001 - shapes that do not fit together
+        return f"shape inference fails there: {first_line(exc, 120)}" if inferred else None
+    for name, dims in known_shapes(list(graph.value_info) + list(graph.output)).items():
+        if 0 in dims[2:]:  # (no channels is legal and runs: an empty weight's output, [1, 0, 6, 6])
+            return f"tensor '{name}' would be empty, {'x'.join(map(str, dims))}"
+        if largest is not None and math.prod(dims) > largest:
+            return f"tensor '{name}' would hold {math.prod(dims):.3g} values"
+    return None
 
 
 VALUE_SIZED_OPS = ("NonZero", "NonMaxSuppression", "Compress", "Unique")  # output size: a count of values
@@ -577,6 +586,9 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
                           onnx.TensorProto.BFLOAT16})
 
 
+_SHAPED_BY_DATA = ("ScatterND", "ScatterElements", "Scatter")  # output shape: input 0's, whatever the indices
+
+
 def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph outputs whose size depends on the values computed, not only on the input shapes. Output name →
     the op that makes it so: a :data:`VALUE_SIZED_OPS` node (the non-zeros of a mask, the boxes kept by
@@ -591,14 +603,15 @@ def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
     return {output.name: sized[output.name] for output in model.graph.output if output.name in sized}
 
 
-def value_sized_tensors(model: onnx.ModelProto) -> dict[str, str]:
+def value_sized_tensors(model: onnx.ModelProto, *, from_inputs: bool = False) -> dict[str, str]:
     """Every main-graph tensor whose size depends on the values computed (by the rules of
-    :func:`value_sized_outputs`): tensor name → the op that makes it so."""
+    :func:`value_sized_outputs`): tensor name → the op that makes it so. ``from_inputs``: a size argument
+    computed from an input's values counts too (a sequence cut to the length an integer mask sums to)."""
     graph = model.graph
     computed = {i.name for i in graph.input if i.type.tensor_type.elem_type in _FLOAT_TYPES}  # values from floats
     float_constants = _float_constants(graph)
     input_valued = {i.name for i in graph.input} - float_constants  # values from the inputs' values
-    return _sizes_from_values(graph, computed, input_valued, float_constants)
+    return _sizes_from_values(graph, computed, input_valued, float_constants, from_inputs)
 
 
 def _float_constants(graph: onnx.GraphProto) -> set[str]:
@@ -613,14 +626,15 @@ def _float_constants(graph: onnx.GraphProto) -> set[str]:
 
 
 def _sizes_from_values(graph: onnx.GraphProto, computed: set[str], input_valued: set[str],
-                       float_constants: set[str]) -> dict[str, str]:
+                       float_constants: set[str], from_inputs: bool = False) -> dict[str, str]:
     """Tensor → why its size depends on the values, for :func:`value_sized_outputs`, walking ``graph`` in its
     (topological) order; ``computed`` (values from the model's float values) and ``input_valued`` (values
     from the inputs' values) grow as it goes, and a body sees its outer graph's sets."""
     sized: dict[str, str] = {}
     for node in graph.node:
         inputs = [name for name in node.input if name]
-        why = next((sized[name] for name in inputs if name in sized), None)
+        shaping = inputs[:1] if node.op_type in _SHAPED_BY_DATA else inputs  # (a scatter's output: its data's size)
+        why = next((sized[name] for name in shaping if name in sized), None)
         bodies = [sub for attribute in node.attribute
                   for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs))]
         if node.op_type in ("Shape", "Size"):  # values: the input's shape
@@ -634,12 +648,13 @@ def _sizes_from_values(graph: onnx.GraphProto, computed: set[str], input_valued:
                 why = node.op_type
             elif why is None and node.op_type in SIZE_ARGUMENTS:
                 positions, what = SIZE_ARGUMENTS[node.op_type]
-                if any(p < len(node.input) and node.input[p] in computed for p in positions):
+                if any(p < len(node.input) and (node.input[p] in computed or (from_inputs and node.input[p] in
+                                                                               input_valued)) for p in positions):
                     why = f"{node.op_type} with {what} computed at run time"
             for body in bodies if why is None else ():  # its formal inputs (a Loop's, a Scan's) come from values
                 inner = _sizes_from_values(
                     body, computed | {i.name for i in body.input}, input_valued | {i.name for i in body.input},
-                    float_constants | _float_constants(body))
+                    float_constants | _float_constants(body), from_inputs)
                 why = next(iter(inner.values()), None)
                 if why:
                     break

@@ -874,15 +874,41 @@ GRAPH_DIGEST_KEY = "onnx_alds.graph_sha1"  # the graph onnx-alds wrote (graph_di
 
 
 def graph_digest(model: onnx.ModelProto) -> str:
-    """SHA-1 of the main graph's structure: each node's op, domain, inputs and outputs (in sorted order, names
-    of nodes left out), and the graph's inputs and outputs; the weights' values are not in it (distillation
-    changes them). A model another tool rewrote (quantized, fused, simplified) has another."""
+    """SHA-1 of the model's structure: the opsets and IR version; every node's op, domain, inputs, outputs and
+    attributes (a body graph's structure by the same rule, a tensor attribute by its type and dims), in
+    sorted order, node names left out; the graph's inputs and outputs with their types; the initializers'
+    names, types and dims. The weights' values are not in it (distillation changes them, and hashing them
+    would read every weight). A model another tool rewrote (quantized, fused, converted to float16 or to
+    another opset, an attribute edited) has another."""
     import hashlib
 
-    graph = model.graph
-    lines = sorted("\0".join([node.domain, node.op_type, *node.input, "->", *node.output]) for node in graph.node)
-    lines += ["inputs", *(value.name for value in graph.input), "outputs", *(value.name for value in graph.output)]
+    lines = [f"ir {model.ir_version}", *sorted(f"opset {entry.domain}:{entry.version}" for entry in model.opset_import)]
+    lines += _structure_lines(model.graph)
     return hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _structure_lines(graph: onnx.GraphProto) -> list[str]:
+    """The lines of :func:`graph_digest` for one graph (bodies inline, by their attribute)."""
+    def attribute(entry: onnx.AttributeProto) -> str:
+        if entry.type == onnx.AttributeProto.GRAPH:
+            return f"{entry.name}=graph[" + "|".join(_structure_lines(entry.g)) + "]"
+        if entry.type == onnx.AttributeProto.GRAPHS:
+            return f"{entry.name}=graphs[" + "||".join("|".join(_structure_lines(g)) for g in entry.graphs) + "]"
+        if entry.type == onnx.AttributeProto.TENSOR:
+            return f"{entry.name}=tensor {entry.t.data_type} {list(entry.t.dims)}"
+        kept = onnx.AttributeProto()
+        kept.CopyFrom(entry)
+        kept.ClearField("doc_string")
+        return f"{entry.name}={kept.SerializeToString().hex()}"
+
+    def typed(value: onnx.ValueInfoProto) -> str:
+        return f"{value.name}:{value.type.SerializeToString().hex()}"
+
+    nodes = sorted("\0".join([node.domain, node.op_type, *node.input, "->", *node.output,
+                               *sorted(attribute(entry) for entry in node.attribute)]) for node in graph.node)
+    tensors = sorted(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)}" for tensor in graph.initializer)
+    return [*nodes, "inputs", *map(typed, graph.input), "outputs", *map(typed, graph.output), "initializers",
+            *tensors]
 
 
 def is_onnx_alds_output(model: onnx.ModelProto) -> bool:

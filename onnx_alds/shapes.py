@@ -96,7 +96,8 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
 
 def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
                          names: list[str], store=None) -> dict[str, tuple[int, ...]]:
-    """Run the model once on zero inputs with ``names`` added as graph outputs."""
+    """Run the model once on zero inputs (masks of ones: an all-zero attention mask can empty a sequence cut to
+    the mask's length) with ``names`` added as graph outputs."""
     try:
         from .runtime import make_session
     except ImportError:  # pragma: no cover - runtime.py itself always imports
@@ -109,7 +110,8 @@ def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tupl
             probe.graph.output.append(helper.ValueInfoProto(name=name))
     try:
         session = make_session(probe, "cpu", store=store, prepack=False)
-        feeds = {spec.name: np.zeros(input_shapes[spec.name], dtype=spec.dtype) for spec in graph_inputs(model)}
+        feeds = {spec.name: (np.ones if "mask" in spec.name.lower() and spec.dtype.kind in "iub" else np.zeros)(
+            input_shapes[spec.name], dtype=spec.dtype) for spec in graph_inputs(model)}  # (as random_inputs' masks)
         outputs = session.run(names, feeds)
     except Exception as exc:
         log.info("ONNX Runtime could not size %d tensors: %s", len(names), str(exc).splitlines()[0])

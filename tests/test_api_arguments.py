@@ -552,3 +552,14 @@ def test_an_output_another_tool_changed_is_the_users(tmp_path):
         save_model(result.model, tmp_path / "small.int8.onnx")
     assert (tmp_path / "small.int8.onnx").read_bytes() == before
     save_model(result.model, tmp_path / "resaved.onnx")  # (an earlier output, re-saved by onnx: replaced)
+    # edits that keep the node list: an attribute, the opset, an element type, a node inside a body
+    edits = {"alpha": lambda m: next(n for n in m.graph.node if n.op_type == "Gemm").attribute.append(
+                 onnx.helper.make_attribute("alpha", 2.0)),
+             "opset": lambda m: m.opset_import[0].__setattr__("version", m.opset_import[0].version + 1),
+             "output type": lambda m: m.graph.output[0].type.tensor_type.__setattr__("elem_type",
+                                                                                   onnx.TensorProto.DOUBLE)}
+    for name, change in edits.items():
+        edited = onnx.load(str(tmp_path / "small.onnx"))
+        change(edited)
+        onnx.save(edited, str(tmp_path / "edited.onnx"))
+        assert existing_file_kind(tmp_path / "edited.onnx") == "ONNX model", name

@@ -661,7 +661,7 @@ def test_the_probe_skips_sizes_where_a_tensor_would_be_empty_or_huge(tmp_path):
     import sys
 
     from conftest import make_model
-    from onnx_alds.checks import _sized_within_limits
+    from onnx_alds.checks import _unsafe_sizes
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
@@ -671,18 +671,31 @@ def test_the_probe_skips_sizes_where_a_tensor_would_be_empty_or_huge(tmp_path):
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, None, None])],
                        [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w0"),
                         numpy_helper.from_array(rng.standard_normal((8, 16, 1, 1)).astype(np.float32), "w1")])
-    assert not _sized_within_limits(model, {"x": (1, 3, 64, 64)})
-    assert _sized_within_limits(model, {"x": (1, 3, 224, 224)})
+    assert _unsafe_sizes(model, {"x": (1, 3, 64, 64)}) == "tensor 'p' would be empty, 1x16x0x0"
+    assert _unsafe_sizes(model, {"x": (1, 3, 224, 224)}) is None
     huge = make_model([helper.make_node("MatMul", ["x", "x"], ["y"])],
                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", "S"])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", "S"])], [])
-    assert _sized_within_limits(huge, {"x": (1, 64, 64)}) and not _sized_within_limits(huge, {"x": (1, 20000, 20000)})
+    assert _unsafe_sizes(huge, {"x": (1, 64, 64)}) is None
+    assert _unsafe_sizes(huge, {"x": (1, 20000, 20000)}) == "tensor 'y' would hold 4e+08 values"
     onnx.save(model, str(tmp_path / "pool.onnx"))
     done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", "compress", str(tmp_path / "pool.onnx"), "-o",
                            str(tmp_path / "out.onnx"), "--keep-params", "0.5", "--rank-multiple", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "it ran at x:1x3x224x224 (its dynamic dims after the first set to 224)" in done.stdout + done.stderr
+    # a 2x2 pool: empty at dims of 1 already, where the first probe ran it (SIGFPE, exit 136)
+    pooled = onnx.ModelProto()
+    pooled.CopyFrom(model)
+    pool = next(node for node in pooled.graph.node if node.op_type == "AveragePool")
+    pool.op_type = "MaxPool"
+    pool.attribute[0].ints[:] = [2, 2]
+    onnx.save(pooled, str(tmp_path / "pool2.onnx"))
+    done = subprocess.run([sys.executable, "-m", "onnx_alds.cli", "compress", str(tmp_path / "pool2.onnx"), "-o",
+                           str(tmp_path / "out2.onnx"), "--keep-params", "0.5", "--rank-multiple", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "(not run: tensor 'p' would be empty, 1x16x0x0); it ran at x:1x3x64x64" in done.stdout + done.stderr
 
 
 def test_macs_of_layers_sized_by_the_values_say_so():
@@ -708,7 +721,7 @@ def test_macs_of_layers_sized_by_the_values_say_so():
                         numpy_helper.from_array(np.array([1]), "axes"), numpy_helper.from_array(np.array([0]), "axes0"),
                         numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
     notes = compress(model, keep_params=0.8, input_shapes={"x": (4, 32)}).report.notes
-    assert any("the MACs of 1 layer(s) (first: 'expert') depend on the values the model computes (their input's "
+    assert any("the MACs of 1 layer(s) (first: 'expert') depend on the values of the inputs (their input's "
                "size follows a NonZero" in note for note in notes)
 
 
