@@ -805,6 +805,9 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     kept them (docs/ACCURACY.md).
     One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
     weights held). ``store``: the models' dense weights are read through it (stubs)."""
+    if found.runtime_loads and found.runtime_outputs is None and model_bytes(original, store) > _RUN_LIMIT:
+        return RandomCheck(None, reason=f"the model is over the checks' run limit of {_RUN_LIMIT >> 20} MiB (loaded "
+                                        "in ONNX Runtime to check it, not run)")
     if not found.runtime_loads or found.runtime_outputs is None:
         return RandomCheck(None, reason="ONNX Runtime did not run the original in the checks")
     if model_bytes(original, store) > _RUNTIME_LIMIT:

@@ -871,11 +871,13 @@ def has_onnx_alds_metadata(model: onnx.ModelProto) -> bool:
 
 
 GRAPH_DIGEST_KEY = "onnx_alds.graph_sha1"  # the graph onnx-alds wrote (graph_digest): another tool's edit changes it
+GRAPH_DIGEST_VERSION = 1  # of graph_digest's rule: a digest of another rule (another release) is not compared
 
 
 def graph_digest(model: onnx.ModelProto) -> str:
-    """SHA-1 of the model's structure: the opsets and IR version; every node's op, domain, inputs, outputs and
-    attributes (a body graph's structure by the same rule, a tensor attribute by its type and dims), in
+    """``<rule version>:`` and the SHA-1 of the model's structure: the opsets and IR version; every node's op,
+    domain, inputs, outputs and attributes (a body graph's structure by the same rule, a tensor attribute by
+    its type and dims), in
     sorted order, node names left out; the graph's inputs and outputs with their types; the initializers'
     names, types and dims. The weights' values are not in it (distillation changes them, and hashing them
     would read every weight). A model another tool rewrote (quantized, fused, converted to float16 or to
@@ -884,7 +886,7 @@ def graph_digest(model: onnx.ModelProto) -> str:
 
     lines = [f"ir {model.ir_version}", *sorted(f"opset {entry.domain}:{entry.version}" for entry in model.opset_import)]
     lines += _structure_lines(model.graph)
-    return hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+    return f"{GRAPH_DIGEST_VERSION}:" + hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def _structure_lines(graph: onnx.GraphProto) -> list[str]:
@@ -913,12 +915,15 @@ def _structure_lines(graph: onnx.GraphProto) -> list[str]:
 
 def is_onnx_alds_output(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is an earlier onnx-alds output as it was written: onnx-alds' metadata, and the graph
-    its :data:`GRAPH_DIGEST_KEY` names (outputs of versions that wrote no digest count by the metadata alone).
+    its :data:`GRAPH_DIGEST_KEY` names (outputs of versions that wrote no digest, or a digest of another rule,
+    count by the metadata alone).
     A compressed model that another tool then quantized keeps the metadata but is that tool's output."""
     if not has_onnx_alds_metadata(model):
         return False
     recorded = next((entry.value for entry in model.metadata_props if entry.key == GRAPH_DIGEST_KEY), None)
-    return recorded is None or recorded == graph_digest(model)
+    if recorded is None or not recorded.startswith(f"{GRAPH_DIGEST_VERSION}:"):
+        return True
+    return recorded == graph_digest(model)
 
 
 def _references_file(model_path: Path, data_name: str) -> bool:

@@ -1664,8 +1664,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     crashed: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     phase_start = time.time()
-    emit(f"sweep: {len(tasks)} variants ({reused} done before, {len(todo)} to compute) on engine "
-         f"{engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped"
+    emit(f"sweep: {len(tasks)} variant{'s' if len(tasks) != 1 else ''} ({reused} done before, {len(todo)} to "
+         f"compute) on engine {engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped"
                              if skipped else ""))
     bar = tqdm(total=len(tasks), initial=reused, desc="sweep", unit="variant", disable=not show, leave=False)
 

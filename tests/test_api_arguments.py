@@ -563,3 +563,17 @@ def test_an_output_another_tool_changed_is_the_users(tmp_path):
         change(edited)
         onnx.save(edited, str(tmp_path / "edited.onnx"))
         assert existing_file_kind(tmp_path / "edited.onnx") == "ONNX model", name
+
+
+def test_a_graph_digest_of_another_rule_is_not_compared():
+    """A release that digests graphs by another rule must not take every earlier output for another tool's:
+    a digest of another rule version counts by the metadata alone."""
+    from onnx_alds.model_io import GRAPH_DIGEST_KEY, is_onnx_alds_output
+
+    model = compress(small_cnn(), keep_params=0.6).model
+    entry = next(entry for entry in model.metadata_props if entry.key == GRAPH_DIGEST_KEY)
+    assert entry.value.startswith("1:") and is_onnx_alds_output(model)
+    entry.value = "1:" + "0" * 40
+    assert not is_onnx_alds_output(model)
+    entry.value = "99:" + "0" * 40
+    assert is_onnx_alds_output(model)
