@@ -1189,8 +1189,8 @@ def load_model_data(model: SweepModel, need_calibration: bool) -> ModelData:
     loaded = [(spec, spec.source.load(proto)) for spec in model.evals]
     for spec, inputs in loaded:
         if spec.source.limit is not None and spec.source.limit > len(inputs):
-            notes.append(f"--limit {spec.source.limit} is more than the {len(inputs)} samples of {inputs.source}: "
-                         "validated on all of them")
+            notes.append(f"--limit {spec.source.limit} is more than the {len(inputs)} samples of the held-out data: "
+                         "validated on all of them")  # (rows hold no paths outside the sweep's folder)
     evals = tuple((spec, _whole_batches(proto, inputs, notes)) for spec, inputs in loaded)
     if not evals:
         raise InputDataError(f"model '{model.name}' has no held-out data to validate on; give --inputs, --images "

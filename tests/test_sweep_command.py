@@ -921,6 +921,7 @@ def test_a_limit_above_the_sample_count_is_noted(tiny, tmp_path, capsys):
     assert run(args(tmp_path / "o1", "100000"), capsys)[0] == 0
     notes = record(tmp_path / "o1")["rows"][0]["notes"]
     assert any("--limit 100000 is more than the 40 samples" in note for note in notes)
+    assert not any(str(tiny) in note for note in notes)  # (rows hold no paths outside the sweep's folder)
     assert run(args(tmp_path / "o2", "20"), capsys)[0] == 0
     assert not any("--limit" in note for note in record(tmp_path / "o2")["rows"][0].get("notes", []))
 
