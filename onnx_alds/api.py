@@ -166,8 +166,8 @@ def _value_sized_macs_note(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProt
     node, why = hit[0]
     count = len({id(node) for node, _ in hit})
     return [f"the MACs of {count} layer(s) (first: '{node.name}') depend on the values of the inputs (their input's "
-            f"size follows a {why}, e.g. tokens routed to experts): counted on one run on probe inputs (zeros, masks "
-            "of ones), they and a --keep-flops budget hold for such inputs, not for every input"]
+            f"size follows a {why}): counted on one run on probe inputs (zeros, masks of ones), they and a "
+            "--keep-flops budget hold for such inputs, not for every input"]
 
 
 def calibration_shape_hints(calibration: Any) -> dict[str, tuple[int, ...]]:

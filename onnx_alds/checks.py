@@ -457,9 +457,10 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
     if feeds is None:
         return None
     try:
-        empty = _unsafe_sizes(model, {name: feed.shape for name, feed in feeds.items()}, largest=None, inferred=False)
-        if empty is not None:  # (ONNX Runtime's kernels can divide by an empty size: the process killed, no message)
-            raise RuntimeError(f"not run: {empty}")
+        empty = None if refuse else _unsafe_sizes(model, {name: feed.shape for name, feed in feeds.items()},
+                                                  largest=None, inferred=False)
+        if empty is not None:  # dims the tool set to 1 (ONNX Runtime's kernels can divide by an empty size: the
+            raise RuntimeError(f"not run: {empty}")  # process killed, no message; at the model's own shapes: its run)
         values = _run_quietly(session, feeds)
     except Exception as exc:
         message = runtime_error_text(exc)
@@ -555,11 +556,14 @@ def _unsafe_sizes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]],
     ``inferred``, shapes inference cannot follow. None when none of these."""
     from .shapes import known_shapes, static_copy
 
+    from .layers import iter_graphs
+
     try:
         graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph
     except Exception as exc:  # noqa: BLE001 - shapes that do not fit together
         return f"shape inference fails there: {first_line(exc, 120)}" if inferred else None
-    for name, dims in known_shapes(list(graph.value_info) + list(graph.output)).items():
+    values = [value for _, body in iter_graphs(graph) for value in list(body.value_info) + list(body.output)]
+    for name, dims in known_shapes(values).items():  # (a pool inside an If branch too)
         if 0 in dims[2:]:  # (no channels is legal and runs: an empty weight's output, [1, 0, 6, 6])
             return f"tensor '{name}' would be empty, {'x'.join(map(str, dims))}"
         if largest is not None and math.prod(dims) > largest:
@@ -586,7 +590,9 @@ _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.
                           onnx.TensorProto.BFLOAT16})
 
 
-_SHAPED_BY_DATA = ("ScatterND", "ScatterElements", "Scatter")  # output shape: input 0's, whatever the indices
+_SHAPED_BY = {"ScatterND": 1, "ScatterElements": 1, "Scatter": 1}  # output shape: input 0's, whatever the indices
+# (a Gather's output takes its indices' shape along the axis it gathers: a table cut to a computed length,
+# indexed by positions, gives a tensor of the positions' size)
 
 
 def value_sized_outputs(model: onnx.ModelProto) -> dict[str, str]:
@@ -633,7 +639,8 @@ def _sizes_from_values(graph: onnx.GraphProto, computed: set[str], input_valued:
     sized: dict[str, str] = {}
     for node in graph.node:
         inputs = [name for name in node.input if name]
-        shaping = inputs[:1] if node.op_type in _SHAPED_BY_DATA else inputs  # (a scatter's output: its data's size)
+        shaping = (inputs[:_SHAPED_BY[node.op_type]] if node.op_type in _SHAPED_BY else
+                   inputs[1:2] if node.op_type in ("Gather", "GatherElements") else inputs)
         why = next((sized[name] for name in shaping if name in sized), None)
         bodies = [sub for attribute in node.attribute
                   for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs))]

@@ -875,18 +875,48 @@ GRAPH_DIGEST_VERSION = 1  # of graph_digest's rule: a digest of another rule (an
 
 
 def graph_digest(model: onnx.ModelProto) -> str:
-    """``<rule version>:`` and the SHA-1 of the model's structure: the opsets and IR version; every node's op,
-    domain, inputs, outputs and attributes (a body graph's structure by the same rule, a tensor attribute by
-    its type and dims), in
-    sorted order, node names left out; the graph's inputs and outputs with their types; the initializers'
-    names, types and dims. The weights' values are not in it (distillation changes them, and hashing them
+    """``<rule version>:`` and the SHA-1 of the model's structure: the IR version and the opsets of the domains
+    its nodes use; every node's op, domain, inputs, outputs and attributes (a body graph's structure by the
+    same rule), in sorted order, node names left out; the model-local functions by the same rule; the graph's
+    inputs with their types, its outputs with their element types (shape inference fills in their dims); the
+    initializers' and tensor attributes' names, types and dims, and the values of small integer ones
+    (shapes, axes, bounds). Float weights' values are not in it (distillation changes them, and hashing them
     would read every weight). A model another tool rewrote (quantized, fused, converted to float16 or to
-    another opset, an attribute edited) has another."""
+    another opset, an attribute, a shape constant or a function edited) has another."""
     import hashlib
 
-    lines = [f"ir {model.ir_version}", *sorted(f"opset {entry.domain}:{entry.version}" for entry in model.opset_import)]
+    used = {""} | {node.domain for _, graph in _graphs_of(model) for node in graph.node}
+    lines = [f"ir {model.ir_version}", *sorted(f"opset {entry.domain}:{entry.version}" for entry in model.opset_import
+                                               if entry.domain in used)]
     lines += _structure_lines(model.graph)
+    for function in sorted(model.functions, key=lambda f: (f.domain, f.name)):
+        body = onnx.GraphProto(node=function.node)
+        lines += [f"function {function.domain}:{function.name}({','.join(function.input)})->"
+                  f"({','.join(function.output)}) attributes {','.join(function.attribute)}",
+                  *sorted(f"opset {entry.domain}:{entry.version}" for entry in function.opset_import),
+                  *_structure_lines(body)]
     return f"{GRAPH_DIGEST_VERSION}:" + hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _graphs_of(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The main graph, every body graph in it, and the functions' nodes as graphs."""
+    from .layers import iter_graphs
+
+    yield from iter_graphs(model.graph)
+    for function in model.functions:
+        yield from iter_graphs(onnx.GraphProto(node=function.node))
+
+
+_DIGESTED_VALUES = 4096  # integer tensors up to this many elements enter the graph digest with their values
+
+
+def _tensor_text(tensor: onnx.TensorProto) -> str:
+    """A tensor in :func:`graph_digest`: name, type, dims, and the values of a small integer one."""
+    text = f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)}"
+    kind = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).kind if tensor.data_type else "?"
+    if kind in "iub" and not _is_external(tensor) and int(np.prod(tensor.dims, dtype=np.int64)) <= _DIGESTED_VALUES:
+        text += ":" + numpy_helper.to_array(tensor).tobytes().hex()
+    return text
 
 
 def _structure_lines(graph: onnx.GraphProto) -> list[str]:
@@ -897,20 +927,18 @@ def _structure_lines(graph: onnx.GraphProto) -> list[str]:
         if entry.type == onnx.AttributeProto.GRAPHS:
             return f"{entry.name}=graphs[" + "||".join("|".join(_structure_lines(g)) for g in entry.graphs) + "]"
         if entry.type == onnx.AttributeProto.TENSOR:
-            return f"{entry.name}=tensor {entry.t.data_type} {list(entry.t.dims)}"
+            return f"{entry.name}=tensor {_tensor_text(entry.t)}"
         kept = onnx.AttributeProto()
         kept.CopyFrom(entry)
         kept.ClearField("doc_string")
         return f"{entry.name}={kept.SerializeToString().hex()}"
 
-    def typed(value: onnx.ValueInfoProto) -> str:
-        return f"{value.name}:{value.type.SerializeToString().hex()}"
-
     nodes = sorted("\0".join([node.domain, node.op_type, *node.input, "->", *node.output,
                                *sorted(attribute(entry) for entry in node.attribute)]) for node in graph.node)
-    tensors = sorted(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)}" for tensor in graph.initializer)
-    return [*nodes, "inputs", *map(typed, graph.input), "outputs", *map(typed, graph.output), "initializers",
-            *tensors]
+    inputs = [f"{value.name}:{value.type.SerializeToString().hex()}" for value in graph.input]
+    outputs = [f"{value.name}:{value.type.tensor_type.elem_type}" for value in graph.output]
+    return [*nodes, "inputs", *inputs, "outputs", *outputs, "initializers",
+            *sorted(map(_tensor_text, graph.initializer))]
 
 
 def is_onnx_alds_output(model: onnx.ModelProto) -> bool:

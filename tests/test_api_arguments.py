@@ -577,3 +577,32 @@ def test_a_graph_digest_of_another_rule_is_not_compared():
     assert not is_onnx_alds_output(model)
     entry.value = "99:" + "0" * 40
     assert is_onnx_alds_output(model)
+
+
+def test_the_graph_digest_follows_functions_and_shape_constants_not_inferred_dims():
+    """An edited model-local function and an edited Reshape shape were overwritten as earlier outputs; an
+    output's dims filled in by shape inference, or an unused opset import ONNX Runtime adds, were refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.model_io import graph_digest
+
+    function = helper.make_function("local", "Act", ["x"], ["y"], [helper.make_node("Relu", ["x"], ["y"])],
+                                    [helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("Act", ["x"], ["a"], domain="local"), helper.make_node("Reshape", ["a", "shape"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([-1, 2, 2]), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[function])
+    digest = graph_digest(model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    assert graph_digest(inferred) == digest
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    edited.functions[0].node[0].op_type = "Sigmoid"
+    assert graph_digest(edited) != digest
+    edited.CopyFrom(model)
+    edited.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([-1, 4, 1]), "shape"))
+    assert graph_digest(edited) != digest

@@ -747,3 +747,45 @@ def test_calibration_arrays_with_an_empty_past_count_the_macs():
     report = compress(model, keep_flops=0.8, calibration=calibration).report
     assert report.macs_before == 3 * 32 * 32
     assert any("MACs counted at the calibration arrays' sizes (x:1x3x32 past:1x0x32)" in note for note in report.notes)
+
+
+def test_empty_axes_are_found_in_bodies_and_a_static_empty_past_still_runs():
+    """A pool inside an If branch still killed the process at dims of 1 (the check read the main graph only);
+    a static KV cache of past length 0, which ONNX Runtime runs, was refused as if it had failed."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.checks import _unsafe_sizes, value_sized_tensors
+
+    rng = np.random.default_rng(0)
+    branch = helper.make_graph([helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2])], "then", [],
+                               [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 16, "h", "w"])])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=helper.make_graph(
+                 [helper.make_node("Identity", ["a"], ["q"])], "else", [],
+                 [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", 16, "h", "w"])]))]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, "h", "w"])],
+                       [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w"),
+                        numpy_helper.from_array(np.array(True), "cond")])
+    assert _unsafe_sizes(model, {"x": (1, 3, 1, 1)}, largest=None) == "tensor 'p' would be empty, 1x16x0x0"
+    past = make_model([helper.make_node("Concat", ["past", "x"], ["kv"], axis=1),
+                       helper.make_node("MatMul", ["kv", "w"], ["y"], name="proj")],
+                      [helper.make_tensor_value_info("past", TensorProto.FLOAT, [1, 0, 32]),
+                       helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32])],
+                      [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
+    result = compress(past, keep_params=0.8)
+    assert result.report.random_output_change is not None
+    # a table cut to a computed length and indexed by positions is of the positions' size: no MACs note
+    rotary = make_model([helper.make_node("ReduceMax", ["pos"], ["top"], keepdims=1),
+                         helper.make_node("Add", ["top", "one"], ["end"]),
+                         helper.make_node("Slice", ["table", "zero", "end"], ["cut"]),
+                         helper.make_node("Gather", ["cut", "pos"], ["rows"], axis=0),
+                         helper.make_node("MatMul", ["rows", "w"], ["y"], name="proj")],
+                        [helper.make_tensor_value_info("pos", TensorProto.INT64, [8])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32])],
+                        [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "table"),
+                         numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+                         numpy_helper.from_array(np.array([1]), "one"), numpy_helper.from_array(np.array([0]), "zero")])
+    sized = value_sized_tensors(rotary, from_inputs=True)
+    assert "cut" in sized and "rows" not in sized and "y" not in sized

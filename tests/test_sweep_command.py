@@ -185,9 +185,9 @@ def test_changed_inputs_are_redone(tiny, tmp_path, capsys):
     row = record(out)["rows"][0]
     assert row["quality_metric"] == "agreement" and "accuracy" not in row  # random inputs: no labels
     code, stdout, _ = run(args(8), capsys)
-    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    assert code == 0 and "1 variant (1 done before, 0 to compute)" in stdout
     code, stdout, _ = run(args(9), capsys)  # other validation data: the fingerprint differs
-    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert code == 0 and "1 variant (0 done before, 1 to compute)" in stdout
     assert record(out)["rows"][0]["agreement_samples"] == 9
 
 
@@ -214,7 +214,7 @@ def test_rows_of_other_validation_data_are_named_and_left_out_of_the_plots(tiny,
     assert [row["keep"] for row in plotted[-1]] == [0.7]
     assert {line["data_id"] for line in csv_rows(out / "sweep.csv")} == {row["data_id"] for row in rows}
     code, stdout, _ = run(args("0.7", 9), capsys)  # the same data again: no note for the rows of this data
-    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    assert code == 0 and "1 variant (1 done before, 0 to compute)" in stdout
     assert [row["keep"] for row in plotted[-1]] == [0.7]
 
 
@@ -229,14 +229,14 @@ def test_replaced_model_file_is_redone(tiny, tmp_path, capsys):
     made = stored.read_bytes()
     stored.write_bytes((tiny / "tiny.onnx").read_bytes())  # e.g. copied over by hand
     code, stdout, _ = run(args, capsys)
-    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert code == 0 and "1 variant (0 done before, 1 to compute)" in stdout
     assert stored.read_bytes() == made
     code, stdout, _ = run(args, capsys)
-    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    assert code == 0 and "1 variant (1 done before, 0 to compute)" in stdout
     report = stored.with_name(stored.name[:-len(".onnx")] + ".report.json")
     report.unlink()  # its report deleted: it was counted as done and never written again
     code, stdout, _ = run(args, capsys)
-    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout and report.is_file()
+    assert code == 0 and "1 variant (0 done before, 1 to compute)" in stdout and report.is_file()
 
 
 def test_changed_external_data_is_redone(tiny, tmp_path, capsys):
@@ -266,9 +266,9 @@ def test_changed_external_data_is_redone(tiny, tmp_path, capsys):
     save(1)
     assert (folder / "m.onnx").read_bytes() == graph_bytes  # only the weights changed
     code, stdout, _ = run(args, capsys)
-    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert code == 0 and "1 variant (0 done before, 1 to compute)" in stdout
     code, stdout, _ = run(args, capsys)
-    assert code == 0 and "1 variants (1 done before, 0 to compute)" in stdout
+    assert code == 0 and "1 variant (1 done before, 0 to compute)" in stdout
 
 
 def test_image_folder_inputs(tmp_path, capsys):
@@ -288,9 +288,9 @@ def test_image_folder_inputs(tmp_path, capsys):
     assert code == 0, err
     row = record(out)["rows"][0]
     assert row["status"] == "ok" and row["model"] == "mnist_resnet" and row["agreement_samples"] == 6
-    assert "1 variants (1 done before, 0 to compute)" in run(args, capsys)[1]
+    assert "1 variant (1 done before, 0 to compute)" in run(args, capsys)[1]
     Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(images / "d6.png")
-    assert "1 variants (0 done before, 1 to compute)" in run(args, capsys)[1]
+    assert "1 variant (0 done before, 1 to compute)" in run(args, capsys)[1]
 
 
 def test_local_process_pool_matches_in_process(tiny, tmp_path, capsys):
@@ -540,7 +540,7 @@ def test_repeated_values_are_one_variant_and_a_failed_start_leaves_no_folder(tin
     argv.insert(2, str(tiny / "tiny.onnx"))  # the same model twice
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
-    assert "1 variants (0 done before, 1 to compute)" in stdout and len(record(tmp_path / "a")["rows"]) == 1
+    assert "1 variant (0 done before, 1 to compute)" in stdout and len(record(tmp_path / "a")["rows"]) == 1
     code, _, err = run(_quick(tiny, tmp_path / "b" / "c" / "d", "0.0"), capsys)
     assert code == 1 and "out of range" in err
     assert not (tmp_path / "b").exists()
@@ -890,7 +890,7 @@ def test_a_model_file_replaced_while_the_sweep_runs_is_not_timed_as_its_original
     assert code == 1 and "changed while the sweep ran" in err and f"'{path}'" in err
     monkeypatch.setattr(sweep_module, "run_variant", made)
     code, stdout, err = run(args, capsys)  # the file as it is now: computed again and timed
-    assert code == 0 and "1 variants (0 done before, 1 to compute)" in stdout
+    assert code == 0 and "1 variant (0 done before, 1 to compute)" in stdout
     assert record(tmp_path / "out")["rows"][0]["ms_small"] > 0
 
 
