@@ -550,13 +550,13 @@ PROBE_TENSOR_LIMIT = 1 << 27  # elements: a tensor larger than this at a size th
 
 def _unsafe_sizes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
                   largest: Optional[int] = PROBE_TENSOR_LIMIT, inferred: bool = True) -> Optional[str]:
-    """Why not to run the model at ``shapes``, by ONNX shape inference there (weights stubbed): a tensor it
-    sizes empty along an axis after the second (a pool wider than its input: ONNX Runtime's kernels can divide
-    by the empty size and kill the process), or of more than ``largest`` elements (attention over every pixel at 224 × 224); with
-    ``inferred``, shapes inference cannot follow. None when none of these."""
-    from .shapes import known_shapes, static_copy
-
+    """Why not to run the model at ``shapes``, by ONNX shape inference there (weights stubbed, bodies included):
+    a tensor it sizes empty along an axis after the second (a pool wider than its input: ONNX Runtime's
+    kernels can divide by the empty size and kill the process), or of more than ``largest`` elements
+    (attention over every pixel at 224 × 224); with ``inferred``, shape inference failing there. None when
+    none of these."""
     from .layers import iter_graphs
+    from .shapes import known_shapes, static_copy
 
     try:
         graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph

@@ -914,7 +914,8 @@ def _tensor_text(tensor: onnx.TensorProto) -> str:
     """A tensor in :func:`graph_digest`: name, type, dims, and the values of a small integer one."""
     text = f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)}"
     kind = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).kind if tensor.data_type else "?"
-    if kind in "iub" and not _is_external(tensor) and int(np.prod(tensor.dims, dtype=np.int64)) <= _DIGESTED_VALUES:
+    small = int(np.prod(tensor.dims, dtype=np.int64)) <= _DIGESTED_VALUES
+    if kind in "iub" and small and not _is_external(tensor):
         text += ":" + numpy_helper.to_array(tensor).tobytes().hex()
     return text
 
@@ -944,8 +945,8 @@ def _structure_lines(graph: onnx.GraphProto) -> list[str]:
 def is_onnx_alds_output(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is an earlier onnx-alds output as it was written: onnx-alds' metadata, and the graph
     its :data:`GRAPH_DIGEST_KEY` names (outputs of versions that wrote no digest, or a digest of another rule,
-    count by the metadata alone).
-    A compressed model that another tool then quantized keeps the metadata but is that tool's output."""
+    count by the metadata alone). A compressed model that another tool then quantized keeps the metadata but
+    is that tool's output."""
     if not has_onnx_alds_metadata(model):
         return False
     recorded = next((entry.value for entry in model.metadata_props if entry.key == GRAPH_DIGEST_KEY), None)
@@ -1028,8 +1029,8 @@ TEMPORARY_PREFIX = ".onnx-alds-"  # of every temporary file and folder (unused_n
 def existing_file_kind(path: Path, *, csv_header: Optional[str] = None) -> Optional[str]:
     """What an existing file at an output path holds, judged by its bytes, never by its name: "onnx-alds
     model" (an ONNX model with onnx-alds' metadata and the graph it wrote: an earlier output,
-    :func:`is_onnx_alds_output`), "ONNX model" (any other), "numpy data file" (numpy's magic bytes), "zip archive (an .npz, a .pt ...)" (zip's),
-    "onnx-alds plan", "onnx-alds report" (JSON onnx-alds wrote: its
+    :func:`is_onnx_alds_output`), "ONNX model" (any other), "numpy data file" (numpy's magic bytes), "zip
+    archive (an .npz, a .pt ...)" (zip's), "onnx-alds plan", "onnx-alds report" (JSON onnx-alds wrote: its
     ``versions`` name onnx-alds at the top, or in a sweep's ``environment`` or a demo's ``compress`` record;
     validate and distill reports of earlier versions by their keys), "JSON file" (any other JSON),
     "onnx-alds CSV table" (its first line is ``csv_header``), "onnx-alds plot" (a PNG that matplotlib wrote),

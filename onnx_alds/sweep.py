@@ -1664,9 +1664,9 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     crashed: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
     phase_start = time.time()
+    skipped_text = f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped" if skipped else ""
     emit(f"sweep: {len(tasks)} variant{'s' if len(tasks) != 1 else ''} ({reused} done before, {len(todo)} to "
-         f"compute) on engine {engine.name}" + (f", {len(skipped)} combination{'s' if len(skipped) != 1 else ''} skipped"
-                             if skipped else ""))
+         f"compute) on engine {engine.name}{skipped_text}")
     bar = tqdm(total=len(tasks), initial=reused, desc="sweep", unit="variant", disable=not show, leave=False)
 
     def record(task: VariantTask, outcome: VariantOutcome) -> None:

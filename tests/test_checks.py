@@ -643,7 +643,8 @@ def test_a_model_that_does_not_run_at_dims_of_1_is_checked_at_a_size_it_runs_at(
     from onnx_alds.inputs import InputSet
 
     result = compress(_skip_unet(), keep_params=0.8)
-    note = next(note for note in result.report.notes if "could not run the model with its dynamic dims set to 1" in note)
+    note = next(note for note in result.report.notes
+                if "could not run the model with its dynamic dims set to 1" in note)
     assert "it ran at x:1x16x64x64 (its dynamic dims after the first set to 64)" in note
     assert result.report.random_output_change is not None and result.report.random_output_change < 1e-4
     calibration = InputSet({"x": np.random.default_rng(0).standard_normal((8, 16, 12, 20)).astype(np.float32)})
