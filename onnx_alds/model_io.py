@@ -885,7 +885,8 @@ def graph_digest(model: onnx.ModelProto) -> str:
     another opset, an attribute, a shape constant or a function edited) has another."""
     import hashlib
 
-    used = {""} | {node.domain for _, graph in _graphs_of(model) for node in graph.node}
+    bodies = [model.graph, *(onnx.GraphProto(node=function.node) for function in model.functions)]
+    used = {""} | {node.domain for body in bodies for graph in _graphs(body) for node in graph.node}
     lines = [f"ir {model.ir_version}", *sorted(f"opset {entry.domain}:{entry.version}" for entry in model.opset_import
                                                if entry.domain in used)]
     lines += _structure_lines(model.graph)
@@ -896,15 +897,6 @@ def graph_digest(model: onnx.ModelProto) -> str:
                   *sorted(f"opset {entry.domain}:{entry.version}" for entry in function.opset_import),
                   *_structure_lines(body)]
     return f"{GRAPH_DIGEST_VERSION}:" + hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
-
-
-def _graphs_of(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """The main graph, every body graph in it, and the functions' nodes as graphs."""
-    from .layers import iter_graphs
-
-    yield from iter_graphs(model.graph)
-    for function in model.functions:
-        yield from iter_graphs(onnx.GraphProto(node=function.node))
 
 
 _DIGESTED_VALUES = 4096  # integer tensors up to this many elements enter the graph digest with their values
@@ -1097,14 +1089,16 @@ def json_output_kind(data: Any) -> str:
 
 
 def refuse_foreign_file(path: Path, writes: str, *, flag: str, command: str, csv_header: Optional[str] = None,
-                        fix: str = "give another path (or remove the file first)") -> None:
+                        fix: str = "give another path (or remove the file first)",
+                        also_replaces: Collection[str] = ()) -> None:
     """Before any work: an existing non-empty file at an output ``path`` that is not an earlier output of
     the kind the command writes there (``writes``: "onnx-alds model", "onnx-alds plan", "onnx-alds report",
     "onnx-alds CSV table", "onnx-alds plot") is a user's file (a script, notes, data, their own model, a
     hand-edited plan, a JSON config) and is not overwritten; an earlier output of the same kind is replaced.
-    Raises OutputPathError naming ``flag`` (e.g. "-o") and ending with ``fix``."""
+    ``also_replaces``: other kinds replaced too (a plain model over any ONNX model). Raises OutputPathError
+    naming ``flag`` (e.g. "-o") and ending with ``fix``."""
     existing = existing_file_kind(Path(path), csv_header=csv_header)
-    if existing is None or existing == writes:
+    if existing is None or existing == writes or existing in also_replaces:
         return
     what = {"onnx-alds model": "ONNX model", "onnx-alds CSV table": "CSV table", "onnx-alds plot": "plot",
             "onnx-alds report": "JSON report", "onnx-alds plan": "plan"}.get(writes, writes)
@@ -1163,10 +1157,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                               "path for the model")  # (Path() drops the slash or the dot)
     target = Path(path)
     check_output_path(target, protect)
-    existing = existing_file_kind(target)  # (the command line judged it before its work; a script, here)
-    if existing not in (None, "onnx-alds model") and not (existing == "ONNX model"
-                                                          and not has_onnx_alds_metadata(model)):
-        refuse_foreign_file(target, "onnx-alds model", flag="the path", command="save_model")
+    # (the command line checked its -o before its work; a script's path is checked here)
+    refuse_foreign_file(target, "onnx-alds model", flag="the path", command="save_model",
+                        also_replaces=() if has_onnx_alds_metadata(model) else ("ONNX model",))
     if store is None:  # written as they are, the stubs would point to onnx-alds-in-memory, or to a data file
         _refuse_stubs_without_store(model, beside=target.parent)  # beside the output that is not there
     if external_data is None:
