@@ -226,6 +226,8 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                      "out of the totals and of the written model")
         exclude = [pattern for pattern in exclude if _matches_a_layer(proto, pattern)]
     shapes: dict[str, tuple[int, ...]] = {}
+    run_errors: list[str] = []  # why an ONNX Runtime run at the resolved sizes failed, if it did
+    from_calibration = False
     try:
         try:
             resolved, shape_notes = resolve_input_shapes(proto, input_shapes, batch_default=1)
@@ -235,6 +237,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                 raise
             resolved, shape_notes = resolve_input_shapes(proto, {**hinted, **(input_shapes or {})}, batch_default=1,
                                                          empty=set(hinted))  # (a KV cache's past of length 0)
+            from_calibration = True
             shape_notes = list(shape_notes) + [
                 f"MACs counted at the calibration arrays' sizes ({show_input_shapes(hinted, ' ')}): the model's "
                 "dims there are dynamic; give --input-shape to count them at other sizes"]
@@ -247,7 +250,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     layer_ops = [n for _, graph in iter_graphs(proto.graph) for n in graph.node if is_counted_node(n)]
     if resolved is not None:
         needed = {name for node in layer_ops for name in macs_tensors(node)}
-        shapes = tensor_shapes(proto, resolved, needed, store)
+        shapes = tensor_shapes(proto, resolved, needed, store, run_errors)
         notes += _value_sized_macs_note(proto, layer_ops)
     constants, folded = weight_constants(proto, load=store.load)
     constants = StoredConstants(constants, store)
@@ -309,7 +312,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
                          ": their MACs are not counted in the total")
         unknown = [node for node, macs in zip(layer_ops, per_node) if macs is None]
         if unknown:
-            message = _unsized_message(proto, unknown, need_macs)
+            message = _unsized_message(proto, unknown, need_macs, run_errors[:1], resolved, from_calibration)
             if need_macs:
                 raise UnsupportedModelError(message)
             notes.append(message)
@@ -657,9 +660,12 @@ def _share_inlined_constants(original: onnx.ModelProto, inlined: onnx.ModelProto
     return len(renamed) - len(hoisted)
 
 
-def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], need_macs: bool = True) -> str:
+def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], need_macs: bool = True,
+                     run_errors: Sequence[str] = (), sizes: Optional[Mapping[str, Sequence[int]]] = None,
+                     from_calibration: bool = False) -> str:
     """Why Conv/Gemm/MatMul nodes could not be sized, and what works instead (an error when the budget
-    needs MACs; else a note that MACs are not counted)."""
+    needs MACs; else a note that MACs are not counted). ``run_errors``: why ONNX Runtime failed to run the
+    model at ``sizes`` (input name → full dims), the calibration arrays' sizes where ``from_calibration``."""
     custom = [node for _, graph in iter_graphs(model.graph) for node in graph.node if node.domain not in STANDARD_DOMAINS]
     first = f"'{unknown[0].name}'"
     inside_only = False  # every unsized node sits in a subgraph: --input-shape would not help
@@ -681,6 +687,13 @@ def _unsized_message(model: onnx.ModelProto, unknown: Sequence[onnx.NodeProto], 
                 why = ("they sit inside If/Loop/Scan subgraphs whose tensor shapes shape inference cannot give "
                        "(a loop-carried value)")
                 instead = "use --keep-params instead of --keep-flops"
+            elif run_errors and sizes is not None:
+                where = "the calibration arrays' sizes" if from_calibration else "the input shape"
+                why = (f"shape inference cannot tell their shapes, and ONNX Runtime does not run the model at {where} "
+                       f"({show_input_shapes(sizes, ' ')}: {run_errors[0]})")
+                instead = ("give inputs of a size the model runs at" + (
+                    " (calibration arrays of another size, or --input-shape)" if from_calibration else
+                    " (--input-shape)") + ", or use --keep-params")
             else:
                 why = "neither shape inference nor an ONNX Runtime run gives their shapes"
                 instead = "check --input-shape, or use --keep-params"

@@ -654,8 +654,9 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
     except Exception as exc:
         if key is not None and "allow_pickle" in str(exc):  # an object array: pickled Python objects
             raise InputDataError(
-                f"member '{key}' of '{path}' is an array of Python objects, which onnx-alds does not unpickle (strings "
-                "from pandas' .values are such); save strings as a numpy string array: "
+                f"member '{key}' of '{path}' is an array of Python objects, which onnx-alds does not unpickle (samples "
+                "of different lengths stacked as objects, or strings from pandas' .values); give samples of one shape "
+                "per file (pad them, or one file per length) and strings as a numpy string array: "
                 "numpy.savez(path, name=array.astype(str), ...)") from None
         raise InputDataError(
             f"cannot read '{path}' as an .npz ({type(exc).__name__}); save it with numpy.savez(path, name=array, ...)"

@@ -4,12 +4,13 @@ for whatever inference could not resolve (e.g. convolutions behind dynamic Pad n
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
+from .errors import runtime_error_text
 from .model_io import graph_inputs
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,14 @@ def known_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, tuple[int, 
 
 
 def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
-                  needed: Iterable[str], store=None) -> dict[str, tuple[int, ...]]:
+                  needed: Iterable[str], store=None, run_errors: Optional[list[str]] = None
+                  ) -> dict[str, tuple[int, ...]]:
     """Shapes of the ``needed`` tensors (and every other one inference found).
 
     Tensors that neither shape inference nor an ONNX Runtime run can size are missing from the
     result; callers decide whether that is an error. ``store``: ``model`` is light (see
-    :func:`onnx_alds.model_io.open_model`).
+    :func:`onnx_alds.model_io.open_model`). ``run_errors``: where given, a failed ONNX Runtime run at
+    ``input_shapes`` appends its reason (node and message) to it.
     """
     stubbed = static_copy(model, input_shapes, stub_weights=True)
     try:
@@ -90,12 +93,13 @@ def tensor_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, 
     main = {name for node in model.graph.node for name in node.output} | {v.name for v in model.graph.input}
     missing = sorted((set(needed) - set(shapes)) & main)
     if missing:
-        shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing, store))
+        shapes.update(_shapes_from_runtime(static_copy(model, input_shapes), input_shapes, missing, store, run_errors))
     return shapes
 
 
 def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
-                         names: list[str], store=None) -> dict[str, tuple[int, ...]]:
+                         names: list[str], store=None, run_errors: Optional[list[str]] = None
+                         ) -> dict[str, tuple[int, ...]]:
     """Run the model once on zero inputs (masks of ones: an all-zero attention mask can empty a sequence cut to
     the mask's length) with ``names`` added as graph outputs."""
     try:
@@ -115,5 +119,7 @@ def _shapes_from_runtime(model: onnx.ModelProto, input_shapes: Mapping[str, tupl
         outputs = session.run(names, feeds)
     except Exception as exc:
         log.info("ONNX Runtime could not size %d tensors: %s", len(names), str(exc).splitlines()[0])
+        if run_errors is not None:
+            run_errors.append(runtime_error_text(exc))
         return {}
     return {name: tuple(int(d) for d in value.shape) for name, value in zip(names, outputs)}

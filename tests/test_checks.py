@@ -790,3 +790,33 @@ def test_empty_axes_are_found_in_bodies_and_a_static_empty_past_still_runs():
                          numpy_helper.from_array(np.array([1]), "one"), numpy_helper.from_array(np.array([0]), "zero")])
     sized = value_sized_tensors(rotary, from_inputs=True)
     assert "cut" in sized and "rows" not in sized and "y" not in sized
+
+
+def test_macs_at_calibration_sizes_the_model_cannot_run_at_name_the_run_failure():
+    """Calibration clips too short for a strided Conv front-end: --keep-flops said "neither shape inference nor an
+    ONNX Runtime run gives their shapes; check --input-shape", hiding that the model fails at those sizes."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.errors import UnsupportedModelError
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Unsqueeze", ["x", "one"], ["x3"]),
+             helper.make_node("Conv", ["x3", "k"], ["c"], strides=[5], name="front"),
+             helper.make_node("Reshape", ["c", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["y"], name="head")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                       [numpy_helper.from_array(np.array([1]), "one"),
+                        numpy_helper.from_array(np.array([0, -1]), "flat"),
+                        numpy_helper.from_array(rng.standard_normal((4, 1, 10)).astype(np.float32), "k"),
+                        numpy_helper.from_array(rng.standard_normal((12, 8)).astype(np.float32), "w")])
+    short = InputSet({"x": rng.standard_normal((16, 10)).astype(np.float32)})
+    with pytest.raises(UnsupportedModelError) as caught:
+        compress(model, keep_flops=0.8, calibration=short)
+    message = str(caught.value)
+    assert "ONNX Runtime does not run the model at the calibration arrays' sizes (x:1x10: " in message
+    run_failure = message.split("(x:1x10: ")[1]
+    assert "head" in run_failure and "MatMul" in run_failure and "check --input-shape" not in message
+    fitting = InputSet({"x": rng.standard_normal((16, 20)).astype(np.float32)})  # 20 samples: 3 frames, as w expects
+    assert compress(model, keep_flops=0.8, calibration=fitting).report.macs_before == 4 * 3 * 10 + 12 * 8
