@@ -142,7 +142,8 @@ def _progress(items: Sequence, description: str, unit: str = "layer"):
 def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Sequence[int]]],
                         hints: Optional[Mapping[str, Sequence[int]]]) -> dict[str, tuple[int, ...]]:
     """The ``hints`` (one calibration sample's dims, batch 1) for the inputs ``given`` leaves out whose
-    declared dims after the first are dynamic and of the hint's rank."""
+    declared dims after the first are dynamic and of the hint's rank; a first dim the model fixes stays its own
+    (fed whole: ``[3, N, 64]`` is no batch of samples)."""
     chosen = {}
     for spec in graph_inputs(model):
         hint = (hints or {}).get(spec.name)
@@ -150,7 +151,8 @@ def _calibration_shapes(model: onnx.ModelProto, given: Optional[Mapping[str, Seq
                 all(isinstance(d, int) for d in spec.dims[1:]):
             continue
         if all(not isinstance(d, int) or d == h for d, h in zip(spec.dims[1:], hint[1:])):
-            chosen[spec.name] = tuple(int(d) for d in hint)
+            first = spec.dims[0] if spec.dims and isinstance(spec.dims[0], int) and spec.dims[0] > 0 else hint[0]
+            chosen[spec.name] = (int(first), *(int(d) for d in hint[1:]))
     return chosen
 
 
@@ -893,6 +895,10 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
     if einsum and not layers:  # a model whose linear layers are all Einsum nodes
         return (f"nothing to compress: no Conv/Gemm/MatMul node; {einsum}; export the linear layers as MatMul or "
                 "Gemm (torch.nn.Linear, not torch.einsum) to compress them")
+    transposed = next((note for note in notes if note.split(" (first: ")[0].endswith(" ConvTranspose nodes")), None)
+    if transposed and not layers:  # (a decoder or upsampler made of ConvTranspose alone)
+        return (f"nothing to compress: no Conv/Gemm/MatMul node; the model's {transposed.split(' are left')[0]} "
+                "are not factorized (onnx-alds factorizes Conv, Gemm and MatMul)")
     reasons = sorted({layer.skip_reason for layer in layers if layer.skip_reason})
     if dead and not layers and not unchanged_ops:  # (quantized or fused layers are the reason, dead nodes or not)
         return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} "
@@ -1334,7 +1340,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
                                  from_plan=allocation.search.startswith("plan"))
     if moved is not None and moved.change is not None:
         report = replace(report, random_output_change=moved.change, random_samples=moved.samples,
-                         random_output=moved.output if moved.outputs > 1 else None)
+                         random_output=moved.output if moved.outputs > 1 else None, random_sizes=moved.sizes)
     elif moved is not None:
         report = replace(report, notes=report.notes + (f"the outputs were not compared on random inputs: "
                                                        f"{moved.reason}; {moved.fix}",))
@@ -1402,8 +1408,8 @@ def with_damage_figures(report: CompressionReport, info: Mapping[str, Any]) -> C
 def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tuple[str, ...]:
     """IR 3 lists every initializer as a graph input, which the ONNX spec reads as an overridable default;
     onnx-alds reads them as constants, as ONNX Runtime does. A note names the weights whose input entries
-    went with them (the factorized weights, and those behind a Cast or Transpose chain that was folded):
-    feeding them no longer has an effect."""
+    went with them (the factorized weights, and those behind a Cast or Transpose chain that was folded);
+    ONNX Runtime refuses a feed for such an input before and after ("Invalid input name")."""
     if proto.ir_version >= 4:
         return ()
     kept = {value.name for value in new_model.graph.input}
@@ -1412,8 +1418,8 @@ def _ir3_inputs_note(proto: onnx.ModelProto, new_model: onnx.ModelProto) -> tupl
         return ()
     return (f"{IR3_NOTE} {proto.ir_version} lists every initializer as a graph input; onnx-alds reads them as "
             f"constants, as ONNX Runtime does: the inputs of the {len(replaced)} replaced weights (first: "
-            f"'{replaced[0]}') give way to those of their factors or narrowed copies, and feeding them has no "
-            "effect any more (export at IR 4 or newer to say which inputs are meant to be overridable)",)
+            f"'{replaced[0]}') give way to those of their factors or narrowed copies (ONNX Runtime takes no feed "
+            "for either; export at IR 4 or newer to say which inputs are meant to be overridable)",)
 
 
 def with_written_params(report: CompressionReport, stored: int, target: str, keep: float, rank_multiple: int, *,

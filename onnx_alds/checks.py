@@ -794,6 +794,7 @@ class RandomCheck:
     outputs: int = 0
     reason: Optional[str] = None
     fix: str = "measure the model with validate"  # what the report says to do when not measured
+    sizes: Optional[str] = None  # where the tool chose the dynamic dims: "at x:1x64x32, dynamic dims set to 64"
 
 
 def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
@@ -847,27 +848,38 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
     if len(given) == 1 and given != {batches[0]}:  # a model that runs only at the first dim given (a Gemm whose
         batches.append(given.pop())  # input's first axis is its K): tried there once batch 1 fails
-    for batch in batches:
+    sizes = _random_check_sizes(original, found)
+    tries = [(shapes, batch) for shapes, _ in sizes for batch in batches]
+    for shapes, batch in tries:
         try:
             count = batch * math.ceil(RANDOM_SAMPLES / batch)
             arrays = {name: np.asarray(array) for name, array in
-                      random_inputs(original, count, input_shapes=found.probe_shapes, seed=0).arrays.items()}
+                      random_inputs(original, count, input_shapes=shapes, seed=0).arrays.items()}
             names, before = outputs(original, None)
             _, after = outputs(new, len(before))
             break
         except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
             raise_if_out_of_resources(exc)
-            if batch == batches[-1]:  # (our own InputDataError whole: it says why)
+            if (shapes, batch) == tries[-1]:  # (our own InputDataError whole: it says why)
                 limit = 400 if isinstance(exc, OnnxAldsError) else 240
-                return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc, limit)})")
+                if sizes[-1][1] is None:
+                    return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc, limit)})")
+                tried = ", ".join(where.rsplit(" ", 1)[-1] for _, where in sizes)
+                return RandomCheck(None, reason=f"random inputs could not be run with the dynamic dims set to {tried} "
+                                                f"(at 1: {first_line(exc, limit)}); give every dynamic dim with "
+                                                "--input-shape to run the check")
+    chosen = next(where for candidate, where in sizes if candidate is shapes)
     # samples: one per row of the batch, or one per batch where the model only ran at the first dim given
     done = batch * len(before) if batch == batches[0] else len(before)
     ratios: dict[str, list[float]] = {}
     away_from_zero: dict[str, list[float]] = {}
     scale: dict[str, list[float]] = {}
     single: dict[str, list[np.ndarray]] = {}  # outputs of one value per sample: (original, new) values
+    unbounded: list[str] = []  # float outputs holding Inf or NaN in the original
     for values_o, values_c in zip(before, after):
         for name, y, z in zip(names, values_o, values_c):
+            if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and not np.isfinite(y).all():
+                unbounded.append(name)
             if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
                 rows = len(y) if y.ndim and len(y) == batch else 1
                 y, z = (np.asarray(v, np.float64).reshape(rows, -1) for v in (y, z))
@@ -890,7 +902,34 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         norm, moved = float(np.linalg.norm(y)), float(np.linalg.norm(z - y))
         if np.isfinite(norm) and np.isfinite(moved) and (norm > 0 or moved > 0):
             means[name] = moved / norm if norm > 0 else math.inf
+    if not means and unbounded:
+        return RandomCheck(None, samples=done, reason=f"the original's outputs hold Inf or NaN on the random inputs "
+                                                      f"(first: '{unbounded[0]}'), which no relative change measures")
     if not means:
         return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
     worst = max(means, key=lambda name: means[name])
-    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means))
+    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=chosen)
+
+
+def _random_check_sizes(model: onnx.ModelProto, found: InputCheck
+                        ) -> list[tuple[dict[str, tuple[int, ...]], Optional[str]]]:
+    """The input sizes the random check tries, in order, each with the words that say where the tool chose them
+    (None: the checked shapes as given). Where the checked shapes leave dims after the first dynamic (the probe
+    ran there at 1): every such dim at each of :data:`PROBE_SIZES` that shape inference finds safe
+    (:func:`_unsafe_sizes`), then at 1, where the probe ran."""
+    specs = graph_inputs(model)
+    open_dims = [spec.name for spec in specs if spec.name not in found.probe_shapes
+                 and any(not isinstance(d, int) for d in spec.dims[1:])]
+    if not open_dims:
+        return [(dict(found.probe_shapes), None)]
+
+    def at(size: int) -> dict[str, tuple[int, ...]]:
+        return {spec.name: tuple(found.probe_shapes.get(spec.name)
+                                 or (d if isinstance(d, int) else 1 if axis == 0 else size
+                                     for axis, d in enumerate(spec.dims))) for spec in specs}
+
+    def words(size: int) -> str:
+        return f"at {show_input_shapes({name: at(size)[name] for name in open_dims}, ' ')}, dynamic dims set to {size}"
+
+    return [(at(size), words(size)) for size in PROBE_SIZES if _unsafe_sizes(model, at(size)) is None] + [
+        (at(1), words(1))]

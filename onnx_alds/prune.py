@@ -1019,8 +1019,8 @@ def _head_move(user: onnx.NodeProto, tensor: str, graph: _Graph, head_axis: Opti
             return (None, None)  # regroups the leading dims only (tf2onnx's Dense on a 3-D input)
         dims = int(tail[-1])
         if not split_heads:
-            return (f"{where}, which splits the channels into heads (--prune-heads follows such a split where "
-                    "the heads reach one consumer: attention's V)")
+            return (f"{where}, which splits the channels into several axes (attention heads, a feature map: "
+                    "--prune-heads follows a split into heads that reach one consumer, attention's V)")
         if len(tail) < 2 or not 0 < dims < width or width % dims or heads not in (None, width // dims):
             return f"{where}, which moves channels"
         count = width // dims
@@ -2302,7 +2302,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     shown = analysis.refused[:REFUSED_SHOWN]
     refused_notes = ([f"not prunable ({len(analysis.refused)} producers): " + "; ".join(
         f"'{r.producer}': {r.reason}" for r in shown)
-        + (f"; and {len(analysis.refused) - len(shown)} more" if len(analysis.refused) > len(shown) else "")]
+        + (f"; and {len(analysis.refused) - len(shown)} more (every one in the report's not_prunable: --report "
+           "FILE.json)" if len(analysis.refused) > len(shown) else "")]
         if analysis.refused else [])
     lowrank = [layer for layer, choice in zip(candidates, choices) if choice != 0]
     method = "prune" if mode == "only" else f"{search.method}+prune"
@@ -2438,6 +2439,7 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
         notes=tuple(notes + extra_notes + refused_notes), data_aware_steps=tuple(steps) + ("prune",),
         calibration_samples=sample_count(data.calibration, prepared.model),
         warnings=tuple(prepared.warnings) + tuple(warnings), pruned=reports,
+        not_prunable=tuple((refused.producer, refused.reason) for refused in analysis.refused),
         predicted_output_error=joint_info["predicted_output_error"] if joint_info else None)
     return api.CompressionResult(new_model, report)
 

@@ -97,6 +97,9 @@ class CompressionReport:
     random_output_change: Optional[float] = None
     random_samples: Optional[int] = None
     random_output: Optional[str] = None  # the output of that figure, where several were compared
+    random_sizes: Optional[str] = None  # the input sizes the tool chose for it, where dims were dynamic, and how
+    # --prune: every producer whose hidden width cannot be pruned, and why: (producer node, reason) pairs
+    not_prunable: tuple = ()
 
     def to_dict(self) -> dict:
         """Every field; each layer also gets ``note``, the table's note column (why it is kept dense: its
@@ -173,7 +176,8 @@ class CompressionReport:
                          + (" (in-sample for the pruned widths: see the notes)" if self.pruned else ""))
         if self.random_output_change is not None:
             inputs = "random input" if self.random_samples == 1 else "random inputs"
-            lines.append(f"outputs on {self.random_samples} {inputs} (not real data): mean relative change "
+            sizes = f" {self.random_sizes} (give --input-shape for your sizes)" if self.random_sizes else ""
+            lines.append(f"outputs on {self.random_samples} {inputs} (not real data){sizes}: mean relative change "
                          f"{self.random_output_change:.3f} from the original's"
                          + (f" (the largest, of '{self.random_output}')" if self.random_output else "")
                          + " (1: as far as outputs of zeros)")

@@ -92,19 +92,26 @@ class Names:
 
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+FLOAT16_SMALLEST_NORMAL = float(np.finfo(np.float16).tiny)  # 2^-14: below it float16 values are subnormal
 
 
 def balanced_for_float16(factors: GroupedFactors) -> GroupedFactors:
     """The same product with each middle channel's encoder row ``e_k`` scaled by a power of two ``2⁻ⁿ`` and
     its decoder column by ``2ⁿ`` (exact in floating point), so that ``‖e_k‖₁`` is at most the largest
-    row sum ``maxᵢ ‖wᵢ‖₁`` of the weight the factors represent, ``W ≈ D·E``.
+    row sum ``maxᵢ ‖wᵢ‖₁`` of the weight the factors represent, ``W ≈ D·E``, or 1 where that is larger.
 
     ``|e_k·x| ≤ ‖e_k‖₁·max|x|`` and ``|wᵢ·x| ≤ ‖wᵢ‖₁·max|x|``: the tensor between the pair then has no
-    larger bound than the layer's own output. With the singular values split evenly (√σ in each factor)
+    larger bound than the layer's own output or its input. With the singular values split evenly (√σ in each factor)
     ``‖e_k‖₁`` can exceed it by up to √(c·κ) (an input of 10⁴ per value through a 64-wide averaging row
     gives a middle value of 8·10⁴, past float16's 65504, while the output is 10⁴). A decoder column is
     raised only as far as its largest value stays below float16's largest / 2. Float16 factors only:
-    bfloat16's range is float32's."""
+    bfloat16's range is float32's.
+
+    Then a channel whose encoder row or decoder column holds only values below float16's smallest normal
+    (2⁻¹⁴: subnormals keep fewer bits, and below 2⁻²⁴ nothing) gets the power of two that brings both
+    maxima to their geometric mean (a weight of subnormals, exactly low rank, came out 2 % off), as far as
+    the encoder's ``‖e_k‖₁`` stays within that bound and the decoder's largest value below float16's
+    largest / 2."""
     encoder, decoder = factors.encoder, factors.decoder
     row_sums = np.zeros(decoder.shape[0])
     for group in range(factors.groups):  # maxᵢ ‖wᵢ‖₁ of D·E, one group's columns and 1024 rows at a time
@@ -112,14 +119,23 @@ def balanced_for_float16(factors: GroupedFactors) -> GroupedFactors:
         for start in range(0, decoder.shape[0], 1024):
             row_sums[start:start + 1024] += np.abs(decoder[start:start + 1024, rows] @ encoder[rows]).sum(axis=1)
     bound = float(row_sums.max(initial=0.0))
+    limit = max(bound, 1.0)  # ‖e_k‖₁ ≤ 1 bounds |e_k·x| by max|x|, which float16 holds too
     encoder_sums = np.abs(encoder).sum(axis=1)
-    over = (encoder_sums > bound) & (bound > 0)
-    if not over.any():
-        return factors
-    steps = np.where(over, np.ceil(np.log2(np.where(over, encoder_sums, 1.0) / max(bound, 1e-300))), 0.0)
+    over = encoder_sums > limit
     decoder_max = np.abs(decoder).max(axis=0, initial=0.0)
-    room = np.floor(np.log2(FLOAT16_MAX / 2 / np.maximum(decoder_max, np.finfo(np.float64).tiny)))
-    steps = np.clip(np.minimum(steps, room), 0.0, None)
+    tiny = np.finfo(np.float64).tiny
+    room = np.floor(np.log2(FLOAT16_MAX / 2 / np.maximum(decoder_max, tiny)))  # decoder may grow by 2^room
+    steps = np.where(over, np.ceil(np.log2(np.where(over, encoder_sums, 1.0) / limit)), 0.0)
+    steps = np.clip(np.minimum(steps, room), 0.0, None)  # encoder row k scaled by 2^-steps[k]
+    encoder_max = np.abs(encoder).max(axis=1, initial=0.0) * np.exp2(-steps)
+    low = ((np.minimum(encoder_max, decoder_max * np.exp2(steps)) < FLOAT16_SMALLEST_NORMAL)
+           & (encoder_max > 0) & (decoder_max > 0) & (steps == 0))
+    if low.any():  # lift the subnormal side, toward both maxima at their geometric mean
+        want = np.round(0.5 * np.log2(np.where(low, decoder_max, 1.0) / np.where(low, encoder_max, 1.0)))
+        grow = np.floor(np.log2(limit / np.maximum(encoder_sums, tiny)))  # encoder may grow by 2^grow
+        steps = np.where(low, -np.clip(want, -room, np.maximum(grow, 0.0)), steps)
+    if not steps.any():
+        return factors
     scale = np.exp2(-steps)
     return replace(factors, encoder=encoder * scale[:, None], decoder=decoder / scale[None, :])
 

@@ -579,11 +579,13 @@ def test_a_check_that_could_not_run_is_not_on_the_timing_line():
 
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((32, 4)) @ rng.standard_normal((4, 32))).astype(np.float32)
-    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+                        helper.make_node("Mul", ["h", "t"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32]),
+                        helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
                        [numpy_helper.from_array(weight, "W")])
-    report = compress(model, keep_params=0.5, rank_multiple=4).report  # T dynamic: no random inputs drawn
+    report = compress(model, keep_params=0.5, rank_multiple=4).report  # a scalar input: no random inputs drawn
     assert any("not compared on random inputs" in note for note in report.notes)
     assert "random-input check" not in report.format()
 
@@ -820,3 +822,73 @@ def test_macs_at_calibration_sizes_the_model_cannot_run_at_name_the_run_failure(
     assert "head" in run_failure and "MatMul" in run_failure and "check --input-shape" not in message
     fitting = InputSet({"x": rng.standard_normal((16, 20)).astype(np.float32)})  # 20 samples: 3 frames, as w expects
     assert compress(model, keep_flops=0.8, calibration=fitting).report.macs_before == 4 * 3 * 10 + 12 * 8
+
+
+def test_the_random_check_runs_at_sizes_the_tool_chooses_where_dims_are_dynamic():
+    """A data-free model with a dynamic sequence axis that runs at 1 (the probe's size) had no random-input check
+    ("give them with --input-shape"), so the "outputs moved far" warning never fired without that flag. It now runs
+    at 64 where the model runs there, else at 1, and the report says at which sizes."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")
+    sequence = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])], [weight])
+    report = compress(sequence, keep_params=0.3, rank_multiple=1).report
+    assert report.random_output_change is not None and report.random_output_change > 0.3  # a random weight cut deep
+    assert report.random_sizes == "at x:1x64x32, dynamic dims set to 64"
+    assert "outputs on 4 random inputs (not real data) at x:1x64x32, dynamic dims set to 64 (give --input-shape" \
+        in report.format()
+    one_step = make_model([helper.make_node("Reshape", ["x", "flat"], ["f"]),  # T must be 1: runs at 1 only
+                           helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+                          [weight, numpy_helper.from_array(np.array([0, 32]), "flat")])
+    report = compress(one_step, keep_params=1.0, rank_multiple=1).report
+    assert report.random_output_change is not None and report.random_output_change < 1e-5  # nothing cut
+    assert report.random_sizes == "at x:1x1x32, dynamic dims set to 1"
+    given = compress(sequence, keep_params=0.3, rank_multiple=1, input_shapes={"x": (1, 5, 32)}).report
+    assert given.random_output_change is not None and given.random_sizes is None  # the user's sizes: no words
+
+
+def test_the_random_check_falls_back_to_the_probe_size_where_dims_must_fit_together():
+    """Inputs whose dynamic dims must fit together (a mask as long as past + new tokens) run at no size the tool
+    sets for all dims alike but 1, where the probe ran (the mask's length given): the check runs there."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Concat", ["past", "x"], ["kv"], axis=1),
+             helper.make_node("Add", ["kv", "mask"], ["masked"]),
+             helper.make_node("MatMul", ["masked", "w"], ["y"], name="mm")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32]),
+                               helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", "P", 32]),
+                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "L", 1])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 32])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
+    report = compress(model, keep_params=0.5, rank_multiple=1,
+                      input_shapes={"mask": (1, 2, 1)}).report  # (L = P + T = 2 at the probe's 1 and 1)
+    assert report.random_output_change is not None and report.random_output_change > 0.1
+    assert report.random_sizes == "at x:1x1x32 past:1x1x32, dynamic dims set to 1"
+
+
+def test_calibration_sizes_keep_a_first_dim_the_model_fixes():
+    """An input [3, N, 64] (a fixed first dim that is no batch) calibrated on arrays [6, 16, 64]: the arrays'
+    sizes set the first dim to 1 ("--input-shape gives 1x16x64 for 'x', but the model declares it [3, N, 64]",
+    a flag not given)."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 2)) @ rng.standard_normal((2, 48))).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "N", 48])],
+                       [numpy_helper.from_array(weight, "W")])
+    calibration = InputSet({"x": rng.standard_normal((6, 16, 64)).astype(np.float32)})
+    report = compress(model, keep_flops=0.8, calibration=calibration, rank_multiple=1).report
+    assert report.macs_before == 3 * 16 * 64 * 48
+    assert any("MACs counted at the calibration arrays' sizes (x:3x16x64)" in note for note in report.notes)

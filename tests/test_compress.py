@@ -1244,3 +1244,16 @@ def test_an_attention_op_of_unknown_shapes_or_constant_queries_is_counted_honest
     analysis = onnx_alds.analyze(unknown)
     assert any("cannot tell the shapes of 1 Attention node (first: 'attn'): their MACs are not counted" in note
                for note in analysis.notes), analysis.notes
+
+
+def test_a_model_of_convtranspose_alone_is_refused_naming_convtranspose():
+    """A model whose only layer is a ConvTranspose was told "the model has no Conv, Gemm or MatMul with a
+    weight", not that ConvTranspose is not factorized."""
+    weight = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    model = make_model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 17, 17])],
+                       [numpy_helper.from_array(weight, "w")])
+    with pytest.raises(UnsupportedModelError, match=r"^nothing to compress: no Conv/Gemm/MatMul node; the model's 1 "
+                       r"ConvTranspose nodes \(first: 'up'\) are not factorized"):
+        onnx_alds.compress(model, keep_params=0.5)

@@ -927,8 +927,8 @@ def test_reshape_that_splits_the_channels_into_heads_and_back_is_inside_a_block(
     model = _reshaped_feed_forward(split_channels=True)
     cal = _inputs(model, samples=32)
     blocks, refused = find_blocks(model, _layers(model, cal))  # heads are followed with --prune-heads only
-    assert not blocks and any("splits the channels into heads (--prune-heads follows such a split" in r.reason
-                              for r in refused)
+    assert not blocks and any("splits the channels into several axes (attention heads, a feature map: "
+                              "--prune-heads follows a split into heads" in r.reason for r in refused)
     (block,), _ = find_blocks(model, _layers(model, cal), split_heads=True)
     assert block.heads == 8 and {"unflatten", "flatten"} <= set(block.between)
     analysis = analyze_blocks(model, _layers(model, cal), cal, multiple=4, split_heads=True)
@@ -2095,3 +2095,27 @@ def test_keep_flops_with_a_dynamic_sequence_counts_macs_at_the_calibration_sizes
     assert any("MACs counted at the calibration arrays' sizes (x:1x6x16)" in note for note in result.report.notes)
     given = compress(model, keep_flops=0.7, calibration=cal, prune=mode, rank_multiple=8, input_shapes={"x": (1, 6, 16)})
     assert given.model.SerializeToString() == result.model.SerializeToString()  # the same sizes: the same model
+
+
+def test_every_producer_not_prunable_is_in_the_report_not_only_the_first_five():
+    """The "not prunable" note names five producers and counts the rest ("and 27 more"); the --report JSON had
+    no more, so a user could not see why a block they expected was refused."""
+    import json
+
+    rng = np.random.default_rng(41)
+    nodes = [helper.make_node("MatMul", ["x", "up"], ["h"], name="up_proj"), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "down"], ["y"], name="down_proj")]
+    inits = [_init(rng, "up", (16, 64), 0.25), _init(rng, "down", (64, 16), 0.25)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])]
+    for i in range(7):  # hidden tensors that are graph outputs: not prunable
+        nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"proj{i}"))
+        inits.append(_init(rng, f"w{i}", (16, 32), 0.25))
+        outputs.append(helper.make_tensor_value_info(f"h{i}", TensorProto.FLOAT, ["N", 32]))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], outputs, inits)
+    report = compress(model, keep_flops=0.9, calibration=_inputs(model), prune="combined", rank_multiple=1).report
+    assert [producer for producer, _ in report.not_prunable] == ["down_proj"] + [f"proj{i}" for i in range(7)]
+    assert all("is a graph output" in reason for _, reason in report.not_prunable)
+    note = next(note for note in report.notes if note.startswith("not prunable (8 producers)"))
+    assert "'proj3'" in note and "'proj4'" not in note
+    assert note.endswith("; and 3 more (every one in the report's not_prunable: --report FILE.json)")
+    assert json.loads(json.dumps(report.to_dict()))["not_prunable"][7] == ["proj6", report.not_prunable[7][1]]
