@@ -780,9 +780,11 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "
-                f"the inputs is not a batch axis (a sequence-first [T, N, ...] input?) and {what}, which cuts it "
-                f"into runs of {batch_size}, would cut sequences; export the model batch-first (torch: "
-                f"batch_first=True), or give all the samples in one run ({flag} at least the sample count)")
+                f"the inputs is not a batch axis (a sequence-first [T, N, ...] input, or samples that interact: "
+                f"batch norm in training mode, routing over the whole batch) and {what}, which cuts it into runs "
+                f"of {batch_size}, would change what each run sees; give all the samples in one run ({flag} at "
+                "least the sample count), or export the model batch-first (torch: batch_first=True) where axis 0 "
+                "is time")
         if not dim or EXPORTER_DIM_NAME.fullmatch(dim):
             unsure.append((name, change, rows))
     if unsure:

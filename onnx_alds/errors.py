@@ -137,6 +137,8 @@ def runtime_error_text(exc: BaseException, limit: int = 240) -> str:
     text = _RUNTIME_NOISE.sub("", first_line(exc, limit=4000))
     node = _NODE_IN_MESSAGE.search(text)
     message = _SOURCE_PREFIX.sub("", text.split("Status Message: ")[-1].strip())
-    where = (f"{node.group(1)} node '{node.group(2)}': " if node and node.group(2) else
+    where = (f"node '{node.group(2)}' (run as ONNX Runtime's {node.group(1)}, fused from it): "
+             if node and node.group(2) and node.group(1).startswith("Fused") else
+             f"{node.group(1)} node '{node.group(2)}': " if node and node.group(2) else
              f"an unnamed {node.group(1)} node: " if node else "")
     return (where + message)[:limit]

@@ -84,6 +84,10 @@ def test_runtime_errors_keep_the_node_and_the_cause():
         "Reshape node '/layer/Reshape': size != 0 && (input_shape_size % size) == 0 was false. The input tensor "
         "cannot be reshaped to the requested shape. Input shape:{1,6}, requested shape:{4,-1}")
     assert runtime_error_text(RuntimeError("plain failure")) == "plain failure"
+    fused = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running FusedConv node. "
+             "Name:'conv4' Status Message: Invalid input shape: {1}")
+    assert runtime_error_text(RuntimeError(fused)) == (  # (the user's model has a Conv named conv4)
+        "node 'conv4' (run as ONNX Runtime's FusedConv, fused from it): Invalid input shape: {1}")
 
 
 def test_a_model_onnx_runtime_cannot_run_is_refused_naming_the_node():
@@ -166,7 +170,8 @@ def test_runtime_error_text_keeps_messages_without_a_signature():
     text = ("Non-zero status code returned while running FusedConv node. Name:'conv' Status Message: conv.cc:275 "
             "Compute Conv : bias must be a 1D tensor of size output_channels (16)")
     assert runtime_error_text(RuntimeError(text)) == (
-        "FusedConv node 'conv': conv.cc:275 Compute Conv : bias must be a 1D tensor of size output_channels (16)")
+        "node 'conv' (run as ONNX Runtime's FusedConv, fused from it): conv.cc:275 Compute Conv : bias must be a 1D "
+        "tensor of size output_channels (16)")
     signature = ("Status Message: /src/core/framework/op_kernel.cc:87 virtual OrtValue* "
                  "onnxruntime::OpKernelContext::OutputMLValue(int, const onnxruntime::TensorShape&) Shape mismatch")
     assert runtime_error_text(RuntimeError(signature)) == "Shape mismatch"
