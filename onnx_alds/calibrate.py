@@ -1578,7 +1578,8 @@ def _collect(model, layers, inputs, batch_size: int, reference, limits: Calibrat
         raise InputDataError("the calibration set holds no samples; give at least one calibration input")
     if count.dropped:
         said.append(f"the model fixes its first dim to {fixed}: calibration used {count.used} of "
-                    f"{count.used + count.dropped} samples (the last {count.dropped} do not fill a batch)")
+                    f"{count.used + count.dropped} samples (the last {count.dropped} "
+                    f"{'does' if count.dropped == 1 else 'do'} not fill a batch of {fixed})")
     if whole:
         empty = [name for name, value in totals.items() if value.count == 0]
         if empty:

@@ -50,6 +50,7 @@ class InputCheck:
     probe_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --input-shape dims used by the probe
     sample_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the calibration arrays' (batch 1)
     finite_outputs: frozenset = frozenset()  # float outputs finite (and far from overflow) on the probe inputs
+    probe_where: Optional[str] = None  # where the probe ran at sizes the tool chose ("dynamic dims set to 64")
 
 
 def _unknown_default_domain_op(model: onnx.ModelProto) -> Optional[str]:
@@ -503,6 +504,8 @@ def _probe_run(session, model: onnx.ModelProto, found: InputCheck) -> Optional[d
         dynamic = {spec.name: shapes[spec.name] for spec in graph_inputs(model)
                    if not all(isinstance(d, int) for d in spec.dims[1:])}
         found.probe_shapes = shapes  # (the checks after compression run there too)
+        found.probe_where = where.replace("its dynamic dims after the first", "dynamic dims") + (
+            ", where the pre-check ran")
         found.notes.append(f"ONNX Runtime could not run the model with its dynamic dims set to 1 ({quoted}); it ran "
                            f"at {show_input_shapes(dynamic, ' ')} ({where}), where the output is run-checked (give "
                            "--input-shape to check it at the sizes you run it at)")
@@ -914,14 +917,19 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
 def _random_check_sizes(model: onnx.ModelProto, found: InputCheck
                         ) -> list[tuple[dict[str, tuple[int, ...]], Optional[str]]]:
     """The input sizes the random check tries, in order, each with the words that say where the tool chose them
-    (None: the checked shapes as given). Where the checked shapes leave dims after the first dynamic (the probe
-    ran there at 1): every such dim at each of :data:`PROBE_SIZES` that shape inference finds safe
-    (:func:`_unsafe_sizes`), then at 1, where the probe ran."""
+    (None: the shapes the user gave). Where the checked shapes leave dims after the first dynamic (the probe
+    ran there at 1): every such dim at each of :data:`PROBE_SIZES` where :func:`_sized_for_random_check`
+    finds the run bounded, then at 1, where the probe ran; where the probe itself ran at sizes the tool chose
+    (``found.probe_where``), there."""
     specs = graph_inputs(model)
     open_dims = [spec.name for spec in specs if spec.name not in found.probe_shapes
                  and any(not isinstance(d, int) for d in spec.dims[1:])]
     if not open_dims:
-        return [(dict(found.probe_shapes), None)]
+        if found.probe_where is None:
+            return [(dict(found.probe_shapes), None)]
+        dynamic = {spec.name: found.probe_shapes[spec.name] for spec in specs if spec.name in found.probe_shapes
+                   and any(not isinstance(d, int) for d in spec.dims[1:])}
+        return [(dict(found.probe_shapes), f"at {show_input_shapes(dynamic, ' ')}, {found.probe_where}")]
 
     def at(size: int) -> dict[str, tuple[int, ...]]:
         return {spec.name: tuple(found.probe_shapes.get(spec.name)
@@ -931,5 +939,28 @@ def _random_check_sizes(model: onnx.ModelProto, found: InputCheck
     def words(size: int) -> str:
         return f"at {show_input_shapes({name: at(size)[name] for name in open_dims}, ' ')}, dynamic dims set to {size}"
 
-    return [(at(size), words(size)) for size in PROBE_SIZES if _unsafe_sizes(model, at(size)) is None] + [
+    return [(at(size), words(size)) for size in PROBE_SIZES if _sized_for_random_check(model, at(size))] + [
         (at(1), words(1))]
+
+
+RANDOM_CHECK_ELEMENTS = 1 << 25  # values of all tensors together, at most, at a size the random check chooses
+
+
+def _sized_for_random_check(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the random check may run the model at ``shapes``, sizes the tool chose and no run has tried: shape
+    inference there sizes every tensor of the main graph (a size it cannot follow can empty a tensor, on which
+    some ONNX Runtime kernels crash the process), none empty after its second axis, and all of them together
+    hold at most :data:`RANDOM_CHECK_ELEMENTS` values (attention over every pixel at 64 × 64 held 4.5 GB)."""
+    from .shapes import known_shapes, static_copy
+
+    try:
+        graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph
+    except Exception:  # noqa: BLE001 - shapes that do not fit together
+        return False
+    sized = known_shapes(list(graph.value_info) + list(graph.output))
+    produced = {name for node in graph.node for name in node.output if name}
+    if not produced <= set(sized):
+        return False
+    if any(0 in dims[2:] for dims in sized.values()):
+        return False
+    return sum(math.prod(dims) for name, dims in sized.items() if name in produced) <= RANDOM_CHECK_ELEMENTS

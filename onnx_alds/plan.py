@@ -1559,7 +1559,14 @@ def run_apply_command(args: argparse.Namespace) -> int:
     check_output_path(Path(args.output), protect=[args.model, args.plan])
     if args.report:
         check_output_path(Path(args.report), protect=[args.model, args.output, args.plan], flag="--report")
-    plan = Plan.load(args.plan)
+    try:
+        plan = Plan.load(args.plan)
+    except PlanError:
+        if str(args.model).lower().endswith(".json") and not str(args.plan).lower().endswith(".json"):
+            raise PlanError(f"'{args.plan}' is not a plan and '{args.model}' looks like one: the model comes first; "
+                            f"onnx-alds apply {shlex.quote(str(args.plan))} {shlex.quote(str(args.model))} -o "
+                            f"{shlex.quote(str(args.output))}") from None
+        raise
     model = open_model(args.model)
     if args.validate:  # before the work
         refuse_over_protobuf_limit(model, "--validate holds the original and the compressed model in memory")

@@ -326,6 +326,8 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
     graph: Optional[gs.Graph] = None
     values: dict[str, np.ndarray] = {}  # the new weights by name, in their final type, until export
     kept = kept_biases(model)
+    pairs: dict[int, list] = {}  # id of a rewritten node → the nodes that take its place, in its place
+    owners: dict[int, gs.Graph] = {}
     for rewrite in rewrites:
         if graph is None:
             opset = opset_version(model)
@@ -353,16 +355,20 @@ def _rewrite_model(model: onnx.ModelProto, rewrites: Iterable[Rewrite]) -> onnx.
         node.inputs.clear()
         node.outputs.clear()
         _defer_values(pair, values)
-        owner.nodes.extend(pair)
+        pairs[id(node)] = pair
+        owners[id(owner)] = owner
         del rewrite, pair  # this layer's float64 factors go before the next layer's are computed
     if graph is None:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return copy
+    # each pair where its node was keeps the (sorted) order topological: no graphsurgeon toposort, which recurses
+    # once per node of a chain (a RecursionError past about 250 layers)
+    for owner in owners.values():
+        owner.nodes = [new for node in owner.nodes for new in pairs.get(id(node), [node])]
     # the model's local functions are not rewritten (they are restored as they were): graphsurgeon's walk
     # into them from If/Loop/Scan bodies never ends
-    graph.cleanup(remove_unused_graph_inputs=False, recurse_functions=False).toposort(recurse_functions=False,
-                                                                                   mode="nodes")
+    graph.cleanup(remove_unused_graph_inputs=False, recurse_functions=False)
     new = gs.export_onnx(graph, do_type_check=False)
     del graph, nodes
     _clear_tensor_names(model, unnamed)  # graphsurgeon names Constant tensors in the model it read: undone

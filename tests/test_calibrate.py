@@ -211,7 +211,7 @@ def test_fixed_batch_model_gives_the_statistics_of_a_dynamic_batch_run(batch):
     assert got["conv0"].positions_per_sample == 100 and got["conv0"].count == used * 100
     assert f"the model fixes its first dim to {batch}: calibration ran on inputs of {batch} rows" in notes
     if batch == 2:
-        assert "calibration used 6 of 7 samples (the last 1 do not fill a batch)" in " ".join(notes)
+        assert "calibration used 6 of 7 samples (the last 1 does not fill a batch of 2)" in " ".join(notes)
     else:
         assert not any("do not fill a batch" in note for note in notes)
 

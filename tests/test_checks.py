@@ -654,6 +654,7 @@ def test_a_model_that_does_not_run_at_dims_of_1_is_checked_at_a_size_it_runs_at(
                 if "could not run the model with its dynamic dims set to 1" in note)
     assert "it ran at x:1x16x64x64 (its dynamic dims after the first set to 64)" in note
     assert result.report.random_output_change is not None and result.report.random_output_change < 1e-4
+    assert result.report.random_sizes == "at x:1x16x64x64, dynamic dims set to 64, where the pre-check ran"
     calibration = InputSet({"x": np.random.default_rng(0).standard_normal((8, 16, 12, 20)).astype(np.float32)})
     result = compress(_skip_unet(), keep_params=0.8, calibration=calibration)
     assert any("it ran at x:1x16x12x20 (the calibration arrays' sizes)" in note for note in result.report.notes)
@@ -897,3 +898,36 @@ def test_calibration_sizes_keep_a_first_dim_the_model_fixes():
     report = compress(model, keep_flops=0.8, calibration=calibration, rank_multiple=1).report
     assert report.macs_before == 3 * 16 * 64 * 48
     assert any("MACs counted at the calibration arrays' sizes (x:3x16x64)" in note for note in report.notes)
+
+
+def test_the_random_check_chooses_no_size_shape_inference_cannot_bound():
+    """At a size the tool chooses and no run has tried, a size computed through ops shape inference cannot follow
+    can empty a tensor (ONNX Runtime's InstanceNormalization then crashed the process), and attention over every
+    pixel held 4.5 GB: such models are checked at 1, where the pre-check ran."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.checks import RANDOM_CHECK_ELEMENTS, _sized_for_random_check
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["t"]),
+             helper.make_node("Cast", ["t"], ["tf"], to=TensorProto.FLOAT), helper.make_node("Floor", ["tf"], ["tl"]),
+             helper.make_node("Cast", ["tl"], ["end"], to=TensorProto.INT64),  # (a length inference cannot follow)
+             helper.make_node("Slice", ["x", "zero", "end", "one"], ["cut"]),
+             helper.make_node("MatMul", ["cut", "w"], ["y"], name="mm")]
+    computed = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
+                          [weight, numpy_helper.from_array(np.array([1]), "one"),
+                           numpy_helper.from_array(np.array([0]), "zero")])
+    assert not _sized_for_random_check(computed, {"x": (1, 64, 32)})
+    report = compress(computed, keep_params=0.5, rank_multiple=1).report
+    assert report.random_output_change is not None and report.random_sizes == "at x:1x1x32, dynamic dims set to 1"
+    wide = make_model([helper.make_node("Expand", ["x", "to"], ["e"]), helper.make_node("ReduceSum", ["e", "axes"],
+                                                                                        ["s"], keepdims=0),
+                       helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32, 1])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
+                      [weight, numpy_helper.from_array(np.array([1, 1, 1, 1 << 15]), "to"),
+                       numpy_helper.from_array(np.array([3]), "axes")])
+    assert 64 * 32 * (1 << 15) > RANDOM_CHECK_ELEMENTS and not _sized_for_random_check(wide, {"x": (1, 64, 32, 1)})
+    assert _sized_for_random_check(wide, {"x": (1, 8, 32, 1)})

@@ -758,6 +758,18 @@ def test_apply_names_only_the_timing_flag_it_has(cnn_path, tmp_path, capsys):
     assert_one_line_error(code, err, "--threads has no effect without --validate; add it or drop --threads")
 
 
+def test_apply_with_the_plan_and_the_model_swapped_says_so(cnn_path, tmp_path, capsys):
+    """apply PLAN MODEL said only "'model.onnx' is not a plan (not UTF-8 JSON text)"."""
+    plan = tmp_path / "plan.json"
+    assert main(["plan", str(cnn_path), "-o", str(plan), "--keep-params", "0.5", "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli("apply", str(plan), str(cnn_path), "-o", str(out), capsys=capsys)
+    assert_one_line_error(code, err, f"'{cnn_path}' is not a plan and '{plan}' looks like one: the model comes first; "
+                                     f"onnx-alds apply {cnn_path} {plan} -o {out}")
+    assert not out.exists()
+
+
 def test_an_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys):
     """A graph output named with control characters (a corrupted file) made the error message several lines."""
     from onnx import TensorProto, helper

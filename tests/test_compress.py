@@ -1257,3 +1257,23 @@ def test_a_model_of_convtranspose_alone_is_refused_naming_convtranspose():
     with pytest.raises(UnsupportedModelError, match=r"^nothing to compress: no Conv/Gemm/MatMul node; the model's 1 "
                        r"ConvTranspose nodes \(first: 'up'\) are not factorized"):
         onnx_alds.compress(model, keep_params=0.5)
+
+
+def test_a_chain_of_hundreds_of_layers_before_a_last_node_is_rewritten():
+    """300 MatMul layers in a chain, then a Softmax: graphsurgeon's toposort recursed once per node and raised
+    RecursionError (a 1,800-line traceback) past about 250 layers; the pairs now take their nodes' places."""
+    rng = np.random.default_rng(0)
+    nodes, inits, name = [], [], "x"
+    for i in range(300):
+        nodes.append(helper.make_node("MatMul", [name, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
+        weight = rng.standard_normal((16, 2)) @ rng.standard_normal((2, 16)) / 4  # exactly rank 2
+        inits.append(numpy_helper.from_array(weight.astype(np.float32), f"w{i}"))
+        name = f"h{i}"
+    nodes.append(helper.make_node("Softmax", [name], ["y"], axis=-1))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+    result = onnx_alds.compress(model, keep_params=0.5, rank_multiple=2)
+    assert sum(layer.groups > 0 for layer in result.report.layers) == 300  # every layer factorized
+    onnx.checker.check_model(result.model, full_check=True)  # (nodes in topological order)
+    feeds = random_feeds(model)
+    np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], rtol=1e-4, atol=1e-6)
