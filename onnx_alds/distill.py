@@ -41,7 +41,8 @@ from onnx import helper, numpy_helper
 
 from .errors import (InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError, interrupted,
                      runtime_error_text)
-from .inputs import InputSet, as_input_set, cast_notes, conform_inputs, dim_name_clash, one_sample_at_a_time
+from .inputs import (InputSet, as_input_set, cast_notes, conform_inputs, dim_name_clash, one_sample_at_a_time,
+                     without_repeats)
 from .layers import is_layer_node, iter_total_params, overridable_initializers
 from .model_io import ModelLike, graph_inputs, load_model, opset_version
 
@@ -1439,6 +1440,7 @@ class DistillReport:
     threads: int
     notes: tuple = ()
     agreement_output: str = ""  # the output the agreement figure is of (_agreement_output)
+    warnings: tuple = ()  # no step improved; the step kept agrees less than the student before training
 
     def format(self) -> str:
         kind = "top-1 agreement" if self.agreement_kind == "top-1" else "cosine similarity"
@@ -1466,6 +1468,7 @@ class DistillReport:
             f"scale, tolerance {self.verify_tolerance:g})",
         ]
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -1561,7 +1564,9 @@ def _agreement_kind(teacher: np.ndarray) -> str:
 
 def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tuple[InputSet, InputSet]:
     """``(training, held-out)``: a seeded random ``held_out`` fraction of the samples (at least one, and
-    at least one left to train on), each part in the original order.
+    at least one left to train on), each part in the original order; samples that repeat an earlier one
+    exactly are left out first (:func:`onnx_alds.inputs.without_repeats`; the sources say how many).
+    ``inputs``: an :class:`~onnx_alds.inputs.InputSet` (``InputSet({"name": array})``, first axis the samples).
 
     ``compress --distill`` compresses with the training part only, so that the held-out part that
     decides early stopping was seen by neither step.
@@ -1572,11 +1577,13 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     if not 0 < held_out < 1:
         raise InputDataError(f"held_out={held_out!r}: give a fraction in (0, 1), e.g. 0.2")
     check_seed("seed", seed)
-    inputs = as_input_set(inputs)  # (a dict's len counted its keys as samples)
+    given = as_input_set(inputs)  # (a dict's len counted its keys as samples)
+    inputs = without_repeats(given)  # (a held-out sample that repeats a training one measures nothing held out)
     count = len(inputs)
     if count < 2:
-        raise InputDataError(
-            f"distillation needs at least 2 input samples (one to train on, one held out); got {count}")
+        repeats = f" ({len(given)} given, the others repeat it)" if len(given) > count else ""
+        raise InputDataError(f"distillation needs at least 2 distinct input samples (one to train on, one held "
+                             f"out); got {count}{repeats}")
     held = min(max(1, int(round(held_out * count))), count - 1)
     order = np.random.default_rng([seed, 7]).permutation(count)
     parts = []
@@ -1634,12 +1641,18 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     student_model = load_model(compressed)
     inputs = conform_inputs(teacher_model, inputs, "training")
     _check_interfaces(teacher_model, student_model, inputs)
+    given = len(inputs)
     if held_out_inputs is None:
-        inputs, held_out_inputs = split_inputs(inputs, settings.held_out, settings.seed)
+        inputs, held_out_inputs = split_inputs(inputs, settings.held_out, settings.seed)  # (repeats left out)
+        distinct = len(inputs) + len(held_out_inputs)
     else:
+        inputs = without_repeats(inputs)
+        distinct = len(inputs)
         held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
         _check_interfaces(teacher_model, student_model, held_out_inputs)
-    casts = cast_notes(inputs, held_out_inputs)
+    casts = cast_notes(inputs, held_out_inputs) + ([
+        f"{given - distinct} of the {given} input samples repeat others exactly and were left out (a held-out "
+        "sample that repeats a training one measures nothing held out)"] if distinct < given else [])
     in_sample = [note for note in (_calibrated_on(student_model, held_out_inputs), _trained_on(inputs, held_out_inputs))
                  if note]
     found = factor_tensors(teacher_model, student_model)
@@ -1839,6 +1852,15 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         if len(inputs) < 16:
             cut = (f"batches of {settings.batch_size}, not the default {DEFAULT_BATCH_SIZE}; " if batch_cut else "")
             notes.append(f"only {len(inputs)} training samples: {cut}agreement on new data may be lower")
+        warnings = []
+        if step and best[1] == 0:
+            warnings.append(f"no step lowered the held-out loss: the model written holds the compressed model's "
+                            f"values as given; try a smaller --lr (now {settings.lr:g}) or more steps")
+        elif best[2] < agree0:
+            what = "top-1 agreement" if kind == "top-1" else "cosine similarity"
+            warnings.append(f"the step kept (of lowest held-out loss) has a lower {what} than the student before "
+                            f"training ({agree0:.4f} -> {best[2]:.4f}): measure the model with validate before using "
+                            "it, or train with a smaller --lr")
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),
@@ -1851,7 +1873,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
             agreement_before=agree0, agreement_after=best[2], cosine_before=cos0, cosine_after=best[3],
             verify_max_diff=verify_diff, verify_tolerance=max(limits.values()), settings=asdict(settings),
             curve=tuple(curve), torch_version=str(torch.__version__), threads=torch.get_num_threads(),
-            notes=tuple(notes))
+            notes=tuple(notes), warnings=tuple(warnings))
         return DistillResult(tuned, report)
     finally:
         torch.set_num_threads(previous_threads)

@@ -1239,3 +1239,43 @@ def test_held_out_samples_that_are_training_samples_are_noted(torch, pair):
     apart = distill(original, compressed, inputs.head(16), held_out_inputs=_images(8, seed=5), steps=2,
                     eval_every=1, batch_size=8, seed=0, progress=False).report
     assert not any("training samples too" in note for note in apart.notes)
+
+
+def test_samples_that_repeat_others_are_left_out_before_the_split():
+    """256 copies of one sample: distill split them into training and held-out copies of the same sample and
+    reported the held-out loss falling 0.599 -> 0.0019, while the model got worse on real held-out data."""
+    from onnx_alds.distill import split_inputs
+
+    same = InputSet({"input": np.zeros((256, 3), np.float32)}, None, "zeros")
+    with pytest.raises(InputDataError, match=r"needs at least 2 distinct input samples \(one to train on, one held "
+                                             r"out\); got 1 \(256 given, the others repeat it\)"):
+        split_inputs(same)
+    rows = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    train, held = split_inputs(InputSet({"input": np.concatenate([rows] * 4)}, None, "rows"))
+    assert len(train) + len(held) == 40 and "120 repeats of other samples left out" in train.source
+    seen = {row.tobytes() for row in train.arrays["input"]}
+    assert not any(row.tobytes() in seen for row in held.arrays["input"])
+
+
+def test_distill_notes_the_repeats_it_left_out(torch, pair):
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    twice = InputSet({"input": np.concatenate([inputs.arrays["input"][:10]] * 2)}, None, "twice")
+    result = distill(original, compressed, twice, steps=1, progress=False)
+    assert "10 of the 20 input samples repeat others exactly and were left out (a held-out sample that repeats a " \
+           "training one measures nothing held out)" in result.report.notes
+    assert result.report.train_samples + result.report.held_out_samples == 10
+
+
+def test_a_run_in_which_no_step_helped_warns_that_the_model_is_unchanged(torch, pair):
+    """--lr 1000 or 1e30: every step raised the held-out loss, the model written held the input's values, and
+    the only word was a note that "a smaller --lr may train faster"."""
+    from onnx_alds.distill import distill
+
+    original, compressed, inputs = pair
+    result = distill(original, compressed, inputs, steps=3, lr=1e30, progress=False)
+    assert result.report.best_step == 0
+    assert result.report.warnings == ("no step lowered the held-out loss: the model written holds the compressed "
+                                      "model's values as given; try a smaller --lr (now 1e+30) or more steps",)
+    assert "warning: no step lowered the held-out loss" in result.report.format()
