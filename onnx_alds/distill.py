@@ -1353,25 +1353,26 @@ class DistillSettings:
 
         self._check_types()
         if self.steps is not None and self.steps < 1:
-            raise InputDataError(f"--steps {self.steps}: give a positive number of steps")
+            raise InputDataError(f"steps={self.steps} (--steps): give a positive number of steps")
         check_threads(self.threads)
         if self.minutes is not None and not 0 < self.minutes < math.inf:
-            raise InputDataError(f"--minutes {self.minutes}: give a positive, finite time budget")
+            raise InputDataError(f"minutes={self.minutes} (--minutes): give a positive, finite time budget")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputDataError(f"--batch-size {self.batch_size}: give a positive batch size")
+            raise InputDataError(f"batch_size={self.batch_size} (--batch-size): give a positive batch size")
         if not 0 < self.held_out < 1:
-            raise InputDataError(f"--held-out {self.held_out}: give a fraction in (0, 1)")
+            raise InputDataError(f"held_out={self.held_out} (--held-out): give a fraction in (0, 1)")
         if not 0 < self.lr < math.inf:
-            raise InputDataError(f"--lr {self.lr}: give a positive, finite learning rate")
+            raise InputDataError(f"lr={self.lr} (--lr): give a positive, finite learning rate")
         if not 0 <= self.intermediate_weight < math.inf:
-            raise InputDataError(f"--intermediate-weight {self.intermediate_weight}: give a finite weight ≥ 0")
+            raise InputDataError(f"intermediate_weight={self.intermediate_weight} (--intermediate-weight): give a "
+                                 "finite weight ≥ 0")
         if self.views < 0:
             raise InputDataError(f"views={self.views}: give a number of augmented held-out views ≥ 0")
-        for flag, value in (("--eval-every", self.eval_every), ("--patience", self.patience)):
+        for name, value in (("eval_every", self.eval_every), ("patience", self.patience)):
             if value < 1:
-                raise InputDataError(f"{flag} {value}: give a positive number")
+                raise InputDataError(f"{name}={value} (--{name.replace('_', '-')}): give a positive number")
         if not 0 <= self.seed < 2 ** 32:
-            raise InputDataError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32)")
+            raise InputDataError(f"seed={self.seed} (--seed) is out of range; give an integer in [0, 2**32)")
 
     def _check_types(self) -> None:
         """Refuse a setting of the wrong type (``steps=2.5``, ``steps=True``, ``seed="1"``) with one line

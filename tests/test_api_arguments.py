@@ -477,7 +477,7 @@ def test_api_arguments_of_the_wrong_kind_are_one_clear_error(tmp_path):
     from onnx_alds.options import SpeedOptions
     from onnx_alds.plan import Plan, PlanError, make_plan
 
-    inputs = InputSet({"input": np.zeros((10, 3, 32, 32), np.float32)}, source="t")
+    inputs = InputSet({"input": np.arange(10 * 3 * 32 * 32, dtype=np.float32).reshape(10, 3, 32, 32)}, source="t")
     for held_out in (float("nan"), "0.2", 10, True, -3, 0):
         with pytest.raises(InputDataError, match="held_out"):
             split_inputs(inputs, held_out=held_out)

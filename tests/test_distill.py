@@ -650,8 +650,9 @@ def test_settings_of_the_wrong_type_are_one_error():
                           (dict(minutes=True), r"minutes=True \(bool\): give a number"),
                           (dict(augment=1), r"augment=1 \(int\): give True or False"),
                           # each out-of-range setting named alone (one line named four, one of them no flag)
-                          (dict(intermediate_weight=-1.0), r"^--intermediate-weight -1.0: give a finite weight"),
-                          (dict(patience=0), r"^--patience 0: give a positive number$")):
+                          (dict(intermediate_weight=-1.0),
+                           r"^intermediate_weight=-1.0 \(--intermediate-weight\): give a finite weight"),
+                          (dict(patience=0), r"^patience=0 \(--patience\): give a positive number$")):
         with pytest.raises(InputDataError, match=wanted):
             DistillSettings(**flags)
     settings = DistillSettings(steps=np.int64(5), seed=np.uint32(3), batch_size=np.int32(4), lr=np.float32(0.5),
