@@ -862,7 +862,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
             _, after = outputs(new, len(before))
             break
         except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
-            raise_if_out_of_resources(exc)
+            if next(where for candidate, where in sizes if candidate is shapes) is None:
+                raise_if_out_of_resources(exc)  # (at sizes the tool chose, it tries the next)
             if (shapes, batch) == tries[-1]:  # (our own InputDataError whole: it says why)
                 limit = 400 if isinstance(exc, OnnxAldsError) else 240
                 if sizes[-1][1] is None:
@@ -948,17 +949,20 @@ RANDOM_CHECK_ELEMENTS = 1 << 25  # values of all tensors together, at most, at a
 
 def _sized_for_random_check(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
     """Whether the random check may run the model at ``shapes``, sizes the tool chose and no run has tried: shape
-    inference there sizes every tensor of the main graph (a size it cannot follow can empty a tensor, on which
-    some ONNX Runtime kernels crash the process), none empty after its second axis, and all of them together
-    hold at most :data:`RANDOM_CHECK_ELEMENTS` values (attention over every pixel at 64 × 64 held 4.5 GB)."""
+    inference there sizes every tensor of the main graph and of every If/Loop/Scan body (a size it cannot follow
+    can empty a tensor, on which some ONNX Runtime kernels crash the process; a branch can expand to any size),
+    none empty after its second axis, and all of them together hold at most :data:`RANDOM_CHECK_ELEMENTS` values
+    (attention over every pixel at 64 × 64 held 4.5 GB)."""
+    from .layers import iter_graphs
     from .shapes import known_shapes, static_copy
 
     try:
-        graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph
+        inferred = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True)
     except Exception:  # noqa: BLE001 - shapes that do not fit together
         return False
-    sized = known_shapes(list(graph.value_info) + list(graph.output))
-    produced = {name for node in graph.node for name in node.output if name}
+    graphs = [graph for _, graph in iter_graphs(inferred.graph)]
+    sized = known_shapes([value for graph in graphs for value in list(graph.value_info) + list(graph.output)])
+    produced = {name for graph in graphs for node in graph.node for name in node.output if name}
     if not produced <= set(sized):
         return False
     if any(0 in dims[2:] for dims in sized.values()):

@@ -1455,8 +1455,10 @@ class DistillReport:
             f"everything else frozen; loss on the outputs"
             + (f" and on {self.matching_points} compressed layers' outputs (weight "
                f"{self.settings.get('intermediate_weight')})" if self.matching_points else ""),
-            f"data: {self.train_samples} training samples ({self.augmentation}); held out: {self.held_out_samples} "
-            "samples" + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
+            f"data: {self.train_samples} training sample{'s' if self.train_samples != 1 else ''} "
+            f"({self.augmentation}); held out: {self.held_out_samples} "
+            f"sample{'s' if self.held_out_samples != 1 else ''}"
+            + (f" + {self.held_out_views} augmented views each" if self.held_out_views else ""),
             f"held-out loss {self.loss_before:.4g} -> {self.loss_after:.4g}; {kind}"
             f"{f' of output {self.agreement_output!r}' if self.agreement_output else ''} "
             f"{self.agreement_before:.4f} -> "
@@ -1649,11 +1651,12 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     else:
         inputs = without_repeats(inputs)
         distinct = len(inputs)
-        held_out_inputs = conform_inputs(teacher_model, held_out_inputs, "held-out")
+        held_out_inputs = without_repeats(conform_inputs(teacher_model, held_out_inputs, "held-out"))
         _check_interfaces(teacher_model, student_model, held_out_inputs)
     casts = cast_notes(inputs, held_out_inputs) + ([
-        f"{given - distinct} of the {given} input samples repeat others exactly and were left out (a held-out "
-        "sample that repeats a training one measures nothing held out)"] if distinct < given else [])
+        f"{given - distinct} of the {given} input samples repeat others exactly and were left out (a repeat adds "
+        "nothing to train on, and a held-out sample that repeats a training one measures nothing held out)"]
+        if distinct < given else [])
     in_sample = [note for note in (_calibrated_on(student_model, held_out_inputs), _trained_on(inputs, held_out_inputs))
                  if note]
     found = factor_tensors(teacher_model, student_model)
@@ -1845,7 +1848,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         if halvings:
             notes.append(f"the held-out loss rose above {DIVERGED:g}x its best {halvings} time(s): each time the best "
                          f"values were restored and the step size halved (final lr {settings.lr * 0.5 ** halvings:g}); "
-                         "a smaller --lr may train faster")
+                         "a smaller learning rate (onnx-alds distill --lr, distill(lr=...)) may train faster")
         if augmenter.note:
             notes.append(augmenter.note)
         if inputs.is_random:
@@ -1856,12 +1859,13 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         warnings = []
         if step and best[1] == 0:
             warnings.append(f"no step lowered the held-out loss: the model written holds the compressed model's "
-                            f"values as given; try a smaller --lr (now {settings.lr:g}) or more steps")
+                            f"values as given; try a smaller learning rate (now {settings.lr:g}; onnx-alds "
+                            "distill --lr) or more steps")
         elif best[2] < agree0:
             what = "top-1 agreement" if kind == "top-1" else "cosine similarity"
             warnings.append(f"the step kept (of lowest held-out loss) has a lower {what} than the student before "
                             f"training ({agree0:.4f} -> {best[2]:.4f}): measure the model with validate before using "
-                            "it, or train with a smaller --lr")
+                            "it, or train with a smaller learning rate (onnx-alds distill --lr)")
         report = DistillReport(
             steps=step, seconds=round(time.perf_counter() - started, 2), stop_reason=stop_reason, best_step=best[1],
             train_samples=len(next(iter(train.values()))), held_out_samples=len(next(iter(held.values()))),

@@ -193,7 +193,7 @@ class Preprocess:
 
 
 def first_occurrences(inputs: InputSet, unit: int = 1) -> list[int]:
-    """The indices of the samples that repeat no earlier one exactly (values of every input), in order.
+    """The indices of the samples that repeat no earlier one exactly (values of every input; -0.0 as 0.0), in order.
     ``unit`` > 1: a model that fixes its first dim to ``unit`` takes whole inputs of ``unit`` rows (its first
     axis is no batch), so whole inputs are compared, and the rows of those that repeat none are returned (a
     remainder of fewer rows is kept as it is)."""
@@ -206,7 +206,10 @@ def first_occurrences(inputs: InputSet, unit: int = 1) -> list[int]:
     for start in range(0, whole, unit):
         digest = hashlib.sha1()
         for name in sorted(inputs.arrays):
-            digest.update(np.ascontiguousarray(inputs.arrays[name][start:start + unit]).tobytes())
+            part = inputs.arrays[name][start:start + unit]
+            if part.dtype.kind in "fc":
+                part = part + part.dtype.type(0)  # (-0.0 + 0.0 is 0.0: values equal, bytes not)
+            digest.update(np.ascontiguousarray(part).tobytes())
         first.setdefault(digest.digest(), start)
     return [row for start in sorted(first.values()) for row in range(start, start + unit)] + list(range(whole, count))
 

@@ -1549,6 +1549,17 @@ def run_plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_a_plan(path: Path) -> bool:
+    """Whether ``path`` holds a plan (a small file that :meth:`Plan.load` reads): apply's arguments swapped."""
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return False
+        Plan.load(path)
+    except (OSError, OnnxAldsError):
+        return False
+    return True
+
+
 def run_apply_command(args: argparse.Namespace) -> int:
     """``onnx-alds apply``: read the plan, check it against the model, rewrite, write (and validate)."""
     from .cli import check_flags_take_effect, write_result
@@ -1562,7 +1573,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     try:
         plan = Plan.load(args.plan)
     except PlanError:
-        if str(args.model).lower().endswith(".json") and not str(args.plan).lower().endswith(".json"):
+        if _is_a_plan(Path(args.model)):
             raise PlanError(f"'{args.plan}' is not a plan and '{args.model}' looks like one: the model comes first; "
                             f"onnx-alds apply {shlex.quote(str(args.plan))} {shlex.quote(str(args.model))} -o "
                             f"{shlex.quote(str(args.output))}") from None

@@ -931,3 +931,28 @@ def test_the_random_check_chooses_no_size_shape_inference_cannot_bound():
                        numpy_helper.from_array(np.array([3]), "axes")])
     assert 64 * 32 * (1 << 15) > RANDOM_CHECK_ELEMENTS and not _sized_for_random_check(wide, {"x": (1, 64, 32, 1)})
     assert _sized_for_random_check(wide, {"x": (1, 8, 32, 1)})
+
+
+def test_the_random_check_sizes_if_bodies_too():
+    """An If branch expanding to 8·T³ columns: the size check read the main graph only (the If's output a scalar)
+    and chose 64, where ONNX Runtime asked for 17 GB and compress failed with an out-of-memory error."""
+    from conftest import make_model
+    from onnx_alds.checks import _sized_for_random_check
+
+    def model(body_op: str) -> onnx.ModelProto:
+        branch = helper.make_graph([helper.make_node(body_op, ["h"], ["a"]),
+                                    helper.make_node("Cast", ["a"], ["b"], to=TensorProto.FLOAT),
+                                    helper.make_node("ReduceSum", ["b"], ["o"], keepdims=0)], "branch", [],
+                                   [helper.make_tensor_value_info("o", TensorProto.FLOAT, [])])
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                 helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+                 helper.make_node("Greater", ["s", "zero"], ["c"]),
+                 helper.make_node("If", ["c"], ["i"], then_branch=branch, else_branch=branch),
+                 helper.make_node("Add", ["h", "i"], ["y"])]
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 32])],
+                          [numpy_helper.from_array(np.eye(32, dtype=np.float32), "w"),
+                           numpy_helper.from_array(np.float32(0), "zero")])
+
+    assert _sized_for_random_check(model("Relu"), {"x": (1, 64, 32)})
+    assert not _sized_for_random_check(model("NonZero"), {"x": (1, 64, 32)})  # a size only a run tells

@@ -768,6 +768,10 @@ def test_apply_with_the_plan_and_the_model_swapped_says_so(cnn_path, tmp_path, c
     assert_one_line_error(code, err, f"'{cnn_path}' is not a plan and '{plan}' looks like one: the model comes first; "
                                      f"onnx-alds apply {cnn_path} {plan} -o {out}")
     assert not out.exists()
+    renamed = tmp_path / "plan.PLAN"  # (told by its content, not its suffix)
+    renamed.write_bytes(plan.read_bytes())
+    code, _, err = run_cli("apply", str(renamed), str(cnn_path), "-o", str(out), capsys=capsys)
+    assert_one_line_error(code, err, f"'{renamed}' looks like one: the model comes first")
 
 
 def test_an_error_naming_a_tensor_with_a_newline_stays_one_line(tmp_path, capsys):

@@ -1246,6 +1246,7 @@ def test_samples_that_repeat_others_are_left_out_before_the_split():
     """256 copies of one sample: distill split them into training and held-out copies of the same sample and
     reported the held-out loss falling 0.599 -> 0.0019, while the model got worse on real held-out data."""
     from onnx_alds.distill import split_inputs
+    from onnx_alds.inputs import without_repeats
 
     same = InputSet({"input": np.zeros((256, 3), np.float32)}, None, "zeros")
     with pytest.raises(InputDataError, match=r"needs at least 2 distinct input samples \(one to train on, one held "
@@ -1256,6 +1257,8 @@ def test_samples_that_repeat_others_are_left_out_before_the_split():
     assert len(train) + len(held) == 40 and "120 repeats of other samples left out" in train.source
     seen = {row.tobytes() for row in train.arrays["input"]}
     assert not any(row.tobytes() in seen for row in held.arrays["input"])
+    signed = InputSet({"input": np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0]], np.float32)}, None, "signed zeros")
+    assert len(without_repeats(signed)) == 2  # -0.0 equals 0.0
 
 
 def test_distill_notes_the_repeats_it_left_out(torch, pair):
@@ -1264,8 +1267,8 @@ def test_distill_notes_the_repeats_it_left_out(torch, pair):
     original, compressed, inputs = pair
     twice = InputSet({"input": np.concatenate([inputs.arrays["input"][:10]] * 2)}, None, "twice")
     result = distill(original, compressed, twice, steps=1, progress=False)
-    assert "10 of the 20 input samples repeat others exactly and were left out (a held-out sample that repeats a " \
-           "training one measures nothing held out)" in result.report.notes
+    assert "10 of the 20 input samples repeat others exactly and were left out (a repeat adds nothing to train on, " \
+           "and a held-out sample that repeats a training one measures nothing held out)" in result.report.notes
     assert result.report.train_samples + result.report.held_out_samples == 10
 
 
@@ -1278,5 +1281,6 @@ def test_a_run_in_which_no_step_helped_warns_that_the_model_is_unchanged(torch, 
     result = distill(original, compressed, inputs, steps=3, lr=1e30, progress=False)
     assert result.report.best_step == 0
     assert result.report.warnings == ("no step lowered the held-out loss: the model written holds the compressed "
-                                      "model's values as given; try a smaller --lr (now 1e+30) or more steps",)
+                                      "model's values as given; try a smaller learning rate (now 1e+30; onnx-alds "
+                                      "distill --lr) or more steps",)
     assert "warning: no step lowered the held-out loss" in result.report.format()
