@@ -295,6 +295,10 @@ def _node_label(node: onnx.NodeProto) -> str:
     return f"{node.op_type} (unnamed, output '{node.output[0] if node.output else ''}')"
 
 
+def _type_words(dtype: np.dtype) -> str:
+    return "strings" if dtype.kind in "OUS" else f"values of type {dtype}"
+
+
 def _probe_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[dict[str, np.ndarray]]:
     """Seeded inputs at the declared dims (``shapes`` where given, other dynamic dims set to 1), or
     None when a type has no sample."""
@@ -820,6 +824,10 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, reason=f"the model is over the checks' run limit of {_RUN_LIMIT >> 20} MiB (loaded "
                                         "in ONNX Runtime to check it, not run)")
     if not found.runtime_loads or found.runtime_outputs is None:
+        unfed = next((spec for spec in graph_inputs(original) if spec.dtype.kind not in "fiub"), None)
+        if unfed is not None:  # (a string input: the checks draw no sample of it)
+            return RandomCheck(None, reason=f"graph input '{unfed.name}' holds {_type_words(unfed.dtype)}, of which "
+                                            "the checks draw no sample")
         return RandomCheck(None, reason="ONNX Runtime did not run the original in the checks")
     if model_bytes(original, store) > _RUNTIME_LIMIT:
         return RandomCheck(None, reason=f"the model is over the checks' limit of {_RUNTIME_LIMIT >> 30} GiB")
@@ -910,6 +918,13 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, samples=done, reason=f"the original's outputs hold Inf or NaN on the random inputs "
                                                       f"(first: '{unbounded[0]}'), which no relative change measures")
     if not means:
+        kinds = {name: (f"{value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+                        if not isinstance(value, list) or not value or not isinstance(value[0], dict)
+                        else "a sequence of maps") for name, value in zip(names, before[0])}
+        if not any(isinstance(value, np.ndarray) and value.dtype.kind == "f" for value in before[0]):
+            shown = ", ".join(f"'{name}' {kind}" for name, kind in list(kinds.items())[:3])
+            return RandomCheck(None, samples=done, reason=f"the model has no float tensor output to compare (its "
+                                                          f"outputs: {shown})")
         return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
     worst = max(means, key=lambda name: means[name])
     return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=chosen)

@@ -118,7 +118,8 @@ def _compress_arguments(parser: argparse.ArgumentParser, *, output_help: str) ->
                              "name, such as layer[0], means that name)")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the allocation's random starts")
     parser.add_argument("--report", metavar="FILE.json", help="write the per-layer plan and totals as JSON")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the totals")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="leave out the per-layer table (totals, notes and warnings stay)")
     _add_calibration_arguments(parser)
 
 

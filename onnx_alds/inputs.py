@@ -192,6 +192,18 @@ class Preprocess:
         return f"{self.name} ({', '.join(parts)})"
 
 
+def value_bytes(array: np.ndarray):
+    """The bytes a digest reads for ``array``'s values: its buffer, except for an object array (strings: the
+    buffer holds pointers, other on every run), whose elements are each hashed as length and UTF-8 text."""
+    if array.dtype.kind != "O":
+        return np.ascontiguousarray(array).data
+    parts = []
+    for value in array.ravel():
+        text = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+        parts.append(len(text).to_bytes(8, "little") + text)
+    return b"".join(parts)
+
+
 def first_occurrences(inputs: InputSet, unit: int = 1) -> list[int]:
     """The indices of the samples that repeat no earlier one exactly (values of every input; -0.0 as 0.0), in order.
     ``unit`` > 1: a model that fixes its first dim to ``unit`` takes whole inputs of ``unit`` rows (its first
@@ -209,7 +221,7 @@ def first_occurrences(inputs: InputSet, unit: int = 1) -> list[int]:
             part = inputs.arrays[name][start:start + unit]
             if part.dtype.kind in "fc":
                 part = part + part.dtype.type(0)  # (-0.0 + 0.0 is 0.0: values equal, bytes not)
-            digest.update(np.ascontiguousarray(part).tobytes())
+            digest.update(value_bytes(part))
         first.setdefault(digest.digest(), start)
     return [row for start in sorted(first.values()) for row in range(start, start + unit)] + list(range(whole, count))
 

@@ -58,6 +58,7 @@ from onnx import numpy_helper
 
 from .allocate import DENSE, Allocation, LayerChoice
 from .errors import InputDataError, OnnxAldsError
+from .inputs import value_bytes
 from .latency import predicted_model_us
 from .layers import (ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, chain_source, check_exclude_patterns,
                      iter_graphs, with_order)
@@ -807,7 +808,7 @@ def calibration_digest(calibration) -> Optional[str]:
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.data)
+        digest.update(value_bytes(array))
     return digest.hexdigest()
 
 
@@ -832,7 +833,7 @@ def sample_digests(inputs, limit: Optional[int] = None) -> list[str]:
         for name in sorted(arrays):
             row = np.ascontiguousarray(arrays[name][index])
             digest.update(f"{name}|{row.dtype.str}|{row.shape}|".encode())
-            digest.update(row.data)
+            digest.update(value_bytes(row))
         digests.append(digest.hexdigest()[:SAMPLE_DIGEST_CHARS])
     return digests
 
@@ -935,9 +936,9 @@ def weights_digests(model, schemes: Sequence[str] = DIGEST_SCHEMES) -> dict[str,
         head = f"{tensor.data_type}|{array.shape}|".encode()
         if "named" in schemes:
             named.update(f"{name}|".encode() + head)
-            named.update(array.tobytes())
+            named.update(value_bytes(array))
         if array.size and set(schemes) & {"unnamed", "readers", "transposes"}:
-            content = hashlib.sha256(head + array.tobytes()).digest()
+            content = hashlib.sha256(head + bytes(value_bytes(array))).digest()
             parts["unnamed"].append(content)
             for scheme, bound in (("readers", readers), ("transposes", transposed)):
                 read_by = "|".join(sorted(bound.get(name, ()))).encode()

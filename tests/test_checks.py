@@ -956,3 +956,39 @@ def test_the_random_check_sizes_if_bodies_too():
 
     assert _sized_for_random_check(model("Relu"), {"x": (1, 64, 32)})
     assert not _sized_for_random_check(model("NonZero"), {"x": (1, 64, 32)})  # a size only a run tells
+
+
+def test_the_random_check_says_when_no_output_is_a_float_tensor():
+    """A classifier exported with only its label (ArgMax) and ZipMap-like outputs: the note said "no float output
+    with a non-zero value to compare", as if its float outputs had been all zeros."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["scores"], name="mm"),
+                        helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                       [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
+    report = compress(model, keep_params=0.5, rank_multiple=1).report
+    assert report.random_output_change is None
+    assert ("the outputs were not compared on random inputs: the model has no float tensor output to compare (its "
+            "outputs: 'label' int64)") in " ".join(report.notes)
+
+
+def test_the_random_check_names_a_string_input_it_cannot_draw():
+    """A string input: the note said only "ONNX Runtime did not run the original in the checks"."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+                        helper.make_node("Identity", ["tag"], ["tag_out"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+                        helper.make_tensor_value_info("tag", TensorProto.STRING, ["N"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32]),
+                        helper.make_tensor_value_info("tag_out", TensorProto.STRING, ["N"])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
+    report = compress(model, keep_params=0.5, rank_multiple=1).report
+    assert ("the outputs were not compared on random inputs: graph input 'tag' holds strings, of which the checks "
+            "draw no sample") in " ".join(report.notes)

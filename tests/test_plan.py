@@ -1422,3 +1422,33 @@ def test_a_plan_made_in_python_is_the_same_file_as_the_command_lines(tmp_path):
         data["model"].pop("path", None)
         data.pop("tool", None)
     assert api == cli and api["options"]["input_shapes"] == {}
+
+
+def test_digests_of_string_values_are_the_same_on_every_run():
+    """An object array's buffer holds pointers: digests of string inputs and string constants changed from run to
+    run, so apply warned "the model's weights differ from those the plan was made on" about the same file, and two
+    identical compress runs wrote different bytes."""
+    from onnx import helper, numpy_helper
+
+    from onnx_alds.inputs import InputSet, first_occurrences
+    from onnx_alds.plan import calibration_digest, sample_digests, weights_digests
+
+    def strings(words):  # new str objects each call (no interned literals)
+        return np.array(["".join(list(word)) + "" for word in words], dtype=object)
+
+    one = InputSet({"cat": strings(["red", "blue", "red"]), "x": np.zeros((3, 2), np.float32)})
+    two = InputSet({"cat": strings(["red", "blue", "red"]), "x": np.zeros((3, 2), np.float32)})
+    other = InputSet({"cat": strings(["red", "blue", "green"]), "x": np.zeros((3, 2), np.float32)})
+    assert calibration_digest(one) == calibration_digest(two) != calibration_digest(other)
+    assert sample_digests(one) == sample_digests(two) and sample_digests(one)[0] == sample_digests(one)[2]
+    assert first_occurrences(one) == [0, 1]
+
+    def model(classes):
+        table = numpy_helper.from_array(classes, "classes")
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])], [table])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert weights_digests(model(strings(["a1", "b2"]))) == weights_digests(model(strings(["a1", "b2"])))
+    assert weights_digests(model(strings(["a1", "b2"])))["named"] != weights_digests(model(strings(["a1", "b3"])))["named"]
