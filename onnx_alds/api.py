@@ -1640,7 +1640,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
             and not row.error <= NEGLIGIBLE_ERROR]  # (a weight of that rank, or near it, loses nothing)
     if tiny:
         warnings.append(f"{len(tiny)} {'layer keeps' if len(tiny) == 1 else 'layers keep'} under "
-                        f"{TINY_RANK_FRACTION:.0%} of their full rank (" + ", ".join(
+                        f"{TINY_RANK_FRACTION:.0%} of {'its' if len(tiny) == 1 else 'their'} full rank (" + ", ".join(
             f"'{row.name}' rank {row.rank * row.groups} of {full_rank[row.name]}" for row in tiny[:3])
             + "): a layer this thin (a classifier or vocabulary head above all) rarely survives; leave it dense with "
             + ("\"option\": \"dense\" in the plan" if applied else "--exclude"))
@@ -1945,8 +1945,9 @@ def no_shrinking_rank(layer: Layer, rank_multiple: int) -> Optional[str]:
     rows, cols = layer.matrix_shape
     if rank_multiple > 1 and layer.groups and all(rank_multiple * (g * rows + cols) >= layer.params
                                                   for g in layer.groups):
-        return (f"rank {rank_multiple} (the rank multiple) would take {rank_multiple * (rows + cols)} weights, more "
-                f"than its {layer.params}")
+        taken = rank_multiple * (rows + cols)
+        return (f"rank {rank_multiple} (the rank multiple) would take {taken} weights, "
+                f"{'as many as' if taken == layer.params else 'more than'} its {layer.params}")
     return None
 
 

@@ -1593,7 +1593,7 @@ def split_inputs(inputs: InputSet, held_out: float = 0.2, seed: int = 0) -> tupl
     for index, what in ((np.sort(order[held:]), "training"), (np.sort(order[:held]), "held-out")):
         labels = None if inputs.labels is None else inputs.labels[index]
         parts.append(InputSet({k: np.asarray(v)[index] for k, v in inputs.arrays.items()}, labels,
-                              f"{inputs.source}, {what} part ({len(index)} samples)"))
+                              f"{inputs.source}, {what} part ({len(index)} sample{'s' if len(index) != 1 else ''})"))
     return parts[0], parts[1]
 
 

@@ -700,7 +700,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
             )
         labels = labels_file.for_samples(count)
     try:
-        result = InputSet(arrays, labels, f"{path} ({count} samples{cast_note})")
+        result = InputSet(arrays, labels, f"{path} ({count} sample{'s' if count != 1 else ''}{cast_note})")
     except InputDataError as exc:  # (sample counts that disagree): named with the file
         raise InputDataError(f"'{path}': {exc}") from None
     if limit is not None and limit < len(result):
@@ -1157,7 +1157,7 @@ def random_inputs(model: onnx.ModelProto, count: int, *,
             shape[0] = count
         arrays[spec.name] = random_array(spec.name, spec.dtype, tuple(shape), rng, high=bounds.get(spec.name))
     rounded = f", {asked} asked, rounded down to whole batches of the model's fixed batch" if count != asked else ""
-    return InputSet(arrays, None, f"random ({count} samples{rounded}; not real data)")
+    return InputSet(arrays, None, f"random ({count} sample{'s' if count != 1 else ''}{rounded}; not real data)")
 
 
 def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], rng: np.random.Generator

@@ -455,8 +455,10 @@ def effective_batch_size(model: onnx.ModelProto, requested: int, samples: int) -
                              f"give at least {batch}")
     notes = [f"the model fixes the batch to {batch}; ran at batch {batch}"] if batch != requested else []
     if samples % batch:
-        notes.append(f"the last {samples % batch} of {samples} samples do not fill a batch of {batch} and were "
-                     f"not compared; give a multiple of {batch} to use them all")
+        left = samples % batch
+        notes.append(f"the last {left} of {samples} samples {'does' if left == 1 else 'do'} not fill a batch of "
+                     f"{batch} and {'was' if left == 1 else 'were'} not compared; give a multiple of {batch} to use "
+                     "them all")
     return batch, samples - samples % batch, notes
 
 
