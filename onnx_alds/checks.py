@@ -859,9 +859,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc)})")
     if len(given) == 1 and given != {batches[0]}:  # a model that runs only at the first dim given (a Gemm whose
         batches.append(given.pop())  # input's first axis is its K): tried there once batch 1 fails
-    sizes = _random_check_sizes(original, found)
-    tries = [(shapes, batch) for shapes, _ in sizes for batch in batches]
-    for shapes, batch in tries:
+    tries = [(shapes, where, batch) for shapes, where in _random_check_sizes(original, found) for batch in batches]
+    for index, (shapes, where, batch) in enumerate(tries):
         try:
             count = batch * math.ceil(RANDOM_SAMPLES / batch)
             arrays = {name: np.asarray(array) for name, array in
@@ -870,17 +869,15 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
             _, after = outputs(new, len(before))
             break
         except Exception as exc:  # (an input no random sample fits: no figure, and the reason)
-            if next(where for candidate, where in sizes if candidate is shapes) is None:
+            if where is None:
                 raise_if_out_of_resources(exc)  # (at sizes the tool chose, it tries the next)
-            if (shapes, batch) == tries[-1]:  # (our own InputDataError whole: it says why)
-                limit = 400 if isinstance(exc, OnnxAldsError) else 240
-                if sizes[-1][1] is None:
-                    return RandomCheck(None, reason=f"random inputs could not be run ({first_line(exc, limit)})")
-                tried = ", ".join(where.rsplit(" ", 1)[-1] for _, where in sizes)
-                return RandomCheck(None, reason=f"random inputs could not be run with the dynamic dims set to {tried} "
-                                                f"(at 1: {first_line(exc, limit)}); give every dynamic dim with "
-                                                "--input-shape to run the check")
-    chosen = next(where for candidate, where in sizes if candidate is shapes)
+            if index == len(tries) - 1:  # (our own InputDataError whole: it says why)
+                why = first_line(exc, 400) if isinstance(exc, OnnxAldsError) else runtime_error_text(exc)
+                if where is None:
+                    return RandomCheck(None, reason=f"random inputs could not be run ({why})")
+                return RandomCheck(None, reason=f"random inputs could not be run at the sizes the tool chose (last "
+                                                f"{where}: {why}); give every dynamic dim with --input-shape to run "
+                                                "the check")
     # samples: one per row of the batch, or one per batch where the model only ran at the first dim given
     done = batch * len(before) if batch == batches[0] else len(before)
     ratios: dict[str, list[float]] = {}
@@ -918,16 +915,22 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         return RandomCheck(None, samples=done, reason=f"the original's outputs hold Inf or NaN on the random inputs "
                                                       f"(first: '{unbounded[0]}'), which no relative change measures")
     if not means:
-        kinds = {name: (f"{value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
-                        if not isinstance(value, list) or not value or not isinstance(value[0], dict)
-                        else "a sequence of maps") for name, value in zip(names, before[0])}
         if not any(isinstance(value, np.ndarray) and value.dtype.kind == "f" for value in before[0]):
-            shown = ", ".join(f"'{name}' {kind}" for name, kind in list(kinds.items())[:3])
+            shown = ", ".join(f"'{name}' {_output_kind(value)}" for name, value in list(zip(names, before[0]))[:3])
             return RandomCheck(None, samples=done, reason=f"the model has no float tensor output to compare (its "
                                                           f"outputs: {shown})")
         return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
     worst = max(means, key=lambda name: means[name])
-    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=chosen)
+    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=where)
+
+
+def _output_kind(value) -> str:
+    """An ONNX Runtime output in a few words: its dtype, "a sequence of maps" (ZipMap), or its Python type."""
+    if isinstance(value, np.ndarray):
+        return str(value.dtype)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "a sequence of maps"
+    return type(value).__name__
 
 
 def _random_check_sizes(model: onnx.ModelProto, found: InputCheck

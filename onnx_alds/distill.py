@@ -1653,10 +1653,10 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
         distinct = len(inputs)
         held_out_inputs = without_repeats(conform_inputs(teacher_model, held_out_inputs, "held-out"))
         _check_interfaces(teacher_model, student_model, held_out_inputs)
-    casts = cast_notes(inputs, held_out_inputs) + ([
-        f"{given - distinct} of the {given} input samples repeat others exactly and were left out (a repeat adds "
-        "nothing to train on, and a held-out sample that repeats a training one measures nothing held out)"]
-        if distinct < given else [])
+    casts = cast_notes(inputs, held_out_inputs)
+    repeats = [f"{given - distinct} of the {given} input samples repeat others exactly and were left out (a repeat "
+               "adds nothing to train on, and a held-out sample that repeats a training one measures nothing held "
+               "out)"] if distinct < given else []
     in_sample = [note for note in (_calibrated_on(student_model, held_out_inputs), _trained_on(inputs, held_out_inputs))
                  if note]
     found = factor_tensors(teacher_model, student_model)
@@ -1686,7 +1686,7 @@ def distill(original: ModelLike, compressed: ModelLike, inputs: InputSet, *,
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(settings.seed)
     try:
-        notes = casts + in_sample
+        notes = casts + repeats + in_sample
         rng = np.random.default_rng(settings.seed)
         names = [spec.name for spec in graph_inputs(student_model)]
         train = {k: np.asarray(inputs.arrays[k]) for k in names}

@@ -992,3 +992,27 @@ def test_the_random_check_names_a_string_input_it_cannot_draw():
     report = compress(model, keep_params=0.5, rank_multiple=1).report
     assert ("the outputs were not compared on random inputs: graph input 'tag' holds strings, of which the checks "
             "draw no sample") in " ".join(report.notes)
+
+
+@pytest.mark.parametrize("dims", [["N", 32], ["N", "T", 32]])
+def test_random_inputs_that_do_not_run_leave_a_note_naming_the_failure(dims):
+    """An integer input used as a Reshape size: the probe's zeros run, random values do not. The note names ONNX
+    Runtime's failure, and at sizes the tool chose the last one tried (no test covered a check where every try
+    fails)."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Concat", ["n", "minus"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
+                               helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", "B"])],
+                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w"),
+                        numpy_helper.from_array(np.array([-1]), "minus")])
+    report = compress(model, keep_params=0.5, rank_multiple=1).report
+    assert report.random_output_change is None
+    note = next(note for note in report.notes if note.startswith("the outputs were not compared on random inputs"))
+    assert "Reshape node 'Reshape_2': " in note and "cannot be reshaped to the requested shape" in note
+    assert ("the sizes the tool chose (last at x:1x1x32, dynamic dims set to 1: " in note) == (len(dims) == 3)
