@@ -556,12 +556,14 @@ PROBE_TENSOR_LIMIT = 1 << 27  # elements: a tensor larger than this at a size th
 
 
 def _unsafe_sizes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], *,
-                  largest: Optional[int] = PROBE_TENSOR_LIMIT, inferred: bool = True) -> Optional[str]:
+                  largest: Optional[int] = PROBE_TENSOR_LIMIT, inferred: bool = True, complete: bool = False,
+                  total: Optional[int] = None) -> Optional[str]:
     """Why not to run the model at ``shapes``, by ONNX shape inference there (weights stubbed, bodies included):
     a tensor it sizes empty along an axis after the second (a pool wider than its input: ONNX Runtime's
     kernels can divide by the empty size and kill the process), or of more than ``largest`` elements
-    (attention over every pixel at 224 × 224); with ``inferred``, shape inference failing there. None when
-    none of these."""
+    (attention over every pixel at 224 × 224); with ``inferred``, shape inference failing there; with
+    ``complete``, a node output it cannot size (a size it cannot follow can empty a tensor unseen); with
+    ``total``, node outputs holding more than ``total`` elements together. None when none of these."""
     from .layers import iter_graphs
     from .shapes import known_shapes, static_copy
 
@@ -569,12 +571,21 @@ def _unsafe_sizes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]],
         graph = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True).graph
     except Exception as exc:  # noqa: BLE001 - shapes that do not fit together
         return f"shape inference fails there: {first_line(exc, 120)}" if inferred else None
-    values = [value for _, body in iter_graphs(graph) for value in list(body.value_info) + list(body.output)]
-    for name, dims in known_shapes(values).items():  # (a pool inside an If branch too)
+    bodies = [body for _, body in iter_graphs(graph)]
+    sized = known_shapes([value for body in bodies for value in list(body.value_info) + list(body.output)])
+    for name, dims in sized.items():  # (a pool inside an If branch too)
         if 0 in dims[2:]:  # (no channels is legal and runs: an empty weight's output, [1, 0, 6, 6])
             return f"tensor '{name}' would be empty, {'x'.join(map(str, dims))}"
         if largest is not None and math.prod(dims) > largest:
             return f"tensor '{name}' would hold {math.prod(dims):.3g} values"
+    produced = [name for body in bodies for node in body.node for name in node.output if name]
+    unsized = next((name for name in produced if name not in sized), None) if complete else None
+    if unsized is not None:
+        return f"shape inference cannot size tensor '{unsized}' there"
+    if total is not None:
+        held = sum(math.prod(sized[name]) for name in set(produced) if name in sized)
+        if held > total:
+            return f"its tensors would hold {held:.3g} values together"
     return None
 
 
@@ -966,23 +977,9 @@ RANDOM_CHECK_ELEMENTS = 1 << 25  # values of all tensors together, at most, at a
 
 
 def _sized_for_random_check(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> bool:
-    """Whether the random check may run the model at ``shapes``, sizes the tool chose and no run has tried: shape
-    inference there sizes every tensor of the main graph and of every If/Loop/Scan body (a size it cannot follow
-    can empty a tensor, on which some ONNX Runtime kernels crash the process; a branch can expand to any size),
-    none empty after its second axis, and all of them together hold at most :data:`RANDOM_CHECK_ELEMENTS` values
-    (attention over every pixel at 64 × 64 held 4.5 GB)."""
-    from .layers import iter_graphs
-    from .shapes import known_shapes, static_copy
-
-    try:
-        inferred = shape_inference.infer_shapes(static_copy(model, shapes, stub_weights=True), data_prop=True)
-    except Exception:  # noqa: BLE001 - shapes that do not fit together
-        return False
-    graphs = [graph for _, graph in iter_graphs(inferred.graph)]
-    sized = known_shapes([value for graph in graphs for value in list(graph.value_info) + list(graph.output)])
-    produced = {name for graph in graphs for node in graph.node for name in node.output if name}
-    if not produced <= set(sized):
-        return False
-    if any(0 in dims[2:] for dims in sized.values()):
-        return False
-    return sum(math.prod(dims) for name, dims in sized.items() if name in produced) <= RANDOM_CHECK_ELEMENTS
+    """Whether the random check may run the model at ``shapes``, sizes the tool chose and no run has tried
+    (:func:`_unsafe_sizes`): shape inference there sizes every node output of the main graph and of every
+    If/Loop/Scan body (a size it cannot follow can empty a tensor, on which some ONNX Runtime kernels crash the
+    process; a branch can expand to any size), none empty after its second axis, and all of them together
+    hold at most :data:`RANDOM_CHECK_ELEMENTS` values (attention over every pixel at 64 × 64 held 4.5 GB)."""
+    return _unsafe_sizes(model, shapes, largest=None, complete=True, total=RANDOM_CHECK_ELEMENTS) is None

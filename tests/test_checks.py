@@ -976,23 +976,6 @@ def test_the_random_check_says_when_no_output_is_a_float_tensor():
             "outputs: 'label' int64)") in " ".join(report.notes)
 
 
-def test_the_random_check_names_a_string_input_it_cannot_draw():
-    """A string input: the note said only "ONNX Runtime did not run the original in the checks"."""
-    from conftest import make_model
-    from onnx_alds import compress
-
-    rng = np.random.default_rng(0)
-    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
-                        helper.make_node("Identity", ["tag"], ["tag_out"])],
-                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
-                        helper.make_tensor_value_info("tag", TensorProto.STRING, ["N"])],
-                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32]),
-                        helper.make_tensor_value_info("tag_out", TensorProto.STRING, ["N"])],
-                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
-    report = compress(model, keep_params=0.5, rank_multiple=1).report
-    assert ("the outputs were not compared on random inputs: graph input 'tag' holds strings, of which the checks "
-            "draw no sample") in " ".join(report.notes)
-
 
 @pytest.mark.parametrize("dims", [["N", 32], ["N", "T", 32]])
 def test_random_inputs_that_do_not_run_leave_a_note_naming_the_failure(dims):
