@@ -904,8 +904,8 @@ def nothing_to_compress(layers: Sequence[Layer], what: str = "factorizable", unc
         return (f"nothing to compress: no Conv/Gemm/MatMul node reaches a graph output ({len(dead)} "
                 f"node{'s' if len(dead) > 1 else ''} reach{'' if len(dead) > 1 else 'es'} none, first: '{dead[0]}')")
     if unchanged_ops:
-        return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}; the model's layers are "
-                f"{unchanged_ops}")
+        return ("nothing to compress: " + (f"{len(layers)} Conv/Gemm/MatMul nodes, none {what}" if layers else
+                                           "no Conv/Gemm/MatMul node") + f"; the model's layers are {unchanged_ops}")
     return (f"nothing to compress: {len(layers)} Conv/Gemm/MatMul nodes, none {what}"
             + (f" ({'; '.join(reasons[:3])})" if reasons else " (the model has no Conv, Gemm or MatMul with a weight)"))
 
@@ -960,6 +960,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                         channel_multiple=rank_multiple, complete=calibration is not None,
                         shape_hints=calibration_shape_hints(calibration))
     proto, layers = prepared.model, prepared.layers
+    if not any(layer.compressible for layer in layers):  # (before the calibration is run: its errors would hide it)
+        raise UnsupportedModelError(nothing_to_compress(layers, unchanged_ops=prepared.unchanged_ops,
+                                                        dead=prepared.dead, notes=prepared.notes))
     if calibration is not None:
         options = prepared.with_checked_calibration(options)
         data, calibration = options.data, options.data.calibration
@@ -1329,7 +1332,7 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     if not light:
         materialize(new_model, prepared.store)
     seconds["rewrite"] = time.perf_counter() - tick - seconds.get("sequential", 0.0) - measuring  # (on their own)
-    if moved is not None and moved.change is not None:  # (a check that could not run takes no time on the line)
+    if moved is not None and (moved.change is not None or moved.changed):  # (one that could not run takes no time)
         seconds["random-input check"] = measuring
     report = _compression_report(prepared, chosen, allocation, target=target, keep=keep, method=method,
                                  measure=measure, seed=seed, rank_multiple=rank_multiple, seconds=seconds,
@@ -1341,9 +1344,13 @@ def _apply_step(planned: _Planned) -> CompressionResult:
     if moved is not None and moved.change is not None:
         report = replace(report, random_output_change=moved.change, random_samples=moved.samples,
                          random_output=moved.output if moved.outputs > 1 else None, random_sizes=moved.sizes)
+    elif moved is not None and moved.changed:  # labels only: counted, with no float figure beside them
+        report = replace(report, random_samples=moved.samples, random_sizes=moved.sizes)
     elif moved is not None:
         report = replace(report, notes=report.notes + (f"the outputs were not compared on random inputs: "
                                                        f"{moved.reason}; {moved.fix}",))
+    if moved is not None and moved.changed:
+        report = replace(report, random_changed_values=moved.changed)
     if data_aware:
         steps = data_aware_steps(data)
         factorized = {layer.name for layer, _ in plan}  # (a plan applied measures no other layer)
@@ -1545,6 +1552,8 @@ def stamp_provenance(new_model: onnx.ModelProto, prepared: _Prepared, method: st
 
 FAST_RANK_MULTIPLE = 16  # ONNX Runtime's blocked CPU conv kernels need channel counts that are multiples of it
 DEEP_CUT_ERROR = 0.5  # a predicted layer error above this, without calibration, usually breaks the model
+MOVED_LABELS = 1.0  # the share of a label output's values that changed on random inputs from this on: warned
+# (measured: labels flip on noise far more than on data, docs/ACCURACY.md, so only "every one changed" warns)
 MOVED_OUTPUTS = 0.5  # a mean relative output change on random inputs from this on: predictions lost (measured:
 # docs/ACCURACY.md, "Without calibration")
 TINY_RANK_FRACTION = 0.05  # a layer kept at under 5 % of its full rank (a classifier or vocabulary head ...)
@@ -1675,12 +1684,16 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
                         "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
     deep = report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR
     moved = report.random_output_change is not None and not report.random_output_change < MOVED_OUTPUTS
-    if not data_aware and (deep or moved):
+    flipped = max(report.random_changed_values, key=lambda row: row[1] / row[2], default=None)
+    flipped = flipped if flipped is not None and not flipped[1] / flipped[2] < MOVED_LABELS else None
+    if not data_aware and (deep or moved or flipped):
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)
         signs = ([f"the plan cuts deep (largest predicted layer error {report.max_error:.2f})"] if deep else []) + (
             [f"the outputs moved far from the original's (mean relative change {report.random_output_change:.2f} "
              + (f"of output '{report.random_output}' " if report.random_output else "")
-             + f"on {report.random_samples} random inputs)"] if moved else [])
+             + f"on {report.random_samples} random inputs)"] if moved else []) + (
+            [f"{flipped[1]} of {flipped[2]} values of output '{flipped[0]}' changed on {report.random_samples} "
+             "random inputs"] if flipped else [])
         warnings.append(f"no calibration data, and {' and '.join(signs)}: expect a large accuracy loss; " + (
                             "make a data-aware plan (onnx-alds plan ... --calibration FILE.npz or "
                             "--calibration-images DIR with a few hundred real inputs)" if applied else

@@ -777,6 +777,17 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
             inferred = _inferred_first_dims(model) if inferred is None else inferred
             dim = inferred.get(name) or dim
         if _names_split_dim(dim, split_dims):
+            from .checks import batch_coupling_nodes
+
+            coupling = batch_coupling_nodes(model)
+            if coupling:  # (axis 0 is the batch: the model itself mixes the samples of a run)
+                raise InputDataError(
+                    f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
+                    f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), because "
+                    f"node {coupling[0]}, so each sample's outputs depend on the others in its run and {what}, "
+                    f"which cuts the samples into runs of {batch_size}, would change them; give all the samples in "
+                    f"one run ({flag} at least the sample count)" + (
+                        ", or use the model from before quantize_dynamic" if "quantization" in coupling[0] else ""))
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "

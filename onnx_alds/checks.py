@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper, shape_inference
 from .errors import (InternalCheckError, ModelLoadError, OnnxAldsError, RuntimeResourceError, UnsupportedModelError,
                      first_line, one_line, runtime_error_text)
 from .model_io import (TensorStore, check_input_shapes, checkable_copy, fixed_batch, graph_inputs, has_stubs,
-                       model_bytes, opset_version, show_input_shapes)
+                       model_bytes, opset_version, show_input_shapes, sized_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,14 @@ def _type_words(dtype: np.dtype) -> str:
 
 
 def _probe_feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> Optional[dict[str, np.ndarray]]:
-    """Seeded inputs at the declared dims (``shapes`` where given, other dynamic dims set to 1), or
-    None when a type has no sample."""
+    """Seeded inputs at the declared dims (``shapes`` where given, other dynamic dims set to 1, or to the value
+    of a dim named by an expression of them: :func:`onnx_alds.model_io.sized_inputs`), or None when a type has
+    no sample."""
     rng = np.random.default_rng(0)
     feeds = {}
+    sized = sized_inputs(graph_inputs(model), 1, given={name: dims for name, dims in shapes.items() if dims})
     for spec in graph_inputs(model):
-        shape = shapes.get(spec.name) or tuple(d if isinstance(d, int) else 1 for d in spec.dims)
+        shape = sized[spec.name]
         if math.prod(shape) > 1 << 24:
             return None
         if spec.dtype.kind == "f":
@@ -380,6 +382,31 @@ def random_nodes(model: onnx.ModelProto) -> list[str]:
             if random:
                 found.append(f"'{node.name or node.output[0]}' ({node.op_type}"
                              + (" in training mode)" if node.op_type == "Dropout" else ")"))
+    return found
+
+
+# ops whose output for one sample depends on the others run with it: a quantization scale taken over the whole
+# tensor (onnxruntime.quantization.quantize_dynamic writes DynamicQuantizeLinear; com.microsoft fuses it into
+# DynamicQuantizeMatMul), and batch norm in training mode (batch statistics)
+BATCH_COUPLING_OPS = {("", "DynamicQuantizeLinear"): "takes its quantization scale over each whole run",
+                      ("com.microsoft", "DynamicQuantizeMatMul"): "takes its quantization scale over each whole run",
+                      ("", "BatchNormalization"): "normalizes with the statistics of each whole run (training mode)"}
+
+
+def batch_coupling_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes through which a sample's outputs depend on the other samples run with it, as ``'name' (Op)
+    WHAT`` (:data:`BATCH_COUPLING_OPS`; a BatchNormalization only with ``training_mode=1``)."""
+    from .layers import iter_graphs
+
+    found = []
+    for _, graph in iter_graphs(model.graph):
+        for node in graph.node:
+            domain = "" if node.domain in ("", "ai.onnx") else node.domain
+            what = BATCH_COUPLING_OPS.get((domain, node.op_type))
+            if what is None or (node.op_type == "BatchNormalization"
+                                and not any(a.name == "training_mode" and a.i for a in node.attribute)):
+                continue
+            found.append(f"'{node.name or node.output[0]}' ({node.op_type}) {what}")
     return found
 
 
@@ -534,10 +561,8 @@ def _probe_elsewhere(session, model: onnx.ModelProto, found: InputCheck
                                         or (d if isinstance(d, int) else 1 for d in spec.dims)) for spec in specs},
                       "the calibration arrays' sizes"))
     for size in PROBE_SIZES:
-        tries.append(({spec.name: tuple(found.probe_shapes.get(spec.name)
-                                        or (d if isinstance(d, int) else 1 if axis == 0 else size
-                                            for axis, d in enumerate(spec.dims))) for spec in specs},
-                      f"its dynamic dims after the first set to {size}"))
+        tries.append((sized_inputs(specs, size, given=found.probe_shapes), f"its dynamic dims after the first set to "
+                                                                            f"{size}"))
     tried = []
     for shapes, where in tries:
         feeds = _probe_feeds(model, shapes)
@@ -813,6 +838,8 @@ class RandomCheck:
     reason: Optional[str] = None
     fix: str = "measure the model with validate"  # what the report says to do when not measured
     sizes: Optional[str] = None  # where the tool chose the dynamic dims: "at x:1x64x32, dynamic dims set to 64"
+    # per output of integers, booleans or strings (labels): (output, values that changed, values compared)
+    changed: tuple[tuple[str, int, int], ...] = ()
 
 
 def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found: InputCheck,
@@ -828,7 +855,9 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     once, since one number's relative change says only how near 0 it is), and the largest over the outputs,
     so that an output left as it is does not hide a broken one. 1 is as far as outputs of zeros; not real
     data, but a data-free result that lost its original's predictions moved several times more than one that
-    kept them (docs/ACCURACY.md).
+    kept them (docs/ACCURACY.md). Outputs of integers, booleans or strings (a classifier's labels) are
+    counted instead, as validate counts them: how many of their values changed (``changed``); a ZipMap's
+    sequence of maps is compared as the float tensor of its values, keys in order.
     One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
     weights held). ``store``: the models' dense weights are read through it (stubs)."""
     if found.runtime_loads and found.runtime_outputs is None and model_bytes(original, store) > _RUN_LIMIT:
@@ -896,8 +925,15 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     scale: dict[str, list[float]] = {}
     single: dict[str, list[np.ndarray]] = {}  # outputs of one value per sample: (original, new) values
     unbounded: list[str] = []  # float outputs holding Inf or NaN in the original
+    changed: dict[str, list[int]] = {}  # labels: values changed, values compared
     for values_o, values_c in zip(before, after):
         for name, y, z in zip(names, values_o, values_c):
+            y, z = _map_values(y), _map_values(z)
+            if isinstance(y, np.ndarray) and y.dtype.kind in "iubUSO" and y.size and y.shape == np.shape(z):
+                counts = changed.setdefault(name, [0, 0])
+                counts[0] += int(np.count_nonzero(y != z))
+                counts[1] += int(y.size)
+                continue
             if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and not np.isfinite(y).all():
                 unbounded.append(name)
             if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and y.shape == np.shape(z):
@@ -922,17 +958,34 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
         norm, moved = float(np.linalg.norm(y)), float(np.linalg.norm(z - y))
         if np.isfinite(norm) and np.isfinite(moved) and (norm > 0 or moved > 0):
             means[name] = moved / norm if norm > 0 else math.inf
+    labels = tuple((name, counts[0], counts[1]) for name, counts in changed.items())
     if not means and unbounded:
-        return RandomCheck(None, samples=done, reason=f"the original's outputs hold Inf or NaN on the random inputs "
-                                                      f"(first: '{unbounded[0]}'), which no relative change measures")
+        return RandomCheck(None, samples=done, changed=labels, sizes=where,
+                           reason=f"the original's outputs hold Inf or NaN on the random inputs (first: "
+                                  f"'{unbounded[0]}'), which no relative change measures")
     if not means:
-        if not any(isinstance(value, np.ndarray) and value.dtype.kind == "f" for value in before[0]):
+        if not any(isinstance(_map_values(value), np.ndarray) and _map_values(value).dtype.kind == "f"
+                   for value in before[0]):
             shown = ", ".join(f"'{name}' {_output_kind(value)}" for name, value in list(zip(names, before[0]))[:3])
-            return RandomCheck(None, samples=done, reason=f"the model has no float tensor output to compare (its "
-                                                          f"outputs: {shown})")
-        return RandomCheck(None, samples=done, reason="no float output with a non-zero value to compare")
+            return RandomCheck(None, samples=done, changed=labels, sizes=where,
+                               reason=f"the model has no float tensor output to compare (its outputs: {shown})")
+        return RandomCheck(None, samples=done, changed=labels, sizes=where,
+                           reason="no float output with a non-zero value to compare")
     worst = max(means, key=lambda name: means[name])
-    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=where)
+    return RandomCheck(means[worst], samples=done, output=worst, outputs=len(means), sizes=where, changed=labels)
+
+
+def _map_values(value):
+    """A ZipMap output (a sequence of maps of one key set, as ONNX Runtime returns it: a list of dicts) as the
+    float array of its values, one row per map and keys in order; any other value as it is."""
+    if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+        keys = sorted(value[0])
+        if all(sorted(row) == keys for row in value):
+            try:
+                return np.asarray([[row[key] for key in keys] for row in value], np.float64)
+            except (TypeError, ValueError):
+                return value
+    return value
 
 
 def _output_kind(value) -> str:
@@ -962,9 +1015,7 @@ def _random_check_sizes(model: onnx.ModelProto, found: InputCheck
         return [(dict(found.probe_shapes), f"at {show_input_shapes(dynamic, ' ')}, {found.probe_where}")]
 
     def at(size: int) -> dict[str, tuple[int, ...]]:
-        return {spec.name: tuple(found.probe_shapes.get(spec.name)
-                                 or (d if isinstance(d, int) else 1 if axis == 0 else size
-                                     for axis, d in enumerate(spec.dims))) for spec in specs}
+        return sized_inputs(specs, size, given=found.probe_shapes)
 
     def words(size: int) -> str:
         return f"at {show_input_shapes({name: at(size)[name] for name in open_dims}, ' ')}, dynamic dims set to {size}"

@@ -47,7 +47,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .allocate import DENSE, Allocation, LayerCosts, allocate_lrank, allocate_minmax, minimum_cost
-from .errors import BudgetError, InputDataError, RandomInputsError, ratio_at_least
+from .errors import BudgetError, InputDataError, RandomInputsError, first_line, ratio_at_least
 from .layers import POINTWISE_FIRST, SPATIAL_FIRST, Layer, find_layers
 from .spectra import ErrorTable
 
@@ -984,12 +984,14 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
     keys: dict[int, dict] = {}  # each timed round's figure's cache fields (medians: which are medians of three)
     dense_rounds = 0  # rounds whose plan kept every layer dense (counted as 1, not timed)
     budget = keep
+    stopped = ""  # why the rounds ended before --latency-rounds, outside the tolerance (said in the report)
     for _ in range(max(rounds, 1)):
         try:
             allocation = allocate(budget)
-        except BudgetError:
+        except BudgetError as exc:
             if not tried:
                 raise
+            stopped = (f"the next budget, {budget:.3f}, cannot be allocated ({first_line(exc, 160)})")
             break  # a moved budget the tables cannot meet after all: keep what was measured
         decisions = dict(zip(names, allocation.choices))
         if allocation.choices and all(choice.groups == DENSE for choice in allocation.choices):  # the dense model
@@ -999,11 +1001,16 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 break
             following = float(min(max(_proportional_step(tried[-1][1], keep), smallest), 1.0))
             if any(abs(following - r.budget) < 1e-4 for _, r in tried):
+                stopped = f"the next budget, {following:.3f}, was tried already"
                 break
             budget = following
             continue
-        if allocation.choices and any(earlier.choices == allocation.choices for earlier, _ in tried):
-            break  # the same decisions at another budget: a fixed point (its figure, read again, is no new round)
+        same = next((index for index, (earlier, _) in enumerate(tried) if allocation.choices
+                     and earlier.choices == allocation.choices), None)
+        if same is not None:  # the same decisions at another budget: a fixed point (its figure is no new round)
+            stopped = (f"the next budget, {budget:.3f}, gives the decisions of round {same + 1} again (the "
+                       "tables' steps are that coarse there)")
+            break
         model = build(allocation)
         keys[len(tried)] = fields_of(model)
         current = SettleRound(budget, info.achieved(decisions), ratio(model, keys[len(tried)]))
@@ -1031,8 +1038,10 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
         if following is None:
             following = _proportional_step(tried[-1][1], keep)
         following = float(min(max(following, smallest), 1.0))
-        if any(abs(following - r.budget) < 1e-4 for _, r in tried):
-            break  # the budget would not change (the smallest reachable, or a fixed point)
+        if any(abs(following - r.budget) < 1e-4 for _, r in tried):  # (the smallest reachable, or a fixed point)
+            stopped = (f"the next budget, {following:.3f}, was tried already"
+                       + (" (the smallest the tables reach)" if following <= smallest + 1e-4 else ""))
+            break
         budget = following
     while True:  # the figure the report states is a median of three: one timing on a busy machine flattered
         # a plan by 19 % (0.405 measured at 0.4995 predicted, inside the doubt band; bench measured it at 0.50)
@@ -1069,6 +1078,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                      + (", and a deeper plan measured slower than a gentler one (a busy machine); time again on a "
                         "quiet machine (clear $ONNX_ALDS_CACHE) or give" if noisy else "; give")
                      + " more --latency-rounds to come closer")
+        if stopped and abs(chosen.measured - keep) > tolerance * keep:
+            said += f"; the rounds stopped there because {stopped}"
     else:
         allocation, chosen = min(tried, key=lambda item: item[1].measured)
         unchanged = all(choice.groups == DENSE for choice in allocation.choices)  # every layer dense: noise
@@ -1083,7 +1094,8 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                 f"measured {chosen.measured:.3f} of the dense time (predicted {chosen.predicted:.3f}) after "
                 f"{len(tried)} round{'s' if len(tried) > 1 else ''}{how}; the ops that do not change or the layers' "
                 "pairs save less than the tables predict (see docs/LATENCY.md)"
-                + (f"; more --latency-rounds (now {rounds}) may come closer" if len(tried) >= rounds else ""))
+                + (f"; more --latency-rounds (now {rounds}) may come closer" if len(tried) >= rounds else "")
+                + (f"; the rounds stopped there because {stopped}" if stopped else ""))
     return allocation, record, chosen, said
 
 

@@ -1451,6 +1451,62 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+_DIM_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][\w.]*)|([-+*]))")
+
+
+def _dim_expression(text: str, values: Mapping[str, int]) -> Optional[int]:
+    """The value of a dim named by sums, differences and products of other dims' names and whole numbers
+    (``past_sequence+sequence``, ``past_sequence_length + 1``, ``2*s0``), each name at ``values``; None for a
+    name that is no such expression, names one without a value, or comes to less than 1."""
+    terms, sign, product, position, expect_operand = 0, 1, 1, 0, True
+    while position < len(text.rstrip()):
+        match = _DIM_TOKEN.match(text, position)
+        if match is None:
+            return None
+        number, name, operator = match.groups()
+        position = match.end()
+        if expect_operand == (operator is not None):
+            return None
+        if operator is None:
+            if name is not None and name not in values:
+                return None
+            product *= int(number) if number is not None else values[name]
+        elif operator == "*":
+            pass
+        else:
+            terms, sign, product = terms + sign * product, 1 if operator == "+" else -1, 1
+        expect_operand = operator is not None
+    value = terms + sign * product
+    return value if not expect_operand and value >= 1 else None
+
+
+def sized_inputs(specs: Sequence["InputSpec"], size: int, *, first: int = 1,
+                 given: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, tuple[int, ...]]:
+    """Every input's shape with its dynamic dims chosen by the tool: the first ``first``, the others ``size``,
+    ``given`` shapes as they are; a dim named by an expression of the other dims' names
+    (``past_sequence+sequence``: an attention mask over the cache and the new tokens, as Hugging Face exports
+    name it) at its value, each name at what the shapes above give it (:func:`_dim_expression`), so that inputs
+    whose dims must agree get sizes that do."""
+    given = dict(given or {})
+    named = [(spec, axis, dim) for spec in specs for axis, dim in enumerate(spec.dims)
+             if isinstance(dim, str) and dim.isidentifier()]
+    values = {dim: int(given[spec.name][axis]) for spec, axis, dim in named  # (the given shapes' first)
+              if spec.name in given and axis < len(given[spec.name])}
+    for spec, axis, dim in named:
+        values.setdefault(dim, first if axis == 0 else size)
+
+    def dim_size(dim, axis: int) -> int:
+        if isinstance(dim, int):
+            return dim
+        if isinstance(dim, str) and dim in values:
+            return values[dim]
+        computed = _dim_expression(dim, values) if isinstance(dim, str) else None
+        return computed if computed is not None else first if axis == 0 else size
+
+    return {spec.name: tuple(given[spec.name]) if spec.name in given else
+            tuple(dim_size(dim, axis) for axis, dim in enumerate(spec.dims)) for spec in specs}
+
+
 def fixed_batch(model: onnx.ModelProto) -> Optional[int]:
     """The first dim the graph inputs fix, or None when it is dynamic. Inputs fixing different ones are an
     :class:`UnsupportedModelError`: every input takes the same samples (calibration, validation, timing), so

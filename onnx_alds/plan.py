@@ -243,6 +243,10 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
         """Read a plan strictly: every key known, every value of the right kind."""
+        other = _other_output(data)
+        if other is not None:
+            raise PlanError(f"{source} is {other}, not a plan; give a file written by onnx-alds plan (onnx-alds plan "
+                            "MODEL -o PLAN.json)")
         reader = _Reader(source)
         top = reader.mapping(data, "the plan", required=("format", "version", "model", "options", "layers"),
                              optional=("tool", "totals", "blocks"))
@@ -1548,6 +1552,22 @@ def run_plan_command(args: argparse.Namespace) -> int:
     print(f"wrote {output} (apply it with: onnx-alds apply {shlex.quote(str(args.model))} "
           f"{shlex.quote(str(output))} -o OUT" + (" --calibration ..." if plan.data_aware else "") + ")")
     return 0
+
+
+def _other_output(data: Any) -> Optional[str]:
+    """What other onnx-alds output ``data`` (a JSON file's contents) is, in a few words: a report (compress
+    --report, validate --json, distill, sweep.json), a sweep's row file; None for anything else."""
+    from .model_io import json_output_kind
+
+    if not isinstance(data, dict) or data.get("format") == PLAN_FORMAT:
+        return None
+    if set(data) == {"fingerprint", "row"}:
+        return "a sweep's row file (one variant's record, under the sweep folder's rows/)"
+    if set(data) >= {"rows", "environment"}:
+        return "a sweep's summary (sweep.json)"
+    if json_output_kind(data) == "onnx-alds report":
+        return "an onnx-alds report (compress --report, validate --json or distill JSON)"
+    return None
 
 
 def _is_a_plan(path: Path) -> bool:

@@ -810,6 +810,8 @@ def _classify(user: onnx.NodeProto, tensor: str, graph: _Graph, axis: int, rank:
         return f"{where}, a resize (per channel where it keeps the channel axis, but not supported inside a block)"
     if op in ("Shape", "Size"):
         return f"{where}, which reads the hidden tensor's shape"
+    if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+        return f"{where}, a quantization (not supported inside a block: prune the float model, then quantize it)"
     return f"{where}, which does not act per channel"
 
 
@@ -2300,7 +2302,8 @@ def compress_pruned(model, options, mode: str = "combined", *, sensitivity: bool
     reports = block_reports(analysis, widths)
     narrowed = {name for block, width in zip(blocks, widths) if width < block.width for name in block.layers}
     shown = analysis.refused[:REFUSED_SHOWN]
-    refused_notes = ([f"not prunable ({len(analysis.refused)} producers): " + "; ".join(
+    refused_notes = ([f"not prunable ({len(analysis.refused)} producer{'s' if len(analysis.refused) > 1 else ''}): "
+                      + "; ".join(
         f"'{r.producer}': {r.reason}" for r in shown)
         + (f"; and {len(analysis.refused) - len(shown)} more (every one in the report's not_prunable: --report "
            "FILE.json)" if len(analysis.refused) > len(shown) else "")]

@@ -98,6 +98,9 @@ class CompressionReport:
     random_samples: Optional[int] = None
     random_output: Optional[str] = None  # the output of that figure, where several were compared
     random_sizes: Optional[str] = None  # the input sizes the tool chose for it, where dims were dynamic, and how
+    # on those random inputs, per output of integers, booleans or strings (labels): (output, values that changed,
+    # values compared), as validate counts them
+    random_changed_values: tuple = ()
     # --prune: every producer whose hidden width cannot be pruned, and why: (producer node, reason) pairs
     not_prunable: tuple = ()
 
@@ -181,6 +184,15 @@ class CompressionReport:
                          f"{self.random_output_change:.3f} from the original's"
                          + (f" (the largest, of '{self.random_output}')" if self.random_output else "")
                          + " (1: as far as outputs of zeros)")
+        if self.random_changed_values:
+            name, changed, compared = max(self.random_changed_values, key=lambda row: row[1] / row[2])
+            inputs = "random input" if self.random_samples == 1 else "random inputs"
+            sizes = (f" {self.random_sizes} (give --input-shape for your sizes)"
+                     if self.random_sizes and self.random_output_change is None else "")
+            lines.append(f"labels on {self.random_samples} {inputs} (not real data){sizes}: {changed} of {compared} "
+                         f"values of output '{name}' changed from the original's"
+                         + (" (the most, of the outputs of integers or strings)"
+                            if len(self.random_changed_values) > 1 else ""))
         if self.pruned:  # --prune (onnx_alds.prune)
             narrowed = [block for block in self.pruned if block.width_after < block.width_before]
             lines.append(f"blocks pruned: {len(narrowed)} of {len(self.pruned)}" + (

@@ -1259,8 +1259,10 @@ CSV_COLUMNS = (
     "accuracy", "accuracy_original", "accuracy_drop", "agreement", "agreement_top5",
     "cos_mean", "cos_min", "nn_top1", "nn_top10", "spearman", "rel_error_mean",
     "ideal_speedup", "onnx_sha256", "compress_s", "validate_s",
-    "batch_small", "ms_original_small", "ms_small", "speedup_small", "efficiency_small",
-    "batch_large", "ms_original_large", "ms_large", "speedup_large", "efficiency_large",
+    "batch_small", "ms_original_small", "ms_small", "spread_original_small", "spread_small", "speedup_small",
+    "efficiency_small",
+    "batch_large", "ms_original_large", "ms_large", "spread_original_large", "spread_large", "speedup_large",
+    "efficiency_large",
     "bench_load", "data_id", "calibration_id", "error",
 )
 
@@ -1462,7 +1464,8 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
         if len(set(labels)) < len(labels):
             labels = [str(row.get("id", index)) for index, row in enumerate(group)]
         names = ["original"] + labels
-        stale = {f"{prefix}{slot}" for prefix in _TIMING_PREFIXES + ("ms_original_",) for slot in ("small", "large")
+        stale = {f"{prefix}{slot}" for prefix in _TIMING_PREFIXES + ("ms_original_", "spread_original_")
+                 for slot in ("small", "large")
                  if slot not in dict(slots)}
         for row in group:  # an earlier run's timing at a batch this run does not time would sit beside this one's
             for key in stale:
@@ -1478,12 +1481,13 @@ def bench_rows(model: SweepModel, rows: list[dict[str, Any]], out: Path, *, thre
                            warmup=int(settings["warmup"]), runs=runs, min_time_s=0.0,
                            input_shapes=model.input_shapes, names=names)
             after = load_average()
-            original_ms = report.timing(0, batch).median_ms
+            original_ms, original_spread = report.timing(0, batch).median_ms, report.timing(0, batch).measured_spread
             loads = [x for x in (before, after) if x is not None]
             for index, row in enumerate(group, start=1):
                 timing = report.timing(index, batch)
                 ideal = row.get("ideal_speedup")
                 row.update({f"batch_{slot}": batch, f"ms_original_{slot}": original_ms, f"ms_{slot}": timing.median_ms,
+                            f"spread_original_{slot}": original_spread,
                             f"spread_{slot}": timing.measured_spread, f"runs_{slot}": timing.runs,
                             f"speedup_{slot}": timing.speedup,
                             f"efficiency_{slot}": timing.speedup / ideal if ideal else None,
@@ -1901,6 +1905,13 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
                                 and r.get(f"speedup_{slot}") is not None)
                 if points:
                     line(axis, points, method, multiple, index)
+            noisy = [(kept(r), r[f"speedup_{slot}"]) for r in timed
+                     if r.get(f"speedup_{slot}") is not None and noisy_timing(r, slot)]
+            if noisy:
+                from .bench import NOISY_SPREAD
+
+                axis.scatter(*zip(*noisy), s=80, facecolors="none", edgecolors="red", linewidths=1.2, zorder=3,
+                             label=f"noisy timing (spread > {NOISY_SPREAD * 100:.0f} %)")
             xs = np.linspace(max(0.2, min(kept(r) for r in timed) * 0.95), 1.0, 50)
             axis.plot(xs, 1 / xs, color="black", linewidth=1, label="ideal 1/keep")
             axis.axhline(1.0, color="grey", linewidth=0.8)
@@ -1909,6 +1920,8 @@ def write_plots(rows: Sequence[Mapping[str, Any]], out: Path, *, method_order: S
             axis.set_ylabel("measured speedup (ORT CPU)")
             axis.set_title(f"{model}: batch {batch}")
             axis.grid(alpha=0.3)
+            if noisy and axis is not axes[0][0]:  # (the first axis's legend names every line)
+                axis.legend(handles=axis.collections[-1:], fontsize=6)
         axes[0][0].legend(fontsize=6, ncol=2)
         fig.tight_layout()
         path = out / f"{model}-speedup.png"
@@ -2130,16 +2143,29 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def noisy_timing(row: Mapping[str, Any], slot: str) -> bool:
+    """Whether the row's speedup at ``slot`` ("small", "large") rests on a timing, the compressed model's or
+    the original's, whose p90 − p10 spread passed :data:`onnx_alds.bench.NOISY_SPREAD` of its median (other
+    work shared the machine: the ratio of two such medians can be far off either way)."""
+    from .bench import NOISY_SPREAD
+
+    return any(row.get(key) is not None and row[key] > NOISY_SPREAD
+               for key in (f"spread_{slot}", f"spread_original_{slot}"))
+
+
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line per row; each speedup with the batch it was timed at (rows of models that fix their batch
-    are timed at theirs), the seed where the sweep has more than one."""
+    are timed at theirs) and "noisy" where :func:`noisy_timing` (then a line under the table says what to
+    do), the seed where the sweep has more than one."""
+    from .bench import NOISY_SPREAD
     from .report import format_table
 
     seeds = len({row.get("seed", 0) for row in rows}) > 1
 
     def speedup(row: Mapping[str, Any], slot: str) -> str:
         value = row.get(f"speedup_{slot}")
-        return "-" if value is None else f"{_fmt(value, 2)} (b{row.get(f'batch_{slot}')})"
+        return "-" if value is None else (f"{_fmt(value, 2)} (b{row.get(f'batch_{slot}')}"
+                                          + (", noisy)" if noisy_timing(row, slot) else ")"))
 
     table = [("model", "method", "keep", "m") + (("seed",) if seeds else ()) + (
         "achieved", "quality", "speedup small batch", "speedup large batch", "status")]
@@ -2150,4 +2176,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
                         f"{row.get('quality_metric', '')} {_fmt(row.get('quality'))}" if row.get("status") == "ok"
                         else "-",
                         speedup(row, "small"), speedup(row, "large"), row.get("status", "")))
-    return format_table(table)
+    noisy = sum(noisy_timing(row, slot) for row in rows for slot in ("small", "large")
+                if row.get(f"speedup_{slot}") is not None)
+    return format_table(table) + (
+        f"\n{noisy} speedup{'s' if noisy > 1 else ''} marked noisy: a timing spread (p90 − p10) over "
+        f"{NOISY_SPREAD * 100:.0f} % of its median, so other work shared the machine and the figure can be far "
+        "off; time again on a quiet machine (the same command with --rebench)" if noisy else "")

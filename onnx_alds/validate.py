@@ -56,7 +56,7 @@ import onnx
 
 from .argtypes import (check_count, check_number, check_switch, fraction, non_negative_float, positive_int,
                        random_seed, thread_count)
-from .checks import raise_if_out_of_resources, random_nodes, value_sized_outputs
+from .checks import batch_coupling_nodes, raise_if_out_of_resources, random_nodes, value_sized_outputs
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
 from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, first_occurrences,
@@ -1323,6 +1323,11 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         notes.append(f"the original has {len(randoms)} random nodes (first: {randoms[0]}): ONNX Runtime's graph "
                      "optimizations may drop them, other runtimes draw new values each run; validate the models "
                      "exported in inference mode")
+    coupling = batch_coupling_nodes(compressed_model)
+    if coupling:  # (a compressed model quantized afterwards: its outputs are what it gives at this batch)
+        notes.append(f"the compressed model's node {coupling[0]}, so its outputs depend on which samples run "
+                     f"together: these figures hold for runs of {batch} (--batch-size); validate at the batch you "
+                     "deploy")
     ort = import_onnxruntime()
     session_o = make_session(original, provider, threads=threads, what="the original model")  # (a path, or a proto)
     session_c = make_session(compressed, provider, threads=threads, what="the compressed model")

@@ -958,22 +958,51 @@ def test_the_random_check_sizes_if_bodies_too():
     assert not _sized_for_random_check(model("NonZero"), {"x": (1, 64, 32)})  # a size only a run tells
 
 
-def test_the_random_check_says_when_no_output_is_a_float_tensor():
-    """A classifier exported with only its label (ArgMax) and ZipMap-like outputs: the note said "no float output
-    with a non-zero value to compare", as if its float outputs had been all zeros."""
-    from conftest import make_model
+def test_the_random_check_counts_the_labels_that_changed_where_no_output_is_a_float_tensor():
+    """A classifier exported with only its label (ArgMax): the check said only that it had no float output, and
+    a data-free result that changed most of the labels was written without a figure or a warning."""
+    from conftest import make_model, run_model
     from onnx_alds import compress
+    from onnx_alds.inputs import random_inputs
 
     rng = np.random.default_rng(0)
+    weight = rng.standard_normal((32, 32))
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["scores"], name="mm"),
                         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)],
                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
                        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
-                       [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), "w")])
-    report = compress(model, keep_params=0.5, rank_multiple=1).report
-    assert report.random_output_change is None
-    assert ("the outputs were not compared on random inputs: the model has no float tensor output to compare (its "
-            "outputs: 'label' int64)") in " ".join(report.notes)
+                       [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    x = random_inputs(model, 4, input_shapes={"x": (1, 32)}, seed=0).arrays["x"]  # (the check's inputs)
+    for keep, warned in ((0.9, False), (0.3, True)):
+        result = compress(model, keep_params=keep, rank_multiple=1)
+        report = result.report
+        changed = int(np.count_nonzero(run_model(model, {"x": x})[0] != run_model(result.model, {"x": x})[0]))
+        assert report.random_output_change is None and report.random_samples == 4
+        assert report.random_changed_values == (("label", changed, 4),)
+        assert f"labels on 4 random inputs (not real data): {changed} of 4 values of output 'label'" in report.format()
+        assert not any("not compared on random inputs" in note for note in report.notes)
+        assert any(f"{changed} of 4 values of output 'label' changed" in w for w in report.warnings) == warned
+        assert (changed == 4) == warned  # (only where every label changed: 2 of 4 at 0.9, all 4 at 0.3)
+
+
+def test_the_random_check_compares_a_zipmap_as_the_floats_it_holds():
+    """A scikit-learn classifier's label and ZipMap (a sequence of maps) outputs: no float tensor output, so no
+    figure, though the maps hold the probabilities."""
+    from conftest import run_model
+    from onnx_alds import compress
+    from onnx_alds.inputs import random_inputs
+    from test_classifier_outputs import classifier
+
+    model = classifier(first="label", strings=True, zipmap=True)
+    model.graph.output.remove(next(o for o in model.graph.output if o.name == "logits"))
+    result = compress(model, keep_params=0.5, rank_multiple=1)
+    x = random_inputs(model, 4, input_shapes={"x": (1, 64)}, seed=0).arrays["x"]
+    probabilities = [np.array([[row[key] for key in sorted(row)] for row in run_model(m, {"x": x})[1]])
+                     for m in (model, result.model)]
+    expected = np.mean(np.linalg.norm(probabilities[1] - probabilities[0], axis=1)
+                       / np.linalg.norm(probabilities[0], axis=1))
+    assert result.report.random_output_change == pytest.approx(expected, rel=1e-4)
+    assert [row[0] for row in result.report.random_changed_values] == ["label"]
 
 
 
@@ -999,3 +1028,31 @@ def test_random_inputs_that_do_not_run_leave_a_note_naming_the_failure(dims):
     note = next(note for note in report.notes if note.startswith("the outputs were not compared on random inputs"))
     assert "Reshape node 'Reshape_2': " in note and "cannot be reshaped to the requested shape" in note
     assert ("the sizes the tool chose (last at x:1x1x32, dynamic dims set to 1: " in note) == (len(dims) == 3)
+
+
+def test_a_dim_named_by_an_expression_of_other_dims_is_sized_to_its_value():
+    """A decoder with a cache: the attention mask's dim is named 'past_sequence+sequence', as Hugging Face
+    exports name it. Every dynamic dim was set alike (1, then 64, 224), the mask never fitted the cache and the
+    new tokens together, and the output was written not run-checked."""
+    from conftest import make_model
+    from onnx_alds import compress
+    from onnx_alds.model_io import _dim_expression, graph_inputs, sized_inputs
+
+    assert [_dim_expression(text, {"a": 3, "b": 5}) for text in
+            ("a+b", "a + 1", "2*b", "b - a", "a-b", "a*", "x+1", "a b")] == [8, 4, 10, 2, None, None, None, None]
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 8)).astype(np.float32)
+    model = make_model([helper.make_node("Concat", ["past", "x"], ["all"], axis=1),
+                        helper.make_node("MatMul", ["all", "w"], ["h"], name="mm"),
+                        helper.make_node("Unsqueeze", ["mask", "one"], ["m3"]),
+                        helper.make_node("MatMul", ["m3", "h"], ["y"])],  # (the mask's length must be P + S)
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 8]),
+                        helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch", "past_sequence", 8]),
+                        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "past_sequence+sequence"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 8])],
+                       [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1], np.int64), "one")])
+    assert sized_inputs(graph_inputs(model), 64, given={"x": (1, 5, 8)}) == {
+        "x": (1, 5, 8), "past": (1, 64, 8), "mask": (1, 69)}
+    report = compress(model, keep_params=0.9, rank_multiple=1).report
+    assert not any("not run-checked" in note for note in report.notes)
+    assert report.random_output_change is not None and "past:1x64x8 mask:1x128" in report.random_sizes

@@ -785,6 +785,18 @@ def test_a_repeated_plan_is_a_fixed_point_and_a_saving_far_above_the_prediction_
         cache=LatencyCache(tmp_path / "cache"))
     assert timer.ratios == 3 and chosen.measured == 0.99  # timed three times: the median, not the outlier
     assert len(rounds) == 1  # the same decisions again: no second round
+    # (the report says why the rounds ended before --latency-rounds: it said only "not reached after 1 round")
+    assert "; the rounds stopped there because the next budget, " in said
+    assert "gives the decisions of round 1 again" in said
+
+    def meets_only(budget: float) -> Allocation:  # a moved budget the tables cannot meet
+        if budget != 0.95:
+            raise BudgetError("--keep-latency 0.9 cannot be reached: the smallest reachable ratio is 0.97")
+        return Allocation(gentle, budget, 1.0, 0.1, "test")
+
+    *_, said = settle_latency(meets_only, lambda allocation: model, ["conv"], Info(), 0.95, 0.1, reference=model,
+                              store=None, input_shapes={"input": (4, 3, 16, 16)}, timer=OnceFast(), rounds=3)
+    assert "cannot be allocated (--keep-latency 0.9 cannot be reached" in said
 
 
 def test_a_conv_whose_bias_is_computed_at_run_time_is_timed(tmp_path):

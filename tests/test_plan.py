@@ -1453,3 +1453,22 @@ def test_digests_of_string_values_are_the_same_on_every_run():
     assert weights_digests(model(strings(["a1", "b2"]))) == weights_digests(model(strings(["a1", "b2"])))
     named = weights_digests(model(strings(["a1", "b2"])))["named"]
     assert named != weights_digests(model(strings(["a1", "b3"])))["named"]
+
+
+def test_another_onnx_alds_output_given_as_the_plan_says_what_it_is(tmp_path, capsys):
+    """A sweep.json, a sweep's row file or a compress report given to apply: "unknown key 'rows' ... remove it
+    or make the plan again", as if the file were a plan with one key too many."""
+    model = small_cnn()
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"), "--keep-params", "0.7",
+                 "--report", str(tmp_path / "report.json")]) == 0
+    (tmp_path / "sweep.json").write_text(json.dumps({"rows": [], "skipped": [], "runs": [],
+                                                     "environment": {"versions": {"onnx_alds": "0"}}}))
+    (tmp_path / "row.json").write_text(json.dumps({"fingerprint": "0" * 64, "row": {"variant_id": "m.alds"}}))
+    capsys.readouterr()
+    for name, what in (("report.json", "an onnx-alds report"), ("sweep.json", "a sweep's summary"),
+                       ("row.json", "a sweep's row file")):
+        with pytest.raises(PlanError, match=f"{re.escape(what)} .*, not a plan; give a file written by onnx-alds plan"):
+            Plan.load(tmp_path / name)
+        assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / name), "-o", str(tmp_path / "a.onnx")]) == 1
+        assert f"{what}" in capsys.readouterr().err and not (tmp_path / "a.onnx").exists()

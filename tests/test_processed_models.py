@@ -5,6 +5,8 @@ onnx-alds, or advice that did not fit)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -12,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import make_model, run_model
 from onnx_alds import analyze, compress
-from onnx_alds.errors import BudgetError, ModelLoadError, UnsupportedModelError
+from onnx_alds.errors import BudgetError, InputDataError, ModelLoadError, UnsupportedModelError
 from onnx_alds.inputs import InputSet
 
 
@@ -80,7 +82,7 @@ def test_an_op_of_another_domain_named_like_a_layer_is_left_as_it_is(domain):
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="other", domain=domain)
     model = _with_domains([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], inits, domain)
-    with pytest.raises(UnsupportedModelError, match=rf"nothing to compress: 0 Conv/Gemm/MatMul nodes.*"
+    with pytest.raises(UnsupportedModelError, match=rf"nothing to compress: no Conv/Gemm/MatMul node.*"
                                                     rf"{domain}::MatMul ×1 \(ops of another domain"):
         compress(model, keep_params=0.5, rank_multiple=1)
     assert analyze(model).layers == ()
@@ -576,3 +578,58 @@ def test_ort_attention_and_layout_ops_count_their_products_or_are_named():
     notes = analyze(decoding).notes
     assert any("com.microsoft::DecoderMaskedMultiHeadAttention ×1" in note and "MACs do not" in note
                for note in notes), notes
+
+
+def _dynamic_quantized_mlp(float_layers: int) -> onnx.ModelProto:
+    """x [N, 32] → DynamicQuantizeLinear → MatMulInteger (uint8 weight) → dequantized by Cast and Mul, then
+    ``float_layers`` float MatMuls 32 → 32 with ReLU: a model ``quantize_dynamic`` quantized in part."""
+    rng = np.random.default_rng(5)
+    weight = rng.integers(0, 255, (32, 32)).astype(np.uint8)
+    weight[0] = 128  # (feature 0 is ignored: it moves the run's quantization scale and nothing else)
+    inits = [numpy_helper.from_array(weight, "wq"),
+             numpy_helper.from_array(np.uint8(128), "wz"), numpy_helper.from_array(np.float32(0.01), "ws")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="x_QuantizeLinear"),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["acc"], name="q"),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["scale"]), helper.make_node("Mul", ["accf", "scale"], ["h0"])]
+    for i in range(float_layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((32, 32)) / 6).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  helper.make_node("Relu", [f"m{i}"], [f"h{i + 1}"])]
+    nodes.append(helper.make_node("Identity", [f"h{float_layers}"], ["y"]))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], inits)
+
+
+def test_calibrating_a_dynamically_quantized_model_names_the_quantization(tmp_path):
+    """quantize_dynamic's DynamicQuantizeLinear takes its scale over the whole run: calibration was refused as
+    "a sequence-first [T, N, ...] input ... export the model batch-first", and a model of quantized layers only
+    got that refusal before "nothing to compress"; validate of a compressed model quantized afterwards gave
+    figures that change with --batch-size and no note."""
+    from onnx_alds.cli import main
+
+    x = np.random.default_rng(6).standard_normal((64, 32)).astype(np.float32)
+    x[0::4, 0] = x[1::4, 0] = 50.0  # (a run holding these samples quantizes the others coarsely)
+    with pytest.raises(UnsupportedModelError, match="nothing to compress: no Conv/Gemm/MatMul node; the model's "
+                                                    r"layers are MatMulInteger ×1 \(quantized layers"):
+        compress(_dynamic_quantized_mlp(0), keep_params=0.9, calibration=InputSet({"x": x}))
+    mixed = _dynamic_quantized_mlp(2)
+    with pytest.raises(InputDataError, match=r"not independent: .* because node 'x_QuantizeLinear' "
+                                             r"\(DynamicQuantizeLinear\) takes its quantization scale over each whole "
+                                             r"run, .* give all the samples in one run"):
+        compress(mixed, keep_params=0.9, rank_multiple=1, calibration=InputSet({"x": x}))
+    result = compress(mixed, keep_params=0.9, rank_multiple=1, calibration=InputSet({"x": x}),
+                      calibration_batch_size=64)  # (the fix it names)
+    assert any(layer.groups for layer in result.report.layers)
+    onnx.save(mixed, tmp_path / "q.onnx")  # validate: the float layers alone against the quantized model
+    plain = onnx.ModelProto.FromString(mixed.SerializeToString())
+    del plain.graph.node[:5]
+    plain.graph.node[0].input[0] = "x"
+    onnx.save(plain, tmp_path / "f.onnx")
+    np.savez(tmp_path / "v.npz", x=x)
+    assert main(["validate", str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), "--inputs", str(tmp_path / "v.npz"),
+                 "--batch-size", "4", "--figures-only", "--json", str(tmp_path / "v.json")]) == 0
+    notes = " ".join(json.loads((tmp_path / "v.json").read_text())["notes"])
+    assert ("the compressed model's node 'x_QuantizeLinear' (DynamicQuantizeLinear) takes its quantization scale "
+            "over each whole run, so its outputs depend on which samples run together: these figures hold for runs "
+            "of 4 (--batch-size)") in notes

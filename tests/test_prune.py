@@ -295,7 +295,7 @@ def test_compress_prune_only_is_valid_deterministic_and_reports_widths():
     assert [(b.name, b.width_before) for b in report.pruned] == [("expand", 48)]
     assert report.pruned[0].width_after < 48 and report.pruned[0].width_after % 8 == 0
     assert "hidden width 48 ->" in report.format()
-    assert any("not prunable (1 producers): 'project'" in note for note in report.notes)
+    assert any("not prunable (1 producer): 'project'" in note for note in report.notes)
     onnx.checker.check_model(first.model, full_check=True)
 
 

@@ -283,6 +283,29 @@ def test_a_plot_with_nothing_current_to_show_is_removed(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_speedup_timed_on_a_busy_machine_is_marked_noisy(tmp_path):
+    """A speedup of 3.09x at an ideal of 1.44x, timed while its spread was 185 %, stood in the summary table and
+    the plot like any other figure."""
+    from onnx_alds.sweep import noisy_timing, summary_table
+
+    row = dict(model="m", method="alds", keep=0.5, rank_multiple=16, status="ok", macs_kept=0.7, achieved_keep=0.7,
+               quality_metric="agreement", quality=0.9, agreement=0.9, batch_small=1, batch_large=32,
+               speedup_small=1.3, spread_small=0.05, spread_original_small=0.04,
+               speedup_large=3.09, spread_large=1.85, spread_original_large=0.05)
+    quiet = dict(row, method="svd", speedup_large=1.4, spread_large=0.1, spread_original_large=None)
+    busy_original = dict(row, method="svd+data", speedup_large=1.4, spread_large=0.1, spread_original_large=0.3)
+    assert [noisy_timing(r, "large") for r in (row, quiet, busy_original)] == [True, False, True]
+    assert not noisy_timing(row, "small")
+    table = summary_table([row, quiet, busy_original])
+    assert "3.09 (b32, noisy)" in table and "1.40 (b32)" in table and "1.40 (b32, noisy)" in table
+    assert table.splitlines()[-1].startswith("2 speedups marked noisy: a timing spread (p90 − p10) over 20 %")
+    assert "marked noisy" not in summary_table([quiet])
+    if importlib.util.find_spec("matplotlib") is not None:  # (the plot marks them too, and is still written)
+        from onnx_alds.sweep import write_plots
+
+        assert sorted(p.name for p in write_plots([row, quiet], tmp_path)) == ["m-quality.png", "m-speedup.png"]
+
+
 @pytest.mark.parametrize("grid, message", [
     (dict(keeps=0.5), "keeps=0.5: give a list of values"),
     (dict(methods="alds"), "methods='alds': give a list of values"),
