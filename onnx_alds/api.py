@@ -1033,6 +1033,9 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
     measure = _measure_for(method, error_measure)
     tables: list[ErrorTable] = []
     for layer in _progress(chosen, "spectra"):
+        if decisions is not None and not sensitivity and decisions.keeps_dense(layer.name):
+            tables.append(None)  # (a plan's dense layer reads no table: its spectrum would cost the time of SVDs)
+            continue
         matrix = folded_weight(layer, constants)
         whitening = (whitening_factors(layer_moment(layer, moments[layer.name]), layer.groups)
                      if layer.name in moments else None)
@@ -1053,7 +1056,7 @@ def _plan_step(model: ModelLike, options: CompressOptions, decisions=None) -> _P
                             + ", ".join(f"{chosen[i].name} {weights[i]:.3g}" for i in largest))
 
     if target == "params" and calibration is not None and (data.bias_correction or data.affine_correction):
-        tables = [_with_added_bias(table, extra)
+        tables = [table if table is None else _with_added_bias(table, extra)
                   for table, extra in zip(tables, _correction_bias_params(proto, chosen))]
     speed_info = costs = None
     one_order_tables = tables  # each conv in its own order: what --order auto is compared with

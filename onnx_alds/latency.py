@@ -799,7 +799,7 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
     budget = layers_budget_us(keep, model_us, dense, info.proportional)
     scales = [1.0] * len(tables)
     cheapest = minimum_cost(tables, scales, costs)
-    if budget < cheapest - 1e-9:
+    if budget < cheapest * (1 - 1e-9) - 1e-9:
         reachable = predicted_model_us(model_us, dense, cheapest, info.proportional) / model_us if model_us > 0 \
             else float("nan")
         slow = sum(1 for c in costs if not any(np.any(np.asarray(times) < c.dense) for times in c.options))
@@ -825,6 +825,7 @@ def allocate_latency(tables: Sequence[ErrorTable], costs: Sequence[LayerCosts], 
             + (f"of which {fixed:.1f} µs in ops that do not change" if fixed >= 0 else
                f"less than its layers timed alone, {dense:.1f} µs: single-layer times overstate here")
             + f"); {fix}")
+    budget = max(budget, cheapest)  # (the smallest ratio, converted back to µs, can round to just under the floor)
     if method == "l-rank":
         return allocate_lrank(tables, scales, budget, costs=costs)
     return allocate_minmax(tables, scales, budget, search_groups=method == "alds", seed=seed, costs=costs)

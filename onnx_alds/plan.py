@@ -1314,6 +1314,10 @@ class _Decisions:
         return (replace(prepared, layers=[ordered.get(layer.name, layer) for layer in prepared.layers]),
                 [ordered.get(layer.name, layer) for layer in chosen])
 
+    def keeps_dense(self, name: str) -> bool:
+        """Whether the plan keeps layer ``name`` dense (its error table is then not read)."""
+        return self.by_name[name].option != FACTORIZED
+
     def allocation(self, chosen: Sequence[Layer], tables) -> Allocation:
         """The plan's decisions as an allocation, errors read from the tables (edited ranks included)."""
         choices = []

@@ -867,3 +867,25 @@ def test_a_second_run_reads_medians_from_the_cache_and_times_nothing_even_where_
                              speed=speed(again, tmp_path, model_rounds=3))
     assert again.ratios == 0 and "timed three times" not in two.report.latency["whole_model_note"]
     assert two.model.SerializeToString() == one.model.SerializeToString()
+
+
+def test_the_smallest_reachable_keep_latency_is_allocated(tmp_path, monkeypatch):
+    """The whole-model check moved the budget to the smallest ratio the tables reach; converted back to µs it
+    rounded to just under the cheapest decisions, and the rounds stopped on "budget 111.434 is below the
+    cheapest factorization 111.434"."""
+    from dataclasses import replace as replaced
+
+    import onnx_alds.latency as latency
+
+    seen = []
+    original = latency.allocate_latency
+    monkeypatch.setattr(latency, "allocate_latency", lambda *args: seen.append(args) or original(*args))
+    onnx_alds.compress(small_cnn(width=32), keep_latency=0.6, rank_multiple=8,
+                       speed=speed(FakeTimer(), tmp_path, model_rounds=1))
+    tables, costs, info = seen[0][:3]
+    for step in range(40):  # (whole-model times whose conversions round either way)
+        for proportional in (False, True):
+            moved = replaced(info, model_us=info.model_us * (1 + step * 1.37e-7), proportional=proportional)
+            smallest = latency.smallest_keep_latency(tables, costs, moved)
+            allocation = original(tables, costs, moved, smallest, "alds", 0)  # (raised BudgetError)
+            assert len(allocation.choices) == len(tables) and any(choice.groups for choice in allocation.choices)
