@@ -36,7 +36,8 @@ from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL
                      is_counted_node, is_layer_node, is_standard, iter_graphs, iter_total_params,
                      literal_where_named, macs_tensors, node_macs, op_key, sort_nodes, stored_sources,
                      unchanged_ops_note, uncounted_compute_ops, weight_constants, widened_weights, with_order)
-from .checks import InputCheck, check_input_model, check_output_model, random_nodes, random_output_change
+from .checks import (InputCheck, batch_coupling_nodes, check_input_model, check_output_model, random_nodes,
+                     random_output_change)
 from .model_io import (GRAPH_DIGEST_KEY, ModelLike, OpenedModel, TensorStore, graph_digest, graph_inputs, materialize,
                        open_model, refuse_over_protobuf_limit, resolve_input_shapes, show_input_shapes)
 from .inputs import calibration_as_fitted, check_sample_dims, dominant_sample_warning
@@ -104,6 +105,13 @@ class _Prepared:
         note = check_sample_axis(self.model, calibration, options.data.batch_size, store=self.store)
         if note and note not in self.notes:
             self.notes.append(note)
+        coupling = batch_coupling_nodes(self.model)
+        if coupling and len(calibration) > options.data.batch_size:  # (coupled too little for check_sample_axis)
+            self.notes.append(f"node {coupling[0]}, so each sample's values depend on the others in its calibration "
+                              f"run (runs of {options.data.batch_size}, of {len(calibration)} samples): give all the "
+                              f"samples in one run (--calibration-batch-size {len(calibration)})"
+                              + (", or calibrate the model from before its quantization"
+                                 if "quantization" in coupling[0] else ""))
         dominant = dominant_sample_warning(calibration)
         if dominant and dominant not in self.warnings:
             self.warnings.append(dominant)

@@ -856,7 +856,8 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     so that an output left as it is does not hide a broken one. 1 is as far as outputs of zeros; not real
     data, but a data-free result that lost its original's predictions moved several times more than one that
     kept them (docs/ACCURACY.md). Outputs of integers, booleans or strings (a classifier's labels) are
-    counted instead, as validate counts them: how many of their values changed (``changed``); a ZipMap's
+    counted instead, as validate counts them: how many of their values changed (``changed``; every value of a
+    batch whose output changed shape, as a value-sized NonZero's can); a ZipMap's
     sequence of maps is compared as the float tensor of its values, keys in order.
     One model's ONNX Runtime session at a time (the original's, then ``new``'s: no second copy of the
     weights held). ``store``: the models' dense weights are read through it (stubs)."""
@@ -929,10 +930,14 @@ def random_output_change(new: onnx.ModelProto, original: onnx.ModelProto, found:
     for values_o, values_c in zip(before, after):
         for name, y, z in zip(names, values_o, values_c):
             y, z = _map_values(y), _map_values(z)
-            if isinstance(y, np.ndarray) and y.dtype.kind in "iubUSO" and y.size and y.shape == np.shape(z):
+            if isinstance(y, np.ndarray) and y.dtype.kind in "iubUSO" and (y.size or np.size(z)):
                 counts = changed.setdefault(name, [0, 0])
-                counts[0] += int(np.count_nonzero(y != z))
-                counts[1] += int(y.size)
+                if y.shape == np.shape(z):
+                    counts[0] += int(np.count_nonzero(y != z))
+                    counts[1] += int(y.size)
+                else:  # (a value-sized output, NonZero's or TopK's of another k: its values no longer pair up)
+                    counts[0] += max(int(y.size), int(np.size(z)))
+                    counts[1] += max(int(y.size), int(np.size(z)))
                 continue
             if isinstance(y, np.ndarray) and y.dtype.kind == "f" and y.size and not np.isfinite(y).all():
                 unbounded.append(name)
@@ -989,11 +994,14 @@ def _map_values(value):
 
 
 def _output_kind(value) -> str:
-    """An ONNX Runtime output in a few words: its dtype, "a sequence of maps" (ZipMap), or its Python type."""
+    """An ONNX Runtime output in a few words: its dtype, "a sequence of maps" (ZipMap), "a sequence of
+    tensors", or its Python type."""
     if isinstance(value, np.ndarray):
         return str(value.dtype)
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return "a sequence of maps"
+    if isinstance(value, list):
+        return "a sequence of tensors"
     return type(value).__name__
 
 

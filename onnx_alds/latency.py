@@ -1077,8 +1077,9 @@ def settle_latency(allocate: Callable[[float], Allocation], build: Callable[[All
                                                   f"{closest.measured:.3f} at budget {closest.budget:.3f}"
                                                   if closest is not chosen else "")
                      + (", and a deeper plan measured slower than a gentler one (a busy machine); time again on a "
-                        "quiet machine (clear $ONNX_ALDS_CACHE) or give" if noisy else "; give")
-                     + " more --latency-rounds to come closer")
+                        "quiet machine (clear $ONNX_ALDS_CACHE)" if noisy else "")
+                     + ("" if stopped else (" or give" if noisy else "; give") + " more --latency-rounds to come "
+                        "closer"))
         if stopped and abs(chosen.measured - keep) > tolerance * keep:
             said += f"; the rounds stopped there because {stopped}"
     else:

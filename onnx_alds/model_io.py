@@ -1451,7 +1451,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-_DIM_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][\w.]*)|([-+*]))")
+_DIM_NAME = re.compile(r"[^\W\d][\w.]*")  # a dim's name: letters (any script), digits, _ and dots
+_DIM_TOKEN = re.compile(r"\s*(?:(\d+)|([^\W\d][\w.]*)|([-+*]))")
 
 
 def _dim_expression(text: str, values: Mapping[str, int]) -> Optional[int]:
@@ -1489,7 +1490,7 @@ def sized_inputs(specs: Sequence["InputSpec"], size: int, *, first: int = 1,
     whose dims must agree get sizes that do."""
     given = dict(given or {})
     named = [(spec, axis, dim) for spec in specs for axis, dim in enumerate(spec.dims)
-             if isinstance(dim, str) and dim.isidentifier()]
+             if isinstance(dim, str) and _DIM_NAME.fullmatch(dim)]
     values = {dim: int(given[spec.name][axis]) for spec, axis, dim in named  # (the given shapes' first)
               if spec.name in given and axis < len(given[spec.name])}
     for spec, axis, dim in named:
@@ -1651,16 +1652,35 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequenc
         for dim, size in zip(spec.dims, overrides.get(spec.name, ())):
             if isinstance(dim, str) and dim:
                 sizes_by_name.setdefault(dim, (size, spec.name))
+    values = {name: size for name, (size, _) in sizes_by_name.items()}
+
+    def named_size(dim) -> Optional[int]:
+        """A dynamic dim's size from the sizes given for its name, or for the names of its expression
+        ('past_sequence+sequence'); None when they do not give it."""
+        if not isinstance(dim, str) or not dim:
+            return None
+        return values[dim] if dim in values else _dim_expression(dim, values)
+
+    def sources_of(dim: str) -> set[str]:
+        names = [dim] if dim in sizes_by_name else [token[1] for token in _DIM_TOKEN.findall(dim) if token[1]]
+        return {sizes_by_name[name][1] for name in names if name in sizes_by_name}
+
     for spec in specs:
         if spec.name in overrides:
             shapes[spec.name] = overrides[spec.name]
+            plain = {name: size for name, size in values.items() if _DIM_NAME.fullmatch(name)}
+            for dim, size in zip(spec.dims, overrides[spec.name]):  # a size its name's expression contradicts
+                expected = _dim_expression(dim, plain) if isinstance(dim, str) and dim not in plain else None
+                if expected is not None and expected != size:
+                    notes.append(f"input '{spec.name}': dim '{dim}' is given as {size}, where the sizes given for "
+                                 f"the names in it make {expected}; check --input-shape")
             continue
-        dims = [sizes_by_name[d][0] if isinstance(d, str) and d in sizes_by_name else d for d in spec.dims]
+        dims = [named_size(d) or d for d in spec.dims]
         if dims != list(spec.dims):
-            sources = sorted({sizes_by_name[d][1] for d in spec.dims if isinstance(d, str) and d in sizes_by_name})
-            taken = dict.fromkeys(d for d in spec.dims if isinstance(d, str) and d in sizes_by_name)  # once each
+            taken = dict.fromkeys(d for d, size in zip(spec.dims, dims) if isinstance(d, str) and d and d != size)
+            sources = sorted(set().union(*(sources_of(d) for d in taken)))
             notes.append(f"input '{spec.name}': its dims named like those of {', '.join(map(repr, sources))} take "
-                         f"their sizes (" + ", ".join(f"{d}={sizes_by_name[d][0]}" for d in taken) + ")")
+                         f"their sizes (" + ", ".join(f"{d}={named_size(d)}" for d in taken) + ")")
         if batch_default is not None and dims and not isinstance(dims[0], int) \
                 and all(isinstance(d, int) for d in dims[1:]):
             dims[0] = batch_default

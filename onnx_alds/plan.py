@@ -248,11 +248,11 @@ class Plan:
             raise PlanError(f"{source} is {other}, not a plan; give a file written by onnx-alds plan (onnx-alds plan "
                             "MODEL -o PLAN.json)")
         reader = _Reader(source)
+        if isinstance(data, dict) and "format" in data and data["format"] != PLAN_FORMAT:  # (before its keys)
+            raise PlanError(f"{source}: format is {_short(data['format'])}, not {_short(PLAN_FORMAT)}; give a file "
+                            "written by onnx-alds plan")
         top = reader.mapping(data, "the plan", required=("format", "version", "model", "options", "layers"),
                              optional=("tool", "totals", "blocks"))
-        if top["format"] != PLAN_FORMAT:
-            raise PlanError(f"{source}: format is {_short(top['format'])}, not {_short(PLAN_FORMAT)}; give a file "
-                            "written by onnx-alds plan")
         if top["version"] != PLAN_VERSION or isinstance(top["version"], bool):
             raise PlanError(f"{source}: plan version {_short(top['version'])}; this onnx-alds reads version "
                             f"{PLAN_VERSION} (make the plan again with this version)")
@@ -1246,8 +1246,9 @@ class _Decisions:
             if layer is None:
                 raise self._error(f"layer '{decision.name}' of the plan is not in the model (another model, or a "
                                   f"renamed node); {fix}")
+            run_time = layer.params == 0 and not layer.compressible  # (Q·Kᵀ: its operand's shape follows the inputs)
             if layer.op != decision.op or (tuple(layer.weight_shape) != tuple(decision.weight_shape)
-                                           and decision.name not in self.pruned):
+                                           and decision.name not in self.pruned and not run_time):
                 raise self._error(
                     f"layer '{decision.name}' is a {layer.op} with weight {'x'.join(map(str, layer.weight_shape))} "
                     f"in the model but a {decision.op} with weight {'x'.join(map(str, decision.weight_shape))} in "
@@ -1570,7 +1571,10 @@ def _other_output(data: Any) -> Optional[str]:
     if set(data) >= {"rows", "environment"}:
         return "a sweep's summary (sweep.json)"
     if json_output_kind(data) == "onnx-alds report":
-        return "an onnx-alds report (compress --report, validate --json or distill JSON)"
+        return "an onnx-alds report (the JSON of compress --report, validate, analyze, bench or distill)"
+    if "format" not in data and len(set(data) & {"version", "model", "options", "layers"}) < 2:
+        shown = ", ".join(repr(key) for key in list(data)[:4]) + (", ..." if len(data) > 4 else "")
+        return f"a JSON file of another kind (its keys: {shown or 'none'})"
     return None
 
 

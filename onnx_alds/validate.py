@@ -1326,8 +1326,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     coupling = batch_coupling_nodes(compressed_model)
     if coupling:  # (a compressed model quantized afterwards: its outputs are what it gives at this batch)
         notes.append(f"the compressed model's node {coupling[0]}, so its outputs depend on which samples run "
-                     f"together: these figures hold for runs of {batch} (--batch-size); validate at the batch you "
-                     "deploy")
+                     f"together: these figures hold for runs of {min(batch, len(inputs))} (--batch-size); validate "
+                     "at the batch you deploy")
     ort = import_onnxruntime()
     session_o = make_session(original, provider, threads=threads, what="the original model")  # (a path, or a proto)
     session_c = make_session(compressed, provider, threads=threads, what="the compressed model")
@@ -1630,9 +1630,13 @@ def check_same_interface(original: onnx.ModelProto, compressed: onnx.ModelProto,
     for spec in graph_inputs(original):
         other = compressed_specs[spec.name]
         if spec.dtype != other.dtype or _dims_differ(spec.dims, other.dims):
+            precision = spec.dtype != other.dtype and spec.dtype.kind == other.dtype.kind == "f"
             raise UnsupportedModelError(
                 f"the models take different inputs: '{spec.name}' is {spec.dtype} {_show_dims(spec.dims)} in the "
-                f"original and {other.dtype} {_show_dims(other.dims)} in the other; {hint}")
+                f"original and {other.dtype} {_show_dims(other.dims)} in the other; " + (
+                    "the other model was converted to another float precision with its inputs (a float16 "
+                    "conversion without keep_io_types): convert it with keep_io_types=True to compare the two, "
+                    f"or {hint}" if precision else hint))
     outs_o = [o.name for o in original.graph.output]
     outs_c = [o.name for o in compressed.graph.output]
     if sorted(outs_o) != sorted(outs_c):

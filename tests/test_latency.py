@@ -798,6 +798,16 @@ def test_a_repeated_plan_is_a_fixed_point_and_a_saving_far_above_the_prediction_
                               store=None, input_shapes={"input": (4, 3, 16, 16)}, timer=OnceFast(), rounds=3)
     assert "cannot be allocated (--keep-latency 0.9 cannot be reached" in said
 
+    class Fast(FakeTimer):  # well under the budget, and the next budget gives the same decisions
+        def time_ratio(self, reference, candidate, store, input_shapes):
+            return 0.5
+
+    *_, said = settle_latency(lambda budget: Allocation(gentle, budget, 1.0, 0.1, "test"), lambda allocation: model,
+                              ["conv"], Info(), 0.95, 0.1, reference=model, store=None,
+                              input_shapes={"input": (4, 3, 16, 16)}, timer=Fast(), rounds=3)
+    assert "well under the budget" in said and "the rounds stopped there because" in said
+    assert "more --latency-rounds" not in said  # (more rounds would give the same decisions again)
+
 
 def test_a_conv_whose_bias_is_computed_at_run_time_is_timed(tmp_path):
     """torch's dynamo exporter with optimize=False writes a bias-free Conv's zero bias as

@@ -1465,13 +1465,17 @@ def test_another_onnx_alds_output_given_as_the_plan_says_what_it_is(tmp_path, ca
     (tmp_path / "sweep.json").write_text(json.dumps({"rows": [], "skipped": [], "runs": [],
                                                      "environment": {"versions": {"onnx_alds": "0"}}}))
     (tmp_path / "row.json").write_text(json.dumps({"fingerprint": "0" * 64, "row": {"variant_id": "m.alds"}}))
+    (tmp_path / "model.json").write_text(json.dumps({"irVersion": "8", "graph": {}}))  # (an ONNX model as JSON)
     capsys.readouterr()
     for name, what in (("report.json", "an onnx-alds report"), ("sweep.json", "a sweep's summary"),
-                       ("row.json", "a sweep's row file")):
+                       ("row.json", "a sweep's row file"),
+                       ("model.json", "a JSON file of another kind (its keys: 'irVersion',")):
         with pytest.raises(PlanError, match=f"{re.escape(what)} .*, not a plan; give a file written by onnx-alds plan"):
             Plan.load(tmp_path / name)
         assert main(["apply", str(tmp_path / "m.onnx"), str(tmp_path / name), "-o", str(tmp_path / "a.onnx")]) == 1
         assert f"{what}" in capsys.readouterr().err and not (tmp_path / "a.onnx").exists()
+    with pytest.raises(PlanError, match='format is "other-tool", not "onnx-alds plan"'):  # (said "missing key 'model'")
+        Plan.from_dict({"format": "other-tool", "settings": {}})
 
 
 def test_a_plans_dense_layers_cost_no_spectrum(monkeypatch):
@@ -1490,3 +1494,33 @@ def test_a_plans_dense_layers_cost_no_spectrum(monkeypatch):
     applied = apply_plan(model, round_trip(plan)).model
     assert len(read) == len(factorized)  # (one spectrum per factorized layer, none for the dense ones)
     assert same_bytes(applied, onnx_alds.compress(model, keep_params=0.6).model)
+
+
+def test_a_data_aware_plan_applies_with_calibration_of_another_sequence_length():
+    """A plan made on calibration sequences of 3 tokens, applied with sequences of 4: refused as "the model
+    changed since the plan was made", naming attention's run-time Q·Kᵀ product, whose operand's shape follows
+    the inputs (it is no layer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_alds.inputs import InputSet
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 16)) / 4).astype(np.float32), name)
+             for name in ("wq", "wk", "wo")]
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+         helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),  # (run time × run time)
+         helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+         helper.make_node("MatMul", ["p", "x"], ["mixed"], name="pv"),
+         helper.make_node("MatMul", ["mixed", "wo"], ["y"], name="o_proj")], "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 16])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    short, long = (InputSet({"x": rng.standard_normal((32, length, 16)).astype(np.float32)}) for length in (3, 4))
+    plan = make_plan(model, keep_params=0.8, rank_multiple=1, calibration=short)
+    assert "qk" in {layer.name for layer in plan.layers}  # (listed, kept dense: the shape check met it)
+    result = apply_plan(model, round_trip(plan), calibration=long)
+    assert any("calibration differs from the plan's" in note for note in result.report.notes)
+    onnx.checker.check_model(result.model, full_check=True)

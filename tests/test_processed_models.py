@@ -621,6 +621,12 @@ def test_calibrating_a_dynamically_quantized_model_names_the_quantization(tmp_pa
     result = compress(mixed, keep_params=0.9, rank_multiple=1, calibration=InputSet({"x": x}),
                       calibration_batch_size=64)  # (the fix it names)
     assert any(layer.groups for layer in result.report.layers)
+    plain = np.random.default_rng(6).standard_normal((64, 32)).astype(np.float32)  # (coupled by under 1 %: no error)
+    notes = compress(mixed, keep_params=0.9, rank_multiple=1, calibration=InputSet({"x": plain})).report.notes
+    assert any(note.startswith("node 'x_QuantizeLinear' (DynamicQuantizeLinear) takes its quantization scale over "
+                               "each whole run, so each sample's values depend on the others in its calibration run "
+                               "(runs of 16, of 64 samples): give all the samples in one run "
+                               "(--calibration-batch-size 64)") for note in notes)
     onnx.save(mixed, tmp_path / "q.onnx")  # validate: the float layers alone against the quantized model
     plain = onnx.ModelProto.FromString(mixed.SerializeToString())
     del plain.graph.node[:5]

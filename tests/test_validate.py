@@ -2128,3 +2128,24 @@ def test_validate_switches_take_true_or_false(value):
     inputs = InputSet({"x": np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)}, source="t")
     with pytest.raises(InputDataError, match=r"figures_only=.*: give True or False"):
         validate(model, model, inputs=inputs, figures_only=value)
+
+
+def test_a_float16_conversion_with_float16_inputs_is_named_as_such():
+    """A model converted to float16 without keep_io_types takes float16 inputs: validate said only "compare a
+    model with one compressed from it", which tells the user nothing of what differs or what to do."""
+    from conftest import make_model
+    from onnx_alds.validate import validate
+
+    weight = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+
+    def model(dtype: int) -> onnx.ModelProto:
+        return make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                          [helper.make_tensor_value_info("x", dtype, ["N", 8])],
+                          [helper.make_tensor_value_info("y", dtype, ["N", 8])],
+                          [numpy_helper.from_array(weight.astype(helper.tensor_dtype_to_np_dtype(dtype)), "w")])
+
+    inputs = InputSet({"x": np.ones((4, 8), np.float32)})
+    with pytest.raises(UnsupportedModelError, match=r"'x' is float32 \[N, 8\] in the original and float16 \[N, 8\] "
+                                                    r"in the other; the other model was converted to another float "
+                                                    r"precision with its inputs .* keep_io_types=True"):
+        validate(model(TensorProto.FLOAT), model(TensorProto.FLOAT16), inputs=inputs)
