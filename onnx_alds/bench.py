@@ -168,7 +168,7 @@ class BenchReport:
         return notes
 
     def lines(self) -> list[str]:
-        threads = f", {self.threads} threads" if self.threads else ""
+        threads = f", {self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else ""
         lines = [f"bench on {self.provider} ({self.provider_name}{threads}), "
                  f"{self.machine.get('cpu', '?')}" + (f", GPU {self.machine['gpu']}" if self.machine.get("gpu") else "")]
         lines += [t.line() for t in self.timings]

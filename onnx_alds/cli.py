@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import __version__
 from .argtypes import any_float, non_negative_int, positive_int, random_seed
-from .errors import InputDataError, OnnxAldsError
+from .errors import InputDataError, ModelLoadError, OnnxAldsError
 
 
 
@@ -823,12 +824,38 @@ def _run(args: argparse.Namespace) -> int:
             root.setLevel(level)
 
 
+def _refuse_piped_models(args: argparse.Namespace) -> None:
+    """A model given as a pipe (``cat m.onnx | onnx-alds validate /dev/stdin ...``) can be read once: the commands
+    that read a model twice (validate, bench, sweep, distill, and compress or apply with --validate or
+    --distill, which run the original again) got an empty second read and blamed the file. Raises
+    :class:`ModelLoadError` naming the path, before any work."""
+    import stat
+
+    if args.command in ("validate", "distill"):
+        paths = [args.original, args.compressed]
+    elif args.command in ("bench", "sweep"):
+        paths = list(getattr(args, "models", None) or [])
+    elif args.command in ("compress", "apply") and (getattr(args, "validate", False) or getattr(args, "distill", 0)):
+        paths = [args.model]
+    else:
+        return
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, TypeError, ValueError):  # (missing: the command's own check says so)
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+            raise ModelLoadError(f"'{path}' is a pipe or device, which {args.command} reads more than once; save the "
+                                 "model to a file and give that path")
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """The parsed command, with every user-facing failure as one ``error:`` line and its exit code."""
     try:
         check_preprocess_flags(args)
         check_random_seed_flag(args)
         _check_output_paths(args)
+        _refuse_piped_models(args)
         code = int(args.run(args) or 0)
         try:
             sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -91,6 +92,8 @@ def os_error_text(exc: OSError) -> str:
     it: the cause, the file (long names shortened) and what to do."""
     name = str(exc.filename or "")
     where = f" ('{name if len(name) <= 120 else name[:60] + '…' + name[-40:]}')" if name else ""
+    if exc.errno == errno.ENAMETOOLONG:  # (onnx-alds writes a temporary file of a short name beside the output)
+        return f"{exc.strerror or exc}{where}; give a shorter path"
     return f"{exc.strerror or exc}{where}; fix the path or free the resource and run again"
 
 

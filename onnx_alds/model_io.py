@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -793,13 +794,69 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
+_HELD_FOLDERS: dict[str, int] = {}  # folders this process holds a folder_lock on, and how many times
+FOLDER_LOCK_WAIT_S = 60.0  # how long folder_lock waits for another process (its renames take microseconds)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, busy: Optional[str] = None) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``folder`` itself, no file added, against other onnx-alds
+    processes writing there; held again by this process, it is counted, not taken twice. It waits up to
+    :data:`FOLDER_LOCK_WAIT_S` for another holder; with ``busy``, not at all: an :class:`OutputPathError`
+    saying ``busy`` at once. Where the platform or file system has no ``flock``, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows)
+        yield
+        return
+    key = os.path.realpath(folder)
+    if key in _HELD_FOLDERS:
+        _HELD_FOLDERS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_FOLDERS[key] -= 1
+        return
+    try:
+        handle = os.open(key, os.O_RDONLY)
+    except OSError:  # (a folder not there yet or unreadable: the write itself says why)
+        yield
+        return
+    try:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if busy is not None:
+                    raise OutputPathError(busy) from None
+                if waited >= FOLDER_LOCK_WAIT_S:
+                    raise OutputPathError(f"another onnx-alds process has been writing in '{folder}' for "
+                                          f"{FOLDER_LOCK_WAIT_S:.0f} s; wait for it to finish, or write "
+                                          "elsewhere") from None
+                time.sleep(0.01)
+                waited += 0.01
+            except OSError:  # (a file system without flock: nothing to hold)
+                break
+        _HELD_FOLDERS[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD_FOLDERS[key]
+    finally:
+        os.close(handle)  # (releases the lock)
+
+
 @contextlib.contextmanager
 def landed(target: Path) -> Iterator[None]:
-    """The final renames of a write, uninterrupted (:func:`onnx_alds.signals.uninterrupted`): an interrupt that
+    """The final renames of a write, uninterrupted (:func:`onnx_alds.signals.uninterrupted`) and under
+    :func:`folder_lock` of ``target``'s folder (two processes writing one output and its report land their
+    renames one after the other, never a model of one beside the report of the other): an interrupt that
     arrived meanwhile is raised after them as a KeyboardInterrupt whose ``landed`` names ``target``, so that
     the caller can say what was written."""
     try:
-        with uninterrupted():
+        with folder_lock(target.parent), uninterrupted():
             yield
     except KeyboardInterrupt as exc:
         exc.landed = str(target)

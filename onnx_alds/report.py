@@ -166,7 +166,10 @@ class CompressionReport:
             lines.append(f"MACs:    {_si(self.macs_before)} -> {_si(self.macs_after)} "
                          f"({(self.macs_after or 0) / self.macs_before:.4f} kept)")
         factorized = sum(1 for layer in self.layers if layer.groups)
-        lines.append(f"layers factorized: {factorized} of {len(self.layers)}, "
+        products = sum(1 for layer in self.layers if not layer.params_before and not layer.groups)  # (Q·Kᵀ)
+        lines.append(f"layers factorized: {factorized} of {len(self.layers) - products}"
+                     + (f" (and {products} product{'s' if products > 1 else ''} of run-time tensors, with no weight)"
+                        if products else "") + ", "
                      + (f"largest {column} {self.max_error:.4g}" if weighted else
                         f"largest rank cut {self.max_error:.4f} (1 - rank / full rank: --method svd measures no error)"
                         if cut else f"max error {self.max_error:{'.4g' if squared else '.4f'}}"))

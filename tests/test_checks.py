@@ -1096,3 +1096,20 @@ def test_labels_of_a_value_sized_output_whose_size_changed_count_as_changed():
         compared += size
     assert reshaped  # (the test needs an input whose count changed)
     assert result.report.random_changed_values == (("nz", changed, compared),)
+
+
+def test_products_of_run_time_tensors_are_not_counted_as_layers_in_the_summary():
+    """'layers factorized: 13 of 19' for a decoder of 15 layers: the 4 attention products Q·Kᵀ and P·V, which
+    have no weight, were counted among the layers."""
+    from conftest import make_model
+    from onnx_alds import compress
+
+    weight = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),
+                        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+                        helper.make_node("MatMul", ["q", "xt"], ["y"], name="scores")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4])],
+                       [numpy_helper.from_array(weight, "w")])
+    text = compress(model, keep_params=0.5, rank_multiple=1).report.format()
+    assert "layers factorized: 1 of 1 (and 1 product of run-time tensors, with no weight), " in text

@@ -1625,3 +1625,32 @@ def test_file_kinds_by_their_bytes(tmp_path):
     assert existing_file_kind(table, csv_header="variant_id,model") == "onnx-alds CSV table"
     assert existing_file_kind(table, csv_header="variant_id,model,method") == "file of another kind"
     assert existing_file_kind(tmp_path / "none") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_model_piped_to_a_command_that_reads_it_twice_is_refused_first(tmp_path, capsys):
+    """``cat c.onnx | onnx-alds validate m.onnx /dev/stdin``: the second read of the pipe was empty, and the error
+    blamed the file ("the model does not have an ir_version set properly"), after the work for --validate."""
+    from conftest import small_cnn
+
+    onnx.save(small_cnn(), tmp_path / "m.onnx")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for argv in (["validate", str(tmp_path / "m.onnx"), str(pipe), "--random", "2"], ["bench", str(pipe)],
+                 ["compress", str(pipe), "-o", str(tmp_path / "c.onnx"), "--keep-params", "0.5", "--validate"]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err.startswith(f"error: '{pipe}' is a pipe or device, which {argv[0]} reads more "
+                                                  "than once; save the model to a file and give that path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "pipe"]
+
+
+def test_a_name_too_long_asks_for_a_shorter_path():
+    """An -o path near PATH_MAX (the OS takes it; the temporary name beside it does not) said "fix the path or
+    free the resource", which has nothing to free."""
+    import errno
+
+    from onnx_alds.errors import os_error_text
+
+    text = os_error_text(OSError(errno.ENAMETOOLONG, "File name too long", "/out/" + "a" * 300 + ".onnx"))
+    assert text.endswith("; give a shorter path") and "free the resource" not in text
+    assert "free the resource" in os_error_text(OSError(errno.ENOSPC, "No space left on device", "/out/m.onnx"))
