@@ -31,6 +31,23 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'onnx_alds' has no attribute '{name}'")
 
 
+def _callable_module(module_name: str, function_name: str) -> None:
+    """Make the submodule ``module_name`` callable as its function ``function_name``: ``onnx_alds.validate(...)``
+    and ``onnx_alds.bench(...)``, as the API is named (the design's names), beside ``onnx_alds.validate.validate``
+    and ``from onnx_alds.validate import validate``, which stay what they are."""
+    import sys
+    import types
+
+    module = sys.modules[module_name]
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(self, function_name)(*args, **kwargs)
+
+    CallableModule.__call__.__doc__ = f"``{function_name}(...)`` of this module"
+    module.__class__ = CallableModule
+
+
 def __dir__() -> list[str]:
     """The public names, the lazy ones included (tab completion, ``help(onnx_alds)``)."""
     return sorted(set(__all__) | set(_SUBMODULES))

@@ -27,7 +27,7 @@ from .allocate import DENSE, Allocation, LayerChoice, allocate_lrank, allocate_m
 from .data_aware import (data_aware_rewrite, layer_moment, layer_sensitivities, sample_count, scaled_table,
                          whitening_factors)
 from .decompose import GroupedFactors, decompose
-from .errors import (BudgetError, InputDataError, OnnxAldsError, UnknownOptionError, UnsupportedModelError,
+from .errors import (BudgetError, InputDataError, UnknownOptionError, UnsupportedModelError,
                      ratio_at_least)
 from .layers import (ALSO_READ_BY, COUNTED_OPS, ORDERS, POINTWISE_FIRST, SPATIAL_FIRST, Layer, StoredConstants,
                      chain_source, check_exclude_patterns, drop_dead_nodes, element_bits, ensure_node_names,
@@ -199,7 +199,7 @@ def _prepare(model: ModelLike, *, input_shapes: Optional[Mapping[str, Sequence[i
     original, store = opened.model, opened.store
     try:
         probe_shapes = resolve_input_shapes(original, input_shapes, batch_default=1)[0]
-    except OnnxAldsError:  # dynamic dims without --input-shape: the probe sets them to 1 and says so
+    except UnsupportedModelError:  # dynamic dims without --input-shape: the probe sets them to 1 and says so
         probe_shapes = dict(input_shapes or {})
     reordered = not in_topological_order(original)
     if reordered:

@@ -48,6 +48,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from .argtypes import non_negative_int, positive_int, seconds, thread_count
+from . import _callable_module
 from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsError, UnsupportedModelError,
                      runtime_error_text)
 from .inputs import index_bounds, random_array
@@ -180,6 +181,13 @@ class BenchReport:
             if not comparison.rows and not comparison.skipped:
                 lines.append("  no factorized layers (no nodes named <layer>.enc / <layer>.dec)")
         return lines
+
+    def save_json(self, path) -> None:
+        """Write :meth:`to_dict` as strict JSON, atomically, as ``bench --json`` writes it
+        (:func:`onnx_alds.report.write_json`)."""
+        from .report import write_json
+
+        write_json(self.to_dict(), path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -899,3 +907,5 @@ def run_bench_command(args: argparse.Namespace) -> int:
 __all__ = ["Timing", "LayerTiming", "LayerComparison", "BenchReport", "bench", "compare_layers",
            "default_batch", "factorized_pairs", "round_robin_order", "time_interleaved", "physical_cores", "machine_info",
            "versions", "add_bench_arguments", "run_bench_command"]
+
+_callable_module(__name__, "bench")  # onnx_alds.bench(...) calls bench(...)

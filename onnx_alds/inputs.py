@@ -70,7 +70,10 @@ class InputSet:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.arrays, Mapping) or not self.arrays:
+        if not isinstance(self.arrays, Mapping):
+            raise InputDataError(f"the input set's arrays are a {type(self.arrays).__name__}; give a dict of graph "
+                                 "input name to array, e.g. InputSet({'input': array})")
+        if not self.arrays:
             raise InputDataError("the input set holds no arrays; give one array per graph input, e.g. "
                                  "InputSet({'input': array})")
         key = next((name for name in self.arrays if not isinstance(name, str)), None)

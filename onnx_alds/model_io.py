@@ -1187,6 +1187,16 @@ def unused_name(folder: Path, suffix: str = "") -> Path:
     return Path(folder) / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}{suffix}"
 
 
+def path_argument(value: Any, what: str) -> Path:
+    """``value`` as a Path: a str or os.PathLike (a file path an API call was given); anything else (None, a
+    number, an open file) an :class:`OutputPathError` naming ``what``."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise OutputPathError(f"{what} is {value!r}; give a file path (a str or pathlib.Path)")
+    return Path(value)
+
+
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
                protect: Sequence[Union[str, os.PathLike]] = (),
                external_data: bool | None = None, store: Optional[TensorStore] = None,
@@ -1212,7 +1222,7 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     if isinstance(path, str) and (path.endswith(("/", os.sep)) or os.path.basename(path) in (".", "..")):
         raise OutputPathError(f"'{path}' names a folder (it ends with '{os.path.basename(path) or '/'}'); give a file "
                               "path for the model")  # (Path() drops the slash or the dot)
-    target = Path(path)
+    target = path_argument(path, "the model's path")
     check_output_path(target, protect)
     # (the command line checked its -o before its work; a script's path is checked here)
     refuse_foreign_file(target, "onnx-alds model", flag="the path", command="save_model",
@@ -1635,8 +1645,8 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
         if spec.name not in overrides:
             continue
         value = overrides[spec.name]
-        if isinstance(value, (str, bytes)) or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
-                                                      for d in value):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value):
             raise InputDataError(f"the shape given for '{spec.name}' is {value!r}; give a sequence of integers, "
                                  "e.g. (1, 3, 224, 224)")
         shape = tuple(int(d) for d in value)

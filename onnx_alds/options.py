@@ -107,11 +107,12 @@ class SearchOptions:
         if exclude is None or not all(isinstance(pattern, str) for pattern in exclude):
             raise BudgetError(f"exclude={self.exclude!r}: give a list of node or weight names (or glob patterns), "
                               "e.g. ['fc', '*/head/*']")
-        if self.keep_dense and not all(isinstance(name, str) for name in self.keep_dense):
-            raise BudgetError(f"keep_dense={self.keep_dense!r}: its keys are node names (strings), e.g. {{'fc': 'head'}}")
         if self.keep_dense is not None and not isinstance(self.keep_dense, Mapping):
             raise BudgetError("keep_dense maps node names to the reason each stays dense, e.g. {'fc': 'head'}; "
                               f"got {type(self.keep_dense).__name__}")
+        if self.keep_dense and not all(isinstance(name, str) for name in self.keep_dense):
+            raise BudgetError(f"keep_dense={self.keep_dense!r}: its keys are node names (strings), e.g. "
+                              "{'fc': 'head'}")
         for name, reason in (self.keep_dense or {}).items():  # (a None reason would read as "compressible")
             if not isinstance(reason, str) or not reason.strip():
                 raise BudgetError(f"keep_dense[{name!r}]={reason!r}: give the reason the layer stays dense, as "
@@ -127,6 +128,8 @@ class SearchOptions:
             raise BudgetError(f"--seed {self.seed} is out of range; give an integer in [0, 2**32), e.g. --seed 0")
         if self.order not in ORDER_CHOICES:
             raise BudgetError(f"unknown order '{self.order}'; choose one of: {', '.join(ORDER_CHOICES)}")
+        if self.prune is not None and not isinstance(self.prune, (bool, np.bool_, str)):
+            raise BudgetError(f"prune={self.prune!r}: give one of: {', '.join(PRUNE_MODES)} (or True / False)")
         prune = {True: "combined", False: "off", None: "off"}.get(self.prune, self.prune)  # --prune
         if prune not in PRUNE_MODES:
             raise BudgetError(f"unknown prune mode '{self.prune}'; choose one of: {', '.join(PRUNE_MODES)}")
@@ -236,8 +239,8 @@ class SpeedOptions:
     def __post_init__(self) -> None:
         from .runtime import PROVIDERS
 
-        if self.provider not in PROVIDERS:
-            raise InputDataError(f"unknown provider '{self.provider}'; choose one of: {', '.join(PROVIDERS)}")
+        if not isinstance(self.provider, str) or self.provider not in PROVIDERS:
+            raise InputDataError(f"unknown provider {self.provider!r}; choose one of: {', '.join(PROVIDERS)}")
         check_threads(self.threads)
         check_count("batch", self.batch, optional=True)
         check_count("warmup", self.warmup, 0, optional=True)

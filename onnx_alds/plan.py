@@ -231,8 +231,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Plan":
+        from .model_io import path_argument
+
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = path_argument(path, "the plan's path").read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise PlanError(f"'{path}' is not a plan (not UTF-8 JSON text); give a file written by onnx-alds plan") from None
         except OSError as exc:

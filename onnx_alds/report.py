@@ -360,9 +360,9 @@ def write_json(data: dict, path: Union[str, Path], *, also: Optional[Callable[[]
     """Write ``data`` as indented strict JSON, atomically (``also``: run with the rename). An existing file at
     ``path`` is replaced only when it is an earlier onnx-alds output of the kind ``data`` is (a plan, a report);
     anything else raises :class:`~onnx_alds.errors.OutputPathError`, as on the command line."""
-    from .model_io import check_output_path, json_output_kind, refuse_foreign_file, write_file_atomically
+    from .model_io import check_output_path, json_output_kind, path_argument, refuse_foreign_file, write_file_atomically
 
-    target = Path(path)
+    target = path_argument(path, "the JSON file's path")
     check_output_path(target, flag="the JSON file")
     kind = json_output_kind(data)
     if kind != "JSON file":

@@ -78,8 +78,8 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], provide
     ``copy_of`` is given.
     """
     ort = import_onnxruntime()
-    if provider not in PROVIDERS:
-        raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
+    if not isinstance(provider, str) or provider not in PROVIDERS:
+        raise ProviderError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[provider]
     available = ort.get_available_providers()
     if wanted not in available:

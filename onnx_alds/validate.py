@@ -57,6 +57,7 @@ import onnx
 from .argtypes import (check_count, check_number, check_switch, fraction, non_negative_float, positive_int,
                        random_seed, thread_count)
 from .checks import batch_coupling_nodes, raise_if_out_of_resources, random_nodes, value_sized_outputs
+from . import _callable_module
 from .errors import (InputDataError, RandomInputsError, UnsupportedModelError, ValidationFailedError,
                      runtime_error_text)
 from .inputs import (InputSet, add_input_arguments, as_input_set, conform_inputs, dim_name_clash, first_occurrences,
@@ -411,6 +412,13 @@ class ValidationReport:
         """Raise :class:`ValidationFailedError` (one line) when a tolerance was missed."""
         if not self.passed:
             raise ValidationFailedError(f"validation failed: {self.failure_message()}")
+
+    def save_json(self, path) -> None:
+        """Write :meth:`to_dict` as strict JSON, atomically (an existing file only where it is an earlier
+        onnx-alds report: :func:`onnx_alds.report.write_json`), as ``validate --json`` writes it."""
+        from .report import write_json
+
+        write_json(self.to_dict(), path)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -1969,3 +1977,5 @@ def run_validate_command(args: argparse.Namespace) -> int:
         write_json(report.to_dict(), args.json, also=lambda: args.written_files.append(str(args.json)))
     report.raise_if_failed()
     return 0
+
+_callable_module(__name__, "validate")  # onnx_alds.validate(...) calls validate(...)

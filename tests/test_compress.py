@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -1279,3 +1280,44 @@ def test_a_chain_of_hundreds_of_layers_before_a_last_node_is_rewritten():
     onnx.checker.check_model(result.model, full_check=True)  # (nodes in topological order)
     feeds = random_feeds(model)
     np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_error_naming_them(tmp_path):
+    """keep_dense=5, prune=[], input_shapes={'x': None}, provider=[], a None path: bare TypeErrors and
+    ValueErrors from deep inside (options.py, model_io.py, pathlib) instead of one onnx-alds error naming the
+    argument; onnx_alds.validate(...) and onnx_alds.bench(...), as the API is named, were modules."""
+    from onnx_alds.errors import InputDataError, OnnxAldsError, OutputPathError, ProviderError
+    from onnx_alds.inputs import InputSet
+    from onnx_alds.options import SpeedOptions
+    from onnx_alds.plan import Plan, make_plan
+
+    model = small_cnn()
+    name = model.graph.input[0].name
+    for keywords, error, words in (
+            (dict(keep_dense=5), BudgetError, "keep_dense maps node names"),
+            (dict(prune=[]), BudgetError, "prune=[]: give one of"),
+            (dict(input_shapes={name: None}), InputDataError, f"the shape given for '{name}' is None"),
+            (dict(input_shapes={name: 5}), InputDataError, f"the shape given for '{name}' is 5")):
+        with pytest.raises(error, match=re.escape(words)):
+            onnx_alds.compress(model, keep_params=0.5, **keywords)
+    with pytest.raises(InputDataError, match="the input shapes are a str"):
+        onnx_alds.analyze(model, input_shapes="input:1x3x32x32")
+    with pytest.raises(InputDataError, match=r"unknown provider \[\]"):
+        SpeedOptions(provider=[])
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    result = onnx_alds.compress(model, keep_params=0.7)
+    with pytest.raises(ProviderError, match=r"unknown provider \[\]"):
+        onnx_alds.validate(model, result.model, inputs=InputSet({name: x}), provider=[])
+    for call in (lambda: Plan.load(None), lambda: make_plan(model, keep_params=0.7).save(None),
+                 lambda: result.report.save_json(None), lambda: save_model(result.model, None)):
+        with pytest.raises(OutputPathError, match=r"is None; give a file path \(a str or pathlib.Path\)"):
+            call()
+    report = onnx_alds.validate(model, result.model, inputs=InputSet({name: x}), figures_only=True)
+    assert report.outputs and isinstance(report, onnx_alds.validate.ValidationReport)
+    timed = onnx_alds.bench([model], batch_sizes=(1,), runs=1, warmup=0, min_time_s=0.0)
+    for saved, path in ((report, tmp_path / "validate.json"), (timed, tmp_path / "bench.json")):
+        saved.save_json(path)  # (as --json writes them; a script wrote their JSON by hand)
+        assert json.loads(path.read_text()) == json.loads(json.dumps(saved.to_dict()))
+    with pytest.raises(InputDataError, match="the input set's arrays are a list; give a dict"):
+        InputSet([x])
+    assert not issubclass(OnnxAldsError, TypeError)  # (the errors above are the tool's, not Python's)
