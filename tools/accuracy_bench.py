@@ -18,7 +18,8 @@ Methods (``--methods``): ``svd+da`` (data-aware uniform rank: the floor no metho
 ``alds+da`` (data-aware ALDS: whitened, shrinkage, refit, frobenius error; the data-aware default),
 ``damage`` (least measured output damage, :mod:`onnx_alds.damage`), and any of them followed by
 ``+seq`` (sequential calibration), ``+both`` (both-factor compensation, one round), ``+affine``
-(per-channel affine correction), ``+bias`` (bias correction), ``/g4`` (damage measured for g ≤ 4);
+(per-channel affine correction), ``+bias`` (bias correction), ``/g4`` (damage measured for g ≤ 4), ``/pw``
+(k×k convs pointwise-first, ``--order pointwise-first``);
 ``alds`` and ``svd`` are data-free (no calibration: ``rand`` is then the outputs' mean relative change on
 the few random inputs compress measures, :func:`onnx_alds.checks.random_output_change`, the figure its
 warning of a broken model reads).
@@ -54,7 +55,8 @@ from onnx_alds.runtime import make_session  # noqa: E402
 BASES = {"svd+da": dict(method="svd"), "alds+da": dict(method="alds"), "damage": dict(method="damage"),
          "alds": dict(method="alds", data_free=True), "svd": dict(method="svd", data_free=True)}
 MODIFIERS = {"+seq": dict(sequential=True), "+both": dict(both_factors=1), "+affine": dict(affine_correction=True),
-             "+bias": dict(bias_correction=True), "/g4": dict(damage_max_groups=4, max_groups=4)}
+             "+bias": dict(bias_correction=True), "/g4": dict(damage_max_groups=4, max_groups=4),
+             "/pw": dict(order="pointwise-first")}
 DEFAULT_KEEP = {"efficientnet-lite0": [0.8, 0.7], "minilm": [0.7, 0.5], "mnist-resnet": [0.5]}  # the models known
 
 
