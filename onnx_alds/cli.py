@@ -453,10 +453,8 @@ def write_result(args: argparse.Namespace, result, extra=None) -> int:
 def _validate_hint(model: str, output: str, data_aware: bool, written: Any = None) -> str:
     """The next step after an unvalidated compress/apply: the command that measures the written model (where
     its inputs can be fed from Python at all: not a bfloat16 input)."""
-    import shlex
-
     from .inputs import refuse_unfeedable
-    from .model_io import graph_inputs
+    from .model_io import advice_path, graph_inputs
 
     basis = "calibration inputs" if data_aware else "weights alone"
     try:
@@ -466,7 +464,7 @@ def _validate_hint(model: str, output: str, data_aware: bool, written: Any = Non
         return (f"note: the errors above come from the {basis}, not from the model's outputs, which onnx-alds cannot "
                 f"measure here: {error}")
     return (f"note: the errors above come from the {basis}, not from the model's outputs on held-out inputs; "
-            f"measure those: onnx-alds validate {shlex.quote(model)} {shlex.quote(output)} --inputs FILE.npz "
+            f"measure those: onnx-alds validate {advice_path(model)} {advice_path(output)} --inputs FILE.npz "
             "(or --images DIR, or compress --validate)")
 
 

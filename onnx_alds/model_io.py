@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -794,69 +793,41 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise UnsupportedModelError("the model imports no ai.onnx opset; export it with a standard opset")
 
 
-_HELD_FOLDERS: dict[str, int] = {}  # folders this process holds a folder_lock on, and how many times
-FOLDER_LOCK_WAIT_S = 60.0  # how long folder_lock waits for another process (its renames take microseconds)
-
-
 @contextlib.contextmanager
-def folder_lock(folder: Path, *, busy: Optional[str] = None) -> Iterator[None]:
-    """An exclusive advisory lock (``flock``) on ``folder`` itself, no file added, against other onnx-alds
-    processes writing there; held again by this process, it is counted, not taken twice. It waits up to
-    :data:`FOLDER_LOCK_WAIT_S` for another holder; with ``busy``, not at all: an :class:`OutputPathError`
-    saying ``busy`` at once. Where the platform or file system has no ``flock``, nothing is locked."""
+def folder_lock(folder: Path, *, busy: str) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``folder`` itself, no file added, held inside; where another
+    open of the folder holds it (another process's, or another thread's), an :class:`OutputPathError` saying
+    ``busy`` at once: no waiting. Where the platform or the file system has no ``flock``, or the folder cannot
+    be opened, nothing is locked (what is written there says what fails)."""
     try:
         import fcntl
     except ImportError:  # (Windows)
         yield
         return
-    key = os.path.realpath(folder)
-    if key in _HELD_FOLDERS:
-        _HELD_FOLDERS[key] += 1
-        try:
-            yield
-        finally:
-            _HELD_FOLDERS[key] -= 1
-        return
     try:
-        handle = os.open(key, os.O_RDONLY)
-    except OSError:  # (a folder not there yet or unreadable: the write itself says why)
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
         yield
         return
     try:
-        waited = 0.0
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if busy is not None:
-                    raise OutputPathError(busy) from None
-                if waited >= FOLDER_LOCK_WAIT_S:
-                    raise OutputPathError(f"another onnx-alds process has been writing in '{folder}' for "
-                                          f"{FOLDER_LOCK_WAIT_S:.0f} s; wait for it to finish, or write "
-                                          "elsewhere") from None
-                time.sleep(0.01)
-                waited += 0.01
-            except OSError:  # (a file system without flock: nothing to hold)
-                break
-        _HELD_FOLDERS[key] = 1
         try:
-            yield
-        finally:
-            del _HELD_FOLDERS[key]
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputPathError(busy) from None
+        except OSError:  # (a file system without flock: nothing to hold)
+            pass
+        yield
     finally:
         os.close(handle)  # (releases the lock)
 
 
 @contextlib.contextmanager
 def landed(target: Path) -> Iterator[None]:
-    """The final renames of a write, uninterrupted (:func:`onnx_alds.signals.uninterrupted`) and under
-    :func:`folder_lock` of ``target``'s folder (two processes writing one output and its report land their
-    renames one after the other, never a model of one beside the report of the other): an interrupt that
+    """The final renames of a write, uninterrupted (:func:`onnx_alds.signals.uninterrupted`): an interrupt that
     arrived meanwhile is raised after them as a KeyboardInterrupt whose ``landed`` names ``target``, so that
     the caller can say what was written."""
     try:
-        with folder_lock(target.parent), uninterrupted():
+        with uninterrupted():
             yield
     except KeyboardInterrupt as exc:
         exc.landed = str(target)
@@ -1185,6 +1156,22 @@ def unused_name(folder: Path, suffix: str = "") -> Path:
     caller creates it inside its ``try`` (``open(..., "x")``, ``os.mkdir``), so that a Ctrl-C at any moment
     leaves nothing behind (with ``mkstemp`` the file exists before its name reaches the caller)."""
     return Path(folder) / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}{suffix}"
+
+
+def advice_path(path: Union[str, os.PathLike]) -> str:
+    """``path`` as a command the tool suggests should name it, shell-quoted: ``./-x.onnx`` for a name that
+    starts with a dash (read as a flag otherwise), ``MODEL.onnx`` for a pipe or device (``<(cat m.onnx)``,
+    /dev/stdin: gone once read)."""
+    import shlex
+    import stat
+
+    text = os.fspath(path)
+    try:
+        if not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode):
+            return "MODEL.onnx"
+    except OSError:
+        pass
+    return shlex.quote("./" + text if text.startswith("-") else text)
 
 
 def path_argument(value: Any, what: str) -> Path:

@@ -1526,7 +1526,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     """``onnx-alds plan``: the compress flags, the plan written to ``-o`` instead of a model."""
     from .cli import check_flags_take_effect, compress_keywords
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, open_model
+    from .model_io import advice_path, check_output_path, open_model
 
     check_flags_take_effect(args, writes_model=False)
     if getattr(args, "validate", False):
@@ -1556,8 +1556,8 @@ def run_plan_command(args: argparse.Namespace) -> int:
         print(f"warning: {warning}".replace("check with --validate", "check with onnx-alds apply --validate"),
               file=sys.stderr)
     print(text if not args.quiet else text.split("\n\n", 1)[-1])
-    print(f"wrote {output} (apply it with: onnx-alds apply {shlex.quote(str(args.model))} "
-          f"{shlex.quote(str(output))} -o OUT" + (" --calibration ..." if plan.data_aware else "") + ")")
+    print(f"wrote {output} (apply it with: onnx-alds apply {advice_path(args.model)} "
+          f"{advice_path(output)} -o OUT" + (" --calibration ..." if plan.data_aware else "") + ")")
     return 0
 
 

@@ -1589,8 +1589,8 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     with contextlib.suppress(OSError):  # (a path that cannot be a folder: the layout check says why)
         out.mkdir(parents=True, exist_ok=True)
     try:
-        with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}'; wait for it to finish, or "
-                                   "give another -o"):
+        with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the "
+                                   "folder); wait for it to finish, or give another -o"):
             return _run_sweep(models, methods, keeps, out=out, **options)
     except BaseException:
         remove_if_no_files(created)  # (the folders made for the lock, where nothing was written)

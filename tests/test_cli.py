@@ -1654,3 +1654,20 @@ def test_a_name_too_long_asks_for_a_shorter_path():
     text = os_error_text(OSError(errno.ENAMETOOLONG, "File name too long", "/out/" + "a" * 300 + ".onnx"))
     assert text.endswith("; give a shorter path") and "free the resource" not in text
     assert "free the resource" in os_error_text(OSError(errno.ENOSPC, "No space left on device", "/out/m.onnx"))
+
+
+def test_the_commands_the_tool_suggests_name_paths_a_shell_can_run(tmp_path, capsys, monkeypatch):
+    """-o ./-x.onnx suggested "onnx-alds validate m.onnx -x.onnx ...", which the shell passes as a flag; a model
+    read from <(cat m.onnx) was named as /dev/fd/63, gone once read."""
+    from conftest import small_cnn
+
+    from onnx_alds.model_io import advice_path
+
+    monkeypatch.chdir(tmp_path)
+    onnx.save(small_cnn(), "m.onnx")
+    assert main(["compress", "m.onnx", "-o", "./-x.onnx", "--keep-params", "0.7"]) == 0
+    assert "measure those: onnx-alds validate m.onnx ./-x.onnx --inputs" in capsys.readouterr().out
+    assert advice_path("my model.onnx") == "'my model.onnx'"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo("pipe")
+        assert advice_path("pipe") == "MODEL.onnx"
