@@ -787,7 +787,8 @@ def check_sample_axis(model: onnx.ModelProto, inputs, batch_size: int, *, store=
                     f"node {coupling[0]}, so each sample's outputs depend on the others in its run and {what}, "
                     f"which cuts the samples into runs of {batch_size}, would change them; give all the samples in "
                     f"one run ({flag} at least the sample count)" + (
-                        ", or use the model from before quantize_dynamic" if "quantization" in coupling[0] else ""))
+                        ", or calibrate the model from before its quantization" if "quantization" in coupling[0]
+                        else ""))
             raise InputDataError(
                 f"the {what} samples are not independent: output '{name}' of the first {size} samples run "
                 f"together and in runs of {half} and {size - half} differs by {change:.2g} (relative), so axis 0 of "

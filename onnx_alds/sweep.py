@@ -1571,14 +1571,16 @@ def _checked_grid(target: str, methods: Sequence[str], keeps: Sequence[float], r
 
 
 def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Union[str, Path],
-              **options: Any) -> SweepResult:
+              target: str = "flops", rank_multiples: Sequence[int] = (1,), seeds: Sequence[int] = (0,),
+              engine: Optional[Engine] = None, bench: bool = True, rebench: bool = False,
+              bench_threads: Optional[int] = None, bench_target_s: float = 5.0, plots: bool = True,
+              progress: Optional[bool] = None, command: str = "", say: Optional[Callable[[str], None]] = None
+              ) -> SweepResult:
     """Compress, validate and (unless ``bench=False``) time every variant of the grid; resumable.
 
     Writes ``out/rows``, ``out/models``, ``out/sweep.json``, ``out/sweep.csv`` and the plots; returns the
     rows of this grid (with the stored rows of variants done before). ``engine`` defaults to the local
     in-process engine; it is started only when something is left to compute and closed before timing.
-    ``options``: those of :func:`_run_sweep` (``target``, ``rank_multiples``, ``seeds``, ``engine``, ``bench``,
-    ``rebench``, ``bench_threads``, ``bench_target_s``, ``plots``, ``progress``, ``command``, ``say``).
     One sweep at a time writes in ``out`` (:func:`onnx_alds.model_io.folder_lock`): a second one started
     there meanwhile is an :class:`OutputPathError` (two mixed a variant's model with another's row).
     """
@@ -1591,18 +1593,19 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     try:
         with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the "
                                    "folder); wait for it to finish, or give another -o"):
-            return _run_sweep(models, methods, keeps, out=out, **options)
+            return _run_sweep(models, methods, keeps, out=out, target=target, rank_multiples=rank_multiples,
+                              seeds=seeds, engine=engine, bench=bench, rebench=rebench, bench_threads=bench_threads,
+                              bench_target_s=bench_target_s, plots=plots, progress=progress, command=command,
+                              say=say)
     except BaseException:
         remove_if_no_files(created)  # (the folders made for the lock, where nothing was written)
         raise
 
 
-def _run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Union[str, Path],
-               target: str = "flops", rank_multiples: Sequence[int] = (1,), seeds: Sequence[int] = (0,),
-               engine: Optional[Engine] = None, bench: bool = True, rebench: bool = False,
-               bench_threads: Optional[int] = None, bench_target_s: float = 5.0, plots: bool = True,
-               progress: Optional[bool] = None, command: str = "", say: Optional[Callable[[str], None]] = None
-               ) -> SweepResult:
+def _run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Path,
+               target: str, rank_multiples: Sequence[int], seeds: Sequence[int], engine: Optional[Engine],
+               bench: bool, rebench: bool, bench_threads: Optional[int], bench_target_s: float, plots: bool,
+               progress: Optional[bool], command: str, say: Optional[Callable[[str], None]]) -> SweepResult:
     """:func:`run_sweep`'s work, under its lock of ``out``."""
     from tqdm import tqdm
 
