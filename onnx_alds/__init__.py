@@ -35,6 +35,7 @@ def _callable_module(module_name: str, function_name: str) -> None:
     """Make the submodule ``module_name`` callable as its function ``function_name``: ``onnx_alds.validate(...)``
     and ``onnx_alds.bench(...)``, as the API is named (the design's names), beside ``onnx_alds.validate.validate``
     and ``from onnx_alds.validate import validate``, which stay what they are."""
+    import inspect
     import sys
     import types
 
@@ -46,6 +47,7 @@ def _callable_module(module_name: str, function_name: str) -> None:
 
     CallableModule.__call__.__doc__ = f"``{function_name}(...)`` of this module"
     module.__class__ = CallableModule
+    module.__signature__ = inspect.signature(getattr(module, function_name))  # (help() and IDEs show its arguments)
 
 
 def __dir__() -> list[str]:

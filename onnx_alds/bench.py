@@ -525,9 +525,19 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
                              "reads serialized bytes)")
     if isinstance(names, str):  # (one string was split into its characters)
         raise InputDataError(f"names={names!r} is one string; give one name per model, e.g. names=[{names!r}]")
-    models = list(models) if isinstance(models, Iterable) else models  # (a generator, a tuple)
+    if not isinstance(models, Iterable):
+        raise InputDataError(f"models={models!r}; give a list of model paths or onnx.ModelProto values")
+    models = list(models)  # (a generator, a tuple)
     if not models:
         raise InputDataError("no models to bench; give at least one .onnx file")
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise InputDataError(f"input_shapes is a {type(input_shapes).__name__}; give a dict of input name to dims, "
+                             "e.g. {'input': (1, 3, 224, 224)}")
+    for name, dims in (input_shapes or {}).items():
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+            raise InputDataError(f"the shape given for {name!r} is {dims!r}; give a sequence of integers, e.g. "
+                                 "(1, 3, 224, 224)")
     if not isinstance(provider, str) or provider not in PROVIDERS:
         raise ProviderError(f"unknown provider {provider!r}; give one of: {', '.join(PROVIDERS)} (one name)")
     if cudnn_conv_algo_search != "EXHAUSTIVE" and provider != "cuda":

@@ -1166,6 +1166,8 @@ def advice_path(path: Union[str, os.PathLike]) -> str:
     import stat
 
     text = os.fspath(path)
+    if text.startswith(("/dev/", "/proc/")):  # (/dev/stdin redirected from a file is a file only this once)
+        return "MODEL.onnx"
     try:
         if not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode):
             return "MODEL.onnx"
@@ -1206,6 +1208,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], *,
     if not isinstance(model, onnx.ModelProto):
         raise ModelLoadError(f"save_model writes an onnx.ModelProto (e.g. result.model), not a "
                              f"{type(model).__name__}; give the model first and the path second")
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
     if isinstance(path, str) and (path.endswith(("/", os.sep)) or os.path.basename(path) in (".", "..")):
         raise OutputPathError(f"'{path}' names a folder (it ends with '{os.path.basename(path) or '/'}'); give a file "
                               "path for the model")  # (Path() drops the slash or the dot)

@@ -287,7 +287,9 @@ class CompressOptions:
 def with_pruning(search: SearchOptions, prune=None, prune_heads: bool = False) -> SearchOptions:
     """``search`` with ``compress``'s ``prune`` and ``prune_heads`` keywords applied (``prune`` off or None
     keeps the group's own mode; True is "combined"). Raises :class:`BudgetError` for heads without pruning."""
-    mode = search.prune if prune in ("off", False, None) else prune
+    off = prune is None or (isinstance(prune, (bool, np.bool_)) and not prune) or (isinstance(prune, str)
+                                                                                and prune == "off")
+    mode = search.prune if off else prune  # (0 is no mode: refused by SearchOptions, as 1 is)
     return replace(search, prune=mode, prune_heads=bool(prune_heads) or search.prune_heads)
 
 

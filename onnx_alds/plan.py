@@ -45,7 +45,6 @@ import json
 import math
 import numbers
 import re
-import shlex
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -233,8 +232,9 @@ class Plan:
     def load(cls, path: Union[str, Path]) -> "Plan":
         from .model_io import path_argument
 
+        path = path_argument(path, "the plan's path")
         try:
-            text = path_argument(path, "the plan's path").read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise PlanError(f"'{path}' is not a plan (not UTF-8 JSON text); give a file written by onnx-alds plan") from None
         except OSError as exc:
@@ -1595,7 +1595,7 @@ def run_apply_command(args: argparse.Namespace) -> int:
     """``onnx-alds apply``: read the plan, check it against the model, rewrite, write (and validate)."""
     from .cli import check_flags_take_effect, write_result
     from .inputs import inputs_from_args
-    from .model_io import check_output_path, open_model, refuse_over_protobuf_limit
+    from .model_io import advice_path, check_output_path, open_model, refuse_over_protobuf_limit
 
     check_flags_take_effect(args)
     check_output_path(Path(args.output), protect=[args.model, args.plan])
@@ -1606,8 +1606,8 @@ def run_apply_command(args: argparse.Namespace) -> int:
     except PlanError:
         if _is_a_plan(Path(args.model)):
             raise PlanError(f"'{args.plan}' is not a plan and '{args.model}' looks like one: the model comes first; "
-                            f"onnx-alds apply {shlex.quote(str(args.plan))} {shlex.quote(str(args.model))} -o "
-                            f"{shlex.quote(str(args.output))}") from None
+                            f"onnx-alds apply {advice_path(args.plan)} {advice_path(args.model)} -o "
+                            f"{advice_path(args.output)}") from None
         raise
     model = open_model(args.model)
     if args.validate:  # before the work

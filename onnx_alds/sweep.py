@@ -1590,16 +1590,16 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     created = first_missing_folder(out)
     with contextlib.suppress(OSError):  # (a path that cannot be a folder: the layout check says why)
         out.mkdir(parents=True, exist_ok=True)
-    try:
-        with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the "
-                                   "folder); wait for it to finish, or give another -o"):
+    with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the "
+                               "folder); wait for it to finish, or give another -o"):
+        try:
             return _run_sweep(models, methods, keeps, out=out, target=target, rank_multiples=rank_multiples,
                               seeds=seeds, engine=engine, bench=bench, rebench=rebench, bench_threads=bench_threads,
                               bench_target_s=bench_target_s, plots=plots, progress=progress, command=command,
                               say=say)
-    except BaseException:
-        remove_if_no_files(created)  # (the folders made for the lock, where nothing was written)
-        raise
+        except BaseException:  # (under the lock: a sweep refused it removes nothing, the one holding it may)
+            remove_if_no_files(created)  # the folders made for the lock, where nothing was written
+            raise
 
 
 def _run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Sequence[float], *, out: Path,

@@ -870,6 +870,10 @@ class _Accumulator:
         self.reference_norm_sum, self.reference_count = 0.0, 0
         self.compared_exactly = False  # integer, boolean or string values (:meth:`_add_exact`)
         self.single_values = True  # every float sample so far holds one value: its cosine is only its sign
+        # the original's first sample's values, and how far any other sample's moved from them (relative):
+        # an original that gives the same output for every input makes every figure say nothing
+        self.first_row: Optional[np.ndarray] = None
+        self.input_spread = 0.0
 
     def add(self, original: np.ndarray, compressed: np.ndarray,
             feed: Optional[Mapping[str, np.ndarray]] = None) -> None:
@@ -906,6 +910,7 @@ class _Accumulator:
         rows_c = c.reshape(rows_o.shape)
         self.samples += rows_o.shape[0]
         self.single_values &= rows_o.shape[1] == 1
+        self._add_spread(rows_o)
         self._add_rel_cos(rows_o, rows_c, skip=aside if aside is not None and len(aside) == rows_o.shape[0] else None)
         if self.kind == CLASSIFIER:
             self._add_classifier(raw_o.reshape(rows_o.shape), raw_c.reshape(rows_o.shape), start)
@@ -919,6 +924,19 @@ class _Accumulator:
             if self.channels_last:
                 raw_o, raw_c = np.moveaxis(raw_o, -1, 1), np.moveaxis(raw_c, -1, 1)
             self._add_dense(raw_o, raw_c)
+
+    def _add_spread(self, rows: np.ndarray) -> None:
+        """Fold one batch's rows of the original into :attr:`input_spread`: the largest ``‖row − first‖ /
+        ‖first‖`` over the samples, ``first`` the first sample's row (rows of another size: left out)."""
+        if self.first_row is None and len(rows) and rows.shape[1] and np.all(np.isfinite(rows[0])):
+            self.first_row = rows[0].copy()
+        if self.first_row is None or rows.shape[1] != self.first_row.shape[0]:
+            return
+        norm = float(np.linalg.norm(self.first_row))
+        with np.errstate(all="ignore"):
+            moved = np.linalg.norm(rows - self.first_row, axis=1)
+        self.input_spread = max(self.input_spread, float(np.nanmax(moved, initial=0.0)) / norm if norm > 0 else
+                                math.inf if np.any(moved > 0) else 0.0)
 
     def _set_aside_shared_nonfinite(self, o: np.ndarray, c: np.ndarray
                                     ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -1408,6 +1426,11 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
     for name, accumulator in accumulators.items():
+        if accumulator.samples > 1 and accumulator.first_row is not None \
+                and accumulator.input_spread < CONSTANT_OUTPUT_SPREAD:
+            notes.append(f"output '{name}': the original gives nearly the same values for every input (no sample's "
+                         f"moved more than {accumulator.input_spread:.2g} of the first's, relative), so agreement "
+                         "and errors on it say nothing of the compression; check the original model and the inputs")
         if accumulator.shared_nonfinite >= accumulator.float_values > 0:
             notes.append(f"output '{name}': the original gives NaN or Inf at every value "
                          f"({accumulator.shared_nonfinite}), and the compressed model the same: there is nothing to "
@@ -1436,6 +1459,8 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
         notes=tuple(notes), figures_only=figures_only,
     )
 
+
+CONSTANT_OUTPUT_SPREAD = 1e-4  # an original output moving less than this across inputs (relative): noted
 
 CALIBRATION_FALLBACK = "the calibration inputs"  # compress --validate without validation inputs: they say so
 

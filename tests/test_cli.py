@@ -1668,6 +1668,7 @@ def test_the_commands_the_tool_suggests_name_paths_a_shell_can_run(tmp_path, cap
     assert main(["compress", "m.onnx", "-o", "./-x.onnx", "--keep-params", "0.7"]) == 0
     assert "measure those: onnx-alds validate m.onnx ./-x.onnx --inputs" in capsys.readouterr().out
     assert advice_path("my model.onnx") == "'my model.onnx'"
+    assert advice_path("/dev/stdin") == "MODEL.onnx"  # (redirected from a file, it is one only this once)
     if hasattr(os, "mkfifo"):
         os.mkfifo("pipe")
         assert advice_path("pipe") == "MODEL.onnx"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -1320,4 +1321,17 @@ def test_api_arguments_of_the_wrong_kind_are_one_error_naming_them(tmp_path):
         assert json.loads(path.read_text()) == json.loads(json.dumps(saved.to_dict()))
     with pytest.raises(InputDataError, match="the input set's arrays are a list; give a dict"):
         InputSet([x])
+    with pytest.raises(BudgetError, match="prune=0: give one of"):  # (0 == False: it was read as "off")
+        onnx_alds.compress(model, keep_params=0.5, prune=0)
+    for shapes, words in (((1, 64), "input_shapes is a tuple"), ({name: 64}, f"the shape given for '{name}' is 64")):
+        with pytest.raises(InputDataError, match=re.escape(words)):
+            onnx_alds.bench([model], input_shapes=shapes, runs=1, warmup=0, min_time_s=0.0)
+    with pytest.raises(InputDataError, match="models=3; give a list"):
+        onnx_alds.bench(3)
+    with pytest.raises(OutputPathError, match="names a folder"):  # (bytes: the slash was lost, a file written)
+        save_model(result.model, os.fsencode(str(tmp_path / "newdir")) + b"/")
+    assert not (tmp_path / "newdir").exists()
+    import inspect
+
+    assert list(inspect.signature(onnx_alds.validate).parameters)[:2] == ["original", "compressed"]
     assert not issubclass(OnnxAldsError, TypeError)  # (the errors above are the tool's, not Python's)

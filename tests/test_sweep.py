@@ -374,13 +374,14 @@ def test_a_sweep_folder_on_a_read_only_file_system_names_o(tmp_path, monkeypatch
         _check_writable_folder(tmp_path / "new" / "sweep")
 
 
-def test_one_sweep_at_a_time_writes_in_a_folder(tmp_path):
+def test_one_sweep_at_a_time_writes_in_a_folder(tmp_path, monkeypatch):
     """Two sweeps on one -o folder: a variant's model of one landed beside the row and report of the other, both
     exit 0. A sweep holds a lock on its folder, and a second one there is refused at once; other writes into
     the folder do not wait for it (a lock on every write's folder stalled them for 60 s)."""
     import subprocess
     import textwrap
 
+    from onnx_alds import model_io
     from onnx_alds.errors import OutputPathError
     from onnx_alds.model_io import folder_lock, write_file_atomically
     from onnx_alds.sweep import SweepModel, run_sweep
@@ -400,6 +401,13 @@ def test_one_sweep_at_a_time_writes_in_a_folder(tmp_path):
         with pytest.raises(OutputPathError, match="another onnx-alds sweep is writing in .*; wait for it to finish"):
             run_sweep([SweepModel("m", str(tmp_path / "absent.onnx"), ())], ["alds"], [0.5], out=tmp_path,
                       bench=False)
+        # two sweeps that both found the folder missing: the one refused removed the other's new folder, and a
+        # third then took a lock on the folder made again
+        monkeypatch.setattr(model_io, "first_missing_folder", lambda folder: Path(folder))
+        with pytest.raises(OutputPathError, match="another onnx-alds sweep"):
+            run_sweep([SweepModel("m", str(tmp_path / "absent.onnx"), ())], ["alds"], [0.5], out=tmp_path,
+                      bench=False)
+        assert tmp_path.is_dir()
         write_file_atomically(tmp_path / "a.json", b"{}")  # (not a sweep: written at once)
         assert (tmp_path / "a.json").read_bytes() == b"{}"
     finally:

@@ -2149,3 +2149,27 @@ def test_a_float16_conversion_with_float16_inputs_is_named_as_such():
                                                     r"in the other; the other model was converted to another float "
                                                     r"precision with its inputs .* keep_io_types=True"):
         validate(model(TensorProto.FLOAT), model(TensorProto.FLOAT16), inputs=inputs)
+
+
+def test_an_original_whose_outputs_do_not_follow_its_inputs_is_noted():
+    """A model built with default initialisation gave the same logits for every input: top-1 agreement and
+    cosine 1.000 and PASSED at a cut that broke its layers (largest error 0.62), with no word."""
+    from conftest import make_model
+    from onnx_alds.validate import validate
+
+    rng = np.random.default_rng(0)
+
+    def model(scale: float) -> onnx.ModelProto:  # y = scale·(x W) + c
+        return make_model([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                           helper.make_node("Mul", ["h", "s"], ["hs"]), helper.make_node("Add", ["hs", "c"], ["y"])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                          [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+                           numpy_helper.from_array(np.float32(scale), "s"),
+                           numpy_helper.from_array(np.arange(1, 9, dtype=np.float32), "c")])
+
+    inputs = InputSet({"x": rng.standard_normal((16, 8)).astype(np.float32)})
+    for scale, noted in ((1e-9, True), (1.0, False)):
+        flat = model(scale)
+        notes = validate(flat, flat, inputs=inputs, figures_only=True).notes
+        assert any("the original gives nearly the same values for every input" in n for n in notes) == noted
