@@ -796,9 +796,10 @@ def opset_version(model: onnx.ModelProto) -> int:
 @contextlib.contextmanager
 def folder_lock(folder: Path, *, busy: str) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``folder`` itself, no file added, held inside; where another
-    open of the folder holds it (another process's, or another thread's), an :class:`OutputPathError` saying
-    ``busy`` at once: no waiting. Where the platform or the file system has no ``flock``, or the folder cannot
-    be opened, nothing is locked (what is written there says what fails)."""
+    open of the folder holds it (another process's, or another thread's), or the folder was removed or made
+    again meanwhile (its holder removed it: the lock taken would be on a folder no longer there), an
+    :class:`OutputPathError` saying ``busy`` at once: no waiting. Where the platform or the file system has no
+    ``flock``, or ``folder`` is no folder, nothing is locked (what is written there says what fails)."""
     try:
         import fcntl
     except ImportError:  # (Windows)
@@ -806,6 +807,8 @@ def folder_lock(folder: Path, *, busy: str) -> Iterator[None]:
         return
     try:
         handle = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:  # (made by the caller a moment ago: another holder removed it)
+        raise OutputPathError(busy) from None
     except OSError:
         yield
         return
@@ -816,9 +819,20 @@ def folder_lock(folder: Path, *, busy: str) -> Iterator[None]:
             raise OutputPathError(busy) from None
         except OSError:  # (a file system without flock: nothing to hold)
             pass
+        else:
+            held, now = os.fstat(handle), _stat_or_none(folder)
+            if now is None or (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                raise OutputPathError(busy)
         yield
     finally:
         os.close(handle)  # (releases the lock)
+
+
+def _stat_or_none(path: Union[str, os.PathLike]) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -1166,7 +1180,7 @@ def advice_path(path: Union[str, os.PathLike]) -> str:
     import stat
 
     text = os.fspath(path)
-    if text.startswith(("/dev/", "/proc/")):  # (/dev/stdin redirected from a file is a file only this once)
+    if text.startswith(("/dev/fd/", "/dev/std", "/proc/")):  # (/dev/stdin redirected from a file: once)
         return "MODEL.onnx"
     try:
         if not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode):

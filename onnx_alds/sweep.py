@@ -1590,8 +1590,10 @@ def run_sweep(models: Sequence[SweepModel], methods: Sequence[str], keeps: Seque
     created = first_missing_folder(out)
     with contextlib.suppress(OSError):  # (a path that cannot be a folder: the layout check says why)
         out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, busy=f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the "
-                               "folder); wait for it to finish, or give another -o"):
+    busy = (f"another onnx-alds sweep is writing in '{out}' (a process holds a lock on the folder); wait for it to "
+            "finish, or give another -o")
+    lock = folder_lock(out, busy=busy) if out.is_dir() else contextlib.nullcontext()  # (none: _run_sweep says why)
+    with lock:
         try:
             return _run_sweep(models, methods, keeps, out=out, target=target, rank_multiples=rank_multiples,
                               seeds=seeds, engine=engine, bench=bench, rebench=rebench, bench_threads=bench_threads,

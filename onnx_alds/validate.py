@@ -1426,11 +1426,12 @@ def validate(original: ModelArg, compressed: ModelArg, *, inputs: InputSet, prov
     if inputs.labels is not None and not any(o.kind == CLASSIFIER for o in outputs):
         notes.append("labels were given but no output is a classifier: accuracy not measured")
     for name, accumulator in accumulators.items():
-        if accumulator.samples > 1 and accumulator.first_row is not None \
+        if accumulator.samples > 1 and accumulator.first_row is not None and not accumulator.both_zero \
                 and accumulator.input_spread < CONSTANT_OUTPUT_SPREAD:
-            notes.append(f"output '{name}': the original gives nearly the same values for every input (no sample's "
-                         f"moved more than {accumulator.input_spread:.2g} of the first's, relative), so agreement "
-                         "and errors on it say nothing of the compression; check the original model and the inputs")
+            notes.append(f"output '{name}': the original's values barely change from input to input (no sample's "
+                         f"moved more than {accumulator.input_spread:.2g} of the first's, relative), so relative "
+                         "errors and agreement on it say little of the compression (a model that ignores its inputs, "
+                         "or a large constant offset: then state an absolute limit, --atol)")
         if accumulator.shared_nonfinite >= accumulator.float_values > 0:
             notes.append(f"output '{name}': the original gives NaN or Inf at every value "
                          f"({accumulator.shared_nonfinite}), and the compressed model the same: there is nothing to "

@@ -415,3 +415,9 @@ def test_one_sweep_at_a_time_writes_in_a_folder(tmp_path, monkeypatch):
         holder.wait()
     with folder_lock(tmp_path, busy="busy here"):  # (free again)
         pass
+    (tmp_path / "gone").mkdir()  # a folder its holder removed, and another made again, is no lock to take
+    real_fstat = os.fstat
+    monkeypatch.setattr(model_io.os, "fstat", lambda handle: os.stat_result((0, 1, 2) + tuple(real_fstat(handle))[3:]))
+    with pytest.raises(OutputPathError, match="busy here"):
+        with folder_lock(tmp_path / "gone", busy="busy here"):
+            pass
