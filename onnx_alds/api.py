@@ -1695,7 +1695,7 @@ def _harm_warnings(report: CompressionReport, prepared: _Prepared, data_aware: b
                         "and held-out errors can be larger (more so with --sequential); give more calibration inputs")
     deep = report.error_measure != "rank-fraction" and report.max_error > DEEP_CUT_ERROR
     moved = report.random_output_change is not None and not report.random_output_change < MOVED_OUTPUTS
-    flipped = max(report.random_changed_values, key=lambda row: row[1] / row[2], default=None)
+    flipped = report.most_changed_labels
     flipped = flipped if flipped is not None and not flipped[1] / flipped[2] < MOVED_LABELS else None
     if not data_aware and (deep or moved or flipped):
         # (rank-fraction, the uniform svd baseline's measure, is the share of rank cut, not an error)

@@ -52,7 +52,7 @@ from . import _callable_module
 from .errors import (InputDataError, OnnxAldsError, ProviderError, RandomInputsError, UnsupportedModelError,
                      runtime_error_text)
 from .inputs import index_bounds, random_array
-from .model_io import (fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes,
+from .model_io import (checked_dims, fixed_batch, graph_inputs, load_model, parse_input_shapes, resolve_input_shapes,
                        show_input_shapes, structure_of)
 from .runtime import PROVIDERS, import_onnxruntime, make_session
 
@@ -533,13 +533,8 @@ def bench(models: Sequence[ModelArg], *, provider: str = "cpu", batch_sizes: Opt
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
         raise InputDataError(f"input_shapes is a {type(input_shapes).__name__}; give a dict of input name to dims, "
                              "e.g. {'input': (1, 3, 224, 224)}")
-    for name, dims in (input_shapes or {}).items():
-        if not isinstance(dims, (Sequence, np.ndarray)) or isinstance(dims, (str, bytes)) or not all(
-                isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
-            raise InputDataError(f"the shape given for {name!r} is {dims!r}; give a sequence of integers, e.g. "
-                                 "(1, 3, 224, 224)")
-    if input_shapes is not None:  # (a numpy array of dims: its truth value is ambiguous below)
-        input_shapes = {name: tuple(int(d) for d in dims) for name, dims in input_shapes.items()}
+    if input_shapes is not None:  # (as ints: a numpy array of dims has no truth value below)
+        input_shapes = {name: checked_dims(name, dims) for name, dims in input_shapes.items()}
     if not isinstance(provider, str) or provider not in PROVIDERS:
         raise ProviderError(f"unknown provider {provider!r}; give one of: {', '.join(PROVIDERS)} (one name)")
     if cudnn_conv_algo_search != "EXHAUSTIVE" and provider != "cuda":

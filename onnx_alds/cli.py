@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
@@ -827,7 +826,7 @@ def _refuse_piped_models(args: argparse.Namespace) -> None:
     that read a model twice (validate, bench, sweep, distill, and compress or apply with --validate or
     --distill, which run the original again) got an empty second read and blamed the file. Raises
     :class:`ModelLoadError` naming the path, before any work."""
-    import stat
+    from .model_io import is_stream
 
     if args.command in ("validate", "distill"):
         paths = [args.original, args.compressed]
@@ -837,12 +836,8 @@ def _refuse_piped_models(args: argparse.Namespace) -> None:
         paths = [args.model]
     else:
         return
-    for path in paths:
-        try:
-            mode = os.stat(path).st_mode
-        except (OSError, TypeError, ValueError):  # (missing: the command's own check says so)
-            continue
-        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+    for path in paths:  # (a missing one: the command's own check says so)
+        if is_stream(path):
             raise ModelLoadError(f"'{path}' is a pipe or device, which {args.command} reads more than once; save the "
                                  "model to a file and give that path")
 

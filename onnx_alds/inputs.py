@@ -40,7 +40,8 @@ from onnx import numpy_helper
 
 from .argtypes import positive_int
 from .errors import InputDataError, RandomInputsError
-from .model_io import InputSpec, check_input_shapes, graph_inputs, parse_input_shapes, resolve_input_shapes, unreadable
+from .model_io import (InputSpec, check_input_shapes, graph_inputs, is_stream, parse_input_shapes, resolve_input_shapes,
+                       unreadable)
 
 log = logging.getLogger(__name__)
 
@@ -657,7 +658,7 @@ def _load_npz(specs: list[InputSpec], path: Path, limit: Optional[int],
               labels_file: Optional[LabelsFile] = None, *, defaults: frozenset[str] = frozenset()) -> InputSet:
     if not path.exists():
         raise InputDataError(f"input file '{path}' does not exist; check the path")
-    if not path.is_file() and not path.is_dir():  # a pipe (a shell's <(...)), a device: a zip is read with seeks
+    if is_stream(path):  # a pipe (a shell's <(...)), a device: a zip is read with seeks
         raise InputDataError(f"'{path}' is a pipe or device, not a file (an .npz is a zip archive, read with seeks); "
                              "save it to a file and give that path")
     problem = unreadable(path, f"the input file '{path}'")

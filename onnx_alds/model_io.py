@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -1177,17 +1178,31 @@ def advice_path(path: Union[str, os.PathLike]) -> str:
     starts with a dash (read as a flag otherwise), ``MODEL.onnx`` for a pipe or device (``<(cat m.onnx)``,
     /dev/stdin: gone once read)."""
     import shlex
-    import stat
 
     text = os.fspath(path)
-    if text.startswith(("/dev/fd/", "/dev/std", "/proc/")):  # (/dev/stdin redirected from a file: once)
+    if text.startswith(("/dev/fd/", "/dev/std", "/proc/")) or is_stream(text):  # (/dev/stdin from a file: once)
         return "MODEL.onnx"
-    try:
-        if not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode):
-            return "MODEL.onnx"
-    except OSError:
-        pass
     return shlex.quote("./" + text if text.startswith("-") else text)
+
+
+def is_stream(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` names a pipe, device or socket (read once, no seeks): it exists and is neither a
+    regular file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, TypeError, ValueError):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def checked_dims(name: str, value: Any) -> tuple[int, ...]:
+    """The dims given for input ``name`` (a sequence or array of integers) as ints; anything else (a string,
+    None, a number, an iterator or mapping) an :class:`InputDataError` naming it."""
+    if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, (str, bytes)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value):
+        raise InputDataError(f"the shape given for '{name}' is {value!r}; give a sequence of integers, e.g. "
+                             "(1, 3, 224, 224)")
+    return tuple(int(d) for d in value)
 
 
 def path_argument(value: Any, what: str) -> Path:
@@ -1649,12 +1664,7 @@ def check_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[
     for spec in specs:
         if spec.name not in overrides:
             continue
-        value = overrides[spec.name]
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or not all(
-                isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value):
-            raise InputDataError(f"the shape given for '{spec.name}' is {value!r}; give a sequence of integers, "
-                                 "e.g. (1, 3, 224, 224)")
-        shape = tuple(int(d) for d in value)
+        shape = checked_dims(spec.name, overrides[spec.name])
         if any(d > MAX_DIM for d in shape):
             raise InputDataError(f"the shape given for '{spec.name}' ({'x'.join(map(str, shape))}) has a dim above "
                                  f"{MAX_DIM}, larger than any tensor ONNX Runtime can hold; give the size the model "

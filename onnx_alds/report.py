@@ -104,6 +104,11 @@ class CompressionReport:
     # --prune: every producer whose hidden width cannot be pruned, and why: (producer node, reason) pairs
     not_prunable: tuple = ()
 
+    @property
+    def most_changed_labels(self) -> Optional[tuple[str, int, int]]:
+        """The entry of :attr:`random_changed_values` with the largest share of values changed (None: none)."""
+        return max(self.random_changed_values, key=lambda row: row[1] / row[2], default=None)
+
     def to_dict(self) -> dict:
         """Every field; each layer also gets ``note``, the table's note column (why it is kept dense: its
         ``skip_reason``, or the allocation or the plan; "pointwise-first"; "" otherwise)."""
@@ -188,7 +193,7 @@ class CompressionReport:
                          + (f" (the largest, of '{self.random_output}')" if self.random_output else "")
                          + " (1: as far as outputs of zeros)")
         if self.random_changed_values:
-            name, changed, compared = max(self.random_changed_values, key=lambda row: row[1] / row[2])
+            name, changed, compared = self.most_changed_labels
             inputs = "random input" if self.random_samples == 1 else "random inputs"
             sizes = (f" {self.random_sizes} (give --input-shape for your sizes)"
                      if self.random_sizes and self.random_output_change is None else "")
